@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up everything on a fresh
+# Debian/Ubuntu machine with Python 3.11 (Debian packages, .venv, pinned CPU torch, the project),
+# and a second run re-uses the environment (the stamp file below), so it starts in seconds.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.spatia-installed
+TORCH_VERSION ?= 2.13.0
+DEMO_OUT ?= out/demo
+DEBIAN_PACKAGES := libusb-1.0-0 libgomp1
+
+.PHONY: demo test setup system-deps clean bench
+
+demo: $(STAMP)
+	$(VENV)/bin/spatia demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+
+setup: $(STAMP)
+
+# open3d needs libusb at import time; install whatever Debian packages are missing (root or sudo).
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

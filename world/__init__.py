@@ -1,0 +1,27 @@
+"""The world core: cameras, actions, spatial memory, frame history, retrieval, memory update, engine.
+
+Imports no network, UI or neural-network code (checked by ``tests/test_imports.py``); heavy optional pieces
+(open3d, transformers) are imported inside the functions that need them.
+"""
+
+from world.actions import Action, ActionIntegrator, ClipConfig, ClipSpan, ControlConfig, chunk_clips
+from world.camera import Intrinsics, interpolate_pose, invert_pose, look_at, validate_pose, validate_trajectory
+from world.errors import (
+    AlreadyExistsError,
+    ImageDecodeError,
+    InvalidInputError,
+    LimitExceededError,
+    NotFoundError,
+    PreconditionError,
+    SnapshotError,
+    SpatiaError,
+)
+from world.generator import ClipRequest, ClipResult, Generator, ReferenceFrame, SceneProjection
+
+__all__ = [
+    "Action", "ActionIntegrator", "ClipConfig", "ClipSpan", "ControlConfig", "chunk_clips",
+    "Intrinsics", "interpolate_pose", "invert_pose", "look_at", "validate_pose", "validate_trajectory",
+    "AlreadyExistsError", "ImageDecodeError", "InvalidInputError", "LimitExceededError", "NotFoundError",
+    "PreconditionError", "SnapshotError", "SpatiaError",
+    "ClipRequest", "ClipResult", "Generator", "ReferenceFrame", "SceneProjection",
+]

@@ -1,0 +1,88 @@
+"""The ``Generator`` protocol: what the engine hands a video generator for one clip, and what it gets back.
+
+This mirrors the conditioning of the Spatia network (paper Sec. 3.1.3): the scene projection video of the
+preceding + target poses, the preceding clip, up to K retrieved reference frames and the text instruction.
+``model/`` implements it (a real-time geometric generator and the Spatia network); ``world/`` only defines it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from world.camera import Intrinsics
+
+
+@dataclass
+class SceneProjection:
+    """The memory rendered along a sequence of poses; missing pixels are zero (paper Sec. 3.1.3)."""
+
+    rgb: np.ndarray  # [T, H, W, 3] uint8
+    depth_m: np.ndarray  # [T, H, W] float32, z-depth, 0 where nothing projects
+    valid: np.ndarray  # [T, H, W] bool, True where a memory point landed
+
+    def __len__(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def slice(self, start: int, stop: int) -> "SceneProjection":
+        return SceneProjection(self.rgb[start:stop], self.depth_m[start:stop], self.valid[start:stop])
+
+
+@dataclass
+class ReferenceFrame:
+    """A retrieved history frame (paper's R_k)."""
+
+    frame_index: int
+    rgb: np.ndarray  # [H, W, 3] uint8
+    c2w: np.ndarray  # [4, 4]
+    intrinsics: Intrinsics
+    score: float = 0.0  # the retrieval score that selected it (IoU or shared-point count)
+    depth_m: np.ndarray | None = None  # [H, W] float32 when the history kept it
+
+
+@dataclass
+class ClipRequest:
+    """Everything a generator may condition on for one clip. Frames are at ``intrinsics``' resolution."""
+
+    clip_id: int
+    target_c2w: np.ndarray  # [N, 4, 4], world frame; the poses to generate
+    intrinsics: Intrinsics
+    projection: SceneProjection  # length M + N: preceding poses then target poses
+    preceding_frames: np.ndarray  # [M, H, W, 3] uint8, M may be 0 (first clip)
+    preceding_c2w: np.ndarray  # [M, 4, 4]
+    references: list[ReferenceFrame] = field(default_factory=list)
+    prompt: str = ""
+    seed: int = 0
+    first_frame: np.ndarray | None = None  # [H, W, 3] uint8: the initial image (TI2V first-frame conditioning)
+
+    @property
+    def num_target(self) -> int:
+        return int(self.target_c2w.shape[0])
+
+    @property
+    def num_preceding(self) -> int:
+        return int(self.preceding_frames.shape[0])
+
+    @property
+    def target_projection(self) -> SceneProjection:
+        return self.projection.slice(self.num_preceding, self.num_preceding + self.num_target)
+
+
+@dataclass
+class ClipResult:
+    """Generated frames for the target poses, plus what the generator knows about them."""
+
+    frames: np.ndarray  # [N, H, W, 3] uint8
+    depth_m: np.ndarray | None = None  # [N, H, W] float32, z-depth; None: the memory update estimates it
+    dynamic: np.ndarray | None = None  # [N, H, W] bool, True = dynamic entity (never written to memory)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A video generator conditioned on spatial memory. Must be deterministic for a given ``request.seed``."""
+
+    name: str
+
+    def generate(self, request: ClipRequest) -> ClipResult: ...
