@@ -1,0 +1,562 @@
+"""The memory update after generation: the paper's "update the scene point cloud with visual SLAM" (Sec. 3.2).
+
+The official code re-runs MapAnything from scratch on all history frames each round, with the KNOWN camera path
+as input (``research/memory_videogen.md`` A0). We do an incremental, real-time version, one generated frame at a
+time:
+
+1. render the memory at the frame's pose (the frame should agree with it where the memory has points);
+2. optionally refine the pose against that render by dense RGB-D odometry (``world.odometry``), bounded and
+   checked, so that a generator that drifted from the commanded path does not smear the memory;
+3. choose a depth for the frame: the generator's own depth when it gives one; otherwise the memory's rendered
+   depth where valid, with holes filled from a depth model aligned to the render, or by a background-preferring
+   fill (disocclusions reveal the far surface, never the occluder);
+4. integrate the frame, never writing pixels marked dynamic (the paper's dynamic-static disentanglement,
+   Sec. 3 / appendix "Dynamic-Static Disentanglement in the Inference Stage": masks exclude dynamic regions when
+   the point cloud is updated; the official code drops them with ``mask & ~mask_image``).
+
+Conventions (``DESIGN.md``): OpenCV camera, ``c2w`` 4x4 float64, depth float32 z-depth metres with 0 = unknown,
+images uint8 ``H x W x 3``, masks named for what True means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from world.camera import Intrinsics, invert_pose, rotation_angle_deg, translation_distance_m, validate_pose, validate_trajectory
+from world.errors import InvalidInputError
+from world.odometry import photometric_residual, rgbd_odometry
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Policy of the memory update. Per-session state (the memory itself) is passed in separately."""
+
+    # -- pose refinement (RGB-D odometry of the generated frame against the memory render) --
+    refine_pose: bool = True
+    max_refine_rotation_deg: float = 5.0  # larger corrections are rejected: the generator is trusted that far only
+    max_refine_translation_m: float = 0.10
+    min_refine_fitness: float = 0.3  # correspondences / memory-render pixels below this: too few inliers, reject
+    odometry_iterations: tuple[int, ...] = (20, 10, 5)  # per pyramid level, coarse to fine (Open3D's default)
+    odometry_depth_diff_max_m: float = 0.10  # a correspondence whose depths differ more than this is an outlier
+    # -- depth for a generated frame without generator depth --
+    fill_holes: bool = True  # False: only pixels the memory renders get depth (re-observations only)
+    fill_depth_gap_rel: float = 0.05  # far/near - 1 across a hole above this = an occlusion edge: take the far side
+    max_fill_span_px: int | None = None  # holes whose bounding run is longer than this stay unknown; None = no limit
+    # -- alignment of a depth model's output to the rendered depth --
+    model_depth_is_disparity: bool = False  # True: the model outputs affine-invariant inverse depth (Depth Anything)
+    align_percentile_range: tuple[float, float] = (2.0, 98.0)  # pixels outside these percentiles are not fitted
+    align_trim_fraction: float = 0.2  # each refit drops this fraction of the largest residuals (trimmed LS)
+    align_iterations: int = 3
+    min_align_pixels: int = 64  # fewer rendered pixels than this: no alignment is attempted
+    # -- integration --
+    integrate_stride: int = 1  # integrate every n-th generated frame (the official code maps every 6th at 24 fps)
+    min_valid_fraction: float = 0.05  # render coverage below this: no refinement and no render-based depth
+
+    def __post_init__(self) -> None:
+        if self.max_refine_rotation_deg <= 0 or self.max_refine_translation_m <= 0:
+            raise InvalidInputError("refinement bounds must be positive")
+        if not 0.0 <= self.min_refine_fitness <= 1.0 or not 0.0 <= self.min_valid_fraction <= 1.0:
+            raise InvalidInputError("min_refine_fitness and min_valid_fraction must be in [0, 1]")
+        if self.fill_depth_gap_rel < 0:
+            raise InvalidInputError(f"fill_depth_gap_rel must be >= 0, got {self.fill_depth_gap_rel}")
+        if self.max_fill_span_px is not None and self.max_fill_span_px < 1:
+            raise InvalidInputError(f"max_fill_span_px must be >= 1 or None, got {self.max_fill_span_px}")
+        lo, hi = self.align_percentile_range
+        if not 0.0 <= lo < hi <= 100.0:
+            raise InvalidInputError(f"align_percentile_range must satisfy 0 <= lo < hi <= 100, got {lo, hi}")
+        if not 0.0 <= self.align_trim_fraction < 1.0 or self.align_iterations < 0:
+            raise InvalidInputError("align_trim_fraction must be in [0, 1) and align_iterations >= 0")
+        if self.integrate_stride < 1:
+            raise InvalidInputError(f"integrate_stride must be >= 1, got {self.integrate_stride}")
+        if not self.odometry_iterations or min(self.odometry_iterations) < 1:
+            raise InvalidInputError("odometry_iterations needs at least one level with >= 1 iteration")
+
+
+class RenderLike(Protocol):
+    rgb: np.ndarray  # [H, W, 3] uint8
+    depth_m: np.ndarray  # [H, W] float32, 0 = invalid
+    valid: np.ndarray  # [H, W] bool
+
+
+def _unpack_render(rendered: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb, depth_m, valid) from a ``RenderResult``-like object or an ``(rgb, depth_m, valid)`` tuple, checked."""
+    if isinstance(rendered, tuple):
+        if len(rendered) != 3:
+            raise InvalidInputError(f"a render tuple is (rgb, depth_m, valid), got {len(rendered)} items")
+        rgb, depth, valid = rendered
+    else:
+        rgb, depth, valid = rendered.rgb, rendered.depth_m, rendered.valid
+    rgb, depth, valid = np.asarray(rgb), np.asarray(depth, dtype=np.float32), np.asarray(valid, dtype=bool)
+    if rgb.shape != shape + (3,) or depth.shape != shape or valid.shape != shape:
+        raise InvalidInputError(
+            f"render arrays must be {list(shape)} (+3 for rgb), got rgb {list(rgb.shape)} depth {list(depth.shape)} "
+            f"valid {list(valid.shape)}"
+        )
+    valid = valid & np.isfinite(depth) & (depth > 0)
+    return rgb, depth, valid
+
+
+def _check_image(rgb: np.ndarray, name: str) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InvalidInputError(f"{name} must be uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
+    return rgb
+
+
+def _check_map(arr: np.ndarray | None, shape: tuple[int, int], name: str, dtype: type) -> np.ndarray | None:
+    if arr is None:
+        return None
+    arr = np.asarray(arr)
+    if arr.shape != shape:
+        raise InvalidInputError(f"{name} must be {list(shape)}, got {list(arr.shape)}")
+    if dtype is bool:
+        if arr.dtype != np.bool_:
+            raise InvalidInputError(f"{name} must be a bool mask, got {arr.dtype}")
+        return arr
+    arr = arr.astype(np.float32)
+    if np.isnan(arr).any():
+        raise InvalidInputError(f"{name} contains NaN (use 0 for unknown depth)")
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Background-preferring hole fill
+# ---------------------------------------------------------------------------------------------------------------
+#
+# Rule. For every hole pixel, look for the nearest valid pixel in each of the four axis directions. Along one axis
+# (left/right or up/down) with valid pixels on both sides:
+#   - if the two depths differ by more than ``gap_rel`` (far > near * (1 + gap_rel)), the hole spans an occlusion
+#     edge -- a disocclusion, where the camera now sees behind the occluder -- and the FAR depth is taken;
+#   - otherwise the surface is continuous across the hole and the two depths are interpolated linearly.
+# With only one side valid, that side's depth is extended. Of the two axes the one with the shorter span (the sum
+# of the distances to its two valid ends; a one-sided axis counts twice its distance) decides, since it is the
+# more local evidence. Pixels with no valid pixel on any axis stay 0 (unknown).
+
+
+def _axis_estimates(depth: np.ndarray, valid: np.ndarray, gap_rel: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel (estimate, span) from the nearest valid pixels left and right along each row (vectorised)."""
+    H, W = depth.shape
+    cols = np.broadcast_to(np.arange(W), (H, W))
+    left = np.maximum.accumulate(np.where(valid, cols, -1), axis=1)  # [H, W] column of nearest valid on the left
+    right = np.minimum.accumulate(np.where(valid, cols, W)[:, ::-1], axis=1)[:, ::-1]
+    has_l, has_r = left >= 0, right < W
+    rows = np.arange(H)[:, None]
+    d_l = np.where(has_l, depth[rows, np.clip(left, 0, W - 1)], 0.0)
+    d_r = np.where(has_r, depth[rows, np.clip(right, 0, W - 1)], 0.0)
+    dist_l = (cols - left).astype(np.float64)
+    dist_r = (right - cols).astype(np.float64)
+    both = has_l & has_r
+    far, near = np.maximum(d_l, d_r), np.minimum(d_l, d_r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interp = (d_l * dist_r + d_r * dist_l) / (dist_l + dist_r)
+    two_sided = np.where(far > near * (1.0 + gap_rel), far, interp)
+    est = np.where(both, two_sided, np.where(has_l, d_l, d_r))
+    span = np.where(both, dist_l + dist_r, np.where(has_l, 2 * dist_l, np.where(has_r, 2 * dist_r, np.inf)))
+    return est, span
+
+
+def fill_holes_background(
+    depth_m: np.ndarray,  # [H, W] float32 z-depth
+    valid: np.ndarray,  # [H, W] bool, True where depth_m is known
+    gap_rel: float = 0.05,
+    max_span_px: int | None = None,
+) -> np.ndarray:
+    """Fill the unknown pixels of a depth map, preferring the far side at occlusion edges (rule above).
+
+    Returns ``[H, W]`` float32: ``depth_m`` where ``valid``, the fill elsewhere, 0 where nothing can be inferred.
+    """
+    depth = np.asarray(depth_m, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(depth) & (depth > 0)
+    est_h, span_h = _axis_estimates(depth, valid, gap_rel)
+    est_v, span_v = _axis_estimates(depth.T, valid.T, gap_rel)
+    est_v, span_v = est_v.T, span_v.T
+    use_h = span_h <= span_v
+    est = np.where(use_h, est_h, est_v)
+    span = np.where(use_h, span_h, span_v)
+    fillable = np.isfinite(span)
+    if max_span_px is not None:
+        fillable &= span <= max_span_px
+    out = np.where(valid, depth, np.where(fillable, est, 0.0))
+    return out.astype(np.float32)
+
+
+def _reference_fill_holes_background(
+    depth_m: np.ndarray, valid: np.ndarray, gap_rel: float = 0.05, max_span_px: int | None = None
+) -> np.ndarray:
+    """Slow, plainly written version of ``fill_holes_background`` (per-pixel walks), for tests."""
+    depth = np.asarray(depth_m, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(depth) & (depth > 0)
+    H, W = depth.shape
+    out = np.where(valid, depth, 0.0)
+
+    def walk(y: int, x: int, dy: int, dx: int) -> tuple[float, int] | None:
+        k = 1
+        while 0 <= y + k * dy < H and 0 <= x + k * dx < W:
+            if valid[y + k * dy, x + k * dx]:
+                return float(depth[y + k * dy, x + k * dx]), k
+            k += 1
+        return None
+
+    def axis(a: tuple[float, int] | None, b: tuple[float, int] | None) -> tuple[float, float]:
+        if a is not None and b is not None:
+            (da, ka), (db, kb) = a, b
+            if max(da, db) > min(da, db) * (1.0 + gap_rel):
+                return max(da, db), ka + kb
+            return (da * kb + db * ka) / (ka + kb), ka + kb
+        if a is not None:
+            return a[0], 2 * a[1]
+        if b is not None:
+            return b[0], 2 * b[1]
+        return 0.0, math.inf
+
+    for y in range(H):
+        for x in range(W):
+            if valid[y, x]:
+                continue
+            est_h, span_h = axis(walk(y, x, 0, -1), walk(y, x, 0, 1))
+            est_v, span_v = axis(walk(y, x, -1, 0), walk(y, x, 1, 0))
+            est, span = (est_h, span_h) if span_h <= span_v else (est_v, span_v)
+            if math.isfinite(span) and (max_span_px is None or span <= max_span_px):
+                out[y, x] = est
+    return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Depth-model alignment
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaleShift:
+    scale: float
+    shift: float
+    num_fitted: int  # pixels in the final (trimmed) fit
+    rms_residual: float  # over those pixels, in the target's units
+
+
+def align_scale_shift(
+    source: np.ndarray,  # [H, W] the model's output (depth or disparity, any affine-invariant scale)
+    target: np.ndarray,  # [H, W] what to match (rendered depth, or its inverse for disparity)
+    mask: np.ndarray,  # [H, W] bool, True = pixel may be used for fitting
+    percentile_range: tuple[float, float] = (2.0, 98.0),
+    trim_fraction: float = 0.2,
+    iterations: int = 3,
+) -> ScaleShift:
+    """Robust least-squares ``target ~ scale * source + shift``.
+
+    Percentile-limited then trimmed: pixels whose source or target lies outside ``percentile_range`` are never
+    fitted (FlexWorld's ``refine_depth`` matches the 10-90 percentile range), then an ordinary LS fit is repeated
+    ``iterations`` times, each time on the ``1 - trim_fraction`` pixels with the smallest absolute residual of the
+    previous fit (the trimmed scale/shift alignment of MoGe/DUSt3R depth to a known reference that GEN3C and
+    Voyager use). Raises ``InvalidInputError`` when fewer than 2 distinct pixels remain.
+    """
+    s = np.asarray(source, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool) & np.isfinite(s) & np.isfinite(t)
+    x, y = s[m], t[m]
+    if x.size >= 2:
+        lo, hi = percentile_range
+        xl, xh = np.percentile(x, [lo, hi])
+        yl, yh = np.percentile(y, [lo, hi])
+        keep = (x >= xl) & (x <= xh) & (y >= yl) & (y <= yh)
+        x, y = x[keep], y[keep]
+    if x.size < 2 or np.ptp(x) <= 0:
+        raise InvalidInputError(f"cannot align depth: {x.size} usable pixels with no spread in the model output")
+
+    def fit(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
+        A = np.stack([xs, np.ones_like(xs)], axis=1)
+        (a, b), *_ = np.linalg.lstsq(A, ys, rcond=None)
+        return float(a), float(b)
+
+    a, b = fit(x, y)
+    x_fit, y_fit = x, y
+    n_keep = max(2, int(math.ceil((1.0 - trim_fraction) * x.size)))
+    for _ in range(iterations):
+        idx = np.argpartition(np.abs(a * x + b - y), n_keep - 1)[:n_keep]  # the best-fitting pixels
+        if np.ptp(x[idx]) <= 0:
+            break
+        x_fit, y_fit = x[idx], y[idx]
+        a, b = fit(x_fit, y_fit)
+    rms = float(np.sqrt(np.mean((a * x_fit + b - y_fit) ** 2)))
+    return ScaleShift(a, b, int(x_fit.size), rms)
+
+
+def align_model_depth(
+    model_depth: np.ndarray,  # [H, W] model output: depth (relative or metric) or disparity (config says)
+    rendered_depth_m: np.ndarray,  # [H, W] float32
+    fit_mask: np.ndarray,  # [H, W] bool, True = rendered depth known and pixel static
+    config: "UpdateConfig",
+) -> np.ndarray | None:
+    """The model's output in metres, aligned to the render; ``None`` when too few pixels allow a fit."""
+    if int(fit_mask.sum()) < config.min_align_pixels:
+        return None
+    model = np.asarray(model_depth, dtype=np.float64)
+    if config.model_depth_is_disparity:
+        with np.errstate(divide="ignore"):
+            target = np.where(rendered_depth_m > 0, 1.0 / rendered_depth_m, 0.0)
+    else:
+        target = rendered_depth_m.astype(np.float64)
+    try:
+        fitm = align_scale_shift(
+            model, target, fit_mask, config.align_percentile_range, config.align_trim_fraction, config.align_iterations
+        )
+    except InvalidInputError:
+        return None
+    aligned = fitm.scale * model + fitm.shift
+    if config.model_depth_is_disparity:
+        with np.errstate(divide="ignore"):
+            aligned = np.where(aligned > 0, 1.0 / aligned, 0.0)
+    aligned = np.where(np.isfinite(aligned) & (aligned > 0), aligned, 0.0)
+    return aligned.astype(np.float32)
+
+
+def depth_for_generated_frame(
+    rendered: Any,  # RenderResult-like (rgb, depth_m, valid) of the memory at the frame's pose, or that tuple
+    generated_rgb: np.ndarray,  # [H, W, 3] uint8, the generated frame
+    generator_depth: np.ndarray | None = None,  # [H, W] float32 metres, 0 = unknown
+    model_depth: np.ndarray | None = None,  # [H, W] a depth model's output on generated_rgb (relative or metric)
+    dynamic: np.ndarray | None = None,  # [H, W] bool, True = dynamic entity
+    config: UpdateConfig = UpdateConfig(),
+) -> np.ndarray:
+    """Depth (``[H, W]`` float32 z-depth metres, 0 = unknown) to integrate ``generated_rgb`` with.
+
+    Priority: the generator's depth when given (it knows what it drew, dynamic entities included). Otherwise the
+    memory's rendered depth where it is valid (the frame was generated to agree with the memory there); the holes
+    take the depth model's output aligned to the render (robust scale/shift, ``align_scale_shift``; fitted on static
+    rendered pixels only, since a dynamic entity stands in front of the rendered static background), or, without a
+    model or when the alignment is impossible, the background-preferring fill (``fill_holes_background``).
+    """
+    return _choose_depth(rendered, generated_rgb, generator_depth, model_depth, dynamic, config)[0]
+
+
+def _choose_depth(
+    rendered: Any,
+    generated_rgb: np.ndarray,
+    generator_depth: np.ndarray | None,
+    model_depth: np.ndarray | None,
+    dynamic: np.ndarray | None,
+    config: UpdateConfig,
+) -> tuple[np.ndarray, str]:
+    """``depth_for_generated_frame`` plus where the depth came from: "generator", "memory", "memory+model",
+    "memory+fill", or "memory (holes unknown)" when the holes could not be filled."""
+    rgb = _check_image(generated_rgb, "generated_rgb")
+    shape = rgb.shape[:2]
+    gen = _check_map(generator_depth, shape, "generator_depth", float)
+    if gen is not None:
+        return np.where(np.isfinite(gen) & (gen > 0), gen, 0.0).astype(np.float32), "generator"
+    _, depth, valid = _unpack_render(rendered, shape)
+    model = _check_map(model_depth, shape, "model_depth", float)
+    dyn = _check_map(dynamic, shape, "dynamic", bool)
+    out = np.where(valid, depth, 0.0).astype(np.float32)
+    if valid.all():
+        return out, "memory"
+    if model is not None:
+        fit_mask = valid if dyn is None else valid & ~dyn
+        aligned = align_model_depth(model, depth, fit_mask, config)
+        if aligned is not None:
+            return np.where(valid, depth, aligned).astype(np.float32), "memory+model"
+    if config.fill_holes and valid.mean() >= config.min_valid_fraction:
+        return fill_holes_background(depth, valid, config.fill_depth_gap_rel, config.max_fill_span_px), "memory+fill"
+    return out, "memory (holes unknown)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pose refinement
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoseRefinement:
+    """Outcome of refining a generated frame's pose against the memory."""
+
+    c2w: np.ndarray  # [4, 4] refined pose when accepted, else exactly c2w_init
+    accepted: bool
+    rotation_deg: float  # size of the proposed correction (also when rejected; nan when odometry failed)
+    translation_m: float
+    fitness: float  # correspondences / memory-render pixels with depth
+    num_correspondences: int
+    residual_before: float  # photometric RMS (intensity 0..1) of the memory render warped into the frame, at init
+    residual_after: float  # the same at the proposed pose
+    reason: str  # "ok" or why it was rejected
+
+
+def refine_pose(
+    memory_render: Any,  # RenderResult-like (rgb, depth_m, valid) of the memory at c2w_init, or that tuple
+    frame_rgb: np.ndarray,  # [H, W, 3] uint8, the generated frame
+    frame_depth: np.ndarray | None,  # [H, W] float32 metres when the frame has its own depth, else None
+    intrinsics: Intrinsics,
+    c2w_init: np.ndarray,  # [4, 4] the commanded pose of the frame
+    config: UpdateConfig = UpdateConfig(),
+) -> PoseRefinement:
+    """Where was the frame really taken? Dense RGB-D odometry from the memory render to the frame.
+
+    Source = the memory render at ``c2w_init`` (its depth is the memory's geometry, exact in that camera), target =
+    the frame. With ``frame_depth`` the hybrid photometric + depth term is used; without it the photometric term
+    only, the rendered depth standing in for the frame's depth merely to gate correspondences. Odometry gives
+    ``T`` with ``p_frame = T p_render``, so the frame's pose is ``c2w_init @ inv(T)``.
+
+    Rejected (``c2w_init`` returned, ``accepted=False``) when the memory covers too little of the frame, Open3D
+    reports failure, the correction exceeds the configured bounds, too few pixels correspond, or the photometric
+    residual does not decrease (divergence).
+    """
+    c2w_init = validate_pose(c2w_init, "c2w_init")
+    frame_rgb = _check_image(frame_rgb, "frame_rgb")
+    shape = (intrinsics.height, intrinsics.width)
+    if frame_rgb.shape[:2] != shape:
+        raise InvalidInputError(f"frame is {frame_rgb.shape[1]}x{frame_rgb.shape[0]}, camera is {shape[1]}x{shape[0]}")
+    r_rgb, r_depth, r_valid = _unpack_render(memory_render, shape)
+    f_depth = _check_map(frame_depth, shape, "frame_depth", float)
+    src_depth = np.where(r_valid, r_depth, 0.0).astype(np.float32)
+    n_src = int(r_valid.sum())
+
+    def reject(reason: str, rot: float = math.nan, trans: float = math.nan, fit: float = 0.0, n: int = 0,
+               before: float = math.nan, after: float = math.nan) -> PoseRefinement:
+        return PoseRefinement(c2w_init.copy(), False, rot, trans, fit, n, before, after, reason)
+
+    if n_src < max(1, config.min_valid_fraction * r_valid.size):
+        return reject(f"memory covers {n_src / r_valid.size:.1%} of the frame (< {config.min_valid_fraction:.0%})")
+    odo = rgbd_odometry(
+        r_rgb, src_depth, frame_rgb, f_depth if f_depth is not None else src_depth, intrinsics,
+        use_depth_term=f_depth is not None,
+        iterations_per_level=tuple(config.odometry_iterations),
+        depth_diff_max_m=config.odometry_depth_diff_max_m,
+    )
+    before = photometric_residual(r_rgb, src_depth, frame_rgb, intrinsics, np.eye(4)).rmse
+    if not odo.success or not np.all(np.isfinite(odo.source_to_target)):
+        return reject("odometry failed to converge", before=before)
+    c2w_new = c2w_init @ invert_pose(odo.source_to_target)
+    rot = rotation_angle_deg(c2w_init, c2w_new)
+    trans = translation_distance_m(c2w_init, c2w_new)
+    fitness = odo.num_correspondences / n_src
+    after_check = photometric_residual(r_rgb, src_depth, frame_rgb, intrinsics, odo.source_to_target)
+    after = after_check.rmse
+    args = dict(rot=rot, trans=trans, fit=fitness, n=odo.num_correspondences, before=before, after=after)
+    if rot > config.max_refine_rotation_deg or trans > config.max_refine_translation_m:
+        return reject(
+            f"correction {rot:.2f} deg / {trans:.3f} m exceeds the bounds "
+            f"{config.max_refine_rotation_deg} deg / {config.max_refine_translation_m} m", **args
+        )
+    if fitness < config.min_refine_fitness or after_check.overlap_fraction < config.min_refine_fitness:
+        return reject(f"too few inliers: fitness {fitness:.2f} < {config.min_refine_fitness}", **args)
+    if not after < before:
+        return reject(f"diverged: photometric residual {before:.4f} -> {after:.4f} did not decrease", **args)
+    return PoseRefinement(c2w_new, True, rot, trans, fitness, odo.num_correspondences, before, after, "ok")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The update loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MemoryLike(Protocol):
+    """The part of ``world.memory.SpatialMemory`` the update uses."""
+
+    def render(self, intrinsics: Intrinsics, c2w: np.ndarray) -> Any: ...
+
+    def integrate(self, rgb: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
+                  frame_index: int, exclude_mask: np.ndarray | None = None) -> Any: ...
+
+
+DepthModel = Callable[[np.ndarray], np.ndarray]  # rgb [H, W, 3] uint8 -> [H, W] depth-like (relative or metric)
+
+
+@dataclass(frozen=True)
+class FrameUpdate:
+    """What happened to one generated frame."""
+
+    frame_index: int
+    integrated: bool
+    depth_source: str  # see ``_choose_depth``; "none" when the frame was skipped
+    coverage: float  # fraction of pixels the memory rendered at the final pose
+    new_points: int
+    updated_points: int
+    dynamic_pixels: int  # pixels excluded from integration as dynamic
+    refinement: PoseRefinement | None  # None when refinement was off or the frame was skipped
+    reason: str  # "ok" or why the frame was skipped
+
+
+@dataclass
+class UpdateReport:
+    poses_refined: np.ndarray  # [N, 4, 4] float64: refined where accepted, else the input pose
+    accepted: np.ndarray  # [N] bool, True where a pose refinement was accepted
+    new_points: int
+    updated_points: int
+    frames: list[FrameUpdate] = field(default_factory=list)
+
+
+def update_memory(
+    memory: MemoryLike,
+    frames: np.ndarray,  # [N, H, W, 3] uint8 generated frames
+    c2w: np.ndarray,  # [N, 4, 4] the poses they were generated for, world frame
+    intrinsics: Intrinsics,
+    frame_indices: Sequence[int],  # [N] global frame indices (recorded per point as first/last seen)
+    generator_depth: np.ndarray | None = None,  # [N, H, W] float32 metres, 0 = unknown
+    dynamic: np.ndarray | None = None,  # [N, H, W] bool, True = dynamic entity: never written to memory
+    depth_model: DepthModel | None = None,
+    config: UpdateConfig = UpdateConfig(),
+) -> UpdateReport:
+    """Fold generated frames into the memory, in order (each frame sees what the previous ones added).
+
+    Every ``config.integrate_stride``-th frame (0, n, 2n, ...) is processed: render the memory at its pose, refine
+    the pose (when enabled and the memory covers enough of the frame), re-render at the refined pose, choose the
+    depth (``depth_for_generated_frame``), integrate with ``exclude_mask = dynamic``. Other frames keep their pose.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        raise InvalidInputError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    n = frames.shape[0]
+    shape = (intrinsics.height, intrinsics.width)
+    if frames.shape[1:3] != shape:
+        raise InvalidInputError(f"frames are {frames.shape[2]}x{frames.shape[1]}, camera is {shape[1]}x{shape[0]}")
+    poses = validate_trajectory(c2w, "c2w")
+    if poses.shape[0] != n:
+        raise InvalidInputError(f"{n} frames but {poses.shape[0]} poses")
+    indices = [int(i) for i in frame_indices]
+    if len(indices) != n:
+        raise InvalidInputError(f"{n} frames but {len(indices)} frame indices")
+    for name, arr in (("generator_depth", generator_depth), ("dynamic", dynamic)):
+        if arr is not None and np.asarray(arr).shape != (n,) + shape:
+            raise InvalidInputError(f"{name} must be {[n, *shape]}, got {list(np.asarray(arr).shape)}")
+    if dynamic is not None and np.asarray(dynamic).dtype != np.bool_:
+        raise InvalidInputError(f"dynamic must be a bool mask, got {np.asarray(dynamic).dtype}")
+
+    refined = poses.copy()
+    accepted = np.zeros(n, dtype=bool)
+    report = UpdateReport(refined, accepted, 0, 0)
+    for i in range(n):
+        if i % config.integrate_stride:
+            report.frames.append(FrameUpdate(indices[i], False, "none", math.nan, 0, 0, 0, None, "stride"))
+            continue
+        rgb = frames[i]
+        gen = None if generator_depth is None else np.asarray(generator_depth[i], dtype=np.float32)
+        dyn = None if dynamic is None else np.asarray(dynamic[i])
+        render = memory.render(intrinsics, poses[i])
+        _, _, valid = _unpack_render(render, shape)
+        refinement = None
+        if config.refine_pose:
+            refinement = refine_pose(render, rgb, gen, intrinsics, poses[i], config)
+            if refinement.accepted:
+                refined[i] = refinement.c2w
+                accepted[i] = True
+                render = memory.render(intrinsics, refined[i])
+                _, _, valid = _unpack_render(render, shape)
+        coverage = float(valid.mean())
+        model = None
+        if gen is None and depth_model is not None and not valid.all():
+            model = np.asarray(depth_model(rgb), dtype=np.float32)
+        if gen is None and model is None and coverage < config.min_valid_fraction:
+            reason = f"memory covers {coverage:.1%} of the frame and there is no generator or model depth"
+            report.frames.append(FrameUpdate(indices[i], False, "none", coverage, 0, 0, 0, refinement, reason))
+            continue
+        depth, source = _choose_depth(render, rgb, gen, model, dyn, config)
+        stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=dyn)
+        new, upd = int(stats.new_points), int(stats.updated_points)
+        report.new_points += new
+        report.updated_points += upd
+        n_dyn = 0 if dyn is None else int(dyn.sum())
+        report.frames.append(FrameUpdate(indices[i], True, source, coverage, new, upd, n_dyn, refinement, "ok"))
+    return report
