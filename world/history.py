@@ -1,0 +1,636 @@
+"""The frame history: every frame the world has shown, with its pose, and the view-specific voxel sets.
+
+Paper Sec. 3.1.1-3.1.2: the candidate frames ``{C}^O`` are the frames generated so far, each with its camera pose
+and its *view-specific scene point cloud* ``S_C`` (the part of the scene point cloud that the view sees). We keep
+that point cloud as a set of voxel keys (``world.geometry`` packing, cube side ``d``); the caller computes it
+(e.g. ``SpatialMemory.visible_voxel_keys`` or ``world.geometry.voxel_keys`` of the unprojected depth).
+
+What is stored per frame (``frame_index`` = position in the store, 0-based, in the order of ``add``):
+- the image, compressed (JPEG quality 95 or lossless PNG), decoded on demand through a small LRU;
+- optional depth, compressed (float16 + zstd, lossless float32 + zstd, or 16-bit PNG millimetres);
+- ``c2w`` (OpenCV camera, world frame, float64), intrinsics and a timestamp, in growing arrays (hot paths read
+  all poses at once);
+- the voxel set, as int32 column ids into one shared key table (``VoxelSetIndex``), which also keeps an inverted
+  index (voxel -> frames that see it) so that overlap queries touch only the frames that share voxels.
+
+Not thread-safe: the engine adds frames and queries from one thread (or holds a lock around both).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from world.camera import Intrinsics, validate_pose
+from world.errors import ImageDecodeError, InvalidInputError, NotFoundError, SnapshotError
+
+SNAPSHOT_VERSION = 1
+_IMAGE_CODECS = ("jpeg", "png")
+_DEPTH_CODECS = ("float16_zstd", "float32_zstd", "png_mm")
+_EMPTY_KEY = -1  # hash-table sentinel; packed voxel keys are >= 0 (``world.geometry`` offsets every axis)
+_HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2**64 / golden ratio, spreads packed keys evenly
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """How frames are kept. Defaults favour fidelity (JPEG 95 is visually lossless) and a fast hot path."""
+
+    image_codec: str = "jpeg"  # "jpeg" (lossy, ~10x smaller) or "png" (lossless)
+    jpeg_quality: int = 95
+    png_compression: int = 1  # 0-9; 1: fast, frames are encoded while the player waits
+    depth_codec: str = "float16_zstd"  # "float16_zstd" (~0.05 % relative error), "float32_zstd" (exact), "png_mm"
+    zstd_level: int = 3
+    decoded_cache_frames: int = 32  # LRU of decoded images / depth maps (a 1248x704 RGB frame is 2.6 MB)
+    # Frames newer than the inverted index are scanned directly; once this many pile up the index is rebuilt
+    # (O(total voxels), ~0.1 s per 10 M entries), which keeps both add() and queries cheap.
+    index_tail_frames: int = 512
+
+    def __post_init__(self) -> None:
+        if self.image_codec not in _IMAGE_CODECS:
+            raise InvalidInputError(f"image_codec must be one of {_IMAGE_CODECS}, got {self.image_codec!r}")
+        if self.depth_codec not in _DEPTH_CODECS:
+            raise InvalidInputError(f"depth_codec must be one of {_DEPTH_CODECS}, got {self.depth_codec!r}")
+        if not (1 <= self.jpeg_quality <= 100):
+            raise InvalidInputError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if not (0 <= self.png_compression <= 9):
+            raise InvalidInputError(f"png_compression must be in [0, 9], got {self.png_compression}")
+        if not (1 <= self.zstd_level <= 22):
+            raise InvalidInputError(f"zstd_level must be in [1, 22], got {self.zstd_level}")
+        if self.decoded_cache_frames < 0:
+            raise InvalidInputError(f"decoded_cache_frames must be >= 0, got {self.decoded_cache_frames}")
+        if self.index_tail_frames < 1:
+            raise InvalidInputError(f"index_tail_frames must be >= 1, got {self.index_tail_frames}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Codecs (OpenCV: about twice as fast as PIL for JPEG at this size, and frames are encoded on the hot path)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _encode_rgb(rgb: np.ndarray, config: HistoryConfig) -> bytes:
+    import cv2
+
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    if config.image_codec == "jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+    else:
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, config.png_compression])
+    if not ok:
+        raise InvalidInputError(f"could not encode a {rgb.shape[1]}x{rgb.shape[0]} frame as {config.image_codec}")
+    return buf.tobytes()
+
+
+def _decode_rgb(blob: bytes, width: int, height: int, what: str) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(blob, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (height, width, 3):
+        raise ImageDecodeError(f"{what}: stored image does not decode to {width}x{height} RGB")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _encode_depth(depth_m: np.ndarray, config: HistoryConfig) -> bytes:
+    """Depth ``[H, W]`` float32 metres (0 = unknown) -> bytes. Values a codec cannot hold become 0 (unknown)."""
+    if config.depth_codec == "png_mm":
+        import cv2
+
+        mm = np.round(depth_m.astype(np.float64) * 1000.0)
+        mm[mm > 65535] = 0  # beyond 65.535 m: unknown rather than a wrong, saturated distance
+        ok, buf = cv2.imencode(".png", mm.astype(np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, config.png_compression])
+        if not ok:
+            raise InvalidInputError("could not encode depth as 16-bit PNG")
+        return buf.tobytes()
+    import zstandard
+
+    if config.depth_codec == "float16_zstd":
+        with np.errstate(over="ignore"):
+            half = depth_m.astype(np.float16)
+        half[~np.isfinite(half)] = 0  # beyond float16's 65504 m: unknown
+        raw = half.tobytes()
+    else:
+        raw = depth_m.astype(np.float32).tobytes()
+    return zstandard.ZstdCompressor(level=config.zstd_level).compress(raw)
+
+
+def _decode_depth(blob: bytes, codec: str, width: int, height: int, what: str) -> np.ndarray:
+    if codec == "png_mm":
+        import cv2
+
+        mm = cv2.imdecode(np.frombuffer(blob, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if mm is None or mm.shape != (height, width) or mm.dtype != np.uint16:
+            raise ImageDecodeError(f"{what}: stored depth does not decode to a {width}x{height} 16-bit PNG")
+        return (mm.astype(np.float32) / np.float32(1000.0)).astype(np.float32)
+    import zstandard
+
+    dtype = np.float16 if codec == "float16_zstd" else np.float32
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(blob)
+    except zstandard.ZstdError as exc:
+        raise ImageDecodeError(f"{what}: stored depth is not valid zstd ({exc})") from None
+    if len(raw) != width * height * np.dtype(dtype).itemsize:
+        raise ImageDecodeError(f"{what}: stored depth has {len(raw)} bytes, expected {width}x{height} {dtype.__name__}")
+    return np.frombuffer(raw, dtype=dtype).reshape(height, width).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numba kernels (compiled on first use and cached on disk, so ``import world`` stays light)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _kernels():
+    import numba
+
+    mult = np.uint64(_HASH_MULT)
+
+    @numba.njit(cache=True, nogil=True)
+    def hash_get_or_insert(table_keys, table_cols, shift, keys, col_keys, n_cols, insert, out):
+        """``out[i]`` = column of ``keys[i]``; absent keys get the next column when ``insert`` else -1.
+
+        Open addressing with linear probing; the caller keeps the load factor <= 1/2 and ``col_keys`` large
+        enough. Returns the new number of columns.
+        """
+        mask = table_keys.shape[0] - 1
+        for i in range(keys.shape[0]):
+            k = keys[i]
+            j = np.int64((np.uint64(k) * mult) >> np.uint64(shift))
+            while True:
+                tk = table_keys[j]
+                if tk == k:
+                    out[i] = table_cols[j]
+                    break
+                if tk == -1:
+                    if insert:
+                        table_keys[j] = k
+                        table_cols[j] = n_cols
+                        col_keys[n_cols] = k
+                        out[i] = n_cols
+                        n_cols += 1
+                    else:
+                        out[i] = -1
+                    break
+                j = (j + 1) & mask
+        return n_cols
+
+    @numba.njit(cache=True, nogil=True)
+    def build_inverted(cols, offsets, n_frames, n_cols):
+        """Counting sort of the forward lists (frame -> columns) into postings (column -> frames, ascending)."""
+        indptr = np.zeros(n_cols + 1, dtype=np.int64)
+        nnz = offsets[n_frames]
+        for p in range(nnz):
+            indptr[cols[p] + 1] += 1
+        for c in range(n_cols):
+            indptr[c + 1] += indptr[c]
+        fill = indptr[:-1].copy()
+        frames = np.empty(nnz, dtype=np.int32)
+        for f in range(n_frames):
+            for p in range(offsets[f], offsets[f + 1]):
+                c = cols[p]
+                frames[fill[c]] = f
+                fill[c] += 1
+        return indptr, frames
+
+    @numba.njit(cache=True, nogil=True)
+    def count_sealed(target_cols, target_offsets, indptr, post_frames, n_sealed_cols, counts):
+        """``counts[t, f] += |cols(t) ∩ cols(f)|`` over the frames in the inverted index (postings walk)."""
+        for t in range(target_offsets.shape[0] - 1):
+            for p in range(target_offsets[t], target_offsets[t + 1]):
+                c = target_cols[p]
+                if c < n_sealed_cols:
+                    for q in range(indptr[c], indptr[c + 1]):
+                        counts[t, post_frames[q]] += 1
+
+    @numba.njit(cache=True, nogil=True)
+    def count_tail(target_bits, t0, n_t, cols, offsets, f_start, f_stop, counts):
+        """Same for the frames not yet in the inverted index: scan their columns against a per-column bitmask
+        of (up to 64) targets ``t0 .. t0 + n_t``."""
+        for f in range(f_start, f_stop):
+            for p in range(offsets[f], offsets[f + 1]):
+                m = target_bits[cols[p]]
+                if m != 0:
+                    for b in range(n_t):
+                        if (m >> np.uint64(b)) & np.uint64(1):
+                            counts[t0 + b, f] += 1
+
+    return hash_get_or_insert, build_inverted, count_sealed, count_tail
+
+
+class _Growing:
+    """A 1-D / N-D numpy array that grows along axis 0 with amortised O(1) appends (capacity doubling)."""
+
+    def __init__(self, item_shape: tuple[int, ...], dtype: Any, capacity: int = 64):
+        self._buf = np.empty((capacity, *item_shape), dtype=dtype)
+        self.size = 0
+
+    def reserve(self, extra: int) -> None:
+        need = self.size + extra
+        if need > self._buf.shape[0]:
+            new = np.empty((max(need, 2 * self._buf.shape[0]), *self._buf.shape[1:]), dtype=self._buf.dtype)
+            new[: self.size] = self._buf[: self.size]
+            self._buf = new
+
+    def extend(self, values: np.ndarray) -> None:
+        self.reserve(len(values))
+        self._buf[self.size : self.size + len(values)] = values
+        self.size += len(values)
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The whole allocation (kernels write into it past ``size`` after ``reserve``)."""
+        return self._buf
+
+    @property
+    def view(self) -> np.ndarray:
+        v = self._buf[: self.size]
+        v.flags.writeable = False
+        return v
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._buf.nbytes)
+
+
+class VoxelSetIndex:
+    """The view-specific voxel sets of all frames, and fast intersection counts against query sets.
+
+    Storage: a hash table maps each distinct voxel key to a column id (int32, first-seen order); a frame's set is
+    its sorted keys' column ids (4 bytes per voxel, in one flat array with offsets: the forward lists). An inverted
+    index (column -> ascending frame ids) covers the first ``n_sealed_frames`` frames; the newer "tail" frames are
+    scanned directly. ``add`` rebuilds the inverted index once ``tail_frames`` frames are outside it.
+
+    Query cost: sum over the query's voxels of how many indexed frames see each one, plus the tail's size; it
+    does not grow with frames that share nothing with the query.
+    """
+
+    def __init__(self, tail_frames: int = 512):
+        if tail_frames < 1:
+            raise InvalidInputError(f"tail_frames must be >= 1, got {tail_frames}")
+        self.tail_frames = int(tail_frames)
+        self._shift = 64 - 10
+        self._table_keys = np.full(1 << 10, _EMPTY_KEY, dtype=np.int64)
+        self._table_cols = np.zeros(1 << 10, dtype=np.int32)
+        self._col_keys = _Growing((), np.int64, 1024)  # column -> voxel key
+        self._cols = _Growing((), np.int32, 1 << 16)  # forward lists, concatenated
+        self._offsets = _Growing((), np.int64)
+        self._offsets.extend(np.zeros(1, dtype=np.int64))
+        self._indptr = np.zeros(1, dtype=np.int64)  # inverted index over the first n_sealed_frames
+        self._post_frames = np.zeros(0, dtype=np.int32)
+        self.n_sealed_frames = 0
+        self._n_sealed_cols = 0
+
+    def __len__(self) -> int:
+        return self._offsets.size - 1
+
+    @property
+    def num_voxels(self) -> int:
+        """Distinct voxel keys seen by any frame."""
+        return self._col_keys.size
+
+    # --- building ---------------------------------------------------------------------------------------------
+
+    def _ensure_table(self, extra: int) -> None:
+        n = self._col_keys.size + extra
+        if 2 * n <= self._table_keys.shape[0]:
+            return
+        bits = max(10, int(np.ceil(np.log2(4 * n))))
+        self._table_keys = np.full(1 << bits, _EMPTY_KEY, dtype=np.int64)
+        self._table_cols = np.zeros(1 << bits, dtype=np.int32)
+        self._shift = 64 - bits
+        hash_get_or_insert = _kernels()[0]
+        keys = self._col_keys.view.copy()
+        # Re-inserting the keys in column order gives every key its old column back.
+        out = np.empty(keys.shape[0], dtype=np.int32)
+        scratch = np.empty(keys.shape[0], dtype=np.int64)
+        n_new = hash_get_or_insert(self._table_keys, self._table_cols, self._shift, keys, scratch, 0, True, out)
+        assert n_new == keys.shape[0] and np.array_equal(out, np.arange(keys.shape[0]))
+
+    def add(self, keys: np.ndarray) -> int:  # keys: [V] int64, sorted unique, >= 0
+        """Append one frame's voxel set (already canonical, see ``canonical_voxel_keys``); returns its frame id."""
+        hash_get_or_insert = _kernels()[0]
+        self._ensure_table(keys.shape[0])
+        self._col_keys.reserve(keys.shape[0])
+        cols = np.empty(keys.shape[0], dtype=np.int32)
+        self._col_keys.size = hash_get_or_insert(
+            self._table_keys, self._table_cols, self._shift, keys, self._col_keys.buffer, self._col_keys.size,
+            True, cols,
+        )
+        self._cols.extend(cols)
+        self._offsets.extend(np.array([self._cols.size], dtype=np.int64))
+        if len(self) - self.n_sealed_frames >= self.tail_frames:
+            self.seal()
+        return len(self) - 1
+
+    def seal(self) -> None:
+        """Rebuild the inverted index over every frame added so far (normally called by ``add``)."""
+        build_inverted = _kernels()[1]
+        n_frames = len(self)
+        self._indptr, self._post_frames = build_inverted(
+            self._cols.buffer, self._offsets.buffer, n_frames, self._col_keys.size
+        )
+        self.n_sealed_frames = n_frames
+        self._n_sealed_cols = self._col_keys.size
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    def keys(self, frame: int) -> np.ndarray:
+        """``[V]`` int64 sorted voxel keys of one frame."""
+        off = self._offsets.view
+        return self._col_keys.view[self._cols.view[off[frame] : off[frame + 1]]]
+
+    def sizes(self) -> np.ndarray:
+        """``[F]`` int64: number of voxels in each frame's set."""
+        return np.diff(self._offsets.view)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Column ids of ``keys`` (int64 ``[V]``); -1 where no frame has that voxel."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        out = np.empty(keys.shape[0], dtype=np.int32)
+        _kernels()[0](self._table_keys, self._table_cols, self._shift, keys, self._col_keys.buffer, 0, False, out)
+        return out
+
+    def intersection_counts(self, query_keys: list[np.ndarray]) -> np.ndarray:
+        """``[T, F]`` int32: ``counts[t, f] = |query_keys[t] ∩ voxels(f)|`` for every stored frame ``f``.
+
+        Each query set must be free of duplicates (``canonical_voxel_keys``); keys no frame has are ignored.
+        """
+        _, _, count_sealed, count_tail = _kernels()
+        n_t, n_f = len(query_keys), len(self)
+        counts = np.zeros((n_t, n_f), dtype=np.int32)
+        if n_t == 0 or n_f == 0:
+            return counts
+        target_cols = [c[c >= 0] for c in (self.lookup(k) for k in query_keys)]
+        offsets = np.zeros(n_t + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([c.shape[0] for c in target_cols])
+        flat = np.concatenate(target_cols).astype(np.int32, copy=False)
+        if self.n_sealed_frames > 0:
+            count_sealed(flat, offsets, self._indptr, self._post_frames, self._n_sealed_cols, counts)
+        if self.n_sealed_frames < n_f:
+            bits = np.zeros(self._col_keys.size, dtype=np.uint64)
+            for t0 in range(0, n_t, 64):
+                bits[:] = 0
+                n_group = min(64, n_t - t0)
+                for b in range(n_group):
+                    bits[target_cols[t0 + b]] |= np.uint64(1) << np.uint64(b)
+                count_tail(
+                    bits, t0, n_group, self._cols.buffer, self._offsets.buffer, self.n_sealed_frames, n_f, counts
+                )
+        return counts
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self._table_keys.nbytes + self._table_cols.nbytes + self._col_keys.nbytes + self._cols.nbytes
+            + self._offsets.nbytes + self._indptr.nbytes + self._post_frames.nbytes
+        )
+
+    # --- snapshot ---------------------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "voxel_col_keys": self._col_keys.view.copy(),  # [U] int64: column -> voxel key
+            "voxel_cols": self._cols.view.copy(),  # [nnz] int32: every frame's columns, concatenated
+            "voxel_offsets": self._offsets.view.copy(),  # [F + 1] int64: frame f is cols[off[f]:off[f+1]]
+        }
+
+    @classmethod
+    def from_arrays(cls, data: dict[str, Any], tail_frames: int = 512) -> "VoxelSetIndex":
+        col_keys = np.asarray(data["voxel_col_keys"], dtype=np.int64)
+        cols = np.asarray(data["voxel_cols"], dtype=np.int32)
+        offsets = np.asarray(data["voxel_offsets"], dtype=np.int64)
+        if (
+            col_keys.ndim != 1 or cols.ndim != 1 or offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0
+            or offsets[-1] != cols.shape[0] or np.any(np.diff(offsets) < 0)
+            or (cols.size and (cols.min() < 0 or cols.max() >= col_keys.shape[0]))
+            or (col_keys.size and col_keys.min() < 0) or np.unique(col_keys).shape[0] != col_keys.shape[0]
+        ):
+            raise SnapshotError("voxel index arrays are inconsistent (offsets, column range or duplicate keys)")
+        index = cls(tail_frames)
+        index._ensure_table(col_keys.shape[0])
+        out = np.empty(col_keys.shape[0], dtype=np.int32)
+        index._col_keys.reserve(col_keys.shape[0])
+        index._col_keys.size = _kernels()[0](
+            index._table_keys, index._table_cols, index._shift, col_keys, index._col_keys.buffer, 0, True, out
+        )
+        index._cols.extend(cols)
+        index._offsets = _Growing((), np.int64, offsets.shape[0])
+        index._offsets.extend(offsets)
+        index.seal()
+        return index
+
+
+def canonical_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
+    """A view-specific voxel set as sorted unique int64 ``[V]`` (a set: order and repeats carry no meaning)."""
+    keys = np.asarray(voxel_keys)
+    if keys.ndim != 1:
+        raise InvalidInputError(f"{name} must be a 1-D array of voxel keys, got shape {keys.shape}")
+    if keys.size and not np.issubdtype(keys.dtype, np.integer):
+        raise InvalidInputError(f"{name} must hold integer voxel keys, got dtype {keys.dtype}")
+    keys = np.ascontiguousarray(keys, dtype=np.int64)
+    if keys.size and keys.min() < 0:
+        raise InvalidInputError(f"{name} has negative values; packed voxel keys (world.geometry) are >= 0")
+    if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
+        keys = np.unique(keys)
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FrameStore:
+    """Every frame shown so far: compressed image (+ depth), pose, intrinsics, timestamp and voxel set.
+
+    ``frame_index`` is the position in the store (0, 1, 2, ... in the order of ``add``). Decoded images and depth
+    maps come from a small LRU and are returned read-only (copy before editing).
+    """
+
+    def __init__(self, config: HistoryConfig = HistoryConfig()):
+        self.config = config
+        self._c2w = _Growing((4, 4), np.float64)  # [N, 4, 4] camera-to-world, OpenCV camera
+        self._intrinsics = _Growing((6,), np.float64)  # [N, 6]: fx, fy, cx, cy, width, height (pixels)
+        self._timestamp_ns = _Growing((), np.int64)
+        self._rgb: list[bytes] = []
+        self._depth: list[bytes | None] = []
+        self.voxels = VoxelSetIndex(config.index_tail_frames)
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rgb)
+
+    def add(
+        self,
+        rgb: np.ndarray,  # [H, W, 3] uint8
+        c2w: np.ndarray,  # [4, 4] camera-to-world, world frame
+        intrinsics: Intrinsics,  # for this frame's H x W
+        voxel_keys: np.ndarray,  # [V] int64 voxel keys this view sees (any order; duplicates are dropped)
+        depth_m: np.ndarray | None = None,  # [H, W] float32 z-depth, 0 = unknown
+        timestamp_ns: int | None = None,  # None: wall clock now
+    ) -> int:
+        """Store one frame and return its ``frame_index``. Validates everything before storing anything."""
+        if not isinstance(intrinsics, Intrinsics):
+            raise InvalidInputError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
+        w, h = int(intrinsics.width), int(intrinsics.height)
+        rgb = np.asarray(rgb)
+        if rgb.dtype != np.uint8 or rgb.shape != (h, w, 3):
+            raise InvalidInputError(f"rgb must be uint8 [{h}, {w}, 3] to match the intrinsics, got {rgb.dtype} {rgb.shape}")
+        pose = validate_pose(c2w, "c2w")
+        keys = canonical_voxel_keys(voxel_keys)
+        depth_blob = None
+        if depth_m is not None:
+            depth = np.asarray(depth_m)
+            if depth.shape != (h, w) or not np.issubdtype(depth.dtype, np.floating):
+                raise InvalidInputError(f"depth_m must be float [{h}, {w}], got {depth.dtype} {depth.shape}")
+            if not np.all(np.isfinite(depth)) or depth.min() < 0:
+                raise InvalidInputError("depth_m must be finite and >= 0 (0 = unknown)")
+            depth_blob = _encode_depth(depth.astype(np.float32, copy=False), self.config)
+        ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+        rgb_blob = _encode_rgb(rgb, self.config)
+
+        self._c2w.extend(pose[None])
+        self._intrinsics.extend(
+            np.array([[intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy, w, h]], dtype=np.float64)
+        )
+        self._timestamp_ns.extend(np.array([ts], dtype=np.int64))
+        self._rgb.append(rgb_blob)
+        self._depth.append(depth_blob)
+        self.voxels.add(keys)
+        return len(self) - 1
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    def _check_index(self, i: int) -> int:
+        i = int(i)
+        if not (0 <= i < len(self)):
+            raise NotFoundError(f"frame {i} is not in the history (it holds frames 0..{len(self) - 1})")
+        return i
+
+    def _cached(self, kind: str, i: int, decode) -> np.ndarray:
+        key = (kind, i)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        arr = decode()
+        arr.flags.writeable = False
+        if self.config.decoded_cache_frames > 0:
+            self._cache[key] = arr
+            while len(self._cache) > self.config.decoded_cache_frames:
+                self._cache.popitem(last=False)
+        return arr
+
+    def get_rgb(self, i: int) -> np.ndarray:
+        """``[H, W, 3]`` uint8 RGB of frame ``i`` (read-only)."""
+        i = self._check_index(i)
+        w, h = (int(v) for v in self._intrinsics.view[i, 4:6])
+        return self._cached("rgb", i, lambda: _decode_rgb(self._rgb[i], w, h, f"frame {i}"))
+
+    def has_depth(self, i: int) -> bool:
+        return self._depth[self._check_index(i)] is not None
+
+    def get_depth(self, i: int) -> np.ndarray | None:
+        """``[H, W]`` float32 z-depth in metres (0 = unknown) of frame ``i``, or None if it was stored without."""
+        i = self._check_index(i)
+        blob = self._depth[i]
+        if blob is None:
+            return None
+        w, h = (int(v) for v in self._intrinsics.view[i, 4:6])
+        return self._cached("depth", i, lambda: _decode_depth(blob, self.config.depth_codec, w, h, f"frame {i}"))
+
+    def get_pose(self, i: int) -> np.ndarray:
+        """``[4, 4]`` float64 camera-to-world of frame ``i`` (a copy)."""
+        return self._c2w.view[self._check_index(i)].copy()
+
+    def poses(self) -> np.ndarray:
+        """``[N, 4, 4]`` float64 camera-to-world of every frame (read-only view, no copy)."""
+        return self._c2w.view
+
+    def timestamps_ns(self) -> np.ndarray:
+        """``[N]`` int64."""
+        return self._timestamp_ns.view
+
+    def intrinsics(self, i: int) -> Intrinsics:
+        fx, fy, cx, cy, w, h = self._intrinsics.view[self._check_index(i)]
+        return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(w), int(h))
+
+    def get_voxel_keys(self, i: int) -> np.ndarray:
+        """``[V]`` int64 sorted unique voxel keys frame ``i`` sees (its view-specific scene point cloud)."""
+        return self.voxels.keys(self._check_index(i))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: compressed frames, pose/intrinsics arrays, the voxel index and the decoded-frame cache."""
+        blobs = sum(len(b) for b in self._rgb) + sum(len(b) for b in self._depth if b is not None)
+        arrays = self._c2w.nbytes + self._intrinsics.nbytes + self._timestamp_ns.nbytes
+        cache = sum(a.nbytes for a in self._cache.values())
+        return int(blobs + arrays + self.voxels.nbytes + cache)
+
+    # --- snapshot ---------------------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, Any]:
+        """Plain numpy arrays, bytes and scalars (for the msgpack world snapshot); ``from_arrays`` inverts it exactly.
+
+        Compressed frames are concatenated into one ``bytes`` with ``[N + 1]`` offsets; frames without depth have
+        an empty depth slice and ``has_depth`` False.
+        """
+        rgb_offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        rgb_offsets[1:] = np.cumsum([len(b) for b in self._rgb])
+        depth_offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        depth_offsets[1:] = np.cumsum([0 if b is None else len(b) for b in self._depth])
+        return {
+            "version": SNAPSHOT_VERSION,
+            "config": asdict(self.config),
+            "c2w": self._c2w.view.copy(),  # [N, 4, 4] float64
+            "intrinsics": self._intrinsics.view.copy(),  # [N, 6] float64: fx, fy, cx, cy, width, height
+            "timestamp_ns": self._timestamp_ns.view.copy(),  # [N] int64
+            "rgb_data": b"".join(self._rgb),
+            "rgb_offsets": rgb_offsets,
+            "depth_data": b"".join(b for b in self._depth if b is not None),
+            "depth_offsets": depth_offsets,
+            "has_depth": np.array([b is not None for b in self._depth], dtype=bool),
+            **self.voxels.to_arrays(),
+        }
+
+    @classmethod
+    def from_arrays(cls, data: dict[str, Any]) -> "FrameStore":
+        """Rebuild a store from ``to_arrays`` output. Raises ``SnapshotError`` on anything inconsistent."""
+        try:
+            version = int(data["version"])
+            if version != SNAPSHOT_VERSION:
+                raise SnapshotError(f"frame history snapshot version {version} is not supported ({SNAPSHOT_VERSION} is)")
+            config = HistoryConfig(**dict(data["config"]))
+            c2w = np.asarray(data["c2w"], dtype=np.float64)
+            intr = np.asarray(data["intrinsics"], dtype=np.float64)
+            ts = np.asarray(data["timestamp_ns"], dtype=np.int64)
+            rgb_data, depth_data = bytes(data["rgb_data"]), bytes(data["depth_data"])
+            rgb_off = np.asarray(data["rgb_offsets"], dtype=np.int64)
+            depth_off = np.asarray(data["depth_offsets"], dtype=np.int64)
+            has_depth = np.asarray(data["has_depth"], dtype=bool)
+            voxels = VoxelSetIndex.from_arrays(data, config.index_tail_frames)
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"frame history snapshot is malformed ({type(exc).__name__}: {exc})") from None
+        n = c2w.shape[0] if c2w.ndim == 3 else -1
+        consistent = (
+            c2w.shape == (n, 4, 4) and intr.shape == (n, 6) and ts.shape == (n,) and has_depth.shape == (n,)
+            and rgb_off.shape == (n + 1,) and depth_off.shape == (n + 1,) and len(voxels) == n
+            and rgb_off[0] == 0 and rgb_off[-1] == len(rgb_data) and np.all(np.diff(rgb_off) > 0)
+            and depth_off[0] == 0 and depth_off[-1] == len(depth_data) and np.all(np.diff(depth_off) >= 0)
+            and np.array_equal(np.diff(depth_off) > 0, has_depth)
+        )
+        if not consistent:
+            raise SnapshotError(f"frame history snapshot arrays disagree in length or offsets (N = {n})")
+        store = cls(config)
+        store._c2w.extend(c2w)
+        store._intrinsics.extend(intr)
+        store._timestamp_ns.extend(ts)
+        store._rgb = [rgb_data[a:b] for a, b in zip(rgb_off[:-1], rgb_off[1:])]
+        store._depth = [depth_data[a:b] if d else None for a, b, d in zip(depth_off[:-1], depth_off[1:], has_depth)]
+        store.voxels = voxels
+        return store
