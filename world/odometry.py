@@ -138,10 +138,11 @@ def photometric_residual(
         # continuous coordinates with pixel centres at integers (bilinear sampling grid)
         x = intrinsics.fx * pt[:, 0] / pt[:, 2] + intrinsics.cx - 0.5
         y = intrinsics.fy * pt[:, 1] / pt[:, 2] + intrinsics.cy - 0.5
-    inside = front & (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+    eps = 1e-6  # round-off slack, so that an unmoved edge pixel still counts as inside
+    inside = front & (x >= -eps) & (x <= W - 1 + eps) & (y >= -eps) & (y <= H - 1 + eps)
     if not inside.any():
         return PhotometricCheck(float("inf"), 0, 0.0)
-    x, y = x[inside], y[inside]
+    x, y = np.clip(x[inside], 0, W - 1), np.clip(y[inside], 0, H - 1)
     x0 = np.minimum(np.floor(x).astype(np.int64), W - 2) if W > 1 else np.zeros(x.shape, np.int64)
     y0 = np.minimum(np.floor(y).astype(np.int64), H - 2) if H > 1 else np.zeros(y.shape, np.int64)
     ax, ay = x - x0, y - y0

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import numpy as np
 
 from world.camera import Intrinsics, invert_pose, rotation_angle_deg, translation_distance_m, validate_pose, validate_trajectory
+from world.depth import DepthEstimator
 from world.errors import InvalidInputError
 from world.odometry import photometric_residual, rgbd_odometry
 
@@ -291,10 +292,13 @@ def align_model_depth(
     fit_mask: np.ndarray,  # [H, W] bool, True = rendered depth known and pixel static
     config: "UpdateConfig",
 ) -> np.ndarray | None:
-    """The model's output in metres, aligned to the render; ``None`` when too few pixels allow a fit."""
+    """The model's output in metres, aligned to the render (0 where the model gives <= 0, its "unknown");
+    ``None`` when too few pixels allow a fit."""
+    model = np.asarray(model_depth, dtype=np.float64)
+    known = np.isfinite(model) & (model > 0)
+    fit_mask = fit_mask & known
     if int(fit_mask.sum()) < config.min_align_pixels:
         return None
-    model = np.asarray(model_depth, dtype=np.float64)
     if config.model_depth_is_disparity:
         with np.errstate(divide="ignore"):
             target = np.where(rendered_depth_m > 0, 1.0 / rendered_depth_m, 0.0)
@@ -310,7 +314,7 @@ def align_model_depth(
     if config.model_depth_is_disparity:
         with np.errstate(divide="ignore"):
             aligned = np.where(aligned > 0, 1.0 / aligned, 0.0)
-    aligned = np.where(np.isfinite(aligned) & (aligned > 0), aligned, 0.0)
+    aligned = np.where(known & np.isfinite(aligned) & (aligned > 0), aligned, 0.0)
     return aligned.astype(np.float32)
 
 
@@ -461,7 +465,15 @@ class MemoryLike(Protocol):
                   frame_index: int, exclude_mask: np.ndarray | None = None) -> Any: ...
 
 
-DepthModel = Callable[[np.ndarray], np.ndarray]  # rgb [H, W, 3] uint8 -> [H, W] depth-like (relative or metric)
+# A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
+# rgb [H, W, 3] uint8 -> [H, W] depth-like output (relative or metric; disparity when the config says so).
+DepthModel = Union[DepthEstimator, Callable[[np.ndarray], np.ndarray]]
+
+
+def _run_depth_model(depth_model: DepthModel, rgb: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
+    if isinstance(depth_model, DepthEstimator):
+        return np.asarray(depth_model.estimate(rgb, intrinsics).depth_m, dtype=np.float32)
+    return np.asarray(depth_model(rgb), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -547,7 +559,7 @@ def update_memory(
         coverage = float(valid.mean())
         model = None
         if gen is None and depth_model is not None and not valid.all():
-            model = np.asarray(depth_model(rgb), dtype=np.float32)
+            model = _run_depth_model(depth_model, rgb, intrinsics)
         if gen is None and model is None and coverage < config.min_valid_fraction:
             reason = f"memory covers {coverage:.1%} of the frame and there is no generator or model depth"
             report.frames.append(FrameUpdate(indices[i], False, "none", coverage, 0, 0, 0, refinement, reason))
