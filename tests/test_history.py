@@ -1,0 +1,250 @@
+"""FrameStore: codecs, poses, LRU, validation, snapshot round trip; VoxelSetIndex against np.intersect1d."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from world._retrieval_reference import reference_intersection_counts
+from world.camera import Intrinsics, look_at
+from world.errors import InvalidInputError, NotFoundError, SnapshotError
+from world.geometry import pack_voxel_coords
+from world.history import FrameStore, HistoryConfig, VoxelSetIndex, canonical_voxel_keys
+
+K = Intrinsics.from_fov(60.0, 32, 24)
+
+
+def _image(seed: int, w: int = 32, h: int = 24) -> np.ndarray:
+    """A smooth RGB gradient with a seed-dependent phase (JPEG-friendly, unlike noise)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    rgb = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(0.3 * xx + seed)], axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def _depth(seed: int, w: int = 32, h: int = 24) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.3, 12.0, size=(h, w)).astype(np.float32)
+    d[rng.random((h, w)) < 0.2] = 0.0  # unknown pixels
+    return d
+
+
+def _pose(i: int) -> np.ndarray:
+    return look_at([0.1 * i, 0.0, -3.0], [0.1 * i, 0.0, 0.0])
+
+
+def _keys(rng: np.random.Generator, n: int, extent: int = 40) -> np.ndarray:
+    return np.unique(pack_voxel_coords(rng.integers(-extent, extent, size=(n, 3))))
+
+
+def test_add_and_read_back_poses_intrinsics_timestamps_and_voxels():
+    store = FrameStore()
+    rng = np.random.default_rng(0)
+    keys = [_keys(rng, 200) for _ in range(5)]
+    for i in range(5):
+        assert store.add(_image(i), _pose(i), K, keys[i], timestamp_ns=1000 + i) == i
+    assert len(store) == 5
+    np.testing.assert_array_equal(store.poses(), np.stack([_pose(i) for i in range(5)]))
+    np.testing.assert_array_equal(store.timestamps_ns(), 1000 + np.arange(5))
+    assert store.intrinsics(3) == K
+    for i in range(5):
+        np.testing.assert_array_equal(store.get_voxel_keys(i), keys[i])
+    p = store.get_pose(2)
+    p[0, 3] = 99.0  # a copy: the store is unchanged
+    assert store.get_pose(2)[0, 3] == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        store.poses()[0, 0, 0] = 5.0  # the bulk view is read-only
+
+
+def test_voxel_keys_are_stored_as_a_set():
+    store = FrameStore()
+    store.add(_image(0), _pose(0), K, np.array([9, 3, 3, 7, 9], dtype=np.int64))
+    store.add(_image(1), _pose(1), K, np.zeros(0, dtype=np.int64))  # a view that sees nothing is allowed
+    np.testing.assert_array_equal(store.get_voxel_keys(0), [3, 7, 9])
+    assert store.get_voxel_keys(1).shape == (0,)
+
+
+def test_jpeg_is_close_and_png_is_exact():
+    img = _image(3, 64, 48)
+    jpeg = FrameStore(HistoryConfig(image_codec="jpeg", jpeg_quality=95))
+    png = FrameStore(HistoryConfig(image_codec="png"))
+    for s in (jpeg, png):
+        s.add(img, _pose(0), K.scaled(64, 48), np.arange(3))
+    np.testing.assert_array_equal(png.get_rgb(0), img)
+    err = np.abs(jpeg.get_rgb(0).astype(np.int16) - img.astype(np.int16))
+    assert err.mean() < 3.0 and err.max() < 40  # 4:2:0 chroma subsampling dominates the error
+    assert jpeg.get_rgb(0).dtype == np.uint8 and jpeg.get_rgb(0).shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "codec, atol, rtol",
+    [("float32_zstd", 0.0, 0.0), ("float16_zstd", 0.0, 1e-3), ("png_mm", 0.0005 + 1e-6, 0.0)],
+)
+def test_depth_codecs(codec, atol, rtol):
+    depth = _depth(1)
+    store = FrameStore(HistoryConfig(depth_codec=codec))
+    store.add(_image(0), _pose(0), K, np.arange(3), depth_m=depth)
+    store.add(_image(1), _pose(1), K, np.arange(3))
+    out = store.get_depth(0)
+    assert out.dtype == np.float32 and out.shape == depth.shape
+    np.testing.assert_allclose(out, depth, atol=atol, rtol=rtol)
+    np.testing.assert_array_equal(out == 0, depth == 0)  # unknown stays unknown
+    assert store.has_depth(0) and not store.has_depth(1) and store.get_depth(1) is None
+
+
+def test_depth_a_codec_cannot_hold_becomes_unknown():
+    depth = np.full((24, 32), 2.0, dtype=np.float32)
+    depth[0, 0] = 70.0  # > 65.535 m: no 16-bit millimetre value
+    store = FrameStore(HistoryConfig(depth_codec="png_mm"))
+    store.add(_image(0), _pose(0), K, np.arange(3), depth_m=depth)
+    out = store.get_depth(0)
+    assert out[0, 0] == 0.0 and out[1, 1] == pytest.approx(2.0)
+
+
+def test_lru_cache_is_bounded_and_returns_read_only_arrays():
+    store = FrameStore(HistoryConfig(image_codec="png", decoded_cache_frames=2))
+    for i in range(4):
+        store.add(_image(i), _pose(i), K, np.arange(3))
+    a = store.get_rgb(0)
+    assert store.get_rgb(0) is a  # second read is the cached array
+    store.get_rgb(1)
+    store.get_rgb(2)  # evicts frame 0
+    assert len(store._cache) == 2 and ("rgb", 0) not in store._cache
+    np.testing.assert_array_equal(store.get_rgb(0), _image(0))
+    with pytest.raises(ValueError):
+        a[0, 0, 0] = 1
+    uncached = FrameStore(HistoryConfig(decoded_cache_frames=0))
+    uncached.add(_image(0), _pose(0), K, np.arange(3))
+    assert uncached.get_rgb(0) is not uncached.get_rgb(0)
+
+
+def test_invalid_inputs_name_the_problem_and_store_nothing():
+    store = FrameStore()
+    with pytest.raises(InvalidInputError, match="rgb must be uint8"):
+        store.add(_image(0)[:, :16], _pose(0), K, np.arange(3))
+    with pytest.raises(InvalidInputError, match="rgb must be uint8"):
+        store.add(_image(0).astype(np.float32), _pose(0), K, np.arange(3))
+    bad_pose = _pose(0)
+    bad_pose[:3, :3] *= 2.0
+    with pytest.raises(InvalidInputError, match="not rigid"):
+        store.add(_image(0), bad_pose, K, np.arange(3))
+    with pytest.raises(InvalidInputError, match="negative"):
+        store.add(_image(0), _pose(0), K, np.array([-5, 1]))
+    with pytest.raises(InvalidInputError, match="1-D"):
+        store.add(_image(0), _pose(0), K, np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(InvalidInputError, match="integer"):
+        store.add(_image(0), _pose(0), K, np.array([1.5]))
+    with pytest.raises(InvalidInputError, match="finite"):
+        store.add(_image(0), _pose(0), K, np.arange(3), depth_m=np.full((24, 32), np.nan, dtype=np.float32))
+    with pytest.raises(InvalidInputError, match="depth_m must be float"):
+        store.add(_image(0), _pose(0), K, np.arange(3), depth_m=np.ones((10, 10), dtype=np.float32))
+    with pytest.raises(InvalidInputError, match="Intrinsics"):
+        store.add(_image(0), _pose(0), K.matrix, np.arange(3))
+    assert len(store) == 0 and store.poses().shape == (0, 4, 4) and len(store.voxels) == 0
+    with pytest.raises(NotFoundError):
+        store.get_rgb(0)
+    with pytest.raises(InvalidInputError):
+        HistoryConfig(image_codec="webp")
+    with pytest.raises(InvalidInputError):
+        HistoryConfig(jpeg_quality=0)
+
+
+def test_snapshot_round_trip_is_exact():
+    rng = np.random.default_rng(5)
+    store = FrameStore(HistoryConfig(index_tail_frames=3))
+    for i in range(7):
+        depth = _depth(i) if i % 2 == 0 else None
+        store.add(_image(i), _pose(i), K, _keys(rng, 100), depth_m=depth, timestamp_ns=10 * i)
+    data = store.to_arrays()
+    for name, value in data.items():  # plain values only: what a msgpack writer can take
+        assert isinstance(value, (np.ndarray, bytes, int, dict)), name
+    back = FrameStore.from_arrays(data)
+    assert back.config == store.config and len(back) == len(store)
+    again = back.to_arrays()
+    for name in data:
+        if isinstance(data[name], np.ndarray):
+            np.testing.assert_array_equal(again[name], data[name], err_msg=name)
+        else:
+            assert again[name] == data[name], name
+    for i in range(7):
+        np.testing.assert_array_equal(back.get_rgb(i), store.get_rgb(i))
+        np.testing.assert_array_equal(back.get_voxel_keys(i), store.get_voxel_keys(i))
+        assert back.has_depth(i) == store.has_depth(i)
+        if store.has_depth(i):
+            np.testing.assert_array_equal(back.get_depth(i), store.get_depth(i))
+    q = [_keys(rng, 300) for _ in range(3)]
+    np.testing.assert_array_equal(back.voxels.intersection_counts(q), store.voxels.intersection_counts(q))
+    # The restored store keeps growing normally.
+    assert back.add(_image(9), _pose(9), K, _keys(rng, 50)) == 7
+
+
+def test_snapshot_errors():
+    store = FrameStore()
+    store.add(_image(0), _pose(0), K, np.arange(5))
+    store.add(_image(1), _pose(1), K, np.arange(3, 9))
+    data = store.to_arrays()
+    with pytest.raises(SnapshotError, match="version"):
+        FrameStore.from_arrays({**data, "version": 99})
+    with pytest.raises(SnapshotError):
+        FrameStore.from_arrays({**data, "rgb_offsets": data["rgb_offsets"][:-1]})
+    with pytest.raises(SnapshotError):
+        FrameStore.from_arrays({**data, "voxel_cols": data["voxel_cols"] + 100})
+    with pytest.raises(SnapshotError, match="malformed"):
+        FrameStore.from_arrays({k: v for k, v in data.items() if k != "c2w"})
+
+
+@pytest.mark.parametrize("tail_frames", [1, 4, 1000])
+def test_intersection_counts_match_reference_across_index_rebuilds(tail_frames):
+    """Frames inside the inverted index and in the scanned tail give the same counts as np.intersect1d."""
+    rng = np.random.default_rng(tail_frames)
+    index = VoxelSetIndex(tail_frames)
+    frame_sets = []
+    for _ in range(23):
+        frame_sets.append(_keys(rng, int(rng.integers(0, 400)), extent=12))
+        index.add(frame_sets[-1])
+    # 70 query sets: more than the 64 targets of one tail bitmask group; one empty; one fully unseen.
+    queries = [_keys(rng, int(rng.integers(1, 500)), extent=12) for _ in range(68)]
+    queries += [np.zeros(0, dtype=np.int64), pack_voxel_coords(np.array([[500, 500, 500]]))]
+    np.testing.assert_array_equal(
+        index.intersection_counts(queries), reference_intersection_counts(queries, frame_sets)
+    )
+    np.testing.assert_array_equal(index.sizes(), [s.shape[0] for s in frame_sets])
+
+
+def test_hash_table_growth_keeps_every_column():
+    """Tens of thousands of distinct keys force several table rehashes; every lookup still finds its column."""
+    rng = np.random.default_rng(1)
+    index = VoxelSetIndex(tail_frames=8)
+    sets = [_keys(rng, 3000, extent=200) for _ in range(20)]
+    for s in sets:
+        index.add(s)
+    for i in (0, 7, 19):
+        np.testing.assert_array_equal(index.keys(i), sets[i])
+    all_keys = np.unique(np.concatenate(sets))
+    assert index.num_voxels == all_keys.shape[0]
+    cols = index.lookup(all_keys)
+    assert cols.min() >= 0 and np.unique(cols).shape[0] == all_keys.shape[0]
+    assert (index.lookup(np.array([pack_voxel_coords(np.array([[999, 999, 999]]))[0]])) == -1).all()
+
+
+def test_five_thousand_frames_stay_cheap():
+    """The hot paths at the brief's scale: poses in one array, counts over 5,000 frames equal the reference."""
+    rng = np.random.default_rng(2)
+    store = FrameStore(HistoryConfig(image_codec="png"))
+    img = _image(0, 8, 6)
+    K_small = Intrinsics.from_fov(60.0, 8, 6)
+    frame_sets = []
+    for i in range(5000):
+        centre = rng.integers(-30, 30, size=3)
+        frame_sets.append(np.unique(pack_voxel_coords(centre + rng.integers(-4, 4, size=(60, 3)))))
+        store.add(img, np.eye(4), K_small, frame_sets[-1], timestamp_ns=i)
+    assert store.poses().shape == (5000, 4, 4)
+    queries = frame_sets[100:103]
+    np.testing.assert_array_equal(
+        store.voxels.intersection_counts(queries), reference_intersection_counts(queries, frame_sets)
+    )
+    assert store.nbytes > 0
+
+
+def test_canonical_voxel_keys():
+    np.testing.assert_array_equal(canonical_voxel_keys(np.array([5, 1, 5, 2], dtype=np.int32)), [1, 2, 5])
+    assert canonical_voxel_keys(np.array([], dtype=np.float64)).dtype == np.int64
