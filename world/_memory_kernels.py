@@ -1,0 +1,500 @@
+"""Numba kernels behind ``world.memory.SpatialMemory``; ``world._reference`` holds the slow numpy twins.
+
+Storage model (see ``world/memory.py``): a point is its voxel key (``world.geometry`` packing, 21 bits per axis)
+plus a uint8 offset per axis inside the voxel, so world position = ``(ijk + (offset + 0.5) / 256) * d``.
+A point's *sort key* reorders the key bits block-major (blocks of ``2**BLOCK_BITS`` voxels per side) so that
+points sorted by it sit in contiguous runs per spatial block; rendering culls whole blocks against the frustum.
+
+The key -> point-index map is an open-addressing hash table (linear probing) of int32 point indices; the key of
+a slot is read from the point's own ``keys`` entry, so the table costs 4 bytes per slot and nothing else.
+
+Every floating-point formula here is written out in the same order as in ``world._reference`` (no fastmath, no
+matmul) so that the fast and the slow versions agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
+
+OFFSET_LEVELS = 256  # sub-voxel position quantisation: d / 256 per axis (0.04 mm at d = 1 cm)
+BLOCK_BITS = 4  # culling blocks are 16 voxels per side (16 cm at d = 1 cm: about 256 points of a surface)
+BLOCK_COORD_BITS = KEY_BITS - BLOCK_BITS
+BLOCK_MASK = (1 << BLOCK_BITS) - 1
+INT64_MAX = np.iinfo(np.int64).max
+DEPTH_QUANT_MAX = (1 << 31) - 1  # depth is packed above the 32-bit point id; 31 bits keep the packed value positive
+MAX_COUNT = 65535  # observation_count saturates here (uint16)
+
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hash table
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@nb.njit(inline="always")
+def _slot(key, capacity):
+    # splitmix64 finaliser: voxel keys are highly regular (neighbouring voxels differ in a few low bits)
+    h = np.uint64(key)
+    h ^= h >> np.uint64(30)
+    h *= _MIX1
+    h ^= h >> np.uint64(27)
+    h *= _MIX2
+    h ^= h >> np.uint64(31)
+    return np.int64(h >> np.uint64(1)) % capacity
+
+
+@nb.njit(inline="always")
+def hash_lookup(table, keys, key):
+    """Point index of ``key`` or -1."""
+    cap = table.shape[0]
+    s = _slot(key, cap)
+    while True:
+        j = table[s]
+        if j < 0:
+            return -1
+        if keys[j] == key:
+            return j
+        s += 1
+        if s == cap:
+            s = 0
+
+
+@nb.njit(inline="always")
+def hash_insert(table, key, index):
+    """Insert a key known to be absent (the caller looked it up first)."""
+    cap = table.shape[0]
+    s = _slot(key, cap)
+    while table[s] >= 0:
+        s += 1
+        if s == cap:
+            s = 0
+    table[s] = index
+
+
+@nb.njit(cache=True)
+def hash_build_range(table, keys, start, stop):
+    """Insert points ``start..stop-1`` (keys unique and absent from the table)."""
+    for i in range(start, stop):
+        hash_insert(table, keys[i], i)
+
+
+@nb.njit(cache=True, parallel=True)
+def hash_remap(table, new_index_of_old):
+    """After a permutation of the points: every stored index ``j`` becomes ``new_index_of_old[j]``."""
+    for s in nb.prange(table.shape[0]):
+        j = table[s]
+        if j >= 0:
+            table[s] = new_index_of_old[j]
+
+
+@nb.njit(cache=True, parallel=True)
+def hash_lookup_many(table, keys, query):
+    out = np.empty(query.shape[0], np.int64)
+    for i in nb.prange(query.shape[0]):
+        out[i] = hash_lookup(table, keys, query[i])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys, positions, blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@nb.njit(inline="always")
+def decode_position(key, o0, o1, o2, voxel_size_m):
+    """World position (float64 metres) of a stored point."""
+    i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
+    j = ((key >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
+    k = (key & KEY_MASK) - KEY_OFFSET
+    x = (np.float64(i) + (np.float64(o0) + 0.5) / 256.0) * voxel_size_m
+    y = (np.float64(j) + (np.float64(o1) + 0.5) / 256.0) * voxel_size_m
+    z = (np.float64(k) + (np.float64(o2) + 0.5) / 256.0) * voxel_size_m
+    return x, y, z
+
+
+@nb.njit(cache=True, parallel=True)
+def decode_positions(keys, offsets, n, voxel_size_m):
+    out = np.empty((n, 3), np.float64)
+    for p in nb.prange(n):
+        x, y, z = decode_position(keys[p], offsets[p, 0], offsets[p, 1], offsets[p, 2], voxel_size_m)
+        out[p, 0] = x
+        out[p, 1] = y
+        out[p, 2] = z
+    return out
+
+
+@nb.njit(inline="always")
+def sort_key(key):
+    """Block-major reordering of a voxel key's bits: (block x, y, z, then voxel-in-block x, y, z)."""
+    ux = (key >> (2 * KEY_BITS)) & KEY_MASK
+    uy = (key >> KEY_BITS) & KEY_MASK
+    uz = key & KEY_MASK
+    blk = (((ux >> BLOCK_BITS) << BLOCK_COORD_BITS | (uy >> BLOCK_BITS)) << BLOCK_COORD_BITS) | (uz >> BLOCK_BITS)
+    local = ((ux & BLOCK_MASK) << (2 * BLOCK_BITS)) | ((uy & BLOCK_MASK) << BLOCK_BITS) | (uz & BLOCK_MASK)
+    return (blk << (3 * BLOCK_BITS)) | local
+
+
+@nb.njit(cache=True, parallel=True)
+def sort_keys(keys, start, stop):
+    out = np.empty(stop - start, np.int64)
+    for i in nb.prange(stop - start):
+        out[i] = sort_key(keys[start + i])
+    return out
+
+
+@nb.njit(cache=True)
+def longest_sorted_prefix(keys, n):
+    prev = -1
+    for i in range(n):
+        s = sort_key(keys[i])
+        if s <= prev:
+            return i
+        prev = s
+    return n
+
+
+@nb.njit(cache=True)
+def merge_order(keys, n_sorted, tail_order):
+    """Permutation (new position -> old index) merging the sorted prefix with the tail in ``tail_order``."""
+    m = tail_order.shape[0]
+    out = np.empty(n_sorted + m, np.int64)
+    a = 0
+    b = 0
+    sa = sort_key(keys[0]) if n_sorted > 0 else INT64_MAX
+    sb = sort_key(keys[tail_order[0]]) if m > 0 else INT64_MAX
+    for o in range(n_sorted + m):
+        if sa < sb:
+            out[o] = a
+            a += 1
+            sa = sort_key(keys[a]) if a < n_sorted else INT64_MAX
+        else:
+            out[o] = tail_order[b]
+            b += 1
+            sb = sort_key(keys[tail_order[b]]) if b < m else INT64_MAX
+    return out
+
+
+@nb.njit(cache=True)
+def block_directory(keys, n):
+    """For points sorted by sort key: (block ids [B], start indices [B + 1])."""
+    ids = np.empty(n, np.int64)
+    starts = np.empty(n + 1, np.int64)
+    nb_ = 0
+    prev = -1
+    for i in range(n):
+        b = sort_key(keys[i]) >> (3 * BLOCK_BITS)
+        if b != prev:
+            ids[nb_] = b
+            starts[nb_] = i
+            nb_ += 1
+            prev = b
+    starts[nb_] = n
+    return ids[:nb_].copy(), starts[: nb_ + 1].copy()
+
+
+@nb.njit(cache=True, parallel=True)
+def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_px, min_depth, max_depth, voxel_size_m):
+    """True for blocks whose box may put a splat inside the (margin-grown) image between the depth limits.
+
+    Conservative: a block is dropped only when all 8 corners of its box lie outside one face of the frustum.
+    """
+    nb_ = block_ids.shape[0]
+    keep = np.zeros(nb_, np.bool_)
+    side = (1 << BLOCK_BITS) * voxel_size_m
+    pad = 1e-3 * voxel_size_m  # float slack: decoded points lie strictly inside their voxel anyway
+    cmask = (1 << BLOCK_COORD_BITS) - 1
+    for b in nb.prange(nb_):
+        blk = block_ids[b]
+        bx = ((blk >> (2 * BLOCK_COORD_BITS)) & cmask) << BLOCK_BITS
+        by = ((blk >> BLOCK_COORD_BITS) & cmask) << BLOCK_BITS
+        bz = (blk & cmask) << BLOCK_BITS
+        x0 = np.float64(bx - KEY_OFFSET) * voxel_size_m - pad
+        y0 = np.float64(by - KEY_OFFSET) * voxel_size_m - pad
+        z0 = np.float64(bz - KEY_OFFSET) * voxel_size_m - pad
+        # bit i of `out` set: every corner so far is outside face i
+        out = 0x3F
+        for c in range(8):
+            px = x0 + (side + 2 * pad) * (c & 1) - cam_t[0]
+            py = y0 + (side + 2 * pad) * ((c >> 1) & 1) - cam_t[1]
+            pz = z0 + (side + 2 * pad) * ((c >> 2) & 1) - cam_t[2]
+            xc = w2c_r[0, 0] * px + w2c_r[0, 1] * py + w2c_r[0, 2] * pz
+            yc = w2c_r[1, 0] * px + w2c_r[1, 1] * py + w2c_r[1, 2] * pz
+            zc = w2c_r[2, 0] * px + w2c_r[2, 1] * py + w2c_r[2, 2] * pz
+            f = 0
+            if zc < min_depth:
+                f |= 1
+            if zc > max_depth:
+                f |= 2
+            if fx * xc + (cx + margin_px) * zc < 0.0:  # u < -margin
+                f |= 4
+            if fx * xc + (cx - width - margin_px) * zc > 0.0:  # u > W + margin
+                f |= 8
+            if fy * yc + (cy + margin_px) * zc < 0.0:
+                f |= 16
+            if fy * yc + (cy - height - margin_px) * zc > 0.0:
+                f |= 32
+            out &= f
+        keep[b] = out == 0
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Render
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@nb.njit(inline="always")
+def _camera_point(key, o0, o1, o2, voxel_size_m, w2c_r, cam_t):
+    x, y, z = decode_position(key, o0, o1, o2, voxel_size_m)
+    px = x - cam_t[0]
+    py = y - cam_t[1]
+    pz = z - cam_t[2]
+    xc = w2c_r[0, 0] * px + w2c_r[0, 1] * py + w2c_r[0, 2] * pz
+    yc = w2c_r[1, 0] * px + w2c_r[1, 1] * py + w2c_r[1, 2] * pz
+    zc = w2c_r[2, 0] * px + w2c_r[2, 1] * py + w2c_r[2, 2] * pz
+    return xc, yc, zc
+
+
+@nb.njit(cache=True, parallel=True)
+def render_points(
+    keys, offsets, colors, range_start, range_stop, w2c_r, cam_t, fx, fy, cx, cy, width, height,
+    voxel_size_m, min_depth, max_depth, splat_k, max_splat, depth_quant, n_chunks,
+):
+    """Z-buffer the points in ``[range_start[r], range_stop[r])`` for all r.
+
+    Each of ``n_chunks`` parallel chunks owns a private buffer of packed ``(quantised depth << 32) | point id``
+    (so one integer min keeps the nearest point, ties to the lower id, no atomics); the buffers are then reduced
+    per pixel. Splat side ``s = clip(ceil(splat_k / z), 1, max_splat)`` pixels with ``splat_k = scale * d * f``.
+    Returns rgb [H, W, 3] uint8, depth [H, W] float32, valid [H, W] bool, ids [H, W] int32.
+    """
+    n_ranges = range_start.shape[0]
+    cum = np.zeros(n_ranges + 1, np.int64)
+    for r in range(n_ranges):
+        cum[r + 1] = cum[r] + range_stop[r] - range_start[r]
+    total = cum[n_ranges]
+    npix = width * height
+    zbuf = np.empty((n_chunks, npix), np.int64)
+    for c in nb.prange(n_chunks):
+        zb = zbuf[c]
+        zb[:] = INT64_MAX
+        lo = total * c // n_chunks
+        hi = total * (c + 1) // n_chunks
+        if lo >= hi:
+            continue
+        r = np.searchsorted(cum, lo, side="right") - 1
+        pos = lo
+        while pos < hi:
+            first = range_start[r] + (pos - cum[r])
+            last = range_start[r] + (min(hi, cum[r + 1]) - cum[r])
+            for i in range(first, last):
+                xc, yc, zc = _camera_point(keys[i], offsets[i, 0], offsets[i, 1], offsets[i, 2], voxel_size_m, w2c_r, cam_t)
+                if zc < min_depth or zc > max_depth:
+                    continue
+                u = fx * xc / zc + cx
+                v = fy * yc / zc + cy
+                s = np.int64(np.ceil(splat_k / zc))
+                if s < 1:
+                    s = 1
+                if s > max_splat:
+                    s = max_splat
+                half = (s - 1) * 0.5
+                fu = np.floor(u - half)
+                fv = np.floor(v - half)
+                if fu >= width or fv >= height or fu + s <= 0 or fv + s <= 0:
+                    continue
+                x0 = np.int64(fu)
+                y0 = np.int64(fv)
+                packed = (np.int64(zc * depth_quant) << 32) | i
+                for yy in range(max(y0, 0), min(y0 + s, height)):
+                    row = yy * width
+                    for xx in range(max(x0, 0), min(x0 + s, width)):
+                        if packed < zb[row + xx]:
+                            zb[row + xx] = packed
+            pos += last - first
+            r += 1
+    rgb = np.zeros((height, width, 3), np.uint8)
+    depth = np.zeros((height, width), np.float32)
+    valid = np.zeros((height, width), np.bool_)
+    ids = np.full((height, width), -1, np.int32)
+    for y in nb.prange(height):
+        for x in range(width):
+            p = y * width + x
+            best = zbuf[0, p]
+            for c in range(1, n_chunks):
+                if zbuf[c, p] < best:
+                    best = zbuf[c, p]
+            if best == INT64_MAX:
+                continue
+            i = best & 0xFFFFFFFF
+            _, _, zc = _camera_point(keys[i], offsets[i, 0], offsets[i, 1], offsets[i, 2], voxel_size_m, w2c_r, cam_t)
+            depth[y, x] = np.float32(zc)
+            rgb[y, x, 0] = colors[i, 0]
+            rgb[y, x, 1] = colors[i, 1]
+            rgb[y, x, 2] = colors[i, 2]
+            valid[y, x] = True
+            ids[y, x] = i
+    return rgb, depth, valid, ids
+
+
+@nb.njit(cache=True)
+def mark_ids(ids, n):
+    """Sorted unique non-negative ids in ``ids`` (a bitmap pass: O(n + pixels), no sort)."""
+    seen = np.zeros(n, np.bool_)
+    flat = ids.ravel()
+    count = 0
+    for p in range(flat.shape[0]):
+        i = flat[p]
+        if i >= 0 and not seen[i]:
+            seen[i] = True
+            count += 1
+    out = np.empty(count, np.int64)
+    k = 0
+    for i in range(n):
+        if seen[i]:
+            out[k] = i
+            k += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Integrate
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@nb.njit(inline="always")
+def _quantize(x, inv_d):
+    """Voxel coordinate and in-voxel offset level of one world coordinate (status False when out of range)."""
+    q = x * inv_d
+    c = np.floor(q)
+    o = np.int64((q - c) * 256.0)
+    if o > 255:
+        o = 255
+    if o < 0:
+        o = 0
+    ok = c >= -KEY_OFFSET and c < KEY_OFFSET
+    return np.int64(c) if ok else np.int64(0), o, ok
+
+
+@nb.njit(cache=True, parallel=True)
+def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv_d, max_depth, table, keys):
+    """Per pixel (row-major): voxel key, offsets, and status (-3 out of range, -2 skipped, -1 new, >= 0 found)."""
+    h, w = depth.shape
+    out_keys = np.zeros(h * w, np.int64)
+    out_offs = np.zeros((h * w, 3), np.uint8)
+    out_idx = np.full(h * w, -2, np.int64)
+    for y in nb.prange(h):
+        yn = (y + 0.5 - cy) / fy
+        for x in range(w):
+            p = y * w + x
+            z = np.float64(depth[y, x])
+            if not (z > 0.0 and z <= max_depth):  # NaN, inf, zero, negative: unknown
+                continue
+            if use_exclude and exclude[y, x]:
+                continue
+            xn = (x + 0.5 - cx) / fx
+            xcam = xn * z
+            ycam = yn * z
+            wx = c2w_r[0, 0] * xcam + c2w_r[0, 1] * ycam + c2w_r[0, 2] * z + cam_t[0]
+            wy = c2w_r[1, 0] * xcam + c2w_r[1, 1] * ycam + c2w_r[1, 2] * z + cam_t[1]
+            wz = c2w_r[2, 0] * xcam + c2w_r[2, 1] * ycam + c2w_r[2, 2] * z + cam_t[2]
+            ci, oi, ok0 = _quantize(wx, inv_d)
+            cj, oj, ok1 = _quantize(wy, inv_d)
+            ck, ok, ok2 = _quantize(wz, inv_d)
+            if not (ok0 and ok1 and ok2):
+                out_idx[p] = -3
+                continue
+            key = ((ci + KEY_OFFSET) << (2 * KEY_BITS)) | ((cj + KEY_OFFSET) << KEY_BITS) | (ck + KEY_OFFSET)
+            out_keys[p] = key
+            out_offs[p, 0] = oi
+            out_offs[p, 1] = oj
+            out_offs[p, 2] = ok
+            out_idx[p] = hash_lookup(table, keys, key)
+    return out_keys, out_offs, out_idx
+
+
+@nb.njit(cache=True, parallel=True)
+def point_samples(points, inv_d, table, keys):
+    """Like ``frame_samples`` for explicit world points ``[N, 3]`` float64 (all finite)."""
+    n = points.shape[0]
+    out_keys = np.zeros(n, np.int64)
+    out_offs = np.zeros((n, 3), np.uint8)
+    out_idx = np.full(n, -2, np.int64)
+    for p in nb.prange(n):
+        ci, oi, ok0 = _quantize(points[p, 0], inv_d)
+        cj, oj, ok1 = _quantize(points[p, 1], inv_d)
+        ck, ok, ok2 = _quantize(points[p, 2], inv_d)
+        if not (ok0 and ok1 and ok2):
+            out_idx[p] = -3
+            continue
+        key = ((ci + KEY_OFFSET) << (2 * KEY_BITS)) | ((cj + KEY_OFFSET) << KEY_BITS) | (ck + KEY_OFFSET)
+        out_keys[p] = key
+        out_offs[p, 0] = oi
+        out_offs[p, 1] = oj
+        out_offs[p, 2] = ok
+        out_idx[p] = hash_lookup(table, keys, key)
+    return out_keys, out_offs, out_idx
+
+
+@nb.njit(inline="always")
+def _running_mean(old, sample, w):
+    # round-half-up of (old * w + sample) / (w + 1) in integers: identical in the numpy reference
+    return (2 * (old * w + sample) + (w + 1)) // (2 * (w + 1))
+
+
+@nb.njit(cache=True)
+def merge_samples(
+    s_keys, s_offs, s_rgb, s_idx, start, frame_index, weight_cap,
+    keys, offsets, colors, counts, last_seen, table, n, n_before, touched,
+):
+    """Fold samples ``start..`` in order into the memory; stops early when the point arrays are full.
+
+    Returns (next sample to process, new point count n, points created, distinct pre-existing points updated).
+    """
+    cap = keys.shape[0]
+    created = 0
+    updated = 0
+    i = start
+    while i < s_keys.shape[0]:
+        j = s_idx[i]
+        if j == -2:
+            i += 1
+            continue
+        key = s_keys[i]
+        if j == -1:
+            j = hash_lookup(table, keys, key)  # an earlier sample of this batch may have created it
+            if j == -1:
+                if n == cap:
+                    return i, n, created, updated
+                j = n
+                n += 1
+                keys[j] = key
+                offsets[j, 0] = s_offs[i, 0]
+                offsets[j, 1] = s_offs[i, 1]
+                offsets[j, 2] = s_offs[i, 2]
+                colors[j, 0] = s_rgb[i, 0]
+                colors[j, 1] = s_rgb[i, 1]
+                colors[j, 2] = s_rgb[i, 2]
+                counts[j] = 1
+                last_seen[j] = frame_index
+                hash_insert(table, key, j)
+                created += 1
+                i += 1
+                continue
+        c = np.int64(counts[j])
+        w = min(c, weight_cap)
+        for a in range(3):
+            colors[j, a] = _running_mean(np.int64(colors[j, a]), np.int64(s_rgb[i, a]), w)
+            offsets[j, a] = _running_mean(np.int64(offsets[j, a]), np.int64(s_offs[i, a]), w)
+        counts[j] = min(c + 1, MAX_COUNT)
+        if frame_index > last_seen[j]:
+            last_seen[j] = frame_index
+        if j < n_before and not touched[j]:
+            touched[j] = True
+            updated += 1
+        i += 1
+    return i, n, created, updated

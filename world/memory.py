@@ -1,0 +1,645 @@
+"""Spatial memory: the paper's scene point cloud, voxel-hashed with cube side ``d`` (Spatia Sec. 3.1.1, Table 7).
+
+One point per voxel. The paper (and the official code's ``pcd.voxel_down_sample(0.01)``) averages all points
+that fall into a cube; we do the same incrementally, so integrating the same surface twice does not grow the
+memory:
+
+* position: running mean of the samples inside the voxel, stored as a uint8 offset per axis on a 256-level grid
+  inside the voxel (``d / 256``, 0.04 mm at d = 1 cm). World position = ``(ijk + (offset + 0.5) / 256) * d``,
+  so a point never leaves its voxel and ``world.geometry.voxel_keys(positions)`` gives back its key (as long as
+  float32 resolves ``d / 512`` at the scene's scale: up to a few hundred metres from the origin at d = 1 cm).
+* colour: running mean of the samples, weighted by the observation count capped at
+  ``MemoryConfig.max_mean_weight`` (with the cap the mean becomes an exponential average, so a voxel seen very
+  often can still follow new content). Means are rounded to the nearest integer (half up), so once a voxel has
+  weight ``w`` a single sample moves it only when it differs by more than about ``w / 2`` levels.
+* observation_count: samples (pixels or points) merged into the voxel, saturating at 65535.
+* last_seen_frame: the largest frame index of a merged sample.
+
+Samples are merged in row-major pixel order (or the given point order), which makes the result deterministic.
+
+Storage (20 bytes per point + slack): voxel key int64, offsets 3 x uint8, colour 3 x uint8, count uint16,
+last_seen int32; an int32 open-addressing hash table (load <= 0.75) maps keys to point indices. Points are kept
+sorted block-major (16^3-voxel blocks) up to ``_n_sorted``; newer points form an unsorted tail that is merged in
+lazily before a render once it is large. Rendering culls whole blocks against the frustum, so its cost follows
+the points in view, not the memory's size. Point indices (``RenderResult.point_ids``) are valid until the next
+mutation; voxel keys are the stable identity of a point.
+
+Not thread-safe: one writer, no concurrent readers while it writes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import numba
+import numpy as np
+
+from world import _memory_kernels as K
+from world.camera import Intrinsics, validate_pose, validate_trajectory
+from world.errors import InvalidInputError, NotFoundError
+from world.generator import SceneProjection
+
+HASH_MAX_LOAD = 0.75  # linear probing stays short below this
+GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 32 right after a growth)
+MIN_CAPACITY = 1 << 14
+TAIL_MIN = 1 << 16  # an unsorted tail below this many points is rendered without culling
+TAIL_FRACTION = 8  # ... and above n / 8 points it is merged into the block-sorted part before a render
+
+ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    voxel_size_m: float = 0.01  # cube side d, paper Table 7 default (and the official map_voxel_size)
+    max_splat_px: int = 4  # cap of a point's square footprint (pixels) when rendering
+    min_depth_m: float = 0.05  # points nearer than this to the camera are not rendered
+    max_depth_m: float = 1000.0  # farther points are not rendered; farther depth pixels are not integrated
+    splat_scale: float = 1.0  # footprint side = ceil(splat_scale * d * f / z) pixels before clipping
+    max_mean_weight: int = 255  # cap of the count used as the old value's weight in the running means
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.voxel_size_m) and self.voxel_size_m > 0):
+            raise InvalidInputError(f"voxel_size_m must be positive, got {self.voxel_size_m}")
+        if int(self.max_splat_px) < 1:
+            raise InvalidInputError(f"max_splat_px must be >= 1, got {self.max_splat_px}")
+        if not (0 < self.min_depth_m < self.max_depth_m) or not math.isfinite(self.max_depth_m):
+            raise InvalidInputError(
+                f"need 0 < min_depth_m < max_depth_m < inf, got {self.min_depth_m} and {self.max_depth_m}"
+            )
+        if not (self.splat_scale > 0 and math.isfinite(self.splat_scale)):
+            raise InvalidInputError(f"splat_scale must be positive, got {self.splat_scale}")
+        if int(self.max_mean_weight) < 1:
+            raise InvalidInputError(f"max_mean_weight must be >= 1, got {self.max_mean_weight}")
+
+
+@dataclass
+class RenderResult:
+    rgb: np.ndarray  # [H, W, 3] uint8, zero where invalid
+    depth_m: np.ndarray  # [H, W] float32 z-depth, 0 where invalid
+    valid: np.ndarray  # [H, W] bool, True where a memory point landed
+    point_ids: np.ndarray | None  # [H, W] int32 index into the memory's point arrays, -1 where invalid
+
+
+class IntegrateStats(NamedTuple):
+    new_points: int  # voxels that were empty before the call
+    updated_points: int  # distinct pre-existing points that received at least one sample
+
+
+class Region(Protocol):
+    def contains(self, points: np.ndarray) -> np.ndarray: ...  # [N, 3] world frame -> [N] bool
+
+
+class Box:
+    """An oriented box: ``center`` [3] world frame, ``half_extents_m`` [3] along the box axes, and the box-to-world
+    rotation ``c2w_rotation`` [3, 3] whose columns are the box axes in the world (identity: axis-aligned)."""
+
+    def __init__(self, center, half_extents_m, c2w_rotation=None) -> None:
+        self.center = _vector3(center, "Box center")
+        self.half_extents_m = _vector3(half_extents_m, "Box half_extents_m")
+        if np.any(self.half_extents_m < 0):
+            raise InvalidInputError(f"Box half_extents_m must be >= 0, got {self.half_extents_m.tolist()}")
+        self.rotation = np.eye(3) if c2w_rotation is None else _rotation(c2w_rotation, "Box c2w_rotation")
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        local = (_points(points) - self.center) @ self.rotation  # [N, 3] box frame (R^T p as a row product)
+        return np.all(np.abs(local) <= self.half_extents_m, axis=1)
+
+
+class Sphere:
+    def __init__(self, center, radius_m: float) -> None:
+        self.center = _vector3(center, "Sphere center")
+        self.radius_m = float(radius_m)
+        if not (math.isfinite(self.radius_m) and self.radius_m >= 0):
+            raise InvalidInputError(f"Sphere radius_m must be >= 0, got {radius_m}")
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        d = _points(points) - self.center
+        return np.einsum("ij,ij->i", d, d) <= self.radius_m**2
+
+
+class SpatialMemory:
+    """The scene point cloud (module docstring: storage and update policy)."""
+
+    def __init__(self, config: MemoryConfig = MemoryConfig()) -> None:
+        self.config = config
+        self._n = 0
+        self._n_sorted = 0  # points [0, _n_sorted) are sorted by block-major sort key
+        self._alloc(MIN_CAPACITY)
+        self._table = np.full(_table_size(MIN_CAPACITY), -1, np.int32)
+        self._block_ids = np.zeros(0, np.int64)  # [B] block ids of the sorted part
+        self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Read-only views
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def num_points(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def positions(self) -> np.ndarray:
+        """[N, 3] float32 world frame, metres (a new array)."""
+        return self._positions64().astype(np.float32)
+
+    @property
+    def colors(self) -> np.ndarray:
+        return _readonly(self._colors[: self._n])  # [N, 3] uint8 RGB
+
+    @property
+    def observation_count(self) -> np.ndarray:
+        return _readonly(self._counts[: self._n])  # [N] uint16, saturating
+
+    @property
+    def last_seen_frame(self) -> np.ndarray:
+        return _readonly(self._last[: self._n])  # [N] int32
+
+    @property
+    def voxel_keys(self) -> np.ndarray:
+        return _readonly(self._keys[: self._n])  # [N] int64, world.geometry packing
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: point arrays at their capacity, the hash table and the block directory."""
+        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._table)
+        return int(sum(a.nbytes for a in arrays) + self._block_ids.nbytes + self._block_starts.nbytes)
+
+    @property
+    def bytes_per_point(self) -> float:
+        return self.nbytes / self._n if self._n else 0.0
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Integration
+    # ----------------------------------------------------------------------------------------------------------
+
+    def integrate(
+        self,
+        rgb: np.ndarray,  # [H, W, 3] uint8
+        depth_m: np.ndarray,  # [H, W] float32 z-depth; 0, negative, NaN, inf: unknown
+        intrinsics: Intrinsics,
+        c2w: np.ndarray,  # [4, 4] camera-to-world
+        frame_index: int,
+        exclude_mask: np.ndarray | None = None,  # [H, W] bool, True = never written (dynamic entities)
+    ) -> IntegrateStats:
+        """Fold one RGB-D frame into the memory (the paper's memory update, with dynamic regions excluded as in
+        the official code's ``mask & ~mask_image``)."""
+        h, w = intrinsics.height, intrinsics.width
+        rgb = _image(rgb, h, w)
+        depth = np.asarray(depth_m)
+        if depth.shape != (h, w):
+            raise InvalidInputError(f"depth_m has shape {depth.shape}, expected ({h}, {w}) to match the intrinsics")
+        if not np.issubdtype(depth.dtype, np.floating):
+            raise InvalidInputError(f"depth_m must be float metres, got dtype {depth.dtype}")
+        depth = np.ascontiguousarray(depth, dtype=np.float32)  # DESIGN: depth is float32 metres
+        T = validate_pose(c2w, "c2w")
+        frame_index = _frame_index(frame_index)
+        use_exclude = exclude_mask is not None
+        if use_exclude:
+            exclude = np.asarray(exclude_mask)
+            if exclude.shape != (h, w) or exclude.dtype != np.bool_:
+                raise InvalidInputError(
+                    f"exclude_mask must be a ({h}, {w}) bool array, got {exclude.shape} {exclude.dtype}"
+                )
+            exclude = np.ascontiguousarray(exclude)
+        else:
+            exclude = np.zeros((1, 1), np.bool_)
+        s_keys, s_offs, s_idx = K.frame_samples(
+            depth, exclude, use_exclude, T[:3, :3].copy(), T[:3, 3].copy(), intrinsics.fx, intrinsics.fy,
+            intrinsics.cx, intrinsics.cy, 1.0 / self.config.voxel_size_m, self.config.max_depth_m,
+            self._table, self._keys,
+        )
+        if np.any(s_idx == -3):
+            raise InvalidInputError("depth puts points out of the voxel key range (+-2**20 voxels): scene too large")
+        return self._merge(s_keys, s_offs, rgb.reshape(-1, 3), s_idx, frame_index)
+
+    def integrate_points(self, points: np.ndarray, colors: np.ndarray, frame_index: int) -> IntegrateStats:
+        """Fold world points ``[N, 3]`` (metres) with colours ``[N, 3]`` uint8 in, with the same running means as
+        ``integrate``."""
+        pts, cols = _points_colors(points, colors)
+        s_keys, s_offs, s_idx = K.point_samples(pts, 1.0 / self.config.voxel_size_m, self._table, self._keys)
+        if np.any(s_idx == -3):
+            raise InvalidInputError("points out of the voxel key range (+-2**20 voxels): scene too large")
+        return self._merge(s_keys, s_offs, cols, s_idx, _frame_index(frame_index))
+
+    def _merge(self, s_keys, s_offs, s_rgb, s_idx, frame_index: int) -> IntegrateStats:
+        n_before = self._n
+        touched = np.zeros(n_before, np.bool_)
+        created = updated = 0
+        start = 0
+        while True:
+            start, self._n, c, u = K.merge_samples(
+                s_keys, s_offs, s_rgb, s_idx, start, frame_index, int(self.config.max_mean_weight),
+                self._keys, self._offsets, self._colors, self._counts, self._last, self._table,
+                self._n, n_before, touched,
+            )
+            created += c
+            updated += u
+            if start >= s_keys.shape[0]:
+                break
+            self._grow(int(math.ceil(self._capacity * GROWTH)))
+            # the samples' hash look-ups stay valid: growing keeps every point's index
+        return IntegrateStats(int(created), int(updated))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Rendering
+    # ----------------------------------------------------------------------------------------------------------
+
+    def render(self, intrinsics: Intrinsics, c2w: np.ndarray, return_point_ids: bool = False) -> RenderResult:
+        """Z-buffered projection of the memory (nearest point per pixel, square splats of about ``d * f / z``
+        pixels, pixel centres at +0.5); missing pixels are zero, as in the paper's scene projection video."""
+        T = validate_pose(c2w, "c2w")
+        rgb, depth, valid, ids = self._render(intrinsics, T)
+        return RenderResult(rgb, depth, valid, ids if return_point_ids else None)
+
+    def render_trajectory(self, intrinsics: Intrinsics, c2w_list: np.ndarray) -> SceneProjection:
+        poses = validate_trajectory(c2w_list, "c2w_list")
+        frames = [self._render(intrinsics, T)[:3] for T in poses]
+        return SceneProjection(
+            rgb=np.stack([f[0] for f in frames]),
+            depth_m=np.stack([f[1] for f in frames]),
+            valid=np.stack([f[2] for f in frames]),
+        )
+
+    def visible_voxel_keys(self, intrinsics: Intrinsics, c2w: np.ndarray) -> np.ndarray:
+        """Sorted unique int64 keys of the points that win at least one pixel of ``render`` from this camera:
+        the paper's view-specific scene point cloud S_T (Sec. 3.1.1), as the official code's front-most test."""
+        T = validate_pose(c2w, "c2w")
+        ids = self._render(intrinsics, T)[3]
+        return np.sort(self._keys[K.mark_ids(ids, self._n)])
+
+    def _render(self, intrinsics: Intrinsics, T: np.ndarray):
+        if not isinstance(intrinsics, Intrinsics):
+            raise InvalidInputError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
+        self._maybe_reindex()
+        cfg = self.config
+        w2c_r = np.ascontiguousarray(T[:3, :3].T)
+        cam_t = T[:3, 3].copy()
+        fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
+        width, height = int(intrinsics.width), int(intrinsics.height)
+        max_splat = int(cfg.max_splat_px)
+        keep = K.cull_blocks(
+            self._block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, float(max_splat),
+            cfg.min_depth_m, cfg.max_depth_m, cfg.voxel_size_m,
+        )
+        starts, stops = _visible_ranges(keep, self._block_starts)
+        if self._n > self._n_sorted:
+            starts = np.append(starts, self._n_sorted)
+            stops = np.append(stops, self._n)
+        return K.render_points(
+            self._keys, self._offsets, self._colors, starts, stops, w2c_r, cam_t, fx, fy, cx, cy, width, height,
+            cfg.voxel_size_m, cfg.min_depth_m, cfg.max_depth_m, splat_k(cfg, intrinsics), max_splat,
+            depth_quant(cfg), max(1, numba.get_num_threads()),
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Edits (paper Sec. 4 / Fig. 8: 3D-aware interactive editing)
+    # ----------------------------------------------------------------------------------------------------------
+
+    def remove(self, region: Region) -> int:
+        """Delete the points inside ``region``; returns how many."""
+        inside = self._inside(region)
+        count = int(inside.sum())
+        if count:
+            self._compact(~inside)
+        return count
+
+    def recolor(self, region: Region, rgb: tuple[int, int, int]) -> int:
+        """Paint the points inside ``region`` one colour; returns how many."""
+        color = np.asarray(rgb)
+        if color.shape != (3,) or not np.issubdtype(color.dtype, np.integer) or color.min() < 0 or color.max() > 255:
+            raise InvalidInputError(f"rgb must be three integers in 0..255, got {rgb!r}")
+        inside = self._inside(region)
+        self._colors[: self._n][inside] = color.astype(np.uint8)
+        return int(inside.sum())
+
+    def move(self, region: Region, translation_m, rotation=None) -> int:
+        """Rigidly move the points inside ``region``: rotate by ``rotation`` [3, 3] about ``region.center`` (about
+        the selection's centroid if the region has none), then translate by ``translation_m`` [3] (world frame).
+
+        The moved points are re-voxelized; each keeps its colour, count and last_seen (points that land in one
+        voxel are merged, count-weighted) and replaces whatever occupied its new voxel (the edit wins).
+        """
+        t = _vector3(translation_m, "translation_m")
+        R = np.eye(3) if rotation is None else _rotation(rotation, "rotation")
+        inside = self._inside(region)
+        count = int(inside.sum())
+        if not count:
+            return 0
+        n = self._n
+        pos = self._positions64()[inside]
+        pivot = np.asarray(getattr(region, "center", pos.mean(axis=0)), dtype=np.float64)
+        moved = (pos - pivot) @ R.T + pivot + t
+        cols = self._colors[:n][inside].copy()
+        counts = self._counts[:n][inside].copy()
+        last = self._last[:n][inside].copy()
+        self._compact(~inside)
+        self._overwrite(moved, cols, counts, last)
+        return count
+
+    def insert(self, points: np.ndarray, colors: np.ndarray, frame_index: int = -1) -> IntegrateStats:
+        """Add an object (paper Fig. 8, "adding new ones"): the given points replace whatever occupies their
+        voxels. Points sharing a voxel are averaged; each new voxel's count is its number of points."""
+        pts, cols = _points_colors(points, colors)
+        frame_index = _frame_index(frame_index)
+        ones = np.ones(len(pts), np.uint16)
+        return self._overwrite(pts, cols, ones, np.full(len(pts), frame_index, np.int32))
+
+    def _inside(self, region: Region) -> np.ndarray:
+        if not hasattr(region, "contains"):
+            raise InvalidInputError(f"region must have a contains(points) method, got {type(region).__name__}")
+        inside = np.asarray(region.contains(self.positions), dtype=bool)
+        if inside.shape != (self._n,):
+            raise InvalidInputError(f"region.contains returned shape {inside.shape}, expected ({self._n},)")
+        return inside
+
+    def _overwrite(self, pts: np.ndarray, cols: np.ndarray, counts: np.ndarray, last: np.ndarray) -> IntegrateStats:
+        """Write points (float64 world) into their voxels, replacing existing points there."""
+        if len(pts) == 0:
+            return IntegrateStats(0, 0)
+        d = self.config.voxel_size_m
+        coords = np.floor(pts / d)
+        if coords.min() < -K.KEY_OFFSET or coords.max() >= K.KEY_OFFSET:
+            raise InvalidInputError("points out of the voxel key range (+-2**20 voxels): scene too large")
+        keys = _pack(coords.astype(np.int64))
+        uniq, inv = np.unique(keys, return_inverse=True)
+        w = counts.astype(np.float64)
+        wsum = np.bincount(inv, weights=w)
+        frac = pts / d - coords  # [N, 3] in [0, 1) inside the sample's voxel
+        offs = np.empty((len(uniq), 3), np.uint8)
+        rgb = np.empty((len(uniq), 3), np.uint8)
+        for a in range(3):
+            mean_frac = np.bincount(inv, weights=frac[:, a] * w) / wsum
+            offs[:, a] = np.clip(np.floor(mean_frac * 256.0), 0, 255).astype(np.uint8)
+            rgb[:, a] = np.clip(np.rint(np.bincount(inv, weights=cols[:, a] * w) / wsum), 0, 255).astype(np.uint8)
+        cnt = np.minimum(np.bincount(inv, weights=w), K.MAX_COUNT).astype(np.uint16)
+        lst = np.full(len(uniq), np.iinfo(np.int32).min, np.int32)
+        np.maximum.at(lst, inv, last.astype(np.int32))
+        idx = K.hash_lookup_many(self._table, self._keys, uniq)
+        old = idx >= 0
+        j = idx[old]
+        self._offsets[j], self._colors[j], self._counts[j], self._last[j] = offs[old], rgb[old], cnt[old], lst[old]
+        new = ~old
+        n_new = int(new.sum())
+        if self._n + n_new > self._capacity:
+            self._grow(max(int(math.ceil(self._capacity * GROWTH)), self._n + n_new))
+        a, b = self._n, self._n + n_new
+        self._keys[a:b], self._offsets[a:b], self._colors[a:b] = uniq[new], offs[new], rgb[new]
+        self._counts[a:b], self._last[a:b] = cnt[new], lst[new]
+        self._n = b
+        K.hash_build_range(self._table, self._keys, a, b)
+        return IntegrateStats(n_new, int(old.sum()))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Persistence
+    # ----------------------------------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays (copies) that ``from_arrays`` turns back into an identical memory."""
+        n = self._n
+        return {
+            "voxel_keys": self._keys[:n].copy(),  # [N] int64
+            "voxel_offsets": self._offsets[:n].copy(),  # [N, 3] uint8, position inside the voxel in 1/256 steps
+            "colors": self._colors[:n].copy(),  # [N, 3] uint8
+            "observation_count": self._counts[:n].copy(),  # [N] uint16
+            "last_seen_frame": self._last[:n].copy(),  # [N] int32
+        }
+
+    @classmethod
+    def from_arrays(cls, config: MemoryConfig, arrays: dict[str, np.ndarray]) -> "SpatialMemory":
+        missing = [k for k in ARRAY_NAMES if k not in arrays]
+        if missing:
+            raise InvalidInputError(f"memory arrays lack {missing}")
+        keys = np.asarray(arrays["voxel_keys"])
+        n = keys.shape[0] if keys.ndim == 1 else -1
+        spec = {
+            "voxel_keys": ((n,), np.int64),
+            "voxel_offsets": ((n, 3), np.uint8),
+            "colors": ((n, 3), np.uint8),
+            "observation_count": ((n,), np.uint16),
+            "last_seen_frame": ((n,), np.int32),
+        }
+        for name, (shape, dtype) in spec.items():
+            a = np.asarray(arrays[name])
+            if a.shape != shape or a.dtype != dtype:
+                raise InvalidInputError(f"memory array {name} is {a.shape} {a.dtype}, expected {shape} {np.dtype(dtype)}")
+        if n and (keys.min() < 0 or keys.max() >= 1 << (3 * K.KEY_BITS)):
+            raise InvalidInputError("memory array voxel_keys holds values outside the 63-bit key range")
+        if n and np.unique(keys).shape[0] != n:
+            raise InvalidInputError("memory array voxel_keys has duplicates (one point per voxel)")
+        mem = cls(config)
+        mem._alloc(max(MIN_CAPACITY, n))
+        mem._keys[:n] = keys
+        mem._offsets[:n] = arrays["voxel_offsets"]
+        mem._colors[:n] = arrays["colors"]
+        mem._counts[:n] = arrays["observation_count"]
+        mem._last[:n] = arrays["last_seen_frame"]
+        mem._n = n
+        mem._n_sorted = int(K.longest_sorted_prefix(mem._keys, n))  # keeps the given order: exact round trip
+        mem._block_ids, mem._block_starts = K.block_directory(mem._keys, mem._n_sorted)
+        mem._rehash()
+        return mem
+
+    def save_ply(self, path: str | Path) -> None:
+        """Binary PLY: float64 x y z (world, metres), uchar red green blue, uint16 observation_count, int
+        last_seen_frame. open3d is imported here only."""
+        import open3d as o3d
+
+        pc = o3d.t.geometry.PointCloud()
+        pc.point.positions = o3d.core.Tensor(self._positions64())
+        pc.point.colors = o3d.core.Tensor(np.ascontiguousarray(self._colors[: self._n]))
+        pc.point.observation_count = o3d.core.Tensor(self._counts[: self._n, None].copy())
+        pc.point.last_seen_frame = o3d.core.Tensor(self._last[: self._n, None].copy())
+        if not o3d.t.io.write_point_cloud(str(path), pc):
+            raise InvalidInputError(f"could not write a PLY file to {path}")
+
+    @classmethod
+    def load_ply(cls, path: str | Path, config: MemoryConfig = MemoryConfig()) -> "SpatialMemory":
+        """Read a PLY (ours, or any with positions and optional colours): points are voxelized with ``config``.
+        Our own files come back exactly when ``config.voxel_size_m`` is the one they were saved with."""
+        import open3d as o3d
+
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"PLY file not found: {path}")
+        pc = o3d.t.io.read_point_cloud(str(path))
+        if "positions" not in pc.point or pc.point.positions.shape[0] == 0:
+            raise InvalidInputError(f"{path}: no points")
+        pts = pc.point.positions.numpy().astype(np.float64)
+        n = len(pts)
+        cols = pc.point.colors.numpy() if "colors" in pc.point else np.full((n, 3), 128, np.uint8)
+        if cols.dtype != np.uint8:  # float colours in [0, 1]
+            cols = np.clip(np.rint(cols.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        counts = (
+            pc.point.observation_count.numpy().reshape(-1).astype(np.uint16)
+            if "observation_count" in pc.point else np.ones(n, np.uint16)
+        )
+        last = (
+            pc.point.last_seen_frame.numpy().reshape(-1).astype(np.int32)
+            if "last_seen_frame" in pc.point else np.full(n, -1, np.int32)
+        )
+        if not np.all(np.isfinite(pts)):
+            raise InvalidInputError(f"{path}: positions contain NaN or infinite values")
+        mem = cls(config)
+        mem._overwrite(pts, cols, counts, last)
+        return mem
+
+    def copy(self) -> "SpatialMemory":
+        mem = SpatialMemory.__new__(SpatialMemory)
+        mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
+        return mem
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Storage management
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def _capacity(self) -> int:
+        return int(self._keys.shape[0])
+
+    def _alloc(self, capacity: int) -> None:
+        self._keys = np.zeros(capacity, np.int64)
+        self._offsets = np.zeros((capacity, 3), np.uint8)
+        self._colors = np.zeros((capacity, 3), np.uint8)
+        self._counts = np.zeros(capacity, np.uint16)
+        self._last = np.zeros(capacity, np.int32)
+
+    def _grow(self, capacity: int) -> None:
+        n = self._n
+        old = (self._keys, self._offsets, self._colors, self._counts, self._last)
+        self._alloc(capacity)
+        for dst, src in zip((self._keys, self._offsets, self._colors, self._counts, self._last), old):
+            dst[:n] = src[:n]
+        self._rehash()
+
+    def _rehash(self) -> None:
+        self._table = np.full(_table_size(self._capacity), -1, np.int32)
+        K.hash_build_range(self._table, self._keys, 0, self._n)
+
+    def _positions64(self) -> np.ndarray:
+        return K.decode_positions(self._keys, self._offsets, self._n, self.config.voxel_size_m)
+
+    def _compact(self, keep: np.ndarray) -> None:
+        """Drop points where ``keep`` [N] is False; order is kept, so the sorted prefix stays sorted."""
+        n = self._n
+        n_sorted_kept = int(keep[: self._n_sorted].sum())
+        idx = np.flatnonzero(keep)
+        m = len(idx)
+        for a in (self._keys, self._offsets, self._colors, self._counts, self._last):
+            a[:m] = a[:n][idx]
+        self._n = m
+        self._n_sorted = n_sorted_kept
+        self._block_ids, self._block_starts = K.block_directory(self._keys, self._n_sorted)
+        self._rehash()
+
+    def _maybe_reindex(self) -> None:
+        tail = self._n - self._n_sorted
+        if tail > TAIL_MIN and tail > self._n // TAIL_FRACTION:
+            self._reindex()
+
+    def _reindex(self) -> None:
+        """Merge the unsorted tail into the block-sorted part (O(n) merge + an O(tail log tail) sort)."""
+        n, ns = self._n, self._n_sorted
+        tail_order = np.argsort(K.sort_keys(self._keys, ns, n)) + ns
+        order = K.merge_order(self._keys, ns, tail_order)  # new position -> old index
+        for a in (self._keys, self._offsets, self._colors, self._counts, self._last):
+            a[:n] = a[:n][order]
+        new_of_old = np.empty(n, np.int32)
+        new_of_old[order] = np.arange(n, dtype=np.int32)
+        K.hash_remap(self._table, new_of_old)  # same keys in the same slots, only the indices move
+        self._n_sorted = n
+        self._block_ids, self._block_starts = K.block_directory(self._keys, n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def splat_k(config: MemoryConfig, intrinsics: Intrinsics) -> float:
+    """``splat_scale * d * f`` so that a point at z-depth z covers ``ceil(splat_k / z)`` pixels per side."""
+    return float(config.splat_scale) * float(config.voxel_size_m) * max(float(intrinsics.fx), float(intrinsics.fy))
+
+
+def depth_quant(config: MemoryConfig) -> float:
+    """Scale from metres to the 31-bit integer depth used for z-buffer comparisons (ties -> lower point id)."""
+    return K.DEPTH_QUANT_MAX / float(config.max_depth_m)
+
+
+def _visible_ranges(keep: np.ndarray, block_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous point ranges of kept blocks (neighbouring kept blocks are fused into one range)."""
+    if not keep.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    k = keep.astype(np.int8)
+    edges = np.diff(np.concatenate(([0], k, [0])))
+    first = np.flatnonzero(edges == 1)
+    last = np.flatnonzero(edges == -1)  # exclusive block index
+    return block_starts[first].astype(np.int64), block_starts[last].astype(np.int64)
+
+
+def _table_size(capacity: int) -> int:
+    return int(math.ceil(capacity / HASH_MAX_LOAD)) + 1
+
+
+def _pack(ijk: np.ndarray) -> np.ndarray:
+    u = ijk + K.KEY_OFFSET
+    return (u[:, 0] << (2 * K.KEY_BITS)) | (u[:, 1] << K.KEY_BITS) | u[:, 2]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
+def _vector3(v, name: str) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.shape != (3,) or not np.all(np.isfinite(a)):
+        raise InvalidInputError(f"{name} must be 3 finite numbers, got {v!r}")
+    return a
+
+
+def _rotation(R, name: str) -> np.ndarray:
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape != (3, 3):
+        raise InvalidInputError(f"{name} must be 3x3, got shape {R.shape}")
+    T = np.eye(4)
+    T[:3, :3] = R
+    return validate_pose(T, name)[:3, :3]
+
+
+def _points(points) -> np.ndarray:
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise InvalidInputError(f"points must be [N, 3], got shape {p.shape}")
+    return p
+
+
+def _points_colors(points, colors) -> tuple[np.ndarray, np.ndarray]:
+    pts = np.ascontiguousarray(_points(points))
+    if not np.all(np.isfinite(pts)):
+        raise InvalidInputError("points contain NaN or infinite values")
+    cols = np.asarray(colors)
+    if cols.shape != pts.shape or cols.dtype != np.uint8:
+        raise InvalidInputError(f"colors must be [{len(pts)}, 3] uint8, got {cols.shape} {cols.dtype}")
+    return pts, np.ascontiguousarray(cols)
+
+
+def _image(rgb, h: int, w: int) -> np.ndarray:
+    a = np.asarray(rgb)
+    if a.shape != (h, w, 3) or a.dtype != np.uint8:
+        raise InvalidInputError(f"rgb must be a ({h}, {w}, 3) uint8 image matching the intrinsics, got {a.shape} {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _frame_index(frame_index) -> int:
+    if isinstance(frame_index, bool) or not isinstance(frame_index, (int, np.integer)):
+        raise InvalidInputError(f"frame_index must be an integer, got {frame_index!r}")
+    if not (np.iinfo(np.int32).min <= int(frame_index) <= np.iinfo(np.int32).max):
+        raise InvalidInputError(f"frame_index {frame_index} does not fit in int32")
+    return int(frame_index)
