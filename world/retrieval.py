@@ -94,7 +94,7 @@ def retrieve_reference_frames(
         pass
     elif len(target_intrinsics) != n or not all(isinstance(K, Intrinsics) for K in target_intrinsics):
         raise InvalidInputError(f"target_intrinsics must be one Intrinsics or {n} of them")
-    stride = _stride(target_stride, k if method == "paper" else OFFICIAL_TARGET_STRIDE, "target_stride")
+    stride = _stride(target_stride, max(k, 1) if method == "paper" else OFFICIAL_TARGET_STRIDE, "target_stride")
     cand_stride = _stride(candidate_stride, 1 if method == "paper" else OFFICIAL_CANDIDATE_STRIDE, "candidate_stride")
     frames = _candidate_frames(candidates, len(store))
     frames = frames[frames % cand_stride == 0]
