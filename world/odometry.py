@@ -104,6 +104,7 @@ def rgb_to_intensity(rgb: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class PhotometricCheck:
     rmse: float  # RMS intensity difference (0..1 scale) over the overlapping pixels; inf when none overlap
+    ncc: float  # normalised cross-correlation of the two intensity sets: ~1 aligned, ~0 unrelated; -1 when undefined
     overlap: int  # source pixels that land inside the target image
     overlap_fraction: float  # overlap / source pixels with depth
 
@@ -128,7 +129,7 @@ def photometric_residual(
     vv, uu = np.nonzero(np.isfinite(depth) & (depth > 0))
     n_src = vv.size
     if n_src == 0:
-        return PhotometricCheck(float("inf"), 0, 0.0)
+        return PhotometricCheck(float("inf"), -1.0, 0, 0.0)
     z = depth[vv, uu]
     # [N, 3] source camera frame, pixel centres at +0.5
     pts = np.stack([(uu + 0.5 - intrinsics.cx) / intrinsics.fx * z, (vv + 0.5 - intrinsics.cy) / intrinsics.fy * z, z], 1)
@@ -141,7 +142,7 @@ def photometric_residual(
     eps = 1e-6  # round-off slack, so that an unmoved edge pixel still counts as inside
     inside = front & (x >= -eps) & (x <= W - 1 + eps) & (y >= -eps) & (y <= H - 1 + eps)
     if not inside.any():
-        return PhotometricCheck(float("inf"), 0, 0.0)
+        return PhotometricCheck(float("inf"), -1.0, 0, 0.0)
     x, y = np.clip(x[inside], 0, W - 1), np.clip(y[inside], 0, H - 1)
     x0 = np.minimum(np.floor(x).astype(np.int64), W - 2) if W > 1 else np.zeros(x.shape, np.int64)
     y0 = np.minimum(np.floor(y).astype(np.int64), H - 2) if H > 1 else np.zeros(y.shape, np.int64)
@@ -153,4 +154,7 @@ def photometric_residual(
     )
     I_s = rgb_to_intensity(source_rgb)[vv[inside], uu[inside]]
     rmse = float(np.sqrt(np.mean((sampled - I_s) ** 2)))
-    return PhotometricCheck(rmse, int(inside.sum()), float(inside.sum()) / n_src)
+    a, b = sampled - sampled.mean(), I_s - I_s.mean()
+    denom = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    ncc = float(np.sum(a * b) / denom) if denom > 0 else -1.0
+    return PhotometricCheck(rmse, ncc, int(inside.sum()), float(inside.sum()) / n_src)

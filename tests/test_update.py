@@ -1,0 +1,293 @@
+"""world.update: depth for generated frames, pose refinement against the memory, and the update loop.
+
+The scene is a tiny exact one built here (textured axis-aligned rectangles, rendered by ray-plane intersection): a
+back wall at z = 3 m, a floor at y = 1 m (y down) and a box whose front face is at z = 1.5 m, so that a sideways
+step disoccludes part of the wall behind the box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from world.camera import Intrinsics, look_at, rotation_angle_deg, translation_distance_m
+from world.errors import InvalidInputError
+from world.geometry import depth_to_world_points, pixel_rays, project_points
+from world.update import (
+    UpdateConfig,
+    _reference_fill_holes_background,
+    align_model_depth,
+    align_scale_shift,
+    depth_for_generated_frame,
+    fill_holes_background,
+    refine_pose,
+    update_memory,
+)
+
+INTR = Intrinsics.from_fov(70.0, 160, 120)
+HOME = look_at([0.0, 0.2, -0.5], [0.0, 0.3, 3.0])  # sees wall, floor and box
+
+# (normal axis, plane offset, lower corner, upper corner) of axis-aligned rectangles, world frame, metres
+RECTS = [
+    (2, 3.0, (-3.0, -2.0), (3.0, 1.0)),  # back wall z = 3: x in [-3, 3], y in [-2, 1]
+    (1, 1.0, (-3.0, -1.0), (3.0, 3.0)),  # floor y = 1: x in [-3, 3], z in [-1, 3]
+    (2, 1.5, (-0.4, -0.1), (0.2, 1.0)),  # box front z = 1.5
+    (0, -0.4, (-0.1, 1.5), (1.0, 2.1)),  # box left side x = -0.4: y in [-0.1, 1], z in [1.5, 2.1]
+    (0, 0.2, (-0.1, 1.5), (1.0, 2.1)),  # box right side x = 0.2
+    (1, -0.1, (-0.4, 1.5), (0.2, 2.1)),  # box top y = -0.1: x in [-0.4, 0.2], z in [1.5, 2.1]
+]
+
+
+def _texture(points: np.ndarray, seed: int) -> np.ndarray:
+    """[N, 3] world points -> [N, 3] uint8: smooth random sinusoids (wavelengths 0.25-1.5 m)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((points.shape[0], 3))
+    for ch in range(3):
+        for _ in range(6):
+            k = rng.normal(size=3) * rng.uniform(4.0, 25.0)  # rad/m
+            out[:, ch] += np.sin(points @ k + rng.uniform(0.0, 2 * np.pi))
+    return np.clip(128 + 127 * np.tanh(out / 2.5), 0, 255).astype(np.uint8)
+
+
+def _cast(origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit along ``origin + t * dirs`` (``dirs`` [..., 3]); returns (t [...] inf = miss, rect id [...])."""
+    best = np.full(dirs.shape[:-1], np.inf)
+    which = np.full(dirs.shape[:-1], -1)
+    for i, (axis, offset, lo, hi) in enumerate(RECTS):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (offset - origin[axis]) / dirs[..., axis]
+        p = origin + t[..., None] * dirs
+        others = [a for a in range(3) if a != axis]
+        inside = np.ones(t.shape, bool)
+        for a, l, h in zip(others, lo, hi):
+            inside &= (p[..., a] >= l) & (p[..., a] <= h)
+        hit = (t > 1e-9) & inside & (t < best)
+        best[hit], which[hit] = t[hit], i
+    return best, which
+
+
+def render_scene(intrinsics: Intrinsics, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (rgb [H, W, 3] uint8, z-depth [H, W] float32) of the scene."""
+    rays = pixel_rays(intrinsics) @ c2w[:3, :3].T  # world directions with camera z = 1, so t = z-depth
+    t, which = _cast(c2w[:3, 3], rays)
+    rgb = np.zeros(t.shape + (3,), np.uint8)
+    for i in range(len(RECTS)):
+        m = which == i
+        rgb[m] = _texture(c2w[:3, 3] + t[m][:, None] * rays[m], seed=i)
+    return rgb, np.where(np.isfinite(t), t, 0.0).astype(np.float32)
+
+
+def _perturbation(rot_deg: float, trans_m: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    axis, direction = rng.normal(size=3), rng.normal(size=3)
+    P = np.eye(4)
+    P[:3, :3] = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(rot_deg)).as_matrix()
+    P[:3, 3] = direction / np.linalg.norm(direction) * trans_m
+    return P
+
+
+def _seen_from(c2w_seen: np.ndarray, c2w_view: np.ndarray) -> np.ndarray:
+    """[H, W] bool for camera ``c2w_view``: True where the surface it sees is also seen (unoccluded, in frame) from
+    ``c2w_seen`` -- exactly what a memory built from ``c2w_seen`` alone can render."""
+    _, depth = render_scene(INTR, c2w_view)
+    pts, idx = depth_to_world_points(depth, INTR, c2w_view)
+    uv, z = project_points(pts, INTR, c2w_seen)
+    in_frame = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < INTR.width) & (uv[:, 1] >= 0) & (uv[:, 1] < INTR.height)
+    t, _ = _cast(c2w_seen[:3, 3], pts - c2w_seen[:3, 3])  # t = 1 exactly at the point itself
+    seen = np.zeros(depth.size, bool)
+    seen[idx] = in_frame & (t > 1.0 - 1e-6)
+    return seen.reshape(depth.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hole fill
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("max_span_px", [None, 7])
+def test_fill_matches_reference(seed, max_span_px):
+    rng = np.random.default_rng(seed)
+    H, W = 17, 23
+    depth = np.repeat(rng.uniform(1.0, 4.0, size=(H, 1)), W, axis=1) + rng.uniform(0, 0.1, size=(H, W))
+    depth[rng.integers(0, H) :, rng.integers(0, W) :] *= 0.4  # a near block: occlusion edges
+    valid = rng.uniform(size=(H, W)) > 0.35
+    valid[3:9, 5:15] = False  # one large hole
+    valid[:, 20] = False
+    valid[0] = False
+    fast = fill_holes_background(depth.astype(np.float32), valid, 0.05, max_span_px)
+    slow = _reference_fill_holes_background(depth.astype(np.float32), valid, 0.05, max_span_px)
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=0)
+    assert (fast[valid] == depth.astype(np.float32)[valid]).all()
+
+
+def test_fill_disocclusion_takes_the_wall_not_the_box():
+    # The memory was built from HOME; a step 0.35 m to the right reveals wall behind the box's right edge.
+    moved = HOME.copy()
+    moved[:3, 3] += HOME[:3, 0] * 0.35
+    _, true_depth = render_scene(INTR, moved)
+    seen = _seen_from(HOME, moved)
+    disoccluded = ~seen & (true_depth > 0)
+    _, surface = _cast(moved[:3, 3], pixel_rays(INTR) @ moved[:3, :3].T)
+    wall_behind_box = disoccluded & (surface == 0) & (pixel_rays(INTR)[..., 0] < 0.25)  # not the frustum edge
+    assert wall_behind_box.sum() > 100, "the step must disocclude a real patch of wall"
+
+    filled = fill_holes_background(np.where(seen, true_depth, 0), seen, gap_rel=0.05)
+    rel_err = np.abs(filled - true_depth) / true_depth
+    assert np.median(rel_err[wall_behind_box]) < 0.01
+    # Not one wall pixel got box depth (the box is <= 2.6 m from the camera, the wall >= 3.4 m).
+    assert rel_err[wall_behind_box].max() < 0.05 and (filled[wall_behind_box] > 3.0).all()
+    # What a nearest-neighbour fill would do, to show that the test is meaningful: some of it reaches the box.
+    from scipy.ndimage import distance_transform_edt
+
+    _, (iy, ix) = distance_transform_edt(~seen, return_indices=True)
+    nearest = np.where(seen, true_depth, true_depth[iy, ix])
+    assert (nearest[wall_behind_box] < 3.0).mean() > 0.2
+
+
+def test_fill_interpolates_a_hole_in_a_continuous_surface():
+    pose = look_at([1.9, -0.3, -0.5], [1.9, 1.0, 1.0])  # looking down at the floor, right of the box
+    _, depth = render_scene(INTR, pose)
+    _, surface = _cast(pose[:3, 3], pixel_rays(INTR) @ pose[:3, :3].T)
+    valid = depth > 0
+    valid[50:80, 60:110] = False
+    assert (surface[50:80, 60:110] == 1).all()  # the hole is all floor, slanted in depth (1.7 to 2.4 m)
+    filled = fill_holes_background(np.where(valid, depth, 0), valid)
+    hole = ~valid & (depth > 0)
+    assert np.max(np.abs(filled[hole] - depth[hole]) / depth[hole]) < 0.03
+
+
+def test_fill_leaves_unknown_where_nothing_is_known():
+    depth = np.zeros((5, 6), np.float32)
+    out = fill_holes_background(depth, np.zeros((5, 6), bool))
+    assert (out == 0).all() and out.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Depth-model alignment
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_scale_shift_recovers_affine_despite_outliers():
+    rng = np.random.default_rng(3)
+    target = rng.uniform(0.8, 6.0, size=(60, 80))
+    model = (target - 0.7) / 2.5  # target = 2.5 * model + 0.7
+    outliers = rng.uniform(size=target.shape) < 0.12
+    model_noisy = np.where(outliers, model * rng.uniform(0.2, 3.0, size=target.shape), model)
+    mask = rng.uniform(size=target.shape) > 0.1
+
+    fit = align_scale_shift(model_noisy, target, mask, trim_fraction=0.2, iterations=4)
+    assert fit.scale == pytest.approx(2.5, rel=1e-6) and fit.shift == pytest.approx(0.7, abs=1e-6)
+    assert fit.rms_residual < 1e-6
+    # Reference: ordinary least squares on exactly the inliers.
+    keep = mask & ~outliers
+    ref_scale, ref_shift = np.polyfit(model_noisy[keep], target[keep], 1)
+    assert fit.scale == pytest.approx(ref_scale, rel=1e-6) and fit.shift == pytest.approx(ref_shift, abs=1e-6)
+    # Without trimming the outliers bias the fit: the robust part is what does the work.
+    plain = align_scale_shift(model_noisy, target, mask, percentile_range=(0.0, 100.0), iterations=0)
+    assert abs(plain.scale - 2.5) > 0.05
+
+
+def test_align_model_disparity_to_rendered_depth():
+    rng = np.random.default_rng(4)
+    depth = rng.uniform(1.0, 5.0, size=(40, 50)).astype(np.float32)
+    disparity = 0.8 / depth + 0.05  # affine-invariant inverse depth, as relative depth models output
+    config = UpdateConfig(model_depth_is_disparity=True)
+    fit_mask = np.zeros(depth.shape, bool)
+    fit_mask[:, :20] = True
+    aligned = align_model_depth(disparity, depth, fit_mask, config)
+    np.testing.assert_allclose(aligned, depth, rtol=1e-4)
+    assert align_model_depth(disparity, depth, np.zeros_like(fit_mask), config) is None  # nothing to fit on
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# depth_for_generated_frame
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _half_render(c2w: np.ndarray):
+    rgb, depth = render_scene(INTR, c2w)
+    valid = np.zeros(depth.shape, bool)
+    valid[:, : INTR.width // 2] = True
+    return rgb, depth, (rgb * valid[..., None], np.where(valid, depth, 0).astype(np.float32), valid)
+
+
+def test_depth_choice_prefers_generator_depth():
+    rgb, depth, rendered = _half_render(HOME)
+    gen = depth.copy()
+    gen[:5] = 0.0
+    out = depth_for_generated_frame(rendered, rgb, generator_depth=gen, model_depth=depth * 7)
+    np.testing.assert_array_equal(out, gen)
+
+
+def test_depth_choice_uses_aligned_model_in_holes_fitted_on_static_pixels():
+    rgb, depth, rendered = _half_render(HOME)
+    # The generated frame has a person at 1 m in the left (rendered) half; the model sees it, the memory does not.
+    dynamic = np.zeros(depth.shape, bool)
+    dynamic[20:100, 10:70] = True
+    model = 0.5 * depth - 0.2  # a relative model, affine in depth
+    model[dynamic] = 0.5 * 1.0 - 0.2
+    out = depth_for_generated_frame(rendered, rgb, model_depth=model, dynamic=dynamic)
+    holes = ~rendered[2]
+    np.testing.assert_allclose(out[holes], depth[holes], rtol=1e-4)
+    np.testing.assert_array_equal(out[~holes], depth[~holes])  # the render is kept where valid
+    # Fitted on the dynamic pixels too, the alignment is biased (those disagree with the static render).
+    biased = depth_for_generated_frame(rendered, rgb, model_depth=model)
+    assert np.median(np.abs(biased[holes] - depth[holes]) / depth[holes]) > 0.01
+
+
+def test_depth_choice_fills_from_memory_without_a_model():
+    rgb, depth, rendered = _half_render(HOME)
+    out = depth_for_generated_frame(rendered, rgb)
+    assert (out > 0).all()  # every hole row has a valid pixel to its left
+    no_fill = depth_for_generated_frame(rendered, rgb, config=UpdateConfig(fill_holes=False))
+    assert (no_fill[~rendered[2]] == 0).all()
+    with pytest.raises(InvalidInputError, match="dynamic"):
+        depth_for_generated_frame(rendered, rgb, dynamic=np.zeros((3, 3), bool))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pose refinement
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_frame_depth", [True, False])
+def test_refine_pose_recovers_3deg_5cm(with_frame_depth):
+    frame_rgb, frame_depth = render_scene(INTR, HOME)  # the frame truly taken at HOME
+    for seed in range(3):
+        init = HOME @ _perturbation(3.0, 0.05, seed)  # ... but generated for a slightly different pose
+        m_rgb, m_depth = render_scene(INTR, init)  # the memory rendered at the commanded pose
+        rendered = (m_rgb, m_depth, m_depth > 0)
+        result = refine_pose(rendered, frame_rgb, frame_depth if with_frame_depth else None, INTR, init)
+        assert result.accepted, result.reason
+        assert rotation_angle_deg(result.c2w, HOME) < 0.5
+        assert translation_distance_m(result.c2w, HOME) < 0.01
+        assert result.residual_after < result.residual_before
+        assert result.rotation_deg == pytest.approx(rotation_angle_deg(init, result.c2w))
+
+
+def test_refine_pose_rejects_huge_or_diverging_corrections_and_keeps_the_initial_pose():
+    frame_rgb, frame_depth = render_scene(INTR, HOME)
+    init = HOME @ _perturbation(25.0, 0.6, seed=5)
+    m_rgb, m_depth = render_scene(INTR, init)
+    result = refine_pose((m_rgb, m_depth, m_depth > 0), frame_rgb, frame_depth, INTR, init)
+    assert not result.accepted and result.reason != "ok"
+    np.testing.assert_array_equal(result.c2w, init)
+
+    noise = np.random.default_rng(0).integers(0, 256, size=frame_rgb.shape, dtype=np.uint8)
+    result = refine_pose((m_rgb, m_depth, m_depth > 0), noise, None, INTR, init)
+    assert not result.accepted
+    np.testing.assert_array_equal(result.c2w, init)
+
+    # A correct but too large correction is rejected by the bounds.
+    init = HOME @ _perturbation(3.0, 0.05, seed=0)
+    m_rgb, m_depth = render_scene(INTR, init)
+    tight = UpdateConfig(max_refine_rotation_deg=1.0)
+    result = refine_pose((m_rgb, m_depth, m_depth > 0), frame_rgb, frame_depth, INTR, init, tight)
+    assert not result.accepted and "exceeds the bounds" in result.reason
+    np.testing.assert_array_equal(result.c2w, init)
+
+    empty = (np.zeros_like(m_rgb), np.zeros_like(m_depth), np.zeros(m_depth.shape, bool))
+    result = refine_pose(empty, frame_rgb, frame_depth, INTR, init)
+    assert not result.accepted and "covers" in result.reason
