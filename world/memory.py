@@ -57,7 +57,9 @@ class MemoryConfig:
     max_splat_px: int = 4  # cap of a point's square footprint (pixels) when rendering
     min_depth_m: float = 0.05  # points nearer than this to the camera are not rendered
     max_depth_m: float = 1000.0  # farther points are not rendered; farther depth pixels are not integrated
-    splat_scale: float = 1.0  # footprint side = ceil(splat_scale * d * f / z) pixels before clipping
+    # footprint side = ceil(splat_scale * d * f / z) pixels before clipping; > 1 because a voxel's point sits at
+    # the mean of its samples, so neighbouring points can be up to ~2 d apart (1.0 left pinholes on oblique planes)
+    splat_scale: float = 1.5
     max_mean_weight: int = 255  # cap of the count used as the old value's weight in the running means
 
     def __post_init__(self) -> None:
