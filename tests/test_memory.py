@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
 import world.memory as memory_module
@@ -282,10 +283,11 @@ def test_rendered_depth_unprojects_onto_the_memory_points():
         z = r.depth_m.reshape(-1)[idx].astype(np.float64)
         s = np.clip(np.ceil(splat_k(mem.config, cam) / z), 1, mem.config.max_splat_px)
         assert np.all(np.linalg.norm(pts - own, axis=1) <= s / np.sqrt(2) * z / cam.fx + 1e-6)
-        # ... and within a voxel of the memory's surface (up close, splats at the surface's rim reach a bit beyond)
+        # ... and, away from the surface's rim (where splats reach past the last points), within a voxel of it
         dist, _ = cKDTree(mem.positions).query(pts)
-        assert np.mean(dist <= mem.config.voxel_size_m) > 0.999
-        assert dist.max() <= 1.1 * mem.config.voxel_size_m
+        interior = binary_erosion(r.valid, iterations=4).reshape(-1)[idx]
+        assert interior.sum() > 0.5 * len(idx)
+        assert dist[interior].max() <= mem.config.voxel_size_m
 
 
 def test_render_trajectory_stacks_renders():
