@@ -248,3 +248,33 @@ def test_five_thousand_frames_stay_cheap():
 def test_canonical_voxel_keys():
     np.testing.assert_array_equal(canonical_voxel_keys(np.array([5, 1, 5, 2], dtype=np.int32)), [1, 2, 5])
     assert canonical_voxel_keys(np.array([], dtype=np.float64)).dtype == np.int64
+
+
+def test_runs_of_consecutive_frames_are_merged():
+    """A sliding window seen frame after frame is stored as one run per voxel; a voxel seen again after a gap
+    starts a new run; the counts stay exact across the seal."""
+    index = VoxelSetIndex(tail_frames=3)
+    frame_sets = []
+    for f in range(10):
+        start = f if f < 6 else f - 6  # frames 6..9 come back to the start of the strip
+        frame_sets.append(np.arange(start, start + 20, dtype=np.int64))
+        index.add(frame_sets[-1])
+    # Voxels 0..25 appear over 10 frames; ends of the strip split into runs at the return (frame 6).
+    expected_runs = 0
+    for v in range(26):
+        seen = [v in s for s in frame_sets]
+        expected_runs += sum(1 for f in range(10) if seen[f] and (f == 0 or not seen[f - 1]))
+    assert index.num_runs == expected_runs < sum(s.shape[0] for s in frame_sets)
+    queries = [np.arange(0, 5), np.arange(18, 30), np.arange(3, 40, 3)]
+    np.testing.assert_array_equal(
+        index.intersection_counts(queries), reference_intersection_counts(queries, frame_sets)
+    )
+
+
+def test_voxel_snapshot_rejects_unsorted_frame_sets():
+    index = VoxelSetIndex()
+    index.add(np.array([1, 5, 9], dtype=np.int64))
+    data = index.to_arrays()
+    data["voxel_cols"] = data["voxel_cols"][::-1].copy()
+    with pytest.raises(SnapshotError, match="sorted"):
+        VoxelSetIndex.from_arrays(data)

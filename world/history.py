@@ -46,9 +46,9 @@ class HistoryConfig:
     depth_codec: str = "float16_zstd"  # "float16_zstd" (~0.05 % relative error), "float32_zstd" (exact), "png_mm"
     zstd_level: int = 3
     decoded_cache_frames: int = 32  # LRU of decoded images / depth maps (a 1248x704 RGB frame is 2.6 MB)
-    # Frames newer than the inverted index are scanned directly; once this many pile up the index is rebuilt
-    # (O(total voxels), ~0.1 s per 10 M entries), which keeps both add() and queries cheap.
-    index_tail_frames: int = 512
+    # Runs of frames closed since the last seal are scanned on every query; sealing (a counting sort of all runs,
+    # ~10 ms per million runs) every this many frames keeps both add() and queries cheap.
+    index_tail_frames: int = 128
 
     def __post_init__(self) -> None:
         if self.image_codec not in _IMAGE_CODECS:
@@ -178,46 +178,71 @@ def _kernels():
         return n_cols
 
     @numba.njit(cache=True, nogil=True)
-    def build_inverted(cols, offsets, n_frames, n_cols):
-        """Counting sort of the forward lists (frame -> columns) into postings (column -> frames, ascending)."""
+    def add_frame(cols, f, open_start, last_seen, run_col, run_start, run_end, n_runs):
+        """Fold frame ``f``'s columns into the runs. Each column's latest run is ``[open_start, last_seen + 1)``;
+        seeing the column again at ``last_seen + 1`` extends it, later closes it into the run list (the caller
+        reserved ``len(cols)`` more run slots). Returns the new number of closed runs."""
+        for p in range(cols.shape[0]):
+            c = cols[p]
+            seen = last_seen[c]
+            if seen >= 0 and seen == f - 1:
+                last_seen[c] = f
+                continue
+            if seen >= 0:
+                run_col[n_runs] = c
+                run_start[n_runs] = open_start[c]
+                run_end[n_runs] = seen + 1
+                n_runs += 1
+            open_start[c] = f
+            last_seen[c] = f
+        return n_runs
+
+    @numba.njit(cache=True, nogil=True)
+    def seal_runs(run_col, run_start, run_end, n_runs, n_cols):
+        """Counting sort of the closed runs by column: ``indptr [n_cols + 1]``, starts and ends grouped by column."""
         indptr = np.zeros(n_cols + 1, dtype=np.int64)
-        nnz = offsets[n_frames]
-        for p in range(nnz):
-            indptr[cols[p] + 1] += 1
+        for r in range(n_runs):
+            indptr[run_col[r] + 1] += 1
         for c in range(n_cols):
             indptr[c + 1] += indptr[c]
         fill = indptr[:-1].copy()
-        frames = np.empty(nnz, dtype=np.int32)
-        for f in range(n_frames):
-            for p in range(offsets[f], offsets[f + 1]):
-                c = cols[p]
-                frames[fill[c]] = f
-                fill[c] += 1
-        return indptr, frames
+        starts = np.empty(n_runs, dtype=np.int32)
+        ends = np.empty(n_runs, dtype=np.int32)
+        for r in range(n_runs):
+            c = run_col[r]
+            starts[fill[c]] = run_start[r]
+            ends[fill[c]] = run_end[r]
+            fill[c] += 1
+        return indptr, starts, ends
 
     @numba.njit(cache=True, nogil=True)
-    def count_sealed(target_cols, target_offsets, indptr, post_frames, n_sealed_cols, counts):
-        """``counts[t, f] += |cols(t) ∩ cols(f)|`` over the frames in the inverted index (postings walk)."""
+    def count_indexed(target_cols, target_offsets, indptr, starts, ends, n_sealed_cols, open_start, last_seen, diff):
+        """For every target voxel, add each run of frames that see it to the target's difference array:
+        ``diff[t, start] += 1``, ``diff[t, end] -= 1`` (a prefix sum over frames then gives the counts)."""
         for t in range(target_offsets.shape[0] - 1):
             for p in range(target_offsets[t], target_offsets[t + 1]):
                 c = target_cols[p]
                 if c < n_sealed_cols:
                     for q in range(indptr[c], indptr[c + 1]):
-                        counts[t, post_frames[q]] += 1
+                        diff[t, starts[q]] += 1
+                        diff[t, ends[q]] -= 1
+                if last_seen[c] >= 0:
+                    diff[t, open_start[c]] += 1
+                    diff[t, last_seen[c] + 1] -= 1
 
     @numba.njit(cache=True, nogil=True)
-    def count_tail(target_bits, t0, n_t, cols, offsets, f_start, f_stop, counts):
-        """Same for the frames not yet in the inverted index: scan their columns against a per-column bitmask
-        of (up to 64) targets ``t0 .. t0 + n_t``."""
-        for f in range(f_start, f_stop):
-            for p in range(offsets[f], offsets[f + 1]):
-                m = target_bits[cols[p]]
-                if m != 0:
-                    for b in range(n_t):
-                        if (m >> np.uint64(b)) & np.uint64(1):
-                            counts[t0 + b, f] += 1
+    def count_unsealed(target_bits, t0, n_t, run_col, run_start, run_end, r0, r1, diff):
+        """The same for the runs closed since the last seal, scanned against a per-column bitmask of (up to 64)
+        targets ``t0 .. t0 + n_t``."""
+        for r in range(r0, r1):
+            m = target_bits[run_col[r]]
+            if m != 0:
+                for b in range(n_t):
+                    if (m >> np.uint64(b)) & np.uint64(1):
+                        diff[t0 + b, run_start[r]] += 1
+                        diff[t0 + b, run_end[r]] -= 1
 
-    return hash_get_or_insert, build_inverted, count_sealed, count_tail
+    return hash_get_or_insert, add_frame, seal_runs, count_indexed, count_unsealed
 
 
 class _Growing:
@@ -258,16 +283,22 @@ class _Growing:
 class VoxelSetIndex:
     """The view-specific voxel sets of all frames, and fast intersection counts against query sets.
 
-    Storage: a hash table maps each distinct voxel key to a column id (int32, first-seen order); a frame's set is
-    its sorted keys' column ids (4 bytes per voxel, in one flat array with offsets: the forward lists). An inverted
-    index (column -> ascending frame ids) covers the first ``n_sealed_frames`` frames; the newer "tail" frames are
-    scanned directly. ``add`` rebuilds the inverted index once ``tail_frames`` frames are outside it.
+    Storage:
+    - a hash table maps each distinct voxel key to a column id (int32, first-seen order);
+    - forward lists: a frame's set is its sorted keys' column ids (4 bytes per voxel, one flat array + offsets),
+      which is what ``keys`` and snapshots read;
+    - an inverted index of *runs*: for every column, the maximal runs ``[start, end)`` of consecutive frames that
+      see the voxel. A moving camera sees a voxel over a stretch of consecutive frames, so a voxel seen by 60
+      frames is one run, not 60 postings. Each column's latest run is kept open per column (``add`` extends it in
+      O(1)); closed runs go to an append-only list that ``seal`` groups by column every ``tail_frames`` frames.
 
-    Query cost: sum over the query's voxels of how many indexed frames see each one, plus the tail's size; it
-    does not grow with frames that share nothing with the query.
+    ``intersection_counts`` adds +1/-1 at each run's ends into a per-target difference array over frames and
+    prefix-sums it, so its cost is (runs of the query's voxels) + (runs closed since the last seal) + T x F; it
+    does not grow with frames that share nothing with the query. Worst case (no temporal coherence: every run one
+    frame long) it is a plain postings walk.
     """
 
-    def __init__(self, tail_frames: int = 512):
+    def __init__(self, tail_frames: int = 128):
         if tail_frames < 1:
             raise InvalidInputError(f"tail_frames must be >= 1, got {tail_frames}")
         self.tail_frames = int(tail_frames)
@@ -275,13 +306,20 @@ class VoxelSetIndex:
         self._table_keys = np.full(1 << 10, _EMPTY_KEY, dtype=np.int64)
         self._table_cols = np.zeros(1 << 10, dtype=np.int32)
         self._col_keys = _Growing((), np.int64, 1024)  # column -> voxel key
+        self._open_start = _Growing((), np.int32, 1024)  # column -> first frame of its latest run
+        self._last_seen = _Growing((), np.int32, 1024)  # column -> last frame of its latest run (-1: never)
         self._cols = _Growing((), np.int32, 1 << 16)  # forward lists, concatenated
         self._offsets = _Growing((), np.int64)
         self._offsets.extend(np.zeros(1, dtype=np.int64))
-        self._indptr = np.zeros(1, dtype=np.int64)  # inverted index over the first n_sealed_frames
-        self._post_frames = np.zeros(0, dtype=np.int32)
-        self.n_sealed_frames = 0
+        self._run_col = _Growing((), np.int32, 1 << 12)  # closed runs, in closing order
+        self._run_start = _Growing((), np.int32, 1 << 12)
+        self._run_end = _Growing((), np.int32, 1 << 12)
+        self._indptr = np.zeros(1, dtype=np.int64)  # closed runs [0, n_sealed_runs) grouped by column
+        self._sealed_starts = np.zeros(0, dtype=np.int32)
+        self._sealed_ends = np.zeros(0, dtype=np.int32)
+        self._n_sealed_runs = 0
         self._n_sealed_cols = 0
+        self.n_sealed_frames = 0
 
     def __len__(self) -> int:
         return self._offsets.size - 1
@@ -290,6 +328,11 @@ class VoxelSetIndex:
     def num_voxels(self) -> int:
         """Distinct voxel keys seen by any frame."""
         return self._col_keys.size
+
+    @property
+    def num_runs(self) -> int:
+        """Runs of consecutive frames over all voxels (closed + each voxel's latest)."""
+        return self._run_col.size + self._col_keys.size
 
     # --- building ---------------------------------------------------------------------------------------------
 
@@ -301,39 +344,57 @@ class VoxelSetIndex:
         self._table_keys = np.full(1 << bits, _EMPTY_KEY, dtype=np.int64)
         self._table_cols = np.zeros(1 << bits, dtype=np.int32)
         self._shift = 64 - bits
-        hash_get_or_insert = _kernels()[0]
         keys = self._col_keys.view.copy()
         # Re-inserting the keys in column order gives every key its old column back.
         out = np.empty(keys.shape[0], dtype=np.int32)
         scratch = np.empty(keys.shape[0], dtype=np.int64)
-        n_new = hash_get_or_insert(self._table_keys, self._table_cols, self._shift, keys, scratch, 0, True, out)
+        n_new = _kernels()[0](self._table_keys, self._table_cols, self._shift, keys, scratch, 0, True, out)
         assert n_new == keys.shape[0] and np.array_equal(out, np.arange(keys.shape[0]))
 
-    def add(self, keys: np.ndarray) -> int:  # keys: [V] int64, sorted unique, >= 0
-        """Append one frame's voxel set (already canonical, see ``canonical_voxel_keys``); returns its frame id."""
-        hash_get_or_insert = _kernels()[0]
+    def _insert_columns(self, keys: np.ndarray) -> np.ndarray:
+        """Columns of ``keys`` ([V] int64), creating the missing ones."""
         self._ensure_table(keys.shape[0])
         self._col_keys.reserve(keys.shape[0])
         cols = np.empty(keys.shape[0], dtype=np.int32)
-        self._col_keys.size = hash_get_or_insert(
-            self._table_keys, self._table_cols, self._shift, keys, self._col_keys.buffer, self._col_keys.size,
-            True, cols,
+        n_old = self._col_keys.size
+        n_new = _kernels()[0](
+            self._table_keys, self._table_cols, self._shift, keys, self._col_keys.buffer, n_old, True, cols
         )
+        self._col_keys.size = n_new
+        for arr in (self._open_start, self._last_seen):
+            arr.extend(np.full(n_new - n_old, -1, dtype=np.int32))
+        return cols
+
+    def _append(self, cols: np.ndarray) -> None:
+        """Add one frame's columns to the forward lists and the runs."""
+        f = len(self)
         self._cols.extend(cols)
         self._offsets.extend(np.array([self._cols.size], dtype=np.int64))
+        for arr in (self._run_col, self._run_start, self._run_end):
+            arr.reserve(cols.shape[0])
+        n_runs = _kernels()[1](
+            cols, f, self._open_start.buffer, self._last_seen.buffer, self._run_col.buffer,
+            self._run_start.buffer, self._run_end.buffer, self._run_col.size,
+        )
+        for arr in (self._run_col, self._run_start, self._run_end):
+            arr.size = n_runs
+
+    def add(self, keys: np.ndarray) -> int:  # keys: [V] int64, sorted unique, >= 0
+        """Append one frame's voxel set (already canonical, see ``canonical_voxel_keys``); returns its frame id."""
+        self._append(self._insert_columns(keys))
         if len(self) - self.n_sealed_frames >= self.tail_frames:
             self.seal()
         return len(self) - 1
 
     def seal(self) -> None:
-        """Rebuild the inverted index over every frame added so far (normally called by ``add``)."""
-        build_inverted = _kernels()[1]
-        n_frames = len(self)
-        self._indptr, self._post_frames = build_inverted(
-            self._cols.buffer, self._offsets.buffer, n_frames, self._col_keys.size
+        """Group every closed run by column (normally called by ``add``); O(runs + voxels)."""
+        n_runs = self._run_col.size
+        self._indptr, self._sealed_starts, self._sealed_ends = _kernels()[2](
+            self._run_col.buffer, self._run_start.buffer, self._run_end.buffer, n_runs, self._col_keys.size
         )
-        self.n_sealed_frames = n_frames
+        self._n_sealed_runs = n_runs
         self._n_sealed_cols = self._col_keys.size
+        self.n_sealed_frames = len(self)
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -358,35 +419,42 @@ class VoxelSetIndex:
 
         Each query set must be free of duplicates (``canonical_voxel_keys``); keys no frame has are ignored.
         """
-        _, _, count_sealed, count_tail = _kernels()
+        _, _, _, count_indexed, count_unsealed = _kernels()
         n_t, n_f = len(query_keys), len(self)
-        counts = np.zeros((n_t, n_f), dtype=np.int32)
         if n_t == 0 or n_f == 0:
-            return counts
+            return np.zeros((n_t, n_f), dtype=np.int32)
+        diff = np.zeros((n_t, n_f + 1), dtype=np.int32)  # [T, F + 1] run starts +1, run ends -1
         target_cols = [c[c >= 0] for c in (self.lookup(k) for k in query_keys)]
         offsets = np.zeros(n_t + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([c.shape[0] for c in target_cols])
         flat = np.concatenate(target_cols).astype(np.int32, copy=False)
-        if self.n_sealed_frames > 0:
-            count_sealed(flat, offsets, self._indptr, self._post_frames, self._n_sealed_cols, counts)
-        if self.n_sealed_frames < n_f:
+        count_indexed(
+            flat, offsets, self._indptr, self._sealed_starts, self._sealed_ends, self._n_sealed_cols,
+            self._open_start.buffer, self._last_seen.buffer, diff,
+        )
+        if self._n_sealed_runs < self._run_col.size:
             bits = np.zeros(self._col_keys.size, dtype=np.uint64)
             for t0 in range(0, n_t, 64):
                 bits[:] = 0
                 n_group = min(64, n_t - t0)
                 for b in range(n_group):
                     bits[target_cols[t0 + b]] |= np.uint64(1) << np.uint64(b)
-                count_tail(
-                    bits, t0, n_group, self._cols.buffer, self._offsets.buffer, self.n_sealed_frames, n_f, counts
+                count_unsealed(
+                    bits, t0, n_group, self._run_col.buffer, self._run_start.buffer, self._run_end.buffer,
+                    self._n_sealed_runs, self._run_col.size, diff,
                 )
-        return counts
+        return np.cumsum(diff[:, :n_f], axis=1, dtype=np.int32)
 
     @property
     def nbytes(self) -> int:
-        return int(
-            self._table_keys.nbytes + self._table_cols.nbytes + self._col_keys.nbytes + self._cols.nbytes
-            + self._offsets.nbytes + self._indptr.nbytes + self._post_frames.nbytes
+        parts = (
+            self._table_keys, self._table_cols, self._indptr, self._sealed_starts, self._sealed_ends,
         )
+        growing = (
+            self._col_keys, self._open_start, self._last_seen, self._cols, self._offsets, self._run_col,
+            self._run_start, self._run_end,
+        )
+        return int(sum(a.nbytes for a in parts) + sum(g.nbytes for g in growing))
 
     # --- snapshot ---------------------------------------------------------------------------------------------
 
@@ -398,7 +466,8 @@ class VoxelSetIndex:
         }
 
     @classmethod
-    def from_arrays(cls, data: dict[str, Any], tail_frames: int = 512) -> "VoxelSetIndex":
+    def from_arrays(cls, data: dict[str, Any], tail_frames: int = 128) -> "VoxelSetIndex":
+        """Rebuild from ``to_arrays`` output: the same columns, then the runs replayed frame by frame."""
         col_keys = np.asarray(data["voxel_col_keys"], dtype=np.int64)
         cols = np.asarray(data["voxel_cols"], dtype=np.int32)
         offsets = np.asarray(data["voxel_offsets"], dtype=np.int64)
@@ -410,15 +479,13 @@ class VoxelSetIndex:
         ):
             raise SnapshotError("voxel index arrays are inconsistent (offsets, column range or duplicate keys)")
         index = cls(tail_frames)
-        index._ensure_table(col_keys.shape[0])
-        out = np.empty(col_keys.shape[0], dtype=np.int32)
-        index._col_keys.reserve(col_keys.shape[0])
-        index._col_keys.size = _kernels()[0](
-            index._table_keys, index._table_cols, index._shift, col_keys, index._col_keys.buffer, 0, True, out
-        )
-        index._cols.extend(cols)
-        index._offsets = _Growing((), np.int64, offsets.shape[0])
-        index._offsets.extend(offsets)
+        if not np.array_equal(index._insert_columns(col_keys), np.arange(col_keys.shape[0])):
+            raise SnapshotError("voxel index column table did not rebuild in order")
+        for f in range(offsets.shape[0] - 1):
+            frame_cols = cols[offsets[f] : offsets[f + 1]]
+            if frame_cols.size > 1 and not np.all(np.diff(col_keys[frame_cols]) > 0):
+                raise SnapshotError(f"voxel set of frame {f} is not sorted and unique")
+            index._append(frame_cols)
         index.seal()
         return index
 

@@ -1,0 +1,187 @@
+"""Benchmark: reference-frame retrieval of K = 7 frames for a 72-frame target clip over a 5,000-frame history.
+
+Scene: a camera 1.6 m above a flat ground (the world's y axis points down, ground at y = +1.6 m), pitched 40 deg
+down, walks at 1.4 m/s (24 fps) on a random smooth path inside a 40 m x 40 m arena, so it keeps revisiting places.
+Each view's set is what ``world.geometry`` gives for a rendered depth map: the ground's analytic z-depth per pixel
+of a 192 x 108 camera (60 deg fov, pixels beyond 8 m unknown), unprojected with ``depth_to_world_points`` and
+voxelised with ``voxel_keys``. The target clip re-walks a stretch of the history 0.3 m to the side with a 5 deg
+yaw offset. Candidates are all history frames but the last 9 (the preceding clip).
+
+Prints one JSON object on stdout (progress on stderr): fast ``retrieve_reference_frames`` medians for both
+methods and the naive per-candidate ``np.intersect1d`` references (``world/_retrieval_reference.py``) timed in the
+same run, plus sizes. ``matches_reference`` checks that both give the same frames and scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+from world._retrieval_reference import reference_retrieve_official, reference_retrieve_paper
+from world.camera import Intrinsics
+from world.geometry import depth_to_world_points, voxel_keys
+from world.history import FrameStore, HistoryConfig
+from world.retrieval import retrieve_reference_frames
+
+EYE_HEIGHT_M, PITCH_DEG, MAX_RANGE_M, ARENA_M, SPEED_M_S, FPS = 1.6, 40.0, 8.0, 40.0, 1.4, 24.0
+CAMERA = Intrinsics.from_fov(60.0, 192, 108)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def walk(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``[n, 2]`` (x, z) metres and yaw ``[n]`` radians of a smooth random walk that stays in the arena."""
+    pos, yaw, yaw_rate = np.zeros(2), 0.0, 0.0
+    xs, yaws = np.empty((n, 2)), np.empty(n)
+    for i in range(n):
+        yaw_rate = 0.95 * yaw_rate + rng.normal(0.0, 0.08)
+        to_centre = -pos
+        if np.linalg.norm(pos) > 0.4 * ARENA_M:  # steer back towards the centre near the walls
+            want = math.atan2(to_centre[0], to_centre[1])
+            yaw_rate += 0.2 * math.remainder(want - yaw, 2 * math.pi)
+        yaw += yaw_rate / FPS
+        pos = pos + SPEED_M_S / FPS * np.array([math.sin(yaw), math.cos(yaw)])
+        xs[i], yaws[i] = pos, yaw
+    return xs, yaws
+
+
+def camera_pose(xz: np.ndarray, yaw: float) -> np.ndarray:
+    """``c2w``: OpenCV camera at eye height (world y down, so eye at y = 0 and ground at y = +1.6), yawed about
+    the world's vertical and pitched ``PITCH_DEG`` down."""
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    R_yaw = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    p = math.radians(PITCH_DEG)  # looking down = rotating +z towards +y (down)
+    R_pitch = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(p), math.sin(p)], [0.0, -math.sin(p), math.cos(p)]])
+    T = np.eye(4)
+    T[:3, :3] = R_yaw @ R_pitch
+    T[:3, 3] = [xz[0], 0.0, xz[1]]
+    return T
+
+
+def ground_depth(c2w: np.ndarray, rays: np.ndarray, ray_norms: np.ndarray) -> np.ndarray:
+    """``[H, W]`` float32 z-depth of the plane y = EYE_HEIGHT_M; 0 where the ray misses it or is beyond range.
+
+    ``rays``: ``[H, W, 3]`` camera rays with z = 1 (``pixel_rays``), ``ray_norms`` their lengths."""
+    dy = rays @ c2w[1, :3]  # world y component of each ray (world y points down, towards the ground)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (EYE_HEIGHT_M - c2w[1, 3]) / dy  # z-depth, since the rays have z = 1 in the camera
+    ok = (dy > 1e-6) & (t * ray_norms <= MAX_RANGE_M)
+    return np.where(ok, t, 0.0).astype(np.float32)
+
+
+def view_keys(c2w: np.ndarray, rays: np.ndarray, voxel_size_m: float) -> np.ndarray:
+    pts, _ = depth_to_world_points(ground_depth(c2w, rays, np.linalg.norm(rays, axis=-1)), CAMERA, c2w)
+    return np.unique(voxel_keys(pts, voxel_size_m))
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=5000)
+    ap.add_argument("--target", type=int, default=72)
+    ap.add_argument("--k", type=int, default=7)
+    ap.add_argument("--voxel-size", type=float, default=0.05)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--baseline-repeats", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from world.geometry import pixel_rays
+
+    rng = np.random.default_rng(args.seed)
+    rays = pixel_rays(CAMERA)
+    xz, yaw = walk(rng, args.frames)
+    # The stored image plays no part in retrieval: a tiny one keeps the history build about the voxel sets.
+    thumb = CAMERA.scaled(8, 6)
+    img = np.zeros((thumb.height, thumb.width, 3), dtype=np.uint8)
+    store = FrameStore(HistoryConfig(image_codec="png"))
+    sets = []
+    t0 = time.perf_counter()
+    add_s = 0.0
+    for i in range(args.frames):
+        c2w = camera_pose(xz[i], yaw[i])
+        sets.append(view_keys(c2w, rays, args.voxel_size))
+        ta = time.perf_counter()
+        store.add(img, c2w, thumb, sets[-1], timestamp_ns=int(i * 1e9 / FPS))
+        add_s += time.perf_counter() - ta
+        if i % 1000 == 0:
+            log(f"history {i}/{args.frames}, {time.perf_counter() - t0:.1f} s")
+    sizes = np.array([s.shape[0] for s in sets])
+
+    start = args.frames // 2
+    offset = np.array([0.3, 0.0])
+    target_poses = np.stack(
+        [camera_pose(xz[start + i] + offset, yaw[start + i] + math.radians(5.0)) for i in range(args.target)]
+    )
+    target_sets = [view_keys(T, rays, args.voxel_size) for T in target_poses]
+    candidates = range(0, args.frames - 9)
+    cand_sets = {j: sets[j] for j in candidates}
+
+    def fast(method: str):
+        return retrieve_reference_frames(
+            store, target_poses, CAMERA, target_sets, k=args.k, method=method, candidates=candidates
+        )
+
+    results = {m: fast(m) for m in ("paper", "official")}  # warm-up (numba kernels load from the disk cache)
+    log("timing fast paths")
+    paper_ms = median_ms(lambda: fast("paper"), args.repeats)
+    official_ms = median_ms(lambda: fast("official"), args.repeats)
+    log("timing naive references (per-candidate np.intersect1d)")
+    ref = {}
+    t_paper = []
+    for _ in range(args.baseline_repeats):
+        t1 = time.perf_counter()
+        ref["paper"] = reference_retrieve_paper(target_sets, cand_sets, args.k, 0.0, args.k)
+        t_paper.append((time.perf_counter() - t1) * 1000.0)
+    t_official = []
+    for _ in range(args.baseline_repeats):
+        t1 = time.perf_counter()
+        ref["official"] = reference_retrieve_official(target_sets, cand_sets, args.k, 12, 4)
+        t_official.append((time.perf_counter() - t1) * 1000.0)
+    matches = all(
+        [(r.frame_index, r.score, r.target_index) for r in results[m]] == ref[m] for m in ("paper", "official")
+    )
+    print(json.dumps({
+        "benchmark": "retrieval",
+        "median_ms": round(paper_ms, 3),  # method="paper", the default
+        "baseline_median_ms": round(float(np.median(t_paper)), 3),
+        "official_median_ms": round(official_ms, 3),
+        "official_baseline_median_ms": round(float(np.median(t_official)), 3),
+        "matches_reference": bool(matches),
+        "retrieved_paper": [[r.frame_index, round(r.score, 4), r.target_index] for r in results["paper"]],
+        "retrieved_official": [[r.frame_index, r.score, r.target_index] for r in results["official"]],
+        "history_frames": args.frames,
+        "candidates": len(candidates),
+        "target_frames": args.target,
+        "k": args.k,
+        "voxel_size_m": args.voxel_size,
+        "keys_per_view_mean": int(sizes.mean()),
+        "keys_per_view_min": int(sizes.min()),
+        "keys_per_view_max": int(sizes.max()),
+        "distinct_voxels": int(store.voxels.num_voxels),
+        "history_voxel_entries": int(sizes.sum()),
+        "store_add_total_s": round(add_s, 2),
+        "voxel_index_mb": round(store.voxels.nbytes / 2**20, 1),
+        "repeats": args.repeats,
+        "baseline_repeats": args.baseline_repeats,
+        "scene": "camera walking over a flat ground plane, rendered z-depth -> depth_to_world_points -> voxel_keys",
+    }))
+
+
+if __name__ == "__main__":
+    main()
