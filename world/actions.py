@@ -230,3 +230,34 @@ def chunk_clips(num_frames: int, config: ClipConfig = ClipConfig()) -> list[Clip
         stop = min(start + config.new_frames_per_clip, num_frames)
         spans.append(ClipSpan(len(spans), start, stop, max(0, start - config.preceding_frames)))
     return spans
+
+
+def out_and_back_path(
+    start_c2w: np.ndarray,  # [4, 4]
+    num_frames: int = 161,
+    distance_m: float = 1.0,
+    turn_deg: float = 100.0,
+    strafe_m: float = 0.3,
+) -> np.ndarray:
+    """A closed loop for worlds we know nothing about (a photograph): walk ``distance_m`` forward while turning
+    ``turn_deg`` right and drifting ``strafe_m`` sideways, then retrace the way back to the exact start pose.
+
+    Returns ``[num_frames, 4, 4]`` c2w; frame 0 and the last frame are ``start_c2w``. The path is made with the
+    ``ActionIntegrator``, so it is a path a player could walk (level, pitch untouched).
+    """
+    if num_frames < 3:
+        raise InvalidInputError(f"num_frames must be >= 3 for an out-and-back path, got {num_frames}")
+    n_out = num_frames // 2  # frames after the start on the way out
+    fps = 16.0
+    duration = n_out / fps
+    integ = ActionIntegrator(start_c2w, ControlConfig(fps=fps, walk_speed_m_s=1.0))
+    forward = min(1.0, distance_m / duration)
+    right = min(1.0, strafe_m / duration)
+    yaw_rate = math.radians(turn_deg) / duration
+    out = integ.run([Action(move_forward=forward, move_right=right, yaw_rate_rad_s=yaw_rate, dt_s=duration)])
+    out = np.concatenate([validate_pose(start_c2w)[None], out[:n_out]])
+    back = out[::-1][1:]
+    path = np.concatenate([out, back])
+    if len(path) < num_frames:  # odd counts: hold the start pose once more at the end
+        path = np.concatenate([path, path[-1:]])
+    return path[:num_frames]

@@ -1,0 +1,1 @@
+"""The ``spatia`` command: wires the packages (world, model, server, client) into subcommands."""

@@ -1,0 +1,237 @@
+"""The ``Engine``: a world's memory and history plus a ``Generator`` -> "frames for these poses".
+
+One Play step, one ``Generate`` call, the CLI demo, the evaluation harness and the in-process Gymnasium env all
+drive this one loop (``DESIGN.md``, "One Play step"):
+
+1. chunk the poses into clips (``ClipConfig``);
+2. for each clip build a ``ClipRequest``: the memory rendered along preceding + target poses (the scene
+   projection video), the preceding frames, up to K reference frames retrieved from the history (paper
+   Algorithm 1 or the official variant), the prompt and a seed derived from the caller's seed and the clip id;
+3. the generator returns frames, which are yielded one by one;
+4. after the clip's last frame has been yielded, the memory update folds the frames into the memory (pose
+   refinement, depth, dynamic exclusion) and the history records them with their view-specific voxel sets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from world.actions import ClipConfig, chunk_clips
+from world.camera import validate_trajectory
+from world.errors import InvalidInputError
+from world.generator import ClipRequest, ClipResult, Generator, ReferenceFrame, SceneProjection
+from world.retrieval import retrieve_reference_frames
+from world.state import World
+from world.update import UpdateConfig, update_memory
+
+log = structlog.get_logger("spatia.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    num_references: int = 7  # K, paper default (Table 5: no gain beyond 7)
+    retrieval_method: str = "paper"  # "paper" (Algorithm 1: IoU of voxel sets) or "official" (shared points + Hungarian)
+    retrieval_eps: float = 0.0  # Algorithm 1's threshold on the IoU
+    use_scene_projection: bool = True  # Table 4 ablation: False hands the generator an all-invalid projection
+    use_references: bool = True  # Table 4 ablation
+    update_memory: bool = True  # False: the memory stays as created (a "no memory update" baseline)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_references < 0:
+            raise InvalidInputError(f"num_references must be >= 0, got {self.num_references}")
+
+
+@dataclass
+class GeneratedFrame:
+    frame_index: int  # index in the world's history
+    clip_id: int
+    c2w: np.ndarray  # [4, 4] the commanded pose (the history keeps the refined one)
+    rgb: np.ndarray  # [H, W, 3] uint8
+    depth_m: np.ndarray | None  # [H, W] float32 when the generator gave depth
+
+
+@dataclass
+class ClipStats:
+    clip_id: int
+    frames: int
+    references: list[int]  # history frame indices retrieved
+    generate_s: float
+    update_s: float
+    memory_points: int
+
+
+class _TargetKeys(Sequence):
+    """The view-specific voxel sets of the target poses, rendered only for the poses retrieval looks at."""
+
+    def __init__(self, world: World, poses: np.ndarray) -> None:
+        self._world, self._poses, self._cache = world, poses, {}
+
+    def __len__(self) -> int:
+        return len(self._poses)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if i not in self._cache:
+            self._cache[i] = self._world.memory.visible_voxel_keys(self._world.intrinsics, self._poses[i])
+        return self._cache[i]
+
+
+class Engine:
+    """Drives one world with one generator. Not thread-safe: one caller at a time (the server serialises)."""
+
+    def __init__(self, world: World, generator: Generator, config: EngineConfig = EngineConfig()) -> None:
+        self.world = world
+        self.generator = generator
+        self.config = config
+        self.clips_done = 0
+        self.last_stats: ClipStats | None = None
+
+    # ---- conditioning ------------------------------------------------------------------------------------
+
+    def _project(self, poses: np.ndarray) -> SceneProjection:
+        K = self.world.intrinsics
+        if not self.config.use_scene_projection or len(poses) == 0:
+            t = len(poses)
+            return SceneProjection(
+                np.zeros((t, K.height, K.width, 3), np.uint8),
+                np.zeros((t, K.height, K.width), np.float32),
+                np.zeros((t, K.height, K.width), bool),
+            )
+        return self.world.memory.render_trajectory(K, poses)
+
+    def _references(self, target_c2w: np.ndarray, exclude_from: int) -> list[ReferenceFrame]:
+        history = self.world.history
+        if not self.config.use_references or self.config.num_references == 0 or exclude_from <= 0:
+            return []
+        found = retrieve_reference_frames(
+            history,
+            target_c2w,
+            self.world.intrinsics,
+            _TargetKeys(self.world, target_c2w),
+            k=self.config.num_references,
+            eps=self.config.retrieval_eps,
+            method=self.config.retrieval_method,
+            candidates=range(0, exclude_from),
+        )
+        return [
+            ReferenceFrame(
+                frame_index=r.frame_index,
+                rgb=history.get_rgb(r.frame_index),
+                c2w=history.get_pose(r.frame_index),
+                intrinsics=history.intrinsics(r.frame_index),
+                score=float(r.score),
+                depth_m=history.get_depth(r.frame_index),
+            )
+            for r in found
+        ]
+
+    def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
+        """The conditioning of the next clip (paper Fig. 2c): projection, preceding frames, references, text."""
+        history = self.world.history
+        n_hist = len(history)
+        first_clip = n_hist <= 1  # only the initial image so far: the TI2V image-conditioned first clip
+        m = 0 if first_clip else min(self.config.clip.preceding_frames, n_hist)
+        prec_idx = list(range(n_hist - m, n_hist))
+        preceding = (
+            np.stack([history.get_rgb(i) for i in prec_idx])
+            if m
+            else np.zeros((0, self.world.intrinsics.height, self.world.intrinsics.width, 3), np.uint8)
+        )
+        preceding_c2w = history.poses()[prec_idx] if m else np.zeros((0, 4, 4))
+        projection = self._project(np.concatenate([preceding_c2w, target_c2w]) if m else target_c2w)
+        return ClipRequest(
+            clip_id=self.clips_done,
+            target_c2w=target_c2w,
+            intrinsics=self.world.intrinsics,
+            projection=projection,
+            preceding_frames=preceding,
+            preceding_c2w=preceding_c2w,
+            references=self._references(target_c2w, exclude_from=n_hist - m),
+            prompt=prompt,
+            seed=seed,
+            first_frame=history.get_rgb(0) if first_clip and n_hist else None,
+        )
+
+    # ---- generation --------------------------------------------------------------------------------------
+
+    def _check_result(self, result: ClipResult, n: int) -> None:
+        K = self.world.intrinsics
+        shape = (n, K.height, K.width)
+        if result.frames.shape != shape + (3,) or result.frames.dtype != np.uint8:
+            raise RuntimeError(f"generator {self.generator.name} returned frames {result.frames.dtype} "
+                               f"{result.frames.shape}, expected uint8 {shape + (3,)}")
+        for name in ("depth_m", "dynamic"):
+            arr = getattr(result, name)
+            if arr is not None and arr.shape != shape:
+                raise RuntimeError(f"generator {self.generator.name} returned {name} {arr.shape}, expected {shape}")
+
+    def generate_clip(self, target_c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
+        """Generate one clip for ``target_c2w`` ``[N, 4, 4]``; frames are yielded before the memory update runs."""
+        poses = validate_trajectory(target_c2w, "target_c2w")
+        prompt = self.world.info.prompt if prompt is None else prompt
+        clip_id = self.clips_done
+        t0 = time.perf_counter()
+        request = self.build_request(poses, prompt, seed=_clip_seed(seed, clip_id))
+        result = self.generator.generate(request)
+        self._check_result(result, len(poses))
+        gen_s = time.perf_counter() - t0
+        first_index = len(self.world.history)
+        for i in range(len(poses)):
+            depth = None if result.depth_m is None else result.depth_m[i]
+            yield GeneratedFrame(first_index + i, clip_id, poses[i], result.frames[i], depth)
+        t1 = time.perf_counter()
+        self._commit(poses, result)
+        self.clips_done += 1
+        self.world.current_c2w = poses[-1].copy()
+        self.last_stats = ClipStats(
+            clip_id, len(poses), [r.frame_index for r in request.references], gen_s,
+            time.perf_counter() - t1, self.world.memory.num_points,
+        )
+        log.debug("clip", **self.last_stats.__dict__)
+
+    def _commit(self, poses: np.ndarray, result: ClipResult) -> None:
+        """Memory update (paper Sec. 3.2), then the history with each frame's view-specific voxel set."""
+        world = self.world
+        K = world.intrinsics
+        first_index = len(world.history)
+        refined = poses
+        if self.config.update_memory:
+            report = update_memory(
+                world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
+                generator_depth=result.depth_m, dynamic=result.dynamic, config=self.config.update,
+            )
+            refined = report.poses_refined
+        for i in range(len(poses)):
+            render = world.memory.render(K, refined[i], return_point_ids=True)
+            keys = world.memory.voxel_keys[render.point_ids[render.valid]]
+            if result.depth_m is not None:
+                depth = result.depth_m[i]
+            else:
+                depth = render.depth_m
+            if result.dynamic is not None:
+                depth = np.where(result.dynamic[i], 0.0, depth).astype(np.float32)
+            world.history.add(result.frames[i], refined[i], K, keys, depth_m=depth)
+
+    def generate(self, c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
+        """Generate frames for a whole trajectory ``[N, 4, 4]``, chunked into clips by ``config.clip``.
+
+        A fresh world (history = the initial image only) starts with the first-clip length; a world with
+        generated frames continues with later-clip rules (preceding frames from its history).
+        """
+        poses = validate_trajectory(c2w, "c2w")
+        clip = self.config.clip
+        if len(self.world.history) > 1:  # continuing: every clip is a "later" clip
+            clip = ClipConfig(clip.new_frames_per_clip, clip.clip_frames, clip.preceding_frames)
+        for span in chunk_clips(len(poses), clip):
+            yield from self.generate_clip(poses[span.start : span.stop], prompt, seed)
+
+
+def _clip_seed(seed: int, clip_id: int) -> int:
+    """A distinct, reproducible seed per clip (same world + same actions + same seed = same frames)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, clip_id]).generate_state(1)[0])
