@@ -11,7 +11,8 @@ What is stored per frame (``frame_index`` = position in the store, 0-based, in t
 - ``c2w`` (OpenCV camera, world frame, float64), intrinsics and a timestamp, in growing arrays (hot paths read
   all poses at once);
 - the voxel set, as int32 column ids into one shared key table (``VoxelSetIndex``), which also keeps an inverted
-  index (voxel -> frames that see it) so that overlap queries touch only the frames that share voxels.
+  index (voxel -> runs of consecutive frames that see it) so that overlap queries touch only the frames that
+  share voxels with the query.
 
 Not thread-safe: the engine adds frames and queries from one thread (or holds a lock around both).
 """
