@@ -56,7 +56,7 @@ class DepthEstimator(Protocol):
     """Anything that gives depth for an RGB image seen through known intrinsics."""
 
     def estimate(self, rgb: np.ndarray, intrinsics: Intrinsics) -> DepthEstimate:
-        """``rgb`` ``[H, W, 3]`` uint8; ``intrinsics`` for that ``W x H``. Returns a ``DepthEstimate`` of size ``[H, W]``."""
+        """``rgb`` ``[H, W, 3]`` uint8 seen through ``intrinsics`` (for that ``W x H``) -> depth ``[H, W]``."""
         ...
 
 

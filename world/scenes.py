@@ -40,9 +40,14 @@ CEILING_TINT = (1.3, 1.3, 1.3)  # ceilings face away from the light; brighten th
 AMBIENT = 0.55  # shade = AMBIENT + (1 - AMBIENT) * max(0, n . LIGHT_DIR)
 UP = np.array([0.0, -1.0, 0.0])
 
+
+def _noise(period_m: float, a: tuple, b: tuple, cells: int = 4, contrast: float = 1.0) -> TextureSpec:
+    return TextureSpec("noise", period_m, (("colour_a", a), ("colour_b", b), ("cells", cells), ("contrast", contrast)))
+
+
 # Material name -> texture. Textures are regenerated per scene seed, so two seeds differ in grain and tones.
 MATERIALS: dict[str, TextureSpec] = {
-    "plaster": TextureSpec("noise", 3.0, (("colour_a", (0.88, 0.86, 0.82)), ("colour_b", (0.70, 0.68, 0.64)))),
+    "plaster": _noise(3.0, (0.88, 0.86, 0.82), (0.70, 0.68, 0.64)),
     "wood_floor": TextureSpec("wood", 1.6, (("planks", 8),)),
     "wood": TextureSpec("wood", 1.0, (("planks", 4), ("light", (0.72, 0.52, 0.32)), ("dark", (0.48, 0.30, 0.16)))),
     "wood_dark": TextureSpec("wood", 1.0, (("planks", 3), ("light", (0.40, 0.25, 0.15)), ("dark", (0.20, 0.11, 0.06)))),
@@ -52,18 +57,20 @@ MATERIALS: dict[str, TextureSpec] = {
     "brick_yellow": TextureSpec("brick", 1.0, (("brick", (0.78, 0.66, 0.42)), ("mortar", (0.55, 0.53, 0.50)))),
     "fabric": TextureSpec("fabric", 0.5),
     "carpet": TextureSpec("fabric", 1.0, (("colour", (0.30, 0.38, 0.55)), ("threads", 96))),
-    "paper": TextureSpec("noise", 0.4, (("colour_a", (0.92, 0.90, 0.85)), ("colour_b", (0.70, 0.68, 0.62)), ("cells", 8))),
+    "paper": _noise(0.4, (0.92, 0.90, 0.85), (0.70, 0.68, 0.62), cells=8),
     "painting": TextureSpec("painting", 1.0),
-    "concrete": TextureSpec("noise", 4.0, (("colour_a", (0.62, 0.61, 0.58)), ("colour_b", (0.42, 0.41, 0.40)), ("cells", 6))),
-    "paving": TextureSpec("tiles", 2.0, (("colour_a", (0.66, 0.63, 0.58)), ("colour_b", (0.50, 0.48, 0.46)), ("checker", False))),
-    "grass": TextureSpec("noise", 4.0, (("colour_a", (0.30, 0.50, 0.18)), ("colour_b", (0.18, 0.32, 0.10)), ("cells", 8), ("contrast", 1.4))),
-    "foliage": TextureSpec("noise", 2.0, (("colour_a", (0.20, 0.45, 0.15)), ("colour_b", (0.08, 0.22, 0.06)), ("cells", 6), ("contrast", 1.8))),
-    "bark": TextureSpec("noise", 1.0, (("colour_a", (0.40, 0.30, 0.22)), ("colour_b", (0.22, 0.15, 0.10)), ("cells", 12), ("contrast", 1.5))),
-    "glass": TextureSpec("noise", 2.0, (("colour_a", (0.30, 0.40, 0.50)), ("colour_b", (0.12, 0.16, 0.22)), ("cells", 3), ("contrast", 1.3))),
-    "water": TextureSpec("noise", 3.0, (("colour_a", (0.25, 0.45, 0.60)), ("colour_b", (0.10, 0.25, 0.40)), ("cells", 5), ("contrast", 1.3))),
-    "stone": TextureSpec("noise", 1.5, (("colour_a", (0.78, 0.76, 0.70)), ("colour_b", (0.55, 0.53, 0.50)), ("cells", 10), ("contrast", 1.2))),
-    "metal": TextureSpec("noise", 1.0, (("colour_a", (0.55, 0.56, 0.58)), ("colour_b", (0.35, 0.36, 0.38)), ("cells", 20))),
-    "sky": TextureSpec("clouds", 400.0),  # cloud cover, sampled on a plane above the dome centre (see _sky_colour)
+    "concrete": _noise(4.0, (0.62, 0.61, 0.58), (0.42, 0.41, 0.40), cells=6),
+    "paving": TextureSpec(
+        "tiles", 2.0, (("colour_a", (0.66, 0.63, 0.58)), ("colour_b", (0.50, 0.48, 0.46)), ("checker", False))
+    ),
+    "grass": _noise(4.0, (0.30, 0.50, 0.18), (0.18, 0.32, 0.10), cells=8, contrast=1.4),
+    "foliage": _noise(2.0, (0.20, 0.45, 0.15), (0.08, 0.22, 0.06), cells=6, contrast=1.8),
+    "bark": _noise(1.0, (0.40, 0.30, 0.22), (0.22, 0.15, 0.10), cells=12, contrast=1.5),
+    "glass": _noise(2.0, (0.30, 0.40, 0.50), (0.12, 0.16, 0.22), cells=3, contrast=1.3),
+    "water": _noise(3.0, (0.25, 0.45, 0.60), (0.10, 0.25, 0.40), cells=5, contrast=1.3),
+    "stone": _noise(1.5, (0.78, 0.76, 0.70), (0.55, 0.53, 0.50), cells=10, contrast=1.2),
+    "metal": _noise(1.0, (0.55, 0.56, 0.58), (0.35, 0.36, 0.38), cells=20),
+    "sky": TextureSpec("clouds", 400.0),  # cloud cover, sampled on a plane above the dome centre (see _sky_uv)
 }
 UNLIT = frozenset({"sky"})  # emissive: no Lambert factor
 
@@ -100,16 +107,6 @@ class SceneHits:
 # ---------------------------------------------------------------------------------------------------------------
 # Mesh building
 # ---------------------------------------------------------------------------------------------------------------
-
-_BOX_FACES = (  # (corner indices of a quad, outward normal); corners are indexed by bits (x, y, z)
-    ((0, 2, 6, 4), (-1.0, 0.0, 0.0)),  # x = lo... corners with x bit 0: 0, 2, 4, 6 (index = 4x + 2y + z)
-    ((1, 3, 7, 5), (1.0, 0.0, 0.0)),
-    ((0, 1, 5, 4), (0.0, -1.0, 0.0)),
-    ((2, 3, 7, 6), (0.0, 1.0, 0.0)),
-    ((0, 1, 3, 2), (0.0, 0.0, -1.0)),
-    ((4, 5, 7, 6), (0.0, 0.0, 1.0)),
-)
-
 
 class _MeshBuilder:
     """Accumulates named parts (boxes, prisms, spheres) with per-triangle normals, materials and tints."""
@@ -524,8 +521,8 @@ def _shade_kernel():
 
 
 def _wrap(angle: float) -> float:
-    """Angle wrapped to (-pi, pi]."""
-    return (angle + math.pi) % (2 * math.pi) - math.pi if (angle + math.pi) % (2 * math.pi) else math.pi
+    """Angle wrapped to [-pi, pi)."""
+    return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
 def _pose_xz_yaw(xz: np.ndarray, yaw: float) -> np.ndarray:
@@ -552,7 +549,7 @@ def _stable_seed(seed: int, *names: str) -> list[int]:
 class _Placer:
     """Accepts furniture footprints that keep PATH_CLEARANCE_M from the demo path and do not overlap each other."""
 
-    def __init__(self, path_xz: np.ndarray, room_rects: list[tuple[float, float, float, float]] | None = None):
+    def __init__(self, path_xz: np.ndarray):
         samples = []
         for a, b in zip(path_xz[:-1], path_xz[1:]):
             n = max(2, int(np.linalg.norm(b - a) / 0.05) + 1)
@@ -568,7 +565,9 @@ class _Placer:
         if np.hypot(dx, dz).min() < PATH_CLEARANCE_M:
             return False
         gap = 0.05
-        return all(x1 + gap <= a0 or a1 + gap <= x0 or z1 + gap <= b0 or b1 + gap <= z0 for a0, b0, a1, b1 in self.rects)
+        return all(
+            x1 + gap <= a0 or a1 + gap <= x0 or z1 + gap <= b0 or b1 + gap <= z0 for a0, b0, a1, b1 in self.rects
+        )
 
     def place(self, rect: tuple[float, float, float, float]) -> bool:
         if self.fits(rect):
@@ -605,7 +604,8 @@ def _table(b: _MeshBuilder, name: str, cx: float, cz: float, sx: float, sz: floa
     leg = 0.06
     for i, (lx, lz) in enumerate([(-1, -1), (-1, 1), (1, -1), (1, 1)]):
         px, pz = cx + lx * (sx / 2 - leg), cz + lz * (sz / 2 - leg)
-        b.box(f"{name}_leg{i}", (px - leg / 2, px + leg / 2), (0.0, top_h - 0.05), (pz - leg / 2, pz + leg / 2), material)
+        b.box(f"{name}_leg{i}", (px - leg / 2, px + leg / 2), (0.0, top_h - 0.05), (pz - leg / 2, pz + leg / 2),
+              material)
 
 
 def _chair(b: _MeshBuilder, name: str, cx: float, cz: float, back_dir_z: int, material: str, seat: str, tint) -> None:
@@ -646,19 +646,22 @@ def _shelf(b: _MeshBuilder, rng: np.random.Generator, name: str, x: tuple[float,
                 continue
             tall = float(min(gap - 0.03, rng.uniform(0.18, 0.32)))
             tint = tuple(float(c) for c in rng.uniform(0.25, 1.0, 3))
-            depth = (x1 - x0, z1 - z0)[0 if not along_x else 1] * float(rng.uniform(0.6, 0.85))
+            # books stand centred on the board, 60-85 % of its depth
+            board_depth = (z1 - z0) if along_x else (x1 - x0)
+            book_depth = board_depth * float(rng.uniform(0.6, 0.85))
+            across = ((z0 + z1) / 2 if along_x else (x0 + x1) / 2) + np.array([-0.5, 0.5]) * book_depth
             if along_x:
-                bx, bz = (x0 + pos, x0 + pos + thick), (z0 + 0.02, z0 + 0.02 + depth) if z0 > 1 else (z1 - 0.02 - depth, z1 - 0.02)
+                bx, bz = (x0 + pos, x0 + pos + thick), tuple(across)
             else:
-                bz, bx = (z0 + pos, z0 + pos + thick), (x0 + 0.02, x0 + 0.02 + depth) if x0 > 1 else (x1 - 0.02 - depth, x1 - 0.02)
+                bx, bz = tuple(across), (z0 + pos, z0 + pos + thick)
             if tall > 0.08:
                 b.box(f"{name}_book{k}_{i}", bx, (hk, hk + tall), bz, "paper", tint)
             pos += thick + 0.004
             i += 1
 
 
-def _crates(b: _MeshBuilder, rng: np.random.Generator, name: str, cx: float, cz: float) -> tuple[float, float, float, float]:
-    """One to three stacked crates; returns their footprint."""
+def _crates(b: _MeshBuilder, rng: np.random.Generator, name: str, cx: float, cz: float) -> None:
+    """One to three stacked crates centred near (cx, cz), within 0.35 m of it."""
     s = float(rng.uniform(0.4, 0.6))
     h = 0.0
     for k in range(int(rng.integers(1, 4))):
@@ -667,7 +670,6 @@ def _crates(b: _MeshBuilder, rng: np.random.Generator, name: str, cx: float, cz:
         b.box(f"{name}_{k}", (cx + ox - sk / 2, cx + ox + sk / 2), (h, h + sk), (cz + oz - sk / 2, cz + oz + sk / 2),
               "wood", tuple(float(c) for c in rng.uniform(0.8, 1.0, 3)))
         h += sk
-    return (cx - s / 2 - 0.05, cz - s / 2 - 0.05, cx + s / 2 + 0.05, cz + s / 2 + 0.05)
 
 
 def _plant(b: _MeshBuilder, rng: np.random.Generator, name: str, cx: float, cz: float) -> None:
@@ -690,23 +692,24 @@ def _sofa(b: _MeshBuilder, rng: np.random.Generator, name: str, x: tuple[float, 
 
 def _wall_picture(b: _MeshBuilder, rng: np.random.Generator, name: str, wall: str, along: float,
                   x: tuple[float, float], z: tuple[float, float]) -> None:
-    """A framed painting on the inside of ``wall`` of the interior ``x`` x ``z``, centred at ``along``."""
+    """A framed painting on the inside of ``wall`` of the interior ``x`` x ``z``, centred at ``along`` on it."""
     w, h = float(rng.uniform(0.6, 1.2)), float(rng.uniform(0.5, 0.9))
     h0 = float(rng.uniform(1.2, 1.5))
-    (x0, x1), (z0, z1) = x, z
-    t = 0.03
-    if wall == "wall_back":
-        b.box(f"{name}_frame", (along - w / 2 - 0.05, along + w / 2 + 0.05), (h0 - 0.05, h0 + h + 0.05), (z1 - t, z1), "wood_dark", solid=False)
-        b.box(f"{name}_canvas", (along - w / 2, along + w / 2), (h0, h0 + h), (z1 - t - 0.01, z1 - t), "painting", solid=False)
-    elif wall == "wall_front":
-        b.box(f"{name}_frame", (along - w / 2 - 0.05, along + w / 2 + 0.05), (h0 - 0.05, h0 + h + 0.05), (z0, z0 + t), "wood_dark", solid=False)
-        b.box(f"{name}_canvas", (along - w / 2, along + w / 2), (h0, h0 + h), (z0 + t, z0 + t + 0.01), "painting", solid=False)
-    elif wall == "wall_left":
-        b.box(f"{name}_frame", (x0, x0 + t), (h0 - 0.05, h0 + h + 0.05), (along - w / 2 - 0.05, along + w / 2 + 0.05), "wood_dark", solid=False)
-        b.box(f"{name}_canvas", (x0 + t, x0 + t + 0.01), (h0, h0 + h), (along - w / 2, along + w / 2), "painting", solid=False)
-    else:
-        b.box(f"{name}_frame", (x1 - t, x1), (h0 - 0.05, h0 + h + 0.05), (along - w / 2 - 0.05, along + w / 2 + 0.05), "wood_dark", solid=False)
-        b.box(f"{name}_canvas", (x1 - t - 0.01, x1 - t), (h0, h0 + h), (along - w / 2, along + w / 2), "painting", solid=False)
+    t = 0.03  # frame depth off the wall; the canvas sits 1 cm proud of the frame
+    # (wall plane coordinate, +1 if the room lies on the high side of it, whether the wall runs along x)
+    plane, into, along_x = {
+        "wall_back": (z[1], -1, True), "wall_front": (z[0], 1, True),
+        "wall_left": (x[0], 1, False), "wall_right": (x[1], -1, False),
+    }[wall]
+    frame_off = tuple(sorted((plane, plane + into * t)))
+    canvas_off = tuple(sorted((plane + into * t, plane + into * (t + 0.01))))
+    frame_span, canvas_span = (along - w / 2 - 0.05, along + w / 2 + 0.05), (along - w / 2, along + w / 2)
+    for part, span, off, height, material in (
+        ("frame", frame_span, frame_off, (h0 - 0.05, h0 + h + 0.05), "wood_dark"),
+        ("canvas", canvas_span, canvas_off, (h0, h0 + h), "painting"),
+    ):
+        bx, bz = (span, off) if along_x else (off, span)
+        b.box(f"{name}_{part}", bx, height, bz, material, solid=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -795,15 +798,17 @@ def _build_house(rng: np.random.Generator, b: _MeshBuilder) -> tuple[np.ndarray,
     }.items():
         b.box(wall, wx, (0.0, H), wz, *walls[wall])
     # internal walls with 1.1 m doorways (2.1 m high) at the middle of each room side
-    half, door_w, door_h, it = 0.075, 1.1, 2.1, (_pastel(rng))
+    half, door_w, door_h, inner_tint = 0.075, 1.1, 2.1, _pastel(rng)
     for k, (c0, c1, mid) in enumerate([(0.0, Dr, Dr / 2), (Dr, D, Dr + Dr / 2)]):  # wall x = Wr, along z
-        b.box(f"inner_x{k}_a", (Wr - half, Wr + half), (0.0, H), (c0, mid - door_w / 2), "plaster", it)
-        b.box(f"inner_x{k}_b", (Wr - half, Wr + half), (0.0, H), (mid + door_w / 2, c1), "plaster", it)
-        b.box(f"inner_x{k}_lintel", (Wr - half, Wr + half), (door_h, H), (mid - door_w / 2, mid + door_w / 2), "plaster", it)
+        b.box(f"inner_x{k}_a", (Wr - half, Wr + half), (0.0, H), (c0, mid - door_w / 2), "plaster", inner_tint)
+        b.box(f"inner_x{k}_b", (Wr - half, Wr + half), (0.0, H), (mid + door_w / 2, c1), "plaster", inner_tint)
+        b.box(f"inner_x{k}_lintel", (Wr - half, Wr + half), (door_h, H), (mid - door_w / 2, mid + door_w / 2),
+              "plaster", inner_tint)
     for k, (c0, c1, mid) in enumerate([(0.0, Wr, Wr / 2), (Wr, W, Wr + Wr / 2)]):  # wall z = Dr, along x
-        b.box(f"inner_z{k}_a", (c0, mid - door_w / 2), (0.0, H), (Dr - half, Dr + half), "plaster", it)
-        b.box(f"inner_z{k}_b", (mid + door_w / 2, c1), (0.0, H), (Dr - half, Dr + half), "plaster", it)
-        b.box(f"inner_z{k}_lintel", (mid - door_w / 2, mid + door_w / 2), (door_h, H), (Dr - half, Dr + half), "plaster", it)
+        b.box(f"inner_z{k}_a", (c0, mid - door_w / 2), (0.0, H), (Dr - half, Dr + half), "plaster", inner_tint)
+        b.box(f"inner_z{k}_b", (mid + door_w / 2, c1), (0.0, H), (Dr - half, Dr + half), "plaster", inner_tint)
+        b.box(f"inner_z{k}_lintel", (mid - door_w / 2, mid + door_w / 2), (door_h, H), (Dr - half, Dr + half),
+              "plaster", inner_tint)
     loop = np.array([
         [Wr / 2, 0.9], [Wr / 2, Dr], [Wr / 2, 1.5 * Dr], [Wr, 1.5 * Dr], [1.5 * Wr, 1.5 * Dr],
         [1.5 * Wr, Dr], [1.5 * Wr, Dr / 2], [Wr, Dr / 2], [Wr / 2, Dr / 2], [Wr / 2, 0.9],
@@ -828,7 +833,8 @@ def _build_house(rng: np.random.Generator, b: _MeshBuilder) -> tuple[np.ndarray,
                     x = (0.0, 0.38) if ox == 0.0 else (W - 0.38, W)
                     rect = (x[0], zc - 0.5, x[1], zc + 0.5)
                     if placer.place(rect):
-                        _shelf(b, rng, f"{name}_shelf", x, (rect[1], rect[3]), float(rng.uniform(1.5, 2.0)), along_x=False)
+                        height = float(rng.uniform(1.5, 2.0))
+                        _shelf(b, rng, f"{name}_shelf", x, (rect[1], rect[3]), height, along_x=False)
                         break
                 elif kind == "sofa":  # against the outer z wall
                     xc = float(rng.uniform(rx[0] + 1.1, rx[1] - 1.1))
@@ -880,18 +886,13 @@ def _build_courtyard(rng: np.random.Generator, b: _MeshBuilder) -> tuple[np.ndar
             for k in range(n_win):
                 c = (k + 0.5) * length / n_win + (z[0] if facing in ("+x", "-x") else x[0])
                 if f == 0 and k == n_win // 2:
-                    hw, hh, h0k = 0.6, 2.3, 0.0  # a door on the ground floor
+                    part, hw, hh, h0k, material = "door", 0.6, 2.3, 0.0, "wood_dark"  # ground-floor entrance
                 else:
-                    hw, hh, h0k = 0.55, 1.5, h0
-                if facing == "+x":
-                    xs = (x[1], x[1] + 0.06)
-                    b.box(f"{name}_win{f}_{k}", xs, (h0k, h0k + hh), (c - hw, c + hw), "glass" if h0k else "wood_dark", solid=False)
-                elif facing == "-x":
-                    xs = (x[0] - 0.06, x[0])
-                    b.box(f"{name}_win{f}_{k}", xs, (h0k, h0k + hh), (c - hw, c + hw), "glass" if h0k else "wood_dark", solid=False)
-                else:
-                    zs = (z[0] - 0.06, z[0])
-                    b.box(f"{name}_win{f}_{k}", (c - hw, c + hw), (h0k, h0k + hh), zs, "glass" if h0k else "wood_dark", solid=False)
+                    part, hw, hh, h0k, material = "window", 0.55, 1.5, h0, "glass"
+                span = (c - hw, c + hw)
+                proud = {"+x": (x[1], x[1] + 0.06), "-x": (x[0] - 0.06, x[0]), "-z": (z[0] - 0.06, z[0])}[facing]
+                bx, bz = (proud, span) if facing in ("+x", "-x") else (span, proud)
+                b.box(f"{name}_{part}{f}_{k}", bx, (h0k, h0k + hh), bz, material, solid=False)
         b.box(f"{name}_cornice", (x[0] - 0.1, x[1] + 0.1), (height, height + 0.3), (z[0] - 0.1, z[1] + 0.1), "stone")
 
     mats = ["brick", "brick_yellow", "plaster", "concrete"]
@@ -931,7 +932,7 @@ def _build_courtyard(rng: np.random.Generator, b: _MeshBuilder) -> tuple[np.ndar
         hx, hz = (0.8, 0.25) if along_x else (0.25, 0.8)
         if placer.place((bx - hx, bz - hz, bx + hx, bz + hz)):
             b.box(f"bench{k}_seat", (bx - hx, bx + hx), (0.42, 0.48), (bz - hz, bz + hz), "wood")
-            for j, (lx, lz) in enumerate(((-1, -1), (1, 1)) if True else ()):
+            for j, (lx, lz) in enumerate(((-1, -1), (1, 1))):
                 px, pz = bx + lx * (hx - 0.1), bz + lz * (hz - 0.1)
                 b.box(f"bench{k}_leg{j}", (px - 0.05, px + 0.05), (0.0, 0.42), (pz - 0.05, pz + 0.05), "metal")
     return loop, centre
