@@ -81,6 +81,9 @@ def retrieve_reference_frames(
     ``candidates`` selects the history frames {C}^O that may be retrieved: None (all), a ``range``/``slice`` of
     frame indices, a bool mask ``[len(store)]`` (True = candidate) or frame indices. The engine passes the frames
     before the preceding clip, since those are conditioned on separately (paper Sec. 3.1.3).
+
+    Scores come from the voxel sets alone: ``target_c2w`` and ``target_intrinsics`` are checked against them
+    (one set per pose) but enter no score, because the sets are already in the world frame of these poses.
     """
     if method not in METHODS:
         raise InvalidInputError(f"method must be one of {METHODS}, got {method!r}")
@@ -98,6 +101,8 @@ def retrieve_reference_frames(
     cand_stride = _stride(candidate_stride, 1 if method == "paper" else OFFICIAL_CANDIDATE_STRIDE, "candidate_stride")
     frames = _candidate_frames(candidates, len(store))
     frames = frames[frames % cand_stride == 0]
+    if method == "paper" and not (0.0 <= eps < 1.0):
+        raise InvalidInputError(f"eps is an IoU threshold in [0, 1), got {eps}")
     if icp is not None and method != "paper":
         raise InvalidInputError("icp registration belongs to the paper's Algorithm 1; use method='paper'")
 
@@ -107,8 +112,6 @@ def retrieve_reference_frames(
     target_idx = np.arange(0, n, stride)
     if k == 0 or frames.size == 0 or target_idx.size == 0:
         return []
-    if method == "paper" and not (0.0 <= eps < 1.0):
-        raise InvalidInputError(f"eps is an IoU threshold in [0, 1), got {eps}")
     sets = [canonical_voxel_keys(target_voxel_keys[i], f"target_voxel_keys[{i}]") for i in target_idx]
     counts = store.voxels.intersection_counts(sets)[:, frames].astype(np.int64)  # [T, C]
     if method == "paper":
