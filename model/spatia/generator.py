@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from model.spatia.sampler import FlowMatchingSampler, SamplerConfig, make_noise
 from model.spatia.text import PromptEncoder
-from model.spatia.transformer import TINY_CONFIG, SpatiaTransformer3DModel
+from model.spatia.transformer import TINY_CONFIG, WAN22_TI2V_5B_CONFIG, SpatiaTransformer3DModel
 from model.spatia.vae import SpatiaVAE
 from world.errors import InvalidInputError, NotFoundError
 from world.generator import ClipRequest, ClipResult
@@ -117,11 +118,14 @@ class SpatiaGenerator:
                 for linear in [transformer.control_proj_in, *transformer.control_proj_out]:
                     torch.nn.init.normal_(linear.weight, std=0.02)
         config = config or SpatiaGeneratorConfig(sampler=SamplerConfig.fast())
-        return cls(transformer, SpatiaVAE(tiny_vae(seed)), tiny_prompt_encoder(transformer.config.text_dim, seed=seed), config)
+        generator = cls(transformer, SpatiaVAE(tiny_vae(seed)), tiny_prompt_encoder(transformer.config.text_dim, seed=seed), config)
+        generator.name = "spatia-tiny"
+        return generator
 
     @classmethod
     def from_pretrained(cls, weights_dir: str | Path, control: str | Path | None = None, lora: str | Path | None = None,
-                        prompt_embeddings: str | Path | None = None, config: SpatiaGeneratorConfig = SpatiaGeneratorConfig(),
+                        prompt_embeddings: str | Path | None = None, control_layers: Sequence[int] | None = None,
+                        config: SpatiaGeneratorConfig = SpatiaGeneratorConfig(),
                         device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> "SpatiaGenerator":
         """Load a local diffusers-format Wan2.2-TI2V-5B directory (``transformer/``, ``vae/``, ``text_encoder/``,
         ``tokenizer/``) plus Spatia weights.
@@ -131,6 +135,8 @@ class SpatiaGenerator:
                 directory (control + LoRA); default ``weights_dir/spatia`` when it exists.
             lora: the official LoRA file (``lora_weights_10000.safetensors``), attached as a switchable adapter.
             prompt_embeddings: a ``PrecomputedPromptEmbeddings`` file; then ``text_encoder/`` is not loaded.
+            control_layers: main blocks that get hints; default: from our export's manifest, else the official
+                ``[0, 4, ..., 28]`` (the official checkpoint does not record them).
         """
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
@@ -141,13 +147,16 @@ class SpatiaGenerator:
         for sub in ("transformer", "vae"):
             if not (root / sub).is_dir():
                 raise NotFoundError(f"{root / sub} not found (expected a diffusers-format Wan2.2-TI2V-5B directory)")
-        wan = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype)
-        transformer = SpatiaTransformer3DModel.from_wan_transformer(wan)
-        del wan
         if control is None and (root / "spatia").is_dir():
             control = root / "spatia"
         if control is None:
             raise NotFoundError("no Spatia control weights: pass control= (official checkpoint or our export)")
+        if control_layers is None:
+            control_layers = (convert.read_manifest(control)["transformer_config"]["control_layers"]
+                              if convert.is_spatia_weights_dir(control) else WAN22_TI2V_5B_CONFIG["control_layers"])
+        wan = WanTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=dtype)
+        transformer = SpatiaTransformer3DModel.from_wan_transformer(wan, control_layers=tuple(control_layers))
+        del wan  # its tensors now belong to ``transformer``
         if convert.is_spatia_weights_dir(control):
             convert.load_spatia_weights(transformer, control)
         else:

@@ -208,6 +208,9 @@ class SpatiaTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.init_control_from_main()
 
         self.gradient_checkpointing = False
+        # (num_ref, frames, h, w, device) -> rotary tables; at 5B sizes (~100k tokens) rebuilding them every call of
+        # every sampling step would cost more than it should.
+        self._rotary_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------------------------
     # Construction
@@ -235,7 +238,11 @@ class SpatiaTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         control_layers: Sequence[int] = WAN22_TI2V_5B_CONFIG["control_layers"],
         control_in_channels: int = 96,
     ) -> "SpatiaTransformer3DModel":
-        """Build from a diffusers ``WanTransformer3DModel``: main weights copied, control stream from its blocks."""
+        """Build from a diffusers ``WanTransformer3DModel``: main stream = wan's tensors, control stream from its blocks.
+
+        The main-stream parameters *share storage* with ``wan`` (no second copy of 5B weights): discard ``wan``
+        afterwards, or pass a copy if it must stay independent.
+        """
         c = wan.config
         if c.image_dim is not None or c.added_kv_proj_dim is not None:
             raise InvalidInputError("Spatia builds on the text-only Wan (TI2V-5B); image_dim/added_kv_proj_dim must be None")
@@ -259,7 +266,10 @@ class SpatiaTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         for name in projections:
             state[f"{name}.weight"] = torch.zeros(model.inner_dim, model.inner_dim, dtype=weight.dtype, device=weight.device)
             state[f"{name}.bias"] = torch.zeros(model.inner_dim, dtype=weight.dtype, device=weight.device)
-        model.load_state_dict(state, strict=True, assign=True)
+        try:
+            model.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise InvalidInputError(f"Wan transformer does not fit the Spatia layout: {exc}") from exc
         model.train(wan.training)
         return model
 
@@ -323,8 +333,7 @@ class SpatiaTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         # 1. Patch embedding and rotary positions (references: official negative-time / shifted-height positions).
         x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # [B, S, D]
-        positions = rope_positions(num_ref_frames // p_t, ppf - num_ref_frames // p_t, pph, ppw)
-        rotary = rotary_embedding(positions, cfg.attention_head_dim, device=x.device)
+        rotary = self._rotary(num_ref_frames // p_t, ppf - num_ref_frames // p_t, pph, ppw, x.device)
 
         # 2. Time and text conditioning; per-token timesteps use diffusers' TI2V branch (temb.ndim == 4 in blocks).
         timestep = self._per_token_timestep(timestep, batch, ppf, frame_tokens, seq_len).to(x.device)
@@ -361,6 +370,15 @@ class SpatiaTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         x = self.proj_out(x)
         x = x.reshape(batch, ppf, pph, ppw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _rotary(self, num_ref: int, frames: int, height: int, width: int, device: torch.device):
+        key = (num_ref, frames, height, width, str(device))
+        if key not in self._rotary_cache:
+            if len(self._rotary_cache) >= 8:
+                self._rotary_cache.clear()
+            positions = rope_positions(num_ref, frames, height, width)
+            self._rotary_cache[key] = rotary_embedding(positions, self.config.attention_head_dim, device=device)
+        return self._rotary_cache[key]
 
     @staticmethod
     def _per_token_timestep(
