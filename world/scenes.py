@@ -922,10 +922,10 @@ def _build_courtyard(rng: np.random.Generator, b: _MeshBuilder) -> tuple[np.ndar
     for k in range(10):
         tx, tz = float(rng.uniform(1.0, W - 1.0)), float(rng.uniform(1.0, D - 1.0))
         if placer.place((tx - 0.5, tz - 0.5, tx + 0.5, tz + 0.5)):
-            trunk_h = float(rng.uniform(2.0, 3.0))
-            b.prism(f"tree{k}_trunk", (tx, tz), 0.15, (0.0, trunk_h), "bark", sides=8)
-            b.sphere(f"tree{k}_crown", (tx, trunk_h + 0.9, tz), float(rng.uniform(1.0, 1.5)), "foliage",
-                     rings=7, segments=12, solid=False)
+            crown_r = float(rng.uniform(1.0, 1.5))
+            crown_h = float(rng.uniform(2.3, 2.8)) + crown_r  # crown bottom above head height: walk under it
+            b.prism(f"tree{k}_trunk", (tx, tz), 0.15, (0.0, crown_h), "bark", sides=8)
+            b.sphere(f"tree{k}_crown", (tx, crown_h, tz), crown_r, "foliage", rings=7, segments=12)
     for k in range(4):
         bx, bz = float(rng.uniform(2.0, W - 2.0)), float(rng.uniform(1.0, D - 1.0))
         along_x = rng.random() < 0.5
