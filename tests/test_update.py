@@ -22,20 +22,23 @@ from world.update import (
     depth_for_generated_frame,
     fill_holes_background,
     refine_pose,
+    splat_centre_mask,
     update_memory,
 )
+from world.memory import MemoryConfig, SpatialMemory
 
 INTR = Intrinsics.from_fov(70.0, 160, 120)
 HOME = look_at([0.0, 0.2, -0.5], [0.0, 0.3, 3.0])  # sees wall, floor and box
 
-# (normal axis, plane offset, lower corner, upper corner) of axis-aligned rectangles, world frame, metres
+# (normal axis, plane offset, lower corner, upper corner) of axis-aligned rectangles, world frame, metres. Offsets
+# sit off the 1 cm voxel boundaries (a plane exactly on one would flip between two voxel layers on round-off).
 RECTS = [
-    (2, 3.0, (-3.0, -2.0), (3.0, 1.0)),  # back wall z = 3: x in [-3, 3], y in [-2, 1]
-    (1, 1.0, (-3.0, -1.0), (3.0, 3.0)),  # floor y = 1: x in [-3, 3], z in [-1, 3]
-    (2, 1.5, (-0.4, -0.1), (0.2, 1.0)),  # box front z = 1.5
-    (0, -0.4, (-0.1, 1.5), (1.0, 2.1)),  # box left side x = -0.4: y in [-0.1, 1], z in [1.5, 2.1]
-    (0, 0.2, (-0.1, 1.5), (1.0, 2.1)),  # box right side x = 0.2
-    (1, -0.1, (-0.4, 1.5), (0.2, 2.1)),  # box top y = -0.1: x in [-0.4, 0.2], z in [1.5, 2.1]
+    (2, 3.0037, (-3.0, -2.0), (3.0, 1.0037)),  # back wall z = 3: x in [-3, 3], y in [-2, 1]
+    (1, 1.0037, (-3.0, -1.0), (3.0, 3.0037)),  # floor y = 1: x in [-3, 3], z in [-1, 3]
+    (2, 1.5037, (-0.4037, -0.1037), (0.2037, 1.0037)),  # box front z = 1.5
+    (0, -0.4037, (-0.1037, 1.5037), (1.0037, 2.1037)),  # box left side x = -0.4: y in [-0.1, 1], z in [1.5, 2.1]
+    (0, 0.2037, (-0.1037, 1.5037), (1.0037, 2.1037)),  # box right side x = 0.2
+    (1, -0.1037, (-0.4037, 1.5037), (0.2037, 2.1037)),  # box top y = -0.1: x in [-0.4, 0.2], z in [1.5, 2.1]
 ]
 
 
@@ -252,19 +255,48 @@ def test_depth_choice_fills_from_memory_without_a_model():
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _memory_from(c2w_list, intrinsics: Intrinsics = INTR) -> SpatialMemory:
+    memory = SpatialMemory(MemoryConfig(voxel_size_m=0.01))
+    for k, pose in enumerate(c2w_list):
+        rgb, depth = render_scene(intrinsics, pose)
+        memory.integrate(rgb, depth, intrinsics, pose, frame_index=k)
+    return memory
+
+
+def _centre_render(memory: SpatialMemory, c2w: np.ndarray):
+    render = memory.render(INTR, c2w, return_point_ids=True)
+    centre = splat_centre_mask(render.point_ids, memory.positions, INTR, c2w)
+    return render, (render.rgb, render.depth_m, render.valid & centre)
+
+
 @pytest.mark.parametrize("with_frame_depth", [True, False])
-def test_refine_pose_recovers_3deg_5cm(with_frame_depth):
+def test_refine_pose_recovers_3deg_5cm_against_the_memory(with_frame_depth):
+    memory = _memory_from([HOME])
     frame_rgb, frame_depth = render_scene(INTR, HOME)  # the frame truly taken at HOME
     for seed in range(3):
         init = HOME @ _perturbation(3.0, 0.05, seed)  # ... but generated for a slightly different pose
-        m_rgb, m_depth = render_scene(INTR, init)  # the memory rendered at the commanded pose
-        rendered = (m_rgb, m_depth, m_depth > 0)
+        _, rendered = _centre_render(memory, init)  # the memory rendered at the commanded pose
         result = refine_pose(rendered, frame_rgb, frame_depth if with_frame_depth else None, INTR, init)
         assert result.accepted, result.reason
         assert rotation_angle_deg(result.c2w, HOME) < 0.5
         assert translation_distance_m(result.c2w, HOME) < 0.01
-        assert result.residual_after < result.residual_before
+        assert result.residual_after < result.residual_before and result.ncc_after > 0.9
         assert result.rotation_deg == pytest.approx(rotation_angle_deg(init, result.c2w))
+
+
+def test_splat_centre_mask_matches_per_pixel_projection():
+    memory = _memory_from([HOME])
+    pose = HOME @ _perturbation(3.0, 0.05, seed=1)
+    render, _ = _centre_render(memory, pose)
+    fast = splat_centre_mask(render.point_ids, memory.positions, INTR, pose)
+    w2c = np.linalg.inv(pose)
+    slow = np.zeros_like(fast)
+    for y, x in zip(*np.nonzero(render.point_ids >= 0)):
+        p = w2c[:3, :3] @ memory.positions[render.point_ids[y, x]] + w2c[:3, 3]
+        u, v = INTR.fx * p[0] / p[2] + INTR.cx, INTR.fy * p[1] / p[2] + INTR.cy
+        slow[y, x] = int(np.floor(u)) == x and int(np.floor(v)) == y
+    np.testing.assert_array_equal(fast, slow)
+    assert 0.5 < fast.sum() / render.valid.sum() < 1.0  # near points splat over several pixels
 
 
 def test_refine_pose_rejects_huge_or_diverging_corrections_and_keeps_the_initial_pose():
@@ -291,3 +323,95 @@ def test_refine_pose_rejects_huge_or_diverging_corrections_and_keeps_the_initial
     empty = (np.zeros_like(m_rgb), np.zeros_like(m_depth), np.zeros(m_depth.shape, bool))
     result = refine_pose(empty, frame_rgb, frame_depth, INTR, init)
     assert not result.accepted and "covers" in result.reason
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# update_memory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_update_with_a_frame_rendered_from_the_memory_does_not_grow_it():
+    memory = _memory_from([HOME])
+    n0 = memory.num_points
+    render = memory.render(INTR, HOME)
+    report = update_memory(memory, render.rgb[None], HOME[None], INTR, [1])
+    assert report.frames[0].integrated and report.frames[0].depth_source in ("memory", "memory+fill")
+    assert report.new_points <= 0.02 * n0 and memory.num_points <= 1.02 * n0
+    assert report.updated_points > 0.9 * n0
+    # The pose needed no correction: either none was accepted or it stayed tiny.
+    assert rotation_angle_deg(report.poses_refined[0], HOME) < 0.2
+    assert translation_distance_m(report.poses_refined[0], HOME) < 0.01
+
+
+@pytest.mark.parametrize("with_generator_depth", [True, False])
+def test_update_grows_the_memory_where_the_frame_sees_new_area(with_generator_depth):
+    memory = _memory_from([HOME])
+    n0 = memory.num_points
+    turned = HOME @ _perturbation(0.0, 0.0, 0)
+    turned[:3, :3] = HOME[:3, :3] @ Rotation.from_rotvec([0.0, np.radians(20.0), 0.0]).as_matrix()
+    rgb, depth = render_scene(INTR, turned)
+    report = update_memory(
+        memory, rgb[None], turned[None], INTR, [1], generator_depth=depth[None] if with_generator_depth else None
+    )
+    frame = report.frames[0]
+    assert frame.integrated and frame.depth_source == ("generator" if with_generator_depth else "memory+fill")
+    assert 0.2 < frame.coverage < 0.9  # the turned view overlaps the memory only partly
+    assert report.new_points > 2000 and memory.num_points == n0 + report.new_points
+    # The memory now renders the new area.
+    after = memory.render(INTR, turned)
+    assert after.valid.mean() > 0.95
+
+
+def test_dynamic_pixels_never_enter_the_memory():
+    memory = _memory_from([HOME])
+    moved = HOME.copy()
+    moved[:3, 3] += HOME[:3, 0] * 0.3
+    rgb, depth = render_scene(INTR, moved)
+    # A red "person" 1 m in front of the camera, drawn by the generator, with its depth.
+    dynamic = np.zeros(depth.shape, bool)
+    dynamic[30:110, 60:90] = True
+    rgb[dynamic] = (255, 0, 0)
+    depth = np.where(dynamic, 1.0, depth).astype(np.float32)
+    person_points, _ = depth_to_world_points(depth, INTR, moved, mask=dynamic)
+
+    masked = memory.copy()
+    report = update_memory(masked, rgb[None], moved[None], INTR, [1], generator_depth=depth[None], dynamic=dynamic[None])
+    assert report.frames[0].dynamic_pixels == int(dynamic.sum())
+    near_person = np.linalg.norm(masked.positions[:, None] - person_points[None, ::50], axis=-1).min(axis=1) < 0.02
+    assert near_person.sum() == 0
+    assert not (masked.colors == (255, 0, 0)).all(axis=1).any()
+    # The same update without the mask writes the person in: the test is not vacuous.
+    unmasked = memory.copy()
+    update_memory(unmasked, rgb[None], moved[None], INTR, [1], generator_depth=depth[None])
+    near_person = np.linalg.norm(unmasked.positions[:, None] - person_points[None, ::50], axis=-1).min(axis=1) < 0.02
+    assert near_person.sum() > 100
+
+
+def test_update_returns_refined_poses_and_respects_the_stride():
+    memory = _memory_from([HOME])
+    rgb, depth = render_scene(INTR, HOME)
+    commanded = np.stack([HOME @ _perturbation(2.0, 0.03, seed) for seed in (1, 2, 3)])
+    report = update_memory(
+        memory, np.stack([rgb] * 3), commanded, INTR, [10, 11, 12], generator_depth=np.stack([depth] * 3),
+        config=UpdateConfig(integrate_stride=2),
+    )
+    assert [f.integrated for f in report.frames] == [True, False, True]
+    assert [f.frame_index for f in report.frames] == [10, 11, 12]
+    assert report.accepted.tolist() == [True, False, True]
+    for k in (0, 2):
+        assert rotation_angle_deg(report.poses_refined[k], HOME) < 0.5
+        assert translation_distance_m(report.poses_refined[k], HOME) < 0.01
+    np.testing.assert_array_equal(report.poses_refined[1], commanded[1])  # skipped: pose as given
+    # Integrated at the refined pose, the frame lands on the existing points instead of beside them.
+    assert report.new_points < 0.05 * memory.num_points
+
+
+def test_update_rejects_mismatched_inputs():
+    memory = _memory_from([HOME])
+    rgb, _ = render_scene(INTR, HOME)
+    with pytest.raises(InvalidInputError, match="poses"):
+        update_memory(memory, rgb[None], np.stack([HOME, HOME]), INTR, [0])
+    with pytest.raises(InvalidInputError, match="frame indices"):
+        update_memory(memory, rgb[None], HOME[None], INTR, [0, 1])
+    with pytest.raises(InvalidInputError, match="dynamic"):
+        update_memory(memory, rgb[None], HOME[None], INTR, [0], dynamic=np.zeros((1, 4, 4), bool))
