@@ -175,9 +175,14 @@ def test_transformers_relative_model_is_flagged_and_ranged(tiny_models, rgb, K):
     np.testing.assert_array_equal(estimator.estimate(rgb, K).depth_m, est.depth_m)
 
 
-def test_transformers_missing_dir(tmp_path):
+def test_transformers_missing_or_broken_dir(tmp_path, rgb, K):
     with pytest.raises(NotFoundError, match="config.json"):
         TransformersDepth(tmp_path / "no_model")
+    (tmp_path / "config.json").write_text("{}")
+    broken = TransformersDepth(tmp_path)
+    assert isinstance(broken, DepthEstimator)
+    with pytest.raises(InvalidInputError, match="not a loadable"):
+        broken.estimate(rgb, K)
 
 
 # --- planar prior ----------------------------------------------------------------------------------------------

@@ -204,6 +204,10 @@ class TransformersDepth:
             try:
                 processor = AutoImageProcessor.from_pretrained(self.model_dir, local_files_only=True)
                 model = AutoModelForDepthEstimation.from_pretrained(self.model_dir, local_files_only=True)
+            except ImportError as exc:  # e.g. DepthPro's image processor needs torchvision
+                raise InvalidInputError(
+                    f"{self.model_dir}: this model's processor needs a package that is not installed ({exc})"
+                ) from None
             except (OSError, ValueError, KeyError) as exc:
                 raise InvalidInputError(f"{self.model_dir}: not a loadable depth-estimation model ({exc})") from None
             self._processor, self._model = processor, model.to(self.device).eval()
