@@ -116,7 +116,7 @@ def reference_render(
     max_depth_m: float,
     splat_k: float,  # splat side = clip(ceil(splat_k / z), 1, max_splat_px)
     max_splat_px: int,
-    depth_quant: float,  # metres -> integer depth for the comparison; ties go to the lower point index
+    depth_quant: float,  # metres -> integer z-buffer depth (truncated); ties go to the lower point index
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Brute-force z-buffer of every point and every pixel of its square splat (no culling). Mirrors
     ``SpatialMemory.render``. Returns rgb [H, W, 3] uint8, depth [H, W] float32, valid [H, W] bool, ids int32."""
@@ -128,9 +128,10 @@ def reference_render(
     ids = np.arange(len(keys), dtype=np.int64)
     front = (zc >= min_depth_m) & (zc <= max_depth_m)
     xc, yc, zc, ids = xc[front], yc[front], zc[front], ids[front]
-    u = intrinsics.fx * xc / zc + intrinsics.cx
-    v = intrinsics.fy * yc / zc + intrinsics.cy
-    s = np.clip(np.ceil(splat_k / zc).astype(np.int64), 1, max_splat_px)
+    inv_z = 1.0 / zc
+    u = intrinsics.fx * xc * inv_z + intrinsics.cx
+    v = intrinsics.fy * yc * inv_z + intrinsics.cy
+    s = np.clip(np.ceil(splat_k * inv_z).astype(np.int64), 1, max_splat_px)
     half = (s - 1) * 0.5
     x0 = np.floor(u - half)
     y0 = np.floor(v - half)
@@ -146,8 +147,7 @@ def reference_render(
     rgb = np.zeros((H * W, 3), np.uint8)
     depth = np.zeros(H * W, np.float32)
     out_ids = np.full(H * W, -1, np.int32)
-    q = pos[win] - c2w[:3, 3]
-    depth[valid] = (R[2, 0] * q[:, 0] + R[2, 1] * q[:, 1] + R[2, 2] * q[:, 2]).astype(np.float32)
+    depth[valid] = ((zbuf[valid] >> 32) * (1.0 / depth_quant)).astype(np.float32)  # the z-buffer's quantised depth
     rgb[valid] = colors[win]
     out_ids[valid] = win
     return rgb.reshape(H, W, 3), depth.reshape(H, W), valid.reshape(H, W), out_ids.reshape(H, W)

@@ -1,0 +1,70 @@
+"""Shared helpers of the benchmark scripts: timing (median of N runs after warm-up) and the one-JSON-object output.
+
+Every ``benchmarks/*.py`` prints exactly one JSON object on stdout (progress goes to stderr) with at least
+``median_ms``, ``baseline_median_ms`` (the naive numpy reference timed in the same run) and the sizes used.
+Import from a script run as ``python benchmarks/x.py`` (the script's folder is on ``sys.path``)::
+
+    from _common import emit, log, time_ms
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr (stdout carries only the JSON result)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def time_ms(
+    fn: Callable[[], Any], repeats: int, warmup: int = 1, setup: Callable[[], Any] | None = None
+) -> dict[str, float]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (``setup`` runs untimed before each call).
+
+    Returns ``{"median_ms", "min_ms", "max_ms", "runs"}``; wall-clock ``perf_counter`` times in milliseconds.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    times = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "median_ms": round(statistics.median(times), 3),
+        "min_ms": round(min(times), 3),
+        "max_ms": round(max(times), 3),
+        "runs": repeats,
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (timings on a shared machine are noisy; say so next to them)."""
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
+    try:
+        import numba
+
+        info["numba_threads"] = numba.get_num_threads()
+    except ImportError:  # numba is a project dependency; this only keeps the helper usable without it
+        pass
+    return info
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the benchmark's single JSON object on stdout."""
+    result = {**result, "machine": machine()}
+    print(json.dumps(result, sort_keys=False))
+    sys.stdout.flush()
