@@ -221,6 +221,7 @@ class SpatiaGenerator:
         control = torch.cat([self.vae.encode_video(np.ascontiguousarray(rgb, dtype=np.uint8)),
                              self.vae.encode_hole_mask(np.ascontiguousarray(valid, dtype=bool))], dim=1)
 
+        # Departure: the official code renders references at the clip size already; we resize any that are not.
         refs = [_resize(r.rgb, width, height) for r in request.references[: self.config.max_references]]
         ref_latents = self.vae.encode_images(refs) if refs else None
         num_ref = len(refs)

@@ -88,7 +88,12 @@ class FlowMatchingSampler:
         return scheduler
 
     def euler_sigmas(self) -> torch.Tensor:
-        """[num_steps + 1] float64 shifted sigmas from 1 to 0 (DiffSynth's FlowMatchScheduler schedule)."""
+        """[num_steps + 1] float64 shifted sigmas from 1 to 0.
+
+        DiffSynth's FlowMatchScheduler (official ``sampler="euler"``) uses the same shifted linear schedule but starts
+        its last step at a shifted sigma_min = 0.003/1.002 instead of stepping from the linear grid; we keep the
+        plain grid (a deliberate, tiny departure: the steps end exactly at sigma 0 either way).
+        """
         sigmas = torch.linspace(1.0, 0.0, self.config.num_steps + 1, dtype=torch.float64)
         return shift_sigmas(sigmas, self.config.flow_shift)
 
