@@ -1,8 +1,9 @@
 """Depth for a first image: the ``DepthEstimator`` interface and three sources.
 
 A world starts from one image; the memory needs a depth map for it before anything can be rendered
-(paper Sec. 3.1.1 builds the first point cloud from the input image; the official code runs MapAnything with
-``is_metric_scale=True``). Sources, best first:
+(paper Sec. 3.2 and Fig. 4: "At the first iteration, the user provides an initial image, from which Spatia
+estimates the initial 3D scene point cloud"; the official code runs MapAnything with ``is_metric_scale=True``).
+Sources, best first:
 
 - ``UserDepth``: a depth map the user supplies (``.npy`` metres or 16-bit PNG millimetres).
 - ``TransformersDepth``: a local transformers depth model (Depth Anything V2, DepthPro, DPT, ZoeDepth, GLPN).
