@@ -12,7 +12,7 @@ import pytest
 
 from world.camera import Intrinsics, look_at, rotation_angle_deg, validate_trajectory
 from world.errors import InvalidInputError
-from world.scenes import EYE_HEIGHT_M, SCENE_NAMES, SKY_RADIUS_M, make_scene
+from world.scenes import EYE_HEIGHT_M, SCENE_NAMES, SKY_RADIUS_M, make_scene, scene_items
 from world.textures import (
     TEXTURE_FAMILIES,
     TextureAtlas,
@@ -43,6 +43,14 @@ def test_unknown_scene_lists_known_names():
     with pytest.raises(InvalidInputError, match="seed"):
         make_scene("room", -1)
     assert SCENE_NAMES == ("room", "house", "courtyard")
+
+
+def test_scene_items_are_distinct_and_cover_the_families():
+    items = scene_items(24)
+    assert len(set(items)) == 24 and {n for n, _ in items} == set(SCENE_NAMES)
+    assert items[:4] == [("room", 0), ("house", 0), ("courtyard", 0), ("room", 1)]
+    with pytest.raises(InvalidInputError):
+        scene_items(0)
 
 
 @pytest.mark.parametrize("name", SCENE_NAMES)

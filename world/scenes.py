@@ -108,6 +108,7 @@ class SceneHits:
 # Mesh building
 # ---------------------------------------------------------------------------------------------------------------
 
+
 class _MeshBuilder:
     """Accumulates named parts (boxes, prisms, spheres) with per-triangle normals, materials and tints."""
 
@@ -951,3 +952,13 @@ def make_scene(name: str, seed: int = 0) -> ProceduralScene:
     builder = _MeshBuilder(rng)
     loop, sky_centre = _BUILDERS[name](rng, builder)
     return ProceduralScene(name, int(seed), builder, loop, sky_centre)
+
+
+def scene_items(count: int) -> list[tuple[str, int]]:
+    """``count`` distinct (name, seed) pairs cycling through the families: a fixed evaluation / training set.
+
+    ``scene_items(24)`` is rooms, houses and courtyards with seeds 0..7 each, always in the same order.
+    """
+    if int(count) < 1:
+        raise InvalidInputError(f"count must be >= 1, got {count}")
+    return [(SCENE_NAMES[i % len(SCENE_NAMES)], i // len(SCENE_NAMES)) for i in range(int(count))]
