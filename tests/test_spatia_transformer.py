@@ -8,6 +8,7 @@ from diffusers import WanTransformer3DModel
 
 from model.spatia.transformer import (
     TINY_CONFIG,
+    WAN22_TI2V_5B_CONFIG,
     SpatiaTransformer3DModel,
     main_lora_target_modules,
     rope_axis_dims,
@@ -194,3 +195,14 @@ def test_gradient_checkpointing_matches_plain_backward():
     model(x, t, text, control).square().mean().backward()
     for a, p in zip(plain, model.control_parameters()):
         torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
+
+
+def test_wan22_5b_layout_on_meta_device():
+    with torch.device("meta"):
+        model = SpatiaTransformer3DModel(**WAN22_TI2V_5B_CONFIG)
+    assert len(model.blocks) == 30 and len(model.control_blocks) == 8 and model.inner_dim == 3072
+    assert model.control_layer_index == {layer: k for k, layer in enumerate(range(0, 29, 4))}
+    main = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("control"))
+    control = sum(p.numel() for p in model.control_parameters())
+    assert 4.9e9 < main < 5.1e9  # Wan2.2-TI2V-5B
+    assert control == 8 * sum(p.numel() for p in model.blocks[0].parameters()) + 96 * 3072 * 4 + 3072 + 9 * (3072 * 3072 + 3072)

@@ -273,6 +273,11 @@ class SpatiaTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         model.train(wan.training)
         return model
 
+    @classmethod
+    def from_transformer(cls, wan: WanTransformer3DModel, **kwargs: Any) -> "SpatiaTransformer3DModel":
+        """Alias of ``from_wan_transformer`` (diffusers' ControlNet naming)."""
+        return cls.from_wan_transformer(wan, **kwargs)
+
     def main_state_dict(self) -> dict[str, torch.Tensor]:
         """The main-stream weights under ``WanTransformer3DModel`` names."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(CONTROL_MODULE_PREFIXES)}
