@@ -144,7 +144,8 @@ def _check_map(arr: np.ndarray | None, shape: tuple[int, int], name: str, dtype:
 #     that pixel is unknown). Then the hole takes the inverse-depth interpolation of a and b (exact on a plane);
 #   - otherwise it is an occlusion edge -- a disocclusion, where the camera now sees behind the occluder -- and the
 #     hole takes the FAR end's depth: what appears behind a foreground edge is background, never the occluder.
-# With only one side valid, that side's depth is extended unchanged. Of the two axes the one with the shorter span
+# With only one side valid, that side's plane is extended (constant depth when the extension would more than
+# double or halve the depth). Of the two axes the one with the shorter span
 # (the sum of the distances to its two ends; a one-sided axis counts twice its distance) decides, since it is the
 # more local evidence. Pixels with no valid pixel on any axis stay 0 (unknown).
 
@@ -161,6 +162,15 @@ def _continuous(inv_a: np.ndarray, slope_a: np.ndarray, inv_b: np.ndarray, slope
             return (pred > 0) & (np.abs(inv_to / pred - 1.0) <= gap_rel)  # |d_pred - d_to| / d_to
 
     return predicts(inv_a, slope_a, inv_b) | predicts(inv_b, slope_b, inv_a)
+
+
+def _extend(inv_end: np.ndarray, slope: np.ndarray, dist: np.ndarray, d_end: np.ndarray) -> np.ndarray:
+    """One-sided fill: the end's plane extended ``dist`` pixels (inverse depth affine), unless that more than
+    doubles or halves the depth, then the end's depth unchanged (a long extrapolation is not to be trusted)."""
+    pred = inv_end + slope * dist
+    ok = (pred >= 0.5 * inv_end) & (pred <= 2.0 * inv_end)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, 1.0 / pred, d_end)
 
 
 def _axis_estimates(depth: np.ndarray, valid: np.ndarray, gap_rel: float) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +206,9 @@ def _axis_estimates(depth: np.ndarray, valid: np.ndarray, gap_rel: float) -> tup
         interp = 1.0 / ((inv_l * dist_r + inv_r * dist_l) / span_lr)
         cont = _continuous(inv_l, slope_l, inv_r, slope_r, span_lr, gap_rel)
         two_sided = np.where(cont, interp, np.maximum(d_l, d_r))
-        est = np.where(both, two_sided, np.where(has_l, d_l, np.where(has_r, d_r, 0.0)))
+        one_l = _extend(inv_l, slope_l, dist_l, d_l)
+        one_r = _extend(inv_r, slope_r, dist_r, d_r)
+        est = np.where(both, two_sided, np.where(has_l, one_l, np.where(has_r, one_r, 0.0)))
     span = np.where(both, span_lr, np.where(has_l, 2 * dist_l, np.where(has_r, 2 * dist_r, np.inf)))
     return est, span
 
@@ -260,10 +272,13 @@ def _reference_fill_holes_background(
             if plane_predicts(da, sa, db, span) or plane_predicts(db, sb, da, span):
                 return 1.0 / ((kb / da + ka / db) / span), span
             return max(da, db), span
-        if a is not None:
-            return a[0], 2 * a[2]
-        if b is not None:
-            return b[0], 2 * b[2]
+        for end in (a, b):
+            if end is not None:
+                d, slope, k = end
+                pred_inv = 1.0 / d + slope * k
+                if 0.5 / d <= pred_inv <= 2.0 / d:
+                    return 1.0 / pred_inv, 2 * k
+                return d, 2 * k
         return 0.0, math.inf
 
     for y in range(H):
