@@ -150,7 +150,7 @@ def test_invalid_inputs_name_the_problem_and_store_nothing():
 
 def test_snapshot_round_trip_is_exact():
     rng = np.random.default_rng(5)
-    store = FrameStore(HistoryConfig(index_tail_frames=3))
+    store = FrameStore(HistoryConfig(index_tail_runs=50))
     for i in range(7):
         depth = _depth(i) if i % 2 == 0 else None
         store.add(_image(i), _pose(i), K, _keys(rng, 100), depth_m=depth, timestamp_ns=10 * i)
@@ -192,11 +192,11 @@ def test_snapshot_errors():
         FrameStore.from_arrays({k: v for k, v in data.items() if k != "c2w"})
 
 
-@pytest.mark.parametrize("tail_frames", [1, 4, 1000])
-def test_intersection_counts_match_reference_across_index_rebuilds(tail_frames):
-    """Frames inside the inverted index and in the scanned tail give the same counts as np.intersect1d."""
-    rng = np.random.default_rng(tail_frames)
-    index = VoxelSetIndex(tail_frames)
+@pytest.mark.parametrize("tail_runs", [1, 300, 1 << 30])
+def test_intersection_counts_match_reference_across_index_rebuilds(tail_runs):
+    """Runs merged into the by-voxel index and runs still in the scanned list give the counts np.intersect1d does."""
+    rng = np.random.default_rng(tail_runs % 1000)
+    index = VoxelSetIndex(tail_runs)
     frame_sets = []
     for _ in range(23):
         frame_sets.append(_keys(rng, int(rng.integers(0, 400)), extent=12))
@@ -208,12 +208,16 @@ def test_intersection_counts_match_reference_across_index_rebuilds(tail_frames):
         index.intersection_counts(queries), reference_intersection_counts(queries, frame_sets)
     )
     np.testing.assert_array_equal(index.sizes(), [s.shape[0] for s in frame_sets])
+    if tail_runs == 1:  # merged often: only the runs closed since the last merge are left in the list
+        assert index.num_unsealed_runs < index.num_runs - index.num_voxels
+    if tail_runs == 1 << 30:  # never merged
+        assert index.num_unsealed_runs == index.num_runs - index.num_voxels > 0
 
 
 def test_hash_table_growth_keeps_every_column():
     """Tens of thousands of distinct keys force several table rehashes; every lookup still finds its column."""
     rng = np.random.default_rng(1)
-    index = VoxelSetIndex(tail_frames=8)
+    index = VoxelSetIndex(tail_runs=1000)
     sets = [_keys(rng, 3000, extent=200) for _ in range(20)]
     for s in sets:
         index.add(s)
@@ -253,7 +257,7 @@ def test_canonical_voxel_keys():
 def test_runs_of_consecutive_frames_are_merged():
     """A sliding window seen frame after frame is stored as one run per voxel; a voxel seen again after a gap
     starts a new run; the counts stay exact across the seal."""
-    index = VoxelSetIndex(tail_frames=3)
+    index = VoxelSetIndex(tail_runs=2)
     frame_sets = []
     for f in range(10):
         start = f if f < 6 else f - 6  # frames 6..9 come back to the start of the strip

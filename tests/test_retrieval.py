@@ -39,7 +39,7 @@ def _window(w: int) -> tuple[int, int]:
 
 def _wall_history() -> FrameStore:
     """Frame ``REGIONS * r + w``... i.e. frame 4r + w sees window w ([5w, 5w + 30) x [0, 20)) of wall r."""
-    store = FrameStore(HistoryConfig(image_codec="png", index_tail_frames=5))
+    store = FrameStore(HistoryConfig(image_codec="png", index_tail_runs=100))
     for r in range(REGIONS):
         for w in range(WINDOWS):
             keys = _wall_keys(r, *_window(w))
@@ -170,7 +170,7 @@ def _random_walk_sets(rng: np.random.Generator, n: int, grid: int = 30, size: in
 def test_fast_paths_equal_the_references(seed):
     rng = np.random.default_rng(seed)
     hist_sets = _random_walk_sets(rng, 60)
-    store = FrameStore(HistoryConfig(image_codec="png", index_tail_frames=int(rng.integers(1, 40))))
+    store = FrameStore(HistoryConfig(image_codec="png", index_tail_runs=int(rng.integers(1, 3000))))
     for s in hist_sets:
         store.add(IMG, np.eye(4), K, s)
     targets = _random_walk_sets(rng, int(rng.integers(20, 40)))

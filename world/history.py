@@ -47,9 +47,9 @@ class HistoryConfig:
     depth_codec: str = "float16_zstd"  # "float16_zstd" (~0.05 % relative error), "float32_zstd" (exact), "png_mm"
     zstd_level: int = 3
     decoded_cache_frames: int = 32  # LRU of decoded images / depth maps (a 1248x704 RGB frame is 2.6 MB)
-    # Runs of frames closed since the last seal are scanned on every query; sealing (a counting sort of all runs,
-    # ~10 ms per million runs) every this many frames keeps both add() and queries cheap.
-    index_tail_frames: int = 128
+    # Runs closed since the last seal are scanned linearly by every query; they are merged into the by-voxel index
+    # once there are this many and at least 1/8 of the indexed runs (so merges cost O(1) amortised per run).
+    index_tail_runs: int = 1 << 18
 
     def __post_init__(self) -> None:
         if self.image_codec not in _IMAGE_CODECS:
@@ -64,8 +64,8 @@ class HistoryConfig:
             raise InvalidInputError(f"zstd_level must be in [1, 22], got {self.zstd_level}")
         if self.decoded_cache_frames < 0:
             raise InvalidInputError(f"decoded_cache_frames must be >= 0, got {self.decoded_cache_frames}")
-        if self.index_tail_frames < 1:
-            raise InvalidInputError(f"index_tail_frames must be >= 1, got {self.index_tail_frames}")
+        if self.index_tail_runs < 1:
+            raise InvalidInputError(f"index_tail_runs must be >= 1, got {self.index_tail_runs}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,31 +199,41 @@ def _kernels():
         return n_runs
 
     @numba.njit(cache=True, nogil=True)
-    def seal_runs(run_col, run_start, run_end, n_runs, n_cols):
-        """Counting sort of the closed runs by column: ``indptr [n_cols + 1]``, starts and ends grouped by column."""
-        indptr = np.zeros(n_cols + 1, dtype=np.int64)
-        for r in range(n_runs):
-            indptr[run_col[r] + 1] += 1
+    def merge_runs(indptr, starts, ends, run_col, run_start, run_end, n_new, n_cols):
+        """A by-column run index (``indptr`` over its columns, ``starts``/``ends``) plus ``n_new`` newer closed runs
+        -> the by-column index over ``n_cols`` columns. Per column, old runs come first (runs stay in time order)."""
+        n_old_cols = indptr.shape[0] - 1
+        new_indptr = np.zeros(n_cols + 1, dtype=np.int64)
+        for c in range(n_old_cols):
+            new_indptr[c + 1] = indptr[c + 1] - indptr[c]
+        for r in range(n_new):
+            new_indptr[run_col[r] + 1] += 1
         for c in range(n_cols):
-            indptr[c + 1] += indptr[c]
-        fill = indptr[:-1].copy()
-        starts = np.empty(n_runs, dtype=np.int32)
-        ends = np.empty(n_runs, dtype=np.int32)
-        for r in range(n_runs):
+            new_indptr[c + 1] += new_indptr[c]
+        new_starts = np.empty(new_indptr[n_cols], dtype=np.int32)
+        new_ends = np.empty(new_indptr[n_cols], dtype=np.int32)
+        fill = new_indptr[:-1].copy()
+        for c in range(n_old_cols):
+            for q in range(indptr[c], indptr[c + 1]):
+                new_starts[fill[c]] = starts[q]
+                new_ends[fill[c]] = ends[q]
+                fill[c] += 1
+        for r in range(n_new):
             c = run_col[r]
-            starts[fill[c]] = run_start[r]
-            ends[fill[c]] = run_end[r]
+            new_starts[fill[c]] = run_start[r]
+            new_ends[fill[c]] = run_end[r]
             fill[c] += 1
-        return indptr, starts, ends
+        return new_indptr, new_starts, new_ends
 
     @numba.njit(cache=True, nogil=True)
-    def count_indexed(target_cols, target_offsets, indptr, starts, ends, n_sealed_cols, open_start, last_seen, diff):
+    def count_indexed(target_cols, target_offsets, indptr, starts, ends, open_start, last_seen, diff):
         """For every target voxel, add each run of frames that see it to the target's difference array:
         ``diff[t, start] += 1``, ``diff[t, end] -= 1`` (a prefix sum over frames then gives the counts)."""
+        n_indexed_cols = indptr.shape[0] - 1
         for t in range(target_offsets.shape[0] - 1):
             for p in range(target_offsets[t], target_offsets[t + 1]):
                 c = target_cols[p]
-                if c < n_sealed_cols:
+                if c < n_indexed_cols:
                     for q in range(indptr[c], indptr[c + 1]):
                         diff[t, starts[q]] += 1
                         diff[t, ends[q]] -= 1
@@ -232,10 +242,10 @@ def _kernels():
                     diff[t, last_seen[c] + 1] -= 1
 
     @numba.njit(cache=True, nogil=True)
-    def count_unsealed(target_bits, t0, n_t, run_col, run_start, run_end, r0, r1, diff):
+    def count_unsealed(target_bits, t0, n_t, run_col, run_start, run_end, n_runs, diff):
         """The same for the runs closed since the last seal, scanned against a per-column bitmask of (up to 64)
         targets ``t0 .. t0 + n_t``."""
-        for r in range(r0, r1):
+        for r in range(n_runs):
             m = target_bits[run_col[r]]
             if m != 0:
                 for b in range(n_t):
@@ -243,11 +253,12 @@ def _kernels():
                         diff[t0 + b, run_start[r]] += 1
                         diff[t0 + b, run_end[r]] -= 1
 
-    return hash_get_or_insert, add_frame, seal_runs, count_indexed, count_unsealed
+    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed
 
 
 class _Growing:
-    """A 1-D / N-D numpy array that grows along axis 0 with amortised O(1) appends (capacity doubling)."""
+    """A numpy array that grows along axis 0 with amortised O(1) appends (capacity x1.5: the voxel lists get
+    to hundreds of MB, so less slack than doubling)."""
 
     def __init__(self, item_shape: tuple[int, ...], dtype: Any, capacity: int = 64):
         self._buf = np.empty((capacity, *item_shape), dtype=dtype)
@@ -256,7 +267,8 @@ class _Growing:
     def reserve(self, extra: int) -> None:
         need = self.size + extra
         if need > self._buf.shape[0]:
-            new = np.empty((max(need, 2 * self._buf.shape[0]), *self._buf.shape[1:]), dtype=self._buf.dtype)
+            cap = self._buf.shape[0]
+            new = np.empty((max(need, cap + cap // 2, 16), *self._buf.shape[1:]), dtype=self._buf.dtype)
             new[: self.size] = self._buf[: self.size]
             self._buf = new
 
@@ -291,7 +303,8 @@ class VoxelSetIndex:
     - an inverted index of *runs*: for every column, the maximal runs ``[start, end)`` of consecutive frames that
       see the voxel. A moving camera sees a voxel over a stretch of consecutive frames, so a voxel seen by 60
       frames is one run, not 60 postings. Each column's latest run is kept open per column (``add`` extends it in
-      O(1)); closed runs go to an append-only list that ``seal`` groups by column every ``tail_frames`` frames.
+      O(1)); closed runs go to an append-only list that ``seal`` merges into the by-column index once it holds
+      ``tail_runs`` runs and at least 1/8 of the indexed ones (geometric, so merging is O(1) amortised per run).
 
     ``intersection_counts`` adds +1/-1 at each run's ends into a per-target difference array over frames and
     prefix-sums it, so its cost is (runs of the query's voxels) + (runs closed since the last seal) + T x F; it
@@ -299,10 +312,10 @@ class VoxelSetIndex:
     frame long) it is a plain postings walk.
     """
 
-    def __init__(self, tail_frames: int = 128):
-        if tail_frames < 1:
-            raise InvalidInputError(f"tail_frames must be >= 1, got {tail_frames}")
-        self.tail_frames = int(tail_frames)
+    def __init__(self, tail_runs: int = 1 << 18):
+        if tail_runs < 1:
+            raise InvalidInputError(f"tail_runs must be >= 1, got {tail_runs}")
+        self.tail_runs = int(tail_runs)
         self._shift = 64 - 10
         self._table_keys = np.full(1 << 10, _EMPTY_KEY, dtype=np.int64)
         self._table_cols = np.zeros(1 << 10, dtype=np.int32)
@@ -312,15 +325,13 @@ class VoxelSetIndex:
         self._cols = _Growing((), np.int32, 1 << 16)  # forward lists, concatenated
         self._offsets = _Growing((), np.int64)
         self._offsets.extend(np.zeros(1, dtype=np.int64))
-        self._run_col = _Growing((), np.int32, 1 << 12)  # closed runs, in closing order
+        self._run_col = _Growing((), np.int32, 1 << 12)  # runs closed since the last seal, in closing order
         self._run_start = _Growing((), np.int32, 1 << 12)
         self._run_end = _Growing((), np.int32, 1 << 12)
-        self._indptr = np.zeros(1, dtype=np.int64)  # closed runs [0, n_sealed_runs) grouped by column
+        self._indptr = np.zeros(1, dtype=np.int64)  # [columns + 1]: sealed closed runs grouped by column
         self._sealed_starts = np.zeros(0, dtype=np.int32)
         self._sealed_ends = np.zeros(0, dtype=np.int32)
-        self._n_sealed_runs = 0
-        self._n_sealed_cols = 0
-        self.n_sealed_frames = 0
+        self._bits = np.zeros(0, dtype=np.uint64)  # query scratch: per-column target bitmask, kept all-zero
 
     def __len__(self) -> int:
         return self._offsets.size - 1
@@ -333,7 +344,12 @@ class VoxelSetIndex:
     @property
     def num_runs(self) -> int:
         """Runs of consecutive frames over all voxels (closed + each voxel's latest)."""
-        return self._run_col.size + self._col_keys.size
+        return self._sealed_starts.shape[0] + self._run_col.size + self._col_keys.size
+
+    @property
+    def num_unsealed_runs(self) -> int:
+        """Closed runs not yet merged into the by-voxel index (each query scans them linearly)."""
+        return self._run_col.size
 
     # --- building ---------------------------------------------------------------------------------------------
 
@@ -383,19 +399,18 @@ class VoxelSetIndex:
     def add(self, keys: np.ndarray) -> int:  # keys: [V] int64, sorted unique, >= 0
         """Append one frame's voxel set (already canonical, see ``canonical_voxel_keys``); returns its frame id."""
         self._append(self._insert_columns(keys))
-        if len(self) - self.n_sealed_frames >= self.tail_frames:
+        if self._run_col.size >= max(self.tail_runs, self._sealed_starts.shape[0] // 8):
             self.seal()
         return len(self) - 1
 
     def seal(self) -> None:
-        """Group every closed run by column (normally called by ``add``); O(runs + voxels)."""
-        n_runs = self._run_col.size
+        """Merge the runs closed since the last seal into the by-column index (normally called by ``add``)."""
         self._indptr, self._sealed_starts, self._sealed_ends = _kernels()[2](
-            self._run_col.buffer, self._run_start.buffer, self._run_end.buffer, n_runs, self._col_keys.size
+            self._indptr, self._sealed_starts, self._sealed_ends, self._run_col.buffer, self._run_start.buffer,
+            self._run_end.buffer, self._run_col.size, self._col_keys.size,
         )
-        self._n_sealed_runs = n_runs
-        self._n_sealed_cols = self._col_keys.size
-        self.n_sealed_frames = len(self)
+        for arr in (self._run_col, self._run_start, self._run_end):
+            arr.size = 0
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -430,26 +445,28 @@ class VoxelSetIndex:
         offsets[1:] = np.cumsum([c.shape[0] for c in target_cols])
         flat = np.concatenate(target_cols).astype(np.int32, copy=False)
         count_indexed(
-            flat, offsets, self._indptr, self._sealed_starts, self._sealed_ends, self._n_sealed_cols,
+            flat, offsets, self._indptr, self._sealed_starts, self._sealed_ends,
             self._open_start.buffer, self._last_seen.buffer, diff,
         )
-        if self._n_sealed_runs < self._run_col.size:
-            bits = np.zeros(self._col_keys.size, dtype=np.uint64)
+        if self._run_col.size > 0:
+            if self._bits.shape[0] < self._col_keys.size:
+                self._bits = np.zeros(2 * self._col_keys.size, dtype=np.uint64)
             for t0 in range(0, n_t, 64):
-                bits[:] = 0
                 n_group = min(64, n_t - t0)
                 for b in range(n_group):
-                    bits[target_cols[t0 + b]] |= np.uint64(1) << np.uint64(b)
+                    self._bits[target_cols[t0 + b]] |= np.uint64(1) << np.uint64(b)
                 count_unsealed(
-                    bits, t0, n_group, self._run_col.buffer, self._run_start.buffer, self._run_end.buffer,
-                    self._n_sealed_runs, self._run_col.size, diff,
+                    self._bits, t0, n_group, self._run_col.buffer, self._run_start.buffer, self._run_end.buffer,
+                    self._run_col.size, diff,
                 )
+                for b in range(n_group):
+                    self._bits[target_cols[t0 + b]] = 0
         return np.cumsum(diff[:, :n_f], axis=1, dtype=np.int32)
 
     @property
     def nbytes(self) -> int:
         parts = (
-            self._table_keys, self._table_cols, self._indptr, self._sealed_starts, self._sealed_ends,
+            self._table_keys, self._table_cols, self._indptr, self._sealed_starts, self._sealed_ends, self._bits,
         )
         growing = (
             self._col_keys, self._open_start, self._last_seen, self._cols, self._offsets, self._run_col,
@@ -467,7 +484,7 @@ class VoxelSetIndex:
         }
 
     @classmethod
-    def from_arrays(cls, data: dict[str, Any], tail_frames: int = 128) -> "VoxelSetIndex":
+    def from_arrays(cls, data: dict[str, Any], tail_runs: int = 1 << 18) -> "VoxelSetIndex":
         """Rebuild from ``to_arrays`` output: the same columns, then the runs replayed frame by frame."""
         col_keys = np.asarray(data["voxel_col_keys"], dtype=np.int64)
         cols = np.asarray(data["voxel_cols"], dtype=np.int32)
@@ -479,7 +496,7 @@ class VoxelSetIndex:
             or (col_keys.size and col_keys.min() < 0) or np.unique(col_keys).shape[0] != col_keys.shape[0]
         ):
             raise SnapshotError("voxel index arrays are inconsistent (offsets, column range or duplicate keys)")
-        index = cls(tail_frames)
+        index = cls(tail_runs)
         if not np.array_equal(index._insert_columns(col_keys), np.arange(col_keys.shape[0])):
             raise SnapshotError("voxel index column table did not rebuild in order")
         for f in range(offsets.shape[0] - 1):
@@ -525,7 +542,7 @@ class FrameStore:
         self._timestamp_ns = _Growing((), np.int64)
         self._rgb: list[bytes] = []
         self._depth: list[bytes | None] = []
-        self.voxels = VoxelSetIndex(config.index_tail_frames)
+        self.voxels = VoxelSetIndex(config.index_tail_runs)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
@@ -679,7 +696,7 @@ class FrameStore:
             rgb_off = np.asarray(data["rgb_offsets"], dtype=np.int64)
             depth_off = np.asarray(data["depth_offsets"], dtype=np.int64)
             has_depth = np.asarray(data["has_depth"], dtype=bool)
-            voxels = VoxelSetIndex.from_arrays(data, config.index_tail_frames)
+            voxels = VoxelSetIndex.from_arrays(data, config.index_tail_runs)
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
