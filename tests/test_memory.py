@@ -125,6 +125,22 @@ def test_integrate_points_matches_reference_with_duplicates():
     assert mem.observation_count.sum() == 9000
 
 
+@pytest.mark.parametrize("max_mean_weight", [1, 255, 4096])
+def test_running_means_stay_exact_at_large_weights(max_mean_weight):
+    # thousands of samples into four voxels: the kernel's multiply-shift division must equal the reference's //
+    rng = np.random.default_rng(12)
+    cfg = MemoryConfig(voxel_size_m=0.1, max_mean_weight=max_mean_weight)
+    pts = rng.uniform(0.0, 0.3, size=(6000, 3)) * [1.0, 0.0, 0.0] + 0.05
+    cols = rng.integers(0, 256, size=(6000, 3), dtype=np.uint8)
+    mem = SpatialMemory(cfg)
+    mem.integrate_points(pts, cols, frame_index=0)
+    state: dict = {}
+    keys, offs = ref.reference_quantize(pts, cfg.voxel_size_m)
+    ref.reference_merge(state, keys, offs, cols, 0, max_mean_weight)
+    assert_same_state(mem, state)
+    assert mem.num_points == 4
+
+
 def test_reintegration_does_not_grow_and_updates_metadata():
     c2w = look_at([0.0, 0.0, -1.0], [0.0, 0.0, 0.0])
     rgb, depth = plane_frame(CAM, c2w, normal=[0, 0, 1], offset_m=0.0)
@@ -469,6 +485,7 @@ def test_bad_inputs_raise_invalid_input():
         lambda: Box([0, 0, 0], [1, 1]),
         lambda: MemoryConfig(voxel_size_m=0.0),
         lambda: MemoryConfig(min_depth_m=2.0, max_depth_m=1.0),
+        lambda: MemoryConfig(max_mean_weight=5000),
         lambda: SpatialMemory.from_arrays(MemoryConfig(), {"voxel_keys": np.zeros(2, np.int64)}),
     ]
     for i, call in enumerate(bad_calls):

@@ -23,6 +23,7 @@ OFFSET_LEVELS = 256  # sub-voxel position quantisation: d / 256 per axis (0.04 m
 BLOCK_BITS = 4  # culling blocks are 16 voxels per side (16 cm at d = 1 cm: about 256 points of a surface)
 BLOCK_COORD_BITS = KEY_BITS - BLOCK_BITS
 BLOCK_MASK = (1 << BLOCK_BITS) - 1
+BLOCK_LOCAL_MASK = (1 << (3 * BLOCK_BITS)) - 1
 INT64_MAX = np.iinfo(np.int64).max
 DEPTH_QUANT_MAX = (1 << 31) - 1  # depth is packed above the 32-bit point id; 31 bits keep the packed value positive
 MAX_COUNT = 65535  # observation_count saturates here (uint16)
@@ -37,15 +38,34 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 @nb.njit(inline="always")
+def sort_key(key):
+    """Block-major reordering of a voxel key's bits: (block x, y, z, then voxel-in-block x, y, z)."""
+    ux = (key >> (2 * KEY_BITS)) & KEY_MASK
+    uy = (key >> KEY_BITS) & KEY_MASK
+    uz = key & KEY_MASK
+    blk = (((ux >> BLOCK_BITS) << BLOCK_COORD_BITS | (uy >> BLOCK_BITS)) << BLOCK_COORD_BITS) | (uz >> BLOCK_BITS)
+    local = ((ux & BLOCK_MASK) << (2 * BLOCK_BITS)) | ((uy & BLOCK_MASK) << BLOCK_BITS) | (uz & BLOCK_MASK)
+    return (blk << (3 * BLOCK_BITS)) | local
+
+
+
+
+@nb.njit(inline="always")
 def _slot(key, capacity):
-    # splitmix64 finaliser: voxel keys are highly regular (neighbouring voxels differ in a few low bits)
-    h = np.uint64(key)
+    """Home slot of a key: a hashed base per culling block plus the voxel's index inside the block.
+
+    Neighbouring voxels (what neighbouring pixels hit) thus probe a 16 KB window of the table instead of random
+    slots, which keeps look-ups in cache; the block base is mixed with the splitmix64 finaliser so that the
+    windows of different blocks scatter uniformly.
+    """
+    sk = sort_key(key)
+    h = np.uint64(sk >> (3 * BLOCK_BITS))
     h ^= h >> np.uint64(30)
     h *= _MIX1
     h ^= h >> np.uint64(27)
     h *= _MIX2
     h ^= h >> np.uint64(31)
-    return np.int64(h >> np.uint64(1)) % capacity
+    return (np.int64(h >> np.uint64(1)) % capacity + (sk & BLOCK_LOCAL_MASK)) % capacity
 
 
 @nb.njit(inline="always")
@@ -83,19 +103,19 @@ def hash_build_range(table, keys, start, stop):
         hash_insert(table, keys[i], i)
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True)
 def hash_remap(table, new_index_of_old):
     """After a permutation of the points: every stored index ``j`` becomes ``new_index_of_old[j]``."""
-    for s in nb.prange(table.shape[0]):
+    for s in range(table.shape[0]):
         j = table[s]
         if j >= 0:
             table[s] = new_index_of_old[j]
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True)
 def hash_lookup_many(table, keys, query):
     out = np.empty(query.shape[0], np.int64)
-    for i in nb.prange(query.shape[0]):
+    for i in range(query.shape[0]):
         out[i] = hash_lookup(table, keys, query[i])
     return out
 
@@ -117,10 +137,10 @@ def decode_position(key, o0, o1, o2, voxel_size_m):
     return x, y, z
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True)
 def decode_positions(keys, offsets, n, voxel_size_m):
     out = np.empty((n, 3), np.float64)
-    for p in nb.prange(n):
+    for p in range(n):
         x, y, z = decode_position(keys[p], offsets[p, 0], offsets[p, 1], offsets[p, 2], voxel_size_m)
         out[p, 0] = x
         out[p, 1] = y
@@ -128,21 +148,10 @@ def decode_positions(keys, offsets, n, voxel_size_m):
     return out
 
 
-@nb.njit(inline="always")
-def sort_key(key):
-    """Block-major reordering of a voxel key's bits: (block x, y, z, then voxel-in-block x, y, z)."""
-    ux = (key >> (2 * KEY_BITS)) & KEY_MASK
-    uy = (key >> KEY_BITS) & KEY_MASK
-    uz = key & KEY_MASK
-    blk = (((ux >> BLOCK_BITS) << BLOCK_COORD_BITS | (uy >> BLOCK_BITS)) << BLOCK_COORD_BITS) | (uz >> BLOCK_BITS)
-    local = ((ux & BLOCK_MASK) << (2 * BLOCK_BITS)) | ((uy & BLOCK_MASK) << BLOCK_BITS) | (uz & BLOCK_MASK)
-    return (blk << (3 * BLOCK_BITS)) | local
-
-
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True)
 def sort_keys(keys, start, stop):
     out = np.empty(stop - start, np.int64)
-    for i in nb.prange(stop - start):
+    for i in range(stop - start):
         out[i] = sort_key(keys[start + i])
     return out
 
@@ -197,7 +206,7 @@ def block_directory(keys, n):
     return ids[:nb_].copy(), starts[: nb_ + 1].copy()
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True)
 def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_px, min_depth, max_depth, voxel_size_m):
     """True for blocks whose box may put a splat inside the (margin-grown) image between the depth limits.
 
@@ -208,7 +217,7 @@ def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_p
     side = (1 << BLOCK_BITS) * voxel_size_m
     pad = 1e-3 * voxel_size_m  # float slack: decoded points lie strictly inside their voxel anyway
     cmask = (1 << BLOCK_COORD_BITS) - 1
-    for b in nb.prange(nb_):
+    for b in range(nb_):
         blk = block_ids[b]
         bx = ((blk >> (2 * BLOCK_COORD_BITS)) & cmask) << BLOCK_BITS
         by = ((blk >> BLOCK_COORD_BITS) & cmask) << BLOCK_BITS
@@ -397,6 +406,8 @@ def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv
     out_idx = np.full(h * w, -2, np.int64)
     for y in nb.prange(h):
         yn = (y + 0.5 - cy) / fy
+        prev_key = np.int64(-1)
+        prev_idx = np.int64(-1)
         for x in range(w):
             p = y * w + x
             z = np.float64(depth[y, x])
@@ -421,7 +432,12 @@ def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv
             out_offs[p, 0] = oi
             out_offs[p, 1] = oj
             out_offs[p, 2] = ok
-            out_idx[p] = hash_lookup(table, keys, key)
+            if key == prev_key:  # close up, neighbouring pixels share a voxel: skip the probe
+                out_idx[p] = prev_idx
+            else:
+                out_idx[p] = hash_lookup(table, keys, key)
+                prev_key = key
+                prev_idx = out_idx[p]
     return out_keys, out_offs, out_idx
 
 
@@ -448,10 +464,18 @@ def point_samples(points, inv_d, table, keys):
     return out_keys, out_offs, out_idx
 
 
+MAX_MEAN_WEIGHT = 4096  # bound on MemoryConfig.max_mean_weight that keeps the reciprocal division below exact
+_RECIP_SHIFT = 35  # numerators < 2**21 and divisors < 2**14: shift n + l = 21 + 14 (Granlund-Montgomery)
+
+
 @nb.njit(inline="always")
-def _running_mean(old, sample, w):
-    # round-half-up of (old * w + sample) / (w + 1) in integers: identical in the numpy reference
-    return (2 * (old * w + sample) + (w + 1)) // (2 * (w + 1))
+def _running_mean(old, sample, w, recip):
+    """Round-half-up of ``(old * w + sample) / (w + 1)`` in integers, i.e. ``(2 (old w + s) + w + 1) // (2 (w + 1))``.
+
+    The floor division is a multiply-shift by ``recip = 2**35 // (2 (w + 1)) + 1``, exact for numerators below
+    2**21 (uint8 values with w <= 4096), so one division per sample serves all six channels.
+    """
+    return (np.int64(2 * (old * w + sample) + (w + 1)) * recip) >> _RECIP_SHIFT
 
 
 @nb.njit(cache=True)
@@ -495,9 +519,10 @@ def merge_samples(
                 continue
         c = np.int64(counts[j])
         w = min(c, weight_cap)
+        recip = (np.int64(1) << _RECIP_SHIFT) // (2 * (w + 1)) + 1
         for a in range(3):
-            colors[j, a] = _running_mean(np.int64(colors[j, a]), np.int64(s_rgb[i, a]), w)
-            offsets[j, a] = _running_mean(np.int64(offsets[j, a]), np.int64(s_offs[i, a]), w)
+            colors[j, a] = _running_mean(np.int64(colors[j, a]), np.int64(s_rgb[i, a]), w, recip)
+            offsets[j, a] = _running_mean(np.int64(offsets[j, a]), np.int64(s_offs[i, a]), w, recip)
         counts[j] = min(c + 1, MAX_COUNT)
         if frame_index > last_seen[j]:
             last_seen[j] = frame_index

@@ -60,7 +60,7 @@ class MemoryConfig:
     # footprint side = ceil(splat_scale * d * f / z) pixels before clipping; > 1 because a voxel's point sits at
     # the mean of its samples, so neighbouring points can be up to ~2 d apart (1.0 left pinholes on oblique planes)
     splat_scale: float = 1.5
-    max_mean_weight: int = 255  # cap of the count used as the old value's weight in the running means
+    max_mean_weight: int = 255  # cap (<= 4096) of the count used as the old value's weight in the running means
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.voxel_size_m) and self.voxel_size_m > 0):
@@ -73,8 +73,10 @@ class MemoryConfig:
             )
         if not (self.splat_scale > 0 and math.isfinite(self.splat_scale)):
             raise InvalidInputError(f"splat_scale must be positive, got {self.splat_scale}")
-        if int(self.max_mean_weight) < 1:
-            raise InvalidInputError(f"max_mean_weight must be >= 1, got {self.max_mean_weight}")
+        if not (1 <= int(self.max_mean_weight) <= K.MAX_MEAN_WEIGHT):
+            raise InvalidInputError(
+                f"max_mean_weight must be in 1..{K.MAX_MEAN_WEIGHT}, got {self.max_mean_weight}"
+            )
 
 
 @dataclass
