@@ -158,3 +158,26 @@ def photometric_residual(
     denom = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
     ncc = float(np.sum(a * b) / denom) if denom > 0 else -1.0
     return PhotometricCheck(rmse, ncc, int(inside.sum()), float(inside.sum()) / n_src)
+
+
+def depth_edge_free(
+    depth_m: np.ndarray,  # [H, W] float32 z-depth, 0 = unknown
+    window_px: int = 5,
+    rel_jump: float = 0.05,
+) -> np.ndarray:
+    """``[H, W]`` bool, True where the depth is known and no known depth in the ``window_px`` square around the
+    pixel is more than ``rel_jump`` (relative) farther than the nearest one there.
+
+    Open3D's hybrid term differentiates the target depth; at occlusion edges that derivative is huge and
+    meaningless (the surface jumps), and it dragged refined poses by several centimetres on the procedural
+    scenes. Removing the pixels near edges from both depths keeps the term to smooth surfaces.
+    """
+    from scipy.ndimage import maximum_filter, minimum_filter  # imported here: keeps ``import world`` light
+
+    if window_px < 1 or window_px % 2 == 0:
+        raise InvalidInputError(f"window_px must be a positive odd number, got {window_px}")
+    depth = np.asarray(depth_m, dtype=np.float64)
+    known = np.isfinite(depth) & (depth > 0)
+    far = maximum_filter(np.where(known, depth, 0.0), size=window_px, mode="constant", cval=0.0)
+    near = minimum_filter(np.where(known, depth, np.inf), size=window_px, mode="constant", cval=np.inf)
+    return known & ~(far > near * (1.0 + rel_jump))
