@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 from world.camera import Intrinsics, invert_pose, look_at, rotation_angle_deg, translation_distance_m
 from world.errors import InvalidInputError
 from world.geometry import pixel_rays
-from world.odometry import photometric_residual, rgb_to_intensity, rgbd_odometry
+from world.odometry import depth_edge_free, photometric_residual, rgb_to_intensity, rgbd_odometry
 
 INTR = Intrinsics.from_fov(70.0, 160, 120)
 
@@ -119,3 +119,21 @@ def test_bad_shapes_are_rejected_by_name():
         rgbd_odometry(rgb.astype(np.float32), depth, rgb, depth, INTR)
     with pytest.raises(InvalidInputError, match="init_source_to_target"):
         rgbd_odometry(rgb, depth, rgb, depth, INTR, init_source_to_target=np.eye(3))
+
+
+@pytest.mark.parametrize("window_px", [1, 3, 5])
+def test_depth_edge_free_matches_per_pixel_reference(window_px):
+    rng = np.random.default_rng(window_px)
+    depth = rng.choice([1.0, 1.02, 1.5, 3.0], size=(13, 17)).astype(np.float32)
+    depth[rng.uniform(size=depth.shape) < 0.2] = 0.0
+    fast = depth_edge_free(depth, window_px, 0.05)
+    r = window_px // 2
+    slow = np.zeros_like(fast)
+    for y in range(depth.shape[0]):
+        for x in range(depth.shape[1]):
+            win = depth[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+            known = win[win > 0]
+            slow[y, x] = depth[y, x] > 0 and not known.max() > known.min() * 1.05
+    np.testing.assert_array_equal(fast, slow)
+    with pytest.raises(InvalidInputError, match="odd"):
+        depth_edge_free(depth, 4)

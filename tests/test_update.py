@@ -26,6 +26,7 @@ from world.update import (
     update_memory,
 )
 from world.memory import MemoryConfig, SpatialMemory
+from world.scenes import make_scene
 
 INTR = Intrinsics.from_fov(70.0, 160, 120)
 HOME = look_at([0.0, 0.2, -0.5], [0.0, 0.3, 3.0])  # sees wall, floor and box
@@ -282,6 +283,23 @@ def test_refine_pose_recovers_3deg_5cm_against_the_memory(with_frame_depth):
         assert translation_distance_m(result.c2w, HOME) < 0.01
         assert result.residual_after < result.residual_before and result.ncc_after > 0.9
         assert result.rotation_deg == pytest.approx(rotation_angle_deg(init, result.c2w))
+
+
+@pytest.mark.parametrize("scene_name", ["room", "house", "courtyard"])
+def test_refine_pose_recovers_3deg_5cm_on_procedural_scenes(scene_name):
+    scene = make_scene(scene_name, seed=0)
+    home = scene.start_pose()
+    frame_rgb, frame_depth = scene.render(INTR, home)
+    memory = SpatialMemory(MemoryConfig(voxel_size_m=0.01))
+    memory.integrate(frame_rgb, frame_depth, INTR, home, frame_index=0)
+    for seed in range(3):
+        init = home @ _perturbation(3.0, 0.05, seed)
+        render = memory.render(INTR, init, return_point_ids=True)
+        centre = render.valid & splat_centre_mask(render.point_ids, memory.positions, INTR, init)
+        result = refine_pose((render.rgb, render.depth_m, centre), frame_rgb, frame_depth, INTR, init)
+        assert result.accepted, result.reason
+        assert rotation_angle_deg(result.c2w, home) < 0.5
+        assert translation_distance_m(result.c2w, home) < 0.01
 
 
 def test_splat_centre_mask_matches_per_pixel_projection():
