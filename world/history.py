@@ -565,7 +565,9 @@ class FrameStore:
         w, h = int(intrinsics.width), int(intrinsics.height)
         rgb = np.asarray(rgb)
         if rgb.dtype != np.uint8 or rgb.shape != (h, w, 3):
-            raise InvalidInputError(f"rgb must be uint8 [{h}, {w}, 3] to match the intrinsics, got {rgb.dtype} {rgb.shape}")
+            raise InvalidInputError(
+                f"rgb must be uint8 [{h}, {w}, 3] to match the intrinsics, got {rgb.dtype} {rgb.shape}"
+            )
         pose = validate_pose(c2w, "c2w")
         keys = canonical_voxel_keys(voxel_keys)
         depth_blob = None
@@ -689,7 +691,9 @@ class FrameStore:
         try:
             version = int(data["version"])
             if version != SNAPSHOT_VERSION:
-                raise SnapshotError(f"frame history snapshot version {version} is not supported ({SNAPSHOT_VERSION} is)")
+                raise SnapshotError(
+                    f"frame history snapshot version {version} is not supported ({SNAPSHOT_VERSION} is)"
+                )
             config = HistoryConfig(**dict(data["config"]))
             c2w = np.asarray(data["c2w"], dtype=np.float64)
             intr = np.asarray(data["intrinsics"], dtype=np.float64)

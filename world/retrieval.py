@@ -234,7 +234,9 @@ def _candidate_frames(candidates, n_frames: int) -> np.ndarray:
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise InvalidInputError(f"candidates must be a range, slice, bool mask or 1-D frame indices, got {arr.dtype} {arr.shape}")
+        raise InvalidInputError(
+            f"candidates must be a range, slice, bool mask or 1-D frame indices, got {arr.dtype} {arr.shape}"
+        )
     if arr.min() < 0 or arr.max() >= n_frames:
         raise InvalidInputError(f"candidate frame indices must be in [0, {n_frames}), got {arr.min()}..{arr.max()}")
     return np.unique(arr.astype(np.int64))
