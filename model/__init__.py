@@ -10,7 +10,7 @@ from typing import Any
 
 from world.errors import InvalidInputError
 
-GENERATOR_NAMES = ("geometric",)
+GENERATOR_NAMES = ("geometric", "spatia", "spatia-tiny")
 
 
 def make_generator(name: str = "geometric", **kwargs: Any):
@@ -19,4 +19,19 @@ def make_generator(name: str = "geometric", **kwargs: Any):
         from model.geometric import GeometricConfig, GeometricGenerator
 
         return GeometricGenerator(GeometricConfig(**kwargs))
+    if name == "spatia-tiny":  # a tiny random network of the real classes: proves the wiring on CPU
+        from model.spatia import SpatiaGenerator
+
+        return SpatiaGenerator.tiny(seed=int(kwargs.pop("seed", 0)))
+    if name == "spatia":
+        weights_dir = kwargs.pop("weights_dir", None)
+        if weights_dir is None:
+            raise InvalidInputError("generator 'spatia' needs a weights directory (--weights DIR); see README, GPU section")
+        import torch
+
+        from model.spatia import SpatiaGenerator
+
+        device = kwargs.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device != "cpu" else torch.float32
+        return SpatiaGenerator.from_pretrained(weights_dir, device=device, dtype=dtype, **kwargs)
     raise InvalidInputError(f"unknown generator {name!r}; known: {', '.join(GENERATOR_NAMES)}")

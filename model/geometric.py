@@ -7,11 +7,15 @@ It implements ``world.generator.Generator`` without a neural network, on the CPU
 2. warp the best retrieved reference frames into each target view: they keep the full image resolution, while
    the memory is voxelized at ``d`` (1 cm), so where a reference sees the same surface its colour is sharper;
    this is how this generator "uses" the paper's reference frames;
-3. fill what nothing covers: colour by push-pull (a pyramid of weighted averages, smooth and O(pixels)), depth by
-   the background-preferring fill of the memory update (a disocclusion shows what lies behind, not the occluder).
+3. fill what nothing covers: colour by push-pull (a pyramid of weighted averages, smooth and O(pixels)); depth
+   of small holes (pinholes, thin disocclusions) by the memory update's background-preferring fill, and of large
+   unseen regions by a layout prior: the floor plane where the ray points down to it, else a far backdrop.
 
-Unseen regions come out as smooth extrapolations of their surroundings: plausible enough to explore, and,
-once folded back into the memory, they stay the same when the camera returns.
+Why the layout prior: the generated depth decides where new memory points go. Extending a near surface across a
+large unseen region puts points in free space, in front of surfaces already in memory, where they would occlude
+the first view on the way back. The floor and a backdrop at the far end of the room keep invented geometry
+behind what is known. Unseen regions come out as smooth extrapolations of their surroundings: plausible enough
+to explore, and, once folded back into the memory, they stay the same when the camera returns.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from world.camera import Intrinsics
 from world.generator import ClipRequest, ClipResult, ReferenceFrame
+from world.geometry import pixel_rays
 from world.update import fill_holes_background
 from world.warp import warp_rgbd
 
@@ -30,6 +36,58 @@ from world.warp import warp_rgbd
 class GeometricConfig:
     max_reference_warps: int = 2  # references warped per target frame (best scores first); each costs ~1-2 ms
     same_surface_rel_tol: float = 0.03  # a warped pixel replaces the memory's if their depths agree within 3%
+    small_hole_px: int = 24  # holes spanning at most this many pixels get the background-preferring fill
+    backdrop_percentile: float = 95.0  # the backdrop sits at this percentile of the depth the clip's render sees
+    default_backdrop_m: float = 6.0  # when the memory shows nothing at all
+    min_floor_drop_m: float = 0.3  # the floor is at least this far below the camera
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The layout prior of a clip: a floor plane and a backdrop distance."""
+
+    up: np.ndarray  # [3] unit world up
+    floor_height_m: float | None  # floor's height along ``up`` (world frame), None when the floor is not seen
+    backdrop_m: float  # z-depth given to unseen pixels that do not hit the floor
+
+
+def estimate_layout(request: ClipRequest, config: GeometricConfig) -> Layout:
+    """Floor height and backdrop distance from the points the memory renders along the whole clip."""
+    up = np.asarray(request.world_up, dtype=np.float64)
+    up = up / np.linalg.norm(up)
+    proj = request.projection
+    depth = proj.depth_m[proj.valid]
+    backdrop = float(np.percentile(depth, config.backdrop_percentile)) if depth.size else config.default_backdrop_m
+    poses = np.concatenate([request.preceding_c2w, request.target_c2w])
+    rays = pixel_rays(request.intrinsics)
+    heights = []
+    for t in range(0, len(poses), max(1, len(poses) // 4)):  # a few frames are enough for a percentile
+        v = proj.valid[t]
+        if not v.any():
+            continue
+        pts = (rays[v] * proj.depth_m[t][v][:, None]) @ poses[t][:3, :3].T + poses[t][:3, 3]
+        heights.append(pts @ up)
+    floor = None
+    if heights:
+        h = np.concatenate(heights)
+        cam_h = float(np.median(poses[:, :3, 3] @ up))
+        below = h[h < cam_h - config.min_floor_drop_m]
+        if below.size > 0.02 * h.size:  # the floor is visible somewhere in this clip
+            floor = float(np.percentile(below, 2.0))
+    return Layout(up, floor, backdrop)
+
+
+def layout_depth(layout: Layout, intrinsics: Intrinsics, c2w: np.ndarray) -> np.ndarray:
+    """``[H, W]`` float32 z-depth of the layout prior seen from ``c2w``: floor where rays reach it, else backdrop."""
+    rays = pixel_rays(intrinsics)  # [H, W, 3], z = 1 so the ray parameter is the z-depth
+    depth = np.full(rays.shape[:2], layout.backdrop_m, np.float32)
+    if layout.floor_height_m is not None:
+        rise = (rays @ c2w[:3, :3].T) @ layout.up  # height gained per metre of z-depth
+        drop = float(c2w[:3, 3] @ layout.up) - layout.floor_height_m
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(rise < -1e-6, drop / -rise, np.inf)
+        depth = np.minimum(depth, np.where(t > 0, t, np.inf)).astype(np.float32)
+    return depth
 
 
 def pushpull_fill(
@@ -102,6 +160,7 @@ class GeometricGenerator:
         n, h, w = request.num_target, request.intrinsics.height, request.intrinsics.width
         frames = np.empty((n, h, w, 3), np.uint8)
         depths = np.empty((n, h, w), np.float32)
+        layout = estimate_layout(request, self.config)
         for t in range(n):
             rgb = proj.rgb[t].copy()
             depth = proj.depth_m[t].astype(np.float32, copy=True)
@@ -109,5 +168,9 @@ class GeometricGenerator:
             if refs:
                 self._apply_references(rgb, depth, valid, request.target_c2w[t], request, refs)
             frames[t] = pushpull_fill(rgb, valid)
-            depths[t] = fill_holes_background(depth, valid)
+            filled = fill_holes_background(depth, valid, max_span_px=self.config.small_hole_px)
+            unseen = filled <= 0
+            if unseen.any():
+                filled[unseen] = layout_depth(layout, request.intrinsics, request.target_c2w[t])[unseen]
+            depths[t] = filled
         return ClipResult(frames=frames, depth_m=depths)

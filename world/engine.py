@@ -156,6 +156,7 @@ class Engine:
             prompt=prompt,
             seed=seed,
             first_frame=history.get_rgb(0) if first_clip and n_hist else None,
+            world_up=-self.world.origin_c2w[:3, 1],  # DESIGN.md: up = -y of the first camera
         )
 
     # ---- generation --------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class ClipRequest:
     prompt: str = ""
     seed: int = 0
     first_frame: np.ndarray | None = None  # [H, W, 3] uint8: the initial image (TI2V first-frame conditioning)
+    world_up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0, 0.0]))  # [3] unit, world frame
 
     @property
     def num_target(self) -> int:
