@@ -393,7 +393,9 @@ def test_dynamic_pixels_never_enter_the_memory():
     person_points, _ = depth_to_world_points(depth, INTR, moved, mask=dynamic)
 
     masked = memory.copy()
-    report = update_memory(masked, rgb[None], moved[None], INTR, [1], generator_depth=depth[None], dynamic=dynamic[None])
+    report = update_memory(
+        masked, rgb[None], moved[None], INTR, [1], generator_depth=depth[None], dynamic=dynamic[None]
+    )
     assert report.frames[0].dynamic_pixels == int(dynamic.sum())
     near_person = np.linalg.norm(masked.positions[:, None] - person_points[None, ::50], axis=-1).min(axis=1) < 0.02
     assert near_person.sum() == 0
@@ -438,3 +440,30 @@ def test_update_rejects_mismatched_inputs():
         update_memory(memory, rgb[None], HOME[None], INTR, [0, 1])
     with pytest.raises(InvalidInputError, match="dynamic"):
         update_memory(memory, rgb[None], HOME[None], INTR, [0], dynamic=np.zeros((1, 4, 4), bool))
+
+
+def test_update_along_a_path_keeps_exact_poses_and_corrects_drifted_ones():
+    scene = make_scene("room", seed=0)
+    path = scene.demo_path(60)[:6]  # ~0.1 m and a few degrees apart: each frame sees some new area
+    rendered = [scene.render(INTR, pose) for pose in path]
+    frames = np.stack([rgb for rgb, _ in rendered])
+    depths = np.stack([depth for _, depth in rendered])
+
+    def run(commanded: np.ndarray, with_depth: bool):
+        memory = SpatialMemory(MemoryConfig(voxel_size_m=0.01))
+        memory.integrate(frames[0], depths[0], INTR, path[0], frame_index=0)
+        return update_memory(
+            memory, frames[1:], commanded[1:], INTR, range(1, 6), generator_depth=depths[1:] if with_depth else None
+        )
+
+    for with_depth in (True, False):
+        # Exact poses: render artefacts (the memory was seen from elsewhere) must not trigger bogus corrections.
+        report = run(path, with_depth)
+        assert not report.accepted.any()
+        np.testing.assert_array_equal(report.poses_refined, path[1:])
+    # Drifted by 2 deg / 3 cm with generator depth: every frame is corrected, rotation most of the way.
+    drifted = np.stack([pose @ _perturbation(2.0, 0.03, k) for k, pose in enumerate(path)])
+    report = run(drifted, True)
+    assert report.accepted.all()
+    assert max(rotation_angle_deg(a, b) for a, b in zip(report.poses_refined, path[1:])) < 0.75
+    assert max(translation_distance_m(a, b) for a, b in zip(report.poses_refined, path[1:])) < 0.03
