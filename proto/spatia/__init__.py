@@ -1,0 +1,1 @@
+"""Spatia protocol buffers."""

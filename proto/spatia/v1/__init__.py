@@ -1,0 +1,1 @@
+"""Package spatia.v1: the world service (world.proto) and its generated modules."""
