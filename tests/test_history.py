@@ -201,7 +201,7 @@ def test_intersection_counts_match_reference_across_index_rebuilds(tail_runs):
     for _ in range(23):
         frame_sets.append(_keys(rng, int(rng.integers(0, 400)), extent=12))
         index.add(frame_sets[-1])
-    # 70 query sets: more than the 64 targets of one tail bitmask group; one empty; one fully unseen.
+    # 70 query sets: several 16-target bitmask passes over the unmerged runs; one empty; one fully unseen.
     queries = [_keys(rng, int(rng.integers(1, 500)), extent=12) for _ in range(68)]
     queries += [np.zeros(0, dtype=np.int64), pack_voxel_coords(np.array([[500, 500, 500]]))]
     np.testing.assert_array_equal(

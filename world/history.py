@@ -150,25 +150,25 @@ def _kernels():
     mult = np.uint64(_HASH_MULT)
 
     @numba.njit(cache=True, nogil=True)
-    def hash_get_or_insert(table_keys, table_cols, shift, keys, col_keys, n_cols, insert, out):
+    def hash_get_or_insert(table, shift, keys, col_keys, n_cols, insert, out):
         """``out[i]`` = column of ``keys[i]``; absent keys get the next column when ``insert`` else -1.
 
         Open addressing with linear probing; the caller keeps the load factor <= 1/2 and ``col_keys`` large
         enough. Returns the new number of columns.
         """
-        mask = table_keys.shape[0] - 1
+        mask = table.shape[0] - 1
         for i in range(keys.shape[0]):
             k = keys[i]
             j = np.int64((np.uint64(k) * mult) >> np.uint64(shift))
             while True:
-                tk = table_keys[j]
+                tk = table[j, 0]
                 if tk == k:
-                    out[i] = table_cols[j]
+                    out[i] = table[j, 1]
                     break
                 if tk == -1:
                     if insert:
-                        table_keys[j] = k
-                        table_cols[j] = n_cols
+                        table[j, 0] = k
+                        table[j, 1] = n_cols
                         col_keys[n_cols] = k
                         out[i] = n_cols
                         n_cols += 1
@@ -243,13 +243,13 @@ def _kernels():
 
     @numba.njit(cache=True, nogil=True)
     def count_unsealed(target_bits, t0, n_t, run_col, run_start, run_end, n_runs, diff):
-        """The same for the runs closed since the last seal, scanned against a per-column bitmask of (up to 64)
-        targets ``t0 .. t0 + n_t``."""
+        """The same for the runs closed since the last seal, scanned against a per-column bitmask (uint16) of
+        targets ``t0 .. t0 + n_t`` (n_t <= 16)."""
         for r in range(n_runs):
             m = target_bits[run_col[r]]
             if m != 0:
                 for b in range(n_t):
-                    if (m >> np.uint64(b)) & np.uint64(1):
+                    if (m >> b) & 1:
                         diff[t0 + b, run_start[r]] += 1
                         diff[t0 + b, run_end[r]] -= 1
 
@@ -317,8 +317,8 @@ class VoxelSetIndex:
             raise InvalidInputError(f"tail_runs must be >= 1, got {tail_runs}")
         self.tail_runs = int(tail_runs)
         self._shift = 64 - 10
-        self._table_keys = np.full(1 << 10, _EMPTY_KEY, dtype=np.int64)
-        self._table_cols = np.zeros(1 << 10, dtype=np.int32)
+        # [slots, 2] int64: (voxel key or -1 = empty, column); key and column share a cache line.
+        self._table = np.full((1 << 10, 2), _EMPTY_KEY, dtype=np.int64)
         self._col_keys = _Growing((), np.int64, 1024)  # column -> voxel key
         self._open_start = _Growing((), np.int32, 1024)  # column -> first frame of its latest run
         self._last_seen = _Growing((), np.int32, 1024)  # column -> last frame of its latest run (-1: never)
@@ -331,7 +331,7 @@ class VoxelSetIndex:
         self._indptr = np.zeros(1, dtype=np.int64)  # [columns + 1]: sealed closed runs grouped by column
         self._sealed_starts = np.zeros(0, dtype=np.int32)
         self._sealed_ends = np.zeros(0, dtype=np.int32)
-        self._bits = np.zeros(0, dtype=np.uint64)  # query scratch: per-column target bitmask, kept all-zero
+        self._bits = np.zeros(0, dtype=np.uint16)  # query scratch: per-column target bitmask, kept all-zero
 
     def __len__(self) -> int:
         return self._offsets.size - 1
@@ -355,17 +355,16 @@ class VoxelSetIndex:
 
     def _ensure_table(self, extra: int) -> None:
         n = self._col_keys.size + extra
-        if 2 * n <= self._table_keys.shape[0]:
+        if 2 * n <= self._table.shape[0]:
             return
         bits = max(10, int(np.ceil(np.log2(4 * n))))
-        self._table_keys = np.full(1 << bits, _EMPTY_KEY, dtype=np.int64)
-        self._table_cols = np.zeros(1 << bits, dtype=np.int32)
+        self._table = np.full((1 << bits, 2), _EMPTY_KEY, dtype=np.int64)
         self._shift = 64 - bits
         keys = self._col_keys.view.copy()
         # Re-inserting the keys in column order gives every key its old column back.
         out = np.empty(keys.shape[0], dtype=np.int32)
         scratch = np.empty(keys.shape[0], dtype=np.int64)
-        n_new = _kernels()[0](self._table_keys, self._table_cols, self._shift, keys, scratch, 0, True, out)
+        n_new = _kernels()[0](self._table, self._shift, keys, scratch, 0, True, out)
         assert n_new == keys.shape[0] and np.array_equal(out, np.arange(keys.shape[0]))
 
     def _insert_columns(self, keys: np.ndarray) -> np.ndarray:
@@ -375,7 +374,7 @@ class VoxelSetIndex:
         cols = np.empty(keys.shape[0], dtype=np.int32)
         n_old = self._col_keys.size
         n_new = _kernels()[0](
-            self._table_keys, self._table_cols, self._shift, keys, self._col_keys.buffer, n_old, True, cols
+            self._table, self._shift, keys, self._col_keys.buffer, n_old, True, cols
         )
         self._col_keys.size = n_new
         for arr in (self._open_start, self._last_seen):
@@ -427,7 +426,7 @@ class VoxelSetIndex:
         """Column ids of ``keys`` (int64 ``[V]``); -1 where no frame has that voxel."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         out = np.empty(keys.shape[0], dtype=np.int32)
-        _kernels()[0](self._table_keys, self._table_cols, self._shift, keys, self._col_keys.buffer, 0, False, out)
+        _kernels()[0](self._table, self._shift, keys, self._col_keys.buffer, 0, False, out)
         return out
 
     def intersection_counts(self, query_keys: list[np.ndarray]) -> np.ndarray:
@@ -452,11 +451,13 @@ class VoxelSetIndex:
         )
         if self._run_col.size > 0:
             if self._bits.shape[0] < self._col_keys.size:
-                self._bits = np.zeros(2 * self._col_keys.size, dtype=np.uint64)
-            for t0 in range(0, n_t, 64):
-                n_group = min(64, n_t - t0)
+                self._bits = np.zeros(2 * self._col_keys.size, dtype=np.uint16)
+            # 16 targets per pass: a 2-byte mask per voxel keeps the randomly accessed array small (the paper's
+            # every-K-th frame gives ~11 views per clip, the official stride 6-7).
+            for t0 in range(0, n_t, 16):
+                n_group = min(16, n_t - t0)
                 for b in range(n_group):
-                    self._bits[target_cols[t0 + b]] |= np.uint64(1) << np.uint64(b)
+                    self._bits[target_cols[t0 + b]] |= np.uint16(1 << b)
                 count_unsealed(
                     self._bits, t0, n_group, self._run_col.buffer, self._run_start.buffer, self._run_end.buffer,
                     self._run_col.size, diff,
@@ -468,7 +469,7 @@ class VoxelSetIndex:
     @property
     def nbytes(self) -> int:
         parts = (
-            self._table_keys, self._table_cols, self._indptr, self._sealed_starts, self._sealed_ends, self._bits,
+            self._table, self._indptr, self._sealed_starts, self._sealed_ends, self._bits,
         )
         growing = (
             self._col_keys, self._open_start, self._last_seen, self._cols, self._offsets, self._run_col,
