@@ -10,7 +10,14 @@ from world.camera import Intrinsics, look_at
 from world.errors import InvalidInputError
 from world.geometry import pack_voxel_coords
 from world.history import FrameStore, HistoryConfig
-from world.retrieval import IcpConfig, RetrievedFrame, register_voxel_set, retrieve_reference_frames, voxel_iou
+from world.retrieval import (
+    IcpConfig,
+    RetrievedFrame,
+    register_voxel_set,
+    retrieve_reference_frames,
+    to_reference_frames,
+    voxel_iou,
+)
 
 D = 0.05  # voxel side, metres
 K = Intrinsics.from_fov(60.0, 8, 6)
@@ -225,3 +232,18 @@ def test_invalid_arguments():
         retrieve_reference_frames(store, poses, K, sets, k=-1)
     assert retrieve_reference_frames(store, poses, [K] * 3, sets, k=0) == []
     assert retrieve_reference_frames(FrameStore(), poses, K, sets) == []
+
+
+def test_to_reference_frames_carries_image_pose_intrinsics_and_depth():
+    store = FrameStore(HistoryConfig(image_codec="png"))
+    rgb = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    depth = np.full((6, 8), 2.5, dtype=np.float32)
+    keys = _wall_keys(0, 0, 30)
+    store.add(IMG, _pose_facing(keys), K, keys)
+    store.add(rgb, _pose_facing(keys), K, keys, depth_m=depth)
+    refs = to_reference_frames(store, [RetrievedFrame(1, 0.5, 0), RetrievedFrame(0, 0.25, 7)])
+    assert [r.frame_index for r in refs] == [1, 0] and [r.score for r in refs] == [0.5, 0.25]
+    np.testing.assert_array_equal(refs[0].rgb, rgb)
+    np.testing.assert_array_equal(refs[0].c2w, store.get_pose(1))
+    np.testing.assert_allclose(refs[0].depth_m, depth, rtol=1e-3)
+    assert refs[0].intrinsics == K and refs[1].depth_m is None

@@ -25,6 +25,7 @@ import numpy as np
 
 from world.camera import RIGID_TOLERANCE, Intrinsics
 from world.errors import InvalidInputError
+from world.generator import ReferenceFrame
 from world.geometry import unpack_voxel_keys, voxel_keys
 from world.history import FrameStore, canonical_voxel_keys
 
@@ -164,6 +165,22 @@ def _official(target_idx, frames, counts, k) -> list[RetrievedFrame]:
     ]
     out.sort(key=lambda r: r.target_index)
     return out[:k]  # selected[: args.ref_num], in target-view order
+
+
+def to_reference_frames(store: FrameStore, retrieved: Sequence[RetrievedFrame]) -> list[ReferenceFrame]:
+    """The generator's ``ReferenceFrame``s (decoded image, pose, intrinsics, depth if kept) of retrieved frames.
+    Images and depth are the store's read-only cached arrays."""
+    return [
+        ReferenceFrame(
+            frame_index=r.frame_index,
+            rgb=store.get_rgb(r.frame_index),
+            c2w=store.get_pose(r.frame_index),
+            intrinsics=store.intrinsics(r.frame_index),
+            score=r.score,
+            depth_m=store.get_depth(r.frame_index),
+        )
+        for r in retrieved
+    ]
 
 
 def voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
