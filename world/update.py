@@ -104,12 +104,18 @@ class UpdateConfig:
 
 
 class RenderLike(Protocol):
+    """What the update reads from a render (``world.memory.RenderResult``); an ``(rgb, depth_m, valid)`` tuple
+    is accepted wherever this is."""
+
     rgb: np.ndarray  # [H, W, 3] uint8
     depth_m: np.ndarray  # [H, W] float32, 0 = invalid
     valid: np.ndarray  # [H, W] bool
 
 
-def _unpack_render(rendered: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+RenderArg = Union[RenderLike, tuple]
+
+
+def _unpack_render(rendered: RenderArg, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rgb, depth_m, valid) from a ``RenderResult``-like object or an ``(rgb, depth_m, valid)`` tuple, checked."""
     if isinstance(rendered, tuple):
         if len(rendered) != 3:
@@ -405,7 +411,7 @@ def align_model_depth(
 
 
 def depth_for_generated_frame(
-    rendered: Any,  # RenderResult-like (rgb, depth_m, valid) of the memory at the frame's pose, or that tuple
+    rendered: RenderArg,  # the memory rendered at the frame's pose
     generated_rgb: np.ndarray,  # [H, W, 3] uint8, the generated frame
     generator_depth: np.ndarray | None = None,  # [H, W] float32 metres, 0 = unknown
     model_depth: np.ndarray | None = None,  # [H, W] a depth model's output on generated_rgb (relative or metric)
@@ -424,7 +430,7 @@ def depth_for_generated_frame(
 
 
 def _choose_depth(
-    rendered: Any,
+    rendered: RenderArg,
     generated_rgb: np.ndarray,
     generator_depth: np.ndarray | None,
     model_depth: np.ndarray | None,
@@ -476,7 +482,7 @@ class PoseRefinement:
 
 
 def refine_pose(
-    memory_render: Any,  # RenderResult-like (rgb, depth_m, valid) of the memory at c2w_init, or that tuple
+    memory_render: RenderArg,  # the memory rendered at c2w_init
     frame_rgb: np.ndarray,  # [H, W, 3] uint8, the generated frame
     frame_depth: np.ndarray | None,  # [H, W] float32 metres when the frame has its own depth, else None
     intrinsics: Intrinsics,
