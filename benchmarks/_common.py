@@ -28,7 +28,9 @@ def time_ms(
 ) -> dict[str, float]:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (``setup`` runs untimed before each call).
 
-    Returns ``{"median_ms", "min_ms", "max_ms", "runs"}``; wall-clock ``perf_counter`` times in milliseconds.
+    Returns ``{"median_ms", "min_ms", "max_ms", "cpu_median_ms", "runs"}`` in milliseconds: wall-clock
+    (``perf_counter``) and the process's CPU time summed over its threads (``process_time``). On a shared machine
+    the CPU time is the steadier figure: other processes stretch wall time but not the CPU work done.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -36,24 +38,37 @@ def time_ms(
         if setup is not None:
             setup()
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         if setup is not None:
             setup()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
     return {
         "median_ms": round(statistics.median(times), 3),
         "min_ms": round(min(times), 3),
         "max_ms": round(max(times), 3),
+        "cpu_median_ms": round(statistics.median(cpu), 3),
         "runs": repeats,
     }
 
 
+def load_average() -> float:
+    """1-minute load average (how contended the machine was while timing), or -1 where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return -1.0
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (timings on a shared machine are noisy; say so next to them)."""
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "load_average_1min": load_average()
+    }
     try:
         import numba
 

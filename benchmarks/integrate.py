@@ -11,7 +11,8 @@ inside it. Target: median <= 25 ms per frame.
 * ``baseline_median_ms``: the naive reference (``world._reference``: numpy unprojection + a Python dict merge,
   sample by sample) on the same frames and an equal dict memory; its result is checked against the fast one.
 
-Prints one JSON object on stdout, progress on stderr. Timings on the shared 2-core machine are noisy.
+Prints one JSON object on stdout, progress on stderr. Timings on the shared 2-core machine are noisy: each entry
+also has ``cpu_median_ms`` (CPU time summed over threads), and ``one_thread`` times the known room on one core.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,6 +131,10 @@ def main() -> None:
 
     stats = integrate_next(mem)  # warm-up (and a check that it updates rather than grows)
     fast = time_ms(lambda: integrate_next(mem), args.frames, warmup=1)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # the CPU cost of one frame on one core, for reading the contended wall times
+    one_thread = time_ms(lambda: integrate_next(mem), args.frames, warmup=1)
+    numba.set_num_threads(threads)
     log(f"  known room: median {fast['median_ms']} ms, memory {n0} -> {mem.num_points} points")
 
     log("new surface: every voxel new")
@@ -164,6 +170,7 @@ def main() -> None:
             "pixels": CAMERA.width * CAMERA.height, "first_frame_stats": list(stats),
         },
         "fast": fast,
+        "one_thread": one_thread,
         "baseline": base,
         "new_surface": {
             **new, "memory_points_before": n_far, "memory_points_after": far.num_points,

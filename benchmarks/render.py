@@ -11,7 +11,8 @@ Scenes (d = 1 cm, points on voxel centres, procedural colours):
 * scaling: ``in_view_1m`` (a 1.0 M-point wall fully in view) against ``memory_10m`` (the same wall plus 9.0 M
   points outside the frustum: beside, behind and above the camera). Block culling should keep the ratio < 2.
 
-Prints one JSON object on stdout, progress on stderr. Timings on the shared 2-core machine are noisy.
+Prints one JSON object on stdout, progress on stderr. Timings on the shared 2-core machine are noisy: each entry
+also has ``cpu_median_ms`` (CPU time summed over threads), and ``one_thread`` times ``plane_2m`` on one core.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,6 +101,10 @@ def main() -> None:
     plane = memory_from_ijk(wall_ijk(1414, 0))
     plane_pose = look_at([0.0, 0.0, -16.5], [0.0, 0.0, 0.0])
     fast = time_ms(lambda: plane.render(CAMERA, plane_pose), args.repeats, warmup=2)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # the CPU cost of one render on one core, for reading the contended wall times
+    one_thread = time_ms(lambda: plane.render(CAMERA, plane_pose), args.repeats, warmup=1)
+    numba.set_num_threads(threads)
     log(f"  fast median {fast['median_ms']} ms; naive numpy reference ...")
     base = time_ms(lambda: reference_image(plane, plane_pose), args.baseline_repeats, warmup=0)
     got = plane.render(CAMERA, plane_pose, return_point_ids=True)
@@ -116,6 +122,7 @@ def main() -> None:
             "points_in_view": plane.num_points, "valid_pixels": int(got.valid.sum()),
         },
         "fast": fast,
+        "one_thread": one_thread,
         "baseline": base,
     }
 

@@ -402,19 +402,46 @@ def _quantize(x, inv_d):
     return np.int64(c) if ok else np.int64(0), o, ok
 
 
+_PENDING = -4  # frame_samples: a sample whose key still has to be looked up
+_SAME_AS = -5  # frame_samples: a sample in the same voxel as the row's previous sample
+
+
+@nb.njit(inline="always")
+def _probe_from(table, keys, key, s):
+    """Continue a linear probe at slot ``s``: point index of ``key`` or -1."""
+    cap = table.shape[0]
+    while True:
+        j = table[s]
+        if j < 0:
+            return -1
+        if keys[j] == key:
+            return j
+        s += 1
+        if s == cap:
+            s = 0
+
+
 @nb.njit(cache=True, parallel=True)
 def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv_d, max_depth, table, keys):
-    """Per pixel (row-major): voxel key, offsets, and status (-3 out of range, -2 skipped, -1 new, >= 0 found)."""
+    """Per pixel (row-major): voxel key, offsets, and status (-3 out of range, -2 skipped, -1 new, >= 0 found).
+
+    Look-ups run per row in passes (home slots, then the first probe of every pixel, then the key checks) so that
+    the random loads of one pass are independent and the CPU overlaps their cache misses; in one loop each probe
+    waited for the previous one's branch.
+    """
     h, w = depth.shape
+    cap = table.shape[0]
     out_keys = np.zeros(h * w, np.int64)
     out_offs = np.zeros((h * w, 3), np.uint8)
     out_idx = np.full(h * w, -2, np.int64)
     for y in nb.prange(h):
         yn = (y + 0.5 - cy) / fy
+        row = y * w
+        slots = np.empty(w, np.int64)
+        first = np.empty(w, np.int64)
         prev_key = np.int64(-1)
-        prev_idx = np.int64(-1)
         for x in range(w):
-            p = y * w + x
+            p = row + x
             z = np.float64(depth[y, x])
             if not (z > 0.0 and z <= max_depth):  # NaN, inf, zero, negative: unknown
                 continue
@@ -437,12 +464,28 @@ def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv
             out_offs[p, 0] = oi
             out_offs[p, 1] = oj
             out_offs[p, 2] = ok
-            if key == prev_key:  # close up, neighbouring pixels share a voxel: skip the probe
-                out_idx[p] = prev_idx
-            else:
-                out_idx[p] = hash_lookup(table, keys, key)
-                prev_key = key
-                prev_idx = out_idx[p]
+            # close up, neighbouring pixels share a voxel: look it up once
+            out_idx[p] = _SAME_AS if key == prev_key else _PENDING
+            prev_key = key
+        for x in range(w):
+            if out_idx[row + x] == _PENDING:
+                slots[x] = _slot(out_keys[row + x], cap)
+        for x in range(w):
+            if out_idx[row + x] == _PENDING:
+                first[x] = table[slots[x]]
+        last = np.int64(-1)
+        for x in range(w):
+            p = row + x
+            st = out_idx[p]
+            if st == _PENDING:
+                j = first[x]
+                if j >= 0 and keys[j] != out_keys[p]:
+                    s1 = slots[x] + 1
+                    j = _probe_from(table, keys, out_keys[p], 0 if s1 == cap else s1)
+                out_idx[p] = j
+                last = j
+            elif st == _SAME_AS:
+                out_idx[p] = last
     return out_keys, out_offs, out_idx
 
 
