@@ -56,16 +56,17 @@ def estimate_layout(request: ClipRequest, config: GeometricConfig) -> Layout:
     up = np.asarray(request.world_up, dtype=np.float64)
     up = up / np.linalg.norm(up)
     proj = request.projection
-    depth = proj.depth_m[proj.valid]
+    depth = proj.depth_m[:, ::4, ::4][proj.valid[:, ::4, ::4]]
     backdrop = float(np.percentile(depth, config.backdrop_percentile)) if depth.size else config.default_backdrop_m
     poses = np.concatenate([request.preceding_c2w, request.target_c2w])
-    rays = pixel_rays(request.intrinsics)
+    step = 4  # every 4th pixel of every 4th row: plenty for a percentile, 16x less work
+    rays = pixel_rays(request.intrinsics)[::step, ::step]
     heights = []
-    for t in range(0, len(poses), max(1, len(poses) // 4)):  # a few frames are enough for a percentile
-        v = proj.valid[t]
+    for t in range(0, len(poses), max(1, len(poses) // 4)):  # a few frames are enough too
+        v = proj.valid[t, ::step, ::step]
         if not v.any():
             continue
-        pts = (rays[v] * proj.depth_m[t][v][:, None]) @ poses[t][:3, :3].T + poses[t][:3, 3]
+        pts = (rays[v] * proj.depth_m[t, ::step, ::step][v][:, None]) @ poses[t][:3, :3].T + poses[t][:3, 3]
         heights.append(pts @ up)
     floor = None
     if heights:
@@ -94,34 +95,42 @@ def pushpull_fill(
     rgb: np.ndarray,  # [H, W, 3] uint8
     valid: np.ndarray,  # [H, W] bool
 ) -> np.ndarray:
-    """Fill pixels where ``valid`` is False from the weighted pyramid of their surroundings; valid pixels kept."""
+    """Fill pixels where ``valid`` is False from the weighted pyramid of their surroundings; valid pixels kept.
+
+    Push: premultiplied colour and weight, stacked as one 4-channel image, are averaged 2x2 down to ~2 pixels.
+    Pull: from the coarsest level up, each level keeps its own estimate in proportion to its weight and takes
+    the bilinearly upsampled coarser estimate for the rest.
+    """
     if valid.all():
         return rgb
     if not valid.any():
         return np.zeros_like(rgb)
-    img = rgb.astype(np.float32)
-    w = valid.astype(np.float32)
-    levels: list[tuple[np.ndarray, np.ndarray]] = []
-    c, a = img * w[..., None], w
-    # push: premultiplied colour and weight averaged 2x2 down to a pyramid
-    while True:
-        levels.append((c, a))
-        h, wd = a.shape
-        if h <= 2 and wd <= 2:
-            break
-        size = ((wd + 1) // 2, (h + 1) // 2)
-        c = cv2.resize(c, size, interpolation=cv2.INTER_AREA)
-        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
-    # pull: from the coarsest level up, holes take the upsampled coarser estimate
-    c, a = levels[-1]
-    filled = np.where(a[..., None] > 0, c / np.maximum(a, 1e-8)[..., None], c.mean(axis=(0, 1)) / max(a.mean(), 1e-8))
-    for c, a in reversed(levels[:-1]):
-        up = cv2.resize(filled, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_LINEAR)
-        alpha = np.minimum(a, 1.0)[..., None]
-        own = c / np.maximum(a, 1e-8)[..., None]
-        filled = alpha * own + (1.0 - alpha) * up
-    out = np.clip(filled + 0.5, 0, 255).astype(np.uint8)
-    out[valid] = rgb[valid]
+    # cv2 does the per-pixel work: numpy's temporaries cost more than the whole pyramid at 640x360.
+    mask = valid.view(np.uint8)
+    w = mask.astype(np.float32)
+    rgbf = rgb.astype(np.float32)
+    premult = cv2.multiply(rgbf, cv2.merge([w, w, w]))
+    level = cv2.merge([*cv2.split(premult), w])
+    levels = []
+    while min(level.shape[:2]) > 2:
+        level = cv2.resize(level, ((level.shape[1] + 1) // 2, (level.shape[0] + 1) // 2), interpolation=cv2.INTER_AREA)
+        levels.append(level)
+
+    def estimate(lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # colour where weight > 0, weight in [0, 1]
+        a = lv[..., 3:4]
+        return lv[..., :3] / np.maximum(a, 1e-8), np.minimum(a, 1.0)
+
+    top, a = estimate(levels[-1])
+    mean = levels[-1][..., :3].sum(axis=(0, 1)) / max(float(levels[-1][..., 3].sum()), 1e-8)
+    filled = np.where(a > 0, top, mean).astype(np.float32)
+    for lv in reversed(levels[:-1]):
+        up = cv2.resize(filled, (lv.shape[1], lv.shape[0]), interpolation=cv2.INTER_LINEAR)
+        own, a = estimate(lv)
+        filled = up + a * (own - up)
+    # full resolution: a pixel is either valid (weight 1, keeps its colour) or a hole (weight 0, takes the fill)
+    up = cv2.resize(filled, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    out = cv2.convertScaleAbs(up)  # rounds and saturates to uint8
+    cv2.copyTo(rgb, mask, out)
     return out
 
 
@@ -129,6 +138,7 @@ class GeometricGenerator:
     """Memory render + reference warps + hole filling; deterministic (no randomness at all)."""
 
     name = "geometric"
+    exact_poses = True  # frames are drawn at exactly the requested poses: the memory update need not refine them
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
@@ -203,9 +203,14 @@ class Engine:
         first_index = len(world.history)
         refined = poses
         if self.config.update_memory:
+            update_cfg = self.config.update
+            if getattr(self.generator, "exact_poses", False):
+                # The generator drew each frame from the memory at exactly the commanded pose (the geometric
+                # one does): there is no drift to refine, and refinement would cost more than the frame did.
+                update_cfg = replace(update_cfg, refine_pose=False)
             report = update_memory(
                 world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
-                generator_depth=result.depth_m, dynamic=result.dynamic, config=self.config.update,
+                generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
             )
             refined = report.poses_refined
         for i in range(len(poses)):

@@ -82,7 +82,11 @@ class ClipResult:
 
 @runtime_checkable
 class Generator(Protocol):
-    """A video generator conditioned on spatial memory. Must be deterministic for a given ``request.seed``."""
+    """A video generator conditioned on spatial memory. Must be deterministic for a given ``request.seed``.
+
+    A generator may also set ``exact_poses = True`` when its frames are drawn at exactly the requested poses
+    (a renderer); the engine then skips pose refinement in the memory update.
+    """
 
     name: str
 
