@@ -18,11 +18,19 @@ memory:
 Samples are merged in row-major pixel order (or the given point order), which makes the result deterministic.
 
 Storage (20 bytes per point + slack): voxel key int64, offsets 3 x uint8, colour 3 x uint8, count uint16,
-last_seen int32; an int32 open-addressing hash table (load <= 0.75) maps keys to point indices. Points are kept
-sorted block-major (16^3-voxel blocks) up to ``_n_sorted``; newer points form an unsorted tail that is merged in
-lazily before a render once it is large. Rendering culls whole blocks against the frustum, so its cost follows
-the points in view, not the memory's size. Point indices (``RenderResult.point_ids``) are valid until the next
-mutation; voxel keys are the stable identity of a point.
+last_seen int32; an int32 open-addressing hash table (load <= 0.75) maps keys to point indices. Arrays grow by
+1.25x, so ``bytes_per_point`` stays between ~25 and ~32 for surface-like clouds; a very sparse cloud (about one
+point per 16^3-voxel block) pays 16 more bytes per point for the block directory. Points are kept sorted
+block-major (16^3-voxel blocks) up to ``_n_sorted``; newer points form an unsorted tail that is merged in lazily
+before a render once it is large. Rendering culls whole blocks against the frustum, so its cost follows the
+points in view, not the memory's size. Point indices (``RenderResult.point_ids``) are valid until the next
+mutation (a render may re-sort the tail); voxel keys are the stable identity of a point.
+
+Rendering (paper Sec. 3.1.3, "missing pixel values are filled with zeros"): every point in
+``[min_depth_m, max_depth_m]`` covers a square of ``s = clip(ceil(splat_scale * d * f / z), 1, max_splat_px)``
+pixels around its projection (pixel centres at +0.5, as ``world.geometry.depth_to_world_points``); the nearest
+point wins each pixel (ties: lower point index). Rendered depth is the z-buffer's: truncated to
+``max_depth_m / 2**31`` (0.47 um at the default 1000 m).
 
 Not thread-safe: one writer, no concurrent readers while it writes.
 """
