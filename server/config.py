@@ -1,0 +1,54 @@
+"""Server configuration: where worlds live, which generator, limits, timing. Frozen: one config per server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from world.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every limit answers RESOURCE_EXHAUSTED (counts) or INVALID_ARGUMENT (sizes) with a message naming it."""
+
+    max_worlds: int = 64  # worlds in the data dir
+    max_sessions: int = 16  # concurrent Play + Generate calls over all worlds
+    max_image_pixels: int = 1920 * 1080  # width * height of any image in or out (world, frame, render)
+    max_trajectory_frames: int = 4096  # poses in one Generate call
+    max_message_bytes: int = 64 * 1024 * 1024  # gRPC send / receive limit (a raw 1080p frame is ~6.2 MB)
+    max_pending_frames: int = 32  # Play: integrated poses waiting for generation; beyond, the oldest are dropped
+    frame_queue: int = 8  # Play / Generate: frames waiting to be written to a client; beyond, the oldest are dropped
+    max_import_bytes: int = 1 << 30  # ImportWorld: total bytes of one upload
+    action_queue: int = 256  # Play: actions read but not integrated yet (reading blocks beyond: HTTP/2 backpressure)
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if value < 1:
+                raise InvalidInputError(f"limit {name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = Path("spatia-data")
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = an ephemeral port (the bound port is reported by ``WorldServer.port``)
+    generator: str = "geometric"  # model.make_generator name
+    generator_kwargs: tuple[tuple[str, object], ...] = ()  # e.g. (("weights_dir", "/w"),)
+    token: str | None = None  # with a token, every RPC but health needs "authorization: Bearer <token>"
+    tls_cert: Path | None = None  # PEM server certificate chain; with tls_key enables TLS
+    tls_key: Path | None = None  # PEM private key
+    limits: Limits = field(default_factory=Limits)
+    save_every_clips: int = 1  # a played world is saved after every this many clips' memory updates
+    shutdown_grace_s: float = 5.0  # running RPCs get this long to end at shutdown
+    keepalive_time_s: float = 60.0  # server pings idle connections this often (keepalive guide: >= 1 min)
+    keepalive_timeout_s: float = 20.0
+    min_client_ping_interval_s: float = 30.0  # clients may ping this often without GOAWAY too_many_pings
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
+        if self.save_every_clips < 1:
+            raise InvalidInputError(f"save_every_clips must be >= 1, got {self.save_every_clips}")
+        if self.token is not None and not self.token:
+            raise InvalidInputError("token must not be empty")

@@ -1,0 +1,189 @@
+"""The world store: worlds in the data dir, one worker thread per world, one controller per world.
+
+Layout of the data dir::
+
+    worlds/<world_id>.msgpack      the world-core snapshot (memory + frame history + metadata), atomic writes
+    recordings/<recording_id>.mcap Play sessions (server/recording.py)
+
+Every engine call on a world runs on that world's single worker thread (``WorldEntry.run``): the engine is not
+thread-safe, and a slow clip of one world never blocks the event loop or other worlds. Play and Generate *claim*
+the world (one controller at a time, FAILED_PRECONDITION for a second); Render, Edit, Export queue on the same
+thread and so never see a half-updated memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from world.engine import Engine, EngineConfig
+from world.errors import AlreadyExistsError, LimitExceededError, NotFoundError, PreconditionError, SnapshotError
+from world.state import World
+
+log = structlog.get_logger("spatia.server.store")
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_world_id(world_id: str) -> str:
+    from world.errors import InvalidInputError
+
+    if not _ID.match(world_id):
+        raise InvalidInputError(
+            f"world_id {world_id!r} is not valid: 1-64 characters of [A-Za-z0-9_.-], starting with a letter or digit"
+        )
+    return world_id
+
+
+@dataclass
+class WorldEntry:
+    world: World
+    path: Path  # its snapshot file
+    executor: ThreadPoolExecutor
+    controller: str | None = None  # session id of the Play / Generate call holding it
+    clips_generated: int = 0
+    clips_since_save: int = 0
+    snapshot_bytes: int = 0
+    deleted: bool = False
+    save_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def world_id(self) -> str:
+        return self.world.world_id
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on this world's worker thread and await it."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def save(self) -> int:
+        """Write the snapshot atomically (call on the worker thread, or when nothing else touches the world)."""
+        with self.save_lock:
+            if self.deleted:
+                return 0
+            self.snapshot_bytes = self.world.save(self.path)
+            self.clips_since_save = 0
+            return self.snapshot_bytes
+
+    def engine(self, generator, config: EngineConfig) -> Engine:
+        """A fresh engine over this world (engines hold no state the world does not; clip ids count per engine)."""
+        engine = Engine(self.world, generator, config)
+        engine.clips_done = self.clips_generated
+        return engine
+
+
+class WorldStore:
+    def __init__(self, data_dir: Path, max_worlds: int) -> None:
+        self.data_dir = Path(data_dir)
+        self.worlds_dir = self.data_dir / "worlds"
+        self.worlds_dir.mkdir(parents=True, exist_ok=True)
+        self.max_worlds = max_worlds
+        self._entries: dict[str, WorldEntry] = {}
+        self._reserved: set[str] = set()  # ids being created (the build runs off the loop)
+
+    # ---- loading -----------------------------------------------------------------------------------------
+
+    def load_all(self) -> list[str]:
+        """Load every snapshot in the data dir; unreadable ones are logged and skipped (left on disk untouched)."""
+        for path in sorted(self.worlds_dir.glob("*.msgpack")):
+            try:
+                world = World.load(path)
+            except (SnapshotError, OSError, ValueError) as exc:
+                log.error("world snapshot unreadable, skipped", path=str(path), error=str(exc))
+                continue
+            if world.world_id != path.stem:
+                log.error("world snapshot id does not match its file name, skipped", path=str(path))
+                continue
+            self._add(world, path.stat().st_size)
+        log.info("worlds loaded", count=len(self._entries), data_dir=str(self.data_dir))
+        return sorted(self._entries)
+
+    def _add(self, world: World, snapshot_bytes: int) -> WorldEntry:
+        entry = WorldEntry(
+            world, self.worlds_dir / f"{world.world_id}.msgpack",
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"world-{world.world_id}"),
+            snapshot_bytes=snapshot_bytes,
+        )
+        self._entries[world.world_id] = entry
+        return entry
+
+    # ---- CRUD --------------------------------------------------------------------------------------------
+
+    def new_id(self, requested: str) -> str:
+        """Reserve ``requested`` (validated) or a fresh id; raise ALREADY_EXISTS / RESOURCE_EXHAUSTED."""
+        world_id = check_world_id(requested) if requested else uuid.uuid4().hex[:12]
+        if world_id in self._entries or world_id in self._reserved:
+            raise AlreadyExistsError(f"world {world_id!r} already exists")
+        if len(self._entries) + len(self._reserved) >= self.max_worlds:
+            raise LimitExceededError(f"limit max_worlds={self.max_worlds} reached; delete a world first")
+        self._reserved.add(world_id)
+        return world_id
+
+    def release_id(self, world_id: str) -> None:
+        self._reserved.discard(world_id)
+
+    async def add(self, world: World) -> WorldEntry:
+        """Register a freshly built world (its id reserved by ``new_id``) and save it before answering."""
+        try:
+            entry = self._add(world, 0)
+            await entry.run(entry.save)
+            return entry
+        finally:
+            self._reserved.discard(world.world_id)
+
+    def get(self, world_id: str) -> WorldEntry:
+        entry = self._entries.get(world_id)
+        if entry is None:
+            raise NotFoundError(f"world {world_id!r} not found")
+        return entry
+
+    def entries(self) -> list[WorldEntry]:
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    async def delete(self, world_id: str) -> None:
+        entry = self.get(world_id)
+        if entry.controller is not None:
+            raise PreconditionError(f"world {world_id!r} is in use by session {entry.controller}; end it first")
+        del self._entries[world_id]
+        entry.deleted = True
+
+        def _remove() -> None:
+            with entry.save_lock:
+                entry.path.unlink(missing_ok=True)
+
+        await entry.run(_remove)
+        entry.executor.shutdown(wait=False)
+
+    # ---- control -----------------------------------------------------------------------------------------
+
+    def claim(self, world_id: str, session_id: str) -> WorldEntry:
+        entry = self.get(world_id)
+        if entry.controller is not None:
+            raise PreconditionError(
+                f"world {world_id!r} is already controlled by session {entry.controller}; one controller per world"
+            )
+        entry.controller = session_id
+        return entry
+
+    def release(self, entry: WorldEntry, session_id: str) -> None:
+        if entry.controller == session_id:
+            entry.controller = None
+
+    # ---- shutdown ----------------------------------------------------------------------------------------
+
+    async def save_all(self) -> int:
+        """Save every world on its worker thread (after whatever is queued there); returns how many."""
+        entries = [e for e in self._entries.values() if not e.deleted]
+        await asyncio.gather(*(e.run(e.save) for e in entries))
+        return len(entries)
+
+    def close(self) -> None:
+        for entry in self._entries.values():
+            entry.executor.shutdown(wait=True)
