@@ -576,7 +576,7 @@ def refine_pose(
 
 def splat_centre_mask(
     point_ids: np.ndarray,  # [H, W] int, index into positions, -1 where nothing rendered (RenderResult.point_ids)
-    positions: np.ndarray,  # [N, 3] world frame, the memory's point positions at render time
+    positions: np.ndarray,  # [N, 3] world frame, ``memory.positions`` read AFTER the render (it may re-sort)
     intrinsics: Intrinsics,
     c2w: np.ndarray,  # [4, 4] the pose the render was made at
 ) -> np.ndarray:
@@ -694,10 +694,10 @@ def update_memory(
         # Only splat-centre pixels keep their rendered depth (see ``splat_centre_mask``): a splat copy carries a
         # neighbouring point's depth at the wrong pixel, which would unproject beside the surface and refinement
         # would follow its shifted colour. Copies become holes, which the fill closes from the centres around them.
-        positions = memory.positions  # [N, 3]: O(N) to decode, so once per frame (no mutation until integrate)
+        # Positions are decoded after each render: a render may re-sort the memory's points (point ids change).
         render = memory.render(intrinsics, poses[i], return_point_ids=True)
         r_rgb, r_depth, valid = _unpack_render(render, shape)
-        centre = valid & splat_centre_mask(render.point_ids, positions, intrinsics, poses[i])
+        centre = valid & splat_centre_mask(render.point_ids, memory.positions, intrinsics, poses[i])
         refinement = None
         if config.refine_pose:
             refinement = refine_pose((r_rgb, r_depth, centre), rgb, gen, intrinsics, poses[i], config)
@@ -706,7 +706,7 @@ def update_memory(
                 accepted[i] = True
                 render = memory.render(intrinsics, refined[i], return_point_ids=True)
                 r_rgb, r_depth, valid = _unpack_render(render, shape)
-                centre = valid & splat_centre_mask(render.point_ids, positions, intrinsics, refined[i])
+                centre = valid & splat_centre_mask(render.point_ids, memory.positions, intrinsics, refined[i])
         coverage = float(valid.mean())
         model = None
         if gen is None and depth_model is not None and not centre.all():
