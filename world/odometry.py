@@ -131,8 +131,10 @@ def photometric_residual(
     if n_src == 0:
         return PhotometricCheck(float("inf"), -1.0, 0, 0.0)
     z = depth[vv, uu]
-    # [N, 3] source camera frame, pixel centres at +0.5
-    pts = np.stack([(uu + 0.5 - intrinsics.cx) / intrinsics.fx * z, (vv + 0.5 - intrinsics.cy) / intrinsics.fy * z, z], 1)
+    # pixel centres at +0.5
+    x_cam = (uu + 0.5 - intrinsics.cx) / intrinsics.fx * z
+    y_cam = (vv + 0.5 - intrinsics.cy) / intrinsics.fy * z
+    pts = np.stack([x_cam, y_cam, z], 1)  # [N, 3] source camera frame
     pt = pts @ T[:3, :3].T + T[:3, 3]
     front = pt[:, 2] > 1e-6
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -150,7 +152,10 @@ def photometric_residual(
     I_t = rgb_to_intensity(target_rgb)
     x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
     sampled = (
-        I_t[y0, x0] * (1 - ax) * (1 - ay) + I_t[y0, x1] * ax * (1 - ay) + I_t[y1, x0] * (1 - ax) * ay + I_t[y1, x1] * ax * ay
+        I_t[y0, x0] * (1 - ax) * (1 - ay)
+        + I_t[y0, x1] * ax * (1 - ay)
+        + I_t[y1, x0] * (1 - ax) * ay
+        + I_t[y1, x1] * ax * ay
     )
     I_s = rgb_to_intensity(source_rgb)[vv[inside], uu[inside]]
     rmse = float(np.sqrt(np.mean((sampled - I_s) ** 2)))
