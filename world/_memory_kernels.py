@@ -489,14 +489,15 @@ def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv
     return out_keys, out_offs, out_idx
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True)
 def point_samples(points, inv_d, table, keys):
-    """Like ``frame_samples`` for explicit world points ``[N, 3]`` float64 (all finite)."""
+    """Like ``frame_samples`` for explicit world points ``[N, 3]`` float64 (all finite). Serial: a parallel loop
+    cost ~5 s more numba compile time, and point batches are edits or tests, not the per-frame path."""
     n = points.shape[0]
     out_keys = np.zeros(n, np.int64)
     out_offs = np.zeros((n, 3), np.uint8)
     out_idx = np.full(n, -2, np.int64)
-    for p in nb.prange(n):
+    for p in range(n):
         ci, oi, ok0 = _quantize(points[p, 0], inv_d)
         cj, oj, ok1 = _quantize(points[p, 1], inv_d)
         ck, ok, ok2 = _quantize(points[p, 2], inv_d)
