@@ -1,0 +1,128 @@
+"""Nothing lost: restart lists the same worlds; kill -9 mid-session leaves loadable worlds and readable
+recordings; SIGTERM shuts down gracefully (sessions end, recordings complete, worlds saved)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.api import WorldClient, WorldServiceError
+from server.config import ServerConfig
+from server.recording import summarize
+from server.testing import running_server
+from world.state import World
+
+ROOT = Path(__file__).resolve().parents[1]
+W, H = 64, 48
+
+
+def test_restart_lists_the_same_worlds(tmp_path):
+    config = ServerConfig(data_dir=tmp_path, port=0)
+    with running_server(config) as st, WorldClient(st.target) as c:
+        c.create_scene("room", 0, W, H, world_id="a")
+        c.create_scene("house", 1, W, H, world_id="b")
+        with c.play("a", clip=(2, 4, 2), record=False) as s:
+            s.send(move_forward=1.0, dt_s=4 / 16)
+            played = [s.next_frame(timeout_s=60) for _ in range(4)]
+        before = {w.world_id: (w.stats.memory_points, w.stats.history_frames) for w in c.list_worlds()}
+        current = np.asarray(c.get_world("a").current.c2w)
+    with running_server(config) as st, WorldClient(st.target) as c:
+        after = {w.world_id: (w.stats.memory_points, w.stats.history_frames) for w in c.list_worlds()}
+        assert after == before and after["a"][1] == 5
+        assert np.allclose(np.asarray(c.get_world("a").current.c2w), current)
+        assert np.allclose(current.reshape(4, 4), played[-1].c2w)
+        # a world keeps playing where it stopped
+        with c.play("a", clip=(2, 4, 2), record=False) as s:
+            s.send(move_forward=1.0, dt_s=2 / 16)
+            f = s.next_frame(timeout_s=60)
+        assert f.frame_index == 5
+
+
+def _spawn(data_dir: Path, port_file: Path) -> subprocess.Popen:
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file), "--data-dir",
+         str(data_dir)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError("server did not start")
+        time.sleep(0.1)
+    return proc
+
+
+def _target(port_file: Path) -> str:
+    return f"127.0.0.1:{int(port_file.read_text())}"
+
+
+def test_kill_9_mid_session_loses_at_most_the_clip_in_flight(tmp_path):
+    port_file = tmp_path / "port"
+    proc = _spawn(tmp_path / "data", port_file)
+    try:
+        with WorldClient(_target(port_file)) as c:
+            c.create_scene("room", 0, W, H, world_id="k")
+            s = c.play("k", clip=(2, 4, 2))
+            s.send(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=40 / 16)  # 40 frames of work
+            got = [s.next_frame(timeout_s=60) for _ in range(9)]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            with pytest.raises(WorldServiceError):
+                while s.next_frame(timeout_s=30) is not None:
+                    pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the snapshot on disk is whole and loads, and holds every clip whose update finished
+    world = World.load(tmp_path / "data" / "worlds" / "k.msgpack")
+    new_per_clip = 2
+    assert len(world.history) - 1 >= len(got) - 2 * new_per_clip
+    # the recording was cut off but is readable up to its last flushed chunk
+    (rec,) = (tmp_path / "data" / "recordings").glob("k.*.mcap")
+    summary = summarize(rec)
+    assert not summary.complete and summary.world_id == "k"
+    assert summary.frames >= len(got) - 2 * new_per_clip and summary.actions == 1
+    # and a restarted server lists and serves it
+    proc = _spawn(tmp_path / "data", port_file)
+    try:
+        with WorldClient(_target(port_file)) as c:
+            assert [w.world_id for w in c.list_worlds()] == ["k"]
+            assert c.get_world("k").stats.history_frames == len(world.history)
+            assert len(c.list_recordings("k")) == 1
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_sigterm_ends_sessions_and_saves_everything(tmp_path):
+    port_file = tmp_path / "port"
+    proc = _spawn(tmp_path / "data", port_file)
+    try:
+        with WorldClient(_target(port_file)) as c:
+            c.create_scene("room", 0, W, H, world_id="t")
+            s = c.play("t", clip=(2, 4, 2))
+            s.send(move_forward=1.0, dt_s=4 / 16)
+            got = [s.next_frame(timeout_s=60) for _ in range(4)]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+            try:
+                while s.next_frame(timeout_s=30) is not None:
+                    pass
+            except WorldServiceError:
+                pass  # the session ended with the server (CANCELLED / UNAVAILABLE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    world = World.load(tmp_path / "data" / "worlds" / "t.msgpack")
+    assert len(world.history) == 1 + len(got)
+    (rec,) = (tmp_path / "data" / "recordings").glob("t.*.mcap")
+    summary = summarize(rec)
+    assert summary.complete and summary.frames == len(got)
