@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         extra["clips"] = args.clips
     if args.protocol == "ablation":
         extra.update(tables=args.tables, ks=args.ks, voxel_sides_m=args.voxel_sides)
-    command = command_line()
+    command = command_line(args)
     results = run_protocol(args.protocol, config, metrics, command=command, **extra)
     text = "\n".join(markdown(r) for r in results)
     if args.markdown:

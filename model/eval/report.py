@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,24 @@ TABLE_TITLES = {
 }
 
 
-def command_line(argv: list[str] | None = None) -> str:
-    argv = sys.argv if argv is None else argv
-    prog = "spatia" if argv and Path(argv[0]).name in ("spatia", "cli.py", "__main__.py") else Path(argv[0]).name
-    return shlex.join([prog] + list(argv[1:]))
+def command_line(args: Any, prog: str = "spatia eval") -> str:
+    """The full command that reproduces a run, every option spelled out (defaults included) from the parsed
+    ``argparse`` namespace: what was typed may be a prefix of it, what it sets is all here."""
+    parts = shlex.split(prog) + [args.protocol]
+    for key, value in sorted(vars(args).items()):
+        if key in ("command", "protocol", "verbose") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            if key in ("lpips_weights",):
+                parts += [flag] + [str(v) for v in value]
+            else:
+                parts += [flag, ",".join(str(v) for v in value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 def sanitize(obj: Any) -> Any:
@@ -182,7 +195,7 @@ def plot(result: dict[str, Any], path: str | Path) -> bool:
         ax.set_xlabel(xlabel)
         ax.set_title(key)
         ax.grid(alpha=0.3)
-        if protocol == "long-horizon":
+        if protocol == "long-horizon" and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(result.get("command", ""), fontsize=7)
     fig.tight_layout()
