@@ -176,3 +176,38 @@ def recorded_frames(path: Path, start_frame: int = 0) -> Iterator[tuple[int, pb.
             if count >= start_frame:
                 yield item.log_time_ns, item.message
             count += 1
+
+
+def session_fps(path: Path) -> float:
+    """The fps the session was played at (its PlayStart; 16 when unset)."""
+    for item in read_recording(path):
+        if item.topic == "/start":
+            return item.message.fps or 16.0
+    return 16.0
+
+
+def export_video(path: Path, out: Path, fps: float = 0.0, start_frame: int = 0) -> int:
+    """Write the recorded frames (decoded) to a video with imageio-ffmpeg; returns the number of frames."""
+    import imageio.v2 as imageio
+
+    from proto.spatia.v1.convert import decode_frame
+    from world.errors import InvalidInputError
+
+    fps = fps or session_fps(path)
+    n = 0
+    writer = None
+    try:
+        for _, frame in recorded_frames(path, start_frame):
+            rgb = decode_frame(frame)
+            if writer is None:
+                # H.264 in yuv420p needs even sizes: pad odd edges by one replicated pixel
+                writer = imageio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                                            ffmpeg_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"])
+            writer.append_data(rgb)
+            n += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    if n == 0:
+        raise InvalidInputError(f"{path} holds no frames from frame {start_frame} on; nothing exported")
+    return n

@@ -1,0 +1,33 @@
+"""``spatia replay FILE``: summarise a Play recording (MCAP), or ``--export out.mp4`` its frames as a video."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="summarise a Play recording (.mcap) or export it as a video")
+    p.add_argument("file", type=Path, help="a recording: <data-dir>/recordings/<id>.mcap")
+    p.add_argument("--export", type=Path, help="write the recorded frames to this video file (.mp4)")
+    p.add_argument("--fps", type=float, default=0.0, help="video frame rate; 0 = the session's fps")
+    p.add_argument("--start-frame", type=int, default=0, help="first recorded frame to export (0-based)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from server.recording import export_video, summarize
+    from world.errors import NotFoundError
+
+    if not args.file.is_file():
+        raise NotFoundError(f"recording not found: {args.file}")
+    summary = summarize(args.file)
+    out = {"recording_id": summary.recording_id, "world_id": summary.world_id, "frames": summary.frames,
+           "actions": summary.actions, "duration_s": (summary.end_ns - summary.start_ns) / 1e9,
+           "complete": summary.complete, "size_bytes": summary.size_bytes}
+    if args.export is not None:
+        out["exported_frames"] = export_video(args.file, args.export, fps=args.fps, start_frame=args.start_frame)
+        out["video"] = str(args.export)
+    print(json.dumps(out, indent=2))
+    return 0
