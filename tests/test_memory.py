@@ -219,6 +219,33 @@ def test_render_culling_keeps_partial_splats_at_the_image_border():
         assert_render_matches(mem, CAM, side)
 
 
+def test_culling_drops_blocks_out_of_view():
+    # what makes render cost follow the points in view: whole blocks behind / beside the camera are never touched
+    rng = np.random.default_rng(13)
+    front = rng.uniform(-0.5, 0.5, size=(4000, 3)) + [0.0, 0.0, 3.0]
+    behind = rng.uniform(-0.5, 0.5, size=(4000, 3)) + [0.0, 0.0, -3.0]
+    beside = rng.uniform(-0.5, 0.5, size=(4000, 3)) + [30.0, 0.0, 3.0]
+    cfg = MemoryConfig(voxel_size_m=0.02)
+    mem = SpatialMemory(cfg)
+    for pts in (front, behind, beside):
+        mem.integrate_points(pts, np.zeros(pts.shape, np.uint8), 0)
+    mem._reindex()
+    c2w = np.eye(4)  # at the origin looking down +z
+    w2c_r = np.ascontiguousarray(c2w[:3, :3].T)
+    keep = memory_module.K.cull_blocks(
+        mem._block_ids, w2c_r, c2w[:3, 3].copy(), CAM.fx, CAM.fy, CAM.cx, CAM.cy, CAM.width, CAM.height,
+        float(cfg.max_splat_px), cfg.min_depth_m, cfg.max_depth_m, cfg.voxel_size_m,
+    )
+    starts, stops = mem._block_starts[:-1], mem._block_starts[1:]
+    block_z = np.array([mem.positions[a, 2] for a in starts])
+    block_x = np.array([mem.positions[a, 0] for a in starts])
+    in_front = (block_z > 2.0) & (np.abs(block_x) < 1.0)
+    assert keep[in_front].all()
+    assert not keep[~in_front].any()
+    assert (stops - starts)[keep].sum() < 0.4 * mem.num_points
+    assert_render_matches(mem, CAM, c2w)
+
+
 def test_render_empty_memory_is_all_invalid():
     r = SpatialMemory().render(CAM, np.eye(4), return_point_ids=True)
     assert not r.valid.any() and r.rgb.max() == 0 and r.depth_m.max() == 0 and r.point_ids.min() == -1
