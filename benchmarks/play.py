@@ -1,0 +1,179 @@
+"""Play sessions against a real server: sustained fps and action -> frame latency.
+
+A server runs in a subprocess (``spatia serve``, geometric generator); this process drives 1, then 4 concurrent
+Play sessions with the asyncio client at ``--width x --height`` JPEG. Each session sends one action per input tick
+(``--tick-hz``, walking forward while turning) for ``--seconds``. Latency of an action = time from sending it to
+receiving the first frame whose ``last_action_seq`` is at least its seq (the first frame that applied it).
+``fps`` = frames received / wall time of the session.
+
+Baseline (same run): the engine driven in-process (no gRPC, no encoding) on the same clip lengths: its per-frame
+time ``baseline_median_ms`` bounds what the service can reach; ``median_ms`` is the service's p50 latency.
+
+    python benchmarks/play.py [--seconds 20] [--width 640 --height 360]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _common import emit, log  # noqa: E402
+
+CLIP = (4, 6, 2)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: float) -> dict:
+    s = await client.play(world_id, clip=CLIP, fps=fps, record=False)
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+    received = 0
+    stop = time.monotonic() + seconds
+    t_first = time.monotonic()
+
+    async def sender():
+        while time.monotonic() < stop:
+            seq = await s.send(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0 / tick_hz)
+            sent[seq] = time.perf_counter()
+            await asyncio.sleep(1.0 / tick_hz)
+
+    async def receiver():
+        nonlocal received
+        answered = 0
+        while time.monotonic() < stop:
+            try:
+                f = await asyncio.wait_for(s.next_frame(), timeout=max(stop - time.monotonic(), 0.01))
+            except TimeoutError:
+                break
+            if f is None:
+                break
+            received += 1
+            now = time.perf_counter()
+            for seq in range(answered + 1, f.last_action_seq + 1):
+                if seq in sent:
+                    latencies.append((now - sent[seq]) * 1e3)
+            answered = max(answered, f.last_action_seq)
+
+    await asyncio.gather(sender(), receiver())
+    wall = time.monotonic() - t_first
+    await s._call.done_writing()
+    s._call.cancel()
+    dropped = s.stats[-1].poses_dropped if s.stats else 0
+    return {"frames": received, "wall_s": wall, "latencies_ms": latencies, "poses_dropped": dropped,
+            "generate_ms": [x.generate_ms for x in s.stats], "update_ms": [x.update_ms for x in s.stats]}
+
+
+async def _run(target: str, n: int, args) -> list[dict]:
+    from client.api import AsyncWorldClient
+
+    async with AsyncWorldClient(target, timeout_s=600) as c:
+        ids = []
+        for i in range(n):
+            wid = f"bench{n}-{i}"
+            await c.create_scene(("room", "house", "courtyard", "room")[i % 4], seed=i, width=args.width,
+                                 height=args.height, world_id=wid)
+            ids.append(wid)
+        return await asyncio.gather(*(_session(c, w, args.seconds, args.tick_hz, args.fps) for w in ids))
+
+
+def _baseline(args) -> float:
+    """Median per-frame ms of the engine alone (in-process, same clip lengths, no encoding, no gRPC)."""
+    import numpy as np
+
+    from model import make_generator
+    from world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from world.engine import Engine, EngineConfig
+    from world.state import World
+
+    world = World.from_scene("room", 0, args.width, args.height)
+    engine = Engine(world, make_generator("geometric"), EngineConfig(clip=ClipConfig(*CLIP)))
+    poses = ActionIntegrator(world.current_c2w, ControlConfig(fps=args.fps)).run(
+        [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0)] * 2)
+    per_frame = []
+    i = 0
+    while i < len(poses):
+        n = CLIP[0] if i == 0 else CLIP[1] - CLIP[2]
+        t0 = time.perf_counter()
+        for _ in engine.generate_clip(np.asarray(poses[i:i + n])):
+            pass
+        per_frame.append((time.perf_counter() - t0) * 1e3 / len(poses[i:i + n]))
+        i += n
+    return statistics.median(per_frame[1:] or per_frame)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--tick-hz", type=float, default=30.0, help="actions per second sent by each client")
+    p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
+    args = p.parse_args()
+    import logging
+
+    import structlog
+
+    # stdout carries only the JSON result
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file),
+             "--data-dir", str(Path(tmp) / "data")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            while not port_file.exists():
+                if server.poll() is not None:
+                    raise SystemExit("server exited at start")
+                time.sleep(0.1)
+            target = f"127.0.0.1:{int(port_file.read_text())}"
+            log(f"server at {target}; 1 session for {args.seconds} s")
+            one = asyncio.run(_run(target, 1, args))[0]
+            log("4 sessions")
+            four = asyncio.run(_run(target, 4, args))
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    log("baseline: engine in-process")
+    baseline = _baseline(args)
+    lat1 = one["latencies_ms"]
+    lat4 = [x for r in four for x in r["latencies_ms"]]
+    emit({
+        "name": "play",
+        "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(CLIP),
+                  "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric"},
+        "sessions_1": {"fps": round(one["frames"] / one["wall_s"], 2), "p50_ms": round(_pct(lat1, 50), 1),
+                       "p95_ms": round(_pct(lat1, 95), 1), "frames": one["frames"],
+                       "poses_dropped": one["poses_dropped"],
+                       "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
+                       "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)},
+        "sessions_4": {"fps_per_session": round(statistics.mean(r["frames"] / r["wall_s"] for r in four), 2),
+                       "p50_ms": round(_pct(lat4, 50), 1), "p95_ms": round(_pct(lat4, 95), 1),
+                       "frames": [r["frames"] for r in four]},
+        "median_ms": round(_pct(lat1, 50), 1),
+        "baseline_median_ms": round(baseline, 1),
+        "baseline": "engine in-process per-frame ms (same clip lengths, no gRPC / encoding)",
+        "cpu_count": os.cpu_count(),
+    })
+
+
+if __name__ == "__main__":
+    main()
