@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from world.camera import Intrinsics
+from world.camera import Intrinsics, rotation_angle_deg, translation_distance_m
 from world.generator import ClipRequest, ClipResult, ReferenceFrame
 from world.geometry import pixel_rays
 from world.update import fill_holes_background
@@ -34,8 +34,12 @@ from world.warp import warp_rgbd
 
 @dataclass(frozen=True)
 class GeometricConfig:
-    max_reference_warps: int = 2  # references warped per target frame (best scores first); each costs ~1-2 ms
+    max_reference_warps: int = 2  # references warped per target frame (nearest poses first); each costs ~1-2 ms
     same_surface_rel_tol: float = 0.03  # a warped pixel replaces the memory's if their depths agree within 3%
+    # ... and only from a reference seen from nearly the same pose: there the warp is a near-identity resampling
+    # and keeps the reference's full resolution; from farther away it would only blur what the memory shows.
+    sharpen_max_rotation_deg: float = 10.0
+    sharpen_max_translation_m: float = 0.15
     small_hole_px: int = 24  # holes spanning at most this many pixels get the background-preferring fill
     backdrop_percentile: float = 95.0  # the backdrop sits at this percentile of the depth the clip's render sees
     default_backdrop_m: float = 6.0  # when the memory shows nothing at all
@@ -148,25 +152,34 @@ class GeometricGenerator:
         rgb: np.ndarray,  # [H, W, 3] uint8, memory render, modified in place
         depth: np.ndarray,  # [H, W] float32, modified in place
         valid: np.ndarray,  # [H, W] bool, modified in place
-        c2w: np.ndarray,
+        c2w: np.ndarray,  # [4, 4] the target pose
         request: ClipRequest,
         references: list[ReferenceFrame],
     ) -> None:
-        for ref in references:
+        """Warp the nearest references (by pose) into this target: they fill holes, and sharpen from close by."""
+        cfg = self.config
+
+        def distance(ref: ReferenceFrame) -> float:  # 10 cm of travel weigh like one degree of turn
+            return rotation_angle_deg(ref.c2w, c2w) + 10.0 * translation_distance_m(ref.c2w, c2w)
+
+        for ref in sorted(references, key=distance)[: cfg.max_reference_warps]:
+            close = (rotation_angle_deg(ref.c2w, c2w) <= cfg.sharpen_max_rotation_deg
+                     and translation_distance_m(ref.c2w, c2w) <= cfg.sharpen_max_translation_m)
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
-            agree = warped.valid & valid & (
-                np.abs(warped.depth_m - depth) <= self.config.same_surface_rel_tol * np.maximum(depth, 1e-6)
-            )
             new = warped.valid & ~valid
-            take = agree | new
+            take = new
+            if close:
+                agree = warped.valid & valid & (
+                    np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6)
+                )
+                take = take | agree
             rgb[take] = warped.rgb[take]
             depth[new] = warped.depth_m[new]
             valid |= new
 
     def generate(self, request: ClipRequest) -> ClipResult:
         proj = request.target_projection
-        refs = [r for r in sorted(request.references, key=lambda r: -r.score) if r.depth_m is not None]
-        refs = refs[: self.config.max_reference_warps]
+        refs = [r for r in request.references if r.depth_m is not None]
         n, h, w = request.num_target, request.intrinsics.height, request.intrinsics.width
         frames = np.empty((n, h, w, 3), np.uint8)
         depths = np.empty((n, h, w), np.float32)

@@ -354,6 +354,11 @@ def test_update_with_a_frame_rendered_from_the_memory_does_not_grow_it():
     render = memory.render(INTR, HOME)
     report = update_memory(memory, render.rgb[None], HOME[None], INTR, [1])
     assert report.frames[0].integrated and report.frames[0].depth_source in ("memory", "memory+fill")
+    # default: pixels the memory renders are re-observations and are not integrated at all
+    assert report.new_points <= 0.01 * n0 and report.updated_points <= 0.01 * n0
+    # integrating them too re-observes (nearly) every point
+    memory = _memory_from([HOME])
+    report = update_memory(memory, render.rgb[None], HOME[None], INTR, [1], config=UpdateConfig(integrate_observed=True))
     assert report.new_points <= 0.03 * n0 and memory.num_points <= 1.03 * n0  # far wall: pixels wider than voxels
     assert report.updated_points > 0.9 * n0
     # The pose needed no correction: either none was accepted or it stayed tiny.

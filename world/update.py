@@ -77,6 +77,11 @@ class UpdateConfig:
     min_align_pixels: int = 64  # fewer rendered pixels than this: no alignment is attempted
     # -- integration --
     integrate_stride: int = 1  # integrate every n-th generated frame (the official code maps every 6th at 24 fps)
+    # Pixels where the memory already renders a surface are re-observations. By default they are not integrated:
+    # the memory stays the authority for what was seen, so a revisit renders what the first visit saw (FlexWorld
+    # likewise adds points only in un-rendered regions). Integrating them anyway adds a point beside each existing
+    # one wherever a pixel is wider than a voxel, and blends generated colours into remembered ones.
+    integrate_observed: bool = False
     min_valid_fraction: float = 0.05  # render coverage below this: no refinement and no render-based depth
 
     def __post_init__(self) -> None:
@@ -697,7 +702,10 @@ def update_memory(
         # Positions are decoded after each render: a render may re-sort the memory's points (point ids change).
         render = memory.render(intrinsics, poses[i], return_point_ids=True)
         r_rgb, r_depth, valid = _unpack_render(render, shape)
-        centre = valid & splat_centre_mask(render.point_ids, memory.positions, intrinsics, poses[i])
+        # the splat centres matter to refinement and to render-based depth only; with the generator's depth and no
+        # refinement, skip them (decoding every position costs more than the render)
+        needs_centre = config.refine_pose or gen is None
+        centre = valid & splat_centre_mask(render.point_ids, memory.positions, intrinsics, poses[i]) if needs_centre else valid
         refinement = None
         if config.refine_pose:
             refinement = refine_pose((r_rgb, r_depth, centre), rgb, gen, intrinsics, poses[i], config)
@@ -716,7 +724,10 @@ def update_memory(
             report.frames.append(FrameUpdate(indices[i], False, "none", coverage, 0, 0, 0, refinement, reason))
             continue
         depth, source = _choose_depth((r_rgb, r_depth, centre), rgb, gen, model, dyn, config)
-        stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=dyn)
+        exclude = dyn
+        if not config.integrate_observed:
+            exclude = valid if dyn is None else (valid | dyn)
+        stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude)
         new, upd = int(stats.new_points), int(stats.updated_points)
         report.new_points += new
         report.updated_points += upd
