@@ -11,6 +11,7 @@ import math
 import os
 import shlex
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,8 @@ def plot(result: dict[str, Any], path: str | Path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
     for ax, key in zip(axes, keys):
+        if all(v is None for name, (_, y) in series.items() if name.split(":")[-1] == key for v in y):
+            ax.text(0.5, 0.5, f"{key}: unavailable", ha="center", va="center", transform=ax.transAxes)
         for name, (x, y) in series.items():
             if name.split(":")[-1] != key or all(v is None for v in y):
                 continue
@@ -197,7 +200,7 @@ def plot(result: dict[str, Any], path: str | Path) -> bool:
         ax.grid(alpha=0.3)
         if protocol == "long-horizon" and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(result.get("command", ""), fontsize=7)
+    fig.suptitle("\n".join(textwrap.wrap(result.get("command", ""), 200)), fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, metadata={"Description": result.get("command", "")})  # the command, in the PNG too
