@@ -280,6 +280,26 @@ def test_lazy_reindex_keeps_renders_identical(monkeypatch):
     assert stats == IntegrateStats(0, mem.num_points)
 
 
+def test_reindex_merges_the_tail_into_sorted_blocks():
+    rng = np.random.default_rng(14)
+    mem = random_memory(rng, 3000, MemoryConfig(voxel_size_m=0.02))
+    mem._reindex()
+    mem.integrate_points(rng.uniform(-1, 1, (2000, 3)), np.full((2000, 3), 7, np.uint8), 1)  # interleaves
+    before = mem.to_arrays()
+    mem._reindex()
+    sk = memory_module.K.sort_keys(mem._keys, 0, mem.num_points)
+    assert mem._n_sorted == mem.num_points and np.all(np.diff(sk) > 0)
+    blocks = sk >> (3 * memory_module.K.BLOCK_BITS)
+    np.testing.assert_array_equal(mem._block_ids, np.unique(blocks))
+    np.testing.assert_array_equal(mem._block_starts[:-1], np.searchsorted(blocks, mem._block_ids))
+    after = mem.to_arrays()
+    order_b, order_a = np.argsort(before["voxel_keys"]), np.argsort(after["voxel_keys"])
+    for name in before:  # the same points, only reordered
+        np.testing.assert_array_equal(before[name][order_b], after[name][order_a], err_msg=name)
+    idx = memory_module.K.hash_lookup_many(mem._table, mem._keys, after["voxel_keys"])
+    np.testing.assert_array_equal(idx, np.arange(mem.num_points))
+
+
 def test_no_pinholes_on_a_close_textured_plane():
     cam = Intrinsics.from_fov(60.0, 160, 120)
     src = look_at([0.0, 0.0, -0.6], [0.0, 0.0, 0.0])
