@@ -90,9 +90,11 @@ def scene_request(name: str, seed: int, width: int, height: int, fov_deg: float 
 
 def play_start(world_id: str, *, width: int | None = None, height: int | None = None, fps: float = 0.0, prompt: str = "",
                encoding: int = pb.FRAME_ENCODING_JPEG, jpeg_quality: int = 0, clip: tuple[int, int, int] | None = None,
-               record: bool = True, seed: int = 0, heartbeat_interval_s: float = 0.0) -> pb.PlayStart:
+               record: bool = True, seed: int = 0, heartbeat_interval_s: float = 0.0,
+               max_pending_frames: int = 0) -> pb.PlayStart:
     start = pb.PlayStart(world_id=world_id, fps=fps, prompt=prompt, encoding=encoding, jpeg_quality=jpeg_quality,
-                         no_recording=not record, seed=seed, heartbeat_interval_s=heartbeat_interval_s)
+                         no_recording=not record, seed=seed, heartbeat_interval_s=heartbeat_interval_s,
+                         max_pending_frames=max_pending_frames)
     if width is not None or height is not None:  # unset = the world's size; set must be >= 1x1
         start.resolution.CopyFrom(pb.Resolution(width=width or 0, height=height or 0))
     if clip is not None:

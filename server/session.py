@@ -6,8 +6,8 @@ Three parts, all bounded:
   when it is full the reader stops reading, so HTTP/2 flow control slows the client down;
 - the *driver* task integrates actions into poses at the session's fps (``ActionIntegrator``) and, whenever the
   world's worker thread is free and poses are pending, runs one clip of up to a clip's worth of them. Pending
-  poses are capped at ``Limits.max_pending_frames``; beyond, the oldest are dropped (latest wins: a slow
-  generator never builds up lag). Idle actions (no movement, no look) add no poses: with no movement the server
+  poses are capped at one clip's worth (and ``Limits.max_pending_frames``); beyond, the oldest are dropped
+  (latest wins: a slow generator never builds up lag). Idle actions (no movement, no look) add no poses: with no movement the server
   generates nothing and sends a ``Heartbeat`` every ``heartbeat_interval_s``;
 - the *outbox* holds responses for the client; it keeps at most ``Limits.frame_queue`` frames and drops the
   oldest frame when a new one arrives to a full queue (latest wins; ``SessionStats.frames_dropped`` counts them).
@@ -57,6 +57,7 @@ class PlayOptions:
     record: bool
     seed: int
     heartbeat_interval_s: float
+    max_pending_frames: int  # 0 = one clip's worth
 
     @classmethod
     def from_proto(cls, start: pb.PlayStart, config: ServerConfig) -> "PlayOptions":
@@ -82,7 +83,7 @@ class PlayOptions:
         if not (math.isfinite(hb) and 0.01 <= hb <= 3600):
             raise InvalidInputError(f"PlayStart.heartbeat_interval_s must be in [0.01, 3600], got {hb}")
         return cls(start.world_id, width, height, fps, start.prompt or None, start.encoding or pb.FRAME_ENCODING_JPEG,
-                   quality, clip, not start.no_recording, int(start.seed), hb)
+                   quality, clip, not start.no_recording, int(start.seed), hb, int(start.max_pending_frames))
 
 
 class Outbox:
@@ -166,6 +167,10 @@ class PlaySession:
         self.prompt = options.prompt
         self.error: BaseException | None = None
         self.poses_dropped = 0
+        # At most one clip of poses waits: when generation falls behind, the next clip shows where the player is
+        # now, not where they were a backlog ago (latency stays ~ one clip's generation time).
+        clip_worth = max(options.clip.first_clip_frames, options.clip.new_frames_per_clip)
+        self.max_pending = min(self.limits.max_pending_frames, options.max_pending_frames or clip_worth)
         self.frames_sent = 0
         self.last_seq = 0
         self.last_frame_index = len(entry.world.history) - 1
@@ -228,8 +233,8 @@ class PlaySession:
                     ended |= self._apply(item, pending)
                 while not self.actions.empty():
                     ended |= self._apply(self.actions.get_nowait(), pending)
-                if len(pending) > self.limits.max_pending_frames:  # latest wins
-                    drop = len(pending) - self.limits.max_pending_frames
+                if len(pending) > self.max_pending:  # latest wins
+                    drop = len(pending) - self.max_pending
                     for _ in range(drop):
                         pending.popleft()
                     self.poses_dropped += drop

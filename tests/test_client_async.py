@@ -20,7 +20,7 @@ def server(tmp_path_factory):
 
 
 async def _play(client: AsyncWorldClient, world_id: str, n_frames: int) -> list:
-    session = await client.play(world_id, clip=(2, 4, 2), record=False)
+    session = await client.play(world_id, clip=(2, 4, 2), max_pending_frames=32, record=False)
     await session.send(move_forward=0.5, yaw_rate_rad_s=0.3, dt_s=n_frames / 16)
     frames = [await session.next_frame() for _ in range(n_frames)]
     frames += await session.close()

@@ -55,7 +55,7 @@ def test_render_matches_the_first_frame_region(client, room):
 
 
 def test_play_streams_frames_that_apply_actions(client, room):
-    with client.play("room0", clip=(2, 4, 2), encoding=pb.FRAME_ENCODING_RAW, heartbeat_interval_s=0.2) as s:
+    with client.play("room0", clip=(2, 4, 2), max_pending_frames=32, encoding=pb.FRAME_ENCODING_RAW, heartbeat_interval_s=0.2) as s:
         assert s.started.session_id and s.started.recording_id
         seq = s.send(move_forward=1.0, dt_s=4 / 16)  # 4 frames at 16 fps
         frames = [s.next_frame(timeout_s=60) for _ in range(4)]

@@ -42,7 +42,7 @@ def test_slow_reader_gets_the_latest_frames_and_a_drop_count(tmp_path):
         async def main():
             async with AsyncWorldClient(st.target) as ac:
                 # raw 640x480 frames (~0.9 MB) fill the HTTP/2 windows after a few frames
-                s = await ac.play("slow", clip=(4, 6, 2), width=640, height=480, encoding=pb.FRAME_ENCODING_RAW,
+                s = await ac.play("slow", clip=(4, 6, 2), max_pending_frames=32, width=640, height=480, encoding=pb.FRAME_ENCODING_RAW,
                                   record=False)
                 await s.send(move_forward=0.5, dt_s=24 / 16)  # 24 frames
                 await asyncio.sleep(6.0)  # not reading meanwhile
@@ -61,7 +61,7 @@ def test_pending_poses_beyond_the_limit_are_dropped_oldest_first(tmp_path):
     limits = Limits(max_pending_frames=8)
     with running_server(ServerConfig(data_dir=tmp_path, port=0, limits=limits)) as st, WorldClient(st.target) as c:
         c.create_scene("room", 0, W, H, world_id="p")
-        with c.play("p", clip=(4, 6, 2), record=False) as s:
+        with c.play("p", clip=(8, 10, 2), record=False) as s:  # clip of 8 = limit of 8 pending
             s.send(move_forward=1.0, dt_s=100 / 16)  # 100 poses at once
             frames = [s.next_frame(timeout_s=60) for _ in range(8)]
         assert s.stats[-1].poses_dropped == 92

@@ -26,7 +26,7 @@ def test_restart_lists_the_same_worlds(tmp_path):
     with running_server(config) as st, WorldClient(st.target) as c:
         c.create_scene("room", 0, W, H, world_id="a")
         c.create_scene("house", 1, W, H, world_id="b")
-        with c.play("a", clip=(2, 4, 2), record=False) as s:
+        with c.play("a", clip=(2, 4, 2), max_pending_frames=32, record=False) as s:
             s.send(move_forward=1.0, dt_s=4 / 16)
             played = [s.next_frame(timeout_s=60) for _ in range(4)]
         before = {w.world_id: (w.stats.memory_points, w.stats.history_frames) for w in c.list_worlds()}
@@ -37,7 +37,7 @@ def test_restart_lists_the_same_worlds(tmp_path):
         assert np.allclose(np.asarray(c.get_world("a").current.c2w), current)
         assert np.allclose(current.reshape(4, 4), played[-1].c2w)
         # a world keeps playing where it stopped
-        with c.play("a", clip=(2, 4, 2), record=False) as s:
+        with c.play("a", clip=(2, 4, 2), max_pending_frames=32, record=False) as s:
             s.send(move_forward=1.0, dt_s=2 / 16)
             f = s.next_frame(timeout_s=60)
         assert f.frame_index == 5
@@ -70,7 +70,7 @@ def test_kill_9_mid_session_loses_at_most_the_clip_in_flight(tmp_path):
     try:
         with WorldClient(_target(port_file)) as c:
             c.create_scene("room", 0, W, H, world_id="k")
-            s = c.play("k", clip=(2, 4, 2))
+            s = c.play("k", clip=(2, 4, 2), max_pending_frames=32)
             s.send(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=40 / 16)  # 40 frames of work
             got = [s.next_frame(timeout_s=60) for _ in range(9)]
             os.kill(proc.pid, signal.SIGKILL)
@@ -108,7 +108,7 @@ def test_sigterm_ends_sessions_and_saves_everything(tmp_path):
     try:
         with WorldClient(_target(port_file)) as c:
             c.create_scene("room", 0, W, H, world_id="t")
-            s = c.play("t", clip=(2, 4, 2))
+            s = c.play("t", clip=(2, 4, 2), max_pending_frames=32)
             s.send(move_forward=1.0, dt_s=4 / 16)
             got = [s.next_frame(timeout_s=60) for _ in range(4)]
             proc.send_signal(signal.SIGTERM)

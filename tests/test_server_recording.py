@@ -20,7 +20,7 @@ def played(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     with running_server(ServerConfig(data_dir=data, port=0)) as st, WorldClient(st.target) as c:
         c.create_scene("room", 0, W, H, world_id="r")
-        with c.play("r", clip=(2, 4, 2), fps=8) as s:
+        with c.play("r", clip=(2, 4, 2), max_pending_frames=32, fps=8) as s:
             s.send(move_forward=1.0, dt_s=3 / 8)
             s.send(yaw_rate_rad_s=1.0, dt_s=3 / 8)
             frames = [s.next_frame(timeout_s=60) for _ in range(6)]

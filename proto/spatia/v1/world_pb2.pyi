@@ -258,7 +258,7 @@ class ClipLengths(_message.Message):
     def __init__(self, first_clip_frames: _Optional[int] = ..., clip_frames: _Optional[int] = ..., preceding_frames: _Optional[int] = ...) -> None: ...
 
 class PlayStart(_message.Message):
-    __slots__ = ("world_id", "resolution", "fps", "prompt", "encoding", "jpeg_quality", "clip", "no_recording", "seed", "heartbeat_interval_s")
+    __slots__ = ("world_id", "resolution", "fps", "prompt", "encoding", "jpeg_quality", "clip", "no_recording", "seed", "heartbeat_interval_s", "max_pending_frames")
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +269,7 @@ class PlayStart(_message.Message):
     NO_RECORDING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENDING_FRAMES_FIELD_NUMBER: _ClassVar[int]
     world_id: str
     resolution: Resolution
     fps: float
@@ -279,7 +280,8 @@ class PlayStart(_message.Message):
     no_recording: bool
     seed: int
     heartbeat_interval_s: float
-    def __init__(self, world_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, _Mapping]] = ..., fps: _Optional[float] = ..., prompt: _Optional[str] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., no_recording: _Optional[bool] = ..., seed: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    max_pending_frames: int
+    def __init__(self, world_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, _Mapping]] = ..., fps: _Optional[float] = ..., prompt: _Optional[str] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., no_recording: _Optional[bool] = ..., seed: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., max_pending_frames: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
     __slots__ = ("move_forward", "move_right", "move_up", "yaw_rate_rad_s", "pitch_rate_rad_s", "yaw_delta_rad", "pitch_delta_rad", "sprint", "dt_s", "seq", "client_time_ns")
