@@ -123,8 +123,13 @@ def sift_magsac_inliers(a: np.ndarray, b: np.ndarray, config: SiftMagsacConfig =
         # identical point sets (an image matched with itself): F is undefined (every F with x^T F x = 0 fits);
         # every match is a correct one, which is what the normalisation needs
         return len(pairs)
-    _, inliers = cv2.findFundamentalMat(pa, pb, cv2.USAC_MAGSAC, config.magsac_threshold_px, config.confidence,
-                                        config.max_iters)
+    try:
+        _, inliers = cv2.findFundamentalMat(pa, pb, cv2.USAC_MAGSAC, config.magsac_threshold_px, config.confidence,
+                                            config.max_iters)
+    except cv2.error:
+        # OpenCV asserts when no model fits at all (degenerate configurations, e.g. matches on one line or a
+        # few repeated points): no geometrically consistent correspondences
+        return 0
     return 0 if inliers is None else int(inliers.sum())
 
 
