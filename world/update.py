@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, Union
 
+import numba
 import numpy as np
 
 from world.camera import (
@@ -182,65 +183,84 @@ def _check_map(arr: np.ndarray | None, shape: tuple[int, int], name: str, dtype:
 SLOPE_BASELINE_PX = 3  # pixels between an end and the pixel its inverse-depth slope is measured against
 
 
-def _continuous(inv_a: np.ndarray, slope_a: np.ndarray, inv_b: np.ndarray, slope_b: np.ndarray, span: np.ndarray,
-                gap_rel: float) -> np.ndarray:
-    """True where a plane through end a (inverse depth ``inv_a``, slope ``slope_a`` per pixel towards b) predicts
-    b's depth within ``gap_rel``, or the same from b."""
-    def predicts(inv_from, slope_from, inv_to):
-        pred = inv_from + slope_from * span  # inverse depth predicted at the other end
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (pred > 0) & (np.abs(inv_to / pred - 1.0) <= gap_rel)  # |d_pred - d_to| / d_to
+@numba.njit(cache=True)
+def _end(depth, valid, inv, y, x, dy, dx, H, W, limit, exists):  # pragma: no cover - compiled
+    """(inverse depth, inverse-depth slope into the hole, steps) of the first valid pixel from (y, x) towards
+    (dy, dx); steps = 0 when there is none before the border (``exists`` False: known without walking), -1 when
+    there is one but not within ``limit`` steps (the axis' span then exceeds ``max_span``, so the walk stops)."""
+    if not exists:
+        return 0.0, 0.0, 0
+    k = 1
+    while 0 <= y + k * dy < H and 0 <= x + k * dx < W:
+        if k > limit:
+            return 0.0, 0.0, -1
+        ye, xe = y + k * dy, x + k * dx
+        if valid[ye, xe]:
+            yf, xf = ye + SLOPE_BASELINE_PX * dy, xe + SLOPE_BASELINE_PX * dx
+            slope = 0.0
+            if 0 <= yf < H and 0 <= xf < W and valid[yf, xf]:
+                slope = (inv[ye, xe] - inv[yf, xf]) / SLOPE_BASELINE_PX
+            return inv[ye, xe], slope, k
+        k += 1
+    return 0.0, 0.0, 0
 
-    return predicts(inv_a, slope_a, inv_b) | predicts(inv_b, slope_b, inv_a)
+
+@numba.njit(cache=True)
+def _predicts(inv_from, slope_from, inv_to, span, gap_rel):  # pragma: no cover - compiled
+    pred = inv_from + slope_from * span  # inverse depth predicted at the other end
+    return pred > 0 and abs(inv_to / pred - 1.0) <= gap_rel + 1e-12  # |d_pred - d_to| / d_to
 
 
-def _extend(inv_end: np.ndarray, slope: np.ndarray, dist: np.ndarray, d_end: np.ndarray) -> np.ndarray:
-    """One-sided fill: the end's plane extended ``dist`` pixels (inverse depth affine), unless that more than
-    doubles or halves the depth, then the end's depth unchanged (a long extrapolation is not to be trusted)."""
-    pred = inv_end + slope * dist
-    ok = (pred >= 0.5 * inv_end) & (pred <= 2.0 * inv_end)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ok, 1.0 / pred, d_end)
+@numba.njit(cache=True)
+def _axis(inv_a, slope_a, ka, inv_b, slope_b, kb, gap_rel):  # pragma: no cover - compiled
+    """(estimate, span) along one axis from its two ends (k = 0: that end is missing; -1: beyond the limit)."""
+    if ka < 0 or kb < 0:
+        return 0.0, np.inf
+    if ka > 0 and kb > 0:
+        span = float(ka + kb)
+        if _predicts(inv_a, slope_a, inv_b, span, gap_rel) or _predicts(inv_b, slope_b, inv_a, span, gap_rel):
+            return 1.0 / ((inv_a * kb + inv_b * ka) / span), span  # one surface: inverse-depth interpolation
+        return max(1.0 / inv_a, 1.0 / inv_b), span  # an occlusion edge: the far side
+    if ka > 0 or kb > 0:
+        inv_e, slope_e, k = (inv_a, slope_a, ka) if ka > 0 else (inv_b, slope_b, kb)
+        pred = inv_e + slope_e * k
+        if 0.5 * inv_e <= pred <= 2.0 * inv_e:
+            return 1.0 / pred, 2.0 * k
+        return 1.0 / inv_e, 2.0 * k
+    return 0.0, np.inf
 
 
-def _axis_estimates(depth: np.ndarray, valid: np.ndarray, gap_rel: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel (estimate, span) from the nearest valid pixels left and right along each row (vectorised)."""
+@numba.njit(cache=True, parallel=True)
+def _fill_kernel(depth, valid, gap_rel, max_span, out):  # pragma: no cover - compiled
     H, W = depth.shape
-    cols = np.broadcast_to(np.arange(W), (H, W))
-    rows = np.broadcast_to(np.arange(H)[:, None], (H, W))
-    left = np.maximum.accumulate(np.where(valid, cols, -1), axis=1)  # [H, W] column of nearest valid on the left
-    right = np.minimum.accumulate(np.where(valid, cols, W)[:, ::-1], axis=1)[:, ::-1]
-    has_l, has_r = left >= 0, right < W
-    with np.errstate(divide="ignore"):
-        inv = np.where(valid, 1.0 / np.where(valid, depth, 1.0), 0.0)  # [H, W] inverse depth, 0 where unknown
-
-    def end(col: np.ndarray, has: np.ndarray, outward: int) -> tuple[np.ndarray, np.ndarray]:
-        """(inverse depth, slope per pixel pointing into the hole) at the ends ``col`` (valid where ``has``)."""
-        c = np.clip(col, 0, W - 1)
-        i_end = np.where(has, inv[rows, c], 0.0)
-        c_far = c + outward * SLOPE_BASELINE_PX
-        ok = has & (c_far >= 0) & (c_far < W)
-        c_far = np.clip(c_far, 0, W - 1)
-        ok &= valid[rows, c_far]
-        slope = np.where(ok, (i_end - inv[rows, c_far]) / SLOPE_BASELINE_PX, 0.0)
-        return i_end, slope
-
-    inv_l, slope_l = end(left, has_l, -1)
-    inv_r, slope_r = end(right, has_r, +1)
-    dist_l = (cols - left).astype(np.float64)
-    dist_r = (right - cols).astype(np.float64)
-    both = has_l & has_r
-    span_lr = dist_l + dist_r
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d_l, d_r = 1.0 / inv_l, 1.0 / inv_r
-        interp = 1.0 / ((inv_l * dist_r + inv_r * dist_l) / span_lr)
-        cont = _continuous(inv_l, slope_l, inv_r, slope_r, span_lr, gap_rel)
-        two_sided = np.where(cont, interp, np.maximum(d_l, d_r))
-        one_l = _extend(inv_l, slope_l, dist_l, d_l)
-        one_r = _extend(inv_r, slope_r, dist_r, d_r)
-        est = np.where(both, two_sided, np.where(has_l, one_l, np.where(has_r, one_r, 0.0)))
-    span = np.where(both, span_lr, np.where(has_l, 2 * dist_l, np.where(has_r, 2 * dist_r, np.inf)))
-    return est, span
+    limit = int(min(max_span, H + W))
+    inv = np.zeros((H, W))
+    # first / last valid column of each row and row of each column: whether a walk can find anything at all
+    row_first = np.full(H, W)
+    row_last = np.full(H, -1)
+    col_first = np.full(W, H)
+    col_last = np.full(W, -1)
+    for y in range(H):
+        for x in range(W):
+            if valid[y, x]:
+                inv[y, x] = 1.0 / depth[y, x]
+                row_first[y] = min(row_first[y], x)
+                row_last[y] = max(row_last[y], x)
+                col_first[x] = min(col_first[x], y)
+                col_last[x] = max(col_last[x], y)
+    for y in numba.prange(H):
+        for x in range(W):
+            if valid[y, x]:
+                out[y, x] = depth[y, x]
+                continue
+            il, sl, kl = _end(depth, valid, inv, y, x, 0, -1, H, W, limit, row_first[y] < x)
+            ir, sr, kr = _end(depth, valid, inv, y, x, 0, 1, H, W, limit, row_last[y] > x)
+            iu, su, ku = _end(depth, valid, inv, y, x, -1, 0, H, W, limit, col_first[x] < y)
+            idn, sd, kd = _end(depth, valid, inv, y, x, 1, 0, H, W, limit, col_last[x] > y)
+            est_h, span_h = _axis(il, sl, kl, ir, sr, kr, gap_rel)
+            est_v, span_v = _axis(iu, su, ku, idn, sd, kd, gap_rel)
+            est, span = (est_h, span_h) if span_h <= span_v else (est_v, span_v)
+            out[y, x] = est if (span < np.inf and span <= max_span) else 0.0
 
 
 def fill_holes_background(
@@ -252,19 +272,13 @@ def fill_holes_background(
     """Fill the unknown pixels of a depth map, preferring the far side at occlusion edges (rule above).
 
     Returns ``[H, W]`` float32: ``depth_m`` where ``valid``, the fill elsewhere, 0 where nothing can be inferred.
+    Compiled per-pixel walks (a hole pixel stops at its nearest known pixel on each axis); the plainly written
+    ``_reference_fill_holes_background`` is the same rule in Python, and the tests compare the two.
     """
-    depth = np.asarray(depth_m, dtype=np.float64)
-    valid = np.asarray(valid, dtype=bool) & np.isfinite(depth) & (depth > 0)
-    est_h, span_h = _axis_estimates(depth, valid, gap_rel)
-    est_v, span_v = _axis_estimates(depth.T, valid.T, gap_rel)
-    est_v, span_v = est_v.T, span_v.T
-    use_h = span_h <= span_v
-    est = np.where(use_h, est_h, est_v)
-    span = np.where(use_h, span_h, span_v)
-    fillable = np.isfinite(span)
-    if max_span_px is not None:
-        fillable &= span <= max_span_px
-    out = np.where(valid, depth, np.where(fillable, est, 0.0))
+    depth = np.ascontiguousarray(depth_m, dtype=np.float64)
+    valid = np.ascontiguousarray(np.asarray(valid, dtype=bool) & np.isfinite(depth) & (depth > 0))
+    out = np.zeros(depth.shape, np.float64)
+    _fill_kernel(depth, valid, float(gap_rel), np.inf if max_span_px is None else float(max_span_px), out)
     return out.astype(np.float32)
 
 

@@ -54,19 +54,39 @@ def _project_source(rgb, depth_m, src, c2w_src, dst, c2w_dst):
 
 
 @numba.njit(cache=True)
-def _splat_kernel(u, v, z, colors, size, height, width, out_rgb, out_depth):  # pragma: no cover - compiled
-    for i in range(u.shape[0]):
-        s = size[i]
-        # the square of side s centred on (u, v): pixel columns floor(u - s/2) .. + s - 1
-        x0 = int(np.floor(u[i] - 0.5 * s + 0.5))
-        y0 = int(np.floor(v[i] - 0.5 * s + 0.5))
-        for y in range(max(y0, 0), min(y0 + s, height)):
-            for x in range(max(x0, 0), min(x0 + s, width)):
-                if out_depth[y, x] == 0.0 or z[i] <= out_depth[y, x]:  # ties: the later point wins, as in the reference
-                    out_depth[y, x] = z[i]
-                    out_rgb[y, x, 0] = colors[i, 0]
-                    out_rgb[y, x, 1] = colors[i, 1]
-                    out_rgb[y, x, 2] = colors[i, 2]
+def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth):  # pragma: no cover
+    """Per source pixel: unproject (pixel centre + 0.5), move into the target camera (R, t: source camera ->
+    target camera), project, splat a square of the projected size; nearest depth wins, ties to the later pixel."""
+    h, w = depth.shape
+    H, W = out_depth.shape
+    for y in range(h):
+        for x in range(w):
+            z_s = depth[y, x]
+            if not (z_s > 0.0):  # 0 = unknown (NaN compares false too)
+                continue
+            px = (x + 0.5 - s_cx) / s_fx * z_s
+            py = (y + 0.5 - s_cy) / s_fy * z_s
+            qx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * z_s + t[0]
+            qy = R[1, 0] * px + R[1, 1] * py + R[1, 2] * z_s + t[1]
+            qz = R[2, 0] * px + R[2, 1] * py + R[2, 2] * z_s + t[2]
+            if qz <= 1e-6:
+                continue
+            u = d_fx * qx / qz + d_cx
+            v = d_fy * qy / qz + d_cy
+            if abs(u) > 1e7 or abs(v) > 1e7:
+                continue
+            scale = (d_fx / s_fx) * z_s / max(qz, 1e-9)
+            s = min(max(int(np.ceil(scale - 1e-6)), 1), MAX_SPLAT_PX)
+            x0 = int(np.floor(u - 0.5 * s + 0.5))
+            y0 = int(np.floor(v - 0.5 * s + 0.5))
+            zf = np.float32(qz)
+            for yy in range(max(y0, 0), min(y0 + s, H)):
+                for xx in range(max(x0, 0), min(x0 + s, W)):
+                    if out_depth[yy, xx] == 0.0 or zf <= out_depth[yy, xx]:  # ties: the later pixel wins, as in the reference
+                        out_depth[yy, xx] = zf
+                        out_rgb[yy, xx, 0] = rgb[y, x, 0]
+                        out_rgb[yy, xx, 1] = rgb[y, x, 1]
+                        out_rgb[yy, xx, 2] = rgb[y, x, 2]
 
 
 def warp_rgbd(
@@ -79,11 +99,12 @@ def warp_rgbd(
 ) -> WarpResult:
     """Forward-warp a source RGB-D frame into the target camera; nearest surface wins per target pixel."""
     _check(rgb, depth_m, src)
-    u, v, z, colors, size = _project_source(rgb, depth_m, src, c2w_src, dst, c2w_dst)
+    rel = np.linalg.inv(np.asarray(c2w_dst, np.float64)) @ np.asarray(c2w_src, np.float64)  # source cam -> target cam
     out_rgb = np.zeros((dst.height, dst.width, 3), np.uint8)
     out_depth = np.zeros((dst.height, dst.width), np.float32)
-    finite = np.isfinite(u) & np.isfinite(v) & (np.abs(u) < 1e7) & (np.abs(v) < 1e7)
-    _splat_kernel(u[finite], v[finite], z[finite], colors[finite], size[finite], dst.height, dst.width, out_rgb, out_depth)
+    _warp_kernel(np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy, src.cx,
+                 src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx,
+                 dst.cy, out_rgb, out_depth)
     return WarpResult(out_rgb, out_depth, out_depth > 0)
 
 
