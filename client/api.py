@@ -88,7 +88,8 @@ def scene_request(name: str, seed: int, width: int, height: int, fov_deg: float 
         name=name, seed=seed, resolution=pb.Resolution(width=width, height=height), fov_deg=fov_deg))
 
 
-def play_start(world_id: str, *, width: int | None = None, height: int | None = None, fps: float = 0.0, prompt: str = "",
+def play_start(world_id: str, *, width: int | None = None, height: int | None = None, fps: float = 0.0,
+               prompt: str = "",
                encoding: int = pb.FRAME_ENCODING_JPEG, jpeg_quality: int = 0, clip: tuple[int, int, int] | None = None,
                record: bool = True, seed: int = 0, heartbeat_interval_s: float = 0.0,
                max_pending_frames: int = 0) -> pb.PlayStart:
@@ -170,7 +171,8 @@ class WorldClient:
     def create_world(self, request: pb.CreateWorldRequest) -> pb.WorldInfo:
         return self._unary(self.stub.CreateWorld, request)
 
-    def create_scene(self, name: str = "room", seed: int = 0, width: int = 640, height: int = 360, **kw) -> pb.WorldInfo:
+    def create_scene(self, name: str = "room", seed: int = 0, width: int = 640, height: int = 360,
+                     **kw) -> pb.WorldInfo:
         return self.create_world(scene_request(name, seed, width, height, **kw))
 
     @_wrap
@@ -199,14 +201,19 @@ class WorldClient:
 
     # ---- generation ----
     def generate(self, world_id: str, c2w: np.ndarray, *, prompt: str = "", seed: int = 0,
-                 encoding: int = pb.FRAME_ENCODING_PNG, clip: tuple[int, int, int] | None = None) -> Iterator[DecodedFrame]:
+                 encoding: int = pb.FRAME_ENCODING_PNG,
+                 clip: tuple[int, int, int] | None = None) -> Iterator[DecodedFrame]:
         """Frames for the trajectory ``c2w`` [N, 4, 4] (world frame), in order."""
         req = pb.GenerateRequest(world_id=world_id, trajectory=trajectory_to_proto(c2w), prompt=prompt, seed=seed,
                                  encoding=encoding)
         if clip is not None:
             req.clip.CopyFrom(pb.ClipLengths(first_clip_frames=clip[0], clip_frames=clip[1], preceding_frames=clip[2]))
-        for f in _wrap_iter(self.stub.Generate(req, metadata=self.metadata)):
-            yield decode(f)
+        call = self.stub.Generate(req, metadata=self.metadata)
+        try:
+            for f in _wrap_iter(call):
+                yield decode(f)
+        finally:
+            call.cancel()  # closing the iterator early ends the call (no-op when it completed)
 
     def play(self, world_id: str, **start) -> "PlaySession":
         """Start a Play session (keywords: see ``play_start``); raises when the server refuses it."""
@@ -236,8 +243,12 @@ class WorldClient:
 
     def replay(self, recording_id: str, start_frame: int = 0, speed: float = 0.0) -> Iterator[DecodedFrame]:
         req = pb.ReplayRequest(recording_id=recording_id, start_frame=start_frame, speed=speed)
-        for f in _wrap_iter(self.stub.Replay(req, metadata=self.metadata)):
-            yield decode(f)
+        call = self.stub.Replay(req, metadata=self.metadata)
+        try:
+            for f in _wrap_iter(call):
+                yield decode(f)
+        finally:
+            call.cancel()
 
     @_wrap
     def health(self, service: str = "") -> int:

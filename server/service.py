@@ -311,7 +311,8 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
                                  data=encode_image(f.rgb, encoding, quality), session_frame=n)
                 n += 1
                 if not outbox.put_blocking(loop, frame):
-                    break  # the client went away; the clip in progress still commits (see Engine.generate)
+                    break  # the client went away: the clip in progress is abandoned before its memory update;
+                    # the world keeps every clip already committed
             entry.clips_generated = engine.clips_done
             entry.save()
 

@@ -7,7 +7,8 @@ Three parts, all bounded:
 - the *driver* task integrates actions into poses at the session's fps (``ActionIntegrator``) and, whenever the
   world's worker thread is free and poses are pending, runs one clip of up to a clip's worth of them. Pending
   poses are capped at one clip's worth (and ``Limits.max_pending_frames``); beyond, the oldest are dropped
-  (latest wins: a slow generator never builds up lag). Idle actions (no movement, no look) add no poses: with no movement the server
+  (latest wins: a slow generator never builds up lag). Idle actions (no movement, no look) add no poses: with
+  no movement the server
   generates nothing and sends a ``Heartbeat`` every ``heartbeat_interval_s``;
 - the *outbox* holds responses for the client; it keeps at most ``Limits.frame_queue`` frames and drops the
   oldest frame when a new one arrives to a full queue (latest wins; ``SessionStats.frames_dropped`` counts them).
@@ -177,7 +178,8 @@ class PlaySession:
         world = entry.world
         K = world.intrinsics
         self.out_size = (options.width or K.width, options.height or K.height)
-        self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if self.out_size != (K.width, K.height) else K)
+        resized = self.out_size != (K.width, K.height)
+        self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if resized else K)
         self.integrator = integrator_at(world.origin_c2w, world.current_c2w if world.current_c2w is not None
                                         else world.origin_c2w, ControlConfig(fps=options.fps))
         self.recorder = None

@@ -55,7 +55,8 @@ def test_render_matches_the_first_frame_region(client, room):
 
 
 def test_play_streams_frames_that_apply_actions(client, room):
-    with client.play("room0", clip=(2, 4, 2), max_pending_frames=32, encoding=pb.FRAME_ENCODING_RAW, heartbeat_interval_s=0.2) as s:
+    with client.play("room0", clip=(2, 4, 2), max_pending_frames=32, encoding=pb.FRAME_ENCODING_RAW,
+                     heartbeat_interval_s=0.2) as s:
         assert s.started.session_id and s.started.recording_id
         seq = s.send(move_forward=1.0, dt_s=4 / 16)  # 4 frames at 16 fps
         frames = [s.next_frame(timeout_s=60) for _ in range(4)]
@@ -83,6 +84,22 @@ def test_generate_follows_the_trajectory(client, room):
     assert len(frames) == 5
     assert np.allclose(np.stack([f.c2w for f in frames]), poses)
     assert frames[0].rgb.shape == (H, W, 3)
+
+
+def test_generate_cancelled_by_the_client_releases_the_world(client, room):
+    import time
+
+    origin = np.asarray(room.origin.c2w).reshape(4, 4)
+    poses = np.repeat(origin[None], 40, axis=0)
+    frames = client.generate("room0", poses, clip=(2, 4, 2))
+    first = next(frames)
+    frames.close()  # cancels the call
+    deadline = time.monotonic() + 30
+    while client.get_world("room0").controlled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client.get_world("room0").controlled
+    history = client.get_world("room0").stats.history_frames
+    assert first.frame_index <= history < first.frame_index + 40  # stopped early, whole clips only
 
 
 def test_edit_remove_and_recolor(client, room):

@@ -42,8 +42,8 @@ def test_slow_reader_gets_the_latest_frames_and_a_drop_count(tmp_path):
         async def main():
             async with AsyncWorldClient(st.target) as ac:
                 # raw 640x480 frames (~0.9 MB) fill the HTTP/2 windows after a few frames
-                s = await ac.play("slow", clip=(4, 6, 2), max_pending_frames=32, width=640, height=480, encoding=pb.FRAME_ENCODING_RAW,
-                                  record=False)
+                s = await ac.play("slow", clip=(4, 6, 2), max_pending_frames=32, width=640, height=480,
+                                  encoding=pb.FRAME_ENCODING_RAW, record=False)
                 await s.send(move_forward=0.5, dt_s=24 / 16)  # 24 frames
                 await asyncio.sleep(6.0)  # not reading meanwhile
                 frames = await s.close()
