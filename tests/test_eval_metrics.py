@@ -157,3 +157,10 @@ def test_camera_control_recovers_known_offsets(room):
     assert s["recovered_fraction"] == pytest.approx(0.75)
     with pytest.raises(InvalidInputError):
         camera_control_errors(frames[:2], commanded, truth, K)
+
+
+def test_match_accuracy_is_undefined_on_a_textureless_first_image():
+    from model.eval.metrics import MatchAccuracy
+
+    flat = np.full((64, 96, 3), 128, np.uint8)
+    assert MatchAccuracy()(flat, flat) is None

@@ -138,8 +138,9 @@ class MatchAccuracy:
 
     def __init__(self, roma_weights: str | Path | None = None, dinov2_weights: str | Path | None = None,
                  device: str = "cpu", sift: SiftMagsacConfig = SiftMagsacConfig(),
-                 roma_certainty: float = 0.5):
+                 roma_certainty: float = 0.5, min_self_matches: int = 16):
         self.sift = sift
+        self.min_self_matches = min_self_matches
         self.roma_certainty = roma_certainty
         self._roma = None
         self.note = ""
@@ -163,10 +164,13 @@ class MatchAccuracy:
             return sift_magsac_inliers(a, b, self.sift)
         return _roma_confident_matches(self._roma, a, b, self.roma_certainty, self._device)
 
-    def __call__(self, first: np.ndarray, last: np.ndarray) -> float:
-        """Normalised match count in [0, ~1]; 0 when the first image has no self-matches (nothing to match)."""
+    def __call__(self, first: np.ndarray, last: np.ndarray) -> float | None:
+        """Normalised match count in [0, ~1]; None (undefined, left out of means) when the first image has too
+        few self-matches to normalise by (a textureless view: SIFT finds almost no keypoints)."""
         own = self.count(first, first)
-        return 0.0 if own == 0 else self.count(first, last) / own
+        if own < self.min_self_matches:
+            return None
+        return self.count(first, last) / own
 
 
 def _load_roma(weights: str | Path, dinov2_weights: str | Path | None, device: str):

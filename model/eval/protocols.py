@@ -24,10 +24,9 @@ What the generator may see of that frame is the baseline's ``mode``:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -376,6 +375,3 @@ def ablation_voxel(config: EvalConfig, sides_m: Sequence[float] = (0.01, 0.03, 0
     return {"protocol": "ablation-voxel", "table": 7, "rows": rows, "frames": config.gt_frames,
             "wall_s": time.perf_counter() - t0}
 
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x
