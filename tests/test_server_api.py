@@ -201,3 +201,33 @@ def test_reflection_lists_the_service(server):
         resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in resp.list_services_response.service}
     assert {"spatia.v1.WorldService", "grpc.health.v1.Health"} <= names
+
+
+def test_official_case_world_and_official_trajectory(client):
+    import json
+    from pathlib import Path
+
+    case = Path(__file__).resolve().parents[1] / "assets" / "cases" / "case_1"
+    norm = [float(v) for v in (case / "intrinsics.txt").read_text().strip().strip("[]").split()]
+    lines = [line for line in (case / "w2c.txt").read_text().splitlines() if line.strip()]
+    w2c = [np.asarray(json.loads(line)) for line in lines[:40]]  # the test server allows 64 poses
+    official = pb.OfficialTrajectory(
+        w2c=[pb.Pose(c2w=m.reshape(16).tolist()) for m in w2c],
+        intrinsics=pb.NormalizedIntrinsics(fx_over_width=norm[0], fy_over_height=norm[1], cx_over_width=norm[2],
+                                           cy_over_height=norm[3]),
+    )
+    info = client.create_world(pb.CreateWorldRequest(world_id="case1", official_case=pb.CaseSource(
+        image=(case / "img.jpg").read_bytes(), intrinsics=official.intrinsics, trajectory=official, width=64)))
+    assert info.source == "case:case" and info.intrinsics.width == 64
+    assert len(info.case_trajectory.poses) == len(w2c)
+    short = pb.OfficialTrajectory(w2c=official.w2c[:3], intrinsics=official.intrinsics)
+    req = pb.GenerateRequest(world_id="case1", official=short, clip=pb.ClipLengths(first_clip_frames=3, clip_frames=3))
+    frames = list(client.stub.Generate(req))
+    expected = np.stack([np.asarray(p.c2w).reshape(4, 4) for p in info.case_trajectory.poses[:3]])
+    assert np.allclose(np.stack([np.asarray(f.pose.c2w).reshape(4, 4) for f in frames]), expected, atol=1e-9)
+    wrong = pb.OfficialTrajectory(w2c=official.w2c[:3], intrinsics=pb.NormalizedIntrinsics(
+        fx_over_width=2.0, fy_over_height=2.0, cx_over_width=0.5, cy_over_height=0.5))
+    with pytest.raises(grpc.RpcError) as exc:
+        list(client.stub.Generate(pb.GenerateRequest(world_id="case1", official=wrong)))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    client.delete_world("case1")
