@@ -113,6 +113,35 @@ def test_edit_remove_and_recolor(client, room):
     assert np.all(after.rgb[after.valid] == [255, 0, 0]) and not np.array_equal(before.rgb, after.rgb)
 
 
+def test_edit_move_insert_remove_counts(client, room):
+    import pathlib
+    import tempfile
+
+    from world.memory import SpatialMemory
+
+    before = client.get_world("room0").stats.memory_points
+    box = pb.Region(box=pb.BoxRegion(center=pb.Vec3(), half_extents_m=pb.Vec3(x=100, y=100, z=100)))
+    far = pb.Region(sphere=pb.SphereRegion(center=pb.Vec3(x=1000.0), radius_m=1.0))  # nothing there
+    assert client.edit(pb.EditRequest(world_id="room0", remove=pb.RemoveEdit(region=far))).points_affected == 0
+    moved = client.edit(pb.EditRequest(world_id="room0", move=pb.MoveEdit(region=box, translation_m=pb.Vec3())))
+    assert moved.points_affected == before
+    mem = SpatialMemory()
+    pts = np.stack(np.meshgrid(np.arange(5), np.arange(5), np.arange(5)), -1).reshape(-1, 3) * 0.05 + 50.0
+    mem.insert(pts, np.full((len(pts), 3), 200, np.uint8))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "cube.ply"
+        mem.save_ply(path)
+        ply = path.read_bytes()
+    ins = client.edit(pb.EditRequest(world_id="room0", insert=pb.InsertEdit(ply=ply)))
+    assert ins.points_affected == 125 and ins.stats.memory_points == before + 125
+    cube = pb.Region(sphere=pb.SphereRegion(center=pb.Vec3(x=50.1, y=50.1, z=50.1), radius_m=1.0))
+    gone = client.edit(pb.EditRequest(world_id="room0", remove=pb.RemoveEdit(region=cube)))
+    assert gone.points_affected == 125 and gone.stats.memory_points == before
+    with pytest.raises(WorldServiceError) as exc:
+        client.edit(pb.EditRequest(world_id="room0", insert=pb.InsertEdit(ply=b"ply\nnot really")))
+    assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_export_import_round_trip(client, room):
     snap = client.export_world("room0")
     info = client.import_world(snap, world_id="room0-copy")

@@ -126,3 +126,23 @@ def test_sigterm_ends_sessions_and_saves_everything(tmp_path):
     (rec,) = (tmp_path / "data" / "recordings").glob("t.*.mcap")
     summary = summarize(rec)
     assert summary.complete and summary.frames == len(got)
+
+
+def test_shutdown_reports_not_serving_to_health_watchers(tmp_path):
+    import threading
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from server.testing import ServerThread
+
+    st = ServerThread(ServerConfig(data_dir=tmp_path, port=0))
+    st.start()
+    with grpc.insecure_channel(st.target) as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="spatia.v1.WorldService"))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopper = threading.Thread(target=st.stop, kwargs={"grace_s": 2.0})
+        stopper.start()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stopper.join(timeout=30)
+    assert not stopper.is_alive()
