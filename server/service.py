@@ -27,7 +27,7 @@ from server.config import ServerConfig
 from server.errors import OutOfRangeError, UnavailableError, streaming, unary
 from server.recording import recorded_frames, summarize
 from server.session import Outbox, PlayOptions, PlaySession
-from server.store import WorldEntry, WorldStore, check_world_id
+from server.store import WorldEntry, WorldStore
 from world.actions import ClipConfig
 from world.engine import EngineConfig
 from world.errors import InvalidInputError, LimitExceededError, NotFoundError
