@@ -425,19 +425,21 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         speed = request.speed
         if not (np.isfinite(speed) and speed >= 0):
             raise InvalidInputError(f"speed must be >= 0, got {speed}")
-        frames = await asyncio.to_thread(lambda: list(recorded_frames(path, int(request.start_frame))))
-        if not frames and request.start_frame > 0:
+        frames = recorded_frames(path, int(request.start_frame))  # read lazily, off the loop, frame by frame
+        item = await asyncio.to_thread(next, frames, None)
+        if item is None and request.start_frame > 0:
             total = (await asyncio.to_thread(summarize, path)).frames
             raise OutOfRangeError(f"start_frame {request.start_frame} is past the end ({total} frames recorded)")
-        t0_rec = frames[0][0] if frames else 0
+        t0_rec = item[0] if item else 0
         t0 = time.monotonic()
-        for log_time, frame in frames:
-            if speed > 0:
-                due = (log_time - t0_rec) / 1e9 / speed
-                delay = due - (time.monotonic() - t0)
+        while item is not None:
+            log_time, frame = item
+            if speed > 0:  # recorded pace / speed, from the first frame sent
+                delay = (log_time - t0_rec) / 1e9 / speed - (time.monotonic() - t0)
                 if delay > 0:
                     await asyncio.sleep(delay)
             yield frame
+            item = await asyncio.to_thread(next, frames, None)
 
 
 def _insert(mem, cloud) -> int:
