@@ -553,9 +553,11 @@ def _running_mean(old, sample, w, recip):
 @nb.njit(cache=True)
 def merge_samples(
     s_keys, s_offs, s_rgb, s_idx, start, frame_index, weight_cap,
-    keys, offsets, colors, counts, last_seen, table, n, n_before, touched,
+    keys, offsets, colors, counts, last_seen, table, n, n_before, touched, refresh_existing,
 ):
     """Fold samples ``start..`` in order into the memory; stops early when the point arrays are full.
+    With ``refresh_existing`` False, points that existed before this batch keep their colour and position (only
+    their count and last-seen frame move): new content may add points, never repaint remembered ones.
 
     Returns (next sample to process, new point count n, points created, distinct pre-existing points updated).
     """
@@ -590,11 +592,12 @@ def merge_samples(
                 i += 1
                 continue
         c = np.int64(counts[j])
-        w = min(c, weight_cap)
-        recip = (np.int64(1) << _RECIP_SHIFT) // (2 * (w + 1)) + 1
-        for a in range(3):
-            colors[j, a] = _running_mean(np.int64(colors[j, a]), np.int64(s_rgb[i, a]), w, recip)
-            offsets[j, a] = _running_mean(np.int64(offsets[j, a]), np.int64(s_offs[i, a]), w, recip)
+        if refresh_existing or j >= n_before:
+            w = min(c, weight_cap)
+            recip = (np.int64(1) << _RECIP_SHIFT) // (2 * (w + 1)) + 1
+            for a in range(3):
+                colors[j, a] = _running_mean(np.int64(colors[j, a]), np.int64(s_rgb[i, a]), w, recip)
+                offsets[j, a] = _running_mean(np.int64(offsets[j, a]), np.int64(s_offs[i, a]), w, recip)
         counts[j] = min(c + 1, MAX_COUNT)
         if frame_index > last_seen[j]:
             last_seen[j] = frame_index

@@ -198,9 +198,11 @@ class SpatialMemory:
         c2w: np.ndarray,  # [4, 4] camera-to-world
         frame_index: int,
         exclude_mask: np.ndarray | None = None,  # [H, W] bool, True = never written (dynamic entities)
+        refresh_existing: bool = True,
     ) -> IntegrateStats:
         """Fold one RGB-D frame into the memory (the paper's memory update, with dynamic regions excluded as in
-        the official code's ``mask & ~mask_image``)."""
+        the official code's ``mask & ~mask_image``). ``refresh_existing=False``: voxels that already hold a point
+        keep its colour and position (their count and last-seen frame still advance); only new voxels are added."""
         h, w = intrinsics.height, intrinsics.width
         rgb = _image(rgb, h, w)
         depth = np.asarray(depth_m)
@@ -228,7 +230,7 @@ class SpatialMemory:
         )
         if np.any(s_idx == -3):
             raise InvalidInputError("depth puts points out of the voxel key range (+-2**20 voxels): scene too large")
-        return self._merge(s_keys, s_offs, rgb.reshape(-1, 3), s_idx, frame_index)
+        return self._merge(s_keys, s_offs, rgb.reshape(-1, 3), s_idx, frame_index, refresh_existing)
 
     def integrate_points(self, points: np.ndarray, colors: np.ndarray, frame_index: int) -> IntegrateStats:
         """Fold world points ``[N, 3]`` (metres) with colours ``[N, 3]`` uint8 in, with the same running means as
@@ -239,7 +241,7 @@ class SpatialMemory:
             raise InvalidInputError("points out of the voxel key range (+-2**20 voxels): scene too large")
         return self._merge(s_keys, s_offs, cols, s_idx, _frame_index(frame_index))
 
-    def _merge(self, s_keys, s_offs, s_rgb, s_idx, frame_index: int) -> IntegrateStats:
+    def _merge(self, s_keys, s_offs, s_rgb, s_idx, frame_index: int, refresh_existing: bool = True) -> IntegrateStats:
         n_before = self._n
         touched = np.zeros(n_before, np.bool_)
         created = updated = 0
@@ -248,7 +250,7 @@ class SpatialMemory:
             start, self._n, c, u = K.merge_samples(
                 s_keys, s_offs, s_rgb, s_idx, start, frame_index, int(self.config.max_mean_weight),
                 self._keys, self._offsets, self._colors, self._counts, self._last, self._table,
-                self._n, n_before, touched,
+                self._n, n_before, touched, refresh_existing,
             )
             created += c
             updated += u

@@ -626,7 +626,7 @@ class MemoryLike(Protocol):
     def render(self, intrinsics: Intrinsics, c2w: np.ndarray, return_point_ids: bool = False) -> Any: ...
 
     def integrate(self, rgb: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
-                  frame_index: int, exclude_mask: np.ndarray | None = None) -> Any: ...
+                  frame_index: int, exclude_mask: np.ndarray | None = None, refresh_existing: bool = True) -> Any: ...
 
 
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
@@ -741,7 +741,9 @@ def update_memory(
         exclude = dyn
         if not config.integrate_observed:
             exclude = valid if dyn is None else (valid | dyn)
-        stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude)
+        # a hole pixel may still land in an occupied voxel (a pinhole, a grazing surface): it must not repaint it
+        stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude,
+                                 refresh_existing=config.integrate_observed)
         new, upd = int(stats.new_points), int(stats.updated_points)
         report.new_points += new
         report.updated_points += upd
