@@ -1,0 +1,80 @@
+"""Play session pieces without a network: PlayStart validation, actions, resuming the camera where it stopped."""
+
+import math
+
+import numpy as np
+import pytest
+
+from proto.spatia.v1 import world_pb2 as pb
+from server.config import ServerConfig
+from server.session import PlayOptions, action_from_proto, integrator_at
+from world.actions import Action, ActionIntegrator, ControlConfig
+from world.camera import look_at
+from world.errors import InvalidInputError
+
+CONFIG = ServerConfig()
+
+
+def test_play_options_defaults():
+    o = PlayOptions.from_proto(pb.PlayStart(world_id="w"), CONFIG)
+    assert (o.width, o.height, o.fps, o.encoding, o.jpeg_quality) == (None, None, 16.0, pb.FRAME_ENCODING_JPEG, 85)
+    assert (o.clip.first_clip_frames, o.clip.clip_frames, o.clip.preceding_frames) == (4, 6, 2)
+    assert o.record and o.heartbeat_interval_s == 1.0 and o.max_pending_frames == 0
+
+
+@pytest.mark.parametrize("start, words", [
+    (pb.PlayStart(), "world_id"),
+    (pb.PlayStart(world_id="w", resolution=pb.Resolution(width=0, height=10)), "at least 1x1"),
+    (pb.PlayStart(world_id="w", resolution=pb.Resolution(width=5000, height=5000)), "max_image_pixels"),
+    (pb.PlayStart(world_id="w", fps=-1), "fps"),
+    (pb.PlayStart(world_id="w", fps=float("nan")), "fps"),
+    (pb.PlayStart(world_id="w", jpeg_quality=101), "jpeg_quality"),
+    (pb.PlayStart(world_id="w", encoding=17), "encoding"),
+    (pb.PlayStart(world_id="w", clip=pb.ClipLengths(first_clip_frames=0, clip_frames=6, preceding_frames=2)),
+     "first_clip_frames"),
+    (pb.PlayStart(world_id="w", clip=pb.ClipLengths(first_clip_frames=4, clip_frames=2, preceding_frames=2)),
+     "clip_frames"),
+    (pb.PlayStart(world_id="w", heartbeat_interval_s=-1), "heartbeat_interval_s"),
+])
+def test_play_options_reject_bad_values_by_name(start, words):
+    with pytest.raises(InvalidInputError, match=words):
+        PlayOptions.from_proto(start, CONFIG)
+
+
+@pytest.mark.parametrize("field, value", [("move_forward", float("nan")), ("move_right", 1.5),
+                                          ("yaw_rate_rad_s", float("inf")), ("dt_s", -0.1), ("dt_s", 11.0)])
+def test_bad_actions_are_named(field, value):
+    with pytest.raises(InvalidInputError, match=field):
+        action_from_proto(pb.Action(**{field: value}))
+
+
+def test_action_fields_map_one_to_one():
+    a = action_from_proto(pb.Action(move_forward=0.5, move_right=-0.25, move_up=1.0, yaw_rate_rad_s=0.1,
+                                    pitch_rate_rad_s=-0.2, yaw_delta_rad=0.3, pitch_delta_rad=0.05, sprint=True,
+                                    dt_s=0.1, seq=7))
+    assert a == Action(0.5, -0.25, 1.0, 0.1, -0.2, 0.3, 0.05, True, 0.1, 7)
+
+
+def test_integrator_resumes_exactly_where_play_stopped():
+    """Reference: one integrator running through all actions; resumed: a new integrator from the pose reached."""
+    origin = look_at(np.array([0.3, -1.2, -2.0]), np.array([0.0, -1.0, 1.0]))
+    config = ControlConfig(fps=10)
+    first = [Action(move_forward=1, yaw_rate_rad_s=0.7, pitch_rate_rad_s=0.4, dt_s=0.5)]
+    second = [Action(move_forward=1, move_right=0.5, yaw_rate_rad_s=-0.3, dt_s=0.5)]
+    reference = ActionIntegrator(origin, config)
+    reference.run(first)
+    expected = reference.run(second)
+    stopped = ActionIntegrator(origin, config)
+    stopped.run(first)
+    resumed = integrator_at(origin, stopped.c2w, config)
+    assert math.isclose(resumed.pitch_rad, stopped.pitch_rad, abs_tol=1e-9)
+    np.testing.assert_allclose(resumed.run(second), expected, atol=1e-9)
+
+
+def test_integrator_falls_back_when_the_pose_has_roll():
+    origin = np.eye(4)
+    rolled = np.eye(4)
+    c, s = math.cos(0.3), math.sin(0.3)
+    rolled[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]  # roll about the optical axis
+    integ = integrator_at(origin, rolled, ControlConfig())
+    np.testing.assert_allclose(integ.c2w, rolled, atol=1e-12)
