@@ -296,16 +296,7 @@ class PlaySession:
             for resp in self._call:
                 kind = resp.WhichOneof("kind")
                 if kind == "frame":
-                    while True:
-                        try:
-                            self._frames.put_nowait(resp.frame)
-                            break
-                        except queue.Full:
-                            try:
-                                self._frames.get_nowait()
-                                self.frames_dropped += 1
-                            except queue.Empty:
-                                pass
+                    self._put_latest(resp.frame)
                 elif kind == "stats":
                     self.stats.append(resp.stats)
                 elif kind == "heartbeat":
@@ -314,7 +305,20 @@ class PlaySession:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self.error = _translate(exc)
         finally:
-            self._frames.put(None)  # end marker (the queue has room: the reader is its only producer)
+            self._put_latest(None)  # end marker; never blocks, even when nobody reads
+
+    def _put_latest(self, item) -> None:
+        """Queue ``item``; when full, drop the oldest frame first (latest wins). The reader is the only producer."""
+        while True:
+            try:
+                self._frames.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self._frames.get_nowait()
+                    self.frames_dropped += 1
+                except queue.Empty:
+                    pass
 
     @property
     def session_id(self) -> str:
