@@ -178,6 +178,39 @@ def flow_matching_loss(model: SpatiaTransformer3DModel, batch: Batch, draw: Nois
     return torch.mean((pred[:, :, k + known:].float() - target) ** 2)
 
 
+def reference_flow_matching_loss(model: SpatiaTransformer3DModel, batch: Batch, draw: NoiseDraw) -> torch.Tensor:
+    """Slow, plainly written version of ``flow_matching_loss`` (fp32, no autocast): the network input is built frame
+    by frame, one network call per sample, and the squared error summed frame by frame. Tests and the benchmark
+    compare the fast loss with it."""
+    k, known, prec = batch.num_references, batch.num_known, batch.num_preceding
+    total, count = 0.0, 0
+    for b in range(batch.latents.shape[0]):
+        x0 = batch.latents[b:b + 1].float()
+        s, a = float(draw.sigma[b]), float(draw.aug_sigma[b])
+        frames, steps = [], []
+        for j in range(k):  # references: clean, t = 0
+            frames.append(batch.references[b:b + 1, :, j:j + 1].float())
+            steps.append(0.0)
+        for j in range(x0.shape[2]):
+            clean = x0[:, :, j:j + 1]
+            if j < prec:  # preceding clip: low-noise augmented, t = 0
+                frames.append((1 - a) * clean + a * draw.aug_noise[b:b + 1, :, j:j + 1])
+                steps.append(0.0)
+            elif j < known:  # TI2V first frame: clean, t = 0
+                frames.append(clean)
+                steps.append(0.0)
+            else:  # target: x_sigma, t = 1000 sigma
+                frames.append((1 - s) * clean + s * draw.noise[b:b + 1, :, j:j + 1])
+                steps.append(s * 1000.0)
+        pred = model(torch.cat(frames, dim=2), torch.tensor([steps]), batch.text[b:b + 1],
+                     control_latents=batch.control[b:b + 1], num_ref_frames=k)
+        for j in range(known, x0.shape[2]):
+            v = draw.noise[b:b + 1, :, j] - x0[:, :, j]
+            total = total + ((pred[:, :, k + j].float() - v) ** 2).sum()
+            count += v.numel()
+    return total / count
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Stages
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,5 +504,5 @@ def steps_per_second(state: TrainState) -> float:
 
 
 __all__ = ["TrainConfig", "TrainState", "Trainer", "Batch", "NoiseDraw", "collate", "draw_noise",
-           "flow_matching_loss", "prepare_stage", "trained_names", "plot_losses", "resolve_checkpoint",
+           "flow_matching_loss", "reference_flow_matching_loss", "prepare_stage", "trained_names", "plot_losses", "resolve_checkpoint",
            "steps_per_second"]
