@@ -40,6 +40,12 @@ class GeometricConfig:
     # and keeps the reference's full resolution; from farther away it would only blur what the memory shows.
     sharpen_max_rotation_deg: float = 10.0
     sharpen_max_translation_m: float = 0.15
+    # A reference from (almost) the very same viewpoint is a direct observation of what this view shows: it wins
+    # over the memory everywhere it sees, also where the memory holds a point in front (invented geometry that
+    # the reference saw through). From farther away a reference can miss occluders outside its field of view,
+    # so this applies only within these bounds.
+    trust_max_rotation_deg: float = 2.0
+    trust_max_translation_m: float = 0.03
     small_hole_px: int = 24  # holes spanning at most this many pixels get the background-preferring fill
     backdrop_percentile: float = 95.0  # the backdrop sits at this percentile of the depth the clip's render sees
     default_backdrop_m: float = 6.0  # when the memory shows nothing at all
@@ -150,32 +156,37 @@ class GeometricGenerator:
     def _apply_references(
         self,
         rgb: np.ndarray,  # [H, W, 3] uint8, memory render, modified in place
-        depth: np.ndarray,  # [H, W] float32, modified in place
-        valid: np.ndarray,  # [H, W] bool, modified in place
+        depth: np.ndarray,  # [H, W] float32, memory render depth (read only)
+        valid: np.ndarray,  # [H, W] bool, where the memory rendered (read only)
         c2w: np.ndarray,  # [4, 4] the target pose
         request: ClipRequest,
         references: list[ReferenceFrame],
-    ) -> None:
-        """Warp the nearest references (by pose) into this target: they fill holes, and sharpen from close by."""
+    ) -> np.ndarray:
+        """Warp the nearest references (by pose) into this target: they fill colour holes, and sharpen from close
+        by. Returns the colour-valid mask. Depth stays the memory's: a warp fattens near surfaces by its splat,
+        and points placed with that depth would float in front of the background."""
         cfg = self.config
+        colored = valid.copy()
 
         def distance(ref: ReferenceFrame) -> float:  # 10 cm of travel weigh like one degree of turn
             return rotation_angle_deg(ref.c2w, c2w) + 10.0 * translation_distance_m(ref.c2w, c2w)
 
         for ref in sorted(references, key=distance)[: cfg.max_reference_warps]:
-            close = (rotation_angle_deg(ref.c2w, c2w) <= cfg.sharpen_max_rotation_deg
-                     and translation_distance_m(ref.c2w, c2w) <= cfg.sharpen_max_translation_m)
+            rot, trans = rotation_angle_deg(ref.c2w, c2w), translation_distance_m(ref.c2w, c2w)
+            close = rot <= cfg.sharpen_max_rotation_deg and trans <= cfg.sharpen_max_translation_m
+            same_view = rot <= cfg.trust_max_rotation_deg and trans <= cfg.trust_max_translation_m
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
-            new = warped.valid & ~valid
-            take = new
-            if close:
+            take = warped.valid & ~colored
+            if same_view:
+                take = warped.valid
+            elif close:
                 agree = warped.valid & valid & (
                     np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6)
                 )
-                take = take | agree
+                take |= agree
             rgb[take] = warped.rgb[take]
-            depth[new] = warped.depth_m[new]
-            valid |= new
+            colored |= take
+        return colored
 
     def generate(self, request: ClipRequest) -> ClipResult:
         proj = request.target_projection
@@ -186,11 +197,10 @@ class GeometricGenerator:
         layout = estimate_layout(request, self.config)
         for t in range(n):
             rgb = proj.rgb[t].copy()
-            depth = proj.depth_m[t].astype(np.float32, copy=True)
-            valid = proj.valid[t].copy()
-            if refs:
-                self._apply_references(rgb, depth, valid, request.target_c2w[t], request, refs)
-            frames[t] = pushpull_fill(rgb, valid)
+            depth = proj.depth_m[t]
+            valid = proj.valid[t]
+            colored = self._apply_references(rgb, depth, valid, request.target_c2w[t], request, refs) if refs else valid
+            frames[t] = pushpull_fill(rgb, colored)
             filled = fill_holes_background(depth, valid, max_span_px=self.config.small_hole_px)
             unseen = filled <= 0
             if unseen.any():

@@ -42,6 +42,11 @@ class EngineConfig:
     use_references: bool = True  # Table 4 ablation
     update_memory: bool = True  # False: the memory stays as created (a "no memory update" baseline)
     update: UpdateConfig = field(default_factory=UpdateConfig)
+    # Departure from Algorithm 1, which may return fewer than K frames: the free slots go to the history frames
+    # nearest in pose to the clip's sampled targets and its last target (pose retrieval, as WorldMem and VMem do).
+    # Stored view-specific voxel sets are computed against the memory of their time, so an exact revisit of an
+    # early view can score below later, denser views; the pose catches it.
+    fill_references_by_pose: bool = True
 
     def __post_init__(self) -> None:
         if self.num_references < 0:
@@ -107,28 +112,33 @@ class Engine:
 
     def _references(self, target_c2w: np.ndarray, exclude_from: int) -> list[ReferenceFrame]:
         history = self.world.history
-        if not self.config.use_references or self.config.num_references == 0 or exclude_from <= 0:
+        k = self.config.num_references
+        if not self.config.use_references or k == 0 or exclude_from <= 0:
             return []
         found = retrieve_reference_frames(
             history,
             target_c2w,
             self.world.intrinsics,
             _TargetKeys(self.world, target_c2w),
-            k=self.config.num_references,
+            k=k,
             eps=self.config.retrieval_eps,
             method=self.config.retrieval_method,
             candidates=range(0, exclude_from),
         )
+        chosen = [r.frame_index for r in found]
+        if self.config.fill_references_by_pose and len(chosen) < k:
+            chosen += _nearest_pose_frames(history.poses()[:exclude_from], target_c2w, k, exclude=set(chosen))[: k - len(chosen)]
+        scores = {r.frame_index: float(r.score) for r in found}
         return [
             ReferenceFrame(
-                frame_index=r.frame_index,
-                rgb=history.get_rgb(r.frame_index),
-                c2w=history.get_pose(r.frame_index),
-                intrinsics=history.intrinsics(r.frame_index),
-                score=float(r.score),
-                depth_m=history.get_depth(r.frame_index),
+                frame_index=i,
+                rgb=history.get_rgb(i),
+                c2w=history.get_pose(i),
+                intrinsics=history.intrinsics(i),
+                score=scores.get(i, 0.0),
+                depth_m=history.get_depth(i),
             )
-            for r in found
+            for i in chosen
         ]
 
     def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
@@ -238,6 +248,27 @@ class Engine:
             clip = ClipConfig(clip.new_frames_per_clip, clip.clip_frames, clip.preceding_frames)
         for span in chunk_clips(len(poses), clip):
             yield from self.generate_clip(poses[span.start : span.stop], prompt, seed)
+
+
+def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Degrees of relative rotation + 10 x metres between camera centres, for ``a`` ``[N, 4, 4]`` vs ``b`` ``[4, 4]``."""
+    cos = (np.einsum("nij,ij->n", a[:, :3, :3], b[:3, :3]) - 1.0) / 2.0  # trace(A^T B) = sum(A * B)
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return angle + 10.0 * np.linalg.norm(a[:, :3, 3] - b[:3, 3], axis=1)
+
+
+def _nearest_pose_frames(candidates_c2w: np.ndarray, target_c2w: np.ndarray, k: int, exclude: set[int]) -> list[int]:
+    """History frames nearest in pose to every k-th target and to the last one, nearest first, distinct."""
+    if len(candidates_c2w) == 0:
+        return []
+    sample = sorted(set(range(0, len(target_c2w), max(k, 1))) | {len(target_c2w) - 1}, reverse=True)
+    best: dict[int, float] = {}
+    for t in sample:
+        d = _pose_distance(candidates_c2w, target_c2w[t])
+        i = int(np.argmin(d))
+        if i not in exclude:
+            best[i] = min(best.get(i, np.inf), float(d[i]))
+    return sorted(best, key=best.get)
 
 
 def _clip_seed(seed: int, clip_id: int) -> int:
