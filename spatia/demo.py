@@ -130,7 +130,7 @@ def run_demo(opts: DemoOptions) -> dict:
     kwargs = {"weights_dir": opts.weights} if opts.weights else {}
     generator = make_generator(opts.generator, **kwargs)
     engine = Engine(world, generator, EngineConfig(clip=ClipConfig(first_clip_frames=33, clip_frames=41, preceding_frames=9)))
-    first = world.history.get_rgb(0).copy()
+    first = world.first_image  # the conditioning image itself (lossless), not the history's JPEG copy
     frames: list[np.ndarray] = []
     t0 = time.perf_counter()
     # The path's frame 0 is the first image's own pose; the world already holds that frame, so generate the rest.

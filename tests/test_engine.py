@@ -67,9 +67,10 @@ def test_closed_loop_with_geometric_generator_returns_to_the_first_image(box_roo
     world, first = _world(box_room)
     path = out_and_back_path(world.origin_c2w, 41)
     frames = list(Engine(world, GeometricGenerator(), EngineConfig(clip=CLIPS)).generate(path[1:], seed=3))
-    assert psnr(frames[-1].rgb, first) >= 30.0
+    final = psnr(frames[-1].rgb, first)
+    assert final >= 30.0
     # the far point of the loop looks elsewhere, so it is not a copy of the first image
-    assert psnr(frames[len(frames) // 2].rgb, first) < 20.0
+    assert psnr(frames[len(frames) // 2].rgb, first) < final - 10.0
 
 
 def test_same_seed_same_frames(box_room):

@@ -132,7 +132,7 @@ class Engine:
         return [
             ReferenceFrame(
                 frame_index=i,
-                rgb=history.get_rgb(i),
+                rgb=self._first_frame() if i == 0 else history.get_rgb(i),  # frame 0: the lossless original
                 c2w=history.get_pose(i),
                 intrinsics=history.intrinsics(i),
                 score=scores.get(i, 0.0),
@@ -140,6 +140,9 @@ class Engine:
             )
             for i in chosen
         ]
+
+    def _first_frame(self) -> np.ndarray:
+        return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
 
     def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
         """The conditioning of the next clip (paper Fig. 2c): projection, preceding frames, references, text."""
@@ -165,7 +168,7 @@ class Engine:
             references=self._references(target_c2w, exclude_from=n_hist - m),
             prompt=prompt,
             seed=seed,
-            first_frame=history.get_rgb(0) if first_clip and n_hist else None,
+            first_frame=self._first_frame() if first_clip and n_hist else None,
             world_up=-self.world.origin_c2w[:3, 1],  # DESIGN.md: up = -y of the first camera
         )
 

@@ -44,6 +44,7 @@ class World:
     memory: SpatialMemory
     history: FrameStore
     current_c2w: np.ndarray | None = None  # [4, 4] where the last session left the camera
+    first_image: np.ndarray | None = None  # [H, W, 3] uint8, the conditioning image, lossless (history frames are JPEG)
 
     # ---- creation ----------------------------------------------------------------------------------------
 
@@ -76,7 +77,7 @@ class World:
         static_depth = depth if dynamic is None else np.where(dynamic, 0.0, depth).astype(np.float32)
         history.add(rgb, pose, intrinsics, memory.visible_voxel_keys(intrinsics, pose), depth_m=static_depth)
         info = WorldInfo(world_id or uuid.uuid4().hex[:12], source, prompt)
-        return cls(info, intrinsics, pose, memory, history, current_c2w=pose.copy())
+        return cls(info, intrinsics, pose, memory, history, current_c2w=pose.copy(), first_image=rgb.copy())
 
     @classmethod
     def from_scene(
@@ -165,6 +166,7 @@ class World:
             "current_c2w": self.current_c2w if self.current_c2w is not None else self.origin_c2w,
             "memory": {"config": asdict(self.memory.config), "arrays": self.memory.to_arrays()},
             "history": self.history.to_arrays(),  # carries its own config and version
+            "first_image": self.first_image,
         }
 
     @classmethod
@@ -180,6 +182,7 @@ class World:
                 memory=memory,
                 history=history,
                 current_c2w=np.asarray(doc["current_c2w"], dtype=np.float64),
+                first_image=doc.get("first_image"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"world snapshot is missing or has malformed fields ({exc!r})") from None
