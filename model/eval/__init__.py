@@ -51,11 +51,31 @@ def run_protocol(name: str, config: EvalConfig, metrics: Metrics | None = None, 
         results = [run[t]() for t in tables]
     else:
         raise InvalidInputError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    code = code_version()
     for r in results:
         r["command"] = command
+        r["code_version"] = code
         r["config"] = config.to_json()
         r["metrics"] = metrics.describe()
     return results
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the numbers came from, and whether tracked files differed from it (the world core is shared)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
+    return {"commit": head.stdout.strip(), "dirty": bool(changed), "changed_files": changed}
 
 
 __all__ = ["EvalConfig", "Metrics", "PROTOCOLS", "run_protocol"]
