@@ -152,6 +152,9 @@ def run_demo(opts: DemoOptions) -> dict:
         "memory_bytes_per_point": round(float(world.memory.bytes_per_point), 2),
         "closed_loop_psnr": _finite_db(psnr(frames[-1], first)) if closed_loop else None,
         "closed_loop_ssim": round(ssim(frames[-1], first), 4) if closed_loop else None,
+        # the memory alone (no reference frames) rendered at the final pose: how much the point cloud remembers
+        "closed_loop_memory_psnr": _finite_db(psnr(world.memory.render(world.intrinsics, path[-1]).rgb, first))
+        if closed_loop else None,
         "generator": generator.name,
         "source": world.info.source,
         "seed": opts.seed,
