@@ -176,3 +176,20 @@ def test_trainer_rejects_empty_data():
     with pytest.raises(InvalidInputError):
         Trainer(tiny_model(), [], _fast(1, 1))
     np.testing.assert_equal(len(collate([])), 0)
+
+
+def test_spatia_train_command(tmp_path):
+    """``spatia train`` end to end on a tiny model and one procedural video: checkpoint, export, plot, summary."""
+    import json
+
+    from spatia.cli import main
+
+    argv = ["train", "--tiny", "--procedural", "1", "--procedural-frames", "16", "--width", "32", "--height", "32",
+            "--target-frames", "4", "--preceding-frames", "5", "--references", "2", "--voxel-size", "0.05",
+            "--samples", "2", "--val-samples", "1", "--steps", "2", "--lr", "1e-3", "--no-progress",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert (tmp_path / "checkpoints" / "stage-1" / "latest").read_text() == "step-0000002"
+    assert convert.read_manifest(tmp_path / "weights-stage-1")["files"]["lora"] is None
+    assert (tmp_path / "losses-stage-1.png").stat().st_size > 0
+    assert main(argv[:-2] + ["--out", str(tmp_path / "s2"), "--stage", "2"]) == 2  # stage 2 needs --init

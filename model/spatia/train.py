@@ -305,8 +305,10 @@ class Trainer:
         """Frozen weights in bf16 on GPU (half the memory of the 5B main stream), trained ones in fp32."""
         self.model.to(self.device)
         if self.device.type == "cuda" and self._low_precision_storage():
-            for p in self.model.parameters():
-                if not p.requires_grad:
+            # Norms, modulation tables and the time embedder stay fp32, as diffusers keeps them under a bf16 load.
+            keep = tuple(getattr(self.model, "_keep_in_fp32_modules", None) or ())
+            for name, p in self.model.named_parameters():
+                if not p.requires_grad and not any(k in name.split(".") for k in keep):
                     p.data = p.data.to(torch.bfloat16)
         for _, p in self.trained:
             p.data = p.data.float()
