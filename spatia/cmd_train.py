@@ -39,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     clip.add_argument("--preceding-frames", type=int, default=9)
     clip.add_argument("--first-clip-prob", type=float, default=0.0)
     clip.add_argument("--references", type=int, default=7)
+    clip.add_argument("--retrieval", choices=("paper", "official"), default="paper",
+                      help="paper: Algorithm 1 (voxel IoU); official: shared points + Hungarian matching")
+    clip.add_argument("--candidate-stride", type=int, default=1,
+                      help="keep every n-th candidate frame for retrieval (official: 4 at 24 fps)")
     clip.add_argument("--voxel-size", type=float, default=0.01, help="metres")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=int, default=None, help="default: 8000 (stage 1), 5000 (stage 2)")
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     sample_config = SampleConfig(
         target_frames=args.target_frames, preceding_frames=args.preceding_frames,
         first_clip_prob=args.first_clip_prob, num_references=args.references, voxel_size_m=args.voxel_size,
+        retrieval_method=args.retrieval, candidate_stride=args.candidate_stride,
         width=width, height=height,
     )
     depth_estimator = None

@@ -104,6 +104,17 @@ def test_references_are_the_best_overlapping_candidates():
     assert ref.score > 0.2
 
 
+def test_official_retrieval_and_candidate_stride():
+    video = box_video()
+    config = SampleConfig(target_frames=4, preceding_frames=5, num_references=2, voxel_size_m=0.05,
+                          retrieval_method="official", candidate_stride=2)
+    sample = SampleBuilder(config).build(video, np.random.default_rng(3))
+    clip = set(range(sample.target_start - 5, sample.target_start + 4))
+    assert sample.references  # one target view (official stride 12 > 4 frames): one reference
+    for ref in sample.references:
+        assert ref.frame_index % 2 == 0 and ref.frame_index not in clip and ref.score > 0
+
+
 def test_dynamic_regions_stay_out_of_the_point_cloud():
     n = 24
     everything = np.ones((n, SIZE, SIZE), bool)

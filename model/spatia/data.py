@@ -413,6 +413,8 @@ class SampleConfig:
             raise InvalidInputError("preceding_frames = 0 means first-clip samples only: set first_clip_prob = 1")
         if self.num_references < 0 or self.candidate_stride < 1 or self.cloud_frames < 1:
             raise InvalidInputError("num_references >= 0, candidate_stride >= 1 and cloud_frames >= 1 are required")
+        if self.retrieval_method not in ("paper", "official"):
+            raise InvalidInputError(f"retrieval_method must be 'paper' or 'official', got {self.retrieval_method!r}")
         if (self.width is None) != (self.height is None):
             raise InvalidInputError("give both width and height, or neither")
 
@@ -510,7 +512,8 @@ class SampleBuilder:
             target_c2w = video.c2w[t_start:t_stop]
             target_keys = _LazyKeys(memory, K, target_c2w)
             found = retrieve_reference_frames(store, target_c2w, K, target_keys, k=c.num_references,
-                                              eps=c.retrieval_eps, method=c.retrieval_method)
+                                              eps=c.retrieval_eps, method=c.retrieval_method,
+                                              candidate_stride=1)  # the store holds the kept candidates only
             for r in found:
                 i = int(kept[r.frame_index])
                 references.append(ReferenceFrame(i, self._frame(video, i), video.c2w[i].copy(), K, float(r.score)))
@@ -641,7 +644,9 @@ def build_latent_samples(videos: Sequence[TrainingVideo], count: int, builder: S
     config_tag = json.dumps(asdict(builder.config), sort_keys=True)
     for j in tqdm(range(count), desc="samples", disable=not progress, leave=False):
         video = videos[j % len(videos)]
-        key = f"{video.name}|{j}|{seed}|{config_tag}"
+        # The poses identify the video beyond its name (two folders may share a name).
+        poses_tag = hashlib.sha1(np.ascontiguousarray(video.c2w, dtype=np.float64).tobytes()).hexdigest()[:12]
+        key = f"{video.name}|{poses_tag}|{j}|{seed}|{config_tag}"
         if cache is not None and key in cache:
             out.append(cache.get(key))
             continue
