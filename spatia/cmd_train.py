@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                              "checkpoint); stage 2 needs stage-1 weights")
     p.add_argument("--prompt-embeddings", type=Path, help="precomputed prompt embeddings (skips UMT5-XXL)")
     data = p.add_argument_group("data")
-    data.add_argument("--data", type=Path, action="append", default=[], help="a video folder (repeatable)")
+    data.add_argument("--data", type=Path, action="extend", nargs="+", default=[],
+                      help="video folders in the plain format (docs/TRAINING.md)")
     data.add_argument("--re10k", action="append", default=[], help="CAMERA_FILE:FRAMES_DIR[:DEPTH_DIR] (repeatable)")
     data.add_argument("--spatialvid", action="append", default=[], help="ANNOTATION_DIR:FRAMES_DIR[:DEPTH.npy]")
     data.add_argument("--procedural", type=int, default=0, help="number of built-in procedural scene videos")
@@ -139,6 +140,16 @@ def run(args: argparse.Namespace) -> int:
                                  progress=progress)
     val = build_latent_samples(videos, args.val_samples, builder, vae, prompts, seed=args.seed + 1_000_003,
                                cache=cache, progress=progress) if args.val_samples else []
+
+    # The VAE and the text encoder (UMT5-XXL: ~11 GB) are only needed to build latents: release them for training.
+    del vae, prompts
+    if args.tiny:
+        del gen
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     config = TrainConfig(
         stage=args.stage, steps=args.steps if args.steps is not None else (8000 if args.stage == 1 else 5000),
