@@ -155,6 +155,7 @@ def test_camera_control_recovers_known_offsets(room):
     assert not errs[3].recovered  # a black frame anchors nothing
     s = summarize_pose_errors(errs)
     assert s["recovered_fraction"] == pytest.approx(0.75)
+    assert s["rotation_deg_median"] <= s["rotation_deg_max"] and s["translation_cm_max"] > 2.0
     with pytest.raises(InvalidInputError):
         camera_control_errors(frames[:2], commanded, truth, K)
 

@@ -68,7 +68,7 @@ def test_closed_loop_with_memory_beats_without_memory(tmp_path):
     assert with_mem["lpips_c"] is None and result["metrics"]["lpips"]["reason"]  # unavailable, never faked
     assert with_mem["match_acc"] >= without["match_acc"]
     cc = with_mem["camera_control"]
-    assert cc["recovered_fraction"] > 0.5 and cc["rotation_deg_mean"] < 3.0
+    assert cc["recovered_fraction"] > 0.5 and cc["rotation_deg_median"] < 3.0
     write_json(tmp_path / "r.json", result)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["command"] == "spatia eval closed-loop --items 2" and doc["config"]["seed"] == 0

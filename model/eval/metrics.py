@@ -277,17 +277,17 @@ def camera_control_errors(
 
 
 def summarize_pose_errors(errors: Sequence[PoseError]) -> dict[str, float | None]:
-    """Mean / max rotation (deg) and translation (cm) over the recovered frames, and the recovered fraction."""
+    """Median / mean / max rotation (deg) and translation (cm) over the recovered frames, and the recovered
+    fraction. The median is the headline: a single frame where odometry locks onto invented content can be off
+    by metres and would dominate a mean."""
     ok = [e for e in errors if e.recovered]
-    if not errors:
-        return {"rotation_deg_mean": None, "translation_cm_mean": None, "rotation_deg_max": None,
-                "translation_cm_max": None, "recovered_fraction": None}
-    rot = [e.rotation_deg for e in ok]
-    tr = [e.translation_cm for e in ok]
-    return {
-        "rotation_deg_mean": float(np.mean(rot)) if ok else None,
-        "translation_cm_mean": float(np.mean(tr)) if ok else None,
-        "rotation_deg_max": float(np.max(rot)) if ok else None,
-        "translation_cm_max": float(np.max(tr)) if ok else None,
-        "recovered_fraction": len(ok) / len(errors),
-    }
+    keys = [f"{q}_{s}" for q in ("rotation_deg", "translation_cm") for s in ("median", "mean", "max")]
+    if not ok:
+        return {**{k: None for k in keys}, "recovered_fraction": (0.0 if errors else None)}
+    out: dict[str, float | None] = {}
+    for name, vals in (("rotation_deg", [e.rotation_deg for e in ok]), ("translation_cm", [e.translation_cm for e in ok])):
+        out[f"{name}_median"] = float(np.median(vals))
+        out[f"{name}_mean"] = float(np.mean(vals))
+        out[f"{name}_max"] = float(np.max(vals))
+    out["recovered_fraction"] = len(ok) / len(errors)
+    return out

@@ -89,10 +89,10 @@ def _f(x: Any, digits: int = 2) -> str:
 
 def _camera(row: dict[str, Any]) -> str:
     cc = row.get("camera_control") or {}
-    if cc.get("rotation_deg_mean") is None:
+    if cc.get("rotation_deg_median") is None:
         frac = cc.get("recovered_fraction")
         return "n/a" if frac is None else f"not recovered ({frac:.0%})"
-    return (f"{cc['rotation_deg_mean']:.2f} deg / {cc['translation_cm_mean']:.1f} cm"
+    return (f"{cc['rotation_deg_median']:.2f} deg / {cc['translation_cm_median']:.1f} cm"
             f" ({cc['recovered_fraction']:.0%})")
 
 
@@ -104,7 +104,7 @@ def markdown(result: dict[str, Any]) -> str:
     """The result as a Markdown table in the layout of the paper's table for this protocol."""
     protocol = result["protocol"]
     lines = [f"### {TABLE_TITLES.get(protocol, protocol)}", "", f"`{result.get('command', '')}`", ""]
-    cam = "Camera error (rot / trans, recovered)"
+    cam = "Camera error (median rot / trans, recovered)"
     if protocol == "closed-loop":
         lines += [f"| Method | PSNR_C ↑ | SSIM_C ↑ | LPIPS_C ↓ | Match Acc ↑ | {cam} ↓ |", "|---|---|---|---|---|---|"]
         for row in result["rows"]:
