@@ -166,7 +166,7 @@ class GeometricGenerator:
         by. Returns the colour-valid mask. Depth stays the memory's: a warp fattens near surfaces by its splat,
         and points placed with that depth would float in front of the background."""
         cfg = self.config
-        colored = valid.copy()
+        claimed = np.zeros_like(valid)  # pixels a nearer reference already set: nearest first, first claim wins
 
         def distance(ref: ReferenceFrame) -> float:  # 10 cm of travel weigh like one degree of turn
             return rotation_angle_deg(ref.c2w, c2w) + 10.0 * translation_distance_m(ref.c2w, c2w)
@@ -176,17 +176,15 @@ class GeometricGenerator:
             close = rot <= cfg.sharpen_max_rotation_deg and trans <= cfg.sharpen_max_translation_m
             same_view = rot <= cfg.trust_max_rotation_deg and trans <= cfg.trust_max_translation_m
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
-            take = warped.valid & ~colored
+            allowed = ~valid  # holes of the memory
             if same_view:
-                take = warped.valid
+                allowed = np.ones_like(valid)
             elif close:
-                agree = warped.valid & valid & (
-                    np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6)
-                )
-                take |= agree
+                allowed = allowed | (np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6))
+            take = warped.valid & ~claimed & allowed
             rgb[take] = warped.rgb[take]
-            colored |= take
-        return colored
+            claimed |= take
+        return valid | claimed
 
     def generate(self, request: ClipRequest) -> ClipResult:
         proj = request.target_projection

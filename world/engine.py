@@ -42,10 +42,11 @@ class EngineConfig:
     use_references: bool = True  # Table 4 ablation
     update_memory: bool = True  # False: the memory stays as created (a "no memory update" baseline)
     update: UpdateConfig = field(default_factory=UpdateConfig)
-    # Departure from Algorithm 1, which may return fewer than K frames: the free slots go to the history frames
-    # nearest in pose to the clip's sampled targets and its last target (pose retrieval, as WorldMem and VMem do).
-    # Stored view-specific voxel sets are computed against the memory of their time, so an exact revisit of an
-    # early view can score below later, denser views; the pose catches it.
+    # Departure from Algorithm 1: the history frame nearest in pose to the clip's last target always gets a slot
+    # (replacing the weakest retrieved one when all K are taken), and free slots go to the frames nearest to the
+    # sampled targets (pose retrieval, as WorldMem and VMem do). Stored view-specific voxel sets are computed
+    # against the memory of their time, so an exact revisit of an early view can score below later, denser views;
+    # the pose catches it, and where a clip ends is what the next clip continues from.
     fill_references_by_pose: bool = True
 
     def __post_init__(self) -> None:
@@ -126,8 +127,12 @@ class Engine:
             candidates=range(0, exclude_from),
         )
         chosen = [r.frame_index for r in found]
-        if self.config.fill_references_by_pose and len(chosen) < k:
-            chosen += _nearest_pose_frames(history.poses()[:exclude_from], target_c2w, k, exclude=set(chosen))[: k - len(chosen)]
+        if self.config.fill_references_by_pose:
+            by_pose = _nearest_pose_frames(history.poses()[:exclude_from], target_c2w, k, exclude=set(chosen))
+            if by_pose and len(chosen) >= k:  # the view nearest to where the clip ends always gets a slot
+                weakest = min(found, key=lambda r: r.score).frame_index
+                chosen = [i for i in chosen if i != weakest]
+            chosen += by_pose[: k - len(chosen)]
         scores = {r.frame_index: float(r.score) for r in found}
         return [
             ReferenceFrame(
@@ -261,17 +266,22 @@ def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _nearest_pose_frames(candidates_c2w: np.ndarray, target_c2w: np.ndarray, k: int, exclude: set[int]) -> list[int]:
-    """History frames nearest in pose to every k-th target and to the last one, nearest first, distinct."""
+    """History frames nearest in pose to the last target (first in the list) and to every k-th target (then by
+    distance), distinct, none from ``exclude``."""
     if len(candidates_c2w) == 0:
         return []
-    sample = sorted(set(range(0, len(target_c2w), max(k, 1))) | {len(target_c2w) - 1}, reverse=True)
+    last = len(target_c2w) - 1
+    out: list[int] = []
+    d = _pose_distance(candidates_c2w, target_c2w[last])
+    if int(np.argmin(d)) not in exclude:
+        out.append(int(np.argmin(d)))
     best: dict[int, float] = {}
-    for t in sample:
+    for t in range(0, len(target_c2w), max(k, 1)):
         d = _pose_distance(candidates_c2w, target_c2w[t])
         i = int(np.argmin(d))
-        if i not in exclude:
+        if i not in exclude and i not in out:
             best[i] = min(best.get(i, np.inf), float(d[i]))
-    return sorted(best, key=best.get)
+    return out + sorted(best, key=best.get)
 
 
 def _clip_seed(seed: int, clip_id: int) -> int:
