@@ -1,0 +1,365 @@
+"""``SpatiaWorldEnv``: a Spatia world as a Gymnasium 1.x environment (ids ``SpatiaWorld-v0``,
+``SpatiaWorldDiscrete-v0``; importing ``client`` registers them).
+
+One ``step`` = one action held for ``1 / fps`` seconds = one generated frame, the same path a Play session takes
+(``world.actions.ActionIntegrator`` -> pose -> ``Engine`` clip -> memory update). Two back ends, same behaviour:
+
+- in-process (default): ``world.state.World`` + ``world.engine.Engine`` + ``model.make_generator(generator)``,
+  no network;
+- remote (``server="host:port"`` or a shared ``client=WorldClient``): every step is one ``Generate`` RPC for the
+  step's pose (the pose is integrated here, so both back ends walk identically); the env deletes the worlds it
+  created when it resets or closes. Several envs may share one ``WorldClient`` = one gRPC channel
+  (``make_vector_env``).
+
+Observation: ``rgb`` uint8 [H, W, 3], or with ``observation="dict"`` a Dict of ``rgb``, ``depth_m`` (float32
+[H, W] z-depth of the spatial memory at the pose, metres, 0 = no point) and ``pose`` (float64 [4, 4] c2w, world
+frame, OpenCV camera axes). The reset observation is the memory rendered at the start pose (identical in both
+back ends; a fresh world's memory is its conditioning image lifted to 3D, so it shows that image).
+
+Reward: pluggable ``reward_fn(info) -> float``; the built-in ``ExplorationReward`` pays for newly observed
+memory voxels (growth of ``SpatialMemory.num_points``: one point per 5 cm voxel), the exploration signal of the
+issue. Truncation at ``max_episode_steps``; nothing terminates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from world.actions import Action, ActionIntegrator, ControlConfig
+from world.errors import InvalidInputError
+
+# Discrete actions: index -> (move_forward, move_right, move_up, yaw sign, pitch sign)
+DISCRETE_ACTIONS: tuple[tuple[str, tuple[float, float, float, float, float]], ...] = (
+    ("noop", (0, 0, 0, 0, 0)),
+    ("forward", (1, 0, 0, 0, 0)),
+    ("back", (-1, 0, 0, 0, 0)),
+    ("left", (0, -1, 0, 0, 0)),
+    ("right", (0, 1, 0, 0, 0)),
+    ("turn_left", (0, 0, 0, -1, 0)),
+    ("turn_right", (0, 0, 0, 1, 0)),
+    ("look_up", (0, 0, 0, 0, 1)),
+    ("look_down", (0, 0, 0, 0, -1)),
+    ("up", (0, 0, 1, 0, 0)),
+    ("down", (0, 0, -1, 0, 0)),
+)
+
+
+@dataclass(frozen=True)
+class ExplorationReward:
+    """Reward = newly observed memory voxels this step x ``per_voxel`` (the memory keeps one point per voxel, so
+    point growth is voxel growth). Edits and dynamic exclusion can shrink the memory; shrinking is not punished."""
+
+    per_voxel: float = 1e-3  # a 128x96 frame looking at new ground adds a few hundred voxels -> ~0.1-1 per step
+
+    def __call__(self, info: dict[str, Any]) -> float:
+        return max(0, int(info["new_memory_points"])) * self.per_voxel
+
+
+RewardFn = Callable[[dict[str, Any]], float]
+
+
+class _LocalBackend:
+    """The world core in this process: one ``World`` + ``Engine`` per episode."""
+
+    def __init__(self, generator: str, generator_kwargs: dict[str, Any]) -> None:
+        from model import make_generator
+
+        self.generator = make_generator(generator, **generator_kwargs)
+        self.engine = None
+
+    def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
+        """Start an episode's world; returns its origin c2w [4, 4]."""
+        from world.actions import ClipConfig
+        from world.engine import Engine, EngineConfig
+        from world.state import World
+
+        if "world_id" in options:
+            raise InvalidInputError("options['world_id'] needs a server (SpatiaWorldEnv(server=...)); "
+                                    "in-process use options={'world': World}")
+        if "world" in options:
+            world = options["world"]
+        elif "image" in options:
+            from world.images import load_depth, load_rgb
+
+            rgb = options["image"] if isinstance(options["image"], np.ndarray) else load_rgb(options["image"])
+            depth = options.get("depth")
+            if depth is not None and not isinstance(depth, np.ndarray):
+                depth = load_depth(depth)
+            world = World.from_image(rgb, depth_m=depth, prompt=prompt)
+        else:
+            world = World.from_scene(options.get("scene", "room"), seed, width, height, fov_deg=fov_deg, prompt=prompt)
+        # One frame per step: a clip of one new frame continuing from one preceding frame (the Play loop's rule).
+        self.engine = Engine(world, self.generator, EngineConfig(clip=ClipConfig(1, 2, 1)))
+        return world.current_c2w.copy() if world.current_c2w is not None else world.origin_c2w.copy()
+
+    @property
+    def intrinsics(self):
+        return self.engine.world.intrinsics
+
+    def frame(self, c2w: np.ndarray, prompt: str | None, seed: int) -> np.ndarray:
+        frames = list(self.engine.generate_clip(c2w[None], prompt, seed))  # pulling all runs the memory update
+        return frames[-1].rgb
+
+    def render(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = self.engine.world.memory.render(self.intrinsics, c2w)
+        return r.rgb, r.depth_m
+
+    def memory_points(self) -> int:
+        return int(self.engine.world.memory.num_points)
+
+    def close(self) -> None:
+        self.engine = None
+
+
+class _RemoteBackend:
+    """A server through ``client.api.WorldClient`` (never server internals)."""
+
+    def __init__(self, server: str | None, client, token: str | None) -> None:
+        from client.api import WorldClient
+
+        self.owns_client = client is None
+        self.client = client if client is not None else WorldClient(server, token=token)
+        self.world_id: str | None = None
+        self.created = False
+        self.K = None
+
+    def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
+        from proto.spatia.v1.convert import pose_array
+
+        self._drop_created()
+        if "world_id" in options:
+            info = self.client.get_world(options["world_id"])
+            self.created = False
+        elif "image" in options:
+            raise InvalidInputError("options['image'] with a server: create the world first (WorldClient.create_world) "
+                                    "and pass options={'world_id': ...}")
+        else:
+            info = self.client.create_scene(options.get("scene", "room"), seed, width, height, fov_deg=fov_deg,
+                                            prompt=prompt)
+            self.created = True
+        self.world_id = info.world_id
+        self.K = (info.intrinsics.width, info.intrinsics.height)
+        return pose_array(info.current if info.HasField("current") else info.origin)
+
+    def frame(self, c2w: np.ndarray, prompt: str | None, seed: int) -> np.ndarray:
+        frames = list(self.client.generate(self.world_id, c2w[None], prompt=prompt or "", seed=seed, clip=(1, 2, 1)))
+        return frames[-1].rgb
+
+    def render(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = self.client.render(self.world_id, c2w)
+        return r.rgb, r.depth_m
+
+    def memory_points(self) -> int:
+        return int(self.client.get_world(self.world_id).stats.memory_points)
+
+    def _drop_created(self) -> None:
+        if self.created and self.world_id is not None:
+            try:
+                self.client.delete_world(self.world_id)
+            except Exception:  # the server may already be gone at close; the world is then its to keep
+                pass
+        self.created = False
+        self.world_id = None
+
+    def close(self) -> None:
+        self._drop_created()
+        if self.owns_client:
+            self.client.close()
+
+
+class SpatiaWorldEnv(gym.Env):
+    """A Spatia world as a Gymnasium env. See the module docstring for spaces, back ends and reward."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 16}
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        *,
+        width: int = 128,
+        height: int = 96,
+        fov_deg: float = 75.0,
+        scene: str = "room",
+        prompt: str = "",
+        observation: str = "rgb",  # "rgb" or "dict" (rgb + depth_m + pose)
+        action_type: str = "continuous",  # "continuous" Box(5) or "discrete"
+        max_episode_steps: int = 200,
+        control: ControlConfig = ControlConfig(),
+        max_yaw_rate_rad_s: float = math.radians(90.0),  # continuous yaw/pitch axis 1.0 = this rate
+        reward_fn: RewardFn | None = None,
+        server: str | None = None,  # "host:port": remote back end
+        client=None,  # a shared client.api.WorldClient (one channel for several envs); implies remote
+        token: str | None = None,
+        generator: str = "geometric",  # in-process only
+        generator_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise InvalidInputError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if observation not in ("rgb", "dict"):
+            raise InvalidInputError(f"observation must be 'rgb' or 'dict', got {observation!r}")
+        if action_type not in ("continuous", "discrete"):
+            raise InvalidInputError(f"action_type must be 'continuous' or 'discrete', got {action_type!r}")
+        if width < 8 or height < 8:
+            raise InvalidInputError(f"resolution must be at least 8x8, got {width}x{height}")
+        if max_episode_steps < 1:
+            raise InvalidInputError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self.render_mode = render_mode
+        self.width, self.height, self.fov_deg = int(width), int(height), float(fov_deg)
+        self.scene, self.prompt = scene, prompt
+        self.observation_kind, self.action_type = observation, action_type
+        self.max_episode_steps = int(max_episode_steps)
+        self.control = control
+        self.max_yaw_rate_rad_s = float(max_yaw_rate_rad_s)
+        self.reward_fn: RewardFn = reward_fn or ExplorationReward()
+        self.metadata = {**self.metadata, "render_fps": control.fps}
+        self.remote = server is not None or client is not None
+        self._backend = (_RemoteBackend(server, client, token) if self.remote
+                         else _LocalBackend(generator, dict(generator_kwargs or {})))
+
+        rgb_space = spaces.Box(0, 255, (self.height, self.width, 3), np.uint8)
+        if observation == "rgb":
+            self.observation_space = rgb_space
+        else:
+            self.observation_space = spaces.Dict({
+                "rgb": rgb_space,
+                "depth_m": spaces.Box(0.0, np.inf, (self.height, self.width), np.float32),
+                "pose": spaces.Box(-np.inf, np.inf, (4, 4), np.float64),
+            })
+        if action_type == "continuous":
+            # move_forward, move_right, move_up, yaw (> 0 right), pitch (> 0 up); each in [-1, 1]
+            self.action_space = spaces.Box(-1.0, 1.0, (5,), np.float32)
+        else:
+            self.action_space = spaces.Discrete(len(DISCRETE_ACTIONS))
+        self._integrator: ActionIntegrator | None = None
+        self._steps = 0
+        self._episode_seed = 0
+        self._memory_points = 0
+        self._last_rgb: np.ndarray | None = None
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+
+    def to_action(self, action) -> Action:
+        """The env action (Box vector or Discrete index) as a ``world.actions.Action`` held for one frame."""
+        if self.action_type == "discrete":
+            a = int(np.asarray(action).item())
+            if not 0 <= a < len(DISCRETE_ACTIONS):
+                raise InvalidInputError(f"discrete action must be in [0, {len(DISCRETE_ACTIONS)}), got {a}")
+            axes = np.asarray(DISCRETE_ACTIONS[a][1], dtype=np.float64)
+        else:
+            axes = np.asarray(action, dtype=np.float64).reshape(-1)
+            if axes.shape != (5,) or not np.all(np.isfinite(axes)):
+                raise InvalidInputError(f"continuous action must be 5 finite values, got {np.asarray(action)!r}")
+            axes = np.clip(axes, -1.0, 1.0)
+        return Action(move_forward=axes[0], move_right=axes[1], move_up=axes[2],
+                      yaw_rate_rad_s=axes[3] * self.max_yaw_rate_rad_s,
+                      pitch_rate_rad_s=axes[4] * self.max_yaw_rate_rad_s,
+                      dt_s=1.0 / self.control.fps, seq=self._steps + 1)
+
+    def _observation(self, rgb: np.ndarray, c2w: np.ndarray, depth_m: np.ndarray | None):
+        self._last_rgb = rgb
+        if self.observation_kind == "rgb":
+            return rgb
+        if depth_m is None:
+            depth_m = self._backend.render(c2w)[1]
+        return {"rgb": rgb, "depth_m": depth_m.astype(np.float32), "pose": c2w.astype(np.float64)}
+
+    def _info(self, c2w: np.ndarray, new_points: int) -> dict[str, Any]:
+        fwd = c2w[:3, 2]
+        return {
+            "pose": c2w.copy(),  # [4, 4] c2w, world frame
+            "position_m": c2w[:3, 3].copy(),
+            "yaw_rad": float(self._integrator.yaw_rad),
+            "pitch_rad": float(self._integrator.pitch_rad),
+            "forward": fwd.copy(),
+            "memory_points": self._memory_points,
+            "new_memory_points": int(new_points),
+            "step": self._steps,
+        }
+
+    # ---- Gymnasium API -------------------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"scene", "image", "depth", "world_id", "world", "scene_seed"}
+        if unknown:
+            raise InvalidInputError(f"unknown reset options {sorted(unknown)}; "
+                                    "use scene | image (+ depth) | world_id | world, scene_seed")
+        options.setdefault("scene", self.scene)
+        # The scene's layout seed: given, else drawn from the env's RNG (reset(seed=s) is reproducible).
+        scene_seed = int(options.pop("scene_seed", self.np_random.integers(0, 2**31 - 1)))
+        self._episode_seed = scene_seed
+        c2w = self._backend.new_world(options, scene_seed, self.width, self.height, self.fov_deg, self.prompt)
+        self._integrator = ActionIntegrator(c2w, self.control)
+        self._steps = 0
+        self._memory_points = self._backend.memory_points()
+        rgb, depth = self._backend.render(c2w)
+        if rgb.shape != (self.height, self.width, 3):
+            raise InvalidInputError(f"the world renders {rgb.shape[1]}x{rgb.shape[0]} but the env was made for "
+                                    f"{self.width}x{self.height}; pass width/height matching the world")
+        return self._observation(rgb, c2w, depth), self._info(c2w, 0)
+
+    def step(self, action):
+        if self._integrator is None:
+            raise InvalidInputError("call reset() before step()")
+        act = self.to_action(action)
+        poses = self._integrator.step(act)
+        c2w = poses[-1] if poses else self._integrator.c2w  # dt = 1/fps gives exactly one frame
+        self._steps += 1
+        rgb = self._backend.frame(c2w, None if not self.prompt else self.prompt, seed=self._episode_seed + self._steps)
+        before = self._memory_points
+        self._memory_points = self._backend.memory_points()
+        info = self._info(c2w, self._memory_points - before)
+        reward = float(self.reward_fn(info))
+        truncated = self._steps >= self.max_episode_steps
+        return self._observation(rgb, c2w, None), reward, False, truncated, info
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return None if self._last_rgb is None else self._last_rgb.copy()
+        return None
+
+    def close(self) -> None:
+        self._backend.close()
+        super().close()
+
+
+def make_vector_env(num_envs: int = 3, *, server: str | None = None, client=None, token: str | None = None,
+                    scenes: tuple[str, ...] = ("room", "house", "courtyard"), **kwargs: Any):
+    """``gymnasium.vector.SyncVectorEnv`` of ``num_envs`` worlds (scenes cycled). Remote: the sub-envs share one
+    ``WorldClient``, i.e. one gRPC channel; it is closed with the vector env when this function opened it."""
+    if num_envs < 1:
+        raise InvalidInputError(f"num_envs must be >= 1, got {num_envs}")
+    shared = client
+    if server is not None and client is None:
+        from client.api import WorldClient
+
+        shared = WorldClient(server, token=token)
+    fns = [
+        (lambda i=i: SpatiaWorldEnv(scene=scenes[i % len(scenes)], client=shared, **kwargs))
+        for i in range(num_envs)
+    ]
+    venv = gym.vector.SyncVectorEnv(fns)
+    if shared is not None and client is None:  # we opened the channel: close it after the sub-envs
+        inner_close = venv.close_extras
+
+        def close_extras(**kw):
+            inner_close(**kw)
+            shared.close()
+
+        venv.close_extras = close_extras
+    return venv
+
+
+def register_envs() -> None:
+    """Register ``SpatiaWorld-v0`` (continuous) and ``SpatiaWorldDiscrete-v0`` (idempotent)."""
+    for env_id, kw in (("SpatiaWorld-v0", {}), ("SpatiaWorldDiscrete-v0", {"action_type": "discrete"})):
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="client.env:SpatiaWorldEnv", kwargs=kw)

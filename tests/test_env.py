@@ -1,0 +1,136 @@
+"""SpatiaWorldEnv: Gymnasium checker (in-process and remote), discrete variant, exploration reward, vector env."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import client  # noqa: F401  (registers the ids)
+from client.api import WorldClient
+from client.env import DISCRETE_ACTIONS, ExplorationReward, SpatiaWorldEnv, make_vector_env
+from server.config import Limits, ServerConfig
+from server.testing import running_server
+from world.errors import InvalidInputError
+
+W, H = 48, 32
+SMALL = dict(width=W, height=H, max_episode_steps=4)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    config = ServerConfig(data_dir=tmp_path_factory.mktemp("data"), port=0, limits=Limits(max_image_pixels=320 * 240))
+    with running_server(config) as st:
+        yield st
+
+
+def test_registered_default_env_is_in_process_and_rgb():
+    env = gym.make("SpatiaWorld-v0")
+    try:
+        assert env.unwrapped.remote is False
+        assert env.observation_space.shape == (96, 128, 3)
+        assert env.unwrapped.metadata["render_fps"] == 16
+        assert "SpatiaWorldDiscrete-v0" in gym.registry
+    finally:
+        env.close()
+
+
+def test_check_env_in_process_dict_observation():
+    env = SpatiaWorldEnv(render_mode="rgb_array", observation="dict", **SMALL)
+    check_env(env)
+    obs, info = env.reset(seed=3)
+    assert set(obs) == {"rgb", "depth_m", "pose"} and obs["depth_m"].dtype == np.float32
+    assert (obs["depth_m"] > 0).mean() > 0.5  # the start view is in the memory
+    np.testing.assert_array_equal(obs["pose"], info["pose"])
+    env.close()
+
+
+def test_forward_moves_along_view_and_truncates():
+    env = SpatiaWorldEnv(**SMALL)
+    _, info0 = env.reset(seed=0)
+    fwd = info0["pose"][:3, 2]
+    for k in range(4):
+        obs, reward, terminated, truncated, info = env.step(np.array([1, 0, 0, 0, 0], np.float32))
+        assert not terminated and truncated == (k == 3)
+    moved = info["position_m"] - info0["position_m"]
+    # 4 frames at 16 fps, 1 m/s walking: 0.25 m straight ahead (level: the start camera looks level)
+    np.testing.assert_allclose(moved, 0.25 * fwd, atol=1e-9)
+    assert env.render() is None  # no render_mode
+    env.close()
+
+
+def test_discrete_turn_right_and_exploration_reward():
+    env = gym.make("SpatiaWorldDiscrete-v0", **SMALL)
+    assert env.action_space.n == len(DISCRETE_ACTIONS)
+    _, info0 = env.reset(seed=1)
+    turn_right = [n for n, _ in DISCRETE_ACTIONS].index("turn_right")
+    total = 0.0
+    for _ in range(3):
+        _, reward, _, _, info = env.step(turn_right)
+        # the reward is exactly the built-in function of the step's new voxels
+        assert reward == pytest.approx(ExplorationReward()(info))
+        assert info["new_memory_points"] >= 0
+        total += reward
+    assert info["yaw_rad"] == pytest.approx(3 * np.radians(90) / 16)
+    assert info["memory_points"] > info0["memory_points"]  # turning uncovers new ground
+    assert total == pytest.approx((info["memory_points"] - info0["memory_points"]) * 1e-3)
+    with pytest.raises(InvalidInputError):
+        env.step(len(DISCRETE_ACTIONS))
+    env.close()
+
+
+def test_pluggable_reward_and_bad_options():
+    env = SpatiaWorldEnv(reward_fn=lambda info: -float(info["step"]), **SMALL)
+    env.reset(seed=0)
+    assert env.step(np.zeros(5, np.float32))[1] == -1.0
+    with pytest.raises(InvalidInputError, match="unknown reset options"):
+        env.reset(options={"scnee": "room"})
+    with pytest.raises(InvalidInputError, match="needs a server"):
+        env.reset(options={"world_id": "abc"})
+    env.close()
+
+
+def test_check_env_remote(server):
+    env = SpatiaWorldEnv(render_mode="rgb_array", server=server.target, **SMALL)
+    check_env(env)
+    env.reset(seed=2, options={"scene": "house"})
+    wid = env._backend.world_id
+    obs, reward, *_ = env.step(np.array([1, 0, 0, 0, 0], np.float32))
+    assert obs.shape == (H, W, 3) and reward > 0
+    env.close()
+    with WorldClient(server.target) as c:  # the env deletes the worlds it made
+        assert wid not in {w.world_id for w in c.list_worlds()}
+
+
+def test_remote_and_in_process_walk_the_same_path(server):
+    a = SpatiaWorldEnv(**SMALL)
+    b = SpatiaWorldEnv(server=server.target, **SMALL)
+    ra, _ = a.reset(seed=5)
+    rb, _ = b.reset(seed=5)
+    np.testing.assert_array_equal(ra, rb)  # same scene, same memory render
+    act = np.array([0.5, -0.5, 0, 0.4, 0.1], np.float32)
+    ia, ib = a.step(act)[-1], b.step(act)[-1]
+    np.testing.assert_allclose(ia["pose"], ib["pose"])
+    assert ia["memory_points"] == ib["memory_points"]
+    a.close()
+    b.close()
+
+
+def test_vector_env_three_worlds_one_channel(server):
+    with WorldClient(server.target) as shared:
+        venv = make_vector_env(3, client=shared, **SMALL)
+        obs, infos = venv.reset(seed=0)
+        assert obs.shape == (3, H, W, 3)
+        assert all(e._backend.client is shared for e in venv.envs)  # one channel for the three worlds
+        obs, rewards, term, trunc, infos = venv.step(np.tile([1, 0, 0, 0, 0], (3, 1)).astype(np.float32))
+        assert obs.shape == (3, H, W, 3) and rewards.shape == (3,) and (rewards >= 0).all()
+        assert (infos["step"] == 1).all() and (infos["memory_points"] > 0).all()
+        ids = {e._backend.world_id for e in venv.envs}
+        assert len(ids) == 3
+        venv.close()
+    local = make_vector_env(3, **SMALL)
+    obs, _ = local.reset(seed=0)
+    assert obs.shape == (3, H, W, 3)
+    local.step(np.zeros((3, 5), np.float32))
+    local.close()
