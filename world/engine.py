@@ -220,6 +220,7 @@ class Engine:
         K = world.intrinsics
         first_index = len(world.history)
         refined = poses
+        updates = [None] * len(poses)
         if self.config.update_memory:
             update_cfg = self.config.update
             if getattr(self.generator, "exact_poses", False):
@@ -231,15 +232,19 @@ class Engine:
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
             )
             refined = report.poses_refined
+            updates = report.frames
         for i in range(len(poses)):
-            render = world.memory.render(K, refined[i], return_point_ids=True)
-            seen = np.zeros(world.memory.num_points, bool)  # a bitmap dedupes ~10x faster than np.unique
-            seen[render.point_ids[render.valid]] = True
-            keys = np.sort(world.memory.voxel_keys[seen])  # the view-specific voxel set (paper Sec. 3.1.1)
+            done = updates[i]
+            if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees
+                keys, depth = done.voxel_keys, done.depth_m
+            else:
+                render = world.memory.render(K, refined[i], return_point_ids=True)
+                seen = np.zeros(world.memory.num_points, bool)  # a bitmap dedupes ~10x faster than np.unique
+                seen[render.point_ids[render.valid]] = True
+                keys = np.sort(world.memory.voxel_keys[seen])  # the view-specific voxel set (paper Sec. 3.1.1)
+                depth = render.depth_m
             if result.depth_m is not None:
                 depth = result.depth_m[i]
-            else:
-                depth = render.depth_m
             if result.dynamic is not None:
                 depth = np.where(result.dynamic[i], 0.0, depth).astype(np.float32)
             world.history.add(result.frames[i], refined[i], K, keys, depth_m=depth)

@@ -522,7 +522,8 @@ def canonical_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np
     if keys.size and keys.min() < 0:
         raise InvalidInputError(f"{name} has negative values; packed voxel keys (world.geometry) are >= 0")
     if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
-        keys = np.unique(keys)
+        keys = np.sort(keys)  # sort + neighbour test: numpy 2's hash-based np.unique is ~10x slower on 1e5 keys
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
     return keys
 
 

@@ -623,6 +623,12 @@ class MemoryLike(Protocol):
     @property
     def positions(self) -> np.ndarray: ...  # [N, 3] world frame
 
+    @property
+    def num_points(self) -> int: ...
+
+    @property
+    def voxel_keys(self) -> np.ndarray: ...  # [N] int64
+
     def render(self, intrinsics: Intrinsics, c2w: np.ndarray, return_point_ids: bool = False) -> Any: ...
 
     def integrate(self, rgb: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
@@ -653,6 +659,11 @@ class FrameUpdate:
     dynamic_pixels: int  # pixels excluded from integration as dynamic
     refinement: PoseRefinement | None  # None when refinement was off or the frame was skipped
     reason: str  # "ok" or why the frame was skipped
+    # For the frame history, when the frame was integrated: the depth it was integrated with ([H, W] float32) and
+    # the voxel keys it sees afterwards (sorted unique int64: the points the memory rendered before plus the ones
+    # it added). Saves the caller a second render of the same pose.
+    depth_m: np.ndarray | None = None
+    voxel_keys: np.ndarray | None = None
 
 
 @dataclass
@@ -742,11 +753,19 @@ def update_memory(
         if not config.integrate_observed:
             exclude = valid if dyn is None else (valid | dyn)
         # a hole pixel may still land in an occupied voxel (a pinhole, a grazing surface): it must not repaint it
+        n_before = memory.num_points
+        seen = np.zeros(n_before, bool)  # the points this view rendered, by id (ids hold until the memory changes)
+        seen[render.point_ids[valid]] = True
+        keys_before = memory.voxel_keys[seen]
         stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude,
                                  refresh_existing=config.integrate_observed)
+        # new points are appended at the end; their keys join the view's set (exact while observed pixels are not
+        # integrated: the new points come from the view's holes, so nothing already seen hides them)
+        view_keys = np.sort(np.concatenate([keys_before, memory.voxel_keys[n_before:]]))  # disjoint, each unique
         new, upd = int(stats.new_points), int(stats.updated_points)
         report.new_points += new
         report.updated_points += upd
         n_dyn = 0 if dyn is None else int(dyn.sum())
-        report.frames.append(FrameUpdate(indices[i], True, source, coverage, new, upd, n_dyn, refinement, "ok"))
+        report.frames.append(FrameUpdate(indices[i], True, source, coverage, new, upd, n_dyn, refinement, "ok",
+                                         depth_m=depth, voxel_keys=view_keys))
     return report
