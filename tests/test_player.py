@@ -124,3 +124,17 @@ def test_quit_closes_stream_cleanly(client, tmp_path):
     assert len(recs) == 1 and recs[0].complete and recs[0].frames >= 1
     assert not client.get_world(wid).controlled  # the server released the world
     pygame.quit()
+
+
+def test_spatia_play_embedded_server_starts_and_stops(tmp_path):
+    """`spatia play` without --server: an embedded server for the game, stopped on exit; the world and the
+    recording stay in the data dir."""
+    from spatia.cli import main
+
+    data = tmp_path / "data"
+    rc = main(["play", "--scene", "room", "--width", "48", "--height", "32", "--window", "128x96",
+               "--seconds", "1.5", "--data-dir", str(data), "--screenshots", str(tmp_path / "s")])
+    assert rc == 0
+    assert len(list((data / "worlds").glob("*.msgpack"))) == 1  # the world stays, saved by the server
+    assert list((data / "recordings").glob("*.mcap"))  # the (idle) session was recorded and closed
+    assert main(["play", "--depth", str(tmp_path / "d.npy"), "--data-dir", str(data), "--seconds", "0"]) != 0
