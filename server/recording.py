@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from mcap.exceptions import McapError
 from mcap.records import Channel, Footer, Message, Schema
 from mcap.stream_reader import StreamReader
@@ -186,19 +187,101 @@ def session_fps(path: Path) -> float:
     return 16.0
 
 
-def export_video(path: Path, out: Path, fps: float = 0.0, start_frame: int = 0) -> int:
-    """Write the recorded frames (decoded) to a video with imageio-ffmpeg; returns the number of frames."""
+def action_keys(action: pb.Action) -> tuple[str, ...]:
+    """The controls an action says were held, as key labels (W A S D, SPACE / C, SHIFT, arrows for look).
+    The recording holds actions, not raw keys; this is the default keymap's reading of them."""
+    keys = []
+    for value, pos, neg in ((action.move_forward, "W", "S"), (action.move_right, "D", "A"),
+                            (action.move_up, "SPACE", "C")):
+        if value > 1e-6:
+            keys.append(pos)
+        elif value < -1e-6:
+            keys.append(neg)
+    if action.sprint:
+        keys.append("SHIFT")
+    yaw = action.yaw_rate_rad_s + action.yaw_delta_rad
+    pitch = action.pitch_rate_rad_s + action.pitch_delta_rad
+    if abs(yaw) > 1e-9:
+        keys.append("LOOK-R" if yaw > 0 else "LOOK-L")
+    if abs(pitch) > 1e-9:
+        keys.append("LOOK-UP" if pitch > 0 else "LOOK-DOWN")
+    return tuple(keys)
+
+
+def _path_map(xy: np.ndarray, current: int, size_px: int) -> np.ndarray:
+    """``[size, size, 3]`` uint8 map of the camera path ``xy`` ``[N, 2]`` (ground plane, metres, fitted to the
+    box): the whole path dim, the part walked bright, the camera now as a red dot."""
+    import cv2
+
+    img = np.full((size_px, size_px, 3), 30, np.uint8)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    span = max(float((hi - lo).max()), 0.5)  # at least 0.5 m across: standing still is a dot, not a zoom
+    margin = 6
+    scale = (size_px - 2 * margin) / span
+    centre = (lo + hi) / 2
+    px = np.stack([size_px / 2 + (xy[:, 0] - centre[0]) * scale, size_px / 2 - (xy[:, 1] - centre[1]) * scale], 1)
+    px = np.round(px).astype(np.int32)
+    cv2.polylines(img, [px.reshape(-1, 1, 2)], False, (90, 90, 90), 1)
+    cv2.polylines(img, [px[: current + 1].reshape(-1, 1, 2)], False, (255, 210, 0), 1)
+    cv2.circle(img, tuple(int(v) for v in px[current]), 3, (255, 40, 40), -1)
+    return img
+
+
+def overlay_frame(rgb: np.ndarray, keys: tuple[str, ...], path_xy: np.ndarray, index: int,
+                  min_width: int = 480) -> np.ndarray:
+    """The frame (nearest-upscaled by an integer factor to at least ``min_width`` px, so text stays legible)
+    with the keys held bottom-left and a small map of the camera path top-right."""
+    import cv2
+
+    factor = max(1, -(-min_width // rgb.shape[1]))
+    img = np.ascontiguousarray(np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1))
+    h, w = img.shape[:2]
+    side = max(48, min(h, w) // 4)
+    img[6:6 + side, w - side - 6:w - 6] = _path_map(path_xy, index, side)
+    text = "keys: " + (" ".join(keys) if keys else "-")
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    cv2.rectangle(img, (4, h - th - base - 10), (12 + tw, h - 4), (0, 0, 0), -1)
+    cv2.putText(img, text, (8, h - base - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def _ground_path(poses: list[np.ndarray]) -> np.ndarray:
+    """Camera centres on the ground plane of the first recorded camera: (right, level forward), metres."""
+    first = poses[0]
+    up = -first[:3, 1]  # DESIGN.md: up = -y of the first camera
+    fwd = first[:3, 2] - up * float(first[:3, 2] @ up)
+    fwd /= max(np.linalg.norm(fwd), 1e-12)
+    right = np.cross(fwd, up)
+    d = np.stack([p[:3, 3] for p in poses]) - first[:3, 3]
+    return np.stack([d @ right, d @ fwd], axis=1)
+
+
+def export_video(path: Path, out: Path, fps: float = 0.0, start_frame: int = 0, overlay: bool = False) -> int:
+    """Write the recorded frames (decoded) to a video with imageio-ffmpeg; returns the number of frames.
+    ``overlay``: draw the keys held (from the action each frame applied) and a map of the camera path on it."""
     import imageio.v2 as imageio
 
-    from proto.spatia.v1.convert import decode_frame
+    from proto.spatia.v1.convert import decode_frame, pose_array
     from world.errors import InvalidInputError
 
     fps = fps or session_fps(path)
+    keys_of_seq: dict[int, tuple[str, ...]] = {}
+    path_xy = None
+    if overlay:  # a first light pass: the actions and the poses (no image decoding)
+        poses = []
+        for item in read_recording(path):
+            if item.topic == "/action":
+                keys_of_seq[int(item.message.seq)] = action_keys(item.message)
+            elif item.topic == "/frame":
+                poses.append(pose_array(item.message.pose))
+        path_xy = _ground_path(poses) if poses else None
     n = 0
     writer = None
     try:
         for _, frame in recorded_frames(path, start_frame):
             rgb = decode_frame(frame)
+            if overlay:
+                rgb = overlay_frame(rgb, keys_of_seq.get(int(frame.last_action_seq), ()), path_xy, start_frame + n)
             if writer is None:
                 # H.264 in yuv420p needs even sizes: pad odd edges by one replicated pixel
                 writer = imageio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1,

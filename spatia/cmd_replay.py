@@ -12,6 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", type=Path, help="write the recorded frames to this video file (.mp4)")
     p.add_argument("--fps", type=float, default=0.0, help="video frame rate; 0 = the session's fps")
     p.add_argument("--start-frame", type=int, default=0, help="first recorded frame to export (0-based)")
+    p.add_argument("--overlay", action="store_true",
+                   help="draw the keys held and a map of the camera path on the exported video (upscaled to 480 px)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
            "actions": summary.actions, "duration_s": (summary.end_ns - summary.start_ns) / 1e9,
            "complete": summary.complete, "size_bytes": summary.size_bytes}
     if args.export is not None:
-        out["exported_frames"] = export_video(args.file, args.export, fps=args.fps, start_frame=args.start_frame)
+        out["exported_frames"] = export_video(args.file, args.export, fps=args.fps, start_frame=args.start_frame,
+                                              overlay=args.overlay)
         out["video"] = str(args.export)
     print(json.dumps(out, indent=2))
     return 0

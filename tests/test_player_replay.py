@@ -1,0 +1,56 @@
+"""Replay export with the overlay (keys held + camera path map): frame count and duration match the recording."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.api import WorldClient
+from proto.spatia.v1 import world_pb2 as pb
+from server.config import ServerConfig
+from server.recording import action_keys, export_video, summarize
+from server.testing import running_server
+
+W, H = 48, 32
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    with running_server(ServerConfig(data_dir=data, port=0)) as st, WorldClient(st.target) as c:
+        wid = c.create_scene("room", seed=0, width=W, height=H).world_id
+        with c.play(wid, fps=8.0) as s:
+            s.send(move_forward=1.0, dt_s=0.5)  # 4 frames at 8 fps
+            s.send(move_right=-1.0, yaw_rate_rad_s=0.5, dt_s=0.25)  # 2 more
+            rec_id = s.started.recording_id
+    return data / "recordings" / f"{rec_id}.mcap"
+
+
+def test_action_keys():
+    assert action_keys(pb.Action(move_forward=1.0, move_right=-0.5, sprint=True)) == ("W", "A", "SHIFT")
+    assert action_keys(pb.Action(move_up=-1.0, yaw_delta_rad=-0.1, pitch_rate_rad_s=0.2)) == ("C", "LOOK-L", "LOOK-UP")
+    assert action_keys(pb.Action()) == ()
+
+
+def test_overlay_export_frame_count_and_duration(recording, tmp_path):
+    import imageio.v3 as iio
+
+    summary = summarize(recording)
+    assert summary.frames >= 2  # the server may drop pending poses (latest wins); the export must match it
+    plain, over = tmp_path / "plain.mp4", tmp_path / "over.mp4"
+    assert export_video(recording, plain) == summary.frames
+    assert export_video(recording, over, overlay=True) == summary.frames
+    video = iio.imread(over)
+    meta = iio.immeta(over)
+    assert video.shape[0] == summary.frames  # every recorded frame, once
+    assert meta["fps"] == pytest.approx(8.0)
+    assert meta["duration"] == pytest.approx(summary.frames / 8.0, abs=0.13)  # frames / the session's fps
+    factor = -(-480 // W)
+    assert video.shape[1:] == (H * factor, W * factor, 3)
+    base = np.repeat(np.repeat(iio.imread(plain), factor, axis=1), factor, axis=2).astype(int)
+    diff = np.abs(video.astype(int) - base).mean(axis=(0, 3))  # [h, w]
+    h, w = diff.shape
+    side = max(48, min(h, w) // 4)
+    assert diff[6:6 + side, w - side - 6:w - 6].mean() > 20  # the path map is drawn top-right
+    assert diff[h - 20:h - 6, 8:60].mean() > 20  # the keys line bottom-left
+    assert diff[h // 3:2 * h // 3, w // 4:w // 2].mean() < 12  # the picture itself is untouched
