@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-frame", type=int, default=0, help="first recorded frame to export (0-based)")
     p.add_argument("--overlay", action="store_true",
                    help="draw the keys held and a map of the camera path on the exported video (upscaled to 480 px)")
+    p.add_argument("--play", action="store_true", help="watch it in a window (pause, seek, speed, step)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,4 +34,33 @@ def run(args: argparse.Namespace) -> int:
                                               overlay=args.overlay)
         out["video"] = str(args.export)
     print(json.dumps(out, indent=2))
+    if args.play:
+        watch(args.file, summary.world_id, fps=args.fps)
     return 0
+
+
+def load_frames(path: Path) -> list:
+    """The recording's frames (still encoded) with the keys of the action each applied (client.replay)."""
+    from client.replay import RecordedFrame
+    from server.recording import action_keys, read_recording
+
+    keys: dict[int, tuple[str, ...]] = {}
+    frames = []
+    for item in read_recording(path):
+        if item.topic == "/action":
+            keys[int(item.message.seq)] = action_keys(item.message)
+        elif item.topic == "/frame":
+            frames.append(RecordedFrame(item.message, keys.get(int(item.message.last_action_seq), ())))
+    return frames
+
+
+def watch(path: Path, world_id: str, fps: float = 0.0) -> None:
+    import pygame
+
+    from client.replay import ReplayViewer
+    from server.recording import session_fps
+
+    try:
+        ReplayViewer(load_frames(path), fps or session_fps(path), world_id).run()
+    finally:
+        pygame.quit()

@@ -54,3 +54,46 @@ def test_overlay_export_frame_count_and_duration(recording, tmp_path):
     assert diff[6:6 + side, w - side - 6:w - 6].mean() > 20  # the path map is drawn top-right
     assert diff[h - 20:h - 6, 8:60].mean() > 20  # the keys line bottom-left
     assert diff[h // 3:2 * h // 3, w // 4:w // 2].mean() < 12  # the picture itself is untouched
+
+
+def test_replay_viewer_pause_seek_speed_step(recording, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setitem(os.environ, "SDL_VIDEODRIVER", "dummy")
+    import pygame
+
+    from client.replay import ReplayViewer
+    from spatia.cmd_replay import load_frames
+
+    frames = load_frames(recording)
+    assert len(frames) == summarize(recording).frames and frames[0].keys == ("W",)
+    pygame.init()
+    try:
+        v = ReplayViewer(frames, fps=8.0, screen=pygame.Surface((192, 128)), screenshot_dir=tmp_path)
+        v.open()
+
+        def press(k):
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=k, mod=0, unicode="", scancode=0))
+            assert v.tick(0.0)
+
+        assert v.tick(0.25) and v.index == 2  # 0.25 s at 8 fps, 1x
+        press(pygame.K_SPACE)
+        assert v.paused and v.tick(1.0) and v.index == 2  # paused: time does not move it
+        press(pygame.K_COMMA)
+        assert v.index == 1
+        press(pygame.K_PERIOD)
+        assert v.index == 2 and v.paused
+        press(pygame.K_HOME)
+        assert v.index == 0
+        press(pygame.K_RIGHT)  # +1 s = 8 frames, clamped to the end
+        assert v.index == len(frames) - 1
+        press(pygame.K_HOME)
+        press(pygame.K_MINUS)
+        press(pygame.K_SPACE)
+        assert v.speed == 0.5 and v.tick(0.25) and v.index == 1  # half speed
+        press(pygame.K_F12)
+        assert list(tmp_path.glob("replay-*.png"))
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE, mod=0, unicode="", scancode=0))
+        assert v.tick(0.0) is False
+    finally:
+        pygame.quit()
