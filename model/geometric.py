@@ -21,6 +21,7 @@ to explore, and, once folded back into the memory, they stay the same when the c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -70,7 +71,7 @@ def estimate_layout(request: ClipRequest, config: GeometricConfig) -> Layout:
     backdrop = float(np.percentile(depth, config.backdrop_percentile)) if depth.size else config.default_backdrop_m
     poses = np.concatenate([request.preceding_c2w, request.target_c2w])
     step = 4  # every 4th pixel of every 4th row: plenty for a percentile, 16x less work
-    rays = pixel_rays(request.intrinsics)[::step, ::step]
+    rays = _rays(request.intrinsics)[::step, ::step]
     heights = []
     for t in range(0, len(poses), max(1, len(poses) // 4)):  # a few frames are enough too
         v = proj.valid[t, ::step, ::step]
@@ -88,16 +89,27 @@ def estimate_layout(request: ClipRequest, config: GeometricConfig) -> Layout:
     return Layout(up, floor, backdrop)
 
 
+@lru_cache(maxsize=8)
+def _rays(intrinsics: Intrinsics) -> np.ndarray:
+    """``[H, W, 3]`` float32 pixel rays (z = 1) of a camera, cached: frames of a world share one camera."""
+    rays = pixel_rays(intrinsics).astype(np.float32)
+    rays.setflags(write=False)
+    return rays
+
+
 def layout_depth(layout: Layout, intrinsics: Intrinsics, c2w: np.ndarray) -> np.ndarray:
     """``[H, W]`` float32 z-depth of the layout prior seen from ``c2w``: floor where rays reach it, else backdrop."""
-    rays = pixel_rays(intrinsics)  # [H, W, 3], z = 1 so the ray parameter is the z-depth
+    rays = _rays(intrinsics)  # z = 1, so the ray parameter is the z-depth
     depth = np.full(rays.shape[:2], layout.backdrop_m, np.float32)
     if layout.floor_height_m is not None:
-        rise = (rays @ c2w[:3, :3].T) @ layout.up  # height gained per metre of z-depth
+        up_cam = (c2w[:3, :3].T @ layout.up).astype(np.float32)  # world up in camera coordinates
+        rise = rays @ up_cam  # height gained per metre of z-depth
         drop = float(c2w[:3, 3] @ layout.up) - layout.floor_height_m
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(rise < -1e-6, drop / -rise, np.inf)
-        depth = np.minimum(depth, np.where(t > 0, t, np.inf)).astype(np.float32)
+        down = rise < -1e-6
+        t = np.full(rise.shape, np.inf, np.float32)
+        t[down] = drop / -rise[down]
+        t[t <= 0] = np.inf
+        np.minimum(depth, t, out=depth)
     return depth
 
 

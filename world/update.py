@@ -184,25 +184,19 @@ SLOPE_BASELINE_PX = 3  # pixels between an end and the pixel its inverse-depth s
 
 
 @numba.njit(cache=True)
-def _end(depth, valid, inv, y, x, dy, dx, H, W, limit, exists):  # pragma: no cover - compiled
-    """(inverse depth, inverse-depth slope into the hole, steps) of the first valid pixel from (y, x) towards
-    (dy, dx); steps = 0 when there is none before the border (``exists`` False: known without walking), -1 when
-    there is one but not within ``limit`` steps (the axis' span then exceeds ``max_span``, so the walk stops)."""
-    if not exists:
+def _end(inv, valid, ye, xe, k, dy, dx, H, W, limit):  # pragma: no cover - compiled
+    """(inverse depth, inverse-depth slope into the hole, steps) of the end pixel (ye, xe) found ``k`` steps away
+    towards (dy, dx); k = 0 when there is none before the border, -1 when it lies beyond ``limit`` steps (the axis'
+    span then exceeds ``max_span`` whatever the end holds)."""
+    if k == 0:
         return 0.0, 0.0, 0
-    k = 1
-    while 0 <= y + k * dy < H and 0 <= x + k * dx < W:
-        if k > limit:
-            return 0.0, 0.0, -1
-        ye, xe = y + k * dy, x + k * dx
-        if valid[ye, xe]:
-            yf, xf = ye + SLOPE_BASELINE_PX * dy, xe + SLOPE_BASELINE_PX * dx
-            slope = 0.0
-            if 0 <= yf < H and 0 <= xf < W and valid[yf, xf]:
-                slope = (inv[ye, xe] - inv[yf, xf]) / SLOPE_BASELINE_PX
-            return inv[ye, xe], slope, k
-        k += 1
-    return 0.0, 0.0, 0
+    if k > limit:
+        return 0.0, 0.0, -1
+    yf, xf = ye + SLOPE_BASELINE_PX * dy, xe + SLOPE_BASELINE_PX * dx
+    slope = 0.0
+    if 0 <= yf < H and 0 <= xf < W and valid[yf, xf]:
+        slope = (inv[ye, xe] - inv[yf, xf]) / SLOPE_BASELINE_PX
+    return inv[ye, xe], slope, k
 
 
 @numba.njit(cache=True)
@@ -235,28 +229,47 @@ def _fill_kernel(depth, valid, gap_rel, max_span, out):  # pragma: no cover - co
     H, W = depth.shape
     limit = int(min(max_span, H + W))
     inv = np.zeros((H, W))
-    # first / last valid column of each row and row of each column: whether a walk can find anything at all
-    row_first = np.full(H, W)
-    row_last = np.full(H, -1)
-    col_first = np.full(W, H)
-    col_last = np.full(W, -1)
-    for y in range(H):
+    # nearest valid pixel in each direction, by prefix scans (O(1) per hole pixel afterwards); -1 / H / W: none
+    left = np.empty((H, W), np.int32)
+    right = np.empty((H, W), np.int32)
+    up = np.empty((H, W), np.int32)
+    down = np.empty((H, W), np.int32)
+    for y in numba.prange(H):
+        last = -1
         for x in range(W):
+            left[y, x] = last
             if valid[y, x]:
                 inv[y, x] = 1.0 / depth[y, x]
-                row_first[y] = min(row_first[y], x)
-                row_last[y] = max(row_last[y], x)
-                col_first[x] = min(col_first[x], y)
-                col_last[x] = max(col_last[x], y)
+                last = x
+        last = W
+        for x in range(W - 1, -1, -1):
+            right[y, x] = last
+            if valid[y, x]:
+                last = x
+    for x in numba.prange(W):
+        last = -1
+        for y in range(H):
+            up[y, x] = last
+            if valid[y, x]:
+                last = y
+        last = H
+        for y in range(H - 1, -1, -1):
+            down[y, x] = last
+            if valid[y, x]:
+                last = y
     for y in numba.prange(H):
         for x in range(W):
             if valid[y, x]:
                 out[y, x] = depth[y, x]
                 continue
-            il, sl, kl = _end(depth, valid, inv, y, x, 0, -1, H, W, limit, row_first[y] < x)
-            ir, sr, kr = _end(depth, valid, inv, y, x, 0, 1, H, W, limit, row_last[y] > x)
-            iu, su, ku = _end(depth, valid, inv, y, x, -1, 0, H, W, limit, col_first[x] < y)
-            idn, sd, kd = _end(depth, valid, inv, y, x, 1, 0, H, W, limit, col_last[x] > y)
+            kl = x - left[y, x] if left[y, x] >= 0 else 0
+            kr = right[y, x] - x if right[y, x] < W else 0
+            ku = y - up[y, x] if up[y, x] >= 0 else 0
+            kd = down[y, x] - y if down[y, x] < H else 0
+            il, sl, kl = _end(inv, valid, y, left[y, x], kl, 0, -1, H, W, limit)
+            ir, sr, kr = _end(inv, valid, y, right[y, x], kr, 0, 1, H, W, limit)
+            iu, su, ku = _end(inv, valid, up[y, x], x, ku, -1, 0, H, W, limit)
+            idn, sd, kd = _end(inv, valid, down[y, x], x, kd, 1, 0, H, W, limit)
             est_h, span_h = _axis(il, sl, kl, ir, sr, kr, gap_rel)
             est_v, span_v = _axis(iu, su, ku, idn, sd, kd, gap_rel)
             est, span = (est_h, span_h) if span_h <= span_v else (est_v, span_v)
@@ -272,7 +285,7 @@ def fill_holes_background(
     """Fill the unknown pixels of a depth map, preferring the far side at occlusion edges (rule above).
 
     Returns ``[H, W]`` float32: ``depth_m`` where ``valid``, the fill elsewhere, 0 where nothing can be inferred.
-    Compiled per-pixel walks (a hole pixel stops at its nearest known pixel on each axis); the plainly written
+    Compiled: prefix scans find every hole pixel's nearest known pixel on each axis; the plainly written
     ``_reference_fill_holes_background`` is the same rule in Python, and the tests compare the two.
     """
     depth = np.ascontiguousarray(depth_m, dtype=np.float64)
