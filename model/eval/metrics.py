@@ -214,6 +214,9 @@ class CameraControlConfig:
     depth_gate_m: float = 0.3  # correspondences whose depths differ by more are dropped (photometric term only)
     min_ncc: float = 0.5  # intensity correlation of reference and frame at the recovered pose below this: unanchored
     min_overlap: float = 0.3  # reference pixels that must land inside the frame at the recovered pose
+    # The odometry's pose replaces the commanded one only if it lowers the photometric residual by this fraction:
+    # world.update measured bogus 1-20% "improvements" from render artefacts at the exact pose (min_refine_gain)
+    min_gain: float = 0.25
 
 
 def recover_pose(
@@ -228,9 +231,9 @@ def recover_pose(
 
     Only the photometric term is used: a generator's own depth is part of what is being judged, not a measurement.
     Odometry can diverge on frames that are mostly invented content and still report success, so the estimate is
-    checked independently (``world.odometry.photometric_residual``): of the commanded pose and the odometry's,
-    the one whose warp of the reference matches the frame better is kept, and only if the reference and the frame
-    correlate there (NCC); otherwise the frame's pose is unknown (counted as not recovered).
+    checked independently (``world.odometry.photometric_residual``): the odometry's pose is kept only if its warp
+    of the reference matches the frame clearly better than the commanded pose's (``min_gain``), and the kept pose
+    only if the reference and the frame correlate there (NCC); otherwise the frame's pose is unknown.
     """
     from world.odometry import photometric_residual, rgbd_odometry
 
@@ -250,7 +253,7 @@ def recover_pose(
         check = photometric_residual(rgb, src_depth, frame, intrinsics, T)
         if check.overlap_fraction < config.min_overlap:
             continue
-        if best_check is None or check.rmse < best_check.rmse:
+        if best_check is None or check.rmse < (1.0 - config.min_gain) * best_check.rmse:
             best, best_check = T, check
     if best is None or best_check.ncc < config.min_ncc:
         return None
