@@ -118,6 +118,37 @@ class _LocalBackend:
         self.engine = None
 
 
+def _image_request(image, depth, prompt: str):
+    """A ``CreateWorldRequest`` from an image (path, bytes or uint8 [H, W, 3]) and optional depth (path, bytes
+    or float32 [H, W] metres, sent as .npy)."""
+    import io
+
+    from proto.spatia.v1 import world_pb2 as pb
+    from world.images import encode_png
+
+    def as_bytes(x, encode):
+        if isinstance(x, np.ndarray):
+            return encode(x)
+        if isinstance(x, (bytes, bytearray)):
+            return bytes(x)
+        from pathlib import Path
+
+        path = Path(x)
+        if not path.is_file():
+            raise InvalidInputError(f"file not found: {path}")
+        return path.read_bytes()
+
+    def npy(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(a, dtype=np.float32))
+        return buf.getvalue()
+
+    source = pb.ImageSource(image=as_bytes(image, encode_png))
+    if depth is not None:
+        source.depth = as_bytes(depth, npy)
+    return pb.CreateWorldRequest(prompt=prompt, image=source)
+
+
 class _RemoteBackend:
     """A server through ``client.api.WorldClient`` (never server internals)."""
 
@@ -138,8 +169,8 @@ class _RemoteBackend:
             info = self.client.get_world(options["world_id"])
             self.created = False
         elif "image" in options:
-            raise InvalidInputError("options['image'] with a server: create the world first (WorldClient.create_world) "
-                                    "and pass options={'world_id': ...}")
+            info = self.client.create_world(_image_request(options["image"], options.get("depth"), prompt))
+            self.created = True
         else:
             info = self.client.create_scene(options.get("scene", "room"), seed, width, height, fov_deg=fov_deg,
                                             prompt=prompt)

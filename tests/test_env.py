@@ -117,6 +117,21 @@ def test_remote_and_in_process_walk_the_same_path(server):
     b.close()
 
 
+def test_reset_from_image_in_process_and_remote(server):
+    from world.camera import Intrinsics
+    from world.scenes import make_scene
+
+    scene = make_scene("room", 0)
+    rgb, depth = scene.render(Intrinsics.from_fov(75.0, W, H), scene.start_pose())
+    for kw in ({}, {"server": server.target}):
+        env = SpatiaWorldEnv(**SMALL, **kw)
+        obs, info = env.reset(seed=0, options={"image": rgb, "depth": depth})
+        assert obs.shape == (H, W, 3) and info["memory_points"] > 0
+        assert np.abs(obs.astype(int) - rgb.astype(int)).mean() < 1.0  # the memory shows the image back
+        env.step(np.array([0, 0, 0, 1, 0], np.float32))
+        env.close()
+
+
 def test_vector_env_three_worlds_one_channel(server):
     with WorldClient(server.target) as shared:
         venv = make_vector_env(3, client=shared, **SMALL)
