@@ -12,8 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", type=Path, help="write the recorded frames to this video file (.mp4)")
     p.add_argument("--fps", type=float, default=0.0, help="video frame rate; 0 = the session's fps")
     p.add_argument("--start-frame", type=int, default=0, help="first recorded frame to export (0-based)")
-    p.add_argument("--overlay", action="store_true",
-                   help="draw the keys held and a map of the camera path on the exported video (upscaled to 480 px)")
+    p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the keys held and a map of the camera path on the exported video (upscaled to at least "
+                        "480 px wide; default on); --no-overlay exports the recorded frames as they are")
     p.add_argument("--play", action="store_true", help="watch it in a window (pause, seek, speed, step)")
 
 

@@ -82,7 +82,7 @@ def test_cli_replay_exports_a_video(played, tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     cmd_replay.add_parser(parser.add_subparsers())
-    assert cmd_replay.run(parser.parse_args(["replay", str(path), "--export", str(out)])) == 0
+    assert cmd_replay.run(parser.parse_args(["replay", str(path), "--export", str(out), "--no-overlay"])) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["frames"] == 6 and summary["exported_frames"] == 6 and summary["complete"]
     video = iio.imread(out)
