@@ -7,9 +7,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 import structlog
+
+# numba would first try TBB, find this machine's too old and say so on every run; OpenMP is what it then uses.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 
 # In the order ``spatia --help`` lists them. A module that does not exist yet is simply not offered.
 COMMANDS = ("demo", "serve", "play", "replay", "eval", "train")
