@@ -94,9 +94,9 @@ def retrieve_reference_frames(
     n = poses.shape[0]
     if len(target_voxel_keys) != n:
         raise InvalidInputError(f"target_voxel_keys has {len(target_voxel_keys)} sets for {n} target poses")
-    if isinstance(target_intrinsics, Intrinsics):
-        pass
-    elif len(target_intrinsics) != n or not all(isinstance(K, Intrinsics) for K in target_intrinsics):
+    if not isinstance(target_intrinsics, Intrinsics) and (
+        len(target_intrinsics) != n or not all(isinstance(K, Intrinsics) for K in target_intrinsics)
+    ):
         raise InvalidInputError(f"target_intrinsics must be one Intrinsics or {n} of them")
     stride = _stride(target_stride, max(k, 1) if method == "paper" else OFFICIAL_TARGET_STRIDE, "target_stride")
     cand_stride = _stride(candidate_stride, 1 if method == "paper" else OFFICIAL_CANDIDATE_STRIDE, "candidate_stride")
