@@ -67,6 +67,7 @@ class Player:
         self.prompt_text = ""
         self.prompt = config.prompt
         self.current: DecodedFrame | None = None  # the frame on screen
+        self.still: np.ndarray | None = None  # [H, W, 3] the memory seen from the start pose, until a frame arrives
         self.frames_shown = 0
         self.trail: list[np.ndarray] = []  # camera centres shown, world frame
         self.hud = HudState(world_id=world_id, prompt=config.prompt)
@@ -104,6 +105,8 @@ class Player:
             "current") else pose_array(info.origin)
         self.hud.c2w = self.start_c2w
         self.trail.append(self.start_c2w[:3, 3].copy())
+        # Standing still generates nothing, so show the memory from where the camera stands until the first frame.
+        self.still = self.client.render(self.world_id, self.start_c2w, self.config.width, self.config.height).rgb
         for target, name in ((self._net_loop, "player-net"), (self._map_loop, "player-map")):
             t = threading.Thread(target=target, daemon=True, name=name)
             t.start()
@@ -329,8 +332,8 @@ class Player:
     def draw(self) -> None:
         screen = self.screen
         screen.fill((0, 0, 0))
-        if self.current is not None:
-            rgb = self.current.rgb
+        rgb = self.current.rgb if self.current is not None else self.still
+        if rgb is not None:
             surf = pygame.surfarray.make_surface(np.ascontiguousarray(rgb.transpose(1, 0, 2)))
             sw, sh = screen.get_size()
             scale = min(sw / rgb.shape[1], sh / rgb.shape[0])

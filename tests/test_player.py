@@ -138,3 +138,12 @@ def test_spatia_play_embedded_server_starts_and_stops(tmp_path):
     assert len(list((data / "worlds").glob("*.msgpack"))) == 1  # the world stays, saved by the server
     assert list((data / "recordings").glob("*.mcap"))  # the (idle) session was recorded and closed
     assert main(["play", "--depth", str(tmp_path / "d.npy"), "--data-dir", str(data), "--seconds", "0"]) != 0
+
+
+def test_the_start_view_shows_before_any_input(player):
+    """Standing still generates nothing; the window still shows the world from where the camera stands."""
+    assert player.current is None and player.still is not None
+    player.show_hud = player.show_minimap = False
+    player.draw()
+    centre = player.screen.get_at((96, 64))[:3]
+    assert sum(centre) > 0  # the room, not a black window
