@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import structlog
 
 from world.actions import ClipConfig, chunk_clips
 from world.camera import validate_trajectory
@@ -28,8 +27,6 @@ from world.generator import ClipRequest, ClipResult, Generator, ReferenceFrame, 
 from world.retrieval import retrieve_reference_frames
 from world.state import World
 from world.update import UpdateConfig, update_memory
-
-log = structlog.get_logger("spatia.engine")
 
 
 @dataclass(frozen=True)
@@ -212,7 +209,6 @@ class Engine:
             clip_id, len(poses), [r.frame_index for r in request.references], gen_s,
             time.perf_counter() - t1, self.world.memory.num_points,
         )
-        log.debug("clip", **self.last_stats.__dict__)
 
     def _commit(self, poses: np.ndarray, result: ClipResult) -> None:
         """Memory update (paper Sec. 3.2), then the history with each frame's view-specific voxel set."""
