@@ -46,6 +46,7 @@ class ServerConfig:
     min_client_ping_interval_s: float = 30.0  # clients may ping this often without GOAWAY too_many_pings
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept a str path too (frozen dataclass)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
         if self.save_every_clips < 1:
