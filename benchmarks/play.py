@@ -124,6 +124,8 @@ def main() -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--tick-hz", type=float, default=30.0, help="actions per second sent by each client")
     p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
+    p.add_argument("--save-every-clips", type=int, default=1,
+                   help="the server's snapshot interval (its default, 1, saves the world after every clip)")
     args = p.parse_args()
     import logging
 
@@ -137,7 +139,8 @@ def main() -> None:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen(
             [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file),
-             "--data-dir", str(Path(tmp) / "data")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--data-dir", str(Path(tmp) / "data"), "--save-every-clips", str(args.save_every_clips)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
             while not port_file.exists():
@@ -158,6 +161,7 @@ def main() -> None:
     lat4 = [x for r in four for x in r["latencies_ms"]]
     emit({
         "name": "play",
+        "save_every_clips": args.save_every_clips,
         "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(CLIP),
                   "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric"},
         "sessions_1": {"fps": round(one["frames"] / one["wall_s"], 2), "p50_ms": round(_pct(lat1, 50), 1),
