@@ -307,7 +307,7 @@ class PlaySession:
         self.entry.clips_generated = self.engine.clips_done
         self.entry.clips_since_save += 1
         if self.entry.clips_since_save >= self.config.save_every_clips:
-            self.entry.save()
+            self.entry.save_in_background()
         if self.recorder:
             self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
                                                           update_ms=stats.update_s * 1e3,

@@ -1,0 +1,47 @@
+"""Background snapshot saving of a played world: the newest copy wins, an older one never overwrites it."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from server.store import WorldEntry
+from world.camera import Intrinsics
+from world.state import World
+
+
+def _entry(box_room, tmp_path) -> WorldEntry:
+    K = Intrinsics.from_fov(70, 64, 48)
+    rgb, depth = box_room(K, np.eye(4))
+    world = World.from_rgbd(rgb, depth, K, world_id="w")
+    return WorldEntry(world, tmp_path / "w.msgpack", ThreadPoolExecutor(1))
+
+
+def test_background_saves_land_and_the_newest_wins(box_room, tmp_path):
+    entry = _entry(box_room, tmp_path)
+    entry.save()
+    n0 = entry.world.memory.num_points
+    entry.world.info.prompt = "first"
+    entry.save_in_background()
+    entry.world.info.prompt = "second"
+    entry.world.memory.insert(np.array([[5.0, 5.0, 5.0]]), np.array([[255, 0, 0]], np.uint8))
+    entry.save_in_background()
+    entry.saver.shutdown(wait=True)
+    back = World.load(entry.path)
+    assert back.info.prompt == "second" and back.memory.num_points == n0 + 1
+
+
+def test_an_older_copy_never_overwrites_a_newer_snapshot(box_room, tmp_path):
+    entry = _entry(box_room, tmp_path)
+    old = entry._next_payload()
+    entry.world.info.prompt = "newer"
+    entry.save()  # a later sequence number reaches the disk first
+    entry._write(*old)  # the stale copy arrives late: skipped
+    assert World.load(entry.path).info.prompt == "newer"
+
+
+def test_a_deleted_world_is_not_written_again(box_room, tmp_path):
+    entry = _entry(box_room, tmp_path)
+    entry.deleted = True
+    entry.save_in_background()
+    entry.saver.shutdown(wait=True)
+    assert not entry.path.exists()
