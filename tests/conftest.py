@@ -32,6 +32,19 @@ def render_box_room(intrinsics: Intrinsics, c2w: np.ndarray, half_size_m: float 
     return np.clip(rgb, 0, 255).astype(np.uint8), depth.astype(np.float32)
 
 
+def perturbation(rot_deg: float, trans_m: float, seed: int) -> np.ndarray:
+    """A rigid 4x4 transform: a rotation of ``rot_deg`` about a random axis and a shift of ``trans_m`` metres in a
+    random direction (seeded), for pose-refinement tests."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    axis, direction = rng.normal(size=3), rng.normal(size=3)
+    P = np.eye(4)
+    P[:3, :3] = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(rot_deg)).as_matrix()
+    P[:3, 3] = direction / np.linalg.norm(direction) * trans_m
+    return P
+
+
 @pytest.fixture
 def box_room():
     return render_box_room

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
+from conftest import perturbation
 from world.camera import Intrinsics, invert_pose, look_at, rotation_angle_deg, translation_distance_m
 from world.errors import InvalidInputError
 from world.geometry import pixel_rays
@@ -38,15 +38,6 @@ def render_two_planes(intrinsics: Intrinsics, c2w: np.ndarray) -> tuple[np.ndarr
         depth[hit] = t[hit]
         rgb[hit] = _texture(origin + t[hit][:, None] * rays[hit], seed)
     return rgb, np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
-
-
-def _perturbation(rot_deg: float, trans_m: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    axis, direction = rng.normal(size=3), rng.normal(size=3)
-    P = np.eye(4)
-    P[:3, :3] = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(rot_deg)).as_matrix()
-    P[:3, 3] = direction / np.linalg.norm(direction) * trans_m
-    return P
 
 
 def _reference_photometric_rmse(src_rgb, src_depth, tgt_rgb, intr: Intrinsics, T) -> tuple[float, int]:
@@ -82,7 +73,7 @@ def test_photometric_residual_matches_reference_and_is_zero_for_identical_views(
     same = photometric_residual(rgb, depth, rgb, intr, np.eye(4))
     assert same.rmse < 1e-12 and same.overlap == int((depth > 0).sum()) and same.overlap_fraction == 1.0
 
-    other = pose @ _perturbation(2.0, 0.03, seed=1)
+    other = pose @ perturbation(2.0, 0.03, seed=1)
     rgb2, _ = render_two_planes(intr, other)
     T = invert_pose(other) @ pose  # source camera -> target camera
     fast = photometric_residual(rgb, depth, rgb2, intr, T)
@@ -94,7 +85,7 @@ def test_photometric_residual_matches_reference_and_is_zero_for_identical_views(
 @pytest.mark.parametrize("use_depth_term", [True, False])
 def test_rgbd_odometry_recovers_relative_motion(use_depth_term):
     source_pose = look_at([0.3, 0.2, -0.5], [0.0, 0.3, 3.0])
-    target_pose = source_pose @ _perturbation(3.0, 0.05, seed=7)
+    target_pose = source_pose @ perturbation(3.0, 0.05, seed=7)
     src_rgb, src_depth = render_two_planes(INTR, source_pose)
     tgt_rgb, tgt_depth = render_two_planes(INTR, target_pose)
     result = rgbd_odometry(src_rgb, src_depth, tgt_rgb, tgt_depth, INTR, use_depth_term=use_depth_term)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from conftest import perturbation
 from world.camera import Intrinsics, look_at, rotation_angle_deg, translation_distance_m
 from world.errors import InvalidInputError
 from world.geometry import depth_to_world_points, pixel_rays, project_points
@@ -80,15 +81,6 @@ def render_scene(intrinsics: Intrinsics, c2w: np.ndarray) -> tuple[np.ndarray, n
         m = which == i
         rgb[m] = _texture(c2w[:3, 3] + t[m][:, None] * rays[m], seed=i)
     return rgb, np.where(np.isfinite(t), t, 0.0).astype(np.float32)
-
-
-def _perturbation(rot_deg: float, trans_m: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    axis, direction = rng.normal(size=3), rng.normal(size=3)
-    P = np.eye(4)
-    P[:3, :3] = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(rot_deg)).as_matrix()
-    P[:3, 3] = direction / np.linalg.norm(direction) * trans_m
-    return P
 
 
 def _seen_from(c2w_seen: np.ndarray, c2w_view: np.ndarray) -> np.ndarray:
@@ -275,7 +267,7 @@ def test_refine_pose_recovers_3deg_5cm_against_the_memory(with_frame_depth):
     memory = _memory_from([HOME])
     frame_rgb, frame_depth = render_scene(INTR, HOME)  # the frame truly taken at HOME
     for seed in range(3):
-        init = HOME @ _perturbation(3.0, 0.05, seed)  # ... but generated for a slightly different pose
+        init = HOME @ perturbation(3.0, 0.05, seed)  # ... but generated for a slightly different pose
         _, rendered = _centre_render(memory, init)  # the memory rendered at the commanded pose
         result = refine_pose(rendered, frame_rgb, frame_depth if with_frame_depth else None, INTR, init)
         assert result.accepted, result.reason
@@ -293,7 +285,7 @@ def test_refine_pose_recovers_3deg_5cm_on_procedural_scenes(scene_name):
     memory = SpatialMemory(MemoryConfig(voxel_size_m=0.01))
     memory.integrate(frame_rgb, frame_depth, INTR, home, frame_index=0)
     for seed in range(3):
-        init = home @ _perturbation(3.0, 0.05, seed)
+        init = home @ perturbation(3.0, 0.05, seed)
         render = memory.render(INTR, init, return_point_ids=True)
         centre = render.valid & splat_centre_mask(render.point_ids, memory.positions, INTR, init)
         result = refine_pose((render.rgb, render.depth_m, centre), frame_rgb, frame_depth, INTR, init)
@@ -304,7 +296,7 @@ def test_refine_pose_recovers_3deg_5cm_on_procedural_scenes(scene_name):
 
 def test_splat_centre_mask_matches_per_pixel_projection():
     memory = _memory_from([HOME])
-    pose = HOME @ _perturbation(3.0, 0.05, seed=1)
+    pose = HOME @ perturbation(3.0, 0.05, seed=1)
     render, _ = _centre_render(memory, pose)
     fast = splat_centre_mask(render.point_ids, memory.positions, INTR, pose)
     w2c = np.linalg.inv(pose)
@@ -319,7 +311,7 @@ def test_splat_centre_mask_matches_per_pixel_projection():
 
 def test_refine_pose_rejects_huge_or_diverging_corrections_and_keeps_the_initial_pose():
     frame_rgb, frame_depth = render_scene(INTR, HOME)
-    init = HOME @ _perturbation(25.0, 0.6, seed=5)
+    init = HOME @ perturbation(25.0, 0.6, seed=5)
     m_rgb, m_depth = render_scene(INTR, init)
     result = refine_pose((m_rgb, m_depth, m_depth > 0), frame_rgb, frame_depth, INTR, init)
     assert not result.accepted and result.reason != "ok"
@@ -331,7 +323,7 @@ def test_refine_pose_rejects_huge_or_diverging_corrections_and_keeps_the_initial
     np.testing.assert_array_equal(result.c2w, init)
 
     # A correct but too large correction is rejected by the bounds.
-    init = HOME @ _perturbation(3.0, 0.05, seed=0)
+    init = HOME @ perturbation(3.0, 0.05, seed=0)
     m_rgb, m_depth = render_scene(INTR, init)
     tight = UpdateConfig(max_refine_rotation_deg=1.0)
     result = refine_pose((m_rgb, m_depth, m_depth > 0), frame_rgb, frame_depth, INTR, init, tight)
@@ -370,7 +362,7 @@ def test_update_with_a_frame_rendered_from_the_memory_does_not_grow_it():
 def test_update_grows_the_memory_where_the_frame_sees_new_area(with_generator_depth):
     memory = _memory_from([HOME])
     n0 = memory.num_points
-    turned = HOME @ _perturbation(0.0, 0.0, 0)
+    turned = HOME @ perturbation(0.0, 0.0, 0)
     turned[:3, :3] = HOME[:3, :3] @ Rotation.from_rotvec([0.0, np.radians(20.0), 0.0]).as_matrix()
     rgb, depth = render_scene(INTR, turned)
     report = update_memory(
@@ -415,7 +407,7 @@ def test_dynamic_pixels_never_enter_the_memory():
 def test_update_returns_refined_poses_and_respects_the_stride():
     memory = _memory_from([HOME])
     rgb, depth = render_scene(INTR, HOME)
-    commanded = np.stack([HOME @ _perturbation(2.0, 0.03, seed) for seed in (1, 2, 3)])
+    commanded = np.stack([HOME @ perturbation(2.0, 0.03, seed) for seed in (1, 2, 3)])
     args = (np.stack([rgb] * 3), commanded, INTR, [10, 11, 12])
     unrefined = update_memory(
         memory.copy(), *args, generator_depth=np.stack([depth] * 3),
@@ -467,7 +459,7 @@ def test_update_along_a_path_keeps_exact_poses_and_corrects_drifted_ones():
         assert not report.accepted.any()
         np.testing.assert_array_equal(report.poses_refined, path[1:])
     # Drifted by 2 deg / 3 cm with generator depth: every frame is corrected, rotation most of the way.
-    drifted = np.stack([pose @ _perturbation(2.0, 0.03, k) for k, pose in enumerate(path)])
+    drifted = np.stack([pose @ perturbation(2.0, 0.03, k) for k, pose in enumerate(path)])
     report = run(drifted, True)
     assert report.accepted.all()
     assert max(rotation_angle_deg(a, b) for a, b in zip(report.poses_refined, path[1:])) < 0.75

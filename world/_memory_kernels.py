@@ -76,17 +76,7 @@ def _slot(key, capacity):
 @nb.njit(inline="always")
 def hash_lookup(table, keys, key):
     """Point index of ``key`` or -1."""
-    cap = table.shape[0]
-    s = _slot(key, cap)
-    while True:
-        j = table[s]
-        if j < 0:
-            return -1
-        if keys[j] == key:
-            return j
-        s += 1
-        if s == cap:
-            s = 0
+    return _probe_from(table, keys, key, _slot(key, table.shape[0]))
 
 
 @nb.njit(inline="always")

@@ -57,23 +57,15 @@ WAN22_TI2V_5B_CONFIG: dict[str, Any] = dict(
 )
 
 # A tiny configuration of the same classes for CPU tests (diffusers' tiny Wan test config, 48 latent channels).
-TINY_CONFIG: dict[str, Any] = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=48,
-    out_channels=48,
-    text_dim=32,
-    freq_dim=256,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-    control_layers=(0,),
-    control_in_channels=96,
-)
+TINY_CONFIG: dict[str, Any] = {
+    **WAN22_TI2V_5B_CONFIG,
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "text_dim": 32,
+    "ffn_dim": 32,
+    "num_layers": 2,
+    "control_layers": (0,),
+}
 
 # Keys of the ControlNet stream's modules, used to split and export its weights.
 CONTROL_MODULE_PREFIXES = ("control_patch_embedding.", "control_proj_in.", "control_blocks.", "control_proj_out.")
