@@ -20,6 +20,7 @@ to explore, and, once folded back into the memory, they stay the same when the c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,7 +28,7 @@ import cv2
 import numpy as np
 
 from world.camera import Intrinsics, rotation_angle_deg, translation_distance_m
-from world.generator import ClipRequest, ClipResult, ReferenceFrame
+from world.generator import ClipRequest, ClipResult, GeneratedView, ReferenceFrame, clip_result
 from world.geometry import pixel_rays
 from world.update import fill_holes_background
 from world.warp import warp_rgbd
@@ -47,6 +48,9 @@ class GeometricConfig:
     # so this applies only within these bounds.
     trust_max_rotation_deg: float = 2.0
     trust_max_translation_m: float = 0.03
+    # A reference seen from farther than the sharpening bounds only fills the memory's holes; when they cover less
+    # than this fraction of the view, push-pull fills them as well and the warp (~4 ms at 640x360) is skipped.
+    fill_warp_min_hole_fraction: float = 0.01
     small_hole_px: int = 24  # holes spanning at most this many pixels get the background-preferring fill
     backdrop_percentile: float = 95.0  # the backdrop sits at this percentile of the depth the clip's render sees
     default_backdrop_m: float = 6.0  # when the memory shows nothing at all
@@ -63,13 +67,13 @@ class Layout:
 
 
 def estimate_layout(request: ClipRequest, config: GeometricConfig) -> Layout:
-    """Floor height and backdrop distance from the points the memory renders along the whole clip."""
+    """Floor height and backdrop distance from the points the memory renders along the clip's target poses."""
     up = np.asarray(request.world_up, dtype=np.float64)
     up = up / np.linalg.norm(up)
-    proj = request.projection
+    proj = request.target_projection
     depth = proj.depth_m[:, ::4, ::4][proj.valid[:, ::4, ::4]]
     backdrop = float(np.percentile(depth, config.backdrop_percentile)) if depth.size else config.default_backdrop_m
-    poses = np.concatenate([request.preceding_c2w, request.target_c2w])
+    poses = request.target_c2w
     step = 4  # every 4th pixel of every 4th row: plenty for a percentile, 16x less work
     rays = _rays(request.intrinsics)[::step, ::step]
     heights = []
@@ -161,6 +165,7 @@ class GeometricGenerator:
 
     name = "geometric"
     exact_poses = True  # frames are drawn at exactly the requested poses: the memory update need not refine them
+    uses_preceding_projection = False  # the layout prior comes from the target poses' projection
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config
@@ -183,10 +188,13 @@ class GeometricGenerator:
         def distance(ref: ReferenceFrame) -> float:  # 10 cm of travel weigh like one degree of turn
             return rotation_angle_deg(ref.c2w, c2w) + 10.0 * translation_distance_m(ref.c2w, c2w)
 
+        few_holes = 1.0 - float(valid.mean()) < cfg.fill_warp_min_hole_fraction
         for ref in sorted(references, key=distance)[: cfg.max_reference_warps]:
             rot, trans = rotation_angle_deg(ref.c2w, c2w), translation_distance_m(ref.c2w, c2w)
             close = rot <= cfg.sharpen_max_rotation_deg and trans <= cfg.sharpen_max_translation_m
             same_view = rot <= cfg.trust_max_rotation_deg and trans <= cfg.trust_max_translation_m
+            if not close and few_holes:
+                continue
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
             allowed = ~valid  # holes of the memory
             if same_view:
@@ -199,21 +207,21 @@ class GeometricGenerator:
         return valid | claimed
 
     def generate(self, request: ClipRequest) -> ClipResult:
+        return clip_result(list(self.generate_frames(request)))
+
+    def generate_frames(self, request: ClipRequest) -> Iterator[GeneratedView]:
+        """The clip's frames one at a time (each is independent given the memory, the references and the layout)."""
         proj = request.target_projection
         refs = [r for r in request.references if r.depth_m is not None]
-        n, h, w = request.num_target, request.intrinsics.height, request.intrinsics.width
-        frames = np.empty((n, h, w, 3), np.uint8)
-        depths = np.empty((n, h, w), np.float32)
         layout = estimate_layout(request, self.config)
-        for t in range(n):
+        for t in range(request.num_target):
             rgb = proj.rgb[t].copy()
             depth = proj.depth_m[t]
             valid = proj.valid[t]
             colored = self._apply_references(rgb, depth, valid, request.target_c2w[t], request, refs) if refs else valid
-            frames[t] = pushpull_fill(rgb, colored)
+            frame = pushpull_fill(rgb, colored)
             filled = fill_holes_background(depth, valid, max_span_px=self.config.small_hole_px)
             unseen = filled <= 0
             if unseen.any():
                 filled[unseen] = layout_depth(layout, request.intrinsics, request.target_c2w[t])[unseen]
-            depths[t] = filled
-        return ClipResult(frames=frames, depth_m=depths)
+            yield GeneratedView(frame, filled)

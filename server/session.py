@@ -162,7 +162,7 @@ class PlaySession:
         self.options = options
         self.config = config
         self.limits = config.limits
-        self.engine = entry.engine(generator, EngineConfig(clip=options.clip))
+        self.engine = entry.engine(generator, EngineConfig(clip=options.clip, keyframe_stride=config.play_keyframe_stride))
         self.outbox = Outbox(self.limits.frame_queue)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
@@ -306,7 +306,7 @@ class PlaySession:
         stats = self.engine.last_stats
         self.entry.clips_generated = self.engine.clips_done
         self.entry.clips_since_save += 1
-        if self.entry.clips_since_save >= self.config.save_every_clips:
+        if self.entry.save_due(self.config.save_every_clips, self.config.save_interval_s):
             self.entry.save_in_background()
         if self.recorder:
             self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class WorldEntry:
     controller: str | None = None  # session id of the Play / Generate call holding it
     clips_generated: int = 0
     clips_since_save: int = 0
+    last_save_monotonic: float = field(default_factory=time.monotonic)  # when the latest snapshot copy was taken
     snapshot_bytes: int = 0
     deleted: bool = False
     save_lock: threading.Lock = field(default_factory=threading.Lock)  # held while the snapshot file is written
@@ -93,6 +95,7 @@ class WorldEntry:
             return 0
         seq, payload = self._next_payload()
         self.clips_since_save = 0
+        self.last_save_monotonic = time.monotonic()
         return self._write(seq, payload)
 
     def save_in_background(self) -> None:
@@ -102,6 +105,7 @@ class WorldEntry:
             return
         item = self._next_payload()
         self.clips_since_save = 0
+        self.last_save_monotonic = time.monotonic()
         with self._latest_lock:
             self._latest = item
             if not self._save_scheduled:
@@ -119,6 +123,10 @@ class WorldEntry:
                 self._write(*item)
             except Exception as exc:  # noqa: BLE001 -- a failed write keeps the previous snapshot; log and go on
                 log.error("world snapshot write failed", world_id=self.world_id, error=str(exc))
+
+    def save_due(self, every_clips: int, interval_s: float) -> bool:
+        """Whether a played world should be saved now (``ServerConfig.save_every_clips`` / ``save_interval_s``)."""
+        return self.clips_since_save >= every_clips and time.monotonic() - self.last_save_monotonic >= interval_s
 
     def engine(self, generator, config: EngineConfig) -> Engine:
         """A fresh engine over this world (engines hold no state the world does not; clip ids count per engine)."""

@@ -59,8 +59,10 @@ def test_voxel_keys_are_stored_as_a_set():
     store = FrameStore()
     store.add(_image(0), _pose(0), K, np.array([9, 3, 3, 7, 9], dtype=np.int64))
     store.add(_image(1), _pose(1), K, np.zeros(0, dtype=np.int64))  # a view that sees nothing is allowed
-    np.testing.assert_array_equal(store.get_voxel_keys(0), [3, 7, 9])
+    np.testing.assert_array_equal(store.get_voxel_keys(0), [9, 3, 7])  # distinct, in the order given
     assert store.get_voxel_keys(1).shape == (0,)
+    assert store.voxels.sizes().tolist() == [3, 0]
+    np.testing.assert_array_equal(store.voxels.intersection_counts([np.array([3, 9, 4])]), [[2, 0]])
 
 
 def test_jpeg_is_close_and_png_is_exact():
@@ -275,10 +277,11 @@ def test_runs_of_consecutive_frames_are_merged():
     )
 
 
-def test_voxel_snapshot_rejects_unsorted_frame_sets():
+def test_voxel_snapshot_keeps_set_order_and_rejects_repeated_voxels():
     index = VoxelSetIndex()
-    index.add(np.array([1, 5, 9], dtype=np.int64))
+    index.add(np.array([9, 1, 5], dtype=np.int64))
     data = index.to_arrays()
-    data["voxel_cols"] = data["voxel_cols"][::-1].copy()
-    with pytest.raises(SnapshotError, match="sorted"):
+    np.testing.assert_array_equal(VoxelSetIndex.from_arrays(data).keys(0), [9, 1, 5])
+    data["voxel_cols"] = np.array([0, 1, 0], dtype=np.int32)  # voxel 9 twice in one frame's set
+    with pytest.raises(SnapshotError, match="repeats"):
         VoxelSetIndex.from_arrays(data)

@@ -91,14 +91,14 @@ def hash_insert(table, key, index):
     table[s] = index
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def hash_build_range(table, keys, start, stop):
     """Insert points ``start..stop-1`` (keys unique and absent from the table)."""
     for i in range(start, stop):
         hash_insert(table, keys[i], i)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def hash_remap(table, new_index_of_old):
     """After a permutation of the points: every stored index ``j`` becomes ``new_index_of_old[j]``."""
     for s in range(table.shape[0]):
@@ -107,7 +107,7 @@ def hash_remap(table, new_index_of_old):
             table[s] = new_index_of_old[j]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def hash_lookup_many(table, keys, query):
     out = np.empty(query.shape[0], np.int64)
     for i in range(query.shape[0]):
@@ -132,7 +132,7 @@ def decode_position(key, o0, o1, o2, voxel_size_m):
     return x, y, z
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def decode_positions(keys, offsets, n, voxel_size_m):
     out = np.empty((n, 3), np.float64)
     for p in range(n):
@@ -143,7 +143,7 @@ def decode_positions(keys, offsets, n, voxel_size_m):
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def sort_keys(keys, start, stop):
     out = np.empty(stop - start, np.int64)
     for i in range(stop - start):
@@ -151,7 +151,7 @@ def sort_keys(keys, start, stop):
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def longest_sorted_prefix(keys, n):
     prev = -1
     for i in range(n):
@@ -162,7 +162,7 @@ def longest_sorted_prefix(keys, n):
     return n
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def merge_order(keys, n_sorted, tail_order):
     """Permutation (new position -> old index) merging the sorted prefix with the tail in ``tail_order``."""
     m = tail_order.shape[0]
@@ -183,7 +183,7 @@ def merge_order(keys, n_sorted, tail_order):
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def block_directory(keys, n):
     """For points sorted by sort key: (block ids [B], start indices [B + 1])."""
     ids = np.empty(n, np.int64)
@@ -201,7 +201,7 @@ def block_directory(keys, n):
     return ids[:nb_].copy(), starts[: nb_ + 1].copy()
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_px, min_depth, max_depth, voxel_size_m):
     """True for blocks whose box may put a splat inside the (margin-grown) image between the depth limits.
 
@@ -267,7 +267,7 @@ def block_camera_origin(key, voxel_size_m, w2c_r, cam_t):
     return c0, c1, c2
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def render_points(
     keys, offsets, colors, range_start, range_stop, w2c_r, cam_t, fx, fy, cx, cy, width, height,
     voxel_size_m, min_depth, max_depth, splat_k, max_splat, depth_quant, n_chunks,
@@ -376,7 +376,7 @@ def render_points(
     return rgb, depth, valid, ids
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def mark_ids(ids, n):
     """Sorted unique non-negative ids in ``ids`` (a bitmap pass: O(n + pixels), no sort)."""
     seen = np.zeros(n, np.bool_)
@@ -434,7 +434,7 @@ def _probe_from(table, keys, key, s):
             s = 0
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv_d, max_depth, table, keys):
     """Per pixel (row-major): voxel key, offsets, and status (-3 out of range, -2 skipped, -1 new, >= 0 found).
 
@@ -502,7 +502,7 @@ def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv
     return out_keys, out_offs, out_idx
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def point_samples(points, inv_d, table, keys):
     """Like ``frame_samples`` for explicit world points ``[N, 3]`` float64 (all finite). Serial: a parallel loop
     cost ~5 s more numba compile time, and point batches are edits or tests, not the per-frame path."""
@@ -540,7 +540,7 @@ def _running_mean(old, sample, w, recip):
     return (np.int64(2 * (old * w + sample) + (w + 1)) * recip) >> _RECIP_SHIFT
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def merge_samples(
     s_keys, s_offs, s_rgb, s_idx, start, frame_index, weight_cap,
     keys, offsets, colors, counts, last_seen, table, n, n_before, touched, refresh_existing,

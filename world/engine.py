@@ -15,7 +15,7 @@ drive this one loop (``DESIGN.md``, "One Play step"):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,7 +23,10 @@ import numpy as np
 from world.actions import ClipConfig, chunk_clips
 from world.camera import validate_trajectory
 from world.errors import InvalidInputError
-from world.generator import ClipRequest, ClipResult, Generator, ReferenceFrame, SceneProjection
+from world.generator import (
+    ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
+)
+from world.memory import RenderResult
 from world.retrieval import retrieve_reference_frames
 from world.state import World
 from world.update import UpdateConfig, update_memory
@@ -45,10 +48,19 @@ class EngineConfig:
     # against the memory of their time, so an exact revisit of an early view can score below later, denser views;
     # the pose catches it, and where a clip ends is what the next clip continues from.
     fill_references_by_pose: bool = True
+    # Keyframes: frames whose global index is a multiple of this. The memory update integrates only keyframes
+    # (it is run with ``integrate_stride = keyframe_stride``) and retrieval indexes only their view-specific voxel
+    # sets; every frame stays in the history (image, pose, depth) and can still be chosen by pose. 1 (default):
+    # every frame, as in Algorithm 1. The official code maps every 6th frame and retrieves among every 4th
+    # (candidate stride 4); real-time play uses 4: consecutive frames at 30 fps are ~3 cm apart and nearly the
+    # same view, and a frame's voxel set (~10^5 keys at d = 1 cm) costs more to index than the frame to draw.
+    keyframe_stride: int = 1
 
     def __post_init__(self) -> None:
         if self.num_references < 0:
             raise InvalidInputError(f"num_references must be >= 0, got {self.num_references}")
+        if self.keyframe_stride < 1:
+            raise InvalidInputError(f"keyframe_stride must be >= 1, got {self.keyframe_stride}")
 
 
 @dataclass
@@ -70,19 +82,16 @@ class ClipStats:
     memory_points: int
 
 
-class _TargetKeys(Sequence):
-    """The view-specific voxel sets of the target poses, rendered only for the poses retrieval looks at."""
+@dataclass
+class TargetView:
+    """The memory seen from one target pose before the clip: the render (with point ids) and its voxel set.
 
-    def __init__(self, world: World, poses: np.ndarray) -> None:
-        self._world, self._poses, self._cache = world, poses, {}
+    One render per target pose serves the scene projection, retrieval's target voxel sets, the memory update (for
+    the frames it integrates before it changes the memory) and the history's voxel sets of the frames it does not
+    integrate. Rendering each of these separately cost ~2.75 renders per frame."""
 
-    def __len__(self) -> int:
-        return len(self._poses)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if i not in self._cache:
-            self._cache[i] = self._world.memory.visible_voxel_keys(self._world.intrinsics, self._poses[i])
-        return self._cache[i]
+    render: RenderResult  # rgb [H, W, 3], depth_m [H, W], valid [H, W], point_ids [H, W] (current until the update)
+    voxel_keys: np.ndarray  # [V] int64 distinct keys of the points it shows (the view-specific voxel set)
 
 
 class Engine:
@@ -97,18 +106,37 @@ class Engine:
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
-    def _project(self, poses: np.ndarray) -> SceneProjection:
-        K = self.world.intrinsics
-        if not self.config.use_scene_projection or len(poses) == 0:
-            t = len(poses)
-            return SceneProjection(
-                np.zeros((t, K.height, K.width, 3), np.uint8),
-                np.zeros((t, K.height, K.width), np.float32),
-                np.zeros((t, K.height, K.width), bool),
-            )
-        return self.world.memory.render_trajectory(K, poses)
+    def _target_views(self, poses: np.ndarray) -> list[TargetView]:
+        memory, K = self.world.memory, self.world.intrinsics
+        views = []
+        for T in poses:
+            render = memory.render(K, T, return_point_ids=True)
+            views.append(TargetView(render, memory.rendered_voxel_keys(render.point_ids)))
+        return views
 
-    def _references(self, target_c2w: np.ndarray, exclude_from: int) -> list[ReferenceFrame]:
+    def _project(self, preceding_c2w: np.ndarray, views: list[TargetView]) -> SceneProjection:
+        """The scene projection video of preceding + target poses; empty (all invalid) where it is switched off
+        (``use_scene_projection``, the Table 4 ablation) or where the generator does not read it."""
+        K = self.world.intrinsics
+        m, n = len(preceding_c2w), len(views)
+
+        def empty(t: int) -> SceneProjection:
+            return SceneProjection(np.zeros((t, K.height, K.width, 3), np.uint8),
+                                   np.zeros((t, K.height, K.width), np.float32), np.zeros((t, K.height, K.width), bool))
+
+        if not self.config.use_scene_projection:
+            return empty(m + n)
+        preceding = empty(m)
+        if m and getattr(self.generator, "uses_preceding_projection", True):
+            preceding = self.world.memory.render_trajectory(K, preceding_c2w)
+        target = [v.render for v in views]
+        return SceneProjection(
+            np.concatenate([preceding.rgb, np.stack([r.rgb for r in target])]),
+            np.concatenate([preceding.depth_m, np.stack([r.depth_m for r in target])]),
+            np.concatenate([preceding.valid, np.stack([r.valid for r in target])]),
+        )
+
+    def _references(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> list[ReferenceFrame]:
         history = self.world.history
         k = self.config.num_references
         if not self.config.use_references or k == 0 or exclude_from <= 0:
@@ -117,7 +145,7 @@ class Engine:
             history,
             target_c2w,
             self.world.intrinsics,
-            _TargetKeys(self.world, target_c2w),
+            [v.voxel_keys for v in views],
             k=k,
             eps=self.config.retrieval_eps,
             method=self.config.retrieval_method,
@@ -148,6 +176,9 @@ class Engine:
 
     def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
         """The conditioning of the next clip (paper Fig. 2c): projection, preceding frames, references, text."""
+        return self._prepare(validate_trajectory(target_c2w, "target_c2w"), prompt, seed)[0]
+
+    def _prepare(self, target_c2w: np.ndarray, prompt: str, seed: int) -> tuple[ClipRequest, list[TargetView]]:
         history = self.world.history
         n_hist = len(history)
         first_clip = n_hist <= 1  # only the initial image so far: the TI2V image-conditioned first clip
@@ -159,50 +190,82 @@ class Engine:
             else np.zeros((0, self.world.intrinsics.height, self.world.intrinsics.width, 3), np.uint8)
         )
         preceding_c2w = history.poses()[prec_idx] if m else np.zeros((0, 4, 4))
-        projection = self._project(np.concatenate([preceding_c2w, target_c2w]) if m else target_c2w)
-        return ClipRequest(
+        views = self._target_views(target_c2w)
+        request = ClipRequest(
             clip_id=self.clips_done,
             target_c2w=target_c2w,
             intrinsics=self.world.intrinsics,
-            projection=projection,
+            projection=self._project(preceding_c2w, views),
             preceding_frames=preceding,
             preceding_c2w=preceding_c2w,
-            references=self._references(target_c2w, exclude_from=n_hist - m),
+            references=self._references(target_c2w, views, exclude_from=n_hist - m),
             prompt=prompt,
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
             world_up=-self.world.origin_c2w[:3, 1],  # DESIGN.md: up = -y of the first camera
         )
+        return request, views
 
     # ---- generation --------------------------------------------------------------------------------------
 
-    def _check_result(self, result: ClipResult, n: int) -> None:
+    def _check_view(self, view: GeneratedView, i: int) -> None:
         K = self.world.intrinsics
-        shape = (n, K.height, K.width)
-        if result.frames.shape != shape + (3,) or result.frames.dtype != np.uint8:
-            raise RuntimeError(f"generator {self.generator.name} returned frames {result.frames.dtype} "
-                               f"{result.frames.shape}, expected uint8 {shape + (3,)}")
+        shape = (K.height, K.width)
+        if view.rgb.shape != shape + (3,) or view.rgb.dtype != np.uint8:
+            raise RuntimeError(f"generator {self.generator.name} returned frame {i} as {view.rgb.dtype} "
+                               f"{view.rgb.shape}, expected uint8 {shape + (3,)}")
         for name in ("depth_m", "dynamic"):
-            arr = getattr(result, name)
+            arr = getattr(view, name)
             if arr is not None and arr.shape != shape:
-                raise RuntimeError(f"generator {self.generator.name} returned {name} {arr.shape}, expected {shape}")
+                raise RuntimeError(f"generator {self.generator.name} returned {name} {arr.shape} for frame {i}, "
+                                   f"expected {shape}")
+
+    def _views(self, request: ClipRequest) -> Iterator[GeneratedView]:
+        """The generator's frames one at a time (``generate_frames`` when it streams, else its clip's frames)."""
+        n = request.num_target
+        if hasattr(self.generator, "generate_frames"):
+            count = 0
+            for view in self.generator.generate_frames(request):
+                if count == n:
+                    raise RuntimeError(f"generator {self.generator.name} streamed more than {n} frames")
+                self._check_view(view, count)
+                count += 1
+                yield view
+            if count != n:
+                raise RuntimeError(f"generator {self.generator.name} streamed {count} frames, expected {n}")
+            return
+        result = self.generator.generate(request)
+        if result.frames.shape[:1] != (n,):
+            raise RuntimeError(f"generator {self.generator.name} returned frames {result.frames.shape}, "
+                               f"expected {n} frames")
+        for i in range(n):
+            view = GeneratedView(result.frames[i], None if result.depth_m is None else result.depth_m[i],
+                                 None if result.dynamic is None else result.dynamic[i])
+            self._check_view(view, i)
+            yield view
 
     def generate_clip(self, target_c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
-        """Generate one clip for ``target_c2w`` ``[N, 4, 4]``; frames are yielded before the memory update runs."""
+        """Generate one clip for ``target_c2w`` ``[N, 4, 4]``; each frame is yielded as soon as the generator has
+        made it (all before the memory update runs, which the caller's last ``next`` pulls)."""
         poses = validate_trajectory(target_c2w, "target_c2w")
         prompt = self.world.info.prompt if prompt is None else prompt
         clip_id = self.clips_done
         t0 = time.perf_counter()
-        request = self.build_request(poses, prompt, seed=_clip_seed(seed, clip_id))
-        result = self.generator.generate(request)
-        self._check_result(result, len(poses))
-        gen_s = time.perf_counter() - t0
+        request, views = self._prepare(poses, prompt, seed=_clip_seed(seed, clip_id))
+        gen_s = time.perf_counter() - t0  # generation time excludes the time the caller holds each frame
         first_index = len(self.world.history)
-        for i in range(len(poses)):
-            depth = None if result.depth_m is None else result.depth_m[i]
-            yield GeneratedFrame(first_index + i, clip_id, poses[i], result.frames[i], depth)
+        made: list[GeneratedView] = []
+        stream = self._views(request)
+        while True:
+            t = time.perf_counter()
+            view = next(stream, None)
+            gen_s += time.perf_counter() - t
+            if view is None:
+                break
+            made.append(view)
+            yield GeneratedFrame(first_index + len(made) - 1, clip_id, poses[len(made) - 1], view.rgb, view.depth_m)
         t1 = time.perf_counter()
-        self._commit(poses, result)
+        self._commit(poses, clip_result(made), views)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
@@ -210,7 +273,7 @@ class Engine:
             time.perf_counter() - t1, self.world.memory.num_points,
         )
 
-    def _commit(self, poses: np.ndarray, result: ClipResult) -> None:
+    def _commit(self, poses: np.ndarray, result: ClipResult, views: list[TargetView]) -> None:
         """Memory update (paper Sec. 3.2), then the history with each frame's view-specific voxel set."""
         world = self.world
         K = world.intrinsics
@@ -218,7 +281,7 @@ class Engine:
         refined = poses
         updates = [None] * len(poses)
         if self.config.update_memory:
-            update_cfg = self.config.update
+            update_cfg = replace(self.config.update, integrate_stride=self.config.keyframe_stride)
             if getattr(self.generator, "exact_poses", False):
                 # The generator drew each frame from the memory at exactly the commanded pose (the geometric
                 # one does): there is no drift to refine, and refinement would cost more than the frame did.
@@ -226,6 +289,7 @@ class Engine:
             report = update_memory(
                 world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
+                memory_renders=[v.render for v in views],
             )
             refined = report.poses_refined
             updates = report.frames
@@ -233,12 +297,10 @@ class Engine:
             done = updates[i]
             if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees
                 keys, depth = done.voxel_keys, done.depth_m
-            else:
-                render = world.memory.render(K, refined[i], return_point_ids=True)
-                seen = np.zeros(world.memory.num_points, bool)  # a bitmap dedupes ~10x faster than np.unique
-                seen[render.point_ids[render.valid]] = True
-                keys = np.sort(world.memory.voxel_keys[seen])  # the view-specific voxel set (paper Sec. 3.1.1)
-                depth = render.depth_m
+            else:  # not integrated (its pose was not refined either): the memory as the clip saw it at this pose
+                keys, depth = views[i].voxel_keys, views[i].render.depth_m
+                if (first_index + i) % self.config.keyframe_stride:
+                    keys = keys[:0]  # not a keyframe: not indexed for retrieval
             if result.depth_m is not None:
                 depth = result.depth_m[i]
             if result.dynamic is not None:

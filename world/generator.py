@@ -80,14 +80,39 @@ class ClipResult:
     dynamic: np.ndarray | None = None  # [N, H, W] bool, True = dynamic entity (never written to memory)
 
 
+@dataclass
+class GeneratedView:
+    """One generated frame, as a streaming generator yields it (``ClipResult`` for one pose)."""
+
+    rgb: np.ndarray  # [H, W, 3] uint8
+    depth_m: np.ndarray | None = None  # [H, W] float32 z-depth
+    dynamic: np.ndarray | None = None  # [H, W] bool
+
+
 @runtime_checkable
 class Generator(Protocol):
     """A video generator conditioned on spatial memory. Must be deterministic for a given ``request.seed``.
 
-    A generator may also set ``exact_poses = True`` when its frames are drawn at exactly the requested poses
-    (a renderer); the engine then skips pose refinement in the memory update.
+    Optional members the engine looks for:
+
+    - ``exact_poses = True``: frames are drawn at exactly the requested poses (a renderer); the memory update then
+      skips pose refinement;
+    - ``uses_preceding_projection = False``: the generator never reads the preceding part of
+      ``request.projection``; the engine then leaves it empty (all invalid) instead of rendering it;
+    - ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
+      the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none).
     """
 
     name: str
 
     def generate(self, request: ClipRequest) -> ClipResult: ...
+
+
+def clip_result(views: list[GeneratedView]) -> ClipResult:
+    """Stack a clip's streamed views (``generate_frames``) into its ``ClipResult``."""
+    def stacked(name: str):
+        arrays = [getattr(v, name) for v in views]
+        return None if any(a is None for a in arrays) else np.stack(arrays)
+
+    return ClipResult(np.stack([v.rgb for v in views]), stacked("depth_m"), stacked("dynamic"))
+

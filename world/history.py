@@ -179,13 +179,20 @@ def _kernels():
         return n_cols
 
     @numba.njit(cache=True, nogil=True)
-    def add_frame(cols, f, open_start, last_seen, run_col, run_start, run_end, n_runs):
+    def add_frame(cols, f, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out):
         """Fold frame ``f``'s columns into the runs. Each column's latest run is ``[open_start, last_seen + 1)``;
         seeing the column again at ``last_seen + 1`` extends it, later closes it into the run list (the caller
-        reserved ``len(cols)`` more run slots). Returns the new number of closed runs."""
+        reserved ``len(cols)`` more run slots). A column repeated within the frame (``last_seen == f``) is skipped,
+        so the frame's set needs no sort to be a set: its distinct columns go to ``unique_out`` in their given
+        order. Returns the new number of closed runs and the number of distinct columns."""
+        n_unique = 0
         for p in range(cols.shape[0]):
             c = cols[p]
             seen = last_seen[c]
+            if seen == f:
+                continue
+            unique_out[n_unique] = c
+            n_unique += 1
             if seen >= 0 and seen == f - 1:
                 last_seen[c] = f
                 continue
@@ -196,7 +203,7 @@ def _kernels():
                 n_runs += 1
             open_start[c] = f
             last_seen[c] = f
-        return n_runs
+        return n_runs, n_unique
 
     @numba.njit(cache=True, nogil=True)
     def merge_runs(indptr, starts, ends, run_col, run_start, run_end, n_new, n_cols):
@@ -298,7 +305,8 @@ class VoxelSetIndex:
 
     Storage:
     - a hash table maps each distinct voxel key to a column id (int32, first-seen order);
-    - forward lists: a frame's set is its sorted keys' column ids (4 bytes per voxel, one flat array + offsets),
+    - forward lists: a frame's set is its keys' column ids, distinct, in the order added (4 bytes per voxel, one
+      flat array + offsets),
       which is what ``keys`` and snapshots read;
     - an inverted index of *runs*: for every column, the maximal runs ``[start, end)`` of consecutive frames that
       see the voxel. A moving camera sees a voxel over a stretch of consecutive frames, so a voxel seen by 60
@@ -381,22 +389,27 @@ class VoxelSetIndex:
             arr.extend(np.full(n_new - n_old, -1, dtype=np.int32))
         return cols
 
-    def _append(self, cols: np.ndarray) -> None:
-        """Add one frame's columns to the forward lists and the runs."""
+    def _append(self, cols: np.ndarray) -> int:
+        """Add one frame's columns (repeats are dropped) to the forward lists and the runs; returns how many
+        distinct columns the frame has."""
         f = len(self)
-        self._cols.extend(cols)
-        self._offsets.extend(np.array([self._cols.size], dtype=np.int64))
+        self._cols.reserve(cols.shape[0])
         for arr in (self._run_col, self._run_start, self._run_end):
             arr.reserve(cols.shape[0])
-        n_runs = _kernels()[1](
+        n_runs, n_unique = _kernels()[1](
             cols, f, self._open_start.buffer, self._last_seen.buffer, self._run_col.buffer,
-            self._run_start.buffer, self._run_end.buffer, self._run_col.size,
+            self._run_start.buffer, self._run_end.buffer, self._run_col.size, self._cols.buffer[self._cols.size:],
         )
+        self._cols.size += n_unique
+        self._offsets.extend(np.array([self._cols.size], dtype=np.int64))
         for arr in (self._run_col, self._run_start, self._run_end):
             arr.size = n_runs
+        return n_unique
 
-    def add(self, keys: np.ndarray) -> int:  # keys: [V] int64, sorted unique, >= 0
-        """Append one frame's voxel set (already canonical, see ``canonical_voxel_keys``); returns its frame id."""
+    def add(self, keys: np.ndarray) -> int:  # keys: [V] int64 voxel keys >= 0, any order, repeats allowed
+        """Append one frame's voxel set (validated by ``check_voxel_keys``; a key given twice counts once, and no
+        sort is needed: a 640x360 view holds ~10^5 keys and sorting them cost more than the rest of ``add``);
+        returns its frame id."""
         self._append(self._insert_columns(keys))
         if self._run_col.size >= max(self.tail_runs, self._sealed_starts.shape[0] // 8):
             self.seal()
@@ -414,7 +427,8 @@ class VoxelSetIndex:
     # --- reading ----------------------------------------------------------------------------------------------
 
     def keys(self, frame: int) -> np.ndarray:
-        """``[V]`` int64 sorted voxel keys of one frame."""
+        """``[V]`` int64 distinct voxel keys of one frame, in the order they were added (a set: order carries no
+        meaning; ``np.sort`` for a canonical form)."""
         off = self._offsets.view
         return self._col_keys.view[self._cols.view[off[frame] : off[frame + 1]]]
 
@@ -504,15 +518,14 @@ class VoxelSetIndex:
             raise SnapshotError("voxel index column table did not rebuild in order")
         for f in range(offsets.shape[0] - 1):
             frame_cols = cols[offsets[f] : offsets[f + 1]]
-            if frame_cols.size > 1 and not np.all(np.diff(col_keys[frame_cols]) > 0):
-                raise SnapshotError(f"voxel set of frame {f} is not sorted and unique")
-            index._append(frame_cols)
+            if index._append(frame_cols) != frame_cols.shape[0]:
+                raise SnapshotError(f"voxel set of frame {f} repeats a voxel")
         index.seal()
         return index
 
 
-def canonical_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
-    """A view-specific voxel set as sorted unique int64 ``[V]`` (a set: order and repeats carry no meaning)."""
+def check_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
+    """A view-specific voxel set as int64 ``[V]`` keys >= 0, validated, in the given order (repeats allowed)."""
     keys = np.asarray(voxel_keys)
     if keys.ndim != 1:
         raise InvalidInputError(f"{name} must be a 1-D array of voxel keys, got shape {keys.shape}")
@@ -521,6 +534,12 @@ def canonical_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np
     keys = np.ascontiguousarray(keys, dtype=np.int64)
     if keys.size and keys.min() < 0:
         raise InvalidInputError(f"{name} has negative values; packed voxel keys (world.geometry) are >= 0")
+    return keys
+
+
+def canonical_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
+    """A view-specific voxel set as sorted unique int64 ``[V]`` (a set: order and repeats carry no meaning)."""
+    keys = check_voxel_keys(voxel_keys, name)
     if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
         keys = np.sort(keys)  # sort + neighbour test: numpy 2's hash-based np.unique is ~10x slower on 1e5 keys
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
@@ -557,7 +576,7 @@ class FrameStore:
         rgb: np.ndarray,  # [H, W, 3] uint8
         c2w: np.ndarray,  # [4, 4] camera-to-world, world frame
         intrinsics: Intrinsics,  # for this frame's H x W
-        voxel_keys: np.ndarray,  # [V] int64 voxel keys this view sees (any order; duplicates are dropped)
+        voxel_keys: np.ndarray,  # [V] int64 voxel keys this view sees (any order; repeats count once)
         depth_m: np.ndarray | None = None,  # [H, W] float32 z-depth, 0 = unknown
         timestamp_ns: int | None = None,  # None: wall clock now
     ) -> int:
@@ -571,7 +590,7 @@ class FrameStore:
                 f"rgb must be uint8 [{h}, {w}, 3] to match the intrinsics, got {rgb.dtype} {rgb.shape}"
             )
         pose = validate_pose(c2w, "c2w")
-        keys = canonical_voxel_keys(voxel_keys)
+        keys = check_voxel_keys(voxel_keys)
         depth_blob = None
         if depth_m is not None:
             depth = np.asarray(depth_m)
@@ -650,7 +669,8 @@ class FrameStore:
         return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(w), int(h))
 
     def get_voxel_keys(self, i: int) -> np.ndarray:
-        """``[V]`` int64 sorted unique voxel keys frame ``i`` sees (its view-specific scene point cloud)."""
+        """``[V]`` int64 distinct voxel keys frame ``i`` sees (its view-specific scene point cloud), in the order
+        they were added."""
         return self.voxels.keys(self._check_index(i))
 
     @property

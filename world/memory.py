@@ -284,8 +284,17 @@ class SpatialMemory:
         """Sorted unique int64 keys of the points that win at least one pixel of ``render`` from this camera:
         the paper's view-specific scene point cloud S_T (Sec. 3.1.1), as the official code's front-most test."""
         T = validate_pose(c2w, "c2w")
-        ids = self._render(intrinsics, T)[3]
-        return np.sort(self._keys[K.mark_ids(ids, self._n)])
+        return np.sort(self.rendered_voxel_keys(self._render(intrinsics, T)[3]))
+
+    def rendered_voxel_keys(self, point_ids: np.ndarray) -> np.ndarray:
+        """The same set, unsorted (memory order), from a render's ``point_ids`` ``[H, W]``: for a caller that
+        rendered already. The ids must be from a render taken since the memory last changed."""
+        ids = np.asarray(point_ids)
+        if ids.dtype != np.int32 or ids.ndim != 2:
+            raise InvalidInputError(f"point_ids must be a render's int32 [H, W] ids, got {ids.dtype} {ids.shape}")
+        if ids.size and int(ids.max()) >= self._n:
+            raise InvalidInputError(f"point_ids reach {int(ids.max())} but the memory holds {self._n} points")
+        return self._keys[K.mark_ids(ids, self._n)]
 
     def _render(self, intrinsics: Intrinsics, T: np.ndarray):
         if not isinstance(intrinsics, Intrinsics):

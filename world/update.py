@@ -77,7 +77,10 @@ class UpdateConfig:
     align_iterations: int = 3
     min_align_pixels: int = 64  # fewer rendered pixels than this: no alignment is attempted
     # -- integration --
-    integrate_stride: int = 1  # integrate every n-th generated frame (the official code maps every 6th at 24 fps)
+    # Integrate the frames whose global frame index is a multiple of this (the official code maps every 6th frame
+    # at 24 fps; the engine sets it from ``EngineConfig.keyframe_stride``). Consecutive frames of a walk overlap almost entirely, so a stride of a few frames loses little;
+    # indexing by the global frame index, not the position in the clip, keeps the rate when clips are short.
+    integrate_stride: int = 1
     # Pixels where the memory already renders a surface are re-observations. By default they are not integrated:
     # the memory stays the authority for what was seen, so a revisit renders what the first visit saw (FlexWorld
     # likewise adds points only in un-rendered regions). Integrating them anyway adds a point beside each existing
@@ -183,7 +186,7 @@ def _check_map(arr: np.ndarray | None, shape: tuple[int, int], name: str, dtype:
 SLOPE_BASELINE_PX = 3  # pixels between an end and the pixel its inverse-depth slope is measured against
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _end(inv, valid, ye, xe, k, dy, dx, H, W, limit):  # pragma: no cover - compiled
     """(inverse depth, inverse-depth slope into the hole, steps) of the end pixel (ye, xe) found ``k`` steps away
     towards (dy, dx); k = 0 when there is none before the border, -1 when it lies beyond ``limit`` steps (the axis'
@@ -199,13 +202,13 @@ def _end(inv, valid, ye, xe, k, dy, dx, H, W, limit):  # pragma: no cover - comp
     return inv[ye, xe], slope, k
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _predicts(inv_from, slope_from, inv_to, span, gap_rel):  # pragma: no cover - compiled
     pred = inv_from + slope_from * span  # inverse depth predicted at the other end
     return pred > 0 and abs(inv_to / pred - 1.0) <= gap_rel + 1e-12  # |d_pred - d_to| / d_to
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _axis(inv_a, slope_a, ka, inv_b, slope_b, kb, gap_rel):  # pragma: no cover - compiled
     """(estimate, span) along one axis from its two ends (k = 0: that end is missing; -1: beyond the limit)."""
     if ka < 0 or kb < 0:
@@ -224,7 +227,7 @@ def _axis(inv_a, slope_a, ka, inv_b, slope_b, kb, gap_rel):  # pragma: no cover 
     return 0.0, np.inf
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def _fill_kernel(depth, valid, gap_rel, max_span, out):  # pragma: no cover - compiled
     H, W = depth.shape
     limit = int(min(max_span, H + W))
@@ -698,12 +701,19 @@ def update_memory(
     dynamic: np.ndarray | None = None,  # [N, H, W] bool, True = dynamic entity: never written to memory
     depth_model: DepthModel | None = None,
     config: UpdateConfig = UpdateConfig(),
+    memory_renders: Sequence[Any] | None = None,  # [N] renders at c2w[i] with point ids, or None (see below)
 ) -> UpdateReport:
     """Fold generated frames into the memory, in order (each frame sees what the previous ones added).
 
-    Every ``config.integrate_stride``-th frame (0, n, 2n, ...) is processed: render the memory at its pose, refine
-    the pose (when enabled and the memory covers enough of the frame), re-render at the refined pose, choose the
-    depth (``depth_for_generated_frame``), integrate with ``exclude_mask = dynamic``. Other frames keep their pose.
+    The frames whose ``frame_indices`` are multiples of ``config.integrate_stride`` are processed: render the
+    memory at its pose, refine the pose (when enabled and the memory covers enough of the frame), re-render at the
+    refined pose, choose the depth (``depth_for_generated_frame``), integrate with ``exclude_mask = dynamic``.
+    Other frames keep their pose.
+
+    ``memory_renders``: ``SpatialMemory.render(..., return_point_ids=True)`` results at ``c2w``, taken since the
+    memory last changed (the engine rendered them for the scene projection). A frame processed before this call
+    first changes the memory uses its render instead of rendering again; later frames render, since the memory
+    now holds what the earlier frames added.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
@@ -723,12 +733,15 @@ def update_memory(
             raise InvalidInputError(f"{name} must be {[n, *shape]}, got {list(np.asarray(arr).shape)}")
     if dynamic is not None and np.asarray(dynamic).dtype != np.bool_:
         raise InvalidInputError(f"dynamic must be a bool mask, got {np.asarray(dynamic).dtype}")
+    if memory_renders is not None and len(memory_renders) != n:
+        raise InvalidInputError(f"{n} frames but {len(memory_renders)} memory renders")
+    changed = False  # whether this call has integrated anything yet (``memory_renders`` are current until then)
 
     refined = poses.copy()
     accepted = np.zeros(n, dtype=bool)
     report = UpdateReport(refined, accepted, 0, 0)
     for i in range(n):
-        if i % config.integrate_stride:
+        if indices[i] % config.integrate_stride:
             report.frames.append(FrameUpdate(indices[i], False, "none", math.nan, 0, 0, 0, None, "stride"))
             continue
         rgb = frames[i]
@@ -738,7 +751,9 @@ def update_memory(
         # neighbouring point's depth at the wrong pixel, which would unproject beside the surface and refinement
         # would follow its shifted colour. Copies become holes, which the fill closes from the centres around them.
         # Positions are decoded after each render: a render may re-sort the memory's points (point ids change).
-        render = memory.render(intrinsics, poses[i], return_point_ids=True)
+        render = None if memory_renders is None or changed else memory_renders[i]
+        if render is None:
+            render = memory.render(intrinsics, poses[i], return_point_ids=True)
         r_rgb, r_depth, valid = _unpack_render(render, shape)
         # the splat centres matter to refinement and to render-based depth only; with the generator's depth and no
         # refinement, skip them (decoding every position costs more than the render)
@@ -772,9 +787,10 @@ def update_memory(
         keys_before = memory.voxel_keys[seen]
         stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude,
                                  refresh_existing=config.integrate_observed)
+        changed = True
         # new points are appended at the end; their keys join the view's set (exact while observed pixels are not
         # integrated: the new points come from the view's holes, so nothing already seen hides them)
-        view_keys = np.sort(np.concatenate([keys_before, memory.voxel_keys[n_before:]]))  # disjoint, each unique
+        view_keys = np.concatenate([keys_before, memory.voxel_keys[n_before:]])  # disjoint, each unique: a set
         new, upd = int(stats.new_points), int(stats.updated_points)
         report.new_points += new
         report.updated_points += upd

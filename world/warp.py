@@ -53,7 +53,7 @@ def _project_source(rgb, depth_m, src, c2w_src, dst, c2w_dst):
     return u, v, z.astype(np.float32), colors, size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth):  # pragma: no cover
     """Per source pixel: unproject (pixel centre + 0.5), move into the target camera (R, t: source camera ->
     target camera), project, splat a square of the projected size; nearest depth wins, ties to the later pixel."""
