@@ -97,12 +97,14 @@ def _baseline(args) -> float:
     import numpy as np
 
     from model import make_generator
+    from server.config import ServerConfig
     from world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
     from world.engine import Engine, EngineConfig
     from world.state import World
 
     world = World.from_scene("room", 0, args.width, args.height)
-    engine = Engine(world, make_generator("geometric"), EngineConfig(clip=ClipConfig(*CLIP)))
+    engine = Engine(world, make_generator("geometric"),
+                    EngineConfig(clip=ClipConfig(*CLIP), keyframe_stride=ServerConfig().play_keyframe_stride))
     poses = ActionIntegrator(world.current_c2w, ControlConfig(fps=args.fps)).run(
         [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0)] * 2)
     per_frame = []
@@ -124,8 +126,8 @@ def main() -> None:
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--tick-hz", type=float, default=30.0, help="actions per second sent by each client")
     p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
-    p.add_argument("--save-every-clips", type=int, default=1,
-                   help="the server's snapshot interval (its default, 1, saves the world after every clip)")
+    p.add_argument("--save-interval-s", type=float, default=None,
+                   help="the server's snapshot interval (default: the server's own default)")
     args = p.parse_args()
     import logging
 
@@ -139,7 +141,8 @@ def main() -> None:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen(
             [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file),
-             "--data-dir", str(Path(tmp) / "data"), "--save-every-clips", str(args.save_every_clips)],
+             "--data-dir", str(Path(tmp) / "data"),
+             *(["--save-interval-s", str(args.save_interval_s)] if args.save_interval_s is not None else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
@@ -161,7 +164,7 @@ def main() -> None:
     lat4 = [x for r in four for x in r["latencies_ms"]]
     emit({
         "name": "play",
-        "save_every_clips": args.save_every_clips,
+        "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default",
         "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(CLIP),
                   "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric"},
         "sessions_1": {"fps": round(one["frames"] / one["wall_s"], 2), "p50_ms": round(_pct(lat1, 50), 1),

@@ -49,8 +49,10 @@ class GeometricConfig:
     trust_max_rotation_deg: float = 2.0
     trust_max_translation_m: float = 0.03
     # A reference seen from farther than the sharpening bounds only fills the memory's holes; when they cover less
-    # than this fraction of the view, push-pull fills them as well and the warp (~4 ms at 640x360) is skipped.
-    fill_warp_min_hole_fraction: float = 0.01
+    # than this fraction of the view, push-pull fills them and the warp (~4 ms at 640x360) is skipped. Measured on
+    # a 30 fps walk while turning (room / house / courtyard): holes are 3-6% of a view at the median, 5-9% at p90,
+    # mostly the strip the turn reveals, which no earlier frame saw either.
+    fill_warp_min_hole_fraction: float = 0.10
     small_hole_px: int = 24  # holes spanning at most this many pixels get the background-preferring fill
     backdrop_percentile: float = 95.0  # the backdrop sits at this percentile of the depth the clip's render sees
     default_backdrop_m: float = 6.0  # when the memory shows nothing at all
@@ -202,7 +204,7 @@ class GeometricGenerator:
             elif close:
                 allowed = allowed | (np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6))
             take = warped.valid & ~claimed & allowed
-            rgb[take] = warped.rgb[take]
+            np.copyto(rgb, warped.rgb, where=take[..., None])  # ~3x faster than boolean-index assignment
             claimed |= take
         return valid | claimed
 

@@ -53,40 +53,62 @@ def _project_source(rgb, depth_m, src, c2w_src, dst, c2w_dst):
     return u, v, z.astype(np.float32), colors, size
 
 
-@numba.njit(cache=True, nogil=True)
-def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth):  # pragma: no cover
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth, n_chunks):  # pragma: no cover
     """Per source pixel: unproject (pixel centre + 0.5), move into the target camera (R, t: source camera ->
-    target camera), project, splat a square of the projected size; nearest depth wins, ties to the later pixel."""
+    target camera), project, splat a square of the projected size; nearest depth wins, ties to the later pixel.
+
+    The source rows are split into ``n_chunks`` bands warped in parallel, each into its own z-buffer; the merge
+    takes the nearest depth per pixel and, on a tie, the later band, so the result is exactly the serial one."""
     h, w = depth.shape
     H, W = out_depth.shape
-    for y in range(h):
-        for x in range(w):
-            z_s = depth[y, x]
-            if not (z_s > 0.0):  # 0 = unknown (NaN compares false too)
-                continue
-            px = (x + 0.5 - s_cx) / s_fx * z_s
-            py = (y + 0.5 - s_cy) / s_fy * z_s
-            qx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * z_s + t[0]
-            qy = R[1, 0] * px + R[1, 1] * py + R[1, 2] * z_s + t[1]
-            qz = R[2, 0] * px + R[2, 1] * py + R[2, 2] * z_s + t[2]
-            if qz <= 1e-6:
-                continue
-            u = d_fx * qx / qz + d_cx
-            v = d_fy * qy / qz + d_cy
-            if abs(u) > 1e7 or abs(v) > 1e7:
-                continue
-            scale = (d_fx / s_fx) * z_s / max(qz, 1e-9)
-            s = min(max(int(np.ceil(scale - 1e-6)), 1), MAX_SPLAT_PX)
-            x0 = int(np.floor(u - 0.5 * s + 0.5))
-            y0 = int(np.floor(v - 0.5 * s + 0.5))
-            zf = np.float32(qz)
-            for yy in range(max(y0, 0), min(y0 + s, H)):
-                for xx in range(max(x0, 0), min(x0 + s, W)):
-                    if out_depth[yy, xx] == 0.0 or zf <= out_depth[yy, xx]:  # ties: the later pixel wins, as in the reference
-                        out_depth[yy, xx] = zf
-                        out_rgb[yy, xx, 0] = rgb[y, x, 0]
-                        out_rgb[yy, xx, 1] = rgb[y, x, 1]
-                        out_rgb[yy, xx, 2] = rgb[y, x, 2]
+    band_depth = np.zeros((n_chunks, H, W), np.float32)
+    band_rgb = np.zeros((n_chunks, H, W, 3), np.uint8)
+    for c in numba.prange(n_chunks):
+        b_depth = band_depth[c]
+        b_rgb = band_rgb[c]
+        for y in range(c * h // n_chunks, (c + 1) * h // n_chunks):
+            for x in range(w):
+                z_s = depth[y, x]
+                if not (z_s > 0.0):  # 0 = unknown (NaN compares false too)
+                    continue
+                px = (x + 0.5 - s_cx) / s_fx * z_s
+                py = (y + 0.5 - s_cy) / s_fy * z_s
+                qx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * z_s + t[0]
+                qy = R[1, 0] * px + R[1, 1] * py + R[1, 2] * z_s + t[1]
+                qz = R[2, 0] * px + R[2, 1] * py + R[2, 2] * z_s + t[2]
+                if qz <= 1e-6:
+                    continue
+                u = d_fx * qx / qz + d_cx
+                v = d_fy * qy / qz + d_cy
+                if abs(u) > 1e7 or abs(v) > 1e7:
+                    continue
+                scale = (d_fx / s_fx) * z_s / max(qz, 1e-9)
+                s = min(max(int(np.ceil(scale - 1e-6)), 1), MAX_SPLAT_PX)
+                x0 = int(np.floor(u - 0.5 * s + 0.5))
+                y0 = int(np.floor(v - 0.5 * s + 0.5))
+                zf = np.float32(qz)
+                for yy in range(max(y0, 0), min(y0 + s, H)):
+                    for xx in range(max(x0, 0), min(x0 + s, W)):
+                        if b_depth[yy, xx] == 0.0 or zf <= b_depth[yy, xx]:  # ties: the later pixel wins
+                            b_depth[yy, xx] = zf
+                            b_rgb[yy, xx, 0] = rgb[y, x, 0]
+                            b_rgb[yy, xx, 1] = rgb[y, x, 1]
+                            b_rgb[yy, xx, 2] = rgb[y, x, 2]
+    for yy in numba.prange(H):
+        for xx in range(W):
+            best = np.float32(0.0)
+            band = -1
+            for c in range(n_chunks):
+                d = band_depth[c, yy, xx]
+                if d > 0.0 and (band < 0 or d <= best):  # a later band wins ties, as a later pixel does
+                    best = d
+                    band = c
+            if band >= 0:
+                out_depth[yy, xx] = best
+                out_rgb[yy, xx, 0] = band_rgb[band, yy, xx, 0]
+                out_rgb[yy, xx, 1] = band_rgb[band, yy, xx, 1]
+                out_rgb[yy, xx, 2] = band_rgb[band, yy, xx, 2]
 
 
 def warp_rgbd(
@@ -104,7 +126,7 @@ def warp_rgbd(
     out_depth = np.zeros((dst.height, dst.width), np.float32)
     _warp_kernel(np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy, src.cx,
                  src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx,
-                 dst.cy, out_rgb, out_depth)
+                 dst.cy, out_rgb, out_depth, max(1, numba.get_num_threads()))
     return WarpResult(out_rgb, out_depth, out_depth > 0)
 
 
