@@ -8,10 +8,11 @@ import pytest
 from world._retrieval_reference import reference_intersection_counts
 from world.camera import Intrinsics, look_at
 from world.errors import InvalidInputError, NotFoundError, SnapshotError
-from world.geometry import pack_voxel_coords
+from world.geometry import coarsen_voxel_keys, pack_voxel_coords, unpack_voxel_keys
 from world.history import FrameStore, HistoryConfig, VoxelSetIndex, canonical_voxel_keys
 
 K = Intrinsics.from_fov(60.0, 32, 24)
+EXACT = HistoryConfig(voxel_set_levels=0)  # sets kept at the keys given: the index mechanics tested exactly
 
 
 def _image(seed: int, w: int = 32, h: int = 24) -> np.ndarray:
@@ -37,7 +38,7 @@ def _keys(rng: np.random.Generator, n: int, extent: int = 40) -> np.ndarray:
 
 
 def test_add_and_read_back_poses_intrinsics_timestamps_and_voxels():
-    store = FrameStore()
+    store = FrameStore(EXACT)
     rng = np.random.default_rng(0)
     keys = [_keys(rng, 200) for _ in range(5)]
     for i in range(5):
@@ -56,7 +57,7 @@ def test_add_and_read_back_poses_intrinsics_timestamps_and_voxels():
 
 
 def test_voxel_keys_are_stored_as_a_set():
-    store = FrameStore()
+    store = FrameStore(EXACT)
     store.add(_image(0), _pose(0), K, np.array([9, 3, 3, 7, 9], dtype=np.int64))
     store.add(_image(1), _pose(1), K, np.zeros(0, dtype=np.int64))  # a view that sees nothing is allowed
     np.testing.assert_array_equal(store.get_voxel_keys(0), [9, 3, 7])  # distinct, in the order given
@@ -68,7 +69,7 @@ def test_voxel_keys_are_stored_as_a_set():
 def test_jpeg_is_close_and_png_is_exact():
     img = _image(3, 64, 48)
     jpeg = FrameStore(HistoryConfig(image_codec="jpeg", jpeg_quality=95))
-    png = FrameStore(HistoryConfig(image_codec="png"))
+    png = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0))
     for s in (jpeg, png):
         s.add(img, _pose(0), K.scaled(64, 48), np.arange(3))
     np.testing.assert_array_equal(png.get_rgb(0), img)
@@ -152,7 +153,7 @@ def test_invalid_inputs_name_the_problem_and_store_nothing():
 
 def test_snapshot_round_trip_is_exact():
     rng = np.random.default_rng(5)
-    store = FrameStore(HistoryConfig(index_tail_runs=50))
+    store = FrameStore(HistoryConfig(index_tail_runs=50, voxel_set_levels=0))
     for i in range(7):
         depth = _depth(i) if i % 2 == 0 else None
         store.add(_image(i), _pose(i), K, _keys(rng, 100), depth_m=depth, timestamp_ns=10 * i)
@@ -180,7 +181,7 @@ def test_snapshot_round_trip_is_exact():
 
 
 def test_snapshot_errors():
-    store = FrameStore()
+    store = FrameStore(EXACT)
     store.add(_image(0), _pose(0), K, np.arange(5))
     store.add(_image(1), _pose(1), K, np.arange(3, 9))
     data = store.to_arrays()
@@ -235,7 +236,7 @@ def test_hash_table_growth_keeps_every_column():
 def test_five_thousand_frames_stay_cheap():
     """The hot paths at the brief's scale: poses in one array, counts over 5,000 frames equal the reference."""
     rng = np.random.default_rng(2)
-    store = FrameStore(HistoryConfig(image_codec="png"))
+    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0))
     img = _image(0, 8, 6)
     K_small = Intrinsics.from_fov(60.0, 8, 6)
     frame_sets = []
@@ -285,3 +286,28 @@ def test_voxel_snapshot_keeps_set_order_and_rejects_repeated_voxels():
     data["voxel_cols"] = np.array([0, 1, 0], dtype=np.int32)  # voxel 9 twice in one frame's set
     with pytest.raises(SnapshotError, match="repeats"):
         VoxelSetIndex.from_arrays(data)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 5])
+def test_sets_are_kept_at_the_coarse_voxel_and_match_the_slow_coarsening(levels):
+    rng = np.random.default_rng(levels)
+    ijk = rng.integers(-(1 << 19), 1 << 19, size=(5000, 3))
+    ijk[:50] = rng.integers(-9, 9, size=(50, 3))  # around the origin, where floor division of negatives matters
+    keys = pack_voxel_coords(ijk)
+    store = FrameStore(HistoryConfig(voxel_set_levels=levels))
+    store.add(_image(0), _pose(0), K, keys)
+    want = coarsen_voxel_keys(keys, levels)
+    np.testing.assert_array_equal(np.sort(store.get_voxel_keys(0)), np.unique(want))
+    np.testing.assert_array_equal(unpack_voxel_keys(want), np.floor_divide(ijk, 1 << levels))
+    np.testing.assert_array_equal(store.query_voxel_set(keys[::-1]), np.unique(want))
+    assert store.voxel_set_scale == 1 << levels
+
+
+def test_history_snapshots_from_before_coarse_sets_load_at_the_memory_voxel():
+    store = FrameStore(EXACT)
+    store.add(_image(0), _pose(0), K, np.array([5, 1], dtype=np.int64))
+    data = store.to_arrays()
+    del data["config"]["voxel_set_levels"]
+    back = FrameStore.from_arrays(data)
+    assert back.config.voxel_set_levels == 0
+    np.testing.assert_array_equal(back.get_voxel_keys(0), [5, 1])

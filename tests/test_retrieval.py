@@ -46,7 +46,7 @@ def _window(w: int) -> tuple[int, int]:
 
 def _wall_history() -> FrameStore:
     """Frame ``REGIONS * r + w``... i.e. frame 4r + w sees window w ([5w, 5w + 30) x [0, 20)) of wall r."""
-    store = FrameStore(HistoryConfig(image_codec="png", index_tail_runs=100))
+    store = FrameStore(HistoryConfig(voxel_set_levels=0, image_codec="png", index_tail_runs=100))
     for r in range(REGIONS):
         for w in range(WINDOWS):
             keys = _wall_keys(r, *_window(w))
@@ -177,7 +177,7 @@ def _random_walk_sets(rng: np.random.Generator, n: int, grid: int = 30, size: in
 def test_fast_paths_equal_the_references(seed):
     rng = np.random.default_rng(seed)
     hist_sets = _random_walk_sets(rng, 60)
-    store = FrameStore(HistoryConfig(image_codec="png", index_tail_runs=int(rng.integers(1, 3000))))
+    store = FrameStore(HistoryConfig(voxel_set_levels=0, image_codec="png", index_tail_runs=int(rng.integers(1, 3000))))
     for s in hist_sets:
         store.add(IMG, np.eye(4), K, s)
     targets = _random_walk_sets(rng, int(rng.integers(20, 40)))
@@ -203,7 +203,7 @@ def test_icp_registration_recovers_a_drifted_frame():
     target = _wall_keys(0, 0, 40, 0, 40, k=50)
     drifted = _wall_keys(0, 0, 40, 0, 40, k=52)
     partial = _wall_keys(0, 0, 24, 0, 40, k=50)
-    store = FrameStore(HistoryConfig(image_codec="png"))
+    store = FrameStore(HistoryConfig(voxel_set_levels=0, image_codec="png"))
     for s in (_wall_keys(4, 0, 30), drifted, partial):
         store.add(IMG, _pose_facing(s), K, s)
     poses, sets = _target([target])
@@ -231,11 +231,11 @@ def test_invalid_arguments():
     with pytest.raises(InvalidInputError, match="k must"):
         retrieve_reference_frames(store, poses, K, sets, k=-1)
     assert retrieve_reference_frames(store, poses, [K] * 3, sets, k=0) == []
-    assert retrieve_reference_frames(FrameStore(), poses, K, sets) == []
+    assert retrieve_reference_frames(FrameStore(HistoryConfig(voxel_set_levels=0)), poses, K, sets) == []
 
 
 def test_to_reference_frames_carries_image_pose_intrinsics_and_depth():
-    store = FrameStore(HistoryConfig(image_codec="png"))
+    store = FrameStore(HistoryConfig(voxel_set_levels=0, image_codec="png"))
     rgb = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
     depth = np.full((6, 8), 2.5, dtype=np.float32)
     keys = _wall_keys(0, 0, 30)

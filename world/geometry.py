@@ -35,6 +35,16 @@ def unpack_voxel_keys(keys: np.ndarray) -> np.ndarray:
     return out - KEY_OFFSET
 
 
+def coarsen_voxel_keys(keys: np.ndarray, levels: int) -> np.ndarray:
+    """Keys of cubes of side ``d`` -> keys (same packing) of the cubes of side ``d * 2**levels`` holding them.
+
+    Slow and obviously correct (unpack, floor-divide, pack); ``world.history`` has the fast one (bit operations
+    on the packed key) and tests compare the two."""
+    if not 0 <= levels < KEY_BITS:
+        raise InvalidInputError(f"levels must be in [0, {KEY_BITS}), got {levels}")
+    return pack_voxel_coords(np.floor_divide(unpack_voxel_keys(keys), 1 << levels))
+
+
 def voxel_keys(points: np.ndarray, voxel_size_m: float) -> np.ndarray:
     """Voxel keys of ``points`` ``[N, 3]`` (world frame) for cubes of side ``voxel_size_m``."""
     if voxel_size_m <= 0:

@@ -29,6 +29,7 @@ import numpy as np
 
 from world.camera import Intrinsics, validate_pose
 from world.errors import ImageDecodeError, InvalidInputError, NotFoundError, SnapshotError
+from world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
 
 SNAPSHOT_VERSION = 1
 _IMAGE_CODECS = ("jpeg", "png")
@@ -50,6 +51,13 @@ class HistoryConfig:
     # Runs closed since the last seal are scanned linearly by every query; they are merged into the by-voxel index
     # once there are this many and at least 1/8 of the indexed runs (so merges cost O(1) amortised per run).
     index_tail_runs: int = 1 << 18
+    # View-specific voxel sets are kept at cubes of side d * 2**voxel_set_levels (d: the memory's voxel, 1 cm):
+    # ``add`` and ``query_voxel_set`` coarsen the keys they are given. The paper does not say at what resolution
+    # Algorithm 1's IoU is taken; the official code compares front-most memory points at its render voxel, which it
+    # coarsens by 5 mm each round. At 4 cm a 640x360 view's set shrinks ~15x (~10^5 -> ~10^4 keys), and so do the
+    # cost of indexing each frame, of each retrieval query and the history's size, while views that share a
+    # surface still share its cubes. 0 keeps sets at d (snapshots written before this field load with 0).
+    voxel_set_levels: int = 2
 
     def __post_init__(self) -> None:
         if self.image_codec not in _IMAGE_CODECS:
@@ -64,6 +72,8 @@ class HistoryConfig:
             raise InvalidInputError(f"zstd_level must be in [1, 22], got {self.zstd_level}")
         if self.decoded_cache_frames < 0:
             raise InvalidInputError(f"decoded_cache_frames must be >= 0, got {self.decoded_cache_frames}")
+        if not 0 <= self.voxel_set_levels <= 10:
+            raise InvalidInputError(f"voxel_set_levels must be in [0, 10], got {self.voxel_set_levels}")
         if self.index_tail_runs < 1:
             raise InvalidInputError(f"index_tail_runs must be >= 1, got {self.index_tail_runs}")
 
@@ -260,7 +270,21 @@ def _kernels():
                         diff[t0 + b, run_start[r]] += 1
                         diff[t0 + b, run_end[r]] -= 1
 
-    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed
+    @numba.njit(cache=True, nogil=True)
+    def coarsen(keys, levels, out):
+        """``world.geometry.coarsen_voxel_keys`` on the packed key: each 21-bit field u = i + 2**20 becomes
+        floor(i / 2**L) + 2**20 = (u >> L) + 2**20 - 2**(20 - L) (2**20 is a multiple of 2**L)."""
+        shift = np.int64(levels)
+        add = np.int64(KEY_OFFSET - (KEY_OFFSET >> levels))
+        mask = np.int64(KEY_MASK)
+        for i in range(keys.shape[0]):
+            k = keys[i]
+            x = ((k >> np.int64(2 * KEY_BITS)) & mask) >> shift
+            y = ((k >> np.int64(KEY_BITS)) & mask) >> shift
+            z = (k & mask) >> shift
+            out[i] = ((x + add) << np.int64(2 * KEY_BITS)) | ((y + add) << np.int64(KEY_BITS)) | (z + add)
+
+    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen
 
 
 class _Growing:
@@ -448,7 +472,7 @@ class VoxelSetIndex:
 
         Each query set must be free of duplicates (``canonical_voxel_keys``); keys no frame has are ignored.
         """
-        _, _, _, count_indexed, count_unsealed = _kernels()
+        _, _, _, count_indexed, count_unsealed, _ = _kernels()
         n_t, n_f = len(query_keys), len(self)
         if n_t == 0 or n_f == 0:
             return np.zeros((n_t, n_f), dtype=np.int32)
@@ -576,7 +600,7 @@ class FrameStore:
         rgb: np.ndarray,  # [H, W, 3] uint8
         c2w: np.ndarray,  # [4, 4] camera-to-world, world frame
         intrinsics: Intrinsics,  # for this frame's H x W
-        voxel_keys: np.ndarray,  # [V] int64 voxel keys this view sees (any order; repeats count once)
+        voxel_keys: np.ndarray,  # [V] int64 memory voxel keys this view sees (any order; repeats count once)
         depth_m: np.ndarray | None = None,  # [H, W] float32 z-depth, 0 = unknown
         timestamp_ns: int | None = None,  # None: wall clock now
     ) -> int:
@@ -590,7 +614,7 @@ class FrameStore:
                 f"rgb must be uint8 [{h}, {w}, 3] to match the intrinsics, got {rgb.dtype} {rgb.shape}"
             )
         pose = validate_pose(c2w, "c2w")
-        keys = check_voxel_keys(voxel_keys)
+        keys = self._coarsen(check_voxel_keys(voxel_keys))
         depth_blob = None
         if depth_m is not None:
             depth = np.asarray(depth_m)
@@ -611,6 +635,24 @@ class FrameStore:
         self._depth.append(depth_blob)
         self.voxels.add(keys)
         return len(self) - 1
+
+    def _coarsen(self, keys: np.ndarray) -> np.ndarray:
+        levels = self.config.voxel_set_levels
+        if levels == 0 or keys.size == 0:
+            return keys
+        out = np.empty_like(keys)
+        _kernels()[5](keys, levels, out)
+        return out
+
+    def query_voxel_set(self, voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
+        """A view-specific voxel set given at the memory's voxel size (``SpatialMemory.visible_voxel_keys``), as
+        this history keeps sets: coarsened to ``config.voxel_set_levels``, sorted unique (a retrieval query)."""
+        return canonical_voxel_keys(self._coarsen(check_voxel_keys(voxel_keys, name)), name)
+
+    @property
+    def voxel_set_scale(self) -> int:
+        """Side of the history's voxel-set cubes in memory voxels (``2 ** config.voxel_set_levels``)."""
+        return 1 << self.config.voxel_set_levels
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -669,8 +711,8 @@ class FrameStore:
         return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(w), int(h))
 
     def get_voxel_keys(self, i: int) -> np.ndarray:
-        """``[V]`` int64 distinct voxel keys frame ``i`` sees (its view-specific scene point cloud), in the order
-        they were added."""
+        """``[V]`` int64 distinct voxel keys frame ``i`` sees (its view-specific scene point cloud), at the
+        history's set resolution (``config.voxel_set_levels``), in the order they were added."""
         return self.voxels.keys(self._check_index(i))
 
     @property
@@ -716,7 +758,7 @@ class FrameStore:
                 raise SnapshotError(
                     f"frame history snapshot version {version} is not supported ({SNAPSHOT_VERSION} is)"
                 )
-            config = HistoryConfig(**dict(data["config"]))
+            config = HistoryConfig(**{"voxel_set_levels": 0, **dict(data["config"])})  # older: sets at d
             c2w = np.asarray(data["c2w"], dtype=np.float64)
             intr = np.asarray(data["intrinsics"], dtype=np.float64)
             ts = np.asarray(data["timestamp_ns"], dtype=np.int64)

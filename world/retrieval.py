@@ -19,7 +19,7 @@ pass over the store's inverted voxel index (``VoxelSetIndex.intersection_counts`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from world.camera import RIGID_TOLERANCE, Intrinsics
 from world.errors import InvalidInputError
 from world.generator import ReferenceFrame
 from world.geometry import unpack_voxel_keys, voxel_keys
-from world.history import FrameStore, canonical_voxel_keys
+from world.history import FrameStore
 
 METHODS = ("paper", "official")
 OFFICIAL_TARGET_STRIDE = 12  # fps 24 / ref_fps 2 (inference.py get_args)
@@ -51,7 +51,7 @@ class IcpConfig:
     candidate that shares no voxel at all with the target).
     """
 
-    voxel_size_m: float  # cube side d the keys were made with (needed to turn keys into points)
+    voxel_size_m: float  # cube side d the memory keys were made with (the history's sets are d * 2**levels)
     top_n: int = 8
     max_distance_voxels: float = 3.0  # ICP correspondence radius, in voxels
     max_iterations: int = 30
@@ -113,7 +113,7 @@ def retrieve_reference_frames(
     target_idx = np.arange(0, n, stride)
     if k == 0 or frames.size == 0 or target_idx.size == 0:
         return []
-    sets = [canonical_voxel_keys(target_voxel_keys[i], f"target_voxel_keys[{i}]") for i in target_idx]
+    sets = [store.query_voxel_set(target_voxel_keys[i], f"target_voxel_keys[{i}]") for i in target_idx]
     counts = store.voxels.intersection_counts(sets)[:, frames].astype(np.int64)  # [T, C]
     if method == "paper":
         return _paper(store, sets, target_idx, frames, counts, k, eps, icp)
@@ -126,6 +126,7 @@ def _paper(store, sets, target_idx, frames, counts, k, eps, icp) -> list[Retriev
     union = sizes_t + sizes_c - counts
     iou = np.divide(counts, union, out=np.zeros(counts.shape), where=union > 0)  # [T, C] 3D IoU
     if icp is not None:
+        icp = replace(icp, voxel_size_m=icp.voxel_size_m * store.voxel_set_scale)  # the sets' cube side
         for t in range(iou.shape[0]):
             for c in np.argsort(-iou[t], kind="stable")[: icp.top_n]:
                 moved = register_voxel_set(store.get_voxel_keys(int(frames[c])), sets[t], icp)

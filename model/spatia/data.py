@@ -505,7 +505,7 @@ class SampleBuilder:
         references: list[ReferenceFrame] = []
         kept = candidates[candidates % c.candidate_stride == 0] if c.candidate_stride > 1 else candidates
         if c.num_references > 0 and len(kept):
-            store = FrameStore(HistoryConfig(image_codec="png", decoded_cache_frames=0))
+            store = FrameStore(HistoryConfig(image_codec="png", decoded_cache_frames=0, voxel_set_levels=0))
             blank = np.zeros((h, w, 3), np.uint8)  # retrieval reads only poses and voxel sets; pixels come later
             for i in kept:
                 store.add(blank, video.c2w[i], K, memory.visible_voxel_keys(K, video.c2w[i]), timestamp_ns=int(i))
