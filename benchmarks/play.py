@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import emit, log  # noqa: E402
 
-CLIP = (4, 6, 2)
+CLIP = (4, 6, 2)  # default of --clip
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -39,8 +39,8 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: float) -> dict:
-    s = await client.play(world_id, clip=CLIP, fps=fps, record=False)
+async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: float, clip) -> dict:
+    s = await client.play(world_id, clip=clip, fps=fps, record=False)
     sent: dict[int, float] = {}
     latencies: list[float] = []
     received = 0
@@ -89,7 +89,7 @@ async def _run(target: str, n: int, args) -> list[dict]:
             await c.create_scene(("room", "house", "courtyard", "room")[i % 4], seed=i, width=args.width,
                                  height=args.height, world_id=wid)
             ids.append(wid)
-        return await asyncio.gather(*(_session(c, w, args.seconds, args.tick_hz, args.fps) for w in ids))
+        return await asyncio.gather(*(_session(c, w, args.seconds, args.tick_hz, args.fps, args.clip) for w in ids))
 
 
 def _baseline(args) -> float:
@@ -103,14 +103,16 @@ def _baseline(args) -> float:
     from world.state import World
 
     world = World.from_scene("room", 0, args.width, args.height)
-    engine = Engine(world, make_generator("geometric"),
-                    EngineConfig(clip=ClipConfig(*CLIP), keyframe_stride=ServerConfig().play_keyframe_stride))
+    server = ServerConfig()
+    engine = Engine(world, make_generator("geometric"), EngineConfig(
+        clip=ClipConfig(*args.clip), keyframe_stride=server.play_keyframe_stride,
+        reuse_references_within=server.play_reuse_references_within))
     poses = ActionIntegrator(world.current_c2w, ControlConfig(fps=args.fps)).run(
         [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0)] * 2)
     per_frame = []
     i = 0
     while i < len(poses):
-        n = CLIP[0] if i == 0 else CLIP[1] - CLIP[2]
+        n = args.clip[0] if i == 0 else args.clip[1] - args.clip[2]
         t0 = time.perf_counter()
         for _ in engine.generate_clip(np.asarray(poses[i:i + n])):
             pass
@@ -125,6 +127,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--tick-hz", type=float, default=30.0, help="actions per second sent by each client")
+    p.add_argument("--clip", type=lambda v: tuple(int(x) for x in v.split(",")), default=CLIP,
+                   help="first clip, clip, preceding frames (PlayStart.clip)")
     p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
@@ -165,7 +169,7 @@ def main() -> None:
     emit({
         "name": "play",
         "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default",
-        "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(CLIP),
+        "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip),
                   "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric"},
         "sessions_1": {"fps": round(one["frames"] / one["wall_s"], 2), "p50_ms": round(_pct(lat1, 50), 1),
                        "p95_ms": round(_pct(lat1, 95), 1), "frames": one["frames"],

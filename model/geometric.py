@@ -39,9 +39,10 @@ class GeometricConfig:
     max_reference_warps: int = 2  # references warped per target frame (nearest poses first); each costs ~1-2 ms
     same_surface_rel_tol: float = 0.03  # a warped pixel replaces the memory's if their depths agree within 3%
     # ... and only from a reference seen from nearly the same pose: there the warp is a near-identity resampling
-    # and keeps the reference's full resolution; from farther away it would only blur what the memory shows.
-    sharpen_max_rotation_deg: float = 10.0
-    sharpen_max_translation_m: float = 0.15
+    # and keeps the reference's full resolution; from farther away it would only blur what the memory shows. (At
+    # 10 deg / 15 cm the frame a few steps back on a walk qualified, and re-sampled its own render for ~4 ms.)
+    sharpen_max_rotation_deg: float = 5.0
+    sharpen_max_translation_m: float = 0.05
     # A reference from (almost) the very same viewpoint is a direct observation of what this view shows: it wins
     # over the memory everywhere it sees, also where the memory holds a point in front (invented geometry that
     # the reference saw through). From farther away a reference can miss occluders outside its field of view,

@@ -48,6 +48,10 @@ class ServerConfig:
     # Play integrates and indexes every this many frames (``EngineConfig.keyframe_stride``): at 30 fps frames are a
     # few cm apart. Generate (explicit trajectories, evaluation) keeps every frame, as the paper does.
     play_keyframe_stride: int = 4
+    # Play keeps a clip's retrieved references while the camera stays within (degrees, metres) of where they were
+    # retrieved (``EngineConfig.reuse_references_within``); short play clips would otherwise retrieve ~30 times a
+    # second for nearly the same view. None: retrieve for every clip.
+    play_reuse_references_within: tuple[float, float] | None = (5.0, 0.10)
     shutdown_grace_s: float = 5.0  # running RPCs get this long to end at shutdown
     keepalive_time_s: float = 60.0  # server pings idle connections this often (keepalive guide: >= 1 min)
     keepalive_timeout_s: float = 20.0

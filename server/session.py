@@ -162,7 +162,9 @@ class PlaySession:
         self.options = options
         self.config = config
         self.limits = config.limits
-        self.engine = entry.engine(generator, EngineConfig(clip=options.clip, keyframe_stride=config.play_keyframe_stride))
+        self.engine = entry.engine(generator, EngineConfig(
+            clip=options.clip, keyframe_stride=config.play_keyframe_stride,
+            reuse_references_within=config.play_reuse_references_within))
         self.outbox = Outbox(self.limits.frame_queue)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt

@@ -15,13 +15,13 @@ drive this one loop (``DESIGN.md``, "One Play step"):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from world.actions import ClipConfig, chunk_clips
-from world.camera import validate_trajectory
+from world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
 from world.errors import InvalidInputError
 from world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
@@ -55,12 +55,22 @@ class EngineConfig:
     # (candidate stride 4); real-time play uses 4: consecutive frames at 30 fps are ~3 cm apart and nearly the
     # same view, and a frame's voxel set (~10^5 keys at d = 1 cm) costs more to index than the frame to draw.
     keyframe_stride: int = 1
+    # (degrees, metres): a clip whose last target pose is within both of the last retrieval's keeps its retrieved
+    # frames instead of running Algorithm 1 again (the pose-nearest fill still runs every clip). None (default):
+    # retrieve for every clip, as the paper does. Real-time play with one-frame clips retrieves ~30 times a
+    # second for nearly the same view; reuse there trades a few cm of staleness for ~4 ms per frame.
+    reuse_references_within: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.num_references < 0:
             raise InvalidInputError(f"num_references must be >= 0, got {self.num_references}")
         if self.keyframe_stride < 1:
             raise InvalidInputError(f"keyframe_stride must be >= 1, got {self.keyframe_stride}")
+        if self.reuse_references_within is not None and (
+            len(self.reuse_references_within) != 2 or min(self.reuse_references_within) < 0
+        ):
+            raise InvalidInputError(f"reuse_references_within must be (degrees, metres) >= 0, "
+                                    f"got {self.reuse_references_within}")
 
 
 @dataclass
@@ -91,7 +101,24 @@ class TargetView:
     integrate. Rendering each of these separately cost ~2.75 renders per frame."""
 
     render: RenderResult  # rgb [H, W, 3], depth_m [H, W], valid [H, W], point_ids [H, W] (current until the update)
-    voxel_keys: np.ndarray  # [V] int64 distinct keys of the points it shows (the view-specific voxel set)
+    voxel_keys: np.ndarray | None  # [V] int64 distinct memory keys it shows (its view-specific voxel set); None
+    # until needed: keyframes get it at once, retrieval asks for its sampled targets (all before the update)
+
+
+class _ViewKeys(Sequence):
+    """The target views' voxel sets for retrieval, decoded from their renders for the targets it samples."""
+
+    def __init__(self, memory, views: list[TargetView]) -> None:
+        self._memory, self._views = memory, views
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        view = self._views[i]
+        if view.voxel_keys is None:
+            view.voxel_keys = self._memory.rendered_voxel_keys(view.render.point_ids)
+        return view.voxel_keys
 
 
 class Engine:
@@ -103,15 +130,18 @@ class Engine:
         self.config = config
         self.clips_done = 0
         self.last_stats: ClipStats | None = None
+        self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
     def _target_views(self, poses: np.ndarray) -> list[TargetView]:
         memory, K = self.world.memory, self.world.intrinsics
+        first_index = len(self.world.history)
         views = []
-        for T in poses:
+        for i, T in enumerate(poses):
             render = memory.render(K, T, return_point_ids=True)
-            views.append(TargetView(render, memory.rendered_voxel_keys(render.point_ids)))
+            keyframe = (first_index + i) % self.config.keyframe_stride == 0
+            views.append(TargetView(render, memory.rendered_voxel_keys(render.point_ids) if keyframe else None))
         return views
 
     def _project(self, preceding_c2w: np.ndarray, views: list[TargetView]) -> SceneProjection:
@@ -141,24 +171,13 @@ class Engine:
         k = self.config.num_references
         if not self.config.use_references or k == 0 or exclude_from <= 0:
             return []
-        found = retrieve_reference_frames(
-            history,
-            target_c2w,
-            self.world.intrinsics,
-            [v.voxel_keys for v in views],
-            k=k,
-            eps=self.config.retrieval_eps,
-            method=self.config.retrieval_method,
-            candidates=range(0, exclude_from),
-        )
-        chosen = [r.frame_index for r in found]
+        scores = self._retrieved(target_c2w, views, exclude_from)  # {frame: score}, in target order
+        chosen = list(scores)
         if self.config.fill_references_by_pose:
             by_pose = _nearest_pose_frames(history.poses()[:exclude_from], target_c2w, k, exclude=set(chosen))
             if by_pose and len(chosen) >= k:  # the view nearest to where the clip ends always gets a slot
-                weakest = min(found, key=lambda r: r.score).frame_index
-                chosen = [i for i in chosen if i != weakest]
+                chosen.remove(min(chosen, key=scores.get))  # the weakest retrieved one
             chosen += by_pose[: k - len(chosen)]
-        scores = {r.frame_index: float(r.score) for r in found}
         return [
             ReferenceFrame(
                 frame_index=i,
@@ -170,6 +189,29 @@ class Engine:
             )
             for i in chosen
         ]
+
+    def _retrieved(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> dict[int, float]:
+        """Algorithm 1 (or the official variant) for this clip, or the last clip's result when
+        ``reuse_references_within`` allows."""
+        reuse, last = self.config.reuse_references_within, self._last_retrieval
+        if reuse is not None and last is not None:
+            last_c2w, last_scores = last
+            if (rotation_angle_deg(last_c2w, target_c2w[-1]) <= reuse[0]
+                    and translation_distance_m(last_c2w, target_c2w[-1]) <= reuse[1]):
+                return {i: s for i, s in last_scores.items() if i < exclude_from}
+        found = retrieve_reference_frames(
+            self.world.history,
+            target_c2w,
+            self.world.intrinsics,
+            _ViewKeys(self.world.memory, views),
+            k=self.config.num_references,
+            eps=self.config.retrieval_eps,
+            method=self.config.retrieval_method,
+            candidates=range(0, exclude_from),
+        )
+        scores = {r.frame_index: float(r.score) for r in found}
+        self._last_retrieval = (target_c2w[-1].copy(), scores)
+        return scores
 
     def _first_frame(self) -> np.ndarray:
         return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
@@ -300,7 +342,7 @@ class Engine:
             else:  # not integrated (its pose was not refined either): the memory as the clip saw it at this pose
                 keys, depth = views[i].voxel_keys, views[i].render.depth_m
                 if (first_index + i) % self.config.keyframe_stride:
-                    keys = keys[:0]  # not a keyframe: not indexed for retrieval
+                    keys = np.zeros(0, np.int64)  # not a keyframe: not indexed for retrieval
             if result.depth_m is not None:
                 depth = result.depth_m[i]
             if result.dynamic is not None:
