@@ -50,13 +50,19 @@ class GeometricConfig:
     trust_max_rotation_deg: float = 2.0
     trust_max_translation_m: float = 0.03
     # A reference seen from farther than the sharpening bounds only fills the memory's holes; when they cover less
-    # than this fraction of the view, push-pull fills them and the warp (~4 ms at 640x360) is skipped. Measured on
+    # than this fraction of the view, push-pull fills them and the warp (~4 ms at 640x360) is skipped; at most one
+    # far reference fills per frame. Measured on
     # a 30 fps walk while turning (room / house / courtyard): holes are 3-6% of a view at the median, 5-9% at p90,
     # mostly the strip the turn reveals, which no earlier frame saw either.
     fill_warp_min_hole_fraction: float = 0.10
     small_hole_px: int = 24  # holes spanning at most this many pixels get the background-preferring fill
     backdrop_percentile: float = 95.0  # the backdrop sits at this percentile of the depth the clip's render sees
     default_backdrop_m: float = 6.0  # when the memory shows nothing at all
+    # The backdrop never goes farther than this. Without a cap it drifts outward: invented backdrop points raise the
+    # next clips' depth percentile, so a 10 s walk in "house" pushed it to 20-36 m and the memory grew to 1.4 M
+    # points, most of them far, sparse and in no real surface (each pixel then shows its own point, so such views
+    # also cost the most to render, index and store).
+    max_backdrop_m: float = 12.0
     min_floor_drop_m: float = 0.3  # the floor is at least this far below the camera
 
 
@@ -76,6 +82,7 @@ def estimate_layout(request: ClipRequest, config: GeometricConfig) -> Layout:
     proj = request.target_projection
     depth = proj.depth_m[:, ::4, ::4][proj.valid[:, ::4, ::4]]
     backdrop = float(np.percentile(depth, config.backdrop_percentile)) if depth.size else config.default_backdrop_m
+    backdrop = min(backdrop, config.max_backdrop_m)
     poses = request.target_c2w
     step = 4  # every 4th pixel of every 4th row: plenty for a percentile, 16x less work
     rays = _rays(request.intrinsics)[::step, ::step]
@@ -191,13 +198,15 @@ class GeometricGenerator:
         def distance(ref: ReferenceFrame) -> float:  # 10 cm of travel weigh like one degree of turn
             return rotation_angle_deg(ref.c2w, c2w) + 10.0 * translation_distance_m(ref.c2w, c2w)
 
-        few_holes = 1.0 - float(valid.mean()) < cfg.fill_warp_min_hole_fraction
+        fill_warps = 0 if 1.0 - float(valid.mean()) < cfg.fill_warp_min_hole_fraction else 1
         for ref in sorted(references, key=distance)[: cfg.max_reference_warps]:
             rot, trans = rotation_angle_deg(ref.c2w, c2w), translation_distance_m(ref.c2w, c2w)
             close = rot <= cfg.sharpen_max_rotation_deg and trans <= cfg.sharpen_max_translation_m
             same_view = rot <= cfg.trust_max_rotation_deg and trans <= cfg.trust_max_translation_m
-            if not close and few_holes:
-                continue
+            if not close:
+                if not fill_warps:
+                    continue
+                fill_warps -= 1  # one far reference fills; a second one would mostly find the same holes filled
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
             allowed = ~valid  # holes of the memory
             if same_view:

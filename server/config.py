@@ -42,9 +42,14 @@ class ServerConfig:
     # A played world is saved after a clip's memory update once both this many clips and this many seconds have
     # passed since its last save (and always when the session ends and at shutdown). Each save serialises the
     # whole world on the saver thread (~1 s of CPU per 1 M points), so saving after every clip of a 30 fps session
-    # keeps a core busy; a kill -9 loses at most ``save_interval_s`` of play (0: every ``save_every_clips`` clips).
+    # keeps a core busy; a kill -9 loses at most max(``save_interval_s``, last save time / ``save_max_duty``) of play
+    # (``save_interval_s = 0`` and ``save_max_duty = 1``: after every ``save_every_clips`` clips).
     save_every_clips: int = 1
     save_interval_s: float = 5.0
+    # ... and saving takes at most this fraction of a played world's wall time: after a save that took s seconds
+    # the next waits at least s / save_max_duty. A world grows by ~10^5 points per second of exploring, and each
+    # save serialises all of it, so at a fixed interval long sessions would spend ever more CPU on snapshots.
+    save_max_duty: float = 0.05
     # Play integrates and indexes every this many frames (``EngineConfig.keyframe_stride``): at 30 fps frames are a
     # few cm apart. Generate (explicit trajectories, evaluation) keeps every frame, as the paper does.
     play_keyframe_stride: int = 4
@@ -63,6 +68,8 @@ class ServerConfig:
             raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
         if self.save_every_clips < 1:
             raise InvalidInputError(f"save_every_clips must be >= 1, got {self.save_every_clips}")
+        if not 0.0 < self.save_max_duty <= 1.0:
+            raise InvalidInputError(f"save_max_duty must be in (0, 1], got {self.save_max_duty}")
         if self.play_keyframe_stride < 1:
             raise InvalidInputError(f"play_keyframe_stride must be >= 1, got {self.play_keyframe_stride}")
         if not (self.save_interval_s >= 0 and self.save_interval_s != float("inf")):

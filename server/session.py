@@ -308,7 +308,7 @@ class PlaySession:
         stats = self.engine.last_stats
         self.entry.clips_generated = self.engine.clips_done
         self.entry.clips_since_save += 1
-        if self.entry.save_due(self.config.save_every_clips, self.config.save_interval_s):
+        if self.entry.save_due(self.config.save_every_clips, self.config.save_interval_s, self.config.save_max_duty):
             self.entry.save_in_background()
         if self.recorder:
             self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,

@@ -54,6 +54,7 @@ class WorldEntry:
     clips_generated: int = 0
     clips_since_save: int = 0
     last_save_monotonic: float = field(default_factory=time.monotonic)  # when the latest snapshot copy was taken
+    last_save_cpu_s: float = 0.0  # how long the latest snapshot took to copy, serialise and write
     snapshot_bytes: int = 0
     deleted: bool = False
     save_lock: threading.Lock = field(default_factory=threading.Lock)  # held while the snapshot file is written
@@ -75,17 +76,20 @@ class WorldEntry:
         """Run ``fn(*args)`` on this world's worker thread and await it."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _next_payload(self) -> tuple[int, dict]:
+    def _next_payload(self) -> tuple[int, dict, float]:
+        t0 = time.perf_counter()
         payload = self.world.to_payload()  # copies: the world may change while it is written
         with self._latest_lock:
             self._seq += 1
-            return self._seq, payload
+            return self._seq, payload, time.perf_counter() - t0
 
-    def _write(self, seq: int, payload: dict) -> int:
+    def _write(self, seq: int, payload: dict, copy_s: float = 0.0) -> int:
         with self.save_lock:
             if self.deleted or seq <= self._written_seq:  # deleted, or a newer snapshot is already on disk
                 return self.snapshot_bytes
+            t0 = time.perf_counter()
             self.snapshot_bytes = snapshot.save(self.path, payload, version=SNAPSHOT_VERSION)
+            self.last_save_cpu_s = copy_s + time.perf_counter() - t0
             self._written_seq = seq
             return self.snapshot_bytes
 
@@ -93,10 +97,10 @@ class WorldEntry:
         """Write the snapshot atomically now (call on the worker thread, or when nothing else touches the world)."""
         if self.deleted:
             return 0
-        seq, payload = self._next_payload()
+        item = self._next_payload()
         self.clips_since_save = 0
         self.last_save_monotonic = time.monotonic()
-        return self._write(seq, payload)
+        return self._write(*item)
 
     def save_in_background(self) -> None:
         """Copy the world now (on the worker thread) and write it on the saver thread; a copy still waiting when a
@@ -124,9 +128,11 @@ class WorldEntry:
             except Exception as exc:  # noqa: BLE001 -- a failed write keeps the previous snapshot; log and go on
                 log.error("world snapshot write failed", world_id=self.world_id, error=str(exc))
 
-    def save_due(self, every_clips: int, interval_s: float) -> bool:
-        """Whether a played world should be saved now (``ServerConfig.save_every_clips`` / ``save_interval_s``)."""
-        return self.clips_since_save >= every_clips and time.monotonic() - self.last_save_monotonic >= interval_s
+    def save_due(self, every_clips: int, interval_s: float, max_duty: float = 1.0) -> bool:
+        """Whether a played world should be saved now (``ServerConfig.save_every_clips``, ``save_interval_s`` and
+        ``save_max_duty``)."""
+        wait_s = interval_s if max_duty >= 1.0 else max(interval_s, self.last_save_cpu_s / max_duty)  # 1: no limit
+        return self.clips_since_save >= every_clips and time.monotonic() - self.last_save_monotonic >= wait_s
 
     def engine(self, generator, config: EngineConfig) -> Engine:
         """A fresh engine over this world (engines hold no state the world does not; clip ids count per engine)."""

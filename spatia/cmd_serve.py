@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every-clips", type=int, default=1, help="save a played world after this many clips ...")
     p.add_argument("--save-interval-s", type=float, default=5.0,
                    help="... and at least this many seconds since its last save (0: every --save-every-clips clips);"
-                        " a kill -9 loses at most this much play")
+                        " a kill -9 loses at most this much play (or --save-max-duty's wait, if longer)")
+    p.add_argument("--save-max-duty", type=float, default=0.05,
+                   help="saves take at most this fraction of a played world's time (1: no limit)")
     p.add_argument("--max-worlds", type=int, default=64)
     p.add_argument("--max-sessions", type=int, default=16)
     p.add_argument("--max-image-pixels", type=int, default=1920 * 1080)
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(
         data_dir=args.data_dir, host=args.host, port=args.port, generator=args.generator, generator_kwargs=kwargs,
         token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key, save_every_clips=args.save_every_clips,
-        save_interval_s=args.save_interval_s,
+        save_interval_s=args.save_interval_s, save_max_duty=args.save_max_duty,
         limits=Limits(max_worlds=args.max_worlds, max_sessions=args.max_sessions,
                       max_image_pixels=args.max_image_pixels, max_trajectory_frames=args.max_trajectory_frames,
                       max_message_bytes=args.max_message_mb * 1024 * 1024),

@@ -45,3 +45,18 @@ def test_a_deleted_world_is_not_written_again(box_room, tmp_path):
     entry.save_in_background()
     entry.saver.shutdown(wait=True)
     assert not entry.path.exists()
+
+
+def test_saves_wait_for_the_interval_and_the_duty_cycle(box_room, tmp_path):
+    entry = _entry(box_room, tmp_path)
+    entry.save()
+    assert entry.last_save_cpu_s > 0
+    entry.clips_since_save = 1
+    assert not entry.save_due(1, interval_s=60.0)  # saved just now
+    assert entry.save_due(1, interval_s=0.0)
+    assert not entry.save_due(2, interval_s=0.0)  # fewer clips than asked for
+    entry.last_save_cpu_s = 1.0  # a save that took 1 s at a 5% duty waits 20 s, whatever the interval
+    entry.last_save_monotonic -= 10.0
+    assert not entry.save_due(1, interval_s=5.0, max_duty=0.05)
+    entry.last_save_monotonic -= 11.0
+    assert entry.save_due(1, interval_s=5.0, max_duty=0.05)

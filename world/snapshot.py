@@ -23,7 +23,8 @@ from world.errors import NotFoundError, SnapshotError
 
 FORMAT = "spatia-world"
 VERSION = 1
-_ZSTD_LEVEL = 3  # fast; snapshots are written after every clip
+_ZSTD_LEVEL = 1  # the fastest level: a played world is snapshotted every few seconds (1.4 M points + 300 frames:
+# 205 ms at level 1 vs 291 ms at level 3, 53 vs 44 MB)
 
 
 def _encode(obj: Any) -> Any:
