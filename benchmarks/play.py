@@ -40,9 +40,11 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: float, clip) -> dict:
-    s = await client.play(world_id, clip=clip, fps=fps, record=False)
+async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: float, clip, max_pending: int) -> dict:
+    s = await client.play(world_id, clip=clip, fps=fps, record=False, max_pending_frames=max_pending)
     sent: dict[int, float] = {}
+    sent_ns: dict[int, int] = {}  # wall clock, to compare with Frame.server_time_ns (same machine)
+    server_ms: list[float] = []  # action sent -> its frame encoded on the server
     latencies: list[float] = []
     received = 0
     arrivals: list[float] = []
@@ -54,6 +56,7 @@ async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: f
         while tick < stop:
             seq = await s.send(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0 / tick_hz)
             sent[seq] = time.perf_counter()
+            sent_ns[seq] = time.time_ns()
             tick += 1.0 / tick_hz
             await asyncio.sleep(max(tick - time.monotonic(), 0.0))
 
@@ -73,6 +76,7 @@ async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: f
             for seq in range(answered + 1, f.last_action_seq + 1):
                 if seq in sent:
                     latencies.append((now - sent[seq]) * 1e3)
+                    server_ms.append((f.server_time_ns - sent_ns[seq]) / 1e6)
             answered = max(answered, f.last_action_seq)
 
     await asyncio.gather(sender(), receiver())
@@ -83,6 +87,7 @@ async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: f
     # sustained fps: frames over the span from the first to the last one (a server that keeps up gives tick_hz)
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
     return {"frames": received, "wall_s": wall, "fps": (len(arrivals) - 1) / span, "latencies_ms": latencies,
+            "server_ms": server_ms,
             "poses_dropped": dropped,
             "generate_ms": [x.generate_ms for x in s.stats], "update_ms": [x.update_ms for x in s.stats]}
 
@@ -97,7 +102,7 @@ async def _run(target: str, n: int, args) -> list[dict]:
             await c.create_scene(("room", "house", "courtyard", "room")[i % 4], seed=i, width=args.width,
                                  height=args.height, world_id=wid)
             ids.append(wid)
-        return await asyncio.gather(*(_session(c, w, args.seconds, args.tick_hz, args.fps, args.clip) for w in ids))
+        return await asyncio.gather(*(_session(c, w, args.seconds, args.tick_hz, args.fps, args.clip, args.max_pending) for w in ids))
 
 
 def _baseline(args) -> float:
@@ -137,6 +142,8 @@ def main() -> None:
     p.add_argument("--tick-hz", type=float, default=30.0, help="actions per second sent by each client")
     p.add_argument("--clip", type=lambda v: tuple(int(x) for x in v.split(",")), default=CLIP,
                    help="first clip, clip, preceding frames (PlayStart.clip)")
+    p.add_argument("--max-pending", type=int, default=0,
+                   help="PlayStart.max_pending_frames: poses waiting beyond this are dropped, oldest first (0: a clip's worth)")
     p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
@@ -177,11 +184,13 @@ def main() -> None:
     emit({
         "name": "play",
         "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default",
-        "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip),
+        "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip), "max_pending": args.max_pending,
                   "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric"},
         "sessions_1": {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
                        "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),
                        "max_ms": round(max(lat1, default=float("nan")), 1), "frames": one["frames"],
+                       "p50_to_server_frame_ms": round(_pct(one["server_ms"], 50), 1),
+                       "p95_to_server_frame_ms": round(_pct(one["server_ms"], 95), 1),
                        "poses_dropped": one["poses_dropped"],
                        "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
                        "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)},

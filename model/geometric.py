@@ -175,7 +175,7 @@ class GeometricGenerator:
 
     name = "geometric"
     exact_poses = True  # frames are drawn at exactly the requested poses: the memory update need not refine them
-    uses_preceding_projection = False  # the layout prior comes from the target poses' projection
+    uses_preceding_clip = False  # each frame comes from the memory at its pose; the layout from the targets' projection
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config

@@ -162,6 +162,18 @@ def longest_sorted_prefix(keys, n):
     return n
 
 
+@nb.njit(cache=True, nogil=True, parallel=True)
+def permute_rows(arr, order):
+    """``arr[:len(order)] = arr[order]`` in place (through one scratch copy), rows in parallel: a numpy fancy
+    gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame being rendered."""
+    n = order.shape[0]
+    scratch = np.empty((n,) + arr.shape[1:], arr.dtype)
+    for i in nb.prange(n):
+        scratch[i] = arr[order[i]]
+    for i in nb.prange(n):
+        arr[i] = scratch[i]
+
+
 @nb.njit(cache=True, nogil=True)
 def merge_order(keys, n_sorted, tail_order):
     """Permutation (new position -> old index) merging the sorted prefix with the tail in ``tail_order``."""

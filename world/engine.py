@@ -157,7 +157,7 @@ class Engine:
         if not self.config.use_scene_projection:
             return empty(m + n)
         preceding = empty(m)
-        if m and getattr(self.generator, "uses_preceding_projection", True):
+        if m and getattr(self.generator, "uses_preceding_clip", True):
             preceding = self.world.memory.render_trajectory(K, preceding_c2w)
         target = [v.render for v in views]
         return SceneProjection(
@@ -226,11 +226,11 @@ class Engine:
         first_clip = n_hist <= 1  # only the initial image so far: the TI2V image-conditioned first clip
         m = 0 if first_clip else min(self.config.clip.preceding_frames, n_hist)
         prec_idx = list(range(n_hist - m, n_hist))
-        preceding = (
-            np.stack([history.get_rgb(i) for i in prec_idx])
-            if m
-            else np.zeros((0, self.world.intrinsics.height, self.world.intrinsics.width, 3), np.uint8)
-        )
+        K = self.world.intrinsics
+        if m and getattr(self.generator, "uses_preceding_clip", True):
+            preceding = np.stack([history.get_rgb(i) for i in prec_idx])
+        else:  # blank (calloc'd, never touched): nothing reads it
+            preceding = np.zeros((m, K.height, K.width, 3), np.uint8)
         preceding_c2w = history.poses()[prec_idx] if m else np.zeros((0, 4, 4))
         views = self._target_views(target_c2w)
         request = ClipRequest(

@@ -97,8 +97,9 @@ class Generator(Protocol):
 
     - ``exact_poses = True``: frames are drawn at exactly the requested poses (a renderer); the memory update then
       skips pose refinement;
-    - ``uses_preceding_projection = False``: the generator never reads the preceding part of
-      ``request.projection``; the engine then leaves it empty (all invalid) instead of rendering it;
+    - ``uses_preceding_clip = False``: the generator never reads the preceding clip (``preceding_frames`` and the
+      preceding part of ``projection``); the engine then leaves them blank (zero, all invalid) instead of decoding
+      and rendering them, and only ``preceding_c2w`` is filled;
     - ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
       the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none).
     """
