@@ -112,7 +112,8 @@ def main() -> None:
     # The stored image plays no part in retrieval: a tiny one keeps the history build about the voxel sets.
     thumb = CAMERA.scaled(8, 6)
     img = np.zeros((thumb.height, thumb.width, 3), dtype=np.uint8)
-    store = FrameStore(HistoryConfig(image_codec="png"))
+    # The sets are built at --voxel-size already: keep them as given (no further coarsening), as the reference does.
+    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0))
     sets = []
     t0 = time.perf_counter()
     add_s = 0.0

@@ -32,12 +32,15 @@ pixels around its projection (pixel centres at +0.5, as ``world.geometry.depth_t
 point wins each pixel (ties: lower point index). Rendered depth is the z-buffer's: truncated to
 ``max_depth_m / 2**31`` (0.47 um at the default 1000 m).
 
-Not thread-safe: one writer, no concurrent readers while it writes.
+Not thread-safe: one writer, no concurrent readers while it writes. (The memory's own maintenance thread only
+copies arrays for a growth in preparation, see ``GROW_AHEAD_AT``.)
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -52,6 +55,12 @@ from world.generator import SceneProjection
 
 HASH_MAX_LOAD = 0.75  # linear probing stays short below this
 GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 32 right after a growth)
+# Growing copies every point and rebuilds the hash table: ~100 ms at 1.5 M points, a pause of the frame being made,
+# and an explored world grows by ~10^5 points a second. So once the arrays are GROW_AHEAD_AT full, the larger copy
+# is prepared on a maintenance thread while integration goes on; the next integrate adopts it, bringing over only
+# what changed meanwhile (~5 ms). Growing to GROW_AHEAD x capacity keeps capacity <= 1.25 x points as above.
+GROW_AHEAD_AT = 0.96
+GROW_AHEAD = 1.2
 MIN_CAPACITY = 1 << 14
 TAIL_MIN = 1 << 16  # an unsorted tail below this many points is rendered without culling
 TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sorted part before a render (each merge
@@ -144,6 +153,9 @@ class SpatialMemory:
         self._table = np.full(_table_size(MIN_CAPACITY), -1, np.int32)
         self._block_ids = np.zeros(0, np.int64)  # [B] block ids of the sorted part
         self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
+        self._structure = 0  # bumped when points move (re-sort, compaction): voids background work on them
+        self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it copied)
+        self._ordering: tuple[Future, int, int, int] | None = None  # (job, n_sorted, n, structure) of a re-sort
 
     # ----------------------------------------------------------------------------------------------------------
     # Read-only views
@@ -243,6 +255,7 @@ class SpatialMemory:
         return self._merge(s_keys, s_offs, cols, s_idx, _frame_index(frame_index))
 
     def _merge(self, s_keys, s_offs, s_rgb, s_idx, frame_index: int, refresh_existing: bool = True) -> IntegrateStats:
+        self._adopt_growth()
         n_before = self._n
         touched = np.zeros(n_before, np.bool_)
         created = updated = 0
@@ -257,8 +270,11 @@ class SpatialMemory:
             updated += u
             if start >= s_keys.shape[0]:
                 break
-            self._grow(int(math.ceil(self._capacity * GROWTH)))
+            if not self._adopt_growth(wait=True):
+                self._grow(int(math.ceil(self._capacity * GROWTH)))
             # the samples' hash look-ups stay valid: growing keeps every point's index
+        self._prepare_growth()
+        self._prepare_reindex()
         return IntegrateStats(int(created), int(updated))
 
     # ----------------------------------------------------------------------------------------------------------
@@ -386,6 +402,7 @@ class SpatialMemory:
         """Write points (float64 world) into their voxels, replacing existing points there."""
         if len(pts) == 0:
             return IntegrateStats(0, 0)
+        self._adopt_growth()
         d = self.config.voxel_size_m
         coords = np.floor(pts / d)
         if coords.min() < -K.KEY_OFFSET or coords.max() >= K.KEY_OFFSET:
@@ -516,6 +533,7 @@ class SpatialMemory:
     def copy(self) -> "SpatialMemory":
         mem = SpatialMemory.__new__(SpatialMemory)
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
+        mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         return mem
 
     # ----------------------------------------------------------------------------------------------------------
@@ -535,6 +553,36 @@ class SpatialMemory:
         self._counts = np.empty(capacity, np.uint16)
         self._last = np.empty(capacity, np.int32)
 
+    def _prepare_growth(self) -> None:
+        if self._growth is not None or self._n < GROW_AHEAD_AT * self._capacity:
+            return
+        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last)
+        capacity = int(math.ceil(self._capacity * GROW_AHEAD))
+        self._growth = (_maintenance().submit(_grown_copy, arrays, self._n, capacity), self._n, self._structure)
+
+    def _adopt_growth(self, wait: bool = False) -> bool:
+        """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
+        no longer applies (points moved meanwhile)."""
+        if self._growth is None:
+            return False
+        job, n0, structure = self._growth
+        if not (wait or job.done()):
+            return False
+        self._growth = None
+        arrays, table = job.result()
+        if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # moved, or grown meanwhile
+            return False
+        n = self._n
+        current = (self._keys, self._offsets, self._colors, self._counts, self._last)
+        for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
+            dst[:n0] = src[:n0]
+        for dst, src in zip(arrays, current):  # rows added since the copy
+            dst[n0:n] = src[n0:n]
+        K.hash_build_range(table, arrays[0], n0, n)
+        self._keys, self._offsets, self._colors, self._counts, self._last = arrays
+        self._table = table
+        return True
+
     def _grow(self, capacity: int) -> None:
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last)
@@ -552,6 +600,7 @@ class SpatialMemory:
 
     def _compact(self, keep: np.ndarray) -> None:
         """Drop points where ``keep`` [N] is False; order is kept, so the sorted prefix stays sorted."""
+        self._structure += 1
         n = self._n
         n_sorted_kept = int(keep[: self._n_sorted].sum())
         idx = np.flatnonzero(keep)
@@ -573,19 +622,38 @@ class SpatialMemory:
         if self._n > self._n_sorted:
             self._reindex()
 
-    def _maybe_reindex(self) -> None:
+    def _reindex_due(self) -> bool:
         tail = self._n - self._n_sorted
-        if tail > TAIL_MIN and tail > self._n // TAIL_FRACTION:
+        return tail > TAIL_MIN and tail > self._n // TAIL_FRACTION
+
+    def _maybe_reindex(self) -> None:
+        if self._reindex_due():
             self._reindex()
+
+    def _prepare_reindex(self) -> None:
+        """Once the tail is 3/4 of the way to a re-sort, compute the merge order on the maintenance thread (the
+        sort is half of a re-sort's pause; only permuting the rows is left for ``_reindex``)."""
+        tail = self._n - self._n_sorted
+        if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self._n // TAIL_FRACTION):
+            return
+        job = _maintenance().submit(_merge_order, self._keys, self._n_sorted, self._n)
+        self._ordering = (job, self._n_sorted, self._n, self._structure)
 
     def _reindex(self) -> None:
         """Merge the unsorted tail into the block-sorted part (O(n) merge + an O(tail log tail) sort)."""
         n, ns = self._n, self._n_sorted
-        tail_order = np.argsort(K.sort_keys(self._keys, ns, n)) + ns
-        order = K.merge_order(self._keys, ns, tail_order)  # new position -> old index
+        order = None
+        if self._ordering is not None:  # the order of the points up to n0, computed in the background
+            job, ns0, n0, structure = self._ordering
+            self._ordering = None
+            if structure == self._structure and ns0 == ns:  # (a growth adopted meanwhile kept every key in place)
+                order, n = job.result(), n0  # points added since stay in the tail
+        if order is None:
+            order = _merge_order(self._keys, ns, n)  # new position -> old index
+        self._structure += 1
         for a in (self._keys, self._offsets, self._colors, self._counts, self._last):
             K.permute_rows(a, order)
-        new_of_old = np.empty(n, np.int32)
+        new_of_old = np.arange(self._n, dtype=np.int32)  # points beyond n keep their index
         new_of_old[order] = np.arange(n, dtype=np.int32)
         K.hash_remap(self._table, new_of_old)  # same keys in the same slots, only the indices move
         self._n_sorted = n
@@ -595,6 +663,37 @@ class SpatialMemory:
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
+
+_maintenance_lock = threading.Lock()
+_maintenance_pool: ThreadPoolExecutor | None = None
+
+
+def _maintenance() -> ThreadPoolExecutor:
+    """One thread for every memory's background growth (started on first use, so ``import world`` starts none)."""
+    global _maintenance_pool
+    with _maintenance_lock:
+        if _maintenance_pool is None:
+            _maintenance_pool = ThreadPoolExecutor(1, thread_name_prefix="memory-maintenance")
+        return _maintenance_pool
+
+
+def _merge_order(keys: np.ndarray, n_sorted: int, n: int) -> np.ndarray:
+    """New position -> old index that merges points ``[n_sorted, n)`` into the block-sorted ``[0, n_sorted)``.
+    Reads only keys below ``n``, which stay put until the memory's structure changes (callers check)."""
+    tail_order = np.argsort(K.sort_keys(keys, n_sorted, n)) + n_sorted
+    return K.merge_order(keys, n_sorted, tail_order)
+
+
+def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys. Runs
+    while the owner keeps integrating: rows < n may change meanwhile (``_adopt_growth`` copies their data again,
+    and discards the result if points moved); rows >= n are not read."""
+    out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
+    for dst, src in zip(out, arrays):
+        dst[:n] = src[:n]
+    table = np.full(_table_size(capacity), -1, np.int32)
+    K.hash_build_range(table, out[0], 0, n)
+    return out, table
 
 
 def splat_k(config: MemoryConfig, intrinsics: Intrinsics) -> float:

@@ -1,0 +1,94 @@
+"""Background maintenance of the spatial memory: growths and re-sorts prepared on the maintenance thread give the
+same memory as doing them on the spot, and are dropped when the points moved in between."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import world.memory as memory_module
+from world.camera import Intrinsics, look_at
+from world.memory import SpatialMemory
+
+CAM = Intrinsics.from_fov(70.0, 96, 64)
+
+
+def _batches(n_batches: int = 40, per_batch: int = 800) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    out = []
+    for b in range(n_batches):  # slabs further and further away: each batch is mostly new voxels
+        pts = rng.uniform([-2, -1, 2 + 0.1 * b], [2, 1, 2.1 + 0.1 * b], size=(per_batch, 3))
+        out.append((pts, rng.integers(0, 256, size=(per_batch, 3)).astype(np.uint8)))
+    return out
+
+
+def _content(mem: SpatialMemory) -> dict[str, np.ndarray]:
+    """The points as a set: arrays ordered by voxel key (the order of points is storage, not content)."""
+    arrays = mem.to_arrays()
+    order = np.argsort(arrays["voxel_keys"])
+    return {name: a[order] for name, a in arrays.items()}
+
+
+def _build(monkeypatch, background: bool, resort_between: bool = False) -> SpatialMemory:
+    with monkeypatch.context() as m:
+        if not background:
+            m.setattr(memory_module, "GROW_AHEAD_AT", 10.0)  # never prepared: every growth on the spot
+            m.setattr(SpatialMemory, "_prepare_reindex", lambda self: None)
+        mem = SpatialMemory()
+        c2w = look_at(np.zeros(3), np.array([0.0, 0.0, 5.0]))
+        for i, (pts, cols) in enumerate(_batches()):
+            mem.integrate_points(pts, cols, frame_index=i)
+            if resort_between:
+                mem.reindex()  # points move while a growth may be in preparation: it must be dropped
+            mem.render(CAM, c2w)  # renders re-sort the tail when it is long (with a prepared order if any)
+            if background and mem._growth is not None:
+                mem._growth[0].result()  # let the prepared growth finish, so the next integrate adopts it
+        return mem
+
+
+@pytest.mark.parametrize("resort_between", [False, True])
+def test_background_growth_and_resort_give_the_same_memory(monkeypatch, resort_between):
+    adopted = []
+    original = SpatialMemory._adopt_growth
+
+    def counting(self, wait=False):
+        took = original(self, wait)
+        adopted.append(took)
+        return took
+
+    monkeypatch.setattr(SpatialMemory, "_adopt_growth", counting)
+    fast = _build(monkeypatch, background=True, resort_between=resort_between)
+    monkeypatch.setattr(SpatialMemory, "_adopt_growth", original)
+    spot = _build(monkeypatch, background=False)
+    assert (any(adopted) and not resort_between) or (resort_between and not any(adopted))
+    got, want = _content(fast), _content(spot)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert fast.bytes_per_point <= 32.0
+    # every point is still found through the hash table: integrating everything again adds nothing
+    for i, (pts, cols) in enumerate(_batches()):
+        assert fast.integrate_points(pts, cols, frame_index=20 + i).new_points == 0
+    c2w = look_at(np.zeros(3), np.array([0.0, 0.0, 5.0]))
+    np.testing.assert_array_equal(fast.render(CAM, c2w).valid, spot.render(CAM, c2w).valid)
+
+
+def test_a_prepared_resort_covers_the_points_it_saw_and_later_ones_stay_in_the_tail(monkeypatch):
+    monkeypatch.setattr(memory_module, "GROW_AHEAD_AT", 10.0)
+    mem = SpatialMemory()
+    batches = _batches(4, 90000)
+    mem.integrate_points(*batches[0], frame_index=0)
+    mem.reindex()
+    mem.integrate_points(*batches[1], frame_index=1)  # a long tail: the re-sort order is prepared
+    assert mem._ordering is not None
+    n_prepared = mem._ordering[2]
+    mem._ordering[0].result()
+    mem.integrate_points(*batches[2], frame_index=2)  # more points before the prepared order is used
+    n = mem.num_points
+    mem.reindex()
+    assert mem._n_sorted == n_prepared < n  # the later points wait for the next re-sort
+    keys = mem.voxel_keys
+    mem.reindex()  # now everything
+    assert mem._n_sorted == n
+    assert sorted(mem.voxel_keys.tolist()) == sorted(keys.tolist())
+    for i, (pts, cols) in enumerate(batches[:3]):
+        assert mem.integrate_points(pts, cols, frame_index=10 + i).new_points == 0
