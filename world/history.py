@@ -6,7 +6,8 @@ that point cloud as a set of voxel keys (``world.geometry`` packing, cube side `
 (e.g. ``SpatialMemory.visible_voxel_keys`` or ``world.geometry.voxel_keys`` of the unprojected depth).
 
 What is stored per frame (``frame_index`` = position in the store, 0-based, in the order of ``add``):
-- the image, compressed (JPEG quality 95 or lossless PNG), decoded on demand through a small LRU;
+- the image, compressed (JPEG quality 95 or lossless PNG) on the "history-encoder" thread (``world._threads``),
+  decoded on demand through a small LRU;
 - optional depth, compressed (float16 + zstd, lossless float32 + zstd, or 16-bit PNG millimetres);
 - ``c2w`` (OpenCV camera, world frame, float64), intrinsics and a timestamp, in growing arrays (hot paths read
   all poses at once);
@@ -22,11 +23,13 @@ from __future__ import annotations
 import functools
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from world._threads import background
 from world.camera import Intrinsics, validate_pose
 from world.errors import ImageDecodeError, InvalidInputError, NotFoundError, SnapshotError
 from world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
@@ -612,8 +615,9 @@ class FrameStore:
         self._c2w = _Growing((4, 4), np.float64)  # [N, 4, 4] camera-to-world, OpenCV camera
         self._intrinsics = _Growing((6,), np.float64)  # [N, 6]: fx, fy, cx, cy, width, height (pixels)
         self._timestamp_ns = _Growing((), np.int64)
-        self._rgb: list[bytes] = []
-        self._depth: list[bytes | None] = []
+        # compressed frames; a Future while the "history-encoder" thread compresses it (``_blob`` waits for it)
+        self._rgb: list[bytes | Future] = []
+        self._depth: list[bytes | Future | None] = []
         self.voxels = VoxelSetIndex(config.index_tail_runs)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
@@ -647,9 +651,12 @@ class FrameStore:
                 raise InvalidInputError(f"depth_m must be float [{h}, {w}], got {depth.dtype} {depth.shape}")
             if not np.all(np.isfinite(depth)) or depth.min() < 0:
                 raise InvalidInputError("depth_m must be finite and >= 0 (0 = unknown)")
-            depth_blob = _encode_depth(depth.astype(np.float32, copy=False), self.config)
+            # compressed on the encoder thread (~3 ms for both at 640x360, off the frame's path); the copies keep
+            # the caller free to reuse its buffers
+            depth_blob = background("history-encoder").submit(
+                _encode_depth, depth.astype(np.float32, copy=True), self.config)
         ts = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
-        rgb_blob = _encode_rgb(rgb, self.config)
+        rgb_blob = background("history-encoder").submit(_encode_rgb, rgb.copy(), self.config)
 
         self._c2w.extend(pose[None])
         self._intrinsics.extend(
@@ -685,6 +692,19 @@ class FrameStore:
 
     # --- reading ----------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _blob(blobs: list, i: int) -> bytes:
+        """Compressed frame ``i`` of ``blobs``, waiting for the encoder thread if it is still at it."""
+        blob = blobs[i]
+        if isinstance(blob, Future):
+            blob = blobs[i] = blob.result()
+        return blob
+
+    def _all_blobs(self) -> tuple[list[bytes], list[bytes | None]]:
+        rgb = [self._blob(self._rgb, i) for i in range(len(self._rgb))]
+        depth = [None if b is None else self._blob(self._depth, i) for i, b in enumerate(self._depth)]
+        return rgb, depth
+
     def _check_index(self, i: int) -> int:
         i = int(i)
         if not (0 <= i < len(self)):
@@ -709,7 +729,7 @@ class FrameStore:
         """``[H, W, 3]`` uint8 RGB of frame ``i`` (read-only)."""
         i = self._check_index(i)
         w, h = (int(v) for v in self._intrinsics.view[i, 4:6])
-        return self._cached("rgb", i, lambda: _decode_rgb(self._rgb[i], w, h, f"frame {i}"))
+        return self._cached("rgb", i, lambda: _decode_rgb(self._blob(self._rgb, i), w, h, f"frame {i}"))
 
     def has_depth(self, i: int) -> bool:
         return self._depth[self._check_index(i)] is not None
@@ -717,11 +737,12 @@ class FrameStore:
     def get_depth(self, i: int) -> np.ndarray | None:
         """``[H, W]`` float32 z-depth in metres (0 = unknown) of frame ``i``, or None if it was stored without."""
         i = self._check_index(i)
-        blob = self._depth[i]
-        if blob is None:
+        if self._depth[i] is None:
             return None
         w, h = (int(v) for v in self._intrinsics.view[i, 4:6])
-        return self._cached("depth", i, lambda: _decode_depth(blob, self.config.depth_codec, w, h, f"frame {i}"))
+        return self._cached(
+            "depth", i, lambda: _decode_depth(self._blob(self._depth, i), self.config.depth_codec, w, h, f"frame {i}")
+        )
 
     def get_pose(self, i: int) -> np.ndarray:
         """``[4, 4]`` float64 camera-to-world of frame ``i`` (a copy)."""
@@ -747,7 +768,8 @@ class FrameStore:
     @property
     def nbytes(self) -> int:
         """Bytes held: compressed frames, pose/intrinsics arrays, the voxel index and the decoded-frame cache."""
-        blobs = sum(len(b) for b in self._rgb) + sum(len(b) for b in self._depth if b is not None)
+        rgb, depth = self._all_blobs()
+        blobs = sum(len(b) for b in rgb) + sum(len(b) for b in depth if b is not None)
         arrays = self._c2w.nbytes + self._intrinsics.nbytes + self._timestamp_ns.nbytes
         cache = sum(a.nbytes for a in self._cache.values())
         return int(blobs + arrays + self.voxels.nbytes + cache)
@@ -760,21 +782,22 @@ class FrameStore:
         Compressed frames are concatenated into one ``bytes`` with ``[N + 1]`` offsets; frames without depth have
         an empty depth slice and ``has_depth`` False.
         """
+        rgb, depth = self._all_blobs()
         rgb_offsets = np.zeros(len(self) + 1, dtype=np.int64)
-        rgb_offsets[1:] = np.cumsum([len(b) for b in self._rgb])
+        rgb_offsets[1:] = np.cumsum([len(b) for b in rgb])
         depth_offsets = np.zeros(len(self) + 1, dtype=np.int64)
-        depth_offsets[1:] = np.cumsum([0 if b is None else len(b) for b in self._depth])
+        depth_offsets[1:] = np.cumsum([0 if b is None else len(b) for b in depth])
         return {
             "version": SNAPSHOT_VERSION,
             "config": asdict(self.config),
             "c2w": self._c2w.view.copy(),  # [N, 4, 4] float64
             "intrinsics": self._intrinsics.view.copy(),  # [N, 6] float64: fx, fy, cx, cy, width, height
             "timestamp_ns": self._timestamp_ns.view.copy(),  # [N] int64
-            "rgb_data": b"".join(self._rgb),
+            "rgb_data": b"".join(rgb),
             "rgb_offsets": rgb_offsets,
-            "depth_data": b"".join(b for b in self._depth if b is not None),
+            "depth_data": b"".join(b for b in depth if b is not None),
             "depth_offsets": depth_offsets,
-            "has_depth": np.array([b is not None for b in self._depth], dtype=bool),
+            "has_depth": np.array([b is not None for b in depth], dtype=bool),
             **self.voxels.to_arrays(),
         }
 

@@ -39,8 +39,7 @@ copies arrays for a growth in preparation, see ``GROW_AHEAD_AT``.)
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -49,6 +48,7 @@ import numba
 import numpy as np
 
 from world import _memory_kernels as K
+from world._threads import background
 from world.camera import Intrinsics, validate_pose, validate_trajectory
 from world.errors import InvalidInputError, NotFoundError
 from world.generator import SceneProjection
@@ -558,7 +558,7 @@ class SpatialMemory:
             return
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last)
         capacity = int(math.ceil(self._capacity * GROW_AHEAD))
-        self._growth = (_maintenance().submit(_grown_copy, arrays, self._n, capacity), self._n, self._structure)
+        self._growth = (background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity), self._n, self._structure)
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
@@ -636,7 +636,7 @@ class SpatialMemory:
         tail = self._n - self._n_sorted
         if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self._n // TAIL_FRACTION):
             return
-        job = _maintenance().submit(_merge_order, self._keys, self._n_sorted, self._n)
+        job = background("memory-maintenance").submit(_merge_order, self._keys, self._n_sorted, self._n)
         self._ordering = (job, self._n_sorted, self._n, self._structure)
 
     def _reindex(self) -> None:
@@ -663,19 +663,6 @@ class SpatialMemory:
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-_maintenance_lock = threading.Lock()
-_maintenance_pool: ThreadPoolExecutor | None = None
-
-
-def _maintenance() -> ThreadPoolExecutor:
-    """One thread for every memory's background growth (started on first use, so ``import world`` starts none)."""
-    global _maintenance_pool
-    with _maintenance_lock:
-        if _maintenance_pool is None:
-            _maintenance_pool = ThreadPoolExecutor(1, thread_name_prefix="memory-maintenance")
-        return _maintenance_pool
-
 
 def _merge_order(keys: np.ndarray, n_sorted: int, n: int) -> np.ndarray:
     """New position -> old index that merges points ``[n_sorted, n)`` into the block-sorted ``[0, n_sorted)``.
