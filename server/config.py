@@ -45,7 +45,7 @@ class ServerConfig:
     # keeps a core busy; a kill -9 loses at most max(``save_interval_s``, last save time / ``save_max_duty``) of play
     # (``save_interval_s = 0`` and ``save_max_duty = 1``: after every ``save_every_clips`` clips).
     save_every_clips: int = 1
-    save_interval_s: float = 5.0
+    save_interval_s: float = 10.0
     # ... and saving takes at most this fraction of a played world's wall time: after a save that took s seconds
     # the next waits at least s / save_max_duty. A world grows by ~10^5 points per second of exploring, and each
     # save serialises all of it, so at a fixed interval long sessions would spend ever more CPU on snapshots.

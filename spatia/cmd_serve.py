@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
     p.add_argument("--save-every-clips", type=int, default=1, help="save a played world after this many clips ...")
-    p.add_argument("--save-interval-s", type=float, default=5.0,
+    p.add_argument("--save-interval-s", type=float, default=10.0,
                    help="... and at least this many seconds since its last save (0: every --save-every-clips clips);"
                         " a kill -9 loses at most this much play (or --save-max-duty's wait, if longer)")
     p.add_argument("--save-max-duty", type=float, default=0.05,

@@ -102,3 +102,13 @@ def test_bad_world_inputs(tmp_path, box_room):
         World.from_rgbd(rgb, depth, K, dynamic=np.zeros((3, 3), bool))
     with pytest.raises(NotFoundError):
         World.from_case(tmp_path / "nope")
+
+
+def test_streamed_save_writes_exactly_the_packed_snapshot(tmp_path):
+    w = World.from_scene("room", 0, 320, 240)  # large enough for values written straight from their buffers
+    assert any(len(v["zstd"]) >= 1 << 16 for v in snapshot._encode(w.memory.to_arrays()).values())
+    path = tmp_path / "w.spw"
+    size = w.save(path)
+    assert path.read_bytes() == snapshot.dumps(w.to_payload()) and size == path.stat().st_size
+    back = World.load(path)
+    np.testing.assert_array_equal(back.memory.voxel_keys, w.memory.voxel_keys)
