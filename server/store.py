@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numba
 import structlog
 
 from world.engine import Engine, EngineConfig
@@ -80,6 +81,7 @@ class WorldEntry:
     _save_scheduled: bool = False
     _seq: int = 0  # last payload sequence number handed out
     _written_seq: int = 0  # sequence number of the snapshot on disk
+    busy_worlds: Callable[[], int] = lambda: 1  # how many worlds are being played or generated right now
 
     @property
     def world_id(self) -> str:
@@ -87,7 +89,16 @@ class WorldEntry:
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on this world's worker thread and await it."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args)
+
+    def _call(self, fn: Callable[..., Any], args: tuple) -> Any:
+        # The world core's parallel kernels (render, warp, depth fill) split each call over numba's threads. With
+        # one world in play that uses the idle core; with several, each world's worker is already one thread of
+        # work, and splitting every kernel again only adds OpenMP hand-offs between oversubscribed threads.
+        # Measured (benchmarks/play.py, 4 sessions, 2 cores): 9.9-11.4 fps each with 2 kernel threads per call,
+        # 11.6-12.3 with 1; one session kept its p95 latency either way (35-49 vs 39-51 ms).
+        numba.set_num_threads(1 if self.busy_worlds() > 1 else numba.config.NUMBA_NUM_THREADS)
+        return fn(*args)
 
     def _next_payload(self) -> tuple[int, dict, float]:
         t0 = time.perf_counter()
@@ -187,10 +198,14 @@ class WorldStore:
         entry = WorldEntry(
             world, self.worlds_dir / f"{world.world_id}.msgpack",
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"world-{world.world_id}"),
-            snapshot_bytes=snapshot_bytes,
+            snapshot_bytes=snapshot_bytes, busy_worlds=self.controlled_count,
         )
         self._entries[world.world_id] = entry
         return entry
+
+    def controlled_count(self) -> int:
+        """Worlds held by a Play or Generate call right now."""
+        return sum(1 for e in list(self._entries.values()) if e.controller is not None)  # list(): one C-level copy, safe from worker threads
 
     # ---- CRUD --------------------------------------------------------------------------------------------
 
