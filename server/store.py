@@ -205,7 +205,8 @@ class WorldStore:
 
     def controlled_count(self) -> int:
         """Worlds held by a Play or Generate call right now."""
-        return sum(1 for e in list(self._entries.values()) if e.controller is not None)  # list(): one C-level copy, safe from worker threads
+        # list(): one C-level copy, so a world added meanwhile on the event loop cannot break the count
+        return sum(1 for e in list(self._entries.values()) if e.controller is not None)
 
     # ---- CRUD --------------------------------------------------------------------------------------------
 

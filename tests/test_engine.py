@@ -106,3 +106,66 @@ def test_bad_generator_output_is_reported(box_room):
 
     with pytest.raises(RuntimeError, match="broken"):
         list(Engine(world, Broken(), EngineConfig(clip=CLIPS)).generate(out_and_back_path(world.origin_c2w, 5)))
+
+
+@pytest.mark.parametrize("retrieved", [{0: 0.9}, {3: 0.9}, {}])
+def test_with_one_reference_the_view_nearest_the_clip_end_keeps_its_slot(box_room, monkeypatch, retrieved):
+    """K = 1 at an exact revisit: the one slot holds the frame seen from where the clip ends (here the first),
+    whether Algorithm 1 retrieved it (it must not then be swapped for the next-nearest view), retrieved another
+    frame, or nothing."""
+    world, _ = _world(box_room)
+    path = out_and_back_path(world.origin_c2w, 41)[1:]
+    list(Engine(world, Recorder(), EngineConfig(clip=CLIPS)).generate(path[:-8]))  # out and most of the way back
+    gen = Recorder()
+    engine = Engine(world, gen, EngineConfig(clip=CLIPS, num_references=1))
+    monkeypatch.setattr(engine, "_retrieved", lambda *args: dict(retrieved))
+    list(engine.generate_clip(path[-8:]))
+    assert [r.frame_index for r in gen.requests[-1].references] == [0]
+
+
+def test_keyframes_alone_are_integrated_and_indexed(box_room):
+    world, _ = _world(box_room)
+    path = out_and_back_path(world.origin_c2w, 21)[1:]
+    list(Engine(world, GeometricGenerator(), EngineConfig(clip=CLIPS, keyframe_stride=4)).generate(path))
+    sizes = world.history.voxels.sizes()
+    indexed = [i for i in range(len(world.history)) if sizes[i] > 0]
+    assert indexed and all(i % 4 == 0 for i in indexed)
+    assert {int(f) for f in np.unique(world.memory.last_seen_frame)} <= {i for i in range(len(world.history)) if i % 4 == 0}
+    assert all(world.history.has_depth(i) for i in range(len(world.history)))  # every frame stays a reference
+
+
+def test_references_are_kept_while_the_camera_stays_close(box_room, monkeypatch):
+    import world.engine as engine_module
+
+    calls = []
+    real = engine_module.retrieve_reference_frames
+    monkeypatch.setattr(engine_module, "retrieve_reference_frames", lambda *a, **k: calls.append(1) or real(*a, **k))
+    world, _ = _world(box_room)
+    path = out_and_back_path(world.origin_c2w, 21)[1:]
+    engine = Engine(world, Recorder(), EngineConfig(clip=ClipConfig(1, 2, 1), reuse_references_within=(90.0, 10.0)))
+    for T in path[:6]:
+        list(engine.generate_clip(T[None]))
+    assert len(calls) == 1  # the first clip with candidates retrieved; the next ones were within the bounds
+    calls.clear()
+    far = EngineConfig(clip=ClipConfig(1, 2, 1), reuse_references_within=(0.0, 0.0))
+    engine = Engine(world, Recorder(), far)
+    for T in path[6:9]:
+        list(engine.generate_clip(T[None]))
+    assert len(calls) == 3
+
+
+def test_streamed_frames_come_out_before_the_generator_has_made_the_rest(box_room):
+    world, _ = _world(box_room)
+    made = []
+
+    class Streaming(GeometricGenerator):
+        def generate_frames(self, request):
+            for view in super().generate_frames(request):
+                made.append(1)
+                yield view
+
+    engine = Engine(world, Streaming(), EngineConfig(clip=CLIPS))
+    frames = engine.generate_clip(out_and_back_path(world.origin_c2w, 9)[1:])
+    next(frames)
+    assert len(made) == 1  # the first frame is out; the other seven are not made yet
+    assert len(list(frames)) == 7 and len(world.history) == 9

@@ -174,9 +174,11 @@ class Engine:
         scores = self._retrieved(target_c2w, views, exclude_from)  # {frame: score}, in target order
         chosen = list(scores)
         if self.config.fill_references_by_pose:
-            by_pose = _nearest_pose_frames(history.poses()[:exclude_from], target_c2w, k, exclude=set(chosen))
-            if by_pose and len(chosen) >= k:  # the view nearest to where the clip ends always gets a slot
-                chosen.remove(min(chosen, key=scores.get))  # the weakest retrieved one
+            candidates = history.poses()[:exclude_from]
+            by_pose = _nearest_pose_frames(candidates, target_c2w, k, exclude=set(chosen))
+            end = int(np.argmin(_pose_distance(candidates, target_c2w[-1])))
+            if end not in chosen and len(chosen) >= k:  # the view nearest to where the clip ends always gets a slot
+                chosen.remove(min(chosen, key=scores.get))  # the weakest retrieved one (by_pose starts with `end`)
             chosen += by_pose[: k - len(chosen)]
         return [
             ReferenceFrame(
