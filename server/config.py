@@ -43,7 +43,8 @@ class ServerConfig:
     # passed since its last save (and always when the session ends and at shutdown). Each save serialises the
     # whole world on the saver thread (~1 s of CPU per 1 M points), so saving after every clip of a 30 fps session
     # keeps a core busy; a kill -9 loses at most max(``save_interval_s``, last save time / ``save_max_duty``) of play
-    # (``save_interval_s = 0`` and ``save_max_duty = 1``: after every ``save_every_clips`` clips).
+    # plus the write in progress. ``save_interval_s = 0`` (with ``save_max_duty = 1``): saved after every
+    # ``save_every_clips`` clips and written before the next clip starts (strict durability, slower play).
     save_every_clips: int = 1
     save_interval_s: float = 10.0
     # ... and saving takes at most this fraction of a played world's wall time: after a save that took s seconds

@@ -309,7 +309,10 @@ class PlaySession:
         self.entry.clips_generated = self.engine.clips_done
         self.entry.clips_since_save += 1
         if self.entry.save_due(self.config.save_every_clips, self.config.save_interval_s, self.config.save_max_duty):
-            self.entry.save_in_background()
+            if self.config.save_interval_s == 0:  # strict durability asked for: on disk before the next clip
+                self.entry.save()
+            else:  # autosave: copied here, written by the saver thread while play goes on
+                self.entry.save_in_background()
         if self.recorder:
             self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
                                                           update_ms=stats.update_s * 1e3,

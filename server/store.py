@@ -37,13 +37,13 @@ log = structlog.get_logger("spatia.server.store")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _lowest_priority() -> None:
-    """Run the calling thread at the lowest CPU priority (Linux: nice 19 for this thread only). A snapshot write
-    takes ~0.3 s of CPU per 10^6 points; at normal priority it took a core from the session being played, whose
-    frames then queued up (measured: 23 actions in a row over 50 ms around each save). At nice 19 it uses the
-    CPU the sessions leave idle."""
+def _low_priority() -> None:
+    """Run the calling thread at a low CPU priority (Linux: nice 10, this thread only). A snapshot write takes
+    ~0.3 s of CPU per 10^6 points; at normal priority it took a core from the session being played, whose frames
+    then queued up (measured: 23 actions in a row over 50 ms around a save; 4 at nice 10). Not nice 19: under a
+    saturating load that starved the saver for seconds, and every second unsaved is play a crash can lose."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):  # not Linux / not permitted: saves still work, at normal priority
         pass
 
@@ -75,7 +75,7 @@ class WorldEntry:
     # ~25 ms at 1 M points) and a saver thread serialises and writes it (~1 s at 1 M points), so the next clip
     # does not wait for the disk. Sequence numbers keep an older copy from overwriting a newer one.
     saver: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
-        1, thread_name_prefix="world-saver", initializer=_lowest_priority))
+        1, thread_name_prefix="world-saver", initializer=_low_priority))
     _latest_lock: threading.Lock = field(default_factory=threading.Lock)
     _latest: tuple[int, dict] | None = None  # (sequence, payload) waiting for the saver
     _save_scheduled: bool = False
