@@ -282,11 +282,11 @@ class Engine:
         if result.frames.shape[:1] != (n,):
             raise RuntimeError(f"generator {self.generator.name} returned frames {result.frames.shape}, "
                                f"expected {n} frames")
-        for i in range(n):
-            view = GeneratedView(result.frames[i], None if result.depth_m is None else result.depth_m[i],
-                                 None if result.dynamic is None else result.dynamic[i])
+        views = [GeneratedView(result.frames[i], None if result.depth_m is None else result.depth_m[i],
+                               None if result.dynamic is None else result.dynamic[i]) for i in range(n)]
+        for i, view in enumerate(views):  # all checked before the first is shown
             self._check_view(view, i)
-            yield view
+        yield from views
 
     def generate_clip(self, target_c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
         """Generate one clip for ``target_c2w`` ``[N, 4, 4]``; each frame is yielded as soon as the generator has
