@@ -102,7 +102,8 @@ async def _run(target: str, n: int, args) -> list[dict]:
             await c.create_scene(("room", "house", "courtyard", "room")[i % 4], seed=i, width=args.width,
                                  height=args.height, world_id=wid)
             ids.append(wid)
-        return await asyncio.gather(*(_session(c, w, args.seconds, args.tick_hz, args.fps, args.clip, args.max_pending) for w in ids))
+        return await asyncio.gather(*(
+            _session(c, w, args.seconds, args.tick_hz, args.fps, args.clip, args.max_pending) for w in ids))
 
 
 def _baseline(args) -> float:
@@ -143,7 +144,8 @@ def main() -> None:
     p.add_argument("--clip", type=lambda v: tuple(int(x) for x in v.split(",")), default=CLIP,
                    help="first clip, clip, preceding frames (PlayStart.clip)")
     p.add_argument("--max-pending", type=int, default=0,
-                   help="PlayStart.max_pending_frames: poses waiting beyond this are dropped, oldest first (0: a clip's worth)")
+                   help="PlayStart.max_pending_frames: poses waiting beyond this are dropped, oldest first "
+                        "(0: a clip's worth)")
     p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
@@ -184,7 +186,8 @@ def main() -> None:
     emit({
         "name": "play",
         "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default",
-        "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip), "max_pending": args.max_pending,
+        "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip),
+                  "max_pending": args.max_pending,
                   "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric"},
         "sessions_1": {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
                        "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),

@@ -263,7 +263,9 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         finally:
             if session is not None:
                 self._play.pop(session.id, None)
-                await entry.run(session.finish)  # after the clip in flight: recording closed, world saved
+                # after the clip in flight: recording closed, world saved. Shielded: a second cancellation (server
+                # shutdown) must not drop the job from the worker's queue
+                await asyncio.shield(entry.run(session.finish))
                 session.log.info("play ended", frames=session.frames_sent, dropped=session.outbox.dropped)
             self.store.release(entry, session_id)
             self.sessions -= 1
@@ -539,6 +541,8 @@ class WorldServer:
         await self.health.enter_graceful_shutdown()
         if self.servicer is not None:
             self.servicer.draining = True
+            for session in list(self.servicer._play.values()):
+                session.end()  # each ends after its clip in flight, within the grace period
         await self._server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
         saved = await self.store.save_all()
         await asyncio.to_thread(self.store.close)

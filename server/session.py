@@ -175,6 +175,7 @@ class PlaySession:
         clip_worth = max(options.clip.first_clip_frames, options.clip.new_frames_per_clip)
         self.max_pending = min(self.limits.max_pending_frames, options.max_pending_frames or clip_worth)
         self.frames_sent = 0
+        self.stopping = False  # set by ``end``: no new clips once the one in flight is done
         self.last_seq = 0
         self.last_frame_index = len(entry.world.history) - 1
         world = entry.world
@@ -218,6 +219,17 @@ class PlaySession:
             self.error = exc
             self.outbox.close()
 
+    def end(self) -> None:
+        """Server shutdown: let the clip in flight finish, generate nothing more, end the stream (the handler then
+        closes the recording and saves the world)."""
+        self.stopping = True
+        while True:
+            try:
+                self.actions.put_nowait(_END)
+                return
+            except asyncio.QueueFull:
+                self.actions.get_nowait()  # unread actions are dropped: the session is ending
+
     # ---- driver ------------------------------------------------------------------------------------------
 
     async def drive(self) -> None:
@@ -237,6 +249,8 @@ class PlaySession:
                     ended |= self._apply(item, pending)
                 while not self.actions.empty():
                     ended |= self._apply(self.actions.get_nowait(), pending)
+                if self.stopping:
+                    pending.clear()
                 if len(pending) > self.max_pending:  # latest wins
                     drop = len(pending) - self.max_pending
                     for _ in range(drop):

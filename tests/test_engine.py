@@ -130,7 +130,8 @@ def test_keyframes_alone_are_integrated_and_indexed(box_room):
     sizes = world.history.voxels.sizes()
     indexed = [i for i in range(len(world.history)) if sizes[i] > 0]
     assert indexed and all(i % 4 == 0 for i in indexed)
-    assert {int(f) for f in np.unique(world.memory.last_seen_frame)} <= {i for i in range(len(world.history)) if i % 4 == 0}
+    keyframes = {i for i in range(len(world.history)) if i % 4 == 0}
+    assert {int(f) for f in np.unique(world.memory.last_seen_frame)} <= keyframes
     assert all(world.history.has_depth(i) for i in range(len(world.history)))  # every frame stays a reference
 
 

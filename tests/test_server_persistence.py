@@ -47,7 +47,8 @@ def _spawn(data_dir: Path, port_file: Path) -> subprocess.Popen:
     port_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file), "--data-dir",
-         str(data_dir), "--save-interval-s", "0", "--save-max-duty", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+         str(data_dir), "--save-interval-s", "0", "--save-max-duty", "1"],  # strict durability: every clip on disk
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while not port_file.exists():

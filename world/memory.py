@@ -558,7 +558,8 @@ class SpatialMemory:
             return
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last)
         capacity = int(math.ceil(self._capacity * GROW_AHEAD))
-        self._growth = (background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity), self._n, self._structure)
+        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity)
+        self._growth = (job, self._n, self._structure)
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
