@@ -36,7 +36,7 @@ from world.warp import warp_rgbd
 
 @dataclass(frozen=True)
 class GeometricConfig:
-    max_reference_warps: int = 2  # references warped per target frame (nearest poses first); each costs ~1-2 ms
+    max_reference_warps: int = 2  # references warped per target frame (nearest poses first); ~4 ms each at 640x360
     same_surface_rel_tol: float = 0.03  # a warped pixel replaces the memory's if their depths agree within 3%
     # ... and only from a reference seen from nearly the same pose: there the warp is a near-identity resampling
     # and keeps the reference's full resolution; from farther away it would only blur what the memory shows. (At
@@ -51,9 +51,8 @@ class GeometricConfig:
     trust_max_translation_m: float = 0.03
     # A reference seen from farther than the sharpening bounds only fills the memory's holes; when they cover less
     # than this fraction of the view, push-pull fills them and the warp (~4 ms at 640x360) is skipped; at most one
-    # far reference fills per frame. Measured on
-    # a 30 fps walk while turning (room / house / courtyard): holes are 3-6% of a view at the median, 5-9% at p90,
-    # mostly the strip the turn reveals, which no earlier frame saw either.
+    # far reference fills per frame. Measured on a 30 fps walk while turning (room / house / courtyard): holes are
+    # 3-6% of a view at the median, 5-9% at p90, mostly the strip the turn reveals, which no earlier frame saw.
     fill_warp_min_hole_fraction: float = 0.10
     small_hole_px: int = 24  # holes spanning at most this many pixels get the background-preferring fill
     backdrop_percentile: float = 95.0  # the backdrop sits at this percentile of the depth the clip's render sees
@@ -175,7 +174,7 @@ class GeometricGenerator:
 
     name = "geometric"
     exact_poses = True  # frames are drawn at exactly the requested poses: the memory update need not refine them
-    uses_preceding_clip = False  # each frame comes from the memory at its pose; the layout from the targets' projection
+    uses_preceding_clip = False  # frames come from the memory at their poses, the layout from the targets' render
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config

@@ -9,7 +9,7 @@ from world._retrieval_reference import reference_intersection_counts
 from world.camera import Intrinsics, look_at
 from world.errors import InvalidInputError, NotFoundError, SnapshotError
 from world.geometry import coarsen_voxel_keys, pack_voxel_coords, unpack_voxel_keys
-from world.history import FrameStore, HistoryConfig, VoxelSetIndex, canonical_voxel_keys
+from world.history import FrameStore, HistoryConfig, VoxelSetIndex
 
 K = Intrinsics.from_fov(60.0, 32, 24)
 EXACT = HistoryConfig(voxel_set_levels=0)  # sets kept at the keys given: the index mechanics tested exactly
@@ -250,11 +250,6 @@ def test_five_thousand_frames_stay_cheap():
         store.voxels.intersection_counts(queries), reference_intersection_counts(queries, frame_sets)
     )
     assert store.nbytes > 0
-
-
-def test_canonical_voxel_keys():
-    np.testing.assert_array_equal(canonical_voxel_keys(np.array([5, 1, 5, 2], dtype=np.int32)), [1, 2, 5])
-    assert canonical_voxel_keys(np.array([], dtype=np.float64)).dtype == np.int64
 
 
 def test_runs_of_consecutive_frames_are_merged():

@@ -47,13 +47,13 @@ class HistoryConfig:
 
     image_codec: str = "jpeg"  # "jpeg" (lossy, ~10x smaller) or "png" (lossless)
     jpeg_quality: int = 95
-    png_compression: int = 1  # 0-9; 1: fast, frames are encoded while the player waits
+    png_compression: int = 1  # 0-9; 1: fast (frames are encoded on a background thread, still while play goes on)
     depth_codec: str = "float16_zstd"  # "float16_zstd" (~0.05 % relative error), "float32_zstd" (exact), "png_mm"
     zstd_level: int = 3
     decoded_cache_frames: int = 32  # LRU of decoded images / depth maps (a 1248x704 RGB frame is 2.6 MB)
     # Runs closed since the last seal are scanned linearly by every query; they are merged into the by-voxel index
-    # once there are this many and at least half the indexed runs (so merges cost O(1) amortised per run, and each O(runs) merge, a
-    # pause of the frame being made, comes ~4x less often than at 1/8).
+    # once there are this many and at least half the indexed runs (so merges cost O(1) amortised per run, and
+    # each O(runs) merge, a pause of the frame being made, comes ~4x less often than at 1/8).
     index_tail_runs: int = 1 << 18
     # View-specific voxel sets are kept at cubes of side d * 2**voxel_set_levels (d: the memory's voxel, 1 cm):
     # ``add`` and ``query_voxel_set`` coarsen the keys they are given. The paper does not say at what resolution
@@ -498,7 +498,7 @@ class VoxelSetIndex:
     def intersection_counts(self, query_keys: list[np.ndarray]) -> np.ndarray:
         """``[T, F]`` int32: ``counts[t, f] = |query_keys[t] ∩ voxels(f)|`` for every stored frame ``f``.
 
-        Each query set must be free of duplicates (``canonical_voxel_keys``); keys no frame has are ignored.
+        Each query set must be free of duplicates (``FrameStore.query_voxel_set``); keys no frame has are ignored.
         """
         _, _, _, count_indexed, count_unsealed, _, _ = _kernels()
         n_t, n_f = len(query_keys), len(self)
@@ -586,15 +586,6 @@ def check_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.nda
     keys = np.ascontiguousarray(keys, dtype=np.int64)
     if keys.size and keys.min() < 0:
         raise InvalidInputError(f"{name} has negative values; packed voxel keys (world.geometry) are >= 0")
-    return keys
-
-
-def canonical_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
-    """A view-specific voxel set as sorted unique int64 ``[V]`` (a set: order and repeats carry no meaning)."""
-    keys = check_voxel_keys(voxel_keys, name)
-    if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
-        keys = np.sort(keys)  # sort + neighbour test: numpy 2's hash-based np.unique is ~10x slower on 1e5 keys
-        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
     return keys
 
 

@@ -78,8 +78,9 @@ class UpdateConfig:
     min_align_pixels: int = 64  # fewer rendered pixels than this: no alignment is attempted
     # -- integration --
     # Integrate the frames whose global frame index is a multiple of this (the official code maps every 6th frame
-    # at 24 fps; the engine sets it from ``EngineConfig.keyframe_stride``). Consecutive frames of a walk overlap almost entirely, so a stride of a few frames loses little;
-    # indexing by the global frame index, not the position in the clip, keeps the rate when clips are short.
+    # at 24 fps; the engine sets it from ``EngineConfig.keyframe_stride``). Consecutive frames of a walk overlap
+    # almost entirely, so a stride of a few frames loses little; indexing by the global frame index, not the
+    # position in the clip, keeps the rate when clips are short.
     integrate_stride: int = 1
     # Pixels where the memory already renders a surface are re-observations. By default they are not integrated:
     # the memory stays the authority for what was seen, so a revisit renders what the first visit saw (FlexWorld
