@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 from _common import emit, log, time_ms
 
-from model.geometric import GeometricGenerator
-from world.camera import Intrinsics
-from world.generator import ClipRequest, SceneProjection
-from world.scenes import make_scene
-from world.state import World
+from spatia.model.geometric import GeometricGenerator
+from spatia.world.camera import Intrinsics
+from spatia.world.generator import ClipRequest, SceneProjection
+from spatia.world.scenes import make_scene
+from spatia.world.state import World
 
 
 def naive_render(points, colors, K: Intrinsics, c2w):

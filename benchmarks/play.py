@@ -93,7 +93,7 @@ async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: f
 
 
 async def _run(target: str, n: int, args) -> list[dict]:
-    from client.api import AsyncWorldClient
+    from spatia.client.api import AsyncWorldClient
 
     async with AsyncWorldClient(target, timeout_s=600) as c:
         ids = []
@@ -110,11 +110,11 @@ def _baseline(args) -> float:
     """Median per-frame ms of the engine alone (in-process, same clip lengths, no encoding, no gRPC)."""
     import numpy as np
 
-    from model import make_generator
-    from server.config import ServerConfig
-    from world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
-    from world.engine import Engine, EngineConfig
-    from world.state import World
+    from spatia.model import make_generator
+    from spatia.server.config import ServerConfig
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.state import World
 
     world = World.from_scene("room", 0, args.width, args.height)
     server = ServerConfig()

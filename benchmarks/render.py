@@ -27,10 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, log, time_ms  # noqa: E402
 
-from world import _reference as ref  # noqa: E402
-from world.camera import Intrinsics, look_at  # noqa: E402
-from world.geometry import pack_voxel_coords  # noqa: E402
-from world.memory import MemoryConfig, SpatialMemory, depth_quant, splat_k  # noqa: E402
+from spatia.world import _reference as ref  # noqa: E402
+from spatia.world.camera import Intrinsics, look_at  # noqa: E402
+from spatia.world.geometry import pack_voxel_coords  # noqa: E402
+from spatia.world.memory import MemoryConfig, SpatialMemory, depth_quant, splat_k  # noqa: E402
 
 CAMERA = Intrinsics.from_fov(60.0, 640, 480)
 CONFIG = MemoryConfig(voxel_size_m=0.01)

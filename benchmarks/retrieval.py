@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 
-from world._retrieval_reference import reference_retrieve_official, reference_retrieve_paper
-from world.camera import Intrinsics
-from world.geometry import depth_to_world_points, voxel_keys
-from world.history import FrameStore, HistoryConfig
-from world.retrieval import retrieve_reference_frames
+from spatia.world._retrieval_reference import reference_retrieve_official, reference_retrieve_paper
+from spatia.world.camera import Intrinsics
+from spatia.world.geometry import depth_to_world_points, voxel_keys
+from spatia.world.history import FrameStore, HistoryConfig
+from spatia.world.retrieval import retrieve_reference_frames
 
 EYE_HEIGHT_M, PITCH_DEG, MAX_RANGE_M, ARENA_M, SPEED_M_S, FPS = 1.6, 40.0, 8.0, 40.0, 1.4, 24.0
 CAMERA = Intrinsics.from_fov(60.0, 192, 108)
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from world.geometry import pixel_rays
+    from spatia.world.geometry import pixel_rays
 
     rng = np.random.default_rng(args.seed)
     rays = pixel_rays(CAMERA)

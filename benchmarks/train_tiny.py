@@ -53,13 +53,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    from model.spatia.data import SampleBuilder, SampleConfig, build_latent_samples, procedural_videos
-    from model.spatia.text import tiny_prompt_encoder
-    from model.spatia.train import (
+    from spatia.model.spatia.data import SampleBuilder, SampleConfig, build_latent_samples, procedural_videos
+    from spatia.model.spatia.text import tiny_prompt_encoder
+    from spatia.model.spatia.train import (
         TrainConfig, Trainer, collate, draw_noise, flow_matching_loss, reference_flow_matching_loss,
     )
-    from model.spatia.transformer import SpatiaTransformer3DModel
-    from model.spatia.vae import SpatiaVAE, tiny_vae
+    from spatia.model.spatia.transformer import SpatiaTransformer3DModel
+    from spatia.model.spatia.vae import SpatiaVAE, tiny_vae
 
     t0 = time.perf_counter()
     size = 64

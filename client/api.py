@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from proto.spatia.v1 import world_pb2 as pb
-from proto.spatia.v1 import world_pb2_grpc as pb_grpc
-from proto.spatia.v1.convert import decode_frame, decode_png, pose_array, pose_to_proto, trajectory_to_proto
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1 import world_pb2_grpc as pb_grpc
+from spatia.proto.spatia.v1.convert import decode_frame, decode_png, pose_array, pose_to_proto, trajectory_to_proto
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -32,8 +32,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from world.actions import Action, ActionIntegrator, ControlConfig
-from world.errors import InvalidInputError
+from spatia.world.actions import Action, ActionIntegrator, ControlConfig
+from spatia.world.errors import InvalidInputError
 
 # Discrete actions: index -> (move_forward, move_right, move_up, yaw sign, pitch sign)
 DISCRETE_ACTIONS: tuple[tuple[str, tuple[float, float, float, float, float]], ...] = (
@@ -69,16 +69,16 @@ class _LocalBackend:
     """The world core in this process: one ``World`` + ``Engine`` per episode."""
 
     def __init__(self, generator: str, generator_kwargs: dict[str, Any]) -> None:
-        from model import make_generator
+        from spatia.model import make_generator
 
         self.generator = make_generator(generator, **generator_kwargs)
         self.engine = None
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
         """Start an episode's world; returns its origin c2w [4, 4]."""
-        from world.actions import ClipConfig
-        from world.engine import Engine, EngineConfig
-        from world.state import World
+        from spatia.world.actions import ClipConfig
+        from spatia.world.engine import Engine, EngineConfig
+        from spatia.world.state import World
 
         if "world_id" in options:
             raise InvalidInputError("options['world_id'] needs a server (SpatiaWorldEnv(server=...)); "
@@ -86,7 +86,7 @@ class _LocalBackend:
         if "world" in options:
             world = options["world"]
         elif "image" in options:
-            from world.images import load_depth, load_rgb
+            from spatia.world.images import load_depth, load_rgb
 
             rgb = options["image"] if isinstance(options["image"], np.ndarray) else load_rgb(options["image"])
             depth = options.get("depth")
@@ -123,8 +123,8 @@ def _image_request(image, depth, prompt: str):
     or float32 [H, W] metres, sent as .npy)."""
     import io
 
-    from proto.spatia.v1 import world_pb2 as pb
-    from world.images import encode_png
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.world.images import encode_png
 
     def as_bytes(x, encode):
         if isinstance(x, np.ndarray):
@@ -153,7 +153,7 @@ class _RemoteBackend:
     """A server through ``client.api.WorldClient`` (never server internals)."""
 
     def __init__(self, server: str | None, client, token: str | None) -> None:
-        from client.api import WorldClient
+        from spatia.client.api import WorldClient
 
         self.owns_client = client is None
         self.client = client if client is not None else WorldClient(server, token=token)
@@ -162,7 +162,7 @@ class _RemoteBackend:
         self.K = None
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
-        from proto.spatia.v1.convert import pose_array
+        from spatia.proto.spatia.v1.convert import pose_array
 
         self._drop_created()
         if "world_id" in options:
@@ -370,7 +370,7 @@ def make_vector_env(num_envs: int = 3, *, server: str | None = None, client=None
         raise InvalidInputError(f"num_envs must be >= 1, got {num_envs}")
     shared = client
     if server is not None and client is None:
-        from client.api import WorldClient
+        from spatia.client.api import WorldClient
 
         shared = WorldClient(server, token=token)
     fns = [
@@ -393,4 +393,4 @@ def register_envs() -> None:
     """Register ``SpatiaWorld-v0`` (continuous) and ``SpatiaWorldDiscrete-v0`` (idempotent)."""
     for env_id, kw in (("SpatiaWorld-v0", {}), ("SpatiaWorldDiscrete-v0", {"action_type": "discrete"})):
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="client.env:SpatiaWorldEnv", kwargs=kw)
+            gym.register(id=env_id, entry_point="spatia.client.env:SpatiaWorldEnv", kwargs=kw)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 
 def read_ply_points(data: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from world.actions import Action
-from world.errors import InvalidInputError
+from spatia.world.actions import Action
+from spatia.world.errors import InvalidInputError
 
 # Held bindings: each name is an axis direction; one-shot bindings act on key down.
 HELD = ("forward", "back", "left", "right", "up", "down", "sprint", "look_left", "look_right", "look_up", "look_down")

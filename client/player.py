@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import pygame
 
-from client.api import DecodedFrame, WorldClient
-from client.hud import (HudState, MapFrame, draw_hud, draw_minimap, draw_prompt_line, draw_stale, heading_rad,
+from spatia.client.api import DecodedFrame, WorldClient
+from spatia.client.hud import (HudState, MapFrame, draw_hud, draw_minimap, draw_prompt_line, draw_stale, heading_rad,
                         minimap_image, read_ply_points)
-from client.jitter import JitterBuffer, JitterConfig
-from client.keymap import HELD, KeyMap
-from proto.spatia.v1 import world_pb2 as pb
-from proto.spatia.v1.convert import pose_array
+from spatia.client.jitter import JitterBuffer, JitterConfig
+from spatia.client.keymap import HELD, KeyMap
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1.convert import pose_array
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pygame
 
-from client.hud import HudState, MapFrame, draw_hud, draw_keys, draw_minimap, heading_rad, minimap_image
-from proto.spatia.v1.convert import decode_frame, pose_array
+from spatia.client.hud import HudState, MapFrame, draw_hud, draw_keys, draw_minimap, heading_rad, minimap_image
+from spatia.proto.spatia.v1.convert import decode_frame, pose_array
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ReplayViewer:
     def __init__(self, frames: Sequence[RecordedFrame], fps: float, world_id: str = "", screen=None,
                  window: tuple[int, int] = (960, 540), screenshot_dir: Path = Path("screenshots")) -> None:
         if not frames:
-            from world.errors import InvalidInputError
+            from spatia.world.errors import InvalidInputError
 
             raise InvalidInputError("the recording holds no frames")
         self.frames, self.fps = frames, float(fps)

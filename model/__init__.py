@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 GENERATOR_NAMES = ("geometric", "spatia", "spatia-tiny")
 
@@ -16,11 +16,11 @@ GENERATOR_NAMES = ("geometric", "spatia", "spatia-tiny")
 def make_generator(name: str = "geometric", **kwargs: Any):
     """Build a generator by name. ``kwargs`` go to its constructor (e.g. ``weights_dir`` for the network)."""
     if name == "geometric":
-        from model.geometric import GeometricConfig, GeometricGenerator
+        from spatia.model.geometric import GeometricConfig, GeometricGenerator
 
         return GeometricGenerator(GeometricConfig(**kwargs))
     if name == "spatia-tiny":  # a tiny random network of the real classes: proves the wiring on CPU
-        from model.spatia import SpatiaGenerator
+        from spatia.model.spatia import SpatiaGenerator
 
         return SpatiaGenerator.tiny(seed=int(kwargs.pop("seed", 0)))
     if name == "spatia":
@@ -29,7 +29,7 @@ def make_generator(name: str = "geometric", **kwargs: Any):
             raise InvalidInputError("generator 'spatia' needs a weights directory (--weights DIR); see README, GPU section")
         import torch
 
-        from model.spatia import SpatiaGenerator
+        from spatia.model.spatia import SpatiaGenerator
 
         device = kwargs.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device != "cpu" else torch.float32

@@ -27,11 +27,11 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from world.camera import Intrinsics, rotation_angle_deg, translation_distance_m
-from world.generator import ClipRequest, ClipResult, GeneratedView, ReferenceFrame, clip_result
-from world.geometry import pixel_rays
-from world.update import fill_holes_background
-from world.warp import warp_rgbd
+from spatia.world.camera import Intrinsics, rotation_angle_deg, translation_distance_m
+from spatia.world.generator import ClipRequest, ClipResult, GeneratedView, ReferenceFrame, clip_result
+from spatia.world.geometry import pixel_rays
+from spatia.world.update import fill_holes_background
+from spatia.world.warp import warp_rgbd
 
 
 @dataclass(frozen=True)

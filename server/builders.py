@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from proto.spatia.v1 import world_pb2 as pb
-from proto.spatia.v1.convert import pose_array, trajectory_array
-from server.config import Limits
-from world import snapshot
-from world.camera import Intrinsics, invert_pose, validate_pose, validate_trajectory
-from world.errors import InvalidInputError, SnapshotError
-from world.state import SNAPSHOT_VERSION, World
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1.convert import pose_array, trajectory_array
+from spatia.server.config import Limits
+from spatia.world import snapshot
+from spatia.world.camera import Intrinsics, invert_pose, validate_pose, validate_trajectory
+from spatia.world.errors import InvalidInputError, SnapshotError
+from spatia.world.state import SNAPSHOT_VERSION, World
 
 
 def check_pixels(width: int, height: int, limits: Limits, what: str) -> None:
@@ -64,7 +64,7 @@ def official_to_c2w(official: pb.OfficialTrajectory, origin_c2w: np.ndarray, lim
 
 def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -> tuple[World, np.ndarray | None]:
     """The world and, for an official case, its trajectory [N, 4, 4] c2w re-based on the world frame."""
-    from world.images import load_depth, load_mask, load_rgb
+    from spatia.world.images import load_depth, load_mask, load_rgb
 
     kind = request.WhichOneof("source")
     common = {"world_id": world_id, "prompt": request.prompt}
@@ -98,7 +98,7 @@ def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -
 
 def world_from_ply(ply: bytes, K: Intrinsics, start: np.ndarray, world_id: str, prompt: str = "") -> World:
     """The cloud becomes the memory; frame 0 of the history is the cloud rendered at ``start``."""
-    from world.memory import SpatialMemory
+    from spatia.world.memory import SpatialMemory
 
     points, colors = read_ply_points(ply)
     memory = SpatialMemory()
@@ -132,7 +132,7 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
             (d / "prompt.txt").write_text(prompt)
         if case.dynamic_mask:
             (d / "mask.png").write_bytes(case.dynamic_mask)
-        from world.images import load_rgb
+        from spatia.world.images import load_rgb
 
         probe = load_rgb(case.image, name="official_case.image")
         width = int(case.width) or probe.shape[1]
@@ -154,7 +154,7 @@ def world_from_snapshot(data: bytes, world_id: str) -> World:
 
 def read_ply_points(ply: bytes) -> tuple[np.ndarray, np.ndarray]:
     """PLY bytes -> (points [N, 3] float64 world frame, colours [N, 3] uint8), voxelized at the memory's size."""
-    from world.memory import SpatialMemory
+    from spatia.world.memory import SpatialMemory
 
     if not ply:
         raise InvalidInputError("PLY bytes are empty")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import functools
 import grpc
 import structlog
 
-from world.errors import (
+from spatia.world.errors import (
     AlreadyExistsError, InvalidInputError, LimitExceededError, NotFoundError, PreconditionError, SnapshotError,
     SpatiaError,
 )

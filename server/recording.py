@@ -29,7 +29,7 @@ from mcap.writer import CompressionType
 from mcap.writer import Writer as McapWriter
 from mcap_protobuf.schema import register_schema
 
-from proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1 import world_pb2 as pb
 
 TOPICS: dict[str, type] = {
     "/start": pb.PlayStart,
@@ -261,8 +261,8 @@ def export_video(path: Path, out: Path, fps: float = 0.0, start_frame: int = 0, 
     ``overlay``: draw the keys held (from the action each frame applied) and a map of the camera path on it."""
     import imageio.v2 as imageio
 
-    from proto.spatia.v1.convert import decode_frame, pose_array
-    from world.errors import InvalidInputError
+    from spatia.proto.spatia.v1.convert import decode_frame, pose_array
+    from spatia.world.errors import InvalidInputError
 
     fps = fps or session_fps(path)
     keys_of_seq: dict[int, tuple[str, ...]] = {}

@@ -19,18 +19,18 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto.spatia.v1 import world_pb2 as pb
-from proto.spatia.v1 import world_pb2_grpc as pb_grpc
-from proto.spatia.v1.convert import encode_image, pose_to_proto, trajectory_to_proto
-from server import builders
-from server.config import ServerConfig
-from server.errors import OutOfRangeError, UnavailableError, streaming, unary
-from server.recording import recorded_frames, summarize
-from server.session import Outbox, PlayOptions, PlaySession
-from server.store import WorldEntry, WorldStore
-from world.actions import ClipConfig
-from world.engine import EngineConfig
-from world.errors import InvalidInputError, LimitExceededError, NotFoundError
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1 import world_pb2_grpc as pb_grpc
+from spatia.proto.spatia.v1.convert import encode_image, pose_to_proto, trajectory_to_proto
+from spatia.server import builders
+from spatia.server.config import ServerConfig
+from spatia.server.errors import OutOfRangeError, UnavailableError, streaming, unary
+from spatia.server.recording import recorded_frames, summarize
+from spatia.server.session import Outbox, PlayOptions, PlaySession
+from spatia.server.store import WorldEntry, WorldStore
+from spatia.world.actions import ClipConfig
+from spatia.world.engine import EngineConfig
+from spatia.world.errors import InvalidInputError, LimitExceededError, NotFoundError
 
 log = structlog.get_logger("spatia.server")
 
@@ -97,7 +97,7 @@ def world_info(entry: WorldEntry, case_c2w: np.ndarray | None = None) -> pb.Worl
 
 
 def _region(r: pb.Region):
-    from world.memory import Box, Sphere
+    from spatia.world.memory import Box, Sphere
 
     shape = r.WhichOneof("shape")
     if shape == "box":
@@ -172,7 +172,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         if request.HasField("resolution"):
             builders.check_pixels(request.resolution.width, request.resolution.height, self.limits, "resolution")
             K = K.scaled(int(request.resolution.width), int(request.resolution.height))
-        from world.images import encode_png
+        from spatia.world.images import encode_png
 
         def _render():
             r = entry.world.memory.render(K, c2w)
@@ -352,8 +352,8 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
                     p = Path(tmp) / "memory.ply"
                     entry.world.memory.save_ply(p)
                     return p.read_bytes()
-            from world import snapshot
-            from world.state import SNAPSHOT_VERSION
+            from spatia.world import snapshot
+            from spatia.world.state import SNAPSHOT_VERSION
 
             return snapshot.dumps(entry.world.to_payload(), version=SNAPSHOT_VERSION)
 
@@ -508,7 +508,7 @@ class WorldServer:
         ]
 
     async def start(self) -> int:
-        from model import make_generator
+        from spatia.model import make_generator
 
         c = self.config
         generator = make_generator(c.generator, **dict(c.generator_kwargs))
@@ -559,7 +559,7 @@ async def serve(config: ServerConfig, port_file=None) -> None:
     server = WorldServer(config)
     port = await server.start()
     if port_file is not None:
-        from world.snapshot import atomic_write_bytes
+        from spatia.world.snapshot import atomic_write_bytes
 
         atomic_write_bytes(port_file, f"{port}\n".encode())
     stop = asyncio.Event()

@@ -28,15 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from proto.spatia.v1 import world_pb2 as pb
-from proto.spatia.v1.convert import encode_image, pose_to_proto
-from server.builders import check_pixels, intrinsics_to_proto
-from server.config import ServerConfig
-from server.recording import Recorder
-from server.store import WorldEntry
-from world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
-from world.engine import EngineConfig
-from world.errors import InvalidInputError
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1.convert import encode_image, pose_to_proto
+from spatia.server.builders import check_pixels, intrinsics_to_proto
+from spatia.server.config import ServerConfig
+from spatia.server.recording import Recorder
+from spatia.server.store import WorldEntry
+from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+from spatia.world.engine import EngineConfig
+from spatia.world.errors import InvalidInputError
 
 log = structlog.get_logger("spatia.server.play")
 

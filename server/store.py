@@ -27,10 +27,10 @@ from typing import Any, Callable
 import numba
 import structlog
 
-from world.engine import Engine, EngineConfig
-from world.errors import AlreadyExistsError, LimitExceededError, NotFoundError, PreconditionError, SnapshotError
-from world import snapshot
-from world.state import SNAPSHOT_VERSION, World
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.errors import AlreadyExistsError, LimitExceededError, NotFoundError, PreconditionError, SnapshotError
+from spatia.world import snapshot
+from spatia.world.state import SNAPSHOT_VERSION, World
 
 log = structlog.get_logger("spatia.server.store")
 
@@ -49,7 +49,7 @@ def _low_priority() -> None:
 
 
 def check_world_id(world_id: str) -> str:
-    from world.errors import InvalidInputError
+    from spatia.world.errors import InvalidInputError
 
     if not _ID.match(world_id):
         raise InvalidInputError(

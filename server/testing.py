@@ -8,8 +8,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from server.config import ServerConfig
-from server.service import WorldServer
+from spatia.server.config import ServerConfig
+from spatia.server.service import WorldServer
 
 
 class ServerThread:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         runners[name] = module.run
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    from world.errors import SpatiaError
+    from spatia.world.errors import SpatiaError
 
     try:
         return int(runners[args.command](args) or 0)

@@ -72,12 +72,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.eval import run_protocol
-    from model.eval.metrics import LpipsMetric, MatchAccuracy
-    from model.eval.protocols import EvalConfig, Metrics
-    from model.eval.report import command_line, markdown, plot, write_json, write_text_atomic
-    from model.eval.testsets import PanLoop
-    from world.actions import ClipConfig
+    from spatia.model.eval import run_protocol
+    from spatia.model.eval.metrics import LpipsMetric, MatchAccuracy
+    from spatia.model.eval.protocols import EvalConfig, Metrics
+    from spatia.model.eval.report import command_line, markdown, plot, write_json, write_text_atomic
+    from spatia.model.eval.testsets import PanLoop
+    from spatia.world.actions import ClipConfig
 
     kwargs = (("weights_dir", args.weights),) if args.weights else ()
     config = EvalConfig(

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _window(text: str) -> tuple[int, int]:
-    from world.errors import InvalidInputError
+    from spatia.world.errors import InvalidInputError
 
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -47,8 +47,8 @@ def _window(text: str) -> tuple[int, int]:
 
 def create_world(client, args: argparse.Namespace) -> str:
     """The id of the world to play: --world, else a new one from --image or --scene."""
-    from proto.spatia.v1 import world_pb2 as pb
-    from world.errors import InvalidInputError, NotFoundError
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.world.errors import InvalidInputError, NotFoundError
 
     if args.depth is not None and args.image is None:
         raise InvalidInputError("--depth needs --image")
@@ -69,17 +69,17 @@ def create_world(client, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import contextlib
 
-    from client.api import WorldClient
-    from client.keymap import load_keymap
-    from client.player import Player, PlayerConfig
+    from spatia.client.api import WorldClient
+    from spatia.client.keymap import load_keymap
+    from spatia.client.player import Player, PlayerConfig
 
     keymap = load_keymap(args.keys)
     window = _window(args.window)
     with contextlib.ExitStack() as stack:
         target = args.server
         if target is None:
-            from server.config import ServerConfig
-            from server.testing import running_server
+            from spatia.server.config import ServerConfig
+            from spatia.server.testing import running_server
 
             st = stack.enter_context(running_server(ServerConfig(data_dir=args.data_dir, port=0)))
             target = st.target

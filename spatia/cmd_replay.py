@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from server.recording import export_video, summarize
-    from world.errors import NotFoundError
+    from spatia.server.recording import export_video, summarize
+    from spatia.world.errors import NotFoundError
 
     if not args.file.is_file():
         raise NotFoundError(f"recording not found: {args.file}")
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
 def load_frames(path: Path) -> list:
     """The recording's frames (still encoded) with the keys of the action each applied (client.replay)."""
-    from client.replay import RecordedFrame
-    from server.recording import action_keys, read_recording
+    from spatia.client.replay import RecordedFrame
+    from spatia.server.recording import action_keys, read_recording
 
     keys: dict[int, tuple[str, ...]] = {}
     frames = []
@@ -58,8 +58,8 @@ def load_frames(path: Path) -> list:
 def watch(path: Path, world_id: str, fps: float = 0.0) -> None:
     import pygame
 
-    from client.replay import ReplayViewer
-    from server.recording import session_fps
+    from spatia.client.replay import ReplayViewer
+    from spatia.server.recording import session_fps
 
     try:
         ReplayViewer(load_frames(path), fps or session_fps(path), world_id).run()

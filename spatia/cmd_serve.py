@@ -33,8 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from server.config import Limits, ServerConfig
-    from server.service import serve
+    from spatia.server.config import Limits, ServerConfig
+    from spatia.server.service import serve
 
     kwargs = (("weights_dir", str(args.weights)),) if args.weights else ()
     config = ServerConfig(

@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _split(spec: str, what: str) -> list[str]:
-    from world.errors import InvalidInputError
+    from spatia.world.errors import InvalidInputError
 
     parts = spec.split(":")
     if len(parts) not in (2, 3):
@@ -71,13 +71,13 @@ def _split(spec: str, what: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from model.spatia import convert
-    from model.spatia.data import (
+    from spatia.model.spatia import convert
+    from spatia.model.spatia.data import (
         FolderVideo, LatentCache, SampleBuilder, SampleConfig, build_latent_samples, procedural_videos,
         read_realestate10k, read_spatialvid,
     )
-    from model.spatia.train import TrainConfig, Trainer, plot_losses, steps_per_second
-    from world.errors import InvalidInputError
+    from spatia.model.spatia.train import TrainConfig, Trainer, plot_losses, steps_per_second
+    from spatia.world.errors import InvalidInputError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     videos = [FolderVideo(d) for d in args.data]
@@ -96,16 +96,16 @@ def run(args: argparse.Namespace) -> int:
 
     # Model, VAE and prompt encoder.
     if args.tiny:
-        from model.spatia import SpatiaGenerator
+        from spatia.model.spatia import SpatiaGenerator
 
         gen = SpatiaGenerator.tiny(seed=args.seed)
         model, vae, prompts = gen.transformer, gen.vae, gen.prompt_encoder
     else:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-        from model.spatia.text import PrecomputedPromptEmbeddings, UMT5PromptEncoder
-        from model.spatia.transformer import SpatiaTransformer3DModel
-        from model.spatia.vae import SpatiaVAE
+        from spatia.model.spatia.text import PrecomputedPromptEmbeddings, UMT5PromptEncoder
+        from spatia.model.spatia.transformer import SpatiaTransformer3DModel
+        from spatia.model.spatia.vae import SpatiaVAE
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         wan = WanTransformer3DModel.from_pretrained(args.weights / "transformer", torch_dtype=dtype)
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     )
     depth_estimator = None
     if args.depth_model is not None:
-        from world.depth import TransformersDepth
+        from spatia.world.depth import TransformersDepth
 
         depth_estimator = TransformersDepth(args.depth_model)
     builder = SampleBuilder(sample_config, depth_estimator)

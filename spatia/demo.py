@@ -16,10 +16,10 @@ import numpy as np
 import structlog
 from tqdm import tqdm
 
-from world.actions import ClipConfig, out_and_back_path
-from world.engine import Engine, EngineConfig
-from world.metrics import psnr, ssim
-from world.state import World
+from spatia.world.actions import ClipConfig, out_and_back_path
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.metrics import psnr, ssim
+from spatia.world.state import World
 
 log = structlog.get_logger("spatia.demo")
 
@@ -44,14 +44,14 @@ class DemoOptions:
 def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
     """The world, the camera path to fly and whether that path is a closed loop."""
     if opts.case is not None:
-        from world.depth import TransformersDepth
+        from spatia.world.depth import TransformersDepth
 
         estimator = TransformersDepth(opts.depth_model) if opts.depth_model else None
         world, c2w = World.from_case(opts.case, depth_estimator=estimator, width=opts.width)
         return world, c2w, False
     if opts.image is not None:
-        from world.depth import TransformersDepth, UserDepth
-        from world.images import load_depth, load_rgb, resize_depth, resize_rgb
+        from spatia.world.depth import TransformersDepth, UserDepth
+        from spatia.world.images import load_depth, load_rgb, resize_depth, resize_rgb
 
         rgb = load_rgb(opts.image)
         depth = load_depth(opts.depth, expected_size=(rgb.shape[1], rgb.shape[0])) if opts.depth else None
@@ -65,7 +65,7 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
             estimator = TransformersDepth(opts.depth_model) if opts.depth_model else None
             world = World.from_image(rgb, depth_estimator=estimator, source=f"image:{opts.image.name}")
         return world, out_and_back_path(world.origin_c2w, opts.frames), True
-    from world.scenes import make_scene
+    from spatia.world.scenes import make_scene
 
     world = World.from_scene(opts.scene or "room", opts.seed, opts.width, opts.height)
     path = make_scene(opts.scene or "room", opts.seed).demo_path(opts.frames)
@@ -120,7 +120,7 @@ def _finite_db(value: float) -> float:
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    from model import make_generator
+    from spatia.model import make_generator
 
     opts.out.mkdir(parents=True, exist_ok=True)
     t_build = time.perf_counter()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from world.camera import Intrinsics
+from spatia.world.camera import Intrinsics
 
 
 def render_box_room(intrinsics: Intrinsics, c2w: np.ndarray, half_size_m: float = 2.0, seed: int = 0):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from world.actions import (
+from spatia.world.actions import (
     Action,
     ActionIntegrator,
     ClipConfig,
@@ -11,8 +11,8 @@ from world.actions import (
     chunk_clips,
     out_and_back_path,
 )
-from world.camera import rotation_angle_deg, validate_pose
-from world.errors import InvalidInputError
+from spatia.world.camera import rotation_angle_deg, validate_pose
+from spatia.world.errors import InvalidInputError
 
 
 def test_forward_moves_along_camera_z_at_walk_speed():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from world.camera import (
+from spatia.world.camera import (
     Intrinsics,
     interpolate_pose,
     interpolate_trajectory,
@@ -20,7 +20,7 @@ from world.camera import (
     validate_pose,
     validate_trajectory,
 )
-from world.errors import InvalidInputError, NotFoundError
+from spatia.world.errors import InvalidInputError, NotFoundError
 
 CASES = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets" / "cases"
 

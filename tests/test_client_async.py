@@ -6,9 +6,9 @@ import grpc
 import numpy as np
 import pytest
 
-from client.api import AsyncWorldClient, WorldServiceError
-from server.config import ServerConfig
-from server.testing import running_server
+from spatia.client.api import AsyncWorldClient, WorldServiceError
+from spatia.server.config import ServerConfig
+from spatia.server.testing import running_server
 
 W, H = 64, 48
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import structlog
 
-from world.camera import DEFAULT_FOV_DEG, Intrinsics
-from world.depth import (
+from spatia.world.camera import DEFAULT_FOV_DEG, Intrinsics
+from spatia.world.depth import (
     DepthEstimate,
     DepthEstimator,
     PlanarPriorConfig,
@@ -21,8 +21,8 @@ from world.depth import (
     disparity_to_depth,
     planar_prior_depth,
 )
-from world.errors import InvalidInputError, NotFoundError
-from world.images import depth_to_png16
+from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.images import depth_to_png16
 
 W, H = 64, 48
 
@@ -211,7 +211,7 @@ def test_planar_prior_shape_positivity_and_horizon(rgb, K):
 
 
 def test_planar_prior_points_lie_on_the_floor():
-    from world.geometry import depth_to_world_points
+    from spatia.world.geometry import depth_to_world_points
 
     K = Intrinsics.from_fov(70.0, 80, 60)
     cfg = PlanarPriorConfig(camera_height_m=1.6, wall_distance_m=50.0, ceiling_height_m=2.5)

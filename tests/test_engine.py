@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from model.geometric import GeometricGenerator, pushpull_fill
-from world.actions import ClipConfig, out_and_back_path
-from world.camera import Intrinsics
-from world.engine import Engine, EngineConfig
-from world.generator import ClipRequest, ClipResult, Generator
-from world.metrics import psnr
-from world.state import World
+from spatia.model.geometric import GeometricGenerator, pushpull_fill
+from spatia.world.actions import ClipConfig, out_and_back_path
+from spatia.world.camera import Intrinsics
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.generator import ClipRequest, ClipResult, Generator
+from spatia.world.metrics import psnr
+from spatia.world.state import World
 
 CLIPS = ClipConfig(first_clip_frames=8, clip_frames=10, preceding_frames=2)
 
@@ -136,7 +136,7 @@ def test_keyframes_alone_are_integrated_and_indexed(box_room):
 
 
 def test_references_are_kept_while_the_camera_stays_close(box_room, monkeypatch):
-    import world.engine as engine_module
+    import spatia.world.engine as engine_module
 
     calls = []
     real = engine_module.retrieve_reference_frames

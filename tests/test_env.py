@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import client  # noqa: F401  (registers the ids)
-from client.api import WorldClient
-from client.env import DISCRETE_ACTIONS, ExplorationReward, SpatiaWorldEnv, make_vector_env
-from server.config import Limits, ServerConfig
-from server.testing import running_server
-from world.errors import InvalidInputError
+import spatia.client  # noqa: F401  (registers the ids)
+from spatia.client.api import WorldClient
+from spatia.client.env import DISCRETE_ACTIONS, ExplorationReward, SpatiaWorldEnv, make_vector_env
+from spatia.server.config import Limits, ServerConfig
+from spatia.server.testing import running_server
+from spatia.world.errors import InvalidInputError
 
 W, H = 48, 32
 SMALL = dict(width=W, height=H, max_episode_steps=4)
@@ -118,8 +118,8 @@ def test_remote_and_in_process_walk_the_same_path(server):
 
 
 def test_reset_from_image_in_process_and_remote(server):
-    from world.camera import Intrinsics
-    from world.scenes import make_scene
+    from spatia.world.camera import Intrinsics
+    from spatia.world.scenes import make_scene
 
     scene = make_scene("room", 0)
     rgb, depth = scene.render(Intrinsics.from_fov(75.0, W, H), scene.start_pose())

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from world.camera import Intrinsics
-from world.errors import InvalidInputError, NotFoundError
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError, NotFoundError
 
 
 def _images(h=64, w=64, seed=0):
@@ -21,7 +21,7 @@ def _images(h=64, w=64, seed=0):
 @pytest.fixture(scope="module", params=["alex", "vgg"])
 def lpips_files(request, tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from model.eval.lpips import LPIPSNet
+    from spatia.model.eval.lpips import LPIPSNet
 
     torch.manual_seed(0)
     net = LPIPSNet(request.param)
@@ -39,7 +39,7 @@ def lpips_files(request, tmp_path_factory):
 
 
 def test_lpips_matches_reference(lpips_files):
-    from model.eval.lpips import load_lpips, reference_lpips
+    from spatia.model.eval.lpips import load_lpips, reference_lpips
 
     net, paths, state = lpips_files
     model = load_lpips(paths, net=net)
@@ -53,7 +53,7 @@ def test_lpips_matches_reference(lpips_files):
 
 
 def test_lpips_metric_reports_unavailable_without_weights():
-    from model.eval.metrics import LpipsMetric
+    from spatia.model.eval.metrics import LpipsMetric
 
     m = LpipsMetric(None)
     a, b = _images()
@@ -62,7 +62,7 @@ def test_lpips_metric_reports_unavailable_without_weights():
 
 
 def test_lpips_rejects_incomplete_or_missing_weights(lpips_files, tmp_path):
-    from model.eval.lpips import load_lpips
+    from spatia.model.eval.lpips import load_lpips
 
     net, paths, _ = lpips_files
     with pytest.raises(InvalidInputError, match="lack"):
@@ -74,7 +74,7 @@ def test_lpips_rejects_incomplete_or_missing_weights(lpips_files, tmp_path):
 
 
 def test_ratio_test_matches_reference():
-    from model.eval.metrics import ratio_test_matches, reference_ratio_test_matches
+    from spatia.model.eval.metrics import ratio_test_matches, reference_ratio_test_matches
 
     rng = np.random.default_rng(1)
     da = rng.random((120, 128)).astype(np.float32)
@@ -87,7 +87,7 @@ def test_ratio_test_matches_reference():
 
 @pytest.fixture(scope="module")
 def room():
-    from world.scenes import make_scene
+    from spatia.world.scenes import make_scene
 
     scene = make_scene("room", 0)
     K = Intrinsics.from_fov(75.0, 160, 120)
@@ -104,7 +104,7 @@ def _yawed(c2w, deg, shift=(0.0, 0.0, 0.0)):
 
 
 def test_match_accuracy_self_related_unrelated(room):
-    from model.eval.metrics import MatchAccuracy
+    from spatia.model.eval.metrics import MatchAccuracy
 
     scene, K = room
     start = scene.start_pose()
@@ -127,14 +127,14 @@ def test_match_accuracy_without_romatch_falls_back_and_says_so(tmp_path):
         pytest.skip("romatch installed here")
     except ModuleNotFoundError:
         pass
-    from model.eval.metrics import MatchAccuracy
+    from spatia.model.eval.metrics import MatchAccuracy
 
     m = MatchAccuracy(roma_weights=tmp_path / "roma.pth")
     assert m.method == "sift-magsac" and "romatch is not installed" in m.note
 
 
 def test_camera_control_recovers_known_offsets(room):
-    from model.eval.metrics import camera_control_errors, summarize_pose_errors
+    from spatia.model.eval.metrics import camera_control_errors, summarize_pose_errors
 
     scene, K = room
     start = scene.start_pose()
@@ -161,7 +161,7 @@ def test_camera_control_recovers_known_offsets(room):
 
 
 def test_match_accuracy_is_undefined_on_a_textureless_first_image():
-    from model.eval.metrics import MatchAccuracy
+    from spatia.model.eval.metrics import MatchAccuracy
 
     flat = np.full((64, 96, 3), 128, np.uint8)
     assert MatchAccuracy()(flat, flat) is None

@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from world.actions import ClipConfig, chunk_clips
-from world.camera import rotation_angle_deg, translation_distance_m
-from world.errors import InvalidInputError
+from spatia.world.actions import ClipConfig, chunk_clips
+from spatia.world.camera import rotation_angle_deg, translation_distance_m
+from spatia.world.errors import InvalidInputError
 
 CLIP = ClipConfig(7, 7, 2)
 
 
 def test_pan_loop_path_turns_at_clip_boundaries():
-    from model.eval.testsets import PanLoop, clip_lengths, pan_loop_path
+    from spatia.model.eval.testsets import PanLoop, clip_lengths, pan_loop_path
 
     start = np.eye(4)
     start[:3, 3] = [1.0, -1.5, 2.0]
@@ -36,7 +36,7 @@ def test_pan_loop_path_turns_at_clip_boundaries():
 
 
 def test_test_sets():
-    from model.eval.testsets import load_items
+    from spatia.model.eval.testsets import load_items
 
     procedural = load_items("procedural", 20)
     assert len({it.name for it in procedural}) == 20 and procedural[0].name == "room-0"
@@ -52,9 +52,9 @@ def test_test_sets():
 
 
 def test_closed_loop_with_memory_beats_without_memory(tmp_path):
-    from model.eval import run_protocol
-    from model.eval.protocols import EvalConfig
-    from model.eval.report import markdown, write_json
+    from spatia.model.eval import run_protocol
+    from spatia.model.eval.protocols import EvalConfig
+    from spatia.model.eval.report import markdown, write_json
 
     config = EvalConfig(items=2, width=80, height=56, clip=CLIP, pose_stride=6, progress=False)
     (result,) = run_protocol("closed-loop", config, command="spatia eval closed-loop --items 2")
@@ -78,9 +78,9 @@ def test_closed_loop_with_memory_beats_without_memory(tmp_path):
 
 def test_no_projection_baseline_is_the_fill_of_nothing_for_the_geometric_generator():
     """The literal brief config hands the geometric generator nothing it can use: black frames (documented)."""
-    from model import make_generator
-    from model.eval.protocols import generate_without_memory
-    from model.eval.testsets import load_items, load_world, pan_loop_path
+    from spatia.model import make_generator
+    from spatia.model.eval.protocols import generate_without_memory
+    from spatia.model.eval.testsets import load_items, load_world, pan_loop_path
 
     loaded = load_world(load_items("procedural", 1)[0], 48, 32)
     path = pan_loop_path(loaded.world.origin_c2w, 2, CLIP)
@@ -112,15 +112,15 @@ def test_cli_long_horizon_writes_json_markdown_and_plot(tmp_path):
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(InvalidInputError):
-        from model.eval.protocols import EvalConfig, long_horizon
+        from spatia.model.eval.protocols import EvalConfig, long_horizon
 
         long_horizon(EvalConfig(items=1), clips=(3,))
 
 
 def test_ablations_k_and_voxel_bookkeeping(tmp_path):
-    from model.eval import run_protocol
-    from model.eval.protocols import EvalConfig
-    from model.eval.report import markdown, plot
+    from spatia.model.eval import run_protocol
+    from spatia.model.eval.protocols import EvalConfig
+    from spatia.model.eval.report import markdown, plot
 
     config = EvalConfig(items=1, width=48, height=32, clip=CLIP, pose_stride=100, gt_frames=6, progress=False)
     k, voxel = run_protocol("ablation", config, tables=(5, 7), ks=(1, 7), voxel_sides_m=(0.01, 0.05))

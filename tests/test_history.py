@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from world._retrieval_reference import reference_intersection_counts
-from world.camera import Intrinsics, look_at
-from world.errors import InvalidInputError, NotFoundError, SnapshotError
-from world.geometry import coarsen_voxel_keys, pack_voxel_coords, unpack_voxel_keys
-from world.history import FrameStore, HistoryConfig, VoxelSetIndex
+from spatia.world._retrieval_reference import reference_intersection_counts
+from spatia.world.camera import Intrinsics, look_at
+from spatia.world.errors import InvalidInputError, NotFoundError, SnapshotError
+from spatia.world.geometry import coarsen_voxel_keys, pack_voxel_coords, unpack_voxel_keys
+from spatia.world.history import FrameStore, HistoryConfig, VoxelSetIndex
 
 K = Intrinsics.from_fov(60.0, 32, 24)
 EXACT = HistoryConfig(voxel_set_levels=0)  # sets kept at the keys given: the index mechanics tested exactly

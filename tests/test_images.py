@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from world.camera import Intrinsics
-from world.errors import ImageDecodeError, InvalidInputError, NotFoundError
-from world.images import (
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import ImageDecodeError, InvalidInputError, NotFoundError
+from spatia.world.images import (
     depth_to_png16,
     encode_jpeg,
     encode_png,

@@ -7,12 +7,12 @@ import pytest
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
-import world.memory as memory_module
-from world import _reference as ref
-from world.camera import Intrinsics, look_at
-from world.errors import InvalidInputError, NotFoundError
-from world.geometry import depth_to_world_points, pixel_rays, voxel_keys
-from world.memory import Box, IntegrateStats, MemoryConfig, SpatialMemory, Sphere, depth_quant, splat_k
+import spatia.world.memory as memory_module
+from spatia.world import _reference as ref
+from spatia.world.camera import Intrinsics, look_at
+from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.geometry import depth_to_world_points, pixel_rays, voxel_keys
+from spatia.world.memory import Box, IntegrateStats, MemoryConfig, SpatialMemory, Sphere, depth_quant, splat_k
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import world.memory as memory_module
-from world.camera import Intrinsics, look_at
-from world.memory import SpatialMemory
+import spatia.world.memory as memory_module
+from spatia.world.camera import Intrinsics, look_at
+from spatia.world.memory import SpatialMemory
 
 CAM = Intrinsics.from_fov(70.0, 96, 64)
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from world.camera import Intrinsics
-from world.memory import SpatialMemory
+from spatia.world.camera import Intrinsics
+from spatia.world.memory import SpatialMemory
 
 
 def test_refresh_existing_false_adds_points_but_never_repaints():

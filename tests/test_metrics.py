@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from world.errors import InvalidInputError
-from world.metrics import psnr, ssim
+from spatia.world.errors import InvalidInputError
+from spatia.world.metrics import psnr, ssim
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

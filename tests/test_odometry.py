@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import perturbation
-from world.camera import Intrinsics, invert_pose, look_at, rotation_angle_deg, translation_distance_m
-from world.errors import InvalidInputError
-from world.geometry import pixel_rays
-from world.odometry import depth_edge_free, photometric_residual, rgb_to_intensity, rgbd_odometry
+from spatia.world.camera import Intrinsics, invert_pose, look_at, rotation_angle_deg, translation_distance_m
+from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import pixel_rays
+from spatia.world.odometry import depth_edge_free, photometric_residual, rgb_to_intensity, rgbd_odometry
 
 INTR = Intrinsics.from_fov(70.0, 160, 120)
 

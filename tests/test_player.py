@@ -13,10 +13,10 @@ import numpy as np  # noqa: E402
 import pygame  # noqa: E402
 import pytest  # noqa: E402
 
-from client.api import WorldClient  # noqa: E402
-from client.player import Player, PlayerConfig  # noqa: E402
-from server.config import Limits, ServerConfig  # noqa: E402
-from server.testing import running_server  # noqa: E402
+from spatia.client.api import WorldClient  # noqa: E402
+from spatia.client.player import Player, PlayerConfig  # noqa: E402
+from spatia.server.config import Limits, ServerConfig  # noqa: E402
+from spatia.server.testing import running_server  # noqa: E402
 
 W, H = 48, 32
 

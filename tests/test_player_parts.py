@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from client.hud import HudState, MapFrame, heading_rad, minimap_image, read_ply_points
-from client.jitter import JitterBuffer, JitterConfig
-from client.keymap import KeyMap, load_keymap
-from world.actions import ActionIntegrator
-from world.errors import InvalidInputError
+from spatia.client.hud import HudState, MapFrame, heading_rad, minimap_image, read_ply_points
+from spatia.client.jitter import JitterBuffer, JitterConfig
+from spatia.client.keymap import KeyMap, load_keymap
+from spatia.world.actions import ActionIntegrator
+from spatia.world.errors import InvalidInputError
 
 
 def test_default_keys_move_the_right_way():
@@ -87,7 +87,7 @@ def test_jitter_buffer_paces_bursts_and_marks_stale():
 
 
 def test_ply_reader_matches_memory(tmp_path):
-    from world.memory import SpatialMemory
+    from spatia.world.memory import SpatialMemory
 
     mem = SpatialMemory()
     rng = np.random.default_rng(0)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.api import WorldClient
-from proto.spatia.v1 import world_pb2 as pb
-from server.config import ServerConfig
-from server.recording import action_keys, export_video, summarize
-from server.testing import running_server
+from spatia.client.api import WorldClient
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.server.config import ServerConfig
+from spatia.server.recording import action_keys, export_video, summarize
+from spatia.server.testing import running_server
 
 W, H = 48, 32
 
@@ -62,7 +62,7 @@ def test_replay_viewer_pause_seek_speed_step(recording, tmp_path, monkeypatch):
     monkeypatch.setitem(os.environ, "SDL_VIDEODRIVER", "dummy")
     import pygame
 
-    from client.replay import ReplayViewer
+    from spatia.client.replay import ReplayViewer
     from spatia.cmd_replay import load_frames
 
     frames = load_frames(recording)

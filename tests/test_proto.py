@@ -2,8 +2,8 @@
 
 import filecmp
 
-from proto import generate as gen
-from proto.spatia.v1 import world_pb2
+from spatia.proto import generate as gen
+from spatia.proto.spatia.v1 import world_pb2
 
 
 def test_generated_code_is_up_to_date(tmp_path):
@@ -11,8 +11,8 @@ def test_generated_code_is_up_to_date(tmp_path):
     assert {p.name for p in written} == {"world_pb2.py", "world_pb2.pyi", "world_pb2_grpc.py"}
     for fresh in written:
         committed = gen.PROTO_DIR / fresh.name
-        assert committed.is_file(), f"{committed} is not committed; run python -m proto.generate"
-        assert filecmp.cmp(fresh, committed, shallow=False), f"{committed.name} is stale; run python -m proto.generate"
+        assert committed.is_file(), f"{committed} is not committed; run python -m spatia.proto.generate"
+        assert filecmp.cmp(fresh, committed, shallow=False), f"{committed.name} is stale; run python -m spatia.proto.generate"
 
 
 def test_service_has_every_rpc_of_the_issue():

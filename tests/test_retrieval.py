@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from world._retrieval_reference import reference_retrieve_official, reference_retrieve_paper
-from world.camera import Intrinsics, look_at
-from world.errors import InvalidInputError
-from world.geometry import pack_voxel_coords
-from world.history import FrameStore, HistoryConfig
-from world.retrieval import (
+from spatia.world._retrieval_reference import reference_retrieve_official, reference_retrieve_paper
+from spatia.world.camera import Intrinsics, look_at
+from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import pack_voxel_coords
+from spatia.world.history import FrameStore, HistoryConfig
+from spatia.world.retrieval import (
     IcpConfig,
     RetrievedFrame,
     register_voxel_set,
@@ -34,7 +34,7 @@ def _wall_keys(region: int, i0: int, i1: int, j0: int = 0, j1: int = 20, k: int 
 
 def _pose_facing(keys: np.ndarray) -> np.ndarray:
     """A camera 2 m in front of the voxels' centroid, looking at it (OpenCV, world up -y)."""
-    from world.geometry import unpack_voxel_keys
+    from spatia.world.geometry import unpack_voxel_keys
 
     centre = (unpack_voxel_keys(keys).mean(axis=0) + 0.5) * D
     return look_at(centre - np.array([0.0, 0.0, 2.0]), centre)

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from world.camera import Intrinsics, look_at, rotation_angle_deg, validate_trajectory
-from world.errors import InvalidInputError
-from world.scenes import EYE_HEIGHT_M, SCENE_NAMES, SKY_RADIUS_M, make_scene, scene_items
-from world.textures import (
+from spatia.world.camera import Intrinsics, look_at, rotation_angle_deg, validate_trajectory
+from spatia.world.errors import InvalidInputError
+from spatia.world.scenes import EYE_HEIGHT_M, SCENE_NAMES, SKY_RADIUS_M, make_scene, scene_items
+from spatia.world.textures import (
     TEXTURE_FAMILIES,
     TextureAtlas,
     TextureSpec,
@@ -150,7 +150,7 @@ def test_colour_is_view_independent():
     T1[:3, 3] += [0.3, 0.0, 0.2]  # a small step: similar distance, so the same mip level
     rgb0, depth0 = s.render(K, T0)
     rgb1, depth1 = s.render(K, T1)
-    from world.geometry import depth_to_world_points, project_points
+    from spatia.world.geometry import depth_to_world_points, project_points
 
     pts, idx = depth_to_world_points(depth0, K, T0)
     uv, z = project_points(pts, K, T1)

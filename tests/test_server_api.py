@@ -4,10 +4,10 @@ import numpy as np
 import grpc
 import pytest
 
-from client.api import WorldClient, WorldServiceError
-from proto.spatia.v1 import world_pb2 as pb
-from server.config import Limits, ServerConfig
-from server.testing import running_server
+from spatia.client.api import WorldClient, WorldServiceError
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.server.config import Limits, ServerConfig
+from spatia.server.testing import running_server
 
 W, H = 64, 48
 
@@ -117,7 +117,7 @@ def test_edit_move_insert_remove_counts(client, room):
     import pathlib
     import tempfile
 
-    from world.memory import SpatialMemory
+    from spatia.world.memory import SpatialMemory
 
     before = client.get_world("room0").stats.memory_points
     box = pb.Region(box=pb.BoxRegion(center=pb.Vec3(), half_extents_m=pb.Vec3(x=100, y=100, z=100)))
@@ -156,7 +156,7 @@ def test_export_import_round_trip(client, room):
 
 
 def test_point_cloud_and_image_sources(client, room):
-    from world.images import encode_png
+    from spatia.world.images import encode_png
 
     origin = np.asarray(room.origin.c2w).reshape(4, 4)
     r = client.render("room0", origin)

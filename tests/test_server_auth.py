@@ -5,9 +5,9 @@ import subprocess
 import grpc
 import pytest
 
-from client.api import AsyncWorldClient, WorldClient, WorldServiceError
-from server.config import ServerConfig
-from server.testing import running_server
+from spatia.client.api import AsyncWorldClient, WorldClient, WorldServiceError
+from spatia.server.config import ServerConfig
+from spatia.server.testing import running_server
 
 W, H = 64, 48
 

@@ -6,11 +6,11 @@ import asyncio
 import grpc
 import pytest
 
-from client.api import AsyncWorldClient, WorldClient, WorldServiceError
-from proto.spatia.v1 import world_pb2 as pb
-from server.config import Limits, ServerConfig
-from server.session import Outbox
-from server.testing import running_server
+from spatia.client.api import AsyncWorldClient, WorldClient, WorldServiceError
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.server.config import Limits, ServerConfig
+from spatia.server.session import Outbox
+from spatia.server.testing import running_server
 
 W, H = 64, 48
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.api import WorldClient, WorldServiceError
-from server.config import ServerConfig
-from server.recording import summarize
-from server.testing import running_server
-from world.state import World
+from spatia.client.api import WorldClient, WorldServiceError
+from spatia.server.config import ServerConfig
+from spatia.server.recording import summarize
+from spatia.server.testing import running_server
+from spatia.world.state import World
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 64, 48
@@ -135,7 +135,7 @@ def test_shutdown_reports_not_serving_to_health_watchers(tmp_path):
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from server.testing import ServerThread
+    from spatia.server.testing import ServerThread
 
     st = ServerThread(ServerConfig(data_dir=tmp_path, port=0))
     st.start()

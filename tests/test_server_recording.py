@@ -7,10 +7,10 @@ import grpc
 import numpy as np
 import pytest
 
-from client.api import WorldClient, WorldServiceError
-from server.config import ServerConfig
-from server.recording import read_recording, summarize
-from server.testing import running_server
+from spatia.client.api import WorldClient, WorldServiceError
+from spatia.server.config import ServerConfig
+from spatia.server.recording import read_recording, summarize
+from spatia.server.testing import running_server
 
 W, H = 64, 48
 

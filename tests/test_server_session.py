@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from proto.spatia.v1 import world_pb2 as pb
-from server.config import ServerConfig
-from server.session import PlayOptions, action_from_proto, integrator_at
-from world.actions import Action, ActionIntegrator, ControlConfig
-from world.camera import look_at
-from world.errors import InvalidInputError
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.server.config import ServerConfig
+from spatia.server.session import PlayOptions, action_from_proto, integrator_at
+from spatia.world.actions import Action, ActionIntegrator, ControlConfig
+from spatia.world.camera import look_at
+from spatia.world.errors import InvalidInputError
 
 CONFIG = ServerConfig()
 

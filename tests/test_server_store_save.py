@@ -4,9 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from server.store import WorldEntry
-from world.camera import Intrinsics
-from world.state import World
+from spatia.server.store import WorldEntry
+from spatia.world.camera import Intrinsics
+from spatia.world.state import World
 
 
 def _entry(box_room, tmp_path) -> WorldEntry:

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
-from model.spatia import convert
-from model.spatia.transformer import TINY_CONFIG, SpatiaTransformer3DModel, rope_positions, rotary_embedding
-from world.errors import InvalidInputError
+from spatia.model.spatia import convert
+from spatia.model.spatia.transformer import TINY_CONFIG, SpatiaTransformer3DModel, rope_positions, rotary_embedding
+from spatia.world.errors import InvalidInputError
 
 DIM, HEADS, FFN, TEXT, FREQ = 24, 2, 32, 32, 256
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.spatia.generator import SpatiaGenerator, SpatiaGeneratorConfig, padded_length, usable_preceding
-from model.spatia.sampler import SamplerConfig
-from world.camera import Intrinsics
-from world.errors import InvalidInputError
-from world.generator import ClipRequest, Generator, ReferenceFrame, SceneProjection
+from spatia.model.spatia.generator import SpatiaGenerator, SpatiaGeneratorConfig, padded_length, usable_preceding
+from spatia.model.spatia.sampler import SamplerConfig
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError
+from spatia.world.generator import ClipRequest, Generator, ReferenceFrame, SceneProjection
 
 H = W = 32
 
@@ -89,7 +89,7 @@ def test_resolution_and_shapes_are_checked(generator):
 
 
 def test_lora_is_off_for_the_first_clip_and_on_later():
-    from model.spatia import convert
+    from spatia.model.spatia import convert
 
     gen = SpatiaGenerator.tiny(seed=1, config=SpatiaGeneratorConfig(sampler=SamplerConfig.fast()))
     names = [f"blocks.{i}.attn1.to_q" for i in range(2)]

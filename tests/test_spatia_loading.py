@@ -8,15 +8,15 @@ import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
 
-from model.spatia import convert
-from model.spatia.generator import SpatiaGenerator, SpatiaGeneratorConfig
-from model.spatia.sampler import SamplerConfig
-from model.spatia.text import ByteTokenizer, PrecomputedPromptEmbeddings, tiny_prompt_encoder
-from model.spatia.transformer import TINY_CONFIG, SpatiaTransformer3DModel
-from model.spatia.vae import SpatiaVAE, latent_frames, tiny_vae
-from world.camera import Intrinsics
-from world.errors import InvalidInputError, NotFoundError
-from world.generator import ClipRequest, SceneProjection
+from spatia.model.spatia import convert
+from spatia.model.spatia.generator import SpatiaGenerator, SpatiaGeneratorConfig
+from spatia.model.spatia.sampler import SamplerConfig
+from spatia.model.spatia.text import ByteTokenizer, PrecomputedPromptEmbeddings, tiny_prompt_encoder
+from spatia.model.spatia.transformer import TINY_CONFIG, SpatiaTransformer3DModel
+from spatia.model.spatia.vae import SpatiaVAE, latent_frames, tiny_vae
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.generator import ClipRequest, SceneProjection
 
 
 def test_vae_wrapper_shapes_normalisation_and_checks():

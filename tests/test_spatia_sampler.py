@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.spatia.sampler import FlowMatchingSampler, SamplerConfig, make_noise, shift_sigmas
-from world.errors import InvalidInputError
+from spatia.model.spatia.sampler import FlowMatchingSampler, SamplerConfig, make_noise, shift_sigmas
+from spatia.world.errors import InvalidInputError
 
 SHAPE = (1, 4, 3, 2, 2)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.spatia import convert
-from model.spatia.data import LatentSample
-from model.spatia.train import (
+from spatia.model.spatia import convert
+from spatia.model.spatia.data import LatentSample
+from spatia.model.spatia.train import (
     Batch,
     TrainConfig,
     Trainer,
@@ -20,8 +20,8 @@ from model.spatia.train import (
     plot_losses,
     reference_flow_matching_loss,
 )
-from model.spatia.transformer import CONTROL_MODULE_PREFIXES, TINY_CONFIG, SpatiaTransformer3DModel
-from world.errors import InvalidInputError, PreconditionError
+from spatia.model.spatia.transformer import CONTROL_MODULE_PREFIXES, TINY_CONFIG, SpatiaTransformer3DModel
+from spatia.world.errors import InvalidInputError, PreconditionError
 
 
 def tiny_model(seed: int = 0) -> SpatiaTransformer3DModel:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.spatia.data import (
+from spatia.model.spatia.data import (
     ArrayVideo,
     FolderVideo,
     LatentCache,
@@ -19,12 +19,12 @@ from model.spatia.data import (
     read_spatialvid,
     write_folder_video,
 )
-from model.spatia.text import tiny_prompt_encoder
-from model.spatia.vae import SpatiaVAE, tiny_vae
+from spatia.model.spatia.text import tiny_prompt_encoder
+from spatia.model.spatia.vae import SpatiaVAE, tiny_vae
 from tests.conftest import render_box_room
-from world.camera import Intrinsics, invert_pose, look_at, rotation_matrix_to_quaternion
-from world.errors import InvalidInputError
-from world.memory import MemoryConfig, SpatialMemory
+from spatia.world.camera import Intrinsics, invert_pose, look_at, rotation_matrix_to_quaternion
+from spatia.world.errors import InvalidInputError
+from spatia.world.memory import MemoryConfig, SpatialMemory
 
 SIZE = 32
 
@@ -205,7 +205,7 @@ def test_realestate10k_camera_file(tmp_path):
     np.testing.assert_allclose(cams.c2w, video.c2w, atol=1e-9)
     frames = tmp_path / "frames"
     frames.mkdir()
-    from world.images import encode_png
+    from spatia.world.images import encode_png
 
     for t, rgb in zip(reversed(stamps), reversed(list(video.frames))):  # written out of order, named by timestamp
         (frames / f"{t}.png").write_bytes(encode_png(rgb))
@@ -231,7 +231,7 @@ def test_spatialvid_annotations(tmp_path):
     (ann / "caption.txt").write_text("a box\n")
     frames = tmp_path / "frames"
     frames.mkdir()
-    from world.images import encode_png
+    from spatia.world.images import encode_png
 
     for i, rgb in enumerate(video.frames):
         (frames / f"{i:04d}.png").write_bytes(encode_png(rgb))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from model.spatia.transformer import (
+from spatia.model.spatia.transformer import (
     TINY_CONFIG,
     WAN22_TI2V_5B_CONFIG,
     SpatiaTransformer3DModel,
@@ -15,7 +15,7 @@ from model.spatia.transformer import (
     rope_positions,
     rotary_embedding,
 )
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 WAN_KEYS = [k for k in TINY_CONFIG if k not in ("control_layers", "control_in_channels")]
 
@@ -167,7 +167,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 
 def test_main_lora_targets_main_blocks_only():
-    from model.spatia.convert import main_lora_config
+    from spatia.model.spatia.convert import main_lora_config
 
     model = SpatiaTransformer3DModel(**TINY_CONFIG).eval()
     x, text, control = inputs()

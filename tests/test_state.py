@@ -3,10 +3,10 @@ import os
 import numpy as np
 import pytest
 
-from world.camera import Intrinsics
-from world.errors import InvalidInputError, NotFoundError, SnapshotError
-from world.state import World
-from world import snapshot
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError, NotFoundError, SnapshotError
+from spatia.world.state import World
+from spatia.world import snapshot
 
 CASES = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets" / "cases"
 

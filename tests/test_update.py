@@ -12,10 +12,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from conftest import perturbation
-from world.camera import Intrinsics, look_at, rotation_angle_deg, translation_distance_m
-from world.errors import InvalidInputError
-from world.geometry import depth_to_world_points, pixel_rays, project_points
-from world.update import (
+from spatia.world.camera import Intrinsics, look_at, rotation_angle_deg, translation_distance_m
+from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import depth_to_world_points, pixel_rays, project_points
+from spatia.world.update import (
     UpdateConfig,
     _reference_fill_holes_background,
     align_model_depth,
@@ -26,8 +26,8 @@ from world.update import (
     splat_centre_mask,
     update_memory,
 )
-from world.memory import MemoryConfig, SpatialMemory
-from world.scenes import make_scene
+from spatia.world.memory import MemoryConfig, SpatialMemory
+from spatia.world.scenes import make_scene
 
 INTR = Intrinsics.from_fov(70.0, 160, 120)
 HOME = look_at([0.0, 0.2, -0.5], [0.0, 0.3, 3.0])  # sees wall, floor and box

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from world.camera import Intrinsics, look_at
-from world.errors import InvalidInputError
-from world.warp import warp_rgbd, warp_rgbd_reference
+from spatia.world.camera import Intrinsics, look_at
+from spatia.world.errors import InvalidInputError
+from spatia.world.warp import warp_rgbd, warp_rgbd_reference
 
 
 def _frame(seed=0, w=48, h=36):

@@ -4,9 +4,9 @@ Imports no network, UI or neural-network code (checked by ``tests/test_imports.p
 (open3d, transformers) are imported inside the functions that need them.
 """
 
-from world.actions import Action, ActionIntegrator, ClipConfig, ClipSpan, ControlConfig, chunk_clips
-from world.camera import Intrinsics, interpolate_pose, invert_pose, look_at, validate_pose, validate_trajectory
-from world.errors import (
+from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ClipSpan, ControlConfig, chunk_clips
+from spatia.world.camera import Intrinsics, interpolate_pose, invert_pose, look_at, validate_pose, validate_trajectory
+from spatia.world.errors import (
     AlreadyExistsError,
     ImageDecodeError,
     InvalidInputError,
@@ -16,7 +16,7 @@ from world.errors import (
     SnapshotError,
     SpatiaError,
 )
-from world.generator import ClipRequest, ClipResult, Generator, ReferenceFrame, SceneProjection
+from spatia.world.generator import ClipRequest, ClipResult, Generator, ReferenceFrame, SceneProjection
 
 __all__ = [
     "Action", "ActionIntegrator", "ClipConfig", "ClipSpan", "ControlConfig", "chunk_clips",

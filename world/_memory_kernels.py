@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
+from spatia.world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
 
 OFFSET_LEVELS = 256  # sub-voxel position quantisation: d / 256 per axis (0.04 mm at d = 1 cm)
 BLOCK_BITS = 4  # culling blocks are 16 voxels per side (16 cm at d = 1 cm: about 256 points of a surface)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from world.camera import Intrinsics
-from world._memory_kernels import BLOCK_MASK
-from world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
+from spatia.world.camera import Intrinsics
+from spatia.world._memory_kernels import BLOCK_MASK
+from spatia.world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
 
 # ---------------------------------------------------------------------------------------------------------------
 # world.memory

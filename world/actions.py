@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from world.camera import validate_pose
-from world.errors import InvalidInputError
+from spatia.world.camera import validate_pose
+from spatia.world.errors import InvalidInputError
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from world.errors import InvalidInputError, NotFoundError
+from spatia.world.errors import InvalidInputError, NotFoundError
 
 # A rotation block is accepted as rigid when R^T R is within this of the identity and det(R) is within it of 1.
 RIGID_TOLERANCE = 1e-4

@@ -25,9 +25,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import structlog
 
-from world.camera import DEFAULT_FOV_DEG, Intrinsics
-from world.errors import InvalidInputError, NotFoundError
-from world.images import ImageSource, load_depth
+from spatia.world.camera import DEFAULT_FOV_DEG, Intrinsics
+from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.images import ImageSource, load_depth
 
 log = structlog.get_logger(__name__)
 

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from world.actions import ClipConfig, chunk_clips
-from world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
-from world.errors import InvalidInputError
-from world.generator import (
+from spatia.world.actions import ClipConfig, chunk_clips
+from spatia.world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
+from spatia.world.errors import InvalidInputError
+from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
 )
-from world.memory import RenderResult
-from world.retrieval import retrieve_reference_frames
-from world.state import World
-from world.update import UpdateConfig, update_memory
+from spatia.world.memory import RenderResult
+from spatia.world.retrieval import retrieve_reference_frames
+from spatia.world.state import World
+from spatia.world.update import UpdateConfig, update_memory
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from world.camera import Intrinsics
+from spatia.world.camera import Intrinsics
 
 
 @dataclass

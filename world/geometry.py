@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from world.camera import Intrinsics
-from world.errors import InvalidInputError
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError
 
 KEY_BITS = 21
 KEY_OFFSET = 1 << (KEY_BITS - 1)

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from world._threads import background
-from world.camera import Intrinsics, validate_pose
-from world.errors import ImageDecodeError, InvalidInputError, NotFoundError, SnapshotError
-from world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
+from spatia.world._threads import background
+from spatia.world.camera import Intrinsics, validate_pose
+from spatia.world.errors import ImageDecodeError, InvalidInputError, NotFoundError, SnapshotError
+from spatia.world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
 
 SNAPSHOT_VERSION = 1
 _IMAGE_CODECS = ("jpeg", "png")

@@ -18,8 +18,8 @@ from typing import Union
 
 import numpy as np
 
-from world.camera import Intrinsics
-from world.errors import ImageDecodeError, InvalidInputError, NotFoundError
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import ImageDecodeError, InvalidInputError, NotFoundError
 
 ImageSource = Union[str, Path, bytes, bytearray, memoryview]
 

@@ -47,11 +47,11 @@ from typing import NamedTuple, Protocol
 import numba
 import numpy as np
 
-from world import _memory_kernels as K
-from world._threads import background
-from world.camera import Intrinsics, validate_pose, validate_trajectory
-from world.errors import InvalidInputError, NotFoundError
-from world.generator import SceneProjection
+from spatia.world import _memory_kernels as K
+from spatia.world._threads import background
+from spatia.world.camera import Intrinsics, validate_pose, validate_trajectory
+from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.generator import SceneProjection
 
 HASH_MAX_LOAD = 0.75  # linear probing stays short below this
 GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 32 right after a growth)

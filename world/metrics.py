@@ -12,7 +12,7 @@ import math
 import cv2
 import numpy as np
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

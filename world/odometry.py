@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world.camera import Intrinsics
-from world.errors import InvalidInputError
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from world.camera import RIGID_TOLERANCE, Intrinsics
-from world.errors import InvalidInputError
-from world.generator import ReferenceFrame
-from world.geometry import unpack_voxel_keys, voxel_keys
-from world.history import FrameStore
+from spatia.world.camera import RIGID_TOLERANCE, Intrinsics
+from spatia.world.errors import InvalidInputError
+from spatia.world.generator import ReferenceFrame
+from spatia.world.geometry import unpack_voxel_keys, voxel_keys
+from spatia.world.history import FrameStore
 
 METHODS = ("paper", "official")
 OFFICIAL_TARGET_STRIDE = 12  # fps 24 / ref_fps 2 (inference.py get_args)

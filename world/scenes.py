@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world.camera import Intrinsics, validate_pose
-from world.errors import InvalidInputError
-from world.geometry import pixel_rays
-from world.textures import TextureAtlas, TextureSpec
+from spatia.world.camera import Intrinsics, validate_pose
+from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import pixel_rays
+from spatia.world.textures import TextureAtlas, TextureSpec
 
 SCENE_NAMES = ("room", "house", "courtyard")
 EYE_HEIGHT_M = 1.6  # camera height above the floor for start poses and demo paths

@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 import zstandard
 
-from world.errors import NotFoundError, SnapshotError
+from spatia.world.errors import NotFoundError, SnapshotError
 
 FORMAT = "spatia-world"
 VERSION = 1

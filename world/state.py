@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from world import snapshot
-from world.camera import Intrinsics, load_official_intrinsics, load_official_w2c, validate_pose
-from world.errors import InvalidInputError, NotFoundError, SnapshotError
-from world.history import FrameStore, HistoryConfig
-from world.memory import MemoryConfig, SpatialMemory
+from spatia.world import snapshot
+from spatia.world.camera import Intrinsics, load_official_intrinsics, load_official_w2c, validate_pose
+from spatia.world.errors import InvalidInputError, NotFoundError, SnapshotError
+from spatia.world.history import FrameStore, HistoryConfig
+from spatia.world.memory import MemoryConfig, SpatialMemory
 
 SNAPSHOT_VERSION = 1
 
@@ -90,7 +90,7 @@ class World:
         **kwargs: Any,
     ) -> "World":
         """A world whose first image is a procedural scene seen from its start pose (exact depth)."""
-        from world.scenes import make_scene
+        from spatia.world.scenes import make_scene
 
         scene = make_scene(name, seed)
         K = Intrinsics.from_fov(fov_deg, width, height)
@@ -109,7 +109,7 @@ class World:
         **kwargs: Any,
     ) -> "World":
         """A world from a photograph: given depth, else the estimator's (a local depth model or the planar prior)."""
-        from world.depth import PlanarPriorDepth, default_intrinsics
+        from spatia.world.depth import PlanarPriorDepth, default_intrinsics
 
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -128,7 +128,7 @@ class World:
         w2c.txt (one 4x4 per line, line 1 = first frame), prompt.txt, optional mask.png (white = dynamic).
         ``width`` resizes the image (and intrinsics) first, keeping the aspect ratio.
         """
-        from world.images import load_mask, load_rgb, resize_mask, resize_rgb
+        from spatia.world.images import load_mask, load_rgb, resize_mask, resize_rgb
 
         case = Path(case_dir)
         if not case.is_dir():

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 TEXTURE_SIZE_PX = 256  # S: texels per tile side; 256 keeps all of a scene's textures under 10 MB with mips
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol, Sequence, Union
 import numba
 import numpy as np
 
-from world.camera import (
+from spatia.world.camera import (
     Intrinsics,
     invert_pose,
     rotation_angle_deg,
@@ -35,10 +35,10 @@ from world.camera import (
     validate_pose,
     validate_trajectory,
 )
-from world.depth import DepthEstimator
-from world.errors import InvalidInputError
-from world.geometry import project_points
-from world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
+from spatia.world.depth import DepthEstimator
+from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import project_points
+from spatia.world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from world.camera import Intrinsics
-from world.errors import InvalidInputError
-from world.geometry import depth_to_world_points
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import depth_to_world_points
 
 MAX_SPLAT_PX = 3  # a source pixel covers at most 3x3 target pixels (when the target is closer)
 

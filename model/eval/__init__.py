@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.eval.protocols import (
+from spatia.model.eval.protocols import (
     EvalConfig,
     Metrics,
     ablation_inputs,
@@ -33,7 +33,7 @@ def run_protocol(name: str, config: EvalConfig, metrics: Metrics | None = None, 
                  ) -> list[dict[str, Any]]:
     """Run one protocol; returns its results (one per table; ``ablation`` gives one per requested table), each
     stamped with the command line, the configuration and what the metrics could and could not compute."""
-    from world.errors import InvalidInputError
+    from spatia.world.errors import InvalidInputError
 
     metrics = metrics or Metrics()
     if name == "closed-loop":

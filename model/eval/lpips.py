@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from world.errors import InvalidInputError, NotFoundError
+from spatia.world.errors import InvalidInputError, NotFoundError
 
 # lpips ScalingLayer: inputs in [-1, 1] are standardised with these ImageNet-derived constants
 SHIFT = (-0.030, -0.088, -0.188)

@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from world.camera import Intrinsics, invert_pose, rotation_angle_deg, translation_distance_m, validate_pose
-from world.errors import InvalidInputError
+from spatia.world.camera import Intrinsics, invert_pose, rotation_angle_deg, translation_distance_m, validate_pose
+from spatia.world.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class LpipsMetric:
         if not weight_paths:
             self.reason = "no local LPIPS weights given (--lpips-weights BACKBONE.pth HEADS.pth)"
             return
-        from model.eval.lpips import load_lpips  # torch only when LPIPS is really used
+        from spatia.model.eval.lpips import load_lpips  # torch only when LPIPS is really used
 
         self._model = load_lpips(weight_paths, net=net, device=device)
         self.reason = ""
@@ -235,7 +235,7 @@ def recover_pose(
     of the reference matches the frame clearly better than the commanded pose's (``min_gain``), and the kept pose
     only if the reference and the frame correlate there (NCC); otherwise the frame's pose is unknown.
     """
-    from world.odometry import photometric_residual, rgbd_odometry
+    from spatia.world.odometry import photometric_residual, rgbd_odometry
 
     c2w = validate_pose(c2w_commanded, "c2w_commanded")
     frame = _check_rgb(frame_rgb, "frame_rgb")

@@ -33,7 +33,7 @@ import numpy as np
 import structlog
 from tqdm import tqdm
 
-from model.eval.metrics import (
+from spatia.model.eval.metrics import (
     CameraControlConfig,
     LpipsMetric,
     MatchAccuracy,
@@ -41,13 +41,13 @@ from model.eval.metrics import (
     camera_control_errors,
     summarize_pose_errors,
 )
-from model.eval.testsets import LoadedItem, PanLoop, TestItem, clip_lengths, forward_path, load_items, load_world, pan_loop_path
-from world.actions import ClipConfig, chunk_clips
-from world.engine import Engine, EngineConfig
-from world.errors import InvalidInputError
-from world.memory import MemoryConfig
-from world.metrics import psnr, ssim
-from world.state import World
+from spatia.model.eval.testsets import LoadedItem, PanLoop, TestItem, clip_lengths, forward_path, load_items, load_world, pan_loop_path
+from spatia.world.actions import ClipConfig, chunk_clips
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.errors import InvalidInputError
+from spatia.world.memory import MemoryConfig
+from spatia.world.metrics import psnr, ssim
+from spatia.world.state import World
 
 log = structlog.get_logger("spatia.eval")
 
@@ -107,7 +107,7 @@ class Metrics:
 
 
 def _generator(config: EvalConfig):
-    from model import make_generator
+    from spatia.model import make_generator
 
     return make_generator(config.generator, **dict(config.generator_kwargs))
 

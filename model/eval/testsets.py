@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from world.actions import ClipConfig
-from world.camera import interpolate_pose, validate_pose
-from world.errors import InvalidInputError
-from world.memory import MemoryConfig
-from world.state import World
+from spatia.world.actions import ClipConfig
+from spatia.world.camera import interpolate_pose, validate_pose
+from spatia.world.errors import InvalidInputError
+from spatia.world.memory import MemoryConfig
+from spatia.world.state import World
 
 CASES_DIR = Path(__file__).resolve().parents[2] / "assets" / "cases"
 TESTSETS = ("procedural", "cases", "all")
@@ -43,7 +43,7 @@ class TestItem:
 
 def load_items(testset: str = "procedural", count: int | None = None) -> list[TestItem]:
     """The first ``count`` items of a test set (all cases when ``count`` is None for ``cases``)."""
-    from world.scenes import scene_items
+    from spatia.world.scenes import scene_items
 
     if testset not in TESTSETS:
         raise InvalidInputError(f"unknown test set {testset!r}; known: {', '.join(TESTSETS)}")
@@ -73,8 +73,8 @@ def load_world(item: TestItem, width: int, height: int, fov_deg: float = 75.0,
                memory_config: MemoryConfig = MemoryConfig()) -> LoadedItem:
     """A fresh world for ``item`` at ``width`` x ``height`` (cases keep their aspect ratio: height follows width)."""
     if item.kind == "scene":
-        from world.camera import Intrinsics
-        from world.scenes import make_scene
+        from spatia.world.camera import Intrinsics
+        from spatia.world.scenes import make_scene
 
         scene = make_scene(item.scene, item.seed)
         world = World.from_scene(item.scene, item.seed, width, height, fov_deg=fov_deg, memory_config=memory_config,

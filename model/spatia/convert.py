@@ -40,8 +40,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from model.spatia.transformer import CONTROL_MODULE_PREFIXES, SpatiaTransformer3DModel
-from world.errors import InvalidInputError, NotFoundError
+from spatia.model.spatia.transformer import CONTROL_MODULE_PREFIXES, SpatiaTransformer3DModel
+from spatia.world.errors import InvalidInputError, NotFoundError
 
 FORMAT_NAME = "spatia-weights"
 FORMAT_VERSION = 1
@@ -261,7 +261,7 @@ def main_lora_config(rank: int = 64, alpha: float | None = None):
     """peft config of the paper's stage 2: rank-64 LoRA on the main blocks' attention projections."""
     from peft import LoraConfig
 
-    from model.spatia.transformer import main_lora_target_modules
+    from spatia.model.spatia.transformer import main_lora_target_modules
 
     return LoraConfig(r=rank, lora_alpha=float(rank if alpha is None else alpha),
                       target_modules=main_lora_target_modules(), lora_dropout=0.0)

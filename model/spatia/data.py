@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from world.camera import Intrinsics, invert_pose, validate_trajectory
-from world.errors import InvalidInputError, NotFoundError
-from world.generator import ReferenceFrame, SceneProjection
+from spatia.world.camera import Intrinsics, invert_pose, validate_trajectory
+from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.generator import ReferenceFrame, SceneProjection
 
 if TYPE_CHECKING:  # torch is imported inside the functions that need it
     import torch
@@ -128,7 +128,7 @@ class FolderVideo:
     """
 
     def __init__(self, root: str | Path) -> None:
-        from world.camera import load_trajectory
+        from spatia.world.camera import load_trajectory
 
         self.root = Path(root)
         if not (self.root / "frames").is_dir():
@@ -162,7 +162,7 @@ class FolderVideo:
         return self.intrinsics.width, self.intrinsics.height
 
     def rgb(self, i: int) -> np.ndarray:
-        from world.images import load_rgb
+        from spatia.world.images import load_rgb
 
         rgb = load_rgb(self._frames[i])
         if (rgb.shape[1], rgb.shape[0]) != self._size():
@@ -170,20 +170,20 @@ class FolderVideo:
         return rgb
 
     def depth(self, i: int) -> np.ndarray | None:
-        from world.images import load_depth
+        from spatia.world.images import load_depth
 
         return None if self._depth is None else load_depth(self._depth[i], self._size())
 
     def dynamic(self, i: int) -> np.ndarray | None:
-        from world.images import load_mask
+        from spatia.world.images import load_mask
 
         return None if self._dynamic is None else load_mask(self._dynamic[i], self._size())
 
 
 def write_folder_video(root: str | Path, video: TrainingVideo) -> Path:
     """Write any ``TrainingVideo`` in the folder format (depth as 16-bit PNG millimetres, masks as PNG)."""
-    from world.camera import save_trajectory
-    from world.images import depth_to_png16, encode_png
+    from spatia.world.camera import save_trajectory
+    from spatia.world.images import depth_to_png16, encode_png
 
     root = Path(root)
     (root / "frames").mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,7 @@ class SceneVideo:
 
     def __init__(self, name: str, seed: int, num_frames: int, width: int, height: int, fov_deg: float = 75.0,
                  prompt: str | None = None, loop_fraction: float = 1.0) -> None:
-        from world.scenes import make_scene
+        from spatia.world.scenes import make_scene
 
         if not 0.0 < loop_fraction <= 1.0:
             raise InvalidInputError(f"loop_fraction must be in (0, 1], got {loop_fraction}")
@@ -239,7 +239,7 @@ class SceneVideo:
 
 def procedural_videos(count: int, num_frames: int, width: int, height: int, loop_fraction: float = 0.5) -> list[SceneVideo]:
     """The built-in dataset: ``count`` scenes of ``world.scenes.scene_items`` (rooms, houses, courtyards)."""
-    from world.scenes import scene_items
+    from spatia.world.scenes import scene_items
 
     return [SceneVideo(n, s, num_frames, width, height, loop_fraction=loop_fraction) for n, s in scene_items(count)]
 
@@ -293,7 +293,7 @@ def read_realestate10k(camera_file: str | Path, frames_dir: str | Path, depth_di
 
     Note: RealEstate10K poses come from ORB-SLAM and have an arbitrary scale per clip; depth must share it.
     """
-    from world.images import load_depth, load_rgb
+    from spatia.world.images import load_depth, load_rgb
 
     cams = read_realestate10k_cameras(camera_file)
     frames_dir = Path(frames_dir)
@@ -344,7 +344,7 @@ def read_spatialvid(annotation_dir: str | Path, frames_dir: str | Path, depth: s
     * ``depth`` (optional): a ``.npy`` [T, H', W'] metric z-depth (SpatialVID ships inverse depth as zipped EXR;
       convert once with ``1 / inv_depth``, as its ``read_depth`` does, since no EXR reader is a dependency here).
     """
-    from world.images import load_rgb, resize_depth
+    from spatia.world.images import load_rgb, resize_depth
 
     ann = Path(annotation_dir)
     for name in ("poses.npy", "intrinsics.npy"):
@@ -450,7 +450,7 @@ class SampleBuilder:
         return (c.width, c.height) if c.width is not None else (video.intrinsics.width, video.intrinsics.height)
 
     def _frame(self, video: TrainingVideo, i: int) -> np.ndarray:
-        from world.images import resize_rgb
+        from spatia.world.images import resize_rgb
 
         rgb = video.rgb(i)
         w, h = self._size(video)
@@ -476,9 +476,9 @@ class SampleBuilder:
         return m, n, len(video) - (m + n)
 
     def build(self, video: TrainingVideo, rng: np.random.Generator) -> TrainingSample:
-        from world.history import FrameStore, HistoryConfig
-        from world.memory import MemoryConfig, SpatialMemory
-        from world.retrieval import retrieve_reference_frames
+        from spatia.world.history import FrameStore, HistoryConfig
+        from spatia.world.memory import MemoryConfig, SpatialMemory
+        from spatia.world.retrieval import retrieve_reference_frames
 
         c = self.config
         first_clip = bool(rng.random() < c.first_clip_prob)
@@ -579,7 +579,7 @@ def encode_sample(sample: TrainingSample, vae, prompt_encoder) -> LatentSample:
     latents), the projection + hole-mask videos over the same frames, every reference alone."""
     import torch
 
-    from model.spatia.vae import latent_frames
+    from spatia.model.spatia.vae import latent_frames
 
     video = np.concatenate([sample.preceding_frames, sample.target_frames])
     latents = vae.encode_video(np.ascontiguousarray(video))

@@ -23,12 +23,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model.spatia.sampler import FlowMatchingSampler, SamplerConfig, make_noise
-from model.spatia.text import PromptEncoder
-from model.spatia.transformer import TINY_CONFIG, WAN22_TI2V_5B_CONFIG, SpatiaTransformer3DModel
-from model.spatia.vae import SpatiaVAE
-from world.errors import InvalidInputError, NotFoundError
-from world.generator import ClipRequest, ClipResult
+from spatia.model.spatia.sampler import FlowMatchingSampler, SamplerConfig, make_noise
+from spatia.model.spatia.text import PromptEncoder
+from spatia.model.spatia.transformer import TINY_CONFIG, WAN22_TI2V_5B_CONFIG, SpatiaTransformer3DModel
+from spatia.model.spatia.vae import SpatiaVAE
+from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.generator import ClipRequest, ClipResult
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ class SpatiaGenerator:
         """A tiny random model of the same classes (2 layers, 2 heads x 12, ffn 32, tiny Wan2.2 VAE, tiny UMT5):
         for tests and ``--generator spatia-tiny`` runs on CPU. The control stream gets small random projections
         (instead of the zero init) so that the scene projection visibly conditions the output."""
-        from model.spatia.text import tiny_prompt_encoder
-        from model.spatia.vae import tiny_vae
+        from spatia.model.spatia.text import tiny_prompt_encoder
+        from spatia.model.spatia.vae import tiny_vae
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -140,8 +140,8 @@ class SpatiaGenerator:
         """
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-        from model.spatia import convert
-        from model.spatia.text import PrecomputedPromptEmbeddings, UMT5PromptEncoder
+        from spatia.model.spatia import convert
+        from spatia.model.spatia.text import PrecomputedPromptEmbeddings, UMT5PromptEncoder
 
         root = Path(weights_dir)
         for sub in ("transformer", "vae"):

@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 SCHEDULERS = ("unipc", "euler")
 

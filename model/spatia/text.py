@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from world.errors import InvalidInputError, NotFoundError
+from spatia.world.errors import InvalidInputError, NotFoundError
 
 MAX_PROMPT_TOKENS = 512
 

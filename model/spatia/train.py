@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.spatia.convert import main_lora_config, save_spatia_weights
-from model.spatia.data import LatentSample
-from model.spatia.transformer import SpatiaTransformer3DModel
-from world.errors import InvalidInputError, NotFoundError, PreconditionError
+from spatia.model.spatia.convert import main_lora_config, save_spatia_weights
+from spatia.model.spatia.data import LatentSample
+from spatia.model.spatia.transformer import SpatiaTransformer3DModel
+from spatia.world.errors import InvalidInputError, NotFoundError, PreconditionError
 
 STAGES = (1, 2)
 ADAPTER = "spatia"  # the adapter name SpatiaGenerator / convert use
@@ -140,7 +140,7 @@ class NoiseDraw:
 def draw_noise(batch: Batch, config: TrainConfig, generator: torch.Generator) -> NoiseDraw:
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
-    from model.spatia.sampler import shift_sigmas
+    from spatia.model.spatia.sampler import shift_sigmas
 
     b = batch.latents.shape[0]
     u = compute_density_for_timestep_sampling("logit_normal", b, logit_mean=config.logit_mean,

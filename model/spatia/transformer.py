@@ -34,7 +34,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
 )
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 # The Wan2.2-TI2V-5B transformer (diffusers config; research notes B) and the official ControlNet layout.
 WAN22_TI2V_5B_CONFIG: dict[str, Any] = dict(

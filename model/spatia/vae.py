@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from world.errors import InvalidInputError
+from spatia.world.errors import InvalidInputError
 
 # The Wan2.2 VAE of diffusers' tiny TI2V-5B pipeline test (research notes B): 48 latent channels, x16 spatial and
 # x4 temporal compression like the real one, 34k parameters.

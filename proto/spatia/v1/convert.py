@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1 import world_pb2 as pb
 
 
 def pose_to_proto(c2w: np.ndarray) -> pb.Pose:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto.spatia.v1 import world_pb2 as proto_dot_spatia_dot_v1_dot_world__pb2
+from spatia.proto.spatia.v1 import world_pb2 as spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/spatia/v1/world_pb2_grpc.py depends on'
+        + ' but the generated code in spatia/proto/spatia/v1/world_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -40,63 +40,63 @@ class WorldServiceStub:
         """
         self.CreateWorld = channel.unary_unary(
                 '/spatia.v1.WorldService/CreateWorld',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.CreateWorldRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.CreateWorldRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
                 _registered_method=True)
         self.GetWorld = channel.unary_unary(
                 '/spatia.v1.WorldService/GetWorld',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.GetWorldRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.GetWorldRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
                 _registered_method=True)
         self.ListWorlds = channel.unary_unary(
                 '/spatia.v1.WorldService/ListWorlds',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsResponse.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsResponse.FromString,
                 _registered_method=True)
         self.DeleteWorld = channel.unary_unary(
                 '/spatia.v1.WorldService/DeleteWorld',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldResponse.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldResponse.FromString,
                 _registered_method=True)
         self.Play = channel.stream_stream(
                 '/spatia.v1.WorldService/Play',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.PlayRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.PlayResponse.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.PlayRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.PlayResponse.FromString,
                 _registered_method=True)
         self.Generate = channel.unary_stream(
                 '/spatia.v1.WorldService/Generate',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
                 _registered_method=True)
         self.Render = channel.unary_unary(
                 '/spatia.v1.WorldService/Render',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.RenderRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.RenderResponse.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.RenderRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.RenderResponse.FromString,
                 _registered_method=True)
         self.Edit = channel.unary_unary(
                 '/spatia.v1.WorldService/Edit',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.EditRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.EditResponse.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.EditRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.EditResponse.FromString,
                 _registered_method=True)
         self.ExportWorld = channel.unary_stream(
                 '/spatia.v1.WorldService/ExportWorld',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.ExportWorldRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.DataChunk.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ExportWorldRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DataChunk.FromString,
                 _registered_method=True)
         self.ImportWorld = channel.stream_unary(
                 '/spatia.v1.WorldService/ImportWorld',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.ImportWorldRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ImportWorldRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
                 _registered_method=True)
         self.ListRecordings = channel.unary_unary(
                 '/spatia.v1.WorldService/ListRecordings',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsResponse.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsResponse.FromString,
                 _registered_method=True)
         self.Replay = channel.unary_stream(
                 '/spatia.v1.WorldService/Replay',
-                request_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.ReplayRequest.SerializeToString,
-                response_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
+                request_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ReplayRequest.SerializeToString,
+                response_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
                 _registered_method=True)
 
 
@@ -186,63 +186,63 @@ def add_WorldServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateWorld': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateWorld,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.CreateWorldRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.CreateWorldRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.SerializeToString,
             ),
             'GetWorld': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWorld,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.GetWorldRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.GetWorldRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.SerializeToString,
             ),
             'ListWorlds': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorlds,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsResponse.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsResponse.SerializeToString,
             ),
             'DeleteWorld': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteWorld,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldResponse.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldResponse.SerializeToString,
             ),
             'Play': grpc.stream_stream_rpc_method_handler(
                     servicer.Play,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.PlayRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.PlayResponse.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.PlayRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.PlayResponse.SerializeToString,
             ),
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.GenerateRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.Frame.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.GenerateRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.Frame.SerializeToString,
             ),
             'Render': grpc.unary_unary_rpc_method_handler(
                     servicer.Render,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.RenderRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.RenderResponse.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.RenderRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.RenderResponse.SerializeToString,
             ),
             'Edit': grpc.unary_unary_rpc_method_handler(
                     servicer.Edit,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.EditRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.EditResponse.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.EditRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.EditResponse.SerializeToString,
             ),
             'ExportWorld': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportWorld,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.ExportWorldRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.DataChunk.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ExportWorldRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DataChunk.SerializeToString,
             ),
             'ImportWorld': grpc.stream_unary_rpc_method_handler(
                     servicer.ImportWorld,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.ImportWorldRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ImportWorldRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.SerializeToString,
             ),
             'ListRecordings': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRecordings,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsResponse.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsResponse.SerializeToString,
             ),
             'Replay': grpc.unary_stream_rpc_method_handler(
                     servicer.Replay,
-                    request_deserializer=proto_dot_spatia_dot_v1_dot_world__pb2.ReplayRequest.FromString,
-                    response_serializer=proto_dot_spatia_dot_v1_dot_world__pb2.Frame.SerializeToString,
+                    request_deserializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ReplayRequest.FromString,
+                    response_serializer=spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.Frame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,8 +274,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/CreateWorld',
-            proto_dot_spatia_dot_v1_dot_world__pb2.CreateWorldRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.CreateWorldRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -301,8 +301,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/GetWorld',
-            proto_dot_spatia_dot_v1_dot_world__pb2.GetWorldRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.GetWorldRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -328,8 +328,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/ListWorlds',
-            proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsResponse.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListWorldsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -355,8 +355,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/DeleteWorld',
-            proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldResponse.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DeleteWorldResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -382,8 +382,8 @@ class WorldService:
             request_iterator,
             target,
             '/spatia.v1.WorldService/Play',
-            proto_dot_spatia_dot_v1_dot_world__pb2.PlayRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.PlayResponse.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.PlayRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.PlayResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -409,8 +409,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/Generate',
-            proto_dot_spatia_dot_v1_dot_world__pb2.GenerateRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.GenerateRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -436,8 +436,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/Render',
-            proto_dot_spatia_dot_v1_dot_world__pb2.RenderRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.RenderResponse.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.RenderRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.RenderResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -463,8 +463,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/Edit',
-            proto_dot_spatia_dot_v1_dot_world__pb2.EditRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.EditResponse.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.EditRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.EditResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -490,8 +490,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/ExportWorld',
-            proto_dot_spatia_dot_v1_dot_world__pb2.ExportWorldRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.DataChunk.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ExportWorldRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.DataChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -517,8 +517,8 @@ class WorldService:
             request_iterator,
             target,
             '/spatia.v1.WorldService/ImportWorld',
-            proto_dot_spatia_dot_v1_dot_world__pb2.ImportWorldRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ImportWorldRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.WorldInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -544,8 +544,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/ListRecordings',
-            proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsResponse.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ListRecordingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -571,8 +571,8 @@ class WorldService:
             request,
             target,
             '/spatia.v1.WorldService/Replay',
-            proto_dot_spatia_dot_v1_dot_world__pb2.ReplayRequest.SerializeToString,
-            proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.ReplayRequest.SerializeToString,
+            spatia_dot_proto_dot_spatia_dot_v1_dot_world__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,
