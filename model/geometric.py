@@ -27,11 +27,15 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from spatia.world.errors import InvalidInputError
 from spatia.world.camera import Intrinsics, rotation_angle_deg, translation_distance_m
 from spatia.world.generator import ClipRequest, ClipResult, GeneratedView, ReferenceFrame, clip_result
 from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import warp_rgbd
+
+
+FILL_METHODS = ("legacy",)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,13 @@ class GeometricConfig:
     # also cost the most to render, index and store).
     max_backdrop_m: float = 12.0
     min_floor_drop_m: float = 0.3  # the floor is at least this far below the camera
+    # How never-seen space is filled: "legacy" = push-pull colour over a floor + backdrop depth prior (the
+    # method of sessions 1-2, kept selectable so every evaluation can run it as the baseline in the same run).
+    fill: str = "legacy"
+
+    def __post_init__(self) -> None:
+        if self.fill not in FILL_METHODS:
+            raise InvalidInputError(f"unknown fill method {self.fill!r}; choose one of {', '.join(FILL_METHODS)}")
 
 
 @dataclass(frozen=True)
