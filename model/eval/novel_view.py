@@ -182,9 +182,19 @@ def gmsd(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
 
 
 def gradient_magnitude(y: np.ndarray) -> np.ndarray:
-    """``[H, W]`` Sobel gradient magnitude of a luma image (per pixel, grey levels per pixel)."""
-    gx = cv2.Sobel(y, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8.0
-    gy = cv2.Sobel(y, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8.0
+    """``[H, W]`` gradient magnitude of a luma image from forward differences (grey levels per pixel; the last
+    row / column repeat their neighbour). Forward differences see every frequency up to the pixel grid's, so
+    pixel-scale noise shows at full resolution (a central-difference Sobel is blind to a 1-pixel checkerboard) and
+    vanishes at half resolution after 2x2 averaging: the pair separates fine noise from real detail."""
+    y = np.asarray(y, np.float64)
+    gx = np.zeros_like(y)
+    gy = np.zeros_like(y)
+    gx[:, :-1] = y[:, 1:] - y[:, :-1]
+    gy[:-1] = y[1:] - y[:-1]
+    if y.shape[1] > 1:
+        gx[:, -1] = gx[:, -2]
+    if y.shape[0] > 1:
+        gy[-1] = gy[-2]
     return np.sqrt(gx * gx + gy * gy)
 
 
@@ -484,6 +494,41 @@ def parse_items(specs: Sequence[str]) -> list[NovelItem]:
     return out
 
 
+def truth_view(scene, intrinsics: Intrinsics, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb [H, W, 3] uint8, z-depth [H, W] float32, real surface [H, W] bool) of a procedural scene's exact render
+    at ``c2w`` (scene frame); "real" excludes misses and the sky dome / far ground (``SceneObject.background``)."""
+    rgb, depth = scene.render(intrinsics, c2w)
+    obj = scene.cast(intrinsics, c2w).object_id
+    background = np.array([o.background for o in scene.objects] + [True], bool)  # index -1 (a miss) -> True
+    return rgb, depth, (depth > 0) & ~background[obj]
+
+
+class DemoNovelGrader:
+    """The demo's novel-pixel numbers (``summary.json``): PSNR and depth AbsRel of a procedural loop, graded with
+    ``FrameGrader`` against the scene's exact renders, novel = what the world's initial memory cannot render."""
+
+    def __init__(self, scene, world) -> None:
+        self.scene = scene
+        self.intrinsics = world.intrinsics
+        self.initial = world.memory.copy()  # the memory before any generated frame is folded in
+        self.grader = FrameGrader()
+
+    def add(self, c2w: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray | None) -> None:
+        """One generated frame at ``c2w`` (world frame = the scene's for ``World.from_scene``)."""
+        novel = ~self.initial.render(self.intrinsics, c2w).valid
+        if novel.mean() < self.grader.min_novel_share:  # not graded: skip the truth render
+            self.grader.frames += 1
+            self.grader.novel_share_sum += float(novel.mean())
+            return
+        truth_rgb, truth_depth, real = truth_view(self.scene, self.intrinsics, c2w)
+        self.grader.add(rgb, depth_m, truth_rgb, truth_depth, real, novel, depth_only=True)
+
+    def summary(self) -> dict[str, Any]:
+        r = self.grader.result()
+        return {"novel_psnr": _r(r["psnr"], 2), "novel_depth_absrel": _r(r["depth_absrel"], 3),
+                "novel_graded_frames": r["graded_frames"]}
+
+
 @dataclass
 class PreparedItem:
     """An item made concrete at one resolution: how to build its world, its path and the truth along it."""
@@ -496,7 +541,6 @@ class PreparedItem:
     path_world: np.ndarray  # [N, 4, 4] c2w, world frame; frame 0 = the first image's pose
     novel: np.ndarray  # [N, H, W] bool, pixels the initial memory cannot render
     initial_points: int
-    background: np.ndarray  # [objects] bool, sky dome / far ground
     # truth per path frame, rendered once and shared by every method and setting of the item
     _truth: dict = field(default_factory=dict, repr=False)
     _surface: np.ndarray | None = field(default=None, repr=False)
@@ -504,11 +548,7 @@ class PreparedItem:
     def truth(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rgb, z-depth, real-surface mask) of the exact render at path frame ``i``."""
         if i not in self._truth:
-            T = self.scene_from_world @ self.path_world[i]
-            rgb, depth = self.scene.render(self.intrinsics, T)
-            hits = self.scene.cast(self.intrinsics, T)
-            real = (depth > 0) & (hits.object_id >= 0) & ~self.background[np.maximum(hits.object_id, 0)]
-            self._truth[i] = (rgb, depth, real)
+            self._truth[i] = truth_view(self.scene, self.intrinsics, self.scene_from_world @ self.path_world[i])
         return self._truth[i]
 
     def surface_samples(self) -> np.ndarray:
@@ -563,8 +603,7 @@ def prepare_item(item: NovelItem, width: int, height: int, frames: int = DEMO_FR
     path_world = np.linalg.inv(T_sw) @ path
     Kw = world.intrinsics
     novel = np.stack([~world.memory.render(Kw, T).valid for T in path_world])
-    background = np.array([o.background for o in scene.objects], bool)
-    return PreparedItem(item, scene, build, Kw, T_sw, path_world, novel, world.memory.num_points, background)
+    return PreparedItem(item, scene, build, Kw, T_sw, path_world, novel, world.memory.num_points)
 
 
 # ---------------------------------------------------------------------------------------------------------------
