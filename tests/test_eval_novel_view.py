@@ -221,3 +221,14 @@ def test_smoke_room_320x180(tmp_path):
     strip = cv2.imread(str(tmp_path / "strips" / "room.png"))
     assert strip is not None and strip.shape[1] > 160 * (1 + len(methods))
     assert "| default (1) | legacy (baseline) | demo |" in (tmp_path / "nv.md").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_demo_summary_reports_novel_pixel_numbers(tmp_path):
+    from spatia.demo import DemoOptions, run_demo
+
+    summary = run_demo(DemoOptions(out=tmp_path, scene="room", width=160, height=96, frames=25))
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["novel_graded_frames"] >= 3
+    assert 5 < written["novel_psnr"] < 60 and 0 < written["novel_depth_absrel"] < 5
+    assert summary["novel_psnr"] == written["novel_psnr"]
