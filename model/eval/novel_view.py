@@ -76,7 +76,7 @@ SCENES = ("room", "house", "courtyard")
 ITEM_SETS: dict[str, tuple[str, ...]] = {
     "default": SCENES,
     "variants": tuple(f"{s}@turned" for s in SCENES) + tuple(f"{s}@pitched" for s in SCENES)
-    + tuple(f"{s}:1" for s in SCENES) + tuple(f"{s}:2" for s in SCENES),
+    + tuple(f"{s}:1" for s in SCENES),
     "photo": tuple(f"{s}@photo" for s in SCENES),
 }
 ITEM_SETS["all"] = ITEM_SETS["default"] + ITEM_SETS["variants"] + ITEM_SETS["photo"]
