@@ -1,7 +1,8 @@
 """``spatia eval PROTOCOL``: the paper's evaluation (Tables 2-7) for a generator on the bundled test sets.
 
 Protocols: ``closed-loop`` (Table 3), ``long-horizon --clips 2,4,6`` (Table 6), ``ablation --tables 4,5,7``
-(Tables 4, 5, 7), ``ground-truth`` (Table 2 style). Outputs: JSON (``--json FILE``, one object; ``ablation`` writes
+(Tables 4, 5, 7), ``ground-truth`` (Table 2 style), ``novel-view`` (issue 10: the fill of never-seen space against
+exact renders, every fill method in the demo and play settings; ``model/eval/novel_view.py``). Outputs: JSON (``--json FILE``, one object; ``ablation`` writes
 ``{"results": [...]}``), Markdown tables (stdout, or ``--markdown FILE``), PNG plots (``--plot FILE``, default
 beside the JSON) for the protocols with a clips / K / voxel axis. Every output carries the command line.
 """
