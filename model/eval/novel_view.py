@@ -269,6 +269,9 @@ class FrameGrader:
     depth: list = field(default_factory=lambda: [0.0, 0, 0])  # absrel sum, delta count, count
     novel_pixels: int = 0
     excluded_pixels: int = 0  # novel pixels of graded frames seeing sky / far ground (no depth graded)
+    # per graded frame: [loop frame number (1 = first generated), novel share, PSNR, AbsRel], to find where a
+    # fill fails along the loop
+    per_frame: list = field(default_factory=list)
     _prev: tuple | None = None
 
     def add(
@@ -300,6 +303,7 @@ class FrameGrader:
         self.depth[1] += good
         self.depth[2] += n
         self.psnr.append(masked_psnr(pred_rgb, truth_rgb, novel))
+        self.per_frame.append([self.frames, round(share, 4), round(self.psnr[-1], 2), round(s / n, 4) if n else None])
         if depth_only:
             return True
         self.ssim.append(masked_ssim(pred_rgb, truth_rgb, novel))
@@ -337,6 +341,7 @@ class FrameGrader:
             "depth_absrel": ratio(self.depth[0], self.depth[2]),
             "depth_delta125": ratio(self.depth[1], self.depth[2]),
             "depth_excluded_share": ratio(self.excluded_pixels, self.novel_pixels),
+            "per_frame": {"columns": ["frame", "novel_share", "psnr", "depth_absrel"], "values": self.per_frame},
         }
 
 
