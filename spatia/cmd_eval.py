@@ -103,15 +103,19 @@ def run_novel_view(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m.strip()] if args.methods else None
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     command = command_line(args)
+
+    def partial(result: dict) -> None:  # a long run leaves its results so far after every item
+        if args.json:
+            write_json(args.json, result)
+        if args.md:
+            write_text_atomic(args.md, markdown(result))
+
     result = evaluate(items, methods, settings, width=args.width, height=args.height, frames=args.frames,
-                      seed=args.seed, strips_dir=args.strips, progress=not args.no_progress, command=command)
-    text = markdown(result)
-    if args.md:
-        write_text_atomic(args.md, text)
-    else:
-        sys.stdout.write(text)
-    if args.json:
-        write_json(args.json, result)
+                      seed=args.seed, strips_dir=args.strips, progress=not args.no_progress, command=command,
+                      on_item=partial)
+    partial(result)
+    if not args.md:
+        sys.stdout.write(markdown(result))
     return 0
 
 

@@ -693,8 +693,10 @@ def _mean_of(per_item: dict[str, dict[str, Any]], key: str) -> float | None:
 def evaluate(items: Sequence[NovelItem], methods: Sequence[str] | None = None,
              settings: Sequence[str] = ("demo", "play"), width: int = 640, height: int = 360,
              frames: int = DEMO_FRAMES, seed: int = 0, strips_dir: Path | None = None, strip_setting: str = "demo",
-             progress: bool = True, command: str = "") -> dict[str, Any]:
-    """Run every item x method x setting; returns ``{"command", "config", "rows", ...}`` (see the module doc)."""
+             progress: bool = True, command: str = "",
+             on_item: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every item x method x setting; returns ``{"command", "config", "rows", ...}`` (see the module doc).
+    ``on_item`` gets the result so far after every item (long runs write partial output with it)."""
     methods = tuple(methods or fill_methods())
     known = fill_methods()
     for m in methods:
@@ -728,6 +730,13 @@ def evaluate(items: Sequence[NovelItem], methods: Sequence[str] | None = None,
         if strips_dir is not None and strip:
             write_strip(Path(strips_dir) / f"{item.name.replace(':', '-').replace('@', '_')}.png", prepared, shown,
                         strip, methods)
+        if on_item is not None:
+            on_item(_result(per, item_info, methods, settings, width, height, frames, seed, command, t_all))
+    return _result(per, item_info, methods, settings, width, height, frames, seed, command, t_all)
+
+
+def _result(per: dict, item_info: list, methods, settings, width: int, height: int, frames: int, seed: int,
+            command: str, t_all: float) -> dict[str, Any]:
     rows = []
     for (method, setting, item_set), per_item in per.items():
         row: dict[str, Any] = {"method": method, "baseline": method == "legacy", "setting": setting,
@@ -742,7 +751,7 @@ def evaluate(items: Sequence[NovelItem], methods: Sequence[str] | None = None,
         "config": {"width": width, "height": height, "fov_deg": FOV_DEG, "frames": frames, "seed": seed,
                    "methods": list(methods), "settings": {s: _setting_doc(SETTINGS[s]) for s in settings},
                    "novel_frame_min_share": NOVEL_FRAME_MIN_SHARE, "surface_tol_m": SURFACE_TOL_M},
-        "items": item_info,
+        "items": list(item_info),
         "rows": rows,
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
