@@ -1,0 +1,931 @@
+"""Exemplar-based texture synthesis in a plane's rectified texture space (issue 10, section 3).
+
+A plane's texture space has one texel per point spacing: rows run along the plane's v axis, columns along u.
+The exemplar is what the memory observed on that plane, rasterised there: ``rgb`` ``[H, W, 3]`` uint8 and
+``valid`` ``[H, W]`` bool (irregular, with holes). Its texel ``[0, 0]`` sits at texture-space texel ``origin_px``.
+
+Usage (the generator's side)::
+
+    model = TextureModel.fit(rgb, valid, texel_m=0.02)           # once per plane; deterministic
+    tile = synthesize_tile(model, (i, j), seed)                   # [T, T, 3] uint8, rows i*T.., cols j*T..
+    filled = continue_exemplar(model, seed)                       # the exemplar's own box: holes continued
+    k = pick_exemplar(target, candidates, up)                     # no exemplar of its own: borrow one
+
+How it stays the same however it is asked for
+---------------------------------------------
+The whole infinite plane is covered by one global lattice of square *cells* (``step_px`` apart). Each cell copies a
+``P x P`` patch (its core plus ``overlap_px / 2`` on every side) of the exemplar's shading-free *detail*; where two
+cells meet, ownership of the overlap band is decided by a minimum-error boundary cut (image quilting, Efros and
+Freeman 2001) whose ends are pinned to the lattice corners, so every cut depends on its two cells only. A cell's
+patch is chosen from the cells below it in a fixed three-level order, never from cells of its own level:
+
+- level 0: cells whose patch covers observed texels: the identity copy when the patch is fully observed, else the
+  candidate that best matches the observed texels (so invented texels join the seen ones);
+- level 1: other cells with ``(row + col)`` even: best match to their level-0 neighbours, or a keyed random choice;
+- level 2: the rest (odd): best match to all four neighbours (levels 0 and 1).
+
+Candidates and the pick among near-best ones come from a hash of ``(seed, cell)``, so a texel's value is a pure
+function of (exemplar, seed, position): tiles are identical in any order, adjacent tiles are windows of one image
+(no tile seams at all), and a region looks the same after save/load (store the exemplar, refit).
+
+Periodic textures (brick, tiles, planks) keep their period: the autocorrelation of the observed detail is searched
+for a 1-D or 2-D lattice of peaks; when its peaks are strong, every patch is taken only from exemplar positions
+congruent to its target modulo that lattice, so mortar and grout lines continue in place across the whole plane.
+Stochastic textures use unrestricted candidates (quilting). Patches are never rotated, so grain keeps its direction.
+
+Shading (the low frequencies: a light gradient, a shadow) is split off before synthesis by a normalised Gaussian
+blur of the observed texels and added back at the target position: inside the exemplar's box as observed and
+smoothly filled, outside it continued from the nearest box texel and relaxing towards the mean with distance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numba as nb
+import numpy as np
+import structlog
+from scipy import fft as sfft
+from scipy import ndimage
+
+from spatia.world.errors import InvalidInputError
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TILE_PX = 64
+DEFAULT_STEP_PX = 24  # cell pitch: large enough to carry structure, small enough for many candidates
+DEFAULT_OVERLAP_PX = 8  # band width between cells in which the boundary cut runs
+MIN_EXEMPLAR_PX = 8  # per side: below this there is no patch to copy
+MIN_VALID_TEXELS = 32
+PERIODIC_MIN_STRENGTH = 0.35  # normalised autocorrelation at the lattice vectors above which we keep the period
+UNCHECKED_PERIOD_MIN_STRENGTH = 0.6  # the same, for a period whose double shift the exemplar is too small to show
+PEAK_PROMINENCE = 0.15  # ac(d) - ac(d / 2): a period's half-shift must be clearly less alike than the period
+NUM_CANDIDATES = 48
+PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked (keyed), as in image quilting
+SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
+_CACHE_LIMIT = 200_000
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keyed hashing (splitmix64): stable across numpy versions, unlike Generator streams
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _mix64(x: int) -> int:
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _key_hash(*parts: int) -> int:
+    h = _GOLDEN
+    for p in parts:
+        h = _mix64(h ^ (int(p) & _M64))
+    return h
+
+
+def _hash_stream(h: int, n: int) -> np.ndarray:
+    """``[n]`` uint64 pseudo-random values derived from key hash ``h`` (splitmix64 over a counter)."""
+    x = np.uint64(h) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels (numba) and their plain references
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def _ssd_costs(detail, cand, canvas, pix):
+    """Mean squared difference per candidate between ``detail`` at candidate origin + pixel and ``canvas`` at pixel.
+
+    detail [H, W, 3] float32; cand [K, 2] int64 patch origins (row, col); canvas [P, P, 3] float32 (the wanted
+    content); pix [M, 2] int64 patch-local (row, col) of the constrained pixels. Returns [K] float64.
+    """
+    k_n, m_n = cand.shape[0], pix.shape[0]
+    out = np.empty(k_n, np.float64)
+    for k in range(k_n):
+        cy, cx = cand[k, 0], cand[k, 1]
+        acc = 0.0
+        for m in range(m_n):
+            py, px = pix[m, 0], pix[m, 1]
+            for c in range(3):
+                d = detail[cy + py, cx + px, c] - canvas[py, px, c]
+                acc += d * d
+        out[k] = acc / max(m_n, 1)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _pinned_seam(err):
+    """Minimum-error path down ``err`` [L, Wd] (one pixel per row, moving at most one column per row) that starts
+    and ends at the middle column ``Wd // 2``. Returns [L] int64 column per row."""
+    n_rows, width = err.shape
+    mid = width // 2
+    cost = np.full((n_rows, width), np.inf)
+    back = np.zeros((n_rows, width), np.int64)
+    cost[0, mid] = err[0, mid]
+    for y in range(1, n_rows):
+        for x in range(width):
+            best, arg = np.inf, x
+            for dx in (-1, 0, 1):  # ties prefer the left-most: fixed order keeps it deterministic
+                xp = x + dx
+                if 0 <= xp < width and cost[y - 1, xp] < best:
+                    best, arg = cost[y - 1, xp], xp
+            cost[y, x] = best + err[y, x]
+            back[y, x] = arg
+    path = np.empty(n_rows, np.int64)
+    path[n_rows - 1] = mid
+    for y in range(n_rows - 1, 0, -1):
+        path[y - 1] = back[y, path[y]]
+    return path
+
+
+def _reference_pinned_seam_cost(err: np.ndarray) -> float:
+    """Slow twin of ``_pinned_seam``: the least total error over *all* admissible paths, by enumeration."""
+    import itertools
+
+    n_rows, width = err.shape
+    mid = width // 2
+    best = math.inf
+    for steps in itertools.product((-1, 0, 1), repeat=n_rows - 1):
+        x, total, ok = mid, float(err[0, mid]), True
+        for y, dx in enumerate(steps, start=1):
+            x += dx
+            if not 0 <= x < width:
+                ok = False
+                break
+            total += float(err[y, x])
+        if ok and x == mid:
+            best = min(best, total)
+    return best
+
+
+def _reference_ssd_costs(detail, cand, canvas, pix) -> np.ndarray:
+    """Slow twin of ``_ssd_costs`` in plain numpy."""
+    out = []
+    for cy, cx in cand:
+        a = detail[cy + pix[:, 0], cx + pix[:, 1]].astype(np.float64)
+        b = canvas[pix[:, 0], pix[:, 1]].astype(np.float64)
+        out.append(((a - b) ** 2).sum() / max(len(pix), 1))
+    return np.asarray(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def push_pull_fill(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Fill texels of zero weight smoothly from their surroundings (push-pull pyramid; Gortler et al. 1996).
+
+    values [H, W, C] float; weight [H, W] float >= 0 (0 = missing). Texels with weight >= 1 keep their value.
+    Also the benchmark's baseline fill. Returns float32 [H, W, C].
+    """
+    v = np.asarray(values, np.float64)
+    w = np.clip(np.asarray(weight, np.float64), 0.0, 1.0)
+    if v.ndim != 3 or w.shape != v.shape[:2]:
+        raise InvalidInputError(f"push_pull_fill needs values [H, W, C] and weight [H, W], got {v.shape}, {w.shape}")
+    if w.max(initial=0.0) <= 0:
+        return np.zeros(v.shape, np.float32)
+    levels = [(v * w[..., None], w)]
+    while min(levels[-1][1].shape) > 1:
+        pv, pw = levels[-1]
+        h2, w2 = (pw.shape[0] + 1) // 2, (pw.shape[1] + 1) // 2
+        pv = np.pad(pv, ((0, h2 * 2 - pv.shape[0]), (0, w2 * 2 - pv.shape[1]), (0, 0)))
+        pw = np.pad(pw, ((0, h2 * 2 - pw.shape[0]), (0, w2 * 2 - pw.shape[1])))
+        sv = pv.reshape(h2, 2, w2, 2, -1).sum((1, 3))
+        sw = pw.reshape(h2, 2, w2, 2).sum((1, 3))
+        levels.append((sv, sw))
+    # pull: coarse-to-fine, each level's missing mass taken from the (already complete) coarser level
+    cv_, cw = levels[-1]
+    est = cv_ / np.maximum(cw, 1e-12)[..., None]
+    for pv, pw in reversed(levels[:-1]):
+        up = np.repeat(np.repeat(est, 2, 0), 2, 1)[: pw.shape[0], : pw.shape[1]]
+        a = np.clip(pw, 0.0, 1.0)[..., None]
+        est = np.where(pw[..., None] > 0, pv / np.maximum(pw, 1e-12)[..., None], up) * a + up * (1 - a)
+    return est.astype(np.float32)
+
+
+def _normalised_blur(rgb: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur of the valid texels only (normalised convolution), filled by push-pull where no valid texel
+    is within reach. rgb [H, W, 3] float32, valid [H, W] bool. Returns [H, W, 3] float32."""
+    m = valid.astype(np.float32)
+    k = int(2 * math.ceil(3 * sigma_px) + 1)
+    num = cv2.GaussianBlur(rgb * m[..., None], (k, k), sigma_px, borderType=cv2.BORDER_CONSTANT)
+    den = cv2.GaussianBlur(m, (k, k), sigma_px, borderType=cv2.BORDER_CONSTANT)
+    ok = den > 0.05
+    out = np.where(ok[..., None], num / np.maximum(den, 1e-6)[..., None], 0.0).astype(np.float32)
+    if not ok.all():
+        out = push_pull_fill(out, ok.astype(np.float32))
+        out = cv2.GaussianBlur(out, (k, k), sigma_px, borderType=cv2.BORDER_REPLICATE) * (~ok)[..., None] + out * ok[
+            ..., None
+        ]
+    return out.astype(np.float32)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Periodicity
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Detected periodicity of an exemplar. ``vectors_px`` rows are (d_row, d_col) in texels; ``kind`` is
+    ``"2d"`` (both rows used), ``"1d"`` (row 0 only: repeats along it, free across it) or ``"none"``."""
+
+    kind: str
+    vectors_px: np.ndarray  # [2, 2] float64
+    strength: float  # normalised autocorrelation at the weakest lattice vector (1 = perfect repeat)
+
+    @property
+    def periods_px(self) -> tuple[float, ...]:
+        n = {"2d": 2, "1d": 1}.get(self.kind, 0)
+        return tuple(float(np.hypot(*self.vectors_px[i])) for i in range(n))
+
+
+def _masked_autocorrelation(signal: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised autocorrelation of ``signal`` over valid texels and the overlap count, both ``[2H-1, 2W-1]``
+    with zero shift at the centre ``(H-1, W-1)``. signal [H, W] float, valid [H, W] bool."""
+    h, w = signal.shape
+    m = valid.astype(np.float64)
+    g = np.where(valid, signal - signal[valid].mean(), 0.0)
+    var = float((g * g).sum() / max(m.sum(), 1.0))
+    shape = (sfft.next_fast_len(2 * h - 1), sfft.next_fast_len(2 * w - 1))
+    fg, fm = sfft.rfft2(g, shape), sfft.rfft2(m, shape)
+    num = sfft.irfft2(fg * np.conj(fg), shape)
+    den = sfft.irfft2(fm * np.conj(fm), shape)
+    rows = np.r_[shape[0] - (h - 1) : shape[0], 0:h]
+    cols = np.r_[shape[1] - (w - 1) : shape[1], 0:w]
+    num, den = num[np.ix_(rows, cols)], np.rint(den[np.ix_(rows, cols)])
+    ac = num / np.maximum(den, 1.0) / max(var, 1e-9)
+    return ac, den
+
+
+def _subpixel_peak(ac: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
+    """Parabolic refinement of a peak at integer index (iy, ix)."""
+
+    def offset(a: float, b: float, c: float) -> float:
+        den = a - 2 * b + c
+        return 0.0 if abs(den) < 1e-12 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+
+    dy = offset(ac[iy - 1, ix], ac[iy, ix], ac[iy + 1, ix]) if 0 < iy < ac.shape[0] - 1 else 0.0
+    dx = offset(ac[iy, ix - 1], ac[iy, ix], ac[iy, ix + 1]) if 0 < ix < ac.shape[1] - 1 else 0.0
+    return iy + dy, ix + dx
+
+
+def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
+    """Find the period lattice of ``signal`` [H, W] (e.g. luma of the detail) over ``valid`` [H, W] bool texels.
+
+    Peaks of the masked autocorrelation (where at least 30% of the valid texels overlap) that are local maxima,
+    at least 3 texels from zero shift, and clearly more alike than their half shift are candidates; the shortest
+    strong one is the first lattice vector, the shortest strong one not parallel to it the second. Each is refined
+    to sub-texel precision from its furthest visible multiple.
+    """
+    none = Lattice("none", np.zeros((2, 2)), 0.0)
+    h, w = signal.shape
+    if valid.sum() < MIN_VALID_TEXELS or min(h, w) < 8:
+        return none
+    ac, den = _masked_autocorrelation(signal.astype(np.float64), valid)
+    cy, cx = h - 1, w - 1
+    trusted = den >= 0.3 * valid.sum()
+    acm = np.where(trusted, ac, -np.inf)
+    n_valid = float(valid.sum())
+    local_max = acm == ndimage.maximum_filter(acm, size=3, mode="constant", cval=-np.inf)
+    peaks = (acm == ndimage.maximum_filter(acm, size=5, mode="constant", cval=-np.inf)) & (acm >= PERIODIC_MIN_STRENGTH)
+    ys, xs = np.nonzero(peaks)
+    dy, dx = ys - cy, xs - cx
+    keep = ((dy > 0) | ((dy == 0) & (dx > 0))) & (dy * dy + dx * dx >= 9)
+    half_y, half_x = cy + np.rint(dy / 2).astype(np.int64), cx + np.rint(dx / 2).astype(np.int64)
+    keep &= ac[ys, xs] - ac[half_y, half_x] >= PEAK_PROMINENCE
+    ys, xs, dy, dx = ys[keep], xs[keep], dy[keep], dx[keep]
+    if len(ys) == 0:
+        return none
+    vals = ac[ys, xs]
+
+    def refine(i: int) -> np.ndarray:
+        """Sub-texel lattice vector from the furthest visible multiple of peak ``i``."""
+        base = np.array(_subpixel_peak(ac, ys[i], xs[i])) - (cy, cx)
+        best = base
+        for k in range(2, 9):
+            py, px = int(round(cy + k * base[0])), int(round(cx + k * base[1]))
+            if not (1 <= py < ac.shape[0] - 1 and 1 <= px < ac.shape[1] - 1):
+                break
+            win = acm[py - 1 : py + 2, px - 1 : px + 2]  # 3x3: along a ridge a wider window would drift sideways
+            wy, wx = np.unravel_index(int(np.argmax(win)), win.shape)
+            qy, qx = py - 1 + wy, px - 1 + wx
+            if not np.isfinite(acm[qy, qx]) or ac[qy, qx] < 0.7 * vals[i] or not local_max[qy, qx]:
+                break
+            best = (np.array(_subpixel_peak(ac, qy, qx)) - (cy, cx)) / k
+        return best
+
+    def repeats(i: int) -> bool:
+        """A period repeats: twice the shift is alike too (checked where visible, else a stricter strength)."""
+        py, px = cy + 2 * dy[i], cx + 2 * dx[i]
+        if 1 <= py < ac.shape[0] - 1 and 1 <= px < ac.shape[1] - 1 and den[py, px] >= 0.15 * n_valid:
+            return float(ac[py - 1 : py + 2, px - 1 : px + 2].max()) >= max(0.6 * vals[i], PERIODIC_MIN_STRENGTH)
+        return bool(vals[i] >= UNCHECKED_PERIOD_MIN_STRENGTH)
+
+    good = [i for i in range(len(ys)) if repeats(i)]
+    if not good:
+        return none
+    top = max(vals[i] for i in good)
+    # shortest first, stronger first among equals; only peaks nearly as alike as the best one
+    order = [i for i in sorted(good, key=lambda i: (dy[i] ** 2 + dx[i] ** 2, -vals[i])) if vals[i] >= 0.7 * top]
+    a_i = order[0]
+    a = refine(a_i)
+    b_i = None
+    for i in order[1:]:
+        d = np.array([dy[i], dx[i]], np.float64)
+        sin = abs(a[0] * d[1] - a[1] * d[0]) / (np.linalg.norm(a) * np.linalg.norm(d))
+        if sin > 0.5:
+            b_i = i
+            break
+    if b_i is None:
+        # 1-D: stripes repeat across, not along, themselves; the autocorrelation is a ridge through a along the
+        # stripes and the peak may sit anywhere on it, so take the ridge's direction and keep a's normal part
+        reach = max(4.0, min(h, w) / 4.0)
+        lam = np.linspace(-reach, reach, 17)
+        best_dir, best_mean = None, -np.inf
+        for theta in np.deg2rad(np.arange(0.0, 180.0, 2.0)):
+            t = np.array([math.sin(theta), math.cos(theta)])  # (d_row, d_col)
+            py = np.rint(cy + a[0] + lam * t[0]).astype(np.int64)
+            px = np.rint(cx + a[1] + lam * t[1]).astype(np.int64)
+            ok = (py >= 0) & (py < ac.shape[0]) & (px >= 0) & (px < ac.shape[1])
+            vals_t = np.where(ok, acm[np.clip(py, 0, ac.shape[0] - 1), np.clip(px, 0, ac.shape[1] - 1)], -np.inf)
+            score = float(np.mean(np.where(np.isfinite(vals_t), vals_t, -1.0)))
+            if score > best_mean:
+                best_dir, best_mean = t, score
+        if best_dir is not None and best_mean >= 0.8 * vals[a_i]:
+            a = a - np.dot(a, best_dir) * best_dir
+        return Lattice("1d", np.array([a, [0.0, 0.0]]), float(vals[a_i]))
+    b = refine(b_i)
+    # Lagrange-Gauss reduction: the shortest, most orthogonal basis of the same lattice
+    for _ in range(16):
+        if np.dot(b, b) < np.dot(a, a):
+            a, b = b, a
+        mu = round(float(np.dot(a, b) / np.dot(a, a)))
+        if mu == 0:
+            break
+        b = b - mu * a
+    return Lattice("2d", np.array([a, b]), float(min(vals[a_i], vals[b_i])))
+
+
+def _periodic_fill(detail: np.ndarray, valid: np.ndarray, lattice: Lattice) -> tuple[np.ndarray, np.ndarray]:
+    """Fill unobserved texels of a periodic exemplar from the nearest observed texel one or more periods away.
+
+    detail [H, W, 3] float32, valid [H, W] bool. Returns (filled detail, filled-or-observed mask [H, W]). Texels
+    with no observed copy at any lattice shift inside the box stay as they were and unmarked."""
+    h, w = valid.shape
+    vecs = lattice.vectors_px[: 2 if lattice.kind == "2d" else 1]
+    reach = int(min(8, math.ceil(max(h, w) / max(min(lattice.periods_px), 1.0))))
+    rng = np.arange(-reach, reach + 1)
+    coefs = np.stack(np.meshgrid(rng, rng, indexing="ij"), -1).reshape(-1, 2) if len(vecs) == 2 else rng[:, None]
+    shifts = np.rint(coefs @ vecs).astype(np.int64)
+    shifts = shifts[(shifts != 0).any(1) & (np.abs(shifts[:, 0]) < h) & (np.abs(shifts[:, 1]) < w)]
+    shifts = shifts[np.lexsort((shifts[:, 1], shifts[:, 0], (shifts**2).sum(1)))]  # nearest copies first
+    out, have = detail.copy(), valid.copy()
+    for dy, dx in shifts:
+        if have.all():
+            break
+        # target rows/cols whose shifted source (y + dy, x + dx) is inside the box
+        ty0, ty1, tx0, tx1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
+        take = ~have[ty0:ty1, tx0:tx1] & valid[ty0 + dy : ty1 + dy, tx0 + dx : tx1 + dx]
+        if take.any():
+            out[ty0:ty1, tx0:tx1][take] = detail[ty0 + dy : ty1 + dy, tx0 + dx : tx1 + dx][take]
+            have[ty0:ty1, tx0:tx1] |= take
+    return out, have
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_exemplar(rgb: object, valid: object, texel_m: object) -> tuple[np.ndarray, np.ndarray, float]:
+    if not isinstance(rgb, np.ndarray):
+        raise InvalidInputError(f"rgb must be a numpy array [H, W, 3] uint8, got {type(rgb).__name__}")
+    if rgb.dtype != np.uint8:
+        raise InvalidInputError(f"rgb must be uint8, got dtype {rgb.dtype}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InvalidInputError(f"rgb must have shape [H, W, 3], got {rgb.shape}")
+    if not isinstance(valid, np.ndarray):
+        raise InvalidInputError(f"valid must be a numpy array [H, W] bool, got {type(valid).__name__}")
+    if valid.dtype != np.bool_:
+        raise InvalidInputError(f"valid must be bool, got dtype {valid.dtype}")
+    if valid.shape != rgb.shape[:2]:
+        raise InvalidInputError(f"valid must have shape {rgb.shape[:2]} (rgb's [H, W]), got {valid.shape}")
+    if min(rgb.shape[:2]) < MIN_EXEMPLAR_PX:
+        raise InvalidInputError(f"rgb: exemplar must be at least {MIN_EXEMPLAR_PX} texels per side, got {rgb.shape[:2]}")
+    n_valid = int(valid.sum())
+    if n_valid < MIN_VALID_TEXELS:
+        raise InvalidInputError(f"valid: exemplar has {n_valid} observed texels, need at least {MIN_VALID_TEXELS}")
+    try:
+        t = float(texel_m)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"texel_m must be a positive number of metres, got {texel_m!r}") from None
+    if not math.isfinite(t) or t <= 0:
+        raise InvalidInputError(f"texel_m must be a positive number of metres, got {texel_m!r}")
+    return rgb, valid, t
+
+
+class TextureModel:
+    """One plane's texture: its exemplar split into shading and detail, its periodicity, and the cache of cell
+    choices. Build with ``TextureModel.fit``; read-only afterwards except for the cache (whose content is a pure
+    function of the key, so concurrent or repeated use gives the same texels)."""
+
+    kind: str  # "periodic" or "stochastic"
+    lattice: Lattice
+    texel_m: float
+    tile_px: int
+    step_px: int
+    overlap_px: int
+    origin_px: tuple[int, int]
+
+    @classmethod
+    def fit(
+        cls,
+        rgb: np.ndarray,
+        valid: np.ndarray,
+        texel_m: float,
+        *,
+        tile_px: int = DEFAULT_TILE_PX,
+        origin_px: tuple[int, int] = (0, 0),
+        step_px: int | None = None,
+    ) -> TextureModel:
+        """Fit a plane's texture model from its exemplar.
+
+        rgb [H, W, 3] uint8 and valid [H, W] bool (observed texels) in the plane's texture space, one texel per
+        ``texel_m`` metres; ``origin_px`` is the texture-space (row, col) of exemplar texel [0, 0]; ``tile_px`` the
+        side of ``synthesize_tile``'s tiles. Deterministic: the same inputs give the same model.
+        """
+        rgb, valid, texel = _check_exemplar(rgb, valid, texel_m)
+        if int(tile_px) < 8:
+            raise InvalidInputError(f"tile_px must be >= 8, got {tile_px}")
+        if len(tuple(origin_px)) != 2:
+            raise InvalidInputError(f"origin_px must be (row, col), got {origin_px!r}")
+        self = cls.__new__(cls)
+        self.texel_m = texel
+        self.tile_px = int(tile_px)
+        self.origin_px = (int(origin_px[0]), int(origin_px[1]))
+        h, w = valid.shape
+        self.rgb = np.ascontiguousarray(rgb)
+        self.valid = np.ascontiguousarray(valid)
+        side = min(h, w)
+        overlap = DEFAULT_OVERLAP_PX if side >= 32 else 4
+        step = int(step_px) if step_px is not None else min(DEFAULT_STEP_PX, side - overlap)
+        if step < 4 or step + overlap > side or step <= overlap:
+            raise InvalidInputError(f"step_px={step} does not fit a {h}x{w} exemplar with {overlap} texels overlap")
+        self.step_px, self.overlap_px = step, overlap
+        half = overlap // 2
+        patch = step + overlap
+
+        rgbf = rgb.astype(np.float32)
+        sigma = max(8.0, 0.25 * side)
+        shading = _normalised_blur(rgbf, valid, sigma)
+        lattice = detect_lattice(_luma(rgbf - shading), valid)
+        if lattice.kind != "none" and max(lattice.periods_px) * 1.5 > sigma:
+            # shading must be smoother than the pattern, or the pattern's own contrast leaks into it
+            sigma = 1.5 * max(lattice.periods_px)
+            shading = _normalised_blur(rgbf, valid, sigma)
+            lattice = detect_lattice(_luma(rgbf - shading), valid)
+        self.lattice = lattice
+        self.kind = "periodic" if lattice.kind != "none" else "stochastic"
+        self.shading = shading  # [H, W, 3] float32, low frequencies, filled smoothly into holes
+        self.shading_mean = shading[valid].mean(0).astype(np.float32)  # [3]
+        self.shading_decay_px = 2.0 * sigma
+        detail = rgbf - shading
+        usable = valid
+        if lattice.kind != "none" and not valid.all():
+            # holes of a periodic exemplar are copies of the same place one period away: sharp and in phase
+            detail, usable = _periodic_fill(detail, valid, lattice)
+        if not usable.all():
+            detail = np.where(usable[..., None], detail, push_pull_fill(detail, usable.astype(np.float32)))
+        self.detail = np.ascontiguousarray(detail, np.float32)  # [H, W, 3] shading-free, holes pre-filled
+
+        # windows (patch origins) a patch may be copied from, and those that are observed in full
+        self._valid_integral = np.pad(valid.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        integral = np.pad(usable.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        frac = (
+            integral[patch:, patch:] - integral[:-patch, patch:] - integral[patch:, :-patch] + integral[:-patch, :-patch]
+        ) / float(patch * patch)  # [H - P + 1, W - P + 1]
+        vi = self._valid_integral
+        self._full_window = (vi[patch:, patch:] - vi[:-patch, patch:] - vi[patch:, :-patch] + vi[:-patch, :-patch]) == (
+            patch * patch
+        )
+        source_ok = frac >= SOURCE_VALID_FRACTION
+        if not source_ok.any():
+            source_ok = frac >= min(0.5, float(frac.max()))
+            log.info("texture_sparse_exemplar", best_window_fraction=round(float(frac.max()), 3))
+        self._source_ok = source_ok
+        self._sources = np.argwhere(source_ok).astype(np.int64)  # [S, 2] (row, col), row-major order
+        if lattice.kind == "1d":
+            a = lattice.vectors_px[0]
+            period = float(np.hypot(*a))
+            phase = (self._sources @ (a / period)) % period
+            order = np.argsort(phase, kind="stable")
+            self._phase_sorted, self._phase_order, self._period_1d = phase[order], order, period
+        self._cells: dict[tuple[int, int, int], tuple[int, int]] = {}
+        self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self._half, self._patch = half, patch
+        log.debug(
+            "texture_fit",
+            shape=(h, w),
+            kind=self.kind,
+            lattice=lattice.kind,
+            periods_px=[round(p, 2) for p in lattice.periods_px],
+            strength=round(lattice.strength, 3),
+            sources=len(self._sources),
+        )
+        return self
+
+    # -- geometry of the exemplar ---------------------------------------------------------------------------
+
+    @property
+    def shape_px(self) -> tuple[int, int]:
+        """(H, W) of the exemplar."""
+        return self.valid.shape  # type: ignore[return-value]
+
+    @property
+    def periods_m(self) -> tuple[float, ...]:
+        """Lengths of the detected lattice vectors in metres (empty for stochastic textures)."""
+        return tuple(p * self.texel_m for p in self.lattice.periods_px)
+
+    def _observed_count(self, y0: int, x0: int, size: int) -> int:
+        """Observed texels in the exemplar window rows [y0, y0+size), cols [x0, x0+size) (clipped to the box)."""
+        h, w = self.valid.shape
+        ya, yb, xa, xb = max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w)
+        if ya >= yb or xa >= xb:
+            return 0
+        s = self._valid_integral
+        return int(s[yb, xb] - s[ya, xb] - s[yb, xa] + s[ya, xa])
+
+    def _is_source(self, y: int, x: int) -> bool:
+        ok = self._source_ok
+        return 0 <= y < ok.shape[0] and 0 <= x < ok.shape[1] and bool(ok[y, x])
+
+    # -- cells ----------------------------------------------------------------------------------------------
+
+    def _cell_target(self, gi: int, gj: int) -> tuple[int, int]:
+        """Exemplar-frame (row, col) of cell (gi, gj)'s patch origin."""
+        s, h = self.step_px, self._half
+        return gi * s - h - self.origin_px[0], gj * s - h - self.origin_px[1]
+
+    def _level(self, gi: int, gj: int) -> int:
+        ty, tx = self._cell_target(gi, gj)
+        if self._observed_count(ty, tx, self._patch) > 0:
+            return 0
+        return 1 if (gi + gj) % 2 == 0 else 2
+
+    def _congruent(self, ty: int, tx: int, h: int) -> np.ndarray:
+        """Source windows congruent to target origin (ty, tx) modulo the lattice (all of them when stochastic),
+        at most ``NUM_CANDIDATES``, chosen by key hash ``h``. Returns [K, 2] int64."""
+        src = self._sources
+        lat = self.lattice
+        if lat.kind == "2d":
+            basis = lat.vectors_px  # rows a, b
+            inv = np.linalg.inv(basis.T)
+            hh, ww = self._source_ok.shape
+            corners = np.array([[0, 0], [0, ww - 1], [hh - 1, 0], [hh - 1, ww - 1]], np.float64) - (ty, tx)
+            coef = corners @ inv.T  # [4, 2] lattice coordinates of the box corners relative to the target
+            lo, hi = np.floor(coef.min(0)).astype(int), np.ceil(coef.max(0)).astype(int)
+            mm, nn = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+            pos = np.rint(np.stack([mm.ravel(), nn.ravel()], 1) @ basis + (ty, tx)).astype(np.int64)
+            inside = (pos[:, 0] >= 0) & (pos[:, 0] < hh) & (pos[:, 1] >= 0) & (pos[:, 1] < ww)
+            pos = pos[inside]
+            pool = pos[self._source_ok[pos[:, 0], pos[:, 1]]]
+            if len(pool) == 0:
+                pool = pos  # in phase but partly pre-filled beats out of phase
+        elif lat.kind == "1d":
+            a = lat.vectors_px[0]
+            period = self._period_1d
+            phase_t = float(np.dot((ty, tx), a / period) % period)
+            lo, hi = phase_t - 0.5, phase_t + 0.5
+            ph = self._phase_sorted
+            idx = np.concatenate(
+                [
+                    np.arange(np.searchsorted(ph, max(lo, 0.0)), np.searchsorted(ph, min(hi, period))),
+                    np.arange(np.searchsorted(ph, lo + period), len(ph)) if lo < 0 else np.zeros(0, np.int64),
+                    np.arange(0, np.searchsorted(ph, hi - period)) if hi > period else np.zeros(0, np.int64),
+                ]
+            ).astype(np.int64)
+            pool = src[np.sort(self._phase_order[idx])]
+        else:
+            pool = src
+        if len(pool) == 0:  # exemplar too small to hold a congruent window: keep the texture, lose the phase
+            pool = src
+        if len(pool) <= NUM_CANDIDATES:
+            return pool
+        pick = _hash_stream(h, NUM_CANDIDATES) % np.uint64(len(pool))
+        return pool[np.unique(pick.astype(np.int64))]
+
+    def cell_source(self, gi: int, gj: int, seed: int) -> tuple[int, int]:
+        """Exemplar (row, col) of the patch that cell (gi, gj) copies; a pure function of (model, cell, seed)."""
+        key = (int(seed), int(gi), int(gj))
+        got = self._cells.get(key)
+        if got is not None:
+            return got
+        ty, tx = self._cell_target(gi, gj)
+        level = self._level(gi, gj)
+        p, s = self._patch, self.step_px
+        if level == 0 and self._is_source(ty, tx) and self._full_window[ty, tx]:
+            choice = (ty, tx)  # fully observed: copy itself
+        else:
+            canvas = np.zeros((p, p, 3), np.float32)
+            mask = np.zeros((p, p), bool)
+            neighbours: list[tuple[int, int, tuple[int, int]]] = []
+            if level == 0:
+                h_ex, w_ex = self.valid.shape
+                ya, yb, xa, xb = max(ty, 0), min(ty + p, h_ex), max(tx, 0), min(tx + p, w_ex)
+                sub = self.valid[ya:yb, xa:xb]
+                canvas[ya - ty : yb - ty, xa - tx : xb - tx][sub] = self.detail[ya:yb, xa:xb][sub]
+                mask[ya - ty : yb - ty, xa - tx : xb - tx] = sub
+            else:
+                ov = self.overlap_px
+                for di, dj in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+                    ni, nj = gi + di, gj + dj
+                    if level == 1 and self._level(ni, nj) != 0:
+                        continue
+                    sy, sx = self.cell_source(ni, nj, seed)
+                    neighbours.append((ni, nj, (sy, sx)))
+                    # the neighbour's patch, in our patch coordinates, starts at (di * s, dj * s)
+                    if dj == -1:
+                        ys, xs = slice(0, p), slice(0, ov)
+                    elif dj == 1:
+                        ys, xs = slice(0, p), slice(s, p)
+                    elif di == -1:
+                        ys, xs = slice(0, ov), slice(0, p)
+                    else:
+                        ys, xs = slice(s, p), slice(0, p)
+                    oy, ox = sy - di * s, sx - dj * s  # neighbour's source, shifted into our patch frame
+                    canvas[ys, xs] = self.detail[oy + ys.start : oy + ys.stop, ox + xs.start : ox + xs.stop]
+                    mask[ys, xs] = True
+            h = _key_hash(seed, gi, gj, 0x51)
+            cands = [self._congruent(ty, tx, h)]
+            coherent = [
+                (sy + (gi - ni) * s, sx + (gj - nj) * s)
+                for ni, nj, (sy, sx) in neighbours
+                if self._is_source(sy + (gi - ni) * s, sx + (gj - nj) * s)
+            ]
+            if coherent:
+                cands.append(np.asarray(coherent, np.int64))
+            cand = np.unique(np.concatenate(cands), axis=0)  # sorted: order-free
+            if not mask.any():
+                pick = int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(cand)))
+            else:
+                pix = np.argwhere(mask).astype(np.int64)
+                costs = _ssd_costs(self.detail, cand, canvas, pix)
+                near = np.flatnonzero(costs <= costs.min() * (1.0 + PICK_TOLERANCE) + 1.0)
+                pick = int(near[int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(near)))])
+            choice = (int(cand[pick, 0]), int(cand[pick, 1]))
+        if len(self._cells) > _CACHE_LIMIT:
+            self._cells.clear()
+        self._cells[key] = choice
+        return choice
+
+    # -- seams ----------------------------------------------------------------------------------------------
+
+    def _seam(self, seed: int, vertical: bool, i: int, j: int) -> np.ndarray:
+        """Cut through the band between two cells; [step] int64 positions in [0, overlap).
+
+        vertical: between cells (i, j-1) | (i, j), one column per row of core row i, band columns x in
+        [j*s - h, j*s + h); texels left of the cut belong to (i, j-1). Otherwise: between (i-1, j) above and
+        (i, j), one row per column of core column j, band rows y in [i*s - h, i*s + h)."""
+        key = (int(seed), int(vertical), int(i), int(j))
+        got = self._seams.get(key)
+        if got is not None:
+            return got
+        s, h, ov = self.step_px, self._half, self.overlap_px
+        if vertical:
+            ay, ax = self.cell_source(i, j - 1, seed)
+            by, bx = self.cell_source(i, j, seed)
+            a = self.detail[ay + h : ay + h + s, ax + s : ax + s + ov]
+            b = self.detail[by + h : by + h + s, bx : bx + ov]
+            err = ((a - b) ** 2).sum(-1)  # [s rows, ov]
+        else:
+            ay, ax = self.cell_source(i - 1, j, seed)
+            by, bx = self.cell_source(i, j, seed)
+            a = self.detail[ay + s : ay + s + ov, ax + h : ax + h + s]
+            b = self.detail[by : by + ov, bx + h : bx + h + s]
+            err = ((a - b) ** 2).sum(-1).T  # [s columns, ov]
+        path = _pinned_seam(np.ascontiguousarray(err, np.float64))
+        if len(self._seams) > _CACHE_LIMIT:
+            self._seams.clear()
+        self._seams[key] = path
+        return path
+
+    # -- composition ----------------------------------------------------------------------------------------
+
+    def _shading_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Shading [len(ys), len(xs), 3] at texture-space rows ``ys`` and columns ``xs``."""
+        h, w = self.valid.shape
+        py, px = ys - self.origin_px[0], xs - self.origin_px[1]
+        cy, cx = np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)
+        out = self.shading[np.ix_(cy, cx)]
+        dist = np.hypot((py - cy).astype(np.float32)[:, None], (px - cx).astype(np.float32)[None, :])
+        if dist.any():
+            keep = np.exp(-dist / self.shading_decay_px)[..., None]
+            out = self.shading_mean + (out - self.shading_mean) * keep
+        return out
+
+    def region(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+        """Texels of texture-space rows [r0, r0+H) and cols [c0, c0+W): [H, W, 3] uint8 (see ``synthesize_region``)."""
+        r0, c0 = int(top_left_px[0]), int(top_left_px[1])
+        hh, ww = int(shape_px[0]), int(shape_px[1])
+        s, h = self.step_px, self._half
+        ys, xs = np.arange(r0, r0 + hh), np.arange(c0, c0 + ww)
+        ry, cx = ys // s, xs // s  # core cell of each row / column
+        kx, ky = (xs + h) // s, (ys + h) // s  # nearest cell boundary line of each column / row
+        in_bx, in_by = (xs - kx * s) < h, (ys - ky * s) < h
+        row = np.broadcast_to(ry[:, None], (hh, ww)).copy()
+        col = np.broadcast_to(cx[None, :], (hh, ww)).copy()
+        # columns inside a vertical band: the cut of that band in this core row decides the column
+        ry_u, kx_u = np.unique(ry), np.unique(kx[in_bx])
+        if len(kx_u):
+            vcut = np.empty((len(ry_u), len(kx_u), s), np.int64)
+            for a, i in enumerate(ry_u):
+                for b, j in enumerate(kx_u):
+                    vcut[a, b] = self._seam(seed, True, int(i), int(j))
+            bx = np.flatnonzero(in_bx)
+            cut = vcut[np.searchsorted(ry_u, ry)[:, None], np.searchsorted(kx_u, kx[bx])[None, :], (ys - ry * s)[:, None]]
+            u = (xs[bx] - (kx[bx] * s - h))[None, :]
+            col[:, bx] = np.where(u < cut, kx[bx] - 1, kx[bx])[None, :]
+        cx_u, ky_u = np.unique(cx), np.unique(ky[in_by])
+        if len(ky_u):
+            hcut = np.empty((len(ky_u), len(cx_u), s), np.int64)
+            for a, i in enumerate(ky_u):
+                for b, j in enumerate(cx_u):
+                    hcut[a, b] = self._seam(seed, False, int(i), int(j))
+            by = np.flatnonzero(in_by)
+            cut = hcut[np.searchsorted(ky_u, ky[by])[:, None], np.searchsorted(cx_u, cx)[None, :], (xs - cx * s)[None, :]]
+            v = (ys[by] - (ky[by] * s - h))[:, None]
+            row[by, :] = np.where(v < cut, ky[by, None] - 1, ky[by, None])
+        # gather: each texel from its owner cell's source patch
+        rmin, cmin = int(row.min()), int(col.min())
+        nr, nc = int(row.max()) - rmin + 1, int(col.max()) - cmin + 1
+        src = np.empty((nr, nc, 2), np.int64)
+        for a in range(nr):
+            for b in range(nc):
+                src[a, b] = self.cell_source(rmin + a, cmin + b, seed)
+        owner = src[row - rmin, col - cmin]  # [H, W, 2]
+        ly = ys[:, None] - (row * s - h)
+        lx = xs[None, :] - (col * s - h)
+        out = self.detail[owner[..., 0] + ly, owner[..., 1] + lx] + self._shading_at(ys, xs)
+        # observed texels are kept as observed
+        eh, ew = self.valid.shape
+        py, px = ys - self.origin_px[0], xs - self.origin_px[1]
+        iy, ix = np.flatnonzero((py >= 0) & (py < eh)), np.flatnonzero((px >= 0) & (px < ew))
+        if len(iy) and len(ix):
+            sub_valid = self.valid[np.ix_(py[iy], px[ix])]
+            block = out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
+            block[sub_valid] = self.rgb[np.ix_(py[iy], px[ix])][sub_valid]
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_model(model: object) -> TextureModel:
+    if not isinstance(model, TextureModel):
+        raise InvalidInputError(f"model must be a TextureModel (from TextureModel.fit), got {type(model).__name__}")
+    return model
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def synthesize_region(model: TextureModel, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+    """The plane's texels at texture-space rows [r0, r0+H), cols [c0, c0+W): [H, W, 3] uint8.
+
+    Observed texels come back as observed; everything else is synthesised. The value of a texel depends only on
+    (model's exemplar, seed, texel position), never on the window asked for or on earlier calls.
+    """
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    if len(tuple(top_left_px)) != 2 or len(tuple(shape_px)) != 2:
+        raise InvalidInputError(f"top_left_px and shape_px must be (row, col) pairs, got {top_left_px}, {shape_px}")
+    r0, c0 = (_check_int("top_left_px", v) for v in top_left_px)
+    hh, ww = (_check_int("shape_px", v) for v in shape_px)
+    if hh < 1 or ww < 1:
+        raise InvalidInputError(f"shape_px must be positive, got {shape_px}")
+    return model.region((r0, c0), (hh, ww), seed)
+
+
+def synthesize_tile(model: TextureModel, tile_ij: tuple[int, int], seed: int) -> np.ndarray:
+    """Tile ``(i, j)`` of the plane: texture-space rows [i*T, (i+1)*T), cols [j*T, (j+1)*T), T = model.tile_px.
+
+    Returns [T, T, 3] uint8. Tiles of one model and seed are windows of one image: identical whenever and in
+    whatever order they are asked for, and adjacent tiles join without a seam.
+    """
+    model = _check_model(model)
+    if not isinstance(tile_ij, (tuple, list)) or len(tile_ij) != 2:
+        raise InvalidInputError(f"tile_ij must be a (row, col) pair of ints, got {tile_ij!r}")
+    i, j = _check_int("tile_ij", tile_ij[0]), _check_int("tile_ij", tile_ij[1])
+    t = model.tile_px
+    return synthesize_region(model, (i * t, j * t), (t, t), seed)
+
+
+def continue_exemplar(model: TextureModel, seed: int) -> np.ndarray:
+    """The exemplar's own box with its missing texels continued: [H, W, 3] uint8; observed texels unchanged.
+
+    The same texels as the tiles covering that box (one texture, however it is read)."""
+    model = _check_model(model)
+    return synthesize_region(model, model.origin_px, model.shape_px, seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing exemplars and borrowing one
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def describe(model: TextureModel) -> np.ndarray:
+    """A small appearance descriptor [16] float64 of a fitted model: mean and spread of the colour (/255),
+    gradient-orientation energy in 8 bins (sums to 1; says which way grain and lines run), and log10 of the
+    lattice periods in metres (0 when absent)."""
+    model = _check_model(model)
+    v = model.valid
+    rgbf = model.rgb.astype(np.float32)
+    mean, std = rgbf[v].mean(0) / 255.0, rgbf[v].std(0) / 255.0
+    g = _luma(model.detail)
+    gy, gx = np.gradient(g)
+    inner = ndimage.binary_erosion(v, iterations=1)
+    mag = np.hypot(gx, gy)[inner]
+    ang = np.mod(np.arctan2(gy, gx)[inner], np.pi)  # orientation: a line and its reverse are the same
+    hist = np.bincount(np.minimum((ang / np.pi * 8).astype(int), 7), weights=mag, minlength=8)
+    hist = hist / max(hist.sum(), 1e-9)
+    periods = [math.log10(p) for p in model.periods_m[:2]] + [0.0] * (2 - len(model.periods_m[:2]))
+    return np.concatenate([mean, std, hist, periods]).astype(np.float64)
+
+
+def texture_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between two ``describe`` vectors: 0 for the same look; colour counts most, then orientation."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != (16,) or b.shape != (16,):
+        raise InvalidInputError(f"descriptors must have shape (16,), got {a.shape} and {b.shape}")
+    w = np.array([2.0] * 3 + [1.0] * 3 + [0.5] * 8 + [0.25] * 2)
+    return float(np.sqrt((w * (a - b) ** 2).sum()))
+
+
+@dataclass(frozen=True)
+class Surface:
+    """What the caller knows about a plane when choosing whose exemplar to borrow.
+
+    normal: world-frame unit normal [3] (pointing to the side the camera sees); mean_rgb: its average colour in
+    0-255 when anything is known (e.g. the coarse fill), else None; observed_texels: exemplar size (0 = none)."""
+
+    normal: tuple[float, float, float]
+    mean_rgb: tuple[float, float, float] | None = None
+    observed_texels: int = 0
+
+
+def surface_class(normal: Sequence[float], up: Sequence[float]) -> str:
+    """"floor", "ceiling" or "wall" from the angle between a plane's normal and world up (both [3])."""
+    n, u = np.asarray(normal, np.float64), np.asarray(up, np.float64)
+    if n.shape != (3,) or u.shape != (3,) or not np.isfinite(n).all() or not np.isfinite(u).all():
+        raise InvalidInputError(f"normal and up must be finite [3] vectors, got {n.shape} and {u.shape}")
+    nn, nu = np.linalg.norm(n), np.linalg.norm(u)
+    if nn < 1e-9 or nu < 1e-9:
+        raise InvalidInputError("normal and up must be non-zero")
+    c = float(n @ u / (nn * nu))
+    return "floor" if c > 0.8 else "ceiling" if c < -0.8 else "wall"
+
+
+def pick_exemplar(target: Surface, candidates: Sequence[Surface], up: Sequence[float]) -> int | None:
+    """Index of the candidate whose exemplar a plane without one should borrow, or None if no candidate has one.
+
+    Same kind of surface first (floor from floor, wall from wall, ceiling from ceiling, then wall for a ceiling),
+    then the most parallel normal, then the closest known colour, then the larger exemplar."""
+    t_cls = surface_class(target.normal, up)
+    order = {"floor": ("floor", "wall", "ceiling"), "wall": ("wall", "floor", "ceiling"), "ceiling": ("ceiling", "wall", "floor")}
+    tn = np.asarray(target.normal, np.float64) / np.linalg.norm(target.normal)
+    best, best_key = None, None
+    for idx, c in enumerate(candidates):
+        if c.observed_texels <= 0:
+            continue
+        cls_rank = order[t_cls].index(surface_class(c.normal, up))
+        cn = np.asarray(c.normal, np.float64) / np.linalg.norm(c.normal)
+        angle = 1.0 - abs(float(tn @ cn))
+        colour = 0.0
+        if target.mean_rgb is not None and c.mean_rgb is not None:
+            colour = float(np.linalg.norm(np.subtract(target.mean_rgb, c.mean_rgb))) / 255.0
+        key = (cls_rank, round(colour + 0.5 * angle, 6), -int(c.observed_texels), idx)
+        if best_key is None or key < best_key:
+            best, best_key = idx, key
+    return best
