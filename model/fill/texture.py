@@ -63,8 +63,10 @@ MIN_VALID_TEXELS = 32
 PERIODIC_MIN_STRENGTH = 0.35  # normalised autocorrelation at the lattice vectors above which we keep the period
 UNCHECKED_PERIOD_MIN_STRENGTH = 0.6  # the same, for a period whose double shift the exemplar is too small to show
 PEAK_PROMINENCE = 0.15  # ac(d) - ac(d / 2): a period's half-shift must be clearly less alike than the period
-NUM_CANDIDATES = 48
+NUM_CANDIDATES = 64
+DC_WEIGHT = 0.25  # a patch's mean colour difference counts a quarter in its cost: it is corrected by an offset
 PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked (keyed), as in image quilting
+EDGE_FEATHER_PX = 3  # invented texels fade in over this many texels from the observed ones
 SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
 _CACHE_LIMIT = 200_000
 
@@ -104,41 +106,51 @@ def _hash_stream(h: int, n: int) -> np.ndarray:
 
 
 @nb.njit(cache=True, nogil=True)
-def _ssd_costs(detail, cand, canvas, pix):
-    """Mean squared difference per candidate between ``detail`` at candidate origin + pixel and ``canvas`` at pixel.
+def _ssd_costs(detail, cand, canvas, pix, dc_weight):
+    """Match cost and colour offset per candidate patch against the wanted content.
 
     detail [H, W, 3] float32; cand [K, 2] int64 patch origins (row, col); canvas [P, P, 3] float32 (the wanted
-    content); pix [M, 2] int64 patch-local (row, col) of the constrained pixels. Returns [K] float64.
+    content); pix [M, 2] int64 patch-local (row, col) of the constrained pixels. With d = canvas - candidate over
+    those pixels, per channel: cost = var(d) + dc_weight * mean(d)^2 summed over channels, offset = mean(d).
+    Returns (cost [K] float64, offset [K, 3] float64).
     """
     k_n, m_n = cand.shape[0], pix.shape[0]
-    out = np.empty(k_n, np.float64)
+    cost = np.empty(k_n, np.float64)
+    offset = np.zeros((k_n, 3), np.float64)
+    inv_m = 1.0 / max(m_n, 1)
     for k in range(k_n):
         cy, cx = cand[k, 0], cand[k, 1]
-        acc = 0.0
-        for m in range(m_n):
-            py, px = pix[m, 0], pix[m, 1]
-            for c in range(3):
-                d = detail[cy + py, cx + px, c] - canvas[py, px, c]
-                acc += d * d
-        out[k] = acc / max(m_n, 1)
-    return out
+        total = 0.0
+        for c in range(3):
+            s1 = 0.0
+            s2 = 0.0
+            for m in range(m_n):
+                py, px = pix[m, 0], pix[m, 1]
+                d = canvas[py, px, c] - detail[cy + py, cx + px, c]
+                s1 += d
+                s2 += d * d
+            mean = s1 * inv_m
+            total += s2 * inv_m - mean * mean + dc_weight * mean * mean
+            offset[k, c] = mean
+        cost[k] = total
+    return cost, offset
 
 
 @nb.njit(cache=True, nogil=True)
-def _pinned_seam(err):
-    """Minimum-error path down ``err`` [L, Wd] (one pixel per row, moving at most one column per row) that starts
-    and ends at the middle column ``Wd // 2``. Returns [L] int64 column per row."""
+def _pinned_seam(err, lo, hi):
+    """Minimum-error path down ``err`` [L, Wd] (one pixel per row, moving at most one column per row, staying in
+    columns [lo, hi]) that starts and ends at the middle column ``Wd // 2``. Returns [L] int64 column per row."""
     n_rows, width = err.shape
     mid = width // 2
     cost = np.full((n_rows, width), np.inf)
     back = np.zeros((n_rows, width), np.int64)
     cost[0, mid] = err[0, mid]
     for y in range(1, n_rows):
-        for x in range(width):
+        for x in range(lo, hi + 1):
             best, arg = np.inf, x
             for dx in (-1, 0, 1):  # ties prefer the left-most: fixed order keeps it deterministic
                 xp = x + dx
-                if 0 <= xp < width and cost[y - 1, xp] < best:
+                if lo <= xp <= hi and cost[y - 1, xp] < best:
                     best, arg = cost[y - 1, xp], xp
             cost[y, x] = best + err[y, x]
             back[y, x] = arg
@@ -149,7 +161,7 @@ def _pinned_seam(err):
     return path
 
 
-def _reference_pinned_seam_cost(err: np.ndarray) -> float:
+def _reference_pinned_seam_cost(err: np.ndarray, lo: int, hi: int) -> float:
     """Slow twin of ``_pinned_seam``: the least total error over *all* admissible paths, by enumeration."""
     import itertools
 
@@ -160,7 +172,7 @@ def _reference_pinned_seam_cost(err: np.ndarray) -> float:
         x, total, ok = mid, float(err[0, mid]), True
         for y, dx in enumerate(steps, start=1):
             x += dx
-            if not 0 <= x < width:
+            if not lo <= x <= hi:
                 ok = False
                 break
             total += float(err[y, x])
@@ -169,14 +181,15 @@ def _reference_pinned_seam_cost(err: np.ndarray) -> float:
     return best
 
 
-def _reference_ssd_costs(detail, cand, canvas, pix) -> np.ndarray:
+def _reference_ssd_costs(detail, cand, canvas, pix, dc_weight) -> tuple[np.ndarray, np.ndarray]:
     """Slow twin of ``_ssd_costs`` in plain numpy."""
-    out = []
+    costs, offsets = [], []
     for cy, cx in cand:
-        a = detail[cy + pix[:, 0], cx + pix[:, 1]].astype(np.float64)
-        b = canvas[pix[:, 0], pix[:, 1]].astype(np.float64)
-        out.append(((a - b) ** 2).sum() / max(len(pix), 1))
-    return np.asarray(out)
+        d = canvas[pix[:, 0], pix[:, 1]].astype(np.float64) - detail[cy + pix[:, 0], cx + pix[:, 1]].astype(np.float64)
+        mean = d.mean(0)
+        costs.append(float((d.var(0) + dc_weight * mean**2).sum()))
+        offsets.append(mean)
+    return np.asarray(costs), np.asarray(offsets)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -537,7 +550,17 @@ class TextureModel:
             phase = (self._sources @ (a / period)) % period
             order = np.argsort(phase, kind="stable")
             self._phase_sorted, self._phase_order, self._period_1d = phase[order], order, period
-        self._cells: dict[tuple[int, int, int], tuple[int, int]] = {}
+        # fade band at the observed edge: weight 1 on observed texels, falling to 0 over EDGE_FEATHER_PX texels;
+        # the value faded from is the observed texel or, off it, the smooth pre-fill (edge-replicated off the box)
+        f = EDGE_FEATHER_PX
+        obs_pad = np.pad(valid, f)
+        dist = ndimage.distance_transform_edt(~obs_pad)
+        self._edge_feather = f
+        self._edge_weight = np.clip(1.0 - dist / (f + 1.0), 0.0, 1.0).astype(np.float32)  # [H + 2f, W + 2f]
+        ref = np.where(valid[..., None], rgbf, self.detail + shading)
+        self._edge_value = np.pad(ref, ((f, f), (f, f), (0, 0)), mode="edge").astype(np.float32)
+        self._feather = half // 2  # cut cross-fade half-width
+        self._cells: dict[tuple[int, int, int], tuple[int, int, tuple[float, float, float]]] = {}
         self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._half, self._patch = half, patch
         log.debug(
@@ -631,8 +654,10 @@ class TextureModel:
         pick = _hash_stream(h, NUM_CANDIDATES) % np.uint64(len(pool))
         return pool[np.unique(pick.astype(np.int64))]
 
-    def cell_source(self, gi: int, gj: int, seed: int) -> tuple[int, int]:
-        """Exemplar (row, col) of the patch that cell (gi, gj) copies; a pure function of (model, cell, seed)."""
+    def cell_source(self, gi: int, gj: int, seed: int) -> tuple[int, int, tuple[float, float, float]]:
+        """Exemplar (row, col) of the patch that cell (gi, gj) copies and the colour offset added to it (so that
+        its mean matches its constraints: patches of a smooth texture then join without steps); a pure function
+        of (model, cell, seed)."""
         key = (int(seed), int(gi), int(gj))
         got = self._cells.get(key)
         if got is not None:
@@ -641,7 +666,7 @@ class TextureModel:
         level = self._level(gi, gj)
         p, s = self._patch, self.step_px
         if level == 0 and self._is_source(ty, tx) and self._full_window[ty, tx]:
-            choice = (ty, tx)  # fully observed: copy itself
+            choice = (ty, tx, (0.0, 0.0, 0.0))  # fully observed: copy itself
         else:
             canvas = np.zeros((p, p, 3), np.float32)
             mask = np.zeros((p, p), bool)
@@ -658,7 +683,7 @@ class TextureModel:
                     ni, nj = gi + di, gj + dj
                     if level == 1 and self._level(ni, nj) != 0:
                         continue
-                    sy, sx = self.cell_source(ni, nj, seed)
+                    sy, sx, n_off = self.cell_source(ni, nj, seed)
                     neighbours.append((ni, nj, (sy, sx)))
                     # the neighbour's patch, in our patch coordinates, starts at (di * s, dj * s)
                     if dj == -1:
@@ -670,7 +695,7 @@ class TextureModel:
                     else:
                         ys, xs = slice(s, p), slice(0, p)
                     oy, ox = sy - di * s, sx - dj * s  # neighbour's source, shifted into our patch frame
-                    canvas[ys, xs] = self.detail[oy + ys.start : oy + ys.stop, ox + xs.start : ox + xs.stop]
+                    canvas[ys, xs] = self.detail[oy + ys.start : oy + ys.stop, ox + xs.start : ox + xs.stop] + n_off
                     mask[ys, xs] = True
             h = _key_hash(seed, gi, gj, 0x51)
             cands = [self._congruent(ty, tx, h)]
@@ -682,14 +707,16 @@ class TextureModel:
             if coherent:
                 cands.append(np.asarray(coherent, np.int64))
             cand = np.unique(np.concatenate(cands), axis=0)  # sorted: order-free
+            offset = (0.0, 0.0, 0.0)
             if not mask.any():
                 pick = int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(cand)))
             else:
                 pix = np.argwhere(mask).astype(np.int64)
-                costs = _ssd_costs(self.detail, cand, canvas, pix)
+                costs, offsets = _ssd_costs(self.detail, cand, canvas, pix, DC_WEIGHT)
                 near = np.flatnonzero(costs <= costs.min() * (1.0 + PICK_TOLERANCE) + 1.0)
                 pick = int(near[int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(near)))])
-            choice = (int(cand[pick, 0]), int(cand[pick, 1]))
+                offset = tuple(float(v) for v in offsets[pick])
+            choice = (int(cand[pick, 0]), int(cand[pick, 1]), offset)
         if len(self._cells) > _CACHE_LIMIT:
             self._cells.clear()
         self._cells[key] = choice
@@ -709,18 +736,19 @@ class TextureModel:
             return got
         s, h, ov = self.step_px, self._half, self.overlap_px
         if vertical:
-            ay, ax = self.cell_source(i, j - 1, seed)
-            by, bx = self.cell_source(i, j, seed)
-            a = self.detail[ay + h : ay + h + s, ax + s : ax + s + ov]
-            b = self.detail[by + h : by + h + s, bx : bx + ov]
+            ay, ax, a_off = self.cell_source(i, j - 1, seed)
+            by, bx, b_off = self.cell_source(i, j, seed)
+            a = self.detail[ay + h : ay + h + s, ax + s : ax + s + ov] + np.float32(a_off)
+            b = self.detail[by + h : by + h + s, bx : bx + ov] + np.float32(b_off)
             err = ((a - b) ** 2).sum(-1)  # [s rows, ov]
         else:
-            ay, ax = self.cell_source(i - 1, j, seed)
-            by, bx = self.cell_source(i, j, seed)
-            a = self.detail[ay + s : ay + s + ov, ax + h : ax + h + s]
-            b = self.detail[by : by + ov, bx + h : bx + h + s]
+            ay, ax, a_off = self.cell_source(i - 1, j, seed)
+            by, bx, b_off = self.cell_source(i, j, seed)
+            a = self.detail[ay + s : ay + s + ov, ax + h : ax + h + s] + np.float32(a_off)
+            b = self.detail[by : by + ov, bx + h : bx + h + s] + np.float32(b_off)
             err = ((a - b) ** 2).sum(-1).T  # [s columns, ov]
-        path = _pinned_seam(np.ascontiguousarray(err, np.float64))
+        q = self._feather
+        path = _pinned_seam(np.ascontiguousarray(err, np.float64), q, ov - q)
         if len(self._seams) > _CACHE_LIMIT:
             self._seams.clear()
         self._seams[key] = path
@@ -744,53 +772,71 @@ class TextureModel:
         """Texels of texture-space rows [r0, r0+H) and cols [c0, c0+W): [H, W, 3] uint8 (see ``synthesize_region``)."""
         r0, c0 = int(top_left_px[0]), int(top_left_px[1])
         hh, ww = int(shape_px[0]), int(shape_px[1])
-        s, h = self.step_px, self._half
+        s, h, q = self.step_px, self._half, self._feather
         ys, xs = np.arange(r0, r0 + hh), np.arange(c0, c0 + ww)
         ry, cx = ys // s, xs // s  # core cell of each row / column
-        kx, ky = (xs + h) // s, (ys + h) // s  # nearest cell boundary line of each column / row
-        in_bx, in_by = (xs - kx * s) < h, (ys - ky * s) < h
-        row = np.broadcast_to(ry[:, None], (hh, ww)).copy()
-        col = np.broadcast_to(cx[None, :], (hh, ww)).copy()
-        # columns inside a vertical band: the cut of that band in this core row decides the column
-        ry_u, kx_u = np.unique(ry), np.unique(kx[in_bx])
-        if len(kx_u):
-            vcut = np.empty((len(ry_u), len(kx_u), s), np.int64)
-            for a, i in enumerate(ry_u):
-                for b, j in enumerate(kx_u):
-                    vcut[a, b] = self._seam(seed, True, int(i), int(j))
-            bx = np.flatnonzero(in_bx)
-            cut = vcut[np.searchsorted(ry_u, ry)[:, None], np.searchsorted(kx_u, kx[bx])[None, :], (ys - ry * s)[:, None]]
-            u = (xs[bx] - (kx[bx] * s - h))[None, :]
-            col[:, bx] = np.where(u < cut, kx[bx] - 1, kx[bx])[None, :]
-        cx_u, ky_u = np.unique(cx), np.unique(ky[in_by])
-        if len(ky_u):
-            hcut = np.empty((len(ky_u), len(cx_u), s), np.int64)
-            for a, i in enumerate(ky_u):
-                for b, j in enumerate(cx_u):
-                    hcut[a, b] = self._seam(seed, False, int(i), int(j))
-            by = np.flatnonzero(in_by)
-            cut = hcut[np.searchsorted(ky_u, ky[by])[:, None], np.searchsorted(cx_u, cx)[None, :], (xs - cx * s)[None, :]]
-            v = (ys[by] - (ky[by] * s - h))[:, None]
-            row[by, :] = np.where(v < cut, ky[by, None] - 1, ky[by, None])
-        # gather: each texel from its owner cell's source patch
-        rmin, cmin = int(row.min()), int(col.min())
-        nr, nc = int(row.max()) - rmin + 1, int(col.max()) - cmin + 1
+
+        def split(coords: np.ndarray, other_core: np.ndarray, other_pos: np.ndarray, vertical: bool):
+            """Owner cells (lower, upper) and the upper's weight along one axis: [len(other_pos), len(coords)]."""
+            core = coords // s
+            k = (coords + h) // s  # nearest cell boundary line
+            lo = np.broadcast_to(core[None, :], (len(other_pos), len(coords))).copy()
+            hi = lo.copy()
+            wt = np.zeros(lo.shape, np.float32)
+            band = np.flatnonzero((coords - k * s) < h)
+            if len(band):
+                o_u, k_u = np.unique(other_core), np.unique(k[band])
+                cuts = np.empty((len(o_u), len(k_u), s), np.int64)
+                for a, i in enumerate(o_u):
+                    for b, j in enumerate(k_u):
+                        cuts[a, b] = self._seam(seed, vertical, int(i), int(j)) if vertical else self._seam(
+                            seed, False, int(j), int(i)
+                        )
+                cut = cuts[
+                    np.searchsorted(o_u, other_core)[:, None],
+                    np.searchsorted(k_u, k[band])[None, :],
+                    (other_pos - other_core * s)[:, None],
+                ]  # [M, nb] cut position in band coordinates
+                u = (coords[band] - (k[band] * s - h))[None, :]  # [1, nb] position in the band
+                lo[:, band] = k[band] - 1
+                hi[:, band] = k[band]
+                # texels p-q .. p+q-1 around the cut p cross-fade; the DP keeps p in [q, 2h - q]
+                wt[:, band] = np.clip((u - cut + q + 0.5) / (2 * q), 0.0, 1.0) if q > 0 else (u >= cut)
+            return lo, hi, wt
+
+        c_lo, c_hi, c_w = split(xs, ry, ys, True)  # [H, W]: columns decided by vertical cuts in core row ry
+        r_lo, r_hi, r_w = split(ys, cx, xs, False)  # [W, H]: rows decided by horizontal cuts in core col cx
+        r_lo, r_hi, r_w = r_lo.T, r_hi.T, r_w.T
+        rmin, cmin = int(r_lo.min()), int(c_lo.min())
+        nr, nc = int(r_hi.max()) - rmin + 1, int(c_hi.max()) - cmin + 1
         src = np.empty((nr, nc, 2), np.int64)
+        off = np.empty((nr, nc, 3), np.float32)
         for a in range(nr):
             for b in range(nc):
-                src[a, b] = self.cell_source(rmin + a, cmin + b, seed)
-        owner = src[row - rmin, col - cmin]  # [H, W, 2]
-        ly = ys[:, None] - (row * s - h)
-        lx = xs[None, :] - (col * s - h)
-        out = self.detail[owner[..., 0] + ly, owner[..., 1] + lx] + self._shading_at(ys, xs)
-        # observed texels are kept as observed
+                sy, sx, o = self.cell_source(rmin + a, cmin + b, seed)
+                src[a, b], off[a, b] = (sy, sx), o
+
+        def fetch(row: np.ndarray, col: np.ndarray) -> np.ndarray:
+            owner = src[row - rmin, col - cmin]  # [H, W, 2]
+            ly = ys[:, None] - (row * s - h)
+            lx = xs[None, :] - (col * s - h)
+            return self.detail[owner[..., 0] + ly, owner[..., 1] + lx] + off[row - rmin, col - cmin]
+
+        a_w, b_w = c_w[..., None], r_w[..., None]
+        out = (1 - b_w) * ((1 - a_w) * fetch(r_lo, c_lo) + a_w * fetch(r_lo, c_hi)) + b_w * (
+            (1 - a_w) * fetch(r_hi, c_lo) + a_w * fetch(r_hi, c_hi)
+        )
+        out = out + self._shading_at(ys, xs)
+        # near observed texels, fade into the smooth continuation of what was observed; observed ones are kept
         eh, ew = self.valid.shape
-        py, px = ys - self.origin_px[0], xs - self.origin_px[1]
-        iy, ix = np.flatnonzero((py >= 0) & (py < eh)), np.flatnonzero((px >= 0) & (px < ew))
+        f = self._edge_feather
+        py, px = ys - self.origin_px[0] + f, xs - self.origin_px[1] + f
+        iy = np.flatnonzero((py >= 0) & (py < eh + 2 * f))
+        ix = np.flatnonzero((px >= 0) & (px < ew + 2 * f))
         if len(iy) and len(ix):
-            sub_valid = self.valid[np.ix_(py[iy], px[ix])]
+            w_obs = self._edge_weight[np.ix_(py[iy], px[ix])][..., None]
             block = out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
-            block[sub_valid] = self.rgb[np.ix_(py[iy], px[ix])][sub_valid]
+            block[:] = w_obs * self._edge_value[np.ix_(py[iy], px[ix])] + (1 - w_obs) * block
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
