@@ -316,7 +316,9 @@ def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
     trusted = den >= 0.3 * valid.sum()
     acm = np.where(trusted, ac, -np.inf)
     n_valid = float(valid.sum())
-    local_max = acm == ndimage.maximum_filter(acm, size=3, mode="constant", cval=-np.inf)
+    # multiples of a found period are looked for with less overlap: at a known place a peak is credible sooner
+    acr = np.where(den >= 0.1 * n_valid, ac, -np.inf)
+    local_max = acr == ndimage.maximum_filter(acr, size=3, mode="constant", cval=-np.inf)
     peaks = (acm == ndimage.maximum_filter(acm, size=5, mode="constant", cval=-np.inf)) & (acm >= PERIODIC_MIN_STRENGTH)
     ys, xs = np.nonzero(peaks)
     dy, dx = ys - cy, xs - cx
@@ -329,20 +331,23 @@ def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
     vals = ac[ys, xs]
 
     def refine(i: int) -> np.ndarray:
-        """Sub-texel lattice vector from the furthest visible multiple of peak ``i``."""
-        base = np.array(_subpixel_peak(ac, ys[i], xs[i])) - (cy, cx)
-        best = base
+        """Sub-texel lattice vector: least-squares slope through the peaks at its visible multiples (a thin
+        mortar line gives one-texel-wide peaks, so one peak alone is only good to about a quarter texel)."""
+        q1 = np.array(_subpixel_peak(ac, ys[i], xs[i])) - (cy, cx)
+        num, den_k = q1.copy(), 1.0
         for k in range(2, 9):
-            py, px = int(round(cy + k * base[0])), int(round(cx + k * base[1]))
+            est = num / den_k
+            py, px = int(round(cy + k * est[0])), int(round(cx + k * est[1]))
             if not (1 <= py < ac.shape[0] - 1 and 1 <= px < ac.shape[1] - 1):
                 break
-            win = acm[py - 1 : py + 2, px - 1 : px + 2]  # 3x3: along a ridge a wider window would drift sideways
+            win = acr[py - 1 : py + 2, px - 1 : px + 2]  # 3x3: along a ridge a wider window would drift sideways
             wy, wx = np.unravel_index(int(np.argmax(win)), win.shape)
             qy, qx = py - 1 + wy, px - 1 + wx
-            if not np.isfinite(acm[qy, qx]) or ac[qy, qx] < 0.7 * vals[i] or not local_max[qy, qx]:
+            if not np.isfinite(acr[qy, qx]) or ac[qy, qx] < 0.7 * vals[i] or not local_max[qy, qx]:
                 break
-            best = (np.array(_subpixel_peak(ac, qy, qx)) - (cy, cx)) / k
-        return best
+            qk = np.array(_subpixel_peak(ac, qy, qx)) - (cy, cx)
+            num, den_k = num + k * qk, den_k + k * k
+        return num / den_k
 
     def repeats(i: int) -> bool:
         """A period repeats: twice the shift is alike too (checked where visible, else a stricter strength)."""
@@ -396,19 +401,44 @@ def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
     return Lattice("2d", np.array([a, b]), float(min(vals[a_i], vals[b_i])))
 
 
-def _periodic_fill(detail: np.ndarray, valid: np.ndarray, lattice: Lattice) -> tuple[np.ndarray, np.ndarray]:
-    """Fill unobserved texels of a periodic exemplar from the nearest observed texel one or more periods away.
+def _integer_superlattice(lattice: Lattice, shape: tuple[int, int]) -> np.ndarray:
+    """Per lattice vector v, the shortest multiple k * v (k <= 8, within 3/4 of the exemplar) that is within 0.2
+    texel of whole texels, rounded; v itself when there is none. Returns [2, 2] float64 (rows as vectors_px)."""
+    out = lattice.vectors_px.copy()
+    n = {"2d": 2, "1d": 1}.get(lattice.kind, 0)
+    for i in range(n):
+        v = lattice.vectors_px[i]
+        for k in range(1, 9):
+            if k > 1 and np.hypot(*(k * v)) > 0.75 * max(shape):
+                break
+            if np.abs(k * v - np.rint(k * v)).max() <= 0.2:
+                out[i] = np.rint(k * v)
+                break
+    return out
 
-    detail [H, W, 3] float32, valid [H, W] bool. Returns (filled detail, filled-or-observed mask [H, W]). Texels
-    with no observed copy at any lattice shift inside the box stay as they were and unmarked."""
-    h, w = valid.shape
-    vecs = lattice.vectors_px[: 2 if lattice.kind == "2d" else 1]
-    reach = int(min(8, math.ceil(max(h, w) / max(min(lattice.periods_px), 1.0))))
+
+def _lattice_shifts(vecs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Whole-texel shifts round(m * a + n * b) inside +-shape, nearest first. vecs [1 or 2, 2]."""
+    h, w = shape
+    reach = int(min(8, math.ceil(max(h, w) / max(min(np.hypot(*v) for v in vecs), 1.0))))
     rng = np.arange(-reach, reach + 1)
     coefs = np.stack(np.meshgrid(rng, rng, indexing="ij"), -1).reshape(-1, 2) if len(vecs) == 2 else rng[:, None]
     shifts = np.rint(coefs @ vecs).astype(np.int64)
     shifts = shifts[(shifts != 0).any(1) & (np.abs(shifts[:, 0]) < h) & (np.abs(shifts[:, 1]) < w)]
-    shifts = shifts[np.lexsort((shifts[:, 1], shifts[:, 0], (shifts**2).sum(1)))]  # nearest copies first
+    return shifts[np.lexsort((shifts[:, 1], shifts[:, 0], (shifts**2).sum(1)))]
+
+
+def _periodic_fill(
+    detail: np.ndarray, valid: np.ndarray, lattice: Lattice, copy_basis: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill unobserved texels of a periodic exemplar from the nearest observed texel one or more periods away:
+    exact whole-texel periods (``copy_basis``) first, then the nearest rounded multiples of the lattice.
+
+    detail [H, W, 3] float32, valid [H, W] bool. Returns (filled detail, filled-or-observed mask [H, W]). Texels
+    with no observed copy at any lattice shift inside the box stay as they were and unmarked."""
+    h, w = valid.shape
+    n = 2 if lattice.kind == "2d" else 1
+    shifts = np.concatenate([_lattice_shifts(copy_basis[:n], (h, w)), _lattice_shifts(lattice.vectors_px[:n], (h, w))])
     out, have = detail.copy(), valid.copy()
     for dy, dx in shifts:
         if have.all():
@@ -419,6 +449,24 @@ def _periodic_fill(detail: np.ndarray, valid: np.ndarray, lattice: Lattice) -> t
         if take.any():
             out[ty0:ty1, tx0:tx1][take] = detail[ty0 + dy : ty1 + dy, tx0 + dx : tx1 + dx][take]
             have[ty0:ty1, tx0:tx1] |= take
+    # membrane correction (Farbman et al. 2009): a copied brick may be a lighter brick than the half of it that was
+    # observed; the mismatch along the hole's rim, smoothly interpolated over the hole, removes the step and keeps
+    # the copy's detail
+    copied = have & ~valid
+    if copied.any():
+        vf = valid.astype(np.float32)
+        nb_sum = np.zeros_like(detail)
+        nb_n = np.zeros(valid.shape, np.float32)
+        for sy, sx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            nb_sum += np.roll(detail * vf[..., None], (sy, sx), (0, 1))
+            nb_n += np.roll(vf, (sy, sx), (0, 1))
+        nb_n[0, :] = nb_n[-1, :] = nb_n[:, 0] = nb_n[:, -1] = 0  # no wrap-around neighbours
+        rim = copied & (nb_n > 0)
+        mismatch = np.where(rim[..., None], nb_sum / np.maximum(nb_n, 1)[..., None] - out, 0.0)
+        mismatch = cv2.GaussianBlur(mismatch.astype(np.float32), (5, 5), 1.0)
+        weight = cv2.GaussianBlur(rim.astype(np.float32), (5, 5), 1.0)
+        smooth = push_pull_fill(mismatch / np.maximum(weight, 1e-6)[..., None], np.where(rim, 1.0, 0.0))
+        out[copied] += smooth[copied]
     return out, have
 
 
@@ -516,6 +564,10 @@ class TextureModel:
             lattice = detect_lattice(_luma(rgbf - shading), valid)
         self.lattice = lattice
         self.kind = "periodic" if lattice.kind != "none" else "stochastic"
+        # patches are copied by whole-texel shifts; rounding m*a + n*b differently in neighbouring cells would put
+        # their mortar lines a texel apart, so copies use an integer super-lattice (e.g. 3 courses of 21.33
+        # texels = 64 texels) when one exists within the exemplar
+        self._copy_basis = _integer_superlattice(lattice, (h, w))
         self.shading = shading  # [H, W, 3] float32, low frequencies, filled smoothly into holes
         self.shading_mean = shading[valid].mean(0).astype(np.float32)  # [3]
         self.shading_decay_px = 2.0 * sigma
@@ -523,7 +575,7 @@ class TextureModel:
         usable = valid
         if lattice.kind != "none" and not valid.all():
             # holes of a periodic exemplar are copies of the same place one period away: sharp and in phase
-            detail, usable = _periodic_fill(detail, valid, lattice)
+            detail, usable = _periodic_fill(detail, valid, lattice, self._copy_basis)
         if not usable.all():
             detail = np.where(usable[..., None], detail, push_pull_fill(detail, usable.astype(np.float32)))
         self.detail = np.ascontiguousarray(detail, np.float32)  # [H, W, 3] shading-free, holes pre-filled
@@ -545,7 +597,7 @@ class TextureModel:
         self._source_ok = source_ok
         self._sources = np.argwhere(source_ok).astype(np.int64)  # [S, 2] (row, col), row-major order
         if lattice.kind == "1d":
-            a = lattice.vectors_px[0]
+            a = self._copy_basis[0]
             period = float(np.hypot(*a))
             phase = (self._sources @ (a / period)) % period
             order = np.argsort(phase, kind="stable")
@@ -618,7 +670,7 @@ class TextureModel:
         src = self._sources
         lat = self.lattice
         if lat.kind == "2d":
-            basis = lat.vectors_px  # rows a, b
+            basis = self._copy_basis  # rows a, b
             inv = np.linalg.inv(basis.T)
             hh, ww = self._source_ok.shape
             corners = np.array([[0, 0], [0, ww - 1], [hh - 1, 0], [hh - 1, ww - 1]], np.float64) - (ty, tx)
@@ -632,7 +684,7 @@ class TextureModel:
             if len(pool) == 0:
                 pool = pos  # in phase but partly pre-filled beats out of phase
         elif lat.kind == "1d":
-            a = lat.vectors_px[0]
+            a = self._copy_basis[0]
             period = self._period_1d
             phase_t = float(np.dot((ty, tx), a / period) % period)
             lo, hi = phase_t - 0.5, phase_t + 0.5
