@@ -118,19 +118,24 @@ def _ssd_costs(detail, cand, canvas, pix, dc_weight):
     cost = np.empty(k_n, np.float64)
     offset = np.zeros((k_n, 3), np.float64)
     inv_m = 1.0 / max(m_n, 1)
+    want = np.empty((m_n, 3), np.float32)  # the canvas at the constrained pixels, gathered once
+    for m in range(m_n):
+        for c in range(3):
+            want[m, c] = canvas[pix[m, 0], pix[m, 1], c]
     for k in range(k_n):
         cy, cx = cand[k, 0], cand[k, 1]
+        s1 = np.zeros(3)
+        s2 = np.zeros(3)
+        for m in range(m_n):
+            py, px = cy + pix[m, 0], cx + pix[m, 1]
+            for c in range(3):  # channels innermost: contiguous reads
+                d = want[m, c] - detail[py, px, c]
+                s1[c] += d
+                s2[c] += d * d
         total = 0.0
         for c in range(3):
-            s1 = 0.0
-            s2 = 0.0
-            for m in range(m_n):
-                py, px = pix[m, 0], pix[m, 1]
-                d = canvas[py, px, c] - detail[cy + py, cx + px, c]
-                s1 += d
-                s2 += d * d
-            mean = s1 * inv_m
-            total += s2 * inv_m - mean * mean + dc_weight * mean * mean
+            mean = s1[c] * inv_m
+            total += s2[c] * inv_m - mean * mean + dc_weight * mean * mean
             offset[k, c] = mean
         cost[k] = total
     return cost, offset
@@ -159,6 +164,38 @@ def _pinned_seam(err, lo, hi):
     for y in range(n_rows - 1, 0, -1):
         path[y - 1] = back[y, path[y]]
     return path
+
+
+@nb.njit(cache=True, nogil=True)
+def _compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, x0, step, half):
+    """Texels of a region from its owner cells: each texel mixes up to four cells' patches (row owners r_lo/r_hi
+    with weight r_w on r_hi, column owners likewise), reading only those with non-zero weight.
+
+    detail [H, W, 3] float32; src [R, C, 2] int64 patch origins and off [R, C, 3] float32 colour offsets of
+    cells (rmin + r, cmin + c); r_lo, r_hi, c_lo, c_hi [h, w] int64 and r_w, c_w [h, w] float32; texel (i, j)
+    is at texture-space row y0 + i, column x0 + j. Returns [h, w, 3] float32."""
+    hh, ww = r_lo.shape
+    out = np.zeros((hh, ww, 3), np.float32)
+    for i in range(hh):
+        y = y0 + i
+        for j in range(ww):
+            x = x0 + j
+            for a in range(2):
+                rw = r_w[i, j] if a == 1 else 1.0 - r_w[i, j]
+                if rw <= 0.0:
+                    continue
+                row = r_hi[i, j] if a == 1 else r_lo[i, j]
+                for b in range(2):
+                    cw = c_w[i, j] if b == 1 else 1.0 - c_w[i, j]
+                    if cw <= 0.0:
+                        continue
+                    col = c_hi[i, j] if b == 1 else c_lo[i, j]
+                    sy = src[row - rmin, col - cmin, 0] + y - (row * step - half)
+                    sx = src[row - rmin, col - cmin, 1] + x - (col * step - half)
+                    w = rw * cw
+                    for c in range(3):
+                        out[i, j, c] += w * (detail[sy, sx, c] + off[row - rmin, col - cmin, c])
+    return out
 
 
 def _reference_pinned_seam_cost(err: np.ndarray, lo: int, hi: int) -> float:
@@ -758,7 +795,10 @@ class TextureModel:
             ]
             if coherent:
                 cands.append(np.asarray(coherent, np.int64))
-            cand = np.unique(np.concatenate(cands), axis=0)  # sorted: order-free
+            both = np.concatenate(cands)
+            width = self._source_ok.shape[1] + 1
+            flat = np.unique(both[:, 0] * width + both[:, 1])  # sorted: order-free; 1-D unique is much cheaper
+            cand = np.stack([flat // width, flat % width], 1)
             offset = (0.0, 0.0, 0.0)
             if not mask.any():
                 pick = int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(cand)))
@@ -813,6 +853,9 @@ class TextureModel:
         h, w = self.valid.shape
         py, px = ys - self.origin_px[0], xs - self.origin_px[1]
         cy, cx = np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)
+        near = min(np.abs(py - cy).min(), np.abs(px - cx).min())
+        if near > 8.0 * self.shading_decay_px:  # far from the box: the observed mean (exp(-8) of it left)
+            return np.broadcast_to(self.shading_mean, (len(ys), len(xs), 3))
         out = self.shading[np.ix_(cy, cx)]
         dist = np.hypot((py - cy).astype(np.float32)[:, None], (px - cx).astype(np.float32)[None, :])
         if dist.any():
@@ -868,16 +911,11 @@ class TextureModel:
                 sy, sx, o = self.cell_source(rmin + a, cmin + b, seed)
                 src[a, b], off[a, b] = (sy, sx), o
 
-        def fetch(row: np.ndarray, col: np.ndarray) -> np.ndarray:
-            owner = src[row - rmin, col - cmin]  # [H, W, 2]
-            ly = ys[:, None] - (row * s - h)
-            lx = xs[None, :] - (col * s - h)
-            return self.detail[owner[..., 0] + ly, owner[..., 1] + lx] + off[row - rmin, col - cmin]
-
-        a_w, b_w = c_w[..., None], r_w[..., None]
-        out = (1 - b_w) * ((1 - a_w) * fetch(r_lo, c_lo) + a_w * fetch(r_lo, c_hi)) + b_w * (
-            (1 - a_w) * fetch(r_hi, c_lo) + a_w * fetch(r_hi, c_hi)
-        )
+        out = _compose(
+            self.detail, src, off, rmin, cmin,
+            np.ascontiguousarray(r_lo), np.ascontiguousarray(r_hi), np.ascontiguousarray(r_w, dtype=np.float32),
+            c_lo, c_hi, c_w.astype(np.float32), r0, c0, s, h,
+        )  # fmt: skip
         out = out + self._shading_at(ys, xs)
         # near observed texels, fade into the smooth continuation of what was observed; observed ones are kept
         eh, ew = self.valid.shape

@@ -1,0 +1,136 @@
+"""Texture synthesis for unseen plane regions (model/fill/texture.py): ms per 64x64 tile and per fit.
+
+Exemplars: 128x192-texel crops of procedural brick, tiles, wood and plaster (``world.textures``) with a disc-shaped
+hole and a notch, as a plane's observed texels would be. For each:
+
+- ``fit_ms``: ``TextureModel.fit`` (lattice detection, shading split, hole pre-fill);
+- ``tile_cold_ms``: one 64x64 tile far from the exemplar with nothing cached (every cell and cut computed);
+- ``tile_stream_ms``: per tile, tiles of an 8x8 block asked in raster order (neighbours share border cells), as
+  tiles entering the view arrive;
+- ``continue_ms``: the exemplar's own holes (``continue_exemplar``).
+
+Baselines in the same run: tiling the hole-filled exemplar (a wrap-around window: what a naive fill does) and
+push-pull filling the holes. Quality next to the speed: gradient ratio of the hole fill to the observed texels
+(1 = as much detail; push-pull is a smear), and the step at tile / exemplar-period borders over the interior step
+(1 = no seam).
+
+    .venv/bin/python benchmarks/texture.py [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from _common import emit, log, time_ms
+
+from spatia.model.fill import texture as tx
+from spatia.world.textures import TextureSpec
+
+TEXTURES = {
+    "brick": ("brick", {}),
+    "tiles": ("tiles", {}),
+    "wood": ("wood", {}),
+    "plaster": ("noise", {"cells": 8, "contrast": 1.5}),
+}
+
+
+def exemplar(family: str, params: dict, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    # one procedural tile (256 texels) is larger than the crop, so plaster does not repeat inside the exemplar
+    tex = TextureSpec(family, 1.0, tuple(params.items())).make(seed, size_px=256)
+    big = (np.tile(tex, (2, 2, 1)) * 255).round().astype(np.uint8)
+    rgb = big[7 : 7 + 128, 11 : 11 + 192].copy()
+    yy, xx = np.mgrid[:128, :192]
+    valid = ((yy - 64) ** 2 + (xx - 90) ** 2 >= 24**2) & ~((xx > 160) & (yy < 40))
+    return rgb, valid
+
+
+def luma(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def grad(img: np.ndarray, mask: np.ndarray) -> float:
+    gy, gx = np.gradient(luma(img))
+    return float(np.hypot(gx, gy)[mask].mean())
+
+
+def border_step(img: np.ndarray, period: int) -> float:
+    """Mean |step| across columns at multiples of ``period`` over the mean |step| elsewhere."""
+    dx = np.abs(np.diff(luma(img), axis=1))
+    cols = np.arange(period - 1, dx.shape[1], period)
+    return float(dx[:, cols].mean() / np.delete(dx, cols, 1).mean())
+
+
+def tile_the_exemplar(filled: np.ndarray, tile_ij: tuple[int, int], t: int = 64) -> np.ndarray:
+    h, w = filled.shape[:2]
+    rows = np.arange(tile_ij[0] * t, tile_ij[0] * t + t) % h
+    cols = np.arange(tile_ij[1] * t, tile_ij[1] * t + t) % w
+    return filled[np.ix_(rows, cols)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args()
+    tx.synthesize_tile(tx.TextureModel.fit(*exemplar("noise", {}), texel_m=0.02), (0, 0), 0)  # numba: load/compile
+    rows = {}
+    for name, (family, params) in TEXTURES.items():
+        log(f"{name} ...")
+        rgb, valid = exemplar(family, params)
+        fit = time_ms(lambda: tx.TextureModel.fit(rgb, valid, texel_m=0.02), args.repeats)
+        model = tx.TextureModel.fit(rgb, valid, texel_m=0.02)
+        cold = []
+        for r in range(args.repeats):
+            fresh = tx.TextureModel.fit(rgb, valid, texel_m=0.02)
+            t0 = time.perf_counter()
+            tx.synthesize_tile(fresh, (40 + 7 * r, -35 + 5 * r), 1)
+            cold.append((time.perf_counter() - t0) * 1e3)
+        stream = []
+        for r in range(max(3, args.repeats // 5)):
+            fresh = tx.TextureModel.fit(rgb, valid, texel_m=0.02)
+            t0 = time.perf_counter()
+            block = [[tx.synthesize_tile(fresh, (20 + i, 30 + j), r) for j in range(8)] for i in range(8)]
+            stream.append((time.perf_counter() - t0) * 1e3 / 64)
+        mosaic = np.concatenate([np.concatenate(row, 1) for row in block], 0)
+        cont = time_ms(lambda: tx.continue_exemplar(tx.TextureModel.fit(rgb, valid, texel_m=0.02), 2), 5)
+        filled_pp = np.clip(np.rint(tx.push_pull_fill(rgb.astype(np.float32), valid.astype(np.float32))), 0, 255)
+        filled_pp = filled_pp.astype(np.uint8)
+        base_tile = time_ms(lambda: tile_the_exemplar(filled_pp, (40, -35)), args.repeats * 20)
+        base_pp = time_ms(
+            lambda: tx.push_pull_fill(rgb.astype(np.float32), valid.astype(np.float32)), args.repeats
+        )
+        ours_fill = tx.continue_exemplar(model, 2)
+        hole = ~valid
+        hole[:, :2] = hole[:, -2:] = False
+        base_mosaic = np.concatenate([tile_the_exemplar(filled_pp, (0, j)) for j in range(6)], 1)
+        rows[name] = {
+            "kind": model.kind,
+            "lattice": model.lattice.kind,
+            "periods_px": [round(p, 2) for p in model.lattice.periods_px],
+            "fit_ms": fit["median_ms"],
+            "tile_cold_ms": round(statistics.median(cold), 3),
+            "tile_stream_ms": round(statistics.median(stream), 3),
+            "continue_ms": cont["median_ms"],
+            "baseline_tile_exemplar_ms": base_tile["median_ms"],
+            "baseline_push_pull_ms": base_pp["median_ms"],
+            "hole_grad_ratio": round(grad(ours_fill, hole) / grad(rgb, valid), 3),
+            "baseline_push_pull_hole_grad_ratio": round(grad(filled_pp, hole) / grad(rgb, valid), 3),
+            "tile_border_step": round(border_step(mosaic, 64), 3),
+            "baseline_exemplar_border_step": round(border_step(base_mosaic[:, : 192 * 2], 192), 3),
+        }
+    emit(
+        {
+            "benchmark": "texture",
+            "median_ms": round(statistics.median(r["tile_cold_ms"] for r in rows.values()), 3),
+            "baseline_median_ms": round(statistics.median(r["baseline_tile_exemplar_ms"] for r in rows.values()), 3),
+            "tile_px": 64,
+            "exemplar_px": [128, 192],
+            "textures": rows,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
