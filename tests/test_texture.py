@@ -283,6 +283,22 @@ def test_cost_kernel_matches_reference():
     np.testing.assert_allclose(offset, ref_offset, rtol=1e-6, atol=1e-6)
 
 
+def test_compose_kernel_matches_reference():
+    rng = np.random.default_rng(2)
+    step, half = 6, 2
+    detail = rng.normal(0, 20, (30, 30, 3)).astype(np.float32)
+    src = rng.integers(0, 30 - step - 2 * half, (4, 4, 2)).astype(np.int64)
+    off = rng.normal(0, 3, (4, 4, 3)).astype(np.float32)
+    y0 = x0 = 7  # rows/cols 7..16: cores 1-2, owners 1-3 (rmin = cmin = 1, tables cover 1..4)
+    hh = ww = 10
+    core_r = (np.arange(y0, y0 + hh) // step)[:, None].repeat(ww, 1)
+    core_c = (np.arange(x0, x0 + ww) // step)[None, :].repeat(hh, 0)
+    r_w = np.clip(rng.random((hh, ww)) * 2 - 0.5, 0, 1).astype(np.float32)
+    c_w = np.clip(rng.random((hh, ww)) * 2 - 0.5, 0, 1).astype(np.float32)
+    args = (detail, src, off, 1, 1, core_r, core_r + 1, r_w, core_c, core_c + 1, c_w, y0, x0, step, half)
+    np.testing.assert_allclose(tx._compose(*args), tx._reference_compose(*args), rtol=1e-5, atol=1e-4)
+
+
 def test_push_pull_fill_keeps_known_and_fills_smoothly():
     values = np.zeros((16, 16, 1))
     values[:, :8] = 10.0

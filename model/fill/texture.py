@@ -198,6 +198,23 @@ def _compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0,
     return out
 
 
+def _reference_compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, x0, step, half):
+    """Slow twin of ``_compose``: all four owner combinations gathered with numpy and blended."""
+    hh, ww = r_lo.shape
+    ys, xs = np.arange(y0, y0 + hh)[:, None], np.arange(x0, x0 + ww)[None, :]
+
+    def fetch(row, col):
+        owner = src[row - rmin, col - cmin]
+        return detail[owner[..., 0] + ys - (row * step - half), owner[..., 1] + xs - (col * step - half)] + off[
+            row - rmin, col - cmin
+        ]
+
+    a, b = c_w[..., None].astype(np.float64), r_w[..., None].astype(np.float64)
+    return (1 - b) * ((1 - a) * fetch(r_lo, c_lo) + a * fetch(r_lo, c_hi)) + b * (
+        (1 - a) * fetch(r_hi, c_lo) + a * fetch(r_hi, c_hi)
+    )
+
+
 def _reference_pinned_seam_cost(err: np.ndarray, lo: int, hi: int) -> float:
     """Slow twin of ``_pinned_seam``: the least total error over *all* admissible paths, by enumeration."""
     import itertools
