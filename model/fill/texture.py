@@ -494,6 +494,7 @@ def _periodic_fill(
     n = 2 if lattice.kind == "2d" else 1
     shifts = np.concatenate([_lattice_shifts(copy_basis[:n], (h, w)), _lattice_shifts(lattice.vectors_px[:n], (h, w))])
     out, have = detail.copy(), valid.copy()
+    shift_of = np.zeros((h, w, 2), np.int64)  # the shift each copied texel came from
     for dy, dx in shifts:
         if have.all():
             break
@@ -502,25 +503,33 @@ def _periodic_fill(
         take = ~have[ty0:ty1, tx0:tx1] & valid[ty0 + dy : ty1 + dy, tx0 + dx : tx1 + dx]
         if take.any():
             out[ty0:ty1, tx0:tx1][take] = detail[ty0 + dy : ty1 + dy, tx0 + dx : tx1 + dx][take]
+            shift_of[ty0:ty1, tx0:tx1][take] = (dy, dx)
             have[ty0:ty1, tx0:tx1] |= take
-    # membrane correction (Farbman et al. 2009): a copied brick may be a lighter brick than the half of it that was
-    # observed; the mismatch along the hole's rim, smoothly interpolated over the hole, removes the step and keeps
-    # the copy's detail
+    # membrane correction (Farbman et al. 2009): the copied instance (a brick, a tile) may be lighter than the one
+    # that was observed around the hole. On the hole's rim, compare each observed neighbour q with the texel the
+    # copy took for q's place (q + the same shift): like with like, so mortar lines do not count as mismatch. The
+    # rim mismatch, smoothly interpolated over the hole, removes the step and keeps the copy's detail.
     copied = have & ~valid
     if copied.any():
-        vf = valid.astype(np.float32)
-        nb_sum = np.zeros_like(detail)
-        nb_n = np.zeros(valid.shape, np.float32)
-        for sy, sx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            nb_sum += np.roll(detail * vf[..., None], (sy, sx), (0, 1))
-            nb_n += np.roll(vf, (sy, sx), (0, 1))
-        nb_n[0, :] = nb_n[-1, :] = nb_n[:, 0] = nb_n[:, -1] = 0  # no wrap-around neighbours
-        rim = copied & (nb_n > 0)
-        mismatch = np.where(rim[..., None], nb_sum / np.maximum(nb_n, 1)[..., None] - out, 0.0)
-        mismatch = cv2.GaussianBlur(mismatch.astype(np.float32), (5, 5), 1.0)
-        weight = cv2.GaussianBlur(rim.astype(np.float32), (5, 5), 1.0)
-        smooth = push_pull_fill(mismatch / np.maximum(weight, 1e-6)[..., None], np.where(rim, 1.0, 0.0))
-        out[copied] += smooth[copied]
+        py, px = np.nonzero(copied)
+        sy, sx = shift_of[py, px, 0], shift_of[py, px, 1]
+        acc = np.zeros((len(py), 3))
+        cnt = np.zeros(len(py))
+        for ny, nx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            qy, qx = py + ny, px + nx
+            ry, rx = qy + sy, qx + sx
+            ok = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w) & (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w)
+            ok[ok] &= valid[qy[ok], qx[ok]] & valid[ry[ok], rx[ok]]
+            acc[ok] += detail[qy[ok], qx[ok]] - detail[ry[ok], rx[ok]]
+            cnt[ok] += 1
+        rim = cnt > 0
+        if rim.any():
+            mismatch = np.zeros((h, w, 3), np.float32)
+            weight = np.zeros((h, w), np.float32)
+            mismatch[py[rim], px[rim]] = acc[rim] / cnt[rim, None]
+            weight[py[rim], px[rim]] = 1.0
+            smooth = push_pull_fill(mismatch, weight)
+            out[copied] += smooth[copied]
     return out, have
 
 
@@ -821,10 +830,13 @@ class TextureModel:
                 pick = int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(cand)))
             else:
                 pix = np.argwhere(mask).astype(np.int64)
-                costs, offsets = _ssd_costs(self.detail, cand, canvas, pix, DC_WEIGHT)
+                # periodic: in-phase copies need no offset, and one would show as a block on a flat tile
+                periodic = self.kind == "periodic"
+                costs, offsets = _ssd_costs(self.detail, cand, canvas, pix, 1.0 if periodic else DC_WEIGHT)
                 near = np.flatnonzero(costs <= costs.min() * (1.0 + PICK_TOLERANCE) + 1.0)
                 pick = int(near[int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(near)))])
-                offset = tuple(float(v) for v in offsets[pick])
+                if not periodic:
+                    offset = tuple(float(v) for v in offsets[pick])
             choice = (int(cand[pick, 0]), int(cand[pick, 1]), offset)
         if len(self._cells) > _CACHE_LIMIT:
             self._cells.clear()
