@@ -14,7 +14,10 @@ push-pull filling the holes. Quality next to the speed: gradient ratio of the ho
 (1 = as much detail; push-pull is a smear), and the step at tile / exemplar-period borders over the interior step
 (1 = no seam).
 
-    .venv/bin/python benchmarks/texture.py [--repeats 15]
+    .venv/bin/python benchmarks/texture.py [--repeats 15] [--strip docs/texture_strip.png]
+
+``--strip FILE`` also writes a picture: per texture, the exemplar (unobserved texels magenta) | the plane around
+it as synthesised (exemplar's box outlined in yellow), palette-quantised to stay small.
 """
 
 from __future__ import annotations
@@ -70,10 +73,36 @@ def tile_the_exemplar(filled: np.ndarray, tile_ij: tuple[int, int], t: int = 64)
     return filled[np.ix_(rows, cols)]
 
 
+def write_strip(path: str) -> None:
+    from PIL import Image
+
+    rows = []
+    for family, params in TEXTURES.values():
+        rgb, valid = exemplar(family, params)
+        model = tx.TextureModel.fit(rgb, valid, texel_m=0.02)
+        h, w = rgb.shape[:2]
+        pad = 48
+        plane = tx.synthesize_region(model, (-pad, -pad), (h + 2 * pad, w + 2 * pad), seed=1)
+        yellow = (255, 255, 0)
+        plane[pad - 1, pad - 1 : pad + w + 1] = plane[pad + h, pad - 1 : pad + w + 1] = yellow
+        plane[pad - 1 : pad + h + 1, pad - 1] = plane[pad - 1 : pad + h + 1, pad + w] = yellow
+        shown = np.full_like(plane[:, :w], 255)
+        shown[pad : pad + h] = np.where(valid[..., None], rgb, np.array([255, 0, 255], np.uint8))
+        gap = np.full((plane.shape[0], 6, 3), 255, np.uint8)
+        rows.append(np.concatenate([shown, gap, plane], 1))
+        rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))
+    img = Image.fromarray(np.concatenate(rows[:-1], 0))
+    img.convert("P", palette=Image.ADAPTIVE, colors=256).save(path, optimize=True)
+    log(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--strip", default=None, help="also write the picture strip here (PNG)")
     args = ap.parse_args()
+    if args.strip:
+        write_strip(args.strip)
     tx.synthesize_tile(tx.TextureModel.fit(*exemplar("noise", {}), texel_m=0.02), (0, 0), 0)  # numba: load/compile
     rows = {}
     for name, (family, params) in TEXTURES.items():

@@ -17,12 +17,14 @@ The whole infinite plane is covered by one global lattice of square *cells* (``s
 ``P x P`` patch (its core plus ``overlap_px / 2`` on every side) of the exemplar's shading-free *detail*; where two
 cells meet, ownership of the overlap band is decided by a minimum-error boundary cut (image quilting, Efros and
 Freeman 2001) whose ends are pinned to the lattice corners, so every cut depends on its two cells only. A cell's
-patch is chosen from the cells below it in a fixed three-level order, never from cells of its own level:
+patch is chosen to match only neighbours that come before it in a fixed, bounded order:
 
 - level 0: cells whose patch covers observed texels: the identity copy when the patch is fully observed, else the
   candidate that best matches the observed texels (so invented texels join the seen ones);
-- level 1: other cells with ``(row + col)`` even: best match to their level-0 neighbours, or a keyed random choice;
-- level 2: the rest (odd): best match to all four neighbours (levels 0 and 1).
+- even rows: left to right in chunks of ``CHAIN_CELLS`` cells, each matching its left neighbour (a chunk's first
+  cell is a keyed random choice), as the first row of raster-order quilting;
+- odd rows: matching the even rows above and below and, within a chunk, the left neighbour;
+- everyone also matches observed (level-0) neighbours.
 
 Candidates and the pick among near-best ones come from a hash of ``(seed, cell)``, so a texel's value is a pure
 function of (exemplar, seed, position): tiles are identical in any order, adjacent tiles are windows of one image
@@ -61,8 +63,9 @@ DEFAULT_OVERLAP_PX = 8  # band width between cells in which the boundary cut run
 MIN_EXEMPLAR_PX = 8  # per side: below this there is no patch to copy
 MIN_VALID_TEXELS = 32
 PERIODIC_MIN_STRENGTH = 0.35  # normalised autocorrelation at the lattice vectors above which we keep the period
-UNCHECKED_PERIOD_MIN_STRENGTH = 0.6  # the same, for a period whose double shift the exemplar is too small to show
+UNCHECKED_PERIOD_MIN_STRENGTH = 0.75  # the same, for a period whose double shift the exemplar is too small to show
 PEAK_PROMINENCE = 0.15  # ac(d) - ac(d / 2): a period's half-shift must be clearly less alike than the period
+CHAIN_CELLS = 4  # cells per left-to-right matching chain in a row (longer: fewer free cells, more work per tile)
 NUM_CANDIDATES = 64
 DC_WEIGHT = 0.25  # a patch's mean colour difference counts a quarter in its cost: it is corrected by an offset
 PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked (keyed), as in image quilting
@@ -367,13 +370,15 @@ def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
         return none
     ac, den = _masked_autocorrelation(signal.astype(np.float64), valid)
     cy, cx = h - 1, w - 1
-    trusted = den >= 0.3 * valid.sum()
+    trusted = den >= 0.2 * valid.sum()
     acm = np.where(trusted, ac, -np.inf)
     n_valid = float(valid.sum())
     # multiples of a found period are looked for with less overlap: at a known place a peak is credible sooner
     acr = np.where(den >= 0.1 * n_valid, ac, -np.inf)
     local_max = acr == ndimage.maximum_filter(acr, size=3, mode="constant", cval=-np.inf)
-    peaks = (acm == ndimage.maximum_filter(acm, size=5, mode="constant", cval=-np.inf)) & (acm >= PERIODIC_MIN_STRENGTH)
+    # a peak must be a maximum also among the less trusted shifts around it: at the edge of the trusted area a
+    # slope would otherwise pass for a peak
+    peaks = (acm == ndimage.maximum_filter(acr, size=5, mode="constant", cval=-np.inf)) & (acm >= PERIODIC_MIN_STRENGTH)
     ys, xs = np.nonzero(peaks)
     dy, dx = ys - cy, xs - cx
     keep = ((dy > 0) | ((dy == 0) & (dx > 0))) & (dy * dy + dx * dx >= 9)
@@ -456,18 +461,46 @@ def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
 
 
 def _integer_superlattice(lattice: Lattice, shape: tuple[int, int]) -> np.ndarray:
-    """Per lattice vector v, the shortest multiple k * v (k <= 8, within 3/4 of the exemplar) that is within 0.2
-    texel of whole texels, rounded; v itself when there is none. Returns [2, 2] float64 (rows as vectors_px)."""
+    """The densest sublattice of ``lattice`` whose vectors are (within 0.2 texel) whole texels, as a reduced basis
+    [2, 2] float64 (rows as vectors_px; row 1 unused for 1-D). Brick courses of 21.33 texels with 32-texel
+    half-bricks give (0, 64) and (64, 32). Vectors must fit in 3/4 of the exemplar; without such a sublattice
+    the lattice itself is returned (copies then round, and may sit a texel apart)."""
     out = lattice.vectors_px.copy()
-    n = {"2d": 2, "1d": 1}.get(lattice.kind, 0)
-    for i in range(n):
-        v = lattice.vectors_px[i]
-        for k in range(1, 9):
-            if k > 1 and np.hypot(*(k * v)) > 0.75 * max(shape):
-                break
-            if np.abs(k * v - np.rint(k * v)).max() <= 0.2:
-                out[i] = np.rint(k * v)
-                break
+    if lattice.kind == "none":
+        return out
+    limit = 0.75 * max(shape)
+    rng = np.arange(-8, 9)
+    if lattice.kind == "1d":
+        coefs = rng[rng > 0][:, None].astype(np.float64)
+        vecs = coefs @ lattice.vectors_px[:1]
+    else:
+        mm, nn = np.meshgrid(rng, rng, indexing="ij")
+        coefs = np.stack([mm.ravel(), nn.ravel()], 1).astype(np.float64)
+        vecs = coefs @ lattice.vectors_px
+    length = np.hypot(vecs[:, 0], vecs[:, 1])
+    ok = (length > 0.5) & (length <= limit) & (np.abs(vecs - np.rint(vecs)).max(1) <= 0.2)
+    cand = np.rint(vecs[ok])
+    cand = cand[np.argsort(np.hypot(cand[:, 0], cand[:, 1]), kind="stable")]
+    if len(cand) == 0:
+        return out
+    v1 = cand[0]
+    if lattice.kind == "1d":
+        out[0] = v1
+        return out
+    for v in cand[1:]:
+        if abs(v1[0] * v[1] - v1[1] * v[0]) > 0.5 * np.hypot(*v1) * np.hypot(*v):  # clearly not parallel
+            v2 = v
+            break
+    else:
+        return out
+    for _ in range(16):  # Lagrange-Gauss reduction
+        if v2 @ v2 < v1 @ v1:
+            v1, v2 = v2, v1
+        mu = round(float(v1 @ v2) / float(v1 @ v1))
+        if mu == 0:
+            break
+        v2 = v2 - mu * v1
+    out[0], out[1] = v1, v2
     return out
 
 
@@ -722,10 +755,28 @@ class TextureModel:
         return gi * s - h - self.origin_px[0], gj * s - h - self.origin_px[1]
 
     def _level(self, gi: int, gj: int) -> int:
+        """0: the cell's patch covers observed texels; 1: even row; 2: odd row."""
         ty, tx = self._cell_target(gi, gj)
         if self._observed_count(ty, tx, self._patch) > 0:
             return 0
-        return 1 if (gi + gj) % 2 == 0 else 2
+        return 1 if gi % 2 == 0 else 2
+
+    def _depends_on(self, gi: int, gj: int, level: int) -> list[tuple[int, int]]:
+        """The neighbours (di, dj) whose patches cell (gi, gj) must match. Even rows run left to right in chunks
+        of CHAIN_CELLS (a chunk's first cell is free); odd rows match the even rows above and below and, within
+        a chunk, their left neighbour; observed (level-0) neighbours are matched by everyone. Every chain stops
+        within CHAIN_CELLS cells, so a cell depends on a bounded neighbourhood only: order-free, and cheap."""
+        deps = []
+        chunk_start = gj % CHAIN_CELLS == 0
+        for di, dj in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+            n_level = self._level(gi + di, gj + dj)
+            if n_level == 0:
+                deps.append((di, dj))
+            elif (di, dj) == (0, -1) and not chunk_start and n_level == level:
+                deps.append((di, dj))  # the chain along the row
+            elif level == 2 and di != 0 and n_level == 1:
+                deps.append((di, dj))  # odd rows sit between even rows
+        return deps
 
     def _congruent(self, ty: int, tx: int, h: int) -> np.ndarray:
         """Source windows congruent to target origin (ty, tx) modulo the lattice (all of them when stochastic),
@@ -794,10 +845,8 @@ class TextureModel:
                 mask[ya - ty : yb - ty, xa - tx : xb - tx] = sub
             else:
                 ov = self.overlap_px
-                for di, dj in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+                for di, dj in self._depends_on(gi, gj, level):
                     ni, nj = gi + di, gj + dj
-                    if level == 1 and self._level(ni, nj) != 0:
-                        continue
                     sy, sx, n_off = self.cell_source(ni, nj, seed)
                     neighbours.append((ni, nj, (sy, sx)))
                     # the neighbour's patch, in our patch coordinates, starts at (di * s, dj * s)
