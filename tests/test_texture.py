@@ -335,6 +335,22 @@ def test_pick_exemplar_borrows_from_the_most_similar_surface():
     assert tx.texture_distance(da, db) < tx.texture_distance(da, dp)
 
 
+def test_rescale_exemplar_keeps_metres():
+    big = plane("brick")
+    rgb, valid = exemplar(big)
+    small_rgb, small_valid = tx.rescale_exemplar(rgb, valid, from_texel_m=0.01, to_texel_m=0.02)
+    assert small_rgb.shape == (48, 64, 3) and small_valid.shape == (48, 64) and small_rgb.dtype == np.uint8
+    assert small_valid.sum() < valid.sum() / 4  # holes grow: a texel touching a hole is not observed
+    model = TextureModel.fit(small_rgb, small_valid, texel_m=0.02)
+    assert model.kind == "periodic"
+    course_m = TEX_PX / 12 * 0.01  # brick courses are 10.67 cm, whatever the texel size
+    rows_m = [abs(v[0]) * model.texel_m for v in model.lattice.vectors_px if abs(v[0]) > 0.5]
+    assert rows_m and all(abs(r / course_m - round(r / course_m)) < 0.1 for r in rows_m), rows_m
+    big_rgb, big_valid = tx.rescale_exemplar(rgb, valid, 0.01, 0.005)
+    assert big_rgb.shape == (192, 256, 3)
+    np.testing.assert_allclose(big_rgb[big_valid].mean(0), rgb[valid].mean(0), atol=3)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,6 +373,7 @@ def test_bad_input_raises_naming_the_argument(noise):
         (lambda: tx.synthesize_tile(model, (0, 0), "x"), "seed"),
         (lambda: tx.synthesize_tile("model", (0, 0), 0), "model"),
         (lambda: tx.synthesize_region(model, (0, 0), (0, 5), 0), "shape_px"),
+        (lambda: tx.rescale_exemplar(rgb, valid, 0.02, -1.0), "to_texel_m"),
     ]
     for call, name in cases:
         with pytest.raises(InvalidInputError, match=name):

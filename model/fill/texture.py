@@ -10,6 +10,7 @@ Usage (the generator's side)::
     tile = synthesize_tile(model, (i, j), seed)                   # [T, T, 3] uint8, rows i*T.., cols j*T..
     filled = continue_exemplar(model, seed)                       # the exemplar's own box: holes continued
     k = pick_exemplar(target, candidates, up)                     # no exemplar of its own: borrow one
+    rgb2, valid2 = rescale_exemplar(rgb, valid, 0.02, 0.05)       # ... at the borrower's texel size
 
 How it stays the same however it is asked for
 ---------------------------------------------
@@ -1108,6 +1109,32 @@ def texture_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise InvalidInputError(f"descriptors must have shape (16,), got {a.shape} and {b.shape}")
     w = np.array([2.0] * 3 + [1.0] * 3 + [0.5] * 8 + [0.25] * 2)
     return float(np.sqrt((w * (a - b) ** 2).sum()))
+
+
+def rescale_exemplar(
+    rgb: np.ndarray, valid: np.ndarray, from_texel_m: float, to_texel_m: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample an exemplar to another plane's texel size (a borrowed exemplar must keep its size in metres).
+
+    rgb [H, W, 3] uint8 and valid [H, W] bool at ``from_texel_m``; returns them at ``to_texel_m``: area averaging
+    of the observed texels when shrinking, bilinear when enlarging; a texel stays valid only if what it covers was
+    all observed."""
+    rgb, valid, src = _check_exemplar(rgb, valid, from_texel_m)
+    try:
+        dst = float(to_texel_m)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"to_texel_m must be a positive number of metres, got {to_texel_m!r}") from None
+    if not math.isfinite(dst) or dst <= 0:
+        raise InvalidInputError(f"to_texel_m must be a positive number of metres, got {to_texel_m!r}")
+    scale = src / dst
+    h, w = valid.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (width, height)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    m = valid.astype(np.float32)
+    num = cv2.resize(rgb.astype(np.float32) * m[..., None], size, interpolation=interp)
+    den = cv2.resize(m, size, interpolation=interp)
+    out = np.clip(np.rint(num / np.maximum(den, 1e-6)[..., None]), 0, 255).astype(np.uint8)
+    return out, den >= 0.999
 
 
 @dataclass(frozen=True)
