@@ -234,6 +234,26 @@ def test_masked_exemplar_holes_are_continued(name, request):
         assert (mortar_t & near)[disc].sum() / mortar_t[disc].sum() > 0.75
 
 
+def test_small_thin_flat_and_sparse_exemplars_work():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:80, :80]
+    cases = [
+        (rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), np.ones((8, 8), bool)),  # the smallest allowed
+        (rng.integers(0, 255, (10, 60, 3), dtype=np.uint8), np.ones((10, 60), bool)),  # a thin strip
+        (np.full((40, 40, 3), 120, np.uint8), np.ones((40, 40), bool)),  # flat: no texture at all
+        (rng.integers(0, 255, (80, 80, 3), dtype=np.uint8), np.abs(yy - xx) < 4),  # a diagonal band
+        (rng.integers(0, 255, (60, 60, 3), dtype=np.uint8), rng.random((60, 60)) < 0.3),  # scattered texels
+    ]
+    for rgb, valid in cases:
+        model = TextureModel.fit(rgb, valid, texel_m=0.05)
+        tile = tx.synthesize_tile(model, (3, -2), seed=0)
+        assert tile.shape == (64, 64, 3) and tile.dtype == np.uint8
+        np.testing.assert_array_equal(tx.continue_exemplar(model, 0)[valid], rgb[valid])
+        assert abs(float(tile.mean()) - float(rgb[valid].mean())) < 25
+    flat = TextureModel.fit(cases[2][0], cases[2][1], texel_m=0.05)
+    assert np.all(tx.synthesize_tile(flat, (5, 5), seed=1) == 120)
+
+
 def test_shading_continues_smoothly():
     big = plane("noise", cells=8)
     rgb, valid = exemplar(big, holes=False)

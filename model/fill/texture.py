@@ -656,7 +656,7 @@ class TextureModel:
         self.rgb = np.ascontiguousarray(rgb)
         self.valid = np.ascontiguousarray(valid)
         side = min(h, w)
-        overlap = DEFAULT_OVERLAP_PX if side >= 32 else 4
+        overlap = DEFAULT_OVERLAP_PX if side >= 32 else 4 if side >= 16 else 2
         step = int(step_px) if step_px is not None else min(DEFAULT_STEP_PX, side - overlap)
         if step < 4 or step + overlap > side or step <= overlap:
             raise InvalidInputError(f"step_px={step} does not fit a {h}x{w} exemplar with {overlap} texels overlap")
@@ -932,7 +932,7 @@ class TextureModel:
             b = self.detail[by : by + ov, bx + h : bx + h + s] + np.float32(b_off)
             err = ((a - b) ** 2).sum(-1).T  # [s columns, ov]
         q = self._feather
-        path = _pinned_seam(np.ascontiguousarray(err, np.float64), q, ov - q)
+        path = _pinned_seam(np.ascontiguousarray(err, np.float64), q, min(ov - q, ov - 1))
         if len(self._seams) > _CACHE_LIMIT:
             self._seams.clear()
         self._seams[key] = path
