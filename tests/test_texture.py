@@ -194,6 +194,11 @@ def test_tiles_are_deterministic_order_independent_and_seamless(noise):
     assert not np.array_equal(first[(2, 1)], tx.synthesize_tile(model, (2, 1), seed=12))  # the seed matters
     mosaic = np.concatenate([np.concatenate([first[(i, j)] for j in range(-2, 2)], 1) for i in range(-1, 3)], 0)
     np.testing.assert_array_equal(mosaic, tx.synthesize_region(model, (-64, -128), (256, 256), seed=11))
+    # single texels (invented points at texel centres) read the same values, in any order
+    rng = np.random.default_rng(4)
+    rows, cols = rng.integers(-64, 192, 500), rng.integers(-128, 128, 500)
+    np.testing.assert_array_equal(tx.texels_at(model, rows, cols, seed=11), mosaic[rows + 64, cols + 128])
+    np.testing.assert_array_equal(tx.texels_at(other, rows[::-1], cols[::-1], seed=11), mosaic[rows + 64, cols + 128][::-1])
     # seams: the step across a tile border is no larger than between interior neighbours
     g = luma(mosaic)
     dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
@@ -394,6 +399,8 @@ def test_bad_input_raises_naming_the_argument(noise):
         (lambda: tx.synthesize_tile("model", (0, 0), 0), "model"),
         (lambda: tx.synthesize_region(model, (0, 0), (0, 5), 0), "shape_px"),
         (lambda: tx.rescale_exemplar(rgb, valid, 0.02, -1.0), "to_texel_m"),
+        (lambda: tx.texels_at(model, np.zeros(3, int), np.zeros(2, int), 0), "rows and cols"),
+        (lambda: tx.texels_at(model, np.zeros(3), np.zeros(3), 0), "rows and cols"),
     ]
     for call, name in cases:
         with pytest.raises(InvalidInputError, match=name):

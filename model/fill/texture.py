@@ -11,6 +11,7 @@ Usage (the generator's side)::
     filled = continue_exemplar(model, seed)                       # the exemplar's own box: holes continued
     k = pick_exemplar(target, candidates, up)                     # no exemplar of its own: borrow one
     rgb2, valid2 = rescale_exemplar(rgb, valid, 0.02, 0.05)       # ... at the borrower's texel size
+    colours = texels_at(model, rows, cols, seed)                  # [N, 3] at texel (rows[n], cols[n])
 
 How it stays the same however it is asked for
 ---------------------------------------------
@@ -73,6 +74,7 @@ PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked 
 EDGE_FEATHER_PX = 3  # invented texels fade in over this many texels from the observed ones
 SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
 _CACHE_LIMIT = 200_000
+TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -724,6 +726,7 @@ class TextureModel:
         self._feather = half // 2  # cut cross-fade half-width
         self._cells: dict[tuple[int, int, int], tuple[int, int, tuple[float, float, float]]] = {}
         self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self._tiles: dict[tuple[int, int, int], np.ndarray] = {}
         self._half, self._patch = half, patch
         log.debug(
             "texture_fit",
@@ -955,6 +958,18 @@ class TextureModel:
             out = self.shading_mean + (out - self.shading_mean) * keep
         return out
 
+    def _tile(self, i: int, j: int, seed: int) -> np.ndarray:
+        """Tile (i, j), from a small LRU cache (dict order is insertion order: re-insert on use)."""
+        key = (seed, i, j)
+        tile = self._tiles.pop(key, None)
+        if tile is None:
+            t = self.tile_px
+            tile = self.region((i * t, j * t), (t, t), seed)
+        self._tiles[key] = tile
+        while len(self._tiles) > TILE_CACHE:
+            self._tiles.pop(next(iter(self._tiles)))
+        return tile
+
     def region(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
         """Texels of texture-space rows [r0, r0+H) and cols [c0, c0+W): [H, W, 3] uint8 (see ``synthesize_region``)."""
         r0, c0 = int(top_left_px[0]), int(top_left_px[1])
@@ -1068,6 +1083,31 @@ def synthesize_tile(model: TextureModel, tile_ij: tuple[int, int], seed: int) ->
     i, j = _check_int("tile_ij", tile_ij[0]), _check_int("tile_ij", tile_ij[1])
     t = model.tile_px
     return synthesize_region(model, (i * t, j * t), (t, t), seed)
+
+
+def texels_at(model: TextureModel, rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
+    """Colours [N, 3] uint8 of texture-space texels (rows [N], cols [N] int): e.g. invented points placed at texel
+    centres. Reads through the tiles that hold them (the same values as ``synthesize_tile``), keeping the last
+    ``TILE_CACHE`` tiles of each seed, so points of a tile asked for again cost a gather."""
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    r = np.asarray(rows)
+    c = np.asarray(cols)
+    if r.shape != c.shape or r.ndim != 1 or not np.issubdtype(r.dtype, np.integer) or not np.issubdtype(c.dtype, np.integer):
+        raise InvalidInputError(f"rows and cols must be 1-D integer arrays of one length, got {r.shape} {r.dtype}, {c.shape} {c.dtype}")
+    t = model.tile_px
+    ti, tj = np.floor_divide(r, t), np.floor_divide(c, t)
+    out = np.empty((len(r), 3), np.uint8)
+    if len(r) == 0:
+        return out
+    keys = np.stack([ti, tj], 1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    for k, (i, j) in enumerate(uniq):
+        sel = inverse == k
+        tile = model._tile(int(i), int(j), seed)
+        out[sel] = tile[r[sel] - int(i) * t, c[sel] - int(j) * t]
+    return out
 
 
 def continue_exemplar(model: TextureModel, seed: int) -> np.ndarray:
