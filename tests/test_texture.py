@@ -6,6 +6,8 @@ it), so the true continuation of every exemplar is known at every texture-space 
 
 from __future__ import annotations
 
+import pickle
+
 import cv2
 import numpy as np
 import pytest
@@ -192,6 +194,8 @@ def test_tiles_are_deterministic_order_independent_and_seamless(noise):
         np.testing.assert_array_equal(first[k], second[k])
         np.testing.assert_array_equal(first[k], tx.synthesize_tile(model, k, seed=11))  # asked again
     assert not np.array_equal(first[(2, 1)], tx.synthesize_tile(model, (2, 1), seed=12))  # the seed matters
+    thawed = pickle.loads(pickle.dumps(model))  # a model can travel (caches are dropped, texels the same)
+    np.testing.assert_array_equal(tx.synthesize_tile(thawed, (0, 1), seed=11), first[(0, 1)])
     mosaic = np.concatenate([np.concatenate([first[(i, j)] for j in range(-2, 2)], 1) for i in range(-1, 3)], 0)
     np.testing.assert_array_equal(mosaic, tx.synthesize_region(model, (-64, -128), (256, 256), seed=11))
     # single texels (invented points at texel centres) read the same values, in any order

@@ -45,6 +45,7 @@ smoothly filled, outside it continued from the nearest box texel and relaxing to
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -727,6 +728,7 @@ class TextureModel:
         self._cells: dict[tuple[int, int, int], tuple[int, int, tuple[float, float, float]]] = {}
         self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._tiles: dict[tuple[int, int, int], np.ndarray] = {}
+        self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
         self._half, self._patch = half, patch
         log.debug(
             "texture_fit",
@@ -738,6 +740,18 @@ class TextureModel:
             sources=len(self._sources),
         )
         return self
+
+    def __getstate__(self) -> dict:
+        """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
+        state = self.__dict__.copy()
+        for k in ("_cells", "_seams", "_tiles", "_lock"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cells, self._seams, self._tiles = {}, {}, {}
+        self._lock = threading.RLock()
 
     # -- geometry of the exemplar ---------------------------------------------------------------------------
 
@@ -842,6 +856,13 @@ class TextureModel:
         its mean matches its constraints: patches of a smooth texture then join without steps); a pure function
         of (model, cell, seed)."""
         key = (int(seed), int(gi), int(gj))
+        got = self._cells.get(key)
+        if got is not None:
+            return got
+        with self._lock:
+            return self._cell_source_locked(gi, gj, seed, key)
+
+    def _cell_source_locked(self, gi: int, gj: int, seed: int, key: tuple[int, int, int]):
         got = self._cells.get(key)
         if got is not None:
             return got
@@ -960,11 +981,15 @@ class TextureModel:
 
     def _tile(self, i: int, j: int, seed: int) -> np.ndarray:
         """Tile (i, j), from a small LRU cache (dict order is insertion order: re-insert on use)."""
+        with self._lock:
+            return self._tile_locked(i, j, seed)
+
+    def _tile_locked(self, i: int, j: int, seed: int) -> np.ndarray:
         key = (seed, i, j)
         tile = self._tiles.pop(key, None)
         if tile is None:
             t = self.tile_px
-            tile = self.region((i * t, j * t), (t, t), seed)
+            tile = self._region_locked((i * t, j * t), (t, t), seed)
         self._tiles[key] = tile
         while len(self._tiles) > TILE_CACHE:
             self._tiles.pop(next(iter(self._tiles)))
@@ -972,6 +997,10 @@ class TextureModel:
 
     def region(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
         """Texels of texture-space rows [r0, r0+H) and cols [c0, c0+W): [H, W, 3] uint8 (see ``synthesize_region``)."""
+        with self._lock:
+            return self._region_locked(top_left_px, shape_px, seed)
+
+    def _region_locked(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
         r0, c0 = int(top_left_px[0]), int(top_left_px[1])
         hh, ww = int(shape_px[0]), int(shape_px[1])
         s, h, q = self.step_px, self._half, self._feather
