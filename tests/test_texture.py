@@ -203,6 +203,13 @@ def test_tiles_are_deterministic_order_independent_and_seamless(noise):
     rows, cols = rng.integers(-64, 192, 500), rng.integers(-128, 128, 500)
     np.testing.assert_array_equal(tx.texels_at(model, rows, cols, seed=11), mosaic[rows + 64, cols + 128])
     np.testing.assert_array_equal(tx.texels_at(other, rows[::-1], cols[::-1], seed=11), mosaic[rows + 64, cols + 128][::-1])
+    # plane metres with a pixel footprint: level 0 is the texel itself; a 4-texel footprint is the 4x4 box mean
+    uv = np.stack([(cols + 0.5) * 0.02, (rows + 0.5) * 0.02], 1)
+    np.testing.assert_array_equal(tx.sample_uv(model, uv, np.full(len(uv), 0.01), seed=11), mosaic[rows + 64, cols + 128])
+    far = tx.sample_uv(model, uv, np.full(len(uv), 0.08), seed=11).astype(np.float64)
+    r4, c4 = (rows + 64) // 4 * 4, (cols + 128) // 4 * 4
+    box = np.stack([mosaic[r4 + a, c4 + b] for a in range(4) for b in range(4)]).astype(np.float64).mean(0)
+    assert np.abs(far - box).max() <= 1.0
     # seams: the step across a tile border is no larger than between interior neighbours
     g = luma(mosaic)
     dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
@@ -405,6 +412,8 @@ def test_bad_input_raises_naming_the_argument(noise):
         (lambda: tx.rescale_exemplar(rgb, valid, 0.02, -1.0), "to_texel_m"),
         (lambda: tx.texels_at(model, np.zeros(3, int), np.zeros(2, int), 0), "rows and cols"),
         (lambda: tx.texels_at(model, np.zeros(3), np.zeros(3), 0), "rows and cols"),
+        (lambda: tx.sample_uv(model, np.zeros((3, 3)), np.zeros(3), 0), "uv_m"),
+        (lambda: tx.sample_uv(model, np.full((1, 2), np.nan), np.zeros(1), 0), "uv_m"),
     ]
     for call, name in cases:
         with pytest.raises(InvalidInputError, match=name):

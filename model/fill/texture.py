@@ -12,6 +12,7 @@ Usage (the generator's side)::
     k = pick_exemplar(target, candidates, up)                     # no exemplar of its own: borrow one
     rgb2, valid2 = rescale_exemplar(rgb, valid, 0.02, 0.05)       # ... at the borrower's texel size
     colours = texels_at(model, rows, cols, seed)                  # [N, 3] at texel (rows[n], cols[n])
+    colours = sample_uv(model, uv_m, footprint_m, seed)           # [M, 3] at plane metres, mip by footprint
 
 How it stays the same however it is asked for
 ---------------------------------------------
@@ -727,7 +728,7 @@ class TextureModel:
         self._feather = half // 2  # cut cross-fade half-width
         self._cells: dict[tuple[int, int, int], tuple[int, int, tuple[float, float, float]]] = {}
         self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
-        self._tiles: dict[tuple[int, int, int], np.ndarray] = {}
+        self._tiles: dict[tuple[int, int, int], list[np.ndarray]] = {}
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
         self._half, self._patch = half, patch
         log.debug(
@@ -979,21 +980,25 @@ class TextureModel:
             out = self.shading_mean + (out - self.shading_mean) * keep
         return out
 
-    def _tile(self, i: int, j: int, seed: int) -> np.ndarray:
-        """Tile (i, j), from a small LRU cache (dict order is insertion order: re-insert on use)."""
+    def _tile(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
+        """Tile (i, j) at mip ``level``, from a small LRU cache (dict order is insertion order: re-insert on use)."""
         with self._lock:
-            return self._tile_locked(i, j, seed)
+            return self._tile_locked(i, j, seed, level)
 
-    def _tile_locked(self, i: int, j: int, seed: int) -> np.ndarray:
+    def _tile_locked(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
         key = (seed, i, j)
-        tile = self._tiles.pop(key, None)
-        if tile is None:
+        mips = self._tiles.pop(key, None)
+        if mips is None:
             t = self.tile_px
-            tile = self._region_locked((i * t, j * t), (t, t), seed)
-        self._tiles[key] = tile
+            mips = [self._region_locked((i * t, j * t), (t, t), seed)]
+        while len(mips) <= level:  # box-filtered 2x2: level l texel = mean of its 2^l x 2^l level-0 texels
+            prev = mips[-1].astype(np.float32)
+            n = prev.shape[0] // 2
+            mips.append(np.rint(prev[: 2 * n, : 2 * n].reshape(n, 2, n, 2, 3).mean((1, 3))).astype(np.uint8))
+        self._tiles[key] = mips
         while len(self._tiles) > TILE_CACHE:
             self._tiles.pop(next(iter(self._tiles)))
-        return tile
+        return mips[level]
 
     def region(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
         """Texels of texture-space rows [r0, r0+H) and cols [c0, c0+W): [H, W, 3] uint8 (see ``synthesize_region``)."""
@@ -1136,6 +1141,39 @@ def texels_at(model: TextureModel, rows: np.ndarray, cols: np.ndarray, seed: int
         sel = inverse == k
         tile = model._tile(int(i), int(j), seed)
         out[sel] = tile[r[sel] - int(i) * t, c[sel] - int(j) * t]
+    return out
+
+
+def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, seed: int) -> np.ndarray:
+    """Colours [M, 3] uint8 at plane coordinates ``uv_m`` [M, 2] (metres; u along columns, v along rows, (0, 0)
+    at the corner of exemplar texel [0, 0]) seen with a pixel footprint of ``footprint_m`` [M] metres.
+
+    The mip level is ``floor(log2(footprint / texel))`` (box-filtered tiles, up to one texel per tile), so a
+    far-away invented wall does not alias; level 0 gives exactly ``texels_at``'s texels."""
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    uv = np.asarray(uv_m, np.float64)
+    fp = np.asarray(footprint_m, np.float64)
+    if uv.ndim != 2 or uv.shape[1] != 2 or fp.shape != (len(uv),):
+        raise InvalidInputError(f"uv_m must be [M, 2] and footprint_m [M], got {uv.shape} and {fp.shape}")
+    if not (np.isfinite(uv).all() and np.isfinite(fp).all()):
+        raise InvalidInputError("uv_m and footprint_m must be finite")
+    t = model.tile_px
+    max_level = int(math.log2(t & -t))  # halve while the tile side stays whole
+    level = np.clip(np.floor(np.log2(np.maximum(fp / model.texel_m, 1.0))), 0, max_level).astype(np.int64)
+    rows = np.floor(uv[:, 1] / model.texel_m).astype(np.int64) + model.origin_px[0]
+    cols = np.floor(uv[:, 0] / model.texel_m).astype(np.int64) + model.origin_px[1]
+    ti, tj = np.floor_divide(rows, t), np.floor_divide(cols, t)
+    out = np.empty((len(uv), 3), np.uint8)
+    if len(uv) == 0:
+        return out
+    keys = np.stack([ti, tj, level], 1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    for k, (i, j, lv) in enumerate(uniq):
+        sel = inverse == k
+        tile = model._tile(int(i), int(j), seed, int(lv))
+        out[sel] = tile[(rows[sel] - int(i) * t) >> int(lv), (cols[sel] - int(j) * t) >> int(lv)]
     return out
 
 
