@@ -74,7 +74,8 @@ NUM_CANDIDATES = 64
 DC_WEIGHT = 0.25  # a patch's mean colour difference counts a quarter in its cost: it is corrected by an offset
 PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked (keyed), as in image quilting
 EDGE_FEATHER_PX = 3  # invented texels fade in over this many texels from the observed ones
-SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
+SOURCE_VALID_FRACTION = 0.9
+LATTICE_WINDOW_PX = 320  # periodicity is measured on at most this many texels a side  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
 _CACHE_LIMIT = 200_000
 TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
 
@@ -265,8 +266,8 @@ def push_pull_fill(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
     values [H, W, C] float; weight [H, W] float >= 0 (0 = missing). Texels with weight >= 1 keep their value.
     Also the benchmark's baseline fill. Returns float32 [H, W, C].
     """
-    v = np.asarray(values, np.float64)
-    w = np.clip(np.asarray(weight, np.float64), 0.0, 1.0)
+    v = np.asarray(values, np.float32)
+    w = np.clip(np.asarray(weight, np.float32), 0.0, 1.0)
     if v.ndim != 3 or w.shape != v.shape[:2]:
         raise InvalidInputError(f"push_pull_fill needs values [H, W, C] and weight [H, W], got {v.shape}, {w.shape}")
     if w.max(initial=0.0) <= 0:
@@ -319,6 +320,22 @@ def _normalised_blur(rgb: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.
         mx, my = np.meshgrid(xs, ys)
         out = cv2.remap(np.ascontiguousarray(out, np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.astype(np.float32)
+
+
+def _best_window(valid: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """(row, col, height, width) of the window of at most ``size`` x ``size`` with the most valid texels (the
+    whole exemplar when it is that small). Searched on a stride of size / 8."""
+    h, w = valid.shape
+    wh, ww = min(h, size), min(w, size)
+    if (wh, ww) == (h, w):
+        return 0, 0, h, w
+    ii = np.pad(valid.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    stride = max(1, size // 8)
+    ys = np.unique(np.r_[np.arange(0, h - wh + 1, stride), h - wh])
+    xs = np.unique(np.r_[np.arange(0, w - ww + 1, stride), w - ww])
+    tot = ii[np.ix_(ys + wh, xs + ww)] - ii[np.ix_(ys, xs + ww)] - ii[np.ix_(ys + wh, xs)] + ii[np.ix_(ys, xs)]
+    a, b = np.unravel_index(int(np.argmax(tot)), tot.shape)
+    return int(ys[a]), int(xs[b]), wh, ww
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
@@ -547,16 +564,18 @@ def _periodic_fill(
     shifts = np.concatenate([_lattice_shifts(copy_basis[:n], (h, w)), _lattice_shifts(lattice.vectors_px[:n], (h, w))])
     out, have = detail.copy(), valid.copy()
     shift_of = np.zeros((h, w, 2), np.int64)  # the shift each copied texel came from
+    my, mx = np.nonzero(~valid)  # still-missing texels: work shrinks as they are filled
     for dy, dx in shifts:
-        if have.all():
+        if len(my) == 0:
             break
-        # target rows/cols whose shifted source (y + dy, x + dx) is inside the box
-        ty0, ty1, tx0, tx1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
-        take = ~have[ty0:ty1, tx0:tx1] & valid[ty0 + dy : ty1 + dy, tx0 + dx : tx1 + dx]
+        sy, sx = my + dy, mx + dx
+        take = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+        take[take] = valid[sy[take], sx[take]]
         if take.any():
-            out[ty0:ty1, tx0:tx1][take] = detail[ty0 + dy : ty1 + dy, tx0 + dx : tx1 + dx][take]
-            shift_of[ty0:ty1, tx0:tx1][take] = (dy, dx)
-            have[ty0:ty1, tx0:tx1] |= take
+            out[my[take], mx[take]] = detail[sy[take], sx[take]]
+            shift_of[my[take], mx[take]] = (dy, dx)
+            have[my[take], mx[take]] = True
+            my, mx = my[~take], mx[~take]
     # membrane correction (Farbman et al. 2009): the copied instance (a brick, a tile) may be lighter than the one
     # that was observed around the hole. On the hole's rim, compare each observed neighbour q with the texel the
     # copy took for q's place (q + the same shift): like with like, so mortar lines do not count as mismatch. The
@@ -575,13 +594,14 @@ def _periodic_fill(
             acc[ok] += detail[qy[ok], qx[ok]] - detail[ry[ok], rx[ok]]
             cnt[ok] += 1
         rim = cnt > 0
-        if rim.any():
-            mismatch = np.zeros((h, w, 3), np.float32)
-            weight = np.zeros((h, w), np.float32)
-            mismatch[py[rim], px[rim]] = acc[rim] / cnt[rim, None]
-            weight[py[rim], px[rim]] = 1.0
+        if rim.any():  # solved on the copied texels' bounding box only (a hole is usually small)
+            y0, y1, x0, x1 = py.min(), py.max() + 1, px.min(), px.max() + 1
+            mismatch = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+            weight = np.zeros((y1 - y0, x1 - x0), np.float32)
+            mismatch[py[rim] - y0, px[rim] - x0] = acc[rim] / cnt[rim, None]
+            weight[py[rim] - y0, px[rim] - x0] = 1.0
             smooth = push_pull_fill(mismatch, weight)
-            out[copied] += smooth[copied]
+            out[py, px] += smooth[py - y0, px - x0]
     return out, have
 
 
@@ -671,7 +691,10 @@ class TextureModel:
         rgbf = rgb.astype(np.float32)
         sigma = max(8.0, 0.25 * side)
         shading = _normalised_blur(rgbf, valid, sigma)
-        lattice = detect_lattice(_luma(rgbf - shading), valid)
+        # the lattice from the best-observed window of at most LATTICE_WINDOW_PX a side: enough periods to see
+        # and it keeps the autocorrelation's cost bounded on a large plane
+        wy, wx, wh, ww = _best_window(valid, LATTICE_WINDOW_PX)
+        lattice = detect_lattice(_luma(rgbf - shading)[wy : wy + wh, wx : wx + ww], valid[wy : wy + wh, wx : wx + ww])
         if lattice.kind != "none" and max(lattice.periods_px) * 1.5 > sigma:
             # shading must be smoother than the pattern, or the pattern's own contrast leaks into it
             sigma = 1.5 * max(lattice.periods_px)
@@ -729,6 +752,7 @@ class TextureModel:
         self._cells: dict[tuple[int, int, int], tuple[int, int, tuple[float, float, float]]] = {}
         self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._tiles: dict[tuple[int, int, int], list[np.ndarray]] = {}
+        self._pools: dict[tuple[int, int], np.ndarray] = {}  # congruent source windows per lattice coset
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
         self._half, self._patch = half, patch
         log.debug(
@@ -745,13 +769,13 @@ class TextureModel:
     def __getstate__(self) -> dict:
         """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
         state = self.__dict__.copy()
-        for k in ("_cells", "_seams", "_tiles", "_lock"):
+        for k in ("_cells", "_seams", "_tiles", "_pools", "_lock"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._cells, self._seams, self._tiles = {}, {}, {}
+        self._cells, self._seams, self._tiles, self._pools = {}, {}, {}, {}
         self._lock = threading.RLock()
 
     # -- geometry of the exemplar ---------------------------------------------------------------------------
@@ -818,17 +842,30 @@ class TextureModel:
         if lat.kind == "2d":
             basis = self._copy_basis  # rows a, b
             inv = np.linalg.inv(basis.T)
-            hh, ww = self._source_ok.shape
-            corners = np.array([[0, 0], [0, ww - 1], [hh - 1, 0], [hh - 1, ww - 1]], np.float64) - (ty, tx)
-            coef = corners @ inv.T  # [4, 2] lattice coordinates of the box corners relative to the target
-            lo, hi = np.floor(coef.min(0)).astype(int), np.ceil(coef.max(0)).astype(int)
-            mm, nn = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-            pos = np.rint(np.stack([mm.ravel(), nn.ravel()], 1) @ basis + (ty, tx)).astype(np.int64)
-            inside = (pos[:, 0] >= 0) & (pos[:, 0] < hh) & (pos[:, 1] >= 0) & (pos[:, 1] < ww)
-            pos = pos[inside]
-            pool = pos[self._source_ok[pos[:, 0], pos[:, 1]]]
-            if len(pool) == 0:
-                pool = pos  # in phase but partly pre-filled beats out of phase
+            key = None
+            if np.array_equal(basis, np.rint(basis)):
+                # whole-texel lattice: all targets of one coset share their pool; key it by the coset's
+                # representative (the target reduced into the lattice's base cell)
+                c = np.floor(inv @ np.array([ty, tx], np.float64) + 1e-9)
+                rep = np.rint(np.array([ty, tx], np.float64) - c @ basis).astype(np.int64)
+                key = (int(rep[0]), int(rep[1]))
+                ty, tx = key
+            pool = self._pools.get(key) if key is not None else None
+            if pool is None:
+                hh, ww = self._source_ok.shape
+                corners = np.array([[0, 0], [0, ww - 1], [hh - 1, 0], [hh - 1, ww - 1]], np.float64) - (ty, tx)
+                coef = corners @ inv.T  # [4, 2] lattice coordinates of the box corners relative to the target
+                lo, hi = np.floor(coef.min(0)).astype(int), np.ceil(coef.max(0)).astype(int)
+                mm, nn = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+                pos = np.rint(np.stack([mm.ravel(), nn.ravel()], 1) @ basis + (ty, tx)).astype(np.int64)
+                inside = (pos[:, 0] >= 0) & (pos[:, 0] < hh) & (pos[:, 1] >= 0) & (pos[:, 1] < ww)
+                pos = pos[inside]
+                pos = pos[np.lexsort((pos[:, 1], pos[:, 0]))]  # canonical order, whoever asked first
+                pool = pos[self._source_ok[pos[:, 0], pos[:, 1]]]
+                if len(pool) == 0:
+                    pool = pos  # in phase but partly pre-filled beats out of phase
+                if key is not None and len(self._pools) < _CACHE_LIMIT:
+                    self._pools[key] = pool
         elif lat.kind == "1d":
             a = self._copy_basis[0]
             period = self._period_1d
