@@ -285,7 +285,10 @@ def push_pull_fill(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
     cv_, cw = levels[-1]
     est = cv_ / np.maximum(cw, 1e-12)[..., None]
     for pv, pw in reversed(levels[:-1]):
-        up = np.repeat(np.repeat(est, 2, 0), 2, 1)[: pw.shape[0], : pw.shape[1]]
+        # bilinear, not nearest: a filled region must be smooth, not made of 2^k blocks
+        h2, w2 = est.shape[:2]
+        up = cv2.resize(est.astype(np.float32), (2 * w2, 2 * h2), interpolation=cv2.INTER_LINEAR)
+        up = up.reshape(2 * h2, 2 * w2, -1)[: pw.shape[0], : pw.shape[1]]
         a = np.clip(pw, 0.0, 1.0)[..., None]
         est = np.where(pw[..., None] > 0, pv / np.maximum(pw, 1e-12)[..., None], up) * a + up * (1 - a)
     return est.astype(np.float32)
