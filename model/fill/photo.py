@@ -59,6 +59,7 @@ class PhotoLayoutConfig:
     min_fov_deg: float = 30.0  # focal estimates implying a FOV outside [min, max] are rejected
     max_fov_deg: float = 110.0
     max_depth_m: float = 80.0  # ground seen close to the horizon is capped here
+    max_depth_no_sky_m: float = 25.0  # the cap when no sky is seen (interiors; ground seen from above)
     min_depth_m: float = 0.3
     sky_depth_m: float = 100.0  # depth given to sky pixels (the memory needs something; the fill owns the sky)
     work_width_px: int = 640  # analysis resolution (the depth is computed at full resolution)
@@ -402,7 +403,8 @@ def sky_mask(rgb: np.ndarray, above: np.ndarray) -> np.ndarray:
     lab_cc, n = ndimage.label(cand)
     if n == 0:
         return np.zeros_like(cand)
-    top_ids = np.unique(lab_cc[0][lab_cc[0] > 0])
+    top = lab_cc[:4]  # closing erodes the border rows (outside counts as background): look a few rows down
+    top_ids = np.unique(top[top > 0])
     sky = np.isin(lab_cc, top_ids)
     if sky.sum() < 0.005 * sky.size:  # a few blue pixels at the top are not a sky
         return np.zeros_like(sky)
@@ -626,6 +628,26 @@ def estimate_layout(
     valid_r = cv2.warpPerspective(np.ones((h, w), np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST) > 0
     sky_r = cv2.warpPerspective(sky.astype(np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST) > 0
     gray_r = cv2.warpPerspective(gray, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR).astype(np.float32)
+    # Vertical 3-D edges (segments of the vertical vanishing point) stand on vertical surfaces: never floor.
+    # A segment that also points at a finite horizontal vanishing point (a floor line through the centre
+    # column looks vertical too) is ambiguous and left out.
+    vert_mask = np.zeros((h, w), np.uint8)
+    iv = [i for i, vp in enumerate(vps) if vp.vertical]
+    if iv:
+        iv = max(iv, key=lambda i: vps[i].support_px)
+        cand = seg[_labels == iv]
+        if len(cand):
+            centre, sc = np.array([w / 2.0, h / 2.0]), max(w, h) / 2.0
+            cand_n = np.column_stack([(cand[:, :2] - centre) / sc, (cand[:, 2:] - centre) / sc])
+            amb = np.zeros(len(cand), bool)
+            for j, vp in enumerate(vps):
+                if j != iv and not vp.vertical and vp.finite:
+                    ph = vp.point_h
+                    pn = np.array([(ph[0] - centre[0] * ph[2]) / sc, (ph[1] - centre[1] * ph[2]) / sc, ph[2]])
+                    amb |= _vp_angles(pn / np.linalg.norm(pn), cand_n) < 2 * math.radians(config.vp_inlier_deg)
+            for x1, y1, x2, y2 in cand[~amb]:
+                cv2.line(vert_mask, (int(x1), int(y1)), (int(x2), int(y2)), 1, 3)
+    vert_r = cv2.warpPerspective(vert_mask, Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST).astype(np.float32)
     cy_r = float(K_r[1, 2])
     cx_r = float(K_r[0, 2])
 
@@ -634,11 +656,12 @@ def estimate_layout(
     p_d = cv2.resize(np.where(valid_r, p_r, 0.5).astype(np.float32), (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA)
     v_d = cv2.resize(valid_r.astype(np.float32), (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0.5
     g_d = cv2.resize(gray_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA)
+    e_d = cv2.resize(vert_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0
     Cd, Rd = p_d.shape[1], p_d.shape[0]
     r_h = int(math.floor(cy_r / ds)) + 1  # first row below the horizon (downsampled)
     r_h = min(max(r_h, 0), Rd - 1)
     # score of boundary b (floor = rows > b): sum over rows > b of (2p - 1), valid rows only
-    contrib = np.where(v_d, 2.0 * p_d - 1.0, 0.0)[r_h:]  # [R', C]
+    contrib = np.where(v_d, 2.0 * p_d - 1.0 - 4.0 * e_d, 0.0)[r_h:]  # [R', C]
     below = np.vstack([np.cumsum(contrib[::-1], axis=0)[::-1][1:], np.zeros((1, Cd))])  # rows > b
     # ... plus not-floor evidence above b (rows r_h..b): sum of (1 - 2p)
     above_sc = np.cumsum(-contrib, axis=0)
@@ -677,6 +700,23 @@ def estimate_layout(
         ok = cols & (denom > 1e-3)
         z_wall[ok] = np.clip(abs(o) / denom[ok], config.min_depth_m, config.max_depth_m)
         wall_of_col[ok] = i
+    # Closure: the farthest wall found in each horizontal direction bounds the room (or the yard). Seen from
+    # inside a convex enclosure, a ray leaves through the nearest of those planes, so no column's surface lies
+    # beyond it; this corrects columns whose floor contact is hidden by furniture (the boundary then lands too
+    # high and the contact too far).
+    enclosing: dict[tuple, tuple[np.ndarray, float]] = {}
+    for n, o, cols in walls:
+        n = n if o > 0 else -n
+        key = tuple(np.round(n, 3))
+        if cols.sum() >= max(4, Cd // 12) and (key not in enclosing or abs(o) > enclosing[key][1]):
+            enclosing[key] = (n, abs(o))
+    if enclosing:
+        exit_z = np.full(Cd, np.inf)
+        for n, o in enclosing.values():
+            denom = n[0] * xc + n[1]
+            with np.errstate(divide="ignore"):
+                exit_z = np.where(denom > 1e-3, np.minimum(exit_z, o / denom), exit_z)
+        z_wall = np.where(np.isfinite(exit_z), np.minimum(z_wall, exit_z), z_wall)
 
     # --- depth of every photo pixel
     K_full_m = K_full.matrix
@@ -696,7 +736,9 @@ def estimate_layout(
     t_vert = z_wall[col] / zl  # the column's vertical surface at level-frame z = z_wall
     t = np.where(floor, t_floor, t_vert)
     depth = t  # camera-frame rays have z = 1, so the ray parameter is the z-depth
-    depth = np.clip(depth, config.min_depth_m, config.max_depth_m)
+    # no sky in view: an interior, or the ground seen from above; nothing there is 80 m away
+    far_m = config.max_depth_m if sky.any() else config.max_depth_no_sky_m
+    depth = np.clip(depth, config.min_depth_m, far_m)
     depth = np.where(sky_full, config.sky_depth_m, depth).astype(np.float32)
     vertical = ~floor & ~sky_full
 
