@@ -499,6 +499,35 @@ def boundary_dp_reference(score: np.ndarray, smooth: float, jump: float) -> np.n
     return np.array(best, np.int64)
 
 
+def _vertical_spans(vert_segs: np.ndarray, Hom: np.ndarray, Wr: int, Hr: int) -> np.ndarray:
+    """``[Hr, Wr]`` float32 1 where a vertical surface spans between two vertical edges (rectified image).
+
+    Two vertical 3-D edges whose heights overlap bound a vertical surface between them (a bookcase's sides, a
+    wall's corners, a table's legs): over their common rows the columns between them are not floor. Pairs
+    farther apart than a third of the canvas, or overlapping by under half the shorter edge, are not paired.
+    """
+    span = np.zeros((Hr, Wr), np.float32)
+    if len(vert_segs) < 2:
+        return span
+    p = np.concatenate([vert_segs[:, :2], vert_segs[:, 2:]])
+    q = np.column_stack([p, np.ones(len(p))]) @ Hom.T
+    q = q[:, :2] / q[:, 2:3]
+    n = len(vert_segs)
+    x = 0.5 * (q[:n, 0] + q[n:, 0])
+    top, bot = np.minimum(q[:n, 1], q[n:, 1]), np.maximum(q[:n, 1], q[n:, 1])
+    length = bot - top
+    for i in range(n):
+        for j in range(i + 1, n):
+            if abs(x[i] - x[j]) > Wr / 3 or abs(x[i] - x[j]) < 3:
+                continue
+            t, b = max(top[i], top[j]), min(bot[i], bot[j])
+            if b - t < 0.5 * min(length[i], length[j]):
+                continue
+            x0, x1 = int(max(0, min(x[i], x[j]))), int(min(Wr, max(x[i], x[j])))
+            span[int(max(0, t)):int(min(Hr, b)), x0:x1] = 1.0
+    return span
+
+
 def _fit_walls(
     foot_xz: np.ndarray,  # [C, 2] level-frame floor contact (x, z) per column, metres
     valid: np.ndarray,  # [C] bool columns with a measured contact
@@ -647,7 +676,13 @@ def estimate_layout(
                     amb |= _vp_angles(pn / np.linalg.norm(pn), cand_n) < 2 * math.radians(config.vp_inlier_deg)
             for x1, y1, x2, y2 in cand[~amb]:
                 cv2.line(vert_mask, (int(x1), int(y1)), (int(x2), int(y2)), 1, 3)
+            vert_segs = cand[~amb]
+        else:
+            vert_segs = np.zeros((0, 4))
+    else:
+        vert_segs = np.zeros((0, 4))
     vert_r = cv2.warpPerspective(vert_mask, Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST).astype(np.float32)
+    span_r = _vertical_spans(vert_segs, Hom, Wr, Hr)
     cy_r = float(K_r[1, 2])
     cx_r = float(K_r[0, 2])
 
@@ -657,11 +692,12 @@ def estimate_layout(
     v_d = cv2.resize(valid_r.astype(np.float32), (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0.5
     g_d = cv2.resize(gray_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA)
     e_d = cv2.resize(vert_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0
+    s_d = cv2.resize(span_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0.5
     Cd, Rd = p_d.shape[1], p_d.shape[0]
     r_h = int(math.floor(cy_r / ds)) + 1  # first row below the horizon (downsampled)
     r_h = min(max(r_h, 0), Rd - 1)
     # score of boundary b (floor = rows > b): sum over rows > b of (2p - 1), valid rows only
-    contrib = np.where(v_d, 2.0 * p_d - 1.0 - 4.0 * e_d, 0.0)[r_h:]  # [R', C]
+    contrib = np.where(v_d, 2.0 * p_d - 1.0 - 4.0 * e_d - 1.5 * s_d, 0.0)[r_h:]  # [R', C]
     below = np.vstack([np.cumsum(contrib[::-1], axis=0)[::-1][1:], np.zeros((1, Cd))])  # rows > b
     # ... plus not-floor evidence above b (rows r_h..b): sum of (1 - 2p)
     above_sc = np.cumsum(-contrib, axis=0)
@@ -708,7 +744,8 @@ def estimate_layout(
     for n, o, cols in walls:
         n = n if o > 0 else -n
         key = tuple(np.round(n, 3))
-        if cols.sum() >= max(4, Cd // 12) and (key not in enclosing or abs(o) > enclosing[key][1]):
+        # a plane within 1 m of the eye is furniture seen up close far more often than the room's boundary
+        if cols.sum() >= max(4, Cd // 12) and abs(o) >= 1.0 and (key not in enclosing or abs(o) > enclosing[key][1]):
             enclosing[key] = (n, abs(o))
     if enclosing:
         exit_z = np.full(Cd, np.inf)
@@ -716,7 +753,8 @@ def estimate_layout(
             denom = n[0] * xc + n[1]
             with np.errstate(divide="ignore"):
                 exit_z = np.where(denom > 1e-3, np.minimum(exit_z, o / denom), exit_z)
-        z_wall = np.where(np.isfinite(exit_z), np.minimum(z_wall, exit_z), z_wall)
+        # only columns with a floor contact: without one the depth is already the (nearer) bottom-row bound
+        z_wall = np.where(np.isfinite(exit_z) & contact, np.minimum(z_wall, exit_z), z_wall)
 
     # --- depth of every photo pixel
     K_full_m = K_full.matrix
@@ -752,7 +790,8 @@ def estimate_layout(
     # --- confidence
     manhattan_len = sum(vp.support_px for vp in vps[:3])
     c_lines = min(1.0, manhattan_len / (1.5 * math.hypot(w, h)))
-    c_floor = min(1.0, separation / 0.4)
+    # below ~0.15 the bottom of the photo looks like its top: no floor to stand the layout on
+    c_floor = float(np.clip((separation - 0.15) / 0.25, 0.0, 1.0))
     c_up = {"vertical_vp": 1.0, "horizontal_vps": 0.9, "horizontal_vp_zero_roll": 0.7, "assumed_level": 0.4}[up_source]
     c_contact = float(contact.mean())
     confidence = float(c_lines ** 0.5 * c_floor ** 0.5 * c_up * (0.5 + 0.5 * c_contact))
