@@ -121,10 +121,11 @@ class PhotoLayout:
     vanishing_points: tuple[VanishingPoint, ...]  # at the analysed resolution
     segments_px: np.ndarray  # [N, 4] x1 y1 x2 y2 of the analysed image
     analysis_scale: float  # analysed image size / photo size
-    planes: tuple[LayoutPlane, ...]  # floor first, then walls (and ceiling)
+    planes: tuple[LayoutPlane, ...]  # floor first, then walls, then the ceiling when one was measured
     floor_mask: np.ndarray  # [H, W] bool, photo resolution
     sky_mask: np.ndarray  # [H, W] bool
     vertical_mask: np.ndarray  # [H, W] bool: walls and everything standing on the floor
+    ceiling_mask: np.ndarray  # [H, W] bool (empty when no ceiling was measured)
     depth_m: np.ndarray  # [H, W] float32 z-depth in metres (sky = sky_depth_m)
     camera_height_m: float
     confidence: float  # 0..1
@@ -413,38 +414,43 @@ def sky_mask(rgb: np.ndarray, above: np.ndarray) -> np.ndarray:
     return filled
 
 
-def floor_probability(rgb: np.ndarray, above: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, float]:
-    """``[H, W]`` float32 probability of floor/ground by colour, and a separability score in [0, 1].
+def colour_probability(rgb: np.ndarray, seed: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, float]:
+    """``[H, W]`` float32 probability that a pixel belongs with ``seed`` rather than ``other`` (``[H, W]`` bool), by
+    colour, and a separability score (mean probability on the seed minus on the others; 0 when either is tiny).
 
-    Floor samples: the bottom 12% of rows on the ground side of the horizon. Not-floor samples: everything on the
-    sky side (walls, facades, sky). Smoothed 3-D Lab histograms give the likelihoods (multi-modal floors such as
-    chequered tiles stay one class). Separability: mean probability on the floor samples minus on the others.
+    Smoothed 3-D Lab histograms give the likelihoods (multi-modal classes such as chequered tiles stay one class).
     """
     h, w = rgb.shape[:2]
+    if seed.sum() < 0.01 * h * w or other.sum() < 0.01 * h * w:
+        return np.full((h, w), 0.5, np.float32), 0.0
     lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (5, 5), 0), cv2.COLOR_RGB2LAB)
     bins = (12, 24, 24)
     qL = np.minimum(lab[..., 0].astype(np.int32) * bins[0] // 256, bins[0] - 1)
     qa = np.clip((lab[..., 1].astype(np.int32) - 64) * bins[1] // 128, 0, bins[1] - 1)
     qb = np.clip((lab[..., 2].astype(np.int32) - 64) * bins[2] // 128, 0, bins[2] - 1)
     idx = (qL * bins[1] + qa) * bins[2] + qb
-    rows = np.arange(h)[:, None]
-    floor_seed = (rows >= int(0.88 * h)) & ~above & ~sky
-    other_seed = above | sky
-    if floor_seed.sum() < 0.01 * h * w or other_seed.sum() < 0.01 * h * w:
-        return np.full((h, w), 0.5, np.float32), 0.0
     nb = bins[0] * bins[1] * bins[2]
-    hf = np.bincount(idx[floor_seed], minlength=nb).reshape(bins).astype(np.float64)
-    ho = np.bincount(idx[other_seed], minlength=nb).reshape(bins).astype(np.float64)
+    hf = np.bincount(idx[seed], minlength=nb).reshape(bins).astype(np.float64)
+    ho = np.bincount(idx[other], minlength=nb).reshape(bins).astype(np.float64)
     hf = ndimage.gaussian_filter(hf / hf.sum(), 0.8)
     ho = ndimage.gaussian_filter(ho / ho.sum(), 0.8)
-    # A colour seen in neither sample (furniture below the horizon) must not count as floor: a uniform
-    # pseudo-count leans it slightly towards "not floor" (p = 0.4) instead of the ratio of two tiny tails.
+    # A colour seen in neither sample (furniture below the horizon) must not count as the seed's class: a uniform
+    # pseudo-count leans it slightly towards "other" (p = 0.4) instead of the ratio of two tiny tails.
     u = 0.1 / nb
     p_bins = ((hf + u) / (hf + ho + 2.5 * u)).reshape(-1)
-    p = p_bins[idx].astype(np.float32)
-    p = cv2.blur(p, (7, 7))
-    sep = float(p[floor_seed].mean() - p[other_seed].mean())
+    p = cv2.blur(p_bins[idx].astype(np.float32), (7, 7))
+    sep = float(p[seed].mean() - p[other].mean())
     return p, max(0.0, sep)
+
+
+def floor_probability(rgb: np.ndarray, above: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, float]:
+    """``[H, W]`` float32 probability of floor/ground by colour, and a separability score in [0, 1].
+
+    Floor samples: the bottom 12% of rows on the ground side of the horizon. Not-floor samples: everything on the
+    sky side (walls, facades, sky).
+    """
+    rows = np.arange(rgb.shape[0])[:, None]
+    return colour_probability(rgb, (rows >= int(0.88 * rgb.shape[0])) & ~above & ~sky, above | sky)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -756,11 +762,35 @@ def estimate_layout(
         # only columns with a floor contact: without one the depth is already the (nearer) bottom-row bound
         z_wall = np.where(np.isfinite(exit_z) & contact, np.minimum(z_wall, exit_z), z_wall)
 
+    # --- ceiling (interiors): the same boundary search from the top, above the horizon
+    ceiling_h_m, t_row = None, None
+    if not sky.any() and r_h > 4:
+        rows_s = np.arange(h)[:, None]
+        p_ceil, ceil_sep = colour_probability(small, (rows_s < int(0.10 * h)) & above, ~above)
+        if ceil_sep > 0.25:
+            pc_r = cv2.warpPerspective(p_ceil, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR, borderValue=0.5)
+            pc_d = cv2.resize(pc_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA)
+            top = np.where(v_d, 2.0 * pc_d - 1.0 - 4.0 * e_d, 0.0)[:r_h]  # [r_h, C] rows above the horizon
+            # boundary t: ceiling = rows < t; score = ceiling evidence above t + not-ceiling evidence below
+            up_sc = np.vstack([np.zeros((1, Cd)), np.cumsum(top, axis=0)])[:-1]
+            down_sc = np.cumsum(-top[::-1], axis=0)[::-1]
+            gy_top = np.abs(cv2.Sobel(g_d, cv2.CV_32F, 0, 1, ksize=3))[:r_h]
+            gy_top = gy_top / (np.percentile(gy_top, 95) + 1e-6)
+            t_rel = boundary_dp((up_sc + down_sc + 2.0 * np.minimum(gy_top, 1.5)).astype(np.float64), 0.6, 6.0)
+            first_valid = np.array([np.flatnonzero(v_d[:, c]).min() if v_d[:, c].any() else 0 for c in range(Cd)])
+            seen = (t_rel > first_valid + 1) & contact & (t_rel < r_h - 1)
+            if seen.mean() > 0.2:
+                # the wall at z_wall meets the ceiling at row t: height above the eye = z (cy - t) / f
+                heights = z_wall[seen] * (cy_r - t_rel[seen] * ds) / f_r
+                hc = float(np.median(heights))
+                spread = float(np.median(np.abs(heights - hc)))
+                if 0.4 <= hc <= 3.0 and spread < 0.25 * hc:
+                    ceiling_h_m, t_row = hc, np.where(t_rel > first_valid + 1, t_rel * ds, -1)
+
     # --- depth of every photo pixel
-    K_full_m = K_full.matrix
     u = np.arange(W, dtype=np.float64) + 0.5
     v = np.arange(H, dtype=np.float64) + 0.5
-    rays_c = np.stack(np.broadcast_arrays(((u[None, :] - K_full.cx) / K_full.fx), ((v[:, None] - K_full.cy) / K_full.fy),
+    rays_c = np.stack(np.broadcast_arrays((u[None, :] - K_full.cx) / K_full.fx, (v[:, None] - K_full.cy) / K_full.fy,
                                           np.ones((H, W))), axis=-1)  # [H, W, 3] camera frame, z = 1
     rays_l = rays_c @ R.T  # level frame
     zl = np.maximum(rays_l[..., 2], 1e-6)
@@ -773,12 +803,19 @@ def estimate_layout(
     t_floor = config.camera_height_m / np.maximum(rays_l[..., 1], 1e-9)  # ray parameter (level frame)
     t_vert = z_wall[col] / zl  # the column's vertical surface at level-frame z = z_wall
     t = np.where(floor, t_floor, t_vert)
+    ceiling = np.zeros((H, W), bool)
+    if ceiling_h_m is not None:
+        t_ceil = ceiling_h_m / np.maximum(-rays_l[..., 1], 1e-9)
+        # a ceiling never lies beyond the wall it meets: where the plane would, the pixel is that wall (a grey
+        # wall below a grey ceiling can fool the colour boundary)
+        ceiling = (qy < t_row[col]) & (rays_l[..., 1] < -1e-6) & ~sky_full & (t_ceil <= 1.05 * t_vert)
+        t = np.where(ceiling, t_ceil, t)
     depth = t  # camera-frame rays have z = 1, so the ray parameter is the z-depth
     # no sky in view: an interior, or the ground seen from above; nothing there is 80 m away
     far_m = config.max_depth_m if sky.any() else config.max_depth_no_sky_m
     depth = np.clip(depth, config.min_depth_m, far_m)
     depth = np.where(sky_full, config.sky_depth_m, depth).astype(np.float32)
-    vertical = ~floor & ~sky_full
+    vertical = ~floor & ~sky_full & ~ceiling
 
     # --- planes in the camera frame
     planes = [LayoutPlane("floor", -up.copy(), config.camera_height_m, int(floor.sum()))]
@@ -786,6 +823,8 @@ def estimate_layout(
         n3_l = np.array([n[0], 0.0, n[1]]) * (1 if o > 0 else -1)
         n_cam = R.T @ n3_l
         planes.append(LayoutPlane("wall", n_cam, abs(float(o)), int((vertical & (wall_of_col[col] == i)).sum())))
+    if ceiling_h_m is not None:
+        planes.append(LayoutPlane("ceiling", up.copy(), ceiling_h_m, int(ceiling.sum())))
 
     # --- confidence
     manhattan_len = sum(vp.support_px for vp in vps[:3])
@@ -813,6 +852,7 @@ def estimate_layout(
         floor_mask=floor,
         sky_mask=sky_full,
         vertical_mask=vertical,
+        ceiling_mask=ceiling,
         depth_m=depth,
         camera_height_m=config.camera_height_m,
         confidence=confidence,
