@@ -151,3 +151,17 @@ def test_boundary_dp_matches_brute_force():
             return score[rows, np.arange(5)].sum() - np.minimum(smooth * np.abs(np.diff(rows)), jump).sum()
 
         assert value(fast) == pytest.approx(value(ref))  # ties may pick different rows, never a worse value
+
+
+def test_ceiling_is_measured_in_a_level_room():
+    rgb, depth_true, _ = _render("room", 0.0, 35.0)
+    layout = estimate_layout(rgb)
+    ceilings = [p for p in layout.planes if p.kind == "ceiling"]
+    assert len(ceilings) == 1 and layout.ceiling_mask.any()
+    scene = make_scene("room", 0)
+    headroom_true = float(-scene.vertices[:, 1].min()) - 1.6  # world y is down; the eye is 1.6 m up
+    assert abs(ceilings[0].offset_m / headroom_true - 1.0) < 0.15
+    np.testing.assert_allclose(ceilings[0].normal_cam, layout.up_cam)
+    c = layout.ceiling_mask & (depth_true > 0)
+    absrel = float(np.mean(np.abs(layout.depth_m[c] - depth_true[c]) / depth_true[c]))
+    assert absrel < 0.25, absrel
