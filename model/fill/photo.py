@@ -601,8 +601,13 @@ def estimate_layout(
     rgb: np.ndarray,  # [H, W, 3] uint8
     intrinsics: Intrinsics | None = None,  # None: unknown, estimate the focal (default FOV when impossible)
     config: PhotoLayoutConfig = PhotoLayoutConfig(),
+    debug: dict | None = None,
 ) -> PhotoLayout:
-    """The layout of one photo (see the module docstring). Intrinsics handed in are trusted, not re-estimated."""
+    """The layout of one photo (see the module docstring). Intrinsics handed in are trusted, not re-estimated.
+
+    ``debug``: a dict that receives the intermediate maps (floor probability, rectified evidence, boundary) for
+    inspection; nothing is computed for it that is not computed anyway.
+    """
     rgb = _check_rgb(rgb)
     H, W = rgb.shape[:2]
     if intrinsics is not None and (intrinsics.width, intrinsics.height) != (W, H):
@@ -713,6 +718,9 @@ def estimate_layout(
     score = below + above_sc + 2.0 * np.minimum(gy, 1.5)
     col_valid = v_d[r_h:].any(axis=0)
     b_rel = boundary_dp(score.astype(np.float64), smooth=0.6, jump=6.0)
+    if debug is not None:
+        debug.update(p_floor=p_floor, p_rect=p_d, vertical_edges=e_d, vertical_spans=s_d, boundary=b_rel + r_h,
+                     horizon_row=r_h)
     b_row = (r_h + b_rel + 1) * ds  # first floor row (full rectified resolution), pixel-edge coordinate
     # columns whose boundary sits at the lowest valid row: nothing of the floor seen there
     last_valid = np.array([np.flatnonzero(v_d[:, c]).max() if v_d[:, c].any() else Rd - 1 for c in range(Cd)])
@@ -723,6 +731,9 @@ def estimate_layout(
     # columns without a contact: the surface comes closer than the bottom row's floor; use that (an upper bound)
     bottom_slope = np.maximum(((last_valid + 1) * ds - cy_r) / f_r, 1e-6)
     z_c = np.where(contact, z_c, np.clip(config.camera_height_m / bottom_slope, config.min_depth_m, config.max_depth_m))
+    # one-column spikes (a thin leg, a mislabelled strip) become free-standing slivers when the camera moves:
+    # a 5-column median in inverse depth removes them and keeps real steps (occlusion edges) where they are
+    z_c = 1.0 / ndimage.median_filter(1.0 / z_c, size=5, mode="nearest")
     xc = ((np.arange(Cd) + 0.5) * ds - cx_r) / f_r  # x/z of the column's vertical plane
     foot = np.column_stack([xc * z_c, z_c])  # [C, 2] level (x, z)
 
