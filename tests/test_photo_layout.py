@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,10 +33,12 @@ def _pitched(c2w: np.ndarray, pitch_down_deg: float, yaw_deg: float) -> np.ndarr
     return T
 
 
+@functools.lru_cache(maxsize=None)
 def _render(name: str, pitch_down_deg: float, yaw_deg: float):
     scene = make_scene(name, 0)
     c2w = _pitched(scene.start_pose(), pitch_down_deg, yaw_deg)
     rgb, depth = scene.render(K75, c2w)
+    rgb.flags.writeable = depth.flags.writeable = False  # cached: shared between tests
     up_true = -(c2w[:3, :3].T @ np.array([0.0, 1.0, 0.0]))  # world y is down; up in the camera frame
     return rgb, depth, up_true
 
