@@ -95,14 +95,6 @@ def test_estimator_protocol_and_given_intrinsics_are_kept():
     np.testing.assert_array_equal(est.depth_m, again.depth_m)
 
 
-def test_world_from_image_uses_the_measured_focal():
-    from spatia.world.state import World
-
-    rgb, _, _ = _render("courtyard", 10.0, 35.0)
-    world = World.from_image(rgb, depth_estimator=PhotoLayoutDepth())
-    assert abs(world.intrinsics.fx / K75.fx - 1.0) < 0.15  # not the 60 degree default (fx 554)
-
-
 def test_featureless_image_falls_back_to_the_planar_prior():
     rng = np.random.default_rng(0)
     flat = np.clip(128 + rng.normal(0, 3, (180, 320, 3)), 0, 255).astype(np.uint8)
@@ -168,3 +160,18 @@ def test_ceiling_is_measured_in_a_level_room():
     c = layout.ceiling_mask & (depth_true > 0)
     absrel = float(np.mean(np.abs(layout.depth_m[c] - depth_true[c]) / depth_true[c]))
     assert absrel < 0.25, absrel
+
+
+def test_world_from_image_uses_the_measured_focal_and_the_layout_is_recoverable():
+    """``World.from_image`` takes the measured intrinsics; the fill can re-derive the layout from
+    ``world.first_image`` and ``world.intrinsics``: same planes, same depth."""
+    from spatia.world.state import World
+
+    rgb, _, _ = _render("courtyard", 10.0, 35.0)
+    estimator = PhotoLayoutDepth()
+    world = World.from_image(rgb, depth_estimator=estimator)
+    assert abs(world.intrinsics.fx / K75.fx - 1.0) < 0.15  # not the 60 degree default (fx 554)
+    again = estimate_layout(world.first_image, world.intrinsics)
+    np.testing.assert_array_equal(again.depth_m, estimator.last_layout.depth_m)
+    np.testing.assert_allclose(again.up_cam, estimator.last_layout.up_cam)
+    assert [p.kind for p in again.planes] == [p.kind for p in estimator.last_layout.planes]
