@@ -175,3 +175,12 @@ def test_world_from_image_uses_the_measured_focal_and_the_layout_is_recoverable(
     np.testing.assert_array_equal(again.depth_m, estimator.last_layout.depth_m)
     np.testing.assert_allclose(again.up_cam, estimator.last_layout.up_cam)
     assert [p.kind for p in again.planes] == [p.kind for p in estimator.last_layout.planes]
+
+
+def test_unmeasurable_focal_falls_back_unless_intrinsics_are_given():
+    rgb, _, _ = _render("room", 0.0, 0.0)  # level and frontal: no pair of vanishing points gives the focal
+    with structlog.testing.capture_logs() as logs:
+        est = PhotoLayoutDepth().estimate_uncalibrated(rgb)
+    assert est.source == "planar_prior(photo_fallback)"
+    assert any(e["event"] == "photo_layout_fallback" and e["terms"]["focal"] < 1.0 for e in logs)
+    assert PhotoLayoutDepth().estimate(rgb, K75).source == "photo_layout"  # known intrinsics: the layout is used

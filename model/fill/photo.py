@@ -24,8 +24,10 @@ pitched or the room is seen at an angle. This module measures the layout from th
    prior); everything standing on it continues up from its contact row at that contact's distance. Runs of
    columns whose footprints line up along a Manhattan axis become wall planes and take the plane's exact depth.
    Sky gets ``sky_depth_m``.
-7. **Confidence** from the line structure, the floor/not-floor separation and whether up was measured; below
-   ``min_confidence`` the estimator falls back to the planar prior and says so in the log.
+7. **Confidence** from the line structure, the floor/not-floor separation, whether up was measured and whether
+   the focal length is known (handed in or measured); below ``min_confidence`` the estimator falls back to the
+   planar prior and says so in the log. A photo without intrinsics whose focal cannot be measured falls back by
+   default: the layout's depths scale with the guessed focal, and the planar prior measured better there.
 
 ``PhotoLayoutDepth`` implements ``world.depth.DepthEstimator``; ``estimate_layout`` returns the full
 ``PhotoLayout`` (up, Manhattan frame, planes, masks) for the fill to extend into unseen space.
@@ -67,6 +69,11 @@ class PhotoLayoutConfig:
     vp_inlier_deg: float = 1.5  # a segment supports a vanishing point when its angle to it is below this
     vp_hypotheses: int = 1500  # RANSAC pair samples per vanishing point
     min_confidence: float = 0.35  # below: fall back to the planar prior (logged)
+    # Confidence factor when the photo came without intrinsics and its vanishing points do not give the focal
+    # either (a level camera facing a wall). The layout's depths then scale with the assumed focal; on the
+    # procedural scenes the planar prior measured better in that case (benchmarks/photo_layout.py, level rows),
+    # so the default makes it fall back.
+    unmeasured_focal_confidence: float = 0.3
     seed: int = 0  # RANSAC sampling seed: same image, same layout
 
     def __post_init__(self) -> None:
@@ -844,11 +851,12 @@ def estimate_layout(
     c_floor = float(np.clip((separation - 0.15) / 0.25, 0.0, 1.0))
     c_up = {"vertical_vp": 1.0, "horizontal_vps": 0.9, "horizontal_vp_zero_roll": 0.7, "assumed_level": 0.4}[up_source]
     c_contact = float(contact.mean())
-    confidence = float(c_lines ** 0.5 * c_floor ** 0.5 * c_up * (0.5 + 0.5 * c_contact))
+    c_focal = 1.0 if focal_source != "default" else config.unmeasured_focal_confidence
+    confidence = float(c_lines ** 0.5 * c_floor ** 0.5 * c_up * (0.5 + 0.5 * c_contact) * c_focal)
     if sky.any() and not floor.any():
         confidence *= 0.5
     terms = {"lines": round(c_lines, 3), "floor_separation": round(c_floor, 3), "up": c_up,
-             "contact_columns": round(c_contact, 3)}
+             "contact_columns": round(c_contact, 3), "focal": c_focal}
     return PhotoLayout(
         intrinsics=K_full,
         focal_source=focal_source,
