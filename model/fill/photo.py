@@ -673,7 +673,6 @@ def estimate_layout(
     Hcv = T_out @ Hom @ T_in
     p_r = cv2.warpPerspective(p_floor, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR, borderValue=-1.0)
     valid_r = cv2.warpPerspective(np.ones((h, w), np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST) > 0
-    sky_r = cv2.warpPerspective(sky.astype(np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST) > 0
     gray_r = cv2.warpPerspective(gray, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR).astype(np.float32)
     # Vertical 3-D edges (segments of the vertical vanishing point) stand on vertical surfaces: never floor.
     # A segment that also points at a finite horizontal vanishing point (a floor line through the centre
