@@ -64,6 +64,7 @@ def official_to_c2w(official: pb.OfficialTrajectory, origin_c2w: np.ndarray, lim
 
 def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -> tuple[World, np.ndarray | None]:
     """The world and, for an official case, its trajectory [N, 4, 4] c2w re-based on the world frame."""
+    from spatia.model.fill.photo import PhotoLayoutDepth
     from spatia.world.images import load_depth, load_mask, load_rgb
 
     kind = request.WhichOneof("source")
@@ -83,7 +84,9 @@ def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -
             raise InvalidInputError(f"image.intrinsics are for {K.width}x{K.height} but the image is {w}x{h}")
         depth = load_depth(s.depth, (w, h), name="image.depth") if s.depth else None
         dynamic = load_mask(s.dynamic_mask, (w, h), name="image.dynamic_mask") if s.dynamic_mask else None
-        return World.from_image(rgb, K, depth_m=depth, dynamic=dynamic, source="image", **common), None
+        estimator = PhotoLayoutDepth() if depth is None else None  # layout from the photo's own lines (issue 10)
+        return World.from_image(rgb, K, depth_m=depth, depth_estimator=estimator, dynamic=dynamic, source="image",
+                                **common), None
     if kind == "point_cloud":
         s = request.point_cloud
         if not s.HasField("intrinsics"):
@@ -119,6 +122,8 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
         raise InvalidInputError("official_case.intrinsics is required")
     if not case.trajectory.w2c:
         raise InvalidInputError("official_case.trajectory has no w2c poses")
+    from spatia.model.fill.photo import PhotoLayoutDepth
+
     w2c = trajectory_from_proto(pb.Trajectory(poses=case.trajectory.w2c), "official_case.trajectory.w2c", limits)
     n = case.intrinsics
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +143,8 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
         width = int(case.width) or probe.shape[1]
         height = int(round(probe.shape[0] * width / probe.shape[1]))
         check_pixels(width, height, limits, "official_case image")
-        world, c2w = World.from_case(d, width=case.width or None, world_id=world_id)
+        world, c2w = World.from_case(d, depth_estimator=PhotoLayoutDepth(), width=case.width or None,
+                                     world_id=world_id)
     return world, c2w
 
 

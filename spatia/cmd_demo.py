@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--scene", default=None, help="procedural scene: room, house, courtyard (default room)")
-    src.add_argument("--image", type=Path, help="a photograph to start from (depth: --depth, --depth-model or a planar prior)")
+    src.add_argument("--image", type=Path, help="a photograph to start from (depth: --depth, --depth-model, else the "
+                     "layout measured from the photo; the planar prior when that is unsure)")
     src.add_argument("--case", type=Path, help="an official Spatia case directory (img.jpg, intrinsics.txt, w2c.txt, ...)")
     p.add_argument("--depth", type=Path, help="depth for --image: .npy metres or 16-bit PNG millimetres")
     p.add_argument("--depth-model", type=Path, help="local transformers depth-estimation model directory")

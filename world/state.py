@@ -116,7 +116,13 @@ class World:
             raise InvalidInputError(f"image must be uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
         K = intrinsics or default_intrinsics(rgb.shape[1], rgb.shape[0])
         if depth_m is None:
-            depth_m = (depth_estimator or PlanarPriorDepth()).estimate(rgb, K).depth_m
+            if intrinsics is None and hasattr(depth_estimator, "estimate_uncalibrated"):
+                # the estimator measures the focal itself (model.fill.photo): its depth is for its intrinsics
+                est = depth_estimator.estimate_uncalibrated(rgb)
+                K = est.intrinsics or K
+            else:
+                est = (depth_estimator or PlanarPriorDepth()).estimate(rgb, K)
+            depth_m = est.depth_m
         kwargs.setdefault("source", "image")
         return cls.from_rgbd(rgb, depth_m, K, **kwargs)
 
