@@ -131,6 +131,7 @@ class Engine:
         self.clips_done = 0
         self.last_stats: ClipStats | None = None
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
+        self._observed: list[ReferenceFrame] | None = None
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -215,6 +216,15 @@ class Engine:
         self._last_retrieval = (target_c2w[-1].copy(), scores)
         return scores
 
+    def _observed_views(self) -> list[ReferenceFrame]:
+        """The views of the real scene: the first image with its depth (every later frame is generated)."""
+        if self._observed is None and len(self.world.history):
+            depth = self.world.history.get_depth(0)
+            if depth is not None:
+                self._observed = [ReferenceFrame(0, self._first_frame(), self.world.origin_c2w.copy(),
+                                                 self.world.history.intrinsics(0), depth_m=depth)]
+        return self._observed or []
+
     def _first_frame(self) -> np.ndarray:
         return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
 
@@ -247,6 +257,9 @@ class Engine:
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
             world_up=-self.world.origin_c2w[:3, 1],  # DESIGN.md: up = -y of the first camera
+            memory=self.world.memory,
+            observed_views=self._observed_views(),
+            visited_c2w=history.poses(),
         )
         return request, views
 
