@@ -298,6 +298,18 @@ class GeometricGenerator:
         use = (ld > 0) & ~pinhole & ((f <= 0) | (f >= (1.0 - cfg.layout_front_rel) * ld))
         R, cam = c2w[:3, :3], c2w[:3, 3]
         pts = cam + (rays * ld[:, None]) @ R.T  # [M, 3] world frame (meaningful where ld > 0)
+        # free space around every pose the camera has been at or is about to be at (only the poses near a
+        # plane can be near its points)
+        radius = layout.config.min_camera_distance_m
+        for i, plane in enumerate(view.bounds):
+            a = layout.axes[plane.axis]
+            close = reach[np.abs(reach @ a - plane.offset_m) < radius]
+            sel = np.flatnonzero(use & (li == i))
+            if len(close) and len(sel):
+                from scipy.spatial import cKDTree
+
+                d, _ = cKDTree(close).query(pts[sel], distance_upper_bound=radius)
+                use[sel[np.isfinite(d)]] = False
         if request.observed_views and use.any():
             sel = np.flatnonzero(use)
             use[sel[_free_space_violation(pts[sel], request.observed_views, cfg.free_space_rel)]] = False

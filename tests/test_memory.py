@@ -573,3 +573,22 @@ def test_provenance_kept_and_round_trips():
     np.testing.assert_array_equal(mem.provenance, prov)
     with pytest.raises(InvalidInputError):
         mem.integrate_points(far, np.zeros((300, 3), np.uint8), 3, provenance=7)
+
+
+def test_remove_invented_near_keeps_observed():
+    from spatia.world.memory import INVENTED_FINAL
+
+    rng = np.random.default_rng(4)
+    mem = random_memory(rng, 2000, MemoryConfig(voxel_size_m=0.02))
+    inv = rng.uniform(-1.0, 1.0, size=(2000, 3))
+    mem.integrate_points(inv, np.zeros((2000, 3), np.uint8), 1, provenance=INVENTED_FINAL)
+    before = mem.provenance.copy()
+    pos_before = mem.positions
+    centres = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    removed = mem.remove_invented_near(centres, 0.3)
+    # slow reference: every invented point within 0.3 m of a centre goes, nothing else
+    d = np.min(np.linalg.norm(pos_before[:, None, :] - centres[None], axis=2), axis=1)
+    want = (before != 0) & (d <= 0.3)
+    assert removed == int(want.sum()) > 0
+    assert mem.num_points == len(before) - removed
+    assert int((mem.provenance == 0).sum()) == int((before == 0).sum())

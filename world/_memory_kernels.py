@@ -608,3 +608,27 @@ def merge_samples(
             updated += 1
         i += 1
     return i, n, created, updated
+
+
+@nb.njit(cache=True, nogil=True)
+def box_candidates(keys, prov, n, lo0, lo1, lo2, hi0, hi1, hi2, observed):
+    """Indices of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units) and whose
+    provenance is not ``observed``: integer work on the keys only, no position decoding."""
+    out = np.empty(n, np.int64)
+    m = 0
+    for p in range(n):
+        if prov[p] == observed:
+            continue
+        key = keys[p]
+        i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
+        if i < lo0 or i > hi0:
+            continue
+        j = ((key >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
+        if j < lo1 or j > hi1:
+            continue
+        k = (key & KEY_MASK) - KEY_OFFSET
+        if k < lo2 or k > hi2:
+            continue
+        out[m] = p
+        m += 1
+    return out[:m]

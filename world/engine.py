@@ -60,6 +60,8 @@ class EngineConfig:
     # retrieve for every clip, as the paper does. Real-time play with one-frame clips retrieves ~30 times a
     # second for nearly the same view; reuse there trades a few cm of staleness for ~4 ms per frame.
     reuse_references_within: tuple[float, float] | None = None
+    # Invented memory points within this of a pose the camera has been at are removed after each clip (0: off).
+    free_radius_m: float = 0.5
 
     def __post_init__(self) -> None:
         if self.num_references < 0:
@@ -323,6 +325,10 @@ class Engine:
             yield GeneratedFrame(first_index + len(made) - 1, clip_id, poses[len(made) - 1], view.rgb, view.depth_m)
         t1 = time.perf_counter()
         self._commit(poses, clip_result(made), views)
+        if self.config.free_radius_m > 0 and self.config.update_memory:
+            # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
+            # the camera then walks through is taken away); observed points are never removed
+            self.world.memory.remove_invented_near(poses[:, :3, 3], self.config.free_radius_m)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(

@@ -432,6 +432,30 @@ class SpatialMemory:
             self._compact(~drop)
         return count
 
+    def remove_invented_near(self, centres_m: np.ndarray, radius_m: float) -> int:
+        """Delete the invented points within ``radius_m`` of any of ``centres_m`` [P, 3] (world frame): space a
+        camera has been in is free, whatever a generator invented there before. Observed points stay. Returns
+        how many were deleted."""
+        c = np.asarray(centres_m, np.float64).reshape(-1, 3)
+        if not len(c) or not self._n or not (self._prov[: self._n] != OBSERVED).any():
+            return 0
+        d_m = self.config.voxel_size_m
+        lo = np.floor((c.min(axis=0) - radius_m) / d_m).astype(np.int64)
+        hi = np.floor((c.max(axis=0) + radius_m) / d_m).astype(np.int64)
+        cand = K.box_candidates(self._keys, self._prov, self._n, *lo.tolist(), *hi.tolist(), OBSERVED)
+        if not len(cand):
+            return 0
+        from scipy.spatial import cKDTree
+
+        pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)
+        d, _ = cKDTree(c).query(pos, distance_upper_bound=radius_m)
+        drop = np.zeros(self._n, bool)
+        drop[cand[np.isfinite(d)]] = True
+        count = int(drop.sum())
+        if count:
+            self._compact(~drop)
+        return count
+
     def insert(self, points: np.ndarray, colors: np.ndarray, frame_index: int = -1) -> IntegrateStats:
         """Add an object (paper Fig. 8, "adding new ones"): the given points replace whatever occupies their
         voxels. Points sharing a voxel are averaged; each new voxel's count is its number of points."""

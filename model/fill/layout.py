@@ -16,11 +16,11 @@ Per camera (``LayoutView``): in each of the six axis directions the plane that b
 stands in is the best-supported plane facing the camera at least ``min_camera_distance_m`` away. Where no
 observed plane bounds a direction it is closed by this rule (documented in the module; scene-independent):
 
-- indoors (a ceiling was observed) a wall the camera has walked through (it stands behind a plane that faces
-  the other way, e.g. it went through a doorway) is a wall of the next room too: its back side, one
-  ``wall_thickness_m`` further, bounds the way back; the way on is closed where a room as deep as the one
-  observed along that axis would end;
-- indoors, a direction nothing observed bounds (behind the first camera) is closed ``unseen_wall_margin_m``
+- indoors (a ceiling was observed), 1: a wall the camera has walked through (it stands behind a plane that
+  faces the other way, e.g. it went through a doorway) is a wall of the next room too: its back side, one
+  ``wall_thickness_m`` nearer, bounds the way back; 2: the way on, beyond a wall the camera came through, is
+  closed where a room as deep as the one it came from would end;
+- indoors, 3: a direction nothing else bounds (behind the first camera) is closed ``unseen_wall_margin_m``
   beyond the farthest pose the camera has been at or is going to in that direction;
 - outdoors (no ceiling) nothing is closed: the ground continues (up to ``max_ground_m``), observed facades
   continue as planes up to their observed height, and everything else is sky.
@@ -252,34 +252,51 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 if ahead:
                     out.append(max(ahead, key=lambda p: p.support))
                 continue  # floors and ceilings are not closed by rule
-            # free space: no wall within the margin of any pose the camera has been at or goes to
-            far_enough = [p for p in ahead if np.all(direction * (p.offset_m - reach) >= cfg.min_camera_distance_m)]
-            if far_enough:
-                out.append(max(far_enough, key=lambda p: p.support))
+            # (free space around the other poses is kept per point by the caller: planes are infinite, and a
+            # pose beyond a wall, in the next room, says nothing about the wall's other parts)
+            through = [p for p in layout.planes if p.axis == k and p.facing == direction
+                       and direction * (p.offset_m - c) - cfg.wall_thickness_m > 0.0]
+            if ahead:
+                best = max(ahead, key=lambda p: p.support)
+                # ... unless the camera walked through a wall nearer than it: that wall's back side is nearer
+                if through:
+                    wall = min(through, key=lambda p: direction * (p.offset_m - c))
+                    if direction * (wall.offset_m - best.offset_m) < 0:
+                        out.append(Plane(k, wall.offset_m - direction * cfg.wall_thickness_m, -direction, 0, WALL,
+                                         math.inf, wall.plane_id, derived=True))
+                        continue
+                out.append(best)
                 continue
             if not layout.indoor:
                 continue
-            # closing rule: a wall the camera passed through (it faces away from us, we stand on its back side)
-            passed = [p for p in layout.planes if p.axis == k and p.facing == direction
-                      and direction * (c - p.offset_m) >= 0.0]
-            offset = None
-            if passed:
-                wall = max(passed, key=lambda p: p.support)
-                back = wall.offset_m - direction * cfg.wall_thickness_m
-                # the room beyond is as deep as the observed one: the observed extent between opposite walls
-                opposite = [p.offset_m for p in layout.planes if p.axis == k and p.facing == -direction]
-                depth_m = max([abs(o - wall.offset_m) for o in opposite] or [0.0])
-                if direction * (back - c) >= 0:  # the wall we passed is behind us: it bounds the way back
-                    offset, src = back, wall
-                elif depth_m > 0:
-                    offset, src = wall.offset_m - direction * depth_m, wall
+            # closing rule 1: the back side of a wall the camera walked through (it lies ahead, facing away)
+            offset, src = None, None
+            through = [p for p in layout.planes if p.axis == k and p.facing == direction
+                       and direction * (p.offset_m - c) > 0]
+            if through:
+                src = min(through, key=lambda p: direction * (p.offset_m - c))
+                offset = src.offset_m - direction * cfg.wall_thickness_m
+            else:
+                # closing rule 2: the camera came through a wall facing it from behind (a doorway): the room
+                # beyond is as deep as the one it came from (between that wall and the room's opposite wall,
+                # observed, else guessed by rule 3 from where the camera has been)
+                came = [p for p in layout.planes if p.axis == k and p.facing == -direction
+                        and direction * (p.offset_m - c) < 0]
+                if came:
+                    src = min(came, key=lambda p: direction * (c - p.offset_m))
+                    opposite = [p.offset_m for p in layout.planes if p.axis == k and p.facing == direction
+                                and direction * (p.offset_m - src.offset_m) < 0]
+                    if opposite:
+                        depth_m = min(direction * (src.offset_m - o) for o in opposite)
+                    else:
+                        depth_m = direction * src.offset_m - float(np.min(direction * reach)) + cfg.unseen_wall_margin_m
+                    offset = src.offset_m + direction * (depth_m + cfg.wall_thickness_m)
             if offset is None or direction * (offset - c) < cfg.min_camera_distance_m:
+                # closing rule 3: a wall nothing observed bounds stands beyond the farthest pose that way
                 far = float(np.max(direction * reach)) * direction
                 offset = far + direction * cfg.unseen_wall_margin_m
                 src = None  # no wall of its own to continue: its look is borrowed (appearance.PlaneTextures)
             if direction * (offset - c) > cfg.max_room_extent_m:
-                continue
-            if not np.all(direction * (offset - reach) >= cfg.min_camera_distance_m):
                 continue
             out.append(Plane(k, float(offset), -direction, 0, WALL, math.inf,
                              src.plane_id if src is not None else -1, derived=True))
