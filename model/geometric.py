@@ -314,7 +314,12 @@ class GeometricGenerator:
             sel = np.flatnonzero(use)
             use[sel[_free_space_violation(pts[sel], request.observed_views, cfg.free_space_rel)]] = False
         # depth: the layout where it wins (the ground only up to max_ground_m: extents capped), else the fill
-        new_depth = np.where(use, ld, np.where(ld > 0, f, np.maximum(f, 0.0)))
+        new_depth = np.where(use, ld, np.maximum(f, 0.0))
+        other = np.flatnonzero(~use & (new_depth > 0))
+        if request.observed_views and len(other):
+            # the fill's own points obey free space too: what an observed view saw through stays empty
+            p_other = cam + (rays[other] * new_depth[other, None]) @ R.T
+            new_depth[other[_free_space_violation(p_other, request.observed_views, cfg.free_space_rel)]] = 0.0
         if not layout.indoor:
             new_depth = np.where(use & (ld > layout.config.max_ground_m), 0.0, new_depth)
         out_depth = filled.copy()

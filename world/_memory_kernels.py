@@ -611,13 +611,14 @@ def merge_samples(
 
 
 @nb.njit(cache=True, nogil=True)
-def box_candidates(keys, prov, n, lo0, lo1, lo2, hi0, hi1, hi2, observed):
-    """Indices of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units) and whose
-    provenance is not ``observed``: integer work on the keys only, no position decoding."""
+def box_candidates(keys, prov, last, n, lo0, lo1, lo2, hi0, hi1, hi2, observed, min_last_seen):
+    """Indices of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units), whose
+    provenance is not ``observed`` and whose last-seen frame is at least ``min_last_seen``: integer work on the
+    keys only, no position decoding."""
     out = np.empty(n, np.int64)
     m = 0
     for p in range(n):
-        if prov[p] == observed:
+        if prov[p] == observed or last[p] < min_last_seen:
             continue
         key = keys[p]
         i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET

@@ -329,6 +329,9 @@ class Engine:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
             self.world.memory.remove_invented_near(poses[:, :3, 3], self.config.free_radius_m)
+            # ... and what this clip invented near any earlier pose
+            visited = self.world.history.poses()[:first_index, :3, 3]
+            self.world.memory.remove_invented_near(visited, self.config.free_radius_m, since_frame=first_index)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(

@@ -432,17 +432,20 @@ class SpatialMemory:
             self._compact(~drop)
         return count
 
-    def remove_invented_near(self, centres_m: np.ndarray, radius_m: float) -> int:
+    def remove_invented_near(self, centres_m: np.ndarray, radius_m: float, since_frame: int | None = None) -> int:
         """Delete the invented points within ``radius_m`` of any of ``centres_m`` [P, 3] (world frame): space a
-        camera has been in is free, whatever a generator invented there before. Observed points stay. Returns
-        how many were deleted."""
+        camera has been in is free, whatever a generator invented there before. Observed points stay.
+        ``since_frame``: only points last seen at or after this frame index are considered. Returns how many
+        were deleted."""
         c = np.asarray(centres_m, np.float64).reshape(-1, 3)
         if not len(c) or not self._n or not (self._prov[: self._n] != OBSERVED).any():
             return 0
         d_m = self.config.voxel_size_m
         lo = np.floor((c.min(axis=0) - radius_m) / d_m).astype(np.int64)
         hi = np.floor((c.max(axis=0) + radius_m) / d_m).astype(np.int64)
-        cand = K.box_candidates(self._keys, self._prov, self._n, *lo.tolist(), *hi.tolist(), OBSERVED)
+        floor = np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame)
+        cand = K.box_candidates(self._keys, self._prov, self._last, self._n, *lo.tolist(), *hi.tolist(), OBSERVED,
+                                floor)
         if not len(cand):
             return 0
         from scipy.spatial import cKDTree
