@@ -22,8 +22,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import structlog
 
 from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class AppearanceConfig:
     max_grid_texels: int = 1200  # rasterised extent per axis around the samples' median (bounds memory and time)
     sky_min_depth_m: float = 80.0  # observed pixels this far away (or with no depth) are sky candidates
     sky_band_deg: float = 1.0
+    synthesis: bool = True  # continue textures with model.fill.texture when it is installed (else mirror repeat)
+    synthesis_window_texels: int = 256
 
 
 def plane_basis(layout: Layout, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
@@ -49,13 +54,23 @@ def plane_basis(layout: Layout, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class PlaneTexture:
-    levels: list[np.ndarray]  # mip pyramid of the exemplar, [S, S, 3] float32 RGB at level 0
+    levels: list[np.ndarray]  # mip pyramid of the exemplar, [S, S, 3] uint8 RGB at level 0
     texel_m: float
     origin_uv: tuple[float, float]  # plane coordinates (metres) of the exemplar's texel (0, 0) corner
+    # exemplar-based synthesis (``model.fill.texture.TextureModel``) when available: continues the plane's
+    # texture (periodic ones by their period, stochastic ones by quilting) in tiles keyed by (plane, tile, seed)
+    synth: object | None = None
+    synth_origin_uv: tuple[float, float] = (0.0, 0.0)  # plane metres of the synthesis exemplar's texel [0, 0]
+    seed: int = 0
 
     def sample(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
         """``[M, 3]`` uint8 colours at plane coordinates ``uv_m`` [M, 2] (metres), seen with a pixel footprint of
         ``footprint_m`` [M] metres (chooses the mip level: no aliasing far away)."""
+        if self.synth is not None:
+            from spatia.model.fill.texture import sample_uv
+
+            return sample_uv(self.synth, np.asarray(uv_m, np.float64) - np.asarray(self.synth_origin_uv),
+                             np.asarray(footprint_m, np.float64), self.seed)
         out = np.empty((len(uv_m), 3), np.uint8)
         level = np.clip(np.floor(np.log2(np.maximum(footprint_m / self.texel_m, 1.0))), 0, len(self.levels) - 1)
         level = level.astype(np.int64)
@@ -100,14 +115,15 @@ def plane_texture(
     u_ax, v_ax = plane_basis(layout, plane)
     uv = np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1)
     col = colors[on].astype(np.float32)
+    seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
     for scale in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
-        tex = _exemplar(uv, col, config.texel_m * scale, config)
+        tex = _exemplar(uv, col, config.texel_m * scale, config, seed)
         if tex is not None:
             return tex
     return None
 
 
-def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: AppearanceConfig) -> PlaneTexture | None:
+def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: AppearanceConfig, seed: int) -> PlaneTexture | None:
     half = config.max_grid_texels * texel_m / 2
     centre = np.median(uv, axis=0)
     keep = np.all(np.abs(uv - centre) <= half, axis=1)
@@ -133,7 +149,39 @@ def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: Appearanc
     while levels[-1].shape[0] >= 8:
         levels.append(cv2.pyrDown(levels[-1]))
     origin = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
-    return PlaneTexture(levels, texel_m, origin)
+    tex = PlaneTexture(levels, texel_m, origin)
+    if config.synthesis:
+        _attach_synthesis(tex, acc, cnt, lo, texel_m, seed, config)
+    return tex
+
+
+def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: np.ndarray, texel_m: float,
+                      seed: int, config: AppearanceConfig) -> None:
+    """Fit the texture library's model on the best-covered window (up to ``synthesis_window_texels`` a side) of
+    the plane's rasterised observations; without the library (or when it declines the exemplar) the plane keeps
+    the mirror-repeated exemplar."""
+    try:
+        from spatia.model.fill.texture import TextureModel
+    except ImportError:
+        return
+    from spatia.world.errors import InvalidInputError
+
+    H, W = cnt.shape
+    s_r, s_c = min(H, config.synthesis_window_texels), min(W, config.synthesis_window_texels)
+    covered = (cnt > 0).astype(np.int32)
+    ii = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    tot = ii[s_r:, s_c:] - ii[:-s_r, s_c:] - ii[s_r:, :-s_c] + ii[:-s_r, :-s_c]
+    r, c = np.unravel_index(int(np.argmax(tot)), tot.shape)
+    win = (slice(r, r + s_r), slice(c, c + s_c))
+    rgb = np.clip(acc[win] / np.maximum(cnt[win], 1)[..., None], 0, 255).astype(np.uint8)
+    try:
+        model = TextureModel.fit(rgb, cnt[win] > 0, texel_m)
+    except InvalidInputError as exc:
+        log.info("texture synthesis declined the exemplar; mirror repeat", reason=str(exc))
+        return
+    tex.synth = model
+    tex.synth_origin_uv = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
+    tex.seed = int(seed)
 
 
 class PlaneTextures:
@@ -167,11 +215,10 @@ class PlaneTextures:
             found = [(p, t) for p, t in found if t is not None]
             if not found:
                 continue
-            # the most common look among that kind's planes (rooms have one wall finish and maybe an accent
-            # wall): group by mean colour, take the largest group, then its best-supported plane
-            means = [t.levels[-1].reshape(-1, 3).mean(axis=0) for _, t in found]
-            groups = [sum(np.abs(m - o).max() <= 20.0 for o in means) for m in means]
-            best = max(range(len(found)), key=lambda i: (groups[i], found[i][0].support))
+            # an unseen wall continues the walls it meets at its corners (those perpendicular to it; the opposite
+            # wall is often the accent wall a room is photographed towards), then the best-supported
+            best = max(range(len(found)), key=lambda i: (plane.kind == WALL and found[i][0].axis != plane.axis,
+                                                        found[i][0].support))
             return found[best][1]
         return None
 
