@@ -118,7 +118,7 @@ def _baseline(args) -> float:
 
     world = World.from_scene("room", 0, args.width, args.height)
     server = ServerConfig()
-    engine = Engine(world, make_generator("geometric"), EngineConfig(
+    engine = Engine(world, make_generator("geometric", **({"fill": args.fill} if args.fill else {})), EngineConfig(
         clip=ClipConfig(*args.clip), keyframe_stride=server.play_keyframe_stride,
         reuse_references_within=server.play_reuse_references_within))
     poses = ActionIntegrator(world.current_c2w, ControlConfig(fps=args.fps)).run(
@@ -147,6 +147,7 @@ def main() -> None:
                    help="PlayStart.max_pending_frames: poses waiting beyond this are dropped, oldest first "
                         "(0: a clip's worth)")
     p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
+    p.add_argument("--fill", choices=("layout", "legacy"), default=None, help="geometric generator's fill")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
     args = p.parse_args()
@@ -163,6 +164,7 @@ def main() -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file),
              "--data-dir", str(Path(tmp) / "data"),
+             *(["--fill", args.fill] if args.fill else []),
              *(["--save-interval-s", str(args.save_interval_s)] if args.save_interval_s is not None else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -188,7 +190,8 @@ def main() -> None:
         "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default",
         "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip),
                   "max_pending": args.max_pending,
-                  "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric"},
+                  "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric",
+                  "fill": args.fill or "default"},
         "sessions_1": {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
                        "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),
                        "max_ms": round(max(lat1, default=float("nan")), 1), "frames": one["frames"],

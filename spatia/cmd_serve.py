@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path("spatia-data"), help="worlds and recordings live here")
     p.add_argument("--generator", default="geometric", help="geometric (default), spatia-tiny, spatia")
     p.add_argument("--weights", type=Path, help="weights directory for --generator spatia")
+    p.add_argument("--fill", choices=("layout", "legacy"), help="geometric generator's fill of unseen space")
     p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every RPC but health")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from spatia.server.service import serve
 
     kwargs = (("weights_dir", str(args.weights)),) if args.weights else ()
+    kwargs += (("fill", args.fill),) if args.fill else ()
     config = ServerConfig(
         data_dir=args.data_dir, host=args.host, port=args.port, generator=args.generator, generator_kwargs=kwargs,
         token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key, save_every_clips=args.save_every_clips,
