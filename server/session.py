@@ -188,16 +188,20 @@ def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: Contr
     return integ
 
 
-def select_poses(pending: deque, n: int, frame_s: float | None, frame_period_s: float) -> tuple[list, int]:
+def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: float | None,
+                 frame_period_s: float) -> tuple[list, int]:
     """Interactive clip selection: (the poses of the next clip, how many older ones are skipped).
 
-    ``pending`` holds (c2w, seq) oldest first; ``n`` is a clip's worth. Without a measured per-frame time
-    (``frame_s``) the oldest ``n`` go, as when keeping up. Otherwise the clip takes the newest ``m`` poses with
-    ``m * frame_s`` within two frame periods (1 <= m <= n): the newest pose is never skipped, and the newest
-    action's frame arrives within about two frame times of the clip's start."""
-    if frame_s is None or frame_s <= 0:  # nothing measured yet: as when keeping up
+    ``pending`` holds (c2w, seq) oldest first; ``n`` is a clip's worth. A clip of ``m`` frames shows its newest
+    pose after about ``overhead_s + m * frame_s`` (measured: per-clip work such as retrieval and the memory
+    update, then per-frame generation). The clip takes the newest ``m`` poses, ``m`` (1..n) the most that fit a
+    latency budget of two frame periods, or, when even one frame cannot make that, twice the shortest clip
+    (so an overloaded server keeps a frame rate instead of showing one frame per clip overhead). The newest pose
+    is never skipped. Nothing measured yet: the oldest ``n`` go, none skipped."""
+    if frame_s is None or overhead_s is None or frame_s <= 0:
         return [pending.popleft() for _ in range(min(n, len(pending)))], 0
-    m = max(1, min(n, int(2.0 * frame_period_s / frame_s)))
+    budget_s = max(2.0 * frame_period_s, 2.0 * (overhead_s + frame_s))
+    m = max(1, min(n, int((budget_s - overhead_s) / frame_s)))
     if len(pending) <= m:
         return [pending.popleft() for _ in range(len(pending))], 0
     skipped = len(pending) - m
@@ -226,7 +230,8 @@ class PlaySession:
         clip_worth = max(options.clip.first_clip_frames, options.clip.new_frames_per_clip)
         self.max_pending = min(self.limits.max_pending_frames, options.max_pending_frames or clip_worth)
         self.frames_sent = 0
-        self.frame_s: float | None = None  # measured generation time per frame (EMA), seconds
+        self.frame_s: float | None = None  # measured time between a clip's frames (EMA), seconds
+        self.overhead_s: float | None = None  # measured rest of a clip's wall time (EMA), seconds
         self._sent_times: deque[float] = deque(maxlen=256)  # monotonic times of recent frames (held_fps)
         self.stopping = False  # set by ``end``: no new clips once the one in flight is done
         self.finished = False
@@ -329,7 +334,8 @@ class PlaySession:
                 elif self.options.max_pending_frames:  # the client chose its bound: every pose within it
                     chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
                 else:
-                    chunk, skipped = select_poses(pending, n, self.frame_s, 1.0 / self.options.fps)
+                    chunk, skipped = select_poses(pending, n, self.overhead_s, self.frame_s,
+                                                  1.0 / self.options.fps)
                     self.poses_dropped += skipped
                 stats = await self._run_clip(chunk)
                 last_out = time.monotonic()
@@ -375,6 +381,7 @@ class PlaySession:
         loop = asyncio.get_running_loop()
         poses = np.stack([c for c, _ in chunk])
         t0 = time.perf_counter()
+        times: list[float] = []  # perf_counter of each frame handed out
 
         def sink(i: int, f) -> None:
             rgb = f.rgb
@@ -390,15 +397,26 @@ class PlaySession:
             self.frames_sent += 1
             self.last_frame_index = f.frame_index
             self._sent_times.append(time.monotonic())
+            times.append(time.perf_counter())
             loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
 
         stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink)
-        per_frame = (time.perf_counter() - t0) / len(chunk)  # generation + encoding + update, per frame
-        self.frame_s = per_frame if self.frame_s is None else 0.7 * self.frame_s + 0.3 * per_frame
         await self.host.call(self._after_clip, stats)
+        self._measure(time.perf_counter() - t0, times, len(chunk))
         return stats
+
+    def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
+        """Update the per-frame and per-clip time estimates (EMAs) from one clip's wall time and frame times."""
+        def ema(old, new):
+            return new if old is None else 0.7 * old + 0.3 * new
+
+        if len(frame_times) >= 2:
+            self.frame_s = ema(self.frame_s, (frame_times[-1] - frame_times[0]) / (len(frame_times) - 1))
+        elif self.frame_s is None:  # one-frame clips only so far: assume half the clip is the frame
+            self.frame_s = clip_s / 2
+        self.overhead_s = ema(self.overhead_s, max(clip_s - frames * self.frame_s, 0.0))
 
     def _after_clip(self, stats) -> None:
         """On the worker: the host's autosave policy and the recording's per-clip flush."""

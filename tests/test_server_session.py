@@ -78,3 +78,27 @@ def test_integrator_falls_back_when_the_pose_has_roll():
     rolled[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]  # roll about the optical axis
     integ = integrator_at(origin, rolled, ControlConfig())
     np.testing.assert_allclose(integ.c2w, rolled, atol=1e-12)
+
+
+def test_select_poses_skips_intermediate_poses_never_the_newest():
+    from collections import deque
+
+    from spatia.server.session import select_poses
+
+    def pending(k):
+        return deque((np.eye(4) * (i + 1), i + 1) for i in range(k))
+
+    chunk, skipped = select_poses(pending(10), 4, None, None, 1 / 30)  # nothing measured: oldest n, no skip
+    assert [s for _, s in chunk] == [1, 2, 3, 4] and skipped == 0
+    # 10 ms per clip + 14 ms per frame at 30 fps: 4 frames fit two frame periods (66.7 ms)
+    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 30)
+    assert [s for _, s in chunk] == [7, 8, 9, 10] and skipped == 6
+    # at 60 fps only 2 fit
+    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 60)
+    assert [s for _, s in chunk] == [9, 10] and skipped == 8
+    # overloaded (clip overhead alone beyond the budget): a full clip of the newest, not one frame per overhead
+    chunk, skipped = select_poses(pending(10), 4, 0.100, 0.010, 1 / 30)
+    assert [s for _, s in chunk] == [7, 8, 9, 10] and skipped == 6
+    # keeping up: nothing skipped
+    chunk, skipped = select_poses(pending(2), 4, 0.010, 0.014, 1 / 30)
+    assert [s for _, s in chunk] == [1, 2] and skipped == 0
