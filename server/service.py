@@ -555,10 +555,10 @@ class _Slot:
                 s.poses_skipped += session.poses_dropped
                 session.log.info("play ended", frames=session.frames_sent, dropped=session.outbox.dropped,
                                  poses_skipped=session.poses_dropped)
-        finally:
-            if self.host.release(self.session_id):
-                s.sessions -= 1
-                s.sessions_ended += 1
+        finally:  # this task runs once per slot: one release, one decrement
+            self.host.release(self.session_id)
+            s.sessions -= 1
+            s.sessions_ended += 1
 
 
 def _insert(mem, cloud) -> int:
