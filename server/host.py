@@ -347,6 +347,17 @@ class WorldHost:
         self.executor.shutdown(wait=False)
         self.saver.shutdown(wait=False)
 
+    async def unload(self) -> int:
+        """Save, then stop the threads and drop the world (its snapshot stays on disk; the memory is returned).
+        FAILED_PRECONDITION while a session holds the lease. Returns the snapshot's size in bytes."""
+        if self.controller is not None:
+            raise PreconditionError(f"world {self.world_id!r} is in use by session {self.controller}; end it first")
+        size = await self.save()
+        self.closed = True  # from now on calls answer NOT_FOUND
+        await asyncio.to_thread(self.executor.shutdown, True)
+        await asyncio.to_thread(self.saver.shutdown, True)
+        return size
+
     def close(self) -> None:
         """Stop the threads (after queued work and background saves finish)."""
         self.closed = True

@@ -183,6 +183,12 @@ class WorldStore:
         await host.delete()  # FAILED_PRECONDITION while controlled
         self._hosts.pop(world_id, None)
 
+    async def unload(self, world_id: str) -> None:
+        """Save and forget a loaded world (it stays on disk; ``load_all`` at the next start loads it again)."""
+        host = self.get(world_id)
+        await host.unload()
+        self._hosts.pop(world_id, None)
+
     # ---- shutdown ----------------------------------------------------------------------------------------
 
     async def save_all(self) -> int:

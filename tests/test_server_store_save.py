@@ -58,3 +58,26 @@ def test_saves_wait_for_the_interval_and_the_duty_cycle(box_room, tmp_path):
     assert not entry.save_due(1, interval_s=5.0, max_duty=0.05)
     entry.last_save_monotonic -= 11.0
     assert entry.save_due(1, interval_s=5.0, max_duty=0.05)
+
+
+def test_unload_saves_then_answers_not_found(box_room, tmp_path):
+    import asyncio
+
+    import pytest
+
+    from spatia.world.errors import NotFoundError, PreconditionError
+
+    entry = _entry(box_room, tmp_path)
+    entry.world.info.prompt = "kept"
+
+    async def scenario():
+        entry.claim("s1")
+        with pytest.raises(PreconditionError):
+            await entry.unload()
+        assert entry.release("s1") and not entry.release("s1")  # idempotent
+        assert await entry.unload() > 0
+        with pytest.raises(NotFoundError):
+            await entry.render(entry.world.intrinsics, np.eye(4))
+
+    asyncio.run(scenario())
+    assert World.load(entry.path).info.prompt == "kept"
