@@ -330,6 +330,7 @@ class PlaySession:
         self._frames: queue.Queue = queue.Queue(maxsize=max_buffered)
         self.frames_dropped = 0
         self._lossless = start.lockstep
+        self._closing = False  # close(drain=False): a lock-step reader waiting for room gives up
         self.stats: list[pb.SessionStats] = []
         self.heartbeats = 0
         self.error: WorldServiceError | None = None
@@ -355,7 +356,14 @@ class PlaySession:
                 kind = resp.WhichOneof("kind")
                 if kind == "frame":
                     if self._lossless:  # lock-step: every frame is kept; a slow reader slows the server
-                        self._frames.put(resp.frame)
+                        while not self._closing:
+                            try:
+                                self._frames.put(resp.frame, timeout=0.2)
+                                break
+                            except queue.Full:
+                                pass
+                        if self._closing:
+                            return
                     else:
                         self._put_latest(resp.frame)
                 elif kind == "stats":
@@ -416,6 +424,7 @@ class PlaySession:
         """End the action stream; with ``drain`` wait for the frames still coming (returned), else cancel."""
         self._requests.put(_CLOSE)
         if not drain:
+            self._closing = True
             self._call.cancel()
             self._reader.join(timeout=5)
             return []

@@ -268,3 +268,23 @@ def test_interactive_skipping_keeps_last_action_seq_true(server, client, monkeyp
     seqs = [f.last_action_seq for f in frames]
     assert seqs == sorted(seqs)
     client.delete_world("skip")
+
+
+def test_lockstep_with_a_slow_reader_drops_nothing(client):
+    """Backpressure instead of loss: a 2-frame client buffer and a server frame queue of 8 for 20 actions."""
+    from spatia.client.api import PlaySession, play_start
+
+    client.create_scene("room", seed=5, width=W, height=H, world_id="lockslow")
+    s = PlaySession(client, play_start("lockslow", lockstep=True, record=False), max_buffered=2)
+    try:
+        seqs = [s.send(move_forward=0.5, yaw_rate_rad_s=0.2, dt_s=1 / 16) for _ in range(20)]
+        time.sleep(1.5)  # not reading: the server must wait, not drop
+        frames = [s.next_frame(timeout_s=60) for _ in seqs]
+    finally:
+        s.close(drain=False)
+    assert [f.last_action_seq for f in frames] == seqs
+    assert s.frames_dropped == 0 and all(st.frames_dropped == 0 for st in s.stats)
+    deadline = time.monotonic() + 20
+    while client.get_world("lockslow").controlled and time.monotonic() < deadline:  # released after the cancel
+        time.sleep(0.05)
+    client.delete_world("lockslow")
