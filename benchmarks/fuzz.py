@@ -1,5 +1,5 @@
 """The RPC fuzz test (tests/test_fuzz_rpcs.py) at a longer budget than CI's: every RPC, Play streams included,
-``--examples`` examples per RPC (CI: 25), derandomised or (``--random``) with a fresh seed.
+``--examples`` examples per RPC (CI: 20), derandomised or (``--random``) with a fresh seed.
 
 Prints one JSON object: examples per RPC, the answers by code per RPC, wall seconds, pass / fail, and the CI-size
 run of the same file in the same invocation as the baseline (``ci``).
@@ -46,8 +46,8 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--random", action="store_true", help="not derandomised: a fresh seed each run")
     args = p.parse_args()
-    log("CI budget (25 per RPC)")
-    ci = _run(25, False)
+    log("CI budget (20 per RPC)")
+    ci = _run(20, False)
     log(f"long run ({args.examples} per RPC)")
     long = _run(args.examples, args.random)
     emit({"name": "fuzz", "ci": ci, "long": long, "load": os.getloadavg()})
