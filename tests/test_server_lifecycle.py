@@ -228,3 +228,16 @@ def test_a_second_cancellation_during_the_finish_still_releases_once(tmp_path, m
         await asyncio.to_thread(store.close)
 
     asyncio.run(scenario())
+
+
+def test_the_session_limit_names_itself_in_error_info(server, client):
+    n = server.server.servicer.sessions_started
+    with client.play("a", record=False):
+        with pytest.raises(WorldServiceError) as e:
+            client.play("b", record=False)
+        assert e.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert e.value.reason == "LIMIT_EXCEEDED" and e.value.metadata["limit"] == "max_sessions"
+        with pytest.raises(WorldServiceError) as e:
+            client.delete_world("a")  # controlled
+        assert e.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    _assert_released(server, client, n)
