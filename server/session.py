@@ -118,6 +118,8 @@ class Outbox:
         self._items: deque = deque()
         self._frame_capacity = frame_capacity
         self.lossless = lossless
+        self.max_other = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
+        self.others_dropped = 0
         self._frames = 0
         self.dropped = 0
         self._event = asyncio.Event()
@@ -131,6 +133,13 @@ class Outbox:
     def put(self, item, is_frame: bool = False) -> None:
         if self._closed:
             return
+        if not is_frame and len(self._items) - self._frames >= self.max_other:
+            # a client that never reads: stats and heartbeats stay bounded too (the newest carry the counters)
+            for i, (_, old_is_frame) in enumerate(self._items):
+                if not old_is_frame:
+                    del self._items[i]
+                    self.others_dropped += 1
+                    break
         if is_frame:
             if self._frames >= self._frame_capacity and not self.lossless:
                 for i, (_, old_is_frame) in enumerate(self._items):  # the oldest frame goes, not stats/heartbeats

@@ -102,3 +102,21 @@ def test_select_poses_skips_intermediate_poses_never_the_newest():
     # keeping up: nothing skipped
     chunk, skipped = select_poses(pending(2), 4, 0.010, 0.014, 1 / 30)
     assert [s for _, s in chunk] == [1, 2] and skipped == 0
+
+
+def test_outbox_is_bounded_for_a_client_that_never_reads():
+    from spatia.server.session import Outbox
+
+    box = Outbox(frame_capacity=8)
+    for i in range(1000):
+        box.put(("stats", i))
+        box.put(("frame", i), is_frame=True)
+    assert box.frames_queued == 8 and len(box._items) == 8 + box.max_other
+    assert box.dropped == 992 and box.others_dropped == 1000 - box.max_other
+    kept = [item for item, _ in box._items]
+    assert ("stats", 999) in kept and ("frame", 999) in kept  # the newest of each kind stay
+
+    lossless = Outbox(frame_capacity=2, lossless=True)
+    for i in range(5):
+        lossless.put(("frame", i), is_frame=True)
+    assert lossless.frames_queued == 5 and lossless.dropped == 0  # lock-step: the producer waits instead
