@@ -214,10 +214,11 @@ class WorldHost:
         return engine
 
     async def play_clip(self, engine: Engine, poses: np.ndarray, prompt: str | None, seed: int,
-                        sink: Callable[[int, Any], None]):
+                        sink: Callable[[int, Any], None], autosave: tuple[int, float, float] | None = None):
         """Generate one clip for ``poses`` [N, 4, 4] (world frame) on the worker: ``sink(i, frame)`` gets each
         ``GeneratedFrame`` as the generator yields it (on the worker thread; it must not block), then the memory
-        update runs and the autosave policy applies. Returns the engine's ``ClipStats``."""
+        update runs and, with ``autosave = (every_clips, interval_s, max_duty)``, the save policy applies.
+        Returns the engine's ``ClipStats``."""
 
         def _clip():
             for i, f in enumerate(engine.generate_clip(poses, prompt, seed)):
@@ -225,6 +226,8 @@ class WorldHost:
                 sink(i, f)
             self.clips_generated = engine.clips_done
             self.clips_since_save += 1
+            if autosave is not None:
+                self.autosave(*autosave)
             return engine.last_stats
 
         return await self.call(_clip)
@@ -251,6 +254,10 @@ class WorldHost:
     async def save(self) -> int:
         """Write the snapshot now (after whatever is queued on the worker); returns its size in bytes."""
         return await self.call(self.save_now)
+
+    async def save_if_changed(self) -> int:
+        """``save`` when clips were generated since the last save (the end of a session); else nothing."""
+        return await self.call(lambda: self.save_now() if self.clips_since_save else self.snapshot_bytes)
 
     def _next_payload(self) -> tuple[int, dict, float]:
         t0 = time.perf_counter()

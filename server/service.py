@@ -547,7 +547,7 @@ class _Slot:
             if session is not None:
                 s._play.pop(session.id, None)
                 try:
-                    await self.host.call(session.finish)  # after the clip in flight: recording closed, world saved
+                    await session.finish()  # after the clip in flight: world saved, recording closed
                 except Exception as exc:  # noqa: BLE001 -- logged; the release below happens regardless
                     code, _, _ = errors.report(exc, "Play.finish")
                     session.log.error("play finish failed; world released anyway", code=code.name)

@@ -411,8 +411,11 @@ class PlaySession:
             if self.recorder:
                 self.recorder.write("/frame", frame)
 
-        stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink)
-        await self.host.call(self._after_clip, stats)
+        c = self.config
+        stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink,
+                                          autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty))
+        if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
+            await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
         return stats
 
@@ -427,30 +430,26 @@ class PlaySession:
             self.frame_s = clip_s / 2
         self.overhead_s = ema(self.overhead_s, max(clip_s - frames * self.frame_s, 0.0))
 
-    def _after_clip(self, stats) -> None:
-        """On the worker: the host's autosave policy and the recording's per-clip flush."""
-        c = self.config
-        self.host.autosave(c.save_every_clips, c.save_interval_s, c.save_max_duty)
-        if self.recorder:
-            self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
-                                                          update_ms=stats.update_s * 1e3,
-                                                          memory_points=stats.memory_points))
-            self.recorder.flush()
+    def _record_stats(self, stats) -> None:
+        self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
+                                                      update_ms=stats.update_s * 1e3,
+                                                      memory_points=stats.memory_points))
+        self.recorder.flush()
 
-    def finish(self) -> None:
-        """On the worker thread, after the last clip: close the recording and save the world. Both are tried;
-        the first failure is raised after both (the caller releases the world whatever happens)."""
+    async def finish(self) -> None:
+        """After the last clip: save the world (queued on its host after the clip in flight), then close the
+        recording. Both are tried; the first failure is raised after both (the caller releases the world whatever
+        happens)."""
         errors = []
-        if self.recorder:
-            try:
-                self.recorder.close()
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
         try:
-            if self.host.clips_since_save:
-                self.host.save_now()
+            await self.host.save_if_changed()
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
+        if self.recorder:
+            try:
+                await asyncio.to_thread(self.recorder.close)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
         self.finished = True
         if errors:
             raise errors[0]

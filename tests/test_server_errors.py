@@ -234,12 +234,12 @@ def test_interactive_skipping_keeps_last_action_seq_true(server, client, monkeyp
     info = client.create_scene("room", seed=4, width=W, height=H, world_id="skip")
     original = WorldHost.play_clip
 
-    async def slow_clip(self, engine, poses, prompt, seed, sink):
+    async def slow_clip(self, engine, poses, prompt, seed, sink, **kwargs):
         def slow_sink(i, f):
             time.sleep(0.03)  # 30 ms a frame at 60 fps (16.7 ms): behind
             sink(i, f)
 
-        return await original(self, engine, poses, prompt, seed, slow_sink)
+        return await original(self, engine, poses, prompt, seed, slow_sink, **kwargs)
 
     monkeypatch.setattr(WorldHost, "play_clip", slow_clip)
     fps = 60.0

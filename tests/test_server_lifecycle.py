@@ -179,10 +179,10 @@ def test_a_second_cancellation_during_the_finish_still_releases_once(tmp_path, m
     entered = threading.Event()
     original = PlaySession.finish
 
-    def slow_finish(self):
+    async def slow_finish(self):
         entered.set()
-        assert gate.wait(30)
-        original(self)
+        assert await asyncio.to_thread(gate.wait, 30)
+        await original(self)
 
     monkeypatch.setattr(PlaySession, "finish", slow_finish)
 
