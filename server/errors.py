@@ -148,7 +148,10 @@ def _classify(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
             message = str(exc)
             return code, message, _details(code, message, getattr(exc, "reason", reason), exc)
     error_id = getattr(exc, "error_id", None) or f"err-{uuid.uuid4().hex[:12]}"
-    exc.error_id = error_id  # the same id in the log and in the status
+    try:
+        exc.error_id = error_id  # the same id in the log and in the status
+    except (AttributeError, TypeError):  # an exception type that takes no attributes
+        pass
     message = f"internal error {error_id} (the server's log has the details)"
     return grpc.StatusCode.INTERNAL, message, _details(grpc.StatusCode.INTERNAL, message, "INTERNAL", exc,
                                                        {"error_id": error_id})
@@ -183,17 +186,26 @@ def _log_unexpected(method: str, error_id: str, exc: BaseException) -> None:
               traceback=text)
 
 
+def _error_id(status: status_pb2.Status) -> str:
+    info = error_details_pb2.ErrorInfo()
+    for d in status.details:
+        if d.Unpack(info):
+            return info.metadata.get("error_id", "")
+    return ""
+
+
 def report(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
     """Classify ``exc``, count it, and log it (unexpected ones off the event loop)."""
     code, message, status = _classify(exc)
     ERROR_COUNTS[code.name] = ERROR_COUNTS.get(code.name, 0) + 1
     if code is grpc.StatusCode.INTERNAL:
         ERROR_COUNTS["unexpected"] += 1
+        error_id = _error_id(status)
         try:
             loop = asyncio.get_running_loop()
-            loop.run_in_executor(None, _log_unexpected, method, exc.error_id, exc)
+            loop.run_in_executor(None, _log_unexpected, method, error_id, exc)
         except RuntimeError:  # no loop: log here
-            _log_unexpected(method, exc.error_id, exc)
+            _log_unexpected(method, error_id, exc)
     else:
         log.info("rpc rejected", method=method, code=code.name, reason=message[:500])
     return code, message, status
