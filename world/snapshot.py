@@ -10,6 +10,7 @@ a torn one.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -73,7 +74,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     directory: a crash leaves the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # named by host and pid: a server starting on a shared data dir removes only temp files of dead writers
+    owner = f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
