@@ -1032,8 +1032,11 @@ class FrameStore:
 
     def attach(self, path: str | Path) -> FrameFile:
         """Move the compressed frames into a new frame file at ``path`` (created or emptied) and keep appending
-        there; returns it. For a world saved into its own directory for the first time."""
+        there; returns it. For a world saved into its own directory for the first time. A store already on
+        that file keeps it as it is."""
         self.flush()
+        if self._file is not None and self._file.path is not None and self._file.path.resolve() == Path(path).resolve():
+            return self._file
         new = FrameFile(path, truncate_at=0)
         locs = self._locs.buffer
         for i in range(len(self)):
