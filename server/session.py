@@ -90,11 +90,16 @@ class PlayOptions:
 class Outbox:
     """Responses waiting to be written to one client; at most ``frame_capacity`` frames (oldest dropped)."""
 
+    # Stats and heartbeats are bounded too (a client that never reads got one SessionStats per clip queued without
+    # bound): past this many, the oldest of them goes (a newer one supersedes it).
+    OTHER_CAPACITY = 64
+
     def __init__(self, frame_capacity: int) -> None:
         self._items: deque = deque()
         self._frame_capacity = frame_capacity
         self._frames = 0
         self.dropped = 0
+        self.others_dropped = 0
         self._event = asyncio.Event()
         self._closed = False
 
@@ -114,6 +119,12 @@ class Outbox:
                         self.dropped += 1
                         break
             self._frames += 1
+        elif len(self._items) - self._frames >= self.OTHER_CAPACITY:
+            for i, (_, old_is_frame) in enumerate(self._items):
+                if not old_is_frame:
+                    del self._items[i]
+                    self.others_dropped += 1
+                    break
         self._items.append((item, is_frame))
         self._event.set()
 

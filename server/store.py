@@ -30,6 +30,7 @@ import structlog
 from spatia.world.engine import Engine, EngineConfig
 from spatia.world.errors import AlreadyExistsError, LimitExceededError, NotFoundError, PreconditionError, SnapshotError
 from spatia.world import snapshot
+from spatia.world.resources import release_freed_memory
 from spatia.world.state import SNAPSHOT_VERSION, World
 
 log = structlog.get_logger("spatia.server.store")
@@ -251,10 +252,13 @@ class WorldStore:
         def _remove() -> None:
             with entry.save_lock:
                 entry.path.unlink(missing_ok=True)
+            entry.world.close()  # its frame file; on the worker thread, after every call queued before the delete
 
         await entry.run(_remove)
         entry.executor.shutdown(wait=False)
         entry.saver.shutdown(wait=False)
+        del entry  # the last reference here: the world is freed before the trim
+        await asyncio.to_thread(release_freed_memory)  # the world's memory goes back to the OS (world/resources.py)
 
     # ---- control -----------------------------------------------------------------------------------------
 

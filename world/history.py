@@ -85,7 +85,7 @@ class HistoryConfig:
     compact_cell_m: float = 0.5
     compact_angle_deg: float = 30.0
     compact_min_iou: float = 0.9
-    compact_max_views: int = 16
+    compact_max_views: int = 8
 
     def __post_init__(self) -> None:
         if self.image_codec not in _IMAGE_CODECS:
