@@ -172,7 +172,8 @@ def soak(args) -> dict:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen(
             [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--host", "127.0.0.1", "--port-file",
-             str(port_file), "--data-dir", str(Path(tmp) / "data"), "--max-sessions", str(args.sessions + 1)],
+             str(port_file), "--data-dir", str(Path(tmp) / "data"), "--max-sessions", str(args.sessions + 1),
+             *(["--save-interval-s", str(args.save_interval_s)] if args.save_interval_s is not None else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
@@ -204,7 +205,8 @@ def soak(args) -> dict:
         "name": "soak",
         "sizes": {"sessions": args.sessions, "never_reading": 1, "minutes": args.minutes, "width": args.width,
                   "height": args.height, "tick_hz": args.tick_hz, "loop_s": args.loop_s,
-                  "first_window_s": w, "generator": "geometric"},
+                  "first_window_s": w, "generator": "geometric",
+                  "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default"},
         "rss_idle_mib": round(rss_idle * mib, 1),
         "rss_created_mib": round(r["rss_created"] * mib, 1),
         "rss_first_mib": round(first[1] * mib, 1),
@@ -238,6 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed-m-s", type=float, default=0.5)
     p.add_argument("--first-s", type=float, default=60.0, help="end of the first window (RSS and fps)")
     p.add_argument("--sample-s", type=float, default=10.0)
+    p.add_argument("--save-interval-s", type=float, default=None, help="the server's autosave interval "
+                   "(default: the server's own)")
     return p.parse_args(argv)
 
 

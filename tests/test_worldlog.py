@@ -182,8 +182,15 @@ def test_the_log_is_compacted_and_stays_bounded(tmp_path, monkeypatch):
         assert report.log_bytes <= 2 * report.live_bytes + 10_000
     assert compactions >= 1
     assert not list((tmp_path / "w").glob("*.tmp"))
+    # a compaction a dead process left half-written is removed at load; one of a live process is not
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "w" / f".{LOG_NAME}.{int(dead.stdout)}.compact.tmp"
+    live = tmp_path / "w" / f".{LOG_NAME}.{os.getppid()}.compact.tmp"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"busy")
     back, _ = WorldLog.load(tmp_path / "w")
     _assert_same_world(world, back)
+    assert not stale.exists() and live.exists()
 
 
 def test_an_older_plan_never_overwrites_a_newer_save(tmp_path):
@@ -199,11 +206,16 @@ def test_an_older_plan_never_overwrites_a_newer_save(tmp_path):
 
 
 def test_a_world_from_an_old_single_file_snapshot_saves_incrementally(tmp_path):
-    old = World.load(ROOT / "tests" / "fixtures" / "v0" / "world_v0.spw")
+    old, none = worldlog.open_world(ROOT / "tests" / "fixtures" / "v0" / "world_v0.spw")
+    assert none is None
     wlog = WorldLog(tmp_path / "w")
     wlog.write(wlog.prepare_save(old))
-    back, _ = WorldLog.load(tmp_path / "w")
+    back, wlog2 = worldlog.open_world(tmp_path / "w")
+    assert isinstance(wlog2, WorldLog)
     _assert_same_world(old, back)
+    # and the single-file format (ExportWorld / ImportWorld) still round-trips a world loaded from a log
+    back.save(tmp_path / "export.spw")
+    _assert_same_world(old, World.load(tmp_path / "export.spw"))
 
 
 _CHILD = textwrap.dedent("""

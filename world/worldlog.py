@@ -406,6 +406,8 @@ class WorldLog:
         path = directory / LOG_NAME
         if not path.is_file():
             raise NotFoundError(f"world log not found: {path}")
+        for tmp in remove_stale_temp_files(directory):
+            log.info("stale compaction temp file removed", path=str(tmp))
         data = path.read_bytes()
         records, end, skipped = scan(data)
         if skipped:
@@ -477,6 +479,42 @@ class WorldLog:
         wlog._frames_written = n
         wlog._seq = wlog._written_seq = int(doc.get("seq", 0))
         return world, wlog
+
+
+def open_world(path: str | Path) -> tuple[Any, "WorldLog | None"]:
+    """A world from a world directory (this format: ``(world, its log)``) or from a single-file snapshot
+    (``world.state.World.save``, the format before this one and of ExportWorld: ``(world, None)``; save it with a
+    new ``WorldLog(directory)``, whose first write holds everything)."""
+    from spatia.world.state import World
+
+    path = Path(path)
+    if path.is_dir():
+        return WorldLog.load(path)
+    return World.load(path), None
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete compaction temp files (``.world.log.<pid>.compact.tmp``) whose writer process is gone; returns them."""
+    removed = []
+    for tmp in Path(directory).glob(f".{LOG_NAME}.*.compact.tmp"):
+        try:
+            pid = int(tmp.name.split(".")[3])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _concat_memory(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
