@@ -142,32 +142,39 @@ def _digest(arrays: dict[str, np.ndarray]) -> bytes:
 def memory_block_ids(voxel_keys: np.ndarray) -> np.ndarray:
     """``[N]`` int64 block of each packed voxel key: its coordinates floor-divided by ``2**BLOCK_BITS`` (on the
     offset fields, which is the same for negative coordinates since the offset is a multiple of 2**BLOCK_BITS)."""
+    return _canonical_keys(voxel_keys) >> (3 * BLOCK_BITS)
+
+
+def _canonical_keys(voxel_keys: np.ndarray) -> np.ndarray:
+    """``[N]`` int64 ``block << 3 * BLOCK_BITS | voxel in block``: sorting by it groups points by block in one
+    sort (45 + 18 bits, so it stays >= 0)."""
     k = np.asarray(voxel_keys, dtype=np.int64)
     x = (k >> (2 * KEY_BITS)) & KEY_MASK
     y = (k >> KEY_BITS) & KEY_MASK
     z = k & KEY_MASK
-    b = KEY_BITS - BLOCK_BITS
-    return ((x >> BLOCK_BITS) << (2 * b)) | ((y >> BLOCK_BITS) << b) | (z >> BLOCK_BITS)
+    b, m = KEY_BITS - BLOCK_BITS, (1 << BLOCK_BITS) - 1
+    block = ((x >> BLOCK_BITS) << (2 * b)) | ((y >> BLOCK_BITS) << b) | (z >> BLOCK_BITS)
+    local = ((x & m) << (2 * BLOCK_BITS)) | ((y & m) << BLOCK_BITS) | (z & m)
+    return (block << (3 * BLOCK_BITS)) | local
 
 
 def split_memory(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Memory arrays -> {``m/<block>``: the block's arrays, points in voxel-key order} (the canonical form that
-    the digests are taken of: the same points give the same block whatever order the memory holds them in)."""
+    """Memory arrays -> {``m/<block>``: the block's arrays} with points in a canonical order (by voxel inside the
+    block), which the digests are taken of: the same points give the same block whatever order the memory holds
+    them in."""
     keys = arrays["voxel_keys"]
     if keys.size == 0:
         return {}
-    order = np.argsort(keys, kind="stable")
-    blocks = memory_block_ids(keys)[order]
-    by_block = np.argsort(blocks, kind="stable")  # stable: voxel-key order inside a block
-    order = order[by_block]
-    blocks = blocks[by_block]
-    cuts = np.flatnonzero(np.diff(blocks)) + 1
+    canon = _canonical_keys(keys)
+    order = np.argsort(canon)  # keys are unique: no ties, any sort gives the same order
+    blocks = canon[order] >> (3 * BLOCK_BITS)
+    cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
     starts = np.concatenate([[0], cuts])
     stops = np.concatenate([cuts, [blocks.shape[0]]])
     sorted_arrays = {name: a[order] for name, a in arrays.items()}
     return {
         f"m/{int(blocks[a])}": {name: arr[a:b] for name, arr in sorted_arrays.items()}
-        for a, b in zip(starts, stops)
+        for a, b in zip(starts.tolist(), stops.tolist())
     }
 
 
