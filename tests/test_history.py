@@ -413,3 +413,15 @@ def test_compaction_keeps_views_that_differ():
     assert store.indexed().all()
     store.add(_image(3), np.eye(4), K, _keys(rng, 200))
     np.testing.assert_array_equal(store.indexed(), [False, True, True, True])  # the cap drops the oldest
+
+
+def test_unique_first_and_has_duplicates_equal_numpy():
+    from spatia.world.history import has_duplicates, unique_first
+
+    rng = np.random.default_rng(0)
+    for values in (rng.integers(0, 50, 1000), rng.integers(0, 1 << 60, 500), np.zeros(0, np.int64), np.array([7])):
+        uniq, first, inverse = unique_first(values)
+        want = np.unique(values, return_index=True, return_inverse=True)
+        for got, ref in zip((uniq, first, inverse), want):
+            np.testing.assert_array_equal(got, ref.reshape(-1))
+        assert has_duplicates(values) == (np.unique(values).shape[0] != values.shape[0])

@@ -606,8 +606,8 @@ class VoxelSetIndex:
         if start == 0 and stop == len(self) and cols.shape[0] == self._cols.size:
             # every column was created by some frame's set, in first-use order: the table as it is
             return {"voxel_col_keys": self._col_keys.view.copy(), "voxel_cols": cols.copy(), "voxel_offsets": offsets}
-        # renumber the columns these frames use in first-use order (np.unique's first-occurrence indices)
-        used, first = np.unique(cols, return_index=True)
+        # renumber the columns these frames use in first-use order
+        used, first, _ = unique_first(cols)
         order = np.argsort(first, kind="stable")
         remap = np.empty(self._col_keys.size, dtype=np.int32)
         remap[used[order]] = np.arange(used.shape[0], dtype=np.int32)
@@ -625,7 +625,7 @@ class VoxelSetIndex:
         flat = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
         if flat.size:
-            uniq, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+            uniq, first, inverse = unique_first(flat)
             order = np.argsort(first, kind="stable")
             rank = np.empty(uniq.shape[0], dtype=np.int32)
             rank[order] = np.arange(uniq.shape[0], dtype=np.int32)
@@ -646,7 +646,7 @@ class VoxelSetIndex:
             col_keys.ndim != 1 or cols.ndim != 1 or offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0
             or offsets[-1] != cols.shape[0] or np.any(np.diff(offsets) < 0)
             or (cols.size and (cols.min() < 0 or cols.max() >= col_keys.shape[0]))
-            or (col_keys.size and col_keys.min() < 0) or np.unique(col_keys).shape[0] != col_keys.shape[0]
+            or (col_keys.size and col_keys.min() < 0) or has_duplicates(col_keys)
         ):
             raise SnapshotError("voxel index arrays are inconsistent (offsets, column range or duplicate keys)")
         index = cls(tail_runs)
@@ -658,6 +658,28 @@ class VoxelSetIndex:
                 raise SnapshotError(f"voxel set of frame {f} repeats a voxel")
         index.seal()
         return index
+
+
+def unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(values, return_index=True, return_inverse=True)`` by one stable argsort: numpy 2.4's
+    ``np.unique`` took 0.65-3 s on 930k int64 keys where the sort takes 30 ms (measured here)."""
+    values = np.asarray(values).reshape(-1)
+    if values.size == 0:
+        return values.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.empty(values.shape[0], dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    inverse = np.empty(values.shape[0], dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], order[new].astype(np.int64), inverse
+
+
+def has_duplicates(values: np.ndarray) -> bool:
+    """Whether a 1-D array repeats a value (a sort, not ``np.unique``: see ``unique_first``)."""
+    ordered = np.sort(np.asarray(values).reshape(-1))
+    return bool(ordered.size > 1 and np.any(ordered[1:] == ordered[:-1]))
 
 
 def check_voxel_keys(voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
