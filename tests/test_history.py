@@ -425,3 +425,13 @@ def test_unique_first_and_has_duplicates_equal_numpy():
         for got, ref in zip((uniq, first, inverse), want):
             np.testing.assert_array_equal(got, ref.reshape(-1))
         assert has_duplicates(values) == (np.unique(values).shape[0] != values.shape[0])
+
+
+def test_a_closed_store_refuses_to_touch_its_file():
+    store = FrameStore(HistoryConfig(image_codec="png", decoded_cache_frames=0))
+    store.add(_image(0), _pose(0), K, np.arange(3))
+    store.close()
+    with pytest.raises(InvalidInputError, match="closed"):
+        store.get_rgb(0)
+    with pytest.raises(InvalidInputError, match="closed"):
+        store.frame_file.append(b"x")

@@ -731,6 +731,8 @@ class FrameFile:
         """Append one record; returns (payload offset, payload length)."""
         record = _FRAME_HEADER.pack(_FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
+            if self._file.closed:  # never write through a descriptor number that may now be another file's
+                raise InvalidInputError("the frame file is closed (its world was deleted or closed)")
             offset = self.end
             view = memoryview(record)
             while view:
@@ -740,6 +742,8 @@ class FrameFile:
         return offset + _FRAME_HEADER.size, len(payload)
 
     def read(self, offset: int, length: int, what: str) -> bytes:
+        if self._file.closed:
+            raise InvalidInputError(f"{what}: the frame file is closed (its world was deleted or closed)")
         start = int(offset) - _FRAME_HEADER.size
         data = os.pread(self._fd, int(length) + _FRAME_HEADER.size, start) if start >= 0 else b""
         if len(data) != int(length) + _FRAME_HEADER.size:
@@ -1040,13 +1044,15 @@ class FrameStore:
 
     def close(self) -> None:
         """Close the frame file (an anonymous one is deleted); the store is unusable afterwards."""
+        # every encode job finishes first (a few ms each): one still writing after the close would write through
+        # a file descriptor number the process may already have given to another file
         for job in self._pending.values():
-            job.cancel()
-        if self._file is not None:
             try:
-                self.flush()
+                job.result()
             except Exception:  # noqa: BLE001 -- closing: a frame that failed to encode is lost with the store
                 pass
+        self._pending.clear()
+        if self._file is not None:
             self._file.close()
         self._cache.clear()
 
