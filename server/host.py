@@ -349,6 +349,7 @@ class WorldHost:
         def _remove() -> None:
             with self.save_lock:
                 self.path.unlink(missing_ok=True)
+            self.world.close()  # its frame file; on the worker thread, after every call queued before the delete
 
         await loop.run_in_executor(self.executor, _remove)  # after whatever was queued before the delete
         self.executor.shutdown(wait=False)
@@ -363,6 +364,7 @@ class WorldHost:
         self.closed = True  # from now on calls answer NOT_FOUND
         await asyncio.to_thread(self.executor.shutdown, True)
         await asyncio.to_thread(self.saver.shutdown, True)
+        self.world.close()
         return size
 
     def close(self) -> None:

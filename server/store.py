@@ -30,6 +30,7 @@ import structlog
 from spatia.server.errors import DataLossError, check_id, limit_exceeded
 from spatia.server.host import WorldHost
 from spatia.world.errors import AlreadyExistsError, NotFoundError, SnapshotError
+from spatia.world.resources import release_freed_memory
 from spatia.world.state import World
 
 log = structlog.get_logger("spatia.server.store")
@@ -182,12 +183,16 @@ class WorldStore:
         host = self.get(world_id)
         await host.delete()  # FAILED_PRECONDITION while controlled
         self._hosts.pop(world_id, None)
+        del host  # the last reference: the world is freed before the trim
+        await asyncio.to_thread(release_freed_memory)  # its memory goes back to the OS (world/resources.py)
 
     async def unload(self, world_id: str) -> None:
         """Save and forget a loaded world (it stays on disk; ``load_all`` at the next start loads it again)."""
         host = self.get(world_id)
         await host.unload()
         self._hosts.pop(world_id, None)
+        del host
+        await asyncio.to_thread(release_freed_memory)
 
     # ---- shutdown ----------------------------------------------------------------------------------------
 

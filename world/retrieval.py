@@ -102,6 +102,7 @@ def retrieve_reference_frames(
     cand_stride = _stride(candidate_stride, 1 if method == "paper" else OFFICIAL_CANDIDATE_STRIDE, "candidate_stride")
     frames = _candidate_frames(candidates, len(store))
     frames = frames[frames % cand_stride == 0]
+    frames = frames[store.indexed()[frames]]  # frames compaction dropped from the index are no candidates
     if method == "paper" and not (0.0 <= eps < 1.0):
         raise InvalidInputError(f"eps is an IoU threshold in [0, 1), got {eps}")
     if icp is not None and method != "paper":

@@ -204,3 +204,7 @@ class World:
     @property
     def world_id(self) -> str:
         return self.info.world_id
+
+    def close(self) -> None:
+        """Release what the world holds outside the Python heap (its frame file); unusable afterwards."""
+        self.history.close()
