@@ -50,6 +50,7 @@ from spatia.proto.spatia.v1.convert import pose_array
 
 log = structlog.get_logger("spatia.web")
 
+CLIENT = web.RequestKey("client", AsyncWorldClient) if hasattr(web, "RequestKey") else "client"
 STATIC_DIR = Path(__file__).parent / "static"
 COOKIE = "spatia_session"
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -200,12 +201,12 @@ class WebApp:
         if required is None:
             return _error(503, f"the world server {self.config.server} is not answering")
         if not required:
-            request["client"] = self.anonymous
+            request[CLIENT] = self.anonymous
             return await handler(request)
         user = self._user(request)
         if user is None:
             return _error(401, "log in first (the world server wants a token)")
-        request["client"] = user.client
+        request[CLIENT] = user.client
         return await handler(request)
 
     # ---- pages & auth -----------------------------------------------------------------------------------
@@ -258,13 +259,13 @@ class WebApp:
 
     async def api_worlds(self, request: web.Request) -> web.Response:
         try:
-            worlds = await request["client"].list_worlds()
+            worlds = await request[CLIENT].list_worlds()
         except WorldServiceError as exc:
             return _error(_HTTP_OF_GRPC.get(exc.code, 502), exc.message)
         return web.json_response({"worlds": [_world_json(w, self.hubs) for w in worlds]})
 
     async def api_create_world(self, request: web.Request) -> web.Response:
-        client: AsyncWorldClient = request["client"]
+        client: AsyncWorldClient = request[CLIENT]
         try:
             if request.content_type.startswith("multipart/"):
                 form = await request.post()
@@ -297,7 +298,7 @@ class WebApp:
 
         from spatia.client.hud import MapFrame, minimap_image, read_ply_points
 
-        client: AsyncWorldClient = request["client"]
+        client: AsyncWorldClient = request[CLIENT]
         world_id = request.match_info["world_id"]
         try:
             size_px = min(max(int(request.query.get("size", 192)), 64), 512)
@@ -327,7 +328,7 @@ class WebApp:
     async def api_edit(self, request: web.Request) -> web.Response:
         """Remove the memory inside a sphere where the view's centre ray meets it (Render depth), else
         ``distance_m`` ahead: the pygame player's edit key (client/player.py ``_edit_request``)."""
-        client: AsyncWorldClient = request["client"]
+        client: AsyncWorldClient = request[CLIENT]
         world_id = request.match_info["world_id"]
         try:
             body = await request.json() if request.can_read_body else {}
@@ -366,7 +367,7 @@ class WebApp:
 
     async def api_recordings(self, request: web.Request) -> web.Response:
         try:
-            recs = await request["client"].list_recordings(request.query.get("world", ""))
+            recs = await request[CLIENT].list_recordings(request.query.get("world", ""))
         except WorldServiceError as exc:
             return _error(_HTTP_OF_GRPC.get(exc.code, 502), exc.message)
         return web.json_response({"recordings": [
@@ -417,7 +418,7 @@ class WebApp:
             options = self.play_options(request.query)
         except ValueError as exc:
             return _error(400, str(exc))
-        hub = self.hubs.get(request["client"], world_id)
+        hub = self.hubs.get(request[CLIENT], world_id)
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=1 << 20)
         await ws.prepare(request)
         token = object()
@@ -425,7 +426,7 @@ class WebApp:
         if role == "play":
             try:
                 if hub.session is None:
-                    hub.client = request["client"]
+                    hub.client = request[CLIENT]
                 await hub.take_control(token, options)
             except WorldServiceError as exc:
                 hub.unsubscribe(sub)
@@ -474,7 +475,7 @@ class WebApp:
             return _error(400, "start must be an integer frame and speed a number")
         if not rec or start < 0 or not speed >= 0:
             return _error(400, "need ?rec=<recording id>&start>=0&speed>=0")
-        client: AsyncWorldClient = request["client"]
+        client: AsyncWorldClient = request[CLIENT]
         ws = web.WebSocketResponse(heartbeat=20.0)
         await ws.prepare(request)
         n = start
@@ -511,9 +512,9 @@ class WebApp:
                 raise ValueError("role must be play or watch")
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"bad offer: {exc}")
-        hub = self.hubs.get(request["client"], world_id)
+        hub = self.hubs.get(request[CLIENT], world_id)
         if role == "play" and hub.session is None:
-            hub.client = request["client"]
+            hub.client = request[CLIENT]
         try:
             answer = await rtc.answer(self, hub, role, options, sdp, kind)
         except WorldServiceError as exc:
@@ -544,3 +545,49 @@ def run_app(config: WebConfig, ssl_context=None) -> None:
     log.info("web app", url=f"{'https' if ssl_context else 'http'}://{config.host}:{config.port}/",
              server=config.server)
     web.run_app(app, host=config.host, port=config.port, ssl_context=ssl_context, print=None)
+
+
+class WebAppThread:
+    """The web app on a loopback ephemeral port in a background thread with its own loop (tests, benchmarks)."""
+
+    def __init__(self, config: WebConfig) -> None:
+        import threading
+
+        self.config = config
+        self.app = WebApp(config)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="spatia-web")
+        self.port = 0
+        self._runner = None
+
+    def start(self) -> str:
+        self._thread.start()
+
+        async def go():
+            self._runner = web.AppRunner(self.app.make_app())
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            await site.start()
+            return site._server.sockets[0].getsockname()[1]
+
+        self.port = asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout=60)
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def running_web_app(config: WebConfig):
+    t = WebAppThread(config)
+    t.start()
+    try:
+        yield t
+    finally:
+        t.stop()

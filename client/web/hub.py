@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,26 +50,38 @@ class WebFrame:
 
 
 class Subscriber:
-    """A viewer's bounded frame queue: ``maxsize`` frames at most; when full the oldest goes (latest wins)."""
+    """A viewer's queues: frames bounded to ``maxsize`` (when full the oldest goes: latest wins) and control
+    messages (status, errors; bounded too, never evicting a frame), messages first."""
 
     def __init__(self, maxsize: int = 2, controller: bool = False) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=maxsize)
+        self._frames: deque = deque(maxlen=maxsize)
+        self._messages: deque = deque(maxlen=64)
+        self._ready = asyncio.Event()
         self.controller = controller
         self.dropped = 0
         self.closed = False
 
     def offer(self, item) -> None:
-        while True:
-            try:
-                self.queue.put_nowait(item)
-                return
-            except asyncio.QueueFull:
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self.queue.get_nowait()
-                    self.dropped += 1
+        if item is None or isinstance(item, dict):
+            self._messages.append(item)
+        else:
+            if len(self._frames) == self._frames.maxlen:
+                self.dropped += 1
+            self._frames.append(item)
+        self._ready.set()
+
+    def pending(self) -> int:
+        return len(self._frames)
 
     async def get(self):
-        return await self.queue.get()
+        """The next message, else the next frame; None once closed."""
+        while True:
+            if self._messages:
+                return self._messages.popleft()
+            if self._frames:
+                return self._frames.popleft()
+            self._ready.clear()
+            await self._ready.wait()
 
     def close(self) -> None:
         self.closed = True
@@ -123,7 +136,7 @@ class PlayHub:
     def subscribe(self, controller: bool = False, maxsize: int = 2) -> Subscriber:
         sub = Subscriber(maxsize=maxsize, controller=controller)
         self.subscribers.add(sub)
-        if self.last is not None:
+        if self.last is not None and not controller:  # a new controller gets a still of its own (take_control)
             sub.offer(self.last)
         self._broadcast_status()
         return sub
@@ -144,7 +157,10 @@ class PlayHub:
             if self.controller is not None and self.controller is not token and self.session is not None:
                 raise WorldServiceError(_code("FAILED_PRECONDITION"),
                                         f"world {self.world_id!r} already has a player; join as a spectator")
+            changed = self.controller is not token
             self.controller = token
+            if changed:
+                self.last = None  # its seq was another page's
             if self.session is None:
                 self.options = options
                 self.session = await self.client.play(
@@ -160,6 +176,8 @@ class PlayHub:
                 self._reader = asyncio.create_task(self._read(self.session))
                 await self._still()
                 log.info("play opened", world_id=self.world_id, recording=self.recording_id)
+            elif changed:  # a reconnect took the open session over: show where the camera is
+                await self._still()
             self._broadcast_status()
             return self.session.started
 
@@ -208,7 +226,7 @@ class PlayHub:
                 raise ValueError(f"unknown action axis {k!r}; known: {list(ACTION_AXES)}")
             clean[k] = bool(v) if k == "sprint" else float(v)
         server_seq = await self.session.send(**clean)
-        self._seq_map[server_seq] = int(page_seq)
+        self._seq_map[server_seq] = (token, int(page_seq))
         if len(self._seq_map) > 4096:  # keep the map bounded: old seqs are never looked up again
             for s in sorted(self._seq_map)[:2048]:
                 del self._seq_map[s]
@@ -221,13 +239,18 @@ class PlayHub:
 
     # ---- frames ------------------------------------------------------------------------------------------
 
+    def _page_seq(self, f: DecodedFrame | None) -> int:
+        """The controlling page's seq of the action a frame applied (0: none, or another page's action)."""
+        token, seq = self._seq_map.get(f.last_action_seq, (None, 0)) if f is not None else (None, 0)
+        return seq if token is self.controller else 0
+
     def _meta(self, f: DecodedFrame | None, kind: str = "frame") -> dict:
         c2w = self.c2w if f is None else f.c2w
         return {
             "t": kind,
             "index": -1 if f is None else f.frame_index,
             "clip": -1 if f is None else f.clip_id,
-            "seq": 0 if f is None else self._seq_map.get(f.last_action_seq, 0),
+            "seq": self._page_seq(f),
             "session_frame": -1 if f is None else f.session_frame,
             "server_time_ns": 0 if f is None else f.server_time_ns,
             "pose": [float(v) for v in np.asarray(c2w).reshape(-1)],

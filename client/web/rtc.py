@@ -81,7 +81,19 @@ class HubVideoTrack(MediaStreamTrack):
         frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
         self.on_message(dict(item.meta, pts=pts))
         self.frames_sent += 1
+        if self.rtp_origin is None:
+            # standing still, no next frame may come for long: learn the origin once this frame went out
+            asyncio.get_running_loop().create_task(self._probe_origin(pts))
         return frame
+
+    async def _probe_origin(self, pts: int) -> None:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if self.rtp_origin is not None or self._last_pts != pts:
+                return  # known, or a newer frame went out (``recv`` learns it then)
+            if self.sender is not None and getattr(self.sender, "_RTCRtpSender__packet_count", 0):
+                self._learn_origin()
+                return
 
 
 async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers: list[str] | None = None) -> dict:
@@ -93,11 +105,17 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
     channel: dict = {}
     controls: asyncio.Queue = asyncio.Queue(maxsize=256)
 
+    early: list[str] = []  # sent before the channel opened (the first frame's metadata, the RTP origin)
+
     def send(message: dict) -> None:
+        text = json.dumps(message, separators=(",", ":"))
         ch = channel.get("ch")
         if ch is not None and ch.readyState == "open":
             with contextlib.suppress(Exception):
-                ch.send(json.dumps(message, separators=(",", ":")))
+                ch.send(text)
+        else:
+            early.append(text)
+            del early[:-64]  # bounded: the latest 64
 
     track = HubVideoTrack(sub, send)
     closed = asyncio.Event()
@@ -128,9 +146,17 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
         channel["ch"] = ch
         send(hub.status_message())
 
+        def flush() -> None:
+            while early and ch.readyState == "open":
+                with contextlib.suppress(Exception):
+                    ch.send(early.pop(0))
+
         @ch.on("open")
         def on_open() -> None:
+            flush()
             send(hub.status_message())
+
+        flush()
 
         @ch.on("message")
         def on_message(message) -> None:

@@ -15,6 +15,7 @@ const S = window.spatia = {
   firstPose: null, viewers: 0, memoryPoints: 0, recording: "", playing: false,
   fps: 30, wanted: "auto", closing: false, retries: 0, lastError: "",
   replayFrames: 0, replayPos: 0, replayPaused: false,
+  history: [],           // indices of the frames shown, oldest first (bounded)
   tickTimer: null, mapTimer: null, decodeBusy: false, pendingFrame: null,
 };
 
@@ -114,7 +115,7 @@ $("photo-form").addEventListener("submit", async (ev) => {
 // ---- the viewer ---------------------------------------------------------------------------------------------
 
 function resetViewer(mode) {
-  Object.assign(S, {mode, seq: 0, reflectedSeq: 0, shownTimes: [], latencies: [], framesShown: 0, shownMeta: null,
+  Object.assign(S, {mode, history: [], seq: 0, reflectedSeq: 0, shownTimes: [], latencies: [], framesShown: 0, shownMeta: null,
                     rtpOrigin: null, firstPose: null, closing: false, retries: 0, lastError: ""});
   S.sent.clear(); S.metaByPts.clear(); S.keys.clear();
   show("lobby", false); show("viewer", true);
@@ -252,7 +253,7 @@ async function connectRtc() {
       const meta = S.metaByPts.get(pts);
       if (meta) onFrameShown(meta);
     } else if (S.rtpOrigin === null) {
-      S.framesShown += 1;  // shown, but not mapped to its metadata yet (the origin comes after frame 1)
+      S.unmappedRtp = md.rtpTimestamp;  // shown before the RTP origin came: mapped when it does
     }
     video.requestVideoFrameCallback(onVideoFrame);
   };
@@ -269,9 +270,15 @@ function onControlMessage(m) {
     S.viewers = m.viewers; S.memoryPoints = m.memory_points; S.recording = m.recording;
   } else if (m.t === "rtp_origin") {
     S.rtpOrigin = m.origin;
+    if (S.unmappedRtp !== undefined && S.unmappedRtp !== null) {
+      const meta = S.metaByPts.get((S.unmappedRtp - m.origin) >>> 0);
+      S.unmappedRtp = null;
+      if (meta && !S.shownMeta) onFrameShown(meta);
+    }
   } else if (m.t === "status") {
     S.viewers = m.viewers; S.playing = m.playing; S.recording = m.recording;
     if (m.memory_points) S.memoryPoints = m.memory_points;
+    if (S.mode) drawHud();
   } else if (m.t === "error") {
     S.lastError = m.message; note(m.message);
   } else if (m.t === "note") {
@@ -282,6 +289,7 @@ function onControlMessage(m) {
 function onFrameShown(meta) {
   const now = performance.now();
   S.shownMeta = meta; S.framesShown += 1;
+  S.history.push(meta.index); if (S.history.length > 2000) S.history.splice(0, 1000);
   S.shownTimes.push(now);
   while (S.shownTimes.length && now - S.shownTimes[0] > 2000) S.shownTimes.shift();
   if (!S.firstPose) S.firstPose = meta.pose;
