@@ -188,7 +188,9 @@ class PlaySession:
         self.recorder = None
         if options.record:
             rid = f"{entry.world_id}.{self.id}"
-            self.recorder = Recorder(recordings_dir / f"{rid}.mcap", entry.world_id, self.id, start)
+            self.recorder = Recorder(recordings_dir / f"{rid}.mcap", entry.world_id, self.id, start,
+                                     origin_c2w=entry.world.origin_c2w)
+            self.recorder.snapshot_memory(entry.world.memory)  # the memory at the start (packed off this thread)
         self.log = log.bind(world_id=entry.world_id, session_id=self.id)
 
     @property
@@ -337,6 +339,8 @@ class PlaySession:
     def finish(self) -> None:
         """On the worker thread, after the last clip: close the recording and save the world."""
         if self.recorder:
+            if self.frames_sent:  # the memory at the end (a copy here; packed on the recorder's thread)
+                self.recorder.snapshot_memory(self.entry.world.memory)
             self.recorder.close()
         if self.entry.clips_since_save:
             self.entry.save()
