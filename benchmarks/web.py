@@ -12,6 +12,7 @@ Baseline (same run): the Python gRPC client (``client.api.PlaySession``) sending
 its latency is to the frame's arrival (decoded to numpy). Each mode plays a fresh world of the same scene.
 
     python benchmarks/web.py [--seconds 10] [--width 640 --height 360] [--screenshot docs/web.png]
+    python benchmarks/web.py --player [--seconds 10]   # the pygame player instead of the browser
 """
 
 from __future__ import annotations
@@ -115,6 +116,40 @@ def run_browser(driver, url: str, world: str, transport: str, args) -> dict:
     return result
 
 
+def run_player(target: str, world: str, args) -> dict:
+    """The pygame player (client/player.py, default config: 30 fps) with W held, SDL's dummy video driver; its
+    60 Hz loop as ``Player.run`` has it. Latency: action sent -> first frame *shown* that applied it."""
+    import os
+
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    import pygame
+
+    from spatia.client.api import WorldClient
+    from spatia.client.player import Player, PlayerConfig
+
+    pygame.init()
+    with WorldClient(target) as c:
+        player = Player(c, world, PlayerConfig(width=args.width, height=args.height, record=False,
+                                               show_minimap=True), screen=pygame.Surface((960, 540)))
+        player.open()
+        player.held.add("w")
+        clock = pygame.time.Clock()
+        t0 = time.perf_counter()
+        n0 = l0 = None
+        t1 = t0
+        try:
+            while time.perf_counter() - t0 < args.seconds:
+                player.tick(clock.tick(60) / 1000.0)
+                if n0 is None and time.perf_counter() - t0 >= WARMUP_S:
+                    n0, l0, t1 = player.frames_shown, len(player.shown_latencies_ms), time.perf_counter()
+            n1, lat, t2 = player.frames_shown, player.shown_latencies_ms[l0:], time.perf_counter()
+        finally:
+            player.held.clear()
+            player.close()
+            pygame.quit()
+    return _summary((n1 - n0) / (t2 - t1), lat, n1) | {"player_fps_config": player.config.fps}
+
+
 def _wait(driver, script, *a, timeout_s=120.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -130,6 +165,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the page (WebRTC run) here")
+    p.add_argument("--player", action="store_true",
+                   help="measure the pygame player (SDL dummy driver) against the gRPC client instead of the browser")
     args = p.parse_args()
     import logging
 
@@ -153,10 +190,19 @@ def main() -> None:
                 time.sleep(0.1)
             target = f"127.0.0.1:{int(port_file.read_text())}"
             with WorldClient(target) as c:
-                for w in ("g", "r", "s"):
+                for w in ("g", "p") if args.player else ("g", "r", "s"):
                     c.create_scene("room", 0, args.width, args.height, world_id=w)
             log(f"server at {target}; grpc client for {args.seconds} s")
             grpc_result = run_grpc(target, "g", args)
+            if args.player:
+                log("pygame player")
+                pygame_result = run_player(target, "p", args)
+                emit({"name": "web-player", "sizes": {"width": args.width, "height": args.height,
+                                                      "seconds": args.seconds, "warmup_s": WARMUP_S,
+                                                      "generator": "geometric"},
+                      "pygame": pygame_result, "grpc": grpc_result, "median_ms": pygame_result["p50_ms"],
+                      "baseline_median_ms": grpc_result["p50_ms"]})
+                return
             with running_web_app(WebConfig(server=target, port=0, grace_s=0.5)) as web:
                 driver = chrome(window=(1100, 760))
                 try:
