@@ -105,6 +105,11 @@ def run_browser(driver, url: str, world: str, transport: str, args) -> dict:
     time.sleep(max(0.0, args.seconds - (t1 - t0)))
     n1, lat = driver.execute_script("return [spatia.framesShown, spatia.latencies]")
     t2 = time.perf_counter()
+    rtp = driver.execute_script(
+        "if (!spatia.pc) return null; return spatia.pc.getStats().then(st => { let r = null; st.forEach(x => {"
+        " if (x.type === 'inbound-rtp' && x.kind === 'video') r = {received: x.framesReceived, decoded: "
+        "x.framesDecoded, dropped: x.framesDropped, jitter_buffer_ms: 1000 * x.jitterBufferDelay / "
+        "Math.max(x.jitterBufferEmittedCount, 1)}; }); return r; })")
     ActionChains(driver).key_up("w").perform()
     if args.screenshot and transport == "webrtc":
         time.sleep(0.5)
@@ -113,6 +118,8 @@ def run_browser(driver, url: str, world: str, transport: str, args) -> dict:
     used = driver.execute_script("return spatia.transport")
     result = _summary((n1 - n0) / (t2 - t1), lat[l0:], n1)
     result["transport"] = used
+    if rtp:
+        result["inbound_rtp"] = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in rtp.items()}
     return result
 
 

@@ -235,3 +235,35 @@ def test_wrong_token_is_refused_and_the_cookie_is_http_only(tmp_path, stack):
         assert _post(web.url + "/api/worlds", {"scene": "room"}, origin="http://evil.example",
                      cookie=f"spatia_session={cookie['value']}")[0] == 403
         assert _post(web.url + "/api/login", {"token": "nope"}, origin=web.url)[0] == 401
+
+
+def test_a_dropped_connection_reconnects_where_the_camera_was(stack):
+    d = stack["driver"]
+    open_live(d, stack["url"], "play", "ws")
+    hold(d, "w", 0.6)
+    before = pose(settle(d))
+    d.execute_script("spatia.ws.close()")  # the network drops (not the user leaving)
+    wait_for(d, "return spatia.ws !== null && spatia.ws.readyState === 1", what="the reconnect")
+    wait_for(d, "return spatia.shownMeta && spatia.shownMeta.t === 'still'", what="the still after reconnecting")
+    assert np.allclose(pose(d.execute_script("return spatia.shownMeta")), before, atol=1e-6)
+    hold(d, "w", 0.6)
+    after = pose(settle(d))
+    assert (after[:3, 3] - before[:3, 3]) @ before[:3, 2] > 0.1  # and goes on from there
+    stop(d)
+
+
+def test_viewer_queue_is_bounded_latest_wins_and_keeps_messages():
+    import asyncio
+
+    from spatia.client.web.hub import Subscriber, WebFrame
+
+    async def go():
+        sub = Subscriber(maxsize=2)
+        for i in range(10):
+            sub.offer(WebFrame(b"", {"index": i}))
+        sub.offer({"t": "status"})
+        got = [await sub.get() for _ in range(3)]
+        return sub, got
+
+    sub, got = asyncio.run(go())
+    assert sub.dropped == 8 and got[0] == {"t": "status"} and [g.meta["index"] for g in got[1:]] == [8, 9]

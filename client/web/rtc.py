@@ -38,8 +38,13 @@ VIDEO_CLOCK_HZ = 90_000
 class HubVideoTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, sub, on_message) -> None:
+    def __init__(self, sub, on_message, fps: float = 30.0) -> None:
         super().__init__()
+        self.min_gap_s = 1.0 / fps  # frames go out at most at the session's rate (see ``recv``)
+        self._next_due: float | None = None
+        self.repeat_after_s = 0.15
+        self._last_item = None
+        self._repeated = False
         self.sub = sub  # hub.Subscriber: WebFrame items, dict status messages, None at the end
         self.on_message = on_message  # (dict) -> None: sends on the data channel
         self.sender = None  # the RTCRtpSender, set after addTrack (to learn the RTP timestamp origin)
@@ -59,8 +64,17 @@ class HubVideoTrack(MediaStreamTrack):
             self.on_message({"t": "rtp_origin", "origin": self.rtp_origin, "clock_hz": VIDEO_CLOCK_HZ})
 
     async def recv(self) -> VideoFrame:
+        repeat = False
         while True:
-            item = await self.sub.get()
+            if self._last_item is not None and not self._repeated:
+                # Chrome presents a WebRTC frame once the next one arrives: after the last frame of a burst,
+                # send it once more (marked ``repeat``) so the newest picture is really shown, not held back.
+                try:
+                    item = await asyncio.wait_for(self.sub.get(), timeout=self.repeat_after_s)
+                except TimeoutError:
+                    item, repeat = self._last_item, True
+            else:
+                item = await self.sub.get()
             if item is None:
                 self.stop()
                 raise MediaStreamError
@@ -68,6 +82,16 @@ class HubVideoTrack(MediaStreamTrack):
                 self.on_message(item)
                 continue
             break
+        self._last_item, self._repeated = item, repeat
+        # A clip's frames come from the generator in a burst; sent as they come, the browser would show only the
+        # last of each burst (one per display refresh) and its jitter buffer would speed playback up. Pace them at
+        # the session fps instead, re-anchoring after a stall so a late frame is not followed by a burst
+        # (refresh_2026-12.md 3b, FlashDreams' track). The queue before this (latest wins) bounds the delay.
+        now = time.monotonic()
+        if self._next_due is not None and now < self._next_due:
+            await asyncio.sleep(self._next_due - now)
+            now = time.monotonic()
+        self._next_due = max(now, self._next_due or now) + self.min_gap_s
         rgb = await asyncio.to_thread(item.decoded)  # [H, W, 3] uint8
         if rgb.shape[0] % 2 or rgb.shape[1] % 2:  # yuv420p needs even sizes: drop one edge row / column
             rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
@@ -79,8 +103,8 @@ class HubVideoTrack(MediaStreamTrack):
         self._last_pts = pts
         frame = VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
-        self.on_message(dict(item.meta, pts=pts))
-        self.frames_sent += 1
+        self.on_message(dict(item.meta, pts=pts, repeat=True) if repeat else dict(item.meta, pts=pts))
+        self.frames_sent += not repeat
         if self.rtp_origin is None:
             # standing still, no next frame may come for long: learn the origin once this frame went out
             asyncio.get_running_loop().create_task(self._probe_origin(pts))
@@ -101,7 +125,8 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
     config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in (ice_servers or [])])
     pc = RTCPeerConnection(configuration=config)
     token = object()
-    sub = hub.subscribe(controller=role == "play", maxsize=app.config.frame_queue)
+    # room for one clip's burst (paced out by the track); beyond it the oldest frame goes
+    sub = hub.subscribe(controller=role == "play", maxsize=max(app.config.frame_queue, 6))
     channel: dict = {}
     controls: asyncio.Queue = asyncio.Queue(maxsize=256)
 
@@ -117,7 +142,7 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
             early.append(text)
             del early[:-64]  # bounded: the latest 64
 
-    track = HubVideoTrack(sub, send)
+    track = HubVideoTrack(sub, send, fps=options.fps if role == "play" or hub.session is None else hub.options.fps)
     closed = asyncio.Event()
 
     async def cleanup() -> None:

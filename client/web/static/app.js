@@ -288,6 +288,7 @@ function onControlMessage(m) {
 
 function onFrameShown(meta) {
   const now = performance.now();
+  if (meta.repeat && S.shownMeta && S.shownMeta.index === meta.index) return;  // the same picture again (rtc.py)
   S.shownMeta = meta; S.framesShown += 1;
   S.history.push(meta.index); if (S.history.length > 2000) S.history.splice(0, 1000);
   S.shownTimes.push(now);
