@@ -233,3 +233,27 @@ def test_cut_recording_replays_as_far_as_it_goes_and_repair_makes_it_seekable(pl
         assert reader.get_summary() is not None
         assert sum(1 for _, ch, _ in reader.iter_messages(topics=["/frame"])) == len(partial)
     assert [bytes(f.data) for _, f in recorded_frames(cut)] == [bytes(f.data) for f in partial]
+
+
+def test_replay_rpc_streams_a_cut_recording_as_far_as_it_goes(played, tmp_path):
+    from spatia.server.recording import recorded_frames
+
+    path = played["data"] / "recordings" / f"{played['rec_id']}.mcap"
+    data = path.read_bytes()
+    for fraction in np.arange(0.95, 0.05, -0.025):  # a cut that loses some frames
+        cut = data[: int(len(data) * fraction)]
+        (tmp_path / "probe.mcap").write_bytes(cut)
+        n = sum(1 for _ in recorded_frames(tmp_path / "probe.mcap"))
+        if 0 < n < 6:
+            break
+    rec_dir = tmp_path / "data" / "recordings"
+    rec_dir.mkdir(parents=True)
+    (rec_dir / "r.cut.mcap").write_bytes(cut)
+    with running_server(ServerConfig(data_dir=tmp_path / "data", port=0)) as st, WorldClient(st.target) as c:
+        (info,) = c.list_recordings()
+        frames = list(c.replay("r.cut"))
+        tail = list(c.replay("r.cut", start_frame=n - 1))
+    assert not info.complete and info.frames == n
+    assert [f.frame_index for f in frames] == [f.frame_index for f in played["frames"][:n]]
+    assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(frames, played["frames"]))
+    assert [f.frame_index for f in tail] == [frames[-1].frame_index]
