@@ -119,8 +119,12 @@ def export_recording(path: Path, out: Path, max_points: int = 1_000_000, max_fra
     centres, n, clouds, last_index = [], 0, 0, 0
     media = {pb.FRAME_ENCODING_JPEG: "image/jpeg", pb.FRAME_ENCODING_UNSPECIFIED: "image/jpeg",
              pb.FRAME_ENCODING_PNG: "image/png"}
+    from tqdm import tqdm
+
+    progress = tqdm(total=summary.frames, desc="frames", unit="frame", leave=False)
     for item in read_recording(path):
         if item.topic == "/frame":
+            progress.update(1)
             f = item.message
             c2w = pose_array(f.pose)
             centres.append(c2w[:3, 3])
@@ -143,6 +147,7 @@ def export_recording(path: Path, out: Path, max_points: int = 1_000_000, max_fra
             rec.set_time("log_time", timestamp=np.datetime64(item.log_time_ns, "ns"))
             rec.log("world/memory", rr.Points3D(points[idx], colors=colors[idx]))
             clouds += 1
+    progress.close()
     rec.log("world/camera_path", rr.LineStrips3D([np.stack(centres)]), static=True)
     rec.flush()
     del rec

@@ -130,7 +130,7 @@ function startLive(worldId, role) {
   resetViewer(role);
   connect();
   clearInterval(S.tickTimer); S.tickTimer = setInterval(tick, 1000 / S.fps);
-  clearInterval(S.mapTimer); S.mapTimer = setInterval(refreshMinimap, 1000); refreshMinimap();
+  clearInterval(S.mapTimer); S.mapTimer = setInterval(() => { refreshMinimap(); drawHud(); }, 1000); refreshMinimap();
 }
 
 function refreshMinimap() {
@@ -281,6 +281,7 @@ function onControlMessage(m) {
     if (S.mode) drawHud();
   } else if (m.t === "error") {
     S.lastError = m.message; note(m.message);
+    if (m.code) S.closing = true;  // refused on connect (e.g. someone else plays this world): do not retry
   } else if (m.t === "note") {
     note(m.message);
   }
@@ -319,6 +320,8 @@ function percentile(xs, p) {
 }
 
 function drawHud() {
+  const now = performance.now();
+  while (S.shownTimes.length && now - S.shownTimes[0] > 2000) S.shownTimes.shift();
   const n = S.shownTimes.length;
   const fps = n > 1 ? (n - 1) / ((S.shownTimes[n - 1] - S.shownTimes[0]) / 1000) : 0;
   const m = S.shownMeta;
