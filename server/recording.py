@@ -161,13 +161,18 @@ def cloud_points(msg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def downsample_memory(memory, max_points: int = MAX_CLOUD_POINTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """([M, 3] float32 world positions, [M, 3] uint8 colours), M <= ``max_points``: a uniform random subset
-    (fixed seed) of a ``SpatialMemory``; copies, so the caller's memory may change afterwards."""
+    """([M, 3] float32 world positions, [M, 3] uint8 colours), M <= ``max_points``: every (N / M)-th point of a
+    ``SpatialMemory`` from a random offset; copies, so the caller's memory may change afterwards. A stride, not
+    ``rng.choice``: O(M) instead of O(N) (this runs on the session's finish path; choice without replacement over
+    1.5 M points took ~0.2-0.9 s on the shared machine), and the memory's order is its insertion order, so a
+    stride samples every part of the explored space evenly."""
     positions = memory.positions  # a new array
     colors = np.asarray(memory.colors)
     n = len(positions)
     if n > max_points:
-        idx = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+        step = n / max_points
+        offset = float(np.random.default_rng(seed).random()) * step
+        idx = np.minimum((offset + np.arange(max_points) * step).astype(np.int64), n - 1)
         positions, colors = positions[idx], colors[idx]
     return np.ascontiguousarray(positions, np.float32), np.array(colors, dtype=np.uint8, copy=True)
 

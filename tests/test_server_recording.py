@@ -171,7 +171,7 @@ def test_memory_point_clouds_at_start_and_end(played):
     assert np.isfinite(end[0]).all() and end[1].dtype == np.uint8 and end[1].std() > 0
 
 
-def test_downsample_memory_is_a_uniform_subset():
+def test_downsample_memory_is_an_even_subset():
     from spatia.server.recording import downsample_memory
 
     class Mem:
@@ -182,6 +182,7 @@ def test_downsample_memory_is_a_uniform_subset():
     rows = (p[:, 0] / 3).astype(int)
     assert len(p) == 500 and len(set(rows)) == 500 and np.array_equal(c, Mem.colors[rows])
     assert rows.min() < 300 and rows.max() > 2700  # spread over the whole memory
+    assert np.all(np.diff(rows) >= 5) and np.all(np.diff(rows) <= 7)  # evenly: every 6th point
     p2, _ = downsample_memory(Mem, max_points=5000)
     assert len(p2) == 3000
 
