@@ -155,7 +155,7 @@ def test_webrtc_frames_and_spectator_sees_the_same(stack):
         g = d.execute_script("return spatia.grab()")  # the WebRTC video (VP8), drawn into a canvas
         rtc = data_url_rgb(g["png"])
         idx = g["meta"]["index"]
-        assert rtc.shape == frames[idx].shape and psnr_db(rtc, frames[idx]) >= 25.0
+        assert rtc.shape == frames[idx].shape and psnr_db(rtc, frames[idx]) >= 30.0  # 38.2 dB measured
     finally:
         spectator.quit()
     stop(d)
