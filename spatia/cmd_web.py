@@ -23,9 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ssl
-
-    from spatia.client.web.app import WebConfig, run_app
+    from spatia.client.web.app import WebConfig, run_app, server_ssl_context
     from spatia.world.errors import InvalidInputError
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -35,10 +33,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"file not found: {f}")
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
-    ssl_context = None
-    if args.tls_cert is not None:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert is not None else None
     config = WebConfig(server=args.server, host=args.host, port=args.port, tls=ssl_context is not None,
                        server_root_certificates=args.server_ca.read_bytes() if args.server_ca else None,
                        allowed_origins=tuple(args.allowed_origin), grace_s=args.grace)

@@ -267,3 +267,38 @@ def test_viewer_queue_is_bounded_latest_wins_and_keeps_messages():
 
     sub, got = asyncio.run(go())
     assert sub.dropped == 8 and got[0] == {"t": "status"} and [g.meta["index"] for g in got[1:]] == [8, 9]
+
+
+def test_https_serves_the_page_and_the_cookie_is_secure(tmp_path):
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from spatia.client.web.app import server_ssl_context
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    client_ctx.check_hostname = False
+    with running_server(ServerConfig(data_dir=tmp_path / "data", port=0, token=TOKEN)) as st, \
+            running_web_app(WebConfig(server=st.target, port=0, tls=True),
+                            server_ssl_context(tmp_path / "cert.pem", tmp_path / "key.pem")) as web:
+        assert web.url.startswith("https://")
+        with urllib.request.urlopen(web.url + "/", context=client_ctx, timeout=30) as r:
+            assert r.status == 200 and b"Spatia World" in r.read()
+        req = urllib.request.Request(web.url + "/api/login", data=json.dumps({"token": TOKEN}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json", "Origin": web.url})
+        with urllib.request.urlopen(req, context=client_ctx, timeout=30) as r:
+            cookie = r.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" in cookie

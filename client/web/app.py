@@ -540,6 +540,15 @@ def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     return data.tobytes()
 
 
+def server_ssl_context(cert: Path, key: Path):
+    """TLS for the page (pointer lock and the Gamepad API need a secure context off localhost)."""
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def run_app(config: WebConfig, ssl_context=None) -> None:
     app = WebApp(config).make_app()
     log.info("web app", url=f"{'https' if ssl_context else 'http'}://{config.host}:{config.port}/",
@@ -550,10 +559,11 @@ def run_app(config: WebConfig, ssl_context=None) -> None:
 class WebAppThread:
     """The web app on a loopback ephemeral port in a background thread with its own loop (tests, benchmarks)."""
 
-    def __init__(self, config: WebConfig) -> None:
+    def __init__(self, config: WebConfig, ssl_context=None) -> None:
         import threading
 
         self.config = config
+        self.ssl_context = ssl_context
         self.app = WebApp(config)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="spatia-web")
@@ -566,7 +576,7 @@ class WebAppThread:
         async def go():
             self._runner = web.AppRunner(self.app.make_app())
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self.ssl_context)
             await site.start()
             return site._server.sockets[0].getsockname()[1]
 
@@ -575,7 +585,7 @@ class WebAppThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.config.host}:{self.port}"
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=60)
@@ -584,8 +594,8 @@ class WebAppThread:
 
 
 @contextlib.contextmanager
-def running_web_app(config: WebConfig):
-    t = WebAppThread(config)
+def running_web_app(config: WebConfig, ssl_context=None):
+    t = WebAppThread(config, ssl_context)
     t.start()
     try:
         yield t
