@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spatia-installed
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= out/demo
-DEBIAN_PACKAGES := libusb-1.0-0 libgomp1
+DEBIAN_PACKAGES := libusb-1.0-0 libgomp1 chromium chromium-driver
 
 .PHONY: demo test setup system-deps clean bench
 
@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml | system-deps
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,web]'
 	touch $(STAMP)
 
 clean:

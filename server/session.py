@@ -255,7 +255,9 @@ class PlaySession:
         self.recorder = None
         if options.record:
             rid = f"{host.world_id}.{self.id}"
-            self.recorder = Recorder(recordings_dir / f"{rid}.mcap", host.world_id, self.id, start)
+            self.recorder = Recorder(recordings_dir / f"{rid}.mcap", host.world_id, self.id, start,
+                                     origin_c2w=view.origin_c2w)
+            self.recorder.snapshot_memory(host.world.memory)  # the memory at the start (packed off this thread)
         self.log = log.bind(world_id=host.world_id, session_id=self.id)
 
     @property
@@ -447,6 +449,9 @@ class PlaySession:
             errors.append(exc)
         if self.recorder:
             try:
+                if self.frames_sent:  # the memory at the end (copied here, while this session still holds the
+                    # world; packed on the recorder's thread)
+                    await asyncio.to_thread(self.recorder.snapshot_memory, self.host.world.memory)
                 await asyncio.to_thread(self.recorder.close)
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)

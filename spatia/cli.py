@@ -16,7 +16,7 @@ import structlog
 os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 
 # In the order ``spatia --help`` lists them. A module that does not exist yet is simply not offered.
-COMMANDS = ("demo", "serve", "play", "replay", "eval", "train")
+COMMANDS = ("demo", "serve", "play", "web", "replay", "export_rerun", "eval", "train")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from spatia.world.errors import SpatiaError
 
     try:
-        return int(runners[args.command](args) or 0)
+        return int(runners[args.command.replace("-", "_")](args) or 0)
     except SpatiaError as exc:  # bad input: one clear line, no traceback
         print(f"spatia {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=256, help="stream width for a new scene (px)")
     p.add_argument("--height", type=int, default=144, help="stream height for a new scene (px)")
     p.add_argument("--window", default="960x540", help="window size WxH")
-    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--fps", type=float, default=30.0, help="the session's frame rate (default 30)")
     p.add_argument("--keys", type=Path, help="key config (JSON or TOML), see docs/PLAY.md")
     p.add_argument("--data-dir", type=Path, default=Path("spatia-data"), help="embedded server: worlds live here")
     p.add_argument("--token", help="bearer token for --server")
