@@ -36,7 +36,8 @@ $(STAMP): pyproject.toml | system-deps
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	# every extra but [cluster] (see pyproject.toml); a slim client is `pip install .` alone
+	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
 clean:

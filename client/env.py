@@ -71,7 +71,12 @@ class _LocalBackend:
     def __init__(self, generator: str, generator_kwargs: dict[str, Any]) -> None:
         from spatia.model import make_generator
 
-        self.generator = make_generator(generator, **generator_kwargs)
+        try:
+            self.generator = make_generator(generator, **generator_kwargs)
+        except ModuleNotFoundError as exc:  # a slim install (the core only) has the remote env, not this one
+            raise ModuleNotFoundError(
+                f"the in-process env needs the world core ({exc.name} is missing): pip install 'spatia-world[server]',"
+                " or use a server: SpatiaWorldEnv(server='host:port')", name=exc.name) from exc
         self.engine = None
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
