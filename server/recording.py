@@ -285,7 +285,8 @@ def export_video(path: Path, out: Path, fps: float = 0.0, start_frame: int = 0, 
             if writer is None:
                 # H.264 in yuv420p needs even sizes: pad odd edges by one replicated pixel
                 writer = imageio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                            ffmpeg_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"])
+                                            ffmpeg_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                                                           "-movflags", "+faststart"])  # browsers stream it
             writer.append_data(rgb)
             n += 1
     finally:

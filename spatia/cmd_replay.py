@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         raise NotFoundError(f"recording not found: {args.file}")
+    with open(args.file, "rb") as f:  # MCAP's magic: b"\x89MCAP0\r\n"; anything else is not a recording
+        if f.read(8) != b"\x89MCAP0\r\n":
+            from spatia.world.errors import InvalidInputError
+
+            raise InvalidInputError(f"{args.file} is not an MCAP recording (expected <data-dir>/recordings/<id>.mcap)")
     summary = summarize(args.file)
     out = {"recording_id": summary.recording_id, "world_id": summary.world_id, "frames": summary.frames,
            "actions": summary.actions, "duration_s": (summary.end_ns - summary.start_ns) / 1e9,
