@@ -6,9 +6,11 @@ installed. Also: every declared dependency is imported by something."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -97,35 +99,84 @@ def test_in_process_env_names_the_missing_extra():
     assert "ERR" in out.stdout and "spatia-world[server]" in out.stdout
 
 
-def test_serve_geometric_runs_without_torch(tmp_path):
-    port_file = tmp_path / "port"
-    code = f"""
-        import sys
-        from spatia.cli import main
-        sys.exit(main(["serve", "--port", "0", "--port-file", {str(port_file)!r},
-                       "--data-dir", {str(tmp_path / 'data')!r}, "--generator", "geometric"]))
-    """
-    proc = subprocess.Popen([sys.executable, "-c", blocker(NEURAL) + textwrap.dedent(code)], cwd=ROOT,
+def dockerfile_runtime() -> tuple[dict[str, str], list[str], list[str]]:
+    """The final stage's ENV, ENTRYPOINT + CMD and HEALTHCHECK command of the Dockerfile."""
+    import json
+    import shlex
+
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM "):]
+    env: dict[str, str] = {}
+    entry: list[str] = []
+    cmd: list[str] = []
+    health: list[str] = []
+    for line in final.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word == "ENV":
+            env.update(kv.split("=", 1) for kv in shlex.split(rest))
+        elif word == "ENTRYPOINT":
+            entry = json.loads(rest)
+        elif word == "CMD":
+            cmd = json.loads(rest)
+        elif word == "HEALTHCHECK":
+            health = json.loads(rest[rest.index("CMD ") + 4:])
+    return env, entry + cmd, health
+
+
+def test_container_command_and_health_check_without_torch(tmp_path):
+    """No Docker daemon runs here: the image's entry command and HEALTHCHECK, read from the Dockerfile, run with
+    its environment in an interpreter where torch and the other neural / UI modules cannot be imported. Only the
+    data dir and the ports differ (a temp dir and free ports: tests share the machine)."""
+    env, command, health = dockerfile_runtime()
+    assert command == ["spatia", "serve"] and health[:2] == ["spatia", "health"]
+    assert env["SPATIA_GENERATOR"] == "geometric" and env["SPATIA_HOST"] == "0.0.0.0"
+    ports = {}
+    for name in ("SPATIA_PORT", "SPATIA_METRICS_PORT"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports[name] = s.getsockname()[1]
+    run_env = {**os.environ, **{k: v for k, v in env.items() if k != "PATH"},
+               "SPATIA_DATA_DIR": str(tmp_path / "data"), **{k: str(v) for k, v in ports.items()}}
+    run_env.pop("NUMBA_CACHE_DIR")  # this checkout's own numba cache: an empty one would compile for a minute
+    health = [a.replace("50051", str(ports["SPATIA_PORT"])) for a in health]
+
+    def spatia(argv: list[str]) -> str:
+        return (blocker(NEURAL) + "import sys\nfrom spatia.cli import main\n"
+                f"sys.exit(main({argv[1:]!r}))\n")
+
+    unhealthy = subprocess.run([sys.executable, "-c", spatia(health)], cwd=ROOT, env=run_env, capture_output=True,
+                               text=True, timeout=60)
+    assert unhealthy.returncode == 1 and "UNREACHABLE" in unhealthy.stdout
+    proc = subprocess.Popen([sys.executable, "-c", spatia(command)], cwd=ROOT, env=run_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while not (port_file.is_file() and port_file.read_text().strip()):
+        deadline = time.monotonic() + 120
+        while True:
+            check = subprocess.run([sys.executable, "-c", spatia(health)], cwd=ROOT, env=run_env,
+                                   capture_output=True, text=True, timeout=60)
+            if check.returncode == 0:
+                break
             assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        target = f"127.0.0.1:{port_file.read_text().strip()}"
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.5)
+        assert "SERVING" in check.stdout
+        target = f"127.0.0.1:{ports['SPATIA_PORT']}"
         with WorldClient(target) as c:
-            info = c.create_scene("room", 0, 64, 48)
-            c2w = np.eye(4)
             from spatia.proto.spatia.v1.convert import pose_array
 
-            c2w = pose_array(info.origin)
-            frames = list(c.generate(info.world_id, c2w[None], clip=(1, 2, 1)))
+            info = c.create_scene("room", 0, 64, 48)
+            frames = list(c.generate(info.world_id, pose_array(info.origin)[None], clip=(1, 2, 1)))
             assert frames and frames[-1].rgb.shape == (48, 64, 3)
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['SPATIA_METRICS_PORT']}/metrics", timeout=10) as r:
+            assert b"spatia_worlds 1.0" in r.read()
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(rec.get("event") == "serving" for rec in logs), err[-2000:]  # SPATIA_LOG_FORMAT=json
 
 
 # Distributions that work without being imported by name: plugins found by entry point or by their host package.
