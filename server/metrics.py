@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from spatia.proto.spatia.v1 import world_pb2 as pb
@@ -192,6 +192,9 @@ class WorldState:
     last_save_s: float
     clips_generated: int
     controlled: bool
+    saves: int | None = None  # counters the server keeps since it started (None: this server does not say)
+    save_failures: int | None = None
+    frames_generated: int | None = None
 
 
 @dataclass
@@ -209,12 +212,36 @@ class ServerState:
     draining: bool
     worlds: list[WorldState]
     sessions: list[SessionState]
+    counters: dict[str, float] = field(default_factory=dict)  # server-kept totals: sessions_started, ...
+    errors: dict[str, float] = field(default_factory=dict)  # statuses answered, by code name
 
 
 def _read_server(server) -> ServerState:
-    """The numbers of a ``WorldServer`` right now. Reads plain attributes only (ints, lens): safe from the scrape
-    thread while the event loop and world workers run; a value may be one clip old."""
+    """The numbers of a ``WorldServer`` right now: its ``stats()`` (counters it keeps for metrics) where it has
+    one, else plain attributes; queue depths from its live Play sessions. Reads ints and lens only: safe from the
+    scrape thread while the event loop and world workers run; a value may be one clip old."""
     servicer = getattr(server, "servicer", None)
+    live = list(getattr(servicer, "_play", {}).values())
+    sessions = []
+    for s in live:
+        owner = getattr(s, "host", None) or getattr(s, "entry", None)
+        sessions.append(SessionState(session_id=s.id, world_id=getattr(owner, "world_id", ""),
+                                     outbox_frames=int(s.outbox.frames_queued), pending_actions=s.actions.qsize(),
+                                     frames_sent=int(getattr(s, "frames_sent", 0))))
+    draining = bool(getattr(servicer, "draining", False))
+    stats = server.stats() if callable(getattr(server, "stats", None)) else None
+    if stats is not None:
+        worlds = [WorldState(
+            world_id=wid, memory_points=int(w["memory_points"]), history_frames=int(w["history_frames"]),
+            snapshot_bytes=int(w["snapshot_bytes"]), last_save_s=float(w["last_save_cpu_s"]),
+            clips_generated=int(w["clips_generated"]), controlled=bool(w["controlled"]),
+            saves=w.get("saves"), save_failures=w.get("save_failures"), frames_generated=w.get("frames_generated"))
+            for wid, w in stats["worlds"].items()]
+        counters = {k: float(stats[k]) for k in ("sessions_started", "sessions_ended", "frames_served",
+                                                 "frames_dropped", "poses_skipped", "worlds_unreadable")
+                    if k in stats}
+        return ServerState(live_calls=int(stats["sessions"]), draining=draining, worlds=worlds, sessions=sessions,
+                           counters=counters, errors={str(k): float(v) for k, v in stats.get("errors", {}).items()})
     worlds = []
     for entry in list(server.store.entries()):
         w = entry.world
@@ -222,14 +249,18 @@ def _read_server(server) -> ServerState:
             world_id=w.world_id, memory_points=int(w.memory.num_points), history_frames=len(w.history),
             snapshot_bytes=int(entry.snapshot_bytes), last_save_s=float(entry.last_save_cpu_s),
             clips_generated=int(entry.clips_generated), controlled=entry.controller is not None))
-    sessions = []
-    for s in list(getattr(servicer, "_play", {}).values()):
-        sessions.append(SessionState(session_id=s.id, world_id=s.entry.world_id,
-                                     outbox_frames=int(s.outbox.frames_queued), pending_actions=s.actions.qsize(),
-                                     frames_sent=int(s.frames_sent)))
-    return ServerState(live_calls=int(getattr(servicer, "sessions", 0)), draining=bool(getattr(servicer, "draining",
-                                                                                             False)),
-                       worlds=worlds, sessions=sessions)
+    return ServerState(live_calls=int(getattr(servicer, "sessions", 0)), draining=draining, worlds=worlds,
+                       sessions=sessions)
+
+
+# server-kept totals (WorldServer.stats()) -> (metric name, help); counters unless noted
+SERVER_COUNTERS = {
+    "sessions_started": ("spatia_sessions_started", "Play + Generate calls admitted"),
+    "sessions_ended": ("spatia_sessions_ended", "Play + Generate calls ended"),
+    "frames_served": ("spatia_server_frames_served", "frames handed to gRPC, as the server counts them"),
+    "frames_dropped": ("spatia_server_frames_dropped", "Play frames dropped for slow clients (ended + live sessions)"),
+    "poses_skipped": ("spatia_server_poses_skipped", "Play poses skipped to keep latency (ended + live sessions)"),
+}
 
 
 class ServerCollector(Collector):
@@ -241,7 +272,18 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily("spatia_live_sessions", "Play + Generate calls running", value=state.live_calls)
         yield GaugeMetricFamily("spatia_play_sessions", "Play streams running", value=len(state.sessions))
         yield GaugeMetricFamily("spatia_draining", "1 while the server shuts down", value=int(state.draining))
-        yield GaugeMetricFamily("spatia_worlds", "worlds in the data dir", value=len(state.worlds))
+        yield GaugeMetricFamily("spatia_worlds", "worlds loaded from the data dir", value=len(state.worlds))
+        for key, (name, doc) in SERVER_COUNTERS.items():
+            if key in state.counters:
+                yield CounterMetricFamily(name, doc, value=state.counters[key])
+        if "worlds_unreadable" in state.counters:
+            yield GaugeMetricFamily("spatia_worlds_unreadable", "snapshots in the data dir that could not be read",
+                                    value=state.counters["worlds_unreadable"])
+        if state.errors:
+            c = CounterMetricFamily("spatia_errors", "error statuses answered, by code", labels=["grpc_code"])
+            for code, n in sorted(state.errors.items()):
+                c.add_metric([code], n)
+            yield c
         per_world = {
             "spatia_world_memory_points": ("points in the world's spatial memory", "memory_points"),
             "spatia_world_history_frames": ("frames in the world's history", "history_frames"),
@@ -257,6 +299,15 @@ class ServerCollector(Collector):
             for w in state.worlds:
                 g.add_metric([w.world_id], float(getattr(w, attr)))
             yield g
+        for name, doc, attr in (("spatia_world_saves", "snapshots written", "saves"),
+                                ("spatia_world_save_failures", "snapshot writes that failed", "save_failures"),
+                                ("spatia_world_frames_generated", "frames generated", "frames_generated")):
+            known = [w for w in state.worlds if getattr(w, attr) is not None]
+            if known:
+                c = CounterMetricFamily(name, doc, labels=["world_id"])
+                for w in known:
+                    c.add_metric([w.world_id], float(getattr(w, attr)))
+                yield c
         per_session = {
             "spatia_session_outbox_frames": ("frames queued for the client (queue depth)", "outbox_frames"),
             "spatia_session_pending_actions": ("actions read but not integrated yet (queue depth)",

@@ -43,7 +43,8 @@ def test_metrics_during_and_after_a_play_session(server):
         info = c.create_scene("room", 0, 64, 48)
         with pytest.raises(WorldServiceError):
             c.get_world("no-such-world")
-        session = c.play(info.world_id, clip=(2, 2, 1))
+        # every pose kept (max_pending_frames): a slow first clip must not make the later ones skip poses
+        session = c.play(info.world_id, clip=(2, 2, 1), fps=16.0, max_pending_frames=32)
         for _ in range(6):
             session.send(move_forward=1.0, dt_s=1 / 16)
         frames = [session.next_frame(timeout_s=60) for _ in range(4)]
@@ -64,7 +65,7 @@ def test_metrics_during_and_after_a_play_session(server):
 
     after = scrape(port)
     assert value(after, "spatia_play_sessions") == 0 and value(after, "spatia_live_sessions") == 0
-    assert value(after, "spatia_frames_served_total", grpc_method="Play") == 4 + len(rest)
+    assert value(after, "spatia_frames_served_total", grpc_method="Play") == 4 + len(rest) == 6  # one per pose
     assert value(after, "spatia_clip_generate_seconds_count") >= 2  # one stats message per clip
     assert value(after, "spatia_clip_update_seconds_sum") > 0
     assert value(after, "grpc_server_handled_total", grpc_method="CreateWorld", grpc_code="OK") == 1
@@ -73,6 +74,10 @@ def test_metrics_during_and_after_a_play_session(server):
     assert value(after, "grpc_server_handling_seconds_count", grpc_method="Play") == 1
     assert value(after, "grpc_server_handling_seconds_sum", grpc_method="Play") > 0
     assert value(after, "spatia_world_last_save_seconds", world_id=info.world_id) > 0  # saved at session end
+    if callable(getattr(server.server, "stats", None)):  # the counters a WorldServer keeps for metrics
+        assert value(after, "spatia_sessions_started_total") == value(after, "spatia_sessions_ended_total") == 1
+        assert value(after, "spatia_server_frames_served_total") == 6
+        assert value(after, "spatia_world_saves_total", world_id=info.world_id) >= 1
 
 
 def test_metrics_port_in_use_names_the_flag(tmp_path, server):
