@@ -1,4 +1,4 @@
-"""The one place where errors become gRPC status codes (``service_ecosystem.md``, "Status codes").
+"""The one place where errors become gRPC status codes (``docs/DESIGN.md``, "Status codes").
 
 Handlers raise the world core's exceptions (``world.errors``) or the two service-only ones below; the wrappers
 ``unary`` and ``streaming`` turn them into ``context.abort(code, message)`` so that every RPC answers the same

@@ -1,4 +1,4 @@
-"""Play recordings as MCAP files with protobuf channels (``service_ecosystem.md`` section 4), so they open in
+"""Play recordings as MCAP files with protobuf channels (``docs/DESIGN.md``, "Recordings and the player"), so they open in
 standard robotics tooling (Foxglove, the ``mcap`` CLI) and seek cheaply.
 
 Topics (each message's log_time is the server's clock, Unix ns):
@@ -248,7 +248,7 @@ def overlay_frame(rgb: np.ndarray, keys: tuple[str, ...], path_xy: np.ndarray, i
 def _ground_path(poses: list[np.ndarray]) -> np.ndarray:
     """Camera centres on the ground plane of the first recorded camera: (right, level forward), metres."""
     first = poses[0]
-    up = -first[:3, 1]  # DESIGN.md: up = -y of the first camera
+    up = -first[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
     fwd = first[:3, 2] - up * float(first[:3, 2] @ up)
     fwd /= max(np.linalg.norm(fwd), 1e-12)
     right = np.cross(fwd, up)

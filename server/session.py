@@ -1,4 +1,4 @@
-"""A Play session: actions in, frames out (DESIGN.md "One Play step").
+"""A Play session: actions in, frames out (docs/DESIGN.md "One Play step").
 
 Three parts, all bounded:
 
