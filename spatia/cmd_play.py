@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token for --server")
     p.add_argument("--no-record", action="store_true", help="do not record the session")
     p.add_argument("--screenshots", type=Path, default=Path("screenshots"), help="F12 saves here")
-    p.add_argument("--seconds", type=positive_float, help="quit after this many seconds (demos, smoke tests)")
+    p.add_argument("--seconds", type=at_least(0.0, float), help="quit after this many seconds (demos, smoke tests)")
 
 
 def _window(text: str) -> tuple[int, int]:
