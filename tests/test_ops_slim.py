@@ -182,6 +182,7 @@ def test_container_command_and_health_check_without_torch(tmp_path):
 # Distributions that work without being imported by name: plugins found by entry point or by their host package.
 NOT_IMPORTED_BY_NAME = {
     "imageio-ffmpeg": "imageio's ffmpeg plugin finds it (mp4 writing)",
+    "grpcio-status": "brings googleapis-common-protos, whose google.rpc messages carry the AIP-193 error details",
     "pytest-timeout": "pytest plugin",
     "pytest-xdist": "pytest plugin",
 }
