@@ -31,11 +31,12 @@ sys.path.insert(0, str(ROOT))
 from _common import emit, log  # noqa: E402
 
 
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def _start_server(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
     port_file = data_dir / "port"
     proc = subprocess.Popen([sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file),
                              "--data-dir", str(data_dir / "data")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "NUMBA_THREADING_LAYER": "omp"})
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "NUMBA_THREADING_LAYER": "omp", "NUMBA_NUM_THREADS": str(threads)})
     deadline = time.monotonic() + 180
     while not (port_file.is_file() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -70,7 +71,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--height", type=int, default=96)
+    # numba kernel threads, in this process (in-process env) and in the server alike. 1 by default: on a small
+    # shared machine, OpenMP's parallel kernels in the stepping thread measured 10-40x slower under load.
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # before numba is imported
 
     import numpy as np
 
@@ -84,7 +89,7 @@ def main() -> None:
     size = dict(width=args.width, height=args.height)
     results, seen = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        proc, target = _start_server(Path(tmp))
+        proc, target = _start_server(Path(tmp), args.threads)
         try:
             for name, kw in (("in_process", {}), ("remote_lockstep", {"server": target}),
                              ("remote_generate", {"server": target, "remote_mode": "generate"})):
@@ -103,6 +108,7 @@ def main() -> None:
     emit({
         "benchmark": "gym",
         "width": args.width, "height": args.height, "steps": args.steps, "warmup": args.warmup,
+        "numba_threads": args.threads,
         "median_ms": results["remote_lockstep"]["median_ms"],
         "baseline_median_ms": results["in_process"]["median_ms"],
         "modes": results,
