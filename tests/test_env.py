@@ -140,7 +140,9 @@ def test_remote_modes_and_in_process_walk_the_same_path(server):
         (oa, _, _, _, ia), *rest = [e.step(act) for e in envs]
         for ob, _, _, _, ib in rest:
             np.testing.assert_allclose(ia["pose"], ib["pose"])
-            assert ia["memory_points"] == ib["memory_points"]
+            # a lock-step Play session must integrate and retrieve for every frame, as the in-process engine does
+            # (server/session.py: keyframe_stride 1 and no reference reuse when options.lockstep)
+            assert ia["memory_points"] == ib["memory_points"], "lock-step memory differs from in-process"
             np.testing.assert_array_equal(oa, ob)
     for e in envs:
         e.close()
