@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spatia-installed
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= out/demo
-DEBIAN_PACKAGES := libusb-1.0-0 libgomp1
+# open3d links libGL / libEGL / libX11 / libusb at import time (no display needed); numba's OpenMP layer needs libgomp
+DEBIAN_PACKAGES := libusb-1.0-0 libgomp1 libgl1 libegl1 libx11-6
 
 .PHONY: demo test setup system-deps clean bench
 
@@ -22,7 +23,7 @@ bench: $(STAMP)
 
 setup: $(STAMP)
 
-# open3d needs libusb at import time; install whatever Debian packages are missing (root or sudo).
+# Install whatever Debian packages are missing (root or sudo).
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
