@@ -1,7 +1,7 @@
 """The pygame player: play a world like a game against a server (``spatia play``).
 
-Threads (the render loop never blocks on the network, service_ecosystem.md "pygame client fed by a network
-thread"):
+Threads (the render loop never blocks on the network, docs/DESIGN.md "Recordings and the
+player"):
 
 - render loop (the caller's thread, pygame): events -> ``KeyMap.action`` -> ``PlaySession.send`` (a queue put,
   never blocks); pops the due frame from the ``JitterBuffer``; draws frame, HUD, minimap, prompt line;

@@ -1,4 +1,4 @@
-"""Play recordings as MCAP files with protobuf channels (``service_ecosystem.md`` section 4), so they open in
+"""Play recordings as MCAP files with protobuf channels (``docs/DESIGN.md``, "Recordings and the player"), so they open in
 standard robotics tooling (Foxglove, the ``mcap`` CLI) and seek cheaply.
 
 Topics (each message's log_time is the server's clock, Unix ns). Format version 2 (the file's
@@ -459,7 +459,7 @@ def overlay_frame(rgb: np.ndarray, keys: tuple[str, ...], path_xy: np.ndarray, i
 def _ground_path(poses: list[np.ndarray]) -> np.ndarray:
     """Camera centres on the ground plane of the first recorded camera: (right, level forward), metres."""
     first = poses[0]
-    up = -first[:3, 1]  # DESIGN.md: up = -y of the first camera
+    up = -first[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
     fwd = first[:3, 2] - up * float(first[:3, 2] @ up)
     fwd /= max(np.linalg.norm(fwd), 1e-12)
     right = np.cross(fwd, up)
@@ -496,7 +496,8 @@ def export_video(path: Path, out: Path, fps: float = 0.0, start_frame: int = 0, 
             if writer is None:
                 # H.264 in yuv420p needs even sizes: pad odd edges by one replicated pixel
                 writer = imageio.get_writer(out, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                            ffmpeg_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"])
+                                            ffmpeg_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                                                           "-movflags", "+faststart"])  # browsers stream it
             writer.append_data(rgb)
             n += 1
     finally:

@@ -30,6 +30,7 @@ from spatia.server.errors import (
     OutOfRangeError, UnavailableError, check_id, invalid, limit_exceeded, streaming, unary,
 )
 from spatia.server.host import HostView, WorldHost
+from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession
 from spatia.server.store import WorldStore
@@ -611,6 +612,7 @@ class WorldServer:
         self.store = WorldStore(config.data_dir, config.limits.max_worlds)
         self.servicer: WorldServicer | None = None
         errors.set_data_dir(config.data_dir)
+        self.metrics = ServerMetrics(self)  # read at scrape time; served on config.metrics_port
 
     def stats(self) -> dict:
         """Counters for metrics, read at scrape time (cheap, no worker round trip): live sessions, frames served /
@@ -653,7 +655,7 @@ class WorldServer:
         generator = make_generator(c.generator, **dict(c.generator_kwargs))
         await asyncio.to_thread(self.store.load_all)
         self.servicer = WorldServicer(c, self.store, generator)
-        self._server = grpc.aio.server(interceptors=[_AuthInterceptor(c.token)], options=self._options())
+        self._server = grpc.aio.server(interceptors=[self.metrics.interceptor, _AuthInterceptor(c.token)], options=self._options())
         pb_grpc.add_WorldServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -666,6 +668,8 @@ class WorldServer:
         if not self.port:
             raise InvalidInputError(f"could not bind {address}")
         await self._server.start()
+        if c.metrics_port is not None:
+            self.metrics.serve_http(c.host, c.metrics_port)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", address=f"{c.host}:{self.port}", tls=c.tls_cert is not None, auth=c.token is not None,
@@ -686,6 +690,7 @@ class WorldServer:
         saved = await self.store.save_all()
         await asyncio.to_thread(self.store.close)
         self._server = None
+        self.metrics.close()
         log.info("stopped", worlds_saved=saved)
 
     async def wait(self) -> None:

@@ -30,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         raise NotFoundError(f"recording not found: {args.file}")
+    with open(args.file, "rb") as f:  # MCAP's magic: b"\x89MCAP0\r\n"; anything else is not a recording
+        if f.read(8) != b"\x89MCAP0\r\n":
+            from spatia.world.errors import InvalidInputError
+
+            raise InvalidInputError(f"{args.file} is not an MCAP recording (expected <data-dir>/recordings/<id>.mcap)")
     repaired = None
     if args.repair:
         from spatia.server.recording import repair

@@ -85,7 +85,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     import imageio.v2 as imageio
 
     # macro_block_size 8: 360-pixel-high frames stay unscaled (libx264 needs even sizes, 8 keeps every common one)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8) as writer:
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8,
+                            ffmpeg_params=["-movflags", "+faststart"]) as writer:  # moov first: browsers stream it
         for f in frames:
             writer.append_data(f)
 

@@ -1,6 +1,6 @@
 """Reference-frame retrieval: up to K history frames that see what the target clip will see.
 
-Two variants (``research/memory_videogen.md``, "Reference retrieval"):
+Two variants (``docs/DESIGN.md``, "Where the method follows the paper ..."):
 
 - ``"paper"``: Algorithm 1 of the paper (Sec. 3.1.2 and the appendix). For every K-th target frame, the candidate
   with the largest SpatialOverlap = 3D IoU of the view-specific voxel sets after registering the candidate's set

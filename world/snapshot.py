@@ -69,6 +69,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask is process-wide, so not toggled while threads write
+
+
+def default_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file (0644 under the usual umask 022); mkstemp gives 0600."""
+    return 0o666 & ~_UMASK
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file)`` on a temp file in ``path``'s directory, fsync, rename over ``path``, fsync the
     directory: a crash leaves the old file or the new one, never a torn one."""
@@ -78,6 +92,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     owner = f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())  # snapshots and exports are ordinary files for their owner's tools
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
