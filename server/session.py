@@ -114,11 +114,13 @@ class Outbox:
     """Responses waiting to be written to one client; at most ``frame_capacity`` frames (oldest dropped), or, when
     ``lossless``, never dropped (the producer waits with ``wait_room`` before it makes more)."""
 
+    OTHER_CAPACITY = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
+
     def __init__(self, frame_capacity: int, lossless: bool = False) -> None:
         self._items: deque = deque()
         self._frame_capacity = frame_capacity
         self.lossless = lossless
-        self.max_other = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
+        self.max_other = self.OTHER_CAPACITY
         self.others_dropped = 0
         self._frames = 0
         self.dropped = 0
