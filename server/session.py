@@ -231,8 +231,10 @@ class PlaySession:
         self.limits = config.limits
         self.lockstep = options.lockstep
         self.engine = host.open_engine(generator, EngineConfig(
-            clip=options.clip, keyframe_stride=config.play_keyframe_stride,
-            reuse_references_within=config.play_reuse_references_within))
+            # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
+            # remote episode equals a local one; interactive play uses the real-time settings
+            clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
