@@ -50,7 +50,9 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
     if opts.case is not None:
         from spatia.world.depth import TransformersDepth
 
-        estimator = TransformersDepth(opts.depth_model) if opts.depth_model else None
+        from spatia.model.fill.photo import PhotoLayoutDepth
+
+        estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()
         world, c2w = World.from_case(opts.case, depth_estimator=estimator, width=opts.width)
         return world, c2w, False
     if opts.image is not None:
@@ -66,7 +68,10 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
         if depth is not None:
             world = World.from_image(rgb, depth_m=depth, source=f"image:{opts.image.name}")
         else:
-            estimator = TransformersDepth(opts.depth_model) if opts.depth_model else None
+            from spatia.model.fill.photo import PhotoLayoutDepth
+
+            # no depth, no model: the layout measured from the photo's lines (planar prior when unsure)
+            estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()
             world = World.from_image(rgb, depth_estimator=estimator, source=f"image:{opts.image.name}")
         return world, out_and_back_path(world.origin_c2w, opts.frames), True
     from spatia.world.scenes import make_scene
@@ -80,7 +85,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     import imageio.v2 as imageio
 
     # macro_block_size 8: 360-pixel-high frames stay unscaled (libx264 needs even sizes, 8 keeps every common one)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8) as writer:
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8,
+                            ffmpeg_params=["-movflags", "+faststart"]) as writer:  # moov first: browsers stream it
         for f in frames:
             writer.append_data(f)
 
