@@ -74,8 +74,8 @@ NUM_CANDIDATES = 64
 DC_WEIGHT = 0.25  # a patch's mean colour difference counts a quarter in its cost: it is corrected by an offset
 PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked (keyed), as in image quilting
 EDGE_FEATHER_PX = 3  # invented texels fade in over this many texels from the observed ones
-SOURCE_VALID_FRACTION = 0.9
-LATTICE_WINDOW_PX = 320  # periodicity is measured on at most this many texels a side  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
+SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
+LATTICE_WINDOW_PX = 320  # periodicity is measured on at most this many texels a side
 _CACHE_LIMIT = 200_000
 TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
 
@@ -321,7 +321,9 @@ def _normalised_blur(rgb: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.
         ys = np.clip((np.arange(h) + 0.5) / f - 0.5, 0, hc - 1).astype(np.float32)
         xs = np.clip((np.arange(w) + 0.5) / f - 0.5, 0, wc - 1).astype(np.float32)
         mx, my = np.meshgrid(xs, ys)
-        out = cv2.remap(np.ascontiguousarray(out, np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out = cv2.remap(
+            np.ascontiguousarray(out, np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
     return out.astype(np.float32)
 
 
@@ -627,7 +629,9 @@ def _check_exemplar(rgb: object, valid: object, texel_m: object) -> tuple[np.nda
     if valid.shape != rgb.shape[:2]:
         raise InvalidInputError(f"valid must have shape {rgb.shape[:2]} (rgb's [H, W]), got {valid.shape}")
     if min(rgb.shape[:2]) < MIN_EXEMPLAR_PX:
-        raise InvalidInputError(f"rgb: exemplar must be at least {MIN_EXEMPLAR_PX} texels per side, got {rgb.shape[:2]}")
+        raise InvalidInputError(
+            f"rgb: exemplar must be at least {MIN_EXEMPLAR_PX} texels per side, got {rgb.shape[:2]}"
+        )
     n_valid = int(valid.sum())
     if n_valid < MIN_VALID_TEXELS:
         raise InvalidInputError(f"valid: exemplar has {n_valid} observed texels, need at least {MIN_VALID_TEXELS}")
@@ -724,7 +728,10 @@ class TextureModel:
         self._valid_integral = np.pad(valid.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
         integral = np.pad(usable.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
         frac = (
-            integral[patch:, patch:] - integral[:-patch, patch:] - integral[patch:, :-patch] + integral[:-patch, :-patch]
+            integral[patch:, patch:]
+            - integral[:-patch, patch:]
+            - integral[patch:, :-patch]
+            + integral[:-patch, :-patch]
         ) / float(patch * patch)  # [H - P + 1, W - P + 1]
         vi = self._valid_integral
         self._full_window = (vi[patch:, patch:] - vi[:-patch, patch:] - vi[patch:, :-patch] + vi[:-patch, :-patch]) == (
@@ -1128,7 +1135,9 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
-def synthesize_region(model: TextureModel, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+def synthesize_region(
+    model: TextureModel, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int
+) -> np.ndarray:
     """The plane's texels at texture-space rows [r0, r0+H), cols [c0, c0+W): [H, W, 3] uint8.
 
     Observed texels come back as observed; everything else is synthesised. The value of a texel depends only on
@@ -1167,8 +1176,11 @@ def texels_at(model: TextureModel, rows: np.ndarray, cols: np.ndarray, seed: int
     seed = _check_int("seed", seed)
     r = np.asarray(rows)
     c = np.asarray(cols)
-    if r.shape != c.shape or r.ndim != 1 or not np.issubdtype(r.dtype, np.integer) or not np.issubdtype(c.dtype, np.integer):
-        raise InvalidInputError(f"rows and cols must be 1-D integer arrays of one length, got {r.shape} {r.dtype}, {c.shape} {c.dtype}")
+    integer = np.issubdtype(r.dtype, np.integer) and np.issubdtype(c.dtype, np.integer)
+    if r.shape != c.shape or r.ndim != 1 or not integer:
+        raise InvalidInputError(
+            f"rows and cols must be 1-D integer arrays of one length, got {r.shape} {r.dtype}, {c.shape} {c.dtype}"
+        )
     t = model.tile_px
     ti, tj = np.floor_divide(r, t), np.floor_divide(c, t)
     out = np.empty((len(r), 3), np.uint8)
@@ -1314,7 +1326,11 @@ def pick_exemplar(target: Surface, candidates: Sequence[Surface], up: Sequence[f
     Same kind of surface first (floor from floor, wall from wall, ceiling from ceiling, then wall for a ceiling),
     then the most parallel normal, then the closest known colour, then the larger exemplar."""
     t_cls = surface_class(target.normal, up)
-    order = {"floor": ("floor", "wall", "ceiling"), "wall": ("wall", "floor", "ceiling"), "ceiling": ("ceiling", "wall", "floor")}
+    order = {
+        "floor": ("floor", "wall", "ceiling"),
+        "wall": ("wall", "floor", "ceiling"),
+        "ceiling": ("ceiling", "wall", "floor"),
+    }
     tn = np.asarray(target.normal, np.float64) / np.linalg.norm(target.normal)
     best, best_key = None, None
     for idx, c in enumerate(candidates):
