@@ -87,3 +87,24 @@ def test_outside_the_repository_only_the_spatia_names_import(tmp_path):
     assert result["generic"] == {}, f"generic names importable: {result['generic']}"
     assert result["entry_point"] == "spatia.client.env:SpatiaWorldEnv"
     assert result["cls"] == "spatia.client.env"
+
+
+def test_model_knows_no_scene():
+    """Issue 10: no generator in ``model/`` may depend on knowing the scene: no procedural scene or texture
+    modules, no scene builders, no world source string. (Evaluation and training data, ``model/eval`` and
+    ``model/spatia/{data,train}.py``, need the procedural truth by design.)"""
+    allowed = {"eval", "data.py", "train.py"}
+    for path in (ROOT / "model").rglob("*.py"):
+        if allowed & set(path.relative_to(ROOT / "model").parts):
+            continue
+        text = path.read_text()
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            if isinstance(node, ast.ImportFrom) and node.module in ("spatia.world", "world"):
+                mods += [f"{node.module}.{a.name}" for a in node.names]
+            for m in mods:
+                assert not m.endswith((".scenes", ".textures")), f"{path.relative_to(ROOT)} imports {m}"
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("source", "make_scene"), f"{path.relative_to(ROOT)} reads .{node.attr}"

@@ -608,3 +608,28 @@ def merge_samples(
             updated += 1
         i += 1
     return i, n, created, updated
+
+
+@nb.njit(cache=True, nogil=True)
+def box_candidates(keys, prov, last, n, lo0, lo1, lo2, hi0, hi1, hi2, observed, min_last_seen):
+    """Indices of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units), whose
+    provenance is not ``observed`` and whose last-seen frame is at least ``min_last_seen``: integer work on the
+    keys only, no position decoding."""
+    out = np.empty(n, np.int64)
+    m = 0
+    for p in range(n):
+        if prov[p] == observed or last[p] < min_last_seen:
+            continue
+        key = keys[p]
+        i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
+        if i < lo0 or i > hi0:
+            continue
+        j = ((key >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
+        if j < lo1 or j > hi1:
+            continue
+        k = (key & KEY_MASK) - KEY_OFFSET
+        if k < lo2 or k > hi2:
+            continue
+        out[m] = p
+        m += 1
+    return out[:m]

@@ -12,7 +12,7 @@ Sources, best first:
 - ``PlanarPriorDepth``: no model at all, a floor plane plus a back wall seen by a level camera. Plausible for
   an indoor or street photo, wrong in the details, and flagged ``approximate=True`` with a logged warning.
 
-All depth is z-depth in metres along the OpenCV camera's +z axis (``DESIGN.md``), float32 ``[H, W]``, 0 = unknown.
+All depth is z-depth in metres along the OpenCV camera's +z axis (``docs/DESIGN.md``), float32 ``[H, W]``, 0 = unknown.
 """
 
 from __future__ import annotations

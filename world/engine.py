@@ -1,7 +1,7 @@
 """The ``Engine``: a world's memory and history plus a ``Generator`` -> "frames for these poses".
 
 One Play step, one ``Generate`` call, the CLI demo, the evaluation harness and the in-process Gymnasium env all
-drive this one loop (``DESIGN.md``, "One Play step"):
+drive this one loop (``docs/DESIGN.md``, "One Play step"):
 
 1. chunk the poses into clips (``ClipConfig``);
 2. for each clip build a ``ClipRequest``: the memory rendered along preceding + target poses (the scene
@@ -60,6 +60,8 @@ class EngineConfig:
     # retrieve for every clip, as the paper does. Real-time play with one-frame clips retrieves ~30 times a
     # second for nearly the same view; reuse there trades a few cm of staleness for ~4 ms per frame.
     reuse_references_within: tuple[float, float] | None = None
+    # Invented memory points within this of a pose the camera has been at are removed after each clip (0: off).
+    free_radius_m: float = 0.5
 
     def __post_init__(self) -> None:
         if self.num_references < 0:
@@ -131,6 +133,7 @@ class Engine:
         self.clips_done = 0
         self.last_stats: ClipStats | None = None
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
+        self._observed: list[ReferenceFrame] | None = None
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -215,6 +218,15 @@ class Engine:
         self._last_retrieval = (target_c2w[-1].copy(), scores)
         return scores
 
+    def _observed_views(self) -> list[ReferenceFrame]:
+        """The views of the real scene: the first image with its depth (every later frame is generated)."""
+        if self._observed is None and len(self.world.history):
+            depth = self.world.history.get_depth(0)
+            if depth is not None:
+                self._observed = [ReferenceFrame(0, self._first_frame(), self.world.origin_c2w.copy(),
+                                                 self.world.history.intrinsics(0), depth_m=depth)]
+        return self._observed or []
+
     def _first_frame(self) -> np.ndarray:
         return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
 
@@ -246,7 +258,10 @@ class Engine:
             prompt=prompt,
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
-            world_up=-self.world.origin_c2w[:3, 1],  # DESIGN.md: up = -y of the first camera
+            world_up=-self.world.origin_c2w[:3, 1],  # docs/DESIGN.md: up = -y of the first camera
+            memory=self.world.memory,
+            observed_views=self._observed_views(),
+            visited_c2w=history.poses(),
         )
         return request, views
 
@@ -310,6 +325,13 @@ class Engine:
             yield GeneratedFrame(first_index + len(made) - 1, clip_id, poses[len(made) - 1], view.rgb, view.depth_m)
         t1 = time.perf_counter()
         self._commit(poses, clip_result(made), views)
+        if self.config.free_radius_m > 0 and self.config.update_memory:
+            # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
+            # the camera then walks through is taken away); observed points are never removed
+            self.world.memory.remove_invented_near(poses[:, :3, 3], self.config.free_radius_m)
+            # ... and what this clip invented near any earlier pose
+            visited = self.world.history.poses()[:first_index, :3, 3]
+            self.world.memory.remove_invented_near(visited, self.config.free_radius_m, since_frame=first_index)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(

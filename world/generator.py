@@ -8,7 +8,7 @@ preceding + target poses, the preceding clip, up to K retrieved reference frames
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,6 +57,13 @@ class ClipRequest:
     seed: int = 0
     first_frame: np.ndarray | None = None  # [H, W, 3] uint8: the initial image (TI2V first-frame conditioning)
     world_up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0, 0.0]))  # [3] unit, world frame
+    # For fills of never-seen space (all optional; a generator that does not use them ignores them):
+    # the world's memory (``world.memory.SpatialMemory``), read only: its observed points give the layout;
+    memory: Any = None
+    # the views of the real scene with depth (the first image): free space is what they saw through;
+    observed_views: list[ReferenceFrame] = field(default_factory=list)
+    # [P, 4, 4] c2w of every pose the camera has been at so far (the history), world frame.
+    visited_c2w: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
 
     @property
     def num_target(self) -> int:

@@ -17,9 +17,9 @@ memory:
 
 Samples are merged in row-major pixel order (or the given point order), which makes the result deterministic.
 
-Storage (20 bytes per point + slack): voxel key int64, offsets 3 x uint8, colour 3 x uint8, count uint16,
-last_seen int32; an int32 open-addressing hash table (load <= 0.75) maps keys to point indices. Arrays grow by
-1.25x, so ``bytes_per_point`` stays between ~25 and ~32 for surface-like clouds; a very sparse cloud (about one
+Storage (21 bytes per point + slack): voxel key int64, offsets 3 x uint8, colour 3 x uint8, count uint16,
+last_seen int32, provenance uint8 (observed / invented-provisional / invented-final); an int32 open-addressing hash table (load <= 0.75) maps keys to point indices. Arrays grow by
+1.25x, so ``bytes_per_point`` stays between ~26 and ~34 for surface-like clouds; a very sparse cloud (about one
 point per 16^3-voxel block) pays 16 more bytes per point for the block directory. Points are kept sorted
 block-major (16^3-voxel blocks) up to ``_n_sorted``; newer points form an unsorted tail that is merged in lazily
 before a render once it is large. Rendering culls whole blocks against the frustum, so its cost follows the
@@ -54,7 +54,7 @@ from spatia.world.errors import InvalidInputError, NotFoundError
 from spatia.world.generator import SceneProjection
 
 HASH_MAX_LOAD = 0.75  # linear probing stays short below this
-GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 32 right after a growth)
+GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 34 right after a growth)
 # Growing copies every point and rebuilds the hash table: ~100 ms at 1.5 M points, a pause of the frame being made,
 # and an explored world grows by ~10^5 points a second. So once the arrays are GROW_AHEAD_AT full, the larger copy
 # is prepared on a maintenance thread while integration goes on; the next integrate adopts it, bringing over only
@@ -67,6 +67,14 @@ TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sort
 # is an O(n) pause of the frame being made, ~80 ms at 1.2 M points; a longer tail costs ~1 ms more per render)
 
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
+# Provenance of a point (``SpatialMemory.provenance``): what put it there. Observed points come from real images
+# (the world's first image, a capture, an edit); invented ones from a generator filling space nothing observed.
+# Invented points never fit the layout, never replace observed ones (the update only writes voxels the memory
+# lacks), and provisional ones may be replaced (``drop_provisional``, then integrate the final content) until they are final.
+OBSERVED = 0
+INVENTED_PROVISIONAL = 1
+INVENTED_FINAL = 2
+PROVENANCE_NAMES = {OBSERVED: "observed", INVENTED_PROVISIONAL: "invented-provisional", INVENTED_FINAL: "invented-final"}
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,7 @@ class SpatialMemory:
         self._structure = 0  # bumped when points move (re-sort, compaction): voids background work on them
         self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it copied)
         self._ordering: tuple[Future, int, int, int] | None = None  # (job, n_sorted, n, structure) of a re-sort
+        self._observed_version = 0
 
     # ----------------------------------------------------------------------------------------------------------
     # Read-only views
@@ -190,9 +199,24 @@ class SpatialMemory:
         return _readonly(self._keys[: self._n])  # [N] int64, world.geometry packing
 
     @property
+    def provenance(self) -> np.ndarray:
+        return _readonly(self._prov[: self._n])  # [N] uint8: OBSERVED, INVENTED_PROVISIONAL or INVENTED_FINAL
+
+    @property
+    def observed_version(self) -> int:
+        """Changes whenever the observed points may have changed (not when invented ones are added): a cache key
+        for what is derived from observations only (the layout)."""
+        return self._observed_version
+
+    def observed_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """``([M, 3] float64 world frame, [M, 3] uint8)`` positions and colours of the observed points."""
+        keep = self._prov[: self._n] == OBSERVED
+        return self._positions64()[keep], self._colors[: self._n][keep].copy()
+
+    @property
     def nbytes(self) -> int:
         """Bytes held: point arrays at their capacity, the hash table and the block directory."""
-        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._table)
+        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov, self._table)
         return int(sum(a.nbytes for a in arrays) + self._block_ids.nbytes + self._block_starts.nbytes)
 
     @property
@@ -212,10 +236,14 @@ class SpatialMemory:
         frame_index: int,
         exclude_mask: np.ndarray | None = None,  # [H, W] bool, True = never written (dynamic entities)
         refresh_existing: bool = True,
+        provenance: int = OBSERVED,
     ) -> IntegrateStats:
         """Fold one RGB-D frame into the memory (the paper's memory update, with dynamic regions excluded as in
         the official code's ``mask & ~mask_image``). ``refresh_existing=False``: voxels that already hold a point
-        keep its colour and position (their count and last-seen frame still advance); only new voxels are added."""
+        keep its colour and position (their count and last-seen frame still advance); only new voxels are added.
+        ``provenance``: what the points this call creates are (``OBSERVED`` for images of the real scene,
+        ``INVENTED_*`` for generated content); existing points keep theirs."""
+        provenance = _provenance(provenance)
         h, w = intrinsics.height, intrinsics.width
         rgb = _image(rgb, h, w)
         depth = np.asarray(depth_m)
@@ -243,18 +271,21 @@ class SpatialMemory:
         )
         if np.any(s_idx == -3):
             raise InvalidInputError("depth puts points out of the voxel key range (+-2**20 voxels): scene too large")
-        return self._merge(s_keys, s_offs, rgb.reshape(-1, 3), s_idx, frame_index, refresh_existing)
+        return self._merge(s_keys, s_offs, rgb.reshape(-1, 3), s_idx, frame_index, refresh_existing, provenance)
 
-    def integrate_points(self, points: np.ndarray, colors: np.ndarray, frame_index: int) -> IntegrateStats:
+    def integrate_points(self, points: np.ndarray, colors: np.ndarray, frame_index: int,
+                         provenance: int = OBSERVED) -> IntegrateStats:
         """Fold world points ``[N, 3]`` (metres) with colours ``[N, 3]`` uint8 in, with the same running means as
         ``integrate``."""
+        provenance = _provenance(provenance)
         pts, cols = _points_colors(points, colors)
         s_keys, s_offs, s_idx = K.point_samples(pts, 1.0 / self.config.voxel_size_m, self._table, self._keys)
         if np.any(s_idx == -3):
             raise InvalidInputError("points out of the voxel key range (+-2**20 voxels): scene too large")
-        return self._merge(s_keys, s_offs, cols, s_idx, _frame_index(frame_index))
+        return self._merge(s_keys, s_offs, cols, s_idx, _frame_index(frame_index), True, provenance)
 
-    def _merge(self, s_keys, s_offs, s_rgb, s_idx, frame_index: int, refresh_existing: bool = True) -> IntegrateStats:
+    def _merge(self, s_keys, s_offs, s_rgb, s_idx, frame_index: int, refresh_existing: bool = True,
+               provenance: int = OBSERVED) -> IntegrateStats:
         self._adopt_growth()
         n_before = self._n
         touched = np.zeros(n_before, np.bool_)
@@ -273,6 +304,10 @@ class SpatialMemory:
             if not self._adopt_growth(wait=True):
                 self._grow(int(math.ceil(self._capacity * GROWTH)))
             # the samples' hash look-ups stay valid: growing keeps every point's index
+        self._prov[n_before : self._n] = provenance  # new points are appended
+        if provenance == OBSERVED and (created or updated):
+            self._prov[:n_before][touched] = OBSERVED  # an observation of a voxel makes it observed
+            self._observed_version += 1
         self._prepare_growth()
         self._prepare_reindex()
         return IntegrateStats(int(created), int(updated))
@@ -346,6 +381,7 @@ class SpatialMemory:
         inside = self._inside(region)
         count = int(inside.sum())
         if count:
+            self._observed_version += 1
             self._compact(~inside)
         return count
 
@@ -356,6 +392,8 @@ class SpatialMemory:
             raise InvalidInputError(f"rgb must be three integers in 0..255, got {rgb!r}")
         inside = self._inside(region)
         self._colors[: self._n][inside] = color.astype(np.uint8)
+        self._prov[: self._n][inside] = OBSERVED  # an edit is the user's own content
+        self._observed_version += 1
         return int(inside.sum())
 
     def move(self, region: Region, translation_m, rotation=None) -> int:
@@ -378,8 +416,47 @@ class SpatialMemory:
         cols = self._colors[:n][inside].copy()
         counts = self._counts[:n][inside].copy()
         last = self._last[:n][inside].copy()
+        prov = self._prov[:n][inside].copy()
         self._compact(~inside)
-        self._overwrite(moved, cols, counts, last)
+        self._overwrite(moved, cols, counts, last, prov)
+        return count
+
+    def drop_provisional(self, region: Region | None = None) -> int:
+        """Delete the invented-provisional points (inside ``region``, or all): a coarse fill about to be replaced
+        by its final version. Observed and final points are never touched. Returns how many."""
+        drop = self._prov[: self._n] == INVENTED_PROVISIONAL
+        if region is not None and drop.any():
+            drop &= self._inside(region)
+        count = int(drop.sum())
+        if count:
+            self._compact(~drop)
+        return count
+
+    def remove_invented_near(self, centres_m: np.ndarray, radius_m: float, since_frame: int | None = None) -> int:
+        """Delete the invented points within ``radius_m`` of any of ``centres_m`` [P, 3] (world frame): space a
+        camera has been in is free, whatever a generator invented there before. Observed points stay.
+        ``since_frame``: only points last seen at or after this frame index are considered. Returns how many
+        were deleted."""
+        c = np.asarray(centres_m, np.float64).reshape(-1, 3)
+        if not len(c) or not self._n or not (self._prov[: self._n] != OBSERVED).any():
+            return 0
+        d_m = self.config.voxel_size_m
+        lo = np.floor((c.min(axis=0) - radius_m) / d_m).astype(np.int64)
+        hi = np.floor((c.max(axis=0) + radius_m) / d_m).astype(np.int64)
+        floor = np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame)
+        cand = K.box_candidates(self._keys, self._prov, self._last, self._n, *lo.tolist(), *hi.tolist(), OBSERVED,
+                                floor)
+        if not len(cand):
+            return 0
+        from scipy.spatial import cKDTree
+
+        pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)
+        d, _ = cKDTree(c).query(pos, distance_upper_bound=radius_m)
+        drop = np.zeros(self._n, bool)
+        drop[cand[np.isfinite(d)]] = True
+        count = int(drop.sum())
+        if count:
+            self._compact(~drop)
         return count
 
     def insert(self, points: np.ndarray, colors: np.ndarray, frame_index: int = -1) -> IntegrateStats:
@@ -388,7 +465,7 @@ class SpatialMemory:
         pts, cols = _points_colors(points, colors)
         frame_index = _frame_index(frame_index)
         ones = np.ones(len(pts), np.uint16)
-        return self._overwrite(pts, cols, ones, np.full(len(pts), frame_index, np.int32))
+        return self._overwrite(pts, cols, ones, np.full(len(pts), frame_index, np.int32), np.zeros(len(pts), np.uint8))
 
     def _inside(self, region: Region) -> np.ndarray:
         if not hasattr(region, "contains"):
@@ -398,10 +475,13 @@ class SpatialMemory:
             raise InvalidInputError(f"region.contains returned shape {inside.shape}, expected ({self._n},)")
         return inside
 
-    def _overwrite(self, pts: np.ndarray, cols: np.ndarray, counts: np.ndarray, last: np.ndarray) -> IntegrateStats:
-        """Write points (float64 world) into their voxels, replacing existing points there."""
+    def _overwrite(self, pts: np.ndarray, cols: np.ndarray, counts: np.ndarray, last: np.ndarray,
+                   prov: np.ndarray) -> IntegrateStats:
+        """Write points (float64 world) into their voxels, replacing existing points there. ``prov`` [N] uint8: a
+        voxel that receives any observed point is observed (else the most certain: final over provisional)."""
         if len(pts) == 0:
             return IntegrateStats(0, 0)
+        self._observed_version += 1
         self._adopt_growth()
         d = self.config.voxel_size_m
         coords = np.floor(pts / d)
@@ -421,17 +501,24 @@ class SpatialMemory:
         cnt = np.minimum(np.bincount(inv, weights=w), K.MAX_COUNT).astype(np.uint16)
         lst = np.full(len(uniq), np.iinfo(np.int32).min, np.int32)
         np.maximum.at(lst, inv, last.astype(np.int32))
+        # rank: observed 2, final 1, provisional 0 -> the highest rank wins the voxel
+        rank_of = np.array([2, 0, 1], np.int8)
+        prov_of_rank = np.array([INVENTED_PROVISIONAL, INVENTED_FINAL, OBSERVED], np.uint8)
+        rank = np.full(len(uniq), -1, np.int8)
+        np.maximum.at(rank, inv, rank_of[np.asarray(prov, np.uint8)])
+        pv = prov_of_rank[rank]
         idx = K.hash_lookup_many(self._table, self._keys, uniq)
         old = idx >= 0
         j = idx[old]
         self._offsets[j], self._colors[j], self._counts[j], self._last[j] = offs[old], rgb[old], cnt[old], lst[old]
+        self._prov[j] = pv[old]
         new = ~old
         n_new = int(new.sum())
         if self._n + n_new > self._capacity:
             self._grow(max(int(math.ceil(self._capacity * GROWTH)), self._n + n_new))
         a, b = self._n, self._n + n_new
         self._keys[a:b], self._offsets[a:b], self._colors[a:b] = uniq[new], offs[new], rgb[new]
-        self._counts[a:b], self._last[a:b] = cnt[new], lst[new]
+        self._counts[a:b], self._last[a:b], self._prov[a:b] = cnt[new], lst[new], pv[new]
         self._n = b
         K.hash_build_range(self._table, self._keys, a, b)
         return IntegrateStats(n_new, int(old.sum()))
@@ -449,6 +536,7 @@ class SpatialMemory:
             "colors": self._colors[:n].copy(),  # [N, 3] uint8
             "observation_count": self._counts[:n].copy(),  # [N] uint16
             "last_seen_frame": self._last[:n].copy(),  # [N] int32
+            "provenance": self._prov[:n].copy(),  # [N] uint8, OBSERVED / INVENTED_PROVISIONAL / INVENTED_FINAL
         }
 
     @classmethod
@@ -471,7 +559,7 @@ class SpatialMemory:
                 raise InvalidInputError(f"memory array {name} is {a.shape} {a.dtype}, expected {shape} {np.dtype(dtype)}")
         if n and (keys.min() < 0 or keys.max() >= 1 << (3 * K.KEY_BITS)):
             raise InvalidInputError("memory array voxel_keys holds values outside the 63-bit key range")
-        if n and np.unique(keys).shape[0] != n:
+        if n and np.any(np.diff(np.sort(keys)) == 0):  # a sort: np.unique took ~3 s at 10^6 keys (numpy 2.4)
             raise InvalidInputError("memory array voxel_keys has duplicates (one point per voxel)")
         mem = cls(config)
         mem._alloc(max(MIN_CAPACITY, n))
@@ -480,6 +568,14 @@ class SpatialMemory:
         mem._colors[:n] = arrays["colors"]
         mem._counts[:n] = arrays["observation_count"]
         mem._last[:n] = arrays["last_seen_frame"]
+        if "provenance" in arrays:  # absent in snapshots made before provenance existed: all observed then
+            prov = np.asarray(arrays["provenance"])
+            if prov.shape != (n,) or prov.dtype != np.uint8 or (n and int(prov.max()) > INVENTED_FINAL):
+                raise InvalidInputError(f"memory array provenance is {prov.shape} {prov.dtype}, expected ({n},) uint8 "
+                                        f"in 0..{INVENTED_FINAL}")
+            mem._prov[:n] = prov
+        else:
+            mem._prov[:n] = OBSERVED
         mem._n = n
         mem._n_sorted = int(K.longest_sorted_prefix(mem._keys, n))  # keeps the given order: exact round trip
         mem._block_ids, mem._block_starts = K.block_directory(mem._keys, mem._n_sorted)
@@ -527,7 +623,7 @@ class SpatialMemory:
         if not np.all(np.isfinite(pts)):
             raise InvalidInputError(f"{path}: positions contain NaN or infinite values")
         mem = cls(config)
-        mem._overwrite(pts, cols, counts, last)
+        mem._overwrite(pts, cols, counts, last, np.zeros(n, np.uint8))  # a PLY carries no provenance: observed
         return mem
 
     def copy(self) -> "SpatialMemory":
@@ -552,11 +648,12 @@ class SpatialMemory:
         self._colors = np.empty((capacity, 3), np.uint8)
         self._counts = np.empty(capacity, np.uint16)
         self._last = np.empty(capacity, np.int32)
+        self._prov = np.empty(capacity, np.uint8)
 
     def _prepare_growth(self) -> None:
         if self._growth is not None or self._n < GROW_AHEAD_AT * self._capacity:
             return
-        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last)
+        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         capacity = int(math.ceil(self._capacity * GROW_AHEAD))
         job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity)
         self._growth = (job, self._n, self._structure)
@@ -574,21 +671,21 @@ class SpatialMemory:
         if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # moved, or grown meanwhile
             return False
         n = self._n
-        current = (self._keys, self._offsets, self._colors, self._counts, self._last)
+        current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
             dst[:n0] = src[:n0]
         for dst, src in zip(arrays, current):  # rows added since the copy
             dst[n0:n] = src[n0:n]
         K.hash_build_range(table, arrays[0], n0, n)
-        self._keys, self._offsets, self._colors, self._counts, self._last = arrays
+        self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = table
         return True
 
     def _grow(self, capacity: int) -> None:
         n = self._n
-        old = (self._keys, self._offsets, self._colors, self._counts, self._last)
+        old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         self._alloc(capacity)
-        for dst, src in zip((self._keys, self._offsets, self._colors, self._counts, self._last), old):
+        for dst, src in zip((self._keys, self._offsets, self._colors, self._counts, self._last, self._prov), old):
             dst[:n] = src[:n]
         self._rehash()
 
@@ -606,7 +703,7 @@ class SpatialMemory:
         n_sorted_kept = int(keep[: self._n_sorted].sum())
         idx = np.flatnonzero(keep)
         m = len(idx)
-        for a in (self._keys, self._offsets, self._colors, self._counts, self._last):
+        for a in (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov):
             a[:m] = a[:n][idx]
         self._n = m
         self._n_sorted = n_sorted_kept
@@ -652,7 +749,7 @@ class SpatialMemory:
         if order is None:
             order = _merge_order(self._keys, ns, n)  # new position -> old index
         self._structure += 1
-        for a in (self._keys, self._offsets, self._colors, self._counts, self._last):
+        for a in (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov):
             K.permute_rows(a, order)
         new_of_old = np.arange(self._n, dtype=np.int32)  # points beyond n keep their index
         new_of_old[order] = np.arange(n, dtype=np.int32)
@@ -758,6 +855,12 @@ def _image(rgb, h: int, w: int) -> np.ndarray:
     if a.shape != (h, w, 3) or a.dtype != np.uint8:
         raise InvalidInputError(f"rgb must be a ({h}, {w}, 3) uint8 image matching the intrinsics, got {a.shape} {a.dtype}")
     return np.ascontiguousarray(a)
+
+
+def _provenance(p) -> int:
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or int(p) not in PROVENANCE_NAMES:
+        raise InvalidInputError(f"provenance must be one of {sorted(PROVENANCE_NAMES)} ({PROVENANCE_NAMES}), got {p!r}")
+    return int(p)
 
 
 def _frame_index(frame_index) -> int:

@@ -130,7 +130,7 @@ class World:
     def from_case(cls, case_dir: str | Path, depth_estimator: Any = None, width: int | None = None, **kwargs: Any) -> tuple["World", np.ndarray]:
         """A world from the official Spatia case layout; also returns the case's trajectory ``[N, 4, 4]`` c2w.
 
-        Layout (``shared/conformance/spatia-official-cases/NOTICE.md``): img.jpg, intrinsics.txt ([fx/W fy/H cx/W cy/H]),
+        Layout (``assets/cases/NOTICE.md``): img.jpg, intrinsics.txt ([fx/W fy/H cx/W cy/H]),
         w2c.txt (one 4x4 per line, line 1 = first frame), prompt.txt, optional mask.png (white = dynamic).
         ``width`` resizes the image (and intrinsics) first, keeping the aspect ratio.
         """
@@ -204,3 +204,7 @@ class World:
     @property
     def world_id(self) -> str:
         return self.info.world_id
+
+    def close(self) -> None:
+        """Release what the world holds outside the Python heap (its frame file); unusable afterwards."""
+        self.history.close()

@@ -1,7 +1,7 @@
 """The memory update after generation: the paper's "update the scene point cloud with visual SLAM" (Sec. 3.2).
 
 The official code re-runs MapAnything from scratch on all history frames each round, with the KNOWN camera path
-as input (``research/memory_videogen.md`` A0). We do an incremental, real-time version, one generated frame at a
+as input (``docs/DESIGN.md``, "Where the method follows ..."). We do an incremental, real-time version, one generated frame at a
 time:
 
 1. render the memory at the frame's pose (the frame should agree with it where the memory has points);
@@ -14,7 +14,7 @@ time:
    Sec. 3 / appendix "Dynamic-Static Disentanglement in the Inference Stage": masks exclude dynamic regions when
    the point cloud is updated; the official code drops them with ``mask & ~mask_image``).
 
-Conventions (``DESIGN.md``): OpenCV camera, ``c2w`` 4x4 float64, depth float32 z-depth metres with 0 = unknown,
+Conventions (``docs/DESIGN.md``): OpenCV camera, ``c2w`` 4x4 float64, depth float32 z-depth metres with 0 = unknown,
 images uint8 ``H x W x 3``, masks named for what True means.
 """
 
@@ -38,6 +38,7 @@ from spatia.world.camera import (
 from spatia.world.depth import DepthEstimator
 from spatia.world.errors import InvalidInputError
 from spatia.world.geometry import project_points
+from spatia.world.memory import INVENTED_FINAL
 from spatia.world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
 
 
@@ -649,7 +650,8 @@ class MemoryLike(Protocol):
     def render(self, intrinsics: Intrinsics, c2w: np.ndarray, return_point_ids: bool = False) -> Any: ...
 
     def integrate(self, rgb: np.ndarray, depth_m: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
-                  frame_index: int, exclude_mask: np.ndarray | None = None, refresh_existing: bool = True) -> Any: ...
+                  frame_index: int, exclude_mask: np.ndarray | None = None, refresh_existing: bool = True,
+                  provenance: int = 0) -> Any: ...
 
 
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
@@ -703,6 +705,7 @@ def update_memory(
     depth_model: DepthModel | None = None,
     config: UpdateConfig = UpdateConfig(),
     memory_renders: Sequence[Any] | None = None,  # [N] renders at c2w[i] with point ids, or None (see below)
+    provenance: int = INVENTED_FINAL,
 ) -> UpdateReport:
     """Fold generated frames into the memory, in order (each frame sees what the previous ones added).
 
@@ -715,6 +718,9 @@ def update_memory(
     memory last changed (the engine rendered them for the scene projection). A frame processed before this call
     first changes the memory uses its render instead of rendering again; later frames render, since the memory
     now holds what the earlier frames added.
+
+    ``provenance``: what the points added are. Generated frames invent what the memory lacks (the default,
+    ``INVENTED_FINAL``); pass ``OBSERVED`` for frames of the real scene (a capture).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
@@ -787,7 +793,7 @@ def update_memory(
         seen[render.point_ids[valid]] = True
         keys_before = memory.voxel_keys[seen]
         stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude,
-                                 refresh_existing=config.integrate_observed)
+                                 refresh_existing=config.integrate_observed, provenance=provenance)
         changed = True
         # new points are appended at the end; their keys join the view's set (exact while observed pixels are not
         # integrated: the new points come from the view's holes, so nothing already seen hides them)

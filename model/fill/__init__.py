@@ -1,1 +1,1 @@
-"""Filling what the memory has never seen: layout, geometry and texture for unseen space (issue 10)."""
+"""Filling the unseen: geometry and appearance for what the memory has never observed (issue 10)."""

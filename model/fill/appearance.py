@@ -1,0 +1,262 @@
+"""Appearance of invented layout surfaces: per-plane textures in rectified plane space, and the sky.
+
+Plane textures. Each layout plane gets a rectified texture space: ``u`` along one in-plane Manhattan axis, ``v``
+along the other (for walls ``v`` is up), one texel per ``texel_m`` (the memory's voxel size: one texel per point
+spacing). The plane's observed points are rasterised into it; the exemplar is the largest square window (up to
+``max_exemplar_texels``) whose texels are (nearly) all observed, its few gaps inpainted. Any point of the plane is
+coloured by mirror-repeating the exemplar from its anchor, so brick stays brick at the same scale and
+orientation, and a region looks the same from every frame and after save/load: the texture is a function of the
+observed points alone (which the snapshot keeps), and once shown it is folded into the memory. A plane with no
+exemplar of its own borrows the most similar known surface's (floor from floor, wall from wall). Texture
+synthesis proper (``model/fill/texture.py``, engineer ``texture``) can replace the mirror-repeat per tile.
+
+Sky. Outdoors, rays that reach no layout surface show the sky: an environment layer keyed by elevation above the
+horizon (the mean colour of the observed sky pixels of the first image per 1 degree band, bands never seen take
+the nearest seen one). It is rendered behind everything and never becomes memory points (no sparse shell).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import structlog
+
+from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AppearanceConfig:
+    texel_m: float = 0.01  # one texel per point spacing (the memory's voxel size)
+    plane_tol_m: float = 0.015  # observed points within this of a plane are its samples (a picture frame 3 cm
+    # proud of its wall is not)
+    max_exemplar_texels: int = 256
+    min_exemplar_texels: int = 24
+    min_coverage: float = 0.85  # share of a window's texels that must be observed to serve as exemplar
+    max_grid_texels: int = 1200  # rasterised extent per axis around the samples' median (bounds memory and time)
+    sky_min_depth_m: float = 80.0  # observed pixels this far away (or with no depth) are sky candidates
+    sky_band_deg: float = 1.0
+    synthesis: bool = True  # continue textures with model.fill.texture when it is installed (else mirror repeat)
+    synthesis_window_texels: int = 256
+
+
+def plane_basis(layout: Layout, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
+    """``(u [3], v [3])`` in-plane unit axes, world frame: walls (u horizontal, v up), floor/ceiling (a1, a2)."""
+    others = [k for k in range(3) if k != plane.axis]
+    if plane.axis == 0:
+        return layout.axes[1], layout.axes[2]
+    return layout.axes[others[1] if others[0] == 0 else others[0]], layout.axes[0]
+
+
+@dataclass
+class PlaneTexture:
+    levels: list[np.ndarray]  # mip pyramid of the exemplar, [S, S, 3] uint8 RGB at level 0
+    texel_m: float
+    origin_uv: tuple[float, float]  # plane coordinates (metres) of the exemplar's texel (0, 0) corner
+    # exemplar-based synthesis (``model.fill.texture.TextureModel``) when available: continues the plane's
+    # texture (periodic ones by their period, stochastic ones by quilting) in tiles keyed by (plane, tile, seed)
+    synth: object | None = None
+    synth_origin_uv: tuple[float, float] = (0.0, 0.0)  # plane metres of the synthesis exemplar's texel [0, 0]
+    seed: int = 0
+
+    def sample(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
+        """``[M, 3]`` uint8 colours at plane coordinates ``uv_m`` [M, 2] (metres), seen with a pixel footprint of
+        ``footprint_m`` [M] metres (chooses the mip level: no aliasing far away)."""
+        if self.synth is not None:
+            from spatia.model.fill.texture import sample_uv
+
+            return sample_uv(self.synth, np.asarray(uv_m, np.float64) - np.asarray(self.synth_origin_uv),
+                             np.asarray(footprint_m, np.float64), self.seed)
+        out = np.empty((len(uv_m), 3), np.uint8)
+        level = np.clip(np.floor(np.log2(np.maximum(footprint_m / self.texel_m, 1.0))), 0, len(self.levels) - 1)
+        level = level.astype(np.int64)
+        for L in np.unique(level):
+            sel = level == L
+            tex = self.levels[L]
+            s = tex.shape[0]
+            t = (uv_m[sel] - np.asarray(self.origin_uv)) / (self.texel_m * (1 << int(L)))
+            i = np.floor(t).astype(np.int64)
+            i = np.mod(i, 2 * s)
+            i = np.where(i >= s, 2 * s - 1 - i, i)  # mirror repeat: no seams
+            out[sel] = tex[i[:, 1], i[:, 0]]
+        return out
+
+
+def _largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> tuple[int, int, int] | None:
+    """(row, col, size) of the best-covered square window of the largest size in ``sizes`` reaching
+    ``min_cov`` coverage; None when none does."""
+    ii = np.pad(coverage.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    H, W = coverage.shape
+    for s in sizes:
+        if s > H or s > W:
+            continue
+        tot = ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]
+        r, c = np.unravel_index(int(np.argmax(tot)), tot.shape)
+        if tot[r, c] >= min_cov * s * s:
+            return int(r), int(c), s
+    return None
+
+
+def plane_texture(
+    layout: Layout, plane: Plane, points: np.ndarray, colors: np.ndarray, config: AppearanceConfig
+) -> PlaneTexture | None:
+    """The plane's exemplar from observed ``points`` [N, 3] (world frame) with ``colors`` [N, 3] uint8, or None.
+
+    The texel is the finest of 1, 1.5, 2, 3, 4, 6, 8 x ``texel_m`` at which an exemplar window is covered: the
+    observed point spacing on that plane (far surfaces are seen with fewer points than the voxel grid holds)."""
+    a = layout.axes[plane.axis]
+    on = np.abs(points @ a - plane.offset_m) <= config.plane_tol_m
+    if on.sum() < config.min_exemplar_texels**2:
+        return None
+    u_ax, v_ax = plane_basis(layout, plane)
+    uv = np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1)
+    col = colors[on].astype(np.float32)
+    seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
+    for scale in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
+        tex = _exemplar(uv, col, config.texel_m * scale, config, seed)
+        if tex is not None:
+            return tex
+    return None
+
+
+def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: AppearanceConfig, seed: int) -> PlaneTexture | None:
+    half = config.max_grid_texels * texel_m / 2
+    centre = np.median(uv, axis=0)
+    keep = np.all(np.abs(uv - centre) <= half, axis=1)
+    uv, col = uv[keep], col[keep]
+    lo = uv.min(axis=0)
+    ij = np.floor((uv - lo) / texel_m).astype(np.int64)  # [:, 0] = u -> column, [:, 1] = v -> row
+    W, H = int(ij[:, 0].max()) + 1, int(ij[:, 1].max()) + 1
+    flat = ij[:, 1] * W + ij[:, 0]
+    cnt = np.bincount(flat, minlength=H * W).reshape(H, W)
+    acc = np.stack([np.bincount(flat, weights=col[:, c], minlength=H * W) for c in range(3)], axis=1).reshape(H, W, 3)
+    covered = cnt > 0
+    sizes = [s for s in (256, 224, 192, 160, 128, 96, 80, 64, 48, 32, 24) if config.min_exemplar_texels <= s <= config.max_exemplar_texels]
+    win = _largest_window(covered, sizes, config.min_coverage)
+    if win is None:
+        return None
+    r, c, s = win
+    mean = acc[r : r + s, c : c + s] / np.maximum(cnt[r : r + s, c : c + s], 1)[..., None]
+    ex = np.clip(mean, 0, 255).astype(np.uint8)
+    holes = ~covered[r : r + s, c : c + s]
+    if holes.any():
+        ex = cv2.inpaint(ex, holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    levels = [ex]
+    while levels[-1].shape[0] >= 8:
+        levels.append(cv2.pyrDown(levels[-1]))
+    origin = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
+    tex = PlaneTexture(levels, texel_m, origin)
+    if config.synthesis:
+        _attach_synthesis(tex, acc, cnt, lo, texel_m, seed, config)
+    return tex
+
+
+def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: np.ndarray, texel_m: float,
+                      seed: int, config: AppearanceConfig) -> None:
+    """Fit the texture library's model on the best-covered window (up to ``synthesis_window_texels`` a side) of
+    the plane's rasterised observations; without the library (or when it declines the exemplar) the plane keeps
+    the mirror-repeated exemplar."""
+    try:
+        from spatia.model.fill.texture import TextureModel
+    except ImportError:
+        return
+    from spatia.world.errors import InvalidInputError
+
+    H, W = cnt.shape
+    s_r, s_c = min(H, config.synthesis_window_texels), min(W, config.synthesis_window_texels)
+    covered = (cnt > 0).astype(np.int32)
+    ii = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    tot = ii[s_r:, s_c:] - ii[:-s_r, s_c:] - ii[s_r:, :-s_c] + ii[:-s_r, :-s_c]
+    r, c = np.unravel_index(int(np.argmax(tot)), tot.shape)
+    win = (slice(r, r + s_r), slice(c, c + s_c))
+    rgb = np.clip(acc[win] / np.maximum(cnt[win], 1)[..., None], 0, 255).astype(np.uint8)
+    try:
+        model = TextureModel.fit(rgb, cnt[win] > 0, texel_m)
+    except InvalidInputError as exc:
+        log.info("texture synthesis declined the exemplar; mirror repeat", reason=str(exc))
+        return
+    tex.synth = model
+    tex.synth_origin_uv = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
+    tex.seed = int(seed)
+
+
+class PlaneTextures:
+    """Textures of all planes of a layout (computed on first use per plane), with borrowing."""
+
+    def __init__(self, layout: Layout, points: np.ndarray, colors: np.ndarray, config: AppearanceConfig = AppearanceConfig()) -> None:
+        self.layout, self.config = layout, config
+        self._points, self._colors = points, colors
+        self._own: dict[int, PlaneTexture | None] = {}
+
+    def _get_own(self, plane_id: int) -> PlaneTexture | None:
+        if plane_id not in self._own:
+            self._own[plane_id] = plane_texture(self.layout, self.layout.planes[plane_id], self._points,
+                                                self._colors, self.config)
+        return self._own[plane_id]
+
+    def for_plane(self, plane: Plane) -> PlaneTexture | None:
+        """The plane's own exemplar, else the best-supported plane of the same kind with one (walls for a
+        ceiling that has none), else None."""
+        if plane.plane_id >= 0 and not plane.derived:
+            own = self._get_own(plane.plane_id)
+            if own is not None:
+                return own
+        if plane.derived and plane.plane_id >= 0:  # a closing wall continues the wall it derives from
+            own = self._get_own(plane.plane_id)
+            if own is not None:
+                return own
+        kinds = {FLOOR: (FLOOR,), CEILING: (CEILING, WALL), WALL: (WALL,)}[plane.kind]
+        for kind in kinds:
+            found = [(p, self._get_own(p.plane_id)) for p in self.layout.planes if p.kind == kind]
+            found = [(p, t) for p, t in found if t is not None]
+            if not found:
+                continue
+            # an unseen wall continues the walls it meets at its corners (those perpendicular to it; the opposite
+            # wall is often the accent wall a room is photographed towards), then the best-supported
+            best = max(range(len(found)), key=lambda i: (plane.kind == WALL and found[i][0].axis != plane.axis,
+                                                        found[i][0].support))
+            return found[best][1]
+        return None
+
+
+@dataclass
+class SkyModel:
+    """Sky colour by elevation above the horizon (an environment layer; module docstring)."""
+
+    up: np.ndarray  # [3] world frame
+    band_deg: float
+    colours: np.ndarray  # [B, 3] uint8, band b covers elevations [-90 + b * band_deg, ...)
+
+    def colour(self, dirs_world: np.ndarray) -> np.ndarray:
+        """``[M, 3]`` uint8 for ray directions ``[M, 3]`` (world frame, any length)."""
+        n = np.linalg.norm(dirs_world, axis=1)
+        elev = np.degrees(np.arcsin(np.clip((dirs_world @ self.up) / np.maximum(n, 1e-12), -1, 1)))
+        b = np.clip(((elev + 90.0) / self.band_deg).astype(np.int64), 0, len(self.colours) - 1)
+        return self.colours[b]
+
+
+def sky_model(up: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray, rays_cam: np.ndarray, c2w: np.ndarray,
+              config: AppearanceConfig = AppearanceConfig()) -> SkyModel | None:
+    """The sky of an observed view (``rgb`` [H, W, 3], ``depth_m`` [H, W], its rays [H, W, 3] camera frame and
+    pose), or None when it shows no sky."""
+    sky = (depth_m <= 0) | (depth_m >= config.sky_min_depth_m)
+    if sky.sum() < 64:
+        return None
+    dirs = rays_cam[sky] @ c2w[:3, :3].T
+    nb = int(round(180.0 / config.sky_band_deg))
+    elev = np.degrees(np.arcsin(np.clip((dirs @ up) / np.linalg.norm(dirs, axis=1), -1, 1)))
+    b = np.clip(((elev + 90.0) / config.sky_band_deg).astype(np.int64), 0, nb - 1)
+    cnt = np.bincount(b, minlength=nb)
+    cols = np.stack([np.bincount(b, weights=rgb[sky][:, c].astype(np.float64), minlength=nb) for c in range(3)], 1)
+    seen = np.flatnonzero(cnt > 0)
+    mean = cols[seen] / cnt[seen, None]
+    nearest = seen[np.clip(np.searchsorted(seen, np.arange(nb)), 0, len(seen) - 1)]
+    prev = seen[np.clip(np.searchsorted(seen, np.arange(nb)) - 1, 0, len(seen) - 1)]
+    pick = np.where(np.abs(prev - np.arange(nb)) < np.abs(nearest - np.arange(nb)), prev, nearest)
+    out = np.empty((nb, 3), np.float64)
+    out[:] = mean[np.searchsorted(seen, pick)]
+    return SkyModel(np.asarray(up, np.float64), config.sky_band_deg, np.clip(np.rint(out), 0, 255).astype(np.uint8))

@@ -1,0 +1,368 @@
+"""A Manhattan layout (floor, ceiling, walls) estimated from the memory's observed points, and ray casts into it.
+
+Estimation (``estimate_layout``), from observed points only (invented ones never fit the layout):
+
+1. the points are thinned to one per ``sample_voxel_m`` cube and get normals from their neighbours (Open3D),
+   oriented towards the camera that observed them;
+2. up = the normal direction shared by the most points (within ``axis_tol_deg``) among directions within 45 deg
+   of the prior up (the first camera's -y): the floor's and ceiling's normal, so a pitched first camera does
+   not tilt the world; the two horizontal axes = the dominant direction of the wall normals modulo 90 deg
+   (circular mean of 4x their azimuth, the Manhattan prior), refined on their inliers;
+3. along each of the three axes, points whose normal is aligned with it vote in a 2 cm histogram of their
+   coordinate; peaks with at least ``min_plane_points`` votes become planes, each with the side it faces
+   (where its observer stood), its support and its extent along the other axes.
+
+Per camera (``LayoutView``): in each of the six axis directions the plane that bounds the free space the camera
+stands in is the best-supported plane facing the camera at least ``min_camera_distance_m`` away. Where no
+observed plane bounds a direction it is closed by this rule (documented in the module; scene-independent):
+
+- indoors (a ceiling was observed), 1: a wall the camera has walked through (it stands behind a plane that
+  faces the other way, e.g. it went through a doorway) is a wall of the next room too: its back side, one
+  ``wall_thickness_m`` nearer, bounds the way back; 2: the way on, beyond a wall the camera came through, is
+  closed where a room as deep as the one it came from would end;
+- indoors, 3: a direction nothing else bounds (behind the first camera) is closed ``unseen_wall_margin_m``
+  beyond the farthest pose the camera has been at or is going to in that direction;
+- outdoors (no ceiling) nothing is closed: the ground continues (up to ``max_ground_m``), observed facades
+  continue as planes up to their observed height, and everything else is sky.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spatia.world.camera import Intrinsics
+
+FLOOR, CEILING, WALL = "floor", "ceiling", "wall"
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    sample_voxel_m: float = 0.04  # points are thinned to one per cube of this side before fitting
+    max_sample_points: int = 60000  # ... and to at most this many (every k-th), which bounds the fit at ~0.2 s
+    normal_neighbours: int = 16
+    axis_tol_deg: float = 12.0  # a normal within this of an axis votes for that axis' planes
+    bin_m: float = 0.02  # histogram bin of plane offsets
+    min_plane_points: int = 120  # thinned points a plane needs
+    min_plane_fraction: float = 0.004  # ... and this share of all thinned points
+    min_camera_distance_m: float = 0.5  # free space: no invented surface this close to a camera pose
+    wall_thickness_m: float = 0.15  # a wall passed through is this thick (its back side bounds the next room)
+    unseen_wall_margin_m: float = 1.0  # a never-seen wall stands this far beyond the farthest pose that way
+    max_room_extent_m: float = 12.0  # no closing wall is placed farther than this from the camera
+    max_ground_m: float = 30.0  # invented ground stops at this z-depth outdoors (extents capped)
+    facade_top_margin_m: float = 0.2  # outdoors a facade continues up to its observed top + this
+    # ... and at least this far beyond its observed ends (estimate_layout). Infinite by default: on the courtyard
+    # demo loop (320x180, 81 frames) extending by the observed length instead put facades' novel-pixel depth
+    # AbsRel at 0.34 vs 0.15 for endless facades (a facade cut short shows sky where a building stands)
+    facade_extend_m: float = math.inf
+    facade_corner_m: float = 15.0
+
+
+@dataclass(frozen=True)
+class Plane:
+    axis: int  # 0 = up, 1 / 2 = the horizontal Manhattan axes
+    offset_m: float  # the plane is {p : p . axis_vec = offset_m}
+    facing: int  # +1: its surface faces +axis_vec (its free side is offset < p . axis), -1: faces -axis_vec
+    support: int  # thinned observed points on it
+    kind: str  # FLOOR, CEILING or WALL
+    top_m: float = math.inf  # highest observed point along up (walls; for the outdoor height cap)
+    span_m: tuple[float, float] = (-math.inf, math.inf)  # walls: observed extent along their horizontal axis
+    plane_id: int = -1  # index in ``Layout.planes`` (closing walls borrow the id of the plane they derive from)
+    derived: bool = False  # a closing wall of the rule above, not observed
+
+
+@dataclass
+class Layout:
+    axes: np.ndarray  # [3, 3] rows: up, a1, a2 (world frame, orthonormal, right-handed)
+    planes: list[Plane]
+    indoor: bool  # a ceiling was observed
+    config: LayoutConfig = field(default_factory=LayoutConfig)
+
+    @property
+    def up(self) -> np.ndarray:
+        return self.axes[0]
+
+    def floor(self) -> Plane | None:
+        floors = [p for p in self.planes if p.kind == FLOOR]
+        return max(floors, key=lambda p: p.support) if floors else None
+
+
+def _thin(points: np.ndarray, voxel_m: float, max_points: int) -> np.ndarray:
+    """One point per cube (the first in the given order, deterministic), then every k-th to ``max_points``."""
+    keys = np.floor(points / voxel_m).astype(np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    first.sort()
+    pts = points[first]
+    if len(pts) > max_points:
+        pts = pts[:: int(math.ceil(len(pts) / max_points))]
+    return pts
+
+
+def _normals(points: np.ndarray, k: int, observer: np.ndarray) -> np.ndarray:
+    """``[N, 3]`` unit normals from the ``k`` nearest neighbours, oriented towards ``observer`` [3]."""
+    import open3d as o3d
+
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    pc.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(k))
+    n = np.asarray(pc.normals)
+    flip = np.einsum("ij,ij->i", n, observer - points) < 0
+    n[flip] *= -1
+    return n
+
+
+def _dominant_direction(normals: np.ndarray, prior: np.ndarray, cos_tol: float, max_angle_deg: float) -> np.ndarray | None:
+    """The (sign-free) direction within ``max_angle_deg`` of ``prior`` that most normals share, refined by
+    averaging its inliers; None when no normal is near the prior."""
+    near = np.abs(normals @ prior) >= math.cos(math.radians(max_angle_deg))
+    cand = normals[near]
+    if len(cand) == 0:
+        return None
+    cand = cand[:: max(1, len(cand) // 400)]  # ~400 candidates are plenty
+    votes = (np.abs(cand @ normals.T) >= cos_tol).sum(axis=1)
+    best = cand[int(np.argmax(votes))]
+    for _ in range(2):  # refine: mean of the inliers, signs aligned
+        dots = normals @ best
+        inl = np.abs(dots) >= cos_tol
+        if not inl.any():
+            break
+        m = (normals[inl] * np.sign(dots[inl])[:, None]).sum(axis=0)
+        best = m / np.linalg.norm(m)
+    return best if best @ prior >= 0 else -best
+
+
+def estimate_axes(normals: np.ndarray, prior_up: np.ndarray, prior_forward: np.ndarray, cos_tol: float) -> np.ndarray:
+    """``[3, 3]`` rows up, a1, a2 (see module docstring, step 2)."""
+    up = _dominant_direction(normals, prior_up, cos_tol, 45.0)
+    if up is None:
+        up = prior_up / np.linalg.norm(prior_up)
+    # a horizontal basis, then the azimuth of the wall normals in it
+    e1 = prior_forward - (prior_forward @ up) * up
+    if np.linalg.norm(e1) < 1e-6:
+        e1 = np.cross(up, [1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.cross(up, [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    wall = np.abs(normals @ up) <= math.sin(math.radians(15.0))
+    phi = 0.0
+    if wall.sum() >= 50:
+        az = np.arctan2(normals[wall] @ e2, normals[wall] @ e1)
+        phi = math.atan2(np.sin(4 * az).sum(), np.cos(4 * az).sum()) / 4.0
+        for _ in range(2):  # refine on the normals within 10 deg of an axis
+            d = (az - phi + math.pi / 4) % (math.pi / 2) - math.pi / 4
+            inl = np.abs(d) <= math.radians(10.0)
+            if not inl.any():
+                break
+            phi += float(d[inl].mean())
+    a1 = math.cos(phi) * e1 + math.sin(phi) * e2
+    a2 = np.cross(up, a1)
+    return np.stack([up, a1, a2])
+
+
+def _peaks(values: np.ndarray, bin_m: float, min_count: int) -> list[tuple[float, int]]:
+    """(offset, support) of histogram peaks: local maxima of 3-bin sums with at least ``min_count`` votes,
+    non-maximum suppressed within 10 cm; offsets refined to the median of the votes within 1.5 bins."""
+    if len(values) < min_count:
+        return []
+    lo = float(values.min()) - bin_m
+    idx = np.floor((values - lo) / bin_m).astype(np.int64)
+    hist = np.bincount(idx, minlength=int(idx.max()) + 2).astype(np.int64)
+    s = hist.copy()
+    s[1:] += hist[:-1]
+    s[:-1] += hist[1:]
+    order = np.argsort(-s, kind="stable")
+    taken = np.zeros(len(s), bool)
+    out = []
+    sup = int(round(0.10 / bin_m))
+    for b in order:
+        if s[b] < min_count:
+            break
+        if taken[b]:
+            continue
+        taken[max(0, b - sup) : b + sup + 1] = True
+        centre = lo + (b + 0.5) * bin_m
+        near = np.abs(values - centre) <= 1.5 * bin_m
+        out.append((float(np.median(values[near])), int(near.sum())))
+    return out
+
+
+def estimate_layout(
+    points: np.ndarray,  # [N, 3] observed points, world frame
+    observer: np.ndarray,  # [3] where they were observed from (the first camera), world frame
+    prior_up: np.ndarray,  # [3] the first camera's up (-y), world frame
+    prior_forward: np.ndarray,  # [3] the first camera's viewing direction, world frame
+    config: LayoutConfig = LayoutConfig(),
+) -> Layout:
+    """The layout of the observed points (module docstring). Deterministic."""
+    pts = _thin(np.asarray(points, np.float64), config.sample_voxel_m, config.max_sample_points)
+    prior_up = np.asarray(prior_up, np.float64) / np.linalg.norm(prior_up)
+    if len(pts) < 3 * config.normal_neighbours:
+        return Layout(estimate_axes(np.zeros((0, 3)), prior_up, np.asarray(prior_forward, float), 1.0), [], False, config)
+    normals = _normals(pts, config.normal_neighbours, np.asarray(observer, np.float64))
+    cos_tol = math.cos(math.radians(config.axis_tol_deg))
+    axes = estimate_axes(normals, prior_up, np.asarray(prior_forward, np.float64), cos_tol)
+    min_count = max(config.min_plane_points, int(config.min_plane_fraction * len(pts)))
+    cam_h = float(np.asarray(observer) @ axes[0])
+    heights = pts @ axes[0]
+    planes: list[Plane] = []
+    for k in range(3):
+        dots = normals @ axes[k]
+        coord = pts @ axes[k]
+        for facing in (1, -1):
+            on = facing * dots >= cos_tol
+            for offset, support in _peaks(coord[on], config.bin_m, min_count):
+                if k == 0:
+                    kind = FLOOR if (facing == 1 and offset < cam_h) else CEILING if (facing == -1 and offset > cam_h) else ""
+                    if not kind:
+                        continue  # a horizontal surface facing away from where it was seen from: noise
+                    top = math.inf
+                else:
+                    kind = WALL
+                    near = on & (np.abs(coord - offset) <= 1.5 * config.bin_m)
+                    top = float(np.percentile(heights[near], 99.0)) if near.any() else math.inf
+                    along = pts[near] @ axes[3 - k] if k else np.zeros(0)
+                    span = (float(np.percentile(along, 1.0)), float(np.percentile(along, 99.0))) if len(along) else (-math.inf, math.inf)
+                planes.append(Plane(k, offset, facing, support, kind, top, span if k else (-math.inf, math.inf)))
+    # horizontal surfaces: keep the floor (most support below the camera) and the ceiling (most above); table
+    # tops and seats are furniture, which the background-preferring fill handles
+    floors = [p for p in planes if p.kind == FLOOR]
+    ceilings = [p for p in planes if p.kind == CEILING]
+    keep = [p for p in planes if p.kind == WALL]
+    if floors:
+        keep.append(max(floors, key=lambda p: p.support))
+    if ceilings:
+        keep.append(max(ceilings, key=lambda p: p.support))
+    planes = [Plane(p.axis, p.offset_m, p.facing, p.support, p.kind, p.top_m, p.span_m, i) for i, p in enumerate(keep)]
+    if not ceilings:
+        # outdoors a facade seen over L metres continues max(L, ``facade_extend_m``) beyond each end (a building
+        # as long again as what was seen of it), or to a perpendicular facade (a corner) within
+        # ``facade_corner_m`` of its end; past that the square is open
+        walls = [p for p in planes if p.kind == WALL]
+        ext = []
+        for p in planes:
+            if p.kind != WALL:
+                ext.append(p)
+                continue
+            ext_m = max(config.facade_extend_m, p.span_m[1] - p.span_m[0])
+            lo, hi = p.span_m[0] - ext_m, p.span_m[1] + ext_m
+            for q in walls:
+                if q.axis == 3 - p.axis:
+                    if p.span_m[1] < q.offset_m <= p.span_m[1] + config.facade_corner_m:
+                        hi = max(hi, q.offset_m)
+                    if p.span_m[0] - config.facade_corner_m <= q.offset_m < p.span_m[0]:
+                        lo = min(lo, q.offset_m)
+            ext.append(Plane(p.axis, p.offset_m, p.facing, p.support, p.kind, p.top_m, (lo, hi), p.plane_id))
+        planes = ext
+    return Layout(axes, planes, indoor=bool(ceilings), config=config)
+
+
+@dataclass
+class LayoutView:
+    """The (at most six) planes that bound the free space around one camera position."""
+
+    bounds: list[Plane]
+
+
+def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> LayoutView:
+    """The bounding planes for a camera at ``camera_m`` [3] (world frame); ``reach_m`` [P, 3]: every pose the
+    camera has been at or is about to be at (for the closing rule and the free-space margin)."""
+    cfg = layout.config
+    out: list[Plane] = []
+    for k in range(3):
+        c = float(camera_m @ layout.axes[k])
+        reach = reach_m @ layout.axes[k] if len(reach_m) else np.array([c])
+        for direction in (1, -1):  # the bound in the +axis / -axis direction: a plane facing -direction
+            ahead = [p for p in layout.planes if p.axis == k and p.facing == -direction
+                     and direction * (p.offset_m - c) >= cfg.min_camera_distance_m]
+            if k == 0:
+                kind = CEILING if direction == 1 else FLOOR
+                ahead = [p for p in ahead if p.kind == kind]
+                if ahead:
+                    out.append(max(ahead, key=lambda p: p.support))
+                continue  # floors and ceilings are not closed by rule
+            # (free space around the other poses is kept per point by the caller: planes are infinite, and a
+            # pose beyond a wall, in the next room, says nothing about the wall's other parts)
+            through = [p for p in layout.planes if p.axis == k and p.facing == direction
+                       and direction * (p.offset_m - c) - cfg.wall_thickness_m > 0.0]
+            if ahead:
+                best = max(ahead, key=lambda p: p.support)
+                # ... unless the camera walked through a wall nearer than it: that wall's back side is nearer
+                if through:
+                    wall = min(through, key=lambda p: direction * (p.offset_m - c))
+                    if direction * (wall.offset_m - best.offset_m) < 0:
+                        out.append(Plane(k, wall.offset_m - direction * cfg.wall_thickness_m, -direction, 0, WALL,
+                                         math.inf, (-math.inf, math.inf), wall.plane_id, derived=True))
+                        continue
+                out.append(best)
+                continue
+            if not layout.indoor:
+                continue
+            # closing rule 1: the back side of a wall the camera walked through (it lies ahead, facing away)
+            offset, src = None, None
+            through = [p for p in layout.planes if p.axis == k and p.facing == direction
+                       and direction * (p.offset_m - c) > 0]
+            if through:
+                src = min(through, key=lambda p: direction * (p.offset_m - c))
+                offset = src.offset_m - direction * cfg.wall_thickness_m
+            else:
+                # closing rule 2: the camera came through a wall facing it from behind (a doorway): the room
+                # beyond is as deep as the one it came from (between that wall and the room's opposite wall,
+                # observed, else guessed by rule 3 from where the camera has been)
+                came = [p for p in layout.planes if p.axis == k and p.facing == -direction
+                        and direction * (p.offset_m - c) < 0]
+                if came:
+                    src = min(came, key=lambda p: direction * (c - p.offset_m))
+                    opposite = [p.offset_m for p in layout.planes if p.axis == k and p.facing == direction
+                                and direction * (p.offset_m - src.offset_m) < 0]
+                    if opposite:
+                        depth_m = min(direction * (src.offset_m - o) for o in opposite)
+                    else:
+                        depth_m = direction * src.offset_m - float(np.min(direction * reach)) + cfg.unseen_wall_margin_m
+                    offset = src.offset_m + direction * (depth_m + cfg.wall_thickness_m)
+            if offset is None or direction * (offset - c) < cfg.min_camera_distance_m:
+                # closing rule 3: a wall nothing observed bounds stands beyond the farthest pose that way
+                far = float(np.max(direction * reach)) * direction
+                offset = far + direction * cfg.unseen_wall_margin_m
+                src = None  # no wall of its own to continue: its look is borrowed (appearance.PlaneTextures)
+            if direction * (offset - c) > cfg.max_room_extent_m:
+                continue
+            out.append(Plane(k, float(offset), -direction, 0, WALL, math.inf, (-math.inf, math.inf),
+                             src.plane_id if src is not None else -1, derived=True))
+    return LayoutView(out)
+
+
+def cast_layout(
+    layout: Layout,
+    view: LayoutView,
+    rays_cam: np.ndarray,  # [M, 3] float32 pixel rays, camera frame, z = 1
+    c2w: np.ndarray,  # [4, 4]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(depth [M] float32 z-depth, 0 = no layout surface (sky), index [M] int16 into view.bounds, -1)``: the
+    nearest bounding plane each ray reaches (rays are z = 1, so the ray parameter is the z-depth). The ground is
+    not capped here (``max_ground_m`` caps what becomes memory, not what is shown)."""
+    cfg = layout.config
+    shape = rays_cam.shape[:-1]
+    R = c2w[:3, :3]
+    cam = c2w[:3, 3]
+    best = np.full(shape, np.inf, np.float32)
+    index = np.full(shape, -1, np.int16)
+    up = layout.axes[0]
+    for i, p in enumerate(view.bounds):
+        a = layout.axes[p.axis]
+        rate = rays_cam @ (R.T @ a).astype(np.float32)  # [M] coordinate change per metre of z-depth
+        gap = np.float32(p.offset_m - cam @ a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = gap / rate
+        ok = (t > 0) & np.isfinite(t)
+        if p.kind == WALL and not layout.indoor and math.isfinite(p.top_m):
+            # outdoors a facade ends at its observed top: the sky shows above it
+            rise = rays_cam @ (R.T @ up).astype(np.float32)
+            ok &= (cam @ up + t * rise) <= p.top_m + cfg.facade_top_margin_m
+            h = layout.axes[3 - p.axis]
+            along = cam @ h + t * (rays_cam @ (R.T @ h).astype(np.float32))
+            ok &= (along >= p.span_m[0]) & (along <= p.span_m[1])
+        take = ok & (t < best)
+        best[take] = t[take]
+        index[take] = i
+    depth = np.where(np.isfinite(best), best, 0.0).astype(np.float32)
+    return depth, index

@@ -1,0 +1,191 @@
+"""The layout fill of never-seen space (issue 10, sections 2 and 4): layout estimation, ray casts against a slow
+reference, free space and open doorways on the house loop, provenance, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from spatia.model.fill.appearance import PlaneTextures, plane_basis
+from spatia.model.fill.layout import FLOOR, WALL, cast_layout, estimate_layout, view_bounds
+from spatia.model.geometric import GeometricConfig, GeometricGenerator
+from spatia.world.actions import ClipConfig
+from spatia.world.camera import Intrinsics
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import pixel_rays
+from spatia.world.memory import INVENTED_FINAL, OBSERVED
+from spatia.world.scenes import make_scene
+from spatia.world.state import World
+
+
+def _rot(axis: np.ndarray, deg: float) -> np.ndarray:
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    t = math.radians(deg)
+    return np.eye(3) + math.sin(t) * K + (1 - math.cos(t)) * K @ K
+
+
+def _box_room_points(rng, R: np.ndarray) -> np.ndarray:
+    """Points of a 6 x 3 x 8 m room (floor y=0, up = +y in the room frame) on floor, ceiling and three walls,
+    rotated into the world by ``R``; the fourth wall (z = 0) is not seen."""
+    n = 6000
+    floor = np.c_[rng.uniform(0, 6, n), np.zeros(n), rng.uniform(0, 8, n)]
+    ceil = np.c_[rng.uniform(0, 6, n), np.full(n, 3.0), rng.uniform(0, 8, n)]
+    back = np.c_[rng.uniform(0, 6, n), rng.uniform(0, 3, n), np.full(n, 8.0)]
+    left = np.c_[np.zeros(n), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
+    right = np.c_[np.full(n, 6.0), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
+    return np.concatenate([floor, ceil, back, left, right]) @ R.T
+
+
+def test_layout_recovers_a_rotated_room_and_its_up_from_the_floor():
+    rng = np.random.default_rng(0)
+    R = _rot([0, 1, 0], 30.0) @ _rot([1, 0, 0], 8.0)  # room axes not aligned with the world's
+    pts = _box_room_points(rng, R)
+    observer = R @ np.array([3.0, 1.6, 1.0])
+    # the prior up and forward are a pitched camera's (20 deg off the room's up): up must come from the floor
+    prior_up = _rot([1, 0, 0], 20.0) @ (R @ np.array([0.0, 1.0, 0.0]))
+    layout = estimate_layout(pts, observer, prior_up, R @ np.array([0.0, 0.0, 1.0]))
+    true_up = R @ np.array([0.0, 1.0, 0.0])
+    assert math.degrees(math.acos(min(1.0, abs(float(layout.up @ true_up))))) < 1.0
+    assert layout.indoor
+    floor = layout.floor()
+    assert floor is not None and floor.kind == FLOOR and abs(floor.offset_m - 0.0) < 0.03
+    walls = sorted(abs(p.offset_m) for p in layout.planes if p.kind == WALL)
+    # the three seen walls, at 0, 6 and 8 m along their axes (in either sign convention)
+    for want in (0.0, 6.0, 8.0):
+        assert min(abs(w - want) for w in walls) < 0.03, (want, walls)
+    # the unseen wall behind the observer is closed beyond where the camera has been
+    view = view_bounds(layout, observer, observer[None])
+    assert len([p for p in view.bounds if p.kind == WALL]) == 4
+    assert sum(p.derived for p in view.bounds) == 1
+
+
+def test_cast_layout_matches_a_per_ray_reference():
+    rng = np.random.default_rng(1)
+    R = _rot([0, 1, 0], 17.0)
+    pts = _box_room_points(rng, R)
+    observer = R @ np.array([3.0, 1.6, 2.0])
+    layout = estimate_layout(pts, observer, R @ np.array([0.0, 1.0, 0.0]), R @ np.array([0.0, 0.0, 1.0]))
+    view = view_bounds(layout, observer, observer[None])
+    K = Intrinsics.from_fov(90.0, 24, 16)
+    c2w = np.eye(4)
+    c2w[:3, :3] = R @ _rot([0, 1, 0], 140.0) @ np.diag([1.0, -1.0, -1.0]) @ _rot([1, 0, 0], -10.0)
+    c2w[:3, 3] = observer
+    rays = pixel_rays(K).astype(np.float32).reshape(-1, 3)
+    depth, index = cast_layout(layout, view, rays, c2w)
+    for m in range(len(rays)):  # slow reference: every plane, nearest positive hit
+        d_world = c2w[:3, :3] @ rays[m].astype(np.float64)
+        best = math.inf
+        for p in view.bounds:
+            a = layout.axes[p.axis]
+            rate = float(d_world @ a)
+            if abs(rate) < 1e-12:
+                continue
+            t = (p.offset_m - float(observer @ a)) / rate
+            if t > 0:
+                best = min(best, t)
+        want = best if math.isfinite(best) else 0.0
+        assert depth[m] == pytest.approx(want, rel=1e-4, abs=1e-5)
+        assert (index[m] >= 0) == math.isfinite(best)
+
+
+def test_plane_texture_is_anchored_in_the_plane():
+    rng = np.random.default_rng(2)
+    pts = _box_room_points(rng, np.eye(3))
+    # colour the back wall by a pattern of its own coordinates; the texture must reproduce it where seen
+    cols = np.full((len(pts), 3), 128, np.uint8)
+    back = np.abs(pts[:, 2] - 8.0) < 1e-9
+    cols[back, 0] = (np.floor(pts[back, 0] / 0.25) % 2 * 200).astype(np.uint8)
+    layout = estimate_layout(pts, np.array([3.0, 1.6, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    plane = min((p for p in layout.planes if p.kind == WALL), key=lambda p: abs(abs(p.offset_m) - 8.0))
+    tex = PlaneTextures(layout, pts, cols).for_plane(plane)
+    assert tex is not None
+    u_ax, v_ax = plane_basis(layout, plane)
+    # sample well inside the exemplar: the stripes come back where they were observed
+    u0, v0 = tex.origin_uv
+    size_m = tex.levels[0].shape[0] * tex.texel_m
+    uv = np.stack(np.meshgrid(np.linspace(u0 + 0.1, u0 + size_m - 0.1, 9), [v0 + size_m / 2]), -1).reshape(-1, 2)
+    got = tex.sample(uv, np.zeros(len(uv)))
+    world_x = uv[:, 0] * float(u_ax @ [1, 0, 0])  # u runs along +-x on the back wall
+    want = np.floor(world_x / 0.25) % 2 * 200
+    assert np.mean(np.abs(got[:, 0].astype(float) - want) < 60) >= 0.75
+    # identical on every call (no randomness, no state)
+    np.testing.assert_array_equal(tex.sample(uv, np.zeros(len(uv))), got)
+
+
+@pytest.fixture(scope="module")
+def house_walk():
+    """The house demo loop at 128x72 through the engine with the layout fill (demo clip settings)."""
+    scene = make_scene("house", 0)
+    world = World.from_scene("house", 0, 128, 72)
+    path = scene.demo_path(49)
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")),
+                    EngineConfig(clip=ClipConfig(first_clip_frames=17, clip_frames=21, preceding_frames=5)))
+    frames = [f.rgb for f in engine.generate(path[1:], seed=0)]
+    return scene, world, path, frames
+
+
+def test_house_loop_free_space_and_open_doorways(house_walk):
+    scene, world, path, frames = house_walk
+    mem = world.memory
+    prov = mem.provenance
+    assert (prov == INVENTED_FINAL).sum() > 1000 and (prov == OBSERVED).sum() > 1000
+    pos = mem.positions.astype(np.float64)
+    inv = pos[prov != OBSERVED]
+    # no invented point within 0.5 m of any pose the camera has been at
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(path[:, :3, 3]).query(inv)
+    assert d.min() >= 0.5 - 0.02, d.min()
+    # none in front of what the first view saw (its line of sight through the doorway stays open)
+    first = world.history.get_depth(0)
+    K, T = world.intrinsics, world.origin_c2w
+    pc = (inv - T[:3, 3]) @ T[:3, :3]
+    ok = pc[:, 2] > 0.05
+    u = np.floor(K.fx * pc[ok, 0] / pc[ok, 2] + K.cx).astype(int)
+    v = np.floor(K.fy * pc[ok, 1] / pc[ok, 2] + K.cy).astype(int)
+    inside = (u >= 0) & (u < K.width) & (v >= 0) & (v < K.height)
+    seen = first[v[inside], u[inside]]
+    z = pc[ok, 2][inside]
+    in_front = (seen > 0) & (z < seen * 0.97 - 0.05 - 0.03)  # generator tolerance + one voxel of quantisation
+    assert in_front.mean() < 0.002, in_front.mean()
+    # the doorway the camera walked through first (the one the first view looks through) is still open: the
+    # memory at the start pose shows what the first image showed through it
+    back = mem.render(K, path[0])
+    both = back.valid & (first > 0)
+    assert np.median(np.abs(back.depth_m[both] - first[both]) / first[both]) < 0.02
+    # most of the invented geometry lies on true surfaces (the layout fits the rooms)
+    import open3d as o3d
+
+    rc = o3d.t.geometry.RaycastingScene()
+    rc.add_triangles(o3d.core.Tensor(scene.vertices), o3d.core.Tensor(scene.triangles))
+    dist = rc.compute_distance(o3d.core.Tensor(inv.astype(np.float32))).numpy()
+    assert float((dist <= 0.05).mean()) > 0.5
+
+
+def test_layout_fill_is_deterministic_and_survives_save_load(tmp_path):
+    def walk() -> World:
+        world = World.from_scene("room", 1, 96, 54)
+        path = make_scene("room", 1).demo_path(21)
+        engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")),
+                        EngineConfig(clip=ClipConfig(first_clip_frames=9, clip_frames=12, preceding_frames=3)))
+        for _ in engine.generate(path[1:], seed=3):
+            pass
+        return world
+
+    world = walk()
+    a, b = walk().memory.to_arrays(), world.memory.to_arrays()
+    assert set(a) == set(b)
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+    world.save(tmp_path / "w.spw")
+    back = World.load(tmp_path / "w.spw")
+    np.testing.assert_array_equal(back.memory.provenance, world.memory.provenance)
+
+
+def test_unknown_fill_method_is_rejected():
+    with pytest.raises(InvalidInputError, match="unknown fill method"):
+        GeometricConfig(fill="magic")
