@@ -776,8 +776,11 @@ def estimate_layout(
             denom = n[0] * xc + n[1]
             with np.errstate(divide="ignore"):
                 exit_z = np.where(denom > 1e-3, np.minimum(exit_z, o / denom), exit_z)
-        # only columns with a floor contact: without one the depth is already the (nearer) bottom-row bound
-        z_wall = np.where(np.isfinite(exit_z) & contact, np.minimum(z_wall, exit_z), z_wall)
+        # Only columns with a floor contact (without one the depth is already the nearer bottom-row bound) that
+        # no wall plane explains: a contact run that lines up into a plane of its own is structure seen through
+        # an opening (the next room through a doorway), and capping it would paint the doorway shut.
+        cap = np.isfinite(exit_z) & contact & (wall_of_col < 0)
+        z_wall = np.where(cap, np.minimum(z_wall, exit_z), z_wall)
 
     # --- ceiling (interiors): the same boundary search from the top, above the horizon
     ceiling_h_m, t_row = None, None
