@@ -599,8 +599,11 @@ def prepare_item(item: NovelItem, width: int, height: int, frames: int = DEMO_FR
         T_sw = first.copy()  # the world frame is the first camera's
         rgb0, depth0 = scene.render(K, first)
         if item.variant == "photo":
-            def build():  # a plain image: no depth, no intrinsics (the photo path guesses both)
-                return World.from_image(rgb0.copy(), source=source)
+            def build():  # a plain image: no depth, no intrinsics (the photo path guesses both, as
+                # `spatia demo --image` and CreateWorld from an image do: the photo layout estimator)
+                from spatia.model.fill.photo import PhotoLayoutDepth
+
+                return World.from_image(rgb0.copy(), depth_estimator=PhotoLayoutDepth(), source=source)
         else:
             def build():
                 return World.from_rgbd(rgb0.copy(), depth0.copy(), K, None, source=source)
