@@ -228,9 +228,11 @@ class PlaySession:
         self.config = config
         self.limits = config.limits
         self.lockstep = options.lockstep
+        # Lock-step (agents) integrates and retrieves for every frame, as Generate and the in-process Gymnasium env
+        # do: an agent's reward is each step's memory growth, so every back end must walk the same world.
         self.engine = host.open_engine(generator, EngineConfig(
-            clip=options.clip, keyframe_stride=config.play_keyframe_stride,
-            reuse_references_within=config.play_reuse_references_within))
+            clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
