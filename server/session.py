@@ -114,11 +114,13 @@ class Outbox:
     """Responses waiting to be written to one client; at most ``frame_capacity`` frames (oldest dropped), or, when
     ``lossless``, never dropped (the producer waits with ``wait_room`` before it makes more)."""
 
+    OTHER_CAPACITY = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
+
     def __init__(self, frame_capacity: int, lossless: bool = False) -> None:
         self._items: deque = deque()
         self._frame_capacity = frame_capacity
         self.lossless = lossless
-        self.max_other = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
+        self.max_other = self.OTHER_CAPACITY
         self.others_dropped = 0
         self._frames = 0
         self.dropped = 0
@@ -228,9 +230,9 @@ class PlaySession:
         self.config = config
         self.limits = config.limits
         self.lockstep = options.lockstep
-        # Lock-step (agents) integrates and retrieves for every frame, as Generate and the in-process Gymnasium env
-        # do: an agent's reward is each step's memory growth, so every back end must walk the same world.
         self.engine = host.open_engine(generator, EngineConfig(
+            # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
+            # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
             reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep)

@@ -88,7 +88,7 @@ def _add_novel_view(protocols: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="generation seed")
     q.add_argument("--smoke", action="store_true", help="one item (room) at 320x180: the test suite's subset")
     q.add_argument("--json", type=Path, help="write the rows here")
-    q.add_argument("--md", type=Path, help="write the Markdown tables here (default: stdout)")
+    q.add_argument("--md", dest="markdown_path", type=Path, help="write the Markdown tables here (default: stdout)")
     q.add_argument("--strips", type=Path, help="directory for one PNG strip per item (truth | new | baseline)")
     q.add_argument("--no-progress", action="store_true")
 
@@ -107,14 +107,14 @@ def run_novel_view(args: argparse.Namespace) -> int:
     def partial(result: dict) -> None:  # a long run leaves its results so far after every item
         if args.json:
             write_json(args.json, result)
-        if args.md:
-            write_text_atomic(args.md, markdown(result))
+        if args.markdown_path:
+            write_text_atomic(args.markdown_path, markdown(result))
 
     result = evaluate(items, methods, settings, width=args.width, height=args.height, frames=args.frames,
                       seed=args.seed, strips_dir=args.strips, progress=not args.no_progress, command=command,
                       on_item=partial)
     partial(result)
-    if not args.md:
+    if not args.markdown_path:
         sys.stdout.write(markdown(result))
     return 0
 

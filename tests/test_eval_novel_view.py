@@ -202,7 +202,7 @@ def test_smoke_room_320x180(tmp_path):
 
     out = tmp_path / "nv.json"
     code = main(["eval", "novel-view", "--smoke", "--frames", "41", "--settings", "demo", "--no-progress",
-                 "--json", str(out), "--md", str(tmp_path / "nv.md"), "--strips", str(tmp_path / "strips")])
+                 "--json", str(out), "--md", str(tmp_path / "novel_view_tables.markdown"), "--strips", str(tmp_path / "strips")])
     assert code == 0
     result = json.loads(out.read_text())
     methods = nv.fill_methods()
@@ -220,7 +220,7 @@ def test_smoke_room_320x180(tmp_path):
         assert v["depth_excluded_share"] == 0.0  # a room has no sky
     strip = cv2.imread(str(tmp_path / "strips" / "room.png"))
     assert strip is not None and strip.shape[1] > 160 * (1 + len(methods))
-    assert "| default (1) | legacy (baseline) | demo |" in (tmp_path / "nv.md").read_text()
+    assert "| default (1) | legacy (baseline) | demo |" in (tmp_path / "novel_view_tables.markdown").read_text()
 
 
 @pytest.mark.timeout(120)

@@ -3,8 +3,8 @@
 A ``PlayHub`` holds the gRPC ``AsyncPlaySession`` of a world (opened when a controller joins), one controller
 (the only connection whose actions are forwarded) and any number of ``Subscriber``s (the controller's own view
 and spectators). Each subscriber has a small bounded queue where the latest frame wins: a slow browser drops
-frames, it never makes the web app's memory grow nor slows the other viewers (as FlashDreams'
-two-frame sender queue does). The fan-out lives here, in the web app, not in the gRPC server: the server streams a
+frames, it never makes the web app's memory grow nor slows the other viewers (the research notes on browser streaming, FlashDreams'
+two-frame sender queue). The fan-out lives here, in the web app, not in the gRPC server: the server streams a
 world's frames to one Play caller.
 
 When the controller's connection drops, the session stays open for ``grace_s`` so a reconnecting page resumes the

@@ -86,7 +86,7 @@ class HubVideoTrack(MediaStreamTrack):
         # A clip's frames come from the generator in a burst; sent as they come, the browser would show only the
         # last of each burst (one per display refresh) and its jitter buffer would speed playback up. Pace them at
         # the session fps instead, re-anchoring after a stall so a late frame is not followed by a burst
-        # (as FlashDreams' track does). The queue before this (latest wins) bounds the delay.
+        # (the research notes on browser streaming, FlashDreams' track). The queue before this (latest wins) bounds the delay.
         now = time.monotonic()
         if self._next_due is not None and now < self._next_due:
             await asyncio.sleep(self._next_due - now)
