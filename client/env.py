@@ -224,13 +224,6 @@ class _RemoteBackend:
 _CLOSE = object()
 
 
-def _proto_has_lockstep() -> bool:
-    """Whether this checkout's proto has ``PlayStart.lockstep`` (added with issue 14's API work)."""
-    from spatia.proto.spatia.v1 import world_pb2 as pb
-
-    return "lockstep" in pb.PlayStart.DESCRIPTOR.fields_by_name
-
-
 class _LockstepBackend(_RemoteBackend):
     """A server through one lock-step Play stream per episode: a step is one Action message up and, down, exactly
     its frame (``last_action_seq`` = the step's seq) followed by the clip's ``SessionStats``. The response stream
@@ -344,7 +337,7 @@ class SpatiaWorldEnv(gym.Env):
         server: str | None = None,  # "host:port": remote back end
         client=None,  # a shared client.api.WorldClient (one channel for several envs); implies remote
         token: str | None = None,
-        remote_mode: str | None = None,  # "lockstep" (one Play stream; default) or "generate" (an RPC per step)
+        remote_mode: str = "lockstep",  # "lockstep" (one Play stream) or "generate" (a Generate RPC per step)
         record: bool = False,  # remote lock-step: record the episode as an MCAP on the server
         generator: str = "geometric",  # in-process only
         generator_kwargs: dict[str, Any] | None = None,
@@ -357,8 +350,6 @@ class SpatiaWorldEnv(gym.Env):
             raise InvalidInputError(f"action_type must be 'continuous' or 'discrete', got {action_type!r}")
         if width < 8 or height < 8:
             raise InvalidInputError(f"resolution must be at least 8x8, got {width}x{height}")
-        if remote_mode is None:
-            remote_mode = "lockstep" if _proto_has_lockstep() else "generate"
         if remote_mode not in ("lockstep", "generate"):
             raise InvalidInputError(f"remote_mode must be 'lockstep' or 'generate', got {remote_mode!r}")
         self.render_mode = render_mode

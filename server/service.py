@@ -655,7 +655,8 @@ class WorldServer:
         generator = make_generator(c.generator, **dict(c.generator_kwargs))
         await asyncio.to_thread(self.store.load_all)
         self.servicer = WorldServicer(c, self.store, generator)
-        self._server = grpc.aio.server(interceptors=[self.metrics.interceptor, _AuthInterceptor(c.token)], options=self._options())
+        self._server = grpc.aio.server(interceptors=[self.metrics.interceptor, _AuthInterceptor(c.token)],
+                                       options=self._options())
         pb_grpc.add_WorldServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

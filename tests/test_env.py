@@ -119,18 +119,12 @@ def test_check_env_remote(server):
         assert wid not in {w.world_id for w in c.list_worlds()}
 
 
-from spatia.client.env import _proto_has_lockstep  # noqa: E402
-
-needs_lockstep = pytest.mark.skipif(not _proto_has_lockstep(), reason="PlayStart.lockstep not in the proto yet")
-
-
 def test_remote_modes_and_in_process_walk_the_same_path(server):
     """Lock-step loses nothing: every step's frame and memory count equal the in-process env's and the
     Generate-per-step path's, over a walk that moves, turns and stands still."""
     envs = [SpatiaWorldEnv(**SMALL), SpatiaWorldEnv(server=server.target, **SMALL),
             SpatiaWorldEnv(server=server.target, remote_mode="generate", **SMALL)]
-    assert envs[1].remote_mode == ("lockstep" if _proto_has_lockstep() else "generate")
-    assert envs[2].remote_mode == "generate"
+    assert envs[1].remote_mode == "lockstep" and envs[2].remote_mode == "generate"
     resets = [e.reset(seed=5)[0] for e in envs]
     for r in resets[1:]:
         np.testing.assert_array_equal(resets[0], r)  # same scene, same memory render
@@ -148,7 +142,6 @@ def test_remote_modes_and_in_process_walk_the_same_path(server):
         e.close()
 
 
-@needs_lockstep
 def test_lockstep_is_one_play_stream_without_saves_per_step(server, tmp_path):
     """The remote default runs one Play session per episode (recorded here, to count what went over it):
     exactly one frame per action, seq by seq, none dropped; the world is saved at the session's end, not per step."""

@@ -12,10 +12,6 @@ SCANNED = (".py", ".md", ".proto", ".toml", ".yaml", ".yml", ".txt", ".cfg")
 SCANNED_NAMES = ("Makefile", "Dockerfile")
 MD_NAME = re.compile(r"(?<![\w./-])((?:\.\./|\./)?[\w./-]*[\w-]\.md)\b")
 # Names that are not references: files a test writes, and mentions of other repositories' documents.
-NOT_REFERENCES = {
-    ("tests/test_eval_protocols.py", "lh.md"),  # the name of a report the test writes into tmp_path
-    ("tests/test_ops_docs.py", "lh.md"),
-}
 
 
 def tracked_files() -> list[Path]:
@@ -24,28 +20,46 @@ def tracked_files() -> list[Path]:
     return [ROOT / f for f in out if f.endswith(SCANNED) or Path(f).name in SCANNED_NAMES]
 
 
-def resolves(ref: str, source: Path) -> bool:
+def resolves(ref: str, source: Path, names: dict[str, int]) -> bool:
     """A reference resolves when it names a file relative to the repository root, to the referring file's folder,
-    or (a bare name) exactly one file of the repository."""
+    or (a bare name) exactly one file of the repository (``names``: file name -> how many files carry it)."""
     if (ROOT / ref).is_file() or (source.parent / ref).is_file():
         return True
-    if "/" not in ref:
-        matches = [p for p in ROOT.rglob(ref) if ".venv" not in p.parts and ".git" not in p.parts]
-        return len(matches) == 1
-    return False
+    return "/" not in ref and names.get(ref, 0) == 1
+
+
+def text_to_scan(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) where references live. Python: strings and comments only (an attribute access can look
+    like a file name), and not a string joined onto a path (``tmp_path / "<name>"`` is a file being written)."""
+    import io
+    import tokenize
+
+    text = path.read_text(errors="replace")
+    if path.suffix != ".py":
+        return list(enumerate(text.splitlines(), 1))
+    out, previous = [], None
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in (tokenize.STRING, tokenize.COMMENT):
+            if not (tok.type == tokenize.STRING and previous is not None and previous.string == "/"):
+                out += [(tok.start[0] + i, line) for i, line in enumerate(tok.string.splitlines())]
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
+            previous = tok
+    return out
 
 
 def test_every_markdown_file_named_in_code_and_docs_exists():
+    files = [p for p in tracked_files() if p.is_file()]
+    names: dict[str, int] = {}
+    for p in files:
+        names[p.name] = names.get(p.name, 0) + 1
     missing = []
-    for path in tracked_files():
-        if not path.is_file():
-            continue
+    for path in files:
         rel = path.relative_to(ROOT).as_posix()
-        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        for n, line in text_to_scan(path):
             for ref in MD_NAME.findall(line):
-                if (rel, ref) in NOT_REFERENCES or "://" in line.split(ref)[0][-60:]:  # a URL's page
+                if "://" in line.split(ref)[0][-60:]:  # a URL's page
                     continue
-                if not resolves(ref, path):
+                if not resolves(ref, path, names):
                     missing.append(f"{rel}:{n}: {ref}")
     assert not missing, "references to documents that do not exist:\n" + "\n".join(missing)
 
