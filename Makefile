@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spatia-installed
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= out/demo
-DEBIAN_PACKAGES := libusb-1.0-0 libgomp1
+# open3d links libGL / libEGL / libX11 / libusb at import time (no display needed); numba's OpenMP layer needs
+# libgomp; the browser tests drive Debian's chromium through chromium-driver (nothing is downloaded at test time)
+DEBIAN_PACKAGES := libusb-1.0-0 libgomp1 libgl1 libegl1 libx11-6 chromium chromium-driver
 
 .PHONY: demo test setup system-deps clean bench
 
@@ -22,7 +24,7 @@ bench: $(STAMP)
 
 setup: $(STAMP)
 
-# open3d needs libusb at import time; install whatever Debian packages are missing (root or sudo).
+# Install whatever Debian packages are missing (root or sudo).
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -36,7 +38,8 @@ $(STAMP): pyproject.toml | system-deps
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	# every extra but [cluster] (see pyproject.toml); a slim client is `pip install .` alone
+	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
 clean:

@@ -1,5 +1,8 @@
 """Play sessions against a real server: sustained fps and action -> frame latency.
 
+Input rates: `--tick-hz 30,60` runs each (session fps = input rate, so more than 30 fps can show); a baseline
+run with the former policy (a clip's worth of poses queued, `max_pending_frames = 4`) follows on the same server.
+
 A server runs in a subprocess (``spatia serve``, geometric generator); this process drives 1, then 4 concurrent
 Play sessions with the asyncio client at ``--width x --height`` JPEG. Each session sends one action per input tick
 (``--tick-hz``, on an absolute schedule, walking forward while turning) for ``--seconds``. Latency of an action =
@@ -53,8 +56,11 @@ async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: f
 
     async def sender():  # on an absolute schedule, so the offered rate is tick_hz however long a send takes
         tick = time.monotonic()
-        while tick < stop:
-            seq = await s.send(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0 / tick_hz)
+        while tick < stop and time.monotonic() < stop:
+            try:
+                seq = await s.send(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0 / tick_hz)
+            except asyncio.InvalidStateError:  # the receiver's timeout at the end cancelled the call
+                break
             sent[seq] = time.perf_counter()
             sent_ns[seq] = time.time_ns()
             tick += 1.0 / tick_hz
@@ -84,11 +90,12 @@ async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: f
     await s._call.done_writing()
     s._call.cancel()
     dropped = s.stats[-1].poses_dropped if s.stats else 0
+    held = s.stats[-1].held_fps if s.stats else 0.0
     # sustained fps: frames over the span from the first to the last one (a server that keeps up gives tick_hz)
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
     return {"frames": received, "wall_s": wall, "fps": (len(arrivals) - 1) / span, "latencies_ms": latencies,
             "server_ms": server_ms,
-            "poses_dropped": dropped,
+            "poses_dropped": dropped, "held_fps": held,
             "generate_ms": [x.generate_ms for x in s.stats], "update_ms": [x.update_ms for x in s.stats]}
 
 
@@ -98,7 +105,7 @@ async def _run(target: str, n: int, args) -> list[dict]:
     async with AsyncWorldClient(target, timeout_s=600) as c:
         ids = []
         for i in range(n):
-            wid = f"bench{n}-{i}"
+            wid = f"bench{getattr(args, 'world_prefix', '')}{n}-{i}"
             await c.create_scene(("room", "house", "courtyard", "room")[i % 4], seed=i, width=args.width,
                                  height=args.height, world_id=wid)
             ids.append(wid)
@@ -118,7 +125,7 @@ def _baseline(args) -> float:
 
     world = World.from_scene("room", 0, args.width, args.height)
     server = ServerConfig()
-    engine = Engine(world, make_generator("geometric", **({"fill": args.fill} if args.fill else {})), EngineConfig(
+    engine = Engine(world, make_generator("geometric"), EngineConfig(
         clip=ClipConfig(*args.clip), keyframe_stride=server.play_keyframe_stride,
         reuse_references_within=server.play_reuse_references_within))
     poses = ActionIntegrator(world.current_c2w, ControlConfig(fps=args.fps)).run(
@@ -140,13 +147,17 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
-    p.add_argument("--tick-hz", type=float, default=30.0, help="actions per second sent by each client")
+    p.add_argument("--tick-hz", default="30,60", help="actions per second sent by each client; a comma list "
+                   "runs each (the session fps follows unless --fps is given)")
     p.add_argument("--clip", type=lambda v: tuple(int(x) for x in v.split(",")), default=CLIP,
                    help="first clip, clip, preceding frames (PlayStart.clip)")
     p.add_argument("--max-pending", type=int, default=0,
                    help="PlayStart.max_pending_frames: poses waiting beyond this are dropped, oldest first "
-                        "(0: a clip's worth)")
-    p.add_argument("--fps", type=float, default=30.0, help="session output fps (camera time)")
+                        "(0: the server skips intermediate poses to keep latency within ~2 frame times)")
+    p.add_argument("--fps", type=float, default=None, help="session output fps (camera time); default = tick rate")
+    p.add_argument("--server-log", default=None, help="write the server's log here")
+    p.add_argument("--no-queue-baseline", dest="queue_baseline", action="store_false",
+                   help="skip the baseline run with the former policy (a clip's worth of poses queued)")
     p.add_argument("--fill", choices=("layout", "legacy"), default=None, help="geometric generator's fill")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
@@ -159,6 +170,8 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
                         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
+    rates = [float(x) for x in str(args.tick_hz).split(",")]
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         server = subprocess.Popen(
@@ -166,7 +179,8 @@ def main() -> None:
              "--data-dir", str(Path(tmp) / "data"),
              *(["--fill", args.fill] if args.fill else []),
              *(["--save-interval-s", str(args.save_interval_s)] if args.save_interval_s is not None else [])],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(args.server_log, "wb") if args.server_log
+            else subprocess.DEVNULL,
         )
         try:
             while not port_file.exists():
@@ -174,40 +188,68 @@ def main() -> None:
                     raise SystemExit("server exited at start")
                 time.sleep(0.1)
             target = f"127.0.0.1:{int(port_file.read_text())}"
-            log(f"server at {target}; 1 session for {args.seconds} s")
-            one = asyncio.run(_run(target, 1, args))[0]
-            log("4 sessions")
-            four = asyncio.run(_run(target, 4, args))
+            for k, hz in enumerate(rates):
+                # input at hz and poses at the same rate (fps = hz), so more than 30 fps can show at 60 Hz
+                run = argparse.Namespace(**{**vars(args), "tick_hz": hz, "fps": hz if args.fps is None else args.fps})
+                run.world_prefix = f"r{k}"
+                log(f"server at {target}; {hz:g} Hz input: 1 session for {args.seconds} s")
+                one = asyncio.run(_run(target, 1, run))[0]
+                log(f"{hz:g} Hz input: 4 sessions")
+                four = asyncio.run(_run(target, 4, run))
+                results[f"{hz:g}hz"] = _summary(one, four, run)
+            if args.queue_baseline:
+                # the policy before latency-bounded skipping, same server, same load: a clip's worth of poses
+                # queues (max_pending_frames = 4, oldest dropped beyond), every queued pose is generated
+                hz = rates[0]
+                run = argparse.Namespace(**{**vars(args), "tick_hz": hz, "fps": hz if args.fps is None else args.fps,
+                                            "max_pending": max(args.clip[0], args.clip[1] - args.clip[2])})
+                run.world_prefix = "q"
+                log(f"baseline policy (queue a clip's worth) at {hz:g} Hz: 1 then 4 sessions")
+                one = asyncio.run(_run(target, 1, run))[0]
+                four = asyncio.run(_run(target, 4, run))
+                results[f"{hz:g}hz_queue_baseline"] = _summary(one, four, run)
         finally:
             server.terminate()
             server.wait(timeout=60)
     log("baseline: engine in-process")
+    args.fps = args.fps or rates[0]
     baseline = _baseline(args)
-    lat1 = one["latencies_ms"]
-    lat4 = [x for r in four for x in r["latencies_ms"]]
+    first = results[f"{rates[0]:g}hz"]
     emit({
         "name": "play",
         "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default",
         "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip),
-                  "max_pending": args.max_pending,
-                  "seconds": args.seconds, "tick_hz": args.tick_hz, "fps": args.fps, "generator": "geometric",
+                  "max_pending": args.max_pending, "seconds": args.seconds, "tick_hz": rates,
+                  "fps": "= tick_hz" if args.fps is None else args.fps, "generator": "geometric",
                   "fill": args.fill or "default"},
+        **results,
+        "median_ms": first["sessions_1"]["p50_ms"],
+        "baseline_median_ms": round(baseline, 1),
+        "baseline": "engine in-process per-frame ms (same clip lengths, no gRPC / encoding)",
+        "cpu_count": os.cpu_count(), "load": os.getloadavg(),
+    })
+
+
+def _summary(one: dict, four: list[dict], args) -> dict:
+    lat1 = one["latencies_ms"]
+    lat4 = [x for r in four for x in r["latencies_ms"]]
+    fps4 = [r["fps"] for r in four]
+    return {
         "sessions_1": {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
                        "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),
                        "max_ms": round(max(lat1, default=float("nan")), 1), "frames": one["frames"],
                        "p50_to_server_frame_ms": round(_pct(one["server_ms"], 50), 1),
                        "p95_to_server_frame_ms": round(_pct(one["server_ms"], 95), 1),
-                       "poses_dropped": one["poses_dropped"],
+                       "poses_dropped": one["poses_dropped"], "held_fps": one["held_fps"],
                        "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
                        "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)},
-        "sessions_4": {"fps_per_session": round(statistics.mean(r["fps"] for r in four), 2),
+        "sessions_4": {"fps_per_session": [round(f, 2) for f in fps4],
+                       "fps_mean": round(statistics.mean(fps4), 2),
+                       "fastest_over_slowest": round(max(fps4) / max(min(fps4), 1e-9), 2),
                        "p50_ms": round(_pct(lat4, 50), 1), "p95_ms": round(_pct(lat4, 95), 1),
+                       "poses_dropped": [r["poses_dropped"] for r in four],
                        "frames": [r["frames"] for r in four]},
-        "median_ms": round(_pct(lat1, 50), 1),
-        "baseline_median_ms": round(baseline, 1),
-        "baseline": "engine in-process per-frame ms (same clip lengths, no gRPC / encoding)",
-        "cpu_count": os.cpu_count(),
-    })
+    }
 
 
 if __name__ == "__main__":

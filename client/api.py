@@ -31,18 +31,60 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class WorldServiceError(Exception):
-    """An RPC failed: ``code`` is the ``grpc.StatusCode``, ``message`` the server's explanation."""
+    """An RPC failed: ``code`` is the ``grpc.StatusCode``, ``message`` the server's explanation.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    The AIP-193 details the server attaches (``google.rpc.Status`` in the ``grpc-status-details-bin`` trailer)
+    are decoded: ``reason`` / ``domain`` / ``metadata`` from its ``ErrorInfo`` (e.g. reason ``LIMIT_EXCEEDED``
+    with ``metadata["limit"] == "max_sessions"``, ``DISK_FULL``, ``INTERNAL`` with ``metadata["error_id"]``),
+    ``field_violations`` = [(field, description)] from its ``BadRequest``; ``status`` is the whole message
+    (None when the server sent no details)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, status=None) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.status = status
+        self.reason = ""
+        self.domain = ""
+        self.metadata: dict[str, str] = {}
+        self.field_violations: list[tuple[str, str]] = []
+        if status is not None:
+            from google.rpc import error_details_pb2
+
+            for any_msg in status.details:
+                info = error_details_pb2.ErrorInfo()
+                bad = error_details_pb2.BadRequest()
+                if any_msg.Is(info.DESCRIPTOR) and any_msg.Unpack(info):
+                    self.reason, self.domain, self.metadata = info.reason, info.domain, dict(info.metadata)
+                elif any_msg.Is(bad.DESCRIPTOR) and any_msg.Unpack(bad):
+                    self.field_violations += [(v.field, v.description) for v in bad.field_violations]
+
+    @property
+    def error_id(self) -> str:
+        """For INTERNAL: the id under which the server logged the error ("" otherwise)."""
+        return self.metadata.get("error_id", "")
+
+
+def _status_details(exc) -> object | None:
+    """The ``google.rpc.Status`` from the call's trailers, or None."""
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+    for key, value in trailing or ():
+        if key == "grpc-status-details-bin":
+            from google.rpc import status_pb2
+
+            status = status_pb2.Status()
+            try:
+                status.ParseFromString(value)
+            except Exception:  # noqa: BLE001 -- a malformed trailer: the code and message still stand
+                return None
+            return status
+    return None
 
 
 def _translate(exc: grpc.RpcError) -> WorldServiceError:
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    return WorldServiceError(code, details or "")
+    return WorldServiceError(code, details or "", _status_details(exc))
 
 
 @dataclass
@@ -92,10 +134,10 @@ def play_start(world_id: str, *, width: int | None = None, height: int | None = 
                prompt: str = "",
                encoding: int = pb.FRAME_ENCODING_JPEG, jpeg_quality: int = 0, clip: tuple[int, int, int] | None = None,
                record: bool = True, seed: int = 0, heartbeat_interval_s: float = 0.0,
-               max_pending_frames: int = 0) -> pb.PlayStart:
+               max_pending_frames: int = 0, lockstep: bool = False) -> pb.PlayStart:
     start = pb.PlayStart(world_id=world_id, fps=fps, prompt=prompt, encoding=encoding, jpeg_quality=jpeg_quality,
                          no_recording=not record, seed=seed, heartbeat_interval_s=heartbeat_interval_s,
-                         max_pending_frames=max_pending_frames)
+                         max_pending_frames=max_pending_frames, lockstep=lockstep)
     if width is not None or height is not None:  # unset = the world's size; set must be >= 1x1
         start.resolution.CopyFrom(pb.Resolution(width=width or 0, height=height or 0))
     if clip is not None:
@@ -180,8 +222,15 @@ class WorldClient:
         return self._unary(self.stub.GetWorld, pb.GetWorldRequest(world_id=world_id))
 
     @_wrap
-    def list_worlds(self) -> list[pb.WorldInfo]:
-        return list(self._unary(self.stub.ListWorlds, pb.ListWorldsRequest()).worlds)
+    def list_worlds(self, page_size: int = 0) -> list[pb.WorldInfo]:
+        """Every world, following ``next_page_token`` (``page_size`` per request; 0 = the server's default)."""
+        out, token = [], ""
+        while True:
+            resp = self._unary(self.stub.ListWorlds, pb.ListWorldsRequest(page_size=page_size, page_token=token))
+            out += resp.worlds
+            token = resp.next_page_token
+            if not token:
+                return out
 
     @_wrap
     def delete_world(self, world_id: str) -> None:
@@ -238,8 +287,16 @@ class WorldClient:
 
     # ---- recordings ----
     @_wrap
-    def list_recordings(self, world_id: str = "") -> list[pb.RecordingInfo]:
-        return list(self._unary(self.stub.ListRecordings, pb.ListRecordingsRequest(world_id=world_id)).recordings)
+    def list_recordings(self, world_id: str = "", page_size: int = 0) -> list[pb.RecordingInfo]:
+        """Every recording (of ``world_id`` when given), following ``next_page_token``."""
+        out, token = [], ""
+        while True:
+            resp = self._unary(self.stub.ListRecordings, pb.ListRecordingsRequest(
+                world_id=world_id, page_size=page_size, page_token=token))
+            out += resp.recordings
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def replay(self, recording_id: str, start_frame: int = 0, speed: float = 0.0) -> Iterator[DecodedFrame]:
         req = pb.ReplayRequest(recording_id=recording_id, start_frame=start_frame, speed=speed)
@@ -272,6 +329,8 @@ class PlaySession:
         self._call = client.stub.Play(self._request_iter(), metadata=client.metadata)
         self._frames: queue.Queue = queue.Queue(maxsize=max_buffered)
         self.frames_dropped = 0
+        self._lossless = start.lockstep
+        self._closing = False  # close(drain=False): a lock-step reader waiting for room gives up
         self.stats: list[pb.SessionStats] = []
         self.heartbeats = 0
         self.error: WorldServiceError | None = None
@@ -296,7 +355,17 @@ class PlaySession:
             for resp in self._call:
                 kind = resp.WhichOneof("kind")
                 if kind == "frame":
-                    self._put_latest(resp.frame)
+                    if self._lossless:  # lock-step: every frame is kept; a slow reader slows the server
+                        while not self._closing:
+                            try:
+                                self._frames.put(resp.frame, timeout=0.2)
+                                break
+                            except queue.Full:
+                                pass
+                        if self._closing:
+                            return
+                    else:
+                        self._put_latest(resp.frame)
                 elif kind == "stats":
                     self.stats.append(resp.stats)
                 elif kind == "heartbeat":
@@ -355,6 +424,7 @@ class PlaySession:
         """End the action stream; with ``drain`` wait for the frames still coming (returned), else cancel."""
         self._requests.put(_CLOSE)
         if not drain:
+            self._closing = True
             self._call.cancel()
             self._reader.join(timeout=5)
             return []
@@ -424,8 +494,14 @@ class AsyncWorldClient:
         return await self._unary(self.stub.GetWorld, pb.GetWorldRequest(world_id=world_id))
 
     @_awrap
-    async def list_worlds(self) -> list[pb.WorldInfo]:
-        return list((await self._unary(self.stub.ListWorlds, pb.ListWorldsRequest())).worlds)
+    async def list_worlds(self, page_size: int = 0) -> list[pb.WorldInfo]:
+        out, token = [], ""
+        while True:
+            resp = await self._unary(self.stub.ListWorlds, pb.ListWorldsRequest(page_size=page_size, page_token=token))
+            out += resp.worlds
+            token = resp.next_page_token
+            if not token:
+                return out
 
     @_awrap
     async def delete_world(self, world_id: str) -> None:
@@ -461,9 +537,15 @@ class AsyncWorldClient:
         return session
 
     @_awrap
-    async def list_recordings(self, world_id: str = "") -> list[pb.RecordingInfo]:
-        resp = await self._unary(self.stub.ListRecordings, pb.ListRecordingsRequest(world_id=world_id))
-        return list(resp.recordings)
+    async def list_recordings(self, world_id: str = "", page_size: int = 0) -> list[pb.RecordingInfo]:
+        out, token = [], ""
+        while True:
+            resp = await self._unary(self.stub.ListRecordings, pb.ListRecordingsRequest(
+                world_id=world_id, page_size=page_size, page_token=token))
+            out += resp.recordings
+            token = resp.next_page_token
+            if not token:
+                return out
 
     async def replay(self, recording_id: str, start_frame: int = 0, speed: float = 0.0) -> AsyncIterator[DecodedFrame]:
         req = pb.ReplayRequest(recording_id=recording_id, start_frame=start_frame, speed=speed)

@@ -2,14 +2,18 @@
 ``SpatiaWorldDiscrete-v0``; importing ``client`` registers them).
 
 One ``step`` = one action held for ``1 / fps`` seconds = one generated frame, the same path a Play session takes
-(``world.actions.ActionIntegrator`` -> pose -> ``Engine`` clip -> memory update). Two back ends, same behaviour:
+(``world.actions.ActionIntegrator`` -> pose -> ``Engine`` clip -> memory update). Back ends, same behaviour:
 
 - in-process (default): ``world.state.World`` + ``world.engine.Engine`` + ``model.make_generator(generator)``,
-  no network;
-- remote (``server="host:port"`` or a shared ``client=WorldClient``): every step is one ``Generate`` RPC for the
-  step's pose (the pose is integrated here, so both back ends walk identically); the env deletes the worlds it
-  created when it resets or closes. Several envs may share one ``WorldClient`` = one gRPC channel
-  (``make_vector_env``).
+  no network; needs the ``[server]`` extra;
+- remote (``server="host:port"`` or a shared ``client=WorldClient``), slim: only the core dependencies.
+  ``remote_mode="lockstep"`` (default): one Play stream per episode in lock-step (``PlayStart.lockstep``): each
+  step sends its action and reads exactly that action's frame (``last_action_seq``) and the clip's stats (memory
+  points for the reward); nothing is skipped or dropped and the world is not saved per step. ``"generate"``: one
+  ``Generate`` RPC per step for the step's pose plus a ``GetWorld`` (the old path; each Generate call saves the
+  world: ~6x slower, see benchmarks/gym.py). The pose is integrated here too, so every back end walks
+  identically. The env deletes the worlds it created when it resets or closes. Several envs may share one
+  ``WorldClient`` = one gRPC channel (``make_vector_env``).
 
 Observation: ``rgb`` uint8 [H, W, 3], or with ``observation="dict"`` a Dict of ``rgb``, ``depth_m`` (float32
 [H, W] z-depth of the spatial memory at the pose, metres, 0 = no point) and ``pose`` (float64 [4, 4] c2w, world
@@ -18,12 +22,16 @@ back ends; a fresh world's memory is its conditioning image lifted to 3D, so it 
 
 Reward: pluggable ``reward_fn(info) -> float``; the built-in ``ExplorationReward`` pays for newly observed
 memory voxels (growth of ``SpatialMemory.num_points``: one point per 5 cm voxel), the exploration signal of the
-issue. Truncation at ``max_episode_steps``; nothing terminates.
+issue. Nothing terminates; the horizon is Gymnasium's: the ids are registered with ``max_episode_steps=200``, so
+``gymnasium.make`` wraps the env in ``TimeLimit``, which owns truncation (``gymnasium.make(id,
+max_episode_steps=N)`` changes it). A ``SpatiaWorldEnv`` built directly never truncates; wrap it in
+``gymnasium.wrappers.TimeLimit``.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +72,8 @@ class ExplorationReward:
 
 RewardFn = Callable[[dict[str, Any]], float]
 
+MAX_EPISODE_STEPS = 200  # the registered horizon (TimeLimit); gymnasium.make(id, max_episode_steps=N) overrides it
+
 
 class _LocalBackend:
     """The world core in this process: one ``World`` + ``Engine`` per episode."""
@@ -71,7 +81,12 @@ class _LocalBackend:
     def __init__(self, generator: str, generator_kwargs: dict[str, Any]) -> None:
         from spatia.model import make_generator
 
-        self.generator = make_generator(generator, **generator_kwargs)
+        try:
+            self.generator = make_generator(generator, **generator_kwargs)
+        except ModuleNotFoundError as exc:  # a slim install (the core only) has the remote env, not this one
+            raise ModuleNotFoundError(
+                f"the in-process env needs the world core ({exc.name} is missing): pip install 'spatia-world[server]',"
+                " or use a server: SpatiaWorldEnv(server='host:port')", name=exc.name) from exc
         self.engine = None
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
@@ -103,9 +118,10 @@ class _LocalBackend:
     def intrinsics(self):
         return self.engine.world.intrinsics
 
-    def frame(self, c2w: np.ndarray, prompt: str | None, seed: int) -> np.ndarray:
+    def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:
+        """The frame at ``c2w`` (the pose after ``action``) and the memory's points after its update."""
         frames = list(self.engine.generate_clip(c2w[None], prompt, seed))  # pulling all runs the memory update
-        return frames[-1].rgb
+        return frames[-1].rgb, self.memory_points()
 
     def render(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = self.engine.world.memory.render(self.intrinsics, c2w)
@@ -179,9 +195,9 @@ class _RemoteBackend:
         self.K = (info.intrinsics.width, info.intrinsics.height)
         return pose_array(info.current if info.HasField("current") else info.origin)
 
-    def frame(self, c2w: np.ndarray, prompt: str | None, seed: int) -> np.ndarray:
+    def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:
         frames = list(self.client.generate(self.world_id, c2w[None], prompt=prompt or "", seed=seed, clip=(1, 2, 1)))
-        return frames[-1].rgb
+        return frames[-1].rgb, self.memory_points()
 
     def render(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = self.client.render(self.world_id, c2w)
@@ -205,6 +221,107 @@ class _RemoteBackend:
             self.client.close()
 
 
+_CLOSE = object()
+
+
+def _proto_has_lockstep() -> bool:
+    """Whether this checkout's proto has ``PlayStart.lockstep`` (added with issue 14's API work)."""
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+
+    return "lockstep" in pb.PlayStart.DESCRIPTOR.fields_by_name
+
+
+class _LockstepBackend(_RemoteBackend):
+    """A server through one lock-step Play stream per episode: a step is one Action message up and, down, exactly
+    its frame (``last_action_seq`` = the step's seq) followed by the clip's ``SessionStats``. The response stream
+    is read on the caller's thread (no reader thread, no queue hop); gRPC's request thread takes the actions."""
+
+    def __init__(self, server: str | None, client, token: str | None, fps: float, record: bool) -> None:
+        super().__init__(server, client, token)
+        self.fps = float(fps)
+        self.record = record
+        self._requests: queue.SimpleQueue | None = None
+        self._call = None
+        self._responses = None
+        self._prompt_sent: str | None = None  # the prompt the stream's clips use now
+
+    def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
+        self._end_stream()
+        c2w = super().new_world(options, seed, width, height, fov_deg, prompt)
+        self._open_stream(seed, prompt)
+        return c2w
+
+    def _open_stream(self, seed: int, prompt: str) -> None:
+        import grpc
+
+        from spatia.client.api import _translate, play_start
+        from spatia.proto.spatia.v1 import world_pb2 as pb
+
+        start = play_start(self.world_id, fps=self.fps, prompt=prompt, encoding=pb.FRAME_ENCODING_RAW,
+                           clip=(1, 2, 1), record=self.record, seed=seed, lockstep=True)
+        self._requests = queue.SimpleQueue()
+        self._requests.put(pb.PlayRequest(start=start))
+        self._call = self.client.stub.Play(iter(self._requests.get, _CLOSE), metadata=self.client.metadata)
+        self._responses = iter(self._call)
+        self._prompt_sent = prompt or None
+        try:
+            first = next(self._responses)
+        except grpc.RpcError as exc:
+            self._call = None
+            raise _translate(exc) from None
+        if not first.started.lockstep:  # an older server would drop and skip frames
+            self._end_stream()
+            raise InvalidInputError("the server does not support lock-step Play sessions; "
+                                    "use SpatiaWorldEnv(remote_mode='generate')")
+
+    def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:
+        import grpc
+
+        from spatia.client.api import _translate, action_message, decode
+        from spatia.proto.spatia.v1 import world_pb2 as pb
+
+        if prompt is not None and prompt != self._prompt_sent:
+            self._requests.put(pb.PlayRequest(prompt=pb.PromptChange(prompt=prompt)))
+            self._prompt_sent = prompt
+        self._requests.put(pb.PlayRequest(action=action_message(
+            action.seq, move_forward=action.move_forward, move_right=action.move_right, move_up=action.move_up,
+            yaw_rate_rad_s=action.yaw_rate_rad_s, pitch_rate_rad_s=action.pitch_rate_rad_s, dt_s=action.dt_s)))
+        frame = None
+        try:
+            for resp in self._responses:
+                kind = resp.WhichOneof("kind")
+                if kind == "frame":
+                    if resp.frame.last_action_seq != action.seq:
+                        raise InvalidInputError(f"lock-step broke: frame for action {resp.frame.last_action_seq}"
+                                                f" while waiting for {action.seq}")
+                    frame = resp.frame
+                elif kind == "stats" and frame is not None:  # after the clip's memory update
+                    return decode(frame).rgb, int(resp.stats.memory_points)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        raise InvalidInputError("the Play stream ended before the step's frame arrived")
+
+    def _end_stream(self) -> None:
+        """Half-close the action stream and read it to its end: the server finishes the session (the world is
+        saved and released) before the status arrives, so a DeleteWorld after this finds it free."""
+        if self._call is None:
+            return
+        import grpc
+
+        self._requests.put(_CLOSE)
+        try:
+            for _ in self._responses:
+                pass
+        except grpc.RpcError:  # the server may be gone at close; nothing left to read
+            pass
+        self._call = self._responses = self._requests = None
+        self._prompt_sent = None
+
+    def _drop_created(self) -> None:
+        self._end_stream()
+        super()._drop_created()
+
+
 class SpatiaWorldEnv(gym.Env):
     """A Spatia world as a Gymnasium env. See the module docstring for spaces, back ends and reward."""
 
@@ -221,13 +338,14 @@ class SpatiaWorldEnv(gym.Env):
         prompt: str = "",
         observation: str = "rgb",  # "rgb" or "dict" (rgb + depth_m + pose)
         action_type: str = "continuous",  # "continuous" Box(5) or "discrete"
-        max_episode_steps: int = 200,
         control: ControlConfig = ControlConfig(),
         max_yaw_rate_rad_s: float = math.radians(90.0),  # continuous yaw/pitch axis 1.0 = this rate
         reward_fn: RewardFn | None = None,
         server: str | None = None,  # "host:port": remote back end
         client=None,  # a shared client.api.WorldClient (one channel for several envs); implies remote
         token: str | None = None,
+        remote_mode: str | None = None,  # "lockstep" (one Play stream; default) or "generate" (an RPC per step)
+        record: bool = False,  # remote lock-step: record the episode as an MCAP on the server
         generator: str = "geometric",  # in-process only
         generator_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -239,20 +357,26 @@ class SpatiaWorldEnv(gym.Env):
             raise InvalidInputError(f"action_type must be 'continuous' or 'discrete', got {action_type!r}")
         if width < 8 or height < 8:
             raise InvalidInputError(f"resolution must be at least 8x8, got {width}x{height}")
-        if max_episode_steps < 1:
-            raise InvalidInputError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if remote_mode is None:
+            remote_mode = "lockstep" if _proto_has_lockstep() else "generate"
+        if remote_mode not in ("lockstep", "generate"):
+            raise InvalidInputError(f"remote_mode must be 'lockstep' or 'generate', got {remote_mode!r}")
         self.render_mode = render_mode
         self.width, self.height, self.fov_deg = int(width), int(height), float(fov_deg)
         self.scene, self.prompt = scene, prompt
         self.observation_kind, self.action_type = observation, action_type
-        self.max_episode_steps = int(max_episode_steps)
         self.control = control
         self.max_yaw_rate_rad_s = float(max_yaw_rate_rad_s)
         self.reward_fn: RewardFn = reward_fn or ExplorationReward()
         self.metadata = {**self.metadata, "render_fps": control.fps}
         self.remote = server is not None or client is not None
-        self._backend = (_RemoteBackend(server, client, token) if self.remote
-                         else _LocalBackend(generator, dict(generator_kwargs or {})))
+        self.remote_mode = remote_mode if self.remote else None
+        if not self.remote:
+            self._backend = _LocalBackend(generator, dict(generator_kwargs or {}))
+        elif remote_mode == "lockstep":
+            self._backend = _LockstepBackend(server, client, token, control.fps, record)
+        else:
+            self._backend = _RemoteBackend(server, client, token)
 
         rgb_space = spaces.Box(0, 255, (self.height, self.width, 3), np.uint8)
         if observation == "rgb":
@@ -344,13 +468,13 @@ class SpatiaWorldEnv(gym.Env):
         poses = self._integrator.step(act)
         c2w = poses[-1] if poses else self._integrator.c2w  # dt = 1/fps gives exactly one frame
         self._steps += 1
-        rgb = self._backend.frame(c2w, None if not self.prompt else self.prompt, seed=self._episode_seed + self._steps)
-        before = self._memory_points
-        self._memory_points = self._backend.memory_points()
+        rgb, points = self._backend.step(act, c2w, None if not self.prompt else self.prompt,
+                                         seed=self._episode_seed + self._steps)
+        before, self._memory_points = self._memory_points, points
         info = self._info(c2w, self._memory_points - before)
         reward = float(self.reward_fn(info))
-        truncated = self._steps >= self.max_episode_steps
-        return self._observation(rgb, c2w, None), reward, False, truncated, info
+        # never truncated here: the horizon is TimeLimit's (registered max_episode_steps), as Gymnasium expects
+        return self._observation(rgb, c2w, None), reward, False, False, info
 
     def render(self):
         if self.render_mode == "rgb_array":
@@ -363,9 +487,12 @@ class SpatiaWorldEnv(gym.Env):
 
 
 def make_vector_env(num_envs: int = 3, *, server: str | None = None, client=None, token: str | None = None,
-                    scenes: tuple[str, ...] = ("room", "house", "courtyard"), **kwargs: Any):
-    """``gymnasium.vector.SyncVectorEnv`` of ``num_envs`` worlds (scenes cycled). Remote: the sub-envs share one
-    ``WorldClient``, i.e. one gRPC channel; it is closed with the vector env when this function opened it."""
+                    scenes: tuple[str, ...] = ("room", "house", "courtyard"),
+                    max_episode_steps: int | None = MAX_EPISODE_STEPS, **kwargs: Any):
+    """``gymnasium.vector.SyncVectorEnv`` of ``num_envs`` worlds (scenes cycled), each in ``TimeLimit`` at
+    ``max_episode_steps`` (None: no horizon). Remote: the sub-envs share one ``WorldClient``, i.e. one gRPC channel
+    (one lock-step Play stream per sub-env over it); it is closed with the vector env when this function opened
+    it."""
     if num_envs < 1:
         raise InvalidInputError(f"num_envs must be >= 1, got {num_envs}")
     shared = client
@@ -373,10 +500,11 @@ def make_vector_env(num_envs: int = 3, *, server: str | None = None, client=None
         from spatia.client.api import WorldClient
 
         shared = WorldClient(server, token=token)
-    fns = [
-        (lambda i=i: SpatiaWorldEnv(scene=scenes[i % len(scenes)], client=shared, **kwargs))
-        for i in range(num_envs)
-    ]
+    def make(i: int) -> gym.Env:
+        env = SpatiaWorldEnv(scene=scenes[i % len(scenes)], client=shared, **kwargs)
+        return gym.wrappers.TimeLimit(env, max_episode_steps) if max_episode_steps is not None else env
+
+    fns = [(lambda i=i: make(i)) for i in range(num_envs)]
     venv = gym.vector.SyncVectorEnv(fns)
     if shared is not None and client is None:  # we opened the channel: close it after the sub-envs
         inner_close = venv.close_extras
@@ -390,7 +518,9 @@ def make_vector_env(num_envs: int = 3, *, server: str | None = None, client=None
 
 
 def register_envs() -> None:
-    """Register ``SpatiaWorld-v0`` (continuous) and ``SpatiaWorldDiscrete-v0`` (idempotent)."""
+    """Register ``SpatiaWorld-v0`` (continuous) and ``SpatiaWorldDiscrete-v0`` (idempotent), with the horizon in
+    the spec (``max_episode_steps``), so that ``gymnasium.make`` adds ``TimeLimit`` and its argument overrides it."""
     for env_id, kw in (("SpatiaWorld-v0", {}), ("SpatiaWorldDiscrete-v0", {"action_type": "discrete"})):
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="spatia.client.env:SpatiaWorldEnv", kwargs=kw)
+            gym.register(id=env_id, entry_point="spatia.client.env:SpatiaWorldEnv", kwargs=kw,
+                         max_episode_steps=MAX_EPISODE_STEPS)

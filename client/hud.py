@@ -60,7 +60,7 @@ class MapFrame:
 
     right: np.ndarray  # [3]
     forward: np.ndarray  # [3]
-    up: np.ndarray  # [3], = -y of the first camera (DESIGN.md)
+    up: np.ndarray  # [3], = -y of the first camera (docs/DESIGN.md)
 
     @classmethod
     def from_origin(cls, origin_c2w: np.ndarray) -> "MapFrame":

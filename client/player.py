@@ -1,7 +1,7 @@
 """The pygame player: play a world like a game against a server (``spatia play``).
 
-Threads (the render loop never blocks on the network, service_ecosystem.md "pygame client fed by a network
-thread"):
+Threads (the render loop never blocks on the network, docs/DESIGN.md "Recordings and the
+player"):
 
 - render loop (the caller's thread, pygame): events -> ``KeyMap.action`` -> ``PlaySession.send`` (a queue put,
   never blocks); pops the due frame from the ``JitterBuffer``; draws frame, HUD, minimap, prompt line;
@@ -38,7 +38,7 @@ from spatia.proto.spatia.v1.convert import pose_array
 @dataclass(frozen=True)
 class PlayerConfig:
     window: tuple[int, int] = (960, 540)  # pixels; the stream is scaled to fit
-    fps: float = 16.0  # the session's frame rate
+    fps: float = 30.0  # the session's frame rate (a session is served at ~30 fps; the jitter buffer paces at it)
     width: int | None = None  # stream resolution; None = the world's
     height: int | None = None
     prompt: str = ""
@@ -74,6 +74,7 @@ class Player:
         self.last_screenshot: Path | None = None
         self.edits: list[int] = []  # points removed by each edit
         self._sent_ns: dict[int, int] = {}  # action seq -> time.time_ns() sent (latency)
+        self.shown_latencies_ms: list[float] = []  # action sent -> first frame shown that applied it (latest 4096)
         self._shown_times: list[float] = []
         self._map_image: np.ndarray | None = None
         self._map_points: tuple[np.ndarray, np.ndarray] | None = None
@@ -321,8 +322,11 @@ class Player:
         sent = [s for s in self._sent_ns if s <= frame.last_action_seq]
         if sent:  # the first frame that applied an action: action -> frame latency
             self.hud.latency_ms = (frame.received_ns - self._sent_ns[max(sent)]) / 1e6
-            for s in sent:
+            shown_ns = time.time_ns()
+            for s in sent:  # each action to the first frame shown that applied it (benchmarks/web.py --player)
+                self.shown_latencies_ms.append((shown_ns - self._sent_ns[s]) / 1e6)
                 del self._sent_ns[s]
+            del self.shown_latencies_ms[:-4096]
         self.trail.append(frame.c2w[:3, 3].copy())
         if len(self.trail) > 2000:
             self.trail = self.trail[-2000:]

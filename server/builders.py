@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from spatia.proto.spatia.v1.convert import pose_array, trajectory_array
 from spatia.server.config import Limits
 from spatia.world import snapshot
 from spatia.world.camera import Intrinsics, invert_pose, validate_pose, validate_trajectory
-from spatia.world.errors import InvalidInputError, SnapshotError
+from spatia.server.errors import invalid
+from spatia.world.errors import ImageDecodeError, InvalidInputError, NotFoundError, SnapshotError
 from spatia.world.state import SNAPSHOT_VERSION, World
 
 
@@ -62,8 +64,24 @@ def official_to_c2w(official: pb.OfficialTrajectory, origin_c2w: np.ndarray, lim
     return validate_trajectory(origin_c2w @ np.linalg.inv(c2w[0]) @ c2w, "official trajectory")
 
 
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _decoded(load, data, *args, name: str):
+    """``load(data, *args, name=name)`` with a decoding failure reported as INVALID_ARGUMENT naming the field
+    ``name`` and the problem, never an object repr (``<_io.BytesIO object at 0x...>``) or a path."""
+    try:
+        return load(data, *args, name=name)
+    except (ImageDecodeError, InvalidInputError, NotFoundError) as exc:
+        text = _REPR.sub("the bytes", str(exc))
+        if not text.startswith(name):
+            text = f"{name}: {text}"
+        raise invalid(name, text) from None
+
+
 def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -> tuple[World, np.ndarray | None]:
     """The world and, for an official case, its trajectory [N, 4, 4] c2w re-based on the world frame."""
+    from spatia.model.fill.photo import PhotoLayoutDepth
     from spatia.world.images import load_depth, load_mask, load_rgb
 
     kind = request.WhichOneof("source")
@@ -75,15 +93,17 @@ def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -
                                 fov_deg=s.fov_deg or 75.0, **common), None
     if kind == "image":
         s = request.image
-        rgb = load_rgb(s.image, name="image.image")
+        rgb = _decoded(load_rgb, s.image, name="image.image")
         h, w = rgb.shape[:2]
         check_pixels(w, h, limits, "image")
         K = intrinsics_from_proto(s.intrinsics, limits, "image.intrinsics") if s.HasField("intrinsics") else None
         if K is not None and (K.width, K.height) != (w, h):
             raise InvalidInputError(f"image.intrinsics are for {K.width}x{K.height} but the image is {w}x{h}")
-        depth = load_depth(s.depth, (w, h), name="image.depth") if s.depth else None
-        dynamic = load_mask(s.dynamic_mask, (w, h), name="image.dynamic_mask") if s.dynamic_mask else None
-        return World.from_image(rgb, K, depth_m=depth, dynamic=dynamic, source="image", **common), None
+        depth = _decoded(load_depth, s.depth, (w, h), name="image.depth") if s.depth else None
+        dynamic = _decoded(load_mask, s.dynamic_mask, (w, h), name="image.dynamic_mask") if s.dynamic_mask else None
+        estimator = PhotoLayoutDepth() if depth is None else None  # layout from the photo's own lines (issue 10)
+        return World.from_image(rgb, K, depth_m=depth, depth_estimator=estimator, dynamic=dynamic, source="image",
+                                **common), None
     if kind == "point_cloud":
         s = request.point_cloud
         if not s.HasField("intrinsics"):
@@ -119,6 +139,8 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
         raise InvalidInputError("official_case.intrinsics is required")
     if not case.trajectory.w2c:
         raise InvalidInputError("official_case.trajectory has no w2c poses")
+    from spatia.model.fill.photo import PhotoLayoutDepth
+
     w2c = trajectory_from_proto(pb.Trajectory(poses=case.trajectory.w2c), "official_case.trajectory.w2c", limits)
     n = case.intrinsics
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,11 +156,16 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
             (d / "mask.png").write_bytes(case.dynamic_mask)
         from spatia.world.images import load_rgb
 
-        probe = load_rgb(case.image, name="official_case.image")
+        probe = _decoded(load_rgb, case.image, name="official_case.image")
         width = int(case.width) or probe.shape[1]
         height = int(round(probe.shape[0] * width / probe.shape[1]))
         check_pixels(width, height, limits, "official_case image")
-        world, c2w = World.from_case(d, width=case.width or None, world_id=world_id)
+        try:
+            world, c2w = World.from_case(d, depth_estimator=PhotoLayoutDepth(), width=case.width or None,
+                                         world_id=world_id)
+        except (InvalidInputError, NotFoundError) as exc:  # the message must not show the temp dir
+            raise invalid("official_case", "official_case: " + _REPR.sub("the bytes", str(exc)).replace(
+                str(d), "case")) from None
     return world, c2w
 
 
@@ -152,12 +179,12 @@ def world_from_snapshot(data: bytes, world_id: str) -> World:
     return world
 
 
-def read_ply_points(ply: bytes) -> tuple[np.ndarray, np.ndarray]:
+def read_ply_points(ply: bytes, field: str = "ply") -> tuple[np.ndarray, np.ndarray]:
     """PLY bytes -> (points [N, 3] float64 world frame, colours [N, 3] uint8), voxelized at the memory's size."""
     from spatia.world.memory import SpatialMemory
 
     if not ply:
-        raise InvalidInputError("PLY bytes are empty")
+        raise invalid(field, f"{field}: PLY bytes are empty")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cloud.ply"
         path.write_bytes(ply)
@@ -166,5 +193,5 @@ def read_ply_points(ply: bytes) -> tuple[np.ndarray, np.ndarray]:
         except InvalidInputError:
             raise
         except Exception as exc:  # open3d reports unreadable files in many ways
-            raise InvalidInputError(f"PLY could not be read ({exc})") from None
+            raise invalid(field, f"{field}: not a readable PLY file ({type(exc).__name__})") from None
     return np.asarray(mem.positions, dtype=np.float64), np.asarray(mem.colors, dtype=np.uint8)

@@ -58,6 +58,7 @@ class ServerConfig:
     # retrieved (``EngineConfig.reuse_references_within``); short play clips would otherwise retrieve ~30 times a
     # second for nearly the same view. None: retrieve for every clip.
     play_reuse_references_within: tuple[float, float] | None = (5.0, 0.10)
+    metrics_port: int | None = None  # Prometheus /metrics on host:metrics_port (0 = ephemeral); None: off
     shutdown_grace_s: float = 5.0  # running RPCs get this long to end at shutdown
     keepalive_time_s: float = 60.0  # server pings idle connections this often (keepalive guide: >= 1 min)
     keepalive_timeout_s: float = 20.0

@@ -8,6 +8,8 @@ flushes recordings and saves every world. ``serve(config)`` runs one until SIGTE
 from __future__ import annotations
 
 import asyncio
+import base64
+import math
 import signal
 import time
 import uuid
@@ -22,20 +24,26 @@ from grpc_reflection.v1alpha import reflection
 from spatia.proto.spatia.v1 import world_pb2 as pb
 from spatia.proto.spatia.v1 import world_pb2_grpc as pb_grpc
 from spatia.proto.spatia.v1.convert import encode_image, pose_to_proto, trajectory_to_proto
-from spatia.server import builders
+from spatia.server import builders, errors
 from spatia.server.config import ServerConfig
-from spatia.server.errors import OutOfRangeError, UnavailableError, streaming, unary
+from spatia.server.errors import (
+    OutOfRangeError, UnavailableError, check_id, invalid, limit_exceeded, streaming, unary,
+)
+from spatia.server.host import HostView, WorldHost
+from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession
-from spatia.server.store import WorldEntry, WorldStore
+from spatia.server.store import WorldStore
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import EngineConfig
-from spatia.world.errors import InvalidInputError, LimitExceededError, NotFoundError
+from spatia.world.errors import InvalidInputError, NotFoundError
 
 log = structlog.get_logger("spatia.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name  # "spatia.v1.WorldService"
 CHUNK_BYTES = 1 << 20  # Export chunk size
+DEFAULT_PAGE_SIZE = 100  # ListWorlds / ListRecordings (AIP-158)
+MAX_PAGE_SIZE = 1000
 
 
 class _AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -77,42 +85,89 @@ def _reject(handler, message: str):
     return grpc.unary_unary_rpc_method_handler(unary_abort)
 
 
-def _stats(entry: WorldEntry) -> pb.WorldStats:
-    w = entry.world
-    return pb.WorldStats(memory_points=w.memory.num_points, history_frames=len(w.history),
-                         clips_generated=entry.clips_generated, snapshot_bytes=entry.snapshot_bytes)
+def _stats(view: HostView) -> pb.WorldStats:
+    return pb.WorldStats(memory_points=view.memory_points, history_frames=view.history_frames,
+                         clips_generated=view.clips_generated, snapshot_bytes=view.snapshot_bytes)
 
 
-def world_info(entry: WorldEntry, case_c2w: np.ndarray | None = None) -> pb.WorldInfo:
-    w = entry.world
+def world_info(host: WorldHost, case_c2w: np.ndarray | None = None) -> pb.WorldInfo:
+    v = host.view()
     info = pb.WorldInfo(
-        world_id=w.world_id, source=w.info.source, prompt=w.info.prompt, created_unix_ns=w.info.created_ns,
-        intrinsics=builders.intrinsics_to_proto(w.intrinsics), origin=pose_to_proto(w.origin_c2w),
-        current=pose_to_proto(w.current_c2w if w.current_c2w is not None else w.origin_c2w), stats=_stats(entry),
-        controlled=entry.controller is not None,
+        world_id=v.world_id, source=v.source, prompt=v.prompt, created_unix_ns=v.created_ns,
+        intrinsics=builders.intrinsics_to_proto(v.intrinsics), origin=pose_to_proto(v.origin_c2w),
+        current=pose_to_proto(v.current_c2w), stats=_stats(v), controlled=v.controlled,
     )
     if case_c2w is not None:
         info.case_trajectory.CopyFrom(trajectory_to_proto(case_c2w))
     return info
 
 
-def _region(r: pb.Region):
+def _vec(v: pb.Vec3, field: str) -> tuple[float, float, float]:
+    t = (v.x, v.y, v.z)
+    if not all(math.isfinite(x) for x in t):
+        raise invalid(field, f"{field} must be finite numbers, got {list(t)}")
+    return t
+
+
+def _rotation(values, field: str) -> np.ndarray | None:
+    if not values:
+        return None
+    if len(values) != 9:
+        raise invalid(field, f"{field} must hold 9 numbers, got {len(values)}")
+    rot = np.asarray(values, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(rot).all() or not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) \
+            or np.linalg.det(rot) < 0:
+        raise invalid(field, f"{field} must be a rotation (orthonormal, determinant +1)")
+    return rot
+
+
+def _region(r: pb.Region, field: str):
     from spatia.world.memory import Box, Sphere
 
     shape = r.WhichOneof("shape")
     if shape == "box":
-        rot = np.asarray(r.box.rotation, dtype=np.float64).reshape(3, 3) if len(r.box.rotation) == 9 else None
-        if r.box.rotation and rot is None:
-            raise InvalidInputError(f"box.rotation must hold 9 numbers, got {len(r.box.rotation)}")
-        c, e = r.box.center, r.box.half_extents_m
-        return Box((c.x, c.y, c.z), (e.x, e.y, e.z), rot)
+        e = _vec(r.box.half_extents_m, f"{field}.box.half_extents_m")
+        if min(e) < 0:
+            raise invalid(f"{field}.box.half_extents_m", f"{field}.box.half_extents_m must be >= 0, got {list(e)}")
+        return Box(_vec(r.box.center, f"{field}.box.center"), e, _rotation(r.box.rotation, f"{field}.box.rotation"))
     if shape == "sphere":
-        c = r.sphere.center
-        return Sphere((c.x, c.y, c.z), r.sphere.radius_m)
-    raise InvalidInputError("region needs a box or a sphere")
+        radius = r.sphere.radius_m
+        if not (math.isfinite(radius) and radius >= 0):
+            raise invalid(f"{field}.sphere.radius_m", f"{field}.sphere.radius_m must be >= 0, got {radius}")
+        return Sphere(_vec(r.sphere.center, f"{field}.sphere.center"), radius)
+    raise invalid(field, f"{field} needs a box or a sphere")
+
+
+def _page(request, total_sorted: list, key, what: str) -> tuple[list, str]:
+    """AIP-158 over a sorted list: ``page_size`` (0 = 100, at most 1000) from after ``page_token`` (the last key
+    of the previous page, opaque to clients)."""
+    size = request.page_size
+    if size < 0:
+        raise invalid("page_size", f"page_size must be >= 0, got {size}")
+    size = min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    after = ""
+    if request.page_token:
+        try:
+            after = base64.urlsafe_b64decode(request.page_token.encode("ascii")).decode("utf-8")
+            if not after.startswith(what + ":"):
+                raise ValueError(what)
+            after = after[len(what) + 1:]
+        except (ValueError, UnicodeError):
+            raise invalid("page_token", "page_token is not one this server gave out") from None
+    items = [x for x in total_sorted if key(x) > after] if after else total_sorted
+    page = items[:size]
+    token = ""
+    if len(items) > size:
+        token = base64.urlsafe_b64encode(f"{what}:{key(page[-1])}".encode()).decode("ascii")
+    return page, token
 
 
 class WorldServicer(pb_grpc.WorldServiceServicer):
+    """gRPC -> world hosts. Counters for metrics (plain attributes, read at scrape time): ``sessions`` (running
+    Play + Generate calls), ``play_sessions``, ``frames_served``, ``frames_dropped``, ``poses_skipped``,
+    ``sessions_started``, ``sessions_ended``; ``errors.ERROR_COUNTS`` has statuses by code and ``unexpected``;
+    per world: ``store.hosts()`` and ``WorldHost.stats()``."""
+
     def __init__(self, config: ServerConfig, store: WorldStore, generator) -> None:
         self.config = config
         self.limits = config.limits
@@ -121,14 +176,32 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         self.recordings_dir = config.data_dir / "recordings"
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.sessions = 0  # running Play + Generate calls
+        self.sessions_started = 0
+        self.sessions_ended = 0
+        self.frames_served = 0
+        self.frames_dropped = 0
+        self.poses_skipped = 0
         self.draining = False
         self._play: dict[str, PlaySession] = {}
+
+    @property
+    def play_sessions(self) -> int:
+        return len(self._play)
 
     def _admit(self) -> None:
         if self.draining:
             raise UnavailableError("server is shutting down")
         if self.sessions >= self.limits.max_sessions:
-            raise LimitExceededError(f"limit max_sessions={self.limits.max_sessions} reached (Play + Generate)")
+            raise limit_exceeded("max_sessions",
+                                 f"limit max_sessions={self.limits.max_sessions} reached (Play + Generate)")
+
+    def _open_slot(self, host: WorldHost, session_id: str) -> "_Slot":
+        """Admission + the world's lease, released together exactly once by ``_Slot.close``."""
+        self._admit()
+        host.claim(session_id)
+        self.sessions += 1
+        self.sessions_started += 1
+        return _Slot(self, host, session_id)
 
     # ---- worlds ------------------------------------------------------------------------------------------
 
@@ -136,27 +209,27 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
     async def CreateWorld(self, request, context):
         if self.draining:
             raise UnavailableError("server is shutting down")
-        world_id = self.store.new_id(request.world_id)
+        world_id = self.store.new_id(request.world_id, "CreateWorldRequest.world_id")
         try:
             world, case_c2w = await asyncio.to_thread(builders.build_world, request, world_id, self.limits)
-        except BaseException:
+            host = await self.store.add(world)  # all-or-nothing: on failure no entry, no file, id free again
+        finally:
             self.store.release_id(world_id)
-            raise
-        entry = await self.store.add(world)
         log.info("world created", world_id=world_id, source=world.info.source)
-        return world_info(entry, case_c2w)
+        return world_info(host, case_c2w)
 
     @unary
     async def GetWorld(self, request, context):
-        return world_info(self.store.get(request.world_id))
+        return world_info(self.store.get(request.world_id, "GetWorldRequest.world_id"))
 
     @unary
     async def ListWorlds(self, request, context):
-        return pb.ListWorldsResponse(worlds=[world_info(e) for e in self.store.entries()])
+        hosts, token = _page(request, self.store.hosts(), lambda h: h.world_id, "worlds")
+        return pb.ListWorldsResponse(worlds=[world_info(h) for h in hosts], next_page_token=token)
 
     @unary
     async def DeleteWorld(self, request, context):
-        await self.store.delete(request.world_id)
+        await self.store.delete(check_id(request.world_id, "DeleteWorldRequest.world_id"))
         log.info("world deleted", world_id=request.world_id)
         return pb.DeleteWorldResponse(world_id=request.world_id)
 
@@ -164,58 +237,52 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
 
     @unary
     async def Render(self, request, context):
-        entry = self.store.get(request.world_id)
+        host = self.store.get(request.world_id, "RenderRequest.world_id")
         if not request.HasField("pose"):
-            raise InvalidInputError("RenderRequest.pose is required")
+            raise invalid("RenderRequest.pose", "RenderRequest.pose is required")
         c2w = builders.pose_from_proto(request.pose, "pose")
-        K = entry.world.intrinsics
+        K = host.view().intrinsics
         if request.HasField("resolution"):
             builders.check_pixels(request.resolution.width, request.resolution.height, self.limits, "resolution")
             K = K.scaled(int(request.resolution.width), int(request.resolution.height))
         from spatia.world.images import encode_png
 
-        def _render():
-            r = entry.world.memory.render(K, c2w)
+        r = await host.render(K, c2w)
+
+        def _encode():
             return pb.RenderResponse(
                 intrinsics=builders.intrinsics_to_proto(K), rgb_png=encode_png(r.rgb),
                 depth_m=np.ascontiguousarray(r.depth_m, dtype="<f4").tobytes(), valid_png=encode_png(r.valid),
             )
 
-        return await entry.run(_render)
+        return await asyncio.to_thread(_encode)
 
     @unary
     async def Edit(self, request, context):
-        entry = self.store.get(request.world_id)
+        host = self.store.get(request.world_id, "EditRequest.world_id")
         kind = request.WhichOneof("edit")
-        mem = entry.world.memory
         if kind == "remove":
-            region = _region(request.remove.region)
-            op = lambda: mem.remove(region)  # noqa: E731
+            region = _region(request.remove.region, "remove.region")
+            op = lambda mem: mem.remove(region)  # noqa: E731
         elif kind == "recolor":
-            region, c = _region(request.recolor.region), request.recolor.color
-            op = lambda: mem.recolor(region, (int(c.r), int(c.g), int(c.b)))  # noqa: E731
+            region, c = _region(request.recolor.region, "recolor.region"), request.recolor.color
+            if max(c.r, c.g, c.b) > 255:
+                raise invalid("recolor.color", f"recolor.color must be 0..255, got ({c.r}, {c.g}, {c.b})")
+            op = lambda mem: mem.recolor(region, (int(c.r), int(c.g), int(c.b)))  # noqa: E731
         elif kind == "move":
             m = request.move
-            region = _region(m.region)
-            rot = np.asarray(m.rotation, dtype=np.float64).reshape(3, 3) if len(m.rotation) == 9 else None
-            if m.rotation and rot is None:
-                raise InvalidInputError(f"move.rotation must hold 9 numbers, got {len(m.rotation)}")
-            t = m.translation_m
-            op = lambda: mem.move(region, (t.x, t.y, t.z), rot)  # noqa: E731
+            region = _region(m.region, "move.region")
+            rot = _rotation(m.rotation, "move.rotation")
+            t = _vec(m.translation_m, "move.translation_m")
+            op = lambda mem: mem.move(region, t, rot)  # noqa: E731
         elif kind == "insert":
-            cloud = await asyncio.to_thread(builders.read_ply_points, request.insert.ply)
-            op = lambda: _insert(mem, cloud)  # noqa: E731
+            cloud = await asyncio.to_thread(builders.read_ply_points, request.insert.ply, "insert.ply")
+            op = lambda mem: _insert(mem, cloud)  # noqa: E731
         else:
-            raise InvalidInputError("EditRequest needs remove, recolor, move or insert")
-
-        def _edit():
-            n = op()
-            entry.save()
-            return int(n)
-
-        n = await entry.run(_edit)
-        log.info("world edited", world_id=entry.world_id, edit=kind, points=n)
-        return pb.EditResponse(points_affected=n, stats=_stats(entry))
+            raise invalid("EditRequest.edit", "EditRequest needs remove, recolor, move or insert")
+        n = await host.edit(op)  # NOT_FOUND when a DeleteWorld won the race
+        log.info("world edited", world_id=host.world_id, edit=kind, points=n)
+        return pb.EditResponse(points_affected=n, stats=_stats(host.view()))
 
     # ---- generation --------------------------------------------------------------------------------------
 
@@ -224,27 +291,28 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
-            raise InvalidInputError("empty Play stream: the first message must be PlayStart") from None
+            raise invalid("PlayRequest.start", "empty Play stream: the first message must be PlayStart") from None
         if first.WhichOneof("kind") != "start":
-            raise InvalidInputError("the first message of a Play stream must be PlayStart")
+            raise invalid("PlayRequest.start", "the first message of a Play stream must be PlayStart")
         options = PlayOptions.from_proto(first.start, self.config)
-        self._admit()
+        host = self.store.get(options.world_id, "PlayStart.world_id")
         session_id = uuid.uuid4().hex[:12]
-        entry = self.store.claim(options.world_id, session_id)
-        self.sessions += 1
+        slot = self._open_slot(host, session_id)
         session = None
         try:
-            session = PlaySession(session_id, entry, options, self.generator, self.config, self.recordings_dir,
+            session = PlaySession(session_id, host, options, self.generator, self.config, self.recordings_dir,
                                   first.start)
+            slot.session = session
             self._play[session.id] = session
-            structlog.contextvars.bind_contextvars(world_id=entry.world_id, session_id=session.id)
-            session.log.info("play started", peer=context.peer(), recording=session.recording_id)
+            structlog.contextvars.bind_contextvars(world_id=host.world_id, session_id=session.id)
+            session.log.info("play started", peer=context.peer(), recording=session.recording_id,
+                             lockstep=options.lockstep)
             yield pb.PlayResponse(started=pb.PlayStarted(
-                session_id=session.id, world=world_info(entry), fps=options.fps,
+                session_id=session.id, world=world_info(host), fps=options.fps,
                 clip=pb.ClipLengths(first_clip_frames=options.clip.first_clip_frames,
                                     clip_frames=options.clip.clip_frames,
                                     preceding_frames=options.clip.preceding_frames),
-                recording_id=session.recording_id,
+                recording_id=session.recording_id, lockstep=options.lockstep,
             ))
             reader = asyncio.create_task(session.read(request_iterator))
             driver = asyncio.create_task(session.drive())
@@ -253,6 +321,8 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
                     item = await session.outbox.get()
                     if item is None:
                         break
+                    if item.HasField("frame"):
+                        self.frames_served += 1
                     yield item
                 if session.error is not None:
                     raise session.error
@@ -261,108 +331,97 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
                 driver.cancel()
                 await asyncio.gather(reader, driver, return_exceptions=True)
         finally:
-            if session is not None:
-                self._play.pop(session.id, None)
-                # after the clip in flight: recording closed, world saved. Shielded: a second cancellation (server
-                # shutdown) must not drop the job from the worker's queue
-                await asyncio.shield(entry.run(session.finish))
-                session.log.info("play ended", frames=session.frames_sent, dropped=session.outbox.dropped)
-            self.store.release(entry, session_id)
-            self.sessions -= 1
+            # Whatever ended the session (client cancel, deadline, broken connection, shutdown, an error in the
+            # clip loop, a failing save or recording close, a second cancellation while finishing): the slot's
+            # finish task runs to its end on its own and releases world and slot exactly once when it is done.
+            await slot.close()
 
     @streaming
     async def Generate(self, request, context) -> AsyncIterator[pb.Frame]:
-        entry = self.store.get(request.world_id)
+        host = self.store.get(request.world_id, "GenerateRequest.world_id")
+        view = host.view()
         path = request.WhichOneof("path")
         if path == "trajectory":
             c2w = builders.trajectory_from_proto(request.trajectory, "trajectory", self.limits)
         elif path == "official":
-            c2w = builders.official_to_c2w(request.official, entry.world.origin_c2w, self.limits)
+            c2w = builders.official_to_c2w(request.official, view.origin_c2w, self.limits)
             if request.official.HasField("intrinsics"):
                 n = request.official.intrinsics
                 given = np.array([n.fx_over_width, n.fy_over_height, n.cx_over_width, n.cy_over_height])
-                if not np.allclose(given, entry.world.intrinsics.to_normalized(), rtol=1e-3, atol=1e-4):
-                    raise InvalidInputError(
+                if not np.allclose(given, view.intrinsics.to_normalized(), rtol=1e-3, atol=1e-4):
+                    raise invalid(
+                        "official.intrinsics",
                         f"official.intrinsics {given.tolist()} differ from the world's camera "
-                        f"{entry.world.intrinsics.to_normalized().tolist()}; frames are generated with the world's"
+                        f"{view.intrinsics.to_normalized().tolist()}; frames are generated with the world's"
                     )
         else:
-            raise InvalidInputError("GenerateRequest needs a trajectory or an official trajectory")
+            raise invalid("GenerateRequest.path", "GenerateRequest needs a trajectory or an official trajectory")
         quality = request.jpeg_quality or 85
         if not 1 <= quality <= 100:
-            raise InvalidInputError(f"jpeg_quality must be in 1..100, got {request.jpeg_quality}")
+            raise invalid("jpeg_quality", f"jpeg_quality must be in 1..100, got {request.jpeg_quality}")
+        if request.encoding not in pb.FrameEncoding.values():
+            raise invalid("encoding", f"encoding {request.encoding} is not a FrameEncoding")
         c = request.clip
-        clip = ClipConfig(c.first_clip_frames, c.clip_frames, c.preceding_frames) if request.HasField("clip") \
-            else ClipConfig.paper()
-        self._admit()
+        if request.HasField("clip"):
+            if max(c.first_clip_frames, c.clip_frames, c.preceding_frames) > self.limits.max_trajectory_frames:
+                raise invalid("clip", f"clip lengths must be <= max_trajectory_frames="
+                                      f"{self.limits.max_trajectory_frames}")
+            try:
+                clip = ClipConfig(c.first_clip_frames, c.clip_frames, c.preceding_frames)
+            except InvalidInputError as exc:
+                raise invalid("clip", f"clip: {exc}") from None
+        else:
+            clip = ClipConfig.paper()
         session_id = uuid.uuid4().hex[:12]
-        self.store.claim(entry.world_id, session_id)
-        self.sessions += 1
+        slot = self._open_slot(host, session_id)
         loop = asyncio.get_running_loop()
         outbox = _Handoff(self.limits.frame_queue)
-        engine = entry.engine(self.generator, EngineConfig(clip=clip))
         encoding = request.encoding or pb.FRAME_ENCODING_JPEG
-        K = builders.intrinsics_to_proto(entry.world.intrinsics)
+        K = builders.intrinsics_to_proto(view.intrinsics)
+        work = None
+        try:
+            engine = host.open_engine(self.generator, EngineConfig(clip=clip))
 
-        def _work():
-            n = 0
-            for f in engine.generate(c2w, request.prompt or None, int(request.seed)):
+            def sink(n: int, f) -> bool:
                 frame = pb.Frame(frame_index=f.frame_index, clip_id=f.clip_id, pose=pose_to_proto(f.c2w),
                                  intrinsics=K, server_time_ns=time.time_ns(), encoding=encoding,
                                  width=f.rgb.shape[1], height=f.rgb.shape[0],
                                  data=encode_image(f.rgb, encoding, quality), session_frame=n)
-                n += 1
-                if not outbox.put_blocking(loop, frame):
-                    break  # the client went away: the clip in progress is abandoned before its memory update;
-                    # the world keeps every clip already committed
-            entry.clips_generated = engine.clips_done
-            entry.save()
+                # False when the client went away: the clip in progress is abandoned before its memory update
+                return outbox.put_blocking(loop, frame)
 
-        try:
-            work = loop.run_in_executor(entry.executor, _work)
-            work.add_done_callback(lambda _: loop.call_soon_threadsafe(outbox.close))
+            work = asyncio.ensure_future(host.generate(engine, c2w, request.prompt or None, int(request.seed),
+                                                       sink))
+            work.add_done_callback(lambda _: outbox.close())
             while True:
                 frame = await outbox.get()
                 if frame is None:
                     break
+                self.frames_served += 1
                 yield frame
             await work  # re-raises a generation error
         finally:
             outbox.cancel()
-            try:
-                await work  # the worker sees the cancel within 0.2 s; the world is released only after it
-            except Exception:  # noqa: BLE001 -- raised above already when the stream was still open
-                pass
-            self.store.release(entry, session_id)
-            self.sessions -= 1
+            # the worker sees the cancel within 0.2 s; the world is released only after it (slot.close waits for
+            # the work on its own, even if this handler is cancelled again)
+            await slot.close(work)
 
     # ---- export / import ---------------------------------------------------------------------------------
 
     @streaming
     async def ExportWorld(self, request, context):
-        entry = self.store.get(request.world_id)
+        host = self.store.get(request.world_id, "ExportWorldRequest.world_id")
         fmt = request.format or pb.EXPORT_FORMAT_SNAPSHOT
-
-        def _bytes() -> bytes:
-            if fmt == pb.EXPORT_FORMAT_PLY:
-                import tempfile
-                from pathlib import Path
-
-                with tempfile.TemporaryDirectory() as tmp:
-                    p = Path(tmp) / "memory.ply"
-                    entry.world.memory.save_ply(p)
-                    return p.read_bytes()
-            from spatia.world import snapshot
-            from spatia.world.state import SNAPSHOT_VERSION
-
-            return snapshot.dumps(entry.world.to_payload(), version=SNAPSHOT_VERSION)
-
-        data = await entry.run(_bytes)
+        if fmt not in (pb.EXPORT_FORMAT_SNAPSHOT, pb.EXPORT_FORMAT_PLY):
+            raise invalid("ExportWorldRequest.format", f"format {request.format} is not an ExportFormat")
+        data = await host.export("ply" if fmt == pb.EXPORT_FORMAT_PLY else "snapshot")
         for off in range(0, max(len(data), 1), CHUNK_BYTES):
             yield pb.DataChunk(data=data[off:off + CHUNK_BYTES], offset=off, total_bytes=len(data))
 
     @unary
     async def ImportWorld(self, request_iterator, context):
+        if self.draining:
+            raise UnavailableError("server is shutting down")
         header = None
         parts: list[bytes] = []
         size = 0
@@ -370,63 +429,79 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
             kind = req.WhichOneof("kind")
             if header is None:
                 if kind != "header":
-                    raise InvalidInputError("the first ImportWorld message must be an ImportHeader")
+                    raise invalid("ImportWorldRequest.header", "the first ImportWorld message must be an ImportHeader")
                 header = req.header
                 continue
             if kind != "chunk":
-                raise InvalidInputError("ImportWorld takes one header, then chunks")
+                raise invalid("ImportWorldRequest.chunk", "ImportWorld takes one header, then chunks")
             if req.chunk.offset != size:
-                raise InvalidInputError(f"chunk offset {req.chunk.offset} but {size} bytes received so far")
+                raise invalid("chunk.offset", f"chunk offset {req.chunk.offset} but {size} bytes received so far")
             size += len(req.chunk.data)
             if size > self.limits.max_import_bytes:
-                raise InvalidInputError(f"import exceeds the limit max_import_bytes={self.limits.max_import_bytes}")
+                raise invalid("chunk.data", f"import exceeds the limit max_import_bytes={self.limits.max_import_bytes}")
             parts.append(req.chunk.data)
         if header is None:
-            raise InvalidInputError("empty ImportWorld stream")
+            raise invalid("ImportWorldRequest.header", "empty ImportWorld stream")
         data = b"".join(parts)
         fmt = header.format or pb.EXPORT_FORMAT_SNAPSHOT
         if fmt == pb.EXPORT_FORMAT_PLY:
             if not header.HasField("intrinsics"):
-                raise InvalidInputError("ImportHeader.intrinsics is required for a PLY import")
-            K = builders.intrinsics_from_proto(header.intrinsics, self.limits)
-            start = builders.pose_from_proto(header.start, "start") if header.HasField("start") else np.eye(4)
-            world_id = self.store.new_id(header.world_id)
+                raise invalid("header.intrinsics", "ImportHeader.intrinsics is required for a PLY import")
+            K = builders.intrinsics_from_proto(header.intrinsics, self.limits, "header.intrinsics")
+            start = builders.pose_from_proto(header.start, "header.start") if header.HasField("start") else np.eye(4)
+            world_id = self.store.new_id(header.world_id, "header.world_id")
             try:
                 world = await asyncio.to_thread(builders.world_from_ply, data, K, start, world_id, header.prompt)
-            except BaseException:
+                host = await self.store.add(world)
+            finally:
                 self.store.release_id(world_id)
-                raise
-        else:
+        elif fmt == pb.EXPORT_FORMAT_SNAPSHOT:
+            if header.world_id:
+                check_id(header.world_id, "header.world_id")
             world = await asyncio.to_thread(builders.world_from_snapshot, data, "")
             wanted = header.world_id or world.world_id
-            world_id = self.store.new_id(wanted)
-            world.info.world_id = world_id
-        entry = await self.store.add(world)
+            world_id = self.store.new_id(wanted, "header.world_id" if header.world_id else "snapshot world_id")
+            try:
+                world.info.world_id = world_id
+                host = await self.store.add(world)
+            finally:
+                self.store.release_id(world_id)
+        else:
+            raise invalid("header.format", f"format {header.format} is not an ExportFormat")
         log.info("world imported", world_id=world_id, bytes=len(data))
-        return world_info(entry)
+        return world_info(host)
 
     # ---- recordings --------------------------------------------------------------------------------------
 
     @unary
     async def ListRecordings(self, request, context):
+        if request.world_id:
+            check_id(request.world_id, "ListRecordingsRequest.world_id")
+        if request.page_size < 0:
+            raise invalid("page_size", f"page_size must be >= 0, got {request.page_size}")
+
         def _list():
             out = []
             for p in sorted(self.recordings_dir.glob("*.mcap")):
+                if request.world_id and not p.stem.startswith(request.world_id + "."):
+                    continue  # ids are <world_id>.<session_id>: filter before reading the file
                 s = summarize(p)
                 if not request.world_id or s.world_id == request.world_id:
                     out.append(s.to_proto())
             return out
 
-        return pb.ListRecordingsResponse(recordings=await asyncio.to_thread(_list))
+        recordings, token = _page(request, await asyncio.to_thread(_list), lambda r: r.recording_id, "recordings")
+        return pb.ListRecordingsResponse(recordings=recordings, next_page_token=token)
 
     @streaming
     async def Replay(self, request, context):
-        path = self.recordings_dir / f"{request.recording_id}.mcap"
-        if not request.recording_id or "/" in request.recording_id or not path.is_file():
-            raise NotFoundError(f"recording {request.recording_id!r} not found")
+        rid = check_id(request.recording_id, "ReplayRequest.recording_id", "recording_id")
+        path = self.recordings_dir / f"{rid}.mcap"
+        if not await asyncio.to_thread(path.is_file):
+            raise NotFoundError(f"recording {rid!r} not found")
         speed = request.speed
         if not (np.isfinite(speed) and speed >= 0):
-            raise InvalidInputError(f"speed must be >= 0, got {speed}")
+            raise invalid("ReplayRequest.speed", f"speed must be >= 0, got {speed}")
         frames = recorded_frames(path, int(request.start_frame))  # read lazily, off the loop, frame by frame
         item = await asyncio.to_thread(next, frames, None)
         if item is None and request.start_frame > 0:
@@ -439,9 +514,52 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
             if speed > 0:  # recorded pace / speed, from the first frame sent
                 delay = (log_time - t0_rec) / 1e9 / speed - (time.monotonic() - t0)
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(min(delay, 3600.0))
             yield frame
             item = await asyncio.to_thread(next, frames, None)
+
+
+class _Slot:
+    """A running Play / Generate call's hold on one session slot and one world's lease. ``close`` ends it:
+    the session's finish (recording close, save) and the release run in a task of their own, so the release
+    happens exactly once, after the work on the world's thread is over, even when the handler awaiting it is
+    cancelled again (a second cancellation during shutdown) or the finish fails (disk full)."""
+
+    def __init__(self, servicer: WorldServicer, host: WorldHost, session_id: str) -> None:
+        self.servicer = servicer
+        self.host = host
+        self.session_id = session_id
+        self.session: PlaySession | None = None
+        self._task: asyncio.Task | None = None
+
+    async def close(self, work: asyncio.Future | None = None) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._finish(work))
+        await asyncio.shield(self._task)
+
+    async def _finish(self, work: asyncio.Future | None) -> None:
+        s, session = self.servicer, self.session
+        try:
+            if work is not None:
+                try:
+                    await work
+                except BaseException:  # noqa: BLE001 -- reported on the stream already
+                    pass
+            if session is not None:
+                s._play.pop(session.id, None)
+                try:
+                    await session.finish()  # after the clip in flight: world saved, recording closed
+                except Exception as exc:  # noqa: BLE001 -- logged; the release below happens regardless
+                    code, _, _ = errors.report(exc, "Play.finish")
+                    session.log.error("play finish failed; world released anyway", code=code.name)
+                s.frames_dropped += session.outbox.dropped
+                s.poses_skipped += session.poses_dropped
+                session.log.info("play ended", frames=session.frames_sent, dropped=session.outbox.dropped,
+                                 poses_skipped=session.poses_dropped)
+        finally:  # this task runs once per slot: one release, one decrement
+            self.host.release(self.session_id)
+            s.sessions -= 1
+            s.sessions_ended += 1
 
 
 def _insert(mem, cloud) -> int:
@@ -493,6 +611,29 @@ class WorldServer:
         self.health = health.aio.HealthServicer()
         self.store = WorldStore(config.data_dir, config.limits.max_worlds)
         self.servicer: WorldServicer | None = None
+        errors.set_data_dir(config.data_dir)
+        self.metrics = ServerMetrics(self)  # read at scrape time; served on config.metrics_port
+
+    def stats(self) -> dict:
+        """Counters for metrics, read at scrape time (cheap, no worker round trip): live sessions, frames served /
+        dropped, poses skipped, statuses by code (``errors``, ``unexpected`` = INTERNAL), and per world
+        ``WorldHost.stats()`` (memory_points, history_frames, clips_generated, frames_generated, snapshot_bytes,
+        saves, save_failures, last_save_cpu_s, controlled)."""
+        s = self.servicer
+        live = list(s._play.values()) if s is not None else []
+        return {
+            "sessions": s.sessions if s else 0,
+            "play_sessions": len(live),
+            "sessions_started": s.sessions_started if s else 0,
+            "sessions_ended": s.sessions_ended if s else 0,
+            "frames_served": s.frames_served if s else 0,
+            # ended sessions' totals plus the live ones'
+            "frames_dropped": (s.frames_dropped if s else 0) + sum(p.outbox.dropped for p in live),
+            "poses_skipped": (s.poses_skipped if s else 0) + sum(p.poses_dropped for p in live),
+            "errors": dict(errors.ERROR_COUNTS),
+            "worlds_unreadable": len(self.store.broken),
+            "worlds": {h.world_id: h.stats() for h in self.store.hosts()},
+        }
 
     def _options(self) -> list[tuple[str, int]]:
         c = self.config
@@ -514,7 +655,7 @@ class WorldServer:
         generator = make_generator(c.generator, **dict(c.generator_kwargs))
         await asyncio.to_thread(self.store.load_all)
         self.servicer = WorldServicer(c, self.store, generator)
-        self._server = grpc.aio.server(interceptors=[_AuthInterceptor(c.token)], options=self._options())
+        self._server = grpc.aio.server(interceptors=[self.metrics.interceptor, _AuthInterceptor(c.token)], options=self._options())
         pb_grpc.add_WorldServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -527,6 +668,8 @@ class WorldServer:
         if not self.port:
             raise InvalidInputError(f"could not bind {address}")
         await self._server.start()
+        if c.metrics_port is not None:
+            self.metrics.serve_http(c.host, c.metrics_port)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", address=f"{c.host}:{self.port}", tls=c.tls_cert is not None, auth=c.token is not None,
@@ -547,6 +690,7 @@ class WorldServer:
         saved = await self.store.save_all()
         await asyncio.to_thread(self.store.close)
         self._server = None
+        self.metrics.close()
         log.info("stopped", worlds_saved=saved)
 
     async def wait(self) -> None:

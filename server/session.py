@@ -1,20 +1,31 @@
-"""A Play session: actions in, frames out (DESIGN.md "One Play step").
+"""A Play session: actions in, frames out (docs/DESIGN.md "One Play step").
 
 Three parts, all bounded:
 
 - the *reader* task reads ``PlayRequest``s into ``actions`` (an ``asyncio.Queue`` of ``Limits.action_queue``);
   when it is full the reader stops reading, so HTTP/2 flow control slows the client down;
-- the *driver* task integrates actions into poses at the session's fps (``ActionIntegrator``) and, whenever the
-  world's worker thread is free and poses are pending, runs one clip of up to a clip's worth of them. Pending
-  poses are capped at one clip's worth (and ``Limits.max_pending_frames``); beyond, the oldest are dropped
-  (latest wins: a slow generator never builds up lag). Idle actions (no movement, no look) add no poses: with
-  no movement the server
-  generates nothing and sends a ``Heartbeat`` every ``heartbeat_interval_s``;
-- the *outbox* holds responses for the client; it keeps at most ``Limits.frame_queue`` frames and drops the
-  oldest frame when a new one arrives to a full queue (latest wins; ``SessionStats.frames_dropped`` counts them).
+- the *driver* task integrates actions into poses and, whenever the world's worker thread is free and poses are
+  pending, has the world's host run one clip of them (``WorldHost.play_clip``);
+- the *outbox* holds responses for the client.
 
-Clips are short (default 4 / 6 / 2 frames) so the time from an action to the first frame applying it stays low;
+Two modes:
+
+- interactive (default): poses fall due at the session's fps of camera time. When the generator falls behind,
+  the next clip skips intermediate poses (never the newest) so that the newest action's frame comes within about
+  two frame times: the clip takes the newest ``m`` pending poses, ``m`` = how many frames the measured per-frame
+  generation time fits into two frame times (at least 1, at most a clip's worth). ``SessionStats.poses_dropped``
+  counts skipped poses, ``held_fps`` the frame rate the session holds. A frame's ``last_action_seq`` is always the
+  seq of the action after which the integrator was at that frame's pose. The outbox keeps at most
+  ``Limits.frame_queue`` frames and drops the oldest when a new one arrives to a full queue (latest wins);
+- lock-step (``PlayStart.lockstep``, agents): every action gets exactly one frame, at the integrator's pose after
+  it; nothing is skipped or dropped: the driver takes no more actions while a clip's worth of poses waits, and
+  no clip starts while the outbox is full (a slow reader slows generation; HTTP/2 flow control slows the sender).
+
+Idle actions (no movement, no look) add no poses in interactive mode: with no movement the server generates
+nothing and sends a ``Heartbeat`` every ``heartbeat_interval_s``. Clips are short (default 4 / 6 / 2 frames);
 frames go out as the generator yields them, before the clip's memory update runs (``Engine.generate_clip``).
+
+Session code knows a world only through its host's methods (server/host.py), never its implementation.
 """
 
 from __future__ import annotations
@@ -31,9 +42,10 @@ import structlog
 from spatia.proto.spatia.v1 import world_pb2 as pb
 from spatia.proto.spatia.v1.convert import encode_image, pose_to_proto
 from spatia.server.builders import check_pixels, intrinsics_to_proto
+from spatia.server.errors import check_id, invalid
 from spatia.server.config import ServerConfig
 from spatia.server.recording import Recorder
-from spatia.server.store import WorldEntry
+from spatia.server.host import WorldHost
 from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
 from spatia.world.engine import EngineConfig
 from spatia.world.errors import InvalidInputError
@@ -59,43 +71,59 @@ class PlayOptions:
     seed: int
     heartbeat_interval_s: float
     max_pending_frames: int  # 0 = one clip's worth
+    lockstep: bool = False
 
     @classmethod
     def from_proto(cls, start: pb.PlayStart, config: ServerConfig) -> "PlayOptions":
         limits = config.limits
-        if not start.world_id:
-            raise InvalidInputError("PlayStart.world_id is required")
+        check_id(start.world_id, "PlayStart.world_id")
         width = height = None
         if start.HasField("resolution"):
             width, height = int(start.resolution.width), int(start.resolution.height)
             check_pixels(width, height, limits, "PlayStart.resolution")
         fps = start.fps or 16.0
         if not (math.isfinite(fps) and 0 < fps <= 240):
-            raise InvalidInputError(f"PlayStart.fps must be in (0, 240], got {start.fps}")
+            raise invalid("PlayStart.fps", f"PlayStart.fps must be in (0, 240], got {start.fps}")
         quality = start.jpeg_quality or 85
         if not 1 <= quality <= 100:
-            raise InvalidInputError(f"PlayStart.jpeg_quality must be in 1..100, got {start.jpeg_quality}")
+            raise invalid("PlayStart.jpeg_quality",
+                          f"PlayStart.jpeg_quality must be in 1..100, got {start.jpeg_quality}")
         if start.encoding not in pb.FrameEncoding.values():
-            raise InvalidInputError(f"PlayStart.encoding {start.encoding} is not a FrameEncoding")
+            raise invalid("PlayStart.encoding", f"PlayStart.encoding {start.encoding} is not a FrameEncoding")
         c = start.clip
-        clip = ClipConfig(c.first_clip_frames, c.clip_frames, c.preceding_frames) if start.HasField("clip") \
-            else ClipConfig(4, 6, 2)
+        if start.HasField("clip"):
+            if max(c.first_clip_frames, c.clip_frames, c.preceding_frames) > limits.max_trajectory_frames:
+                raise invalid("PlayStart.clip", f"PlayStart.clip lengths must be <= max_trajectory_frames="
+                                                f"{limits.max_trajectory_frames}")
+            try:
+                clip = ClipConfig(c.first_clip_frames, c.clip_frames, c.preceding_frames)
+            except InvalidInputError as exc:
+                raise invalid("PlayStart.clip", f"PlayStart.clip: {exc}") from None
+        else:
+            clip = ClipConfig(4, 6, 2)
         hb = start.heartbeat_interval_s or 1.0
         if not (math.isfinite(hb) and 0.01 <= hb <= 3600):
-            raise InvalidInputError(f"PlayStart.heartbeat_interval_s must be in [0.01, 3600], got {hb}")
+            raise invalid("PlayStart.heartbeat_interval_s",
+                          f"PlayStart.heartbeat_interval_s must be in [0.01, 3600], got {hb}")
         return cls(start.world_id, width, height, fps, start.prompt or None, start.encoding or pb.FRAME_ENCODING_JPEG,
-                   quality, clip, not start.no_recording, int(start.seed), hb, int(start.max_pending_frames))
+                   quality, clip, not start.no_recording, int(start.seed), hb, int(start.max_pending_frames),
+                   bool(start.lockstep))
 
 
 class Outbox:
-    """Responses waiting to be written to one client; at most ``frame_capacity`` frames (oldest dropped)."""
+    """Responses waiting to be written to one client; at most ``frame_capacity`` frames (oldest dropped), or, when
+    ``lossless``, never dropped (the producer waits with ``wait_room`` before it makes more)."""
 
-    def __init__(self, frame_capacity: int) -> None:
+    def __init__(self, frame_capacity: int, lossless: bool = False) -> None:
         self._items: deque = deque()
         self._frame_capacity = frame_capacity
+        self.lossless = lossless
+        self.max_other = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
+        self.others_dropped = 0
         self._frames = 0
         self.dropped = 0
         self._event = asyncio.Event()
+        self._room = asyncio.Event()
         self._closed = False
 
     @property
@@ -105,8 +133,15 @@ class Outbox:
     def put(self, item, is_frame: bool = False) -> None:
         if self._closed:
             return
+        if not is_frame and len(self._items) - self._frames >= self.max_other:
+            # a client that never reads: stats and heartbeats stay bounded too (the newest carry the counters)
+            for i, (_, old_is_frame) in enumerate(self._items):
+                if not old_is_frame:
+                    del self._items[i]
+                    self.others_dropped += 1
+                    break
         if is_frame:
-            if self._frames >= self._frame_capacity:
+            if self._frames >= self._frame_capacity and not self.lossless:
                 for i, (_, old_is_frame) in enumerate(self._items):  # the oldest frame goes, not stats/heartbeats
                     if old_is_frame:
                         del self._items[i]
@@ -120,6 +155,13 @@ class Outbox:
     def close(self) -> None:
         self._closed = True
         self._event.set()
+        self._room.set()
+
+    async def wait_room(self, frames: int) -> None:
+        """Until ``frames`` more fit under the capacity (at least when the queue is empty) or the box is closed."""
+        while not self._closed and self._frames and self._frames + frames > self._frame_capacity:
+            self._room.clear()
+            await self._room.wait()
 
     async def get(self):
         """The next response, or None once closed and empty."""
@@ -131,6 +173,7 @@ class Outbox:
         item, is_frame = self._items.popleft()
         if is_frame:
             self._frames -= 1
+            self._room.set()
         return item
 
 
@@ -154,46 +197,79 @@ def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: Contr
     return integ
 
 
+def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: float | None,
+                 frame_period_s: float) -> tuple[list, int]:
+    """Interactive clip selection: (the poses of the next clip, how many older ones are skipped).
+
+    ``pending`` holds (c2w, seq) oldest first; ``n`` is a clip's worth. A clip of ``m`` frames shows its newest
+    pose after about ``overhead_s + m * frame_s`` (measured: per-clip work such as retrieval and the memory
+    update, then per-frame generation). The clip takes the newest ``m`` poses, ``m`` (1..n) the most that fit a
+    latency budget of two frame periods, or, when even one frame cannot make that, twice the shortest clip
+    (so an overloaded server keeps a frame rate instead of showing one frame per clip overhead). The newest pose
+    is never skipped. Nothing measured yet: the oldest ``n`` go, none skipped."""
+    if frame_s is None or overhead_s is None or frame_s <= 0:
+        return [pending.popleft() for _ in range(min(n, len(pending)))], 0
+    budget_s = max(2.0 * frame_period_s, 2.0 * (overhead_s + frame_s))
+    m = max(1, min(n, int((budget_s - overhead_s) / frame_s)))
+    if len(pending) <= m:
+        return [pending.popleft() for _ in range(len(pending))], 0
+    skipped = len(pending) - m
+    for _ in range(skipped):
+        pending.popleft()
+    return [pending.popleft() for _ in range(m)], skipped
+
+
 class PlaySession:
-    def __init__(self, session_id: str, entry: WorldEntry, options: PlayOptions, generator, config: ServerConfig,
+    def __init__(self, session_id: str, host: WorldHost, options: PlayOptions, generator, config: ServerConfig,
                  recordings_dir, start: pb.PlayStart) -> None:
         self.id = session_id
-        self.entry = entry
+        self.host = host
         self.options = options
         self.config = config
         self.limits = config.limits
-        self.engine = entry.engine(generator, EngineConfig(
+        self.lockstep = options.lockstep
+        self.engine = host.open_engine(generator, EngineConfig(
             clip=options.clip, keyframe_stride=config.play_keyframe_stride,
             reuse_references_within=config.play_reuse_references_within))
-        self.outbox = Outbox(self.limits.frame_queue)
+        self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
         self.poses_dropped = 0
-        # At most one clip of poses waits: when generation falls behind, the next clip shows where the player is
-        # now, not where they were a backlog ago (latency stays ~ one clip's generation time).
         clip_worth = max(options.clip.first_clip_frames, options.clip.new_frames_per_clip)
         self.max_pending = min(self.limits.max_pending_frames, options.max_pending_frames or clip_worth)
         self.frames_sent = 0
+        self.frame_s: float | None = None  # measured time between a clip's frames (EMA), seconds
+        self.overhead_s: float | None = None  # measured rest of a clip's wall time (EMA), seconds
+        self._sent_times: deque[float] = deque(maxlen=256)  # monotonic times of recent frames (held_fps)
         self.stopping = False  # set by ``end``: no new clips once the one in flight is done
+        self.finished = False
         self.last_seq = 0
-        self.last_frame_index = len(entry.world.history) - 1
-        world = entry.world
-        K = world.intrinsics
+        view = host.view()
+        self.last_frame_index = view.history_frames - 1
+        K = view.intrinsics
         self.out_size = (options.width or K.width, options.height or K.height)
         resized = self.out_size != (K.width, K.height)
         self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if resized else K)
-        self.integrator = integrator_at(world.origin_c2w, world.current_c2w if world.current_c2w is not None
-                                        else world.origin_c2w, ControlConfig(fps=options.fps))
+        self.integrator = integrator_at(view.origin_c2w, view.current_c2w, ControlConfig(fps=options.fps))
         self.recorder = None
         if options.record:
-            rid = f"{entry.world_id}.{self.id}"
-            self.recorder = Recorder(recordings_dir / f"{rid}.mcap", entry.world_id, self.id, start)
-        self.log = log.bind(world_id=entry.world_id, session_id=self.id)
+            rid = f"{host.world_id}.{self.id}"
+            self.recorder = Recorder(recordings_dir / f"{rid}.mcap", host.world_id, self.id, start,
+                                     origin_c2w=view.origin_c2w)
+            self.recorder.snapshot_memory(host.world.memory)  # the memory at the start (packed off this thread)
+        self.log = log.bind(world_id=host.world_id, session_id=self.id)
 
     @property
     def recording_id(self) -> str:
         return self.recorder.path.stem if self.recorder else ""
+
+    def held_fps(self, window_s: float = 2.0) -> float:
+        now = time.monotonic()
+        recent = [t for t in self._sent_times if now - t <= window_s]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
 
     # ---- reader ------------------------------------------------------------------------------------------
 
@@ -209,9 +285,9 @@ class PlaySession:
                 elif kind == "prompt":
                     await self.actions.put(req.prompt.prompt)
                 elif kind == "start":
-                    raise InvalidInputError("PlayStart may only be the first message of a Play stream")
+                    raise invalid("PlayRequest.start", "PlayStart may only be the first message of a Play stream")
                 else:
-                    raise InvalidInputError("empty PlayRequest: set action or prompt")
+                    raise invalid("PlayRequest", "empty PlayRequest: set action or prompt")
             await self.actions.put(_END)
         except asyncio.CancelledError:
             raise
@@ -233,7 +309,7 @@ class PlaySession:
     # ---- driver ------------------------------------------------------------------------------------------
 
     async def drive(self) -> None:
-        pending: deque[tuple[np.ndarray, int]] = deque()  # (c2w [4, 4], seq of the action that made it)
+        pending: deque[tuple[np.ndarray, int]] = deque()  # (c2w [4, 4] world frame, seq of the action after it)
         ended = False
         last_out = time.monotonic()
         try:
@@ -247,11 +323,12 @@ class PlaySession:
                         last_out = time.monotonic()
                         continue
                     ended |= self._apply(item, pending)
-                while not self.actions.empty():
+                # lock-step takes no more actions than a clip's worth of poses (the queue then pushes back)
+                while not self.actions.empty() and not (self.lockstep and len(pending) >= self.max_pending):
                     ended |= self._apply(self.actions.get_nowait(), pending)
                 if self.stopping:
                     pending.clear()
-                if len(pending) > self.max_pending:  # latest wins
+                if not self.lockstep and len(pending) > self.max_pending:  # a bound, whatever the timing
                     drop = len(pending) - self.max_pending
                     for _ in range(drop):
                         pending.popleft()
@@ -260,16 +337,24 @@ class PlaySession:
                     if ended:
                         break
                     continue
-                first = len(self.entry.world.history) <= 1
+                first = self.last_frame_index < 1
                 n = self.options.clip.first_clip_frames if first else self.options.clip.new_frames_per_clip
-                chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
-                stats = await self.entry.run(self._run_clip, chunk, self.prompt, asyncio.get_running_loop())
+                if self.lockstep:
+                    chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
+                    await self.outbox.wait_room(len(chunk))
+                elif self.options.max_pending_frames:  # the client chose its bound: every pose within it
+                    chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
+                else:
+                    chunk, skipped = select_poses(pending, n, self.overhead_s, self.frame_s,
+                                                  1.0 / self.options.fps)
+                    self.poses_dropped += skipped
+                stats = await self._run_clip(chunk)
                 last_out = time.monotonic()
                 self.outbox.put(pb.PlayResponse(stats=pb.SessionStats(
                     clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
                     memory_points=stats.memory_points, pending_frames=len(pending),
                     queue_depth=self.outbox.frames_queued, frames_dropped=self.outbox.dropped,
-                    poses_dropped=self.poses_dropped,
+                    poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
                 )))
         except asyncio.CancelledError:
             raise
@@ -287,7 +372,9 @@ class PlaySession:
             return False
         poses = self.integrator.step(item)
         self.last_seq = item.seq
-        if not item.is_idle:  # standing still generates nothing (heartbeats only)
+        if self.lockstep:  # exactly one frame per action, at the pose after it
+            pending.append((self.integrator.c2w, item.seq))
+        elif not item.is_idle:  # standing still generates nothing (heartbeats only)
             pending.extend((T, item.seq) for T in poses)
         return False
 
@@ -297,13 +384,17 @@ class PlaySession:
             pose=pose_to_proto(self.integrator.c2w), last_action_seq=self.last_seq,
         )))
 
-    def _run_clip(self, chunk, prompt, loop):
-        """On the world's worker thread: generate, stream each frame as it comes, then the memory update (pulled
-        by the loop's last ``next``), the save and the recording flush."""
+    async def _run_clip(self, chunk):
+        """One clip on the world's host: each frame resized, encoded and recorded on the worker thread as it is
+        generated, handed to the outbox, then the memory update and the host's autosave policy."""
         import cv2
 
+        loop = asyncio.get_running_loop()
         poses = np.stack([c for c, _ in chunk])
-        for i, f in enumerate(self.engine.generate_clip(poses, prompt, self.options.seed)):
+        t0 = time.perf_counter()
+        times: list[float] = []  # perf_counter of each frame handed out
+
+        def sink(i: int, f) -> None:
             rgb = f.rgb
             if (rgb.shape[1], rgb.shape[0]) != self.out_size:
                 rgb = cv2.resize(rgb, self.out_size, interpolation=cv2.INTER_AREA)
@@ -316,27 +407,54 @@ class PlaySession:
             )
             self.frames_sent += 1
             self.last_frame_index = f.frame_index
+            self._sent_times.append(time.monotonic())
+            times.append(time.perf_counter())
             loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
-        stats = self.engine.last_stats
-        self.entry.clips_generated = self.engine.clips_done
-        self.entry.clips_since_save += 1
-        if self.entry.save_due(self.config.save_every_clips, self.config.save_interval_s, self.config.save_max_duty):
-            if self.config.save_interval_s == 0:  # strict durability asked for: on disk before the next clip
-                self.entry.save()
-            else:  # autosave: copied here, written by the saver thread while play goes on
-                self.entry.save_in_background()
-        if self.recorder:
-            self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
-                                                          update_ms=stats.update_s * 1e3,
-                                                          memory_points=stats.memory_points))
-            self.recorder.flush()
+
+        c = self.config
+        stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink,
+                                          autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty))
+        if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
+            await asyncio.to_thread(self._record_stats, stats)
+        self._measure(time.perf_counter() - t0, times, len(chunk))
         return stats
 
-    def finish(self) -> None:
-        """On the worker thread, after the last clip: close the recording and save the world."""
+    def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
+        """Update the per-frame and per-clip time estimates (EMAs) from one clip's wall time and frame times."""
+        def ema(old, new):
+            return new if old is None else 0.7 * old + 0.3 * new
+
+        if len(frame_times) >= 2:
+            self.frame_s = ema(self.frame_s, (frame_times[-1] - frame_times[0]) / (len(frame_times) - 1))
+        elif self.frame_s is None:  # one-frame clips only so far: assume half the clip is the frame
+            self.frame_s = clip_s / 2
+        self.overhead_s = ema(self.overhead_s, max(clip_s - frames * self.frame_s, 0.0))
+
+    def _record_stats(self, stats) -> None:
+        self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
+                                                      update_ms=stats.update_s * 1e3,
+                                                      memory_points=stats.memory_points))
+        self.recorder.flush()
+
+    async def finish(self) -> None:
+        """After the last clip: save the world (queued on its host after the clip in flight), then close the
+        recording. Both are tried; the first failure is raised after both (the caller releases the world whatever
+        happens)."""
+        errors = []
+        try:
+            await self.host.save_if_changed()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
         if self.recorder:
-            self.recorder.close()
-        if self.entry.clips_since_save:
-            self.entry.save()
+            try:
+                if self.frames_sent:  # the memory at the end (copied here, while this session still holds the
+                    # world; packed on the recorder's thread)
+                    await asyncio.to_thread(self.recorder.snapshot_memory, self.host.world.memory)
+                await asyncio.to_thread(self.recorder.close)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        self.finished = True
+        if errors:
+            raise errors[0]

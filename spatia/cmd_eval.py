@@ -1,7 +1,8 @@
 """``spatia eval PROTOCOL``: the paper's evaluation (Tables 2-7) for a generator on the bundled test sets.
 
 Protocols: ``closed-loop`` (Table 3), ``long-horizon --clips 2,4,6`` (Table 6), ``ablation --tables 4,5,7``
-(Tables 4, 5, 7), ``ground-truth`` (Table 2 style). Outputs: JSON (``--json FILE``, one object; ``ablation`` writes
+(Tables 4, 5, 7), ``ground-truth`` (Table 2 style), ``novel-view`` (issue 10: the fill of never-seen space against
+exact renders, every fill method in the demo and play settings; ``model/eval/novel_view.py``). Outputs: JSON (``--json FILE``, one object; ``ablation`` writes
 ``{"results": [...]}``), Markdown tables (stdout, or ``--markdown FILE``), PNG plots (``--plot FILE``, default
 beside the JSON) for the protocols with a clips / K / voxel axis. Every output carries the command line.
 """
@@ -69,9 +70,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--voxel-sides", type=_floats, default=(0.01, 0.03, 0.05, 0.07), help="Table 7, metres")
         if name in ("ground-truth", "ablation"):
             q.add_argument("--gt-frames", type=int, default=24, help="length of the ground-truth path")
+    _add_novel_view(protocols)
+
+
+def _add_novel_view(protocols: argparse._SubParsersAction) -> None:
+    q = protocols.add_parser("novel-view", help="issue 10: the fill of never-seen space vs exact renders "
+                             "(procedural items, every fill method, demo and play settings)")
+    q.add_argument("--items", nargs="+", default=["all"],
+                   help="item specs or sets: default, variants, photo, all (default); room, house:1, "
+                        "courtyard@turned, room@pitched, house@photo")
+    q.add_argument("--methods", default=None, help="comma-separated fill methods (default: every FILL_METHODS)")
+    q.add_argument("--settings", default="demo,play", help="comma-separated: demo (33/41/9 clips), play (4/6/2, "
+                   "keyframe stride 4)")
+    q.add_argument("--width", type=int, default=640)
+    q.add_argument("--height", type=int, default=360)
+    q.add_argument("--frames", type=int, default=161, help="loop length (the demo's default)")
+    q.add_argument("--seed", type=int, default=0, help="generation seed")
+    q.add_argument("--smoke", action="store_true", help="one item (room) at 320x180: the test suite's subset")
+    q.add_argument("--json", type=Path, help="write the rows here")
+    q.add_argument("--md", type=Path, help="write the Markdown tables here (default: stdout)")
+    q.add_argument("--strips", type=Path, help="directory for one PNG strip per item (truth | new | baseline)")
+    q.add_argument("--no-progress", action="store_true")
+
+
+def run_novel_view(args: argparse.Namespace) -> int:
+    from spatia.model.eval.novel_view import evaluate, markdown, parse_items
+    from spatia.model.eval.report import command_line, write_json, write_text_atomic
+
+    if args.smoke:
+        args.items, args.width, args.height = ["room"], 320, 180
+    items = parse_items(args.items)
+    methods = [m for m in args.methods.split(",") if m.strip()] if args.methods else None
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    command = command_line(args)
+
+    def partial(result: dict) -> None:  # a long run leaves its results so far after every item
+        if args.json:
+            write_json(args.json, result)
+        if args.md:
+            write_text_atomic(args.md, markdown(result))
+
+    result = evaluate(items, methods, settings, width=args.width, height=args.height, frames=args.frames,
+                      seed=args.seed, strips_dir=args.strips, progress=not args.no_progress, command=command,
+                      on_item=partial)
+    partial(result)
+    if not args.md:
+        sys.stdout.write(markdown(result))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.protocol == "novel-view":
+        return run_novel_view(args)
     from spatia.model.eval import run_protocol
     from spatia.model.eval.metrics import LpipsMetric, MatchAccuracy
     from spatia.model.eval.protocols import EvalConfig, Metrics

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spatia.argtypes import at_least, positive_float
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("play", help="play a world in a window (keyboard / mouse / gamepad)")
@@ -19,18 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--scene", help="a new procedural scene: room, house, courtyard (default room)")
     src.add_argument("--image", type=Path, help="a new world from a photograph")
     p.add_argument("--depth", type=Path, help="with --image: depth (.npy metres or 16-bit PNG millimetres)")
-    p.add_argument("--seed", type=int, default=0, help="procedural scene seed")
+    p.add_argument("--seed", type=at_least(0), default=0, help="procedural scene seed")
     p.add_argument("--prompt", default="", help="text instruction")
-    p.add_argument("--width", type=int, default=256, help="stream width for a new scene (px)")
-    p.add_argument("--height", type=int, default=144, help="stream height for a new scene (px)")
+    p.add_argument("--width", type=at_least(8), default=256, help="stream width for a new scene (px)")
+    p.add_argument("--height", type=at_least(8), default=144, help="stream height for a new scene (px)")
     p.add_argument("--window", default="960x540", help="window size WxH")
-    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--fps", type=positive_float, default=30.0, help="the session's frame rate (default 30)")
     p.add_argument("--keys", type=Path, help="key config (JSON or TOML), see docs/PLAY.md")
     p.add_argument("--data-dir", type=Path, default=Path("spatia-data"), help="embedded server: worlds live here")
     p.add_argument("--token", help="bearer token for --server")
     p.add_argument("--no-record", action="store_true", help="do not record the session")
     p.add_argument("--screenshots", type=Path, default=Path("screenshots"), help="F12 saves here")
-    p.add_argument("--seconds", type=float, help="quit after this many seconds (demos, smoke tests)")
+    p.add_argument("--seconds", type=at_least(0.0, float), help="quit after this many seconds (demos, smoke tests)")
 
 
 def _window(text: str) -> tuple[int, int]:

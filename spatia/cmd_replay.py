@@ -1,4 +1,5 @@
-"""``spatia replay FILE``: summarise a Play recording (MCAP), or ``--export out.mp4`` its frames as a video."""
+"""``spatia replay FILE``: summarise a Play recording (MCAP), ``--export out.mp4`` its frames as a video, ``--play``
+it in a window, or ``--repair`` one cut off by a crash (summary + footer written, so seeking works)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="draw the keys held and a map of the camera path on the exported video (upscaled to at least "
                         "480 px wide; default on); --no-overlay exports the recorded frames as they are")
     p.add_argument("--play", action="store_true", help="watch it in a window (pause, seek, speed, step)")
+    p.add_argument("--repair", action="store_true",
+                   help="rewrite a recording cut off by a crash with its summary and footer (in place), so that "
+                        "indexed readers can seek in it; everything up to the cut is kept")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,10 +30,24 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         raise NotFoundError(f"recording not found: {args.file}")
+    with open(args.file, "rb") as f:  # MCAP's magic: b"\x89MCAP0\r\n"; anything else is not a recording
+        if f.read(8) != b"\x89MCAP0\r\n":
+            from spatia.world.errors import InvalidInputError
+
+            raise InvalidInputError(f"{args.file} is not an MCAP recording (expected <data-dir>/recordings/<id>.mcap)")
+    repaired = None
+    if args.repair:
+        from spatia.server.recording import repair
+
+        r = repair(args.file)
+        repaired = {"messages": r.messages, "frames": r.frames, "was_complete": r.was_complete,
+                    "bytes_before": r.bytes_before, "bytes_after": r.bytes_after}
     summary = summarize(args.file)
     out = {"recording_id": summary.recording_id, "world_id": summary.world_id, "frames": summary.frames,
            "actions": summary.actions, "duration_s": (summary.end_ns - summary.start_ns) / 1e9,
            "complete": summary.complete, "size_bytes": summary.size_bytes}
+    if repaired is not None:
+        out["repaired"] = repaired
     if args.export is not None:
         out["exported_frames"] = export_video(args.file, args.export, fps=args.fps, start_frame=args.start_frame,
                                               overlay=args.overlay)

@@ -41,12 +41,18 @@ class DemoOptions:
     depth_model: Path | None = None
 
 
+# The demo's clip settings (``spatia eval novel-view`` grades the same ones: model/eval/novel_view.py SETTINGS).
+DEMO_CLIP = ClipConfig(first_clip_frames=33, clip_frames=41, preceding_frames=9)
+
+
 def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
     """The world, the camera path to fly and whether that path is a closed loop."""
     if opts.case is not None:
         from spatia.world.depth import TransformersDepth
 
-        estimator = TransformersDepth(opts.depth_model) if opts.depth_model else None
+        from spatia.model.fill.photo import PhotoLayoutDepth
+
+        estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()
         world, c2w = World.from_case(opts.case, depth_estimator=estimator, width=opts.width)
         return world, c2w, False
     if opts.image is not None:
@@ -62,7 +68,10 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
         if depth is not None:
             world = World.from_image(rgb, depth_m=depth, source=f"image:{opts.image.name}")
         else:
-            estimator = TransformersDepth(opts.depth_model) if opts.depth_model else None
+            from spatia.model.fill.photo import PhotoLayoutDepth
+
+            # no depth, no model: the layout measured from the photo's lines (planar prior when unsure)
+            estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()
             world = World.from_image(rgb, depth_estimator=estimator, source=f"image:{opts.image.name}")
         return world, out_and_back_path(world.origin_c2w, opts.frames), True
     from spatia.world.scenes import make_scene
@@ -76,7 +85,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     import imageio.v2 as imageio
 
     # macro_block_size 8: 360-pixel-high frames stay unscaled (libx264 needs even sizes, 8 keeps every common one)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8) as writer:
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8,
+                            ffmpeg_params=["-movflags", "+faststart"]) as writer:  # moov first: browsers stream it
         for f in frames:
             writer.append_data(f)
 
@@ -129,15 +139,27 @@ def run_demo(opts: DemoOptions) -> dict:
              seconds=round(time.perf_counter() - t_build, 2))
     kwargs = {"weights_dir": opts.weights} if opts.weights else {}
     generator = make_generator(opts.generator, **kwargs)
-    engine = Engine(world, generator, EngineConfig(clip=ClipConfig(first_clip_frames=33, clip_frames=41, preceding_frames=9)))
+    engine = Engine(world, generator, EngineConfig(clip=DEMO_CLIP))
+    # A procedural scene has exact truth: grade the never-seen pixels along the loop (issue 10's novel-view metrics)
+    novel = None
+    if opts.case is None and opts.image is None:
+        from spatia.model.eval.novel_view import DemoNovelGrader
+        from spatia.world.scenes import make_scene
+
+        novel = DemoNovelGrader(make_scene(opts.scene or "room", opts.seed), world)
     first = world.first_image  # the conditioning image itself (lossless), not the history's JPEG copy
     frames: list[np.ndarray] = []
     t0 = time.perf_counter()
+    grade_s = 0.0
     # The path's frame 0 is the first image's own pose; the world already holds that frame, so generate the rest.
-    for frame in tqdm(engine.generate(path[1:], seed=opts.seed), total=len(path) - 1, desc="generating", unit="frame",
-                      file=sys.stderr):
+    for i, frame in enumerate(tqdm(engine.generate(path[1:], seed=opts.seed), total=len(path) - 1,
+                                   desc="generating", unit="frame", file=sys.stderr), start=1):
         frames.append(frame.rgb)
-    wall = time.perf_counter() - t0
+        if novel is not None:
+            t = time.perf_counter()
+            novel.add(path[i], frame.rgb, frame.depth_m)
+            grade_s += time.perf_counter() - t
+    wall = time.perf_counter() - t0 - grade_s  # fps counts generation only, not the grading
     video = [first] + frames
     write_video(opts.out / "demo.mp4", video, opts.fps)
     world.memory.save_ply(opts.out / "world.ply")
@@ -155,6 +177,10 @@ def run_demo(opts: DemoOptions) -> dict:
         # the memory alone (no reference frames) rendered at the final pose: how much the point cloud remembers
         "closed_loop_memory_psnr": _finite_db(psnr(world.memory.render(world.intrinsics, path[-1]).rgb, first))
         if closed_loop else None,
+        # never-seen pixels (issue 10): PSNR and depth AbsRel vs the exact renders on pixels the first memory could
+        # not show, frames with >= 40% of them (procedural scenes only; None for photos and cases)
+        **(novel.summary() if novel is not None else
+           {"novel_psnr": None, "novel_depth_absrel": None, "novel_graded_frames": None}),
         "generator": generator.name,
         "source": world.info.source,
         "seed": opts.seed,

@@ -117,7 +117,7 @@ def test_disparity_to_depth_degenerate_input():
 
 
 def _save_tiny_depth_anything(directory, depth_estimation_type: str) -> None:
-    """A random Depth Anything (config from research/memory_videogen.md section C), saved for offline loading."""
+    """A random Depth Anything (a tiny config of the transformers classes), saved for offline loading."""
     import torch
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 

@@ -1,4 +1,5 @@
-"""SpatiaWorldEnv: Gymnasium checker (in-process and remote), discrete variant, exploration reward, vector env."""
+"""SpatiaWorldEnv: Gymnasium checker (in-process and remote), discrete variant, exploration reward, vector env,
+the registered horizon (TimeLimit owns truncation), the lossless lock-step remote mode."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from spatia.server.testing import running_server
 from spatia.world.errors import InvalidInputError
 
 W, H = 48, 32
-SMALL = dict(width=W, height=H, max_episode_steps=4)
+SMALL = dict(width=W, height=H)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,23 @@ def test_check_env_in_process_dict_observation():
     env.close()
 
 
+def test_horizon_is_registered_and_owned_by_time_limit():
+    spec = gym.spec("SpatiaWorld-v0")
+    assert spec.max_episode_steps == 200 and gym.spec("SpatiaWorldDiscrete-v0").max_episode_steps == 200
+    env = gym.make("SpatiaWorld-v0", max_episode_steps=3, **SMALL)  # the argument overrides the registered 200
+    assert env.spec.max_episode_steps == 3
+    env.reset(seed=0)
+    flags = [env.step(np.zeros(5, np.float32))[3] for _ in range(3)]
+    assert flags == [False, False, True]
+    env.close()
+    bare = SpatiaWorldEnv(**SMALL)  # no TimeLimit: the env itself never cuts an episode
+    bare.reset(seed=0)
+    assert not any(bare.step(np.zeros(5, np.float32))[3] for _ in range(3))
+    bare.close()
+
+
 def test_forward_moves_along_view_and_truncates():
-    env = SpatiaWorldEnv(**SMALL)
+    env = gym.wrappers.TimeLimit(SpatiaWorldEnv(**SMALL), max_episode_steps=4)
     _, info0 = env.reset(seed=0)
     fwd = info0["pose"][:3, 2]
     for k in range(4):
@@ -103,18 +119,54 @@ def test_check_env_remote(server):
         assert wid not in {w.world_id for w in c.list_worlds()}
 
 
-def test_remote_and_in_process_walk_the_same_path(server):
-    a = SpatiaWorldEnv(**SMALL)
-    b = SpatiaWorldEnv(server=server.target, **SMALL)
-    ra, _ = a.reset(seed=5)
-    rb, _ = b.reset(seed=5)
-    np.testing.assert_array_equal(ra, rb)  # same scene, same memory render
-    act = np.array([0.5, -0.5, 0, 0.4, 0.1], np.float32)
-    ia, ib = a.step(act)[-1], b.step(act)[-1]
-    np.testing.assert_allclose(ia["pose"], ib["pose"])
-    assert ia["memory_points"] == ib["memory_points"]
-    a.close()
-    b.close()
+from spatia.client.env import _proto_has_lockstep  # noqa: E402
+
+needs_lockstep = pytest.mark.skipif(not _proto_has_lockstep(), reason="PlayStart.lockstep not in the proto yet")
+
+
+def test_remote_modes_and_in_process_walk_the_same_path(server):
+    """Lock-step loses nothing: every step's frame and memory count equal the in-process env's and the
+    Generate-per-step path's, over a walk that moves, turns and stands still."""
+    envs = [SpatiaWorldEnv(**SMALL), SpatiaWorldEnv(server=server.target, **SMALL),
+            SpatiaWorldEnv(server=server.target, remote_mode="generate", **SMALL)]
+    assert envs[1].remote_mode == ("lockstep" if _proto_has_lockstep() else "generate")
+    assert envs[2].remote_mode == "generate"
+    resets = [e.reset(seed=5)[0] for e in envs]
+    for r in resets[1:]:
+        np.testing.assert_array_equal(resets[0], r)  # same scene, same memory render
+    walk = [np.array(a, np.float32) for a in ([0.5, -0.5, 0, 0.4, 0.1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0],
+                                              [0, 0, 0, -1, 0], [0.3, 0.3, 0.5, 0.2, -0.3])]
+    for act in walk:
+        (oa, _, _, _, ia), *rest = [e.step(act) for e in envs]
+        for ob, _, _, _, ib in rest:
+            np.testing.assert_allclose(ia["pose"], ib["pose"])
+            # a lock-step Play session must integrate and retrieve for every frame, as the in-process engine does
+            # (server/session.py: keyframe_stride 1 and no reference reuse when options.lockstep)
+            assert ia["memory_points"] == ib["memory_points"], "lock-step memory differs from in-process"
+            np.testing.assert_array_equal(oa, ob)
+    for e in envs:
+        e.close()
+
+
+@needs_lockstep
+def test_lockstep_is_one_play_stream_without_saves_per_step(server, tmp_path):
+    """The remote default runs one Play session per episode (recorded here, to count what went over it):
+    exactly one frame per action, seq by seq, none dropped; the world is saved at the session's end, not per step."""
+    with WorldClient(server.target) as c:
+        env = SpatiaWorldEnv(client=c, record=True, **SMALL)
+        env.reset(seed=0)
+        wid = env._backend.world_id
+        for _ in range(6):
+            env.step(np.array([1, 0, 0, 0.5, 0], np.float32))
+        env.reset(seed=1)  # ends the episode's stream (and deletes its world)
+        recs = [r for r in c.list_recordings() if r.world_id == wid]
+        env.close()
+    assert len(recs) == 1  # one stream for the whole episode
+    from spatia.server.recording import read_recording
+
+    path = server.config.data_dir / "recordings" / f"{recs[0].recording_id}.mcap"
+    frames = [m.message for m in read_recording(path) if m.topic == "/frame"]
+    assert [f.last_action_seq for f in frames] == [1, 2, 3, 4, 5, 6]
 
 
 def test_reset_from_image_in_process_and_remote(server):
@@ -134,15 +186,16 @@ def test_reset_from_image_in_process_and_remote(server):
 
 def test_vector_env_three_worlds_one_channel(server):
     with WorldClient(server.target) as shared:
-        venv = make_vector_env(3, client=shared, **SMALL)
+        venv = make_vector_env(3, client=shared, max_episode_steps=2, **SMALL)
         obs, infos = venv.reset(seed=0)
         assert obs.shape == (3, H, W, 3)
-        assert all(e._backend.client is shared for e in venv.envs)  # one channel for the three worlds
+        assert all(e.unwrapped._backend.client is shared for e in venv.envs)  # one channel for the three worlds
         obs, rewards, term, trunc, infos = venv.step(np.tile([1, 0, 0, 0, 0], (3, 1)).astype(np.float32))
         assert obs.shape == (3, H, W, 3) and rewards.shape == (3,) and (rewards >= 0).all()
         assert (infos["step"] == 1).all() and (infos["memory_points"] > 0).all()
-        ids = {e._backend.world_id for e in venv.envs}
+        ids = {e.unwrapped._backend.world_id for e in venv.envs}
         assert len(ids) == 3
+        assert venv.step(np.zeros((3, 5), np.float32))[3].all()  # TimeLimit(2) in every sub-env
         venv.close()
     local = make_vector_env(3, **SMALL)
     obs, _ = local.reset(seed=0)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from spatia.world._retrieval_reference import reference_intersection_counts
 from spatia.world.camera import Intrinsics, look_at
-from spatia.world.errors import InvalidInputError, NotFoundError, SnapshotError
+from spatia.world.errors import ImageDecodeError, InvalidInputError, NotFoundError, SnapshotError
 from spatia.world.geometry import coarsen_voxel_keys, pack_voxel_coords, unpack_voxel_keys
 from spatia.world.history import FrameStore, HistoryConfig, VoxelSetIndex
 
@@ -236,7 +238,8 @@ def test_hash_table_growth_keeps_every_column():
 def test_five_thousand_frames_stay_cheap():
     """The hot paths at the brief's scale: poses in one array, counts over 5,000 frames equal the reference."""
     rng = np.random.default_rng(2)
-    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0))
+    # every frame at the same pose: compaction off, this checks the raw index against the reference
+    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_cell_m=0))
     img = _image(0, 8, 6)
     K_small = Intrinsics.from_fov(60.0, 8, 6)
     frame_sets = []
@@ -307,3 +310,128 @@ def test_history_snapshots_from_before_coarse_sets_load_at_the_memory_voxel():
     back = FrameStore.from_arrays(data)
     assert back.config.voxel_set_levels == 0
     np.testing.assert_array_equal(back.get_voxel_keys(0), [5, 1])
+
+
+# --- frames out of RAM, retrieval-index compaction ------------------------------------------------------------
+
+
+def test_frames_live_in_the_frame_file_not_in_ram(tmp_path):
+    store = FrameStore(HistoryConfig(image_codec="png", compact_cell_m=0))
+    big = np.random.default_rng(0).integers(0, 255, size=(96, 128, 3), dtype=np.uint8)  # noise: PNG can't shrink it
+    K_big = Intrinsics.from_fov(60.0, 128, 96)
+    depth = np.full((96, 128), 2.0, np.float32)
+    store.add(big, _pose(0), K_big, np.arange(3), depth_m=depth)
+    ram_1 = store.nbytes
+    for i in range(1, 200):
+        store.add(big, _pose(i), K_big, np.arange(3), depth_m=depth)
+    store.flush()
+    assert store.disk_bytes > 200 * big.nbytes * 0.9  # the compressed frames are on disk ...
+    per_frame_ram = (store.nbytes - ram_1) / 199
+    assert per_frame_ram < 1000, per_frame_ram  # ... RAM keeps poses and record locations per frame
+    np.testing.assert_array_equal(store.get_rgb(7), big)
+    # moving the frames into a world's own file keeps every frame readable and appends continue there
+    file = store.attach(tmp_path / "frames.bin")
+    assert file.path == tmp_path / "frames.bin" and (tmp_path / "frames.bin").stat().st_size == file.end
+    store._cache.clear()
+    np.testing.assert_array_equal(store.get_rgb(199), big)
+    assert store.get_depth(3)[0, 0] == pytest.approx(2.0)
+    store.add(_image(1, 128, 96), _pose(201), K_big, np.arange(3))
+    np.testing.assert_array_equal(store.get_rgb(200), _image(1, 128, 96))
+
+
+def test_a_damaged_frame_record_is_an_error_naming_the_frame(tmp_path):
+    store = FrameStore(HistoryConfig(image_codec="png", decoded_cache_frames=0))
+    for i in range(3):
+        store.add(_image(i), _pose(i), K, np.arange(3))
+    file = store.attach(tmp_path / "frames.bin")
+    r_off = int(store.locations()[1, 0])
+    with open(tmp_path / "frames.bin", "r+b") as f:  # flip one byte inside frame 1's image
+        f.seek(r_off + 5)
+        b = f.read(1)
+        f.seek(r_off + 5)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(ImageDecodeError, match="frame 1 image.*damaged"):
+        store.get_rgb(1)
+    np.testing.assert_array_equal(store.get_rgb(2), _image(2))
+    os.truncate(tmp_path / "frames.bin", file.end - 10)  # torn tail
+    with pytest.raises(ImageDecodeError, match="frame 2 image.*truncated"):
+        store.get_rgb(2)
+
+
+def _loop_pose(t: float) -> np.ndarray:
+    """A camera walking a 2 m circle, looking outwards (a bounded loop that revisits)."""
+    a = 2 * np.pi * t
+    centre = np.array([2.0 * np.cos(a), 0.0, 2.0 * np.sin(a)])
+    return look_at(centre, 2 * centre)
+
+
+def _loop_keys(t: float) -> np.ndarray:
+    """What the loop's view at ``t`` sees: an arc of a wall at radius 4 m (10 cm voxels, packed at 1 cm keys)."""
+    a = 2 * np.pi * t + np.linspace(-0.4, 0.4, 60)
+    h = np.arange(-10, 10)
+    xyz = np.stack(np.broadcast_arrays(400 * np.cos(a)[:, None], 10 * h[None, :], 400 * np.sin(a)[:, None]), -1)
+    return pack_voxel_coords(np.round(xyz.reshape(-1, 3)).astype(np.int64))
+
+
+def test_a_revisiting_path_keeps_the_index_bounded_and_counts_exact(monkeypatch):
+    monkeypatch.setattr("spatia.world.history.REBUILD_MIN_VOXELS", 0)
+    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_angle_deg=20))
+    sizes = []
+    for lap in range(6):
+        for step in range(40):
+            store.add(_image(0), _loop_pose(step / 40), K, _loop_keys(step / 40))
+        sizes.append((int(store.indexed().sum()), store.voxels.num_runs, store.voxels.nbytes))
+    # every lap sees what the first saw: the index stops growing after the first lap
+    assert sizes[-1][0] <= sizes[0][0] and sizes[-1][1] <= 2 * sizes[0][1], sizes
+    assert len(store) == 240 and store.indexed()[-40:].all() and not store.indexed()[:40].any()
+    # counts over the indexed frames equal the reference; dropped frames have empty sets and are no candidates
+    indexed = np.flatnonzero(store.indexed())
+    query = [np.unique(_loop_keys(0.3)), np.unique(_loop_keys(0.71))]
+    ref = reference_intersection_counts(query, [np.unique(store.get_voxel_keys(f)) for f in range(len(store))])
+    got = store.voxels.intersection_counts(query)
+    np.testing.assert_array_equal(got[:, indexed], ref[:, indexed])
+    assert store.get_voxel_keys(0).size == 0
+    from spatia.world.retrieval import retrieve_reference_frames
+
+    found = retrieve_reference_frames(store, _loop_pose(0.3)[None], K, [_loop_keys(0.3)], k=1)
+    assert found and found[0].frame_index >= 200  # the newest lap's view of the same place
+    # the round trip keeps which frames are indexed, and compaction goes on the same way after it
+    back = FrameStore.from_arrays(store.to_arrays())
+    np.testing.assert_array_equal(back.indexed(), store.indexed())
+    assert back._cells == store._cells
+    for f in (back, store):
+        f.add(_image(0), _loop_pose(0.5), K, _loop_keys(0.5))
+    np.testing.assert_array_equal(back.indexed(), store.indexed())
+
+
+def test_compaction_keeps_views_that_differ():
+    """Views of one pose cell that see different things (IoU below the threshold) all stay, up to the cap."""
+    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=3))
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        store.add(_image(i), np.eye(4), K, _keys(rng, 200))
+    assert store.indexed().all()
+    store.add(_image(3), np.eye(4), K, _keys(rng, 200))
+    np.testing.assert_array_equal(store.indexed(), [False, True, True, True])  # the cap drops the oldest
+
+
+def test_unique_first_and_has_duplicates_equal_numpy():
+    from spatia.world.history import has_duplicates, unique_first
+
+    rng = np.random.default_rng(0)
+    for values in (rng.integers(0, 50, 1000), rng.integers(0, 1 << 60, 500), np.zeros(0, np.int64), np.array([7])):
+        uniq, first, inverse = unique_first(values)
+        want = np.unique(values, return_index=True, return_inverse=True)
+        for got, ref in zip((uniq, first, inverse), want):
+            np.testing.assert_array_equal(got, ref.reshape(-1))
+        assert has_duplicates(values) == (np.unique(values).shape[0] != values.shape[0])
+
+
+def test_a_closed_store_refuses_to_touch_its_file():
+    store = FrameStore(HistoryConfig(image_codec="png", decoded_cache_frames=0))
+    store.add(_image(0), _pose(0), K, np.arange(3))
+    store.close()
+    with pytest.raises(InvalidInputError, match="closed"):
+        store.get_rgb(0)
+    with pytest.raises(InvalidInputError, match="closed"):
+        store.frame_file.append(b"x")

@@ -32,7 +32,9 @@ def client(tmp_path_factory):
 def player(client, tmp_path):
     pygame.init()
     wid = client.create_scene("room", seed=0, width=W, height=H).world_id
-    p = Player(client, wid, PlayerConfig(window=(192, 128), screenshot_dir=tmp_path / "shots", map_refresh_s=0.5))
+    # fps = the tick rate below (1/16 s a tick): one pose per action, so each key's motion ends with its action
+    p = Player(client, wid, PlayerConfig(window=(192, 128), screenshot_dir=tmp_path / "shots", map_refresh_s=0.5,
+                                         fps=16.0))
     p.open()
     yield p
     p.close()

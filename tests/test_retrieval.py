@@ -174,16 +174,22 @@ def _random_walk_sets(rng: np.random.Generator, n: int, grid: int = 30, size: in
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_fast_paths_equal_the_references(seed):
+@pytest.mark.parametrize("compact", [False, True])
+def test_fast_paths_equal_the_references(seed, compact):
+    """Without compaction, over every candidate; with it (every frame at one pose: one pose cell, so all but the
+    cell's newest ``compact_max_views`` views are dropped), over the candidates still indexed."""
     rng = np.random.default_rng(seed)
     hist_sets = _random_walk_sets(rng, 60)
-    store = FrameStore(HistoryConfig(voxel_set_levels=0, image_codec="png", index_tail_runs=int(rng.integers(1, 3000))))
+    store = FrameStore(HistoryConfig(
+        voxel_set_levels=0, image_codec="png", index_tail_runs=int(rng.integers(1, 3000)),
+        compact_cell_m=0.5 if compact else 0.0, compact_max_views=8, compact_min_iou=0.3))
     for s in hist_sets:
         store.add(IMG, np.eye(4), K, s)
+    assert (store.indexed().sum() <= 8) if compact else store.indexed().all()
     targets = _random_walk_sets(rng, int(rng.integers(20, 40)))
     poses = np.repeat(np.eye(4)[None], len(targets), axis=0)
     mask = rng.random(60) < 0.7
-    cand = {int(j): hist_sets[j] for j in np.flatnonzero(mask)}
+    cand = {int(j): hist_sets[j] for j in np.flatnonzero(mask & store.indexed())}
     for k, eps, stride in [(7, 0.0, 7), (3, 0.05, 2), (7, 0.2, 5)]:
         fast = retrieve_reference_frames(store, poses, K, targets, k=k, eps=eps, candidates=mask, target_stride=stride)
         ref = reference_retrieve_paper(targets, cand, k, eps, stride)

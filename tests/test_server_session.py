@@ -78,3 +78,45 @@ def test_integrator_falls_back_when_the_pose_has_roll():
     rolled[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]  # roll about the optical axis
     integ = integrator_at(origin, rolled, ControlConfig())
     np.testing.assert_allclose(integ.c2w, rolled, atol=1e-12)
+
+
+def test_select_poses_skips_intermediate_poses_never_the_newest():
+    from collections import deque
+
+    from spatia.server.session import select_poses
+
+    def pending(k):
+        return deque((np.eye(4) * (i + 1), i + 1) for i in range(k))
+
+    chunk, skipped = select_poses(pending(10), 4, None, None, 1 / 30)  # nothing measured: oldest n, no skip
+    assert [s for _, s in chunk] == [1, 2, 3, 4] and skipped == 0
+    # 10 ms per clip + 14 ms per frame at 30 fps: 4 frames fit two frame periods (66.7 ms)
+    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 30)
+    assert [s for _, s in chunk] == [7, 8, 9, 10] and skipped == 6
+    # at 60 fps only 2 fit
+    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 60)
+    assert [s for _, s in chunk] == [9, 10] and skipped == 8
+    # overloaded (clip overhead alone beyond the budget): a full clip of the newest, not one frame per overhead
+    chunk, skipped = select_poses(pending(10), 4, 0.100, 0.010, 1 / 30)
+    assert [s for _, s in chunk] == [7, 8, 9, 10] and skipped == 6
+    # keeping up: nothing skipped
+    chunk, skipped = select_poses(pending(2), 4, 0.010, 0.014, 1 / 30)
+    assert [s for _, s in chunk] == [1, 2] and skipped == 0
+
+
+def test_outbox_is_bounded_for_a_client_that_never_reads():
+    from spatia.server.session import Outbox
+
+    box = Outbox(frame_capacity=8)
+    for i in range(1000):
+        box.put(("stats", i))
+        box.put(("frame", i), is_frame=True)
+    assert box.frames_queued == 8 and len(box._items) == 8 + box.max_other
+    assert box.dropped == 992 and box.others_dropped == 1000 - box.max_other
+    kept = [item for item, _ in box._items]
+    assert ("stats", 999) in kept and ("frame", 999) in kept  # the newest of each kind stay
+
+    lossless = Outbox(frame_capacity=2, lossless=True)
+    for i in range(5):
+        lossless.put(("frame", i), is_frame=True)
+    assert lossless.frames_queued == 5 and lossless.dropped == 0  # lock-step: the producer waits instead

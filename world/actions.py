@@ -4,7 +4,7 @@
 so nothing here knows about input devices.
 
 Camera frame: OpenCV (x right, y down, z forward). Walking moves in the horizontal plane of the world, whose up
-is ``-y`` of the first camera (``DESIGN.md``), so looking down while walking forward does not sink the camera.
+is ``-y`` of the first camera (``docs/DESIGN.md``), so looking down while walking forward does not sink the camera.
 Yaw > 0 turns right, pitch > 0 looks up.
 """
 

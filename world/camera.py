@@ -1,6 +1,6 @@
 """Cameras, poses and trajectories.
 
-Conventions (``DESIGN.md``): OpenCV pinhole (x right, y down, z forward); poses are camera-to-world 4x4 float64
+Conventions (``docs/DESIGN.md``): OpenCV pinhole (x right, y down, z forward); poses are camera-to-world 4x4 float64
 (``c2w``); ``w2c`` appears only where a file format stores it (the official Spatia cases); angles are radians
 inside the code and degrees only where a name says ``_deg``.
 """

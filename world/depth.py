@@ -12,7 +12,7 @@ Sources, best first:
 - ``PlanarPriorDepth``: no model at all, a floor plane plus a back wall seen by a level camera. Plausible for
   an indoor or street photo, wrong in the details, and flagged ``approximate=True`` with a logged warning.
 
-All depth is z-depth in metres along the OpenCV camera's +z axis (``DESIGN.md``), float32 ``[H, W]``, 0 = unknown.
+All depth is z-depth in metres along the OpenCV camera's +z axis (``docs/DESIGN.md``), float32 ``[H, W]``, 0 = unknown.
 """
 
 from __future__ import annotations
@@ -40,9 +40,17 @@ class DepthEstimate:
     is_metric: bool  # True: the scale is real metres; False: the scale was assumed (relative model)
     source: str  # e.g. "user", "transformers:depth_anything", "planar_prior"
     approximate: bool  # True: a coarse guess (a prior, or relative depth mapped to an assumed range)
+    # The intrinsics depth_m is for when the estimator chose or measured them (a photo without intrinsics);
+    # None: the intrinsics the caller passed.
+    intrinsics: Intrinsics | None = None
 
     def __post_init__(self) -> None:
         d = self.depth_m
+        if self.intrinsics is not None and (self.intrinsics.width, self.intrinsics.height) != (d.shape[1], d.shape[0]):
+            raise InvalidInputError(
+                f"estimate intrinsics are for {self.intrinsics.width}x{self.intrinsics.height} "
+                f"but depth_m is {d.shape[1]}x{d.shape[0]}"
+            )
         if not isinstance(d, np.ndarray) or d.ndim != 2 or d.dtype != np.float32:
             raise InvalidInputError(
                 f"depth_m must be a float32 [H, W] array, got {getattr(d, 'dtype', type(d).__name__)} "

@@ -1,7 +1,7 @@
 """The ``Engine``: a world's memory and history plus a ``Generator`` -> "frames for these poses".
 
 One Play step, one ``Generate`` call, the CLI demo, the evaluation harness and the in-process Gymnasium env all
-drive this one loop (``DESIGN.md``, "One Play step"):
+drive this one loop (``docs/DESIGN.md``, "One Play step"):
 
 1. chunk the poses into clips (``ClipConfig``);
 2. for each clip build a ``ClipRequest``: the memory rendered along preceding + target poses (the scene
@@ -258,7 +258,7 @@ class Engine:
             prompt=prompt,
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
-            world_up=-self.world.origin_c2w[:3, 1],  # DESIGN.md: up = -y of the first camera
+            world_up=-self.world.origin_c2w[:3, 1],  # docs/DESIGN.md: up = -y of the first camera
             memory=self.world.memory,
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),

@@ -1,6 +1,6 @@
 """Reading and writing images, masks and depth maps, and resizing them with their intrinsics.
 
-Conventions (``DESIGN.md``): images are uint8 ``[H, W, 3]`` RGB; masks are bool ``[H, W]`` named for what True
+Conventions (``docs/DESIGN.md``): images are uint8 ``[H, W, 3]`` RGB; masks are bool ``[H, W]`` named for what True
 means; depth is float32 ``[H, W]`` z-depth in metres with 0 = unknown. Sizes are given as ``(width, height)``,
 the order PIL, OpenCV and the official Spatia CLI (``--width 1248 --height 704``) use.
 

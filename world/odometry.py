@@ -1,6 +1,6 @@
 """RGB-D odometry glue (Open3D) and a numpy photometric check, used to refine generated-frame poses.
 
-Conventions (``DESIGN.md``): OpenCV pinhole (x right, y down, z forward), pixel centres at integer + 0.5, depth is
+Conventions (``docs/DESIGN.md``): OpenCV pinhole (x right, y down, z forward), pixel centres at integer + 0.5, depth is
 float32 z-depth in metres with 0 = unknown, images uint8 ``H x W x 3`` RGB. Open3D puts pixel centres at integers,
 so the principal point handed to it is shifted by -0.5 px.
 

@@ -1,6 +1,6 @@
 """Reference-frame retrieval: up to K history frames that see what the target clip will see.
 
-Two variants (``research/memory_videogen.md``, "Reference retrieval"):
+Two variants (``docs/DESIGN.md``, "Where the method follows the paper ..."):
 
 - ``"paper"``: Algorithm 1 of the paper (Sec. 3.1.2 and the appendix). For every K-th target frame, the candidate
   with the largest SpatialOverlap = 3D IoU of the view-specific voxel sets after registering the candidate's set
@@ -102,6 +102,7 @@ def retrieve_reference_frames(
     cand_stride = _stride(candidate_stride, 1 if method == "paper" else OFFICIAL_CANDIDATE_STRIDE, "candidate_stride")
     frames = _candidate_frames(candidates, len(store))
     frames = frames[frames % cand_stride == 0]
+    frames = frames[store.indexed()[frames]]  # frames compaction dropped from the index are no candidates
     if method == "paper" and not (0.0 <= eps < 1.0):
         raise InvalidInputError(f"eps is an IoU threshold in [0, 1), got {eps}")
     if icp is not None and method != "paper":

@@ -5,7 +5,7 @@ harness (many seeded items per family) and training data. Geometry is a triangle
 spheres; ``render`` casts one ray per pixel centre with open3d's ``RaycastingScene`` (Embree), so depth is exact
 up to float32, and colours come from procedural textures (``world.textures``) with fixed Lambert shading.
 
-Frames and units (``DESIGN.md``):
+Frames and units (``docs/DESIGN.md``):
 - The scene's world frame is y-down to match an OpenCV camera standing level in it: the floor is the plane
   ``y = 0``, a point ``h`` metres above the floor has ``y = -h``, and "up" is ``-y``. x and z span the floor.
 - ``start_pose()`` is a level camera at eye height (1.6 m, so ``y = -1.6``) looking along world ``+z``; its

@@ -10,6 +10,7 @@ a torn one.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -68,13 +69,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask is process-wide, so not toggled while threads write
+
+
+def default_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file (0644 under the usual umask 022); mkstemp gives 0600."""
+    return 0o666 & ~_UMASK
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file)`` on a temp file in ``path``'s directory, fsync, rename over ``path``, fsync the
     directory: a crash leaves the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # named by host and pid: a server starting on a shared data dir removes only temp files of dead writers
+    owner = f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())  # snapshots and exports are ordinary files for their owner's tools
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -116,7 +116,13 @@ class World:
             raise InvalidInputError(f"image must be uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
         K = intrinsics or default_intrinsics(rgb.shape[1], rgb.shape[0])
         if depth_m is None:
-            depth_m = (depth_estimator or PlanarPriorDepth()).estimate(rgb, K).depth_m
+            if intrinsics is None and hasattr(depth_estimator, "estimate_uncalibrated"):
+                # the estimator measures the focal itself (model.fill.photo): its depth is for its intrinsics
+                est = depth_estimator.estimate_uncalibrated(rgb)
+                K = est.intrinsics or K
+            else:
+                est = (depth_estimator or PlanarPriorDepth()).estimate(rgb, K)
+            depth_m = est.depth_m
         kwargs.setdefault("source", "image")
         return cls.from_rgbd(rgb, depth_m, K, **kwargs)
 
@@ -124,7 +130,7 @@ class World:
     def from_case(cls, case_dir: str | Path, depth_estimator: Any = None, width: int | None = None, **kwargs: Any) -> tuple["World", np.ndarray]:
         """A world from the official Spatia case layout; also returns the case's trajectory ``[N, 4, 4]`` c2w.
 
-        Layout (``shared/conformance/spatia-official-cases/NOTICE.md``): img.jpg, intrinsics.txt ([fx/W fy/H cx/W cy/H]),
+        Layout (``assets/cases/NOTICE.md``): img.jpg, intrinsics.txt ([fx/W fy/H cx/W cy/H]),
         w2c.txt (one 4x4 per line, line 1 = first frame), prompt.txt, optional mask.png (white = dynamic).
         ``width`` resizes the image (and intrinsics) first, keeping the aspect ratio.
         """
@@ -198,3 +204,7 @@ class World:
     @property
     def world_id(self) -> str:
         return self.info.world_id
+
+    def close(self) -> None:
+        """Release what the world holds outside the Python heap (its frame file); unusable afterwards."""
+        self.history.close()

@@ -1,7 +1,7 @@
 """The memory update after generation: the paper's "update the scene point cloud with visual SLAM" (Sec. 3.2).
 
 The official code re-runs MapAnything from scratch on all history frames each round, with the KNOWN camera path
-as input (``research/memory_videogen.md`` A0). We do an incremental, real-time version, one generated frame at a
+as input (``docs/DESIGN.md``, "Where the method follows ..."). We do an incremental, real-time version, one generated frame at a
 time:
 
 1. render the memory at the frame's pose (the frame should agree with it where the memory has points);
@@ -14,7 +14,7 @@ time:
    Sec. 3 / appendix "Dynamic-Static Disentanglement in the Inference Stage": masks exclude dynamic regions when
    the point cloud is updated; the official code drops them with ``mask & ~mask_image``).
 
-Conventions (``DESIGN.md``): OpenCV camera, ``c2w`` 4x4 float64, depth float32 z-depth metres with 0 = unknown,
+Conventions (``docs/DESIGN.md``): OpenCV camera, ``c2w`` 4x4 float64, depth float32 z-depth metres with 0 = unknown,
 images uint8 ``H x W x 3``, masks named for what True means.
 """
 

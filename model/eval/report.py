@@ -65,6 +65,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from spatia.world.snapshot import default_file_mode
+
+    os.fchmod(fd, default_file_mode())  # mkstemp's 0600 would hide results from other users
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)

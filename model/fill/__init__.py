@@ -1,0 +1,1 @@
+"""Filling the unseen: geometry and appearance for what the memory has never observed (issue 10)."""

@@ -200,14 +200,20 @@ class GetWorldRequest(_message.Message):
     def __init__(self, world_id: _Optional[str] = ...) -> None: ...
 
 class ListWorldsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListWorldsResponse(_message.Message):
-    __slots__ = ("worlds",)
+    __slots__ = ("worlds", "next_page_token")
     WORLDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     worlds: _containers.RepeatedCompositeFieldContainer[WorldInfo]
-    def __init__(self, worlds: _Optional[_Iterable[_Union[WorldInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, worlds: _Optional[_Iterable[_Union[WorldInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteWorldRequest(_message.Message):
     __slots__ = ("world_id",)
@@ -258,7 +264,7 @@ class ClipLengths(_message.Message):
     def __init__(self, first_clip_frames: _Optional[int] = ..., clip_frames: _Optional[int] = ..., preceding_frames: _Optional[int] = ...) -> None: ...
 
 class PlayStart(_message.Message):
-    __slots__ = ("world_id", "resolution", "fps", "prompt", "encoding", "jpeg_quality", "clip", "no_recording", "seed", "heartbeat_interval_s", "max_pending_frames")
+    __slots__ = ("world_id", "resolution", "fps", "prompt", "encoding", "jpeg_quality", "clip", "no_recording", "seed", "heartbeat_interval_s", "max_pending_frames", "lockstep")
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +276,7 @@ class PlayStart(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_PENDING_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    LOCKSTEP_FIELD_NUMBER: _ClassVar[int]
     world_id: str
     resolution: Resolution
     fps: float
@@ -281,7 +288,8 @@ class PlayStart(_message.Message):
     seed: int
     heartbeat_interval_s: float
     max_pending_frames: int
-    def __init__(self, world_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, _Mapping]] = ..., fps: _Optional[float] = ..., prompt: _Optional[str] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., no_recording: _Optional[bool] = ..., seed: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., max_pending_frames: _Optional[int] = ...) -> None: ...
+    lockstep: bool
+    def __init__(self, world_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, _Mapping]] = ..., fps: _Optional[float] = ..., prompt: _Optional[str] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., no_recording: _Optional[bool] = ..., seed: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., max_pending_frames: _Optional[int] = ..., lockstep: _Optional[bool] = ...) -> None: ...
 
 class Action(_message.Message):
     __slots__ = ("move_forward", "move_right", "move_up", "yaw_rate_rad_s", "pitch_rate_rad_s", "yaw_delta_rad", "pitch_delta_rad", "sprint", "dt_s", "seq", "client_time_ns")
@@ -326,21 +334,23 @@ class PlayRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[PlayStart, _Mapping]] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., prompt: _Optional[_Union[PromptChange, _Mapping]] = ...) -> None: ...
 
 class PlayStarted(_message.Message):
-    __slots__ = ("session_id", "world", "fps", "clip", "recording_id")
+    __slots__ = ("session_id", "world", "fps", "clip", "recording_id", "lockstep")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     RECORDING_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCKSTEP_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     world: WorldInfo
     fps: float
     clip: ClipLengths
     recording_id: str
-    def __init__(self, session_id: _Optional[str] = ..., world: _Optional[_Union[WorldInfo, _Mapping]] = ..., fps: _Optional[float] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., recording_id: _Optional[str] = ...) -> None: ...
+    lockstep: bool
+    def __init__(self, session_id: _Optional[str] = ..., world: _Optional[_Union[WorldInfo, _Mapping]] = ..., fps: _Optional[float] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., recording_id: _Optional[str] = ..., lockstep: _Optional[bool] = ...) -> None: ...
 
 class SessionStats(_message.Message):
-    __slots__ = ("clip_id", "generate_ms", "update_ms", "memory_points", "pending_frames", "queue_depth", "frames_dropped", "poses_dropped")
+    __slots__ = ("clip_id", "generate_ms", "update_ms", "memory_points", "pending_frames", "queue_depth", "frames_dropped", "poses_dropped", "held_fps")
     CLIP_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +359,7 @@ class SessionStats(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
     POSES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    HELD_FPS_FIELD_NUMBER: _ClassVar[int]
     clip_id: int
     generate_ms: float
     update_ms: float
@@ -357,7 +368,8 @@ class SessionStats(_message.Message):
     queue_depth: int
     frames_dropped: int
     poses_dropped: int
-    def __init__(self, clip_id: _Optional[int] = ..., generate_ms: _Optional[float] = ..., update_ms: _Optional[float] = ..., memory_points: _Optional[int] = ..., pending_frames: _Optional[int] = ..., queue_depth: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., poses_dropped: _Optional[int] = ...) -> None: ...
+    held_fps: float
+    def __init__(self, clip_id: _Optional[int] = ..., generate_ms: _Optional[float] = ..., update_ms: _Optional[float] = ..., memory_points: _Optional[int] = ..., pending_frames: _Optional[int] = ..., queue_depth: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., poses_dropped: _Optional[int] = ..., held_fps: _Optional[float] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("server_time_ns", "last_frame_index", "pose", "last_action_seq")
@@ -576,16 +588,22 @@ class RecordingInfo(_message.Message):
     def __init__(self, recording_id: _Optional[str] = ..., world_id: _Optional[str] = ..., session_id: _Optional[str] = ..., start_unix_ns: _Optional[int] = ..., end_unix_ns: _Optional[int] = ..., frames: _Optional[int] = ..., actions: _Optional[int] = ..., size_bytes: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class ListRecordingsRequest(_message.Message):
-    __slots__ = ("world_id",)
+    __slots__ = ("world_id", "page_size", "page_token")
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     world_id: str
-    def __init__(self, world_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, world_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListRecordingsResponse(_message.Message):
-    __slots__ = ("recordings",)
+    __slots__ = ("recordings", "next_page_token")
     RECORDINGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     recordings: _containers.RepeatedCompositeFieldContainer[RecordingInfo]
-    def __init__(self, recordings: _Optional[_Iterable[_Union[RecordingInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, recordings: _Optional[_Iterable[_Union[RecordingInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ReplayRequest(_message.Message):
     __slots__ = ("recording_id", "start_frame", "speed")

@@ -1,0 +1,259 @@
+"""Soak: N Play sessions for M minutes on bounded loops that revisit, plus one client that never reads.
+
+A server runs in a subprocess (``spatia serve``, geometric generator, loopback only); this process creates N
+worlds (``--width x --height``) and drives one Play session per world with the asyncio client: an action every
+``1 / --tick-hz`` s, walking forward while turning at ``2 pi / --loop-s`` rad/s, so each camera goes round the
+same circle every ``--loop-s`` seconds (what a world legitimately holds stops growing after the first lap). One
+more world is played by a client that sends actions and never reads a frame. Everything is bounded in time
+(``--minutes``, then the sessions end, every world is deleted and the server stopped).
+
+Reported (one JSON object on stdout): server RSS after minute 1 (``--first-s``) and at the end, and the same
+minus the bytes the worlds report (memory points x bytes per point + history frames); per-session frame rate of
+the first and of the last minute; errors; RSS after deleting every world vs right after start. Baseline (same
+run): RSS of the idle server before any world exists.
+
+    python benchmarks/soak.py [--sessions 8 --minutes 10 --width 320 --height 180]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import emit, log  # noqa: E402
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def _session(client, world_id: str, args, t0: float, stop: float, errors: list[str]) -> dict:
+    """One reading session: per-second frame counts (relative to ``t0``)."""
+    per_s: dict[int, int] = {}
+    try:
+        s = await client.play(world_id, fps=args.tick_hz, record=False)
+    except Exception as exc:  # noqa: BLE001 -- counted and reported
+        errors.append(f"{world_id} start: {type(exc).__name__}: {exc}")
+        return {"per_s": per_s}
+    yaw = 2 * math.pi / args.loop_s
+
+    async def sender():
+        tick = time.monotonic()
+        while tick < stop:
+            await s.send(move_forward=args.speed_m_s, yaw_rate_rad_s=yaw, dt_s=1.0 / args.tick_hz)
+            tick += 1.0 / args.tick_hz
+            await asyncio.sleep(max(tick - time.monotonic(), 0.0))
+
+    async def receiver():
+        while time.monotonic() < stop:
+            try:
+                f = await asyncio.wait_for(s.next_frame(), timeout=max(stop - time.monotonic(), 0.01))
+            except TimeoutError:
+                break
+            if f is None:
+                errors.append(f"{world_id}: stream ended early")
+                break
+            sec = int(time.monotonic() - t0)
+            per_s[sec] = per_s.get(sec, 0) + 1
+
+    try:
+        await asyncio.gather(sender(), receiver())
+    except Exception as exc:  # noqa: BLE001 -- counted and reported
+        errors.append(f"{world_id}: {type(exc).__name__}: {exc}")
+    finally:
+        try:
+            await s._call.done_writing()
+        except Exception:  # noqa: BLE001 -- the call may be over already
+            pass
+        s._call.cancel()
+    return {"per_s": per_s}
+
+
+async def _never_reader(client, world_id: str, args, stop: float, errors: list[str]) -> None:
+    """Opens Play and sends actions, never reads a frame: the server must drop, not queue."""
+    try:
+        s = await client.play(world_id, fps=args.tick_hz, record=False)
+        while time.monotonic() < stop:
+            await s.send(move_forward=args.speed_m_s, yaw_rate_rad_s=2 * math.pi / args.loop_s,
+                         dt_s=1.0 / args.tick_hz)
+            await asyncio.sleep(1.0 / args.tick_hz)
+        s._call.cancel()
+    except Exception as exc:  # noqa: BLE001 -- counted and reported
+        errors.append(f"never-reader: {type(exc).__name__}: {exc}")
+
+
+async def _world_bytes(client, ids: list[str], history_frame_bytes: int) -> int:
+    """Bytes the worlds report: memory points x 32 (the memory's upper bound per point, ``world.memory``) plus
+    ``history_frame_bytes`` per history frame (poses and locations: frames themselves are on disk)."""
+    total = 0
+    for wid in ids:
+        st = (await client.get_world(wid)).stats if hasattr(client, "get_world") else None
+        if st is not None:
+            total += int(st.memory_points) * 32 + int(st.history_frames) * history_frame_bytes
+    return total
+
+
+async def _run(target: str, pid: int, args) -> dict:
+    from spatia.client.api import AsyncWorldClient
+
+    errors: list[str] = []
+    async with AsyncWorldClient(target, timeout_s=600) as c:
+        ids = []
+        for i in range(args.sessions + 1):
+            wid = f"soak-{i}"
+            await c.create_scene(("room", "house", "courtyard")[i % 3], seed=i, width=args.width,
+                                 height=args.height, world_id=wid)
+            ids.append(wid)
+        rss_created = rss_bytes(pid)
+        t0 = time.monotonic()
+        stop = t0 + args.minutes * 60
+        samples: list[tuple[float, int, int]] = []
+
+        async def sampler():
+            first_done = False
+            while time.monotonic() < stop:
+                await asyncio.sleep(min(args.sample_s, max(stop - time.monotonic(), 0.01)))
+                now = time.monotonic() - t0
+                if not first_done and now >= args.first_s:
+                    first_done = True
+                try:
+                    wb = await _world_bytes(c, ids, 200)
+                except Exception as exc:  # noqa: BLE001 -- counted and reported
+                    errors.append(f"stats: {type(exc).__name__}: {exc}")
+                    wb = 0
+                samples.append((now, rss_bytes(pid), wb))
+                log(f"t={now:6.1f}s rss={samples[-1][1] / 2**20:7.1f} MiB worlds={wb / 2**20:7.1f} MiB")
+
+        results = await asyncio.gather(
+            *(_session(c, w, args, t0, stop, errors) for w in ids[: args.sessions]),
+            _never_reader(c, ids[-1], args, stop, errors),
+            sampler(),
+        )
+        sessions = results[: args.sessions]
+        await asyncio.sleep(2.0)  # sessions end after their clip in flight
+        rss_end = rss_bytes(pid)
+        for wid in ids:
+            for attempt in range(50):
+                try:
+                    await c.delete_world(wid)
+                    break
+                except Exception as exc:  # noqa: BLE001 -- a session may still be ending: retry
+                    if attempt == 49:
+                        errors.append(f"delete {wid}: {type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        rss_deleted = rss_bytes(pid)
+    return {"sessions": sessions, "samples": samples, "errors": errors, "rss_created": rss_created,
+            "rss_end": rss_end, "rss_deleted": rss_deleted}
+
+
+def _fps(per_s: dict[int, int], a: float, b: float) -> float:
+    secs = [s for s in range(int(a), int(b))]
+    return sum(per_s.get(s, 0) for s in secs) / max(len(secs), 1)
+
+
+def soak(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--host", "127.0.0.1", "--port-file",
+             str(port_file), "--data-dir", str(Path(tmp) / "data"), "--max-sessions", str(args.sessions + 1),
+             *(["--save-interval-s", str(args.save_interval_s)] if args.save_interval_s is not None else [])],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not port_file.exists():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("server did not start")
+                time.sleep(0.1)
+            rss_idle = rss_bytes(server.pid)
+            target = f"127.0.0.1:{int(port_file.read_text())}"
+            log(f"server at {target}; {args.sessions} sessions + 1 never-reader for {args.minutes} min")
+            r = asyncio.run(_run(target, server.pid, args))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    samples = r["samples"]
+    first = min(samples, key=lambda s: abs(s[0] - args.first_s)) if samples else (0, 0, 0)
+    last = samples[-1] if samples else (0, 0, 0)
+    span = args.minutes * 60
+    w = min(args.first_s, span / 2)  # the first and last windows (a minute, scaled down for short runs)
+    fps_first = [_fps(s["per_s"], 0, w) for s in r["sessions"]]
+    fps_last = [_fps(s["per_s"], span - w, span) for s in r["sessions"]]
+    ratios = [b / a if a > 0 else 0.0 for a, b in zip(fps_first, fps_last)]
+    mib = 1 / 2**20
+    return {
+        "name": "soak",
+        "sizes": {"sessions": args.sessions, "never_reading": 1, "minutes": args.minutes, "width": args.width,
+                  "height": args.height, "tick_hz": args.tick_hz, "loop_s": args.loop_s,
+                  "first_window_s": w, "generator": "geometric",
+                  "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default"},
+        "rss_idle_mib": round(rss_idle * mib, 1),
+        "rss_created_mib": round(r["rss_created"] * mib, 1),
+        "rss_first_mib": round(first[1] * mib, 1),
+        "rss_end_mib": round(last[1] * mib, 1),
+        "rss_end_over_first": round(last[1] / first[1], 3) if first[1] else None,
+        "rss_minus_worlds_first_mib": round((first[1] - first[2]) * mib, 1),
+        "rss_minus_worlds_end_mib": round((last[1] - last[2]) * mib, 1),
+        "worlds_reported_first_mib": round(first[2] * mib, 1),
+        "worlds_reported_end_mib": round(last[2] * mib, 1),
+        "rss_after_delete_mib": round(r["rss_deleted"] * mib, 1),
+        "fps_first": [round(x, 2) for x in fps_first],
+        "fps_last": [round(x, 2) for x in fps_last],
+        "fps_last_over_first_min": round(min(ratios), 3) if ratios else None,
+        "errors": len(r["errors"]),
+        "error_samples": r["errors"][:5],
+        "rss_samples_mib": [[round(t, 1), round(x * mib, 1)] for t, x, _ in samples],
+        "baseline": "rss_idle_mib: the server before any world exists (same run)",
+        "cpu_count": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sessions", type=int, default=8)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=180)
+    p.add_argument("--tick-hz", type=float, default=30.0)
+    p.add_argument("--loop-s", type=float, default=20.0, help="seconds per lap of each session's circle")
+    p.add_argument("--speed-m-s", type=float, default=0.5)
+    p.add_argument("--first-s", type=float, default=60.0, help="end of the first window (RSS and fps)")
+    p.add_argument("--sample-s", type=float, default=10.0)
+    p.add_argument("--save-interval-s", type=float, default=None, help="the server's autosave interval "
+                   "(default: the server's own)")
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    emit(soak(parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""One Play session per world inside the web app, fanned out to every browser that watches it.
+
+A ``PlayHub`` holds the gRPC ``AsyncPlaySession`` of a world (opened when a controller joins), one controller
+(the only connection whose actions are forwarded) and any number of ``Subscriber``s (the controller's own view
+and spectators). Each subscriber has a small bounded queue where the latest frame wins: a slow browser drops
+frames, it never makes the web app's memory grow nor slows the other viewers (refresh_2026-12.md 3a: FlashDreams'
+two-frame sender queue). The fan-out lives here, in the web app, not in the gRPC server: the server streams a
+world's frames to one Play caller.
+
+When the controller's connection drops, the session stays open for ``grace_s`` so a reconnecting page resumes the
+same session (same recording, the camera where it was); after that it is closed (the server saves the world,
+with its current camera pose, so a later session also starts where the camera was).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from spatia.client.api import AsyncPlaySession, AsyncWorldClient, DecodedFrame, WorldServiceError
+from spatia.proto.spatia.v1 import world_pb2 as pb
+from spatia.proto.spatia.v1.convert import pose_array
+
+log = structlog.get_logger("spatia.web")
+
+# Action axes a page may send (names of ``pb.Action``); anything else in a control message is refused.
+ACTION_AXES = ("move_forward", "move_right", "move_up", "yaw_rate_rad_s", "pitch_rate_rad_s", "yaw_delta_rad",
+               "pitch_delta_rad", "sprint", "dt_s")
+
+
+@dataclass
+class WebFrame:
+    jpeg: bytes  # the server's JPEG, sent to WebSocket viewers as is (no re-encode)
+    meta: dict  # JSON-able: index, clip, seq (the page's own action seq), pose [16] row-major c2w, ...
+    rgb: np.ndarray | None = None  # [H, W, 3] uint8, decoded once on demand (the WebRTC track)
+
+    def decoded(self) -> np.ndarray:
+        if self.rgb is None:
+            import cv2
+
+            bgr = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
+            self.rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return self.rgb
+
+
+class Subscriber:
+    """A viewer's queues: frames bounded to ``maxsize`` (when full the oldest goes: latest wins) and control
+    messages (status, errors; bounded too, never evicting a frame), messages first."""
+
+    def __init__(self, maxsize: int = 2, controller: bool = False) -> None:
+        self._frames: deque = deque(maxlen=maxsize)
+        self._messages: deque = deque(maxlen=64)
+        self._ready = asyncio.Event()
+        self.controller = controller
+        self.dropped = 0
+        self.closed = False
+
+    def offer(self, item) -> None:
+        if item is None or isinstance(item, dict):
+            self._messages.append(item)
+        else:
+            if len(self._frames) == self._frames.maxlen:
+                self.dropped += 1
+            self._frames.append(item)
+        self._ready.set()
+
+    def pending(self) -> int:
+        return len(self._frames)
+
+    async def get(self):
+        """The next message, else the next frame; None once closed."""
+        while True:
+            if self._messages:
+                return self._messages.popleft()
+            if self._frames:
+                return self._frames.popleft()
+            self._ready.clear()
+            await self._ready.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self.offer(None)  # wakes the reader; None = the end
+
+
+@dataclass
+class PlayOptions:
+    fps: float = 30.0
+    width: int | None = None
+    height: int | None = None
+    jpeg_quality: int = 90
+    record: bool = True
+    prompt: str = ""
+
+
+@dataclass
+class HubStatus:
+    world_id: str
+    playing: bool
+    viewers: int  # spectators (subscribers that are not the controller)
+    recording_id: str = ""
+    memory_points: int = 0
+    trail: list = field(default_factory=list)
+
+
+class PlayHub:
+    def __init__(self, client: AsyncWorldClient, world_id: str, grace_s: float = 10.0, trail_max: int = 4096) -> None:
+        self.client, self.world_id, self.grace_s = client, world_id, grace_s
+        self.session: AsyncPlaySession | None = None
+        self.subscribers: set[Subscriber] = set()
+        self.controller: object | None = None  # the connection that steers (any hashable token)
+        self.options = PlayOptions()
+        self.recording_id = ""
+        self.memory_points = 0
+        self.c2w: np.ndarray | None = None  # [4, 4] world frame: the camera of the latest frame
+        self.trail: list[np.ndarray] = []  # [3] camera centres, world frame, oldest first
+        self.trail_max = trail_max
+        self.frames = 0
+        self._seq_map: dict[int, int] = {}  # server seq -> the page's seq (latency is measured by the page)
+        self._reader: asyncio.Task | None = None
+        self._closer: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self.last: WebFrame | None = None  # the latest frame, shown at once to a viewer who joins
+
+    @property
+    def viewers(self) -> int:
+        return sum(1 for s in self.subscribers if not s.controller)
+
+    # ---- membership ------------------------------------------------------------------------------------
+
+    def subscribe(self, controller: bool = False, maxsize: int = 2) -> Subscriber:
+        sub = Subscriber(maxsize=maxsize, controller=controller)
+        self.subscribers.add(sub)
+        if self.last is not None and not controller:  # a new controller gets a still of its own (take_control)
+            sub.offer(self.last)
+        self._broadcast_status()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        sub.close()
+        self._broadcast_status()
+
+    async def take_control(self, token: object, options: PlayOptions) -> pb.PlayStarted:
+        """Make ``token`` the controller and open the Play session if none is open (a reconnect within the grace
+        period takes over the open one). Raises ``WorldServiceError`` when the server refuses (e.g. the world is
+        controlled by another client)."""
+        async with self._lock:
+            if self._closer is not None:
+                self._closer.cancel()
+                self._closer = None
+            if self.controller is not None and self.controller is not token and self.session is not None:
+                raise WorldServiceError(_code("FAILED_PRECONDITION"),
+                                        f"world {self.world_id!r} already has a player; join as a spectator")
+            changed = self.controller is not token
+            self.controller = token
+            if changed:
+                self.last = None  # its seq was another page's
+            if self.session is None:
+                self.options = options
+                self.session = await self.client.play(
+                    self.world_id, fps=options.fps, width=options.width, height=options.height,
+                    encoding=pb.FRAME_ENCODING_JPEG, jpeg_quality=options.jpeg_quality, record=options.record,
+                    prompt=options.prompt)
+                started = self.session.started
+                self.recording_id = started.recording_id
+                self.memory_points = int(started.world.stats.memory_points)
+                world = started.world
+                self.c2w = pose_array(world.current if world.HasField("current") else world.origin)
+                self.trail = [self.c2w[:3, 3].copy()]
+                self._reader = asyncio.create_task(self._read(self.session))
+                await self._still()
+                log.info("play opened", world_id=self.world_id, recording=self.recording_id)
+            elif changed:  # a reconnect took the open session over: show where the camera is
+                await self._still()
+            self._broadcast_status()
+            return self.session.started
+
+    def release_control(self, token: object) -> None:
+        """The controller's connection ended: keep the session ``grace_s`` for a reconnect, then close it."""
+        if self.controller is not token:
+            return
+        self.controller = None
+        if self.session is not None and self._closer is None:
+            self._closer = asyncio.create_task(self._close_later())
+
+    async def _close_later(self) -> None:
+        await asyncio.sleep(self.grace_s)
+        self._closer = None
+        await self.close_session()
+
+    async def close_session(self) -> None:
+        async with self._lock:
+            session, self.session = self.session, None
+            if session is None:
+                return
+            reader, self._reader = self._reader, None
+            try:
+                # Half-close; the reader task drains the frames still coming (one reader per call), and the server
+                # finishes the session: it saves the world and closes the recording once.
+                await session._call.done_writing()
+                if reader is not None:
+                    await asyncio.wait_for(asyncio.shield(reader), timeout=60)
+            except (Exception, TimeoutError) as exc:  # noqa: BLE001 -- a broken stream still ends the session
+                log.warning("play close failed", world_id=self.world_id, error=str(exc))
+                if reader is not None:
+                    reader.cancel()
+            self.controller = None
+            log.info("play closed", world_id=self.world_id, frames=self.frames)
+            self._broadcast_status()
+
+    # ---- controls ----------------------------------------------------------------------------------------
+
+    async def send_action(self, token: object, page_seq: int, axes: dict) -> int:
+        """Forward one action of the controller; returns the server's seq. Spectators' actions are refused."""
+        if token is not self.controller or self.session is None:
+            raise PermissionError("only the player steers; spectators watch")
+        clean = {}
+        for k, v in axes.items():
+            if k not in ACTION_AXES:
+                raise ValueError(f"unknown action axis {k!r}; known: {list(ACTION_AXES)}")
+            clean[k] = bool(v) if k == "sprint" else float(v)
+        server_seq = await self.session.send(**clean)
+        self._seq_map[server_seq] = (token, int(page_seq))
+        if len(self._seq_map) > 4096:  # keep the map bounded: old seqs are never looked up again
+            for s in sorted(self._seq_map)[:2048]:
+                del self._seq_map[s]
+        return server_seq
+
+    async def set_prompt(self, token: object, prompt: str) -> None:
+        if token is not self.controller or self.session is None:
+            raise PermissionError("only the player sets the prompt")
+        await self.session.set_prompt(prompt)
+
+    # ---- frames ------------------------------------------------------------------------------------------
+
+    def _page_seq(self, f: DecodedFrame | None) -> int:
+        """The controlling page's seq of the action a frame applied (0: none, or another page's action)."""
+        token, seq = self._seq_map.get(f.last_action_seq, (None, 0)) if f is not None else (None, 0)
+        return seq if token is self.controller else 0
+
+    def _meta(self, f: DecodedFrame | None, kind: str = "frame") -> dict:
+        c2w = self.c2w if f is None else f.c2w
+        return {
+            "t": kind,
+            "index": -1 if f is None else f.frame_index,
+            "clip": -1 if f is None else f.clip_id,
+            "seq": self._page_seq(f),
+            "session_frame": -1 if f is None else f.session_frame,
+            "server_time_ns": 0 if f is None else f.server_time_ns,
+            "pose": [float(v) for v in np.asarray(c2w).reshape(-1)],
+            "memory_points": self.memory_points,
+            "viewers": self.viewers,
+            "recording": self.recording_id,
+            "width": 0 if f is None else int(f.raw.width),
+            "height": 0 if f is None else int(f.raw.height),
+        }
+
+    async def _still(self) -> None:
+        """Standing still generates nothing: show the memory from where the camera stands until frames come."""
+        try:
+            r = await self.client.render(self.world_id, self.c2w, self.options.width or 0, self.options.height or 0)
+        except WorldServiceError as exc:
+            log.warning("still render failed", world_id=self.world_id, error=str(exc))
+            return
+        import cv2
+
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(r.rgb, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
+        meta = self._meta(None, "still")
+        meta["width"], meta["height"] = int(r.rgb.shape[1]), int(r.rgb.shape[0])
+        self._fan_out(WebFrame(jpeg.tobytes(), meta, r.rgb))
+
+    async def _read(self, session: AsyncPlaySession) -> None:
+        try:
+            async for f in session:
+                if session.stats:
+                    self.memory_points = int(session.stats[-1].memory_points)
+                self.c2w = f.c2w
+                self.trail.append(f.c2w[:3, 3].copy())
+                del self.trail[:-self.trail_max]
+                self.frames += 1
+                self._fan_out(WebFrame(bytes(f.raw.data), self._meta(f)))
+        except WorldServiceError as exc:
+            log.warning("play stream ended with an error", world_id=self.world_id, error=str(exc))
+            self._notify({"t": "error", "message": str(exc)})
+        finally:
+            if self.session is session:  # ended by the server (shutdown, error): forget it
+                self.session = None
+                self.controller = None
+                self._broadcast_status()
+
+    def _fan_out(self, frame: WebFrame) -> None:
+        self.last = frame
+        for sub in list(self.subscribers):
+            sub.offer(frame)
+
+    def _notify(self, message: dict) -> None:
+        for sub in list(self.subscribers):
+            sub.offer(message)
+
+    def _broadcast_status(self) -> None:
+        self._notify(self.status_message())
+
+    def status_message(self) -> dict:
+        return {"t": "status", "world_id": self.world_id, "playing": self.session is not None,
+                "viewers": self.viewers, "recording": self.recording_id, "memory_points": self.memory_points,
+                "time_ns": time.time_ns()}
+
+
+def _code(name: str):
+    import grpc
+
+    return getattr(grpc.StatusCode, name)
+
+
+class HubRegistry:
+    """The hubs of the web app, one per world id (created on first use, per gRPC client)."""
+
+    def __init__(self, grace_s: float = 10.0) -> None:
+        self.grace_s = grace_s
+        self.hubs: dict[str, PlayHub] = {}
+
+    def get(self, client: AsyncWorldClient, world_id: str) -> PlayHub:
+        hub = self.hubs.get(world_id)
+        if hub is None:
+            hub = self.hubs[world_id] = PlayHub(client, world_id, grace_s=self.grace_s)
+        return hub
+
+    async def close(self) -> None:
+        for hub in list(self.hubs.values()):
+            await hub.close_session()

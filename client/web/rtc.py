@@ -1,0 +1,222 @@
+"""WebRTC for the web app (aiortc): a video track fed from a world's ``PlayHub`` and a data channel for controls.
+
+The page makes the offer (with a data channel named ``control``); ``answer`` subscribes the peer to the hub
+(bounded queue, latest frame wins), returns aiortc's answer (ICE candidates gathered, no trickle), and:
+
+- the video track hands out a frame only when a new one came from the Play stream (no repeats, so a slow
+  generator is a low frame rate, not a stutter), decoding the server's JPEG once off the event loop; its
+  ``pts`` follow the wall clock on the 90 kHz RTP clock so the browser plays frames at the pace they came;
+- the data channel carries, per frame, its metadata (index, the page's action seq, pose, ...) with its ``pts``,
+  and once the RTP timestamp origin (random per sender, RFC 3550) so the page can map the RTP timestamp of
+  each displayed frame (``requestVideoFrameCallback`` metadata) back to the frame: key -> frame latency is
+  measured on the frame really shown. Controls come back on the same channel, in order.
+
+No STUN / TURN by default (``ice_servers``): the web app and the browser reach each other directly (loopback,
+LAN); pass ICE servers for anything else, or let the page fall back to the WebSocket stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from fractions import Fraction
+
+import structlog
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from spatia.client.api import WorldServiceError
+
+log = structlog.get_logger("spatia.web")
+
+VIDEO_CLOCK_HZ = 90_000
+
+
+class HubVideoTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, sub, on_message, fps: float = 30.0) -> None:
+        super().__init__()
+        self.min_gap_s = 1.0 / fps  # frames go out at most at the session's rate (see ``recv``)
+        self._next_due: float | None = None
+        self.repeat_after_s = 0.15
+        self._last_item = None
+        self._repeated = False
+        self.sub = sub  # hub.Subscriber: WebFrame items, dict status messages, None at the end
+        self.on_message = on_message  # (dict) -> None: sends on the data channel
+        self.sender = None  # the RTCRtpSender, set after addTrack (to learn the RTP timestamp origin)
+        self.rtp_origin: int | None = None
+        self._t0: float | None = None
+        self._last_pts = -1
+        self.frames_sent = 0
+
+    def _learn_origin(self) -> None:
+        """RTP timestamp = origin + pts (mod 2^32); after a frame went out the sender's last packet timestamp
+        gives the origin (aiortc keeps it private; without it the page measures no per-frame latency)."""
+        if self.rtp_origin is not None or self._last_pts < 0 or self.sender is None:
+            return
+        last = getattr(self.sender, "_RTCRtpSender__rtp_timestamp", 0)
+        if last:
+            self.rtp_origin = (last - self._last_pts) % (1 << 32)
+            self.on_message({"t": "rtp_origin", "origin": self.rtp_origin, "clock_hz": VIDEO_CLOCK_HZ})
+
+    async def recv(self) -> VideoFrame:
+        repeat = False
+        while True:
+            if self._last_item is not None and not self._repeated:
+                # Chrome presents a WebRTC frame once the next one arrives: after the last frame of a burst,
+                # send it once more (marked ``repeat``) so the newest picture is really shown, not held back.
+                try:
+                    item = await asyncio.wait_for(self.sub.get(), timeout=self.repeat_after_s)
+                except TimeoutError:
+                    item, repeat = self._last_item, True
+            else:
+                item = await self.sub.get()
+            if item is None:
+                self.stop()
+                raise MediaStreamError
+            if isinstance(item, dict):
+                self.on_message(item)
+                continue
+            break
+        self._last_item, self._repeated = item, repeat
+        # A clip's frames come from the generator in a burst; sent as they come, the browser would show only the
+        # last of each burst (one per display refresh) and its jitter buffer would speed playback up. Pace them at
+        # the session fps instead, re-anchoring after a stall so a late frame is not followed by a burst
+        # (refresh_2026-12.md 3b, FlashDreams' track). The queue before this (latest wins) bounds the delay.
+        now = time.monotonic()
+        if self._next_due is not None and now < self._next_due:
+            await asyncio.sleep(self._next_due - now)
+            now = time.monotonic()
+        self._next_due = max(now, self._next_due or now) + self.min_gap_s
+        rgb = await asyncio.to_thread(item.decoded)  # [H, W, 3] uint8
+        if rgb.shape[0] % 2 or rgb.shape[1] % 2:  # yuv420p needs even sizes: drop one edge row / column
+            rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        self._learn_origin()
+        pts = max(int((now - self._t0) * VIDEO_CLOCK_HZ), self._last_pts + 1)
+        self._last_pts = pts
+        frame = VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
+        self.on_message(dict(item.meta, pts=pts, repeat=True) if repeat else dict(item.meta, pts=pts))
+        self.frames_sent += not repeat
+        if self.rtp_origin is None:
+            # standing still, no next frame may come for long: learn the origin once this frame went out
+            asyncio.get_running_loop().create_task(self._probe_origin(pts))
+        return frame
+
+    async def _probe_origin(self, pts: int) -> None:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if self.rtp_origin is not None or self._last_pts != pts:
+                return  # known, or a newer frame went out (``recv`` learns it then)
+            if self.sender is not None and getattr(self.sender, "_RTCRtpSender__packet_count", 0):
+                self._learn_origin()
+                return
+
+
+async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers: list[str] | None = None) -> dict:
+    """Answer the page's offer: subscribe to ``hub`` (and take control when ``role == "play"``)."""
+    config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in (ice_servers or [])])
+    pc = RTCPeerConnection(configuration=config)
+    token = object()
+    # room for one clip's burst (paced out by the track); beyond it the oldest frame goes
+    sub = hub.subscribe(controller=role == "play", maxsize=max(app.config.frame_queue, 6))
+    channel: dict = {}
+    controls: asyncio.Queue = asyncio.Queue(maxsize=256)
+
+    early: list[str] = []  # sent before the channel opened (the first frame's metadata, the RTP origin)
+
+    def send(message: dict) -> None:
+        text = json.dumps(message, separators=(",", ":"))
+        ch = channel.get("ch")
+        if ch is not None and ch.readyState == "open":
+            with contextlib.suppress(Exception):
+                ch.send(text)
+        else:
+            early.append(text)
+            del early[:-64]  # bounded: the latest 64
+
+    track = HubVideoTrack(sub, send, fps=options.fps if role == "play" or hub.session is None else hub.options.fps)
+    closed = asyncio.Event()
+
+    async def cleanup() -> None:
+        if closed.is_set():
+            return
+        closed.set()
+        hub.unsubscribe(sub)
+        hub.release_control(token)
+        app.rtc_peers.discard(pc)
+        worker.cancel()
+        with contextlib.suppress(Exception):
+            await pc.close()
+        log.info("webrtc peer closed", world_id=hub.world_id, role=role, frames=track.frames_sent)
+
+    async def work() -> None:  # controls, in order
+        while True:
+            msg = await controls.get()
+            reply = await app.handle_control(hub, token, msg)
+            if reply is not None:
+                send(reply)
+
+    worker = asyncio.create_task(work())
+
+    @pc.on("datachannel")
+    def on_datachannel(ch) -> None:
+        channel["ch"] = ch
+        send(hub.status_message())
+
+        def flush() -> None:
+            while early and ch.readyState == "open":
+                with contextlib.suppress(Exception):
+                    ch.send(early.pop(0))
+
+        @ch.on("open")
+        def on_open() -> None:
+            flush()
+            send(hub.status_message())
+
+        flush()
+
+        @ch.on("message")
+        def on_message(message) -> None:
+            try:
+                msg = json.loads(message)
+            except (ValueError, TypeError):
+                send({"t": "error", "message": "control messages are JSON"})
+                return
+            try:
+                controls.put_nowait(msg)
+            except asyncio.QueueFull:
+                send({"t": "error", "message": "too many controls queued; dropped"})
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            await cleanup()
+
+    app.rtc_peers.add(pc)
+    try:
+        if role == "play":
+            await hub.take_control(token, options)
+        track.sender = pc.addTrack(track)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        await pc.setLocalDescription(await pc.createAnswer())
+    except (WorldServiceError, ValueError) as exc:
+        await cleanup()
+        if isinstance(exc, ValueError):
+            raise WorldServiceError(_invalid(), f"bad offer: {exc}") from None
+        raise
+    log.info("webrtc peer", world_id=hub.world_id, role=role)
+    return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+
+def _invalid():
+    import grpc
+
+    return grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,933 @@
+"""Layout and depth of a single photograph: no depth, no intrinsics, only the image.
+
+A photo handed to the world has no depth; today's fallback (``world.depth.PlanarPriorDepth``) assumes a level
+camera over a floor facing a fronto-parallel wall, which looks exact and is wrong as soon as the camera is
+pitched or the room is seen at an angle. This module measures the layout from the image's own line structure:
+
+1. **Line segments** (OpenCV's LSD, ``cv2.createLineSegmentDetector``), short ones dropped.
+2. **Vanishing points** by RANSAC over segment pairs in the image plane (homogeneous, so points at infinity are
+   fine), refined by least squares, found one after the other on the segments left over.
+3. **Focal length**: two vanishing points of orthogonal directions ``v1, v2`` satisfy
+   ``(v1 - c) . (v2 - c) = -f^2`` for a centred principal point ``c`` (square pixels). Used when such a pair is
+   finite and gives a field of view in range; otherwise the intrinsics handed in (``DEFAULT_FOV_DEG`` when the
+   photo came without any) are kept.
+4. **Up and the Manhattan frame**: up is the vertical vanishing direction; without one, the normal of two
+   horizontal ones; with a single horizontal one, the direction orthogonal to it closest to the camera's up
+   (zero roll). The frame's horizontal axes come from the strongest horizontal vanishing point.
+5. **Horizon, sky and ground**: the horizon is the line ``K^-T up``. Sky is blue-ish, smooth, above the
+   horizon and connected to the top border. Floor/ground is classified by colour against the bottom of the photo
+   (floor seed) and everything above the horizon (not floor) with smoothed Lab histograms.
+6. **Layout and depth** ("pop-up" over a level-rectified image): the image is re-rendered as a level camera
+   (a homography), where vertical 3-D lines are image columns. A dynamic programme over columns finds the
+   floor/vertical boundary (smooth, with jumps at occlusions); the floor is the plane ``camera_height_m`` below
+   the eye (**scale rule**: camera 1.6 m over the floor, the eye height of the procedural scenes and the planar
+   prior); everything standing on it continues up from its contact row at that contact's distance. Runs of
+   columns whose footprints line up along a Manhattan axis become wall planes and take the plane's exact depth.
+   Sky gets ``sky_depth_m``.
+7. **Confidence** from the line structure, the floor/not-floor separation, whether up was measured and whether
+   the focal length is known (handed in or measured); below ``min_confidence`` the estimator falls back to the
+   planar prior and says so in the log. A photo without intrinsics whose focal cannot be measured falls back by
+   default: the layout's depths scale with the guessed focal, and the planar prior measured better there.
+
+``PhotoLayoutDepth`` implements ``world.depth.DepthEstimator``; ``estimate_layout`` returns the full
+``PhotoLayout`` (up, Manhattan frame, planes, masks) for the fill to extend into unseen space.
+All image coordinates are pixel-edge continuous (pixel ``(u, v)`` has its centre at ``u + 0.5, v + 0.5``),
+camera frame OpenCV (x right, y down, z forward), depth is z-depth in metres.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import structlog
+from scipy import ndimage
+
+from spatia.world.camera import DEFAULT_FOV_DEG, Intrinsics
+from spatia.world.depth import DepthEstimate, PlanarPriorConfig, PlanarPriorDepth, default_intrinsics
+from spatia.world.errors import InvalidInputError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PhotoLayoutConfig:
+    """Knobs of the photo layout estimator (defaults tuned on the procedural scenes, never on the cases)."""
+
+    camera_height_m: float = 1.6  # scale rule: the eye is this far above the floor/ground plane
+    default_fov_deg: float = DEFAULT_FOV_DEG  # horizontal FOV when neither intrinsics nor vanishing points give one
+    min_fov_deg: float = 30.0  # focal estimates implying a FOV outside [min, max] are rejected
+    max_fov_deg: float = 110.0
+    max_depth_m: float = 80.0  # ground seen close to the horizon is capped here
+    max_depth_no_sky_m: float = 25.0  # the cap when no sky is seen (interiors; ground seen from above)
+    min_depth_m: float = 0.3
+    sky_depth_m: float = 100.0  # depth given to sky pixels (the memory needs something; the fill owns the sky)
+    work_width_px: int = 640  # analysis resolution (the depth is computed at full resolution)
+    min_segment_frac: float = 0.025  # segments shorter than this share of the image diagonal are dropped
+    vp_inlier_deg: float = 1.5  # a segment supports a vanishing point when its angle to it is below this
+    vp_hypotheses: int = 1500  # RANSAC pair samples per vanishing point
+    min_confidence: float = 0.35  # below: fall back to the planar prior (logged)
+    # Confidence factor when the photo came without intrinsics and its vanishing points do not give the focal
+    # either (a level camera facing a wall). The layout's depths then scale with the assumed focal; on the
+    # procedural scenes the planar prior measured better in that case (benchmarks/photo_layout.py, level rows),
+    # so the default makes it fall back.
+    unmeasured_focal_confidence: float = 0.3
+    seed: int = 0  # RANSAC sampling seed: same image, same layout
+
+    def __post_init__(self) -> None:
+        if self.camera_height_m <= 0 or self.max_depth_m <= self.min_depth_m or self.min_depth_m <= 0:
+            raise InvalidInputError("need camera_height_m > 0 and 0 < min_depth_m < max_depth_m")
+        if not (0 < self.min_fov_deg < self.default_fov_deg < self.max_fov_deg < 180):
+            raise InvalidInputError("need 0 < min_fov_deg < default_fov_deg < max_fov_deg < 180")
+        if self.work_width_px < 64:
+            raise InvalidInputError(f"work_width_px must be >= 64, got {self.work_width_px}")
+        if not (0.0 <= self.min_confidence <= 1.0):
+            raise InvalidInputError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+
+@dataclass(frozen=True)
+class VanishingPoint:
+    """A vanishing point found from line segments."""
+
+    point_h: np.ndarray  # [3] unit homogeneous image point (pixel coordinates, z = 0: at infinity)
+    support_px: float  # summed length of its inlier segments, pixels (of the analysed image)
+    num_segments: int
+    vertical: bool  # its segments are near-vertical in the image: the gravity direction
+
+    @property
+    def finite(self) -> bool:
+        return abs(float(self.point_h[2])) > 1e-9
+
+    def point_px(self) -> np.ndarray | None:
+        """``[2]`` pixel coordinates, or None at infinity."""
+        return self.point_h[:2] / self.point_h[2] if self.finite else None
+
+
+@dataclass(frozen=True)
+class LayoutPlane:
+    """A plane of the layout in the photo's camera frame: points ``X`` with ``normal_cam . X = offset_m``."""
+
+    kind: str  # "floor", "ceiling" or "wall"
+    normal_cam: np.ndarray  # [3] unit, camera frame; points away from the camera (offset_m > 0)
+    offset_m: float  # distance from the camera centre to the plane, metres
+    pixels: int  # how many pixels of the photo it explains
+
+
+@dataclass(frozen=True)
+class PhotoLayout:
+    """What the image says about its scene; everything in the photo's camera frame (OpenCV axes)."""
+
+    intrinsics: Intrinsics  # for the full-resolution photo: the estimated focal, or the one handed in
+    focal_source: str  # "vanishing_points", "given" or "default"
+    up_cam: np.ndarray  # [3] unit gravity-up direction, camera frame
+    up_source: str  # "vertical_vp", "horizontal_vps", "horizontal_vp_zero_roll" or "assumed_level"
+    manhattan_cam: np.ndarray  # [3, 3] columns: horizontal axis a, up, horizontal axis b (right-handed), camera frame
+    horizon_line: np.ndarray  # [3] homogeneous line (a, b, c): a u + b v + c = 0 in pixels; sky side has < 0
+    vanishing_points: tuple[VanishingPoint, ...]  # at the analysed resolution
+    segments_px: np.ndarray  # [N, 4] x1 y1 x2 y2 of the analysed image
+    analysis_scale: float  # analysed image size / photo size
+    planes: tuple[LayoutPlane, ...]  # floor first, then walls, then the ceiling when one was measured
+    floor_mask: np.ndarray  # [H, W] bool, photo resolution
+    sky_mask: np.ndarray  # [H, W] bool
+    vertical_mask: np.ndarray  # [H, W] bool: walls and everything standing on the floor
+    ceiling_mask: np.ndarray  # [H, W] bool (empty when no ceiling was measured)
+    depth_m: np.ndarray  # [H, W] float32 z-depth in metres (sky = sky_depth_m)
+    camera_height_m: float
+    confidence: float  # 0..1
+    confidence_terms: dict = field(default_factory=dict)
+
+    @property
+    def pitch_deg(self) -> float:
+        """Camera pitch: positive when it looks down (up has a negative camera-z component then)."""
+        return float(math.degrees(math.asin(np.clip(-self.up_cam[2], -1.0, 1.0))))
+
+    @property
+    def roll_deg(self) -> float:
+        return float(math.degrees(math.atan2(self.up_cam[0], -self.up_cam[1])))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Line segments and vanishing points
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def detect_segments(gray: np.ndarray, min_length_px: float) -> np.ndarray:
+    """``[N, 4]`` float64 segments (x1, y1, x2, y2), pixel-edge coordinates, at least ``min_length_px`` long."""
+    lsd = cv2.createLineSegmentDetector(cv2.LSD_REFINE_STD)
+    lines = lsd.detect(gray)[0]
+    if lines is None:
+        return np.zeros((0, 4))
+    seg = lines.reshape(-1, 4).astype(np.float64) + 0.5  # LSD works in pixel-centre coordinates
+    length = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+    return seg[length >= min_length_px]
+
+
+def _segment_lines(seg: np.ndarray, centre: np.ndarray, scale: float) -> np.ndarray:
+    """``[N, 3]`` homogeneous lines of the segments in normalised coordinates ``(p - centre) / scale``, (a, b) unit."""
+    p1 = np.column_stack([(seg[:, :2] - centre) / scale, np.ones(len(seg))])
+    p2 = np.column_stack([(seg[:, 2:] - centre) / scale, np.ones(len(seg))])
+    lines = np.cross(p1, p2)
+    return lines / np.maximum(np.linalg.norm(lines[:, :2], axis=1, keepdims=True), 1e-12)
+
+
+def _vp_angles(vp: np.ndarray, seg_n: np.ndarray) -> np.ndarray:
+    """Angles (radians) ``[..., N]`` between each segment and the direction from its midpoint to ``vp`` ``[..., 3]``.
+
+    ``seg_n`` ``[N, 4]`` is in normalised coordinates; ``vp`` unit homogeneous (z = 0 at infinity).
+    """
+    mid = 0.5 * (seg_n[:, :2] + seg_n[:, 2:])  # [N, 2]
+    d = seg_n[:, 2:] - seg_n[:, :2]
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    vp = np.asarray(vp)[..., None, :]  # [..., 1, 3]
+    # direction midpoint -> vp, homogeneous-safe: vp_xy - vp_z * mid
+    to = vp[..., :2] - vp[..., 2:3] * mid  # [..., N, 2]
+    norm = np.linalg.norm(to, axis=-1)
+    cos = np.abs((to * d).sum(-1)) / np.maximum(norm, 1e-12)
+    return np.arccos(np.clip(cos, 0.0, 1.0))
+
+
+def _refine_vp(lines: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The unit point minimising ``sum w (l . v)^2``: the smallest eigenvector of the weighted scatter."""
+    m = (lines * weights[:, None]).T @ lines
+    _, vecs = np.linalg.eigh(m)
+    v = vecs[:, 0]
+    return v if v[2] >= 0 else -v
+
+
+def find_vanishing_points(
+    seg: np.ndarray,  # [N, 4] pixels
+    width: int,
+    height: int,
+    config: PhotoLayoutConfig,
+    max_points: int = 3,
+) -> tuple[list[VanishingPoint], np.ndarray]:
+    """Up to ``max_points`` vanishing points, strongest first, and ``[N]`` int labels (-1 = none) of the segments.
+
+    Each point: RANSAC over pairs of the remaining segments (sampled by length), scored by the summed length of
+    segments pointing at it within ``vp_inlier_deg``, refined by weighted least squares on its inliers.
+    """
+    labels = np.full(len(seg), -1, np.int64)
+    if len(seg) < 4:
+        return [], labels
+    centre = np.array([width / 2.0, height / 2.0])
+    scale = max(width, height) / 2.0
+    seg_n = np.column_stack([(seg[:, :2] - centre) / scale, (seg[:, 2:] - centre) / scale])
+    lines = _segment_lines(seg, centre, scale)
+    length = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+    thr = math.radians(config.vp_inlier_deg)
+    rng = np.random.default_rng(config.seed)
+    found: list[VanishingPoint] = []
+    for k in range(max_points):
+        free = np.flatnonzero(labels < 0)
+        if len(free) < 4:
+            break
+        p = length[free] / length[free].sum()
+        a = rng.choice(free, size=config.vp_hypotheses, p=p)
+        b = rng.choice(free, size=config.vp_hypotheses, p=p)
+        keep = a != b
+        hyp = np.cross(lines[a[keep]], lines[b[keep]])
+        norm = np.linalg.norm(hyp, axis=1)
+        hyp = hyp[norm > 1e-9] / norm[norm > 1e-9, None]
+        if not len(hyp):
+            break
+        ang = _vp_angles(hyp, seg_n[free])  # [Hyp, F]
+        score = ((ang < thr) * length[free]).sum(axis=1)
+        best = hyp[int(np.argmax(score))]
+        for _ in range(3):  # refine on the inliers, re-select
+            inl = free[_vp_angles(best, seg_n[free]) < thr]
+            if len(inl) < 2:
+                break
+            best = _refine_vp(lines[inl], length[inl])
+        inl = free[_vp_angles(best, seg_n[free]) < thr]
+        if len(inl) < 3:
+            break
+        labels[inl] = k
+        # back to pixel coordinates: p_px = scale * p_n + centre
+        ph = np.array([scale * best[0] + centre[0] * best[2], scale * best[1] + centre[1] * best[2], best[2]])
+        ph /= np.linalg.norm(ph)
+        d = seg[inl, 2:] - seg[inl, :2]
+        tilt = np.degrees(np.arctan2(np.abs(d[:, 0]), np.abs(d[:, 1])))  # 0 = vertical in the image
+        vertical = float(np.average(tilt, weights=length[inl])) < 25.0
+        found.append(VanishingPoint(ph, float(length[inl].sum()), int(len(inl)), vertical))
+    return found, labels
+
+
+def focal_from_vps(vps: list[VanishingPoint], width: int, height: int, config: PhotoLayoutConfig) -> float | None:
+    """Focal length (pixels) from the best-supported finite pair of orthogonal-looking vanishing points, or None.
+
+    For orthogonal directions and principal point ``c``: ``(v1 - c) . (v2 - c) = -f^2``. A pair qualifies when the
+    product is negative and the focal gives a horizontal FOV in ``[min_fov_deg, max_fov_deg]``. Two horizontal
+    points of the same wall family would give a positive or out-of-range product, so they drop out.
+    """
+    c = np.array([width / 2.0, height / 2.0])
+    f_lo = 0.5 * width / math.tan(math.radians(config.max_fov_deg) / 2)
+    f_hi = 0.5 * width / math.tan(math.radians(config.min_fov_deg) / 2)
+    best, best_support = None, 0.0
+    for i in range(len(vps)):
+        for j in range(i + 1, len(vps)):
+            pi, pj = vps[i].point_px(), vps[j].point_px()
+            if pi is None or pj is None:
+                continue
+            # a point farther than ~40 image widths is numerically at infinity: its product says nothing
+            if max(np.linalg.norm(pi - c), np.linalg.norm(pj - c)) > 40 * width:
+                continue
+            prod = -float((pi - c) @ (pj - c))
+            if prod <= 0:
+                continue
+            f = math.sqrt(prod)
+            support = min(vps[i].support_px, vps[j].support_px)
+            if f_lo <= f <= f_hi and support > best_support:
+                best, best_support = f, support
+    return best
+
+
+def focal_from_horizon_sweep(
+    seg: np.ndarray,  # [N, 4] pixels
+    labels: np.ndarray,  # [N] vanishing point index per segment (-1 none)
+    vps: list[VanishingPoint],
+    width: int,
+    height: int,
+    config: PhotoLayoutConfig,
+) -> float | None:
+    """Focal length (pixels) that makes the non-vertical segments meet the horizon at two points 90 degrees apart.
+
+    For a candidate focal ``f`` the vertical vanishing point gives up, hence the horizon; every non-vertical
+    segment's line meets it at an azimuth (a horizontal direction, modulo 180 degrees). Manhattan scenes put
+    that azimuth's mass at two directions 90 degrees apart only for the true ``f`` (a pitched camera moves the
+    horizon with ``f``; a level one moves the azimuths). Score = the best such pair's geometric-mean share;
+    the focal is accepted only if its score stands clearly above the median over the sweep.
+    """
+    vertical = [i for i, v in enumerate(vps) if v.vertical]
+    if not vertical or len(seg) < 8:
+        return None
+    iv = max(vertical, key=lambda i: vps[i].support_px)
+    use = labels != iv
+    if use.sum() < 6:
+        return None
+    s = seg[use]
+    wgt = np.hypot(s[:, 2] - s[:, 0], s[:, 3] - s[:, 1])
+    p1 = np.column_stack([s[:, :2], np.ones(len(s))])
+    p2 = np.column_stack([s[:, 2:], np.ones(len(s))])
+    fovs = np.arange(config.min_fov_deg, config.max_fov_deg + 0.5, 1.0)
+    scores = np.zeros(len(fovs))
+    for k, fov in enumerate(fovs):
+        f = 0.5 * width / math.tan(math.radians(fov) / 2)
+        K_inv = np.linalg.inv(np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]]))
+        up = K_inv @ vps[iv].point_h
+        up /= np.linalg.norm(up)
+        up = up if up[1] <= 0 else -up
+        try:
+            R = level_rotation(up)
+        except InvalidInputError:
+            continue
+        r1, r2 = (p1 @ K_inv.T) @ R.T, (p2 @ K_inv.T) @ R.T  # level-frame rays
+        ln = np.cross(r1, r2)  # the plane through the camera and the segment; its horizontal direction:
+        d = np.column_stack([ln[:, 2], -ln[:, 0]])  # direction (x, z) with ln . (x, 0, z) = 0
+        az = np.degrees(np.arctan2(d[:, 0], d[:, 1])) % 180.0
+        hist = np.bincount(np.minimum((az * 2).astype(int), 359), weights=wgt, minlength=360)  # 0.5 degree bins
+        hist = ndimage.gaussian_filter1d(hist, 1.5, mode="wrap")
+        # both directions must be there: the geometric mean, so that one strong family (often the one parallel
+        # to the image rows, whose azimuth does not depend on f) cannot carry the score alone
+        scores[k] = float(np.max(np.sqrt(hist * np.roll(hist, -180)))) / wgt.sum()
+    best = int(np.argmax(scores))
+    if scores[best] < 1.3 * float(np.median(scores)):
+        return None
+    if best in (0, len(fovs) - 1):  # the optimum on the edge of the range is not a measurement
+        return None
+    return 0.5 * width / math.tan(math.radians(float(fovs[best])) / 2)
+
+
+def _direction(vp: VanishingPoint, K_inv: np.ndarray) -> np.ndarray:
+    d = K_inv @ vp.point_h
+    return d / np.linalg.norm(d)
+
+
+def estimate_up(vps: list[VanishingPoint], K: np.ndarray) -> tuple[np.ndarray, str, VanishingPoint | None]:
+    """Gravity up ``[3]`` in the camera frame, how it was found, and the strongest horizontal vanishing point."""
+    K_inv = np.linalg.inv(K)
+    cam_up = np.array([0.0, -1.0, 0.0])
+    vertical = [v for v in vps if v.vertical]
+    horizontal = [v for v in vps if not v.vertical]
+    h_best = max(horizontal, key=lambda v: v.support_px) if horizontal else None
+    if vertical:
+        up = _direction(max(vertical, key=lambda v: v.support_px), K_inv)
+        up = up if up @ cam_up >= 0 else -up
+        if up @ cam_up > math.cos(math.radians(45)):  # a pitch or roll past 45 degrees is not believed
+            return up, "vertical_vp", h_best
+    if len(horizontal) >= 2:
+        hs = sorted(horizontal, key=lambda v: -v.support_px)
+        d1, d2 = _direction(hs[0], K_inv), _direction(hs[1], K_inv)
+        if abs(d1 @ d2) < math.cos(math.radians(60)):  # the two must be far apart to span the ground plane
+            up = np.cross(d1, d2)
+            up /= np.linalg.norm(up)
+            up = up if up @ cam_up >= 0 else -up
+            if up @ cam_up > math.cos(math.radians(45)):
+                return up, "horizontal_vps", h_best
+    if h_best is not None:
+        d = _direction(h_best, K_inv)
+        up = cam_up - (cam_up @ d) * d
+        if np.linalg.norm(up) > 0.5:
+            up /= np.linalg.norm(up)
+            if up @ cam_up > math.cos(math.radians(45)):
+                return up, "horizontal_vp_zero_roll", h_best
+    return cam_up.copy(), "assumed_level", h_best
+
+
+def manhattan_frame(up: np.ndarray, h_vp: VanishingPoint | None, K: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` columns (a, up, b): a from the horizontal vanishing point (or camera x), all orthonormal."""
+    a = _direction(h_vp, np.linalg.inv(K)) if h_vp is not None else np.array([1.0, 0.0, 0.0])
+    a = a - (a @ up) * up
+    if np.linalg.norm(a) < 1e-6:
+        a = np.array([1.0, 0.0, 0.0]) - up[0] * up
+    a /= np.linalg.norm(a)
+    b = np.cross(a, up)
+    return np.column_stack([a, up, b])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sky and floor
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _above_horizon(h: int, w: int, horizon: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: pixel centres strictly on the sky side of the horizon line."""
+    u = np.arange(w) + 0.5
+    v = np.arange(h)[:, None] + 0.5
+    return horizon[0] * u[None, :] + horizon[1] * v + horizon[2] < 0
+
+
+def sky_mask(rgb: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool sky: blue-ish or bright-neutral, smooth, above the horizon, connected to the top border."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    L, a, b = lab[..., 0] * (100 / 255), lab[..., 1] - 128, lab[..., 2] - 128
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grad = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3))
+    grad = cv2.blur(grad, (5, 5))
+    blue = (b < -8) & (b < a - 4) & (L > 35)
+    cand = blue & (grad < 60) & above
+    cand = ndimage.binary_closing(cand, iterations=2) & above
+    lab_cc, n = ndimage.label(cand)
+    if n == 0:
+        return np.zeros_like(cand)
+    top = lab_cc[:4]  # closing erodes the border rows (outside counts as background): look a few rows down
+    top_ids = np.unique(top[top > 0])
+    sky = np.isin(lab_cc, top_ids)
+    if sky.sum() < 0.005 * sky.size:  # a few blue pixels at the top are not a sky
+        return np.zeros_like(sky)
+    # clouds: holes inside the sky that are bright and smooth
+    filled = ndimage.binary_fill_holes(sky) & above
+    return filled
+
+
+def colour_probability(rgb: np.ndarray, seed: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, float]:
+    """``[H, W]`` float32 probability that a pixel belongs with ``seed`` rather than ``other`` (``[H, W]`` bool), by
+    colour, and a separability score (mean probability on the seed minus on the others; 0 when either is tiny).
+
+    Smoothed 3-D Lab histograms give the likelihoods (multi-modal classes such as chequered tiles stay one class).
+    """
+    h, w = rgb.shape[:2]
+    if seed.sum() < 0.01 * h * w or other.sum() < 0.01 * h * w:
+        return np.full((h, w), 0.5, np.float32), 0.0
+    lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (5, 5), 0), cv2.COLOR_RGB2LAB)
+    bins = (12, 24, 24)
+    qL = np.minimum(lab[..., 0].astype(np.int32) * bins[0] // 256, bins[0] - 1)
+    qa = np.clip((lab[..., 1].astype(np.int32) - 64) * bins[1] // 128, 0, bins[1] - 1)
+    qb = np.clip((lab[..., 2].astype(np.int32) - 64) * bins[2] // 128, 0, bins[2] - 1)
+    idx = (qL * bins[1] + qa) * bins[2] + qb
+    nb = bins[0] * bins[1] * bins[2]
+    hf = np.bincount(idx[seed], minlength=nb).reshape(bins).astype(np.float64)
+    ho = np.bincount(idx[other], minlength=nb).reshape(bins).astype(np.float64)
+    hf = ndimage.gaussian_filter(hf / hf.sum(), 0.8)
+    ho = ndimage.gaussian_filter(ho / ho.sum(), 0.8)
+    # A colour seen in neither sample (furniture below the horizon) must not count as the seed's class: a uniform
+    # pseudo-count leans it slightly towards "other" (p = 0.4) instead of the ratio of two tiny tails.
+    u = 0.1 / nb
+    p_bins = ((hf + u) / (hf + ho + 2.5 * u)).reshape(-1)
+    p = cv2.blur(p_bins[idx].astype(np.float32), (7, 7))
+    sep = float(p[seed].mean() - p[other].mean())
+    return p, max(0.0, sep)
+
+
+def floor_probability(rgb: np.ndarray, above: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, float]:
+    """``[H, W]`` float32 probability of floor/ground by colour, and a separability score in [0, 1].
+
+    Floor samples: the bottom 12% of rows on the ground side of the horizon. Not-floor samples: everything on the
+    sky side (walls, facades, sky).
+    """
+    rows = np.arange(rgb.shape[0])[:, None]
+    return colour_probability(rgb, (rows >= int(0.88 * rgb.shape[0])) & ~above & ~sky, above | sky)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Level rectification and the floor boundary
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def level_rotation(up: np.ndarray) -> np.ndarray:
+    """``R`` 3x3 mapping camera-frame vectors to a level frame (y = -up, z = camera z made horizontal)."""
+    y = -up / np.linalg.norm(up)
+    z = np.array([0.0, 0.0, 1.0]) - y[2] * y
+    if np.linalg.norm(z) < 1e-6:
+        raise InvalidInputError("camera looks straight up or down; no level frame")
+    z /= np.linalg.norm(z)
+    x = np.cross(y, z)
+    return np.stack([x, y, z])  # rows: level axes in camera coordinates
+
+
+def boundary_dp(
+    score: np.ndarray,  # [R, C] score of putting the boundary at row r of column c (higher = better)
+    smooth: float,  # cost per row of change between neighbouring columns
+    jump: float,  # cap on that cost (occlusion edges)
+) -> np.ndarray:
+    """``[C]`` int rows maximising ``sum score - min(smooth |b_c - b_{c-1}|, jump)`` (Viterbi, exact)."""
+    R, C = score.shape
+    r = np.arange(R)
+    trans = np.minimum(smooth * np.abs(r[:, None] - r[None, :]), jump)  # [R_prev, R]
+    acc = score[:, 0].copy()
+    back = np.zeros((R, C), np.int32)
+    for c in range(1, C):
+        tot = acc[:, None] - trans  # [R_prev, R]
+        back[:, c] = np.argmax(tot, axis=0)
+        acc = tot[back[:, c], r] + score[:, c]
+    out = np.zeros(C, np.int64)
+    out[-1] = int(np.argmax(acc))
+    for c in range(C - 1, 0, -1):
+        out[c - 1] = back[out[c], c]
+    return out
+
+
+def boundary_dp_reference(score: np.ndarray, smooth: float, jump: float) -> np.ndarray:
+    """Brute force over every boundary (tiny inputs only): the reference ``boundary_dp`` is tested against."""
+    import itertools
+
+    R, C = score.shape
+    best, best_val = None, -np.inf
+    for rows in itertools.product(range(R), repeat=C):
+        val = sum(score[rows[c], c] for c in range(C))
+        val -= sum(min(smooth * abs(rows[c] - rows[c - 1]), jump) for c in range(1, C))
+        if val > best_val + 1e-12:
+            best, best_val = rows, val
+    return np.array(best, np.int64)
+
+
+def _vertical_spans(vert_segs: np.ndarray, Hom: np.ndarray, Wr: int, Hr: int) -> np.ndarray:
+    """``[Hr, Wr]`` float32 1 where a vertical surface spans between two vertical edges (rectified image).
+
+    Two vertical 3-D edges whose heights overlap bound a vertical surface between them (a bookcase's sides, a
+    wall's corners, a table's legs): over their common rows the columns between them are not floor. Pairs
+    farther apart than a third of the canvas, or overlapping by under half the shorter edge, are not paired.
+    """
+    span = np.zeros((Hr, Wr), np.float32)
+    if len(vert_segs) < 2:
+        return span
+    p = np.concatenate([vert_segs[:, :2], vert_segs[:, 2:]])
+    q = np.column_stack([p, np.ones(len(p))]) @ Hom.T
+    q = q[:, :2] / q[:, 2:3]
+    n = len(vert_segs)
+    x = 0.5 * (q[:n, 0] + q[n:, 0])
+    top, bot = np.minimum(q[:n, 1], q[n:, 1]), np.maximum(q[:n, 1], q[n:, 1])
+    length = bot - top
+    for i in range(n):
+        for j in range(i + 1, n):
+            if abs(x[i] - x[j]) > Wr / 3 or abs(x[i] - x[j]) < 3:
+                continue
+            t, b = max(top[i], top[j]), min(bot[i], bot[j])
+            if b - t < 0.5 * min(length[i], length[j]):
+                continue
+            x0, x1 = int(max(0, min(x[i], x[j]))), int(min(Wr, max(x[i], x[j])))
+            span[int(max(0, t)):int(min(Hr, b)), x0:x1] = 1.0
+    return span
+
+
+def _fit_walls(
+    foot_xz: np.ndarray,  # [C, 2] level-frame floor contact (x, z) per column, metres
+    valid: np.ndarray,  # [C] bool columns with a measured contact
+    axes_xz: list[np.ndarray],  # unit horizontal normals (level frame xz) to try
+    min_run: int,
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Wall planes ``(normal_xz, offset_m, columns [C] bool)`` explaining contiguous runs of contacts.
+
+    Greedy: for each axis, the offset ``n . x`` shared by the most still-unexplained columns (tolerance 4% of the
+    distance + 5 cm) wins; its contiguous runs of at least ``min_run`` columns become one wall. Up to 6 walls.
+    """
+    free = valid.copy()
+    walls = []
+    dist = np.linalg.norm(foot_xz, axis=1)
+    tol = 0.04 * dist + 0.05
+    for _ in range(6):
+        best = None
+        for n in axes_xz:
+            off = foot_xz @ n
+            cand = np.flatnonzero(free & (off > 0.2))
+            if len(cand) < min_run:
+                continue
+            # count support of each candidate offset (vectorised over candidates)
+            sup = (np.abs(off[cand][:, None] - off[None, cand]) < tol[None, cand]).sum(axis=1)
+            i = int(np.argmax(sup))
+            o = float(np.median(off[cand][np.abs(off[cand] - off[cand][i]) < tol[cand]]))
+            inl = free & (np.abs(off - o) < tol)
+            runs = _runs(inl, min_run)
+            if runs.sum() >= min_run and (best is None or runs.sum() > best[2].sum()):
+                best = (n, o, runs)
+        if best is None:
+            break
+        walls.append(best)
+        free &= ~best[2]
+    return walls
+
+
+def _runs(mask: np.ndarray, min_run: int) -> np.ndarray:
+    """``mask`` with only its contiguous True runs of length >= ``min_run`` kept (small gaps of 2 bridged)."""
+    m = ndimage.binary_closing(mask, structure=np.ones(3)) & True
+    lab, n = ndimage.label(m)
+    out = np.zeros_like(mask)
+    for i in range(1, n + 1):
+        sel = lab == i
+        if sel.sum() >= min_run:
+            out |= sel
+    return out & (mask | ndimage.binary_dilation(mask, iterations=1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The estimator
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise InvalidInputError(f"rgb must be uint8 [H, W, 3], got {arr.dtype} {list(arr.shape)}")
+    if arr.shape[0] < 32 or arr.shape[1] < 32:
+        raise InvalidInputError(f"image is too small for a layout ({arr.shape[1]}x{arr.shape[0]}, need >= 32x32)")
+    return arr
+
+
+def estimate_layout(
+    rgb: np.ndarray,  # [H, W, 3] uint8
+    intrinsics: Intrinsics | None = None,  # None: unknown, estimate the focal (default FOV when impossible)
+    config: PhotoLayoutConfig = PhotoLayoutConfig(),
+    debug: dict | None = None,
+) -> PhotoLayout:
+    """The layout of one photo (see the module docstring). Intrinsics handed in are trusted, not re-estimated.
+
+    ``debug``: a dict that receives the intermediate maps (floor probability, rectified evidence, boundary) for
+    inspection; nothing is computed for it that is not computed anyway.
+    """
+    rgb = _check_rgb(rgb)
+    H, W = rgb.shape[:2]
+    if intrinsics is not None and (intrinsics.width, intrinsics.height) != (W, H):
+        raise InvalidInputError(
+            f"image is {W}x{H} but the intrinsics are for {intrinsics.width}x{intrinsics.height}"
+        )
+    s = min(1.0, config.work_width_px / W)
+    w, h = max(32, int(round(W * s))), max(32, int(round(H * s)))
+    small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    seg = detect_segments(gray, config.min_segment_frac * math.hypot(w, h))
+    vps, _labels = find_vanishing_points(seg, w, h, config, max_points=4)
+
+    # --- focal
+    if intrinsics is not None:
+        K_full, focal_source = intrinsics, "given"
+    else:
+        f_small = focal_from_horizon_sweep(seg, _labels, vps, w, h, config)
+        if f_small is None:
+            f_small = focal_from_vps(vps, w, h, config)
+        if f_small is not None:
+            f = f_small / s
+            K_full, focal_source = Intrinsics(f, f, W / 2.0, H / 2.0, W, H), "vanishing_points"
+        else:
+            K_full = Intrinsics.from_fov(config.default_fov_deg, W, H)
+            focal_source = "default"
+    K_small = K_full.scaled(w, h)
+    up, up_source, h_vp = estimate_up(vps, K_small.matrix)
+    frame = manhattan_frame(up, h_vp, K_small.matrix)
+    horizon_small = np.linalg.inv(K_small.matrix).T @ up  # l . p = up . K^-1 p; > 0 means a ray going up
+    horizon_small = -horizon_small  # sky side < 0
+    above = _above_horizon(h, w, horizon_small)
+
+    sky = sky_mask(small, above)
+    p_floor, separation = floor_probability(small, above, sky)
+
+    # --- level rectification of the floor probability
+    R = level_rotation(up)  # camera -> level
+    f = K_small.fx
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64)
+    rays = (np.linalg.inv(K_small.matrix) @ corners.T).T @ R.T  # [4, 3] level frame
+    if (rays[:, 2] <= 0.05).any():
+        raise InvalidInputError("camera is pitched too far for a layout (an image corner looks backwards)")
+    uv = f * rays[:, :2] / rays[:, 2:3]
+    x0, y0 = uv.min(axis=0)
+    x1, y1 = uv.max(axis=0)
+    y0 = min(y0, -2.0)  # keep the horizon row inside the canvas
+    scale_r = min(1.0, 2.0 * w / (x1 - x0), 2.0 * h / (y1 - y0))  # cap the canvas at twice the image
+    f_r = f * scale_r
+    Wr, Hr = int(math.ceil((x1 - x0) * scale_r)), int(math.ceil((y1 - y0) * scale_r))
+    K_r = np.array([[f_r, 0, -x0 * scale_r], [0, f_r, -y0 * scale_r], [0, 0, 1.0]])
+    Hom = K_r @ R @ np.linalg.inv(K_small.matrix)  # small image -> rectified canvas (pixel-edge coordinates)
+    # cv2 maps pixel centres (integer indices); our coordinates are edges: shift by 0.5 on both sides
+    T_in = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
+    T_out = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
+    Hcv = T_out @ Hom @ T_in
+    p_r = cv2.warpPerspective(p_floor, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR, borderValue=-1.0)
+    valid_r = cv2.warpPerspective(np.ones((h, w), np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST) > 0
+    gray_r = cv2.warpPerspective(gray, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR).astype(np.float32)
+    # Vertical 3-D edges (segments of the vertical vanishing point) stand on vertical surfaces: never floor.
+    # A segment that also points at a finite horizontal vanishing point (a floor line through the centre
+    # column looks vertical too) is ambiguous and left out.
+    vert_mask = np.zeros((h, w), np.uint8)
+    iv = [i for i, vp in enumerate(vps) if vp.vertical]
+    if iv:
+        iv = max(iv, key=lambda i: vps[i].support_px)
+        cand = seg[_labels == iv]
+        if len(cand):
+            centre, sc = np.array([w / 2.0, h / 2.0]), max(w, h) / 2.0
+            cand_n = np.column_stack([(cand[:, :2] - centre) / sc, (cand[:, 2:] - centre) / sc])
+            amb = np.zeros(len(cand), bool)
+            for j, vp in enumerate(vps):
+                if j != iv and not vp.vertical and vp.finite:
+                    ph = vp.point_h
+                    pn = np.array([(ph[0] - centre[0] * ph[2]) / sc, (ph[1] - centre[1] * ph[2]) / sc, ph[2]])
+                    amb |= _vp_angles(pn / np.linalg.norm(pn), cand_n) < 2 * math.radians(config.vp_inlier_deg)
+            for x1, y1, x2, y2 in cand[~amb]:
+                cv2.line(vert_mask, (int(x1), int(y1)), (int(x2), int(y2)), 1, 3)
+            vert_segs = cand[~amb]
+        else:
+            vert_segs = np.zeros((0, 4))
+    else:
+        vert_segs = np.zeros((0, 4))
+    vert_r = cv2.warpPerspective(vert_mask, Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST).astype(np.float32)
+    span_r = _vertical_spans(vert_segs, Hom, Wr, Hr)
+    cy_r = float(K_r[1, 2])
+    cx_r = float(K_r[0, 2])
+
+    # --- boundary per rectified column (at half resolution for speed)
+    ds = 2
+    p_d = cv2.resize(np.where(valid_r, p_r, 0.5).astype(np.float32), (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA)
+    v_d = cv2.resize(valid_r.astype(np.float32), (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0.5
+    g_d = cv2.resize(gray_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA)
+    e_d = cv2.resize(vert_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0
+    s_d = cv2.resize(span_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA) > 0.5
+    Cd, Rd = p_d.shape[1], p_d.shape[0]
+    r_h = int(math.floor(cy_r / ds)) + 1  # first row below the horizon (downsampled)
+    r_h = min(max(r_h, 0), Rd - 1)
+    # score of boundary b (floor = rows > b): sum over rows > b of (2p - 1), valid rows only
+    contrib = np.where(v_d, 2.0 * p_d - 1.0 - 4.0 * e_d - 1.5 * s_d, 0.0)[r_h:]  # [R', C]
+    below = np.vstack([np.cumsum(contrib[::-1], axis=0)[::-1][1:], np.zeros((1, Cd))])  # rows > b
+    # ... plus not-floor evidence above b (rows r_h..b): sum of (1 - 2p)
+    above_sc = np.cumsum(-contrib, axis=0)
+    # an edge bonus: floor boundaries are usually intensity edges
+    gy = np.abs(cv2.Sobel(g_d, cv2.CV_32F, 0, 1, ksize=3))[r_h:]
+    gy = gy / (np.percentile(gy, 95) + 1e-6)
+    score = below + above_sc + 2.0 * np.minimum(gy, 1.5)
+    col_valid = v_d[r_h:].any(axis=0)
+    b_rel = boundary_dp(score.astype(np.float64), smooth=0.6, jump=6.0)
+    if debug is not None:
+        debug.update(p_floor=p_floor, p_rect=p_d, vertical_edges=e_d, vertical_spans=s_d, boundary=b_rel + r_h,
+                     horizon_row=r_h)
+    b_row = (r_h + b_rel + 1) * ds  # first floor row (full rectified resolution), pixel-edge coordinate
+    # columns whose boundary sits at the lowest valid row: nothing of the floor seen there
+    last_valid = np.array([np.flatnonzero(v_d[:, c]).max() if v_d[:, c].any() else Rd - 1 for c in range(Cd)])
+    contact = col_valid & (r_h + b_rel < last_valid - 1)
+    # contact depth in the level frame: z = h f / (row - cy) with the row's centre
+    slope = np.maximum((b_row - cy_r) / f_r, 1e-6)
+    z_c = np.clip(config.camera_height_m / slope, config.min_depth_m, config.max_depth_m)
+    # columns without a contact: the surface comes closer than the bottom row's floor; use that (an upper bound)
+    bottom_slope = np.maximum(((last_valid + 1) * ds - cy_r) / f_r, 1e-6)
+    z_c = np.where(contact, z_c, np.clip(config.camera_height_m / bottom_slope, config.min_depth_m, config.max_depth_m))
+    # one-column spikes (a thin leg, a mislabelled strip) become free-standing slivers when the camera moves:
+    # a 5-column median in inverse depth removes them and keeps real steps (occlusion edges) where they are
+    z_c = 1.0 / ndimage.median_filter(1.0 / z_c, size=5, mode="nearest")
+    xc = ((np.arange(Cd) + 0.5) * ds - cx_r) / f_r  # x/z of the column's vertical plane
+    foot = np.column_stack([xc * z_c, z_c])  # [C, 2] level (x, z)
+
+    # --- Manhattan wall planes through the contacts
+    axes_xz = []
+    for k in (0, 2):
+        a = R @ frame[:, k]
+        n = np.array([a[0], a[2]])
+        if np.linalg.norm(n) > 1e-6:
+            axes_xz.append(n / np.linalg.norm(n))
+    walls = _fit_walls(foot, contact & (z_c < 0.5 * config.max_depth_m), axes_xz, min_run=max(4, Cd // 25))
+    z_wall = z_c.copy()
+    wall_of_col = np.full(Cd, -1)
+    for i, (n, o, cols) in enumerate(walls):
+        n = n if o > 0 else -n
+        denom = n[0] * xc + n[1]  # n . (x/z, 1)
+        ok = cols & (denom > 1e-3)
+        z_wall[ok] = np.clip(abs(o) / denom[ok], config.min_depth_m, config.max_depth_m)
+        wall_of_col[ok] = i
+    # Closure: the farthest wall found in each horizontal direction bounds the room (or the yard). Seen from
+    # inside a convex enclosure, a ray leaves through the nearest of those planes, so no column's surface lies
+    # beyond it; this corrects columns whose floor contact is hidden by furniture (the boundary then lands too
+    # high and the contact too far).
+    enclosing: dict[tuple, tuple[np.ndarray, float]] = {}
+    for n, o, cols in walls:
+        n = n if o > 0 else -n
+        key = tuple(np.round(n, 3))
+        # a plane within 1 m of the eye is furniture seen up close far more often than the room's boundary
+        if cols.sum() >= max(4, Cd // 12) and abs(o) >= 1.0 and (key not in enclosing or abs(o) > enclosing[key][1]):
+            enclosing[key] = (n, abs(o))
+    if enclosing:
+        exit_z = np.full(Cd, np.inf)
+        for n, o in enclosing.values():
+            denom = n[0] * xc + n[1]
+            with np.errstate(divide="ignore"):
+                exit_z = np.where(denom > 1e-3, np.minimum(exit_z, o / denom), exit_z)
+        # only columns with a floor contact: without one the depth is already the (nearer) bottom-row bound
+        z_wall = np.where(np.isfinite(exit_z) & contact, np.minimum(z_wall, exit_z), z_wall)
+
+    # --- ceiling (interiors): the same boundary search from the top, above the horizon
+    ceiling_h_m, t_row = None, None
+    if not sky.any() and r_h > 4:
+        rows_s = np.arange(h)[:, None]
+        p_ceil, ceil_sep = colour_probability(small, (rows_s < int(0.10 * h)) & above, ~above)
+        if ceil_sep > 0.25:
+            pc_r = cv2.warpPerspective(p_ceil, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR, borderValue=0.5)
+            pc_d = cv2.resize(pc_r, (Wr // ds, Hr // ds), interpolation=cv2.INTER_AREA)
+            top = np.where(v_d, 2.0 * pc_d - 1.0 - 4.0 * e_d, 0.0)[:r_h]  # [r_h, C] rows above the horizon
+            # boundary t: ceiling = rows < t; score = ceiling evidence above t + not-ceiling evidence below
+            up_sc = np.vstack([np.zeros((1, Cd)), np.cumsum(top, axis=0)])[:-1]
+            down_sc = np.cumsum(-top[::-1], axis=0)[::-1]
+            gy_top = np.abs(cv2.Sobel(g_d, cv2.CV_32F, 0, 1, ksize=3))[:r_h]
+            gy_top = gy_top / (np.percentile(gy_top, 95) + 1e-6)
+            t_rel = boundary_dp((up_sc + down_sc + 2.0 * np.minimum(gy_top, 1.5)).astype(np.float64), 0.6, 6.0)
+            first_valid = np.array([np.flatnonzero(v_d[:, c]).min() if v_d[:, c].any() else 0 for c in range(Cd)])
+            seen = (t_rel > first_valid + 1) & contact & (t_rel < r_h - 1)
+            if seen.mean() > 0.2:
+                # the wall at z_wall meets the ceiling at row t: height above the eye = z (cy - t) / f
+                heights = z_wall[seen] * (cy_r - t_rel[seen] * ds) / f_r
+                hc = float(np.median(heights))
+                spread = float(np.median(np.abs(heights - hc)))
+                if 0.4 <= hc <= 3.0 and spread < 0.25 * hc:
+                    ceiling_h_m, t_row = hc, np.where(t_rel > first_valid + 1, t_rel * ds, -1)
+
+    # --- depth of every photo pixel
+    u = np.arange(W, dtype=np.float64) + 0.5
+    v = np.arange(H, dtype=np.float64) + 0.5
+    rays_c = np.stack(np.broadcast_arrays((u[None, :] - K_full.cx) / K_full.fx, (v[:, None] - K_full.cy) / K_full.fy,
+                                          np.ones((H, W))), axis=-1)  # [H, W, 3] camera frame, z = 1
+    rays_l = rays_c @ R.T  # level frame
+    zl = np.maximum(rays_l[..., 2], 1e-6)
+    qx = f_r * rays_l[..., 0] / zl + cx_r  # rectified pixel coordinates (edge convention)
+    qy = f_r * rays_l[..., 1] / zl + cy_r
+    col = np.clip((qx / ds).astype(np.int64), 0, Cd - 1)
+    floor = (qy >= b_row[col]) & (rays_l[..., 1] > 1e-6)
+    sky_full = cv2.resize(sky.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
+    floor &= ~sky_full
+    t_floor = config.camera_height_m / np.maximum(rays_l[..., 1], 1e-9)  # ray parameter (level frame)
+    t_vert = z_wall[col] / zl  # the column's vertical surface at level-frame z = z_wall
+    t = np.where(floor, t_floor, t_vert)
+    ceiling = np.zeros((H, W), bool)
+    if ceiling_h_m is not None:
+        t_ceil = ceiling_h_m / np.maximum(-rays_l[..., 1], 1e-9)
+        # a ceiling never lies beyond the wall it meets: where the plane would, the pixel is that wall (a grey
+        # wall below a grey ceiling can fool the colour boundary)
+        ceiling = (qy < t_row[col]) & (rays_l[..., 1] < -1e-6) & ~sky_full & (t_ceil <= 1.05 * t_vert)
+        t = np.where(ceiling, t_ceil, t)
+    depth = t  # camera-frame rays have z = 1, so the ray parameter is the z-depth
+    # no sky in view: an interior, or the ground seen from above; nothing there is 80 m away
+    far_m = config.max_depth_m if sky.any() else config.max_depth_no_sky_m
+    depth = np.clip(depth, config.min_depth_m, far_m)
+    depth = np.where(sky_full, config.sky_depth_m, depth).astype(np.float32)
+    vertical = ~floor & ~sky_full & ~ceiling
+
+    # --- planes in the camera frame
+    planes = [LayoutPlane("floor", -up.copy(), config.camera_height_m, int(floor.sum()))]
+    for i, (n, o, _cols) in enumerate(walls):
+        n3_l = np.array([n[0], 0.0, n[1]]) * (1 if o > 0 else -1)
+        n_cam = R.T @ n3_l
+        planes.append(LayoutPlane("wall", n_cam, abs(float(o)), int((vertical & (wall_of_col[col] == i)).sum())))
+    if ceiling_h_m is not None:
+        planes.append(LayoutPlane("ceiling", up.copy(), ceiling_h_m, int(ceiling.sum())))
+
+    # --- confidence
+    manhattan_len = sum(vp.support_px for vp in vps[:3])
+    c_lines = min(1.0, manhattan_len / (1.5 * math.hypot(w, h)))
+    # below ~0.15 the bottom of the photo looks like its top: no floor to stand the layout on
+    c_floor = float(np.clip((separation - 0.15) / 0.25, 0.0, 1.0))
+    c_up = {"vertical_vp": 1.0, "horizontal_vps": 0.9, "horizontal_vp_zero_roll": 0.7, "assumed_level": 0.4}[up_source]
+    c_contact = float(contact.mean())
+    c_focal = 1.0 if focal_source != "default" else config.unmeasured_focal_confidence
+    confidence = float(c_lines ** 0.5 * c_floor ** 0.5 * c_up * (0.5 + 0.5 * c_contact) * c_focal)
+    if sky.any() and not floor.any():
+        confidence *= 0.5
+    terms = {"lines": round(c_lines, 3), "floor_separation": round(c_floor, 3), "up": c_up,
+             "contact_columns": round(c_contact, 3), "focal": c_focal}
+    return PhotoLayout(
+        intrinsics=K_full,
+        focal_source=focal_source,
+        up_cam=up,
+        up_source=up_source,
+        manhattan_cam=frame,
+        horizon_line=horizon_small * np.array([1.0, 1.0, 1.0 / s]) if s != 1 else horizon_small,
+        vanishing_points=tuple(vps),
+        segments_px=seg,
+        analysis_scale=s,
+        planes=tuple(planes),
+        floor_mask=floor,
+        sky_mask=sky_full,
+        vertical_mask=vertical,
+        ceiling_mask=ceiling,
+        depth_m=depth,
+        camera_height_m=config.camera_height_m,
+        confidence=confidence,
+        confidence_terms=terms,
+    )
+
+
+class PhotoLayoutDepth:
+    """``world.depth.DepthEstimator`` for photos: depth from the measured layout, planar prior when unsure.
+
+    ``estimate(rgb, intrinsics)`` trusts the intrinsics it is given (an official case's, or the default FOV the
+    caller assumed); ``estimate_uncalibrated(rgb)`` also estimates the focal length from vanishing points and
+    returns it in ``DepthEstimate.intrinsics``. ``last_layout`` keeps the most recent layout for inspection.
+    """
+
+    def __init__(self, config: PhotoLayoutConfig = PhotoLayoutConfig(),
+                 fallback: PlanarPriorConfig = PlanarPriorConfig()):
+        self.config = config
+        self.fallback = fallback
+        self.last_layout: PhotoLayout | None = None
+
+    def estimate(self, rgb: np.ndarray, intrinsics: Intrinsics) -> DepthEstimate:
+        if not isinstance(intrinsics, Intrinsics):
+            raise InvalidInputError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
+        return self._estimate(rgb, intrinsics)
+
+    def estimate_uncalibrated(self, rgb: np.ndarray) -> DepthEstimate:
+        """Depth and the intrinsics it is for (focal from vanishing points, else ``default_fov_deg``)."""
+        return self._estimate(rgb, None)
+
+    def _estimate(self, rgb: np.ndarray, intrinsics: Intrinsics | None) -> DepthEstimate:
+        rgb = _check_rgb(rgb)
+        layout = estimate_layout(rgb, intrinsics, self.config)
+        self.last_layout = layout
+        if layout.confidence < self.config.min_confidence:
+            K = intrinsics or default_intrinsics(rgb.shape[1], rgb.shape[0])
+            log.warning(
+                "photo_layout_fallback",
+                note="layout confidence too low: using the planar prior (floor + back wall) instead",
+                confidence=round(layout.confidence, 3),
+                min_confidence=self.config.min_confidence,
+                terms=layout.confidence_terms,
+            )
+            est = PlanarPriorDepth(self.fallback).estimate(rgb, K)
+            return DepthEstimate(est.depth_m, is_metric=True, source="planar_prior(photo_fallback)",
+                                 approximate=True, intrinsics=K)
+        log.info(
+            "photo_layout",
+            confidence=round(layout.confidence, 3),
+            terms=layout.confidence_terms,
+            focal_source=layout.focal_source,
+            fov_deg=round(layout.intrinsics.fov_x_deg, 1),
+            up_source=layout.up_source,
+            pitch_deg=round(layout.pitch_deg, 1),
+            roll_deg=round(layout.roll_deg, 1),
+            walls=sum(p.kind == "wall" for p in layout.planes),
+            sky_share=round(float(layout.sky_mask.mean()), 3),
+        )
+        return DepthEstimate(layout.depth_m, is_metric=True, source="photo_layout", approximate=True,
+                             intrinsics=layout.intrinsics)

@@ -1,0 +1,1332 @@
+"""Exemplar-based texture synthesis in a plane's rectified texture space (issue 10, section 3).
+
+A plane's texture space has one texel per point spacing: rows run along the plane's v axis, columns along u.
+The exemplar is what the memory observed on that plane, rasterised there: ``rgb`` ``[H, W, 3]`` uint8 and
+``valid`` ``[H, W]`` bool (irregular, with holes). Its texel ``[0, 0]`` sits at texture-space texel ``origin_px``.
+
+Usage (the generator's side)::
+
+    model = TextureModel.fit(rgb, valid, texel_m=0.02)           # once per plane; deterministic
+    tile = synthesize_tile(model, (i, j), seed)                   # [T, T, 3] uint8, rows i*T.., cols j*T..
+    filled = continue_exemplar(model, seed)                       # the exemplar's own box: holes continued
+    k = pick_exemplar(target, candidates, up)                     # no exemplar of its own: borrow one
+    rgb2, valid2 = rescale_exemplar(rgb, valid, 0.02, 0.05)       # ... at the borrower's texel size
+    colours = texels_at(model, rows, cols, seed)                  # [N, 3] at texel (rows[n], cols[n])
+    colours = sample_uv(model, uv_m, footprint_m, seed)           # [M, 3] at plane metres, mip by footprint
+
+How it stays the same however it is asked for
+---------------------------------------------
+The whole infinite plane is covered by one global lattice of square *cells* (``step_px`` apart). Each cell copies a
+``P x P`` patch (its core plus ``overlap_px / 2`` on every side) of the exemplar's shading-free *detail*; where two
+cells meet, ownership of the overlap band is decided by a minimum-error boundary cut (image quilting, Efros and
+Freeman 2001) whose ends are pinned to the lattice corners, so every cut depends on its two cells only. A cell's
+patch is chosen to match only neighbours that come before it in a fixed, bounded order:
+
+- level 0: cells whose patch covers observed texels: the identity copy when the patch is fully observed, else the
+  candidate that best matches the observed texels (so invented texels join the seen ones);
+- even rows: left to right in chunks of ``CHAIN_CELLS`` cells, each matching its left neighbour (a chunk's first
+  cell is a keyed random choice), as the first row of raster-order quilting;
+- odd rows: matching the even rows above and below and, within a chunk, the left neighbour;
+- everyone also matches observed (level-0) neighbours.
+
+Candidates and the pick among near-best ones come from a hash of ``(seed, cell)``, so a texel's value is a pure
+function of (exemplar, seed, position): tiles are identical in any order, adjacent tiles are windows of one image
+(no tile seams at all), and a region looks the same after save/load (store the exemplar, refit).
+
+Periodic textures (brick, tiles, planks) keep their period: the autocorrelation of the observed detail is searched
+for a 1-D or 2-D lattice of peaks; when its peaks are strong, every patch is taken only from exemplar positions
+congruent to its target modulo that lattice, so mortar and grout lines continue in place across the whole plane.
+Stochastic textures use unrestricted candidates (quilting). Patches are never rotated, so grain keeps its direction.
+
+Shading (the low frequencies: a light gradient, a shadow) is split off before synthesis by a normalised Gaussian
+blur of the observed texels and added back at the target position: inside the exemplar's box as observed and
+smoothly filled, outside it continued from the nearest box texel and relaxing towards the mean with distance.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numba as nb
+import numpy as np
+import structlog
+from scipy import fft as sfft
+from scipy import ndimage
+
+from spatia.world.errors import InvalidInputError
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TILE_PX = 64
+DEFAULT_STEP_PX = 24  # cell pitch: large enough to carry structure, small enough for many candidates
+DEFAULT_OVERLAP_PX = 8  # band width between cells in which the boundary cut runs
+MIN_EXEMPLAR_PX = 8  # per side: below this there is no patch to copy
+MIN_VALID_TEXELS = 32
+PERIODIC_MIN_STRENGTH = 0.35  # normalised autocorrelation at the lattice vectors above which we keep the period
+UNCHECKED_PERIOD_MIN_STRENGTH = 0.75  # the same, for a period whose double shift the exemplar is too small to show
+PEAK_PROMINENCE = 0.15  # ac(d) - ac(d / 2): a period's half-shift must be clearly less alike than the period
+CHAIN_CELLS = 4  # cells per left-to-right matching chain in a row (longer: fewer free cells, more work per tile)
+NUM_CANDIDATES = 64
+DC_WEIGHT = 0.25  # a patch's mean colour difference counts a quarter in its cost: it is corrected by an offset
+PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked (keyed), as in image quilting
+EDGE_FEATHER_PX = 3  # invented texels fade in over this many texels from the observed ones
+SOURCE_VALID_FRACTION = 0.9
+LATTICE_WINDOW_PX = 320  # periodicity is measured on at most this many texels a side  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
+_CACHE_LIMIT = 200_000
+TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keyed hashing (splitmix64): stable across numpy versions, unlike Generator streams
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _mix64(x: int) -> int:
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _key_hash(*parts: int) -> int:
+    h = _GOLDEN
+    for p in parts:
+        h = _mix64(h ^ (int(p) & _M64))
+    return h
+
+
+def _hash_stream(h: int, n: int) -> np.ndarray:
+    """``[n]`` uint64 pseudo-random values derived from key hash ``h`` (splitmix64 over a counter)."""
+    x = np.uint64(h) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels (numba) and their plain references
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def _ssd_costs(detail, cand, canvas, pix, dc_weight):
+    """Match cost and colour offset per candidate patch against the wanted content.
+
+    detail [H, W, 3] float32; cand [K, 2] int64 patch origins (row, col); canvas [P, P, 3] float32 (the wanted
+    content); pix [M, 2] int64 patch-local (row, col) of the constrained pixels. With d = canvas - candidate over
+    those pixels, per channel: cost = var(d) + dc_weight * mean(d)^2 summed over channels, offset = mean(d).
+    Returns (cost [K] float64, offset [K, 3] float64).
+    """
+    k_n, m_n = cand.shape[0], pix.shape[0]
+    cost = np.empty(k_n, np.float64)
+    offset = np.zeros((k_n, 3), np.float64)
+    inv_m = 1.0 / max(m_n, 1)
+    want = np.empty((m_n, 3), np.float32)  # the canvas at the constrained pixels, gathered once
+    for m in range(m_n):
+        for c in range(3):
+            want[m, c] = canvas[pix[m, 0], pix[m, 1], c]
+    for k in range(k_n):
+        cy, cx = cand[k, 0], cand[k, 1]
+        s1 = np.zeros(3)
+        s2 = np.zeros(3)
+        for m in range(m_n):
+            py, px = cy + pix[m, 0], cx + pix[m, 1]
+            for c in range(3):  # channels innermost: contiguous reads
+                d = want[m, c] - detail[py, px, c]
+                s1[c] += d
+                s2[c] += d * d
+        total = 0.0
+        for c in range(3):
+            mean = s1[c] * inv_m
+            total += s2[c] * inv_m - mean * mean + dc_weight * mean * mean
+            offset[k, c] = mean
+        cost[k] = total
+    return cost, offset
+
+
+@nb.njit(cache=True, nogil=True)
+def _pinned_seam(err, lo, hi):
+    """Minimum-error path down ``err`` [L, Wd] (one pixel per row, moving at most one column per row, staying in
+    columns [lo, hi]) that starts and ends at the middle column ``Wd // 2``. Returns [L] int64 column per row."""
+    n_rows, width = err.shape
+    mid = width // 2
+    cost = np.full((n_rows, width), np.inf)
+    back = np.zeros((n_rows, width), np.int64)
+    cost[0, mid] = err[0, mid]
+    for y in range(1, n_rows):
+        for x in range(lo, hi + 1):
+            best, arg = np.inf, x
+            for dx in (-1, 0, 1):  # ties prefer the left-most: fixed order keeps it deterministic
+                xp = x + dx
+                if lo <= xp <= hi and cost[y - 1, xp] < best:
+                    best, arg = cost[y - 1, xp], xp
+            cost[y, x] = best + err[y, x]
+            back[y, x] = arg
+    path = np.empty(n_rows, np.int64)
+    path[n_rows - 1] = mid
+    for y in range(n_rows - 1, 0, -1):
+        path[y - 1] = back[y, path[y]]
+    return path
+
+
+@nb.njit(cache=True, nogil=True)
+def _compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, x0, step, half):
+    """Texels of a region from its owner cells: each texel mixes up to four cells' patches (row owners r_lo/r_hi
+    with weight r_w on r_hi, column owners likewise), reading only those with non-zero weight.
+
+    detail [H, W, 3] float32; src [R, C, 2] int64 patch origins and off [R, C, 3] float32 colour offsets of
+    cells (rmin + r, cmin + c); r_lo, r_hi, c_lo, c_hi [h, w] int64 and r_w, c_w [h, w] float32; texel (i, j)
+    is at texture-space row y0 + i, column x0 + j. Returns [h, w, 3] float32."""
+    hh, ww = r_lo.shape
+    out = np.zeros((hh, ww, 3), np.float32)
+    for i in range(hh):
+        y = y0 + i
+        for j in range(ww):
+            x = x0 + j
+            for a in range(2):
+                rw = r_w[i, j] if a == 1 else 1.0 - r_w[i, j]
+                if rw <= 0.0:
+                    continue
+                row = r_hi[i, j] if a == 1 else r_lo[i, j]
+                for b in range(2):
+                    cw = c_w[i, j] if b == 1 else 1.0 - c_w[i, j]
+                    if cw <= 0.0:
+                        continue
+                    col = c_hi[i, j] if b == 1 else c_lo[i, j]
+                    sy = src[row - rmin, col - cmin, 0] + y - (row * step - half)
+                    sx = src[row - rmin, col - cmin, 1] + x - (col * step - half)
+                    w = rw * cw
+                    for c in range(3):
+                        out[i, j, c] += w * (detail[sy, sx, c] + off[row - rmin, col - cmin, c])
+    return out
+
+
+def _reference_compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, x0, step, half):
+    """Slow twin of ``_compose``: all four owner combinations gathered with numpy and blended."""
+    hh, ww = r_lo.shape
+    ys, xs = np.arange(y0, y0 + hh)[:, None], np.arange(x0, x0 + ww)[None, :]
+
+    def fetch(row, col):
+        owner = src[row - rmin, col - cmin]
+        return detail[owner[..., 0] + ys - (row * step - half), owner[..., 1] + xs - (col * step - half)] + off[
+            row - rmin, col - cmin
+        ]
+
+    a, b = c_w[..., None].astype(np.float64), r_w[..., None].astype(np.float64)
+    return (1 - b) * ((1 - a) * fetch(r_lo, c_lo) + a * fetch(r_lo, c_hi)) + b * (
+        (1 - a) * fetch(r_hi, c_lo) + a * fetch(r_hi, c_hi)
+    )
+
+
+def _reference_pinned_seam_cost(err: np.ndarray, lo: int, hi: int) -> float:
+    """Slow twin of ``_pinned_seam``: the least total error over *all* admissible paths, by enumeration."""
+    import itertools
+
+    n_rows, width = err.shape
+    mid = width // 2
+    best = math.inf
+    for steps in itertools.product((-1, 0, 1), repeat=n_rows - 1):
+        x, total, ok = mid, float(err[0, mid]), True
+        for y, dx in enumerate(steps, start=1):
+            x += dx
+            if not lo <= x <= hi:
+                ok = False
+                break
+            total += float(err[y, x])
+        if ok and x == mid:
+            best = min(best, total)
+    return best
+
+
+def _reference_ssd_costs(detail, cand, canvas, pix, dc_weight) -> tuple[np.ndarray, np.ndarray]:
+    """Slow twin of ``_ssd_costs`` in plain numpy."""
+    costs, offsets = [], []
+    for cy, cx in cand:
+        d = canvas[pix[:, 0], pix[:, 1]].astype(np.float64) - detail[cy + pix[:, 0], cx + pix[:, 1]].astype(np.float64)
+        mean = d.mean(0)
+        costs.append(float((d.var(0) + dc_weight * mean**2).sum()))
+        offsets.append(mean)
+    return np.asarray(costs), np.asarray(offsets)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def push_pull_fill(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Fill texels of zero weight smoothly from their surroundings (push-pull pyramid; Gortler et al. 1996).
+
+    values [H, W, C] float; weight [H, W] float >= 0 (0 = missing). Texels with weight >= 1 keep their value.
+    Also the benchmark's baseline fill. Returns float32 [H, W, C].
+    """
+    v = np.asarray(values, np.float32)
+    w = np.clip(np.asarray(weight, np.float32), 0.0, 1.0)
+    if v.ndim != 3 or w.shape != v.shape[:2]:
+        raise InvalidInputError(f"push_pull_fill needs values [H, W, C] and weight [H, W], got {v.shape}, {w.shape}")
+    if w.max(initial=0.0) <= 0:
+        return np.zeros(v.shape, np.float32)
+    levels = [(v * w[..., None], w)]
+    while min(levels[-1][1].shape) > 1:
+        pv, pw = levels[-1]
+        h2, w2 = (pw.shape[0] + 1) // 2, (pw.shape[1] + 1) // 2
+        pv = np.pad(pv, ((0, h2 * 2 - pv.shape[0]), (0, w2 * 2 - pv.shape[1]), (0, 0)))
+        pw = np.pad(pw, ((0, h2 * 2 - pw.shape[0]), (0, w2 * 2 - pw.shape[1])))
+        sv = pv.reshape(h2, 2, w2, 2, -1).sum((1, 3))
+        sw = pw.reshape(h2, 2, w2, 2).sum((1, 3))
+        levels.append((sv, sw))
+    # pull: coarse-to-fine, each level's missing mass taken from the (already complete) coarser level
+    cv_, cw = levels[-1]
+    est = cv_ / np.maximum(cw, 1e-12)[..., None]
+    for pv, pw in reversed(levels[:-1]):
+        # bilinear, not nearest: a filled region must be smooth, not made of 2^k blocks
+        h2, w2 = est.shape[:2]
+        up = cv2.resize(est.astype(np.float32), (2 * w2, 2 * h2), interpolation=cv2.INTER_LINEAR)
+        up = up.reshape(2 * h2, 2 * w2, -1)[: pw.shape[0], : pw.shape[1]]
+        a = np.clip(pw, 0.0, 1.0)[..., None]
+        est = np.where(pw[..., None] > 0, pv / np.maximum(pw, 1e-12)[..., None], up) * a + up * (1 - a)
+    return est.astype(np.float32)
+
+
+def _normalised_blur(rgb: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur of the valid texels only (normalised convolution), filled by push-pull where no valid texel
+    is within reach. rgb [H, W, 3] float32, valid [H, W] bool. Returns [H, W, 3] float32.
+
+    The result is smooth on the scale of ``sigma_px``, so it is computed on a grid ``sigma / 4`` times coarser
+    (area sums) and interpolated back: the same field at a fraction of the cost of a 6-sigma kernel."""
+    h, w = valid.shape
+    f = max(1, int(sigma_px // 4))
+    hc, wc = -(-h // f), -(-w // f)
+    m = np.pad(valid.astype(np.float32), ((0, hc * f - h), (0, wc * f - w)))
+    v = np.pad(rgb * valid[..., None], ((0, hc * f - h), (0, wc * f - w), (0, 0)))
+    m_c = m.reshape(hc, f, wc, f).sum((1, 3)) / (f * f)
+    v_c = v.reshape(hc, f, wc, f, 3).sum((1, 3)) / (f * f)
+    sc = sigma_px / f
+    k = int(2 * math.ceil(3 * sc) + 1)
+    num = cv2.GaussianBlur(v_c, (k, k), sc, borderType=cv2.BORDER_CONSTANT)
+    den = cv2.GaussianBlur(m_c, (k, k), sc, borderType=cv2.BORDER_CONSTANT)
+    ok = den > 0.05
+    out = np.where(ok[..., None], num / np.maximum(den, 1e-6)[..., None], 0.0).astype(np.float32)
+    if not ok.all():
+        filled = push_pull_fill(out, ok.astype(np.float32))
+        smooth = cv2.GaussianBlur(filled, (k, k), sc, borderType=cv2.BORDER_REPLICATE)
+        out = np.where(ok[..., None], out, smooth)
+    if f > 1:  # coarse cell centres sit at (i + 0.5) * f - 0.5 fine texels
+        ys = np.clip((np.arange(h) + 0.5) / f - 0.5, 0, hc - 1).astype(np.float32)
+        xs = np.clip((np.arange(w) + 0.5) / f - 0.5, 0, wc - 1).astype(np.float32)
+        mx, my = np.meshgrid(xs, ys)
+        out = cv2.remap(np.ascontiguousarray(out, np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.astype(np.float32)
+
+
+def _best_window(valid: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """(row, col, height, width) of the window of at most ``size`` x ``size`` with the most valid texels (the
+    whole exemplar when it is that small). Searched on a stride of size / 8."""
+    h, w = valid.shape
+    wh, ww = min(h, size), min(w, size)
+    if (wh, ww) == (h, w):
+        return 0, 0, h, w
+    ii = np.pad(valid.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    stride = max(1, size // 8)
+    ys = np.unique(np.r_[np.arange(0, h - wh + 1, stride), h - wh])
+    xs = np.unique(np.r_[np.arange(0, w - ww + 1, stride), w - ww])
+    tot = ii[np.ix_(ys + wh, xs + ww)] - ii[np.ix_(ys, xs + ww)] - ii[np.ix_(ys + wh, xs)] + ii[np.ix_(ys, xs)]
+    a, b = np.unravel_index(int(np.argmax(tot)), tot.shape)
+    return int(ys[a]), int(xs[b]), wh, ww
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Periodicity
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Detected periodicity of an exemplar. ``vectors_px`` rows are (d_row, d_col) in texels; ``kind`` is
+    ``"2d"`` (both rows used), ``"1d"`` (row 0 only: repeats along it, free across it) or ``"none"``."""
+
+    kind: str
+    vectors_px: np.ndarray  # [2, 2] float64
+    strength: float  # normalised autocorrelation at the weakest lattice vector (1 = perfect repeat)
+
+    @property
+    def periods_px(self) -> tuple[float, ...]:
+        n = {"2d": 2, "1d": 1}.get(self.kind, 0)
+        return tuple(float(np.hypot(*self.vectors_px[i])) for i in range(n))
+
+
+def _masked_autocorrelation(signal: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised autocorrelation of ``signal`` over valid texels and the overlap count, both ``[2H-1, 2W-1]``
+    with zero shift at the centre ``(H-1, W-1)``. signal [H, W] float, valid [H, W] bool."""
+    h, w = signal.shape
+    m = valid.astype(np.float64)
+    g = np.where(valid, signal - signal[valid].mean(), 0.0)
+    var = float((g * g).sum() / max(m.sum(), 1.0))
+    shape = (sfft.next_fast_len(2 * h - 1), sfft.next_fast_len(2 * w - 1))
+    fg, fm = sfft.rfft2(g, shape), sfft.rfft2(m, shape)
+    num = sfft.irfft2(fg * np.conj(fg), shape)
+    den = sfft.irfft2(fm * np.conj(fm), shape)
+    rows = np.r_[shape[0] - (h - 1) : shape[0], 0:h]
+    cols = np.r_[shape[1] - (w - 1) : shape[1], 0:w]
+    num, den = num[np.ix_(rows, cols)], np.rint(den[np.ix_(rows, cols)])
+    ac = num / np.maximum(den, 1.0) / max(var, 1e-9)
+    return ac, den
+
+
+def _subpixel_peak(ac: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
+    """Parabolic refinement of a peak at integer index (iy, ix)."""
+
+    def offset(a: float, b: float, c: float) -> float:
+        den = a - 2 * b + c
+        return 0.0 if abs(den) < 1e-12 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+
+    dy = offset(ac[iy - 1, ix], ac[iy, ix], ac[iy + 1, ix]) if 0 < iy < ac.shape[0] - 1 else 0.0
+    dx = offset(ac[iy, ix - 1], ac[iy, ix], ac[iy, ix + 1]) if 0 < ix < ac.shape[1] - 1 else 0.0
+    return iy + dy, ix + dx
+
+
+def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
+    """Find the period lattice of ``signal`` [H, W] (e.g. luma of the detail) over ``valid`` [H, W] bool texels.
+
+    Peaks of the masked autocorrelation (where at least 30% of the valid texels overlap) that are local maxima,
+    at least 3 texels from zero shift, and clearly more alike than their half shift are candidates; the shortest
+    strong one is the first lattice vector, the shortest strong one not parallel to it the second. Each is refined
+    to sub-texel precision from its furthest visible multiple.
+    """
+    none = Lattice("none", np.zeros((2, 2)), 0.0)
+    h, w = signal.shape
+    if valid.sum() < MIN_VALID_TEXELS or min(h, w) < 8:
+        return none
+    ac, den = _masked_autocorrelation(signal.astype(np.float64), valid)
+    cy, cx = h - 1, w - 1
+    trusted = den >= 0.2 * valid.sum()
+    acm = np.where(trusted, ac, -np.inf)
+    n_valid = float(valid.sum())
+    # multiples of a found period are looked for with less overlap: at a known place a peak is credible sooner
+    acr = np.where(den >= 0.1 * n_valid, ac, -np.inf)
+    local_max = acr == ndimage.maximum_filter(acr, size=3, mode="constant", cval=-np.inf)
+    # a peak must be a maximum also among the less trusted shifts around it: at the edge of the trusted area a
+    # slope would otherwise pass for a peak
+    peaks = (acm == ndimage.maximum_filter(acr, size=5, mode="constant", cval=-np.inf)) & (acm >= PERIODIC_MIN_STRENGTH)
+    ys, xs = np.nonzero(peaks)
+    dy, dx = ys - cy, xs - cx
+    keep = ((dy > 0) | ((dy == 0) & (dx > 0))) & (dy * dy + dx * dx >= 9)
+    half_y, half_x = cy + np.rint(dy / 2).astype(np.int64), cx + np.rint(dx / 2).astype(np.int64)
+    keep &= ac[ys, xs] - ac[half_y, half_x] >= PEAK_PROMINENCE
+    ys, xs, dy, dx = ys[keep], xs[keep], dy[keep], dx[keep]
+    if len(ys) == 0:
+        return none
+    vals = ac[ys, xs]
+
+    def refine(i: int) -> np.ndarray:
+        """Sub-texel lattice vector: least-squares slope through the peaks at its visible multiples (a thin
+        mortar line gives one-texel-wide peaks, so one peak alone is only good to about a quarter texel)."""
+        q1 = np.array(_subpixel_peak(ac, ys[i], xs[i])) - (cy, cx)
+        num, den_k = q1.copy(), 1.0
+        for k in range(2, 9):
+            est = num / den_k
+            py, px = int(round(cy + k * est[0])), int(round(cx + k * est[1]))
+            if not (1 <= py < ac.shape[0] - 1 and 1 <= px < ac.shape[1] - 1):
+                break
+            win = acr[py - 1 : py + 2, px - 1 : px + 2]  # 3x3: along a ridge a wider window would drift sideways
+            wy, wx = np.unravel_index(int(np.argmax(win)), win.shape)
+            qy, qx = py - 1 + wy, px - 1 + wx
+            if not np.isfinite(acr[qy, qx]) or ac[qy, qx] < 0.7 * vals[i] or not local_max[qy, qx]:
+                break
+            qk = np.array(_subpixel_peak(ac, qy, qx)) - (cy, cx)
+            num, den_k = num + k * qk, den_k + k * k
+        return num / den_k
+
+    def repeats(i: int) -> bool:
+        """A period repeats: twice the shift is alike too (checked where visible, else a stricter strength)."""
+        py, px = cy + 2 * dy[i], cx + 2 * dx[i]
+        if 1 <= py < ac.shape[0] - 1 and 1 <= px < ac.shape[1] - 1 and den[py, px] >= 0.15 * n_valid:
+            return float(ac[py - 1 : py + 2, px - 1 : px + 2].max()) >= max(0.6 * vals[i], PERIODIC_MIN_STRENGTH)
+        return bool(vals[i] >= UNCHECKED_PERIOD_MIN_STRENGTH)
+
+    good = [i for i in range(len(ys)) if repeats(i)]
+    if not good:
+        return none
+    top = max(vals[i] for i in good)
+    # shortest first, stronger first among equals; only peaks nearly as alike as the best one
+    order = [i for i in sorted(good, key=lambda i: (dy[i] ** 2 + dx[i] ** 2, -vals[i])) if vals[i] >= 0.7 * top]
+    a_i = order[0]
+    a = refine(a_i)
+    b_i = None
+    for i in order[1:]:
+        d = np.array([dy[i], dx[i]], np.float64)
+        sin = abs(a[0] * d[1] - a[1] * d[0]) / (np.linalg.norm(a) * np.linalg.norm(d))
+        if sin > 0.5:
+            b_i = i
+            break
+    if b_i is None:
+        # 1-D: stripes repeat across, not along, themselves; the autocorrelation is a ridge through a along the
+        # stripes and the peak may sit anywhere on it, so take the ridge's direction and keep a's normal part
+        reach = max(4.0, min(h, w) / 4.0)
+        lam = np.linspace(-reach, reach, 17)
+        best_dir, best_mean = None, -np.inf
+        for theta in np.deg2rad(np.arange(0.0, 180.0, 2.0)):
+            t = np.array([math.sin(theta), math.cos(theta)])  # (d_row, d_col)
+            py = np.rint(cy + a[0] + lam * t[0]).astype(np.int64)
+            px = np.rint(cx + a[1] + lam * t[1]).astype(np.int64)
+            ok = (py >= 0) & (py < ac.shape[0]) & (px >= 0) & (px < ac.shape[1])
+            vals_t = np.where(ok, acm[np.clip(py, 0, ac.shape[0] - 1), np.clip(px, 0, ac.shape[1] - 1)], -np.inf)
+            score = float(np.mean(np.where(np.isfinite(vals_t), vals_t, -1.0)))
+            if score > best_mean:
+                best_dir, best_mean = t, score
+        if best_dir is not None and best_mean >= 0.8 * vals[a_i]:
+            a = a - np.dot(a, best_dir) * best_dir
+        return Lattice("1d", np.array([a, [0.0, 0.0]]), float(vals[a_i]))
+    b = refine(b_i)
+    # Lagrange-Gauss reduction: the shortest, most orthogonal basis of the same lattice
+    for _ in range(16):
+        if np.dot(b, b) < np.dot(a, a):
+            a, b = b, a
+        mu = round(float(np.dot(a, b) / np.dot(a, a)))
+        if mu == 0:
+            break
+        b = b - mu * a
+    return Lattice("2d", np.array([a, b]), float(min(vals[a_i], vals[b_i])))
+
+
+def _integer_superlattice(lattice: Lattice, shape: tuple[int, int]) -> np.ndarray:
+    """The densest sublattice of ``lattice`` whose vectors are (within 0.2 texel) whole texels, as a reduced basis
+    [2, 2] float64 (rows as vectors_px; row 1 unused for 1-D). Brick courses of 21.33 texels with 32-texel
+    half-bricks give (0, 64) and (64, 32). Vectors must fit in 3/4 of the exemplar; without such a sublattice
+    the lattice itself is returned (copies then round, and may sit a texel apart)."""
+    out = lattice.vectors_px.copy()
+    if lattice.kind == "none":
+        return out
+    limit = 0.75 * max(shape)
+    rng = np.arange(-8, 9)
+    if lattice.kind == "1d":
+        coefs = rng[rng > 0][:, None].astype(np.float64)
+        vecs = coefs @ lattice.vectors_px[:1]
+    else:
+        mm, nn = np.meshgrid(rng, rng, indexing="ij")
+        coefs = np.stack([mm.ravel(), nn.ravel()], 1).astype(np.float64)
+        vecs = coefs @ lattice.vectors_px
+    length = np.hypot(vecs[:, 0], vecs[:, 1])
+    ok = (length > 0.5) & (length <= limit) & (np.abs(vecs - np.rint(vecs)).max(1) <= 0.2)
+    cand = np.rint(vecs[ok])
+    cand = cand[np.argsort(np.hypot(cand[:, 0], cand[:, 1]), kind="stable")]
+    if len(cand) == 0:
+        return out
+    v1 = cand[0]
+    if lattice.kind == "1d":
+        out[0] = v1
+        return out
+    for v in cand[1:]:
+        if abs(v1[0] * v[1] - v1[1] * v[0]) > 0.5 * np.hypot(*v1) * np.hypot(*v):  # clearly not parallel
+            v2 = v
+            break
+    else:
+        return out
+    for _ in range(16):  # Lagrange-Gauss reduction
+        if v2 @ v2 < v1 @ v1:
+            v1, v2 = v2, v1
+        mu = round(float(v1 @ v2) / float(v1 @ v1))
+        if mu == 0:
+            break
+        v2 = v2 - mu * v1
+    out[0], out[1] = v1, v2
+    return out
+
+
+def _lattice_shifts(vecs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Whole-texel shifts round(m * a + n * b) inside +-shape, nearest first. vecs [1 or 2, 2]."""
+    h, w = shape
+    reach = int(min(8, math.ceil(max(h, w) / max(min(np.hypot(*v) for v in vecs), 1.0))))
+    rng = np.arange(-reach, reach + 1)
+    coefs = np.stack(np.meshgrid(rng, rng, indexing="ij"), -1).reshape(-1, 2) if len(vecs) == 2 else rng[:, None]
+    shifts = np.rint(coefs @ vecs).astype(np.int64)
+    shifts = shifts[(shifts != 0).any(1) & (np.abs(shifts[:, 0]) < h) & (np.abs(shifts[:, 1]) < w)]
+    return shifts[np.lexsort((shifts[:, 1], shifts[:, 0], (shifts**2).sum(1)))]
+
+
+def _periodic_fill(
+    detail: np.ndarray, valid: np.ndarray, lattice: Lattice, copy_basis: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill unobserved texels of a periodic exemplar from the nearest observed texel one or more periods away:
+    exact whole-texel periods (``copy_basis``) first, then the nearest rounded multiples of the lattice.
+
+    detail [H, W, 3] float32, valid [H, W] bool. Returns (filled detail, filled-or-observed mask [H, W]). Texels
+    with no observed copy at any lattice shift inside the box stay as they were and unmarked."""
+    h, w = valid.shape
+    n = 2 if lattice.kind == "2d" else 1
+    shifts = np.concatenate([_lattice_shifts(copy_basis[:n], (h, w)), _lattice_shifts(lattice.vectors_px[:n], (h, w))])
+    out, have = detail.copy(), valid.copy()
+    shift_of = np.zeros((h, w, 2), np.int64)  # the shift each copied texel came from
+    my, mx = np.nonzero(~valid)  # still-missing texels: work shrinks as they are filled
+    for dy, dx in shifts:
+        if len(my) == 0:
+            break
+        sy, sx = my + dy, mx + dx
+        take = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+        take[take] = valid[sy[take], sx[take]]
+        if take.any():
+            out[my[take], mx[take]] = detail[sy[take], sx[take]]
+            shift_of[my[take], mx[take]] = (dy, dx)
+            have[my[take], mx[take]] = True
+            my, mx = my[~take], mx[~take]
+    # membrane correction (Farbman et al. 2009): the copied instance (a brick, a tile) may be lighter than the one
+    # that was observed around the hole. On the hole's rim, compare each observed neighbour q with the texel the
+    # copy took for q's place (q + the same shift): like with like, so mortar lines do not count as mismatch. The
+    # rim mismatch, smoothly interpolated over the hole, removes the step and keeps the copy's detail.
+    copied = have & ~valid
+    if copied.any():
+        py, px = np.nonzero(copied)
+        sy, sx = shift_of[py, px, 0], shift_of[py, px, 1]
+        acc = np.zeros((len(py), 3))
+        cnt = np.zeros(len(py))
+        for ny, nx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            qy, qx = py + ny, px + nx
+            ry, rx = qy + sy, qx + sx
+            ok = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w) & (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w)
+            ok[ok] &= valid[qy[ok], qx[ok]] & valid[ry[ok], rx[ok]]
+            acc[ok] += detail[qy[ok], qx[ok]] - detail[ry[ok], rx[ok]]
+            cnt[ok] += 1
+        rim = cnt > 0
+        if rim.any():  # solved on the copied texels' bounding box only (a hole is usually small)
+            y0, y1, x0, x1 = py.min(), py.max() + 1, px.min(), px.max() + 1
+            mismatch = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+            weight = np.zeros((y1 - y0, x1 - x0), np.float32)
+            mismatch[py[rim] - y0, px[rim] - x0] = acc[rim] / cnt[rim, None]
+            weight[py[rim] - y0, px[rim] - x0] = 1.0
+            smooth = push_pull_fill(mismatch, weight)
+            out[py, px] += smooth[py - y0, px - x0]
+    return out, have
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_exemplar(rgb: object, valid: object, texel_m: object) -> tuple[np.ndarray, np.ndarray, float]:
+    if not isinstance(rgb, np.ndarray):
+        raise InvalidInputError(f"rgb must be a numpy array [H, W, 3] uint8, got {type(rgb).__name__}")
+    if rgb.dtype != np.uint8:
+        raise InvalidInputError(f"rgb must be uint8, got dtype {rgb.dtype}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InvalidInputError(f"rgb must have shape [H, W, 3], got {rgb.shape}")
+    if not isinstance(valid, np.ndarray):
+        raise InvalidInputError(f"valid must be a numpy array [H, W] bool, got {type(valid).__name__}")
+    if valid.dtype != np.bool_:
+        raise InvalidInputError(f"valid must be bool, got dtype {valid.dtype}")
+    if valid.shape != rgb.shape[:2]:
+        raise InvalidInputError(f"valid must have shape {rgb.shape[:2]} (rgb's [H, W]), got {valid.shape}")
+    if min(rgb.shape[:2]) < MIN_EXEMPLAR_PX:
+        raise InvalidInputError(f"rgb: exemplar must be at least {MIN_EXEMPLAR_PX} texels per side, got {rgb.shape[:2]}")
+    n_valid = int(valid.sum())
+    if n_valid < MIN_VALID_TEXELS:
+        raise InvalidInputError(f"valid: exemplar has {n_valid} observed texels, need at least {MIN_VALID_TEXELS}")
+    try:
+        t = float(texel_m)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"texel_m must be a positive number of metres, got {texel_m!r}") from None
+    if not math.isfinite(t) or t <= 0:
+        raise InvalidInputError(f"texel_m must be a positive number of metres, got {texel_m!r}")
+    return rgb, valid, t
+
+
+class TextureModel:
+    """One plane's texture: its exemplar split into shading and detail, its periodicity, and the cache of cell
+    choices. Build with ``TextureModel.fit``; read-only afterwards except for the cache (whose content is a pure
+    function of the key, so concurrent or repeated use gives the same texels)."""
+
+    kind: str  # "periodic" or "stochastic"
+    lattice: Lattice
+    texel_m: float
+    tile_px: int
+    step_px: int
+    overlap_px: int
+    origin_px: tuple[int, int]
+
+    @classmethod
+    def fit(
+        cls,
+        rgb: np.ndarray,
+        valid: np.ndarray,
+        texel_m: float,
+        *,
+        tile_px: int = DEFAULT_TILE_PX,
+        origin_px: tuple[int, int] = (0, 0),
+        step_px: int | None = None,
+    ) -> TextureModel:
+        """Fit a plane's texture model from its exemplar.
+
+        rgb [H, W, 3] uint8 and valid [H, W] bool (observed texels) in the plane's texture space, one texel per
+        ``texel_m`` metres; ``origin_px`` is the texture-space (row, col) of exemplar texel [0, 0]; ``tile_px`` the
+        side of ``synthesize_tile``'s tiles. Deterministic: the same inputs give the same model.
+        """
+        rgb, valid, texel = _check_exemplar(rgb, valid, texel_m)
+        if int(tile_px) < 8:
+            raise InvalidInputError(f"tile_px must be >= 8, got {tile_px}")
+        if len(tuple(origin_px)) != 2:
+            raise InvalidInputError(f"origin_px must be (row, col), got {origin_px!r}")
+        self = cls.__new__(cls)
+        self.texel_m = texel
+        self.tile_px = int(tile_px)
+        self.origin_px = (int(origin_px[0]), int(origin_px[1]))
+        h, w = valid.shape
+        self.rgb = np.ascontiguousarray(rgb)
+        self.valid = np.ascontiguousarray(valid)
+        side = min(h, w)
+        overlap = DEFAULT_OVERLAP_PX if side >= 32 else 4 if side >= 16 else 2
+        step = int(step_px) if step_px is not None else min(DEFAULT_STEP_PX, side - overlap)
+        if step < 4 or step + overlap > side or step <= overlap:
+            raise InvalidInputError(f"step_px={step} does not fit a {h}x{w} exemplar with {overlap} texels overlap")
+        self.step_px, self.overlap_px = step, overlap
+        half = overlap // 2
+        patch = step + overlap
+
+        rgbf = rgb.astype(np.float32)
+        sigma = max(8.0, 0.25 * side)
+        shading = _normalised_blur(rgbf, valid, sigma)
+        # the lattice from the best-observed window of at most LATTICE_WINDOW_PX a side: enough periods to see
+        # and it keeps the autocorrelation's cost bounded on a large plane
+        wy, wx, wh, ww = _best_window(valid, LATTICE_WINDOW_PX)
+        lattice = detect_lattice(_luma(rgbf - shading)[wy : wy + wh, wx : wx + ww], valid[wy : wy + wh, wx : wx + ww])
+        if lattice.kind != "none" and max(lattice.periods_px) * 1.5 > sigma:
+            # shading must be smoother than the pattern, or the pattern's own contrast leaks into it
+            sigma = 1.5 * max(lattice.periods_px)
+            shading = _normalised_blur(rgbf, valid, sigma)  # the lattice found already stands
+        self.lattice = lattice
+        self.kind = "periodic" if lattice.kind != "none" else "stochastic"
+        # patches are copied by whole-texel shifts; rounding m*a + n*b differently in neighbouring cells would put
+        # their mortar lines a texel apart, so copies use an integer super-lattice (e.g. 3 courses of 21.33
+        # texels = 64 texels) when one exists within the exemplar
+        self._copy_basis = _integer_superlattice(lattice, (h, w))
+        self.shading = shading  # [H, W, 3] float32, low frequencies, filled smoothly into holes
+        self.shading_mean = shading[valid].mean(0).astype(np.float32)  # [3]
+        self.shading_decay_px = 2.0 * sigma
+        detail = rgbf - shading
+        usable = valid
+        if lattice.kind != "none" and not valid.all():
+            # holes of a periodic exemplar are copies of the same place one period away: sharp and in phase
+            detail, usable = _periodic_fill(detail, valid, lattice, self._copy_basis)
+        if not usable.all():
+            detail = np.where(usable[..., None], detail, push_pull_fill(detail, usable.astype(np.float32)))
+        self.detail = np.ascontiguousarray(detail, np.float32)  # [H, W, 3] shading-free, holes pre-filled
+
+        # windows (patch origins) a patch may be copied from, and those that are observed in full
+        self._valid_integral = np.pad(valid.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        integral = np.pad(usable.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        frac = (
+            integral[patch:, patch:] - integral[:-patch, patch:] - integral[patch:, :-patch] + integral[:-patch, :-patch]
+        ) / float(patch * patch)  # [H - P + 1, W - P + 1]
+        vi = self._valid_integral
+        self._full_window = (vi[patch:, patch:] - vi[:-patch, patch:] - vi[patch:, :-patch] + vi[:-patch, :-patch]) == (
+            patch * patch
+        )
+        source_ok = frac >= SOURCE_VALID_FRACTION
+        if not source_ok.any():
+            source_ok = frac >= min(0.5, float(frac.max()))
+            log.info("texture_sparse_exemplar", best_window_fraction=round(float(frac.max()), 3))
+        self._source_ok = source_ok
+        self._sources = np.argwhere(source_ok).astype(np.int64)  # [S, 2] (row, col), row-major order
+        if lattice.kind == "1d":
+            a = self._copy_basis[0]
+            period = float(np.hypot(*a))
+            phase = (self._sources @ (a / period)) % period
+            order = np.argsort(phase, kind="stable")
+            self._phase_sorted, self._phase_order, self._period_1d = phase[order], order, period
+        # fade band at the observed edge: weight 1 on observed texels, falling to 0 over EDGE_FEATHER_PX texels;
+        # the value faded from is the observed texel or, off it, the smooth pre-fill (edge-replicated off the box)
+        f = EDGE_FEATHER_PX
+        obs_pad = np.pad(valid, f)
+        dist = ndimage.distance_transform_edt(~obs_pad)
+        self._edge_feather = f
+        self._edge_weight = np.clip(1.0 - dist / (f + 1.0), 0.0, 1.0).astype(np.float32)  # [H + 2f, W + 2f]
+        ref = np.where(valid[..., None], rgbf, self.detail + shading)
+        self._edge_value = np.pad(ref, ((f, f), (f, f), (0, 0)), mode="edge").astype(np.float32)
+        self._feather = half // 2  # cut cross-fade half-width
+        self._cells: dict[tuple[int, int, int], tuple[int, int, tuple[float, float, float]]] = {}
+        self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self._tiles: dict[tuple[int, int, int], list[np.ndarray]] = {}
+        self._pools: dict[tuple[int, int], np.ndarray] = {}  # congruent source windows per lattice coset
+        self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
+        self._half, self._patch = half, patch
+        log.debug(
+            "texture_fit",
+            shape=(h, w),
+            kind=self.kind,
+            lattice=lattice.kind,
+            periods_px=[round(p, 2) for p in lattice.periods_px],
+            strength=round(lattice.strength, 3),
+            sources=len(self._sources),
+        )
+        return self
+
+    def __getstate__(self) -> dict:
+        """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
+        state = self.__dict__.copy()
+        for k in ("_cells", "_seams", "_tiles", "_pools", "_lock"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cells, self._seams, self._tiles, self._pools = {}, {}, {}, {}
+        self._lock = threading.RLock()
+
+    # -- geometry of the exemplar ---------------------------------------------------------------------------
+
+    @property
+    def shape_px(self) -> tuple[int, int]:
+        """(H, W) of the exemplar."""
+        return self.valid.shape  # type: ignore[return-value]
+
+    @property
+    def periods_m(self) -> tuple[float, ...]:
+        """Lengths of the detected lattice vectors in metres (empty for stochastic textures)."""
+        return tuple(p * self.texel_m for p in self.lattice.periods_px)
+
+    def _observed_count(self, y0: int, x0: int, size: int) -> int:
+        """Observed texels in the exemplar window rows [y0, y0+size), cols [x0, x0+size) (clipped to the box)."""
+        h, w = self.valid.shape
+        ya, yb, xa, xb = max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w)
+        if ya >= yb or xa >= xb:
+            return 0
+        s = self._valid_integral
+        return int(s[yb, xb] - s[ya, xb] - s[yb, xa] + s[ya, xa])
+
+    def _is_source(self, y: int, x: int) -> bool:
+        ok = self._source_ok
+        return 0 <= y < ok.shape[0] and 0 <= x < ok.shape[1] and bool(ok[y, x])
+
+    # -- cells ----------------------------------------------------------------------------------------------
+
+    def _cell_target(self, gi: int, gj: int) -> tuple[int, int]:
+        """Exemplar-frame (row, col) of cell (gi, gj)'s patch origin."""
+        s, h = self.step_px, self._half
+        return gi * s - h - self.origin_px[0], gj * s - h - self.origin_px[1]
+
+    def _level(self, gi: int, gj: int) -> int:
+        """0: the cell's patch covers observed texels; 1: even row; 2: odd row."""
+        ty, tx = self._cell_target(gi, gj)
+        if self._observed_count(ty, tx, self._patch) > 0:
+            return 0
+        return 1 if gi % 2 == 0 else 2
+
+    def _depends_on(self, gi: int, gj: int, level: int) -> list[tuple[int, int]]:
+        """The neighbours (di, dj) whose patches cell (gi, gj) must match. Even rows run left to right in chunks
+        of CHAIN_CELLS (a chunk's first cell is free); odd rows match the even rows above and below and, within
+        a chunk, their left neighbour; observed (level-0) neighbours are matched by everyone. Every chain stops
+        within CHAIN_CELLS cells, so a cell depends on a bounded neighbourhood only: order-free, and cheap."""
+        deps = []
+        chunk_start = gj % CHAIN_CELLS == 0
+        for di, dj in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+            n_level = self._level(gi + di, gj + dj)
+            if n_level == 0:
+                deps.append((di, dj))
+            elif (di, dj) == (0, -1) and not chunk_start and n_level == level:
+                deps.append((di, dj))  # the chain along the row
+            elif level == 2 and di != 0 and n_level == 1:
+                deps.append((di, dj))  # odd rows sit between even rows
+        return deps
+
+    def _congruent(self, ty: int, tx: int, h: int) -> np.ndarray:
+        """Source windows congruent to target origin (ty, tx) modulo the lattice (all of them when stochastic),
+        at most ``NUM_CANDIDATES``, chosen by key hash ``h``. Returns [K, 2] int64."""
+        src = self._sources
+        lat = self.lattice
+        if lat.kind == "2d":
+            basis = self._copy_basis  # rows a, b
+            inv = np.linalg.inv(basis.T)
+            key = None
+            if np.array_equal(basis, np.rint(basis)):
+                # whole-texel lattice: all targets of one coset share their pool; key it by the coset's
+                # representative (the target reduced into the lattice's base cell)
+                c = np.floor(inv @ np.array([ty, tx], np.float64) + 1e-9)
+                rep = np.rint(np.array([ty, tx], np.float64) - c @ basis).astype(np.int64)
+                key = (int(rep[0]), int(rep[1]))
+                ty, tx = key
+            pool = self._pools.get(key) if key is not None else None
+            if pool is None:
+                hh, ww = self._source_ok.shape
+                corners = np.array([[0, 0], [0, ww - 1], [hh - 1, 0], [hh - 1, ww - 1]], np.float64) - (ty, tx)
+                coef = corners @ inv.T  # [4, 2] lattice coordinates of the box corners relative to the target
+                lo, hi = np.floor(coef.min(0)).astype(int), np.ceil(coef.max(0)).astype(int)
+                mm, nn = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+                pos = np.rint(np.stack([mm.ravel(), nn.ravel()], 1) @ basis + (ty, tx)).astype(np.int64)
+                inside = (pos[:, 0] >= 0) & (pos[:, 0] < hh) & (pos[:, 1] >= 0) & (pos[:, 1] < ww)
+                pos = pos[inside]
+                pos = pos[np.lexsort((pos[:, 1], pos[:, 0]))]  # canonical order, whoever asked first
+                pool = pos[self._source_ok[pos[:, 0], pos[:, 1]]]
+                if len(pool) == 0:
+                    pool = pos  # in phase but partly pre-filled beats out of phase
+                if key is not None and len(self._pools) < _CACHE_LIMIT:
+                    self._pools[key] = pool
+        elif lat.kind == "1d":
+            a = self._copy_basis[0]
+            period = self._period_1d
+            phase_t = float(np.dot((ty, tx), a / period) % period)
+            lo, hi = phase_t - 0.5, phase_t + 0.5
+            ph = self._phase_sorted
+            idx = np.concatenate(
+                [
+                    np.arange(np.searchsorted(ph, max(lo, 0.0)), np.searchsorted(ph, min(hi, period))),
+                    np.arange(np.searchsorted(ph, lo + period), len(ph)) if lo < 0 else np.zeros(0, np.int64),
+                    np.arange(0, np.searchsorted(ph, hi - period)) if hi > period else np.zeros(0, np.int64),
+                ]
+            ).astype(np.int64)
+            pool = src[np.sort(self._phase_order[idx])]
+        else:
+            pool = src
+        if len(pool) == 0:  # exemplar too small to hold a congruent window: keep the texture, lose the phase
+            pool = src
+        if len(pool) <= NUM_CANDIDATES:
+            return pool
+        pick = _hash_stream(h, NUM_CANDIDATES) % np.uint64(len(pool))
+        return pool[np.unique(pick.astype(np.int64))]
+
+    def cell_source(self, gi: int, gj: int, seed: int) -> tuple[int, int, tuple[float, float, float]]:
+        """Exemplar (row, col) of the patch that cell (gi, gj) copies and the colour offset added to it (so that
+        its mean matches its constraints: patches of a smooth texture then join without steps); a pure function
+        of (model, cell, seed)."""
+        key = (int(seed), int(gi), int(gj))
+        got = self._cells.get(key)
+        if got is not None:
+            return got
+        with self._lock:
+            return self._cell_source_locked(gi, gj, seed, key)
+
+    def _cell_source_locked(self, gi: int, gj: int, seed: int, key: tuple[int, int, int]):
+        got = self._cells.get(key)
+        if got is not None:
+            return got
+        ty, tx = self._cell_target(gi, gj)
+        level = self._level(gi, gj)
+        p, s = self._patch, self.step_px
+        if level == 0 and self._is_source(ty, tx) and self._full_window[ty, tx]:
+            choice = (ty, tx, (0.0, 0.0, 0.0))  # fully observed: copy itself
+        else:
+            canvas = np.zeros((p, p, 3), np.float32)
+            mask = np.zeros((p, p), bool)
+            neighbours: list[tuple[int, int, tuple[int, int]]] = []
+            if level == 0:
+                h_ex, w_ex = self.valid.shape
+                ya, yb, xa, xb = max(ty, 0), min(ty + p, h_ex), max(tx, 0), min(tx + p, w_ex)
+                sub = self.valid[ya:yb, xa:xb]
+                canvas[ya - ty : yb - ty, xa - tx : xb - tx][sub] = self.detail[ya:yb, xa:xb][sub]
+                mask[ya - ty : yb - ty, xa - tx : xb - tx] = sub
+            else:
+                ov = self.overlap_px
+                for di, dj in self._depends_on(gi, gj, level):
+                    ni, nj = gi + di, gj + dj
+                    sy, sx, n_off = self.cell_source(ni, nj, seed)
+                    neighbours.append((ni, nj, (sy, sx)))
+                    # the neighbour's patch, in our patch coordinates, starts at (di * s, dj * s)
+                    if dj == -1:
+                        ys, xs = slice(0, p), slice(0, ov)
+                    elif dj == 1:
+                        ys, xs = slice(0, p), slice(s, p)
+                    elif di == -1:
+                        ys, xs = slice(0, ov), slice(0, p)
+                    else:
+                        ys, xs = slice(s, p), slice(0, p)
+                    oy, ox = sy - di * s, sx - dj * s  # neighbour's source, shifted into our patch frame
+                    canvas[ys, xs] = self.detail[oy + ys.start : oy + ys.stop, ox + xs.start : ox + xs.stop] + n_off
+                    mask[ys, xs] = True
+            h = _key_hash(seed, gi, gj, 0x51)
+            cands = [self._congruent(ty, tx, h)]
+            coherent = [
+                (sy + (gi - ni) * s, sx + (gj - nj) * s)
+                for ni, nj, (sy, sx) in neighbours
+                if self._is_source(sy + (gi - ni) * s, sx + (gj - nj) * s)
+            ]
+            if coherent:
+                cands.append(np.asarray(coherent, np.int64))
+            both = np.concatenate(cands)
+            width = self._source_ok.shape[1] + 1
+            flat = np.unique(both[:, 0] * width + both[:, 1])  # sorted: order-free; 1-D unique is much cheaper
+            cand = np.stack([flat // width, flat % width], 1)
+            offset = (0.0, 0.0, 0.0)
+            if not mask.any():
+                pick = int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(cand)))
+            else:
+                pix = np.argwhere(mask).astype(np.int64)
+                # periodic: in-phase copies need no offset, and one would show as a block on a flat tile
+                periodic = self.kind == "periodic"
+                costs, offsets = _ssd_costs(self.detail, cand, canvas, pix, 1.0 if periodic else DC_WEIGHT)
+                near = np.flatnonzero(costs <= costs.min() * (1.0 + PICK_TOLERANCE) + 1.0)
+                pick = int(near[int(_hash_stream(_key_hash(seed, gi, gj, 0x77), 1)[0] % np.uint64(len(near)))])
+                if not periodic:
+                    offset = tuple(float(v) for v in offsets[pick])
+            choice = (int(cand[pick, 0]), int(cand[pick, 1]), offset)
+        if len(self._cells) > _CACHE_LIMIT:
+            self._cells.clear()
+        self._cells[key] = choice
+        return choice
+
+    # -- seams ----------------------------------------------------------------------------------------------
+
+    def _seam(self, seed: int, vertical: bool, i: int, j: int) -> np.ndarray:
+        """Cut through the band between two cells; [step] int64 positions in [0, overlap).
+
+        vertical: between cells (i, j-1) | (i, j), one column per row of core row i, band columns x in
+        [j*s - h, j*s + h); texels left of the cut belong to (i, j-1). Otherwise: between (i-1, j) above and
+        (i, j), one row per column of core column j, band rows y in [i*s - h, i*s + h)."""
+        key = (int(seed), int(vertical), int(i), int(j))
+        got = self._seams.get(key)
+        if got is not None:
+            return got
+        s, h, ov = self.step_px, self._half, self.overlap_px
+        if vertical:
+            ay, ax, a_off = self.cell_source(i, j - 1, seed)
+            by, bx, b_off = self.cell_source(i, j, seed)
+            a = self.detail[ay + h : ay + h + s, ax + s : ax + s + ov] + np.float32(a_off)
+            b = self.detail[by + h : by + h + s, bx : bx + ov] + np.float32(b_off)
+            err = ((a - b) ** 2).sum(-1)  # [s rows, ov]
+        else:
+            ay, ax, a_off = self.cell_source(i - 1, j, seed)
+            by, bx, b_off = self.cell_source(i, j, seed)
+            a = self.detail[ay + s : ay + s + ov, ax + h : ax + h + s] + np.float32(a_off)
+            b = self.detail[by : by + ov, bx + h : bx + h + s] + np.float32(b_off)
+            err = ((a - b) ** 2).sum(-1).T  # [s columns, ov]
+        q = self._feather
+        path = _pinned_seam(np.ascontiguousarray(err, np.float64), q, min(ov - q, ov - 1))
+        if len(self._seams) > _CACHE_LIMIT:
+            self._seams.clear()
+        self._seams[key] = path
+        return path
+
+    # -- composition ----------------------------------------------------------------------------------------
+
+    def _shading_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Shading [len(ys), len(xs), 3] at texture-space rows ``ys`` and columns ``xs``."""
+        h, w = self.valid.shape
+        py, px = ys - self.origin_px[0], xs - self.origin_px[1]
+        cy, cx = np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)
+        near = min(np.abs(py - cy).min(), np.abs(px - cx).min())
+        if near > 8.0 * self.shading_decay_px:  # far from the box: the observed mean (exp(-8) of it left)
+            return np.broadcast_to(self.shading_mean, (len(ys), len(xs), 3))
+        out = self.shading[np.ix_(cy, cx)]
+        dist = np.hypot((py - cy).astype(np.float32)[:, None], (px - cx).astype(np.float32)[None, :])
+        if dist.any():
+            keep = np.exp(-dist / self.shading_decay_px)[..., None]
+            out = self.shading_mean + (out - self.shading_mean) * keep
+        return out
+
+    def _tile(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
+        """Tile (i, j) at mip ``level``, from a small LRU cache (dict order is insertion order: re-insert on use)."""
+        with self._lock:
+            return self._tile_locked(i, j, seed, level)
+
+    def _tile_locked(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
+        key = (seed, i, j)
+        mips = self._tiles.pop(key, None)
+        if mips is None:
+            t = self.tile_px
+            mips = [self._region_locked((i * t, j * t), (t, t), seed)]
+        while len(mips) <= level:  # box-filtered 2x2: level l texel = mean of its 2^l x 2^l level-0 texels
+            prev = mips[-1].astype(np.float32)
+            n = prev.shape[0] // 2
+            mips.append(np.rint(prev[: 2 * n, : 2 * n].reshape(n, 2, n, 2, 3).mean((1, 3))).astype(np.uint8))
+        self._tiles[key] = mips
+        while len(self._tiles) > TILE_CACHE:
+            self._tiles.pop(next(iter(self._tiles)))
+        return mips[level]
+
+    def region(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+        """Texels of texture-space rows [r0, r0+H) and cols [c0, c0+W): [H, W, 3] uint8 (see ``synthesize_region``)."""
+        with self._lock:
+            return self._region_locked(top_left_px, shape_px, seed)
+
+    def _region_locked(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+        r0, c0 = int(top_left_px[0]), int(top_left_px[1])
+        hh, ww = int(shape_px[0]), int(shape_px[1])
+        s, h, q = self.step_px, self._half, self._feather
+        ys, xs = np.arange(r0, r0 + hh), np.arange(c0, c0 + ww)
+        ry, cx = ys // s, xs // s  # core cell of each row / column
+
+        def split(coords: np.ndarray, other_core: np.ndarray, other_pos: np.ndarray, vertical: bool):
+            """Owner cells (lower, upper) and the upper's weight along one axis: [len(other_pos), len(coords)]."""
+            core = coords // s
+            k = (coords + h) // s  # nearest cell boundary line
+            lo = np.broadcast_to(core[None, :], (len(other_pos), len(coords))).copy()
+            hi = lo.copy()
+            wt = np.zeros(lo.shape, np.float32)
+            band = np.flatnonzero((coords - k * s) < h)
+            if len(band):
+                o_u, k_u = np.unique(other_core), np.unique(k[band])
+                cuts = np.empty((len(o_u), len(k_u), s), np.int64)
+                for a, i in enumerate(o_u):
+                    for b, j in enumerate(k_u):
+                        cuts[a, b] = self._seam(seed, vertical, int(i), int(j)) if vertical else self._seam(
+                            seed, False, int(j), int(i)
+                        )
+                cut = cuts[
+                    np.searchsorted(o_u, other_core)[:, None],
+                    np.searchsorted(k_u, k[band])[None, :],
+                    (other_pos - other_core * s)[:, None],
+                ]  # [M, nb] cut position in band coordinates
+                u = (coords[band] - (k[band] * s - h))[None, :]  # [1, nb] position in the band
+                lo[:, band] = k[band] - 1
+                hi[:, band] = k[band]
+                # texels p-q .. p+q-1 around the cut p cross-fade; the DP keeps p in [q, 2h - q]
+                wt[:, band] = np.clip((u - cut + q + 0.5) / (2 * q), 0.0, 1.0) if q > 0 else (u >= cut)
+            return lo, hi, wt
+
+        c_lo, c_hi, c_w = split(xs, ry, ys, True)  # [H, W]: columns decided by vertical cuts in core row ry
+        r_lo, r_hi, r_w = split(ys, cx, xs, False)  # [W, H]: rows decided by horizontal cuts in core col cx
+        r_lo, r_hi, r_w = r_lo.T, r_hi.T, r_w.T
+        rmin, cmin = int(r_lo.min()), int(c_lo.min())
+        nr, nc = int(r_hi.max()) - rmin + 1, int(c_hi.max()) - cmin + 1
+        src = np.empty((nr, nc, 2), np.int64)
+        off = np.empty((nr, nc, 3), np.float32)
+        for a in range(nr):
+            for b in range(nc):
+                sy, sx, o = self.cell_source(rmin + a, cmin + b, seed)
+                src[a, b], off[a, b] = (sy, sx), o
+
+        out = _compose(
+            self.detail, src, off, rmin, cmin,
+            np.ascontiguousarray(r_lo), np.ascontiguousarray(r_hi), np.ascontiguousarray(r_w, dtype=np.float32),
+            c_lo, c_hi, c_w.astype(np.float32), r0, c0, s, h,
+        )  # fmt: skip
+        out = out + self._shading_at(ys, xs)
+        # near observed texels, fade into the smooth continuation of what was observed; observed ones are kept
+        eh, ew = self.valid.shape
+        f = self._edge_feather
+        py, px = ys - self.origin_px[0] + f, xs - self.origin_px[1] + f
+        iy = np.flatnonzero((py >= 0) & (py < eh + 2 * f))
+        ix = np.flatnonzero((px >= 0) & (px < ew + 2 * f))
+        if len(iy) and len(ix):
+            w_obs = self._edge_weight[np.ix_(py[iy], px[ix])][..., None]
+            block = out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
+            block[:] = w_obs * self._edge_value[np.ix_(py[iy], px[ix])] + (1 - w_obs) * block
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_model(model: object) -> TextureModel:
+    if not isinstance(model, TextureModel):
+        raise InvalidInputError(f"model must be a TextureModel (from TextureModel.fit), got {type(model).__name__}")
+    return model
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def synthesize_region(model: TextureModel, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+    """The plane's texels at texture-space rows [r0, r0+H), cols [c0, c0+W): [H, W, 3] uint8.
+
+    Observed texels come back as observed; everything else is synthesised. The value of a texel depends only on
+    (model's exemplar, seed, texel position), never on the window asked for or on earlier calls.
+    """
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    if len(tuple(top_left_px)) != 2 or len(tuple(shape_px)) != 2:
+        raise InvalidInputError(f"top_left_px and shape_px must be (row, col) pairs, got {top_left_px}, {shape_px}")
+    r0, c0 = (_check_int("top_left_px", v) for v in top_left_px)
+    hh, ww = (_check_int("shape_px", v) for v in shape_px)
+    if hh < 1 or ww < 1:
+        raise InvalidInputError(f"shape_px must be positive, got {shape_px}")
+    return model.region((r0, c0), (hh, ww), seed)
+
+
+def synthesize_tile(model: TextureModel, tile_ij: tuple[int, int], seed: int) -> np.ndarray:
+    """Tile ``(i, j)`` of the plane: texture-space rows [i*T, (i+1)*T), cols [j*T, (j+1)*T), T = model.tile_px.
+
+    Returns [T, T, 3] uint8. Tiles of one model and seed are windows of one image: identical whenever and in
+    whatever order they are asked for, and adjacent tiles join without a seam.
+    """
+    model = _check_model(model)
+    if not isinstance(tile_ij, (tuple, list)) or len(tile_ij) != 2:
+        raise InvalidInputError(f"tile_ij must be a (row, col) pair of ints, got {tile_ij!r}")
+    i, j = _check_int("tile_ij", tile_ij[0]), _check_int("tile_ij", tile_ij[1])
+    t = model.tile_px
+    return synthesize_region(model, (i * t, j * t), (t, t), seed)
+
+
+def texels_at(model: TextureModel, rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
+    """Colours [N, 3] uint8 of texture-space texels (rows [N], cols [N] int): e.g. invented points placed at texel
+    centres. Reads through the tiles that hold them (the same values as ``synthesize_tile``), keeping the last
+    ``TILE_CACHE`` tiles of each seed, so points of a tile asked for again cost a gather."""
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    r = np.asarray(rows)
+    c = np.asarray(cols)
+    if r.shape != c.shape or r.ndim != 1 or not np.issubdtype(r.dtype, np.integer) or not np.issubdtype(c.dtype, np.integer):
+        raise InvalidInputError(f"rows and cols must be 1-D integer arrays of one length, got {r.shape} {r.dtype}, {c.shape} {c.dtype}")
+    t = model.tile_px
+    ti, tj = np.floor_divide(r, t), np.floor_divide(c, t)
+    out = np.empty((len(r), 3), np.uint8)
+    if len(r) == 0:
+        return out
+    keys = np.stack([ti, tj], 1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    for k, (i, j) in enumerate(uniq):
+        sel = inverse == k
+        tile = model._tile(int(i), int(j), seed)
+        out[sel] = tile[r[sel] - int(i) * t, c[sel] - int(j) * t]
+    return out
+
+
+def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, seed: int) -> np.ndarray:
+    """Colours [M, 3] uint8 at plane coordinates ``uv_m`` [M, 2] (metres; u along columns, v along rows, (0, 0)
+    at the corner of exemplar texel [0, 0]) seen with a pixel footprint of ``footprint_m`` [M] metres.
+
+    The mip level is ``floor(log2(footprint / texel))`` (box-filtered tiles, up to one texel per tile), so a
+    far-away invented wall does not alias; level 0 gives exactly ``texels_at``'s texels."""
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    uv = np.asarray(uv_m, np.float64)
+    fp = np.asarray(footprint_m, np.float64)
+    if uv.ndim != 2 or uv.shape[1] != 2 or fp.shape != (len(uv),):
+        raise InvalidInputError(f"uv_m must be [M, 2] and footprint_m [M], got {uv.shape} and {fp.shape}")
+    if not (np.isfinite(uv).all() and np.isfinite(fp).all()):
+        raise InvalidInputError("uv_m and footprint_m must be finite")
+    t = model.tile_px
+    max_level = int(math.log2(t & -t))  # halve while the tile side stays whole
+    level = np.clip(np.floor(np.log2(np.maximum(fp / model.texel_m, 1.0))), 0, max_level).astype(np.int64)
+    rows = np.floor(uv[:, 1] / model.texel_m).astype(np.int64) + model.origin_px[0]
+    cols = np.floor(uv[:, 0] / model.texel_m).astype(np.int64) + model.origin_px[1]
+    ti, tj = np.floor_divide(rows, t), np.floor_divide(cols, t)
+    out = np.empty((len(uv), 3), np.uint8)
+    if len(uv) == 0:
+        return out
+    keys = np.stack([ti, tj, level], 1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    for k, (i, j, lv) in enumerate(uniq):
+        sel = inverse == k
+        tile = model._tile(int(i), int(j), seed, int(lv))
+        out[sel] = tile[(rows[sel] - int(i) * t) >> int(lv), (cols[sel] - int(j) * t) >> int(lv)]
+    return out
+
+
+def continue_exemplar(model: TextureModel, seed: int) -> np.ndarray:
+    """The exemplar's own box with its missing texels continued: [H, W, 3] uint8; observed texels unchanged.
+
+    The same texels as the tiles covering that box (one texture, however it is read)."""
+    model = _check_model(model)
+    return synthesize_region(model, model.origin_px, model.shape_px, seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing exemplars and borrowing one
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def describe(model: TextureModel) -> np.ndarray:
+    """A small appearance descriptor [16] float64 of a fitted model: mean and spread of the colour (/255),
+    gradient-orientation energy in 8 bins (sums to 1; says which way grain and lines run), and log10 of the
+    lattice periods in metres (0 when absent)."""
+    model = _check_model(model)
+    v = model.valid
+    rgbf = model.rgb.astype(np.float32)
+    mean, std = rgbf[v].mean(0) / 255.0, rgbf[v].std(0) / 255.0
+    g = _luma(model.detail)
+    gy, gx = np.gradient(g)
+    inner = ndimage.binary_erosion(v, iterations=1)
+    mag = np.hypot(gx, gy)[inner]
+    ang = np.mod(np.arctan2(gy, gx)[inner], np.pi)  # orientation: a line and its reverse are the same
+    hist = np.bincount(np.minimum((ang / np.pi * 8).astype(int), 7), weights=mag, minlength=8)
+    hist = hist / max(hist.sum(), 1e-9)
+    periods = [math.log10(p) for p in model.periods_m[:2]] + [0.0] * (2 - len(model.periods_m[:2]))
+    return np.concatenate([mean, std, hist, periods]).astype(np.float64)
+
+
+def texture_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between two ``describe`` vectors: 0 for the same look; colour counts most, then orientation."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != (16,) or b.shape != (16,):
+        raise InvalidInputError(f"descriptors must have shape (16,), got {a.shape} and {b.shape}")
+    w = np.array([2.0] * 3 + [1.0] * 3 + [0.5] * 8 + [0.25] * 2)
+    return float(np.sqrt((w * (a - b) ** 2).sum()))
+
+
+def rescale_exemplar(
+    rgb: np.ndarray, valid: np.ndarray, from_texel_m: float, to_texel_m: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample an exemplar to another plane's texel size (a borrowed exemplar must keep its size in metres).
+
+    rgb [H, W, 3] uint8 and valid [H, W] bool at ``from_texel_m``; returns them at ``to_texel_m``: area averaging
+    of the observed texels when shrinking, bilinear when enlarging; a texel stays valid only if what it covers was
+    all observed."""
+    rgb, valid, src = _check_exemplar(rgb, valid, from_texel_m)
+    try:
+        dst = float(to_texel_m)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"to_texel_m must be a positive number of metres, got {to_texel_m!r}") from None
+    if not math.isfinite(dst) or dst <= 0:
+        raise InvalidInputError(f"to_texel_m must be a positive number of metres, got {to_texel_m!r}")
+    scale = src / dst
+    h, w = valid.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (width, height)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    m = valid.astype(np.float32)
+    num = cv2.resize(rgb.astype(np.float32) * m[..., None], size, interpolation=interp)
+    den = cv2.resize(m, size, interpolation=interp)
+    out = np.clip(np.rint(num / np.maximum(den, 1e-6)[..., None]), 0, 255).astype(np.uint8)
+    return out, den >= 0.999
+
+
+@dataclass(frozen=True)
+class Surface:
+    """What the caller knows about a plane when choosing whose exemplar to borrow.
+
+    normal: world-frame unit normal [3] (pointing to the side the camera sees); mean_rgb: its average colour in
+    0-255 when anything is known (e.g. the coarse fill), else None; observed_texels: exemplar size (0 = none)."""
+
+    normal: tuple[float, float, float]
+    mean_rgb: tuple[float, float, float] | None = None
+    observed_texels: int = 0
+
+
+def surface_class(normal: Sequence[float], up: Sequence[float]) -> str:
+    """"floor", "ceiling" or "wall" from the angle between a plane's normal and world up (both [3])."""
+    n, u = np.asarray(normal, np.float64), np.asarray(up, np.float64)
+    if n.shape != (3,) or u.shape != (3,) or not np.isfinite(n).all() or not np.isfinite(u).all():
+        raise InvalidInputError(f"normal and up must be finite [3] vectors, got {n.shape} and {u.shape}")
+    nn, nu = np.linalg.norm(n), np.linalg.norm(u)
+    if nn < 1e-9 or nu < 1e-9:
+        raise InvalidInputError("normal and up must be non-zero")
+    c = float(n @ u / (nn * nu))
+    return "floor" if c > 0.8 else "ceiling" if c < -0.8 else "wall"
+
+
+def pick_exemplar(target: Surface, candidates: Sequence[Surface], up: Sequence[float]) -> int | None:
+    """Index of the candidate whose exemplar a plane without one should borrow, or None if no candidate has one.
+
+    Same kind of surface first (floor from floor, wall from wall, ceiling from ceiling, then wall for a ceiling),
+    then the most parallel normal, then the closest known colour, then the larger exemplar."""
+    t_cls = surface_class(target.normal, up)
+    order = {"floor": ("floor", "wall", "ceiling"), "wall": ("wall", "floor", "ceiling"), "ceiling": ("ceiling", "wall", "floor")}
+    tn = np.asarray(target.normal, np.float64) / np.linalg.norm(target.normal)
+    best, best_key = None, None
+    for idx, c in enumerate(candidates):
+        if c.observed_texels <= 0:
+            continue
+        cls_rank = order[t_cls].index(surface_class(c.normal, up))
+        cn = np.asarray(c.normal, np.float64) / np.linalg.norm(c.normal)
+        angle = 1.0 - abs(float(tn @ cn))
+        colour = 0.0
+        if target.mean_rgb is not None and c.mean_rgb is not None:
+            colour = float(np.linalg.norm(np.subtract(target.mean_rgb, c.mean_rgb))) / 255.0
+        key = (cls_rank, round(colour + 0.5 * angle, 6), -int(c.observed_texels), idx)
+        if best_key is None or key < best_key:
+            best, best_key = idx, key
+    return best

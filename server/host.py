@@ -1,0 +1,374 @@
+"""One owner per loaded world: ``WorldHost`` owns the ``World``, its worker thread, its engines, its saves, its
+controller lease and its clip counter. The gRPC servicer and the Play / Generate sessions talk to a world only
+through a host's methods (``claim`` / ``release``, ``render``, ``edit``, ``export``, ``open_engine`` +
+``play_clip`` / ``generate``, ``save``, ``stats``, ``unload`` / ``delete``), so a second implementation (each
+host a Ray actor) can replace this in-process one without the session code changing.
+
+In-process host: every engine call on the world runs on the host's single worker thread (``call``): the engine is
+not thread-safe, and a slow clip of one world never blocks the event loop or other worlds. Render, Edit and
+Export queue on the same thread and so never see a half-updated memory.
+
+Saving sits behind ``save`` (now, on the worker), ``save_in_background`` (copy on the worker, write on a
+low-priority saver thread) and ``autosave`` (the play save policy): the only places a snapshot is written, so a
+different persistence (incremental logs) changes ``_write`` and ``_next_payload`` only.
+
+Counters for metrics (read at scrape time, plain attributes; ``stats()`` returns them as a dict):
+``clips_generated``, ``frames_generated``, ``snapshot_bytes``, ``saves``, ``save_failures``,
+``last_save_cpu_s``, plus ``memory_points`` and ``history_frames`` from the world and ``controlled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numba
+import numpy as np
+import structlog
+
+from spatia.world import snapshot
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.errors import NotFoundError, PreconditionError
+from spatia.world.state import SNAPSHOT_VERSION, World
+
+log = structlog.get_logger("spatia.server.host")
+
+
+def _low_priority() -> None:
+    """Run the calling thread at a low CPU priority (Linux: nice 10, this thread only). A snapshot write takes
+    ~0.3 s of CPU per 10^6 points; at normal priority it took a core from the session being played, whose frames
+    then queued up (measured: 23 actions in a row over 50 ms around a save; 4 at nice 10). Not nice 19: under a
+    saturating load that starved the saver for seconds, and every second unsaved is play a crash can lose."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux / not permitted: saves still work, at normal priority
+        pass
+
+
+class DiskFullError(OSError):
+    """A write failed because the data dir's file system is full (ENOSPC / EDQUOT); RESOURCE_EXHAUSTED."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What a host tells about its world (plain values: crosses a process boundary as is)."""
+
+    world_id: str
+    source: str
+    prompt: str
+    created_ns: int
+    intrinsics: Any  # world.camera.Intrinsics
+    origin_c2w: np.ndarray  # [4, 4] world frame
+    current_c2w: np.ndarray  # [4, 4] world frame: where the last session left the camera
+    memory_points: int
+    history_frames: int
+    clips_generated: int
+    snapshot_bytes: int
+    controlled: bool
+
+
+class WorldHost:
+    """The in-process host of one loaded world (see the module docstring)."""
+
+    def __init__(self, world: World, path: Path, *, snapshot_bytes: int = 0,
+                 busy_worlds: Callable[[], int] = lambda: 1) -> None:
+        self.world = world
+        self.path = Path(path)  # its snapshot file
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"world-{world.world_id[:16]}")
+        # Background saving during play: the worker thread takes a consistent copy of the world (``to_payload``,
+        # ~25 ms at 1 M points) and a saver thread serialises and writes it (~1 s at 1 M points), so the next clip
+        # does not wait for the disk. Sequence numbers keep an older copy from overwriting a newer one.
+        self.saver = ThreadPoolExecutor(1, thread_name_prefix="world-saver", initializer=_low_priority)
+        self.busy_worlds = busy_worlds  # how many worlds are being played or generated right now
+        self.controller: str | None = None  # session id of the Play / Generate call holding the lease
+        self.clips_generated = 0
+        self.frames_generated = 0
+        self.clips_since_save = 0
+        self.last_save_monotonic = time.monotonic()  # when the latest snapshot copy was taken
+        self.last_save_cpu_s = 0.0  # how long the latest snapshot took to copy, serialise and write
+        self.snapshot_bytes = snapshot_bytes
+        self.saves = 0
+        self.save_failures = 0
+        self.deleted = False
+        self.closed = False
+        self.save_lock = threading.Lock()  # held while the snapshot file is written
+        self._latest_lock = threading.Lock()
+        self._latest: tuple[int, dict, float] | None = None  # (sequence, payload, copy_s) waiting for the saver
+        self._save_scheduled = False
+        self._seq = 0  # last payload sequence number handed out
+        self._written_seq = 0  # sequence number of the snapshot on disk
+
+    @property
+    def world_id(self) -> str:
+        return self.world.world_id
+
+    # ---- the controller lease ----------------------------------------------------------------------------
+
+    def claim(self, session_id: str) -> None:
+        """Take the one controller lease (Play / Generate); FAILED_PRECONDITION while another session holds it."""
+        if self.deleted or self.closed:
+            raise NotFoundError(f"world {self.world_id!r} not found")
+        if self.controller is not None:
+            raise PreconditionError(
+                f"world {self.world_id!r} is already controlled by session {self.controller}; one controller per "
+                "world"
+            )
+        self.controller = session_id
+
+    def release(self, session_id: str) -> bool:
+        """Give the lease back; idempotent (True only for the call that released it)."""
+        if self.controller == session_id:
+            self.controller = None
+            return True
+        return False
+
+    # ---- work on the world's thread -----------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on this world's worker thread and await it. NOT_FOUND once the world was deleted
+        (a call racing a DeleteWorld never reaches a shut-down executor's RuntimeError)."""
+        if self.deleted or self.closed:
+            raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args)
+        except RuntimeError as exc:
+            if self.deleted or self.closed:  # "cannot schedule new futures after shutdown"
+                raise NotFoundError(f"world {self.world_id!r} was deleted while the request waited") from None
+            raise exc
+
+    def _call(self, fn: Callable[..., Any], args: tuple) -> Any:
+        # The world core's parallel kernels (render, warp, depth fill) split each call over numba's threads. With
+        # one world in play that uses the idle core; with several, each world's worker is already one thread of
+        # work, and splitting every kernel again only adds OpenMP hand-offs between oversubscribed threads.
+        # Measured (benchmarks/play.py, 4 sessions, 2 cores): 9.9-11.4 fps each with 2 kernel threads per call,
+        # 11.6-12.3 with 1; one session kept its p95 latency either way (35-49 vs 39-51 ms).
+        numba.set_num_threads(1 if self.busy_worlds() > 1 else numba.config.NUMBA_NUM_THREADS)
+        if self.deleted:
+            raise NotFoundError(f"world {self.world_id!r} was deleted while the request waited")
+        return fn(*args)
+
+    # ---- what the service asks ----------------------------------------------------------------------------
+
+    def view(self) -> HostView:
+        w = self.world
+        return HostView(
+            w.world_id, w.info.source, w.info.prompt, w.info.created_ns, w.intrinsics, w.origin_c2w,
+            w.current_c2w if w.current_c2w is not None else w.origin_c2w, w.memory.num_points, len(w.history),
+            self.clips_generated, self.snapshot_bytes, self.controller is not None,
+        )
+
+    def stats(self) -> dict[str, float]:
+        """Counters for metrics (cheap: no worker round trip)."""
+        return {
+            "memory_points": self.world.memory.num_points, "history_frames": len(self.world.history),
+            "clips_generated": self.clips_generated, "frames_generated": self.frames_generated,
+            "snapshot_bytes": self.snapshot_bytes, "saves": self.saves, "save_failures": self.save_failures,
+            "last_save_cpu_s": self.last_save_cpu_s, "controlled": int(self.controller is not None),
+        }
+
+    async def render(self, K, c2w: np.ndarray):
+        """The memory alone at ``c2w`` [4, 4] (world frame) with intrinsics ``K``: a ``memory.Render``."""
+        return await self.call(self.world.memory.render, K, c2w)
+
+    async def edit(self, op: Callable[[Any], int]) -> int:
+        """Apply ``op(memory) -> points affected`` on the worker and save before answering."""
+
+        def _edit() -> int:
+            n = int(op(self.world.memory))
+            self.save_now()
+            return n
+
+        return await self.call(_edit)
+
+    async def export(self, fmt: str) -> bytes:
+        """``"snapshot"`` (msgpack) or ``"ply"`` bytes of the world as it is now."""
+
+        def _bytes() -> bytes:
+            if fmt == "ply":
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    p = Path(tmp) / "memory.ply"
+                    self.world.memory.save_ply(p)
+                    return p.read_bytes()
+            return snapshot.dumps(self.world.to_payload(), version=SNAPSHOT_VERSION)
+
+        return await self.call(_bytes)
+
+    def open_engine(self, generator, config: EngineConfig) -> Engine:
+        """A fresh engine over this world (engines hold no state the world does not; clip ids continue the
+        host's clip counter)."""
+        engine = Engine(self.world, generator, config)
+        engine.clips_done = self.clips_generated
+        return engine
+
+    async def play_clip(self, engine: Engine, poses: np.ndarray, prompt: str | None, seed: int,
+                        sink: Callable[[int, Any], None], autosave: tuple[int, float, float] | None = None):
+        """Generate one clip for ``poses`` [N, 4, 4] (world frame) on the worker: ``sink(i, frame)`` gets each
+        ``GeneratedFrame`` as the generator yields it (on the worker thread; it must not block), then the memory
+        update runs and, with ``autosave = (every_clips, interval_s, max_duty)``, the save policy applies.
+        Returns the engine's ``ClipStats``."""
+
+        def _clip():
+            for i, f in enumerate(engine.generate_clip(poses, prompt, seed)):
+                self.frames_generated += 1
+                sink(i, f)
+            self.clips_generated = engine.clips_done
+            self.clips_since_save += 1
+            if autosave is not None:
+                self.autosave(*autosave)
+            return engine.last_stats
+
+        return await self.call(_clip)
+
+    async def generate(self, engine: Engine, c2w: np.ndarray, prompt: str | None, seed: int,
+                       sink: Callable[[int, Any], bool]) -> None:
+        """Frames for a whole trajectory ``c2w`` [N, 4, 4]; ``sink(n, frame)`` returning False stops (the clip in
+        progress is abandoned before its memory update; clips already committed stay). Saved at the end."""
+
+        def _work() -> None:
+            try:
+                for n, f in enumerate(engine.generate(c2w, prompt, seed)):
+                    self.frames_generated += 1
+                    if not sink(n, f):
+                        break
+            finally:
+                self.clips_generated = engine.clips_done
+            self.save_now()
+
+        await self.call(_work)
+
+    # ---- saving -------------------------------------------------------------------------------------------
+
+    async def save(self) -> int:
+        """Write the snapshot now (after whatever is queued on the worker); returns its size in bytes."""
+        return await self.call(self.save_now)
+
+    async def save_if_changed(self) -> int:
+        """``save`` when clips were generated since the last save (the end of a session); else nothing."""
+        return await self.call(lambda: self.save_now() if self.clips_since_save else self.snapshot_bytes)
+
+    def _next_payload(self) -> tuple[int, dict, float]:
+        t0 = time.perf_counter()
+        payload = self.world.to_payload()  # copies: the world may change while it is written
+        with self._latest_lock:
+            self._seq += 1
+            return self._seq, payload, time.perf_counter() - t0
+
+    def _write(self, seq: int, payload: dict, copy_s: float = 0.0) -> int:
+        with self.save_lock:
+            if self.deleted or seq <= self._written_seq:  # deleted, or a newer snapshot is already on disk
+                return self.snapshot_bytes
+            t0 = time.perf_counter()
+            try:
+                self.snapshot_bytes = snapshot.save(self.path, payload, version=SNAPSHOT_VERSION)
+            except OSError as exc:
+                self.save_failures += 1
+                if is_disk_full(exc):  # the previous snapshot stays intact (atomic write: the temp file goes)
+                    raise DiskFullError(exc.errno, "no space left in the data dir") from None
+                raise
+            write_s = time.perf_counter() - t0
+            self.last_save_cpu_s = copy_s + write_s
+            self._written_seq = seq
+            self.saves += 1
+            log.debug("world saved", world_id=self.world_id, bytes=self.snapshot_bytes,
+                      copy_ms=round(copy_s * 1e3, 1), write_ms=round(write_s * 1e3, 1))
+            return self.snapshot_bytes
+
+    def save_now(self) -> int:
+        """Write the snapshot atomically now (on the worker thread, or when nothing else touches the world)."""
+        if self.deleted:
+            return 0
+        item = self._next_payload()
+        self.clips_since_save = 0
+        self.last_save_monotonic = time.monotonic()
+        return self._write(*item)
+
+    def save_in_background(self) -> None:
+        """Copy the world now (on the worker thread) and write it on the saver thread; a copy still waiting when a
+        newer one arrives is replaced by it (only the newest needs writing)."""
+        if self.deleted:
+            return
+        item = self._next_payload()
+        self.clips_since_save = 0
+        self.last_save_monotonic = time.monotonic()
+        with self._latest_lock:
+            self._latest = item
+            if not self._save_scheduled:
+                self._save_scheduled = True
+                self.saver.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._latest_lock:
+                item, self._latest = self._latest, None
+                if item is None:
+                    self._save_scheduled = False
+                    return
+            try:
+                self._write(*item)
+            except Exception as exc:  # noqa: BLE001 -- a failed write keeps the previous snapshot; log and go on
+                log.error("world snapshot write failed", world_id=self.world_id, error=str(exc))
+
+    def save_due(self, every_clips: int, interval_s: float, max_duty: float = 1.0) -> bool:
+        """Whether a played world should be saved now (``ServerConfig.save_every_clips``, ``save_interval_s`` and
+        ``save_max_duty``)."""
+        wait_s = interval_s if max_duty >= 1.0 else max(interval_s, self.last_save_cpu_s / max_duty)  # 1: no limit
+        return self.clips_since_save >= every_clips and time.monotonic() - self.last_save_monotonic >= wait_s
+
+    def autosave(self, every_clips: int, interval_s: float, max_duty: float) -> None:
+        """The play save policy, on the worker after a clip: strict (``interval_s == 0``) writes before the next
+        clip; otherwise the copy is written in the background."""
+        if not self.save_due(every_clips, interval_s, max_duty):
+            return
+        if interval_s == 0:
+            self.save_now()
+        else:
+            self.save_in_background()
+
+    # ---- end of life --------------------------------------------------------------------------------------
+
+    async def delete(self) -> None:
+        """Forget the world and remove its snapshot (the controller must have released it)."""
+        if self.controller is not None:
+            raise PreconditionError(f"world {self.world_id!r} is in use by session {self.controller}; end it first")
+        loop = asyncio.get_running_loop()
+        self.deleted = True  # from now on calls answer NOT_FOUND and no save writes
+
+        def _remove() -> None:
+            with self.save_lock:
+                self.path.unlink(missing_ok=True)
+            self.world.close()  # its frame file; on the worker thread, after every call queued before the delete
+
+        await loop.run_in_executor(self.executor, _remove)  # after whatever was queued before the delete
+        self.executor.shutdown(wait=False)
+        self.saver.shutdown(wait=False)
+
+    async def unload(self) -> int:
+        """Save, then stop the threads and drop the world (its snapshot stays on disk; the memory is returned).
+        FAILED_PRECONDITION while a session holds the lease. Returns the snapshot's size in bytes."""
+        if self.controller is not None:
+            raise PreconditionError(f"world {self.world_id!r} is in use by session {self.controller}; end it first")
+        size = await self.save()
+        self.closed = True  # from now on calls answer NOT_FOUND
+        await asyncio.to_thread(self.executor.shutdown, True)
+        await asyncio.to_thread(self.saver.shutdown, True)
+        self.world.close()
+        return size
+
+    def close(self) -> None:
+        """Stop the threads (after queued work and background saves finish)."""
+        self.closed = True
+        self.executor.shutdown(wait=True)
+        self.saver.shutdown(wait=True)

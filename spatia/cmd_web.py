@@ -1,0 +1,41 @@
+"""``spatia web --server ADDR``: the browser player (client/web), an aiohttp app in its own process that is a gRPC
+client of the world server at ADDR (local or remote)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("web", help="serve the browser player (play, watch, replay) for a world server")
+    p.add_argument("--server", default="127.0.0.1:50051", help="the world server's gRPC address host:port")
+    p.add_argument("--host", default="127.0.0.1", help="address the web app listens on (0.0.0.0 for a LAN)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS (pointer lock and the Gamepad "
+                                                 "API need a secure context off localhost)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--server-ca", type=Path, help="PEM CA of a TLS world server (gRPC over TLS)")
+    p.add_argument("--allowed-origin", action="append", default=[],
+                   help="another origin allowed to call the app (e.g. https://play.example.org behind a proxy)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds a dropped player may reconnect to the same session (default 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from spatia.client.web.app import WebConfig, run_app, server_ssl_context
+    from spatia.world.errors import InvalidInputError
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInputError("HTTPS needs both --tls-cert and --tls-key")
+    for f in (args.tls_cert, args.tls_key, args.server_ca):
+        if f is not None and not f.is_file():
+            raise InvalidInputError(f"file not found: {f}")
+    if not 0 < args.port < 65536:
+        raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
+    ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert is not None else None
+    config = WebConfig(server=args.server, host=args.host, port=args.port, tls=ssl_context is not None,
+                       server_root_certificates=args.server_ca.read_bytes() if args.server_ca else None,
+                       allowed_origins=tuple(args.allowed_origin), grace_s=args.grace)
+    run_app(config, ssl_context)
+    return 0

@@ -1,0 +1,420 @@
+"""Texture synthesis for unseen plane regions (model/fill/texture.py), on procedural textures with exact truth.
+
+Exemplars are crops of a tiled procedural texture (``world.textures``, used here only: ``model/`` never imports
+it), so the true continuation of every exemplar is known at every texture-space texel.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from spatia.model.fill import texture as tx
+from spatia.model.fill.texture import InvalidInputError, Surface, TextureModel
+from spatia.world.textures import TextureSpec
+
+TEX_PX = 128  # one procedural tile, in texels
+CROP = (5, 9)  # texture-space texel (0, 0) of the exemplar sits at this texel of the procedural plane
+
+
+def plane(family: str, seed: int = 7, **params) -> np.ndarray:
+    """A procedural plane [4 * TEX_PX, 4 * TEX_PX, 3] uint8, periodic with TEX_PX."""
+    tex = TextureSpec(family, 1.0, tuple(params.items())).make(seed, size_px=TEX_PX)
+    return (np.tile(tex, (4, 4, 1)) * 255).round().astype(np.uint8)
+
+
+def truth_at(big: np.ndarray, top_left: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """The procedural plane's texels at texture-space rows/cols (wrapping with its period)."""
+    rows = (np.arange(top_left[0], top_left[0] + shape[0]) + CROP[0]) % TEX_PX
+    cols = (np.arange(top_left[1], top_left[1] + shape[1]) + CROP[1]) % TEX_PX
+    return big[np.ix_(rows, cols)]
+
+
+def exemplar(big: np.ndarray, shape=(96, 128), holes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A crop with an irregular outline and holes: a disc, a notch at the top right, a ragged left edge."""
+    rgb = big[CROP[0] : CROP[0] + shape[0], CROP[1] : CROP[1] + shape[1]].copy()
+    valid = np.ones(shape, bool)
+    if holes:
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        valid &= (yy - 50) ** 2 + (xx - 70) ** 2 >= 18**2
+        valid &= ~((xx > shape[1] - 26) & (yy < 30))
+        valid &= xx >= (6 * np.abs(np.sin(yy / 7.0))).astype(int)
+    return rgb, valid
+
+
+def luma(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def mean_gradient(img: np.ndarray, mask: np.ndarray | None = None) -> float:
+    gy, gx = np.gradient(luma(img))
+    mag = np.hypot(gx, gy)
+    if mask is None:
+        return float(mag[1:-1, 1:-1].mean())
+    return float(mag[ndimage.binary_erosion(mask, iterations=1)].mean())
+
+
+def half(img: np.ndarray) -> np.ndarray:
+    return cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def profile_period(profile: np.ndarray, lo: int = 4) -> float:
+    """Period of a 1-D signal: the first autocorrelation peak at lag >= lo that is nearly as high as the highest
+    (rasterised lines make multiples of the period slightly more alike), refined by a parabola."""
+    p = profile - profile.mean()
+    ac = np.correlate(p, p, "full")[len(p) - 1 :] / (np.arange(len(p), 0, -1))
+    ac /= ac[0]
+    lags = np.arange(lo, len(p) // 2)
+    peaks = [k for k in lags if ac[k] >= ac[k - 1] and ac[k] >= ac[k + 1]]
+    top = max(ac[k] for k in peaks)
+    k = next(k for k in peaks if ac[k] >= 0.75 * top)
+    den = ac[k - 1] - 2 * ac[k] + ac[k + 1]
+    return k + (0.5 * (ac[k - 1] - ac[k + 1]) / den if den != 0 else 0.0)
+
+
+@pytest.fixture(scope="module")
+def brick():
+    big = plane("brick")
+    rgb, valid = exemplar(big)
+    return big, rgb, valid, TextureModel.fit(rgb, valid, texel_m=0.02)
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    big = plane("tiles")
+    rgb, valid = exemplar(big)
+    return big, rgb, valid, TextureModel.fit(rgb, valid, texel_m=0.02)
+
+
+@pytest.fixture(scope="module")
+def noise():
+    big = plane("noise", cells=8, contrast=1.5)
+    rgb, valid = exemplar(big)
+    return big, rgb, valid, TextureModel.fit(rgb, valid, texel_m=0.02)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Periodic textures continue with their period, orientation and phase
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["brick", "tiles"])
+def test_periodic_texture_continues_with_period_orientation_and_phase(name, request):
+    big, rgb, valid, model = request.getfixturevalue(name)
+    assert model.kind == "periodic"
+    far = (5 * 64, -7 * 64)  # well away from the exemplar (rows 0-95, cols 0-127)
+    out = tx.synthesize_region(model, far, (192, 192), seed=3)
+    truth = truth_at(big, far, (192, 192))
+    # period of the row profile (mean over columns): mortar courses / grout lines, measured on the output
+    for axis in (1, 0) if name == "tiles" else (1,):  # brick's vertical joints are sub-texel thin: rows only
+        p_out = profile_period(luma(out).mean(axis))
+        p_true = profile_period(luma(truth).mean(axis))
+        assert abs(p_out - p_true) < 0.35, (axis, p_out, p_true)
+    # orientation: horizontal lines stay horizontal (row-profile contrast vs column-profile contrast as observed)
+    rows_c, cols_c = luma(out).mean(1).std(), luma(out).mean(0).std()
+    rows_t, cols_t = luma(truth).mean(1).std(), luma(truth).mean(0).std()
+    if abs(np.log(rows_t / cols_t)) > 0.3:  # anisotropic (brick courses); square tiles have no orientation
+        assert np.sign(np.log(rows_c / cols_c)) == np.sign(np.log(rows_t / cols_t))
+    # phase: the lines sit where the true plane has them, 300+ texels from anything observed
+    for axis in (1, 0) if name == "tiles" else (1,):
+        corr = np.corrcoef(luma(out).mean(axis), luma(truth).mean(axis))[0, 1]
+        assert corr > 0.8, (axis, corr)
+    # the pattern itself: the output agrees with the truth texel by texel (courses, joints, checker), in phase
+    assert np.corrcoef(luma(out).ravel(), luma(truth).ravel())[0, 1] > 0.7
+
+
+def test_lattice_detection_measures_the_period():
+    big = plane("brick")
+    rgb, valid = exemplar(big, holes=False)
+    model = TextureModel.fit(rgb, valid, texel_m=0.01)
+    # 12 courses per 128 texels; a brick is 32 texels long (4 per row)
+    vecs = model.lattice.vectors_px
+    lattice = {tuple(np.round(v, 1)) for v in np.abs(vecs)}
+    course = TEX_PX / 12
+    assert any(abs(v[0] - k * course) < 0.15 and v[1] < 0.2 for v in lattice for k in (1, 2)), lattice
+    assert model.periods_m and all(p > 0 for p in model.periods_m)
+    stochastic = TextureModel.fit(*exemplar(plane("noise", cells=8)), texel_m=0.01)
+    assert stochastic.kind == "stochastic" and stochastic.lattice.kind == "none"
+
+
+def test_wood_grain_keeps_its_direction():
+    big = plane("wood")
+    rgb, valid = exemplar(big)
+    model = TextureModel.fit(rgb, valid, texel_m=0.02)
+    out = tx.synthesize_region(model, (-400, 250), (160, 160), seed=1)
+    # grain and plank gaps run along u (columns): gradients are mostly vertical, in the output as in the truth
+    gy, gx = np.gradient(luma(out))
+    ty, tx_ = np.gradient(luma(truth_at(big, (-400, 250), (160, 160))))
+    assert np.abs(gy).mean() / np.abs(gx).mean() > 0.5 * np.abs(ty).mean() / np.abs(tx_).mean()
+    assert np.abs(gy).mean() > 2 * np.abs(gx).mean()
+    # planks keep their width: the plank-gap period of the row profile
+    assert abs(profile_period(luma(out).mean(1), lo=8) - TEX_PX / 4) < 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stochastic textures keep their detail statistics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_stochastic_texture_keeps_gradient_statistics(noise):
+    big, rgb, valid, model = noise
+    assert model.kind == "stochastic"
+    out = tx.synthesize_region(model, (250, -300), (192, 192), seed=5)
+    full = mean_gradient(out) / mean_gradient(rgb, valid)
+    halfres = mean_gradient(half(out)) / mean_gradient(half(rgb), half(valid.astype(np.uint8)) > 0)
+    assert 0.7 <= full <= 1.3, full
+    assert 0.7 <= halfres <= 1.3, halfres  # fine noise cannot fake detail at half resolution
+    # same colours: mean and spread within a few levels of the exemplar's
+    assert np.abs(out.reshape(-1, 3).mean(0) - rgb[valid].mean(0)).max() < 8
+    assert 0.7 < out.reshape(-1, 3).std(0).mean() / rgb[valid].std(0).mean() < 1.3
+    # the patchwork's cuts add little: gradient in the cut bands vs the cell cores
+    s, h = model.step_px, model.overlap_px // 2
+    dx = np.abs(np.diff(luma(out), axis=1))
+    band = ((np.arange(-300, -300 + 191) + h) % s) < 2 * h - 1
+    assert dx[:, band].mean() < 1.45 * dx[:, ~band].mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiles: deterministic, order-free, seamless
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_tiles_are_deterministic_order_independent_and_seamless(noise):
+    big, rgb, valid, model = noise
+    keys = [(i, j) for i in range(-1, 3) for j in range(-2, 2)]
+    first = {k: tx.synthesize_tile(model, k, seed=11) for k in keys}
+    other = TextureModel.fit(rgb, valid, texel_m=0.02)  # a fresh model (as after save/load), reverse order
+    second = {k: tx.synthesize_tile(other, k, seed=11) for k in reversed(keys)}
+    for k in keys:
+        assert first[k].shape == (64, 64, 3) and first[k].dtype == np.uint8
+        np.testing.assert_array_equal(first[k], second[k])
+        np.testing.assert_array_equal(first[k], tx.synthesize_tile(model, k, seed=11))  # asked again
+    assert not np.array_equal(first[(2, 1)], tx.synthesize_tile(model, (2, 1), seed=12))  # the seed matters
+    thawed = pickle.loads(pickle.dumps(model))  # a model can travel (caches are dropped, texels the same)
+    np.testing.assert_array_equal(tx.synthesize_tile(thawed, (0, 1), seed=11), first[(0, 1)])
+    mosaic = np.concatenate([np.concatenate([first[(i, j)] for j in range(-2, 2)], 1) for i in range(-1, 3)], 0)
+    np.testing.assert_array_equal(mosaic, tx.synthesize_region(model, (-64, -128), (256, 256), seed=11))
+    # single texels (invented points at texel centres) read the same values, in any order
+    rng = np.random.default_rng(4)
+    rows, cols = rng.integers(-64, 192, 500), rng.integers(-128, 128, 500)
+    np.testing.assert_array_equal(tx.texels_at(model, rows, cols, seed=11), mosaic[rows + 64, cols + 128])
+    np.testing.assert_array_equal(tx.texels_at(other, rows[::-1], cols[::-1], seed=11), mosaic[rows + 64, cols + 128][::-1])
+    # plane metres with a pixel footprint: level 0 is the texel itself; a 4-texel footprint is the 4x4 box mean
+    uv = np.stack([(cols + 0.5) * 0.02, (rows + 0.5) * 0.02], 1)
+    np.testing.assert_array_equal(tx.sample_uv(model, uv, np.full(len(uv), 0.01), seed=11), mosaic[rows + 64, cols + 128])
+    far = tx.sample_uv(model, uv, np.full(len(uv), 0.08), seed=11).astype(np.float64)
+    r4, c4 = (rows + 64) // 4 * 4, (cols + 128) // 4 * 4
+    box = np.stack([mosaic[r4 + a, c4 + b] for a in range(4) for b in range(4)]).astype(np.float64).mean(0)
+    assert np.abs(far - box).max() <= 1.0
+    # seams: the step across a tile border is no larger than between interior neighbours
+    g = luma(mosaic)
+    dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
+    borders = [63, 127, 191]
+    assert dx[:, borders].mean() <= 1.25 * np.delete(dx, borders, 1).mean()
+    assert dy[borders, :].mean() <= 1.25 * np.delete(dy, borders, 0).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The exemplar's own holes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["brick", "noise"])
+def test_masked_exemplar_holes_are_continued(name, request):
+    big, rgb, valid, model = request.getfixturevalue(name)
+    filled = tx.continue_exemplar(model, seed=2)
+    assert filled.shape == rgb.shape and filled.dtype == np.uint8
+    np.testing.assert_array_equal(filled[valid], rgb[valid])  # observed texels are kept
+    hole = ~valid
+    hole[:, :8] = False  # the ragged edge is only a few texels wide
+    ratio = mean_gradient(filled, hole) / mean_gradient(rgb, valid)
+    assert 0.7 <= ratio <= 1.3, ratio  # texture, not a smooth smear
+    assert np.abs(filled[hole].mean(0) - rgb[valid].mean(0)).max() < 12
+    # the same texels as the tiles that cover the box
+    np.testing.assert_array_equal(filled, tx.synthesize_region(model, (0, 0), rgb.shape[:2], seed=2))
+    if name == "brick":  # in phase with the true brickwork inside the hole
+        truth = truth_at(big, (0, 0), rgb.shape[:2])
+        disc = np.zeros_like(valid)
+        disc[32:69, 52:89] = True
+        disc &= ~valid
+        def mortar(img):  # grey mortar, red brick
+            red = img[..., 0].astype(np.float64) - img[..., 2]
+            return red < 0.5 * red.mean()
+
+        mortar_t, mortar_f = mortar(truth), mortar(filled)
+        near = ndimage.binary_dilation(mortar_f)  # one texel of slack: the lines are one texel thin
+        assert (mortar_t & near)[disc].sum() / mortar_t[disc].sum() > 0.75
+
+
+def test_small_thin_flat_and_sparse_exemplars_work():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:80, :80]
+    cases = [
+        (rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), np.ones((8, 8), bool)),  # the smallest allowed
+        (rng.integers(0, 255, (10, 60, 3), dtype=np.uint8), np.ones((10, 60), bool)),  # a thin strip
+        (np.full((40, 40, 3), 120, np.uint8), np.ones((40, 40), bool)),  # flat: no texture at all
+        (rng.integers(0, 255, (80, 80, 3), dtype=np.uint8), np.abs(yy - xx) < 4),  # a diagonal band
+        (rng.integers(0, 255, (60, 60, 3), dtype=np.uint8), rng.random((60, 60)) < 0.3),  # scattered texels
+    ]
+    for rgb, valid in cases:
+        model = TextureModel.fit(rgb, valid, texel_m=0.05)
+        tile = tx.synthesize_tile(model, (3, -2), seed=0)
+        assert tile.shape == (64, 64, 3) and tile.dtype == np.uint8
+        np.testing.assert_array_equal(tx.continue_exemplar(model, 0)[valid], rgb[valid])
+        assert abs(float(tile.mean()) - float(rgb[valid].mean())) < 25
+    flat = TextureModel.fit(cases[2][0], cases[2][1], texel_m=0.05)
+    assert np.all(tx.synthesize_tile(flat, (5, 5), seed=1) == 120)
+
+
+def test_shading_continues_smoothly():
+    big = plane("noise", cells=8)
+    rgb, valid = exemplar(big, holes=False)
+    light = np.linspace(0.55, 1.15, rgb.shape[1])[None, :, None]  # a light gradient across the wall
+    lit = np.clip(rgb * light, 0, 255).astype(np.uint8)
+    valid[20:80, 40:90] = False
+    model = TextureModel.fit(lit, valid, texel_m=0.02)
+    filled = tx.continue_exemplar(model, seed=0).astype(np.float64)
+    # inside the hole the column means follow the light, not the patches' places of origin
+    cols = np.arange(40, 90)
+    expected = (rgb.astype(np.float64) * light).mean((0, 2))[cols]
+    got = filled[20:80, 40:90].mean((0, 2))
+    assert np.corrcoef(got, expected)[0, 1] > 0.9
+    assert np.abs(got - expected).max() < 15
+    # just outside the box the brightness continues from the edge, far away it relaxes to the mean
+    right = tx.synthesize_region(model, (0, rgb.shape[1]), (rgb.shape[0], 8), seed=0).astype(np.float64).mean()
+    assert abs(right - lit[:, -8:].astype(np.float64).mean()) < 12
+    far = tx.synthesize_region(model, (0, 2000), (64, 64), seed=0).astype(np.float64).mean()
+    assert abs(far - lit[valid].astype(np.float64).mean()) < 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels against their references
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_seam_kernel_matches_exhaustive_search():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        err = rng.random((7, 6)) ** 3
+        lo, hi = (0, 5) if trial % 2 else (1, 4)
+        path = tx._pinned_seam(err, lo, hi)
+        assert path[0] == path[-1] == 3
+        assert np.all(np.abs(np.diff(path)) <= 1) and path.min() >= lo and path.max() <= hi
+        assert np.isclose(err[np.arange(7), path].sum(), tx._reference_pinned_seam_cost(err, lo, hi))
+
+
+def test_cost_kernel_matches_reference():
+    rng = np.random.default_rng(1)
+    detail = rng.normal(0, 20, (40, 50, 3)).astype(np.float32)
+    canvas = rng.normal(0, 20, (12, 12, 3)).astype(np.float32)
+    cand = rng.integers(0, 28, (9, 2)).astype(np.int64)
+    pix = np.argwhere(rng.random((12, 12)) < 0.4).astype(np.int64)
+    cost, offset = tx._ssd_costs(detail, cand, canvas, pix, 0.25)
+    ref_cost, ref_offset = tx._reference_ssd_costs(detail, cand, canvas, pix, 0.25)
+    np.testing.assert_allclose(cost, ref_cost, rtol=1e-6)
+    np.testing.assert_allclose(offset, ref_offset, rtol=1e-6, atol=1e-6)
+
+
+def test_compose_kernel_matches_reference():
+    rng = np.random.default_rng(2)
+    step, half = 6, 2
+    detail = rng.normal(0, 20, (30, 30, 3)).astype(np.float32)
+    src = rng.integers(0, 30 - step - 2 * half, (4, 4, 2)).astype(np.int64)
+    off = rng.normal(0, 3, (4, 4, 3)).astype(np.float32)
+    y0 = x0 = 7  # rows/cols 7..16: cores 1-2, owners 1-3 (rmin = cmin = 1, tables cover 1..4)
+    hh = ww = 10
+    core_r = (np.arange(y0, y0 + hh) // step)[:, None].repeat(ww, 1)
+    core_c = (np.arange(x0, x0 + ww) // step)[None, :].repeat(hh, 0)
+    r_w = np.clip(rng.random((hh, ww)) * 2 - 0.5, 0, 1).astype(np.float32)
+    c_w = np.clip(rng.random((hh, ww)) * 2 - 0.5, 0, 1).astype(np.float32)
+    args = (detail, src, off, 1, 1, core_r, core_r + 1, r_w, core_c, core_c + 1, c_w, y0, x0, step, half)
+    np.testing.assert_allclose(tx._compose(*args), tx._reference_compose(*args), rtol=1e-5, atol=1e-4)
+
+
+def test_push_pull_fill_keeps_known_and_fills_smoothly():
+    values = np.zeros((16, 16, 1))
+    values[:, :8] = 10.0
+    values[:, 8:] = 30.0
+    weight = np.ones((16, 16))
+    weight[4:12, 4:12] = 0
+    out = tx.push_pull_fill(values, weight)
+    np.testing.assert_allclose(out[weight > 0], values[weight > 0])
+    assert 10.0 <= out[4:12, 4:12].min() and out[4:12, 4:12].max() <= 30.0
+    assert out[8, 4] < out[8, 11]  # nearer the dark side is darker
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Borrowing an exemplar
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_pick_exemplar_borrows_from_the_most_similar_surface():
+    up = (0.0, -1.0, 0.0)  # world frame with y down, as the cameras'
+    floor = Surface(normal=(0.0, -1.0, 0.0), mean_rgb=(120, 80, 50), observed_texels=5000)
+    wall = Surface(normal=(1.0, 0.0, 0.0), mean_rgb=(200, 200, 190), observed_texels=9000)
+    wall2 = Surface(normal=(0.0, 0.0, 1.0), mean_rgb=(90, 90, 90), observed_texels=100)
+    empty_floor = Surface(normal=(0.0, -1.0, 0.0), observed_texels=0)
+    assert tx.pick_exemplar(Surface(normal=(0.02, -1.0, 0.0)), [wall, floor, wall2], up) == 1  # floor from floor
+    assert tx.pick_exemplar(Surface(normal=(-1.0, 0.0, 0.0)), [floor, wall, wall2], up) == 1  # parallel wall
+    assert tx.pick_exemplar(Surface(normal=(0.0, 0.0, -1.0), mean_rgb=(95, 90, 92)), [floor, wall, wall2], up) == 2
+    assert tx.pick_exemplar(Surface(normal=(0.0, 1.0, 0.0)), [floor, wall], up) == 1  # ceiling: a wall, not floor
+    assert tx.pick_exemplar(Surface(normal=(0.0, -1.0, 0.0)), [empty_floor], up) is None
+    # the descriptors tell brick from plaster and from a differently coloured brick
+    brick_a = TextureModel.fit(*exemplar(plane("brick", seed=1)), texel_m=0.02)
+    brick_b = TextureModel.fit(*exemplar(plane("brick", seed=2)), texel_m=0.02)
+    plaster = TextureModel.fit(*exemplar(plane("noise", cells=8)), texel_m=0.02)
+    da, db, dp = tx.describe(brick_a), tx.describe(brick_b), tx.describe(plaster)
+    assert tx.texture_distance(da, db) < tx.texture_distance(da, dp)
+
+
+def test_rescale_exemplar_keeps_metres():
+    big = plane("brick")
+    rgb, valid = exemplar(big)
+    small_rgb, small_valid = tx.rescale_exemplar(rgb, valid, from_texel_m=0.01, to_texel_m=0.02)
+    assert small_rgb.shape == (48, 64, 3) and small_valid.shape == (48, 64) and small_rgb.dtype == np.uint8
+    assert small_valid.sum() < valid.sum() / 4  # holes grow: a texel touching a hole is not observed
+    model = TextureModel.fit(small_rgb, small_valid, texel_m=0.02)
+    assert model.kind == "periodic"
+    course_m = TEX_PX / 12 * 0.01  # brick courses are 10.67 cm, whatever the texel size
+    rows_m = [abs(v[0]) * model.texel_m for v in model.lattice.vectors_px if abs(v[0]) > 0.5]
+    assert rows_m and all(abs(r / course_m - round(r / course_m)) < 0.1 for r in rows_m), rows_m
+    big_rgb, big_valid = tx.rescale_exemplar(rgb, valid, 0.01, 0.005)
+    assert big_rgb.shape == (192, 256, 3)
+    np.testing.assert_allclose(big_rgb[big_valid].mean(0), rgb[valid].mean(0), atol=3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_naming_the_argument(noise):
+    big, rgb, valid, model = noise
+    cases = [
+        (lambda: TextureModel.fit(rgb, np.zeros_like(valid), 0.02), "valid"),  # empty exemplar
+        (lambda: TextureModel.fit(rgb.astype(np.float32), valid, 0.02), "rgb"),
+        (lambda: TextureModel.fit(rgb[..., :2], valid, 0.02), "rgb"),
+        (lambda: TextureModel.fit(rgb, valid[:-1], 0.02), "valid"),
+        (lambda: TextureModel.fit(rgb, valid.astype(np.uint8), 0.02), "valid"),
+        (lambda: TextureModel.fit(rgb[:4, :4], valid[:4, :4], 0.02), "rgb"),
+        (lambda: TextureModel.fit(rgb, valid, 0.0), "texel_m"),
+        (lambda: TextureModel.fit(rgb, valid, float("nan")), "texel_m"),
+        (lambda: TextureModel.fit(rgb.tolist(), valid, 0.02), "rgb"),
+        (lambda: tx.synthesize_tile(model, (1,), 0), "tile_ij"),
+        (lambda: tx.synthesize_tile(model, (1.5, 0), 0), "tile_ij"),
+        (lambda: tx.synthesize_tile(model, (0, 0), "x"), "seed"),
+        (lambda: tx.synthesize_tile("model", (0, 0), 0), "model"),
+        (lambda: tx.synthesize_region(model, (0, 0), (0, 5), 0), "shape_px"),
+        (lambda: tx.rescale_exemplar(rgb, valid, 0.02, -1.0), "to_texel_m"),
+        (lambda: tx.texels_at(model, np.zeros(3, int), np.zeros(2, int), 0), "rows and cols"),
+        (lambda: tx.texels_at(model, np.zeros(3), np.zeros(3), 0), "rows and cols"),
+        (lambda: tx.sample_uv(model, np.zeros((3, 3)), np.zeros(3), 0), "uv_m"),
+        (lambda: tx.sample_uv(model, np.full((1, 2), np.nan), np.zeros(1), 0), "uv_m"),
+    ]
+    for call, name in cases:
+        with pytest.raises(InvalidInputError, match=name):
+            call()
