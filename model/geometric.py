@@ -261,6 +261,10 @@ class GeometricGenerator:
         sky = None
         if first is not None and not layout.indoor:
             sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w)
+            if sky is None:
+                # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
+                # walls are not capped and unseen ones are closed as indoors
+                layout.indoor = True
         self._layout = _LayoutState(key, layout, PlaneTextures(layout, pts, cols), sky)
         log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(pts),
                  sky=sky is not None)
