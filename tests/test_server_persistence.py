@@ -209,8 +209,18 @@ def test_a_migration_cut_off_before_the_old_file_was_removed(tmp_path):
     done.close()
     (worlds / "cut").mkdir()
     (worlds / "cut" / LOG_NAME).write_bytes(b"SPWL\x01torn")  # a first write cut off: no commit
+    (worlds / "lost").mkdir()  # a log with no complete commit and no old file: DATA_LOSS, never touched
+    (worlds / "lost" / LOG_NAME).write_bytes(b"SPWL\x01torn")
+    (worlds / "ghost").mkdir()  # frames only, no log: a creation cut off before its first save
+    (worlds / "ghost" / "frames.bin").write_bytes(b"SPF1")
     with running_server(ServerConfig(data_dir=tmp_path, port=0)) as st, WorldClient(st.target) as c:
         assert {w.world_id: w.prompt for w in c.list_worlds()} == {"done": "from the log", "cut": "from the old file"}
         assert not (worlds / "done.msgpack").exists() and (worlds / "cut.msgpack").exists()
+        assert not (worlds / "ghost").exists()
+        with pytest.raises(WorldServiceError) as e:
+            c.create_scene("room", 0, W, H, world_id="lost")
+        assert e.value.code.name == "DATA_LOSS"
+        assert (worlds / "lost" / LOG_NAME).read_bytes() == b"SPWL\x01torn"
+        c.delete_world("lost")  # the documented way out
         c.delete_world("cut")
-        assert not (worlds / "cut.msgpack").exists() and not (worlds / "cut").exists()
+        assert not any((worlds / n).exists() for n in ("cut.msgpack", "cut", "lost"))
