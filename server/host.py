@@ -39,10 +39,10 @@ import numpy as np
 import structlog
 
 from spatia.world import snapshot
-from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
 from spatia.world.engine import Engine, EngineConfig
 from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.state import SNAPSHOT_VERSION, World
+from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
 
 log = structlog.get_logger("spatia.server.host")
 
