@@ -9,8 +9,12 @@ not thread-safe, and a slow clip of one world never blocks the event loop or oth
 Export queue on the same thread and so never see a half-updated memory.
 
 Saving sits behind ``save`` (now, on the worker), ``save_in_background`` (copy on the worker, write on a
-low-priority saver thread) and ``autosave`` (the play save policy): the only places a snapshot is written, so a
-different persistence (incremental logs) changes ``_write`` and ``_next_payload`` only.
+low-priority saver thread) and ``autosave`` (the play save policy): the only places a snapshot is written. A world
+is saved incrementally into its directory ``worlds/<id>/`` through ``world.worldlog.WorldLog``: ``prepare_save``
+(a copy of the memory arrays and the new frames' metadata) on the worker, ``write`` (only the memory blocks that
+changed, the new history chunk, a commit; fsynced) on the saver. A world loaded from an old single-file snapshot
+(``worlds/<id>.msgpack``) carries it as ``legacy_path``; its first complete save into the directory migrates it,
+and only then is the old file removed.
 
 Counters for metrics (read at scrape time, plain attributes; ``stats()`` returns them as a dict):
 ``clips_generated``, ``frames_generated``, ``snapshot_bytes``, ``saves``, ``save_failures``,
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +42,7 @@ from spatia.world import snapshot
 from spatia.world.engine import Engine, EngineConfig
 from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.state import SNAPSHOT_VERSION, World
+from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
 
 log = structlog.get_logger("spatia.server.host")
 
@@ -81,14 +87,17 @@ class HostView:
 class WorldHost:
     """The in-process host of one loaded world (see the module docstring)."""
 
-    def __init__(self, world: World, path: Path, *, snapshot_bytes: int = 0,
-                 busy_worlds: Callable[[], int] = lambda: 1) -> None:
+    def __init__(self, world: World, path: Path, *, wlog: WorldLog | None = None, legacy_path: Path | None = None,
+                 snapshot_bytes: int = 0, busy_worlds: Callable[[], int] = lambda: 1) -> None:
         self.world = world
-        self.path = Path(path)  # its snapshot file
+        self.path = Path(path)  # its directory, worlds/<id>/ (world.log + frames.bin)
+        self.log = wlog if wlog is not None else WorldLog(self.path)
+        # an old single-file snapshot this world was loaded from: removed once the directory holds a commit
+        self.legacy_path = Path(legacy_path) if legacy_path is not None else None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"world-{world.world_id[:16]}")
-        # Background saving during play: the worker thread takes a consistent copy of the world (``to_payload``,
-        # ~25 ms at 1 M points) and a saver thread serialises and writes it (~1 s at 1 M points), so the next clip
-        # does not wait for the disk. Sequence numbers keep an older copy from overwriting a newer one.
+        # Background saving during play: the worker thread takes a consistent copy of the world (``prepare_save``,
+        # ~25 ms at 1 M points) and a saver thread appends what changed to the world's log, so the next clip does
+        # not wait for the disk. The log's sequence numbers keep an older copy from overwriting a newer one.
         self.saver = ThreadPoolExecutor(1, thread_name_prefix="world-saver", initializer=_low_priority)
         self.busy_worlds = busy_worlds  # how many worlds are being played or generated right now
         self.controller: str | None = None  # session id of the Play / Generate call holding the lease
@@ -104,10 +113,9 @@ class WorldHost:
         self.closed = False
         self.save_lock = threading.Lock()  # held while the snapshot file is written
         self._latest_lock = threading.Lock()
-        self._latest: tuple[int, dict, float] | None = None  # (sequence, payload, copy_s) waiting for the saver
+        self._latest: SavePlan | None = None  # the newest copy waiting for the saver
         self._save_scheduled = False
-        self._seq = 0  # last payload sequence number handed out
-        self._written_seq = 0  # sequence number of the snapshot on disk
+        self.last_save_bytes = 0  # appended to the log by the latest save (what changed)
 
     @property
     def world_id(self) -> str:
@@ -259,41 +267,64 @@ class WorldHost:
         """``save`` when clips were generated since the last save (the end of a session); else nothing."""
         return await self.call(lambda: self.save_now() if self.clips_since_save else self.snapshot_bytes)
 
-    def _next_payload(self) -> tuple[int, dict, float]:
-        t0 = time.perf_counter()
-        payload = self.world.to_payload()  # copies: the world may change while it is written
-        with self._latest_lock:
-            self._seq += 1
-            return self._seq, payload, time.perf_counter() - t0
+    def _next_payload(self) -> SavePlan:
+        """On the worker: the log's copy of what changed (its plans carry increasing sequence numbers, so an
+        older copy written late is skipped). The world's first save here moves its frames into ``frames.bin``:
+        disk work, so a full disk can already fail here (RESOURCE_EXHAUSTED, nothing committed)."""
+        try:
+            return self.log.prepare_save(self.world)
+        except OSError as exc:
+            self.save_failures += 1
+            if is_disk_full(exc):
+                raise DiskFullError(exc.errno, "no space left in the data dir") from None
+            raise
 
-    def _write(self, seq: int, payload: dict, copy_s: float = 0.0) -> int:
+    def _disk_bytes(self) -> int:
+        frames = self.path / FRAMES_NAME
+        try:
+            return self.log.log_bytes + frames.stat().st_size
+        except OSError:
+            return self.log.log_bytes
+
+    def _write(self, plan: SavePlan) -> int:
         with self.save_lock:
-            if self.deleted or seq <= self._written_seq:  # deleted, or a newer snapshot is already on disk
+            if self.deleted:  # deleted: its directory is gone and stays gone
                 return self.snapshot_bytes
-            t0 = time.perf_counter()
             try:
-                self.snapshot_bytes = snapshot.save(self.path, payload, version=SNAPSHOT_VERSION)
+                report = self.log.write(plan)
             except OSError as exc:
                 self.save_failures += 1
-                if is_disk_full(exc):  # the previous snapshot stays intact (atomic write: the temp file goes)
+                if is_disk_full(exc):  # the previous commit stays the newest complete one (the torn tail is cut)
                     raise DiskFullError(exc.errno, "no space left in the data dir") from None
                 raise
-            write_s = time.perf_counter() - t0
-            self.last_save_cpu_s = copy_s + write_s
-            self._written_seq = seq
+            if report.skipped:  # a newer copy is already on disk
+                return self.snapshot_bytes
+            if self.legacy_path is not None:
+                # the directory now holds a complete, fsynced commit of the whole world: the old file can go
+                try:
+                    self.legacy_path.unlink(missing_ok=True)
+                    log.info("world migrated to the incremental layout", world_id=self.world_id)
+                    self.legacy_path = None
+                except OSError as exc:  # harmless: the directory wins at the next start and removes it then
+                    log.warning("old single-file snapshot not removed", world_id=self.world_id, error=str(exc))
+            self.snapshot_bytes = self._disk_bytes()
+            self.last_save_bytes = report.bytes_written
+            self.last_save_cpu_s = plan.copy_s + report.write_s
             self.saves += 1
-            log.debug("world saved", world_id=self.world_id, bytes=self.snapshot_bytes,
-                      copy_ms=round(copy_s * 1e3, 1), write_ms=round(write_s * 1e3, 1))
+            log.debug("world saved", world_id=self.world_id, bytes=report.bytes_written,
+                      blocks=report.blocks_written, removed=report.blocks_removed, log_bytes=report.log_bytes,
+                      compacted=report.compacted, copy_ms=round(plan.copy_s * 1e3, 1),
+                      write_ms=round(report.write_s * 1e3, 1))
             return self.snapshot_bytes
 
     def save_now(self) -> int:
         """Write the snapshot atomically now (on the worker thread, or when nothing else touches the world)."""
         if self.deleted:
             return 0
-        item = self._next_payload()
+        plan = self._next_payload()
         self.clips_since_save = 0
         self.last_save_monotonic = time.monotonic()
-        return self._write(*item)
+        return self._write(plan)
 
     def save_in_background(self) -> None:
         """Copy the world now (on the worker thread) and write it on the saver thread; a copy still waiting when a
@@ -317,7 +348,7 @@ class WorldHost:
                     self._save_scheduled = False
                     return
             try:
-                self._write(*item)
+                self._write(item)
             except Exception as exc:  # noqa: BLE001 -- a failed write keeps the previous snapshot; log and go on
                 log.error("world snapshot write failed", world_id=self.world_id, error=str(exc))
 
@@ -347,9 +378,12 @@ class WorldHost:
         self.deleted = True  # from now on calls answer NOT_FOUND and no save writes
 
         def _remove() -> None:
-            with self.save_lock:
-                self.path.unlink(missing_ok=True)
             self.world.close()  # its frame file; on the worker thread, after every call queued before the delete
+            with self.save_lock:
+                self.log.close()
+                shutil.rmtree(self.path, ignore_errors=True)
+                if self.legacy_path is not None:
+                    self.legacy_path.unlink(missing_ok=True)
 
         await loop.run_in_executor(self.executor, _remove)  # after whatever was queued before the delete
         self.executor.shutdown(wait=False)
@@ -364,6 +398,7 @@ class WorldHost:
         self.closed = True  # from now on calls answer NOT_FOUND
         await asyncio.to_thread(self.executor.shutdown, True)
         await asyncio.to_thread(self.saver.shutdown, True)
+        self.log.close()
         self.world.close()
         return size
 
@@ -372,3 +407,4 @@ class WorldHost:
         self.closed = True
         self.executor.shutdown(wait=True)
         self.saver.shutdown(wait=True)
+        self.log.close()

@@ -2,7 +2,12 @@
 
 Layout of the data dir::
 
-    worlds/<world_id>.msgpack      the world-core snapshot (memory + frame history + metadata), atomic writes
+    worlds/<world_id>/world.log    the world's incremental snapshot log (world/worldlog.py): memory blocks,
+                                   history chunks, tombstones, checksummed commits
+    worlds/<world_id>/frames.bin   its frame history's compressed frames, append-only (world/history.py)
+    worlds/<world_id>.msgpack      a world saved by a server before the log (single file): loaded at start-up,
+                                   migrated into worlds/<world_id>/ by its first save, removed only after that
+                                   save's commit is on disk
     recordings/<recording_id>.mcap Play sessions (server/recording.py)
 
 Everything a loaded world holds (the World, its thread, saves, controller lease, clip counter) belongs to its
@@ -14,13 +19,18 @@ Everything a loaded world holds (the World, its thread, saves, controller lease,
   import); ``delete`` removes the file, the documented repair path;
 - temp files of snapshot writers that died (``.<name>.<host>.<pid>.<rand>.tmp``, see world/snapshot.py) are
   removed at start-up, only when their writer is this host's and its pid is gone: several servers may share the
-  data dir.
+  data dir; so are a world log's compaction temp files (``worlds/<id>/.world.log.<pid>.compact.tmp``, removed by
+  ``WorldLog.load`` when that pid is gone).
+- both a directory and an old file for one id (a migration cut off before the old file was removed): the
+  directory wins when it holds a complete commit (the old file is then removed); otherwise the old file loads and
+  the next save rewrites the directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -32,6 +42,7 @@ from spatia.server.host import WorldHost
 from spatia.world.errors import AlreadyExistsError, NotFoundError, SnapshotError
 from spatia.world.resources import release_freed_memory
 from spatia.world.state import World
+from spatia.world.worldlog import WorldLog
 
 log = structlog.get_logger("spatia.server.store")
 
@@ -91,26 +102,67 @@ class WorldStore:
                 log.warning("stale snapshot temp file removed", file=p.name, bytes=size)
             except OSError as exc:
                 log.warning("stale snapshot temp file not removed", file=p.name, error=str(exc))
-        for path in sorted(self.worlds_dir.glob("*.msgpack")):
+        _UNREADABLE = (SnapshotError, NotFoundError, OSError, ValueError, KeyError, TypeError)
+        ids = sorted({p.name for p in self.worlds_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+                     | {p.stem for p in self.worlds_dir.glob("*.msgpack") if not p.name.startswith(".")})
+        for world_id in ids:
+            directory, legacy = self.worlds_dir / world_id, self.worlds_dir / f"{world_id}.msgpack"
+            dir_error = None
+            if directory.is_dir():
+                try:
+                    world, wlog = WorldLog.load(directory)
+                except _UNREADABLE as exc:
+                    dir_error = exc
+                else:
+                    if world.world_id != world_id:
+                        world.close()
+                        log.error("world log id does not match its directory name; id kept, left untouched",
+                                  directory=world_id)
+                        self.broken[world_id] = "id mismatch"
+                        continue
+                    if legacy.exists():  # a migration whose commit landed before the old file was removed
+                        legacy.unlink(missing_ok=True)
+                        log.info("old single-file snapshot removed (already migrated)", world_id=world_id)
+                    self._add(world, wlog=wlog)
+                    continue
+            if not legacy.exists() and isinstance(dir_error, NotFoundError):
+                # no log at all (frames only): a creation cut off before its first commit, never acknowledged
+                shutil.rmtree(directory, ignore_errors=True)
+                log.warning("world directory without a log removed (creation cut off)", directory=world_id)
+                continue
+            if not legacy.exists():
+                log.error("world log unreadable; id kept, directory left untouched", directory=world_id,
+                          error=str(dir_error)[:300])
+                self.broken[world_id] = type(dir_error).__name__
+                continue
+            if dir_error is not None and not isinstance(dir_error, NotFoundError):
+                # a first save into the directory was cut off (no complete commit yet): the old file is the
+                # world, and the next save rewrites the directory from it
+                log.warning("world directory holds no complete commit; loading the old single-file snapshot",
+                            world_id=world_id, error=str(dir_error)[:300])
             try:
-                world = World.load(path)
-            except (SnapshotError, OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("world snapshot unreadable; id kept, file left untouched", file=path.name,
+                world = World.load(legacy)
+            except _UNREADABLE as exc:
+                log.error("world snapshot unreadable; id kept, file left untouched", file=legacy.name,
                           error=str(exc)[:300])
-                self.broken[path.stem] = type(exc).__name__
+                self.broken[world_id] = type(exc).__name__
                 continue
-            if world.world_id != path.stem:
+            if world.world_id != world_id:
+                world.close()
                 log.error("world snapshot id does not match its file name; id kept, file left untouched",
-                          file=path.name)
-                self.broken[path.stem] = "id mismatch"
+                          file=legacy.name)
+                self.broken[world_id] = "id mismatch"
                 continue
-            self._add(world, path.stat().st_size)
+            self._add(world, legacy_path=legacy, snapshot_bytes=legacy.stat().st_size)
         log.info("worlds loaded", count=len(self._hosts), unreadable=len(self.broken), data_dir=str(self.data_dir))
         return sorted(self._hosts)
 
-    def _add(self, world: World, snapshot_bytes: int) -> WorldHost:
-        host = WorldHost(world, self.worlds_dir / f"{world.world_id}.msgpack", snapshot_bytes=snapshot_bytes,
-                         busy_worlds=self.controlled_count)
+    def _add(self, world: World, *, wlog: WorldLog | None = None, legacy_path: Path | None = None,
+             snapshot_bytes: int = 0) -> WorldHost:
+        host = WorldHost(world, self.worlds_dir / world.world_id, wlog=wlog, legacy_path=legacy_path,
+                         snapshot_bytes=snapshot_bytes, busy_worlds=self.controlled_count)
+        if wlog is not None:
+            host.snapshot_bytes = host._disk_bytes()
         self._hosts[world.world_id] = host
         return host
 
@@ -143,12 +195,13 @@ class WorldStore:
     async def add(self, world: World) -> WorldHost:
         """Register a freshly built world (its id reserved by ``new_id``) once its first snapshot is on disk;
         on any failure nothing is left (no entry, no file) and the id is free again."""
-        host = WorldHost(world, self.worlds_dir / f"{world.world_id}.msgpack", busy_worlds=self.controlled_count)
+        host = WorldHost(world, self.worlds_dir / world.world_id, busy_worlds=self.controlled_count)
         try:
             await host.save()
         except BaseException:
             host.deleted = True
-            host.path.unlink(missing_ok=True)
+            host.log.close()
+            shutil.rmtree(host.path, ignore_errors=True)
             host.executor.shutdown(wait=False)
             host.saver.shutdown(wait=False)
             raise
@@ -175,8 +228,8 @@ class WorldStore:
     async def delete(self, world_id: str) -> None:
         check_world_id(world_id)
         if world_id in self.broken and world_id not in self._hosts:  # the documented way to drop a broken one
-            path = self.worlds_dir / f"{world_id}.msgpack"
-            await asyncio.to_thread(path.unlink, True)
+            await asyncio.to_thread(shutil.rmtree, self.worlds_dir / world_id, True)
+            await asyncio.to_thread((self.worlds_dir / f"{world_id}.msgpack").unlink, True)
             del self.broken[world_id]
             log.warning("unreadable world snapshot deleted on request", world_id=world_id)
             return

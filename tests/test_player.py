@@ -137,7 +137,7 @@ def test_spatia_play_embedded_server_starts_and_stops(tmp_path):
     rc = main(["play", "--scene", "room", "--width", "48", "--height", "32", "--window", "128x96",
                "--seconds", "1.5", "--data-dir", str(data), "--screenshots", str(tmp_path / "s")])
     assert rc == 0
-    assert len(list((data / "worlds").glob("*.msgpack"))) == 1  # the world stays, saved by the server
+    assert len(list((data / "worlds").glob("*/world.log"))) == 1  # the world stays, saved by the server (worlds/<id>/)
     assert list((data / "recordings").glob("*.mcap"))  # the (idle) session was recorded and closed
     assert main(["play", "--depth", str(tmp_path / "d.npy"), "--data-dir", str(data), "--seconds", "0"]) != 0
 

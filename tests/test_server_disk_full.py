@@ -7,6 +7,7 @@ world and slot (issue 11 sections 1 and 2)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -17,7 +18,7 @@ import pytest
 from spatia.client.api import WorldClient, WorldServiceError
 from spatia.server.config import Limits, ServerConfig
 from spatia.server.testing import running_server
-from spatia.world.state import World
+from spatia.world.worldlog import LOG_NAME, WorldLog
 
 W, H = 64, 48
 
@@ -64,7 +65,8 @@ def test_disk_full_on_a_real_tmpfs(tmpfs):
     with running_server(config) as st, WorldClient(st.target, timeout_s=60) as c:
         servicer = st.server.servicer
         c.create_scene("room", seed=0, width=W, height=H, world_id="a")
-        good = (tmpfs / "data" / "worlds" / "a.msgpack").read_bytes()
+        good = (tmpfs / "data" / "worlds" / "a" / LOG_NAME).read_bytes()  # its incremental log (worlds/<id>/)
+        good_frames = c.get_world("a").stats.history_frames
         filler = _fill(tmpfs)
 
         # creation: RESOURCE_EXHAUSTED naming the space, and nothing left behind
@@ -76,6 +78,7 @@ def test_disk_full_on_a_real_tmpfs(tmpfs):
         assert e.value.reason == "DISK_FULL" and e.value.metadata.get("limit") == "data_dir_space"
         assert "b" not in [w.world_id for w in c.list_worlds()]
         assert not list((tmpfs / "data" / "worlds").glob("*b.msgpack*"))
+        assert not (tmpfs / "data" / "worlds" / "b").exists()
         assert not list((tmpfs / "data" / "worlds").glob(".*.tmp"))
 
         # a played session whose final save hits the full disk: released, previous snapshot intact
@@ -84,8 +87,10 @@ def test_disk_full_on_a_real_tmpfs(tmpfs):
             assert s.next_frame(timeout_s=60) is not None
         assert _wait_free(servicer) == 0
         assert not c.get_world("a").controlled
-        assert (tmpfs / "data" / "worlds" / "a.msgpack").read_bytes() == good
-        assert World.load(tmpfs / "data" / "worlds" / "a.msgpack").world_id == "a"
+        assert (tmpfs / "data" / "worlds" / "a" / LOG_NAME).read_bytes() == good  # the failed append was cut back
+        shutil.copytree(tmpfs / "data" / "worlds" / "a", tmpfs.parent / "a-copy")  # loading cuts frames.bin
+        back = WorldLog.load(tmpfs.parent / "a-copy")[0]
+        assert back.world_id == "a" and len(back.history) == good_frames
 
         # a recorded session cannot even open its recording: refused, released
         with pytest.raises(WorldServiceError) as e:

@@ -1,17 +1,26 @@
-"""Background snapshot saving of a played world: the newest copy wins, an older one never overwrites it."""
+"""Background snapshot saving of a played world into its incremental log (``worlds/<id>/``): the newest copy
+wins, an older one never overwrites it; a world from an old single-file snapshot is migrated by its first save."""
 
 import numpy as np
 
 from spatia.server.host import WorldHost
 from spatia.world.camera import Intrinsics
 from spatia.world.state import World
+from spatia.world.worldlog import LOG_NAME, WorldLog
+
+
+def _world(box_room) -> World:
+    K = Intrinsics.from_fov(70, 64, 48)
+    rgb, depth = box_room(K, np.eye(4))
+    return World.from_rgbd(rgb, depth, K, world_id="w")
 
 
 def _entry(box_room, tmp_path) -> WorldHost:
-    K = Intrinsics.from_fov(70, 64, 48)
-    rgb, depth = box_room(K, np.eye(4))
-    world = World.from_rgbd(rgb, depth, K, world_id="w")
-    return WorldHost(world, tmp_path / "w.msgpack")
+    return WorldHost(_world(box_room), tmp_path / "w")
+
+
+def _load(entry: WorldHost) -> World:
+    return WorldLog.load(entry.path)[0]
 
 
 def test_background_saves_land_and_the_newest_wins(box_room, tmp_path):
@@ -24,8 +33,10 @@ def test_background_saves_land_and_the_newest_wins(box_room, tmp_path):
     entry.world.memory.insert(np.array([[5.0, 5.0, 5.0]]), np.array([[255, 0, 0]], np.uint8))
     entry.save_in_background()
     entry.saver.shutdown(wait=True)
-    back = World.load(entry.path)
+    back = _load(entry)
     assert back.info.prompt == "second" and back.memory.num_points == n0 + 1
+    # incremental: the one inserted point changed one memory block, not the whole memory
+    assert 0 < entry.last_save_bytes < entry.snapshot_bytes / 4
 
 
 def test_an_older_copy_never_overwrites_a_newer_snapshot(box_room, tmp_path):
@@ -33,8 +44,8 @@ def test_an_older_copy_never_overwrites_a_newer_snapshot(box_room, tmp_path):
     old = entry._next_payload()
     entry.world.info.prompt = "newer"
     entry.save_now()  # a later sequence number reaches the disk first
-    entry._write(*old)  # the stale copy arrives late: skipped
-    assert World.load(entry.path).info.prompt == "newer"
+    entry._write(old)  # the stale copy arrives late: skipped
+    assert _load(entry).info.prompt == "newer"
 
 
 def test_a_deleted_world_is_not_written_again(box_room, tmp_path):
@@ -80,4 +91,56 @@ def test_unload_saves_then_answers_not_found(box_room, tmp_path):
             await entry.render(entry.world.intrinsics, np.eye(4))
 
     asyncio.run(scenario())
-    assert World.load(entry.path).info.prompt == "kept"
+    assert _load(entry).info.prompt == "kept"
+
+
+def test_an_old_single_file_world_is_migrated_by_its_first_save(box_room, tmp_path):
+    legacy = tmp_path / "w.msgpack"
+    _world(box_room).save(legacy)
+    world = World.load(legacy)
+    entry = WorldHost(world, tmp_path / "w", legacy_path=legacy)
+    entry.world.info.prompt = "migrated"
+    real_write = entry.log.write
+
+    def write_checking_the_old_file(plan):
+        assert legacy.exists()  # never removed before the new state is complete on disk
+        return real_write(plan)
+
+    entry.log.write = write_checking_the_old_file
+    entry.save_now()
+    assert not legacy.exists() and (tmp_path / "w" / LOG_NAME).exists()
+    assert _load(entry).info.prompt == "migrated" and len(_load(entry).history) == len(world.history)
+
+
+def test_a_failed_save_keeps_the_old_file_and_the_previous_commit(box_room, tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from spatia.server.host import DiskFullError
+    from spatia.world import worldlog
+
+    legacy = tmp_path / "w.msgpack"
+    _world(box_room).save(legacy)
+    entry = WorldHost(World.load(legacy), tmp_path / "w", legacy_path=legacy)
+    real = worldlog._pwrite_all
+
+    def full(fd, data, offset):
+        real(fd, data[: len(data) // 2], offset)  # half the append lands, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(worldlog, "_pwrite_all", full)
+    with pytest.raises(DiskFullError):
+        entry.save_now()
+    assert legacy.exists() and entry.save_failures == 1  # the old file is still the world
+    assert (tmp_path / "w" / LOG_NAME).stat().st_size == 0  # the partial append was given back
+    monkeypatch.setattr(worldlog, "_pwrite_all", real)
+    entry.save_now()
+    assert not legacy.exists()
+    entry.world.info.prompt = "good"
+    entry.save_now()
+    monkeypatch.setattr(worldlog, "_pwrite_all", full)
+    entry.world.info.prompt = "lost"
+    with pytest.raises(DiskFullError):
+        entry.save_now()
+    assert _load(entry).info.prompt == "good"  # the previous commit is intact

@@ -350,8 +350,16 @@ class WorldLog:
                     use_bin_type=True))
                 buf.append(commit)
                 written += len(commit)
-                _pwrite_all(fd, b"".join(buf), pos)
-                os.fsync(fd)
+                try:
+                    _pwrite_all(fd, b"".join(buf), pos)
+                    os.fsync(fd)
+                except OSError:
+                    # a full disk: give the partial append's space back (a later load would skip it anyway)
+                    try:
+                        os.ftruncate(fd, self._log_end)
+                    except OSError:
+                        pass
+                    raise
             finally:
                 os.close(fd)
             if self._log_end == 0:
