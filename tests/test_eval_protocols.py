@@ -99,7 +99,7 @@ def test_cli_long_horizon_writes_json_markdown_and_plot(tmp_path):
     from spatia.cli import main
 
     out = tmp_path / "lh.json"
-    md = tmp_path / "lh.md"
+    md = tmp_path / "long_horizon_tables.markdown"
     rc = main(["eval", "long-horizon", "--items", "1", "--clips", "2,4", "--width", "64", "--height", "48",
                "--first-clip-frames", "5", "--clip-frames", "5", "--preceding-frames", "1", "--pose-stride", "100",
                "--json", str(out), "--markdown", str(md), "--no-progress"])
