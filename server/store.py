@@ -18,9 +18,9 @@ Everything a loaded world holds (the World, its thread, saves, controller lease,
 - a snapshot that cannot be read at start-up keeps its id taken (DATA_LOSS; never overwritten by a create or an
   import); ``delete`` removes the file, the documented repair path;
 - temp files of snapshot writers that died (``.<name>.<host>.<pid>.<rand>.tmp``, see world/snapshot.py) are
-  removed at start-up, only when their writer is this host's and its pid is gone: several servers may share the
-  data dir; so are a world log's compaction temp files (``worlds/<id>/.world.log.<pid>.compact.tmp``, removed by
-  ``WorldLog.load`` when that pid is gone).
+  removed at start-up, only when their writer is gone: this host's pid dead (or reused), another host's file
+  untouched for ``snapshot.TEMP_LEASE_S`` (several servers may share the data dir); so are a world log's
+  compaction temp files (``worlds/<id>/.world.log.<host>.<pid>.compact.tmp``, removed by ``WorldLog.load``).
 - both a directory and an old file for one id (a migration cut off before the old file was removed): the
   directory wins when it holds a complete commit (the old file is then removed); otherwise the old file loads and
   the next save rewrites the directory.
@@ -29,9 +29,7 @@ Everything a loaded world holds (the World, its thread, saves, controller lease,
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import socket
 import uuid
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import structlog
 
 from spatia.server.errors import DataLossError, check_id, limit_exceeded
 from spatia.server.host import WorldHost
+from spatia.world import snapshot
 from spatia.world.errors import AlreadyExistsError, NotFoundError, SnapshotError
 from spatia.world.resources import release_freed_memory
 from spatia.world.state import World
@@ -53,31 +52,10 @@ def check_world_id(world_id: str, field: str = "world_id") -> str:
     return check_id(world_id, field, "world_id")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
 def stale_temp_files(directory: Path, hostname: str | None = None) -> list[Path]:
-    """Temp files in ``directory`` left by snapshot writers of this host whose process is gone."""
-    hostname = hostname or socket.gethostname()
-    out = []
-    for p in directory.glob(".*.tmp"):
-        parts = p.name[:-len(".tmp")].split(".")
-        # .<name with dots>.<host>.<pid>.<rand>
-        if len(parts) < 5:
-            continue
-        host, pid = parts[-3], parts[-2]
-        if host != hostname.replace(".", "_") or not pid.isdigit():
-            continue
-        if not _pid_alive(int(pid)):
-            out.append(p)
-    return out
+    """Temp files in ``directory`` whose writer is gone (``world.snapshot.stale_temp_files``: this host's dead or
+    reused pid; another host's untouched for ``TEMP_LEASE_S``)."""
+    return snapshot.stale_temp_files(directory, hostname=hostname)
 
 
 class WorldStore:

@@ -10,8 +10,10 @@ a torn one.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
+import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -89,8 +91,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # named by host and pid: a server starting on a shared data dir removes only temp files of dead writers
-    owner = f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, default_file_mode())  # snapshots and exports are ordinary files for their owner's tools
         with os.fdopen(fd, "wb") as f:
@@ -109,6 +110,106 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Temp files and their writers
+# ---------------------------------------------------------------------------------------------------------------
+
+# A temp file of *another* host is stale once it has not been written to for this long. Its writer cannot be asked
+# (its pid means nothing here), and a writer writes its temp file without pause until it renames it: a single-file
+# snapshot or a log compaction takes seconds (28 MB at ~100 MB/s). An hour leaves room for a slow shared disk and
+# for clock skew between hosts (the mtime is the writer's or the file server's clock).
+TEMP_LEASE_S = 3600.0
+# How far a process's start time (from /proc, whole seconds of boot time + clock ticks) may be off: a temp file
+# modified before its pid's process started (by more than this) was written by an earlier process with that pid.
+_START_SLACK_S = 2.0
+# .<base>.<host>.<pid>.<tail>.tmp: tail is mkstemp's random part, or "compact" (world/worldlog.py)
+_TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<tail>[^.]+)\.tmp$")
+# written by builds before the host was in the name (compaction temps only): the host is unknown
+_LEGACY_TEMP_NAME = re.compile(r"^\.world\.log\.(?P<pid>\d+)\.compact\.tmp$")
+
+
+def host_name() -> str:
+    """This host's name as temp file names carry it (dots would split the name's fields: they become ``_``)."""
+    return socket.gethostname().replace(".", "_")
+
+
+def temp_owner() -> str:
+    """``<host>.<pid>``: the part of a temp file's name that says who writes it."""
+    return f"{host_name()}.{os.getpid()}"
+
+
+def temp_file_writer(name: str) -> tuple[str | None, int] | None:
+    """``(host, pid)`` of a temp file's writer from its name (host None for the legacy ``.world.log.<pid>.compact
+    .tmp``); None when the name is not one of ours."""
+    m = _LEGACY_TEMP_NAME.match(name)
+    if m:
+        return None, int(m["pid"])
+    m = _TEMP_NAME.match(name)
+    if m:
+        return m["host"], int(m["pid"])
+    return None
+
+
+def process_start_s(pid: int) -> float | None:
+    """Wall-clock start time of process ``pid`` (Linux /proc, ~1 s precise); None when it does not exist or /proc
+    cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22; the name in (...) may hold spaces
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def writer_gone(host: str | None, pid: int, mtime_s: float, *, hostname: str | None = None,
+                lease_s: float = TEMP_LEASE_S, now_s: float | None = None) -> bool:
+    """Whether the process that wrote a temp file (``host``, ``pid``, last modified at ``mtime_s``, wall clock)
+    can no longer be writing it.
+
+    - This host: its pid is gone, or the process with that pid started after the file was last written (the pid
+      was reused: a restarted server in a container is pid 1 again), our own pid included.
+    - Another host (or unknown, a legacy name): we cannot ask it; the file is stale once untouched for
+      ``lease_s`` (``TEMP_LEASE_S``).
+    """
+    now_s = time.time() if now_s is None else now_s
+    if host is None or host != (hostname or host_name()):
+        return now_s - mtime_s > lease_s
+    if not _pid_alive(pid):
+        return True
+    started = process_start_s(pid)
+    return started is not None and mtime_s < started - _START_SLACK_S
+
+
+def stale_temp_files(directory: str | Path, pattern: str = ".*.tmp", *, hostname: str | None = None,
+                     lease_s: float = TEMP_LEASE_S, now_s: float | None = None) -> list[Path]:
+    """Temp files in ``directory`` (matching ``pattern``, named by ``temp_owner``) whose writer is gone
+    (``writer_gone``): safe to delete. Names that are not ours are never listed."""
+    out = []
+    for p in sorted(Path(directory).glob(pattern)):
+        writer = temp_file_writer(p.name)
+        if writer is None:
+            continue
+        try:
+            mtime_s = p.stat().st_mtime
+        except OSError:  # removed meanwhile (its writer renamed it)
+            continue
+        if writer_gone(*writer, mtime_s, hostname=hostname, lease_s=lease_s, now_s=now_s):
+            out.append(p)
+    return out
 
 
 def dumps(payload: dict[str, Any], kind: str = FORMAT, version: int = VERSION) -> bytes:

@@ -44,6 +44,7 @@ import numpy as np
 import structlog
 import zstandard
 
+from spatia.world import snapshot
 from spatia.world.camera import Intrinsics
 from spatia.world.errors import NotFoundError, SnapshotError
 from spatia.world.geometry import KEY_BITS, KEY_MASK
@@ -378,7 +379,9 @@ class WorldLog:
 
     def _compact(self, commit: bytes) -> None:
         """Rewrite the log as its live records + the last commit: a new file, fsynced, renamed over the old."""
-        tmp = self.directory / f".{LOG_NAME}.{os.getpid()}.compact.tmp"
+        # named by host and pid (``snapshot.temp_owner``): whoever loads this directory after a crash removes it
+        # only once this writer is gone (several servers may share a data dir)
+        tmp = self.directory / f".{LOG_NAME}.{snapshot.temp_owner()}.compact.tmp"
         src = os.open(self.path, os.O_RDONLY)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -509,27 +512,17 @@ def open_world(path: str | Path) -> tuple[Any, "WorldLog | None"]:
 
 
 def remove_stale_temp_files(directory: str | Path) -> list[Path]:
-    """Delete compaction temp files (``.world.log.<pid>.compact.tmp``) whose writer process is gone; returns them."""
+    """Delete compaction temp files (``.world.log.<host>.<pid>.compact.tmp``) whose writer is gone
+    (``snapshot.writer_gone``: this host's pid dead or reused; another host's untouched for
+    ``snapshot.TEMP_LEASE_S``); returns them."""
     removed = []
-    for tmp in Path(directory).glob(f".{LOG_NAME}.*.compact.tmp"):
+    for tmp in snapshot.stale_temp_files(directory, f".{LOG_NAME}.*.compact.tmp"):
         try:
-            pid = int(tmp.name.split(".")[3])
-        except (IndexError, ValueError):
+            tmp.unlink()
+        except FileNotFoundError:
             continue
-        if pid != os.getpid() and not _alive(pid):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+        removed.append(tmp)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _concat_memory(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
