@@ -184,13 +184,17 @@ def test_the_log_is_compacted_and_stays_bounded(tmp_path, monkeypatch):
     assert not list((tmp_path / "w").glob("*.tmp"))
     # a compaction a dead process left half-written is removed at load; one of a live process is not
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "w" / f".{LOG_NAME}.{int(dead.stdout)}.compact.tmp"
-    live = tmp_path / "w" / f".{LOG_NAME}.{os.getppid()}.compact.tmp"
+    from spatia.world.snapshot import host_name
+
+    stale = tmp_path / "w" / f".{LOG_NAME}.{host_name()}.{int(dead.stdout)}.compact.tmp"
+    live = tmp_path / "w" / f".{LOG_NAME}.{host_name()}.{os.getppid()}.compact.tmp"
+    legacy = tmp_path / "w" / f".{LOG_NAME}.{int(dead.stdout)}.compact.tmp"  # no host: kept until the lease ends
     stale.write_bytes(b"half")
     live.write_bytes(b"busy")
+    legacy.write_bytes(b"old build")
     back, _ = WorldLog.load(tmp_path / "w")
     _assert_same_world(world, back)
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and legacy.exists()
 
 
 def test_an_older_plan_never_overwrites_a_newer_save(tmp_path):
