@@ -30,8 +30,9 @@ numerically that the first camera's forward lands on map +x and its up on map +z
 The writer closes a chunk and flushes the file after every clip (``flush``), so a recording cut off by a crash
 is readable up to its last flushed chunk; ``read_recording`` reads records sequentially and stops cleanly at a
 truncated tail, and ``repair`` rewrites such a file with its summary and footer so indexed readers can seek.
-Point clouds are serialised on the recorder's own thread, off the session's path. World snapshots stay msgpack
-(``world/snapshot.py``).
+Point clouds are serialised off the session's path: the start cloud on the recorder's own thread, the end cloud
+and the summary / footer by the server's ``RecordingCloser`` after the session has released its world. World
+snapshots stay msgpack (``world/snapshot.py``).
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import structlog
 from mcap.exceptions import McapError
 from mcap.records import Channel, Footer, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
@@ -54,6 +59,8 @@ from mcap.writer import Writer as McapWriter
 from mcap_protobuf.schema import register_schema
 
 from spatia.proto.spatia.v1 import world_pb2 as pb
+
+log = structlog.get_logger("spatia.server.recording")
 
 FORMAT_VERSION = "2"
 MAX_CLOUD_POINTS = 200_000
@@ -271,6 +278,15 @@ class Recorder:
                 if not self._closed:
                     self._add("/memory", msg, time.time_ns())
 
+    def write_memory_now(self, points: np.ndarray, colors: np.ndarray, log_time_ns: int | None = None) -> None:
+        """``write_memory`` on the calling thread (the closer's): packed, compressed and written before returning."""
+        if not self.foxglove or self._closed:
+            return
+        msg = point_cloud(points, colors, time.time_ns() if log_time_ns is None else log_time_ns)
+        with self._lock:
+            if not self._closed:
+                self._add("/memory", msg, time.time_ns())
+
     def flush(self) -> None:
         """Close the chunk in progress and flush the file: everything so far survives a crash."""
         with self._lock:
@@ -287,6 +303,100 @@ class Recorder:
             self._closed = True
             self._writer.finish()  # summary + footer: the file is complete and indexed
             self._file.close()
+
+
+class RecordingCloser:
+    """Finishes recordings off the sessions' finish paths: the end-of-session point cloud (a downsampled copy the
+    session took while it still held the world) is packed and written, then the summary and footer, on one
+    background thread, so a session's world and slot are released without waiting for them.
+
+    Bounded: at most ``max_pending`` recordings are closing or waiting (each holds its cloud copy, <= 200k points,
+    3.2 MB); a session ending beyond that waits in ``submit`` for room (backpressure instead of growth).
+    ``wait(path)`` / ``wait_all`` let ListRecordings and Replay see a recording whose close is in flight as
+    complete; ``shutdown`` drains what is queued at server stop. After ``shutdown``, ``submit`` closes inline.
+    A failing close is logged (the file stays readable up to its last flushed chunk; ``spatia replay --repair``).
+    """
+
+    def __init__(self, max_pending: int = 4) -> None:
+        self.max_pending = max_pending
+        self._room = threading.BoundedSemaphore(max_pending)
+        self._lock = threading.Lock()
+        self._pending: dict[Path, Future] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="recording-closer")
+        self._shut = False
+        self.closed = 0
+        self.failed = 0
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def submit(self, recorder: Recorder, cloud: tuple[np.ndarray, np.ndarray] | None = None) -> Future:
+        """Queue ``recorder``'s close (blocks while ``max_pending`` closes are in flight: call it off the event
+        loop). ``cloud``: ([N, 3] float32 world positions, [N, 3] uint8 colours) to write first, or None."""
+        self._room.acquire()
+        with self._lock:
+            if self._shut:
+                self._room.release()
+                done: Future = Future()
+                try:
+                    self._close(recorder, cloud)
+                    done.set_result(None)
+                except Exception as exc:  # noqa: BLE001 -- logged in _close
+                    done.set_exception(exc)
+                return done
+            fut = self._executor.submit(self._close, recorder, cloud)
+            self._pending[recorder.path] = fut
+        fut.add_done_callback(lambda f, path=recorder.path: self._done(path, f))
+        return fut
+
+    def _done(self, path: Path, fut: Future) -> None:
+        with self._lock:
+            if self._pending.get(path) is fut:
+                del self._pending[path]
+        self._room.release()
+
+    def _close(self, recorder: Recorder, cloud) -> None:
+        try:
+            if cloud is not None:
+                recorder.write_memory_now(*cloud)
+            recorder.close()
+            self.closed += 1
+        except Exception as exc:
+            self.failed += 1
+            log.error("recording close failed; readable up to its last chunk", recording=recorder.path.stem,
+                      error_type=type(exc).__name__, error=str(exc)[:200])
+            raise
+
+    def wait(self, path: Path, timeout_s: float = 30.0) -> bool:
+        """Wait for ``path``'s close if one is in flight; True when none is left."""
+        with self._lock:
+            fut = self._pending.get(Path(path))
+        if fut is None:
+            return True
+        try:
+            fut.result(timeout=timeout_s)
+        except FutureTimeout:
+            return False
+        except Exception:  # noqa: BLE001 -- logged by _close; the file is what it is
+            pass
+        return True
+
+    def wait_all(self, timeout_s: float = 30.0) -> bool:
+        """Wait for every close in flight now (at most ``timeout_s`` in all); True when all finished."""
+        with self._lock:
+            futs = list(self._pending.values())
+        done, not_done = futures_wait(futs, timeout=timeout_s)
+        return not not_done
+
+    def shutdown(self, timeout_s: float = 60.0) -> bool:
+        """Server stop: finish what is queued (at most ``timeout_s``); later submits close inline."""
+        with self._lock:
+            self._shut = True
+        ok = self.wait_all(timeout_s)
+        self._executor.shutdown(wait=ok)
+        return ok
 
 
 @dataclass

@@ -31,7 +31,7 @@ from spatia.server.errors import (
 )
 from spatia.server.host import HostView, WorldHost
 from spatia.server.metrics import ServerMetrics
-from spatia.server.recording import recorded_frames, summarize
+from spatia.server.recording import RecordingCloser, recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession
 from spatia.server.store import WorldStore
 from spatia.world.actions import ClipConfig
@@ -183,6 +183,9 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         self.poses_skipped = 0
         self.draining = False
         self._play: dict[str, PlaySession] = {}
+        # recordings are finished (end point cloud, summary, footer) here, after their session released the world
+        self.closer = RecordingCloser(max_pending=4)
+        self.finishing: set[asyncio.Task] = set()  # slots' finish tasks still running (awaited at stop)
 
     @property
     def play_sessions(self) -> int:
@@ -301,7 +304,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         session = None
         try:
             session = PlaySession(session_id, host, options, self.generator, self.config, self.recordings_dir,
-                                  first.start)
+                                  first.start, closer=self.closer)
             slot.session = session
             self._play[session.id] = session
             structlog.contextvars.bind_contextvars(world_id=host.world_id, session_id=session.id)
@@ -481,6 +484,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
             raise invalid("page_size", f"page_size must be >= 0, got {request.page_size}")
 
         def _list():
+            self.closer.wait_all(timeout_s=30.0)  # a session that just ended: its recording listed complete
             out = []
             for p in sorted(self.recordings_dir.glob("*.mcap")):
                 if request.world_id and not p.stem.startswith(request.world_id + "."):
@@ -497,6 +501,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
     async def Replay(self, request, context):
         rid = check_id(request.recording_id, "ReplayRequest.recording_id", "recording_id")
         path = self.recordings_dir / f"{rid}.mcap"
+        await asyncio.to_thread(self.closer.wait, path, 30.0)  # its close in flight (seeking needs the summary)
         if not await asyncio.to_thread(path.is_file):
             raise NotFoundError(f"recording {rid!r} not found")
         speed = request.speed
@@ -535,6 +540,8 @@ class _Slot:
     async def close(self, work: asyncio.Future | None = None) -> None:
         if self._task is None:
             self._task = asyncio.ensure_future(self._finish(work))
+            self.servicer.finishing.add(self._task)
+            self._task.add_done_callback(self.servicer.finishing.discard)
         await asyncio.shield(self._task)
 
     async def _finish(self, work: asyncio.Future | None) -> None:
@@ -688,6 +695,11 @@ class WorldServer:
             for session in list(self.servicer._play.values()):
                 session.end()  # each ends after its clip in flight, within the grace period
         await self._server.stop(self.config.shutdown_grace_s if grace_s is None else grace_s)
+        if self.servicer is not None:
+            # sessions' finishes (save, recording handed to the closer) complete, then the closer drains
+            if self.servicer.finishing:
+                await asyncio.wait(list(self.servicer.finishing), timeout=60.0)
+            await asyncio.to_thread(self.servicer.closer.shutdown, 60.0)
         saved = await self.store.save_all()
         await asyncio.to_thread(self.store.close)
         self._server = None

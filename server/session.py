@@ -44,7 +44,7 @@ from spatia.proto.spatia.v1.convert import encode_image, pose_to_proto
 from spatia.server.builders import check_pixels, intrinsics_to_proto
 from spatia.server.errors import check_id, invalid
 from spatia.server.config import ServerConfig
-from spatia.server.recording import Recorder
+from spatia.server.recording import Recorder, RecordingCloser, downsample_memory
 from spatia.server.host import WorldHost
 from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
 from spatia.world.engine import EngineConfig
@@ -223,8 +223,9 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
 
 class PlaySession:
     def __init__(self, session_id: str, host: WorldHost, options: PlayOptions, generator, config: ServerConfig,
-                 recordings_dir, start: pb.PlayStart) -> None:
+                 recordings_dir, start: pb.PlayStart, closer: RecordingCloser | None = None) -> None:
         self.id = session_id
+        self.closer = closer  # finishes the recording after the world is released (None: inline in ``finish``)
         self.host = host
         self.options = options
         self.config = config
@@ -248,6 +249,7 @@ class PlaySession:
         self._sent_times: deque[float] = deque(maxlen=256)  # monotonic times of recent frames (held_fps)
         self.stopping = False  # set by ``end``: no new clips once the one in flight is done
         self.finished = False
+        self.closing = None  # the recording's close on the closer (a concurrent.futures.Future), once handed over
         self.last_seq = 0
         view = host.view()
         self.last_frame_index = view.history_frames - 1
@@ -443,9 +445,14 @@ class PlaySession:
         self.recorder.flush()
 
     async def finish(self) -> None:
-        """After the last clip: save the world (queued on its host after the clip in flight), then close the
-        recording. Both are tried; the first failure is raised after both (the caller releases the world whatever
-        happens)."""
+        """After the last clip: save the world (queued on its host after the clip in flight), then hand the
+        recording to the closer. Both are tried; the first failure is raised after both (the caller releases the
+        world whatever happens).
+
+        The end-of-session point cloud is only *copied* here (a strided <= 200k-point sample, while this session
+        still holds the world); packing it, writing it and the recording's summary and footer happen on the
+        server's ``RecordingCloser`` after the world is released, so ending a session does not wait for them
+        (bounded: the closer takes ``max_pending`` recordings at a time, a finish beyond that waits for room)."""
         errors = []
         try:
             await self.host.save_if_changed()
@@ -453,10 +460,15 @@ class PlaySession:
             errors.append(exc)
         if self.recorder:
             try:
-                if self.frames_sent:  # the memory at the end (copied here, while this session still holds the
-                    # world; packed on the recorder's thread)
-                    await asyncio.to_thread(self.recorder.snapshot_memory, self.host.world.memory)
-                await asyncio.to_thread(self.recorder.close)
+                cloud = None
+                if self.frames_sent and self.recorder.foxglove:  # the memory at the end
+                    cloud = await asyncio.to_thread(downsample_memory, self.host.world.memory)
+                if self.closer is not None:
+                    self.closing = await asyncio.to_thread(self.closer.submit, self.recorder, cloud)
+                else:
+                    if cloud is not None:
+                        await asyncio.to_thread(self.recorder.write_memory_now, *cloud)
+                    await asyncio.to_thread(self.recorder.close)
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
         self.finished = True

@@ -258,3 +258,81 @@ def test_replay_rpc_streams_a_cut_recording_as_far_as_it_goes(played, tmp_path):
     assert [f.frame_index for f in frames] == [f.frame_index for f in played["frames"][:n]]
     assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(frames, played["frames"]))
     assert [f.frame_index for f in tail] == [frames[-1].frame_index]
+
+
+def test_the_end_cloud_and_the_close_run_after_the_world_is_released(tmp_path, monkeypatch):
+    """Issue 13: the end-of-session point cloud is packed and the recording closed off the session's finish path.
+    Packing on the closer is held until the test lets it go: meanwhile the world is already released and the file
+    not yet complete; ListRecordings then waits for the close in flight and lists it complete."""
+    import threading
+    import time
+
+    from spatia.server import recording
+
+    gate, entered = threading.Event(), threading.Event()
+    real = recording.point_cloud
+
+    def held(points, colors, stamp_ns):
+        if threading.current_thread().name.startswith("recording-closer"):
+            entered.set()
+            assert gate.wait(30)
+        return real(points, colors, stamp_ns)
+
+    monkeypatch.setattr(recording, "point_cloud", held)
+    with running_server(ServerConfig(data_dir=tmp_path, port=0)) as st, WorldClient(st.target) as c:
+        c.create_scene("room", 0, W, H, world_id="e")
+        with c.play("e", clip=(2, 4, 2), max_pending_frames=32) as s:
+            s.send(move_forward=1.0, dt_s=2 / 16)
+            assert s.next_frame(timeout_s=60) is not None
+            rec_id = s.started.recording_id
+        try:
+            assert entered.wait(30)  # the closer is packing the end cloud ...
+            deadline = time.monotonic() + 20
+            while c.get_world("e").controlled and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not c.get_world("e").controlled  # ... and the world is free already
+            assert not summarize(tmp_path / "recordings" / f"{rec_id}.mcap").complete
+        finally:
+            gate.set()
+        (info,) = c.list_recordings("e")
+        assert info.complete and info.frames >= 1
+    clouds = [m for t, _, m in _raw_messages(tmp_path / "recordings" / f"{rec_id}.mcap") if t == "/memory"]
+    assert len(clouds) == 2  # start and end, both in the finished file
+
+
+def test_the_recording_closer_is_bounded():
+    """At most ``max_pending`` closes in flight: one more ``submit`` waits for room; ``shutdown`` drains."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from spatia.server.recording import RecordingCloser
+
+    gate = threading.Event()
+    closed = []
+
+    class FakeRecorder:
+        def __init__(self, name):
+            self.path = Path(f"/nonexistent/{name}.mcap")
+
+        def write_memory_now(self, points, colors):
+            raise AssertionError("no cloud given")
+
+        def close(self):
+            assert gate.wait(30)
+            closed.append(self.path.stem)
+
+    closer = RecordingCloser(max_pending=1)
+    first = closer.submit(FakeRecorder("a"))
+    assert closer.pending == 1 and not closer.wait(Path("/nonexistent/a.mcap"), timeout_s=0.05)
+    t0 = time.monotonic()
+    second = threading.Thread(target=closer.submit, args=(FakeRecorder("b"),))
+    second.start()
+    second.join(timeout=0.3)
+    assert second.is_alive()  # waiting for room, not queued without bound
+    gate.set()
+    second.join(timeout=30)
+    assert not second.is_alive() and first.done() and time.monotonic() - t0 >= 0.3
+    assert closer.shutdown(timeout_s=30) and closed == ["a", "b"] and closer.pending == 0
+    closer.submit(FakeRecorder("c"))  # after shutdown: closed inline
+    assert closed == ["a", "b", "c"]

@@ -6,10 +6,11 @@ The page makes the offer (with a data channel named ``control``); ``answer`` sub
 - the video track hands out a frame only when a new one came from the Play stream (no repeats, so a slow
   generator is a low frame rate, not a stutter), decoding the server's JPEG once off the event loop; its
   ``pts`` follow the wall clock on the 90 kHz RTP clock so the browser plays frames at the pace they came;
-- the data channel carries, per frame, its metadata (index, the page's action seq, pose, ...) with its ``pts``,
-  and once the RTP timestamp origin (random per sender, RFC 3550) so the page can map the RTP timestamp of
-  each displayed frame (``requestVideoFrameCallback`` metadata) back to the frame: key -> frame latency is
-  measured on the frame really shown. Controls come back on the same channel, in order.
+- the data channel carries, per frame, its metadata (index, the page's action seq, pose, ...) with its ``pts``;
+  the RTP timestamp is ``origin + pts`` with an origin random per sender (RFC 3550) that aiortc does not expose,
+  so the track makes consecutive pts gaps distinct and the page finds the origin from the RTP timestamps of the
+  frames it shows (``requestVideoFrameCallback`` metadata), then maps each shown frame back to its metadata:
+  key -> frame latency is measured on the frame really shown. Controls come back on the same channel, in order.
 
 No STUN / TURN by default (``ice_servers``): the web app and the browser reach each other directly (loopback,
 LAN); pass ICE servers for anything else, or let the page fall back to the WebSocket stream.
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from fractions import Fraction
 
 import structlog
@@ -33,6 +35,8 @@ from spatia.client.api import WorldServiceError
 log = structlog.get_logger("spatia.web")
 
 VIDEO_CLOCK_HZ = 90_000
+START_REPEATS = 3  # the first picture's extra copies: >= 2 of them shown (the last waits for a next frame)
+PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js ``metaByPts``)
 
 
 class HubVideoTrack(MediaStreamTrack):
@@ -44,35 +48,31 @@ class HubVideoTrack(MediaStreamTrack):
         self._next_due: float | None = None
         self.repeat_after_s = 0.15
         self._last_item = None
-        self._repeated = False
+        self._repeats_left = 0  # copies of the last picture still to send if no new one comes (see ``recv``)
         self.sub = sub  # hub.Subscriber: WebFrame items, dict status messages, None at the end
         self.on_message = on_message  # (dict) -> None: sends on the data channel
-        self.sender = None  # the RTCRtpSender, set after addTrack (to learn the RTP timestamp origin)
-        self.rtp_origin: int | None = None
         self._t0: float | None = None
         self._last_pts = -1
+        self._gaps: deque[int] = deque(maxlen=PTS_WINDOW)  # the latest pts gaps, kept distinct (see ``_next_pts``)
+        self._gap_set: set[int] = set()
         self.frames_sent = 0
-
-    def _learn_origin(self) -> None:
-        """RTP timestamp = origin + pts (mod 2^32); after a frame went out the sender's last packet timestamp
-        gives the origin (aiortc keeps it private; without it the page measures no per-frame latency)."""
-        if self.rtp_origin is not None or self._last_pts < 0 or self.sender is None:
-            return
-        last = getattr(self.sender, "_RTCRtpSender__rtp_timestamp", 0)
-        if last:
-            self.rtp_origin = (last - self._last_pts) % (1 << 32)
-            self.on_message({"t": "rtp_origin", "origin": self.rtp_origin, "clock_hz": VIDEO_CLOCK_HZ})
 
     async def recv(self) -> VideoFrame:
         repeat = False
         while True:
-            if self._last_item is not None and not self._repeated:
+            if self._last_item is not None and self._repeats_left > 0:
                 # Chrome presents a WebRTC frame once the next one arrives: after the last frame of a burst,
-                # send it once more (marked ``repeat``) so the newest picture is really shown, not held back.
+                # send it once more (marked ``repeat``) so the newest picture is really shown, not held back. The
+                # stream's first picture goes out START_REPEATS more times, one frame time apart, so that it is
+                # shown even when standing still (the page maps a shown frame to its metadata through pts,
+                # ``_next_pts``).
+                first = self.frames_sent <= 1
                 try:
-                    item = await asyncio.wait_for(self.sub.get(), timeout=self.repeat_after_s)
+                    item = await asyncio.wait_for(self.sub.get(),
+                                                  timeout=self.min_gap_s if first else self.repeat_after_s)
                 except TimeoutError:
                     item, repeat = self._last_item, True
+                    self._repeats_left -= 1
             else:
                 item = await self.sub.get()
             if item is None:
@@ -82,7 +82,9 @@ class HubVideoTrack(MediaStreamTrack):
                 self.on_message(item)
                 continue
             break
-        self._last_item, self._repeated = item, repeat
+        if not repeat:
+            self._repeats_left = START_REPEATS if self.frames_sent == 0 else 1
+        self._last_item = item
         # A clip's frames come from the generator in a burst; sent as they come, the browser would show only the
         # last of each burst (one per display refresh) and its jitter buffer would speed playback up. Pace them at
         # the session fps instead, re-anchoring after a stall so a late frame is not followed by a burst
@@ -98,27 +100,30 @@ class HubVideoTrack(MediaStreamTrack):
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now
-        self._learn_origin()
-        pts = max(int((now - self._t0) * VIDEO_CLOCK_HZ), self._last_pts + 1)
-        self._last_pts = pts
+        pts = self._next_pts(now)
         frame = VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
         self.on_message(dict(item.meta, pts=pts, repeat=True) if repeat else dict(item.meta, pts=pts))
         self.frames_sent += not repeat
-        if self.rtp_origin is None:
-            # standing still, no next frame may come for long: learn the origin once this frame went out
-            asyncio.get_running_loop().create_task(self._probe_origin(pts))
         return frame
 
-    async def _probe_origin(self, pts: int) -> None:
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if self.rtp_origin is not None or self._last_pts != pts:
-                return  # known, or a newer frame went out (``recv`` learns it then)
-            if self.sender is not None and getattr(self.sender, "_RTCRtpSender__packet_count", 0):
-                self._learn_origin()
-                return
-
+    def _next_pts(self, now: float) -> int:
+        """The frame's pts on the 90 kHz clock: the wall clock since the first frame, moved on by a few ticks if
+        needed so that its gap to the previous pts differs from each of the last ``PTS_WINDOW`` gaps. The page
+        knows the pts (data channel) but not the RTP timestamp origin aiortc adds to them (random, private);
+        distinct gaps let it find the origin from two frames shown in a row (``learnRtpOrigin`` in app.js). At
+        most ``PTS_WINDOW`` ticks (2.8 ms) later than the clock."""
+        pts = max(int((now - self._t0) * VIDEO_CLOCK_HZ), self._last_pts + 1)
+        if self._last_pts >= 0:
+            while pts - self._last_pts in self._gap_set:
+                pts += 1
+            if len(self._gaps) == self._gaps.maxlen:
+                self._gap_set.discard(self._gaps[0])
+            gap = pts - self._last_pts
+            self._gaps.append(gap)
+            self._gap_set.add(gap)
+        self._last_pts = pts
+        return pts
 
 async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers: list[str] | None = None) -> dict:
     """Answer the page's offer: subscribe to ``hub`` (and take control when ``role == "play"``)."""
@@ -204,7 +209,7 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
     try:
         if role == "play":
             await hub.take_control(token, options)
-        track.sender = pc.addTrack(track)
+        pc.addTrack(track)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         await pc.setLocalDescription(await pc.createAnswer())
     except (WorldServiceError, ValueError) as exc:

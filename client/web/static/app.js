@@ -11,7 +11,7 @@ const S = window.spatia = {
   seq: 0, sent: new Map(), reflectedSeq: 0,  // action seq -> performance.now() when sent
   keys: new Set(), mouseDx: 0, mouseDy: 0, dragging: false, lastX: 0, lastY: 0,
   shownTimes: [], latencies: [], framesShown: 0,
-  shownMeta: null, metaByPts: new Map(), rtpOrigin: null,
+  shownMeta: null, metaByPts: new Map(), rtpOrigin: null, unmappedRtp: [], rtpMisses: 0, rtpRelearned: 0,
   firstPose: null, viewers: 0, memoryPoints: 0, recording: "", playing: false,
   fps: 30, wanted: "auto", closing: false, retries: 0, lastError: "",
   replayFrames: 0, replayPos: 0, replayPaused: false,
@@ -116,7 +116,7 @@ $("photo-form").addEventListener("submit", async (ev) => {
 
 function resetViewer(mode) {
   Object.assign(S, {mode, history: [], seq: 0, reflectedSeq: 0, shownTimes: [], latencies: [], framesShown: 0, shownMeta: null,
-                    rtpOrigin: null, firstPose: null, closing: false, retries: 0, lastError: ""});
+                    rtpOrigin: null, unmappedRtp: [], rtpMisses: 0, firstPose: null, closing: false, retries: 0, lastError: ""});
   S.sent.clear(); S.metaByPts.clear(); S.keys.clear();
   show("lobby", false); show("viewer", true);
   show("play-controls", mode === "play"); show("replay-controls", mode === "replay");
@@ -248,12 +248,17 @@ async function connectRtc() {
   });
   const onVideoFrame = (now, md) => {
     if (S.pc !== pc) return;
-    if (S.rtpOrigin !== null && md.rtpTimestamp !== undefined) {
-      const pts = (md.rtpTimestamp - S.rtpOrigin) >>> 0;
-      const meta = S.metaByPts.get(pts);
-      if (meta) onFrameShown(meta);
-    } else if (S.rtpOrigin === null) {
-      S.unmappedRtp = md.rtpTimestamp;  // shown before the RTP origin came: mapped when it does
+    if (md.rtpTimestamp !== undefined) {
+      if (S.rtpOrigin === null) {
+        const meta = learnRtpOrigin(md.rtpTimestamp);
+        if (meta) onFrameShown(meta);
+      } else {
+        const meta = S.metaByPts.get((md.rtpTimestamp - S.rtpOrigin) >>> 0);
+        if (meta) { S.rtpMisses = 0; onFrameShown(meta); }
+        else if (++S.rtpMisses >= 3) {  // three shown frames in a row map to nothing: a wrong origin, learn again
+          S.rtpOrigin = null; S.rtpMisses = 0; S.unmappedRtp = [md.rtpTimestamp]; S.rtpRelearned += 1;
+        }
+      }
     }
     video.requestVideoFrameCallback(onVideoFrame);
   };
@@ -261,20 +266,41 @@ async function connectRtc() {
   video.play().catch(() => {});
 }
 
+// A frame's RTP timestamp is origin + pts (mod 2^32): the pts the data channel announced with its metadata, the
+// origin random per sender (RFC 3550) and not told by aiortc's public API. The page learns it from the frames it
+// is shown: a candidate origin (a shown frame's RTP timestamp minus an announced pts) must map every shown frame
+// onto an announced pts. The server makes consecutive pts gaps distinct (client/web/rtc.py), so two shown frames
+// in a row leave one candidate; wall-clock gaps separate the rest. Until then a frame is shown when every
+// candidate maps it to the same picture. A frame shown before its metadata arrived can eliminate the true origin
+// and leave a wrong one: an origin that maps nothing three times in a row is learned again.
+function learnRtpOrigin(rtp) {
+  if (!S.unmappedRtp.includes(rtp)) S.unmappedRtp.push(rtp);
+  if (S.unmappedRtp.length > 16) S.unmappedRtp.shift();
+  let found = null, first = null, count = 0, same = true;
+  for (const [p, meta] of S.metaByPts) {
+    const o = (rtp - p) >>> 0;  // this candidate shows ``meta`` now
+    if (!S.unmappedRtp.every((r) => S.metaByPts.has((r - o) >>> 0))) continue;
+    if (++count === 1) { found = o; first = meta; } else if (meta.index !== first.index) same = false;
+  }
+  if (count === 0) { S.unmappedRtp = [rtp]; return null; }  // an older frame's metadata was evicted: start over
+  if (count === 1 && S.unmappedRtp.length >= 2) { S.rtpOrigin = found; S.unmappedRtp = []; return first; }
+  // still ambiguous; if every candidate shows the same frame (copies of one picture: a world entered standing
+  // still, where the browser may present only one of them), that frame is what is shown
+  return same ? first : null;
+}
+
 function onControlMessage(m) {
   if (m.t === "frame" || m.t === "still") {
     if (S.transport === "webrtc" && m.pts !== undefined) {
       S.metaByPts.set(m.pts, m);
       if (S.metaByPts.size > 256) S.metaByPts.delete(S.metaByPts.keys().next().value);
+      if (S.rtpOrigin === null && S.unmappedRtp.length && !S.shownMeta) {
+        // a frame shown before its metadata came (the data channel opened late): mapped now
+        const meta = learnRtpOrigin(S.unmappedRtp[S.unmappedRtp.length - 1]);
+        if (meta) onFrameShown(meta);
+      }
     }
     S.viewers = m.viewers; S.memoryPoints = m.memory_points; S.recording = m.recording;
-  } else if (m.t === "rtp_origin") {
-    S.rtpOrigin = m.origin;
-    if (S.unmappedRtp !== undefined && S.unmappedRtp !== null) {
-      const meta = S.metaByPts.get((S.unmappedRtp - m.origin) >>> 0);
-      S.unmappedRtp = null;
-      if (meta && !S.shownMeta) onFrameShown(meta);
-    }
   } else if (m.t === "status") {
     S.viewers = m.viewers; S.playing = m.playing; S.recording = m.recording;
     if (m.memory_points) S.memoryPoints = m.memory_points;

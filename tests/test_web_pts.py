@@ -1,0 +1,40 @@
+"""The WebRTC track's pts let the page find the RTP timestamp origin without aiortc's private state (issue 13):
+consecutive pts gaps are distinct within the page's window, so two frames shown in a row leave one candidate
+origin. ``learn_origin`` mirrors ``learnRtpOrigin`` in client/web/static/app.js (the browser test drives the
+real one: tests/test_web.py's WebRTC test maps frames and grabs one at PSNR >= 30 dB)."""
+
+import random
+
+import pytest
+
+pytest.importorskip("aiortc")
+
+from spatia.client.web.rtc import PTS_WINDOW, VIDEO_CLOCK_HZ, HubVideoTrack  # noqa: E402
+
+
+def learn_origin(shown_rtp: list[int], announced_pts: set[int]) -> list[int]:
+    """Every origin that maps each shown RTP timestamp onto an announced pts (the page's candidates)."""
+    last = shown_rtp[-1]
+    return [o for o in ((last - p) % 2**32 for p in announced_pts)
+            if all((r - o) % 2**32 in announced_pts for r in shown_rtp)]
+
+
+def test_regular_pacing_still_gives_distinct_gaps_and_one_origin():
+    track = HubVideoTrack(sub=None, on_message=lambda m: None, fps=30)
+    track._t0 = 0.0
+    pts = [track._next_pts(k / 30) for k in range(600)]  # perfectly paced: every clock gap is 3000 ticks
+    assert pts == sorted(set(pts)) and pts[0] == 0
+    gaps = [b - a for a, b in zip(pts, pts[1:])]
+    for i in range(len(gaps)):
+        window = gaps[max(0, i - PTS_WINDOW + 1) : i + 1]
+        assert len(set(window)) == len(window)  # distinct within the window
+    late = [p - k * VIDEO_CLOCK_HZ / 30 for k, p in enumerate(pts)]
+    assert max(late) <= PTS_WINDOW  # never more than PTS_WINDOW ticks (2.8 ms) behind the clock
+    rng = random.Random(0)
+    origin = rng.getrandbits(32)
+    announced = set(pts[-256:])  # what the page keeps (metaByPts)
+    for k in rng.sample(range(len(pts) - 255, len(pts) - 1), 20):
+        shown = [(origin + pts[k]) % 2**32, (origin + pts[k + 1]) % 2**32]  # two frames shown in a row
+        assert learn_origin(shown, announced) == [origin]
+    # a single frame is ambiguous: the page waits for a second one
+    assert len(learn_origin([(origin + pts[-1]) % 2**32], announced)) == len(announced)
