@@ -34,6 +34,7 @@ from spatia.world.generator import ClipRequest, ClipResult, GeneratedView, Refer
 from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import warp_rgbd
+from spatia.model.fill.state import FillInputs, FillStates, inputs_key
 
 
 log = structlog.get_logger(__name__)
@@ -201,6 +202,28 @@ class _LayoutState:
     sky: object | None  # model.fill.appearance.SkyModel
 
 
+def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
+    """The layout of the observed points, every plane's texture model and the sky (runs on the fill thread)."""
+    from spatia.model.fill.appearance import PlaneTextures, sky_model
+    from spatia.model.fill.layout import estimate_layout
+
+    layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward)
+    sky = None
+    first = inputs.first_view
+    if first is not None and not layout.indoor:
+        sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w)
+        if sky is None:
+            # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
+            # walls are not capped and unseen ones are closed as indoors
+            layout.indoor = True
+    textures = PlaneTextures(layout, inputs.points, inputs.colors)
+    for plane in layout.planes:  # fit every plane's texture here, not in the first frame that shows it
+        textures.for_plane(plane)
+    log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
+             sky=sky is not None)
+    return _LayoutState(inputs.version, layout, textures, sky)
+
+
 def _free_space_violation(
     points: np.ndarray,  # [M, 3] world frame, candidate invented points
     views: list[ReferenceFrame],  # observed views with depth
@@ -236,39 +259,34 @@ class GeometricGenerator:
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config
-        self._layout: _LayoutState | None = None
+        self._states = FillStates(_fit_layout_state)  # per world (model.fill.state)
+
+    def prepare_world(self, memory, observed_views: list[ReferenceFrame], world_up: np.ndarray) -> None:
+        """Start fitting the world's layout state on the maintenance thread (the engine calls this when it opens
+        a world, so the fit runs while a session starts instead of inside its first frame)."""
+        if self.config.fill == "layout" and memory is not None:
+            self._states.prepare(memory, *self._fill_inputs(memory, observed_views, world_up))
+
+    def _fill_inputs(self, memory, observed_views, world_up):
+        def inputs() -> FillInputs:
+            pts, cols = memory.observed_points()
+            first = observed_views[0] if observed_views else None
+            if first is not None:
+                observer, fwd, up = first.c2w[:3, 3], first.c2w[:3, 2], -first.c2w[:3, 1]
+            else:
+                observer, fwd, up = np.zeros(3), np.array([0.0, 0.0, 1.0]), np.asarray(world_up, float)
+            return FillInputs(inputs_key(memory, observed_views), pts, cols, observer.copy(), fwd.copy(),
+                              up.copy(), first)
+
+        return inputs, inputs_key(memory, observed_views)
 
     def _layout_state(self, request: ClipRequest) -> _LayoutState | None:
-        """The layout, plane textures and sky of the request's world, recomputed only when its observed points
-        change (``SpatialMemory.observed_version``); None when the request carries no memory."""
-        from spatia.model.fill.appearance import PlaneTextures, sky_model
-        from spatia.model.fill.layout import estimate_layout
-
+        """The layout, plane textures and sky of the request's world for its current observed points (fitted on
+        the maintenance thread, waited for here); None when the request carries no memory."""
         mem = request.memory
         if mem is None or not hasattr(mem, "observed_points"):
             return None
-        first = request.observed_views[0] if request.observed_views else None
-        key = (id(mem), mem.observed_version, None if first is None else first.frame_index)
-        if self._layout is not None and self._layout.key == key:
-            return self._layout
-        pts, cols = mem.observed_points()
-        if first is not None:
-            observer, fwd, up = first.c2w[:3, 3], first.c2w[:3, 2], -first.c2w[:3, 1]
-        else:
-            T = request.visited_c2w[0] if len(request.visited_c2w) else request.target_c2w[0]
-            observer, fwd, up = T[:3, 3], T[:3, 2], np.asarray(request.world_up, float)
-        layout = estimate_layout(pts, observer, up, fwd)
-        sky = None
-        if first is not None and not layout.indoor:
-            sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w)
-            if sky is None:
-                # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
-                # walls are not capped and unseen ones are closed as indoors
-                layout.indoor = True
-        self._layout = _LayoutState(key, layout, PlaneTextures(layout, pts, cols), sky)
-        log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(pts),
-                 sky=sky is not None)
-        return self._layout
+        return self._states.get(mem, *self._fill_inputs(mem, request.observed_views, request.world_up))
 
     def _layout_fill(
         self,

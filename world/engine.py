@@ -134,6 +134,9 @@ class Engine:
         self.last_stats: ClipStats | None = None
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
         self._observed: list[ReferenceFrame] | None = None
+        prepare = getattr(generator, "prepare_world", None)  # optional (world.generator.Generator)
+        if prepare is not None:
+            prepare(world.memory, self._observed_views(), self._world_up())
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -227,6 +230,9 @@ class Engine:
                                                  self.world.history.intrinsics(0), depth_m=depth)]
         return self._observed or []
 
+    def _world_up(self) -> np.ndarray:
+        return -self.world.origin_c2w[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
+
     def _first_frame(self) -> np.ndarray:
         return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
 
@@ -258,7 +264,7 @@ class Engine:
             prompt=prompt,
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
-            world_up=-self.world.origin_c2w[:3, 1],  # docs/DESIGN.md: up = -y of the first camera
+            world_up=self._world_up(),
             memory=self.world.memory,
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),

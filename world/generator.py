@@ -108,7 +108,11 @@ class Generator(Protocol):
       preceding part of ``projection``); the engine then leaves them blank (zero, all invalid) instead of decoding
       and rendering them, and only ``preceding_c2w`` is filled;
     - ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
-      the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none).
+      the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none);
+    - ``prepare_world(memory, observed_views, world_up)``: called when an engine opens a world, with what later
+      requests carry as ``memory``, ``observed_views`` and ``world_up``: a generator that derives state from the
+      world (the geometric one fits its layout fill) starts that work here, off the first frame's path. It must
+      not block for long, and the frames it later makes must not depend on when that work finished.
     """
 
     name: str
