@@ -34,7 +34,7 @@ from spatia.world.generator import ClipRequest, ClipResult, GeneratedView, Refer
 from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import warp_rgbd
-from spatia.model.fill.state import FillInputs, FillStates, inputs_key
+from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
 
 
 log = structlog.get_logger(__name__)
@@ -84,6 +84,10 @@ class GeometricConfig:
     # free space: an invented point nearer than this (relative, plus 5 cm) to an observed view than the surface
     # that view saw along the same ray lies in space it saw through, and is not invented there
     free_space_rel: float = 0.03
+    # layout fill: the first frames after a world is opened (or its observed points change) show the legacy fill
+    # as a coarse, provisional fill while the layout state is fitted off the frame path (~2 s of CPU at 640x360);
+    # the engine replaces it in the memory once frames are final. 0: wait for the fit instead.
+    coarse_frames: int = 4
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
@@ -280,13 +284,13 @@ class GeometricGenerator:
 
         return inputs, inputs_key(memory, observed_views)
 
-    def _layout_state(self, request: ClipRequest) -> _LayoutState | None:
-        """The layout, plane textures and sky of the request's world for its current observed points (fitted on
-        the maintenance thread, waited for here); None when the request carries no memory."""
+    def _fill_entry(self, request: ClipRequest) -> FillEntry | None:
+        """The request's world's fill entry (the layout, plane textures and sky of its current observed points,
+        fitted on the maintenance thread); None when the request carries no memory."""
         mem = request.memory
         if mem is None or not hasattr(mem, "observed_points"):
             return None
-        return self._states.get(mem, *self._fill_inputs(mem, request.observed_views, request.world_up))
+        return self._states.prepare(mem, *self._fill_inputs(mem, request.observed_views, request.world_up))
 
     def _layout_fill(
         self,
@@ -417,27 +421,37 @@ class GeometricGenerator:
         """The clip's frames one at a time (each is independent given the memory, the references and the layout)."""
         proj = request.target_projection
         refs = [r for r in request.references if r.depth_m is not None]
-        state = self._layout_state(request) if self.config.fill == "layout" else None
-        if state is not None:
-            reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
-                                    request.target_c2w[:, :3, 3]])
-            for t in range(request.num_target):
-                rgb = proj.rgb[t].copy()
-                depth, valid = proj.depth_m[t], proj.valid[t]
-                c2w = request.target_c2w[t]
-                colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
-                filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach)
-                yield GeneratedView(pushpull_fill(rgb, colored), filled)
-            return
-        layout = estimate_layout(request, self.config)
+        entry = self._fill_entry(request) if self.config.fill == "layout" else None
+        reach = None
+        legacy = None
         for t in range(request.num_target):
             rgb = proj.rgb[t].copy()
-            depth = proj.depth_m[t]
-            valid = proj.valid[t]
-            colored = self._apply_references(rgb, depth, valid, request.target_c2w[t], request, refs) if refs else valid
+            depth, valid = proj.depth_m[t], proj.valid[t]
+            c2w = request.target_c2w[t]
+            coarse = entry is not None and entry.frames_made < self.config.coarse_frames
+            if entry is not None and not coarse:
+                entry.frames_made += 1
+                if proj.provisional is not None and proj.provisional[t].any():
+                    # a coarse fill shown earlier: painted over here, and replaced in the memory by the engine
+                    valid = valid & ~proj.provisional[t]
+                    depth = np.where(valid, depth, 0.0).astype(np.float32)
+                if reach is None:
+                    reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
+                                            request.target_c2w[:, :3, 3]])
+                colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
+                filled, colored = self._layout_fill(entry.state(), rgb, colored, depth, valid, c2w, request, reach)
+                yield GeneratedView(pushpull_fill(rgb, colored), filled)
+                continue
+            if entry is not None:
+                entry.frames_made += 1
+            # the legacy fill: push-pull colour over the floor + backdrop depth prior (also the coarse fill the
+            # layout fill shows while its state is fitted: provisional, replaced within ``coarse_frames``)
+            if legacy is None:
+                legacy = estimate_layout(request, self.config)
+            colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
             frame = pushpull_fill(rgb, colored)
             filled = fill_holes_background(depth, valid, max_span_px=self.config.small_hole_px)
             unseen = filled <= 0
             if unseen.any():
-                filled[unseen] = layout_depth(layout, request.intrinsics, request.target_c2w[t])[unseen]
-            yield GeneratedView(frame, filled)
+                filled[unseen] = layout_depth(legacy, request.intrinsics, c2w)[unseen]
+            yield GeneratedView(frame, filled, provisional=coarse)

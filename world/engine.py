@@ -26,7 +26,7 @@ from spatia.world.errors import InvalidInputError
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
 )
-from spatia.world.memory import RenderResult
+from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
 from spatia.world.update import UpdateConfig, update_memory
@@ -166,10 +166,17 @@ class Engine:
         if m and getattr(self.generator, "uses_preceding_clip", True):
             preceding = self.world.memory.render_trajectory(K, preceding_c2w)
         target = [v.render for v in views]
+        provisional = None
+        memory = self.world.memory
+        if memory.has_provisional:  # where the memory shows a coarse fill the generator may replace
+            prov = memory.provenance
+            provisional = np.concatenate([np.zeros_like(preceding.valid), np.stack([
+                r.valid & (prov[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL) for r in target])])
         return SceneProjection(
             np.concatenate([preceding.rgb, np.stack([r.rgb for r in target])]),
             np.concatenate([preceding.depth_m, np.stack([r.depth_m for r in target])]),
             np.concatenate([preceding.valid, np.stack([r.valid for r in target])]),
+            provisional,
         )
 
     def _references(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> list[ReferenceFrame]:
@@ -358,13 +365,19 @@ class Engine:
                 # The generator drew each frame from the memory at exactly the commanded pose (the geometric
                 # one does): there is no drift to refine, and refinement would cost more than the frame did.
                 update_cfg = replace(update_cfg, refine_pose=False)
+            provisional = np.zeros(len(poses), bool) if result.provisional is None else result.provisional
             report = update_memory(
                 world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
                 memory_renders=[v.render for v in views],
+                provenance=np.where(provisional, INVENTED_PROVISIONAL, INVENTED_FINAL),
             )
             refined = report.poses_refined
             updates = report.frames
+            if not provisional.all() and world.memory.has_provisional:
+                # the generator is final again: the coarse fill goes, and the next clip shows (and keeps) the
+                # final content there (this clip's final frames already painted over it)
+                world.memory.drop_provisional()
         for i in range(len(poses)):
             done = updates[i]
             if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees

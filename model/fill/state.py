@@ -10,9 +10,10 @@ time another world's clip ran). Here:
   unloaded) and tagged with ``observed_version``; invented points never change it;
 - ``prepare`` snapshots the observed points on the caller's thread (the memory is not thread-safe) and fits on a
   maintenance thread; the engine calls it when it opens a world, so the fit runs while the session starts;
-- ``get`` returns the state for the memory's current observed points, waiting for a fit in flight. Waiting (not
-  "use whatever is ready") keeps frames a function of the world and the path alone: the same seed and path give
-  byte-identical memory however fast the machine is.
+- the generator shows a coarse fill for the first few frames after a world is opened (or its observed points
+  change), counted in the entry, and from then on the fitted state, waiting for a fit still in flight. Counting
+  frames (not "use whatever is ready") keeps frames a function of the world and the path alone: the same seed
+  and path give byte-identical memory however fast the machine is.
 - after a fit, the same thread fits every plane's texture and synthesises the mip-0 tiles around the observed
   points (tiles are pure functions of plane, tile and seed, so when they are made does not change them), so the
   frame path mostly reads cached tiles.
@@ -45,6 +46,19 @@ class FillInputs:
     first_view: object | None  # world.generator.ReferenceFrame of the first image (rgb, depth, pose) or None
 
 
+@dataclass
+class FillEntry:
+    """One world's state for one ``key``: the fit (a future) and how many frames were made since it started."""
+
+    key: tuple
+    future: Future
+    frames_made: int = 0  # frames generated for this world since this key (the coarse-fill count is taken here)
+
+    def state(self):
+        """The fitted state, waited for if the fit is still running."""
+        return self.future.result()
+
+
 def inputs_key(memory, observed_views) -> tuple:
     first = observed_views[0] if observed_views else None
     return (memory.observed_version, None if first is None else first.frame_index)
@@ -57,7 +71,7 @@ class FillStates:
         self._fit = fit
         self._warm = warm
         self._lock = threading.Lock()
-        # memory -> (key, Future of the state)
+        # memory -> FillEntry
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._executor: ThreadPoolExecutor | None = None
 
@@ -66,22 +80,18 @@ class FillStates:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill")
         return self._executor
 
-    def prepare(self, memory, inputs: Callable[[], FillInputs], key: tuple) -> Future:
-        """Start fitting ``memory``'s state for ``key`` unless it is fitted or being fitted; returns its future.
+    def prepare(self, memory, inputs: Callable[[], FillInputs], key: tuple) -> "FillEntry":
+        """Start fitting ``memory``'s state for ``key`` unless it is fitted or being fitted; returns its entry.
 
         ``inputs`` builds the copy of what the fit reads; it runs here, on the caller's thread."""
         with self._lock:
             held = self._states.get(memory)
-            if held is not None and held[0] == key:
-                return held[1]
+            if held is not None and held.key == key:
+                return held
             snapshot = inputs()
-            future = self._pool().submit(self._run, snapshot)
-            self._states[memory] = (key, future)
-            return future
-
-    def get(self, memory, inputs: Callable[[], FillInputs], key: tuple):
-        """The state for ``key``, fitted now or waited for."""
-        return self.prepare(memory, inputs, key).result()
+            entry = FillEntry(key, self._pool().submit(self._run, snapshot))
+            self._states[memory] = entry
+            return entry
 
     def _run(self, inputs: FillInputs):
         state = self._fit(inputs)
