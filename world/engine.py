@@ -26,7 +26,7 @@ from spatia.world.errors import InvalidInputError
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
 )
-from spatia.world.memory import RenderResult
+from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
 from spatia.world.update import UpdateConfig, update_memory
@@ -134,6 +134,9 @@ class Engine:
         self.last_stats: ClipStats | None = None
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
         self._observed: list[ReferenceFrame] | None = None
+        prepare = getattr(generator, "prepare_world", None)  # optional (world.generator.Generator)
+        if prepare is not None:
+            prepare(world.memory, self._observed_views(), self._world_up())
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -163,10 +166,17 @@ class Engine:
         if m and getattr(self.generator, "uses_preceding_clip", True):
             preceding = self.world.memory.render_trajectory(K, preceding_c2w)
         target = [v.render for v in views]
+        provisional = None
+        memory = self.world.memory
+        if memory.has_provisional:  # where the memory shows a coarse fill the generator may replace
+            prov = memory.provenance
+            provisional = np.concatenate([np.zeros_like(preceding.valid), np.stack([
+                r.valid & (prov[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL) for r in target])])
         return SceneProjection(
             np.concatenate([preceding.rgb, np.stack([r.rgb for r in target])]),
             np.concatenate([preceding.depth_m, np.stack([r.depth_m for r in target])]),
             np.concatenate([preceding.valid, np.stack([r.valid for r in target])]),
+            provisional,
         )
 
     def _references(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> list[ReferenceFrame]:
@@ -227,6 +237,9 @@ class Engine:
                                                  self.world.history.intrinsics(0), depth_m=depth)]
         return self._observed or []
 
+    def _world_up(self) -> np.ndarray:
+        return -self.world.origin_c2w[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
+
     def _first_frame(self) -> np.ndarray:
         return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
 
@@ -258,7 +271,7 @@ class Engine:
             prompt=prompt,
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
-            world_up=-self.world.origin_c2w[:3, 1],  # docs/DESIGN.md: up = -y of the first camera
+            world_up=self._world_up(),
             memory=self.world.memory,
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),
@@ -352,13 +365,19 @@ class Engine:
                 # The generator drew each frame from the memory at exactly the commanded pose (the geometric
                 # one does): there is no drift to refine, and refinement would cost more than the frame did.
                 update_cfg = replace(update_cfg, refine_pose=False)
+            provisional = np.zeros(len(poses), bool) if result.provisional is None else result.provisional
             report = update_memory(
                 world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
                 memory_renders=[v.render for v in views],
+                provenance=np.where(provisional, INVENTED_PROVISIONAL, INVENTED_FINAL),
             )
             refined = report.poses_refined
             updates = report.frames
+            if not provisional.all() and world.memory.has_provisional:
+                # the generator is final again: the coarse fill goes, and the next clip shows (and keeps) the
+                # final content there (this clip's final frames already painted over it)
+                world.memory.drop_provisional()
         for i in range(len(poses)):
             done = updates[i]
             if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees

@@ -1186,13 +1186,9 @@ def texels_at(model: TextureModel, rows: np.ndarray, cols: np.ndarray, seed: int
     out = np.empty((len(r), 3), np.uint8)
     if len(r) == 0:
         return out
-    keys = np.stack([ti, tj], 1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    for k, (i, j) in enumerate(uniq):
-        sel = inverse == k
-        tile = model._tile(int(i), int(j), seed)
-        out[sel] = tile[r[sel] - int(i) * t, c[sel] - int(j) * t]
+    for (i, j), sel in _groups(ti, tj):
+        tile = model._tile(i, j, seed)
+        out[sel] = tile[r[sel] - i * t, c[sel] - j * t]
     return out
 
 
@@ -1219,14 +1215,28 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
     out = np.empty((len(uv), 3), np.uint8)
     if len(uv) == 0:
         return out
-    keys = np.stack([ti, tj, level], 1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    for k, (i, j, lv) in enumerate(uniq):
-        sel = inverse == k
-        tile = model._tile(int(i), int(j), seed, int(lv))
-        out[sel] = tile[(rows[sel] - int(i) * t) >> int(lv), (cols[sel] - int(j) * t) >> int(lv)]
+    for (i, j, lv), sel in _groups(ti, tj, level):
+        tile = model._tile(i, j, seed, lv)
+        out[sel] = tile[(rows[sel] - i * t) >> lv, (cols[sel] - j * t) >> lv]
     return out
+
+
+def _groups(*columns: np.ndarray):
+    """``((c0, c1, ...), indices)`` for each distinct row of the integer ``columns`` (each [M]), in sorted order:
+    one sort of a packed key instead of a boolean mask per group (which costs M x groups)."""
+    lo = [int(c.min()) for c in columns]
+    spans = [int(c.max()) - m + 1 for c, m in zip(columns, lo)]
+    key = np.zeros(len(columns[0]), np.int64)
+    for c, m, span in zip(columns, lo, spans):
+        key = key * span + (c - m)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    for a, b in zip(starts, ends):
+        idx = order[a:b]
+        first = idx[0]
+        yield tuple(int(c[first]) for c in columns), idx
 
 
 def continue_exemplar(model: TextureModel, seed: int) -> np.ndarray:
