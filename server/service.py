@@ -32,7 +32,7 @@ from spatia.server.errors import (
 from spatia.server.host import HostView, WorldHost
 from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import RecordingCloser, recorded_frames, summarize
-from spatia.server.session import Outbox, PlayOptions, PlaySession
+from spatia.server.session import Outbox, PlayOptions, PlaySession, check_image_options, clip_from_proto
 from spatia.server.store import WorldStore
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import EngineConfig
@@ -359,22 +359,9 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
                     )
         else:
             raise invalid("GenerateRequest.path", "GenerateRequest needs a trajectory or an official trajectory")
-        quality = request.jpeg_quality or 85
-        if not 1 <= quality <= 100:
-            raise invalid("jpeg_quality", f"jpeg_quality must be in 1..100, got {request.jpeg_quality}")
-        if request.encoding not in pb.FrameEncoding.values():
-            raise invalid("encoding", f"encoding {request.encoding} is not a FrameEncoding")
-        c = request.clip
-        if request.HasField("clip"):
-            if max(c.first_clip_frames, c.clip_frames, c.preceding_frames) > self.limits.max_trajectory_frames:
-                raise invalid("clip", f"clip lengths must be <= max_trajectory_frames="
-                                      f"{self.limits.max_trajectory_frames}")
-            try:
-                clip = ClipConfig(c.first_clip_frames, c.clip_frames, c.preceding_frames)
-            except InvalidInputError as exc:
-                raise invalid("clip", f"clip: {exc}") from None
-        else:
-            clip = ClipConfig.paper()
+        quality = check_image_options(request.jpeg_quality, request.encoding, "")
+        clip = clip_from_proto(request.clip if request.HasField("clip") else None, self.limits, "",
+                               default=ClipConfig.paper())
         session_id = uuid.uuid4().hex[:12]
         slot = self._open_slot(host, session_id)
         loop = asyncio.get_running_loop()

@@ -55,6 +55,31 @@ log = structlog.get_logger("spatia.server.play")
 _END = object()  # the client half-closed its stream
 
 
+def check_image_options(jpeg_quality: int, encoding: int, prefix: str) -> int:
+    """A Play / Generate request's ``jpeg_quality`` (0 = 85) and ``encoding``: the quality to use, or
+    INVALID_ARGUMENT naming ``prefix`` + the field."""
+    quality = jpeg_quality or 85
+    if not 1 <= quality <= 100:
+        raise invalid(f"{prefix}jpeg_quality", f"{prefix}jpeg_quality must be in 1..100, got {jpeg_quality}")
+    if encoding not in pb.FrameEncoding.values():
+        raise invalid(f"{prefix}encoding", f"{prefix}encoding {encoding} is not a FrameEncoding")
+    return quality
+
+
+def clip_from_proto(clip: pb.ClipLengths | None, limits, prefix: str, default: ClipConfig) -> ClipConfig:
+    """A request's clip lengths (None: not set -> ``default``), each at most ``max_trajectory_frames``; else
+    INVALID_ARGUMENT naming ``prefix`` + ``clip``."""
+    if clip is None:
+        return default
+    if max(clip.first_clip_frames, clip.clip_frames, clip.preceding_frames) > limits.max_trajectory_frames:
+        raise invalid(f"{prefix}clip", f"{prefix}clip lengths must be <= max_trajectory_frames="
+                                       f"{limits.max_trajectory_frames}")
+    try:
+        return ClipConfig(clip.first_clip_frames, clip.clip_frames, clip.preceding_frames)
+    except InvalidInputError as exc:
+        raise invalid(f"{prefix}clip", f"{prefix}clip: {exc}") from None
+
+
 @dataclass(frozen=True)
 class PlayOptions:
     """The validated PlayStart."""
@@ -84,23 +109,9 @@ class PlayOptions:
         fps = start.fps or 16.0
         if not (math.isfinite(fps) and 0 < fps <= 240):
             raise invalid("PlayStart.fps", f"PlayStart.fps must be in (0, 240], got {start.fps}")
-        quality = start.jpeg_quality or 85
-        if not 1 <= quality <= 100:
-            raise invalid("PlayStart.jpeg_quality",
-                          f"PlayStart.jpeg_quality must be in 1..100, got {start.jpeg_quality}")
-        if start.encoding not in pb.FrameEncoding.values():
-            raise invalid("PlayStart.encoding", f"PlayStart.encoding {start.encoding} is not a FrameEncoding")
-        c = start.clip
-        if start.HasField("clip"):
-            if max(c.first_clip_frames, c.clip_frames, c.preceding_frames) > limits.max_trajectory_frames:
-                raise invalid("PlayStart.clip", f"PlayStart.clip lengths must be <= max_trajectory_frames="
-                                                f"{limits.max_trajectory_frames}")
-            try:
-                clip = ClipConfig(c.first_clip_frames, c.clip_frames, c.preceding_frames)
-            except InvalidInputError as exc:
-                raise invalid("PlayStart.clip", f"PlayStart.clip: {exc}") from None
-        else:
-            clip = ClipConfig(4, 6, 2)
+        quality = check_image_options(start.jpeg_quality, start.encoding, "PlayStart.")
+        clip = clip_from_proto(start.clip if start.HasField("clip") else None, limits, "PlayStart.",
+                               default=ClipConfig(4, 6, 2))
         hb = start.heartbeat_interval_s or 1.0
         if not (math.isfinite(hb) and 0.01 <= hb <= 3600):
             raise invalid("PlayStart.heartbeat_interval_s",

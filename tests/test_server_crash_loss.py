@@ -27,15 +27,15 @@ it.
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+from test_server_persistence import spawn_server
+
 from spatia.client.api import WorldClient
 from spatia.world.worldlog import LOG_NAME, WorldLog
 
-ROOT = Path(__file__).resolve().parents[1]
 W, H = 64, 48
 INTERVAL_S = 10.0  # the server's default --save-interval-s (asserted against ServerConfig below)
 WRITE_ALLOWANCE_S = 1.0  # copy -> the paused write, and the marker poll
@@ -75,27 +75,13 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _spawn(data_dir: Path, port_file: Path, marker: Path, pause: str) -> subprocess.Popen:
-    port_file.unlink(missing_ok=True)
     marker.unlink(missing_ok=True)
     env = {**os.environ, "SPATIA_TEST_PAUSE": pause, "SPATIA_TEST_MARKER": str(marker)}
-    proc = subprocess.Popen(  # the default save policy: no --save-* flags
-        [sys.executable, "-c", _BOOT, "serve", "--port", "0", "--port-file", str(port_file), "--data-dir",
-         str(data_dir)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise TimeoutError("server did not start")
-        time.sleep(0.05)
-    return proc
+    return spawn_server(data_dir, port_file, launcher=("-c", _BOOT), env=env)  # the default save policy
 
 
 def _play_and_kill(proc: subprocess.Popen, target: str, world_id: str, kill_when) -> tuple[list, int]:
-    """Play ``world_id`` (actions at 16 Hz walking a circle) until ``kill_when()``, then kill -9 at once.
+    """Play ``world_id`` (actions at 16 Hz walking a circle) until ``kill_when(frames shown)``, then kill -9 at once.
     Returns (frames shown: [(frame_index, server_time_ns)], wall clock ns at the kill)."""
     shown: list[tuple[int, int]] = []
     stop = threading.Event()
@@ -111,7 +97,7 @@ def _play_and_kill(proc: subprocess.Popen, target: str, world_id: str, kill_when
         t.start()
         try:
             deadline = time.monotonic() + 60
-            while not kill_when():
+            while not kill_when(shown):
                 assert time.monotonic() < deadline, "the kill moment never came"
                 try:
                     f = s.next_frame(timeout_s=0.02)
@@ -135,7 +121,7 @@ def _play_and_kill(proc: subprocess.Popen, target: str, world_id: str, kill_when
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-    assert len(shown) >= 8, f"too little play before the kill: {len(shown)} frames"
+    assert len(shown) >= 5, f"too little play before the kill: {len(shown)} frames"
     return shown, killed_ns
 
 
@@ -181,7 +167,7 @@ def test_kill_9_at_the_default_save_interval_loses_at_most_the_documented_bound(
     proc = _spawn(data, port_file, marker, "append:2")
     with WorldClient(target()) as c:
         c.create_scene("room", 0, W, H, world_id="w")
-    shown, killed_ns = _play_and_kill(proc, target(), "w", marker.exists)
+    shown, killed_ns = _play_and_kill(proc, target(), "w", lambda _: marker.exists())
     persisted = _persisted_frames(world_dir, tmp_path, "1")
     loss_1 = _loss_s(shown, killed_ns, persisted)
     assert persisted == 1  # the torn append was skipped: the creation's commit is the newest complete one
@@ -193,7 +179,10 @@ def test_kill_9_at_the_default_save_interval_loses_at_most_the_documented_bound(
     with WorldClient(target()) as c:
         assert c.get_world("w").stats.history_frames == persisted
     t_start = time.monotonic()
-    shown, killed_ns = _play_and_kill(proc, target(), "w", lambda: time.monotonic() - t_start > 5.0)
+    # a few seconds of play, well before the first autosave is due (10 s after the load; a loaded machine makes
+    # frames slow, so it waits for frames too, up to 8 s)
+    shown, killed_ns = _play_and_kill(
+        proc, target(), "w", lambda f: time.monotonic() - t_start > (3.0 if len(f) >= 10 else 8.0))
     before = persisted
     persisted = _persisted_frames(world_dir, tmp_path, "2")
     loss_2 = _loss_s(shown, killed_ns, persisted)
@@ -206,7 +195,7 @@ def test_kill_9_at_the_default_save_interval_loses_at_most_the_documented_bound(
     pid_3 = proc.pid
     with WorldClient(target()) as c:
         assert c.get_world("w").stats.history_frames == persisted
-    shown, killed_ns = _play_and_kill(proc, target(), "w", marker.exists)
+    shown, killed_ns = _play_and_kill(proc, target(), "w", lambda _: marker.exists())
     before = persisted
     persisted = _persisted_frames(world_dir, tmp_path, "3")
     loss_3 = _loss_s(shown, killed_ns, persisted)

@@ -57,12 +57,15 @@ def test_restart_lists_the_same_worlds(tmp_path):
         assert f.frame_index == 5
 
 
-def _spawn(data_dir: Path, port_file: Path) -> subprocess.Popen:
+def spawn_server(data_dir: Path, port_file: Path, *serve_args: str, launcher: tuple[str, ...] = ("-m", "spatia.cli"),
+                 env: dict | None = None) -> subprocess.Popen:
+    """``spatia serve`` in a subprocess on an ephemeral loopback port (``launcher``: how Python starts the CLI, e.g.
+    ``("-c", bootstrap)``); returns once ``port_file`` holds the port."""
     port_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file), "--data-dir",
-         str(data_dir), "--save-interval-s", "0", "--save-max-duty", "1"],  # strict durability: every clip on disk
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, *launcher, "serve", "--port", "0", "--port-file", str(port_file), "--data-dir",
+         str(data_dir), *serve_args],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while not port_file.exists():
@@ -71,8 +74,13 @@ def _spawn(data_dir: Path, port_file: Path) -> subprocess.Popen:
         if time.monotonic() > deadline:
             proc.kill()
             raise TimeoutError("server did not start")
-        time.sleep(0.1)
+        time.sleep(0.05)
     return proc
+
+
+def _spawn(data_dir: Path, port_file: Path) -> subprocess.Popen:
+    # strict durability: every clip on disk before the next starts
+    return spawn_server(data_dir, port_file, "--save-interval-s", "0", "--save-max-duty", "1")
 
 
 def _target(port_file: Path) -> str:
