@@ -335,10 +335,10 @@ class Engine:
         if self.config.free_radius_m > 0 and self.config.update_memory:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
-            self.world.memory.remove_invented_near(poses[:, :3, 3], self.config.free_radius_m)
-            # ... and what this clip invented near any earlier pose
+            # ... and what this clip invented near any earlier pose (one compaction for both)
             visited = self.world.history.poses()[:first_index, :3, 3]
-            self.world.memory.remove_invented_near(visited, self.config.free_radius_m, since_frame=first_index)
+            self.world.memory.remove_invented_near_groups(
+                [(poses[:, :3, 3], None), (visited, first_index)], self.config.free_radius_m)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
