@@ -34,6 +34,7 @@ from spatia.world.generator import ClipRequest, ClipResult, GeneratedView, Refer
 from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import warp_rgbd
+from spatia.model.fill.freespace import seen_through, world_points
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
 
 
@@ -204,6 +205,62 @@ class _LayoutState:
     layout: object  # model.fill.layout.Layout
     textures: object  # model.fill.appearance.PlaneTextures
     sky: object | None  # model.fill.appearance.SkyModel
+    observer: np.ndarray  # [3] world frame, where the observed points were seen from
+
+
+# warm-up: the planes bounding the first camera's free space, this far around it at most (outdoors: the ground)
+WARM_RADIUS_M = 6.0
+WARM_PAUSE_S = 0.002  # between two tiles: the maintenance thread lets a frame in (tiles are Python-heavy)
+
+
+def _warm_layout_state(state: _LayoutState) -> None:
+    """Synthesise, on the maintenance thread, the texture tiles of the planes around the first camera, nearest
+    first: the walls, floor and ceiling a player turns to first (a frame then reads cached tiles instead of
+    synthesising ~10 ms of them)."""
+    import time
+
+    from spatia.model.fill.appearance import plane_basis
+    from spatia.model.fill.layout import view_bounds
+    from spatia.model.fill.texture import tiles_covering, warm_tiles
+
+    layout, cam = state.layout, state.observer
+    view = view_bounds(layout, cam, cam[None])
+    extent = {}  # axis -> (lo, hi) along it: the bounding planes, else WARM_RADIUS_M around the camera
+    for k in range(3):
+        c = float(cam @ layout.axes[k])
+        offs = [p.offset_m for p in view.bounds if p.axis == k]
+        lo = max([o for o in offs if o < c], default=c - WARM_RADIUS_M)
+        hi = min([o for o in offs if o > c], default=c + WARM_RADIUS_M)
+        extent[k] = (max(lo, c - WARM_RADIUS_M), min(hi, c + WARM_RADIUS_M))
+    total = 0
+    seen_models = set()
+    for plane in sorted(view.bounds, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
+        tex = state.textures.for_plane(plane)
+        if tex is None or tex.synth is None or (id(tex.synth), tex.seed) in seen_models:
+            continue
+        seen_models.add((id(tex.synth), tex.seed))
+        u_ax, v_ax = plane_basis(layout, plane)
+        ranges = []
+        for ax in (u_ax, v_ax):
+            k = int(np.argmax(np.abs(layout.axes @ ax)))
+            lo, hi = extent[k]
+            ranges.append(sorted((lo * float(layout.axes[k] @ ax), hi * float(layout.axes[k] @ ax))))
+        origin = np.asarray(tex.synth_origin_uv)
+        lo_uv = np.array([ranges[0][0], ranges[1][0]]) - origin
+        hi_uv = np.array([ranges[0][1], ranges[1][1]]) - origin
+        # nearest the camera first (its foot on the plane, in the same texture frame)
+        foot = np.array([cam @ u_ax, cam @ v_ax]) - origin
+        t_m = tex.synth.tile_px * tex.synth.texel_m
+
+        def dist(ij, foot=foot, tex=tex, t_m=t_m):
+            i, j = ij
+            centre_v = (i + 0.5) * t_m - tex.synth.origin_px[0] * tex.synth.texel_m
+            centre_u = (j + 0.5) * t_m - tex.synth.origin_px[1] * tex.synth.texel_m
+            return (centre_u - foot[0]) ** 2 + (centre_v - foot[1]) ** 2
+
+        tiles = sorted(tiles_covering(tex.synth, lo_uv, hi_uv), key=dist)
+        total += warm_tiles(tex.synth, tiles, tex.seed, pause=lambda: time.sleep(WARM_PAUSE_S))
+    log.info("fill tiles warmed", tiles=total)
 
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
@@ -225,7 +282,7 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
         textures.for_plane(plane)
     log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
              sky=sky is not None)
-    return _LayoutState(inputs.version, layout, textures, sky)
+    return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64))
 
 
 def _free_space_violation(
@@ -236,21 +293,8 @@ def _free_space_violation(
     """``[M]`` bool: True where a point lies in front of what an observed view saw along its line of sight."""
     bad = np.zeros(len(points), bool)
     for v in views:
-        if v.depth_m is None:
-            continue
-        R, t = v.c2w[:3, :3], v.c2w[:3, 3]
-        pc = (points - t) @ R  # [M, 3] camera frame of the view
-        z = pc[:, 2]
-        K = v.intrinsics
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = np.floor(K.fx * pc[:, 0] / z + K.cx)
-            w = np.floor(K.fy * pc[:, 1] / z + K.cy)
-        inside = (z > 0) & (u >= 0) & (u < K.width) & (w >= 0) & (w < K.height)
-        idx = np.flatnonzero(inside)
-        seen = v.depth_m[w[idx].astype(np.int64), u[idx].astype(np.int64)]
-        # depth 0 = nothing came back (sky): all of that ray is free space
-        free = np.where(seen > 0, z[idx] < seen * (1.0 - rel) - 0.05, True)
-        bad[idx] |= free
+        if v.depth_m is not None:
+            seen_through(points, v.c2w, v.intrinsics, v.depth_m, rel, out=bad)
     return bad
 
 
@@ -263,7 +307,7 @@ class GeometricGenerator:
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config
-        self._states = FillStates(_fit_layout_state)  # per world (model.fill.state)
+        self._states = FillStates(_fit_layout_state, _warm_layout_state)  # per world (model.fill.state)
 
     def prepare_world(self, memory, observed_views: list[ReferenceFrame], world_up: np.ndarray) -> None:
         """Start fitting the world's layout state on the maintenance thread (the engine calls this when it opens
@@ -323,8 +367,8 @@ class GeometricGenerator:
         dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3)[holes]
         pinhole = (dist_px <= cfg.pinhole_px) & (f > 0)
         use = (ld > 0) & ~pinhole & ((f <= 0) | (f >= (1.0 - cfg.layout_front_rel) * ld))
-        R, cam = c2w[:3, :3], c2w[:3, 3]
-        pts = cam + (rays * ld[:, None]) @ R.T  # [M, 3] world frame (meaningful where ld > 0)
+        R = c2w[:3, :3]
+        pts = world_points(rays, ld, c2w)  # [M, 3] world frame (meaningful where ld > 0)
         # free space around every pose the camera has been at or is about to be at (only the poses near a
         # plane can be near its points)
         radius = layout.config.min_camera_distance_m
@@ -345,7 +389,7 @@ class GeometricGenerator:
         other = np.flatnonzero(~use & (new_depth > 0))
         if request.observed_views and len(other):
             # the fill's own points obey free space too: what an observed view saw through stays empty
-            p_other = cam + (rays[other] * new_depth[other, None]) @ R.T
+            p_other = world_points(rays[other], new_depth[other], c2w)
             new_depth[other[_free_space_violation(p_other, request.observed_views, cfg.free_space_rel)]] = 0.0
         if not layout.indoor:
             new_depth = np.where(use & (ld > layout.config.max_ground_m), 0.0, new_depth)

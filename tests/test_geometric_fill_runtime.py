@@ -112,3 +112,42 @@ def test_frames_do_not_depend_on_when_the_fit_finished(monkeypatch):
         results.append((np.stack(frames), _memory_bytes(world)))
     assert np.array_equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
+
+
+def test_free_space_kernels_match_their_references():
+    from spatia.model.fill.freespace import (
+        seen_through, seen_through_reference, world_points, world_points_reference,
+    )
+    from spatia.world.camera import Intrinsics, look_at
+
+    rng = np.random.default_rng(3)
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = look_at(np.array([0.3, -0.2, 0.1]), np.array([1.0, 0.5, 3.0]))
+    rays = np.concatenate([rng.uniform(-1, 1, (500, 2)), np.ones((500, 1))], 1).astype(np.float32)
+    z = rng.uniform(0.1, 8.0, 500).astype(np.float32)
+    pts = world_points(rays, z, c2w)
+    np.testing.assert_allclose(pts, world_points_reference(rays, z, c2w), rtol=1e-6, atol=1e-6)
+    view = look_at(np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    depth = rng.uniform(0.5, 6.0, (36, 64)).astype(np.float32)
+    depth[:5] = 0.0  # sky rows: everything in front is free
+    got = seen_through(pts, view, K, depth, 0.03)
+    want = seen_through_reference(pts, view, K, depth, 0.03)
+    assert got.any() and not got.all()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_warmed_tiles_are_the_tiles_a_frame_would_make():
+    from spatia.model.fill.texture import TextureModel, sample_uv, tiles_covering, warm_tiles
+
+    rng = np.random.default_rng(0)
+    rgb = (rng.integers(0, 255, (48, 48, 3))).astype(np.uint8)
+    valid = np.ones((48, 48), bool)
+    cold, warm = (TextureModel.fit(rgb, valid, 0.01) for _ in range(2))
+    uv = rng.uniform(-1.0, 1.5, (4000, 2))
+    footprint = np.full(len(uv), 0.004)
+    tiles = tiles_covering(warm, uv.min(0), uv.max(0))
+    assert warm_tiles(warm, tiles, seed=7) == len(tiles) > 4
+    assert warm_tiles(warm, tiles, seed=7) == 0  # already there
+    cached = len(warm._tiles)
+    np.testing.assert_array_equal(sample_uv(warm, uv, footprint, 7), sample_uv(cold, uv, footprint, 7))
+    assert len(warm._tiles) == cached  # the frame found every tile it read already made

@@ -134,9 +134,7 @@ class Engine:
         self.last_stats: ClipStats | None = None
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
         self._observed: list[ReferenceFrame] | None = None
-        prepare = getattr(generator, "prepare_world", None)  # optional (world.generator.Generator)
-        if prepare is not None:
-            prepare(world.memory, self._observed_views(), self._world_up())
+        prepare_generator(world, generator, self._observed_views())
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -229,19 +227,15 @@ class Engine:
         return scores
 
     def _observed_views(self) -> list[ReferenceFrame]:
-        """The views of the real scene: the first image with its depth (every later frame is generated)."""
-        if self._observed is None and len(self.world.history):
-            depth = self.world.history.get_depth(0)
-            if depth is not None:
-                self._observed = [ReferenceFrame(0, self._first_frame(), self.world.origin_c2w.copy(),
-                                                 self.world.history.intrinsics(0), depth_m=depth)]
-        return self._observed or []
+        if self._observed is None:
+            self._observed = observed_views(self.world)
+        return self._observed
 
     def _world_up(self) -> np.ndarray:
-        return -self.world.origin_c2w[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
+        return world_up(self.world)
 
     def _first_frame(self) -> np.ndarray:
-        return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
+        return first_frame(self.world)
 
     def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
         """The conditioning of the next clip (paper Fig. 2c): projection, preceding frames, references, text."""
@@ -341,10 +335,10 @@ class Engine:
         if self.config.free_radius_m > 0 and self.config.update_memory:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
-            self.world.memory.remove_invented_near(poses[:, :3, 3], self.config.free_radius_m)
-            # ... and what this clip invented near any earlier pose
+            # ... and what this clip invented near any earlier pose (one compaction for both)
             visited = self.world.history.poses()[:first_index, :3, 3]
-            self.world.memory.remove_invented_near(visited, self.config.free_radius_m, since_frame=first_index)
+            self.world.memory.remove_invented_near_groups(
+                [(poses[:, :3, 3], None), (visited, first_index)], self.config.free_radius_m)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
@@ -404,6 +398,33 @@ class Engine:
             clip = ClipConfig(clip.new_frames_per_clip, clip.clip_frames, clip.preceding_frames)
         for span in chunk_clips(len(poses), clip):
             yield from self.generate_clip(poses[span.start : span.stop], prompt, seed)
+
+
+def first_frame(world: World) -> np.ndarray:
+    """The world's first image, lossless where the world keeps it."""
+    return world.first_image if world.first_image is not None else world.history.get_rgb(0)
+
+
+def world_up(world: World) -> np.ndarray:
+    return -world.origin_c2w[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
+
+
+def observed_views(world: World) -> list[ReferenceFrame]:
+    """The views of the real scene: the first image with its depth (every later frame is generated)."""
+    if not len(world.history):
+        return []
+    depth = world.history.get_depth(0)
+    if depth is None:
+        return []
+    return [ReferenceFrame(0, first_frame(world), world.origin_c2w.copy(), world.history.intrinsics(0), depth_m=depth)]
+
+
+def prepare_generator(world: World, generator: Generator, views: list[ReferenceFrame] | None = None) -> None:
+    """Let ``generator`` start deriving its per-world state (``Generator.prepare_world``, optional) for ``world``:
+    engines call it when they open a world, a server when it creates one (so a Play soon after finds it ready)."""
+    prepare = getattr(generator, "prepare_world", None)
+    if prepare is not None:
+        prepare(world.memory, observed_views(world) if views is None else views, world_up(world))
 
 
 def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

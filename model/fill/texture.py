@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -1237,6 +1237,36 @@ def _groups(*columns: np.ndarray):
         idx = order[a:b]
         first = idx[0]
         yield tuple(int(c[first]) for c in columns), idx
+
+
+def tiles_covering(model: TextureModel, uv_lo_m: Sequence[float], uv_hi_m: Sequence[float]) -> list[tuple[int, int]]:
+    """The (row, col) indices of the tiles that ``sample_uv`` reads for plane coordinates in the rectangle
+    [uv_lo_m, uv_hi_m] (metres, u then v, the same frame as ``sample_uv``'s ``uv_m``)."""
+    model = _check_model(model)
+    t = model.tile_px
+    r0, r1 = (int(math.floor(v / model.texel_m)) + model.origin_px[0] for v in (uv_lo_m[1], uv_hi_m[1]))
+    c0, c1 = (int(math.floor(u / model.texel_m)) + model.origin_px[1] for u in (uv_lo_m[0], uv_hi_m[0]))
+    return [(i, j) for i in range(r0 // t, r1 // t + 1) for j in range(c0 // t, c1 // t + 1)]
+
+
+def warm_tiles(model: TextureModel, tiles: Sequence[tuple[int, int]], seed: int,
+               pause: Callable[[], None] | None = None) -> int:
+    """Synthesise the mip-0 tiles ``tiles`` [(row, col)] into the model's tile cache ahead of ``sample_uv``
+    (tiles are pure functions of model, index and seed: when they are made changes nothing). At most
+    ``TILE_CACHE`` of them (the cache would drop the first ones again); ``pause`` runs between tiles (a
+    maintenance thread lets the frame thread in). Returns how many were synthesised."""
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    done = 0
+    for i, j in list(tiles)[:TILE_CACHE]:
+        with model._lock:
+            if (seed, int(i), int(j)) in model._tiles:
+                continue
+            model._tile_locked(int(i), int(j), seed, 0)
+        done += 1
+        if pause is not None:
+            pause()
+    return done
 
 
 def continue_exemplar(model: TextureModel, seed: int) -> np.ndarray:
