@@ -201,6 +201,17 @@ def soak(args) -> dict:
     fps_last = [_fps(s["per_s"], span - w, span) for s in r["sessions"]]
     ratios = [b / a if a > 0 else 0.0 for a, b in zip(fps_first, fps_last)]
     mib = 1 / 2**20
+    end_over_first = last[1] / first[1] if first[1] else None
+    minus_first, minus_end = first[1] - first[2], last[1] - last[2]
+    minus_ratio = minus_end / minus_first if minus_first > 0 else None
+    min_ratio = min(ratios) if ratios else None
+    # issue 11 section 4; "flat" is read as: RSS minus the worlds' bytes grows by at most 20 % after minute 1
+    targets = {
+        "rss_end_over_first<=1.5": end_over_first is not None and end_over_first <= 1.5,
+        "rss_minus_worlds_end_over_first<=1.2": minus_ratio is not None and minus_ratio <= 1.2,
+        "fps_last_over_first_min>=0.8": min_ratio is not None and min_ratio >= 0.8,
+        "errors==0": not r["errors"],
+    }
     return {
         "name": "soak",
         "sizes": {"sessions": args.sessions, "never_reading": 1, "minutes": args.minutes, "width": args.width,
@@ -211,16 +222,19 @@ def soak(args) -> dict:
         "rss_created_mib": round(r["rss_created"] * mib, 1),
         "rss_first_mib": round(first[1] * mib, 1),
         "rss_end_mib": round(last[1] * mib, 1),
-        "rss_end_over_first": round(last[1] / first[1], 3) if first[1] else None,
+        "rss_end_over_first": round(end_over_first, 3) if end_over_first is not None else None,
         "rss_minus_worlds_first_mib": round((first[1] - first[2]) * mib, 1),
         "rss_minus_worlds_end_mib": round((last[1] - last[2]) * mib, 1),
+        "rss_minus_worlds_end_over_first": round(minus_ratio, 3) if minus_ratio is not None else None,
         "worlds_reported_first_mib": round(first[2] * mib, 1),
         "worlds_reported_end_mib": round(last[2] * mib, 1),
         "rss_after_delete_mib": round(r["rss_deleted"] * mib, 1),
         "fps_first": [round(x, 2) for x in fps_first],
         "fps_last": [round(x, 2) for x in fps_last],
-        "fps_last_over_first_min": round(min(ratios), 3) if ratios else None,
+        "fps_last_over_first_min": round(min_ratio, 3) if min_ratio is not None else None,
         "errors": len(r["errors"]),
+        "targets": targets,
+        "targets_met": all(targets.values()),
         "error_samples": r["errors"][:5],
         "rss_samples_mib": [[round(t, 1), round(x * mib, 1)] for t, x, _ in samples],
         "baseline": "rss_idle_mib: the server before any world exists (same run)",

@@ -11,7 +11,7 @@ const S = window.spatia = {
   seq: 0, sent: new Map(), reflectedSeq: 0,  // action seq -> performance.now() when sent
   keys: new Set(), mouseDx: 0, mouseDy: 0, dragging: false, lastX: 0, lastY: 0,
   shownTimes: [], latencies: [], framesShown: 0,
-  shownMeta: null, metaByPts: new Map(), rtpOrigin: null, unmappedRtp: [], rtpMisses: 0, rtpRelearned: 0,
+  shownMeta: null, metaByPts: new Map(), rtpOrigin: null, unmappedRtp: [], pendingRtp: [], rtpMisses: 0, rtpRelearned: 0,
   firstPose: null, viewers: 0, memoryPoints: 0, recording: "", playing: false,
   fps: 30, wanted: "auto", closing: false, retries: 0, lastError: "",
   replayFrames: 0, replayPos: 0, replayPaused: false,
@@ -116,7 +116,7 @@ $("photo-form").addEventListener("submit", async (ev) => {
 
 function resetViewer(mode) {
   Object.assign(S, {mode, history: [], seq: 0, reflectedSeq: 0, shownTimes: [], latencies: [], framesShown: 0, shownMeta: null,
-                    rtpOrigin: null, unmappedRtp: [], rtpMisses: 0, firstPose: null, closing: false, retries: 0, lastError: ""});
+                    rtpOrigin: null, unmappedRtp: [], pendingRtp: [], rtpMisses: 0, firstPose: null, closing: false, retries: 0, lastError: ""});
   S.sent.clear(); S.metaByPts.clear(); S.keys.clear();
   show("lobby", false); show("viewer", true);
   show("play-controls", mode === "play"); show("replay-controls", mode === "replay");
@@ -248,18 +248,7 @@ async function connectRtc() {
   });
   const onVideoFrame = (now, md) => {
     if (S.pc !== pc) return;
-    if (md.rtpTimestamp !== undefined) {
-      if (S.rtpOrigin === null) {
-        const meta = learnRtpOrigin(md.rtpTimestamp);
-        if (meta) onFrameShown(meta);
-      } else {
-        const meta = S.metaByPts.get((md.rtpTimestamp - S.rtpOrigin) >>> 0);
-        if (meta) { S.rtpMisses = 0; onFrameShown(meta); }
-        else if (++S.rtpMisses >= 3) {  // three shown frames in a row map to nothing: a wrong origin, learn again
-          S.rtpOrigin = null; S.rtpMisses = 0; S.unmappedRtp = [md.rtpTimestamp]; S.rtpRelearned += 1;
-        }
-      }
-    }
+    if (md.rtpTimestamp !== undefined) onRtpShown(md.rtpTimestamp);
     video.requestVideoFrameCallback(onVideoFrame);
   };
   video.requestVideoFrameCallback(onVideoFrame);
@@ -268,25 +257,74 @@ async function connectRtc() {
 
 // A frame's RTP timestamp is origin + pts (mod 2^32): the pts the data channel announced with its metadata, the
 // origin random per sender (RFC 3550) and not told by aiortc's public API. The page learns it from the frames it
-// is shown: a candidate origin (a shown frame's RTP timestamp minus an announced pts) must map every shown frame
-// onto an announced pts. The server makes consecutive pts gaps distinct (client/web/rtc.py), so two shown frames
-// in a row leave one candidate; wall-clock gaps separate the rest. Until then a frame is shown when every
-// candidate maps it to the same picture. A frame shown before its metadata arrived can eliminate the true origin
-// and leave a wrong one: an origin that maps nothing three times in a row is learned again.
-function learnRtpOrigin(rtp) {
-  if (!S.unmappedRtp.includes(rtp)) S.unmappedRtp.push(rtp);
-  if (S.unmappedRtp.length > 16) S.unmappedRtp.shift();
-  let found = null, first = null, count = 0, same = true;
-  for (const [p, meta] of S.metaByPts) {
-    const o = (rtp - p) >>> 0;  // this candidate shows ``meta`` now
-    if (!S.unmappedRtp.every((r) => S.metaByPts.has((r - o) >>> 0))) continue;
-    if (++count === 1) { found = o; first = meta; } else if (meta.index !== first.index) same = false;
+// is shown: each candidate origin (a shown frame's RTP timestamp minus an announced pts) scores the shown frames
+// it maps onto an announced pts; the server keeps consecutive pts gaps distinct (client/web/rtc.py), so the true
+// origin is the one best candidate once two shown frames have their metadata. Until then a frame is shown when
+// every best candidate maps it to the same picture (copies of one picture: a world entered standing still).
+// Metadata can arrive after its frame was shown (the data channel lags under load): such frames wait in
+// ``pendingRtp`` for it (1 s); three that never map in a row mean a wrong origin, which is learned again.
+function learnRtpOrigin() {
+  const score = new Map();
+  for (const r of S.unmappedRtp) {
+    for (const p of S.metaByPts.keys()) { const o = (r - p) >>> 0; score.set(o, (score.get(o) || 0) + 1); }
   }
-  if (count === 0) { S.unmappedRtp = [rtp]; return null; }  // an older frame's metadata was evicted: start over
-  if (count === 1 && S.unmappedRtp.length >= 2) { S.rtpOrigin = found; S.unmappedRtp = []; return first; }
-  // still ambiguous; if every candidate shows the same frame (copies of one picture: a world entered standing
-  // still, where the browser may present only one of them), that frame is what is shown
-  return same ? first : null;
+  let best = 0, found = null, ties = 0;
+  for (const [o, n] of score) {
+    if (n > best) { best = n; found = o; ties = 1; } else if (n === best) ties += 1;
+  }
+  if (best >= 2 && ties === 1) {
+    S.rtpOrigin = found; S.rtpMisses = 0;
+    const latest = S.unmappedRtp[S.unmappedRtp.length - 1];
+    S.unmappedRtp = [];
+    return S.metaByPts.get((latest - found) >>> 0) || null;
+  }
+  if (best === 0) return null;
+  const r = S.unmappedRtp[S.unmappedRtp.length - 1];
+  let meta = null;
+  for (const [o, n] of score) {
+    if (n !== best) continue;
+    const m = S.metaByPts.get((r - o) >>> 0);
+    if (!m) continue;
+    if (meta && m.index !== meta.index) return null;
+    meta = meta || m;
+  }
+  return meta;
+}
+
+function onRtpShown(rtp) {
+  const now = performance.now();
+  if (S.rtpOrigin === null) {
+    if (!S.unmappedRtp.includes(rtp)) S.unmappedRtp.push(rtp);
+    if (S.unmappedRtp.length > 16) S.unmappedRtp.shift();
+    const meta = learnRtpOrigin();
+    if (meta) onFrameShown(meta);
+    return;
+  }
+  while (S.pendingRtp.length && now - S.pendingRtp[0].t > 1000) {  // never mapped
+    S.pendingRtp.shift();
+    if (++S.rtpMisses >= 3) {
+      S.rtpOrigin = null; S.rtpMisses = 0; S.rtpRelearned += 1;
+      S.unmappedRtp = S.pendingRtp.map((x) => x.rtp).concat([rtp]); S.pendingRtp = [];
+      return;
+    }
+  }
+  const meta = S.metaByPts.get((rtp - S.rtpOrigin) >>> 0);
+  if (meta) { S.rtpMisses = 0; onFrameShown(meta); }
+  else { S.pendingRtp.push({rtp, t: now}); if (S.pendingRtp.length > 32) S.pendingRtp.shift(); }
+}
+
+function onMetaArrived(m) {
+  if (S.rtpOrigin === null) {
+    if (S.unmappedRtp.length) {
+      const meta = learnRtpOrigin();
+      if (meta && (!S.shownMeta || meta.index !== S.shownMeta.index)) onFrameShown(meta);
+    }
+    return;
+  }
+  const i = S.pendingRtp.findIndex((x) => ((x.rtp - S.rtpOrigin) >>> 0) === m.pts);
+  if (i < 0) return;
+  S.pendingRtp.splice(i, 1); S.rtpMisses = 0;
+  if (!S.shownMeta || m.session_frame === undefined || m.session_frame >= S.shownMeta.session_frame) onFrameShown(m);
 }
 
 function onControlMessage(m) {
@@ -294,11 +332,7 @@ function onControlMessage(m) {
     if (S.transport === "webrtc" && m.pts !== undefined) {
       S.metaByPts.set(m.pts, m);
       if (S.metaByPts.size > 256) S.metaByPts.delete(S.metaByPts.keys().next().value);
-      if (S.rtpOrigin === null && S.unmappedRtp.length && !S.shownMeta) {
-        // a frame shown before its metadata came (the data channel opened late): mapped now
-        const meta = learnRtpOrigin(S.unmappedRtp[S.unmappedRtp.length - 1]);
-        if (meta) onFrameShown(meta);
-      }
+      onMetaArrived(m);
     }
     S.viewers = m.viewers; S.memoryPoints = m.memory_points; S.recording = m.recording;
   } else if (m.t === "status") {
