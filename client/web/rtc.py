@@ -125,6 +125,7 @@ class HubVideoTrack(MediaStreamTrack):
         self._last_pts = pts
         return pts
 
+
 async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers: list[str] | None = None) -> dict:
     """Answer the page's offer: subscribe to ``hub`` (and take control when ``role == "play"``)."""
     config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in (ice_servers or [])])
