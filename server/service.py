@@ -29,7 +29,7 @@ from spatia.server.config import ServerConfig
 from spatia.server.errors import (
     OutOfRangeError, UnavailableError, check_id, invalid, limit_exceeded, streaming, unary,
 )
-from spatia.server.host import HostView, WorldHost
+from spatia.server.host import HostView, WorldHost, bound_heap
 from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import RecordingCloser, recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession, check_image_options, clip_from_proto
@@ -601,6 +601,7 @@ class WorldServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        bound_heap()  # before the worlds' threads exist (server/host.py)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
