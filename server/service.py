@@ -33,7 +33,7 @@ from spatia.server.host import HostView, WorldHost
 from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession
-from spatia.server.store import WorldStore
+from spatia.server.store import WorldStore, open_store
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import EngineConfig
 from spatia.world.errors import InvalidInputError, NotFoundError
@@ -609,7 +609,7 @@ class WorldServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
-        self.store = WorldStore(config.data_dir, config.limits.max_worlds)
+        self.store = open_store(config)  # in-process hosts, or Ray actors with config.cluster
         self.servicer: WorldServicer | None = None
         errors.set_data_dir(config.data_dir)
         self.metrics = ServerMetrics(self)  # read at scrape time; served on config.metrics_port
