@@ -751,6 +751,10 @@ class RayWorldStore:
         await host.unload()
         try:
             return await asyncio.to_thread(self._attach_locked, world.world_id)
+        except BaseException:  # not placed (RESOURCE_EXHAUSTED) or not started: the creation leaves nothing
+            await asyncio.to_thread(shutil.rmtree, host.path, True)
+            (self.data_dir / ".cluster" / f"epoch.{world.world_id}").unlink(missing_ok=True)
+            raise
         finally:
             self._reserved.discard(world.world_id)
 
