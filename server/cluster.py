@@ -61,6 +61,8 @@ class ClusterOptions:
     placement_timeout_s: float = 30.0
     local_cpus: int | None = None
     stats_interval_s: float = 1.0  # how often a front door refreshes its cached view of each world actor
+    # "world": the real host; "gpu-standin": server/standin.py's stand-in for a GPU generator (benchmarks only)
+    host_kind: str = "world"
 
     def __post_init__(self) -> None:
         if self.address is not None and not (self.address == "auto" or self.address.startswith("ray://")
@@ -74,6 +76,8 @@ class ClusterOptions:
         for name in ("lease_ttl_s", "placement_timeout_s", "stats_interval_s"):
             if not getattr(self, name) > 0:
                 raise InvalidInputError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.host_kind not in ("world", "gpu-standin"):
+            raise InvalidInputError(f"host_kind must be 'world' or 'gpu-standin', got {self.host_kind!r}")
         if self.idle_exit_s is not None and not self.idle_exit_s > 0:
             raise InvalidInputError(f"idle_exit_s must be > 0 or None, got {self.idle_exit_s}")
 

@@ -153,7 +153,7 @@ class WorldActor:
     engine work runs on the host's worker thread."""
 
     def __init__(self, data_dir: str, world_id: str, generator: str, generator_kwargs: dict, version: str,
-                 lease_ttl_s: float, idle_exit_s: float | None) -> None:
+                 lease_ttl_s: float, idle_exit_s: float | None, host_kind: str = "world") -> None:
         if version != project_version():
             raise ClusterCheckError(f"this node runs spatia {project_version()}, the front door {version}")
         self.data_dir = Path(data_dir)
@@ -162,7 +162,12 @@ class WorldActor:
         self.idle_exit_s = idle_exit_s
         self.epoch = next_epoch(self.data_dir, world_id)
         world, wlog, legacy, size = load_world(self.data_dir / "worlds", world_id)
-        self.host = _EpochHost(world, self.data_dir / "worlds" / world_id, wlog=wlog, legacy_path=legacy,
+        host_class = _EpochHost
+        if host_kind == "gpu-standin":
+            from spatia.server.standin import GpuStandinMixin
+
+            host_class = type("StandinEpochHost", (GpuStandinMixin, _EpochHost), {})
+        self.host = host_class(world, self.data_dir / "worlds" / world_id, wlog=wlog, legacy_path=legacy,
                                snapshot_bytes=size, epoch_check=self._check_epoch)
         if wlog is not None:
             self.host.snapshot_bytes = self.host._disk_bytes()
@@ -217,6 +222,9 @@ class WorldActor:
     def _engine(self, key: str, config):
         engine = self.engines.get(key)
         if engine is None:
+            if config is None:
+                raise PreconditionError(f"world {self.world_id!r}: this actor does not hold the session's engine "
+                                        "(it was restarted); start a new session")
             engine = self.engines[key] = self.host.open_engine(self.generator, config)
         return engine
 
@@ -272,10 +280,13 @@ class WorldActor:
         queue: asyncio.Queue = asyncio.Queue()
 
         def sink(i: int, f) -> None:  # on the world's worker thread
-            rgb = f.rgb
-            if (rgb.shape[1], rgb.shape[0]) != (out_w, out_h):
-                rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA)
-            frame = EncodedFrame(f.frame_index, f.clip_id, f.c2w, out_w, out_h, encode_image(rgb, encoding, quality))
+            data = getattr(f, "data", None)  # a host that prepared its frames (server/standin.py)
+            if data is None:
+                rgb = f.rgb
+                if (rgb.shape[1], rgb.shape[0]) != (out_w, out_h):
+                    rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA)
+                data = encode_image(rgb, encoding, quality)
+            frame = EncodedFrame(f.frame_index, f.clip_id, f.c2w, out_w, out_h, data)
             loop.call_soon_threadsafe(queue.put_nowait, ("frame", i, frame))
 
         work = asyncio.ensure_future(self.host.play_clip(engine, poses, prompt, seed, sink, autosave=autosave))
@@ -377,10 +388,19 @@ def _unwrap(exc: BaseException, world_id: str) -> BaseException:
     return exc
 
 
+async def _drain(gen) -> None:
+    try:
+        async for _ in gen:
+            pass
+    except Exception:  # noqa: BLE001 -- the clip's result was taken already
+        pass
+
+
 @dataclass
 class _RemoteEngine:
     key: str
     config: Any  # EngineConfig
+    sent: bool = False  # the actor has built it
 
 
 class _MemorySample:
@@ -431,6 +451,8 @@ class RayWorldHost:
         self.deleted = False
         self.controller: str | None = None  # this front door's session holding the lease
         self._renew: asyncio.Task | None = None
+        self._tails: set[asyncio.Task] = set()  # clips' end-of-stream reports being drained
+        self._play_method = None  # actor.play_clip with its stream options (made once)
 
     @property
     def world(self) -> _RemoteWorld:
@@ -520,18 +542,27 @@ class RayWorldHost:
             raise UnavailableError(f"world {self.world_id!r}: its actor died; the next call restarts it")
         if frame_format is None:
             frame_format = ((self._view.intrinsics.width, self._view.intrinsics.height), 1, 85)
-        gen = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE).remote(
-            self.controller, engine.key, engine.config, poses, prompt, seed, autosave, frame_format)
+        if self._play_method is None:
+            self._play_method = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE)
+        # the engine's config travels with its first clip only (the actor keeps the engine by key)
+        config, engine.sent = (None if engine.sent else engine.config), True
+        gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
+                                       frame_format)
         stats = None
         try:
             async for ref in gen:
                 item = await ref
                 if item[0] == "frame":
                     sink(item[1], item[2])
-                else:
-                    _, stats, self._view = item
+                else:  # the clip's last item: its end-of-stream report is not waited for (one hop less per
+                    _, stats, self._view = item  # clip); a task drains it so the generator ends normally
+                    break
         except (RayTaskError, RayActorError) as exc:
             raise self._failed(exc) from None
+        if stats is None:
+            raise UnavailableError(f"world {self.world_id!r}: its actor ended a clip without its stats")
+        self._tails.add(task := asyncio.ensure_future(_drain(gen)))
+        task.add_done_callback(self._tails.discard)
         return stats
 
     async def generate(self, engine: _RemoteEngine, c2w: np.ndarray, prompt: str | None, seed: int,
@@ -635,7 +666,7 @@ class RayWorldStore:
         o = self.options
         actor = self._actor_class(world_id).remote(
             str(self.data_dir), world_id, self.generator, self.generator_kwargs, project_version(), o.lease_ttl_s,
-            o.idle_exit_s)
+            o.idle_exit_s, o.host_kind)
         try:
             where = ray.get(actor.where.remote(), timeout=o.placement_timeout_s)
         except GetTimeoutError:
