@@ -462,11 +462,13 @@ class RayWorldHost:
         return self._view
 
     def stats(self) -> dict:
-        return dict(self._stats) or {"memory_points": self._view.memory_points,
-                                     "history_frames": self._view.history_frames,
-                                     "clips_generated": self._view.clips_generated,
-                                     "snapshot_bytes": self._view.snapshot_bytes,
-                                     "controlled": int(self._view.controlled)}
+        """The actor's counters as of the last refresh (``WorldHost.stats()``'s keys) plus where it runs."""
+        base = {"memory_points": self._view.memory_points, "history_frames": self._view.history_frames,
+                "clips_generated": self._view.clips_generated, "frames_generated": 0,
+                "snapshot_bytes": self._view.snapshot_bytes, "saves": 0, "save_failures": 0,
+                "last_save_cpu_s": 0.0}
+        return {**base, **self._stats, "controlled": int(self._view.controlled), "node_id": self.node_id,
+                "actor_pid": self.actor_pid, "epoch": self.epoch}
 
     def _failed(self, exc: BaseException) -> BaseException:
         err = _unwrap(exc, self.world_id)

@@ -652,7 +652,8 @@ class WorldServer:
         from spatia.model import make_generator
 
         c = self.config
-        generator = make_generator(c.generator, **dict(c.generator_kwargs))
+        # with --ray each world actor builds its own generator (on its GPU); the front door needs none
+        generator = None if c.cluster is not None else make_generator(c.generator, **dict(c.generator_kwargs))
         await asyncio.to_thread(self.store.load_all)
         self.servicer = WorldServicer(c, self.store, generator)
         self._server = grpc.aio.server(interceptors=[self.metrics.interceptor, _AuthInterceptor(c.token)],
