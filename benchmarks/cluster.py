@@ -11,7 +11,8 @@ Two generators:
   aggregate fps within 80% of linear in the workers (``linearity`` = aggregate / (workers x workers_1's)), and the
   hop (``ray_hop_p50_ms``, ``ray_hop_p95_ms``: workers_1 minus in-process, per frame) <= 5 ms p50 / 15 ms p95.
 
-Each session sends one action and waits for its frame (lock-step), ``--frames`` times after 3 warm-up frames, at
+Each session sends one action and waits for its frame (lock-step), ``--frames`` times after 3 warm-up frames (all
+sessions start their timed frames together), at
 ``--width x --height`` JPEG; latency = action sent -> frame received. The front door runs in this process
 (``server.testing.ServerThread``), as does the in-process server; Ray is local (``--ray-cpus`` logical CPUs).
 
@@ -41,7 +42,8 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def _session(target: str, world_id: str, frames: int, width: int, height: int, out: dict) -> None:
+def _session(target: str, world_id: str, frames: int, width: int, height: int, out: dict,
+             barrier: threading.Barrier) -> None:
     from spatia.client.api import WorldClient
 
     lat_ms: list[float] = []
@@ -49,7 +51,8 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
         with c.play(world_id, record=False, lockstep=True, width=width, height=height, fps=10.0) as s:
             t_start = None
             for k in range(WARMUP + frames):
-                if k == WARMUP:
+                if k == WARMUP:  # every session warmed up (a fresh actor compiles its kernels): timed together
+                    barrier.wait(timeout=600)
                     t_start = time.perf_counter()
                 t0 = time.perf_counter()
                 s.send(move_forward=0.3, yaw_rate_rad_s=0.3, dt_s=0.1)
@@ -64,7 +67,9 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
 
 def run_sessions(target: str, world_ids: list[str], frames: int, width: int, height: int) -> dict:
     out: dict = {}
-    threads = [threading.Thread(target=_session, args=(target, w, frames, width, height, out)) for w in world_ids]
+    barrier = threading.Barrier(len(world_ids))
+    threads = [threading.Thread(target=_session, args=(target, w, frames, width, height, out, barrier))
+               for w in world_ids]
     for t in threads:
         t.start()
     for t in threads:

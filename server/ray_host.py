@@ -817,7 +817,7 @@ class RayWorldStore:
     entries = hosts
 
     async def delete(self, world_id: str) -> None:
-        check_id(world_id)
+        check_id(world_id, "world_id")
         if world_id in self.broken and world_id not in self._hosts:
             await asyncio.to_thread(shutil.rmtree, self.worlds_dir / world_id, True)
             await asyncio.to_thread((self.worlds_dir / f"{world_id}.msgpack").unlink, True)
