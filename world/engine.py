@@ -26,7 +26,7 @@ from spatia.world.errors import InvalidInputError
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
 )
-from spatia.world.memory import RenderResult
+from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
 from spatia.world.update import UpdateConfig, update_memory
@@ -134,6 +134,7 @@ class Engine:
         self.last_stats: ClipStats | None = None
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
         self._observed: list[ReferenceFrame] | None = None
+        prepare_generator(world, generator, self._observed_views())
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -163,10 +164,17 @@ class Engine:
         if m and getattr(self.generator, "uses_preceding_clip", True):
             preceding = self.world.memory.render_trajectory(K, preceding_c2w)
         target = [v.render for v in views]
+        provisional = None
+        memory = self.world.memory
+        if memory.has_provisional:  # where the memory shows a coarse fill the generator may replace
+            prov = memory.provenance
+            provisional = np.concatenate([np.zeros_like(preceding.valid), np.stack([
+                r.valid & (prov[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL) for r in target])])
         return SceneProjection(
             np.concatenate([preceding.rgb, np.stack([r.rgb for r in target])]),
             np.concatenate([preceding.depth_m, np.stack([r.depth_m for r in target])]),
             np.concatenate([preceding.valid, np.stack([r.valid for r in target])]),
+            provisional,
         )
 
     def _references(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> list[ReferenceFrame]:
@@ -219,16 +227,15 @@ class Engine:
         return scores
 
     def _observed_views(self) -> list[ReferenceFrame]:
-        """The views of the real scene: the first image with its depth (every later frame is generated)."""
-        if self._observed is None and len(self.world.history):
-            depth = self.world.history.get_depth(0)
-            if depth is not None:
-                self._observed = [ReferenceFrame(0, self._first_frame(), self.world.origin_c2w.copy(),
-                                                 self.world.history.intrinsics(0), depth_m=depth)]
-        return self._observed or []
+        if self._observed is None:
+            self._observed = observed_views(self.world)
+        return self._observed
+
+    def _world_up(self) -> np.ndarray:
+        return world_up(self.world)
 
     def _first_frame(self) -> np.ndarray:
-        return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
+        return first_frame(self.world)
 
     def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
         """The conditioning of the next clip (paper Fig. 2c): projection, preceding frames, references, text."""
@@ -258,7 +265,7 @@ class Engine:
             prompt=prompt,
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
-            world_up=-self.world.origin_c2w[:3, 1],  # docs/DESIGN.md: up = -y of the first camera
+            world_up=self._world_up(),
             memory=self.world.memory,
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),
@@ -352,13 +359,19 @@ class Engine:
                 # The generator drew each frame from the memory at exactly the commanded pose (the geometric
                 # one does): there is no drift to refine, and refinement would cost more than the frame did.
                 update_cfg = replace(update_cfg, refine_pose=False)
+            provisional = np.zeros(len(poses), bool) if result.provisional is None else result.provisional
             report = update_memory(
                 world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
                 memory_renders=[v.render for v in views],
+                provenance=np.where(provisional, INVENTED_PROVISIONAL, INVENTED_FINAL),
             )
             refined = report.poses_refined
             updates = report.frames
+            if not provisional.all() and world.memory.has_provisional:
+                # the generator is final again: the coarse fill goes, and the next clip shows (and keeps) the
+                # final content there (this clip's final frames already painted over it)
+                world.memory.drop_provisional()
         for i in range(len(poses)):
             done = updates[i]
             if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees
@@ -385,6 +398,33 @@ class Engine:
             clip = ClipConfig(clip.new_frames_per_clip, clip.clip_frames, clip.preceding_frames)
         for span in chunk_clips(len(poses), clip):
             yield from self.generate_clip(poses[span.start : span.stop], prompt, seed)
+
+
+def first_frame(world: World) -> np.ndarray:
+    """The world's first image, lossless where the world keeps it."""
+    return world.first_image if world.first_image is not None else world.history.get_rgb(0)
+
+
+def world_up(world: World) -> np.ndarray:
+    return -world.origin_c2w[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
+
+
+def observed_views(world: World) -> list[ReferenceFrame]:
+    """The views of the real scene: the first image with its depth (every later frame is generated)."""
+    if not len(world.history):
+        return []
+    depth = world.history.get_depth(0)
+    if depth is None:
+        return []
+    return [ReferenceFrame(0, first_frame(world), world.origin_c2w.copy(), world.history.intrinsics(0), depth_m=depth)]
+
+
+def prepare_generator(world: World, generator: Generator, views: list[ReferenceFrame] | None = None) -> None:
+    """Let ``generator`` start deriving its per-world state (``Generator.prepare_world``, optional) for ``world``:
+    engines call it when they open a world, a server when it creates one (so a Play soon after finds it ready)."""
+    prepare = getattr(generator, "prepare_world", None)
+    if prepare is not None:
+        prepare(world.memory, observed_views(world) if views is None else views, world_up(world))
 
 
 def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -208,6 +208,11 @@ class SpatialMemory:
         for what is derived from observations only (the layout)."""
         return self._observed_version
 
+    @property
+    def has_provisional(self) -> bool:
+        """Whether any point is invented-provisional (a coarse fill waiting to be replaced)."""
+        return bool((self._prov[: self._n] == INVENTED_PROVISIONAL).any())
+
     def observed_points(self) -> tuple[np.ndarray, np.ndarray]:
         """``([M, 3] float64 world frame, [M, 3] uint8)`` positions and colours of the observed points."""
         keep = self._prov[: self._n] == OBSERVED
