@@ -174,6 +174,8 @@ class WorldActor:
         from spatia.model import make_generator
 
         self.generator = make_generator(generator, **generator_kwargs)
+        if hasattr(self.host, "prepare"):  # the generator's per-world state (layout fill's fit) starts now
+            self.host.prepare(self.generator)
         self.lease: tuple[str, float] | None = None  # (session id, monotonic expiry)
         self.engines: dict[str, Any] = {}  # engine key -> Engine (one per session)
         self.last_call = time.monotonic()
@@ -532,6 +534,9 @@ class RayWorldHost:
         return True
 
     # ---- work ----
+
+    def prepare(self, generator) -> None:
+        """Nothing here: the actor prepares its own generator for the world when it starts."""
 
     def open_engine(self, generator, config) -> _RemoteEngine:
         """The actor builds the engine (with its own generator) on the first clip; ``generator`` is the front
