@@ -204,8 +204,8 @@ class WorldActor:
                 log.info("world actor idle; saving and exiting", world_id=self.world_id)
                 try:
                     await self.host.unload()
-                finally:
-                    ray.actor.exit_actor()
+                finally:  # (exit_actor only works inside an actor call; this is a background task)
+                    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def _holder(self) -> str | None:
         if self.lease is not None and self.lease[1] <= time.monotonic():
@@ -443,18 +443,28 @@ class RayWorldHost:
     def __init__(self, store: "RayWorldStore", world_id: str, actor, view: HostView, where: dict | None = None):
         self.store = store
         self.world_id = world_id
-        self.actor = actor
-        self._view = view
-        self._stats: dict = dict((where or {}).get("stats", {}))
-        self.node_id: str = (where or {}).get("node_id", "")
-        self.actor_pid: int = (where or {}).get("pid", 0)
-        self.epoch: int = (where or {}).get("epoch", 0)
-        self.dead = False
         self.deleted = False
+        self.reset(actor, where or {"view": view})
         self.controller: str | None = None  # this front door's session holding the lease
         self._renew: asyncio.Task | None = None
         self._tails: set[asyncio.Task] = set()  # clips' end-of-stream reports being drained
         self._play_method = None  # actor.play_clip with its stream options (made once)
+
+    def reset(self, actor, where: dict) -> None:
+        """Point at a (new) actor of this world."""
+        self.actor = actor
+        self._view = where["view"]
+        self._stats: dict = dict(where.get("stats", {}))
+        self.node_id: str = where.get("node_id", "")
+        self.actor_pid: int = where.get("pid", 0)
+        self.epoch: int = where.get("epoch", 0)
+        self.dead = False
+        self._play_method = None
+
+    def _revive(self) -> None:
+        """Blocking: start the world's actor again from its last snapshot (after it exited idle or died)."""
+        log.info("restarting world actor from its last snapshot", world_id=self.world_id)
+        self.store._attach_locked(self.world_id)
 
     @property
     def world(self) -> _RemoteWorld:
@@ -479,9 +489,22 @@ class RayWorldHost:
             log.warning("world actor died", world_id=self.world_id, node=self.node_id[:12], error=type(exc).__name__)
         return err
 
-    async def _call(self, method: str, *args):
+    async def _call(self, method: str, *args, retry: bool = False):
+        """``retry``: a call without side effects whose actor turns out gone (exited idle, or died since the
+        last call) starts the actor again and is made once more, instead of answering UNAVAILABLE."""
         if self.dead:
-            raise UnavailableError(f"world {self.world_id!r}: its actor died; the next call restarts it")
+            if not retry:
+                raise UnavailableError(f"world {self.world_id!r}: its actor died; the next call restarts it")
+            await asyncio.to_thread(self._revive)
+        try:
+            return await getattr(self.actor, method).remote(*args)
+        except RayActorError as exc:
+            err = self._failed(exc)
+            if not retry:
+                raise err from None
+        except RayTaskError as exc:
+            raise self._failed(exc) from None
+        await asyncio.to_thread(self._revive)
         try:
             return await getattr(self.actor, method).remote(*args)
         except (RayTaskError, RayActorError) as exc:
@@ -497,9 +520,14 @@ class RayWorldHost:
     def claim(self, session_id: str) -> None:
         """Take the world's lease in its actor (one short blocking call: the servicer's claim is synchronous)."""
         if self.dead:
-            raise UnavailableError(f"world {self.world_id!r}: its actor died; the next call restarts it")
+            self._revive()
         try:
-            self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+            try:
+                self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+            except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
+                self._failed(exc)
+                self._revive()
+                self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
         except (RayTaskError, RayActorError) as exc:
             raise self._failed(exc) from None
         except GetTimeoutError:
@@ -595,7 +623,7 @@ class RayWorldHost:
         await self.refresh()
 
     async def render(self, K, c2w: np.ndarray):
-        return await self._call("render", K, c2w)
+        return await self._call("render", K, c2w, retry=True)
 
     async def edit(self, op) -> int:
         n = await self._call("edit", op)
@@ -603,7 +631,7 @@ class RayWorldHost:
         return n
 
     async def export(self, fmt: str) -> bytes:
-        return await self._call("export", fmt)
+        return await self._call("export", fmt, retry=True)
 
     async def save(self) -> int:
         size = await self._call("save")
@@ -690,8 +718,11 @@ class RayWorldStore:
             if isinstance(err, (DataLossError, NotFoundError, ClusterCheckError)):
                 raise err from None
             raise UnavailableError(f"world {world_id!r}: its actor could not start: {str(cause)[-300:]}") from None
-        host = RayWorldHost(self, world_id, actor, where["view"], where)
-        self._hosts[world_id] = host
+        host = self._hosts.get(world_id)
+        if host is not None and not host.deleted:  # the same proxy object lives on (callers may hold it)
+            host.reset(actor, where)
+        else:
+            host = self._hosts[world_id] = RayWorldHost(self, world_id, actor, where["view"], where)
         log.info("world actor attached", world_id=world_id, node=host.node_id[:12], pid=host.actor_pid,
                  epoch=host.epoch)
         return host

@@ -164,6 +164,7 @@ def test_a_replaced_actors_snapshot_write_is_refused(doors, tmp_path):
 
     one, _ = doors
     host = _host(one, "a")
+    old_epoch = host.epoch
     with WorldClient(one.target, timeout_s=60) as c:
         next_epoch(one.config.data_dir, "a")  # what a newer incarnation (say, on the other side of a partition) does
         from spatia.proto.spatia.v1 import world_pb2 as pb
@@ -173,7 +174,7 @@ def test_a_replaced_actors_snapshot_write_is_refused(doors, tmp_path):
         with pytest.raises(WorldServiceError) as stale:
             c.edit(req)  # an edit saves before it answers
         assert stale.value.code == grpc.StatusCode.ABORTED
-        assert f"epoch {host.epoch}" in stale.value.message and "refused" in stale.value.message
+        assert f"epoch {old_epoch}" in stale.value.message and "refused" in stale.value.message
     ray.kill(host.actor)  # the stale actor goes; the next call starts a fresh one with the newest epoch
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -183,7 +184,7 @@ def test_a_replaced_actors_snapshot_write_is_refused(doors, tmp_path):
         except ray.exceptions.RayActorError:
             break
     host.dead = True
-    assert _host(one, "a").epoch > host.epoch
+    assert _host(one, "a").epoch > old_epoch
 
 
 def test_generate_backpressure_pauses_the_actor_for_a_slow_client(doors):
@@ -260,3 +261,26 @@ def test_every_node_is_checked_for_the_data_dir_and_the_version(ray_local, tmp_p
                      project_version(), tmp_path)
     with pytest.raises(ClusterCheckError, match="runs spatia 0.0.9"):
         check_report({**good, "version": "0.0.9+abc"}, "n2", token, project_version(), tmp_path)
+
+
+def test_an_idle_actor_saves_and_exits_and_its_next_call_restarts_it(ray_local, tmp_path):
+    with running_server(_config(tmp_path, idle_exit_s=1.0)) as door:
+        with WorldClient(door.target, timeout_s=120) as c:
+            c.create_scene("room", seed=0, width=W, height=H, world_id="idle")
+            with c.play("idle", record=False) as s:
+                assert _step(s) is not None
+            frames = c.get_world("idle").stats.history_frames
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    ray.get_actor("world:idle", namespace="spatia")
+                    time.sleep(0.2)
+                except ValueError:  # the name is gone: the actor exited
+                    break
+            else:
+                pytest.fail("the idle world actor did not exit")
+            assert "idle" in [w.world_id for w in c.list_worlds()]  # still a world (on disk)
+            with c.play("idle", record=False) as s:  # the actor starts again, transparently, from its snapshot
+                assert s.started.world.stats.history_frames == frames
+                assert _step(s) is not None
+            assert _host(door, "idle").epoch == 2
