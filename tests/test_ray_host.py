@@ -284,3 +284,29 @@ def test_an_idle_actor_saves_and_exits_and_its_next_call_restarts_it(ray_local, 
                 assert s.started.world.stats.history_frames == frames
                 assert _step(s) is not None
             assert _host(door, "idle").epoch == 2
+
+
+def test_the_ray_flag_and_the_cluster_options_are_checked():
+    import argparse
+
+    from spatia import cmd_serve
+    from spatia.world.errors import InvalidInputError
+
+    def resolve(*argv):
+        parser = argparse.ArgumentParser()
+        cmd_serve.add_parser(parser.add_subparsers())
+        return cmd_serve.resolve(parser.parse_args(["serve", *argv]), {})
+
+    assert resolve()["ray"] is None  # no --ray: in-process hosts
+    assert resolve("--ray")["ray"] == "local"
+    assert resolve("--ray", "auto", "--world-gpus", "1")["world_gpus"] == 1.0
+    assert resolve("--ray", "ray://head:10001")["ray"] == "ray://head:10001"
+    with pytest.raises(SystemExit):
+        resolve("--ray", "nowhere")
+    with pytest.raises(InvalidInputError, match="SPATIA_WORLD_CPUS"):
+        cmd_serve.resolve(argparse.Namespace(config=None), {"SPATIA_WORLD_CPUS": "0"})
+    assert ClusterOptions().gpus_for("spatia") == 1.0 and ClusterOptions().gpus_for("geometric") == 0.0
+    with pytest.raises(InvalidInputError, match="world_cpus"):
+        ClusterOptions(world_cpus=0)
+    with pytest.raises(InvalidInputError, match="host_kind"):
+        ClusterOptions(host_kind="tpu")
