@@ -10,6 +10,7 @@ Two generators:
   shows the scheduling: how sessions scale with worker processes and what the Ray hop adds per frame. Targets:
   aggregate fps within 80% of linear in the workers (``linearity`` = aggregate / (workers x workers_1's)), and the
   hop (``ray_hop_p50_ms``, ``ray_hop_p95_ms``: workers_1 minus in-process, per frame) <= 5 ms p50 / 15 ms p95.
+  ``bare_ray_stream_overhead``: a bare Ray streaming actor call's overhead on the same machine (the hop's floor).
 
 Each session sends one action and waits for its frame (lock-step), ``--frames`` times after 3 warm-up frames (all
 sessions start their timed frames together), at
@@ -84,6 +85,37 @@ def run_sessions(target: str, world_ids: list[str], frames: int, width: int, hei
             "p95_ms": round(_pct(lat, 0.95), 1)}
 
 
+def bare_ray_stream_ms(calls: int = 30) -> dict:
+    """A bare Ray streaming actor call on this machine: one 40 kB item after a 100 ms ``asyncio.sleep``; the
+    overhead over the sleep is what Ray alone adds per clip (the floor under ``ray_hop_p50_ms``)."""
+    import asyncio
+
+    import ray
+
+    @ray.remote(num_cpus=0.1)
+    class Bare:
+        async def clip(self, delay_s: float):
+            await asyncio.sleep(delay_s)
+            yield b"x" * 40_000
+            yield "stats"
+
+    actor = Bare.remote()
+
+    async def run() -> list[float]:
+        out = []
+        for k in range(calls + 3):
+            t0 = time.perf_counter()
+            async for ref in actor.clip.remote(0.1):
+                item = await ref
+                if isinstance(item, bytes) and k >= 3:
+                    out.append((time.perf_counter() - t0 - 0.1) * 1e3)
+        return out
+
+    over = asyncio.run(run())
+    ray.kill(actor)
+    return {"p50_ms": round(_pct(over, 0.5), 2), "p95_ms": round(_pct(over, 0.95), 2), "calls": calls}
+
+
 def bench(generator: str, args) -> dict:
     from spatia.client.api import WorldClient
     from spatia.server import store as store_mod
@@ -147,6 +179,7 @@ def main() -> None:
         for generator in ("standin", "geometric"):
             if args.only in (None, generator):
                 out[generator] = bench(generator, args)
+        out["bare_ray_stream_overhead"] = bare_ray_stream_ms()
         if "standin" in out:
             s = out["standin"]
             out["ray_hop_p50_ms"] = round(s["workers_1"]["p50_ms"] - s["inprocess"]["p50_ms"], 1)
