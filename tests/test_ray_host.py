@@ -310,3 +310,56 @@ def test_the_ray_flag_and_the_cluster_options_are_checked():
         ClusterOptions(world_cpus=0)
     with pytest.raises(InvalidInputError, match="host_kind"):
         ClusterOptions(host_kind="tpu")
+
+
+def test_a_client_that_stops_reading_never_stalls_the_actor(doors):
+    """Play: the front door drains each clip's stream at once into the latest-wins outbox, so a client that reads
+    nothing for seconds costs dropped frames, never a stalled actor (nor object refs piling up)."""
+    import queue
+    import threading
+
+    from spatia.client.api import action_message, play_start
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.proto.spatia.v1 import world_pb2_grpc as pb_grpc
+
+    one, _ = doors
+    requests: queue.Queue = queue.Queue()
+    requests.put(pb.PlayRequest(start=play_start("a", width=640, height=480, fps=20.0, record=False)))
+    stop = threading.Event()
+
+    def request_iter():
+        while (item := requests.get()) is not None:
+            yield item
+
+    def send_actions():
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            requests.put(pb.PlayRequest(action=action_message(seq, move_forward=0.3, yaw_rate_rad_s=0.5,
+                                                              dt_s=0.05)))
+            time.sleep(0.05)
+
+    # no BDP probing: the client's receive window stays small, so unread frames back up into the server
+    channel = grpc.insecure_channel(one.target, options=[("grpc.http2.bdp_probe", 0)])
+    call = pb_grpc.WorldServiceStub(channel).Play(request_iter())
+    try:
+        assert next(call).HasField("started")
+        sender = threading.Thread(target=send_actions, daemon=True)
+        sender.start()
+        time.sleep(2.0)  # the client reads nothing from here on
+        before = _frames_generated(one, "a")
+        time.sleep(4.0)
+        generated = _frames_generated(one, "a") - before
+        session = next(iter(one.server.servicer._play.values()))
+        assert generated >= 15, f"the actor generated only {generated} frames while the client did not read"
+        assert session.outbox.dropped > 0  # latest wins in the front door
+        assert session.outbox.frames_queued <= one.config.limits.frame_queue
+        assert not _host(one, "a")._tails or len(_host(one, "a")._tails) <= 1  # no clip streams left behind
+    finally:
+        stop.set()
+        requests.put(None)
+        call.cancel()
+        channel.close()
+    deadline = time.monotonic() + 30
+    while one.server.servicer.sessions and time.monotonic() < deadline:
+        time.sleep(0.1)
