@@ -30,7 +30,9 @@ import structlog
 
 from spatia.world.errors import InvalidInputError
 from spatia.world.camera import Intrinsics, rotation_angle_deg, translation_distance_m
-from spatia.world.generator import ClipRequest, ClipResult, GeneratedView, ReferenceFrame, clip_result
+from spatia.world.generator import (
+    ClipRequest, ClipResult, GeneratedView, GeneratorCapabilities, ReferenceFrame, clip_result,
+)
 from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import warp_rgbd
@@ -302,8 +304,12 @@ class GeometricGenerator:
     """Memory render + reference warps + hole filling; deterministic (no randomness at all)."""
 
     name = "geometric"
-    exact_poses = True  # frames are drawn at exactly the requested poses: the memory update need not refine them
-    uses_preceding_clip = False  # frames come from the memory at their poses, the layout from the targets' render
+    capabilities = GeneratorCapabilities(
+        exact_poses=True,  # frames are drawn at exactly the requested poses: the memory update need not refine them
+        uses_preceding_clip=False,  # frames come from the memory at their poses, the layout from the targets' render
+        streams_frames=True,  # each frame is independent given the memory, the references and the layout
+        prepares_worlds=True,  # the layout fill's per-world state is fitted when a world is opened
+    )
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config

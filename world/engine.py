@@ -24,7 +24,7 @@ from spatia.world.actions import ClipConfig, chunk_clips
 from spatia.world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
 from spatia.world.errors import InvalidInputError
 from spatia.world.generator import (
-    ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
+    ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, capabilities_of, clip_result,
 )
 from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
 from spatia.world.retrieval import retrieve_reference_frames
@@ -129,6 +129,7 @@ class Engine:
     def __init__(self, world: World, generator: Generator, config: EngineConfig = EngineConfig()) -> None:
         self.world = world
         self.generator = generator
+        self.capabilities = capabilities_of(generator)  # declared by the generator, never probed for
         self.config = config
         self.clips_done = 0
         self.last_stats: ClipStats | None = None
@@ -161,7 +162,7 @@ class Engine:
         if not self.config.use_scene_projection:
             return empty(m + n)
         preceding = empty(m)
-        if m and getattr(self.generator, "uses_preceding_clip", True):
+        if m and self.capabilities.uses_preceding_clip:
             preceding = self.world.memory.render_trajectory(K, preceding_c2w)
         target = [v.render for v in views]
         provisional = None
@@ -248,7 +249,7 @@ class Engine:
         m = 0 if first_clip else min(self.config.clip.preceding_frames, n_hist)
         prec_idx = list(range(n_hist - m, n_hist))
         K = self.world.intrinsics
-        if m and getattr(self.generator, "uses_preceding_clip", True):
+        if m and self.capabilities.uses_preceding_clip:
             preceding = np.stack([history.get_rgb(i) for i in prec_idx])
         else:  # blank (calloc'd, never touched): nothing reads it
             preceding = np.zeros((m, K.height, K.width, 3), np.uint8)
@@ -289,7 +290,7 @@ class Engine:
     def _views(self, request: ClipRequest) -> Iterator[GeneratedView]:
         """The generator's frames one at a time (``generate_frames`` when it streams, else its clip's frames)."""
         n = request.num_target
-        if hasattr(self.generator, "generate_frames"):
+        if self.capabilities.streams_frames:
             count = 0
             for view in self.generator.generate_frames(request):
                 if count == n:
@@ -335,10 +336,10 @@ class Engine:
         if self.config.free_radius_m > 0 and self.config.update_memory:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
-            self.world.memory.remove_invented_near(poses[:, :3, 3], self.config.free_radius_m)
-            # ... and what this clip invented near any earlier pose
+            # ... and what this clip invented near any earlier pose (one compaction for both)
             visited = self.world.history.poses()[:first_index, :3, 3]
-            self.world.memory.remove_invented_near(visited, self.config.free_radius_m, since_frame=first_index)
+            self.world.memory.remove_invented_near_groups(
+                [(poses[:, :3, 3], None), (visited, first_index)], self.config.free_radius_m)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
@@ -355,7 +356,7 @@ class Engine:
         updates = [None] * len(poses)
         if self.config.update_memory:
             update_cfg = replace(self.config.update, integrate_stride=self.config.keyframe_stride)
-            if getattr(self.generator, "exact_poses", False):
+            if self.capabilities.exact_poses:
                 # The generator drew each frame from the memory at exactly the commanded pose (the geometric
                 # one does): there is no drift to refine, and refinement would cost more than the frame did.
                 update_cfg = replace(update_cfg, refine_pose=False)
@@ -422,9 +423,8 @@ def observed_views(world: World) -> list[ReferenceFrame]:
 def prepare_generator(world: World, generator: Generator, views: list[ReferenceFrame] | None = None) -> None:
     """Let ``generator`` start deriving its per-world state (``Generator.prepare_world``, optional) for ``world``:
     engines call it when they open a world, a server when it creates one (so a Play soon after finds it ready)."""
-    prepare = getattr(generator, "prepare_world", None)
-    if prepare is not None:
-        prepare(world.memory, observed_views(world) if views is None else views, world_up(world))
+    if capabilities_of(generator).prepares_worlds:
+        generator.prepare_world(world.memory, observed_views(world) if views is None else views, world_up(world))
 
 
 def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

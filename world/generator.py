@@ -106,28 +106,47 @@ class GeneratedView:
     provisional: bool = False
 
 
+@dataclass(frozen=True)
+class GeneratorCapabilities:
+    """What a generator declares about itself (``Generator.capabilities``). The engine reads these and never
+    probes a generator for attributes."""
+
+    # frames are drawn at exactly the requested poses (a renderer): the memory update skips pose refinement
+    exact_poses: bool = False
+    # False: the generator never reads the preceding clip (``preceding_frames`` and the preceding part of
+    # ``projection``); the engine then leaves them blank (zero, all invalid) instead of decoding and rendering them
+    uses_preceding_clip: bool = True
+    # ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
+    # the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none)
+    streams_frames: bool = False
+    # ``prepare_world(memory, observed_views, world_up)``: called when an engine opens a world (and when a server
+    # creates one), with what later requests carry as ``memory``, ``observed_views`` and ``world_up``: a generator
+    # that derives state from the world (the geometric one fits its layout fill) starts that work there, off the
+    # first frame's path. It must not block for long, and the frames it later makes must not depend on when that
+    # work finished.
+    prepares_worlds: bool = False
+
+
 @runtime_checkable
 class Generator(Protocol):
     """A video generator conditioned on spatial memory. Must be deterministic for a given ``request.seed``.
 
-    Optional members the engine looks for:
-
-    - ``exact_poses = True``: frames are drawn at exactly the requested poses (a renderer); the memory update then
-      skips pose refinement;
-    - ``uses_preceding_clip = False``: the generator never reads the preceding clip (``preceding_frames`` and the
-      preceding part of ``projection``); the engine then leaves them blank (zero, all invalid) instead of decoding
-      and rendering them, and only ``preceding_c2w`` is filled;
-    - ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
-      the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none);
-    - ``prepare_world(memory, observed_views, world_up)``: called when an engine opens a world, with what later
-      requests carry as ``memory``, ``observed_views`` and ``world_up``: a generator that derives state from the
-      world (the geometric one fits its layout fill) starts that work here, off the first frame's path. It must
-      not block for long, and the frames it later makes must not depend on when that work finished.
-    """
+    ``capabilities`` says which of the optional methods (``generate_frames``, ``prepare_world``) it has and how
+    the engine may feed it (``GeneratorCapabilities``)."""
 
     name: str
+    capabilities: GeneratorCapabilities
 
     def generate(self, request: ClipRequest) -> ClipResult: ...
+
+
+def capabilities_of(generator: object) -> GeneratorCapabilities:
+    """The generator's declared capabilities; a clear error when it declares none."""
+    caps = getattr(generator, "capabilities", None)
+    if not isinstance(caps, GeneratorCapabilities):
+        raise TypeError(f"generator {getattr(generator, 'name', type(generator).__name__)!r} must declare "
+                        "capabilities = world.generator.GeneratorCapabilities(...)")
+    return caps
 
 
 def clip_result(views: list[GeneratedView]) -> ClipResult:
