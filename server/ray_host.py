@@ -237,7 +237,10 @@ class WorldActor:
         return replace(self.host.view(), controlled=self._holder() is not None)
 
     async def where(self) -> dict:
+        import numba
+
         return {"node_id": self.node_id, "pid": os.getpid(), "epoch": self.epoch,
+                "numba_threads": numba.config.NUMBA_NUM_THREADS,
                 "stats": {**self.host.stats(), "controlled": int(self._holder() is not None)},
                 "view": replace(self.host.view(), controlled=self._holder() is not None)}
 
@@ -486,6 +489,11 @@ class RayWorldHost:
         err = _unwrap(exc, self.world_id)
         if isinstance(exc, RayActorError):
             self.dead = True
+            worlds = self.store.worlds_dir
+            if not (worlds / self.world_id).exists() and not (worlds / f"{self.world_id}.msgpack").exists():
+                self.deleted = True  # another front door deleted it
+                self.store._hosts.pop(self.world_id, None)
+                return NotFoundError(f"world {self.world_id!r} not found (deleted)")
             log.warning("world actor died", world_id=self.world_id, node=self.node_id[:12], error=type(exc).__name__)
         return err
 
@@ -500,7 +508,7 @@ class RayWorldHost:
             return await getattr(self.actor, method).remote(*args)
         except RayActorError as exc:
             err = self._failed(exc)
-            if not retry:
+            if not retry or self.deleted:
                 raise err from None
         except RayTaskError as exc:
             raise self._failed(exc) from None
@@ -525,7 +533,9 @@ class RayWorldHost:
             try:
                 self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
             except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
-                self._failed(exc)
+                err = self._failed(exc)
+                if self.deleted:
+                    raise err from None
                 self._revive()
                 self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
         except (RayTaskError, RayActorError) as exc:

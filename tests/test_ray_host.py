@@ -86,6 +86,7 @@ def test_a_world_plays_from_its_actor_in_another_process(doors):
     assert host.actor_pid and host.actor_pid != os.getpid()
     actor = ray.get_actor("world:a", namespace="spatia")
     assert ray.get(actor.pid.remote()) == host.actor_pid
+    assert ray.get(actor.where.remote())["numba_threads"] == 1  # follows world_cpus=0.25 (at least 1)
     with WorldClient(one.target, timeout_s=60) as c:
         before = c.get_world("a").stats.clips_generated
         with c.play("a", record=False, width=2 * W, height=2 * H, jpeg_quality=70) as s:
@@ -111,6 +112,11 @@ def test_a_second_front_door_serves_the_same_actor(doors):
             time.sleep(0.2)  # the first door's poller finds worlds the other door created
         assert "b" in [w.world_id for w in c.list_worlds()]
         assert c.get_world("b").stats.memory_points > 0
+    with WorldClient(two.target, timeout_s=60) as c:
+        c.delete_world("b")  # deleted through the second door: the first answers NOT_FOUND at once
+    with WorldClient(one.target, timeout_s=60) as c, pytest.raises(WorldServiceError) as gone:
+        c.render("b", np.eye(4))
+    assert gone.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_one_controller_across_front_doors_and_the_lease_expires(doors):
