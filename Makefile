@@ -38,8 +38,8 @@ $(STAMP): pyproject.toml | system-deps
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	# every extra but [cluster] (see pyproject.toml); a slim client is `pip install .` alone
-	$(PY) -m pip install -q -e '.[all]'
+	# every extra, [cluster] (Ray, for serve --ray and tests/test_ray_*.py) included; a slim client is `pip install .`
+	$(PY) -m pip install -q -e '.[all,cluster]'
 	# buf (a Go binary from the npm registry) for tests/test_ops_docs.py's `buf lint`; optional where npm is missing
 	-command -v npm >/dev/null && npm install -q --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf >/dev/null
 	touch $(STAMP)

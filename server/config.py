@@ -63,6 +63,8 @@ class ServerConfig:
     keepalive_time_s: float = 60.0  # server pings idle connections this often (keepalive guide: >= 1 min)
     keepalive_timeout_s: float = 20.0
     min_client_ping_interval_s: float = 30.0  # clients may ping this often without GOAWAY too_many_pings
+    # ``spatia serve --ray``: each world in a Ray actor (a server.cluster.ClusterOptions); None: in-process hosts
+    cluster: object | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept a str path too (frozen dataclass)

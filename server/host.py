@@ -277,11 +277,13 @@ class WorldHost:
         return engine
 
     async def play_clip(self, engine: Engine, poses: np.ndarray, prompt: str | None, seed: int,
-                        sink: Callable[[int, Any], None], autosave: tuple[int, float, float] | None = None):
+                        sink: Callable[[int, Any], None], autosave: tuple[int, float, float] | None = None,
+                        frame_format=None):
         """Generate one clip for ``poses`` [N, 4, 4] (world frame) on the worker: ``sink(i, frame)`` gets each
         ``GeneratedFrame`` as the generator yields it (on the worker thread; it must not block), then the memory
         update runs and, with ``autosave = (every_clips, interval_s, max_duty)``, the save policy applies.
-        Returns the engine's ``ClipStats``."""
+        ``frame_format`` ((width, height), encoding, quality) is for hosts that encode the frames themselves
+        (server/ray_host.py); here the sink encodes them on the worker thread. Returns the engine's ``ClipStats``."""
 
         def _clip():
             for i, f in enumerate(engine.generate_clip(poses, prompt, seed)):

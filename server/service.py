@@ -33,7 +33,7 @@ from spatia.server.host import HostView, WorldHost, bound_heap
 from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import RecordingCloser, recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession, check_image_options, clip_from_proto
-from spatia.server.store import WorldStore
+from spatia.server.store import WorldStore, open_store
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import EngineConfig
 from spatia.world.errors import InvalidInputError, NotFoundError
@@ -605,7 +605,7 @@ class WorldServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
-        self.store = WorldStore(config.data_dir, config.limits.max_worlds)
+        self.store = open_store(config)  # in-process hosts, or Ray actors with config.cluster
         self.servicer: WorldServicer | None = None
         errors.set_data_dir(config.data_dir)
         self.metrics = ServerMetrics(self)  # read at scrape time; served on config.metrics_port
@@ -648,7 +648,8 @@ class WorldServer:
         from spatia.model import make_generator
 
         c = self.config
-        generator = make_generator(c.generator, **dict(c.generator_kwargs))
+        # with --ray each world actor builds its own generator (on its GPU); the front door needs none
+        generator = None if c.cluster is not None else make_generator(c.generator, **dict(c.generator_kwargs))
         await asyncio.to_thread(self.store.load_all)
         self.servicer = WorldServicer(c, self.store, generator)
         self._server = grpc.aio.server(interceptors=[self.metrics.interceptor, _AuthInterceptor(c.token)],

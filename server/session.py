@@ -412,15 +412,17 @@ class PlaySession:
         times: list[float] = []  # perf_counter of each frame handed out
 
         def sink(i: int, f) -> None:
-            rgb = f.rgb
-            if (rgb.shape[1], rgb.shape[0]) != self.out_size:
-                rgb = cv2.resize(rgb, self.out_size, interpolation=cv2.INTER_AREA)
+            data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
+            if data is None:
+                rgb = f.rgb
+                if (rgb.shape[1], rgb.shape[0]) != self.out_size:
+                    rgb = cv2.resize(rgb, self.out_size, interpolation=cv2.INTER_AREA)
+                data = encode_image(rgb, self.options.encoding, self.options.jpeg_quality)
             frame = pb.Frame(
                 frame_index=f.frame_index, clip_id=f.clip_id, pose=pose_to_proto(f.c2w),
                 intrinsics=self.out_intrinsics, last_action_seq=chunk[i][1], server_time_ns=time.time_ns(),
                 encoding=self.options.encoding, width=self.out_size[0], height=self.out_size[1],
-                data=encode_image(rgb, self.options.encoding, self.options.jpeg_quality),
-                session_frame=self.frames_sent,
+                data=data, session_frame=self.frames_sent,
             )
             self.frames_sent += 1
             self.last_frame_index = f.frame_index
@@ -432,7 +434,9 @@ class PlaySession:
 
         c = self.config
         stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink,
-                                          autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty))
+                                          autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty),
+                                          frame_format=(self.out_size, self.options.encoding,
+                                                        self.options.jpeg_quality))
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))

@@ -239,3 +239,14 @@ class WorldStore:
     def close(self) -> None:
         for host in self._hosts.values():
             host.close()  # background snapshots finish before the process ends
+
+
+def open_store(config) -> "WorldStore":
+    """The registry a server uses (the one host-selection seam): in-process hosts, or with ``config.cluster``
+    (``spatia serve --ray``) one Ray actor per world (server/ray_host.py; only then is Ray imported)."""
+    if config.cluster is None:
+        return WorldStore(config.data_dir, config.limits.max_worlds)
+    from spatia.server.ray_host import RayWorldStore
+
+    return RayWorldStore(config.data_dir, config.limits.max_worlds, config.cluster, config.generator,
+                         dict(config.generator_kwargs))

@@ -60,6 +60,20 @@ def _duty(text: str) -> float:
     return v
 
 
+def _positive_float(text: str) -> float:
+    v = _float(text)
+    if not (v > 0 and v != float("inf")):
+        raise ValueError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _ray_address(text: str) -> str:
+    """``local`` (``--ray`` alone), ``auto``, ``ray://HOST:PORT`` or ``HOST:PORT`` (a GCS address)."""
+    if text in ("local", "auto") or text.startswith("ray://") or (":" in text and text.rsplit(":", 1)[1].isdigit()):
+        return text
+    raise ValueError(f"must be local, auto, ray://HOST:PORT or HOST:PORT, got {text!r}")
+
+
 def _choice(*names: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in names:
@@ -110,6 +124,16 @@ OPTIONS = (
     Option("max-message-mb", _positive_int, 64, "gRPC message size limit, MiB"),
     Option("metrics-port", _port, None, "serve Prometheus metrics on http://HOST:PORT/metrics (0 = ephemeral)"),
     Option("log-format", _choice("console", "json"), "console", "console (default) or json: one JSON object a line"),
+    Option("ray", _ray_address, None, "each world in a Ray actor (docs/SCALE.md): --ray alone starts a local Ray; "
+                                      "--ray auto joins this node's cluster; --ray ray://HOST:PORT via Ray Client"),
+    Option("world-cpus", _positive_float, 0.5, "with --ray: CPUs each world actor reserves (numba threads follow)"),
+    Option("world-gpus", _non_negative_float, None, "with --ray: GPUs each world actor reserves (default 1 for "
+                                                    "--generator spatia, else 0)"),
+    Option("lease-ttl-s", _positive_float, 10.0, "with --ray: a controller lease not renewed this long is free"),
+    Option("idle-exit-s", _non_negative_float, 600.0, "with --ray: an idle world actor saves and exits after this "
+                                                      "long (0: never)"),
+    Option("placement-timeout-s", _positive_float, 30.0, "with --ray: a world not placed within this long answers "
+                                                         "RESOURCE_EXHAUSTED"),
 )
 BY_KEY = {o.name: o for o in OPTIONS} | {o.dest: o for o in OPTIONS}
 
@@ -127,7 +151,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             except ValueError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
-        p.add_argument(f"--{o.name}", type=typed, default=None, help=o.help + default)
+        extra = {"nargs": "?", "const": "local"} if o.name == "ray" else {}  # --ray alone: a local Ray
+        p.add_argument(f"--{o.name}", type=typed, default=None, help=o.help + default, **extra)
 
 
 def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -247,5 +272,14 @@ def run(args: argparse.Namespace) -> int:
                       max_image_pixels=s["max_image_pixels"], max_trajectory_frames=s["max_trajectory_frames"],
                       max_message_bytes=s["max_message_mb"] * 1024 * 1024),
     )
+    if s["ray"] is not None:  # only now is Ray imported (server/ray_host.py, through the store)
+        from dataclasses import replace
+
+        from spatia.server.cluster import ClusterOptions
+
+        config = replace(config, cluster=ClusterOptions(
+            address=None if s["ray"] == "local" else s["ray"], world_cpus=s["world_cpus"],
+            world_gpus=s["world_gpus"], lease_ttl_s=s["lease_ttl_s"], idle_exit_s=s["idle_exit_s"] or None,
+            placement_timeout_s=s["placement_timeout_s"]))
     asyncio.run(serve(config, port_file=s["port_file"]))
     return 0

@@ -108,3 +108,23 @@ def test_model_knows_no_scene():
                 assert not m.endswith((".scenes", ".textures")), f"{path.relative_to(ROOT)} imports {m}"
             if isinstance(node, ast.Attribute):
                 assert node.attr not in ("source", "make_scene"), f"{path.relative_to(ROOT)} reads .{node.attr}"
+
+
+def test_the_embedded_server_never_imports_ray():
+    """Without --ray the server stays light (issue 12): building and starting an in-process server (and the
+    serve command's module) loads no Ray."""
+    code = (
+        "import asyncio, sys, tempfile\n"
+        "import spatia.cmd_serve, spatia.server.store\n"
+        "from spatia.server.config import ServerConfig\n"
+        "from spatia.server.service import WorldServer\n"
+        "async def main():\n"
+        "    s = WorldServer(ServerConfig(data_dir=tempfile.mkdtemp(), port=0))\n"
+        "    await s.start()\n"
+        "    await s.stop(0)\n"
+        "asyncio.run(main())\n"
+        "print('RAY:' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'ray')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = [line for line in out.stdout.splitlines() if line.startswith("RAY:")]
+    assert loaded == ["RAY:"], f"ray loaded: {loaded}"

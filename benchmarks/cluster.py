@@ -1,0 +1,193 @@
+"""Worlds on Ray actors vs the in-process server (issue 12 section 4): aggregate and per-session frame rates and
+latency for 1, 2 and 4 worker processes (one world actor each, one lock-step Play session each), against the
+in-process server (``inprocess``: one session; ``inprocess_sessions_4``: four) in the same run.
+
+Two generators:
+
+- ``geometric``: the real CPU generator. On a 2-core machine this is bounded by the cores, not by Ray.
+- ``standin``: a STAND-IN FOR A GPU GENERATOR (server/standin.py): it skips the engine and returns a prepared
+  JPEG frame after a fixed 100 ms per frame without using the CPU (a sleep, as a process waiting on its GPU). It
+  shows the scheduling: how sessions scale with worker processes and what the Ray hop adds per frame. Targets:
+  aggregate fps within 80% of linear in the workers (``linearity`` = aggregate / (workers x workers_1's)), and the
+  hop (``ray_hop_p50_ms``, ``ray_hop_p95_ms``: workers_1 minus in-process, per frame) <= 5 ms p50 / 15 ms p95.
+  ``bare_ray_stream_overhead``: a bare Ray streaming actor call's overhead on the same machine (the hop's floor).
+
+Each session sends one action and waits for its frame (lock-step), ``--frames`` times after 3 warm-up frames (all
+sessions start their timed frames together), at
+``--width x --height`` JPEG; latency = action sent -> frame received. The front door runs in this process
+(``server.testing.ServerThread``), as does the in-process server; Ray is local (``--ray-cpus`` logical CPUs).
+
+    python benchmarks/cluster.py [--frames 30] [--width 640 --height 360] [--only standin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _common import emit, log  # noqa: E402
+
+WARMUP = 3
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def _session(target: str, world_id: str, frames: int, width: int, height: int, out: dict,
+             barrier: threading.Barrier) -> None:
+    from spatia.client.api import WorldClient
+
+    lat_ms: list[float] = []
+    with WorldClient(target, timeout_s=300) as c:
+        with c.play(world_id, record=False, lockstep=True, width=width, height=height, fps=10.0) as s:
+            t_start = None
+            for k in range(WARMUP + frames):
+                if k == WARMUP:  # every session warmed up (a fresh actor compiles its kernels): timed together
+                    barrier.wait(timeout=600)
+                    t_start = time.perf_counter()
+                t0 = time.perf_counter()
+                s.send(move_forward=0.3, yaw_rate_rad_s=0.3, dt_s=0.1)
+                f = s.next_frame(timeout_s=300)
+                if f is None:
+                    raise RuntimeError(f"session on {world_id} ended early: {s.error}")
+                if k >= WARMUP:
+                    lat_ms.append((time.perf_counter() - t0) * 1e3)
+            t_end = time.perf_counter()
+    out[world_id] = {"latencies_ms": lat_ms, "start": t_start, "end": t_end}
+
+
+def run_sessions(target: str, world_ids: list[str], frames: int, width: int, height: int) -> dict:
+    out: dict = {}
+    barrier = threading.Barrier(len(world_ids))
+    threads = [threading.Thread(target=_session, args=(target, w, frames, width, height, out, barrier))
+               for w in world_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(out) != len(world_ids):
+        raise RuntimeError("a session failed (see stderr)")
+    lat = [x for r in out.values() for x in r["latencies_ms"]]
+    span = max(r["end"] for r in out.values()) - min(r["start"] for r in out.values())
+    per = [len(r["latencies_ms"]) / (r["end"] - r["start"]) for r in out.values()]
+    return {"sessions": len(world_ids), "aggregate_fps": round(len(lat) / span, 2),
+            "fps_per_session": round(statistics.mean(per), 2), "p50_ms": round(_pct(lat, 0.5), 1),
+            "p95_ms": round(_pct(lat, 0.95), 1)}
+
+
+def bare_ray_stream_ms(calls: int = 30) -> dict:
+    """A bare Ray streaming actor call on this machine: one 40 kB item after a 100 ms ``asyncio.sleep``; the
+    overhead over the sleep is what Ray alone adds per clip (the floor under ``ray_hop_p50_ms``)."""
+    import asyncio
+
+    import ray
+
+    @ray.remote(num_cpus=0.1)
+    class Bare:
+        async def clip(self, delay_s: float):
+            await asyncio.sleep(delay_s)
+            yield b"x" * 40_000
+            yield "stats"
+
+    actor = Bare.remote()
+
+    async def run() -> list[float]:
+        out = []
+        for k in range(calls + 3):
+            t0 = time.perf_counter()
+            async for ref in actor.clip.remote(0.1):
+                item = await ref
+                if isinstance(item, bytes) and k >= 3:
+                    out.append((time.perf_counter() - t0 - 0.1) * 1e3)
+        return out
+
+    over = asyncio.run(run())
+    ray.kill(actor)
+    return {"p50_ms": round(_pct(over, 0.5), 2), "p95_ms": round(_pct(over, 0.95), 2), "calls": calls}
+
+
+def bench(generator: str, args) -> dict:
+    from spatia.client.api import WorldClient
+    from spatia.server import store as store_mod
+    from spatia.server.cluster import ClusterOptions
+    from spatia.server.config import Limits, ServerConfig
+    from spatia.server.ray_host import kill_world_actors
+    from spatia.server.testing import running_server
+
+    standin = generator == "standin"
+    data_dir = Path(tempfile.mkdtemp(prefix=f"spatia-cluster-{generator}-"))
+    worlds = [f"w{i}" for i in range(4)]
+    base = dict(data_dir=data_dir, port=0, limits=Limits(max_sessions=8), save_interval_s=10.0)
+    result: dict = {}
+    original = store_mod.WorldHost
+    if standin:
+        from spatia.server.standin import GpuStandinHost
+
+        store_mod.WorldHost = GpuStandinHost  # the in-process server's hosts are stand-ins for this run
+    try:
+        with running_server(ServerConfig(**base)) as st:
+            with WorldClient(st.target, timeout_s=300) as c:
+                for i, w in enumerate(worlds):
+                    c.create_scene("room", seed=i, width=args.width, height=args.height, world_id=w)
+            log(f"[{generator}] in-process, 1 session")
+            result["inprocess"] = run_sessions(st.target, worlds[:1], args.frames, args.width, args.height)
+            log(f"[{generator}] in-process, 4 sessions")
+            result["inprocess_sessions_4"] = run_sessions(st.target, worlds, args.frames, args.width, args.height)
+    finally:
+        store_mod.WorldHost = original
+    cluster = ClusterOptions(world_cpus=args.world_cpus, idle_exit_s=None, host_kind="gpu-standin" if standin
+                             else "world", local_cpus=args.ray_cpus)
+    try:
+        with running_server(ServerConfig(**base, cluster=cluster)) as st:
+            for k in (1, 2, 4):
+                log(f"[{generator}] ray, {k} worker process(es)")
+                result[f"workers_{k}"] = run_sessions(st.target, worlds[:k], args.frames, args.width, args.height)
+    finally:
+        kill_world_actors(worlds)
+    one = result["workers_1"]["aggregate_fps"]
+    for k in (2, 4):
+        result[f"workers_{k}"]["linearity"] = round(result[f"workers_{k}"]["aggregate_fps"] / (k * one), 3)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=30, help="timed frames per session (after 3 warm-up frames)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--world-cpus", type=float, default=0.5, help="CPUs each world actor reserves")
+    p.add_argument("--ray-cpus", type=int, default=2, help="logical CPUs of the local Ray")
+    p.add_argument("--only", choices=("geometric", "standin"), default=None)
+    args = p.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        out: dict = {"frames_per_session": args.frames, "width": args.width, "height": args.height,
+                     "world_cpus": args.world_cpus, "ray_cpus": args.ray_cpus, "ray_version": ray.__version__}
+        for generator in ("standin", "geometric"):
+            if args.only in (None, generator):
+                out[generator] = bench(generator, args)
+        out["bare_ray_stream_overhead"] = bare_ray_stream_ms()
+        if "standin" in out:
+            s = out["standin"]
+            out["ray_hop_p50_ms"] = round(s["workers_1"]["p50_ms"] - s["inprocess"]["p50_ms"], 1)
+            out["ray_hop_p95_ms"] = round(s["workers_1"]["p95_ms"] - s["inprocess"]["p95_ms"], 1)
+    finally:
+        ray.shutdown()
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,912 @@
+"""Each loaded world in its own Ray actor (issue 12, ``spatia serve --ray``): the actor, the front door's proxy
+to it (``RayWorldHost``, the same methods as the in-process ``WorldHost``, so the servicer and the Play session
+do not know which runs) and the registry (``RayWorldStore``, the same methods as ``WorldStore``).
+
+The actor (``WorldActor``): named ``world:<id>`` in namespace ``spatia``, detached, created with
+``get_if_exists`` (so two front doors asking for one world get the one actor: the cluster-wide guard, Ray's
+registry being the router), with ``world_cpus`` CPUs and ``world_gpus`` GPUs (``ClusterOptions``). Inside it an
+in-process ``WorldHost`` loaded from the shared data dir does the work, on its own worker thread as in the
+embedded server; numba's thread count follows the actor's CPUs (``NUMBA_NUM_THREADS`` in its runtime env).
+
+- Play frames: one actor call per clip (``play_clip``), a Ray streaming generator whose items are the clip's
+  frames, resized and JPEG-encoded on the actor's worker thread, then the clip's stats. The front door awaits each
+  item as soon as it exists and hands it to the session's latest-wins outbox: pose skipping and dropping stay in
+  the front door, a slow client never stalls the actor, and no object refs pile up (each is awaited once and
+  dropped). Generate (every frame, no dropping) sends raw frames with Ray's generator backpressure
+  (``GENERATE_BACKPRESSURE`` unconsumed items): a slow client pauses the actor's generation.
+- The controller lease lives in the actor with an expiry (``lease_ttl_s``); the front door renews it every third
+  of that while its session runs. A front door that dies mid-Play stops renewing, and after the expiry another
+  front door may take the world. Every clip checks (and renews) the lease, so one controlling Play per world holds
+  across front doors.
+- Epochs: each actor incarnation takes the next number from ``<data_dir>/.cluster/epoch.<id>`` (under an
+  exclusive ``flock``) and checks it before each snapshot write: an actor replaced by a newer one (an old actor on
+  a partitioned node that still runs) finds a larger epoch and its write is refused (ABORTED), never overwriting
+  the newer actor's snapshot. (The check and the write are not one atomic step; the window is one write.)
+- Faults: a call that finds the actor dead (killed, node lost, out of memory) answers UNAVAILABLE saying so; the
+  proxy then forgets the handle, and the next call re-creates the actor (any node with room) from the last
+  snapshot on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import structlog
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from spatia.server.cluster import NAMESPACE, ClusterCheckError, ClusterOptions, connect, project_version
+from spatia.server.errors import AbortedError, DataLossError, UnavailableError, check_id, limit_exceeded
+from spatia.server.host import HostView, WorldHost
+from spatia.world.errors import AlreadyExistsError, NotFoundError, PreconditionError, SnapshotError
+from spatia.world.state import World
+from spatia.world.worldlog import WorldLog
+
+log = structlog.get_logger("spatia.server.ray")
+
+GENERATE_BACKPRESSURE = 4  # Generate: frames the actor may have produced that the front door has not taken yet
+PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame at once)
+CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
+
+
+def actor_name(world_id: str) -> str:
+    return f"world:{world_id}"
+
+
+class StaleEpochError(AbortedError):
+    """A world actor that a newer incarnation replaced tried to write a snapshot (ABORTED)."""
+
+
+# ---- on disk: epochs ----------------------------------------------------------------------------------------
+
+def next_epoch(data_dir: Path, world_id: str) -> int:
+    """Take the world's next epoch number (1, 2, ...): read, add one, write, under an exclusive lock on the file
+    (flock works on NFS v4 and CephFS, the shared file systems docs/SCALE.md names)."""
+    path = Path(data_dir) / ".cluster" / f"epoch.{world_id}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read().strip()
+        epoch = (int(text) if text.isdigit() else 0) + 1
+        f.seek(0)
+        f.truncate()
+        f.write(str(epoch))
+        f.flush()
+        os.fsync(f.fileno())
+    return epoch
+
+
+def current_epoch(data_dir: Path, world_id: str) -> int:
+    try:
+        text = (Path(data_dir) / ".cluster" / f"epoch.{world_id}").read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def load_world(worlds_dir: Path, world_id: str) -> tuple[World, WorldLog | None, Path | None, int]:
+    """(world, its log, an old single-file snapshot it came from, snapshot bytes) from the data dir, as
+    ``WorldStore.load_all`` loads one world. NOT_FOUND when neither form exists; DATA_LOSS when unreadable."""
+    directory, legacy = worlds_dir / world_id, worlds_dir / f"{world_id}.msgpack"
+    try:
+        if directory.is_dir():
+            try:
+                world, wlog = WorldLog.load(directory)
+                if world.world_id != world_id:
+                    world.close()
+                    raise DataLossError(f"world {world_id!r}: its log holds world {world.world_id!r}")
+                return world, wlog, None, 0
+            except NotFoundError:
+                if not legacy.exists():
+                    raise
+        if legacy.exists():
+            world = World.load(legacy)
+            return world, None, legacy, legacy.stat().st_size
+    except (SnapshotError, OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, DataLossError):
+            raise
+        raise DataLossError(f"world {world_id!r}: its snapshot on disk is unreadable ({type(exc).__name__}); "
+                            "DeleteWorld removes it") from None
+    raise NotFoundError(f"world {world_id!r} not found")
+
+
+# ---- the actor ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One Play frame as the actor sends it: already resized and encoded (``data``) for the session."""
+
+    frame_index: int
+    clip_id: int
+    c2w: np.ndarray  # [4, 4] world frame
+    width: int
+    height: int
+    data: bytes
+
+
+class _EpochHost(WorldHost):
+    """The in-process host, with each snapshot write first checking that no newer actor took the world."""
+
+    def __init__(self, *args, epoch_check: Callable[[], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch_check = epoch_check
+
+    def _write(self, plan):
+        self._epoch_check()
+        return super()._write(plan)
+
+
+class WorldActor:
+    """One loaded world (see the module docstring). Async actor: its methods run on the actor's event loop; the
+    engine work runs on the host's worker thread."""
+
+    def __init__(self, data_dir: str, world_id: str, generator: str, generator_kwargs: dict, version: str,
+                 lease_ttl_s: float, idle_exit_s: float | None, host_kind: str = "world") -> None:
+        if version != project_version():
+            raise ClusterCheckError(f"this node runs spatia {project_version()}, the front door {version}")
+        self.data_dir = Path(data_dir)
+        self.world_id = world_id
+        self.lease_ttl_s = lease_ttl_s
+        self.idle_exit_s = idle_exit_s
+        self.epoch = next_epoch(self.data_dir, world_id)
+        world, wlog, legacy, size = load_world(self.data_dir / "worlds", world_id)
+        host_class = _EpochHost
+        if host_kind == "gpu-standin":
+            from spatia.server.standin import GpuStandinMixin
+
+            host_class = type("StandinEpochHost", (GpuStandinMixin, _EpochHost), {})
+        self.host = host_class(world, self.data_dir / "worlds" / world_id, wlog=wlog, legacy_path=legacy,
+                               snapshot_bytes=size, epoch_check=self._check_epoch)
+        if wlog is not None:
+            self.host.snapshot_bytes = self.host._disk_bytes()
+        from spatia.model import make_generator
+
+        self.generator = make_generator(generator, **generator_kwargs)
+        if hasattr(self.host, "prepare"):  # the generator's per-world state (layout fill's fit) starts now
+            self.host.prepare(self.generator)
+        self.lease: tuple[str, float] | None = None  # (session id, monotonic expiry)
+        self.engines: dict[str, Any] = {}  # engine key -> Engine (one per session)
+        self.last_call = time.monotonic()
+        self._idle_task: asyncio.Task | None = None
+        self.node_id = ray.get_runtime_context().get_node_id()
+        log.info("world actor started", world_id=world_id, epoch=self.epoch, node=self.node_id[:12],
+                 pid=os.getpid(), points=world.memory.num_points)
+
+    # ---- bookkeeping ----
+
+    def _check_epoch(self) -> None:
+        newest = current_epoch(self.data_dir, self.world_id)
+        if newest != self.epoch:
+            raise StaleEpochError(f"world {self.world_id!r}: this actor (epoch {self.epoch}) was replaced by epoch "
+                                  f"{newest}; its snapshot write is refused")
+
+    def _touch(self) -> None:
+        self.last_call = time.monotonic()
+        if self.idle_exit_s is not None and self._idle_task is None:
+            self._idle_task = asyncio.ensure_future(self._idle_watch())
+
+    async def _idle_watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.idle_exit_s, 5.0))
+            if self._holder() is None and time.monotonic() - self.last_call >= self.idle_exit_s:
+                log.info("world actor idle; saving and exiting", world_id=self.world_id)
+                try:
+                    await self.host.unload()
+                finally:  # (exit_actor only works inside an actor call; this is a background task)
+                    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    def _holder(self) -> str | None:
+        if self.lease is not None and self.lease[1] <= time.monotonic():
+            log.warning("controller lease expired", world_id=self.world_id, session_id=self.lease[0])
+            self.lease = None
+            self.host.controller = None
+        return self.lease[0] if self.lease else None
+
+    def _require_lease(self, session_id: str) -> None:
+        holder = self._holder()
+        if holder != session_id:
+            raise PreconditionError(f"world {self.world_id!r}: session {session_id} no longer holds the controller "
+                                    f"lease (expired or taken by {holder or 'nobody'})")
+        self.lease = (session_id, time.monotonic() + self.lease_ttl_s)
+
+    def _engine(self, key: str, config):
+        engine = self.engines.get(key)
+        if engine is None:
+            if config is None:
+                raise PreconditionError(f"world {self.world_id!r}: this actor does not hold the session's engine "
+                                        "(it was restarted); start a new session")
+            engine = self.engines[key] = self.host.open_engine(self.generator, config)
+        return engine
+
+    # ---- what the proxy calls ----
+
+    async def view(self) -> HostView:
+        self._touch()
+        return replace(self.host.view(), controlled=self._holder() is not None)
+
+    async def where(self) -> dict:
+        import numba
+
+        return {"node_id": self.node_id, "pid": os.getpid(), "epoch": self.epoch,
+                "numba_threads": numba.config.NUMBA_NUM_THREADS,
+                "stats": {**self.host.stats(), "controlled": int(self._holder() is not None)},
+                "view": replace(self.host.view(), controlled=self._holder() is not None)}
+
+    async def claim(self, session_id: str) -> HostView:
+        self._touch()
+        holder = self._holder()
+        if holder is not None and holder != session_id:
+            raise PreconditionError(f"world {self.world_id!r} is already controlled by session {holder}; one "
+                                    "controller per world")
+        self.host.controller = session_id  # the in-process host's flag (its stats and unload read it)
+        self.lease = (session_id, time.monotonic() + self.lease_ttl_s)
+        return replace(self.host.view(), controlled=True)
+
+    async def renew(self, session_id: str) -> bool:
+        self._touch()
+        self._require_lease(session_id)
+        return True
+
+    async def release(self, session_id: str) -> bool:
+        self._touch()
+        for key in [k for k in self.engines if k.startswith(session_id + ":")]:
+            del self.engines[key]
+        if self.lease is not None and self.lease[0] == session_id:
+            self.lease = None
+            self.host.release(session_id)
+            return True
+        return False
+
+    async def play_clip(self, session_id: str, engine_key: str, engine_config, poses: np.ndarray,
+                        prompt: str | None, seed: int, autosave, frame_format):
+        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``.
+        ``frame_format = ((width, height), encoding, jpeg_quality)``."""
+        import cv2
+
+        from spatia.proto.spatia.v1.convert import encode_image
+
+        self._touch()
+        self._require_lease(session_id)
+        engine = self._engine(engine_key, engine_config)
+        (out_w, out_h), encoding, quality = frame_format
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def sink(i: int, f) -> None:  # on the world's worker thread
+            data = getattr(f, "data", None)  # a host that prepared its frames (server/standin.py)
+            if data is None:
+                rgb = f.rgb
+                if (rgb.shape[1], rgb.shape[0]) != (out_w, out_h):
+                    rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA)
+                data = encode_image(rgb, encoding, quality)
+            frame = EncodedFrame(f.frame_index, f.clip_id, f.c2w, out_w, out_h, data)
+            loop.call_soon_threadsafe(queue.put_nowait, ("frame", i, frame))
+
+        work = asyncio.ensure_future(self.host.play_clip(engine, poses, prompt, seed, sink, autosave=autosave))
+        work.add_done_callback(lambda _: queue.put_nowait(None))
+        while (item := await queue.get()) is not None:
+            yield item
+        stats = await work
+        self.last_call = time.monotonic()
+        yield ("stats", stats, replace(self.host.view(), controlled=self._holder() is not None))
+
+    async def generate(self, session_id: str, engine_key: str, engine_config, c2w: np.ndarray,
+                       prompt: str | None, seed: int):
+        """Streaming: ``("frame", n, GeneratedFrame)`` for every frame; the worker waits while the stream's
+        backpressure holds the consumer (so a slow client slows generation), and stops when the stream is
+        cancelled (the clip in progress is abandoned before its memory update, as in-process)."""
+        self._touch()
+        self._require_lease(session_id)
+        engine = self._engine(engine_key, engine_config)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        room = threading.Semaphore(2)
+        stop = threading.Event()
+
+        def sink(n: int, f) -> bool:  # on the world's worker thread
+            while not room.acquire(timeout=0.2):
+                if stop.is_set():
+                    return False
+            if stop.is_set():
+                return False
+            loop.call_soon_threadsafe(queue.put_nowait, ("frame", n, f))
+            return True
+
+        work = asyncio.ensure_future(self.host.generate(engine, c2w, prompt, seed, sink))
+        work.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+                room.release()
+                self.last_call = time.monotonic()
+            await work
+        finally:
+            stop.set()
+
+    async def render(self, K, c2w: np.ndarray):
+        self._touch()
+        return await self.host.render(K, c2w)
+
+    async def edit(self, op) -> int:
+        self._touch()
+        return await self.host.edit(op)
+
+    async def export(self, fmt: str) -> bytes:
+        self._touch()
+        return await self.host.export(fmt)
+
+    async def save(self) -> int:
+        self._touch()
+        return await self.host.save()
+
+    async def save_if_changed(self) -> int:
+        self._touch()
+        return await self.host.save_if_changed()
+
+    async def memory_sample(self):
+        """The memory downsampled as a recording stores it: ([M, 3] float32 world positions, [M, 3] uint8)."""
+        from spatia.server.recording import downsample_memory
+
+        self._touch()
+        return await self.host.call(downsample_memory, self.host.world.memory)
+
+    async def unload(self) -> int:
+        if self._holder() is not None:
+            raise PreconditionError(f"world {self.world_id!r} is in use by session {self.lease[0]}; end it first")
+        self.host.controller = None
+        return await self.host.unload()
+
+    async def delete(self) -> None:
+        if self._holder() is not None:
+            raise PreconditionError(f"world {self.world_id!r} is in use by session {self.lease[0]}; end it first")
+        self.host.controller = None
+        await self.host.delete()
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+# ---- the front door's side ----------------------------------------------------------------------------------
+
+def _unwrap(exc: BaseException, world_id: str) -> BaseException:
+    """A Ray error as the error the service maps to a status: the actor's own exception (its message, not a
+    remote traceback), or UNAVAILABLE for a dead actor."""
+    if isinstance(exc, RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            return cause
+    if isinstance(exc, RayActorError):
+        return UnavailableError(f"world {world_id!r}: its actor died ({type(exc).__name__}: killed, its node lost "
+                                "or out of memory); the next call restarts it from its last snapshot")
+    return exc
+
+
+async def _drain(gen) -> None:
+    try:
+        async for _ in gen:
+            pass
+    except Exception:  # noqa: BLE001 -- the clip's result was taken already
+        pass
+
+
+@dataclass
+class _RemoteEngine:
+    key: str
+    config: Any  # EngineConfig
+    sent: bool = False  # the actor has built it
+
+
+class _MemorySample:
+    """What ``downsample_memory`` reads of a memory (``positions``, ``colors``), fetched from the actor on first
+    use (a recording that stores no clouds never fetches it)."""
+
+    def __init__(self, host: "RayWorldHost") -> None:
+        self._host = host
+        self._data = None
+
+    def _get(self):
+        if self._data is None:
+            self._data = ray.get(self._host.actor.memory_sample.remote(), timeout=60)
+        return self._data
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self._get()[0]
+
+    @property
+    def colors(self) -> np.ndarray:
+        return self._get()[1]
+
+
+class _RemoteWorld:
+    def __init__(self, host: "RayWorldHost") -> None:
+        self._host = host
+
+    @property
+    def memory(self) -> _MemorySample:
+        return _MemorySample(self._host)
+
+
+class RayWorldHost:
+    """The front door's proxy of one world actor: ``WorldHost``'s methods (server/host.py), each a call to the
+    actor. ``view()`` and ``stats()`` answer from a cache refreshed after every call and by the store's poller."""
+
+    def __init__(self, store: "RayWorldStore", world_id: str, actor, view: HostView, where: dict | None = None):
+        self.store = store
+        self.world_id = world_id
+        self.deleted = False
+        self.reset(actor, where or {"view": view})
+        self.controller: str | None = None  # this front door's session holding the lease
+        self._renew: asyncio.Task | None = None
+        self._tails: set[asyncio.Task] = set()  # clips' end-of-stream reports being drained
+        self._play_method = None  # actor.play_clip with its stream options (made once)
+
+    def reset(self, actor, where: dict) -> None:
+        """Point at a (new) actor of this world."""
+        self.actor = actor
+        self._view = where["view"]
+        self._stats: dict = dict(where.get("stats", {}))
+        self.node_id: str = where.get("node_id", "")
+        self.actor_pid: int = where.get("pid", 0)
+        self.epoch: int = where.get("epoch", 0)
+        self.dead = False
+        self._play_method = None
+
+    def _revive(self) -> None:
+        """Blocking: start the world's actor again from its last snapshot (after it exited idle or died)."""
+        log.info("restarting world actor from its last snapshot", world_id=self.world_id)
+        self.store._attach_locked(self.world_id)
+
+    @property
+    def world(self) -> _RemoteWorld:
+        return _RemoteWorld(self)
+
+    def view(self) -> HostView:
+        return self._view
+
+    def stats(self) -> dict:
+        """The actor's counters as of the last refresh (``WorldHost.stats()``'s keys) plus where it runs."""
+        base = {"memory_points": self._view.memory_points, "history_frames": self._view.history_frames,
+                "clips_generated": self._view.clips_generated, "frames_generated": 0,
+                "snapshot_bytes": self._view.snapshot_bytes, "saves": 0, "save_failures": 0,
+                "last_save_cpu_s": 0.0}
+        return {**base, **self._stats, "controlled": int(self._view.controlled), "node_id": self.node_id,
+                "actor_pid": self.actor_pid, "epoch": self.epoch}
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        err = _unwrap(exc, self.world_id)
+        if isinstance(exc, RayActorError):
+            self.dead = True
+            worlds = self.store.worlds_dir
+            if not (worlds / self.world_id).exists() and not (worlds / f"{self.world_id}.msgpack").exists():
+                self.deleted = True  # another front door deleted it
+                self.store._hosts.pop(self.world_id, None)
+                return NotFoundError(f"world {self.world_id!r} not found (deleted)")
+            log.warning("world actor died", world_id=self.world_id, node=self.node_id[:12], error=type(exc).__name__)
+        return err
+
+    async def _call(self, method: str, *args, retry: bool = False):
+        """``retry``: a call without side effects whose actor turns out gone (exited idle, or died since the
+        last call) starts the actor again and is made once more, instead of answering UNAVAILABLE."""
+        if self.dead:
+            if not retry:
+                raise UnavailableError(f"world {self.world_id!r}: its actor died; the next call restarts it")
+            await asyncio.to_thread(self._revive)
+        try:
+            return await getattr(self.actor, method).remote(*args)
+        except RayActorError as exc:
+            err = self._failed(exc)
+            if not retry or self.deleted:
+                raise err from None
+        except RayTaskError as exc:
+            raise self._failed(exc) from None
+        await asyncio.to_thread(self._revive)
+        try:
+            return await getattr(self.actor, method).remote(*args)
+        except (RayTaskError, RayActorError) as exc:
+            raise self._failed(exc) from None
+
+    async def refresh(self) -> None:
+        where = await self._call("where")
+        self._view, self._stats, self.node_id = where["view"], where["stats"], where["node_id"]
+        self.actor_pid, self.epoch = where["pid"], where["epoch"]
+
+    # ---- the controller lease ----
+
+    def claim(self, session_id: str) -> None:
+        """Take the world's lease in its actor (one short blocking call: the servicer's claim is synchronous)."""
+        if self.dead:
+            self._revive()
+        try:
+            try:
+                self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+            except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
+                err = self._failed(exc)
+                if self.deleted:
+                    raise err from None
+                self._revive()
+                self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+        except (RayTaskError, RayActorError) as exc:
+            raise self._failed(exc) from None
+        except GetTimeoutError:
+            raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within {CALL_TIMEOUT_S} s")
+        self.controller = session_id
+        self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
+
+    async def _renew_loop(self, session_id: str) -> None:
+        period = self.store.options.lease_ttl_s / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.actor.renew.remote(session_id)
+            except Exception as exc:  # noqa: BLE001 -- the next clip reports it to the client
+                log.warning("lease renewal failed", world_id=self.world_id, error=type(exc).__name__)
+                return
+
+    def stop_renewing(self) -> None:
+        """Stop renewing the lease without releasing it (what a front door that died does; tests)."""
+        if self._renew is not None:
+            self._renew.cancel()
+            self._renew = None
+
+    def release(self, session_id: str) -> bool:
+        if self.controller != session_id:
+            return False
+        self.stop_renewing()
+        self.controller = None
+        if not self.dead:
+            self.actor.release.remote(session_id)  # fire and forget: the lease expires anyway if this is lost
+        self._view = replace(self._view, controlled=False)
+        return True
+
+    # ---- work ----
+
+    def prepare(self, generator) -> None:
+        """Nothing here: the actor prepares its own generator for the world when it starts."""
+
+    def open_engine(self, generator, config) -> _RemoteEngine:
+        """The actor builds the engine (with its own generator) on the first clip; ``generator`` is the front
+        door's and is not used."""
+        return _RemoteEngine(f"{self.controller}:{uuid.uuid4().hex[:8]}", config)
+
+    async def play_clip(self, engine: _RemoteEngine, poses: np.ndarray, prompt: str | None, seed: int,
+                        sink: Callable[[int, Any], None], autosave=None, frame_format=None):
+        if self.dead:
+            raise UnavailableError(f"world {self.world_id!r}: its actor died; the next call restarts it")
+        if frame_format is None:
+            frame_format = ((self._view.intrinsics.width, self._view.intrinsics.height), 1, 85)
+        if self._play_method is None:
+            self._play_method = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE)
+        # the engine's config travels with its first clip only (the actor keeps the engine by key)
+        config, engine.sent = (None if engine.sent else engine.config), True
+        gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
+                                       frame_format)
+        stats = None
+        try:
+            async for ref in gen:
+                item = await ref
+                if item[0] == "frame":
+                    sink(item[1], item[2])
+                else:  # the clip's last item: its end-of-stream report is not waited for (one hop less per
+                    _, stats, self._view = item  # clip); a task drains it so the generator ends normally
+                    break
+        except (RayTaskError, RayActorError) as exc:
+            raise self._failed(exc) from None
+        if stats is None:
+            raise UnavailableError(f"world {self.world_id!r}: its actor ended a clip without its stats")
+        self._tails.add(task := asyncio.ensure_future(_drain(gen)))
+        task.add_done_callback(self._tails.discard)
+        return stats
+
+    async def generate(self, engine: _RemoteEngine, c2w: np.ndarray, prompt: str | None, seed: int,
+                       sink: Callable[[int, Any], bool]) -> None:
+        if self.dead:
+            raise UnavailableError(f"world {self.world_id!r}: its actor died; the next call restarts it")
+        gen = self.actor.generate.options(_generator_backpressure_num_objects=GENERATE_BACKPRESSURE).remote(
+            self.controller, engine.key, engine.config, c2w, prompt, seed)
+        done = False
+        try:
+            async for ref in gen:
+                _, n, frame = await ref
+                # the servicer's sink blocks while its client is behind: off the event loop
+                if not await asyncio.to_thread(sink, n, frame):
+                    break
+            else:
+                done = True
+        except (RayTaskError, RayActorError) as exc:
+            raise self._failed(exc) from None
+        finally:
+            if not done:
+                ray.cancel(gen)
+        await self.refresh()
+
+    async def render(self, K, c2w: np.ndarray):
+        return await self._call("render", K, c2w, retry=True)
+
+    async def edit(self, op) -> int:
+        n = await self._call("edit", op)
+        await self.refresh()
+        return n
+
+    async def export(self, fmt: str) -> bytes:
+        return await self._call("export", fmt, retry=True)
+
+    async def save(self) -> int:
+        size = await self._call("save")
+        await self.refresh()
+        return size
+
+    async def save_if_changed(self) -> int:
+        size = await self._call("save_if_changed")
+        await self.refresh()
+        return size
+
+    async def unload(self) -> int:
+        size = await self._call("unload")
+        ray.kill(self.actor)
+        self.dead = True
+        return size
+
+    async def delete(self) -> None:
+        await self._call("delete")
+        self.deleted = self.dead = True
+        ray.kill(self.actor)
+
+    def close(self) -> None:
+        self.stop_renewing()
+
+
+_ACTOR = None  # ray.remote(WorldActor), made once
+
+
+class RayWorldStore:
+    """``WorldStore``'s methods over world actors. The data dir (shared by every node) says which worlds exist;
+    ``load_all`` finds or creates the actor of each; a world created by another front door is found on its next
+    ``get`` (and by the poller, for ListWorlds)."""
+
+    def __init__(self, data_dir: Path, max_worlds: int, options: ClusterOptions, generator: str,
+                 generator_kwargs: dict | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.worlds_dir = self.data_dir / "worlds"
+        self.worlds_dir.mkdir(parents=True, exist_ok=True)
+        self.max_worlds = max_worlds
+        self.options = options
+        self.generator = generator
+        self.generator_kwargs = dict(generator_kwargs or {})
+        self._hosts: dict[str, RayWorldHost] = {}
+        self._reserved: set[str] = set()
+        self.broken: dict[str, str] = {}
+        self._poller: asyncio.Task | None = None
+        self._attach_lock = threading.Lock()
+
+    # ---- actors ----
+
+    def _actor_class(self, world_id: str):
+        global _ACTOR
+        if _ACTOR is None:
+            _ACTOR = ray.remote(WorldActor)
+        gpus = self.options.gpus_for(self.generator)
+        threads = str(max(1, math.ceil(self.options.world_cpus)))
+        return _ACTOR.options(
+            name=actor_name(world_id), get_if_exists=True, namespace=NAMESPACE, lifetime="detached", num_cpus=self.options.world_cpus,
+            num_gpus=gpus, max_restarts=0, max_concurrency=64, scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}},
+        )
+
+    def _attach(self, world_id: str) -> RayWorldHost:
+        """Find or create the world's actor and wait until it answers (blocking; RESOURCE_EXHAUSTED when it
+        cannot be placed within ``placement_timeout_s``)."""
+        o = self.options
+        actor = self._actor_class(world_id).remote(
+            str(self.data_dir), world_id, self.generator, self.generator_kwargs, project_version(), o.lease_ttl_s,
+            o.idle_exit_s, o.host_kind)
+        try:
+            where = ray.get(actor.where.remote(), timeout=o.placement_timeout_s)
+        except GetTimeoutError:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001
+                pass
+            raise limit_exceeded("cluster_resources", (
+                f"world {world_id!r} could not be placed within {o.placement_timeout_s:g} s: no node has "
+                f"{o.world_cpus:g} CPU and {o.gpus_for(self.generator):g} GPU free")) from None
+        except RayActorError as exc:  # the constructor failed (unreadable snapshot, version): the actor is gone
+            cause = getattr(exc, "cause", None) or getattr(exc, "error_msg", "")
+            err = _unwrap(cause, world_id) if isinstance(cause, BaseException) else None
+            if isinstance(err, (DataLossError, NotFoundError, ClusterCheckError)):
+                raise err from None
+            raise UnavailableError(f"world {world_id!r}: its actor could not start: {str(cause)[-300:]}") from None
+        host = self._hosts.get(world_id)
+        if host is not None and not host.deleted:  # the same proxy object lives on (callers may hold it)
+            host.reset(actor, where)
+        else:
+            host = self._hosts[world_id] = RayWorldHost(self, world_id, actor, where["view"], where)
+        log.info("world actor attached", world_id=world_id, node=host.node_id[:12], pid=host.actor_pid,
+                 epoch=host.epoch)
+        return host
+
+    def _ids_on_disk(self) -> list[str]:
+        return sorted({p.name for p in self.worlds_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+                      | {p.stem for p in self.worlds_dir.glob("*.msgpack") if not p.name.startswith(".")})
+
+    def load_all(self) -> list[str]:
+        connect(self.options, self.data_dir)
+        ids = self._ids_on_disk()
+        for world_id in ids:
+            try:
+                self._attach(world_id)
+            except DataLossError as exc:
+                self.broken[world_id] = str(exc)[:200]
+                log.error("world unreadable; id kept", world_id=world_id)
+            except NotFoundError:
+                pass  # a creation cut off before its first commit
+        log.info("worlds attached", count=len(self._hosts), unreadable=len(self.broken))
+        return sorted(self._hosts)
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None:
+            try:
+                self._poller = asyncio.get_running_loop().create_task(self._poll())
+            except RuntimeError:
+                pass
+
+    async def _poll(self) -> None:
+        """Refresh every world's cached view, stats and node; pick up worlds other front doors created."""
+        while True:
+            await asyncio.sleep(self.options.stats_interval_s)
+            hosts = [h for h in self._hosts.values() if not h.dead]
+            await asyncio.gather(*(h.refresh() for h in hosts), return_exceptions=True)
+            try:
+                new = [i for i in await asyncio.to_thread(self._ids_on_disk)
+                       if i not in self._hosts and i not in self._reserved and i not in self.broken]
+                gone = [i for i in self._hosts if not (self.worlds_dir / i).is_dir()
+                        and not (self.worlds_dir / f"{i}.msgpack").exists()]
+            except OSError:
+                continue
+            for world_id in gone:  # deleted through another front door
+                self._hosts.pop(world_id, None)
+            for world_id in new:
+                try:
+                    await asyncio.to_thread(self._attach_locked, world_id)
+                except Exception as exc:  # noqa: BLE001 -- a half-created world; the next poll tries again
+                    log.debug("world not attached yet", world_id=world_id, error=type(exc).__name__)
+
+    def _attach_locked(self, world_id: str) -> RayWorldHost:
+        with self._attach_lock:
+            host = self._hosts.get(world_id)
+            if host is not None and not host.dead:
+                return host
+            return self._attach(world_id)
+
+    def controlled_count(self) -> int:
+        return sum(1 for h in list(self._hosts.values()) if h.view().controlled)
+
+    # ---- CRUD (as WorldStore) ----
+
+    def _check_free(self, world_id: str) -> None:
+        if world_id in self.broken:
+            raise DataLossError(f"world {world_id!r} has an unreadable snapshot on disk; it is never overwritten: "
+                                "DeleteWorld removes it (docs/API.md, 'Unreadable snapshots')")
+        if world_id in self._hosts or world_id in self._reserved or (self.worlds_dir / world_id).exists() \
+                or (self.worlds_dir / f"{world_id}.msgpack").exists():
+            raise AlreadyExistsError(f"world {world_id!r} already exists")
+
+    def new_id(self, requested: str, field: str = "world_id") -> str:
+        world_id = check_id(requested, field) if requested else uuid.uuid4().hex[:12]
+        self._check_free(world_id)
+        if len(self._ids_on_disk()) + len(self._reserved) >= self.max_worlds:
+            raise limit_exceeded("max_worlds", f"limit max_worlds={self.max_worlds} reached; delete a world first")
+        self._reserved.add(world_id)
+        return world_id
+
+    def release_id(self, world_id: str) -> None:
+        self._reserved.discard(world_id)
+
+    async def add(self, world: World) -> RayWorldHost:
+        """Write the new world's first snapshot (all-or-nothing, as in-process), then start its actor from it."""
+        host = WorldHost(world, self.worlds_dir / world.world_id)
+        try:
+            await host.save()
+        except BaseException:
+            host.deleted = True
+            host.log.close()
+            shutil.rmtree(host.path, ignore_errors=True)
+            host.executor.shutdown(wait=False)
+            host.saver.shutdown(wait=False)
+            self._reserved.discard(world.world_id)
+            raise
+        await host.unload()
+        try:
+            return await asyncio.to_thread(self._attach_locked, world.world_id)
+        except BaseException:  # not placed (RESOURCE_EXHAUSTED) or not started: the creation leaves nothing
+            await asyncio.to_thread(shutil.rmtree, host.path, True)
+            (self.data_dir / ".cluster" / f"epoch.{world.world_id}").unlink(missing_ok=True)
+            raise
+        finally:
+            self._reserved.discard(world.world_id)
+
+    def get(self, world_id: str, field: str = "world_id") -> RayWorldHost:
+        """The world's proxy; a dead actor (or one another front door created) is (re)attached here: a blocking
+        wait of up to ``placement_timeout_s`` while the actor loads the world from its last snapshot."""
+        check_id(world_id, field)
+        self._ensure_poller()
+        host = self._hosts.get(world_id)
+        if host is not None and not host.dead:
+            return host
+        if world_id in self.broken:
+            raise DataLossError(f"world {world_id!r}: its snapshot on disk is unreadable "
+                                f"({self.broken[world_id]}); DeleteWorld removes it")
+        if world_id in self._reserved or not ((self.worlds_dir / world_id).is_dir()
+                                              or (self.worlds_dir / f"{world_id}.msgpack").exists()):
+            self._hosts.pop(world_id, None)
+            raise NotFoundError(f"world {world_id!r} not found")
+        if host is not None:
+            log.info("restarting world actor from its last snapshot", world_id=world_id)
+        return self._attach_locked(world_id)
+
+    def hosts(self) -> list[RayWorldHost]:
+        self._ensure_poller()
+        return [self._hosts[k] for k in sorted(self._hosts)]
+
+    entries = hosts
+
+    async def delete(self, world_id: str) -> None:
+        check_id(world_id, "world_id")
+        if world_id in self.broken and world_id not in self._hosts:
+            await asyncio.to_thread(shutil.rmtree, self.worlds_dir / world_id, True)
+            await asyncio.to_thread((self.worlds_dir / f"{world_id}.msgpack").unlink, True)
+            del self.broken[world_id]
+            return
+        host = await asyncio.to_thread(self.get, world_id)
+        await host.delete()
+        self._hosts.pop(world_id, None)
+
+    async def unload(self, world_id: str) -> None:
+        host = await asyncio.to_thread(self.get, world_id)
+        await host.unload()
+        self._hosts.pop(world_id, None)
+
+    async def save_all(self) -> int:
+        """At a front door's shutdown: every world saved (the actors keep running for other front doors)."""
+        hosts = [h for h in self._hosts.values() if not h.dead]
+        results = await asyncio.gather(*(h.save() for h in hosts), return_exceptions=True)
+        for h, r in zip(hosts, results):
+            if isinstance(r, BaseException):
+                log.error("world not saved at shutdown", world_id=h.world_id, error=str(r)[:300])
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    def close(self) -> None:
+        if self._poller is not None:
+            self._poller.get_loop().call_soon_threadsafe(self._poller.cancel)
+        for host in self._hosts.values():
+            host.close()
+
+
+def kill_world_actors(world_ids: list[str] | None = None) -> int:
+    """Kill the named world actors (all, or ``world_ids``) in the namespace (``spatia cluster`` cleanup and
+    tests: detached actors outlive their front doors). Returns how many were killed."""
+    names = ray.util.list_named_actors(all_namespaces=True)
+    killed = 0
+    for entry in names:
+        if entry["namespace"] != NAMESPACE or not entry["name"].startswith("world:"):
+            continue
+        if world_ids is not None and entry["name"][len("world:"):] not in world_ids:
+            continue
+        try:
+            ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
+            killed += 1
+        except ValueError:
+            pass
+    return killed

@@ -1,0 +1,371 @@
+"""``spatia serve --ray`` on a real local Ray (issue 12): each world in a named actor in another process, frames
+streamed per clip, the controller lease across front doors, epochs, a killed actor, placement, backpressure.
+
+One Ray for the whole file (``ray.init(num_cpus=2, include_dashboard=False)``, never local mode), shut down at
+the end; the detached world actors are killed first. Two front doors (two ``WorldServer``s in this process) share
+the Ray and one data dir, as two front doors on two machines share a cluster and its shared data dir.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from spatia.client.api import WorldClient, WorldServiceError  # noqa: E402
+from spatia.server.cluster import (  # noqa: E402
+    ClusterCheckError, ClusterOptions, check_report, ensure_sentinel, project_version,
+)
+from spatia.server.config import Limits, ServerConfig  # noqa: E402
+from spatia.server.testing import running_server  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+W, H = 64, 48
+TTL_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def ray_tests_lock():
+    """One Ray test file at a time on this machine (an flock, released when the file's tests end)."""
+    import fcntl
+    import tempfile
+
+    with open(os.path.join(tempfile.gettempdir(), "spatia-ray-tests.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="module")
+def ray_local(ray_tests_lock):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        from spatia.server.ray_host import kill_world_actors
+
+        kill_world_actors()
+        ray.shutdown()
+
+
+def _config(data_dir, **cluster) -> ServerConfig:
+    opts = dict(world_cpus=0.25, lease_ttl_s=TTL_S, idle_exit_s=None, placement_timeout_s=60.0,
+                stats_interval_s=0.5)
+    opts.update(cluster)
+    return ServerConfig(data_dir=data_dir, port=0, limits=Limits(max_sessions=4), cluster=ClusterOptions(**opts),
+                        save_interval_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def doors(ray_local, tmp_path_factory):
+    """Two front doors over one data dir and one Ray; world 'a' created through the first."""
+    data_dir = tmp_path_factory.mktemp("shared")
+    with running_server(_config(data_dir)) as one, running_server(_config(data_dir)) as two:
+        with WorldClient(one.target, timeout_s=120) as c:
+            c.create_scene("room", seed=0, width=W, height=H, world_id="a")
+        yield one, two
+
+
+def _step(s, timeout_s: float = 60.0):
+    s.send(move_forward=1.0, dt_s=2 / 16)
+    return s.next_frame(timeout_s=timeout_s)
+
+
+def _host(door, world_id):
+    return door.server.store.get(world_id)
+
+
+def test_a_world_plays_from_its_actor_in_another_process(doors):
+    one, _ = doors
+    host = _host(one, "a")
+    assert host.actor_pid and host.actor_pid != os.getpid()
+    actor = ray.get_actor("world:a", namespace="spatia")
+    assert ray.get(actor.pid.remote()) == host.actor_pid
+    assert ray.get(actor.where.remote())["numba_threads"] == 1  # follows world_cpus=0.25 (at least 1)
+    with WorldClient(one.target, timeout_s=60) as c:
+        before = c.get_world("a").stats.clips_generated
+        with c.play("a", record=False, width=2 * W, height=2 * H, jpeg_quality=70) as s:
+            f = _step(s)
+            assert f.rgb.shape == (2 * H, 2 * W, 3)  # resized and JPEG-encoded in the actor, decoded here
+            assert f.rgb.std() > 5  # the room, not a blank frame
+            assert c.get_world("a").controlled
+        info = c.get_world("a")
+        assert not info.controlled
+        assert info.stats.clips_generated > before
+
+
+def test_a_second_front_door_serves_the_same_actor(doors):
+    one, two = doors
+    assert _host(two, "a").actor_pid == _host(one, "a").actor_pid  # found by name, not a second actor
+    with WorldClient(two.target, timeout_s=60) as c:
+        c.create_scene("room", seed=1, width=W, height=H, world_id="b")  # created through the second door
+        with c.play("a", record=False) as s:
+            assert _step(s).rgb.shape == (H, W, 3)
+    with WorldClient(one.target, timeout_s=60) as c:
+        deadline = time.monotonic() + 20
+        while "b" not in [w.world_id for w in c.list_worlds()] and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first door's poller finds worlds the other door created
+        assert "b" in [w.world_id for w in c.list_worlds()]
+        assert c.get_world("b").stats.memory_points > 0
+    with WorldClient(two.target, timeout_s=60) as c:
+        c.delete_world("b")  # deleted through the second door: the first answers NOT_FOUND at once
+    with WorldClient(one.target, timeout_s=60) as c, pytest.raises(WorldServiceError) as gone:
+        c.render("b", np.eye(4))
+    assert gone.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_one_controller_across_front_doors_and_the_lease_expires(doors):
+    one, two = doors
+    with WorldClient(one.target, timeout_s=60) as c1, WorldClient(two.target, timeout_s=60) as c2:
+        s1 = c1.play("a", record=False)
+        assert _step(s1) is not None
+        with pytest.raises(WorldServiceError) as refused:
+            c2.play("a", record=False)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "one controller" in refused.value.message
+        # the first door "dies": it stops renewing (its session idles; nothing else renews the lease)
+        _host(one, "a").stop_renewing()
+        time.sleep(TTL_S * 1.5)
+        with c2.play("a", record=False) as s2:  # the expired lease is taken over
+            assert _step(s2) is not None
+            s1.send(move_forward=1.0, dt_s=2 / 16)  # the old session's next clip is refused
+            with pytest.raises(WorldServiceError) as lost:
+                while s1.next_frame(timeout_s=60) is not None:
+                    pass
+            assert lost.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert "no longer holds the controller lease" in lost.value.message
+        s1.close(drain=False)
+
+
+def test_a_killed_actor_ends_play_with_unavailable_and_the_next_call_restarts_it(doors):
+    one, _ = doors
+    with WorldClient(one.target, timeout_s=60) as c:
+        s = c.play("a", record=False)
+        assert _step(s) is not None
+        saved_points = c.get_world("a").stats.memory_points
+        old_pid = _host(one, "a").actor_pid
+        ray.kill(ray.get_actor("world:a", namespace="spatia"))
+        with pytest.raises(WorldServiceError) as died:
+            for _ in range(20):
+                if _step(s) is None:
+                    break
+        assert died.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "actor died" in died.value.message
+        s.close(drain=False)
+        info = c.get_world("a")  # the next call restarts the actor from the last snapshot
+        new = _host(one, "a")
+        assert new.actor_pid != old_pid and not new.dead
+        assert info.stats.memory_points >= saved_points * 0.9  # save_interval_s=0: saved after every clip
+        with c.play("a", record=False) as s:
+            assert _step(s) is not None
+
+
+def test_a_replaced_actors_snapshot_write_is_refused(doors, tmp_path):
+    from spatia.server.ray_host import next_epoch
+
+    one, _ = doors
+    host = _host(one, "a")
+    old_epoch = host.epoch
+    with WorldClient(one.target, timeout_s=60) as c:
+        next_epoch(one.config.data_dir, "a")  # what a newer incarnation (say, on the other side of a partition) does
+        from spatia.proto.spatia.v1 import world_pb2 as pb
+
+        req = pb.EditRequest(world_id="a", recolor=pb.RecolorEdit(
+            region=pb.Region(sphere=pb.SphereRegion(center=pb.Vec3(), radius_m=0.5)), color=pb.Color(r=255)))
+        with pytest.raises(WorldServiceError) as stale:
+            c.edit(req)  # an edit saves before it answers
+        assert stale.value.code == grpc.StatusCode.ABORTED
+        assert f"epoch {old_epoch}" in stale.value.message and "refused" in stale.value.message
+    ray.kill(host.actor)  # the stale actor goes; the next call starts a fresh one with the newest epoch
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(host.actor.pid.remote(), timeout=5)
+            time.sleep(0.1)
+        except ray.exceptions.RayActorError:
+            break
+    host.dead = True
+    assert _host(one, "a").epoch > old_epoch
+
+
+def test_generate_backpressure_pauses_the_actor_for_a_slow_client(doors):
+    """The front door's proxy with a sink that blocks (the servicer's sink blocks while its client is behind):
+    the actor stops within its stream's backpressure window, then finishes once the sink takes frames again."""
+    import asyncio
+    import threading
+
+    from spatia.world.actions import ClipConfig
+    from spatia.world.engine import EngineConfig
+
+    one, _ = doors
+    n = 40
+    c2w = np.repeat(np.eye(4)[None], n, 0)
+    c2w[:, 2, 3] = np.linspace(0, 0.4, n)  # world frame, walking forward
+    gate, first = threading.Event(), threading.Event()
+    got = []
+
+    def slow_sink(i, frame) -> bool:
+        got.append(i)
+        first.set()
+        gate.wait(60)
+        return True
+
+    async def scenario():
+        host = one.server.store.get("a")
+        host.claim("backpressure")
+        try:
+            await host.generate(host.open_engine(None, EngineConfig(clip=ClipConfig(4, 4, 0))), c2w, None, 0,
+                                slow_sink)
+        finally:
+            host.release("backpressure")
+
+    before = _frames_generated(one, "a")
+    done = asyncio.run_coroutine_threadsafe(scenario(), one.loop)
+    assert first.wait(60)
+    time.sleep(3.0)  # the sink holds its first frame
+    ahead = _frames_generated(one, "a") - before
+    assert ahead <= 12, f"the actor ran {ahead} frames ahead of a sink that took one"
+    gate.set()
+    done.result(timeout=120)
+    assert got == list(range(n))
+    assert _frames_generated(one, "a") - before == n
+
+
+def _frames_generated(door, world_id):
+    host = _host(door, world_id)
+    return ray.get(host.actor.where.remote())["stats"]["frames_generated"]
+
+
+def test_a_world_that_cannot_be_placed_answers_resource_exhausted(ray_local, tmp_path):
+    with running_server(_config(tmp_path, world_cpus=64, placement_timeout_s=3.0)) as door:
+        with WorldClient(door.target, timeout_s=60) as c:
+            t0 = time.monotonic()
+            with pytest.raises(WorldServiceError) as full:
+                c.create_scene("room", seed=0, width=W, height=H, world_id="huge")
+            assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "could not be placed within 3 s" in full.value.message
+            assert time.monotonic() - t0 < 30
+            assert [w.world_id for w in c.list_worlds()] == []  # all-or-nothing
+    assert not (tmp_path / "worlds" / "huge").exists()
+
+
+def test_every_node_is_checked_for_the_data_dir_and_the_version(ray_local, tmp_path):
+    from spatia.server.cluster import check_nodes
+
+    reports = check_nodes(tmp_path)
+    assert reports and all(r["version"] == project_version() for r in reports)
+    token = ensure_sentinel(tmp_path)
+    good = {"host": "n2", "sentinel": token, "version": project_version()}
+    check_report(good, "n2", token, project_version(), tmp_path)
+    with pytest.raises(ClusterCheckError, match="does not see this data dir"):
+        check_report({**good, "sentinel": "<unreadable: No such file or directory>"}, "n2", token,
+                     project_version(), tmp_path)
+    with pytest.raises(ClusterCheckError, match="runs spatia 0.0.9"):
+        check_report({**good, "version": "0.0.9+abc"}, "n2", token, project_version(), tmp_path)
+
+
+def test_an_idle_actor_saves_and_exits_and_its_next_call_restarts_it(ray_local, tmp_path):
+    with running_server(_config(tmp_path, idle_exit_s=1.0)) as door:
+        with WorldClient(door.target, timeout_s=120) as c:
+            c.create_scene("room", seed=0, width=W, height=H, world_id="idle")
+            with c.play("idle", record=False) as s:
+                assert _step(s) is not None
+            frames = c.get_world("idle").stats.history_frames
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    ray.get_actor("world:idle", namespace="spatia")
+                    time.sleep(0.2)
+                except ValueError:  # the name is gone: the actor exited
+                    break
+            else:
+                pytest.fail("the idle world actor did not exit")
+            assert "idle" in [w.world_id for w in c.list_worlds()]  # still a world (on disk)
+            with c.play("idle", record=False) as s:  # the actor starts again, transparently, from its snapshot
+                assert s.started.world.stats.history_frames == frames
+                assert _step(s) is not None
+            assert _host(door, "idle").epoch == 2
+
+
+def test_the_ray_flag_and_the_cluster_options_are_checked():
+    import argparse
+
+    from spatia import cmd_serve
+    from spatia.world.errors import InvalidInputError
+
+    def resolve(*argv):
+        parser = argparse.ArgumentParser()
+        cmd_serve.add_parser(parser.add_subparsers())
+        return cmd_serve.resolve(parser.parse_args(["serve", *argv]), {})
+
+    assert resolve()["ray"] is None  # no --ray: in-process hosts
+    assert resolve("--ray")["ray"] == "local"
+    assert resolve("--ray", "auto", "--world-gpus", "1")["world_gpus"] == 1.0
+    assert resolve("--ray", "ray://head:10001")["ray"] == "ray://head:10001"
+    with pytest.raises(SystemExit):
+        resolve("--ray", "nowhere")
+    with pytest.raises(InvalidInputError, match="SPATIA_WORLD_CPUS"):
+        cmd_serve.resolve(argparse.Namespace(config=None), {"SPATIA_WORLD_CPUS": "0"})
+    assert ClusterOptions().gpus_for("spatia") == 1.0 and ClusterOptions().gpus_for("geometric") == 0.0
+    with pytest.raises(InvalidInputError, match="world_cpus"):
+        ClusterOptions(world_cpus=0)
+    with pytest.raises(InvalidInputError, match="host_kind"):
+        ClusterOptions(host_kind="tpu")
+
+
+def test_a_client_that_stops_reading_never_stalls_the_actor(doors):
+    """Play: the front door drains each clip's stream at once into the latest-wins outbox, so a client that reads
+    nothing for seconds costs dropped frames, never a stalled actor (nor object refs piling up)."""
+    import queue
+    import threading
+
+    from spatia.client.api import action_message, play_start
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.proto.spatia.v1 import world_pb2_grpc as pb_grpc
+
+    one, _ = doors
+    requests: queue.Queue = queue.Queue()
+    requests.put(pb.PlayRequest(start=play_start("a", width=640, height=480, fps=20.0, record=False)))
+    stop = threading.Event()
+
+    def request_iter():
+        while (item := requests.get()) is not None:
+            yield item
+
+    def send_actions():
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            requests.put(pb.PlayRequest(action=action_message(seq, move_forward=0.3, yaw_rate_rad_s=0.5,
+                                                              dt_s=0.05)))
+            time.sleep(0.05)
+
+    # no BDP probing: the client's receive window stays small, so unread frames back up into the server
+    channel = grpc.insecure_channel(one.target, options=[("grpc.http2.bdp_probe", 0)])
+    call = pb_grpc.WorldServiceStub(channel).Play(request_iter())
+    try:
+        assert next(call).HasField("started")
+        sender = threading.Thread(target=send_actions, daemon=True)
+        sender.start()
+        time.sleep(2.0)  # the client reads nothing from here on
+        before = _frames_generated(one, "a")
+        time.sleep(4.0)
+        generated = _frames_generated(one, "a") - before
+        session = next(iter(one.server.servicer._play.values()))
+        assert generated >= 15, f"the actor generated only {generated} frames while the client did not read"
+        assert session.outbox.dropped > 0  # latest wins in the front door
+        assert session.outbox.frames_queued <= one.config.limits.frame_queue
+        assert not _host(one, "a")._tails or len(_host(one, "a")._tails) <= 1  # no clip streams left behind
+    finally:
+        stop.set()
+        requests.put(None)
+        call.cancel()
+        channel.close()
+    deadline = time.monotonic() + 30
+    while one.server.servicer.sessions and time.monotonic() < deadline:
+        time.sleep(0.1)
