@@ -257,7 +257,7 @@ class GeometricGenerator:
         else:
             T = request.visited_c2w[0] if len(request.visited_c2w) else request.target_c2w[0]
             observer, fwd, up = T[:3, 3], T[:3, 2], np.asarray(request.world_up, float)
-        layout = estimate_layout(pts, observer, up, fwd)
+        layout = estimate_layout(pts, observer, up, fwd, prior=getattr(request, "layout_prior", None))
         sky = None
         if first is not None and not layout.indoor:
             sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w)

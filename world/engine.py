@@ -262,6 +262,7 @@ class Engine:
             memory=self.world.memory,
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),
+            layout_prior=self.world.layout_prior,
         )
         return request, views
 

@@ -64,6 +64,8 @@ class ClipRequest:
     observed_views: list[ReferenceFrame] = field(default_factory=list)
     # [P, 4, 4] c2w of every pose the camera has been at so far (the history), world frame.
     visited_c2w: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
+    # ``world.depth.LayoutPrior`` (world frame) the world recorded at creation (photo worlds), else None
+    layout_prior: Any = None
 
     @property
     def num_target(self) -> int:
