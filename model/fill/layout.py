@@ -58,6 +58,7 @@ class LayoutConfig:
     # AbsRel at 0.34 vs 0.15 for endless facades (a facade cut short shows sky where a building stands)
     facade_extend_m: float = math.inf
     facade_corner_m: float = 15.0
+    full_height_margin_m: float = 0.3  # a wall walked through reaches within this of the ceiling (view_bounds)
     observed_range_pct: float = 0.5  # Layout.observed_range_m: this and 100 minus this percentile per axis
     observed_range_margin_m: float = 0.05  # a closing wall stands this far beyond the observed extent
 
@@ -338,6 +339,16 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
     camera has been at or is about to be at (for the closing rule and the free-space margin)."""
     cfg = layout.config
     out: list[Plane] = []
+    eye_m = float(camera_m @ layout.axes[0])
+    ceilings = [p.offset_m for p in layout.planes if p.kind == CEILING]
+    # only a wall reaching the ceiling (or well above the eye without one) can have been walked through: the
+    # front of a bookshelf or a sofa's back the camera passed beside is furniture, and closing the way back at
+    # it walled the turned room in 1.5 m behind the camera (room@turned AbsRel 0.38 -> see docs/RESULTS.md)
+    top_min_m = (max(ceilings) - cfg.full_height_margin_m) if ceilings else eye_m + cfg.full_height_margin_m
+
+    def walls(k: int, facing: int) -> list[Plane]:
+        return [p for p in layout.planes if p.axis == k and p.facing == facing and p.top_m >= top_min_m]
+
     for k in range(3):
         c = float(camera_m @ layout.axes[k])
         reach = reach_m @ layout.axes[k] if len(reach_m) else np.array([c])
@@ -352,8 +363,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 continue  # floors and ceilings are not closed by rule
             # (free space around the other poses is kept per point by the caller: planes are infinite, and a
             # pose beyond a wall, in the next room, says nothing about the wall's other parts)
-            through = [p for p in layout.planes if p.axis == k and p.facing == direction
-                       and direction * (p.offset_m - c) - cfg.wall_thickness_m > 0.0]
+            through = [p for p in walls(k, direction) if direction * (p.offset_m - c) - cfg.wall_thickness_m > 0.0]
             if ahead:
                 best = max(ahead, key=lambda p: p.support)
                 # ... unless the camera walked through a wall nearer than it: that wall's back side is nearer
@@ -369,8 +379,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 continue
             # closing rule 1: the back side of a wall the camera walked through (it lies ahead, facing away)
             offset, src = None, None
-            through = [p for p in layout.planes if p.axis == k and p.facing == direction
-                       and direction * (p.offset_m - c) > 0]
+            through = [p for p in walls(k, direction) if direction * (p.offset_m - c) > 0]
             back_side = False  # rule 1: that wall's back side bounds the way back, whatever was seen beyond it
             if through:
                 src = min(through, key=lambda p: direction * (p.offset_m - c))
@@ -380,8 +389,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 # closing rule 2: the camera came through a wall facing it from behind (a doorway): the room
                 # beyond is as deep as the one it came from (between that wall and the room's opposite wall,
                 # observed, else guessed by rule 3 from where the camera has been)
-                came = [p for p in layout.planes if p.axis == k and p.facing == -direction
-                        and direction * (p.offset_m - c) < 0]
+                came = [p for p in walls(k, -direction) if direction * (p.offset_m - c) < 0]
                 if came:
                     src = min(came, key=lambda p: direction * (c - p.offset_m))
                     opposite = [p.offset_m for p in layout.planes if p.axis == k and p.facing == direction
