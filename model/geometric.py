@@ -30,10 +30,14 @@ import structlog
 
 from spatia.world.errors import InvalidInputError
 from spatia.world.camera import Intrinsics, rotation_angle_deg, translation_distance_m
-from spatia.world.generator import ClipRequest, ClipResult, GeneratedView, ReferenceFrame, clip_result
+from spatia.world.generator import (
+    ClipRequest, ClipResult, GeneratedView, GeneratorCapabilities, ReferenceFrame, clip_result,
+)
 from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import warp_rgbd
+from spatia.model.fill.freespace import seen_through, world_points
+from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
 
 
 log = structlog.get_logger(__name__)
@@ -83,6 +87,10 @@ class GeometricConfig:
     # free space: an invented point nearer than this (relative, plus 5 cm) to an observed view than the surface
     # that view saw along the same ray lies in space it saw through, and is not invented there
     free_space_rel: float = 0.03
+    # layout fill: the first frames after a world is opened (or its observed points change) show the legacy fill
+    # as a coarse, provisional fill while the layout state is fitted off the frame path (~2 s of CPU at 640x360);
+    # the engine replaces it in the memory once frames are final. 0: wait for the fit instead.
+    coarse_frames: int = 4
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
@@ -199,6 +207,84 @@ class _LayoutState:
     layout: object  # model.fill.layout.Layout
     textures: object  # model.fill.appearance.PlaneTextures
     sky: object | None  # model.fill.appearance.SkyModel
+    observer: np.ndarray  # [3] world frame, where the observed points were seen from
+
+
+# warm-up: the planes bounding the first camera's free space, this far around it at most (outdoors: the ground)
+WARM_RADIUS_M = 6.0
+WARM_PAUSE_S = 0.002  # between two tiles: the maintenance thread lets a frame in (tiles are Python-heavy)
+
+
+def _warm_layout_state(state: _LayoutState) -> None:
+    """Synthesise, on the maintenance thread, the texture tiles of the planes around the first camera, nearest
+    first: the walls, floor and ceiling a player turns to first (a frame then reads cached tiles instead of
+    synthesising ~10 ms of them)."""
+    import time
+
+    from spatia.model.fill.appearance import plane_basis
+    from spatia.model.fill.layout import view_bounds
+    from spatia.model.fill.texture import tiles_covering, warm_tiles
+
+    layout, cam = state.layout, state.observer
+    view = view_bounds(layout, cam, cam[None])
+    extent = {}  # axis -> (lo, hi) along it: the bounding planes, else WARM_RADIUS_M around the camera
+    for k in range(3):
+        c = float(cam @ layout.axes[k])
+        offs = [p.offset_m for p in view.bounds if p.axis == k]
+        lo = max([o for o in offs if o < c], default=c - WARM_RADIUS_M)
+        hi = min([o for o in offs if o > c], default=c + WARM_RADIUS_M)
+        extent[k] = (max(lo, c - WARM_RADIUS_M), min(hi, c + WARM_RADIUS_M))
+    total = 0
+    seen_models = set()
+    for plane in sorted(view.bounds, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
+        tex = state.textures.for_plane(plane)
+        if tex is None or tex.synth is None or (id(tex.synth), tex.seed) in seen_models:
+            continue
+        seen_models.add((id(tex.synth), tex.seed))
+        u_ax, v_ax = plane_basis(layout, plane)
+        ranges = []
+        for ax in (u_ax, v_ax):
+            k = int(np.argmax(np.abs(layout.axes @ ax)))
+            lo, hi = extent[k]
+            ranges.append(sorted((lo * float(layout.axes[k] @ ax), hi * float(layout.axes[k] @ ax))))
+        origin = np.asarray(tex.synth_origin_uv)
+        lo_uv = np.array([ranges[0][0], ranges[1][0]]) - origin
+        hi_uv = np.array([ranges[0][1], ranges[1][1]]) - origin
+        # nearest the camera first (its foot on the plane, in the same texture frame)
+        foot = np.array([cam @ u_ax, cam @ v_ax]) - origin
+        t_m = tex.synth.tile_px * tex.synth.texel_m
+
+        def dist(ij, foot=foot, tex=tex, t_m=t_m):
+            i, j = ij
+            centre_v = (i + 0.5) * t_m - tex.synth.origin_px[0] * tex.synth.texel_m
+            centre_u = (j + 0.5) * t_m - tex.synth.origin_px[1] * tex.synth.texel_m
+            return (centre_u - foot[0]) ** 2 + (centre_v - foot[1]) ** 2
+
+        tiles = sorted(tiles_covering(tex.synth, lo_uv, hi_uv), key=dist)
+        total += warm_tiles(tex.synth, tiles, tex.seed, pause=lambda: time.sleep(WARM_PAUSE_S))
+    log.info("fill tiles warmed", tiles=total)
+
+
+def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
+    """The layout of the observed points, every plane's texture model and the sky (runs on the fill thread)."""
+    from spatia.model.fill.appearance import PlaneTextures, sky_model
+    from spatia.model.fill.layout import estimate_layout
+
+    layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward)
+    sky = None
+    first = inputs.first_view
+    if first is not None and not layout.indoor:
+        sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w)
+        if sky is None:
+            # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
+            # walls are not capped and unseen ones are closed as indoors
+            layout.indoor = True
+    textures = PlaneTextures(layout, inputs.points, inputs.colors)
+    for plane in layout.planes:  # fit every plane's texture here, not in the first frame that shows it
+        textures.for_plane(plane)
+    log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
+             sky=sky is not None)
+    return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64))
 
 
 def _free_space_violation(
@@ -209,21 +295,8 @@ def _free_space_violation(
     """``[M]`` bool: True where a point lies in front of what an observed view saw along its line of sight."""
     bad = np.zeros(len(points), bool)
     for v in views:
-        if v.depth_m is None:
-            continue
-        R, t = v.c2w[:3, :3], v.c2w[:3, 3]
-        pc = (points - t) @ R  # [M, 3] camera frame of the view
-        z = pc[:, 2]
-        K = v.intrinsics
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = np.floor(K.fx * pc[:, 0] / z + K.cx)
-            w = np.floor(K.fy * pc[:, 1] / z + K.cy)
-        inside = (z > 0) & (u >= 0) & (u < K.width) & (w >= 0) & (w < K.height)
-        idx = np.flatnonzero(inside)
-        seen = v.depth_m[w[idx].astype(np.int64), u[idx].astype(np.int64)]
-        # depth 0 = nothing came back (sky): all of that ray is free space
-        free = np.where(seen > 0, z[idx] < seen * (1.0 - rel) - 0.05, True)
-        bad[idx] |= free
+        if v.depth_m is not None:
+            seen_through(points, v.c2w, v.intrinsics, v.depth_m, rel, out=bad)
     return bad
 
 
@@ -231,44 +304,43 @@ class GeometricGenerator:
     """Memory render + reference warps + hole filling; deterministic (no randomness at all)."""
 
     name = "geometric"
-    exact_poses = True  # frames are drawn at exactly the requested poses: the memory update need not refine them
-    uses_preceding_clip = False  # frames come from the memory at their poses, the layout from the targets' render
+    capabilities = GeneratorCapabilities(
+        exact_poses=True,  # frames are drawn at exactly the requested poses: the memory update need not refine them
+        uses_preceding_clip=False,  # frames come from the memory at their poses, the layout from the targets' render
+        streams_frames=True,  # each frame is independent given the memory, the references and the layout
+        prepares_worlds=True,  # the layout fill's per-world state is fitted when a world is opened
+    )
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config
-        self._layout: _LayoutState | None = None
+        self._states = FillStates(_fit_layout_state, _warm_layout_state)  # per world (model.fill.state)
 
-    def _layout_state(self, request: ClipRequest) -> _LayoutState | None:
-        """The layout, plane textures and sky of the request's world, recomputed only when its observed points
-        change (``SpatialMemory.observed_version``); None when the request carries no memory."""
-        from spatia.model.fill.appearance import PlaneTextures, sky_model
-        from spatia.model.fill.layout import estimate_layout
+    def prepare_world(self, memory, observed_views: list[ReferenceFrame], world_up: np.ndarray) -> None:
+        """Start fitting the world's layout state on the maintenance thread (the engine calls this when it opens
+        a world, so the fit runs while a session starts instead of inside its first frame)."""
+        if self.config.fill == "layout" and memory is not None:
+            self._states.prepare(memory, *self._fill_inputs(memory, observed_views, world_up))
 
+    def _fill_inputs(self, memory, observed_views, world_up):
+        def inputs() -> FillInputs:
+            pts, cols = memory.observed_points()
+            first = observed_views[0] if observed_views else None
+            if first is not None:
+                observer, fwd, up = first.c2w[:3, 3], first.c2w[:3, 2], -first.c2w[:3, 1]
+            else:
+                observer, fwd, up = np.zeros(3), np.array([0.0, 0.0, 1.0]), np.asarray(world_up, float)
+            return FillInputs(inputs_key(memory, observed_views), pts, cols, observer.copy(), fwd.copy(),
+                              up.copy(), first)
+
+        return inputs, inputs_key(memory, observed_views)
+
+    def _fill_entry(self, request: ClipRequest) -> FillEntry | None:
+        """The request's world's fill entry (the layout, plane textures and sky of its current observed points,
+        fitted on the maintenance thread); None when the request carries no memory."""
         mem = request.memory
         if mem is None or not hasattr(mem, "observed_points"):
             return None
-        first = request.observed_views[0] if request.observed_views else None
-        key = (id(mem), mem.observed_version, None if first is None else first.frame_index)
-        if self._layout is not None and self._layout.key == key:
-            return self._layout
-        pts, cols = mem.observed_points()
-        if first is not None:
-            observer, fwd, up = first.c2w[:3, 3], first.c2w[:3, 2], -first.c2w[:3, 1]
-        else:
-            T = request.visited_c2w[0] if len(request.visited_c2w) else request.target_c2w[0]
-            observer, fwd, up = T[:3, 3], T[:3, 2], np.asarray(request.world_up, float)
-        layout = estimate_layout(pts, observer, up, fwd, prior=getattr(request, "layout_prior", None))
-        sky = None
-        if first is not None and not layout.indoor:
-            sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w)
-            if sky is None:
-                # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
-                # walls are not capped and unseen ones are closed as indoors
-                layout.indoor = True
-        self._layout = _LayoutState(key, layout, PlaneTextures(layout, pts, cols), sky)
-        log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(pts),
-                 sky=sky is not None)
-        return self._layout
+        return self._states.prepare(mem, *self._fill_inputs(mem, request.observed_views, request.world_up))
 
     def _layout_fill(
         self,
@@ -301,8 +373,8 @@ class GeometricGenerator:
         dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3)[holes]
         pinhole = (dist_px <= cfg.pinhole_px) & (f > 0)
         use = (ld > 0) & ~pinhole & ((f <= 0) | (f >= (1.0 - cfg.layout_front_rel) * ld))
-        R, cam = c2w[:3, :3], c2w[:3, 3]
-        pts = cam + (rays * ld[:, None]) @ R.T  # [M, 3] world frame (meaningful where ld > 0)
+        R = c2w[:3, :3]
+        pts = world_points(rays, ld, c2w)  # [M, 3] world frame (meaningful where ld > 0)
         # free space around every pose the camera has been at or is about to be at (only the poses near a
         # plane can be near its points)
         radius = layout.config.min_camera_distance_m
@@ -323,7 +395,7 @@ class GeometricGenerator:
         other = np.flatnonzero(~use & (new_depth > 0))
         if request.observed_views and len(other):
             # the fill's own points obey free space too: what an observed view saw through stays empty
-            p_other = cam + (rays[other] * new_depth[other, None]) @ R.T
+            p_other = world_points(rays[other], new_depth[other], c2w)
             new_depth[other[_free_space_violation(p_other, request.observed_views, cfg.free_space_rel)]] = 0.0
         if not layout.indoor:
             new_depth = np.where(use & (ld > layout.config.max_ground_m), 0.0, new_depth)
@@ -399,27 +471,37 @@ class GeometricGenerator:
         """The clip's frames one at a time (each is independent given the memory, the references and the layout)."""
         proj = request.target_projection
         refs = [r for r in request.references if r.depth_m is not None]
-        state = self._layout_state(request) if self.config.fill == "layout" else None
-        if state is not None:
-            reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
-                                    request.target_c2w[:, :3, 3]])
-            for t in range(request.num_target):
-                rgb = proj.rgb[t].copy()
-                depth, valid = proj.depth_m[t], proj.valid[t]
-                c2w = request.target_c2w[t]
-                colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
-                filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach)
-                yield GeneratedView(pushpull_fill(rgb, colored), filled)
-            return
-        layout = estimate_layout(request, self.config)
+        entry = self._fill_entry(request) if self.config.fill == "layout" else None
+        reach = None
+        legacy = None
         for t in range(request.num_target):
             rgb = proj.rgb[t].copy()
-            depth = proj.depth_m[t]
-            valid = proj.valid[t]
-            colored = self._apply_references(rgb, depth, valid, request.target_c2w[t], request, refs) if refs else valid
+            depth, valid = proj.depth_m[t], proj.valid[t]
+            c2w = request.target_c2w[t]
+            coarse = entry is not None and entry.frames_made < self.config.coarse_frames
+            if entry is not None and not coarse:
+                entry.frames_made += 1
+                if proj.provisional is not None and proj.provisional[t].any():
+                    # a coarse fill shown earlier: painted over here, and replaced in the memory by the engine
+                    valid = valid & ~proj.provisional[t]
+                    depth = np.where(valid, depth, 0.0).astype(np.float32)
+                if reach is None:
+                    reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
+                                            request.target_c2w[:, :3, 3]])
+                colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
+                filled, colored = self._layout_fill(entry.state(), rgb, colored, depth, valid, c2w, request, reach)
+                yield GeneratedView(pushpull_fill(rgb, colored), filled)
+                continue
+            if entry is not None:
+                entry.frames_made += 1
+            # the legacy fill: push-pull colour over the floor + backdrop depth prior (also the coarse fill the
+            # layout fill shows while its state is fitted: provisional, replaced within ``coarse_frames``)
+            if legacy is None:
+                legacy = estimate_layout(request, self.config)
+            colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
             frame = pushpull_fill(rgb, colored)
             filled = fill_holes_background(depth, valid, max_span_px=self.config.small_hole_px)
             unseen = filled <= 0
             if unseen.any():
-                filled[unseen] = layout_depth(layout, request.intrinsics, request.target_c2w[t])[unseen]
-            yield GeneratedView(frame, filled)
+                filled[unseen] = layout_depth(legacy, request.intrinsics, c2w)[unseen]
+            yield GeneratedView(frame, filled, provisional=coarse)

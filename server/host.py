@@ -39,7 +39,7 @@ import numpy as np
 import structlog
 
 from spatia.world import snapshot
-from spatia.world.engine import Engine, EngineConfig
+from spatia.world.engine import Engine, EngineConfig, prepare_generator
 from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.state import SNAPSHOT_VERSION, World
 from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
@@ -213,6 +213,11 @@ class WorldHost:
             return snapshot.dumps(self.world.to_payload(), version=SNAPSHOT_VERSION)
 
         return await self.call(_bytes)
+
+    def prepare(self, generator) -> None:
+        """Let the generator start what it derives from this world (the layout fill's fit, ~2 s of CPU) now, off
+        the event loop's critical path, so that a Play soon after does not wait for it in its first frames."""
+        prepare_generator(self.world, generator)
 
     def open_engine(self, generator, config: EngineConfig) -> Engine:
         """A fresh engine over this world (engines hold no state the world does not; clip ids continue the

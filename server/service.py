@@ -215,6 +215,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
             host = await self.store.add(world)  # all-or-nothing: on failure no entry, no file, id free again
         finally:
             self.store.release_id(world_id)
+        host.prepare(self.generator)  # e.g. the layout fill's fit starts now, not in the first Play's frames
         log.info("world created", world_id=world_id, source=world.info.source)
         return world_info(host, case_c2w)
 

@@ -5,7 +5,7 @@ from spatia.model.geometric import GeometricGenerator, pushpull_fill
 from spatia.world.actions import ClipConfig, out_and_back_path
 from spatia.world.camera import Intrinsics
 from spatia.world.engine import Engine, EngineConfig
-from spatia.world.generator import ClipRequest, ClipResult, Generator
+from spatia.world.generator import ClipRequest, ClipResult, Generator, GeneratorCapabilities
 from spatia.world.metrics import psnr
 from spatia.world.state import World
 
@@ -22,6 +22,7 @@ class Recorder:
     """A generator that records its requests and paints the memory render (holes grey)."""
 
     name = "recorder"
+    capabilities = GeneratorCapabilities()
 
     def __init__(self):
         self.requests: list[ClipRequest] = []
@@ -100,6 +101,7 @@ def test_bad_generator_output_is_reported(box_room):
 
     class Broken:
         name = "broken"
+        capabilities = GeneratorCapabilities()
 
         def generate(self, request):
             return ClipResult(np.zeros((1, 2, 2, 3), np.uint8))
@@ -170,3 +172,16 @@ def test_streamed_frames_come_out_before_the_generator_has_made_the_rest(box_roo
     next(frames)
     assert len(made) == 1  # the first frame is out; the other seven are not made yet
     assert len(list(frames)) == 7 and len(world.history) == 9
+
+
+def test_a_generator_without_declared_capabilities_is_refused(box_room):
+    world, _ = _world(box_room)
+
+    class Undeclared:
+        name = "undeclared"
+
+        def generate(self, request):
+            return ClipResult(np.zeros((1, 2, 2, 3), np.uint8))
+
+    with pytest.raises(TypeError, match="undeclared.*capabilities"):
+        Engine(world, Undeclared(), EngineConfig(clip=CLIPS))

@@ -24,9 +24,9 @@ from spatia.world.actions import ClipConfig, chunk_clips
 from spatia.world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
 from spatia.world.errors import InvalidInputError
 from spatia.world.generator import (
-    ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, clip_result,
+    ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, capabilities_of, clip_result,
 )
-from spatia.world.memory import RenderResult
+from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
 from spatia.world.update import UpdateConfig, update_memory
@@ -129,11 +129,13 @@ class Engine:
     def __init__(self, world: World, generator: Generator, config: EngineConfig = EngineConfig()) -> None:
         self.world = world
         self.generator = generator
+        self.capabilities = capabilities_of(generator)  # declared by the generator, never probed for
         self.config = config
         self.clips_done = 0
         self.last_stats: ClipStats | None = None
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
         self._observed: list[ReferenceFrame] | None = None
+        prepare_generator(world, generator, self._observed_views())
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -160,13 +162,20 @@ class Engine:
         if not self.config.use_scene_projection:
             return empty(m + n)
         preceding = empty(m)
-        if m and getattr(self.generator, "uses_preceding_clip", True):
+        if m and self.capabilities.uses_preceding_clip:
             preceding = self.world.memory.render_trajectory(K, preceding_c2w)
         target = [v.render for v in views]
+        provisional = None
+        memory = self.world.memory
+        if memory.has_provisional:  # where the memory shows a coarse fill the generator may replace
+            prov = memory.provenance
+            provisional = np.concatenate([np.zeros_like(preceding.valid), np.stack([
+                r.valid & (prov[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL) for r in target])])
         return SceneProjection(
             np.concatenate([preceding.rgb, np.stack([r.rgb for r in target])]),
             np.concatenate([preceding.depth_m, np.stack([r.depth_m for r in target])]),
             np.concatenate([preceding.valid, np.stack([r.valid for r in target])]),
+            provisional,
         )
 
     def _references(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> list[ReferenceFrame]:
@@ -219,16 +228,15 @@ class Engine:
         return scores
 
     def _observed_views(self) -> list[ReferenceFrame]:
-        """The views of the real scene: the first image with its depth (every later frame is generated)."""
-        if self._observed is None and len(self.world.history):
-            depth = self.world.history.get_depth(0)
-            if depth is not None:
-                self._observed = [ReferenceFrame(0, self._first_frame(), self.world.origin_c2w.copy(),
-                                                 self.world.history.intrinsics(0), depth_m=depth)]
-        return self._observed or []
+        if self._observed is None:
+            self._observed = observed_views(self.world)
+        return self._observed
+
+    def _world_up(self) -> np.ndarray:
+        return world_up(self.world)
 
     def _first_frame(self) -> np.ndarray:
-        return self.world.first_image if self.world.first_image is not None else self.world.history.get_rgb(0)
+        return first_frame(self.world)
 
     def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
         """The conditioning of the next clip (paper Fig. 2c): projection, preceding frames, references, text."""
@@ -241,7 +249,7 @@ class Engine:
         m = 0 if first_clip else min(self.config.clip.preceding_frames, n_hist)
         prec_idx = list(range(n_hist - m, n_hist))
         K = self.world.intrinsics
-        if m and getattr(self.generator, "uses_preceding_clip", True):
+        if m and self.capabilities.uses_preceding_clip:
             preceding = np.stack([history.get_rgb(i) for i in prec_idx])
         else:  # blank (calloc'd, never touched): nothing reads it
             preceding = np.zeros((m, K.height, K.width, 3), np.uint8)
@@ -258,7 +266,7 @@ class Engine:
             prompt=prompt,
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_hist else None,
-            world_up=-self.world.origin_c2w[:3, 1],  # docs/DESIGN.md: up = -y of the first camera
+            world_up=self._world_up(),
             memory=self.world.memory,
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),
@@ -283,7 +291,7 @@ class Engine:
     def _views(self, request: ClipRequest) -> Iterator[GeneratedView]:
         """The generator's frames one at a time (``generate_frames`` when it streams, else its clip's frames)."""
         n = request.num_target
-        if hasattr(self.generator, "generate_frames"):
+        if self.capabilities.streams_frames:
             count = 0
             for view in self.generator.generate_frames(request):
                 if count == n:
@@ -329,10 +337,10 @@ class Engine:
         if self.config.free_radius_m > 0 and self.config.update_memory:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
-            self.world.memory.remove_invented_near(poses[:, :3, 3], self.config.free_radius_m)
-            # ... and what this clip invented near any earlier pose
+            # ... and what this clip invented near any earlier pose (one compaction for both)
             visited = self.world.history.poses()[:first_index, :3, 3]
-            self.world.memory.remove_invented_near(visited, self.config.free_radius_m, since_frame=first_index)
+            self.world.memory.remove_invented_near_groups(
+                [(poses[:, :3, 3], None), (visited, first_index)], self.config.free_radius_m)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
@@ -349,17 +357,23 @@ class Engine:
         updates = [None] * len(poses)
         if self.config.update_memory:
             update_cfg = replace(self.config.update, integrate_stride=self.config.keyframe_stride)
-            if getattr(self.generator, "exact_poses", False):
+            if self.capabilities.exact_poses:
                 # The generator drew each frame from the memory at exactly the commanded pose (the geometric
                 # one does): there is no drift to refine, and refinement would cost more than the frame did.
                 update_cfg = replace(update_cfg, refine_pose=False)
+            provisional = np.zeros(len(poses), bool) if result.provisional is None else result.provisional
             report = update_memory(
                 world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
                 memory_renders=[v.render for v in views],
+                provenance=np.where(provisional, INVENTED_PROVISIONAL, INVENTED_FINAL),
             )
             refined = report.poses_refined
             updates = report.frames
+            if not provisional.all() and world.memory.has_provisional:
+                # the generator is final again: the coarse fill goes, and the next clip shows (and keeps) the
+                # final content there (this clip's final frames already painted over it)
+                world.memory.drop_provisional()
         for i in range(len(poses)):
             done = updates[i]
             if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees
@@ -386,6 +400,32 @@ class Engine:
             clip = ClipConfig(clip.new_frames_per_clip, clip.clip_frames, clip.preceding_frames)
         for span in chunk_clips(len(poses), clip):
             yield from self.generate_clip(poses[span.start : span.stop], prompt, seed)
+
+
+def first_frame(world: World) -> np.ndarray:
+    """The world's first image, lossless where the world keeps it."""
+    return world.first_image if world.first_image is not None else world.history.get_rgb(0)
+
+
+def world_up(world: World) -> np.ndarray:
+    return -world.origin_c2w[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
+
+
+def observed_views(world: World) -> list[ReferenceFrame]:
+    """The views of the real scene: the first image with its depth (every later frame is generated)."""
+    if not len(world.history):
+        return []
+    depth = world.history.get_depth(0)
+    if depth is None:
+        return []
+    return [ReferenceFrame(0, first_frame(world), world.origin_c2w.copy(), world.history.intrinsics(0), depth_m=depth)]
+
+
+def prepare_generator(world: World, generator: Generator, views: list[ReferenceFrame] | None = None) -> None:
+    """Let ``generator`` start deriving its per-world state (``Generator.prepare_world``, optional) for ``world``:
+    engines call it when they open a world, a server when it creates one (so a Play soon after finds it ready)."""
+    if capabilities_of(generator).prepares_worlds:
+        generator.prepare_world(world.memory, observed_views(world) if views is None else views, world_up(world))
 
 
 def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

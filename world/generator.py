@@ -22,12 +22,16 @@ class SceneProjection:
     rgb: np.ndarray  # [T, H, W, 3] uint8
     depth_m: np.ndarray  # [T, H, W] float32, z-depth, 0 where nothing projects
     valid: np.ndarray  # [T, H, W] bool, True where a memory point landed
+    # [T, H, W] bool, True where the point that landed is invented-provisional (a coarse fill shown while the
+    # final one was being prepared): a generator may paint over it, the memory then replaces it. None: nowhere.
+    provisional: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rgb.shape[0])
 
     def slice(self, start: int, stop: int) -> "SceneProjection":
-        return SceneProjection(self.rgb[start:stop], self.depth_m[start:stop], self.valid[start:stop])
+        prov = None if self.provisional is None else self.provisional[start:stop]
+        return SceneProjection(self.rgb[start:stop], self.depth_m[start:stop], self.valid[start:stop], prov)
 
 
 @dataclass
@@ -87,6 +91,9 @@ class ClipResult:
     frames: np.ndarray  # [N, H, W, 3] uint8
     depth_m: np.ndarray | None = None  # [N, H, W] float32, z-depth; None: the memory update estimates it
     dynamic: np.ndarray | None = None  # [N, H, W] bool, True = dynamic entity (never written to memory)
+    # [N] bool: frame i's invented pixels are a coarse fill, kept in memory as invented-provisional until a final
+    # frame replaces them (``GeneratedView.provisional``). None: all final.
+    provisional: np.ndarray | None = None
 
 
 @dataclass
@@ -96,26 +103,52 @@ class GeneratedView:
     rgb: np.ndarray  # [H, W, 3] uint8
     depth_m: np.ndarray | None = None  # [H, W] float32 z-depth
     dynamic: np.ndarray | None = None  # [H, W] bool
+    # True: what this frame invents is a coarse fill shown while the final one is prepared (it becomes
+    # invented-provisional memory, replaced once frames are final; at most a few frames of a world are)
+    provisional: bool = False
+
+
+@dataclass(frozen=True)
+class GeneratorCapabilities:
+    """What a generator declares about itself (``Generator.capabilities``). The engine reads these and never
+    probes a generator for attributes."""
+
+    # frames are drawn at exactly the requested poses (a renderer): the memory update skips pose refinement
+    exact_poses: bool = False
+    # False: the generator never reads the preceding clip (``preceding_frames`` and the preceding part of
+    # ``projection``); the engine then leaves them blank (zero, all invalid) instead of decoding and rendering them
+    uses_preceding_clip: bool = True
+    # ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
+    # the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none)
+    streams_frames: bool = False
+    # ``prepare_world(memory, observed_views, world_up)``: called when an engine opens a world (and when a server
+    # creates one), with what later requests carry as ``memory``, ``observed_views`` and ``world_up``: a generator
+    # that derives state from the world (the geometric one fits its layout fill) starts that work there, off the
+    # first frame's path. It must not block for long, and the frames it later makes must not depend on when that
+    # work finished.
+    prepares_worlds: bool = False
 
 
 @runtime_checkable
 class Generator(Protocol):
     """A video generator conditioned on spatial memory. Must be deterministic for a given ``request.seed``.
 
-    Optional members the engine looks for:
-
-    - ``exact_poses = True``: frames are drawn at exactly the requested poses (a renderer); the memory update then
-      skips pose refinement;
-    - ``uses_preceding_clip = False``: the generator never reads the preceding clip (``preceding_frames`` and the
-      preceding part of ``projection``); the engine then leaves them blank (zero, all invalid) instead of decoding
-      and rendering them, and only ``preceding_c2w`` is filled;
-    - ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
-      the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none).
-    """
+    ``capabilities`` says which of the optional methods (``generate_frames``, ``prepare_world``) it has and how
+    the engine may feed it (``GeneratorCapabilities``)."""
 
     name: str
+    capabilities: GeneratorCapabilities
 
     def generate(self, request: ClipRequest) -> ClipResult: ...
+
+
+def capabilities_of(generator: object) -> GeneratorCapabilities:
+    """The generator's declared capabilities; a clear error when it declares none."""
+    caps = getattr(generator, "capabilities", None)
+    if not isinstance(caps, GeneratorCapabilities):
+        raise TypeError(f"generator {getattr(generator, 'name', type(generator).__name__)!r} must declare "
+                        "capabilities = world.generator.GeneratorCapabilities(...)")
+    return caps
 
 
 def clip_result(views: list[GeneratedView]) -> ClipResult:
@@ -124,5 +157,7 @@ def clip_result(views: list[GeneratedView]) -> ClipResult:
         arrays = [getattr(v, name) for v in views]
         return None if any(a is None for a in arrays) else np.stack(arrays)
 
-    return ClipResult(np.stack([v.rgb for v in views]), stacked("depth_m"), stacked("dynamic"))
+    prov = np.array([v.provisional for v in views], bool)
+    return ClipResult(np.stack([v.rgb for v in views]), stacked("depth_m"), stacked("dynamic"),
+                      prov if prov.any() else None)
 

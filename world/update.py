@@ -705,7 +705,7 @@ def update_memory(
     depth_model: DepthModel | None = None,
     config: UpdateConfig = UpdateConfig(),
     memory_renders: Sequence[Any] | None = None,  # [N] renders at c2w[i] with point ids, or None (see below)
-    provenance: int = INVENTED_FINAL,
+    provenance: int | Sequence[int] = INVENTED_FINAL,
 ) -> UpdateReport:
     """Fold generated frames into the memory, in order (each frame sees what the previous ones added).
 
@@ -719,8 +719,9 @@ def update_memory(
     first changes the memory uses its render instead of rendering again; later frames render, since the memory
     now holds what the earlier frames added.
 
-    ``provenance``: what the points added are. Generated frames invent what the memory lacks (the default,
-    ``INVENTED_FINAL``); pass ``OBSERVED`` for frames of the real scene (a capture).
+    ``provenance``: what the points added are, for all frames or per frame ([N]). Generated frames invent what
+    the memory lacks (the default, ``INVENTED_FINAL``; a coarse fill's frames ``INVENTED_PROVISIONAL``); pass
+    ``OBSERVED`` for frames of the real scene (a capture).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
@@ -740,6 +741,9 @@ def update_memory(
             raise InvalidInputError(f"{name} must be {[n, *shape]}, got {list(np.asarray(arr).shape)}")
     if dynamic is not None and np.asarray(dynamic).dtype != np.bool_:
         raise InvalidInputError(f"dynamic must be a bool mask, got {np.asarray(dynamic).dtype}")
+    provenances = [int(provenance)] * n if np.ndim(provenance) == 0 else [int(p) for p in provenance]
+    if len(provenances) != n:
+        raise InvalidInputError(f"{n} frames but {len(provenances)} provenances")
     if memory_renders is not None and len(memory_renders) != n:
         raise InvalidInputError(f"{n} frames but {len(memory_renders)} memory renders")
     changed = False  # whether this call has integrated anything yet (``memory_renders`` are current until then)
@@ -793,7 +797,7 @@ def update_memory(
         seen[render.point_ids[valid]] = True
         keys_before = memory.voxel_keys[seen]
         stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude,
-                                 refresh_existing=config.integrate_observed, provenance=provenance)
+                                 refresh_existing=config.integrate_observed, provenance=provenances[i])
         changed = True
         # new points are appended at the end; their keys join the view's set (exact while observed pixels are not
         # integrated: the new points come from the view's holes, so nothing already seen hides them)

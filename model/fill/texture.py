@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -1186,13 +1186,9 @@ def texels_at(model: TextureModel, rows: np.ndarray, cols: np.ndarray, seed: int
     out = np.empty((len(r), 3), np.uint8)
     if len(r) == 0:
         return out
-    keys = np.stack([ti, tj], 1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    for k, (i, j) in enumerate(uniq):
-        sel = inverse == k
-        tile = model._tile(int(i), int(j), seed)
-        out[sel] = tile[r[sel] - int(i) * t, c[sel] - int(j) * t]
+    for (i, j), sel in _groups(ti, tj):
+        tile = model._tile(i, j, seed)
+        out[sel] = tile[r[sel] - i * t, c[sel] - j * t]
     return out
 
 
@@ -1219,14 +1215,58 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
     out = np.empty((len(uv), 3), np.uint8)
     if len(uv) == 0:
         return out
-    keys = np.stack([ti, tj, level], 1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    for k, (i, j, lv) in enumerate(uniq):
-        sel = inverse == k
-        tile = model._tile(int(i), int(j), seed, int(lv))
-        out[sel] = tile[(rows[sel] - int(i) * t) >> int(lv), (cols[sel] - int(j) * t) >> int(lv)]
+    for (i, j, lv), sel in _groups(ti, tj, level):
+        tile = model._tile(i, j, seed, lv)
+        out[sel] = tile[(rows[sel] - i * t) >> lv, (cols[sel] - j * t) >> lv]
     return out
+
+
+def _groups(*columns: np.ndarray):
+    """``((c0, c1, ...), indices)`` for each distinct row of the integer ``columns`` (each [M]), in sorted order:
+    one sort of a packed key instead of a boolean mask per group (which costs M x groups)."""
+    lo = [int(c.min()) for c in columns]
+    spans = [int(c.max()) - m + 1 for c, m in zip(columns, lo)]
+    key = np.zeros(len(columns[0]), np.int64)
+    for c, m, span in zip(columns, lo, spans):
+        key = key * span + (c - m)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    for a, b in zip(starts, ends):
+        idx = order[a:b]
+        first = idx[0]
+        yield tuple(int(c[first]) for c in columns), idx
+
+
+def tiles_covering(model: TextureModel, uv_lo_m: Sequence[float], uv_hi_m: Sequence[float]) -> list[tuple[int, int]]:
+    """The (row, col) indices of the tiles that ``sample_uv`` reads for plane coordinates in the rectangle
+    [uv_lo_m, uv_hi_m] (metres, u then v, the same frame as ``sample_uv``'s ``uv_m``)."""
+    model = _check_model(model)
+    t = model.tile_px
+    r0, r1 = (int(math.floor(v / model.texel_m)) + model.origin_px[0] for v in (uv_lo_m[1], uv_hi_m[1]))
+    c0, c1 = (int(math.floor(u / model.texel_m)) + model.origin_px[1] for u in (uv_lo_m[0], uv_hi_m[0]))
+    return [(i, j) for i in range(r0 // t, r1 // t + 1) for j in range(c0 // t, c1 // t + 1)]
+
+
+def warm_tiles(model: TextureModel, tiles: Sequence[tuple[int, int]], seed: int,
+               pause: Callable[[], None] | None = None) -> int:
+    """Synthesise the mip-0 tiles ``tiles`` [(row, col)] into the model's tile cache ahead of ``sample_uv``
+    (tiles are pure functions of model, index and seed: when they are made changes nothing). At most
+    ``TILE_CACHE`` of them (the cache would drop the first ones again); ``pause`` runs between tiles (a
+    maintenance thread lets the frame thread in). Returns how many were synthesised."""
+    model = _check_model(model)
+    seed = _check_int("seed", seed)
+    done = 0
+    for i, j in list(tiles)[:TILE_CACHE]:
+        with model._lock:
+            if (seed, int(i), int(j)) in model._tiles:
+                continue
+            model._tile_locked(int(i), int(j), seed, 0)
+        done += 1
+        if pause is not None:
+            pause()
+    return done
 
 
 def continue_exemplar(model: TextureModel, seed: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from spatia.model.spatia.text import PromptEncoder
 from spatia.model.spatia.transformer import TINY_CONFIG, WAN22_TI2V_5B_CONFIG, SpatiaTransformer3DModel
 from spatia.model.spatia.vae import SpatiaVAE
 from spatia.world.errors import InvalidInputError, NotFoundError
-from spatia.world.generator import ClipRequest, ClipResult
+from spatia.world.generator import ClipRequest, ClipResult, GeneratorCapabilities
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,9 @@ class SpatiaGenerator:
     """Implements ``world.generator.Generator`` with the Spatia network."""
 
     name = "spatia"
+    # a diffusion model denoises a whole clip at once (no streaming), reads the preceding clip, and its frames
+    # may drift from the requested poses (the memory update refines them)
+    capabilities = GeneratorCapabilities()
 
     def __init__(self, transformer: SpatiaTransformer3DModel, vae: SpatiaVAE, prompt_encoder: PromptEncoder,
                  config: SpatiaGeneratorConfig = SpatiaGeneratorConfig(), device: str | torch.device = "cpu",

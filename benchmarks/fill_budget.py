@@ -1,0 +1,89 @@
+"""The layout fill's cost on the frame path and off it, against the legacy fill in the same run (issue 10, sec. 4).
+
+Each scene's demo loop through the engine in-process with the server's real-time play settings (clips 4 / 6 / 2,
+keyframe stride 4), once per fill. Per frame: the frame thread's CPU time (``time.thread_time``: what a frame
+costs, little disturbed by other load on the machine) and wall time. Per run: CPU of the other threads (the fill's
+maintenance thread, the memory's and history's) as a share of one core over the run's wall time.
+
+numba runs single-threaded here (``NUMBA_NUM_THREADS=1`` unless set), so a frame's kernels count on its thread.
+
+    .venv/bin/python benchmarks/fill_budget.py --frames 161 --scenes room house courtyard
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+# numba's parallel kernels run on a pool of their own threads, whose CPU time would escape the frame thread's
+# count; one thread keeps every kernel on the caller (both fills alike)
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+from spatia.model.geometric import GeometricConfig, GeometricGenerator
+from spatia.world.actions import ClipConfig
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.scenes import make_scene
+from spatia.world.state import World
+
+
+def run(scene_name: str, fill: str, width: int, height: int, frames: int) -> dict:
+    scene = make_scene(scene_name, 0)
+    world = World.from_scene(scene_name, 0, width, height)
+    path = scene.demo_path(frames)[1:]
+    cfg = EngineConfig(clip=ClipConfig(first_clip_frames=4, clip_frames=6, preceding_frames=2), keyframe_stride=4)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill=fill)), cfg)
+    thread_ms, wall_ms = [], []
+    main_cpu = 0.0
+    stream = engine.generate(path, seed=0)
+    while True:
+        t, c = time.perf_counter(), time.thread_time()
+        if next(stream, None) is None:
+            break
+        dc = time.thread_time() - c
+        main_cpu += dc
+        thread_ms.append(dc * 1000)
+        wall_ms.append((time.perf_counter() - t) * 1000)
+    wall = time.perf_counter() - wall0
+    other_cpu = time.process_time() - cpu0 - main_cpu
+    th, wa = np.array(thread_ms), np.array(wall_ms)
+    return {
+        "scene": scene_name, "fill": fill, "frames": len(th),
+        "frame_cpu_ms": {"mean": round(float(th.mean()), 2), "p50": round(float(np.median(th)), 2),
+                         "p95": round(float(np.percentile(th, 95)), 2), "max": round(float(th.max()), 2)},
+        "frame_wall_ms": {"mean": round(float(wa.mean()), 2), "p50": round(float(np.median(wa)), 2),
+                          "p95": round(float(np.percentile(wa, 95)), 2), "max": round(float(wa.max()), 2)},
+        "other_threads_cpu_s": round(other_cpu, 2),
+        "other_threads_core_share": round(other_cpu / wall, 3),
+        "wall_s": round(wall, 2),
+        "memory_points": world.memory.num_points,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=161)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=360)
+    ap.add_argument("--scenes", nargs="+", default=["room", "house", "courtyard"])
+    args = ap.parse_args()
+    rows = []
+    for scene in args.scenes:
+        for fill in ("legacy", "layout"):
+            rows.append(run(scene, fill, args.width, args.height, args.frames))
+            print(json.dumps(rows[-1]), flush=True)
+    added = {}
+    for scene in args.scenes:
+        base, new = (next(r for r in rows if r["scene"] == scene and r["fill"] == f) for f in ("legacy", "layout"))
+        added[scene] = {k: round(new["frame_cpu_ms"][k] - base["frame_cpu_ms"][k], 2) for k in ("mean", "p50", "p95")}
+    print(json.dumps({"name": "fill_budget", "baseline": "legacy fill, same run", "width": args.width,
+                      "height": args.height, "frames": args.frames, "added_frame_cpu_ms": added,
+                      "load": list(os.getloadavg()), "cpu_count": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()

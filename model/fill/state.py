@@ -1,0 +1,112 @@
+"""Each world's fill state, fitted once per change of its observed points, off the frame path.
+
+The layout fill needs, per world, the Manhattan layout of the observed points (``model.fill.layout``), each
+plane's texture model (``model.fill.appearance``, ``model.fill.texture``) and, outdoors, the sky: 0.5-2 s of CPU
+for a 640x360 first image, a function of the observed points alone. Fitting it inside a frame stalled that frame
+by as much (and a server shares one generator between its worlds, so a single cached slot was refitted every
+time another world's clip ran). Here:
+
+- one state per world, keyed weakly by the world's ``SpatialMemory`` object (the state goes when the world is
+  unloaded) and tagged with ``observed_version``; invented points never change it;
+- ``prepare`` snapshots the observed points on the caller's thread (the memory is not thread-safe) and fits on a
+  maintenance thread; the engine calls it when it opens a world, so the fit runs while the session starts;
+- the generator shows a coarse fill for the first few frames after a world is opened (or its observed points
+  change), counted in the entry, and from then on the fitted state, waiting for a fit still in flight. Counting
+  frames (not "use whatever is ready") keeps frames a function of the world and the path alone: the same seed
+  and path give byte-identical memory however fast the machine is.
+- after a fit, the same thread fits every plane's texture and synthesises the mip-0 tiles around the observed
+  points (tiles are pure functions of plane, tile and seed, so when they are made does not change them), so the
+  frame path mostly reads cached tiles.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class FillInputs:
+    """What a world's fill state is a function of, copied on the caller's thread."""
+
+    version: tuple  # (observed_version, index of the first observed view or None)
+    points: np.ndarray  # [N, 3] float64, world frame, observed points
+    colors: np.ndarray  # [N, 3] uint8
+    observer: np.ndarray  # [3] world frame, where the observed points were seen from
+    forward: np.ndarray  # [3] world frame, the first camera's viewing direction
+    up: np.ndarray  # [3] world frame, the first camera's up (a prior; the layout finds its own)
+    first_view: object | None  # world.generator.ReferenceFrame of the first image (rgb, depth, pose) or None
+
+
+@dataclass
+class FillEntry:
+    """One world's state for one ``key``: the fit (a future) and how many frames were made since it started."""
+
+    key: tuple
+    future: Future
+    frames_made: int = 0  # frames generated for this world since this key (the coarse-fill count is taken here)
+
+    def state(self):
+        """The fitted state, waited for if the fit is still running."""
+        return self.future.result()
+
+
+def inputs_key(memory, observed_views) -> tuple:
+    first = observed_views[0] if observed_views else None
+    return (memory.observed_version, None if first is None else first.frame_index)
+
+
+class FillStates:
+    """Fill states of many worlds; thread-safe (a server's sessions share one generator)."""
+
+    def __init__(self, fit: Callable[[FillInputs], object], warm: Callable[[object], None] | None = None) -> None:
+        self._fit = fit
+        self._warm = warm
+        self._lock = threading.Lock()
+        # memory -> FillEntry
+        self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill")
+        return self._executor
+
+    def prepare(self, memory, inputs: Callable[[], FillInputs], key: tuple) -> "FillEntry":
+        """Start fitting ``memory``'s state for ``key`` unless it is fitted or being fitted; returns its entry.
+
+        ``inputs`` builds the copy of what the fit reads; it runs here, on the caller's thread."""
+        with self._lock:
+            held = self._states.get(memory)
+            if held is not None and held.key == key:
+                return held
+            snapshot = inputs()
+            entry = FillEntry(key, self._pool().submit(self._run, snapshot))
+            self._states[memory] = entry
+            return entry
+
+    def _run(self, inputs: FillInputs):
+        state = self._fit(inputs)
+        if self._warm is not None:
+            # after the state is handed over: a frame waiting for it does not also wait for the tiles (the
+            # warm-up runs under each texture model's own lock, tile by tile, so frames interleave with it)
+            self._pool().submit(self._warm_quietly, state)
+        return state
+
+    def _warm_quietly(self, state) -> None:
+        try:
+            self._warm(state)
+        except Exception as exc:  # noqa: BLE001 -- a warm-up is an optimisation: frames synthesise what it missed
+            log.warning("fill warm-up failed", error=type(exc).__name__)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,153 @@
+"""The layout fill at run time: one state per world, fitted off the frame path, a coarse fill first, and frames
+that do not depend on when the fit finished (model/fill/state.py, model/geometric.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import spatia.model.geometric as geometric
+from spatia.model.geometric import GeometricConfig, GeometricGenerator
+from spatia.world.actions import ClipConfig
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.memory import INVENTED_PROVISIONAL
+from spatia.world.scenes import make_scene
+from spatia.world.state import World
+
+W, H = 128, 72
+PLAY = EngineConfig(clip=ClipConfig(first_clip_frames=4, clip_frames=6, preceding_frames=2), keyframe_stride=1)
+
+
+def _world(name: str = "room") -> tuple[World, np.ndarray]:
+    scene = make_scene(name, 0)
+    return World.from_scene(name, 0, W, H), scene.demo_path(41)[1:17]
+
+
+@pytest.fixture
+def counted_fits(monkeypatch):
+    """Counts the layout fits (and lets a test hold them until it says go)."""
+    calls: list[tuple] = []
+    go = threading.Event()
+    go.set()
+    real = geometric._fit_layout_state
+
+    def fit(inputs):
+        go.wait(timeout=60)
+        calls.append(inputs.version)
+        return real(inputs)
+
+    monkeypatch.setattr(geometric, "_fit_layout_state", fit)
+    return calls, go
+
+
+def test_one_state_per_world_shared_generator(counted_fits):
+    calls, _ = counted_fits
+    gen = GeometricGenerator(GeometricConfig(fill="layout"))
+    (wa, path_a), (wb, path_b) = _world("room"), _world("house")
+    ea, eb = Engine(wa, gen, PLAY), Engine(wb, gen, PLAY)
+    a, b = ea.generate(path_a), eb.generate(path_b)
+    for _ in range(len(path_a)):  # the two worlds' frames interleave, as two play sessions' do on a server
+        next(a)
+        next(b)
+    assert len(calls) == 2, calls  # each world fitted once, however its clips interleave with the other's
+
+
+def test_coarse_frames_do_not_wait_for_the_fit(counted_fits):
+    calls, go = counted_fits
+    go.clear()  # the fit cannot finish until we say so
+    world, path = _world()
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4)), PLAY)
+    frames = engine.generate(path)
+    first = [next(frames) for _ in range(4)]  # the coarse frames come although the fit is held
+    assert len(first) == 4 and not calls
+    # ... and the first clip (4 frames, all coarse) left provisional invented points in the memory
+    next_frame = threading.Thread(target=lambda: first.append(next(frames)))
+    next_frame.start()
+    next_frame.join(timeout=2.0)
+    assert next_frame.is_alive(), "the 5th frame (final) must wait for the fit"
+    go.set()
+    next_frame.join(timeout=60)
+    assert len(first) == 5 and len(calls) == 1
+    for _ in frames:
+        pass
+    # the final frames replaced the coarse fill: nothing provisional is left once a final clip is committed
+    assert not world.memory.has_provisional
+
+
+def test_first_clip_is_provisional_then_replaced():
+    world, path = _world()
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4)), PLAY)
+    frames = engine.generate(path)
+    for _ in range(4):
+        next(frames)
+    next(frames)  # pulls the first clip's commit, then makes the second clip's first frame
+    prov = world.memory.provenance
+    assert (prov == INVENTED_PROVISIONAL).sum() > 0  # the coarse clip's invented points, provisional
+    for _ in range(5):  # the rest of the second clip (final) and its commit
+        next(frames)
+    next(frames)
+    assert not world.memory.has_provisional
+
+
+def _memory_bytes(world: World) -> bytes:
+    m = world.memory
+    return b"".join(np.ascontiguousarray(a).tobytes() for a in (m.voxel_keys, m.colors, m.provenance))
+
+
+def test_frames_do_not_depend_on_when_the_fit_finished(monkeypatch):
+    """Same world + same path give byte-identical memory whether the fit is instant or slow."""
+    real = geometric._fit_layout_state
+    results = []
+    for delay in (0.0, 1.5):
+        def fit(inputs, delay=delay):
+            threading.Event().wait(delay)
+            return real(inputs)
+
+        monkeypatch.setattr(geometric, "_fit_layout_state", fit)
+        world, path = _world()
+        engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")), PLAY)
+        frames = [f.rgb for f in engine.generate(path)]
+        results.append((np.stack(frames), _memory_bytes(world)))
+    assert np.array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def test_free_space_kernels_match_their_references():
+    from spatia.model.fill.freespace import (
+        seen_through, seen_through_reference, world_points, world_points_reference,
+    )
+    from spatia.world.camera import Intrinsics, look_at
+
+    rng = np.random.default_rng(3)
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = look_at(np.array([0.3, -0.2, 0.1]), np.array([1.0, 0.5, 3.0]))
+    rays = np.concatenate([rng.uniform(-1, 1, (500, 2)), np.ones((500, 1))], 1).astype(np.float32)
+    z = rng.uniform(0.1, 8.0, 500).astype(np.float32)
+    pts = world_points(rays, z, c2w)
+    np.testing.assert_allclose(pts, world_points_reference(rays, z, c2w), rtol=1e-6, atol=1e-6)
+    view = look_at(np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    depth = rng.uniform(0.5, 6.0, (36, 64)).astype(np.float32)
+    depth[:5] = 0.0  # sky rows: everything in front is free
+    got = seen_through(pts, view, K, depth, 0.03)
+    want = seen_through_reference(pts, view, K, depth, 0.03)
+    assert got.any() and not got.all()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_warmed_tiles_are_the_tiles_a_frame_would_make():
+    from spatia.model.fill.texture import TextureModel, sample_uv, tiles_covering, warm_tiles
+
+    rng = np.random.default_rng(0)
+    rgb = (rng.integers(0, 255, (48, 48, 3))).astype(np.uint8)
+    valid = np.ones((48, 48), bool)
+    cold, warm = (TextureModel.fit(rgb, valid, 0.01) for _ in range(2))
+    uv = rng.uniform(-1.0, 1.5, (4000, 2))
+    footprint = np.full(len(uv), 0.004)
+    tiles = tiles_covering(warm, uv.min(0), uv.max(0))
+    assert warm_tiles(warm, tiles, seed=7) == len(tiles) > 4
+    assert warm_tiles(warm, tiles, seed=7) == 0  # already there
+    cached = len(warm._tiles)
+    np.testing.assert_array_equal(sample_uv(warm, uv, footprint, 7), sample_uv(cold, uv, footprint, 7))
+    assert len(warm._tiles) == cached  # the frame found every tile it read already made
