@@ -70,8 +70,13 @@ def test_photo_world_records_the_prior_and_the_clip_request_carries_it(tmp_path)
     world.save(tmp_path / "w.spatia")
     loaded = World.load(tmp_path / "w.spatia")
     np.testing.assert_allclose(loaded.layout_prior.up, prior.up)
-    request = Engine(loaded, GeometricGenerator()).build_request(np.stack([loaded.origin_c2w] * 2), "", 0)
+    generator = GeometricGenerator()
+    request = Engine(loaded, generator).build_request(np.stack([loaded.origin_c2w] * 2), "", 0)
     assert isinstance(request.layout_prior, LayoutPrior)
+    # ... and the layout fill fits its layout in the prior's frame (up and Manhattan axis are the prior's)
+    layout = generator._fill_entry(request).state().layout
+    np.testing.assert_allclose(layout.axes[0], loaded.layout_prior.up, atol=1e-9)
+    np.testing.assert_allclose(abs(layout.axes[1] @ loaded.layout_prior.axis_a), 1.0, atol=1e-9)
     # a world with real depth records none
     depth_world = World.from_scene("room", 0, 64, 36)
     assert depth_world.layout_prior is None

@@ -121,7 +121,7 @@ class GeneratorCapabilities:
     # ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
     # the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none)
     streams_frames: bool = False
-    # ``prepare_world(memory, observed_views, world_up)``: called when an engine opens a world (and when a server
+    # ``prepare_world(memory, observed_views, world_up, layout_prior=None)``: called when an engine opens a world (and when a server
     # creates one), with what later requests carry as ``memory``, ``observed_views`` and ``world_up``: a generator
     # that derives state from the world (the geometric one fits its layout fill) starts that work there, off the
     # first frame's path. It must not block for long, and the frames it later makes must not depend on when that

@@ -58,6 +58,7 @@ class LayoutConfig:
     # AbsRel at 0.34 vs 0.15 for endless facades (a facade cut short shows sky where a building stands)
     facade_extend_m: float = math.inf
     facade_corner_m: float = 15.0
+    prior_point_walls: bool = True  # with a prior: directions it has no wall in take the points' best wall
     full_height_margin_m: float = 0.3  # a wall walked through reaches within this of the ceiling (view_bounds)
     observed_range_pct: float = 0.5  # Layout.observed_range_m: this and 100 minus this percentile per axis
     observed_range_margin_m: float = 0.05  # a closing wall stands this far beyond the observed extent
@@ -258,6 +259,15 @@ def estimate_layout(
         axes = _axes_from_prior(prior)
         min_count = max(config.min_plane_points, int(config.min_plane_fraction * len(pts)))
         planes = _prior_planes(prior, axes, pts, np.asarray(observer, np.float64), config, min_count)
+        if config.prior_point_walls and len(pts) >= 3 * config.normal_neighbours:
+            # a direction the photo estimator fitted no wall in (a facade at the image's edge) takes the best
+            # supported wall the points show that way, in the prior's frame
+            have = {(p.axis, p.facing) for p in planes if p.kind == WALL}
+            normals = _normals(pts, config.normal_neighbours, np.asarray(observer, np.float64))
+            found = [p for p in _point_planes(pts, normals, axes, np.asarray(observer, np.float64), config, min_count)
+                     if p.kind == WALL and (p.axis, p.facing) not in have]
+            for key in {(p.axis, p.facing) for p in found}:
+                planes.append(max((p for p in found if (p.axis, p.facing) == key), key=lambda p: p.support))
         return _finish_layout(axes, planes, config, pts)
     if len(pts) < 3 * config.normal_neighbours:
         return Layout(estimate_axes(np.zeros((0, 3)), prior_up, np.asarray(prior_forward, float), 1.0), [], False, config)
@@ -265,7 +275,15 @@ def estimate_layout(
     cos_tol = math.cos(math.radians(config.axis_tol_deg))
     axes = estimate_axes(normals, prior_up, np.asarray(prior_forward, np.float64), cos_tol)
     min_count = max(config.min_plane_points, int(config.min_plane_fraction * len(pts)))
-    cam_h = float(np.asarray(observer) @ axes[0])
+    planes = _point_planes(pts, normals, axes, np.asarray(observer, np.float64), config, min_count)
+    return _finish_layout(axes, planes, config, pts)
+
+
+def _point_planes(pts: np.ndarray, normals: np.ndarray, axes: np.ndarray, observer: np.ndarray,
+                  config: LayoutConfig, min_count: int) -> list[Plane]:
+    """Planes of the thinned points ``pts`` [N, 3] with ``normals`` [N, 3] along ``axes`` (module docstring, 3)."""
+    cos_tol = math.cos(math.radians(config.axis_tol_deg))
+    cam_h = float(observer @ axes[0])
     heights = pts @ axes[0]
     planes: list[Plane] = []
     for k in range(3):
@@ -286,7 +304,7 @@ def estimate_layout(
                     along = pts[near] @ axes[3 - k] if k else np.zeros(0)
                     span = (float(np.percentile(along, 1.0)), float(np.percentile(along, 99.0))) if len(along) else (-math.inf, math.inf)
                 planes.append(Plane(k, offset, facing, support, kind, top, span if k else (-math.inf, math.inf)))
-    return _finish_layout(axes, planes, config, pts)
+    return planes
 
 
 def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, pts: np.ndarray) -> Layout:
