@@ -70,6 +70,12 @@ def test_photo_world_records_the_prior_and_the_clip_request_carries_it(tmp_path)
     world.save(tmp_path / "w.spatia")
     loaded = World.load(tmp_path / "w.spatia")
     np.testing.assert_allclose(loaded.layout_prior.up, prior.up)
+    from spatia.world.worldlog import WorldLog  # the server's incremental save keeps it too
+
+    wlog = WorldLog(tmp_path / "log")
+    wlog.write(wlog.prepare_save(world))
+    logged, _ = WorldLog.load(tmp_path / "log")
+    assert logged.info.layout_prior == world.info.layout_prior
     generator = GeometricGenerator()
     request = Engine(loaded, generator).build_request(np.stack([loaded.origin_c2w] * 2), "", 0)
     assert isinstance(request.layout_prior, LayoutPrior)
