@@ -270,7 +270,7 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     from spatia.model.fill.appearance import PlaneTextures, sky_model
     from spatia.model.fill.layout import estimate_layout
 
-    layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward)
+    layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward, prior=inputs.layout_prior)
     sky = None
     first = inputs.first_view
     if first is not None and not layout.indoor:
@@ -315,13 +315,14 @@ class GeometricGenerator:
         self.config = config
         self._states = FillStates(_fit_layout_state, _warm_layout_state)  # per world (model.fill.state)
 
-    def prepare_world(self, memory, observed_views: list[ReferenceFrame], world_up: np.ndarray) -> None:
+    def prepare_world(self, memory, observed_views: list[ReferenceFrame], world_up: np.ndarray,
+                      layout_prior=None) -> None:
         """Start fitting the world's layout state on the maintenance thread (the engine calls this when it opens
         a world, so the fit runs while a session starts instead of inside its first frame)."""
         if self.config.fill == "layout" and memory is not None:
-            self._states.prepare(memory, *self._fill_inputs(memory, observed_views, world_up))
+            self._states.prepare(memory, *self._fill_inputs(memory, observed_views, world_up, layout_prior))
 
-    def _fill_inputs(self, memory, observed_views, world_up):
+    def _fill_inputs(self, memory, observed_views, world_up, layout_prior=None):
         def inputs() -> FillInputs:
             pts, cols = memory.observed_points()
             first = observed_views[0] if observed_views else None
@@ -330,7 +331,7 @@ class GeometricGenerator:
             else:
                 observer, fwd, up = np.zeros(3), np.array([0.0, 0.0, 1.0]), np.asarray(world_up, float)
             return FillInputs(inputs_key(memory, observed_views), pts, cols, observer.copy(), fwd.copy(),
-                              up.copy(), first)
+                              up.copy(), first, layout_prior)
 
         return inputs, inputs_key(memory, observed_views)
 
@@ -340,7 +341,8 @@ class GeometricGenerator:
         mem = request.memory
         if mem is None or not hasattr(mem, "observed_points"):
             return None
-        return self._states.prepare(mem, *self._fill_inputs(mem, request.observed_views, request.world_up))
+        return self._states.prepare(mem, *self._fill_inputs(mem, request.observed_views, request.world_up,
+                                                           getattr(request, "layout_prior", None)))
 
     def _layout_fill(
         self,

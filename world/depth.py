@@ -17,6 +17,7 @@ All depth is z-depth in metres along the OpenCV camera's +z axis (``docs/DESIGN.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,62 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
+class LayoutPrior:
+    """What a world's creator measured about the scene's layout from its first image (the contract by which the
+    fill learns that a world came from a photo; ``docs/RESULTS.md``, novel view).
+
+    A photo's first memory is its estimated depth: planes drawn per image column, with furniture and occlusions
+    as steps. Fitting a layout to those points finds steps as walls; the photo estimator (``model.fill.photo``)
+    already measured the Manhattan frame and the planes, so the world records them at creation
+    (``WorldInfo.layout_prior``, persisted with the world), the engine hands them over in
+    ``ClipRequest.layout_prior`` and the layout fill starts from them. Worlds with real depth record none.
+    Planes are ``{X : normal . X = offset_m}`` with the normal pointing away from the observing camera.
+    """
+
+    source: str  # who measured it, e.g. "photo_layout"
+    up: np.ndarray  # [3] unit gravity up, in the frame named by the holder (camera frame in a DepthEstimate,
+    # world frame once recorded by the world)
+    axis_a: np.ndarray  # [3] unit horizontal Manhattan axis (the other one is up x axis_a), same frame
+    planes: tuple[tuple[str, np.ndarray, float], ...]  # (kind "floor" / "wall" / "ceiling", normal [3], offset_m)
+    confidence: float  # 0..1, the estimator's
+
+    def __post_init__(self) -> None:
+        for name in ("up", "axis_a"):
+            v = np.asarray(getattr(self, name), np.float64)
+            if v.shape != (3,) or not np.all(np.isfinite(v)) or abs(np.linalg.norm(v) - 1.0) > 1e-3:
+                raise InvalidInputError(f"layout prior {name} must be a finite unit [3] vector, got {v.tolist()}")
+        if abs(float(np.dot(self.up, self.axis_a))) > 1e-3:
+            raise InvalidInputError("layout prior axis_a must be horizontal (perpendicular to up)")
+        for kind, normal, offset in self.planes:
+            if kind not in ("floor", "wall", "ceiling"):
+                raise InvalidInputError(f"layout prior plane kind must be floor, wall or ceiling, got {kind!r}")
+            if np.asarray(normal).shape != (3,) or not math.isfinite(float(offset)):
+                raise InvalidInputError("layout prior planes need a [3] normal and a finite offset_m")
+
+    def transformed(self, c2w: np.ndarray) -> "LayoutPrior":
+        """The same prior in the frame ``c2w`` [4, 4] maps this one's coordinates into (camera -> world)."""
+        R, t = np.asarray(c2w, np.float64)[:3, :3], np.asarray(c2w, np.float64)[:3, 3]
+        planes = tuple((k, R @ np.asarray(n, np.float64), float(o + (R @ np.asarray(n, np.float64)) @ t))
+                       for k, n, o in self.planes)
+        return LayoutPrior(self.source, R @ self.up, R @ self.axis_a, planes, self.confidence)
+
+    def to_doc(self) -> dict:
+        """Plain lists and floats (msgpack / JSON), for ``WorldInfo``."""
+        return {"source": self.source, "up": [float(x) for x in self.up], "axis_a": [float(x) for x in self.axis_a],
+                "planes": [[k, [float(x) for x in n], float(o)] for k, n, o in self.planes],
+                "confidence": float(self.confidence)}
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "LayoutPrior":
+        try:
+            return cls(str(doc["source"]), np.asarray(doc["up"], np.float64), np.asarray(doc["axis_a"], np.float64),
+                       tuple((str(k), np.asarray(n, np.float64), float(o)) for k, n, o in doc["planes"]),
+                       float(doc["confidence"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"malformed layout prior ({exc!r})") from None
+
+
+@dataclass(frozen=True)
 class DepthEstimate:
     """A depth map and what is known about it."""
 
@@ -43,6 +100,8 @@ class DepthEstimate:
     # The intrinsics depth_m is for when the estimator chose or measured them (a photo without intrinsics);
     # None: the intrinsics the caller passed.
     intrinsics: Intrinsics | None = None
+    # the layout the estimator measured, camera frame of the image (photo estimators); the world records it
+    layout: LayoutPrior | None = None
 
     def __post_init__(self) -> None:
         d = self.depth_m

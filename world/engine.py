@@ -270,6 +270,7 @@ class Engine:
             memory=self.world.memory,
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),
+            layout_prior=self.world.layout_prior,
         )
         return request, views
 
@@ -424,7 +425,8 @@ def prepare_generator(world: World, generator: Generator, views: list[ReferenceF
     """Let ``generator`` start deriving its per-world state (``Generator.prepare_world``, optional) for ``world``:
     engines call it when they open a world, a server when it creates one (so a Play soon after finds it ready)."""
     if capabilities_of(generator).prepares_worlds:
-        generator.prepare_world(world.memory, observed_views(world) if views is None else views, world_up(world))
+        generator.prepare_world(world.memory, observed_views(world) if views is None else views, world_up(world),
+                                layout_prior=world.layout_prior)
 
 
 def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -68,6 +68,8 @@ class ClipRequest:
     observed_views: list[ReferenceFrame] = field(default_factory=list)
     # [P, 4, 4] c2w of every pose the camera has been at so far (the history), world frame.
     visited_c2w: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
+    # ``world.depth.LayoutPrior`` (world frame) the world recorded at creation (photo worlds), else None
+    layout_prior: Any = None
 
     @property
     def num_target(self) -> int:
@@ -119,7 +121,7 @@ class GeneratorCapabilities:
     # ``generate_frames(request) -> Iterator[GeneratedView]``: the same frames as ``generate``, one at a time, so
     # the first can be shown while the rest are made (a diffusion model denoises a clip at once and has none)
     streams_frames: bool = False
-    # ``prepare_world(memory, observed_views, world_up)``: called when an engine opens a world (and when a server
+    # ``prepare_world(memory, observed_views, world_up, layout_prior=None)``: called when an engine opens a world (and when a server
     # creates one), with what later requests carry as ``memory``, ``observed_views`` and ``world_up``: a generator
     # that derives state from the world (the geometric one fits its layout fill) starts that work there, off the
     # first frame's path. It must not block for long, and the frames it later makes must not depend on when that

@@ -34,6 +34,9 @@ class WorldInfo:
     prompt: str = ""
     created_ns: int = field(default_factory=time.time_ns)
     case_trajectory_frames: int = 0  # the official case's trajectory length, when made from a case
+    # What the depth estimator measured about the layout of the first image (``world.depth.LayoutPrior.to_doc``,
+    # world frame), None for worlds with real depth: the fill of a photo world starts from it
+    layout_prior: dict | None = None
 
 
 @dataclass
@@ -123,8 +126,13 @@ class World:
             else:
                 est = (depth_estimator or PlanarPriorDepth()).estimate(rgb, K)
             depth_m = est.depth_m
+        else:
+            est = None
         kwargs.setdefault("source", "image")
-        return cls.from_rgbd(rgb, depth_m, K, **kwargs)
+        world = cls.from_rgbd(rgb, depth_m, K, **kwargs)
+        if getattr(est, "layout", None) is not None:
+            world.info.layout_prior = est.layout.transformed(world.origin_c2w).to_doc()
+        return world
 
     @classmethod
     def from_case(cls, case_dir: str | Path, depth_estimator: Any = None, width: int | None = None, **kwargs: Any) -> tuple["World", np.ndarray]:
@@ -200,6 +208,15 @@ class World:
     @classmethod
     def load(cls, path: str | Path) -> "World":
         return cls.from_payload(snapshot.load(path, max_version=SNAPSHOT_VERSION))
+
+    @property
+    def layout_prior(self):
+        """``world.depth.LayoutPrior`` (world frame) recorded at creation, or None."""
+        if self.info.layout_prior is None:
+            return None
+        from spatia.world.depth import LayoutPrior
+
+        return LayoutPrior.from_doc(self.info.layout_prior)
 
     @property
     def world_id(self) -> str:

@@ -46,7 +46,7 @@ import structlog
 from scipy import ndimage
 
 from spatia.world.camera import DEFAULT_FOV_DEG, Intrinsics
-from spatia.world.depth import DepthEstimate, PlanarPriorConfig, PlanarPriorDepth, default_intrinsics
+from spatia.world.depth import DepthEstimate, LayoutPrior, PlanarPriorConfig, PlanarPriorDepth, default_intrinsics
 from spatia.world.errors import InvalidInputError
 
 log = structlog.get_logger(__name__)
@@ -933,4 +933,12 @@ class PhotoLayoutDepth:
             sky_share=round(float(layout.sky_mask.mean()), 3),
         )
         return DepthEstimate(layout.depth_m, is_metric=True, source="photo_layout", approximate=True,
-                             intrinsics=layout.intrinsics)
+                             intrinsics=layout.intrinsics, layout=layout_prior(layout))
+
+
+def layout_prior(layout: PhotoLayout) -> LayoutPrior:
+    """The photo layout as the world records it (``world.depth.LayoutPrior``, camera frame of the photo)."""
+    up = layout.up_cam / np.linalg.norm(layout.up_cam)
+    a = layout.manhattan_cam[:, 0] - (layout.manhattan_cam[:, 0] @ up) * up
+    planes = tuple((p.kind, np.asarray(p.normal_cam, np.float64), float(p.offset_m)) for p in layout.planes)
+    return LayoutPrior("photo_layout", up, a / np.linalg.norm(a), planes, float(layout.confidence))

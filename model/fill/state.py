@@ -44,6 +44,7 @@ class FillInputs:
     forward: np.ndarray  # [3] world frame, the first camera's viewing direction
     up: np.ndarray  # [3] world frame, the first camera's up (a prior; the layout finds its own)
     first_view: object | None  # world.generator.ReferenceFrame of the first image (rgb, depth, pose) or None
+    layout_prior: object | None = None  # world.depth.LayoutPrior the world recorded at creation (photo worlds)
 
 
 @dataclass
