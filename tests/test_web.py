@@ -40,7 +40,7 @@ def wait_for(driver, script, *args, timeout_s=60.0, what=""):
             return value
         time.sleep(0.1)
     state = driver.execute_script("return {transport: spatia.transport, shown: spatia.framesShown, "
-                                  "seq: spatia.seq, err: spatia.lastError, meta: spatia.shownMeta, origin: spatia.rtpOrigin, relearned: spatia.rtpRelearned, unm: spatia.unmappedRtp, pts: Array.from(spatia.metaByPts.keys()), "
+                                  "seq: spatia.seq, err: spatia.lastError, meta: spatia.shownMeta, origin: spatia.rtpOrigin, relearned: spatia.rtpRelearned, shown_rtp: spatia.shownRtp, pts: Array.from(spatia.metaByPts.keys()), "
                                   "lat: spatia.latencies.length, refl: spatia.reflectedSeq, sent: spatia.sent.size}")
     raise AssertionError(f"timed out waiting for {what or script}; page state {state}")
 

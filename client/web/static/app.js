@@ -11,7 +11,7 @@ const S = window.spatia = {
   seq: 0, sent: new Map(), reflectedSeq: 0,  // action seq -> performance.now() when sent
   keys: new Set(), mouseDx: 0, mouseDy: 0, dragging: false, lastX: 0, lastY: 0,
   shownTimes: [], latencies: [], framesShown: 0,
-  shownMeta: null, metaByPts: new Map(), rtpOrigin: null, unmappedRtp: [], pendingRtp: [], rtpMisses: 0, rtpRelearned: 0,
+  shownMeta: null, metaByPts: new Map(), rtpOrigin: null, shownRtp: [], pendingRtp: [], rtpMisses: 0, rtpRelearned: 0,
   firstPose: null, viewers: 0, memoryPoints: 0, recording: "", playing: false,
   fps: 30, wanted: "auto", closing: false, retries: 0, lastError: "",
   replayFrames: 0, replayPos: 0, replayPaused: false,
@@ -116,7 +116,7 @@ $("photo-form").addEventListener("submit", async (ev) => {
 
 function resetViewer(mode) {
   Object.assign(S, {mode, history: [], seq: 0, reflectedSeq: 0, shownTimes: [], latencies: [], framesShown: 0, shownMeta: null,
-                    rtpOrigin: null, unmappedRtp: [], pendingRtp: [], rtpMisses: 0, firstPose: null, closing: false, retries: 0, lastError: ""});
+                    rtpOrigin: null, shownRtp: [], pendingRtp: [], rtpMisses: 0, firstPose: null, closing: false, retries: 0, lastError: ""});
   S.sent.clear(); S.metaByPts.clear(); S.keys.clear();
   show("lobby", false); show("viewer", true);
   show("play-controls", mode === "play"); show("replay-controls", mode === "replay");
@@ -252,38 +252,38 @@ async function connectRtc() {
     video.requestVideoFrameCallback(onVideoFrame);
   };
   video.requestVideoFrameCallback(onVideoFrame);
+  const expiry = setInterval(() => { if (S.pc === pc) expirePendingRtp(performance.now()); else clearInterval(expiry); }, 500);
   video.play().catch(() => {});
 }
 
 // A frame's RTP timestamp is origin + pts (mod 2^32): the pts the data channel announced with its metadata, the
-// origin random per sender (RFC 3550) and not told by aiortc's public API. The page learns it from the frames it
-// is shown: each candidate origin (a shown frame's RTP timestamp minus an announced pts) scores the shown frames
-// it maps onto an announced pts; the server keeps consecutive pts gaps distinct (client/web/rtc.py), so the true
-// origin is the one best candidate once two shown frames have their metadata. Until then a frame is shown when
-// every best candidate maps it to the same picture (copies of one picture: a world entered standing still).
-// Metadata can arrive after its frame was shown (the data channel lags under load): such frames wait in
-// ``pendingRtp`` for it (1 s); three that never map in a row mean a wrong origin, which is learned again.
+// origin random per sender (RFC 3550) and not told by aiortc's public API. The page learns it from the last 16
+// frames it was shown (``shownRtp``): each candidate origin (a shown frame's RTP timestamp minus an announced pts)
+// scores the shown frames it maps onto an announced pts; the server keeps consecutive pts gaps distinct
+// (client/web/rtc.py), so the true origin is the one best candidate once two shown frames have their metadata.
+// Until then a frame is shown when every best candidate maps it to the same picture (copies of one picture: a
+// world entered standing still). Metadata can arrive after its frame was shown (the data channel lags under
+// load): such frames wait in ``pendingRtp`` for it (1 s); three that never map in a row mean a wrong origin,
+// which is learned again at once from the same window (the stream may have gone quiet: no later frame would).
 function learnRtpOrigin() {
   const score = new Map();
-  for (const r of S.unmappedRtp) {
+  for (const r of S.shownRtp) {
     for (const p of S.metaByPts.keys()) { const o = (r - p) >>> 0; score.set(o, (score.get(o) || 0) + 1); }
   }
   let best = 0, found = null, ties = 0;
   for (const [o, n] of score) {
     if (n > best) { best = n; found = o; ties = 1; } else if (n === best) ties += 1;
   }
+  const latest = S.shownRtp[S.shownRtp.length - 1];
   if (best >= 2 && ties === 1) {
-    S.rtpOrigin = found; S.rtpMisses = 0;
-    const latest = S.unmappedRtp[S.unmappedRtp.length - 1];
-    S.unmappedRtp = [];
+    S.rtpOrigin = found; S.rtpMisses = 0; S.pendingRtp = [];
     return S.metaByPts.get((latest - found) >>> 0) || null;
   }
   if (best === 0) return null;
-  const r = S.unmappedRtp[S.unmappedRtp.length - 1];
   let meta = null;
   for (const [o, n] of score) {
     if (n !== best) continue;
-    const m = S.metaByPts.get((r - o) >>> 0);
+    const m = S.metaByPts.get((latest - o) >>> 0);
     if (!m) continue;
     if (meta && m.index !== meta.index) return null;
     meta = meta || m;
@@ -291,23 +291,26 @@ function learnRtpOrigin() {
   return meta;
 }
 
-function onRtpShown(rtp) {
-  const now = performance.now();
-  if (S.rtpOrigin === null) {
-    if (!S.unmappedRtp.includes(rtp)) S.unmappedRtp.push(rtp);
-    if (S.unmappedRtp.length > 16) S.unmappedRtp.shift();
-    const meta = learnRtpOrigin();
-    if (meta) onFrameShown(meta);
-    return;
-  }
-  while (S.pendingRtp.length && now - S.pendingRtp[0].t > 1000) {  // never mapped
+// Frames that never mapped (1 s) count as misses; three in a row mean a wrong origin, learned again at once from
+// the window. Also run from a timer: a stream that went quiet after a wrong origin gets no later frame to do it.
+function expirePendingRtp(now) {
+  while (S.rtpOrigin !== null && S.pendingRtp.length && now - S.pendingRtp[0].t > 1000) {
     S.pendingRtp.shift();
-    if (++S.rtpMisses >= 3) {
-      S.rtpOrigin = null; S.rtpMisses = 0; S.rtpRelearned += 1;
-      S.unmappedRtp = S.pendingRtp.map((x) => x.rtp).concat([rtp]); S.pendingRtp = [];
-      return;
-    }
+    if (++S.rtpMisses >= 3) { S.rtpOrigin = null; S.rtpMisses = 0; S.rtpRelearned += 1; S.pendingRtp = []; }
   }
+  if (S.rtpOrigin === null && S.shownRtp.length) {
+    const meta = learnRtpOrigin();
+    if (meta && (!S.shownMeta || meta.index !== S.shownMeta.index)) onFrameShown(meta);
+    return true;
+  }
+  return false;
+}
+
+function onRtpShown(rtp) {
+  if (!S.shownRtp.includes(rtp)) S.shownRtp.push(rtp);
+  if (S.shownRtp.length > 16) S.shownRtp.shift();
+  const now = performance.now();
+  if (expirePendingRtp(now)) return;
   const meta = S.metaByPts.get((rtp - S.rtpOrigin) >>> 0);
   if (meta) { S.rtpMisses = 0; onFrameShown(meta); }
   else { S.pendingRtp.push({rtp, t: now}); if (S.pendingRtp.length > 32) S.pendingRtp.shift(); }
@@ -315,7 +318,7 @@ function onRtpShown(rtp) {
 
 function onMetaArrived(m) {
   if (S.rtpOrigin === null) {
-    if (S.unmappedRtp.length) {
+    if (S.shownRtp.length) {
       const meta = learnRtpOrigin();
       if (meta && (!S.shownMeta || meta.index !== S.shownMeta.index)) onFrameShown(meta);
     }
