@@ -66,7 +66,7 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
     out[world_id] = {"latencies_ms": lat_ms, "start": t_start, "end": t_end}
 
 
-def run_sessions(target: str, world_ids: list[str], frames: int, width: int, height: int) -> dict:
+def run_sessions(target: str, world_ids: list[str], frames: int, width: int, height: int, raw: bool = False):
     out: dict = {}
     barrier = threading.Barrier(len(world_ids))
     threads = [threading.Thread(target=_session, args=(target, w, frames, width, height, out, barrier))
@@ -78,6 +78,8 @@ def run_sessions(target: str, world_ids: list[str], frames: int, width: int, hei
     if len(out) != len(world_ids):
         raise RuntimeError("a session failed (see stderr)")
     lat = [x for r in out.values() for x in r["latencies_ms"]]
+    if raw:  # the latencies themselves (ms)
+        return lat
     span = max(r["end"] for r in out.values()) - min(r["start"] for r in out.values())
     per = [len(r["latencies_ms"]) / (r["end"] - r["start"]) for r in out.values()]
     return {"sessions": len(world_ids), "aggregate_fps": round(len(lat) / span, 2),
@@ -85,7 +87,7 @@ def run_sessions(target: str, world_ids: list[str], frames: int, width: int, hei
             "p95_ms": round(_pct(lat, 0.95), 1)}
 
 
-def bare_ray_stream_ms(calls: int = 30) -> dict:
+def bare_ray_stream_ms(calls: int = 30, raw: bool = False):
     """A bare Ray streaming actor call on this machine: one 40 kB item after a 100 ms ``asyncio.sleep``; the
     overhead over the sleep is what Ray alone adds per clip (the floor under ``ray_hop_p50_ms``)."""
     import asyncio
@@ -113,6 +115,8 @@ def bare_ray_stream_ms(calls: int = 30) -> dict:
 
     over = asyncio.run(run())
     ray.kill(actor)
+    if raw:
+        return over
     return {"p50_ms": round(_pct(over, 0.5), 2), "p95_ms": round(_pct(over, 0.95), 2), "calls": calls}
 
 
@@ -160,6 +164,61 @@ def bench(generator: str, args) -> dict:
     return result
 
 
+def hop(args) -> dict:
+    """The Ray hop alone, stand-in generator, one world: the in-process server and a Ray front door run side by
+    side (two copies of the world) and one lock-step session each alternates ``--hop-rounds`` times (in-process,
+    Ray, bare Ray streaming call), so a change in the shared machine's load hits all three alike. The hop is
+    pooled Ray p50 / p95 minus pooled in-process p50 / p95; ``per_round`` keeps each round's p50s."""
+    import shutil
+
+    from spatia.client.api import WorldClient
+    from spatia.server import store as store_mod
+    from spatia.server.cluster import ClusterOptions
+    from spatia.server.config import Limits, ServerConfig
+    from spatia.server.ray_host import kill_world_actors
+    from spatia.server.standin import GpuStandinHost
+    from spatia.server.testing import running_server
+
+    dirs = [Path(tempfile.mkdtemp(prefix=f"spatia-hop-{k}-")) for k in ("inprocess", "ray")]
+    base = dict(port=0, limits=Limits(max_sessions=8), save_interval_s=10.0)
+    cluster = ClusterOptions(world_cpus=args.world_cpus, idle_exit_s=None, host_kind="gpu-standin",
+                             local_cpus=args.ray_cpus)
+    original = store_mod.WorldHost
+    store_mod.WorldHost = GpuStandinHost
+    inproc: list[float] = []
+    remote: list[float] = []
+    bare: list[float] = []
+    rounds = []
+    try:
+        with running_server(ServerConfig(data_dir=dirs[0], **base)) as st:
+            with WorldClient(st.target, timeout_s=300) as c:
+                c.create_scene("room", seed=0, width=args.width, height=args.height, world_id="w0")
+            shutil.copytree(dirs[0] / "worlds", dirs[1] / "worlds")
+            try:
+                with running_server(ServerConfig(data_dir=dirs[1], cluster=cluster, **base)) as rt:
+                    for r in range(args.hop_rounds):
+                        log(f"[hop] round {r + 1}/{args.hop_rounds}")
+                        a = run_sessions(st.target, ["w0"], args.frames, args.width, args.height, raw=True)
+                        b = run_sessions(rt.target, ["w0"], args.frames, args.width, args.height, raw=True)
+                        f = bare_ray_stream_ms(args.frames, raw=True)
+                        inproc += a
+                        remote += b
+                        bare += f
+                        rounds.append({"inprocess_p50_ms": round(_pct(a, 0.5), 1),
+                                       "ray_p50_ms": round(_pct(b, 0.5), 1), "bare_p50_ms": round(_pct(f, 0.5), 2)})
+            finally:
+                kill_world_actors(["w0"])
+    finally:
+        store_mod.WorldHost = original
+    return {"rounds": args.hop_rounds, "frames_per_round": args.frames,
+            "inprocess": {"p50_ms": round(_pct(inproc, 0.5), 1), "p95_ms": round(_pct(inproc, 0.95), 1)},
+            "workers_1": {"p50_ms": round(_pct(remote, 0.5), 1), "p95_ms": round(_pct(remote, 0.95), 1)},
+            "bare_ray_stream_overhead": {"p50_ms": round(_pct(bare, 0.5), 2), "p95_ms": round(_pct(bare, 0.95), 2)},
+            "ray_hop_p50_ms": round(_pct(remote, 0.5) - _pct(inproc, 0.5), 1),
+            "ray_hop_p95_ms": round(_pct(remote, 0.95) - _pct(inproc, 0.95), 1),
+            "per_round": rounds}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=30, help="timed frames per session (after 3 warm-up frames)")
@@ -168,6 +227,8 @@ def main() -> None:
     p.add_argument("--world-cpus", type=float, default=0.5, help="CPUs each world actor reserves")
     p.add_argument("--ray-cpus", type=int, default=2, help="logical CPUs of the local Ray")
     p.add_argument("--only", choices=("geometric", "standin"), default=None)
+    p.add_argument("--hop-rounds", type=int, default=0,
+                   help="measure only the Ray hop (stand-in, one world): this many alternating rounds")
     args = p.parse_args()
 
     import ray
@@ -176,6 +237,10 @@ def main() -> None:
     try:
         out: dict = {"frames_per_session": args.frames, "width": args.width, "height": args.height,
                      "world_cpus": args.world_cpus, "ray_cpus": args.ray_cpus, "ray_version": ray.__version__}
+        if args.hop_rounds:
+            out["hop"] = hop(args)
+            emit(out)
+            return
         for generator in ("standin", "geometric"):
             if args.only in (None, generator):
                 out[generator] = bench(generator, args)
