@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import emit, log  # noqa: E402
 
-WARMUP = 3
+WARMUP = 3  # untimed frames per session (after a Ray session's compiled graph is ready: ``graph_ready``)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -44,13 +45,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _session(target: str, world_id: str, frames: int, width: int, height: int, out: dict,
-             barrier: threading.Barrier) -> None:
+             barrier: threading.Barrier, warm=None) -> None:
     from spatia.client.api import WorldClient
 
     lat_ms: list[float] = []
     with WorldClient(target, timeout_s=300) as c:
         with c.play(world_id, record=False, lockstep=True, width=width, height=height, fps=10.0) as s:
             t_start = None
+            deadline = time.monotonic() + 120
+            while warm is not None and not warm(world_id) and time.monotonic() < deadline:
+                s.send(move_forward=0.3, yaw_rate_rad_s=0.3, dt_s=0.1)  # warm-up frames until the graph is ready
+                if s.next_frame(timeout_s=300) is None:
+                    raise RuntimeError(f"session on {world_id} ended early: {s.error}")
             for k in range(WARMUP + frames):
                 if k == WARMUP:  # every session warmed up (a fresh actor compiles its kernels): timed together
                     barrier.wait(timeout=600)
@@ -66,10 +72,22 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
     out[world_id] = {"latencies_ms": lat_ms, "start": t_start, "end": t_end}
 
 
-def run_sessions(target: str, world_ids: list[str], frames: int, width: int, height: int, raw: bool = False):
+def graph_ready(server_thread):
+    """For a Ray front door running in this process: whether world ``w``'s Play session has its compiled graph
+    (its first execution waits for the actor to start the graph's loop, seconds on a loaded machine); the sessions
+    keep sending warm-up frames until then, so that the timed frames measure the steady state."""
+    def ready(world_id: str) -> bool:
+        host = server_thread.server.store._hosts.get(world_id)
+        graph = getattr(host, "_graph", None)
+        return graph is None or graph.ready or graph.failed
+    return ready
+
+
+def run_sessions(target: str, world_ids: list[str], frames: int, width: int, height: int, raw: bool = False,
+                 warm=None):
     out: dict = {}
     barrier = threading.Barrier(len(world_ids))
-    threads = [threading.Thread(target=_session, args=(target, w, frames, width, height, out, barrier))
+    threads = [threading.Thread(target=_session, args=(target, w, frames, width, height, out, barrier, warm))
                for w in world_ids]
     for t in threads:
         t.start()
@@ -155,7 +173,8 @@ def bench(generator: str, args) -> dict:
         with running_server(ServerConfig(**base, cluster=cluster)) as st:
             for k in (1, 2, 4):
                 log(f"[{generator}] ray, {k} worker process(es)")
-                result[f"workers_{k}"] = run_sessions(st.target, worlds[:k], args.frames, args.width, args.height)
+                result[f"workers_{k}"] = run_sessions(st.target, worlds[:k], args.frames, args.width, args.height,
+                                                      warm=graph_ready(st))
     finally:
         kill_world_actors(worlds)
     one = result["workers_1"]["aggregate_fps"]
@@ -167,8 +186,9 @@ def bench(generator: str, args) -> dict:
 def hop(args) -> dict:
     """The Ray hop alone, stand-in generator, one world: the in-process server and a Ray front door run side by
     side (two copies of the world) and one lock-step session each alternates ``--hop-rounds`` times (in-process,
-    Ray, bare Ray streaming call), so a change in the shared machine's load hits all three alike. The hop is
-    pooled Ray p50 / p95 minus pooled in-process p50 / p95; ``per_round`` keeps each round's p50s."""
+    Ray with the compiled Play graph, Ray with streaming calls only, a bare Ray streaming call), so a change in
+    the shared machine's load hits all alike. Each hop is pooled Ray p50 / p95 minus pooled in-process p50 / p95;
+    ``per_round`` keeps each round's p50s."""
     import shutil
 
     from spatia.client.api import WorldClient
@@ -183,40 +203,44 @@ def hop(args) -> dict:
     base = dict(port=0, limits=Limits(max_sessions=8), save_interval_s=10.0)
     cluster = ClusterOptions(world_cpus=args.world_cpus, idle_exit_s=None, host_kind="gpu-standin",
                              local_cpus=args.ray_cpus)
+    streaming = replace(cluster, compiled_play=False)
     original = store_mod.WorldHost
     store_mod.WorldHost = GpuStandinHost
-    inproc: list[float] = []
-    remote: list[float] = []
-    bare: list[float] = []
+    lat: dict[str, list[float]] = {"inprocess": [], "ray_compiled": [], "ray_streaming": [], "bare": []}
     rounds = []
     try:
         with running_server(ServerConfig(data_dir=dirs[0], **base)) as st:
             with WorldClient(st.target, timeout_s=300) as c:
                 c.create_scene("room", seed=0, width=args.width, height=args.height, world_id="w0")
             shutil.copytree(dirs[0] / "worlds", dirs[1] / "worlds")
-            try:
-                with running_server(ServerConfig(data_dir=dirs[1], cluster=cluster, **base)) as rt:
+            try:  # two front doors over one world actor (sessions one at a time): with and without the graph
+                with running_server(ServerConfig(data_dir=dirs[1], cluster=cluster, **base)) as rt, \
+                        running_server(ServerConfig(data_dir=dirs[1], cluster=streaming, **base)) as rs:
                     for r in range(args.hop_rounds):
                         log(f"[hop] round {r + 1}/{args.hop_rounds}")
-                        a = run_sessions(st.target, ["w0"], args.frames, args.width, args.height, raw=True)
-                        b = run_sessions(rt.target, ["w0"], args.frames, args.width, args.height, raw=True)
-                        f = bare_ray_stream_ms(args.frames, raw=True)
-                        inproc += a
-                        remote += b
-                        bare += f
-                        rounds.append({"inprocess_p50_ms": round(_pct(a, 0.5), 1),
-                                       "ray_p50_ms": round(_pct(b, 0.5), 1), "bare_p50_ms": round(_pct(f, 0.5), 2)})
+                        got = {"inprocess": run_sessions(st.target, ["w0"], args.frames, args.width, args.height,
+                                                         raw=True)}
+                        for name, target in (("ray_compiled", rt.target), ("ray_streaming", rs.target)):
+                            time.sleep(0.5)  # the previous session's lease release reaches the actor
+                            got[name] = run_sessions(target, ["w0"], args.frames, args.width, args.height, raw=True,
+                                                     warm=graph_ready(rt) if name == "ray_compiled" else None)
+                        got["bare"] = bare_ray_stream_ms(args.frames, raw=True)
+                        for k, v in got.items():
+                            lat[k] += v
+                        rounds.append({f"{k}_p50_ms": round(_pct(v, 0.5), 2) for k, v in got.items()})
             finally:
                 kill_world_actors(["w0"])
     finally:
         store_mod.WorldHost = original
-    return {"rounds": args.hop_rounds, "frames_per_round": args.frames,
-            "inprocess": {"p50_ms": round(_pct(inproc, 0.5), 1), "p95_ms": round(_pct(inproc, 0.95), 1)},
-            "workers_1": {"p50_ms": round(_pct(remote, 0.5), 1), "p95_ms": round(_pct(remote, 0.95), 1)},
-            "bare_ray_stream_overhead": {"p50_ms": round(_pct(bare, 0.5), 2), "p95_ms": round(_pct(bare, 0.95), 2)},
-            "ray_hop_p50_ms": round(_pct(remote, 0.5) - _pct(inproc, 0.5), 1),
-            "ray_hop_p95_ms": round(_pct(remote, 0.95) - _pct(inproc, 0.95), 1),
-            "per_round": rounds}
+    out: dict = {"rounds": args.hop_rounds, "frames_per_round": args.frames}
+    for k, v in lat.items():
+        out[k] = {"p50_ms": round(_pct(v, 0.5), 2), "p95_ms": round(_pct(v, 0.95), 2)}
+    base_p50, base_p95 = _pct(lat["inprocess"], 0.5), _pct(lat["inprocess"], 0.95)
+    for k in ("ray_compiled", "ray_streaming"):
+        out[f"{k}_hop_p50_ms"] = round(_pct(lat[k], 0.5) - base_p50, 1)
+        out[f"{k}_hop_p95_ms"] = round(_pct(lat[k], 0.95) - base_p95, 1)
+    out["per_round"] = rounds
+    return out
 
 
 def main() -> None:
@@ -233,7 +257,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
     try:
         out: dict = {"frames_per_session": args.frames, "width": args.width, "height": args.height,
                      "world_cpus": args.world_cpus, "ray_cpus": args.ray_cpus, "ray_version": ray.__version__}

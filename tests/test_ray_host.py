@@ -43,7 +43,7 @@ def ray_tests_lock():
 
 @pytest.fixture(scope="module")
 def ray_local(ray_tests_lock):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
