@@ -10,14 +10,19 @@ Two generators:
   shows the scheduling: how sessions scale with worker processes and what the Ray hop adds per frame. Targets:
   aggregate fps within 80% of linear in the workers (``linearity`` = aggregate / (workers x workers_1's)), and the
   hop (``ray_hop_p50_ms``, ``ray_hop_p95_ms``: workers_1 minus in-process, per frame) <= 5 ms p50 / 15 ms p95.
+  Ray sessions use the compiled Play graph (``--streaming``: streaming calls only); their timed frames start
+  once the graph is ready (``graph_ready``).
   ``bare_ray_stream_overhead``: a bare Ray streaming actor call's overhead on the same machine (the hop's floor).
+- ``--hop-rounds R``: only the hop (``hop``): in-process, Ray compiled, Ray streaming and a bare Ray streaming
+  call alternate R times over one world.
 
 Each session sends one action and waits for its frame (lock-step), ``--frames`` times after 3 warm-up frames (all
 sessions start their timed frames together), at
 ``--width x --height`` JPEG; latency = action sent -> frame received. The front door runs in this process
 (``server.testing.ServerThread``), as does the in-process server; Ray is local (``--ray-cpus`` logical CPUs).
 
-    python benchmarks/cluster.py [--frames 30] [--width 640 --height 360] [--only standin]
+    python benchmarks/cluster.py [--frames 30] [--width 640 --height 360] [--only standin] [--streaming]
+    python benchmarks/cluster.py --hop-rounds 3 --frames 30
 """
 
 from __future__ import annotations
@@ -167,8 +172,9 @@ def bench(generator: str, args) -> dict:
             result["inprocess_sessions_4"] = run_sessions(st.target, worlds, args.frames, args.width, args.height)
     finally:
         store_mod.WorldHost = original
+    # one front door per world here: the compiled Play graph's safe case (server/cluster.py ``compiled_play``)
     cluster = ClusterOptions(world_cpus=args.world_cpus, idle_exit_s=None, host_kind="gpu-standin" if standin
-                             else "world", local_cpus=args.ray_cpus)
+                             else "world", local_cpus=args.ray_cpus, compiled_play=not args.streaming)
     try:
         with running_server(ServerConfig(**base, cluster=cluster)) as st:
             for k in (1, 2, 4):
@@ -184,8 +190,8 @@ def bench(generator: str, args) -> dict:
 
 
 def hop(args) -> dict:
-    """The Ray hop alone, stand-in generator, one world: the in-process server and a Ray front door run side by
-    side (two copies of the world) and one lock-step session each alternates ``--hop-rounds`` times (in-process,
+    """The Ray hop alone, stand-in generator, one world: the in-process server and two Ray front doors run side by
+    side (two copies of the world; the Ray doors share its actor) and one lock-step session each alternates ``--hop-rounds`` times (in-process,
     Ray with the compiled Play graph, Ray with streaming calls only, a bare Ray streaming call), so a change in
     the shared machine's load hits all alike. Each hop is pooled Ray p50 / p95 minus pooled in-process p50 / p95;
     ``per_round`` keeps each round's p50s."""
@@ -202,7 +208,7 @@ def hop(args) -> dict:
     dirs = [Path(tempfile.mkdtemp(prefix=f"spatia-hop-{k}-")) for k in ("inprocess", "ray")]
     base = dict(port=0, limits=Limits(max_sessions=8), save_interval_s=10.0)
     cluster = ClusterOptions(world_cpus=args.world_cpus, idle_exit_s=None, host_kind="gpu-standin",
-                             local_cpus=args.ray_cpus)
+                             local_cpus=args.ray_cpus, compiled_play=True)
     streaming = replace(cluster, compiled_play=False)
     original = store_mod.WorldHost
     store_mod.WorldHost = GpuStandinHost
@@ -251,6 +257,7 @@ def main() -> None:
     p.add_argument("--world-cpus", type=float, default=0.5, help="CPUs each world actor reserves")
     p.add_argument("--ray-cpus", type=int, default=2, help="logical CPUs of the local Ray")
     p.add_argument("--only", choices=("geometric", "standin"), default=None)
+    p.add_argument("--streaming", action="store_true", help="Ray sessions without the compiled Play graph")
     p.add_argument("--hop-rounds", type=int, default=0,
                    help="measure only the Ray hop (stand-in, one world): this many alternating rounds")
     args = p.parse_args()

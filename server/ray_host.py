@@ -598,6 +598,7 @@ class RayWorldHost:
         self._renew: asyncio.Task | None = None
         self._tails: set[asyncio.Task] = set()  # clips' end-of-stream reports being drained
         self._play_method = None  # actor.play_clip with its stream options (made once)
+        self._released_at = 0.0  # monotonic time of this door's last lease release (``refresh``)
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -670,14 +671,41 @@ class RayWorldHost:
             raise self._failed(exc) from None
 
     async def refresh(self) -> None:
+        asked = time.monotonic()
         where = await self._call("where")
-        self._view, self._stats, self.node_id = where["view"], where["stats"], where["node_id"]
+        view = where["view"]
+        if view.controlled and asked <= self._released_at:  # asked before this door's release reached the actor
+            view = replace(view, controlled=False)
+        self._view, self._stats, self.node_id = view, where["stats"], where["node_id"]
         self.actor_pid, self.epoch = where["pid"], where["epoch"]
 
     # ---- the controller lease ----
 
+    async def claim_async(self, session_id: str) -> None:
+        """Take the world's lease in its actor without blocking the event loop (the servicer's path): Ray's async
+        API for the call, a worker thread only to restart a dead actor (its placement wait)."""
+        for attempt in (0, 1):
+            if self.dead:
+                await asyncio.to_thread(self._revive)
+            try:
+                self._view = await asyncio.wait_for(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+                break
+            except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
+                err = self._failed(exc)
+                if self.deleted or attempt:
+                    raise err from None
+            except RayTaskError as exc:
+                raise self._failed(exc) from None
+            except asyncio.TimeoutError:
+                raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within "
+                                       f"{CALL_TIMEOUT_S:g} s") from None
+        self.controller = session_id
+        self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
+        self._open_graph()
+
     def claim(self, session_id: str) -> None:
-        """Take the world's lease in its actor (one short blocking call: the servicer's claim is synchronous)."""
+        """Take the world's lease in its actor (blocking: for callers without an event loop; the servicer uses
+        ``claim_async``)."""
         if self.dead:
             self._revive()
         try:
@@ -733,6 +761,7 @@ class RayWorldHost:
         if not self.dead:
             self.actor.release.remote(session_id)  # fire and forget: the lease expires anyway if this is lost
         self._view = replace(self._view, controlled=False)
+        self._released_at = time.monotonic()
         return True
 
     # ---- work ----
@@ -1048,6 +1077,16 @@ class RayWorldStore:
         if host is not None:
             log.info("restarting world actor from its last snapshot", world_id=world_id)
         return self._attach_locked(world_id)
+
+    async def get_async(self, world_id: str, field: str = "world_id") -> RayWorldHost:
+        """``get`` for the servicer's event loop: a live proxy at once; (re)attaching an actor (a blocking wait of
+        up to ``placement_timeout_s``) on a worker thread, never on the loop."""
+        check_id(world_id, field)
+        self._ensure_poller()
+        host = self._hosts.get(world_id)
+        if host is not None and not host.dead:
+            return host
+        return await asyncio.to_thread(self.get, world_id, field)
 
     def hosts(self) -> list[RayWorldHost]:
         self._ensure_poller()
