@@ -701,7 +701,6 @@ class RayWorldHost:
                                        f"{CALL_TIMEOUT_S:g} s") from None
         self.controller = session_id
         self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
-        self._open_graph()
 
     def claim(self, session_id: str) -> None:
         """Take the world's lease in its actor (blocking: for callers without an event loop; the servicer uses
@@ -723,10 +722,10 @@ class RayWorldHost:
             raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within {CALL_TIMEOUT_S} s")
         self.controller = session_id
         self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
-        self._open_graph()
 
     def _open_graph(self) -> None:
-        """Start compiling the session's Play graph in the background (``ClusterOptions.compiled_play``)."""
+        """Start compiling the session's Play graph in the background (``ClusterOptions.compiled_play``), at its
+        first clip: a Generate call (streaming, with backpressure) never holds the actor's one graph."""
         if self.store.options.compiled_play and not self._graph_failed and self._graph is None:
             self._graph = _PlayGraph(self.actor, self.world_id)
 
@@ -784,6 +783,8 @@ class RayWorldHost:
             self._play_method = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE)
         # the engine's config travels with its first clip only (the actor keeps the engine by key)
         config, engine.sent = (None if engine.sent else engine.config), True
+        if self._graph is None:
+            self._open_graph()
         graph = self._graph
         if graph is not None and graph.ready:
             request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format)

@@ -459,6 +459,9 @@ def test_a_play_session_streams_through_its_compiled_graph(server):
         with WorldClient(st.target, timeout_s=120) as c:
             with c.play("a", record=False, lockstep=True) as s:
                 host = _host(st, "a")
+                assert host._graph is None  # opened at the session's first clip (Generate never opens one)
+                s.send(move_forward=0.3, dt_s=0.1)
+                assert s.next_frame(timeout_s=60) is not None
                 graph = host._graph
                 assert graph is not None
                 deadline = time.monotonic() + 90
