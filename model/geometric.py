@@ -338,6 +338,7 @@ class GeometricGenerator:
         # free space around every pose the camera has been at or is about to be at (only the poses near a
         # plane can be near its points)
         radius = layout.config.min_camera_distance_m
+        near_pose = []
         for i, plane in enumerate(view.bounds):
             a = layout.axes[plane.axis]
             close = reach[np.abs(reach @ a - plane.offset_m) < radius]
@@ -346,16 +347,18 @@ class GeometricGenerator:
                 from scipy.spatial import cKDTree
 
                 d, _ = cKDTree(close).query(pts[sel], distance_upper_bound=radius)
-                use[sel[np.isfinite(d)]] = False
+                near_pose.append(sel[np.isfinite(d)])
+                use[near_pose[-1]] = False
         bounds = list(view.bounds)
-        if request.observed_views and use.any():
-            sel = np.flatnonzero(use)
+        if request.observed_views:
+            # where an observed view saw through the plane (a doorway, a window: also where the camera walks
+            # through it), the ray goes on to what lies beyond the opening (the next plane that way, or the other
+            # bounds: the rooms' side walls, floor and ceiling continued), not to nothing, which the colour fill
+            # smeared over. Near a pose alone is no opening: that stays to the fill (a porthole otherwise).
+            sel = np.concatenate([np.flatnonzero(use), *near_pose])
             through = sel[_free_space_violation(pts[sel], request.observed_views, cfg.free_space_rel)]
             use[through] = False
             if len(through):
-                # an observed view saw through that plane there (a doorway, a window): the ray goes on to what
-                # lies beyond the opening (the next plane that way, or the other bounds: the rooms' side walls,
-                # floor and ceiling continued), not to nothing, which the colour fill smeared over
                 self._beyond_openings(layout, bounds, through, rays, ld, li, pts, use, c2w, request, reach)
         # depth: the layout where it wins (the ground only up to max_ground_m: extents capped), else the fill
         new_depth = np.where(use, ld, np.maximum(f, 0.0))
@@ -428,7 +431,7 @@ class GeometricGenerator:
             d2, i2 = cast_layout(layout, LayoutView(planes), rays[rays_i], c2w)
             p2 = world_points(rays[rays_i], d2, c2w)
             ok = (d2 > 0) & (i2 >= 0)
-            if ok.any():
+            if ok.any() and request.observed_views:
                 sel = np.flatnonzero(ok)
                 ok[sel[_free_space_violation(p2[sel], request.observed_views, self.config.free_space_rel)]] = False
             if ok.any() and len(reach):
