@@ -98,6 +98,58 @@ def hash_build_range(table, keys, start, stop):
         hash_insert(table, keys[i], i)
 
 
+@nb.njit(inline="always")
+def _slot_of(table, keys, key):
+    """Slot holding ``key`` or -1 (linear probe from its home slot)."""
+    return _slot_from(table, keys, key, _slot(key, table.shape[0]))
+
+
+@nb.njit(cache=True, nogil=True)
+def _delete_slot(table, keys, i):
+    """Empty slot ``i`` and shift back the entries after it whose probe passed it (linear probing stays exact
+    without tombstones: Knuth vol. 3, 6.4, Algorithm R)."""
+    cap = table.shape[0]
+    table[i] = -1
+    j = i
+    while True:
+        j += 1
+        if j == cap:
+            j = 0
+        idx = table[j]
+        if idx < 0:
+            return
+        home = _slot(keys[idx], cap)
+        # the entry stays when its home slot lies cyclically in (i, j]: its probe never passed the hole
+        if (i < j and i < home <= j) or (i > j and (home > i or home <= j)):
+            continue
+        table[i] = idx
+        table[j] = -1
+        i = j
+
+
+@nb.njit(cache=True, nogil=True)
+def hash_drop_suffix(table, keys, keep, first, n):
+    """Update the table for dropping the points ``j`` in ``[first, n)`` where ``keep[j]`` is False, before the
+    arrays are compacted (``keys`` still in the old order): dropped keys leave the table, every kept point from
+    ``first`` on gets its new index. Points before ``first`` keep index and slot. O(n - first) probes instead of
+    rebuilding the table from all points."""
+    for j in range(first, n):
+        if not keep[j]:
+            _delete_slot(table, keys, _slot_of(table, keys, keys[j]))
+    slots = np.empty(n - first, np.int64)
+    new_index = np.empty(n - first, np.int64)
+    m = 0
+    p = first
+    for j in range(first, n):
+        if keep[j]:
+            slots[m] = _slot_of(table, keys, keys[j])
+            new_index[m] = p
+            m += 1
+            p += 1
+    for t in range(m):  # written after every slot was found: a look-up reads keys[table[s]] in the old order
+        table[slots[t]] = new_index[t]
+
+
 @nb.njit(cache=True, nogil=True)
 def hash_remap(table, new_index_of_old):
     """After a permutation of the points: every stored index ``j`` becomes ``new_index_of_old[j]``."""
@@ -432,18 +484,25 @@ _SAME_AS = -5  # frame_samples: a sample in the same voxel as the row's previous
 
 
 @nb.njit(inline="always")
-def _probe_from(table, keys, key, s):
-    """Continue a linear probe at slot ``s``: point index of ``key`` or -1."""
+def _slot_from(table, keys, key, s):
+    """Continue a linear probe at slot ``s``: the slot holding ``key`` or -1."""
     cap = table.shape[0]
     while True:
         j = table[s]
         if j < 0:
             return -1
         if keys[j] == key:
-            return j
+            return s
         s += 1
         if s == cap:
             s = 0
+
+
+@nb.njit(inline="always")
+def _probe_from(table, keys, key, s):
+    """Continue a linear probe at slot ``s``: point index of ``key`` or -1."""
+    slot = _slot_from(table, keys, key, s)
+    return table[slot] if slot >= 0 else -1
 
 
 @nb.njit(cache=True, parallel=True, nogil=True)
