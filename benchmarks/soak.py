@@ -8,7 +8,8 @@ more world is played by a client that sends actions and never reads a frame. Eve
 (``--minutes``, then the sessions end, every world is deleted and the server stopped).
 
 Reported (one JSON object on stdout): server RSS after minute 1 (``--first-s``) and at the end, and the same
-minus the bytes the worlds report (memory points x bytes per point + history frames); per-session frame rate of
+minus the bytes the worlds report (``WorldStats.memory_bytes + index_bytes``: the memory's arrays at capacity with
+its hash table, and the history's RAM with its retrieval index); the worlds' points and history frames; per-session frame rate of
 the first and of the last minute; errors; RSS after deleting every world vs right after start. Baseline (same
 run): RSS of the idle server before any world exists.
 
@@ -55,7 +56,14 @@ async def _session(client, world_id: str, args, t0: float, stop: float, errors: 
     async def sender():
         tick = time.monotonic()
         while tick < stop:
-            await s.send(move_forward=args.speed_m_s, yaw_rate_rad_s=yaw, dt_s=1.0 / args.tick_hz)
+            try:
+                await s.send(move_forward=args.speed_m_s, yaw_rate_rad_s=yaw, dt_s=1.0 / args.tick_hz)
+            except asyncio.InvalidStateError:
+                # the receiver's timeout at ``stop`` cancels the call (as in benchmarks/play.py): a send that
+                # races it is the end of the run, not an error; before the end it is one
+                if time.monotonic() >= stop - 0.5:
+                    break
+                raise
             tick += 1.0 / args.tick_hz
             await asyncio.sleep(max(tick - time.monotonic(), 0.0))
 
@@ -97,15 +105,17 @@ async def _never_reader(client, world_id: str, args, stop: float, errors: list[s
         errors.append(f"never-reader: {type(exc).__name__}: {exc}")
 
 
-async def _world_bytes(client, ids: list[str], history_frame_bytes: int) -> int:
-    """Bytes the worlds report: memory points x 32 (the memory's upper bound per point, ``world.memory``) plus
-    ``history_frame_bytes`` per history frame (poses and locations: frames themselves are on disk)."""
-    total = 0
+async def _world_bytes(client, ids: list[str]) -> tuple[int, int, int]:
+    """(bytes, memory points, history frames) the worlds report: ``WorldStats.memory_bytes`` (the memory's arrays
+    at capacity, hash table, block directory) + ``index_bytes`` (the history's RAM: retrieval index, poses,
+    decoded-frame cache), summed over ``ids``."""
+    total = points = frames = 0
     for wid in ids:
-        st = (await client.get_world(wid)).stats if hasattr(client, "get_world") else None
-        if st is not None:
-            total += int(st.memory_points) * 32 + int(st.history_frames) * history_frame_bytes
-    return total
+        st = (await client.get_world(wid)).stats
+        total += int(st.memory_bytes) + int(st.index_bytes)
+        points += int(st.memory_points)
+        frames += int(st.history_frames)
+    return total, points, frames
 
 
 async def _run(target: str, pid: int, args) -> dict:
@@ -132,12 +142,13 @@ async def _run(target: str, pid: int, args) -> dict:
                 if not first_done and now >= args.first_s:
                     first_done = True
                 try:
-                    wb = await _world_bytes(c, ids, 200)
+                    wb, points, frames = await _world_bytes(c, ids)
                 except Exception as exc:  # noqa: BLE001 -- counted and reported
                     errors.append(f"stats: {type(exc).__name__}: {exc}")
-                    wb = 0
-                samples.append((now, rss_bytes(pid), wb))
-                log(f"t={now:6.1f}s rss={samples[-1][1] / 2**20:7.1f} MiB worlds={wb / 2**20:7.1f} MiB")
+                    wb = points = frames = 0
+                samples.append((now, rss_bytes(pid), wb, points, frames))
+                log(f"t={now:6.1f}s rss={samples[-1][1] / 2**20:7.1f} MiB worlds={wb / 2**20:7.1f} MiB "
+                    f"points={points} frames={frames}")
 
         results = await asyncio.gather(
             *(_session(c, w, args, t0, stop, errors) for w in ids[: args.sessions]),
@@ -193,8 +204,8 @@ def soak(args) -> dict:
             except subprocess.TimeoutExpired:
                 server.kill()
     samples = r["samples"]
-    first = min(samples, key=lambda s: abs(s[0] - args.first_s)) if samples else (0, 0, 0)
-    last = samples[-1] if samples else (0, 0, 0)
+    first = min(samples, key=lambda s: abs(s[0] - args.first_s)) if samples else (0, 0, 0, 0, 0)
+    last = samples[-1] if samples else (0, 0, 0, 0, 0)
     span = args.minutes * 60
     w = min(args.first_s, span / 2)  # the first and last windows (a minute, scaled down for short runs)
     fps_first = [_fps(s["per_s"], 0, w) for s in r["sessions"]]
@@ -236,7 +247,12 @@ def soak(args) -> dict:
         "targets": targets,
         "targets_met": all(targets.values()),
         "error_samples": r["errors"][:5],
-        "rss_samples_mib": [[round(t, 1), round(x * mib, 1)] for t, x, _ in samples],
+        "memory_points_first": first[3],
+        "memory_points_end": last[3],
+        "history_frames_first": first[4],
+        "history_frames_end": last[4],
+        # [t s, RSS MiB, worlds' reported MiB, memory points, history frames]
+        "samples": [[round(t, 1), round(x * mib, 1), round(wb * mib, 1), p, f] for t, x, wb, p, f in samples],
         "baseline": "rss_idle_mib: the server before any world exists (same run)",
         "cpu_count": os.cpu_count(),
         "loadavg": os.getloadavg(),

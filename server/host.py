@@ -132,6 +132,8 @@ class HostView:
     clips_generated: int
     snapshot_bytes: int
     controlled: bool
+    memory_bytes: int = 0  # RAM of the spatial memory (``SpatialMemory.nbytes``)
+    index_bytes: int = 0  # RAM of the history: retrieval index, poses, decoded-frame cache (``FrameStore.nbytes``)
 
 
 class WorldHost:
@@ -223,7 +225,7 @@ class WorldHost:
         return HostView(
             w.world_id, w.info.source, w.info.prompt, w.info.created_ns, w.intrinsics, w.origin_c2w,
             w.current_c2w if w.current_c2w is not None else w.origin_c2w, w.memory.num_points, len(w.history),
-            self.clips_generated, self.snapshot_bytes, self.controller is not None,
+            self.clips_generated, self.snapshot_bytes, self.controller is not None, *_world_bytes(w),
         )
 
     def stats(self) -> dict[str, float]:
@@ -473,3 +475,15 @@ class WorldHost:
         self.executor.shutdown(wait=True)
         self.saver.shutdown(wait=True)
         self.log.close()
+
+
+def _world_bytes(world) -> tuple[int, int]:
+    """(memory bytes, history bytes) of ``world``. Read from the service's thread while the world's thread may be
+    playing: the sizes are attribute reads, but the history's decoded-frame cache may change while it is summed
+    (RuntimeError), so it is retried; a size is never worth failing a GetWorld for (0 after three tries)."""
+    for _ in range(3):
+        try:
+            return int(world.memory.nbytes), int(world.history.nbytes)
+        except RuntimeError:
+            continue
+    return 0, 0

@@ -87,7 +87,8 @@ def _reject(handler, message: str):
 
 def _stats(view: HostView) -> pb.WorldStats:
     return pb.WorldStats(memory_points=view.memory_points, history_frames=view.history_frames,
-                         clips_generated=view.clips_generated, snapshot_bytes=view.snapshot_bytes)
+                         clips_generated=view.clips_generated, snapshot_bytes=view.snapshot_bytes,
+                         memory_bytes=view.memory_bytes, index_bytes=view.index_bytes)
 
 
 def world_info(host: WorldHost, case_c2w: np.ndarray | None = None) -> pb.WorldInfo:

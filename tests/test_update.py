@@ -22,6 +22,7 @@ from spatia.world.update import (
     align_scale_shift,
     depth_for_generated_frame,
     fill_holes_background,
+    pinholes,
     refine_pose,
     splat_centre_mask,
     update_memory,
@@ -365,6 +366,7 @@ def test_update_grows_the_memory_where_the_frame_sees_new_area(with_generator_de
     turned = HOME @ perturbation(0.0, 0.0, 0)
     turned[:3, :3] = HOME[:3, :3] @ Rotation.from_rotvec([0.0, np.radians(20.0), 0.0]).as_matrix()
     rgb, depth = render_scene(INTR, turned)
+    before = memory.render(INTR, turned)
     report = update_memory(
         memory, rgb[None], turned[None], INTR, [1], generator_depth=depth[None] if with_generator_depth else None
     )
@@ -372,9 +374,11 @@ def test_update_grows_the_memory_where_the_frame_sees_new_area(with_generator_de
     assert frame.integrated and frame.depth_source == ("generator" if with_generator_depth else "memory+fill")
     assert 0.2 < frame.coverage < 0.9  # the turned view overlaps the memory only partly
     assert report.new_points > 2000 and memory.num_points == n0 + report.new_points
-    # The memory now renders the new area.
+    # The memory now renders the new area (1-2 px gaps in what it held already are left: ``pinholes``).
     after = memory.render(INTR, turned)
-    assert after.valid[depth > 0].mean() > 0.95
+    new_area = (depth > 0) & ~before.valid & ~pinholes(before.valid, before.depth_m, frame.depth_m, 0.1, 2)
+    assert after.valid[new_area].mean() > 0.95
+    assert after.valid[depth > 0].mean() > 0.9
 
 
 def test_dynamic_pixels_never_enter_the_memory():

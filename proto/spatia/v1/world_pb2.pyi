@@ -158,16 +158,20 @@ class CreateWorldRequest(_message.Message):
     def __init__(self, world_id: _Optional[str] = ..., prompt: _Optional[str] = ..., scene: _Optional[_Union[SceneSource, _Mapping]] = ..., image: _Optional[_Union[ImageSource, _Mapping]] = ..., point_cloud: _Optional[_Union[PointCloudSource, _Mapping]] = ..., official_case: _Optional[_Union[CaseSource, _Mapping]] = ...) -> None: ...
 
 class WorldStats(_message.Message):
-    __slots__ = ("memory_points", "history_frames", "clips_generated", "snapshot_bytes")
+    __slots__ = ("memory_points", "history_frames", "clips_generated", "snapshot_bytes", "memory_bytes", "index_bytes")
     MEMORY_POINTS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
     CLIPS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
     memory_points: int
     history_frames: int
     clips_generated: int
     snapshot_bytes: int
-    def __init__(self, memory_points: _Optional[int] = ..., history_frames: _Optional[int] = ..., clips_generated: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ...) -> None: ...
+    memory_bytes: int
+    index_bytes: int
+    def __init__(self, memory_points: _Optional[int] = ..., history_frames: _Optional[int] = ..., clips_generated: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ...) -> None: ...
 
 class WorldInfo(_message.Message):
     __slots__ = ("world_id", "source", "prompt", "created_unix_ns", "intrinsics", "origin", "current", "stats", "controlled", "case_trajectory", "node_id")
