@@ -37,6 +37,7 @@ from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import warp_rgbd
 from spatia.model.fill.freespace import seen_through, world_points
+from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
 
 
@@ -156,49 +157,6 @@ def layout_depth(layout: Layout, intrinsics: Intrinsics, c2w: np.ndarray) -> np.
         t[t <= 0] = np.inf
         np.minimum(depth, t, out=depth)
     return depth
-
-
-def pushpull_fill(
-    rgb: np.ndarray,  # [H, W, 3] uint8
-    valid: np.ndarray,  # [H, W] bool
-) -> np.ndarray:
-    """Fill pixels where ``valid`` is False from the weighted pyramid of their surroundings; valid pixels kept.
-
-    Push: premultiplied colour and weight, stacked as one 4-channel image, are averaged 2x2 down to ~2 pixels.
-    Pull: from the coarsest level up, each level keeps its own estimate in proportion to its weight and takes
-    the bilinearly upsampled coarser estimate for the rest.
-    """
-    if valid.all():
-        return rgb
-    if not valid.any():
-        return np.zeros_like(rgb)
-    # cv2 does the per-pixel work: numpy's temporaries cost more than the whole pyramid at 640x360.
-    mask = valid.view(np.uint8)
-    w = mask.astype(np.float32)
-    rgbf = rgb.astype(np.float32)
-    premult = cv2.multiply(rgbf, cv2.merge([w, w, w]))
-    level = cv2.merge([*cv2.split(premult), w])
-    levels = []
-    while min(level.shape[:2]) > 2:
-        level = cv2.resize(level, ((level.shape[1] + 1) // 2, (level.shape[0] + 1) // 2), interpolation=cv2.INTER_AREA)
-        levels.append(level)
-
-    def estimate(lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # colour where weight > 0, weight in [0, 1]
-        a = lv[..., 3:4]
-        return lv[..., :3] / np.maximum(a, 1e-8), np.minimum(a, 1.0)
-
-    top, a = estimate(levels[-1])
-    mean = levels[-1][..., :3].sum(axis=(0, 1)) / max(float(levels[-1][..., 3].sum()), 1e-8)
-    filled = np.where(a > 0, top, mean).astype(np.float32)
-    for lv in reversed(levels[:-1]):
-        up = cv2.resize(filled, (lv.shape[1], lv.shape[0]), interpolation=cv2.INTER_LINEAR)
-        own, a = estimate(lv)
-        filled = up + a * (own - up)
-    # full resolution: a pixel is either valid (weight 1, keeps its colour) or a hole (weight 0, takes the fill)
-    up = cv2.resize(filled, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-    out = cv2.convertScaleAbs(up)  # rounds and saturates to uint8
-    cv2.copyTo(rgb, mask, out)
-    return out
 
 
 @dataclass
@@ -342,7 +300,7 @@ class GeometricGenerator:
         if mem is None or not hasattr(mem, "observed_points"):
             return None
         return self._states.prepare(mem, *self._fill_inputs(mem, request.observed_views, request.world_up,
-                                                           getattr(request, "layout_prior", None)))
+                                                           request.layout_prior))
 
     def _layout_fill(
         self,

@@ -99,6 +99,68 @@ def hash_build_range(table, keys, start, stop):
 
 
 @nb.njit(cache=True, nogil=True)
+def _slot_of(table, keys, key):
+    """Slot holding ``key`` or -1 (linear probe from its home slot)."""
+    cap = table.shape[0]
+    s = _slot(key, cap)
+    while True:
+        j = table[s]
+        if j < 0:
+            return -1
+        if keys[j] == key:
+            return s
+        s += 1
+        if s == cap:
+            s = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _delete_slot(table, keys, i):
+    """Empty slot ``i`` and shift back the entries after it whose probe passed it (linear probing stays exact
+    without tombstones: Knuth vol. 3, 6.4, Algorithm R)."""
+    cap = table.shape[0]
+    table[i] = -1
+    j = i
+    while True:
+        j += 1
+        if j == cap:
+            j = 0
+        idx = table[j]
+        if idx < 0:
+            return
+        home = _slot(keys[idx], cap)
+        # the entry stays when its home slot lies cyclically in (i, j]: its probe never passed the hole
+        if (i < j and i < home <= j) or (i > j and (home > i or home <= j)):
+            continue
+        table[i] = idx
+        table[j] = -1
+        i = j
+
+
+@nb.njit(cache=True, nogil=True)
+def hash_drop_suffix(table, keys, keep, first, n):
+    """Update the table for dropping the points ``j`` in ``[first, n)`` where ``keep[j]`` is False, before the
+    arrays are compacted (``keys`` still in the old order): dropped keys leave the table, every kept point from
+    ``first`` on gets its new index. Points before ``first`` keep index and slot. O(n - first) probes instead of
+    rebuilding the table from all points."""
+    for j in range(first, n):
+        if not keep[j]:
+            _delete_slot(table, keys, _slot_of(table, keys, keys[j]))
+    slots = np.empty(n - first, np.int64)
+    new_index = np.empty(n - first, np.int64)
+    m = 0
+    p = first
+    for j in range(first, n):
+        if keep[j]:
+            slots[m] = _slot_of(table, keys, keys[j])
+            new_index[m] = p
+            m += 1
+            p += 1
+    for t in range(m):  # written after every slot was found: a look-up reads keys[table[s]] in the old order
+        table[slots[t]] = new_index[t]
+
+
+@nb.njit(cache=True, nogil=True)
 def hash_remap(table, new_index_of_old):
     """After a permutation of the points: every stored index ``j`` becomes ``new_index_of_old[j]``."""
     for s in range(table.shape[0]):

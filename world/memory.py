@@ -716,15 +716,28 @@ class SpatialMemory:
         """Drop points where ``keep`` [N] is False; order is kept, so the sorted prefix stays sorted."""
         self._structure += 1
         n = self._n
+        keep = np.ascontiguousarray(keep[:n], bool)
         n_sorted_kept = int(keep[: self._n_sorted].sum())
-        idx = np.flatnonzero(keep)
-        m = len(idx)
+        # points before the first dropped one keep their index: only the suffix moves, and the hash table is
+        # updated for the suffix alone (a rebuild from all points cost ~30 ms a clip on a 100 k-point world when a
+        # lock-step agent's every step took a few invented points away)
+        first = int(np.argmin(keep)) if not keep.all() else n
+        if first == n:
+            return
+        if n - first > n // 2:
+            rehash = True
+        else:
+            rehash = False
+            K.hash_drop_suffix(self._table, self._keys, keep, first, n)
+        idx = first + np.flatnonzero(keep[first:])
+        m = first + len(idx)
         for a in (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov):
-            a[:m] = a[:n][idx]
+            a[first:m] = a[idx]
         self._n = m
         self._n_sorted = n_sorted_kept
         self._block_ids, self._block_starts = K.block_directory(self._keys, self._n_sorted)
-        self._rehash()
+        if rehash:
+            self._rehash()
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.

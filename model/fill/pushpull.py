@@ -1,0 +1,208 @@
+"""Push-pull hole filling of a frame's colour: every pixel without colour takes the weighted pyramid of its
+surroundings; pixels with colour are kept.
+
+Definition (``pushpull_fill_reference``, plain numpy, is it written out):
+
+- Push: level 0 holds premultiplied colour ``c * w`` and weight ``w`` (1 where the pixel has colour, else 0). Level
+  k+1 is ``ceil(h/2) x ceil(w/2)``; each of its cells is the sum of its 2x2 block of level k divided by 4 (a block
+  cut off by an odd edge has fewer cells: the missing ones count as weight 0). Down to ``min(h, w) <= 2``.
+- Estimate of a level: colour ``premult / weight`` where the weight is > 0, and confidence ``min(weight, 1)``.
+- Pull: the coarsest level's estimate (the mean colour of all weight where it has none) is upsampled bilinearly
+  (pixel centres at half-integers, edges clamped: OpenCV's ``INTER_LINEAR``) to the next finer level, which keeps
+  its own estimate in proportion to its confidence; down to level 1, then upsampled once more to full resolution
+  for the holes only, rounded to uint8.
+
+The frame path fills every frame this way (pinholes between rendered points, gaps around furniture). The former
+implementation did the push and the full-resolution pull as seven full-frame OpenCV passes (casts, channel
+merges, multiplies) even when a few percent of the pixels were holes; here one numba pass builds level 1 from the
+uint8 frame and the mask, and the last pull touches the hole pixels only.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(cache=True, nogil=True)
+def _push_first(rgb, valid, out):  # pragma: no cover - compiled
+    """Level 1 ([ceil(H/2), ceil(W/2), 4] float32: premultiplied colour, weight) from the frame and its mask."""
+    h, w = valid.shape
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            r = g = b = a = 0.0
+            for y in range(2 * i, min(2 * i + 2, h)):
+                for x in range(2 * j, min(2 * j + 2, w)):
+                    if valid[y, x]:
+                        r += rgb[y, x, 0]
+                        g += rgb[y, x, 1]
+                        b += rgb[y, x, 2]
+                        a += 1.0
+            out[i, j, 0] = r * 0.25
+            out[i, j, 1] = g * 0.25
+            out[i, j, 2] = b * 0.25
+            out[i, j, 3] = a * 0.25
+
+
+@nb.njit(cache=True, nogil=True)
+def _push(level, out):  # pragma: no cover - compiled
+    h, w = level.shape[:2]
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            for c in range(4):
+                s = 0.0
+                for y in range(2 * i, min(2 * i + 2, h)):
+                    for x in range(2 * j, min(2 * j + 2, w)):
+                        s += level[y, x, c]
+                out[i, j, c] = s * 0.25
+
+
+@nb.njit(cache=True, nogil=True)
+def _tap(n_src, n_dst, k):  # pragma: no cover - compiled
+    """Bilinear source index and weight of destination index ``k`` (OpenCV INTER_LINEAR, clamped edges)."""
+    s = (k + 0.5) * (n_src / n_dst) - 0.5
+    i0 = int(np.floor(s))
+    f = s - i0
+    if i0 < 0:
+        return 0, 0, 0.0
+    if i0 >= n_src - 1:
+        return n_src - 1, n_src - 1, 0.0
+    return i0, i0 + 1, f
+
+
+@nb.njit(cache=True, nogil=True)
+def _pull(coarse, level, out):  # pragma: no cover - compiled
+    """``out`` = upsampled ``coarse`` colour, blended towards ``level``'s own estimate by its confidence."""
+    hs, ws = coarse.shape[:2]
+    hd, wd = level.shape[:2]
+    for i in range(hd):
+        y0, y1, fy = _tap(hs, hd, i)
+        for j in range(wd):
+            x0, x1, fx = _tap(ws, wd, j)
+            a = level[i, j, 3]
+            conf = min(a, 1.0)
+            for c in range(3):
+                top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
+                bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
+                up = top + fy * (bot - top)
+                own = level[i, j, c] / a if a > 0.0 else 0.0
+                out[i, j, c] = up + conf * (own - up)
+
+
+@nb.njit(cache=True, nogil=True)
+def _pull_holes(coarse, valid, out):  # pragma: no cover - compiled
+    """Full resolution: the holes of ``out`` (uint8, valid pixels already in place) from ``coarse`` [h, w, 3]."""
+    hs, ws = coarse.shape[:2]
+    hd, wd = valid.shape
+    for i in range(hd):
+        y0, y1, fy = _tap(hs, hd, i)
+        for j in range(wd):
+            if valid[i, j]:
+                continue
+            x0, x1, fx = _tap(ws, wd, j)
+            for c in range(3):
+                top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
+                bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
+                v = np.floor(top + fy * (bot - top) + 0.5)
+                out[i, j, c] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
+
+
+def _half(n: int) -> int:
+    return (n + 1) // 2
+
+
+def pushpull_fill(
+    rgb: np.ndarray,  # [H, W, 3] uint8
+    valid: np.ndarray,  # [H, W] bool, where ``rgb`` holds colour
+) -> np.ndarray:
+    """``[H, W, 3]`` uint8: ``rgb`` where ``valid``, the push-pull fill elsewhere (module docstring)."""
+    if valid.all():
+        return rgb
+    if not valid.any():
+        return np.zeros_like(rgb)
+    rgb = np.ascontiguousarray(rgb, np.uint8)
+    valid = np.ascontiguousarray(valid, np.bool_)
+    H, W = valid.shape
+    levels = [np.empty((_half(H), _half(W), 4), np.float32)]
+    _push_first(rgb, valid, levels[0])
+    while min(levels[-1].shape[:2]) > 2:
+        lv = levels[-1]
+        nxt = np.empty((_half(lv.shape[0]), _half(lv.shape[1]), 4), np.float32)
+        _push(lv, nxt)
+        levels.append(nxt)
+    filled = _top_estimate(levels[-1])
+    for lv in reversed(levels[:-1]):
+        out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
+        _pull(filled, lv, out)
+        filled = out
+    out = rgb.copy()
+    _pull_holes(filled, valid, out)
+    return out
+
+
+def _top_estimate(top: np.ndarray) -> np.ndarray:
+    """The coarsest level's colour: its own estimate where it has weight, the weighted mean colour elsewhere."""
+    a = top[..., 3:4]
+    mean = top[..., :3].sum(axis=(0, 1)) / max(float(top[..., 3].sum()), 1e-8)
+    return np.where(a > 0, top[..., :3] / np.maximum(a, 1e-8), mean).astype(np.float32)
+
+
+# ---- the definition, written out (tests compare ``pushpull_fill`` with it) ------------------------------------
+
+
+def _push_reference(level: np.ndarray) -> np.ndarray:
+    h, w = level.shape[:2]
+    padded = np.zeros((2 * _half(h), 2 * _half(w), level.shape[2]), np.float64)
+    padded[:h, :w] = level
+    return (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]) / 4.0
+
+
+def _upsample_reference(img: np.ndarray, hd: int, wd: int) -> np.ndarray:
+    hs, ws = img.shape[:2]
+
+    def taps(n_src: int, n_dst: int):
+        s = (np.arange(n_dst) + 0.5) * (n_src / n_dst) - 0.5
+        i0 = np.floor(s).astype(int)
+        f = s - i0
+        low, high = i0 < 0, i0 >= n_src - 1
+        i0 = np.where(low, 0, np.where(high, n_src - 1, i0))
+        f = np.where(low | high, 0.0, f)
+        return i0, np.where(high | low, i0, i0 + 1), f
+
+    y0, y1, fy = taps(hs, hd)
+    x0, x1, fx = taps(ws, wd)
+    top = img[y0][:, x0] + fx[None, :, None] * (img[y0][:, x1] - img[y0][:, x0])
+    bot = img[y1][:, x0] + fx[None, :, None] * (img[y1][:, x1] - img[y1][:, x0])
+    return top + fy[:, None, None] * (bot - top)
+
+
+def pushpull_fill_reference(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The definition in plain numpy (float64): slow, obviously the module docstring."""
+    if valid.all():
+        return rgb
+    if not valid.any():
+        return np.zeros_like(rgb)
+    w = valid.astype(np.float64)
+    level = np.concatenate([rgb.astype(np.float64) * w[..., None], w[..., None]], axis=2)
+    levels = []
+    while True:
+        level = _push_reference(level)
+        levels.append(level)
+        if min(level.shape[:2]) <= 2:
+            break
+
+    def estimate(lv):
+        a = lv[..., 3:4]
+        return np.where(a > 0, lv[..., :3] / np.where(a > 0, a, 1.0), 0.0), np.minimum(a, 1.0)
+
+    own, a = estimate(levels[-1])
+    mean = levels[-1][..., :3].sum(axis=(0, 1)) / max(float(levels[-1][..., 3].sum()), 1e-8)
+    filled = np.where(a > 0, own, mean)
+    for lv in reversed(levels[:-1]):
+        up = _upsample_reference(filled, *lv.shape[:2])
+        own, a = estimate(lv)
+        filled = up + a * (own - up)
+    up = _upsample_reference(filled, *valid.shape)
+    out = np.clip(np.floor(up + 0.5), 0, 255).astype(np.uint8)
+    out[valid] = rgb[valid]
+    return out
