@@ -257,10 +257,12 @@ def aggregate(rounds: list[dict]) -> dict:
         out["stages_ms"] = {k: [round(_pct(v, 50), 1), round(_pct(v, 95), 1)] for k in
                             ("total_ms", "wait_ms", "paced_ms", "wire_ms", "show_ms")
                             if (v := [st[k] for st in stages if st.get(k) is not None])}
-    cpu = [r["cpu_s_per_s"] for r in rounds]
-    out["cpu_s_per_s"] = {k: round(sum(c[k] for c in cpu) / len(cpu), 2) for k in cpu[0]}
-    out["rounds"] = [{"fps": round(r["frames_shown"] / r["window_s"], 2), "p50_ms": round(_pct(r["latencies_ms"], 50), 1),
-                      "p95_ms": round(_pct(r["latencies_ms"], 95), 1), "load_1min": r["load_1min"]} for r in rounds]
+    cpu = [r["cpu_s_per_s"] for r in rounds if "cpu_s_per_s" in r]
+    if cpu:
+        out["cpu_s_per_s"] = {k: round(sum(c[k] for c in cpu) / len(cpu), 2) for k in cpu[0]}
+    out["rounds"] = [{"fps": round(r["frames_shown"] / r["window_s"], 2),
+                      "p50_ms": round(_pct(r["latencies_ms"], 50), 1), "p95_ms": round(_pct(r["latencies_ms"], 95), 1),
+                      "load_1min": r.get("load_1min")} for r in rounds]
     return out
 
 
@@ -352,7 +354,8 @@ def main() -> None:
         try:
             port = _free_port()
             server = subprocess.Popen(
-                [sys.executable, "-m", "spatia.cli", "serve", "--port", str(port), "--data-dir", str(Path(tmp) / "data")],
+                [sys.executable, "-m", "spatia.cli", "serve", "--port", str(port),
+                 "--data-dir", str(Path(tmp) / "data")],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(server)
             _wait_port(server, port, "spatia serve")
@@ -363,7 +366,7 @@ def main() -> None:
                         c.create_scene("room", 0, args.width, args.height, world_id=w)
                 log(f"server at {target}; grpc client for {args.seconds} s")
                 grpc_result = run_grpc(target, "g", args)
-                grpc_result = aggregate([grpc_result | {"cpu_s_per_s": {"-": 0.0}, "load_1min": os.getloadavg()[0]}])
+                grpc_result = aggregate([grpc_result | {"load_1min": round(os.getloadavg()[0], 1)}])
                 log("pygame player")
                 pygame_result = run_player(target, "p", args)
                 emit({"name": "web-player", "sizes": {"width": args.width, "height": args.height,
