@@ -347,9 +347,16 @@ class GeometricGenerator:
 
                 d, _ = cKDTree(close).query(pts[sel], distance_upper_bound=radius)
                 use[sel[np.isfinite(d)]] = False
+        bounds = list(view.bounds)
         if request.observed_views and use.any():
             sel = np.flatnonzero(use)
-            use[sel[_free_space_violation(pts[sel], request.observed_views, cfg.free_space_rel)]] = False
+            through = sel[_free_space_violation(pts[sel], request.observed_views, cfg.free_space_rel)]
+            use[through] = False
+            if len(through):
+                # an observed view saw through that plane there (a doorway, a window): the ray goes on to what
+                # lies beyond the opening (the next plane that way, or the other bounds: the rooms' side walls,
+                # floor and ceiling continued), not to nothing, which the colour fill smeared over
+                self._beyond_openings(layout, bounds, through, rays, ld, li, pts, use, c2w, request, reach)
         # depth: the layout where it wins (the ground only up to max_ground_m: extents capped), else the fill
         new_depth = np.where(use, ld, np.maximum(f, 0.0))
         other = np.flatnonzero(~use & (new_depth > 0))
@@ -365,7 +372,7 @@ class GeometricGenerator:
         cols = rgb[holes]
         painted = np.zeros(len(rays), bool)
         footprint = ld / max(K.fx, K.fy)
-        for i, plane in enumerate(view.bounds):
+        for i, plane in enumerate(bounds):
             sel = use & (li == i)
             if not sel.any():
                 continue
@@ -385,6 +392,55 @@ class GeometricGenerator:
         colored = colored.copy()
         colored[holes] |= painted
         return out_depth.astype(np.float32), colored
+
+    def _beyond_openings(
+        self,
+        layout,  # model.fill.layout.Layout
+        bounds: list,  # [B] the view's bounding planes; planes beyond openings are appended
+        through: np.ndarray,  # [T] int, indices of hole rays whose layout hit an observed view saw through
+        rays: np.ndarray,  # [M, 3] hole pixel rays, camera frame
+        ld: np.ndarray,  # [M] layout z-depth, updated in place
+        li: np.ndarray,  # [M] index into ``bounds``, updated in place
+        pts: np.ndarray,  # [M, 3] world frame, updated in place
+        use: np.ndarray,  # [M] bool, updated in place
+        c2w: np.ndarray,  # [4, 4] target pose
+        request: ClipRequest,
+        reach: np.ndarray,  # [P, 3] camera positions, world frame
+    ) -> None:
+        """Cast the rays in ``through`` again without the plane they were seen through, adding the next observed
+        plane beyond it along its axis; hits that keep free space (observed views, poses) are used."""
+        from scipy.spatial import cKDTree
+
+        from spatia.model.fill.layout import LayoutView, cast_layout
+
+        n_view = len(bounds)
+        radius = layout.config.min_camera_distance_m
+        groups = [(int(i), through[li[through] == i]) for i in np.unique(li[through])]  # before any ray moves
+        for i, rays_i in groups:
+            plane = bounds[i]
+            # "beyond": further from the camera, which stands on the side the plane faces
+            beyond = [p for p in layout.planes if p.axis == plane.axis and p.facing == plane.facing
+                      and plane.facing * (p.offset_m - plane.offset_m) < -layout.config.wall_thickness_m]
+            others = [k for k in range(n_view) if k != i]
+            planes = [bounds[k] for k in others]
+            if beyond:
+                planes.append(max(beyond, key=lambda p: plane.facing * (p.offset_m - plane.offset_m)))
+            d2, i2 = cast_layout(layout, LayoutView(planes), rays[rays_i], c2w)
+            p2 = world_points(rays[rays_i], d2, c2w)
+            ok = (d2 > 0) & (i2 >= 0)
+            if ok.any():
+                sel = np.flatnonzero(ok)
+                ok[sel[_free_space_violation(p2[sel], request.observed_views, self.config.free_space_rel)]] = False
+            if ok.any() and len(reach):
+                d, _ = cKDTree(reach).query(p2[ok], distance_upper_bound=radius)
+                ok[np.flatnonzero(ok)[np.isfinite(d)]] = False
+            if not ok.any():
+                continue
+            index = np.array(others + ([len(bounds)] if beyond else []), np.int16)[i2[ok]]
+            if beyond:
+                bounds.append(planes[-1])
+            r = rays_i[ok]
+            ld[r], li[r], pts[r], use[r] = d2[ok], index, p2[ok], True
 
     def _apply_references(
         self,

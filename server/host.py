@@ -284,6 +284,12 @@ class WorldHost:
         update runs and, with ``autosave = (every_clips, interval_s, max_duty)``, the save policy applies.
         ``frame_format`` ((width, height), encoding, quality) is for hosts that encode the frames themselves
         (server/ray_host.py); here the sink encodes them on the worker thread. Returns the engine's ``ClipStats``."""
+        return await self.call(self.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format))
+
+    def clip_work(self, engine: Engine, poses: np.ndarray, prompt: str | None, seed: int,
+                  sink: Callable[[int, Any], None], autosave=None, frame_format=None) -> Callable[[], Any]:
+        """``play_clip``'s work as a function to run on the worker thread (a world actor submits it to
+        ``executor`` itself, from a thread without an event loop: server/ray_host.py)."""
 
         def _clip():
             for i, f in enumerate(engine.generate_clip(poses, prompt, seed)):
@@ -295,7 +301,7 @@ class WorldHost:
                 self.autosave(*autosave)
             return engine.last_stats
 
-        return await self.call(_clip)
+        return _clip
 
     async def generate(self, engine: Engine, c2w: np.ndarray, prompt: str | None, seed: int,
                        sink: Callable[[int, Any], bool]) -> None:

@@ -195,6 +195,7 @@ class WorldState:
     saves: int | None = None  # counters the server keeps since it started (None: this server does not say)
     save_failures: int | None = None
     frames_generated: int | None = None
+    node_id: str = ""  # ``spatia serve --ray``: the Ray node whose world actor reported these numbers
 
 
 @dataclass
@@ -235,7 +236,8 @@ def _read_server(server) -> ServerState:
             world_id=wid, memory_points=int(w["memory_points"]), history_frames=int(w["history_frames"]),
             snapshot_bytes=int(w["snapshot_bytes"]), last_save_s=float(w["last_save_cpu_s"]),
             clips_generated=int(w["clips_generated"]), controlled=bool(w["controlled"]),
-            saves=w.get("saves"), save_failures=w.get("save_failures"), frames_generated=w.get("frames_generated"))
+            saves=w.get("saves"), save_failures=w.get("save_failures"), frames_generated=w.get("frames_generated"),
+            node_id=str(w.get("node_id", "")))
             for wid, w in stats["worlds"].items()]
         counters = {k: float(stats[k]) for k in ("sessions_started", "sessions_ended", "frames_served",
                                                  "frames_dropped", "poses_skipped", "worlds_unreadable")
@@ -308,6 +310,13 @@ class ServerCollector(Collector):
                 for w in known:
                     c.add_metric([w.world_id], float(getattr(w, attr)))
                 yield c
+        on_nodes = [w for w in state.worlds if w.node_id]
+        if on_nodes:  # with --ray the per-world numbers above come from the world actors (their last report)
+            g = GaugeMetricFamily("spatia_world_node", "1 for the Ray node whose world actor serves the world",
+                                  labels=["world_id", "node_id"])
+            for w in on_nodes:
+                g.add_metric([w.world_id, w.node_id], 1.0)
+            yield g
         per_session = {
             "spatia_session_outbox_frames": ("frames queued for the client (queue depth)", "outbox_frames"),
             "spatia_session_pending_actions": ("actions read but not integrated yet (queue depth)",

@@ -58,6 +58,7 @@ log = structlog.get_logger("spatia.server.ray")
 GENERATE_BACKPRESSURE = 4  # Generate: frames the actor may have produced that the front door has not taken yet
 PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame at once)
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
+GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
 
 
 def actor_name(world_id: str) -> str:
@@ -180,6 +181,8 @@ class WorldActor:
         self.engines: dict[str, Any] = {}  # engine key -> Engine (one per session)
         self.last_call = time.monotonic()
         self._idle_task: asyncio.Task | None = None
+        self._step_work = None  # the compiled-graph path's clip in flight (a concurrent.futures.Future)
+        self._step_frames = None  # its frames, as the worker encodes them (a queue.SimpleQueue)
         self.node_id = ray.get_runtime_context().get_node_id()
         log.info("world actor started", world_id=world_id, epoch=self.epoch, node=self.node_id[:12],
                  pid=os.getpid(), points=world.memory.num_points)
@@ -269,38 +272,99 @@ class WorldActor:
             return True
         return False
 
-    async def play_clip(self, session_id: str, engine_key: str, engine_config, poses: np.ndarray,
-                        prompt: str | None, seed: int, autosave, frame_format):
-        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``.
-        ``frame_format = ((width, height), encoding, jpeg_quality)``."""
+    def _encoder(self, frame_format) -> Callable[[Any], EncodedFrame]:
+        """The Play frame as the actor sends it: resized and encoded on the world's worker thread, where the
+        generator yields it (``frame_format = ((width, height), encoding, jpeg_quality)``)."""
         import cv2
 
         from spatia.proto.spatia.v1.convert import encode_image
 
-        self._touch()
-        self._require_lease(session_id)
-        engine = self._engine(engine_key, engine_config)
         (out_w, out_h), encoding, quality = frame_format
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
 
-        def sink(i: int, f) -> None:  # on the world's worker thread
+        def encode(f) -> EncodedFrame:
             data = getattr(f, "data", None)  # a host that prepared its frames (server/standin.py)
             if data is None:
                 rgb = f.rgb
                 if (rgb.shape[1], rgb.shape[0]) != (out_w, out_h):
                     rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA)
                 data = encode_image(rgb, encoding, quality)
-            frame = EncodedFrame(f.frame_index, f.clip_id, f.c2w, out_w, out_h, data)
-            loop.call_soon_threadsafe(queue.put_nowait, ("frame", i, frame))
+            return EncodedFrame(f.frame_index, f.clip_id, f.c2w, out_w, out_h, data)
 
-        work = asyncio.ensure_future(self.host.play_clip(engine, poses, prompt, seed, sink, autosave=autosave))
+        return encode
+
+    async def play_clip(self, session_id: str, engine_key: str, engine_config, poses: np.ndarray,
+                        prompt: str | None, seed: int, autosave, frame_format):
+        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``.
+        ``frame_format = ((width, height), encoding, jpeg_quality)``. (The path a session takes until its
+        compiled graph is ready, or when it cannot have one: ``play_step``.)"""
+        self._touch()
+        self._require_lease(session_id)
+        engine = self._engine(engine_key, engine_config)
+        encode = self._encoder(frame_format)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def sink(i: int, f) -> None:  # on the world's worker thread
+            loop.call_soon_threadsafe(queue.put_nowait, ("frame", i, encode(f)))
+
+        work = asyncio.ensure_future(self.host.play_clip(engine, poses, prompt, seed, sink, autosave=autosave,
+                                                         frame_format=frame_format))
         work.add_done_callback(lambda _: queue.put_nowait(None))
         while (item := await queue.get()) is not None:
             yield item
         stats = await work
         self.last_call = time.monotonic()
         yield ("stats", stats, replace(self.host.view(), controlled=self._holder() is not None))
+
+    def play_step(self, request: tuple):
+        """One execution of a Play session's compiled graph (``RayWorldHost``: Ray Compiled Graphs, one graph per
+        session, ``actor.play_step.bind(InputNode())``). Runs on the actor's ``_ray_system`` thread, where no event
+        loop runs: the clip goes straight to the host's worker thread and its frames come back through a plain
+        queue, one thread hand-off each way (the streaming path has three and a Ray task per clip).
+
+        ``("ping",)`` -> ``"pong"`` (the graph works); ``("clip", session_id, engine_key, engine_config, poses,
+        prompt, seed, autosave, frame_format)`` starts a clip (as ``play_clip``) and returns its first
+        ``EncodedFrame``; ``("next",)`` the next one; ``("stats",)`` waits for the clip's end (memory update,
+        autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
+        graph's result (the graph stays usable)."""
+        import queue as queue_mod
+
+        kind = request[0]
+        if kind == "ping":
+            return "pong"
+        self.last_call = time.monotonic()
+        if kind == "clip":
+            session_id, engine_key, engine_config, poses, prompt, seed, autosave, frame_format = request[1:]
+            if self._step_work is not None and not self._step_work.done():
+                raise PreconditionError(f"world {self.world_id!r}: a clip is still running on this graph")
+            self._require_lease(session_id)
+            engine = self._engine(engine_key, engine_config)
+            encode = self._encoder(frame_format)
+            frames: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+            self._step_frames = frames
+            work = self.host.clip_work(engine, poses, prompt, seed, lambda i, f: frames.put(encode(f)),
+                                       autosave, frame_format)
+            if self.host.deleted or self.host.closed:
+                raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
+            self._step_work = self.host.executor.submit(self.host._call, work, ())
+            self._step_work.add_done_callback(lambda _: frames.put(None))  # wakes a reader if the clip fails
+            kind = "next"
+        if self._step_work is None:
+            raise PreconditionError(f"world {self.world_id!r}: no clip is running on this graph")
+        if kind == "next":
+            frame = self._step_frames.get()
+            if frame is None:  # the clip ended before this frame: its error, or a bookkeeping slip of ours
+                self._step_frames.put(None)
+                error = self._step_work.exception()
+                raise error if error is not None else PreconditionError(
+                    f"world {self.world_id!r}: the clip has no more frames")
+            return frame
+        if kind == "stats":
+            stats = self._step_work.result()
+            self._step_work = self._step_frames = None
+            self.last_call = time.monotonic()
+            return stats, replace(self.host.view(), controlled=self._holder() is not None)
+        raise ValueError(f"play_step: unknown request {kind!r}")
 
     async def generate(self, session_id: str, engine_key: str, engine_config, c2w: np.ndarray,
                        prompt: str | None, seed: int):
@@ -439,6 +503,88 @@ class _RemoteWorld:
         return _MemorySample(self._host)
 
 
+class _PlayGraph:
+    """One Play session's compiled graph to its world actor (Ray Compiled Graphs: ``actor.play_step`` bound to an
+    ``InputNode``, compiled once per session; docs/SCALE.md). Each execution is a write to and a read from Ray's
+    shared-memory channels instead of a Ray task per clip plus a stream report per frame: measured ~1.5 ms per round
+    trip vs ~5-6 ms for a streaming actor call on the same loaded machine (docs/BENCHMARKS.md).
+
+    Everything on the graph (compile, executions, teardown) runs on this object's own thread, in order: the graph
+    is not thread-safe, and compile / teardown block. Compiling takes 0.1-0.6 s, in the background: until the
+    graph answers a ping, the session's clips take the streaming path. An actor runs one graph at a time; a graph
+    left running by a front door that died makes the next one wait behind it, so a graph that does not answer its
+    ping within ``PING_TIMEOUT_S`` is torn down and this actor is played through streaming calls from then on.
+    (A graph's first execution waits for the actor to start the graph's loop: measured 4-9 s on the loaded 2-core
+    machine, ~1 ms per round trip after that.)"""
+
+    PING_TIMEOUT_S = 60.0
+
+    def __init__(self, actor, world_id: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.actor = actor
+        self.world_id = world_id
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"play-graph-{world_id[:16]}")
+        self.dag = None
+        self.ready = False  # compiled and answered its ping: clips may use it
+        self.failed = False  # could not be compiled or broke: this actor is played through streaming calls
+        self.closed = False
+        self.thread.submit(self._compile)
+
+    def _compile(self) -> None:
+        from ray.dag import InputNode
+
+        t0 = time.perf_counter()
+        try:
+            with InputNode() as inp:
+                node = self.actor.play_step.bind(inp)
+            self.dag = node.experimental_compile()
+            if ray.get(self.dag.execute(("ping",)), timeout=self.PING_TIMEOUT_S) != "pong":
+                raise RuntimeError("the graph's ping came back wrong")
+        except Exception as exc:  # noqa: BLE001 -- the streaming path serves the session instead
+            self.failed = True
+            log.warning("play graph not available; this world's frames take streaming calls", world_id=self.world_id,
+                        error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._teardown()
+            return
+        self.ready = not self.closed
+        log.debug("play graph compiled", world_id=self.world_id, ms=round((time.perf_counter() - t0) * 1e3, 1))
+
+    def _teardown(self) -> None:
+        dag, self.dag = self.dag, None
+        self.ready = False
+        if dag is not None:
+            try:
+                dag.teardown()
+            except Exception as exc:  # noqa: BLE001 -- the actor died or the graph broke: nothing left to free
+                log.debug("play graph teardown", world_id=self.world_id, error=type(exc).__name__)
+
+    def clip(self, request: tuple, frames: int, sink: Callable[[int, Any], None], timeout_s: float):
+        """On ``thread``: one clip (``WorldActor.play_step``): each frame to ``sink`` as it comes, then
+        ``(ClipStats, HostView)``."""
+        dag = self.dag
+        if dag is None:
+            raise RuntimeError("the play graph was torn down")
+        try:
+            sink(0, ray.get(dag.execute(request), timeout=timeout_s))
+            for i in range(1, frames):
+                sink(i, ray.get(dag.execute(("next",)), timeout=timeout_s))
+            return ray.get(dag.execute(("stats",)), timeout=timeout_s)
+        except RayTaskError:
+            raise  # the actor's own error (lease lost, world deleted, the clip failed): the graph goes on
+        except BaseException:
+            self.failed = True  # a channel error, a timeout, a dead actor: this graph is done
+            self._teardown()
+            raise
+
+    def close(self) -> None:
+        """Tear the graph down after whatever runs on its thread (non-blocking)."""
+        self.closed = True
+        self.ready = False
+        self.thread.submit(self._teardown)
+        self.thread.shutdown(wait=False)
+
+
 class RayWorldHost:
     """The front door's proxy of one world actor: ``WorldHost``'s methods (server/host.py), each a call to the
     actor. ``view()`` and ``stats()`` answer from a cache refreshed after every call and by the store's poller."""
@@ -452,6 +598,7 @@ class RayWorldHost:
         self._renew: asyncio.Task | None = None
         self._tails: set[asyncio.Task] = set()  # clips' end-of-stream reports being drained
         self._play_method = None  # actor.play_clip with its stream options (made once)
+        self._released_at = 0.0  # monotonic time of this door's last lease release (``refresh``)
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -463,6 +610,11 @@ class RayWorldHost:
         self.epoch: int = where.get("epoch", 0)
         self.dead = False
         self._play_method = None
+        old = getattr(self, "_graph", None)
+        if old is not None:
+            old.close()
+        self._graph: _PlayGraph | None = None  # the Play session's compiled graph (``_PlayGraph``)
+        self._graph_failed = False  # a graph to this actor failed: streaming calls only, until it is replaced
 
     def _revive(self) -> None:
         """Blocking: start the world's actor again from its last snapshot (after it exited idle or died)."""
@@ -519,14 +671,40 @@ class RayWorldHost:
             raise self._failed(exc) from None
 
     async def refresh(self) -> None:
+        asked = time.monotonic()
         where = await self._call("where")
-        self._view, self._stats, self.node_id = where["view"], where["stats"], where["node_id"]
+        view = where["view"]
+        if view.controlled and asked <= self._released_at:  # asked before this door's release reached the actor
+            view = replace(view, controlled=False)
+        self._view, self._stats, self.node_id = view, where["stats"], where["node_id"]
         self.actor_pid, self.epoch = where["pid"], where["epoch"]
 
     # ---- the controller lease ----
 
+    async def claim_async(self, session_id: str) -> None:
+        """Take the world's lease in its actor without blocking the event loop (the servicer's path): Ray's async
+        API for the call, a worker thread only to restart a dead actor (its placement wait)."""
+        for attempt in (0, 1):
+            if self.dead:
+                await asyncio.to_thread(self._revive)
+            try:
+                self._view = await asyncio.wait_for(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+                break
+            except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
+                err = self._failed(exc)
+                if self.deleted or attempt:
+                    raise err from None
+            except RayTaskError as exc:
+                raise self._failed(exc) from None
+            except asyncio.TimeoutError:
+                raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within "
+                                       f"{CALL_TIMEOUT_S:g} s") from None
+        self.controller = session_id
+        self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
+
     def claim(self, session_id: str) -> None:
-        """Take the world's lease in its actor (one short blocking call: the servicer's claim is synchronous)."""
+        """Take the world's lease in its actor (blocking: for callers without an event loop; the servicer uses
+        ``claim_async``)."""
         if self.dead:
             self._revive()
         try:
@@ -544,6 +722,18 @@ class RayWorldHost:
             raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within {CALL_TIMEOUT_S} s")
         self.controller = session_id
         self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
+
+    def _open_graph(self) -> None:
+        """Start compiling the session's Play graph in the background (``ClusterOptions.compiled_play``), at its
+        first clip: a Generate call (streaming, with backpressure) never holds the actor's one graph."""
+        if self.store.options.compiled_play and not self._graph_failed and self._graph is None:
+            self._graph = _PlayGraph(self.actor, self.world_id)
+
+    def _close_graph(self) -> None:
+        if self._graph is not None:
+            self._graph_failed |= self._graph.failed
+            self._graph.close()
+            self._graph = None
 
     async def _renew_loop(self, session_id: str) -> None:
         period = self.store.options.lease_ttl_s / 3
@@ -565,10 +755,12 @@ class RayWorldHost:
         if self.controller != session_id:
             return False
         self.stop_renewing()
+        self._close_graph()
         self.controller = None
         if not self.dead:
             self.actor.release.remote(session_id)  # fire and forget: the lease expires anyway if this is lost
         self._view = replace(self._view, controlled=False)
+        self._released_at = time.monotonic()
         return True
 
     # ---- work ----
@@ -591,6 +783,20 @@ class RayWorldHost:
             self._play_method = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE)
         # the engine's config travels with its first clip only (the actor keeps the engine by key)
         config, engine.sent = (None if engine.sent else engine.config), True
+        if self._graph is None:
+            self._open_graph()
+        graph = self._graph
+        if graph is not None and graph.ready:
+            request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format)
+            try:
+                stats, self._view = await asyncio.get_running_loop().run_in_executor(
+                    graph.thread, graph.clip, request, len(poses), sink, GRAPH_FRAME_TIMEOUT_S)
+                return stats
+            except (RayTaskError, RayActorError) as exc:
+                raise self._failed(exc) from None
+            except Exception as exc:  # noqa: BLE001 -- the graph broke (channel closed, timed out)
+                self._graph_failed = True
+                raise await self._graph_broke(exc) from None
         gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
                                        frame_format)
         stats = None
@@ -609,6 +815,20 @@ class RayWorldHost:
         self._tails.add(task := asyncio.ensure_future(_drain(gen)))
         task.add_done_callback(self._tails.discard)
         return stats
+
+    async def _graph_broke(self, exc: BaseException) -> BaseException:
+        """The error for a clip whose graph broke: UNAVAILABLE either way; the actor is marked dead when a plain
+        call finds it dead too (a killed actor's graph usually reports a closed channel, not the death)."""
+        try:
+            await asyncio.wait_for(self.actor.pid.remote(), timeout=CALL_TIMEOUT_S)
+        except RayActorError as dead:
+            return self._failed(dead)
+        except Exception:  # noqa: BLE001 -- no answer: the actor is treated as gone
+            self.dead = True
+            return UnavailableError(f"world {self.world_id!r}: its actor does not answer; the next call restarts it")
+        log.warning("play graph broke", world_id=self.world_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return UnavailableError(f"world {self.world_id!r}: the clip's compiled graph failed ({type(exc).__name__}); "
+                                "start the session again (it then uses streaming calls)")
 
     async def generate(self, engine: _RemoteEngine, c2w: np.ndarray, prompt: str | None, seed: int,
                        sink: Callable[[int, Any], bool]) -> None:
@@ -666,6 +886,7 @@ class RayWorldHost:
 
     def close(self) -> None:
         self.stop_renewing()
+        self._close_graph()
 
 
 _ACTOR = None  # ray.remote(WorldActor), made once
@@ -702,7 +923,9 @@ class RayWorldStore:
         return _ACTOR.options(
             name=actor_name(world_id), get_if_exists=True, namespace=NAMESPACE, lifetime="detached", num_cpus=self.options.world_cpus,
             num_gpus=gpus, max_restarts=0, max_concurrency=64, scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}},
+            # OMP_NUM_THREADS: Ray sets it to the actor's CPUs (floor, at least 1) itself; setting it here too
+            # made the actor's compiled graphs never run (Ray 2.60: their first execution timed out)
+            runtime_env={"env_vars": {"NUMBA_NUM_THREADS": threads}},
         )
 
     def _attach(self, world_id: str) -> RayWorldHost:
@@ -855,6 +1078,16 @@ class RayWorldStore:
         if host is not None:
             log.info("restarting world actor from its last snapshot", world_id=world_id)
         return self._attach_locked(world_id)
+
+    async def get_async(self, world_id: str, field: str = "world_id") -> RayWorldHost:
+        """``get`` for the servicer's event loop: a live proxy at once; (re)attaching an actor (a blocking wait of
+        up to ``placement_timeout_s``) on a worker thread, never on the loop."""
+        check_id(world_id, field)
+        self._ensure_poller()
+        host = self._hosts.get(world_id)
+        if host is not None and not host.dead:
+            return host
+        return await asyncio.to_thread(self.get, world_id, field)
 
     def hosts(self) -> list[RayWorldHost]:
         self._ensure_poller()

@@ -96,6 +96,7 @@ def world_info(host: WorldHost, case_c2w: np.ndarray | None = None) -> pb.WorldI
         world_id=v.world_id, source=v.source, prompt=v.prompt, created_unix_ns=v.created_ns,
         intrinsics=builders.intrinsics_to_proto(v.intrinsics), origin=pose_to_proto(v.origin_c2w),
         current=pose_to_proto(v.current_c2w), stats=_stats(v), controlled=v.controlled,
+        node_id=getattr(host, "node_id", ""),  # a world actor's node (server/ray_host.py); in-process: none
     )
     if case_c2w is not None:
         info.case_trajectory.CopyFrom(trajectory_to_proto(case_c2w))
@@ -198,11 +199,27 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
             raise limit_exceeded("max_sessions",
                                  f"limit max_sessions={self.limits.max_sessions} reached (Play + Generate)")
 
-    def _open_slot(self, host: WorldHost, session_id: str) -> "_Slot":
-        """Admission + the world's lease, released together exactly once by ``_Slot.close``."""
+    async def _get(self, world_id: str, field: str) -> WorldHost:
+        """The world's host. A store whose lookup may block (Ray: starting a world's actor waits for its
+        placement) offers ``get_async``, so the wait never runs on this event loop."""
+        get_async = getattr(self.store, "get_async", None)
+        return await get_async(world_id, field) if get_async is not None else self.store.get(world_id, field)
+
+    async def _open_slot(self, host: WorldHost, session_id: str) -> "_Slot":
+        """Admission + the world's lease, released together exactly once by ``_Slot.close``. A host whose claim
+        is a call to another process (Ray) offers ``claim_async``; the slot is counted while it runs, so
+        concurrent calls cannot pass ``max_sessions`` together."""
         self._admit()
-        host.claim(session_id)
         self.sessions += 1
+        try:
+            claim_async = getattr(host, "claim_async", None)
+            if claim_async is not None:
+                await claim_async(session_id)
+            else:
+                host.claim(session_id)
+        except BaseException:
+            self.sessions -= 1
+            raise
         self.sessions_started += 1
         return _Slot(self, host, session_id)
 
@@ -224,7 +241,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
 
     @unary
     async def GetWorld(self, request, context):
-        return world_info(self.store.get(request.world_id, "GetWorldRequest.world_id"))
+        return world_info(await self._get(request.world_id, "GetWorldRequest.world_id"))
 
     @unary
     async def ListWorlds(self, request, context):
@@ -241,7 +258,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
 
     @unary
     async def Render(self, request, context):
-        host = self.store.get(request.world_id, "RenderRequest.world_id")
+        host = await self._get(request.world_id, "RenderRequest.world_id")
         if not request.HasField("pose"):
             raise invalid("RenderRequest.pose", "RenderRequest.pose is required")
         c2w = builders.pose_from_proto(request.pose, "pose")
@@ -263,7 +280,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
 
     @unary
     async def Edit(self, request, context):
-        host = self.store.get(request.world_id, "EditRequest.world_id")
+        host = await self._get(request.world_id, "EditRequest.world_id")
         kind = request.WhichOneof("edit")
         if kind == "remove":
             region = _region(request.remove.region, "remove.region")
@@ -299,9 +316,9 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         if first.WhichOneof("kind") != "start":
             raise invalid("PlayRequest.start", "the first message of a Play stream must be PlayStart")
         options = PlayOptions.from_proto(first.start, self.config)
-        host = self.store.get(options.world_id, "PlayStart.world_id")
+        host = await self._get(options.world_id, "PlayStart.world_id")
         session_id = uuid.uuid4().hex[:12]
-        slot = self._open_slot(host, session_id)
+        slot = await self._open_slot(host, session_id)
         session = None
         try:
             session = PlaySession(session_id, host, options, self.generator, self.config, self.recordings_dir,
@@ -342,7 +359,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
 
     @streaming
     async def Generate(self, request, context) -> AsyncIterator[pb.Frame]:
-        host = self.store.get(request.world_id, "GenerateRequest.world_id")
+        host = await self._get(request.world_id, "GenerateRequest.world_id")
         view = host.view()
         path = request.WhichOneof("path")
         if path == "trajectory":
@@ -364,7 +381,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         clip = clip_from_proto(request.clip if request.HasField("clip") else None, self.limits, "",
                                default=ClipConfig.paper())
         session_id = uuid.uuid4().hex[:12]
-        slot = self._open_slot(host, session_id)
+        slot = await self._open_slot(host, session_id)
         loop = asyncio.get_running_loop()
         outbox = _Handoff(self.limits.frame_queue)
         encoding = request.encoding or pb.FRAME_ENCODING_JPEG
@@ -401,7 +418,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
 
     @streaming
     async def ExportWorld(self, request, context):
-        host = self.store.get(request.world_id, "ExportWorldRequest.world_id")
+        host = await self._get(request.world_id, "ExportWorldRequest.world_id")
         fmt = request.format or pb.EXPORT_FORMAT_SNAPSHOT
         if fmt not in (pb.EXPORT_FORMAT_SNAPSHOT, pb.EXPORT_FORMAT_PLY):
             raise invalid("ExportWorldRequest.format", f"format {request.format} is not an ExportFormat")

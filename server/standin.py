@@ -51,12 +51,16 @@ class GpuStandinMixin:
 
     async def play_clip(self, engine, poses: np.ndarray, prompt: str | None, seed: int,
                         sink: Callable[[int, Any], None], autosave=None, frame_format=None):
+        return await self.call(self.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format))
+
+    def clip_work(self, engine, poses: np.ndarray, prompt: str | None, seed: int,
+                  sink: Callable[[int, Any], None], autosave=None, frame_format=None) -> Callable[[], Any]:
         if frame_format is None:
             frame_format = ((self.world.intrinsics.width, self.world.intrinsics.height), 1, 85)
-        data = await self.call(self._frame_bytes, frame_format)
         (w, h), _, _ = frame_format
 
-        def _clip():
+        def _clip():  # on the worker: the prepared frame is looked up (made once) in the same hand-off
+            data = self._frame_bytes(frame_format)
             clip_id = self.clips_generated
             t0 = time.perf_counter()
             for i, c2w in enumerate(poses):
@@ -66,7 +70,7 @@ class GpuStandinMixin:
             self.clips_generated += 1
             return ClipStats(clip_id, len(poses), [], time.perf_counter() - t0, 0.0, self.world.memory.num_points)
 
-        return await self.call(_clip)
+        return _clip
 
 
 class GpuStandinHost(GpuStandinMixin, WorldHost):

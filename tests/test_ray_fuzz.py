@@ -35,7 +35,7 @@ pytestmark = pytest.mark.xdist_group("ray")
 def fuzz_server(tmp_path_factory):
     with open(os.path.join(tempfile.gettempdir(), "spatia-ray-tests.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         config = ServerConfig(data_dir=tmp_path_factory.mktemp("fuzz"), port=0, limits=Limits(
             max_worlds=16, max_sessions=4, max_image_pixels=64 * 48, max_trajectory_frames=8, frame_queue=4,
             max_import_bytes=1 << 20, max_message_bytes=4 << 20), cluster=ClusterOptions(

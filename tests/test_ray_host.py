@@ -9,7 +9,9 @@ the Ray and one data dir, as two front doors on two machines share a cluster and
 from __future__ import annotations
 
 import os
+import threading
 import time
+from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -43,7 +45,7 @@ def ray_tests_lock():
 
 @pytest.fixture(scope="module")
 def ray_local(ray_tests_lock):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
@@ -369,3 +371,121 @@ def test_a_client_that_stops_reading_never_stalls_the_actor(doors):
     deadline = time.monotonic() + 30
     while one.server.servicer.sessions and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+# ---- the Play lifecycle tests (tests/test_server_lifecycle.py) against a Ray front door, and what issue 12's second
+# pass added: which node serves a world (ListWorlds, metrics aggregated from the actors), lookups and claims that
+# never block the front door's event loop, a Play session through its compiled graph. The lifecycle tests imported
+# at the end run with the ``server`` / ``client`` fixtures below: every way a Play session ends releases its world
+# and its slot exactly once, the world in an actor in another process (those that patch ``WorldHost`` in this
+# process do not apply). They share this file's Ray and the doors' data dir (world 'a'; 'b' again).
+
+@pytest.fixture(scope="module")
+def server(doors):
+    """A third front door with ``max_sessions=1`` over the doors' data dir, worlds 'a' and 'b' (as the lifecycle
+    tests expect)."""
+    one, _ = doors
+    config = _config(one.config.data_dir)
+    config = replace(config, limits=Limits(max_sessions=1))
+    with running_server(config) as st:
+        with WorldClient(st.target, timeout_s=120) as c:
+            if "b" not in [w.world_id for w in c.list_worlds()]:
+                c.create_scene("room", seed=1, width=W, height=H, world_id="b")
+        yield st
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with WorldClient(server.target, timeout_s=60) as c:
+        yield c
+
+
+def test_list_worlds_and_metrics_name_the_node_serving_each_world(server, client):
+    from spatia.server.metrics import ServerCollector
+
+    node = ray.get_runtime_context().get_node_id()  # one local node: every actor runs on it
+    with client.play("a", record=False) as s:
+        s.send(move_forward=1.0, dt_s=2 / 16)
+        assert s.next_frame(timeout_s=60) is not None
+    infos = {w.world_id: w for w in client.list_worlds()}
+    assert infos["a"].node_id == node and infos["b"].node_id == node
+    assert client.get_world("a").node_id == node
+    # metrics: the per-world numbers are the actors' own counters (refreshed by the front door's poller)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not server.server.stats()["worlds"]["a"].get("frames_generated"):
+        time.sleep(0.1)
+    assert server.server.stats()["worlds"]["a"]["frames_generated"] >= 1
+    families = {f.name: f for f in ServerCollector(server.server).collect()}
+    samples = {tuple(sorted(x.labels.items())): x.value for x in families["spatia_world_node"].samples}
+    assert samples[(("node_id", node), ("world_id", "a"))] == 1.0
+    frames = {x.labels["world_id"]: x.value for x in families["spatia_world_frames_generated"].samples}
+    assert frames["a"] >= 1
+
+
+def test_restarting_an_actor_never_blocks_the_front_doors_event_loop(server, client):
+    """A call that has to start a world's actor again (placement, loading the snapshot: seconds) waits off the
+    event loop: another RPC on the same front door answers meanwhile."""
+    host = server.server.store.get("b")
+    ray.kill(host.actor)
+    host.dead = True  # as the proxy marks it when a call finds the actor gone
+    done = threading.Event()
+    started = time.monotonic()
+
+    def restart():
+        with WorldClient(server.target, timeout_s=120) as c:
+            c.get_world("b")  # re-attaches: a new actor process loads the world
+        done.set()
+
+    t = threading.Thread(target=restart)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert "a" in [w.world_id for w in client.list_worlds()]
+    answered_s = time.monotonic() - t0
+    restarting = not done.is_set()
+    t.join(timeout=120)
+    restart_s = time.monotonic() - started
+    assert restarting, f"the actor restarted in {restart_s:.2f} s, too fast to tell"
+    assert answered_s < 0.5 * restart_s
+    assert not server.server.store.get("b").dead
+
+
+def test_a_play_session_streams_through_its_compiled_graph(server):
+    """``compiled_play``: the session's first clips take streaming calls while its graph compiles, then go through
+    the graph (the same frames: the room); the graph is torn down when the session ends. Through a third front
+    door: the lifecycle door's sessions above tore their (never compiled) graphs down."""
+    data_dir = server.config.data_dir
+    with running_server(_config(data_dir, compiled_play=True)) as st:  # a third front door on the same actors
+        with WorldClient(st.target, timeout_s=120) as c:
+            with c.play("a", record=False, lockstep=True) as s:
+                host = _host(st, "a")
+                assert host._graph is None  # opened at the session's first clip (Generate never opens one)
+                s.send(move_forward=0.3, dt_s=0.1)
+                assert s.next_frame(timeout_s=60) is not None
+                graph = host._graph
+                assert graph is not None
+                deadline = time.monotonic() + 90
+                while not (graph.ready or graph.failed) and time.monotonic() < deadline:
+                    s.send(move_forward=0.3, dt_s=0.1)
+                    assert s.next_frame(timeout_s=60) is not None
+                assert graph.ready and not graph.failed
+                before = c.get_world("a").stats.clips_generated
+                seen = []
+                for _ in range(3):
+                    s.send(move_forward=0.3, yaw_rate_rad_s=0.3, dt_s=0.1)
+                    f = s.next_frame(timeout_s=60)
+                    assert f is not None and f.rgb.shape == (H, W, 3) and f.rgb.std() > 5  # the room
+                    seen.append(f.session_frame)
+                assert seen == sorted(seen) and len(set(seen)) == 3  # one frame per action, in order
+            deadline = time.monotonic() + 10
+            while host._graph is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert host._graph is None and graph.closed  # torn down with the session
+            info = c.get_world("a")
+            assert not info.controlled and info.stats.clips_generated >= before + 3
+
+
+from test_server_lifecycle import (  # noqa: E402,F401 -- collected here (last), run with the fixtures above
+    test_broken_connection, test_deadline, test_leaving_the_with_block_through_an_exception,
+    test_the_session_limit_names_itself_in_error_info,
+)

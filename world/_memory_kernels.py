@@ -98,20 +98,10 @@ def hash_build_range(table, keys, start, stop):
         hash_insert(table, keys[i], i)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(inline="always")
 def _slot_of(table, keys, key):
     """Slot holding ``key`` or -1 (linear probe from its home slot)."""
-    cap = table.shape[0]
-    s = _slot(key, cap)
-    while True:
-        j = table[s]
-        if j < 0:
-            return -1
-        if keys[j] == key:
-            return s
-        s += 1
-        if s == cap:
-            s = 0
+    return _slot_from(table, keys, key, _slot(key, table.shape[0]))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -494,18 +484,25 @@ _SAME_AS = -5  # frame_samples: a sample in the same voxel as the row's previous
 
 
 @nb.njit(inline="always")
-def _probe_from(table, keys, key, s):
-    """Continue a linear probe at slot ``s``: point index of ``key`` or -1."""
+def _slot_from(table, keys, key, s):
+    """Continue a linear probe at slot ``s``: the slot holding ``key`` or -1."""
     cap = table.shape[0]
     while True:
         j = table[s]
         if j < 0:
             return -1
         if keys[j] == key:
-            return j
+            return s
         s += 1
         if s == cap:
             s = 0
+
+
+@nb.njit(inline="always")
+def _probe_from(table, keys, key, s):
+    """Continue a linear probe at slot ``s``: point index of ``key`` or -1."""
+    slot = _slot_from(table, keys, key, s)
+    return table[slot] if slot >= 0 else -1
 
 
 @nb.njit(cache=True, parallel=True, nogil=True)

@@ -9,7 +9,8 @@ time another world's clip ran). Here:
 - one state per world, keyed weakly by the world's ``SpatialMemory`` object (the state goes when the world is
   unloaded) and tagged with ``observed_version``; invented points never change it;
 - ``prepare`` snapshots the observed points on the caller's thread (the memory is not thread-safe) and fits on a
-  maintenance thread; the engine calls it when it opens a world, so the fit runs while the session starts;
+  maintenance thread (two run at once); the engine calls it when it opens a world, so the fit runs while the
+  session starts;
 - the generator shows a coarse fill for the first few frames after a world is opened (or its observed points
   change), counted in the entry, and from then on the fitted state, waiting for a fit still in flight. Counting
   frames (not "use whatever is ready") keeps frames a function of the world and the path alone: the same seed
@@ -21,6 +22,7 @@ time another world's clip ran). Here:
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -78,7 +80,9 @@ class FillStates:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill")
+            # two fits at once: worlds created together (a server start, a benchmark's four sessions) otherwise
+            # queue behind one another, and the last one's first final frame waits for all of them
+            self._executor = ThreadPoolExecutor(min(2, os.cpu_count() or 1), thread_name_prefix="spatia-fill")
         return self._executor
 
     def prepare(self, memory, inputs: Callable[[], FillInputs], key: tuple) -> "FillEntry":

@@ -170,7 +170,7 @@ class WorldStats(_message.Message):
     def __init__(self, memory_points: _Optional[int] = ..., history_frames: _Optional[int] = ..., clips_generated: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ...) -> None: ...
 
 class WorldInfo(_message.Message):
-    __slots__ = ("world_id", "source", "prompt", "created_unix_ns", "intrinsics", "origin", "current", "stats", "controlled", "case_trajectory")
+    __slots__ = ("world_id", "source", "prompt", "created_unix_ns", "intrinsics", "origin", "current", "stats", "controlled", "case_trajectory", "node_id")
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class WorldInfo(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     CONTROLLED_FIELD_NUMBER: _ClassVar[int]
     CASE_TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     world_id: str
     source: str
     prompt: str
@@ -191,7 +192,8 @@ class WorldInfo(_message.Message):
     stats: WorldStats
     controlled: bool
     case_trajectory: Trajectory
-    def __init__(self, world_id: _Optional[str] = ..., source: _Optional[str] = ..., prompt: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., origin: _Optional[_Union[Pose, _Mapping]] = ..., current: _Optional[_Union[Pose, _Mapping]] = ..., stats: _Optional[_Union[WorldStats, _Mapping]] = ..., controlled: _Optional[bool] = ..., case_trajectory: _Optional[_Union[Trajectory, _Mapping]] = ...) -> None: ...
+    node_id: str
+    def __init__(self, world_id: _Optional[str] = ..., source: _Optional[str] = ..., prompt: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., origin: _Optional[_Union[Pose, _Mapping]] = ..., current: _Optional[_Union[Pose, _Mapping]] = ..., stats: _Optional[_Union[WorldStats, _Mapping]] = ..., controlled: _Optional[bool] = ..., case_trajectory: _Optional[_Union[Trajectory, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class GetWorldRequest(_message.Message):
     __slots__ = ("world_id",)
