@@ -185,7 +185,9 @@ def test_replay_plays_and_seeks(stack):
     d.find_element(By.ID, f"replay-{rec_id}").click()
     wait_for(d, "return spatia.history.length >= 3", what="replay frames")
     hist = d.execute_script("return spatia.history")
-    assert hist == order[: len(hist)]  # in recorded order from the start
+    # in recorded order from the start; a page that decodes slower than the frames come skips some (latest wins)
+    pos = [order.index(i) for i in hist]
+    assert pos[0] == 0 and pos == sorted(set(pos)), f"shown {hist}, recorded {order}"
     k = len(order) - 2
     d.execute_script("spatia.replaySeek(arguments[0])", k)
     wait_for(d, "return spatia.replayPos >= arguments[0]", k, what="the seek")

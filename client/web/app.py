@@ -54,6 +54,26 @@ CLIENT = web.RequestKey("client", AsyncWorldClient) if hasattr(web, "RequestKey"
 STATIC_DIR = Path(__file__).parent / "static"
 COOKIE = "spatia_session"
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MINIMAP_REFRESH_S = 3.0  # the minimap's memory points are fetched again at most this often ...
+MINIMAP_BUSY = 0.05  # ... and fetching them takes at most this share of the time
+MINIMAP_VOXEL_M = 0.05  # points thinned to one per voxel: a 192 px map across 16 m has 8 cm pixels
+MINIMAP_REUSE_S = 0.5  # a drawn minimap is served again for this long (spectators, quick reloads)
+
+
+def thin_points(points: np.ndarray, colors: np.ndarray, voxel_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """One point per ``voxel_m`` voxel (the first in the input's order): ``points`` [N, 3] world metres, ``colors``
+    [N, 3] uint8 -> the kept rows of both, in the input's order."""
+    if voxel_m <= 0:
+        raise ValueError(f"voxel_m must be > 0, got {voxel_m}")
+    if len(points) == 0:
+        return points, colors
+    cells = np.floor(np.asarray(points, dtype=np.float64) / voxel_m).astype(np.int64)
+    cells -= cells.min(axis=0)
+    span = cells.max(axis=0) + 1  # [3] voxels along each axis
+    key = (cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2]  # one int64 per voxel (spans < 2^21 each)
+    _, first = np.unique(key, return_index=True)  # np.unique(axis=0) would be ~20x slower
+    first.sort()
+    return points[first], colors[first]
 
 
 @dataclass
@@ -142,7 +162,8 @@ class WebApp:
 
     async def _startup(self, app) -> None:
         self.anonymous = self._client(None)
-        self._minimaps: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
+        self._minimaps: dict[str, tuple] = {}  # world -> (when, points, colours, origin, current, seconds taken)
+        self._minimap_png: dict[tuple[str, int], tuple[float, bytes]] = {}  # (world, size) -> (when, PNG)
         await self._probe()
 
     async def _shutdown(self, app) -> None:
@@ -292,8 +313,11 @@ class WebApp:
         return web.json_response(_world_json(info, self.hubs))
 
     async def api_minimap(self, request: web.Request) -> web.Response:
-        """The memory from above (points refreshed every 3 s at most: a PLY export of the whole memory) with
-        the camera trail of the session played here, centred on the camera (client.hud.minimap_image)."""
+        """The memory from above with the camera trail of the session played here, centred on the camera
+        (client.hud.minimap_image). The points come from a PLY export of the whole memory, which costs the server
+        and this app CPU that a 2-core machine takes from the frames: they are refreshed at most every
+        ``MINIMAP_REFRESH_S`` and at most ``MINIMAP_BUSY`` of the time, thinned to one per ``MINIMAP_VOXEL_M``
+        voxel (a map pixel is ~8 cm), and a drawn map is reused for ``MINIMAP_REUSE_S``."""
         import cv2
 
         from spatia.client.hud import MapFrame, minimap_image, read_ply_points
@@ -304,26 +328,33 @@ class WebApp:
             size_px = min(max(int(request.query.get("size", 192)), 64), 512)
         except ValueError:
             return _error(400, "size must be an integer (pixels)")
+        headers = {"Cache-Control": "no-store"}
+        drawn = self._minimap_png.get((world_id, size_px))
+        if drawn is not None and time.monotonic() - drawn[0] < MINIMAP_REUSE_S:
+            return web.Response(body=drawn[1], content_type="image/png", headers=headers)
         try:
             cached = self._minimaps.get(world_id)
-            if cached is None or time.monotonic() - cached[0] > 3.0:
+            if cached is None or time.monotonic() - cached[0] > max(MINIMAP_REFRESH_S, cached[5] / MINIMAP_BUSY):
+                t0 = time.monotonic()
                 info = await client.get_world(world_id)
                 ply = await _export_ply(client, world_id)
-                points, colors = await asyncio.to_thread(read_ply_points, ply)
+                points, colors = await asyncio.to_thread(
+                    lambda: thin_points(*read_ply_points(ply), voxel_m=MINIMAP_VOXEL_M))
                 origin = pose_array(info.origin)
                 current = pose_array(info.current) if info.HasField("current") else origin
-                cached = (time.monotonic(), points, colors, origin, current)
+                cached = (time.monotonic(), points, colors, origin, current, time.monotonic() - t0)
                 self._minimaps[world_id] = cached
         except WorldServiceError as exc:
             return _error(_HTTP_OF_GRPC.get(exc.code, 502), exc.message)
-        _, points, colors, origin, current = cached
+        _, points, colors, origin, current, _ = cached
         hub = self.hubs.hubs.get(world_id)
         c2w = hub.c2w if hub is not None and hub.c2w is not None else current
         trail = np.stack(hub.trail) if hub is not None and hub.trail else c2w[None, :3, 3]
         img = await asyncio.to_thread(minimap_image, points, colors, trail, c2w, MapFrame.from_origin(origin),
                                       size_px)
         ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        return web.Response(body=png.tobytes(), content_type="image/png", headers={"Cache-Control": "no-store"})
+        self._minimap_png[(world_id, size_px)] = (time.monotonic(), png.tobytes())
+        return web.Response(body=png.tobytes(), content_type="image/png", headers=headers)
 
     async def api_edit(self, request: web.Request) -> web.Response:
         """Remove the memory inside a sphere where the view's centre ray meets it (Render depth), else
@@ -362,6 +393,8 @@ class WebApp:
         except WorldServiceError as exc:
             return _error(_HTTP_OF_GRPC.get(exc.code, 502), exc.message)
         self._minimaps.pop(world_id, None)
+        for key in [k for k in self._minimap_png if k[0] == world_id]:
+            self._minimap_png.pop(key, None)
         return web.json_response({"points_removed": int(resp.points_affected),
                                   "memory_points": int(resp.stats.memory_points)})
 

@@ -37,6 +37,11 @@ log = structlog.get_logger("spatia.web")
 VIDEO_CLOCK_HZ = 90_000
 START_REPEATS = 3  # the first picture's extra copies: >= 2 of them shown (the last waits for a next frame)
 PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js ``metaByPts``)
+# aiortc's VP8 encoder hands the frame to PyAV, whose codec time base is 1 us: the pts is rounded to whole
+# microseconds and the RTP timestamp truncated back from them, so a pts on the 90 kHz clock comes out one tick
+# lower unless its residue mod 9 (9 ticks = 100 us exactly) survives the round trip. The page matches RTP timestamps
+# to announced pts exactly, so the track only uses pts that survive (tests/test_web_pts.py checks the encoder).
+PTS_EXACT_RESIDUES = frozenset(r for r in range(9) if (round(r * 100 / 9) * 9) // 100 == r)
 
 
 class HubVideoTrack(MediaStreamTrack):
@@ -46,7 +51,10 @@ class HubVideoTrack(MediaStreamTrack):
         super().__init__()
         self.min_gap_s = 1.0 / fps  # frames go out at most at the session's rate (see ``recv``)
         self._next_due: float | None = None
-        self.repeat_after_s = 0.15
+        # Resend the last picture after this long without a new one (None: never). Not needed by Chrome, which
+        # presents a frame without waiting for the next (measured: docs/BENCHMARKS.md, web section), and it
+        # doubled the encoder's and the browser's work under load, when most frames come alone.
+        self.repeat_after_s: float | None = None
         self._last_item = None
         self._repeats_left = 0  # copies of the last picture still to send if no new one comes (see ``recv``)
         self.sub = sub  # hub.Subscriber: WebFrame items, dict status messages, None at the end
@@ -60,13 +68,11 @@ class HubVideoTrack(MediaStreamTrack):
     async def recv(self) -> VideoFrame:
         repeat = False
         while True:
-            if self._last_item is not None and self._repeats_left > 0:
-                # Chrome presents a WebRTC frame once the next one arrives: after the last frame of a burst,
-                # send it once more (marked ``repeat``) so the newest picture is really shown, not held back. The
-                # stream's first picture goes out START_REPEATS more times, one frame time apart, so that it is
-                # shown even when standing still (the page maps a shown frame to its metadata through pts,
-                # ``_next_pts``).
-                first = self.frames_sent <= 1
+            first = self.frames_sent <= 1
+            if self._last_item is not None and self._repeats_left > 0 and (first or self.repeat_after_s):
+                # The stream's first picture goes out START_REPEATS more times, one frame time apart, so that the
+                # page sees >= 2 frames (it learns the RTP origin from two, ``_next_pts``) even when standing
+                # still; later pictures are resent (marked ``repeat``) only with ``repeat_after_s`` set.
                 try:
                     item = await asyncio.wait_for(self.sub.get(),
                                                   timeout=self.min_gap_s if first else self.repeat_after_s)
@@ -90,20 +96,23 @@ class HubVideoTrack(MediaStreamTrack):
         # the session fps instead, re-anchoring after a stall so a late frame is not followed by a burst
         # (the research notes on browser streaming, FlashDreams' track). The queue before this (latest wins) bounds the delay.
         now = time.monotonic()
+        paced_s = 0.0
         if self._next_due is not None and now < self._next_due:
-            await asyncio.sleep(self._next_due - now)
+            paced_s = self._next_due - now
+            await asyncio.sleep(paced_s)
             now = time.monotonic()
         self._next_due = max(now, self._next_due or now) + self.min_gap_s
-        rgb = await asyncio.to_thread(item.decoded)  # [H, W, 3] uint8
-        if rgb.shape[0] % 2 or rgb.shape[1] % 2:  # yuv420p needs even sizes: drop one edge row / column
-            rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
+        # the JPEG decoded straight to the encoder's yuv420p, once per frame for every viewer (hub.WebFrame)
+        planes = await asyncio.to_thread(item.yuv420p)  # [H * 3 / 2, W] uint8
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now
         pts = self._next_pts(now)
-        frame = VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = VideoFrame.from_ndarray(planes, format="yuv420p")  # a frame of its own: pts differ per viewer
         frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
-        self.on_message(dict(item.meta, pts=pts, repeat=True) if repeat else dict(item.meta, pts=pts))
+        # out_ms / paced_ms: when the frame went to the encoder and how long pacing held it (the page's stages)
+        timing = {"pts": pts, "out_ms": time.time() * 1e3, "paced_ms": round(paced_s * 1e3, 1)}
+        self.on_message(dict(item.meta, **timing, repeat=True) if repeat else dict(item.meta, **timing))
         self.frames_sent += not repeat
         return frame
 
@@ -111,11 +120,13 @@ class HubVideoTrack(MediaStreamTrack):
         """The frame's pts on the 90 kHz clock: the wall clock since the first frame, moved on by a few ticks if
         needed so that its gap to the previous pts differs from each of the last ``PTS_WINDOW`` gaps. The page
         knows the pts (data channel) but not the RTP timestamp origin aiortc adds to them (random, private);
-        distinct gaps let it find the origin from two frames shown in a row (``learnRtpOrigin`` in app.js). At
-        most ``PTS_WINDOW`` ticks (2.8 ms) later than the clock."""
+        distinct gaps let it find the origin from two frames shown in a row (``learnRtpOrigin`` in app.js). Only
+        pts that reach the RTP timestamp unchanged (``PTS_EXACT_RESIDUES``); a few ms later than the clock at most."""
         pts = max(int((now - self._t0) * VIDEO_CLOCK_HZ), self._last_pts + 1)
+        while pts % 9 not in PTS_EXACT_RESIDUES:
+            pts += 1
         if self._last_pts >= 0:
-            while pts - self._last_pts in self._gap_set:
+            while pts - self._last_pts in self._gap_set or pts % 9 not in PTS_EXACT_RESIDUES:
                 pts += 1
             if len(self._gaps) == self._gaps.maxlen:
                 self._gap_set.discard(self._gaps[0])

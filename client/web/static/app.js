@@ -11,6 +11,13 @@ const S = window.spatia = {
   seq: 0, sent: new Map(), reflectedSeq: 0,  // action seq -> performance.now() when sent
   keys: new Set(), mouseDx: 0, mouseDy: 0, dragging: false, lastX: 0, lastY: 0,
   shownTimes: [], latencies: [], framesShown: 0,
+  // what the page can count (benchmarks/web.py): frames that arrived (WebSocket frames; WebRTC frame metadata on the
+  // data channel, repeats not counted), requestVideoFrameCallback calls and the video's presentedFrames counter
+  framesArrived: 0, rvfcCalls: 0, presentedFrames: 0,
+  // where a shown frame's time went, ms (benchmarks/web.py): got_ms (the web app had it from the server) ->
+  // out_ms (handed to the VP8 encoder after pacing) -> received (its last RTP packet) -> presented; WebSocket:
+  // got -> drawn. Wall clocks of one machine: meaningful when the web app and the browser share it.
+  stages: [],
   shownMeta: null, metaByPts: new Map(), rtpOrigin: null, shownRtp: [], pendingRtp: [], rtpMisses: 0, rtpRelearned: 0,
   firstPose: null, viewers: 0, memoryPoints: 0, recording: "", playing: false,
   fps: 30, wanted: "auto", closing: false, retries: 0, lastError: "",
@@ -116,6 +123,7 @@ $("photo-form").addEventListener("submit", async (ev) => {
 
 function resetViewer(mode) {
   Object.assign(S, {mode, history: [], seq: 0, reflectedSeq: 0, shownTimes: [], latencies: [], framesShown: 0, shownMeta: null,
+                    framesArrived: 0, rvfcCalls: 0, presentedFrames: 0, stages: [],
                     rtpOrigin: null, shownRtp: [], pendingRtp: [], rtpMisses: 0, firstPose: null, closing: false, retries: 0, lastError: ""});
   S.sent.clear(); S.metaByPts.clear(); S.keys.clear();
   show("lobby", false); show("viewer", true);
@@ -185,6 +193,7 @@ function parseFrame(buf) {
 }
 
 function onJpegFrame(buf) {
+  S.framesArrived += 1;
   // latest wins: while one frame decodes, a newer one replaces the one waiting
   S.pendingFrame = buf;
   if (!S.decodeBusy) drawPending();
@@ -201,7 +210,7 @@ async function drawPending() {
       if (c.width !== bmp.width || c.height !== bmp.height) { c.width = bmp.width; c.height = bmp.height; }
       c.getContext("2d").drawImage(bmp, 0, 0);
       bmp.close();
-      onFrameShown(meta);
+      onFrameShown(meta, {drawn: epochMs(performance.now())});
     } catch (e) { S.lastError = "decode: " + e.message; }
   }
   S.decodeBusy = false;
@@ -248,7 +257,11 @@ async function connectRtc() {
   });
   const onVideoFrame = (now, md) => {
     if (S.pc !== pc) return;
-    if (md.rtpTimestamp !== undefined) onRtpShown(md.rtpTimestamp);
+    S.rvfcCalls += 1; S.presentedFrames = md.presentedFrames;
+    if (md.rtpTimestamp !== undefined) {
+      onRtpShown(md.rtpTimestamp, {received: md.receiveTime !== undefined ? epochMs(md.receiveTime) : undefined,
+                                   presented: epochMs(md.presentationTime)});
+    }
     video.requestVideoFrameCallback(onVideoFrame);
   };
   video.requestVideoFrameCallback(onVideoFrame);
@@ -306,14 +319,16 @@ function expirePendingRtp(now) {
   return false;
 }
 
-function onRtpShown(rtp) {
+function epochMs(t) { return performance.timeOrigin + t; }  // a performance.now() time -> ms since 1970
+
+function onRtpShown(rtp, times) {
   if (!S.shownRtp.includes(rtp)) S.shownRtp.push(rtp);
   if (S.shownRtp.length > 16) S.shownRtp.shift();
   const now = performance.now();
   if (expirePendingRtp(now)) return;
   const meta = S.metaByPts.get((rtp - S.rtpOrigin) >>> 0);
-  if (meta) { S.rtpMisses = 0; onFrameShown(meta); }
-  else { S.pendingRtp.push({rtp, t: now}); if (S.pendingRtp.length > 32) S.pendingRtp.shift(); }
+  if (meta) { S.rtpMisses = 0; onFrameShown(meta, times); }
+  else { S.pendingRtp.push({rtp, t: now, times}); if (S.pendingRtp.length > 32) S.pendingRtp.shift(); }
 }
 
 function onMetaArrived(m) {
@@ -326,13 +341,15 @@ function onMetaArrived(m) {
   }
   const i = S.pendingRtp.findIndex((x) => ((x.rtp - S.rtpOrigin) >>> 0) === m.pts);
   if (i < 0) return;
+  const times = S.pendingRtp[i].times;
   S.pendingRtp.splice(i, 1); S.rtpMisses = 0;
-  if (!S.shownMeta || m.session_frame === undefined || m.session_frame >= S.shownMeta.session_frame) onFrameShown(m);
+  if (!S.shownMeta || m.session_frame === undefined || m.session_frame >= S.shownMeta.session_frame) onFrameShown(m, times);
 }
 
 function onControlMessage(m) {
   if (m.t === "frame" || m.t === "still") {
     if (S.transport === "webrtc" && m.pts !== undefined) {
+      if (!m.repeat) S.framesArrived += 1;
       S.metaByPts.set(m.pts, m);
       if (S.metaByPts.size > 256) S.metaByPts.delete(S.metaByPts.keys().next().value);
       onMetaArrived(m);
@@ -350,9 +367,20 @@ function onControlMessage(m) {
   }
 }
 
-function onFrameShown(meta) {
+function onFrameShown(meta, times) {
   const now = performance.now();
   if (meta.repeat && S.shownMeta && S.shownMeta.index === meta.index) return;  // the same picture again (rtc.py)
+  if (times && meta.got_ms && !meta.repeat) {
+    const st = {index: meta.index};
+    if (times.drawn !== undefined) st.total_ms = times.drawn - meta.got_ms;
+    else {
+      st.total_ms = times.presented - meta.got_ms;
+      if (meta.out_ms) { st.wait_ms = meta.out_ms - meta.got_ms; st.paced_ms = meta.paced_ms; }
+      if (meta.out_ms && times.received !== undefined) st.wire_ms = times.received - meta.out_ms;
+      if (times.received !== undefined) st.show_ms = times.presented - times.received;
+    }
+    S.stages.push(st); if (S.stages.length > 4000) S.stages.splice(0, 2000);
+  }
   S.shownMeta = meta; S.framesShown += 1;
   S.history.push(meta.index); if (S.history.length > 2000) S.history.splice(0, 1000);
   S.shownTimes.push(now);
