@@ -1,5 +1,7 @@
 """Each RPC's happy path and each bad input, against a real server on a loopback ephemeral port."""
 
+import time
+
 import numpy as np
 import grpc
 import pytest
@@ -64,6 +66,12 @@ def test_play_streams_frames_that_apply_actions(client, room):
         s.send(dt_s=0.5)
         with pytest.raises(TimeoutError):
             s.next_frame(timeout_s=0.8)
+        # a heartbeat every 0.2 s once idle; on a loaded machine (CI runs two test files at once) the session's
+        # loop may come to its first one later: wait for it, never for a frame
+        deadline = time.monotonic() + 20
+        while s.heartbeats < 1 and time.monotonic() < deadline:
+            with pytest.raises(TimeoutError):
+                s.next_frame(timeout_s=0.5)
         assert s.heartbeats >= 1
     idx = [f.frame_index for f in frames]
     assert idx == list(range(idx[0], idx[0] + 4))
