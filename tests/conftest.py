@@ -1,4 +1,7 @@
-"""Shared fixtures: small real things (a textured box room rendered by ray casting in numpy)."""
+"""Shared fixtures: small real things (a textured box room rendered by ray casting in numpy), and the lock that
+keeps the Ray test files from starting two Rays on one machine at once."""
+
+import os
 
 import numpy as np
 import pytest
@@ -48,3 +51,14 @@ def perturbation(rot_deg: float, trans_m: float, seed: int) -> np.ndarray:
 @pytest.fixture
 def box_room():
     return render_box_room
+
+
+@pytest.fixture(scope="module")
+def ray_tests_lock():
+    """One Ray test file at a time on this machine (tests/test_ray_*.py) (an flock, released when the file's tests end)."""
+    import fcntl
+    import tempfile
+
+    with open(os.path.join(tempfile.gettempdir(), "spatia-ray-tests.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

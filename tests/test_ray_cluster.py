@@ -9,7 +9,6 @@ tests/test_ray_host.py's from running at once on the 2 cores (``make test`` runs
 
 from __future__ import annotations
 
-import os
 import time
 
 import grpc
@@ -27,17 +26,6 @@ pytestmark = pytest.mark.xdist_group("ray")
 W, H = 64, 48
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300, "health_check_timeout_ms": 300,
                "health_check_failure_threshold": 3}
-
-
-@pytest.fixture(scope="module")
-def ray_tests_lock():
-    """One Ray test file at a time on this machine (an flock, released when the file's tests end)."""
-    import fcntl
-    import tempfile
-
-    with open(os.path.join(tempfile.gettempdir(), "spatia-ray-tests.lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -33,17 +33,6 @@ TTL_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def ray_tests_lock():
-    """One Ray test file at a time on this machine (an flock, released when the file's tests end)."""
-    import fcntl
-    import tempfile
-
-    with open(os.path.join(tempfile.gettempdir(), "spatia-ray-tests.lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
-@pytest.fixture(scope="module")
 def ray_local(ray_tests_lock):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
