@@ -118,7 +118,7 @@ def ensure_sentinel(data_dir: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        pass
+        pass  # another front door created it first: its token is read below
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(16))

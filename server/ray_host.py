@@ -49,6 +49,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from spatia.server.cluster import NAMESPACE, ClusterCheckError, ClusterOptions, connect, project_version
 from spatia.server.errors import AbortedError, DataLossError, UnavailableError, check_id, limit_exceeded
 from spatia.server.host import HostView, WorldHost
+from spatia.server.store import save_hosts
 from spatia.world.errors import AlreadyExistsError, NotFoundError, PreconditionError, SnapshotError
 from spatia.world.state import World
 from spatia.world.worldlog import WorldLog
@@ -940,7 +941,7 @@ class RayWorldStore:
         except GetTimeoutError:
             try:
                 ray.kill(actor)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 -- best effort: the placement already failed, that error is raised
                 pass
             raise limit_exceeded("cluster_resources", (
                 f"world {world_id!r} could not be placed within {o.placement_timeout_s:g} s: no node has "
@@ -983,7 +984,7 @@ class RayWorldStore:
             try:
                 self._poller = asyncio.get_running_loop().create_task(self._poll())
             except RuntimeError:
-                pass
+                pass  # called off the event loop (e.g. load_all on a thread): a later call on the loop starts it
 
     async def _poll(self) -> None:
         """Refresh every world's cached view, stats and node; pick up worlds other front doors created."""
@@ -1113,12 +1114,7 @@ class RayWorldStore:
 
     async def save_all(self) -> int:
         """At a front door's shutdown: every world saved (the actors keep running for other front doors)."""
-        hosts = [h for h in self._hosts.values() if not h.dead]
-        results = await asyncio.gather(*(h.save() for h in hosts), return_exceptions=True)
-        for h, r in zip(hosts, results):
-            if isinstance(r, BaseException):
-                log.error("world not saved at shutdown", world_id=h.world_id, error=str(r)[:300])
-        return sum(1 for r in results if not isinstance(r, BaseException))
+        return await save_hosts([h for h in self._hosts.values() if not h.dead])
 
     def close(self) -> None:
         if self._poller is not None:
@@ -1141,5 +1137,5 @@ def kill_world_actors(world_ids: list[str] | None = None) -> int:
             ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
             killed += 1
         except ValueError:
-            pass
+            pass  # the actor ended between the listing and the lookup
     return killed

@@ -229,16 +229,20 @@ class WorldStore:
 
     async def save_all(self) -> int:
         """Save every world on its worker thread (after whatever is queued there); returns how many."""
-        hosts = [h for h in self._hosts.values() if not h.deleted]
-        results = await asyncio.gather(*(h.save() for h in hosts), return_exceptions=True)
-        for h, r in zip(hosts, results):
-            if isinstance(r, BaseException):
-                log.error("world not saved at shutdown", world_id=h.world_id, error=str(r)[:300])
-        return sum(1 for r in results if not isinstance(r, BaseException))
+        return await save_hosts([h for h in self._hosts.values() if not h.deleted])
 
     def close(self) -> None:
         for host in self._hosts.values():
             host.close()  # background snapshots finish before the process ends
+
+
+async def save_hosts(hosts: list) -> int:
+    """Save ``hosts`` at shutdown, all at once; a failure is logged, not raised. Returns how many were saved."""
+    results = await asyncio.gather(*(h.save() for h in hosts), return_exceptions=True)
+    for h, r in zip(hosts, results):
+        if isinstance(r, BaseException):
+            log.error("world not saved at shutdown", world_id=h.world_id, error=str(r)[:300])
+    return sum(1 for r in results if not isinstance(r, BaseException))
 
 
 def open_store(config) -> "WorldStore":
