@@ -13,6 +13,8 @@ CI budget: derandomised, ``FUZZ_EXAMPLES`` examples per RPC (default 20: 240 in 
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import re
 import threading
@@ -196,11 +198,13 @@ def strategy(name: str):
 
 # ---- the server ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
-    config = ServerConfig(data_dir=tmp_path_factory.mktemp("fuzz"), port=0, limits=Limits(
-        max_worlds=16, max_sessions=4, max_image_pixels=64 * 48, max_trajectory_frames=8, frame_queue=4,
-        max_import_bytes=1 << 20, max_message_bytes=4 << 20))
+FUZZ_LIMITS = Limits(max_worlds=16, max_sessions=4, max_image_pixels=64 * 48, max_trajectory_frames=8, frame_queue=4,
+                     max_import_bytes=1 << 20, max_message_bytes=4 << 20)
+
+
+@contextlib.contextmanager
+def serving_for_fuzz(config: ServerConfig, label: str):
+    """A real server with two small worlds; on exit, checks that no fuzzed request hit an unexpected exception."""
     with running_server(config) as st_:
         channel = grpc.insecure_channel(st_.target)
         stub = pb_grpc.WorldServiceStub(channel)
@@ -210,8 +214,15 @@ def fuzz_server(tmp_path_factory):
         before = errors.ERROR_COUNTS["unexpected"]
         yield st_, stub
         channel.close()
-        print("fuzz answers:", ANSWERS)
+        print(f"fuzz answers{label}:", ANSWERS)
         assert errors.ERROR_COUNTS["unexpected"] == before, "the server hit unexpected exceptions"
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory):
+    config = ServerConfig(data_dir=tmp_path_factory.mktemp("fuzz"), port=0, limits=FUZZ_LIMITS)
+    with serving_for_fuzz(config, "") as s:
+        yield s
 
 
 CODES = allowed_codes()
