@@ -245,11 +245,16 @@ class WorldActor:
 
         return {"node_id": self.node_id, "pid": os.getpid(), "epoch": self.epoch,
                 "numba_threads": numba.config.NUMBA_NUM_THREADS,
+                "holder": self._holder() or "",
                 "stats": {**self.host.stats(), "controlled": int(self._holder() is not None)},
                 "view": replace(self.host.view(), controlled=self._holder() is not None)}
 
-    async def claim(self, session_id: str) -> HostView:
+    async def claim(self, session_id: str, released: str = "") -> HostView:
+        """``released``: the session this caller's front door released last; its release may not have run yet
+        (it is sent without waiting, and an async actor need not run calls in the order they were sent)."""
         self._touch()
+        if released:
+            await self.release(released)
         holder = self._holder()
         if holder is not None and holder != session_id:
             raise PreconditionError(f"world {self.world_id!r} is already controlled by session {holder}; one "
@@ -599,7 +604,7 @@ class RayWorldHost:
         self._renew: asyncio.Task | None = None
         self._tails: set[asyncio.Task] = set()  # clips' end-of-stream reports being drained
         self._play_method = None  # actor.play_clip with its stream options (made once)
-        self._released_at = 0.0  # monotonic time of this door's last lease release (``refresh``)
+        self._released_session = ""  # the session whose lease this door released last (``refresh``)
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -672,10 +677,11 @@ class RayWorldHost:
             raise self._failed(exc) from None
 
     async def refresh(self) -> None:
-        asked = time.monotonic()
         where = await self._call("where")
         view = where["view"]
-        if view.controlled and asked <= self._released_at:  # asked before this door's release reached the actor
+        # The release is sent without waiting for it, and an async actor need not run its calls in the order they
+        # were sent: a holder this door already released is one whose release has not run yet.
+        if view.controlled and where["holder"] == self._released_session:
             view = replace(view, controlled=False)
         self._view, self._stats, self.node_id = view, where["stats"], where["node_id"]
         self.actor_pid, self.epoch = where["pid"], where["epoch"]
@@ -689,7 +695,8 @@ class RayWorldHost:
             if self.dead:
                 await asyncio.to_thread(self._revive)
             try:
-                self._view = await asyncio.wait_for(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+                claimed = self.actor.claim.remote(session_id, self._released_session)
+                self._view = await asyncio.wait_for(claimed, timeout=CALL_TIMEOUT_S)
                 break
             except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
                 err = self._failed(exc)
@@ -708,15 +715,16 @@ class RayWorldHost:
         ``claim_async``)."""
         if self.dead:
             self._revive()
+        released = self._released_session
         try:
             try:
-                self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+                self._view = ray.get(self.actor.claim.remote(session_id, released), timeout=CALL_TIMEOUT_S)
             except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
                 err = self._failed(exc)
                 if self.deleted:
                     raise err from None
                 self._revive()
-                self._view = ray.get(self.actor.claim.remote(session_id), timeout=CALL_TIMEOUT_S)
+                self._view = ray.get(self.actor.claim.remote(session_id, released), timeout=CALL_TIMEOUT_S)
         except (RayTaskError, RayActorError) as exc:
             raise self._failed(exc) from None
         except GetTimeoutError:
@@ -761,7 +769,7 @@ class RayWorldHost:
         if not self.dead:
             self.actor.release.remote(session_id)  # fire and forget: the lease expires anyway if this is lost
         self._view = replace(self._view, controlled=False)
-        self._released_at = time.monotonic()
+        self._released_session = session_id
         return True
 
     # ---- work ----
