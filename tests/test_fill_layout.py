@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
-from spatia.model.fill.layout import FLOOR, WALL, cast_layout, estimate_layout, view_bounds
+from spatia.model.fill.layout import (FLOOR, WALL, LayoutConfig, cast_layout, estimate_layout, opening_pixels,
+                                      view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -90,6 +91,71 @@ def test_cast_layout_matches_a_per_ray_reference():
         want = best if math.isfinite(best) else 0.0
         assert depth[m] == pytest.approx(want, rel=1e-4, abs=1e-5)
         assert (index[m] >= 0) == math.isfinite(best)
+
+
+def _reference_cast(layout, view, rays: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Per-ray z-depth: the nearest positive hit over all bounds, skipping hits inside a doorway of their wall."""
+    out = np.zeros(len(rays))
+    for m in range(len(rays)):
+        d_world = c2w[:3, :3] @ rays[m].astype(np.float64)
+        best = math.inf
+        for p in view.bounds:
+            a = layout.axes[p.axis]
+            rate = float(d_world @ a)
+            if abs(rate) < 1e-12:
+                continue
+            t = (p.offset_m - float(c2w[:3, 3] @ a)) / rate
+            if t <= 0:
+                continue
+            hit = c2w[:3, 3] + t * d_world
+            if any(o.plane == p and abs(float(hit @ layout.axes[3 - p.axis]) - o.centre_m) <= o.half_width_m
+                   and o.bottom_m <= float(hit @ layout.axes[0]) <= o.top_m for o in view.openings):
+                continue
+            best = min(best, t)
+        out[m] = best if math.isfinite(best) else 0.0
+    return out
+
+
+def test_a_wall_the_path_goes_through_has_a_doorway_to_the_room_beyond():
+    """The camera's path (in time order) crosses the observed back wall at x = 3.2: that wall gets a door-sized
+    opening there (1 m wide, floor to 2 m), rays through it reach the room beyond (as deep as this one), rays
+    beside or above it still hit the wall, the ray cast matches a per-ray reference, and memory points of a wall
+    standing in the doorway are found (``opening_pixels``) so the frame does not show them."""
+    rng = np.random.default_rng(4)
+    pts = _box_room_points(rng, np.eye(3))  # back wall z = 8 seen, up = +y, floor y = 0
+    cam = np.array([3.0, 1.6, 2.0])
+    layout = estimate_layout(pts, cam, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(max_room_extent_m=20.0))
+    path = np.array([cam, [3.0, 1.6, 4.0], [3.2, 1.6, 7.0], [3.2, 1.6, 9.5]])
+    view = view_bounds(layout, cam, path)
+    assert len(view.openings) == 1
+    door = view.openings[0]
+    assert abs(abs(door.plane.offset_m) - 8.0) < 0.03 and door.plane.kind == WALL
+    assert abs(abs(door.centre_m) - 3.2) < 0.01 and door.half_width_m == pytest.approx(0.5)
+    assert abs(door.bottom_m) < 0.03 and door.top_m == pytest.approx(door.bottom_m + 2.0)
+    # no doorway without a crossing: the same camera with a path that stays in the room
+    assert view_bounds(layout, cam, path[:2]).openings == []
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])  # camera x = -world x, y = down, z = +world z
+    c2w[:3, 3] = cam
+    targets = np.array([[3.2, 1.0, 8.0], [1.0, 1.0, 8.0], [3.2, 2.5, 8.0]])  # doorway, beside it, above it
+    rays = ((targets - cam) @ c2w[:3, :3]).astype(np.float32)
+    rays /= rays[:, 2:3]
+    depth, _ = cast_layout(layout, view, rays, c2w)
+    assert depth[0] > 6.5, depth  # through the doorway: the room beyond (its far wall ~8 m further)
+    assert depth[1:] == pytest.approx([6.0, 6.0], abs=0.03)
+    K = Intrinsics.from_fov(90.0, 32, 20)
+    grid = pixel_rays(K).astype(np.float32)
+    depth, _ = cast_layout(layout, view, grid.reshape(-1, 3), c2w)
+    np.testing.assert_allclose(depth, _reference_cast(layout, view, grid.reshape(-1, 3), c2w), rtol=1e-4, atol=1e-5)
+    # a memory render of a closed back wall (z-depth 6 everywhere): its pixels in the doorway are flagged
+    wall_depth = np.full((K.height, K.width), 6.0, np.float32)
+    flagged = opening_pixels(layout, view, wall_depth, np.ones_like(wall_depth, bool), grid, c2w)
+    hit = cam + (grid * 6.0) @ c2w[:3, :3].T  # [H, W, 3] world points of the render
+    want = ((np.abs(hit @ layout.axes[3 - door.plane.axis] - door.centre_m) <= 0.5) &
+            (hit[..., 1] >= door.bottom_m) & (hit[..., 1] <= door.top_m))
+    assert 0 < want.sum() < want.size / 4
+    np.testing.assert_array_equal(flagged, want)
 
 
 def test_plane_texture_is_anchored_in_the_plane():
