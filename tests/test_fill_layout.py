@@ -271,3 +271,53 @@ def test_rays_through_a_doorway_reach_the_room_beyond(monkeypatch):
     unknown = float(np.mean([(d <= 0).mean() for d in depth]))
     # measured 0.043 (the door frame's outline, and near-pose pixels no view saw through); 0.148 without the rule
     assert unknown < 0.07, unknown
+
+
+def test_a_sparsely_seen_plane_keeps_its_own_colour():
+    """A facade seen only as a 0.6 m strip in columns 10 cm apart (far, at a grazing angle) has no exemplar
+    window at 1-8 cm texels; it keeps its own colour (coarse exemplar) instead of borrowing another wall's."""
+    from spatia.model.fill.appearance import AppearanceConfig, plane_texture
+
+    rng = np.random.default_rng(5)
+    pts = _box_room_points(rng, np.eye(3))
+    cols = np.full((len(pts), 3), 90, np.uint8)
+    strip = np.stack(np.meshgrid(np.arange(3.0, 3.6, 0.1), np.arange(0.0, 3.0, 0.01)), -1).reshape(-1, 2)
+    side = np.c_[np.full(len(strip), 6.0), strip[:, 1], strip[:, 0]]  # on the right wall x = 6, z in [3, 3.6)
+    layout = estimate_layout(pts, np.array([3.0, 1.6, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    right = min((p for p in layout.planes if p.kind == WALL and p.axis != 0), key=lambda p: abs(abs(p.offset_m) - 6.0))
+    assert abs(abs(right.offset_m) - 6.0) < 0.03
+    # only the strip lies on that wall (the room's own right-wall points are moved off it)
+    others = pts[np.abs(pts[:, 0] - 6.0) > 1e-9]
+    tex = plane_texture(layout, right, np.concatenate([others, side]),
+                        np.concatenate([np.full((len(others), 3), 90, np.uint8),
+                                        np.tile(np.array([[180, 60, 40]], np.uint8), (len(side), 1))]),
+                        AppearanceConfig())
+    assert tex is not None
+    got = tex.sample(np.array([[0.0, 0.0], [5.0, 1.0]]), np.array([0.01, 0.01]))
+    np.testing.assert_array_equal(got, [[180, 60, 40], [180, 60, 40]])
+
+
+def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
+    """Outdoors a side facade seen ahead (z 6-12 m) continues towards the camera (z = 1) to 2 m past it, not to
+    the horizon: a ray to it far behind the camera sees sky (depth 0), one beside the camera hits it."""
+    rng = np.random.default_rng(6)
+    n = 8000
+    ground = np.c_[rng.uniform(-4, 8, n), np.zeros(n), rng.uniform(0, 14, n)]
+    facade = np.c_[np.full(n, 6.0), rng.uniform(0, 8, n), rng.uniform(6, 12, n)]
+    cam = np.array([2.0, 1.6, 1.0])
+    layout = estimate_layout(np.concatenate([ground, facade]), cam, np.array([0.0, 1.0, 0.0]),
+                             np.array([0.0, 0.0, 1.0]))
+    assert not layout.indoor
+    view = view_bounds(layout, cam, cam[None])
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])
+    c2w[:3, 3] = cam
+    # rays from a camera turned round (looking -z) towards the facade at z = 0 (1 m behind) and z = -6
+    c2w_back = c2w.copy()
+    c2w_back[:3, :3] = np.diag([1.0, -1.0, -1.0])
+    targets = np.array([[6.0, 2.0, 0.0], [6.0, 2.0, -6.0]])
+    rays = ((targets - cam) @ c2w_back[:3, :3]).astype(np.float32)
+    rays /= rays[:, 2:3]
+    depth, _ = cast_layout(layout, view, rays, c2w_back)
+    assert depth[0] == pytest.approx(1.0, abs=0.05)  # z-depth of the facade 1 m behind the first camera
+    assert depth[1] == 0.0  # past its end: open sky, not a canyon wall to the horizon
