@@ -89,9 +89,10 @@ class GeometricConfig:
     # that view saw along the same ray lies in space it saw through, and is not invented there
     free_space_rel: float = 0.03
     # layout fill: the first frames after a world is opened (or its observed points change) show the legacy fill
-    # as a coarse, provisional fill while the layout state is fitted off the frame path (~2 s of CPU at 640x360);
-    # the engine replaces it in the memory once frames are final. 0: wait for the fit instead.
-    coarse_frames: int = 4
+    # as a coarse, provisional fill while the layout is fitted off the frame path (0.6-1.7 s of CPU at 640x360);
+    # the engine replaces it in the memory once frames are final. 0: wait for the fit instead. 8 (the issue's
+    # bound): at 4 the first final frame of a play session waited ~1 s for the fit (640x360, docs/BENCHMARKS.md).
+    coarse_frames: int = 8
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
@@ -174,9 +175,11 @@ WARM_PAUSE_S = 0.002  # between two tiles: the maintenance thread lets a frame i
 
 
 def _warm_layout_state(state: _LayoutState) -> None:
-    """Synthesise, on the maintenance thread, the texture tiles of the planes around the first camera, nearest
-    first: the walls, floor and ceiling a player turns to first (a frame then reads cached tiles instead of
-    synthesising ~10 ms of them)."""
+    """On the maintenance thread, after the state is handed over: fit every plane's texture model, nearest the
+    first camera first (a frame that needs one still being fitted waits for it; one that needs one not begun
+    fits it itself), then synthesise the texture tiles of the planes around the first camera, nearest first:
+    the walls, floor and ceiling a player turns to first (a frame then reads cached tiles instead of synthesising
+    ~10 ms of them)."""
     import time
 
     from spatia.model.fill.appearance import plane_basis
@@ -184,6 +187,8 @@ def _warm_layout_state(state: _LayoutState) -> None:
     from spatia.model.fill.texture import tiles_covering, warm_tiles
 
     layout, cam = state.layout, state.observer
+    for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
+        state.textures.for_plane(plane)
     view = view_bounds(layout, cam, cam[None])
     extent = {}  # axis -> (lo, hi) along it: the bounding planes, else WARM_RADIUS_M around the camera
     for k in range(3):
@@ -224,7 +229,7 @@ def _warm_layout_state(state: _LayoutState) -> None:
 
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
-    """The layout of the observed points, every plane's texture model and the sky (runs on the fill thread)."""
+    """The layout of the observed points and the sky (runs on the fill thread)."""
     from spatia.model.fill.appearance import PlaneTextures, sky_model
     from spatia.model.fill.layout import estimate_layout
 
@@ -237,9 +242,9 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
             # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
             # walls are not capped and unseen ones are closed as indoors
             layout.indoor = True
+    # each plane's texture model is fitted on first use or by the warm-up (``_warm_layout_state``), not here:
+    # the first final frame waits for the layout alone, and for the textures of the planes it shows
     textures = PlaneTextures(layout, inputs.points, inputs.colors)
-    for plane in layout.planes:  # fit every plane's texture here, not in the first frame that shows it
-        textures.for_plane(plane)
     log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
              sky=sky is not None)
     return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64))
