@@ -326,16 +326,17 @@ class GeometricGenerator:
         layout = state.layout
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         holes = ~valid
-        if not holes.any():
+        hole_idx = np.flatnonzero(holes)  # [M] flat pixel indices (integer gathers beat [H, W] boolean masks)
+        if not len(hole_idx):
             return filled, colored
         K = request.intrinsics
-        rays = _rays(K)[holes]  # [M, 3] camera frame
+        rays = _rays(K).reshape(-1, 3)[hole_idx]  # [M, 3] camera frame
         view = view_bounds(layout, c2w[:3, 3], reach)
         ld, li = cast_layout(layout, view, rays, c2w)
-        f = filled[holes]
+        f = filled.ravel()[hole_idx]
         # pinholes between rendered points (a far or oblique surface rendered sparse) keep the fill: they are
         # the surface around them, not a glimpse of the layout behind it
-        dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3)[holes]
+        dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3).ravel()[hole_idx]
         pinhole = (dist_px <= cfg.pinhole_px) & (f > 0)
         use = (ld > 0) & ~pinhole & ((f <= 0) | (f >= (1.0 - cfg.layout_front_rel) * ld))
         R = c2w[:3, :3]
@@ -347,8 +348,13 @@ class GeometricGenerator:
         for i, plane in enumerate(view.bounds):
             a = layout.axes[plane.axis]
             close = reach[np.abs(reach @ a - plane.offset_m) < radius]
+            if not len(close):
+                continue
             sel = np.flatnonzero(use & (li == i))
-            if len(close) and len(sel):
+            # only points inside the box around those poses can be near one: the tree is asked about those
+            lo, hi = close.min(0) - radius, close.max(0) + radius
+            sel = sel[np.all((pts[sel] >= lo) & (pts[sel] <= hi), axis=1)]
+            if len(sel):
                 from scipy.spatial import cKDTree
 
                 d, _ = cKDTree(close).query(pts[sel], distance_upper_bound=radius)
@@ -375,9 +381,12 @@ class GeometricGenerator:
         if not layout.indoor:
             new_depth = np.where(use & (ld > layout.config.max_ground_m), 0.0, new_depth)
         out_depth = filled.copy()
-        out_depth[holes] = new_depth
+        out_depth.ravel()[hole_idx] = new_depth
         # colour: each plane's texture where the layout wins; the sky where nothing is hit outdoors
-        cols = rgb[holes]
+        if not rgb.flags.c_contiguous:
+            raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")
+        rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
+        cols = rgb_flat[hole_idx]
         painted = np.zeros(len(rays), bool)
         footprint = ld / max(K.fx, K.fy)
         for i, plane in enumerate(bounds):
@@ -387,18 +396,17 @@ class GeometricGenerator:
             tex = state.textures.for_plane(plane)
             if tex is None:
                 continue
-            u_ax, v_ax = plane_basis(layout, plane)
-            uv = np.stack([pts[sel] @ u_ax, pts[sel] @ v_ax], axis=1)
+            uv = pts[sel] @ np.stack(plane_basis(layout, plane), axis=1)  # [K, 2] plane metres (u, v)
             cols[sel] = tex.sample(uv, footprint[sel])
             painted |= sel
         if state.sky is not None:
-            sky = (ld <= 0) & (f <= 0) & ~colored[holes]
+            sky = (ld <= 0) & (f <= 0) & ~colored.ravel()[hole_idx]
             if sky.any():
                 cols[sky] = state.sky.colour(rays[sky] @ R.T)
                 painted |= sky
-        rgb[holes] = cols
+        rgb_flat[hole_idx] = cols
         colored = colored.copy()
-        colored[holes] |= painted
+        colored.ravel()[hole_idx[painted]] = True
         return out_depth.astype(np.float32), colored
 
     def _beyond_openings(
