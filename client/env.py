@@ -237,6 +237,7 @@ class _LockstepBackend(_RemoteBackend):
         self._call = None
         self._responses = None
         self._prompt_sent: str | None = None  # the prompt the stream's clips use now
+        self.last_stats = None  # the latest step's ``SessionStats`` (the server's generate / update times)
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
         self._end_stream()
@@ -289,6 +290,7 @@ class _LockstepBackend(_RemoteBackend):
                                                 f" while waiting for {action.seq}")
                     frame = resp.frame
                 elif kind == "stats" and frame is not None:  # after the clip's memory update
+                    self.last_stats = resp.stats
                     return decode(frame).rgb, int(resp.stats.memory_points)
         except grpc.RpcError as exc:
             raise _translate(exc) from None

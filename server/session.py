@@ -410,6 +410,11 @@ class PlaySession:
         poses = np.stack([c for c, _ in chunk])
         t0 = time.perf_counter()
         times: list[float] = []  # perf_counter of each frame handed out
+        # Lock-step: the clip's frames go to the outbox with its stats, after the clip, not one by one from the
+        # worker: the client waits for the stats anyway, and each hand-off (``call_soon_threadsafe``) woke the event
+        # loop in the middle of the memory update, which then waited for the GIL behind the loop's gRPC write
+        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md).
+        held: list | None = [] if self.lockstep else None
 
         def sink(i: int, f) -> None:
             data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
@@ -428,15 +433,22 @@ class PlaySession:
             self.last_frame_index = f.frame_index
             self._sent_times.append(time.monotonic())
             times.append(time.perf_counter())
-            loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
+            if held is not None:
+                held.append(pb.PlayResponse(frame=frame))  # list.append: safe from the worker thread
+            else:
+                loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
 
         c = self.config
-        stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink,
-                                          autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty),
-                                          frame_format=(self.out_size, self.options.encoding,
-                                                        self.options.jpeg_quality))
+        try:
+            stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink,
+                                              autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty),
+                                              frame_format=(self.out_size, self.options.encoding,
+                                                            self.options.jpeg_quality))
+        finally:  # frames made before a failure still reach the client (lossless), then the error
+            for response in held or ():
+                self.outbox.put(response, True)
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
