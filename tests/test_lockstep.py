@@ -4,8 +4,10 @@ tests/test_env.py.
 - A lock-step clip's frames reach the session's outbox with its stats, after the clip (one hand-off to the event
   loop per step instead of one per frame plus one for the clip; the client waits for the stats anyway), while an
   interactive clip's frames go out one by one as they are generated. Both keep frame -> stats order.
+- With ``PlayStart.stats_in_frame`` the stats ride on the clip's frame: one message per step.
 - Actions sent ahead of their frames (an agent that pipelines) still get exactly one frame each, in seq order,
-  each clip's frame followed by its stats, with the memory counts of the in-process env.
+  each clip's frame followed by (or carrying) its stats, with the memory counts of the in-process env.
+- The metrics still see the clip times when the stats ride on frames.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ class _FakeHost:
         return stats
 
 
-def _session(lockstep: bool, config: ServerConfig) -> tuple[PlaySession, _FakeHost]:
-    start = pb.PlayStart(world_id="w-fake", lockstep=lockstep, encoding=pb.FRAME_ENCODING_RAW, no_recording=True,
+def _session(mode: str, config: ServerConfig) -> tuple[PlaySession, _FakeHost]:
+    start = pb.PlayStart(world_id="w-fake", lockstep=mode != "interactive", stats_in_frame=mode == "inline",
+                         encoding=pb.FRAME_ENCODING_RAW, no_recording=True,
                          clip=pb.ClipLengths(first_clip_frames=1, clip_frames=2, preceding_frames=1))
     host = _FakeHost()
     session = PlaySession("s-fake", host, PlayOptions.from_proto(start, config), None, config,
@@ -70,12 +73,12 @@ def _session(lockstep: bool, config: ServerConfig) -> tuple[PlaySession, _FakeHo
     return session, host
 
 
-@pytest.mark.parametrize("lockstep", [True, False])
-def test_lockstep_frames_go_out_with_the_clip_stats(lockstep, tmp_path):
+@pytest.mark.parametrize("mode", ["lockstep", "inline", "interactive"])
+def test_lockstep_frames_go_out_with_the_clip_stats(mode, tmp_path):
     config = ServerConfig(data_dir=tmp_path, limits=Limits())
 
     async def run():
-        session, host = _session(lockstep, config)
+        session, host = _session(mode, config)
         for seq in (1, 2, 3):
             await session.actions.put(action_from_proto(pb.Action(seq=seq, move_forward=1.0, dt_s=1 / 16)))
         await session.actions.put(_END)
@@ -88,16 +91,25 @@ def test_lockstep_frames_go_out_with_the_clip_stats(lockstep, tmp_path):
     host, out = asyncio.run(run())
     kinds = [r.WhichOneof("kind") for r in out]
     frames = [r.frame for r in out if r.HasField("frame")]
-    if lockstep:
+    if mode == "lockstep":
         # nothing in the outbox while the clip ran: its frame came with the stats; one frame per action
         assert host.queued_after_sink == [0, 0, 0]
         assert kinds == ["frame", "stats"] * 3
         assert [f.last_action_seq for f in frames] == [1, 2, 3]
         assert [r.stats.memory_points for r in out if r.HasField("stats")] == [101, 102, 103]
+        assert not any(f.HasField("stats") for f in frames)
+    elif mode == "inline":
+        # PlayStart.stats_in_frame: one message per step, the stats on the frame
+        assert host.queued_after_sink == [0, 0, 0]
+        assert kinds == ["frame"] * 3
+        assert [f.last_action_seq for f in frames] == [1, 2, 3]
+        assert [f.stats.memory_points for f in frames] == [101, 102, 103]
+        assert [f.stats.clip_id for f in frames] == [1, 2, 3]
     else:
         # interactive: each frame is handed to the event loop as it is generated (before the clip's end)
         assert host.queued_after_sink and all(q >= 1 for q in host.queued_after_sink)
         assert kinds[0] == "frame" and kinds[-1] == "stats"
+        assert not any(f.HasField("stats") for f in frames)
     assert all(f.width == W and f.height == H and len(f.data) == W * H * 3 for f in frames)
 
 
@@ -110,9 +122,11 @@ def server(tmp_path_factory):
         yield st
 
 
-def test_pipelined_actions_get_one_frame_each_in_order(server):
+@pytest.mark.parametrize("inline", [False, True])
+def test_pipelined_actions_get_one_frame_each_in_order(server, inline):
     """An agent may send several actions before reading: lock-step still answers each with exactly its frame
-    (seq by seq, none skipped), each followed by its clip's stats, and the memory grows exactly as in-process."""
+    (seq by seq, none skipped), each followed by (or, with ``stats_in_frame``, carrying) its clip's stats, and
+    the memory grows exactly as in-process."""
     from spatia.client.api import WorldClient, action_message, decode, play_start
     from spatia.client.env import SpatiaWorldEnv
 
@@ -126,6 +140,7 @@ def test_pipelined_actions_get_one_frame_each_in_order(server):
         info = c.create_scene("room", int(local._episode_seed), W, H, fov_deg=local.fov_deg)
         start = play_start(info.world_id, fps=local.control.fps, encoding=pb.FRAME_ENCODING_RAW, clip=(1, 2, 1),
                            record=False, seed=int(local._episode_seed), lockstep=True)
+        start.stats_in_frame = inline
         msgs = [pb.PlayRequest(start=start)]
         for k, a in enumerate(actions, start=1):
             act = local.to_action(a)
@@ -136,10 +151,29 @@ def test_pipelined_actions_get_one_frame_each_in_order(server):
         c.delete_world(info.world_id)
     local.close()
     kinds = [r.WhichOneof("kind") for r in responses]
-    assert kinds == ["started"] + ["frame", "stats"] * len(actions)
+    assert kinds == ["started"] + (["frame"] if inline else ["frame", "stats"]) * len(actions)
     frames = [r.frame for r in responses if r.HasField("frame")]
-    stats = [r.stats for r in responses if r.HasField("stats")]
+    stats = [f.stats for f in frames] if inline else [r.stats for r in responses if r.HasField("stats")]
     assert [f.last_action_seq for f in frames] == [1, 2, 3, 4, 5]
     for (obs, _, _, _, inf), f, s in zip(expected, frames, stats):
         np.testing.assert_array_equal(decode(f).rgb, obs)
         assert s.memory_points == inf["memory_points"]
+
+
+def test_metrics_count_clip_times_from_stats_on_frames():
+    """The Prometheus clip-time histograms see a lock-step clip whose stats ride on its frame."""
+    from prometheus_client import CollectorRegistry
+
+    from spatia.server.metrics import MetricsInterceptor, _Instruments, _StreamTally
+
+    registry = CollectorRegistry()
+    interceptor = MetricsInterceptor(_Instruments(registry))
+    tally = _StreamTally(labels=("spatia.v1.WorldService", "Play", "bidi_stream"))
+    frame = pb.PlayResponse(frame=pb.Frame(stats=pb.SessionStats(generate_ms=4.0, update_ms=2.0)))
+    interceptor._observe("Play", frame, tally)
+    interceptor._observe("Play", pb.PlayResponse(frame=pb.Frame()), tally)  # a frame without stats
+    interceptor._observe("Play", pb.PlayResponse(stats=pb.SessionStats(generate_ms=6.0, update_ms=1.0)), tally)
+    assert registry.get_sample_value("spatia_clip_generate_seconds_count") == 2
+    assert registry.get_sample_value("spatia_clip_generate_seconds_sum") == pytest.approx(0.010)
+    assert registry.get_sample_value("spatia_clip_update_seconds_sum") == pytest.approx(0.003)
+    assert registry.get_sample_value("spatia_frames_served_total", {"grpc_method": "Play"}) == 2
