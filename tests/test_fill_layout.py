@@ -122,7 +122,7 @@ def house_walk():
     scene = make_scene("house", 0)
     world = World.from_scene("house", 0, 128, 72)
     path = scene.demo_path(49)
-    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")),
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4)),
                     EngineConfig(clip=ClipConfig(first_clip_frames=17, clip_frames=21, preceding_frames=5)))
     frames = [f.rgb for f in engine.generate(path[1:], seed=0)]
     return scene, world, path, frames
@@ -198,7 +198,7 @@ def test_rays_through_a_doorway_reach_the_room_beyond(monkeypatch):
     at 320x180 before)."""
     world = World.from_scene("house", 0, 128, 72)
     path = make_scene("house", 0).demo_path(49)
-    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")),
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4)),
                     EngineConfig(clip=ClipConfig(first_clip_frames=17, clip_frames=21, preceding_frames=5)))
     # the first clip: frames 5-10 walk towards the doorway (frames 1-4 are the coarse fill)
     depth = [f.depth_m for f in engine.generate(path[1:18], seed=0)][4:10]

@@ -18,6 +18,7 @@ the nearest seen one). It is rendered behind everything and never becomes memory
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -191,12 +192,21 @@ class PlaneTextures:
         self.layout, self.config = layout, config
         self._points, self._colors = points, colors
         self._own: dict[int, PlaneTexture | None] = {}
+        # planes are fitted on first use by whichever thread asks first (a frame, or the fill's maintenance thread
+        # fitting them ahead, nearest first); one lock per plane, so the others wait instead of fitting it twice
+        self._locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def _get_own(self, plane_id: int) -> PlaneTexture | None:
-        if plane_id not in self._own:
-            self._own[plane_id] = plane_texture(self.layout, self.layout.planes[plane_id], self._points,
-                                                self._colors, self.config)
-        return self._own[plane_id]
+        if plane_id in self._own:
+            return self._own[plane_id]
+        with self._locks_guard:
+            lock = self._locks.setdefault(plane_id, threading.Lock())
+        with lock:
+            if plane_id not in self._own:
+                self._own[plane_id] = plane_texture(self.layout, self.layout.planes[plane_id], self._points,
+                                                    self._colors, self.config)
+            return self._own[plane_id]
 
     def for_plane(self, plane: Plane) -> PlaneTexture | None:
         """The plane's own exemplar, else the best-supported plane of the same kind with one (walls for a
