@@ -8,6 +8,7 @@ tests/test_env.py.
 - Actions sent ahead of their frames (an agent that pipelines) still get exactly one frame each, in seq order,
   each clip's frame followed by (or carrying) its stats, with the memory counts of the in-process env.
 - The metrics still see the clip times when the stats ride on frames.
+- The kernel warm-up of `spatia serve` reaches the memory re-sort and compaction kernels.
 """
 
 from __future__ import annotations
@@ -177,3 +178,17 @@ def test_metrics_count_clip_times_from_stats_on_frames():
     assert registry.get_sample_value("spatia_clip_generate_seconds_sum") == pytest.approx(0.010)
     assert registry.get_sample_value("spatia_clip_update_seconds_sum") == pytest.approx(0.003)
     assert registry.get_sample_value("spatia_frames_served_total", {"grpc_method": "Play"}) == 2
+
+
+def test_warm_kernels_runs_the_resort_and_compaction_paths():
+    """``spatia serve`` warms the kernels a session would otherwise compile mid-play (server.host.warm_kernels):
+    its throwaway world reaches the memory's re-sort and a compaction, not only the clip path."""
+    from spatia.model import make_generator
+    from spatia.server.host import warm_kernels
+    from spatia.world import _memory_kernels as K
+
+    report = warm_kernels(make_generator("geometric"), width=32, height=24, clips=3)
+    assert report["clips"] == 3 and report["points_resorted"] > 0 and report["points_removed"] > 0
+    for kernel in (K.sort_keys, K.merge_order, K.hash_remap, K.hash_drop_suffix, K.render_points):
+        assert kernel.signatures, kernel.py_func.__name__
+    assert len(K.permute_rows.signatures) >= 5  # the point arrays' five dtypes
