@@ -68,6 +68,7 @@ class PhotoLayoutConfig:
     min_segment_frac: float = 0.025  # segments shorter than this share of the image diagonal are dropped
     vp_inlier_deg: float = 1.5  # a segment supports a vanishing point when its angle to it is below this
     vp_hypotheses: int = 1500  # RANSAC pair samples per vanishing point
+    min_wall_height_m: float = 2.0  # a floor contact with sky less than this above it is no wall's foot
     min_confidence: float = 0.35  # below: fall back to the planar prior (logged)
     # Confidence factor when the photo came without intrinsics and its vanishing points do not give the focal
     # either (a level camera facing a wall). The layout's depths then scale with the assumed focal; on the
@@ -769,7 +770,20 @@ def estimate_layout(
             # both signs: a wall's offset along its normal is positive (it stands in front of the camera), so
             # the walls on the negative side of an axis (the left wall, when the axis points right) need -n
             axes_xz += [n / np.linalg.norm(n), -n / np.linalg.norm(n)]
-    walls = _fit_walls(foot, contact & (z_c < 0.5 * config.max_depth_m), axes_xz, min_run=max(4, Cd // 25))
+    # A contact with sky just above it is where the ground meets the horizon (the far end of a paved square
+    # seen past a building's corner), not the foot of a wall: what stands on it rises less than
+    # ``min_wall_height_m`` before the sky. Such contacts lined up into fronto-parallel "walls" 19 and 36 m away
+    # on courtyard@photo, which the fill then took as the square's far side (the farthest wall of a direction).
+    sky_d = cv2.resize(cv2.warpPerspective(sky.astype(np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST),
+                       (Wr // ds, Hr // ds), interpolation=cv2.INTER_NEAREST) > 0
+    rows_d = np.arange(Rd)[:, None]
+    sky_above = np.where(sky_d & (rows_d <= (r_h + b_rel)[None, :]), rows_d, -1).max(axis=0)  # [C] lowest sky row
+    rise_m = z_c * ((r_h + b_rel) - sky_above) * ds / f_r  # height of what stands on the contact, below the sky
+    horizon_contact = (sky_above >= 0) & (rise_m < config.min_wall_height_m)
+    if debug is not None:
+        debug.update(sky_rect=sky_d, rise_m=rise_m, horizon_contact=horizon_contact, foot=foot, contact=contact)
+    walls = _fit_walls(foot, contact & ~horizon_contact & (z_c < 0.5 * config.max_depth_m), axes_xz,
+                       min_run=max(4, Cd // 25))
     z_wall = z_c.copy()
     wall_of_col = np.full(Cd, -1)
     for i, (n, o, cols) in enumerate(walls):
