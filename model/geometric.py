@@ -320,18 +320,21 @@ class GeometricGenerator:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout."""
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, view_bounds
+        from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
 
         cfg = self.config
         layout = state.layout
+        K = request.intrinsics
+        view = view_bounds(layout, c2w[:3, 3], reach)
+        if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
+            valid = valid & ~opening_pixels(layout, view, depth, valid, _rays(K), c2w)
+            depth = np.where(valid, depth, 0.0).astype(np.float32)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         holes = ~valid
         hole_idx = np.flatnonzero(holes)  # [M] flat pixel indices (integer gathers beat [H, W] boolean masks)
         if not len(hole_idx):
             return filled, colored
-        K = request.intrinsics
         rays = _rays(K).reshape(-1, 3)[hole_idx]  # [M, 3] camera frame
-        view = view_bounds(layout, c2w[:3, 3], reach)
         ld, li = cast_layout(layout, view, rays, c2w)
         f = filled.ravel()[hole_idx]
         # pinholes between rendered points (a far or oblique surface rendered sparse) keep the fill: they are
