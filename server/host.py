@@ -161,9 +161,10 @@ def warm_kernels_in_another_process() -> "subprocess.Popen":
     """``warm_kernels`` in a child process at nice 10 (``spatia serve`` starts it once it serves): it compiles
     what numba's on-disk cache lacks and writes it there, and a session of this server then loads a kernel it
     first needs (the re-sort, ~100 steps in) from the cache in milliseconds instead of compiling it for seconds.
-    Not a thread of the server: numba compiles under one process-wide lock, and a warm-up thread compiling a cold
-    cache kept the first CreateWorld waiting for that lock past its deadline (measured: DEADLINE_EXCEEDED). With
-    a warm cache the child only loads (~3 s of CPU at low priority) and changes nothing here."""
+    Not a thread of the server: numba compiles under one process-wide lock, which a warm-up thread compiling a
+    cold cache (minutes at load ~10) would hold against the server's own first compiles (a cold CreateWorld
+    exceeded the client's 60 s deadline there, warm-up or not). With a warm cache the child only loads (~3 s of CPU
+    at low priority) and changes nothing here."""
     import subprocess
     import sys
 
