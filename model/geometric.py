@@ -89,9 +89,10 @@ class GeometricConfig:
     # that view saw along the same ray lies in space it saw through, and is not invented there
     free_space_rel: float = 0.03
     # layout fill: the first frames after a world is opened (or its observed points change) show the legacy fill
-    # as a coarse, provisional fill while the layout state is fitted off the frame path (~2 s of CPU at 640x360);
-    # the engine replaces it in the memory once frames are final. 0: wait for the fit instead.
-    coarse_frames: int = 4
+    # as a coarse, provisional fill while the layout is fitted off the frame path (0.6-1.7 s of CPU at 640x360);
+    # the engine replaces it in the memory once frames are final. 0: wait for the fit instead. 8 (the issue's
+    # bound): at 4 the first final frame of a play session waited ~1 s for the fit (640x360, docs/BENCHMARKS.md).
+    coarse_frames: int = 8
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
@@ -174,9 +175,11 @@ WARM_PAUSE_S = 0.002  # between two tiles: the maintenance thread lets a frame i
 
 
 def _warm_layout_state(state: _LayoutState) -> None:
-    """Synthesise, on the maintenance thread, the texture tiles of the planes around the first camera, nearest
-    first: the walls, floor and ceiling a player turns to first (a frame then reads cached tiles instead of
-    synthesising ~10 ms of them)."""
+    """On the maintenance thread, after the state is handed over: fit every plane's texture model, nearest the
+    first camera first (a frame that needs one still being fitted waits for it; one that needs one not begun
+    fits it itself), then synthesise the texture tiles of the planes around the first camera, nearest first:
+    the walls, floor and ceiling a player turns to first (a frame then reads cached tiles instead of synthesising
+    ~10 ms of them)."""
     import time
 
     from spatia.model.fill.appearance import plane_basis
@@ -184,6 +187,8 @@ def _warm_layout_state(state: _LayoutState) -> None:
     from spatia.model.fill.texture import tiles_covering, warm_tiles
 
     layout, cam = state.layout, state.observer
+    for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
+        state.textures.for_plane(plane)
     view = view_bounds(layout, cam, cam[None])
     extent = {}  # axis -> (lo, hi) along it: the bounding planes, else WARM_RADIUS_M around the camera
     for k in range(3):
@@ -224,7 +229,7 @@ def _warm_layout_state(state: _LayoutState) -> None:
 
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
-    """The layout of the observed points, every plane's texture model and the sky (runs on the fill thread)."""
+    """The layout of the observed points and the sky (runs on the fill thread)."""
     from spatia.model.fill.appearance import PlaneTextures, sky_model
     from spatia.model.fill.layout import estimate_layout
 
@@ -237,9 +242,9 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
             # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
             # walls are not capped and unseen ones are closed as indoors
             layout.indoor = True
+    # each plane's texture model is fitted on first use or by the warm-up (``_warm_layout_state``), not here:
+    # the first final frame waits for the layout alone, and for the textures of the planes it shows
     textures = PlaneTextures(layout, inputs.points, inputs.colors)
-    for plane in layout.planes:  # fit every plane's texture here, not in the first frame that shows it
-        textures.for_plane(plane)
     log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
              sky=sky is not None)
     return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64))
@@ -315,22 +320,26 @@ class GeometricGenerator:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout."""
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, view_bounds
+        from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
 
         cfg = self.config
         layout = state.layout
+        K = request.intrinsics
+        view = view_bounds(layout, c2w[:3, 3], reach)
+        if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
+            valid = valid & ~opening_pixels(layout, view, depth, valid, _rays(K), c2w)
+            depth = np.where(valid, depth, 0.0).astype(np.float32)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         holes = ~valid
-        if not holes.any():
+        hole_idx = np.flatnonzero(holes)  # [M] flat pixel indices (integer gathers beat [H, W] boolean masks)
+        if not len(hole_idx):
             return filled, colored
-        K = request.intrinsics
-        rays = _rays(K)[holes]  # [M, 3] camera frame
-        view = view_bounds(layout, c2w[:3, 3], reach)
+        rays = _rays(K).reshape(-1, 3)[hole_idx]  # [M, 3] camera frame
         ld, li = cast_layout(layout, view, rays, c2w)
-        f = filled[holes]
+        f = filled.ravel()[hole_idx]
         # pinholes between rendered points (a far or oblique surface rendered sparse) keep the fill: they are
         # the surface around them, not a glimpse of the layout behind it
-        dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3)[holes]
+        dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3).ravel()[hole_idx]
         pinhole = (dist_px <= cfg.pinhole_px) & (f > 0)
         use = (ld > 0) & ~pinhole & ((f <= 0) | (f >= (1.0 - cfg.layout_front_rel) * ld))
         R = c2w[:3, :3]
@@ -342,8 +351,13 @@ class GeometricGenerator:
         for i, plane in enumerate(view.bounds):
             a = layout.axes[plane.axis]
             close = reach[np.abs(reach @ a - plane.offset_m) < radius]
+            if not len(close):
+                continue
             sel = np.flatnonzero(use & (li == i))
-            if len(close) and len(sel):
+            # only points inside the box around those poses can be near one: the tree is asked about those
+            lo, hi = close.min(0) - radius, close.max(0) + radius
+            sel = sel[np.all((pts[sel] >= lo) & (pts[sel] <= hi), axis=1)]
+            if len(sel):
                 from scipy.spatial import cKDTree
 
                 d, _ = cKDTree(close).query(pts[sel], distance_upper_bound=radius)
@@ -370,9 +384,12 @@ class GeometricGenerator:
         if not layout.indoor:
             new_depth = np.where(use & (ld > layout.config.max_ground_m), 0.0, new_depth)
         out_depth = filled.copy()
-        out_depth[holes] = new_depth
+        out_depth.ravel()[hole_idx] = new_depth
         # colour: each plane's texture where the layout wins; the sky where nothing is hit outdoors
-        cols = rgb[holes]
+        if not rgb.flags.c_contiguous:
+            raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")
+        rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
+        cols = rgb_flat[hole_idx]
         painted = np.zeros(len(rays), bool)
         footprint = ld / max(K.fx, K.fy)
         for i, plane in enumerate(bounds):
@@ -382,18 +399,17 @@ class GeometricGenerator:
             tex = state.textures.for_plane(plane)
             if tex is None:
                 continue
-            u_ax, v_ax = plane_basis(layout, plane)
-            uv = np.stack([pts[sel] @ u_ax, pts[sel] @ v_ax], axis=1)
+            uv = pts[sel] @ np.stack(plane_basis(layout, plane), axis=1)  # [K, 2] plane metres (u, v)
             cols[sel] = tex.sample(uv, footprint[sel])
             painted |= sel
         if state.sky is not None:
-            sky = (ld <= 0) & (f <= 0) & ~colored[holes]
+            sky = (ld <= 0) & (f <= 0) & ~colored.ravel()[hole_idx]
             if sky.any():
                 cols[sky] = state.sky.colour(rays[sky] @ R.T)
                 painted |= sky
-        rgb[holes] = cols
+        rgb_flat[hole_idx] = cols
         colored = colored.copy()
-        colored[holes] |= painted
+        colored.ravel()[hole_idx[painted]] = True
         return out_depth.astype(np.float32), colored
 
     def _beyond_openings(

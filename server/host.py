@@ -108,6 +108,60 @@ def trim_heap_now_and_then() -> bool:
         _trim_lock.release()
 
 
+def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -> dict[str, int]:
+    """Compile (or load from numba's on-disk cache) the world core's kernels before a session needs them: a
+    throwaway scene world of ``width`` x ``height`` walks ``clips`` one-frame clips through ``generator`` (render,
+    retrieval, warps, the fill, the memory update, the history index), then its memory is re-sorted and its
+    invented points removed (a compaction). A played world's first re-sort comes ~100 lock-step steps into a
+    session at 128x96, and compiling its kernels there (sort_keys, merge_order, permute_rows for five dtypes,
+    hash_remap) stalled that step 19.8 s with a cold cache (after an edit of a kernel file, a fresh clone) and
+    ~75 ms with a warm one: the remote Gymnasium env's 300-step benchmark fell to 11-18 steps/s
+    (docs/BENCHMARKS.md, lock-step section). Returns what ran: clips, points re-sorted and points removed."""
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+
+    world = World.from_scene("room", 0, width, height)
+    try:
+        engine = Engine(world, generator, EngineConfig(clip=ClipConfig(1, 2, 1)))
+        walk = ActionIntegrator(world.origin_c2w, ControlConfig())
+        for k in range(clips):  # forward while turning: new ground for the fill every clip
+            walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.8, dt_s=1.0 / 16, seq=k + 1))
+            for _ in engine.generate_clip(walk.c2w[None], None, k):
+                pass
+        from spatia.world.memory import INVENTED_FINAL
+
+        memory = world.memory
+        points = int(memory.num_points)
+        memory.reindex()  # sort_keys, merge_order, permute_rows, hash_remap
+        # a few invented points 0.5 m ahead, then free space there: a compaction of a short suffix
+        # (hash_drop_suffix; a long one takes the same kernel's other branch)
+        ahead = walk.c2w[:3, 3] + 0.5 * walk.c2w[:3, 2]
+        rng = np.random.default_rng(0)
+        memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),
+                                frame_index=clips, provenance=INVENTED_FINAL)
+        removed = memory.remove_invented_near(ahead[None], radius_m=0.3)
+        return {"clips": clips, "points_resorted": points, "points_removed": int(removed)}
+    finally:
+        world.close()
+
+
+def warm_kernels_in_background(generator) -> threading.Thread:
+    """``warm_kernels`` on a daemon thread (``spatia serve`` starts it once it serves): a session that starts
+    meanwhile compiles what it needs itself, behind numba's compile lock, as it would have anyway."""
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            report = warm_kernels(generator)
+        except Exception as exc:  # noqa: BLE001 -- an optimisation: sessions compile what the warm-up missed
+            log.warning("kernel warm-up failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info("kernels warmed", seconds=round(time.perf_counter() - t0, 2), **report)
+
+    thread = threading.Thread(target=run, name="kernel-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 class DiskFullError(OSError):
     """A write failed because the data dir's file system is full (ENOSPC / EDQUOT); RESOURCE_EXHAUSTED."""
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
-from spatia.model.fill.layout import FLOOR, WALL, cast_layout, estimate_layout, view_bounds
+from spatia.model.fill.layout import (FLOOR, WALL, LayoutConfig, cast_layout, estimate_layout, opening_pixels,
+                                      view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -92,6 +93,71 @@ def test_cast_layout_matches_a_per_ray_reference():
         assert (index[m] >= 0) == math.isfinite(best)
 
 
+def _reference_cast(layout, view, rays: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Per-ray z-depth: the nearest positive hit over all bounds, skipping hits inside a doorway of their wall."""
+    out = np.zeros(len(rays))
+    for m in range(len(rays)):
+        d_world = c2w[:3, :3] @ rays[m].astype(np.float64)
+        best = math.inf
+        for p in view.bounds:
+            a = layout.axes[p.axis]
+            rate = float(d_world @ a)
+            if abs(rate) < 1e-12:
+                continue
+            t = (p.offset_m - float(c2w[:3, 3] @ a)) / rate
+            if t <= 0:
+                continue
+            hit = c2w[:3, 3] + t * d_world
+            if any(o.plane == p and abs(float(hit @ layout.axes[3 - p.axis]) - o.centre_m) <= o.half_width_m
+                   and o.bottom_m <= float(hit @ layout.axes[0]) <= o.top_m for o in view.openings):
+                continue
+            best = min(best, t)
+        out[m] = best if math.isfinite(best) else 0.0
+    return out
+
+
+def test_a_wall_the_path_goes_through_has_a_doorway_to_the_room_beyond():
+    """The camera's path (in time order) crosses the observed back wall at x = 3.2: that wall gets a door-sized
+    opening there (1 m wide, floor to 2 m), rays through it reach the room beyond (as deep as this one), rays
+    beside or above it still hit the wall, the ray cast matches a per-ray reference, and memory points of a wall
+    standing in the doorway are found (``opening_pixels``) so the frame does not show them."""
+    rng = np.random.default_rng(4)
+    pts = _box_room_points(rng, np.eye(3))  # back wall z = 8 seen, up = +y, floor y = 0
+    cam = np.array([3.0, 1.6, 2.0])
+    layout = estimate_layout(pts, cam, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(max_room_extent_m=20.0))
+    path = np.array([cam, [3.0, 1.6, 4.0], [3.2, 1.6, 7.0], [3.2, 1.6, 9.5]])
+    view = view_bounds(layout, cam, path)
+    assert len(view.openings) == 1
+    door = view.openings[0]
+    assert abs(abs(door.plane.offset_m) - 8.0) < 0.03 and door.plane.kind == WALL
+    assert abs(abs(door.centre_m) - 3.2) < 0.01 and door.half_width_m == pytest.approx(0.5)
+    assert abs(door.bottom_m) < 0.03 and door.top_m == pytest.approx(door.bottom_m + 2.0)
+    # no doorway without a crossing: the same camera with a path that stays in the room
+    assert view_bounds(layout, cam, path[:2]).openings == []
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])  # camera x = -world x, y = down, z = +world z
+    c2w[:3, 3] = cam
+    targets = np.array([[3.2, 1.0, 8.0], [1.0, 1.0, 8.0], [3.2, 2.5, 8.0]])  # doorway, beside it, above it
+    rays = ((targets - cam) @ c2w[:3, :3]).astype(np.float32)
+    rays /= rays[:, 2:3]
+    depth, _ = cast_layout(layout, view, rays, c2w)
+    assert depth[0] > 6.5, depth  # through the doorway: the room beyond (its far wall ~8 m further)
+    assert depth[1:] == pytest.approx([6.0, 6.0], abs=0.03)
+    K = Intrinsics.from_fov(90.0, 32, 20)
+    grid = pixel_rays(K).astype(np.float32)
+    depth, _ = cast_layout(layout, view, grid.reshape(-1, 3), c2w)
+    np.testing.assert_allclose(depth, _reference_cast(layout, view, grid.reshape(-1, 3), c2w), rtol=1e-4, atol=1e-5)
+    # a memory render of a closed back wall (z-depth 6 everywhere): its pixels in the doorway are flagged
+    wall_depth = np.full((K.height, K.width), 6.0, np.float32)
+    flagged = opening_pixels(layout, view, wall_depth, np.ones_like(wall_depth, bool), grid, c2w)
+    hit = cam + (grid * 6.0) @ c2w[:3, :3].T  # [H, W, 3] world points of the render
+    want = ((np.abs(hit @ layout.axes[3 - door.plane.axis] - door.centre_m) <= 0.5) &
+            (hit[..., 1] >= door.bottom_m) & (hit[..., 1] <= door.top_m))
+    assert 0 < want.sum() < want.size / 4
+    np.testing.assert_array_equal(flagged, want)
+
+
 def test_plane_texture_is_anchored_in_the_plane():
     rng = np.random.default_rng(2)
     pts = _box_room_points(rng, np.eye(3))
@@ -122,7 +188,7 @@ def house_walk():
     scene = make_scene("house", 0)
     world = World.from_scene("house", 0, 128, 72)
     path = scene.demo_path(49)
-    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")),
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4)),
                     EngineConfig(clip=ClipConfig(first_clip_frames=17, clip_frames=21, preceding_frames=5)))
     frames = [f.rgb for f in engine.generate(path[1:], seed=0)]
     return scene, world, path, frames
@@ -198,10 +264,60 @@ def test_rays_through_a_doorway_reach_the_room_beyond(monkeypatch):
     at 320x180 before)."""
     world = World.from_scene("house", 0, 128, 72)
     path = make_scene("house", 0).demo_path(49)
-    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")),
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4)),
                     EngineConfig(clip=ClipConfig(first_clip_frames=17, clip_frames=21, preceding_frames=5)))
     # the first clip: frames 5-10 walk towards the doorway (frames 1-4 are the coarse fill)
     depth = [f.depth_m for f in engine.generate(path[1:18], seed=0)][4:10]
     unknown = float(np.mean([(d <= 0).mean() for d in depth]))
     # measured 0.043 (the door frame's outline, and near-pose pixels no view saw through); 0.148 without the rule
     assert unknown < 0.07, unknown
+
+
+def test_a_sparsely_seen_plane_keeps_its_own_colour():
+    """A facade seen only as a 0.6 m strip in columns 10 cm apart (far, at a grazing angle) has no exemplar
+    window at 1-8 cm texels; it keeps its own colour (coarse exemplar) instead of borrowing another wall's."""
+    from spatia.model.fill.appearance import AppearanceConfig, plane_texture
+
+    rng = np.random.default_rng(5)
+    pts = _box_room_points(rng, np.eye(3))
+    cols = np.full((len(pts), 3), 90, np.uint8)
+    strip = np.stack(np.meshgrid(np.arange(3.0, 3.6, 0.1), np.arange(0.0, 3.0, 0.01)), -1).reshape(-1, 2)
+    side = np.c_[np.full(len(strip), 6.0), strip[:, 1], strip[:, 0]]  # on the right wall x = 6, z in [3, 3.6)
+    layout = estimate_layout(pts, np.array([3.0, 1.6, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    right = min((p for p in layout.planes if p.kind == WALL and p.axis != 0), key=lambda p: abs(abs(p.offset_m) - 6.0))
+    assert abs(abs(right.offset_m) - 6.0) < 0.03
+    # only the strip lies on that wall (the room's own right-wall points are moved off it)
+    others = pts[np.abs(pts[:, 0] - 6.0) > 1e-9]
+    tex = plane_texture(layout, right, np.concatenate([others, side]),
+                        np.concatenate([np.full((len(others), 3), 90, np.uint8),
+                                        np.tile(np.array([[180, 60, 40]], np.uint8), (len(side), 1))]),
+                        AppearanceConfig())
+    assert tex is not None
+    got = tex.sample(np.array([[0.0, 0.0], [5.0, 1.0]]), np.array([0.01, 0.01]))
+    np.testing.assert_array_equal(got, [[180, 60, 40], [180, 60, 40]])
+
+
+def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
+    """Outdoors a side facade seen ahead (z 6-12 m) continues towards the camera (z = 1) to 2 m past it, not to
+    the horizon: a ray to it far behind the camera sees sky (depth 0), one beside the camera hits it."""
+    rng = np.random.default_rng(6)
+    n = 8000
+    ground = np.c_[rng.uniform(-4, 8, n), np.zeros(n), rng.uniform(0, 14, n)]
+    facade = np.c_[np.full(n, 6.0), rng.uniform(0, 8, n), rng.uniform(6, 12, n)]
+    cam = np.array([2.0, 1.6, 1.0])
+    layout = estimate_layout(np.concatenate([ground, facade]), cam, np.array([0.0, 1.0, 0.0]),
+                             np.array([0.0, 0.0, 1.0]))
+    assert not layout.indoor
+    view = view_bounds(layout, cam, cam[None])
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])
+    c2w[:3, 3] = cam
+    # rays from a camera turned round (looking -z) towards the facade at z = 0 (1 m behind) and z = -6
+    c2w_back = c2w.copy()
+    c2w_back[:3, :3] = np.diag([1.0, -1.0, -1.0])
+    targets = np.array([[6.0, 2.0, 0.0], [6.0, 2.0, -6.0]])
+    rays = ((targets - cam) @ c2w_back[:3, :3]).astype(np.float32)
+    rays /= rays[:, 2:3]
+    depth, _ = cast_layout(layout, view, rays, c2w_back)
+    assert depth[0] == pytest.approx(1.0, abs=0.05)  # z-depth of the facade 1 m behind the first camera
+    assert depth[1] == 0.0  # past its end: open sky, not a canyon wall to the horizon

@@ -151,3 +151,43 @@ def test_warmed_tiles_are_the_tiles_a_frame_would_make():
     cached = len(warm._tiles)
     np.testing.assert_array_equal(sample_uv(warm, uv, footprint, 7), sample_uv(cold, uv, footprint, 7))
     assert len(warm._tiles) == cached  # the frame found every tile it read already made
+
+
+def test_plane_textures_are_fitted_once_whoever_asks_first(monkeypatch):
+    """The fit hands over the layout alone; the planes' texture models are fitted by whichever thread asks first
+    (the warm-up, nearest first, or a frame): every plane exactly once, the same models for all askers."""
+    import spatia.model.fill.appearance as appearance
+    from spatia.world.engine import observed_views, world_up
+
+    world, _ = _world("room")
+    gen = GeometricGenerator(GeometricConfig(fill="layout"))
+    inputs, _key = gen._fill_inputs(world.memory, observed_views(world), world_up(world), world.layout_prior)
+    state = geometric._fit_layout_state(inputs())
+    assert not state.textures._own  # no texture fitted before the state is handed over
+    fitted: list[int] = []
+    real = appearance.plane_texture
+
+    def counted(layout, plane, *args):
+        fitted.append(plane.plane_id)
+        return real(layout, plane, *args)
+
+    monkeypatch.setattr(appearance, "plane_texture", counted)
+    planes = list(state.layout.planes)
+    got: dict[int, list] = {}
+    start = threading.Barrier(3)
+
+    def ask(name, order):
+        start.wait()
+        got[name] = [state.textures.for_plane(p) for p in order]
+
+    threads = [threading.Thread(target=ask, args=(k, planes[::step])) for k, step in ((0, 1), (1, -1))]
+    for t in threads:
+        t.start()
+    start.wait()
+    geometric._warm_layout_state(state)  # the maintenance thread's work, on this thread
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(fitted) == sorted(set(fitted)) and fitted, fitted  # each plane at most once
+    assert set(fitted) >= {p.plane_id for p in planes if not p.derived and p.plane_id >= 0}
+    for a, b in zip(got[0], got[1][::-1]):
+        assert a is b

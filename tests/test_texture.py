@@ -205,20 +205,37 @@ def test_tiles_are_deterministic_order_independent_and_seamless(noise):
     np.testing.assert_array_equal(
         tx.texels_at(other, rows[::-1], cols[::-1], seed=11), mosaic[rows + 64, cols + 128][::-1]
     )
-    # plane metres with a pixel footprint: level 0 is the texel itself; a 4-texel footprint is the 4x4 box mean
+    # plane metres with a pixel footprint: level 0 is the texel itself; a 2-texel footprint is the 2x2 box mean
     uv = np.stack([(cols + 0.5) * 0.02, (rows + 0.5) * 0.02], 1)
     near = tx.sample_uv(model, uv, np.full(len(uv), 0.01), seed=11)
     np.testing.assert_array_equal(near, mosaic[rows + 64, cols + 128])
-    far = tx.sample_uv(model, uv, np.full(len(uv), 0.08), seed=11).astype(np.float64)
-    r4, c4 = (rows + 64) // 4 * 4, (cols + 128) // 4 * 4
-    box = np.stack([mosaic[r4 + a, c4 + b] for a in range(4) for b in range(4)]).astype(np.float64).mean(0)
-    assert np.abs(far - box).max() <= 1.0
+    assert tx.FAR_LEVEL > 1
+    coarse = tx.sample_uv(model, uv, np.full(len(uv), 0.04), seed=11).astype(np.float64)
+    r2, c2 = (rows + 64) // 2 * 2, (cols + 128) // 2 * 2
+    box = np.stack([mosaic[r2 + a, c2 + b] for a in range(2) for b in range(2)]).astype(np.float64).mean(0)
+    assert np.abs(coarse - box).max() <= 1.0
     # seams: the step across a tile border is no larger than between interior neighbours
     g = luma(mosaic)
     dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
     borders = [63, 127, 191]
     assert dx[:, borders].mean() <= 1.25 * np.delete(dx, borders, 1).mean()
     assert dy[borders, :].mean() <= 1.25 * np.delete(dy, borders, 0).mean()
+
+
+def test_far_field_reads_no_tiles_and_keeps_the_colours(noise):
+    """From FAR_LEVEL on, sample_uv reads the far-field texture: no tile is synthesised, its texels are a pure
+    function of (model, seed, position), and over a wide area they keep the near texture's colour statistics."""
+    big, rgb, valid, model = noise
+    fresh = TextureModel.fit(rgb, valid, texel_m=0.02)
+    rng = np.random.default_rng(8)
+    uv = rng.uniform(-40.0, 40.0, (4000, 2))  # metres: thousands of 64-texel tiles
+    footprint = np.full(len(uv), 0.02 * (1 << tx.FAR_LEVEL))
+    far = tx.sample_uv(fresh, uv, footprint, seed=3)
+    assert not fresh._tiles  # no tile synthesised for the far field
+    np.testing.assert_array_equal(far, tx.sample_uv(TextureModel.fit(rgb, valid, texel_m=0.02), uv, footprint, 3))
+    near = tx.sample_uv(fresh, uv[:300] * 0.05, np.full(300, 0.01), seed=3).astype(np.float64)
+    assert np.abs(far.astype(np.float64).mean(0) - near.mean(0)).max() < 8  # same colour, far and near
+    assert far.astype(np.float64).std(0).mean() > 0.2 * near.std(0).mean()  # not a flat fill either
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ the nearest seen one). It is rendered behind everything and never becomes memory
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -37,6 +38,14 @@ class AppearanceConfig:
     max_exemplar_texels: int = 256
     min_exemplar_texels: int = 24
     min_coverage: float = 0.85  # share of a window's texels that must be observed to serve as exemplar
+    # a plane seen too sparsely for that (a facade at a grazing angle, far away: its points lie in columns tens of
+    # cm apart) still keeps its own look, from a coarse exemplar (texel up to 32 x texel_m, half its texels
+    # observed, the rest inpainted), rather than borrowing another plane's: on the courtyard both side facades
+    # (brick, pastel plaster) had none and showed the back facade's grey concrete
+    coarse_scales: tuple[float, ...] = (12.0, 16.0, 24.0, 32.0)
+    coarse_min_coverage: float = 0.5
+    coarse_min_points: int = 64
+    coarse_min_texels: int = 8  # ... and a window as small as this (a 0.7 m wide strip of a facade, 5 m tall)
     max_grid_texels: int = 1200  # rasterised extent per axis around the samples' median (bounds memory and time)
     sky_min_depth_m: float = 80.0  # observed pixels this far away (or with no depth) are sky candidates
     sky_band_deg: float = 1.0
@@ -110,20 +119,34 @@ def plane_texture(
     observed point spacing on that plane (far surfaces are seen with fewer points than the voxel grid holds)."""
     a = layout.axes[plane.axis]
     on = np.abs(points @ a - plane.offset_m) <= config.plane_tol_m
-    if on.sum() < config.min_exemplar_texels**2:
+    if on.sum() < config.coarse_min_points:
         return None
     u_ax, v_ax = plane_basis(layout, plane)
     uv = np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1)
     col = colors[on].astype(np.float32)
     seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
-    for scale in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
-        tex = _exemplar(uv, col, config.texel_m * scale, config, seed)
-        if tex is not None:
+    if on.sum() >= config.min_exemplar_texels**2:
+        for scale in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
+            tex = _exemplar(uv, col, config.texel_m * scale, config, seed, config.min_coverage,
+                            config.min_exemplar_texels)
+            if tex is not None:
+                return tex
+    for scale in (8.0,) + tuple(config.coarse_scales):
+        texel_m = config.texel_m * scale
+        tex = _exemplar(uv, col, texel_m, config, seed, config.coarse_min_coverage, config.coarse_min_texels)
+        if tex is not None and tex.levels[0].shape[0] >= config.min_exemplar_texels:
             return tex
+        if tex is not None:
+            # a window smaller than min_exemplar_texels: its colour only (a texture continued from a window this
+            # small and coarse repeats its shading in bands a metre wide: seen on the courtyard's side facade)
+            flat = np.empty((config.coarse_min_texels, config.coarse_min_texels, 3), np.uint8)
+            flat[:] = np.clip(np.rint(np.median(col, axis=0)), 0, 255).astype(np.uint8)
+            return PlaneTexture([flat], texel_m, (0.0, 0.0))
     return None
 
 
-def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: AppearanceConfig, seed: int) -> PlaneTexture | None:
+def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: AppearanceConfig, seed: int,
+              min_coverage: float, min_texels: int, synthesis: bool = True) -> PlaneTexture | None:
     half = config.max_grid_texels * texel_m / 2
     centre = np.median(uv, axis=0)
     keep = np.all(np.abs(uv - centre) <= half, axis=1)
@@ -135,8 +158,9 @@ def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: Appearanc
     cnt = np.bincount(flat, minlength=H * W).reshape(H, W)
     acc = np.stack([np.bincount(flat, weights=col[:, c], minlength=H * W) for c in range(3)], axis=1).reshape(H, W, 3)
     covered = cnt > 0
-    sizes = [s for s in (256, 224, 192, 160, 128, 96, 80, 64, 48, 32, 24) if config.min_exemplar_texels <= s <= config.max_exemplar_texels]
-    win = _largest_window(covered, sizes, config.min_coverage)
+    sizes = [s for s in (256, 224, 192, 160, 128, 96, 80, 64, 48, 32, 24, 16, 12, 8)
+             if min_texels <= s <= config.max_exemplar_texels]
+    win = _largest_window(covered, sizes, min_coverage)
     if win is None:
         return None
     r, c, s = win
@@ -150,7 +174,7 @@ def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: Appearanc
         levels.append(cv2.pyrDown(levels[-1]))
     origin = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
     tex = PlaneTexture(levels, texel_m, origin)
-    if config.synthesis:
+    if config.synthesis and synthesis:
         _attach_synthesis(tex, acc, cnt, lo, texel_m, seed, config)
     return tex
 
@@ -191,12 +215,21 @@ class PlaneTextures:
         self.layout, self.config = layout, config
         self._points, self._colors = points, colors
         self._own: dict[int, PlaneTexture | None] = {}
+        # planes are fitted on first use by whichever thread asks first (a frame, or the fill's maintenance thread
+        # fitting them ahead, nearest first); one lock per plane, so the others wait instead of fitting it twice
+        self._locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def _get_own(self, plane_id: int) -> PlaneTexture | None:
-        if plane_id not in self._own:
-            self._own[plane_id] = plane_texture(self.layout, self.layout.planes[plane_id], self._points,
-                                                self._colors, self.config)
-        return self._own[plane_id]
+        if plane_id in self._own:
+            return self._own[plane_id]
+        with self._locks_guard:
+            lock = self._locks.setdefault(plane_id, threading.Lock())
+        with lock:
+            if plane_id not in self._own:
+                self._own[plane_id] = plane_texture(self.layout, self.layout.planes[plane_id], self._points,
+                                                    self._colors, self.config)
+            return self._own[plane_id]
 
     def for_plane(self, plane: Plane) -> PlaneTexture | None:
         """The plane's own exemplar, else the best-supported plane of the same kind with one (walls for a

@@ -15,9 +15,10 @@ time another world's clip ran). Here:
   change), counted in the entry, and from then on the fitted state, waiting for a fit still in flight. Counting
   frames (not "use whatever is ready") keeps frames a function of the world and the path alone: the same seed
   and path give byte-identical memory however fast the machine is.
-- after a fit, the same thread fits every plane's texture and synthesises the mip-0 tiles around the observed
-  points (tiles are pure functions of plane, tile and seed, so when they are made does not change them), so the
-  frame path mostly reads cached tiles.
+- the fit hands over the layout (and the sky) alone; then a maintenance thread fits the planes' texture models,
+  nearest first (a frame needing one waits for that plane only), and synthesises the mip-0 tiles around the
+  observed points (tiles are pure functions of plane, tile and seed, so when they are made does not change them),
+  so the frame path mostly reads cached tiles.
 """
 
 from __future__ import annotations

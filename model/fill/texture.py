@@ -78,6 +78,13 @@ SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (sm
 LATTICE_WINDOW_PX = 320  # periodicity is measured on at most this many texels a side
 _CACHE_LIMIT = 200_000
 TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
+# From this mip level on (a pixel covering 4 x 4 texels or more: beyond ~8 m at 640x360, 75 deg, 1 cm texels),
+# ``sample_uv`` reads the far-field texture instead of tiles: the exemplar's box with its holes continued, its detail
+# mirror-repeated, plus the shading continued there. Reading tiles there meant synthesising a whole 64 x 64 tile for
+# one or a few pixels: far ground outdoors crosses thousands of tiles (a courtyard frame spent ~170 ms on them).
+# At that distance a pixel averages 16+ texels, so quilted and mirror-repeated detail look alike (courtyard frames
+# compared side by side at levels 2, 3 and without: no visible difference; docs/BENCHMARKS.md has the cost).
+FAR_LEVEL = 2
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -763,6 +770,7 @@ class TextureModel:
         self._seams: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._tiles: dict[tuple[int, int, int], list[np.ndarray]] = {}
         self._pools: dict[tuple[int, int], np.ndarray] = {}  # congruent source windows per lattice coset
+        self._far: dict[int, list[np.ndarray]] = {}  # seed -> far-field detail pyramid (``_far_pyramid``)
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
         self._half, self._patch = half, patch
         log.debug(
@@ -779,13 +787,13 @@ class TextureModel:
     def __getstate__(self) -> dict:
         """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
         state = self.__dict__.copy()
-        for k in ("_cells", "_seams", "_tiles", "_pools", "_lock"):
+        for k in ("_cells", "_seams", "_tiles", "_pools", "_far", "_lock"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._cells, self._seams, self._tiles, self._pools = {}, {}, {}, {}
+        self._cells, self._seams, self._tiles, self._pools, self._far = {}, {}, {}, {}, {}
         self._lock = threading.RLock()
 
     # -- geometry of the exemplar ---------------------------------------------------------------------------
@@ -1027,6 +1035,44 @@ class TextureModel:
             out = self.shading_mean + (out - self.shading_mean) * keep
         return out
 
+    def _shading_points(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Shading [N, 3] at texture-space texels (rows ``ys`` [N], cols ``xs`` [N]): ``_shading_at`` per point."""
+        h, w = self.valid.shape
+        py, px = ys - self.origin_px[0], xs - self.origin_px[1]
+        cy, cx = np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)
+        keep = np.exp(-np.hypot(py - cy, px - cx).astype(np.float32) / self.shading_decay_px)[:, None]
+        return self.shading_mean + (self.shading[cy, cx] - self.shading_mean) * keep
+
+    def _far_pyramid(self, seed: int) -> list[np.ndarray]:
+        """Per mip level, the shading-free detail of the exemplar's box with its holes continued (the synthesised
+        texels there), box-filtered: [h >> level, w >> level, 3] float32 (at least 1 x 1). Made once per seed."""
+        with self._lock:
+            got = self._far.get(seed)
+            if got is None:
+                box = self._region_locked(self.origin_px, self.shape_px, seed).astype(np.float32) - self.shading
+                h, w = self.shape_px
+                got = [box]
+                for level in range(1, int(math.log2(self.tile_px & -self.tile_px)) + 1):
+                    size = (max(1, w >> level), max(1, h >> level))
+                    got.append(cv2.resize(box, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], 3))
+                self._far[seed] = got
+            return got
+
+    def _far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
+        """Colours [N, 3] uint8 of the far-field texture (``FAR_LEVEL``) at mip ``level`` for the level-0 texels
+        (rows [N], cols [N]): the box's detail mirror-repeated from the box, plus the shading continued there."""
+        detail = self._far_pyramid(seed)[level]
+        out = np.empty((len(rows), 3), np.float32)
+        idx = []
+        for coord, origin, size in ((rows, self.origin_px[0], detail.shape[0]), (cols, self.origin_px[1],
+                                                                                  detail.shape[1])):
+            i = np.mod((coord - origin) >> level, 2 * size)
+            idx.append(np.where(i >= size, 2 * size - 1 - i, i))  # mirror repeat: no seams
+        out[:] = detail[idx[0], idx[1]]
+        half = (1 << level) // 2  # the level's texel centre, in level-0 texels
+        out += self._shading_points((rows >> level << level) + half, (cols >> level << level) + half)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
     def _tile(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
         """Tile (i, j) at mip ``level``, from a small LRU cache (dict order is insertion order: re-insert on use)."""
         with self._lock:
@@ -1197,7 +1243,8 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
     at the corner of exemplar texel [0, 0]) seen with a pixel footprint of ``footprint_m`` [M] metres.
 
     The mip level is ``floor(log2(footprint / texel))`` (box-filtered tiles, up to one texel per tile), so a
-    far-away invented wall does not alias; level 0 gives exactly ``texels_at``'s texels."""
+    far-away invented wall does not alias; level 0 gives exactly ``texels_at``'s texels. From ``FAR_LEVEL`` on, the
+    far-field texture (no tiles synthesised)."""
     model = _check_model(model)
     seed = _check_int("seed", seed)
     uv = np.asarray(uv_m, np.float64)
@@ -1215,9 +1262,17 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
     out = np.empty((len(uv), 3), np.uint8)
     if len(uv) == 0:
         return out
-    for (i, j, lv), sel in _groups(ti, tj, level):
+    far = level >= FAR_LEVEL
+    for lv in np.unique(level[far]):
+        sel = np.flatnonzero(level == lv)
+        out[sel] = model._far_texels(rows[sel], cols[sel], int(lv), seed)
+    near = np.flatnonzero(~far)  # [K] indices into uv of the texels read through tiles
+    if len(near) == 0:
+        return out
+    r, c, lvl = rows[near], cols[near], level[near]
+    for (i, j, lv), sel in _groups(ti[near], tj[near], lvl):
         tile = model._tile(i, j, seed, lv)
-        out[sel] = tile[(rows[sel] - i * t) >> lv, (cols[sel] - j * t) >> lv]
+        out[near[sel]] = tile[(r[sel] - i * t) >> lv, (c[sel] - j * t) >> lv]
     return out
 
 
