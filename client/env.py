@@ -226,8 +226,10 @@ _CLOSE = object()
 
 class _LockstepBackend(_RemoteBackend):
     """A server through one lock-step Play stream per episode: a step is one Action message up and, down, exactly
-    its frame (``last_action_seq`` = the step's seq) followed by the clip's ``SessionStats``. The response stream
-    is read on the caller's thread (no reader thread, no queue hop); gRPC's request thread takes the actions."""
+    its frame (``last_action_seq`` = the step's seq) carrying the clip's ``SessionStats`` (``Frame.stats``, asked
+    for with ``PlayStart.stats_in_frame``; from a server without it, the stats message after the frame). The
+    response stream is read on the caller's thread (no reader thread, no queue hop); gRPC's request thread takes
+    the actions."""
 
     def __init__(self, server: str | None, client, token: str | None, fps: float, record: bool) -> None:
         super().__init__(server, client, token)
@@ -237,6 +239,7 @@ class _LockstepBackend(_RemoteBackend):
         self._call = None
         self._responses = None
         self._prompt_sent: str | None = None  # the prompt the stream's clips use now
+        self.last_stats = None  # the latest step's ``SessionStats`` (the server's generate / update times)
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
         self._end_stream()
@@ -252,6 +255,8 @@ class _LockstepBackend(_RemoteBackend):
 
         start = play_start(self.world_id, fps=self.fps, prompt=prompt, encoding=pb.FRAME_ENCODING_RAW,
                            clip=(1, 2, 1), record=self.record, seed=seed, lockstep=True)
+        start.stats_in_frame = True  # one message per step: the clip's stats on its frame (a server without it
+        # sends them as their own message next, which step() reads as well)
         self._requests = queue.SimpleQueue()
         self._requests.put(pb.PlayRequest(start=start))
         self._call = self.client.stub.Play(iter(self._requests.get, _CLOSE), metadata=self.client.metadata)
@@ -287,8 +292,12 @@ class _LockstepBackend(_RemoteBackend):
                     if resp.frame.last_action_seq != action.seq:
                         raise InvalidInputError(f"lock-step broke: frame for action {resp.frame.last_action_seq}"
                                                 f" while waiting for {action.seq}")
+                    if resp.frame.HasField("stats"):  # PlayStart.stats_in_frame: after the memory update
+                        self.last_stats = resp.frame.stats
+                        return decode(resp.frame).rgb, int(resp.frame.stats.memory_points)
                     frame = resp.frame
                 elif kind == "stats" and frame is not None:  # after the clip's memory update
+                    self.last_stats = resp.stats
                     return decode(frame).rgb, int(resp.stats.memory_points)
         except grpc.RpcError as exc:
             raise _translate(exc) from None

@@ -108,6 +108,71 @@ def trim_heap_now_and_then() -> bool:
         _trim_lock.release()
 
 
+def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -> dict[str, int]:
+    """Compile (or load from numba's on-disk cache) the world core's kernels before a session needs them: a
+    throwaway scene world of ``width`` x ``height`` walks ``clips`` one-frame clips through ``generator`` (render,
+    retrieval, warps, the fill, the memory update, the history index), then its memory is re-sorted and its
+    invented points removed (a compaction). A played world's first re-sort comes ~100 lock-step steps into a
+    session at 128x96, and compiling its kernels there (sort_keys, merge_order, permute_rows for five dtypes,
+    hash_remap) stalled that step 19.8 s with a cold cache (after an edit of a kernel file, a fresh clone) and
+    ~75 ms with a warm one: the remote Gymnasium env's 300-step benchmark fell to 11-18 steps/s
+    (docs/BENCHMARKS.md, lock-step section). Returns what ran: clips, points re-sorted and points removed."""
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+
+    world = World.from_scene("room", 0, width, height)
+    try:
+        engine = Engine(world, generator, EngineConfig(clip=ClipConfig(1, 2, 1)))
+        walk = ActionIntegrator(world.origin_c2w, ControlConfig())
+        for k in range(clips):  # forward while turning: new ground for the fill every clip
+            walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.8, dt_s=1.0 / 16, seq=k + 1))
+            for _ in engine.generate_clip(walk.c2w[None], None, k):
+                pass
+        from spatia.world.memory import INVENTED_FINAL
+
+        memory = world.memory
+        points = int(memory.num_points)
+        memory.reindex()  # sort_keys, merge_order, permute_rows, hash_remap
+        # a few invented points 0.5 m ahead, then free space there: a compaction of a short suffix
+        # (hash_drop_suffix; a long one takes the same kernel's other branch)
+        ahead = walk.c2w[:3, 3] + 0.5 * walk.c2w[:3, 2]
+        rng = np.random.default_rng(0)
+        memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),
+                                frame_index=clips, provenance=INVENTED_FINAL)
+        removed = memory.remove_invented_near(ahead[None], radius_m=0.3)
+        return {"clips": clips, "points_resorted": points, "points_removed": int(removed)}
+    finally:
+        world.close()
+
+
+def _warm_main() -> None:
+    """Entry of the warm-up process (``warm_kernels_in_another_process``)."""
+    from spatia.model import make_generator
+
+    try:
+        os.nice(10)  # below the server's sessions (set here: preexec_fn is unsafe in a threaded parent)
+    except (AttributeError, OSError):
+        pass
+    t0 = time.perf_counter()
+    report = warm_kernels(make_generator("geometric"))
+    log.info("kernels warmed", seconds=round(time.perf_counter() - t0, 2), **report)
+
+
+def warm_kernels_in_another_process() -> "subprocess.Popen":
+    """``warm_kernels`` in a child process at nice 10 (``spatia serve`` starts it once it serves): it compiles
+    what numba's on-disk cache lacks and writes it there, and a session of this server then loads a kernel it
+    first needs (the re-sort, ~100 steps in) from the cache in milliseconds instead of compiling it for seconds.
+    Not a thread of the server: numba compiles under one process-wide lock, which a warm-up thread compiling a
+    cold cache (minutes at load ~10) would hold against the server's own first compiles (a cold CreateWorld
+    exceeded the client's 60 s deadline there, warm-up or not). With a warm cache the child only loads (~3 s of CPU
+    at low priority) and changes nothing here."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", "from spatia.server.host import _warm_main; _warm_main()"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class DiskFullError(OSError):
     """A write failed because the data dir's file system is full (ENOSPC / EDQUOT); RESOURCE_EXHAUSTED."""
 

@@ -167,8 +167,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             kind = response.WhichOneof("kind")
             if kind == "frame":
                 m.frames_served.labels(method).inc()
-            elif kind == "stats":
-                s = response.stats
+            if kind == "stats" or (kind == "frame" and response.frame.HasField("stats")):  # lock-step: on the frame
+                s = response.stats if kind == "stats" else response.frame.stats
                 m.clip_generate.observe(s.generate_ms / 1e3)
                 m.clip_update.observe(s.update_ms / 1e3)
                 # SessionStats carry per-session totals: count what is new since the previous stats message

@@ -29,7 +29,7 @@ from spatia.server.config import ServerConfig
 from spatia.server.errors import (
     OutOfRangeError, UnavailableError, check_id, invalid, limit_exceeded, streaming, unary,
 )
-from spatia.server.host import HostView, WorldHost, bound_heap
+from spatia.server.host import HostView, WorldHost, bound_heap, warm_kernels_in_another_process
 from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import RecordingCloser, recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession, check_image_options, clip_from_proto
@@ -627,6 +627,7 @@ class WorldServer:
         self.servicer: WorldServicer | None = None
         errors.set_data_dir(config.data_dir)
         self.metrics = ServerMetrics(self)  # read at scrape time; served on config.metrics_port
+        self._warm = None  # the kernel warm-up process (config.warm_kernels), while it runs
 
     def stats(self) -> dict:
         """Counters for metrics, read at scrape time (cheap, no worker round trip): live sessions, frames served /
@@ -688,6 +689,8 @@ class WorldServer:
             self.metrics.serve_http(c.host, c.metrics_port)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if c.warm_kernels and generator is not None:  # with --ray the actors run the kernels
+            self._warm = warm_kernels_in_another_process()
         log.info("serving", address=f"{c.host}:{self.port}", tls=c.tls_cert is not None, auth=c.token is not None,
                  generator=c.generator, worlds=len(self.store.entries()), data_dir=str(c.data_dir))
         return self.port
@@ -712,6 +715,9 @@ class WorldServer:
         await asyncio.to_thread(self.store.close)
         self._server = None
         self.metrics.close()
+        if self._warm is not None and self._warm.poll() is None:  # a warm-up still compiling: not needed now
+            self._warm.terminate()
+            await asyncio.to_thread(self._warm.wait)
         log.info("stopped", worlds_saved=saved)
 
     async def wait(self) -> None:

@@ -20,10 +20,13 @@ Two modes:
 - lock-step (``PlayStart.lockstep``, agents): every action gets exactly one frame, at the integrator's pose after
   it; nothing is skipped or dropped: the driver takes no more actions while a clip's worth of poses waits, and
   no clip starts while the outbox is full (a slow reader slows generation; HTTP/2 flow control slows the sender).
+  A clip's frames reach the outbox together with its stats, after the memory update (the client waits for the
+  stats anyway); with ``PlayStart.stats_in_frame`` the stats ride on the clip's last frame (one message a step).
 
 Idle actions (no movement, no look) add no poses in interactive mode: with no movement the server generates
 nothing and sends a ``Heartbeat`` every ``heartbeat_interval_s``. Clips are short (default 4 / 6 / 2 frames);
-frames go out as the generator yields them, before the clip's memory update runs (``Engine.generate_clip``).
+interactive frames go out as the generator yields them, before the clip's memory update runs
+(``Engine.generate_clip``).
 
 Session code knows a world only through its host's methods (server/host.py), never its implementation.
 """
@@ -97,6 +100,7 @@ class PlayOptions:
     heartbeat_interval_s: float
     max_pending_frames: int  # 0 = one clip's worth
     lockstep: bool = False
+    stats_in_frame: bool = False  # lock-step only: a clip's stats on its last frame (Frame.stats), no own message
 
     @classmethod
     def from_proto(cls, start: pb.PlayStart, config: ServerConfig) -> "PlayOptions":
@@ -118,7 +122,7 @@ class PlayOptions:
                           f"PlayStart.heartbeat_interval_s must be in [0.01, 3600], got {hb}")
         return cls(start.world_id, width, height, fps, start.prompt or None, start.encoding or pb.FRAME_ENCODING_JPEG,
                    quality, clip, not start.no_recording, int(start.seed), hb, int(start.max_pending_frames),
-                   bool(start.lockstep))
+                   bool(start.lockstep), bool(start.lockstep and start.stats_in_frame))
 
 
 class Outbox:
@@ -365,14 +369,21 @@ class PlaySession:
                     chunk, skipped = select_poses(pending, n, self.overhead_s, self.frame_s,
                                                   1.0 / self.options.fps)
                     self.poses_dropped += skipped
-                stats = await self._run_clip(chunk)
+                stats, held = await self._run_clip(chunk)
                 last_out = time.monotonic()
-                self.outbox.put(pb.PlayResponse(stats=pb.SessionStats(
+                message = pb.SessionStats(
                     clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
                     memory_points=stats.memory_points, pending_frames=len(pending),
-                    queue_depth=self.outbox.frames_queued, frames_dropped=self.outbox.dropped,
+                    queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
                     poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
-                )))
+                )
+                inline = bool(held) and self.options.stats_in_frame
+                if inline:
+                    held[-1].frame.stats.CopyFrom(message)
+                for response in held:  # lock-step: the clip's frames, then (or with) its stats
+                    self.outbox.put(response, True)
+                if not inline:
+                    self.outbox.put(pb.PlayResponse(stats=message))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -403,13 +414,19 @@ class PlaySession:
 
     async def _run_clip(self, chunk):
         """One clip on the world's host: each frame resized, encoded and recorded on the worker thread as it is
-        generated, handed to the outbox, then the memory update and the host's autosave policy."""
+        generated, handed to the outbox (interactive) or held for the caller (lock-step), then the memory update
+        and the host's autosave policy. Returns (the engine's ``ClipStats``, the held frame responses)."""
         import cv2
 
         loop = asyncio.get_running_loop()
         poses = np.stack([c for c, _ in chunk])
         t0 = time.perf_counter()
         times: list[float] = []  # perf_counter of each frame handed out
+        # Lock-step: the clip's frames go to the outbox with its stats, after the clip, not one by one from the
+        # worker: the client waits for the stats anyway, and each hand-off (``call_soon_threadsafe``) woke the event
+        # loop in the middle of the memory update, which then waited for the GIL behind the loop's gRPC write
+        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md).
+        held: list | None = [] if self.lockstep else None
 
         def sink(i: int, f) -> None:
             data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
@@ -428,19 +445,27 @@ class PlaySession:
             self.last_frame_index = f.frame_index
             self._sent_times.append(time.monotonic())
             times.append(time.perf_counter())
-            loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
+            if held is not None:
+                held.append(pb.PlayResponse(frame=frame))  # list.append: safe from the worker thread
+            else:
+                loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
 
         c = self.config
-        stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink,
-                                          autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty),
-                                          frame_format=(self.out_size, self.options.encoding,
-                                                        self.options.jpeg_quality))
+        try:
+            stats = await self.host.play_clip(self.engine, poses, self.prompt, self.options.seed, sink,
+                                              autosave=(c.save_every_clips, c.save_interval_s, c.save_max_duty),
+                                              frame_format=(self.out_size, self.options.encoding,
+                                                            self.options.jpeg_quality))
+        except BaseException:  # frames made before a failure still reach the client (lossless), then the error
+            for response in held or ():
+                self.outbox.put(response, True)
+            raise
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
-        return stats
+        return stats, held or []
 
     def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
         """Update the per-frame and per-clip time estimates (EMAs) from one clip's wall time and frame times."""

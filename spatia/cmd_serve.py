@@ -268,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=s["data_dir"], host=s["host"], port=s["port"], generator=s["generator"], generator_kwargs=kwargs,
         token=s["token"], tls_cert=s["tls_cert"], tls_key=s["tls_key"], save_every_clips=s["save_every_clips"],
         save_interval_s=s["save_interval_s"], save_max_duty=s["save_max_duty"], metrics_port=s["metrics_port"],
+        warm_kernels=True,
         limits=Limits(max_worlds=s["max_worlds"], max_sessions=s["max_sessions"],
                       max_image_pixels=s["max_image_pixels"], max_trajectory_frames=s["max_trajectory_frames"],
                       max_message_bytes=s["max_message_mb"] * 1024 * 1024),

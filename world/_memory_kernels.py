@@ -136,6 +136,22 @@ def hash_drop_suffix(table, keys, keep, first, n):
     for j in range(first, n):
         if not keep[j]:
             _delete_slot(table, keys, _slot_of(table, keys, keys[j]))
+    if 8 * (n - first) > table.shape[0]:
+        # a long suffix: one sequential pass over the table renumbers its entries (what is left from ``first``
+        # on is exactly the kept points) instead of a random probe per point; same table slot for slot. 89 k
+        # points, 130 k slots, 60 dropped: 1.87 -> 0.49 ms (44 k suffix), 2.75 -> 0.51 ms (85 k); below ~1/8 of
+        # the table the probes are cheaper (a lock-step step drops a few invented points most steps)
+        new_index = np.empty(n - first, np.int32)
+        p = first
+        for j in range(first, n):
+            new_index[j - first] = p
+            if keep[j]:
+                p += 1
+        for s in range(table.shape[0]):
+            t = table[s]
+            if t >= first:
+                table[s] = new_index[t - first]
+        return
     slots = np.empty(n - first, np.int64)
     new_index = np.empty(n - first, np.int64)
     m = 0

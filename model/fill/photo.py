@@ -68,6 +68,7 @@ class PhotoLayoutConfig:
     min_segment_frac: float = 0.025  # segments shorter than this share of the image diagonal are dropped
     vp_inlier_deg: float = 1.5  # a segment supports a vanishing point when its angle to it is below this
     vp_hypotheses: int = 1500  # RANSAC pair samples per vanishing point
+    min_wall_height_m: float = 2.0  # a floor contact with sky less than this above it is no wall's foot
     min_confidence: float = 0.35  # below: fall back to the planar prior (logged)
     # Confidence factor when the photo came without intrinsics and its vanishing points do not give the focal
     # either (a level camera facing a wall). The layout's depths then scale with the assumed focal; on the
@@ -113,6 +114,8 @@ class LayoutPlane:
     normal_cam: np.ndarray  # [3] unit, camera frame; points away from the camera (offset_m > 0)
     offset_m: float  # distance from the camera centre to the plane, metres
     pixels: int  # how many pixels of the photo it explains
+    # walls: no sky above most of its columns, so it rises out of the photo (its height is unknown)
+    open_top: bool = False
 
 
 @dataclass(frozen=True)
@@ -541,6 +544,9 @@ def _vertical_spans(vert_segs: np.ndarray, Hom: np.ndarray, Wr: int, Hr: int) ->
     return span
 
 
+TANGENT_COLS = 3  # _fit_walls: half-window (analysis columns) of a footprint's local tangent
+
+
 def _fit_walls(
     foot_xz: np.ndarray,  # [C, 2] level-frame floor contact (x, z) per column, metres
     valid: np.ndarray,  # [C] bool columns with a measured contact
@@ -551,23 +557,37 @@ def _fit_walls(
 
     Greedy: for each axis, the offset ``n . x`` shared by the most still-unexplained columns (tolerance 4% of the
     distance + 5 cm) wins; its contiguous runs of at least ``min_run`` columns become one wall. Up to 6 walls.
+
+    A column supports a wall only where the footprint runs along it: its local tangent (over +-``TANGENT_COLS``
+    columns) lies within 45 degrees of the wall's direction. Without this, a side wall seen at the photo's edge
+    (its contacts recede quickly in depth over a few columns) was cut into slices of fronto-parallel "walls" at
+    every depth its contacts cross within the tolerance, and the side wall itself was never fitted (house@photo:
+    walls at 2.81 and 3.18 m ahead instead of the side walls 2.4 m left and right).
     """
     free = valid.copy()
     walls = []
     dist = np.linalg.norm(foot_xz, axis=1)
     tol = 0.04 * dist + 0.05
+    C = len(foot_xz)
+    idx = np.arange(C)
+    lo, hi = np.clip(idx - TANGENT_COLS, 0, C - 1), np.clip(idx + TANGENT_COLS, 0, C - 1)
+    tangent = foot_xz[hi] - foot_xz[lo]  # [C, 2]
+    t_len = np.linalg.norm(tangent, axis=1)
     for _ in range(6):
         best = None
         for n in axes_xz:
             off = foot_xz @ n
-            cand = np.flatnonzero(free & (off > 0.2))
+            # along the wall: the tangent's component along the normal is at most cos(45 deg) of its length
+            # (a footprint that does not move, |t| ~ 0, says nothing and is kept)
+            along = (np.abs(tangent @ n) <= math.cos(math.radians(45.0)) * t_len) | (t_len < 1e-3)
+            cand = np.flatnonzero(free & along & (off > 0.2))
             if len(cand) < min_run:
                 continue
             # count support of each candidate offset (vectorised over candidates)
             sup = (np.abs(off[cand][:, None] - off[None, cand]) < tol[None, cand]).sum(axis=1)
             i = int(np.argmax(sup))
             o = float(np.median(off[cand][np.abs(off[cand] - off[cand][i]) < tol[cand]]))
-            inl = free & (np.abs(off - o) < tol)
+            inl = free & along & (np.abs(off - o) < tol)
             runs = _runs(inl, min_run)
             if runs.sum() >= min_run and (best is None or runs.sum() > best[2].sum()):
                 best = (n, o, runs)
@@ -749,8 +769,23 @@ def estimate_layout(
         a = R @ frame[:, k]
         n = np.array([a[0], a[2]])
         if np.linalg.norm(n) > 1e-6:
-            axes_xz.append(n / np.linalg.norm(n))
-    walls = _fit_walls(foot, contact & (z_c < 0.5 * config.max_depth_m), axes_xz, min_run=max(4, Cd // 25))
+            # both signs: a wall's offset along its normal is positive (it stands in front of the camera), so
+            # the walls on the negative side of an axis (the left wall, when the axis points right) need -n
+            axes_xz += [n / np.linalg.norm(n), -n / np.linalg.norm(n)]
+    # A contact with sky just above it is where the ground meets the horizon (the far end of a paved square
+    # seen past a building's corner), not the foot of a wall: what stands on it rises less than
+    # ``min_wall_height_m`` before the sky. Such contacts lined up into fronto-parallel "walls" 19 and 36 m away
+    # on courtyard@photo, which the fill then took as the square's far side (the farthest wall of a direction).
+    sky_d = cv2.resize(cv2.warpPerspective(sky.astype(np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST),
+                       (Wr // ds, Hr // ds), interpolation=cv2.INTER_NEAREST) > 0
+    rows_d = np.arange(Rd)[:, None]
+    sky_above = np.where(sky_d & (rows_d <= (r_h + b_rel)[None, :]), rows_d, -1).max(axis=0)  # [C] lowest sky row
+    rise_m = z_c * ((r_h + b_rel) - sky_above) * ds / f_r  # height of what stands on the contact, below the sky
+    horizon_contact = (sky_above >= 0) & (rise_m < config.min_wall_height_m)
+    if debug is not None:
+        debug.update(sky_rect=sky_d, rise_m=rise_m, horizon_contact=horizon_contact, foot=foot, contact=contact)
+    walls = _fit_walls(foot, contact & ~horizon_contact & (z_c < 0.5 * config.max_depth_m), axes_xz,
+                       min_run=max(4, Cd // 25))
     z_wall = z_c.copy()
     wall_of_col = np.full(Cd, -1)
     for i, (n, o, cols) in enumerate(walls):
@@ -839,10 +874,16 @@ def estimate_layout(
 
     # --- planes in the camera frame
     planes = [LayoutPlane("floor", -up.copy(), config.camera_height_m, int(floor.sum()))]
-    for i, (n, o, _cols) in enumerate(walls):
+    for i, (n, o, cols) in enumerate(walls):
         n3_l = np.array([n[0], 0.0, n[1]]) * (1 if o > 0 else -1)
         n_cam = R.T @ n3_l
-        planes.append(LayoutPlane("wall", n_cam, abs(float(o)), int((vertical & (wall_of_col[col] == i)).sum())))
+        open_top = bool(np.mean(sky_above[cols] < 0) >= 0.5)
+        pixels = int((vertical & (wall_of_col[col] == i)).sum())
+        if pixels < 0.001 * H * W:
+            # fitted on canvas columns outside the photo (the rectified canvas is wider than the photo at the
+            # bottom): it explains nothing the photo shows (courtyard@photo: a "wall" 36 m ahead)
+            continue
+        planes.append(LayoutPlane("wall", n_cam, abs(float(o)), pixels, open_top))
     if ceiling_h_m is not None:
         planes.append(LayoutPlane("ceiling", up.copy(), ceiling_h_m, int(ceiling.sum())))
 
@@ -941,4 +982,5 @@ def layout_prior(layout: PhotoLayout) -> LayoutPrior:
     up = layout.up_cam / np.linalg.norm(layout.up_cam)
     a = layout.manhattan_cam[:, 0] - (layout.manhattan_cam[:, 0] @ up) * up
     planes = tuple((p.kind, np.asarray(p.normal_cam, np.float64), float(p.offset_m)) for p in layout.planes)
-    return LayoutPrior("photo_layout", up, a / np.linalg.norm(a), planes, float(layout.confidence))
+    return LayoutPrior("photo_layout", up, a / np.linalg.norm(a), planes, float(layout.confidence),
+                       tuple(bool(p.open_top) for p in layout.planes))

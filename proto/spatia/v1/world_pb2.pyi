@@ -234,7 +234,7 @@ class DeleteWorldResponse(_message.Message):
     def __init__(self, world_id: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("frame_index", "clip_id", "pose", "intrinsics", "last_action_seq", "server_time_ns", "encoding", "width", "height", "data", "session_frame")
+    __slots__ = ("frame_index", "clip_id", "pose", "intrinsics", "last_action_seq", "server_time_ns", "encoding", "width", "height", "data", "session_frame", "stats")
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     CLIP_ID_FIELD_NUMBER: _ClassVar[int]
     POSE_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +246,7 @@ class Frame(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SESSION_FRAME_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     frame_index: int
     clip_id: int
     pose: Pose
@@ -257,7 +258,8 @@ class Frame(_message.Message):
     height: int
     data: bytes
     session_frame: int
-    def __init__(self, frame_index: _Optional[int] = ..., clip_id: _Optional[int] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., last_action_seq: _Optional[int] = ..., server_time_ns: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., session_frame: _Optional[int] = ...) -> None: ...
+    stats: SessionStats
+    def __init__(self, frame_index: _Optional[int] = ..., clip_id: _Optional[int] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., last_action_seq: _Optional[int] = ..., server_time_ns: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., session_frame: _Optional[int] = ..., stats: _Optional[_Union[SessionStats, _Mapping]] = ...) -> None: ...
 
 class ClipLengths(_message.Message):
     __slots__ = ("first_clip_frames", "clip_frames", "preceding_frames")
@@ -270,7 +272,7 @@ class ClipLengths(_message.Message):
     def __init__(self, first_clip_frames: _Optional[int] = ..., clip_frames: _Optional[int] = ..., preceding_frames: _Optional[int] = ...) -> None: ...
 
 class PlayStart(_message.Message):
-    __slots__ = ("world_id", "resolution", "fps", "prompt", "encoding", "jpeg_quality", "clip", "no_recording", "seed", "heartbeat_interval_s", "max_pending_frames", "lockstep")
+    __slots__ = ("world_id", "resolution", "fps", "prompt", "encoding", "jpeg_quality", "clip", "no_recording", "seed", "heartbeat_interval_s", "max_pending_frames", "lockstep", "stats_in_frame")
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +285,7 @@ class PlayStart(_message.Message):
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_PENDING_FRAMES_FIELD_NUMBER: _ClassVar[int]
     LOCKSTEP_FIELD_NUMBER: _ClassVar[int]
+    STATS_IN_FRAME_FIELD_NUMBER: _ClassVar[int]
     world_id: str
     resolution: Resolution
     fps: float
@@ -295,7 +298,8 @@ class PlayStart(_message.Message):
     heartbeat_interval_s: float
     max_pending_frames: int
     lockstep: bool
-    def __init__(self, world_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, _Mapping]] = ..., fps: _Optional[float] = ..., prompt: _Optional[str] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., no_recording: _Optional[bool] = ..., seed: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., max_pending_frames: _Optional[int] = ..., lockstep: _Optional[bool] = ...) -> None: ...
+    stats_in_frame: bool
+    def __init__(self, world_id: _Optional[str] = ..., resolution: _Optional[_Union[Resolution, _Mapping]] = ..., fps: _Optional[float] = ..., prompt: _Optional[str] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., jpeg_quality: _Optional[int] = ..., clip: _Optional[_Union[ClipLengths, _Mapping]] = ..., no_recording: _Optional[bool] = ..., seed: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., max_pending_frames: _Optional[int] = ..., lockstep: _Optional[bool] = ..., stats_in_frame: _Optional[bool] = ...) -> None: ...
 
 class Action(_message.Message):
     __slots__ = ("move_forward", "move_right", "move_up", "yaw_rate_rad_s", "pitch_rate_rad_s", "yaw_delta_rad", "pitch_delta_rad", "sprint", "dt_s", "seq", "client_time_ns")
