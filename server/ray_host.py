@@ -49,8 +49,8 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from spatia.server.cluster import NAMESPACE, ClusterCheckError, ClusterOptions, connect, project_version
 from spatia.server.errors import AbortedError, DataLossError, UnavailableError, check_id, limit_exceeded
 from spatia.server.host import HostView, WorldHost
-from spatia.server.store import save_hosts
-from spatia.world.errors import AlreadyExistsError, NotFoundError, PreconditionError, SnapshotError
+from spatia.server.store import WorldIds, save_hosts
+from spatia.world.errors import NotFoundError, PreconditionError, SnapshotError
 from spatia.world.state import World
 from spatia.world.worldlog import WorldLog
 
@@ -901,7 +901,7 @@ class RayWorldHost:
 _ACTOR = None  # ray.remote(WorldActor), made once
 
 
-class RayWorldStore:
+class RayWorldStore(WorldIds):
     """``WorldStore``'s methods over world actors. The data dir (shared by every node) says which worlds exist;
     ``load_all`` finds or creates the actor of each; a world created by another front door is found on its next
     ``get`` (and by the poller, for ListWorlds)."""
@@ -1027,24 +1027,13 @@ class RayWorldStore:
 
     # ---- CRUD (as WorldStore) ----
 
-    def _check_free(self, world_id: str) -> None:
-        if world_id in self.broken:
-            raise DataLossError(f"world {world_id!r} has an unreadable snapshot on disk; it is never overwritten: "
-                                "DeleteWorld removes it (docs/API.md, 'Unreadable snapshots')")
-        if world_id in self._hosts or world_id in self._reserved or (self.worlds_dir / world_id).exists() \
-                or (self.worlds_dir / f"{world_id}.msgpack").exists():
-            raise AlreadyExistsError(f"world {world_id!r} already exists")
+    def _taken(self, world_id: str) -> bool:
+        # another front door may have created it since: the shared data dir says
+        return world_id in self._hosts or (self.worlds_dir / world_id).exists() \
+            or (self.worlds_dir / f"{world_id}.msgpack").exists()
 
-    def new_id(self, requested: str, field: str = "world_id") -> str:
-        world_id = check_id(requested, field) if requested else uuid.uuid4().hex[:12]
-        self._check_free(world_id)
-        if len(self._ids_on_disk()) + len(self._reserved) >= self.max_worlds:
-            raise limit_exceeded("max_worlds", f"limit max_worlds={self.max_worlds} reached; delete a world first")
-        self._reserved.add(world_id)
-        return world_id
-
-    def release_id(self, world_id: str) -> None:
-        self._reserved.discard(world_id)
+    def _world_count(self) -> int:
+        return len(self._ids_on_disk())
 
     async def add(self, world: World) -> RayWorldHost:
         """Write the new world's first snapshot (all-or-nothing, as in-process), then start its actor from it."""

@@ -58,7 +58,43 @@ def stale_temp_files(directory: Path, hostname: str | None = None) -> list[Path]
     return snapshot.stale_temp_files(directory, hostname=hostname)
 
 
-class WorldStore:
+class WorldIds:
+    """World-id reservation, one rule for every store: an id with an unreadable snapshot is DATA_LOSS (never
+    overwritten), a taken one ALREADY_EXISTS, and ids being created count against ``max_worlds`` until their
+    first snapshot is on disk. A store says what "taken" and "how many" mean for it (``_taken``,
+    ``_world_count``): its loaded worlds in-process; the shared data dir too behind several Ray front doors."""
+
+    max_worlds: int
+    broken: dict[str, str]  # id -> why its snapshot could not be read
+    _reserved: set[str]  # ids being created (the build runs off the loop)
+
+    def _taken(self, world_id: str) -> bool:
+        raise NotImplementedError
+
+    def _world_count(self) -> int:
+        raise NotImplementedError
+
+    def _check_free(self, world_id: str) -> None:
+        if world_id in self.broken:
+            raise DataLossError(f"world {world_id!r} has an unreadable snapshot on disk; it is never overwritten: "
+                                "DeleteWorld removes it (docs/API.md, 'Unreadable snapshots')")
+        if world_id in self._reserved or self._taken(world_id):
+            raise AlreadyExistsError(f"world {world_id!r} already exists")
+
+    def new_id(self, requested: str, field: str = "world_id") -> str:
+        """Reserve ``requested`` (validated) or a fresh id; raise ALREADY_EXISTS / DATA_LOSS / RESOURCE_EXHAUSTED."""
+        world_id = check_world_id(requested, field) if requested else uuid.uuid4().hex[:12]
+        self._check_free(world_id)
+        if self._world_count() + len(self._reserved) >= self.max_worlds:
+            raise limit_exceeded("max_worlds", f"limit max_worlds={self.max_worlds} reached; delete a world first")
+        self._reserved.add(world_id)
+        return world_id
+
+    def release_id(self, world_id: str) -> None:
+        self._reserved.discard(world_id)
+
+
+class WorldStore(WorldIds):
     def __init__(self, data_dir: Path, max_worlds: int) -> None:
         self.data_dir = Path(data_dir)
         self.worlds_dir = self.data_dir / "worlds"
@@ -151,24 +187,11 @@ class WorldStore:
 
     # ---- CRUD --------------------------------------------------------------------------------------------
 
-    def _check_free(self, world_id: str) -> None:
-        if world_id in self.broken:
-            raise DataLossError(f"world {world_id!r} has an unreadable snapshot on disk; it is never overwritten: "
-                                "DeleteWorld removes it (docs/API.md, 'Unreadable snapshots')")
-        if world_id in self._hosts or world_id in self._reserved:
-            raise AlreadyExistsError(f"world {world_id!r} already exists")
+    def _taken(self, world_id: str) -> bool:
+        return world_id in self._hosts
 
-    def new_id(self, requested: str, field: str = "world_id") -> str:
-        """Reserve ``requested`` (validated) or a fresh id; raise ALREADY_EXISTS / DATA_LOSS / RESOURCE_EXHAUSTED."""
-        world_id = check_world_id(requested, field) if requested else uuid.uuid4().hex[:12]
-        self._check_free(world_id)
-        if len(self._hosts) + len(self._reserved) + len(self.broken) >= self.max_worlds:
-            raise limit_exceeded("max_worlds", f"limit max_worlds={self.max_worlds} reached; delete a world first")
-        self._reserved.add(world_id)
-        return world_id
-
-    def release_id(self, world_id: str) -> None:
-        self._reserved.discard(world_id)
+    def _world_count(self) -> int:
+        return len(self._hosts) + len(self.broken)
 
     async def add(self, world: World) -> WorldHost:
         """Register a freshly built world (its id reserved by ``new_id``) once its first snapshot is on disk;

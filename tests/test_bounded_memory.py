@@ -91,14 +91,17 @@ def _spin_laps(pinhole_depth_rel, laps: int = 3) -> list[int]:
     first lap saw at the same distance (as a real session's frames fall at other phases each lap)."""
     import math
 
-    from spatia.model.geometric import GeometricGenerator
+    from spatia.model.geometric import GeometricConfig, GeometricGenerator
     from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.state import World
     from spatia.world.update import UpdateConfig
 
     world = World.from_scene("room", 0, 64, 48)
-    engine = Engine(world, GeometricGenerator(), EngineConfig(
+    # no coarse fill at the start (coarse_frames=0: the first frames wait for the layout fit): what the coarse
+    # frames showed is dropped from the memory and filled for good when next seen, i.e. on lap 2, which would
+    # count as growth here although it is the first lap's view completed
+    engine = Engine(world, GeometricGenerator(GeometricConfig(coarse_frames=0)), EngineConfig(
         clip=ClipConfig(4, 6, 2), keyframe_stride=4, reuse_references_within=(5.0, 0.10),
         update=UpdateConfig(pinhole_depth_rel=pinhole_depth_rel)))
     fps, lap_s = 10.0, 6.0

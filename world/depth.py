@@ -52,6 +52,10 @@ class LayoutPrior:
     axis_a: np.ndarray  # [3] unit horizontal Manhattan axis (the other one is up x axis_a), same frame
     planes: tuple[tuple[str, np.ndarray, float], ...]  # (kind "floor" / "wall" / "ceiling", normal [3], offset_m)
     confidence: float  # 0..1, the estimator's
+    # per plane (empty: unknown, all False): True where the image showed the plane up to its own top edge, with no
+    # sky above it, so the plane's height is unknown (a facade rising out of the picture). The fill then does not
+    # cap it at the highest point the image saw, which showed sky over half of courtyard@photo's back facade.
+    open_top: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("up", "axis_a"):
@@ -65,26 +69,29 @@ class LayoutPrior:
                 raise InvalidInputError(f"layout prior plane kind must be floor, wall or ceiling, got {kind!r}")
             if np.asarray(normal).shape != (3,) or not math.isfinite(float(offset)):
                 raise InvalidInputError("layout prior planes need a [3] normal and a finite offset_m")
+        if len(self.open_top) not in (0, len(self.planes)):
+            raise InvalidInputError(
+                f"layout prior open_top needs one flag per plane ({len(self.planes)}), got {len(self.open_top)}")
 
     def transformed(self, c2w: np.ndarray) -> "LayoutPrior":
         """The same prior in the frame ``c2w`` [4, 4] maps this one's coordinates into (camera -> world)."""
         R, t = np.asarray(c2w, np.float64)[:3, :3], np.asarray(c2w, np.float64)[:3, 3]
         planes = tuple((k, R @ np.asarray(n, np.float64), float(o + (R @ np.asarray(n, np.float64)) @ t))
                        for k, n, o in self.planes)
-        return LayoutPrior(self.source, R @ self.up, R @ self.axis_a, planes, self.confidence)
+        return LayoutPrior(self.source, R @ self.up, R @ self.axis_a, planes, self.confidence, self.open_top)
 
     def to_doc(self) -> dict:
         """Plain lists and floats (msgpack / JSON), for ``WorldInfo``."""
         return {"source": self.source, "up": [float(x) for x in self.up], "axis_a": [float(x) for x in self.axis_a],
                 "planes": [[k, [float(x) for x in n], float(o)] for k, n, o in self.planes],
-                "confidence": float(self.confidence)}
+                "confidence": float(self.confidence), "open_top": [bool(x) for x in self.open_top]}
 
     @classmethod
     def from_doc(cls, doc: dict) -> "LayoutPrior":
         try:
             return cls(str(doc["source"]), np.asarray(doc["up"], np.float64), np.asarray(doc["axis_a"], np.float64),
                        tuple((str(k), np.asarray(n, np.float64), float(o)) for k, n, o in doc["planes"]),
-                       float(doc["confidence"]))
+                       float(doc["confidence"]), tuple(bool(x) for x in doc.get("open_top", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"malformed layout prior ({exc!r})") from None
 

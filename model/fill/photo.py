@@ -114,6 +114,8 @@ class LayoutPlane:
     normal_cam: np.ndarray  # [3] unit, camera frame; points away from the camera (offset_m > 0)
     offset_m: float  # distance from the camera centre to the plane, metres
     pixels: int  # how many pixels of the photo it explains
+    # walls: no sky above most of its columns, so it rises out of the photo (its height is unknown)
+    open_top: bool = False
 
 
 @dataclass(frozen=True)
@@ -872,10 +874,16 @@ def estimate_layout(
 
     # --- planes in the camera frame
     planes = [LayoutPlane("floor", -up.copy(), config.camera_height_m, int(floor.sum()))]
-    for i, (n, o, _cols) in enumerate(walls):
+    for i, (n, o, cols) in enumerate(walls):
         n3_l = np.array([n[0], 0.0, n[1]]) * (1 if o > 0 else -1)
         n_cam = R.T @ n3_l
-        planes.append(LayoutPlane("wall", n_cam, abs(float(o)), int((vertical & (wall_of_col[col] == i)).sum())))
+        open_top = bool(np.mean(sky_above[cols] < 0) >= 0.5)
+        pixels = int((vertical & (wall_of_col[col] == i)).sum())
+        if pixels < 0.001 * H * W:
+            # fitted on canvas columns outside the photo (the rectified canvas is wider than the photo at the
+            # bottom): it explains nothing the photo shows (courtyard@photo: a "wall" 36 m ahead)
+            continue
+        planes.append(LayoutPlane("wall", n_cam, abs(float(o)), pixels, open_top))
     if ceiling_h_m is not None:
         planes.append(LayoutPlane("ceiling", up.copy(), ceiling_h_m, int(ceiling.sum())))
 
@@ -974,4 +982,5 @@ def layout_prior(layout: PhotoLayout) -> LayoutPrior:
     up = layout.up_cam / np.linalg.norm(layout.up_cam)
     a = layout.manhattan_cam[:, 0] - (layout.manhattan_cam[:, 0] @ up) * up
     planes = tuple((p.kind, np.asarray(p.normal_cam, np.float64), float(p.offset_m)) for p in layout.planes)
-    return LayoutPrior("photo_layout", up, a / np.linalg.norm(a), planes, float(layout.confidence))
+    return LayoutPrior("photo_layout", up, a / np.linalg.norm(a), planes, float(layout.confidence),
+                       tuple(bool(p.open_top) for p in layout.planes))
