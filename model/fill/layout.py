@@ -584,6 +584,8 @@ def opening_pixels(
                             for ua in (bottom, o.top_m)])
         pc = (corners - cam) @ w2c_R.T
         r0, r1, c0, c1 = 0, H, 0, W
+        if (pc[:, 2] <= 1e-3).all():
+            continue  # wholly behind the camera (a doorway passed long ago): nothing of it is in view
         if (pc[:, 2] > 1e-3).all():
             u, v = fx * pc[:, 0] / pc[:, 2] + cx, fy * pc[:, 1] / pc[:, 2] + cy
             c0, c1 = max(0, int(math.floor(u.min())) - 1), min(W, int(math.ceil(u.max())) + 1)
