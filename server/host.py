@@ -150,8 +150,8 @@ def _warm_main() -> None:
 
     try:
         os.nice(10)  # below the server's sessions (set here: preexec_fn is unsafe in a threaded parent)
-    except (AttributeError, OSError):
-        pass
+    except (AttributeError, OSError) as exc:  # no nice here: warm at normal priority, once
+        log.info("kernel warm-up at normal priority", reason=type(exc).__name__)
     t0 = time.perf_counter()
     report = warm_kernels(make_generator("geometric"))
     log.info("kernels warmed", seconds=round(time.perf_counter() - t0, 2), **report)
