@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numba
 import numpy as np
@@ -46,6 +46,9 @@ from spatia.world.engine import Engine, EngineConfig, prepare_generator
 from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.state import SNAPSHOT_VERSION, World
 from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = structlog.get_logger("spatia.server.host")
 
@@ -125,8 +128,7 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         walk = ActionIntegrator(world.origin_c2w, ControlConfig())
         for k in range(clips):  # forward while turning: new ground for the fill every clip
             walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.8, dt_s=1.0 / 16, seq=k + 1))
-            for _ in engine.generate_clip(walk.c2w[None], None, k):
-                pass
+            list(engine.generate_clip(walk.c2w[None], None, k))  # one 64x48 frame: run the clip through
         from spatia.world.memory import INVENTED_FINAL
 
         memory = world.memory
@@ -157,7 +159,7 @@ def _warm_main() -> None:
     log.info("kernels warmed", seconds=round(time.perf_counter() - t0, 2), **report)
 
 
-def warm_kernels_in_another_process() -> "subprocess.Popen":
+def warm_kernels_in_another_process() -> subprocess.Popen:
     """``warm_kernels`` in a child process at nice 10 (``spatia serve`` starts it once it serves): it compiles
     what numba's on-disk cache lacks and writes it there, and a session of this server then loads a kernel it
     first needs (the re-sort, ~100 steps in) from the cache in milliseconds instead of compiling it for seconds.

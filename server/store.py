@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import structlog
@@ -58,7 +59,7 @@ def stale_temp_files(directory: Path, hostname: str | None = None) -> list[Path]
     return snapshot.stale_temp_files(directory, hostname=hostname)
 
 
-class WorldIds:
+class WorldIds(ABC):
     """World-id reservation, one rule for every store: an id with an unreadable snapshot is DATA_LOSS (never
     overwritten), a taken one ALREADY_EXISTS, and ids being created count against ``max_worlds`` until their
     first snapshot is on disk. A store says what "taken" and "how many" mean for it (``_taken``,
@@ -68,11 +69,13 @@ class WorldIds:
     broken: dict[str, str]  # id -> why its snapshot could not be read
     _reserved: set[str]  # ids being created (the build runs off the loop)
 
+    @abstractmethod
     def _taken(self, world_id: str) -> bool:
-        raise NotImplementedError
+        """Whether a world with this id exists (apart from the reservations)."""
 
+    @abstractmethod
     def _world_count(self) -> int:
-        raise NotImplementedError
+        """How many worlds count against ``max_worlds`` (apart from the reservations)."""
 
     def _check_free(self, world_id: str) -> None:
         if world_id in self.broken:
