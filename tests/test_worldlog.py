@@ -224,6 +224,10 @@ def test_a_world_from_an_old_single_file_snapshot_saves_incrementally(tmp_path):
 
 _CHILD = textwrap.dedent("""
     import sys, time
+    import structlog
+    # the parent reads this process's stdout line by line: logs (fill threads log while a save is reported) go to
+    # stderr, and each report is one write, so the two never interleave within a line
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     from spatia.model.geometric import GeometricGenerator
     from spatia.world import worldlog
     from spatia.world.actions import ClipConfig, out_and_back_path
@@ -237,7 +241,7 @@ _CHILD = textwrap.dedent("""
             calls[0] += 1
             if calls[0] == 3:
                 real(fd, data[: len(data) // 2], offset)
-                print("mid-write", flush=True)
+                sys.stdout.write("mid-write\\n"); sys.stdout.flush()
                 time.sleep(60)
             real(fd, data, offset)
         worldlog._pwrite_all = torn
@@ -246,7 +250,7 @@ _CHILD = textwrap.dedent("""
     engine = Engine(world, GeometricGenerator(), EngineConfig(clip=ClipConfig(8, 10, 2)))
     while True:
         wlog.write(wlog.prepare_save(world))
-        print("saved", len(world.history), flush=True)
+        sys.stdout.write(f"saved {len(world.history)}\\n"); sys.stdout.flush()
         for _ in engine.generate(out_and_back_path(world.current_c2w, 9)[1:]):
             pass
 """)
