@@ -134,8 +134,7 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         memory = world.memory
         points = int(memory.num_points)
         memory.reindex()  # sort_keys, merge_order, permute_rows, hash_remap
-        # a few invented points 0.5 m ahead, then free space there: a compaction of a short suffix
-        # (hash_drop_suffix; a long one takes the same kernel's other branch)
+        # a few invented points 0.5 m ahead, then free space there: a compaction (drop_points)
         ahead = walk.c2w[:3, 3] + 0.5 * walk.c2w[:3, 2]
         rng = np.random.default_rng(0)
         memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),

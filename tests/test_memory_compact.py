@@ -1,10 +1,12 @@
-"""Compaction updates the voxel hash for the moved suffix only (world/_memory_kernels.hash_drop_suffix): the table
-must answer exactly as one rebuilt from scratch (``SpatialMemory._rehash``, the reference)."""
+"""Compaction (world/_memory_kernels.drop_points) moves only the rows it must and updates the voxel hash for those
+alone: the rows must come out in ``world._reference.reference_drop_order``'s order and the table must answer exactly
+as one rebuilt from scratch (``SpatialMemory._rehash``, the reference)."""
 
 import numpy as np
 import pytest
 
 from spatia.world import _memory_kernels as K
+from spatia.world._reference import reference_drop_order
 from spatia.world.camera import Intrinsics
 from spatia.world.memory import MemoryConfig, SpatialMemory
 
@@ -14,6 +16,7 @@ def _memory(n: int, seed: int) -> SpatialMemory:
     mem = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
     pts = rng.uniform(-3, 3, (n, 3))
     mem.integrate_points(pts, rng.integers(0, 256, (n, 3), dtype=np.uint8), frame_index=0)
+    mem.reindex()
     # a second batch after the first is sorted: an unsorted tail, as after a clip
     pts2 = rng.uniform(-3, 3, (n // 4, 3))
     mem.integrate_points(pts2, rng.integers(0, 256, (n // 4, 3), dtype=np.uint8), frame_index=1)
@@ -38,13 +41,19 @@ def test_compaction_leaves_the_table_as_a_rebuild_would(where):
     keep = np.ones(n, bool)
     lo = {"tail": n - 300, "suffix": n * 2 // 3, "scattered": n // 2 + 1, "prefix": 10}[where]
     keep[lo + rng.choice(n - lo, size=min(250, n - lo), replace=False)] = False
-    before_keys = mem._keys[:n].copy()
-    before_cols = mem._colors[:n].copy()
+    before, ns0 = mem.to_arrays(), mem._n_sorted
+    assert 0 < ns0 < n
+    order, n_sorted = reference_drop_order(mem._n_sorted, n, np.flatnonzero(~keep))
     mem._compact(keep)
-    assert mem._n == keep.sum()
-    assert np.array_equal(mem._keys[: mem._n], before_keys[keep])  # order kept
-    assert np.array_equal(mem._colors[: mem._n], before_cols[keep])
-    _check_table(mem, before_keys[~keep])
+    assert mem._n == keep.sum() and mem._n_sorted == n_sorted
+    after = mem.to_arrays()
+    for name in before:
+        assert np.array_equal(after[name], before[name][order]), name
+    # the sorted prefix keeps its order (culling blocks), and its block directory matches it
+    assert np.array_equal(after["voxel_keys"][:n_sorted], before["voxel_keys"][:ns0][keep[:ns0]])
+    ids, starts = K.block_directory(mem._keys, mem._n_sorted)
+    assert np.array_equal(ids, mem._block_ids) and np.array_equal(starts, mem._block_starts)
+    _check_table(mem, before["voxel_keys"][~keep])
     # and the memory renders exactly as one rebuilt from scratch
     ref = _memory(20_000, seed=hash(where) % 1000)
     ref._compact(keep)
@@ -54,6 +63,14 @@ def test_compaction_leaves_the_table_as_a_rebuild_would(where):
     c2w[2, 3] = -4.0
     a, b = mem.render(K_, c2w), ref.render(K_, c2w)
     assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.depth_m, b.depth_m)
+    # whatever the tail's order, a re-sort gives the same memory as dropping the points from a sorted one
+    mem.reindex()
+    full = _memory(20_000, seed=hash(where) % 1000)
+    full.reindex()
+    full_keep = np.isin(full.voxel_keys, before["voxel_keys"][keep])
+    full._compact(full_keep)
+    for name, arr in full.to_arrays().items():
+        assert np.array_equal(mem.to_arrays()[name], arr), name
 
 
 def test_many_small_compactions_stay_consistent():

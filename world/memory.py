@@ -446,34 +446,38 @@ class SpatialMemory:
         return self.remove_invented_near_groups([(centres_m, since_frame)], radius_m)
 
     def remove_invented_near_groups(self, groups: Sequence[tuple[np.ndarray, int | None]], radius_m: float) -> int:
-        """``remove_invented_near`` for several (centres [P, 3], since_frame) groups at once: one compaction (an
-        O(points) pass) instead of one per group."""
-        if not self._n or not (self._prov[: self._n] != OBSERVED).any():
-            return 0
+        """``remove_invented_near`` for several (centres [P, 3], since_frame) groups at once: one pass over the
+        points finds every group's candidates (inside its centres' box, grown by the radius), one compaction."""
         from scipy.spatial import cKDTree
 
+        n = self._n
         d_m = self.config.voxel_size_m
-        drop = None
+        centres, boxes, floors = [], [], []
         for centres_m, since_frame in groups:
             c = np.asarray(centres_m, np.float64).reshape(-1, 3)
             if not len(c):
                 continue
-            lo = np.floor((c.min(axis=0) - radius_m) / d_m).astype(np.int64)
-            hi = np.floor((c.max(axis=0) + radius_m) / d_m).astype(np.int64)
-            floor = np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame)
-            cand = K.box_candidates(self._keys, self._prov, self._last, self._n, *lo.tolist(), *hi.tolist(),
-                                    OBSERVED, floor)
-            if not len(cand):
-                continue
-            pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)
-            d, _ = cKDTree(c).query(pos, distance_upper_bound=radius_m)
-            if drop is None:
-                drop = np.zeros(self._n, bool)
-            drop[cand[np.isfinite(d)]] = True
-        count = 0 if drop is None else int(drop.sum())
-        if count:
-            self._compact(~drop)
-        return count
+            lo = np.floor((c.min(axis=0) - radius_m) / d_m)
+            hi = np.floor((c.max(axis=0) + radius_m) / d_m)
+            centres.append(c)
+            boxes.append(np.concatenate([lo, hi]))
+            floors.append(np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame))
+        if not n or not centres:
+            return 0
+        cand, grp = K.box_candidates(self._keys, self._prov, self._last, n, np.array(boxes, np.int64),
+                                     np.array(floors, np.int64), OBSERVED)
+        if not len(cand):
+            return 0
+        pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world frame
+        near = np.zeros(len(cand), bool)
+        for g, c in enumerate(centres):
+            sel = np.flatnonzero(grp == g)
+            if len(sel):
+                d, _ = cKDTree(c).query(pos[sel], distance_upper_bound=radius_m)
+                near[sel[np.isfinite(d)]] = True
+        drops = np.unique(cand[near])  # sorted, distinct
+        self._drop(drops)
+        return len(drops)
 
     def insert(self, points: np.ndarray, colors: np.ndarray, frame_index: int = -1) -> IntegrateStats:
         """Add an object (paper Fig. 8, "adding new ones"): the given points replace whatever occupies their
@@ -713,31 +717,23 @@ class SpatialMemory:
         return K.decode_positions(self._keys, self._offsets, self._n, self.config.voxel_size_m)
 
     def _compact(self, keep: np.ndarray) -> None:
-        """Drop points where ``keep`` [N] is False; order is kept, so the sorted prefix stays sorted."""
-        self._structure += 1
-        n = self._n
-        keep = np.ascontiguousarray(keep[:n], bool)
-        n_sorted_kept = int(keep[: self._n_sorted].sum())
-        # points before the first dropped one keep their index: only the suffix moves, and the hash table is
-        # updated for the suffix alone (a rebuild from all points cost ~30 ms a clip on a 100 k-point world when a
-        # lock-step agent's every step took a few invented points away)
-        first = int(np.argmin(keep)) if not keep.all() else n
-        if first == n:
+        """Drop points where ``keep`` [N] is False (``_drop``)."""
+        self._drop(np.flatnonzero(~np.asarray(keep[: self._n], bool)))
+
+    def _drop(self, drops: np.ndarray) -> None:
+        """Delete the points ``drops`` (sorted distinct indices < N). The sorted prefix keeps its order; the
+        unsorted tail's holes are filled with its last rows (``_memory_kernels.drop_points``): a lock-step step that
+        takes a few invented points away moves about that many rows, not the whole suffix behind them. Whatever the
+        tail's order, a re-sort (``reindex``) puts the same points in the same order."""
+        if not len(drops):
             return
-        if n - first > n // 2:
-            rehash = True
-        else:
-            rehash = False
-            K.hash_drop_suffix(self._table, self._keys, keep, first, n)
-        idx = first + np.flatnonzero(keep[first:])
-        m = first + len(idx)
-        for a in (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov):
-            a[first:m] = a[idx]
-        self._n = m
-        self._n_sorted = n_sorted_kept
-        self._block_ids, self._block_starts = K.block_directory(self._keys, self._n_sorted)
-        if rehash:
-            self._rehash()
+        self._structure += 1
+        n_sorted_before = self._n_sorted
+        self._n_sorted, self._n = K.drop_points(
+            self._table, self._keys, self._offsets, self._colors, self._counts, self._last, self._prov,
+            np.ascontiguousarray(drops, np.int64), self._n_sorted, self._n)
+        if self._n_sorted != n_sorted_before:  # the prefix moved: its block directory with it
+            self._block_ids, self._block_starts = K.block_directory(self._keys, self._n_sorted)
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.
