@@ -87,3 +87,27 @@ def test_many_small_compactions_stay_consistent():
         dropped.append(mem._keys[sel].copy())
         mem._compact(keep)
     _check_table(mem, np.concatenate(dropped))
+
+
+@pytest.mark.parametrize("since", [None, 1])
+def test_box_candidates_match_a_plain_box_test(since):
+    """``box_candidates`` reads only the culling blocks that meet the box (or only points seen since a frame):
+    it must list exactly the invented points a plain test of every point's voxel finds."""
+    from spatia.world.memory import INVENTED_FINAL, OBSERVED
+
+    rng = np.random.default_rng(5)
+    mem = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
+    mem.integrate_points(rng.uniform(-3, 3, (6000, 3)), np.zeros((6000, 3), np.uint8), 0, provenance=INVENTED_FINAL)
+    mem.integrate_points(rng.uniform(-3, 3, (2000, 3)), np.zeros((2000, 3), np.uint8), 0)  # observed
+    mem.reindex()  # a sorted prefix with its block directory, then an unsorted tail seen at frame 1
+    mem.integrate_points(rng.uniform(-3, 3, (1500, 3)), np.zeros((1500, 3), np.uint8), 1, provenance=INVENTED_FINAL)
+    assert 0 < mem._n_sorted < mem._n
+    lo, hi = np.array([-12, -20, -5]), np.array([15, 9, 30])
+    floor = np.iinfo(np.int32).min if since is None else since
+    got = K.box_candidates(mem._keys, mem._prov, mem._last, mem._n, mem._n_sorted, mem._block_ids,
+                           mem._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED, floor)
+    ijk = np.floor(mem._positions64() / 0.05).astype(np.int64)
+    want = np.flatnonzero(np.all((ijk >= lo) & (ijk <= hi), axis=1) & (mem.provenance != OBSERVED)
+                          & (mem.last_seen_frame >= floor))
+    assert len(want) > 10
+    assert np.array_equal(got, want)

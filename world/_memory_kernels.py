@@ -138,7 +138,7 @@ def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_
     and a pass over the hash table at ~100 k points: 0.5-2.5 ms a clip). ``world._reference.reference_drop_order``
     is the same rule written plainly. The hash table is updated for exactly the rows that moved: dropped keys leave
     it (backward-shift deletion), every moved row's slot gets its new index (one pass over the table instead when
-    more rows move than 1/8 of its slots)."""
+    more rows move than 1/24 of its slots)."""
     n_drop = drops.shape[0]
     if n_drop == 0:
         return n_sorted, n
@@ -183,7 +183,7 @@ def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_
         dst[m] = hole
         m += 1
         j += 1
-    if 8 * m > table.shape[0]:
+    if 24 * m > table.shape[0]:  # a probe ~100 ns (random rows), a slot of the pass ~4 ns (measured, 176 k slots)
         lo = n
         for k in range(m):
             lo = min(lo, src[k])
@@ -287,14 +287,32 @@ def longest_sorted_prefix(keys, n):
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def permute_rows(arr, order):
-    """``arr[:len(order)] = arr[order]`` in place (through one scratch copy), rows in parallel: a numpy fancy
-    gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame being rendered."""
+    """``arr[:len(order)] = arr[order]`` in place (through one scratch copy) for a vector ``arr`` [N], rows in
+    parallel: a numpy fancy gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame being
+    rendered. ``permute_rows3`` is the same for [N, 3] arrays."""
     n = order.shape[0]
-    scratch = np.empty((n,) + arr.shape[1:], arr.dtype)
+    scratch = np.empty(n, arr.dtype)
     for i in nb.prange(n):
         scratch[i] = arr[order[i]]
     for i in nb.prange(n):
         arr[i] = scratch[i]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def permute_rows3(arr, order):
+    """``permute_rows`` for an [N, 3] array, element by element: a row assignment (``scratch[i] = arr[j]``) made a
+    view per row and took 11x a vector's time (2.2 ms for [132 k, 3] uint8)."""
+    n = order.shape[0]
+    scratch = np.empty((n, 3), arr.dtype)
+    for i in nb.prange(n):
+        src = order[i]
+        scratch[i, 0] = arr[src, 0]
+        scratch[i, 1] = arr[src, 1]
+        scratch[i, 2] = arr[src, 2]
+    for i in nb.prange(n):
+        arr[i, 0] = scratch[i, 0]
+        arr[i, 1] = scratch[i, 1]
+        arr[i, 2] = scratch[i, 2]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -741,31 +759,52 @@ def merge_samples(
 
 
 @nb.njit(cache=True, nogil=True)
-def box_candidates(keys, prov, last, n, boxes, min_last_seen, observed):
-    """(point index, group) pairs of points ``< n`` whose provenance is not ``observed`` and that, for group g,
-    have a last-seen frame of at least ``min_last_seen[g]`` and a voxel (i, j, k) inside ``boxes[g]`` = (lo i, j, k,
-    hi i, j, k), inclusive, voxel units: integer work on the keys only, no position decoding, and one pass over the
-    points for all groups (a point inside several groups' boxes is listed once per group, in point order)."""
-    n_groups = boxes.shape[0]
-    idx = np.empty(n, np.int64)
-    grp = np.empty(n, np.int64)
+def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, lo1, lo2, hi0, hi1, hi2, observed,
+                   min_last_seen):
+    """Indices (ascending) of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units),
+    whose provenance is not ``observed`` and whose last-seen frame is at least ``min_last_seen``: integer work on
+    the keys only, no position decoding. With a last-seen floor (the points a clip just touched: ~1 % of them) one
+    pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
+    ``[0, n_sorted)`` (``block_ids`` / ``block_starts``, ``block_directory``) is read only in the blocks that meet
+    the box (a pose's 1 m box: a few hundred of ~10^4 blocks) and the unsorted tail whole."""
+    out = np.empty(max(n, 1), np.int64)
     m = 0
-    lowest = min_last_seen.min() if n_groups else 0
-    for p in range(n):
-        if prov[p] == observed or last[p] < lowest:
+    if min_last_seen > np.iinfo(np.int32).min:
+        for p in range(n):
+            if last[p] >= min_last_seen and _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
+        return out[:m]
+    side = 1 << BLOCK_BITS
+    cmask = (1 << BLOCK_COORD_BITS) - 1
+    for b in range(block_ids.shape[0]):
+        blk = block_ids[b]
+        bi = (((blk >> (2 * BLOCK_COORD_BITS)) & cmask) << BLOCK_BITS) - KEY_OFFSET
+        bj = (((blk >> BLOCK_COORD_BITS) & cmask) << BLOCK_BITS) - KEY_OFFSET
+        bk = ((blk & cmask) << BLOCK_BITS) - KEY_OFFSET
+        if (bi + side - 1 < lo0 or bi > hi0 or bj + side - 1 < lo1 or bj > hi1 or bk + side - 1 < lo2
+                or bk > hi2):
             continue
-        key = keys[p]
-        i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
-        j = ((key >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
-        k = (key & KEY_MASK) - KEY_OFFSET
-        for g in range(n_groups):
-            if (last[p] < min_last_seen[g] or i < boxes[g, 0] or i > boxes[g, 3] or j < boxes[g, 1]
-                    or j > boxes[g, 4] or k < boxes[g, 2] or k > boxes[g, 5]):
-                continue
-            if m == idx.shape[0]:  # more pairs than points (a point in several boxes): grow
-                idx = np.concatenate((idx, np.empty(n, np.int64)))
-                grp = np.concatenate((grp, np.empty(n, np.int64)))
-            idx[m] = p
-            grp[m] = g
+        for p in range(block_starts[b], block_starts[b + 1]):
+            if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
+    for p in range(n_sorted, n):
+        if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+            out[m] = p
             m += 1
-    return idx[:m], grp[:m]
+    return out[:m]
+
+
+@nb.njit(inline="always")
+def _in_box(key, prov, lo0, lo1, lo2, hi0, hi1, hi2, observed):
+    if prov == observed:
+        return False
+    i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
+    if i < lo0 or i > hi0:
+        return False
+    j = ((key >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
+    if j < lo1 or j > hi1:
+        return False
+    k = (key & KEY_MASK) - KEY_OFFSET
+    return lo2 <= k <= hi2
