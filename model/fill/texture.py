@@ -1226,10 +1226,25 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
     near = np.flatnonzero(~far)  # [K] indices into uv of the texels read through tiles
     if len(near) == 0:
         return out
-    r, c, lvl = rows[near], cols[near], level[near]
-    for (i, j, lv), sel in _groups(ti[near], tj[near], lvl):
-        tile = model._tile(i, j, seed, lv)
-        out[near[sel]] = tile[(r[sel] - i * t) >> lv, (c[sel] - j * t) >> lv]
+    r, c, lvl, ti, tj = rows[near], cols[near], level[near], ti[near], tj[near]
+    # one gather per mip level from the tiles it reads, stacked; each texel's tile found through a dense table of
+    # the tiles in reach (no sort, no boolean mask per tile over all texels: those cost more than the gather)
+    i0, j0 = int(ti.min()), int(tj.min())
+    span_j = int(tj.max()) - j0 + 1
+    key = (ti - i0) * span_j + (tj - j0)  # [K] tile of each texel
+    span = (int(ti.max()) - i0 + 1) * span_j
+    for lv in np.flatnonzero(np.bincount(lvl, minlength=FAR_LEVEL)):
+        sel = np.flatnonzero(lvl == lv) if lvl.min() != lvl.max() else np.arange(len(lvl))
+        k = key[sel]
+        if span <= 4 * len(k) + 4096:
+            present = np.zeros(span, bool)
+            present[k] = True
+            tiles = np.flatnonzero(present)
+            slot = (np.cumsum(present) - 1)[k]
+        else:  # tiles scattered over a wide range: sort instead of a table that large
+            tiles, slot = np.unique(k, return_inverse=True)
+        stack = np.stack([model._tile(i0 + int(q) // span_j, j0 + int(q) % span_j, seed, int(lv)) for q in tiles])
+        texture_kernels.gather_tiles(stack, slot, r[sel], c[sel], ti[sel], tj[sel], t, int(lv), near[sel], out)
     return out
 
 

@@ -83,24 +83,34 @@ def ssd_costs(detail, cand, canvas, pix, dc_weight):
     cost = np.empty(k_n, np.float64)
     offset = np.zeros((k_n, 3), np.float64)
     inv_m = 1.0 / max(m_n, 1)
-    want = np.empty((m_n, 3), np.float32)  # the canvas at the constrained pixels, gathered once
+    width = detail.shape[1]
+    flat = detail.reshape(-1)
+    want = np.empty(3 * m_n, np.float32)  # the canvas at the constrained pixels, gathered once
+    at = np.empty(m_n, np.int64)  # their offsets into ``flat`` relative to a candidate's origin
     for m in range(m_n):
+        at[m] = 3 * (pix[m, 0] * width + pix[m, 1])
         for c in range(3):
-            want[m, c] = canvas[pix[m, 0], pix[m, 1], c]
+            want[3 * m + c] = canvas[pix[m, 0], pix[m, 1], c]
     for k in range(k_n):
-        cy, cx = cand[k, 0], cand[k, 1]
-        s1 = np.zeros(3)
-        s2 = np.zeros(3)
+        base = 3 * (cand[k, 0] * width + cand[k, 1])
+        # scalar accumulators (registers, not a 3-array in memory); pixels in order, so the sums are the same
+        a0 = a1 = a2 = 0.0
+        b0 = b1 = b2 = 0.0
         for m in range(m_n):
-            py, px = cy + pix[m, 0], cx + pix[m, 1]
-            for c in range(3):  # channels innermost: contiguous reads
-                d = want[m, c] - detail[py, px, c]
-                s1[c] += d
-                s2[c] += d * d
+            q = base + at[m]
+            d0 = want[3 * m] - flat[q]
+            d1 = want[3 * m + 1] - flat[q + 1]
+            d2 = want[3 * m + 2] - flat[q + 2]
+            a0 += d0
+            a1 += d1
+            a2 += d2
+            b0 += d0 * d0
+            b1 += d1 * d1
+            b2 += d2 * d2
         total = 0.0
-        for c in range(3):
-            mean = s1[c] * inv_m
-            total += s2[c] * inv_m - mean * mean + dc_weight * mean * mean
+        for c, s1, s2 in ((0, a0, b0), (1, a1, b1), (2, a2, b2)):
+            mean = s1 * inv_m
+            total += s2 * inv_m - mean * mean + dc_weight * mean * mean
             offset[k, c] = mean
         cost[k] = total
     return cost, offset
@@ -524,3 +534,16 @@ def region_detail(m, table, seed, r0, c0, hh, ww):
             for c in range(3):
                 off[a, b, c] = np.float32(got[2 + c])
     return compose(m[0], src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, r0, c0, s, h)
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_tiles(stack, slot, rows, cols, tile_rows, tile_cols, tile_px, level, dst, out):
+    """out[dst[n]] = stack[slot[n], (rows[n] - tile_rows[n] * tile_px) >> level, (cols[n] - ...) >> level]: texels
+    of mip ``level`` read from the tiles ``stack`` [G, T >> level, T >> level, 3] uint8 (one pass, no temporaries).
+    rows, cols [N] int64 texture-space texels in tiles (tile_rows, tile_cols) [N]; dst [N] int64 rows of out."""
+    for n in range(dst.shape[0]):
+        y = (rows[n] - tile_rows[n] * tile_px) >> level
+        x = (cols[n] - tile_cols[n] * tile_px) >> level
+        g = slot[n]
+        for c in range(3):
+            out[dst[n], c] = stack[g, y, x, c]
