@@ -98,6 +98,11 @@ def _reference_cast(layout, view, rays: np.ndarray, c2w: np.ndarray) -> np.ndarr
             if t <= 0:
                 continue
             hit = c2w[:3, 3] + t * d_world
+            if p.kind == WALL and not layout.indoor and math.isfinite(p.top_m):  # a facade: its top and its ends
+                along = float(hit @ layout.axes[3 - p.axis])
+                if (float(hit @ layout.axes[0]) > p.top_m + layout.config.facade_top_margin_m
+                        or not p.span_m[0] <= along <= p.span_m[1]):
+                    continue
             if any(o.plane == p and abs(float(hit @ layout.axes[3 - p.axis]) - o.centre_m) <= o.half_width_m
                    and o.bottom_m <= float(hit @ layout.axes[0]) <= o.top_m for o in view.openings):
                 continue
@@ -311,3 +316,8 @@ def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
     depth, _ = cast_layout(layout, view, rays, c2w_back)
     assert depth[0] == pytest.approx(1.0, abs=0.05)  # z-depth of the facade 1 m behind the first camera
     assert depth[1] == 0.0  # past its end: open sky, not a canyon wall to the horizon
+    grid = pixel_rays(Intrinsics.from_fov(100.0, 40, 24)).astype(np.float32).reshape(-1, 3)
+    for pose in (c2w, c2w_back):  # the whole view, against the per-ray reference (facade tops and ends)
+        depth, _ = cast_layout(layout, view, grid, pose)
+        np.testing.assert_allclose(depth, _reference_cast(layout, view, grid, pose), rtol=1e-4, atol=1e-5)
+        assert (depth == 0).any() and (depth > 0).any()  # sky above the facade and past its end, and hits
