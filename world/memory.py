@@ -734,11 +734,17 @@ class SpatialMemory:
             return
         self._structure += 1
         n_sorted_before = self._n_sorted
+        drops = np.ascontiguousarray(drops, np.int64)
         self._n_sorted, self._n = K.drop_points(
             self._table, self._keys, self._offsets, self._colors, self._counts, self._last, self._prov,
-            np.ascontiguousarray(drops, np.int64), self._n_sorted, self._n)
-        if self._n_sorted != n_sorted_before:  # the prefix moved: its block directory with it
-            self._block_ids, self._block_starts = K.block_directory(self._keys, self._n_sorted)
+            drops, self._n_sorted, self._n)
+        in_prefix = n_sorted_before - self._n_sorted
+        if in_prefix:  # the prefix moved: each block starts earlier by the drops before it; emptied blocks go
+            # (O(blocks) instead of block_directory's O(points) pass: ~0.5 ms of a lock-step step at 10^5 points)
+            starts = self._block_starts - np.searchsorted(drops[:in_prefix], self._block_starts)
+            live = starts[1:] > starts[:-1]
+            self._block_ids = self._block_ids[live]
+            self._block_starts = np.append(starts[:-1][live], starts[-1])
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.
