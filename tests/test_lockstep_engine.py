@@ -6,8 +6,7 @@
   reaches past the history;
 - the memory update reuses the voxel set the engine collected from the same render instead of collecting it
   again (same report, same memory);
-- pose validation in Python floats accepts and rejects exactly what the numpy checks did;
-- a small world's unsorted tail is merged into the culling blocks once it passes ``TAIL_MIN`` (8192) points.
+- pose validation in Python floats accepts and rejects exactly what the numpy checks did.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from spatia.world.actions import ClipConfig
-from spatia.world.camera import RIGID_TOLERANCE, Intrinsics, pose_problem
+from spatia.world.camera import RIGID_TOLERANCE, pose_problem
 from spatia.world.engine import Engine, EngineConfig
 from spatia.world.errors import InvalidInputError
 from spatia.world.generator import ReferenceFrame
@@ -41,7 +40,7 @@ def _walk(n: int, seed: int = 0) -> np.ndarray:
     return np.stack(poses)
 
 
-def _engine(geometric: bool = True) -> Engine:
+def _engine() -> Engine:
     from spatia.model.geometric import GeometricGenerator
 
     world = World.from_scene("room", 0, W, H)
@@ -139,24 +138,3 @@ def test_pose_validation_in_python_floats_matches_the_numpy_checks():
         verdicts.append((pose_problem(T) is not None, _numpy_pose_problem(T)))
     fast, slow = np.array(verdicts).T
     assert np.array_equal(fast, slow) and 100 < slow.sum() < 550  # both verdicts well represented
-
-
-def test_a_small_worlds_tail_is_merged_into_the_culling_blocks():
-    from spatia.world import memory as memory_module
-    from spatia.world.memory import MemoryConfig, SpatialMemory
-
-    assert memory_module.TAIL_MIN == 8192
-    rng = np.random.default_rng(4)
-    mem = SpatialMemory(MemoryConfig(voxel_size_m=0.02))
-    mem.integrate_points(rng.uniform(-2, 2, (30_000, 3)), np.zeros((30_000, 3), np.uint8), 0)
-    mem.reindex()
-    mem.integrate_points(rng.uniform(-2, 2, (12_000, 3)), np.zeros((12_000, 3), np.uint8), 1)
-    assert mem._n - mem._n_sorted > 8192
-    c2w = np.eye(4)
-    c2w[2, 3] = -5.0
-    before = mem.render(Intrinsics.from_fov(60.0, W, H), c2w)
-    assert mem._n_sorted == mem._n  # the render merged the tail first (a tail this long was rendered unculled)
-    mem.integrate_points(rng.uniform(-2, 2, (5_000, 3)), np.zeros((5_000, 3), np.uint8), 2)
-    mem.render(Intrinsics.from_fov(60.0, W, H), c2w)
-    assert mem._n - mem._n_sorted > 0  # below the threshold the tail stays
-    assert before.valid.any()

@@ -63,13 +63,12 @@ GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 34 r
 GROW_AHEAD_AT = 0.96
 GROW_AHEAD = 1.2
 MIN_CAPACITY = 1 << 14
-TAIL_MIN = 1 << 13  # an unsorted tail below this many points is rendered without culling
+TAIL_MIN = 1 << 16  # an unsorted tail below this many points is rendered without culling
 TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sorted part before a render (each merge
 # is an O(n) pause of the frame being made, ~80 ms at 1.2 M points; a longer tail costs ~1 ms more per render)
-# TAIL_MIN: the tail is scanned whole by every render (~40 ns a point here), a merge costs ~4.5 ms at 115 k points
-# (7.5 ms with its sort, which the maintenance thread prepares); a 128x96 lock-step agent adds ~360 points a step,
-# and the two balance near sqrt(2 * merge * growth / scan) ~ 9 k points. At 2**16 a world below 262 k points
-# rendered up to 65 k unculled points a frame (1-2 ms of a 128x96 step).
+# (TAIL_MIN = 8192 saved ~0.3 ms of a 128x96 lock-step step, within the noise of a shared machine, but a new world
+# of < 65 k points then got sorted before its layout fill was fitted, and the fit depends on the order of the
+# observed points: the demo's frames changed from its first fill on. Kept at 2**16.)
 
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
