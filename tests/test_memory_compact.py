@@ -111,3 +111,37 @@ def test_box_candidates_match_a_plain_box_test(since):
                           & (mem.last_seen_frame >= floor))
     assert len(want) > 10
     assert np.array_equal(got, want)
+
+
+def test_drops_anywhere_match_the_reference_order():
+    """Random drop sets on small memories, including the edges: no sorted prefix, all sorted, drops only in the
+    prefix or only in the tail, the last rows, every row."""
+    rng = np.random.default_rng(6)
+    for trial in range(40):
+        mem = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
+        n0 = int(rng.integers(1, 400))
+        mem.integrate_points(rng.uniform(-3, 3, (n0, 3)), rng.integers(0, 256, (n0, 3), dtype=np.uint8), 0)
+        if trial % 4:
+            mem.reindex()
+        extra = int(rng.integers(0, 300)) if trial % 5 else 0
+        if extra:
+            mem.integrate_points(rng.uniform(-3, 3, (extra, 3)), np.zeros((extra, 3), np.uint8), 1)
+        n, ns = mem._n, mem._n_sorted
+        kind = trial % 4
+        pool = {0: np.arange(n), 1: np.arange(ns), 2: np.arange(ns, n), 3: np.arange(max(0, n - 5), n)}[kind]
+        if trial == 7:
+            pool = np.arange(n)
+        if not len(pool):
+            continue
+        k = len(pool) if trial == 7 else int(rng.integers(1, len(pool) + 1))
+        drops = np.sort(rng.choice(pool, k, replace=False))
+        before = mem.to_arrays()
+        order, n_sorted = reference_drop_order(ns, n, drops)
+        mem._drop(drops)
+        assert mem._n == n - k and mem._n_sorted == n_sorted
+        after = mem.to_arrays()
+        for name in before:
+            assert np.array_equal(after[name], before[name][order]), (trial, name)
+        ids, starts = K.block_directory(mem._keys, mem._n_sorted)
+        assert np.array_equal(ids, mem._block_ids) and np.array_equal(starts, mem._block_starts), trial
+        _check_table(mem, before["voxel_keys"][drops])
