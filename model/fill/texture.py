@@ -937,6 +937,21 @@ class TextureModel:
 
     # -- composition ----------------------------------------------------------------------------------------
 
+    def reference_shaded(self, out: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Slow twin of ``texture_kernels.shade_region`` (what ``_shaded`` adds before rounding), in numpy:
+        [H, W, 3] float32."""
+        out = out + self._shading_at(ys, xs)
+        eh, ew = self.valid.shape
+        f = self._edge_feather
+        py, px = ys - self.origin_px[0] + f, xs - self.origin_px[1] + f
+        iy = np.flatnonzero((py >= 0) & (py < eh + 2 * f))
+        ix = np.flatnonzero((px >= 0) & (px < ew + 2 * f))
+        if len(iy) and len(ix):
+            w_obs = self._edge_weight[np.ix_(py[iy], px[ix])][..., None]
+            block = out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
+            block[:] = w_obs * self._edge_value[np.ix_(py[iy], px[ix])] + (1 - w_obs) * block
+        return out
+
     def _shading_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Shading [len(ys), len(xs), 3] at texture-space rows ``ys`` and columns ``xs``."""
         h, w = self.valid.shape
@@ -1107,17 +1122,10 @@ class TextureModel:
     def _shaded(self, out: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Shading-free texels ``out`` [H, W, 3] float32 at texture-space rows ``ys`` [H], cols ``xs`` [W] with
         the shading added and the observed texels faded in: [H, W, 3] uint8."""
-        out = out + self._shading_at(ys, xs)
-        # near observed texels, fade into the smooth continuation of what was observed; observed ones are kept
-        eh, ew = self.valid.shape
-        f = self._edge_feather
-        py, px = ys - self.origin_px[0] + f, xs - self.origin_px[1] + f
-        iy = np.flatnonzero((py >= 0) & (py < eh + 2 * f))
-        ix = np.flatnonzero((px >= 0) & (px < ew + 2 * f))
-        if len(iy) and len(ix):
-            w_obs = self._edge_weight[np.ix_(py[iy], px[ix])][..., None]
-            block = out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
-            block[:] = w_obs * self._edge_value[np.ix_(py[iy], px[ix])] + (1 - w_obs) * block
+        out = np.ascontiguousarray(out, np.float32)
+        texture_kernels.shade_region(out, int(ys[0]), int(xs[0]), self.shading, self.shading_mean,
+                                     float(self.shading_decay_px), self._edge_weight, self._edge_value,
+                                     int(self.origin_px[0]), int(self.origin_px[1]), int(self._edge_feather))
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -547,3 +547,47 @@ def gather_tiles(stack, slot, rows, cols, tile_rows, tile_cols, tile_px, level, 
         g = slot[n]
         for c in range(3):
             out[dst[n], c] = stack[g, y, x, c]
+
+
+@nb.njit(cache=True, nogil=True)
+def shade_region(detail_out, r0, c0, shading, shading_mean, decay_px, edge_weight, edge_value, origin_y, origin_x,
+                 feather):
+    """``TextureModel._shaded`` in one pass, in place on ``detail_out`` [H, W, 3] float32 (texture-space rows
+    r0.., cols c0..): plus the shading (inside the exemplar's box as fitted; outside, its nearest box texel's
+    relaxing towards ``shading_mean`` as exp(-distance / decay_px); beyond 8 decays the mean alone), then the
+    observed texels faded in over the ``feather``-texel band (``edge_weight`` / ``edge_value``, the box padded by
+    ``feather``). float32 throughout, as the numpy expressions it replaces."""
+    hh, ww = detail_out.shape[0], detail_out.shape[1]
+    h, w = shading.shape[0], shading.shape[1]
+    decay = np.float32(decay_px)
+    near = np.int64(1) << 62
+    for i in range(hh):
+        py = r0 + i - origin_y
+        near = min(near, abs(py - min(max(py, 0), h - 1)))
+    near_x = np.int64(1) << 62
+    for j in range(ww):
+        px = c0 + j - origin_x
+        near_x = min(near_x, abs(px - min(max(px, 0), w - 1)))
+    far = min(near, near_x) > 8.0 * decay_px
+    one = np.float32(1.0)
+    eh, ew = edge_weight.shape[0], edge_weight.shape[1]
+    for i in range(hh):
+        py = r0 + i - origin_y
+        cy = min(max(py, 0), h - 1)
+        for j in range(ww):
+            px = c0 + j - origin_x
+            cx = min(max(px, 0), w - 1)
+            if far:
+                for c in range(3):
+                    detail_out[i, j, c] += shading_mean[c]
+            else:
+                dy, dx = np.float32(py - cy), np.float32(px - cx)
+                keep = np.exp(-np.hypot(dy, dx) / decay) if (dy != 0 or dx != 0) else one
+                for c in range(3):
+                    m = shading_mean[c]
+                    detail_out[i, j, c] += m + (shading[cy, cx, c] - m) * keep if keep != one else shading[cy, cx, c]
+            ey, ex = py + feather, px + feather
+            if 0 <= ey < eh and 0 <= ex < ew:
+                wt = edge_weight[ey, ex]
+                for c in range(3):
+                    detail_out[i, j, c] = wt * edge_value[ey, ex, c] + (one - wt) * detail_out[i, j, c]
