@@ -321,3 +321,21 @@ def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
         depth, _ = cast_layout(layout, view, grid, pose)
         np.testing.assert_allclose(depth, _reference_cast(layout, view, grid, pose), rtol=1e-4, atol=1e-5)
         assert (depth == 0).any() and (depth > 0).any()  # sky above the facade and past its end, and hits
+
+
+def test_the_compiled_window_search_matches_numpy():
+    """``appearance._largest_window`` (compiled) picks the window ``np.argmax`` over every window's count picks,
+    ties included, on sparse, dense, blocky and empty coverage."""
+    from spatia.model.fill import appearance
+
+    rng = np.random.default_rng(5)
+    sizes = [64, 48, 32, 24, 16, 12, 8]
+    covers = [rng.random((70, 90)) < p for p in (0.2, 0.6, 0.95)]
+    blocky = np.zeros((50, 40), bool)
+    blocky[10:30, 5:25] = True
+    blocky[35:48, 20:38] = True
+    covers += [blocky, np.ones((20, 33), bool), np.zeros((30, 30), bool)]
+    for cover in covers:
+        for min_cov in (0.5, 0.8, 0.95):
+            want = appearance._reference_largest_window(cover, sizes, min_cov)
+            assert appearance._largest_window(cover, sizes, min_cov) == want
