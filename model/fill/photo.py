@@ -76,6 +76,14 @@ class PhotoLayoutConfig:
     # so the default makes it fall back.
     unmeasured_focal_confidence: float = 0.3
     seed: int = 0  # RANSAC sampling seed: same image, same layout
+    # measure_focal: when the lines pin the focal down (tuned on procedural renders at 50-90 deg, never the cases)
+    focal_inlier_deg: float = 2.0  # a segment belongs to a vanishing point within this image angle
+    focal_seed_fovs_deg: tuple = (50.0, 70.0, 90.0)  # fit starts besides the sweep's and the pair's focal
+    focal_vp_max_dist: float = 50.0  # a vanishing point farther than this many focal lengths is "at infinity"
+    focal_min_family_segments: int = 8
+    focal_min_family_share: float = 0.02  # of the inlier segment length
+    focal_min_vertical_segments: int = 4
+    focal_max_log_sd: float = 0.05
 
     def __post_init__(self) -> None:
         if self.camera_height_m <= 0 or self.max_depth_m <= self.min_depth_m or self.min_depth_m <= 0:
@@ -340,6 +348,177 @@ def focal_from_horizon_sweep(
     if best in (0, len(fovs) - 1):  # the optimum on the edge of the range is not a measurement
         return None
     return 0.5 * width / math.tan(math.radians(float(fovs[best])) / 2)
+
+
+@dataclass(frozen=True)
+class FocalFit:
+    """A Manhattan frame and focal length fitted to the segments (analysed-image pixels)."""
+
+    focal_px: float
+    frame_cam: np.ndarray  # [3, 3] columns: horizontal axis a, up, horizontal axis b; camera frame
+    score: float  # summed length of the segments within ``focal_inlier_deg`` of their vanishing point (soft)
+    log_focal_sd: float  # standard deviation of log(focal) from the fit's Jacobian
+    families: tuple  # per axis (share of inlier length, segments, vanishing point distance from centre / focal)
+
+    def observable(self, config: "PhotoLayoutConfig") -> bool:
+        """Whether the lines pin the focal down (see ``measure_focal``)."""
+        finite = sum(1 for share, n, dist in self.families
+                     if dist < config.focal_vp_max_dist and n >= config.focal_min_family_segments
+                     and share >= config.focal_min_family_share)
+        return (finite >= 2 and self.families[1][1] >= config.focal_min_vertical_segments
+                and self.log_focal_sd < config.focal_max_log_sd)
+
+
+def _segment_vp_sines(seg: np.ndarray, vps_h: np.ndarray) -> np.ndarray:
+    """``[V, N]`` signed sine of the image angle between each segment ``[N, 4]`` and the direction from its midpoint
+    to each homogeneous vanishing point ``[V, 3]`` (pixels; z = 0 at infinity)."""
+    mid = 0.5 * (seg[:, :2] + seg[:, 2:])
+    d = seg[:, 2:] - seg[:, :2]
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    to = vps_h[:, None, :2] - vps_h[:, None, 2:3] * mid[None]
+    return (d[None, :, 0] * to[..., 1] - d[None, :, 1] * to[..., 0]) / np.maximum(np.linalg.norm(to, axis=-1), 1e-12)
+
+
+def _rotvec_matrix(w: np.ndarray) -> np.ndarray:
+    """Rodrigues: the rotation by ``|w|`` radians about ``w``."""
+    th = float(np.linalg.norm(w))
+    if th < 1e-12:
+        return np.eye(3)
+    k = w / th
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(th) * Kx + (1 - math.cos(th)) * Kx @ Kx
+
+
+def _manhattan_vps(log_f: float, w: np.ndarray, frame0: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``[3, 3]`` rows: unit homogeneous vanishing points (pixels) of the frame ``R(w) frame0`` at focal ``e^log_f``."""
+    f = math.exp(log_f)
+    K = np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]])
+    v = (K @ (_rotvec_matrix(w) @ frame0)).T
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def fit_manhattan_focal(
+    seg: np.ndarray,  # [N, 4] pixels
+    width: int,
+    height: int,
+    f0: float,  # initial focal, pixels
+    frame0: np.ndarray,  # [3, 3] initial Manhattan frame (columns a, up, b), camera frame
+    config: "PhotoLayoutConfig",
+    iterations: int = 3,
+) -> FocalFit | None:
+    """Focal and frame minimising the image-space angle between each segment and its family's vanishing point.
+
+    Robust least squares (``scipy.optimize.least_squares``, soft-L1) over (log f, a rotation of ``frame0``), each
+    segment weighted by the square root of its length; segments are (re)assigned to the nearest of the three
+    vanishing points, inliers within ``focal_inlier_deg`` only, ``iterations`` times. Image-space angles are the
+    segments' own noise model: a histogram of azimuths (``focal_from_horizon_sweep``) leans towards narrow fields
+    of view, where every interpretation plane contains nearly the same optical axis.
+    """
+    from scipy.optimize import least_squares
+
+    L = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+    f_lo = 0.5 * width / math.tan(math.radians(config.max_fov_deg) / 2)
+    f_hi = 0.5 * width / math.tan(math.radians(config.min_fov_deg) / 2)
+    lb = np.array([math.log(f_lo), -0.5, -0.5, -0.5])
+    ub = np.array([math.log(f_hi), 0.5, 0.5, 0.5])
+    x = np.array([float(np.clip(math.log(f0), lb[0] + 1e-6, ub[0] - 1e-6)), 0.0, 0.0, 0.0])
+    thr = math.sin(math.radians(config.focal_inlier_deg))
+    sol = None
+    for _ in range(iterations):
+        sines = _segment_vp_sines(seg, _manhattan_vps(x[0], x[1:], frame0, width, height))
+        fam = np.argmin(np.abs(sines), axis=0)
+        inl = np.abs(sines[fam, np.arange(len(seg))]) < thr
+        if inl.sum() < 6:
+            return None
+        sq, fam_i, seg_i = np.sqrt(L[inl]), fam[inl], seg[inl]
+        cols = np.arange(len(seg_i))
+
+        def residuals(p, seg_i=seg_i, fam_i=fam_i, sq=sq, cols=cols):
+            return _segment_vp_sines(seg_i, _manhattan_vps(p[0], p[1:], frame0, width, height))[fam_i, cols] * sq
+
+        sol = least_squares(residuals, x, bounds=(lb, ub), loss="soft_l1", f_scale=3.0 * math.sin(math.radians(1.0)))
+        x = sol.x
+    vps = _manhattan_vps(x[0], x[1:], frame0, width, height)
+    sines = np.abs(_segment_vp_sines(seg, vps))
+    amin, fam = sines.min(axis=0), np.argmin(sines, axis=0)
+    inl = amin < thr
+    score = float((L * np.maximum(0.0, 1.0 - (amin / thr) ** 2)).sum())
+    dof = max(1, len(sol.fun) - 4)
+    try:
+        cov = np.linalg.inv(sol.jac.T @ sol.jac) * float((sol.fun ** 2).sum() / dof)
+        sd = math.sqrt(max(float(cov[0, 0]), 0.0))
+    except np.linalg.LinAlgError:
+        sd = math.inf
+    f = math.exp(x[0])
+    total = max(float(L[inl].sum()), 1e-9)
+    families = []
+    for k in range(3):
+        sel = inl & (fam == k)
+        dist = math.inf if abs(vps[k, 2]) < 1e-12 else float(
+            np.linalg.norm(vps[k, :2] / vps[k, 2] - [width / 2.0, height / 2.0]) / f)
+        families.append((float(L[sel].sum()) / total, int(sel.sum()), dist))
+    return FocalFit(f, _rotvec_matrix(x[1:]) @ frame0, score, sd, tuple(families))
+
+
+def measure_focal(
+    seg: np.ndarray,  # [N, 4] pixels of the analysed image
+    labels: np.ndarray,  # [N] vanishing point index per segment (-1 none)
+    vps: list[VanishingPoint],
+    width: int,
+    height: int,
+    config: PhotoLayoutConfig,
+) -> float | None:
+    """Focal length (pixels of the analysed image) from the line structure, or None when it cannot be measured.
+
+    Starts: the horizon sweep's focal, the orthogonal vanishing-point pair's, and ``focal_seed_fovs_deg``; each
+    with up and the Manhattan frame from the vanishing points found at that focal (both strongest horizontal
+    points tried). Each start is refined by ``fit_manhattan_focal``; the best-scoring fit wins (within 2%, the
+    one with the smaller focal uncertainty). The focal counts as measured only when the fit is **observable**:
+    two of the three families have a finite vanishing point (within ``focal_vp_max_dist`` focal lengths of the
+    centre) carried by at least ``focal_min_family_segments`` segments and ``focal_min_family_share`` of the
+    inlier length, the vertical family has ``focal_min_vertical_segments``, and sd(log f) < ``focal_max_log_sd``.
+    A level camera facing a wall (vertical and lateral points at infinity) has none; a pitched one facing a wall
+    whose receding lines are too short to detect has one (the vertical point): neither pins the focal, and
+    before this test the sweep returned whatever noise peaked (house at 75 deg measured 44-105 deg).
+    """
+    starts = [f for f in (focal_from_horizon_sweep(seg, labels, vps, width, height, config),
+                          focal_from_vps(vps, width, height, config)) if f is not None]
+    starts += [0.5 * width / math.tan(math.radians(a) / 2) for a in config.focal_seed_fovs_deg]
+    horizontal = sorted([v for v in vps if not v.vertical], key=lambda v: -v.support_px)[:2] or [None]
+    best: FocalFit | None = None
+    for f0 in starts:
+        K = np.array([[f0, 0, width / 2.0], [0, f0, height / 2.0], [0, 0, 1.0]])
+        up, _, _ = estimate_up(vps, K)
+        for h_vp in horizontal:
+            fit = fit_manhattan_focal(seg, width, height, f0, manhattan_frame(up, h_vp, K), config)
+            if fit is None:
+                continue
+            if (best is None or fit.score > 1.02 * best.score
+                    or (fit.score > 0.98 * best.score and fit.log_focal_sd < best.log_focal_sd)):
+                best = fit
+    if best is None or not best.observable(config):
+        return None
+    return best.focal_px
+
+
+def analyse_lines(rgb: np.ndarray, config: PhotoLayoutConfig = PhotoLayoutConfig()):
+    """``(small [h, w, 3], scale, segments [N, 4], vanishing points, labels [N])`` of a photo at the analysis size."""
+    rgb = _check_rgb(rgb)
+    H, W = rgb.shape[:2]
+    s = min(1.0, config.work_width_px / W)
+    w, h = max(32, int(round(W * s))), max(32, int(round(H * s)))
+    small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    seg = detect_segments(gray, config.min_segment_frac * math.hypot(w, h))
+    vps, labels = find_vanishing_points(seg, w, h, config, max_points=4)
+    return small, s, seg, vps, labels
+
+
+def estimate_focal_px(rgb: np.ndarray, config: PhotoLayoutConfig = PhotoLayoutConfig()) -> float | None:
+    """Focal length in pixels of the full-resolution photo (square pixels, centred principal point), or None."""
+    small, s, seg, vps, labels = analyse_lines(rgb, config)
+    f = measure_focal(seg, labels, vps, small.shape[1], small.shape[0], config)
+    return None if f is None else f / s
 
 
 def _direction(vp: VanishingPoint, K_inv: np.ndarray) -> np.ndarray:
@@ -641,20 +820,15 @@ def estimate_layout(
         raise InvalidInputError(
             f"image is {W}x{H} but the intrinsics are for {intrinsics.width}x{intrinsics.height}"
         )
-    s = min(1.0, config.work_width_px / W)
-    w, h = max(32, int(round(W * s))), max(32, int(round(H * s)))
-    small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb
+    small, s, seg, vps, _labels = analyse_lines(rgb, config)
+    h, w = small.shape[:2]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    seg = detect_segments(gray, config.min_segment_frac * math.hypot(w, h))
-    vps, _labels = find_vanishing_points(seg, w, h, config, max_points=4)
 
     # --- focal
     if intrinsics is not None:
         K_full, focal_source = intrinsics, "given"
     else:
-        f_small = focal_from_horizon_sweep(seg, _labels, vps, w, h, config)
-        if f_small is None:
-            f_small = focal_from_vps(vps, w, h, config)
+        f_small = measure_focal(seg, _labels, vps, w, h, config)
         if f_small is not None:
             f = f_small / s
             K_full, focal_source = Intrinsics(f, f, W / 2.0, H / 2.0, W, H), "vanishing_points"
