@@ -360,6 +360,12 @@ class FocalFit:
     log_focal_sd: float  # standard deviation of log(focal) from the fit's Jacobian
     families: tuple  # per axis (share of inlier length, segments, vanishing point distance from centre / focal)
 
+    def confirms(self, width: int, config: "PhotoLayoutConfig") -> bool:
+        """A focal the segments constrain (sd(log f) < ``focal_max_log_sd``) inside the FOV range (not on its edge)."""
+        fov = math.degrees(2.0 * math.atan(0.5 * width / self.focal_px))
+        return (self.log_focal_sd < config.focal_max_log_sd
+                and config.min_fov_deg + 0.5 < fov < config.max_fov_deg - 0.5)
+
     def observable(self, config: "PhotoLayoutConfig") -> bool:
         """Whether the lines pin the focal down (see ``measure_focal``)."""
         finite = sum(1 for share, n, dist in self.families
@@ -481,9 +487,27 @@ def measure_focal(
     whose receding lines are too short to detect has one (the vertical point): neither pins the focal, and
     before this test the sweep returned whatever noise peaked (house at 75 deg measured 44-105 deg).
     """
-    starts = [f for f in (focal_from_horizon_sweep(seg, labels, vps, width, height, config),
-                          focal_from_vps(vps, width, height, config)) if f is not None]
-    starts += [0.5 * width / math.tan(math.radians(a) / 2) for a in config.focal_seed_fovs_deg]
+    f_sweep = focal_from_horizon_sweep(seg, labels, vps, width, height, config)
+    if f_sweep is None:
+        f_sweep = focal_from_vps(vps, width, height, config)
+    if f_sweep is not None:
+        # refine the sweep's focal (1 degree steps, azimuth histograms) on the segments' own angles; keep it
+        # when the fit confirms it: a focal the segments constrain (sd) and not pushed onto the FOV range's edge
+        best = _best_fit(seg, vps, width, height, [f_sweep], config)
+        if best is not None and best.confirms(width, config):
+            return best.focal_px
+    # nothing peaked: a focal from the fit's own starts, only where the lines pin it down
+    seeds = [0.5 * width / math.tan(math.radians(a) / 2) for a in config.focal_seed_fovs_deg]
+    best = _best_fit(seg, vps, width, height, seeds, config)
+    if best is None or not best.observable(config):
+        return None
+    return best.focal_px
+
+
+def _best_fit(seg: np.ndarray, vps: list[VanishingPoint], width: int, height: int, starts: list[float],
+              config: PhotoLayoutConfig) -> FocalFit | None:
+    """The best-scoring ``fit_manhattan_focal`` over focal starts x the two strongest horizontal vanishing points
+    (within 2% of the best score, the fit with the smaller focal uncertainty)."""
     horizontal = sorted([v for v in vps if not v.vertical], key=lambda v: -v.support_px)[:2] or [None]
     best: FocalFit | None = None
     for f0 in starts:
@@ -496,9 +520,7 @@ def measure_focal(
             if (best is None or fit.score > 1.02 * best.score
                     or (fit.score > 0.98 * best.score and fit.log_focal_sd < best.log_focal_sd)):
                 best = fit
-    if best is None or not best.observable(config):
-        return None
-    return best.focal_px
+    return best
 
 
 def analyse_lines(rgb: np.ndarray, config: PhotoLayoutConfig = PhotoLayoutConfig()):
