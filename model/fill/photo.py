@@ -69,6 +69,8 @@ class PhotoLayoutConfig:
     vp_inlier_deg: float = 1.5  # a segment supports a vanishing point when its angle to it is below this
     vp_hypotheses: int = 1500  # RANSAC pair samples per vanishing point
     min_wall_height_m: float = 2.0  # a floor contact with sky less than this above it is no wall's foot
+    min_wall_length_m: float = 0.3  # a wall's contacts span at least this along it (a tree trunk is no wall)
+    edge_facade_cols_frac: float = 0.03  # outdoors: the image-edge block tested for a facade rising out of the top
     min_confidence: float = 0.35  # below: fall back to the planar prior (logged)
     # Confidence factor when the photo came without intrinsics and its vanishing points do not give the focal
     # either (a level camera facing a wall). The layout's depths then scale with the assumed focal; on the
@@ -799,6 +801,63 @@ def _fit_walls(
     return walls
 
 
+def _wall_length_m(foot_xz: np.ndarray, wall: tuple[np.ndarray, float, np.ndarray]) -> float:
+    """Extent (metres) of a wall's contact columns along the wall (perpendicular to its normal)."""
+    n, _, cols = wall
+    along = foot_xz[cols] @ np.array([-n[1], n[0]])
+    return float(along.max() - along.min()) if len(along) else 0.0
+
+
+def _edge_facades(
+    foot_xz: np.ndarray,  # [C, 2] level-frame contact per column
+    contact: np.ndarray,  # [C] bool columns with a wall-foot contact
+    sky_above: np.ndarray,  # [C] lowest sky row above the contact (-1: none, the surface rises out of the top)
+    walls: list[tuple[np.ndarray, float, np.ndarray]],
+    axes_xz: list[np.ndarray],  # unit horizontal normals (level xz), both signs
+    config: PhotoLayoutConfig,
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Outdoors: a side facade at the photo's left or right edge that no wall explains becomes a wall.
+
+    A courtyard's side building is often seen only in the photo's top corner, behind a colonnade or trees: its
+    foot is hidden or broken into short runs, so no run of contacts lines up along it, and walking towards it
+    showed sky or the back facade's extension there (courtyard@photo, frames 64-96). Rule: the outermost
+    ``edge_facade_cols_frac`` of the columns on that side all have a contact and no sky above it (a surface rising
+    out of the photo's top), and no wall faces that way; then a wall along the Manhattan axis closest to the
+    image's side direction stands through the outermost contact, and the columns from the edge inwards whose
+    contacts lie within ``max(1 m, 20%)`` in front of it take its depth (a short fronto-parallel run there was the
+    colonnade's or the facade's foot seen between pillars).
+    """
+    C = len(foot_xz)
+    m = max(3, int(round(config.edge_facade_cols_frac * C)))
+    out = list(walls)
+    for side, edge in ((-1.0, np.arange(C)), (1.0, np.arange(C)[::-1])):
+        n = max(axes_xz, key=lambda a: side * a[0])  # the axis normal pointing most to that side
+        if side * n[0] < math.cos(math.radians(35.0)):
+            continue  # the frame is turned too far from the image's sides to call either axis "the side"
+        if any(np.allclose(wn if o > 0 else -wn, n, atol=1e-3) for wn, o, _ in out):
+            continue
+        block = edge[:m]
+        if not (contact[block].all() and (sky_above[block] < 0).all()):
+            continue
+        off = foot_xz @ n  # how far out each contact lies along n
+        o = float(off[block].max())
+        # no farther out than 1.5x the median distance of the walls the contacts did line up into (the square's
+        # scale; 20 m without any): at courtyard@photo's right edge a near building corner fills the top while the
+        # contact found below it is the grass 36 m away, which made a "facade" 32 m out
+        scale = float(np.median([abs(wo) for _, wo, _ in walls])) if walls else 0.0
+        if o <= 0.5 or o > (1.5 * scale if scale > 0 else 0.25 * config.max_depth_m):
+            continue
+        cols = np.zeros(C, bool)
+        for c in edge:  # from the edge inwards while the contacts stay near the facade's line
+            if not contact[c] or off[c] < o - max(1.0, 0.2 * o):
+                break
+            cols[c] = True
+        out = [(wn, wo, wc & ~cols) for wn, wo, wc in out]
+        out = [wl for wl in out if wl[2].any()]
+        out.append((n, o, cols))
+    return out
+
+
 def _runs(mask: np.ndarray, min_run: int) -> np.ndarray:
     """``mask`` with only its contiguous True runs of length >= ``min_run`` kept (small gaps of 2 bridged)."""
     m = ndimage.binary_closing(mask, structure=np.ones(3)) & True
@@ -982,6 +1041,11 @@ def estimate_layout(
         debug.update(sky_rect=sky_d, rise_m=rise_m, horizon_contact=horizon_contact, foot=foot, contact=contact)
     walls = _fit_walls(foot, contact & ~horizon_contact & (z_c < 0.5 * config.max_depth_m), axes_xz,
                        min_run=max(4, Cd // 25))
+    walls = [wl for wl in walls if _wall_length_m(foot, wl) >= config.min_wall_length_m]
+    if sky.any():
+        walls = _edge_facades(foot, contact & ~horizon_contact, sky_above, walls, axes_xz, config)
+    if debug is not None:
+        debug.update(walls=walls)
     z_wall = z_c.copy()
     wall_of_col = np.full(Cd, -1)
     for i, (n, o, cols) in enumerate(walls):
