@@ -355,6 +355,28 @@ def test_compose_kernel_matches_reference():
     np.testing.assert_allclose(tx._compose(*args), tx._reference_compose(*args), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("family,lattice", [
+    ("brick", None), ("wood", None), ("noise", None), ("fabric", None),
+    ("noise", ("1d", [[0.0, 20.0], [0.0, 0.0]])),  # whole-texel period along the rows
+    ("noise", ("1d", [[3.0, 20.4], [0.0, 0.0]])),  # a period with no whole-texel multiple in the exemplar
+    ("noise", ("2d", [[21.33, 0.0], [5.1, 31.7]])),  # likewise, in 2-D
+])
+def test_compiled_regions_match_the_python_reference(monkeypatch, family, lattice):
+    """``TextureModel.region`` (texture_kernels: cells, cuts and composition compiled) gives the texels of the
+    plain-Python path, texel for texel: inside, across and far outside the exemplar's box, two seeds, any order."""
+    if lattice is not None:  # the synthesis under a given lattice is under test here, not the detector
+        kind, vectors = lattice
+        monkeypatch.setattr(tx, "detect_lattice", lambda *a: tx.Lattice(kind, np.array(vectors), 0.9))
+    rgb, valid = exemplar(plane(family))
+    model = TextureModel.fit(rgb, valid, 0.01, origin_px=(7, -13))
+    assert model.lattice.kind == (lattice[0] if lattice else model.lattice.kind)
+    windows = [((-20, -30), (64, 64)), ((7, -13), (96, 128)), ((200, -300), (64, 64)), ((-500, 40), (37, 53))]
+    for seed in (0, 5):
+        for top_left, shape in windows + windows[::-1]:  # again, from the cache of cells
+            fast = model.region(top_left, shape, seed)
+            np.testing.assert_array_equal(fast, model.reference_region(top_left, shape, seed))
+
+
 def test_push_pull_fill_keeps_known_and_fills_smoothly():
     values = np.zeros((16, 16, 1))
     values[:, :8] = 10.0

@@ -51,12 +51,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
-import numba as nb
 import numpy as np
 import structlog
 from scipy import fft as sfft
 from scipy import ndimage
 
+from spatia.model.fill import texture_kernels
 from spatia.world.errors import InvalidInputError
 
 log = structlog.get_logger(__name__)
@@ -121,97 +121,11 @@ def _hash_stream(h: int, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True)
-def _ssd_costs(detail, cand, canvas, pix, dc_weight):
-    """Match cost and colour offset per candidate patch against the wanted content.
-
-    detail [H, W, 3] float32; cand [K, 2] int64 patch origins (row, col); canvas [P, P, 3] float32 (the wanted
-    content); pix [M, 2] int64 patch-local (row, col) of the constrained pixels. With d = canvas - candidate over
-    those pixels, per channel: cost = var(d) + dc_weight * mean(d)^2 summed over channels, offset = mean(d).
-    Returns (cost [K] float64, offset [K, 3] float64).
-    """
-    k_n, m_n = cand.shape[0], pix.shape[0]
-    cost = np.empty(k_n, np.float64)
-    offset = np.zeros((k_n, 3), np.float64)
-    inv_m = 1.0 / max(m_n, 1)
-    want = np.empty((m_n, 3), np.float32)  # the canvas at the constrained pixels, gathered once
-    for m in range(m_n):
-        for c in range(3):
-            want[m, c] = canvas[pix[m, 0], pix[m, 1], c]
-    for k in range(k_n):
-        cy, cx = cand[k, 0], cand[k, 1]
-        s1 = np.zeros(3)
-        s2 = np.zeros(3)
-        for m in range(m_n):
-            py, px = cy + pix[m, 0], cx + pix[m, 1]
-            for c in range(3):  # channels innermost: contiguous reads
-                d = want[m, c] - detail[py, px, c]
-                s1[c] += d
-                s2[c] += d * d
-        total = 0.0
-        for c in range(3):
-            mean = s1[c] * inv_m
-            total += s2[c] * inv_m - mean * mean + dc_weight * mean * mean
-            offset[k, c] = mean
-        cost[k] = total
-    return cost, offset
-
-
-@nb.njit(cache=True, nogil=True)
-def _pinned_seam(err, lo, hi):
-    """Minimum-error path down ``err`` [L, Wd] (one pixel per row, moving at most one column per row, staying in
-    columns [lo, hi]) that starts and ends at the middle column ``Wd // 2``. Returns [L] int64 column per row."""
-    n_rows, width = err.shape
-    mid = width // 2
-    cost = np.full((n_rows, width), np.inf)
-    back = np.zeros((n_rows, width), np.int64)
-    cost[0, mid] = err[0, mid]
-    for y in range(1, n_rows):
-        for x in range(lo, hi + 1):
-            best, arg = np.inf, x
-            for dx in (-1, 0, 1):  # ties prefer the left-most: fixed order keeps it deterministic
-                xp = x + dx
-                if lo <= xp <= hi and cost[y - 1, xp] < best:
-                    best, arg = cost[y - 1, xp], xp
-            cost[y, x] = best + err[y, x]
-            back[y, x] = arg
-    path = np.empty(n_rows, np.int64)
-    path[n_rows - 1] = mid
-    for y in range(n_rows - 1, 0, -1):
-        path[y - 1] = back[y, path[y]]
-    return path
-
-
-@nb.njit(cache=True, nogil=True)
-def _compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, x0, step, half):
-    """Texels of a region from its owner cells: each texel mixes up to four cells' patches (row owners r_lo/r_hi
-    with weight r_w on r_hi, column owners likewise), reading only those with non-zero weight.
-
-    detail [H, W, 3] float32; src [R, C, 2] int64 patch origins and off [R, C, 3] float32 colour offsets of
-    cells (rmin + r, cmin + c); r_lo, r_hi, c_lo, c_hi [h, w] int64 and r_w, c_w [h, w] float32; texel (i, j)
-    is at texture-space row y0 + i, column x0 + j. Returns [h, w, 3] float32."""
-    hh, ww = r_lo.shape
-    out = np.zeros((hh, ww, 3), np.float32)
-    for i in range(hh):
-        y = y0 + i
-        for j in range(ww):
-            x = x0 + j
-            for a in range(2):
-                rw = r_w[i, j] if a == 1 else 1.0 - r_w[i, j]
-                if rw <= 0.0:
-                    continue
-                row = r_hi[i, j] if a == 1 else r_lo[i, j]
-                for b in range(2):
-                    cw = c_w[i, j] if b == 1 else 1.0 - c_w[i, j]
-                    if cw <= 0.0:
-                        continue
-                    col = c_hi[i, j] if b == 1 else c_lo[i, j]
-                    sy = src[row - rmin, col - cmin, 0] + y - (row * step - half)
-                    sx = src[row - rmin, col - cmin, 1] + x - (col * step - half)
-                    w = rw * cw
-                    for c in range(3):
-                        out[i, j, c] += w * (detail[sy, sx, c] + off[row - rmin, col - cmin, c])
-    return out
+# the compiled kernels (and the compiled region path) live in texture_kernels; these names are the reference
+# path's (and the tests') handles on them
+_ssd_costs = texture_kernels.ssd_costs
+_pinned_seam = texture_kernels.pinned_seam
+_compose = texture_kernels.compose
 
 
 def _reference_compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, x0, step, half):
@@ -771,6 +685,8 @@ class TextureModel:
         self._tiles: dict[tuple[int, int, int], list[np.ndarray]] = {}
         self._pools: dict[tuple[int, int], np.ndarray] = {}  # congruent source windows per lattice coset
         self._far: dict[int, list[np.ndarray]] = {}  # seed -> far-field detail pyramid (``_far_pyramid``)
+        self._tables: dict[int, object] = {}  # seed -> texture_kernels cell table (the compiled path's cache)
+        self._kernel_model: tuple | None = None  # the model's arrays as texture_kernels reads them
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
         self._half, self._patch = half, patch
         log.debug(
@@ -787,13 +703,14 @@ class TextureModel:
     def __getstate__(self) -> dict:
         """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
         state = self.__dict__.copy()
-        for k in ("_cells", "_seams", "_tiles", "_pools", "_far", "_lock"):
+        for k in ("_cells", "_seams", "_tiles", "_pools", "_far", "_lock", "_tables", "_kernel_model"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._cells, self._seams, self._tiles, self._pools, self._far = {}, {}, {}, {}, {}
+        self._tables, self._kernel_model = {}, None
         self._lock = threading.RLock()
 
     # -- geometry of the exemplar ---------------------------------------------------------------------------
@@ -1098,7 +1015,42 @@ class TextureModel:
         with self._lock:
             return self._region_locked(top_left_px, shape_px, seed)
 
+    def reference_region(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+        """``region`` made by the slow, plain-Python path (cell by cell, with numpy): the reference the compiled
+        path (``texture_kernels.region_detail``) is tested against."""
+        with self._lock:
+            return self._reference_region_locked(top_left_px, shape_px, seed)
+
+    def _kernel_view(self) -> tuple:
+        """The model's arrays and constants in ``texture_kernels``' order (its module comment names them)."""
+        if self._kernel_model is None:
+            kind = {"none": texture_kernels.KIND_NONE, "1d": texture_kernels.KIND_1D, "2d": texture_kernels.KIND_2D}
+            basis = np.ascontiguousarray(self._copy_basis, np.float64)
+            lattice_kind = self.lattice.kind
+            inv = np.linalg.inv(basis.T) if lattice_kind == "2d" else np.zeros((2, 2))
+            one_d = lattice_kind == "1d"
+            self._kernel_model = (
+                self.detail, self.valid, self._valid_integral, self._source_ok, self._full_window, self._sources,
+                kind[lattice_kind], basis, np.ascontiguousarray(inv, np.float64),
+                bool(np.array_equal(basis, np.rint(basis))),
+                np.ascontiguousarray(self._phase_sorted if one_d else np.zeros(0), np.float64),
+                np.ascontiguousarray(self._phase_order if one_d else np.zeros(0, np.int64), np.int64),
+                float(self._period_1d) if one_d else 1.0,
+                int(self.origin_px[0]), int(self.origin_px[1]), int(self.step_px), int(self._half), int(self._patch),
+                int(self.overlap_px), int(self._feather),
+            )  # fmt: skip
+        return self._kernel_model
+
     def _region_locked(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
+        r0, c0 = int(top_left_px[0]), int(top_left_px[1])
+        hh, ww = int(shape_px[0]), int(shape_px[1])
+        table = self._tables.get(seed)
+        if table is None:
+            table = self._tables[seed] = texture_kernels.new_cell_table()
+        out = texture_kernels.region_detail(self._kernel_view(), table, seed, r0, c0, hh, ww)
+        return self._shaded(out, np.arange(r0, r0 + hh), np.arange(c0, c0 + ww))
+
+    def _reference_region_locked(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int):
         r0, c0 = int(top_left_px[0]), int(top_left_px[1])
         hh, ww = int(shape_px[0]), int(shape_px[1])
         s, h, q = self.step_px, self._half, self._feather
@@ -1150,6 +1102,11 @@ class TextureModel:
             np.ascontiguousarray(r_lo), np.ascontiguousarray(r_hi), np.ascontiguousarray(r_w, dtype=np.float32),
             c_lo, c_hi, c_w.astype(np.float32), r0, c0, s, h,
         )  # fmt: skip
+        return self._shaded(out, ys, xs)
+
+    def _shaded(self, out: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Shading-free texels ``out`` [H, W, 3] float32 at texture-space rows ``ys`` [H], cols ``xs`` [W] with
+        the shading added and the observed texels faded in: [H, W, 3] uint8."""
         out = out + self._shading_at(ys, xs)
         # near observed texels, fade into the smooth continuation of what was observed; observed ones are kept
         eh, ew = self.valid.shape
@@ -1269,10 +1226,25 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
     near = np.flatnonzero(~far)  # [K] indices into uv of the texels read through tiles
     if len(near) == 0:
         return out
-    r, c, lvl = rows[near], cols[near], level[near]
-    for (i, j, lv), sel in _groups(ti[near], tj[near], lvl):
-        tile = model._tile(i, j, seed, lv)
-        out[near[sel]] = tile[(r[sel] - i * t) >> lv, (c[sel] - j * t) >> lv]
+    r, c, lvl, ti, tj = rows[near], cols[near], level[near], ti[near], tj[near]
+    # one gather per mip level from the tiles it reads, stacked; each texel's tile found through a dense table of
+    # the tiles in reach (no sort, no boolean mask per tile over all texels: those cost more than the gather)
+    i0, j0 = int(ti.min()), int(tj.min())
+    span_j = int(tj.max()) - j0 + 1
+    key = (ti - i0) * span_j + (tj - j0)  # [K] tile of each texel
+    span = (int(ti.max()) - i0 + 1) * span_j
+    for lv in np.flatnonzero(np.bincount(lvl, minlength=FAR_LEVEL)):
+        sel = np.flatnonzero(lvl == lv) if lvl.min() != lvl.max() else np.arange(len(lvl))
+        k = key[sel]
+        if span <= 4 * len(k) + 4096:
+            present = np.zeros(span, bool)
+            present[k] = True
+            tiles = np.flatnonzero(present)
+            slot = (np.cumsum(present) - 1)[k]
+        else:  # tiles scattered over a wide range: sort instead of a table that large
+            tiles, slot = np.unique(k, return_inverse=True)
+        stack = np.stack([model._tile(i0 + int(q) // span_j, j0 + int(q) % span_j, seed, int(lv)) for q in tiles])
+        texture_kernels.gather_tiles(stack, slot, r[sel], c[sel], ti[sel], tj[sel], t, int(lv), near[sel], out)
     return out
 
 
