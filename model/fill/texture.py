@@ -1060,8 +1060,9 @@ class TextureModel:
         r0, c0 = int(top_left_px[0]), int(top_left_px[1])
         hh, ww = int(shape_px[0]), int(shape_px[1])
         table = self._tables.get(seed)
-        if table is None:
-            table = self._tables[seed] = texture_kernels.new_cell_table()
+        slots = texture_kernels.cell_table_slots_for(hh, ww, self.step_px)
+        if table is None or len(table[0]) < slots:  # (a region larger than the table holds: a larger one)
+            table = self._tables[seed] = texture_kernels.new_cell_table(slots)
         out = texture_kernels.region_detail(self._kernel_view(), table, seed, r0, c0, hh, ww)
         return self._shaded(out, np.arange(r0, r0 + hh), np.arange(c0, c0 + ww))
 
