@@ -477,3 +477,18 @@ def test_compiled_shading_matches_the_numpy_reference():
         tx.texture_kernels.shade_region(got, r0, c0, model.shading, model.shading_mean, model.shading_decay_px,
                                         model._edge_weight, model._edge_value, *model.origin_px, model._edge_feather)
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+
+
+def test_compiled_far_field_matches_the_numpy_reference():
+    """``texture_kernels.far_texels`` (mirror-repeated far-field detail plus the continued shading) against
+    ``TextureModel.reference_far_texels`` at mip levels 2-4, inside, beside and far from the exemplar's box."""
+    rgb, valid = exemplar(plane("wood"))
+    model = TextureModel.fit(rgb, valid, 0.01, origin_px=(7, -13))
+    rng = np.random.default_rng(8)
+    rows = rng.integers(-3000, 3000, 4000)
+    cols = rng.integers(-3000, 3000, 4000)
+    for level in (2, 3, 4):
+        want = model.reference_far_texels(rows, cols, level, seed=1)
+        got = tx.texture_kernels.far_texels(model._far_pyramid(1)[level], rows, cols, level, *model.origin_px,
+                                            model.shading, model.shading_mean, model.shading_decay_px)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)

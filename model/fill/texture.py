@@ -993,6 +993,14 @@ class TextureModel:
     def _far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
         """Colours [N, 3] uint8 of the far-field texture (``FAR_LEVEL``) at mip ``level`` for the level-0 texels
         (rows [N], cols [N]): the box's detail mirror-repeated from the box, plus the shading continued there."""
+        out = texture_kernels.far_texels(self._far_pyramid(seed)[level], np.ascontiguousarray(rows, np.int64),
+                                         np.ascontiguousarray(cols, np.int64), int(level), int(self.origin_px[0]),
+                                         int(self.origin_px[1]), self.shading, self.shading_mean,
+                                         float(self.shading_decay_px))
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def reference_far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
+        """Slow twin of ``_far_texels`` in numpy (before rounding: [N, 3] float32)."""
         detail = self._far_pyramid(seed)[level]
         out = np.empty((len(rows), 3), np.float32)
         idx = []
@@ -1003,7 +1011,7 @@ class TextureModel:
         out[:] = detail[idx[0], idx[1]]
         half = (1 << level) // 2  # the level's texel centre, in level-0 texels
         out += self._shading_points((rows >> level << level) + half, (cols >> level << level) + half)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out
 
     def _tile(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
         """Tile (i, j) at mip ``level``, from a small LRU cache (dict order is insertion order: re-insert on use)."""

@@ -679,3 +679,28 @@ def shade_region(detail_out, r0, c0, shading, shading_mean, decay_px, edge_weigh
                 wt = edge_weight[ey, ex]
                 for c in range(3):
                     detail_out[i, j, c] = wt * edge_value[ey, ex, c] + (one - wt) * detail_out[i, j, c]
+
+
+@nb.njit(cache=True, nogil=True)
+def far_texels(detail, rows, cols, level, origin_y, origin_x, shading, shading_mean, decay_px):
+    """``TextureModel._far_texels`` before rounding, per texel in one pass: [N, 3] float32. ``detail`` [h, w, 3]
+    float32 is the far-field pyramid's mip ``level``; rows, cols [N] int64 level-0 texture-space texels."""
+    n_pts = rows.shape[0]
+    out = np.empty((n_pts, 3), np.float32)
+    dh, dw = detail.shape[0], detail.shape[1]
+    sh, sw = shading.shape[0], shading.shape[1]
+    half = (1 << level) // 2  # the level's texel centre, in level-0 texels
+    decay = np.float32(decay_px)
+    for n in range(n_pts):
+        iy = ((rows[n] - origin_y) >> level) % (2 * dh)
+        ix = ((cols[n] - origin_x) >> level) % (2 * dw)
+        iy = 2 * dh - 1 - iy if iy >= dh else iy  # mirror repeat: no seams
+        ix = 2 * dw - 1 - ix if ix >= dw else ix
+        py = ((rows[n] >> level) << level) + half - origin_y
+        px = ((cols[n] >> level) << level) + half - origin_x
+        cy, cx = min(max(py, 0), sh - 1), min(max(px, 0), sw - 1)
+        keep = np.exp(-np.float32(np.hypot(np.float64(py - cy), np.float64(px - cx))) / decay)
+        for c in range(3):
+            m = shading_mean[c]
+            out[n, c] = detail[iy, ix, c] + (m + (shading[cy, cx, c] - m) * keep)
+    return out
