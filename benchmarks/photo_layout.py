@@ -6,7 +6,7 @@ depth AbsRel on real surfaces (truth > 0 and < 60 m: the sky dome and far ground
 (degrees), the focal error (share) and the time. Baseline (same run, same pixels): today's planar prior with the
 default 60 degree intrinsics, which is what a photo got before.
 
-    python benchmarks/photo_layout.py [--seeds 0 1] [--pitches 0 6 12 20] [--yaws 0 35]
+    python benchmarks/photo_layout.py [--seeds 0 1] [--pitches 0 6 12 20] [--yaws 0 35] [--fovs 50 75 90]
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ def main() -> None:
     ap.add_argument("--yaws", nargs="+", type=float, default=[0.0, 35.0])
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=360)
+    ap.add_argument("--fovs", nargs="+", type=float, default=[75.0], help="true horizontal FOVs rendered")
+    ap.add_argument("--default-fov", type=float, default=None,
+                    help="PhotoLayoutConfig.default_fov_deg (the focal assumed when the lines do not give one)")
+    ap.add_argument("--unmeasured-conf", type=float, default=None,
+                    help="PhotoLayoutConfig.unmeasured_focal_confidence (below min_confidence: planar prior)")
     args = ap.parse_args()
 
     import structlog
@@ -50,20 +55,26 @@ def main() -> None:
 
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout carries only the JSON
 
-    from spatia.model.fill.photo import PhotoLayoutDepth
+    import dataclasses
+
+    from spatia.model.fill.photo import PhotoLayoutConfig, PhotoLayoutDepth
     from spatia.world.camera import Intrinsics
     from spatia.world.depth import default_intrinsics, planar_prior_depth
     from spatia.world.scenes import make_scene
 
-    K = Intrinsics.from_fov(75.0, args.width, args.height)
-    items = [(s, seed, p, y) for s in args.scenes for seed in args.seeds for p in args.pitches for y in args.yaws]
+    over = {k: v for k, v in (("default_fov_deg", args.default_fov),
+                              ("unmeasured_focal_confidence", args.unmeasured_conf)) if v is not None}
+    config = dataclasses.replace(PhotoLayoutConfig(), **over)
+    items = [(s, seed, p, y, fov) for s in args.scenes for seed in args.seeds for p in args.pitches for y in args.yaws
+             for fov in args.fovs]
     rows = []
-    for name, seed, pitch, yaw in tqdm(items, desc="photo layout", file=sys.stderr):
+    for name, seed, pitch, yaw, fov in tqdm(items, desc="photo layout", file=sys.stderr):
+        K = Intrinsics.from_fov(fov, args.width, args.height)
         scene = make_scene(name, seed)
         c2w = _pitched(scene.start_pose(), pitch, yaw)
         rgb, truth = scene.render(K, c2w)
         up_true = -(c2w[:3, :3].T @ np.array([0.0, 1.0, 0.0]))
-        est = PhotoLayoutDepth()
+        est = PhotoLayoutDepth(config)
         t0 = time.perf_counter()
         d = est.estimate_uncalibrated(rgb)
         ms = (time.perf_counter() - t0) * 1e3
@@ -74,7 +85,7 @@ def main() -> None:
         base_absrel = float(np.mean(np.abs(base[real] - truth[real]) / truth[real]))
         up_err = math.degrees(math.acos(float(np.clip(layout.up_cam @ up_true, -1, 1))))
         rows.append({
-            "scene": name, "seed": seed, "pitch_deg": pitch, "yaw_deg": yaw,
+            "scene": name, "seed": seed, "pitch_deg": pitch, "yaw_deg": yaw, "fov_deg": fov,
             "absrel": round(absrel, 3), "baseline_absrel": round(base_absrel, 3),
             "fell_back": d.source != "photo_layout", "confidence": round(layout.confidence, 2),
             "up_err_deg": round(up_err, 2), "focal_source": layout.focal_source,
@@ -98,6 +109,7 @@ def main() -> None:
     emit({
         "benchmark": "photo_layout",
         "size": [args.width, args.height],
+        "config_overrides": over,
         "all": summary(rows),
         "pitched": summary(pitched) if pitched else None,
         "per_scene": {s: summary([r for r in rows if r["scene"] == s]) for s in args.scenes},

@@ -140,7 +140,11 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),
                                 frame_index=clips, provenance=INVENTED_FINAL)
         removed = memory.remove_invented_near(ahead[None], radius_m=0.3)
-        return {"clips": clips, "points_resorted": points, "points_removed": int(removed)}
+        # the layout fill's own kernels: this world's few frames show the coarse fill and never reach them
+        from spatia.model.fill.warmup import compile_fill_kernels
+
+        texels = compile_fill_kernels()
+        return {"clips": clips, "points_resorted": points, "points_removed": int(removed), "fill_texels": texels}
     finally:
         world.close()
 

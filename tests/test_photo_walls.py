@@ -105,3 +105,49 @@ def test_open_top_round_trips_and_is_checked():
     assert LayoutPrior.from_doc(old).open_top == ()
     with pytest.raises(InvalidInputError, match="open_top"):
         LayoutPrior("photo_layout", up, np.array([1.0, 0.0, 0.0]), planes, 0.9, (True,))
+
+
+def test_a_side_facade_seen_only_at_the_photos_edge_becomes_a_wall():
+    # courtyard@photo: the left building (its facade at x = 0, the camera at x = W / 2) shows only in the photo's
+    # top-left corner behind the colonnade; no contact run lines up along it. Before: no left wall (a tree trunk's
+    # 0.1 m footprint made a "wall" 2.8 m left instead), so walking left showed sky and the back facade's extension
+    scene, _, layout = _photo("courtyard")
+    left_true_m = float(scene.loop_xz[0][0])  # facade at x = 0
+    left = _walls(layout, np.array([-1.0, 0.0, 0.0]))
+    assert left, "no left facade"
+    assert abs(max(left) / left_true_m - 1.0) < 0.12, f"left facade at {max(left):.2f} m, truth {left_true_m:.2f}"
+    assert all(p.open_top for p in layout.planes if p.kind == "wall" and p.normal_cam[0] < -0.9)
+
+
+def test_edge_facade_rule_needs_a_surface_rising_out_of_the_top():
+    from spatia.model.fill.photo import PhotoLayoutConfig, _edge_facades, _wall_length_m
+
+    C = 60
+    # a left facade at x = -6 m: contacts along it at the first 10 columns, then a fountain 4 m ahead
+    foot = np.column_stack([np.full(C, -6.0), np.linspace(6.0, 9.0, C)])
+    foot[10:, 0], foot[10:, 1] = np.linspace(-2.0, 2.0, C - 10), 4.0
+    contact = np.ones(C, bool)
+    axes = [np.array([1.0, 0.0]), np.array([-1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.0, -1.0])]
+    ahead = (np.array([0.0, 1.0]), 4.0, np.arange(C) >= 10)
+    cfg = PhotoLayoutConfig()
+    no_sky = np.full(C, -1)
+    no_sky[10:] = 2  # sky above the fountain: nothing rises out of the photo on the right
+    walls = _edge_facades(foot, contact, no_sky, [ahead], axes, cfg)
+    side = [w for w in walls if w[0][0] < -0.9]
+    assert len(side) == 1 and side[0][1] == pytest.approx(6.0) and side[0][2][:10].all() and not side[0][2][10:].any()
+    # sky above the edge columns: the surface there ends below the sky, it is no facade rising out of the photo
+    sky = no_sky.copy()
+    sky[:5] = 3
+    assert [w for w in _edge_facades(foot, contact, sky, [ahead], axes, cfg) if w[0][0] < -0.9] == []
+    # a wall already faces that way: nothing added
+    have = (np.array([-1.0, 0.0]), 5.0, np.arange(C) < 4)
+    assert len(_edge_facades(foot, contact, no_sky, [ahead, have], axes, cfg)) == 2
+    # the right edge with no sky above (a near building corner) adds a wall there too
+    assert [w for w in _edge_facades(foot, contact, np.full(C, -1), [ahead], axes, cfg) if w[0][0] > 0.9]
+    # too far out for the square the other walls outline (1.5x their median distance)
+    far = foot.copy()
+    far[:10, 0] = -30.0
+    assert [w for w in _edge_facades(far, contact, no_sky, [ahead], axes, cfg) if w[0][0] < -0.9] == []
+    # a wall's length along itself: a trunk's footprint is no wall
+    trunk = (np.array([-1.0, 0.0]), 2.8, np.arange(C) < 3)
+    assert _wall_length_m(foot, trunk) < cfg.min_wall_length_m <= _wall_length_m(foot, side[0])

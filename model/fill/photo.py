@@ -69,6 +69,8 @@ class PhotoLayoutConfig:
     vp_inlier_deg: float = 1.5  # a segment supports a vanishing point when its angle to it is below this
     vp_hypotheses: int = 1500  # RANSAC pair samples per vanishing point
     min_wall_height_m: float = 2.0  # a floor contact with sky less than this above it is no wall's foot
+    min_wall_length_m: float = 0.3  # a wall's contacts span at least this along it (a tree trunk is no wall)
+    edge_facade_cols_frac: float = 0.03  # outdoors: the image-edge block tested for a facade rising out of the top
     min_confidence: float = 0.35  # below: fall back to the planar prior (logged)
     # Confidence factor when the photo came without intrinsics and its vanishing points do not give the focal
     # either (a level camera facing a wall). The layout's depths then scale with the assumed focal; on the
@@ -76,6 +78,14 @@ class PhotoLayoutConfig:
     # so the default makes it fall back.
     unmeasured_focal_confidence: float = 0.3
     seed: int = 0  # RANSAC sampling seed: same image, same layout
+    # measure_focal: when the lines pin the focal down (tuned on procedural renders at 50-90 deg, never the cases)
+    focal_inlier_deg: float = 2.0  # a segment belongs to a vanishing point within this image angle
+    focal_seed_fovs_deg: tuple = (50.0, 70.0, 90.0)  # fit starts besides the sweep's and the pair's focal
+    focal_vp_max_dist: float = 50.0  # a vanishing point farther than this many focal lengths is "at infinity"
+    focal_min_family_segments: int = 8
+    focal_min_family_share: float = 0.02  # of the inlier segment length
+    focal_min_vertical_segments: int = 4
+    focal_max_log_sd: float = 0.05
 
     def __post_init__(self) -> None:
         if self.camera_height_m <= 0 or self.max_depth_m <= self.min_depth_m or self.min_depth_m <= 0:
@@ -342,6 +352,199 @@ def focal_from_horizon_sweep(
     return 0.5 * width / math.tan(math.radians(float(fovs[best])) / 2)
 
 
+@dataclass(frozen=True)
+class FocalFit:
+    """A Manhattan frame and focal length fitted to the segments (analysed-image pixels)."""
+
+    focal_px: float
+    frame_cam: np.ndarray  # [3, 3] columns: horizontal axis a, up, horizontal axis b; camera frame
+    score: float  # summed length of the segments within ``focal_inlier_deg`` of their vanishing point (soft)
+    log_focal_sd: float  # standard deviation of log(focal) from the fit's Jacobian
+    families: tuple  # per axis (share of inlier length, segments, vanishing point distance from centre / focal)
+
+    def confirms(self, width: int, config: "PhotoLayoutConfig") -> bool:
+        """A focal the segments constrain (sd(log f) < ``focal_max_log_sd``) inside the FOV range (not on its edge)."""
+        fov = math.degrees(2.0 * math.atan(0.5 * width / self.focal_px))
+        return (self.log_focal_sd < config.focal_max_log_sd
+                and config.min_fov_deg + 0.5 < fov < config.max_fov_deg - 0.5)
+
+    def observable(self, config: "PhotoLayoutConfig") -> bool:
+        """Whether the lines pin the focal down (see ``measure_focal``)."""
+        finite = sum(1 for share, n, dist in self.families
+                     if dist < config.focal_vp_max_dist and n >= config.focal_min_family_segments
+                     and share >= config.focal_min_family_share)
+        return (finite >= 2 and self.families[1][1] >= config.focal_min_vertical_segments
+                and self.log_focal_sd < config.focal_max_log_sd)
+
+
+def _segment_vp_sines(seg: np.ndarray, vps_h: np.ndarray) -> np.ndarray:
+    """``[V, N]`` signed sine of the image angle between each segment ``[N, 4]`` and the direction from its midpoint
+    to each homogeneous vanishing point ``[V, 3]`` (pixels; z = 0 at infinity)."""
+    mid = 0.5 * (seg[:, :2] + seg[:, 2:])
+    d = seg[:, 2:] - seg[:, :2]
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    to = vps_h[:, None, :2] - vps_h[:, None, 2:3] * mid[None]
+    return (d[None, :, 0] * to[..., 1] - d[None, :, 1] * to[..., 0]) / np.maximum(np.linalg.norm(to, axis=-1), 1e-12)
+
+
+def _rotvec_matrix(w: np.ndarray) -> np.ndarray:
+    """Rodrigues: the rotation by ``|w|`` radians about ``w``."""
+    th = float(np.linalg.norm(w))
+    if th < 1e-12:
+        return np.eye(3)
+    k = w / th
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(th) * Kx + (1 - math.cos(th)) * Kx @ Kx
+
+
+def _manhattan_vps(log_f: float, w: np.ndarray, frame0: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``[3, 3]`` rows: unit homogeneous vanishing points (pixels) of the frame ``R(w) frame0`` at focal ``e^log_f``."""
+    f = math.exp(log_f)
+    K = np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]])
+    v = (K @ (_rotvec_matrix(w) @ frame0)).T
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def fit_manhattan_focal(
+    seg: np.ndarray,  # [N, 4] pixels
+    width: int,
+    height: int,
+    f0: float,  # initial focal, pixels
+    frame0: np.ndarray,  # [3, 3] initial Manhattan frame (columns a, up, b), camera frame
+    config: "PhotoLayoutConfig",
+    iterations: int = 3,
+) -> FocalFit | None:
+    """Focal and frame minimising the image-space angle between each segment and its family's vanishing point.
+
+    Robust least squares (``scipy.optimize.least_squares``, soft-L1) over (log f, a rotation of ``frame0``), each
+    segment weighted by the square root of its length; segments are (re)assigned to the nearest of the three
+    vanishing points, inliers within ``focal_inlier_deg`` only, ``iterations`` times. Image-space angles are the
+    segments' own noise model: a histogram of azimuths (``focal_from_horizon_sweep``) leans towards narrow fields
+    of view, where every interpretation plane contains nearly the same optical axis.
+    """
+    from scipy.optimize import least_squares
+
+    L = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+    f_lo = 0.5 * width / math.tan(math.radians(config.max_fov_deg) / 2)
+    f_hi = 0.5 * width / math.tan(math.radians(config.min_fov_deg) / 2)
+    lb = np.array([math.log(f_lo), -0.5, -0.5, -0.5])
+    ub = np.array([math.log(f_hi), 0.5, 0.5, 0.5])
+    x = np.array([float(np.clip(math.log(f0), lb[0] + 1e-6, ub[0] - 1e-6)), 0.0, 0.0, 0.0])
+    thr = math.sin(math.radians(config.focal_inlier_deg))
+    sol = None
+    for _ in range(iterations):
+        sines = _segment_vp_sines(seg, _manhattan_vps(x[0], x[1:], frame0, width, height))
+        fam = np.argmin(np.abs(sines), axis=0)
+        inl = np.abs(sines[fam, np.arange(len(seg))]) < thr
+        if inl.sum() < 6:
+            return None
+        sq, fam_i, seg_i = np.sqrt(L[inl]), fam[inl], seg[inl]
+        cols = np.arange(len(seg_i))
+
+        def residuals(p, seg_i=seg_i, fam_i=fam_i, sq=sq, cols=cols):
+            return _segment_vp_sines(seg_i, _manhattan_vps(p[0], p[1:], frame0, width, height))[fam_i, cols] * sq
+
+        sol = least_squares(residuals, x, bounds=(lb, ub), loss="soft_l1", f_scale=3.0 * math.sin(math.radians(1.0)))
+        x = sol.x
+    vps = _manhattan_vps(x[0], x[1:], frame0, width, height)
+    sines = np.abs(_segment_vp_sines(seg, vps))
+    amin, fam = sines.min(axis=0), np.argmin(sines, axis=0)
+    inl = amin < thr
+    score = float((L * np.maximum(0.0, 1.0 - (amin / thr) ** 2)).sum())
+    dof = max(1, len(sol.fun) - 4)
+    try:
+        cov = np.linalg.inv(sol.jac.T @ sol.jac) * float((sol.fun ** 2).sum() / dof)
+        sd = math.sqrt(max(float(cov[0, 0]), 0.0))
+    except np.linalg.LinAlgError:
+        sd = math.inf
+    f = math.exp(x[0])
+    total = max(float(L[inl].sum()), 1e-9)
+    families = []
+    for k in range(3):
+        sel = inl & (fam == k)
+        dist = math.inf if abs(vps[k, 2]) < 1e-12 else float(
+            np.linalg.norm(vps[k, :2] / vps[k, 2] - [width / 2.0, height / 2.0]) / f)
+        families.append((float(L[sel].sum()) / total, int(sel.sum()), dist))
+    return FocalFit(f, _rotvec_matrix(x[1:]) @ frame0, score, sd, tuple(families))
+
+
+def measure_focal(
+    seg: np.ndarray,  # [N, 4] pixels of the analysed image
+    labels: np.ndarray,  # [N] vanishing point index per segment (-1 none)
+    vps: list[VanishingPoint],
+    width: int,
+    height: int,
+    config: PhotoLayoutConfig,
+) -> float | None:
+    """Focal length (pixels of the analysed image) from the line structure, or None when it cannot be measured.
+
+    Starts: the horizon sweep's focal, the orthogonal vanishing-point pair's, and ``focal_seed_fovs_deg``; each
+    with up and the Manhattan frame from the vanishing points found at that focal (both strongest horizontal
+    points tried). Each start is refined by ``fit_manhattan_focal``; the best-scoring fit wins (within 2%, the
+    one with the smaller focal uncertainty). The focal counts as measured only when the fit is **observable**:
+    two of the three families have a finite vanishing point (within ``focal_vp_max_dist`` focal lengths of the
+    centre) carried by at least ``focal_min_family_segments`` segments and ``focal_min_family_share`` of the
+    inlier length, the vertical family has ``focal_min_vertical_segments``, and sd(log f) < ``focal_max_log_sd``.
+    A level camera facing a wall (vertical and lateral points at infinity) has none; a pitched one facing a wall
+    whose receding lines are too short to detect has one (the vertical point): neither pins the focal, and
+    before this test the sweep returned whatever noise peaked (house at 75 deg measured 44-105 deg).
+    """
+    f_sweep = focal_from_horizon_sweep(seg, labels, vps, width, height, config)
+    if f_sweep is None:
+        f_sweep = focal_from_vps(vps, width, height, config)
+    if f_sweep is not None:
+        # refine the sweep's focal (1 degree steps, azimuth histograms) on the segments' own angles; keep it
+        # when the fit confirms it: a focal the segments constrain (sd) and not pushed onto the FOV range's edge
+        best = _best_fit(seg, vps, width, height, [f_sweep], config)
+        if best is not None and best.confirms(width, config):
+            return best.focal_px
+    # nothing peaked: a focal from the fit's own starts, only where the lines pin it down
+    seeds = [0.5 * width / math.tan(math.radians(a) / 2) for a in config.focal_seed_fovs_deg]
+    best = _best_fit(seg, vps, width, height, seeds, config)
+    if best is None or not best.observable(config):
+        return None
+    return best.focal_px
+
+
+def _best_fit(seg: np.ndarray, vps: list[VanishingPoint], width: int, height: int, starts: list[float],
+              config: PhotoLayoutConfig) -> FocalFit | None:
+    """The best-scoring ``fit_manhattan_focal`` over focal starts x the two strongest horizontal vanishing points
+    (within 2% of the best score, the fit with the smaller focal uncertainty)."""
+    horizontal = sorted([v for v in vps if not v.vertical], key=lambda v: -v.support_px)[:2] or [None]
+    best: FocalFit | None = None
+    for f0 in starts:
+        K = np.array([[f0, 0, width / 2.0], [0, f0, height / 2.0], [0, 0, 1.0]])
+        up, _, _ = estimate_up(vps, K)
+        for h_vp in horizontal:
+            fit = fit_manhattan_focal(seg, width, height, f0, manhattan_frame(up, h_vp, K), config)
+            if fit is None:
+                continue
+            if (best is None or fit.score > 1.02 * best.score
+                    or (fit.score > 0.98 * best.score and fit.log_focal_sd < best.log_focal_sd)):
+                best = fit
+    return best
+
+
+def analyse_lines(rgb: np.ndarray, config: PhotoLayoutConfig = PhotoLayoutConfig()):
+    """``(small [h, w, 3], scale, segments [N, 4], vanishing points, labels [N])`` of a photo at the analysis size."""
+    rgb = _check_rgb(rgb)
+    H, W = rgb.shape[:2]
+    s = min(1.0, config.work_width_px / W)
+    w, h = max(32, int(round(W * s))), max(32, int(round(H * s)))
+    small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    seg = detect_segments(gray, config.min_segment_frac * math.hypot(w, h))
+    vps, labels = find_vanishing_points(seg, w, h, config, max_points=4)
+    return small, s, seg, vps, labels
+
+
+def estimate_focal_px(rgb: np.ndarray, config: PhotoLayoutConfig = PhotoLayoutConfig()) -> float | None:
+    """Focal length in pixels of the full-resolution photo (square pixels, centred principal point), or None."""
+    small, s, seg, vps, labels = analyse_lines(rgb, config)
+    f = measure_focal(seg, labels, vps, small.shape[1], small.shape[0], config)
+    return None if f is None else f / s
+
+
 def _direction(vp: VanishingPoint, K_inv: np.ndarray) -> np.ndarray:
     d = K_inv @ vp.point_h
     return d / np.linalg.norm(d)
@@ -598,6 +801,63 @@ def _fit_walls(
     return walls
 
 
+def _wall_length_m(foot_xz: np.ndarray, wall: tuple[np.ndarray, float, np.ndarray]) -> float:
+    """Extent (metres) of a wall's contact columns along the wall (perpendicular to its normal)."""
+    n, _, cols = wall
+    along = foot_xz[cols] @ np.array([-n[1], n[0]])
+    return float(along.max() - along.min()) if len(along) else 0.0
+
+
+def _edge_facades(
+    foot_xz: np.ndarray,  # [C, 2] level-frame contact per column
+    contact: np.ndarray,  # [C] bool columns with a wall-foot contact
+    sky_above: np.ndarray,  # [C] lowest sky row above the contact (-1: none, the surface rises out of the top)
+    walls: list[tuple[np.ndarray, float, np.ndarray]],
+    axes_xz: list[np.ndarray],  # unit horizontal normals (level xz), both signs
+    config: PhotoLayoutConfig,
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Outdoors: a side facade at the photo's left or right edge that no wall explains becomes a wall.
+
+    A courtyard's side building is often seen only in the photo's top corner, behind a colonnade or trees: its
+    foot is hidden or broken into short runs, so no run of contacts lines up along it, and walking towards it
+    showed sky or the back facade's extension there (courtyard@photo, frames 64-96). Rule: the outermost
+    ``edge_facade_cols_frac`` of the columns on that side all have a contact and no sky above it (a surface rising
+    out of the photo's top), and no wall faces that way; then a wall along the Manhattan axis closest to the
+    image's side direction stands through the outermost contact, and the columns from the edge inwards whose
+    contacts lie within ``max(1 m, 20%)`` in front of it take its depth (a short fronto-parallel run there was the
+    colonnade's or the facade's foot seen between pillars).
+    """
+    C = len(foot_xz)
+    m = max(3, int(round(config.edge_facade_cols_frac * C)))
+    out = list(walls)
+    for side, edge in ((-1.0, np.arange(C)), (1.0, np.arange(C)[::-1])):
+        n = max(axes_xz, key=lambda a: side * a[0])  # the axis normal pointing most to that side
+        if side * n[0] < math.cos(math.radians(35.0)):
+            continue  # the frame is turned too far from the image's sides to call either axis "the side"
+        if any(np.allclose(wn if o > 0 else -wn, n, atol=1e-3) for wn, o, _ in out):
+            continue
+        block = edge[:m]
+        if not (contact[block].all() and (sky_above[block] < 0).all()):
+            continue
+        off = foot_xz @ n  # how far out each contact lies along n
+        o = float(off[block].max())
+        # no farther out than 1.5x the median distance of the walls the contacts did line up into (the square's
+        # scale; 20 m without any): at courtyard@photo's right edge a near building corner fills the top while the
+        # contact found below it is the grass 36 m away, which made a "facade" 32 m out
+        scale = float(np.median([abs(wo) for _, wo, _ in walls])) if walls else 0.0
+        if o <= 0.5 or o > (1.5 * scale if scale > 0 else 0.25 * config.max_depth_m):
+            continue
+        cols = np.zeros(C, bool)
+        for c in edge:  # from the edge inwards while the contacts stay near the facade's line
+            if not contact[c] or off[c] < o - max(1.0, 0.2 * o):
+                break
+            cols[c] = True
+        out = [(wn, wo, wc & ~cols) for wn, wo, wc in out]
+        out = [wl for wl in out if wl[2].any()]
+        out.append((n, o, cols))
+    return out
+
+
 def _runs(mask: np.ndarray, min_run: int) -> np.ndarray:
     """``mask`` with only its contiguous True runs of length >= ``min_run`` kept (small gaps of 2 bridged)."""
     m = ndimage.binary_closing(mask, structure=np.ones(3)) & True
@@ -641,20 +901,15 @@ def estimate_layout(
         raise InvalidInputError(
             f"image is {W}x{H} but the intrinsics are for {intrinsics.width}x{intrinsics.height}"
         )
-    s = min(1.0, config.work_width_px / W)
-    w, h = max(32, int(round(W * s))), max(32, int(round(H * s)))
-    small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb
+    small, s, seg, vps, _labels = analyse_lines(rgb, config)
+    h, w = small.shape[:2]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    seg = detect_segments(gray, config.min_segment_frac * math.hypot(w, h))
-    vps, _labels = find_vanishing_points(seg, w, h, config, max_points=4)
 
     # --- focal
     if intrinsics is not None:
         K_full, focal_source = intrinsics, "given"
     else:
-        f_small = focal_from_horizon_sweep(seg, _labels, vps, w, h, config)
-        if f_small is None:
-            f_small = focal_from_vps(vps, w, h, config)
+        f_small = measure_focal(seg, _labels, vps, w, h, config)
         if f_small is not None:
             f = f_small / s
             K_full, focal_source = Intrinsics(f, f, W / 2.0, H / 2.0, W, H), "vanishing_points"
@@ -786,6 +1041,11 @@ def estimate_layout(
         debug.update(sky_rect=sky_d, rise_m=rise_m, horizon_contact=horizon_contact, foot=foot, contact=contact)
     walls = _fit_walls(foot, contact & ~horizon_contact & (z_c < 0.5 * config.max_depth_m), axes_xz,
                        min_run=max(4, Cd // 25))
+    walls = [wl for wl in walls if _wall_length_m(foot, wl) >= config.min_wall_length_m]
+    if sky.any():
+        walls = _edge_facades(foot, contact & ~horizon_contact, sky_above, walls, axes_xz, config)
+    if debug is not None:
+        debug.update(walls=walls)
     z_wall = z_c.copy()
     wall_of_col = np.full(Cd, -1)
     for i, (n, o, cols) in enumerate(walls):
