@@ -366,3 +366,18 @@ def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     model = texture.TextureModel.fit(rgb, np.ones((48, 48), bool), 0.02)
     texture.sample_uv(model, rng.uniform(-1, 1, (50, 2)), np.full(50, 0.01), seed=3)
     assert [len(k.signatures) for k in kernels] == before
+
+
+def test_a_ray_parallel_to_a_plane_misses_it_without_an_error():
+    """The compiled cast divides as numpy does: a ray exactly parallel to a plane (rate 0; a courtyard frame
+    looking along the ground raised ZeroDivisionError) has no hit on it, and hits the plane it does reach."""
+    from spatia.model.fill.layout_kernels import cast_planes
+
+    rays = np.array([[0.3, 0.0, 1.0], [0.0, 0.5, 1.0]], np.float32)
+    planes = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], np.float32)  # a floor 1.6 m down (y), a wall 4 m ahead
+    z2, none = np.zeros(2), np.zeros(0, np.float32)
+    depth, index = cast_planes(rays, planes, np.array([1.6, 4.0], np.float32), np.zeros(2, bool), z2, z2, z2,
+                               np.zeros((2, 3), np.float32), z2, np.array([0.0, -1.0, 0.0], np.float32), 1.6,
+                               np.zeros(0, np.int64), np.zeros((0, 3), np.float32), none, none, none, none, none,
+                               np.float32(1.6))
+    assert depth.tolist() == pytest.approx([4.0, 3.2]) and index.tolist() == [1, 0]

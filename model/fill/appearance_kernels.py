@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba as nb
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def best_window(integral, rows, cols):
     """(row, col, count) of the ``rows`` x ``cols`` window with the largest sum, the first in row-major order
     among equals (as ``np.argmax``), from the integral image ``integral`` [H + 1, W + 1] (zero first row and

@@ -3,6 +3,10 @@ bounding planes in one pass (the numpy version walked the ~150 k rays of a 640x3
 dozen temporaries each: ~20 ms of a house frame). Arithmetic follows the numpy expressions' types: float32 rates
 and ray parameters, the facade tests in float64 (a float64 camera coordinate plus a float32 product), the doorway
 tests in float32. ``tests/test_fill_layout.py`` compares it with a per-ray float64 reference.
+
+Division follows numpy (``error_model="numpy"``): a ray parallel to a plane (rate exactly 0) gets an infinite or NaN
+ray parameter and no hit, as the numpy version did; numba's default raised ZeroDivisionError there (a courtyard
+frame looking exactly along the ground).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def cast_planes(rays, rate_vec, gap, facade, top_m, span_lo_m, span_hi_m, along_vec, cam_along_m, rise_vec,
                 cam_up_m, door_plane, door_along_vec, door_cam_along, door_centre, door_half, door_bottom, door_top,
                 cam_up32):

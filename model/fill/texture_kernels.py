@@ -48,7 +48,7 @@ def cell_table_slots_for(rows: int, cols: int, step_px: int) -> int:
     return max(CELL_TABLE_SLOTS, 1 << int(np.ceil(np.log2(4 * cells))))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _slot(keys, key):
     """Where ``key`` is in ``keys``, or the empty slot where it goes."""
     mask = keys.shape[0] - 1
@@ -58,18 +58,18 @@ def _slot(keys, key):
     return i
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _has(table, key):
     return table[0][_slot(table[0], key)] == key
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _get(table, key):
     v = table[1][_slot(table[0], key)]
     return (v[0], v[1], v[2], v[3], v[4])
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _put(table, key, value):
     keys, values, used = table
     i = _slot(keys, key)
@@ -87,14 +87,14 @@ def _put(table, key, value):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _mix64(x):
     x = (x ^ (x >> np.uint64(30))) * _MIX1
     x = (x ^ (x >> np.uint64(27))) * _MIX2
     return x ^ (x >> np.uint64(31))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _key_hash4(a, b, c, d):
     h = _GOLDEN
     h = _mix64(h ^ np.uint64(a))
@@ -103,7 +103,7 @@ def _key_hash4(a, b, c, d):
     return _mix64(h ^ np.uint64(d))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _stream(h, k):
     """The k-th value (k >= 1) of ``texture._hash_stream(h, n)``."""
     return _mix64(h + np.uint64(k) * _GOLDEN)
@@ -114,7 +114,7 @@ def _stream(h, k):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def ssd_costs(detail, cand, canvas, pix, dc_weight):
     """Match cost and colour offset per candidate patch against the wanted content.
 
@@ -160,7 +160,7 @@ def ssd_costs(detail, cand, canvas, pix, dc_weight):
     return cost, offset
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def pinned_seam(err, lo, hi):
     """Minimum-error path down ``err`` [L, Wd] (one pixel per row, moving at most one column per row, staying in
     columns [lo, hi]) that starts and ends at the middle column ``Wd // 2``. Returns [L] int64 column per row."""
@@ -185,7 +185,7 @@ def pinned_seam(err, lo, hi):
     return path
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, x0, step, half):
     """Texels of a region from its owner cells: each texel mixes up to four cells' patches (row owners r_lo/r_hi
     with weight r_w on r_hi, column owners likewise), reading only those with non-zero weight.
@@ -226,7 +226,7 @@ def compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, 
 #      origin_y, origin_x, step, half, patch, overlap, feather)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _observed_count(valid_integral, y0, x0, size):
     h, w = valid_integral.shape[0] - 1, valid_integral.shape[1] - 1
     ya, yb, xa, xb = max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w)
@@ -236,7 +236,7 @@ def _observed_count(valid_integral, y0, x0, size):
     return s[yb, xb] - s[ya, xb] - s[yb, xa] + s[ya, xa]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _level(m, gi, gj):
     """0: the cell's patch covers observed texels; 1: even row; 2: odd row (texture.TextureModel._level)."""
     ty, tx = gi * m[15] - m[16] - m[13], gj * m[15] - m[16] - m[14]
@@ -245,12 +245,12 @@ def _level(m, gi, gj):
     return 1 if gi % 2 == 0 else 2
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _is_source(source_ok, y, x):
     return 0 <= y < source_ok.shape[0] and 0 <= x < source_ok.shape[1] and source_ok[y, x]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _pool_2d(m, ty, tx):
     """Source windows congruent to (ty, tx) modulo a 2-D lattice, in (row, col) order (``_congruent``'s pool)."""
     source_ok, basis, inv = m[3], m[7], m[8]
@@ -291,7 +291,7 @@ def _pool_2d(m, ty, tx):
     return pool
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _pool_1d(m, ty, tx):
     src, basis, ph, order, period = m[5], m[7], m[10], m[11], m[12]
     phase_t = (ty * (basis[0, 0] / period) + tx * (basis[0, 1] / period)) % period
@@ -314,7 +314,7 @@ def _pool_1d(m, ty, tx):
     return src[np.sort(idx)]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _sorted_unique(values):
     """np.unique of a short int64 array (<= ~70 values here): insertion sort and dedupe, which compiles in a
     fraction of np.unique's time (compilation dominated a cold start)."""
@@ -334,7 +334,7 @@ def _sorted_unique(values):
     return a[:n]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _congruent(m, ty, tx, h):
     """texture.TextureModel._congruent: at most NUM_CANDIDATES congruent source windows, chosen by hash ``h``."""
     kind = m[6]
@@ -355,12 +355,12 @@ def _congruent(m, ty, tx, h):
     return pool[_sorted_unique(pick)]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _cell_key(gi, gj):
     return (gi << 32) ^ (gj & 0xFFFFFFFF)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _compute_cell(m, table, seed, gi, gj):
     """texture.TextureModel._cell_source_locked for a cell whose dependencies are all in ``table``."""
     detail, valid, source_ok = m[0], m[1], m[3]
@@ -454,13 +454,13 @@ def _compute_cell(m, table, seed, gi, gj):
     return (float(cand[pick, 0]), float(cand[pick, 1]), offsets[pick, 0], offsets[pick, 1], offsets[pick, 2])
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _push(work, n, gi, gj):
     work[n, 0], work[n, 1] = gi, gj
     return n + 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _push_level0_around(m, work, n, gi, gj):
     for d in range(4):
         ni = gi + (0 if d < 2 else (-1 if d == 2 else 1))
@@ -470,7 +470,7 @@ def _push_level0_around(m, work, n, gi, gj):
     return n
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _push_chain(m, table, work, n, gi, gj, level):
     """Cell (gi, gj) of ``level`` (1 or 2) after what it depends on: the cells left of it in its chain (each after
     its own level-0 neighbours and, on odd rows, the even-row chains above and below it)."""
@@ -494,7 +494,7 @@ def _push_chain(m, table, work, n, gi, gj, level):
     return n
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _ensure_cells(m, table, seed, rows0, rows1, cols0, cols1):
     """Every cell of rows [rows0, rows1] x cols [cols0, cols1] in ``table``, each made after the cells it depends
     on (texture.TextureModel.cell_source's recursion as a work list: ``_compute_cell`` has one call site, which
@@ -512,7 +512,7 @@ def _ensure_cells(m, table, seed, rows0, rows1, cols0, cols1):
                     _put(table, key, _compute_cell(m, table, seed, work[w, 0], work[w, 1]))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _seam(m, table, seed, vertical, i, j):
     """texture.TextureModel._seam: the cut between cells (i, j-1) | (i, j) (vertical) or (i-1, j) / (i, j)."""
     detail, s, h, ov, q = m[0], m[15], m[16], m[18], m[19]
@@ -540,7 +540,7 @@ def _seam(m, table, seed, vertical, i, j):
     return pinned_seam(err, q, min(ov - q, ov - 1))
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _split(m, table, seed, coords, others, vertical):
     """Owner cells (lower, upper) and the upper's weight along one axis: [len(others), len(coords)] each
     (``texture._reference_region``'s ``split``): ``coords`` run across the cuts, ``others`` along them."""
@@ -580,7 +580,7 @@ def _split(m, table, seed, coords, others, vertical):
     return lo, hi, wt
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _owner_range(coords, s, h):
     """Lowest and highest owner cell ``_split`` gives ``coords`` [n] (along one axis): the core cell, and in the
     band around a boundary line k the cells k - 1 and k."""
@@ -594,7 +594,7 @@ def _owner_range(coords, s, h):
     return lo, hi
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def region_detail(m, table, seed, r0, c0, hh, ww):
     """The shading-free texels [hh, ww, 3] float32 of texture-space rows [r0, r0+hh), cols [c0, c0+ww): the
     composition step of ``texture._reference_region`` (shading and the observed edge are added by the caller)."""
@@ -624,7 +624,7 @@ def region_detail(m, table, seed, r0, c0, hh, ww):
     return compose(m[0], src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, r0, c0, s, h)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def gather_tiles(stack, slot, rows, cols, tile_rows, tile_cols, tile_px, level, dst, out):
     """out[dst[n]] = stack[slot[n], (rows[n] - tile_rows[n] * tile_px) >> level, (cols[n] - ...) >> level]: texels
     of mip ``level`` read from the tiles ``stack`` [G, T >> level, T >> level, 3] uint8 (one pass, no temporaries).
@@ -637,7 +637,7 @@ def gather_tiles(stack, slot, rows, cols, tile_rows, tile_cols, tile_px, level, 
             out[dst[n], c] = stack[g, y, x, c]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def shade_region(detail_out, r0, c0, shading, shading_mean, decay_px, edge_weight, edge_value, origin_y, origin_x,
                  feather):
     """``TextureModel._shaded`` in one pass, in place on ``detail_out`` [H, W, 3] float32 (texture-space rows
@@ -681,7 +681,7 @@ def shade_region(detail_out, r0, c0, shading, shading_mean, decay_px, edge_weigh
                     detail_out[i, j, c] = wt * edge_value[ey, ex, c] + (one - wt) * detail_out[i, j, c]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def far_texels(detail, rows, cols, level, origin_y, origin_x, shading, shading_mean, decay_px):
     """``TextureModel._far_texels`` before rounding, per texel in one pass: [N, 3] float32. ``detail`` [h, w, 3]
     float32 is the far-field pyramid's mip ``level``; rows, cols [N] int64 level-0 texture-space texels."""
