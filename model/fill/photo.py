@@ -823,9 +823,10 @@ def _edge_facades(
     showed sky or the back facade's extension there (courtyard@photo, frames 64-96). Rule: the outermost
     ``edge_facade_cols_frac`` of the columns on that side all have a contact and no sky above it (a surface rising
     out of the photo's top), and no wall faces that way; then a wall along the Manhattan axis closest to the
-    image's side direction stands through the outermost contact, and the columns from the edge inwards whose
-    contacts lie within ``max(1 m, 20%)`` in front of it take its depth (a short fronto-parallel run there was the
-    colonnade's or the facade's foot seen between pillars).
+    image's side direction stands through the outermost plausible contact near the edge, and the columns from the
+    edge inwards whose contacts lie behind it or within ``max(1 m, 20%)`` in front of it take its depth (a short
+    fronto-parallel run there was the colonnade's or the facade's foot seen between pillars; a contact far behind
+    it was ground seen below a corner whose own foot is hidden).
     """
     C = len(foot_xz)
     m = max(3, int(round(config.edge_facade_cols_frac * C)))
@@ -840,15 +841,20 @@ def _edge_facades(
         if not (contact[block].all() and (sky_above[block] < 0).all()):
             continue
         off = foot_xz @ n  # how far out each contact lies along n
-        o = float(off[block].max())
-        # no farther out than 1.5x the median distance of the walls the contacts did line up into (the square's
-        # scale; 20 m without any): at courtyard@photo's right edge a near building corner fills the top while the
-        # contact found below it is the grass 36 m away, which made a "facade" 32 m out
+        # The facade's foot: the outermost contact near the edge (the first 4x block columns, no sky above) no
+        # farther out than 1.5x the median distance of the walls the contacts did line up into (the square's
+        # scale; 20 m without any). At courtyard@photo's right edge the right building's corner fills the top
+        # while the contact found below it is the grass 36 m away (its own foot is hidden); the corner's foot is
+        # a few columns in.
         scale = float(np.median([abs(wo) for _, wo, _ in walls])) if walls else 0.0
-        if o <= 0.5 or o > (1.5 * scale if scale > 0 else 0.25 * config.max_depth_m):
+        cap = 1.5 * scale if scale > 0 else 0.25 * config.max_depth_m
+        near = edge[:4 * m]
+        near = near[contact[near] & (sky_above[near] < 0) & (off[near] > 0.5) & (off[near] <= cap)]
+        if not len(near):
             continue
+        o = float(off[near].max())
         cols = np.zeros(C, bool)
-        for c in edge:  # from the edge inwards while the contacts stay near the facade's line
+        for c in edge:  # from the edge inwards while the contacts stay near or behind the facade's line
             if not contact[c] or off[c] < o - max(1.0, 0.2 * o):
                 break
             cols[c] = True
