@@ -9,7 +9,8 @@ hole and a notch, as a plane's observed texels would be. For each:
   tiles entering the view arrive;
 - ``continue_ms``: the exemplar's own holes (``continue_exemplar``).
 
-Baselines in the same run: tiling the hole-filled exemplar (a wrap-around window: what a naive fill does) and
+The plain-Python path (``TextureModel.reference_region``: the compiled path's reference, texel for texel the same,
+checked here) is timed on the same tile stream: ``reference_tile_stream_cpu_ms``. Baselines in the same run: tiling the hole-filled exemplar (a wrap-around window: what a naive fill does) and
 push-pull filling the holes. Quality next to the speed: gradient ratio of the hole fill to the observed texels
 (1 = as much detail; push-pull is a smear), and the step at tile / exemplar-period borders over the interior step
 (1 = no seam; tiles are windows of one image, so a tile border is a seam only where a cell's cut band
@@ -140,6 +141,17 @@ def main() -> None:
             stream.append((time.perf_counter() - t0) * 1e3 / 64)
             stream_cpu.append((time.process_time() - c0) * 1e3 / 64)
         mosaic = np.concatenate([np.concatenate(row, 1) for row in block], 0)
+        # the plain-Python path (TextureModel.reference_region, the compiled path's reference), same tiles
+        ref_stream_cpu = []
+        for r in range(max(2, args.repeats // 5)):
+            fresh = tx.TextureModel.fit(rgb, valid, texel_m=0.02)
+            c0 = time.process_time()
+            ref_block = [[fresh.reference_region((64 * (20 + i), 64 * (30 + j)), (64, 64), r) for j in range(8)]
+                         for i in range(8)]
+            ref_stream_cpu.append((time.process_time() - c0) * 1e3 / 64)
+        assert np.array_equal(np.concatenate([np.concatenate(row, 1) for row in ref_block], 0), np.concatenate(
+            [np.concatenate([tx.synthesize_tile(fresh, (20 + i, 30 + j), r) for j in range(8)], 1)
+             for i in range(8)], 0))  # the same texels
         cont = time_ms(lambda: tx.continue_exemplar(tx.TextureModel.fit(rgb, valid, texel_m=0.02), 2), 5)
         filled_pp = np.clip(np.rint(tx.push_pull_fill(rgb.astype(np.float32), valid.astype(np.float32))), 0, 255)
         filled_pp = filled_pp.astype(np.uint8)
@@ -160,6 +172,7 @@ def main() -> None:
             "tile_cold_cpu_ms": round(statistics.median(cold_cpu), 3),
             "tile_stream_ms": round(statistics.median(stream), 3),
             "tile_stream_cpu_ms": round(statistics.median(stream_cpu), 3),
+            "reference_tile_stream_cpu_ms": round(statistics.median(ref_stream_cpu), 3),
             "continue_ms": cont["median_ms"],
             "baseline_tile_exemplar_ms": base_tile["median_ms"],
             "baseline_push_pull_ms": base_pp["median_ms"],

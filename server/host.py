@@ -116,7 +116,7 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
     throwaway scene world of ``width`` x ``height`` walks ``clips`` one-frame clips through ``generator`` (render,
     retrieval, warps, the fill, the memory update, the history index), then its memory is re-sorted and its
     invented points removed (a compaction). A played world's first re-sort comes ~100 lock-step steps into a
-    session at 128x96, and compiling its kernels there (sort_keys, merge_order, permute_rows for five dtypes,
+    session at 128x96, and compiling its kernels there (sort_keys, merge_order, permute_rows(3) for five dtypes,
     hash_remap) stalled that step 19.8 s with a cold cache (after an edit of a kernel file, a fresh clone) and
     ~75 ms with a warm one: the remote Gymnasium env's 300-step benchmark fell to 11-18 steps/s
     (docs/BENCHMARKS.md, lock-step section). Returns what ran: clips, points re-sorted and points removed."""
@@ -133,15 +133,18 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
 
         memory = world.memory
         points = int(memory.num_points)
-        memory.reindex()  # sort_keys, merge_order, permute_rows, hash_remap
-        # a few invented points 0.5 m ahead, then free space there: a compaction of a short suffix
-        # (hash_drop_suffix; a long one takes the same kernel's other branch)
+        memory.reindex()  # sort_keys, merge_order, permute_rows, permute_rows3, hash_remap
+        # a few invented points 0.5 m ahead, then free space there: a compaction (drop_points)
         ahead = walk.c2w[:3, 3] + 0.5 * walk.c2w[:3, 2]
         rng = np.random.default_rng(0)
         memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),
                                 frame_index=clips, provenance=INVENTED_FINAL)
         removed = memory.remove_invented_near(ahead[None], radius_m=0.3)
-        return {"clips": clips, "points_resorted": points, "points_removed": int(removed)}
+        # the layout fill's own kernels: this world's few frames show the coarse fill and never reach them
+        from spatia.model.fill.warmup import compile_fill_kernels
+
+        texels = compile_fill_kernels()
+        return {"clips": clips, "points_resorted": points, "points_removed": int(removed), "fill_texels": texels}
     finally:
         world.close()
 

@@ -6,7 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from spatia.cli import configure_logging
 from spatia.world.camera import Intrinsics
+
+# Logs go to stderr, as the CLI configures them: commands called in-process print JSON on stdout, and a fill
+# thread of an earlier test logging at that moment would otherwise land in the middle of it (CI saw this).
+configure_logging(verbose=True)
 
 
 def render_box_room(intrinsics: Intrinsics, c2w: np.ndarray, half_size_m: float = 2.0, seed: int = 0):

@@ -98,6 +98,11 @@ def _reference_cast(layout, view, rays: np.ndarray, c2w: np.ndarray) -> np.ndarr
             if t <= 0:
                 continue
             hit = c2w[:3, 3] + t * d_world
+            if p.kind == WALL and not layout.indoor and math.isfinite(p.top_m):  # a facade: its top and its ends
+                along = float(hit @ layout.axes[3 - p.axis])
+                if (float(hit @ layout.axes[0]) > p.top_m + layout.config.facade_top_margin_m
+                        or not p.span_m[0] <= along <= p.span_m[1]):
+                    continue
             if any(o.plane == p and abs(float(hit @ layout.axes[3 - p.axis]) - o.centre_m) <= o.half_width_m
                    and o.bottom_m <= float(hit @ layout.axes[0]) <= o.top_m for o in view.openings):
                 continue
@@ -311,3 +316,53 @@ def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
     depth, _ = cast_layout(layout, view, rays, c2w_back)
     assert depth[0] == pytest.approx(1.0, abs=0.05)  # z-depth of the facade 1 m behind the first camera
     assert depth[1] == 0.0  # past its end: open sky, not a canyon wall to the horizon
+    grid = pixel_rays(Intrinsics.from_fov(100.0, 40, 24)).astype(np.float32).reshape(-1, 3)
+    for pose in (c2w, c2w_back):  # the whole view, against the per-ray reference (facade tops and ends)
+        depth, _ = cast_layout(layout, view, grid, pose)
+        np.testing.assert_allclose(depth, _reference_cast(layout, view, grid, pose), rtol=1e-4, atol=1e-5)
+        assert (depth == 0).any() and (depth > 0).any()  # sky above the facade and past its end, and hits
+
+
+def test_the_compiled_window_search_matches_numpy():
+    """``appearance._largest_window`` (compiled) picks the window ``np.argmax`` over every window's count picks,
+    ties included, on sparse, dense, blocky and empty coverage."""
+    from spatia.model.fill import appearance
+
+    rng = np.random.default_rng(5)
+    sizes = [64, 48, 32, 24, 16, 12, 8]
+    covers = [rng.random((70, 90)) < p for p in (0.2, 0.6, 0.95)]
+    blocky = np.zeros((50, 40), bool)
+    blocky[10:30, 5:25] = True
+    blocky[35:48, 20:38] = True
+    covers += [blocky, np.ones((20, 33), bool), np.zeros((30, 30), bool)]
+    for cover in covers:
+        for min_cov in (0.5, 0.8, 0.95):
+            want = appearance._reference_largest_window(cover, sizes, min_cov)
+            assert appearance._largest_window(cover, sizes, min_cov) == want
+
+
+def test_the_fill_warm_up_compiles_the_kernels_frames_use():
+    """``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) compiles the very specialisations the
+    frame path calls: a layout cast and a texture region afterwards add no new compiled signature."""
+    from spatia.model.fill import layout_kernels, texture, texture_kernels
+    from spatia.model.fill.warmup import compile_fill_kernels
+
+    assert compile_fill_kernels() > 0
+    kernels = (layout_kernels.cast_planes, texture_kernels.region_detail, texture_kernels.shade_region,
+               texture_kernels.gather_tiles)
+    before = [len(k.signatures) for k in kernels]
+    assert all(before)
+    rng = np.random.default_rng(1)
+    pts = _box_room_points(rng, np.eye(3))
+    cam = np.array([3.0, 1.6, 2.0])
+    layout = estimate_layout(pts, cam, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    path = np.array([cam, [3.0, 1.6, 4.0], [3.2, 1.6, 7.0], [3.2, 1.6, 9.5]])  # through the back wall: a doorway
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])
+    c2w[:3, 3] = cam
+    cast_layout(layout, view_bounds(layout, cam, path), pixel_rays(Intrinsics.from_fov(90.0, 16, 12)).reshape(-1, 3),
+                c2w)
+    rgb = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    model = texture.TextureModel.fit(rgb, np.ones((48, 48), bool), 0.02)
+    texture.sample_uv(model, rng.uniform(-1, 1, (50, 2)), np.full(50, 0.01), seed=3)
+    assert [len(k.signatures) for k in kernels] == before

@@ -460,3 +460,35 @@ def test_bad_input_raises_naming_the_argument(noise):
     for call, name in cases:
         with pytest.raises(InvalidInputError, match=name):
             call()
+
+
+def test_compiled_shading_matches_the_numpy_reference():
+    """``texture_kernels.shade_region`` (shading continued off the box, observed edge faded in) against
+    ``TextureModel.reference_shaded``: inside the box, across its edge, a few texels off it and far away."""
+    rgb, valid = exemplar(plane("brick"))
+    light = np.linspace(0.6, 1.2, rgb.shape[1])[None, :, None]
+    model = TextureModel.fit(np.clip(rgb * light, 0, 255).astype(np.uint8), valid, 0.01, origin_px=(7, -13))
+    rng = np.random.default_rng(3)
+    for r0, c0 in ((7, -13), (-20, -40), (60, 100), (-9, 110), (3000, -3000)):
+        detail = rng.normal(0, 20, (40, 56, 3)).astype(np.float32)
+        ys, xs = np.arange(r0, r0 + 40), np.arange(c0, c0 + 56)
+        want = model.reference_shaded(detail.copy(), ys, xs)
+        got = detail.copy()
+        tx.texture_kernels.shade_region(got, r0, c0, model.shading, model.shading_mean, model.shading_decay_px,
+                                        model._edge_weight, model._edge_value, *model.origin_px, model._edge_feather)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+
+
+def test_compiled_far_field_matches_the_numpy_reference():
+    """``texture_kernels.far_texels`` (mirror-repeated far-field detail plus the continued shading) against
+    ``TextureModel.reference_far_texels`` at mip levels 2-4, inside, beside and far from the exemplar's box."""
+    rgb, valid = exemplar(plane("wood"))
+    model = TextureModel.fit(rgb, valid, 0.01, origin_px=(7, -13))
+    rng = np.random.default_rng(8)
+    rows = rng.integers(-3000, 3000, 4000)
+    cols = rng.integers(-3000, 3000, 4000)
+    for level in (2, 3, 4):
+        want = model.reference_far_texels(rows, cols, level, seed=1)
+        got = tx.texture_kernels.far_texels(model._far_pyramid(1)[level], rows, cols, level, *model.origin_px,
+                                            model.shading, model.shading_mean, model.shading_decay_px)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)

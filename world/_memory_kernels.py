@@ -128,42 +128,97 @@ def _delete_slot(table, keys, i):
 
 
 @nb.njit(cache=True, nogil=True)
-def hash_drop_suffix(table, keys, keep, first, n):
-    """Update the table for dropping the points ``j`` in ``[first, n)`` where ``keep[j]`` is False, before the
-    arrays are compacted (``keys`` still in the old order): dropped keys leave the table, every kept point from
-    ``first`` on gets its new index. Points before ``first`` keep index and slot. O(n - first) probes instead of
-    rebuilding the table from all points."""
-    for j in range(first, n):
-        if not keep[j]:
-            _delete_slot(table, keys, _slot_of(table, keys, keys[j]))
-    if 8 * (n - first) > table.shape[0]:
-        # a long suffix: one sequential pass over the table renumbers its entries (what is left from ``first``
-        # on is exactly the kept points) instead of a random probe per point; same table slot for slot. 89 k
-        # points, 130 k slots, 60 dropped: 1.87 -> 0.49 ms (44 k suffix), 2.75 -> 0.51 ms (85 k); below ~1/8 of
-        # the table the probes are cheaper (a lock-step step drops a few invented points most steps)
-        new_index = np.empty(n - first, np.int32)
-        p = first
-        for j in range(first, n):
-            new_index[j - first] = p
-            if keep[j]:
-                p += 1
-        for s in range(table.shape[0]):
-            t = table[s]
-            if t >= first:
-                table[s] = new_index[t - first]
-        return
-    slots = np.empty(n - first, np.int64)
-    new_index = np.empty(n - first, np.int64)
+def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_sorted, n):
+    """Delete the points ``drops`` (sorted, distinct, all ``< n``) in place; returns ``(n_sorted, n)`` after.
+
+    The block-sorted prefix ``[0, n_sorted)`` keeps its order (its kept rows shift down over its holes, as the
+    culling blocks need). The unsorted tail does not need an order: its holes, and the rows the prefix vacated at
+    its end, are filled with the tail's last kept rows (ascending into ascending), so a lock-step step that drops a
+    few invented points moves only that many rows instead of the whole suffix behind the first one (~30-50 k rows
+    and a pass over the hash table at ~100 k points: 0.5-2.5 ms a clip). ``world._reference.reference_drop_order``
+    is the same rule written plainly. The hash table is updated for exactly the rows that moved: dropped keys leave
+    it (backward-shift deletion), every moved row's slot gets its new index (one pass over the table instead when
+    more rows move than 1/24 of its slots)."""
+    n_drop = drops.shape[0]
+    if n_drop == 0:
+        return n_sorted, n
+    for t in range(n_drop):  # keys are still in the old order: every probe reads consistent rows
+        _delete_slot(table, keys, _slot_of(table, keys, keys[drops[t]]))
+    ds = 0  # drops inside the sorted prefix
+    while ds < n_drop and drops[ds] < n_sorted:
+        ds += 1
+    new_sorted = n_sorted - ds
+    new_n = n - n_drop
+    # moves, in an order that never reads a row a previous move wrote: the prefix's shift (ascending, dst < src),
+    # then tail rows from >= max(new_n, n_sorted) into holes below new_n
+    cap_moves = (n_sorted - drops[0] if ds > 0 else 0) + n_drop
+    src = np.empty(cap_moves, np.int64)
+    dst = np.empty(cap_moves, np.int64)
     m = 0
-    p = first
-    for j in range(first, n):
-        if keep[j]:
-            slots[m] = _slot_of(table, keys, keys[j])
-            new_index[m] = p
+    if ds > 0:
+        p = drops[0]
+        t = 0
+        for j in range(drops[0], n_sorted):
+            if t < ds and drops[t] == j:
+                t += 1
+                continue
+            src[m] = j
+            dst[m] = p
             m += 1
             p += 1
-    for t in range(m):  # written after every slot was found: a look-up reads keys[table[s]] in the old order
-        table[slots[t]] = new_index[t]
+    # holes, ascending: h < ds is the prefix's vacated row new_sorted + h, h >= ds the tail's drop drops[h];
+    # those below new_n take the kept rows from max(new_n, n_sorted) on, in order
+    j = max(new_n, n_sorted)
+    t_mov = ds  # drops[t_mov] is the next dropped row at or after j
+    while t_mov < n_drop and drops[t_mov] < j:
+        t_mov += 1
+    for h in range(n_drop):
+        hole = new_sorted + h if h < ds else drops[h]
+        if hole >= new_n:
+            break
+        while t_mov < n_drop and drops[t_mov] == j:  # a dropped row is no mover
+            j += 1
+            t_mov += 1
+        src[m] = j
+        dst[m] = hole
+        m += 1
+        j += 1
+    if 24 * m > table.shape[0]:  # a probe ~100 ns (random rows), a slot of the pass ~4 ns (measured, 176 k slots)
+        lo = n
+        for k in range(m):
+            lo = min(lo, src[k])
+        new_index = np.arange(lo, n).astype(np.int32)
+        for k in range(m):
+            new_index[src[k] - lo] = dst[k]
+        for k in range(m):
+            _move_row(keys, offsets, colors, counts, last_seen, prov, src[k], dst[k])
+        for s in range(table.shape[0]):
+            v = table[s]
+            if v >= lo:
+                table[s] = new_index[v - lo]
+        return new_sorted, new_n
+    slots = np.empty(m, np.int64)
+    for k in range(m):  # found before any row moves: a probe compares keys[table[s]] in the old order
+        slots[k] = _slot_of(table, keys, keys[src[k]])
+    for k in range(m):
+        _move_row(keys, offsets, colors, counts, last_seen, prov, src[k], dst[k])
+    for k in range(m):
+        table[slots[k]] = dst[k]
+    return new_sorted, new_n
+
+
+@nb.njit(inline="always")
+def _move_row(keys, offsets, colors, counts, last_seen, prov, i, j):
+    keys[j] = keys[i]
+    offsets[j, 0] = offsets[i, 0]
+    offsets[j, 1] = offsets[i, 1]
+    offsets[j, 2] = offsets[i, 2]
+    colors[j, 0] = colors[i, 0]
+    colors[j, 1] = colors[i, 1]
+    colors[j, 2] = colors[i, 2]
+    counts[j] = counts[i]
+    last_seen[j] = last_seen[i]
+    prov[j] = prov[i]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -232,14 +287,32 @@ def longest_sorted_prefix(keys, n):
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def permute_rows(arr, order):
-    """``arr[:len(order)] = arr[order]`` in place (through one scratch copy), rows in parallel: a numpy fancy
-    gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame being rendered."""
+    """``arr[:len(order)] = arr[order]`` in place (through one scratch copy) for a vector ``arr`` [N], rows in
+    parallel: a numpy fancy gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame being
+    rendered. ``permute_rows3`` is the same for [N, 3] arrays."""
     n = order.shape[0]
-    scratch = np.empty((n,) + arr.shape[1:], arr.dtype)
+    scratch = np.empty(n, arr.dtype)
     for i in nb.prange(n):
         scratch[i] = arr[order[i]]
     for i in nb.prange(n):
         arr[i] = scratch[i]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def permute_rows3(arr, order):
+    """``permute_rows`` for an [N, 3] array, element by element: a row assignment (``scratch[i] = arr[j]``) made a
+    view per row and took 11x a vector's time (2.2 ms for [132 k, 3] uint8)."""
+    n = order.shape[0]
+    scratch = np.empty((n, 3), arr.dtype)
+    for i in nb.prange(n):
+        src = order[i]
+        scratch[i, 0] = arr[src, 0]
+        scratch[i, 1] = arr[src, 1]
+        scratch[i, 2] = arr[src, 2]
+    for i in nb.prange(n):
+        arr[i, 0] = scratch[i, 0]
+        arr[i, 1] = scratch[i, 1]
+        arr[i, 2] = scratch[i, 2]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -686,25 +759,52 @@ def merge_samples(
 
 
 @nb.njit(cache=True, nogil=True)
-def box_candidates(keys, prov, last, n, lo0, lo1, lo2, hi0, hi1, hi2, observed, min_last_seen):
-    """Indices of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units), whose
-    provenance is not ``observed`` and whose last-seen frame is at least ``min_last_seen``: integer work on the
-    keys only, no position decoding."""
-    out = np.empty(n, np.int64)
+def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, lo1, lo2, hi0, hi1, hi2, observed,
+                   min_last_seen):
+    """Indices (ascending) of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units),
+    whose provenance is not ``observed`` and whose last-seen frame is at least ``min_last_seen``: integer work on
+    the keys only, no position decoding. With a last-seen floor (the points a clip just touched: ~1 % of them) one
+    pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
+    ``[0, n_sorted)`` (``block_ids`` / ``block_starts``, ``block_directory``) is read only in the blocks that meet
+    the box (a pose's 1 m box: a few hundred of ~10^4 blocks) and the unsorted tail whole."""
+    out = np.empty(max(n, 1), np.int64)
     m = 0
-    for p in range(n):
-        if prov[p] == observed or last[p] < min_last_seen:
+    if min_last_seen > np.iinfo(np.int32).min:
+        for p in range(n):
+            if last[p] >= min_last_seen and _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
+        return out[:m]
+    side = 1 << BLOCK_BITS
+    cmask = (1 << BLOCK_COORD_BITS) - 1
+    for b in range(block_ids.shape[0]):
+        blk = block_ids[b]
+        bi = (((blk >> (2 * BLOCK_COORD_BITS)) & cmask) << BLOCK_BITS) - KEY_OFFSET
+        bj = (((blk >> BLOCK_COORD_BITS) & cmask) << BLOCK_BITS) - KEY_OFFSET
+        bk = ((blk & cmask) << BLOCK_BITS) - KEY_OFFSET
+        if (bi + side - 1 < lo0 or bi > hi0 or bj + side - 1 < lo1 or bj > hi1 or bk + side - 1 < lo2
+                or bk > hi2):
             continue
-        key = keys[p]
-        i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
-        if i < lo0 or i > hi0:
-            continue
-        j = ((key >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
-        if j < lo1 or j > hi1:
-            continue
-        k = (key & KEY_MASK) - KEY_OFFSET
-        if k < lo2 or k > hi2:
-            continue
-        out[m] = p
-        m += 1
+        for p in range(block_starts[b], block_starts[b + 1]):
+            if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
+    for p in range(n_sorted, n):
+        if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+            out[m] = p
+            m += 1
     return out[:m]
+
+
+@nb.njit(inline="always")
+def _in_box(key, prov, lo0, lo1, lo2, hi0, hi1, hi2, observed):
+    if prov == observed:
+        return False
+    i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
+    if i < lo0 or i > hi0:
+        return False
+    j = ((key >> KEY_BITS) & KEY_MASK) - KEY_OFFSET
+    if j < lo1 or j > hi1:
+        return False
+    k = (key & KEY_MASK) - KEY_OFFSET
+    return lo2 <= k <= hi2

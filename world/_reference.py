@@ -106,6 +106,28 @@ def reference_state_arrays(state: dict[int, list[int]]) -> dict[str, np.ndarray]
     }
 
 
+def reference_drop_order(n_sorted: int, n: int, drops: np.ndarray) -> tuple[np.ndarray, int]:
+    """Row order after ``SpatialMemory._drop(drops)`` (mirrors ``_memory_kernels.drop_points``): ``(new position ->
+    old row [n - len(drops)], new n_sorted)``. The sorted prefix's kept rows stay in order at the front; a kept tail
+    row below the new count stays where it is; the empty positions below the new count, ascending, take the kept
+    rows at or above it, ascending."""
+    keep = np.ones(n, bool)
+    keep[np.asarray(drops, np.int64)] = False
+    new_n = int(keep.sum())
+    prefix = np.flatnonzero(keep[:n_sorted])
+    order = np.full(new_n, -1, np.int64)
+    order[: len(prefix)] = prefix
+    tail = [j for j in range(n_sorted, n) if keep[j]]
+    for j in tail:
+        if j < new_n:
+            order[j] = j
+    movers = [j for j in tail if j >= new_n]
+    holes = np.flatnonzero(order < 0)
+    assert len(holes) == len(movers)
+    order[holes] = movers
+    return order, len(prefix)
+
+
 def reference_render(
     keys: np.ndarray,  # [N] int64
     offsets: np.ndarray,  # [N, 3] uint8

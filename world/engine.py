@@ -123,6 +123,30 @@ class _ViewKeys(Sequence):
         return view.voxel_keys
 
 
+class _HistoryReference(ReferenceFrame):
+    """A ``ReferenceFrame`` whose image is decoded from the history when first read: a generator may read only
+    some of the K references' images (the geometric one warps the one or two nearest in pose), and decoding the
+    others cost ~0.1 ms each a one-frame clip. Pickles (and ``dataclasses.replace``s) as a plain one."""
+
+    def __init__(self, frame_index: int, rgb=None, c2w=None, intrinsics=None, score: float = 0.0, depth_m=None,
+                 load_rgb=None) -> None:
+        self._load_rgb = load_rgb
+        super().__init__(frame_index, rgb, c2w, intrinsics, score, depth_m)
+
+    @property  # type: ignore[override]
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = self._load_rgb()
+        return self._rgb
+
+    @rgb.setter
+    def rgb(self, value) -> None:
+        self._rgb = value
+
+    def __reduce__(self):
+        return ReferenceFrame, (self.frame_index, self.rgb, self.c2w, self.intrinsics, self.score, self.depth_m)
+
+
 class Engine:
     """Drives one world with one generator. Not thread-safe: one caller at a time (the server serialises)."""
 
@@ -187,15 +211,17 @@ class Engine:
         chosen = list(scores)
         if self.config.fill_references_by_pose:
             candidates = history.poses()[:exclude_from]
-            by_pose = _nearest_pose_frames(candidates, target_c2w, k, exclude=set(chosen))
-            end = int(np.argmin(_pose_distance(candidates, target_c2w[-1])))
+            to_end = _pose_distance(candidates, target_c2w[-1])  # [C], computed once for both uses below
+            by_pose = _nearest_pose_frames(candidates, target_c2w, k, exclude=set(chosen), to_last=to_end)
+            end = int(np.argmin(to_end))
             if end not in chosen and len(chosen) >= k:  # the view nearest to where the clip ends always gets a slot
                 chosen.remove(min(chosen, key=scores.get))  # the weakest retrieved one (by_pose starts with `end`)
             chosen += by_pose[: k - len(chosen)]
         return [
-            ReferenceFrame(
+            _HistoryReference(
                 frame_index=i,
-                rgb=self._first_frame() if i == 0 else history.get_rgb(i),  # frame 0: the lossless original
+                # frame 0: the lossless original
+                load_rgb=self._first_frame if i == 0 else (lambda i=i: history.get_rgb(i)),
                 c2w=history.get_pose(i),
                 intrinsics=history.intrinsics(i),
                 score=scores.get(i, 0.0),
@@ -365,7 +391,7 @@ class Engine:
             report = update_memory(
                 world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
-                memory_renders=[v.render for v in views],
+                memory_renders=[v.render for v in views], memory_render_keys=[v.voxel_keys for v in views],
                 provenance=np.where(provisional, INVENTED_PROVISIONAL, INVENTED_FINAL),
             )
             refined = report.poses_refined
@@ -436,19 +462,20 @@ def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return angle + 10.0 * np.linalg.norm(a[:, :3, 3] - b[:3, 3], axis=1)
 
 
-def _nearest_pose_frames(candidates_c2w: np.ndarray, target_c2w: np.ndarray, k: int, exclude: set[int]) -> list[int]:
+def _nearest_pose_frames(candidates_c2w: np.ndarray, target_c2w: np.ndarray, k: int, exclude: set[int],
+                         to_last: np.ndarray | None = None) -> list[int]:
     """History frames nearest in pose to the last target (first in the list) and to every k-th target (then by
-    distance), distinct, none from ``exclude``."""
+    distance), distinct, none from ``exclude``. ``to_last``: ``_pose_distance`` to the last target if known."""
     if len(candidates_c2w) == 0:
         return []
     last = len(target_c2w) - 1
     out: list[int] = []
-    d = _pose_distance(candidates_c2w, target_c2w[last])
-    if int(np.argmin(d)) not in exclude:
-        out.append(int(np.argmin(d)))
+    d_last = _pose_distance(candidates_c2w, target_c2w[last]) if to_last is None else to_last
+    if int(np.argmin(d_last)) not in exclude:
+        out.append(int(np.argmin(d_last)))
     best: dict[int, float] = {}
     for t in range(0, len(target_c2w), max(k, 1)):
-        d = _pose_distance(candidates_c2w, target_c2w[t])
+        d = d_last if t == last else _pose_distance(candidates_c2w, target_c2w[t])  # a one-frame clip: t = last
         i = int(np.argmin(d))
         if i not in exclude and i not in out:
             best[i] = min(best.get(i, np.inf), float(d[i]))

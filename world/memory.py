@@ -63,10 +63,15 @@ GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 34 r
 GROW_AHEAD_AT = 0.96
 GROW_AHEAD = 1.2
 MIN_CAPACITY = 1 << 14
-TAIL_MIN = 1 << 16  # an unsorted tail below this many points is rendered without culling
+TAIL_MIN = 1 << 13  # an unsorted tail below this many points is rendered without culling
 TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sorted part before a render (each merge
 # is an O(n) pause of the frame being made, ~80 ms at 1.2 M points; a longer tail costs ~1 ms more per render)
+# TAIL_MIN: the tail is scanned whole by every render (~40 ns a point here), a merge costs ~4.5 ms at 115 k points
+# (7.5 ms with its sort, which the maintenance thread prepares); a 128x96 lock-step agent adds ~360 points a step,
+# and the two balance near sqrt(2 * merge * growth / scan) ~ 9 k points. At 2**16 a world below 262 k points
+# rendered up to 65 k unculled points a frame (1-2 ms of a 128x96 step).
 
+SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
 # Provenance of a point (``SpatialMemory.provenance``): what put it there. Observed points come from real images
 # (the world's first image, a capture, an edit); invented ones from a generator filling space nothing observed.
@@ -446,34 +451,38 @@ class SpatialMemory:
         return self.remove_invented_near_groups([(centres_m, since_frame)], radius_m)
 
     def remove_invented_near_groups(self, groups: Sequence[tuple[np.ndarray, int | None]], radius_m: float) -> int:
-        """``remove_invented_near`` for several (centres [P, 3], since_frame) groups at once: one compaction (an
-        O(points) pass) instead of one per group."""
-        if not self._n or not (self._prov[: self._n] != OBSERVED).any():
+        """``remove_invented_near`` for several (centres [P, 3], since_frame) groups at once: one compaction. Each
+        group's candidates are the invented points in its centres' box grown by the radius (``box_candidates``
+        reads only the culling blocks that meet it, or only the points seen since ``since_frame``)."""
+        if not self._n:
             return 0
         from scipy.spatial import cKDTree
 
         d_m = self.config.voxel_size_m
-        drop = None
+        near = []
         for centres_m, since_frame in groups:
-            c = np.asarray(centres_m, np.float64).reshape(-1, 3)
+            c = np.asarray(centres_m, np.float64).reshape(-1, 3)  # [P, 3] world frame
             if not len(c):
                 continue
             lo = np.floor((c.min(axis=0) - radius_m) / d_m).astype(np.int64)
             hi = np.floor((c.max(axis=0) + radius_m) / d_m).astype(np.int64)
             floor = np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame)
-            cand = K.box_candidates(self._keys, self._prov, self._last, self._n, *lo.tolist(), *hi.tolist(),
-                                    OBSERVED, floor)
+            cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
+                                    self._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED, floor)
             if not len(cand):
                 continue
-            pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)
-            d, _ = cKDTree(c).query(pos, distance_upper_bound=radius_m)
-            if drop is None:
-                drop = np.zeros(self._n, bool)
-            drop[cand[np.isfinite(d)]] = True
-        count = 0 if drop is None else int(drop.sum())
-        if count:
-            self._compact(~drop)
-        return count
+            pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world frame
+            if len(c) <= SMALL_CENTRE_SET:  # a one-frame clip's pose: a tree costs more than the distances
+                d2 = ((pos[:, None, :] - c[None]) ** 2).sum(axis=2).min(axis=1)
+                near.append(cand[d2 < radius_m**2])  # strictly inside, as the tree's upper bound below
+            else:
+                d, _ = cKDTree(c).query(pos, distance_upper_bound=radius_m)
+                near.append(cand[np.isfinite(d)])
+        if not near:
+            return 0
+        drops = np.unique(np.concatenate(near))  # sorted, distinct
+        self._drop(drops)
+        return len(drops)
 
     def insert(self, points: np.ndarray, colors: np.ndarray, frame_index: int = -1) -> IntegrateStats:
         """Add an object (paper Fig. 8, "adding new ones"): the given points replace whatever occupies their
@@ -713,31 +722,29 @@ class SpatialMemory:
         return K.decode_positions(self._keys, self._offsets, self._n, self.config.voxel_size_m)
 
     def _compact(self, keep: np.ndarray) -> None:
-        """Drop points where ``keep`` [N] is False; order is kept, so the sorted prefix stays sorted."""
-        self._structure += 1
-        n = self._n
-        keep = np.ascontiguousarray(keep[:n], bool)
-        n_sorted_kept = int(keep[: self._n_sorted].sum())
-        # points before the first dropped one keep their index: only the suffix moves, and the hash table is
-        # updated for the suffix alone (a rebuild from all points cost ~30 ms a clip on a 100 k-point world when a
-        # lock-step agent's every step took a few invented points away)
-        first = int(np.argmin(keep)) if not keep.all() else n
-        if first == n:
+        """Drop points where ``keep`` [N] is False (``_drop``)."""
+        self._drop(np.flatnonzero(~np.asarray(keep[: self._n], bool)))
+
+    def _drop(self, drops: np.ndarray) -> None:
+        """Delete the points ``drops`` (sorted distinct indices < N). The sorted prefix keeps its order; the
+        unsorted tail's holes are filled with its last rows (``_memory_kernels.drop_points``): a lock-step step that
+        takes a few invented points away moves about that many rows, not the whole suffix behind them. Whatever the
+        tail's order, a re-sort (``reindex``) puts the same points in the same order."""
+        if not len(drops):
             return
-        if n - first > n // 2:
-            rehash = True
-        else:
-            rehash = False
-            K.hash_drop_suffix(self._table, self._keys, keep, first, n)
-        idx = first + np.flatnonzero(keep[first:])
-        m = first + len(idx)
-        for a in (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov):
-            a[first:m] = a[idx]
-        self._n = m
-        self._n_sorted = n_sorted_kept
-        self._block_ids, self._block_starts = K.block_directory(self._keys, self._n_sorted)
-        if rehash:
-            self._rehash()
+        self._structure += 1
+        n_sorted_before = self._n_sorted
+        drops = np.ascontiguousarray(drops, np.int64)
+        self._n_sorted, self._n = K.drop_points(
+            self._table, self._keys, self._offsets, self._colors, self._counts, self._last, self._prov,
+            drops, self._n_sorted, self._n)
+        in_prefix = n_sorted_before - self._n_sorted
+        if in_prefix:  # the prefix moved: each block starts earlier by the drops before it; emptied blocks go
+            # (O(blocks) instead of block_directory's O(points) pass: ~0.5 ms of a lock-step step at 10^5 points)
+            starts = self._block_starts - np.searchsorted(drops[:in_prefix], self._block_starts)
+            live = starts[1:] > starts[:-1]
+            self._block_ids = self._block_ids[live]
+            self._block_starts = np.append(starts[:-1][live], starts[-1])
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.
@@ -778,8 +785,10 @@ class SpatialMemory:
         if order is None:
             order = _merge_order(self._keys, ns, n)  # new position -> old index
         self._structure += 1
-        for a in (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov):
+        for a in (self._keys, self._counts, self._last, self._prov):
             K.permute_rows(a, order)
+        for a in (self._offsets, self._colors):
+            K.permute_rows3(a, order)
         new_of_old = np.arange(self._n, dtype=np.int32)  # points beyond n keep their index
         new_of_old[order] = np.arange(n, dtype=np.int32)
         K.hash_remap(self._table, new_of_old)  # same keys in the same slots, only the indices move

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from spatia.world.camera import RIGID_TOLERANCE, Intrinsics
+from spatia.world.camera import RIGID_TOLERANCE, Intrinsics, pose_problem
 from spatia.world.errors import InvalidInputError
 from spatia.world.generator import ReferenceFrame
 from spatia.world.geometry import unpack_voxel_keys, voxel_keys
@@ -223,6 +223,11 @@ def _validate_poses(c2w) -> np.ndarray:
         raise InvalidInputError(f"target_c2w must have shape [N, 4, 4] with N >= 1, got {T.shape}")
     if not np.all(np.isfinite(T)):
         raise InvalidInputError("target_c2w contains NaN or infinite values")
+    if T.shape[0] <= 8:  # a short clip: per pose in Python floats (``pose_problem``) beats ~10 array calls
+        for i in range(T.shape[0]):
+            if pose_problem(T[i]) is not None:
+                raise InvalidInputError(f"target_c2w[{i}] is not a rigid camera-to-world pose")
+        return T
     R = T[:, :3, :3]
     bad = np.any(np.abs(T[:, 3] - [0.0, 0.0, 0.0, 1.0]) > RIGID_TOLERANCE, axis=1)
     bad |= np.any(np.abs(np.swapaxes(R, 1, 2) @ R - np.eye(3)) > RIGID_TOLERANCE, axis=(1, 2))
@@ -243,6 +248,13 @@ def _candidate_frames(candidates, n_frames: int) -> np.ndarray:
     """Sorted unique int64 frame indices from None / range / slice / bool mask / indices."""
     if candidates is None:
         return np.arange(n_frames, dtype=np.int64)
+    if isinstance(candidates, range) and candidates.step > 0:
+        # the engine's case (frames before the preceding clip): np.asarray(range) iterates it in Python, ~1 us a
+        # frame (0.3 ms a one-frame clip 300 frames in), for what is an arange
+        if len(candidates) and (candidates.start < 0 or candidates[-1] >= n_frames):
+            raise InvalidInputError(f"candidate frame indices must be in [0, {n_frames}), got "
+                                    f"{candidates.start}..{candidates[-1]}")
+        return np.arange(candidates.start, candidates.stop, candidates.step, dtype=np.int64)
     if isinstance(candidates, slice):
         return np.arange(n_frames, dtype=np.int64)[candidates]
     arr = np.asarray(candidates)

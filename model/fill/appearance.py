@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import structlog
 
+from spatia.model.fill.appearance_kernels import best_window
 from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
 
 log = structlog.get_logger(__name__)
@@ -95,9 +96,8 @@ class PlaneTexture:
         return out
 
 
-def _largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> tuple[int, int, int] | None:
-    """(row, col, size) of the best-covered square window of the largest size in ``sizes`` reaching
-    ``min_cov`` coverage; None when none does."""
+def _reference_largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> tuple[int, int, int] | None:
+    """Slow twin of ``_largest_window``: every window's count as a numpy array, ``np.argmax`` of it."""
     ii = np.pad(coverage.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     H, W = coverage.shape
     for s in sizes:
@@ -106,6 +106,20 @@ def _largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> t
         tot = ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]
         r, c = np.unravel_index(int(np.argmax(tot)), tot.shape)
         if tot[r, c] >= min_cov * s * s:
+            return int(r), int(c), s
+    return None
+
+
+def _largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> tuple[int, int, int] | None:
+    """(row, col, size) of the best-covered square window of the largest size in ``sizes`` reaching
+    ``min_cov`` coverage; None when none does."""
+    ii = np.pad(coverage.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    H, W = coverage.shape
+    for s in sizes:
+        if s > H or s > W:
+            continue
+        r, c, total = best_window(ii, s, s)
+        if total >= min_cov * s * s:
             return int(r), int(c), s
     return None
 
@@ -194,8 +208,7 @@ def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: n
     s_r, s_c = min(H, config.synthesis_window_texels), min(W, config.synthesis_window_texels)
     covered = (cnt > 0).astype(np.int32)
     ii = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    tot = ii[s_r:, s_c:] - ii[:-s_r, s_c:] - ii[s_r:, :-s_c] + ii[:-s_r, :-s_c]
-    r, c = np.unravel_index(int(np.argmax(tot)), tot.shape)
+    r, c, _ = best_window(ii, s_r, s_c)
     win = (slice(r, r + s_r), slice(c, c + s_c))
     rgb = np.clip(acc[win] / np.maximum(cnt[win], 1)[..., None], 0, 255).astype(np.uint8)
     try:

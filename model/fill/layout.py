@@ -613,33 +613,39 @@ def cast_layout(
     """``(depth [M] float32 z-depth, 0 = no layout surface (sky), index [M] int16 into view.bounds, -1)``: the
     nearest bounding plane each ray reaches (rays are z = 1, so the ray parameter is the z-depth). The ground is
     not capped here (``max_ground_m`` caps what becomes memory, not what is shown)."""
+    from spatia.model.fill.layout_kernels import cast_planes
+
     cfg = layout.config
-    shape = rays_cam.shape[:-1]
-    R = c2w[:3, :3]
-    cam = c2w[:3, 3]
-    best = np.full(shape, np.inf, np.float32)
-    index = np.full(shape, -1, np.int16)
+    rays = np.ascontiguousarray(rays_cam, np.float32).reshape(-1, 3)
+    R, cam = c2w[:3, :3], c2w[:3, 3]
     up = layout.axes[0]
-    for i, p in enumerate(view.bounds):
+    bounds = list(view.bounds)
+    n = len(bounds)
+    rate_vec = np.zeros((n, 3), np.float32)
+    along_vec = np.zeros((n, 3), np.float32)
+    gap = np.zeros(n, np.float32)
+    facade = np.zeros(n, bool)
+    top_m, span_lo, span_hi, cam_along = (np.zeros(n) for _ in range(4))
+    for i, p in enumerate(bounds):
         a = layout.axes[p.axis]
-        rate = rays_cam @ (R.T @ a).astype(np.float32)  # [M] coordinate change per metre of z-depth
-        gap = np.float32(p.offset_m - cam @ a)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = gap / rate
-        ok = (t > 0) & np.isfinite(t)
+        rate_vec[i] = R.T @ a
+        gap[i] = np.float32(p.offset_m - cam @ a)
         if p.kind == WALL and not layout.indoor and math.isfinite(p.top_m):
             # outdoors a facade ends at its observed top: the sky shows above it
-            rise = rays_cam @ (R.T @ up).astype(np.float32)
-            ok &= (cam @ up + t * rise) <= p.top_m + cfg.facade_top_margin_m
             h = layout.axes[3 - p.axis]
-            along = cam @ h + t * (rays_cam @ (R.T @ h).astype(np.float32))
-            ok &= (along >= p.span_m[0]) & (along <= p.span_m[1])
-        holes = [o for o in view.openings if o.plane == p]
-        if holes:  # the ray goes through the wall's doorway: on to what lies beyond
-            sel = np.flatnonzero(ok)
-            ok[sel[_in_openings(layout, holes, rays_cam[sel], t[sel], c2w)]] = False
-        take = ok & (t < best)
-        best[take] = t[take]
-        index[take] = i
-    depth = np.where(np.isfinite(best), best, 0.0).astype(np.float32)
-    return depth, index
+            facade[i], top_m[i] = True, p.top_m + cfg.facade_top_margin_m
+            span_lo[i], span_hi[i] = p.span_m
+            along_vec[i], cam_along[i] = R.T @ h, cam @ h
+    # doorways: a ray through its wall's doorway goes on to what lies beyond
+    doors = [(i, o) for o in view.openings for i, p in enumerate(bounds) if o.plane == p]
+    door_vec = np.array([R.T @ layout.axes[3 - o.plane.axis] for _, o in doors], np.float32).reshape(-1, 3)
+    door_cam = np.array([cam @ layout.axes[3 - o.plane.axis] for _, o in doors], np.float32)
+    depth, index = cast_planes(
+        rays, rate_vec, gap, facade, top_m, span_lo, span_hi, along_vec, cam_along,
+        (R.T @ up).astype(np.float32), float(cam @ up),
+        np.array([i for i, _ in doors], np.int64), door_vec, door_cam,
+        *(np.array([getattr(o, k) for _, o in doors], np.float32) for k in ("centre_m", "half_width_m", "bottom_m",
+                                                                           "top_m")),
+        np.float32(cam @ up),
+    )  # fmt: skip
+    return depth.reshape(rays_cam.shape[:-1]), index.reshape(rays_cam.shape[:-1])

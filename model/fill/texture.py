@@ -937,6 +937,21 @@ class TextureModel:
 
     # -- composition ----------------------------------------------------------------------------------------
 
+    def reference_shaded(self, out: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Slow twin of ``texture_kernels.shade_region`` (what ``_shaded`` adds before rounding), in numpy:
+        [H, W, 3] float32."""
+        out = out + self._shading_at(ys, xs)
+        eh, ew = self.valid.shape
+        f = self._edge_feather
+        py, px = ys - self.origin_px[0] + f, xs - self.origin_px[1] + f
+        iy = np.flatnonzero((py >= 0) & (py < eh + 2 * f))
+        ix = np.flatnonzero((px >= 0) & (px < ew + 2 * f))
+        if len(iy) and len(ix):
+            w_obs = self._edge_weight[np.ix_(py[iy], px[ix])][..., None]
+            block = out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
+            block[:] = w_obs * self._edge_value[np.ix_(py[iy], px[ix])] + (1 - w_obs) * block
+        return out
+
     def _shading_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Shading [len(ys), len(xs), 3] at texture-space rows ``ys`` and columns ``xs``."""
         h, w = self.valid.shape
@@ -978,6 +993,14 @@ class TextureModel:
     def _far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
         """Colours [N, 3] uint8 of the far-field texture (``FAR_LEVEL``) at mip ``level`` for the level-0 texels
         (rows [N], cols [N]): the box's detail mirror-repeated from the box, plus the shading continued there."""
+        out = texture_kernels.far_texels(self._far_pyramid(seed)[level], np.ascontiguousarray(rows, np.int64),
+                                         np.ascontiguousarray(cols, np.int64), int(level), int(self.origin_px[0]),
+                                         int(self.origin_px[1]), self.shading, self.shading_mean,
+                                         float(self.shading_decay_px))
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def reference_far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
+        """Slow twin of ``_far_texels`` in numpy (before rounding: [N, 3] float32)."""
         detail = self._far_pyramid(seed)[level]
         out = np.empty((len(rows), 3), np.float32)
         idx = []
@@ -988,7 +1011,7 @@ class TextureModel:
         out[:] = detail[idx[0], idx[1]]
         half = (1 << level) // 2  # the level's texel centre, in level-0 texels
         out += self._shading_points((rows >> level << level) + half, (cols >> level << level) + half)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out
 
     def _tile(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
         """Tile (i, j) at mip ``level``, from a small LRU cache (dict order is insertion order: re-insert on use)."""
@@ -1045,8 +1068,9 @@ class TextureModel:
         r0, c0 = int(top_left_px[0]), int(top_left_px[1])
         hh, ww = int(shape_px[0]), int(shape_px[1])
         table = self._tables.get(seed)
-        if table is None:
-            table = self._tables[seed] = texture_kernels.new_cell_table()
+        slots = texture_kernels.cell_table_slots_for(hh, ww, self.step_px)
+        if table is None or len(table[0]) < slots:  # (a region larger than the table holds: a larger one)
+            table = self._tables[seed] = texture_kernels.new_cell_table(slots)
         out = texture_kernels.region_detail(self._kernel_view(), table, seed, r0, c0, hh, ww)
         return self._shaded(out, np.arange(r0, r0 + hh), np.arange(c0, c0 + ww))
 
@@ -1107,17 +1131,10 @@ class TextureModel:
     def _shaded(self, out: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Shading-free texels ``out`` [H, W, 3] float32 at texture-space rows ``ys`` [H], cols ``xs`` [W] with
         the shading added and the observed texels faded in: [H, W, 3] uint8."""
-        out = out + self._shading_at(ys, xs)
-        # near observed texels, fade into the smooth continuation of what was observed; observed ones are kept
-        eh, ew = self.valid.shape
-        f = self._edge_feather
-        py, px = ys - self.origin_px[0] + f, xs - self.origin_px[1] + f
-        iy = np.flatnonzero((py >= 0) & (py < eh + 2 * f))
-        ix = np.flatnonzero((px >= 0) & (px < ew + 2 * f))
-        if len(iy) and len(ix):
-            w_obs = self._edge_weight[np.ix_(py[iy], px[ix])][..., None]
-            block = out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
-            block[:] = w_obs * self._edge_value[np.ix_(py[iy], px[ix])] + (1 - w_obs) * block
+        out = np.ascontiguousarray(out, np.float32)
+        texture_kernels.shade_region(out, int(ys[0]), int(xs[0]), self.shading, self.shading_mean,
+                                     float(self.shading_decay_px), self._edge_weight, self._edge_value,
+                                     int(self.origin_px[0]), int(self.origin_px[1]), int(self._edge_feather))
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

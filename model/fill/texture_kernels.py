@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba import types
-from numba.typed import Dict
 
 NUM_CANDIDATES = 64
 DC_WEIGHT = 0.25
 PICK_TOLERANCE = 0.1
-CELL_CACHE_LIMIT = 200_000  # cells per table; a full table is cleared (its entries are pure functions of the key)
+CELL_TABLE_SLOTS = 1 << 15  # a table is cleared when half full (its entries are pure functions of their key)
 
 KIND_NONE, KIND_1D, KIND_2D = 0, 1, 2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -30,12 +28,58 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _TAG_CANDIDATES = 0x51
 _TAG_PICK = 0x77
 
-CELL_VALUE = types.UniTuple(types.float64, 5)  # (source row, source col, offset r, g, b)
+_EMPTY = np.iinfo(np.int64).min  # no cell packs to this key (row -2^31, col 0)
 
 
-def new_cell_table() -> Dict:
-    """An empty cell-choice table for ``region_detail``: packed (row, col) of a cell -> its choice."""
-    return Dict.empty(key_type=types.int64, value_type=CELL_VALUE)
+def new_cell_table(slots: int = CELL_TABLE_SLOTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An empty cell-choice table for ``region_detail``: an open-addressing hash table (linear probing) of
+    ``slots`` (a power of two) from a cell's packed (row, col) to its choice: keys [slots] int64, values
+    [slots, 5] float64 (source row, source col, offset r, g, b), used [1] int64. Plain arrays, not a numba typed
+    dict: those cost ~3 s of compilation per function that touches one (a cold cache took 80 s)."""
+    if slots < 64 or slots & (slots - 1):
+        raise ValueError(f"slots must be a power of two >= 64, got {slots}")
+    return np.full(slots, _EMPTY, np.int64), np.zeros((slots, 5), np.float64), np.zeros(1, np.int64)
+
+
+def cell_table_slots_for(rows: int, cols: int, step_px: int) -> int:
+    """Slots a table needs for a region of rows x cols texels to stay under half full however it is asked for
+    (the cells it reads, with their dependency chains and a margin)."""
+    cells = 2 * (rows // step_px + 12) * (cols // step_px + 12)
+    return max(CELL_TABLE_SLOTS, 1 << int(np.ceil(np.log2(4 * cells))))
+
+
+@nb.njit(cache=True, nogil=True)
+def _slot(keys, key):
+    """Where ``key`` is in ``keys``, or the empty slot where it goes."""
+    mask = keys.shape[0] - 1
+    i = np.int64(_mix64(np.uint64(key)) & np.uint64(mask))
+    while keys[i] != key and keys[i] != _EMPTY:
+        i = (i + 1) & mask
+    return i
+
+
+@nb.njit(cache=True, nogil=True)
+def _has(table, key):
+    return table[0][_slot(table[0], key)] == key
+
+
+@nb.njit(cache=True, nogil=True)
+def _get(table, key):
+    v = table[1][_slot(table[0], key)]
+    return (v[0], v[1], v[2], v[3], v[4])
+
+
+@nb.njit(cache=True, nogil=True)
+def _put(table, key, value):
+    keys, values, used = table
+    i = _slot(keys, key)
+    if keys[i] != key:
+        if 2 * (used[0] + 1) > keys.shape[0]:
+            raise RuntimeError("texture cell table over half full inside one region")
+        keys[i] = key
+        used[0] += 1
+    for c in range(5):
+        values[i, c] = value[c]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,6 +315,26 @@ def _pool_1d(m, ty, tx):
 
 
 @nb.njit(cache=True, nogil=True)
+def _sorted_unique(values):
+    """np.unique of a short int64 array (<= ~70 values here): insertion sort and dedupe, which compiles in a
+    fraction of np.unique's time (compilation dominated a cold start)."""
+    a = values.copy()
+    for i in range(1, a.shape[0]):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+    n = 0
+    for i in range(a.shape[0]):
+        if n == 0 or a[i] != a[n - 1]:
+            a[n] = a[i]
+            n += 1
+    return a[:n]
+
+
+@nb.njit(cache=True, nogil=True)
 def _congruent(m, ty, tx, h):
     """texture.TextureModel._congruent: at most NUM_CANDIDATES congruent source windows, chosen by hash ``h``."""
     kind = m[6]
@@ -288,7 +352,7 @@ def _congruent(m, ty, tx, h):
     pick = np.empty(NUM_CANDIDATES, np.int64)
     for k in range(NUM_CANDIDATES):
         pick[k] = np.int64(_stream(h, k + 1) % np.uint64(n))
-    return pool[np.unique(pick)]
+    return pool[_sorted_unique(pick)]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -328,7 +392,7 @@ def _compute_cell(m, table, seed, gi, gj):
                 level == 2 and di != 0 and n_level == 1)
             if not dep:
                 continue
-            got = table[_cell_key(gi + di, gj + dj)]
+            got = _get(table, _cell_key(gi + di, gj + dj))
             sy, sx = np.int64(got[0]), np.int64(got[1])
             if dj == -1:
                 y_a, y_b, x_a, x_b = 0, p, 0, ov
@@ -356,7 +420,7 @@ def _compute_cell(m, table, seed, gi, gj):
         flat[k] = pool[k, 0] * width + pool[k, 1]
     for k in range(n_coherent):
         flat[pool.shape[0] + k] = coherent[k, 0] * width + coherent[k, 1]
-    flat = np.unique(flat)
+    flat = _sorted_unique(flat)
     cand = np.empty((flat.shape[0], 2), np.int64)
     for k in range(flat.shape[0]):
         cand[k, 0], cand[k, 1] = flat[k] // width, flat[k] % width
@@ -378,76 +442,82 @@ def _compute_cell(m, table, seed, gi, gj):
     periodic = m[6] != KIND_NONE
     costs, offsets = ssd_costs(detail, cand, canvas, pix, 1.0 if periodic else DC_WEIGHT)
     bound = costs.min() * (1.0 + PICK_TOLERANCE) + 1.0
-    near = np.flatnonzero(costs <= bound)
-    pick = near[np.int64(pick_h % np.uint64(near.shape[0]))]
+    near = np.empty(costs.shape[0], np.int64)
+    n_near = 0
+    for k in range(costs.shape[0]):
+        if costs[k] <= bound:
+            near[n_near] = k
+            n_near += 1
+    pick = near[np.int64(pick_h % np.uint64(n_near))]
     if periodic:
         return (float(cand[pick, 0]), float(cand[pick, 1]), 0.0, 0.0, 0.0)
     return (float(cand[pick, 0]), float(cand[pick, 1]), offsets[pick, 0], offsets[pick, 1], offsets[pick, 2])
 
 
 @nb.njit(cache=True, nogil=True)
-def _ensure_level0_around(m, table, seed, gi, gj):
+def _push(work, n, gi, gj):
+    work[n, 0], work[n, 1] = gi, gj
+    return n + 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _push_level0_around(m, work, n, gi, gj):
     for d in range(4):
         ni = gi + (0 if d < 2 else (-1 if d == 2 else 1))
         nj = gj + ((-1 if d == 0 else 1) if d < 2 else 0)
-        key = _cell_key(ni, nj)
-        if key not in table and _level(m, ni, nj) == 0:
-            table[key] = _compute_cell(m, table, seed, ni, nj)
+        if _level(m, ni, nj) == 0:
+            n = _push(work, n, ni, nj)
+    return n
 
 
 @nb.njit(cache=True, nogil=True)
-def _chain_start(m, table, gi, gj, level):
-    """The first cell of the chain along row gi that cell (gi, gj) of ``level`` depends on (and is not made)."""
+def _push_chain(m, table, work, n, gi, gj, level):
+    """Cell (gi, gj) of ``level`` (1 or 2) after what it depends on: the cells left of it in its chain (each after
+    its own level-0 neighbours and, on odd rows, the even-row chains above and below it)."""
     start = gj
-    while start % 4 != 0 and _level(m, gi, start - 1) == level and _cell_key(gi, start - 1) not in table:
+    while start % 4 != 0 and _level(m, gi, start - 1) == level and not _has(table, _cell_key(gi, start - 1)):
         start -= 1
-    return start
-
-
-@nb.njit(cache=True, nogil=True)
-def _ensure_even_row(m, table, seed, gi, gj):
-    """Level-1 cell (gi, gj) and the cells left of it in its chain, left to right."""
-    for j in range(_chain_start(m, table, gi, gj, 1), gj + 1):
-        key = _cell_key(gi, j)
-        if key not in table:
-            _ensure_level0_around(m, table, seed, gi, j)
-            table[key] = _compute_cell(m, table, seed, gi, j)
-
-
-@nb.njit(cache=True, nogil=True)
-def _ensure_odd_row(m, table, seed, gi, gj):
-    """Level-2 cell (gi, gj), its chain, and the even-row cells above and below each of them."""
-    for j in range(_chain_start(m, table, gi, gj, 2), gj + 1):
-        key = _cell_key(gi, j)
-        if key not in table:
-            _ensure_level0_around(m, table, seed, gi, j)
+    for j in range(start, gj + 1):
+        n = _push_level0_around(m, work, n, gi, j)
+        if level == 2:
             for di in (-1, 1):
                 if _level(m, gi + di, j) == 1:
-                    _ensure_even_row(m, table, seed, gi + di, j)
-            table[key] = _compute_cell(m, table, seed, gi, j)
+                    row = gi + di
+                    first = j
+                    while first % 4 != 0 and _level(m, row, first - 1) == 1 and not _has(table,
+                                                                                       _cell_key(row, first - 1)):
+                        first -= 1
+                    for jj in range(first, j + 1):
+                        n = _push_level0_around(m, work, n, row, jj)
+                        n = _push(work, n, row, jj)
+        n = _push(work, n, gi, j)
+    return n
 
 
 @nb.njit(cache=True, nogil=True)
-def _ensure_cell(m, table, seed, gi, gj):
-    key = _cell_key(gi, gj)
-    if key in table:
-        return table[key]
-    level = _level(m, gi, gj)
-    if level == 0:
-        table[key] = _compute_cell(m, table, seed, gi, gj)
-    elif level == 1:
-        _ensure_even_row(m, table, seed, gi, gj)
-    else:
-        _ensure_odd_row(m, table, seed, gi, gj)
-    return table[key]
+def _ensure_cells(m, table, seed, rows0, rows1, cols0, cols1):
+    """Every cell of rows [rows0, rows1] x cols [cols0, cols1] in ``table``, each made after the cells it depends
+    on (texture.TextureModel.cell_source's recursion as a work list: ``_compute_cell`` has one call site, which
+    keeps the compiled code small)."""
+    work = np.empty((4 * 64, 2), np.int64)  # one cell's dependencies: chain <= 4 x (4 + 2 x 4 x 5 + 1)
+    for gi in range(rows0, rows1 + 1):
+        for gj in range(cols0, cols1 + 1):
+            if _has(table, _cell_key(gi, gj)):
+                continue
+            level = _level(m, gi, gj)
+            n = _push(work, 0, gi, gj) if level == 0 else _push_chain(m, table, work, 0, gi, gj, level)
+            for w in range(n):
+                key = _cell_key(work[w, 0], work[w, 1])
+                if not _has(table, key):
+                    _put(table, key, _compute_cell(m, table, seed, work[w, 0], work[w, 1]))
 
 
 @nb.njit(cache=True, nogil=True)
 def _seam(m, table, seed, vertical, i, j):
     """texture.TextureModel._seam: the cut between cells (i, j-1) | (i, j) (vertical) or (i-1, j) / (i, j)."""
     detail, s, h, ov, q = m[0], m[15], m[16], m[18], m[19]
-    a = _ensure_cell(m, table, seed, i, j - 1) if vertical else _ensure_cell(m, table, seed, i - 1, j)
-    b = _ensure_cell(m, table, seed, i, j)
+    a = _get(table, _cell_key(i, j - 1)) if vertical else _get(table, _cell_key(i - 1, j))
+    b = _get(table, _cell_key(i, j))
     ay, ax, by, bx = np.int64(a[0]), np.int64(a[1]), np.int64(b[0]), np.int64(b[1])
     a_off = np.empty(3, np.float32)
     b_off = np.empty(3, np.float32)
@@ -496,8 +566,7 @@ def _split(m, table, seed, coords, others, vertical):
                 continue
             io, ik = o_core - o_min, k - k_min
             if not made[io, ik]:
-                cuts[io, ik] = _seam(m, table, seed, True, o_core, k) if vertical else _seam(
-                    m, table, seed, False, k, o_core)
+                cuts[io, ik] = _seam(m, table, seed, vertical, o_core if vertical else k, k if vertical else o_core)
                 made[io, ik] = True
             u = x - (k * s - h)  # position in the band
             lo[a, b] = k - 1
@@ -512,14 +581,33 @@ def _split(m, table, seed, coords, others, vertical):
 
 
 @nb.njit(cache=True, nogil=True)
+def _owner_range(coords, s, h):
+    """Lowest and highest owner cell ``_split`` gives ``coords`` [n] (along one axis): the core cell, and in the
+    band around a boundary line k the cells k - 1 and k."""
+    lo, hi = coords[0] // s, coords[0] // s
+    for x in coords:
+        k = (x + h) // s
+        if x - k * s < h:
+            lo, hi = min(lo, k - 1), max(hi, k)
+        else:
+            lo, hi = min(lo, x // s), max(hi, x // s)
+    return lo, hi
+
+
+@nb.njit(cache=True, nogil=True)
 def region_detail(m, table, seed, r0, c0, hh, ww):
     """The shading-free texels [hh, ww, 3] float32 of texture-space rows [r0, r0+hh), cols [c0, c0+ww): the
     composition step of ``texture._reference_region`` (shading and the observed edge are added by the caller)."""
     s, h = m[15], m[16]
-    if len(table) > CELL_CACHE_LIMIT:  # cleared only here: a region's cells stay while it is made
-        table.clear()
+    if 4 * table[2][0] > table[0].shape[0]:  # cleared only here, a quarter full: a region's cells stay
+        table[0][:] = _EMPTY
+        table[2][0] = 0
     ys = np.arange(r0, r0 + hh)
     xs = np.arange(c0, c0 + ww)
+    # the owner cells the region reads (as ``_split`` assigns them), made first
+    rows0, rows1 = _owner_range(ys, s, h)
+    cols0, cols1 = _owner_range(xs, s, h)
+    _ensure_cells(m, table, seed, rows0, rows1, cols0, cols1)
     c_lo, c_hi, c_w = _split(m, table, seed, xs, ys, True)  # [H, W]: columns decided by vertical cuts
     r_lo_t, r_hi_t, r_w_t = _split(m, table, seed, ys, xs, False)  # [W, H]: rows decided by horizontal cuts
     r_lo, r_hi, r_w = r_lo_t.T.copy(), r_hi_t.T.copy(), r_w_t.T.copy()
@@ -529,7 +617,7 @@ def region_detail(m, table, seed, r0, c0, hh, ww):
     off = np.empty((nr, nc, 3), np.float32)
     for a in range(nr):
         for b in range(nc):
-            got = _ensure_cell(m, table, seed, rmin + a, cmin + b)
+            got = _get(table, _cell_key(rmin + a, cmin + b))
             src[a, b, 0], src[a, b, 1] = np.int64(got[0]), np.int64(got[1])
             for c in range(3):
                 off[a, b, c] = np.float32(got[2 + c])
@@ -547,3 +635,72 @@ def gather_tiles(stack, slot, rows, cols, tile_rows, tile_cols, tile_px, level, 
         g = slot[n]
         for c in range(3):
             out[dst[n], c] = stack[g, y, x, c]
+
+
+@nb.njit(cache=True, nogil=True)
+def shade_region(detail_out, r0, c0, shading, shading_mean, decay_px, edge_weight, edge_value, origin_y, origin_x,
+                 feather):
+    """``TextureModel._shaded`` in one pass, in place on ``detail_out`` [H, W, 3] float32 (texture-space rows
+    r0.., cols c0..): plus the shading (inside the exemplar's box as fitted; outside, its nearest box texel's
+    relaxing towards ``shading_mean`` as exp(-distance / decay_px); beyond 8 decays the mean alone), then the
+    observed texels faded in over the ``feather``-texel band (``edge_weight`` / ``edge_value``, the box padded by
+    ``feather``). float32 throughout, as the numpy expressions it replaces."""
+    hh, ww = detail_out.shape[0], detail_out.shape[1]
+    h, w = shading.shape[0], shading.shape[1]
+    decay = np.float32(decay_px)
+    near = np.int64(1) << 62
+    for i in range(hh):
+        py = r0 + i - origin_y
+        near = min(near, abs(py - min(max(py, 0), h - 1)))
+    near_x = np.int64(1) << 62
+    for j in range(ww):
+        px = c0 + j - origin_x
+        near_x = min(near_x, abs(px - min(max(px, 0), w - 1)))
+    far = min(near, near_x) > 8.0 * decay_px
+    one = np.float32(1.0)
+    eh, ew = edge_weight.shape[0], edge_weight.shape[1]
+    for i in range(hh):
+        py = r0 + i - origin_y
+        cy = min(max(py, 0), h - 1)
+        for j in range(ww):
+            px = c0 + j - origin_x
+            cx = min(max(px, 0), w - 1)
+            if far:
+                for c in range(3):
+                    detail_out[i, j, c] += shading_mean[c]
+            else:
+                dy, dx = np.float32(py - cy), np.float32(px - cx)
+                keep = np.exp(-np.hypot(dy, dx) / decay) if (dy != 0 or dx != 0) else one
+                for c in range(3):
+                    m = shading_mean[c]
+                    detail_out[i, j, c] += m + (shading[cy, cx, c] - m) * keep if keep != one else shading[cy, cx, c]
+            ey, ex = py + feather, px + feather
+            if 0 <= ey < eh and 0 <= ex < ew:
+                wt = edge_weight[ey, ex]
+                for c in range(3):
+                    detail_out[i, j, c] = wt * edge_value[ey, ex, c] + (one - wt) * detail_out[i, j, c]
+
+
+@nb.njit(cache=True, nogil=True)
+def far_texels(detail, rows, cols, level, origin_y, origin_x, shading, shading_mean, decay_px):
+    """``TextureModel._far_texels`` before rounding, per texel in one pass: [N, 3] float32. ``detail`` [h, w, 3]
+    float32 is the far-field pyramid's mip ``level``; rows, cols [N] int64 level-0 texture-space texels."""
+    n_pts = rows.shape[0]
+    out = np.empty((n_pts, 3), np.float32)
+    dh, dw = detail.shape[0], detail.shape[1]
+    sh, sw = shading.shape[0], shading.shape[1]
+    half = (1 << level) // 2  # the level's texel centre, in level-0 texels
+    decay = np.float32(decay_px)
+    for n in range(n_pts):
+        iy = ((rows[n] - origin_y) >> level) % (2 * dh)
+        ix = ((cols[n] - origin_x) >> level) % (2 * dw)
+        iy = 2 * dh - 1 - iy if iy >= dh else iy  # mirror repeat: no seams
+        ix = 2 * dw - 1 - ix if ix >= dw else ix
+        py = ((rows[n] >> level) << level) + half - origin_y
+        px = ((cols[n] >> level) << level) + half - origin_x
+        cy, cx = min(max(py, 0), sh - 1), min(max(px, 0), sw - 1)
+        keep = np.exp(-np.float32(np.hypot(np.float64(py - cy), np.float64(px - cx))) / decay)
+        for c in range(3):
+            m = shading_mean[c]
+            out[n, c] = detail[iy, ix, c] + (m + (shading[cy, cx, c] - m) * keep)
+    return out
