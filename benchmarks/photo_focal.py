@@ -5,7 +5,8 @@ yawed at the start pose, at two widths (16:9). The estimator (``model.fill.photo
 the RGB. Held out: other seeds of the same scenes (``--holdout-seeds``), and the official cases
 (``assets/cases/case_N``: ``img.jpg`` with ``intrinsics.txt``, normalised fx fy cx cy), never used for tuning.
 Error = estimated fx / true fx - 1; "miss" = no focal measured (the layout then uses the default 60 deg and falls
-back to the planar prior). Baseline in the same run: the default 60 deg FOV every photo got without a measurement.
+back to the planar prior). Baselines in the same run, same images: the estimator before session 7 (the horizon
+sweep, else the orthogonal vanishing-point pair: ``sweep``) and the default 60 deg FOV.
 
     python benchmarks/photo_focal.py [--fovs 50 60 75 90] [--widths 320 640] [--pitches 0 10 20] [--yaws 0 30]
 
@@ -42,18 +43,21 @@ def _fov(fx: float, width: int) -> float:
     return math.degrees(2 * math.atan(0.5 * width / fx))
 
 
-def _stats(rows: list[dict]) -> dict:
-    meas = [r for r in rows if r["fx_est"] is not None]
-    errs = [abs(r["err"]) for r in meas]
-    return {
+def _stats(rows: list[dict], key: str = "err") -> dict:
+    errs = [abs(r[key]) for r in rows if r[key] is not None]
+    out = {
         "items": len(rows),
-        "measured_share": round(len(meas) / max(1, len(rows)), 2),
+        "measured_share": round(len(errs) / max(1, len(rows)), 2),
         "abs_err_median": round(statistics.median(errs), 3) if errs else None,
         "abs_err_mean": round(statistics.mean(errs), 3) if errs else None,
         "within_5pct": round(sum(e <= 0.05 for e in errs) / max(1, len(rows)), 2),
         "within_10pct": round(sum(e <= 0.10 for e in errs) / max(1, len(rows)), 2),
-        "baseline_abs_err_median": round(statistics.median(abs(r["baseline_err"]) for r in rows), 3),
+        "over_15pct": sum(e > 0.15 for e in errs),
     }
+    if key == "err":  # the same items with the sweep (the estimator before) and with the default FOV
+        out["sweep"] = _stats(rows, "sweep_err")
+        out["baseline_abs_err_median"] = round(statistics.median(abs(r["baseline_err"]) for r in rows), 3)
+    return out
 
 
 def main() -> None:
@@ -75,7 +79,21 @@ def main() -> None:
 
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout carries only the JSON
 
-    from spatia.model.fill.photo import estimate_focal_px
+    from spatia.model.fill.photo import (
+        PhotoLayoutConfig,
+        analyse_lines,
+        estimate_focal_px,
+        focal_from_horizon_sweep,
+        focal_from_vps,
+    )
+
+    def sweep_focal_px(img: np.ndarray) -> float | None:
+        """The estimator before session 7 (c38b448): the horizon sweep's focal, else the vanishing-point pair's."""
+        cfg = PhotoLayoutConfig()
+        small, s, seg, vps, labels = analyse_lines(img, cfg)
+        h, w = small.shape[:2]
+        f = focal_from_horizon_sweep(seg, labels, vps, w, h, cfg) or focal_from_vps(vps, w, h, cfg)
+        return None if f is None else f / s
     from spatia.world.camera import DEFAULT_FOV_DEG, Intrinsics
     from spatia.world.scenes import make_scene
 
@@ -99,11 +117,13 @@ def main() -> None:
         fx = estimate_focal_px(rgb)
         est_ms.append((time.perf_counter() - t0) * 1e3)
         base_fx = Intrinsics.from_fov(DEFAULT_FOV_DEG, wd, ht).fx
+        sw = sweep_focal_px(rgb)
         rows.append({
             "scene": name, "seed": seed, "held_out": held, "fov_deg": fov, "width": wd, "pitch_deg": pitch,
             "yaw_deg": yaw, "fx_est": None if fx is None else round(fx, 1),
             "fov_est_deg": None if fx is None else round(_fov(fx, wd), 1),
             "err": None if fx is None else round(fx / K.fx - 1.0, 3), "baseline_err": round(base_fx / K.fx - 1.0, 3),
+            "sweep_err": None if sw is None else round(sw / K.fx - 1.0, 3),
         })
     cases = []
     for case in sorted((ROOT / "assets" / "cases").glob("case_*")):
@@ -113,10 +133,12 @@ def main() -> None:
             im = img if wd == 0 else cv2.resize(img, (wd, round(wd * img.shape[0] / img.shape[1])),
                                                 interpolation=cv2.INTER_AREA)
             fx = estimate_focal_px(im)
+            sw = sweep_focal_px(im)
             true_fov = _fov(fxn * im.shape[1], im.shape[1])
             cases.append({"case": case.name, "width": im.shape[1], "fov_true_deg": round(true_fov, 1),
                           "fov_est_deg": None if fx is None else round(_fov(fx, im.shape[1]), 1),
-                          "err": None if fx is None else round(fx / (fxn * im.shape[1]) - 1.0, 3)})
+                          "err": None if fx is None else round(fx / (fxn * im.shape[1]) - 1.0, 3),
+                          "sweep_fov_deg": None if sw is None else round(_fov(sw, im.shape[1]), 1)})
             log(str(cases[-1]))
     tune = [r for r in rows if not r["held_out"]]
     held = [r for r in rows if r["held_out"]]

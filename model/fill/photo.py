@@ -7,10 +7,12 @@ pitched or the room is seen at an angle. This module measures the layout from th
 1. **Line segments** (OpenCV's LSD, ``cv2.createLineSegmentDetector``), short ones dropped.
 2. **Vanishing points** by RANSAC over segment pairs in the image plane (homogeneous, so points at infinity are
    fine), refined by least squares, found one after the other on the segments left over.
-3. **Focal length**: two vanishing points of orthogonal directions ``v1, v2`` satisfy
-   ``(v1 - c) . (v2 - c) = -f^2`` for a centred principal point ``c`` (square pixels). Used when such a pair is
-   finite and gives a field of view in range; otherwise the intrinsics handed in (``DEFAULT_FOV_DEG`` when the
-   photo came without any) are kept.
+3. **Focal length** (``measure_focal``): a sweep over the FOV for the focal whose horizon puts the segments'
+   azimuths at two directions 90 degrees apart (else two orthogonal vanishing points ``v1, v2`` with
+   ``(v1 - c) . (v2 - c) = -f^2``), refined by a robust Manhattan fit of focal and frame on the segments' image
+   angles and kept only when that fit confirms it; otherwise a fit counts only where two finite vanishing points
+   pin the focal down. Unmeasured: the intrinsics handed in (``DEFAULT_FOV_DEG`` when the photo came without any)
+   and, without intrinsics, the planar prior (step 7).
 4. **Up and the Manhattan frame**: up is the vertical vanishing direction; without one, the normal of two
    horizontal ones; with a single horizontal one, the direction orthogonal to it closest to the camera's up
    (zero roll). The frame's horizontal axes come from the strongest horizontal vanishing point.
@@ -478,16 +480,23 @@ def measure_focal(
 ) -> float | None:
     """Focal length (pixels of the analysed image) from the line structure, or None when it cannot be measured.
 
-    Starts: the horizon sweep's focal, the orthogonal vanishing-point pair's, and ``focal_seed_fovs_deg``; each
-    with up and the Manhattan frame from the vanishing points found at that focal (both strongest horizontal
-    points tried). Each start is refined by ``fit_manhattan_focal``; the best-scoring fit wins (within 2%, the
-    one with the smaller focal uncertainty). The focal counts as measured only when the fit is **observable**:
-    two of the three families have a finite vanishing point (within ``focal_vp_max_dist`` focal lengths of the
-    centre) carried by at least ``focal_min_family_segments`` segments and ``focal_min_family_share`` of the
-    inlier length, the vertical family has ``focal_min_vertical_segments``, and sd(log f) < ``focal_max_log_sd``.
-    A level camera facing a wall (vertical and lateral points at infinity) has none; a pitched one facing a wall
-    whose receding lines are too short to detect has one (the vertical point): neither pins the focal, and
-    before this test the sweep returned whatever noise peaked (house at 75 deg measured 44-105 deg).
+    1. The horizon sweep's focal (else the orthogonal vanishing-point pair's) is refined by ``fit_manhattan_focal``
+       (both strongest horizontal vanishing points tried as the frame's start) and kept when the fit **confirms**
+       it: sd(log f) < ``focal_max_log_sd`` and not on the FOV range's edge. The sweep alone, 1 degree steps on
+       azimuth histograms, returned whatever noise peaked where the lines do not fix the focal (house at 75 deg:
+       44-105 deg; case 1 at 62.5: 40; case 3 at 52.4: 101), and the fit's uncertainty or its run onto the range's
+       edge flags those.
+    2. Otherwise fits from ``focal_seed_fovs_deg`` count only when **observable**: two of the three families have a
+       finite vanishing point (within ``focal_vp_max_dist`` focal lengths of the centre) carried by at least
+       ``focal_min_family_segments`` segments and ``focal_min_family_share`` of the inlier length, the vertical
+       family has ``focal_min_vertical_segments``, and sd(log f) < ``focal_max_log_sd``. A level camera facing a
+       wall (vertical and lateral points at infinity) has none; a pitched one facing a wall whose receding lines
+       are too short to detect has one (the vertical point).
+
+    The observability test alone (step 2 for every photo) was tried: fewer bad focals, but a photo without a
+    measured focal gets the planar prior, and the photo's depth AbsRel went 0.28 -> 0.40 on the procedural set
+    (``benchmarks/photo_layout.py``, docs/RESULTS.md photo3): a focal consistent with the lines, even a few
+    percent off, keeps the layout consistent with its own up vector.
     """
     f_sweep = focal_from_horizon_sweep(seg, labels, vps, width, height, config)
     if f_sweep is None:
@@ -823,9 +832,10 @@ def _edge_facades(
     showed sky or the back facade's extension there (courtyard@photo, frames 64-96). Rule: the outermost
     ``edge_facade_cols_frac`` of the columns on that side all have a contact and no sky above it (a surface rising
     out of the photo's top), and no wall faces that way; then a wall along the Manhattan axis closest to the
-    image's side direction stands through the outermost contact, and the columns from the edge inwards whose
-    contacts lie within ``max(1 m, 20%)`` in front of it take its depth (a short fronto-parallel run there was the
-    colonnade's or the facade's foot seen between pillars).
+    image's side direction stands through the outermost plausible contact near the edge, and the columns from the
+    edge inwards whose contacts lie behind it or within ``max(1 m, 20%)`` in front of it take its depth (a short
+    fronto-parallel run there was the colonnade's or the facade's foot seen between pillars; a contact far behind
+    it was ground seen below a corner whose own foot is hidden).
     """
     C = len(foot_xz)
     m = max(3, int(round(config.edge_facade_cols_frac * C)))
@@ -840,15 +850,20 @@ def _edge_facades(
         if not (contact[block].all() and (sky_above[block] < 0).all()):
             continue
         off = foot_xz @ n  # how far out each contact lies along n
-        o = float(off[block].max())
-        # no farther out than 1.5x the median distance of the walls the contacts did line up into (the square's
-        # scale; 20 m without any): at courtyard@photo's right edge a near building corner fills the top while the
-        # contact found below it is the grass 36 m away, which made a "facade" 32 m out
+        # The facade's foot: the outermost contact near the edge (the first 4x block columns, no sky above) no
+        # farther out than 1.5x the median distance of the walls the contacts did line up into (the square's
+        # scale; 20 m without any). At courtyard@photo's right edge the right building's corner fills the top
+        # while the contact found below it is the grass 36 m away (its own foot is hidden); the corner's foot is
+        # a few columns in.
         scale = float(np.median([abs(wo) for _, wo, _ in walls])) if walls else 0.0
-        if o <= 0.5 or o > (1.5 * scale if scale > 0 else 0.25 * config.max_depth_m):
+        cap = 1.5 * scale if scale > 0 else 0.25 * config.max_depth_m
+        near = edge[:4 * m]
+        near = near[contact[near] & (sky_above[near] < 0) & (off[near] > 0.5) & (off[near] <= cap)]
+        if not len(near):
             continue
+        o = float(off[near].max())
         cols = np.zeros(C, bool)
-        for c in edge:  # from the edge inwards while the contacts stay near the facade's line
+        for c in edge:  # from the edge inwards while the contacts stay near or behind the facade's line
             if not contact[c] or off[c] < o - max(1.0, 0.2 * o):
                 break
             cols[c] = True
