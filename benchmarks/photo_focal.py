@@ -28,15 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import emit, log  # noqa: E402
-
-
-def _pitched(c2w: np.ndarray, pitch_down_deg: float, yaw_deg: float) -> np.ndarray:
-    p, y = math.radians(pitch_down_deg), math.radians(yaw_deg)
-    rx = np.array([[1, 0, 0], [0, math.cos(p), math.sin(p)], [0, -math.sin(p), math.cos(p)]])
-    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
-    T = c2w.copy()
-    T[:3, :3] = ry @ c2w[:3, :3] @ rx
-    return T
+from photo_layout import _pitched  # noqa: E402  (the same pitched-and-yawed first camera)
 
 
 def _fov(fx: float, width: int) -> float:
