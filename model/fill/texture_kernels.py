@@ -1,11 +1,12 @@
 """Compiled (numba) kernels of the texture synthesis in ``model.fill.texture``.
 
 ``region_detail`` makes a region's shading-free texels in one call: the cell choices it needs (cached per model
-and seed in a typed dict), the boundary cuts between them and the composition. It is a line-by-line port of the
-Python path in ``texture.py`` (``TextureModel.cell_source``, ``_seam``, ``_reference_region``), which stays as the
-slow reference: tests compare them texel for texel. Why compiled: a 64 x 64 tile took 2.5-4 ms of Python-bound work
-(hundreds of small numpy calls per cell) and held the GIL throughout, so in a server the frame threads and the
-fill's maintenance threads queued behind one another on one core (docs/BENCHMARKS.md, session 7).
+and seed in an open-addressing table of plain arrays, ``new_cell_table``), the boundary cuts between them and the
+composition. It is a port of the Python path in ``texture.py`` (``TextureModel.cell_source``, ``_seam``,
+``reference_region``), which stays as the slow reference: tests compare them texel for texel. Why compiled: a
+64 x 64 tile took 2.5-4 ms of Python-bound work (hundreds of small numpy calls per cell) and held the GIL
+throughout, so in a server the frame threads and the fill's maintenance threads queued behind one another on one
+core (docs/BENCHMARKS.md, session 7).
 
 Arithmetic follows the reference's numpy types exactly (float32 patches plus float64 offsets rounded to float32,
 float32 cut errors summed in channel order, splitmix64 hashes in wrapping uint64), so the texels are the same.
