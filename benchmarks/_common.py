@@ -18,6 +18,17 @@ import time
 from typing import Any, Callable
 
 
+def _logs_to_stderr() -> None:
+    """The library's structured logs go to stderr, as ``spatia``'s CLI sends them: stdout carries only the JSON
+    (a fill thread's log line printed there broke a result line)."""
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
+_logs_to_stderr()
+
+
 def log(msg: str) -> None:
     """Progress line on stderr (stdout carries only the JSON result)."""
     print(msg, file=sys.stderr, flush=True)

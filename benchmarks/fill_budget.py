@@ -23,6 +23,7 @@ import numpy as np
 # count; one thread keeps every kernel on the caller (both fills alike)
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
+import _common  # noqa: E402,F401  (logs to stderr: stdout carries only the JSON lines)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import Engine, EngineConfig
