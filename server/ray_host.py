@@ -60,6 +60,7 @@ GENERATE_BACKPRESSURE = 4  # Generate: frames the actor may have produced that t
 PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame at once)
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
 GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
+GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
 def actor_name(world_id: str) -> str:
@@ -126,6 +127,38 @@ def load_world(worlds_dir: Path, world_id: str) -> tuple[World, WorldLog | None,
 
 # ---- the actor ----------------------------------------------------------------------------------------------
 
+def _graph_loop_codes() -> tuple:
+    from ray.dag import compiled_dag_node as cdn
+
+    return cdn.do_exec_tasks.__code__, cdn.do_profile_tasks.__code__
+
+
+def _graph_loop_tasks(frame) -> list | None:
+    """The task list of the compiled-graph loop (Ray's ``do_exec_tasks``) that ``frame`` runs inside, if any."""
+    codes = _graph_loop_codes()
+    while frame is not None:
+        if frame.f_code in codes:
+            return frame.f_locals.get("tasks")
+        frame = frame.f_back
+    return None
+
+
+def running_graph_loops() -> list[list]:
+    """The task lists of every compiled-graph loop running in this process, found in its threads' stacks. A world
+    actor runs each graph's loop as one long task on its ``_ray_system`` thread (one at a time, Ray 2.60:
+    ``ray.dag.compiled_dag_node.do_exec_tasks``); Ray offers no handle to it on the actor's side, and a loop whose
+    front door died or lost its lease would hold that thread for good. Cancelling a loop's tasks closes its
+    channels (what Ray's own driver-side teardown does), and the loop ends."""
+    import sys
+
+    found = []
+    for frame in sys._current_frames().values():
+        tasks = _graph_loop_tasks(frame)
+        if tasks is not None:
+            found.append(tasks)
+    return found
+
+
 @dataclass(frozen=True)
 class EncodedFrame:
     """One Play frame as the actor sends it: already resized and encoded (``data``) for the session."""
@@ -184,6 +217,7 @@ class WorldActor:
         self._idle_task: asyncio.Task | None = None
         self._step_work = None  # the compiled-graph path's clip in flight (a concurrent.futures.Future)
         self._step_frames = None  # its frames, as the worker encodes them (a queue.SimpleQueue)
+        self._graph_owner: tuple[str, int] | None = None  # (session id, id of its loop's tasks): who pinged last
         self.node_id = ray.get_runtime_context().get_node_id()
         log.info("world actor started", world_id=world_id, epoch=self.epoch, node=self.node_id[:12],
                  pid=os.getpid(), points=world.memory.num_points)
@@ -261,7 +295,29 @@ class WorldActor:
                                     "controller per world")
         self.host.controller = session_id  # the in-process host's flag (its stats and unload read it)
         self.lease = (session_id, time.monotonic() + self.lease_ttl_s)
+        # A graph loop still running belongs to an earlier session (this one opens its graph at its first clip,
+        # after this claim): its front door died, lost the lease or has not torn it down yet. It would hold the
+        # actor's one graph thread, and the new session's graph would never start.
+        await self._end_graphs(f"claimed by session {session_id}")
         return replace(self.host.view(), controlled=True)
+
+    async def _end_graphs(self, reason: str) -> int:
+        """End every compiled-graph loop running in this actor (``running_graph_loops``); returns how many."""
+        from ray.dag.compiled_dag_node import do_cancel_executable_tasks
+
+        ended = 0
+        for tasks in running_graph_loops():
+            owner = self._graph_owner[0] if self._graph_owner and self._graph_owner[1] == id(tasks) else "unknown"
+            try:  # closing a channel whose other end was on a lost node may wait on the network: off the loop
+                await asyncio.wait_for(asyncio.to_thread(do_cancel_executable_tasks, self, tasks), GRAPH_END_TIMEOUT_S)
+                ended += 1
+                log.info("ended a play graph left running", world_id=self.world_id, owner=owner, reason=reason)
+            except Exception as exc:  # noqa: BLE001 -- the loop may be ending by itself (its driver's teardown)
+                log.warning("could not end a play graph", world_id=self.world_id, owner=owner, reason=reason,
+                            error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        if ended:
+            self._graph_owner = None
+        return ended
 
     async def renew(self, session_id: str) -> bool:
         self._touch()
@@ -275,6 +331,8 @@ class WorldActor:
         if self.lease is not None and self.lease[0] == session_id:
             self.lease = None
             self.host.release(session_id)
+            # its graph, if any, is done (the front door tears it down too; whichever comes first ends the loop)
+            await self._end_graphs(f"session {session_id} released the world")
             return True
         return False
 
@@ -328,7 +386,8 @@ class WorldActor:
         loop runs: the clip goes straight to the host's worker thread and its frames come back through a plain
         queue, one thread hand-off each way (the streaming path has three and a Ray task per clip).
 
-        ``("ping",)`` -> ``"pong"`` (the graph works); ``("clip", session_id, engine_key, engine_config, poses,
+        ``("ping", session_id)`` -> ``"pong"`` (the graph works; the actor notes which session's loop this is, for
+        its log when ``claim`` ends it); ``("clip", session_id, engine_key, engine_config, poses,
         prompt, seed, autosave, frame_format)`` starts a clip (as ``play_clip``) and returns its first
         ``EncodedFrame``; ``("next",)`` the next one; ``("stats",)`` waits for the clip's end (memory update,
         autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
@@ -336,7 +395,11 @@ class WorldActor:
         import queue as queue_mod
 
         kind = request[0]
-        if kind == "ping":
+        if kind == "ping":  # ("ping", session_id): the graph's first execution; it names its owner
+            import sys
+
+            tasks = _graph_loop_tasks(sys._getframe())
+            self._graph_owner = (request[1] if len(request) > 1 else "", id(tasks))
             return "pong"
         self.last_call = time.monotonic()
         if kind == "clip":
@@ -517,23 +580,27 @@ class _PlayGraph:
 
     Everything on the graph (compile, executions, teardown) runs on this object's own thread, in order: the graph
     is not thread-safe, and compile / teardown block. Compiling takes 0.1-0.6 s, in the background: until the
-    graph answers a ping, the session's clips take the streaming path. An actor runs one graph at a time; a graph
-    left running by a front door that died makes the next one wait behind it, so a graph that does not answer its
-    ping within ``PING_TIMEOUT_S`` is torn down and this actor is played through streaming calls from then on.
-    (A graph's first execution waits for the actor to start the graph's loop: measured 4-9 s on the loaded 2-core
-    machine, ~1 ms per round trip after that.)"""
+    graph answers a ping, the session's clips take the streaming path. An actor runs one graph at a time: the actor
+    ends any graph loop still running when a session claims the world (``WorldActor.claim``), so a graph left
+    behind by a front door that died or lost its lease never blocks the next one. A graph that does not answer its
+    ping within ``PING_TIMEOUT_S`` (or cannot be compiled: Ray Client) is torn down and the session plays through
+    streaming calls (``start_failed``: this front door then uses streaming calls for the actor until it is
+    replaced). (A graph's first execution waits for the actor to start the graph's loop: measured 4-9 s on the
+    loaded 2-core machine, ~1 ms per round trip after that.)"""
 
     PING_TIMEOUT_S = 60.0
 
-    def __init__(self, actor, world_id: str) -> None:
+    def __init__(self, actor, world_id: str, session_id: str) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.actor = actor
         self.world_id = world_id
+        self.session_id = session_id
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"play-graph-{world_id[:16]}")
         self.dag = None
         self.ready = False  # compiled and answered its ping: clips may use it
-        self.failed = False  # could not be compiled or broke: this actor is played through streaming calls
+        self.failed = False  # could not be compiled, or broke: the session's clips take streaming calls
+        self.start_failed = False  # never answered its ping (or did not compile)
         self.closed = False
         self.thread.submit(self._compile)
 
@@ -545,16 +612,18 @@ class _PlayGraph:
             with InputNode() as inp:
                 node = self.actor.play_step.bind(inp)
             self.dag = node.experimental_compile()
-            if ray.get(self.dag.execute(("ping",)), timeout=self.PING_TIMEOUT_S) != "pong":
+            if ray.get(self.dag.execute(("ping", self.session_id)), timeout=self.PING_TIMEOUT_S) != "pong":
                 raise RuntimeError("the graph's ping came back wrong")
         except Exception as exc:  # noqa: BLE001 -- the streaming path serves the session instead
-            self.failed = True
-            log.warning("play graph not available; this world's frames take streaming calls", world_id=self.world_id,
-                        error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self.failed = self.start_failed = not self.closed
+            if not self.closed:
+                log.warning("play graph not available; this world's frames take streaming calls",
+                            world_id=self.world_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
             self._teardown()
             return
         self.ready = not self.closed
-        log.debug("play graph compiled", world_id=self.world_id, ms=round((time.perf_counter() - t0) * 1e3, 1))
+        log.info("play graph ready", world_id=self.world_id, session_id=self.session_id,
+                 ms=round((time.perf_counter() - t0) * 1e3, 1))
 
     def _teardown(self) -> None:
         dag, self.dag = self.dag, None
@@ -562,25 +631,33 @@ class _PlayGraph:
         if dag is not None:
             try:
                 dag.teardown()
-            except Exception as exc:  # noqa: BLE001 -- the actor died or the graph broke: nothing left to free
+            except Exception as exc:  # noqa: BLE001 -- the actor died or ended the graph: nothing left to free
                 log.debug("play graph teardown", world_id=self.world_id, error=type(exc).__name__)
 
     def clip(self, request: tuple, frames: int, sink: Callable[[int, Any], None], timeout_s: float):
         """On ``thread``: one clip (``WorldActor.play_step``): each frame to ``sink`` as it comes, then
-        ``(ClipStats, HostView)``."""
+        ``(ClipStats, HostView)``. A graph that broke before its first frame raises ``GraphLost`` (the clip did
+        not start on the actor: the caller may take the streaming path)."""
         dag = self.dag
         if dag is None:
-            raise RuntimeError("the play graph was torn down")
+            raise GraphLost("the play graph was torn down")
+        sent = 0
         try:
             sink(0, ray.get(dag.execute(request), timeout=timeout_s))
+            sent = 1
             for i in range(1, frames):
                 sink(i, ray.get(dag.execute(("next",)), timeout=timeout_s))
+                sent += 1
             return ray.get(dag.execute(("stats",)), timeout=timeout_s)
         except RayTaskError:
             raise  # the actor's own error (lease lost, world deleted, the clip failed): the graph goes on
-        except BaseException:
+        except BaseException as exc:
             self.failed = True  # a channel error, a timeout, a dead actor: this graph is done
             self._teardown()
+            # Its channels closed before the first frame: the actor ended it (another session claimed the world)
+            # or it died; either way no clip runs there for this request.
+            if sent == 0 and isinstance(exc, Exception) and not isinstance(exc, TimeoutError):
+                raise GraphLost(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
             raise
 
     def close(self) -> None:
@@ -589,6 +666,10 @@ class _PlayGraph:
         self.ready = False
         self.thread.submit(self._teardown)
         self.thread.shutdown(wait=False)
+
+
+class GraphLost(RuntimeError):
+    """A session's compiled Play graph was closed before the clip reached the actor."""
 
 
 class RayWorldHost:
@@ -735,12 +816,15 @@ class RayWorldHost:
     def _open_graph(self) -> None:
         """Start compiling the session's Play graph in the background (``ClusterOptions.compiled_play``), at its
         first clip: a Generate call (streaming, with backpressure) never holds the actor's one graph."""
-        if self.store.options.compiled_play and not self._graph_failed and self._graph is None:
-            self._graph = _PlayGraph(self.actor, self.world_id)
+        if self.store.options.compiled_play and not self._graph_failed and self._graph is None \
+                and self.controller is not None:
+            self._graph = _PlayGraph(self.actor, self.world_id, self.controller)
 
     def _close_graph(self) -> None:
         if self._graph is not None:
-            self._graph_failed |= self._graph.failed
+            # a graph that never started (Ray Client, a stuck actor) is not tried again on this actor; one that the
+            # actor ended (another session claimed the world) or that broke mid-session is, by the next session
+            self._graph_failed |= self._graph.start_failed
             self._graph.close()
             self._graph = None
 
@@ -803,8 +887,10 @@ class RayWorldHost:
                 return stats
             except (RayTaskError, RayActorError) as exc:
                 raise self._failed(exc) from None
-            except Exception as exc:  # noqa: BLE001 -- the graph broke (channel closed, timed out)
-                self._graph_failed = True
+            except GraphLost as exc:  # closed before the clip reached the actor: this session goes on streaming
+                log.warning("play graph lost; the session's clips take streaming calls", world_id=self.world_id,
+                            session_id=self.controller, error=str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 -- the graph broke mid-clip (channel closed, timed out)
                 raise await self._graph_broke(exc) from None
         gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
                                        frame_format)
@@ -837,7 +923,7 @@ class RayWorldHost:
             return UnavailableError(f"world {self.world_id!r}: its actor does not answer; the next call restarts it")
         log.warning("play graph broke", world_id=self.world_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return UnavailableError(f"world {self.world_id!r}: the clip's compiled graph failed ({type(exc).__name__}); "
-                                "start the session again (it then uses streaming calls)")
+                                "start the session again")
 
     async def generate(self, engine: _RemoteEngine, c2w: np.ndarray, prompt: str | None, seed: int,
                        sink: Callable[[int, Any], bool]) -> None:
