@@ -37,6 +37,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +61,7 @@ GENERATE_BACKPRESSURE = 4  # Generate: frames the actor may have produced that t
 PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame at once)
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
 GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
+GRAPH_IDLE_S = 5.0  # a Play graph with no clip for this long is closed (its actor's loop spins while open)
 GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
@@ -126,6 +128,24 @@ def load_world(worlds_dir: Path, world_id: str) -> tuple[World, WorldLog | None,
 
 
 # ---- the actor ----------------------------------------------------------------------------------------------
+
+def channels_without_torch() -> bool:
+    """Ray's compiled-graph channels import torch (when installed) on a graph's first execution, to place tensors:
+    measured 2.7 s on a quiet machine and 4-9 s loaded, holding the GIL, so the world actor's event loop stalled
+    (lease renewals lapsed) and a session waited that long for its graph. Play frames and stats are bytes and
+    numpy: a process that has not loaded torch for its own use tells the channels torch is not there (Ray 2.60's
+    ``ChannelContext``, a process-wide singleton). Returns whether it did."""
+    import sys
+
+    if "torch" in sys.modules:  # the generator uses it anyway (the neural one): nothing to save
+        return False
+    from ray.experimental.channel.common import ChannelContext
+
+    ctx = ChannelContext.get_current()
+    if ctx._torch_available is None:
+        ctx._torch_available = False
+    return ctx._torch_available is False
+
 
 def _graph_loop_codes() -> tuple:
     from ray.dag import compiled_dag_node as cdn
@@ -211,12 +231,14 @@ class WorldActor:
         self.generator = make_generator(generator, **generator_kwargs)
         if hasattr(self.host, "prepare"):  # the generator's per-world state (layout fill's fit) starts now
             self.host.prepare(self.generator)
+        channels_without_torch()  # after the generator: a generator that loaded torch keeps it
         self.lease: tuple[str, float] | None = None  # (session id, monotonic expiry)
         self.engines: dict[str, Any] = {}  # engine key -> Engine (one per session)
         self.last_call = time.monotonic()
         self._idle_task: asyncio.Task | None = None
         self._step_work = None  # the compiled-graph path's clip in flight (a concurrent.futures.Future)
         self._step_frames = None  # its frames, as the worker encodes them (a queue.SimpleQueue)
+        self._step_left = 0  # its frames not yet returned
         self._graph_owner: tuple[str, int] | None = None  # (session id, id of its loop's tasks): who pinged last
         self.node_id = ray.get_runtime_context().get_node_id()
         log.info("world actor started", world_id=world_id, epoch=self.epoch, node=self.node_id[:12],
@@ -358,9 +380,11 @@ class WorldActor:
 
     async def play_clip(self, session_id: str, engine_key: str, engine_config, poses: np.ndarray,
                         prompt: str | None, seed: int, autosave, frame_format):
-        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``.
-        ``frame_format = ((width, height), encoding, jpeg_quality)``. (The path a session takes until its
-        compiled graph is ready, or when it cannot have one: ``play_step``.)"""
+        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``;
+        the last frame comes as ``("last", i, EncodedFrame, ClipStats, view)`` instead when the clip had already
+        ended by then (one stream item less per clip; never waited for). ``frame_format = ((width, height),
+        encoding, jpeg_quality)``. (The path a session takes until its compiled graph is ready, or when it cannot
+        have one: ``play_step``.)"""
         self._touch()
         self._require_lease(session_id)
         engine = self._engine(engine_key, engine_config)
@@ -371,12 +395,25 @@ class WorldActor:
         def sink(i: int, f) -> None:  # on the world's worker thread
             loop.call_soon_threadsafe(queue.put_nowait, ("frame", i, encode(f)))
 
-        work = asyncio.ensure_future(self.host.play_clip(engine, poses, prompt, seed, sink, autosave=autosave,
-                                                         frame_format=frame_format))
-        work.add_done_callback(lambda _: queue.put_nowait(None))
+        # the host's play_clip, with the worker's own future: whether the clip has ended is known at once on the
+        # loop (an asyncio wrapper learns it a few loop turns later)
+        work_fn = self.host.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format)
+        if self.host.deleted or self.host.closed:
+            raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
+        try:
+            work = self.host.executor.submit(self.host._call, work_fn, ())
+        except RuntimeError:  # "cannot schedule new futures after shutdown": deleted or unloaded meanwhile
+            raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)") from None
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        last = len(poses) - 1
         while (item := await queue.get()) is not None:
+            if item[1] == last and work.done() and work.exception() is None:
+                self.last_call = time.monotonic()
+                yield ("last", item[1], item[2], work.result(),
+                       replace(self.host.view(), controlled=self._holder() is not None))
+                return
             yield item
-        stats = await work
+        stats = await asyncio.wrap_future(work)
         self.last_call = time.monotonic()
         yield ("stats", stats, replace(self.host.view(), controlled=self._holder() is not None))
 
@@ -389,8 +426,9 @@ class WorldActor:
         ``("ping", session_id)`` -> ``"pong"`` (the graph works; the actor notes which session's loop this is, for
         its log when ``claim`` ends it); ``("clip", session_id, engine_key, engine_config, poses,
         prompt, seed, autosave, frame_format)`` starts a clip (as ``play_clip``) and returns its first
-        ``EncodedFrame``; ``("next",)`` the next one; ``("stats",)`` waits for the clip's end (memory update,
-        autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
+        ``EncodedFrame``; ``("next",)`` the next one; the clip's last frame comes as ``(EncodedFrame, (ClipStats,
+        HostView))`` when the clip had already ended by then; otherwise ``("stats",)`` waits for the clip's end
+        (memory update, autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
         graph's result (the graph stays usable)."""
         import queue as queue_mod
 
@@ -417,6 +455,7 @@ class WorldActor:
                 raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
             self._step_work = self.host.executor.submit(self.host._call, work, ())
             self._step_work.add_done_callback(lambda _: frames.put(None))  # wakes a reader if the clip fails
+            self._step_left = len(poses)
             kind = "next"
         if self._step_work is None:
             raise PreconditionError(f"world {self.world_id!r}: no clip is running on this graph")
@@ -427,13 +466,24 @@ class WorldActor:
                 error = self._step_work.exception()
                 raise error if error is not None else PreconditionError(
                     f"world {self.world_id!r}: the clip has no more frames")
+            self._step_left -= 1
+            # The clip's last frame: when the clip has already ended (no memory update left to wait for: the
+            # stand-in, or a worker that finished while this thread waited for the GIL) its stats ride along and
+            # the front door skips the ("stats",) round trip. Never waited for: the frame is not held back.
+            if self._step_left == 0 and self._step_work.done() and self._step_work.exception() is None:
+                return frame, self._step_stats()
             return frame
         if kind == "stats":
-            stats = self._step_work.result()
-            self._step_work = self._step_frames = None
-            self.last_call = time.monotonic()
-            return stats, replace(self.host.view(), controlled=self._holder() is not None)
+            self._step_work.result()
+            return self._step_stats()
         raise ValueError(f"play_step: unknown request {kind!r}")
+
+    def _step_stats(self):
+        """The graph's clip, ended: ``(ClipStats, HostView)``."""
+        stats = self._step_work.result()
+        self._step_work = self._step_frames = None
+        self.last_call = time.monotonic()
+        return stats, replace(self.host.view(), controlled=self._holder() is not None)
 
     async def generate(self, session_id: str, engine_key: str, engine_config, c2w: np.ndarray,
                        prompt: str | None, seed: int):
@@ -589,6 +639,7 @@ class _PlayGraph:
     loaded 2-core machine, ~1 ms per round trip after that.)"""
 
     PING_TIMEOUT_S = 60.0
+    SPIN_MARGIN_S = 0.010  # ``_get``: how long before a frame's predicted time the read starts
 
     def __init__(self, actor, world_id: str, session_id: str) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -602,6 +653,8 @@ class _PlayGraph:
         self.failed = False  # could not be compiled, or broke: the session's clips take streaming calls
         self.start_failed = False  # never answered its ping (or did not compile)
         self.closed = False
+        self.last_used = time.monotonic()  # the end of the graph's last clip (``RayWorldHost`` closes idle graphs)
+        self._waits: dict[bool, deque] = {True: deque(maxlen=8), False: deque(maxlen=8)}  # first / next frame, s
         self.thread.submit(self._compile)
 
     def _compile(self) -> None:
@@ -609,6 +662,7 @@ class _PlayGraph:
 
         t0 = time.perf_counter()
         try:
+            channels_without_torch()
             with InputNode() as inp:
                 node = self.actor.play_step.bind(inp)
             self.dag = node.experimental_compile()
@@ -643,10 +697,12 @@ class _PlayGraph:
             raise GraphLost("the play graph was torn down")
         sent = 0
         try:
-            sink(0, ray.get(dag.execute(request), timeout=timeout_s))
-            sent = 1
-            for i in range(1, frames):
-                sink(i, ray.get(dag.execute(("next",)), timeout=timeout_s))
+            for i in range(frames):
+                item = self._get(dag.execute(request if i == 0 else ("next",)), i == 0, timeout_s)
+                if isinstance(item, tuple):  # the last frame with the clip's stats (WorldActor.play_step)
+                    sink(i, item[0])
+                    return item[1]
+                sink(i, item)
                 sent += 1
             return ray.get(dag.execute(("stats",)), timeout=timeout_s)
         except RayTaskError:
@@ -659,6 +715,22 @@ class _PlayGraph:
             if sent == 0 and isinstance(exc, Exception) and not isinstance(exc, TimeoutError):
                 raise GraphLost(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
             raise
+
+    def _get(self, ref, first: bool, timeout_s: float):
+        """A frame from the graph. Ray 2.60's channel read spins (``sched_yield``) until the value is written, so a
+        frame 100 ms away cost this thread 100 ms of CPU (measured: 98 ms of CPU per frame for the front door,
+        against 16 ms with streaming calls). The thread first sleeps through most of the shortest wait of the last
+        frames of this kind (first of a clip / next), then reads: it spins only for the last ``SPIN_MARGIN_S``,
+        and a frame faster than all recent ones is late by at most the difference."""
+        t0 = time.perf_counter()
+        waits = self._waits[first]
+        if waits:
+            nap_s = min(waits) - self.SPIN_MARGIN_S
+            if nap_s > 0:
+                time.sleep(nap_s)
+        item = ray.get(ref, timeout=timeout_s)
+        waits.append(time.perf_counter() - t0)
+        return item
 
     def close(self) -> None:
         """Tear the graph down after whatever runs on its thread (non-blocking)."""
@@ -832,6 +904,13 @@ class RayWorldHost:
         period = self.store.options.lease_ttl_s / 3
         while True:
             await asyncio.sleep(period)
+            graph = self._graph
+            if graph is not None and graph.ready and time.monotonic() - graph.last_used > GRAPH_IDLE_S:
+                # While a graph is open the actor's loop spins waiting for the next clip (Ray 2.60's channel read:
+                # measured 64% of a core): a session that plays nothing for a while gives it back; its next clip
+                # opens a new graph (its clips take streaming calls until that one answers).
+                log.info("play graph idle; closed", world_id=self.world_id, session_id=session_id)
+                self._close_graph()
             try:
                 await self.actor.renew.remote(session_id)
             except Exception as exc:  # noqa: BLE001 -- the next clip reports it to the client
@@ -882,6 +961,7 @@ class RayWorldHost:
         if graph is not None and graph.ready:
             request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format)
             try:
+                graph.last_used = math.inf  # in use: never closed as idle
                 stats, self._view = await asyncio.get_running_loop().run_in_executor(
                     graph.thread, graph.clip, request, len(poses), sink, GRAPH_FRAME_TIMEOUT_S)
                 return stats
@@ -892,6 +972,8 @@ class RayWorldHost:
                             session_id=self.controller, error=str(exc)[:200])
             except Exception as exc:  # noqa: BLE001 -- the graph broke mid-clip (channel closed, timed out)
                 raise await self._graph_broke(exc) from None
+            finally:
+                graph.last_used = time.monotonic()
         gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
                                        frame_format)
         stats = None
@@ -900,9 +982,14 @@ class RayWorldHost:
                 item = await ref
                 if item[0] == "frame":
                     sink(item[1], item[2])
-                else:  # the clip's last item: its end-of-stream report is not waited for (one hop less per
-                    _, stats, self._view = item  # clip); a task drains it so the generator ends normally
-                    break
+                    continue
+                # the clip's last item: its end-of-stream report is not waited for (one hop less per clip); a task
+                # drains it so the generator ends normally
+                if item[0] == "last":  # the last frame with the clip's stats
+                    sink(item[1], item[2])
+                    item = item[2:]
+                _, stats, self._view = item
+                break
         except (RayTaskError, RayActorError) as exc:
             raise self._failed(exc) from None
         if stats is None:
