@@ -61,7 +61,7 @@ GENERATE_BACKPRESSURE = 4  # Generate: frames the actor may have produced that t
 PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame at once)
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
 GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
-GRAPH_IDLE_S = 5.0  # a Play graph with no clip for this long is closed (its actor's loop spins while open)
+GRAPH_IDLE_S = 2.0  # a Play graph with no clip for this long is closed (its actor's loop spins while open)
 GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
