@@ -507,10 +507,13 @@ def test_restarting_an_actor_never_blocks_the_front_doors_event_loop(server, cli
     assert not server.server.store.get("b").dead
 
 
-def test_a_play_session_streams_through_its_compiled_graph(server):
-    """``compiled_play``: the session's first clips take streaming calls while its graph compiles, then go through
-    the graph (the same frames: the room); the graph is torn down when the session ends. Through a third front
-    door: the lifecycle door's sessions above tore their (never compiled) graphs down."""
+def test_a_play_session_streams_through_its_compiled_graph(server, monkeypatch):
+    """``compiled_play`` (the default): the session's first clips take streaming calls while its graph compiles,
+    then go through the graph (the same frames: the room); a session that plays nothing for ``GRAPH_IDLE_S`` has
+    its graph closed (the actor's loop spins while one is open) and its next clip opens a new one; the graph is
+    torn down when the session ends. Through a third front door on the same actors."""
+    from spatia.server import ray_host
+
     data_dir = server.config.data_dir
     with running_server(_config(data_dir, compiled_play=True)) as st:  # a third front door on the same actors
         with WorldClient(st.target, timeout_s=120) as c:
@@ -534,6 +537,17 @@ def test_a_play_session_streams_through_its_compiled_graph(server):
                     assert f is not None and f.rgb.shape == (H, W, 3) and f.rgb.std() > 5  # the room
                     seen.append(f.session_frame)
                 assert seen == sorted(seen) and len(set(seen)) == 3  # one frame per action, in order
+                monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 0.3)  # idle: closed at the next renewal (TTL / 3)
+                deadline = time.monotonic() + TTL_S
+                while host._graph is graph and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert host._graph is None and graph.closed, "the idle session's graph stayed open"
+                monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 60.0)
+                again = _until_graph(st, "a", s, timeout_s=30)  # the next clip opens a new graph
+                assert again is not graph and again.ready and not again.failed
+                f = _step(s)
+                assert f is not None and f.rgb.std() > 5
+                graph = again
             deadline = time.monotonic() + 10
             while host._graph is not None and time.monotonic() < deadline:
                 time.sleep(0.05)
