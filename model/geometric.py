@@ -44,6 +44,7 @@ from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_ke
 log = structlog.get_logger(__name__)
 
 FILL_METHODS = ("legacy", "layout")
+MIN_INCIDENCE_COS = 1.0 / 64  # caps the footprint stretch of a ray grazing a plane (any level past FAR_LEVEL reads alike)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,20 @@ def _rays(intrinsics: Intrinsics) -> np.ndarray:
     rays = pixel_rays(intrinsics).astype(np.float32)
     rays.setflags(write=False)
     return rays
+
+
+def plane_footprint_m(
+    rays: np.ndarray,  # [K, 3] pixel rays, camera frame, z = 1
+    depth_m: np.ndarray,  # [K] z-depth of each ray's hit on the plane
+    focal_px: float,
+    normal_cam: np.ndarray,  # [3] the plane's unit normal, camera frame
+) -> np.ndarray:
+    """``[K]`` metres: the long axis of each pixel's footprint on a plane. A pixel is ``depth / focal`` wide across
+    its ray at the hit (at any angle off the axis: the ray is longer by 1 / cos and the pixel's angle smaller by
+    cos); on a plane hit at incidence i that stretches by 1 / cos(i), capped at 1 / MIN_INCIDENCE_COS."""
+    rays = np.asarray(rays, np.float32)
+    cos_inc = np.abs(rays @ np.asarray(normal_cam, np.float32)) / np.linalg.norm(rays, axis=1)
+    return np.asarray(depth_m, np.float32) / np.float32(focal_px) / np.maximum(cos_inc, np.float32(MIN_INCIDENCE_COS))
 
 
 def layout_depth(layout: Layout, intrinsics: Intrinsics, c2w: np.ndarray) -> np.ndarray:
@@ -391,7 +406,6 @@ class GeometricGenerator:
         rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
         cols = rgb_flat[hole_idx]
         painted = np.zeros(len(rays), bool)
-        footprint = ld / max(K.fx, K.fy)
         for i, plane in enumerate(bounds):
             sel = use & (li == i)
             if not sel.any():
@@ -400,7 +414,10 @@ class GeometricGenerator:
             if tex is None:
                 continue
             uv = pts[sel] @ np.stack(plane_basis(layout, plane), axis=1)  # [K, 2] plane metres (u, v)
-            cols[sel] = tex.sample(uv, footprint[sel])
+            # the mip level follows the footprint's long axis on the plane (as a GPU's does): one texel read per
+            # pixel of a grazing ray would alias, and synthesise tiles nobody can resolve
+            normal_cam = R.T @ layout.axes[plane.axis]
+            cols[sel] = tex.sample(uv, plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam))
             painted |= sel
         if state.sky is not None:
             sky = (ld <= 0) & (f <= 0) & ~colored.ravel()[hole_idx]

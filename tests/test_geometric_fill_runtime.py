@@ -191,3 +191,38 @@ def test_plane_textures_are_fitted_once_whoever_asks_first(monkeypatch):
     assert set(fitted) >= {p.plane_id for p in planes if not p.derived and p.plane_id >= 0}
     for a, b in zip(got[0], got[1][::-1]):
         assert a is b
+
+
+def test_a_pixels_footprint_on_a_plane_stretches_with_incidence():
+    """``plane_footprint_m`` (what picks a texture's mip level) against a reference that intersects the rays of a
+    pixel's neighbours with the plane and measures the hit points' spacing: head-on it is depth / focal, on a
+    floor seen at a grazing angle many times that (the long axis, within the factor a pixel's diagonal allows)."""
+    from spatia.world.camera import Intrinsics
+    from spatia.world.geometry import pixel_rays
+
+    K = Intrinsics.from_fov(75.0, 160, 90)
+    rays = pixel_rays(K).astype(np.float64)  # [H, W, 3] camera frame, z = 1 (camera y points down)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        normal = rng.normal(size=3)
+        normal[2] = abs(normal[2]) + 0.2  # in front of the camera
+        normal /= np.linalg.norm(normal)
+        offset = rng.uniform(1.0, 4.0)  # plane n . x = offset, camera at the origin
+        t = offset / (rays @ normal)  # [H, W] ray parameter = z-depth of the hit
+        ok = (t > 0) & (t < 60)
+        ok[-1, :] = ok[:, -1] = False
+        ys, xs = np.nonzero(ok & np.roll(ok, -1, 0) & np.roll(ok, -1, 1))
+        hit = rays * t[..., None]
+        step = np.maximum(np.linalg.norm(hit[ys + 1, xs] - hit[ys, xs], axis=1),
+                          np.linalg.norm(hit[ys, xs + 1] - hit[ys, xs], axis=1))  # reference: neighbour spacing
+        fp = geometric.plane_footprint_m(rays[ys, xs], t[ys, xs], max(K.fx, K.fy), normal)
+        cos_inc = np.abs(rays[ys, xs] @ normal) / np.linalg.norm(rays[ys, xs], axis=1)
+        fair = cos_inc > 4 * geometric.MIN_INCIDENCE_COS  # below, the cap holds by design
+        ratio = fp[fair] / step[fair]
+        assert fair.sum() > 1000
+        assert 0.95 < ratio.min() and ratio.max() < 1.5, (ratio.min(), ratio.max())
+    # head on: the pixel's width; a floor 1.5 m below seen 20 m away: > 10x that
+    head_on = geometric.plane_footprint_m(np.array([[0, 0, 1.0]]), np.array([4.0]), 100.0, np.array([0, 0, 1.0]))
+    assert np.isclose(head_on[0], 0.04)
+    floor = geometric.plane_footprint_m(np.array([[0, 0.075, 1.0]]), np.array([20.0]), 100.0, np.array([0, 1.0, 0]))
+    assert floor[0] > 10 * 20.0 / 100.0

@@ -564,44 +564,79 @@ def opening_pixels(
     c2w: np.ndarray,  # [4, 4]
 ) -> np.ndarray:
     """``[H, W]`` bool: rendered pixels whose point lies in a doorway of ``view`` within ``door_slab_m`` of its
-    wall: a wall the memory holds there was invented before the path showed the doorway, and is not shown."""
+    wall: a wall the memory holds there was invented before the path showed the doorway, and is not shown.
+    Only the pixels in the image box of each doorway's slab are tested (compiled: ``opening_kernels``); the
+    numpy twin over the whole frame is ``reference_opening_pixels``."""
+    from spatia.model.fill.opening_kernels import mark_opening
+
     out = np.zeros(valid.shape, bool)
     H, W = valid.shape
+    R, cam = c2w[:3, :3], c2w[:3, 3]
+    rays = np.ascontiguousarray(rays_cam, np.float32)
+    depth = np.ascontiguousarray(depth_m, np.float32)
+    valid = np.ascontiguousarray(valid, bool)
+    up = layout.axes[0]
+    f32 = np.float32
+    for o in view.openings:
+        box = _slab_image_box(layout, o, rays, c2w)
+        if box is None:
+            continue
+        a, h = layout.axes[o.plane.axis], layout.axes[3 - o.plane.axis]
+        mark_opening(rays, depth, valid, *box, (R.T @ up).astype(f32), f32(cam @ up), (R.T @ h).astype(f32),
+                     f32(cam @ h), f32(o.centre_m), f32(o.half_width_m), f32(o.bottom_m), f32(o.top_m),
+                     (R.T @ a).astype(f32), f32(cam @ a), f32(o.plane.offset_m), f32(layout.config.door_slab_m), out)
+    return out
+
+
+def _slab_image_box(layout: Layout, o: Opening, rays_cam: np.ndarray, c2w: np.ndarray):
+    """``(r0, r1, c0, c1)``: the pixel rows and columns that can see doorway ``o``'s slab (the box of its wall
+    +- ``door_slab_m``, the doorway's width and height), or None when none can. The slab's 8 corners are projected;
+    an edge that crosses the near plane (the camera walking through the doorway) adds its crossing point, whose
+    projection runs off the image in that direction, so the box is the clipped slab's, not the whole frame."""
+    H, W = rays_cam.shape[:2]
     w2c_R, cam = c2w[:3, :3].T, c2w[:3, 3]
     # intrinsics from the rays (z = 1): x = (u + 0.5 - cx) / fx
     fx = 1.0 / float(rays_cam[0, 1, 0] - rays_cam[0, 0, 0]) if W > 1 else 1.0
     fy = 1.0 / float(rays_cam[1, 0, 1] - rays_cam[0, 0, 1]) if H > 1 else 1.0
     cx, cy = 0.5 - float(rays_cam[0, 0, 0]) * fx, 0.5 - float(rays_cam[0, 0, 1]) * fy
-    for o in view.openings:
-        # only the pixels inside the image box of the doorway's slab (its 8 corners) can hold its points; the
-        # whole frame when a corner lies behind the camera
-        a, h, up = layout.axes[o.plane.axis], layout.axes[3 - o.plane.axis], layout.axes[0]
-        slab = layout.config.door_slab_m
-        bottom = o.bottom_m if math.isfinite(o.bottom_m) else float(cam @ up) - 3.0
-        corners = np.array([oa * a + ha * h + ua * up
-                            for oa in (o.plane.offset_m - slab, o.plane.offset_m + slab)
-                            for ha in (o.centre_m - o.half_width_m, o.centre_m + o.half_width_m)
-                            for ua in (bottom, o.top_m)])
-        pc = (corners - cam) @ w2c_R.T
-        r0, r1, c0, c1 = 0, H, 0, W
-        if (pc[:, 2] <= 1e-3).all():
-            continue  # wholly behind the camera (a doorway passed long ago): nothing of it is in view
-        if (pc[:, 2] > 1e-3).all():
-            u, v = fx * pc[:, 0] / pc[:, 2] + cx, fy * pc[:, 1] / pc[:, 2] + cy
-            c0, c1 = max(0, int(math.floor(u.min())) - 1), min(W, int(math.ceil(u.max())) + 1)
-            r0, r1 = max(0, int(math.floor(v.min())) - 1), min(H, int(math.ceil(v.max())) + 1)
-            if c0 >= c1 or r0 >= r1:
-                continue
-        box_valid = valid[r0:r1, c0:c1]
-        sel = np.flatnonzero(box_valid)
-        if not len(sel):
-            continue
-        hit = _in_openings(layout, [o], rays_cam[r0:r1, c0:c1].reshape(-1, 3)[sel],
-                           depth_m[r0:r1, c0:c1].reshape(-1)[sel], c2w, near_wall=True)
-        box = np.zeros(box_valid.size, bool)
-        box[sel[hit]] = True
-        out[r0:r1, c0:c1] |= box.reshape(box_valid.shape)
-    return out
+    a, h, up = layout.axes[o.plane.axis], layout.axes[3 - o.plane.axis], layout.axes[0]
+    slab = layout.config.door_slab_m
+    bottom = o.bottom_m if math.isfinite(o.bottom_m) else float(cam @ up) - 3.0
+    corners = np.array([oa * a + ha * h + ua * up
+                        for oa in (o.plane.offset_m - slab, o.plane.offset_m + slab)
+                        for ha in (o.centre_m - o.half_width_m, o.centre_m + o.half_width_m)
+                        for ua in (bottom, o.top_m)])
+    pc = (corners - cam) @ w2c_R.T  # [8, 3] camera frame; corner k's bits: wall side, along, up
+    near = 1e-3
+    front = pc[:, 2] > near
+    if not front.any():
+        return None  # wholly behind the camera (a doorway passed long ago): nothing of it is in view
+    pts = [pc[front]]
+    for k in range(8):
+        for bit in (1, 2, 4):
+            m = k | bit
+            if m != k and front[k] != front[m]:  # the edge k-m crosses the near plane
+                t = (near - pc[k, 2]) / (pc[m, 2] - pc[k, 2])
+                pts.append((pc[k] + t * (pc[m] - pc[k]))[None])
+    p = np.concatenate(pts)
+    z = np.maximum(p[:, 2], near)
+    u, v = fx * p[:, 0] / z + cx, fy * p[:, 1] / z + cy
+    c0, c1 = max(0, int(math.floor(max(u.min(), -1.0))) - 1), min(W, int(math.ceil(min(u.max(), W + 1.0))) + 1)
+    r0, r1 = max(0, int(math.floor(max(v.min(), -1.0))) - 1), min(H, int(math.ceil(min(v.max(), H + 1.0))) + 1)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    return r0, r1, c0, c1
+
+
+def reference_opening_pixels(layout: Layout, view: LayoutView, depth_m: np.ndarray, valid: np.ndarray,
+                             rays_cam: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Slow twin of ``opening_pixels`` in numpy: every rendered pixel of the frame through ``_in_openings``."""
+    sel = np.flatnonzero(valid)
+    hit = _in_openings(layout, view.openings, rays_cam.reshape(-1, 3)[sel].astype(np.float32),
+                       depth_m.reshape(-1)[sel].astype(np.float32), c2w, near_wall=True)
+    out = np.zeros(valid.size, bool)
+    out[sel[hit]] = True
+    return out.reshape(valid.shape)
 
 
 def cast_layout(

@@ -68,6 +68,7 @@ MIN_EXEMPLAR_PX = 8  # per side: below this there is no patch to copy
 MIN_VALID_TEXELS = 32
 PERIODIC_MIN_STRENGTH = 0.35  # normalised autocorrelation at the lattice vectors above which we keep the period
 UNCHECKED_PERIOD_MIN_STRENGTH = 0.75  # the same, for a period whose double shift the exemplar is too small to show
+MIN_PERIOD_PX = 3.0  # a period shorter than this many texels is noise correlation, not a pattern
 PEAK_PROMINENCE = 0.15  # ac(d) - ac(d / 2): a period's half-shift must be clearly less alike than the period
 CHAIN_CELLS = 4  # cells per left-to-right matching chain in a row (longer: fewer free cells, more work per tile)
 NUM_CANDIDATES = 64
@@ -343,7 +344,7 @@ def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
     peaks = (acm == ndimage.maximum_filter(acr, size=5, mode="constant", cval=-np.inf)) & (acm >= PERIODIC_MIN_STRENGTH)
     ys, xs = np.nonzero(peaks)
     dy, dx = ys - cy, xs - cx
-    keep = ((dy > 0) | ((dy == 0) & (dx > 0))) & (dy * dy + dx * dx >= 9)
+    keep = ((dy > 0) | ((dy == 0) & (dx > 0))) & (dy * dy + dx * dx >= MIN_PERIOD_PX**2)
     half_y, half_x = cy + np.rint(dy / 2).astype(np.int64), cx + np.rint(dx / 2).astype(np.int64)
     keep &= ac[ys, xs] - ac[half_y, half_x] >= PEAK_PROMINENCE
     ys, xs, dy, dx = ys[keep], xs[keep], dy[keep], dx[keep]
@@ -409,6 +410,10 @@ def detect_lattice(signal: np.ndarray, valid: np.ndarray) -> Lattice:
                 best_dir, best_mean = t, score
         if best_dir is not None and best_mean >= 0.8 * vals[a_i]:
             a = a - np.dot(a, best_dir) * best_dir
+        if not np.all(np.isfinite(a)) or float(np.hypot(*a)) < MIN_PERIOD_PX:
+            # the ridge runs along a itself (a smooth, strongly correlated signal such as a random walk): nothing
+            # repeats across it, and a copy vector near zero would give no phase to keep
+            return none
         return Lattice("1d", np.array([a, [0.0, 0.0]]), float(vals[a_i]))
     b = refine(b_i)
     # Lagrange-Gauss reduction: the shortest, most orthogonal basis of the same lattice

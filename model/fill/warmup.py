@@ -13,7 +13,7 @@ import numpy as np
 
 def compile_fill_kernels() -> int:
     """Run every compiled kernel of ``model.fill`` once; returns how many texels were synthesised."""
-    from spatia.model.fill import appearance, layout_kernels, texture
+    from spatia.model.fill import appearance, layout_kernels, opening_kernels, texture
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -33,4 +33,9 @@ def compile_fill_kernels() -> int:
         np.zeros(1, np.float32), np.ones(1, np.float32), np.zeros(1, np.float32), np.ones(1, np.float32),
         np.float32(1.6),
     )  # fmt: skip
+    f32, vec = np.float32, np.array([0.0, 1.0, 0.0], np.float32)
+    opening_kernels.mark_opening(
+        np.ones((2, 2, 3), np.float32), np.ones((2, 2), np.float32), np.ones((2, 2), bool), 0, 2, 0, 2, vec, f32(1.6),
+        vec, f32(0), f32(0), f32(0.5), f32(0), f32(2), vec, f32(0), f32(1), f32(0.3), np.zeros((2, 2), bool),
+    )  # fmt: skip (the doorway test)
     return int(colours.shape[0])
