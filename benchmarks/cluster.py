@@ -28,6 +28,7 @@ sessions start their timed frames together), at
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import emit, log  # noqa: E402
 
+HOP_IDLE_S = 3.0  # --hop-rounds: the last round's sessions then stay open this long without actions (CPU measured)
 WARMUP = 3  # untimed frames per session (after a Ray session's compiled graph is ready: ``graph_ready``)
 
 
@@ -49,11 +51,22 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process on this machine has used so far (a local Ray's actor)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _session(target: str, world_id: str, frames: int, width: int, height: int, out: dict,
-             barrier: threading.Barrier, warm=None) -> None:
+             barrier: threading.Barrier, warm=None, actor_pid=None, idle_s: float = 0.0) -> None:
+    """One lock-step session: warm-up, then ``frames`` timed frames. ``cpu``: CPU seconds of this process
+    (client and front door, or client and in-process server) and, with ``actor_pid`` (a callable), of the world's
+    actor over the timed frames; with ``idle_s``, what both use while the session then stays open ``idle_s``
+    seconds without an action."""
     from spatia.client.api import WorldClient
 
     lat_ms: list[float] = []
+    cpu: dict = {}
     with WorldClient(target, timeout_s=300) as c:
         with c.play(world_id, record=False, lockstep=True, width=width, height=height, fps=10.0) as s:
             t_start = None
@@ -62,10 +75,13 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
                 s.send(move_forward=0.3, yaw_rate_rad_s=0.3, dt_s=0.1)  # warm-up frames until the graph is ready
                 if s.next_frame(timeout_s=300) is None:
                     raise RuntimeError(f"session on {world_id} ended early: {s.error}")
+            pid = None
             for k in range(WARMUP + frames):
                 if k == WARMUP:  # every session warmed up (a fresh actor compiles its kernels): timed together
                     barrier.wait(timeout=600)
                     t_start = time.perf_counter()
+                    pid = actor_pid() if actor_pid else None
+                    cpu0 = (time.process_time(), proc_cpu_s(pid) if pid else 0.0)
                 t0 = time.perf_counter()
                 s.send(move_forward=0.3, yaw_rate_rad_s=0.3, dt_s=0.1)
                 f = s.next_frame(timeout_s=300)
@@ -74,7 +90,16 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
                 if k >= WARMUP:
                     lat_ms.append((time.perf_counter() - t0) * 1e3)
             t_end = time.perf_counter()
-    out[world_id] = {"latencies_ms": lat_ms, "start": t_start, "end": t_end}
+            cpu["bench_process_s"] = time.process_time() - cpu0[0]
+            if pid:
+                cpu["actor_s"] = proc_cpu_s(pid) - cpu0[1]
+            if idle_s:  # the session open, nothing to play: what waiting for the next action costs
+                idle0 = (time.process_time(), proc_cpu_s(pid) if pid else 0.0)
+                time.sleep(idle_s)
+                cpu["idle_bench_process_s"] = time.process_time() - idle0[0]
+                if pid:
+                    cpu["idle_actor_s"] = proc_cpu_s(pid) - idle0[1]
+    out[world_id] = {"latencies_ms": lat_ms, "start": t_start, "end": t_end, "cpu": cpu}
 
 
 def graph_ready(server_thread):
@@ -89,11 +114,13 @@ def graph_ready(server_thread):
 
 
 def run_sessions(target: str, world_ids: list[str], frames: int, width: int, height: int, raw: bool = False,
-                 warm=None):
+                 warm=None, actor_pid=None, idle_s: float = 0.0, cpu_out: list | None = None):
+    """``actor_pid(world_id)``: the world's actor's pid (CPU is measured, ``cpu_out`` gets each session's)."""
     out: dict = {}
     barrier = threading.Barrier(len(world_ids))
-    threads = [threading.Thread(target=_session, args=(target, w, frames, width, height, out, barrier, warm))
-               for w in world_ids]
+    threads = [threading.Thread(target=_session, args=(
+        target, w, frames, width, height, out, barrier, warm,
+        (lambda w=w: actor_pid(w)) if actor_pid else None, idle_s)) for w in world_ids]
     for t in threads:
         t.start()
     for t in threads:
@@ -101,6 +128,8 @@ def run_sessions(target: str, world_ids: list[str], frames: int, width: int, hei
     if len(out) != len(world_ids):
         raise RuntimeError("a session failed (see stderr)")
     lat = [x for r in out.values() for x in r["latencies_ms"]]
+    if cpu_out is not None:
+        cpu_out.extend(r["cpu"] for r in out.values())
     if raw:  # the latencies themselves (ms)
         return lat
     span = max(r["end"] for r in out.values()) - min(r["start"] for r in out.values())
@@ -213,6 +242,7 @@ def hop(args) -> dict:
     original = store_mod.WorldHost
     store_mod.WorldHost = GpuStandinHost
     lat: dict[str, list[float]] = {"inprocess": [], "ray_compiled": [], "ray_streaming": [], "bare": []}
+    cpu: dict[str, list[dict]] = {"inprocess": [], "ray_compiled": [], "ray_streaming": []}
     rounds = []
     try:
         with running_server(ServerConfig(data_dir=dirs[0], **base)) as st:
@@ -222,14 +252,19 @@ def hop(args) -> dict:
             try:  # two front doors over one world actor (sessions one at a time): with and without the graph
                 with running_server(ServerConfig(data_dir=dirs[1], cluster=cluster, **base)) as rt, \
                         running_server(ServerConfig(data_dir=dirs[1], cluster=streaming, **base)) as rs:
+                    def pid(world_id: str) -> int:
+                        return rt.server.store.get(world_id).actor_pid
+
                     for r in range(args.hop_rounds):
                         log(f"[hop] round {r + 1}/{args.hop_rounds}")
+                        idle_s = HOP_IDLE_S if r == args.hop_rounds - 1 else 0.0
                         got = {"inprocess": run_sessions(st.target, ["w0"], args.frames, args.width, args.height,
-                                                         raw=True)}
+                                                         raw=True, idle_s=idle_s, cpu_out=cpu["inprocess"])}
                         for name, target in (("ray_compiled", rt.target), ("ray_streaming", rs.target)):
                             time.sleep(0.5)  # the previous session's lease release reaches the actor
                             got[name] = run_sessions(target, ["w0"], args.frames, args.width, args.height, raw=True,
-                                                     warm=graph_ready(rt) if name == "ray_compiled" else None)
+                                                     warm=graph_ready(rt) if name == "ray_compiled" else None,
+                                                     actor_pid=pid, idle_s=idle_s, cpu_out=cpu[name])
                         got["bare"] = bare_ray_stream_ms(args.frames, raw=True)
                         for k, v in got.items():
                             lat[k] += v
@@ -246,6 +281,19 @@ def hop(args) -> dict:
         out[f"{k}_hop_p50_ms"] = round(_pct(lat[k], 0.5) - base_p50, 1)
         out[f"{k}_hop_p95_ms"] = round(_pct(lat[k], 0.95) - base_p95, 1)
     out["per_round"] = rounds
+    # CPU per timed frame (this process: the client plus the in-process server or the Ray front door; the actor)
+    # and, in the last round, CPU per second of a session left open without actions (HOP_IDLE_S)
+    for k, sessions in cpu.items():
+        frames = args.frames * len(sessions)
+        entry = {"bench_process_ms_per_frame": round(sum(c["bench_process_s"] for c in sessions) / frames * 1e3, 2)}
+        if k != "inprocess":
+            entry["actor_ms_per_frame"] = round(sum(c["actor_s"] for c in sessions) / frames * 1e3, 2)
+        idle = [c for c in sessions if "idle_bench_process_s" in c]
+        if idle:
+            entry["idle_bench_process_cpu_fraction"] = round(idle[0]["idle_bench_process_s"] / HOP_IDLE_S, 3)
+            if "idle_actor_s" in idle[0]:
+                entry["idle_actor_cpu_fraction"] = round(idle[0]["idle_actor_s"] / HOP_IDLE_S, 3)
+        out[f"{k}_cpu"] = entry
     return out
 
 

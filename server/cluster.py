@@ -61,11 +61,10 @@ class ClusterOptions:
     placement_timeout_s: float = 30.0
     local_cpus: int | None = None
     # Play clips through a compiled graph per session (Ray Compiled Graphs: ~1 ms per frame's round trip instead of
-    # ~5 ms for a streaming call; server/ray_host.py ``_PlayGraph``). Off by default: an actor runs one graph at a
-    # time, and a graph left open by a front door that stopped (or lost its lease) makes the next front door's graph
-    # wait 60 s for its ping, and its teardown hang (found by test_ray_host's lease take-over; docs/SCALE.md). Safe
-    # with one front door per world; measured in docs/BENCHMARKS.md.
-    compiled_play: bool = False
+    # ~5 ms for a streaming call; server/ray_host.py ``_PlayGraph``). An actor runs one graph at a time: a session's
+    # claim ends any graph loop left running (a front door that died or lost its lease), and a graph that cannot
+    # start falls back to streaming calls (docs/SCALE.md). False: streaming calls only.
+    compiled_play: bool = True
     stats_interval_s: float = 1.0  # how often a front door refreshes its cached view of each world actor
     # "world": the real host; "gpu-standin": server/standin.py's stand-in for a GPU generator (benchmarks only)
     host_kind: str = "world"

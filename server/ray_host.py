@@ -37,6 +37,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +61,8 @@ GENERATE_BACKPRESSURE = 4  # Generate: frames the actor may have produced that t
 PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame at once)
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
 GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
+GRAPH_IDLE_S = 2.0  # a Play graph with no clip for this long is closed (its actor's loop spins while open)
+GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
 def actor_name(world_id: str) -> str:
@@ -126,6 +129,56 @@ def load_world(worlds_dir: Path, world_id: str) -> tuple[World, WorldLog | None,
 
 # ---- the actor ----------------------------------------------------------------------------------------------
 
+def channels_without_torch() -> bool:
+    """Ray's compiled-graph channels import torch (when installed) on a graph's first execution, to place tensors:
+    measured 2.7 s on a quiet machine and 4-9 s loaded, holding the GIL, so the world actor's event loop stalled
+    (lease renewals lapsed) and a session waited that long for its graph. Play frames and stats are bytes and
+    numpy: a process that has not loaded torch for its own use tells the channels torch is not there (Ray 2.60's
+    ``ChannelContext``, a process-wide singleton). Returns whether it did."""
+    import sys
+
+    if "torch" in sys.modules:  # the generator uses it anyway (the neural one): nothing to save
+        return False
+    from ray.experimental.channel.common import ChannelContext
+
+    ctx = ChannelContext.get_current()
+    if ctx._torch_available is None:
+        ctx._torch_available = False
+    return ctx._torch_available is False
+
+
+def _graph_loop_codes() -> tuple:
+    from ray.dag import compiled_dag_node as cdn
+
+    return cdn.do_exec_tasks.__code__, cdn.do_profile_tasks.__code__
+
+
+def _graph_loop_tasks(frame) -> list | None:
+    """The task list of the compiled-graph loop (Ray's ``do_exec_tasks``) that ``frame`` runs inside, if any."""
+    codes = _graph_loop_codes()
+    while frame is not None:
+        if frame.f_code in codes:
+            return frame.f_locals.get("tasks")
+        frame = frame.f_back
+    return None
+
+
+def running_graph_loops() -> list[list]:
+    """The task lists of every compiled-graph loop running in this process, found in its threads' stacks. A world
+    actor runs each graph's loop as one long task on its ``_ray_system`` thread (one at a time, Ray 2.60:
+    ``ray.dag.compiled_dag_node.do_exec_tasks``); Ray offers no handle to it on the actor's side, and a loop whose
+    front door died or lost its lease would hold that thread for good. Cancelling a loop's tasks closes its
+    channels (what Ray's own driver-side teardown does), and the loop ends."""
+    import sys
+
+    found = []
+    for frame in sys._current_frames().values():
+        tasks = _graph_loop_tasks(frame)
+        if tasks is not None:
+            found.append(tasks)
+    return found
+
+
 @dataclass(frozen=True)
 class EncodedFrame:
     """One Play frame as the actor sends it: already resized and encoded (``data``) for the session."""
@@ -178,12 +231,15 @@ class WorldActor:
         self.generator = make_generator(generator, **generator_kwargs)
         if hasattr(self.host, "prepare"):  # the generator's per-world state (layout fill's fit) starts now
             self.host.prepare(self.generator)
+        channels_without_torch()  # after the generator: a generator that loaded torch keeps it
         self.lease: tuple[str, float] | None = None  # (session id, monotonic expiry)
         self.engines: dict[str, Any] = {}  # engine key -> Engine (one per session)
         self.last_call = time.monotonic()
         self._idle_task: asyncio.Task | None = None
         self._step_work = None  # the compiled-graph path's clip in flight (a concurrent.futures.Future)
         self._step_frames = None  # its frames, as the worker encodes them (a queue.SimpleQueue)
+        self._step_left = 0  # its frames not yet returned
+        self._graph_owner: tuple[str, int] | None = None  # (session id, id of its loop's tasks): who pinged last
         self.node_id = ray.get_runtime_context().get_node_id()
         log.info("world actor started", world_id=world_id, epoch=self.epoch, node=self.node_id[:12],
                  pid=os.getpid(), points=world.memory.num_points)
@@ -261,7 +317,29 @@ class WorldActor:
                                     "controller per world")
         self.host.controller = session_id  # the in-process host's flag (its stats and unload read it)
         self.lease = (session_id, time.monotonic() + self.lease_ttl_s)
+        # A graph loop still running belongs to an earlier session (this one opens its graph at its first clip,
+        # after this claim): its front door died, lost the lease or has not torn it down yet. It would hold the
+        # actor's one graph thread, and the new session's graph would never start.
+        await self._end_graphs(f"claimed by session {session_id}")
         return replace(self.host.view(), controlled=True)
+
+    async def _end_graphs(self, reason: str) -> int:
+        """End every compiled-graph loop running in this actor (``running_graph_loops``); returns how many."""
+        from ray.dag.compiled_dag_node import do_cancel_executable_tasks
+
+        ended = 0
+        for tasks in running_graph_loops():
+            owner = self._graph_owner[0] if self._graph_owner and self._graph_owner[1] == id(tasks) else "unknown"
+            try:  # closing a channel whose other end was on a lost node may wait on the network: off the loop
+                await asyncio.wait_for(asyncio.to_thread(do_cancel_executable_tasks, self, tasks), GRAPH_END_TIMEOUT_S)
+                ended += 1
+                log.info("ended a play graph left running", world_id=self.world_id, owner=owner, reason=reason)
+            except Exception as exc:  # noqa: BLE001 -- the loop may be ending by itself (its driver's teardown)
+                log.warning("could not end a play graph", world_id=self.world_id, owner=owner, reason=reason,
+                            error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        if ended:
+            self._graph_owner = None
+        return ended
 
     async def renew(self, session_id: str) -> bool:
         self._touch()
@@ -275,6 +353,8 @@ class WorldActor:
         if self.lease is not None and self.lease[0] == session_id:
             self.lease = None
             self.host.release(session_id)
+            # its graph, if any, is done (the front door tears it down too; whichever comes first ends the loop)
+            await self._end_graphs(f"session {session_id} released the world")
             return True
         return False
 
@@ -300,9 +380,11 @@ class WorldActor:
 
     async def play_clip(self, session_id: str, engine_key: str, engine_config, poses: np.ndarray,
                         prompt: str | None, seed: int, autosave, frame_format):
-        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``.
-        ``frame_format = ((width, height), encoding, jpeg_quality)``. (The path a session takes until its
-        compiled graph is ready, or when it cannot have one: ``play_step``.)"""
+        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``;
+        the last frame comes as ``("last", i, EncodedFrame, ClipStats, view)`` instead when the clip had already
+        ended by then (one stream item less per clip; never waited for). ``frame_format = ((width, height),
+        encoding, jpeg_quality)``. (The path a session takes until its compiled graph is ready, or when it cannot
+        have one: ``play_step``.)"""
         self._touch()
         self._require_lease(session_id)
         engine = self._engine(engine_key, engine_config)
@@ -313,12 +395,25 @@ class WorldActor:
         def sink(i: int, f) -> None:  # on the world's worker thread
             loop.call_soon_threadsafe(queue.put_nowait, ("frame", i, encode(f)))
 
-        work = asyncio.ensure_future(self.host.play_clip(engine, poses, prompt, seed, sink, autosave=autosave,
-                                                         frame_format=frame_format))
-        work.add_done_callback(lambda _: queue.put_nowait(None))
+        # the host's play_clip, with the worker's own future: whether the clip has ended is known at once on the
+        # loop (an asyncio wrapper learns it a few loop turns later)
+        work_fn = self.host.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format)
+        if self.host.deleted or self.host.closed:
+            raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
+        try:
+            work = self.host.executor.submit(self.host._call, work_fn, ())
+        except RuntimeError:  # "cannot schedule new futures after shutdown": deleted or unloaded meanwhile
+            raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)") from None
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        last = len(poses) - 1
         while (item := await queue.get()) is not None:
+            if item[1] == last and work.done() and work.exception() is None:
+                self.last_call = time.monotonic()
+                yield ("last", item[1], item[2], work.result(),
+                       replace(self.host.view(), controlled=self._holder() is not None))
+                return
             yield item
-        stats = await work
+        stats = await asyncio.wrap_future(work)
         self.last_call = time.monotonic()
         yield ("stats", stats, replace(self.host.view(), controlled=self._holder() is not None))
 
@@ -328,15 +423,21 @@ class WorldActor:
         loop runs: the clip goes straight to the host's worker thread and its frames come back through a plain
         queue, one thread hand-off each way (the streaming path has three and a Ray task per clip).
 
-        ``("ping",)`` -> ``"pong"`` (the graph works); ``("clip", session_id, engine_key, engine_config, poses,
+        ``("ping", session_id)`` -> ``"pong"`` (the graph works; the actor notes which session's loop this is, for
+        its log when ``claim`` ends it); ``("clip", session_id, engine_key, engine_config, poses,
         prompt, seed, autosave, frame_format)`` starts a clip (as ``play_clip``) and returns its first
-        ``EncodedFrame``; ``("next",)`` the next one; ``("stats",)`` waits for the clip's end (memory update,
-        autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
+        ``EncodedFrame``; ``("next",)`` the next one; the clip's last frame comes as ``(EncodedFrame, (ClipStats,
+        HostView))`` when the clip had already ended by then; otherwise ``("stats",)`` waits for the clip's end
+        (memory update, autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
         graph's result (the graph stays usable)."""
         import queue as queue_mod
 
         kind = request[0]
-        if kind == "ping":
+        if kind == "ping":  # ("ping", session_id): the graph's first execution; it names its owner
+            import sys
+
+            tasks = _graph_loop_tasks(sys._getframe())
+            self._graph_owner = (request[1] if len(request) > 1 else "", id(tasks))
             return "pong"
         self.last_call = time.monotonic()
         if kind == "clip":
@@ -354,6 +455,7 @@ class WorldActor:
                 raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
             self._step_work = self.host.executor.submit(self.host._call, work, ())
             self._step_work.add_done_callback(lambda _: frames.put(None))  # wakes a reader if the clip fails
+            self._step_left = len(poses)
             kind = "next"
         if self._step_work is None:
             raise PreconditionError(f"world {self.world_id!r}: no clip is running on this graph")
@@ -364,13 +466,24 @@ class WorldActor:
                 error = self._step_work.exception()
                 raise error if error is not None else PreconditionError(
                     f"world {self.world_id!r}: the clip has no more frames")
+            self._step_left -= 1
+            # The clip's last frame: when the clip has already ended (no memory update left to wait for: the
+            # stand-in, or a worker that finished while this thread waited for the GIL) its stats ride along and
+            # the front door skips the ("stats",) round trip. Never waited for: the frame is not held back.
+            if self._step_left == 0 and self._step_work.done() and self._step_work.exception() is None:
+                return frame, self._step_stats()
             return frame
         if kind == "stats":
-            stats = self._step_work.result()
-            self._step_work = self._step_frames = None
-            self.last_call = time.monotonic()
-            return stats, replace(self.host.view(), controlled=self._holder() is not None)
+            self._step_work.result()
+            return self._step_stats()
         raise ValueError(f"play_step: unknown request {kind!r}")
+
+    def _step_stats(self):
+        """The graph's clip, ended: ``(ClipStats, HostView)``."""
+        stats = self._step_work.result()
+        self._step_work = self._step_frames = None
+        self.last_call = time.monotonic()
+        return stats, replace(self.host.view(), controlled=self._holder() is not None)
 
     async def generate(self, session_id: str, engine_key: str, engine_config, c2w: np.ndarray,
                        prompt: str | None, seed: int):
@@ -517,24 +630,31 @@ class _PlayGraph:
 
     Everything on the graph (compile, executions, teardown) runs on this object's own thread, in order: the graph
     is not thread-safe, and compile / teardown block. Compiling takes 0.1-0.6 s, in the background: until the
-    graph answers a ping, the session's clips take the streaming path. An actor runs one graph at a time; a graph
-    left running by a front door that died makes the next one wait behind it, so a graph that does not answer its
-    ping within ``PING_TIMEOUT_S`` is torn down and this actor is played through streaming calls from then on.
-    (A graph's first execution waits for the actor to start the graph's loop: measured 4-9 s on the loaded 2-core
-    machine, ~1 ms per round trip after that.)"""
+    graph answers a ping, the session's clips take the streaming path. An actor runs one graph at a time: the actor
+    ends any graph loop still running when a session claims the world (``WorldActor.claim``), so a graph left
+    behind by a front door that died or lost its lease never blocks the next one. A graph that does not answer its
+    ping within ``PING_TIMEOUT_S`` (or cannot be compiled: Ray Client) is torn down and the session plays through
+    streaming calls (``start_failed``: this front door then uses streaming calls for the actor until it is
+    replaced). (A graph's first execution waits for the actor to start the graph's loop: measured 4-9 s on the
+    loaded 2-core machine, ~1 ms per round trip after that.)"""
 
     PING_TIMEOUT_S = 60.0
+    SPIN_MARGIN_S = 0.010  # ``_get``: how long before a frame's predicted time the read starts
 
-    def __init__(self, actor, world_id: str) -> None:
+    def __init__(self, actor, world_id: str, session_id: str) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.actor = actor
         self.world_id = world_id
+        self.session_id = session_id
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"play-graph-{world_id[:16]}")
         self.dag = None
         self.ready = False  # compiled and answered its ping: clips may use it
-        self.failed = False  # could not be compiled or broke: this actor is played through streaming calls
+        self.failed = False  # could not be compiled, or broke: the session's clips take streaming calls
+        self.start_failed = False  # never answered its ping (or did not compile)
         self.closed = False
+        self.last_used = time.monotonic()  # the end of the graph's last clip (``RayWorldHost`` closes idle graphs)
+        self._waits: dict[bool, deque] = {True: deque(maxlen=8), False: deque(maxlen=8)}  # first / next frame, s
         self.thread.submit(self._compile)
 
     def _compile(self) -> None:
@@ -542,19 +662,22 @@ class _PlayGraph:
 
         t0 = time.perf_counter()
         try:
+            channels_without_torch()
             with InputNode() as inp:
                 node = self.actor.play_step.bind(inp)
             self.dag = node.experimental_compile()
-            if ray.get(self.dag.execute(("ping",)), timeout=self.PING_TIMEOUT_S) != "pong":
+            if ray.get(self.dag.execute(("ping", self.session_id)), timeout=self.PING_TIMEOUT_S) != "pong":
                 raise RuntimeError("the graph's ping came back wrong")
         except Exception as exc:  # noqa: BLE001 -- the streaming path serves the session instead
-            self.failed = True
-            log.warning("play graph not available; this world's frames take streaming calls", world_id=self.world_id,
-                        error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self.failed = self.start_failed = not self.closed
+            if not self.closed:
+                log.warning("play graph not available; this world's frames take streaming calls",
+                            world_id=self.world_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
             self._teardown()
             return
         self.ready = not self.closed
-        log.debug("play graph compiled", world_id=self.world_id, ms=round((time.perf_counter() - t0) * 1e3, 1))
+        log.info("play graph ready", world_id=self.world_id, session_id=self.session_id,
+                 ms=round((time.perf_counter() - t0) * 1e3, 1))
 
     def _teardown(self) -> None:
         dag, self.dag = self.dag, None
@@ -562,26 +685,52 @@ class _PlayGraph:
         if dag is not None:
             try:
                 dag.teardown()
-            except Exception as exc:  # noqa: BLE001 -- the actor died or the graph broke: nothing left to free
+            except Exception as exc:  # noqa: BLE001 -- the actor died or ended the graph: nothing left to free
                 log.debug("play graph teardown", world_id=self.world_id, error=type(exc).__name__)
 
     def clip(self, request: tuple, frames: int, sink: Callable[[int, Any], None], timeout_s: float):
         """On ``thread``: one clip (``WorldActor.play_step``): each frame to ``sink`` as it comes, then
-        ``(ClipStats, HostView)``."""
+        ``(ClipStats, HostView)``. A graph that broke before its first frame raises ``GraphLost`` (the clip did
+        not start on the actor: the caller may take the streaming path)."""
         dag = self.dag
         if dag is None:
-            raise RuntimeError("the play graph was torn down")
+            raise GraphLost("the play graph was torn down")
+        sent = 0
         try:
-            sink(0, ray.get(dag.execute(request), timeout=timeout_s))
-            for i in range(1, frames):
-                sink(i, ray.get(dag.execute(("next",)), timeout=timeout_s))
+            for i in range(frames):
+                item = self._get(dag.execute(request if i == 0 else ("next",)), i == 0, timeout_s)
+                if isinstance(item, tuple):  # the last frame with the clip's stats (WorldActor.play_step)
+                    sink(i, item[0])
+                    return item[1]
+                sink(i, item)
+                sent += 1
             return ray.get(dag.execute(("stats",)), timeout=timeout_s)
         except RayTaskError:
             raise  # the actor's own error (lease lost, world deleted, the clip failed): the graph goes on
-        except BaseException:
+        except BaseException as exc:
             self.failed = True  # a channel error, a timeout, a dead actor: this graph is done
             self._teardown()
+            # Its channels closed before the first frame: the actor ended it (another session claimed the world)
+            # or it died; either way no clip runs there for this request.
+            if sent == 0 and isinstance(exc, Exception) and not isinstance(exc, TimeoutError):
+                raise GraphLost(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
             raise
+
+    def _get(self, ref, first: bool, timeout_s: float):
+        """A frame from the graph. Ray 2.60's channel read spins (``sched_yield``) until the value is written, so a
+        frame 100 ms away cost this thread 100 ms of CPU (measured: 98 ms of CPU per frame for the front door,
+        against 16 ms with streaming calls). The thread first sleeps through most of the shortest wait of the last
+        frames of this kind (first of a clip / next), then reads: it spins only for the last ``SPIN_MARGIN_S``,
+        and a frame faster than all recent ones is late by at most the difference."""
+        t0 = time.perf_counter()
+        waits = self._waits[first]
+        if waits:
+            nap_s = min(waits) - self.SPIN_MARGIN_S
+            if nap_s > 0:
+                time.sleep(nap_s)
+        item = ray.get(ref, timeout=timeout_s)
+        waits.append(time.perf_counter() - t0)
+        return item
 
     def close(self) -> None:
         """Tear the graph down after whatever runs on its thread (non-blocking)."""
@@ -589,6 +738,10 @@ class _PlayGraph:
         self.ready = False
         self.thread.submit(self._teardown)
         self.thread.shutdown(wait=False)
+
+
+class GraphLost(RuntimeError):
+    """A session's compiled Play graph was closed before the clip reached the actor."""
 
 
 class RayWorldHost:
@@ -735,12 +888,15 @@ class RayWorldHost:
     def _open_graph(self) -> None:
         """Start compiling the session's Play graph in the background (``ClusterOptions.compiled_play``), at its
         first clip: a Generate call (streaming, with backpressure) never holds the actor's one graph."""
-        if self.store.options.compiled_play and not self._graph_failed and self._graph is None:
-            self._graph = _PlayGraph(self.actor, self.world_id)
+        if self.store.options.compiled_play and not self._graph_failed and self._graph is None \
+                and self.controller is not None:
+            self._graph = _PlayGraph(self.actor, self.world_id, self.controller)
 
     def _close_graph(self) -> None:
         if self._graph is not None:
-            self._graph_failed |= self._graph.failed
+            # a graph that never started (Ray Client, a stuck actor) is not tried again on this actor; one that the
+            # actor ended (another session claimed the world) or that broke mid-session is, by the next session
+            self._graph_failed |= self._graph.start_failed
             self._graph.close()
             self._graph = None
 
@@ -748,6 +904,13 @@ class RayWorldHost:
         period = self.store.options.lease_ttl_s / 3
         while True:
             await asyncio.sleep(period)
+            graph = self._graph
+            if graph is not None and graph.ready and time.monotonic() - graph.last_used > GRAPH_IDLE_S:
+                # While a graph is open the actor's loop spins waiting for the next clip (Ray 2.60's channel read:
+                # measured 64% of a core): a session that plays nothing for a while gives it back; its next clip
+                # opens a new graph (its clips take streaming calls until that one answers).
+                log.info("play graph idle; closed", world_id=self.world_id, session_id=session_id)
+                self._close_graph()
             try:
                 await self.actor.renew.remote(session_id)
             except Exception as exc:  # noqa: BLE001 -- the next clip reports it to the client
@@ -798,14 +961,19 @@ class RayWorldHost:
         if graph is not None and graph.ready:
             request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format)
             try:
+                graph.last_used = math.inf  # in use: never closed as idle
                 stats, self._view = await asyncio.get_running_loop().run_in_executor(
                     graph.thread, graph.clip, request, len(poses), sink, GRAPH_FRAME_TIMEOUT_S)
                 return stats
             except (RayTaskError, RayActorError) as exc:
                 raise self._failed(exc) from None
-            except Exception as exc:  # noqa: BLE001 -- the graph broke (channel closed, timed out)
-                self._graph_failed = True
+            except GraphLost as exc:  # closed before the clip reached the actor: this session goes on streaming
+                log.warning("play graph lost; the session's clips take streaming calls", world_id=self.world_id,
+                            session_id=self.controller, error=str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 -- the graph broke mid-clip (channel closed, timed out)
                 raise await self._graph_broke(exc) from None
+            finally:
+                graph.last_used = time.monotonic()
         gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
                                        frame_format)
         stats = None
@@ -814,9 +982,14 @@ class RayWorldHost:
                 item = await ref
                 if item[0] == "frame":
                     sink(item[1], item[2])
-                else:  # the clip's last item: its end-of-stream report is not waited for (one hop less per
-                    _, stats, self._view = item  # clip); a task drains it so the generator ends normally
-                    break
+                    continue
+                # the clip's last item: its end-of-stream report is not waited for (one hop less per clip); a task
+                # drains it so the generator ends normally
+                if item[0] == "last":  # the last frame with the clip's stats
+                    sink(item[1], item[2])
+                    item = item[2:]
+                _, stats, self._view = item
+                break
         except (RayTaskError, RayActorError) as exc:
             raise self._failed(exc) from None
         if stats is None:
@@ -837,7 +1010,7 @@ class RayWorldHost:
             return UnavailableError(f"world {self.world_id!r}: its actor does not answer; the next call restarts it")
         log.warning("play graph broke", world_id=self.world_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return UnavailableError(f"world {self.world_id!r}: the clip's compiled graph failed ({type(exc).__name__}); "
-                                "start the session again (it then uses streaming calls)")
+                                "start the session again")
 
     async def generate(self, engine: _RemoteEngine, c2w: np.ndarray, prompt: str | None, seed: int,
                        sink: Callable[[int, Any], bool]) -> None:

@@ -110,11 +110,28 @@ def test_a_second_front_door_serves_the_same_actor(doors):
     assert gone.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def _until_graph(door, world_id, session, timeout_s: float = 60.0):
+    """Step ``session`` (lock-step) until the door's compiled Play graph for the world answers (or fails);
+    returns the graph. Its first clips take streaming calls meanwhile."""
+    assert _step(session) is not None  # the first clip opens the graph (compiled in the background)
+    graph = _host(door, world_id)._graph
+    assert graph is not None
+    deadline = time.monotonic() + timeout_s
+    while not (graph.ready or graph.failed) and time.monotonic() < deadline:
+        assert _step(session) is not None
+    return graph
+
+
 def test_one_controller_across_front_doors_and_the_lease_expires(doors):
+    """Also the compiled Play graph (the default) across a take-over: the old session's graph was running on the
+    actor; the new session's claim ends it there, so the new door's graph starts (it used to wait behind the old
+    one for good), and the old session's next clip falls back to a streaming call, which is refused."""
     one, two = doors
     with WorldClient(one.target, timeout_s=60) as c1, WorldClient(two.target, timeout_s=60) as c2:
-        s1 = c1.play("a", record=False)
-        assert _step(s1) is not None
+        s1 = c1.play("a", record=False, lockstep=True)
+        old_graph = _until_graph(one, "a", s1)
+        assert old_graph.ready, "the first door's Play graph did not start"
+        assert _step(s1) is not None  # a clip through the graph
         with pytest.raises(WorldServiceError) as refused:
             c2.play("a", record=False)
         assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -122,15 +139,66 @@ def test_one_controller_across_front_doors_and_the_lease_expires(doors):
         # the first door "dies": it stops renewing (its session idles; nothing else renews the lease)
         _host(one, "a").stop_renewing()
         time.sleep(TTL_S * 1.5)
-        with c2.play("a", record=False) as s2:  # the expired lease is taken over
-            assert _step(s2) is not None
+        with c2.play("a", record=False, lockstep=True) as s2:  # the expired lease is taken over
+            t0 = time.monotonic()
+            new_graph = _until_graph(two, "a", s2, timeout_s=45)
+            assert new_graph.ready and not new_graph.failed, \
+                f"the new door's graph did not start in {time.monotonic() - t0:.0f} s (the old one still runs?)"
+            assert _step(s2) is not None  # through the new graph
             s1.send(move_forward=1.0, dt_s=2 / 16)  # the old session's next clip is refused
             with pytest.raises(WorldServiceError) as lost:
                 while s1.next_frame(timeout_s=60) is not None:
                     pass
             assert lost.value.code == grpc.StatusCode.FAILED_PRECONDITION
             assert "no longer holds the controller lease" in lost.value.message
+            assert old_graph.failed and not old_graph.start_failed  # lost (ended by the actor), not broken
+            assert _step(s2) is not None and new_graph.ready  # the new graph goes on
         s1.close(drain=False)
+    assert not _host(one, "a")._graph_failed  # a later session through the first door may open a graph again
+
+
+def test_a_killed_front_door_leaves_no_graph_running_on_the_actor(doors):
+    """A front door in another process claims world 'a', opens a compiled Play graph to its actor and is
+    killed (SIGKILL: no teardown, no release). Once its lease expires, a session through another door claims the
+    world, the actor ends the dead door's graph loop, and the new session's graph starts."""
+    import signal
+    import subprocess
+    import sys
+
+    _, two = doors
+    script = f"""
+import ray
+from ray.dag import InputNode
+ray.init(address={ray.get_runtime_context().gcs_address!r}, log_to_driver=False)
+actor = ray.get_actor("world:a", namespace="spatia")
+ray.get(actor.claim.remote("dead-door"), timeout=60)
+with InputNode() as inp:
+    node = actor.play_step.bind(inp)
+dag = node.experimental_compile()
+print(ray.get(dag.execute(("ping", "dead-door")), timeout=60), flush=True)
+import time; time.sleep(300)
+"""
+    door = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        assert door.stdout.readline().strip() == "pong"  # its graph runs on the actor
+    finally:
+        door.send_signal(signal.SIGKILL)
+        door.wait(timeout=30)
+    with WorldClient(two.target, timeout_s=60) as c:
+        deadline = time.monotonic() + TTL_S * 4
+        while True:  # the dead door's lease holds until it expires
+            try:
+                s = c.play("a", record=False, lockstep=True)
+                break
+            except WorldServiceError as exc:
+                assert exc.code == grpc.StatusCode.FAILED_PRECONDITION and time.monotonic() < deadline, exc
+                time.sleep(0.5)
+        with s:
+            graph = _until_graph(two, "a", s, timeout_s=45)
+            assert graph.ready and not graph.failed, "the dead door's graph loop still holds the actor"
+            f = _step(s)
+            assert f is not None and f.rgb.std() > 5  # the room, through the new graph
 
 
 def test_a_killed_actor_ends_play_with_unavailable_and_the_next_call_restarts_it(doors):
@@ -439,10 +507,13 @@ def test_restarting_an_actor_never_blocks_the_front_doors_event_loop(server, cli
     assert not server.server.store.get("b").dead
 
 
-def test_a_play_session_streams_through_its_compiled_graph(server):
-    """``compiled_play``: the session's first clips take streaming calls while its graph compiles, then go through
-    the graph (the same frames: the room); the graph is torn down when the session ends. Through a third front
-    door: the lifecycle door's sessions above tore their (never compiled) graphs down."""
+def test_a_play_session_streams_through_its_compiled_graph(server, monkeypatch):
+    """``compiled_play`` (the default): the session's first clips take streaming calls while its graph compiles,
+    then go through the graph (the same frames: the room); a session that plays nothing for ``GRAPH_IDLE_S`` has
+    its graph closed (the actor's loop spins while one is open) and its next clip opens a new one; the graph is
+    torn down when the session ends. Through a third front door on the same actors."""
+    from spatia.server import ray_host
+
     data_dir = server.config.data_dir
     with running_server(_config(data_dir, compiled_play=True)) as st:  # a third front door on the same actors
         with WorldClient(st.target, timeout_s=120) as c:
@@ -466,6 +537,17 @@ def test_a_play_session_streams_through_its_compiled_graph(server):
                     assert f is not None and f.rgb.shape == (H, W, 3) and f.rgb.std() > 5  # the room
                     seen.append(f.session_frame)
                 assert seen == sorted(seen) and len(set(seen)) == 3  # one frame per action, in order
+                monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 0.3)  # idle: closed at the next renewal (TTL / 3)
+                deadline = time.monotonic() + TTL_S
+                while host._graph is graph and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert host._graph is None and graph.closed, "the idle session's graph stayed open"
+                monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 60.0)
+                again = _until_graph(st, "a", s, timeout_s=30)  # the next clip opens a new graph
+                assert again is not graph and again.ready and not again.failed
+                f = _step(s)
+                assert f is not None and f.rgb.std() > 5
+                graph = again
             deadline = time.monotonic() + 10
             while host._graph is not None and time.monotonic() < deadline:
                 time.sleep(0.05)
