@@ -1,0 +1,58 @@
+"""The lock-step step's fast paths (issue 14 section 6, second pass): each against its slow twin, bit for bit."""
+
+import numpy as np
+import pytest
+
+from spatia.world import _memory_kernels as K
+from spatia.world._reference import reference_render, reference_tail_chunk_boxes
+from spatia.world.camera import Intrinsics, look_at
+from spatia.world.memory import MemoryConfig, SpatialMemory, depth_quant, splat_k
+
+
+def _tail_memory(seed: int) -> SpatialMemory:
+    """A memory whose points are all in the unsorted tail (below TAIL_MIN), added as a walk's frames add them:
+    batch by batch, each batch one region of space (a few chunks of rows)."""
+    rng = np.random.default_rng(seed)
+    mem = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
+    for f in range(12):
+        centre = rng.uniform(-4, 4, 3)
+        pts = centre + rng.normal(0, 0.4, (700, 3))
+        mem.integrate_points(pts, rng.integers(0, 256, (700, 3), dtype=np.uint8), frame_index=f)
+    return mem
+
+
+def test_tail_chunk_boxes_match_the_reference():
+    mem = _tail_memory(0)
+    n = mem._n
+    for start, stop, chunk in ((0, n, K.TAIL_CHUNK), (17, n - 5, 100), (0, 1, 7), (3, n, n)):
+        lo, hi = K.tail_chunk_boxes(mem._keys, start, stop, chunk)
+        rlo, rhi = reference_tail_chunk_boxes(mem._keys, start, stop, chunk)
+        assert np.array_equal(lo, rlo) and np.array_equal(hi, rhi)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_culled_tail_renders_as_every_point_does(seed):
+    """The tail's chunk culling drops only chunks that cannot reach the image: the render equals the brute-force
+    reference (every point, every splat pixel), from views inside, outside and at the edge of the cloud."""
+    mem = _tail_memory(seed)
+    assert mem._n_sorted == 0 and mem._n > 8 * K.TAIL_CHUNK
+    K_ = Intrinsics.from_fov(75.0, 96, 72)
+    rng = np.random.default_rng(seed + 10)
+    culled = 0
+    for _ in range(8):
+        eye = rng.uniform(-6, 6, 3)
+        c2w = look_at(eye, eye + rng.normal(0, 1, 3))
+        lo, hi = K.tail_chunk_boxes(mem._keys, 0, mem._n, K.TAIL_CHUNK)
+        T = c2w
+        keep = K.cull_voxel_boxes(lo, hi, np.ascontiguousarray(T[:3, :3].T), T[:3, 3].copy(), K_.fx, K_.fy, K_.cx,
+                                  K_.cy, K_.width, K_.height, float(mem.config.max_splat_px), mem.config.min_depth_m,
+                                  mem.config.max_depth_m, mem.config.voxel_size_m)
+        culled += int((~keep).sum())
+        got = mem.render(K_, c2w, return_point_ids=True)
+        n = mem._n
+        ref = reference_render(mem._keys[:n], mem._offsets[:n], mem._colors[:n], mem.config.voxel_size_m, K_, c2w,
+                               mem.config.min_depth_m, mem.config.max_depth_m, splat_k(mem.config, K_),
+                               mem.config.max_splat_px, depth_quant(mem.config))
+        for a, b in zip((got.rgb, got.depth_m, got.valid, got.point_ids), ref):
+            assert np.array_equal(a, b)
+    assert culled > 0  # the views did cull chunks (else this test would not test the culling)
