@@ -56,3 +56,41 @@ def test_a_culled_tail_renders_as_every_point_does(seed):
         for a, b in zip((got.rgb, got.depth_m, got.valid, got.point_ids), ref):
             assert np.array_equal(a, b)
     assert culled > 0  # the views did cull chunks (else this test would not test the culling)
+
+
+def test_serial_warp_and_claim_match_their_references():
+    """The one-thread warp (no band buffers) equals the banded kernel and the reference; the fused claim equals
+    the numpy mask + copyto + or it replaced."""
+    from spatia.world.warp import (
+        _reference_claim_warped, _warp_kernel, _warp_serial, claim_warped, warp_rgbd_reference,
+    )
+
+    rng = np.random.default_rng(3)
+    h, w = 36, 48
+    src = Intrinsics.from_fov(70, w, h)
+    dst = Intrinsics.from_fov(60, 40, 30)
+    for seed in range(3):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        depth = (2.0 + rng.random((h, w))).astype(np.float32)
+        depth[rng.random((h, w)) < 0.1] = 0.0
+        dst_pose = look_at(rng.normal(0, 0.2, 3), [rng.normal(0, 0.3), rng.normal(0, 0.3), 2.5])
+        rel = np.linalg.inv(dst_pose)
+        args = (rgb, depth, src.fx, src.fy, src.cx, src.cy, np.ascontiguousarray(rel[:3, :3]),
+                np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx, dst.cy)
+        outs = []
+        for kernel, extra in ((_warp_serial, ()), (_warp_kernel, (1,)), (_warp_kernel, (3,))):
+            o_rgb, o_depth = np.zeros((30, 40, 3), np.uint8), np.zeros((30, 40), np.float32)
+            kernel(*args, o_rgb, o_depth, *extra)
+            outs.append((o_rgb, o_depth))
+        ref = warp_rgbd_reference(rgb, depth, src, np.eye(4), dst, dst_pose)
+        for o_rgb, o_depth in outs:
+            assert np.array_equal(o_rgb, ref.rgb) and np.array_equal(o_depth, ref.depth_m)
+        base = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        claimed = rng.random((30, 40)) < 0.3
+        allowed = rng.random((30, 40)) < 0.6
+        a_rgb, a_claimed = base.copy(), claimed.copy()
+        claim_warped(a_rgb, a_claimed, ref.rgb, ref.depth_m, allowed)
+        b_rgb, b_claimed = base.copy(), claimed.copy()
+        _reference_claim_warped(b_rgb, b_claimed, ref.rgb, ref.depth_m, allowed)
+        assert np.array_equal(a_rgb, b_rgb) and np.array_equal(a_claimed, b_claimed)
+        assert a_claimed.sum() > claimed.sum()  # the warp claimed pixels (the test tests something)
