@@ -94,3 +94,16 @@ def test_serial_warp_and_claim_match_their_references():
         _reference_claim_warped(b_rgb, b_claimed, ref.rgb, ref.depth_m, allowed)
         assert np.array_equal(a_rgb, b_rgb) and np.array_equal(a_claimed, b_claimed)
         assert a_claimed.sum() > claimed.sum()  # the warp claimed pixels (the test tests something)
+
+
+def test_first_use_renumber_matches_the_sort():
+    """A save's voxel-set range renumbers its columns in one pass; the same arrays as the stable-sort version."""
+    from spatia.world.history import _renumber_kernel, reference_first_use_renumber
+
+    rng = np.random.default_rng(5)
+    for n_cols, m in ((1, 0), (1, 5), (50, 400), (5000, 3000)):
+        cols = rng.integers(0, n_cols, m).astype(np.int32)
+        used, out = _renumber_kernel()(cols, n_cols)
+        r_used, r_out = reference_first_use_renumber(cols, n_cols)
+        assert np.array_equal(used, r_used) and np.array_equal(out, r_out)
+        assert out.dtype == np.int32 and np.array_equal(used[out], cols)
