@@ -107,3 +107,20 @@ def test_first_use_renumber_matches_the_sort():
         r_used, r_out = reference_first_use_renumber(cols, n_cols)
         assert np.array_equal(used, r_used) and np.array_equal(out, r_out)
         assert out.dtype == np.int32 and np.array_equal(used[out], cols)
+
+
+def test_voxel_set_overlaps_match_set_intersections():
+    """The compaction's compiled overlap counts equal plain set intersections, and leave the scratch clear."""
+    from spatia.world.history import VoxelSetIndex
+
+    rng = np.random.default_rng(6)
+    index = VoxelSetIndex()
+    sets = [rng.choice(3000, size=int(rng.integers(0, 900)), replace=False).astype(np.int64) * 7 for _ in range(12)]
+    for keys in sets:
+        index.add(keys)
+    mark = np.zeros(2 * index.num_voxels, bool)
+    for f in (0, 5, 11):
+        frames = np.array([g for g in range(12) if g != f], np.int64)
+        got = index.overlaps(f, frames, mark)
+        assert got.tolist() == [len(set(sets[f]) & set(sets[g])) for g in frames]
+        assert not mark.any()

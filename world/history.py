@@ -371,6 +371,30 @@ def _renumber_kernel():
     return first_use_renumber
 
 
+@functools.cache
+def _overlap_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def overlaps(cols, offsets, f, frames, mark):
+        """Shared columns of frame ``f``'s forward list with each of ``frames``' (``VoxelSetIndex.overlaps``)."""
+        for p in range(offsets[f], offsets[f + 1]):
+            mark[cols[p]] = True
+        out = np.zeros(frames.shape[0], np.int64)
+        for j in range(frames.shape[0]):
+            g = frames[j]
+            n = 0
+            for p in range(offsets[g], offsets[g + 1]):
+                if mark[cols[p]]:
+                    n += 1
+            out[j] = n
+        for p in range(offsets[f], offsets[f + 1]):
+            mark[cols[p]] = False
+        return out
+
+    return overlaps
+
+
 def reference_first_use_renumber(cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     """``first_use_renumber`` by a stable sort (``to_arrays``' former code), for tests."""
     used, first, _ = unique_first(cols)
@@ -561,6 +585,12 @@ class VoxelSetIndex:
         """``[V]`` int32 distinct column ids of one frame's set (read-only view)."""
         off = self._offsets.view
         return self._cols.view[off[frame] : off[frame + 1]]
+
+    def overlaps(self, f: int, frames: np.ndarray, mark: np.ndarray) -> np.ndarray:
+        """``[G]`` int64: ``|voxels(f) ∩ voxels(g)|`` for each ``g`` of ``frames`` ([G] int64), in one compiled pass
+        (marks ``f``'s columns in ``mark``, a bool scratch of >= ``num_voxels`` all False, and clears them again).
+        The per-frame fancy-indexed mark, count and clear cost ~0.2 ms of a 128x96 lock-step step."""
+        return _overlap_kernel()(self._cols.buffer, self._offsets.buffer, f, frames, mark)
 
     def rebuilt(self, keep: np.ndarray) -> "VoxelSetIndex":
         """A fresh index over the same frames where frames with ``keep[f]`` False have empty sets: their runs,
@@ -911,20 +941,17 @@ class FrameStore:
         oldest beyond ``compact_max_views``; rebuild the index once dropped sets outweigh the live ones."""
         views = self._cells.setdefault(self._cell(f), [])
         if views:
-            cols_f = self.voxels.columns(f)
             if self._mark.shape[0] < self.voxels.num_voxels:
                 self._mark = np.zeros(2 * self.voxels.num_voxels, dtype=np.bool_)
-            self._mark[cols_f] = True
+            inters = self.voxels.overlaps(f, np.asarray(views, dtype=np.int64), self._mark)
+            size_f = self.voxels.size_of(f)
             keep = []
-            for g in views:
-                cols_g = self.voxels.columns(g)
-                inter = int(np.count_nonzero(self._mark[cols_g]))
-                union = cols_f.shape[0] + cols_g.shape[0] - inter
+            for g, inter in zip(views, inters.tolist()):
+                union = size_f + self.voxels.size_of(g) - inter
                 if union > 0 and inter / union >= self.config.compact_min_iou:
                     self._drop(g)
                 else:
                     keep.append(g)
-            self._mark[cols_f] = False
             views[:] = keep
         views.append(f)
         while len(views) > self.config.compact_max_views:
