@@ -240,6 +240,7 @@ class WorldActor:
         self._step_frames = None  # its frames, as the worker encodes them (a queue.SimpleQueue)
         self._step_left = 0  # its frames not yet returned
         self._graph_owner: tuple[str, int] | None = None  # (session id, id of its loop's tasks): who pinged last
+        self._ended_loops: set[int] = set()  # ids of the graph loops' task lists this actor ended (``_end_graphs``)
         self.node_id = ray.get_runtime_context().get_node_id()
         log.info("world actor started", world_id=world_id, epoch=self.epoch, node=self.node_id[:12],
                  pid=os.getpid(), points=world.memory.num_points)
@@ -328,7 +329,12 @@ class WorldActor:
         from ray.dag.compiled_dag_node import do_cancel_executable_tasks
 
         ended = 0
-        for tasks in running_graph_loops():
+        running = running_graph_loops()
+        self._ended_loops &= {id(t) for t in running}  # a loop ended here may take a moment to exit: once is enough
+        for tasks in running:
+            if id(tasks) in self._ended_loops:
+                continue
+            self._ended_loops.add(id(tasks))
             owner = self._graph_owner[0] if self._graph_owner and self._graph_owner[1] == id(tasks) else "unknown"
             try:  # closing a channel whose other end was on a lost node may wait on the network: off the loop
                 await asyncio.wait_for(asyncio.to_thread(do_cancel_executable_tasks, self, tasks), GRAPH_END_TIMEOUT_S)
