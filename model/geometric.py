@@ -35,7 +35,7 @@ from spatia.world.generator import (
 )
 from spatia.world.geometry import pixel_rays
 from spatia.world.update import fill_holes_background
-from spatia.world.warp import warp_rgbd
+from spatia.world.warp import claim_warped, warp_rgbd
 from spatia.model.fill.freespace import seen_through, world_points
 from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
@@ -511,9 +511,7 @@ class GeometricGenerator:
                 allowed = np.ones_like(valid)
             elif close:
                 allowed = allowed | (np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6))
-            take = warped.valid & ~claimed & allowed
-            np.copyto(rgb, warped.rgb, where=take[..., None])  # ~3x faster than boolean-index assignment
-            claimed |= take
+            claim_warped(rgb, claimed, warped.rgb, warped.depth_m, allowed)  # rgb, claimed: in place
         return valid | claimed
 
     def generate(self, request: ClipRequest) -> ClipResult:

@@ -153,6 +153,43 @@ def test_a_wall_the_path_goes_through_has_a_doorway_to_the_room_beyond():
     np.testing.assert_array_equal(flagged, want)
 
 
+def test_doorways_where_the_camera_heads_through_an_unseen_wall_and_just_before_a_crossing():
+    """Play clips know ~1 m of the path ahead. (a) Where the camera heads (its last step continued
+    ``door_lookahead_m``) through a part of a wall nothing observed, that wall has a doorway; not through an
+    observed part, and not for a camera turning in place. (b) A wall the path goes through stays a bound with its
+    doorway when the camera is closer to it than the free-space margin (before, it dropped out of the bounds and
+    the memory's wall there stayed on screen)."""
+    rng = np.random.default_rng(4)
+    pts = _box_room_points(rng, np.eye(3))  # back wall z = 8 seen over x 0-6; the wall at z = 0 never seen
+    layout = estimate_layout(pts, np.array([3.0, 1.6, 4.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(max_room_extent_m=20.0))
+    assert layout.config.door_lookahead_m == pytest.approx(2.0)
+
+    def doors(cam, path):
+        return [(round(abs(o.plane.offset_m), 1), round(abs(o.centre_m), 1)) for o in view_bounds(layout, cam, path).openings]
+
+    # (a) heading towards the unseen wall z ~ 0 from 1.8 m: a doorway where the heading meets it
+    cam = np.array([3.0, 1.6, 1.8])
+    assert doors(cam, np.array([[3.0, 1.6, 3.0], cam])) == [(0.0, 3.0)]
+    assert doors(cam, np.array([[3.0, 1.6, 4.5], cam])) == [(0.0, 3.0)]
+    # ... not from farther than the look-ahead, not for a camera turning in place
+    far = np.array([3.0, 1.6, 2.6])
+    assert doors(far, np.array([[3.0, 1.6, 3.5], far])) == []
+    assert doors(cam, np.array([cam, cam])) == []
+    # ... and not through the observed back wall (z = 8, seen over x 0-6)
+    cam = np.array([3.0, 1.6, 6.8])
+    assert doors(cam, np.array([[3.0, 1.6, 5.0], cam])) == []
+    assert layout.config.door_lookahead_m > 8.0 - 6.8
+    # (b) 0.3 m before the back wall with the crossing in the path: the wall bounds the view, with its doorway
+    cam = np.array([3.0, 1.6, 7.7])
+    view = view_bounds(layout, cam, np.array([[3.0, 1.6, 6.0], cam, [3.0, 1.6, 8.5]]))
+    back = [p for p in view.bounds if p.kind == WALL and abs(abs(p.offset_m) - 8.0) < 0.05 and not p.derived]
+    assert len(back) == 1 and [o.plane for o in view.openings] == back
+    # ... a wall 0.3 m ahead that the path does not go through is left out as before (free space)
+    view = view_bounds(layout, cam, np.array([[3.0, 1.6, 6.0], cam, [2.0, 1.6, 7.7]]))
+    assert not [p for p in view.bounds if p.kind == WALL and abs(abs(p.offset_m) - 8.0) < 0.05]
+
+
 def test_plane_texture_is_anchored_in_the_plane():
     rng = np.random.default_rng(2)
     pts = _box_room_points(rng, np.eye(3))

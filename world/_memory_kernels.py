@@ -400,6 +400,80 @@ def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_p
     return keep
 
 
+TAIL_CHUNK = 256  # rows of the unsorted tail per culling box (a frame adds its new points as consecutive rows)
+
+
+@nb.njit(cache=True, nogil=True)
+def tail_chunk_boxes(keys, start, stop, chunk):
+    """Voxel-coordinate bounding boxes of the rows ``[start, stop)`` in chunks of ``chunk`` rows: ``lo``, ``hi``
+    ``[C, 3]`` int64 (inclusive, the keys' 21-bit fields per axis). Rows of the unsorted tail were appended frame
+    by frame (and compaction moves only a few), so a chunk holds points of one region of space."""
+    n_chunks = (stop - start + chunk - 1) // chunk
+    lo = np.empty((n_chunks, 3), np.int64)
+    hi = np.empty((n_chunks, 3), np.int64)
+    for c in range(n_chunks):
+        a = start + c * chunk
+        b = min(a + chunk, stop)
+        x0 = y0 = z0 = KEY_MASK
+        x1 = y1 = z1 = np.int64(0)
+        for i in range(a, b):
+            k = keys[i]
+            ux = (k >> (2 * KEY_BITS)) & KEY_MASK
+            uy = (k >> KEY_BITS) & KEY_MASK
+            uz = k & KEY_MASK
+            x0 = min(x0, ux)
+            x1 = max(x1, ux)
+            y0 = min(y0, uy)
+            y1 = max(y1, uy)
+            z0 = min(z0, uz)
+            z1 = max(z1, uz)
+        lo[c, 0], lo[c, 1], lo[c, 2] = x0, y0, z0
+        hi[c, 0], hi[c, 1], hi[c, 2] = x1, y1, z1
+    return lo, hi
+
+
+@nb.njit(cache=True, nogil=True)
+def cull_voxel_boxes(lo, hi, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_px, min_depth, max_depth,
+                     voxel_size_m):
+    """``cull_blocks``' test for boxes of whole voxels ``lo..hi`` (inclusive voxel coordinates, ``[C, 3]``): True
+    where the box may put a splat inside the (margin-grown) image between the depth limits (dropped only when all
+    8 corners lie outside one face of the frustum)."""
+    n = lo.shape[0]
+    keep = np.zeros(n, np.bool_)
+    pad = 1e-3 * voxel_size_m  # float slack: decoded points lie strictly inside their voxel anyway
+    for b in range(n):
+        x0 = np.float64(lo[b, 0] - KEY_OFFSET) * voxel_size_m - pad
+        y0 = np.float64(lo[b, 1] - KEY_OFFSET) * voxel_size_m - pad
+        z0 = np.float64(lo[b, 2] - KEY_OFFSET) * voxel_size_m - pad
+        sx = np.float64(hi[b, 0] + 1 - lo[b, 0]) * voxel_size_m + 2 * pad
+        sy = np.float64(hi[b, 1] + 1 - lo[b, 1]) * voxel_size_m + 2 * pad
+        sz = np.float64(hi[b, 2] + 1 - lo[b, 2]) * voxel_size_m + 2 * pad
+        out = 0x3F  # bit i set: every corner so far is outside face i
+        for c in range(8):
+            px = x0 + sx * (c & 1) - cam_t[0]
+            py = y0 + sy * ((c >> 1) & 1) - cam_t[1]
+            pz = z0 + sz * ((c >> 2) & 1) - cam_t[2]
+            xc = w2c_r[0, 0] * px + w2c_r[0, 1] * py + w2c_r[0, 2] * pz
+            yc = w2c_r[1, 0] * px + w2c_r[1, 1] * py + w2c_r[1, 2] * pz
+            zc = w2c_r[2, 0] * px + w2c_r[2, 1] * py + w2c_r[2, 2] * pz
+            f = 0
+            if zc < min_depth:
+                f |= 1
+            if zc > max_depth:
+                f |= 2
+            if fx * xc + (cx + margin_px) * zc < 0.0:  # u < -margin
+                f |= 4
+            if fx * xc + (cx - width - margin_px) * zc > 0.0:  # u > W + margin
+                f |= 8
+            if fy * yc + (cy + margin_px) * zc < 0.0:
+                f |= 16
+            if fy * yc + (cy - height - margin_px) * zc > 0.0:
+                f |= 32
+            out &= f
+        keep[b] = out == 0
+    return keep
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Render
 # ---------------------------------------------------------------------------------------------------------------

@@ -189,3 +189,12 @@ def reference_render(
 def reference_visible_voxel_keys(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Sorted unique keys of the points that own a pixel in a rendered id image (-1 = none)."""
     return np.unique(keys[np.unique(ids[ids >= 0])])
+
+
+def reference_tail_chunk_boxes(keys: np.ndarray, start: int, stop: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``tail_chunk_boxes`` in numpy: per chunk of ``chunk`` rows of ``keys[start:stop]``, the min and max of each
+    axis' voxel coordinate field ([C, 3] int64 each, inclusive)."""
+    u = np.stack([(keys[start:stop] >> (2 * KEY_BITS)) & KEY_MASK, (keys[start:stop] >> KEY_BITS) & KEY_MASK,
+                  keys[start:stop] & KEY_MASK], axis=1).astype(np.int64)
+    firsts = np.arange(0, stop - start, chunk)
+    return np.minimum.reduceat(u, firsts, axis=0), np.maximum.reduceat(u, firsts, axis=0)

@@ -345,6 +345,65 @@ def _kernels():
     return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct
 
 
+@functools.cache
+def _renumber_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def first_use_renumber(cols, n_cols):
+        """``cols`` [M] int32 in ``[0, n_cols)`` -> (the distinct columns in first-use order [U] int32, ``cols``
+        renumbered 0..U-1 in that order [M] int32); ``reference_first_use_renumber`` is the numpy version."""
+        remap = np.full(n_cols, -1, np.int32)
+        used = np.empty(min(cols.shape[0], n_cols), np.int32)
+        out = np.empty(cols.shape[0], np.int32)
+        n = 0
+        for i in range(cols.shape[0]):
+            c = cols[i]
+            r = remap[c]
+            if r < 0:
+                r = n
+                remap[c] = n
+                used[n] = c
+                n += 1
+            out[i] = r
+        return used[:n].copy(), out
+
+    return first_use_renumber
+
+
+@functools.cache
+def _overlap_kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def overlaps(cols, offsets, f, frames, mark):
+        """Shared columns of frame ``f``'s forward list with each of ``frames``' (``VoxelSetIndex.overlaps``)."""
+        for p in range(offsets[f], offsets[f + 1]):
+            mark[cols[p]] = True
+        out = np.zeros(frames.shape[0], np.int64)
+        for j in range(frames.shape[0]):
+            g = frames[j]
+            n = 0
+            for p in range(offsets[g], offsets[g + 1]):
+                if mark[cols[p]]:
+                    n += 1
+            out[j] = n
+        for p in range(offsets[f], offsets[f + 1]):
+            mark[cols[p]] = False
+        return out
+
+    return overlaps
+
+
+def reference_first_use_renumber(cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``first_use_renumber`` by a stable sort (``to_arrays``' former code), for tests."""
+    used, first, _ = unique_first(cols)
+    order = np.argsort(first, kind="stable")
+    remap = np.empty(n_cols, dtype=np.int32)
+    remap[used[order]] = np.arange(used.shape[0], dtype=np.int32)
+    return used[order].astype(np.int32), (remap[cols] if cols.size else cols.copy()).astype(np.int32)
+
+
 class _Growing:
     """A numpy array that grows along axis 0 with amortised O(1) appends (capacity x1.5: the voxel lists get
     to hundreds of MB, so less slack than doubling)."""
@@ -527,6 +586,12 @@ class VoxelSetIndex:
         off = self._offsets.view
         return self._cols.view[off[frame] : off[frame + 1]]
 
+    def overlaps(self, f: int, frames: np.ndarray, mark: np.ndarray) -> np.ndarray:
+        """``[G]`` int64: ``|voxels(f) ∩ voxels(g)|`` for each ``g`` of ``frames`` ([G] int64), in one compiled pass
+        (marks ``f``'s columns in ``mark``, a bool scratch of >= ``num_voxels`` all False, and clears them again).
+        The per-frame fancy-indexed mark, count and clear cost ~0.2 ms of a 128x96 lock-step step."""
+        return _overlap_kernel()(self._cols.buffer, self._offsets.buffer, f, frames, mark)
+
     def rebuilt(self, keep: np.ndarray) -> "VoxelSetIndex":
         """A fresh index over the same frames where frames with ``keep[f]`` False have empty sets: their runs,
         postings and the columns only they saw are gone (compaction)."""
@@ -606,14 +671,12 @@ class VoxelSetIndex:
         if start == 0 and stop == len(self) and cols.shape[0] == self._cols.size:
             # every column was created by some frame's set, in first-use order: the table as it is
             return {"voxel_col_keys": self._col_keys.view.copy(), "voxel_cols": cols.copy(), "voxel_offsets": offsets}
-        # renumber the columns these frames use in first-use order
-        used, first, _ = unique_first(cols)
-        order = np.argsort(first, kind="stable")
-        remap = np.empty(self._col_keys.size, dtype=np.int32)
-        remap[used[order]] = np.arange(used.shape[0], dtype=np.int32)
+        # renumber the columns these frames use in first-use order: one pass (a save's range of ~10^6 columns
+        # took ~100 ms through a stable argsort, on the world's thread between two clips)
+        used, renumbered = _renumber_kernel()(np.ascontiguousarray(cols, dtype=np.int32), self._col_keys.size)
         return {
-            "voxel_col_keys": self._col_keys.view[used[order]].copy(),  # [U] int64: column -> voxel key
-            "voxel_cols": remap[cols] if cols.size else cols.copy(),  # [nnz] int32: every frame's columns
+            "voxel_col_keys": self._col_keys.view[used],  # [U] int64: column -> voxel key (a gather: a copy)
+            "voxel_cols": renumbered,  # [nnz] int32: every frame's columns
             "voxel_offsets": offsets,  # [F + 1] int64: frame f is cols[off[f]:off[f+1]]
         }
 
@@ -878,20 +941,17 @@ class FrameStore:
         oldest beyond ``compact_max_views``; rebuild the index once dropped sets outweigh the live ones."""
         views = self._cells.setdefault(self._cell(f), [])
         if views:
-            cols_f = self.voxels.columns(f)
             if self._mark.shape[0] < self.voxels.num_voxels:
                 self._mark = np.zeros(2 * self.voxels.num_voxels, dtype=np.bool_)
-            self._mark[cols_f] = True
+            inters = self.voxels.overlaps(f, np.asarray(views, dtype=np.int64), self._mark)
+            size_f = self.voxels.size_of(f)
             keep = []
-            for g in views:
-                cols_g = self.voxels.columns(g)
-                inter = int(np.count_nonzero(self._mark[cols_g]))
-                union = cols_f.shape[0] + cols_g.shape[0] - inter
+            for g, inter in zip(views, inters.tolist()):
+                union = size_f + self.voxels.size_of(g) - inter
                 if union > 0 and inter / union >= self.config.compact_min_iou:
                     self._drop(g)
                 else:
                     keep.append(g)
-            self._mark[cols_f] = False
             views[:] = keep
         views.append(f)
         while len(views) > self.config.compact_max_views:

@@ -374,8 +374,17 @@ class SpatialMemory:
         )
         starts, stops = _visible_ranges(keep, self._block_starts)
         if self._n > self._n_sorted:
-            starts = np.append(starts, self._n_sorted)
-            stops = np.append(stops, self._n)
+            # the unsorted tail (up to TAIL_MIN = 65 k points, all of a world below that) is culled by chunks of
+            # rows: its rows were appended frame by frame, so a chunk's box is one region of space (at 128x96 the
+            # tail was ~40 % of a lock-step step's render). The result does not change: a culled chunk has no
+            # point whose splat reaches the image, and the z-buffer's winner does not depend on the scan order.
+            lo, hi = K.tail_chunk_boxes(self._keys, self._n_sorted, self._n, K.TAIL_CHUNK)
+            t_starts, t_stops = _visible_ranges(K.cull_voxel_boxes(
+                lo, hi, w2c_r, cam_t, fx, fy, cx, cy, width, height, float(max_splat), cfg.min_depth_m,
+                cfg.max_depth_m, cfg.voxel_size_m), np.append(
+                    np.arange(self._n_sorted, self._n, K.TAIL_CHUNK, dtype=np.int64), np.int64(self._n)))
+            starts = np.concatenate([starts, t_starts])
+            stops = np.concatenate([stops, t_stops])
         return K.render_points(
             self._keys, self._offsets, self._colors, starts, stops, w2c_r, cam_t, fx, fy, cx, cy, width, height,
             cfg.voxel_size_m, cfg.min_depth_m, cfg.max_depth_m, splat_k(cfg, intrinsics), max_splat,

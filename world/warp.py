@@ -53,48 +53,55 @@ def _project_source(rgb, depth_m, src, c2w_src, dst, c2w_dst):
     return u, v, z.astype(np.float32), colors, size
 
 
+@numba.njit(inline="always")
+def _warp_rows(rgb, depth, y_lo, y_hi, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, o_depth, o_rgb):  # pragma: no cover
+    """Warp source rows ``[y_lo, y_hi)`` into the z-buffer ``o_depth`` / ``o_rgb`` (0 = empty): per source pixel,
+    unproject (pixel centre + 0.5), move into the target camera (R, t: source camera -> target camera), project,
+    splat a square of the projected size; nearest depth wins, ties to the later pixel."""
+    w = depth.shape[1]
+    H, W = o_depth.shape
+    for y in range(y_lo, y_hi):
+        for x in range(w):
+            z_s = depth[y, x]
+            if not (z_s > 0.0):  # 0 = unknown (NaN compares false too)
+                continue
+            px = (x + 0.5 - s_cx) / s_fx * z_s
+            py = (y + 0.5 - s_cy) / s_fy * z_s
+            qx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * z_s + t[0]
+            qy = R[1, 0] * px + R[1, 1] * py + R[1, 2] * z_s + t[1]
+            qz = R[2, 0] * px + R[2, 1] * py + R[2, 2] * z_s + t[2]
+            if qz <= 1e-6:
+                continue
+            u = d_fx * qx / qz + d_cx
+            v = d_fy * qy / qz + d_cy
+            if abs(u) > 1e7 or abs(v) > 1e7:
+                continue
+            scale = (d_fx / s_fx) * z_s / max(qz, 1e-9)
+            s = min(max(int(np.ceil(scale - 1e-6)), 1), MAX_SPLAT_PX)
+            x0 = int(np.floor(u - 0.5 * s + 0.5))
+            y0 = int(np.floor(v - 0.5 * s + 0.5))
+            zf = np.float32(qz)
+            for yy in range(max(y0, 0), min(y0 + s, H)):
+                for xx in range(max(x0, 0), min(x0 + s, W)):
+                    if o_depth[yy, xx] == 0.0 or zf <= o_depth[yy, xx]:  # ties: the later pixel wins
+                        o_depth[yy, xx] = zf
+                        o_rgb[yy, xx, 0] = rgb[y, x, 0]
+                        o_rgb[yy, xx, 1] = rgb[y, x, 1]
+                        o_rgb[yy, xx, 2] = rgb[y, x, 2]
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth, n_chunks):  # pragma: no cover
-    """Per source pixel: unproject (pixel centre + 0.5), move into the target camera (R, t: source camera ->
-    target camera), project, splat a square of the projected size; nearest depth wins, ties to the later pixel.
-
-    The source rows are split into ``n_chunks`` bands warped in parallel, each into its own z-buffer; the merge
-    takes the nearest depth per pixel and, on a tie, the later band, so the result is exactly the serial one."""
-    h, w = depth.shape
+    """``_warp_rows`` over all source rows, split into ``n_chunks`` bands warped in parallel, each into its own
+    z-buffer; the merge takes the nearest depth per pixel and, on a tie, the later band, so the result is exactly
+    the serial one (``_warp_serial``)."""
+    h = depth.shape[0]
     H, W = out_depth.shape
     band_depth = np.zeros((n_chunks, H, W), np.float32)
     band_rgb = np.zeros((n_chunks, H, W, 3), np.uint8)
     for c in numba.prange(n_chunks):
-        b_depth = band_depth[c]
-        b_rgb = band_rgb[c]
-        for y in range(c * h // n_chunks, (c + 1) * h // n_chunks):
-            for x in range(w):
-                z_s = depth[y, x]
-                if not (z_s > 0.0):  # 0 = unknown (NaN compares false too)
-                    continue
-                px = (x + 0.5 - s_cx) / s_fx * z_s
-                py = (y + 0.5 - s_cy) / s_fy * z_s
-                qx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * z_s + t[0]
-                qy = R[1, 0] * px + R[1, 1] * py + R[1, 2] * z_s + t[1]
-                qz = R[2, 0] * px + R[2, 1] * py + R[2, 2] * z_s + t[2]
-                if qz <= 1e-6:
-                    continue
-                u = d_fx * qx / qz + d_cx
-                v = d_fy * qy / qz + d_cy
-                if abs(u) > 1e7 or abs(v) > 1e7:
-                    continue
-                scale = (d_fx / s_fx) * z_s / max(qz, 1e-9)
-                s = min(max(int(np.ceil(scale - 1e-6)), 1), MAX_SPLAT_PX)
-                x0 = int(np.floor(u - 0.5 * s + 0.5))
-                y0 = int(np.floor(v - 0.5 * s + 0.5))
-                zf = np.float32(qz)
-                for yy in range(max(y0, 0), min(y0 + s, H)):
-                    for xx in range(max(x0, 0), min(x0 + s, W)):
-                        if b_depth[yy, xx] == 0.0 or zf <= b_depth[yy, xx]:  # ties: the later pixel wins
-                            b_depth[yy, xx] = zf
-                            b_rgb[yy, xx, 0] = rgb[y, x, 0]
-                            b_rgb[yy, xx, 1] = rgb[y, x, 1]
-                            b_rgb[yy, xx, 2] = rgb[y, x, 2]
+        _warp_rows(rgb, depth, c * h // n_chunks, (c + 1) * h // n_chunks, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy,
+                   d_cx, d_cy, band_depth[c], band_rgb[c])
     for yy in numba.prange(H):
         for xx in range(W):
             best = np.float32(0.0)
@@ -111,6 +118,35 @@ def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_c
                 out_rgb[yy, xx, 2] = band_rgb[band, yy, xx, 2]
 
 
+@numba.njit(cache=True, nogil=True)
+def _warp_serial(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth):  # pragma: no cover
+    """One thread: straight into the (zeroed) outputs, no band buffers, no merge pass, no parallel launch (the
+    lock-step server and the gym env run numba single-threaded; the merge of one band copied every pixel)."""
+    _warp_rows(rgb, depth, 0, depth.shape[0], s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_depth, out_rgb)
+
+
+@numba.njit(cache=True, nogil=True)
+def claim_warped(rgb, claimed, w_rgb, w_depth, allowed):  # pragma: no cover
+    """Where the warp landed (``w_depth`` > 0), no earlier reference claimed the pixel and ``allowed``: copy the
+    warped colour into ``rgb`` [H, W, 3] and claim the pixel (``claimed`` [H, W] bool, in place). One pass for
+    what took a mask, a masked ``copyto`` and an or (``_reference_claim_warped``)."""
+    H, W = w_depth.shape
+    for y in range(H):
+        for x in range(W):
+            if w_depth[y, x] > 0.0 and not claimed[y, x] and allowed[y, x]:
+                rgb[y, x, 0] = w_rgb[y, x, 0]
+                rgb[y, x, 1] = w_rgb[y, x, 1]
+                rgb[y, x, 2] = w_rgb[y, x, 2]
+                claimed[y, x] = True
+
+
+def _reference_claim_warped(rgb, claimed, w_rgb, w_depth, allowed) -> None:
+    """``claim_warped`` in numpy (the generator's code before the kernel)."""
+    take = (w_depth > 0) & ~claimed & allowed
+    np.copyto(rgb, w_rgb, where=take[..., None])
+    claimed |= take
+
+
 def warp_rgbd(
     rgb: np.ndarray,  # [h, w, 3] uint8, source frame
     depth_m: np.ndarray,  # [h, w] float32 z-depth of the source, 0 = unknown
@@ -124,9 +160,14 @@ def warp_rgbd(
     rel = np.linalg.inv(np.asarray(c2w_dst, np.float64)) @ np.asarray(c2w_src, np.float64)  # source cam -> target cam
     out_rgb = np.zeros((dst.height, dst.width, 3), np.uint8)
     out_depth = np.zeros((dst.height, dst.width), np.float32)
-    _warp_kernel(np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy, src.cx,
-                 src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx,
-                 dst.cy, out_rgb, out_depth, max(1, numba.get_num_threads()))
+    args = (np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy, src.cx,
+            src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx,
+            dst.cy, out_rgb, out_depth)
+    threads = numba.get_num_threads()
+    if threads > 1:
+        _warp_kernel(*args, threads)
+    else:
+        _warp_serial(*args)
     return WarpResult(out_rgb, out_depth, out_depth > 0)
 
 

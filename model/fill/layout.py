@@ -86,6 +86,11 @@ class LayoutConfig:
     door_width_m: float = 1.0
     door_height_m: float = 2.0
     door_slab_m: float = 0.3  # memory points within this of a wall, inside its doorway, are the wall's (opening_pixels)
+    # the path's last step continued this far (the way the camera is heading) also makes doorways, but only in
+    # parts of a wall nothing observed (outside its observed extent; closing walls): the camera cannot walk through
+    # a wall, and in play clips (6 poses ahead, ~1 m) the path showed a doorway only in the last metre before it.
+    # House loop, play clips, 320x180: novel-pixel depth AbsRel 0.206 -> see docs/RESULTS.md (session 8)
+    door_lookahead_m: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -404,6 +409,8 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
     cfg = layout.config
     out: list[Plane] = []
     eye_m = float(camera_m @ layout.axes[0])
+    path_m = _heading_path(reach_m, cfg.door_lookahead_m)  # [P or P + 1, 3]: where the camera is heading, too
+    known = len(reach_m)
     ceilings = [p.offset_m for p in layout.planes if p.kind == CEILING]
     # only a wall reaching the ceiling (or well above the eye without one) can have been walked through: the
     # front of a bookshelf or a sofa's back the camera passed beside is furniture, and closing the way back at
@@ -427,6 +434,14 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 continue  # floors and ceilings are not closed by rule
             # (free space around the other poses is kept per point by the caller: planes are infinite, and a
             # pose beyond a wall, in the next room, says nothing about the wall's other parts)
+            doorway = _crossed_near_wall(layout, walls(k, -direction), direction, camera_m, path_m, known)
+            if doorway is not None:
+                # the camera is about to walk through a wall nearer than the free-space margin: that wall still
+                # bounds the view (with its doorway, path_openings), else the memory's wall invented there before
+                # the path showed the doorway stays on screen (house loop, play clips: a flat wall 0.4-0.5 m
+                # ahead filling the whole frame for the 3-4 frames before each doorway, depth AbsRel 0.8)
+                out.append(doorway)
+                continue
             through = [p for p in walls(k, direction) if direction * (p.offset_m - c) - cfg.wall_thickness_m > 0.0]
             if ahead:
                 best = max(ahead, key=lambda p: p.support)
@@ -479,14 +494,68 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
             out.append(Plane(k, float(offset), -direction, 0, WALL, math.inf, (-math.inf, math.inf),
                              src.plane_id if src is not None else -1, derived=True))
     view = LayoutView(out)
-    if layout.indoor and len(reach_m) >= 2:
-        path_openings(layout, view, camera_m, reach_m)
+    if layout.indoor and len(path_m) >= 2:
+        path_openings(layout, view, camera_m, path_m, known)
     return view
 
 
-def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m: np.ndarray) -> None:
+def _heading_path(path_m: np.ndarray, lookahead_m: float) -> np.ndarray:
+    """``path_m`` [P, 3] (poses in time order) with one more point ``lookahead_m`` on along its last step's
+    direction; unchanged when the last step does not move (a camera turning in place heads nowhere)."""
+    if len(path_m) < 2 or lookahead_m <= 0:
+        return path_m
+    step = path_m[-1] - path_m[-2]
+    n = float(np.linalg.norm(step))
+    if n < 1e-3:
+        return path_m
+    return np.concatenate([path_m, path_m[-1:] + step * (lookahead_m / n)])
+
+
+def path_crossings(layout: Layout, plane: Plane, path_m: np.ndarray, known: int | None = None) -> np.ndarray:
+    """``[C]`` coordinates along the wall's horizontal axis where ``path_m`` [P, 3] (world frame, time order)
+    goes through ``plane``. Steps from index ``known - 1`` on are a heading, not poses: their crossings count only
+    outside the wall's observed extent (``Plane.span_m``; a closing wall was never observed)."""
+    a, h = layout.axes[plane.axis], layout.axes[3 - plane.axis]
+    s = path_m @ a - plane.offset_m
+    j = np.flatnonzero(s[:-1] * s[1:] < 0)
+    if not len(j):
+        return np.zeros(0)
+    frac = s[j] / (s[j] - s[j + 1])
+    along = (path_m[j] + frac[:, None] * (path_m[j + 1] - path_m[j])) @ h
+    if known is not None:
+        guessed = j >= known - 1
+        seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
+        along = along[~(guessed & seen)]
+    return along
+
+
+def _crossed_near_wall(layout: Layout, candidates: list[Plane], direction: int, camera_m: np.ndarray,
+                       path_m: np.ndarray, known: int | None = None) -> Plane | None:
+    """The nearest of ``candidates`` (walls of one axis facing the camera at ``camera_m`` [3]) that lies less than
+    ``min_camera_distance_m`` ahead of it in ``direction`` and that the path ``path_m`` [P, 3] (time order, world
+    frame; see ``path_crossings`` for ``known``) goes through within a door's width of the camera along the wall;
+    None when there is none."""
+    cfg = layout.config
+    if len(path_m) < 2 or not candidates:
+        return None
+    k = candidates[0].axis
+    a, h = layout.axes[k], layout.axes[3 - k]
+    c, cam_along = float(camera_m @ a), float(camera_m @ h)
+    best = None
+    for p in candidates:
+        gap = direction * (p.offset_m - c)
+        if not 0.0 <= gap < cfg.min_camera_distance_m or (best is not None and gap >= direction * (best.offset_m - c)):
+            continue
+        if np.any(np.abs(path_crossings(layout, p, path_m, known) - cam_along) <= cfg.door_width_m):
+            best = p
+    return best
+
+
+def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m: np.ndarray,
+                  known: int | None = None) -> None:
     """Add to ``view`` a doorway wherever ``path_m`` [P, 3] (camera positions in time order, world frame) crosses
-    one of its walls, and for each wall with a doorway the wall of the room beyond (module docstring)."""
+    one of its walls, and for each wall with a doorway the wall of the room beyond (module docstring); steps from
+    ``known - 1`` on are where the camera heads (``path_crossings``)."""
     cfg = layout.config
     up = layout.axes[0]
     floor = next((p for p in view.bounds if p.kind == FLOOR), None)
@@ -497,14 +566,10 @@ def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m
     for p in base:
         if p.kind != WALL:
             continue
-        a, h = layout.axes[p.axis], layout.axes[3 - p.axis]
-        s = p.facing * (path_m @ a - p.offset_m)  # > 0 on the wall's free side (where the camera stands)
-        j = np.flatnonzero(s[:-1] * s[1:] < 0)
-        if len(j) == 0:
+        a = layout.axes[p.axis]
+        along = np.sort(path_crossings(layout, p, path_m, known))
+        if len(along) == 0:
             continue
-        frac = s[j] / (s[j] - s[j + 1])
-        cross = path_m[j] + frac[:, None] * (path_m[j + 1] - path_m[j])  # [C, 3]
-        along = np.sort(cross @ h)
         keep = np.r_[True, np.diff(along) > cfg.door_width_m / 2]  # one doorway per place the path goes through
         for c in along[keep]:
             view.openings.append(Opening(p, float(c), cfg.door_width_m / 2, bottom, top))

@@ -1050,7 +1050,7 @@ class TextureModel:
             return self._reference_region_locked(top_left_px, shape_px, seed)
 
     def _kernel_view(self) -> tuple:
-        """The model's arrays and constants in ``texture_kernels``' order (its module comment names them)."""
+        """The model's arrays and constants in the order of ``texture_kernels``' ``M_*`` indices."""
         if self._kernel_model is None:
             kind = {"none": texture_kernels.KIND_NONE, "1d": texture_kernels.KIND_1D, "2d": texture_kernels.KIND_2D}
             basis = np.ascontiguousarray(self._copy_basis, np.float64)
@@ -1067,6 +1067,7 @@ class TextureModel:
                 int(self.origin_px[0]), int(self.origin_px[1]), int(self.step_px), int(self._half), int(self._patch),
                 int(self.overlap_px), int(self._feather),
             )  # fmt: skip
+            assert len(self._kernel_model) == texture_kernels.M_FIELDS
         return self._kernel_model
 
     def _region_locked(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:

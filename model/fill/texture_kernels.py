@@ -221,10 +221,23 @@ def compose(detail, src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, y0, 
 # ---------------------------------------------------------------------------------------------------------------
 # The model, as the kernels see it
 # ---------------------------------------------------------------------------------------------------------------
-# m = (detail [H, W, 3] f32, valid [H, W] bool, valid_integral [H+1, W+1] i64, source_ok [H-P+1, W-P+1] bool,
-#      full_window [same] bool, sources [S, 2] i64, kind, basis [2, 2] f64 (copy lattice rows a, b),
-#      inv [2, 2] f64 (inverse of basis.T), basis_integer, phase_sorted [S] f64, phase_order [S] i64, period_1d,
-#      origin_y, origin_x, step, half, patch, overlap, feather)
+# m: one tuple (``TextureModel._kernel_view``), read by these indices (numba folds a global constant index of a
+# heterogeneous tuple at compile time):
+(M_DETAIL,  # [H, W, 3] f32
+ M_VALID,  # [H, W] bool
+ M_VALID_INTEGRAL,  # [H+1, W+1] i64
+ M_SOURCE_OK,  # [H-P+1, W-P+1] bool
+ M_FULL_WINDOW,  # [H-P+1, W-P+1] bool
+ M_SOURCES,  # [S, 2] i64
+ M_KIND,  # KIND_*
+ M_BASIS,  # [2, 2] f64, the copy lattice's rows a, b
+ M_INV,  # [2, 2] f64, the inverse of basis.T
+ M_BASIS_INTEGER,  # bool
+ M_PHASE_SORTED,  # [S] f64
+ M_PHASE_ORDER,  # [S] i64
+ M_PERIOD_1D,  # float
+ M_ORIGIN_Y, M_ORIGIN_X, M_STEP, M_HALF, M_PATCH, M_OVERLAP, M_FEATHER,  # ints, texels
+ M_FIELDS) = range(21)
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -240,8 +253,8 @@ def _observed_count(valid_integral, y0, x0, size):
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _level(m, gi, gj):
     """0: the cell's patch covers observed texels; 1: even row; 2: odd row (texture.TextureModel._level)."""
-    ty, tx = gi * m[15] - m[16] - m[13], gj * m[15] - m[16] - m[14]
-    if _observed_count(m[2], ty, tx, m[17]) > 0:
+    ty, tx = gi * m[M_STEP] - m[M_HALF] - m[M_ORIGIN_Y], gj * m[M_STEP] - m[M_HALF] - m[M_ORIGIN_X]
+    if _observed_count(m[M_VALID_INTEGRAL], ty, tx, m[M_PATCH]) > 0:
         return 0
     return 1 if gi % 2 == 0 else 2
 
@@ -254,8 +267,8 @@ def _is_source(source_ok, y, x):
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _pool_2d(m, ty, tx):
     """Source windows congruent to (ty, tx) modulo a 2-D lattice, in (row, col) order (``_congruent``'s pool)."""
-    source_ok, basis, inv = m[3], m[7], m[8]
-    if m[9]:  # whole-texel lattice: the coset's representative, as the reference keys its pool cache
+    source_ok, basis, inv = m[M_SOURCE_OK], m[M_BASIS], m[M_INV]
+    if m[M_BASIS_INTEGER]:  # whole-texel lattice: the coset's representative, as the reference keys its pool cache
         c0 = np.floor(inv[0, 0] * ty + inv[0, 1] * tx + 1e-9)
         c1 = np.floor(inv[1, 0] * ty + inv[1, 1] * tx + 1e-9)
         ry = np.rint(ty - (c0 * basis[0, 0] + c1 * basis[1, 0]))
@@ -294,7 +307,7 @@ def _pool_2d(m, ty, tx):
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _pool_1d(m, ty, tx):
-    src, basis, ph, order, period = m[5], m[7], m[10], m[11], m[12]
+    src, basis, ph, order, period = m[M_SOURCES], m[M_BASIS], m[M_PHASE_SORTED], m[M_PHASE_ORDER], m[M_PERIOD_1D]
     phase_t = (ty * (basis[0, 0] / period) + tx * (basis[0, 1] / period)) % period
     lo, hi = phase_t - 0.5, phase_t + 0.5
     n = ph.shape[0]
@@ -338,15 +351,15 @@ def _sorted_unique(values):
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _congruent(m, ty, tx, h):
     """texture.TextureModel._congruent: at most NUM_CANDIDATES congruent source windows, chosen by hash ``h``."""
-    kind = m[6]
+    kind = m[M_KIND]
     if kind == KIND_2D:
         pool = _pool_2d(m, ty, tx)
     elif kind == KIND_1D:
         pool = _pool_1d(m, ty, tx)
     else:
-        pool = m[5]
+        pool = m[M_SOURCES]
     if pool.shape[0] == 0:  # exemplar too small to hold a congruent window: keep the texture, lose the phase
-        pool = m[5]
+        pool = m[M_SOURCES]
     n = pool.shape[0]
     if n <= NUM_CANDIDATES:
         return pool
@@ -364,11 +377,11 @@ def _cell_key(gi, gj):
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _compute_cell(m, table, seed, gi, gj):
     """texture.TextureModel._cell_source_locked for a cell whose dependencies are all in ``table``."""
-    detail, valid, source_ok = m[0], m[1], m[3]
-    s, h, p, ov = m[15], m[16], m[17], m[18]
-    ty, tx = gi * s - h - m[13], gj * s - h - m[14]
+    detail, valid, source_ok = m[M_DETAIL], m[M_VALID], m[M_SOURCE_OK]
+    s, h, p, ov = m[M_STEP], m[M_HALF], m[M_PATCH], m[M_OVERLAP]
+    ty, tx = gi * s - h - m[M_ORIGIN_Y], gj * s - h - m[M_ORIGIN_X]
     level = _level(m, gi, gj)
-    if level == 0 and _is_source(source_ok, ty, tx) and m[4][ty, tx]:
+    if level == 0 and _is_source(source_ok, ty, tx) and m[M_FULL_WINDOW][ty, tx]:
         return (float(ty), float(tx), 0.0, 0.0, 0.0)  # fully observed: copy itself
     canvas = np.zeros((p, p, 3), np.float32)
     mask = np.zeros((p, p), np.bool_)
@@ -440,7 +453,7 @@ def _compute_cell(m, table, seed, gi, gj):
             if mask[y, x]:
                 pix[k, 0], pix[k, 1] = y, x
                 k += 1
-    periodic = m[6] != KIND_NONE
+    periodic = m[M_KIND] != KIND_NONE
     costs, offsets = ssd_costs(detail, cand, canvas, pix, 1.0 if periodic else DC_WEIGHT)
     bound = costs.min() * (1.0 + PICK_TOLERANCE) + 1.0
     near = np.empty(costs.shape[0], np.int64)
@@ -516,7 +529,7 @@ def _ensure_cells(m, table, seed, rows0, rows1, cols0, cols1):
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _seam(m, table, seed, vertical, i, j):
     """texture.TextureModel._seam: the cut between cells (i, j-1) | (i, j) (vertical) or (i-1, j) / (i, j)."""
-    detail, s, h, ov, q = m[0], m[15], m[16], m[18], m[19]
+    detail, s, h, ov, q = m[M_DETAIL], m[M_STEP], m[M_HALF], m[M_OVERLAP], m[M_FEATHER]
     a = _get(table, _cell_key(i, j - 1)) if vertical else _get(table, _cell_key(i - 1, j))
     b = _get(table, _cell_key(i, j))
     ay, ax, by, bx = np.int64(a[0]), np.int64(a[1]), np.int64(b[0]), np.int64(b[1])
@@ -545,7 +558,7 @@ def _seam(m, table, seed, vertical, i, j):
 def _split(m, table, seed, coords, others, vertical):
     """Owner cells (lower, upper) and the upper's weight along one axis: [len(others), len(coords)] each
     (``texture._reference_region``'s ``split``): ``coords`` run across the cuts, ``others`` along them."""
-    s, h, q = m[15], m[16], m[19]
+    s, h, q = m[M_STEP], m[M_HALF], m[M_FEATHER]
     n_o, n_c = others.shape[0], coords.shape[0]
     lo = np.empty((n_o, n_c), np.int64)
     hi = np.empty((n_o, n_c), np.int64)
@@ -599,7 +612,7 @@ def _owner_range(coords, s, h):
 def region_detail(m, table, seed, r0, c0, hh, ww):
     """The shading-free texels [hh, ww, 3] float32 of texture-space rows [r0, r0+hh), cols [c0, c0+ww): the
     composition step of ``texture._reference_region`` (shading and the observed edge are added by the caller)."""
-    s, h = m[15], m[16]
+    s, h = m[M_STEP], m[M_HALF]
     if 4 * table[2][0] > table[0].shape[0]:  # cleared only here, a quarter full: a region's cells stay
         table[0][:] = _EMPTY
         table[2][0] = 0
@@ -622,7 +635,7 @@ def region_detail(m, table, seed, r0, c0, hh, ww):
             src[a, b, 0], src[a, b, 1] = np.int64(got[0]), np.int64(got[1])
             for c in range(3):
                 off[a, b, c] = np.float32(got[2 + c])
-    return compose(m[0], src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, r0, c0, s, h)
+    return compose(m[M_DETAIL], src, off, rmin, cmin, r_lo, r_hi, r_w, c_lo, c_hi, c_w, r0, c0, s, h)
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
