@@ -8,7 +8,10 @@ registry being the router), with ``world_cpus`` CPUs and ``world_gpus`` GPUs (``
 in-process ``WorldHost`` loaded from the shared data dir does the work, on its own worker thread as in the
 embedded server; numba's thread count follows the actor's CPUs (``NUMBA_NUM_THREADS`` in its runtime env).
 
-- Play frames: one actor call per clip (``play_clip``), a Ray streaming generator whose items are the clip's
+- Play frames: through the session's compiled graph (``_PlayGraph``, Ray Compiled Graphs, the default: one graph
+  per session, opened after its first clip, closed when idle; the actor ends graphs left running when a session
+  claims the world: docs/SCALE.md); until it answers, or with ``compiled_play=False``, one actor call per clip
+  (``play_clip``), a Ray streaming generator whose items are the clip's
   frames, resized and JPEG-encoded on the actor's worker thread, then the clip's stats. The front door awaits each
   item as soon as it exists and hands it to the session's latest-wins outbox: pose skipping and dropping stay in
   the front door, a slow client never stalls the actor, and no object refs pile up (each is awaited once and
