@@ -176,6 +176,9 @@ def test_doorways_where_the_camera_heads_through_an_unseen_wall_and_just_before_
     far = np.array([3.0, 1.6, 2.6])
     assert doors(far, np.array([[3.0, 1.6, 3.5], far])) == []
     assert doors(cam, np.array([cam, cam])) == []
+    # ... nor where the heading from the last known pose meets it farther than the look-ahead from the camera
+    # (demo clips: the last pose 41 frames ahead)
+    assert doors(far, np.array([far, [3.0, 1.6, 1.6]])) == []
     # ... and not through the observed back wall (z = 8, seen over x 0-6)
     cam = np.array([3.0, 1.6, 6.8])
     assert doors(cam, np.array([[3.0, 1.6, 5.0], cam])) == []

@@ -33,6 +33,10 @@ wall that way, else one closed where a room as deep as the camera's own would en
 (side walls, floor and ceiling) continued. Before, such walls stood closed until the camera was within
 ``min_camera_distance_m`` (a porthole), and the frames walking up to a doorway showed a flat wall where the next
 room is (house loop, 320x180, demo clips: novel-pixel depth AbsRel 0.6 on frames 46-54, 66-88, 106-120).
+The path also continues ``door_lookahead_m`` along its last step (where the camera is heading); crossings on that
+stretch open only parts of a wall nothing observed (outside its observed extent, or a closing wall): play clips
+know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. A wall the path goes
+through stays a bound (with its doorway) when the camera is nearer to it than ``min_camera_distance_m``.
 """
 
 from __future__ import annotations
@@ -511,20 +515,26 @@ def _heading_path(path_m: np.ndarray, lookahead_m: float) -> np.ndarray:
     return np.concatenate([path_m, path_m[-1:] + step * (lookahead_m / n)])
 
 
-def path_crossings(layout: Layout, plane: Plane, path_m: np.ndarray, known: int | None = None) -> np.ndarray:
+def path_crossings(layout: Layout, plane: Plane, path_m: np.ndarray, known: int | None = None,
+                   camera_m: np.ndarray | None = None) -> np.ndarray:
     """``[C]`` coordinates along the wall's horizontal axis where ``path_m`` [P, 3] (world frame, time order)
     goes through ``plane``. Steps from index ``known - 1`` on are a heading, not poses: their crossings count only
-    outside the wall's observed extent (``Plane.span_m``; a closing wall was never observed)."""
+    outside the wall's observed extent (``Plane.span_m``; a closing wall was never observed) and within
+    ``door_lookahead_m`` of the camera at ``camera_m`` [3] (demo clips know 41 poses ahead: a heading from the
+    last of them opened the unseen wall the loop stops short of, house:1 frames 130-146)."""
     a, h = layout.axes[plane.axis], layout.axes[3 - plane.axis]
     s = path_m @ a - plane.offset_m
     j = np.flatnonzero(s[:-1] * s[1:] < 0)
     if not len(j):
         return np.zeros(0)
     frac = s[j] / (s[j] - s[j + 1])
-    along = (path_m[j] + frac[:, None] * (path_m[j + 1] - path_m[j])) @ h
+    cross = path_m[j] + frac[:, None] * (path_m[j + 1] - path_m[j])  # [C, 3]
+    along = cross @ h
     if known is not None:
         guessed = j >= known - 1
         seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
+        if camera_m is not None:
+            seen |= np.linalg.norm(cross - camera_m, axis=1) > layout.config.door_lookahead_m
         along = along[~(guessed & seen)]
     return along
 
@@ -546,7 +556,7 @@ def _crossed_near_wall(layout: Layout, candidates: list[Plane], direction: int, 
         gap = direction * (p.offset_m - c)
         if not 0.0 <= gap < cfg.min_camera_distance_m or (best is not None and gap >= direction * (best.offset_m - c)):
             continue
-        if np.any(np.abs(path_crossings(layout, p, path_m, known) - cam_along) <= cfg.door_width_m):
+        if np.any(np.abs(path_crossings(layout, p, path_m, known, camera_m) - cam_along) <= cfg.door_width_m):
             best = p
     return best
 
@@ -567,7 +577,7 @@ def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m
         if p.kind != WALL:
             continue
         a = layout.axes[p.axis]
-        along = np.sort(path_crossings(layout, p, path_m, known))
+        along = np.sort(path_crossings(layout, p, path_m, known, camera_m))
         if len(along) == 0:
             continue
         keep = np.r_[True, np.diff(along) > cfg.door_width_m / 2]  # one doorway per place the path goes through
