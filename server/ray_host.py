@@ -8,7 +8,10 @@ registry being the router), with ``world_cpus`` CPUs and ``world_gpus`` GPUs (``
 in-process ``WorldHost`` loaded from the shared data dir does the work, on its own worker thread as in the
 embedded server; numba's thread count follows the actor's CPUs (``NUMBA_NUM_THREADS`` in its runtime env).
 
-- Play frames: one actor call per clip (``play_clip``), a Ray streaming generator whose items are the clip's
+- Play frames: through the session's compiled graph (``_PlayGraph``, Ray Compiled Graphs, the default: one graph
+  per session, opened after its first clip, closed when idle; the actor ends graphs left running when a session
+  claims the world: docs/SCALE.md); until it answers, or with ``compiled_play=False``, one actor call per clip
+  (``play_clip``), a Ray streaming generator whose items are the clip's
   frames, resized and JPEG-encoded on the actor's worker thread, then the clip's stats. The front door awaits each
   item as soon as it exists and hands it to the session's latest-wins outbox: pose skipping and dropping stay in
   the front door, a slow client never stalls the actor, and no object refs pile up (each is awaited once and
@@ -62,6 +65,7 @@ PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame 
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
 GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
 GRAPH_IDLE_S = 2.0  # a Play graph with no clip for this long is closed (its actor's loop spins while open)
+GRAPH_ATTEMPTS = 2  # graphs a session may reopen after ones that failed to start in a retryable way
 GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
@@ -240,6 +244,7 @@ class WorldActor:
         self._step_frames = None  # its frames, as the worker encodes them (a queue.SimpleQueue)
         self._step_left = 0  # its frames not yet returned
         self._graph_owner: tuple[str, int] | None = None  # (session id, id of its loop's tasks): who pinged last
+        self._ended_loops: set[int] = set()  # ids of the graph loops' task lists this actor ended (``_end_graphs``)
         self.node_id = ray.get_runtime_context().get_node_id()
         log.info("world actor started", world_id=world_id, epoch=self.epoch, node=self.node_id[:12],
                  pid=os.getpid(), points=world.memory.num_points)
@@ -328,7 +333,12 @@ class WorldActor:
         from ray.dag.compiled_dag_node import do_cancel_executable_tasks
 
         ended = 0
-        for tasks in running_graph_loops():
+        running = running_graph_loops()
+        self._ended_loops &= {id(t) for t in running}  # a loop ended here may take a moment to exit: once is enough
+        for tasks in running:
+            if id(tasks) in self._ended_loops:
+                continue
+            self._ended_loops.add(id(tasks))
             owner = self._graph_owner[0] if self._graph_owner and self._graph_owner[1] == id(tasks) else "unknown"
             try:  # closing a channel whose other end was on a lost node may wait on the network: off the loop
                 await asyncio.wait_for(asyncio.to_thread(do_cancel_executable_tasks, self, tasks), GRAPH_END_TIMEOUT_S)
@@ -436,8 +446,14 @@ class WorldActor:
         if kind == "ping":  # ("ping", session_id): the graph's first execution; it names its owner
             import sys
 
+            session_id = request[1] if len(request) > 1 else ""
+            if self._holder() != session_id:
+                # a graph compiled by a session that lost the world meanwhile (its loop may have waited behind the
+                # new holder's): refused, so its front door tears it down at once instead of it holding the thread
+                raise PreconditionError(f"world {self.world_id!r}: session {session_id} does not hold the "
+                                        "controller lease; no play graph")
             tasks = _graph_loop_tasks(sys._getframe())
-            self._graph_owner = (request[1] if len(request) > 1 else "", id(tasks))
+            self._graph_owner = (session_id, id(tasks))
             return "pong"
         self.last_call = time.monotonic()
         if kind == "clip":
@@ -652,6 +668,7 @@ class _PlayGraph:
         self.ready = False  # compiled and answered its ping: clips may use it
         self.failed = False  # could not be compiled, or broke: the session's clips take streaming calls
         self.start_failed = False  # never answered its ping (or did not compile)
+        self.retryable = False  # failed to start in a way another graph may not (``_compile``)
         self.closed = False
         self.last_used = time.monotonic()  # the end of the graph's last clip (``RayWorldHost`` closes idle graphs)
         self._waits: dict[bool, deque] = {True: deque(maxlen=8), False: deque(maxlen=8)}  # first / next frame, s
@@ -669,10 +686,17 @@ class _PlayGraph:
             if ray.get(self.dag.execute(("ping", self.session_id)), timeout=self.PING_TIMEOUT_S) != "pong":
                 raise RuntimeError("the graph's ping came back wrong")
         except Exception as exc:  # noqa: BLE001 -- the streaming path serves the session instead
-            self.failed = self.start_failed = not self.closed
-            if not self.closed:
-                log.warning("play graph not available; this world's frames take streaming calls",
-                            world_id=self.world_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            refused = isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), PreconditionError)
+            # a channel closed under a new graph (seen once in ~10 test runs on the loaded machine: Ray logged an
+            # object put twice in the actor) is worth another graph; a timeout or a compile error is not
+            self.retryable = isinstance(exc, ray.exceptions.RayChannelError) \
+                and not isinstance(exc, ray.exceptions.RayChannelTimeoutError)
+            self.failed = True
+            self.start_failed = not (self.closed or refused or self.retryable)  # sticky for the actor
+            if not (self.closed or refused):
+                log.warning("play graph not available; this session's frames take streaming calls",
+                            world_id=self.world_id, retry=self.retryable,
+                            error=f"{type(exc).__name__}: {str(exc)[:200]}")
             self._teardown()
             return
         self.ready = not self.closed
@@ -758,6 +782,8 @@ class RayWorldHost:
         self._tails: set[asyncio.Task] = set()  # clips' end-of-stream reports being drained
         self._play_method = None  # actor.play_clip with its stream options (made once)
         self._released_session = ""  # the session whose lease this door released last (``refresh``)
+        self._idle_timer: asyncio.TimerHandle | None = None  # closes an idle session's graph (``_arm_idle_close``)
+        self._graph_attempts = 0  # graphs the session reopened after a retryable start failure (``GRAPH_ATTEMPTS``)
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -861,6 +887,7 @@ class RayWorldHost:
                 raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within "
                                        f"{CALL_TIMEOUT_S:g} s") from None
         self.controller = session_id
+        self._graph_attempts = 0
         self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
 
     def claim(self, session_id: str) -> None:
@@ -883,11 +910,13 @@ class RayWorldHost:
         except GetTimeoutError:
             raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within {CALL_TIMEOUT_S} s")
         self.controller = session_id
+        self._graph_attempts = 0
         self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
 
     def _open_graph(self) -> None:
-        """Start compiling the session's Play graph in the background (``ClusterOptions.compiled_play``), at its
-        first clip: a Generate call (streaming, with backpressure) never holds the actor's one graph."""
+        """Start compiling the session's Play graph in the background (``ClusterOptions.compiled_play``), after
+        its first clip (and after the first clip since an idle close): a Generate call (streaming, with
+        backpressure) never holds the actor's one graph."""
         if self.store.options.compiled_play and not self._graph_failed and self._graph is None \
                 and self.controller is not None:
             self._graph = _PlayGraph(self.actor, self.world_id, self.controller)
@@ -900,17 +929,26 @@ class RayWorldHost:
             self._graph.close()
             self._graph = None
 
+    def _arm_idle_close(self, graph: _PlayGraph) -> None:
+        """After a clip through ``graph``: close it if no clip follows within ``GRAPH_IDLE_S``. While a graph is
+        open the actor's loop spins waiting for the next clip (Ray 2.60's channel read: measured 64-95% of a core),
+        so a session that plays nothing for a while gives that back; its next clip opens a new graph (150-200 ms,
+        its clips take streaming calls meanwhile)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+
+        def close_if_idle() -> None:
+            self._idle_timer = None
+            if self._graph is graph and graph.ready and time.monotonic() - graph.last_used >= GRAPH_IDLE_S:
+                log.info("play graph idle; closed", world_id=self.world_id, session_id=graph.session_id)
+                self._close_graph()
+
+        self._idle_timer = asyncio.get_running_loop().call_later(GRAPH_IDLE_S, close_if_idle)
+
     async def _renew_loop(self, session_id: str) -> None:
         period = self.store.options.lease_ttl_s / 3
         while True:
             await asyncio.sleep(period)
-            graph = self._graph
-            if graph is not None and graph.ready and time.monotonic() - graph.last_used > GRAPH_IDLE_S:
-                # While a graph is open the actor's loop spins waiting for the next clip (Ray 2.60's channel read:
-                # measured 64% of a core): a session that plays nothing for a while gives it back; its next clip
-                # opens a new graph (its clips take streaming calls until that one answers).
-                log.info("play graph idle; closed", world_id=self.world_id, session_id=session_id)
-                self._close_graph()
             try:
                 await self.actor.renew.remote(session_id)
             except Exception as exc:  # noqa: BLE001 -- the next clip reports it to the client
@@ -955,8 +993,6 @@ class RayWorldHost:
             self._play_method = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE)
         # the engine's config travels with its first clip only (the actor keeps the engine by key)
         config, engine.sent = (None if engine.sent else engine.config), True
-        if self._graph is None:
-            self._open_graph()
         graph = self._graph
         if graph is not None and graph.ready:
             request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format)
@@ -974,6 +1010,7 @@ class RayWorldHost:
                 raise await self._graph_broke(exc) from None
             finally:
                 graph.last_used = time.monotonic()
+                self._arm_idle_close(graph)
         gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
                                        frame_format)
         stats = None
@@ -996,6 +1033,12 @@ class RayWorldHost:
             raise UnavailableError(f"world {self.world_id!r}: its actor ended a clip without its stats")
         self._tails.add(task := asyncio.ensure_future(_drain(gen)))
         task.add_done_callback(self._tails.discard)
+        graph = self._graph  # after a clip the actor took: a session that lost the lease opens no graph
+        if graph is None or (graph.retryable and self._graph_attempts < GRAPH_ATTEMPTS):
+            if graph is not None:  # another try (counted per session)
+                self._graph_attempts += 1
+                self._close_graph()
+            self._open_graph()
         return stats
 
     async def _graph_broke(self, exc: BaseException) -> BaseException:

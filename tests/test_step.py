@@ -124,3 +124,39 @@ def test_voxel_set_overlaps_match_set_intersections():
         got = index.overlaps(f, frames, mark)
         assert got.tolist() == [len(set(sets[f]) & set(sets[g])) for g in frames]
         assert not mark.any()
+
+
+def test_casting_the_layout_only_off_pinholes_changes_no_frame(monkeypatch):
+    """The layout fill casts its rays only for the holes that are not pinholes (a pinhole's layout hit is never
+    read): on the frames of a short walk, the fill's depth, colour and mask equal those of casting every hole."""
+    import spatia.client  # noqa: F401
+    import spatia.model.geometric as geometric
+    from spatia.client.env import SpatiaWorldEnv
+
+    seen = []
+    fill = geometric.GeometricGenerator._layout_fill
+
+    def capturing(self, state, rgb, colored, depth, valid, *rest):
+        seen.append((self, state, rgb.copy(), colored.copy(), depth.copy(), valid.copy(), *rest))
+        return fill(self, state, rgb, colored, depth, valid, *rest)
+
+    monkeypatch.setattr(geometric.GeometricGenerator, "_layout_fill", capturing)
+    rng = np.random.default_rng(0)
+    env = SpatiaWorldEnv(width=64, height=48, generator_kwargs={"coarse_frames": 0})
+    env.reset(seed=0)
+    for _ in range(6):
+        env.step(np.array([rng.uniform(0.2, 1), 0, 0, rng.uniform(-1, 1), 0], np.float32))
+    env.close()
+    assert seen
+    pinholes = 0
+    for self, state, rgb, colored, depth, valid, *rest in seen:
+        outs = []
+        for cast_pinholes in (True, False):
+            monkeypatch.setattr(geometric, "_CAST_PINHOLES", cast_pinholes)
+            out_rgb = rgb.copy()
+            out_depth, out_colored = fill(self, state, out_rgb, colored, depth, valid, *rest)
+            outs.append((out_rgb, out_depth, out_colored))
+        for a, b in zip(*outs):
+            assert np.array_equal(a, b)
+        pinholes += int((~valid).sum())
+    assert pinholes > 0  # the frames had holes to fill
