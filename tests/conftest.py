@@ -2,6 +2,9 @@
 keeps the Ray test files from starting two Rays on one machine at once."""
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +15,25 @@ from spatia.world.camera import Intrinsics
 # Logs go to stderr, as the CLI configures them: commands called in-process print JSON on stdout, and a fill
 # thread of an earlier test logging at that moment would otherwise land in the middle of it (CI saw this).
 configure_logging(verbose=True)
+
+
+def pytest_configure(config):
+    """Compile the numba kernels (world core and layout fill) into numba's on-disk cache once, before any test,
+    as ``spatia serve`` does in its warm-up child. A cold cache (a fresh clone: CI) takes ~2 min of CPU to compile
+    them; compiled inside a test instead, they made a test's first Play frame miss its 60 s deadline. In a child
+    process, by the xdist controller only (the workers then load from the cache): the test processes import
+    nothing here, and a warm cache costs a few seconds."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller has warmed the cache
+        return
+    t0 = time.perf_counter()
+    code = "from spatia.model import make_generator; from spatia.server.host import warm_kernels; " \
+           "warm_kernels(make_generator('geometric'))"
+    try:  # a failure here is not the suite's: the tests then compile what they use themselves
+        code = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=900, check=False).returncode
+    except subprocess.TimeoutExpired:
+        code = "timed out"
+    sys.stderr.write(f"numba kernels warmed in {time.perf_counter() - t0:.1f} s (exit {code})\n")
 
 
 def render_box_room(intrinsics: Intrinsics, c2w: np.ndarray, half_size_m: float = 2.0, seed: int = 0):
