@@ -355,6 +355,36 @@ def block_directory(keys, n):
 
 
 @nb.njit(cache=True, nogil=True)
+def _box_in_frustum(x0, y0, z0, sx, sy, sz, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_px, min_depth,
+                    max_depth):
+    """False when all 8 corners of the world box [x0, x0 + sx] x [y0, y0 + sy] x [z0, z0 + sz] lie outside one face
+    of the (margin-grown) image frustum between the depth limits: nothing in the box can put a splat in view."""
+    out = 0x3F  # bit i set: every corner so far is outside face i
+    for c in range(8):
+        px = x0 + sx * (c & 1) - cam_t[0]
+        py = y0 + sy * ((c >> 1) & 1) - cam_t[1]
+        pz = z0 + sz * ((c >> 2) & 1) - cam_t[2]
+        xc = w2c_r[0, 0] * px + w2c_r[0, 1] * py + w2c_r[0, 2] * pz
+        yc = w2c_r[1, 0] * px + w2c_r[1, 1] * py + w2c_r[1, 2] * pz
+        zc = w2c_r[2, 0] * px + w2c_r[2, 1] * py + w2c_r[2, 2] * pz
+        f = 0
+        if zc < min_depth:
+            f |= 1
+        if zc > max_depth:
+            f |= 2
+        if fx * xc + (cx + margin_px) * zc < 0.0:  # u < -margin
+            f |= 4
+        if fx * xc + (cx - width - margin_px) * zc > 0.0:  # u > W + margin
+            f |= 8
+        if fy * yc + (cy + margin_px) * zc < 0.0:
+            f |= 16
+        if fy * yc + (cy - height - margin_px) * zc > 0.0:
+            f |= 32
+        out &= f
+    return out == 0
+
+
+@nb.njit(cache=True, nogil=True)
 def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_px, min_depth, max_depth, voxel_size_m):
     """True for blocks whose box may put a splat inside the (margin-grown) image between the depth limits.
 
@@ -373,30 +403,8 @@ def cull_blocks(block_ids, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_p
         x0 = np.float64(bx - KEY_OFFSET) * voxel_size_m - pad
         y0 = np.float64(by - KEY_OFFSET) * voxel_size_m - pad
         z0 = np.float64(bz - KEY_OFFSET) * voxel_size_m - pad
-        # bit i of `out` set: every corner so far is outside face i
-        out = 0x3F
-        for c in range(8):
-            px = x0 + (side + 2 * pad) * (c & 1) - cam_t[0]
-            py = y0 + (side + 2 * pad) * ((c >> 1) & 1) - cam_t[1]
-            pz = z0 + (side + 2 * pad) * ((c >> 2) & 1) - cam_t[2]
-            xc = w2c_r[0, 0] * px + w2c_r[0, 1] * py + w2c_r[0, 2] * pz
-            yc = w2c_r[1, 0] * px + w2c_r[1, 1] * py + w2c_r[1, 2] * pz
-            zc = w2c_r[2, 0] * px + w2c_r[2, 1] * py + w2c_r[2, 2] * pz
-            f = 0
-            if zc < min_depth:
-                f |= 1
-            if zc > max_depth:
-                f |= 2
-            if fx * xc + (cx + margin_px) * zc < 0.0:  # u < -margin
-                f |= 4
-            if fx * xc + (cx - width - margin_px) * zc > 0.0:  # u > W + margin
-                f |= 8
-            if fy * yc + (cy + margin_px) * zc < 0.0:
-                f |= 16
-            if fy * yc + (cy - height - margin_px) * zc > 0.0:
-                f |= 32
-            out &= f
-        keep[b] = out == 0
+        keep[b] = _box_in_frustum(x0, y0, z0, side + 2 * pad, side + 2 * pad, side + 2 * pad, w2c_r, cam_t, fx, fy,
+                                  cx, cy, width, height, margin_px, min_depth, max_depth)
     return keep
 
 
@@ -448,29 +456,8 @@ def cull_voxel_boxes(lo, hi, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin
         sx = np.float64(hi[b, 0] + 1 - lo[b, 0]) * voxel_size_m + 2 * pad
         sy = np.float64(hi[b, 1] + 1 - lo[b, 1]) * voxel_size_m + 2 * pad
         sz = np.float64(hi[b, 2] + 1 - lo[b, 2]) * voxel_size_m + 2 * pad
-        out = 0x3F  # bit i set: every corner so far is outside face i
-        for c in range(8):
-            px = x0 + sx * (c & 1) - cam_t[0]
-            py = y0 + sy * ((c >> 1) & 1) - cam_t[1]
-            pz = z0 + sz * ((c >> 2) & 1) - cam_t[2]
-            xc = w2c_r[0, 0] * px + w2c_r[0, 1] * py + w2c_r[0, 2] * pz
-            yc = w2c_r[1, 0] * px + w2c_r[1, 1] * py + w2c_r[1, 2] * pz
-            zc = w2c_r[2, 0] * px + w2c_r[2, 1] * py + w2c_r[2, 2] * pz
-            f = 0
-            if zc < min_depth:
-                f |= 1
-            if zc > max_depth:
-                f |= 2
-            if fx * xc + (cx + margin_px) * zc < 0.0:  # u < -margin
-                f |= 4
-            if fx * xc + (cx - width - margin_px) * zc > 0.0:  # u > W + margin
-                f |= 8
-            if fy * yc + (cy + margin_px) * zc < 0.0:
-                f |= 16
-            if fy * yc + (cy - height - margin_px) * zc > 0.0:
-                f |= 32
-            out &= f
-        keep[b] = out == 0
+        keep[b] = _box_in_frustum(x0, y0, z0, sx, sy, sz, w2c_r, cam_t, fx, fy, cx, cy, width, height, margin_px,
+                                  min_depth, max_depth)
     return keep
 
 
