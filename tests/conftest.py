@@ -62,6 +62,17 @@ def render_box_room(intrinsics: Intrinsics, c2w: np.ndarray, half_size_m: float 
     return np.clip(rgb, 0, 255).astype(np.uint8), depth.astype(np.float32)
 
 
+def box_room_points(rng, R: np.ndarray, n: int = 6000) -> np.ndarray:
+    """Points of a 6 x 3 x 8 m room (floor y=0, up = +y in the room frame) on floor, ceiling and three walls,
+    rotated into the world by ``R`` [3, 3]; the fourth wall (z = 0) is not seen. ``n`` points per surface."""
+    floor = np.c_[rng.uniform(0, 6, n), np.zeros(n), rng.uniform(0, 8, n)]
+    ceil = np.c_[rng.uniform(0, 6, n), np.full(n, 3.0), rng.uniform(0, 8, n)]
+    back = np.c_[rng.uniform(0, 6, n), rng.uniform(0, 3, n), np.full(n, 8.0)]
+    left = np.c_[np.zeros(n), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
+    right = np.c_[np.full(n, 6.0), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
+    return np.concatenate([floor, ceil, back, left, right]) @ R.T
+
+
 def perturbation(rot_deg: float, trans_m: float, seed: int) -> np.ndarray:
     """A rigid 4x4 transform: a rotation of ``rot_deg`` about a random axis and a shift of ``trans_m`` metres in a
     random direction (seeded), for pose-refinement tests."""

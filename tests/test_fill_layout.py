@@ -20,6 +20,7 @@ from spatia.world.geometry import pixel_rays
 from spatia.world.memory import INVENTED_FINAL, OBSERVED
 from spatia.world.scenes import make_scene
 from spatia.world.state import World
+from tests.conftest import box_room_points
 
 
 def _rot(axis: np.ndarray, deg: float) -> np.ndarray:
@@ -29,22 +30,10 @@ def _rot(axis: np.ndarray, deg: float) -> np.ndarray:
     return np.eye(3) + math.sin(t) * K + (1 - math.cos(t)) * K @ K
 
 
-def _box_room_points(rng, R: np.ndarray) -> np.ndarray:
-    """Points of a 6 x 3 x 8 m room (floor y=0, up = +y in the room frame) on floor, ceiling and three walls,
-    rotated into the world by ``R``; the fourth wall (z = 0) is not seen."""
-    n = 6000
-    floor = np.c_[rng.uniform(0, 6, n), np.zeros(n), rng.uniform(0, 8, n)]
-    ceil = np.c_[rng.uniform(0, 6, n), np.full(n, 3.0), rng.uniform(0, 8, n)]
-    back = np.c_[rng.uniform(0, 6, n), rng.uniform(0, 3, n), np.full(n, 8.0)]
-    left = np.c_[np.zeros(n), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
-    right = np.c_[np.full(n, 6.0), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
-    return np.concatenate([floor, ceil, back, left, right]) @ R.T
-
-
 def test_layout_recovers_a_rotated_room_and_its_up_from_the_floor():
     rng = np.random.default_rng(0)
     R = _rot([0, 1, 0], 30.0) @ _rot([1, 0, 0], 8.0)  # room axes not aligned with the world's
-    pts = _box_room_points(rng, R)
+    pts = box_room_points(rng, R)
     observer = R @ np.array([3.0, 1.6, 1.0])
     # the prior up and forward are a pitched camera's (20 deg off the room's up): up must come from the floor
     prior_up = _rot([1, 0, 0], 20.0) @ (R @ np.array([0.0, 1.0, 0.0]))
@@ -67,7 +56,7 @@ def test_layout_recovers_a_rotated_room_and_its_up_from_the_floor():
 def test_cast_layout_matches_a_per_ray_reference():
     rng = np.random.default_rng(1)
     R = _rot([0, 1, 0], 17.0)
-    pts = _box_room_points(rng, R)
+    pts = box_room_points(rng, R)
     observer = R @ np.array([3.0, 1.6, 2.0])
     layout = estimate_layout(pts, observer, R @ np.array([0.0, 1.0, 0.0]), R @ np.array([0.0, 0.0, 1.0]))
     view = view_bounds(layout, observer, observer[None])
@@ -117,7 +106,7 @@ def test_a_wall_the_path_goes_through_has_a_doorway_to_the_room_beyond():
     beside or above it still hit the wall, the ray cast matches a per-ray reference, and memory points of a wall
     standing in the doorway are found (``opening_pixels``) so the frame does not show them."""
     rng = np.random.default_rng(4)
-    pts = _box_room_points(rng, np.eye(3))  # back wall z = 8 seen, up = +y, floor y = 0
+    pts = box_room_points(rng, np.eye(3))  # back wall z = 8 seen, up = +y, floor y = 0
     cam = np.array([3.0, 1.6, 2.0])
     layout = estimate_layout(pts, cam, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
                              LayoutConfig(max_room_extent_m=20.0))
@@ -160,7 +149,7 @@ def test_doorways_where_the_camera_heads_through_an_unseen_wall_and_just_before_
     doorway when the camera is closer to it than the free-space margin (before, it dropped out of the bounds and
     the memory's wall there stayed on screen)."""
     rng = np.random.default_rng(4)
-    pts = _box_room_points(rng, np.eye(3))  # back wall z = 8 seen over x 0-6; the wall at z = 0 never seen
+    pts = box_room_points(rng, np.eye(3))  # back wall z = 8 seen over x 0-6; the wall at z = 0 never seen
     layout = estimate_layout(pts, np.array([3.0, 1.6, 4.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
                              LayoutConfig(max_room_extent_m=20.0))
     assert layout.config.door_lookahead_m == pytest.approx(2.0)
@@ -195,7 +184,7 @@ def test_doorways_where_the_camera_heads_through_an_unseen_wall_and_just_before_
 
 def test_plane_texture_is_anchored_in_the_plane():
     rng = np.random.default_rng(2)
-    pts = _box_room_points(rng, np.eye(3))
+    pts = box_room_points(rng, np.eye(3))
     # colour the back wall by a pattern of its own coordinates; the texture must reproduce it where seen
     cols = np.full((len(pts), 3), 128, np.uint8)
     back = np.abs(pts[:, 2] - 8.0) < 1e-9
@@ -314,7 +303,7 @@ def test_a_sparsely_seen_plane_keeps_its_own_colour():
     from spatia.model.fill.appearance import AppearanceConfig, plane_texture
 
     rng = np.random.default_rng(5)
-    pts = _box_room_points(rng, np.eye(3))
+    pts = box_room_points(rng, np.eye(3))
     cols = np.full((len(pts), 3), 90, np.uint8)
     strip = np.stack(np.meshgrid(np.arange(3.0, 3.6, 0.1), np.arange(0.0, 3.0, 0.01)), -1).reshape(-1, 2)
     side = np.c_[np.full(len(strip), 6.0), strip[:, 1], strip[:, 0]]  # on the right wall x = 6, z in [3, 3.6)
@@ -393,7 +382,7 @@ def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     before = [len(k.signatures) for k in kernels]
     assert all(before)
     rng = np.random.default_rng(1)
-    pts = _box_room_points(rng, np.eye(3))
+    pts = box_room_points(rng, np.eye(3))
     cam = np.array([3.0, 1.6, 2.0])
     layout = estimate_layout(pts, cam, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
     path = np.array([cam, [3.0, 1.6, 4.0], [3.2, 1.6, 7.0], [3.2, 1.6, 9.5]])  # through the back wall: a doorway

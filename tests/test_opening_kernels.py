@@ -12,17 +12,7 @@ from spatia.model.fill.layout import (LayoutConfig, estimate_layout, opening_pix
                                       view_bounds)
 from spatia.world.camera import Intrinsics
 from spatia.world.geometry import pixel_rays
-
-
-def _room_points(rng) -> np.ndarray:
-    """A 6 x 3 x 8 m room (floor y = 0, up = +y): floor, ceiling, back wall z = 8 and the side walls."""
-    n = 4000
-    floor = np.c_[rng.uniform(0, 6, n), np.zeros(n), rng.uniform(0, 8, n)]
-    ceil = np.c_[rng.uniform(0, 6, n), np.full(n, 3.0), rng.uniform(0, 8, n)]
-    back = np.c_[rng.uniform(0, 6, n), rng.uniform(0, 3, n), np.full(n, 8.0)]
-    left = np.c_[np.zeros(n), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
-    right = np.c_[np.full(n, 6.0), rng.uniform(0, 3, n), rng.uniform(3, 8, n)]
-    return np.concatenate([floor, ceil, back, left, right])
+from tests.conftest import box_room_points
 
 
 def _c2w(cam: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
@@ -39,7 +29,8 @@ def _c2w(cam: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
 def test_compiled_doorway_flags_match_the_numpy_reference():
     rng = np.random.default_rng(5)
     cam0 = np.array([3.0, 1.6, 2.0])
-    layout = estimate_layout(_room_points(rng), cam0, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
+    layout = estimate_layout(box_room_points(rng, np.eye(3), n=4000), cam0, np.array([0.0, 1.0, 0.0]),
+                             np.array([0.0, 0.0, 1.0]),
                              LayoutConfig(max_room_extent_m=20.0))
     path = np.array([cam0, [3.0, 1.6, 4.0], [3.2, 1.6, 7.0], [3.2, 1.6, 9.5]])  # through the back wall at z = 8
     K = Intrinsics.from_fov(80.0, 96, 60)
@@ -64,7 +55,8 @@ def test_compiled_doorway_flags_match_the_numpy_reference():
 
 
 def test_doorway_flags_on_a_house_loop_match_the_reference(monkeypatch):
-    """Every frame's doorway flags along the house loop (at 96x54 the memory holds a wall in a doorway in frames ~120-135)."""
+    """Every frame's doorway flags along the house loop (at 96x54 the memory holds a wall in a doorway in frames
+    ~120-135)."""
     import spatia.model.fill.layout as layout_mod
     from spatia.model.geometric import GeometricConfig, GeometricGenerator
     from spatia.world.actions import ClipConfig
@@ -85,8 +77,8 @@ def test_doorway_flags_on_a_house_loop_match_the_reference(monkeypatch):
     world = World.from_scene("house", 0, 96, 54)
     cfg = EngineConfig(clip=ClipConfig(first_clip_frames=4, clip_frames=6, preceding_frames=2), keyframe_stride=4)
     engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")), cfg)
-    for _ in engine.generate(make_scene("house", 0).demo_path(161)[1:140], seed=0):
-        pass
+    frames = list(engine.generate(make_scene("house", 0).demo_path(161)[1:140], seed=0))
+    assert len(frames) == 139
     assert len(checked) > 20 and sum(checked) > 0
 
 
@@ -100,7 +92,8 @@ def test_the_fill_warm_up_compiles_the_doorway_kernel():
     assert before
     rng = np.random.default_rng(2)
     cam = np.array([3.0, 1.6, 2.0])
-    layout = estimate_layout(_room_points(rng), cam, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    layout = estimate_layout(box_room_points(rng, np.eye(3), n=4000), cam, np.array([0.0, 1.0, 0.0]),
+                             np.array([0.0, 0.0, 1.0]))
     view = view_bounds(layout, cam, np.array([cam, [3.2, 1.6, 7.0], [3.2, 1.6, 9.5]]))
     K = Intrinsics.from_fov(80.0, 32, 20)
     depth = np.full((K.height, K.width), 6.0, np.float32)
