@@ -666,7 +666,7 @@ class TextureModel:
         source_ok = frac >= SOURCE_VALID_FRACTION
         if not source_ok.any():
             source_ok = frac >= min(0.5, float(frac.max()))
-            log.info("texture_sparse_exemplar", best_window_fraction=round(float(frac.max()), 3))
+            log.debug("texture_sparse_exemplar", best_window_fraction=round(float(frac.max()), 3))
         self._source_ok = source_ok
         self._sources = np.argwhere(source_ok).astype(np.int64)  # [S, 2] (row, col), row-major order
         if lattice.kind == "1d":
