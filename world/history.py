@@ -225,15 +225,12 @@ def _kernels():
         return n_cols
 
     @numba.njit(cache=True, nogil=True)
-    def add_frame(cols, f, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out, run_head,
-                  run_next):
+    def add_frame(cols, f, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out):
         """Fold frame ``f``'s columns into the runs. Each column's latest run is ``[open_start, last_seen + 1)``;
         seeing the column again at ``last_seen + 1`` extends it, later closes it into the run list (the caller
-        reserved ``len(cols)`` more run slots) and onto its column's chain of closed unsealed runs (``run_head[c]``
-        the newest, ``run_next[r]`` the one closed before ``r``, -1 ends it). A column repeated within the frame
-        (``last_seen == f``) is skipped, so the frame's set needs no sort to be a set: its distinct columns go to
-        ``unique_out`` in their given order. Returns the new number of closed runs and the number of distinct
-        columns."""
+        reserved ``len(cols)`` more run slots). A column repeated within the frame (``last_seen == f``) is skipped,
+        so the frame's set needs no sort to be a set: its distinct columns go to ``unique_out`` in their given
+        order. Returns the new number of closed runs and the number of distinct columns."""
         n_unique = 0
         for p in range(cols.shape[0]):
             c = cols[p]
@@ -249,8 +246,6 @@ def _kernels():
                 run_col[n_runs] = c
                 run_start[n_runs] = open_start[c]
                 run_end[n_runs] = seen + 1
-                run_next[n_runs] = run_head[c]
-                run_head[c] = n_runs
                 n_runs += 1
             open_start[c] = f
             last_seen[c] = f
@@ -295,29 +290,6 @@ def _kernels():
                     for q in range(indptr[c], indptr[c + 1]):
                         diff[t, starts[q]] += 1
                         diff[t, ends[q]] -= 1
-                if last_seen[c] >= 0:
-                    diff[t, open_start[c]] += 1
-                    diff[t, last_seen[c] + 1] -= 1
-
-    @numba.njit(cache=True, nogil=True)
-    def count_chained(target_cols, target_offsets, indptr, starts, ends, run_head, run_next, run_start, run_end,
-                      open_start, last_seen, diff):
-        """``count_indexed`` plus each target voxel's runs closed since the last seal, read from its column's chain
-        (``add_frame``): every count reads only the query's own voxels' runs, where ``count_unsealed`` scans every
-        run closed since the last seal for each group of 16 targets."""
-        n_indexed_cols = indptr.shape[0] - 1
-        for t in range(target_offsets.shape[0] - 1):
-            for p in range(target_offsets[t], target_offsets[t + 1]):
-                c = target_cols[p]
-                if c < n_indexed_cols:
-                    for q in range(indptr[c], indptr[c + 1]):
-                        diff[t, starts[q]] += 1
-                        diff[t, ends[q]] -= 1
-                r = run_head[c]
-                while r >= 0:
-                    diff[t, run_start[r]] += 1
-                    diff[t, run_end[r]] -= 1
-                    r = run_next[r]
                 if last_seen[c] >= 0:
                     diff[t, open_start[c]] += 1
                     diff[t, last_seen[c] + 1] -= 1
@@ -370,7 +342,7 @@ def _kernels():
                 j = (j + 1) & tmask
         return n
 
-    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct, count_chained
+    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct
 
 
 @functools.cache
@@ -484,8 +456,8 @@ class VoxelSetIndex:
       ``tail_runs`` runs and at least half the indexed ones (geometric, so merging is O(1) amortised per run).
 
     ``intersection_counts`` adds +1/-1 at each run's ends into a per-target difference array over frames and
-    prefix-sums it, so its cost is (runs of the query's voxels) + T x F (the runs closed since the last seal are
-    reached through per-column chains); it does not grow with frames that share nothing with the query. Worst case (no temporal coherence: every run one
+    prefix-sums it, so its cost is (runs of the query's voxels) + (runs closed since the last seal) + T x F; it
+    does not grow with frames that share nothing with the query. Worst case (no temporal coherence: every run one
     frame long) it is a plain postings walk.
     """
 
@@ -505,10 +477,6 @@ class VoxelSetIndex:
         self._run_col = _Growing((), np.int32, 1 << 12)  # runs closed since the last seal, in closing order
         self._run_start = _Growing((), np.int32, 1 << 12)
         self._run_end = _Growing((), np.int32, 1 << 12)
-        # Per-column chains of those runs (``add_frame``): a query reads only its own voxels' runs instead of
-        # scanning every run closed since the last seal (~0.5 ms a 128x96 lock-step step at 10^5 runs).
-        self._run_next = _Growing((), np.int32, 1 << 12)  # run -> the same column's run closed before it, or -1
-        self._run_head = _Growing((), np.int32, 1024)  # column -> its newest run closed since the last seal, or -1
         self._indptr = np.zeros(1, dtype=np.int64)  # [columns + 1]: sealed closed runs grouped by column
         self._sealed_starts = np.zeros(0, dtype=np.int32)
         self._sealed_ends = np.zeros(0, dtype=np.int32)
@@ -558,7 +526,7 @@ class VoxelSetIndex:
             self._table, self._shift, keys, self._col_keys.buffer, n_old, True, cols
         )
         self._col_keys.size = n_new
-        for arr in (self._open_start, self._last_seen, self._run_head):
+        for arr in (self._open_start, self._last_seen):
             arr.extend(np.full(n_new - n_old, -1, dtype=np.int32))
         return cols
 
@@ -567,16 +535,15 @@ class VoxelSetIndex:
         distinct columns the frame has."""
         f = len(self)
         self._cols.reserve(cols.shape[0])
-        for arr in (self._run_col, self._run_start, self._run_end, self._run_next):
+        for arr in (self._run_col, self._run_start, self._run_end):
             arr.reserve(cols.shape[0])
         n_runs, n_unique = _kernels()[1](
             cols, f, self._open_start.buffer, self._last_seen.buffer, self._run_col.buffer,
             self._run_start.buffer, self._run_end.buffer, self._run_col.size, self._cols.buffer[self._cols.size:],
-            self._run_head.buffer, self._run_next.buffer,
         )
         self._cols.size += n_unique
         self._offsets.extend(np.array([self._cols.size], dtype=np.int64))
-        for arr in (self._run_col, self._run_start, self._run_end, self._run_next):
+        for arr in (self._run_col, self._run_start, self._run_end):
             arr.size = n_runs
         return n_unique
 
@@ -595,8 +562,7 @@ class VoxelSetIndex:
             self._indptr, self._sealed_starts, self._sealed_ends, self._run_col.buffer, self._run_start.buffer,
             self._run_end.buffer, self._run_col.size, self._col_keys.size,
         )
-        self._run_head.buffer[self._run_col.view] = -1  # the merged runs leave their chains (few columns: a gather)
-        for arr in (self._run_col, self._run_start, self._run_end, self._run_next):
+        for arr in (self._run_col, self._run_start, self._run_end):
             arr.size = 0
 
     # --- reading ----------------------------------------------------------------------------------------------
@@ -643,31 +609,13 @@ class VoxelSetIndex:
 
         Each query set must be free of duplicates (``FrameStore.query_voxel_set``); keys no frame has are ignored.
         """
+        _, _, _, count_indexed, count_unsealed, _, _ = _kernels()
         n_t, n_f = len(query_keys), len(self)
         if n_t == 0 or n_f == 0:
             return np.zeros((n_t, n_f), dtype=np.int32)
         diff = np.zeros((n_t, n_f + 1), dtype=np.int32)  # [T, F + 1] run starts +1, run ends -1
         # Ascending columns make the walk over the per-column arrays (indptr, runs) monotone in memory: 3-6x faster
         # than hash order once those arrays outgrow the caches.
-        target_cols = [np.sort(c[c >= 0]) for c in (self.lookup(k) for k in query_keys)]
-        offsets = np.zeros(n_t + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([c.shape[0] for c in target_cols])
-        flat = np.concatenate(target_cols).astype(np.int32, copy=False)
-        _kernels()[7](
-            flat, offsets, self._indptr, self._sealed_starts, self._sealed_ends, self._run_head.buffer,
-            self._run_next.buffer, self._run_start.buffer, self._run_end.buffer, self._open_start.buffer,
-            self._last_seen.buffer, diff,
-        )
-        return np.cumsum(diff[:, :n_f], axis=1, dtype=np.int32)
-
-    def _intersection_counts_scan(self, query_keys: list[np.ndarray]) -> np.ndarray:
-        """``intersection_counts`` by the former scan of every run closed since the last seal against a per-column
-        target bitmask (no chains), for tests: the chained walk must give the same counts."""
-        _, _, _, count_indexed, count_unsealed, _, _, _ = _kernels()
-        n_t, n_f = len(query_keys), len(self)
-        if n_t == 0 or n_f == 0:
-            return np.zeros((n_t, n_f), dtype=np.int32)
-        diff = np.zeros((n_t, n_f + 1), dtype=np.int32)
         target_cols = [np.sort(c[c >= 0]) for c in (self.lookup(k) for k in query_keys)]
         offsets = np.zeros(n_t + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([c.shape[0] for c in target_cols])
@@ -700,7 +648,7 @@ class VoxelSetIndex:
         )
         growing = (
             self._col_keys, self._open_start, self._last_seen, self._cols, self._offsets, self._run_col,
-            self._run_start, self._run_end, self._run_next, self._run_head,
+            self._run_start, self._run_end,
         )
         return int(sum(a.nbytes for a in parts) + sum(g.nbytes for g in growing))
 
