@@ -325,7 +325,15 @@ def _packed_views(views: list[ReferenceFrame]) -> tuple:
             np.array([[v.intrinsics.fx, v.intrinsics.fy, v.intrinsics.cx, v.intrinsics.cy] for v in views],
                      np.float64).reshape(-1, 4),
             np.array([v.depth_m.shape for v in views], np.int64).reshape(-1, 2),
-            np.concatenate([[0], np.cumsum([len(d) for d in depths])]).astype(np.int64), flat)
+            np.concatenate([[0], np.cumsum([len(d) for d in depths])]).astype(np.int64), _read_only(flat))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only, C-contiguous view of ``a``: numba compiles one signature per array type (writable or not),
+    and the warm-up (``model.fill.warmup``) compiles this one, whatever the caller's array was."""
+    a = np.ascontiguousarray(a).view()
+    a.setflags(write=False)
+    return a
 
 
 class GeometricGenerator:
@@ -404,7 +412,7 @@ class GeometricGenerator:
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         if valid.all():
             return filled, colored
-        hole_idx, f, _, cast, rays_cast = hk.hole_rays(np.ascontiguousarray(valid), filled, rays_img,
+        hole_idx, f, _, cast, rays_cast = hk.hole_rays(_read_only(valid), filled, rays_img,
                                                        *_chamfer_offsets(cfg.pinhole_px))
         ld_cast, li_cast = cast_layout(layout, view, rays_cast, c2w)
         R, cam = np.ascontiguousarray(c2w[:3, :3], np.float64), np.ascontiguousarray(c2w[:3, 3], np.float64)
