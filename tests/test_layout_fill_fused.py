@@ -157,3 +157,33 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     frames = list(Engine(world, G(geometric.GeometricConfig(coarse_frames=0)), cfg).generate(path, seed=0))
     assert len(frames) == len(path) and len(checked) == len(path)
     assert any(openings)  # the walk went through doorways
+
+
+def test_texel_reads_match_the_numpy_plan():
+    """``texture.read_texels`` (tiles planned in one compiled pass) writes what its numpy twin writes: texels of
+    both tile-read levels and the far field, tiles in reach packed densely and scattered (the sort), into the
+    rows ``dst`` names."""
+    from spatia.model.fill import texture
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    valid = np.ones((40, 40), bool)
+    valid[10:20, 12:30] = False
+    model = texture.TextureModel.fit(rgb, valid, 0.01, tile_px=16)
+    for spread in (40, 3000):  # texels within a few tiles; over a range too wide for a table of its tiles
+        n = 300
+        rows = rng.integers(-spread, spread, n)
+        cols = rng.integers(-spread, spread, n)
+        if spread > 100:  # a handful of distinct tiles, far apart
+            rows = rng.choice([-2900, -35, 2, 2800], n) + rng.integers(0, 16, n)
+        level = rng.choice([0, 1, 2, 3], n, p=[0.5, 0.3, 0.1, 0.1])
+        dst = rng.permutation(2 * n)[:n]
+        want = np.zeros((2 * n, 3), np.uint8)
+        got = np.zeros((2 * n, 3), np.uint8)
+        texture._read_texels_reference(model, rows, cols, level, 5, dst, want)
+        texture.read_texels(model, rows, cols, level, 5, dst, got)
+        np.testing.assert_array_equal(got, want)
+        assert want[dst].any()
+    one = np.zeros((1, 3), np.uint8)
+    texture.read_texels(model, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 5, None, one)
+    assert not one.any()  # nothing to read: nothing written
