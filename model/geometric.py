@@ -20,6 +20,7 @@ to explore, and, once folded back into the memory, they stay the same when the c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -156,8 +157,24 @@ def plane_footprint_m(
     its ray at the hit (at any angle off the axis: the ray is longer by 1 / cos and the pixel's angle smaller by
     cos); on a plane hit at incidence i that stretches by 1 / cos(i), capped at 1 / MIN_INCIDENCE_COS."""
     rays = np.asarray(rays, np.float32)
-    cos_inc = np.abs(rays @ np.asarray(normal_cam, np.float32)) / np.linalg.norm(rays, axis=1)
+    n = np.asarray(normal_cam, np.float32)
+    # by columns, not ``rays @ n``: OpenBLAS's sgemv rounds a row's product differently with the batch's length
+    # (fused multiply-adds in blocks), so a pixel's mip level depended on how many other pixels hit its plane
+    cos_inc = np.abs(rays[:, 0] * n[0] + rays[:, 1] * n[1] + rays[:, 2] * n[2]) / np.linalg.norm(rays, axis=1)
     return np.asarray(depth_m, np.float32) / np.float32(focal_px) / np.maximum(cos_inc, np.float32(MIN_INCIDENCE_COS))
+
+
+def _plane_uv(
+    points: np.ndarray,  # [K, 3] float64 world frame
+    u_axis: np.ndarray,  # [3] the plane's in-plane axes, world frame
+    v_axis: np.ndarray,
+) -> np.ndarray:
+    """``[K, 2]`` float64 plane coordinates (metres) by columns, not ``points @ basis``: BLAS rounds with fused
+    multiply-adds in an order of its own, which a compiled pass (``hole_kernels``) could not follow everywhere."""
+    out = np.empty((len(points), 2))
+    for j, ax in enumerate((u_axis, v_axis)):
+        out[:, j] = points[:, 0] * ax[0] + points[:, 1] * ax[1] + points[:, 2] * ax[2]
+    return out
 
 
 def layout_depth(layout: Layout, intrinsics: Intrinsics, c2w: np.ndarray) -> np.ndarray:
@@ -279,6 +296,46 @@ def _free_space_violation(
     return bad
 
 
+@lru_cache(maxsize=4)
+def _chamfer_offsets(pinhole_px: float) -> tuple[np.ndarray, np.ndarray]:
+    from spatia.model.fill.hole_kernels import chamfer_offsets
+
+    return chamfer_offsets(pinhole_px)
+
+
+class _HoleRays:
+    """``rays[sel]`` of the hole pixels ([M, 3] camera frame) without gathering all M: ``_beyond_openings`` reads
+    only the few rays it re-casts."""
+
+    def __init__(self, rays_flat: np.ndarray, hole_idx: np.ndarray) -> None:
+        self.rays_flat, self.hole_idx = rays_flat, hole_idx  # [H * W, 3], [M]
+
+    def __getitem__(self, sel: np.ndarray) -> np.ndarray:
+        return self.rays_flat[self.hole_idx[sel]]
+
+
+def _packed_views(views: list[ReferenceFrame]) -> tuple:
+    """The observed views with depth as ``hole_kernels``' arrays: R [V, 3, 3], t [V, 3], (fx, fy, cx, cy) [V, 4],
+    (H, W) [V, 2], offsets [V + 1] and the depths one after another (float32; no copy for a single view)."""
+    views = [v for v in views if v.depth_m is not None]
+    depths = [np.ascontiguousarray(v.depth_m, np.float32).reshape(-1) for v in views]
+    flat = depths[0] if len(depths) == 1 else (np.concatenate(depths) if depths else np.zeros(1, np.float32))
+    return (np.array([v.c2w[:3, :3] for v in views], np.float64).reshape(-1, 3, 3),
+            np.array([v.c2w[:3, 3] for v in views], np.float64).reshape(-1, 3),
+            np.array([[v.intrinsics.fx, v.intrinsics.fy, v.intrinsics.cx, v.intrinsics.cy] for v in views],
+                     np.float64).reshape(-1, 4),
+            np.array([v.depth_m.shape for v in views], np.int64).reshape(-1, 2),
+            np.concatenate([[0], np.cumsum([len(d) for d in depths])]).astype(np.int64), _read_only(flat))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only, C-contiguous view of ``a``: numba compiles one signature per array type (writable or not),
+    and the warm-up (``model.fill.warmup``) compiles this one, whatever the caller's array was."""
+    a = np.ascontiguousarray(a).view()
+    a.setflags(write=False)
+    return a
+
+
 class GeometricGenerator:
     """Memory render + reference warps + hole filling; deterministic (no randomness at all)."""
 
@@ -334,7 +391,124 @@ class GeometricGenerator:
         request: ClipRequest,
         reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout."""
+        """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout.
+
+        ``_layout_fill_reference`` (numpy) is the definition, step by step; here its per-hole-pixel passes run in
+        three compiled kernels (``model.fill.hole_kernels``) and the texel reads write straight into ``rgb``: the
+        same bits (tests/test_layout_fill_fused.py), a fraction of the CPU (docs/BENCHMARKS.md, session 9)."""
+        from spatia.model.fill import hole_kernels as hk
+        from spatia.model.fill.appearance import plane_basis
+        from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
+        from spatia.model.fill.texture import read_texels
+
+        cfg = self.config
+        layout = state.layout
+        K = request.intrinsics
+        rays_img = _rays(K)  # [H, W, 3] float32 camera frame
+        view = view_bounds(layout, c2w[:3, 3], reach)
+        if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
+            valid = valid & ~opening_pixels(layout, view, depth, valid, rays_img, c2w)
+            depth = np.where(valid, depth, 0.0).astype(np.float32)
+        filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
+        if valid.all():
+            return filled, colored
+        hole_idx, f, _, cast, rays_cast = hk.hole_rays(_read_only(valid), filled, rays_img,
+                                                       *_chamfer_offsets(cfg.pinhole_px))
+        ld_cast, li_cast = cast_layout(layout, view, rays_cast, c2w)
+        R, cam = np.ascontiguousarray(c2w[:3, :3], np.float64), np.ascontiguousarray(c2w[:3, 3], np.float64)
+        # free space around every pose the camera has been at or is about to be at (only the poses near a plane
+        # can be near its points; the reference's selection, box and strict radius)
+        radius = layout.config.min_camera_distance_m
+        close_pts, close_start = [np.zeros((0, 3))], np.zeros(len(view.bounds) + 1, np.int64)
+        box = np.zeros((2, len(view.bounds), 3))
+        for i, plane in enumerate(view.bounds):
+            close = reach[np.abs(reach @ layout.axes[plane.axis] - plane.offset_m) < radius]
+            close_start[i + 1] = close_start[i] + len(close)
+            if len(close):
+                close_pts.append(close)
+                box[0, i], box[1, i] = close.min(0) - radius, close.max(0) + radius
+        views = _packed_views(request.observed_views)
+        ld, li, pts, use, through = hk.hole_surfaces(
+            len(hole_idx), cast, ld_cast, li_cast, rays_cast, f, float(cfg.layout_front_rel), R, cam,
+            np.ascontiguousarray(np.concatenate(close_pts), np.float64), close_start, box[0], box[1], float(radius),
+            *views, float(cfg.free_space_rel))
+        rays_flat = rays_img.reshape(-1, 3)
+        bounds = list(view.bounds)
+        if len(through):
+            # where an observed view saw through the plane (a doorway, a window), the ray goes on to what lies
+            # beyond the opening (the reference's comment); rare, so the numpy path
+            self._beyond_openings(layout, bounds, through, _HoleRays(rays_flat, hole_idx), ld, li, pts, use, c2w,
+                                  request, reach)
+        # colour: each plane's texture where the layout wins (planes asked for their texture only when shown: a
+        # texture model is fitted on first use)
+        shown = np.bincount(li[use], minlength=len(bounds)) if use.any() else np.zeros(len(bounds), np.int64)
+        n_b = len(bounds)
+        kind = np.zeros(n_b, np.int8)  # 0: no texture, 1: a synthesis model, 2: another texture
+        texs = [None] * n_b
+        basis = np.zeros((n_b, 2, 3))
+        normal_cam = np.zeros((n_b, 3), np.float32)
+        tex_origin = np.zeros((n_b, 2))
+        texel_m = np.ones(n_b)
+        origin_px = np.zeros((n_b, 2), np.int64)
+        max_level = np.zeros(n_b, np.int64)
+        for i, plane in enumerate(bounds):
+            if not shown[i]:
+                continue
+            tex = state.textures.for_plane(plane)
+            if tex is None:
+                continue
+            texs[i] = tex
+            basis[i] = np.stack(plane_basis(layout, plane))
+            normal_cam[i] = R.T @ layout.axes[plane.axis]
+            if tex.synth is None:
+                kind[i] = 2
+                continue
+            kind[i] = 1
+            m = tex.synth
+            tex_origin[i] = np.asarray(tex.synth_origin_uv, np.float64)
+            texel_m[i] = m.texel_m
+            origin_px[i] = m.origin_px
+            max_level[i] = int(math.log2(m.tile_px & -m.tile_px))  # texture.sample_uv's
+        out_depth = filled.copy()
+        cap = np.float32(np.inf if layout.indoor else layout.config.max_ground_m)
+        order, starts, rows, cols, level, uv, footprint = hk.hole_depth_texels(
+            hole_idx, ld, li, pts, use, f, rays_flat, R, cam, len(views[0]) > 0, *views,
+            float(cfg.free_space_rel), cap, filled.reshape(-1), out_depth.reshape(-1), n_b, kind, basis, normal_cam,
+            np.float32(max(K.fx, K.fy)), np.float32(MIN_INCIDENCE_COS), tex_origin, texel_m, origin_px, max_level)
+        if not rgb.flags.c_contiguous:
+            raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")
+        rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
+        for i in np.flatnonzero(kind):
+            s0, s1 = int(starts[i]), int(starts[i + 1])
+            dst = hole_idx[order[s0:s1]]
+            if kind[i] == 1:
+                read_texels(texs[i].synth, rows[s0:s1], cols[s0:s1], level[s0:s1], texs[i].seed, dst, rgb_flat)
+            else:
+                rgb_flat[dst] = texs[i].sample(uv[s0:s1], footprint[s0:s1])
+        painted = hole_idx[order]
+        if state.sky is not None:  # the sky where nothing is hit outdoors
+            sky = np.flatnonzero((ld <= 0) & (f <= 0))
+            sky = hole_idx[sky[~colored.ravel()[hole_idx[sky]]]]
+            if len(sky):
+                rgb_flat[sky] = state.sky.colour(rays_flat[sky] @ R.T)
+                painted = np.concatenate([painted, sky])
+        colored = colored.copy()
+        colored.ravel()[painted] = True
+        return out_depth, colored
+
+    def _layout_fill_reference(
+        self,
+        state: _LayoutState,
+        rgb: np.ndarray,  # [H, W, 3] uint8, memory render with references applied, modified in place
+        colored: np.ndarray,  # [H, W] bool, where rgb holds colour
+        depth: np.ndarray,  # [H, W] float32, memory render depth
+        valid: np.ndarray,  # [H, W] bool, where the memory rendered
+        c2w: np.ndarray,  # [4, 4] target pose
+        request: ClipRequest,
+        reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
+        definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
         from spatia.model.fill.appearance import plane_basis
         from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
 
@@ -421,7 +595,7 @@ class GeometricGenerator:
             tex = state.textures.for_plane(plane)
             if tex is None:
                 continue
-            uv = pts[sel] @ np.stack(plane_basis(layout, plane), axis=1)  # [K, 2] plane metres (u, v)
+            uv = _plane_uv(pts[sel], *plane_basis(layout, plane))  # [K, 2] plane metres (u, v)
             # the mip level follows the footprint's long axis on the plane (as a GPU's does): one texel read per
             # pixel of a grazing ray would alias, and synthesise tiles nobody can resolve
             normal_cam = R.T @ layout.axes[plane.axis]

@@ -1238,17 +1238,58 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
     level = np.clip(np.floor(np.log2(np.maximum(fp / model.texel_m, 1.0))), 0, max_level).astype(np.int64)
     rows = np.floor(uv[:, 1] / model.texel_m).astype(np.int64) + model.origin_px[0]
     cols = np.floor(uv[:, 0] / model.texel_m).astype(np.int64) + model.origin_px[1]
-    ti, tj = np.floor_divide(rows, t), np.floor_divide(cols, t)
     out = np.empty((len(uv), 3), np.uint8)
     if len(uv) == 0:
         return out
+    read_texels(model, rows, cols, level, seed, None, out)
+    return out
+
+
+def read_texels(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray, seed: int,
+                dst: np.ndarray | None, out: np.ndarray) -> None:
+    """``out[dst[n]]`` = the texel of texture-space row ``rows[n]``, column ``cols[n]`` at mip ``level[n]`` (each
+    [N] int64, level clipped to the tiles' levels as ``sample_uv`` does), ``dst`` [N] int64 rows of ``out``
+    ([*, 3] uint8; None: ``out``'s first N rows): ``sample_uv``'s reads, for callers that computed the texel
+    indices themselves (the layout fill's compiled pass) and write straight into a frame. Which tiles to read is
+    planned in one compiled pass (``texel_kernels.plan_texels``); ``_read_texels_reference`` is the numpy twin."""
+    from spatia.model.fill.texel_kernels import plan_texels
+
+    if len(rows) == 0:
+        return
+    t = model.tile_px
+    n_levels = max(int(level.max()) + 1, FAR_LEVEL)
+    s_rows, s_cols, s_ti, s_tj, s_dst, level_start, slot, tile_i, tile_j, tile_start = plan_texels(
+        np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64),
+        np.ascontiguousarray(level, np.int64), np.arange(len(rows)) if dst is None else np.ascontiguousarray(
+            dst, np.int64), t, FAR_LEVEL, n_levels)
+    for lv in range(n_levels):
+        a, b = int(level_start[lv]), int(level_start[lv + 1])
+        if a == b:
+            continue
+        if lv >= FAR_LEVEL:
+            out[s_dst[a:b]] = model._far_texels(s_rows[a:b], s_cols[a:b], lv, seed)
+            continue
+        t0, t1 = int(tile_start[lv]), int(tile_start[lv + 1])
+        stack = np.stack([model._tile(int(i), int(j), seed, lv) for i, j in zip(tile_i[t0:t1], tile_j[t0:t1])])
+        texture_kernels.gather_tiles(stack, slot[a:b], s_rows[a:b], s_cols[a:b], s_ti[a:b], s_tj[a:b], t, lv,
+                                     s_dst[a:b], out)
+
+
+def _read_texels_reference(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray, seed: int,
+                dst: np.ndarray | None, out: np.ndarray) -> None:
+    """Slow twin of ``read_texels`` in numpy (the version before its compiled plan)."""
+    t = model.tile_px
+    ti, tj = np.floor_divide(rows, t), np.floor_divide(cols, t)
+    if len(rows) == 0:
+        return
     far = level >= FAR_LEVEL
     for lv in np.unique(level[far]):
         sel = np.flatnonzero(level == lv)
-        out[sel] = model._far_texels(rows[sel], cols[sel], int(lv), seed)
-    near = np.flatnonzero(~far)  # [K] indices into uv of the texels read through tiles
+        out[sel if dst is None else dst[sel]] = model._far_texels(rows[sel], cols[sel], int(lv), seed)
+    near = np.flatnonzero(~far)  # [K] indices into rows of the texels read through tiles
     if len(near) == 0:
-        return out
+        return
+    target = near if dst is None else dst[near]  # [K] rows of out
     r, c, lvl, ti, tj = rows[near], cols[near], level[near], ti[near], tj[near]
     # one gather per mip level from the tiles it reads, stacked; each texel's tile found through a dense table of
     # the tiles in reach (no sort, no boolean mask per tile over all texels: those cost more than the gather)
@@ -1267,8 +1308,7 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
         else:  # tiles scattered over a wide range: sort instead of a table that large
             tiles, slot = np.unique(k, return_inverse=True)
         stack = np.stack([model._tile(i0 + int(q) // span_j, j0 + int(q) % span_j, seed, int(lv)) for q in tiles])
-        texture_kernels.gather_tiles(stack, slot, r[sel], c[sel], ti[sel], tj[sel], t, int(lv), near[sel], out)
-    return out
+        texture_kernels.gather_tiles(stack, slot, r[sel], c[sel], ti[sel], tj[sel], t, int(lv), target[sel], out)
 
 
 def _groups(*columns: np.ndarray):

@@ -13,7 +13,7 @@ import numpy as np
 
 def compile_fill_kernels() -> int:
     """Run every compiled kernel of ``model.fill`` once; returns how many texels were synthesised."""
-    from spatia.model.fill import appearance, layout_kernels, opening_kernels, texture
+    from spatia.model.fill import appearance, hole_kernels, layout_kernels, opening_kernels, texture
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -38,4 +38,24 @@ def compile_fill_kernels() -> int:
         np.ones((2, 2, 3), np.float32), np.ones((2, 2), np.float32), np.ones((2, 2), bool), 0, 2, 0, 2, vec, f32(1.6),
         vec, f32(0), f32(0), f32(0.5), f32(0), f32(2), vec, f32(0), f32(1), f32(0.3), np.zeros((2, 2), bool),
     )  # fmt: skip (the doorway test)
+    # the fused hole passes of GeometricGenerator._layout_fill, with the types its frames pass (numba compiles a
+    # signature per array type, read-only included: the cached camera rays and a view's depth are read-only)
+    def read_only(a: np.ndarray) -> np.ndarray:
+        a.setflags(write=False)
+        return a
+
+    valid, filled = rng.random((6, 8)) < 0.5, np.ones((6, 8), np.float32)
+    idx, f, _, cast, rays_cast = hole_kernels.hole_rays(read_only(valid), filled, read_only(np.ones((6, 8, 3), np.float32)),
+                                                        *hole_kernels.chamfer_offsets(2.5))
+    eye, t3, i2 = np.eye(3), np.zeros(3), np.zeros((1, 2), np.int64)
+    views = (eye[None], t3[None], np.ones((1, 4)), np.ones((1, 2), np.int64), np.array([0, 1], np.int64),
+             read_only(np.ones(1, np.float32)))
+    ld, li, pts, use, _ = hole_kernels.hole_surfaces(
+        len(idx), cast, np.ones(len(cast), np.float32), np.zeros(len(cast), np.int16), rays_cast, f, 0.1, eye, t3,
+        np.zeros((1, 3)), np.array([0, 1], np.int64), np.zeros((1, 3)), np.ones((1, 3)), 0.5, *views, 0.03)
+    hole_kernels.hole_depth_texels(
+        idx, ld, li, pts, use, f, read_only(np.ones((48, 3), np.float32)), eye, t3, True, *views, 0.03, np.float32(np.inf),
+        filled.reshape(-1), filled.copy().reshape(-1), 1, np.ones(1, np.int8), np.zeros((1, 2, 3)),
+        np.zeros((1, 3), np.float32), np.float32(50.0), np.float32(1 / 64), np.zeros((1, 2)), np.ones(1), i2,
+        np.zeros(1, np.int64))
     return int(colours.shape[0])

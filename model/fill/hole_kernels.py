@@ -1,0 +1,254 @@
+"""Compiled (numba) passes over a frame's hole pixels for ``GeometricGenerator._layout_fill`` (the fused path).
+
+The numpy version (``GeometricGenerator._layout_fill_reference``, the definition) walks the hole pixels of a frame
+with ~30 array expressions, each a pass over [M] or [M, 3] temporaries (M ~ 10^5 holes at 640x360): ray gathers,
+the pinhole distance transform of the whole frame, world points, the near-pose and free-space tests, the colour
+gather and scatter, per plane a boolean mask over all holes, the plane coordinates and the texel indices. Here the
+same per-pixel arithmetic runs in three passes with no temporaries:
+
+1. ``hole_rays``: the hole pixels, their background-fill depth, the pinhole test (a rendered pixel within
+   ``pinhole_px`` in the chamfer metric of ``cv2.distanceTransform(DIST_L2, 3)``: steps 0.955 across, 1.3693
+   diagonally, the numbers OpenCV's 3x3 mask uses) and the rays of the others, which are cast;
+2. ``hole_surfaces``: from the cast (``layout_kernels.cast_planes``) to world points, the free space around the
+   poses (brute force over the few poses near each plane instead of a KD-tree) and against the observed views;
+3. ``hole_depth_texels``: the output depth (the fill's own points obey free space too) and, per plane, the texel
+   row, column and mip level of every pixel the layout wins (``texture.sample_uv``'s arithmetic), grouped by plane
+   (a counting sort), so the texel reads write straight into the frame.
+
+Arithmetic follows the reference's types expression by expression (float32 where it is float32, float64 where it
+is float64, no fused multiply-add: numba contracts nothing without fastmath), so the outputs are the same bits;
+``tests/test_layout_fill_fused.py`` compares the two on random and captured frames. No njit function here calls
+one in another file: numba's on-disk cache does not notice when a callee in another file changes.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+CHAMFER_ACROSS_PX = 0.955  # cv2.distanceTransform(DIST_L2, maskSize 3): a step across ...
+CHAMFER_DIAGONAL_PX = 1.3693  # ... and a diagonal step (OpenCV's constants, float32)
+
+
+def chamfer_offsets(max_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(dy [K], dx [K])`` int64: the pixel offsets within ``max_px`` of a pixel in the 3x3 chamfer metric of
+    ``cv2.distanceTransform(DIST_L2, 3)`` (a * (long - short) + b * short steps), nearest first (a pixel next to a
+    rendered one, the common case, is found at the first look)."""
+    a, b = np.float32(CHAMFER_ACROSS_PX), np.float32(CHAMFER_DIAGONAL_PX)
+    r = int(max_px / CHAMFER_ACROSS_PX) + 1
+    offs = []
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx == 0:
+                continue
+            lo, hi = sorted((abs(dy), abs(dx)))
+            d = np.float32(a * np.float32(hi - lo)) + np.float32(b * np.float32(lo))
+            if float(d) <= max_px:
+                offs.append((float(d), dy, dx))
+    offs.sort()
+    return np.array([o[1] for o in offs], np.int64), np.array([o[2] for o in offs], np.int64)
+
+
+@nb.njit(cache=True, nogil=True)
+def hole_rays(valid, filled, rays, off_dy, off_dx):  # pragma: no cover - compiled
+    """One pass over the frame. valid [H, W] bool (rendered), filled [H, W] float32 (the background fill's depth),
+    rays [H, W, 3] float32 camera frame (z = 1), off_dy / off_dx [K] int64 (``chamfer_offsets``).
+
+    Returns hole_idx [M] int64 (flat pixel index of each hole, row-major), f [M] float32 (the fill's depth there),
+    pinhole [M] bool (f > 0 and a rendered pixel within the offsets), cast [C] int64 (indices into M of the
+    others) and their rays [C, 3] float32."""
+    h, w = valid.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if not valid[y, x]:
+                n += 1
+    hole_idx = np.empty(n, np.int64)
+    f = np.empty(n, np.float32)
+    pinhole = np.zeros(n, np.bool_)
+    m = 0
+    c = 0
+    for y in range(h):
+        for x in range(w):
+            if valid[y, x]:
+                continue
+            fv = filled[y, x]
+            hole_idx[m] = y * w + x
+            f[m] = fv
+            if fv > 0:
+                for k in range(off_dy.shape[0]):
+                    yy, xx = y + off_dy[k], x + off_dx[k]
+                    if 0 <= yy < h and 0 <= xx < w and valid[yy, xx]:
+                        pinhole[m] = True
+                        break
+            if not pinhole[m]:
+                c += 1
+            m += 1
+    cast = np.empty(c, np.int64)
+    rays_cast = np.empty((c, 3), np.float32)
+    k = 0
+    for i in range(n):
+        if pinhole[i]:
+            continue
+        p = hole_idx[i]
+        y, x = p // w, p % w
+        cast[k] = i
+        for j in range(3):
+            rays_cast[k, j] = rays[y, x, j]
+        k += 1
+    return hole_idx, f, pinhole, cast, rays_cast
+
+
+@nb.njit(cache=True, nogil=True)
+def _seen_through(px, py, pz, view_R, view_t, view_k, view_hw, view_off, depth_flat, rel):  # pragma: no cover
+    """``freespace.seen_through`` of one world point against every view (the same float64 arithmetic)."""
+    for v in range(view_R.shape[0]):
+        dx, dy, dz = px - view_t[v, 0], py - view_t[v, 1], pz - view_t[v, 2]
+        R = view_R[v]
+        x = R[0, 0] * dx + R[1, 0] * dy + R[2, 0] * dz
+        y = R[0, 1] * dx + R[1, 1] * dy + R[2, 1] * dz
+        z = R[0, 2] * dx + R[1, 2] * dy + R[2, 2] * dz
+        if z <= 0.0:
+            continue
+        u = np.floor(view_k[v, 0] * x / z + view_k[v, 2])
+        vv = np.floor(view_k[v, 1] * y / z + view_k[v, 3])
+        hh, ww = view_hw[v, 0], view_hw[v, 1]
+        if u < 0 or u >= ww or vv < 0 or vv >= hh:
+            continue
+        seen = depth_flat[view_off[v] + int(vv) * ww + int(u)]
+        if seen <= 0.0 or z < seen * (1.0 - rel) - 0.05:
+            return True
+    return False
+
+
+@nb.njit(cache=True, nogil=True)
+def hole_surfaces(n_holes, cast, ld_cast, li_cast, rays_cast, f, front_rel, R, cam, close_pts, close_start, box_lo,
+                  box_hi, radius, view_R, view_t, view_k, view_hw, view_off, depth_flat, rel):  # pragma: no cover
+    """From the cast to the layout surfaces a frame uses.
+
+    n_holes M; cast [C] int64 into M; ld_cast [C] float32 / li_cast [C] int16 (``cast_planes``); rays_cast [C, 3]
+    float32; f [M] float32; front_rel float64 (``layout_front_rel``); R [3, 3], cam [3] float64 the camera's pose.
+    Poses near plane b: close_pts[close_start[b]:close_start[b + 1]] [Q, 3] float64, their box +- radius
+    box_lo / box_hi [B, 3] float64. Observed views v: view_R [V, 3, 3], view_t [V, 3], view_k [V, 4] (fx, fy, cx,
+    cy) float64, view_hw [V, 2] int64, depth_flat float32 (the views' depths, row-major, from view_off [V + 1]);
+    rel float64 (``free_space_rel``).
+
+    Returns ld [M] float32 (0: none or not cast), li [M] int16 (-1), pts [M, 3] float64 world frame (rows of cast
+    rays only; the rest unset), use [M] bool (the layout wins, outside the poses' and the views' free space) and
+    through [T] int64 (ascending: rays whose surface an observed view saw through)."""
+    ld = np.zeros(n_holes, np.float32)
+    li = np.full(n_holes, -1, np.int16)
+    pts = np.empty((n_holes, 3), np.float64)
+    use = np.zeros(n_holes, np.bool_)
+    through = np.empty(cast.shape[0], np.int64)
+    n_through = 0
+    keep = np.float32(1.0 - front_rel)
+    r2 = radius * radius
+    for k in range(cast.shape[0]):
+        m = cast[k]
+        d = ld_cast[k]
+        ld[m] = d
+        li[m] = li_cast[k]
+        # world point (freespace.world_points: float32 ray * depth, then float64)
+        x, y, w = rays_cast[k, 0] * d, rays_cast[k, 1] * d, rays_cast[k, 2] * d
+        p0 = cam[0] + R[0, 0] * x + R[0, 1] * y + R[0, 2] * w
+        p1 = cam[1] + R[1, 0] * x + R[1, 1] * y + R[1, 2] * w
+        p2 = cam[2] + R[2, 0] * x + R[2, 1] * y + R[2, 2] * w
+        pts[m, 0], pts[m, 1], pts[m, 2] = p0, p1, p2
+        fm = f[m]
+        if not (d > 0 and (fm <= 0 or fm >= keep * d)):
+            continue
+        b = li_cast[k]
+        near = False
+        if b >= 0 and close_start[b + 1] > close_start[b]:
+            if (box_lo[b, 0] <= p0 <= box_hi[b, 0] and box_lo[b, 1] <= p1 <= box_hi[b, 1]
+                    and box_lo[b, 2] <= p2 <= box_hi[b, 2]):
+                for q in range(close_start[b], close_start[b + 1]):
+                    e0, e1, e2 = p0 - close_pts[q, 0], p1 - close_pts[q, 1], p2 - close_pts[q, 2]
+                    if e0 * e0 + e1 * e1 + e2 * e2 < r2:
+                        near = True
+                        break
+        if _seen_through(p0, p1, p2, view_R, view_t, view_k, view_hw, view_off, depth_flat, rel):
+            through[n_through] = m
+            n_through += 1
+        elif not near:
+            use[m] = True
+    return ld, li, pts, use, through[:n_through]
+
+
+@nb.njit(cache=True, nogil=True)
+def hole_depth_texels(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k, view_hw,
+                      view_off, depth_flat, rel, cap_m, filled_flat, out_depth_flat, n_planes, plane_tex, basis,
+                      normal_cam, focal_px, min_cos, tex_origin_uv, texel_m, origin_px, max_level):  # pragma: no cover
+    """The output depth of every hole, and the texels of the pixels each plane's texture paints.
+
+    hole_idx [M] int64; ld [M] float32, li [M] int16, pts [M, 3] float64, use [M] bool (after the openings); f [M]
+    float32; rays_flat [H * W, 3] float32 camera frame; R, cam the pose; views as in ``hole_surfaces`` (used when
+    has_views); cap_m float64: outdoors a used layout depth beyond it is dropped (inf indoors). out_depth_flat
+    [H * W] float32 (a copy of filled_flat) gets the holes' depth.
+
+    Per plane b < n_planes with plane_tex[b] (0: no texture, 1: a synthesis model, 2: another texture): basis [B, 2,
+    3] float64 (u, v axes), normal_cam [B, 3] float32, focal_px float32, min_cos float32; for kind 1,
+    tex_origin_uv [B, 2], texel_m [B] float64, origin_px [B, 2] int64, max_level [B] int64.
+
+    Returns order [U] int64 (indices into M of the painted pixels, grouped by plane in plane order, ascending within
+    one), starts [B + 1], and per row of ``order``: rows, cols, level [U] int64 (kind 1) and uv [U, 2] float64,
+    footprint [U] float32 (every kind: what ``texture.sample_uv`` and ``PlaneTexture.sample`` read)."""
+    n = hole_idx.shape[0]
+    counts = np.zeros(n_planes + 1, np.int64)
+    for m in range(n):
+        nd = ld[m] if use[m] else max(f[m], np.float32(0.0))
+        if not use[m] and nd > 0 and has_views:
+            p = hole_idx[m]
+            x, y, w = rays_flat[p, 0] * nd, rays_flat[p, 1] * nd, rays_flat[p, 2] * nd
+            p0 = cam[0] + R[0, 0] * x + R[0, 1] * y + R[0, 2] * w
+            p1 = cam[1] + R[1, 0] * x + R[1, 1] * y + R[1, 2] * w
+            p2 = cam[2] + R[2, 0] * x + R[2, 1] * y + R[2, 2] * w
+            if _seen_through(p0, p1, p2, view_R, view_t, view_k, view_hw, view_off, depth_flat, rel):
+                nd = np.float32(0.0)
+        if use[m] and ld[m] > cap_m:
+            nd = np.float32(0.0)
+        out_depth_flat[hole_idx[m]] = nd
+        if use[m] and plane_tex[li[m]] != 0:
+            counts[li[m] + 1] += 1
+    starts = np.cumsum(counts)
+    total = starts[n_planes]
+    order = np.empty(total, np.int64)
+    fill = starts[:n_planes].copy()
+    for m in range(n):
+        if use[m] and plane_tex[li[m]] != 0:
+            b = li[m]
+            order[fill[b]] = m
+            fill[b] += 1
+    rows = np.empty(total, np.int64)
+    cols = np.empty(total, np.int64)
+    level = np.empty(total, np.int64)
+    uv = np.empty((total, 2), np.float64)
+    footprint = np.empty(total, np.float32)
+    for b in range(n_planes):
+        u0, u1, u2 = basis[b, 0, 0], basis[b, 0, 1], basis[b, 0, 2]
+        v0, v1, v2 = basis[b, 1, 0], basis[b, 1, 1], basis[b, 1, 2]
+        n0, n1, n2 = normal_cam[b, 0], normal_cam[b, 1], normal_cam[b, 2]
+        for s in range(starts[b], starts[b + 1]):
+            m = order[s]
+            p = hole_idx[m]
+            # plane coordinates (the reference's columns: float64, no fused multiply-add)
+            uu = pts[m, 0] * u0 + pts[m, 1] * u1 + pts[m, 2] * u2
+            vv = pts[m, 0] * v0 + pts[m, 1] * v1 + pts[m, 2] * v2
+            uv[s, 0], uv[s, 1] = uu, vv
+            # geometric.plane_footprint_m, float32
+            rx, ry, rz = rays_flat[p, 0], rays_flat[p, 1], rays_flat[p, 2]
+            cos_inc = abs(rx * n0 + ry * n1 + rz * n2) / np.sqrt(rx * rx + ry * ry + rz * rz)
+            fp = ld[m] / focal_px / max(cos_inc, min_cos)
+            footprint[s] = fp
+            if plane_tex[b] != 1:
+                continue
+            # texture.sample_uv: the plane coordinates from the synthesis exemplar's corner, float64
+            t = texel_m[b]
+            q = np.float64(fp) / t
+            lv = np.floor(np.log2(max(q, 1.0)))
+            lv = min(max(lv, 0.0), np.float64(max_level[b]))
+            level[s] = np.int64(lv)
+            rows[s] = np.int64(np.floor((vv - tex_origin_uv[b, 1]) / t)) + origin_px[b, 0]
+            cols[s] = np.int64(np.floor((uu - tex_origin_uv[b, 0]) / t)) + origin_px[b, 1]
+    return order, starts, rows, cols, level, uv, footprint

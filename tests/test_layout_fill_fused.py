@@ -1,0 +1,189 @@
+"""The layout fill's compiled frame path (``GeometricGenerator._layout_fill``, ``model.fill.hole_kernels``) against
+its numpy definition (``_layout_fill_reference``): the same bits of depth, colour mask and frame, on random rooms
+and poses and on the frames of a house walk (doorways, the rooms beyond them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from spatia.model import geometric
+from spatia.model.fill import hole_kernels
+from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, SkyModel
+from spatia.model.fill.layout import LayoutConfig, cast_layout, estimate_layout, view_bounds
+from spatia.world.camera import Intrinsics
+from spatia.world.generator import ReferenceFrame
+from spatia.world.geometry import pixel_rays
+from tests.conftest import box_room_points
+
+
+def _same(a, b) -> None:
+    (da, ca, ra), (db, cb, rb) = a, b
+    assert da.dtype == db.dtype == np.float32
+    np.testing.assert_array_equal(da, db)
+    np.testing.assert_array_equal(ca, cb)
+    np.testing.assert_array_equal(ra, rb)
+
+
+def test_pinholes_are_cv2s_chamfer_distance():
+    """``hole_rays`` flags a hole as a pinhole where ``cv2.distanceTransform(DIST_L2, 3)`` puts a rendered pixel
+    within ``pinhole_px`` (and the background fill has a depth there), without the whole-frame transform."""
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        h, w = rng.integers(5, 40, 2)
+        valid = rng.random((h, w)) < rng.uniform(0.02, 0.9)
+        if trial == 0:
+            valid[:] = False  # nothing rendered: no pinholes
+        filled = np.where(rng.random((h, w)) < 0.8, rng.uniform(0.5, 5, (h, w)), 0).astype(np.float32)
+        rays = rng.normal(size=(h, w, 3)).astype(np.float32)
+        dist = cv2.distanceTransform((~valid).view(np.uint8), cv2.DIST_L2, 3)
+        for px in (1.0, 1.5, 2.0, 2.5, 3.0, 4.2):
+            idx, f, pin, cast, rays_cast = hole_kernels.hole_rays(valid, filled, rays,
+                                                                  *hole_kernels.chamfer_offsets(px))
+            np.testing.assert_array_equal(idx, np.flatnonzero(~valid))
+            np.testing.assert_array_equal(f, filled.ravel()[idx])
+            np.testing.assert_array_equal(pin, (dist.ravel()[idx] <= px) & (f > 0))
+            np.testing.assert_array_equal(cast, np.flatnonzero(~pin))
+            np.testing.assert_array_equal(rays_cast, rays.reshape(-1, 3)[idx[cast]])
+
+
+def _room(rng, synthesis: bool, indoor: bool):
+    """A box room (``box_room_points``) turned by a random yaw, its layout and plane textures."""
+    yaw = rng.uniform(0, 2 * np.pi)
+    R = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+    pts = box_room_points(rng, R, n=2500)
+    local = pts @ R  # room frame: stripes and checks that depend on the position alone
+    cols = np.stack([(np.floor(local[:, 0] / 0.2) % 2) * 150 + 50, (np.floor(local[:, 1] / 0.3) % 2) * 120 + 60,
+                     (np.floor(local[:, 2] / 0.25) % 2) * 100 + 80], 1).astype(np.uint8)
+    observer = R @ np.array([3.0, 1.6, 1.0])
+    layout = estimate_layout(pts, observer, np.array([0.0, 1.0, 0.0]), R @ np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(max_room_extent_m=20.0))
+    sky = None
+    if not indoor:  # the same planes outdoors: the ground's cap, the sky where nothing is hit
+        layout = dataclasses.replace(layout, indoor=False, config=dataclasses.replace(layout.config,
+                                                                                      max_ground_m=6.0))
+        sky = SkyModel(layout.up.copy(), 10.0, rng.integers(0, 256, (18, 3)).astype(np.uint8))
+    textures = PlaneTextures(layout, pts, cols, AppearanceConfig(synthesis=synthesis))
+    return R, layout, geometric._LayoutState(("test",), layout, textures, sky, observer)
+
+
+def _pose(rng, R, room_m) -> np.ndarray:
+    """A camera in the room (room-frame position ``room_m``), looking somewhere level-ish."""
+    yaw, pitch = rng.uniform(-np.pi, np.pi), rng.uniform(-0.5, 0.5)
+    fwd = np.array([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)])
+    right = np.cross([0.0, 1.0, 0.0], fwd)
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    c2w = np.eye(4)
+    c2w[:3, :3] = R @ np.stack([right, down, fwd], 1)
+    c2w[:3, 3] = R @ room_m
+    return c2w
+
+
+@pytest.mark.parametrize("synthesis,indoor", [(True, True), (False, True), (True, False)])
+def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indoor):
+    """Random poses in a turned box room (paths through its back wall: doorways and the room beyond), memory
+    renders with pinholes, holes and near furniture, an observed view that saw through part of a wall (rays
+    re-cast beyond it) and left sky: the compiled fill gives the reference's depth, colour mask and frame."""
+    rng = np.random.default_rng(1 if indoor else 2)
+    R, layout, state = _room(rng, synthesis, indoor)
+    K = Intrinsics.from_fov(75.0, 48, 36)
+    rays = pixel_rays(K).astype(np.float32)
+    gen = geometric.GeometricGenerator()
+    first = _pose(rng, R, np.array([3.0, 1.6, 1.0]))
+    obs_depth, _ = cast_layout(layout, view_bounds(layout, first[:3, 3], first[None, :3, 3]), rays.reshape(-1, 3),
+                               first)
+    obs_depth = obs_depth.reshape(K.height, K.width).copy()
+    obs_depth[10:20, 15:30] *= 3.0  # it saw through here (a window): layout hits there are re-cast beyond
+    obs_depth[:4] = 0.0  # nothing came back
+    view = ReferenceFrame(0, np.zeros((K.height, K.width, 3), np.uint8), first, K, depth_m=obs_depth)
+    through_frames = 0
+    for trial in range(10):
+        start = np.array([rng.uniform(1, 5), 1.6, rng.uniform(2, 6.5)])
+        reach = R @ np.stack([start, start + [0, 0, 1.0], [start[0], 1.6, 7.6], [start[0] + 0.3, 1.6, 9.5]]).T
+        c2w = _pose(rng, R, start)
+        truth, _ = cast_layout(layout, view_bounds(layout, c2w[:3, 3], reach.T), rays.reshape(-1, 3), c2w)
+        depth = truth.reshape(K.height, K.width).copy()
+        depth[rng.random(depth.shape) < 0.1] = 0.0  # pinholes
+        y, x = rng.integers(0, 20), rng.integers(0, 30)
+        depth[y:y + 14, x:x + 18] = 0.0  # a hole the fill reaches over
+        depth[20:26, 5:12] = np.where(depth[20:26, 5:12] > 0, 0.8, 0.0)  # furniture in front
+        valid = depth > 0
+        rgb = rng.integers(0, 256, (K.height, K.width, 3), dtype=np.uint8)
+        colored = valid & (rng.random(valid.shape) < 0.9)
+        request = SimpleNamespace(intrinsics=K, observed_views=[view] if trial % 4 else [])
+        args = (colored, depth, valid, c2w, request, reach.T)
+        calls = []
+        beyond = gen._beyond_openings
+        gen._beyond_openings = lambda *a: (calls.append(1), beyond(*a))[1]
+        want_rgb = rgb.copy()
+        want = (*gen._layout_fill_reference(state, want_rgb, *args), want_rgb)
+        got_rgb = rgb.copy()
+        got = (*gen._layout_fill(state, got_rgb, *args), got_rgb)
+        del gen._beyond_openings
+        _same(got, want)
+        through_frames += bool(calls)
+    assert through_frames > 0  # the window made some rays go beyond the wall
+
+
+def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
+    """The frames of the house loop in the server's play clips (64x36, the first 60 frames, through doorways): every frame the layout fill makes."""
+    from spatia.world.actions import ClipConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.scenes import make_scene
+    from spatia.world.state import World
+
+    G = geometric.GeometricGenerator
+    fused, checked, openings = G._layout_fill, [], []
+
+    def both(self, state, rgb, colored, depth, valid, c2w, request, reach):
+        want_rgb = rgb.copy()
+        want = (*G._layout_fill_reference(self, state, want_rgb, colored, depth, valid, c2w, request, reach),
+                want_rgb)
+        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach)
+        _same((*got, rgb), want)
+        checked.append(1)
+        openings.append(bool(view_bounds(state.layout, c2w[:3, 3], reach).openings))
+        return got
+
+    monkeypatch.setattr(G, "_layout_fill", both)
+    world = World.from_scene("house", 0, 64, 36)
+    path = make_scene("house", 0).demo_path(161)[1:61]
+    cfg = EngineConfig(clip=ClipConfig(first_clip_frames=4, clip_frames=6, preceding_frames=2), keyframe_stride=4)
+    frames = list(Engine(world, G(geometric.GeometricConfig(coarse_frames=0)), cfg).generate(path, seed=0))
+    assert len(frames) == len(path) and len(checked) == len(path)
+    assert any(openings)  # the walk went through doorways
+
+
+def test_texel_reads_match_the_numpy_plan():
+    """``texture.read_texels`` (tiles planned in one compiled pass) writes what its numpy twin writes: texels of
+    both tile-read levels and the far field, tiles in reach packed densely and scattered (the sort), into the
+    rows ``dst`` names."""
+    from spatia.model.fill import texture
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    valid = np.ones((40, 40), bool)
+    valid[10:20, 12:30] = False
+    model = texture.TextureModel.fit(rgb, valid, 0.01, tile_px=16)
+    for spread in (40, 3000):  # texels within a few tiles; over a range too wide for a table of its tiles
+        n = 300
+        rows = rng.integers(-spread, spread, n)
+        cols = rng.integers(-spread, spread, n)
+        if spread > 100:  # a handful of distinct tiles, far apart
+            rows = rng.choice([-2900, -35, 2, 2800], n) + rng.integers(0, 16, n)
+        level = rng.choice([0, 1, 2, 3], n, p=[0.5, 0.3, 0.1, 0.1])
+        dst = rng.permutation(2 * n)[:n]
+        want = np.zeros((2 * n, 3), np.uint8)
+        got = np.zeros((2 * n, 3), np.uint8)
+        texture._read_texels_reference(model, rows, cols, level, 5, dst, want)
+        texture.read_texels(model, rows, cols, level, 5, dst, got)
+        np.testing.assert_array_equal(got, want)
+        assert want[dst].any()
+    one = np.zeros((1, 3), np.uint8)
+    texture.read_texels(model, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 5, None, one)
+    assert not one.any()  # nothing to read: nothing written
