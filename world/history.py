@@ -141,7 +141,7 @@ def _decode_rgb(blob: bytes, width: int, height: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def _encode_depth(depth_m: np.ndarray, config: HistoryConfig) -> bytes:
+def _encode_depth(depth_m: np.ndarray, config: HistoryConfig, stored: np.ndarray | None = None) -> bytes:
     """Depth ``[H, W]`` float32 metres (0 = unknown) -> bytes. Values a codec cannot hold become 0 (unknown)."""
     if config.depth_codec == "png_mm":
         import cv2
@@ -154,7 +154,8 @@ def _encode_depth(depth_m: np.ndarray, config: HistoryConfig) -> bytes:
         return buf.tobytes()
     import zstandard
 
-    return zstandard.ZstdCompressor(level=config.zstd_level).compress(_depth_as_stored(depth_m, config).tobytes())
+    stored = _depth_as_stored(depth_m, config) if stored is None else stored
+    return zstandard.ZstdCompressor(level=config.zstd_level).compress(stored.tobytes())
 
 
 def _depth_as_stored(depth_m: np.ndarray, config: HistoryConfig) -> np.ndarray | None:
@@ -835,16 +836,20 @@ class FrameFile:
 
 
 def _encode_frame(file: FrameFile, rgb: np.ndarray, depth: np.ndarray | None, config: HistoryConfig,
-                  decoded: deque | None = None, f: int = -1) -> tuple:
+                  decoded: tuple[deque, deque] | None = None, f: int = -1) -> tuple:
     """On the encoder thread: compress and append; returns (rgb offset, rgb length, depth offset, depth length).
-    ``decoded``: also decode the stored image and append ``(f, rgb)`` (what ``get_rgb(f)`` will return)."""
+    ``decoded`` (images, depths): also append ``(f, rgb)`` and ``(f, depth)`` as ``get_rgb(f)`` / ``get_depth(f)``
+    will return them (the image decoded from its record, the depth as its zstd codec stores it)."""
     blob = _encode_rgb(rgb, config)
     r_off, r_len = file.append(blob)
     if decoded is not None:
-        decoded.append((f, _decode_rgb(blob, rgb.shape[1], rgb.shape[0], f"frame {f}")))
+        decoded[0].append((f, _decode_rgb(blob, rgb.shape[1], rgb.shape[0], f"frame {f}")))
     if depth is None:
         return r_off, r_len, 0, -1
-    d_off, d_len = file.append(_encode_depth(depth, config))
+    stored = _depth_as_stored(depth, config)
+    d_off, d_len = file.append(_encode_depth(depth, config, stored))
+    if decoded is not None and stored is not None:
+        decoded[1].append((f, stored.astype(np.float32)))
     return r_off, r_len, d_off, d_len
 
 
@@ -877,8 +882,9 @@ class FrameStore:
         # (bounded; appended there, read here): a one-frame clip's references are mostly the frame added two steps
         # before (the one before is the preceding frame), and its decode cost ~0.3 ms of the world thread's step.
         self._decoded_ahead: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
-        # ... and their depth maps as the codec stores them (``_depth_as_stored``: the decode without the round
-        # trip, ~0.2 ms). Both are transient, like the encoder's queued copies: not in ``nbytes``.
+        # ... and their depth maps as the codec stores them (``_depth_as_stored``, also on the encoder thread: the
+        # decode without the round trip, ~0.2 ms). Both are transient, like the encoder's queued copies: not in
+        # ``nbytes``.
         self._stored_depth: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
         # retrieval-index compaction: which frames are candidates, and the indexed keyframes of each pose cell
         self._indexed = _Growing((), np.bool_)
@@ -927,14 +933,9 @@ class FrameStore:
         # compressed and appended to the frame file on the encoder thread (~3 ms for both at 640x360, off the
         # frame's path); the copies keep the caller free to reuse its buffers
         f = len(self)
-        ahead = self._decoded_ahead if self.config.decoded_cache_frames > 0 else None
+        ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 else None
         self._pending[f] = background("history-encoder").submit(
             _encode_frame, self.frame_file, rgb.copy(), depth, self.config, ahead, f)
-        if depth is not None and self.config.decoded_cache_frames > 0:
-            # the depth as a later ``get_depth(f)`` decodes it, without the round trip (the codec's own rounding)
-            stored = _depth_as_stored(depth, self.config)
-            if stored is not None:
-                self._stored_depth.append((f, stored.astype(np.float32)))
 
         self._c2w.extend(pose[None])
         self._intrinsics.extend(
