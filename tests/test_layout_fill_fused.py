@@ -13,6 +13,7 @@ import pytest
 
 from spatia.model import geometric
 from spatia.model.fill import hole_kernels
+from spatia.model.fill import layout as layout_module
 from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, SkyModel
 from spatia.model.fill.layout import LayoutConfig, cast_layout, estimate_layout, view_bounds
 from spatia.world.camera import Intrinsics
@@ -131,7 +132,9 @@ def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indo
 
 
 def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
-    """The frames of the house loop in the server's play clips (64x36, the first 60 frames, through doorways): every frame the layout fill makes."""
+    """The frames of the house loop in the server's play clips (64x36, the first 60 frames, through doorways):
+    every frame the layout fill makes; the view's bounds with the path's crossings memoised per clip
+    (``layout._PathMemo``) equal those computed afresh."""
     from spatia.world.actions import ClipConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.scenes import make_scene
@@ -147,7 +150,10 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
         got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach)
         _same((*got, rgb), want)
         checked.append(1)
-        openings.append(bool(view_bounds(state.layout, c2w[:3, 3], reach).openings))
+        view = view_bounds(state.layout, c2w[:3, 3], reach)  # the path's crossings from the clip's memo
+        layout_module._PATH_MEMOS.clear()
+        assert view_bounds(state.layout, c2w[:3, 3], reach) == view  # ... and computed afresh
+        openings.append(bool(view.openings))
         return got
 
     monkeypatch.setattr(G, "_layout_fill", both)
