@@ -193,3 +193,26 @@ def test_texel_reads_match_the_numpy_plan():
     one = np.zeros((1, 3), np.uint8)
     texture.read_texels(model, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 5, None, one)
     assert not one.any()  # nothing to read: nothing written
+
+
+def test_poses_near_points_per_plane_match_one_tree_over_all_poses():
+    """``geometric._near_poses`` (per plane, only the poses that can be near it) finds what one KD-tree over every
+    pose finds: the points with a pose strictly nearer than the radius (points on planes up to float32 casts)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(5)
+    R, layout, _ = _room(rng, True, True)
+    planes = layout.planes
+    for trial in range(6):
+        reach = R @ np.c_[rng.uniform(0, 6, 40), rng.uniform(1.2, 1.8, 40), rng.uniform(0, 8, 40)].T
+        idx = rng.integers(0, len(planes), 3000)
+        pts = R @ np.c_[rng.uniform(-1, 7, 3000), rng.uniform(-1, 4, 3000), rng.uniform(-1, 9, 3000)].T
+        pts = pts.T
+        for q, p in enumerate(planes):  # onto its plane, as a float32 ray cast puts it (off by ~1e-7)
+            on = idx == q
+            a = layout.axes[p.axis]
+            pts[on] += (p.offset_m - pts[on] @ a)[:, None] * a * (1 + rng.normal(0, 1e-7, (on.sum(), 1)))
+        want = np.isfinite(cKDTree(reach.T).query(pts, distance_upper_bound=0.5)[0])
+        got = geometric._near_poses(layout, planes, idx, pts, reach.T, 0.5)
+        np.testing.assert_array_equal(got, want)
+        assert want.any() and not want.all()
