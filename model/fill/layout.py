@@ -550,7 +550,7 @@ def _select_crossings(layout: Layout, parts, camera_m: np.ndarray | None) -> np.
     if parts is None:
         return np.zeros(0)
     cross, along, guessed, seen = parts
-    if guessed is None:
+    if guessed is None or not guessed.any():  # no heading crossing: nothing depends on the camera
         return along
     if camera_m is not None:
         seen = seen | (np.linalg.norm(cross - camera_m, axis=1) > layout.config.door_lookahead_m)
@@ -638,7 +638,8 @@ def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m
                         path_crossings(layout, p, path_m, known, camera_m))
         if len(along) == 0:
             continue
-        keep = np.r_[True, np.diff(along) > cfg.door_width_m / 2]  # one doorway per place the path goes through
+        # one doorway per place the path goes through
+        keep = np.concatenate([[True], np.diff(along) > cfg.door_width_m / 2])
         for c in along[keep]:
             view.openings.append(Opening(p, float(c), cfg.door_width_m / 2, bottom, top))
         # the room beyond: the farthest observed wall that way facing back, else as deep as the camera's room
