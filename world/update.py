@@ -297,6 +297,79 @@ def _fill_kernel(depth, valid, gap_rel, max_span, out):  # pragma: no cover - co
             out[y, x] = est if (span < np.inf and span <= max_span) else 0.0
 
 
+@numba.njit(cache=True, nogil=True)
+def _axis_span(ka, kb, limit):  # pragma: no cover - compiled
+    """``_axis``'s span from the steps to the two ends alone (0: no end; beyond ``limit``: inf), so the pixel's
+    axis is chosen before any end is read."""
+    if ka > limit or kb > limit:
+        return np.inf
+    if ka > 0 and kb > 0:
+        return float(ka + kb)
+    if ka > 0 or kb > 0:
+        return 2.0 * (ka if ka > 0 else kb)
+    return np.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no cover - compiled
+    """``_fill_kernel`` in two row-major passes and one axis per hole: the forward pass takes each hole's left
+    and upper ends from running scans (a row's last valid column, each column's last valid row), the backward
+    pass its right and lower ends the same way and fills it then. A hole's two spans depend on its ends' steps
+    only, so only the winning axis's ends (slopes, divisions) are read, and a hole no axis reaches within
+    ``max_span`` costs nothing more. ``depth`` [H, W] any float dtype (inverse depths in float64 as
+    ``_fill_kernel``), ``out`` [H, W] float32 (each value rounded once, as ``_fill_kernel``'s float64 out then
+    ``astype``). Same bits as ``_fill_kernel`` (tested)."""
+    H, W = depth.shape
+    limit = int(min(max_span, H + W))
+    inv = np.zeros((H, W))
+    valid = np.empty((H, W), np.bool_)
+    left = np.empty((H, W), np.int32)  # for holes only: nearest valid column to the left, -1: none
+    up = np.empty((H, W), np.int32)  # for holes only: nearest valid row above, -1: none
+    col_last = np.full(W, -1, np.int32)
+    for y in range(H):
+        last = -1
+        for x in range(W):
+            d = depth[y, x]
+            if valid_in[y, x] and np.isfinite(d) and d > 0:
+                valid[y, x] = True
+                inv[y, x] = 1.0 / np.float64(d)
+                last = x
+                col_last[x] = y
+            else:
+                valid[y, x] = False
+                left[y, x] = last
+                up[y, x] = col_last[x]
+    col_next = np.full(W, H, np.int32)
+    for y in range(H - 1, -1, -1):
+        nxt = W
+        for x in range(W - 1, -1, -1):
+            if valid[y, x]:
+                out[y, x] = depth[y, x]
+                nxt = x
+                col_next[x] = y
+                continue
+            lf, rt, u, dn = left[y, x], nxt, up[y, x], col_next[x]
+            kl = x - lf if lf >= 0 else 0
+            kr = rt - x if rt < W else 0
+            ku = y - u if u >= 0 else 0
+            kd = dn - y if dn < H else 0
+            span_h = _axis_span(kl, kr, limit)
+            span_v = _axis_span(ku, kd, limit)
+            span = span_h if span_h <= span_v else span_v
+            if not (span < np.inf and span <= max_span):
+                out[y, x] = 0.0
+                continue
+            if span_h <= span_v:
+                il, sl, kl = _end(inv, valid, y, lf, kl, 0, -1, H, W, limit)
+                ir, sr, kr = _end(inv, valid, y, rt, kr, 0, 1, H, W, limit)
+                est, _ = _axis(il, sl, kl, ir, sr, kr, gap_rel)
+            else:
+                iu, su, ku = _end(inv, valid, u, x, ku, -1, 0, H, W, limit)
+                idn, sd, kd = _end(inv, valid, dn, x, kd, 1, 0, H, W, limit)
+                est, _ = _axis(iu, su, ku, idn, sd, kd, gap_rel)
+            out[y, x] = est
+
+
 def fill_holes_background(
     depth_m: np.ndarray,  # [H, W] float32 z-depth
     valid: np.ndarray,  # [H, W] bool, True where depth_m is known
@@ -306,9 +379,26 @@ def fill_holes_background(
     """Fill the unknown pixels of a depth map, preferring the far side at occlusion edges (rule above).
 
     Returns ``[H, W]`` float32: ``depth_m`` where ``valid``, the fill elsewhere, 0 where nothing can be inferred.
-    Compiled: prefix scans find every hole pixel's nearest known pixel on each axis; the plainly written
-    ``_reference_fill_holes_background`` is the same rule in Python, and the tests compare the two.
+    Compiled: running scans find every hole pixel's nearest known pixel on each axis (``_fill_kernel_fused``; the
+    earlier prefix-scan kernel ``_fill_kernel`` and the plainly written ``_reference_fill_holes_background`` are
+    the same rule, and the tests compare all three).
     """
+    depth = np.ascontiguousarray(depth_m)
+    if depth.dtype not in (np.float32, np.float64):
+        depth = depth.astype(np.float64)
+    if depth.ndim != 2 or np.shape(valid) != depth.shape:
+        raise InvalidInputError(f"fill_holes_background needs [H, W] depth and valid of one shape, got "
+                                f"{depth.shape} and {np.shape(valid)}")
+    out = np.empty(depth.shape, np.float32)
+    _fill_kernel_fused(depth, np.ascontiguousarray(valid, dtype=bool), float(gap_rel),
+                       np.inf if max_span_px is None else float(max_span_px), out)
+    return out
+
+
+def _fill_holes_background_scans(depth_m: np.ndarray, valid: np.ndarray, gap_rel: float = 0.05,
+                                 max_span_px: int | None = None) -> np.ndarray:
+    """``fill_holes_background`` through the former kernel (four prefix-scan arrays, both axes per hole): tests
+    compare it with the fused kernel bit for bit."""
     depth = np.ascontiguousarray(depth_m, dtype=np.float64)
     valid = np.ascontiguousarray(np.asarray(valid, dtype=bool) & np.isfinite(depth) & (depth > 0))
     out = np.zeros(depth.shape, np.float64)
