@@ -216,3 +216,13 @@ def test_poses_near_points_per_plane_match_one_tree_over_all_poses():
         got = geometric._near_poses(layout, planes, idx, pts, reach.T, 0.5)
         np.testing.assert_array_equal(got, want)
         assert want.any() and not want.all()
+
+
+def test_sky_colour_by_columns_is_the_norm_it_replaced():
+    """``SkyModel.colour`` takes the directions' lengths by columns: the same bands as with ``np.linalg.norm``."""
+    rng = np.random.default_rng(6)
+    sky = SkyModel(np.array([0.0, 1.0, 0.0]), 1.0, rng.integers(0, 256, (180, 3)).astype(np.uint8))
+    dirs = rng.normal(size=(20000, 3)) * rng.uniform(1e-3, 1e3, (20000, 1))
+    elev = np.degrees(np.arcsin(np.clip((dirs @ sky.up) / np.maximum(np.linalg.norm(dirs, axis=1), 1e-12), -1, 1)))
+    want = sky.colours[np.clip(((elev + 90.0) / sky.band_deg).astype(np.int64), 0, len(sky.colours) - 1)]
+    np.testing.assert_array_equal(sky.colour(dirs), want)
