@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spatia.model.fill.appearance import (AppearanceConfig, _reference_split_by_distance, _split_by_distance,
-                                          plane_basis, plane_texture)
+from spatia.model.fill.appearance import (AppearanceConfig, UnseenCells, _reference_split_by_distance,
+                                          _split_by_distance, plane_basis, plane_texture)
 from spatia.model.fill.layout import FLOOR, estimate_layout
 from tests.conftest import box_room_points
 
@@ -127,3 +127,25 @@ def test_a_floor_cell_cut_off_by_observed_walls_shows_a_lower_contrast_guess():
             np.testing.assert_array_equal(a, b)
     # the observed mean is the floor samples' mean colour
     assert np.abs(half.unseen.mean - cols[floor_pts].mean(0)).max() < 12
+
+
+def test_the_compiled_unseen_cell_contrast_matches_numpy():
+    """``UnseenCells.apply`` (compiled, on every floor pixel of a frame) changes the texels its numpy twin
+    changes, to the same values: points on the cuts, in every cell, strided colour arrays, no cuts on one axis."""
+    rng = np.random.default_rng(4)
+    for cuts_u, cuts_v, seen in ((np.array([-1.0, 0.5, 2.0]), np.array([0.0]), np.array([0, 3, 5])),
+                                 (np.array([1.0]), np.zeros(0), np.array([1])),
+                                 (np.array([0.0]), np.array([0.0]), np.zeros(0, np.int64))):
+        cells = UnseenCells(cuts_u, cuts_v, seen, rng.uniform(0, 255, 3), 0.5)
+        uv = rng.uniform(-3, 3, (500, 2))
+        uv[:20, 0] = cuts_u[0]  # exactly on a cut
+        cols = rng.integers(0, 256, (500, 6), dtype=np.uint8)[:, ::2]  # a strided view
+        want = cols.copy()
+        cells.reference_apply(uv, want)
+        got = cols.copy()
+        cells.apply(uv, got)
+        np.testing.assert_array_equal(got, want)
+        strided = cols.copy(order="F")
+        cells.apply(uv, strided)
+        np.testing.assert_array_equal(strided, want)
+        assert (got != cols).any()

@@ -10,6 +10,13 @@ observed points alone (which the snapshot keeps), and once shown it is folded in
 exemplar of its own borrows the most similar known surface's (floor from floor, wall from wall). Texture
 synthesis proper (``model/fill/texture.py``, engineer ``texture``) can replace the mirror-repeat per tile.
 
+Regions of a floor's look (session 9). Two rules, each from the observed samples alone: (1) where they change
+look at some distance from the observer (``_far_region``: the courtyard's paving near, grass from 24 m), the floor
+beyond that distance, in every direction, continues the far look; (2) where the layout's observed walls cut the
+floor into cells and a cell holds no observed samples (a room beyond a doorway, ``UnseenCells``), nothing says
+what it looks like: the texture is shown at half contrast around the observed mean (a flat mean is the
+least-squares guess; half keeps a floor's texture and the gradient ratio in range).
+
 Sky. Outdoors, rays that reach no layout surface show the sky: an environment layer keyed by elevation above the
 horizon (the mean colour of the observed sky pixels of the first image per 1 degree band, bands never seen take
 the nearest seen one). It is rendered behind everything and never becomes memory points (no sparse shell).
@@ -25,7 +32,7 @@ import cv2
 import numpy as np
 import structlog
 
-from spatia.model.fill.appearance_kernels import best_window
+from spatia.model.fill.appearance_kernels import best_window, lower_unseen_contrast
 from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
 
 log = structlog.get_logger(__name__)
@@ -159,11 +166,24 @@ class UnseenCells:
         return ~((len(self.seen) > 0) & (self.seen[i] == codes)) if len(self.seen) else np.ones(len(codes), bool)
 
     def apply(self, uv_m: np.ndarray, colours: np.ndarray) -> None:
-        """Lower the contrast of ``colours`` [M, 3] uint8 (in place) where ``uv_m`` [M, 2] lies in an unseen cell."""
+        """Lower the contrast of ``colours`` [M, 3] uint8 (in place) where ``uv_m`` [M, 2] lies in an unseen cell
+        (compiled: this runs on every floor pixel of a frame)."""
+        if not len(uv_m):
+            return
+        out = colours if colours.flags.c_contiguous else np.ascontiguousarray(colours)
+        seen_cell = np.zeros((len(self.cuts_u) + 1) * (len(self.cuts_v) + 1), bool)
+        seen_cell[self.seen] = True
+        lower_unseen_contrast(np.ascontiguousarray(uv_m, np.float64), out, self.cuts_u, self.cuts_v, seen_cell,
+                              self.mean, float(self.contrast))
+        if out is not colours:
+            colours[...] = out
+
+    def reference_apply(self, uv_m: np.ndarray, colours: np.ndarray) -> None:
+        """Slow numpy twin of ``apply``."""
         m = self.unseen_mask(uv_m)
         if m.any():
             c = self.mean + self.contrast * (colours[m].astype(np.float64) - self.mean)
-            colours[m] = np.clip(np.rint(c), 0, 255).astype(np.uint8)
+            colours[m] = np.clip(np.floor(c + 0.5), 0, 255).astype(np.uint8)
 
 
 def _unseen_cells(layout: Layout, plane: Plane, uv: np.ndarray, col: np.ndarray,
