@@ -13,6 +13,7 @@ import pytest
 
 from spatia.model import geometric
 from spatia.model.fill import hole_kernels
+from spatia.model.fill import layout as layout_module
 from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, SkyModel
 from spatia.model.fill.layout import LayoutConfig, cast_layout, estimate_layout, view_bounds
 from spatia.world.camera import Intrinsics
@@ -131,7 +132,9 @@ def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indo
 
 
 def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
-    """The frames of the house loop in the server's play clips (64x36, the first 60 frames, through doorways): every frame the layout fill makes."""
+    """The frames of the house loop in the server's play clips (64x36, the first 60 frames, through doorways):
+    every frame the layout fill makes; the view's bounds with the path's crossings memoised per clip
+    (``layout._PathMemo``) equal those computed afresh."""
     from spatia.world.actions import ClipConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.scenes import make_scene
@@ -147,7 +150,10 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
         got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach)
         _same((*got, rgb), want)
         checked.append(1)
-        openings.append(bool(view_bounds(state.layout, c2w[:3, 3], reach).openings))
+        view = view_bounds(state.layout, c2w[:3, 3], reach)  # the path's crossings from the clip's memo
+        layout_module._PATH_MEMOS.clear()
+        assert view_bounds(state.layout, c2w[:3, 3], reach) == view  # ... and computed afresh
+        openings.append(bool(view.openings))
         return got
 
     monkeypatch.setattr(G, "_layout_fill", both)
@@ -187,3 +193,36 @@ def test_texel_reads_match_the_numpy_plan():
     one = np.zeros((1, 3), np.uint8)
     texture.read_texels(model, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 5, None, one)
     assert not one.any()  # nothing to read: nothing written
+
+
+def test_poses_near_points_per_plane_match_one_tree_over_all_poses():
+    """``geometric._near_poses`` (per plane, only the poses that can be near it) finds what one KD-tree over every
+    pose finds: the points with a pose strictly nearer than the radius (points on planes up to float32 casts)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(5)
+    R, layout, _ = _room(rng, True, True)
+    planes = layout.planes
+    for trial in range(6):
+        reach = R @ np.c_[rng.uniform(0, 6, 40), rng.uniform(1.2, 1.8, 40), rng.uniform(0, 8, 40)].T
+        idx = rng.integers(0, len(planes), 3000)
+        pts = R @ np.c_[rng.uniform(-1, 7, 3000), rng.uniform(-1, 4, 3000), rng.uniform(-1, 9, 3000)].T
+        pts = pts.T
+        for q, p in enumerate(planes):  # onto its plane, as a float32 ray cast puts it (off by ~1e-7)
+            on = idx == q
+            a = layout.axes[p.axis]
+            pts[on] += (p.offset_m - pts[on] @ a)[:, None] * a * (1 + rng.normal(0, 1e-7, (on.sum(), 1)))
+        want = np.isfinite(cKDTree(reach.T).query(pts, distance_upper_bound=0.5)[0])
+        got = geometric._near_poses(layout, planes, idx, pts, reach.T, 0.5)
+        np.testing.assert_array_equal(got, want)
+        assert want.any() and not want.all()
+
+
+def test_sky_colour_by_columns_is_the_norm_it_replaced():
+    """``SkyModel.colour`` takes the directions' lengths by columns: the same bands as with ``np.linalg.norm``."""
+    rng = np.random.default_rng(6)
+    sky = SkyModel(np.array([0.0, 1.0, 0.0]), 1.0, rng.integers(0, 256, (180, 3)).astype(np.uint8))
+    dirs = rng.normal(size=(20000, 3)) * rng.uniform(1e-3, 1e3, (20000, 1))
+    elev = np.degrees(np.arcsin(np.clip((dirs @ sky.up) / np.maximum(np.linalg.norm(dirs, axis=1), 1e-12), -1, 1)))
+    want = sky.colours[np.clip(((elev + 90.0) / sky.band_deg).astype(np.int64), 0, len(sky.colours) - 1)]
+    np.testing.assert_array_equal(sky.colour(dirs), want)

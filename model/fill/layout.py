@@ -42,6 +42,8 @@ through stays a bound (with its doorway) when the camera is nearer to it than ``
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,6 +121,8 @@ class Layout:
     # [3, 2] the observed points' extent along each axis (``observed_range_pct`` percentiles): a wall closed by
     # rule 2 or 3 stands beyond what was seen that way (in front of it, free space would erase it)
     observed_range_m: np.ndarray | None = None
+    observer: np.ndarray | None = None  # [3] world frame, where the observed points were seen from (the first
+    # camera): the appearance of a plane region follows what was seen at that distance (model.fill.appearance)
 
     @property
     def up(self) -> np.ndarray:
@@ -384,7 +388,8 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     coords = pts @ axes.T  # [N, 3] along up, a1, a2
     q = config.observed_range_pct
     observed = np.stack([np.percentile(coords, q, axis=0), np.percentile(coords, 100.0 - q, axis=0)], axis=1)
-    return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed)
+    return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
+                  observer=np.asarray(observer, np.float64).copy())
 
 
 @dataclass(frozen=True)
@@ -413,7 +418,8 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
     cfg = layout.config
     out: list[Plane] = []
     eye_m = float(camera_m @ layout.axes[0])
-    path_m = _heading_path(reach_m, cfg.door_lookahead_m)  # [P or P + 1, 3]: where the camera is heading, too
+    memo = _path_memo(layout, reach_m)  # the same for every frame of a clip
+    path_m = memo.path_m  # [P or P + 1, 3]: where the camera is heading, too
     known = len(reach_m)
     ceilings = [p.offset_m for p in layout.planes if p.kind == CEILING]
     # only a wall reaching the ceiling (or well above the eye without one) can have been walked through: the
@@ -438,7 +444,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 continue  # floors and ceilings are not closed by rule
             # (free space around the other poses is kept per point by the caller: planes are infinite, and a
             # pose beyond a wall, in the next room, says nothing about the wall's other parts)
-            doorway = _crossed_near_wall(layout, walls(k, -direction), direction, camera_m, path_m, known)
+            doorway = _crossed_near_wall(layout, walls(k, -direction), direction, camera_m, path_m, known, memo)
             if doorway is not None:
                 # the camera is about to walk through a wall nearer than the free-space margin: that wall still
                 # bounds the view (with its doorway, path_openings), else the memory's wall invented there before
@@ -499,7 +505,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                              src.plane_id if src is not None else -1, derived=True))
     view = LayoutView(out)
     if layout.indoor and len(path_m) >= 2:
-        path_openings(layout, view, camera_m, path_m, known)
+        path_openings(layout, view, camera_m, path_m, known, memo)
     return view
 
 
@@ -522,25 +528,78 @@ def path_crossings(layout: Layout, plane: Plane, path_m: np.ndarray, known: int 
     outside the wall's observed extent (``Plane.span_m``; a closing wall was never observed) and within
     ``door_lookahead_m`` of the camera at ``camera_m`` [3] (demo clips know 41 poses ahead: a heading from the
     last of them opened the unseen wall the loop stops short of, house:1 frames 130-146)."""
+    return _select_crossings(layout, _crossing_parts(layout, plane, path_m, known), camera_m)
+
+
+def _crossing_parts(layout: Layout, plane: Plane, path_m: np.ndarray, known: int | None):
+    """What ``path_crossings`` computes before it looks at the camera: ``(cross [C, 3], along [C], heading [C]
+    bool: a guessed crossing inside what was observed of the wall, or None without ``known``)``."""
     a, h = layout.axes[plane.axis], layout.axes[3 - plane.axis]
     s = path_m @ a - plane.offset_m
     j = np.flatnonzero(s[:-1] * s[1:] < 0)
     if not len(j):
-        return np.zeros(0)
+        return None
     frac = s[j] / (s[j] - s[j + 1])
     cross = path_m[j] + frac[:, None] * (path_m[j + 1] - path_m[j])  # [C, 3]
     along = cross @ h
-    if known is not None:
-        guessed = j >= known - 1
-        seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
-        if camera_m is not None:
-            seen |= np.linalg.norm(cross - camera_m, axis=1) > layout.config.door_lookahead_m
-        along = along[~(guessed & seen)]
-    return along
+    if known is None:
+        return cross, along, None, None
+    guessed = j >= known - 1
+    seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
+    return cross, along, guessed, seen
+
+
+def _select_crossings(layout: Layout, parts, camera_m: np.ndarray | None) -> np.ndarray:
+    if parts is None:
+        return np.zeros(0)
+    cross, along, guessed, seen = parts
+    if guessed is None or not guessed.any():  # no heading crossing: nothing depends on the camera
+        return along
+    if camera_m is not None:
+        seen = seen | (np.linalg.norm(cross - camera_m, axis=1) > layout.config.door_lookahead_m)
+    return along[~(guessed & seen)]
+
+
+class _PathMemo:
+    """One path's crossings of the walls, without the camera (``_crossing_parts``), computed once per wall: the
+    frames of a clip share their path (the poses visited and about to be), only the camera moves along it."""
+
+    def __init__(self, layout: Layout, path_m: np.ndarray, known: int) -> None:
+        self.layout, self.path_m, self.known = layout, path_m, known
+        self._parts: dict[Plane, object] = {}
+
+    def crossings(self, plane: Plane, camera_m: np.ndarray) -> np.ndarray:
+        """``path_crossings(layout, plane, path_m, known, camera_m)``."""
+        if plane not in self._parts:
+            self._parts[plane] = _crossing_parts(self.layout, plane, self.path_m, self.known)
+        return _select_crossings(self.layout, self._parts[plane], camera_m)
+
+
+_PATH_MEMOS: dict = {}  # (id(layout), reach bytes) -> (weakref to layout, _PathMemo); the last few paths
+_PATH_MEMOS_MAX = 16
+_PATH_MEMOS_LOCK = threading.Lock()
+
+
+def _path_memo(layout: Layout, reach_m: np.ndarray) -> _PathMemo:
+    """The memo of the heading path of ``reach_m`` [P, 3] in ``layout``: found by the poses' bytes (the same poses
+    give the same path, whichever array holds them) and the layout object itself."""
+    reach_m = np.ascontiguousarray(reach_m, np.float64)
+    key = (id(layout), reach_m.shape, reach_m.tobytes())
+    with _PATH_MEMOS_LOCK:
+        got = _PATH_MEMOS.pop(key, None)
+        if got is not None and got[0]() is layout:
+            _PATH_MEMOS[key] = got  # most recent last
+            return got[1]
+    memo = _PathMemo(layout, _heading_path(reach_m.copy(), layout.config.door_lookahead_m), len(reach_m))
+    with _PATH_MEMOS_LOCK:
+        _PATH_MEMOS[key] = (weakref.ref(layout), memo)
+        while len(_PATH_MEMOS) > _PATH_MEMOS_MAX:
+            _PATH_MEMOS.pop(next(iter(_PATH_MEMOS)))
+    return memo
 
 
 def _crossed_near_wall(layout: Layout, candidates: list[Plane], direction: int, camera_m: np.ndarray,
-                       path_m: np.ndarray, known: int | None = None) -> Plane | None:
+                       path_m: np.ndarray, known: int | None = None, memo: _PathMemo | None = None) -> Plane | None:
     """The nearest of ``candidates`` (walls of one axis facing the camera at ``camera_m`` [3]) that lies less than
     ``min_camera_distance_m`` ahead of it in ``direction`` and that the path ``path_m`` [P, 3] (time order, world
     frame; see ``path_crossings`` for ``known``) goes through within a door's width of the camera along the wall;
@@ -556,13 +615,14 @@ def _crossed_near_wall(layout: Layout, candidates: list[Plane], direction: int, 
         gap = direction * (p.offset_m - c)
         if not 0.0 <= gap < cfg.min_camera_distance_m or (best is not None and gap >= direction * (best.offset_m - c)):
             continue
-        if np.any(np.abs(path_crossings(layout, p, path_m, known, camera_m) - cam_along) <= cfg.door_width_m):
+        along = memo.crossings(p, camera_m) if memo is not None else path_crossings(layout, p, path_m, known, camera_m)
+        if np.any(np.abs(along - cam_along) <= cfg.door_width_m):
             best = p
     return best
 
 
 def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m: np.ndarray,
-                  known: int | None = None) -> None:
+                  known: int | None = None, memo: _PathMemo | None = None) -> None:
     """Add to ``view`` a doorway wherever ``path_m`` [P, 3] (camera positions in time order, world frame) crosses
     one of its walls, and for each wall with a doorway the wall of the room beyond (module docstring); steps from
     ``known - 1`` on are where the camera heads (``path_crossings``)."""
@@ -577,10 +637,12 @@ def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m
         if p.kind != WALL:
             continue
         a = layout.axes[p.axis]
-        along = np.sort(path_crossings(layout, p, path_m, known, camera_m))
+        along = np.sort(memo.crossings(p, camera_m) if memo is not None else
+                        path_crossings(layout, p, path_m, known, camera_m))
         if len(along) == 0:
             continue
-        keep = np.r_[True, np.diff(along) > cfg.door_width_m / 2]  # one doorway per place the path goes through
+        # one doorway per place the path goes through
+        keep = np.concatenate([[True], np.diff(along) > cfg.door_width_m / 2])
         for c in along[keep]:
             view.openings.append(Opening(p, float(c), cfg.door_width_m / 2, bottom, top))
         # the room beyond: the farthest observed wall that way facing back, else as deep as the camera's room

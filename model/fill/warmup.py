@@ -24,6 +24,7 @@ def compile_fill_kernels() -> int:
     colours = texture.sample_uv(model, uv, np.full(len(uv), 0.004), seed=0)  # the tile gather
     cover = rng.random((20, 20)) < 0.7
     appearance._largest_window(cover, [16, 8], 0.5)  # the exemplar window search
+    appearance.UnseenCells(np.zeros(1), np.zeros(0), np.zeros(0, np.int64), np.zeros(3), 0.5).apply(uv, colours)
     rays = np.concatenate([rng.uniform(-1, 1, (8, 2)), np.ones((8, 1))], 1).astype(np.float32)
     two = np.zeros(2)
     layout_kernels.cast_planes(
@@ -45,8 +46,8 @@ def compile_fill_kernels() -> int:
         return a
 
     valid, filled = rng.random((6, 8)) < 0.5, np.ones((6, 8), np.float32)
-    idx, f, _, cast, rays_cast = hole_kernels.hole_rays(read_only(valid), filled, read_only(np.ones((6, 8, 3), np.float32)),
-                                                        *hole_kernels.chamfer_offsets(2.5))
+    idx, f, _, cast, rays_cast = hole_kernels.hole_rays(
+        read_only(valid), filled, read_only(np.ones((6, 8, 3), np.float32)), *hole_kernels.chamfer_offsets(2.5))
     eye, t3, i2 = np.eye(3), np.zeros(3), np.zeros((1, 2), np.int64)
     views = (eye[None], t3[None], np.ones((1, 4)), np.ones((1, 2), np.int64), np.array([0, 1], np.int64),
              read_only(np.ones(1, np.float32)))
@@ -54,8 +55,8 @@ def compile_fill_kernels() -> int:
         len(idx), cast, np.ones(len(cast), np.float32), np.zeros(len(cast), np.int16), rays_cast, f, 0.1, eye, t3,
         np.zeros((1, 3)), np.array([0, 1], np.int64), np.zeros((1, 3)), np.ones((1, 3)), 0.5, *views, 0.03)
     hole_kernels.hole_depth_texels(
-        idx, ld, li, pts, use, f, read_only(np.ones((48, 3), np.float32)), eye, t3, True, *views, 0.03, np.float32(np.inf),
-        filled.reshape(-1), filled.copy().reshape(-1), 1, np.ones(1, np.int8), np.zeros((1, 2, 3)),
+        idx, ld, li, pts, use, f, read_only(np.ones((48, 3), np.float32)), eye, t3, True, *views, 0.03,
+        np.float32(np.inf), filled.reshape(-1), filled.copy().reshape(-1), 1, np.ones(1, np.int8), np.zeros((1, 2, 3)),
         np.zeros((1, 3), np.float32), np.float32(50.0), np.float32(1 / 64), np.zeros((1, 2)), np.ones(1), i2,
         np.zeros(1, np.int64))
     return int(colours.shape[0])
