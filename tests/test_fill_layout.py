@@ -373,12 +373,12 @@ def test_the_compiled_window_search_matches_numpy():
 def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     """``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) compiles the very specialisations the
     frame path calls: a layout cast and a texture region afterwards add no new compiled signature."""
-    from spatia.model.fill import layout_kernels, texture, texture_kernels
+    from spatia.model.fill import appearance, appearance_kernels, layout_kernels, texture, texture_kernels
     from spatia.model.fill.warmup import compile_fill_kernels
 
     assert compile_fill_kernels() > 0
     kernels = (layout_kernels.cast_planes, texture_kernels.region_detail, texture_kernels.shade_region,
-               texture_kernels.gather_tiles)
+               texture_kernels.gather_tiles, appearance_kernels.lower_unseen_contrast)
     before = [len(k.signatures) for k in kernels]
     assert all(before)
     rng = np.random.default_rng(1)
@@ -393,7 +393,9 @@ def test_the_fill_warm_up_compiles_the_kernels_frames_use():
                 c2w)
     rgb = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
     model = texture.TextureModel.fit(rgb, np.ones((48, 48), bool), 0.02)
-    texture.sample_uv(model, rng.uniform(-1, 1, (50, 2)), np.full(50, 0.01), seed=3)
+    colours = texture.sample_uv(model, rng.uniform(-1, 1, (50, 2)), np.full(50, 0.01), seed=3)
+    appearance.UnseenCells(np.array([0.5]), np.array([-0.2, 0.3]), np.array([1, 2]), np.full(3, 100.0), 0.5).apply(
+        rng.uniform(-1, 1, (50, 2)), colours)  # an unseen floor cell (the rooms beyond doorways)
     assert [len(k.signatures) for k in kernels] == before
 
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 
-
 def _depth_with_holes(rng, H, W, dtype=np.float32):
     """A slanted floor, a near box (occlusion edges), pinholes, long holes, a NaN and a negative depth."""
     yy, xx = np.mgrid[0:H, 0:W]
@@ -42,3 +41,39 @@ def test_fused_hole_fill_is_the_scan_kernel_bit_for_bit(seed):
     with pytest.raises(Exception, match="one shape"):
         fill_holes_background(depth, valid[:, :-1])
 
+
+
+@pytest.mark.parametrize("image_codec", ["jpeg", "png"])
+@pytest.mark.parametrize("depth_codec", ["float16_zstd", "float32_zstd", "png_mm"])
+def test_frames_read_back_as_decoded_without_the_round_trip(image_codec, depth_codec):
+    """A frame's depth is kept as the codec stores it, and its image decoded ahead, on the encoder thread:
+    ``get_rgb`` / ``get_depth`` give the same bits as a store that decodes every read from the frame file (lossy
+    JPEG and float16 included; a depth beyond float16's range reads back 0 either way)."""
+    from spatia.world.camera import Intrinsics
+    from spatia.world.history import FrameStore, HistoryConfig
+
+    rng = np.random.default_rng(3)
+    K_ = Intrinsics.from_fov(60.0, 40, 30)
+    fast = FrameStore(HistoryConfig(image_codec=image_codec, depth_codec=depth_codec, voxel_set_levels=0))
+    slow = FrameStore(HistoryConfig(image_codec=image_codec, depth_codec=depth_codec, voxel_set_levels=0,
+                                    decoded_cache_frames=0))
+    for f in range(7):
+        rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        depth = rng.uniform(0.1, 30.0, (30, 40)).astype(np.float32)
+        depth[0, :5] = [0.0, 1e-4, 65519.0, 70000.0, 3.14159]
+        for store in (fast, slow):
+            store.add(rgb, np.eye(4), K_, np.arange(f, f + 20, dtype=np.int64), depth_m=depth)
+        if f >= 2:  # what a one-frame clip reads: the frame added two steps before
+            fast.flush()
+            assert fast._take_decoded(f - 2) is not None
+            if depth_codec != "png_mm":
+                assert fast._take_decoded(f - 2, fast._stored_depth) is not None  # no decode
+            for i in (f - 2, f - 1, f):
+                np.testing.assert_array_equal(fast.get_rgb(i), slow.get_rgb(i))
+                np.testing.assert_array_equal(fast.get_depth(i), slow.get_depth(i))
+    for i in range(7):  # older frames: from the cache or the frame file, the same bits
+        np.testing.assert_array_equal(fast.get_rgb(i), slow.get_rgb(i))
+        np.testing.assert_array_equal(fast.get_depth(i), slow.get_depth(i))
+    fast.close()
+    slow.close()
+    assert not fast._decoded_ahead and not fast._stored_depth

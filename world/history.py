@@ -27,7 +27,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,7 +141,7 @@ def _decode_rgb(blob: bytes, width: int, height: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def _encode_depth(depth_m: np.ndarray, config: HistoryConfig) -> bytes:
+def _encode_depth(depth_m: np.ndarray, config: HistoryConfig, stored: np.ndarray | None = None) -> bytes:
     """Depth ``[H, W]`` float32 metres (0 = unknown) -> bytes. Values a codec cannot hold become 0 (unknown)."""
     if config.depth_codec == "png_mm":
         import cv2
@@ -154,14 +154,21 @@ def _encode_depth(depth_m: np.ndarray, config: HistoryConfig) -> bytes:
         return buf.tobytes()
     import zstandard
 
+    stored = _depth_as_stored(depth_m, config) if stored is None else stored
+    return zstandard.ZstdCompressor(level=config.zstd_level).compress(stored.tobytes())
+
+
+def _depth_as_stored(depth_m: np.ndarray, config: HistoryConfig) -> np.ndarray | None:
+    """The array a zstd depth codec compresses (``[H, W]`` float16 or float32; its ``astype(np.float32)`` is what
+    ``_decode_depth`` returns); None for ``png_mm``."""
     if config.depth_codec == "float16_zstd":
         with np.errstate(over="ignore"):
             half = depth_m.astype(np.float16)
         half[~np.isfinite(half)] = 0  # beyond float16's 65504 m: unknown
-        raw = half.tobytes()
-    else:
-        raw = depth_m.astype(np.float32).tobytes()
-    return zstandard.ZstdCompressor(level=config.zstd_level).compress(raw)
+        return half
+    if config.depth_codec == "float32_zstd":
+        return depth_m.astype(np.float32)
+    return None
 
 
 def _decode_depth(blob: bytes, codec: str, width: int, height: int, what: str) -> np.ndarray:
@@ -828,13 +835,25 @@ class FrameFile:
         return self._file.closed
 
 
-def _encode_frame(file: FrameFile, rgb: np.ndarray, depth: np.ndarray | None, config: HistoryConfig) -> tuple:
-    """On the encoder thread: compress and append; returns (rgb offset, rgb length, depth offset, depth length)."""
-    r_off, r_len = file.append(_encode_rgb(rgb, config))
+def _encode_frame(file: FrameFile, rgb: np.ndarray, depth: np.ndarray | None, config: HistoryConfig,
+                  decoded: tuple[deque, deque] | None = None, f: int = -1) -> tuple:
+    """On the encoder thread: compress and append; returns (rgb offset, rgb length, depth offset, depth length).
+    ``decoded`` (images, depths): also append ``(f, rgb)`` and ``(f, depth)`` as ``get_rgb(f)`` / ``get_depth(f)``
+    will return them (the image decoded from its record, the depth as its zstd codec stores it)."""
+    blob = _encode_rgb(rgb, config)
+    r_off, r_len = file.append(blob)
+    if decoded is not None:
+        decoded[0].append((f, _decode_rgb(blob, rgb.shape[1], rgb.shape[0], f"frame {f}")))
     if depth is None:
         return r_off, r_len, 0, -1
-    d_off, d_len = file.append(_encode_depth(depth, config))
+    stored = _depth_as_stored(depth, config)
+    d_off, d_len = file.append(_encode_depth(depth, config, stored))
+    if decoded is not None and stored is not None:
+        decoded[1].append((f, stored.astype(np.float32)))
     return r_off, r_len, d_off, d_len
+
+
+DECODE_AHEAD_FRAMES = 4  # the encoder thread's decoded newest images kept for get_rgb
 
 
 class FrameStore:
@@ -859,6 +878,14 @@ class FrameStore:
         self._file: FrameFile | None = None  # created on the first add
         self.voxels = VoxelSetIndex(config.index_tail_runs)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        # The newest frames' images as ``get_rgb`` returns them, decoded by the encoder thread right after encoding
+        # (bounded; appended there, read here): a one-frame clip's references are mostly the frame added two steps
+        # before (the one before is the preceding frame), and its decode cost ~0.3 ms of the world thread's step.
+        self._decoded_ahead: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
+        # ... and their depth maps as the codec stores them (``_depth_as_stored``, also on the encoder thread: the
+        # decode without the round trip, ~0.2 ms). Both are transient, like the encoder's queued copies: not in
+        # ``nbytes``.
+        self._stored_depth: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
         # retrieval-index compaction: which frames are candidates, and the indexed keyframes of each pose cell
         self._indexed = _Growing((), np.bool_)
         self._cells: dict[tuple[int, ...], list[int]] = {}
@@ -906,8 +933,9 @@ class FrameStore:
         # compressed and appended to the frame file on the encoder thread (~3 ms for both at 640x360, off the
         # frame's path); the copies keep the caller free to reuse its buffers
         f = len(self)
+        ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 else None
         self._pending[f] = background("history-encoder").submit(
-            _encode_frame, self.frame_file, rgb.copy(), depth, self.config)
+            _encode_frame, self.frame_file, rgb.copy(), depth, self.config, ahead, f)
 
         self._c2w.extend(pose[None])
         self._intrinsics.extend(
@@ -1038,19 +1066,33 @@ class FrameStore:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        arr = decode()
+        return self._remember(kind, i, decode())
+
+    def _remember(self, kind: str, i: int, arr: np.ndarray) -> np.ndarray:
         arr.flags.writeable = False
         if self.config.decoded_cache_frames > 0:
-            self._cache[key] = arr
+            self._cache[(kind, i)] = arr
             while len(self._cache) > self.config.decoded_cache_frames:
                 self._cache.popitem(last=False)
         return arr
+
+    def _take_decoded(self, i: int, newest: deque | None = None) -> np.ndarray | None:
+        """Frame ``i``'s image if the encoder thread has decoded it ahead (or its depth from ``_stored_depth``);
+        list(): one C call, so the encoder's concurrent append cannot break the iteration."""
+        for f, arr in list(self._decoded_ahead if newest is None else newest):
+            if f == i:
+                return arr
+        return None
 
     def get_rgb(self, i: int) -> np.ndarray:
         """``[H, W, 3]`` uint8 RGB of frame ``i`` (read-only)."""
         i = self._check_index(i)
         w, h = (int(v) for v in self._intrinsics.view[i, 4:6])
-        return self._cached("rgb", i, lambda: _decode_rgb(self._rgb_blob(i), w, h, f"frame {i}"))
+        return self._cached("rgb", i, lambda: self._decoded_or(i, w, h))
+
+    def _decoded_or(self, i: int, w: int, h: int) -> np.ndarray:
+        ahead = self._take_decoded(i)
+        return ahead if ahead is not None else _decode_rgb(self._rgb_blob(i), w, h, f"frame {i}")
 
     def has_depth(self, i: int) -> bool:
         return bool(self._has_depth.view[self._check_index(i)])
@@ -1061,9 +1103,13 @@ class FrameStore:
         if not self._has_depth.view[i]:
             return None
         w, h = (int(v) for v in self._intrinsics.view[i, 4:6])
-        return self._cached(
-            "depth", i, lambda: _decode_depth(self._depth_blob(i), self.config.depth_codec, w, h, f"frame {i}")
-        )
+        def decode() -> np.ndarray:
+            stored = self._take_decoded(i, self._stored_depth)
+            if stored is not None:
+                return stored
+            return _decode_depth(self._depth_blob(i), self.config.depth_codec, w, h, f"frame {i}")
+
+        return self._cached("depth", i, decode)
 
     def get_pose(self, i: int) -> np.ndarray:
         """``[4, 4]`` float64 camera-to-world of frame ``i`` (a copy)."""
@@ -1115,6 +1161,8 @@ class FrameStore:
         if self._file is not None:
             self._file.close()
         self._cache.clear()
+        self._decoded_ahead.clear()
+        self._stored_depth.clear()
 
     # --- frame file -------------------------------------------------------------------------------------------
 

@@ -10,6 +10,13 @@ observed points alone (which the snapshot keeps), and once shown it is folded in
 exemplar of its own borrows the most similar known surface's (floor from floor, wall from wall). Texture
 synthesis proper (``model/fill/texture.py``, engineer ``texture``) can replace the mirror-repeat per tile.
 
+Regions of a floor's look (session 9). Two rules, each from the observed samples alone: (1) where they change
+look at some distance from the observer (``_far_region``: the courtyard's paving near, grass from 24 m), the floor
+beyond that distance, in every direction, continues the far look; (2) where the layout's observed walls cut the
+floor into cells and a cell holds no observed samples (a room beyond a doorway, ``UnseenCells``), nothing says
+what it looks like: the texture is shown at half contrast around the observed mean (a flat mean is the
+least-squares guess; half keeps a floor's texture and the gradient ratio in range).
+
 Sky. Outdoors, rays that reach no layout surface show the sky: an environment layer keyed by elevation above the
 horizon (the mean colour of the observed sky pixels of the first image per 1 degree band, bands never seen take
 the nearest seen one). It is rendered behind everything and never becomes memory points (no sparse shell).
@@ -25,7 +32,7 @@ import cv2
 import numpy as np
 import structlog
 
-from spatia.model.fill.appearance_kernels import best_window
+from spatia.model.fill.appearance_kernels import best_window, lower_unseen_contrast
 from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
 
 log = structlog.get_logger(__name__)
@@ -52,6 +59,21 @@ class AppearanceConfig:
     sky_band_deg: float = 1.0
     synthesis: bool = True  # continue textures with model.fill.texture when it is installed (else mirror repeat)
     synthesis_window_texels: int = 256
+    # distance regions (``_far_region``): where the observed samples of a plane of these kinds change look at some
+    # distance from the observer (paving near, grass from ~20 m on the courtyard's first view), the plane beyond
+    # that distance continues the far look instead of the near exemplar's
+    region_kinds: tuple[str, ...] = (FLOOR,)
+    region_min_colour: float = 40.0  # RGB distance between the two regions' mean colours (a paving's own shading
+    # varies by 10-30 between distance rings)
+    region_min_points: int = 64  # samples on each side
+    # unseen cells (``_unseen_cells``): the layout's observed walls cut a plane of these kinds into cells (rooms);
+    # a cell with fewer than ``region_min_points`` observed samples is one nothing observed says the look of (the
+    # rooms beyond the house's doorways: carpet, wood, tiles where the first room has a checker floor). There the
+    # texture keeps ``unseen_contrast`` of its contrast around the plane's observed mean colour: the least-squares
+    # guess for an unknown look is the mean (flat: house demo floors' RMSE 68 -> 52), half the contrast keeps a
+    # texture that a player sees as floor (RMSE 55) and the gradient ratio in 0.7-1.3 (flat put it at ~0.7)
+    unseen_kinds: tuple[str, ...] = (FLOOR,)
+    unseen_contrast: float = 0.5
 
 
 def plane_basis(layout: Layout, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
@@ -72,10 +94,33 @@ class PlaneTexture:
     synth: object | None = None
     synth_origin_uv: tuple[float, float] = (0.0, 0.0)  # plane metres of the synthesis exemplar's texel [0, 0]
     seed: int = 0
+    # the plane's look beyond ``far_from_m`` from ``centre_uv`` (plane metres: the observer's foot), when the
+    # observed samples there look different (``_far_region``); None: one look everywhere
+    far: "PlaneTexture | None" = None
+    far_from_m: float = math.inf
+    centre_uv: tuple[float, float] = (0.0, 0.0)
+    unseen: "UnseenCells | None" = None  # cells of the plane nothing observed (``_unseen_cells``)
 
     def sample(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
         """``[M, 3]`` uint8 colours at plane coordinates ``uv_m`` [M, 2] (metres), seen with a pixel footprint of
         ``footprint_m`` [M] metres (chooses the mip level: no aliasing far away)."""
+        out = self._sample_regions(uv_m, footprint_m)
+        if self.unseen is not None:
+            self.unseen.apply(uv_m, out)
+        return out
+
+    def _sample_regions(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
+        if self.far is not None:
+            far = np.hypot(uv_m[:, 0] - self.centre_uv[0], uv_m[:, 1] - self.centre_uv[1]) >= self.far_from_m
+            if far.any():
+                out = np.empty((len(uv_m), 3), np.uint8)
+                out[far] = self.far.sample(uv_m[far], np.asarray(footprint_m)[far])
+                if not far.all():
+                    out[~far] = self._sample_near(uv_m[~far], np.asarray(footprint_m)[~far])
+                return out
+        return self._sample_near(uv_m, footprint_m)
+
+    def _sample_near(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
         if self.synth is not None:
             from spatia.model.fill.texture import sample_uv
 
@@ -94,6 +139,76 @@ class PlaneTexture:
             i = np.where(i >= s, 2 * s - 1 - i, i)  # mirror repeat: no seams
             out[sel] = tex[i[:, 1], i[:, 0]]
         return out
+
+
+@dataclass
+class UnseenCells:
+    """The cells a plane's observed walls cut it into (the cuts along its ``u`` and ``v`` axes, plane metres),
+    which of them hold observed samples, and the look of the others: ``contrast`` of the texture's own around
+    ``mean`` (module docstring, ``AppearanceConfig.unseen_kinds``)."""
+
+    cuts_u: np.ndarray  # [A] sorted, plane metres along u
+    cuts_v: np.ndarray  # [B] sorted, plane metres along v
+    seen: np.ndarray  # [S] sorted int64 cell codes (``cell_codes``) holding observed samples
+    mean: np.ndarray  # [3] float64, the plane's observed mean colour
+    contrast: float
+
+    def cell_codes(self, uv_m: np.ndarray) -> np.ndarray:
+        """``[M]`` int64 cell code of plane points ``uv_m`` [M, 2] (metres)."""
+        iu = np.searchsorted(self.cuts_u, uv_m[:, 0])
+        iv = np.searchsorted(self.cuts_v, uv_m[:, 1])
+        return iu.astype(np.int64) * (len(self.cuts_v) + 1) + iv
+
+    def unseen_mask(self, uv_m: np.ndarray) -> np.ndarray:
+        """``[M]`` bool: the point lies in a cell with no observed samples."""
+        codes = self.cell_codes(uv_m)
+        i = np.clip(np.searchsorted(self.seen, codes), 0, max(len(self.seen) - 1, 0))
+        return ~((len(self.seen) > 0) & (self.seen[i] == codes)) if len(self.seen) else np.ones(len(codes), bool)
+
+    def apply(self, uv_m: np.ndarray, colours: np.ndarray) -> None:
+        """Lower the contrast of ``colours`` [M, 3] uint8 (in place) where ``uv_m`` [M, 2] lies in an unseen cell
+        (compiled: this runs on every floor pixel of a frame)."""
+        if not len(uv_m):
+            return
+        out = colours if colours.flags.c_contiguous else np.ascontiguousarray(colours)
+        seen_cell = np.zeros((len(self.cuts_u) + 1) * (len(self.cuts_v) + 1), bool)
+        seen_cell[self.seen] = True
+        lower_unseen_contrast(np.ascontiguousarray(uv_m, np.float64), out, self.cuts_u, self.cuts_v, seen_cell,
+                              self.mean, float(self.contrast))
+        if out is not colours:
+            colours[...] = out
+
+    def reference_apply(self, uv_m: np.ndarray, colours: np.ndarray) -> None:
+        """Slow numpy twin of ``apply``."""
+        m = self.unseen_mask(uv_m)
+        if m.any():
+            c = self.mean + self.contrast * (colours[m].astype(np.float64) - self.mean)
+            colours[m] = np.clip(np.floor(c + 0.5), 0, 255).astype(np.uint8)
+
+
+def _unseen_cells(layout: Layout, plane: Plane, uv: np.ndarray, col: np.ndarray,
+                  config: AppearanceConfig) -> UnseenCells | None:
+    """The plane's cells cut by the layout's observed (not derived) walls, with those holding at least
+    ``region_min_points`` of its observed samples (``uv`` [N, 2] plane metres, ``col`` [N, 3]) marked seen;
+    None when no wall cuts the plane."""
+    u_ax, v_ax = plane_basis(layout, plane)
+    cuts = []
+    for ax in (u_ax, v_ax):
+        offs = []
+        for w in layout.planes:
+            if w.kind != WALL or w.derived or w.axis == plane.axis:
+                continue
+            dot = float(layout.axes[w.axis] @ ax)
+            if abs(abs(dot) - 1.0) < 1e-6:  # a wall across this plane axis: cuts it at offset * dot
+                offs.append(w.offset_m * dot)
+        cuts.append(np.unique(np.asarray(offs, np.float64)))
+    if not len(cuts[0]) and not len(cuts[1]):
+        return None
+    cells = UnseenCells(cuts[0], cuts[1], np.zeros(0, np.int64), col.astype(np.float64).mean(0),
+                        float(config.unseen_contrast))
+    codes, counts = np.unique(cells.cell_codes(uv), return_counts=True)
+    cells.seen = codes[counts >= config.region_min_points]
+    return cells
 
 
 def _reference_largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> tuple[int, int, int] | None:
@@ -139,7 +254,20 @@ def plane_texture(
     uv = np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1)
     col = colors[on].astype(np.float32)
     seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
-    if on.sum() >= config.min_exemplar_texels**2:
+    tex = _own_exemplar(uv, col, config, seed)
+    if tex is not None and plane.kind in config.region_kinds and layout.observer is not None:
+        region = _far_region(layout, plane, points, colors, on, config)
+        if region is not None:
+            tex.far, tex.far_from_m, tex.centre_uv = region
+    if tex is not None and plane.kind in config.unseen_kinds and config.unseen_contrast != 1.0:
+        tex.unseen = _unseen_cells(layout, plane, uv, col, config)
+    return tex
+
+
+def _own_exemplar(uv: np.ndarray, col: np.ndarray, config: AppearanceConfig, seed: int) -> PlaneTexture | None:
+    """The exemplar of plane samples at ``uv`` [N, 2] (plane metres) with colours ``col`` [N, 3] float32: the
+    finest texel scale whose window is covered, else a coarse one, else their median colour (``plane_texture``)."""
+    if len(uv) >= config.min_exemplar_texels**2:
         for scale in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
             tex = _exemplar(uv, col, config.texel_m * scale, config, seed, config.min_coverage,
                             config.min_exemplar_texels)
@@ -157,6 +285,92 @@ def plane_texture(
             flat[:] = np.clip(np.rint(np.median(col, axis=0)), 0, 255).astype(np.uint8)
             return PlaneTexture([flat], texel_m, (0.0, 0.0))
     return None
+
+
+def _split_by_distance(r_m: np.ndarray, col: np.ndarray, min_points: int) -> tuple[int, float] | None:
+    """``(k, separation)``: with samples sorted by distance ``r_m`` [N] (ascending) and colours ``col`` [N, 3],
+    the split into the first ``k`` and the rest that maximises ``k (N - k) / N * |mean_1 - mean_2|^2`` (Otsu's
+    between-class variance along distance), both sides at least ``min_points``; None when N is too small."""
+    n = len(r_m)
+    if n < 2 * min_points:
+        return None
+    cs = np.cumsum(col.astype(np.float64), axis=0)  # [N, 3]
+    k = np.arange(min_points, n - min_points + 1)
+    m1 = cs[k - 1] / k[:, None]
+    m2 = (cs[-1] - cs[k - 1]) / (n - k)[:, None]
+    score = k * (n - k) / n * np.sum((m1 - m2) ** 2, axis=1)
+    # a split only between samples at different distances (equal ones cannot be told apart by distance)
+    score[r_m[k - 1] == r_m[k]] = -1.0
+    best = int(np.argmax(score))
+    return int(k[best]), float(score[best])
+
+
+def _reference_split_by_distance(r_m: np.ndarray, col: np.ndarray, min_points: int) -> tuple[int, float] | None:
+    """Slow twin of ``_split_by_distance``: every split's two means computed afresh."""
+    n = len(r_m)
+    if n < 2 * min_points:
+        return None
+    best = (-1, -math.inf)
+    for k in range(min_points, n - min_points + 1):
+        if r_m[k - 1] == r_m[k]:
+            s = -1.0
+        else:
+            d = col[:k].astype(np.float64).mean(0) - col[k:].astype(np.float64).mean(0)
+            s = k * (n - k) / n * float(d @ d)
+        if s > best[1]:
+            best = (k, s)
+    return best
+
+
+def _far_region(layout: Layout, plane: Plane, points: np.ndarray, colors: np.ndarray, on: np.ndarray,
+                config: AppearanceConfig) -> tuple[PlaneTexture, float, tuple[float, float]] | None:
+    """``(far texture, distance m, observer's foot (u, v) m)`` when the plane's observed samples change look
+    at some distance from the observer, else None.
+
+    The samples are taken again against the plane's own least-squares fit (``on`` [N] bool: the samples within
+    ``plane_tol_m`` of the Manhattan plane): the layout's up is fitted on all planes, and a tilt of 0.1 degree
+    (measured on the courtyard) puts ground 25 m away 5 cm off the plane, out of tolerance. Sorted by distance
+    from the observer's foot on the plane, they split where their mean colour changes most
+    (``_split_by_distance``); a split whose two means differ by less than ``region_min_colour`` is the near
+    look's own shading, not a second region; nor is one whose far side holds more samples than the near."""
+    a = layout.axes[plane.axis]
+    u_ax, v_ax = plane_basis(layout, plane)
+    h = points @ a
+    uv_all = np.stack([points @ u_ax, points @ v_ax], axis=1)
+    design = np.concatenate([uv_all[on], np.ones((int(on.sum()), 1))], axis=1)
+    coef = np.linalg.lstsq(design, h[on], rcond=None)[0]
+    on = np.abs(h - uv_all @ coef[:2] - coef[2]) <= config.plane_tol_m
+    centre = np.array([layout.observer @ u_ax, layout.observer @ v_ax])
+    r = np.hypot(uv_all[on, 0] - centre[0], uv_all[on, 1] - centre[1])
+    order = np.argsort(r, kind="stable")
+    r, uv, col = r[order], uv_all[on][order], colors[on][order]
+    split = _split_by_distance(r, col, config.region_min_points)
+    if split is None:
+        return None
+    k = split[0]
+    diff = float(np.linalg.norm(col[:k].astype(np.float64).mean(0) - col[k:].astype(np.float64).mean(0)))
+    if diff < config.region_min_colour or k < len(r) - k:
+        # the near side must be the plane's main look (its exemplar is taken from all samples, most of them near):
+        # a rug or a sunlit patch indoors splits a floor into a small near part and a larger far one (the room
+        # items' first views: 177 / 5324 samples), a region the distance rule does not describe
+        return None
+    far_m = 0.5 * float(r[k - 1] + r[k])
+    far_col = col[k:].astype(np.float32)
+    tex = None
+    for scale in (8.0,) + tuple(config.coarse_scales):
+        # the far samples are sparse (a pixel row covers metres of ground at a grazing angle): a coarse exemplar
+        # or their median colour; no synthesis model (it would continue texels nobody resolves at that distance)
+        tex = _exemplar(uv[k:], far_col, config.texel_m * scale, config, 0, config.coarse_min_coverage,
+                        config.min_exemplar_texels, synthesis=False)
+        if tex is not None:
+            break
+    if tex is None:
+        flat = np.empty((config.coarse_min_texels, config.coarse_min_texels, 3), np.uint8)
+        flat[:] = np.clip(np.rint(np.median(far_col, axis=0)), 0, 255).astype(np.uint8)
+        tex = PlaneTexture([flat], config.texel_m * config.coarse_scales[-1], (0.0, 0.0))
+    log.debug("plane far region", plane=plane.plane_id, far_from_m=round(far_m, 2), colour_diff=round(diff, 1),
+              near_samples=k, far_samples=len(r) - k)
+    return tex, far_m, (float(centre[0]), float(centre[1]))
 
 
 def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: AppearanceConfig, seed: int,

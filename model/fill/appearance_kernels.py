@@ -6,6 +6,7 @@ served play session, docs/BENCHMARKS.md session 7)."""
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -21,3 +22,32 @@ def best_window(integral, rows, cols):
             if total > best:
                 best, best_r, best_c = total, r, c
     return best_r, best_c, best
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def lower_unseen_contrast(uv, colours, cuts_u, cuts_v, seen_cell, mean, contrast):
+    """In place: ``colours`` [M, 3] uint8 at plane points ``uv`` [M, 2] (metres) whose cell is not seen become
+    ``floor(mean + contrast * (colour - mean) + 0.5)`` clipped to 0..255. A point's cell is ``iu * (B + 1) + iv``
+    with ``iu`` the number of ``cuts_u`` [A] (sorted) below u (``np.searchsorted``'s left side), ``iv`` likewise on
+    ``cuts_v`` [B]; ``seen_cell`` [(A + 1) * (B + 1)] bool. Returns how many points were changed. On the frame
+    path (every floor pixel of a frame): the numpy twin ``UnseenCells.reference_apply`` took 23 ms CPU per 100 k
+    points."""
+    m = uv.shape[0]
+    nb_v = cuts_v.shape[0] + 1
+    changed = 0
+    for i in range(m):
+        u = uv[i, 0]
+        v = uv[i, 1]
+        iu = 0
+        while iu < cuts_u.shape[0] and cuts_u[iu] < u:
+            iu += 1
+        iv = 0
+        while iv < cuts_v.shape[0] and cuts_v[iv] < v:
+            iv += 1
+        if seen_cell[iu * nb_v + iv]:
+            continue
+        changed += 1
+        for c in range(3):
+            x = mean[c] + contrast * (colours[i, c] - mean[c]) + 0.5
+            colours[i, c] = np.uint8(min(max(x, 0.0), 255.0))
+    return changed

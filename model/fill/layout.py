@@ -121,6 +121,8 @@ class Layout:
     # [3, 2] the observed points' extent along each axis (``observed_range_pct`` percentiles): a wall closed by
     # rule 2 or 3 stands beyond what was seen that way (in front of it, free space would erase it)
     observed_range_m: np.ndarray | None = None
+    observer: np.ndarray | None = None  # [3] world frame, where the observed points were seen from (the first
+    # camera): the appearance of a plane region follows what was seen at that distance (model.fill.appearance)
 
     @property
     def up(self) -> np.ndarray:
@@ -386,7 +388,8 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     coords = pts @ axes.T  # [N, 3] along up, a1, a2
     q = config.observed_range_pct
     observed = np.stack([np.percentile(coords, q, axis=0), np.percentile(coords, 100.0 - q, axis=0)], axis=1)
-    return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed)
+    return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
+                  observer=np.asarray(observer, np.float64).copy())
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ def compile_fill_kernels() -> int:
     colours = texture.sample_uv(model, uv, np.full(len(uv), 0.004), seed=0)  # the tile gather
     cover = rng.random((20, 20)) < 0.7
     appearance._largest_window(cover, [16, 8], 0.5)  # the exemplar window search
+    appearance.UnseenCells(np.zeros(1), np.zeros(0), np.zeros(0, np.int64), np.zeros(3), 0.5).apply(uv, colours)
     rays = np.concatenate([rng.uniform(-1, 1, (8, 2)), np.ones((8, 1))], 1).astype(np.float32)
     two = np.zeros(2)
     layout_kernels.cast_planes(

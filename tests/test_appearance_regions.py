@@ -1,0 +1,151 @@
+"""Regions of a plane's look (model.fill.appearance, session 9): the ground beyond the distance where its
+observed samples change colour continues the far look (the courtyard's grass beyond the paving), and a floor cell
+the observed walls cut off with no observed samples (a room beyond a doorway) shows a lower-contrast guess."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spatia.model.fill.appearance import (AppearanceConfig, UnseenCells, _reference_split_by_distance,
+                                          _split_by_distance, plane_basis, plane_texture)
+from spatia.model.fill.layout import FLOOR, estimate_layout
+from tests.conftest import box_room_points
+
+UP = np.array([0.0, 1.0, 0.0])
+FWD = np.array([0.0, 0.0, 1.0])
+
+
+def test_the_distance_split_matches_its_slow_twin():
+    """``_split_by_distance`` (cumulative sums) picks the split the per-split recomputation picks, with ties in
+    distance (never split between equal distances) and a step in colour."""
+    rng = np.random.default_rng(0)
+    for n, step in ((300, 0.0), (300, 90.0), (257, 40.0)):
+        r = np.sort(np.round(rng.uniform(0, 30, n), 1))  # rounded: many equal distances
+        col = rng.normal(120, 15, (n, 3))
+        col[r > 18] += step
+        for min_points in (16, 64):
+            k, s = _split_by_distance(r, col, min_points)
+            k_ref, s_ref = _reference_split_by_distance(r, col, min_points)
+            assert k == k_ref and s == pytest.approx(s_ref, rel=1e-9)
+            assert r[k - 1] != r[k]
+    assert _split_by_distance(np.arange(10.0), np.zeros((10, 3)), 8) is None  # too few for two sides
+
+
+def _square(rng, n, r_lo, r_hi, centre):
+    """``n`` ground points (y = 0) at horizontal distance ``r_lo``..``r_hi`` from ``centre`` [3], all around."""
+    r = np.sqrt(rng.uniform(r_lo**2, r_hi**2, n))
+    a = rng.uniform(0, 2 * np.pi, n)
+    return np.c_[centre[0] + r * np.cos(a), np.zeros(n), centre[2] + r * np.sin(a)]
+
+
+def _ground_scene(far_colour, tilt_deg=0.12, far_n=600, seed=1):
+    """Outdoor points: paving (grey, noisy) within 4 m of the camera, a far ring 10-20 m of ``far_colour`` 1 cm
+    lower (grass beside paving), one facade ahead; the fitted layout's axes are then tilted by ``tilt_deg`` (the
+    courtyard's fitted up is 0.12 deg off its ground; here ground 15 m away lies 3 cm off the Manhattan plane)."""
+    rng = np.random.default_rng(seed)
+    cam = np.array([0.0, 1.5, 0.0])
+    near = _square(rng, 20000, 0.5, 4.0, cam)
+    far = _square(rng, far_n, 10.0, 20.0, cam)
+    far[:, 1] -= 0.01
+    facade = np.c_[rng.uniform(-6, 6, 3000), rng.uniform(0, 8, 3000), np.full(3000, 14.0)]
+    pts = np.concatenate([near, far, facade])
+    cols = np.concatenate([np.clip(rng.normal(140, 12, (len(near), 3)), 0, 255),
+                           np.tile(np.asarray(far_colour, float), (len(far), 1)),
+                           np.full((len(facade), 3), 200.0)]).astype(np.uint8)
+    layout = estimate_layout(pts, cam, UP, FWD)
+    t = np.radians(tilt_deg)
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(t), -np.sin(t)], [0.0, np.sin(t), np.cos(t)]])  # about x
+    layout.axes = layout.axes @ tilt.T
+    floor = layout.floor()
+    assert floor is not None and not layout.indoor
+    return layout, floor, pts, cols, cam
+
+
+def _ground_uv(layout, floor, xz):
+    u_ax, v_ax = plane_basis(layout, floor)
+    p = np.c_[xz[:, 0], np.zeros(len(xz)), xz[:, 1]]
+    return np.stack([p @ u_ax, p @ v_ax], 1)
+
+
+def test_the_ground_beyond_a_change_of_look_continues_the_far_look():
+    """Paving near the camera and grass in a ring 10-20 m away (slightly below the fitted plane): ground 15 m away
+    in any direction shows the grass's colour, ground 2 m away the paving's; without the change (far samples
+    of the paving's colour) there is one look; a far side holding most samples is not a region."""
+    config = AppearanceConfig(synthesis=False)
+    layout, floor, pts, cols, cam = _ground_scene((60, 100, 35))
+    tex = plane_texture(layout, floor, pts, cols, config)
+    assert tex is not None and tex.far is not None
+    assert 4.0 <= tex.far_from_m <= 10.0
+    xz = np.array([[15.0, 0.0], [0.0, -15.0], [-10.6, 10.6], [2.0, 0.0], [0.0, -2.0]])
+    got = tex.sample(_ground_uv(layout, floor, xz), np.full(len(xz), 0.05)).astype(float)
+    assert np.abs(got[:3] - [60, 100, 35]).max() <= 8  # the grass, behind the camera too
+    assert np.abs(got[3:].mean(0) - 140).max() <= 25  # the paving near it
+    # the far samples are found only against the plane's own fit: with the Manhattan plane's tolerance alone
+    # they lie off it (the tilt), and so do some of the near ones
+    a = layout.axes[floor.axis]
+    assert np.mean(np.abs(pts[np.hypot(pts[:, 0], pts[:, 2]) > 10] @ a - floor.offset_m) <= 0.015) < 0.5
+    # off: nothing changes look (far samples like the near ones); the layout is the same (it reads no colours)
+    grey = cols.copy()
+    far = np.hypot(pts[:, 0], pts[:, 2]) > 10
+    grey[far] = 140
+    assert plane_texture(layout, floor, pts, grey, config).far is None
+    # a far side with more samples than the near one (a rug seen near, the floor beyond) is not a region
+    ring = cols.copy()
+    ring[(np.hypot(pts[:, 0], pts[:, 2]) > 1.5) & (pts[:, 1] < 0.5)] = (60, 100, 35)
+    assert plane_texture(layout, floor, pts, ring, config).far is None
+
+
+def test_a_floor_cell_cut_off_by_observed_walls_shows_a_lower_contrast_guess():
+    """A 6 x 8 m room with a checker floor: floor inside the room (observed cell) keeps the exemplar's contrast;
+    floor beyond the right wall (x > 6, no observed samples: the next room) shows the same texels at
+    ``unseen_contrast`` around the observed mean."""
+    rng = np.random.default_rng(3)
+    pts = box_room_points(rng, np.eye(3))
+    cols = np.full((len(pts), 3), 150, np.uint8)
+    floor_pts = np.abs(pts[:, 1]) < 1e-9
+    checker = (np.floor(pts[:, 0] / 0.3) + np.floor(pts[:, 2] / 0.3)) % 2 == 0
+    cols[floor_pts & checker] = 230
+    cols[floor_pts & ~checker] = 40
+    cam = np.array([3.0, 1.6, 1.0])
+    layout = estimate_layout(pts, cam, UP, FWD)
+    floor = next(p for p in layout.planes if p.kind == FLOOR)
+    full = plane_texture(layout, floor, pts, cols, AppearanceConfig(synthesis=False, unseen_contrast=1.0))
+    half = plane_texture(layout, floor, pts, cols, AppearanceConfig(synthesis=False))
+    assert full.unseen is None and half.unseen is not None
+    xz_in = np.c_[rng.uniform(0.5, 5.5, 200), rng.uniform(3.5, 7.5, 200)]
+    xz_out = xz_in + [7.0, 0.0]  # the same pattern phase 7 m to the right, past the wall at x = 6
+    for xz, unseen in ((xz_in, False), (xz_out, True)):
+        uv = _ground_uv(layout, floor, xz)
+        a = full.sample(uv, np.full(len(uv), 0.01)).astype(float)
+        b = half.sample(uv, np.full(len(uv), 0.01)).astype(float)
+        if unseen:
+            want = half.unseen.mean + 0.5 * (a - half.unseen.mean)
+            assert np.abs(b - want).max() <= 0.51
+            assert b.std() < 0.6 * a.std()
+        else:
+            np.testing.assert_array_equal(a, b)
+    # the observed mean is the floor samples' mean colour
+    assert np.abs(half.unseen.mean - cols[floor_pts].mean(0)).max() < 12
+
+
+def test_the_compiled_unseen_cell_contrast_matches_numpy():
+    """``UnseenCells.apply`` (compiled, on every floor pixel of a frame) changes the texels its numpy twin
+    changes, to the same values: points on the cuts, in every cell, strided colour arrays, no cuts on one axis."""
+    rng = np.random.default_rng(4)
+    for cuts_u, cuts_v, seen in ((np.array([-1.0, 0.5, 2.0]), np.array([0.0]), np.array([0, 3, 5])),
+                                 (np.array([1.0]), np.zeros(0), np.array([1])),
+                                 (np.array([0.0]), np.array([0.0]), np.zeros(0, np.int64))):
+        cells = UnseenCells(cuts_u, cuts_v, seen, rng.uniform(0, 255, 3), 0.5)
+        uv = rng.uniform(-3, 3, (500, 2))
+        uv[:20, 0] = cuts_u[0]  # exactly on a cut
+        cols = rng.integers(0, 256, (500, 6), dtype=np.uint8)[:, ::2]  # a strided view
+        want = cols.copy()
+        cells.reference_apply(uv, want)
+        got = cols.copy()
+        cells.apply(uv, got)
+        np.testing.assert_array_equal(got, want)
+        strided = cols.copy(order="F")
+        cells.apply(uv, strided)
+        np.testing.assert_array_equal(strided, want)
+        assert (got != cols).any()
