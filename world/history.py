@@ -886,6 +886,10 @@ class FrameStore:
         # decode without the round trip, ~0.2 ms). Both are transient, like the encoder's queued copies: not in
         # ``nbytes``.
         self._stored_depth: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
+        # Decoding ahead pays only while the reader asks for the newest frames (lock-step's one-frame clips); a
+        # Play session at 640x360 reads older keyframes, and a decode nobody reads costs the shared encoder thread
+        # ~2.7 ms a frame. So it runs while a newest frame was read within the last few adds (frame count then).
+        self._newest_read_at = -(1 << 30)
         # retrieval-index compaction: which frames are candidates, and the indexed keyframes of each pose cell
         self._indexed = _Growing((), np.bool_)
         self._cells: dict[tuple[int, ...], list[int]] = {}
@@ -933,7 +937,9 @@ class FrameStore:
         # compressed and appended to the frame file on the encoder thread (~3 ms for both at 640x360, off the
         # frame's path); the copies keep the caller free to reuse its buffers
         f = len(self)
-        ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 else None
+        reading_newest = f - self._newest_read_at <= 2 * DECODE_AHEAD_FRAMES
+        ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 and reading_newest \
+            else None
         self._pending[f] = background("history-encoder").submit(
             _encode_frame, self.frame_file, rgb.copy(), depth, self.config, ahead, f)
 
@@ -1079,6 +1085,8 @@ class FrameStore:
     def _take_decoded(self, i: int, newest: deque | None = None) -> np.ndarray | None:
         """Frame ``i``'s image if the encoder thread has decoded it ahead (or its depth from ``_stored_depth``);
         list(): one C call, so the encoder's concurrent append cannot break the iteration."""
+        if i >= len(self) - DECODE_AHEAD_FRAMES:
+            self._newest_read_at = len(self)
         for f, arr in list(self._decoded_ahead if newest is None else newest):
             if f == i:
                 return arr
