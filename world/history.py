@@ -886,9 +886,9 @@ class FrameStore:
         # decode without the round trip, ~0.2 ms). Both are transient, like the encoder's queued copies: not in
         # ``nbytes``.
         self._stored_depth: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
-        # Decoding ahead pays only while the reader asks for the newest frames (lock-step's one-frame clips); a
-        # Play session at 640x360 reads older keyframes, and a decode nobody reads costs the shared encoder thread
-        # ~2.7 ms a frame. So it runs while a newest frame was read within the last few adds (frame count then).
+        # Decoding ahead pays only while the reader asks for the newest frames (lock-step's one-frame clips); for a
+        # reader that does not, each decode costs the shared encoder thread ~2.7 ms of a 640x360 frame for nothing.
+        # So it runs while a newest frame was read within the last few adds (the frame count at that read).
         self._newest_read_at = -(1 << 30)
         # retrieval-index compaction: which frames are candidates, and the indexed keyframes of each pose cell
         self._indexed = _Growing((), np.bool_)
