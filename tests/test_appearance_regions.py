@@ -127,6 +127,12 @@ def test_a_floor_cell_cut_off_by_observed_walls_shows_a_lower_contrast_guess():
             np.testing.assert_array_equal(a, b)
     # the observed mean is the floor samples' mean colour
     assert np.abs(half.unseen.mean - cols[floor_pts].mean(0)).max() < 12
+    # walls seen only up to 1.5 m above the floor are furniture fronts: they cut nothing
+    import dataclasses
+
+    low = dataclasses.replace(layout, planes=[dataclasses.replace(p, top_m=1.5) if p.kind != FLOOR
+                                              and p.axis != 0 else p for p in layout.planes])
+    assert plane_texture(low, floor, pts, cols, AppearanceConfig(synthesis=False)).unseen is None
 
 
 def test_the_compiled_unseen_cell_contrast_matches_numpy():
