@@ -474,7 +474,7 @@ class GeometricGenerator:
         # texture model is fitted on first use)
         shown = np.bincount(li[use], minlength=len(bounds)) if use.any() else np.zeros(len(bounds), np.int64)
         n_b = len(bounds)
-        kind = np.zeros(n_b, np.int8)  # 0: no texture, 1: a synthesis model, 2: another texture
+        kind = np.zeros(n_b, np.int8)  # 0: no texture, 1: a synthesis model's tiles alone, 2: PlaneTexture.sample
         texs = [None] * n_b
         basis = np.zeros((n_b, 2, 3))
         normal_cam = np.zeros((n_b, 3), np.float32)
@@ -491,7 +491,9 @@ class GeometricGenerator:
             texs[i] = tex
             basis[i] = np.stack(plane_basis(layout, plane))
             normal_cam[i] = R.T @ layout.axes[plane.axis]
-            if tex.synth is None:
+            if tex.synth is None or tex.far is not None or tex.unseen is not None:
+                # its own sampling (mirror repeat; a far look beyond a distance, unseen cells' lowered contrast):
+                # the kernel's plane coordinates and footprints, the same inputs the reference hands it
                 kind[i] = 2
                 continue
             kind[i] = 1

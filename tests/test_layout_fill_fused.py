@@ -14,7 +14,7 @@ import pytest
 from spatia.model import geometric
 from spatia.model.fill import hole_kernels
 from spatia.model.fill import layout as layout_module
-from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, SkyModel
+from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, SkyModel, plane_basis
 from spatia.model.fill.layout import LayoutConfig, cast_layout, estimate_layout, view_bounds
 from spatia.world.camera import Intrinsics
 from spatia.world.generator import ReferenceFrame
@@ -85,13 +85,29 @@ def _pose(rng, R, room_m) -> np.ndarray:
     return c2w
 
 
-@pytest.mark.parametrize("synthesis,indoor", [(True, True), (False, True), (True, False)])
-def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indoor):
+@pytest.mark.parametrize("synthesis,indoor,regions", [(True, True, False), (False, True, False),
+                                                       (True, False, False), (True, True, True)])
+def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indoor, regions):
     """Random poses in a turned box room (paths through its back wall: doorways and the room beyond), memory
     renders with pinholes, holes and near furniture, an observed view that saw through part of a wall (rays
-    re-cast beyond it) and left sky: the compiled fill gives the reference's depth, colour mask and frame."""
+    re-cast beyond it) and left sky; with ``regions`` the synthesised planes have a far look beyond 3 m and
+    are never seen (``PlaneTexture.far`` / ``unseen``, shown at half contrast): the compiled fill gives the
+    reference's depth, colour mask and frame."""
     rng = np.random.default_rng(1 if indoor else 2)
     R, layout, state = _room(rng, synthesis, indoor)
+    if regions:  # every plane with a synthesis model: a far look 3 m on, the rest never seen
+        from spatia.model.fill.appearance import UnseenCells
+
+        regions_on = False
+        for plane in layout.planes:
+            tex = state.textures.for_plane(plane)
+            if tex is None or tex.synth is None:
+                continue
+            tex.far = dataclasses.replace(tex, seed=tex.seed + 1)
+            tex.far_from_m, tex.centre_uv = 3.0, tuple(np.stack(plane_basis(layout, plane)) @ R @ [3, 1.5, 4.0])
+            tex.unseen = UnseenCells(np.zeros(0), np.zeros(0), np.zeros(0, np.int64), np.full(3, 90.0), 0.5)
+            regions_on = True
+        assert regions_on
     K = Intrinsics.from_fov(75.0, 48, 36)
     rays = pixel_rays(K).astype(np.float32)
     gen = geometric.GeometricGenerator()
