@@ -65,7 +65,7 @@ PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame 
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
 GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
 GRAPH_IDLE_S = 2.0  # a Play graph with no clip for this long is closed (its actor's loop spins while open)
-GRAPH_ATTEMPTS = 2  # graphs a session may reopen after ones that failed to start in a retryable way
+GRAPH_ATTEMPTS = 2  # graphs a session may reopen in a row after ones that failed to start in a retryable way
 GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
@@ -783,7 +783,7 @@ class RayWorldHost:
         self._play_method = None  # actor.play_clip with its stream options (made once)
         self._released_session = ""  # the session whose lease this door released last (``refresh``)
         self._idle_timer: asyncio.TimerHandle | None = None  # closes an idle session's graph (``_arm_idle_close``)
-        self._graph_attempts = 0  # graphs the session reopened after a retryable start failure (``GRAPH_ATTEMPTS``)
+        self._graph_attempts = 0  # graphs reopened in a row after retryable start failures (``GRAPH_ATTEMPTS``)
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -1034,6 +1034,8 @@ class RayWorldHost:
         self._tails.add(task := asyncio.ensure_future(_drain(gen)))
         task.add_done_callback(self._tails.discard)
         graph = self._graph  # after a clip the actor took: a session that lost the lease opens no graph
+        if graph is not None and graph.ready:
+            self._graph_attempts = 0  # failures in a row count: a graph reopened after an idle close starts afresh
         if graph is None or (graph.retryable and self._graph_attempts < GRAPH_ATTEMPTS):
             if graph is not None:  # another try (counted per session)
                 self._graph_attempts += 1

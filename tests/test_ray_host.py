@@ -554,6 +554,41 @@ def test_a_play_session_streams_through_its_compiled_graph(server, monkeypatch):
             assert not info.controlled and info.stats.clips_generated >= before + 3
 
 
+
+def test_retryable_graph_failures_count_in_a_row(server, monkeypatch):
+    """A session may reopen its graph ``GRAPH_ATTEMPTS`` times in a row after retryable start failures (a channel
+    closed under a new graph); a graph that answered resets the count, so the graph reopened after an idle close
+    gets its retries too (CI once saw two failures at the first open and one after the idle close, and the session
+    stayed on streaming calls for good). Compile failures injected: the 1st, 2nd and 4th graphs."""
+    from spatia.server import ray_host
+
+    compiles = []
+    real_compile = ray_host._PlayGraph._compile
+
+    def flaky_compile(graph) -> None:
+        compiles.append(graph)
+        if len(compiles) in (1, 2, 4):
+            graph.failed = graph.retryable = True  # what ``_compile`` records for a closed channel
+            return
+        real_compile(graph)
+
+    monkeypatch.setattr(ray_host._PlayGraph, "_compile", flaky_compile)
+    with running_server(_config(server.config.data_dir, compiled_play=True)) as st:
+        with WorldClient(st.target, timeout_s=120) as c, c.play("a", record=False, lockstep=True) as s:
+            host = _host(st, "a")
+            graph = _until_graph(st, "a", s)
+            assert graph.ready and len(compiles) == 3
+            assert _step(s) is not None  # a clip through the graph that answered
+            monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 0.3)
+            deadline = time.monotonic() + TTL_S
+            while host._graph is graph and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert host._graph is None, "the idle session's graph stayed open"
+            monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 60.0)
+            again = _until_graph(st, "a", s, timeout_s=30)
+            assert again.ready and len(compiles) == 5, "the reopened graph got no retry"
+
+
 from test_server_lifecycle import (  # noqa: E402,F401 -- collected here (last), run with the fixtures above
     test_broken_connection, test_deadline, test_leaving_the_with_block_through_an_exception,
     test_the_session_limit_names_itself_in_error_info,
