@@ -48,8 +48,10 @@ def cluster(ray_tests_lock):
 
 
 def _config(data_dir) -> ServerConfig:
+    # no test here waits for a lease to expire; at 3 s a session's lease was gone before its first frame (3.3 s
+    # after it started) in two loaded suite runs, so the renewals are not kept on a tight clock: 10 s, the default
     return ServerConfig(data_dir=data_dir, port=0, limits=Limits(max_sessions=4), save_interval_s=0.0,
-                        cluster=ClusterOptions(world_cpus=0.5, lease_ttl_s=3.0, idle_exit_s=None,
+                        cluster=ClusterOptions(world_cpus=0.5, lease_ttl_s=10.0, idle_exit_s=None,
                                                placement_timeout_s=60.0, stats_interval_s=0.5))
 
 
