@@ -57,9 +57,9 @@ def capture(item: str, width: int, height: int, frames: int) -> list[tuple]:
 
         world = World.from_scene(item, 0, width, height)
         cfg = EngineConfig(clip=ClipConfig(first_clip_frames=4, clip_frames=6, preceding_frames=2), keyframe_stride=4)
-        for _ in Engine(world, G(geo.GeometricConfig()), cfg).generate(make_scene(item, 0).demo_path(frames)[1:],
-                                                                       seed=0):
-            pass
+        engine = Engine(world, G(geo.GeometricConfig()), cfg)
+        shown = sum(1 for _ in engine.generate(make_scene(item, 0).demo_path(frames)[1:], seed=0))  # counted, not kept
+        assert shown and calls, "the loop generated no frame"
         return calls
     finally:
         G._layout_fill = fill
