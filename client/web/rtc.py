@@ -44,7 +44,7 @@ PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js
 PTS_EXACT_RESIDUES = frozenset(r for r in range(9) if (round(r * 100 / 9) * 9) // 100 == r)
 
 VIDEO_CODECS = ("vp8", "h264")
-BITS_PER_PIXEL = 0.2  # target bitrate = pixels x fps x this (1.4 Mbit/s at 640x360, 30 fps; aiortc's range 0.25-1.5)
+BITS_PER_PIXEL = 0.08  # target bitrate = pixels x fps x this: 0.55 Mbit/s at 640x360, 30 fps (aiortc: 0.25-1.5)
 
 
 class VideoEncoder:
