@@ -54,17 +54,18 @@ VARIANTS = {
 }
 
 
-def tree_env(tree: Path, tmp: Path) -> dict:
-    """An environment whose ``python -m spatia.cli`` imports ``spatia`` from another checkout ``tree`` (the
-    repository maps spatia.world -> world/ etc., pyproject's package-dir): a directory of links in that layout
-    put first on PYTHONPATH, ahead of this checkout's editable install."""
+def tree_env(tree: Path, tmp: Path) -> tuple[dict, Path]:
+    """An environment and a working directory in which ``python -m spatia.cli`` imports ``spatia`` from another
+    checkout ``tree`` (the repository maps spatia.world -> world/ etc., pyproject's package-dir): a directory of
+    links in that layout, the working directory (``-m`` puts it first on sys.path; this checkout's own ``spatia/``
+    there would win, and its editable install maps the rest here) and first on PYTHONPATH."""
     root = tmp / "baseline-tree" / "spatia"
     root.mkdir(parents=True)
     for entry in (tree / "spatia").iterdir():
         (root / entry.name).symlink_to(entry)
     for sub in ("world", "model", "server", "client", "proto"):
         (root / sub).symlink_to(tree / sub)
-    return dict(os.environ, PYTHONPATH=str(root.parent))
+    return dict(os.environ, PYTHONPATH=str(root.parent)), root.parent
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -403,6 +404,7 @@ def main() -> None:
                    help="a checkout (e.g. `git worktree add /tmp/base main`) whose web app runs path webrtc_base")
     p.add_argument("--chrome-variant-flags", default="",
                    help="space-separated Chromium flags for path webrtc_chrome (a second browser with them added)")
+    p.add_argument("--web-log", type=Path, help="a folder for each web app's log (NAME.log)")
     p.add_argument("--record", action="store_true",
                    help="every path records on the server (default: none does, as the gRPC baseline never did)")
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the page (first WebRTC round) here")
@@ -456,10 +458,12 @@ def main() -> None:
             for name in ["default"] + [q for q in paths if q in VARIANTS and q != "webrtc_chrome"]:
                 web_port = _free_port()
                 extra = [] if name == "default" else (VARIANTS[name] or [])
-                env = tree_env(args.baseline_tree.resolve(), Path(tmp)) if name == "webrtc_base" else None
+                env, cwd = tree_env(args.baseline_tree.resolve(), Path(tmp)) if name == "webrtc_base" else (None, ROOT)
                 web = subprocess.Popen([sys.executable, "-m", "spatia.cli", "web", "--server", target, "--port",
-                                        str(web_port), "--grace", "0.5", *extra], cwd=ROOT, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        str(web_port), "--grace", "0.5", *extra], cwd=cwd, env=env,
+                                       stdout=subprocess.DEVNULL,
+                                       stderr=open(args.web_log / f"{name}.log", "w") if args.web_log
+                                       else subprocess.DEVNULL)
                 procs.append(web)
                 _wait_port(web, web_port, f"spatia web ({name})")
                 webs[name] = (web, f"http://127.0.0.1:{web_port}")
