@@ -34,9 +34,11 @@ Session code knows a world only through its host's methods (server/host.py), nev
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,8 +133,10 @@ class Outbox:
 
     OTHER_CAPACITY = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
 
-    def __init__(self, frame_capacity: int, lossless: bool = False) -> None:
+    def __init__(self, frame_capacity: int, lossless: bool = False,
+                 on_frame_out: Callable[[object], None] | None = None) -> None:
         self._items: deque = deque()
+        self.on_frame_out = on_frame_out  # called with each frame ``get`` hands out (``PlayTrace``)
         self._frame_capacity = frame_capacity
         self.lossless = lossless
         self.max_other = self.OTHER_CAPACITY
@@ -191,6 +195,8 @@ class Outbox:
         if is_frame:
             self._frames -= 1
             self._room.set()
+            if self.on_frame_out is not None:
+                self.on_frame_out(item)
         return item
 
 
@@ -236,6 +242,71 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
     return [pending.popleft() for _ in range(m)], skipped
 
 
+class PlayTrace:
+    """Per-frame timestamps of one interactive Play session, for finding where a served frame's latency goes
+    (``ServerConfig.play_trace_dir``; off by default). Times are ``time.perf_counter`` seconds since the session
+    started; every record is made on the event loop's thread (the worker's and encoder's times ride along with
+    the frame), and everything is bounded: at most ``max_frames`` frames and clips are kept, and an action's
+    times are dropped once a frame has applied it (or a later one).
+
+    A frame's record: ``seq`` (the action after which its pose was integrated), ``received`` (that action read
+    from the stream), ``integrated`` (its pose made), ``clip_start`` (the clip that drew it handed to the world's
+    thread), ``generated`` (the generator yielded it), ``encoded`` (JPEG done), ``queued`` (in the outbox),
+    ``sent`` (handed to gRPC); ``clip``, ``in_clip`` / ``clip_frames``, ``skipped`` (poses the clip skipped).
+    A clip's record: ``start``, ``end`` (the world's thread done: memory update and save policy included),
+    ``generate_s`` / ``update_s`` (the engine's), ``frames``, ``skipped``, ``pending`` (poses left waiting)."""
+
+    def __init__(self, max_frames: int = 20_000) -> None:
+        self.t0 = time.perf_counter()
+        self._received: dict[int, float] = {}  # seq -> time (insertion order = seq order)
+        self._integrated: dict[int, float] = {}
+        self.frames: deque[dict] = deque(maxlen=max_frames)
+        self.clips: deque[dict] = deque(maxlen=max_frames)
+        self._unsent: dict[int, dict] = {}  # session_frame -> record, until handed to gRPC (or dropped)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def received(self, seq: int) -> None:
+        self._received[seq] = self.now()
+
+    def integrated(self, seq: int) -> None:
+        self._integrated[seq] = self.now()
+
+    def frame(self, rec: dict) -> None:
+        """A frame put in the outbox (``rec`` has its seq, session frame, clip and worker times)."""
+        seq = rec["seq"]
+        rec["received"] = self._received.get(seq)
+        rec["integrated"] = self._integrated.get(seq)
+        rec["queued"] = self.now()
+        for table in (self._received, self._integrated):
+            for old in [s for s in table if s < seq]:  # applied or skipped by now (more frames may share seq)
+                del table[old]
+        self.frames.append(rec)
+        self._unsent[rec["session_frame"]] = rec
+        while len(self._unsent) > 64:  # frames the outbox dropped are never sent
+            self._unsent.pop(next(iter(self._unsent)))
+
+    def sent(self, response) -> None:
+        rec = self._unsent.pop(response.frame.session_frame, None)
+        if rec is not None:
+            rec["sent"] = self.now()
+
+    def clip(self, rec: dict) -> None:
+        self.clips.append(rec)
+
+    def write(self, path) -> None:
+        """The records as JSON lines: clips first (``"kind": "clip"``), then frames (``"kind": "frame"``)."""
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
+            for kind, rows in (("clip", self.clips), ("frame", self.frames)):
+                for row in rows:
+                    fh.write(json.dumps({"kind": kind, **row}) + "\n")
+
+
 class PlaySession:
     def __init__(self, session_id: str, host: WorldHost, options: PlayOptions, generator, config: ServerConfig,
                  recordings_dir, start: pb.PlayStart, closer: RecordingCloser | None = None) -> None:
@@ -251,7 +322,11 @@ class PlaySession:
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
             reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
-        self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep)
+        # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
+        self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
+        self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,
+                             on_frame_out=self.trace.sent if self.trace is not None else None)
+        self._clip_trace = (0.0, 0)  # (clip start, poses skipped) of the clip in flight, for its frames' records
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -300,6 +375,8 @@ class PlaySession:
                 kind = req.WhichOneof("kind")
                 if kind == "action":
                     action = action_from_proto(req.action)  # INVALID_ARGUMENT on NaN / out of range
+                    if self.trace is not None:
+                        self.trace.received(action.seq)
                     if self.recorder:
                         self.recorder.write("/action", req.action)
                     await self.actions.put(action)
@@ -360,6 +437,7 @@ class PlaySession:
                     continue
                 first = self.last_frame_index < 1
                 n = self.options.clip.first_clip_frames if first else self.options.clip.new_frames_per_clip
+                skipped = 0
                 if self.lockstep:
                     chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
                     await self.outbox.wait_room(len(chunk))
@@ -369,7 +447,13 @@ class PlaySession:
                     chunk, skipped = select_poses(pending, n, self.overhead_s, self.frame_s,
                                                   1.0 / self.options.fps)
                     self.poses_dropped += skipped
+                clip_start = self.trace.now() if self.trace is not None else 0.0
+                self._clip_trace = (clip_start, skipped)
                 stats, held = await self._run_clip(chunk)
+                if self.trace is not None:
+                    self.trace.clip({"clip": stats.clip_id, "start": clip_start, "end": self.trace.now(),
+                                     "generate_s": stats.generate_s, "update_s": stats.update_s,
+                                     "frames": len(chunk), "skipped": skipped, "pending": len(pending)})
                 last_out = time.monotonic()
                 message = pb.SessionStats(
                     clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
@@ -400,6 +484,8 @@ class PlaySession:
             return False
         poses = self.integrator.step(item)
         self.last_seq = item.seq
+        if self.trace is not None:
+            self.trace.integrated(item.seq)
         if self.lockstep:  # exactly one frame per action, at the pose after it
             pending.append((self.integrator.c2w, item.seq))
         elif not item.is_idle:  # standing still generates nothing (heartbeats only)
@@ -428,7 +514,10 @@ class PlaySession:
         # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md).
         held: list | None = [] if self.lockstep else None
 
+        trace = self.trace
+
         def sink(i: int, f) -> None:
+            generated = trace.now() if trace is not None else 0.0
             data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
             if data is None:
                 rgb = f.rgb
@@ -447,6 +536,12 @@ class PlaySession:
             times.append(time.perf_counter())
             if held is not None:
                 held.append(pb.PlayResponse(frame=frame))  # list.append: safe from the worker thread
+            elif trace is not None:
+                clip_start, skipped = self._clip_trace
+                rec = {"seq": chunk[i][1], "session_frame": frame.session_frame, "clip": f.clip_id, "in_clip": i,
+                       "clip_frames": len(chunk), "skipped": skipped, "clip_start": clip_start,
+                       "generated": generated, "encoded": trace.now()}
+                loop.call_soon_threadsafe(self._deliver_traced, pb.PlayResponse(frame=frame), rec)
             else:
                 loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
@@ -466,6 +561,10 @@ class PlaySession:
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
         return stats, held or []
+
+    def _deliver_traced(self, response, rec: dict) -> None:
+        self.outbox.put(response, True)
+        self.trace.frame(rec)
 
     def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
         """Update the per-frame and per-clip time estimates (EMAs) from one clip's wall time and frame times."""
@@ -494,6 +593,11 @@ class PlaySession:
         server's ``RecordingCloser`` after the world is released, so ending a session does not wait for them
         (bounded: the closer takes ``max_pending`` recordings at a time, a finish beyond that waits for room)."""
         errors = []
+        if self.trace is not None:
+            try:
+                await asyncio.to_thread(self.trace.write, self.config.play_trace_dir / f"{self.id}.jsonl")
+            except OSError as exc:  # diagnostics only: the session still ends cleanly
+                self.log.warning("play trace not written", error=str(exc))
         try:
             await self.host.save_if_changed()
         except Exception as exc:  # noqa: BLE001

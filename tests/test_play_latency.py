@@ -1,0 +1,68 @@
+"""Where a served interactive frame's time goes, and what keeps the world's thread on the frame path
+(issue 11 section 5, issue 10 section 4; docs/BENCHMARKS.md "Served play latency")."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from spatia.client.api import WorldClient
+from spatia.server.config import Limits, ServerConfig
+from spatia.server.testing import running_server
+
+W, H = 64, 48
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """A server that traces its Play sessions, and a client."""
+    tmp = tmp_path_factory.mktemp("play")
+    config = ServerConfig(data_dir=tmp / "data", port=0, play_trace_dir=tmp / "trace",
+                          limits=Limits(max_image_pixels=320 * 240))
+    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as c:
+        yield st, c, tmp / "trace"
+
+
+def _walk(client, world_id: str, actions: int) -> list:
+    """Play ``actions`` 30 Hz actions (walking while turning); the frames until the last one is applied."""
+    frames = []
+    with client.play(world_id, clip=(1, 2, 1), fps=30, record=False) as s:
+        seqs = [s.send(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1 / 30) for _ in range(actions)]
+        while not frames or frames[-1].last_action_seq < seqs[-1]:
+            frames.append(s.next_frame(timeout_s=60))
+    return frames
+
+
+def _trace_rows(trace_dir, session_id: str) -> list[dict]:
+    path = trace_dir / f"{session_id}.jsonl"
+    deadline = time.monotonic() + 30  # written when the session finishes, after the client left
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_play_trace_has_every_frames_stages_in_order(traced):
+    st, client, trace_dir = traced
+    client.create_scene("room", seed=0, width=W, height=H, world_id="traced")
+    before = set(trace_dir.glob("*.jsonl")) if trace_dir.exists() else set()
+    frames = _walk(client, "traced", 12)
+    deadline = time.monotonic() + 30
+    while not (new := set(trace_dir.glob("*.jsonl")) - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(new) == 1
+    rows = _trace_rows(trace_dir, new.pop().stem)
+    recs = [r for r in rows if r["kind"] == "frame"]
+    clips = [r for r in rows if r["kind"] == "clip"]
+    # one record per frame the client got, with the frame's own seq (the action whose pose it shows)
+    assert [r["session_frame"] for r in recs] == [f.session_frame for f in frames]
+    assert [r["seq"] for r in recs] == [f.last_action_seq for f in frames]
+    order = ("received", "integrated", "clip_start", "generated", "encoded", "queued", "sent")
+    for r in recs:
+        times = [r[k] for k in order]
+        assert all(t is not None for t in times), r
+        assert times == sorted(times), r  # each stage after the one before
+    assert {r["clip"] for r in recs} <= {c["clip"] for c in clips}
+    assert all(c["end"] >= c["start"] and c["generate_s"] > 0 and c["update_s"] >= 0 for c in clips)
+
