@@ -39,6 +39,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -326,6 +327,11 @@ class PlaySession:
         self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,
                              on_frame_out=self.trace.sent if self.trace is not None else None)
+        # interactive: frames are resized and JPEG-encoded on a thread of the session's own (in the order the
+        # world's thread made them), so the world's thread goes on to the next frame, or the clip's memory update,
+        # instead of encoding: cv2 releases the GIL, so the encode runs on the other core. Lock-step encodes on the
+        # world's thread as before (its frames are held until the clip's end anyway). Started on first use.
+        self._encoder: ThreadPoolExecutor | None = None
         self._clip_trace = (0.0, 0)  # (clip start, poses skipped) of the clip in flight, for its frames' records
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
@@ -499,9 +505,10 @@ class PlaySession:
         )))
 
     async def _run_clip(self, chunk):
-        """One clip on the world's host: each frame resized, encoded and recorded on the worker thread as it is
-        generated, handed to the outbox (interactive) or held for the caller (lock-step), then the memory update
-        and the host's autosave policy. Returns (the engine's ``ClipStats``, the held frame responses)."""
+        """One clip on the world's host: each frame, as it is generated, resized, encoded and recorded (on the
+        session's encoder thread when interactive, on the worker when lock-step) and handed to the outbox
+        (interactive) or held for the caller (lock-step); then the memory update and the host's autosave policy.
+        Returns (the engine's ``ClipStats``, the held frame responses)."""
         import cv2
 
         loop = asyncio.get_running_loop()
@@ -516,9 +523,8 @@ class PlaySession:
 
         trace = self.trace
 
-        def sink(i: int, f) -> None:
-            generated = trace.now() if trace is not None else 0.0
-            data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
+        def deliver(i: int, f, data, session_frame: int, generated: float) -> None:
+            """The frame's message to the client (lock-step: held) and the recording (any thread)."""
             if data is None:
                 rgb = f.rgb
                 if (rgb.shape[1], rgb.shape[0]) != self.out_size:
@@ -528,17 +534,13 @@ class PlaySession:
                 frame_index=f.frame_index, clip_id=f.clip_id, pose=pose_to_proto(f.c2w),
                 intrinsics=self.out_intrinsics, last_action_seq=chunk[i][1], server_time_ns=time.time_ns(),
                 encoding=self.options.encoding, width=self.out_size[0], height=self.out_size[1],
-                data=data, session_frame=self.frames_sent,
+                data=data, session_frame=session_frame,
             )
-            self.frames_sent += 1
-            self.last_frame_index = f.frame_index
-            self._sent_times.append(time.monotonic())
-            times.append(time.perf_counter())
             if held is not None:
                 held.append(pb.PlayResponse(frame=frame))  # list.append: safe from the worker thread
             elif trace is not None:
                 clip_start, skipped = self._clip_trace
-                rec = {"seq": chunk[i][1], "session_frame": frame.session_frame, "clip": f.clip_id, "in_clip": i,
+                rec = {"seq": chunk[i][1], "session_frame": session_frame, "clip": f.clip_id, "in_clip": i,
                        "clip_frames": len(chunk), "skipped": skipped, "clip_start": clip_start,
                        "generated": generated, "encoded": trace.now()}
                 loop.call_soon_threadsafe(self._deliver_traced, pb.PlayResponse(frame=frame), rec)
@@ -546,6 +548,23 @@ class PlaySession:
                 loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
+
+        encodes: list = []  # interactive: the clip's frames on the encoder thread (concurrent.futures.Future)
+
+        def sink(i: int, f) -> None:
+            generated = trace.now() if trace is not None else 0.0
+            data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
+            session_frame = self.frames_sent
+            self.frames_sent += 1
+            self.last_frame_index = f.frame_index
+            self._sent_times.append(time.monotonic())
+            times.append(time.perf_counter())
+            if held is None and data is None:
+                if self._encoder is None:
+                    self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"play-encode-{self.id}")
+                encodes.append(self._encoder.submit(deliver, i, f, None, session_frame, generated))
+            else:
+                deliver(i, f, data, session_frame, generated)
 
         c = self.config
         try:
@@ -557,6 +576,8 @@ class PlaySession:
             for response in held or ():
                 self.outbox.put(response, True)
             raise
+        for job in encodes:  # the clip's frames are out (and recorded) before its stats
+            await asyncio.wrap_future(job)
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
@@ -593,6 +614,8 @@ class PlaySession:
         server's ``RecordingCloser`` after the world is released, so ending a session does not wait for them
         (bounded: the closer takes ``max_pending`` recordings at a time, a finish beyond that waits for room)."""
         errors = []
+        if self._encoder is not None:  # idle: every clip waited for its frames
+            self._encoder.shutdown(wait=False)
         if self.trace is not None:
             try:
                 await asyncio.to_thread(self.trace.write, self.config.play_trace_dir / f"{self.id}.jsonl")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -66,3 +67,27 @@ def test_play_trace_has_every_frames_stages_in_order(traced):
     assert {r["clip"] for r in recs} <= {c["clip"] for c in clips}
     assert all(c["end"] >= c["start"] and c["generate_s"] > 0 and c["update_s"] >= 0 for c in clips)
 
+
+def test_interactive_frames_are_encoded_off_the_worlds_thread(traced, monkeypatch):
+    """The world's worker thread makes frames; JPEG encoding happens on the session's encoder thread, in order
+    (before: on the worker, between one frame and the next)."""
+    import spatia.server.session as session
+
+    threads = []
+    real = session.encode_image
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "encode_image", spy)
+    st, client, _ = traced
+    client.create_scene("room", seed=1, width=W, height=H, world_id="encoded")
+    frames = _walk(client, "encoded", 10)
+    assert len(threads) >= len(frames) > 0
+    assert not any(name.startswith("world-") for name in threads), threads
+    assert all(name.startswith("play-encode") for name in threads), threads
+    # in the order made, each frame's seq the action after which its pose was integrated
+    assert [f.session_frame for f in frames] == sorted(f.session_frame for f in frames)
+    assert [f.last_action_seq for f in frames] == sorted(f.last_action_seq for f in frames)
+    assert [f.frame_index for f in frames] == sorted(f.frame_index for f in frames)
