@@ -243,6 +243,45 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
     return [pending.popleft() for _ in range(m)], skipped
 
 
+class ClipCost:
+    """A clip's wall time as ``overhead_s + m * frame_s`` for a clip of ``m`` frames, fitted (least squares) to
+    the latest ``window`` clips; what ``select_poses`` sizes clips with.
+
+    Why a fit over clips of different lengths, not the spacing of a clip's frames: the engine renders the memory
+    at *every* target pose before the clip's first frame (``Engine._prepare``: the projection, retrieval and the
+    memory update share those renders), so most of a frame's cost shows before the first frame, and frames then
+    follow each other quickly. Measured on a served 640x360 room walk at load ~8 (docs/BENCHMARKS.md, "Served
+    play latency"): ~20 ms between frames but ~110 ms per render; the spacing rule took the renders for per-clip
+    overhead, believed a frame cost 20 ms, and always chose full clips, so a pose waited for the renders of every
+    pose after it. When the window holds one clip length only, ``probe`` asks for one frame fewer once, so the
+    fit has two lengths to go on. The spacing of a clip's frames stays a lower bound of ``frame_s``."""
+
+    def __init__(self, window: int = 12) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)  # (frames, wall seconds)
+        self.spacing_s: float | None = None  # EMA of the time between a clip's frames
+        self.overhead_s: float | None = None
+        self.frame_s: float | None = None
+        self.probe = False  # the next clip should be one frame shorter (one clip length in the window only)
+
+    def add(self, clip_s: float, frame_times: list[float], frames: int) -> None:
+        if len(frame_times) >= 2:
+            gap = (frame_times[-1] - frame_times[0]) / (len(frame_times) - 1)
+            self.spacing_s = gap if self.spacing_s is None else 0.7 * self.spacing_s + 0.3 * gap
+        self._samples.append((frames, clip_s))
+        m = np.array([x for x, _ in self._samples], np.float64)
+        t = np.array([y for _, y in self._samples], np.float64)
+        floor = self.spacing_s or 0.0
+        if np.ptp(m) > 0:
+            slope = float(np.cov(m, t, bias=True)[0, 1] / np.var(m))
+            self.frame_s = max(slope, floor, 1e-4)
+            self.overhead_s = max(float(t.mean() - self.frame_s * m.mean()), 0.0)
+            self.probe = False
+        else:  # one length so far: the old split (the spacing per frame, the rest per clip) until a probe
+            self.frame_s = max(floor, 1e-4) if floor else max(clip_s / 2, 1e-4)
+            self.overhead_s = max(float(t.mean()) - frames * self.frame_s, 0.0)
+            self.probe = frames > 1 and len(self._samples) >= 2
+
+
 class PlayTrace:
     """Per-frame timestamps of one interactive Play session, for finding where a served frame's latency goes
     (``ServerConfig.play_trace_dir``; off by default). Times are ``time.perf_counter`` seconds since the session
@@ -332,7 +371,8 @@ class PlaySession:
         # instead of encoding: cv2 releases the GIL, so the encode runs on the other core. Lock-step encodes on the
         # world's thread as before (its frames are held until the clip's end anyway). Started on first use.
         self._encoder: ThreadPoolExecutor | None = None
-        self._clip_trace = (0.0, 0)  # (clip start, poses skipped) of the clip in flight, for its frames' records
+        self._clip_trace = (0.0, 0)
+        self._last_clip_frames = 0  # (clip start, poses skipped) of the clip in flight, for its frames' records
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -340,8 +380,7 @@ class PlaySession:
         clip_worth = max(options.clip.first_clip_frames, options.clip.new_frames_per_clip)
         self.max_pending = min(self.limits.max_pending_frames, options.max_pending_frames or clip_worth)
         self.frames_sent = 0
-        self.frame_s: float | None = None  # measured time between a clip's frames (EMA), seconds
-        self.overhead_s: float | None = None  # measured rest of a clip's wall time (EMA), seconds
+        self.cost = ClipCost()  # interactive clip sizing: measured per-clip and per-frame seconds
         self._sent_times: deque[float] = deque(maxlen=256)  # monotonic times of recent frames (held_fps)
         self.stopping = False  # set by ``end``: no new clips once the one in flight is done
         self.finished = False
@@ -450,11 +489,14 @@ class PlaySession:
                 elif self.options.max_pending_frames:  # the client chose its bound: every pose within it
                     chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
                 else:
-                    chunk, skipped = select_poses(pending, n, self.overhead_s, self.frame_s,
+                    if self.cost.probe:  # one frame fewer than last time, so the cost fit sees two lengths
+                        n = max(1, min(n, self._last_clip_frames - 1))
+                    chunk, skipped = select_poses(pending, n, self.cost.overhead_s, self.cost.frame_s,
                                                   1.0 / self.options.fps)
                     self.poses_dropped += skipped
                 clip_start = self.trace.now() if self.trace is not None else 0.0
                 self._clip_trace = (clip_start, skipped)
+                self._last_clip_frames = len(chunk)
                 stats, held = await self._run_clip(chunk)
                 if self.trace is not None:
                     self.trace.clip({"clip": stats.clip_id, "start": clip_start, "end": self.trace.now(),
@@ -588,15 +630,17 @@ class PlaySession:
         self.trace.frame(rec)
 
     def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
-        """Update the per-frame and per-clip time estimates (EMAs) from one clip's wall time and frame times."""
-        def ema(old, new):
-            return new if old is None else 0.7 * old + 0.3 * new
+        """Update the per-clip and per-frame time estimates (``ClipCost``) from one clip's wall time and frame
+        times (interactive clip sizing)."""
+        self.cost.add(clip_s, frame_times, frames)
 
-        if len(frame_times) >= 2:
-            self.frame_s = ema(self.frame_s, (frame_times[-1] - frame_times[0]) / (len(frame_times) - 1))
-        elif self.frame_s is None:  # one-frame clips only so far: assume half the clip is the frame
-            self.frame_s = clip_s / 2
-        self.overhead_s = ema(self.overhead_s, max(clip_s - frames * self.frame_s, 0.0))
+    @property
+    def frame_s(self) -> float | None:
+        return self.cost.frame_s
+
+    @property
+    def overhead_s(self) -> float | None:
+        return self.cost.overhead_s
 
     def _record_stats(self, stats) -> None:
         self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,

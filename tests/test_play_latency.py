@@ -91,3 +91,45 @@ def test_interactive_frames_are_encoded_off_the_worlds_thread(traced, monkeypatc
     assert [f.session_frame for f in frames] == sorted(f.session_frame for f in frames)
     assert [f.last_action_seq for f in frames] == sorted(f.last_action_seq for f in frames)
     assert [f.frame_index for f in frames] == sorted(f.frame_index for f in frames)
+
+
+def test_clip_cost_counts_the_renders_before_a_clips_first_frame_as_per_frame_cost():
+    """The engine renders the memory at every pose of a clip before its first frame, so a clip of m frames takes
+    overhead + m * (render + generation) while its frames follow each other by the generation alone. Sizing
+    clips by that spacing took every render for per-clip overhead and always chose full clips (a pose then waits
+    for the renders of every pose after it); the cost is fitted over clip lengths instead."""
+    from collections import deque
+
+    import numpy as np
+
+    from spatia.server.session import ClipCost, select_poses
+
+    overhead_s, render_s, gen_s = 0.080, 0.114, 0.020  # measured at load ~8, 640x360 room (BENCHMARKS.md)
+
+    def clip(m: int):  # (wall seconds, the frames' times, frames): renders first, then frames gen_s apart
+        first = overhead_s / 2 + m * render_s + gen_s
+        return overhead_s + m * (render_s + gen_s), [first + k * gen_s for k in range(m)], m
+
+    cost = ClipCost()
+    cost.add(*clip(4))
+    cost.add(*clip(4))
+    assert cost.probe  # one clip length so far: the next clip is one frame shorter
+    assert cost.frame_s == pytest.approx(gen_s)  # the spacing alone is all it can tell yet
+    cost.add(*clip(3))
+    assert not cost.probe
+    assert cost.frame_s == pytest.approx(render_s + gen_s) and cost.overhead_s == pytest.approx(overhead_s)
+
+    def pending(k):
+        return deque((np.eye(4) * (i + 1), i + 1) for i in range(k))
+
+    # two frame times' budget: 2 frames of the newest poses, not the full clip the spacing rule took
+    chunk, skipped = select_poses(pending(10), 4, cost.overhead_s, cost.frame_s, 1 / 30)
+    assert [s for _, s in chunk] == [9, 10] and skipped == 8
+    chunk, _ = select_poses(pending(10), 4, clip(4)[0] - 4 * gen_s, gen_s, 1 / 30)  # the spacing rule's view
+    assert len(chunk) == 4
+    # a machine that keeps up (a frame well within the frame period): whatever is pending, nothing skipped
+    fast = ClipCost()
+    for m in (1, 2, 1, 2):
+        fast.add(0.004 + m * 0.010, [0.01 * (k + 1) for k in range(m)], m)
+    chunk, skipped = select_poses(pending(2), 4, fast.overhead_s, fast.frame_s, 1 / 30)
+    assert len(chunk) == 2 and skipped == 0
