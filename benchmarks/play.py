@@ -226,6 +226,8 @@ def main() -> None:
     p.add_argument("--no-queue-baseline", dest="queue_baseline", action="store_false",
                    help="skip the baseline run with the former policy (a clip's worth of poses queued)")
     p.add_argument("--fill", choices=("layout", "legacy"), default=None, help="geometric generator's fill")
+    p.add_argument("--sessions", default="1,4", help="comma list of concurrent session counts to run, of 1 and 4 "
+                   "(e.g. 1: one session only, for quick A/B pairs on a shared machine)")
     p.add_argument("--trace", action="store_true",
                    help="record the server's per-frame timestamps and summarise where each run's time went")
     p.add_argument("--save-interval-s", type=float, default=None,
@@ -240,6 +242,9 @@ def main() -> None:
                         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
     rates = [float(x) for x in str(args.tick_hz).split(",")]
+    counts = {int(x) for x in str(args.sessions).split(",")}
+    if not counts or not counts <= {1, 4}:
+        raise SystemExit(f"--sessions: a comma list of 1 and 4, got {args.sessions!r}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
@@ -264,16 +269,21 @@ def main() -> None:
                 # input at hz and poses at the same rate (fps = hz), so more than 30 fps can show at 60 Hz
                 run = argparse.Namespace(**{**vars(args), "tick_hz": hz, "fps": hz if args.fps is None else args.fps})
                 run.world_prefix = f"r{k}"
-                log(f"server at {target}; {hz:g} Hz input: 1 session for {args.seconds} s")
-                one = asyncio.run(_run(target, 1, run))[0]
-                trace_one = _collect_traces(trace_dir, seen, 1)
-                log(f"{hz:g} Hz input: 4 sessions")
-                four = asyncio.run(_run(target, 4, run))
-                trace_four = _collect_traces(trace_dir, seen, 4)
+                one = four = None
+                if 1 in counts:
+                    log(f"server at {target}; {hz:g} Hz input: 1 session for {args.seconds} s")
+                    one = asyncio.run(_run(target, 1, run))[0]
+                    trace_one = _collect_traces(trace_dir, seen, 1)
+                if 4 in counts:
+                    log(f"{hz:g} Hz input: 4 sessions")
+                    four = asyncio.run(_run(target, 4, run))
+                    trace_four = _collect_traces(trace_dir, seen, 4)
                 results[f"{hz:g}hz"] = _summary(one, four, run)
                 if trace_dir is not None:
-                    results[f"{hz:g}hz"]["sessions_1"]["trace"] = _trace_summary(trace_one)
-                    results[f"{hz:g}hz"]["sessions_4"]["trace"] = _trace_summary(trace_four)
+                    if one is not None:
+                        results[f"{hz:g}hz"]["sessions_1"]["trace"] = _trace_summary(trace_one)
+                    if four is not None:
+                        results[f"{hz:g}hz"]["sessions_4"]["trace"] = _trace_summary(trace_four)
             if args.queue_baseline:
                 # the policy before latency-bounded skipping, same server, same load: a clip's worth of poses
                 # queues (max_pending_frames = 4, oldest dropped beyond), every queued pose is generated
@@ -300,33 +310,41 @@ def main() -> None:
                   "fps": "= tick_hz" if args.fps is None else args.fps, "generator": "geometric",
                   "fill": args.fill or "default"},
         **results,
-        "median_ms": first["sessions_1"]["p50_ms"],
+        "median_ms": (first.get("sessions_1") or first["sessions_4"])["p50_ms"],
         "baseline_median_ms": round(baseline, 1),
         "baseline": "engine in-process per-frame ms (same clip lengths, no gRPC / encoding)",
         "cpu_count": os.cpu_count(), "load": os.getloadavg(),
     })
 
 
-def _summary(one: dict, four: list[dict], args) -> dict:
+def _summary(one: dict | None, four: list[dict] | None, args) -> dict:
+    out = {}
+    if one is not None:
+        out["sessions_1"] = _summary_one(one)
+    if four is not None:
+        out["sessions_4"] = _summary_four(four)
+    return out
+
+
+def _summary_one(one: dict) -> dict:
     lat1 = one["latencies_ms"]
+    return {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
+            "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),
+            "max_ms": round(max(lat1, default=float("nan")), 1), "frames": one["frames"],
+            "p50_to_server_frame_ms": round(_pct(one["server_ms"], 50), 1),
+            "p95_to_server_frame_ms": round(_pct(one["server_ms"], 95), 1),
+            "poses_dropped": one["poses_dropped"], "held_fps": one["held_fps"],
+            "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
+            "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)}
+
+
+def _summary_four(four: list[dict]) -> dict:
     lat4 = [x for r in four for x in r["latencies_ms"]]
     fps4 = [r["fps"] for r in four]
-    return {
-        "sessions_1": {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
-                       "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),
-                       "max_ms": round(max(lat1, default=float("nan")), 1), "frames": one["frames"],
-                       "p50_to_server_frame_ms": round(_pct(one["server_ms"], 50), 1),
-                       "p95_to_server_frame_ms": round(_pct(one["server_ms"], 95), 1),
-                       "poses_dropped": one["poses_dropped"], "held_fps": one["held_fps"],
-                       "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
-                       "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)},
-        "sessions_4": {"fps_per_session": [round(f, 2) for f in fps4],
-                       "fps_mean": round(statistics.mean(fps4), 2),
-                       "fastest_over_slowest": round(max(fps4) / max(min(fps4), 1e-9), 2),
-                       "p50_ms": round(_pct(lat4, 50), 1), "p95_ms": round(_pct(lat4, 95), 1),
-                       "poses_dropped": [r["poses_dropped"] for r in four],
-                       "frames": [r["frames"] for r in four]},
-    }
+    return {"fps_per_session": [round(f, 2) for f in fps4], "fps_mean": round(statistics.mean(fps4), 2),
+            "fastest_over_slowest": round(max(fps4) / max(min(fps4), 1e-9), 2),
+            "p50_ms": round(_pct(lat4, 50), 1), "p95_ms": round(_pct(lat4, 95), 1),
+            "poses_dropped": [r["poses_dropped"] for r in four], "frames": [r["frames"] for r in four]}
 
 
 if __name__ == "__main__":
