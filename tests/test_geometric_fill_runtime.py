@@ -263,3 +263,18 @@ def test_warm_up_runs_at_low_priority_and_the_fit_at_normal_priority():
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert seen["fit"] == base
     assert seen["warm"] == min(base + WARM_NICE, 19)
+
+
+def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():
+    """A server builds its generator at start: the layout fill's modules are imported then, not in the first
+    world's fit that the first session's first final frame waits for (a fresh process, so nothing is cached)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from spatia.model.geometric import GeometricConfig, GeometricGenerator; "
+            "GeometricGenerator(GeometricConfig(fill='layout')); "
+            "print(all(m in sys.modules for m in ('spatia.model.fill.texture', 'spatia.model.fill.appearance', "
+            "'spatia.model.fill.layout', 'spatia.model.fill.hole_kernels', 'scipy.ndimage', 'scipy.fft')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
