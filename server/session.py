@@ -250,9 +250,7 @@ class PlaySession:
             # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
-            reuse_references_within=None if options.lockstep else config.play_reuse_references_within,
-            # lock-step: the step's frame and stats leave before the history add (``_run_clip``'s sink)
-            commit_before_last_frame=options.lockstep))
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
@@ -268,7 +266,6 @@ class PlaySession:
         self.finished = False
         self.closing = None  # the recording's close on the closer (a concurrent.futures.Future), once handed over
         self.last_seq = 0
-        self._pending_count = 0  # poses waiting when the clip in flight started (its stats' pending_frames)
         view = host.view()
         self.last_frame_index = view.history_frames - 1
         K = view.intrinsics
@@ -372,33 +369,27 @@ class PlaySession:
                     chunk, skipped = select_poses(pending, n, self.overhead_s, self.frame_s,
                                                   1.0 / self.options.fps)
                     self.poses_dropped += skipped
-                self._pending_count = len(pending)
                 stats, held = await self._run_clip(chunk)
                 last_out = time.monotonic()
-                if held is not None:  # not yet handed out by the sink (``commit_before_last_frame``)
-                    self._emit(stats, held)
+                message = pb.SessionStats(
+                    clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
+                    memory_points=stats.memory_points, pending_frames=len(pending),
+                    queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
+                    poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
+                )
+                inline = bool(held) and self.options.stats_in_frame
+                if inline:
+                    held[-1].frame.stats.CopyFrom(message)
+                for response in held:  # lock-step: the clip's frames, then (or with) its stats
+                    self.outbox.put(response, True)
+                if not inline:
+                    self.outbox.put(pb.PlayResponse(stats=message))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
             self.error = exc
         finally:
             self.outbox.close()
-
-    def _emit(self, stats, held: list) -> None:
-        """A clip's ``SessionStats`` to the outbox, lock-step: after (or on the last of) its held frames."""
-        message = pb.SessionStats(
-            clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
-            memory_points=stats.memory_points, pending_frames=self._pending_count,
-            queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
-            poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
-        )
-        inline = bool(held) and self.options.stats_in_frame
-        if inline:
-            held[-1].frame.stats.CopyFrom(message)
-        for response in held:  # lock-step: the clip's frames, then (or with) its stats
-            self.outbox.put(response, True)
-        if not inline:
-            self.outbox.put(pb.PlayResponse(stats=message))
 
     def _apply(self, item, pending: deque) -> bool:
         """Fold one queued item into the session; True when it is the end of the client's stream."""
@@ -434,11 +425,8 @@ class PlaySession:
         # Lock-step: the clip's frames go to the outbox with its stats, after the clip, not one by one from the
         # worker: the client waits for the stats anyway, and each hand-off (``call_soon_threadsafe``) woke the event
         # loop in the middle of the memory update, which then waited for the GIL behind the loop's gRPC write
-        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md). The one hand-off
-        # comes with the last frame, after the memory update (``EngineConfig.commit_before_last_frame``): the step's
-        # frame and stats are written while the worker records the clip in the history.
+        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md).
         held: list | None = [] if self.lockstep else None
-        emitted: list[bool] = []  # the sink handed the held frames out with their stats
 
         def sink(i: int, f) -> None:
             data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
@@ -463,11 +451,6 @@ class PlaySession:
                 loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
-            if held is not None and getattr(f, "stats", None) is not None:
-                # lock-step, the clip's last frame after its memory update (``commit_before_last_frame``): the
-                # frames and stats go out now, while this thread goes on with the history add
-                emitted.append(True)
-                loop.call_soon_threadsafe(self._emit, f.stats, list(held))
 
         c = self.config
         try:
@@ -476,13 +459,13 @@ class PlaySession:
                                               frame_format=(self.out_size, self.options.encoding,
                                                             self.options.jpeg_quality))
         except BaseException:  # frames made before a failure still reach the client (lossless), then the error
-            for response in () if emitted else held or ():
+            for response in held or ():
                 self.outbox.put(response, True)
             raise
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
-        return stats, (None if emitted else held or [])
+        return stats, held or []
 
     def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
         """Update the per-frame and per-clip time estimates (EMAs) from one clip's wall time and frame times."""
