@@ -361,9 +361,7 @@ class PlaySession:
             # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
-            reuse_references_within=None if options.lockstep else config.play_reuse_references_within,
-            # lock-step: the step's frame and stats leave before the history add (``_run_clip``'s sink)
-            commit_before_last_frame=options.lockstep))
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
         # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
         self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,
@@ -388,7 +386,6 @@ class PlaySession:
         self.finished = False
         self.closing = None  # the recording's close on the closer (a concurrent.futures.Future), once handed over
         self.last_seq = 0
-        self._pending_count = 0  # poses waiting when the clip in flight started (its stats' pending_frames)
         view = host.view()
         self.last_frame_index = view.history_frames - 1
         K = view.intrinsics
@@ -500,37 +497,31 @@ class PlaySession:
                 clip_start = self.trace.now() if self.trace is not None else 0.0
                 self._clip_trace = (clip_start, skipped)
                 self._last_clip_frames = len(chunk)
-                self._pending_count = len(pending)
                 stats, held = await self._run_clip(chunk)
                 if self.trace is not None:
                     self.trace.clip({"clip": stats.clip_id, "start": clip_start, "end": self.trace.now(),
                                      "generate_s": stats.generate_s, "update_s": stats.update_s,
                                      "frames": len(chunk), "skipped": skipped, "pending": len(pending)})
                 last_out = time.monotonic()
-                if held is not None:  # not yet handed out by the sink (``commit_before_last_frame``)
-                    self._emit(stats, held)
+                message = pb.SessionStats(
+                    clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
+                    memory_points=stats.memory_points, pending_frames=len(pending),
+                    queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
+                    poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
+                )
+                inline = bool(held) and self.options.stats_in_frame
+                if inline:
+                    held[-1].frame.stats.CopyFrom(message)
+                for response in held:  # lock-step: the clip's frames, then (or with) its stats
+                    self.outbox.put(response, True)
+                if not inline:
+                    self.outbox.put(pb.PlayResponse(stats=message))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
             self.error = exc
         finally:
             self.outbox.close()
-
-    def _emit(self, stats, held: list) -> None:
-        """A clip's ``SessionStats`` to the outbox, lock-step: after (or on the last of) its held frames."""
-        message = pb.SessionStats(
-            clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
-            memory_points=stats.memory_points, pending_frames=self._pending_count,
-            queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
-            poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
-        )
-        inline = bool(held) and self.options.stats_in_frame
-        if inline:
-            held[-1].frame.stats.CopyFrom(message)
-        for response in held:  # lock-step: the clip's frames, then (or with) its stats
-            self.outbox.put(response, True)
-        if not inline:
-            self.outbox.put(pb.PlayResponse(stats=message))
 
     def _apply(self, item, pending: deque) -> bool:
         """Fold one queued item into the session; True when it is the end of the client's stream."""
@@ -569,11 +560,8 @@ class PlaySession:
         # Lock-step: the clip's frames go to the outbox with its stats, after the clip, not one by one from the
         # worker: the client waits for the stats anyway, and each hand-off (``call_soon_threadsafe``) woke the event
         # loop in the middle of the memory update, which then waited for the GIL behind the loop's gRPC write
-        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md). The one hand-off
-        # comes with the last frame, after the memory update (``EngineConfig.commit_before_last_frame``): the step's
-        # frame and stats are written while the worker records the clip in the history.
+        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md).
         held: list | None = [] if self.lockstep else None
-        emitted: list[bool] = []  # the sink handed the held frames out with their stats
 
         trace = self.trace
 
@@ -602,11 +590,6 @@ class PlaySession:
                 loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
-            if held is not None and getattr(f, "stats", None) is not None:
-                # lock-step, the clip's last frame after its memory update (``commit_before_last_frame``): the
-                # frames and stats go out now, while this thread goes on with the history add
-                emitted.append(True)
-                loop.call_soon_threadsafe(self._emit, f.stats, list(held))
 
         encodes: list = []  # interactive: the clip's frames on the encoder thread (concurrent.futures.Future)
 
@@ -632,7 +615,7 @@ class PlaySession:
                                               frame_format=(self.out_size, self.options.encoding,
                                                             self.options.jpeg_quality))
         except BaseException:  # frames made before a failure still reach the client (lossless), then the error
-            for response in () if emitted else held or ():
+            for response in held or ():
                 self.outbox.put(response, True)
             raise
         for job in encodes:  # the clip's frames are out (and recorded) before its stats
@@ -640,7 +623,7 @@ class PlaySession:
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
-        return stats, (None if emitted else held or [])
+        return stats, held or []
 
     def _deliver_traced(self, response, rec: dict) -> None:
         self.outbox.put(response, True)

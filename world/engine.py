@@ -62,14 +62,6 @@ class EngineConfig:
     reuse_references_within: tuple[float, float] | None = None
     # Invented memory points within this of a pose the camera has been at are removed after each clip (0: off).
     free_radius_m: float = 0.5
-    # The clip's memory update (and free-space removal) runs before its last frame is yielded, which then carries
-    # the clip's ``ClipStats`` (``GeneratedFrame.stats``); the history records the clip's frames on the caller's
-    # next pull, after it has handed the frame on. For a caller that holds a clip's frames until its stats (a
-    # lock-step Play session: the memory's point count is the step's reward) the frame and stats can then leave
-    # while the history add (~1 ms at 128x96) runs, instead of after it. Frames, memory and history are the same
-    # either way: the history add reads nothing the update or the free-space removal writes, and they read only
-    # the history's poses before the clip (tests/test_lock_step_order.py).
-    commit_before_last_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.num_references < 0:
@@ -90,8 +82,6 @@ class GeneratedFrame:
     c2w: np.ndarray  # [4, 4] the commanded pose (the history keeps the refined one)
     rgb: np.ndarray  # [H, W, 3] uint8
     depth_m: np.ndarray | None  # [H, W] float32 when the generator gave depth
-    # the clip's stats, on its last frame when ``EngineConfig.commit_before_last_frame`` (memory updated already)
-    stats: "ClipStats | None" = None
 
 
 @dataclass
@@ -360,8 +350,6 @@ class Engine:
         first_index = len(self.world.history)
         made: list[GeneratedView] = []
         stream = self._views(request)
-        early = self.config.commit_before_last_frame
-        n = len(poses)
         while True:
             t = time.perf_counter()
             view = next(stream, None)
@@ -369,37 +357,25 @@ class Engine:
             if view is None:
                 break
             made.append(view)
-            if early and len(made) == n:  # the last frame: held until the memory update below
-                continue
             yield GeneratedFrame(first_index + len(made) - 1, clip_id, poses[len(made) - 1], view.rgb, view.depth_m)
         t1 = time.perf_counter()
-        result = clip_result(made)
-        adds = self._commit(poses, result, views)
+        self._commit(poses, clip_result(made), views)
         if self.config.free_radius_m > 0 and self.config.update_memory:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
-            # ... and what this clip invented near any earlier pose (one compaction for both); ``visited`` is the
-            # history before this clip, whether or not its frames are recorded yet
+            # ... and what this clip invented near any earlier pose (one compaction for both)
             visited = self.world.history.poses()[:first_index, :3, 3]
             self.world.memory.remove_invented_near_groups(
                 [(poses[:, :3, 3], None), (visited, first_index)], self.config.free_radius_m)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
-        references = [r.frame_index for r in request.references]
-        if early:
-            # the stats leave with the last frame: the update's time so far (the history add follows)
-            self.last_stats = ClipStats(clip_id, n, references, gen_s, time.perf_counter() - t1,
-                                        self.world.memory.num_points)
-            last = made[-1]
-            yield GeneratedFrame(first_index + n - 1, clip_id, poses[-1], last.rgb, last.depth_m, self.last_stats)
-        self._record(adds)
-        if not early:
-            self.last_stats = ClipStats(clip_id, n, references, gen_s, time.perf_counter() - t1,
-                                        self.world.memory.num_points)
+        self.last_stats = ClipStats(
+            clip_id, len(poses), [r.frame_index for r in request.references], gen_s,
+            time.perf_counter() - t1, self.world.memory.num_points,
+        )
 
-    def _commit(self, poses: np.ndarray, result: ClipResult, views: list[TargetView]) -> list[tuple]:
-        """Memory update (paper Sec. 3.2); returns the history's ``add`` arguments of each frame, with its
-        view-specific voxel set (``_record`` adds them)."""
+    def _commit(self, poses: np.ndarray, result: ClipResult, views: list[TargetView]) -> None:
+        """Memory update (paper Sec. 3.2), then the history with each frame's view-specific voxel set."""
         world = self.world
         K = world.intrinsics
         first_index = len(world.history)
@@ -424,7 +400,6 @@ class Engine:
                 # the generator is final again: the coarse fill goes, and the next clip shows (and keeps) the
                 # final content there (this clip's final frames already painted over it)
                 world.memory.drop_provisional()
-        adds = []
         for i in range(len(poses)):
             done = updates[i]
             if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees
@@ -437,13 +412,7 @@ class Engine:
                 depth = result.depth_m[i]
             if result.dynamic is not None:
                 depth = np.where(result.dynamic[i], 0.0, depth).astype(np.float32)
-            adds.append((result.frames[i], refined[i], K, keys, depth))
-        return adds
-
-    def _record(self, adds: list[tuple]) -> None:
-        """The clip's frames into the history (``_commit``'s arguments, in order)."""
-        for rgb, c2w, K, keys, depth in adds:
-            self.world.history.add(rgb, c2w, K, keys, depth_m=depth)
+            world.history.add(result.frames[i], refined[i], K, keys, depth_m=depth)
 
     def generate(self, c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
         """Generate frames for a whole trajectory ``[N, 4, 4]``, chunked into clips by ``config.clip``.
