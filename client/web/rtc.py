@@ -44,7 +44,7 @@ PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js
 PTS_EXACT_RESIDUES = frozenset(r for r in range(9) if (round(r * 100 / 9) * 9) // 100 == r)
 
 VIDEO_CODECS = ("vp8", "h264")
-BITS_PER_PIXEL = 0.2  # target bitrate = pixels x fps x this (1.4 Mbit/s at 640x360, 30 fps; aiortc's range 0.25-1.5)
+BITS_PER_PIXEL = 0.08  # target bitrate = pixels x fps x this: 0.55 Mbit/s at 640x360, 30 fps (aiortc: 0.25-1.5)
 
 
 class VideoEncoder:
@@ -66,6 +66,7 @@ class VideoEncoder:
         self._ctx = None
         self._size: tuple[int, int] | None = None
         self.keyframe_wanted = True  # the first frame, and after a receiver's PLI / FIR (``request_keyframe``)
+        self.keyframes = 0
 
     def request_keyframe(self) -> None:
         self.keyframe_wanted = True
@@ -103,6 +104,7 @@ class VideoEncoder:
         if self.keyframe_wanted:
             frame.pict_type = av.video.frame.PictureType.I
             self.keyframe_wanted = False
+            self.keyframes += 1
         packets = ctx.encode(frame)
         if not packets:
             return None
@@ -282,7 +284,7 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
         with contextlib.suppress(Exception):
             await pc.close()
         log.info("webrtc peer closed", world_id=hub.world_id, role=role, frames=track.frames_sent,
-                 codec=track.encoder.codec_name, encode_cpu_ms_per_frame=round(
+                 codec=track.encoder.codec_name, keyframes=track.encoder.keyframes, encode_cpu_ms_per_frame=round(
                      1e3 * track.encode_cpu_s / max(track.frames_sent, 1), 2))
 
     async def work() -> None:  # controls, in order
