@@ -13,7 +13,12 @@ that applied it). ``fps`` = sustained frame rate: frames received over the span 
 Baseline (same run): the engine driven in-process (no gRPC, no encoding) on the same clip lengths: its per-frame
 time ``baseline_median_ms`` bounds what the service can reach; ``median_ms`` is the service's p50 latency.
 
-    python benchmarks/play.py [--seconds 20] [--width 640 --height 360]
+    python benchmarks/play.py [--seconds 20] [--width 640 --height 360] [--trace]
+
+``--trace``: the server records each session's per-frame timestamps (``ServerConfig.play_trace_dir``,
+``server.session.PlayTrace``) and each run's result gets ``trace``: per stage of a frame (action received -> pose
+integrated -> its clip started on the world's thread -> frame generated -> encoded -> in the outbox -> handed to
+gRPC) the p50 / p95 ms, the clips' per-part times, and the longest gaps between frames.
 """
 
 from __future__ import annotations
@@ -99,6 +104,68 @@ async def _session(client, world_id: str, seconds: float, tick_hz: float, fps: f
             "generate_ms": [x.generate_ms for x in s.stats], "update_ms": [x.update_ms for x in s.stats]}
 
 
+def _stage_stats(values: list[float]) -> dict:
+    return {"p50": round(_pct(values, 50) * 1e3, 1), "p95": round(_pct(values, 95) * 1e3, 1),
+            "mean": round(statistics.mean(values) * 1e3, 1) if values else float("nan")}
+
+
+def _trace_summary(paths: list[Path]) -> dict:
+    """Where a served frame's time went (server side), from the sessions' ``PlayTrace`` files."""
+    import json
+
+    frames, clips, gaps = [], [], []
+    for path in paths:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        fr = [r for r in rows if r["kind"] == "frame"]
+        cl = [r for r in rows if r["kind"] == "clip"]
+        frames += fr
+        clips += cl
+        gen = sorted(r["generated"] for r in fr)
+        gaps += sorted(((b - a, round(a, 2)) for a, b in zip(gen, gen[1:])), reverse=True)[:3]
+    stages = {
+        "received_to_integrated": ("received", "integrated"),
+        "integrated_to_clip_start": ("integrated", "clip_start"),  # waits for the clip in flight, then selection
+        "clip_start_to_generated": ("clip_start", "generated"),  # conditioning + the clip's earlier frames
+        "generated_to_encoded": ("generated", "encoded"),
+        "encoded_to_queued": ("encoded", "queued"),  # worker -> event loop hand-off
+        "queued_to_sent": ("queued", "sent"),
+        "received_to_sent": ("received", "sent"),
+    }
+    out = {"sessions": len(paths), "frames": len(frames), "clips": len(clips)}
+    for name, (a, b) in stages.items():
+        out[name] = _stage_stats([r[b] - r[a] for r in frames if r.get(a) is not None and r.get(b) is not None])
+    by_clip: dict = {}
+    for r in frames:
+        by_clip.setdefault((r["clip"], r["clip_start"]), []).append(r)
+    first = [min(f["generated"] for f in fs) - start for (_, start), fs in by_clip.items()]
+    per_frame = [(max(f["generated"] for f in fs) - min(f["generated"] for f in fs)) / (len(fs) - 1)
+                 for fs in by_clip.values() if len(fs) > 1]
+    out["clip"] = {
+        "frames_mean": round(statistics.mean([c["frames"] for c in clips]), 2) if clips else 0,
+        "wall": _stage_stats([c["end"] - c["start"] for c in clips]),
+        "generate": _stage_stats([c["generate_s"] for c in clips]),
+        "update": _stage_stats([c["update_s"] for c in clips]),
+        "start_to_first_frame": _stage_stats(first),  # conditioning (renders, retrieval) + the first frame
+        "between_frames": _stage_stats(per_frame),
+        "skipped_mean": round(statistics.mean([c["skipped"] for c in clips]), 2) if clips else 0,
+    }
+    out["longest_gaps_s"] = [(round(g, 3), at) for g, at in sorted(gaps, reverse=True)[:6]]  # (gap, at s)
+    return out
+
+
+def _collect_traces(trace_dir: Path | None, seen: set, expected: int) -> list[Path]:
+    """The trace files of the sessions just ended (written as each session finishes, after the client left)."""
+    if trace_dir is None:
+        return []
+    deadline = time.monotonic() + 30
+    while True:
+        new = sorted(p for p in trace_dir.glob("*.jsonl") if p not in seen)
+        if len(new) >= expected or time.monotonic() > deadline:
+            seen.update(new)
+            return new
+        time.sleep(0.2)
+
+
 async def _run(target: str, n: int, args) -> list[dict]:
     from spatia.client.api import AsyncWorldClient
 
@@ -159,6 +226,10 @@ def main() -> None:
     p.add_argument("--no-queue-baseline", dest="queue_baseline", action="store_false",
                    help="skip the baseline run with the former policy (a clip's worth of poses queued)")
     p.add_argument("--fill", choices=("layout", "legacy"), default=None, help="geometric generator's fill")
+    p.add_argument("--sessions", default="1,4", help="comma list of concurrent session counts to run, of 1 and 4 "
+                   "(e.g. 1: one session only, for quick A/B pairs on a shared machine)")
+    p.add_argument("--trace", action="store_true",
+                   help="record the server's per-frame timestamps and summarise where each run's time went")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
     args = p.parse_args()
@@ -171,16 +242,22 @@ def main() -> None:
                         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
     rates = [float(x) for x in str(args.tick_hz).split(",")]
+    counts = {int(x) for x in str(args.sessions).split(",")}
+    if not counts or not counts <= {1, 4}:
+        raise SystemExit(f"--sessions: a comma list of 1 and 4, got {args.sessions!r}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
+        trace_dir = Path(tmp) / "trace" if args.trace else None
+        seen: set = set()
+        env = {**os.environ, **({"SPATIA_PLAY_TRACE_DIR": str(trace_dir)} if trace_dir else {})}
         server = subprocess.Popen(
             [sys.executable, "-m", "spatia.cli", "serve", "--port", "0", "--port-file", str(port_file),
              "--data-dir", str(Path(tmp) / "data"),
              *(["--fill", args.fill] if args.fill else []),
              *(["--save-interval-s", str(args.save_interval_s)] if args.save_interval_s is not None else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(args.server_log, "wb") if args.server_log
-            else subprocess.DEVNULL,
+            else subprocess.DEVNULL, env=env,
         )
         try:
             while not port_file.exists():
@@ -192,11 +269,21 @@ def main() -> None:
                 # input at hz and poses at the same rate (fps = hz), so more than 30 fps can show at 60 Hz
                 run = argparse.Namespace(**{**vars(args), "tick_hz": hz, "fps": hz if args.fps is None else args.fps})
                 run.world_prefix = f"r{k}"
-                log(f"server at {target}; {hz:g} Hz input: 1 session for {args.seconds} s")
-                one = asyncio.run(_run(target, 1, run))[0]
-                log(f"{hz:g} Hz input: 4 sessions")
-                four = asyncio.run(_run(target, 4, run))
+                one = four = None
+                if 1 in counts:
+                    log(f"server at {target}; {hz:g} Hz input: 1 session for {args.seconds} s")
+                    one = asyncio.run(_run(target, 1, run))[0]
+                    trace_one = _collect_traces(trace_dir, seen, 1)
+                if 4 in counts:
+                    log(f"{hz:g} Hz input: 4 sessions")
+                    four = asyncio.run(_run(target, 4, run))
+                    trace_four = _collect_traces(trace_dir, seen, 4)
                 results[f"{hz:g}hz"] = _summary(one, four, run)
+                if trace_dir is not None:
+                    if one is not None:
+                        results[f"{hz:g}hz"]["sessions_1"]["trace"] = _trace_summary(trace_one)
+                    if four is not None:
+                        results[f"{hz:g}hz"]["sessions_4"]["trace"] = _trace_summary(trace_four)
             if args.queue_baseline:
                 # the policy before latency-bounded skipping, same server, same load: a clip's worth of poses
                 # queues (max_pending_frames = 4, oldest dropped beyond), every queued pose is generated
@@ -223,33 +310,41 @@ def main() -> None:
                   "fps": "= tick_hz" if args.fps is None else args.fps, "generator": "geometric",
                   "fill": args.fill or "default"},
         **results,
-        "median_ms": first["sessions_1"]["p50_ms"],
+        "median_ms": (first.get("sessions_1") or first["sessions_4"])["p50_ms"],
         "baseline_median_ms": round(baseline, 1),
         "baseline": "engine in-process per-frame ms (same clip lengths, no gRPC / encoding)",
         "cpu_count": os.cpu_count(), "load": os.getloadavg(),
     })
 
 
-def _summary(one: dict, four: list[dict], args) -> dict:
+def _summary(one: dict | None, four: list[dict] | None, args) -> dict:
+    out = {}
+    if one is not None:
+        out["sessions_1"] = _summary_one(one)
+    if four is not None:
+        out["sessions_4"] = _summary_four(four)
+    return out
+
+
+def _summary_one(one: dict) -> dict:
     lat1 = one["latencies_ms"]
+    return {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
+            "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),
+            "max_ms": round(max(lat1, default=float("nan")), 1), "frames": one["frames"],
+            "p50_to_server_frame_ms": round(_pct(one["server_ms"], 50), 1),
+            "p95_to_server_frame_ms": round(_pct(one["server_ms"], 95), 1),
+            "poses_dropped": one["poses_dropped"], "held_fps": one["held_fps"],
+            "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
+            "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)}
+
+
+def _summary_four(four: list[dict]) -> dict:
     lat4 = [x for r in four for x in r["latencies_ms"]]
     fps4 = [r["fps"] for r in four]
-    return {
-        "sessions_1": {"fps": round(one["fps"], 2), "p50_ms": round(_pct(lat1, 50), 1),
-                       "p95_ms": round(_pct(lat1, 95), 1), "p99_ms": round(_pct(lat1, 99), 1),
-                       "max_ms": round(max(lat1, default=float("nan")), 1), "frames": one["frames"],
-                       "p50_to_server_frame_ms": round(_pct(one["server_ms"], 50), 1),
-                       "p95_to_server_frame_ms": round(_pct(one["server_ms"], 95), 1),
-                       "poses_dropped": one["poses_dropped"], "held_fps": one["held_fps"],
-                       "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
-                       "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)},
-        "sessions_4": {"fps_per_session": [round(f, 2) for f in fps4],
-                       "fps_mean": round(statistics.mean(fps4), 2),
-                       "fastest_over_slowest": round(max(fps4) / max(min(fps4), 1e-9), 2),
-                       "p50_ms": round(_pct(lat4, 50), 1), "p95_ms": round(_pct(lat4, 95), 1),
-                       "poses_dropped": [r["poses_dropped"] for r in four],
-                       "frames": [r["frames"] for r in four]},
-    }
+    return {"fps_per_session": [round(f, 2) for f in fps4], "fps_mean": round(statistics.mean(fps4), 2),
+            "fastest_over_slowest": round(max(fps4) / max(min(fps4), 1e-9), 2),
+            "p50_ms": round(_pct(lat4, 50), 1), "p95_ms": round(_pct(lat4, 95), 1),
+            "poses_dropped": [r["poses_dropped"] for r in four], "frames": [r["frames"] for r in four]}
 
 
 if __name__ == "__main__":

@@ -261,6 +261,13 @@ def _warm_layout_state(state: _LayoutState) -> None:
     log.info("fill tiles warmed", tiles=total)
 
 
+def _import_layout_fill() -> None:
+    """Import the layout fill's modules now, once per process (~0.4-0.6 s with scipy's ``fft`` and ``ndimage``):
+    a server builds its generator when it starts, and otherwise its first world's fit paid for them, which the
+    first final frame of the server's first Play session waits for (docs/BENCHMARKS.md, "Served play latency")."""
+    from spatia.model.fill import appearance, hole_kernels, layout, texture  # noqa: F401
+
+
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
     from spatia.model.fill.appearance import PlaneTextures, sky_model
@@ -381,6 +388,8 @@ class GeometricGenerator:
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config
         self._states = FillStates(_fit_layout_state, _warm_layout_state)  # per world (model.fill.state)
+        if config.fill == "layout":
+            _import_layout_fill()
 
     def prepare_world(self, memory, observed_views: list[ReferenceFrame], world_up: np.ndarray,
                       layout_prior=None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,9 +70,16 @@ class ServerConfig:
     # serving (server.host.warm_kernels_in_another_process: ~3 s of CPU with a warm cache), so no session compiles
     # one mid-play; ``spatia serve`` turns it on
     warm_kernels: bool = False
+    # diagnostics: each interactive Play session writes its per-frame timestamps (action received, pose
+    # integrated, clip started, frame generated, encoded, handed to gRPC) to ``<dir>/<session id>.jsonl`` when it
+    # ends (``server.session.PlayTrace``; ``benchmarks/play.py --trace``). None (default): nothing is recorded.
+    # Default from the environment variable ``SPATIA_PLAY_TRACE_DIR`` (a benchmark's server subprocess).
+    play_trace_dir: Path | None = field(default_factory=lambda: _env_path("SPATIA_PLAY_TRACE_DIR"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept a str path too (frozen dataclass)
+        if self.play_trace_dir is not None:
+            object.__setattr__(self, "play_trace_dir", Path(self.play_trace_dir))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
         if self.save_every_clips < 1:
@@ -84,3 +92,8 @@ class ServerConfig:
             raise InvalidInputError(f"save_interval_s must be a finite number >= 0, got {self.save_interval_s}")
         if self.token is not None and not self.token:
             raise InvalidInputError("token must not be empty")
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value) if value else None

@@ -34,9 +34,12 @@ Session code knows a world only through its host's methods (server/host.py), nev
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,8 +134,10 @@ class Outbox:
 
     OTHER_CAPACITY = 64  # stats / heartbeats waiting; beyond, the oldest of them is dropped
 
-    def __init__(self, frame_capacity: int, lossless: bool = False) -> None:
+    def __init__(self, frame_capacity: int, lossless: bool = False,
+                 on_frame_out: Callable[[object], None] | None = None) -> None:
         self._items: deque = deque()
+        self.on_frame_out = on_frame_out  # called with each frame ``get`` hands out (``PlayTrace``)
         self._frame_capacity = frame_capacity
         self.lossless = lossless
         self.max_other = self.OTHER_CAPACITY
@@ -191,6 +196,8 @@ class Outbox:
         if is_frame:
             self._frames -= 1
             self._room.set()
+            if self.on_frame_out is not None:
+                self.on_frame_out(item)
         return item
 
 
@@ -236,6 +243,110 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
     return [pending.popleft() for _ in range(m)], skipped
 
 
+class ClipCost:
+    """A clip's wall time as ``overhead_s + m * frame_s`` for a clip of ``m`` frames, fitted (least squares) to
+    the latest ``window`` clips; what ``select_poses`` sizes clips with.
+
+    Why a fit over clips of different lengths, not the spacing of a clip's frames: the engine renders the memory
+    at *every* target pose before the clip's first frame (``Engine._prepare``: the projection, retrieval and the
+    memory update share those renders), so most of a frame's cost shows before the first frame, and frames then
+    follow each other quickly. Measured on a served 640x360 room walk at load ~8 (docs/BENCHMARKS.md, "Served
+    play latency"): ~20 ms between frames but ~110 ms per render; the spacing rule took the renders for per-clip
+    overhead, believed a frame cost 20 ms, and always chose full clips, so a pose waited for the renders of every
+    pose after it. When the window holds one clip length only, ``probe`` asks for one frame fewer once, so the
+    fit has two lengths to go on. The spacing of a clip's frames stays a lower bound of ``frame_s``."""
+
+    def __init__(self, window: int = 12) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)  # (frames, wall seconds)
+        self.spacing_s: float | None = None  # EMA of the time between a clip's frames
+        self.overhead_s: float | None = None
+        self.frame_s: float | None = None
+        self.probe = False  # the next clip should be one frame shorter (one clip length in the window only)
+
+    def add(self, clip_s: float, frame_times: list[float], frames: int) -> None:
+        if len(frame_times) >= 2:
+            gap = (frame_times[-1] - frame_times[0]) / (len(frame_times) - 1)
+            self.spacing_s = gap if self.spacing_s is None else 0.7 * self.spacing_s + 0.3 * gap
+        self._samples.append((frames, clip_s))
+        m = np.array([x for x, _ in self._samples], np.float64)
+        t = np.array([y for _, y in self._samples], np.float64)
+        floor = self.spacing_s or 0.0
+        if np.ptp(m) > 0:
+            slope = float(np.cov(m, t, bias=True)[0, 1] / np.var(m))
+            self.frame_s = max(slope, floor, 1e-4)
+            self.overhead_s = max(float(t.mean() - self.frame_s * m.mean()), 0.0)
+            self.probe = False
+        else:  # one length so far: the old split (the spacing per frame, the rest per clip) until a probe
+            self.frame_s = max(floor, 1e-4) if floor else max(clip_s / 2, 1e-4)
+            self.overhead_s = max(float(t.mean()) - frames * self.frame_s, 0.0)
+            self.probe = frames > 1 and len(self._samples) >= 2
+
+
+class PlayTrace:
+    """Per-frame timestamps of one interactive Play session, for finding where a served frame's latency goes
+    (``ServerConfig.play_trace_dir``; off by default). Times are ``time.perf_counter`` seconds since the session
+    started; every record is made on the event loop's thread (the worker's and encoder's times ride along with
+    the frame), and everything is bounded: at most ``max_frames`` frames and clips are kept, and an action's
+    times are dropped once a frame has applied it (or a later one).
+
+    A frame's record: ``seq`` (the action after which its pose was integrated), ``received`` (that action read
+    from the stream), ``integrated`` (its pose made), ``clip_start`` (the clip that drew it handed to the world's
+    thread), ``generated`` (the generator yielded it), ``encoded`` (JPEG done), ``queued`` (in the outbox),
+    ``sent`` (handed to gRPC); ``clip``, ``in_clip`` / ``clip_frames``, ``skipped`` (poses the clip skipped).
+    A clip's record: ``start``, ``end`` (the world's thread done: memory update and save policy included),
+    ``generate_s`` / ``update_s`` (the engine's), ``frames``, ``skipped``, ``pending`` (poses left waiting)."""
+
+    def __init__(self, max_frames: int = 20_000) -> None:
+        self.t0 = time.perf_counter()
+        self._received: dict[int, float] = {}  # seq -> time (insertion order = seq order)
+        self._integrated: dict[int, float] = {}
+        self.frames: deque[dict] = deque(maxlen=max_frames)
+        self.clips: deque[dict] = deque(maxlen=max_frames)
+        self._unsent: dict[int, dict] = {}  # session_frame -> record, until handed to gRPC (or dropped)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def received(self, seq: int) -> None:
+        self._received[seq] = self.now()
+
+    def integrated(self, seq: int) -> None:
+        self._integrated[seq] = self.now()
+
+    def frame(self, rec: dict) -> None:
+        """A frame put in the outbox (``rec`` has its seq, session frame, clip and worker times)."""
+        seq = rec["seq"]
+        rec["received"] = self._received.get(seq)
+        rec["integrated"] = self._integrated.get(seq)
+        rec["queued"] = self.now()
+        for table in (self._received, self._integrated):
+            for old in [s for s in table if s < seq]:  # applied or skipped by now (more frames may share seq)
+                del table[old]
+        self.frames.append(rec)
+        self._unsent[rec["session_frame"]] = rec
+        while len(self._unsent) > 64:  # frames the outbox dropped are never sent
+            self._unsent.pop(next(iter(self._unsent)))
+
+    def sent(self, response) -> None:
+        rec = self._unsent.pop(response.frame.session_frame, None)
+        if rec is not None:
+            rec["sent"] = self.now()
+
+    def clip(self, rec: dict) -> None:
+        self.clips.append(rec)
+
+    def write(self, path) -> None:
+        """The records as JSON lines: clips first (``"kind": "clip"``), then frames (``"kind": "frame"``)."""
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
+            for kind, rows in (("clip", self.clips), ("frame", self.frames)):
+                for row in rows:
+                    fh.write(json.dumps({"kind": kind, **row}) + "\n")
+
+
 class PlaySession:
     def __init__(self, session_id: str, host: WorldHost, options: PlayOptions, generator, config: ServerConfig,
                  recordings_dir, start: pb.PlayStart, closer: RecordingCloser | None = None) -> None:
@@ -251,7 +362,17 @@ class PlaySession:
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
             reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
-        self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep)
+        # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
+        self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
+        self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,
+                             on_frame_out=self.trace.sent if self.trace is not None else None)
+        # interactive: frames are resized and JPEG-encoded on a thread of the session's own (in the order the
+        # world's thread made them), so the world's thread goes on to the next frame, or the clip's memory update,
+        # instead of encoding: cv2 releases the GIL, so the encode runs on the other core. Lock-step encodes on the
+        # world's thread as before (its frames are held until the clip's end anyway). Started on first use.
+        self._encoder: ThreadPoolExecutor | None = None
+        self._clip_trace = (0.0, 0)
+        self._last_clip_frames = 0  # (clip start, poses skipped) of the clip in flight, for its frames' records
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -259,13 +380,13 @@ class PlaySession:
         clip_worth = max(options.clip.first_clip_frames, options.clip.new_frames_per_clip)
         self.max_pending = min(self.limits.max_pending_frames, options.max_pending_frames or clip_worth)
         self.frames_sent = 0
-        self.frame_s: float | None = None  # measured time between a clip's frames (EMA), seconds
-        self.overhead_s: float | None = None  # measured rest of a clip's wall time (EMA), seconds
+        self.cost = ClipCost()  # interactive clip sizing: measured per-clip and per-frame seconds
         self._sent_times: deque[float] = deque(maxlen=256)  # monotonic times of recent frames (held_fps)
         self.stopping = False  # set by ``end``: no new clips once the one in flight is done
         self.finished = False
         self.closing = None  # the recording's close on the closer (a concurrent.futures.Future), once handed over
         self.last_seq = 0
+        self._pending_count = 0  # poses waiting when the clip in flight started (its stats' pending_frames)
         view = host.view()
         self.last_frame_index = view.history_frames - 1
         K = view.intrinsics
@@ -300,6 +421,8 @@ class PlaySession:
                 kind = req.WhichOneof("kind")
                 if kind == "action":
                     action = action_from_proto(req.action)  # INVALID_ARGUMENT on NaN / out of range
+                    if self.trace is not None:
+                        self.trace.received(action.seq)
                     if self.recorder:
                         self.recorder.write("/action", req.action)
                     await self.actions.put(action)
@@ -360,36 +483,51 @@ class PlaySession:
                     continue
                 first = self.last_frame_index < 1
                 n = self.options.clip.first_clip_frames if first else self.options.clip.new_frames_per_clip
+                skipped = 0
                 if self.lockstep:
                     chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
                     await self.outbox.wait_room(len(chunk))
                 elif self.options.max_pending_frames:  # the client chose its bound: every pose within it
                     chunk = [pending.popleft() for _ in range(min(n, len(pending)))]
                 else:
-                    chunk, skipped = select_poses(pending, n, self.overhead_s, self.frame_s,
+                    if self.cost.probe:  # one frame fewer than last time, so the cost fit sees two lengths
+                        n = max(1, min(n, self._last_clip_frames - 1))
+                    chunk, skipped = select_poses(pending, n, self.cost.overhead_s, self.cost.frame_s,
                                                   1.0 / self.options.fps)
                     self.poses_dropped += skipped
+                clip_start = self.trace.now() if self.trace is not None else 0.0
+                self._clip_trace = (clip_start, skipped)
+                self._last_clip_frames = len(chunk)
+                self._pending_count = len(pending)
                 stats, held = await self._run_clip(chunk)
+                if self.trace is not None:
+                    self.trace.clip({"clip": stats.clip_id, "start": clip_start, "end": self.trace.now(),
+                                     "generate_s": stats.generate_s, "update_s": stats.update_s,
+                                     "frames": len(chunk), "skipped": skipped, "pending": len(pending)})
                 last_out = time.monotonic()
-                message = pb.SessionStats(
-                    clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
-                    memory_points=stats.memory_points, pending_frames=len(pending),
-                    queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
-                    poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
-                )
-                inline = bool(held) and self.options.stats_in_frame
-                if inline:
-                    held[-1].frame.stats.CopyFrom(message)
-                for response in held:  # lock-step: the clip's frames, then (or with) its stats
-                    self.outbox.put(response, True)
-                if not inline:
-                    self.outbox.put(pb.PlayResponse(stats=message))
+                self._emit(stats, held)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
             self.error = exc
         finally:
             self.outbox.close()
+
+    def _emit(self, stats, held: list) -> None:
+        """A clip's ``SessionStats`` to the outbox, lock-step: after (or on the last of) its held frames."""
+        message = pb.SessionStats(
+            clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
+            memory_points=stats.memory_points, pending_frames=self._pending_count,
+            queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
+            poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
+        )
+        inline = bool(held) and self.options.stats_in_frame
+        if inline:
+            held[-1].frame.stats.CopyFrom(message)
+        for response in held:  # lock-step: the clip's frames, then (or with) its stats
+            self.outbox.put(response, True)
+        if not inline:
+            self.outbox.put(pb.PlayResponse(stats=message))
 
     def _apply(self, item, pending: deque) -> bool:
         """Fold one queued item into the session; True when it is the end of the client's stream."""
@@ -400,6 +538,8 @@ class PlaySession:
             return False
         poses = self.integrator.step(item)
         self.last_seq = item.seq
+        if self.trace is not None:
+            self.trace.integrated(item.seq)
         if self.lockstep:  # exactly one frame per action, at the pose after it
             pending.append((self.integrator.c2w, item.seq))
         elif not item.is_idle:  # standing still generates nothing (heartbeats only)
@@ -413,9 +553,10 @@ class PlaySession:
         )))
 
     async def _run_clip(self, chunk):
-        """One clip on the world's host: each frame resized, encoded and recorded on the worker thread as it is
-        generated, handed to the outbox (interactive) or held for the caller (lock-step), then the memory update
-        and the host's autosave policy. Returns (the engine's ``ClipStats``, the held frame responses)."""
+        """One clip on the world's host: each frame, as it is generated, resized, encoded and recorded (on the
+        session's encoder thread when interactive, on the worker when lock-step) and handed to the outbox
+        (interactive) or held for the caller (lock-step); then the memory update and the host's autosave policy.
+        Returns (the engine's ``ClipStats``, the held frame responses)."""
         import cv2
 
         loop = asyncio.get_running_loop()
@@ -425,11 +566,14 @@ class PlaySession:
         # Lock-step: the clip's frames go to the outbox with its stats, after the clip, not one by one from the
         # worker: the client waits for the stats anyway, and each hand-off (``call_soon_threadsafe``) woke the event
         # loop in the middle of the memory update, which then waited for the GIL behind the loop's gRPC write
-        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md).
+        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md). Handing them out
+        # from the worker after the memory update, before the history add, measured slower (session 10, lock).
         held: list | None = [] if self.lockstep else None
 
-        def sink(i: int, f) -> None:
-            data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
+        trace = self.trace
+
+        def deliver(i: int, f, data, session_frame: int, generated: float) -> None:
+            """The frame's message to the client (lock-step: held) and the recording (any thread)."""
             if data is None:
                 rgb = f.rgb
                 if (rgb.shape[1], rgb.shape[0]) != self.out_size:
@@ -439,18 +583,37 @@ class PlaySession:
                 frame_index=f.frame_index, clip_id=f.clip_id, pose=pose_to_proto(f.c2w),
                 intrinsics=self.out_intrinsics, last_action_seq=chunk[i][1], server_time_ns=time.time_ns(),
                 encoding=self.options.encoding, width=self.out_size[0], height=self.out_size[1],
-                data=data, session_frame=self.frames_sent,
+                data=data, session_frame=session_frame,
             )
-            self.frames_sent += 1
-            self.last_frame_index = f.frame_index
-            self._sent_times.append(time.monotonic())
-            times.append(time.perf_counter())
             if held is not None:
                 held.append(pb.PlayResponse(frame=frame))  # list.append: safe from the worker thread
+            elif trace is not None:
+                clip_start, skipped = self._clip_trace
+                rec = {"seq": chunk[i][1], "session_frame": session_frame, "clip": f.clip_id, "in_clip": i,
+                       "clip_frames": len(chunk), "skipped": skipped, "clip_start": clip_start,
+                       "generated": generated, "encoded": trace.now()}
+                loop.call_soon_threadsafe(self._deliver_traced, pb.PlayResponse(frame=frame), rec)
             else:
                 loop.call_soon_threadsafe(self.outbox.put, pb.PlayResponse(frame=frame), True)
             if self.recorder:
                 self.recorder.write("/frame", frame)
+
+        encodes: list = []  # interactive: the clip's frames on the encoder thread (concurrent.futures.Future)
+
+        def sink(i: int, f) -> None:
+            generated = trace.now() if trace is not None else 0.0
+            data = getattr(f, "data", None)  # a host in another process sends the frame encoded (frame_format)
+            session_frame = self.frames_sent
+            self.frames_sent += 1
+            self.last_frame_index = f.frame_index
+            self._sent_times.append(time.monotonic())
+            times.append(time.perf_counter())
+            if held is None and data is None:
+                if self._encoder is None:
+                    self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"play-encode-{self.id}")
+                encodes.append(self._encoder.submit(deliver, i, f, None, session_frame, generated))
+            else:
+                deliver(i, f, data, session_frame, generated)
 
         c = self.config
         try:
@@ -462,21 +625,29 @@ class PlaySession:
             for response in held or ():
                 self.outbox.put(response, True)
             raise
+        for job in encodes:  # the clip's frames are out (and recorded) before its stats
+            await asyncio.wrap_future(job)
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
         self._measure(time.perf_counter() - t0, times, len(chunk))
         return stats, held or []
 
-    def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
-        """Update the per-frame and per-clip time estimates (EMAs) from one clip's wall time and frame times."""
-        def ema(old, new):
-            return new if old is None else 0.7 * old + 0.3 * new
+    def _deliver_traced(self, response, rec: dict) -> None:
+        self.outbox.put(response, True)
+        self.trace.frame(rec)
 
-        if len(frame_times) >= 2:
-            self.frame_s = ema(self.frame_s, (frame_times[-1] - frame_times[0]) / (len(frame_times) - 1))
-        elif self.frame_s is None:  # one-frame clips only so far: assume half the clip is the frame
-            self.frame_s = clip_s / 2
-        self.overhead_s = ema(self.overhead_s, max(clip_s - frames * self.frame_s, 0.0))
+    def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
+        """Update the per-clip and per-frame time estimates (``ClipCost``) from one clip's wall time and frame
+        times (interactive clip sizing)."""
+        self.cost.add(clip_s, frame_times, frames)
+
+    @property
+    def frame_s(self) -> float | None:
+        return self.cost.frame_s
+
+    @property
+    def overhead_s(self) -> float | None:
+        return self.cost.overhead_s
 
     def _record_stats(self, stats) -> None:
         self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
@@ -494,6 +665,13 @@ class PlaySession:
         server's ``RecordingCloser`` after the world is released, so ending a session does not wait for them
         (bounded: the closer takes ``max_pending`` recordings at a time, a finish beyond that waits for room)."""
         errors = []
+        if self._encoder is not None:  # idle: every clip waited for its frames
+            self._encoder.shutdown(wait=False)
+        if self.trace is not None:
+            try:
+                await asyncio.to_thread(self.trace.write, self.config.play_trace_dir / f"{self.id}.jsonl")
+            except OSError as exc:  # diagnostics only: the session still ends cleanly
+                self.log.warning("play trace not written", error=str(exc))
         try:
             await self.host.save_if_changed()
         except Exception as exc:  # noqa: BLE001

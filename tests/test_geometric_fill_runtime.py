@@ -226,3 +226,55 @@ def test_a_pixels_footprint_on_a_plane_stretches_with_incidence():
     assert np.isclose(head_on[0], 0.04)
     floor = geometric.plane_footprint_m(np.array([[0, 0.075, 1.0]]), np.array([20.0]), 100.0, np.array([0, 1.0, 0]))
     assert floor[0] > 10 * 20.0 / 100.0
+
+
+def test_warm_up_runs_at_low_priority_and_the_fit_at_normal_priority():
+    """The layout fit (which the first final frame waits for) keeps the process's priority; the warm-up after it
+    (plane texture fits, tiles: no frame waits for it as a whole) runs at nice WARM_NICE on its own thread, so on
+    two cores it yields to the world's thread (docs/BENCHMARKS.md, "Served play latency")."""
+    import os
+
+    from spatia.model.fill.state import WARM_NICE, FillStates
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: dict[str, int] = {}
+    warmed = threading.Event()
+
+    def fit(inputs):
+        seen["fit"] = nice()
+        return inputs
+
+    def warm(state):
+        seen["warm"] = nice()
+        warmed.set()
+
+    class Memory:  # a stand-in key (states are held weakly per memory object)
+        pass
+
+    states = FillStates(fit, warm)
+    memory = Memory()
+    try:
+        assert states.prepare(memory, lambda: "inputs", ("v", 0)).state() == "inputs"
+        assert warmed.wait(30)
+    finally:
+        states.close()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen["fit"] == base
+    assert seen["warm"] == min(base + WARM_NICE, 19)
+
+
+def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():
+    """A server builds its generator at start: the layout fill's modules are imported then, not in the first
+    world's fit that the first session's first final frame waits for (a fresh process, so nothing is cached)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from spatia.model.geometric import GeometricConfig, GeometricGenerator; "
+            "GeometricGenerator(GeometricConfig(fill='layout')); "
+            "print(all(m in sys.modules for m in ('spatia.model.fill.texture', 'spatia.model.fill.appearance', "
+            "'spatia.model.fill.layout', 'spatia.model.fill.hole_kernels', 'scipy.ndimage', 'scipy.fft')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"

@@ -19,6 +19,10 @@ time another world's clip ran). Here:
   nearest first (a frame needing one waits for that plane only), and synthesises the mip-0 tiles around the
   observed points (tiles are pure functions of plane, tile and seed, so when they are made does not change them),
   so the frame path mostly reads cached tiles.
+- that warm-up runs at a low CPU priority (nice ``WARM_NICE``, its threads only): it is an optimisation no frame
+  waits for as a whole, and at normal priority it took as much CPU as the world's thread in a served session on
+  two cores (docs/BENCHMARKS.md, "Layout fill frame path, fused": py-spy). The layout fit itself stays at
+  normal priority: the first final frame waits for it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ import numpy as np
 import structlog
 
 log = structlog.get_logger(__name__)
+
+WARM_NICE = 10  # the warm-up threads run this much nicer than the server (server/host.py's savers: nice 10 too)
+
+
+def _low_priority() -> None:
+    """Run the calling thread ``WARM_NICE`` steps below the thread that started it (this thread only, Linux:
+    ``PRIO_PROCESS`` of a thread id is that thread's nice value); elsewhere, or where not permitted, as is."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WARM_NICE))
+    except (AttributeError, OSError):
+        pass
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,14 @@ class FillStates:
         # memory -> FillEntry
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._executor: ThreadPoolExecutor | None = None
+        self._warm_executor: ThreadPoolExecutor | None = None
+
+    def _warm_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._warm_executor is None:
+                self._warm_executor = ThreadPoolExecutor(
+                    min(2, os.cpu_count() or 1), thread_name_prefix="spatia-fill-warm", initializer=_low_priority)
+            return self._warm_executor
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -104,7 +128,7 @@ class FillStates:
         if self._warm is not None:
             # after the state is handed over: a frame waiting for it does not also wait for the tiles (the
             # warm-up runs under each texture model's own lock, tile by tile, so frames interleave with it)
-            self._pool().submit(self._warm_quietly, state)
+            self._warm_pool().submit(self._warm_quietly, state)
         return state
 
     def _warm_quietly(self, state) -> None:
@@ -114,5 +138,6 @@ class FillStates:
             log.warning("fill warm-up failed", error=type(exc).__name__)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._executor, self._warm_executor):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
