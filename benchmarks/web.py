@@ -50,20 +50,22 @@ VARIANTS = {
     "webrtc_h264": ["--video-codec", "h264"],  # H.264 (x264 ultrafast) instead of VP8
     "webrtc_jpeg": ["--server-frames", "jpeg"],  # the server's JPEG (decoded here) instead of RAW frames
     "webrtc_base": None,  # the web app of another source tree (--baseline-tree): before / after in one run
+    "webrtc_chrome": [],  # the default web app, in a second Chromium with --chrome-variant-flags added
 }
 
 
-def tree_env(tree: Path, tmp: Path) -> dict:
-    """An environment whose ``python -m spatia.cli`` imports ``spatia`` from another checkout ``tree`` (the
-    repository maps spatia.world -> world/ etc., pyproject's package-dir): a directory of links in that layout
-    put first on PYTHONPATH, ahead of this checkout's editable install."""
+def tree_env(tree: Path, tmp: Path) -> tuple[dict, Path]:
+    """An environment and a working directory in which ``python -m spatia.cli`` imports ``spatia`` from another
+    checkout ``tree`` (the repository maps spatia.world -> world/ etc., pyproject's package-dir): a directory of
+    links in that layout, the working directory (``-m`` puts it first on sys.path; this checkout's own ``spatia/``
+    there would win, and its editable install maps the rest here) and first on PYTHONPATH."""
     root = tmp / "baseline-tree" / "spatia"
     root.mkdir(parents=True)
     for entry in (tree / "spatia").iterdir():
         (root / entry.name).symlink_to(entry)
     for sub in ("world", "model", "server", "client", "proto"):
         (root / sub).symlink_to(tree / sub)
-    return dict(os.environ, PYTHONPATH=str(root.parent))
+    return dict(os.environ, PYTHONPATH=str(root.parent)), root.parent
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -113,18 +115,46 @@ def _tree_cpu_s(table: dict[int, tuple[int, float]], root: int) -> float:
     return total
 
 
+def _chromium_kind(pid: int) -> str:
+    """A Chromium process's role from its command line (``--type=renderer``, ``gpu-process``, ``utility`` with
+    its ``--utility-sub-type``; no type: the browser process; chromedriver itself)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").replace("\0", " ").split()  # children rewrite theirs
+    except OSError:
+        return "gone"
+    if args and args[0].endswith("chromedriver"):
+        return "chromedriver"
+    kind = next((a.split("=", 1)[1] for a in args if a.startswith("--type=")), "browser")
+    sub = next((a.split("=", 1)[1].rsplit(".", 1)[-1] for a in args if a.startswith("--utility-sub-type=")), "")
+    return f"{kind}:{sub}" if sub else kind
+
+
 class CpuMeter:
-    """CPU seconds per wall second of named process trees between ``start`` and ``stop``."""
+    """CPU seconds per wall second of named process trees between ``start`` and ``stop``; the ``chromium`` tree
+    also by process role (``chromium.renderer``, ``chromium.gpu-process``, ...)."""
 
     def __init__(self, roots: dict[str, int]) -> None:
         self.roots = roots
         self.own = os.getpid()
+        self._kinds: dict[int, str] = {}
 
     def _sample(self) -> dict[str, float]:
         table = _proc_table()
         out = {name: _tree_cpu_s(table, pid) for name, pid in self.roots.items()}
         # this process without its children (server, web app and the browser are counted on their own)
         out["benchmark"] = table.get(self.own, (0, 0.0))[1]
+        if "chromium" in self.roots:
+            children: dict[int, list[int]] = {}
+            for pid, (ppid, _) in table.items():
+                children.setdefault(ppid, []).append(pid)
+            todo = [self.roots["chromium"]]
+            while todo:
+                pid = todo.pop()
+                todo.extend(children.get(pid, ()))
+                if pid in table:
+                    kind = self._kinds.setdefault(pid, _chromium_kind(pid))
+                    out[f"chromium.{kind}"] = out.get(f"chromium.{kind}", 0.0) + table[pid][1]
         return out
 
     def start(self) -> None:
@@ -132,7 +162,8 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         dt, c1 = time.perf_counter() - self._t0, self._sample()
-        return {k: (c1[k] - self._c0.get(k, 0.0)) / dt for k in c1}
+        return {k: (c1[k] - self._c0.get(k, 0.0)) / dt for k in sorted(set(c1) | set(self._c0))
+                if k in c1}
 
 
 # ---- the three paths --------------------------------------------------------------------------------------------
@@ -288,13 +319,13 @@ def aggregate(rounds: list[dict]) -> dict:
                             if (v := [st[k] for st in stages if st.get(k) is not None])}
     cpu = [r for r in rounds if r.get("cpu_s_per_s")]
     if cpu:
-        keys = cpu[0]["cpu_s_per_s"]
-        out["cpu_s_per_s"] = {k: round(sum(r["cpu_s_per_s"][k] for r in cpu) / len(cpu), 2) for k in keys}
+        keys = sorted({k for r in cpu for k in r["cpu_s_per_s"]})
+        out["cpu_s_per_s"] = {k: round(sum(r["cpu_s_per_s"].get(k, 0.0) for r in cpu) / len(cpu), 2) for k in keys}
         # CPU ms each process spent per frame shown (the measured windows of all rounds pooled): what a path costs
         # the machine per frame, which moves less with the load than fps does
         shown_cpu = sum(r["frames_shown"] for r in cpu)
         out["cpu_ms_per_shown_frame"] = {
-            k: round(1e3 * sum(r["cpu_s_per_s"][k] * r["window_s"] for r in cpu) / max(shown_cpu, 1), 1)
+            k: round(1e3 * sum(r["cpu_s_per_s"].get(k, 0.0) * r["window_s"] for r in cpu) / max(shown_cpu, 1), 1)
             for k in keys}
     out["rounds"] = [{"fps": round(r["frames_shown"] / r["window_s"], 2),
                       "p50_ms": round(_pct(r["latencies_ms"], 50), 1), "p95_ms": round(_pct(r["latencies_ms"], 95), 1),
@@ -371,6 +402,9 @@ def main() -> None:
                    help=f"comma-separated, of {','.join(PATHS + tuple(VARIANTS))}")
     p.add_argument("--baseline-tree", type=Path,
                    help="a checkout (e.g. `git worktree add /tmp/base main`) whose web app runs path webrtc_base")
+    p.add_argument("--chrome-variant-flags", default="",
+                   help="space-separated Chromium flags for path webrtc_chrome (a second browser with them added)")
+    p.add_argument("--web-log", type=Path, help="a folder for each web app's log (NAME.log)")
     p.add_argument("--record", action="store_true",
                    help="every path records on the server (default: none does, as the gRPC baseline never did)")
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the page (first WebRTC round) here")
@@ -421,21 +455,25 @@ def main() -> None:
                       "baseline_median_ms": grpc_result["p50_ms"]})
                 return
             webs: dict[str, tuple[subprocess.Popen, str]] = {}  # web app name -> (process, url)
-            for name in ["default"] + [q for q in paths if q in VARIANTS]:
+            for name in ["default"] + [q for q in paths if q in VARIANTS and q != "webrtc_chrome"]:
                 web_port = _free_port()
                 extra = [] if name == "default" else (VARIANTS[name] or [])
-                env = tree_env(args.baseline_tree.resolve(), Path(tmp)) if name == "webrtc_base" else None
+                env, cwd = tree_env(args.baseline_tree.resolve(), Path(tmp)) if name == "webrtc_base" else (None, ROOT)
                 web = subprocess.Popen([sys.executable, "-m", "spatia.cli", "web", "--server", target, "--port",
-                                        str(web_port), "--grace", "0.5", *extra], cwd=ROOT, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        str(web_port), "--grace", "0.5", *extra], cwd=cwd, env=env,
+                                       stdout=subprocess.DEVNULL,
+                                       stderr=open(args.web_log / f"{name}.log", "w") if args.web_log
+                                       else subprocess.DEVNULL)
                 procs.append(web)
                 _wait_port(web, web_port, f"spatia web ({name})")
                 webs[name] = (web, f"http://127.0.0.1:{web_port}")
             from spatia.client.web.browser import chrome
 
             driver = chrome(window=(1100, 760))
+            drivers = {"default": driver}
             try:
-                chrome_pid = driver.service.process.pid  # chromedriver: Chromium runs below it
+                if "webrtc_chrome" in paths:
+                    drivers["webrtc_chrome"] = chrome(window=(1100, 760), extra_flags=args.chrome_variant_flags.split())
                 results: dict[str, list[dict]] = {k: [] for k in paths}
                 for r in range(args.rounds):
                     order = paths[r % len(paths):] + paths[: r % len(paths)]
@@ -444,21 +482,24 @@ def main() -> None:
                             c.create_scene("room", 0, args.width, args.height, world_id=f"{path}-{r}")
                     for path in order:
                         world = f"{path}-{r}"
-                        web, url = webs[path if path in VARIANTS else "default"]
-                        meter = CpuMeter({"server": server.pid, "web_app": web.pid, "chromium": chrome_pid})
+                        web, url = webs[path if path in VARIANTS and path != "webrtc_chrome" else "default"]
+                        drv = drivers.get(path, driver)
+                        meter = CpuMeter({"server": server.pid, "web_app": web.pid,
+                                          "chromium": drv.service.process.pid})
                         prewarm(target, world, args)
                         log(f"round {r + 1}/{args.rounds}: {path} (load {os.getloadavg()[0]:.1f})")
                         load0 = os.getloadavg()[0]
                         if path == "grpc":
                             res = run_grpc(target, world, args, meter)
                         else:
-                            res = run_browser(driver, url, world, "ws" if path == "websocket" else "webrtc", args,
+                            res = run_browser(drv, url, world, "ws" if path == "websocket" else "webrtc", args,
                                               meter)
                         res["load_1min"] = round((load0 + os.getloadavg()[0]) / 2, 1)
                         results[path].append(res)
                         time.sleep(0.6)  # the web app closes the session after its 0.5 s grace
             finally:
-                driver.quit()
+                for drv in drivers.values():
+                    drv.quit()
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -468,7 +509,7 @@ def main() -> None:
     result = {
         "name": "web",
         "sizes": {"width": args.width, "height": args.height, "seconds": args.seconds, "rounds": args.rounds,
-                  "tick_hz": TICK_HZ, "warmup_s": WARMUP_S, "generator": "geometric", "jpeg_quality": 90,
+                  "chrome_variant_flags": args.chrome_variant_flags, "tick_hz": TICK_HZ, "warmup_s": WARMUP_S, "generator": "geometric", "jpeg_quality": 90,
                   "record": bool(args.record), "load_1min_end": round(os.getloadavg()[0], 1)},
         **out,
     }

@@ -94,7 +94,7 @@ def decode_all(codec: str, payloads: list[bytes]) -> list[np.ndarray]:
     return out
 
 
-def run_encoder(name: str, planes: list[np.ndarray], fps: float) -> dict:
+def run_encoder(name: str, planes: list[np.ndarray], fps: float, bitrate_bps: int | None = None) -> dict:
     """Encode every frame with encoder ``name``; CPU per frame, kbit/s and PSNR of what a decoder gets back."""
     from aiortc.codecs.h264 import H264Encoder, h264_depayload
     from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
@@ -114,7 +114,7 @@ def run_encoder(name: str, planes: list[np.ndarray], fps: float) -> dict:
             frame.pts, frame.time_base = i * step, Fraction(1, VIDEO_CLOCK_HZ)
             sent.append(enc.encode(frame, i == 0)[0])
     else:
-        enc = VideoEncoder(codec, fps=fps)
+        enc = VideoEncoder(codec, fps=fps, bitrate_bps=bitrate_bps)
         packer = H264Encoder() if codec == "h264" else Vp8Encoder()
 
         def one(item):  # our encode, then what aiortc's sender runs for an av.Packet: packetize
@@ -128,7 +128,8 @@ def run_encoder(name: str, planes: list[np.ndarray], fps: float) -> dict:
     n = min(len(decoded), len(planes))
     quality = [psnr_db(decoded[i], planes[i]) for i in range(n)]
     kbit_s = 8e-3 * sum(len(x) for x in streams) / (len(planes) / fps)
-    return stats(times[1:]) | {"kbit_s": round(kbit_s), "psnr_db_median": round(statistics.median(quality), 2),
+    return stats(times[1:]) | {"kbit_s": round(kbit_s), "rtp_packets_per_frame": round(
+                                   sum(len(p) for p in sent[1:]) / (len(sent) - 1), 1), "psnr_db_median": round(statistics.median(quality), 2),
                                "frames_decoded": n, "keyframe_ms": round(times[0], 2)}
 
 
@@ -138,6 +139,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=float, default=15.0, help="the stream's frame rate (sets pts and kbit/s)")
+    p.add_argument("--kbit-s", default="", help="also run our encoders at these target kbit/s (comma-separated)")
     args = p.parse_args()
     if args.frames < 3:
         p.error("--frames must be >= 3")
@@ -172,6 +174,9 @@ def main() -> None:
     for name in ("aiortc_vp8", "vp8", "aiortc_h264", "h264"):
         log(f"encoder {name}")
         result[name] = run_encoder(name, planes, args.fps)
+    for kbit in [int(k) for k in args.kbit_s.split(",") if k.strip()]:
+        for name in ("vp8", "h264"):
+            result[f"{name}_{kbit}k"] = run_encoder(name, planes, args.fps, bitrate_bps=kbit * 1000)
     # before: server JPEG encode + PIL decode + MJPEG -> I420 + aiortc's VP8; after: RGB -> I420 + our VP8
     before = (result["server_jpeg_encode"]["median_ms"] + result["pil_jpeg_decode"]["median_ms"]
               + result["jpeg_to_i420"]["median_ms"] + result["aiortc_vp8"]["median_ms"])

@@ -595,8 +595,8 @@ class AsyncPlaySession:
 
     async def next_raw_frame(self) -> pb.Frame | None:
         """The next frame as it came (image bytes not decoded: a relay such as the web app forwards or re-encodes
-        them itself, and a decode here would cost it ~4 ms of its event loop a 640x360 JPEG for nothing); stats and
-        heartbeats are collected on the way; None at the end of the stream."""
+        them itself; a decode here cost it ~2 ms of its event loop a 640x360 JPEG for nothing, PIL,
+        benchmarks/web_encode.py); stats and heartbeats are collected on the way; None at the end of the stream."""
         try:
             while True:
                 resp = await self._call.read()

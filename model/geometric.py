@@ -208,11 +208,25 @@ WARM_PAUSE_S = 0.002  # between two tiles: the maintenance thread lets a frame i
 
 
 def _warm_layout_state(state: _LayoutState) -> None:
+    """The whole warm-up on one thread: ``_fit_plane_textures``, then ``_warm_tiles`` (a server runs the two on
+    different threads: the tiles at low priority, ``model.fill.state``)."""
+    _fit_plane_textures(state)
+    _warm_tiles(state)
+
+
+def _fit_plane_textures(state: _LayoutState) -> None:
     """On the maintenance thread, after the state is handed over: fit every plane's texture model, nearest the
     first camera first (a frame that needs one still being fitted waits for it; one that needs one not begun
-    fits it itself), then synthesise the texture tiles of the planes around the first camera, nearest first:
-    the walls, floor and ceiling a player turns to first (a frame then reads cached tiles instead of synthesising
-    ~10 ms of them)."""
+    fits it itself)."""
+    layout, cam = state.layout, state.observer
+    for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
+        state.textures.for_plane(plane)
+
+
+def _warm_tiles(state: _LayoutState) -> None:
+    """After ``_fit_plane_textures`` (a low-priority thread): synthesise the texture tiles of the planes around
+    the first camera, nearest first: the walls, floor and ceiling a player turns to first (a frame then reads
+    cached tiles instead of synthesising ~10 ms of them)."""
     import time
 
     from spatia.model.fill.appearance import plane_basis
@@ -220,8 +234,6 @@ def _warm_layout_state(state: _LayoutState) -> None:
     from spatia.model.fill.texture import tiles_covering, warm_tiles
 
     layout, cam = state.layout, state.observer
-    for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
-        state.textures.for_plane(plane)
     view = view_bounds(layout, cam, cam[None])
     extent = {}  # axis -> (lo, hi) along it: the bounding planes, else WARM_RADIUS_M around the camera
     for k in range(3):
@@ -387,7 +399,8 @@ class GeometricGenerator:
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config
-        self._states = FillStates(_fit_layout_state, _warm_layout_state)  # per world (model.fill.state)
+        # per world (model.fill.state): the fit, then the plane textures, then (low priority) the tiles
+        self._states = FillStates(_fit_layout_state, _fit_plane_textures, _warm_tiles)
         if config.fill == "layout":
             _import_layout_fill()
 

@@ -244,8 +244,8 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
 
 
 class ClipCost:
-    """A clip's wall time as ``overhead_s + m * frame_s`` for a clip of ``m`` frames, fitted (least squares) to
-    the latest ``window`` clips; what ``select_poses`` sizes clips with.
+    """A clip's wall time as ``overhead_s + m * frame_s`` for a clip of ``m`` frames, fitted (robustly: Theil-Sen)
+    to the latest ``window`` clips; what ``select_poses`` sizes clips with.
 
     Why a fit over clips of different lengths, not the spacing of a clip's frames: the engine renders the memory
     at *every* target pose before the clip's first frame (``Engine._prepare``: the projection, retrieval and the
@@ -272,9 +272,13 @@ class ClipCost:
         t = np.array([y for _, y in self._samples], np.float64)
         floor = self.spacing_s or 0.0
         if np.ptp(m) > 0:
-            slope = float(np.cov(m, t, bias=True)[0, 1] / np.var(m))
+            # Theil-Sen: the median slope over pairs of clips of different lengths, then the median intercept, so
+            # a few stalled clips (a fit waited for, a re-sort, a save) do not skew the estimate for 12 clips
+            i, j = np.triu_indices(len(m), 1)
+            diff = m[j] != m[i]
+            slope = float(np.median((t[j] - t[i])[diff] / (m[j] - m[i])[diff]))
             self.frame_s = max(slope, floor, 1e-4)
-            self.overhead_s = max(float(t.mean() - self.frame_s * m.mean()), 0.0)
+            self.overhead_s = max(float(np.median(t - self.frame_s * m)), 0.0)
             self.probe = False
         else:  # one length so far: the old split (the spacing per frame, the rest per clip) until a probe
             self.frame_s = max(floor, 1e-4) if floor else max(clip_s / 2, 1e-4)
@@ -386,7 +390,6 @@ class PlaySession:
         self.finished = False
         self.closing = None  # the recording's close on the closer (a concurrent.futures.Future), once handed over
         self.last_seq = 0
-        self._pending_count = 0  # poses waiting when the clip in flight started (its stats' pending_frames)
         view = host.view()
         self.last_frame_index = view.history_frames - 1
         K = view.intrinsics
@@ -498,36 +501,31 @@ class PlaySession:
                 clip_start = self.trace.now() if self.trace is not None else 0.0
                 self._clip_trace = (clip_start, skipped)
                 self._last_clip_frames = len(chunk)
-                self._pending_count = len(pending)
                 stats, held = await self._run_clip(chunk)
                 if self.trace is not None:
                     self.trace.clip({"clip": stats.clip_id, "start": clip_start, "end": self.trace.now(),
                                      "generate_s": stats.generate_s, "update_s": stats.update_s,
                                      "frames": len(chunk), "skipped": skipped, "pending": len(pending)})
                 last_out = time.monotonic()
-                self._emit(stats, held)
+                message = pb.SessionStats(
+                    clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
+                    memory_points=stats.memory_points, pending_frames=len(pending),
+                    queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
+                    poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
+                )
+                inline = bool(held) and self.options.stats_in_frame
+                if inline:
+                    held[-1].frame.stats.CopyFrom(message)
+                for response in held:  # lock-step: the clip's frames, then (or with) its stats
+                    self.outbox.put(response, True)
+                if not inline:
+                    self.outbox.put(pb.PlayResponse(stats=message))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
             self.error = exc
         finally:
             self.outbox.close()
-
-    def _emit(self, stats, held: list) -> None:
-        """A clip's ``SessionStats`` to the outbox, lock-step: after (or on the last of) its held frames."""
-        message = pb.SessionStats(
-            clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
-            memory_points=stats.memory_points, pending_frames=self._pending_count,
-            queue_depth=self.outbox.frames_queued + len(held), frames_dropped=self.outbox.dropped,
-            poses_dropped=self.poses_dropped, held_fps=round(self.held_fps(), 2),
-        )
-        inline = bool(held) and self.options.stats_in_frame
-        if inline:
-            held[-1].frame.stats.CopyFrom(message)
-        for response in held:  # lock-step: the clip's frames, then (or with) its stats
-            self.outbox.put(response, True)
-        if not inline:
-            self.outbox.put(pb.PlayResponse(stats=message))
 
     def _apply(self, item, pending: deque) -> bool:
         """Fold one queued item into the session; True when it is the end of the client's stream."""
@@ -566,8 +564,7 @@ class PlaySession:
         # Lock-step: the clip's frames go to the outbox with its stats, after the clip, not one by one from the
         # worker: the client waits for the stats anyway, and each hand-off (``call_soon_threadsafe``) woke the event
         # loop in the middle of the memory update, which then waited for the GIL behind the loop's gRPC write
-        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md). Handing them out
-        # from the worker after the memory update, before the history add, measured slower (session 10, lock).
+        # (measured 0.67 ms a step in the self-pipe ``send`` alone, at 128x96; docs/BENCHMARKS.md).
         held: list | None = [] if self.lockstep else None
 
         trace = self.trace

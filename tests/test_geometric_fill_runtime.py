@@ -228,10 +228,11 @@ def test_a_pixels_footprint_on_a_plane_stretches_with_incidence():
     assert floor[0] > 10 * 20.0 / 100.0
 
 
-def test_warm_up_runs_at_low_priority_and_the_fit_at_normal_priority():
-    """The layout fit (which the first final frame waits for) keeps the process's priority; the warm-up after it
-    (plane texture fits, tiles: no frame waits for it as a whole) runs at nice WARM_NICE on its own thread, so on
-    two cores it yields to the world's thread (docs/BENCHMARKS.md, "Served play latency")."""
+def test_tile_warm_up_runs_at_low_priority_and_the_fits_at_normal_priority():
+    """The layout fit and the plane texture fits (frames wait for them: a plane's fit holds its lock) keep the
+    process's priority; the tile synthesis after them (no frame waits for more than the tile in progress) runs
+    WARM_NICE nicer on its own thread, so on two cores it yields to the world's thread (docs/BENCHMARKS.md,
+    "Served play latency")."""
     import os
 
     from spatia.model.fill.state import WARM_NICE, FillStates
@@ -240,29 +241,32 @@ def test_warm_up_runs_at_low_priority_and_the_fit_at_normal_priority():
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     seen: dict[str, int] = {}
-    warmed = threading.Event()
+    tiled = threading.Event()
 
     def fit(inputs):
         seen["fit"] = nice()
         return inputs
 
     def warm(state):
-        seen["warm"] = nice()
-        warmed.set()
+        seen["textures"] = nice()
+
+    def tiles(state):
+        seen["tiles"] = nice()
+        tiled.set()
 
     class Memory:  # a stand-in key (states are held weakly per memory object)
         pass
 
-    states = FillStates(fit, warm)
+    states = FillStates(fit, warm, tiles)
     memory = Memory()
     try:
         assert states.prepare(memory, lambda: "inputs", ("v", 0)).state() == "inputs"
-        assert warmed.wait(30)
+        assert tiled.wait(30)
     finally:
         states.close()
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert seen["fit"] == base
-    assert seen["warm"] == min(base + WARM_NICE, 19)
+    assert seen["fit"] == base and seen["textures"] == base
+    assert seen["tiles"] == min(base + WARM_NICE, 19)
 
 
 def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():

@@ -213,7 +213,7 @@ class PlayOptions:
     record: bool = True
     prompt: str = ""
     # what the server sends: JPEG (small: any network), or RAW RGB when the web app sits next to the server and only
-    # WebRTC viewers want it (no JPEG encode on the server, no decode here; app.WebApp.frame_encoding decides)
+    # WebRTC viewers want it (no JPEG encode on the server, no decode here; app.WebApp.webrtc_frame_encoding decides)
     encoding: int = pb.FRAME_ENCODING_JPEG
 
 

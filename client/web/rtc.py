@@ -35,6 +35,7 @@ from spatia.client.api import WorldServiceError
 log = structlog.get_logger("spatia.web")
 
 VIDEO_CLOCK_HZ = 90_000
+DISPLAY_HZ = 60.0  # the browser's display refresh the track paces to (headless Chromium draws at 60 Hz)
 START_REPEATS = 3  # the first picture's extra copies: >= 2 of them shown (the last waits for a next frame)
 PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js ``metaByPts``)
 # aiortc's VP8 encoder hands the frame to PyAV, whose codec time base is 1 us: the pts is rounded to whole
@@ -44,7 +45,7 @@ PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js
 PTS_EXACT_RESIDUES = frozenset(r for r in range(9) if (round(r * 100 / 9) * 9) // 100 == r)
 
 VIDEO_CODECS = ("vp8", "h264")
-BITS_PER_PIXEL = 0.2  # target bitrate = pixels x fps x this (1.4 Mbit/s at 640x360, 30 fps; aiortc's range 0.25-1.5)
+BITS_PER_PIXEL = 0.08  # target bitrate = pixels x fps x this: 0.55 Mbit/s at 640x360, 30 fps (aiortc: 0.25-1.5)
 
 
 class VideoEncoder:
@@ -66,6 +67,7 @@ class VideoEncoder:
         self._ctx = None
         self._size: tuple[int, int] | None = None
         self.keyframe_wanted = True  # the first frame, and after a receiver's PLI / FIR (``request_keyframe``)
+        self.keyframes = 0
 
     def request_keyframe(self) -> None:
         self.keyframe_wanted = True
@@ -103,6 +105,7 @@ class VideoEncoder:
         if self.keyframe_wanted:
             frame.pict_type = av.video.frame.PictureType.I
             self.keyframe_wanted = False
+            self.keyframes += 1
         packets = ctx.encode(frame)
         if not packets:
             return None
@@ -118,7 +121,11 @@ class HubVideoTrack(MediaStreamTrack):
     def __init__(self, sub, on_message, fps: float = 30.0, codec: str = "vp8") -> None:
         super().__init__()
         self.encoder = VideoEncoder(codec, fps=fps)  # the negotiated codec is set by ``answer`` before frames flow
-        self.min_gap_s = 1.0 / fps  # frames go out at most at the session's rate (see ``recv``)
+        self.fps = fps
+        # Frames go out at most one per display refresh (60 Hz; see ``recv``): two sent closer than that would
+        # meet at one vsync and one of them would never be shown. The session's own 1 / fps held a frame that came
+        # 20 ms after the last one for another 13 ms, latency for nothing (paced_ms p50 12.6 ms, 18 fps, 18:20 UTC)
+        self.min_gap_s = 1.0 / max(fps, DISPLAY_HZ)
         self._next_due: float | None = None
         # Resend the last picture after this long without a new one (None: never). Not needed by Chrome, which
         # presents a frame without waiting for the next (measured: docs/BENCHMARKS.md, web section), and it
@@ -282,7 +289,7 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
         with contextlib.suppress(Exception):
             await pc.close()
         log.info("webrtc peer closed", world_id=hub.world_id, role=role, frames=track.frames_sent,
-                 codec=track.encoder.codec_name, encode_cpu_ms_per_frame=round(
+                 codec=track.encoder.codec_name, keyframes=track.encoder.keyframes, encode_cpu_ms_per_frame=round(
                      1e3 * track.encode_cpu_s / max(track.frames_sent, 1), 2))
 
     async def work() -> None:  # controls, in order
@@ -344,7 +351,7 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
         if sent not in VIDEO_CODECS:
             raise ValueError(f"the browser offers no video codec this app sends (answer: {sent!r})")
         if sent != track.encoder.codec_name:  # the browser does not decode the preferred one
-            track.encoder = VideoEncoder(sent, fps=track.min_gap_s and 1.0 / track.min_gap_s)
+            track.encoder = VideoEncoder(sent, fps=track.fps)
     except (WorldServiceError, ValueError) as exc:
         await cleanup()
         if isinstance(exc, ValueError):

@@ -19,10 +19,13 @@ time another world's clip ran). Here:
   nearest first (a frame needing one waits for that plane only), and synthesises the mip-0 tiles around the
   observed points (tiles are pure functions of plane, tile and seed, so when they are made does not change them),
   so the frame path mostly reads cached tiles.
-- that warm-up runs at a low CPU priority (nice ``WARM_NICE``, its threads only): it is an optimisation no frame
-  waits for as a whole, and at normal priority it took as much CPU as the world's thread in a served session on
-  two cores (docs/BENCHMARKS.md, "Layout fill frame path, fused": py-spy). The layout fit itself stays at
-  normal priority: the first final frame waits for it.
+- the tile synthesis (``tiles``, after the texture fits) runs at a low CPU priority (nice +``WARM_NICE``, its
+  threads only): no frame waits for it as a whole (a frame synthesises a tile it misses; it can wait for at most
+  the one tile in progress, a few ms of CPU, under the texture model's lock), and at normal priority the
+  maintenance threads took as much CPU as the world's thread in a served session on two cores
+  (docs/BENCHMARKS.md, "Layout fill frame path, fused": py-spy). The layout fit and the plane texture fits stay
+  at normal priority: a frame waits for them (a plane's fit holds that plane's lock for 0.1-0.8 s of CPU, and at
+  nice 10 on a machine at load ~10 a frame waited 8.8 s behind one: "Served play latency").
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-WARM_NICE = 10  # the warm-up threads run this much nicer than the server (server/host.py's savers: nice 10 too)
+WARM_NICE = 10  # the tile warm-up thread runs this much nicer than the server (server/host.py's savers: nice 10 too)
 
 
 def _low_priority() -> None:
@@ -87,9 +90,11 @@ def inputs_key(memory, observed_views) -> tuple:
 class FillStates:
     """Fill states of many worlds; thread-safe (a server's sessions share one generator)."""
 
-    def __init__(self, fit: Callable[[FillInputs], object], warm: Callable[[object], None] | None = None) -> None:
+    def __init__(self, fit: Callable[[FillInputs], object], warm: Callable[[object], None] | None = None,
+                 tiles: Callable[[object], None] | None = None) -> None:
         self._fit = fit
-        self._warm = warm
+        self._warm = warm  # after the fit, at normal priority (frames may wait for what it holds)
+        self._tiles = tiles  # after ``warm``, at low priority (frames wait for a few ms of it at most)
         self._lock = threading.Lock()
         # memory -> FillEntry
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -98,9 +103,9 @@ class FillStates:
 
     def _warm_pool(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._warm_executor is None:
-                self._warm_executor = ThreadPoolExecutor(
-                    min(2, os.cpu_count() or 1), thread_name_prefix="spatia-fill-warm", initializer=_low_priority)
+            if self._warm_executor is None:  # one thread: tiles are a background optimisation
+                self._warm_executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill-tiles",
+                                                         initializer=_low_priority)
             return self._warm_executor
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -125,17 +130,26 @@ class FillStates:
 
     def _run(self, inputs: FillInputs):
         state = self._fit(inputs)
-        if self._warm is not None:
-            # after the state is handed over: a frame waiting for it does not also wait for the tiles (the
-            # warm-up runs under each texture model's own lock, tile by tile, so frames interleave with it)
-            self._warm_pool().submit(self._warm_quietly, state)
+        if self._warm is not None or self._tiles is not None:
+            # after the state is handed over: a frame waiting for it does not also wait for the warm-up (the
+            # warm-up runs under each plane's and texture model's own lock, so frames interleave with it)
+            self._pool().submit(self._warm_quietly, state)
         return state
 
     def _warm_quietly(self, state) -> None:
         try:
-            self._warm(state)
-        except Exception as exc:  # noqa: BLE001 -- a warm-up is an optimisation: frames synthesise what it missed
+            if self._warm is not None:
+                self._warm(state)
+        except Exception as exc:  # noqa: BLE001 -- a warm-up is an optimisation: frames fit what it missed
             log.warning("fill warm-up failed", error=type(exc).__name__)
+        if self._tiles is not None:
+            self._warm_pool().submit(self._tiles_quietly, state)
+
+    def _tiles_quietly(self, state) -> None:
+        try:
+            self._tiles(state)
+        except Exception as exc:  # noqa: BLE001 -- frames synthesise what it missed
+            log.warning("fill tile warm-up failed", error=type(exc).__name__)
 
     def close(self) -> None:
         for pool in (self._executor, self._warm_executor):
