@@ -244,8 +244,8 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
 
 
 class ClipCost:
-    """A clip's wall time as ``overhead_s + m * frame_s`` for a clip of ``m`` frames, fitted (least squares) to
-    the latest ``window`` clips; what ``select_poses`` sizes clips with.
+    """A clip's wall time as ``overhead_s + m * frame_s`` for a clip of ``m`` frames, fitted (robustly: Theil-Sen)
+    to the latest ``window`` clips; what ``select_poses`` sizes clips with.
 
     Why a fit over clips of different lengths, not the spacing of a clip's frames: the engine renders the memory
     at *every* target pose before the clip's first frame (``Engine._prepare``: the projection, retrieval and the
@@ -272,9 +272,13 @@ class ClipCost:
         t = np.array([y for _, y in self._samples], np.float64)
         floor = self.spacing_s or 0.0
         if np.ptp(m) > 0:
-            slope = float(np.cov(m, t, bias=True)[0, 1] / np.var(m))
+            # Theil-Sen: the median slope over pairs of clips of different lengths, then the median intercept, so
+            # a few stalled clips (a fit waited for, a re-sort, a save) do not skew the estimate for 12 clips
+            i, j = np.triu_indices(len(m), 1)
+            diff = m[j] != m[i]
+            slope = float(np.median((t[j] - t[i])[diff] / (m[j] - m[i])[diff]))
             self.frame_s = max(slope, floor, 1e-4)
-            self.overhead_s = max(float(t.mean() - self.frame_s * m.mean()), 0.0)
+            self.overhead_s = max(float(np.median(t - self.frame_s * m)), 0.0)
             self.probe = False
         else:  # one length so far: the old split (the spacing per frame, the rest per clip) until a probe
             self.frame_s = max(floor, 1e-4) if floor else max(clip_s / 2, 1e-4)

@@ -119,6 +119,12 @@ def test_clip_cost_counts_the_renders_before_a_clips_first_frame_as_per_frame_co
     assert not cost.probe
     assert cost.frame_s == pytest.approx(render_s + gen_s) and cost.overhead_s == pytest.approx(overhead_s)
 
+    # a clip that stalled (a fit waited for, a save) does not move the estimate
+    for m in (2, 4, 3, 2):
+        cost.add(*clip(m))
+    cost.add(clip(3)[0] + 2.0, *clip(3)[1:])
+    assert cost.frame_s == pytest.approx(render_s + gen_s) and cost.overhead_s == pytest.approx(overhead_s)
+
     def pending(k):
         return deque((np.eye(4) * (i + 1), i + 1) for i in range(k))
 
