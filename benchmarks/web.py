@@ -44,6 +44,28 @@ TICK_HZ = 30.0
 WARMUP_S = 1.0
 PREWARM_FRAMES = 6
 PATHS = ("grpc", "webrtc", "websocket")
+# More WebRTC paths, each through a web app of its own on the same server (chosen with --paths): the same page
+# over WebRTC with one setting changed, so a setting is measured against the default in the same rounds.
+VARIANTS = {
+    "webrtc_h264": ["--video-codec", "h264"],  # H.264 (x264 ultrafast) instead of VP8
+    "webrtc_jpeg": ["--server-frames", "jpeg"],  # the server's JPEG (decoded here) instead of RAW frames
+    "webrtc_base": None,  # the web app of another source tree (--baseline-tree): before / after in one run
+    "webrtc_chrome": [],  # the default web app, in a second Chromium with --chrome-variant-flags added
+}
+
+
+def tree_env(tree: Path, tmp: Path) -> tuple[dict, Path]:
+    """An environment and a working directory in which ``python -m spatia.cli`` imports ``spatia`` from another
+    checkout ``tree`` (the repository maps spatia.world -> world/ etc., pyproject's package-dir): a directory of
+    links in that layout, the working directory (``-m`` puts it first on sys.path; this checkout's own ``spatia/``
+    there would win, and its editable install maps the rest here) and first on PYTHONPATH."""
+    root = tmp / "baseline-tree" / "spatia"
+    root.mkdir(parents=True)
+    for entry in (tree / "spatia").iterdir():
+        (root / entry.name).symlink_to(entry)
+    for sub in ("world", "model", "server", "client", "proto"):
+        (root / sub).symlink_to(tree / sub)
+    return dict(os.environ, PYTHONPATH=str(root.parent)), root.parent
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -93,18 +115,46 @@ def _tree_cpu_s(table: dict[int, tuple[int, float]], root: int) -> float:
     return total
 
 
+def _chromium_kind(pid: int) -> str:
+    """A Chromium process's role from its command line (``--type=renderer``, ``gpu-process``, ``utility`` with
+    its ``--utility-sub-type``; no type: the browser process; chromedriver itself)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").replace("\0", " ").split()  # children rewrite theirs
+    except OSError:
+        return "gone"
+    if args and args[0].endswith("chromedriver"):
+        return "chromedriver"
+    kind = next((a.split("=", 1)[1] for a in args if a.startswith("--type=")), "browser")
+    sub = next((a.split("=", 1)[1].rsplit(".", 1)[-1] for a in args if a.startswith("--utility-sub-type=")), "")
+    return f"{kind}:{sub}" if sub else kind
+
+
 class CpuMeter:
-    """CPU seconds per wall second of named process trees between ``start`` and ``stop``."""
+    """CPU seconds per wall second of named process trees between ``start`` and ``stop``; the ``chromium`` tree
+    also by process role (``chromium.renderer``, ``chromium.gpu-process``, ...)."""
 
     def __init__(self, roots: dict[str, int]) -> None:
         self.roots = roots
         self.own = os.getpid()
+        self._kinds: dict[int, str] = {}
 
     def _sample(self) -> dict[str, float]:
         table = _proc_table()
         out = {name: _tree_cpu_s(table, pid) for name, pid in self.roots.items()}
         # this process without its children (server, web app and the browser are counted on their own)
         out["benchmark"] = table.get(self.own, (0, 0.0))[1]
+        if "chromium" in self.roots:
+            children: dict[int, list[int]] = {}
+            for pid, (ppid, _) in table.items():
+                children.setdefault(ppid, []).append(pid)
+            todo = [self.roots["chromium"]]
+            while todo:
+                pid = todo.pop()
+                todo.extend(children.get(pid, ()))
+                if pid in table:
+                    kind = self._kinds.setdefault(pid, _chromium_kind(pid))
+                    out[f"chromium.{kind}"] = out.get(f"chromium.{kind}", 0.0) + table[pid][1]
         return out
 
     def start(self) -> None:
@@ -112,7 +162,8 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         dt, c1 = time.perf_counter() - self._t0, self._sample()
-        return {k: (c1[k] - self._c0.get(k, 0.0)) / dt for k in c1}
+        return {k: (c1[k] - self._c0.get(k, 0.0)) / dt for k in sorted(set(c1) | set(self._c0))
+                if k in c1}
 
 
 # ---- the three paths --------------------------------------------------------------------------------------------
@@ -134,11 +185,11 @@ def prewarm(target: str, world: str, args) -> None:
         s.close(drain=True)  # the server has released the world when the stream ends
 
 
-def run_grpc(target: str, world: str, args) -> dict:
+def run_grpc(target: str, world: str, args, meter: "CpuMeter | None" = None) -> dict:
     from spatia.client.api import WorldClient
 
     with WorldClient(target) as c, c.play(world, fps=TICK_HZ, width=args.width, height=args.height,
-                                          jpeg_quality=90, record=False) as s:
+                                          jpeg_quality=90, record=args.record) as s:
         sent: dict[int, float] = {}
         stop = threading.Event()
 
@@ -155,7 +206,11 @@ def run_grpc(target: str, world: str, args) -> dict:
         t_start = time.perf_counter()
         th.start()
         lat, shown, reflected = [], [], 0
+        metering = False
         while time.perf_counter() - t_start < args.seconds:
+            if meter is not None and not metering and time.perf_counter() - t_start >= WARMUP_S:
+                meter.start()  # CPU over the measured window only, like the frames
+                metering = True
             try:
                 f = s.next_frame(timeout_s=max(0.1, args.seconds - (time.perf_counter() - t_start)))
             except TimeoutError:
@@ -168,12 +223,13 @@ def run_grpc(target: str, world: str, args) -> dict:
                 if q in sent and sent[q] - t_start >= WARMUP_S:
                     lat.append((now - sent[q]) * 1e3)
             reflected = max(reflected, f.last_action_seq)
+        cpu = meter.stop() if metering else {}
         stop.set()
         th.join()
         s.close(drain=False)
     window = [t for t in shown if t - t_start >= WARMUP_S]
     return {"frames_shown": len(window), "window_s": args.seconds - WARMUP_S, "latencies_ms": lat,
-            "frames_arrived": len(window)}
+            "frames_arrived": len(window), "cpu_s_per_s": cpu}
 
 
 COUNTERS = ("return {shown: spatia.framesShown, lat: spatia.latencies.length, arrived: spatia.framesArrived, "
@@ -189,13 +245,15 @@ RTP_STATS = ("if (!spatia.pc) return null; return spatia.pc.getStats().then(st =
              "bytes: x.bytesReceived}; }); return r; })")
 
 
-def run_browser(driver, url: str, world: str, transport: str, args) -> dict:
+def run_browser(driver, url: str, world: str, transport: str, args, meter: "CpuMeter") -> dict:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     driver.get(url + "/")
     _wait(driver, f"return document.getElementById('play-{world}') !== null")
-    driver.execute_script("document.getElementById('transport').value = arguments[0]", transport)
+    driver.execute_script("document.getElementById('transport').value = arguments[0]; "
+                          "const r = document.getElementById('record'); if (r) r.checked = arguments[1];",
+                          transport, bool(args.record))
     driver.find_element(By.ID, f"play-{world}").click()
     _wait(driver, "return spatia.transport === arguments[0] && spatia.shownMeta !== null", transport)
     ActionChains(driver).key_down("w").perform()
@@ -204,9 +262,11 @@ def run_browser(driver, url: str, world: str, transport: str, args) -> dict:
     c0 = driver.execute_script(COUNTERS)
     r0 = driver.execute_script(RTP_STATS)
     t1 = time.perf_counter()
+    meter.start()  # CPU over the measured window only, like the frames
     time.sleep(max(0.0, args.seconds - (t1 - t0)))
     c1 = driver.execute_script(COUNTERS)
     t2 = time.perf_counter()
+    cpu = meter.stop()
     r1 = driver.execute_script(RTP_STATS)
     lat = driver.execute_script("return spatia.latencies")[c0["lat"]:]
     stages = driver.execute_script("return spatia.stages")[c0["stages"]:]
@@ -219,7 +279,7 @@ def run_browser(driver, url: str, world: str, transport: str, args) -> dict:
     if used != transport:
         raise SystemExit(f"the page used {used!r}, not {transport!r}")
     out = {"frames_shown": c1["shown"] - c0["shown"], "window_s": t2 - t1, "latencies_ms": lat,
-           "frames_arrived": c1["arrived"] - c0["arrived"], "stages": stages}
+           "frames_arrived": c1["arrived"] - c0["arrived"], "stages": stages, "cpu_s_per_s": cpu}
     if transport == "webrtc":
         out["rvfc_calls"] = c1["rvfc"] - c0["rvfc"]
         out["presented"] = c1["presented"] - c0["presented"]
@@ -257,9 +317,16 @@ def aggregate(rounds: list[dict]) -> dict:
         out["stages_ms"] = {k: [round(_pct(v, 50), 1), round(_pct(v, 95), 1)] for k in
                             ("total_ms", "wait_ms", "paced_ms", "wire_ms", "show_ms")
                             if (v := [st[k] for st in stages if st.get(k) is not None])}
-    cpu = [r["cpu_s_per_s"] for r in rounds if "cpu_s_per_s" in r]
+    cpu = [r for r in rounds if r.get("cpu_s_per_s")]
     if cpu:
-        out["cpu_s_per_s"] = {k: round(sum(c[k] for c in cpu) / len(cpu), 2) for k in cpu[0]}
+        keys = sorted({k for r in cpu for k in r["cpu_s_per_s"]})
+        out["cpu_s_per_s"] = {k: round(sum(r["cpu_s_per_s"].get(k, 0.0) for r in cpu) / len(cpu), 2) for k in keys}
+        # CPU ms each process spent per frame shown (the measured windows of all rounds pooled): what a path costs
+        # the machine per frame, which moves less with the load than fps does
+        shown_cpu = sum(r["frames_shown"] for r in cpu)
+        out["cpu_ms_per_shown_frame"] = {
+            k: round(1e3 * sum(r["cpu_s_per_s"].get(k, 0.0) * r["window_s"] for r in cpu) / max(shown_cpu, 1), 1)
+            for k in keys}
     out["rounds"] = [{"fps": round(r["frames_shown"] / r["window_s"], 2),
                       "p50_ms": round(_pct(r["latencies_ms"], 50), 1), "p95_ms": round(_pct(r["latencies_ms"], 95), 1),
                       "load_1min": r.get("load_1min")} for r in rounds]
@@ -331,14 +398,26 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
-    p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    p.add_argument("--paths", default=",".join(PATHS),
+                   help=f"comma-separated, of {','.join(PATHS + tuple(VARIANTS))}")
+    p.add_argument("--baseline-tree", type=Path,
+                   help="a checkout (e.g. `git worktree add /tmp/base main`) whose web app runs path webrtc_base")
+    p.add_argument("--chrome-variant-flags", default="",
+                   help="space-separated Chromium flags for path webrtc_chrome (a second browser with them added)")
+    p.add_argument("--web-log", type=Path, help="a folder for each web app's log (NAME.log)")
+    p.add_argument("--record", action="store_true",
+                   help="every path records on the server (default: none does, as the gRPC baseline never did)")
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the page (first WebRTC round) here")
     p.add_argument("--player", action="store_true",
                    help="measure the pygame player (SDL dummy driver) against the gRPC client instead of the browser")
     args = p.parse_args()
     paths = [x.strip() for x in args.paths.split(",") if x.strip()]
-    if not paths or set(paths) - set(PATHS):
-        p.error(f"--paths: choose from {','.join(PATHS)}")
+    if not paths or set(paths) - set(PATHS) - set(VARIANTS):
+        p.error(f"--paths: choose from {','.join(PATHS + tuple(VARIANTS))}")
+    if ("webrtc_base" in paths) != (args.baseline_tree is not None):
+        p.error("path webrtc_base and --baseline-tree go together")
+    if args.baseline_tree is not None and not (args.baseline_tree / "spatia" / "cli.py").is_file():
+        p.error(f"--baseline-tree {args.baseline_tree}: no spatia/cli.py there")
     if args.rounds < 1 or args.seconds <= WARMUP_S:
         p.error(f"--rounds must be >= 1 and --seconds > {WARMUP_S}")
     import logging
@@ -375,19 +454,26 @@ def main() -> None:
                       "pygame": pygame_result, "grpc": grpc_result, "median_ms": pygame_result["p50_ms"],
                       "baseline_median_ms": grpc_result["p50_ms"]})
                 return
-            web_port = _free_port()
-            web = subprocess.Popen([sys.executable, "-m", "spatia.cli", "web", "--server", target, "--port",
-                                    str(web_port), "--grace", "0.5"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-            procs.append(web)
-            _wait_port(web, web_port, "spatia web")
-            url = f"http://127.0.0.1:{web_port}"
+            webs: dict[str, tuple[subprocess.Popen, str]] = {}  # web app name -> (process, url)
+            for name in ["default"] + [q for q in paths if q in VARIANTS and q != "webrtc_chrome"]:
+                web_port = _free_port()
+                extra = [] if name == "default" else (VARIANTS[name] or [])
+                env, cwd = tree_env(args.baseline_tree.resolve(), Path(tmp)) if name == "webrtc_base" else (None, ROOT)
+                web = subprocess.Popen([sys.executable, "-m", "spatia.cli", "web", "--server", target, "--port",
+                                        str(web_port), "--grace", "0.5", *extra], cwd=cwd, env=env,
+                                       stdout=subprocess.DEVNULL,
+                                       stderr=open(args.web_log / f"{name}.log", "w") if args.web_log
+                                       else subprocess.DEVNULL)
+                procs.append(web)
+                _wait_port(web, web_port, f"spatia web ({name})")
+                webs[name] = (web, f"http://127.0.0.1:{web_port}")
             from spatia.client.web.browser import chrome
 
             driver = chrome(window=(1100, 760))
+            drivers = {"default": driver}
             try:
-                chrome_pid = driver.service.process.pid  # chromedriver: Chromium runs below it
-                meter = CpuMeter({"server": server.pid, "web_app": web.pid, "chromium": chrome_pid})
+                if "webrtc_chrome" in paths:
+                    drivers["webrtc_chrome"] = chrome(window=(1100, 760), extra_flags=args.chrome_variant_flags.split())
                 results: dict[str, list[dict]] = {k: [] for k in paths}
                 for r in range(args.rounds):
                     order = paths[r % len(paths):] + paths[: r % len(paths)]
@@ -396,20 +482,24 @@ def main() -> None:
                             c.create_scene("room", 0, args.width, args.height, world_id=f"{path}-{r}")
                     for path in order:
                         world = f"{path}-{r}"
+                        web, url = webs[path if path in VARIANTS and path != "webrtc_chrome" else "default"]
+                        drv = drivers.get(path, driver)
+                        meter = CpuMeter({"server": server.pid, "web_app": web.pid,
+                                          "chromium": drv.service.process.pid})
                         prewarm(target, world, args)
                         log(f"round {r + 1}/{args.rounds}: {path} (load {os.getloadavg()[0]:.1f})")
                         load0 = os.getloadavg()[0]
-                        meter.start()
                         if path == "grpc":
-                            res = run_grpc(target, world, args)
+                            res = run_grpc(target, world, args, meter)
                         else:
-                            res = run_browser(driver, url, world, "webrtc" if path == "webrtc" else "ws", args)
-                        res["cpu_s_per_s"] = meter.stop()
+                            res = run_browser(drv, url, world, "ws" if path == "websocket" else "webrtc", args,
+                                              meter)
                         res["load_1min"] = round((load0 + os.getloadavg()[0]) / 2, 1)
                         results[path].append(res)
                         time.sleep(0.6)  # the web app closes the session after its 0.5 s grace
             finally:
-                driver.quit()
+                for drv in drivers.values():
+                    drv.quit()
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -419,7 +509,8 @@ def main() -> None:
     result = {
         "name": "web",
         "sizes": {"width": args.width, "height": args.height, "seconds": args.seconds, "rounds": args.rounds,
-                  "tick_hz": TICK_HZ, "warmup_s": WARMUP_S, "generator": "geometric", "jpeg_quality": 90},
+                  "chrome_variant_flags": args.chrome_variant_flags, "tick_hz": TICK_HZ, "warmup_s": WARMUP_S, "generator": "geometric", "jpeg_quality": 90,
+                  "record": bool(args.record), "load_1min_end": round(os.getloadavg()[0], 1)},
         **out,
     }
     if "webrtc" in out and "grpc" in out:

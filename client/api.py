@@ -590,6 +590,13 @@ class AsyncPlaySession:
 
     async def next_frame(self) -> DecodedFrame | None:
         """The next frame (stats and heartbeats are collected on the way); None at the end of the stream."""
+        frame = await self.next_raw_frame()
+        return None if frame is None else decode(frame)
+
+    async def next_raw_frame(self) -> pb.Frame | None:
+        """The next frame as it came (image bytes not decoded: a relay such as the web app forwards or re-encodes
+        them itself; a decode here cost it ~2 ms of its event loop a 640x360 JPEG for nothing, PIL,
+        benchmarks/web_encode.py); stats and heartbeats are collected on the way; None at the end of the stream."""
         try:
             while True:
                 resp = await self._call.read()
@@ -597,7 +604,7 @@ class AsyncPlaySession:
                     return None
                 kind = resp.WhichOneof("kind")
                 if kind == "frame":
-                    return decode(resp.frame)
+                    return resp.frame
                 if kind == "stats":
                     self.stats.append(resp.stats)
                 elif kind == "heartbeat":

@@ -275,8 +275,9 @@ class _LockstepBackend(_RemoteBackend):
     def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:
         import grpc
 
-        from spatia.client.api import _translate, action_message, decode
+        from spatia.client.api import _translate, action_message
         from spatia.proto.spatia.v1 import world_pb2 as pb
+        from spatia.proto.spatia.v1.convert import decode_frame  # the image only: the env has the pose
 
         if prompt is not None and prompt != self._prompt_sent:
             self._requests.put(pb.PlayRequest(prompt=pb.PromptChange(prompt=prompt)))
@@ -294,11 +295,11 @@ class _LockstepBackend(_RemoteBackend):
                                                 f" while waiting for {action.seq}")
                     if resp.frame.HasField("stats"):  # PlayStart.stats_in_frame: after the memory update
                         self.last_stats = resp.frame.stats
-                        return decode(resp.frame).rgb, int(resp.frame.stats.memory_points)
+                        return decode_frame(resp.frame), int(resp.frame.stats.memory_points)
                     frame = resp.frame
                 elif kind == "stats" and frame is not None:  # after the clip's memory update
                     self.last_stats = resp.stats
-                    return decode(frame).rgb, int(resp.stats.memory_points)
+                    return decode_frame(frame), int(resp.stats.memory_points)
         except grpc.RpcError as exc:
             raise _translate(exc) from None
         raise InvalidInputError("the Play stream ended before the step's frame arrived")

@@ -20,6 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="another origin allowed to call the app (e.g. https://play.example.org behind a proxy)")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds a dropped player may reconnect to the same session (default 10)")
+    p.add_argument("--server-frames", choices=("auto", "raw", "jpeg"), default="auto",
+                   help="frames a WebRTC player's session asks the server for: raw RGB (no JPEG encode / decode; "
+                        "0.7 MB a 640x360 frame), jpeg, or auto = raw when --server is on loopback and the session "
+                        "does not record (default)")
+    p.add_argument("--video-codec", choices=("vp8", "h264"), default="vp8",
+                   help="WebRTC video codec (when the browser offers it; default vp8)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     ssl_context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert is not None else None
     config = WebConfig(server=args.server, host=args.host, port=args.port, tls=ssl_context is not None,
                        server_root_certificates=args.server_ca.read_bytes() if args.server_ca else None,
-                       allowed_origins=tuple(args.allowed_origin), grace_s=args.grace)
+                       allowed_origins=tuple(args.allowed_origin), grace_s=args.grace,
+                       server_frames=args.server_frames, video_codec=args.video_codec)
     run_app(config, ssl_context)
     return 0

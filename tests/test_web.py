@@ -55,10 +55,14 @@ def stack(tmp_path_factory):
     with running_server(ServerConfig(data_dir=data, port=0)) as st:
         with WorldClient(st.target) as c:
             c.create_scene("room", 0, W, H, world_id="w")
-        with running_web_app(WebConfig(server=st.target, port=0, grace_s=0.5)) as web:
+        # a second web app on the same server: RAW frames from the server even when recording (so the recording
+        # holds the exact pixels), H.264 video (tests/test_web_frames.py covers both without a browser)
+        with running_web_app(WebConfig(server=st.target, port=0, grace_s=0.5)) as web, \
+                running_web_app(WebConfig(server=st.target, port=0, grace_s=0.5, server_frames="raw",
+                                          video_codec="h264")) as web_raw:
             driver = chrome()
             try:
-                yield {"server": st, "url": web.url, "driver": driver, "data": data}
+                yield {"server": st, "url": web.url, "url_raw": web_raw.url, "driver": driver, "data": data}
             finally:
                 driver.quit()
 
@@ -156,6 +160,38 @@ def test_webrtc_frames_and_spectator_sees_the_same(stack):
         rtc = data_url_rgb(g["png"])
         idx = g["meta"]["index"]
         assert rtc.shape == frames[idx].shape and psnr_db(rtc, frames[idx]) >= 30.0  # 38.2 dB measured
+    finally:
+        spectator.quit()
+    stop(d)
+
+
+CODEC_IN_USE = ("if (!spatia.pc) return null; return spatia.pc.getStats().then(st => { let id = null, m = {}; "
+                "st.forEach(x => { if (x.type === 'inbound-rtp' && x.kind === 'video') id = x.codecId; "
+                "if (x.type === 'codec') m[x.id] = x.mimeType; }); return id ? m[id] : null; })")
+
+
+def test_webrtc_from_raw_server_frames_in_h264_and_a_websocket_spectator(stack):
+    """The session a WebRTC page opens next to the server asks for RAW frames (no JPEG on the server, none decoded
+    in the web app): the video (H.264 when Chromium decodes it, else VP8) and a WebSocket spectator's JPEG, made
+    once from the RAW frame in the web app, both match the recorded frames."""
+    d = stack["driver"]
+    open_live(d, stack["url_raw"], "play", "webrtc")
+    spectator = chrome()
+    try:
+        open_live(spectator, stack["url_raw"], "watch", "ws")
+        hold(d, "w", 0.8)
+        settle(d)
+        wait_for(d, "return spatia.rtpOrigin !== null && spatia.latencies.length > 0",
+                 what="RTP-mapped key->frame latencies")
+        offered = d.execute_script("return RTCRtpReceiver.getCapabilities('video').codecs.map(c => c.mimeType)")
+        assert d.execute_script(CODEC_IN_USE) == ("video/H264" if "video/H264" in offered else "video/VP8")
+        last = d.execute_script("return spatia.shownMeta.index")
+        wait_for(spectator, "return spatia.shownMeta.index === arguments[0]", last, what="the player's last frame")
+        frames = recorded(stack, d.execute_script("return spatia.recording"))
+        for who in (d, spectator):
+            g = who.execute_script("return spatia.grab()")
+            rgb, want = data_url_rgb(g["png"]), frames[g["meta"]["index"]]
+            assert rgb.shape == want.shape and psnr_db(rgb, want) >= 30.0
     finally:
         spectator.quit()
     stop(d)

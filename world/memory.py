@@ -170,6 +170,11 @@ class SpatialMemory:
         self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it copied)
         self._ordering: tuple[Future, int, int, int] | None = None  # (job, n_sorted, n, structure) of a re-sort
         self._observed_version = 0
+        # False only while no point can be provisional (``has_provisional`` then answers without its O(points)
+        # scan, twice a clip). Set wherever a provenance value is written from outside the memory's own points
+        # (an integrate with the provisional provenance, a load); moves, drops, re-sorts and edits copy or lower
+        # the existing values, so they cannot make a provisional point where there was none.
+        self._maybe_provisional = False
 
     # ----------------------------------------------------------------------------------------------------------
     # Read-only views
@@ -216,7 +221,11 @@ class SpatialMemory:
     @property
     def has_provisional(self) -> bool:
         """Whether any point is invented-provisional (a coarse fill waiting to be replaced)."""
-        return bool((self._prov[: self._n] == INVENTED_PROVISIONAL).any())
+        if not getattr(self, "_maybe_provisional", True):  # (a memory pickled before the flag: scan)
+            return False
+        found = bool((self._prov[: self._n] == INVENTED_PROVISIONAL).any())
+        self._maybe_provisional = found  # none left (dropped, replaced): no scan until the next provisional write
+        return found
 
     def observed_points(self) -> tuple[np.ndarray, np.ndarray]:
         """``([M, 3] float64 world frame, [M, 3] uint8)`` positions and colours of the observed points."""
@@ -315,6 +324,8 @@ class SpatialMemory:
                 self._grow(int(math.ceil(self._capacity * GROWTH)))
             # the samples' hash look-ups stay valid: growing keeps every point's index
         self._prov[n_before : self._n] = provenance  # new points are appended
+        if provenance == INVENTED_PROVISIONAL and self._n > n_before:
+            self._maybe_provisional = True
         if provenance == OBSERVED and (created or updated):
             self._prov[:n_before][touched] = OBSERVED  # an observation of a voxel makes it observed
             self._observed_version += 1
@@ -607,6 +618,7 @@ class SpatialMemory:
                 raise InvalidInputError(f"memory array provenance is {prov.shape} {prov.dtype}, expected ({n},) uint8 "
                                         f"in 0..{INVENTED_FINAL}")
             mem._prov[:n] = prov
+            mem._maybe_provisional = True  # whatever was saved: the first ``has_provisional`` scans
         else:
             mem._prov[:n] = OBSERVED
         mem._n = n

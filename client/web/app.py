@@ -54,8 +54,10 @@ CLIENT = web.RequestKey("client", AsyncWorldClient) if hasattr(web, "RequestKey"
 STATIC_DIR = Path(__file__).parent / "static"
 COOKIE = "spatia_session"
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-MINIMAP_REFRESH_S = 3.0  # the minimap's memory points are fetched again at most this often ...
-MINIMAP_BUSY = 0.05  # ... and fetching them takes at most this share of the time
+MINIMAP_REFRESH_S = 10.0  # the minimap's memory points are fetched again at most this often ...
+MINIMAP_BUSY = 0.02  # ... and fetching them takes at most this share of the time (an export of 230 k points
+# costs the server and this app ~0.2 s CPU: at most every 3 s, up to ~5 ms a frame at 13 fps, on the engine's cores;
+# the camera and its trail are drawn live, only newly seen memory shows up later)
 MINIMAP_VOXEL_M = 0.05  # points thinned to one per voxel: a 192 px map across 16 m has 8 cm pixels
 MINIMAP_REUSE_S = 0.5  # a drawn minimap is served again for this long (spectators, quick reloads)
 
@@ -87,6 +89,33 @@ class WebConfig:
     grace_s: float = 10.0  # a dropped controller may reconnect to the same session within this
     session_ttl_s: float = 12 * 3600.0
     frame_queue: int = 2  # per-viewer frames waiting; beyond, the oldest is dropped
+    # what a WebRTC player's session asks the server for: "raw" RGB (no JPEG encode on the server, no decode here;
+    # 0.7 MB a 640x360 frame: for a server on this machine or a fast LAN), "jpeg", or "auto": raw when the server
+    # is on loopback and the session does not record (a recording keeps JPEG: Foxglove shows CompressedImage)
+    server_frames: str = "auto"
+    video_codec: str = "vp8"  # WebRTC video: "vp8" or "h264" (when the browser offers it; else what it offers)
+
+    def __post_init__(self) -> None:
+        if self.server_frames not in ("auto", "raw", "jpeg"):
+            raise ValueError(f"server_frames must be auto, raw or jpeg, got {self.server_frames!r}")
+        if self.video_codec not in ("vp8", "h264"):
+            raise ValueError(f"video_codec must be vp8 or h264, got {self.video_codec!r}")
+
+
+def is_loopback(target: str) -> bool:
+    """Is the gRPC target ``host:port`` (or ``unix:path``) on this machine?"""
+    import ipaddress
+
+    if target.startswith("unix:"):
+        return True
+    host = target.rsplit(":", 1)[0] if target.count(":") == 1 or target.startswith("[") else target
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -497,7 +526,9 @@ class WebApp:
                 if isinstance(item, dict):
                     await ws.send_json(item)
                 else:
-                    await ws.send_bytes(encode_ws_frame(item.meta, item.jpeg))
+                    # a RAW frame (the session was opened for WebRTC) is encoded once, off the event loop
+                    jpeg = item.jpeg if item.jpeg_ready else await asyncio.to_thread(lambda f=item: f.jpeg)
+                    await ws.send_bytes(encode_ws_frame(item.meta, jpeg))
 
     async def ws_replay(self, request: web.Request) -> web.StreamResponse:
         rec = request.query.get("rec", "")
@@ -531,6 +562,13 @@ class WebApp:
 
     # ---- WebRTC -----------------------------------------------------------------------------------------
 
+    def webrtc_frame_encoding(self, options: PlayOptions) -> int:
+        """The server's frame encoding for a session a WebRTC page opens (``WebConfig.server_frames``)."""
+        mode = self.config.server_frames
+        if mode == "auto":
+            mode = "raw" if is_loopback(self.config.server) and not options.record else "jpeg"
+        return pb.FRAME_ENCODING_RAW if mode == "raw" else pb.FRAME_ENCODING_JPEG
+
     async def api_rtc_offer(self, request: web.Request) -> web.Response:
         try:
             from spatia.client.web import rtc
@@ -549,7 +587,8 @@ class WebApp:
         if role == "play" and hub.session is None:
             hub.client = request[CLIENT]
         try:
-            answer = await rtc.answer(self, hub, role, options, sdp, kind)
+            options.encoding = self.webrtc_frame_encoding(options)
+            answer = await rtc.answer(self, hub, role, options, sdp, kind, codec=self.config.video_codec)
         except WorldServiceError as exc:
             return _error(_HTTP_OF_GRPC.get(exc.code, 502), exc.message)
         return web.json_response(answer)

@@ -23,8 +23,8 @@ def chromedriver_path() -> Path | None:
     return Path(found) if found else None
 
 
-def chrome(window: tuple[int, int] = (1280, 800)):
-    """A headless Chromium WebDriver (caller quits it)."""
+def chrome(window: tuple[int, int] = (1280, 800), extra_flags: list[str] | tuple[str, ...] = ()):
+    """A headless Chromium WebDriver (caller quits it); ``extra_flags`` are added to ``FLAGS``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -34,7 +34,7 @@ def chrome(window: tuple[int, int] = (1280, 800)):
 
         raise InvalidInputError("chromedriver not found: apt-get install -y chromium chromium-driver")
     opts = webdriver.ChromeOptions()
-    for flag in FLAGS:
+    for flag in (*FLAGS, *extra_flags):
         opts.add_argument(flag)
     opts.add_argument(f"--window-size={window[0]},{window[1]}")
     return webdriver.Chrome(service=Service(executable_path=str(driver_path)), options=opts)

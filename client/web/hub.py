@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from spatia.client.api import AsyncPlaySession, AsyncWorldClient, DecodedFrame, WorldServiceError
+from spatia.client.api import AsyncPlaySession, AsyncWorldClient, WorldServiceError
 from spatia.proto.spatia.v1 import world_pb2 as pb
 from spatia.proto.spatia.v1.convert import pose_array
 
@@ -39,30 +39,130 @@ _JPEG_DECODER: list = []  # one PyAV MJPEG decoder for the process (a fresh one 
 _JPEG_LOCK = threading.Lock()
 
 
+# full-range chroma (JPEG's YCrCb, what OpenCV's RGB2YCrCb gives) -> BT.601 limited range: 128 + 224 / 255 (c - 128)
+_CHROMA_TO_LIMITED = np.clip(np.rint(128 + (np.arange(256) - 128) * 224 / 255), 16, 240).astype(np.uint8)
+
+
+def rgb_to_i420(rgb: np.ndarray) -> np.ndarray:
+    """RGB [H, W, 3] uint8 -> the VP8 / H.264 encoders' yuv420p planes [H * 3 / 2, W] (Y, then U, then V), BT.601
+    limited range (what the browser's decoder assumes for WebRTC video), chroma the mean of each 2x2 block.
+    OpenCV: its one-pass RGB2YUV_I420 for Y (0.17 ms at 640x360), and for chroma an area downscale to half size,
+    then YCrCb there and a table to limited range (its RGB2YUV_I420 samples one pixel of each 2x2 block, which
+    aliases thin coloured edges). An odd edge row / column is dropped (4:2:0 needs even sizes)."""
+    import cv2
+
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+    if h == 0 or w == 0:
+        raise ValueError(f"an image of {rgb.shape[1]}x{rgb.shape[0]} px has no 2x2 block to encode")
+    rgb = np.ascontiguousarray(rgb[:h, :w])
+    out = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # [h * 3 / 2, w]: Y exact, chroma replaced below
+    half = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # [h / 2, w / 2, 3] 2x2 means
+    _, cr, cb = cv2.split(cv2.cvtColor(half, cv2.COLOR_RGB2YCrCb))  # full range
+    flat, q = out.reshape(-1), (h // 2) * (w // 2)
+    cv2.LUT(cb, _CHROMA_TO_LIMITED, dst=flat[h * w: h * w + q].reshape(h // 2, w // 2))  # U
+    cv2.LUT(cr, _CHROMA_TO_LIMITED, dst=flat[h * w + q:].reshape(h // 2, w // 2))  # V
+    return out
+
+
+def rgb_to_i420_reference(rgb: np.ndarray) -> np.ndarray:
+    """The definition ``rgb_to_i420`` implements, in float numpy: BT.601 limited-range Y'CbCr per pixel (Y in
+    16..235, Cb / Cr in 16..240), chroma averaged over each 2x2 block (tests/test_web_frames.py compares them)."""
+    h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+    x = rgb[:h, :w].astype(np.float64)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+
+    def half(c):  # [h, w] -> [h / 2, w / 2], the mean of each 2x2 block
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    flat = np.concatenate([y.ravel(), half(cb).ravel(), half(cr).ravel()])  # planar: Y, U, V one after another
+    return np.clip(np.rint(flat), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
 @dataclass
 class WebFrame:
-    jpeg: bytes  # the server's JPEG, sent to WebSocket viewers as is (no re-encode)
+    """One frame for every viewer of a world: the server's image bytes as they came (JPEG, or RAW RGB when the web
+    app asked for it) and its metadata; each viewer's form (JPEG for WebSocket viewers, yuv420p for the WebRTC
+    encoders) is made once, on demand, and shared."""
+
+    data: bytes  # the server's image bytes (``encoding``)
     meta: dict  # JSON-able: index, clip, seq (the page's own action seq), pose [16] row-major c2w, ...
-    planes: np.ndarray | None = None  # [H * 3 / 2, W] uint8 yuv420p, decoded once on demand (the WebRTC tracks)
+    encoding: int = pb.FRAME_ENCODING_JPEG
+    width: int = 0
+    height: int = 0
+    jpeg_quality: int = 90  # for a RAW frame a WebSocket viewer needs as JPEG
+    _jpeg: bytes | None = None
+    planes: np.ndarray | None = None  # [H * 3 / 2, W] uint8 yuv420p, made once on demand (the WebRTC tracks)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def jpeg(self) -> bytes:
+        """The frame as JPEG (WebSocket viewers): the server's own bytes, or RAW encoded once here."""
+        if self._jpeg is not None:
+            return self._jpeg
+        with self._lock:  # viewers ask from their own threads: one encode, not one each
+            if self._jpeg is not None:
+                return self._jpeg
+            if self.encoding in (pb.FRAME_ENCODING_JPEG, pb.FRAME_ENCODING_UNSPECIFIED):
+                self._jpeg = self.data
+            else:
+                import cv2
+
+                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(self.rgb(), cv2.COLOR_RGB2BGR),
+                                       [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+                if not ok:
+                    raise ValueError("OpenCV could not encode the frame as JPEG")
+                self._jpeg = buf.tobytes()
+        return self._jpeg
+
+    @property
+    def jpeg_ready(self) -> bool:
+        """True when ``jpeg`` costs nothing (the server's JPEG, or one encoded already)."""
+        return self._jpeg is not None or self.encoding in (pb.FRAME_ENCODING_JPEG, pb.FRAME_ENCODING_UNSPECIFIED)
+
+    def rgb(self) -> np.ndarray:
+        """A RAW frame's pixels, [H, W, 3] uint8 (a view of ``data``, no copy)."""
+        if self.encoding != pb.FRAME_ENCODING_RAW:
+            raise ValueError("rgb() is for RAW frames; JPEG frames are decoded by yuv420p()")
+        if len(self.data) != self.width * self.height * 3:
+            raise ValueError(f"raw frame holds {len(self.data)} bytes, expected {self.width}x{self.height}x3")
+        return np.frombuffer(self.data, np.uint8).reshape(self.height, self.width, 3)
 
     def yuv420p(self) -> np.ndarray:
-        """The JPEG as the VP8 encoder's yuv420p planes (Y, then U, then V; even sizes: an odd edge row / column
-        is dropped). libjpeg decodes to YUV natively (PyAV's MJPEG decoder): this skips OpenCV's YUV -> BGR, the
-        BGR -> RGB and PyAV's RGB -> YUV that the encoder would otherwise need (2.8 vs 4.4 ms CPU at 640x360)."""
-        if self.planes is None:
-            import av
-
-            with _JPEG_LOCK:
-                if not _JPEG_DECODER:
-                    _JPEG_DECODER.append(av.CodecContext.create("mjpeg", "r"))
-                (frame,) = _JPEG_DECODER[0].decode(av.Packet(self.jpeg))
-            w, h = frame.width // 2 * 2, frame.height // 2 * 2
-            if (w, h) != (frame.width, frame.height):
-                rgb = frame.to_ndarray(format="rgb24")[:h, :w]
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            # full-range JPEG YUV (yuvj420p) -> the limited range the browser's VP8 decoder assumes
-            self.planes = frame.reformat(format="yuv420p").to_ndarray()
+        """The frame as the video encoder's yuv420p planes (Y, then U, then V; even sizes: an odd edge row /
+        column is dropped), made once for every viewer. RAW: one OpenCV conversion. JPEG: libjpeg decodes to YUV
+        natively (PyAV's MJPEG decoder), which skips OpenCV's YUV -> BGR, the BGR -> RGB and PyAV's RGB -> YUV
+        (2.8 vs 4.4 ms CPU at 640x360)."""
+        with self._lock:  # viewers' tracks ask from their own threads: one conversion, not one each
+            if self.planes is None:
+                self.planes = rgb_to_i420(self.rgb()) if self.encoding == pb.FRAME_ENCODING_RAW else \
+                    _jpeg_to_i420(self.data)
         return self.planes
+
+
+def _jpeg_to_i420(jpeg: bytes) -> np.ndarray:
+    import av
+
+    with _JPEG_LOCK:
+        if not _JPEG_DECODER:
+            _JPEG_DECODER.append(av.CodecContext.create("mjpeg", "r"))
+        (frame,) = _JPEG_DECODER[0].decode(av.Packet(jpeg))
+    w, h = frame.width // 2 * 2, frame.height // 2 * 2
+    if (w, h) != (frame.width, frame.height):
+        rgb = frame.to_ndarray(format="rgb24")[:h, :w]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    # full-range JPEG YUV (yuvj420p) -> the limited range the browser's decoder assumes. swscale must be told both
+    # ranges: without them it copied the full-range levels into limited-range planes (black at Y 0, white at 255:
+    # crushed shadows and blown highlights in the browser; tests/test_web_frames.py compares with the RAW path)
+    from av.video.reformatter import ColorRange
+
+    src_range = ColorRange.JPEG if frame.format.name.startswith("yuvj") or frame.color_range == ColorRange.JPEG \
+        else ColorRange.MPEG
+    return frame.reformat(format="yuv420p", src_color_range=src_range, dst_color_range=ColorRange.MPEG).to_ndarray()
 
 
 class Subscriber:
@@ -112,6 +212,9 @@ class PlayOptions:
     jpeg_quality: int = 90
     record: bool = True
     prompt: str = ""
+    # what the server sends: JPEG (small: any network), or RAW RGB when the web app sits next to the server and only
+    # WebRTC viewers want it (no JPEG encode on the server, no decode here; app.WebApp.webrtc_frame_encoding decides)
+    encoding: int = pb.FRAME_ENCODING_JPEG
 
 
 @dataclass
@@ -181,7 +284,7 @@ class PlayHub:
                 self.options = options
                 self.session = await self.client.play(
                     self.world_id, fps=options.fps, width=options.width, height=options.height,
-                    encoding=pb.FRAME_ENCODING_JPEG, jpeg_quality=options.jpeg_quality, record=options.record,
+                    encoding=options.encoding, jpeg_quality=options.jpeg_quality, record=options.record,
                     prompt=options.prompt)
                 started = self.session.started
                 self.recording_id = started.recording_id
@@ -255,26 +358,26 @@ class PlayHub:
 
     # ---- frames ------------------------------------------------------------------------------------------
 
-    def _page_seq(self, f: DecodedFrame | None) -> int:
+    def _page_seq(self, f: pb.Frame | None) -> int:
         """The controlling page's seq of the action a frame applied (0: none, or another page's action)."""
-        token, seq = self._seq_map.get(f.last_action_seq, (None, 0)) if f is not None else (None, 0)
+        token, seq = self._seq_map.get(int(f.last_action_seq), (None, 0)) if f is not None else (None, 0)
         return seq if token is self.controller else 0
 
-    def _meta(self, f: DecodedFrame | None, kind: str = "frame") -> dict:
-        c2w = self.c2w if f is None else f.c2w
+    def _meta(self, f: pb.Frame | None, c2w: np.ndarray, kind: str = "frame") -> dict:
+        """A frame's metadata for the page; ``c2w`` [4, 4] world frame, the frame's camera."""
         return {
             "t": kind,
-            "index": -1 if f is None else f.frame_index,
-            "clip": -1 if f is None else f.clip_id,
+            "index": -1 if f is None else int(f.frame_index),
+            "clip": -1 if f is None else int(f.clip_id),
             "seq": self._page_seq(f),
-            "session_frame": -1 if f is None else f.session_frame,
-            "server_time_ns": 0 if f is None else f.server_time_ns,
+            "session_frame": -1 if f is None else int(f.session_frame),
+            "server_time_ns": 0 if f is None else int(f.server_time_ns),
             "pose": [float(v) for v in np.asarray(c2w).reshape(-1)],
             "memory_points": self.memory_points,
             "viewers": self.viewers,
             "recording": self.recording_id,
-            "width": 0 if f is None else int(f.raw.width),
-            "height": 0 if f is None else int(f.raw.height),
+            "width": 0 if f is None else int(f.width),
+            "height": 0 if f is None else int(f.height),
             "got_ms": time.time() * 1e3,  # wall clock when the web app had it (the page times the rest from here)
         }
 
@@ -285,24 +388,27 @@ class PlayHub:
         except WorldServiceError as exc:
             log.warning("still render failed", world_id=self.world_id, error=str(exc))
             return
-        import cv2
-
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(r.rgb, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
-        meta = self._meta(None, "still")
-        meta["width"], meta["height"] = int(r.rgb.shape[1]), int(r.rgb.shape[0])
-        self._fan_out(WebFrame(jpeg.tobytes(), meta))
+        rgb = np.ascontiguousarray(r.rgb, dtype=np.uint8)  # [H, W, 3]
+        meta = self._meta(None, self.c2w, "still")
+        meta["width"], meta["height"] = int(rgb.shape[1]), int(rgb.shape[0])
+        # kept as RAW: JPEG-encoded only if a WebSocket viewer asks (WebFrame.jpeg)
+        self._fan_out(WebFrame(rgb.tobytes(), meta, pb.FRAME_ENCODING_RAW, rgb.shape[1], rgb.shape[0],
+                               self.options.jpeg_quality))
 
     async def _read(self, session: AsyncPlaySession) -> None:
         try:
-            async for f in session:
+            # frames as they came: the image bytes are forwarded (JPEG) or converted once for the video encoders
+            # (WebFrame), never decoded to RGB on this event loop
+            while (f := await session.next_raw_frame()) is not None:
                 if session.stats:
                     self.memory_points = int(session.stats[-1].memory_points)
-                self.c2w = f.c2w
-                self.trail.append(f.c2w[:3, 3].copy())
+                c2w = pose_array(f.pose)  # [4, 4] world frame
+                self.c2w = c2w
+                self.trail.append(c2w[:3, 3].copy())
                 del self.trail[:-self.trail_max]
                 self.frames += 1
-                self._fan_out(WebFrame(bytes(f.raw.data), self._meta(f)))
+                self._fan_out(WebFrame(f.data, self._meta(f, c2w), f.encoding, int(f.width), int(f.height),
+                                       self.options.jpeg_quality))
         except WorldServiceError as exc:
             log.warning("play stream ended with an error", world_id=self.world_id, error=str(exc))
             self._notify({"t": "error", "message": str(exc)})

@@ -35,6 +35,7 @@ from spatia.client.api import WorldServiceError
 log = structlog.get_logger("spatia.web")
 
 VIDEO_CLOCK_HZ = 90_000
+DISPLAY_HZ = 60.0  # the browser's display refresh the track paces to (headless Chromium draws at 60 Hz)
 START_REPEATS = 3  # the first picture's extra copies: >= 2 of them shown (the last waits for a next frame)
 PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js ``metaByPts``)
 # aiortc's VP8 encoder hands the frame to PyAV, whose codec time base is 1 us: the pts is rounded to whole
@@ -43,13 +44,88 @@ PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js
 # to announced pts exactly, so the track only uses pts that survive (tests/test_web_pts.py checks the encoder).
 PTS_EXACT_RESIDUES = frozenset(r for r in range(9) if (round(r * 100 / 9) * 9) // 100 == r)
 
+VIDEO_CODECS = ("vp8", "h264")
+BITS_PER_PIXEL = 0.08  # target bitrate = pixels x fps x this: 0.55 Mbit/s at 640x360, 30 fps (aiortc: 0.25-1.5)
+
+
+class VideoEncoder:
+    """The track's own VP8 / H.264 encoder (PyAV: libvpx / libx264), set for the least CPU a frame.
+
+    aiortc would encode a ``VideoFrame`` with its fixed settings (libvpx ``cpu-used -6``, ``noise-sensitivity 4``:
+    the denoiser, threads by CPU count). A track may instead hand aiortc an encoded ``av.Packet``, which its sender
+    only packetizes, so the settings are ours: VP8 at realtime speed 16 (libvpx's fastest) without the denoiser,
+    H.264 with x264's ``ultrafast`` / ``zerolatency`` Constrained Baseline; one thread each (the engine needs the
+    other core; measured in benchmarks/web_encode.py and docs/BENCHMARKS.md). The packet's pts is on the 90 kHz
+    RTP clock itself, so the RTP timestamp is exactly ``origin + pts``."""
+
+    def __init__(self, codec: str = "vp8", fps: float = 30.0, bitrate_bps: int | None = None,
+                 options: dict[str, str] | None = None) -> None:
+        if codec not in VIDEO_CODECS:
+            raise ValueError(f"video codec must be one of {VIDEO_CODECS}, got {codec!r}")
+        self.codec_name, self.fps, self.bitrate_bps = codec, fps, bitrate_bps
+        self.extra_options = dict(options or {})
+        self._ctx = None
+        self._size: tuple[int, int] | None = None
+        self.keyframe_wanted = True  # the first frame, and after a receiver's PLI / FIR (``request_keyframe``)
+        self.keyframes = 0
+
+    def request_keyframe(self) -> None:
+        self.keyframe_wanted = True
+
+    def _open(self, width: int, height: int):
+        import av
+
+        bitrate = self.bitrate_bps or int(max(250_000, width * height * self.fps * BITS_PER_PIXEL))
+        if self.codec_name == "vp8":
+            ctx = av.CodecContext.create("libvpx", "w")
+            options = {"deadline": "realtime", "cpu-used": "16", "lag-in-frames": "0", "noise-sensitivity": "0"}
+        else:
+            ctx = av.CodecContext.create("libx264", "w")
+            ctx.profile = "Constrained Baseline"  # what every WebRTC browser decodes (profile-level-id 42e01f)
+            options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31"}
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.bit_rate = bitrate
+        ctx.time_base = Fraction(1, VIDEO_CLOCK_HZ)
+        ctx.framerate = Fraction(round(self.fps * 1000), 1000)
+        ctx.gop_size = 1 << 30  # keyframes only when asked (start, PLI / FIR): each costs ~5 frames' bits
+        ctx.thread_count = 1
+        ctx.options = options | self.extra_options
+        ctx.open()
+        self._ctx, self._size = ctx, (width, height)
+        return ctx
+
+    def encode(self, planes, pts: int):
+        """``planes`` [H * 3 / 2, W] uint8 yuv420p -> one ``av.Packet`` (pts on the 90 kHz clock) or None."""
+        import av
+
+        h, w = planes.shape[0] * 2 // 3, planes.shape[1]
+        ctx = self._ctx if self._size == (w, h) else self._open(w, h)
+        frame = VideoFrame.from_ndarray(planes, format="yuv420p")
+        frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
+        if self.keyframe_wanted:
+            frame.pict_type = av.video.frame.PictureType.I
+            self.keyframe_wanted = False
+            self.keyframes += 1
+        packets = ctx.encode(frame)
+        if not packets:
+            return None
+        data = b"".join(bytes(p) for p in packets)
+        packet = av.Packet(data)
+        packet.pts, packet.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
+        return packet
+
 
 class HubVideoTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, sub, on_message, fps: float = 30.0) -> None:
+    def __init__(self, sub, on_message, fps: float = 30.0, codec: str = "vp8") -> None:
         super().__init__()
-        self.min_gap_s = 1.0 / fps  # frames go out at most at the session's rate (see ``recv``)
+        self.encoder = VideoEncoder(codec, fps=fps)  # the negotiated codec is set by ``answer`` before frames flow
+        self.fps = fps
+        # Frames go out at most one per display refresh (60 Hz; see ``recv``): two sent closer than that would
+        # meet at one vsync and one of them would never be shown. The session's own 1 / fps held a frame that came
+        # 20 ms after the last one for another 13 ms, latency for nothing (paced_ms p50 12.6 ms, 18 fps, 18:20 UTC)
+        self.min_gap_s = 1.0 / max(fps, DISPLAY_HZ)
         self._next_due: float | None = None
         # Resend the last picture after this long without a new one (None: never). Not needed by Chrome, which
         # presents a frame without waiting for the next (measured: docs/BENCHMARKS.md, web section), and it
@@ -64,8 +140,9 @@ class HubVideoTrack(MediaStreamTrack):
         self._gaps: deque[int] = deque(maxlen=PTS_WINDOW)  # the latest pts gaps, kept distinct (see ``_next_pts``)
         self._gap_set: set[int] = set()
         self.frames_sent = 0
+        self.encode_cpu_s = 0.0  # thread CPU of conversion + encode, all frames (logged when the peer closes)
 
-    async def recv(self) -> VideoFrame:
+    async def recv(self):  # -> av.Packet, encoded here (VideoEncoder); aiortc packetizes it
         repeat = False
         while True:
             first = self.frames_sent <= 1
@@ -102,19 +179,25 @@ class HubVideoTrack(MediaStreamTrack):
             await asyncio.sleep(paced_s)
             now = time.monotonic()
         self._next_due = max(now, self._next_due or now) + self.min_gap_s
-        # the JPEG decoded straight to the encoder's yuv420p, once per frame for every viewer (hub.WebFrame)
-        planes = await asyncio.to_thread(item.yuv420p)  # [H * 3 / 2, W] uint8
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now
         pts = self._next_pts(now)
-        frame = VideoFrame.from_ndarray(planes, format="yuv420p")  # a frame of its own: pts differ per viewer
-        frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
         # out_ms / paced_ms: when the frame went to the encoder and how long pacing held it (the page's stages)
         timing = {"pts": pts, "out_ms": time.time() * 1e3, "paced_ms": round(paced_s * 1e3, 1)}
+        # conversion (once per frame for every viewer: hub.WebFrame) and encode off the event loop, in one hop
+        packet = await asyncio.to_thread(self._encode, item, pts)
         self.on_message(dict(item.meta, **timing, repeat=True) if repeat else dict(item.meta, **timing))
         self.frames_sent += not repeat
-        return frame
+        if packet is None:  # the encoder held the frame back (it never does with these settings): nothing to send
+            return await self.recv()
+        return packet
+
+    def _encode(self, item, pts: int):
+        t0 = time.thread_time()
+        packet = self.encoder.encode(item.yuv420p(), pts)  # [H * 3 / 2, W] uint8 planes
+        self.encode_cpu_s += time.thread_time() - t0
+        return packet
 
     def _next_pts(self, now: float) -> int:
         """The frame's pts on the 90 kHz clock: the wall clock since the first frame, moved on by a few ticks if
@@ -137,8 +220,40 @@ class HubVideoTrack(MediaStreamTrack):
         return pts
 
 
-async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers: list[str] | None = None) -> dict:
-    """Answer the page's offer: subscribe to ``hub`` (and take control when ``role == "play"``)."""
+def negotiated_video_codec(sdp: str) -> str | None:
+    """The codec an SDP sends video with: the first payload type of its ``m=video`` line, named by its rtpmap
+    (``"vp8"``, ``"h264"``, ...; None without a video section)."""
+    lines = sdp.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("m=video "):
+            parts = line.split()
+            if len(parts) < 4:
+                return None
+            pt = parts[3]
+            for later in lines[i + 1:]:
+                if later.startswith("m="):
+                    break
+                if later.startswith(f"a=rtpmap:{pt} "):
+                    return later.split()[1].split("/")[0].lower()
+            return None
+    return None
+
+
+def prefer_codec(transceiver, codec: str) -> None:
+    """Offer ``codec`` first in the answer (the page's offer lists what its browser decodes); RTX stays."""
+    from aiortc import RTCRtpSender
+
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    wanted = [c for c in caps if c.mimeType.lower() == f"video/{codec}"]
+    if not wanted:
+        raise ValueError(f"aiortc cannot send {codec}")
+    transceiver.setCodecPreferences(wanted + [c for c in caps if c not in wanted])
+
+
+async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers: list[str] | None = None,
+                 codec: str = "vp8") -> dict:
+    """Answer the page's offer: subscribe to ``hub`` (and take control when ``role == "play"``); video in
+    ``codec`` when the page's browser offers it, else in what it offers that aiortc sends."""
     config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in (ice_servers or [])])
     pc = RTCPeerConnection(configuration=config)
     token = object()
@@ -159,7 +274,8 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
             early.append(text)
             del early[:-64]  # bounded: the latest 64
 
-    track = HubVideoTrack(sub, send, fps=options.fps if role == "play" or hub.session is None else hub.options.fps)
+    track = HubVideoTrack(sub, send, fps=options.fps if role == "play" or hub.session is None else hub.options.fps,
+                          codec=codec)
     closed = asyncio.Event()
 
     async def cleanup() -> None:
@@ -172,7 +288,9 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
         worker.cancel()
         with contextlib.suppress(Exception):
             await pc.close()
-        log.info("webrtc peer closed", world_id=hub.world_id, role=role, frames=track.frames_sent)
+        log.info("webrtc peer closed", world_id=hub.world_id, role=role, frames=track.frames_sent,
+                 codec=track.encoder.codec_name, keyframes=track.encoder.keyframes, encode_cpu_ms_per_frame=round(
+                     1e3 * track.encode_cpu_s / max(track.frames_sent, 1), 2))
 
     async def work() -> None:  # controls, in order
         while True:
@@ -221,15 +339,25 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
     try:
         if role == "play":
             await hub.take_control(token, options)
-        pc.addTrack(track)
+        sender = pc.addTrack(track)
+        transceiver = next(t for t in pc.getTransceivers() if t.sender is sender)
+        prefer_codec(transceiver, codec)
+        # A receiver's PLI / FIR makes aiortc's sender ask its own encoder for a keyframe (``_send_keyframe``);
+        # the track encodes (VideoEncoder), so the request goes to it. aiortc has no public hook for this.
+        sender._send_keyframe = lambda: track.encoder.request_keyframe()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         await pc.setLocalDescription(await pc.createAnswer())
+        sent = negotiated_video_codec(pc.localDescription.sdp)
+        if sent not in VIDEO_CODECS:
+            raise ValueError(f"the browser offers no video codec this app sends (answer: {sent!r})")
+        if sent != track.encoder.codec_name:  # the browser does not decode the preferred one
+            track.encoder = VideoEncoder(sent, fps=track.fps)
     except (WorldServiceError, ValueError) as exc:
         await cleanup()
         if isinstance(exc, ValueError):
             raise WorldServiceError(_invalid(), f"bad offer: {exc}") from None
         raise
-    log.info("webrtc peer", world_id=hub.world_id, role=role)
+    log.info("webrtc peer", world_id=hub.world_id, role=role, codec=track.encoder.codec_name)
     return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
 

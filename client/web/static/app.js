@@ -20,10 +20,10 @@ const S = window.spatia = {
   stages: [],
   shownMeta: null, metaByPts: new Map(), rtpOrigin: null, shownRtp: [], pendingRtp: [], rtpMisses: 0, rtpRelearned: 0,
   firstPose: null, viewers: 0, memoryPoints: 0, recording: "", playing: false,
-  fps: 30, wanted: "auto", closing: false, retries: 0, lastError: "",
+  fps: 30, wanted: "auto", record: true, closing: false, retries: 0, lastError: "",
   replayFrames: 0, replayPos: 0, replayPaused: false,
   history: [],           // indices of the frames shown, oldest first (bounded)
-  tickTimer: null, mapTimer: null, decodeBusy: false, pendingFrame: null,
+  tickTimer: null, mapTimer: null, hudTimer: null, hudDrawn: 0, decodeBusy: false, pendingFrame: null,
 };
 
 const LOOK_RATE = Math.PI / 2;        // rad/s, arrow keys and a full right stick (client/keymap.py)
@@ -134,7 +134,7 @@ function resetViewer(mode) {
 
 function startLive(worldId, role) {
   S.world = worldId; S.fps = Math.max(1, Math.min(60, +$("fps").value || 30));
-  S.wanted = $("transport").value;
+  S.wanted = $("transport").value; S.record = $("record").checked;
   resetViewer(role);
   connect();
   clearInterval(S.tickTimer); S.tickTimer = setInterval(tick, 1000 / S.fps);
@@ -169,7 +169,7 @@ function scheduleReconnect() {
 }
 
 function liveQuery() {
-  return `world=${encodeURIComponent(S.world)}&role=${S.mode}&fps=${S.fps}`;
+  return `world=${encodeURIComponent(S.world)}&role=${S.mode}&fps=${S.fps}&record=${S.record ? 1 : 0}`;
 }
 
 function connectWs() {
@@ -235,7 +235,7 @@ async function connectRtc() {
   const resp = await fetch("/api/rtc/offer", {method: "POST", credentials: "same-origin",
     headers: {"Content-Type": "application/json"},
     body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type, world: S.world,
-                          role: S.mode, fps: S.fps})});
+                          role: S.mode, fps: S.fps, record: S.record ? 1 : 0})});
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) { pc.close(); S.pc = null; throw new Error(body.error || `offer refused (${resp.status})`); }
   await pc.setRemoteDescription(body);
@@ -401,7 +401,17 @@ function onFrameShown(meta, times) {
     S.replayPos = meta.replay_frame; $("seek").value = meta.replay_frame;
     $("replay-pos").textContent = `${meta.replay_frame + 1} / ${S.replayFrames}`;
   }
-  drawHud();
+  scheduleHud();
+}
+
+// The HUD's text is redrawn at most HUD_HZ times a second, not on every frame: each redraw is a style, layout and
+// paint of the overlay on top of the video (software-composited in headless Chromium, on the cores the engine
+// needs), and nobody reads a number changing 30 times a second.
+const HUD_HZ = 5;
+function scheduleHud() {
+  if (S.hudTimer) return;
+  const wait = Math.max(0, (S.hudDrawn || 0) + 1000 / HUD_HZ - performance.now());
+  S.hudTimer = setTimeout(() => { S.hudTimer = null; S.hudDrawn = performance.now(); if (S.mode) drawHud(); }, wait);
 }
 
 function percentile(xs, p) {
