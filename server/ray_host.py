@@ -65,7 +65,12 @@ PLAY_BACKPRESSURE = 32  # Play: a bound only (the front door drains every frame 
 CALL_TIMEOUT_S = 10.0  # a blocking lease call (claim) waits at most this long
 GRAPH_FRAME_TIMEOUT_S = 300.0  # a Play graph's frame that takes longer breaks the graph (UNAVAILABLE)
 GRAPH_IDLE_S = 2.0  # a Play graph with no clip for this long is closed (its actor's loop spins while open)
-GRAPH_ATTEMPTS = 2  # graphs a session may reopen in a row after ones that failed to start in a retryable way
+GRAPH_ATTEMPTS = 4  # graphs a session may reopen in a row after ones that failed to start in a retryable way
+# ... each after a back-off (this, doubling per failure in a row) counted from when the session's clip found the
+# failed graph: a graph compiled right after the previous one's teardown can find the actor still closing that
+# one's channels (CI: three reopens 0.15 s apart after an idle close all got "Channel closed", and the session
+# stayed on streaming calls for good). Clips take streaming calls meanwhile.
+GRAPH_RETRY_S = 0.25
 GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
@@ -784,6 +789,7 @@ class RayWorldHost:
         self._released_session = ""  # the session whose lease this door released last (``refresh``)
         self._idle_timer: asyncio.TimerHandle | None = None  # closes an idle session's graph (``_arm_idle_close``)
         self._graph_attempts = 0  # graphs reopened in a row after retryable start failures (``GRAPH_ATTEMPTS``)
+        self._graph_retry_at: float | None = None  # monotonic time the next reopen may start (``GRAPH_RETRY_S``)
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -888,6 +894,7 @@ class RayWorldHost:
                                        f"{CALL_TIMEOUT_S:g} s") from None
         self.controller = session_id
         self._graph_attempts = 0
+        self._graph_retry_at = None
         self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
 
     def claim(self, session_id: str) -> None:
@@ -911,6 +918,7 @@ class RayWorldHost:
             raise UnavailableError(f"world {self.world_id!r}: its actor did not answer within {CALL_TIMEOUT_S} s")
         self.controller = session_id
         self._graph_attempts = 0
+        self._graph_retry_at = None
         self._renew = asyncio.get_running_loop().create_task(self._renew_loop(session_id))
 
     def _open_graph(self) -> None:
@@ -1036,11 +1044,18 @@ class RayWorldHost:
         graph = self._graph  # after a clip the actor took: a session that lost the lease opens no graph
         if graph is not None and graph.ready:
             self._graph_attempts = 0  # failures in a row count: a graph reopened after an idle close starts afresh
-        if graph is None or (graph.retryable and self._graph_attempts < GRAPH_ATTEMPTS):
-            if graph is not None:  # another try (counted per session)
+            self._graph_retry_at = None
+        if graph is None:
+            self._open_graph()
+        elif graph.retryable and self._graph_attempts < GRAPH_ATTEMPTS:  # another try (counted per session)
+            now = time.monotonic()
+            if self._graph_retry_at is None:
+                self._graph_retry_at = now + GRAPH_RETRY_S * 2 ** self._graph_attempts
+            if now >= self._graph_retry_at:
+                self._graph_retry_at = None
                 self._graph_attempts += 1
                 self._close_graph()
-            self._open_graph()
+                self._open_graph()
         return stats
 
     async def _graph_broke(self, exc: BaseException) -> BaseException:

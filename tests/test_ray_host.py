@@ -559,14 +559,16 @@ def test_retryable_graph_failures_count_in_a_row(server, monkeypatch):
     """A session may reopen its graph ``GRAPH_ATTEMPTS`` times in a row after retryable start failures (a channel
     closed under a new graph); a graph that answered resets the count, so the graph reopened after an idle close
     gets its retries too (CI once saw two failures at the first open and one after the idle close, and the session
-    stayed on streaming calls for good). Compile failures injected: the 1st, 2nd and 4th graphs."""
+    stayed on streaming calls for good). Compile failures injected: the 1st, 2nd and 4th graphs. Each reopen waits
+    a back-off that doubles per failure in a row (CI later saw three reopens 0.15 s apart after an idle close all
+    find the actor still closing the old graph's channels)."""
     from spatia.server import ray_host
 
     compiles = []
     real_compile = ray_host._PlayGraph._compile
 
     def flaky_compile(graph) -> None:
-        compiles.append(graph)
+        compiles.append(time.monotonic())
         if len(compiles) in (1, 2, 4):
             graph.failed = graph.retryable = True  # what ``_compile`` records for a closed channel
             return
@@ -578,6 +580,8 @@ def test_retryable_graph_failures_count_in_a_row(server, monkeypatch):
             host = _host(st, "a")
             graph = _until_graph(st, "a", s)
             assert graph.ready and len(compiles) == 3
+            gaps = np.diff(compiles)
+            assert gaps[0] >= ray_host.GRAPH_RETRY_S and gaps[1] >= 2 * ray_host.GRAPH_RETRY_S, gaps  # backing off
             assert _step(s) is not None  # a clip through the graph that answered
             monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 0.3)
             deadline = time.monotonic() + TTL_S
@@ -587,6 +591,7 @@ def test_retryable_graph_failures_count_in_a_row(server, monkeypatch):
             monkeypatch.setattr(ray_host, "GRAPH_IDLE_S", 60.0)
             again = _until_graph(st, "a", s, timeout_s=30)
             assert again.ready and len(compiles) == 5, "the reopened graph got no retry"
+            assert compiles[4] - compiles[3] >= ray_host.GRAPH_RETRY_S  # the count and back-off start afresh
 
 
 from test_server_lifecycle import (  # noqa: E402,F401 -- collected here (last), run with the fixtures above
