@@ -375,8 +375,8 @@ class PlaySession:
         # instead of encoding: cv2 releases the GIL, so the encode runs on the other core. Lock-step encodes on the
         # world's thread as before (its frames are held until the clip's end anyway). Started on first use.
         self._encoder: ThreadPoolExecutor | None = None
-        self._clip_trace = (0.0, 0)
-        self._last_clip_frames = 0  # (clip start, poses skipped) of the clip in flight, for its frames' records
+        self._clip_trace = (0.0, 0)  # (clip start, poses skipped) of the clip in flight, for its frames' records
+        self._last_clip_frames = 0  # frames of the last clip (``ClipCost.probe`` asks for one fewer)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -626,25 +626,12 @@ class PlaySession:
             await asyncio.wrap_future(job)
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
-        self._measure(time.perf_counter() - t0, times, len(chunk))
+        self.cost.add(time.perf_counter() - t0, times, len(chunk))  # interactive clip sizing
         return stats, held or []
 
     def _deliver_traced(self, response, rec: dict) -> None:
         self.outbox.put(response, True)
         self.trace.frame(rec)
-
-    def _measure(self, clip_s: float, frame_times: list[float], frames: int) -> None:
-        """Update the per-clip and per-frame time estimates (``ClipCost``) from one clip's wall time and frame
-        times (interactive clip sizing)."""
-        self.cost.add(clip_s, frame_times, frames)
-
-    @property
-    def frame_s(self) -> float | None:
-        return self.cost.frame_s
-
-    @property
-    def overhead_s(self) -> float | None:
-        return self.cost.overhead_s
 
     def _record_stats(self, stats) -> None:
         self.recorder.write("/stats", pb.SessionStats(clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3,
