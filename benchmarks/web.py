@@ -43,6 +43,8 @@ from _common import emit, log  # noqa: E402
 TICK_HZ = 30.0
 WARMUP_S = 1.0
 PREWARM_FRAMES = 6
+# On a cold numba cache (a fresh clone) the server compiles the fill's kernels on its first frame: 1-2 min on 2 cores.
+PREWARM_TIMEOUT_S = 300.0
 PATHS = ("grpc", "webrtc", "websocket")
 # More WebRTC paths, each through a web app of its own on the same server (chosen with --paths): the same page
 # over WebRTC with one setting changed, so a setting is measured against the default in the same rounds.
@@ -178,10 +180,10 @@ def prewarm(target: str, world: str, args) -> None:
         while got < PREWARM_FRAMES:
             s.send(move_forward=1.0, dt_s=1 / TICK_HZ)
             try:
-                s.next_frame(timeout_s=60)
+                s.next_frame(timeout_s=PREWARM_TIMEOUT_S)
                 got += 1
             except TimeoutError:
-                raise SystemExit(f"pre-warming world {world}: no frame within 60 s") from None
+                raise SystemExit(f"pre-warming world {world}: no frame within {PREWARM_TIMEOUT_S:.0f} s") from None
         s.close(drain=True)  # the server has released the world when the stream ends
 
 
