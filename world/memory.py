@@ -833,10 +833,10 @@ def _merge_order(keys: np.ndarray, n_sorted: int, n: int) -> np.ndarray:
 def _merge_order_loaded(keys: np.ndarray, n_sorted: int, n: int, rows: tuple, rows3: tuple, table) -> np.ndarray:
     """``_merge_order`` (on the maintenance thread), then every other kernel ``_reindex`` will call is loaded for
     the memory's array types (numba ``typeof``), so the world thread's re-sort only runs them. A process loads a
-    kernel from numba's disk cache the first time it calls it (~15-20 ms an overload: nine here); inside
-    ``_reindex`` that was a stall of the frame being made, once per process, ~100 steps into a 128x96 lock-step
-    session (docs/BENCHMARKS.md). ``compile`` with a signature loads without running the kernel (no parallel
-    launch from this thread); a loaded kernel returns at once."""
+    kernel from numba's disk cache the first time it calls it; inside ``_reindex`` the nine loads stalled the frame
+    being made, once per process, ~100 steps into a 128x96 lock-step session (docs/BENCHMARKS.md, "Lock-step step,
+    fifth pass"). ``compile`` with a signature loads without running the kernel (no parallel launch from this
+    thread); for a kernel already loaded it returns at once."""
     order = _merge_order(keys, n_sorted, n)
     order_t = numba.typeof(order)
     index_t = numba.typeof(np.empty(0, np.int32))  # ``new_of_old``
