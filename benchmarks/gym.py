@@ -68,12 +68,14 @@ def _run(env, actions, warmup: int) -> tuple[list[float], list, list[float]]:
 def _summary(times: list[float], server: list[float]) -> dict[str, float]:
     s = sorted(times)
     out = {"median_ms": round(statistics.median(s), 3), "p95_ms": round(s[int(0.95 * (len(s) - 1))], 3),
+           "max_ms": round(s[-1], 3),  # a one-off stall (a kernel loaded, a re-sort) shows here, not in the p95
            "steps_per_s": round(len(s) / (sum(s) / 1e3), 1),  # over the total time, tail included
            "steps_per_s_at_median": round(1e3 / statistics.median(s), 1)}
     if server:
         # what the step costs beyond the engine: hops, gRPC, the client (the step's wall time minus the server's
         # generate + update time for the same step)
         out["server_clip_median_ms"] = round(statistics.median(server), 3)
+        out["server_clip_max_ms"] = round(max(server), 3)
         out["overhead_median_ms"] = round(statistics.median([t - c for t, c in zip(times, server)]), 3)
     return out
 

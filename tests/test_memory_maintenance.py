@@ -92,3 +92,41 @@ def test_a_prepared_resort_covers_the_points_it_saw_and_later_ones_stay_in_the_t
     assert sorted(mem.voxel_keys.tolist()) == sorted(keys.tolist())
     for i, (pts, cols) in enumerate(batches[:3]):
         assert mem.integrate_points(pts, cols, frame_index=10 + i).new_points == 0
+
+
+_RESORT_LOADS = """
+import numba.core.dispatcher as D
+import spatia.world.memory as memory_module
+from spatia.world.memory import SpatialMemory
+import tests.test_memory_maintenance as t
+
+memory_module.GROW_AHEAD_AT = 10.0
+mem = SpatialMemory()
+mem.integrate_points(*t._batches(1, 90000)[0], frame_index=0)  # a long tail: the re-sort order is prepared
+assert mem._ordering is not None
+mem._ordering[0].result()
+loaded = []
+original = D.Dispatcher._compile_for_args
+def recording(self, *args, **kws):
+    loaded.append(self.py_func.__name__)
+    return original(self, *args, **kws)
+D.Dispatcher._compile_for_args = recording
+mem.reindex()
+assert mem._n_sorted == mem.num_points
+print(sorted(set(loaded)))
+"""
+
+
+def test_a_prepared_resort_loads_its_kernels_off_the_world_thread():
+    """The maintenance job that prepares a re-sort's order also loads every kernel ``_reindex`` then calls, for the
+    memory's own array types: the re-sort itself loads (or compiles) nothing. A fresh process, since a kernel
+    stays loaded once any test here has re-sorted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _RESORT_LOADS], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -790,7 +790,10 @@ class SpatialMemory:
         tail = self._n - self._n_sorted
         if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self._n // TAIL_FRACTION):
             return
-        job = background("memory-maintenance").submit(_merge_order, self._keys, self._n_sorted, self._n)
+        rows = tuple(numba.typeof(a) for a in (self._keys, self._counts, self._last, self._prov))
+        rows3 = tuple(numba.typeof(a) for a in (self._offsets, self._colors))
+        job = background("memory-maintenance").submit(_merge_order_loaded, self._keys, self._n_sorted, self._n,
+                                                      rows, rows3, numba.typeof(self._table))
         self._ordering = (job, self._n_sorted, self._n, self._structure)
 
     def _reindex(self) -> None:
@@ -825,6 +828,25 @@ def _merge_order(keys: np.ndarray, n_sorted: int, n: int) -> np.ndarray:
     Reads only keys below ``n``, which stay put until the memory's structure changes (callers check)."""
     tail_order = np.argsort(K.sort_keys(keys, n_sorted, n)) + n_sorted
     return K.merge_order(keys, n_sorted, tail_order)
+
+
+def _merge_order_loaded(keys: np.ndarray, n_sorted: int, n: int, rows: tuple, rows3: tuple, table) -> np.ndarray:
+    """``_merge_order`` (on the maintenance thread), then every other kernel ``_reindex`` will call is loaded for
+    the memory's array types (numba ``typeof``), so the world thread's re-sort only runs them. A process loads a
+    kernel from numba's disk cache the first time it calls it; inside ``_reindex`` the nine loads stalled the frame
+    being made, once per process, ~100 steps into a 128x96 lock-step session (docs/BENCHMARKS.md, "Lock-step step,
+    fifth pass"). ``compile`` with a signature loads without running the kernel (no parallel launch from this
+    thread); for a kernel already loaded it returns at once."""
+    order = _merge_order(keys, n_sorted, n)
+    order_t = numba.typeof(order)
+    index_t = numba.typeof(np.empty(0, np.int32))  # ``new_of_old``
+    for arr_t in rows:
+        K.permute_rows.compile((arr_t, order_t))
+    for arr_t in rows3:
+        K.permute_rows3.compile((arr_t, order_t))
+    K.hash_remap.compile((table, index_t))
+    K.block_directory.compile((rows[0], numba.typeof(n)))
+    return order
 
 
 def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
