@@ -412,3 +412,39 @@ def test_a_ray_parallel_to_a_plane_misses_it_without_an_error():
                                np.zeros(0, np.int64), np.zeros((0, 3), np.float32), none, none, none, none, none,
                                np.float32(1.6))
     assert depth.tolist() == pytest.approx([4.0, 3.2]) and index.tolist() == [1, 0]
+
+
+def test_thinning_keeps_the_first_point_of_each_cube_as_unique_rows_does():
+    from spatia.model.fill.layout import _first_of_each_row
+
+    rng = np.random.default_rng(3)
+    keys = rng.integers(-40, 40, size=(5000, 3))
+    ref = np.sort(np.unique(keys, axis=0, return_index=True)[1])
+    assert np.array_equal(np.sort(_first_of_each_row(keys)), ref)
+    # ranges too wide to pack into one int64 take np.unique's row sort
+    wide = keys * np.int64(2**21)
+    assert np.array_equal(np.sort(_first_of_each_row(wide)), np.sort(np.unique(wide, axis=0, return_index=True)[1]))
+    assert len(_first_of_each_row(np.zeros((0, 3), np.int64))) == 0
+
+
+def test_the_up_vote_in_blocks_counts_as_the_whole_product_does():
+    from spatia.model.fill import layout as lay
+
+    world = World.from_scene("courtyard", 0, 320, 180)
+    pts, _ = world.memory.observed_points()
+    cfg = LayoutConfig()
+    thin = lay._thin(pts, cfg.sample_voxel_m, cfg.max_sample_points)
+    normals = lay._normals(thin, cfg.normal_neighbours, world.origin_c2w[:3, 3])
+    cos_tol = math.cos(math.radians(cfg.axis_tol_deg))
+    prior = -world.origin_c2w[:3, 1]
+    cand = normals[np.abs(normals @ prior) >= math.cos(math.radians(45.0))]
+    cand = cand[:: max(1, len(cand) // 400)]
+    whole = (np.abs(cand @ normals.T) >= cos_tol).sum(axis=1)  # the definition: one [C, N] product
+    best = cand[int(np.argmax(whole))]
+    for _ in range(2):
+        dots = normals @ best
+        inl = np.abs(dots) >= cos_tol
+        m = (normals[inl] * np.sign(dots[inl])[:, None]).sum(axis=0)
+        best = m / np.linalg.norm(m)
+    best = best if best @ prior >= 0 else -best
+    assert np.array_equal(lay._dominant_direction(normals, prior, cos_tol, 45.0), best)
