@@ -15,6 +15,11 @@ time ``baseline_median_ms`` bounds what the service can reach; ``median_ms`` is 
 
     python benchmarks/play.py [--seconds 20] [--width 640 --height 360] [--trace]
 
+``--fill layout,legacy``: each fill on a server of its own, ``--rounds`` times, the order alternating (layout
+legacy, legacy layout, ...), so both fills see the same minutes of the machine; ``compare`` gives each fill's fps
+and p95 per session count (means over the rounds) and layout / legacy (issue 10 section 4: fps within 10 %, p95
+no worse).
+
 ``--trace``: the server records each session's per-frame timestamps (``ServerConfig.play_trace_dir``,
 ``server.session.PlayTrace``) and each run's result gets ``trace``: per stage of a frame (action received -> pose
 integrated -> its clip started on the world's thread -> frame generated -> encoded -> in the outbox -> handed to
