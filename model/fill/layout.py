@@ -178,11 +178,10 @@ def _dominant_direction(normals: np.ndarray, prior: np.ndarray, cos_tol: float, 
     if len(cand) == 0:
         return None
     cand = cand[:: max(1, len(cand) // 400)]  # ~400 candidates are plenty
-    # 32 candidates at a time: the whole [400, N] product (~100-200 MB at N = 30-60 k) cost more in memory
-    # traffic than in arithmetic. (BLAS may round a block's products in the last bit unlike the whole one's; the
-    # votes, counts of |cos| >= cos_tol, came out the same on the scenes: tests/test_fill_layout.py.)
-    votes = np.concatenate([(np.abs(cand[i : i + 32] @ normals.T) >= cos_tol).sum(axis=1)
-                            for i in range(0, len(cand), 32)])
+    from spatia.model.fill.layout_kernels import axis_votes
+
+    votes = axis_votes(np.ascontiguousarray(cand, np.float64), np.ascontiguousarray(normals, np.float64),
+                       float(cos_tol))
     best = cand[int(np.argmax(votes))]
     for _ in range(2):  # refine: mean of the inliers, signs aligned
         dots = normals @ best
