@@ -236,21 +236,12 @@ def _largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> t
     ``min_cov`` coverage; None when none does."""
     ii = np.pad(coverage.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     H, W = coverage.shape
-    # No s-window holds more covered cells than the image, nor (sizes descending) than the best window of a
-    # larger size that fitted, which contains one: sizes that cannot reach min_cov are not searched (a plane seen
-    # sparsely tried all 14 sizes at each of up to 7 texel scales, each a pass over the whole raster).
-    bound = int(ii[-1, -1])
-    descending = all(a > b for a, b in zip(sizes, sizes[1:]))
     for s in sizes:
         if s > H or s > W:
-            continue
-        if bound < min_cov * s * s:
             continue
         r, c, total = best_window(ii, s, s)
         if total >= min_cov * s * s:
             return int(r), int(c), s
-        if descending:
-            bound = min(bound, int(total))
     return None
 
 
