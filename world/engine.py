@@ -142,7 +142,7 @@ class _TargetViews(Sequence):
 class _ViewKeys(Sequence):
     """The target views' voxel sets for retrieval, decoded from their renders for the targets it samples."""
 
-    def __init__(self, memory, views: list[TargetView]) -> None:
+    def __init__(self, memory, views: _TargetViews) -> None:
         self._memory, self._views = memory, views
 
     def __len__(self) -> int:
@@ -233,7 +233,7 @@ class Engine:
         views.fill = fill
         return proj
 
-    def _references(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> list[ReferenceFrame]:
+    def _references(self, target_c2w: np.ndarray, views: _TargetViews, exclude_from: int) -> list[ReferenceFrame]:
         history = self.world.history
         k = self.config.num_references
         if not self.config.use_references or k == 0 or exclude_from <= 0:
@@ -261,7 +261,7 @@ class Engine:
             for i in chosen
         ]
 
-    def _retrieved(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> dict[int, float]:
+    def _retrieved(self, target_c2w: np.ndarray, views: _TargetViews, exclude_from: int) -> dict[int, float]:
         """Algorithm 1 (or the official variant) for this clip, or the last clip's result when
         ``reuse_references_within`` allows."""
         reuse, last = self.config.reuse_references_within, self._last_retrieval
