@@ -395,6 +395,9 @@ class GeometricGenerator:
         uses_preceding_clip=False,  # frames come from the memory at their poses, the layout from the targets' render
         streams_frames=True,  # each frame is independent given the memory, the references and the layout
         prepares_worlds=True,  # the layout fill's per-world state is fitted when a world is opened
+        # a layout-filled frame reads its own target's projection only: each target is rendered just before its
+        # frame (the legacy fill's layout estimate reads every target's, and asks for them all first)
+        projection_on_demand=True,
     )
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
@@ -760,6 +763,7 @@ class GeometricGenerator:
         reach = None
         legacy = None
         for t in range(request.num_target):
+            request.need_targets(t)
             rgb = proj.rgb[t].copy()
             depth, valid = proj.depth_m[t], proj.valid[t]
             c2w = request.target_c2w[t]
@@ -782,6 +786,7 @@ class GeometricGenerator:
             # the legacy fill: push-pull colour over the floor + backdrop depth prior (also the coarse fill the
             # layout fill shows while its state is fitted: provisional, replaced within ``coarse_frames``)
             if legacy is None:
+                request.need_targets()  # the estimate reads every target's render
                 legacy = estimate_layout(request, self.config)
             colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
             frame = pushpull_fill(rgb, colored)

@@ -249,8 +249,9 @@ class ClipCost:
 
     Why a fit over clips of different lengths, not the spacing of a clip's frames: the engine renders the memory
     at *every* target pose before the clip's first frame (``Engine._prepare``: the projection, retrieval and the
-    memory update share those renders), so most of a frame's cost shows before the first frame, and frames then
-    follow each other quickly. Measured on a served 640x360 room walk at load ~8 (docs/BENCHMARKS.md, "Served
+    memory update share those renders) unless the generator asks for each just before its frame
+    (``projection_on_demand``: the layout fill's final frames, not the legacy fill), so most of a frame's cost can
+    show before the first frame, and frames then follow each other quickly. Measured on a served 640x360 room walk at load ~8 (docs/BENCHMARKS.md, "Served
     play latency"): ~20 ms between frames but ~110 ms per render; the spacing rule took the renders for per-clip
     overhead, believed a frame cost 20 ms, and always chose full clips, so a pose waited for the renders of every
     pose after it. When the window holds one clip length only, ``probe`` asks for one frame fewer once, so the

@@ -185,3 +185,38 @@ def test_a_generator_without_declared_capabilities_is_refused(box_room):
 
     with pytest.raises(TypeError, match="undeclared.*capabilities"):
         Engine(world, Undeclared(), EngineConfig(clip=CLIPS))
+
+
+@pytest.mark.parametrize("fill, coarse", [("layout", 0), ("layout", 8), ("legacy", 8)])
+def test_targets_render_just_before_their_frames_and_nothing_changes(box_room, fill, coarse):
+    """``projection_on_demand``: a streamed clip's first frame waits for its own target's render only (the
+    legacy fill's layout estimate asks for them all); frames, memory and history as with every target rendered
+    before the clip."""
+    from dataclasses import replace
+
+    from spatia.model.geometric import GeometricConfig
+
+    class Eager(GeometricGenerator):
+        capabilities = replace(GeometricGenerator.capabilities, projection_on_demand=False)
+
+    out = []
+    for cls in (GeometricGenerator, Eager):
+        world, _ = _world(box_room)
+        path = out_and_back_path(world.origin_c2w, 17)[1:]
+        engine = Engine(world, cls(GeometricConfig(fill=fill, coarse_frames=coarse)), EngineConfig(clip=CLIPS))
+        rendered = []
+        real = engine._target_views
+        engine._target_views = lambda poses, offset=0: (rendered.append(offset), real(poses, offset))[1]
+        stream = engine.generate(path)
+        frames = [next(stream)]
+        at_first = sorted(rendered)
+        frames += list(stream)
+        m = world.memory
+        out.append((at_first, np.stack([f.rgb for f in frames]), np.stack([f.depth_m for f in frames]),
+                    b"".join(np.ascontiguousarray(a).tobytes() for a in (m.voxel_keys, m.colors, m.provenance)),
+                    world.history.poses(), [world.history.get_voxel_keys(i).tobytes() for i in range(len(world.history))]))
+    lazy, eager = out
+    # retrieval's sampled targets (every K = 7th: 0 and 7) are rendered before the first frame too
+    assert eager[0] == list(range(8)) and lazy[0] == ([0, 7] if fill == "layout" and coarse == 0 else list(range(8)))
+    assert np.array_equal(lazy[1], eager[1]) and np.array_equal(lazy[2], eager[2])
+    assert lazy[3] == eager[3] and np.array_equal(lazy[4], eager[4]) and lazy[5] == eager[5]

@@ -378,7 +378,7 @@ def test_the_fill_warm_up_compiles_the_kernels_frames_use():
 
     assert compile_fill_kernels() > 0
     kernels = (layout_kernels.cast_planes, texture_kernels.region_detail, texture_kernels.shade_region,
-               texture_kernels.gather_tiles, appearance_kernels.lower_unseen_contrast)
+               texture_kernels.gather_tiles, appearance_kernels.lower_unseen_contrast, layout_kernels.axis_votes)
     before = [len(k.signatures) for k in kernels]
     assert all(before)
     rng = np.random.default_rng(1)
@@ -412,3 +412,74 @@ def test_a_ray_parallel_to_a_plane_misses_it_without_an_error():
                                np.zeros(0, np.int64), np.zeros((0, 3), np.float32), none, none, none, none, none,
                                np.float32(1.6))
     assert depth.tolist() == pytest.approx([4.0, 3.2]) and index.tolist() == [1, 0]
+
+
+def test_thinning_keeps_the_first_point_of_each_cube_as_unique_rows_does():
+    from spatia.model.fill.layout import _first_of_each_row
+
+    rng = np.random.default_rng(3)
+    keys = rng.integers(-40, 40, size=(5000, 3))
+    ref = np.sort(np.unique(keys, axis=0, return_index=True)[1])
+    assert np.array_equal(np.sort(_first_of_each_row(keys)), ref)
+    # ranges too wide to pack into one int64 take np.unique's row sort
+    wide = keys * np.int64(2**21)
+    assert np.array_equal(np.sort(_first_of_each_row(wide)), np.sort(np.unique(wide, axis=0, return_index=True)[1]))
+    assert len(_first_of_each_row(np.zeros((0, 3), np.int64))) == 0
+
+
+def test_the_compiled_up_vote_counts_as_the_whole_product_does():
+    from spatia.model.fill import layout as lay
+
+    world = World.from_scene("courtyard", 0, 320, 180)
+    pts, _ = world.memory.observed_points()
+    cfg = LayoutConfig()
+    thin = lay._thin(pts, cfg.sample_voxel_m, cfg.max_sample_points)
+    normals = lay._normals(thin, cfg.normal_neighbours, world.origin_c2w[:3, 3])
+    cos_tol = math.cos(math.radians(cfg.axis_tol_deg))
+    prior = -world.origin_c2w[:3, 1]
+    cand = normals[np.abs(normals @ prior) >= math.cos(math.radians(45.0))]
+    cand = cand[:: max(1, len(cand) // 400)]
+    whole = (np.abs(cand @ normals.T) >= cos_tol).sum(axis=1)  # the definition: one [C, N] product
+    from spatia.model.fill.layout_kernels import axis_votes
+
+    assert np.array_equal(axis_votes(np.ascontiguousarray(cand), np.ascontiguousarray(normals), cos_tol), whole)
+    best = cand[int(np.argmax(whole))]
+    for _ in range(2):
+        dots = normals @ best
+        inl = np.abs(dots) >= cos_tol
+        m = (normals[inl] * np.sign(dots[inl])[:, None]).sum(axis=0)
+        best = m / np.linalg.norm(m)
+    best = best if best @ prior >= 0 else -best
+    assert np.array_equal(lay._dominant_direction(normals, prior, cos_tol, 45.0), best)
+
+
+def test_a_plane_without_a_texture_borrows_the_one_a_max_over_every_plane_picks():
+    """``PlaneTextures.for_plane`` fits the planes it may borrow from in rank order until one has a texture; the
+    definition is the best-ranked of all planes with one (every plane fitted)."""
+    from dataclasses import replace
+
+    from spatia.model.fill.layout import CEILING
+    from spatia.world.engine import observed_views
+
+    for scene in ("room", "house"):
+        world = World.from_scene(scene, 0, 320, 180)
+        pts, cols = world.memory.observed_points()
+        first = observed_views(world)[0]
+        layout = estimate_layout(pts, first.c2w[:3, 3], -first.c2w[:3, 1], first.c2w[:3, 2])
+        textures = PlaneTextures(layout, pts, cols)
+        asked = [replace(p, plane_id=-1) for p in layout.planes]  # no texture of their own: they borrow
+        asked += [replace(p, kind=CEILING, plane_id=-1) for p in layout.planes[:1]]  # a ceiling borrows from walls
+        got = [textures.for_plane(p) for p in asked]
+        assert len(textures._own) < len(layout.planes)  # not every plane was fitted to answer
+        for p, tex in zip(asked, got):
+            kinds = {FLOOR: (FLOOR,), CEILING: (CEILING, WALL), WALL: (WALL,)}[p.kind]
+            want = None
+            for kind in kinds:
+                found = [(q, textures._get_own(q.plane_id)) for q in layout.planes if q.kind == kind]
+                found = [(q, t) for q, t in found if t is not None]
+                if found:
+                    best = max(range(len(found)), key=lambda i: (p.kind == WALL and found[i][0].axis != p.axis,
+                                                                found[i][0].support))
+                    want = found[best][1]
+                    break
+            assert tex is want

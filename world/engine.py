@@ -107,10 +107,42 @@ class TargetView:
     # until needed: keyframes get it at once, retrieval asks for its sampled targets (all before the update)
 
 
+class _TargetViews(Sequence):
+    """A clip's ``TargetView`` per target pose, each rendered when first read (``Engine._target_views``), and
+    copied into the request's scene projection then (``fill``). A generator with ``projection_on_demand`` asks
+    for each target just before its frame (``ClipRequest.need_targets``); retrieval reads the targets it samples;
+    the memory update reads them all, before it changes the memory. Nothing changes the memory between a clip's
+    start and its update, so a render made later equals the one made before the first frame."""
+
+    def __init__(self, engine: "Engine", poses: np.ndarray) -> None:
+        self._engine, self._poses = engine, poses
+        self._views: list[TargetView | None] = [None] * len(poses)
+        self.fill = None  # (i, TargetView) -> None: set by ``Engine._project``
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self._views))[i]
+        view = self._views[i]
+        if view is None:
+            view = self._views[i] = self._engine._target_views(self._poses[i : i + 1], offset=i)[0]
+            if self.fill is not None:
+                self.fill(i, view)
+        return view
+
+    def render(self, t: int | None = None) -> None:
+        """Render target ``t`` (None: every target) unless done."""
+        for i in range(len(self)) if t is None else (t,):
+            self[i]
+
+
 class _ViewKeys(Sequence):
     """The target views' voxel sets for retrieval, decoded from their renders for the targets it samples."""
 
-    def __init__(self, memory, views: list[TargetView]) -> None:
+    def __init__(self, memory, views: _TargetViews) -> None:
         self._memory, self._views = memory, views
 
     def __len__(self) -> int:
@@ -163,9 +195,10 @@ class Engine:
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
-    def _target_views(self, poses: np.ndarray) -> list[TargetView]:
+    def _target_views(self, poses: np.ndarray, offset: int = 0) -> list[TargetView]:
+        """The memory rendered at ``poses``, the clip's targets from its ``offset``-th on."""
         memory, K = self.world.memory, self.world.intrinsics
-        first_index = len(self.world.history)
+        first_index = len(self.world.history) + offset
         views = []
         for i, T in enumerate(poses):
             render = memory.render(K, T, return_point_ids=True)
@@ -173,36 +206,34 @@ class Engine:
             views.append(TargetView(render, memory.rendered_voxel_keys(render.point_ids) if keyframe else None))
         return views
 
-    def _project(self, preceding_c2w: np.ndarray, views: list[TargetView]) -> SceneProjection:
+    def _project(self, preceding_c2w: np.ndarray, views: _TargetViews) -> SceneProjection:
         """The scene projection video of preceding + target poses; empty (all invalid) where it is switched off
-        (``use_scene_projection``, the Table 4 ablation) or where the generator does not read it."""
+        (``use_scene_projection``, the Table 4 ablation) or where the generator does not read it. The target part
+        is filled in as ``views`` renders each target (all at once here unless the generator asks for them)."""
         K = self.world.intrinsics
         m, n = len(preceding_c2w), len(views)
-
-        def empty(t: int) -> SceneProjection:
-            return SceneProjection(np.zeros((t, K.height, K.width, 3), np.uint8),
-                                   np.zeros((t, K.height, K.width), np.float32), np.zeros((t, K.height, K.width), bool))
-
+        # calloc'd: pages a generator never reads (a blank preceding part, an ablation) are never touched
+        proj = SceneProjection(np.zeros((m + n, K.height, K.width, 3), np.uint8),
+                               np.zeros((m + n, K.height, K.width), np.float32), np.zeros((m + n, K.height, K.width), bool))
         if not self.config.use_scene_projection:
-            return empty(m + n)
-        preceding = empty(m)
+            return proj
         if m and self.capabilities.uses_preceding_clip:
             preceding = self.world.memory.render_trajectory(K, preceding_c2w)
-        target = [v.render for v in views]
-        provisional = None
+            proj.rgb[:m], proj.depth_m[:m], proj.valid[:m] = preceding.rgb, preceding.depth_m, preceding.valid
         memory = self.world.memory
         if memory.has_provisional:  # where the memory shows a coarse fill the generator may replace
-            prov = memory.provenance
-            provisional = np.concatenate([np.zeros_like(preceding.valid), np.stack([
-                r.valid & (prov[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL) for r in target])])
-        return SceneProjection(
-            np.concatenate([preceding.rgb, np.stack([r.rgb for r in target])]),
-            np.concatenate([preceding.depth_m, np.stack([r.depth_m for r in target])]),
-            np.concatenate([preceding.valid, np.stack([r.valid for r in target])]),
-            provisional,
-        )
+            proj.provisional = np.zeros((m + n, K.height, K.width), bool)
 
-    def _references(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> list[ReferenceFrame]:
+        def fill(i: int, view: TargetView) -> None:
+            r = view.render
+            proj.rgb[m + i], proj.depth_m[m + i], proj.valid[m + i] = r.rgb, r.depth_m, r.valid
+            if proj.provisional is not None:
+                proj.provisional[m + i] = r.valid & (memory.provenance[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL)
+
+        views.fill = fill
+        return proj
+
+    def _references(self, target_c2w: np.ndarray, views: _TargetViews, exclude_from: int) -> list[ReferenceFrame]:
         history = self.world.history
         k = self.config.num_references
         if not self.config.use_references or k == 0 or exclude_from <= 0:
@@ -230,7 +261,7 @@ class Engine:
             for i in chosen
         ]
 
-    def _retrieved(self, target_c2w: np.ndarray, views: list[TargetView], exclude_from: int) -> dict[int, float]:
+    def _retrieved(self, target_c2w: np.ndarray, views: _TargetViews, exclude_from: int) -> dict[int, float]:
         """Algorithm 1 (or the official variant) for this clip, or the last clip's result when
         ``reuse_references_within`` allows."""
         reuse, last = self.config.reuse_references_within, self._last_retrieval
@@ -266,9 +297,11 @@ class Engine:
 
     def build_request(self, target_c2w: np.ndarray, prompt: str, seed: int) -> ClipRequest:
         """The conditioning of the next clip (paper Fig. 2c): projection, preceding frames, references, text."""
-        return self._prepare(validate_trajectory(target_c2w, "target_c2w"), prompt, seed)[0]
+        request = self._prepare(validate_trajectory(target_c2w, "target_c2w"), prompt, seed)[0]
+        request.need_targets()  # complete, whoever reads it
+        return request
 
-    def _prepare(self, target_c2w: np.ndarray, prompt: str, seed: int) -> tuple[ClipRequest, list[TargetView]]:
+    def _prepare(self, target_c2w: np.ndarray, prompt: str, seed: int) -> tuple[ClipRequest, _TargetViews]:
         history = self.world.history
         n_hist = len(history)
         first_clip = n_hist <= 1  # only the initial image so far: the TI2V image-conditioned first clip
@@ -280,12 +313,16 @@ class Engine:
         else:  # blank (calloc'd, never touched): nothing reads it
             preceding = np.zeros((m, K.height, K.width, 3), np.uint8)
         preceding_c2w = history.poses()[prec_idx] if m else np.zeros((0, 4, 4))
-        views = self._target_views(target_c2w)
+        views = _TargetViews(self, target_c2w)
+        projection = self._project(preceding_c2w, views)
+        on_demand = self.capabilities.projection_on_demand
+        if not on_demand:
+            views.render()  # every target before the generator sees the request
         request = ClipRequest(
             clip_id=self.clips_done,
             target_c2w=target_c2w,
             intrinsics=self.world.intrinsics,
-            projection=self._project(preceding_c2w, views),
+            projection=projection,
             preceding_frames=preceding,
             preceding_c2w=preceding_c2w,
             references=self._references(target_c2w, views, exclude_from=n_hist - m),
@@ -297,6 +334,7 @@ class Engine:
             observed_views=self._observed_views(),
             visited_c2w=history.poses(),
             layout_prior=self.world.layout_prior,
+            render_targets=views.render if on_demand else None,
         )
         return request, views
 
@@ -374,8 +412,9 @@ class Engine:
             time.perf_counter() - t1, self.world.memory.num_points,
         )
 
-    def _commit(self, poses: np.ndarray, result: ClipResult, views: list[TargetView]) -> None:
+    def _commit(self, poses: np.ndarray, result: ClipResult, views: _TargetViews) -> None:
         """Memory update (paper Sec. 3.2), then the history with each frame's view-specific voxel set."""
+        views.render()  # any target the generator did not ask for, before the update changes the memory
         world = self.world
         K = world.intrinsics
         first_index = len(world.history)

@@ -70,6 +70,14 @@ class ClipRequest:
     visited_c2w: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
     # ``world.depth.LayoutPrior`` (world frame) the world recorded at creation (photo worlds), else None
     layout_prior: Any = None
+    # the engine's, for generators with ``projection_on_demand``: renders target ``t`` (None: every target) into
+    # ``projection``; None: the projection is complete
+    render_targets: Any = None
+
+    def need_targets(self, t: int | None = None) -> None:
+        """After this call target ``t``'s part of ``projection`` (``None``: every target's) holds its render."""
+        if self.render_targets is not None:
+            self.render_targets(t)
 
     @property
     def num_target(self) -> int:
@@ -127,6 +135,10 @@ class GeneratorCapabilities:
     # first frame's path. It must not block for long, and the frames it later makes must not depend on when that
     # work finished.
     prepares_worlds: bool = False
+    # The generator calls ``request.need_targets(t)`` before it reads target ``t``'s part of ``projection``
+    # (``need_targets()`` before reading every target's): the engine then renders each target pose only when
+    # asked, so a streamed clip's first frame does not wait for the renders of the poses after it.
+    projection_on_demand: bool = False
 
 
 @runtime_checkable

@@ -477,15 +477,17 @@ class PlaneTextures:
                 return own
         kinds = {FLOOR: (FLOOR,), CEILING: (CEILING, WALL), WALL: (WALL,)}[plane.kind]
         for kind in kinds:
-            found = [(p, self._get_own(p.plane_id)) for p in self.layout.planes if p.kind == kind]
-            found = [(p, t) for p, t in found if t is not None]
-            if not found:
-                continue
             # an unseen wall continues the walls it meets at its corners (those perpendicular to it; the opposite
-            # wall is often the accent wall a room is photographed towards), then the best-supported
-            best = max(range(len(found)), key=lambda i: (plane.kind == WALL and found[i][0].axis != plane.axis,
-                                                        found[i][0].support))
-            return found[best][1]
+            # wall is often the accent wall a room is photographed towards), then the best-supported: the first
+            # in that ranking with a texture of its own (a stable sort: among equals the first in layout order,
+            # as a max over all of them). Fitted in that order until one has one, not all of them: a frame
+            # showing such a plane waited for every wall's fit.
+            ranked = sorted((p for p in self.layout.planes if p.kind == kind), reverse=True,
+                            key=lambda p: (plane.kind == WALL and p.axis != plane.axis, p.support))
+            for p in ranked:
+                own = self._get_own(p.plane_id)
+                if own is not None:
+                    return own
         return None
 
 

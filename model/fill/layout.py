@@ -136,12 +136,26 @@ class Layout:
 def _thin(points: np.ndarray, voxel_m: float, max_points: int) -> np.ndarray:
     """One point per cube (the first in the given order, deterministic), then every k-th to ``max_points``."""
     keys = np.floor(points / voxel_m).astype(np.int64)
-    _, first = np.unique(keys, axis=0, return_index=True)
+    first = _first_of_each_row(keys)
     first.sort()
     pts = points[first]
     if len(pts) > max_points:
         pts = pts[:: int(math.ceil(len(pts) / max_points))]
     return pts
+
+
+def _first_of_each_row(keys: np.ndarray) -> np.ndarray:
+    """``np.unique(keys, axis=0, return_index=True)[1]`` for ``keys`` [N, 3] int64, in some order: the index of
+    each distinct row's first occurrence. The rows are packed into one int64 each (offset from their minimum) when
+    their ranges allow, which a 1-D stable sort handles ~6x faster than ``axis=0``'s sort of row records."""
+    if len(keys) == 0:
+        return np.zeros(0, np.int64)
+    lo = keys.min(axis=0)
+    span = keys.max(axis=0) - lo + 1  # int64: a few thousand cells along each axis at most in practice
+    if float(span[0]) * float(span[1]) * float(span[2]) >= 2.0 ** 62:
+        return np.unique(keys, axis=0, return_index=True)[1]
+    packed = ((keys[:, 0] - lo[0]) * span[1] + (keys[:, 1] - lo[1])) * span[2] + (keys[:, 2] - lo[2])
+    return np.unique(packed, return_index=True)[1]  # a stable sort: the first occurrence, as with axis=0
 
 
 def _normals(points: np.ndarray, k: int, observer: np.ndarray) -> np.ndarray:
@@ -164,7 +178,10 @@ def _dominant_direction(normals: np.ndarray, prior: np.ndarray, cos_tol: float, 
     if len(cand) == 0:
         return None
     cand = cand[:: max(1, len(cand) // 400)]  # ~400 candidates are plenty
-    votes = (np.abs(cand @ normals.T) >= cos_tol).sum(axis=1)
+    from spatia.model.fill.layout_kernels import axis_votes
+
+    votes = axis_votes(np.ascontiguousarray(cand, np.float64), np.ascontiguousarray(normals, np.float64),
+                       float(cos_tol))
     best = cand[int(np.argmax(votes))]
     for _ in range(2):  # refine: mean of the inliers, signs aligned
         dots = normals @ best

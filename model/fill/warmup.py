@@ -34,6 +34,7 @@ def compile_fill_kernels() -> int:
         np.zeros(1, np.float32), np.ones(1, np.float32), np.zeros(1, np.float32), np.ones(1, np.float32),
         np.float32(1.6),
     )  # fmt: skip
+    layout_kernels.axis_votes(np.eye(3), np.eye(3), 0.9)  # the layout fit's up vote
     f32, vec = np.float32, np.array([0.0, 1.0, 0.0], np.float32)
     opening_kernels.mark_opening(
         np.ones((2, 2, 3), np.float32), np.ones((2, 2), np.float32), np.ones((2, 2), bool), 0, 2, 0, 2, vec, f32(1.6),
