@@ -286,6 +286,26 @@ def test_voxel_snapshot_keeps_set_order_and_rejects_repeated_voxels():
         VoxelSetIndex.from_arrays(data)
 
 
+@pytest.mark.parametrize("tail_runs", [1, 1 << 30])
+def test_replaying_all_frames_at_once_equals_adding_them_one_by_one(tail_runs):
+    """``from_arrays`` (a rebuild, a load) replays every frame in one compiled call; ``_append`` frame by frame is
+    its reference: the same forward lists, runs and counts, empty sets (dropped frames) included."""
+    rng = np.random.default_rng(5)
+    sets = [_keys(rng, int(rng.integers(0, 300)), extent=10) if i % 3 else np.zeros(0, np.int64) for i in range(40)]
+    slow = VoxelSetIndex(tail_runs)
+    for keys in sets:
+        slow._append(slow._insert_columns(keys))
+    slow.seal()
+    fast = VoxelSetIndex.from_arrays(slow.to_arrays(), tail_runs)
+    for name in ("_cols", "_offsets", "_col_keys", "_open_start", "_last_seen"):
+        np.testing.assert_array_equal(getattr(fast, name).view, getattr(slow, name).view, err_msg=name)
+    for name in ("_indptr", "_sealed_starts", "_sealed_ends"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    assert fast.nnz == slow.nnz == sum(s.shape[0] for s in sets)
+    queries = [_keys(rng, 200, extent=10) for _ in range(3)]
+    np.testing.assert_array_equal(fast.intersection_counts(queries), reference_intersection_counts(queries, sets))
+
+
 @pytest.mark.parametrize("levels", [1, 2, 5])
 def test_sets_are_kept_at_the_coarse_voxel_and_match_the_slow_coarsening(levels):
     rng = np.random.default_rng(levels)

@@ -44,8 +44,8 @@ SNAPSHOT_VERSION = 1
 _IMAGE_CODECS = ("jpeg", "png")
 _DEPTH_CODECS = ("float16_zstd", "float32_zstd", "png_mm")
 _EMPTY_KEY = -1  # hash-table sentinel; packed voxel keys are >= 0 (``world.geometry`` offsets every axis)
-# The retrieval index is rebuilt without the dropped sets once they hold more voxels than the live ones and than
-# this (a rebuild is O(live voxels); doing it only when half the index is dead keeps it O(1) amortised per add).
+# The retrieval index is rebuilt without the dropped sets only once they hold more voxels than this (a few
+# keyframes' sets), whatever ``HistoryConfig.compact_rebuild_dead_ratio`` says: a tiny index is not worth a rebuild.
 REBUILD_MIN_VOXELS = 1 << 16
 _FRAME_MAGIC = b"SPF1"
 _FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
@@ -86,6 +86,12 @@ class HistoryConfig:
     compact_angle_deg: float = 30.0
     compact_min_iou: float = 0.9
     compact_max_views: int = 8
+    # Dropped views' sets stay in the index (in its memory and in every query's walk over the runs) until a rebuild,
+    # which comes once they hold more than this fraction of the live sets' voxels. A rebuild costs O(live voxels +
+    # frames), so a ratio r makes it cost O(1/r) amortised per dropped voxel, while the index holds at most
+    # (1 + r) x its live part: 1.0 let it swing between 1x and 2x (a soak saw ~30 <-> 45 MiB per world), 0.25
+    # keeps it within 1.25x for 4x the (compiled, ~10 ms a rebuild at 10^6 voxels) rebuild work.
+    compact_rebuild_dead_ratio: float = 0.25
 
     def __post_init__(self) -> None:
         if self.image_codec not in _IMAGE_CODECS:
@@ -108,6 +114,8 @@ class HistoryConfig:
             raise InvalidInputError(
                 f"compact_cell_m must be >= 0 and compact_angle_deg in (0, 180], got {self.compact_cell_m}, "
                 f"{self.compact_angle_deg}")
+        if not self.compact_rebuild_dead_ratio > 0:
+            raise InvalidInputError(f"compact_rebuild_dead_ratio must be > 0, got {self.compact_rebuild_dead_ratio}")
         if not (0 <= self.compact_min_iou <= 1) or self.compact_max_views < 1:
             raise InvalidInputError(
                 f"compact_min_iou must be in [0, 1] and compact_max_views >= 1, got {self.compact_min_iou}, "
@@ -259,6 +267,20 @@ def _kernels():
         return n_runs, n_unique
 
     @numba.njit(cache=True, nogil=True)
+    def add_frames(cols, offsets, f0, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out,
+                   unique_offsets):
+        """``add_frame`` for frames ``f0, f0 + 1, ...`` whose columns are ``cols[offsets[k]:offsets[k + 1]]``, in
+        one call (a rebuild replays every frame of the history: one call per frame cost ~10 us each). Frame k's
+        distinct columns go to ``unique_out[unique_offsets[k]:unique_offsets[k + 1]]`` (``unique_offsets[0]`` is
+        set by the caller). Returns the new number of closed runs."""
+        for k in range(offsets.shape[0] - 1):
+            start = unique_offsets[k]
+            n_runs, n_unique = add_frame(cols[offsets[k] : offsets[k + 1]], f0 + k, open_start, last_seen, run_col,
+                                         run_start, run_end, n_runs, unique_out[start:])
+            unique_offsets[k + 1] = start + n_unique
+        return n_runs
+
+    @numba.njit(cache=True, nogil=True)
     def merge_runs(indptr, starts, ends, run_col, run_start, run_end, n_new, n_cols):
         """A by-column run index (``indptr`` over its columns, ``starts``/``ends``) plus ``n_new`` newer closed runs
         -> the by-column index over ``n_cols`` columns. Per column, old runs come first (runs stay in time order)."""
@@ -349,7 +371,7 @@ def _kernels():
                 j = (j + 1) & tmask
         return n
 
-    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct
+    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct, add_frames
 
 
 @functools.cache
@@ -503,6 +525,11 @@ class VoxelSetIndex:
         return self._sealed_starts.shape[0] + self._run_col.size + self._col_keys.size
 
     @property
+    def nnz(self) -> int:
+        """Voxels over all frames' sets (the sum of ``sizes()``, kept as a count: O(1), where the sum is O(frames))."""
+        return self._cols.size
+
+    @property
     def num_unsealed_runs(self) -> int:
         """Closed runs not yet merged into the by-voxel index (each query scans them linearly)."""
         return self._run_col.size
@@ -553,6 +580,30 @@ class VoxelSetIndex:
         for arr in (self._run_col, self._run_start, self._run_end):
             arr.size = n_runs
         return n_unique
+
+    def _append_all(self, cols: np.ndarray, offsets: np.ndarray) -> None:
+        """``_append`` of every frame ``cols[offsets[k]:offsets[k + 1]]`` in one compiled call (``from_arrays``;
+        ``_append`` frame by frame is its reference). Raises ``SnapshotError`` if a frame repeats a column."""
+        n_frames, nnz = offsets.shape[0] - 1, cols.shape[0]
+        f0 = len(self)
+        self._cols.reserve(nnz)
+        for arr in (self._run_col, self._run_start, self._run_end):
+            arr.reserve(nnz)  # a frame closes at most one run per column it sees
+        unique_offsets = np.empty(n_frames + 1, dtype=np.int64)
+        unique_offsets[0] = self._cols.size
+        n_runs = _kernels()[7](
+            np.ascontiguousarray(cols, dtype=np.int32), np.ascontiguousarray(offsets, dtype=np.int64), f0,
+            self._open_start.buffer, self._last_seen.buffer, self._run_col.buffer, self._run_start.buffer,
+            self._run_end.buffer, self._run_col.size, self._cols.buffer, unique_offsets,
+        )
+        given = np.diff(offsets)
+        kept = np.diff(unique_offsets)
+        if not np.array_equal(given, kept):
+            raise SnapshotError(f"voxel set of frame {int(np.flatnonzero(given != kept)[0])} repeats a voxel")
+        self._cols.size = int(unique_offsets[-1])
+        self._offsets.extend(unique_offsets[1:])
+        for arr in (self._run_col, self._run_start, self._run_end):
+            arr.size = n_runs
 
     def add(self, keys: np.ndarray) -> int:  # keys: [V] int64 voxel keys >= 0, any order, repeats allowed
         """Append one frame's voxel set (validated by ``check_voxel_keys``; a key given twice counts once, and no
@@ -616,7 +667,7 @@ class VoxelSetIndex:
 
         Each query set must be free of duplicates (``FrameStore.query_voxel_set``); keys no frame has are ignored.
         """
-        _, _, _, count_indexed, count_unsealed, _, _ = _kernels()
+        _, _, _, count_indexed, count_unsealed, _, _, _ = _kernels()
         n_t, n_f = len(query_keys), len(self)
         if n_t == 0 or n_f == 0:
             return np.zeros((n_t, n_f), dtype=np.int32)
@@ -722,10 +773,7 @@ class VoxelSetIndex:
         index = cls(tail_runs)
         if not np.array_equal(index._insert_columns(col_keys), np.arange(col_keys.shape[0])):
             raise SnapshotError("voxel index column table did not rebuild in order")
-        for f in range(offsets.shape[0] - 1):
-            frame_cols = cols[offsets[f] : offsets[f + 1]]
-            if index._append(frame_cols) != frame_cols.shape[0]:
-                raise SnapshotError(f"voxel set of frame {f} repeats a voxel")
+        index._append_all(cols, offsets)
         index.seal()
         return index
 
@@ -990,8 +1038,8 @@ class FrameStore:
         views.append(f)
         while len(views) > self.config.compact_max_views:
             self._drop(views.pop(0))
-        live = int(self.voxels.sizes().sum()) - self._dropped_voxels
-        if self._dropped_voxels > max(live, REBUILD_MIN_VOXELS):
+        live = self.voxels.nnz - self._dropped_voxels
+        if self._dropped_voxels > max(self.config.compact_rebuild_dead_ratio * live, REBUILD_MIN_VOXELS):
             self.voxels = self.voxels.rebuilt(self._indexed.view)
             self._dropped_voxels = 0
 
