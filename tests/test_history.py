@@ -425,14 +425,37 @@ def test_a_revisiting_path_keeps_the_index_bounded_and_counts_exact(monkeypatch)
 
 
 def test_compaction_keeps_views_that_differ():
-    """Views of one pose cell that see different things (IoU below the threshold) all stay, up to the cap."""
-    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=3))
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        store.add(_image(i), np.eye(4), K, _keys(rng, 200))
-    assert store.indexed().all()
-    store.add(_image(3), np.eye(4), K, _keys(rng, 200))
-    np.testing.assert_array_equal(store.indexed(), [False, True, True, True])  # the cap drops the oldest
+    """Views of one pose cell that see different things (IoU below the threshold) all stay, up to the cap; then
+    the cap drops the view most like another one of the cell (the oldest of equals), or the oldest by the old rule."""
+    strip = np.arange(0, 300, dtype=np.int64)
+    # IoU(1, 2) = 1/3 (the most alike pair), every other pair shares nothing; each below compact_min_iou
+    sets = [strip[:100], strip[100:200], strip[150:250], strip[250:300] + 1000]
+    for evict, kept in (("redundant", [True, False, True, True]), ("oldest", [False, True, True, True])):
+        store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=3,
+                                         compact_evict=evict))
+        for i, keys in enumerate(sets[:3]):
+            store.add(_image(i), np.eye(4), K, keys)
+        assert store.indexed().all()
+        store.add(_image(3), np.eye(4), K, sets[3])
+        np.testing.assert_array_equal(store.indexed(), kept, err_msg=evict)
+    # the newest view stays even when it is the most alike (it shows the world as it is now)
+    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=2))
+    for i, keys in enumerate((strip[:100], strip[200:300], strip[20:120])):  # IoU(0, 2) = 80/120
+        store.add(_image(i), np.eye(4), K, keys)
+    np.testing.assert_array_equal(store.indexed(), [False, True, True])
+
+
+def test_redundant_eviction_keeps_the_views_a_loop_needs():
+    """A loop walked at four phases, one view per lap into one pose cell of two views: the cell keeps the two
+    views farthest apart (phases 0 and 3), where dropping the oldest keeps the last two laps' (2 and 3)."""
+    wall = np.arange(0, 1000, dtype=np.int64)
+    views = [wall[p * 100 : p * 100 + 400] for p in (0, 1, 2, 3)]  # each lap's view slides 100 voxels along
+    for evict, kept in (("redundant", [True, False, False, True]), ("oldest", [False, False, True, True])):
+        store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=2,
+                                         compact_evict=evict))
+        for i, keys in enumerate(views):
+            store.add(_image(i), np.eye(4), K, keys)
+        np.testing.assert_array_equal(store.indexed(), kept, err_msg=evict)
 
 
 def test_unique_first_and_has_duplicates_equal_numpy():

@@ -79,19 +79,26 @@ class HistoryConfig:
     # with a non-empty voxel set) fall into pose cells: camera centre on a ``compact_cell_m`` grid and viewing
     # direction in ``compact_angle_deg`` bins of yaw and pitch. A new keyframe drops an older one of its cell from
     # the index when their voxel sets overlap by IoU >= ``compact_min_iou`` (the older view is redundant: it sees
-    # what the newer one sees), and a cell keeps at most ``compact_max_views`` indexed views (the oldest goes),
-    # so the index is bounded by the cells a path covers, not by its length. Dropped frames stay in the history
-    # (images and poses are still read), they are no longer retrieval candidates. 0 cell size: no compaction.
+    # what the newer one sees), and a cell keeps at most ``compact_max_views`` indexed views (``compact_evict``
+    # says which goes), so the index is bounded by the cells a path covers, not by its length. Dropped frames stay
+    # in the history (images and poses are still read), they are no longer retrieval candidates. 0 cell size: no
+    # compaction.
     compact_cell_m: float = 0.5
     compact_angle_deg: float = 30.0
     compact_min_iou: float = 0.9
-    compact_max_views: int = 8
+    # 6, not 8: on a 20 s loop played for 30 laps (room, 320x180, 4 fps, keyframe stride 4: the soak's sessions)
+    # the retrieved views' mean IoU was 0.922 with 6 views a cell and redundant eviction vs 0.924 with 8 (0.896
+    # with 6 dropping the oldest, 0.881 with 4), for an index of 30 instead of 34 MiB (docs/BENCHMARKS.md, soak).
+    compact_max_views: int = 6
     # Dropped views' sets stay in the index (in its memory and in every query's walk over the runs) until a rebuild,
     # which comes once they hold more than this fraction of the live sets' voxels. A rebuild costs O(live voxels +
     # frames), so a ratio r makes it cost O(1/r) amortised per dropped voxel, while the index holds at most
     # (1 + r) x its live part: 1.0 let it swing between 1x and 2x (a soak saw ~30 <-> 45 MiB per world), 0.25
     # keeps it within 1.25x for 4x the (compiled, ~10 ms a rebuild at 10^6 voxels) rebuild work.
     compact_rebuild_dead_ratio: float = 0.25
+    # Which view a full cell drops for a new keyframe: "redundant" (the one most like another view of the cell, see
+    # ``FrameStore._evicted``) or "oldest" (the rule before; snapshots written without this field load with it).
+    compact_evict: str = "redundant"
 
     def __post_init__(self) -> None:
         if self.image_codec not in _IMAGE_CODECS:
@@ -114,6 +121,8 @@ class HistoryConfig:
             raise InvalidInputError(
                 f"compact_cell_m must be >= 0 and compact_angle_deg in (0, 180], got {self.compact_cell_m}, "
                 f"{self.compact_angle_deg}")
+        if self.compact_evict not in ("redundant", "oldest"):
+            raise InvalidInputError(f"compact_evict must be 'redundant' or 'oldest', got {self.compact_evict!r}")
         if not self.compact_rebuild_dead_ratio > 0:
             raise InvalidInputError(f"compact_rebuild_dead_ratio must be > 0, got {self.compact_rebuild_dead_ratio}")
         if not (0 <= self.compact_min_iou <= 1) or self.compact_max_views < 1:
@@ -1019,8 +1028,9 @@ class FrameStore:
                 int(pitch // step))
 
     def _compact_cell(self, f: int) -> None:
-        """Drop the views of ``f``'s pose cell that ``f`` makes redundant (IoU >= ``compact_min_iou``), then the
-        oldest beyond ``compact_max_views``; rebuild the index once dropped sets outweigh the live ones."""
+        """Drop the views of ``f``'s pose cell that ``f`` makes redundant (IoU >= ``compact_min_iou``), then one by
+        ``compact_evict`` while the cell holds more than ``compact_max_views``; rebuild the index once dropped sets
+        hold more than ``compact_rebuild_dead_ratio`` of the live ones' voxels."""
         views = self._cells.setdefault(self._cell(f), [])
         if views:
             if self._mark.shape[0] < self.voxels.num_voxels:
@@ -1037,11 +1047,28 @@ class FrameStore:
             views[:] = keep
         views.append(f)
         while len(views) > self.config.compact_max_views:
-            self._drop(views.pop(0))
+            self._drop(views.pop(self._evicted(views) if self.config.compact_evict == "redundant" else 0))
         live = self.voxels.nnz - self._dropped_voxels
         if self._dropped_voxels > max(self.config.compact_rebuild_dead_ratio * live, REBUILD_MIN_VOXELS):
             self.voxels = self.voxels.rebuilt(self._indexed.view)
             self._dropped_voxels = 0
+
+    def _evicted(self, views: list[int]) -> int:
+        """Position in ``views`` (a full cell, oldest first, the new keyframe last) of the view to drop: the one
+        most like another view of the cell (the highest IoU with any of them; on a tie the higher sum of IoUs with
+        all of them, then the oldest); never the new keyframe (it shows the world as it is now). The cell then keeps
+        views that differ most from each other: a loop's laps fall at other phases, and each view's set is the best
+        match for targets at its own phase. O(views^2 x set size) per full cell, a few views."""
+        n = len(views)
+        ious = np.zeros((n - 1, n))
+        sizes = np.array([self.voxels.size_of(g) for g in views], dtype=np.float64)
+        frames = np.asarray(views, dtype=np.int64)
+        for a, g in enumerate(views[:-1]):
+            inter = self.voxels.overlaps(g, frames, self._mark).astype(np.float64)
+            union = sizes[a] + sizes - inter
+            ious[a] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            ious[a, a] = 0.0
+        return int(np.lexsort((np.arange(n - 1), -ious.sum(axis=1), -ious.max(axis=1)))[0])
 
     def _drop(self, g: int) -> None:
         self._indexed.buffer[g] = False
@@ -1345,7 +1372,9 @@ class FrameStore:
                 raise SnapshotError(
                     f"frame history snapshot version {version} is not supported ({SNAPSHOT_VERSION} is)"
                 )
-            config = HistoryConfig(**{"voxel_set_levels": 0, **dict(data["config"])})  # older: sets at d
+            # older snapshots: sets at d, the oldest view of a full cell dropped, rebuilt at half dead
+            config = HistoryConfig(**{"voxel_set_levels": 0, "compact_evict": "oldest",
+                                      "compact_rebuild_dead_ratio": 1.0, **dict(data["config"])})
             c2w = np.asarray(data["c2w"], dtype=np.float64)
             intr = np.asarray(data["intrinsics"], dtype=np.float64)
             ts = np.asarray(data["timestamp_ns"], dtype=np.int64)
