@@ -237,6 +237,13 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=180)
     args = ap.parse_args()
     if args.soak_loop:
+        import logging
+
+        import structlog
+
+        # the engine's layout fit logs at info level: keep stdout for the one JSON object
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
         print(json.dumps(soak_loop(args)))
         return
 
