@@ -326,10 +326,13 @@ def test_history_snapshots_from_before_coarse_sets_load_at_the_memory_voxel():
     store = FrameStore(EXACT)
     store.add(_image(0), _pose(0), K, np.array([5, 1], dtype=np.int64))
     data = store.to_arrays()
-    del data["config"]["voxel_set_levels"]
+    for field in ("voxel_set_levels", "compact_evict", "compact_rebuild_dead_ratio"):
+        del data["config"][field]
     back = FrameStore.from_arrays(data)
     assert back.config.voxel_set_levels == 0
     np.testing.assert_array_equal(back.get_voxel_keys(0), [5, 1])
+    # ... and compact as they did when saved: the oldest view of a full cell out, rebuilt at half dead
+    assert (back.config.compact_evict, back.config.compact_rebuild_dead_ratio) == ("oldest", 1.0)
 
 
 # --- frames out of RAM, retrieval-index compaction ------------------------------------------------------------

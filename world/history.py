@@ -86,15 +86,15 @@ class HistoryConfig:
     compact_cell_m: float = 0.5
     compact_angle_deg: float = 30.0
     compact_min_iou: float = 0.9
-    # 6, not 8: on a 20 s loop played for 30 laps (room, 320x180, 4 fps, keyframe stride 4: the soak's sessions)
-    # the retrieved views' mean IoU was 0.922 with 6 views a cell and redundant eviction vs 0.924 with 8 (0.896
-    # with 6 dropping the oldest, 0.881 with 4), for an index of 30 instead of 34 MiB (docs/BENCHMARKS.md, soak).
+    # 6, not 8: on the soak's revisiting loop, the 6 views of a cell that differ most from each other (see
+    # ``compact_evict``) are retrieved as well as 8 were, from a smaller index walked by every query; fewer lose the
+    # loop's phases (docs/BENCHMARKS.md, "Long sessions ..." of session 11, engineer soak).
     compact_max_views: int = 6
     # Dropped views' sets stay in the index (in its memory and in every query's walk over the runs) until a rebuild,
     # which comes once they hold more than this fraction of the live sets' voxels. A rebuild costs O(live voxels +
     # frames), so a ratio r makes it cost O(1/r) amortised per dropped voxel, while the index holds at most
-    # (1 + r) x its live part: 1.0 let it swing between 1x and 2x (a soak saw ~30 <-> 45 MiB per world), 0.25
-    # keeps it within 1.25x for 4x the (compiled, ~10 ms a rebuild at 10^6 voxels) rebuild work.
+    # (1 + r) x its live part: 1.0 let it swing between 1x and 2x over a session, 0.25 keeps it within 1.25x for
+    # 4x the rebuild work (one compiled pass, ``VoxelSetIndex.from_arrays``).
     compact_rebuild_dead_ratio: float = 0.25
     # Which view a full cell drops for a new keyframe: "redundant" (the one most like another view of the cell, see
     # ``FrameStore._evicted``) or "oldest" (the rule before; snapshots written without this field load with it).
@@ -279,7 +279,7 @@ def _kernels():
     def add_frames(cols, offsets, f0, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out,
                    unique_offsets):
         """``add_frame`` for frames ``f0, f0 + 1, ...`` whose columns are ``cols[offsets[k]:offsets[k + 1]]``, in
-        one call (a rebuild replays every frame of the history: one call per frame cost ~10 us each). Frame k's
+        one call (a rebuild replays every frame of the history, most of them empty: not a Python call each). Frame k's
         distinct columns go to ``unique_out[unique_offsets[k]:unique_offsets[k + 1]]`` (``unique_offsets[0]`` is
         set by the caller). Returns the new number of closed runs."""
         for k in range(offsets.shape[0] - 1):
