@@ -10,8 +10,10 @@ more world is played by a client that sends actions and never reads a frame. Eve
 Reported (one JSON object on stdout): server RSS after minute 1 (``--first-s``) and at the end, and the same
 minus the bytes the worlds report (``WorldStats.memory_bytes + index_bytes``: the memory's arrays at capacity with
 its hash table, and the history's RAM with its retrieval index); the worlds' points and history frames; per-session frame rate of
-the first and of the last minute; errors; RSS after deleting every world vs right after start. Baseline (same
-run): RSS of the idle server before any world exists.
+the first and of the last minute; errors; RSS after deleting every world vs right after start. Per minute: each
+session's frame rate, the server's CPU ms per history frame made (flat: a frame costs the same work, whatever the
+frame rate did), the machine's steal share and the worlds' history bytes. Baseline (same run): RSS of the idle
+server before any world exists.
 
     python benchmarks/soak.py [--sessions 8 --minutes 10 --width 320 --height 180]
 """
