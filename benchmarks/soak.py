@@ -10,8 +10,10 @@ more world is played by a client that sends actions and never reads a frame. Eve
 Reported (one JSON object on stdout): server RSS after minute 1 (``--first-s``) and at the end, and the same
 minus the bytes the worlds report (``WorldStats.memory_bytes + index_bytes``: the memory's arrays at capacity with
 its hash table, and the history's RAM with its retrieval index); the worlds' points and history frames; per-session frame rate of
-the first and of the last minute; errors; RSS after deleting every world vs right after start. Baseline (same
-run): RSS of the idle server before any world exists.
+the first and of the last minute; errors; RSS after deleting every world vs right after start. Per minute: each
+session's frame rate, the server's CPU ms per history frame made (flat: a frame costs the same work, whatever the
+frame rate did), the machine's steal share and the worlds' history bytes. Baseline (same run): RSS of the idle
+server before any world exists.
 
     python benchmarks/soak.py [--sessions 8 --minutes 10 --width 320 --height 180]
 """
@@ -28,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -41,6 +45,19 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its threads (Linux ``/proc``, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all, steal) CPU ticks of the machine since boot (``/proc/stat``): the steal share of an interval says how
+    much of it the hypervisor gave to other guests."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(vals), vals[7] if len(vals) > 7 else 0
 
 
 async def _session(client, world_id: str, args, t0: float, stop: float, errors: list[str]) -> dict:
@@ -105,17 +122,18 @@ async def _never_reader(client, world_id: str, args, stop: float, errors: list[s
         errors.append(f"never-reader: {type(exc).__name__}: {exc}")
 
 
-async def _world_bytes(client, ids: list[str]) -> tuple[int, int, int]:
-    """(bytes, memory points, history frames) the worlds report: ``WorldStats.memory_bytes`` (the memory's arrays
-    at capacity, hash table, block directory) + ``index_bytes`` (the history's RAM: retrieval index, poses,
-    decoded-frame cache), summed over ``ids``."""
-    total = points = frames = 0
+async def _world_bytes(client, ids: list[str]) -> tuple[int, int, int, int]:
+    """(bytes, memory points, history frames, history bytes) the worlds report: ``WorldStats.memory_bytes`` (the
+    memory's arrays at capacity, hash table, block directory) + ``index_bytes`` (the history's RAM: retrieval index,
+    poses, decoded-frame cache), summed over ``ids``; the last item is ``index_bytes`` alone."""
+    total = points = frames = index = 0
     for wid in ids:
         st = (await client.get_world(wid)).stats
         total += int(st.memory_bytes) + int(st.index_bytes)
+        index += int(st.index_bytes)
         points += int(st.memory_points)
         frames += int(st.history_frames)
-    return total, points, frames
+    return total, points, frames, index
 
 
 async def _run(target: str, pid: int, args) -> dict:
@@ -132,23 +150,31 @@ async def _run(target: str, pid: int, args) -> dict:
         rss_created = rss_bytes(pid)
         t0 = time.monotonic()
         stop = t0 + args.minutes * 60
-        samples: list[tuple[float, int, int]] = []
+        samples: list[tuple] = []
+        cpu_prev, ticks_prev, frames_prev = cpu_seconds(pid), machine_ticks(), None
+        cpu_start, ticks_start = cpu_prev, ticks_prev
 
         async def sampler():
-            first_done = False
+            nonlocal cpu_prev, ticks_prev, frames_prev
             while time.monotonic() < stop:
                 await asyncio.sleep(min(args.sample_s, max(stop - time.monotonic(), 0.01)))
                 now = time.monotonic() - t0
-                if not first_done and now >= args.first_s:
-                    first_done = True
                 try:
-                    wb, points, frames = await _world_bytes(c, ids)
+                    wb, points, frames, index = await _world_bytes(c, ids)
                 except Exception as exc:  # noqa: BLE001 -- counted and reported
                     errors.append(f"stats: {type(exc).__name__}: {exc}")
-                    wb = points = frames = 0
-                samples.append((now, rss_bytes(pid), wb, points, frames))
+                    wb = points = frames = index = 0
+                # the server's CPU per history frame made in the interval (all nine worlds): what a frame costs,
+                # apart from how much of the machine the server got (load, steal)
+                cpu, ticks = cpu_seconds(pid), machine_ticks()
+                made = frames - frames_prev if frames_prev is not None else 0
+                cpu_ms = 1000 * (cpu - cpu_prev) / made if made > 0 else None
+                steal = (ticks[1] - ticks_prev[1]) / max(ticks[0] - ticks_prev[0], 1)
+                cpu_prev, ticks_prev, frames_prev = cpu, ticks, frames
+                samples.append((now, rss_bytes(pid), wb, points, frames, index, cpu, ticks[0], ticks[1]))
                 log(f"t={now:6.1f}s rss={samples[-1][1] / 2**20:7.1f} MiB worlds={wb / 2**20:7.1f} MiB "
-                    f"points={points} frames={frames}")
+                    f"(history {index / 2**20:6.1f}) points={points} frames={frames} "
+                    f"cpu/frame={'-' if cpu_ms is None else f'{cpu_ms:.0f}'} ms steal={100 * steal:.0f} %")
 
         results = await asyncio.gather(
             *(_session(c, w, args, t0, stop, errors) for w in ids[: args.sessions]),
@@ -170,6 +196,7 @@ async def _run(target: str, pid: int, args) -> dict:
         await asyncio.sleep(1.0)
         rss_deleted = rss_bytes(pid)
     return {"sessions": sessions, "samples": samples, "errors": errors, "rss_created": rss_created,
+            "cpu_start": cpu_start, "ticks_start": ticks_start,
             "rss_end": rss_end, "rss_deleted": rss_deleted}
 
 
@@ -204,10 +231,20 @@ def soak(args) -> dict:
             except subprocess.TimeoutExpired:
                 server.kill()
     samples = r["samples"]
-    first = min(samples, key=lambda s: abs(s[0] - args.first_s)) if samples else (0, 0, 0, 0, 0)
-    last = samples[-1] if samples else (0, 0, 0, 0, 0)
+    first = min(samples, key=lambda s: abs(s[0] - args.first_s)) if samples else (0,) * 9
+    last = samples[-1] if samples else (0,) * 9
     span = args.minutes * 60
     w = min(args.first_s, span / 2)  # the first and last windows (a minute, scaled down for short runs)
+    minutes = [(a, min(a + 60.0, span)) for a in np.arange(0.0, span - 1e-9, 60.0)]
+    fps_per_minute = [[round(_fps(s["per_s"], a, b), 2) for a, b in minutes] for s in r["sessions"]]
+    cpu_per_minute, steal_per_minute, index_per_minute = [], [], []
+    for a, b in minutes:  # between the samples nearest the minute's ends (the first from the run's start)
+        s0 = min([(0.0, 0, 0, 0, 0, 0, r["cpu_start"], *r["ticks_start"])] + samples, key=lambda x: abs(x[0] - a))
+        s1 = min(samples, key=lambda x: abs(x[0] - b)) if samples else s0
+        made = s1[4] - s0[4]
+        cpu_per_minute.append(round(1000 * (s1[6] - s0[6]) / made, 1) if made > 0 else None)
+        steal_per_minute.append(round((s1[8] - s0[8]) / max(s1[7] - s0[7], 1), 3))
+        index_per_minute.append(round(s1[5] / 2**20, 1))
     fps_first = [_fps(s["per_s"], 0, w) for s in r["sessions"]]
     fps_last = [_fps(s["per_s"], span - w, span) for s in r["sessions"]]
     ratios = [b / a if a > 0 else 0.0 for a, b in zip(fps_first, fps_last)]
@@ -251,8 +288,16 @@ def soak(args) -> dict:
         "memory_points_end": last[3],
         "history_frames_first": first[4],
         "history_frames_end": last[4],
-        # [t s, RSS MiB, worlds' reported MiB, memory points, history frames]
-        "samples": [[round(t, 1), round(x * mib, 1), round(wb * mib, 1), p, f] for t, x, wb, p, f in samples],
+        # [t s, RSS MiB, worlds' reported MiB, memory points, history frames, history (index_bytes) MiB]
+        "samples": [[round(t, 1), round(x * mib, 1), round(wb * mib, 1), p, f, round(ix * mib, 1)]
+                    for t, x, wb, p, f, ix, *_ in samples],
+        # per minute of the run: each reading session's frame rate; the server's CPU ms per history frame made
+        # (all worlds, never-reader included: flat = a frame costs the same work, whatever the frame rate did);
+        # the machine's steal share; the worlds' history bytes (index_bytes) at the minute's end, MiB
+        "fps_per_minute": fps_per_minute,
+        "server_cpu_ms_per_frame_per_minute": cpu_per_minute,
+        "steal_per_minute": steal_per_minute,
+        "history_mib_per_minute": index_per_minute,
         "baseline": "rss_idle_mib: the server before any world exists (same run)",
         "cpu_count": os.cpu_count(),
         "loadavg": os.getloadavg(),

@@ -286,6 +286,26 @@ def test_voxel_snapshot_keeps_set_order_and_rejects_repeated_voxels():
         VoxelSetIndex.from_arrays(data)
 
 
+@pytest.mark.parametrize("tail_runs", [1, 1 << 30])
+def test_replaying_all_frames_at_once_equals_adding_them_one_by_one(tail_runs):
+    """``from_arrays`` (a rebuild, a load) replays every frame in one compiled call; ``_append`` frame by frame is
+    its reference: the same forward lists, runs and counts, empty sets (dropped frames) included."""
+    rng = np.random.default_rng(5)
+    sets = [_keys(rng, int(rng.integers(0, 300)), extent=10) if i % 3 else np.zeros(0, np.int64) for i in range(40)]
+    slow = VoxelSetIndex(tail_runs)
+    for keys in sets:
+        slow._append(slow._insert_columns(keys))
+    slow.seal()
+    fast = VoxelSetIndex.from_arrays(slow.to_arrays(), tail_runs)
+    for name in ("_cols", "_offsets", "_col_keys", "_open_start", "_last_seen"):
+        np.testing.assert_array_equal(getattr(fast, name).view, getattr(slow, name).view, err_msg=name)
+    for name in ("_indptr", "_sealed_starts", "_sealed_ends"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    assert fast.nnz == slow.nnz == sum(s.shape[0] for s in sets)
+    queries = [_keys(rng, 200, extent=10) for _ in range(3)]
+    np.testing.assert_array_equal(fast.intersection_counts(queries), reference_intersection_counts(queries, sets))
+
+
 @pytest.mark.parametrize("levels", [1, 2, 5])
 def test_sets_are_kept_at_the_coarse_voxel_and_match_the_slow_coarsening(levels):
     rng = np.random.default_rng(levels)
@@ -306,10 +326,13 @@ def test_history_snapshots_from_before_coarse_sets_load_at_the_memory_voxel():
     store = FrameStore(EXACT)
     store.add(_image(0), _pose(0), K, np.array([5, 1], dtype=np.int64))
     data = store.to_arrays()
-    del data["config"]["voxel_set_levels"]
+    for field in ("voxel_set_levels", "compact_evict", "compact_rebuild_dead_ratio"):
+        del data["config"][field]
     back = FrameStore.from_arrays(data)
     assert back.config.voxel_set_levels == 0
     np.testing.assert_array_equal(back.get_voxel_keys(0), [5, 1])
+    # ... and compact as they did when saved: the oldest view of a full cell out, rebuilt at half dead
+    assert (back.config.compact_evict, back.config.compact_rebuild_dead_ratio) == ("oldest", 1.0)
 
 
 # --- frames out of RAM, retrieval-index compaction ------------------------------------------------------------
@@ -405,14 +428,37 @@ def test_a_revisiting_path_keeps_the_index_bounded_and_counts_exact(monkeypatch)
 
 
 def test_compaction_keeps_views_that_differ():
-    """Views of one pose cell that see different things (IoU below the threshold) all stay, up to the cap."""
-    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=3))
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        store.add(_image(i), np.eye(4), K, _keys(rng, 200))
-    assert store.indexed().all()
-    store.add(_image(3), np.eye(4), K, _keys(rng, 200))
-    np.testing.assert_array_equal(store.indexed(), [False, True, True, True])  # the cap drops the oldest
+    """Views of one pose cell that see different things (IoU below the threshold) all stay, up to the cap; then
+    the cap drops the view most like another one of the cell (the oldest of equals), or the oldest by the old rule."""
+    strip = np.arange(0, 300, dtype=np.int64)
+    # IoU(1, 2) = 1/3 (the most alike pair), every other pair shares nothing; each below compact_min_iou
+    sets = [strip[:100], strip[100:200], strip[150:250], strip[250:300] + 1000]
+    for evict, kept in (("redundant", [True, False, True, True]), ("oldest", [False, True, True, True])):
+        store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=3,
+                                         compact_evict=evict))
+        for i, keys in enumerate(sets[:3]):
+            store.add(_image(i), np.eye(4), K, keys)
+        assert store.indexed().all()
+        store.add(_image(3), np.eye(4), K, sets[3])
+        np.testing.assert_array_equal(store.indexed(), kept, err_msg=evict)
+    # the newest view stays even when it is the most alike (it shows the world as it is now)
+    store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=2))
+    for i, keys in enumerate((strip[:100], strip[200:300], strip[20:120])):  # IoU(0, 2) = 80/120
+        store.add(_image(i), np.eye(4), K, keys)
+    np.testing.assert_array_equal(store.indexed(), [False, True, True])
+
+
+def test_redundant_eviction_keeps_the_views_a_loop_needs():
+    """A loop walked at four phases, one view per lap into one pose cell of two views: the cell keeps the two
+    views farthest apart (phases 0 and 3), where dropping the oldest keeps the last two laps' (2 and 3)."""
+    wall = np.arange(0, 1000, dtype=np.int64)
+    views = [wall[p * 100 : p * 100 + 400] for p in (0, 1, 2, 3)]  # each lap's view slides 100 voxels along
+    for evict, kept in (("redundant", [True, False, False, True]), ("oldest", [False, False, True, True])):
+        store = FrameStore(HistoryConfig(image_codec="png", voxel_set_levels=0, compact_max_views=2,
+                                         compact_evict=evict))
+        for i, keys in enumerate(views):
+            store.add(_image(i), np.eye(4), K, keys)
+        np.testing.assert_array_equal(store.indexed(), kept, err_msg=evict)
 
 
 def test_unique_first_and_has_duplicates_equal_numpy():

@@ -44,8 +44,8 @@ SNAPSHOT_VERSION = 1
 _IMAGE_CODECS = ("jpeg", "png")
 _DEPTH_CODECS = ("float16_zstd", "float32_zstd", "png_mm")
 _EMPTY_KEY = -1  # hash-table sentinel; packed voxel keys are >= 0 (``world.geometry`` offsets every axis)
-# The retrieval index is rebuilt without the dropped sets once they hold more voxels than the live ones and than
-# this (a rebuild is O(live voxels); doing it only when half the index is dead keeps it O(1) amortised per add).
+# The retrieval index is rebuilt without the dropped sets only once they hold more voxels than this (a few
+# keyframes' sets), whatever ``HistoryConfig.compact_rebuild_dead_ratio`` says: a tiny index is not worth a rebuild.
 REBUILD_MIN_VOXELS = 1 << 16
 _FRAME_MAGIC = b"SPF1"
 _FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
@@ -79,13 +79,26 @@ class HistoryConfig:
     # with a non-empty voxel set) fall into pose cells: camera centre on a ``compact_cell_m`` grid and viewing
     # direction in ``compact_angle_deg`` bins of yaw and pitch. A new keyframe drops an older one of its cell from
     # the index when their voxel sets overlap by IoU >= ``compact_min_iou`` (the older view is redundant: it sees
-    # what the newer one sees), and a cell keeps at most ``compact_max_views`` indexed views (the oldest goes),
-    # so the index is bounded by the cells a path covers, not by its length. Dropped frames stay in the history
-    # (images and poses are still read), they are no longer retrieval candidates. 0 cell size: no compaction.
+    # what the newer one sees), and a cell keeps at most ``compact_max_views`` indexed views (``compact_evict``
+    # says which goes), so the index is bounded by the cells a path covers, not by its length. Dropped frames stay
+    # in the history (images and poses are still read), they are no longer retrieval candidates. 0 cell size: no
+    # compaction.
     compact_cell_m: float = 0.5
     compact_angle_deg: float = 30.0
     compact_min_iou: float = 0.9
-    compact_max_views: int = 8
+    # 6, not 8: on the soak's revisiting loop, the 6 views of a cell that differ most from each other (see
+    # ``compact_evict``) are retrieved as well as 8 were, from a smaller index walked by every query; fewer lose the
+    # loop's phases (docs/BENCHMARKS.md, "Long sessions ..." of session 11, engineer soak).
+    compact_max_views: int = 6
+    # Dropped views' sets stay in the index (in its memory and in every query's walk over the runs) until a rebuild,
+    # which comes once they hold more than this fraction of the live sets' voxels. A rebuild costs O(live voxels +
+    # frames), so a ratio r makes it cost O(1/r) amortised per dropped voxel, while the index holds at most
+    # (1 + r) x its live part: 1.0 let it swing between 1x and 2x over a session, 0.25 keeps it within 1.25x for
+    # 4x the rebuild work (one compiled pass, ``VoxelSetIndex.from_arrays``).
+    compact_rebuild_dead_ratio: float = 0.25
+    # Which view a full cell drops for a new keyframe: "redundant" (the one most like another view of the cell, see
+    # ``FrameStore._evicted``) or "oldest" (the rule before; snapshots written without this field load with it).
+    compact_evict: str = "redundant"
 
     def __post_init__(self) -> None:
         if self.image_codec not in _IMAGE_CODECS:
@@ -108,6 +121,10 @@ class HistoryConfig:
             raise InvalidInputError(
                 f"compact_cell_m must be >= 0 and compact_angle_deg in (0, 180], got {self.compact_cell_m}, "
                 f"{self.compact_angle_deg}")
+        if self.compact_evict not in ("redundant", "oldest"):
+            raise InvalidInputError(f"compact_evict must be 'redundant' or 'oldest', got {self.compact_evict!r}")
+        if not self.compact_rebuild_dead_ratio > 0:
+            raise InvalidInputError(f"compact_rebuild_dead_ratio must be > 0, got {self.compact_rebuild_dead_ratio}")
         if not (0 <= self.compact_min_iou <= 1) or self.compact_max_views < 1:
             raise InvalidInputError(
                 f"compact_min_iou must be in [0, 1] and compact_max_views >= 1, got {self.compact_min_iou}, "
@@ -259,6 +276,20 @@ def _kernels():
         return n_runs, n_unique
 
     @numba.njit(cache=True, nogil=True)
+    def add_frames(cols, offsets, f0, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out,
+                   unique_offsets):
+        """``add_frame`` for frames ``f0, f0 + 1, ...`` whose columns are ``cols[offsets[k]:offsets[k + 1]]``, in
+        one call (a rebuild replays every frame of the history, most of them empty: not a Python call each). Frame k's
+        distinct columns go to ``unique_out[unique_offsets[k]:unique_offsets[k + 1]]`` (``unique_offsets[0]`` is
+        set by the caller). Returns the new number of closed runs."""
+        for k in range(offsets.shape[0] - 1):
+            start = unique_offsets[k]
+            n_runs, n_unique = add_frame(cols[offsets[k] : offsets[k + 1]], f0 + k, open_start, last_seen, run_col,
+                                         run_start, run_end, n_runs, unique_out[start:])
+            unique_offsets[k + 1] = start + n_unique
+        return n_runs
+
+    @numba.njit(cache=True, nogil=True)
     def merge_runs(indptr, starts, ends, run_col, run_start, run_end, n_new, n_cols):
         """A by-column run index (``indptr`` over its columns, ``starts``/``ends``) plus ``n_new`` newer closed runs
         -> the by-column index over ``n_cols`` columns. Per column, old runs come first (runs stay in time order)."""
@@ -349,7 +380,7 @@ def _kernels():
                 j = (j + 1) & tmask
         return n
 
-    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct
+    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct, add_frames
 
 
 @functools.cache
@@ -503,6 +534,11 @@ class VoxelSetIndex:
         return self._sealed_starts.shape[0] + self._run_col.size + self._col_keys.size
 
     @property
+    def nnz(self) -> int:
+        """Voxels over all frames' sets (the sum of ``sizes()``, kept as a count: O(1), where the sum is O(frames))."""
+        return self._cols.size
+
+    @property
     def num_unsealed_runs(self) -> int:
         """Closed runs not yet merged into the by-voxel index (each query scans them linearly)."""
         return self._run_col.size
@@ -553,6 +589,30 @@ class VoxelSetIndex:
         for arr in (self._run_col, self._run_start, self._run_end):
             arr.size = n_runs
         return n_unique
+
+    def _append_all(self, cols: np.ndarray, offsets: np.ndarray) -> None:
+        """``_append`` of every frame ``cols[offsets[k]:offsets[k + 1]]`` in one compiled call (``from_arrays``;
+        ``_append`` frame by frame is its reference). Raises ``SnapshotError`` if a frame repeats a column."""
+        n_frames, nnz = offsets.shape[0] - 1, cols.shape[0]
+        f0 = len(self)
+        self._cols.reserve(nnz)
+        for arr in (self._run_col, self._run_start, self._run_end):
+            arr.reserve(nnz)  # a frame closes at most one run per column it sees
+        unique_offsets = np.empty(n_frames + 1, dtype=np.int64)
+        unique_offsets[0] = self._cols.size
+        n_runs = _kernels()[7](
+            np.ascontiguousarray(cols, dtype=np.int32), np.ascontiguousarray(offsets, dtype=np.int64), f0,
+            self._open_start.buffer, self._last_seen.buffer, self._run_col.buffer, self._run_start.buffer,
+            self._run_end.buffer, self._run_col.size, self._cols.buffer, unique_offsets,
+        )
+        given = np.diff(offsets)
+        kept = np.diff(unique_offsets)
+        if not np.array_equal(given, kept):
+            raise SnapshotError(f"voxel set of frame {int(np.flatnonzero(given != kept)[0])} repeats a voxel")
+        self._cols.size = int(unique_offsets[-1])
+        self._offsets.extend(unique_offsets[1:])
+        for arr in (self._run_col, self._run_start, self._run_end):
+            arr.size = n_runs
 
     def add(self, keys: np.ndarray) -> int:  # keys: [V] int64 voxel keys >= 0, any order, repeats allowed
         """Append one frame's voxel set (validated by ``check_voxel_keys``; a key given twice counts once, and no
@@ -616,7 +676,7 @@ class VoxelSetIndex:
 
         Each query set must be free of duplicates (``FrameStore.query_voxel_set``); keys no frame has are ignored.
         """
-        _, _, _, count_indexed, count_unsealed, _, _ = _kernels()
+        _, _, _, count_indexed, count_unsealed, _, _, _ = _kernels()
         n_t, n_f = len(query_keys), len(self)
         if n_t == 0 or n_f == 0:
             return np.zeros((n_t, n_f), dtype=np.int32)
@@ -722,10 +782,7 @@ class VoxelSetIndex:
         index = cls(tail_runs)
         if not np.array_equal(index._insert_columns(col_keys), np.arange(col_keys.shape[0])):
             raise SnapshotError("voxel index column table did not rebuild in order")
-        for f in range(offsets.shape[0] - 1):
-            frame_cols = cols[offsets[f] : offsets[f + 1]]
-            if index._append(frame_cols) != frame_cols.shape[0]:
-                raise SnapshotError(f"voxel set of frame {f} repeats a voxel")
+        index._append_all(cols, offsets)
         index.seal()
         return index
 
@@ -971,8 +1028,9 @@ class FrameStore:
                 int(pitch // step))
 
     def _compact_cell(self, f: int) -> None:
-        """Drop the views of ``f``'s pose cell that ``f`` makes redundant (IoU >= ``compact_min_iou``), then the
-        oldest beyond ``compact_max_views``; rebuild the index once dropped sets outweigh the live ones."""
+        """Drop the views of ``f``'s pose cell that ``f`` makes redundant (IoU >= ``compact_min_iou``), then one by
+        ``compact_evict`` while the cell holds more than ``compact_max_views``; rebuild the index once dropped sets
+        hold more than ``compact_rebuild_dead_ratio`` of the live ones' voxels."""
         views = self._cells.setdefault(self._cell(f), [])
         if views:
             if self._mark.shape[0] < self.voxels.num_voxels:
@@ -989,11 +1047,28 @@ class FrameStore:
             views[:] = keep
         views.append(f)
         while len(views) > self.config.compact_max_views:
-            self._drop(views.pop(0))
-        live = int(self.voxels.sizes().sum()) - self._dropped_voxels
-        if self._dropped_voxels > max(live, REBUILD_MIN_VOXELS):
+            self._drop(views.pop(self._evicted(views) if self.config.compact_evict == "redundant" else 0))
+        live = self.voxels.nnz - self._dropped_voxels
+        if self._dropped_voxels > max(self.config.compact_rebuild_dead_ratio * live, REBUILD_MIN_VOXELS):
             self.voxels = self.voxels.rebuilt(self._indexed.view)
             self._dropped_voxels = 0
+
+    def _evicted(self, views: list[int]) -> int:
+        """Position in ``views`` (a full cell, oldest first, the new keyframe last) of the view to drop: the one
+        most like another view of the cell (the highest IoU with any of them; on a tie the higher sum of IoUs with
+        all of them, then the oldest); never the new keyframe (it shows the world as it is now). The cell then keeps
+        views that differ most from each other: a loop's laps fall at other phases, and each view's set is the best
+        match for targets at its own phase. O(views^2 x set size) per full cell, a few views."""
+        n = len(views)
+        ious = np.zeros((n - 1, n))
+        sizes = np.array([self.voxels.size_of(g) for g in views], dtype=np.float64)
+        frames = np.asarray(views, dtype=np.int64)
+        for a, g in enumerate(views[:-1]):
+            inter = self.voxels.overlaps(g, frames, self._mark).astype(np.float64)
+            union = sizes[a] + sizes - inter
+            ious[a] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            ious[a, a] = 0.0
+        return int(np.lexsort((np.arange(n - 1), -ious.sum(axis=1), -ious.max(axis=1)))[0])
 
     def _drop(self, g: int) -> None:
         self._indexed.buffer[g] = False
@@ -1297,7 +1372,9 @@ class FrameStore:
                 raise SnapshotError(
                     f"frame history snapshot version {version} is not supported ({SNAPSHOT_VERSION} is)"
                 )
-            config = HistoryConfig(**{"voxel_set_levels": 0, **dict(data["config"])})  # older: sets at d
+            # older snapshots: sets at d, the oldest view of a full cell dropped, rebuilt at half dead
+            config = HistoryConfig(**{"voxel_set_levels": 0, "compact_evict": "oldest",
+                                      "compact_rebuild_dead_ratio": 1.0, **dict(data["config"])})
             c2w = np.asarray(data["c2w"], dtype=np.float64)
             intr = np.asarray(data["intrinsics"], dtype=np.float64)
             ts = np.asarray(data["timestamp_ns"], dtype=np.int64)
