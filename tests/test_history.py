@@ -288,8 +288,10 @@ def test_voxel_snapshot_keeps_set_order_and_rejects_repeated_voxels():
 
 @pytest.mark.parametrize("tail_runs", [1, 1 << 30])
 def test_replaying_all_frames_at_once_equals_adding_them_one_by_one(tail_runs):
-    """``from_arrays`` (a rebuild, a load) replays every frame in one compiled call; ``_append`` frame by frame is
-    its reference: the same forward lists, runs and counts, empty sets (dropped frames) included."""
+    """``from_arrays`` (a rebuild, a load) replays every frame in one compiled call; ``_append`` frame by frame
+    (the same kernel, one frame a call) gives the same forward lists, runs and counts, empty sets (dropped frames)
+    included. What a frame does to the runs is checked against the slow reference in
+    ``test_intersection_counts_match_reference_across_index_rebuilds``."""
     rng = np.random.default_rng(5)
     sets = [_keys(rng, int(rng.integers(0, 300)), extent=10) if i % 3 else np.zeros(0, np.int64) for i in range(40)]
     slow = VoxelSetIndex(tail_runs)

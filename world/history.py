@@ -249,44 +249,38 @@ def _kernels():
         return n_cols
 
     @numba.njit(cache=True, nogil=True)
-    def add_frame(cols, f, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out):
-        """Fold frame ``f``'s columns into the runs. Each column's latest run is ``[open_start, last_seen + 1)``;
-        seeing the column again at ``last_seen + 1`` extends it, later closes it into the run list (the caller
-        reserved ``len(cols)`` more run slots). A column repeated within the frame (``last_seen == f``) is skipped,
-        so the frame's set needs no sort to be a set: its distinct columns go to ``unique_out`` in their given
-        order. Returns the new number of closed runs and the number of distinct columns."""
-        n_unique = 0
-        for p in range(cols.shape[0]):
-            c = cols[p]
-            seen = last_seen[c]
-            if seen == f:
-                continue
-            unique_out[n_unique] = c
-            n_unique += 1
-            if seen >= 0 and seen == f - 1:
-                last_seen[c] = f
-                continue
-            if seen >= 0:
-                run_col[n_runs] = c
-                run_start[n_runs] = open_start[c]
-                run_end[n_runs] = seen + 1
-                n_runs += 1
-            open_start[c] = f
-            last_seen[c] = f
-        return n_runs, n_unique
-
-    @numba.njit(cache=True, nogil=True)
     def add_frames(cols, offsets, f0, open_start, last_seen, run_col, run_start, run_end, n_runs, unique_out,
                    unique_offsets):
-        """``add_frame`` for frames ``f0, f0 + 1, ...`` whose columns are ``cols[offsets[k]:offsets[k + 1]]``, in
-        one call (a rebuild replays every frame of the history, most of them empty: not a Python call each). Frame k's
-        distinct columns go to ``unique_out[unique_offsets[k]:unique_offsets[k + 1]]`` (``unique_offsets[0]`` is
-        set by the caller). Returns the new number of closed runs."""
+        """Fold frames ``f0, f0 + 1, ...``, whose columns are ``cols[offsets[k]:offsets[k + 1]]``, into the runs, in
+        one call (a rebuild replays every frame of the history, most of them empty: not a Python call each; ``add``
+        passes one frame). Each column's latest run is ``[open_start, last_seen + 1)``; seeing the column again at
+        ``last_seen + 1`` extends it, later closes it into the run list (the caller reserved one more run slot per
+        column given). A column repeated within a frame (``last_seen == f``) is skipped, so a frame's set needs no
+        sort to be a set: frame k's distinct columns go to ``unique_out[unique_offsets[k]:unique_offsets[k + 1]]``
+        in their given order (``unique_offsets[0]`` is set by the caller). Returns the new number of closed runs.
+        One kernel, not a per-frame kernel called from this one: numba's disk cache cannot key a kernel that calls
+        another through a closure, so it recompiled (~0.4 s, and a new cache file) in every process."""
         for k in range(offsets.shape[0] - 1):
-            start = unique_offsets[k]
-            n_runs, n_unique = add_frame(cols[offsets[k] : offsets[k + 1]], f0 + k, open_start, last_seen, run_col,
-                                         run_start, run_end, n_runs, unique_out[start:])
-            unique_offsets[k + 1] = start + n_unique
+            f = f0 + k
+            n_unique = unique_offsets[k]
+            for p in range(offsets[k], offsets[k + 1]):
+                c = cols[p]
+                seen = last_seen[c]
+                if seen == f:
+                    continue
+                unique_out[n_unique] = c
+                n_unique += 1
+                if seen >= 0 and seen == f - 1:
+                    last_seen[c] = f
+                    continue
+                if seen >= 0:
+                    run_col[n_runs] = c
+                    run_start[n_runs] = open_start[c]
+                    run_end[n_runs] = seen + 1
+                    n_runs += 1
+                open_start[c] = f
+                last_seen[c] = f
+            unique_offsets[k + 1] = n_unique
         return n_runs
 
     @numba.njit(cache=True, nogil=True)
@@ -380,7 +374,7 @@ def _kernels():
                 j = (j + 1) & tmask
         return n
 
-    return hash_get_or_insert, add_frame, merge_runs, count_indexed, count_unsealed, coarsen, distinct, add_frames
+    return hash_get_or_insert, add_frames, merge_runs, count_indexed, count_unsealed, coarsen, distinct
 
 
 @functools.cache
@@ -576,23 +570,11 @@ class VoxelSetIndex:
     def _append(self, cols: np.ndarray) -> int:
         """Add one frame's columns (repeats are dropped) to the forward lists and the runs; returns how many
         distinct columns the frame has."""
-        f = len(self)
-        self._cols.reserve(cols.shape[0])
-        for arr in (self._run_col, self._run_start, self._run_end):
-            arr.reserve(cols.shape[0])
-        n_runs, n_unique = _kernels()[1](
-            cols, f, self._open_start.buffer, self._last_seen.buffer, self._run_col.buffer,
-            self._run_start.buffer, self._run_end.buffer, self._run_col.size, self._cols.buffer[self._cols.size:],
-        )
-        self._cols.size += n_unique
-        self._offsets.extend(np.array([self._cols.size], dtype=np.int64))
-        for arr in (self._run_col, self._run_start, self._run_end):
-            arr.size = n_runs
-        return n_unique
+        return int(self._fold(cols, np.array([0, cols.shape[0]], dtype=np.int64))[0])
 
-    def _append_all(self, cols: np.ndarray, offsets: np.ndarray) -> None:
-        """``_append`` of every frame ``cols[offsets[k]:offsets[k + 1]]`` in one compiled call (``from_arrays``;
-        ``_append`` frame by frame is its reference). Raises ``SnapshotError`` if a frame repeats a column."""
+    def _fold(self, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Frames ``cols[offsets[k]:offsets[k + 1]]`` (repeats dropped) onto the forward lists and the runs;
+        returns ``[n_frames]`` int64, each frame's number of distinct columns."""
         n_frames, nnz = offsets.shape[0] - 1, cols.shape[0]
         f0 = len(self)
         self._cols.reserve(nnz)
@@ -600,19 +582,24 @@ class VoxelSetIndex:
             arr.reserve(nnz)  # a frame closes at most one run per column it sees
         unique_offsets = np.empty(n_frames + 1, dtype=np.int64)
         unique_offsets[0] = self._cols.size
-        n_runs = _kernels()[7](
+        n_runs = _kernels()[1](
             np.ascontiguousarray(cols, dtype=np.int32), np.ascontiguousarray(offsets, dtype=np.int64), f0,
             self._open_start.buffer, self._last_seen.buffer, self._run_col.buffer, self._run_start.buffer,
             self._run_end.buffer, self._run_col.size, self._cols.buffer, unique_offsets,
         )
-        given = np.diff(offsets)
-        kept = np.diff(unique_offsets)
-        if not np.array_equal(given, kept):
-            raise SnapshotError(f"voxel set of frame {int(np.flatnonzero(given != kept)[0])} repeats a voxel")
         self._cols.size = int(unique_offsets[-1])
         self._offsets.extend(unique_offsets[1:])
         for arr in (self._run_col, self._run_start, self._run_end):
             arr.size = n_runs
+        return np.diff(unique_offsets)
+
+    def _append_all(self, cols: np.ndarray, offsets: np.ndarray) -> None:
+        """``_append`` of every frame ``cols[offsets[k]:offsets[k + 1]]`` in one compiled call (``from_arrays``).
+        Raises ``SnapshotError`` if a frame repeats a column."""
+        given = np.diff(offsets)
+        kept = self._fold(cols, offsets)
+        if not np.array_equal(given, kept):
+            raise SnapshotError(f"voxel set of frame {int(np.flatnonzero(given != kept)[0])} repeats a voxel")
 
     def add(self, keys: np.ndarray) -> int:  # keys: [V] int64 voxel keys >= 0, any order, repeats allowed
         """Append one frame's voxel set (validated by ``check_voxel_keys``; a key given twice counts once, and no
@@ -676,7 +663,7 @@ class VoxelSetIndex:
 
         Each query set must be free of duplicates (``FrameStore.query_voxel_set``); keys no frame has are ignored.
         """
-        _, _, _, count_indexed, count_unsealed, _, _, _ = _kernels()
+        _, _, _, count_indexed, count_unsealed, _, _ = _kernels()
         n_t, n_f = len(query_keys), len(self)
         if n_t == 0 or n_f == 0:
             return np.zeros((n_t, n_f), dtype=np.int32)
