@@ -75,6 +75,14 @@ def load_average() -> float:
         return -1.0
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` on this machine has used so far (Linux ``/proc``)."""
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (timings on a shared machine are noisy; say so next to them)."""
     info: dict[str, Any] = {

@@ -28,7 +28,6 @@ sessions start their timed frames together), at
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import emit, log  # noqa: E402
+from _common import emit, log, process_cpu_s  # noqa: E402
 
 HOP_IDLE_S = 3.0  # --hop-rounds: the last round's sessions then stay open this long without actions (CPU measured)
 WARMUP = 3  # untimed frames per session (after a Ray session's compiled graph is ready: ``graph_ready``)
@@ -49,12 +48,6 @@ WARMUP = 3  # untimed frames per session (after a Ray session's compiled graph i
 def _pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process on this machine has used so far (a local Ray's actor)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _session(target: str, world_id: str, frames: int, width: int, height: int, out: dict,
@@ -81,7 +74,7 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
                     barrier.wait(timeout=600)
                     t_start = time.perf_counter()
                     pid = actor_pid() if actor_pid else None
-                    cpu0 = (time.process_time(), proc_cpu_s(pid) if pid else 0.0)
+                    cpu0 = (time.process_time(), process_cpu_s(pid) if pid else 0.0)
                 t0 = time.perf_counter()
                 s.send(move_forward=0.3, yaw_rate_rad_s=0.3, dt_s=0.1)
                 f = s.next_frame(timeout_s=300)
@@ -92,13 +85,13 @@ def _session(target: str, world_id: str, frames: int, width: int, height: int, o
             t_end = time.perf_counter()
             cpu["bench_process_s"] = time.process_time() - cpu0[0]
             if pid:
-                cpu["actor_s"] = proc_cpu_s(pid) - cpu0[1]
+                cpu["actor_s"] = process_cpu_s(pid) - cpu0[1]
             if idle_s:  # the session open, nothing to play: what waiting for the next action costs
-                idle0 = (time.process_time(), proc_cpu_s(pid) if pid else 0.0)
+                idle0 = (time.process_time(), process_cpu_s(pid) if pid else 0.0)
                 time.sleep(idle_s)
                 cpu["idle_bench_process_s"] = time.process_time() - idle0[0]
                 if pid:
-                    cpu["idle_actor_s"] = proc_cpu_s(pid) - idle0[1]
+                    cpu["idle_actor_s"] = process_cpu_s(pid) - idle0[1]
     out[world_id] = {"latencies_ms": lat_ms, "start": t_start, "end": t_end, "cpu": cpu}
 
 

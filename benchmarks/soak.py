@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import emit, log  # noqa: E402
+from _common import emit, log, process_cpu_s  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
@@ -45,12 +45,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and its threads (Linux ``/proc``, clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -151,7 +145,7 @@ async def _run(target: str, pid: int, args) -> dict:
         t0 = time.monotonic()
         stop = t0 + args.minutes * 60
         samples: list[tuple] = []
-        cpu_prev, ticks_prev, frames_prev = cpu_seconds(pid), machine_ticks(), None
+        cpu_prev, ticks_prev, frames_prev = process_cpu_s(pid), machine_ticks(), None
         cpu_start, ticks_start = cpu_prev, ticks_prev
 
         async def sampler():
@@ -166,7 +160,7 @@ async def _run(target: str, pid: int, args) -> dict:
                     wb = points = frames = index = 0
                 # the server's CPU per history frame made in the interval (all nine worlds): what a frame costs,
                 # apart from how much of the machine the server got (load, steal)
-                cpu, ticks = cpu_seconds(pid), machine_ticks()
+                cpu, ticks = process_cpu_s(pid), machine_ticks()
                 made = frames - frames_prev if frames_prev is not None else 0
                 cpu_ms = 1000 * (cpu - cpu_prev) / made if made > 0 else None
                 steal = (ticks[1] - ticks_prev[1]) / max(ticks[0] - ticks_prev[0], 1)
