@@ -53,6 +53,7 @@ VARIANTS = {
     "webrtc_jpeg": ["--server-frames", "jpeg"],  # the server's JPEG (decoded here) instead of RAW frames
     "webrtc_base": None,  # the web app of another source tree (--baseline-tree): before / after in one run
     "webrtc_chrome": [],  # the default web app, in a second Chromium with --chrome-variant-flags added
+    "webrtc_smooth": ["--playout-delay-ms", "off"],  # no playout delay asked: the browser's jitter buffer decides
 }
 
 
@@ -193,6 +194,7 @@ def run_grpc(target: str, world: str, args, meter: "CpuMeter | None" = None) -> 
     with WorldClient(target) as c, c.play(world, fps=TICK_HZ, width=args.width, height=args.height,
                                           jpeg_quality=90, record=args.record) as s:
         sent: dict[int, float] = {}
+        sent_wall_ms: dict[int, float] = {}  # the same, wall clock (the server's frame times are wall clock)
         stop = threading.Event()
 
         def sender():
@@ -200,14 +202,14 @@ def run_grpc(target: str, world: str, args, meter: "CpuMeter | None" = None) -> 
             k = 0
             while not stop.is_set():
                 seq = s.send(move_forward=1.0, dt_s=1 / TICK_HZ)
-                sent[seq] = time.perf_counter()
+                sent[seq], sent_wall_ms[seq] = time.perf_counter(), time.time() * 1e3
                 k += 1
                 time.sleep(max(0.0, t0 + k / TICK_HZ - time.perf_counter()))  # absolute schedule
 
         th = threading.Thread(target=sender, daemon=True)
         t_start = time.perf_counter()
         th.start()
-        lat, shown, reflected = [], [], 0
+        lat, shown, reflected, stages = [], [], 0, []
         metering = False
         while time.perf_counter() - t_start < args.seconds:
             if meter is not None and not metering and time.perf_counter() - t_start >= WARMUP_S:
@@ -221,6 +223,11 @@ def run_grpc(target: str, world: str, args, meter: "CpuMeter | None" = None) -> 
             if f is None:
                 break
             shown.append(now)
+            q = f.last_action_seq
+            if q > reflected and q in sent and sent[q] - t_start >= WARMUP_S:  # the page's stages' up + fwd + server
+                stages.append({"newest_ms": (now - sent[q]) * 1e3,
+                               "gen_ms": f.server_time_ns / 1e6 - sent_wall_ms[q],
+                               "down_ms": f.received_ns / 1e6 - f.server_time_ns / 1e6})
             for q in range(reflected + 1, f.last_action_seq + 1):
                 if q in sent and sent[q] - t_start >= WARMUP_S:
                     lat.append((now - sent[q]) * 1e3)
@@ -231,7 +238,7 @@ def run_grpc(target: str, world: str, args, meter: "CpuMeter | None" = None) -> 
         s.close(drain=False)
     window = [t for t in shown if t - t_start >= WARMUP_S]
     return {"frames_shown": len(window), "window_s": args.seconds - WARMUP_S, "latencies_ms": lat,
-            "frames_arrived": len(window), "cpu_s_per_s": cpu}
+            "frames_arrived": len(window), "cpu_s_per_s": cpu, "stages": stages}
 
 
 COUNTERS = ("return {shown: spatia.framesShown, lat: spatia.latencies.length, arrived: spatia.framesArrived, "
@@ -317,7 +324,8 @@ def aggregate(rounds: list[dict]) -> dict:
     stages = [st for r in rounds for st in r.get("stages", ())]
     if stages:  # where a shown frame's time went after the web app had it (app.js ``stages``), p50 / p95 ms
         out["stages_ms"] = {k: [round(_pct(v, 50), 1), round(_pct(v, 95), 1)] for k in
-                            ("total_ms", "wait_ms", "paced_ms", "wire_ms", "show_ms")
+                            ("total_ms", "wait_ms", "paced_ms", "wire_ms", "show_ms", "up_ms", "fwd_ms",
+                             "server_ms", "gen_ms", "down_ms", "newest_ms")
                             if (v := [st[k] for st in stages if st.get(k) is not None])}
     cpu = [r for r in rounds if r.get("cpu_s_per_s")]
     if cpu:

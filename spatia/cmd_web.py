@@ -26,6 +26,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "does not record (default)")
     p.add_argument("--video-codec", choices=("vp8", "h264"), default="vp8",
                    help="WebRTC video codec (when the browser offers it; default vp8)")
+    p.add_argument("--playout-delay-ms", default="0,0", metavar="MIN,MAX|off",
+                   help="the playout delay WebRTC video asks the browser for (default 0,0: each frame shown as soon "
+                        "as it is decoded); off: the browser's jitter buffer and smoothing decide")
+
+
+def _playout_delay(text: str) -> tuple[int, int] | None:
+    from spatia.world.errors import InvalidInputError
+
+    if text.strip().lower() == "off":
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidInputError(f"--playout-delay-ms takes MIN,MAX in ms or off, got {text!r}") from None
+    if not 0 <= lo <= hi <= 40_950:
+        raise InvalidInputError(f"--playout-delay-ms needs 0 <= MIN <= MAX <= 40950, got {text!r}")
+    return lo, hi
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     config = WebConfig(server=args.server, host=args.host, port=args.port, tls=ssl_context is not None,
                        server_root_certificates=args.server_ca.read_bytes() if args.server_ca else None,
                        allowed_origins=tuple(args.allowed_origin), grace_s=args.grace,
-                       server_frames=args.server_frames, video_codec=args.video_codec)
+                       server_frames=args.server_frames, video_codec=args.video_codec,
+                       playout_delay_ms=_playout_delay(args.playout_delay_ms))
     run_app(config, ssl_context)
     return 0

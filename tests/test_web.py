@@ -146,6 +146,8 @@ def test_webrtc_frames_and_spectator_sees_the_same(stack):
         settle(d)
         wait_for(d, "return spatia.rtpOrigin !== null && spatia.latencies.length > 0",
                  what="RTP-mapped key->frame latencies")
+        # the web app asked Chromium for no playout delay (frames shown once decoded) and Chromium agreed to it
+        assert "rtp-hdrext/playout-delay" in d.execute_script("return spatia.pc.remoteDescription.sdp")
         last = d.execute_script("return spatia.shownMeta.index")
         wait_for(spectator, "return spatia.shownMeta.index === arguments[0]", last, what="the player's last frame")
         frames = recorded(stack, d.execute_script("return spatia.recording"))

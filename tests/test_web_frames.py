@@ -164,3 +164,71 @@ def test_the_web_app_asks_for_raw_frames_only_next_to_the_server_and_without_rec
         WebConfig(server="x:1", server_frames="png")
     with pytest.raises(ValueError, match="video_codec"):
         WebConfig(server="x:1", video_codec="av1")
+
+
+def test_playout_delay_bytes_are_two_12_bit_counts_of_10_ms():
+    from spatia.client.web.rtc import playout_delay_bytes
+
+    assert playout_delay_bytes(0, 0) == b"\x00\x00\x00"
+    assert playout_delay_bytes(100, 200) == bytes([0x00, 0xA0, 0x14])  # 10 << 12 | 20
+    assert playout_delay_bytes(1, 15) == bytes([0x00, 0x10, 0x02])  # rounded up: never less than asked
+    assert playout_delay_bytes(40_950, 40_950) == b"\xff\xff\xff"
+    for bad in ((-10, 0), (20, 10), (0, 40_960)):
+        with pytest.raises(ValueError, match="playout delay"):
+            playout_delay_bytes(*bad)
+
+
+def test_the_answer_negotiates_playout_delay_and_every_packet_carries_it():
+    """The browser's offer lists the playout-delay extension (Chrome does; aiortc's own offers do not): the answer
+    names it with the offer's id and the sender's map writes it next to aiortc's own extensions; an offer without
+    it is answered as aiortc would."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection, RTCRtpParameters, sdp
+    from aiortc.rtp import HeaderExtensions, unpack_header_extensions
+
+    from spatia.client.web.rtc import (
+        PLAYOUT_DELAY_URI,
+        HubVideoTrack,
+        PlayoutDelayExtensionsMap,
+        negotiate_playout_delay,
+    )
+
+    async def answer(with_extension: bool):
+        offerer, answerer = RTCPeerConnection(), RTCPeerConnection()
+        try:
+            offerer.addTransceiver("video", direction="recvonly")
+            await offerer.setLocalDescription(await offerer.createOffer())
+            offer = offerer.localDescription.sdp
+            if with_extension:  # where Chrome puts it: among the video section's extmaps, id 5
+                offer = offer.replace("a=rtpmap:", f"a=extmap:5 {PLAYOUT_DELAY_URI}\r\na=rtpmap:", 1)
+            sender = answerer.addTrack(HubVideoTrack(sub=None, on_message=lambda m: None))
+            transceiver = next(t for t in answerer.getTransceivers() if t.sender is sender)
+            await answerer.setRemoteDescription(offerer.localDescription.__class__(sdp=offer, type="offer"))
+            negotiated = negotiate_playout_delay(transceiver, sender, offer, (0, 0))
+            await answerer.setLocalDescription(await answerer.createAnswer())
+            return negotiated, answerer.localDescription.sdp, sender._RTCRtpSender__rtp_header_extensions_map
+        finally:
+            await offerer.close()
+            await answerer.close()
+
+    negotiated, text, xmap = asyncio.run(answer(True))
+    assert negotiated and f"a=extmap:5 {PLAYOUT_DELAY_URI}" in text
+    assert isinstance(xmap, PlayoutDelayExtensionsMap)
+    video = next(m for m in sdp.SessionDescription.parse(text).media if m.kind == "video")
+    xmap.configure(RTCRtpParameters(headerExtensions=video.rtp.headerExtensions))
+    mid_id = next(x.id for x in video.rtp.headerExtensions if x.uri.endswith("sdes:mid"))
+    written = dict(unpack_header_extensions(*xmap.set(HeaderExtensions(mid="0", abs_send_time=77))))
+    assert written[5] == b"\x00\x00\x00" and written[mid_id] == b"0"  # aiortc's own extensions kept
+
+    negotiated, text, xmap = asyncio.run(answer(False))
+    assert not negotiated and PLAYOUT_DELAY_URI not in text and not isinstance(xmap, PlayoutDelayExtensionsMap)
+
+
+def test_the_web_config_checks_its_playout_delay():
+    from spatia.client.web.app import WebConfig
+
+    assert WebConfig(server="x:1").playout_delay_ms == (0, 0)
+    assert WebConfig(server="x:1", playout_delay_ms=None).playout_delay_ms is None
+    with pytest.raises(ValueError, match="playout_delay_ms"):
+        WebConfig(server="x:1", playout_delay_ms=(50, 10))

@@ -94,12 +94,21 @@ class WebConfig:
     # is on loopback and the session does not record (a recording keeps JPEG: Foxglove shows CompressedImage)
     server_frames: str = "auto"
     video_codec: str = "vp8"  # WebRTC video: "vp8" or "h264" (when the browser offers it; else what it offers)
+    # the playout delay (min, max ms) every WebRTC video packet asks the browser for (rtc.PLAYOUT_DELAY_URI): (0, 0)
+    # renders each frame as soon as it is decoded; None sends no such extension (the browser's own jitter buffer
+    # and smoothing renderer decide)
+    playout_delay_ms: tuple[int, int] | None = (0, 0)
 
     def __post_init__(self) -> None:
         if self.server_frames not in ("auto", "raw", "jpeg"):
             raise ValueError(f"server_frames must be auto, raw or jpeg, got {self.server_frames!r}")
         if self.video_codec not in ("vp8", "h264"):
             raise ValueError(f"video_codec must be vp8 or h264, got {self.video_codec!r}")
+        if self.playout_delay_ms is not None:
+            lo, hi = self.playout_delay_ms
+            if not 0 <= lo <= hi <= 40_950:
+                raise ValueError(f"playout_delay_ms must be (min, max) with 0 <= min <= max <= 40950, "
+                                 f"got {self.playout_delay_ms}")
 
 
 def is_loopback(target: str) -> bool:
@@ -457,8 +466,10 @@ class WebApp:
         kind = msg.get("t")
         try:
             if kind == "act":
-                axes = {k: v for k, v in msg.items() if k not in ("t", "seq", "sent_ms")}
-                await hub.send_action(token, int(msg.get("seq", 0)), axes)
+                axes = {k: v for k, v in msg.items() if k not in ("t", "seq", "sent_ms", "rx_ms")}
+                rx_ms = msg.get("rx_ms")  # stamped on arrival by the transport's handler
+                await hub.send_action(token, int(msg.get("seq", 0)), axes,
+                                      rx_ms=float(rx_ms) if isinstance(rx_ms, (int, float)) else None)
                 return None
             if kind == "prompt":
                 await hub.set_prompt(token, str(msg.get("prompt", ""))[:2000])
@@ -505,6 +516,8 @@ class WebApp:
                     except ValueError:
                         await ws.send_json({"t": "error", "message": "control messages are JSON"})
                         continue
+                    if isinstance(data, dict):
+                        data["rx_ms"] = time.time() * 1e3  # when the action reached this app (the page's stages)
                     reply = await self.handle_control(hub, token, data)
                     if reply is not None:
                         await ws.send_json(reply)
@@ -588,7 +601,8 @@ class WebApp:
             hub.client = request[CLIENT]
         try:
             options.encoding = self.webrtc_frame_encoding(options)
-            answer = await rtc.answer(self, hub, role, options, sdp, kind, codec=self.config.video_codec)
+            answer = await rtc.answer(self, hub, role, options, sdp, kind, codec=self.config.video_codec,
+                                      playout_delay_ms=self.config.playout_delay_ms)
         except WorldServiceError as exc:
             return _error(_HTTP_OF_GRPC.get(exc.code, 502), exc.message)
         return web.json_response(answer)

@@ -240,7 +240,8 @@ class PlayHub:
         self.trail: list[np.ndarray] = []  # [3] camera centres, world frame, oldest first
         self.trail_max = trail_max
         self.frames = 0
-        self._seq_map: dict[int, int] = {}  # server seq -> the page's seq (latency is measured by the page)
+        # server seq -> (controller token, the page's seq, wall ms it reached this app, wall ms its write returned)
+        self._seq_map: dict[int, tuple] = {}  # (latency is measured by the page)
         self._reader: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
         self._lock = asyncio.Lock()
@@ -335,8 +336,10 @@ class PlayHub:
 
     # ---- controls ----------------------------------------------------------------------------------------
 
-    async def send_action(self, token: object, page_seq: int, axes: dict) -> int:
-        """Forward one action of the controller; returns the server's seq. Spectators' actions are refused."""
+    async def send_action(self, token: object, page_seq: int, axes: dict, rx_ms: float | None = None) -> int:
+        """Forward one action of the controller; returns the server's seq. Spectators' actions are refused.
+        ``rx_ms``: wall clock (ms since 1970) when the action reached this app; with the time its gRPC write
+        returned it rides on the metadata of the frames that reflect it (the page's stages of a key's latency)."""
         if token is not self.controller or self.session is None:
             raise PermissionError("only the player steers; spectators watch")
         clean = {}
@@ -344,8 +347,9 @@ class PlayHub:
             if k not in ACTION_AXES:
                 raise ValueError(f"unknown action axis {k!r}; known: {list(ACTION_AXES)}")
             clean[k] = bool(v) if k == "sprint" else float(v)
+        rx_ms = time.time() * 1e3 if rx_ms is None else rx_ms
         server_seq = await self.session.send(**clean)
-        self._seq_map[server_seq] = (token, int(page_seq))
+        self._seq_map[server_seq] = (token, int(page_seq), rx_ms, time.time() * 1e3)
         if len(self._seq_map) > 4096:  # keep the map bounded: old seqs are never looked up again
             for s in sorted(self._seq_map)[:2048]:
                 del self._seq_map[s]
@@ -358,18 +362,23 @@ class PlayHub:
 
     # ---- frames ------------------------------------------------------------------------------------------
 
-    def _page_seq(self, f: pb.Frame | None) -> int:
-        """The controlling page's seq of the action a frame applied (0: none, or another page's action)."""
-        token, seq = self._seq_map.get(int(f.last_action_seq), (None, 0)) if f is not None else (None, 0)
-        return seq if token is self.controller else 0
+    def _page_action(self, f: pb.Frame | None) -> tuple[int, float | None, float | None]:
+        """The controlling page's seq of the action a frame applied (0: none, or another page's action), with the
+        wall clock times (ms) that action reached this app and was written to the server (None when not known)."""
+        token, seq, rx_ms, fwd_ms = self._seq_map.get(int(f.last_action_seq), (None, 0, None, None)) \
+            if f is not None else (None, 0, None, None)
+        return (seq, rx_ms, fwd_ms) if token is self.controller else (0, None, None)
 
     def _meta(self, f: pb.Frame | None, c2w: np.ndarray, kind: str = "frame") -> dict:
         """A frame's metadata for the page; ``c2w`` [4, 4] world frame, the frame's camera."""
+        seq, act_rx_ms, act_fwd_ms = self._page_action(f)
         return {
             "t": kind,
             "index": -1 if f is None else int(f.frame_index),
             "clip": -1 if f is None else int(f.clip_id),
-            "seq": self._page_seq(f),
+            "seq": seq,
+            "act_rx_ms": act_rx_ms,  # the action ``seq`` reached this app / its gRPC write returned (wall ms)
+            "act_fwd_ms": act_fwd_ms,
             "session_frame": -1 if f is None else int(f.session_frame),
             "server_time_ns": 0 if f is None else int(f.server_time_ns),
             "pose": [float(v) for v in np.asarray(c2w).reshape(-1)],

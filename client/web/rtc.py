@@ -26,7 +26,7 @@ from collections import deque
 from fractions import Fraction
 
 import structlog
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription, rtp
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
@@ -43,6 +43,15 @@ PTS_WINDOW = 255  # the page keeps the metadata of the latest 256 frames (app.js
 # lower unless its residue mod 9 (9 ticks = 100 us exactly) survives the round trip. The page matches RTP timestamps
 # to announced pts exactly, so the track only uses pts that survive (tests/test_web_pts.py checks the encoder).
 PTS_EXACT_RESIDUES = frozenset(r for r in range(9) if (round(r * 100 / 9) * 9) // 100 == r)
+
+# The browser renders a frame as soon as it is decoded when every RTP packet says its playout delay may be 0 ms
+# (min = max = 0, the playout-delay header extension Chrome offers; cloud gaming's setting): without it Chrome's
+# receiver holds each frame for its jitter estimate plus a fixed 10 ms render delay, then its smoothing renderer
+# schedules it on a later refresh (measured in docs/BENCHMARKS.md, web sections). aiortc does not negotiate the
+# extension; ``answer`` adds it when the page's offer has it.
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+PLAYOUT_DELAY_STEP_MS = 10  # the extension's unit
+PLAYOUT_DELAY_MAX_MS = 4095 * PLAYOUT_DELAY_STEP_MS  # 12 bits each for min and max
 
 VIDEO_CODECS = ("vp8", "h264")
 BITS_PER_PIXEL = 0.08  # target bitrate = pixels x fps x this: 0.55 Mbit/s at 640x360, 30 fps (aiortc: 0.25-1.5)
@@ -113,6 +122,53 @@ class VideoEncoder:
         packet = av.Packet(data)
         packet.pts, packet.time_base = pts, Fraction(1, VIDEO_CLOCK_HZ)
         return packet
+
+
+def playout_delay_bytes(min_ms: int, max_ms: int) -> bytes:
+    """The playout-delay extension's 3 bytes: min and max delay, 12 bits each, big-endian, in 10 ms units."""
+    if not 0 <= min_ms <= max_ms <= PLAYOUT_DELAY_MAX_MS:
+        raise ValueError(f"playout delay needs 0 <= min <= max <= {PLAYOUT_DELAY_MAX_MS} ms, got {min_ms}, {max_ms}")
+    lo, hi = -(-min_ms // PLAYOUT_DELAY_STEP_MS), -(-max_ms // PLAYOUT_DELAY_STEP_MS)  # rounded up: never less
+    return ((lo << 12) | hi).to_bytes(3, "big")
+
+
+class PlayoutDelayExtensionsMap(rtp.HeaderExtensionsMap):
+    """aiortc's RTP header extension map with the playout-delay extension added to every packet it writes, once the
+    sender's parameters name an id for it (``answer`` negotiates it)."""
+
+    def __init__(self, min_ms: int, max_ms: int) -> None:
+        super().__init__()
+        self.value = playout_delay_bytes(min_ms, max_ms)
+        self.playout_delay_id: int | None = None
+
+    def configure(self, parameters) -> None:
+        super().configure(parameters)
+        self.playout_delay_id = next((x.id for x in parameters.headerExtensions if x.uri == PLAYOUT_DELAY_URI), None)
+
+    def set(self, values) -> tuple[int, bytes]:
+        profile, data = super().set(values)
+        if self.playout_delay_id is None:
+            return profile, data
+        return rtp.pack_header_extensions(rtp.unpack_header_extensions(profile, data) +
+                                          [(self.playout_delay_id, self.value)])
+
+
+def negotiate_playout_delay(transceiver, sender, offer_sdp: str, delay_ms: tuple[int, int]) -> bool:
+    """Put the playout-delay extension in the answer (with the offer's id) and on every packet ``sender`` writes,
+    when the offer's video section has it; False (nothing changed) when it does not. Call between
+    ``setRemoteDescription`` and ``createAnswer``. aiortc has no public API for either: its transceiver's header
+    extensions and its sender's extension map are private (checked by tests/test_web_pts.py against this
+    aiortc)."""
+    from aiortc import sdp
+
+    video = [m for m in sdp.SessionDescription.parse(offer_sdp).media if m.kind == "video"]
+    offered = [x for m in video[:1] for x in m.rtp.headerExtensions if x.uri == PLAYOUT_DELAY_URI]
+    if not offered:
+        return False
+    if not any(x.uri == PLAYOUT_DELAY_URI for x in transceiver._headerExtensions):
+        transceiver._headerExtensions.append(offered[0])
+    sender._RTCRtpSender__rtp_header_extensions_map = PlayoutDelayExtensionsMap(*delay_ms)
+    return True
 
 
 class HubVideoTrack(MediaStreamTrack):
@@ -252,9 +308,10 @@ def prefer_codec(transceiver, codec: str) -> None:
 
 
 async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers: list[str] | None = None,
-                 codec: str = "vp8") -> dict:
+                 codec: str = "vp8", playout_delay_ms: tuple[int, int] | None = (0, 0)) -> dict:
     """Answer the page's offer: subscribe to ``hub`` (and take control when ``role == "play"``); video in
-    ``codec`` when the page's browser offers it, else in what it offers that aiortc sends."""
+    ``codec`` when the page's browser offers it, else in what it offers that aiortc sends; each packet asks for a
+    playout delay of ``playout_delay_ms`` (min, max) when the browser offers the extension (None: not sent)."""
     config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in (ice_servers or [])])
     pc = RTCPeerConnection(configuration=config)
     token = object()
@@ -326,6 +383,8 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
             except (ValueError, TypeError):
                 send({"t": "error", "message": "control messages are JSON"})
                 return
+            if isinstance(msg, dict):
+                msg["rx_ms"] = time.time() * 1e3  # when the action reached this app (the page's stage up_ms)
             try:
                 controls.put_nowait(msg)
             except asyncio.QueueFull:
@@ -347,6 +406,8 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
         # the track encodes (VideoEncoder), so the request goes to it. aiortc has no public hook for this.
         sender._send_keyframe = lambda: track.encoder.request_keyframe()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        playout_delay = playout_delay_ms is not None and negotiate_playout_delay(transceiver, sender, sdp,
+                                                                                  playout_delay_ms)
         await pc.setLocalDescription(await pc.createAnswer())
         sent = negotiated_video_codec(pc.localDescription.sdp)
         if sent not in VIDEO_CODECS:
@@ -358,7 +419,8 @@ async def answer(app, hub, role: str, options, sdp: str, kind: str, ice_servers:
         if isinstance(exc, ValueError):
             raise WorldServiceError(_invalid(), f"bad offer: {exc}") from None
         raise
-    log.info("webrtc peer", world_id=hub.world_id, role=role, codec=track.encoder.codec_name)
+    log.info("webrtc peer", world_id=hub.world_id, role=role, codec=track.encoder.codec_name,
+             playout_delay_ms=playout_delay_ms if playout_delay else None)
     return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
 

@@ -379,6 +379,19 @@ function onFrameShown(meta, times) {
       if (meta.out_ms && times.received !== undefined) st.wire_ms = times.received - meta.out_ms;
       if (times.received !== undefined) st.show_ms = times.presented - times.received;
     }
+    // the newest action this frame reflects: page -> web app (up), web app -> its gRPC write returned (fwd),
+    // written -> the web app had the frame (server: waiting for and generating the clip, both gRPC hops)
+    const sentAt = S.sent.get(meta.seq);
+    if (meta.act_rx_ms && sentAt !== undefined && meta.seq > S.reflectedSeq) {
+      st.up_ms = meta.act_rx_ms - epochMs(sentAt);
+      st.fwd_ms = meta.act_fwd_ms - meta.act_rx_ms;
+      st.server_ms = meta.got_ms - meta.act_fwd_ms;
+      if (meta.server_time_ns) {  // of it: written -> the server made the frame (gen), server -> web app (down)
+        st.gen_ms = meta.server_time_ns / 1e6 - meta.act_fwd_ms;
+        st.down_ms = meta.got_ms - meta.server_time_ns / 1e6;
+      }
+      st.newest_ms = now - sentAt;  // sent -> shown of this action (benchmarks/web.py compares the gRPC client's)
+    }
     S.stages.push(st); if (S.stages.length > 4000) S.stages.splice(0, 2000);
   }
   S.shownMeta = meta; S.framesShown += 1;
