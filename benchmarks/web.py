@@ -353,8 +353,8 @@ def aggregate(rounds: list[dict]) -> dict:
     stages = [st for r in rounds for st in r.get("stages", ())]
     if stages:  # where a shown frame's time went after the web app had it (app.js ``stages``), p50 / p95 ms
         out["stages_ms"] = {k: [round(_pct(v, 50), 1), round(_pct(v, 95), 1)] for k in
-                            ("total_ms", "wait_ms", "paced_ms", "wire_ms", "show_ms", "up_ms", "fwd_ms",
-                             "server_ms", "gen_ms", "down_ms", "newest_ms")
+                            ("total_ms", "wait_ms", "paced_ms", "wire_ms", "encode_ms", "net_ms", "show_ms",
+                             "up_ms", "fwd_ms", "server_ms", "gen_ms", "down_ms", "newest_ms")
                             if (v := [st[k] for st in stages if st.get(k) is not None])}
     cpu = [r for r in rounds if r.get("cpu_s_per_s")]
     if cpu:

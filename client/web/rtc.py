@@ -244,6 +244,7 @@ class HubVideoTrack(MediaStreamTrack):
         timing = {"pts": pts, "out_ms": time.time() * 1e3, "paced_ms": round(paced_s * 1e3, 1)}
         # conversion (once per frame for every viewer: hub.WebFrame) and encode off the event loop, in one hop
         packet = await asyncio.to_thread(self._encode, item, pts)
+        timing["encoded_ms"] = time.time() * 1e3  # back on the event loop, to aiortc's packetizer and sender
         self.on_message(dict(item.meta, **timing, repeat=True) if repeat else dict(item.meta, **timing))
         self.frames_sent += not repeat
         if packet is None:  # the encoder held the frame back (it never does with these settings): nothing to send

@@ -377,6 +377,9 @@ function onFrameShown(meta, times) {
       st.total_ms = times.presented - meta.got_ms;
       if (meta.out_ms) { st.wait_ms = meta.out_ms - meta.got_ms; st.paced_ms = meta.paced_ms; }
       if (meta.out_ms && times.received !== undefined) st.wire_ms = times.received - meta.out_ms;
+      if (meta.encoded_ms && times.received !== undefined) {  // of it: converted + encoded, then sent + received
+        st.encode_ms = meta.encoded_ms - meta.out_ms; st.net_ms = times.received - meta.encoded_ms;
+      }
       if (times.received !== undefined) st.show_ms = times.presented - times.received;
     }
     // the newest action this frame reflects: page -> web app (up), web app -> its gRPC write returned (fwd),
