@@ -289,7 +289,9 @@ def run_browser(driver, url: str, world: str, transport: str, args, meter: "CpuM
     driver.execute_script("spatia.stop()")
     if used != transport:
         raise SystemExit(f"the page used {used!r}, not {transport!r}")
+    phases = driver.execute_script("return spatia.phases")  # ms after the click: offer, answer, connected, frame
     out = {"frames_shown": c1["shown"] - c0["shown"], "window_s": t2 - t1, "latencies_ms": lat,
+           "phases_ms": phases,
            "frames_arrived": c1["arrived"] - c0["arrived"], "stages": stages, "cpu_s_per_s": cpu}
     if transport == "webrtc":
         out["rvfc_calls"] = c1["rvfc"] - c0["rvfc"]
@@ -330,7 +332,8 @@ def warm_up_browsers(target: str, webs: dict, drivers: dict, paths: list[str], a
             out.append({"browser": name, "transport": transport,
                         "fps": round(res["frames_shown"] / res["window_s"], 2),
                         "p50_ms": round(_pct(res["latencies_ms"], 50), 1),
-                        "p95_ms": round(_pct(res["latencies_ms"], 95), 1)})
+                        "p95_ms": round(_pct(res["latencies_ms"], 95), 1),
+                        "start_ms": {k: round(v, 1) for k, v in (res.get("phases_ms") or {}).items()}})
             log(f"warm-up ({name} browser, {transport}): {out[-1]}")
             time.sleep(0.6)  # the web app closes the session after its 0.5 s grace
     return out
@@ -368,7 +371,9 @@ def aggregate(rounds: list[dict]) -> dict:
             for k in keys}
     out["rounds"] = [{"fps": round(r["frames_shown"] / r["window_s"], 2),
                       "p50_ms": round(_pct(r["latencies_ms"], 50), 1), "p95_ms": round(_pct(r["latencies_ms"], 95), 1),
-                      "load_1min": r.get("load_1min")} for r in rounds]
+                      "load_1min": r.get("load_1min")}
+                     | ({"start_ms": {k: round(v, 1) for k, v in r["phases_ms"].items()}} if r.get("phases_ms") else {})
+                     for r in rounds]
     return out
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import secrets
 import struct
@@ -203,6 +204,10 @@ class WebApp:
         self._minimaps: dict[str, tuple] = {}  # world -> (when, points, colours, origin, current, seconds taken)
         self._minimap_png: dict[tuple[str, int], tuple[float, bytes]] = {}  # (world, size) -> (when, PNG)
         await self._probe()
+        # WebRTC's modules (aiortc, PyAV's codecs: 0.2-0.5 s) load now, not inside the first page's offer, where
+        # they made a fresh app's first WebRTC start ~1 s slower than the next ones (benchmarks/web.py warm_up)
+        with contextlib.suppress(ImportError):  # without aiortc the pages use the WebSocket stream
+            await asyncio.to_thread(importlib.import_module, "spatia.client.web.rtc")
 
     async def _shutdown(self, app) -> None:
         for pc in list(self.rtc_peers):

@@ -18,6 +18,9 @@ const S = window.spatia = {
   // out_ms (handed to the VP8 encoder after pacing) -> received (its last RTP packet) -> presented; WebSocket:
   // got -> drawn. Wall clocks of one machine: meaningful when the web app and the browser share it.
   stages: [],
+  // when a live view's start got where (ms after Play / Watch was clicked; benchmarks/web.py): WebRTC's offer
+  // gathered, the web app's answer back, connected; the first frame shown (either transport)
+  phases: {}, startedAt: 0,
   shownMeta: null, metaByPts: new Map(), rtpOrigin: null, shownRtp: [], pendingRtp: [], rtpMisses: 0, rtpRelearned: 0,
   firstPose: null, viewers: 0, memoryPoints: 0, recording: "", playing: false,
   fps: 30, wanted: "auto", record: true, closing: false, retries: 0, lastError: "",
@@ -136,6 +139,7 @@ function startLive(worldId, role) {
   S.world = worldId; S.fps = Math.max(1, Math.min(60, +$("fps").value || 30));
   S.wanted = $("transport").value; S.record = $("record").checked;
   resetViewer(role);
+  S.phases = {}; S.startedAt = performance.now();
   connect();
   clearInterval(S.tickTimer); S.tickTimer = setInterval(tick, 1000 / S.fps);
   clearInterval(S.mapTimer); S.mapTimer = setInterval(() => { refreshMinimap(); drawHud(); }, 1000); refreshMinimap();
@@ -232,6 +236,7 @@ async function connectRtc() {
       if (pc.iceGatheringState === "complete") { clearTimeout(t); resolve(); }
     });
   });
+  S.phases.gathered_ms = performance.now() - S.startedAt;
   const resp = await fetch("/api/rtc/offer", {method: "POST", credentials: "same-origin",
     headers: {"Content-Type": "application/json"},
     body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type, world: S.world,
@@ -239,6 +244,7 @@ async function connectRtc() {
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) { pc.close(); S.pc = null; throw new Error(body.error || `offer refused (${resp.status})`); }
   await pc.setRemoteDescription(body);
+  S.phases.answered_ms = performance.now() - S.startedAt;
   await new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error("no WebRTC connection within 5 s")), 5000);
     const check = () => {
@@ -248,6 +254,7 @@ async function connectRtc() {
     pc.addEventListener("connectionstatechange", check); check();
   }).catch((e) => { pc.close(); S.pc = null; throw e; });
   S.transport = "webrtc"; S.retries = 0;
+  S.phases.connected_ms = performance.now() - S.startedAt;
   video.hidden = false; $("canvas").hidden = true;
   note("WebRTC stream");
   pc.addEventListener("connectionstatechange", () => {
@@ -397,6 +404,7 @@ function onFrameShown(meta, times) {
     }
     S.stages.push(st); if (S.stages.length > 4000) S.stages.splice(0, 2000);
   }
+  if (S.phases.first_frame_ms === undefined && S.mode !== "replay") S.phases.first_frame_ms = now - S.startedAt;
   S.shownMeta = meta; S.framesShown += 1;
   S.history.push(meta.index); if (S.history.length > 2000) S.history.splice(0, 1000);
   S.shownTimes.push(now);
