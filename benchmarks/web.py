@@ -16,9 +16,10 @@ in a rotated order (round r starts with path r mod 3), each round on a fresh wor
 played 6 frames untimed by the gRPC client (the world's first-frame set-up and numba's compilation are not
 measured); before the rounds each browser plays one short untimed WebRTC (and WebSocket) session, so that a
 fresh Chromium's first connection is no round's figure. ``fps`` = frames shown per second over all rounds (after
-each round's first second); latencies pool all rounds. Each path also reports where frames went (arrived / decoded / presented) and the CPU seconds each
-process used per second of its rounds (server, web app, Chromium, this process = the gRPC client), with the 1-min
-load average: on a 2-core machine the engine is CPU-bound, so a client's CPU is frames the server does not make.
+each round's first second); latencies pool all rounds. Each path also reports where frames went (arrived /
+decoded / presented) and the CPU seconds each process used per second of its rounds (server, web app, Chromium,
+this process = the gRPC client), with the 1-min load average: on a 2-core machine the engine is CPU-bound, so a
+client's CPU is frames the server does not make.
 
     python benchmarks/web.py [--rounds 3] [--seconds 6] [--width 640 --height 360] [--screenshot docs/web.png]
     python benchmarks/web.py --player [--seconds 10]   # the pygame player instead of the browser

@@ -157,8 +157,8 @@ def negotiate_playout_delay(transceiver, sender, offer_sdp: str, delay_ms: tuple
     """Put the playout-delay extension in the answer (with the offer's id) and on every packet ``sender`` writes,
     when the offer's video section has it; False (nothing changed) when it does not. Call between
     ``setRemoteDescription`` and ``createAnswer``. aiortc has no public API for either: its transceiver's header
-    extensions and its sender's extension map are private (checked by tests/test_web_pts.py against this
-    aiortc)."""
+    extensions and its sender's extension map are private (tests/test_web_frames.py checks both against the
+    installed aiortc)."""
     from aiortc import sdp
 
     video = [m for m in sdp.SessionDescription.parse(offer_sdp).media if m.kind == "video"]
