@@ -351,7 +351,7 @@ class Engine:
         if view.rgb.shape != shape + (3,) or view.rgb.dtype != np.uint8:
             raise RuntimeError(f"generator {self.generator.name} returned frame {i} as {view.rgb.dtype} "
                                f"{view.rgb.shape}, expected uint8 {shape + (3,)}")
-        for name in ("depth_m", "dynamic"):
+        for name in ("depth_m", "dynamic", "provisional_px"):
             arr = getattr(view, name)
             if arr is not None and arr.shape != shape:
                 raise RuntimeError(f"generator {self.generator.name} returned {name} {arr.shape} for frame {i}, "
@@ -376,7 +376,11 @@ class Engine:
             raise RuntimeError(f"generator {self.generator.name} returned frames {result.frames.shape}, "
                                f"expected {n} frames")
         views = [GeneratedView(result.frames[i], None if result.depth_m is None else result.depth_m[i],
-                               None if result.dynamic is None else result.dynamic[i]) for i in range(n)]
+                               None if result.dynamic is None else result.dynamic[i],
+                               # what of it is a coarse fill (the whole frame, some pixels) goes on to the update
+                               result.provisional is not None and bool(result.provisional[i]),
+                               None if result.provisional_px is None else result.provisional_px[i])
+                 for i in range(n)]
         for i, view in enumerate(views):  # all checked before the first is shown
             self._check_view(view, i)
         yield from views
