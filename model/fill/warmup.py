@@ -70,8 +70,8 @@ def load_frame_kernels() -> None:
     A process loads a kernel from the cache on its first call, 3-8 ms each (``mark_opening``: the doorway test;
     ``far_texels``: the far-field texels), inside whichever frame first shows a doorway or a far plane; and
     ``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) calls ``mark_opening`` with writable rays,
-    a signature of its own, so with a fresh cache the frame's compiled it. ``GeometricGenerator`` runs this on a
-    thread of its own when it is built (``model.geometric._load_frame_kernels``). The types follow the calls:
+    a signature of its own, so with a fresh cache a frame compiled the one it needs. ``GeometricGenerator`` runs
+    this on a thread of its own when it is built (``model.geometric._load_frame_kernels``). The types follow the calls:
     ``layout.opening_pixels`` (the cached camera rays are read-only) and ``TextureModel._far_texels``."""
     import numba
 
