@@ -122,7 +122,7 @@ def test_frames_do_not_depend_on_when_the_fit_finished(monkeypatch):
     assert results[0][1] == results[1][1]
 
 
-def test_a_plane_shows_its_coarse_fill_for_its_first_frames_only_and_it_is_never_kept(monkeypatch):
+def test_a_plane_shows_its_coarse_fill_for_its_first_frames_only(monkeypatch):
     """Per-plane coarse fill (``coarse_plane_frames``): a plane's pixels are provisional in the frames within N of
     the first that showed it and final from then on; provisional pixels keep no history depth (the memory update
     skipping them: tests/test_memory.py)."""
