@@ -21,6 +21,7 @@ to explore, and, once folded back into the memory, they stay the same when the c
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -96,10 +97,20 @@ class GeometricConfig:
     # the engine replaces it in the memory once frames are final. 0: wait for the fit instead. 8 (the issue's
     # bound): at 4 the first final frame of a play session waited ~1 s for the fit (640x360, docs/BENCHMARKS.md).
     coarse_frames: int = 8
+    # layout fill, per plane: the frames that show a plane's texture within this many frames of the first one
+    # that showed it (``_PlaneCoarse``) show a coarse fill on its pixels instead (the plane's layout depth, the
+    # colour fill's colour), marked provisional per pixel: never folded into the memory, while the plane's
+    # texture model is fitted off the frame path (~0.45 s of CPU a world at 640x360, the first final frame's
+    # wait before); from then on the texture, waiting for a fit still running. Counted, not "whatever is ready":
+    # frames stay a function of the world and the path. 0: a frame waits for the textures of the planes it shows.
+    coarse_plane_frames: int = 8
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
             raise InvalidInputError(f"unknown fill method {self.fill!r}; choose one of {', '.join(FILL_METHODS)}")
+        for name in ("coarse_frames", "coarse_plane_frames"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,41 @@ def layout_depth(layout: Layout, intrinsics: Intrinsics, c2w: np.ndarray) -> np.
     return depth
 
 
+def plane_texture_key(plane) -> tuple:
+    """What a plane's texture (``PlaneTextures.for_plane``) is a function of: its id (own or derived from), whether
+    it is derived, its kind and axis (the borrowing rule). The per-plane coarse fill is counted per key."""
+    return (int(plane.plane_id), bool(plane.derived), plane.kind, int(plane.axis))
+
+
+class _PlaneCoarse:
+    """One layout frame's per-plane coarse fill (``GeometricConfig.coarse_plane_frames``): which planes still show
+    it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; and, once the
+    fill has run, the frame's provisional pixels (``mask``, [H, W] bool, None when none)."""
+
+    def __init__(self, entry: FillEntry, frame: int, frames: int) -> None:
+        self._entry, self._frame, self._frames = entry, frame, frames
+        self.mask: np.ndarray | None = None
+
+    def planes(self, bounds: list, shown: np.ndarray) -> np.ndarray:
+        """``[B]`` bool: the planes of ``bounds`` this frame shows (``shown`` [B] pixel counts) that show the coarse
+        fill. The first ask in a frame records the plane's first showing; asking again answers the same."""
+        out = np.zeros(len(bounds), bool)
+        if self._frames <= 0:
+            return out
+        first_shown = self._entry.first_shown
+        for i in np.flatnonzero(shown):
+            first = first_shown.setdefault(plane_texture_key(bounds[i]), self._frame)
+            out[i] = self._frame - first < self._frames
+        return out
+
+    def set_mask(self, shape: tuple[int, int], pixels: np.ndarray) -> None:
+        """The frame's provisional pixels: flat indices ``pixels`` [K] into an image of ``shape``."""
+        self.mask = None
+        if len(pixels):
+            self.mask = np.zeros(shape, bool)
+            self.mask.ravel()[pixels] = True
+
+
 @dataclass
 class _LayoutState:
     key: tuple
@@ -278,6 +324,23 @@ def _import_layout_fill() -> None:
     a server builds its generator when it starts, and otherwise its first world's fit paid for them, which the
     first final frame of the server's first Play session waits for (docs/BENCHMARKS.md, "Served play latency")."""
     from spatia.model.fill import appearance, hole_kernels, layout, texture  # noqa: F401
+
+
+@lru_cache(maxsize=1)
+def _load_frame_kernels() -> threading.Thread:
+    """Start loading the kernels a layout-filled frame calls first (``warmup.load_frame_kernels``) on a thread of
+    its own, once per process; returns the thread (tests join it)."""
+    from spatia.model.fill.warmup import load_frame_kernels
+
+    def run() -> None:
+        try:
+            load_frame_kernels()
+        except Exception as exc:  # noqa: BLE001 -- an optimisation: a frame loads what this missed
+            log.warning("fill kernel load failed", error=type(exc).__name__)
+
+    thread = threading.Thread(target=run, name="spatia-fill-kernels", daemon=True)
+    thread.start()
+    return thread
 
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
@@ -406,6 +469,7 @@ class GeometricGenerator:
         self._states = FillStates(_fit_layout_state, _fit_plane_textures, _warm_tiles)
         if config.fill == "layout":
             _import_layout_fill()
+            _load_frame_kernels()
 
     def prepare_world(self, memory, observed_views: list[ReferenceFrame], world_up: np.ndarray,
                       layout_prior=None) -> None:
@@ -446,6 +510,7 @@ class GeometricGenerator:
         c2w: np.ndarray,  # [4, 4] target pose
         request: ClipRequest,
         reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
+        coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout.
 
@@ -499,6 +564,7 @@ class GeometricGenerator:
         # texture model is fitted on first use)
         shown = np.bincount(li[use], minlength=len(bounds)) if use.any() else np.zeros(len(bounds), np.int64)
         n_b = len(bounds)
+        coarse_b = np.zeros(n_b, bool) if coarse is None else coarse.planes(bounds, shown)
         kind = np.zeros(n_b, np.int8)  # 0: no texture, 1: a synthesis model's tiles alone, 2: PlaneTexture.sample
         texs = [None] * n_b
         basis = np.zeros((n_b, 2, 3))
@@ -508,7 +574,7 @@ class GeometricGenerator:
         origin_px = np.zeros((n_b, 2), np.int64)
         max_level = np.zeros(n_b, np.int64)
         for i, plane in enumerate(bounds):
-            if not shown[i]:
+            if not shown[i] or coarse_b[i]:  # a coarse plane is left to the colour fill (its texture not asked for)
                 continue
             tex = state.textures.for_plane(plane)
             if tex is None:
@@ -544,6 +610,9 @@ class GeometricGenerator:
             else:
                 rgb_flat[dst] = texs[i].sample(uv[s0:s1], footprint[s0:s1])
         painted = hole_idx[order]
+        if coarse is not None:
+            coarse.set_mask(valid.shape, hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
+                            else np.zeros(0, np.int64))
         if state.sky is not None:  # the sky where nothing is hit outdoors
             sky = np.flatnonzero((ld <= 0) & (f <= 0))
             sky = hole_idx[sky[~colored.ravel()[hole_idx[sky]]]]
@@ -564,6 +633,7 @@ class GeometricGenerator:
         c2w: np.ndarray,  # [4, 4] target pose
         request: ClipRequest,
         reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
+        coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
@@ -646,9 +716,13 @@ class GeometricGenerator:
         rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
         cols = rgb_flat[hole_idx]
         painted = np.zeros(len(rays), bool)
+        shown = np.array([np.count_nonzero(use & (li == i)) for i in range(len(bounds))], np.int64)
+        coarse_b = np.zeros(len(bounds), bool) if coarse is None else coarse.planes(bounds, shown)
+        if coarse is not None:
+            coarse.set_mask(valid.shape, hole_idx[use & coarse_b[np.maximum(li, 0)]])
         for i, plane in enumerate(bounds):
             sel = use & (li == i)
-            if not sel.any():
+            if not sel.any() or coarse_b[i]:  # a coarse plane: the colour fill's (its texture not asked for)
                 continue
             tex = state.textures.for_plane(plane)
             if tex is None:
@@ -769,6 +843,7 @@ class GeometricGenerator:
             c2w = request.target_c2w[t]
             coarse = entry is not None and entry.frames_made < self.config.coarse_frames
             if entry is not None and not coarse:
+                frame = entry.frames_made
                 entry.frames_made += 1
                 if proj.provisional is not None and proj.provisional[t].any():
                     # a coarse fill shown earlier: painted over here, and replaced in the memory by the engine
@@ -778,8 +853,10 @@ class GeometricGenerator:
                     reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
                                             request.target_c2w[:, :3, 3]])
                 colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
-                filled, colored = self._layout_fill(entry.state(), rgb, colored, depth, valid, c2w, request, reach)
-                yield GeneratedView(pushpull_fill(rgb, colored), filled)
+                planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames)
+                filled, colored = self._layout_fill(entry.state(), rgb, colored, depth, valid, c2w, request, reach,
+                                                    planes)
+                yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.mask)
                 continue
             if entry is not None:
                 entry.frames_made += 1

@@ -220,3 +220,39 @@ def test_targets_render_just_before_their_frames_and_nothing_changes(box_room, f
     assert eager[0] == list(range(8)) and lazy[0] == ([0, 7] if fill == "layout" and coarse == 0 else list(range(8)))
     assert np.array_equal(lazy[1], eager[1]) and np.array_equal(lazy[2], eager[2])
     assert lazy[3] == eager[3] and np.array_equal(lazy[4], eager[4]) and lazy[5] == eager[5]
+
+
+class CoarseLeft(Recorder):
+    """A (non-streaming) generator whose frames' left half is a coarse fill (``ClipResult.provisional_px``), with
+    depth 2 m wherever the memory shows nothing."""
+
+    def generate(self, request: ClipRequest) -> ClipResult:
+        frames = super().generate(request).frames
+        proj = request.target_projection
+        depth = np.where(proj.valid, proj.depth_m, 2.0037).astype(np.float32)
+        coarse = np.zeros(frames.shape[:3], bool)
+        coarse[:, :, : frames.shape[2] // 2] = True
+        return ClipResult(frames, depth, provisional_px=coarse)
+
+
+def test_a_frames_coarse_pixels_reach_neither_the_memory_nor_the_history_depth(box_room):
+    """Pixels a generator marks as a coarse fill are shown but never folded into the memory, and the history keeps
+    no depth there (no later frame warps them in as a reference); the rest of each frame is integrated."""
+    world, _ = _world(box_room)
+    path = out_and_back_path(world.origin_c2w, 9)[1:]
+    n_before = world.memory.num_points
+    frames = list(Engine(world, CoarseLeft(), EngineConfig(clip=CLIPS)).generate(path))
+    K, half = world.intrinsics, world.intrinsics.width // 2
+    from spatia.world.geometry import project_points
+
+    new = world.memory.positions[n_before:]
+    assert len(new) > 0
+    for f in frames:
+        assert not world.history.get_depth(f.frame_index)[:, :half].any()
+        assert world.history.get_depth(f.frame_index)[:, half:].any()
+    # every new point lies where the right (final) half of some frame saw it: none only in a left half
+    right = np.zeros(len(new), bool)
+    for f in frames:
+        uv, z = project_points(new, K, f.c2w)
+        right |= (z > 0) & (uv[:, 0] >= half - 1) & (uv[:, 0] < K.width) & (uv[:, 1] >= 0) & (uv[:, 1] < K.height)
+    assert right.all()

@@ -97,21 +97,66 @@ def _memory_bytes(world: World) -> bytes:
 
 
 def test_frames_do_not_depend_on_when_the_fit_finished(monkeypatch):
-    """Same world + same path give byte-identical memory whether the fit is instant or slow."""
-    real = geometric._fit_layout_state
+    """Same world + same path give byte-identical memory whether the fit (and each plane's texture fit, which the
+    per-plane coarse fill does not wait for) is instant or slow."""
+    from spatia.model.fill import appearance
+
+    real, real_texture = geometric._fit_layout_state, appearance.plane_texture
     results = []
     for delay in (0.0, 1.5):
         def fit(inputs, delay=delay):
             threading.Event().wait(delay)
             return real(inputs)
 
+        def plane_texture(*args, delay=delay, **kwargs):
+            threading.Event().wait(delay / 10)
+            return real_texture(*args, **kwargs)
+
         monkeypatch.setattr(geometric, "_fit_layout_state", fit)
+        monkeypatch.setattr(appearance, "plane_texture", plane_texture)
         world, path = _world()
         engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")), PLAY)
         frames = [f.rgb for f in engine.generate(path)]
         results.append((np.stack(frames), _memory_bytes(world)))
     assert np.array_equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
+
+
+def test_a_plane_shows_its_coarse_fill_for_its_first_frames_only(monkeypatch):
+    """Per-plane coarse fill (``coarse_plane_frames``): a plane's pixels are provisional in the frames within N of
+    the first that showed it and final from then on; provisional pixels keep no history depth (the memory update
+    skipping them: tests/test_memory.py)."""
+    n = 3
+    shown: list[tuple[int, tuple, bool]] = []  # (frame, plane key, coarse)
+    masks: list[np.ndarray | None] = []
+    real_planes, real_mask = geometric._PlaneCoarse.planes, geometric._PlaneCoarse.set_mask
+
+    def planes(self, bounds, counts):
+        out = real_planes(self, bounds, counts)
+        for i in np.flatnonzero(counts):
+            shown.append((self._frame, geometric.plane_texture_key(bounds[i]), bool(out[i])))
+        return out
+
+    def set_mask(self, shape, pixels):
+        real_mask(self, shape, pixels)
+        masks.append(self.mask)
+
+    monkeypatch.setattr(geometric._PlaneCoarse, "planes", planes)
+    monkeypatch.setattr(geometric._PlaneCoarse, "set_mask", set_mask)
+    world, path = _world()
+    gen = GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=0, coarse_plane_frames=n))
+    frames = list(Engine(world, gen, PLAY).generate(path))
+    assert len(masks) == len(frames)  # every frame is a layout frame (no whole-frame coarse fill)
+    first: dict[tuple, int] = {}
+    for frame, key, coarse in shown:
+        first.setdefault(key, frame)
+        assert coarse == (frame - first[key] < n), (frame, key)
+    assert masks[0] is not None and masks[0].any()  # the first view's unseen planes: coarse
+    assert any(m is None for m in masks[n:])  # ... and final after n frames
+    for i, mask in enumerate(masks):
+        if mask is None:
+            continue
+        assert not world.history.get_depth(frames[i].frame_index)[mask].any()  # nothing warps them in later
 
 
 def test_free_space_kernels_match_their_references():
@@ -282,3 +327,59 @@ def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+_KERNEL_LOADS = """
+import json
+from spatia.model import geometric
+from spatia.model.fill import opening_kernels, texture_kernels
+from spatia.world import engine as engine_module, history
+from spatia.world.actions import ClipConfig
+from spatia.world.engine import Engine, EngineConfig
+from spatia.world.scenes import make_scene
+from spatia.world.state import World
+
+kernels = {"mark_opening": opening_kernels.mark_opening, "far_texels": texture_kernels.far_texels,
+           "first_use_renumber": history._renumber_kernel()}
+gen = geometric.GeometricGenerator(geometric.GeometricConfig(fill="layout", coarse_frames=0, coarse_plane_frames=0))
+world = World.from_scene("house", 0, 64, 36)
+engine = Engine(world, gen, EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=4))
+geometric._load_frame_kernels().join(timeout=300)
+engine_module._load_save_kernels().result(timeout=300)
+loaded = {name: [str(s) for s in k.signatures] for name, k in kernels.items()}
+calls = {name: 0 for name in kernels}
+
+def counting(module, name):
+    real = getattr(module, name)
+    def call(*args):
+        calls[name] += 1
+        return real(*args)
+    setattr(module, name, call)
+
+counting(opening_kernels, "mark_opening")
+counting(texture_kernels, "far_texels")
+for frame in engine.generate(make_scene("house", 0).demo_path(161)[1:61]):
+    pass
+world.history.meta_arrays(1, len(world.history))  # a save's range: renumbers the voxel-set columns
+calls["first_use_renumber"] = 1
+after = {name: [str(s) for s in k.signatures] for name, k in kernels.items()}
+print(json.dumps({"loaded": loaded, "after": after, "calls": calls}))
+"""
+
+
+def test_first_use_kernels_are_loaded_before_the_first_frame_needs_them():
+    """In a fresh process, the kernels a layout-filled frame (the doorway test, far-field texels) and a world's
+    first save (the voxel-set renumbering) call first are loaded by signature off the frame path when the generator
+    and the engine are built: a walk through the house's doorways and a save then load no other signature."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _KERNEL_LOADS], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("mark_opening", "far_texels", "first_use_renumber"):
+        assert got["calls"][name] > 0, name  # the walk did call it
+        # loaded before the first frame (the renumbering for a column view and a copy), for the types passed
+        assert len(got["loaded"][name]) == (2 if name == "first_use_renumber" else 1), (name, got["loaded"][name])
+        assert got["after"][name] == got["loaded"][name], name

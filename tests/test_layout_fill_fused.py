@@ -157,14 +157,19 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     from spatia.world.state import World
 
     G = geometric.GeometricGenerator
-    fused, checked, openings = G._layout_fill, [], []
+    fused, checked, openings, masks = G._layout_fill, [], [], []
 
-    def both(self, state, rgb, colored, depth, valid, c2w, request, reach):
+    def both(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None):
         want_rgb = rgb.copy()
-        want = (*G._layout_fill_reference(self, state, want_rgb, colored, depth, valid, c2w, request, reach),
+        want = (*G._layout_fill_reference(self, state, want_rgb, colored, depth, valid, c2w, request, reach, coarse),
                 want_rgb)
-        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach)
+        want_mask = None if coarse is None else coarse.mask
+        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse)
         _same((*got, rgb), want)
+        if coarse is not None:  # the per-plane coarse fill's provisional pixels: the same
+            assert (want_mask is None) == (coarse.mask is None)
+            assert want_mask is None or np.array_equal(want_mask, coarse.mask)
+            masks.append(want_mask is not None)
         checked.append(1)
         view = view_bounds(state.layout, c2w[:3, 3], reach)  # the path's crossings from the clip's memo
         layout_module._PATH_MEMOS.clear()
@@ -179,6 +184,7 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     frames = list(Engine(world, G(geometric.GeometricConfig(coarse_frames=0)), cfg).generate(path, seed=0))
     assert len(frames) == len(path) and len(checked) == len(path)
     assert any(openings)  # the walk went through doorways
+    assert any(masks) and not all(masks)  # frames with planes' coarse fill and frames without
 
 
 def test_texel_reads_match_the_numpy_plan():

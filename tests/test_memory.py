@@ -592,3 +592,28 @@ def test_remove_invented_near_keeps_observed():
     assert removed == int(want.sum()) > 0
     assert mem.num_points == len(before) - removed
     assert int((mem.provenance == 0).sum()) == int((before == 0).sum())
+
+
+def test_update_never_writes_a_coarse_fills_pixels():
+    """``update_memory(provisional_px=...)``: the pixels of a frame that show a coarse fill get no memory point (the
+    rest of the frame is integrated as usual); without the mask the same frame fills both halves."""
+    from spatia.world.geometry import project_points
+    from spatia.world.update import update_memory
+
+    K = Intrinsics.from_fov(70.0, 64, 48)
+    c2w = look_at([0.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
+    depth = np.full((1, 48, 64), 2.0037, np.float32)
+    coarse = np.zeros((1, 48, 64), bool)
+    coarse[0, :, :32] = True  # the left half shows a coarse fill
+    cols = {}
+    for name, mask in (("masked", coarse), ("plain", None)):
+        mem = SpatialMemory()
+        mem.integrate_points(np.array([[0.0, 0.0, -5.0]]), np.zeros((1, 3), np.uint8), 0)  # one point, behind
+        update_memory(mem, rgb, c2w[None], K, [1], generator_depth=depth, provisional_px=mask)
+        new = mem.positions[1:]
+        uv = project_points(new, K, c2w)[0]
+        cols[name] = uv[:, 0]
+    assert len(cols["masked"]) > 0 and cols["masked"].min() >= 32 - 1  # only the final half (a splat's margin)
+    assert cols["plain"].min() < 16 and cols["plain"].max() > 48

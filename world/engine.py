@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 
+from spatia.world._threads import background
 from spatia.world.actions import ClipConfig, chunk_clips
 from spatia.world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
 from spatia.world.errors import InvalidInputError
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, capabilities_of, clip_result,
 )
+from spatia.world.history import load_save_kernels
 from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
@@ -192,6 +196,7 @@ class Engine:
         self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
         self._observed: list[ReferenceFrame] | None = None
         prepare_generator(world, generator, self._observed_views())
+        _load_save_kernels()
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
@@ -346,7 +351,7 @@ class Engine:
         if view.rgb.shape != shape + (3,) or view.rgb.dtype != np.uint8:
             raise RuntimeError(f"generator {self.generator.name} returned frame {i} as {view.rgb.dtype} "
                                f"{view.rgb.shape}, expected uint8 {shape + (3,)}")
-        for name in ("depth_m", "dynamic"):
+        for name in ("depth_m", "dynamic", "provisional_px"):
             arr = getattr(view, name)
             if arr is not None and arr.shape != shape:
                 raise RuntimeError(f"generator {self.generator.name} returned {name} {arr.shape} for frame {i}, "
@@ -371,7 +376,11 @@ class Engine:
             raise RuntimeError(f"generator {self.generator.name} returned frames {result.frames.shape}, "
                                f"expected {n} frames")
         views = [GeneratedView(result.frames[i], None if result.depth_m is None else result.depth_m[i],
-                               None if result.dynamic is None else result.dynamic[i]) for i in range(n)]
+                               None if result.dynamic is None else result.dynamic[i],
+                               # what of it is a coarse fill (the whole frame, some pixels) goes on to the update
+                               result.provisional is not None and bool(result.provisional[i]),
+                               None if result.provisional_px is None else result.provisional_px[i])
+                 for i in range(n)]
         for i, view in enumerate(views):  # all checked before the first is shown
             self._check_view(view, i)
         yield from views
@@ -432,6 +441,7 @@ class Engine:
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
                 memory_renders=[v.render for v in views], memory_render_keys=[v.voxel_keys for v in views],
                 provenance=np.where(provisional, INVENTED_PROVISIONAL, INVENTED_FINAL),
+                provisional_px=result.provisional_px,
             )
             refined = report.poses_refined
             updates = report.frames
@@ -451,6 +461,9 @@ class Engine:
                 depth = result.depth_m[i]
             if result.dynamic is not None:
                 depth = np.where(result.dynamic[i], 0.0, depth).astype(np.float32)
+            if result.provisional_px is not None and result.provisional_px[i].any():
+                # a coarse fill's pixels: no depth, so no later frame warps them in as a reference
+                depth = np.where(result.provisional_px[i], 0.0, depth).astype(np.float32)
             world.history.add(result.frames[i], refined[i], K, keys, depth_m=depth)
 
     def generate(self, c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
@@ -492,6 +505,13 @@ def prepare_generator(world: World, generator: Generator, views: list[ReferenceF
     if capabilities_of(generator).prepares_worlds:
         generator.prepare_world(world.memory, observed_views(world) if views is None else views, world_up(world),
                                 layout_prior=world.layout_prior)
+
+
+@lru_cache(maxsize=1)
+def _load_save_kernels() -> Future:
+    """Load the kernels a world's first save runs (``history.load_save_kernels``) on a background thread, once per
+    process, so that save does not load them on the world's thread; returns the job (tests wait for it)."""
+    return background("kernel-loads").submit(load_save_kernels)
 
 
 def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -102,6 +102,9 @@ class ClipResult:
     # [N] bool: frame i's invented pixels are a coarse fill, kept in memory as invented-provisional until a final
     # frame replaces them (``GeneratedView.provisional``). None: all final.
     provisional: np.ndarray | None = None
+    # [N, H, W] bool: pixels of otherwise final frames that show a coarse fill (``GeneratedView.provisional_px``).
+    # None: none.
+    provisional_px: np.ndarray | None = None
 
 
 @dataclass
@@ -114,6 +117,10 @@ class GeneratedView:
     # True: what this frame invents is a coarse fill shown while the final one is prepared (it becomes
     # invented-provisional memory, replaced once frames are final; at most a few frames of a world are)
     provisional: bool = False
+    # [H, W] bool: the pixels of a final frame that show a coarse fill (a plane whose texture is still being
+    # fitted): shown, never folded into the memory, and not warped into later frames (the history keeps no depth
+    # there). None: none.
+    provisional_px: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,12 @@ def clip_result(views: list[GeneratedView]) -> ClipResult:
         return None if any(a is None for a in arrays) else np.stack(arrays)
 
     prov = np.array([v.provisional for v in views], bool)
+    prov_px = None
+    if any(v.provisional_px is not None for v in views):
+        prov_px = np.zeros((len(views),) + views[0].rgb.shape[:2], bool)
+        for i, v in enumerate(views):
+            if v.provisional_px is not None:
+                prov_px[i] = v.provisional_px
     return ClipResult(np.stack([v.rgb for v in views]), stacked("depth_m"), stacked("dynamic"),
-                      prov if prov.any() else None)
+                      prov if prov.any() else None, prov_px)
 

@@ -427,6 +427,20 @@ def _overlap_kernel():
     return overlaps
 
 
+def load_save_kernels() -> None:
+    """Load ``first_use_renumber`` for the types a save calls it with (``VoxelSetIndex.to_arrays``) without running
+    it: numba's ``compile`` with a signature loads it from the disk cache (else compiles it). Its first call in a
+    process otherwise loaded it inside a world's first save, on the world's thread (4-8 ms); the engine runs this
+    off the frame path when it opens a world (``world.engine``)."""
+    import numba
+
+    cols = np.zeros(1, np.int32)
+    kernel = _renumber_kernel()
+    kernel.compile((numba.typeof(cols), numba.int64))  # a range with frames dropped from the index: a copy
+    cols.setflags(write=False)
+    kernel.compile((numba.typeof(cols), numba.int64))  # else a view of the column buffer (read-only)
+
+
 def reference_first_use_renumber(cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     """``first_use_renumber`` by a stable sort (``to_arrays``' former code), for tests."""
     used, first, _ = unique_first(cols)

@@ -870,6 +870,7 @@ def update_memory(
     memory_renders: Sequence[Any] | None = None,  # [N] renders at c2w[i] with point ids, or None (see below)
     provenance: int | Sequence[int] = INVENTED_FINAL,
     memory_render_keys: Sequence[np.ndarray | None] | None = None,  # [N] voxel keys of memory_renders, or None
+    provisional_px: np.ndarray | None = None,  # [N, H, W] bool, True = a coarse fill's pixel: never written
 ) -> UpdateReport:
     """Fold generated frames into the memory, in order (each frame sees what the previous ones added).
 
@@ -888,6 +889,10 @@ def update_memory(
     ``provenance``: what the points added are, for all frames or per frame ([N]). Generated frames invent what
     the memory lacks (the default, ``INVENTED_FINAL``; a coarse fill's frames ``INVENTED_PROVISIONAL``); pass
     ``OBSERVED`` for frames of the real scene (a capture).
+
+    ``provisional_px``: pixels of a frame that show a coarse fill while the final content is prepared
+    (``world.generator.GeneratedView.provisional_px``): like dynamic pixels they are never written to the memory
+    (the final content is, by a later frame), whatever the frame's ``provenance``.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
@@ -902,11 +907,12 @@ def update_memory(
     indices = [int(i) for i in frame_indices]
     if len(indices) != n:
         raise InvalidInputError(f"{n} frames but {len(indices)} frame indices")
-    for name, arr in (("generator_depth", generator_depth), ("dynamic", dynamic)):
+    for name, arr in (("generator_depth", generator_depth), ("dynamic", dynamic), ("provisional_px", provisional_px)):
         if arr is not None and np.asarray(arr).shape != (n,) + shape:
             raise InvalidInputError(f"{name} must be {[n, *shape]}, got {list(np.asarray(arr).shape)}")
-    if dynamic is not None and np.asarray(dynamic).dtype != np.bool_:
-        raise InvalidInputError(f"dynamic must be a bool mask, got {np.asarray(dynamic).dtype}")
+    for name, arr in (("dynamic", dynamic), ("provisional_px", provisional_px)):
+        if arr is not None and np.asarray(arr).dtype != np.bool_:
+            raise InvalidInputError(f"{name} must be a bool mask, got {np.asarray(arr).dtype}")
     provenances = [int(provenance)] * n if np.ndim(provenance) == 0 else [int(p) for p in provenance]
     if len(provenances) != n:
         raise InvalidInputError(f"{n} frames but {len(provenances)} provenances")
@@ -961,6 +967,8 @@ def update_memory(
             exclude = valid if dyn is None else (valid | dyn)
             if config.pinhole_depth_rel is not None:
                 exclude = exclude | pinholes(valid, r_depth, depth, config.pinhole_depth_rel, config.pinhole_max_px)
+        if provisional_px is not None and provisional_px[i].any():
+            exclude = provisional_px[i] if exclude is None else (exclude | provisional_px[i])
         # a hole pixel may still land in an occupied voxel (a pinhole, a grazing surface): it must not repaint it
         n_before = memory.num_points
         if known_keys is not None:

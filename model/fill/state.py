@@ -35,7 +35,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
@@ -76,6 +76,9 @@ class FillEntry:
     key: tuple
     future: Future
     frames_made: int = 0  # frames generated for this world since this key (the coarse-fill count is taken here)
+    # per plane texture (``plane_texture_key``): the index (in ``frames_made``) of the first frame that showed it;
+    # its per-plane coarse fill is counted from there
+    first_shown: dict = field(default_factory=dict)
 
     def state(self):
         """The fitted state, waited for if the fit is still running."""

@@ -61,3 +61,32 @@ def compile_fill_kernels() -> int:
         np.zeros((1, 3), np.float32), np.float32(50.0), np.float32(1 / 64), np.zeros((1, 2)), np.ones(1), i2,
         np.zeros(1, np.int64))
     return int(colours.shape[0])
+
+
+def load_frame_kernels() -> None:
+    """Load the kernels a layout-filled frame is the first to call, for the argument types frames call them with,
+    without running them (numba's ``compile`` with a signature loads it from the disk cache, else compiles it).
+
+    A process loads a kernel from the cache on its first call, 3-8 ms each (``mark_opening``: the doorway test;
+    ``far_texels``: the far-field texels), inside whichever frame first shows a doorway or a far plane; and
+    ``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) calls ``mark_opening`` with writable rays,
+    a signature of its own, so with a fresh cache a frame compiled the one it needs. ``GeometricGenerator`` runs
+    this on a thread of its own when it is built (``model.geometric._load_frame_kernels``). The types follow the calls:
+    ``layout.opening_pixels`` (the cached camera rays are read-only) and ``TextureModel._far_texels``."""
+    import numba
+
+    from spatia.model.fill import opening_kernels, texture_kernels
+
+    def t(a: np.ndarray, read_only: bool = False):
+        if read_only:
+            a.setflags(write=False)
+        return numba.typeof(a)
+
+    f32, i64, f64 = numba.float32, numba.int64, numba.float64
+    rays, depth = t(np.zeros((1, 1, 3), np.float32), True), t(np.zeros((1, 1), np.float32))
+    mask, vec = t(np.zeros((1, 1), bool)), t(np.zeros(3, np.float32))
+    opening_kernels.mark_opening.compile(
+        (rays, depth, mask, i64, i64, i64, i64, vec, f32, vec, f32, f32, f32, f32, f32, vec, f32, f32, f32, mask))
+    image = t(np.zeros((1, 1, 3), np.float32))
+    texels = t(np.zeros(1, np.int64))
+    texture_kernels.far_texels.compile((image, texels, texels, i64, i64, i64, image, vec, f64))
