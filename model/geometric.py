@@ -102,8 +102,11 @@ class GeometricConfig:
     # colour fill's colour), marked provisional per pixel: never folded into the memory, while the plane's
     # texture model is fitted off the frame path (~0.45 s of CPU a world at 640x360, the first final frame's
     # wait before); from then on the texture, waiting for a fit still running. Counted, not "whatever is ready":
-    # frames stay a function of the world and the path. 0: a frame waits for the textures of the planes it shows.
-    coarse_plane_frames: int = 8
+    # frames stay a function of the world and the path. 0 (default): a frame waits for the textures of the planes
+    # it shows. Off by default: counted from the first frame that asks for the texture, the first view's planes
+    # would stay coarse through frame 15 (issue 10: replaced within 8 frames), the demo's memory-only PSNR fell
+    # 0.04 dB, and no served-play gain was shown yet (docs/BENCHMARKS.md, session 12, lat).
+    coarse_plane_frames: int = 0
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
