@@ -195,6 +195,7 @@ def _baseline(args) -> float:
     """Median per-frame ms of the engine alone (in-process, same clip lengths, no encoding, no gRPC)."""
     import numpy as np
 
+    import spatia.server.host  # noqa: F401  -- the server's OpenMP settings (server/host.py): the engine as served
     from spatia.model import make_generator
     from spatia.server.config import ServerConfig
     from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
@@ -248,7 +249,8 @@ def _engine_clip_ms(args) -> list[float]:
 
 
 def _omp_compare(args) -> dict:
-    """``--omp-compare``: the policies in fresh processes (libgomp reads its settings once), alternated."""
+    """``--omp-compare``: the policies in fresh processes (libgomp reads its settings once), alternated. The
+    children do not import server/host.py (which sets passive waits), so each runs the policy its environment names."""
     import json
 
     policies = {"spin (libgomp default, baseline)": {}, "passive (server)": {"OMP_WAIT_POLICY": "PASSIVE"},
