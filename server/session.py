@@ -235,10 +235,9 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
     keep it within two frame periods, or, when even one-frame clips cannot (overloaded), within 1.25x what
     one-frame clips give (``2 * (overhead_s + frame_s)``: a larger clip buys frame rate when per-clip overhead
     dominates, at most 25 % of latency). The newest pose is never skipped. Nothing measured yet (the session's
-    first clips): the newest pose alone, the least latency whatever the machine (a clip of ``n`` on four worlds
-    starting at once took seconds in traced runs), and the next clips measure from there."""
+    first two clips): the newest ``n``."""
     if frame_s is None or overhead_s is None or frame_s <= 0:
-        m = 1
+        m = n
     else:
         budget_s = max(2.0 * frame_period_s, 1.25 * 2.0 * (overhead_s + frame_s))
         m = max(1, min(n, int((budget_s - 2.0 * overhead_s) / frame_s) - 1))
