@@ -20,6 +20,12 @@ legacy, legacy layout, ...), so both fills see the same minutes of the machine; 
 and p95 per session count (means over the rounds) and layout / legacy (issue 10 section 4: fps within 10 %, p95
 no worse).
 
+``--omp-compare ROUNDS``: instead of served play, the engine in-process (640x360 room, the server's play settings,
+one-frame clips along the walk) in fresh processes, alternated ``ROUNDS`` times: OpenMP threads spinning between
+parallel regions (libgomp's default: the baseline), sleeping (``OMP_WAIT_POLICY=PASSIVE``, what a server sets,
+server/host.py) and one numba thread; per policy the clips' p50 / p95 / p99 ms. On a shared machine a spinning
+thread takes a core from its own region's other thread.
+
 ``--trace``: the server records each session's per-frame timestamps (``ServerConfig.play_trace_dir``,
 ``server.session.PlayTrace``) and each run's result gets ``trace``: per stage of a frame (action received -> pose
 integrated -> its clip started on the world's thread -> frame generated -> encoded -> in the outbox -> handed to
@@ -189,6 +195,7 @@ def _baseline(args) -> float:
     """Median per-frame ms of the engine alone (in-process, same clip lengths, no encoding, no gRPC)."""
     import numpy as np
 
+    import spatia.server.host  # noqa: F401  -- the server's OpenMP settings (server/host.py): the engine as served
     from spatia.model import make_generator
     from spatia.server.config import ServerConfig
     from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
@@ -212,6 +219,57 @@ def _baseline(args) -> float:
         per_frame.append((time.perf_counter() - t0) * 1e3 / len(poses[i:i + n]))
         i += n
     return statistics.median(per_frame[1:] or per_frame)
+
+
+def _engine_clip_ms(args) -> list[float]:
+    """Wall ms of each one-frame clip of the in-process engine along the benchmark's walk (the first 30 untimed:
+    numba's caches, the first retrieval), with the server's play settings and ``--fill``."""
+    import numpy as np
+
+    from spatia.model import make_generator
+    from spatia.server.config import ServerConfig
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.state import World
+
+    world = World.from_scene("room", 0, args.width, args.height)
+    server = ServerConfig()
+    engine = Engine(world, make_generator("geometric", **({"fill": args.fill} if args.fill else {})), EngineConfig(
+        clip=ClipConfig(*args.clip), keyframe_stride=server.play_keyframe_stride,
+        reuse_references_within=server.play_reuse_references_within))
+    poses = np.asarray(ActionIntegrator(world.current_c2w, ControlConfig(fps=30)).run(
+        [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1 / 30)] * (30 + args.clips)))
+    out = []
+    for i in range(len(poses)):
+        t0 = time.perf_counter()
+        for _ in engine.generate_clip(poses[i : i + 1]):
+            pass
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out[30:]
+
+
+def _omp_compare(args) -> dict:
+    """``--omp-compare``: the policies in fresh processes (libgomp reads its settings once), alternated. The
+    children do not import server/host.py (which sets passive waits), so each runs the policy its environment names."""
+    import json
+
+    policies = {"spin (libgomp default, baseline)": {}, "passive (server)": {"OMP_WAIT_POLICY": "PASSIVE"},
+                "one thread": {"NUMBA_NUM_THREADS": "1"}}
+    times: dict[str, list[float]] = {k: [] for k in policies}
+    names = list(policies)
+    for r in range(args.omp_compare):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+            env.update(NUMBA_THREADING_LAYER="omp", **policies[name])
+            log(f"round {r + 1}/{args.omp_compare}: {name}, load {os.getloadavg()[0]:.1f}")
+            out = subprocess.run([sys.executable, __file__, "--engine-clips", "--clips", str(args.clips),
+                                  "--width", str(args.width), "--height", str(args.height),
+                                  *(["--fill", args.fill] if args.fill else [])],
+                                 env=env, capture_output=True, text=True, check=True)
+            times[name] += json.loads(out.stdout)
+    return {name: {"clips": len(v), "p50_ms": round(_pct(v, 50), 1), "p95_ms": round(_pct(v, 95), 1),
+                   "p99_ms": round(_pct(v, 99), 1), "mean_ms": round(statistics.mean(v), 1)}
+            for name, v in times.items()}
 
 
 def main() -> None:
@@ -240,7 +298,23 @@ def main() -> None:
                    help="record the server's per-frame timestamps and summarise where each run's time went")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
+    p.add_argument("--omp-compare", type=int, default=0, metavar="ROUNDS",
+                   help="compare OpenMP wait policies on the in-process engine instead (see the module doc)")
+    p.add_argument("--clips", type=int, default=240, help="--omp-compare: one-frame clips per process")
+    p.add_argument("--engine-clips", action="store_true", help=argparse.SUPPRESS)  # --omp-compare's child
     args = p.parse_args()
+    if args.engine_clips:
+        print(__import__("json").dumps(_engine_clip_ms(args)))
+        return
+    if args.omp_compare:
+        t0, load0 = time.time(), os.getloadavg()
+        res = _omp_compare(args)
+        base = res["spin (libgomp default, baseline)"]
+        emit({"name": "play_omp_wait", "sizes": {"width": args.width, "height": args.height, "clips": args.clips,
+                                                  "rounds": args.omp_compare, "fill": args.fill or "default"},
+              "policies": res, "median_ms": res["passive (server)"]["p50_ms"], "baseline_median_ms": base["p50_ms"],
+              "wall_s": round(time.time() - t0, 1), "load_start": load0, "load": os.getloadavg()})
+        return
     import logging
 
     import structlog

@@ -52,6 +52,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("spatia.server.host")
 
+# A server's OpenMP threads (numba's ``omp`` layer, spatia/cli.py) sleep between parallel regions instead of
+# spinning: a world's render splits over both cores, and a spinning thread takes a core from the other thread of
+# the same region (or from the encoder, the event loop, another world), which then finishes late while both spin.
+# Measured in-process at 640x360 on the shared 2-core machine (docs/BENCHMARKS.md, "Served play: where the p95
+# comes from"). libgomp reads it when numba first starts its threads (on the first parallel kernel run, not at
+# import), so setting it when the server imports this module is in time; an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _low_priority() -> None:
     """Run the calling thread at a low CPU priority (Linux: nice 10, this thread only). A snapshot write takes

@@ -12,8 +12,9 @@ Two modes:
 
 - interactive (default): poses fall due at the session's fps of camera time. When the generator falls behind,
   the next clip skips intermediate poses (never the newest) so that the newest action's frame comes within about
-  two frame times: the clip takes the newest ``m`` pending poses, ``m`` = how many frames the measured per-frame
-  generation time fits into two frame times (at least 1, at most a clip's worth). ``SessionStats.poses_dropped``
+  two frame times: the clip takes the newest ``m`` pending poses, ``m`` the most for which the measured per-clip
+  and per-frame times keep an action's latency (the clip in flight when it came, then its own) within two frame
+  times (at least 1, at most a clip's worth; ``select_poses``). ``SessionStats.poses_dropped``
   counts skipped poses, ``held_fps`` the frame rate the session holds. A frame's ``last_action_seq`` is always the
   seq of the action after which the integrator was at that frame's pose. The outbox keeps at most
   ``Limits.frame_queue`` frames and drops the oldest when a new one arrives to a full queue (latest wins);
@@ -225,16 +226,21 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
                  frame_period_s: float) -> tuple[list, int]:
     """Interactive clip selection: (the poses of the next clip, how many older ones are skipped).
 
-    ``pending`` holds (c2w, seq) oldest first; ``n`` is a clip's worth. A clip of ``m`` frames shows its newest
-    pose after about ``overhead_s + m * frame_s`` (measured: per-clip work such as retrieval and the memory
-    update, then per-frame generation). The clip takes the newest ``m`` poses, ``m`` (1..n) the most that fit a
-    latency budget of two frame periods, or, when even one frame cannot make that, twice the shortest clip
-    (so an overloaded server keeps a frame rate instead of showing one frame per clip overhead). The newest pose
-    is never skipped. Nothing measured yet: the oldest ``n`` go, none skipped."""
+    ``pending`` holds (c2w, seq) oldest first; ``n`` is a clip's worth. A clip of ``m`` frames takes about
+    ``W = overhead_s + m * frame_s`` (measured: per-clip work such as retrieval and the memory update, then per-frame
+    generation) and shows its newest pose last. An action's latency also holds the clip in flight when it arrived:
+    the poses that came during one clip of ``W`` are shown by the next, the oldest of them (skipped, or the first
+    of the clip) after ``W + overhead_s + frame_s``. So the worst action latency of ``m``-frame clips is
+    ``2 * overhead_s + (m + 1) * frame_s``, and the clip takes the newest ``m`` poses, ``m`` (1..n) the most that
+    keep it within two frame periods, or, when even one-frame clips cannot (overloaded), within 1.25x what
+    one-frame clips give (``2 * (overhead_s + frame_s)``: a larger clip buys frame rate when per-clip overhead
+    dominates, at most 25 % of latency). The newest pose is never skipped. Nothing measured yet (the session's
+    first two clips): the newest ``n``."""
     if frame_s is None or overhead_s is None or frame_s <= 0:
-        return [pending.popleft() for _ in range(min(n, len(pending)))], 0
-    budget_s = max(2.0 * frame_period_s, 2.0 * (overhead_s + frame_s))
-    m = max(1, min(n, int((budget_s - overhead_s) / frame_s)))
+        m = n
+    else:
+        budget_s = max(2.0 * frame_period_s, 1.25 * 2.0 * (overhead_s + frame_s))
+        m = max(1, min(n, int((budget_s - 2.0 * overhead_s) / frame_s) - 1))
     if len(pending) <= m:
         return [pending.popleft() for _ in range(len(pending))], 0
     skipped = len(pending) - m
@@ -299,7 +305,8 @@ class PlayTrace:
     thread), ``generated`` (the generator yielded it), ``encoded`` (JPEG done), ``queued`` (in the outbox),
     ``sent`` (handed to gRPC); ``clip``, ``in_clip`` / ``clip_frames``, ``skipped`` (poses the clip skipped).
     A clip's record: ``start``, ``end`` (the world's thread done: memory update and save policy included),
-    ``generate_s`` / ``update_s`` (the engine's), ``frames``, ``skipped``, ``pending`` (poses left waiting)."""
+    ``generate_s`` / ``update_s`` (the engine's), ``frames``, ``skipped``, ``pending`` (poses left waiting),
+    ``overhead_s`` / ``frame_s`` (``ClipCost``'s estimates once this clip is counted)."""
 
     def __init__(self, max_frames: int = 20_000) -> None:
         self.t0 = time.perf_counter()
@@ -378,6 +385,7 @@ class PlaySession:
         self._encoder: ThreadPoolExecutor | None = None
         self._clip_trace = (0.0, 0)  # (clip start, poses skipped) of the clip in flight, for its frames' records
         self._last_clip_frames = 0  # frames of the last clip (``ClipCost.probe`` asks for one fewer)
+        self._clips_run = 0
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -506,7 +514,8 @@ class PlaySession:
                 if self.trace is not None:
                     self.trace.clip({"clip": stats.clip_id, "start": clip_start, "end": self.trace.now(),
                                      "generate_s": stats.generate_s, "update_s": stats.update_s,
-                                     "frames": len(chunk), "skipped": skipped, "pending": len(pending)})
+                                     "frames": len(chunk), "skipped": skipped, "pending": len(pending),
+                                     "overhead_s": self.cost.overhead_s, "frame_s": self.cost.frame_s})
                 last_out = time.monotonic()
                 message = pb.SessionStats(
                     clip_id=stats.clip_id, generate_ms=stats.generate_s * 1e3, update_ms=stats.update_s * 1e3,
@@ -627,7 +636,11 @@ class PlaySession:
             await asyncio.wrap_future(job)
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight
             await asyncio.to_thread(self._record_stats, stats)
-        self.cost.add(time.perf_counter() - t0, times, len(chunk))  # interactive clip sizing
+        if self._clips_run:  # interactive clip sizing; not from the session's first clip (its first retrieval,
+            # cold caches, a new world's image-conditioned clip: 3-5x a later clip's time in traced runs), which
+            # would stay in the fit's window for 12 clips
+            self.cost.add(time.perf_counter() - t0, times, len(chunk))
+        self._clips_run += 1
         return stats, held or []
 
     def _deliver_traced(self, response, rec: dict) -> None:

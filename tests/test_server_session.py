@@ -88,15 +88,19 @@ def test_select_poses_skips_intermediate_poses_never_the_newest():
     def pending(k):
         return deque((np.eye(4) * (i + 1), i + 1) for i in range(k))
 
-    chunk, skipped = select_poses(pending(10), 4, None, None, 1 / 30)  # nothing measured: oldest n, no skip
-    assert [s for _, s in chunk] == [1, 2, 3, 4] and skipped == 0
-    # 10 ms per clip + 14 ms per frame at 30 fps: 4 frames fit two frame periods (66.7 ms)
-    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 30)
+    chunk, skipped = select_poses(pending(10), 4, None, None, 1 / 30)  # nothing measured: the newest n
     assert [s for _, s in chunk] == [7, 8, 9, 10] and skipped == 6
-    # at 60 fps only 2 fit
-    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 60)
+    chunk, skipped = select_poses(pending(3), 4, None, None, 1 / 30)
+    assert [s for _, s in chunk] == [1, 2, 3] and skipped == 0
+    # 10 ms per clip + 14 ms per frame at 30 fps: the worst action (2 x 10 + (m + 1) x 14 ms) within two frame
+    # periods (66.7 ms) for m = 2
+    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 30)
     assert [s for _, s in chunk] == [9, 10] and skipped == 8
-    # overloaded (clip overhead alone beyond the budget): a full clip of the newest, not one frame per overhead
+    # at 60 fps even one frame cannot: one-frame clips (the least latency), 1.25x of it allows no more
+    chunk, skipped = select_poses(pending(10), 4, 0.010, 0.014, 1 / 60)
+    assert [s for _, s in chunk] == [10] and skipped == 9
+    # overloaded by per-clip overhead: a full clip of the newest costs little latency over one frame and holds the
+    # frame rate, not one frame per overhead
     chunk, skipped = select_poses(pending(10), 4, 0.100, 0.010, 1 / 30)
     assert [s for _, s in chunk] == [7, 8, 9, 10] and skipped == 6
     # keeping up: nothing skipped
