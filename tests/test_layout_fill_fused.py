@@ -181,7 +181,7 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     world = World.from_scene("house", 0, 64, 36)
     path = make_scene("house", 0).demo_path(161)[1:61]
     cfg = EngineConfig(clip=ClipConfig(first_clip_frames=4, clip_frames=6, preceding_frames=2), keyframe_stride=4)
-    frames = list(Engine(world, G(geometric.GeometricConfig(coarse_frames=0)), cfg).generate(path, seed=0))
+    frames = list(Engine(world, G(geometric.GeometricConfig(coarse_frames=0, coarse_plane_frames=8)), cfg).generate(path, seed=0))
     assert len(frames) == len(path) and len(checked) == len(path)
     assert any(openings)  # the walk went through doorways
     assert any(masks) and not all(masks)  # frames with planes' coarse fill and frames without
