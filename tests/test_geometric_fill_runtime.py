@@ -331,6 +331,7 @@ def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():
 
 _KERNEL_LOADS = """
 import json
+from collections import deque
 from spatia.model import geometric
 from spatia.model.fill import opening_kernels, texture_kernels
 from spatia.world import engine as engine_module, history
@@ -358,10 +359,13 @@ def counting(module, name):
 
 counting(opening_kernels, "mark_opening")
 counting(texture_kernels, "far_texels")
-for frame in engine.generate(make_scene("house", 0).demo_path(161)[1:61]):
-    pass
+deque(engine.generate(make_scene("house", 0).demo_path(161)[1:61]), maxlen=0)
+renumber = kernels["first_use_renumber"]
+def counting_renumber(*args):
+    calls["first_use_renumber"] += 1
+    return renumber(*args)
+history._renumber_kernel = lambda: counting_renumber
 world.history.meta_arrays(1, len(world.history))  # a save's range: renumbers the voxel-set columns
-calls["first_use_renumber"] = 1
 after = {name: [str(s) for s in k.signatures] for name, k in kernels.items()}
 print(json.dumps({"loaded": loaded, "after": after, "calls": calls}))
 """
