@@ -170,8 +170,9 @@ def reference_render(
     y0 = np.floor(v - half)
     packed = ((zc * depth_quant).astype(np.int64) << 32) | ids
     zbuf = np.full(H * W, np.iinfo(np.int64).max, dtype=np.int64)
-    for dy in range(max_splat_px):
-        for dx in range(max_splat_px):
+    side = int(s.max()) if len(s) else 0  # loop to the largest splat present, not the cap (a far scene stays fast)
+    for dy in range(side):
+        for dx in range(side):
             px, py = x0 + dx, y0 + dy
             hit = (dx < s) & (dy < s) & (px >= 0) & (px < W) & (py >= 0) & (py < H)
             np.minimum.at(zbuf, (py[hit] * W + px[hit]).astype(np.int64), packed[hit])

@@ -85,7 +85,7 @@ PROVENANCE_NAMES = {OBSERVED: "observed", INVENTED_PROVISIONAL: "invented-provis
 @dataclass(frozen=True)
 class MemoryConfig:
     voxel_size_m: float = 0.01  # cube side d, paper Table 7 default (and the official map_voxel_size)
-    max_splat_px: int = 4  # cap of a point's square footprint (pixels) when rendering
+    max_splat_px: int = 24  # cap of a point's square footprint (pixels) when rendering
     min_depth_m: float = 0.05  # points nearer than this to the camera are not rendered
     max_depth_m: float = 1000.0  # farther points are not rendered; farther depth pixels are not integrated
     # footprint side = ceil(splat_scale * d * f / z) pixels before clipping; > 1 because a voxel's point sits at
