@@ -141,12 +141,12 @@ def test_kernels_match_their_references():
 
 def test_memory_collider_matches_the_reference_collider_on_a_random_walk():
     rng = np.random.default_rng(1)
-    mem = memory_of(np.concatenate([wall_points(z_m=0.7, spacing_m=0.03), rng.uniform(-1, 1, (40, 3))]))
-    memory_of(wall_points(z_m=-0.8, spacing_m=0.03)[:, [2, 1, 0]], provenance=INVENTED_FINAL, memory=mem)
+    mem = memory_of(np.concatenate([wall_points(z_m=0.7, spacing_m=0.05), rng.uniform(-1, 1, (40, 3))]))
+    memory_of(wall_points(z_m=-0.8, spacing_m=0.05)[:, [2, 1, 0]], provenance=INVENTED_FINAL, memory=mem)
     fast, ref = MemoryCollider(mem), ReferenceCollider(mem)
     p = np.zeros(3)
     hits = 0
-    for _ in range(60):
+    for _ in range(40):
         d = rng.normal(size=3) * np.array([0.1, 0.02, 0.1])
         a, b = fast.resolve(p, d, R), ref.resolve(p, d, R)
         np.testing.assert_allclose(a.position, b.position, atol=1e-5)  # (the reference reads float32 positions)
@@ -177,3 +177,40 @@ def test_room_back_wall_stops_the_camera():
     wall_z = float(np.percentile(pos[ahead, 2], 5))
     assert wall_z - p[2] == pytest.approx(R, abs=0.03)
     world.close()
+
+
+def _walk_into_front_wall(**env_kwargs):
+    """The room env turned round (its front wall, behind the first camera, exists only as invented points) and
+    walked into that wall: (poses [N, 4, 4], collided [N], the env)."""
+    from spatia.client.env import SpatiaWorldEnv
+
+    env = SpatiaWorldEnv(width=48, height=32, **env_kwargs)
+    env.reset(seed=0)
+    poses, hits = [], []
+    for k in range(40):
+        turning = k < 16  # 16 steps at 180 deg/s: 180 deg
+        _, _, _, _, info = env.step(np.array([0, 0, 0, 1, 0] if turning else [1, 0, 0, 0, 0], np.float32))
+        poses.append(info["pose"])
+        hits.append(info["collided"])
+    return np.stack(poses), np.array(hits), env
+
+
+def test_lockstep_walk_into_a_wall_is_deterministic_and_reported_in_info():
+    from math import radians
+
+    kw = dict(max_yaw_rate_rad_s=radians(180))
+    poses_a, hits_a, env_a = _walk_into_front_wall(**kw)
+    poses_b, hits_b, env_b = _walk_into_front_wall(**kw)
+    assert not hits_a[:16].any() and hits_a[-4:].all()  # turning never collides; the wall stops the walk
+    np.testing.assert_array_equal(poses_a, poses_b)
+    np.testing.assert_array_equal(hits_a, hits_b)
+    mem_a, mem_b = (e._backend.engine.world.memory.to_arrays() for e in (env_a, env_b))
+    for name in mem_a:
+        assert mem_a[name].tobytes() == mem_b[name].tobytes(), name
+    # stopped at the wall: the last steps hardly move (a rough wall's normal is not quite the walk's) and level
+    assert np.linalg.norm(poses_a[-1][:3, 3] - poses_a[-2][:3, 3]) < 0.1 / 16
+    np.testing.assert_allclose(poses_a[:, 1, 3], poses_a[0, 1, 3], atol=1e-9)
+    off, hits_off, env_off = _walk_into_front_wall(control=ControlConfig(collision=False), **kw)
+    assert not hits_off.any() and off[-1][2, 3] < poses_a[-1][2, 3] - 0.5  # without collision: on through it
+    for e in (env_a, env_b, env_off):
+        e.close()

@@ -142,7 +142,8 @@ class ActionIntegrator:
         move = move + self.config.vertical_speed_m_s * action.move_up * up
         if self.collider is not None and self.config.collision and (action.move_forward or action.move_right
                                                                      or action.move_up):
-            self.position, hit = self.collider.resolve(self.position, move * dt, self.config.body_radius_m)
+            level_up = up if not action.move_up else None  # a walk slides level along what it brushes
+            self.position, hit = self.collider.resolve(self.position, move * dt, self.config.body_radius_m, level_up)
             self.collided |= hit
         else:
             self.position = self.position + move * dt

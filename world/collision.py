@@ -71,7 +71,8 @@ class Resolved(NamedTuple):
 class Collider(Protocol):
     """What ``ActionIntegrator`` asks: clamp a move of the body against the current world."""
 
-    def resolve(self, position: np.ndarray, move_m: np.ndarray, radius_m: float) -> Resolved: ...
+    def resolve(self, position: np.ndarray, move_m: np.ndarray, radius_m: float,
+                level_up: np.ndarray | None = None) -> Resolved: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,12 +193,22 @@ FAST = _Ops(first_blocked_fraction, push_direction)
 REFERENCE = _Ops(first_blocked_fraction_reference, push_direction_reference)
 
 
+def _normal(push: np.ndarray, level_up: np.ndarray | None) -> np.ndarray | None:
+    """The unit contact normal from a ``push_direction`` sum, without its part along ``level_up`` when given (a
+    level walk slides level: brushing a lintel or a sloped surface does not lift or sink the camera); None when
+    it has no direction."""
+    if level_up is not None:
+        push = push - float(push @ level_up) * level_up
+    norm = float(np.linalg.norm(push))
+    return push / norm if norm > NORMAL_EPS else None
+
+
 def resolve_move(pts: np.ndarray, radius: np.ndarray, position: np.ndarray, move_m: np.ndarray,
-                 config: CollisionConfig, ops: _Ops = FAST) -> Resolved:
+                 config: CollisionConfig, ops: _Ops = FAST, level_up: np.ndarray | None = None) -> Resolved:
     """Move a body from ``position`` by ``move_m`` (both [3], world frame) among ``pts`` [M, 3], each blocking
     within its ``radius`` [M] (module docstring). ``pts`` must hold every point within reach of the move: those
     within ``radius + |move_m| + skin_m`` of the segment and of its slides (``MemoryCollider`` asks the memory for
-    the box grown by that much)."""
+    the box grown by that much). ``level_up`` [3] (unit, world up): the move is level and its slides stay level."""
     p = np.asarray(position, np.float64).copy()
     d = np.asarray(move_m, np.float64).copy()
     length = float(np.linalg.norm(d))
@@ -206,9 +217,8 @@ def resolve_move(pts: np.ndarray, radius: np.ndarray, position: np.ndarray, move
     k, skin = int(config.min_points), float(config.skin_m)
     push, count = ops.push_direction(pts, radius, p, 0.0)
     if count >= k:  # already inside: anywhere but deeper (module docstring)
-        norm = float(np.linalg.norm(push))
-        if norm > NORMAL_EPS:
-            n = push / norm
+        n = _normal(push, level_up)
+        if n is not None:
             into = float(d @ n)
             if into < 0.0:
                 return Resolved(p + d - into * n, True)
@@ -224,10 +234,9 @@ def resolve_move(pts: np.ndarray, radius: np.ndarray, position: np.ndarray, move
         t_stop = max(0.0, t - skin / step)
         push, _ = ops.push_direction(pts, radius, contact, skin)
         p = p + t_stop * d
-        norm = float(np.linalg.norm(push))
-        if norm <= NORMAL_EPS:
+        n = _normal(push, level_up)
+        if n is None:
             break
-        n = push / norm
         d = (1.0 - t_stop) * d
         into = float(d @ n)
         if into >= 0.0:  # (sweeping the same rest again would stop at the same contact)
@@ -266,7 +275,9 @@ class MemoryCollider:
     def _points_near(self, lo_m: np.ndarray, hi_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.memory.points_in_box(lo_m, hi_m)
 
-    def resolve(self, position: np.ndarray, move_m: np.ndarray, radius_m: float) -> Resolved:
+    def resolve(self, position: np.ndarray, move_m: np.ndarray, radius_m: float,
+                level_up: np.ndarray | None = None) -> Resolved:
+        """``resolve_move`` against the memory's points near the move (``level_up``: see there)."""
         if not (math.isfinite(radius_m) and radius_m > 0):
             raise InvalidInputError(f"radius_m must be positive, got {radius_m}")
         p = np.asarray(position, np.float64)
@@ -278,7 +289,7 @@ class MemoryCollider:
         pts, prov = self._points_near(np.minimum(p, p + d) - grow, np.maximum(p, p + d) + grow)
         keep, radius = self._radii(prov, radius_m)
         pts = np.ascontiguousarray(pts[keep]) if not keep.all() else pts
-        return resolve_move(pts, radius, p, d, self.config, self._ops)
+        return resolve_move(pts, radius, p, d, self.config, self._ops, level_up)
 
     _ops = FAST
 
