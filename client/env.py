@@ -493,8 +493,13 @@ class SpatiaWorldEnv(gym.Env):
                                          seed=self._episode_seed + self._steps)
         server_c2w = getattr(self._backend, "server_c2w", None)
         if server_c2w is not None:  # lock-step: the server's session integrated the same action and collided it
-            if self.control.collision:
-                self._integrator.collided = not np.allclose(server_c2w[:3, 3], c2w[:3, 3], rtol=0.0, atol=1e-6)
+            # (``ServerConfig.play_collision``, its own body radius); the frame is at its pose, so the env takes it
+            clamped = not np.allclose(server_c2w[:3, 3], c2w[:3, 3], rtol=0.0, atol=1e-6)
+            if clamped and not self.control.collision and not self._warned_no_collision:
+                warnings.warn("the server's Play session collides (ServerConfig.play_collision) although this env "
+                              "has ControlConfig(collision=False): poses follow the server's", stacklevel=2)
+                self._warned_no_collision = True
+            self._integrator.collided = clamped
             self._integrator.position = server_c2w[:3, 3].copy()
             c2w = server_c2w
         before, self._memory_points = self._memory_points, points

@@ -422,7 +422,7 @@ class PlaySession:
         self.out_size = (options.width or K.width, options.height or K.height)
         resized = self.out_size != (K.width, K.height)
         self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if resized else K)
-        control = ControlConfig(fps=options.fps)
+        control = ControlConfig(fps=options.fps, collision=config.play_collision)
         self.integrator = integrator_at(view.origin_c2w, view.current_c2w, control,
                                         collider=session_collider(host, control, engine_config))
         self.recorder = None
