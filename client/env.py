@@ -20,6 +20,12 @@ Observation: ``rgb`` uint8 [H, W, 3], or with ``observation="dict"`` a Dict of `
 frame, OpenCV camera axes). The reset observation is the memory rendered at the start pose (identical in both
 back ends; a fresh world's memory is its conditioning image lifted to 3D, so it shows that image).
 
+Collision (``ControlConfig.collision``, on by default): the camera is a sphere of ``ControlConfig.body_radius_m``
+that the world's memory points stop (``world.collision``): a move into a wall is clipped and slides along it;
+``info["collided"]`` says whether the step's move was. In-process the env's integrator collides with the world;
+in lock-step the server's session does (``ServerConfig.play_collision``) and the env takes the frame's pose;
+``remote_mode="generate"`` sends poses as given and does not collide (a warning says so).
+
 Reward: pluggable ``reward_fn(info) -> float``; the built-in ``ExplorationReward`` pays for newly observed
 memory voxels (growth of ``SpatialMemory.num_points``: one point per 5 cm voxel), the exploration signal of the
 issue. Nothing terminates; the horizon is Gymnasium's: the ids are registered with ``max_episode_steps=200``, so
