@@ -184,64 +184,110 @@ def push_direction_reference(pts: np.ndarray, radius: np.ndarray, c: np.ndarray,
     return out, int((dist < radius).sum())
 
 
-class _Ops(NamedTuple):
-    first_blocked_fraction: object
-    push_direction: object
+@nb.njit(cache=True, nogil=True)
+def _unit_normal(push, level_up, use_level):
+    """(unit contact normal, whether it has a direction) from a ``push_direction`` sum, without its part along
+    ``level_up`` when ``use_level`` (a level walk slides level: brushing a lintel or a sloped surface neither lifts
+    nor sinks the camera)."""
+    n = push.copy()
+    if use_level:
+        n -= (n[0] * level_up[0] + n[1] * level_up[1] + n[2] * level_up[2]) * level_up
+    norm = math.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+    if norm <= NORMAL_EPS:
+        return n, False
+    return n / norm, True
 
 
-FAST = _Ops(first_blocked_fraction, push_direction)
-REFERENCE = _Ops(first_blocked_fraction_reference, push_direction_reference)
-
-
-def _normal(push: np.ndarray, level_up: np.ndarray | None) -> np.ndarray | None:
-    """The unit contact normal from a ``push_direction`` sum, without its part along ``level_up`` when given (a
-    level walk slides level: brushing a lintel or a sloped surface does not lift or sink the camera); None when
-    it has no direction."""
-    if level_up is not None:
-        push = push - float(push @ level_up) * level_up
-    norm = float(np.linalg.norm(push))
-    return push / norm if norm > NORMAL_EPS else None
-
-
-def resolve_move(pts: np.ndarray, radius: np.ndarray, position: np.ndarray, move_m: np.ndarray,
-                 config: CollisionConfig, ops: _Ops = FAST, level_up: np.ndarray | None = None) -> Resolved:
-    """Move a body from ``position`` by ``move_m`` (both [3], world frame) among ``pts`` [M, 3], each blocking
-    within its ``radius`` [M] (module docstring). ``pts`` must hold every point within reach of the move: those
-    within ``radius + |move_m| + skin_m`` of the segment and of its slides (``MemoryCollider`` asks the memory for
-    the box grown by that much). ``level_up`` [3] (unit, world up): the move is level and its slides stay level."""
-    p = np.asarray(position, np.float64).copy()
-    d = np.asarray(move_m, np.float64).copy()
-    length = float(np.linalg.norm(d))
-    if length == 0.0:
-        return Resolved(p, False)
-    k, skin = int(config.min_points), float(config.skin_m)
-    push, count = ops.push_direction(pts, radius, p, 0.0)
-    if count >= k:  # already inside: anywhere but deeper (module docstring)
-        n = _normal(push, level_up)
-        if n is not None:
-            into = float(d @ n)
+@nb.njit(cache=True, nogil=True)
+def _resolve_kernel(pts, radius, position, move, min_points, skin, level_up, use_level):
+    p = position.copy()
+    d = move.copy()
+    if d[0] == 0.0 and d[1] == 0.0 and d[2] == 0.0:
+        return p, False
+    push, count = push_direction(pts, radius, p, 0.0)
+    if count >= min_points:  # already inside: anywhere but deeper (module docstring)
+        n, ok = _unit_normal(push, level_up, use_level)
+        if ok:
+            into = d[0] * n[0] + d[1] * n[1] + d[2] * n[2]
             if into < 0.0:
-                return Resolved(p + d - into * n, True)
-        return Resolved(p + d, False)
+                return p + d - into * n, True
+        return p + d, False
     collided = False
     for _ in range(MAX_SLIDES):
-        t = float(ops.first_blocked_fraction(pts, radius, p, d, k))
+        t = first_blocked_fraction(pts, radius, p, d, min_points)
         if t > 1.0:
-            return Resolved(p + d, collided)
+            return p + d, collided
         collided = True
         contact = p + t * d
-        step = float(np.linalg.norm(d))
+        step = math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
         t_stop = max(0.0, t - skin / step)
-        push, _ = ops.push_direction(pts, radius, contact, skin)
+        push, _ = push_direction(pts, radius, contact, skin)
         p = p + t_stop * d
-        n = _normal(push, level_up)
-        if n is None:
+        n, ok = _unit_normal(push, level_up, use_level)
+        if not ok:
             break
         d = (1.0 - t_stop) * d
-        into = float(d @ n)
+        into = d[0] * n[0] + d[1] * n[1] + d[2] * n[2]
         if into >= 0.0:  # (sweeping the same rest again would stop at the same contact)
             break
         d = d - into * n
+        if math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]) <= 1e-9:
+            break
+    return p, collided
+
+
+def resolve_move(pts: np.ndarray, radius: np.ndarray, position: np.ndarray, move_m: np.ndarray,
+                 config: CollisionConfig, level_up: np.ndarray | None = None) -> Resolved:
+    """Move a body from ``position`` by ``move_m`` (both [3], world frame) among ``pts`` [M, 3], each blocking
+    within its ``radius`` [M] (module docstring; one numba call). ``pts`` must hold every point within reach of
+    the move: those within ``radius + |move_m| + skin_m`` of the segment and of its slides (``MemoryCollider``
+    asks the memory for the box grown by that much). ``level_up`` [3] (unit, world up): the move is level and
+    its slides stay level."""
+    use_level = level_up is not None
+    up = np.asarray(level_up, np.float64) if use_level else np.zeros(3)
+    out, hit = _resolve_kernel(np.ascontiguousarray(pts, np.float64), np.ascontiguousarray(radius, np.float64),
+                               np.asarray(position, np.float64), np.asarray(move_m, np.float64),
+                               int(config.min_points), float(config.skin_m), up, use_level)
+    return Resolved(out, bool(hit))
+
+
+def resolve_move_reference(pts: np.ndarray, radius: np.ndarray, position: np.ndarray, move_m: np.ndarray,
+                           config: CollisionConfig, level_up: np.ndarray | None = None) -> Resolved:
+    """``resolve_move`` in plain Python over the numpy references (``first_blocked_fraction_reference``,
+    ``push_direction_reference``)."""
+    p = np.asarray(position, np.float64).copy()
+    d = np.asarray(move_m, np.float64).copy()
+    if not d.any():
+        return Resolved(p, False)
+
+    def normal(push: np.ndarray) -> np.ndarray | None:
+        if level_up is not None:
+            push = push - float(push @ level_up) * level_up
+        norm = float(np.linalg.norm(push))
+        return push / norm if norm > NORMAL_EPS else None
+
+    k, skin = int(config.min_points), float(config.skin_m)
+    push, count = push_direction_reference(pts, radius, p, 0.0)
+    if count >= k:
+        n = normal(push)
+        if n is not None and float(d @ n) < 0.0:
+            return Resolved(p + d - float(d @ n) * n, True)
+        return Resolved(p + d, False)
+    collided = False
+    for _ in range(MAX_SLIDES):
+        t = first_blocked_fraction_reference(pts, radius, p, d, k)
+        if t > 1.0:
+            return Resolved(p + d, collided)
+        collided = True
+        t_stop = max(0.0, t - skin / float(np.linalg.norm(d)))
+        n = normal(push_direction_reference(pts, radius, p + t * d, skin)[0])
+        p = p + t_stop * d
+        if n is None:
+            break
+        d = (1.0 - t_stop) * d
+        if float(d @ n) >= 0.0:
+            break
+        d = d - float(d @ n) * n
         if float(np.linalg.norm(d)) <= 1e-9:
             break
     return Resolved(p, collided)
@@ -289,15 +335,15 @@ class MemoryCollider:
         pts, prov = self._points_near(np.minimum(p, p + d) - grow, np.maximum(p, p + d) + grow)
         keep, radius = self._radii(prov, radius_m)
         pts = np.ascontiguousarray(pts[keep]) if not keep.all() else pts
-        return resolve_move(pts, radius, p, d, self.config, self._ops, level_up)
+        return self._resolve_move(pts, radius, p, d, self.config, level_up)
 
-    _ops = FAST
+    _resolve_move = staticmethod(resolve_move)
 
 
 class ReferenceCollider(MemoryCollider):
     """``MemoryCollider`` over every point of the memory with the numpy references: slow, obviously correct."""
 
-    _ops = REFERENCE
+    _resolve_move = staticmethod(resolve_move_reference)
 
     def _points_near(self, lo_m: np.ndarray, hi_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pts = self.memory.positions.astype(np.float64)  # [N, 3] every point
