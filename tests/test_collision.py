@@ -12,7 +12,7 @@ import pytest
 from spatia.world.actions import Action, ActionIntegrator, ControlConfig
 from spatia.world.collision import (
     CollisionConfig, MemoryCollider, ReferenceCollider, first_blocked_fraction, first_blocked_fraction_reference,
-    push_direction, push_direction_reference, resolve_move,
+    push_direction, push_direction_reference, resolve_move, resolve_move_reference,
 )
 from spatia.world.errors import InvalidInputError
 from spatia.world.memory import INVENTED_FINAL, OBSERVED, MemoryConfig, SpatialMemory
@@ -111,10 +111,9 @@ def test_invented_points_block_at_the_clearance():
     assert 1.0 - integ.position[2] == pytest.approx(0.5, abs=0.015)
     integ = walker(mem, CollisionConfig(include_invented=False))  # observed only: walks through
     assert not any(hold(integ, 24, move_forward=1.0))
-    with pytest.raises(InvalidInputError):
-        CollisionConfig(min_points=0)
-    with pytest.raises(InvalidInputError):
-        ControlConfig(body_radius_m=0.0)
+    for bad in (lambda: CollisionConfig(min_points=0), lambda: ControlConfig(body_radius_m=0.0)):
+        with pytest.raises(InvalidInputError):
+            bad()
 
 
 def test_kernels_match_their_references():
@@ -137,6 +136,12 @@ def test_kernels_match_their_references():
             assert t > 1.0, (trial, t, t_ref)
         else:
             assert t == pytest.approx(t_ref, abs=1e-9), (trial, t, t_ref)
+        config = CollisionConfig(min_points=k)
+        level = np.array([0.0, -1.0, 0.0]) if trial % 2 else None
+        fast = resolve_move(pts, radius, p, d, config, level)
+        ref = resolve_move_reference(pts, radius, p, d, config, level)
+        np.testing.assert_allclose(fast.position, ref.position, atol=1e-7)
+        assert fast.collided == ref.collided
 
 
 def test_memory_collider_matches_the_reference_collider_on_a_random_walk():
