@@ -219,3 +219,18 @@ def test_lockstep_walk_into_a_wall_is_deterministic_and_reported_in_info():
     assert not hits_off.any() and off[-1][2, 3] < poses_a[-1][2, 3] - 0.5  # without collision: on through it
     for e in (env_a, env_b, env_off):
         e.close()
+
+
+def test_a_level_walk_slides_level_along_a_leaning_wall_and_passes_under_a_low_lintel():
+    # a wall leaning 20 deg towards the walker: the slide keeps the camera's height
+    wall = wall_points(z_m=0.0)
+    lean = math.radians(20)
+    leaning = np.stack([wall[:, 0], wall[:, 1] * math.cos(lean), 0.5 + wall[:, 1] * math.sin(lean)], axis=1)
+    integ = walker(memory_of(leaning), yaw_rad=math.radians(30))
+    hold(integ, 24, move_forward=1.0)
+    assert integ.position[1] == pytest.approx(0.0, abs=1e-9) and integ.position[0] > 0.3
+    # a lintel 0.24 m above the eye (world up is -y): brushed from below, the body slides under it, not stops
+    lintel = wall_points(z_m=0.0, half_m=0.6)[:, [0, 2, 1]] + [0.0, -0.24, 0.8]
+    integ = walker(memory_of(lintel))
+    hits = hold(integ, 32, move_forward=1.0)
+    assert any(hits) and integ.position[2] > 1.5 and integ.position[1] > 0.0

@@ -44,6 +44,7 @@ from spatia.world.memory import OBSERVED, SpatialMemory
 
 MAX_SLIDES = 4  # sweeps per move: the move, then up to three slides (a corner of two walls needs two)
 NORMAL_EPS = 1e-12  # a normal sum shorter than this has no direction (points all round the centre)
+LEVEL_SHARE = 0.5  # a level walk slides level off a contact whose normal is within 60 deg of horizontal
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,15 @@ def push_direction_reference(pts: np.ndarray, radius: np.ndarray, c: np.ndarray,
 @nb.njit(cache=True, nogil=True)
 def _unit_normal(push, level_up, use_level):
     """(unit contact normal, whether it has a direction) from a ``push_direction`` sum, without its part along
-    ``level_up`` when ``use_level`` (a level walk slides level: brushing a lintel or a sloped surface neither lifts
-    nor sinks the camera)."""
+    ``level_up`` when ``use_level`` (a level walk slides level along a wall that is not quite vertical), unless
+    the contact is mostly above or below the body (a lintel, a table top): its normal keeps its vertical part
+    then, and the body slides under or over it instead of stopping."""
     n = push.copy()
     if use_level:
-        n -= (n[0] * level_up[0] + n[1] * level_up[1] + n[2] * level_up[2]) * level_up
+        level = n - (n[0] * level_up[0] + n[1] * level_up[1] + n[2] * level_up[2]) * level_up
+        if level[0] * level[0] + level[1] * level[1] + level[2] * level[2] >= LEVEL_SHARE**2 * (
+                n[0] * n[0] + n[1] * n[1] + n[2] * n[2]):
+            n = level
     norm = math.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
     if norm <= NORMAL_EPS:
         return n, False
@@ -242,7 +247,7 @@ def resolve_move(pts: np.ndarray, radius: np.ndarray, position: np.ndarray, move
     within its ``radius`` [M] (module docstring; one numba call). ``pts`` must hold every point within reach of
     the move: those within ``radius + |move_m| + skin_m`` of the segment and of its slides (``MemoryCollider``
     asks the memory for the box grown by that much). ``level_up`` [3] (unit, world up): the move is level and
-    its slides stay level."""
+    its slides stay level, but off a contact above or below the body (``_unit_normal``)."""
     use_level = level_up is not None
     up = np.asarray(level_up, np.float64) if use_level else np.zeros(3)
     out, hit = _resolve_kernel(np.ascontiguousarray(pts, np.float64), np.ascontiguousarray(radius, np.float64),
@@ -262,7 +267,9 @@ def resolve_move_reference(pts: np.ndarray, radius: np.ndarray, position: np.nda
 
     def normal(push: np.ndarray) -> np.ndarray | None:
         if level_up is not None:
-            push = push - float(push @ level_up) * level_up
+            level = push - float(push @ level_up) * level_up
+            if np.linalg.norm(level) >= LEVEL_SHARE * np.linalg.norm(push):
+                push = level
         norm = float(np.linalg.norm(push))
         return push / norm if norm > NORMAL_EPS else None
 
