@@ -25,9 +25,14 @@ would see the wall cut away around it after the next clip and walk through the h
 block at ``max(radius_m, invented_clearance_m)``, with ``invented_clearance_m`` the engine's free radius.
 
 Fast op and reference: ``MemoryCollider`` reads only the points of the memory near the move
-(``SpatialMemory.points_in_box``) and sweeps them with numba kernels; ``ReferenceCollider`` reads every point
-(``SpatialMemory.positions``) and uses the numpy references below (dense sampling of the count along the move).
-Tests compare them. Deterministic: no clocks, no threads, the same memory and move give the same result.
+(``SpatialMemory.points_in_box``) and resolves the move in one numba call (``resolve_move``); ``ReferenceCollider``
+reads every point (``SpatialMemory.positions``) and resolves in Python over the numpy references
+(``resolve_move_reference``: the count sampled densely along the move, then bisected). Tests compare them.
+Deterministic: no clocks, no threads, the same memory and move give the same result.
+
+The memory is read on the caller's thread: a Play session's integrator reads it between that session's clips (the
+session awaits each clip), so never during its own memory update; an Edit RPC running on the world's thread at the
+same moment is not excluded (at worst one move collides with a half-edited memory).
 """
 
 from __future__ import annotations
