@@ -89,13 +89,18 @@ def main() -> None:
     # numba kernel threads, in this process (in-process env) and in the server alike. 1 by default: on a small
     # shared machine, OpenMP's parallel kernels in the stepping thread measured 10-40x slower under load.
     ap.add_argument("--threads", type=int, default=1)
+    # Off by default: the Generate-per-step mode takes poses as given and cannot collide, and every mode's frames
+    # are compared; the random walk meets the room's walls (239 of its 330 steps collided at 128x96)
+    ap.add_argument("--collision", action="store_true", help="the camera collides (in-process and lock-step only)")
     args = ap.parse_args()
+    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # the server subprocess's ServerConfig
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # before numba is imported
 
     import numpy as np
 
     import spatia.client  # noqa: F401  (registers the ids)
     from spatia.client.env import SpatiaWorldEnv
+    from spatia.world.actions import ControlConfig
 
     rng = np.random.default_rng(0)
     # walk mostly forward while turning: new ground every step, as an exploring agent sees it
@@ -108,7 +113,7 @@ def main() -> None:
         try:
             for name, kw in (("in_process", {}), ("remote_lockstep", {"server": target}),
                              ("remote_generate", {"server": target, "remote_mode": "generate"})):
-                env = SpatiaWorldEnv(**size, **kw)
+                env = SpatiaWorldEnv(**size, **kw, control=ControlConfig(collision=args.collision))
                 log(f"{name}: {args.warmup} + {args.steps} steps at {args.width}x{args.height}")
                 c0 = time.process_time()
                 times, seen[name], server = _run(env, actions, args.warmup)
@@ -123,7 +128,7 @@ def main() -> None:
     emit({
         "benchmark": "gym",
         "width": args.width, "height": args.height, "steps": args.steps, "warmup": args.warmup,
-        "numba_threads": args.threads,
+        "numba_threads": args.threads, "collision": args.collision,
         "median_ms": results["remote_lockstep"]["median_ms"],
         "baseline_median_ms": results["in_process"]["median_ms"],
         "modes": results,

@@ -302,7 +302,9 @@ def main() -> None:
                    help="compare OpenMP wait policies on the in-process engine instead (see the module doc)")
     p.add_argument("--clips", type=int, default=240, help="--omp-compare: one-frame clips per process")
     p.add_argument("--engine-clips", action="store_true", help=argparse.SUPPRESS)  # --omp-compare's child
+    p.add_argument("--collision", action="store_true", help="the served camera collides with walls (world/collision.py); off by default: this walk meets walls, where a camera held against one reveals nothing new and flatters the figures, and earlier runs walked without it")
     args = p.parse_args()
+    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # the server subprocess's ServerConfig
     if args.engine_clips:
         print(__import__("json").dumps(_engine_clip_ms(args)))
         return

@@ -311,7 +311,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-s", type=float, default=10.0)
     p.add_argument("--save-interval-s", type=float, default=None, help="the server's autosave interval "
                    "(default: the server's own)")
-    return p.parse_args(argv)
+    p.add_argument("--collision", action="store_true", help="the served camera collides with walls (world/collision.py); off by default: this walk meets walls, where a camera held against one reveals nothing new and flatters the figures, and earlier runs walked without it")
+    args = p.parse_args(argv)
+    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # the server subprocess's ServerConfig
+    return args
 
 
 def main() -> None:

@@ -20,6 +20,12 @@ Observation: ``rgb`` uint8 [H, W, 3], or with ``observation="dict"`` a Dict of `
 frame, OpenCV camera axes). The reset observation is the memory rendered at the start pose (identical in both
 back ends; a fresh world's memory is its conditioning image lifted to 3D, so it shows that image).
 
+Collision (``ControlConfig.collision``, on by default): the camera is a sphere of ``ControlConfig.body_radius_m``
+that the world's memory points stop (``world.collision``): a move into a wall is clipped and slides along it;
+``info["collided"]`` says whether the step's move was. In-process the env's integrator collides with the world;
+in lock-step the server's session does (``ServerConfig.play_collision``) and the env takes the frame's pose;
+``remote_mode="generate"`` sends poses as given and does not collide (a warning says so).
+
 Reward: pluggable ``reward_fn(info) -> float``; the built-in ``ExplorationReward`` pays for newly observed
 memory voxels (growth of ``SpatialMemory.num_points``: one point per 5 cm voxel), the exploration signal of the
 issue. Nothing terminates; the horizon is Gymnasium's: the ids are registered with ``max_episode_steps=200``, so
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import math
 import queue
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +125,12 @@ class _LocalBackend:
     def intrinsics(self):
         return self.engine.world.intrinsics
 
+    def collider(self):
+        """The world's collider (``world.collision``); invented points block at the engine's free radius."""
+        from spatia.world.collision import CollisionConfig
+
+        return self.engine.world.collider(CollisionConfig(invented_clearance_m=self.engine.config.free_radius_m))
+
     def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:
         """The frame at ``c2w`` (the pose after ``action``) and the memory's points after its update."""
         frames = list(self.engine.generate_clip(c2w[None], prompt, seed))  # pulling all runs the memory update
@@ -176,6 +189,11 @@ class _RemoteBackend:
         self.world_id: str | None = None
         self.created = False
         self.K = None
+        self.server_c2w: np.ndarray | None = None  # lock-step: the pose of the latest step's frame, the server's
+
+    def collider(self):
+        """None: the server's session collides (lock-step) or nothing does (``Generate`` takes poses as given)."""
+        return None
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
         from spatia.proto.spatia.v1.convert import pose_array
@@ -277,7 +295,7 @@ class _LockstepBackend(_RemoteBackend):
 
         from spatia.client.api import _translate, action_message
         from spatia.proto.spatia.v1 import world_pb2 as pb
-        from spatia.proto.spatia.v1.convert import decode_frame  # the image only: the env has the pose
+        from spatia.proto.spatia.v1.convert import decode_frame, pose_array
 
         if prompt is not None and prompt != self._prompt_sent:
             self._requests.put(pb.PlayRequest(prompt=pb.PromptChange(prompt=prompt)))
@@ -293,6 +311,7 @@ class _LockstepBackend(_RemoteBackend):
                     if resp.frame.last_action_seq != action.seq:
                         raise InvalidInputError(f"lock-step broke: frame for action {resp.frame.last_action_seq}"
                                                 f" while waiting for {action.seq}")
+                    self.server_c2w = pose_array(resp.frame.pose)  # the session collided it: authoritative
                     if resp.frame.HasField("stats"):  # PlayStart.stats_in_frame: after the memory update
                         self.last_stats = resp.frame.stats
                         return decode_frame(resp.frame), int(resp.frame.stats.memory_points)
@@ -398,6 +417,7 @@ class SpatiaWorldEnv(gym.Env):
         self._episode_seed = 0
         self._memory_points = 0
         self._last_rgb: np.ndarray | None = None
+        self._warned_no_collision = False
 
     # ---- helpers -------------------------------------------------------------------------------------------
 
@@ -437,6 +457,7 @@ class SpatiaWorldEnv(gym.Env):
             "memory_points": self._memory_points,
             "new_memory_points": int(new_points),
             "step": self._steps,
+            "collided": bool(self._integrator.collided),  # the step's move was clamped by a surface
         }
 
     # ---- Gymnasium API -------------------------------------------------------------------------------------
@@ -453,7 +474,12 @@ class SpatiaWorldEnv(gym.Env):
         scene_seed = int(options.pop("scene_seed", self.np_random.integers(0, 2**31 - 1)))
         self._episode_seed = scene_seed
         c2w = self._backend.new_world(options, scene_seed, self.width, self.height, self.fov_deg, self.prompt)
-        self._integrator = ActionIntegrator(c2w, self.control)
+        collider = self._backend.collider() if self.control.collision else None
+        if self.control.collision and self.remote_mode == "generate" and not self._warned_no_collision:
+            warnings.warn("SpatiaWorldEnv(remote_mode='generate'): the camera does not collide (Generate takes the "
+                          "poses as given); remote_mode='lockstep' collides on the server", stacklevel=2)
+            self._warned_no_collision = True
+        self._integrator = ActionIntegrator(c2w, self.control, collider=collider)
         self._steps = 0
         self._memory_points = self._backend.memory_points()
         rgb, depth = self._backend.render(c2w)
@@ -471,6 +497,17 @@ class SpatiaWorldEnv(gym.Env):
         self._steps += 1
         rgb, points = self._backend.step(act, c2w, None if not self.prompt else self.prompt,
                                          seed=self._episode_seed + self._steps)
+        server_c2w = getattr(self._backend, "server_c2w", None)
+        if server_c2w is not None:  # lock-step: the server's session integrated the same action and collided it
+            # (``ServerConfig.play_collision``, its own body radius); the frame is at its pose, so the env takes it
+            clamped = not np.allclose(server_c2w[:3, 3], c2w[:3, 3], rtol=0.0, atol=1e-6)
+            if clamped and not self.control.collision and not self._warned_no_collision:
+                warnings.warn("the server's Play session collides (ServerConfig.play_collision) although this env "
+                              "has ControlConfig(collision=False): poses follow the server's", stacklevel=2)
+                self._warned_no_collision = True
+            self._integrator.collided = clamped
+            self._integrator.position = server_c2w[:3, 3].copy()
+            c2w = server_c2w
         before, self._memory_points = self._memory_points, points
         info = self._info(c2w, self._memory_points - before)
         reward = float(self.reward_fn(info))

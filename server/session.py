@@ -207,18 +207,34 @@ def action_from_proto(a: pb.Action) -> Action:
                   a.pitch_delta_rad, a.sprint, a.dt_s, int(a.seq)).validate()
 
 
-def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: ControlConfig) -> ActionIntegrator:
+def session_collider(host, control: ControlConfig, engine_config: EngineConfig):
+    """The world's collider for a session's integrator (``world.collision``; invented points block at the engine's
+    free radius), None when ``control.collision`` is off or the host keeps its world in another process (a Ray
+    actor: the camera then walks through walls, and the session log says so)."""
+    if not control.collision:
+        return None
+    make = getattr(host, "collider", None)
+    if make is None:
+        log.warning("play without collision: this host keeps its world in another process", world_id=host.world_id)
+        return None
+    from spatia.world.collision import CollisionConfig
+
+    return make(CollisionConfig(invented_clearance_m=engine_config.free_radius_m))
+
+
+def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: ControlConfig,
+                  collider=None) -> ActionIntegrator:
     """An integrator at ``current_c2w`` whose "level" is the world's first camera (walking stays horizontal),
     with yaw / pitch recovered from the relative rotation; falls back to levelling on ``current_c2w`` when that
-    rotation has roll (not reachable by yaw then pitch)."""
+    rotation has roll (not reachable by yaw then pitch). ``collider``: what its moves collide with."""
     R = origin_c2w[:3, :3].T @ current_c2w[:3, :3]  # = R_y(yaw) @ R_x(pitch) for a pose reached by play
     yaw = math.atan2(R[0, 2], R[2, 2])
     pitch = math.asin(float(np.clip(-R[1, 2], -1.0, 1.0)))
     limit = math.radians(config.max_pitch_deg)
     integ = ActionIntegrator(origin_c2w, config, yaw_rad=yaw, pitch_rad=min(max(pitch, -limit), limit),
-                             position=current_c2w[:3, 3].copy())
+                             position=current_c2w[:3, 3].copy(), collider=collider)
     if not np.allclose(integ.c2w, current_c2w, atol=1e-6):
-        integ = ActionIntegrator(current_c2w, config)
+        integ = ActionIntegrator(current_c2w, config, collider=collider)
     return integ
 
 
@@ -369,11 +385,12 @@ class PlaySession:
         self.config = config
         self.limits = config.limits
         self.lockstep = options.lockstep
-        self.engine = host.open_engine(generator, EngineConfig(
+        engine_config = EngineConfig(
             # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
-            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within)
+        self.engine = host.open_engine(generator, engine_config)
         # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
         self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,
@@ -405,7 +422,9 @@ class PlaySession:
         self.out_size = (options.width or K.width, options.height or K.height)
         resized = self.out_size != (K.width, K.height)
         self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if resized else K)
-        self.integrator = integrator_at(view.origin_c2w, view.current_c2w, ControlConfig(fps=options.fps))
+        control = ControlConfig(fps=options.fps, collision=config.play_collision)
+        self.integrator = integrator_at(view.origin_c2w, view.current_c2w, control,
+                                        collider=session_collider(host, control, engine_config))
         self.recorder = None
         if options.record:
             rid = f"{host.world_id}.{self.id}"

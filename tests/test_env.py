@@ -142,6 +142,25 @@ def test_remote_modes_and_in_process_walk_the_same_path(server):
         e.close()
 
 
+def test_lockstep_collides_on_the_server_as_in_process(server):
+    """Turned round and walked into the room's front wall: the server's lock-step session collides as the
+    in-process env does (same poses), and the remote env reports it in ``info["collided"]``."""
+    kw = dict(max_yaw_rate_rad_s=np.radians(180), **SMALL)
+    envs = [SpatiaWorldEnv(**kw), SpatiaWorldEnv(server=server.target, **kw)]
+    for e in envs:
+        e.reset(seed=0)
+    hits = []
+    for k in range(32):
+        act = np.array([0, 0, 0, 1, 0] if k < 16 else [1, 0, 0, 0, 0], np.float32)  # 180 deg, then W
+        (_, _, _, _, ia), (_, _, _, _, ib) = [e.step(act) for e in envs]
+        np.testing.assert_allclose(ia["pose"], ib["pose"], atol=1e-9)
+        assert ia["collided"] == ib["collided"]
+        hits.append(ia["collided"])
+    assert not any(hits[:16]) and hits[-1]
+    for e in envs:
+        e.close()
+
+
 def test_lockstep_is_one_play_stream_without_saves_per_step(server, tmp_path):
     """The remote default runs one Play session per episode (recorded here, to count what went over it):
     exactly one frame per action, seq by seq, none dropped; the world is saved at the session's end, not per step."""

@@ -59,7 +59,9 @@ def test_slow_reader_gets_the_latest_frames_and_a_drop_count(tmp_path):
 
 def test_pending_poses_beyond_the_limit_are_dropped_oldest_first(tmp_path):
     limits = Limits(max_pending_frames=8)
-    with running_server(ServerConfig(data_dir=tmp_path, port=0, limits=limits)) as st, WorldClient(st.target) as c:
+    # without collision: the 6.25 m walk would stop at the room's back wall (test_collision checks that)
+    config = ServerConfig(data_dir=tmp_path, port=0, limits=limits, play_collision=False)
+    with running_server(config) as st, WorldClient(st.target) as c:
         c.create_scene("room", 0, W, H, world_id="p")
         with c.play("p", clip=(8, 10, 2), record=False) as s:  # clip of 8 = limit of 8 pending
             s.send(move_forward=1.0, dt_s=100 / 16)  # 100 poses at once

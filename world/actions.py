@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from spatia.world.camera import validate_pose
 from spatia.world.errors import InvalidInputError
+
+if TYPE_CHECKING:  # world.collision needs numba, which the slim client (remote envs) does not have
+    from spatia.world.collision import Collider
 
 
 @dataclass
@@ -72,10 +76,16 @@ class ControlConfig:
     sprint_multiplier: float = 2.5
     vertical_speed_m_s: float = 0.75
     max_pitch_deg: float = 85.0  # clamp short of +-90 so the yaw axis never degenerates
+    # The camera is a sphere of this radius that the world's surfaces stop (``world.collision``), when the
+    # integrator has a collider (the world's: ``World.collider``); False: it walks through everything.
+    collision: bool = True
+    body_radius_m: float = 0.25
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or not math.isfinite(self.fps):
             raise InvalidInputError(f"fps must be positive, got {self.fps}")
+        if not (math.isfinite(self.body_radius_m) and self.body_radius_m > 0):
+            raise InvalidInputError(f"body_radius_m must be positive, got {self.body_radius_m}")
         if not (0.0 < self.max_pitch_deg < 90.0):
             raise InvalidInputError(f"max_pitch_deg must be in (0, 90), got {self.max_pitch_deg}")
 
@@ -95,6 +105,8 @@ class ActionIntegrator:
     """Integrates ``Action``s into ``c2w`` poses sampled at ``config.fps``; deterministic (no clocks read).
 
     The state is (position, yaw, pitch) relative to ``base_c2w``'s orientation; ``base_c2w`` fixes what is level.
+    With a ``collider`` and ``config.collision``, every move is clamped against the world (``world.collision``);
+    ``collided`` tells whether the latest ``step`` was clamped. Turning and looking are never clamped.
     """
 
     base_c2w: np.ndarray
@@ -104,6 +116,8 @@ class ActionIntegrator:
     position: np.ndarray = field(default=None)  # type: ignore[assignment]  # [3], world frame
     _time_to_next_frame_s: float = 0.0  # 0: the next advance emits a frame at once after its first step
     last_seq: int = 0
+    collider: Collider | None = None
+    collided: bool = False
 
     def __post_init__(self) -> None:
         self.base_c2w = validate_pose(self.base_c2w, "base_c2w").copy()
@@ -126,7 +140,13 @@ class ActionIntegrator:
         up = -self.base_c2w[:3, 1]
         move = speed * (action.move_forward * forward + action.move_right * right)
         move = move + self.config.vertical_speed_m_s * action.move_up * up
-        self.position = self.position + move * dt
+        if self.collider is not None and self.config.collision and (action.move_forward or action.move_right
+                                                                     or action.move_up):
+            level_up = up if not action.move_up else None  # a walk slides level along what it brushes
+            self.position, hit = self.collider.resolve(self.position, move * dt, self.config.body_radius_m, level_up)
+            self.collided |= hit
+        else:
+            self.position = self.position + move * dt
         look_share = dt / action.dt_s if action.dt_s > 0 else 0.0
         self.yaw_rad += action.yaw_rate_rad_s * dt + action.yaw_delta_rad * look_share
         self.yaw_rad = math.remainder(self.yaw_rad, 2 * math.pi)
@@ -138,6 +158,7 @@ class ActionIntegrator:
         """Apply ``action`` for ``action.dt_s`` seconds; return the poses of every output frame that fell due."""
         action.validate()
         self.last_seq = action.seq
+        self.collided = False
         poses: list[np.ndarray] = []
         remaining = action.dt_s
         if remaining == 0.0:  # a pure look delta with no duration: apply it at once

@@ -232,6 +232,18 @@ class SpatialMemory:
         keep = self._prov[: self._n] == OBSERVED
         return self._positions64()[keep], self._colors[: self._n][keep].copy()
 
+    def points_in_box(self, lo_m: np.ndarray, hi_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``([M, 3] float64 world frame, [M] uint8 provenance)`` of the points whose voxel lies in the box from
+        ``lo_m`` to ``hi_m`` [3] (world frame, metres, inclusive): the culling blocks that meet the box and the
+        unsorted tail are read, not the whole memory (``world.collision`` asks this on every move)."""
+        d_m = self.config.voxel_size_m
+        lo = np.floor(np.asarray(lo_m, np.float64) / d_m).astype(np.int64)
+        hi = np.floor(np.asarray(hi_m, np.float64) / d_m).astype(np.int64)
+        no_provenance = 255  # box_candidates skips one provenance; none has this value, so every point counts
+        cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
+                                self._block_starts, *lo.tolist(), *hi.tolist(), no_provenance, np.iinfo(np.int32).min)
+        return K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m), self._prov[cand]
+
     @property
     def nbytes(self) -> int:
         """Bytes held: point arrays at their capacity, the hash table and the block directory."""

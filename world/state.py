@@ -218,6 +218,13 @@ class World:
 
         return LayoutPrior.from_doc(self.info.layout_prior)
 
+    def collider(self, config=None):
+        """A ``world.collision.MemoryCollider`` over this world's memory (``ActionIntegrator(collider=...)``): the
+        walking camera's body collides with the memory as it is at each move. ``config``: a ``CollisionConfig``."""
+        from spatia.world.collision import CollisionConfig, MemoryCollider
+
+        return MemoryCollider(self.memory, config if config is not None else CollisionConfig())
+
     @property
     def world_id(self) -> str:
         return self.info.world_id
