@@ -219,6 +219,58 @@ def test_intersection_counts_match_reference_across_index_rebuilds(tail_runs):
         assert index.num_unsealed_runs == index.num_runs - index.num_voxels > 0
 
 
+def test_column_table_prepared_in_the_background_gives_the_same_index(monkeypatch):
+    """Larger column tables built on the maintenance thread (and adopted with the columns created meanwhile) give
+    the same columns, sets and counts as tables rebuilt on the spot."""
+    from concurrent.futures import Future
+
+    import spatia.world.history as history_module
+
+    rng = np.random.default_rng(4)
+    sets = [_keys(rng, 2500, extent=120) for _ in range(24)]
+    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_COLUMNS", 1 << 40)  # never prepared: the reference
+    spot = VoxelSetIndex(tail_runs=3000)
+    for s in sets:
+        spot.add(s)
+    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_COLUMNS", 2000)
+    adopted = []
+    adopt = VoxelSetIndex._adopt_table
+
+    def counting(self, wait):
+        table = self._table
+        adopt(self, wait)
+        adopted.append(self._table is not table)
+
+    monkeypatch.setattr(VoxelSetIndex, "_adopt_table", counting)
+    index = VoxelSetIndex(tail_runs=3000)
+    held = 0
+    for s in sets:
+        fits = 2 * (index.num_voxels + s.shape[0]) <= index._table.shape[0]  # this frame needs no new table
+        if index._table_job is None and index.num_voxels >= 2000 and fits and not held:
+            # a table prepared early and held back over a frame: the columns that frame creates are added to it
+            # when it is adopted
+            index._prepare_table(index._table.shape[0])
+            job, n0 = index._table_job
+            table = job.result()
+            pending: Future = Future()
+            index._table_job = (pending, n0)
+            index.add(s)
+            assert index._table_job[0] is pending and index.num_voxels > n0  # not done: not adopted
+            pending.set_result(table)
+            held = 1
+            continue
+        index.add(s)
+    assert held and sum(adopted) >= 2  # the held one and at least one prepared as the index grew
+    assert index.num_voxels == spot.num_voxels
+    for f in range(len(sets)):
+        np.testing.assert_array_equal(index.keys(f), spot.keys(f))
+        np.testing.assert_array_equal(index.columns(f), spot.columns(f))
+    probe = np.concatenate(sets + [_keys(rng, 500, extent=300)])
+    np.testing.assert_array_equal(index.lookup(probe), spot.lookup(probe))
+    queries = [np.unique(np.concatenate(sets[i : i + 3])) for i in (0, 10, 20)]
+    np.testing.assert_array_equal(index.intersection_counts(queries), spot.intersection_counts(queries))
+
+
 def test_hash_table_growth_keeps_every_column():
     """Tens of thousands of distinct keys force several table rehashes; every lookup still finds its column."""
     rng = np.random.default_rng(1)

@@ -50,6 +50,11 @@ REBUILD_MIN_VOXELS = 1 << 16
 _FRAME_MAGIC = b"SPF1"
 _FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
 _HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2**64 / golden ratio, spreads packed keys evenly
+# From this many columns on, the index's next (larger) column table is built on the "history-maintenance" thread
+# once one more frame like the last would need it (``VoxelSetIndex._prepare_table``): a rehash on the spot is an
+# O(columns) pause of the memory update (212 ms at ~10^6 columns with four worlds on two cores: docs/BENCHMARKS.md,
+# "Stalls off the frame path"); below, it takes a few ms.
+TABLE_AHEAD_MIN_COLUMNS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -527,6 +532,7 @@ class VoxelSetIndex:
         self._sealed_starts = np.zeros(0, dtype=np.int32)
         self._sealed_ends = np.zeros(0, dtype=np.int32)
         self._bits = np.zeros(0, dtype=np.uint16)  # query scratch: per-column target bitmask, kept all-zero
+        self._table_job: tuple[Future, int] | None = None  # (a larger column table in preparation, columns it holds)
 
     def __len__(self) -> int:
         return self._offsets.size - 1
@@ -554,18 +560,45 @@ class VoxelSetIndex:
     # --- building ---------------------------------------------------------------------------------------------
 
     def _ensure_table(self, extra: int) -> None:
+        """A column table with room for ``extra`` more keys at load <= 1/2: the one prepared in the background
+        if it is ready (or needed now: then waited for), else rebuilt here."""
         n = self._col_keys.size + extra
+        if self._table_job is not None:
+            self._adopt_table(wait=2 * n > self._table.shape[0])
         if 2 * n <= self._table.shape[0]:
+            self._prepare_table(n + extra)
             return
-        bits = max(10, int(np.ceil(np.log2(4 * n))))
-        self._table = np.full((1 << bits, 2), _EMPTY_KEY, dtype=np.int64)
-        self._shift = 64 - bits
-        keys = self._col_keys.view.copy()
-        # Re-inserting the keys in column order gives every key its old column back.
-        out = np.empty(keys.shape[0], dtype=np.int32)
-        scratch = np.empty(keys.shape[0], dtype=np.int64)
-        n_new = _kernels()[0](self._table, self._shift, keys, scratch, 0, True, out)
-        assert n_new == keys.shape[0] and np.array_equal(out, np.arange(keys.shape[0]))
+        self._table, self._shift = _column_table(self._col_keys.view.copy(), _table_bits(n))
+
+    def _prepare_table(self, n_next: int) -> None:
+        """Start building the table for ``n_next`` keys (the columns after one more frame like this one) on the
+        maintenance thread, unless the current one holds them or the index is small. Only the columns there now
+        are read: a column's key never changes, later ones are added at the adoption."""
+        if (self._table_job is not None or 2 * n_next <= self._table.shape[0]
+                or self._col_keys.size < TABLE_AHEAD_MIN_COLUMNS):
+            return
+        job = background("history-maintenance").submit(_column_table, self._col_keys.view, _table_bits(n_next))
+        self._table_job = (job, self._col_keys.size)
+
+    def _adopt_table(self, wait: bool) -> None:
+        """Take the prepared table if it is done (or once done with ``wait``), adding the columns created since
+        it was started, in column order (each gets its own column back: the same ids as a rebuild here)."""
+        job, n0 = self._table_job
+        if not (wait or job.done()):
+            return
+        self._table_job = None
+        table, shift = job.result()
+        if table.shape[0] <= self._table.shape[0]:  # (a rebuild on the spot came first)
+            return
+        n = self._col_keys.size
+        if n > n0:
+            keys = self._col_keys.view[n0:].copy()
+            out = np.empty(n - n0, dtype=np.int32)
+            # the kernel writes each new key at its column of ``col_keys``: where it already is
+            n_new = _kernels()[0](table, shift, keys, self._col_keys.buffer, n0, True, out)
+            if n_new != n or not np.array_equal(out, np.arange(n0, n, dtype=np.int32)):
+                raise AssertionError("prepared column table: columns did not come back in order")
+        self._table, self._shift = table, shift
 
     def _insert_columns(self, keys: np.ndarray) -> np.ndarray:
         """Columns of ``keys`` ([V] int64), creating the missing ones."""
@@ -786,6 +819,25 @@ class VoxelSetIndex:
         index._append_all(cols, offsets)
         index.seal()
         return index
+
+
+def _table_bits(n: int) -> int:
+    """log2 slots of a column table for ``n`` keys (load <= 1/4 when built, rebuilt beyond 1/2)."""
+    return max(10, int(np.ceil(np.log2(4 * max(n, 1)))))
+
+
+def _column_table(col_keys: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """``(table [2**bits, 2], shift)`` holding ``col_keys`` [C] (distinct) at columns 0..C-1: re-inserting the
+    keys in column order gives every key its old column back. Reads ``col_keys`` only (a maintenance thread may
+    build it while the owner appends columns after them)."""
+    table = np.full((1 << bits, 2), _EMPTY_KEY, dtype=np.int64)
+    shift = 64 - bits
+    out = np.empty(col_keys.shape[0], dtype=np.int32)
+    scratch = np.empty(col_keys.shape[0], dtype=np.int64)
+    n_new = _kernels()[0](table, shift, np.ascontiguousarray(col_keys), scratch, 0, True, out)
+    if n_new != col_keys.shape[0] or not np.array_equal(out, np.arange(col_keys.shape[0])):
+        raise AssertionError("column table: keys did not get their columns back in order")
+    return table, shift
 
 
 def unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
