@@ -216,7 +216,8 @@ def main() -> None:
                 env["SPATIA_AB_ROOT"] = str(Path(root).resolve())
             before = os.getloadavg()
             log(f"round {r + 1}: {name} ({root or 'current tree'}), load {before[0]:.1f}")
-            child = [a for a in sys.argv[1:] if not a.startswith("--roots") and not a.startswith("--rounds")]
+            child = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                     if k not in ("roots", "rounds", "child", "digest", "slowest")] + (["--digest"] if args.digest else [])
             out = subprocess.run([sys.executable, __file__, *child, "--child"], env=env, capture_output=True,
                                  text=True)
             if out.returncode:

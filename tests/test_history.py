@@ -271,6 +271,44 @@ def test_column_table_prepared_in_the_background_gives_the_same_index(monkeypatc
     np.testing.assert_array_equal(index.intersection_counts(queries), spot.intersection_counts(queries))
 
 
+def test_growing_buffers_prepared_in_the_background_keep_every_row(monkeypatch):
+    """An append-only ``_Growing`` whose next buffer is filled on the maintenance thread (rows appended meanwhile
+    copied at the adoption) holds the same rows as one grown on the spot; so does a whole index built so."""
+    from concurrent.futures import Future
+
+    import spatia.world.history as history_module
+
+    monkeypatch.setattr(history_module, "GROWING_AHEAD_MIN_BYTES", 1 << 10)
+    rng = np.random.default_rng(5)
+    chunks = [rng.integers(0, 1 << 30, rng.integers(50, 400)).astype(np.int32) for _ in range(60)]
+    grown = history_module._Growing((), np.int32, 16, append_only=True)
+    held = adopted = 0
+    for c in chunks:
+        buf = grown.buffer
+        if grown._ahead is not None and not held and grown.size + 3 * c.shape[0] <= buf.shape[0]:
+            job, n0 = grown._ahead  # held back over two appends: their rows are copied when it is adopted
+            pending: Future = Future()
+            grown._ahead = (pending, n0)
+            grown.extend(c)
+            assert grown._ahead is not None and grown._ahead[0] is pending and grown.size > n0
+            pending.set_result(job.result())
+            held = 1
+            continue
+        grown.extend(c)
+        adopted += grown.buffer is not buf and grown.buffer.shape[0] > buf.shape[0] and grown._ahead is None
+    assert held and adopted
+    np.testing.assert_array_equal(grown.view, np.concatenate(chunks))
+    sets = [_keys(rng, 1500, extent=100) for _ in range(16)]
+    index = VoxelSetIndex(tail_runs=2000)
+    for s_ in sets:
+        index.add(s_)
+    for f, s_ in enumerate(sets):
+        np.testing.assert_array_equal(index.keys(f), s_)
+    queries = [np.unique(np.concatenate(sets[i : i + 2])) for i in (0, 7, 14)]
+    np.testing.assert_array_equal(index.intersection_counts(queries),
+                                  reference_intersection_counts(queries, sets))
+
+
 def test_hash_table_growth_keeps_every_column():
     """Tens of thousands of distinct keys force several table rehashes; every lookup still finds its column."""
     rng = np.random.default_rng(1)

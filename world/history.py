@@ -51,10 +51,13 @@ _FRAME_MAGIC = b"SPF1"
 _FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
 _HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2**64 / golden ratio, spreads packed keys evenly
 # From this many columns on, the index's next (larger) column table is built on the "history-maintenance" thread
-# once one more frame like the last would need it (``VoxelSetIndex._prepare_table``): a rehash on the spot is an
-# O(columns) pause of the memory update (212 ms at ~10^6 columns with four worlds on two cores: docs/BENCHMARKS.md,
-# "Stalls off the frame path"); below, it takes a few ms.
+# once TABLE_AHEAD_FRAMES more frames like the last would need it (``VoxelSetIndex._prepare_table``): a rehash on
+# the spot is an O(columns) pause of the memory update (212 ms at ~10^6 columns with four worlds on two cores:
+# docs/BENCHMARKS.md, "Stalls off the frame path"); below, it takes a few ms. One frame ahead was too late there:
+# the build (~100 ms of one core) was still running at the next keyframe, which waited for it.
 TABLE_AHEAD_MIN_COLUMNS = 1 << 16
+TABLE_AHEAD_FRAMES = 3
+GROWING_AHEAD_MIN_BYTES = 1 << 22  # ``_Growing``: smaller buffers grow on the spot (a copy of < 4 MB, ~1 ms)
 
 
 @dataclass(frozen=True)
@@ -457,18 +460,44 @@ def reference_first_use_renumber(cols: np.ndarray, n_cols: int) -> tuple[np.ndar
 
 class _Growing:
     """A numpy array that grows along axis 0 with amortised O(1) appends (capacity x1.5: the voxel lists get
-    to hundreds of MB, so less slack than doubling)."""
+    to hundreds of MB, so less slack than doubling).
 
-    def __init__(self, item_shape: tuple[int, ...], dtype: Any, capacity: int = 64):
+    ``append_only``: rows below ``size`` never change once written (the forward lists, the column keys). Then, from
+    ``GROWING_AHEAD_MIN_BYTES`` on, the next larger buffer is allocated and filled on the "history-maintenance"
+    thread once two more reservations like the current one would outgrow this one, and a later ``reserve`` takes it,
+    copying only the rows appended meanwhile: a growth on the spot (allocating and copying tens of MB) paused the
+    memory update 28 ms at ~10^6 points on a quiet machine, 69-260 ms with four worlds on two cores
+    (docs/BENCHMARKS.md, "Stalls off the frame path")."""
+
+    def __init__(self, item_shape: tuple[int, ...], dtype: Any, capacity: int = 64, append_only: bool = False):
         self._buf = np.empty((capacity, *item_shape), dtype=dtype)
         self.size = 0
+        self._append_only = append_only
+        self._ahead: tuple[Future, int] | None = None  # (the next buffer, rows [0, n0) copied into it; n0)
 
     def reserve(self, extra: int) -> None:
         need = self.size + extra
-        if need > self._buf.shape[0]:
-            cap = self._buf.shape[0]
+        if self._ahead is not None:
+            self._adopt_ahead(wait=need > self._buf.shape[0])
+        cap = self._buf.shape[0]
+        if need > cap:
             new = np.empty((max(need, cap + cap // 2, 16), *self._buf.shape[1:]), dtype=self._buf.dtype)
             new[: self.size] = self._buf[: self.size]
+            self._buf = new
+        elif (self._append_only and self._ahead is None and need + 2 * extra > cap
+              and self._buf.nbytes >= GROWING_AHEAD_MIN_BYTES):
+            job = background("history-maintenance").submit(
+                _copied_into, self._buf, self.size, max(need + 2 * extra, cap + cap // 2))
+            self._ahead = (job, self.size)
+
+    def _adopt_ahead(self, wait: bool) -> None:
+        job, n0 = self._ahead
+        if not (wait or job.done()):
+            return
+        self._ahead = None
+        new = job.result()
+        if new.shape[0] > self._buf.shape[0]:  # (else grown on the spot meanwhile)
+            new[n0 : self.size] = self._buf[n0 : self.size]
             self._buf = new
 
     def extend(self, values: np.ndarray) -> None:
@@ -490,6 +519,14 @@ class _Growing:
     @property
     def nbytes(self) -> int:
         return int(self._buf.nbytes)
+
+
+def _copied_into(buf: np.ndarray, n: int, capacity: int) -> np.ndarray:
+    """A new buffer of ``capacity`` rows holding rows ``[0, n)`` of ``buf`` (which its owner may append to after
+    row ``n`` meanwhile; rows past ``n`` are left unset)."""
+    new = np.empty((capacity, *buf.shape[1:]), dtype=buf.dtype)
+    new[:n] = buf[:n]
+    return new
 
 
 class VoxelSetIndex:
@@ -519,11 +556,11 @@ class VoxelSetIndex:
         self._shift = 64 - 10
         # [slots, 2] int64: (voxel key or -1 = empty, column); key and column share a cache line.
         self._table = np.full((1 << 10, 2), _EMPTY_KEY, dtype=np.int64)
-        self._col_keys = _Growing((), np.int64, 1024)  # column -> voxel key
+        self._col_keys = _Growing((), np.int64, 1024, append_only=True)  # column -> voxel key
         self._open_start = _Growing((), np.int32, 1024)  # column -> first frame of its latest run
         self._last_seen = _Growing((), np.int32, 1024)  # column -> last frame of its latest run (-1: never)
-        self._cols = _Growing((), np.int32, 1 << 16)  # forward lists, concatenated
-        self._offsets = _Growing((), np.int64)
+        self._cols = _Growing((), np.int32, 1 << 16, append_only=True)  # forward lists, concatenated
+        self._offsets = _Growing((), np.int64, append_only=True)
         self._offsets.extend(np.zeros(1, dtype=np.int64))
         self._run_col = _Growing((), np.int32, 1 << 12)  # runs closed since the last seal, in closing order
         self._run_start = _Growing((), np.int32, 1 << 12)
@@ -566,7 +603,7 @@ class VoxelSetIndex:
         if self._table_job is not None:
             self._adopt_table(wait=2 * n > self._table.shape[0])
         if 2 * n <= self._table.shape[0]:
-            self._prepare_table(n + extra)
+            self._prepare_table(n + TABLE_AHEAD_FRAMES * extra)
             return
         self._table, self._shift = _column_table(self._col_keys.view.copy(), _table_bits(n))
 
