@@ -309,6 +309,44 @@ def test_growing_buffers_prepared_in_the_background_keep_every_row(monkeypatch):
                                   reference_intersection_counts(queries, sets))
 
 
+def test_runs_merged_in_the_background_give_the_same_counts(monkeypatch):
+    """Closed runs merged into the by-column index on the maintenance thread (adopted frames later, the runs
+    closed meanwhile kept in the list) count the same as the reference, before and after each adoption."""
+    from concurrent.futures import Future
+
+    import spatia.world.history as history_module
+
+    monkeypatch.setattr(history_module, "SEAL_AHEAD_MIN_RUNS", 1)
+    rng = np.random.default_rng(6)
+    base = _keys(rng, 1200, extent=30)
+    sets = [np.unique(np.concatenate([base[rng.random(base.shape[0]) < 0.7], _keys(rng, 300, extent=60)]))
+            for _ in range(30)]
+    queries = [np.unique(np.concatenate(sets[i : i + 2])) for i in (0, 12, 27)]
+    index = VoxelSetIndex(tail_runs=1500)
+    held = adopted = 0
+    for f, s_ in enumerate(sets):
+        if index._seal_job is not None and not held:  # held back over two frames: their runs stay in the list
+            job, k = index._seal_job
+            pending: Future = Future()
+            index._seal_job = (pending, k)
+            index.add(s_)
+            assert index._seal_job is not None and index._seal_job[0] is pending
+            np.testing.assert_array_equal(index.intersection_counts(queries),
+                                          reference_intersection_counts(queries, sets[: f + 1]))
+            pending.set_result(job.result())
+            held = 1
+            continue
+        before = index._sealed_starts
+        index.add(s_)
+        adopted += index._sealed_starts is not before
+        np.testing.assert_array_equal(index.intersection_counts(queries),
+                                      reference_intersection_counts(queries, sets[: f + 1]))
+    assert held and adopted >= 2
+    index.seal()  # what is left, on the spot (after any merge still in preparation)
+    assert index._seal_job is None and index.num_unsealed_runs == 0
+    np.testing.assert_array_equal(index.intersection_counts(queries), reference_intersection_counts(queries, sets))
+
+
 def test_hash_table_growth_keeps_every_column():
     """Tens of thousands of distinct keys force several table rehashes; every lookup still finds its column."""
     rng = np.random.default_rng(1)
