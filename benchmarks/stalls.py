@@ -56,6 +56,8 @@ PARTS = (
     ("spatia.world.history", "FrameStore._compact_cell", "compact_cell"),
     ("spatia.world.history", "_Growing.reserve", "growing_reserve"),
     ("spatia.world.history", "VoxelSetIndex.intersection_counts", "intersection_counts"),
+    ("spatia.world.history", "FrameStore._loc", "history_wait_encoded"),  # a frame's records, once compressed
+    ("spatia.world.history", "FrameStore.get_rgb", "history_get_rgb"),
 )
 
 

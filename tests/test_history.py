@@ -228,11 +228,11 @@ def test_column_table_prepared_in_the_background_gives_the_same_index(monkeypatc
 
     rng = np.random.default_rng(4)
     sets = [_keys(rng, 2500, extent=120) for _ in range(24)]
-    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_COLUMNS", 1 << 40)  # never prepared: the reference
+    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_SLOTS", 1 << 60)  # never prepared: the reference
     spot = VoxelSetIndex(tail_runs=3000)
     for s in sets:
         spot.add(s)
-    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_COLUMNS", 2000)
+    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_SLOTS", 1 << 12)
     adopted = []
     adopt = VoxelSetIndex._adopt_table
 

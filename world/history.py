@@ -50,13 +50,16 @@ REBUILD_MIN_VOXELS = 1 << 16
 _FRAME_MAGIC = b"SPF1"
 _FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
 _HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2**64 / golden ratio, spreads packed keys evenly
-# From this many columns on, the index's next (larger) column table is built on the "history-maintenance" thread
-# once TABLE_AHEAD_FRAMES more frames like the last would need it (``VoxelSetIndex._prepare_table``): a rehash on
-# the spot is an O(columns) pause of the memory update (212 ms at ~10^6 columns with four worlds on two cores:
-# docs/BENCHMARKS.md, "Stalls off the frame path"); below, it takes a few ms. One frame ahead was too late there:
-# the build (~100 ms of one core) was still running at the next keyframe, which waited for it.
-TABLE_AHEAD_MIN_COLUMNS = 1 << 16
+# A column table of this many slots or more is built on the "history-maintenance" thread once 25 % more keys, or
+# TABLE_AHEAD_FRAMES more frames adding as many columns as the recent ones, would need it
+# (``VoxelSetIndex._prepare_table``): a table is
+# sized for every key of a frame being new (~2 x 10^5 keys with repeats at 640x360), so a 640x360 history's second
+# table has 2 M slots (34 MB) at only ~66 k columns, and building it on the spot (mostly filling those 34 MB)
+# paused the memory update 45 ms on a quiet machine, 400-550 ms with four worlds on two cores (docs/BENCHMARKS.md,
+# "Stalls off the frame path"). A smaller table is built on the spot in a few ms.
+TABLE_AHEAD_MIN_SLOTS = 1 << 18
 TABLE_AHEAD_FRAMES = 3
+TABLE_AHEAD_DECAY = 0.75  # per frame: the columns a frame adds, as ``_prepare_table`` expects them
 GROWING_AHEAD_MIN_BYTES = 1 << 22  # ``_Growing``: smaller buffers grow on the spot (a copy of < 4 MB, ~1 ms)
 # From this many runs (sealed + unsealed) on, ``VoxelSetIndex.add`` merges the closed runs into the by-column index
 # on the "history-maintenance" thread (``seal`` is O(runs): 14.7 ms at 3 M runs on a quiet machine, 128 ms with
@@ -574,6 +577,7 @@ class VoxelSetIndex:
         self._sealed_ends = np.zeros(0, dtype=np.int32)
         self._bits = np.zeros(0, dtype=np.uint16)  # query scratch: per-column target bitmask, kept all-zero
         self._table_job: tuple[Future, int] | None = None  # (a larger column table in preparation, columns it holds)
+        self._new_columns = 0  # columns a frame adds (the most of the recent frames, decaying)
         self._seal_job: tuple[Future, int] | None = None  # (a merge in preparation, the closed runs it merges)
 
     def __len__(self) -> int:
@@ -608,16 +612,18 @@ class VoxelSetIndex:
         if self._table_job is not None:
             self._adopt_table(wait=2 * n > self._table.shape[0])
         if 2 * n <= self._table.shape[0]:
-            self._prepare_table(n + TABLE_AHEAD_FRAMES * extra)
+            # a frame's keys (with repeats) vary by ~10 % and decide the need: 25 % ahead, or the columns of a few
+            # frames if more
+            self._prepare_table(max(n + n // 4, n + TABLE_AHEAD_FRAMES * self._new_columns))
             return
         self._table, self._shift = _column_table(self._col_keys.view.copy(), _table_bits(n))
 
     def _prepare_table(self, n_next: int) -> None:
-        """Start building the table for ``n_next`` keys (the columns after one more frame like this one) on the
-        maintenance thread, unless the current one holds them or the index is small. Only the columns there now
-        are read: a column's key never changes, later ones are added at the adoption."""
+        """Start building the table for ``n_next`` keys (what ``_ensure_table`` will ask for a few frames on) on
+        the maintenance thread, unless the current one holds them or the new one is small. Only the columns there
+        now are read: a column's key never changes, later ones are added at the adoption."""
         if (self._table_job is not None or 2 * n_next <= self._table.shape[0]
-                or self._col_keys.size < TABLE_AHEAD_MIN_COLUMNS):
+                or (1 << _table_bits(n_next)) < TABLE_AHEAD_MIN_SLOTS):
             return
         job = background("history-maintenance").submit(_column_table, self._col_keys.view, _table_bits(n_next))
         self._table_job = (job, self._col_keys.size)
@@ -652,6 +658,7 @@ class VoxelSetIndex:
             self._table, self._shift, keys, self._col_keys.buffer, n_old, True, cols
         )
         self._col_keys.size = n_new
+        self._new_columns = max(n_new - n_old, int(TABLE_AHEAD_DECAY * self._new_columns))
         for arr in (self._open_start, self._last_seen):
             arr.extend(np.full(n_new - n_old, -1, dtype=np.int32))
         return cols
