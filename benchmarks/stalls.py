@@ -233,6 +233,15 @@ def main() -> None:
     for name, rs in runs.items():
         rows = sorted((r for run in rs for r in run["rows"]), key=lambda r: -r["wall"])[: args.slowest]
         slowest[name] = [{k: round(v, 1) for k, v in r.items() if v >= 1.0 or k in ("clip", "wall", "points")} for r in rows]
+    events = {}  # per maintenance part: clips where it took >= 10 ms, and the longest (world, clip, points, ms)
+    for name, rs in runs.items():
+        rows = [r for run in rs for r in run["rows"]]
+        events[name] = {}
+        for part in ("grow", "adopt_growth", "reindex", "drop", "voxelset_table", "voxelset_seal",
+                     "growing_reserve", "voxelset_rebuild"):
+            hit = sorted((r for r in rows if r.get(part, 0.0) >= 10.0), key=lambda r: -r[part])
+            events[name][part] = {"clips_over_10ms": len(hit), "longest": [
+                [r.get("world", 0), r["clip"], r["points"], round(r[part], 1)] for r in hit[:3]]}
     first = roots[0][0]
     last = roots[-1][0]
     emit({
@@ -243,6 +252,7 @@ def main() -> None:
         "loads": loads,
         "parts": tables,
         "slowest": slowest,
+        "events": events,
         "memory": {name: sorted({json.dumps([r.get("memory_sha256_by_key"), r.get("memory_points")]) for r in rs})
                    for name, rs in runs.items()} if args.digest else None,
         "median_ms": tables[last]["wall"]["p50"],

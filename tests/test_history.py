@@ -611,3 +611,37 @@ def test_a_closed_store_refuses_to_touch_its_file():
         store.get_rgb(0)
     with pytest.raises(InvalidInputError, match="closed"):
         store.frame_file.append(b"x")
+
+
+def test_a_frame_read_before_the_encoder_reached_it_is_compressed_on_the_reading_thread():
+    """The encoder thread is shared by every world; a frame read back while it is busy elsewhere is compressed on
+    the reader's thread instead of waiting (the queued jobs taken over, in frame order): the same records, at the
+    same places of the frame file, as the encoder writes."""
+    import threading
+
+    from spatia.world._threads import background
+
+    rng = np.random.default_rng(7)
+    keys = [_keys(rng, 100) for _ in range(4)]
+    ref = FrameStore(EXACT)
+    for i in range(4):
+        ref.add(_image(i), _pose(i), K, keys[i], depth_m=_depth(i))
+    ref.flush()
+    gate = threading.Event()
+    busy = background("history-encoder").submit(gate.wait, 60)  # another world's frames, say
+    try:
+        store = FrameStore(EXACT)
+        for i in range(4):
+            store.add(_image(i), _pose(i), K, keys[i], depth_m=_depth(i))
+        np.testing.assert_array_equal(store.get_rgb(2), ref.get_rgb(2))  # without waiting for the gate
+        assert not busy.done() and all(job.done() for job in store._pending.values())  # every one taken over
+    finally:
+        gate.set()
+    busy.result()
+    np.testing.assert_array_equal(store.locations(), ref.locations())
+    assert not store._encode_args  # nothing held once compressed
+    for i in range(4):
+        np.testing.assert_array_equal(store.get_rgb(i), ref.get_rgb(i))
+        np.testing.assert_array_equal(store.get_depth(i), ref.get_depth(i))
+    store.close()
+    ref.close()

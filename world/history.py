@@ -1068,6 +1068,7 @@ class FrameStore:
         self._locs = _Growing((4,), np.int64)
         self._has_depth = _Growing((), np.bool_)
         self._pending: dict[int, Future] = {}
+        self._encode_args: dict[int, tuple] = {}  # frame -> ``_encode_frame``'s arguments, while pending
         self._file: FrameFile | None = None  # created on the first add
         self.voxels = VoxelSetIndex(config.index_tail_runs)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -1133,8 +1134,11 @@ class FrameStore:
         reading_newest = f - self._newest_read_at <= 2 * DECODE_AHEAD_FRAMES
         ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 and reading_newest \
             else None
-        self._pending[f] = background("history-encoder").submit(
-            _encode_frame, self.frame_file, rgb.copy(), depth, self.config, ahead, f)
+        args = (self.frame_file, rgb.copy(), depth, self.config, ahead, f)
+        self._encode_args[f] = args  # until started: ``_encode_here`` may take the job over
+        job = background("history-encoder").submit(_encode_frame, *args)
+        job.add_done_callback(lambda _, f=f: self._encode_args.pop(f, None))  # (also called on a cancel)
+        self._pending[f] = job
 
         self._c2w.extend(pose[None])
         self._intrinsics.extend(
@@ -1247,12 +1251,40 @@ class FrameStore:
     # --- reading ----------------------------------------------------------------------------------------------
 
     def _loc(self, i: int) -> np.ndarray:
-        """``[4]`` int64 record locations of frame ``i``, waiting for the encoder thread if it is still at it."""
+        """``[4]`` int64 record locations of frame ``i``, waiting for the encoder thread if it is at it, or
+        compressing it here if the encoder has not started it (``_encode_here``)."""
         job = self._pending.get(i)
         if job is not None:
+            if not job.done():
+                self._encode_here()
+                job = self._pending[i]
             self._locs.buffer[i] = job.result()
             del self._pending[i]
         return self._locs.buffer[i]
+
+    def _encode_here(self) -> None:
+        """Compress on this thread the frames the encoder thread has not started. The encoder is one thread for
+        every world of the process, so on a busy machine a frame read back soon after it was added (a reference,
+        a preceding frame) waited for other worlds' frames: 56-110 ms at the p99 of one-frame clips
+        (docs/BENCHMARKS.md, "Stalls off the frame path"). The queued jobs are cancelled newest first (the
+        encoder can start only the oldest meanwhile, which is then waited for), and the cancelled ones run here
+        oldest first: the frame file gets its records in frame order, as from the encoder."""
+        taken: dict[int, tuple] = {}
+        for f in sorted(self._pending, reverse=True):
+            args = self._encode_args.get(f)  # (taken before the cancel, whose callback drops them)
+            if args is None or not self._pending[f].cancel():
+                break  # started (or done): every older one too (one thread, first in first out)
+            taken[f] = args
+        for f in sorted(self._pending):  # the one the encoder is at, if any, writes its records first
+            if f not in taken:
+                self._pending[f].exception()  # waits; its result (or error) is read by ``_loc``
+        for f in sorted(taken):
+            done: Future = Future()
+            try:
+                done.set_result(_encode_frame(*taken[f]))
+            except Exception as exc:  # noqa: BLE001 -- raised where the frame is read, as from the encoder
+                done.set_exception(exc)
+            self._pending[f] = done
 
     def flush(self) -> None:
         """Wait until every frame added so far is compressed and in the frame file."""
@@ -1377,6 +1409,7 @@ class FrameStore:
             except Exception:  # noqa: BLE001 -- closing: a frame that failed to encode is lost with the store
                 pass
         self._pending.clear()
+        self._encode_args.clear()
         if self._file is not None:
             self._file.close()
         self._cache.clear()
