@@ -219,7 +219,8 @@ def main() -> None:
             before = os.getloadavg()
             log(f"round {r + 1}: {name} ({root or 'current tree'}), load {before[0]:.1f}")
             child = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                     if k not in ("roots", "rounds", "child", "digest", "slowest")] + (["--digest"] if args.digest else [])
+                     if k not in ("roots", "rounds", "child", "digest", "slowest")]
+            child += ["--digest"] if args.digest else []
             out = subprocess.run([sys.executable, __file__, *child, "--child"], env=env, capture_output=True,
                                  text=True)
             if out.returncode:
@@ -232,7 +233,8 @@ def main() -> None:
     slowest = {}
     for name, rs in runs.items():
         rows = sorted((r for run in rs for r in run["rows"]), key=lambda r: -r["wall"])[: args.slowest]
-        slowest[name] = [{k: round(v, 1) for k, v in r.items() if v >= 1.0 or k in ("clip", "wall", "points")} for r in rows]
+        slowest[name] = [{k: round(v, 1) for k, v in r.items() if v >= 1.0 or k in ("clip", "wall", "points")}
+                         for r in rows]
     events = {}  # per maintenance part: clips where it took >= 10 ms, and the longest (world, clip, points, ms)
     for name, rs in runs.items():
         rows = [r for run in rs for r in run["rows"]]
@@ -247,7 +249,8 @@ def main() -> None:
     emit({
         "name": "stalls",
         "sizes": {"width": args.width, "height": args.height, "clips": args.clips, "warmup": args.warmup,
-                  "worlds": args.worlds, "scene": args.scene, "seed": args.seed, "fill": args.fill, "rounds": args.rounds},
+                  "worlds": args.worlds, "scene": args.scene, "seed": args.seed, "fill": args.fill,
+                  "rounds": args.rounds},
         "trees": {name: root for name, root in roots},
         "loads": loads,
         "parts": tables,
