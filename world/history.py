@@ -52,18 +52,18 @@ _FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of the pa
 _HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2**64 / golden ratio, spreads packed keys evenly
 # A column table of this many slots or more is built on the "history-maintenance" thread once 25 % more keys, or
 # TABLE_AHEAD_FRAMES more frames adding as many columns as the recent ones, would need it
-# (``VoxelSetIndex._prepare_table``): a table is
-# sized for every key of a frame being new (~2 x 10^5 keys with repeats at 640x360), so a 640x360 history's second
-# table has 2 M slots (34 MB) at only ~66 k columns, and building it on the spot (mostly filling those 34 MB)
-# paused the memory update 45 ms on a quiet machine, 400-550 ms with four worlds on two cores (docs/BENCHMARKS.md,
-# "Stalls off the frame path"). A smaller table is built on the spot in a few ms.
+# (``VoxelSetIndex._prepare_table``): a table is sized for every key of a frame being new (~2 x 10^5 keys with
+# repeats at 640x360), so a 640x360 history's second table has 2 M slots (34 MB) at only ~66 k columns, and
+# building it on the spot (mostly filling those 34 MB) paused the memory update 45 ms on a quiet machine, 331-581 ms
+# with four worlds on two cores (docs/BENCHMARKS.md, "Stalls off the frame path"). A smaller table is built on the
+# spot in a few ms.
 TABLE_AHEAD_MIN_SLOTS = 1 << 18
 TABLE_AHEAD_FRAMES = 3
 TABLE_AHEAD_DECAY = 0.75  # per frame: the columns a frame adds, as ``_prepare_table`` expects them
 GROWING_AHEAD_MIN_BYTES = 1 << 22  # ``_Growing``: smaller buffers grow on the spot (a copy of < 4 MB, ~1 ms)
 # From this many runs (sealed + unsealed) on, ``VoxelSetIndex.add`` merges the closed runs into the by-column index
-# on the "history-maintenance" thread (``seal`` is O(runs): 14.7 ms at 3 M runs on a quiet machine, 128 ms with
-# four worlds on two cores); queries scan the runs not merged yet meanwhile.
+# on the "history-maintenance" thread (``seal`` is O(runs): 11-15 ms at ~3 M runs on a quiet machine, 77-138 ms
+# with four worlds on two cores: docs/BENCHMARKS.md); queries scan the runs not merged yet meanwhile.
 SEAL_AHEAD_MIN_RUNS = 1 << 20
 
 
@@ -473,7 +473,7 @@ class _Growing:
     ``GROWING_AHEAD_MIN_BYTES`` on, the next larger buffer is allocated and filled on the "history-maintenance"
     thread once two more reservations like the current one would outgrow this one, and a later ``reserve`` takes it,
     copying only the rows appended meanwhile: a growth on the spot (allocating and copying tens of MB) paused the
-    memory update 28 ms at ~10^6 points on a quiet machine, 69-260 ms with four worlds on two cores
+    memory update 18-28 ms at ~10^6 points on a quiet machine, 52-260 ms with four worlds on two cores
     (docs/BENCHMARKS.md, "Stalls off the frame path")."""
 
     def __init__(self, item_shape: tuple[int, ...], dtype: Any, capacity: int = 64, append_only: bool = False):
@@ -1137,7 +1137,8 @@ class FrameStore:
         args = (self.frame_file, rgb.copy(), depth, self.config, ahead, f)
         self._encode_args[f] = args  # until started: ``_encode_here`` may take the job over
         job = background("history-encoder").submit(_encode_frame, *args)
-        job.add_done_callback(lambda _, f=f: self._encode_args.pop(f, None))  # (also called on a cancel)
+        # (also called on a cancel; the dict, not the store, so no reference cycle keeps a dropped store alive)
+        job.add_done_callback(lambda _, f=f, held=self._encode_args: held.pop(f, None))
         self._pending[f] = job
 
         self._c2w.extend(pose[None])

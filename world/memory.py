@@ -63,7 +63,7 @@ GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 34 r
 # what changed meanwhile (~5 ms). Growing to GROW_AHEAD x capacity keeps capacity <= 1.25 x points as above.
 # From GROWTH_MARGIN_POINTS on, "full" counts the points the next integrate may add (the most one recent integrate
 # added; at most a quarter of the points): a 640x360 keyframe adds up to ~5 % of a 300 k-point memory,
-# so a 4 % margin let one integrate outgrow arrays nothing had been prepared for, and grow them on the spot (55 ms
+# so a 4 % margin let one integrate outgrow arrays nothing had been prepared for, and grow them on the spot (55-100 ms
 # with four worlds on two cores: docs/BENCHMARKS.md, "Stalls off the frame path"). A smaller memory grows on the
 # spot in a few ms, and a margin there (its first integrates are its largest) would break the bytes_per_point
 # budget.
