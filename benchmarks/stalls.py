@@ -7,6 +7,10 @@ play.py's walk (forward while turning, 30 Hz) from the room (seed 0). Each part 
 ``generate_clip``, ``update`` the engine's time after the clip's last frame (``ClipStats.update_s``: memory update,
 history, free-space removal).
 
+``--worlds 4``: play.py's four worlds (room, house, courtyard, room; seeds 0-3) at once, each on a thread of its own
+with one numba thread (as a server's four sessions, server/host.py). ``events``: per maintenance part, the clips
+where it took 10 ms or more. ``--digest``: each world's final memory hashed by voxel key, to compare trees.
+
 ``--roots NAME=DIR,...``: each tree (``SPATIA_AB_ROOT``, e.g. ``base=/tmp/x/base`` from ``git archive main``) in a
 fresh process, alternated ``--rounds`` times (A B, B A, ...): only trees run in the same minutes compare on a
 shared machine. The first tree is the baseline. Without ``--roots`` the current tree runs once.
