@@ -1047,6 +1047,17 @@ def _encode_frame(file: FrameFile, rgb: np.ndarray, depth: np.ndarray | None, co
 
 
 DECODE_AHEAD_FRAMES = 4  # the encoder thread's decoded newest images kept for get_rgb
+# Encode jobs submitted and not started yet, every history of the process (``FrameStore._encode_here``).
+_encoder_queued = 0
+_encoder_lock = threading.Lock()
+
+
+def _encode_job(*args) -> tuple:
+    """``_encode_frame`` as the encoder thread runs it (counted out of ``_encoder_queued``)."""
+    global _encoder_queued
+    with _encoder_lock:
+        _encoder_queued -= 1
+    return _encode_frame(*args)
 
 
 class FrameStore:
@@ -1136,7 +1147,10 @@ class FrameStore:
             else None
         args = (self.frame_file, rgb.copy(), depth, self.config, ahead, f)
         self._encode_args[f] = args  # until started: ``_encode_here`` may take the job over
-        job = background("history-encoder").submit(_encode_frame, *args)
+        global _encoder_queued
+        with _encoder_lock:
+            _encoder_queued += 1
+        job = background("history-encoder").submit(_encode_job, *args)
         # (also called on a cancel; the dict, not the store, so no reference cycle keeps a dropped store alive)
         job.add_done_callback(lambda _, f=f, held=self._encode_args: held.pop(f, None))
         self._pending[f] = job
@@ -1269,13 +1283,22 @@ class FrameStore:
         a preceding frame) waited for other worlds' frames: 56-110 ms at the p99 of one-frame clips
         (docs/BENCHMARKS.md, "Stalls off the frame path"). The queued jobs are cancelled newest first (the
         encoder can start only the oldest meanwhile, which is then waited for), and the cancelled ones run here
-        oldest first: the frame file gets its records in frame order, as from the encoder."""
+        oldest first: the frame file gets its records in frame order, as from the encoder. Only when the frame
+        waits behind others (another history's, or two of its own): a lone job about to start is waited for, as
+        before, so that it still overlaps the reader's other work (a lock-step step reads the frame it added one
+        step before; compressing it here cost ~7 % of in-process steps at 128x96)."""
+        global _encoder_queued
+        own = sum(1 for job in self._pending.values() if not (job.done() or job.running()))
+        if own < 2 and _encoder_queued <= own:
+            return
         taken: dict[int, tuple] = {}
         for f in sorted(self._pending, reverse=True):
             args = self._encode_args.get(f)  # (taken before the cancel, whose callback drops them)
             if args is None or not self._pending[f].cancel():
                 break  # started (or done): every older one too (one thread, first in first out)
             taken[f] = args
+            with _encoder_lock:
+                _encoder_queued -= 1  # never started
         for f in sorted(self._pending):  # the one the encoder is at, if any, writes its records first
             if f not in taken:
                 self._pending[f].exception()  # waits; its result (or error) is read by ``_loc``
