@@ -219,6 +219,134 @@ def test_intersection_counts_match_reference_across_index_rebuilds(tail_runs):
         assert index.num_unsealed_runs == index.num_runs - index.num_voxels > 0
 
 
+def test_column_table_prepared_in_the_background_gives_the_same_index(monkeypatch):
+    """Larger column tables built on the maintenance thread (and adopted with the columns created meanwhile) give
+    the same columns, sets and counts as tables rebuilt on the spot."""
+    from concurrent.futures import Future
+
+    import spatia.world.history as history_module
+
+    rng = np.random.default_rng(4)
+    sets = [_keys(rng, 2500, extent=120) for _ in range(24)]
+    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_SLOTS", 1 << 60)  # never prepared: the reference
+    spot = VoxelSetIndex(tail_runs=3000)
+    for s in sets:
+        spot.add(s)
+    monkeypatch.setattr(history_module, "TABLE_AHEAD_MIN_SLOTS", 1 << 12)
+    adopted = []
+    adopt = VoxelSetIndex._adopt_table
+
+    def counting(self, wait):
+        table = self._table
+        adopt(self, wait)
+        adopted.append(self._table is not table)
+
+    monkeypatch.setattr(VoxelSetIndex, "_adopt_table", counting)
+    index = VoxelSetIndex(tail_runs=3000)
+    held = 0
+    for s in sets:
+        fits = 2 * (index.num_voxels + s.shape[0]) <= index._table.shape[0]  # this frame needs no new table
+        if index._table_job is None and index.num_voxels >= 2000 and fits and not held:
+            # a table prepared early and held back over a frame: the columns that frame creates are added to it
+            # when it is adopted
+            index._prepare_table(index._table.shape[0])
+            job, n0 = index._table_job
+            table = job.result()
+            pending: Future = Future()
+            index._table_job = (pending, n0)
+            index.add(s)
+            assert index._table_job[0] is pending and index.num_voxels > n0  # not done: not adopted
+            pending.set_result(table)
+            held = 1
+            continue
+        index.add(s)
+    assert held and sum(adopted) >= 2  # the held one and at least one prepared as the index grew
+    assert index.num_voxels == spot.num_voxels
+    for f in range(len(sets)):
+        np.testing.assert_array_equal(index.keys(f), spot.keys(f))
+        np.testing.assert_array_equal(index.columns(f), spot.columns(f))
+    probe = np.concatenate(sets + [_keys(rng, 500, extent=300)])
+    np.testing.assert_array_equal(index.lookup(probe), spot.lookup(probe))
+    queries = [np.unique(np.concatenate(sets[i : i + 3])) for i in (0, 10, 20)]
+    np.testing.assert_array_equal(index.intersection_counts(queries), spot.intersection_counts(queries))
+
+
+def test_growing_buffers_prepared_in_the_background_keep_every_row(monkeypatch):
+    """An append-only ``_Growing`` whose next buffer is filled on the maintenance thread (rows appended meanwhile
+    copied at the adoption) holds the same rows as one grown on the spot; so does a whole index built so."""
+    from concurrent.futures import Future
+
+    import spatia.world.history as history_module
+
+    monkeypatch.setattr(history_module, "GROWING_AHEAD_MIN_BYTES", 1 << 10)
+    rng = np.random.default_rng(5)
+    chunks = [rng.integers(0, 1 << 30, rng.integers(50, 400)).astype(np.int32) for _ in range(60)]
+    grown = history_module._Growing((), np.int32, 16, append_only=True)
+    held = adopted = 0
+    for c in chunks:
+        buf = grown.buffer
+        if grown._ahead is not None and not held and grown.size + 3 * c.shape[0] <= buf.shape[0]:
+            job, n0 = grown._ahead  # held back over two appends: their rows are copied when it is adopted
+            pending: Future = Future()
+            grown._ahead = (pending, n0)
+            grown.extend(c)
+            assert grown._ahead is not None and grown._ahead[0] is pending and grown.size > n0
+            pending.set_result(job.result())
+            held = 1
+            continue
+        grown.extend(c)
+        adopted += grown.buffer is not buf and grown.buffer.shape[0] > buf.shape[0] and grown._ahead is None
+    assert held and adopted
+    np.testing.assert_array_equal(grown.view, np.concatenate(chunks))
+    sets = [_keys(rng, 1500, extent=100) for _ in range(16)]
+    index = VoxelSetIndex(tail_runs=2000)
+    for s_ in sets:
+        index.add(s_)
+    for f, s_ in enumerate(sets):
+        np.testing.assert_array_equal(index.keys(f), s_)
+    queries = [np.unique(np.concatenate(sets[i : i + 2])) for i in (0, 7, 14)]
+    np.testing.assert_array_equal(index.intersection_counts(queries),
+                                  reference_intersection_counts(queries, sets))
+
+
+def test_runs_merged_in_the_background_give_the_same_counts(monkeypatch):
+    """Closed runs merged into the by-column index on the maintenance thread (adopted frames later, the runs
+    closed meanwhile kept in the list) count the same as the reference, before and after each adoption."""
+    from concurrent.futures import Future
+
+    import spatia.world.history as history_module
+
+    monkeypatch.setattr(history_module, "SEAL_AHEAD_MIN_RUNS", 1)
+    rng = np.random.default_rng(6)
+    base = _keys(rng, 1200, extent=30)
+    sets = [np.unique(np.concatenate([base[rng.random(base.shape[0]) < 0.7], _keys(rng, 300, extent=60)]))
+            for _ in range(30)]
+    queries = [np.unique(np.concatenate(sets[i : i + 2])) for i in (0, 12, 27)]
+    index = VoxelSetIndex(tail_runs=1500)
+    held = adopted = 0
+    for f, s_ in enumerate(sets):
+        if index._seal_job is not None and not held:  # held back over two frames: their runs stay in the list
+            job, k = index._seal_job
+            pending: Future = Future()
+            index._seal_job = (pending, k)
+            index.add(s_)
+            assert index._seal_job is not None and index._seal_job[0] is pending
+            np.testing.assert_array_equal(index.intersection_counts(queries),
+                                          reference_intersection_counts(queries, sets[: f + 1]))
+            pending.set_result(job.result())
+            held = 1
+            continue
+        before = index._sealed_starts
+        index.add(s_)
+        adopted += index._sealed_starts is not before
+        np.testing.assert_array_equal(index.intersection_counts(queries),
+                                      reference_intersection_counts(queries, sets[: f + 1]))
+    assert held and adopted >= 2
+    index.seal()  # what is left, on the spot (after any merge still in preparation)
+    assert index._seal_job is None and index.num_unsealed_runs == 0
+    np.testing.assert_array_equal(index.intersection_counts(queries), reference_intersection_counts(queries, sets))
+
+
 def test_hash_table_growth_keeps_every_column():
     """Tens of thousands of distinct keys force several table rehashes; every lookup still finds its column."""
     rng = np.random.default_rng(1)
@@ -483,3 +611,37 @@ def test_a_closed_store_refuses_to_touch_its_file():
         store.get_rgb(0)
     with pytest.raises(InvalidInputError, match="closed"):
         store.frame_file.append(b"x")
+
+
+def test_a_frame_read_before_the_encoder_reached_it_is_compressed_on_the_reading_thread():
+    """The encoder thread is shared by every world; a frame read back while it is busy elsewhere is compressed on
+    the reader's thread instead of waiting (the queued jobs taken over, in frame order): the same records, at the
+    same places of the frame file, as the encoder writes."""
+    import threading
+
+    from spatia.world._threads import background
+
+    rng = np.random.default_rng(7)
+    keys = [_keys(rng, 100) for _ in range(4)]
+    ref = FrameStore(EXACT)
+    for i in range(4):
+        ref.add(_image(i), _pose(i), K, keys[i], depth_m=_depth(i))
+    ref.flush()
+    gate = threading.Event()
+    busy = background("history-encoder").submit(gate.wait, 60)  # another world's frames, say
+    try:
+        store = FrameStore(EXACT)
+        for i in range(4):
+            store.add(_image(i), _pose(i), K, keys[i], depth_m=_depth(i))
+        np.testing.assert_array_equal(store.get_rgb(2), ref.get_rgb(2))  # without waiting for the gate
+        assert not busy.done() and all(job.done() for job in store._pending.values())  # every one taken over
+    finally:
+        gate.set()
+    busy.result()
+    np.testing.assert_array_equal(store.locations(), ref.locations())
+    assert not store._encode_args  # nothing held once compressed
+    for i in range(4):
+        np.testing.assert_array_equal(store.get_rgb(i), ref.get_rgb(i))
+        np.testing.assert_array_equal(store.get_depth(i), ref.get_depth(i))
+    store.close()
+    ref.close()

@@ -130,3 +130,33 @@ def test_a_prepared_resort_loads_its_kernels_off_the_world_thread():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_large_memory_prepares_room_for_its_next_integrate(monkeypatch):
+    """From ``GROWTH_MARGIN_POINTS`` on, a growth is prepared while the next integrate (as large as the recent ones)
+    would not fit: integrates of 4-7 % of the points each never grow the arrays on the spot (main before this grew
+    them on the spot at ~64 k and ~80 k points here), and the memory is the same as one grown on the spot."""
+    monkeypatch.setattr(memory_module, "GROWTH_MARGIN_POINTS", 40_000)
+    batches = _batches(30, 4_000)
+    spot_grows = []
+    grow = SpatialMemory._grow
+
+    def counting(self, capacity):
+        spot_grows.append(self.num_points)
+        grow(self, capacity)
+
+    monkeypatch.setattr(SpatialMemory, "_grow", counting)
+    mem = SpatialMemory()
+    for i, (pts, cols) in enumerate(batches):
+        mem.integrate_points(pts, cols, frame_index=i)
+        if mem._growth is not None:
+            mem._growth[0].result()  # the maintenance thread keeps up (the next integrate adopts it)
+    assert mem.num_points > 110_000
+    assert not [n for n in spot_grows if n >= 40_000], spot_grows
+    monkeypatch.setattr(memory_module, "GROW_AHEAD_AT", 10.0)  # the reference: every growth on the spot
+    spot = SpatialMemory()
+    for i, (pts, cols) in enumerate(batches):
+        spot.integrate_points(pts, cols, frame_index=i)
+    got, want = _content(mem), _content(spot)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

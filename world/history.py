@@ -50,6 +50,21 @@ REBUILD_MIN_VOXELS = 1 << 16
 _FRAME_MAGIC = b"SPF1"
 _FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
 _HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2**64 / golden ratio, spreads packed keys evenly
+# A column table of this many slots or more is built on the "history-maintenance" thread once 25 % more keys, or
+# TABLE_AHEAD_FRAMES more frames adding as many columns as the recent ones, would need it
+# (``VoxelSetIndex._prepare_table``): a table is sized for every key of a frame being new (~2 x 10^5 keys with
+# repeats at 640x360), so a 640x360 history's second table has 2 M slots (34 MB) at only ~66 k columns, and
+# building it on the spot (mostly filling those 34 MB) paused the memory update 45 ms on a quiet machine, 331-581 ms
+# with four worlds on two cores (docs/BENCHMARKS.md, "Stalls off the frame path"). A smaller table is built on the
+# spot in a few ms.
+TABLE_AHEAD_MIN_SLOTS = 1 << 18
+TABLE_AHEAD_FRAMES = 3
+TABLE_AHEAD_DECAY = 0.75  # per frame: the columns a frame adds, as ``_prepare_table`` expects them
+GROWING_AHEAD_MIN_BYTES = 1 << 22  # ``_Growing``: smaller buffers grow on the spot (a copy of < 4 MB, ~1 ms)
+# From this many runs (sealed + unsealed) on, ``VoxelSetIndex.add`` merges the closed runs into the by-column index
+# on the "history-maintenance" thread (``seal`` is O(runs): 11-15 ms at ~3 M runs on a quiet machine, 77-138 ms
+# with four worlds on two cores: docs/BENCHMARKS.md); queries scan the runs not merged yet meanwhile.
+SEAL_AHEAD_MIN_RUNS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -452,18 +467,44 @@ def reference_first_use_renumber(cols: np.ndarray, n_cols: int) -> tuple[np.ndar
 
 class _Growing:
     """A numpy array that grows along axis 0 with amortised O(1) appends (capacity x1.5: the voxel lists get
-    to hundreds of MB, so less slack than doubling)."""
+    to hundreds of MB, so less slack than doubling).
 
-    def __init__(self, item_shape: tuple[int, ...], dtype: Any, capacity: int = 64):
+    ``append_only``: rows below ``size`` never change once written (the forward lists, the column keys). Then, from
+    ``GROWING_AHEAD_MIN_BYTES`` on, the next larger buffer is allocated and filled on the "history-maintenance"
+    thread once two more reservations like the current one would outgrow this one, and a later ``reserve`` takes it,
+    copying only the rows appended meanwhile: a growth on the spot (allocating and copying tens of MB) paused the
+    memory update 18-28 ms at ~10^6 points on a quiet machine, 52-260 ms with four worlds on two cores
+    (docs/BENCHMARKS.md, "Stalls off the frame path")."""
+
+    def __init__(self, item_shape: tuple[int, ...], dtype: Any, capacity: int = 64, append_only: bool = False):
         self._buf = np.empty((capacity, *item_shape), dtype=dtype)
         self.size = 0
+        self._append_only = append_only
+        self._ahead: tuple[Future, int] | None = None  # (the next buffer, rows [0, n0) copied into it; n0)
 
     def reserve(self, extra: int) -> None:
         need = self.size + extra
-        if need > self._buf.shape[0]:
-            cap = self._buf.shape[0]
+        if self._ahead is not None:
+            self._adopt_ahead(wait=need > self._buf.shape[0])
+        cap = self._buf.shape[0]
+        if need > cap:
             new = np.empty((max(need, cap + cap // 2, 16), *self._buf.shape[1:]), dtype=self._buf.dtype)
             new[: self.size] = self._buf[: self.size]
+            self._buf = new
+        elif (self._append_only and self._ahead is None and need + 2 * extra > cap
+              and self._buf.nbytes >= GROWING_AHEAD_MIN_BYTES):
+            job = background("history-maintenance").submit(
+                _copied_into, self._buf, self.size, max(need + 2 * extra, cap + cap // 2))
+            self._ahead = (job, self.size)
+
+    def _adopt_ahead(self, wait: bool) -> None:
+        job, n0 = self._ahead
+        if not (wait or job.done()):
+            return
+        self._ahead = None
+        new = job.result()
+        if new.shape[0] > self._buf.shape[0]:  # (else grown on the spot meanwhile)
+            new[n0 : self.size] = self._buf[n0 : self.size]
             self._buf = new
 
     def extend(self, values: np.ndarray) -> None:
@@ -485,6 +526,14 @@ class _Growing:
     @property
     def nbytes(self) -> int:
         return int(self._buf.nbytes)
+
+
+def _copied_into(buf: np.ndarray, n: int, capacity: int) -> np.ndarray:
+    """A new buffer of ``capacity`` rows holding rows ``[0, n)`` of ``buf`` (which its owner may append to after
+    row ``n`` meanwhile; rows past ``n`` are left unset)."""
+    new = np.empty((capacity, *buf.shape[1:]), dtype=buf.dtype)
+    new[:n] = buf[:n]
+    return new
 
 
 class VoxelSetIndex:
@@ -514,11 +563,11 @@ class VoxelSetIndex:
         self._shift = 64 - 10
         # [slots, 2] int64: (voxel key or -1 = empty, column); key and column share a cache line.
         self._table = np.full((1 << 10, 2), _EMPTY_KEY, dtype=np.int64)
-        self._col_keys = _Growing((), np.int64, 1024)  # column -> voxel key
+        self._col_keys = _Growing((), np.int64, 1024, append_only=True)  # column -> voxel key
         self._open_start = _Growing((), np.int32, 1024)  # column -> first frame of its latest run
         self._last_seen = _Growing((), np.int32, 1024)  # column -> last frame of its latest run (-1: never)
-        self._cols = _Growing((), np.int32, 1 << 16)  # forward lists, concatenated
-        self._offsets = _Growing((), np.int64)
+        self._cols = _Growing((), np.int32, 1 << 16, append_only=True)  # forward lists, concatenated
+        self._offsets = _Growing((), np.int64, append_only=True)
         self._offsets.extend(np.zeros(1, dtype=np.int64))
         self._run_col = _Growing((), np.int32, 1 << 12)  # runs closed since the last seal, in closing order
         self._run_start = _Growing((), np.int32, 1 << 12)
@@ -527,6 +576,9 @@ class VoxelSetIndex:
         self._sealed_starts = np.zeros(0, dtype=np.int32)
         self._sealed_ends = np.zeros(0, dtype=np.int32)
         self._bits = np.zeros(0, dtype=np.uint16)  # query scratch: per-column target bitmask, kept all-zero
+        self._table_job: tuple[Future, int] | None = None  # (a larger column table in preparation, columns it holds)
+        self._new_columns = 0  # columns a frame adds (the most of the recent frames, decaying)
+        self._seal_job: tuple[Future, int] | None = None  # (a merge in preparation, the closed runs it merges)
 
     def __len__(self) -> int:
         return self._offsets.size - 1
@@ -554,18 +606,47 @@ class VoxelSetIndex:
     # --- building ---------------------------------------------------------------------------------------------
 
     def _ensure_table(self, extra: int) -> None:
+        """A column table with room for ``extra`` more keys at load <= 1/2: the one prepared in the background
+        if it is ready (or needed now: then waited for), else rebuilt here."""
         n = self._col_keys.size + extra
+        if self._table_job is not None:
+            self._adopt_table(wait=2 * n > self._table.shape[0])
         if 2 * n <= self._table.shape[0]:
+            # a frame's keys (with repeats) vary by ~10 % and decide the need: 25 % ahead, or the columns of a few
+            # frames if more
+            self._prepare_table(max(n + n // 4, n + TABLE_AHEAD_FRAMES * self._new_columns))
             return
-        bits = max(10, int(np.ceil(np.log2(4 * n))))
-        self._table = np.full((1 << bits, 2), _EMPTY_KEY, dtype=np.int64)
-        self._shift = 64 - bits
-        keys = self._col_keys.view.copy()
-        # Re-inserting the keys in column order gives every key its old column back.
-        out = np.empty(keys.shape[0], dtype=np.int32)
-        scratch = np.empty(keys.shape[0], dtype=np.int64)
-        n_new = _kernels()[0](self._table, self._shift, keys, scratch, 0, True, out)
-        assert n_new == keys.shape[0] and np.array_equal(out, np.arange(keys.shape[0]))
+        self._table, self._shift = _column_table(self._col_keys.view.copy(), _table_bits(n))
+
+    def _prepare_table(self, n_next: int) -> None:
+        """Start building the table for ``n_next`` keys (what ``_ensure_table`` will ask for a few frames on) on
+        the maintenance thread, unless the current one holds them or the new one is small. Only the columns there
+        now are read: a column's key never changes, later ones are added at the adoption."""
+        if (self._table_job is not None or 2 * n_next <= self._table.shape[0]
+                or (1 << _table_bits(n_next)) < TABLE_AHEAD_MIN_SLOTS):
+            return
+        job = background("history-maintenance").submit(_column_table, self._col_keys.view, _table_bits(n_next))
+        self._table_job = (job, self._col_keys.size)
+
+    def _adopt_table(self, wait: bool) -> None:
+        """Take the prepared table if it is done (or once done with ``wait``), adding the columns created since
+        it was started, in column order (each gets its own column back: the same ids as a rebuild here)."""
+        job, n0 = self._table_job
+        if not (wait or job.done()):
+            return
+        self._table_job = None
+        table, shift = job.result()
+        if table.shape[0] <= self._table.shape[0]:  # (a rebuild on the spot came first)
+            return
+        n = self._col_keys.size
+        if n > n0:
+            keys = self._col_keys.view[n0:].copy()
+            out = np.empty(n - n0, dtype=np.int32)
+            # the kernel writes each new key at its column of ``col_keys``: where it already is
+            n_new = _kernels()[0](table, shift, keys, self._col_keys.buffer, n0, True, out)
+            if n_new != n or not np.array_equal(out, np.arange(n0, n, dtype=np.int32)):
+                raise AssertionError("prepared column table: columns did not come back in order")
+        self._table, self._shift = table, shift
 
     def _insert_columns(self, keys: np.ndarray) -> np.ndarray:
         """Columns of ``keys`` ([V] int64), creating the missing ones."""
@@ -577,6 +658,7 @@ class VoxelSetIndex:
             self._table, self._shift, keys, self._col_keys.buffer, n_old, True, cols
         )
         self._col_keys.size = n_new
+        self._new_columns = max(n_new - n_old, int(TABLE_AHEAD_DECAY * self._new_columns))
         for arr in (self._open_start, self._last_seen):
             arr.extend(np.full(n_new - n_old, -1, dtype=np.int32))
         return cols
@@ -620,18 +702,52 @@ class VoxelSetIndex:
         sort is needed: a 640x360 view holds ~10^5 keys and sorting them cost more than the rest of ``add``);
         returns its frame id."""
         self._append(self._insert_columns(keys))
-        if self._run_col.size >= max(self.tail_runs, self._sealed_starts.shape[0] // 2):
-            self.seal()
+        due = max(self.tail_runs, self._sealed_starts.shape[0] // 2)
+        if self._seal_job is not None:  # waited for only once the runs not merged pile up
+            self._adopt_seal(wait=self._run_col.size >= 2 * due)
+        if self._run_col.size >= due and self._seal_job is None:
+            if self._sealed_starts.shape[0] + self._run_col.size >= SEAL_AHEAD_MIN_RUNS:
+                self._prepare_seal()
+            else:
+                self.seal()
         return len(self) - 1
 
     def seal(self) -> None:
-        """Merge the runs closed since the last seal into the by-column index (normally called by ``add``)."""
+        """Merge the runs closed since the last seal into the by-column index (called by ``add``, or on the
+        maintenance thread through ``_prepare_seal`` for a large index)."""
+        if self._seal_job is not None:
+            self._adopt_seal(wait=True)
         self._indptr, self._sealed_starts, self._sealed_ends = _kernels()[2](
             self._indptr, self._sealed_starts, self._sealed_ends, self._run_col.buffer, self._run_start.buffer,
             self._run_end.buffer, self._run_col.size, self._col_keys.size,
         )
         for arr in (self._run_col, self._run_start, self._run_end):
             arr.size = 0
+
+    def _prepare_seal(self) -> None:
+        """``seal`` of the runs closed so far, on the maintenance thread: it reads the by-column index and the
+        first ``k`` closed runs, which stay as they are until ``_adopt_seal`` (``add`` appends runs after them;
+        a growth of the run lists copies them into a new buffer and leaves the old one to the job)."""
+        k = self._run_col.size
+        job = background("history-maintenance").submit(
+            _kernels()[2], self._indptr, self._sealed_starts, self._sealed_ends, self._run_col.buffer,
+            self._run_start.buffer, self._run_end.buffer, k, self._col_keys.size)
+        self._seal_job = (job, k)
+
+    def _adopt_seal(self, wait: bool) -> None:
+        """Take the merged index if done (or once done with ``wait``): its ``k`` runs leave the list of closed
+        runs, the ones closed since move to its front (closing order kept). Counts are the same before and after:
+        a run is counted from the by-column index or from the list, never both."""
+        job, k = self._seal_job
+        if not (wait or job.done()):
+            return
+        self._seal_job = None
+        self._indptr, self._sealed_starts, self._sealed_ends = job.result()
+        m = self._run_col.size - k
+        for arr in (self._run_col, self._run_start, self._run_end):
+            buf = arr.buffer
+            buf[:m] = buf[k : k + m].copy()
+            arr.size = m
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -788,6 +904,25 @@ class VoxelSetIndex:
         return index
 
 
+def _table_bits(n: int) -> int:
+    """log2 slots of a column table for ``n`` keys (load <= 1/4 when built, rebuilt beyond 1/2)."""
+    return max(10, int(np.ceil(np.log2(4 * max(n, 1)))))
+
+
+def _column_table(col_keys: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """``(table [2**bits, 2], shift)`` holding ``col_keys`` [C] (distinct) at columns 0..C-1: re-inserting the
+    keys in column order gives every key its old column back. Reads ``col_keys`` only (a maintenance thread may
+    build it while the owner appends columns after them)."""
+    table = np.full((1 << bits, 2), _EMPTY_KEY, dtype=np.int64)
+    shift = 64 - bits
+    out = np.empty(col_keys.shape[0], dtype=np.int32)
+    scratch = np.empty(col_keys.shape[0], dtype=np.int64)
+    n_new = _kernels()[0](table, shift, np.ascontiguousarray(col_keys), scratch, 0, True, out)
+    if n_new != col_keys.shape[0] or not np.array_equal(out, np.arange(col_keys.shape[0])):
+        raise AssertionError("column table: keys did not get their columns back in order")
+    return table, shift
+
+
 def unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``np.unique(values, return_index=True, return_inverse=True)`` by one stable argsort: numpy 2.4's
     ``np.unique`` took 0.65-3 s on 930k int64 keys where the sort takes 30 ms (measured here)."""
@@ -912,6 +1047,17 @@ def _encode_frame(file: FrameFile, rgb: np.ndarray, depth: np.ndarray | None, co
 
 
 DECODE_AHEAD_FRAMES = 4  # the encoder thread's decoded newest images kept for get_rgb
+# Encode jobs submitted and not started yet, every history of the process (``FrameStore._encode_here``).
+_encoder_queued = 0
+_encoder_lock = threading.Lock()
+
+
+def _encode_job(*args) -> tuple:
+    """``_encode_frame`` as the encoder thread runs it (counted out of ``_encoder_queued``)."""
+    global _encoder_queued
+    with _encoder_lock:
+        _encoder_queued -= 1
+    return _encode_frame(*args)
 
 
 class FrameStore:
@@ -933,6 +1079,7 @@ class FrameStore:
         self._locs = _Growing((4,), np.int64)
         self._has_depth = _Growing((), np.bool_)
         self._pending: dict[int, Future] = {}
+        self._encode_args: dict[int, tuple] = {}  # frame -> ``_encode_frame``'s arguments, while pending
         self._file: FrameFile | None = None  # created on the first add
         self.voxels = VoxelSetIndex(config.index_tail_runs)
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -998,8 +1145,15 @@ class FrameStore:
         reading_newest = f - self._newest_read_at <= 2 * DECODE_AHEAD_FRAMES
         ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 and reading_newest \
             else None
-        self._pending[f] = background("history-encoder").submit(
-            _encode_frame, self.frame_file, rgb.copy(), depth, self.config, ahead, f)
+        args = (self.frame_file, rgb.copy(), depth, self.config, ahead, f)
+        self._encode_args[f] = args  # until started: ``_encode_here`` may take the job over
+        global _encoder_queued
+        with _encoder_lock:
+            _encoder_queued += 1
+        job = background("history-encoder").submit(_encode_job, *args)
+        # (also called on a cancel; the dict, not the store, so no reference cycle keeps a dropped store alive)
+        job.add_done_callback(lambda _, f=f, held=self._encode_args: held.pop(f, None))
+        self._pending[f] = job
 
         self._c2w.extend(pose[None])
         self._intrinsics.extend(
@@ -1112,12 +1266,49 @@ class FrameStore:
     # --- reading ----------------------------------------------------------------------------------------------
 
     def _loc(self, i: int) -> np.ndarray:
-        """``[4]`` int64 record locations of frame ``i``, waiting for the encoder thread if it is still at it."""
+        """``[4]`` int64 record locations of frame ``i``, waiting for the encoder thread if it is at it, or
+        compressing it here if the encoder has not started it (``_encode_here``)."""
         job = self._pending.get(i)
         if job is not None:
+            if not job.done():
+                self._encode_here()
+                job = self._pending[i]
             self._locs.buffer[i] = job.result()
             del self._pending[i]
         return self._locs.buffer[i]
+
+    def _encode_here(self) -> None:
+        """Compress on this thread the frames the encoder thread has not started. The encoder is one thread for
+        every world of the process, so on a busy machine a frame read back soon after it was added (a reference,
+        a preceding frame) waited for other worlds' frames: 56-110 ms at the p99 of one-frame clips
+        (docs/BENCHMARKS.md, "Stalls off the frame path"). The queued jobs are cancelled newest first (the
+        encoder can start only the oldest meanwhile, which is then waited for), and the cancelled ones run here
+        oldest first: the frame file gets its records in frame order, as from the encoder. Only when the frame
+        waits behind others (another history's, or two of its own): a lone job about to start is waited for, as
+        before, so that it still overlaps the reader's other work (a lock-step step reads the frame it added one
+        step before; compressing it here cost ~7 % of in-process steps at 128x96)."""
+        global _encoder_queued
+        own = sum(1 for job in self._pending.values() if not (job.done() or job.running()))
+        if own < 2 and _encoder_queued <= own:
+            return
+        taken: dict[int, tuple] = {}
+        for f in sorted(self._pending, reverse=True):
+            args = self._encode_args.get(f)  # (taken before the cancel, whose callback drops them)
+            if args is None or not self._pending[f].cancel():
+                break  # started (or done): every older one too (one thread, first in first out)
+            taken[f] = args
+            with _encoder_lock:
+                _encoder_queued -= 1  # never started
+        for f in sorted(self._pending):  # the one the encoder is at, if any, writes its records first
+            if f not in taken:
+                self._pending[f].exception()  # waits; its result (or error) is read by ``_loc``
+        for f in sorted(taken):
+            done: Future = Future()
+            try:
+                done.set_result(_encode_frame(*taken[f]))
+            except Exception as exc:  # noqa: BLE001 -- raised where the frame is read, as from the encoder
+                done.set_exception(exc)
+            self._pending[f] = done
 
     def flush(self) -> None:
         """Wait until every frame added so far is compressed and in the frame file."""
@@ -1242,6 +1433,7 @@ class FrameStore:
             except Exception:  # noqa: BLE001 -- closing: a frame that failed to encode is lost with the store
                 pass
         self._pending.clear()
+        self._encode_args.clear()
         if self._file is not None:
             self._file.close()
         self._cache.clear()

@@ -39,6 +39,7 @@ copies arrays for a growth in preparation, see ``GROW_AHEAD_AT``.)
 from __future__ import annotations
 
 import math
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,17 @@ GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 34 r
 # and an explored world grows by ~10^5 points a second. So once the arrays are GROW_AHEAD_AT full, the larger copy
 # is prepared on a maintenance thread while integration goes on; the next integrate adopts it, bringing over only
 # what changed meanwhile (~5 ms). Growing to GROW_AHEAD x capacity keeps capacity <= 1.25 x points as above.
+# From GROWTH_MARGIN_POINTS on, "full" counts the points the next integrate may add (the most one recent integrate
+# added; at most a quarter of the points): a 640x360 keyframe adds up to ~5 % of a 300 k-point memory,
+# so a 4 % margin let one integrate outgrow arrays nothing had been prepared for, and grow them on the spot (55-100 ms
+# with four worlds on two cores: docs/BENCHMARKS.md, "Stalls off the frame path"). A smaller memory grows on the
+# spot in a few ms, and a margin there (its first integrates are its largest) would break the bytes_per_point
+# budget.
 GROW_AHEAD_AT = 0.96
 GROW_AHEAD = 1.2
+GROWTH_MARGIN_WINDOW = 16  # the margin is the most points one of the last this many integrates added (a keyframe's
+# integrate adds ~10^4 points, the fill's integrates between keyframes a few hundred)
+GROWTH_MARGIN_POINTS = 1 << 18
 MIN_CAPACITY = 1 << 14
 TAIL_MIN = 1 << 16  # an unsorted tail below this many points is rendered without culling
 TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sorted part before a render (each merge
@@ -168,6 +178,7 @@ class SpatialMemory:
         self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
         self._structure = 0  # bumped when points move (re-sort, compaction): voids background work on them
         self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it copied)
+        self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         self._ordering: tuple[Future, int, int, int] | None = None  # (job, n_sorted, n, structure) of a re-sort
         self._observed_version = 0
         # False only while no point can be provisional (``has_provisional`` then answers without its O(points)
@@ -335,6 +346,9 @@ class SpatialMemory:
             if not self._adopt_growth(wait=True):
                 self._grow(int(math.ceil(self._capacity * GROWTH)))
             # the samples' hash look-ups stay valid: growing keeps every point's index
+        if not hasattr(self, "_created"):  # (a memory pickled before the window)
+            self._created = deque(maxlen=GROWTH_MARGIN_WINDOW)
+        self._created.append(int(created))
         self._prov[n_before : self._n] = provenance  # new points are appended
         if provenance == INVENTED_PROVISIONAL and self._n > n_before:
             self._maybe_provisional = True
@@ -687,6 +701,7 @@ class SpatialMemory:
         mem = SpatialMemory.__new__(SpatialMemory)
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
+        mem._created = deque(getattr(self, "_created", ()), maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
 
     # ----------------------------------------------------------------------------------------------------------
@@ -708,10 +723,15 @@ class SpatialMemory:
         self._prov = np.empty(capacity, np.uint8)
 
     def _prepare_growth(self) -> None:
-        if self._growth is not None or self._n < GROW_AHEAD_AT * self._capacity:
+        # what the next integrate may add
+        ahead = 0
+        if self._n >= GROWTH_MARGIN_POINTS:
+            ahead = min(max(getattr(self, "_created", ()), default=0), self._n // 4)
+        if self._growth is not None or self._n + ahead < GROW_AHEAD_AT * self._capacity:
             return
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
-        capacity = int(math.ceil(self._capacity * GROW_AHEAD))
+        # room for the integrate after the adoption too (else it grows on the spot after all)
+        capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
         job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity)
         self._growth = (job, self._n, self._structure)
 

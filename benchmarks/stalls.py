@@ -1,0 +1,272 @@
+"""Where a one-frame clip's worst times come from: per part, p50 / p95 / p99 / max, over play.py's walk.
+
+The engine in-process (no gRPC, no encoding), the server's play settings (``ServerConfig``'s keyframe stride and
+reference reuse, its OpenMP settings), 640x360, ``--fill`` of the geometric generator, one-frame clips along
+play.py's walk (forward while turning, 30 Hz) from the room (seed 0). Each part below is timed around every call
+(inclusive: a part's time holds the parts it calls) and summed per clip; a clip's ``wall`` is its whole
+``generate_clip``, ``update`` the engine's time after the clip's last frame (``ClipStats.update_s``: memory update,
+history, free-space removal).
+
+``--worlds 4``: play.py's four worlds (room, house, courtyard, room; seeds 0-3) at once, each on a thread of its own
+with one numba thread (as a server's four sessions, server/host.py). ``events``: per maintenance part, the clips
+where it took 10 ms or more. ``--digest``: each world's final memory hashed by voxel key, to compare trees.
+
+``--roots NAME=DIR,...``: each tree (``SPATIA_AB_ROOT``, e.g. ``base=/tmp/x/base`` from ``git archive main``) in a
+fresh process, alternated ``--rounds`` times (A B, B A, ...): only trees run in the same minutes compare on a
+shared machine. The first tree is the baseline. Without ``--roots`` the current tree runs once.
+
+    python benchmarks/stalls.py [--clips 400] [--worlds 1] [--roots base=/tmp/stall/base,new=.] [--rounds 2]
+
+The parts a tree lacks (a function renamed or added) are left out of its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, log  # noqa: E402
+
+# (module, attribute path) of each timed part; the clip's own figures come from Engine.last_stats
+PARTS = (
+    ("spatia.world.engine", "Engine._prepare", "prepare"),  # conditioning: target renders, retrieval, projection
+    ("spatia.world.memory", "SpatialMemory._render", "render"),
+    ("spatia.world.engine", "retrieve_reference_frames", "retrieval"),
+    ("spatia.world.engine", "Engine._commit", "commit"),  # memory update + history
+    ("spatia.world.engine", "update_memory", "update_memory"),
+    ("spatia.world.memory", "SpatialMemory._merge", "integrate"),
+    ("spatia.world.memory", "SpatialMemory._adopt_growth", "adopt_growth"),
+    ("spatia.world.memory", "SpatialMemory._grow", "grow"),
+    ("spatia.world.memory", "SpatialMemory._reindex", "reindex"),
+    ("spatia.world.memory", "SpatialMemory.remove_invented_near_groups", "remove_invented_near_groups"),
+    ("spatia.world.memory", "SpatialMemory._drop", "drop"),
+    ("spatia.world.memory", "SpatialMemory.drop_provisional", "drop_provisional"),
+    ("spatia.world.memory", "SpatialMemory.compact_step", "compact_step"),
+    ("spatia.world.history", "FrameStore.add", "framestore_add"),
+    ("spatia.world.history", "VoxelSetIndex.add", "voxelset_add"),
+    ("spatia.world.history", "VoxelSetIndex.seal", "voxelset_seal"),
+    ("spatia.world.history", "VoxelSetIndex._ensure_table", "voxelset_table"),
+    ("spatia.world.history", "VoxelSetIndex.rebuilt", "voxelset_rebuild"),
+    ("spatia.world.history", "FrameStore._compact_cell", "compact_cell"),
+    ("spatia.world.history", "_Growing.reserve", "growing_reserve"),
+    ("spatia.world.history", "VoxelSetIndex.intersection_counts", "intersection_counts"),
+    ("spatia.world.history", "FrameStore._loc", "history_wait_encoded"),  # a frame's records, once compressed
+    ("spatia.world.history", "FrameStore.get_rgb", "history_get_rgb"),
+)
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))] if s else float("nan")
+
+
+def _instrument(local) -> list[str]:
+    """Wrap each part present in this tree so that its wall ms add up in ``local.acc`` (a Counter per thread, per
+    clip); the names wrapped."""
+    import importlib
+
+    wrapped = []
+    for module, path, name in PARTS:
+        mod = importlib.import_module(module)
+        owner_name, _, attr = path.rpartition(".")
+        owner = getattr(mod, owner_name) if owner_name else mod
+        fn = getattr(owner, attr, None)
+        if fn is None:
+            continue
+
+        def make(fn, name):
+            @functools.wraps(fn)
+            def timed(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    local.acc[name] += (time.perf_counter() - t0) * 1e3
+            return timed
+
+        setattr(owner, attr, make(fn, name))
+        wrapped.append(name)
+    return wrapped
+
+
+SCENES = ("room", "house", "courtyard", "room")  # play.py's worlds: session i plays SCENES[i % 4] with seed i
+
+
+def _child(args) -> dict:
+    """One tree's clips (run in a fresh process whose ``SPATIA_AB_ROOT`` picks the tree): ``--worlds`` worlds, each
+    on a thread of its own (as a server's worlds), one numba thread each when more than one (server/host.py)."""
+    import threading
+
+    import numba
+    import numpy as np
+
+    import spatia.server.host  # noqa: F401  -- the server's OpenMP settings: the engine as served
+    import spatia.world.engine as engine_mod
+    from spatia.model import make_generator
+    from spatia.server.config import ServerConfig
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.state import World
+
+    class Local(threading.local):
+        def __init__(self) -> None:
+            self.acc = collections.Counter()  # a thread that is no world's (setup, maintenance): counted, not read
+
+    local = Local()
+    wrapped = _instrument(local)
+    server = ServerConfig()
+    scenes = [(args.scene, args.seed)] if args.worlds == 1 else [(SCENES[i % 4], i) for i in range(args.worlds)]
+    engines = []
+    for scene, seed in scenes:
+        world = World.from_scene(scene, seed, args.width, args.height)
+        engines.append(Engine(world, make_generator("geometric", **({"fill": args.fill} if args.fill else {})),
+                              EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=server.play_keyframe_stride,
+                                           reuse_references_within=server.play_reuse_references_within)))
+    start = threading.Barrier(len(engines))
+    results: list = [None] * len(engines)
+
+    def play(w: int) -> None:
+        local.acc = acc = collections.Counter()
+        if len(engines) > 1:
+            numba.set_num_threads(1)
+        engine = engines[w]
+        world = engine.world
+        poses = np.asarray(ActionIntegrator(world.current_c2w, ControlConfig(fps=30)).run(
+            [Action(move_forward=1.0, yaw_rate_rad_s=args.yaw_rate, dt_s=1 / 30)] * (args.warmup + args.clips)))
+        rows = []
+        start.wait()
+        for i in range(len(poses)):
+            acc.clear()
+            t0 = time.perf_counter()
+            collections.deque(engine.generate_clip(poses[i : i + 1]), maxlen=0)  # pulling runs the memory update
+            wall = (time.perf_counter() - t0) * 1e3
+            if i >= args.warmup:
+                st = engine.last_stats
+                rows.append({"world": w, "clip": i, "wall": wall, "generate": st.generate_s * 1e3,
+                             "update": st.update_s * 1e3, "points": st.memory_points,
+                             **{k: acc.get(k, 0.0) for k in wrapped}})
+        results[w] = rows
+
+    threads = [threading.Thread(target=play, args=(w,)) for w in range(len(engines))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if any(r is None for r in results):
+        raise SystemExit("a world's thread failed")
+    out = {"parts": ["wall", "generate", "update", *wrapped], "rows": [r for rs in results for r in rs],
+           "root": os.environ.get("SPATIA_AB_ROOT", ""), "engine_file": engine_mod.__file__}
+    if args.digest:  # each world's memory at the end, to compare trees (same walk, same seed)
+        import hashlib
+
+        out["memory_sha256_by_key"] = []
+        for engine in engines:
+            arrays = engine.world.memory.to_arrays()
+            order = np.argsort(arrays["voxel_keys"], kind="stable")
+            h = hashlib.sha256()
+            for k in sorted(arrays):
+                h.update(np.ascontiguousarray(arrays[k][order]).tobytes())
+            out["memory_sha256_by_key"].append(h.hexdigest()[:16])
+        out["memory_points"] = [int(e.world.memory.num_points) for e in engines]
+    return out
+
+
+def _table(runs: list[dict]) -> dict:
+    """Per part: p50 / p95 / p99 / max / mean ms over every clip of every run of one tree."""
+    parts = runs[0]["parts"]
+    rows = [r for run in runs for r in run["rows"]]
+    return {p: {"p50": round(_pct([r[p] for r in rows], 50), 2), "p95": round(_pct([r[p] for r in rows], 95), 2),
+                "p99": round(_pct([r[p] for r in rows], 99), 2), "max": round(max(r[p] for r in rows), 2),
+                "mean": round(statistics.mean(r[p] for r in rows), 2)} for p in parts}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=400, help="timed one-frame clips per process")
+    ap.add_argument("--warmup", type=int, default=30, help="untimed clips first (numba caches, first retrieval)")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=360)
+    ap.add_argument("--worlds", type=int, default=1, help="worlds played at once, each on a thread (play.py's "
+                    "scenes: room, house, courtyard, room, seeds 0..)")
+    ap.add_argument("--scene", default="room", help="with one world")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--yaw-rate", type=float, default=0.4, help="rad/s while walking forward (play.py's walk)")
+    ap.add_argument("--fill", default="legacy", help="geometric generator's fill (layout, legacy)")
+    ap.add_argument("--roots", default="", help="NAME=DIR,...: trees to compare (SPATIA_AB_ROOT), first = baseline")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--digest", action="store_true", help="hash the final memory (by key) to compare trees")
+    ap.add_argument("--slowest", type=int, default=8, help="list this many slowest clips per tree")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(args)))
+        return
+    roots = [tuple(x.split("=", 1)) for x in args.roots.split(",") if x] or [("current", "")]
+    t_start, load0 = time.time(), os.getloadavg()
+    runs: dict[str, list[dict]] = {name: [] for name, _ in roots}
+    loads: dict[str, list] = {name: [] for name, _ in roots}
+    for r in range(args.rounds if args.roots else 1):
+        for name, root in (roots if r % 2 == 0 else roots[::-1]):
+            env = dict(os.environ)
+            if root:
+                env["SPATIA_AB_ROOT"] = str(Path(root).resolve())
+            before = os.getloadavg()
+            log(f"round {r + 1}: {name} ({root or 'current tree'}), load {before[0]:.1f}")
+            child = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                     if k not in ("roots", "rounds", "child", "digest", "slowest")]
+            child += ["--digest"] if args.digest else []
+            out = subprocess.run([sys.executable, __file__, *child, "--child"], env=env, capture_output=True,
+                                 text=True)
+            if out.returncode:
+                sys.stderr.write(out.stderr[-4000:])
+                raise SystemExit(f"{name}: child failed ({out.returncode})")
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[name].append(res)
+            loads[name].append([round(before[0], 1), round(os.getloadavg()[0], 1)])
+    tables = {name: _table(rs) for name, rs in runs.items()}
+    slowest = {}
+    for name, rs in runs.items():
+        rows = sorted((r for run in rs for r in run["rows"]), key=lambda r: -r["wall"])[: args.slowest]
+        slowest[name] = [{k: round(v, 1) for k, v in r.items() if v >= 1.0 or k in ("clip", "wall", "points")}
+                         for r in rows]
+    events = {}  # per maintenance part: clips where it took >= 10 ms, and the longest (world, clip, points, ms)
+    for name, rs in runs.items():
+        rows = [r for run in rs for r in run["rows"]]
+        events[name] = {}
+        for part in ("grow", "adopt_growth", "reindex", "drop", "voxelset_table", "voxelset_seal",
+                     "growing_reserve", "voxelset_rebuild"):
+            hit = sorted((r for r in rows if r.get(part, 0.0) >= 10.0), key=lambda r: -r[part])
+            events[name][part] = {"clips_over_10ms": len(hit), "longest": [
+                [r.get("world", 0), r["clip"], r["points"], round(r[part], 1)] for r in hit[:3]]}
+    first = roots[0][0]
+    last = roots[-1][0]
+    emit({
+        "name": "stalls",
+        "sizes": {"width": args.width, "height": args.height, "clips": args.clips, "warmup": args.warmup,
+                  "worlds": args.worlds, "scene": args.scene, "seed": args.seed, "fill": args.fill,
+                  "rounds": args.rounds},
+        "trees": {name: root for name, root in roots},
+        "loads": loads,
+        "parts": tables,
+        "slowest": slowest,
+        "events": events,
+        "memory": {name: sorted({json.dumps([r.get("memory_sha256_by_key"), r.get("memory_points")]) for r in rs})
+                   for name, rs in runs.items()} if args.digest else None,
+        "median_ms": tables[last]["wall"]["p50"],
+        "baseline_median_ms": tables[first]["wall"]["p50"],
+        "wall_s": round(time.time() - t_start, 1), "load_start": load0, "load": os.getloadavg(),
+    })
+
+
+if __name__ == "__main__":
+    main()
