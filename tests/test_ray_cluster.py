@@ -93,14 +93,16 @@ def test_a_removed_node_ends_play_unavailable_and_the_world_restarts_on_the_othe
         points = client.get_world(lost).stats.memory_points
         t0 = time.monotonic()
         c.remove_node(worker)
+        frames_after = 0
         with pytest.raises(WorldServiceError) as died:
-            for _ in range(40):
-                if _step(s) is None:
-                    break
+            # bounded by time, not steps: under load Ray takes a while to kill the node's processes, and an actor
+            # still alive keeps serving frames (40 steps once ran out first)
+            while time.monotonic() - t0 < 45 and _step(s) is not None:
+                frames_after += 1
         noticed_s = time.monotonic() - t0
         assert died.value.code == grpc.StatusCode.UNAVAILABLE, died.value.message
         assert "actor died" in died.value.message
-        assert noticed_s < 30
+        assert noticed_s < 30, f"noticed after {noticed_s:.1f} s and {frames_after} frames"
         s.close(drain=False)
         info = client.get_world(lost)  # restarted from its last snapshot, on the node that is left
         host = one.server.store.get(lost)
