@@ -1094,6 +1094,11 @@ class RayWorldHost:
                 ray.cancel(gen)
         await self.refresh()
 
+    def collider(self, config) -> None:
+        """None: the world's memory lives in the actor's process, so a session here cannot sweep moves against it
+        between clips (the camera walks through walls on a Ray host; the session log says so)."""
+        return None
+
     async def render(self, K, c2w: np.ndarray):
         return await self._call("render", K, c2w, retry=True)
 

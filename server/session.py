@@ -213,13 +213,12 @@ def session_collider(host, control: ControlConfig, engine_config: EngineConfig):
     actor: the camera then walks through walls, and the session log says so)."""
     if not control.collision:
         return None
-    make = getattr(host, "collider", None)
-    if make is None:
-        log.warning("play without collision: this host keeps its world in another process", world_id=host.world_id)
-        return None
     from spatia.world.collision import CollisionConfig
 
-    return make(CollisionConfig(invented_clearance_m=engine_config.free_radius_m))
+    collider = host.collider(CollisionConfig(invented_clearance_m=engine_config.free_radius_m))
+    if collider is None:
+        log.warning("play without collision: this host keeps its world in another process", world_id=host.world_id)
+    return collider
 
 
 def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: ControlConfig,

@@ -346,8 +346,6 @@ class SpatialMemory:
             if not self._adopt_growth(wait=True):
                 self._grow(int(math.ceil(self._capacity * GROWTH)))
             # the samples' hash look-ups stay valid: growing keeps every point's index
-        if not hasattr(self, "_created"):  # (a memory pickled before the window)
-            self._created = deque(maxlen=GROWTH_MARGIN_WINDOW)
         self._created.append(int(created))
         self._prov[n_before : self._n] = provenance  # new points are appended
         if provenance == INVENTED_PROVISIONAL and self._n > n_before:
@@ -701,7 +699,7 @@ class SpatialMemory:
         mem = SpatialMemory.__new__(SpatialMemory)
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
-        mem._created = deque(getattr(self, "_created", ()), maxlen=GROWTH_MARGIN_WINDOW)  # its own
+        mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
 
     # ----------------------------------------------------------------------------------------------------------
@@ -726,7 +724,7 @@ class SpatialMemory:
         # what the next integrate may add
         ahead = 0
         if self._n >= GROWTH_MARGIN_POINTS:
-            ahead = min(max(getattr(self, "_created", ()), default=0), self._n // 4)
+            ahead = min(max(self._created, default=0), self._n // 4)
         if self._growth is not None or self._n + ahead < GROW_AHEAD_AT * self._capacity:
             return
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
