@@ -93,7 +93,7 @@ def main() -> None:
     # are compared; the random walk meets the room's walls (239 of its 330 steps collided at 128x96)
     ap.add_argument("--collision", action="store_true", help="the camera collides (in-process and lock-step only)")
     args = ap.parse_args()
-    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # the server subprocess's ServerConfig
+    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # spatia serve --play-collision
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # before numba is imported
 
     import numpy as np

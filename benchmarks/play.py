@@ -304,7 +304,7 @@ def main() -> None:
     p.add_argument("--engine-clips", action="store_true", help=argparse.SUPPRESS)  # --omp-compare's child
     p.add_argument("--collision", action="store_true", help="the served camera collides with walls (world/collision.py); off by default: this walk meets walls, where a camera held against one reveals nothing new and flatters the figures, and earlier runs walked without it")
     args = p.parse_args()
-    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # the server subprocess's ServerConfig
+    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # spatia serve --play-collision
     if args.engine_clips:
         print(__import__("json").dumps(_engine_clip_ms(args)))
         return

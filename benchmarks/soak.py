@@ -313,7 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: the server's own)")
     p.add_argument("--collision", action="store_true", help="the served camera collides with walls (world/collision.py); off by default: this walk meets walls, where a camera held against one reveals nothing new and flatters the figures, and earlier runs walked without it")
     args = p.parse_args(argv)
-    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # the server subprocess's ServerConfig
+    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # spatia serve --play-collision
     return args
 
 

@@ -457,7 +457,7 @@ def main() -> None:
                    help="measure the pygame player (SDL dummy driver) against the gRPC client instead of the browser")
     p.add_argument("--collision", action="store_true", help="the served camera collides with walls (world/collision.py); off by default: this walk meets walls, where a camera held against one reveals nothing new and flatters the figures, and earlier runs walked without it")
     args = p.parse_args()
-    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # the server subprocess's ServerConfig
+    os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # spatia serve --play-collision
     paths = [x.strip() for x in args.paths.split(",") if x.strip()]
     if not paths or set(paths) - set(PATHS) - set(VARIANTS):
         p.error(f"--paths: choose from {','.join(PATHS + tuple(VARIANTS))}")

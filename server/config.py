@@ -75,9 +75,9 @@ class ServerConfig:
     # ends (``server.session.PlayTrace``; ``benchmarks/play.py --trace``). None (default): nothing is recorded.
     # Default from the environment variable ``SPATIA_PLAY_TRACE_DIR`` (a benchmark's server subprocess).
     play_trace_dir: Path | None = field(default_factory=lambda: _env_path("SPATIA_PLAY_TRACE_DIR"))
-    # Play: the camera collides with the world's surfaces (``world.collision``, ``ControlConfig.collision``).
-    # Default from the environment variable ``SPATIA_PLAY_COLLISION`` ("0": off; a benchmark's server subprocess).
-    play_collision: bool = field(default_factory=lambda: os.environ.get("SPATIA_PLAY_COLLISION", "1") != "0")
+    # Play: the camera collides with the world's surfaces (``world.collision``, ``ControlConfig.collision``);
+    # ``spatia serve --play-collision off`` (or ``SPATIA_PLAY_COLLISION=off``) walks through walls
+    play_collision: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept a str path too (frozen dataclass)

@@ -74,6 +74,15 @@ def _ray_address(text: str) -> str:
     raise ValueError(f"must be local, auto, ray://HOST:PORT or HOST:PORT, got {text!r}")
 
 
+def _on_off(text: str) -> bool:
+    t = text.strip().lower()  # a TOML true / false arrives as "True" / "False"
+    if t in ("on", "1", "true", "yes"):
+        return True
+    if t in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"must be on or off, got {text!r}")
+
+
 def _choice(*names: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in names:
@@ -117,6 +126,8 @@ OPTIONS = (
            "... and at least this many seconds since its last save (0: every --save-every-clips clips); a kill -9 "
            "loses at most this much play (or --save-max-duty's wait, if longer)"),
     Option("save-max-duty", _duty, 0.05, "saves take at most this fraction of a played world's time (1: no limit)"),
+    Option("play-collision", _on_off, True, "on (default): the walking camera of Play sessions collides with the "
+                                             "world's surfaces; off: it walks through walls"),
     Option("max-worlds", _positive_int, 64, "worlds in the data dir"),
     Option("max-sessions", _positive_int, 16, "concurrent Play + Generate calls"),
     Option("max-image-pixels", _positive_int, 1920 * 1080, "width x height of any image in or out"),
@@ -268,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=s["data_dir"], host=s["host"], port=s["port"], generator=s["generator"], generator_kwargs=kwargs,
         token=s["token"], tls_cert=s["tls_cert"], tls_key=s["tls_key"], save_every_clips=s["save_every_clips"],
         save_interval_s=s["save_interval_s"], save_max_duty=s["save_max_duty"], metrics_port=s["metrics_port"],
-        warm_kernels=True,
+        warm_kernels=True, play_collision=s["play_collision"],
         limits=Limits(max_worlds=s["max_worlds"], max_sessions=s["max_sessions"],
                       max_image_pixels=s["max_image_pixels"], max_trajectory_frames=s["max_trajectory_frames"],
                       max_message_bytes=s["max_message_mb"] * 1024 * 1024),

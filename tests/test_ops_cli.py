@@ -60,6 +60,17 @@ def test_settings_layers_flags_win_over_env_over_file(tmp_path):
     assert cmd_serve.resolve(serve_args(), {"SPATIA_CONFIG": str(config)})["port"] == 6000
 
 
+def test_play_collision_is_a_setting_on_by_default(tmp_path):
+    assert cmd_serve.resolve(serve_args(), {})["play_collision"] is True
+    assert cmd_serve.resolve(serve_args("--play-collision", "off"), {})["play_collision"] is False
+    assert cmd_serve.resolve(serve_args(), {"SPATIA_PLAY_COLLISION": "0"})["play_collision"] is False
+    config = tmp_path / "c.toml"
+    config.write_text("play-collision = false\n")
+    assert cmd_serve.resolve(serve_args("--config", str(config)), {})["play_collision"] is False
+    with pytest.raises(InvalidInputError, match="--play-collision from SPATIA_PLAY_COLLISION: must be on or off"):
+        cmd_serve.resolve(serve_args(), {"SPATIA_PLAY_COLLISION": "maybe"})
+
+
 def test_settings_errors_name_the_source(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("max-wrolds = 5\n")
