@@ -41,6 +41,9 @@ class _FakeHost:
     def open_engine(self, generator, config):
         return None
 
+    def collider(self, config):
+        return None  # no memory here: the session's camera moves as integrated
+
     def view(self):
         return SimpleNamespace(history_frames=1, intrinsics=Intrinsics.from_fov(75.0, W, H),
                                origin_c2w=np.eye(4), current_c2w=np.eye(4))
