@@ -85,6 +85,8 @@ MAX_EPISODE_STEPS = 200  # the registered horizon (TimeLimit); gymnasium.make(id
 class _LocalBackend:
     """The world core in this process: one ``World`` + ``Engine`` per episode."""
 
+    server_c2w = None  # no server pose: the env's own integrator collides with the world
+
     def __init__(self, generator: str, generator_kwargs: dict[str, Any]) -> None:
         from spatia.model import make_generator
 
@@ -126,10 +128,8 @@ class _LocalBackend:
         return self.engine.world.intrinsics
 
     def collider(self):
-        """The world's collider (``world.collision``); invented points block at the engine's free radius."""
-        from spatia.world.collision import CollisionConfig
-
-        return self.engine.world.collider(CollisionConfig(invented_clearance_m=self.engine.config.free_radius_m))
+        """The world's collider for this engine's walking camera (``Engine.collider``)."""
+        return self.engine.collider()
 
     def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:
         """The frame at ``c2w`` (the pose after ``action``) and the memory's points after its update."""
@@ -497,7 +497,7 @@ class SpatiaWorldEnv(gym.Env):
         self._steps += 1
         rgb, points = self._backend.step(act, c2w, None if not self.prompt else self.prompt,
                                          seed=self._episode_seed + self._steps)
-        server_c2w = getattr(self._backend, "server_c2w", None)
+        server_c2w = self._backend.server_c2w
         if server_c2w is not None:  # lock-step: the server's session integrated the same action and collided it
             # (``ServerConfig.play_collision``, its own body radius); the frame is at its pose, so the env takes it
             clamped = not np.allclose(server_c2w[:3, 3], c2w[:3, 3], rtol=0.0, atol=1e-6)

@@ -133,7 +133,7 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
     world = World.from_scene("room", 0, width, height)
     try:
         engine = Engine(world, generator, EngineConfig(clip=ClipConfig(1, 2, 1)))
-        walk = ActionIntegrator(world.origin_c2w, ControlConfig(), collider=world.collider())  # its kernels too
+        walk = ActionIntegrator(world.origin_c2w, ControlConfig(), collider=engine.collider())  # its kernels too
         for k in range(clips):  # forward while turning: new ground for the fill every clip
             walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.8, dt_s=1.0 / 16, seq=k + 1))
             list(engine.generate_clip(walk.c2w[None], None, k))  # one 64x48 frame: run the clip through
@@ -315,10 +315,10 @@ class WorldHost:
             "last_save_cpu_s": self.last_save_cpu_s, "controlled": int(self.controller is not None),
         }
 
-    def collider(self, config):
-        """The world's collider (``World.collider``) for a session's integrator: it reads the memory from the
-        session's thread between that session's clips (``PlaySession.drive`` awaits each clip)."""
-        return self.world.collider(config)
+    def collider(self, engine: Engine):
+        """The collider for a session's integrator (``Engine.collider``): it reads the memory from the session's
+        thread between that session's clips (``PlaySession.drive`` awaits each clip)."""
+        return engine.collider()
 
     async def render(self, K, c2w: np.ndarray):
         """The memory alone at ``c2w`` [4, 4] (world frame) with intrinsics ``K``: a ``memory.Render``."""

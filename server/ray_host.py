@@ -1094,7 +1094,7 @@ class RayWorldHost:
                 ray.cancel(gen)
         await self.refresh()
 
-    def collider(self, config) -> None:
+    def collider(self, engine: _RemoteEngine) -> None:
         """None: the world's memory lives in the actor's process, so a session here cannot sweep moves against it
         between clips (the camera walks through walls on a Ray host; the session log says so)."""
         return None

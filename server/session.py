@@ -207,15 +207,13 @@ def action_from_proto(a: pb.Action) -> Action:
                   a.pitch_delta_rad, a.sprint, a.dt_s, int(a.seq)).validate()
 
 
-def session_collider(host, control: ControlConfig, engine_config: EngineConfig):
-    """The world's collider for a session's integrator (``world.collision``; invented points block at the engine's
-    free radius), None when ``control.collision`` is off or the host keeps its world in another process (a Ray
-    actor: the camera then walks through walls, and the session log says so)."""
+def session_collider(host, control: ControlConfig, engine):
+    """The collider for a session's integrator (``Engine.collider`` through the host), None when
+    ``control.collision`` is off or the host keeps its world in another process (a Ray actor: the camera then
+    walks through walls, and the session log says so)."""
     if not control.collision:
         return None
-    from spatia.world.collision import CollisionConfig
-
-    collider = host.collider(CollisionConfig(invented_clearance_m=engine_config.free_radius_m))
+    collider = host.collider(engine)
     if collider is None:
         log.warning("play without collision: this host keeps its world in another process", world_id=host.world_id)
     return collider
@@ -384,12 +382,11 @@ class PlaySession:
         self.config = config
         self.limits = config.limits
         self.lockstep = options.lockstep
-        engine_config = EngineConfig(
+        self.engine = host.open_engine(generator, EngineConfig(
             # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
-            reuse_references_within=None if options.lockstep else config.play_reuse_references_within)
-        self.engine = host.open_engine(generator, engine_config)
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
         # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
         self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,
@@ -423,7 +420,7 @@ class PlaySession:
         self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if resized else K)
         control = ControlConfig(fps=options.fps, collision=config.play_collision)
         self.integrator = integrator_at(view.origin_c2w, view.current_c2w, control,
-                                        collider=session_collider(host, control, engine_config))
+                                        collider=session_collider(host, control, self.engine))
         self.recorder = None
         if options.record:
             rid = f"{host.world_id}.{self.id}"

@@ -41,7 +41,7 @@ class _FakeHost:
     def open_engine(self, generator, config):
         return None
 
-    def collider(self, config):
+    def collider(self, engine):
         return None  # no memory here: the session's camera moves as integrated
 
     def view(self):

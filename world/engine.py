@@ -198,6 +198,14 @@ class Engine:
         prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
 
+    def collider(self):
+        """The world's collider (``world.collision``) for a camera walked through this engine. Invented points block
+        at the engine's free radius: it removes invented points nearer than that to every pose after a clip, so a
+        body touching an invented wall closer would see the wall cut away around it and walk through the hole."""
+        from spatia.world.collision import CollisionConfig
+
+        return self.world.collider(CollisionConfig(invented_clearance_m=self.config.free_radius_m))
+
     # ---- conditioning ------------------------------------------------------------------------------------
 
     def _target_views(self, poses: np.ndarray, offset: int = 0) -> list[TargetView]:
