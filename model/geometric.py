@@ -769,9 +769,12 @@ class GeometricGenerator:
         groups = [(int(i), through[li[through] == i]) for i in np.unique(li[through])]  # before any ray moves
         for i, rays_i in groups:
             plane = bounds[i]
-            # "beyond": further from the camera, which stands on the side the plane faces
+            # "beyond": further from the camera, which stands on the side the plane faces; a room's wall, not the
+            # front of a sofa in the next room (an endless plane there stood across the doorway's edges, textured
+            # with the sofa: house, walking up to its first doorway)
             beyond = [p for p in layout.planes if p.axis == plane.axis and p.facing == plane.facing
-                      and plane.facing * (p.offset_m - plane.offset_m) < -layout.config.wall_thickness_m]
+                      and plane.facing * (p.offset_m - plane.offset_m) < -layout.config.wall_thickness_m
+                      and layout.is_room_wall(p)]
             others = [k for k in range(n_view) if k != i]
             planes = [bounds[k] for k in others]
             if beyond:

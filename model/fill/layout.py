@@ -97,6 +97,10 @@ class LayoutConfig:
     # a wall, and in play clips (6 poses ahead, ~1 m) the path showed a doorway only in the last metre before it.
     # House loop, play clips, 320x180: novel-pixel depth AbsRel 0.206 -> see docs/RESULTS.md (session 8)
     door_lookahead_m: float = 2.0
+    # a wall plane seen less than this above the floor is a piece of furniture's front (sofas, shelves: observed
+    # tops 0.5-1.8 m above the floor on the room and house items; a room's walls 2.3-2.9 m), not a room's wall:
+    # rays through a doorway do not stop at it (``Layout.is_room_wall``)
+    room_wall_min_top_m: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,14 @@ class Layout:
     def floor(self) -> Plane | None:
         floors = [p for p in self.planes if p.kind == FLOOR]
         return max(floors, key=lambda p: p.support) if floors else None
+
+    def is_room_wall(self, plane: Plane) -> bool:
+        """Whether a wall plane is one of the rooms' walls rather than a piece of furniture's front: seen at least
+        ``room_wall_min_top_m`` above the floor (a derived wall continues a room's wall; without a floor, every
+        wall counts)."""
+        floor = self.floor()
+        return (plane.kind == WALL and (plane.derived or floor is None
+                                         or plane.top_m - floor.offset_m >= self.config.room_wall_min_top_m))
 
 
 def _thin(points: np.ndarray, voxel_m: float, max_points: int) -> np.ndarray:
