@@ -241,9 +241,8 @@ def _window_bounds(coverage: np.ndarray, sizes: list[int]) -> list[int]:
     H, W = coverage.shape
     b = WINDOW_BLOCK
     hb, wb = -(-H // b), -(-W // b)
-    padded = np.zeros((hb * b, wb * b), bool)
-    padded[:H, :W] = coverage
-    blocks = padded.reshape(hb, b, wb, b).sum(axis=(1, 3))
+    r, c = np.divmod(np.flatnonzero(coverage), W)  # the covered texels (a bincount of them: ~2x a blocked sum)
+    blocks = np.bincount((r // b) * wb + c // b, minlength=hb * wb).reshape(hb, wb)
     ii = np.pad(blocks.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     out = []
     for s in sizes:
@@ -413,7 +412,7 @@ def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: Appearanc
               min_coverage: float, min_texels: int, synthesis: bool = True) -> PlaneTexture | None:
     half = config.max_grid_texels * texel_m / 2
     centre = np.median(uv, axis=0)
-    keep = np.all(np.abs(uv - centre) <= half, axis=1)
+    keep = (np.abs(uv[:, 0] - centre[0]) <= half) & (np.abs(uv[:, 1] - centre[1]) <= half)  # np.all(axis=1)'s
     uv, col = uv[keep], col[keep]
     lo = uv.min(axis=0)
     ij = np.floor((uv - lo) / texel_m).astype(np.int64)  # [:, 0] = u -> column, [:, 1] = v -> row
