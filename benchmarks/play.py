@@ -30,7 +30,8 @@ thread takes a core from its own region's other thread.
 ``server.session.PlayTrace``) and each run's result gets ``trace``: per stage of a frame (action received -> pose
 integrated -> its clip started on the world's thread -> frame generated -> encoded -> in the outbox -> handed to
 gRPC) the p50 / p95 ms, the clips' per-part times, and the longest gaps between frames; ``after_3s`` the same for
-the frames and clips of each session's steady play (3 s on: the start-up's fits and first-use loads left out).
+the frames and clips of each session's steady play (3 s on), ``first_3s`` of its start-up (the layout fill's fits,
+first-use loads).
 ``--trace-keep DIR`` keeps the raw traces (one JSON lines file per session, named by fill, round, rate, sessions).
 """
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import math
 import os
 import shutil
 import statistics
@@ -124,20 +126,20 @@ def _stage_stats(values: list[float]) -> dict:
             "mean": round(statistics.mean(values) * 1e3, 1) if values else float("nan")}
 
 
-STEADY_S = 3.0  # the trace's "steady" part: frames generated (clips started) this long after the session began
+STEADY_S = 3.0  # the trace's start-up / steady split: frames generated (clips started) before / after this (s)
 
 
-def _trace_summary(paths: list[Path], steady_s: float | None = None) -> dict:
-    """Where a served frame's time went (server side), from the sessions' ``PlayTrace`` files; with ``steady_s``,
-    only frames generated and clips started at least that many seconds into their session (the start-up's fits
-    and first-use loads left out)."""
+def _trace_summary(paths: list[Path], span_s: tuple[float, float] | None = None) -> dict:
+    """Where a served frame's time went (server side), from the sessions' ``PlayTrace`` files; with ``span_s``
+    ``(from, to)``, only the frames generated and clips started in that span of their session (seconds)."""
     import json
 
+    lo, hi = span_s if span_s is not None else (-math.inf, math.inf)
     frames, clips, gaps = [], [], []
     for path in paths:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-        fr = [r for r in rows if r["kind"] == "frame" and (steady_s is None or r["generated"] >= steady_s)]
-        cl = [r for r in rows if r["kind"] == "clip" and (steady_s is None or r["start"] >= steady_s)]
+        fr = [r for r in rows if r["kind"] == "frame" and lo <= r["generated"] < hi]
+        cl = [r for r in rows if r["kind"] == "clip" and lo <= r["start"] < hi]
         frames += fr
         clips += cl
         gen = sorted(r["generated"] for r in fr)
@@ -170,8 +172,9 @@ def _trace_summary(paths: list[Path], steady_s: float | None = None) -> dict:
         "skipped_mean": round(statistics.mean([c["skipped"] for c in clips]), 2) if clips else 0,
     }
     out["longest_gaps_s"] = [(round(g, 3), at) for g, at in sorted(gaps, reverse=True)[:6]]  # (gap, at s)
-    if steady_s is None:
-        out[f"after_{STEADY_S:g}s"] = _trace_summary(paths, STEADY_S)
+    if span_s is None:  # the start-up (the layout fill's fits, first-use loads) apart from steady play
+        out[f"first_{STEADY_S:g}s"] = _trace_summary(paths, (0.0, STEADY_S))
+        out[f"after_{STEADY_S:g}s"] = _trace_summary(paths, (STEADY_S, math.inf))
     return out
 
 
