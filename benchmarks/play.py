@@ -29,7 +29,10 @@ thread takes a core from its own region's other thread.
 ``--trace``: the server records each session's per-frame timestamps (``ServerConfig.play_trace_dir``,
 ``server.session.PlayTrace``) and each run's result gets ``trace``: per stage of a frame (action received -> pose
 integrated -> its clip started on the world's thread -> frame generated -> encoded -> in the outbox -> handed to
-gRPC) the p50 / p95 ms, the clips' per-part times, and the longest gaps between frames.
+gRPC) the p50 / p95 ms, the clips' per-part times, and the longest gaps between frames; ``after_3s`` the same for
+the frames and clips of each session's steady play (3 s on), ``first_3s`` of its start-up (the layout fill's fits,
+first-use loads).
+``--trace-keep DIR`` keeps the raw traces (one JSON lines file per session, named by fill, round, rate, sessions).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -121,15 +126,20 @@ def _stage_stats(values: list[float]) -> dict:
             "mean": round(statistics.mean(values) * 1e3, 1) if values else float("nan")}
 
 
-def _trace_summary(paths: list[Path]) -> dict:
-    """Where a served frame's time went (server side), from the sessions' ``PlayTrace`` files."""
+STEADY_S = 3.0  # the trace's start-up / steady split: frames generated (clips started) before / after this (s)
+
+
+def _trace_summary(paths: list[Path], span_s: tuple[float, float] | None = None) -> dict:
+    """Where a served frame's time went (server side), from the sessions' ``PlayTrace`` files; with ``span_s``
+    ``(from, to)``, only the frames generated and clips started in that span of their session (seconds)."""
     import json
 
+    lo, hi = span_s if span_s is not None else (-math.inf, math.inf)
     frames, clips, gaps = [], [], []
     for path in paths:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-        fr = [r for r in rows if r["kind"] == "frame"]
-        cl = [r for r in rows if r["kind"] == "clip"]
+        fr = [r for r in rows if r["kind"] == "frame" and lo <= r["generated"] < hi]
+        cl = [r for r in rows if r["kind"] == "clip" and lo <= r["start"] < hi]
         frames += fr
         clips += cl
         gen = sorted(r["generated"] for r in fr)
@@ -162,18 +172,36 @@ def _trace_summary(paths: list[Path]) -> dict:
         "skipped_mean": round(statistics.mean([c["skipped"] for c in clips]), 2) if clips else 0,
     }
     out["longest_gaps_s"] = [(round(g, 3), at) for g, at in sorted(gaps, reverse=True)[:6]]  # (gap, at s)
+    if span_s is None:  # the start-up (the layout fill's fits, first-use loads) apart from steady play
+        out[f"first_{STEADY_S:g}s"] = _trace_summary(paths, (0.0, STEADY_S))
+        out[f"after_{STEADY_S:g}s"] = _trace_summary(paths, (STEADY_S, math.inf))
     return out
 
 
-def _collect_traces(trace_dir: Path | None, seen: set, expected: int) -> list[Path]:
-    """The trace files of the sessions just ended (written as each session finishes, after the client left)."""
+def _collect_traces(trace_dir: Path | None, seen: set, expected: int, keep: str | None = None,
+                    tag: str = "") -> list[Path]:
+    """The trace files of the sessions just ended (written as each session finishes, after the client left);
+    copied into ``keep`` (if given) as ``TAG-NAME``."""
     if trace_dir is None:
         return []
     deadline = time.monotonic() + 30
     while True:
         new = sorted(p for p in trace_dir.glob("*.jsonl") if p not in seen)
         if len(new) >= expected or time.monotonic() > deadline:
+            # a file appears when the server opens it and is read here only once its size stops changing (read at
+            # once, a 1-session trace came back with its clips and none of its frames)
+            sizes = None
+            while time.monotonic() < deadline + 30:
+                now = [p.stat().st_size for p in new]
+                if now == sizes:
+                    break
+                sizes = now
+                time.sleep(0.5)
             seen.update(new)
+            if keep is not None:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for p in new:
+                    shutil.copy(p, Path(keep) / f"{tag}-{p.name}")
             return new
         time.sleep(0.2)
 
@@ -296,6 +324,8 @@ def main() -> None:
                    "(e.g. 1: one session only, for quick A/B pairs on a shared machine)")
     p.add_argument("--trace", action="store_true",
                    help="record the server's per-frame timestamps and summarise where each run's time went")
+    p.add_argument("--trace-keep", default=None, metavar="DIR",
+                   help="with --trace: copy each session's raw trace (JSON lines) into DIR, named by fill and round")
     p.add_argument("--save-interval-s", type=float, default=None,
                    help="the server's snapshot interval (default: the server's own default)")
     p.add_argument("--omp-compare", type=int, default=0, metavar="ROUNDS",
@@ -342,7 +372,7 @@ def main() -> None:
         for r in range(args.rounds):
             for f in (fills if r % 2 == 0 else fills[::-1]):
                 log(f"round {r + 1}/{args.rounds}: fill {f}")
-                runs[f].append({"load": os.getloadavg(), **_serve(args, f, rates, counts)})
+                runs[f].append({"load": os.getloadavg(), **_serve(args, f, rates, counts, r)})
         results = {"runs": runs, "compare": _compare(runs, fills, f"{rates[0]:g}hz")}
         fill_out = {"fill": fills, "rounds": args.rounds}
     log("baseline: engine in-process")
@@ -383,7 +413,7 @@ def _compare(runs: dict, fills: list[str], rate: str) -> dict:
     return out
 
 
-def _serve(args, fill: str | None, rates: list[float], counts: set[int]) -> dict:
+def _serve(args, fill: str | None, rates: list[float], counts: set[int], round_: int = 0) -> dict:
     """One server (``fill``: its generator's fill, None: its default) through the runs: per input rate, 1 then 4
     sessions (``counts``), then the queue baseline if asked; the results by rate."""
     results = {}
@@ -414,11 +444,13 @@ def _serve(args, fill: str | None, rates: list[float], counts: set[int]) -> dict
                 if 1 in counts:
                     log(f"server at {target}; {hz:g} Hz input: 1 session for {args.seconds} s")
                     one = asyncio.run(_run(target, 1, run))[0]
-                    trace_one = _collect_traces(trace_dir, seen, 1)
+                    trace_one = _collect_traces(trace_dir, seen, 1, args.trace_keep,
+                                                f"{fill or 'default'}-r{round_}-{hz:g}hz-s1")
                 if 4 in counts:
                     log(f"{hz:g} Hz input: 4 sessions")
                     four = asyncio.run(_run(target, 4, run))
-                    trace_four = _collect_traces(trace_dir, seen, 4)
+                    trace_four = _collect_traces(trace_dir, seen, 4, args.trace_keep,
+                                                 f"{fill or 'default'}-r{round_}-{hz:g}hz-s4")
                 results[f"{hz:g}hz"] = _summary(one, four, run)
                 if trace_dir is not None:
                     if one is not None:

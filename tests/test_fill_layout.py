@@ -364,10 +364,31 @@ def test_the_compiled_window_search_matches_numpy():
     blocky[10:30, 5:25] = True
     blocky[35:48, 20:38] = True
     covers += [blocky, np.ones((20, 33), bool), np.zeros((30, 30), bool)]
+    # the size bounds prune here: a sparse grid (a failed fine texel scale) with a dense patch off the block grid
+    patchy = rng.random((203, 157)) < 0.05
+    patchy[37:101, 51:99] = rng.random((64, 48)) < 0.97
+    covers += [patchy, rng.random((131, 77)) < 0.3]
     for cover in covers:
         for min_cov in (0.5, 0.8, 0.95):
             want = appearance._reference_largest_window(cover, sizes, min_cov)
             assert appearance._largest_window(cover, sizes, min_cov) == want
+    assert appearance._largest_window(patchy, sizes, 0.95) == appearance._reference_largest_window(patchy, sizes, 0.95)
+    assert appearance._largest_window(patchy, sizes, 0.95) is not None
+
+
+def test_the_window_bounds_bound_every_window():
+    """``appearance._window_bounds`` is never below the largest count of any window of its size (so no size it
+    prunes could have had a window), on grids whose sides are and are not multiples of its block."""
+    from spatia.model.fill import appearance
+
+    rng = np.random.default_rng(11)
+    sizes = [64, 48, 33, 24, 16, 9, 8]
+    for shape, p in (((70, 90), 0.3), ((67, 101), 0.9), ((64, 64), 0.05)):
+        cover = rng.random(shape) < p
+        ii = np.pad(cover.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        for s, bound in zip(sizes, appearance._window_bounds(cover, sizes)):
+            most = (ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]).max()
+            assert most <= bound <= (((s - 1) // appearance.WINDOW_BLOCK + 2) * appearance.WINDOW_BLOCK) ** 2
 
 
 def test_the_fill_warm_up_compiles_the_kernels_frames_use():

@@ -516,3 +516,24 @@ def test_compiled_far_field_matches_the_numpy_reference():
         got = tx.texture_kernels.far_texels(model._far_pyramid(1)[level], rows, cols, level, *model.origin_px,
                                             model.shading, model.shading_mean, model.shading_decay_px)
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+
+
+def test_compiled_periodic_copy_matches_the_numpy_reference():
+    """``texture_kernels.periodic_copy`` (each missing texel from the first shift with an observed source) against
+    ``texture._reference_periodic_copy`` (a numpy pass per shift): the same texels, marks and shifts, bit for bit,
+    on a brick exemplar's lattice shifts and on random shifts with sources off the box."""
+    rgb, valid = exemplar(plane("brick"))
+    model = TextureModel.fit(rgb, valid, 0.01)
+    h, w = valid.shape
+    rng = np.random.default_rng(4)
+    detail = rng.normal(0, 30, (h, w, 3)).astype(np.float32)
+    observed = valid & (rng.random((h, w)) < 0.6)
+    n = 2 if model.lattice.kind == "2d" else 1
+    lattice_shifts = tx._lattice_shifts(model._copy_basis[:n], (h, w))
+    for shifts in (lattice_shifts, rng.integers(-w, w, (40, 2)).astype(np.int64)):
+        want = tx._reference_periodic_copy(detail, observed, shifts)
+        got = (detail.copy(), observed.copy(), np.zeros((h, w, 2), np.int64))
+        tx.texture_kernels.periodic_copy(detail, observed, shifts, *got)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        assert got[1].sum() > observed.sum()  # some texels were filled

@@ -231,14 +231,38 @@ def _reference_largest_window(coverage: np.ndarray, sizes: list[int], min_cov: f
     return None
 
 
+WINDOW_BLOCK = 8  # ``_window_bounds``' block side (texels)
+
+
+def _window_bounds(coverage: np.ndarray, sizes: list[int]) -> list[int]:
+    """Per size ``s`` in ``sizes`` (each fitting ``coverage`` [H, W] bool): an upper bound of the largest covered
+    count of any ``s`` x ``s`` window. A window spans at most ``(s - 1) // B + 2`` blocks of ``B`` x ``B`` texels
+    per axis, so the largest count of that many blocks bounds it; on a block grid 64 times smaller."""
+    H, W = coverage.shape
+    b = WINDOW_BLOCK
+    hb, wb = -(-H // b), -(-W // b)
+    r, c = np.divmod(np.flatnonzero(coverage), W)  # the covered texels (a bincount of them: ~2x a blocked sum)
+    blocks = np.bincount((r // b) * wb + c // b, minlength=hb * wb).reshape(hb, wb)
+    ii = np.pad(blocks.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    out = []
+    for s in sizes:
+        k = (s - 1) // b + 2
+        out.append(int(best_window(ii, min(k, hb), min(k, wb))[2]))
+    return out
+
+
 def _largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> tuple[int, int, int] | None:
     """(row, col, size) of the best-covered square window of the largest size in ``sizes`` reaching
-    ``min_cov`` coverage; None when none does."""
-    ii = np.pad(coverage.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ``min_cov`` coverage; None when none does. Sizes whose ``_window_bounds`` is below ``min_cov`` are not
+    searched (no window of theirs can reach it): on a plane's sparse fine-texel grids (a failed texel scale of
+    ``_exemplar``) that skips the whole search."""
     H, W = coverage.shape
+    sizes = [s for s in sizes if s <= H and s <= W]
+    sizes = [s for s, most in zip(sizes, _window_bounds(coverage, sizes)) if most >= min_cov * s * s]
+    if not sizes:
+        return None
+    ii = np.pad(coverage.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     for s in sizes:
-        if s > H or s > W:
-            continue
         r, c, total = best_window(ii, s, s)
         if total >= min_cov * s * s:
             return int(r), int(c), s
@@ -246,14 +270,18 @@ def _largest_window(coverage: np.ndarray, sizes: list[int], min_cov: float) -> t
 
 
 def plane_texture(
-    layout: Layout, plane: Plane, points: np.ndarray, colors: np.ndarray, config: AppearanceConfig
+    layout: Layout, plane: Plane, points: np.ndarray, colors: np.ndarray, config: AppearanceConfig,
+    heights: np.ndarray | None = None,
 ) -> PlaneTexture | None:
     """The plane's exemplar from observed ``points`` [N, 3] (world frame) with ``colors`` [N, 3] uint8, or None.
+    ``heights`` [N]: ``points @ layout.axes[plane.axis]`` if the caller has it (``PlaneTextures`` keeps one per
+    axis for all its planes: a world's 5-12 planes each projected every point, ~15 % of its texture fits' CPU).
 
     The texel is the finest of 1, 1.5, 2, 3, 4, 6, 8 x ``texel_m`` at which an exemplar window is covered: the
     observed point spacing on that plane (far surfaces are seen with fewer points than the voxel grid holds)."""
     a = layout.axes[plane.axis]
-    on = np.abs(points @ a - plane.offset_m) <= config.plane_tol_m
+    h = points @ a if heights is None else heights
+    on = np.abs(h - plane.offset_m) <= config.plane_tol_m
     if on.sum() < config.coarse_min_points:
         return None
     u_ax, v_ax = plane_basis(layout, plane)
@@ -262,7 +290,7 @@ def plane_texture(
     seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
     tex = _own_exemplar(uv, col, config, seed)
     if tex is not None and plane.kind in config.region_kinds and layout.observer is not None:
-        region = _far_region(layout, plane, points, colors, on, config)
+        region = _far_region(layout, plane, points, colors, on, config, h)
         if region is not None:
             tex.far, tex.far_from_m, tex.centre_uv = region
     if tex is not None and plane.kind in config.unseen_kinds and config.unseen_contrast != 1.0:
@@ -329,7 +357,8 @@ def _reference_split_by_distance(r_m: np.ndarray, col: np.ndarray, min_points: i
 
 
 def _far_region(layout: Layout, plane: Plane, points: np.ndarray, colors: np.ndarray, on: np.ndarray,
-                config: AppearanceConfig) -> tuple[PlaneTexture, float, tuple[float, float]] | None:
+                config: AppearanceConfig, heights: np.ndarray | None = None,
+                ) -> tuple[PlaneTexture, float, tuple[float, float]] | None:
     """``(far texture, distance m, observer's foot (u, v) m)`` when the plane's observed samples change look
     at some distance from the observer, else None.
 
@@ -341,7 +370,7 @@ def _far_region(layout: Layout, plane: Plane, points: np.ndarray, colors: np.nda
     look's own shading, not a second region; nor is one whose far side holds more samples than the near."""
     a = layout.axes[plane.axis]
     u_ax, v_ax = plane_basis(layout, plane)
-    h = points @ a
+    h = points @ a if heights is None else heights
     uv_all = np.stack([points @ u_ax, points @ v_ax], axis=1)
     design = np.concatenate([uv_all[on], np.ones((int(on.sum()), 1))], axis=1)
     coef = np.linalg.lstsq(design, h[on], rcond=None)[0]
@@ -383,20 +412,22 @@ def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: Appearanc
               min_coverage: float, min_texels: int, synthesis: bool = True) -> PlaneTexture | None:
     half = config.max_grid_texels * texel_m / 2
     centre = np.median(uv, axis=0)
-    keep = np.all(np.abs(uv - centre) <= half, axis=1)
+    keep = (np.abs(uv[:, 0] - centre[0]) <= half) & (np.abs(uv[:, 1] - centre[1]) <= half)  # np.all(axis=1)'s
     uv, col = uv[keep], col[keep]
     lo = uv.min(axis=0)
     ij = np.floor((uv - lo) / texel_m).astype(np.int64)  # [:, 0] = u -> column, [:, 1] = v -> row
     W, H = int(ij[:, 0].max()) + 1, int(ij[:, 1].max()) + 1
     flat = ij[:, 1] * W + ij[:, 0]
     cnt = np.bincount(flat, minlength=H * W).reshape(H, W)
-    acc = np.stack([np.bincount(flat, weights=col[:, c], minlength=H * W) for c in range(3)], axis=1).reshape(H, W, 3)
     covered = cnt > 0
     sizes = [s for s in (256, 224, 192, 160, 128, 96, 80, 64, 48, 32, 24, 16, 12, 8)
              if min_texels <= s <= config.max_exemplar_texels]
     win = _largest_window(covered, sizes, min_coverage)
     if win is None:
         return None
+    # the colour sums only for a scale that has a window (most scales tried fail, and these three full-grid
+    # passes were most of a failed scale's cost)
+    acc = np.stack([np.bincount(flat, weights=col[:, c], minlength=H * W) for c in range(3)], axis=1).reshape(H, W, 3)
     r, c, s = win
     mean = acc[r : r + s, c : c + s] / np.maximum(cnt[r : r + s, c : c + s], 1)[..., None]
     ex = np.clip(mean, 0, 255).astype(np.uint8)
@@ -452,6 +483,14 @@ class PlaneTextures:
         # fitting them ahead, nearest first); one lock per plane, so the others wait instead of fitting it twice
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._heights: dict[int, np.ndarray] = {}  # layout axis -> every point's coordinate along it [N]
+
+    def _axis_heights(self, axis: int) -> np.ndarray:
+        """``points @ layout.axes[axis]``, computed once per axis (``plane_texture``'s ``heights``)."""
+        with self._locks_guard:
+            if axis not in self._heights:
+                self._heights[axis] = self._points @ self.layout.axes[axis]
+            return self._heights[axis]
 
     def _get_own(self, plane_id: int) -> PlaneTexture | None:
         if plane_id in self._own:
@@ -460,8 +499,9 @@ class PlaneTextures:
             lock = self._locks.setdefault(plane_id, threading.Lock())
         with lock:
             if plane_id not in self._own:
-                self._own[plane_id] = plane_texture(self.layout, self.layout.planes[plane_id], self._points,
-                                                    self._colors, self.config)
+                plane = self.layout.planes[plane_id]
+                self._own[plane_id] = plane_texture(self.layout, plane, self._points, self._colors, self.config,
+                                                    self._axis_heights(plane.axis))
             return self._own[plane_id]
 
     def for_plane(self, plane: Plane) -> PlaneTexture | None:

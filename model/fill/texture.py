@@ -482,19 +482,13 @@ def _lattice_shifts(vecs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return shifts[np.lexsort((shifts[:, 1], shifts[:, 0], (shifts**2).sum(1)))]
 
 
-def _periodic_fill(
-    detail: np.ndarray, valid: np.ndarray, lattice: Lattice, copy_basis: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fill unobserved texels of a periodic exemplar from the nearest observed texel one or more periods away:
-    exact whole-texel periods (``copy_basis``) first, then the nearest rounded multiples of the lattice.
-
-    detail [H, W, 3] float32, valid [H, W] bool. Returns (filled detail, filled-or-observed mask [H, W]). Texels
-    with no observed copy at any lattice shift inside the box stay as they were and unmarked."""
+def _reference_periodic_copy(detail: np.ndarray, valid: np.ndarray, shifts: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slow twin of ``texture_kernels.periodic_copy``: shift after shift (in order), every texel still missing
+    whose source is inside and observed takes it. Returns (out, have, shift_of)."""
     h, w = valid.shape
-    n = 2 if lattice.kind == "2d" else 1
-    shifts = np.concatenate([_lattice_shifts(copy_basis[:n], (h, w)), _lattice_shifts(lattice.vectors_px[:n], (h, w))])
     out, have = detail.copy(), valid.copy()
-    shift_of = np.zeros((h, w, 2), np.int64)  # the shift each copied texel came from
+    shift_of = np.zeros((h, w, 2), np.int64)
     my, mx = np.nonzero(~valid)  # still-missing texels: work shrinks as they are filled
     for dy, dx in shifts:
         if len(my) == 0:
@@ -507,6 +501,25 @@ def _periodic_fill(
             shift_of[my[take], mx[take]] = (dy, dx)
             have[my[take], mx[take]] = True
             my, mx = my[~take], mx[~take]
+    return out, have, shift_of
+
+
+def _periodic_fill(
+    detail: np.ndarray, valid: np.ndarray, lattice: Lattice, copy_basis: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill unobserved texels of a periodic exemplar from the nearest observed texel one or more periods away:
+    exact whole-texel periods (``copy_basis``) first, then the nearest rounded multiples of the lattice.
+
+    detail [H, W, 3] float32, valid [H, W] bool. Returns (filled detail, filled-or-observed mask [H, W]). Texels
+    with no observed copy at any lattice shift inside the box stay as they were and unmarked."""
+    h, w = valid.shape
+    n = 2 if lattice.kind == "2d" else 1
+    shifts = np.concatenate([_lattice_shifts(copy_basis[:n], (h, w)), _lattice_shifts(lattice.vectors_px[:n], (h, w))])
+    detail = np.ascontiguousarray(detail, np.float32)
+    valid = np.ascontiguousarray(valid, bool)
+    out, have = detail.copy(), valid.copy()
+    shift_of = np.zeros((h, w, 2), np.int64)  # the shift each copied texel came from
+    texture_kernels.periodic_copy(detail, valid, np.ascontiguousarray(shifts, np.int64), out, have, shift_of)
     # membrane correction (Farbman et al. 2009): the copied instance (a brick, a tile) may be lighter than the one
     # that was observed around the hole. On the hole's rim, compare each observed neighbour q with the texel the
     # copy took for q's place (q + the same shift): like with like, so mortar lines do not count as mismatch. The

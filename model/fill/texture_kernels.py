@@ -718,3 +718,26 @@ def far_texels(detail, rows, cols, level, origin_y, origin_x, shading, shading_m
             m = shading_mean[c]
             out[n, c] = detail[iy, ix, c] + (m + (shading[cy, cx, c] - m) * keep)
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def periodic_copy(detail, valid, shifts, out, have, shift_of):
+    """In place: each texel not ``valid`` [H, W] takes ``detail`` [H, W, 3] float32 from the first of ``shifts``
+    [K, 2] int64 (d_row, d_col), in their order, whose source texel lies inside and is ``valid`` into ``out``
+    [H, W, 3], and that shift into ``shift_of`` [H, W, 2] int64; ``have`` [H, W] marks it. The per-texel form of
+    ``texture._reference_periodic_copy`` (a numpy pass per shift over the texels still missing: hundreds of shifts
+    for a 2-D lattice, ~5 ms of Python per periodic plane fitted at a world's start). Sources are read from
+    ``detail`` and ``valid`` as given, so the order texels are visited in does not matter."""
+    h, w = valid.shape
+    for y in range(h):
+        for x in range(w):
+            if valid[y, x]:
+                continue
+            for k in range(shifts.shape[0]):
+                sy, sx = y + shifts[k, 0], x + shifts[k, 1]
+                if 0 <= sy < h and 0 <= sx < w and valid[sy, sx]:
+                    for c in range(3):
+                        out[y, x, c] = detail[sy, sx, c]
+                    shift_of[y, x, 0], shift_of[y, x, 1] = shifts[k, 0], shifts[k, 1]
+                    have[y, x] = True
+                    break

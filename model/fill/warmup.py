@@ -22,6 +22,10 @@ def compile_fill_kernels() -> int:
     model = texture.TextureModel.fit(rgb, valid, 0.01)  # the region path: cells, cuts, composition, shading
     uv = np.stack(np.meshgrid(np.linspace(-0.3, 0.6, 24), np.linspace(-0.3, 0.6, 16)), -1).reshape(-1, 2)
     colours = texture.sample_uv(model, uv, np.full(len(uv), 0.004), seed=0)  # the tile gather
+    # a periodic exemplar's hole fill (the random exemplar above has no lattice), with ``_periodic_fill``'s types
+    texture.texture_kernels.periodic_copy(
+        np.zeros((4, 4, 3), np.float32), valid[:4, :4].copy(), np.ones((1, 2), np.int64), np.zeros((4, 4, 3), np.float32),
+        valid[:4, :4].copy(), np.zeros((4, 4, 2), np.int64))
     cover = rng.random((20, 20)) < 0.7
     appearance._largest_window(cover, [16, 8], 0.5)  # the exemplar window search
     appearance.UnseenCells(np.zeros(1), np.zeros(0), np.zeros(0, np.int64), np.zeros(3), 0.5).apply(uv, colours)
