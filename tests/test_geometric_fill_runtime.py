@@ -333,7 +333,7 @@ _KERNEL_LOADS = """
 import json
 from collections import deque
 from spatia.model import geometric
-from spatia.model.fill import opening_kernels, texture_kernels
+from spatia.model.fill import opening_kernels, see_through, texture_kernels
 from spatia.world import engine as engine_module, history
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import Engine, EngineConfig
@@ -341,7 +341,7 @@ from spatia.world.scenes import make_scene
 from spatia.world.state import World
 
 kernels = {"mark_opening": opening_kernels.mark_opening, "far_texels": texture_kernels.far_texels,
-           "first_use_renumber": history._renumber_kernel()}
+           "first_use_renumber": history._renumber_kernel(), "_see_through": see_through._see_through}
 gen = geometric.GeometricGenerator(geometric.GeometricConfig(fill="layout", coarse_frames=0, coarse_plane_frames=0))
 world = World.from_scene("house", 0, 64, 36)
 engine = Engine(world, gen, EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=4))
@@ -359,6 +359,7 @@ def counting(module, name):
 
 counting(opening_kernels, "mark_opening")
 counting(texture_kernels, "far_texels")
+counting(see_through, "_see_through")
 deque(engine.generate(make_scene("house", 0).demo_path(161)[1:61]), maxlen=0)
 renumber = kernels["first_use_renumber"]
 def counting_renumber(*args):
@@ -372,7 +373,8 @@ print(json.dumps({"loaded": loaded, "after": after, "calls": calls}))
 
 
 def test_first_use_kernels_are_loaded_before_the_first_frame_needs_them():
-    """In a fresh process, the kernels a layout-filled frame (the doorway test, far-field texels) and a world's
+    """In a fresh process, the kernels a layout-filled frame (the doorway test, far-field texels, gaps in near
+    surfaces) and a world's
     first save (the voxel-set renumbering) call first are loaded by signature off the frame path when the generator
     and the engine are built: a walk through the house's doorways and a save then load no other signature."""
     import json
@@ -382,7 +384,7 @@ def test_first_use_kernels_are_loaded_before_the_first_frame_needs_them():
     out = subprocess.run([sys.executable, "-c", _KERNEL_LOADS], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    for name in ("mark_opening", "far_texels", "first_use_renumber"):
+    for name in ("mark_opening", "far_texels", "first_use_renumber", "_see_through"):
         assert got["calls"][name] > 0, name  # the walk did call it
         # loaded before the first frame (the renumbering for a column view and a copy), for the types passed
         assert len(got["loaded"][name]) == (2 if name == "first_use_renumber" else 1), (name, got["loaded"][name])

@@ -13,7 +13,7 @@ import numpy as np
 
 def compile_fill_kernels() -> int:
     """Run every compiled kernel of ``model.fill`` once; returns how many texels were synthesised."""
-    from spatia.model.fill import appearance, hole_kernels, layout_kernels, opening_kernels, texture
+    from spatia.model.fill import appearance, hole_kernels, layout_kernels, opening_kernels, see_through, texture
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -39,6 +39,7 @@ def compile_fill_kernels() -> int:
         np.float32(1.6),
     )  # fmt: skip
     layout_kernels.axis_votes(np.eye(3), np.eye(3), 0.9)  # the layout fit's up vote
+    see_through.see_through_pixels(np.ones((4, 4), np.float32), np.ones((4, 4), bool), 1)  # gaps in near surfaces
     f32, vec = np.float32, np.array([0.0, 1.0, 0.0], np.float32)
     opening_kernels.mark_opening(
         np.ones((2, 2, 3), np.float32), np.ones((2, 2), np.float32), np.ones((2, 2), bool), 0, 2, 0, 2, vec, f32(1.6),
@@ -72,14 +73,15 @@ def load_frame_kernels() -> None:
     without running them (numba's ``compile`` with a signature loads it from the disk cache, else compiles it).
 
     A process loads a kernel from the cache on its first call, 3-8 ms each (``mark_opening``: the doorway test;
-    ``far_texels``: the far-field texels), inside whichever frame first shows a doorway or a far plane; and
+    ``far_texels``: the far-field texels; ``see_through``: every layout-filled frame's first pass), inside whichever
+    frame first shows a doorway or a far plane; and
     ``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) calls ``mark_opening`` with writable rays,
     a signature of its own, so with a fresh cache a frame compiled the one it needs. ``GeometricGenerator`` runs
     this on a thread of its own when it is built (``model.geometric._load_frame_kernels``). The types follow the calls:
     ``layout.opening_pixels`` (the cached camera rays are read-only) and ``TextureModel._far_texels``."""
     import numba
 
-    from spatia.model.fill import opening_kernels, texture_kernels
+    from spatia.model.fill import opening_kernels, see_through, texture_kernels
 
     def t(a: np.ndarray, read_only: bool = False):
         if read_only:
@@ -94,3 +96,4 @@ def load_frame_kernels() -> None:
     image = t(np.zeros((1, 1, 3), np.float32))
     texels = t(np.zeros(1, np.int64))
     texture_kernels.far_texels.compile((image, texels, texels, i64, i64, i64, image, vec, f64))
+    see_through._see_through.compile((depth, mask, i64, f64, f64, mask))
