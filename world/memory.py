@@ -530,14 +530,17 @@ class SpatialMemory:
     def remove_invented_seen_through(self, ids: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
                                      depth_m: np.ndarray, rel: float) -> np.ndarray:
         """Delete those of the points ``ids`` [M] (indices into the current memory, e.g. a render's point ids)
-        that are invented and lie in space the view at ``c2w`` saw through: nearer along their pixel's ray than
-        ``depth_m`` [H, W] (z-depth, 0 = unknown: nothing is deleted there) by more than ``rel`` of it + 5 cm
-        (``world.free_space.seen_through``). Observed points stay. Returns the deleted points' voxel keys."""
+        that are invented-final and lie in space the view at ``c2w`` saw through: nearer along their pixel's ray
+        than ``depth_m`` [H, W] (z-depth, 0 = unknown: nothing is deleted there) by more than ``rel`` of it + 5 cm
+        (``world.free_space.seen_through``). Observed points stay; so do provisional ones (a coarse fill, which
+        ``drop_provisional`` takes away as a whole once frames are final: deleting its points one frame early and
+        integrating the final frame there changed what the next frames filled). Returns the deleted points'
+        voxel keys."""
         from spatia.world.free_space import seen_through
 
         ids = np.unique(np.asarray(ids, np.int64))
         ids = ids[(ids >= 0) & (ids < self._n)]
-        ids = ids[self._prov[ids] != OBSERVED]
+        ids = ids[self._prov[ids] == INVENTED_FINAL]
         if not len(ids):
             return np.zeros(0, np.int64)
         pos = K.decode_positions(self._keys[ids], self._offsets[ids], len(ids), self.config.voxel_size_m)
