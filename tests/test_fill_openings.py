@@ -44,36 +44,35 @@ def test_remove_invented_seen_through_matches_the_reference():
                                   seen_through_reference(pos, view, K, depth, 0.1, margin_m=0.2))
 
 
-def _room_walk(width: int, height: int, turns: int, steps: int):
-    """The room turned ``turns`` x 5.625 deg right (16 fps at 90 deg/s: 8 = 45 deg), then W held (collision off):
-    one-frame clips as the Gymnasium env makes them. Yields (step, pose, frame depth, memory render, engine)."""
+def _room_walk(width: int, height: int, turns: int, steps: int, collision: bool):
+    """The room turned ``turns`` x 5.625 deg right (16 fps at 90 deg/s: 8 = 45 deg), then W held: one-frame clips
+    as the Gymnasium env makes them. Yields (step, pose, collided, frame depth, memory render, engine)."""
+    from spatia.model.geometric import GeometricGenerator
+
     world = World.from_scene("room", ROOM_SEED, width, height)
-    engine = Engine(world, _generator(), EngineConfig(clip=ClipConfig(1, 2, 1)))
-    control = ControlConfig(collision=False)
-    integ = ActionIntegrator(world.origin_c2w, control)
+    engine = Engine(world, GeometricGenerator(), EngineConfig(clip=ClipConfig(1, 2, 1)))
+    control = ControlConfig(collision=collision)
+    integ = ActionIntegrator(world.origin_c2w, control, collider=engine.collider() if collision else None)
     for k in range(turns + steps):
         act = Action(move_forward=float(k >= turns), yaw_rate_rad_s=math.radians(90.0) * (k < turns),
                      dt_s=1.0 / control.fps)
         c2w = integ.step(act)[-1]
         frame = list(engine.generate_clip(c2w[None], seed=k + 1))[-1]
-        yield k + 1, c2w, frame.depth_m, world.memory.render(world.intrinsics, c2w, return_point_ids=True), engine
+        render = world.memory.render(world.intrinsics, c2w, return_point_ids=True)
+        yield k + 1, c2w, integ.collided, frame.depth_m, render, engine
 
 
-def _generator():
-    from spatia.model.geometric import GeometricGenerator
-
-    return GeometricGenerator()
-
-
-def test_a_doorway_the_frame_shows_is_open_in_the_memory():
-    """Turned 45 deg right and walking at the room's right wall: from step ~42 the frames show a doorway there (the
-    layout fill's doorway where the camera heads through a wall nothing observed, ``door_lookahead_m``) with the
-    room beyond. The memory had invented that wall before; its points in the doorway are taken away and the room
-    beyond is integrated, so the memory alone shows the doorway too (before: 1.5-10 % of the frame showed an
-    opening where the memory held an invented wall, 160x90). No invented point lies in space the first (observed)
-    view saw through."""
-    shown_open, disagree = 0, []
-    for step, c2w, frame_depth, render, engine in _room_walk(160, 90, 8, 44):
+def test_the_camera_walks_through_a_doorway_the_frame_shows():
+    """Turned 45 deg right and walking at the room's right wall, collision on (320x180): from step ~42 the frames
+    show a doorway there (the layout fill's doorway where the camera heads through a wall nothing observed,
+    ``door_lookahead_m``) with the room beyond. The memory had invented that wall before: its points in the doorway
+    are taken away and the room beyond is integrated, so the memory alone shows the doorway too (before: up to
+    15 % of the frame showed an opening where the memory held an invented wall), and the doorway is wide and tall
+    enough for the walking camera (before: it stopped 0.5 m short of the wall, in the corner by the bookcase). No
+    invented point lies in space the first (observed) view saw through."""
+    shown_open, disagree, x = 0, [], []
+    for step, c2w, collided, frame_depth, render, engine in _room_walk(320, 180, 8, 70, collision=True):
+        x.append(c2w[0, 3])
         if step < 42:
             continue
         prov = engine.world.memory.provenance
@@ -90,8 +89,9 @@ def test_a_doorway_the_frame_shows_is_open_in_the_memory():
     inv = pos[prov != OBSERVED]
     assert not seen_through(inv, world.origin_c2w, world.intrinsics,
                             np.where(first > 0, first, 1e-30).astype(np.float32), 0.03).any()
-    # the room beyond the doorway is in the memory: invented points past the right wall's observed plane
+    # the camera went through the right wall (its observed plane) into the room beyond, which the memory holds
     wall_x = float(np.percentile(pos[prov == OBSERVED, 0], 99.5))
+    assert x[-1] > wall_x + 0.2, (x[-1], wall_x)
     assert np.count_nonzero(pos[prov == INVENTED_FINAL, 0] > wall_x + 0.3) > 100
 
 
