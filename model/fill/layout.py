@@ -35,8 +35,10 @@ wall that way, else one closed where a room as deep as the camera's own would en
 room is (house loop, 320x180, demo clips: novel-pixel depth AbsRel 0.6 on frames 46-54, 66-88, 106-120).
 The path also continues ``door_lookahead_m`` along its last step (where the camera is heading); crossings on that
 stretch open only parts of a wall nothing observed (outside its observed extent, or a closing wall): play clips
-know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. A wall the path goes
-through stays a bound (with its doorway) when the camera is nearer to it than ``min_camera_distance_m``.
+know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. Such a heading doorway is
+sized for a walking camera (``heading_door_margin_m``): invented points block it at the engine's free radius, and
+a 1 m doorway let only a camera crossing its centre at right angles through. A wall the path goes through stays a
+bound (with its doorway) when the camera is nearer to it than ``min_camera_distance_m``.
 """
 
 from __future__ import annotations
