@@ -10,7 +10,8 @@ W. Each tree (``--roots name=DIR,...``, the first is the baseline) runs in a fre
 - ``disagree_px``: per step, pixels where the memory (after the update) renders an invented point and the frame's
   depth lies beyond it (> 1.3 x + 0.3 m): an opening the frame shows where the memory holds a wall; sum and max;
 - ``seen_through_first_view``: invented points in the final memory in space the first (observed) view saw
-  through (``world.free_space.seen_through``, rel 0.03 + 5 cm), and the memory's points.
+  through (``world.free_space.seen_through``, rel 0.03 + 5 cm), and the memory's points;
+- with ``--collision`` (the camera collides, ``Engine.collider``): where it ends and how many steps collided.
 
     python benchmarks/openings.py --roots base=/tmp/door/base,new=/work/wt/door [--width 320 --height 180]
 """
@@ -50,13 +51,14 @@ def _walk(args) -> dict:
 
     world = World.from_scene("room", ROOM_SEED, args.width, args.height)
     engine = Engine(world, GeometricGenerator(), EngineConfig(clip=ClipConfig(1, 2, 1)))
-    control = ControlConfig(collision=False)
-    integ = ActionIntegrator(world.origin_c2w, control)
-    upd, gen, disagree = [], [], []
+    control = ControlConfig(collision=args.collision)
+    integ = ActionIntegrator(world.origin_c2w, control, collider=engine.collider() if args.collision else None)
+    upd, gen, disagree, hits = [], [], [], 0
     for k in range(args.turns + args.steps):
         act = Action(move_forward=float(k >= args.turns), yaw_rate_rad_s=math.radians(90.0) * (k < args.turns),
                      dt_s=1.0 / control.fps)
         c2w = integ.step(act)[-1]
+        hits += int(integ.collided)
         frame = list(engine.generate_clip(c2w[None], seed=k + 1))[-1]
         upd.append(engine.last_stats.update_s * 1e3)
         gen.append(engine.last_stats.generate_s * 1e3)
@@ -77,7 +79,8 @@ def _walk(args) -> dict:
 
     return {"update_ms": stats(upd[timed]), "generate_ms": stats(gen[timed]),
             "disagree_px": {"sum": sum(disagree), "max": max(disagree), "per_step": disagree},
-            "seen_through_first_view": int(bad.sum()), "memory_points": int(world.memory.num_points)}
+            "seen_through_first_view": int(bad.sum()), "memory_points": int(world.memory.num_points),
+            "final_position_m": [round(float(v), 3) for v in c2w[:3, 3]], "collided_steps": hits}
 
 
 def main() -> None:
@@ -88,6 +91,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=180)
     ap.add_argument("--turns", type=int, default=8)
     ap.add_argument("--steps", type=int, default=52)
+    ap.add_argument("--collision", action="store_true", help="the camera collides (world.collision)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child or not args.roots:
@@ -102,11 +106,13 @@ def main() -> None:
         log(f"{name}: {path} (load {load_average():.1f})")
         env = dict(os.environ, SPATIA_AB_ROOT=path)
         out = subprocess.run([sys.executable, __file__, "--child", "--width", str(args.width), "--height",
-                              str(args.height), "--turns", str(args.turns), "--steps", str(args.steps)],
+                              str(args.height), "--turns", str(args.turns), "--steps", str(args.steps)]
+                             + (["--collision"] if args.collision else []),
                              env=env, capture_output=True, text=True, check=True, cwd=path)
         runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = roots[0][0]
     result = {"width": args.width, "height": args.height, "turns": args.turns, "steps": args.steps,
+              "collision": args.collision,
               "order": [n for n, _ in order], "load_average_end": load_average(), "runs": runs}
     result["baseline_median_ms"] = statistics.median(r["update_ms"]["median"] for r in runs[base])
     other = roots[-1][0]
