@@ -41,6 +41,7 @@ from spatia.world.warp import claim_warped, warp_rgbd
 from spatia.model.fill.freespace import seen_through, world_points
 from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
+from spatia.model.fill.see_through import see_through_pixels
 
 
 log = structlog.get_logger(__name__)
@@ -89,6 +90,11 @@ class GeometricConfig:
     # a surface more than this fraction in front of the layout surface; elsewhere the layout surface wins
     layout_front_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
+    # the layout fill takes a rendered pixel for a hole where farther points show through the gaps of a nearer
+    # surface's points within this share of the image's width on both sides (``model.fill.see_through``; 0 =
+    # off): a surface seen from far and walked up to showed what lies behind it as a grid (the courtyard's column
+    # from 1 m). The gaps scale with the resolution (the first view's point spacing does), so the radius does too
+    see_through_frac: float = 0.02
     # free space: an invented point nearer than this (relative, plus 5 cm) to an observed view than the surface
     # that view saw along the same ray lies in space it saw through, and is not invented there
     free_space_rel: float = 0.03
@@ -249,6 +255,8 @@ class _LayoutState:
     textures: object  # model.fill.appearance.PlaneTextures
     sky: object | None  # model.fill.appearance.SkyModel
     observer: np.ndarray  # [3] world frame, where the observed points were seen from
+    # with a sky: rendered points at least this far are the sky (those the sky model was made of), not a surface
+    sky_min_depth_m: float = math.inf
 
 
 # warm-up: the planes bounding the first camera's free space, this far around it at most (outdoors: the ground)
@@ -348,14 +356,15 @@ def _load_frame_kernels() -> threading.Thread:
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
-    from spatia.model.fill.appearance import PlaneTextures, sky_model
+    from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, sky_model
     from spatia.model.fill.layout import estimate_layout
 
     layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward, prior=inputs.layout_prior)
     sky = None
     first = inputs.first_view
+    appearance = AppearanceConfig()
     if first is not None and not layout.indoor:
-        sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w)
+        sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w, appearance)
         if sky is None:
             # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
             # walls are not capped and unseen ones are closed as indoors
@@ -365,7 +374,22 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     textures = PlaneTextures(layout, inputs.points, inputs.colors)
     log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
              sky=sky is not None)
-    return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64))
+    return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64),
+                        appearance.sky_min_depth_m if sky is not None else math.inf)
+
+
+def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray, colored: np.ndarray):
+    """Outdoors, rendered pixels as far as the sky (the first view's sky, kept as memory points) are the sky: not
+    a surface the small-hole fill may continue (it bent facades' and trees' depths up into them: a shell of
+    invented sky-coloured points 10-50 m away, drawn as blocks when turning in the courtyard), and shown by the
+    sky layer. Returns (valid, depth, colored) without them."""
+    if state.sky is None:
+        return valid, depth, colored
+    far = valid & (depth >= state.sky_min_depth_m)
+    if not far.any():
+        return valid, depth, colored
+    valid = valid & ~far
+    return valid, np.where(valid, depth, np.float32(0.0)).astype(np.float32), colored & ~far
 
 
 def _free_space_violation(
@@ -533,10 +557,11 @@ class GeometricGenerator:
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid = valid & ~opening_pixels(layout, view, depth, valid, rays_img, c2w)
             depth = np.where(valid, depth, np.float32(0.0)).astype(np.float32, copy=False)
+        valid, depth, colored = _sky_is_no_surface(state, valid, depth, colored)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         if valid.all():
             return filled, colored
-        hole_idx, f, _, cast, rays_cast = hk.hole_rays(_read_only(valid), filled, rays_img,
+        hole_idx, f, pinhole, cast, rays_cast = hk.hole_rays(_read_only(valid), filled, rays_img,
                                                        *_chamfer_offsets(cfg.pinhole_px))
         ld_cast, li_cast = cast_layout(layout, view, rays_cast, c2w)
         R, cam = np.ascontiguousarray(c2w[:3, :3], np.float64), np.ascontiguousarray(c2w[:3, 3], np.float64)
@@ -617,7 +642,9 @@ class GeometricGenerator:
             coarse.set_mask(valid.shape, hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
                             else np.zeros(0, np.int64))
         if state.sky is not None:  # the sky where nothing is hit outdoors
-            sky = np.flatnonzero((ld <= 0) & (f <= 0))
+            open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
+            out_depth.ravel()[hole_idx[open_sky]] = 0.0
+            sky = np.flatnonzero((ld <= 0) & ((f <= 0) | open_sky))
             sky = hole_idx[sky[~colored.ravel()[hole_idx[sky]]]]
             if len(sky):
                 rgb_flat[sky] = state.sky.colour(rays_flat[sky] @ R.T)
@@ -650,6 +677,7 @@ class GeometricGenerator:
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid = valid & ~opening_pixels(layout, view, depth, valid, _rays(K), c2w)
             depth = np.where(valid, depth, 0.0).astype(np.float32)
+        valid, depth, colored = _sky_is_no_surface(state, valid, depth, colored)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         holes = ~valid
         hole_idx = np.flatnonzero(holes)  # [M] flat pixel indices (integer gathers beat [H, W] boolean masks)
@@ -737,7 +765,9 @@ class GeometricGenerator:
             cols[sel] = tex.sample(uv, plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam))
             painted |= sel
         if state.sky is not None:
-            sky = (ld <= 0) & (f <= 0) & ~colored.ravel()[hole_idx]
+            open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
+            out_depth.ravel()[hole_idx[open_sky]] = 0.0
+            sky = (ld <= 0) & ((f <= 0) | open_sky) & ~colored.ravel()[hole_idx]
             if sky.any():
                 cols[sky] = state.sky.colour(rays[sky] @ R.T)
                 painted |= sky
@@ -769,9 +799,12 @@ class GeometricGenerator:
         groups = [(int(i), through[li[through] == i]) for i in np.unique(li[through])]  # before any ray moves
         for i, rays_i in groups:
             plane = bounds[i]
-            # "beyond": further from the camera, which stands on the side the plane faces
+            # "beyond": further from the camera, which stands on the side the plane faces; a room's wall, not the
+            # front of a sofa in the next room (an endless plane there stood across the doorway's edges, textured
+            # with the sofa: house, walking up to its first doorway)
             beyond = [p for p in layout.planes if p.axis == plane.axis and p.facing == plane.facing
-                      and plane.facing * (p.offset_m - plane.offset_m) < -layout.config.wall_thickness_m]
+                      and plane.facing * (p.offset_m - plane.offset_m) < -layout.config.wall_thickness_m
+                      and layout.is_room_wall(p)]
             others = [k for k in range(n_view) if k != i]
             planes = [bounds[k] for k in others]
             if beyond:
@@ -852,6 +885,12 @@ class GeometricGenerator:
                     # a coarse fill shown earlier: painted over here, and replaced in the memory by the engine
                     valid = valid & ~proj.provisional[t]
                     depth = np.where(valid, depth, 0.0).astype(np.float32)
+                if self.config.see_through_frac > 0:
+                    radius_px = max(1, round(self.config.see_through_frac * request.intrinsics.width))
+                    gaps = see_through_pixels(depth, valid, radius_px)
+                    if gaps.any():  # holes in a nearer surface: filled from it, not shown through
+                        valid = valid & ~gaps
+                        depth = np.where(valid, depth, 0.0).astype(np.float32)
                 if reach is None:
                     reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
                                             request.target_c2w[:, :3, 3]])

@@ -69,7 +69,9 @@ def _room(rng, synthesis: bool, indoor: bool):
                                                                                       max_ground_m=6.0))
         sky = SkyModel(layout.up.copy(), 10.0, rng.integers(0, 256, (18, 3)).astype(np.uint8))
     textures = PlaneTextures(layout, pts, cols, AppearanceConfig(synthesis=synthesis))
-    return R, layout, geometric._LayoutState(("test",), layout, textures, sky, observer)
+    # outdoors rendered pixels from 6 m on count as the sky (the first view's sky kept as points)
+    return R, layout, geometric._LayoutState(("test",), layout, textures, sky, observer,
+                                             6.0 if sky is not None else float("inf"))
 
 
 def _pose(rng, R, room_m) -> np.ndarray:

@@ -105,6 +105,10 @@ class LayoutConfig:
     # (min_camera_distance_m + this) / cos(approach) either side of the crossing (the approach capped at 60 deg),
     # at least door_width_m / 2
     heading_door_margin_m: float = 0.15
+    # a wall plane seen less than this above the floor is a piece of furniture's front (sofas, shelves: observed
+    # tops 0.5-1.8 m above the floor on the room and house items; a room's walls 2.3-2.9 m), not a room's wall:
+    # rays through a doorway do not stop at it (``Layout.is_room_wall``)
+    room_wall_min_top_m: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,14 @@ class Layout:
     def floor(self) -> Plane | None:
         floors = [p for p in self.planes if p.kind == FLOOR]
         return max(floors, key=lambda p: p.support) if floors else None
+
+    def is_room_wall(self, plane: Plane) -> bool:
+        """Whether a wall plane is one of the rooms' walls rather than a piece of furniture's front: seen at least
+        ``room_wall_min_top_m`` above the floor (a derived wall continues a room's wall; without a floor, every
+        wall counts)."""
+        floor = self.floor()
+        return (plane.kind == WALL and (plane.derived or floor is None
+                                         or plane.top_m - floor.offset_m >= self.config.room_wall_min_top_m))
 
 
 def _thin(points: np.ndarray, voxel_m: float, max_points: int) -> np.ndarray:
