@@ -132,7 +132,8 @@ class UpdateConfig:
         if self.pinhole_depth_rel is not None and not (0.0 <= self.pinhole_depth_rel < 1.0):
             raise InvalidInputError(f"pinhole_depth_rel must be in [0, 1) or None, got {self.pinhole_depth_rel}")
         if self.carve_seen_through_rel is not None and not (0.0 <= self.carve_seen_through_rel < 1.0):
-            raise InvalidInputError(f"carve_seen_through_rel must be in [0, 1) or None, got {self.carve_seen_through_rel}")
+            raise InvalidInputError(
+                f"carve_seen_through_rel must be in [0, 1) or None, got {self.carve_seen_through_rel}")
         if self.pinhole_max_px < 1:
             raise InvalidInputError(f"pinhole_max_px must be >= 1, got {self.pinhole_max_px}")
         if not self.odometry_iterations or min(self.odometry_iterations) < 1:
@@ -990,7 +991,8 @@ def update_memory(
             keys_before = memory.voxel_keys[seen]
         if config.carve_seen_through_rel is not None and valid.any():
             rel = config.carve_seen_through_rel
-            through = valid & (depth > 0) & (r_depth < depth * np.float32(1.0 - rel) - np.float32(SEEN_THROUGH_MARGIN_M))
+            margin = np.float32(SEEN_THROUGH_MARGIN_M)
+            through = valid & (depth > 0) & (r_depth < depth * np.float32(1.0 - rel) - margin)
             if dyn is not None:
                 through &= ~dyn
             if provisional_px is not None:
