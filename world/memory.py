@@ -527,6 +527,32 @@ class SpatialMemory:
         self._drop(drops)
         return len(drops)
 
+    def remove_invented_seen_through(self, ids: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
+                                     depth_m: np.ndarray, rel: float) -> np.ndarray:
+        """Delete those of the points ``ids`` [M] (indices into the current memory, e.g. a render's point ids)
+        that are invented-final and lie in space the view at ``c2w`` saw through: nearer along their pixel's ray
+        than ``depth_m`` [H, W] (z-depth, 0 = unknown: nothing is deleted there) by more than ``rel`` of it + 5 cm
+        (``world.free_space.seen_through``). Observed points stay; so do provisional ones (a coarse fill, which
+        ``drop_provisional`` takes away as a whole once frames are final: deleting its points one frame early and
+        integrating the final frame there changed what the next frames filled). Returns the deleted points'
+        voxel keys."""
+        from spatia.world.free_space import seen_through
+
+        ids = np.unique(np.asarray(ids, np.int64))
+        ids = ids[(ids >= 0) & (ids < self._n)]
+        ids = ids[self._prov[ids] == INVENTED_FINAL]
+        if not len(ids):
+            return np.zeros(0, np.int64)
+        pos = K.decode_positions(self._keys[ids], self._offsets[ids], len(ids), self.config.voxel_size_m)
+        # an unknown depth says nothing, while seen_through reads 0 as "nothing came back" (all free): such pixels
+        # get a depth so small that no point (z > 0) lies in front of it
+        depth = np.asarray(depth_m, np.float32)
+        depth = np.where(depth > 0, depth, np.float32(1e-30)).astype(np.float32)
+        drops = ids[seen_through(pos, c2w, intrinsics, depth, rel)]  # sorted, distinct
+        keys = self._keys[drops].copy()
+        self._drop(drops)
+        return keys
+
     def insert(self, points: np.ndarray, colors: np.ndarray, frame_index: int = -1) -> IntegrateStats:
         """Add an object (paper Fig. 8, "adding new ones"): the given points replace whatever occupies their
         voxels. Points sharing a voxel are averaged; each new voxel's count is its number of points."""

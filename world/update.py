@@ -37,6 +37,7 @@ from spatia.world.camera import (
 )
 from spatia.world.depth import DepthEstimator
 from spatia.world.errors import InvalidInputError
+from spatia.world.free_space import SEEN_THROUGH_MARGIN_M
 from spatia.world.geometry import project_points
 from spatia.world.memory import INVENTED_FINAL
 from spatia.world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
@@ -100,6 +101,12 @@ class UpdateConfig:
     # A revisit at the same spacing now adds (nearly) nothing; a closer look (gaps of 2+ pixels) still adds.
     pinhole_depth_rel: float | None = 0.1
     pinhole_max_px: int = 2  # the widest gap (pixels) treated so
+    # Free space a frame shows: an invented point the memory renders where the frame's depth lies beyond it (more
+    # than this fraction + 5 cm, ``world.free_space.seen_through``, at the point's own pixel) is taken away, and
+    # the frame is integrated there: what a frame shows as open (a doorway opened where the memory held an
+    # invented wall) is open in the memory, so the camera can walk through it. Observed points are never taken
+    # away. None: off (the memory keeps such points and shows a wall where the frame showed an opening).
+    carve_seen_through_rel: float | None = 0.03
     min_valid_fraction: float = 0.05  # render coverage below this: no refinement and no render-based depth
 
     def __post_init__(self) -> None:
@@ -124,6 +131,9 @@ class UpdateConfig:
             raise InvalidInputError(f"integrate_stride must be >= 1, got {self.integrate_stride}")
         if self.pinhole_depth_rel is not None and not (0.0 <= self.pinhole_depth_rel < 1.0):
             raise InvalidInputError(f"pinhole_depth_rel must be in [0, 1) or None, got {self.pinhole_depth_rel}")
+        if self.carve_seen_through_rel is not None and not (0.0 <= self.carve_seen_through_rel < 1.0):
+            raise InvalidInputError(
+                f"carve_seen_through_rel must be in [0, 1) or None, got {self.carve_seen_through_rel}")
         if self.pinhole_max_px < 1:
             raise InvalidInputError(f"pinhole_max_px must be >= 1, got {self.pinhole_max_px}")
         if not self.odometry_iterations or min(self.odometry_iterations) < 1:
@@ -816,6 +826,9 @@ class MemoryLike(Protocol):
                   frame_index: int, exclude_mask: np.ndarray | None = None, refresh_existing: bool = True,
                   provenance: int = 0) -> Any: ...
 
+    def remove_invented_seen_through(self, ids: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
+                                     depth_m: np.ndarray, rel: float) -> np.ndarray: ...  # removed voxel keys
+
 
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
 # rgb [H, W, 3] uint8 -> [H, W] depth-like output (relative or metric; disparity when the config says so).
@@ -970,13 +983,33 @@ def update_memory(
         if provisional_px is not None and provisional_px[i].any():
             exclude = provisional_px[i] if exclude is None else (exclude | provisional_px[i])
         # a hole pixel may still land in an occupied voxel (a pinhole, a grazing surface): it must not repaint it
-        n_before = memory.num_points
         if known_keys is not None:
             keys_before = known_keys
         else:
-            seen = np.zeros(n_before, bool)  # the points this view rendered, by id (ids hold until the memory changes)
-            seen[render.point_ids[valid]] = True
+            seen = np.zeros(memory.num_points, bool)  # the points this view rendered, by id (ids hold until the
+            seen[render.point_ids[valid]] = True  # memory changes)
             keys_before = memory.voxel_keys[seen]
+        if config.carve_seen_through_rel is not None and valid.any():
+            rel = config.carve_seen_through_rel
+            margin = np.float32(SEEN_THROUGH_MARGIN_M)
+            through = valid & (depth > 0) & (r_depth < depth * np.float32(1.0 - rel) - margin)
+            if dyn is not None:
+                through &= ~dyn
+            if provisional_px is not None:
+                through &= ~provisional_px[i]
+            if through.any():
+                ids = render.point_ids[through]
+                keys_at = memory.voxel_keys[ids]  # [T] before the removal re-numbers the points
+                removed = memory.remove_invented_seen_through(ids, intrinsics, refined[i], depth, rel)
+                if len(removed):
+                    keys_before = keys_before[~np.isin(keys_before, removed)]
+                    # the frame is integrated where the point it saw through was shown (not where the rest of a
+                    # removed point's splat showed it at the frame's depth: that would put it back)
+                    if exclude is not None:
+                        gone = np.zeros(valid.shape, bool)
+                        gone[through] = np.isin(keys_at, removed)
+                        exclude = exclude & ~gone
+        n_before = memory.num_points
         stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude,
                                  refresh_existing=config.integrate_observed, provenance=provenances[i])
         changed = True

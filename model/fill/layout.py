@@ -35,8 +35,10 @@ wall that way, else one closed where a room as deep as the camera's own would en
 room is (house loop, 320x180, demo clips: novel-pixel depth AbsRel 0.6 on frames 46-54, 66-88, 106-120).
 The path also continues ``door_lookahead_m`` along its last step (where the camera is heading); crossings on that
 stretch open only parts of a wall nothing observed (outside its observed extent, or a closing wall): play clips
-know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. A wall the path goes
-through stays a bound (with its doorway) when the camera is nearer to it than ``min_camera_distance_m``.
+know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. Such a heading doorway is
+sized for a walking camera (``heading_door_margin_m``): invented points block it at the engine's free radius, and
+a 1 m doorway let only a camera crossing its centre at right angles through. A wall the path goes through stays a
+bound (with its doorway) when the camera is nearer to it than ``min_camera_distance_m``.
 """
 
 from __future__ import annotations
@@ -97,6 +99,12 @@ class LayoutConfig:
     # a wall, and in play clips (6 poses ahead, ~1 m) the path showed a doorway only in the last metre before it.
     # House loop, play clips, 320x180: novel-pixel depth AbsRel 0.206 -> see docs/RESULTS.md (session 8)
     door_lookahead_m: float = 2.0
+    # ... and such a doorway is wide enough for the camera to walk through at the angle it approaches: invented
+    # points block a walking camera at ``min_camera_distance_m`` (the engine's free radius), so a 1 m doorway let
+    # only a camera crossing its centre at right angles through; along the wall it reaches
+    # (min_camera_distance_m + this) / cos(approach) either side of the crossing (the approach capped at 60 deg),
+    # at least door_width_m / 2
+    heading_door_margin_m: float = 0.15
     # a wall plane seen less than this above the floor is a piece of furniture's front (sofas, shelves: observed
     # tops 0.5-1.8 m above the floor on the room and house items; a room's walls 2.3-2.9 m), not a room's wall:
     # rays through a doorway do not stop at it (``Layout.is_room_wall``)
@@ -569,24 +577,34 @@ def _crossing_parts(layout: Layout, plane: Plane, path_m: np.ndarray, known: int
     if not len(j):
         return None
     frac = s[j] / (s[j] - s[j + 1])
-    cross = path_m[j] + frac[:, None] * (path_m[j + 1] - path_m[j])  # [C, 3]
+    step = path_m[j + 1] - path_m[j]  # [C, 3]
+    cross = path_m[j] + frac[:, None] * step
     along = cross @ h
     if known is None:
-        return cross, along, None, None
+        return cross, along, None, None, None
     guessed = j >= known - 1
     seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
-    return cross, along, guessed, seen
+    cos = np.abs(step @ a) / np.maximum(np.linalg.norm(step, axis=1), 1e-12)  # [C] of the approach to the wall
+    return cross, along, guessed, seen, cos
 
 
-def _select_crossings(layout: Layout, parts, camera_m: np.ndarray | None) -> np.ndarray:
+def _select_crossings(layout: Layout, parts, camera_m: np.ndarray | None, half_widths: bool = False):
+    """The crossings ``[C]`` kept (``path_crossings``); with ``half_widths``: ``(along [C], half width [C], heading
+    [C] bool)``, the doorway's half width at each (``LayoutConfig.heading_door_margin_m`` for heading crossings)."""
+    cfg = layout.config
     if parts is None:
-        return np.zeros(0)
-    cross, along, guessed, seen = parts
+        return (np.zeros(0), np.zeros(0), np.zeros(0, bool)) if half_widths else np.zeros(0)
+    cross, along, guessed, seen, cos = parts
     if guessed is None or not guessed.any():  # no heading crossing: nothing depends on the camera
-        return along
+        return (along, np.full(len(along), cfg.door_width_m / 2), np.zeros(len(along), bool)) if half_widths else along
     if camera_m is not None:
-        seen = seen | (np.linalg.norm(cross - camera_m, axis=1) > layout.config.door_lookahead_m)
-    return along[~(guessed & seen)]
+        seen = seen | (np.linalg.norm(cross - camera_m, axis=1) > cfg.door_lookahead_m)
+    keep = ~(guessed & seen)
+    if not half_widths:
+        return along[keep]
+    fit = (cfg.min_camera_distance_m + cfg.heading_door_margin_m) / np.maximum(cos, 0.5)
+    half = np.where(guessed, np.maximum(cfg.door_width_m / 2, fit), cfg.door_width_m / 2)
+    return along[keep], half[keep], guessed[keep]
 
 
 class _PathMemo:
@@ -597,11 +615,11 @@ class _PathMemo:
         self.layout, self.path_m, self.known = layout, path_m, known
         self._parts: dict[Plane, object] = {}
 
-    def crossings(self, plane: Plane, camera_m: np.ndarray) -> np.ndarray:
-        """``path_crossings(layout, plane, path_m, known, camera_m)``."""
+    def crossings(self, plane: Plane, camera_m: np.ndarray, half_widths: bool = False):
+        """``path_crossings(layout, plane, path_m, known, camera_m)`` (``_select_crossings``)."""
         if plane not in self._parts:
             self._parts[plane] = _crossing_parts(self.layout, plane, self.path_m, self.known)
-        return _select_crossings(self.layout, self._parts[plane], camera_m)
+        return _select_crossings(self.layout, self._parts[plane], camera_m, half_widths)
 
 
 _PATH_MEMOS: dict = {}  # (id(layout), reach bytes) -> (weakref to layout, _PathMemo); the last few paths
@@ -666,14 +684,18 @@ def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m
         if p.kind != WALL:
             continue
         a = layout.axes[p.axis]
-        along = np.sort(memo.crossings(p, camera_m) if memo is not None else
-                        path_crossings(layout, p, path_m, known, camera_m))
+        along, half, heading = (memo.crossings(p, camera_m, half_widths=True) if memo is not None else
+                                _select_crossings(layout, _crossing_parts(layout, p, path_m, known), camera_m, True))
         if len(along) == 0:
             continue
+        order = np.argsort(along, kind="stable")
+        along, half, heading = along[order], half[order], heading[order]
         # one doorway per place the path goes through
         keep = np.concatenate([[True], np.diff(along) > cfg.door_width_m / 2])
-        for c in along[keep]:
-            view.openings.append(Opening(p, float(c), cfg.door_width_m / 2, bottom, top))
+        for c, w, guess in zip(along[keep], half[keep], heading[keep]):
+            # a heading doorway's lintel clears a walking camera too (invented points block at the free radius)
+            t = max(top, eye + cfg.min_camera_distance_m + cfg.heading_door_margin_m) if guess else top
+            view.openings.append(Opening(p, float(c), float(w), bottom, t))
         # the room beyond: the farthest observed wall that way facing back, else as deep as the camera's room
         direction = -p.facing  # from the camera towards the wall
         far = [q for q in layout.planes if q.kind == WALL and q.axis == p.axis and q.facing == p.facing
