@@ -316,6 +316,43 @@ def permute_rows3(arr, order):
 
 
 @nb.njit(cache=True, nogil=True)
+def gather_rows(src, order, dst):
+    """``dst[i] = src[order[i]]`` for a vector (serial: it runs on the maintenance thread, beside the world's
+    parallel kernels; ``permute_rows`` is the in-place, parallel version for the world thread)."""
+    for i in range(order.shape[0]):
+        dst[i] = src[order[i]]
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_rows3(src, order, dst):
+    """``gather_rows`` for [N, 3] arrays, element by element (see ``permute_rows3``)."""
+    for i in range(order.shape[0]):
+        j = order[i]
+        dst[i, 0] = src[j, 0]
+        dst[i, 1] = src[j, 1]
+        dst[i, 2] = src[j, 2]
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_rows(src, rows, new_index, dst):
+    """``dst[new_index[r]] = src[r]`` for each ``r`` in ``rows`` (a vector)."""
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        dst[new_index[r]] = src[r]
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_rows3(src, rows, new_index, dst):
+    """``scatter_rows`` for [N, 3] arrays."""
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        k = new_index[r]
+        dst[k, 0] = src[r, 0]
+        dst[k, 1] = src[r, 1]
+        dst[k, 2] = src[r, 2]
+
+
+@nb.njit(cache=True, nogil=True)
 def merge_order(keys, n_sorted, tail_order):
     """Permutation (new position -> old index) merging the sorted prefix with the tail in ``tail_order``."""
     m = tail_order.shape[0]
