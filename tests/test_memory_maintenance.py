@@ -206,3 +206,38 @@ def _done(value):
     f = Future()
     f.set_result(value)
     return f
+
+
+def test_a_prepared_growth_survives_drops_in_between(monkeypatch):
+    """Points dropped (and rows moved: the sorted prefix shifts, the tail's holes are refilled) while a growth is in
+    preparation: the growth is still adopted, and the memory, in storage order, equals one grown on the spot; every
+    key finds its point through the adopted table."""
+    from spatia.world import _memory_kernels as K
+
+    def build(background: bool):
+        rng = np.random.default_rng(11)
+        followed = []
+        with monkeypatch.context() as m:
+            if not background:
+                m.setattr(memory_module, "GROW_AHEAD_AT", 10.0)  # every growth on the spot
+            mem = SpatialMemory()
+            for i, (pts, cols) in enumerate(_batches(24, 3000)):
+                if mem._growth is not None:
+                    followed.append(mem._growth_rows is not None)
+                mem.integrate_points(pts, cols, frame_index=i)
+                if i == 6:
+                    mem.reindex()  # a sorted prefix, so drops shift it too
+                for _ in range(2):  # two drops, prefix and tail, while a growth may be in preparation
+                    mem._drop(np.unique(rng.integers(0, mem.num_points, 40)))
+                if mem._growth is not None:
+                    mem._growth[0].result()  # ready for the next integrate
+        return mem, followed
+
+    fast, followed = build(True)
+    spot, _ = build(False)
+    assert sum(followed) >= 2  # growths were adopted across drops (not thrown away)
+    got, want = fast.to_arrays(), spot.to_arrays()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    n = fast.num_points
+    np.testing.assert_array_equal(K.hash_lookup_many(fast._table, fast._keys, fast.voxel_keys), np.arange(n))

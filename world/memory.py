@@ -177,7 +177,10 @@ class SpatialMemory:
         self._block_ids = np.zeros(0, np.int64)  # [B] block ids of the sorted part
         self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
         self._structure = 0  # bumped when points move (re-sort, compaction): voids background work on them
-        self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it copied)
+        self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it follows)
+        # once points were dropped while a growth is in preparation: (copy row of each current row or -1 [capacity],
+        # current row of each row it copied or -1 [its n]), so that it still applies (``_follow_growth``)
+        self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         self._ordering: tuple[Future, int, int, int] | None = None  # (job, n_sorted, n, structure) of a re-sort
         self._resort_touched: list[np.ndarray] = []  # rows < that n written in place since the re-sort job began
@@ -705,6 +708,7 @@ class SpatialMemory:
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
+        mem._growth_rows = None
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
 
@@ -733,36 +737,51 @@ class SpatialMemory:
             ahead = min(max(self._created, default=0), self._n // 4)
         if self._growth is not None or self._n + ahead < GROW_AHEAD_AT * self._capacity:
             return
-        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
+        # the keys copied here (~1 ms a 10^5 points): a drop may move rows while the copy is made, and the table is
+        # built from the keys (the other arrays are copied again on adoption)
+        arrays = (self._keys[: self._n].copy(), self._offsets, self._colors, self._counts, self._last, self._prov)
         # room for the integrate after the adoption too (else it grows on the spot after all)
         capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
         job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity)
         self._growth = (job, self._n, self._structure)
+        self._growth_rows = None
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
-        no longer applies (points moved meanwhile)."""
+        no longer applies (re-sorted meanwhile, or grown on the spot)."""
         if self._growth is None:
             return False
         job, n0, structure = self._growth
         if not (wait or job.done()):
             return False
         self._growth = None
+        rows, self._growth_rows = self._growth_rows, None
         arrays, table = job.result()
-        if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # moved, or grown meanwhile
+        if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # re-sorted, or grown meanwhile
             return False
         n = self._n
         current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
-        for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
-            dst[:n0] = src[:n0]
-        for dst, src in zip(arrays, current):  # rows added since the copy
-            dst[n0:n] = src[n0:n]
-        K.hash_build_range(table, arrays[0], n0, n)
+        if rows is not None:  # points were dropped (and rows moved) since the copy: its table follows them
+            copy_of_current, current_of_copy = rows
+            # while the table still holds copy rows (its probes read the copy's keys): the dropped keys leave it
+            K.hash_delete_keys(table, arrays[0], arrays[0][np.flatnonzero(current_of_copy < 0)])
+            K.hash_remap(table, current_of_copy.astype(np.int32))  # the kept ones point at their current rows
+            for dst, src in zip(arrays, current):
+                dst[:n] = src[:n]
+            K.hash_insert_rows(table, arrays[0], np.flatnonzero(copy_of_current[:n] < 0))  # rows added since
+        else:
+            for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
+                dst[:n0] = src[:n0]
+            for dst, src in zip(arrays, current):  # rows added since the copy
+                dst[n0:n] = src[n0:n]
+            K.hash_build_range(table, arrays[0], n0, n)
         self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = table
         return True
 
     def _grow(self, capacity: int) -> None:
+        if self._growth_rows is not None:  # the rows it follows are for the old capacity
+            self._growth = self._growth_rows = None
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         self._alloc(capacity)
@@ -788,9 +807,12 @@ class SpatialMemory:
         tail's order, a re-sort (``reindex``) puts the same points in the same order."""
         if not len(drops):
             return
+        follow = self._growth is not None and self._growth[2] == self._structure
         self._structure += 1
         n_sorted_before = self._n_sorted
         drops = np.ascontiguousarray(drops, np.int64)
+        if follow:
+            self._follow_growth(drops)
         self._n_sorted, self._n = K.drop_points(
             self._table, self._keys, self._offsets, self._colors, self._counts, self._last, self._prov,
             drops, self._n_sorted, self._n)
@@ -801,6 +823,28 @@ class SpatialMemory:
             live = starts[1:] > starts[:-1]
             self._block_ids = self._block_ids[live]
             self._block_starts = np.append(starts[:-1][live], starts[-1])
+
+    def _follow_growth(self, drops: np.ndarray) -> None:
+        """Before ``drop_points`` deletes ``drops``: note where the rows the growth in preparation copied go
+        (``drop_moves``: the same moves, from the indices alone), so that its adoption re-points its hash table
+        (deletes the dropped keys, remaps the rest: one pass over the table) instead of being thrown away. A
+        thrown-away growth came back on the spot (55-148 ms at 0.3-1.2 M points, four worlds on two cores), and
+        free-space removal drops a few invented points in many clips (docs/BENCHMARKS.md, "Stalls off the frame
+        path")."""
+        job, n0, _ = self._growth
+        if self._growth_rows is None:
+            copy_of_current = np.full(self._capacity, -1, np.int64)
+            copy_of_current[:n0] = np.arange(n0)
+            self._growth_rows = (copy_of_current, np.arange(n0, dtype=np.int64))
+        copy_of_current, current_of_copy = self._growth_rows
+        gone = copy_of_current[drops]
+        current_of_copy[gone[gone >= 0]] = -1
+        src, dst, _, new_n = K.drop_moves(drops, self._n_sorted, self._n)
+        moved = copy_of_current[src]  # (all read before any is written: no move reads a row an earlier one wrote)
+        copy_of_current[dst] = moved
+        current_of_copy[moved[moved >= 0]] = dst[moved >= 0]
+        copy_of_current[new_n : self._n] = -1
+        self._growth = (job, n0, self._structure)
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.
@@ -955,8 +999,9 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, rows: 
 
 def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys. Runs
-    while the owner keeps integrating: rows < n may change meanwhile (``_adopt_growth`` copies their data again,
-    and discards the result if points moved); rows >= n are not read."""
+    while the owner keeps integrating: rows < n of every array but the keys (a copy the owner made) may change
+    meanwhile (``_adopt_growth`` copies them again, and re-points the table when points were dropped); rows >= n
+    are not read."""
     out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         dst[:n] = src[:n]
