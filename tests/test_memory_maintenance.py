@@ -166,6 +166,8 @@ def test_a_prepared_resort_is_the_in_place_one_with_rows_written_meanwhile(monke
     """The re-sort prepared on the maintenance thread (arrays, hash table and directory built there) gives the
     memory, in storage order, that the in-place re-sort with the same order gives, when rows it copied were
     written in the meantime (an integrate over seen voxels, a recolor) and points were added after it began."""
+    from concurrent.futures import Future
+
     from spatia.world import _memory_kernels as K
     from spatia.world.memory import Sphere
 
@@ -176,10 +178,10 @@ def test_a_prepared_resort_is_the_in_place_one_with_rows_written_meanwhile(monke
     mem.reindex()
     mem.integrate_points(*batches[1], frame_index=1)  # a long tail: the re-sort is prepared
     assert mem._ordering is not None
-    job, ns0, n0, _ = mem._ordering
+    job, ns0, n0, _, order = mem._ordering
     job.result()
-    ref = mem.copy()  # the reference re-sorts in place with the same order (no capacity to adopt it into)
-    ref._ordering = (_done(job.result()._replace(keys=np.empty(0, np.int64))), ns0, n0, ref._structure)
+    ref = mem.copy()  # the reference re-sorts in place with the same order (its copy not ready)
+    ref._ordering = (Future(), ns0, n0, ref._structure, order)
     for m in (mem, ref):  # written meanwhile: seen voxels get new colours, a sphere is painted, new points come
         m.integrate_points(batches[0][0], np.full(batches[0][1].shape, 7, np.uint8), frame_index=2)
         m.recolor(Sphere(np.array([0.0, 0.0, 2.05]), 0.5), (1, 2, 3))
@@ -199,13 +201,6 @@ def test_a_prepared_resort_is_the_in_place_one_with_rows_written_meanwhile(monke
     c2w = look_at(np.zeros(3), np.array([0.0, 0.0, 5.0]))
     np.testing.assert_array_equal(mem.render(CAM, c2w).rgb, ref.render(CAM, c2w).rgb)
 
-
-def _done(value):
-    from concurrent.futures import Future
-
-    f = Future()
-    f.set_result(value)
-    return f
 
 
 def test_a_prepared_growth_survives_drops_in_between(monkeypatch):

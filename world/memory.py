@@ -182,7 +182,8 @@ class SpatialMemory:
         # current row of each row it copied or -1 [its n]), so that it still applies (``_follow_growth``)
         self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
-        self._ordering: tuple[Future, int, int, int] | None = None  # (job, n_sorted, n, structure) of a re-sort
+        # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
+        self._ordering: tuple[Future, int, int, int, Future] | None = None
         self._resort_touched: list[np.ndarray] = []  # rows < that n written in place since the re-sort job began
         self._observed_version = 0
         # False only while no point can be provisional (``has_provisional`` then answers without its O(points)
@@ -885,9 +886,10 @@ class SpatialMemory:
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         rows = tuple(numba.typeof(a) for a in (self._keys, self._counts, self._last, self._prov))
         rows3 = tuple(numba.typeof(a) for a in (self._offsets, self._colors))
+        order = Future()
         job = background("memory-maintenance").submit(_resorted_copy, arrays, self._n_sorted, self._n,
-                                                      rows, rows3, numba.typeof(self._table))
-        self._ordering = (job, self._n_sorted, self._n, self._structure)
+                                                      rows, rows3, numba.typeof(self._table), order)
+        self._ordering = (job, self._n_sorted, self._n, self._structure, order)
         self._resort_touched = []
 
     def _reindex(self) -> None:
@@ -898,15 +900,17 @@ class SpatialMemory:
         n, ns = self._n, self._n_sorted
         order = None
         if self._ordering is not None:  # the order of the points up to n0, computed in the background
-            job, ns0, n0, structure = self._ordering
+            job, ns0, n0, structure, prepared_order = self._ordering
             self._ordering = None
             touched, self._resort_touched = self._resort_touched, []
             if structure == self._structure and ns0 == ns:  # (a growth adopted meanwhile kept every key in place)
-                prepared = job.result()
-                if prepared.keys.shape[0] == self._capacity:
+                # the copy not ready yet (the maintenance thread serves every world): in place with its order,
+                # the same points in the same order, rather than waiting for the rest of the job
+                prepared = job.result() if job.done() else None
+                if prepared is not None and prepared.keys.shape[0] == self._capacity:
                     self._adopt_resort(prepared, n0, touched)
                     return
-                order, n = prepared.order, n0  # grown meanwhile: its order still holds
+                order, n = prepared_order.result(), n0  # (grown meanwhile: its order still holds)
         if order is None:
             order = _merge_order(self._keys, ns, n)  # new position -> old index
         self._structure += 1
@@ -964,7 +968,7 @@ class _Resorted(NamedTuple):
 
 
 def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, rows: tuple, rows3: tuple,
-                   table) -> _Resorted:
+                   table, order_ready: Future) -> _Resorted:
     """On the maintenance thread: the memory's points ``[0, n)`` merged into block order (``_merge_order``) as new
     arrays of the same capacity, with their hash table and block directory. Runs while the owner keeps
     integrating: rows < n may be written meanwhile (the owner records them and ``_adopt_resort`` copies them
@@ -974,8 +978,14 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, rows: 
     ``typeof``), the fallback's in-place ones too: a process loads a kernel from numba's disk cache the first time
     it calls it, and inside ``_reindex`` the loads stalled the frame being made, once per process, ~100 steps into
     a 128x96 lock-step session (docs/BENCHMARKS.md, "Lock-step step, fifth pass"). ``compile`` with a signature
-    loads without running the kernel; for a kernel already loaded it returns at once."""
-    order = _merge_order(arrays[0], n_sorted, n)
+    loads without running the kernel; for a kernel already loaded it returns at once. ``order_ready`` gets the
+    merge order as soon as it is known (a re-sort due before the rest is done uses it in place)."""
+    try:
+        order = _merge_order(arrays[0], n_sorted, n)
+    except BaseException as exc:
+        order_ready.set_exception(exc)
+        raise
+    order_ready.set_result(order)
     new_of_old = np.empty(n, np.int64)
     new_of_old[order] = np.arange(n, dtype=np.int64)
     out = tuple(np.empty_like(a) for a in arrays)
