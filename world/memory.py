@@ -1017,6 +1017,13 @@ def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int) -> tuple[
         dst[:n] = src[:n]
     table = np.full(_table_size(capacity), -1, np.int32)
     K.hash_build_range(table, out[0], 0, n)
+    # the kernels that follow drops (``_follow_growth``) and adopt after them, loaded here rather than on the world
+    # thread at their first call (see ``_resorted_copy``)
+    table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
+    K.drop_moves.compile((index_t, numba.typeof(n), numba.typeof(n)))
+    K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
+    K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))
+    K.hash_insert_rows.compile((table_t, numba.typeof(out[0]), index_t))
     return out, table
 
 
