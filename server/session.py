@@ -67,7 +67,8 @@ _END = object()  # the client half-closed its stream
 # shared them (each clip ~2x its CPU time, all finishing late together); with a slot per core a clip runs at a
 # core's speed and the others wait for a slot, and a clip picks its poses once it has one (the newest then), so an
 # action waits for the next clip to start and that clip alone: on average one clip's CPU time less than with every
-# clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). Lock-step sessions do not wait.
+# clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). Lock-step sessions do not wait, nor
+# sessions of worlds kept in other processes.
 # ``SPATIA_CLIP_SLOTS`` sets the number (0: no slots, every clip at once as before), for A/B runs of one tree.
 CLIP_SLOTS = int(os.environ.get("SPATIA_CLIP_SLOTS") or (
     len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
@@ -505,7 +506,8 @@ class PlaySession:
         pending: deque[tuple[np.ndarray, int]] = deque()  # (c2w [4, 4] world frame, seq of the action after it)
         ended = False
         last_out = time.monotonic()
-        slots = None if self.lockstep or CLIP_SLOTS < 1 else clip_slots()
+        # (a world kept in another process, a Ray actor, runs on cores these slots do not count)
+        slots = None if self.lockstep or CLIP_SLOTS < 1 or not isinstance(self.host, WorldHost) else clip_slots()
         try:
             while True:
                 if not pending and not ended:
