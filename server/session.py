@@ -37,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +62,26 @@ from spatia.world.errors import InvalidInputError
 log = structlog.get_logger("spatia.server.play")
 
 _END = object()  # the client half-closed its stream
+
+# Interactive clips that run at once in one server: one per core the process may use. Four sessions on two cores
+# shared them (each clip ~2x its CPU time, all finishing late together); with a slot per core a clip runs at a
+# core's speed and the others wait for a slot, and a clip picks its poses once it has one (the newest then), so an
+# action waits for the next clip to start and that clip alone: on average one clip's CPU time less than with every
+# clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). Lock-step sessions do not wait, nor
+# sessions of worlds kept in other processes.
+# ``SPATIA_CLIP_SLOTS`` sets the number (0: no slots, every clip at once as before), for A/B runs of one tree.
+CLIP_SLOTS = int(os.environ.get("SPATIA_CLIP_SLOTS") or (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+_slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+
+def clip_slots() -> asyncio.Semaphore:
+    """The running event loop's interactive clip slots (``CLIP_SLOTS``), shared by its sessions, FIFO."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(CLIP_SLOTS)
+    return slots
 
 
 def check_image_options(jpeg_quality: int, encoding: int, prefix: str) -> int:
@@ -399,6 +421,7 @@ class PlaySession:
         self._clip_trace = (0.0, 0)  # (clip start, poses skipped) of the clip in flight, for its frames' records
         self._last_clip_frames = 0  # frames of the last clip (``ClipCost.probe`` asks for one fewer)
         self._clips_run = 0
+        self._slot_held = False  # interactive: this session holds one of the server's clip slots
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -483,6 +506,8 @@ class PlaySession:
         pending: deque[tuple[np.ndarray, int]] = deque()  # (c2w [4, 4] world frame, seq of the action after it)
         ended = False
         last_out = time.monotonic()
+        # (a world kept in another process, a Ray actor, runs on cores these slots do not count)
+        slots = None if self.lockstep or CLIP_SLOTS < 1 or not isinstance(self.host, WorldHost) else clip_slots()
         try:
             while True:
                 if not pending and not ended:
@@ -497,6 +522,11 @@ class PlaySession:
                 # lock-step takes no more actions than a clip's worth of poses (the queue then pushes back)
                 while not self.actions.empty() and not (self.lockstep and len(pending) >= self.max_pending):
                     ended |= self._apply(self.actions.get_nowait(), pending)
+                if slots is not None and pending and not self.stopping:
+                    await slots.acquire()  # a core for this clip; what came meanwhile joins the pending poses
+                    self._slot_held = True
+                    while not self.actions.empty():
+                        ended |= self._apply(self.actions.get_nowait(), pending)
                 if self.stopping:
                     pending.clear()
                 if not self.lockstep and len(pending) > self.max_pending:  # a bound, whatever the timing
@@ -505,6 +535,7 @@ class PlaySession:
                         pending.popleft()
                     self.poses_dropped += drop
                 if not pending:
+                    self._release_slot(slots)
                     if ended:
                         break
                     continue
@@ -525,7 +556,7 @@ class PlaySession:
                 clip_start = self.trace.now() if self.trace is not None else 0.0
                 self._clip_trace = (clip_start, skipped)
                 self._last_clip_frames = len(chunk)
-                stats, held = await self._run_clip(chunk)
+                stats, held = await self._run_clip(chunk, slots)
                 if self.trace is not None:
                     self.trace.clip({"clip": stats.clip_id, "start": clip_start, "end": self.trace.now(),
                                      "generate_s": stats.generate_s, "update_s": stats.update_s,
@@ -550,7 +581,13 @@ class PlaySession:
         except Exception as exc:  # noqa: BLE001
             self.error = exc
         finally:
+            self._release_slot(slots)
             self.outbox.close()
+
+    def _release_slot(self, slots: asyncio.Semaphore | None) -> None:
+        if slots is not None and self._slot_held:
+            self._slot_held = False
+            slots.release()
 
     def _apply(self, item, pending: deque) -> bool:
         """Fold one queued item into the session; True when it is the end of the client's stream."""
@@ -575,7 +612,7 @@ class PlaySession:
             pose=pose_to_proto(self.integrator.c2w), last_action_seq=self.last_seq,
         )))
 
-    async def _run_clip(self, chunk):
+    async def _run_clip(self, chunk, slots: asyncio.Semaphore | None = None):
         """One clip on the world's host: each frame, as it is generated, resized, encoded and recorded (on the
         session's encoder thread when interactive, on the worker when lock-step) and handed to the outbox
         (interactive) or held for the caller (lock-step); then the memory update and the host's autosave policy.
@@ -647,6 +684,8 @@ class PlaySession:
             for response in held or ():
                 self.outbox.put(response, True)
             raise
+        finally:
+            self._release_slot(slots)  # the world's work is done (its frames may still be encoding)
         for job in encodes:  # the clip's frames are out (and recorded) before its stats
             await asyncio.wrap_future(job)
         if self.recorder:  # one chunk per clip: a crash loses at most the clip in flight

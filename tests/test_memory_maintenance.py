@@ -160,3 +160,79 @@ def test_a_large_memory_prepares_room_for_its_next_integrate(monkeypatch):
     got, want = _content(mem), _content(spot)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_prepared_resort_is_the_in_place_one_with_rows_written_meanwhile(monkeypatch):
+    """The re-sort prepared on the maintenance thread (arrays, hash table and directory built there) gives the
+    memory, in storage order, that the in-place re-sort with the same order gives, when rows it copied were
+    written in the meantime (an integrate over seen voxels, a recolor) and points were added after it began."""
+    from concurrent.futures import Future
+
+    from spatia.world import _memory_kernels as K
+    from spatia.world.memory import Sphere
+
+    monkeypatch.setattr(memory_module, "GROW_AHEAD_AT", 10.0)  # no growth in between: this is about re-sorts
+    batches = _batches(3, 90000)
+    mem = SpatialMemory()
+    mem.integrate_points(*batches[0], frame_index=0)
+    mem.reindex()
+    mem.integrate_points(*batches[1], frame_index=1)  # a long tail: the re-sort is prepared
+    assert mem._ordering is not None
+    job, ns0, n0, _, order = mem._ordering
+    job.result()
+    ref = mem.copy()  # the reference re-sorts in place with the same order (its copy not ready)
+    ref._ordering = (Future(), ns0, n0, ref._structure, order)
+    for m in (mem, ref):  # written meanwhile: seen voxels get new colours, a sphere is painted, new points come
+        m.integrate_points(batches[0][0], np.full(batches[0][1].shape, 7, np.uint8), frame_index=2)
+        m.recolor(Sphere(np.array([0.0, 0.0, 2.05]), 0.5), (1, 2, 3))
+        m.integrate_points(batches[2][0][:5000], batches[2][1][:5000], frame_index=3)
+    assert mem._resort_touched  # rows the prepared copy had read were written
+    mem.reindex()
+    ref.reindex()
+    assert mem._keys is job.result().keys  # the prepared arrays were taken
+    assert mem._n_sorted == ref._n_sorted == n0 < mem.num_points
+    got, want = mem.to_arrays(), ref.to_arrays()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(mem._block_starts, ref._block_starts)
+    np.testing.assert_array_equal(mem._block_ids, ref._block_ids)
+    n = mem.num_points  # every key finds its own point through the new table
+    np.testing.assert_array_equal(K.hash_lookup_many(mem._table, mem._keys, mem.voxel_keys), np.arange(n))
+    c2w = look_at(np.zeros(3), np.array([0.0, 0.0, 5.0]))
+    np.testing.assert_array_equal(mem.render(CAM, c2w).rgb, ref.render(CAM, c2w).rgb)
+
+
+
+def test_a_prepared_growth_survives_drops_in_between(monkeypatch):
+    """Points dropped (and rows moved: the sorted prefix shifts, the tail's holes are refilled) while a growth is in
+    preparation: the growth is still adopted, and the memory, in storage order, equals one grown on the spot; every
+    key finds its point through the adopted table."""
+    from spatia.world import _memory_kernels as K
+
+    def build(background: bool):
+        rng = np.random.default_rng(11)
+        followed = []
+        with monkeypatch.context() as m:
+            if not background:
+                m.setattr(memory_module, "GROW_AHEAD_AT", 10.0)  # every growth on the spot
+            mem = SpatialMemory()
+            for i, (pts, cols) in enumerate(_batches(24, 3000)):
+                if mem._growth is not None:
+                    followed.append(mem._growth_rows is not None)
+                mem.integrate_points(pts, cols, frame_index=i)
+                if i == 6:
+                    mem.reindex()  # a sorted prefix, so drops shift it too
+                for _ in range(2):  # two drops, prefix and tail, while a growth may be in preparation
+                    mem._drop(np.unique(rng.integers(0, mem.num_points, 40)))
+                if mem._growth is not None:
+                    mem._growth[0].result()  # ready for the next integrate
+        return mem, followed
+
+    fast, followed = build(True)
+    spot, _ = build(False)
+    assert sum(followed) >= 2  # growths were adopted across drops (not thrown away)
+    got, want = fast.to_arrays(), spot.to_arrays()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    n = fast.num_points
+    np.testing.assert_array_equal(K.hash_lookup_many(fast._table, fast._keys, fast.voxel_keys), np.arange(n))

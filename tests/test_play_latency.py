@@ -224,3 +224,51 @@ def test_the_servers_openmp_threads_sleep_between_parallel_regions(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "GOMP_SPINCOUNT = '0'" in out.stderr, out.stderr[-2000:]
+
+
+def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_path, monkeypatch):
+    """Interactive clips run at most ``CLIP_SLOTS`` at once in a server (here 1, two sessions): a clip waits for a
+    slot, then takes the poses pending by then (newest last), and every frame still shows the pose after its
+    ``last_action_seq``."""
+    import spatia.server.session as session
+    from spatia.server.host import WorldHost
+
+    monkeypatch.setattr(session, "CLIP_SLOTS", 1)
+    lock, running, most = threading.Lock(), [0], [0]
+    real = WorldHost.clip_work
+
+    def counted(self, *args, **kwargs):
+        work = real(self, *args, **kwargs)
+
+        def _clip():
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                time.sleep(0.02)  # long enough that the other session's clip would overlap without the slot
+                return work()
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        return _clip
+
+    monkeypatch.setattr(WorldHost, "clip_work", counted)
+    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240))
+    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
+        for i in range(2):
+            client.create_scene("room", seed=i, width=W, height=H, world_id=f"slot{i}")
+        got: dict = {}
+
+        def play(i: int) -> None:
+            got[i] = _walk(client, f"slot{i}", 12)
+
+        threads = [threading.Thread(target=play, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert most[0] == 1
+    for frames in got.values():
+        assert frames and frames[-1].last_action_seq == 12
+        assert [f.last_action_seq for f in frames] == sorted(f.last_action_seq for f in frames)

@@ -128,22 +128,11 @@ def _delete_slot(table, keys, i):
 
 
 @nb.njit(cache=True, nogil=True)
-def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_sorted, n):
-    """Delete the points ``drops`` (sorted, distinct, all ``< n``) in place; returns ``(n_sorted, n)`` after.
-
-    The block-sorted prefix ``[0, n_sorted)`` keeps its order (its kept rows shift down over its holes, as the
-    culling blocks need). The unsorted tail does not need an order: its holes, and the rows the prefix vacated at
-    its end, are filled with the tail's last kept rows (ascending into ascending), so a lock-step step that drops a
-    few invented points moves only that many rows instead of the whole suffix behind the first one (~30-50 k rows
-    and a pass over the hash table at ~100 k points: 0.5-2.5 ms a clip). ``world._reference.reference_drop_order``
-    is the same rule written plainly. The hash table is updated for exactly the rows that moved: dropped keys leave
-    it (backward-shift deletion), every moved row's slot gets its new index (one pass over the table instead when
-    more rows move than 1/24 of its slots)."""
+def drop_moves(drops, n_sorted, n):
+    """The row moves of ``drop_points`` (``(src, dst, n_sorted after, n after)``, in the order it makes them: no
+    move reads a row an earlier one wrote), from the indices alone: a growth in preparation follows the rows
+    with them (``SpatialMemory._drop``)."""
     n_drop = drops.shape[0]
-    if n_drop == 0:
-        return n_sorted, n
-    for t in range(n_drop):  # keys are still in the old order: every probe reads consistent rows
-        _delete_slot(table, keys, _slot_of(table, keys, keys[drops[t]]))
     ds = 0  # drops inside the sorted prefix
     while ds < n_drop and drops[ds] < n_sorted:
         ds += 1
@@ -183,6 +172,28 @@ def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_
         dst[m] = hole
         m += 1
         j += 1
+    return src[:m], dst[:m], new_sorted, new_n
+
+
+@nb.njit(cache=True, nogil=True)
+def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_sorted, n):
+    """Delete the points ``drops`` (sorted, distinct, all ``< n``) in place; returns ``(n_sorted, n)`` after.
+
+    The block-sorted prefix ``[0, n_sorted)`` keeps its order (its kept rows shift down over its holes, as the
+    culling blocks need). The unsorted tail does not need an order: its holes, and the rows the prefix vacated at
+    its end, are filled with the tail's last kept rows (ascending into ascending), so a lock-step step that drops a
+    few invented points moves only that many rows instead of the whole suffix behind the first one (~30-50 k rows
+    and a pass over the hash table at ~100 k points: 0.5-2.5 ms a clip). ``world._reference.reference_drop_order``
+    is the same rule written plainly. The hash table is updated for exactly the rows that moved: dropped keys leave
+    it (backward-shift deletion), every moved row's slot gets its new index (one pass over the table instead when
+    more rows move than 1/24 of its slots)."""
+    n_drop = drops.shape[0]
+    if n_drop == 0:
+        return n_sorted, n
+    for t in range(n_drop):  # keys are still in the old order: every probe reads consistent rows
+        _delete_slot(table, keys, _slot_of(table, keys, keys[drops[t]]))
+    src, dst, new_sorted, new_n = drop_moves(drops, n_sorted, n)
+    m = src.shape[0]
     if 24 * m > table.shape[0]:  # a probe ~100 ns (random rows), a slot of the pass ~4 ns (measured, 176 k slots)
         lo = n
         for k in range(m):
@@ -228,6 +239,20 @@ def hash_remap(table, new_index_of_old):
         j = table[s]
         if j >= 0:
             table[s] = new_index_of_old[j]
+
+
+@nb.njit(cache=True, nogil=True)
+def hash_delete_keys(table, keys, query):
+    """Take each key of ``query`` (present in the table, whose indices point into ``keys``) out of the table."""
+    for t in range(query.shape[0]):
+        _delete_slot(table, keys, _slot_of(table, keys, query[t]))
+
+
+@nb.njit(cache=True, nogil=True)
+def hash_insert_rows(table, keys, rows):
+    """Insert the points ``rows`` (their keys absent from the table)."""
+    for t in range(rows.shape[0]):
+        hash_insert(table, keys[rows[t]], rows[t])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -313,6 +338,43 @@ def permute_rows3(arr, order):
         arr[i, 0] = scratch[i, 0]
         arr[i, 1] = scratch[i, 1]
         arr[i, 2] = scratch[i, 2]
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_rows(src, order, dst):
+    """``dst[i] = src[order[i]]`` for a vector (serial: it runs on the maintenance thread, beside the world's
+    parallel kernels; ``permute_rows`` is the in-place, parallel version for the world thread)."""
+    for i in range(order.shape[0]):
+        dst[i] = src[order[i]]
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_rows3(src, order, dst):
+    """``gather_rows`` for [N, 3] arrays, element by element (see ``permute_rows3``)."""
+    for i in range(order.shape[0]):
+        j = order[i]
+        dst[i, 0] = src[j, 0]
+        dst[i, 1] = src[j, 1]
+        dst[i, 2] = src[j, 2]
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_rows(src, rows, new_index, dst):
+    """``dst[new_index[r]] = src[r]`` for each ``r`` in ``rows`` (a vector)."""
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        dst[new_index[r]] = src[r]
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_rows3(src, rows, new_index, dst):
+    """``scatter_rows`` for [N, 3] arrays."""
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        k = new_index[r]
+        dst[k, 0] = src[r, 0]
+        dst[k, 1] = src[r, 1]
+        dst[k, 2] = src[r, 2]
 
 
 @nb.njit(cache=True, nogil=True)

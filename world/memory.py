@@ -177,9 +177,14 @@ class SpatialMemory:
         self._block_ids = np.zeros(0, np.int64)  # [B] block ids of the sorted part
         self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
         self._structure = 0  # bumped when points move (re-sort, compaction): voids background work on them
-        self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it copied)
+        self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it follows)
+        # once points were dropped while a growth is in preparation: (copy row of each current row or -1 [capacity],
+        # current row of each row it copied or -1 [its n]), so that it still applies (``_follow_growth``)
+        self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
-        self._ordering: tuple[Future, int, int, int] | None = None  # (job, n_sorted, n, structure) of a re-sort
+        # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
+        self._ordering: tuple[Future, int, int, int, Future] | None = None
+        self._resort_touched: list[np.ndarray] = []  # rows < that n written in place since the re-sort job began
         self._observed_version = 0
         # False only while no point can be provisional (``has_provisional`` then answers without its O(points)
         # scan, twice a clip). Set wherever a provenance value is written from outside the memory's own points
@@ -348,6 +353,8 @@ class SpatialMemory:
             # the samples' hash look-ups stay valid: growing keeps every point's index
         self._created.append(int(created))
         self._prov[n_before : self._n] = provenance  # new points are appended
+        if self._ordering is not None:  # rows a prepared re-sort copied before they changed: copied again
+            self._wrote_rows(np.flatnonzero(touched))
         if provenance == INVENTED_PROVISIONAL and self._n > n_before:
             self._maybe_provisional = True
         if provenance == OBSERVED and (created or updated):
@@ -445,6 +452,7 @@ class SpatialMemory:
         if color.shape != (3,) or not np.issubdtype(color.dtype, np.integer) or color.min() < 0 or color.max() > 255:
             raise InvalidInputError(f"rgb must be three integers in 0..255, got {rgb!r}")
         inside = self._inside(region)
+        self._wrote_rows(np.flatnonzero(inside))
         self._colors[: self._n][inside] = color.astype(np.uint8)
         self._prov[: self._n][inside] = OBSERVED  # an edit is the user's own content
         self._observed_version += 1
@@ -604,6 +612,7 @@ class SpatialMemory:
         idx = K.hash_lookup_many(self._table, self._keys, uniq)
         old = idx >= 0
         j = idx[old]
+        self._wrote_rows(j)
         self._offsets[j], self._colors[j], self._counts[j], self._last[j] = offs[old], rgb[old], cnt[old], lst[old]
         self._prov[j] = pv[old]
         new = ~old
@@ -725,6 +734,8 @@ class SpatialMemory:
         mem = SpatialMemory.__new__(SpatialMemory)
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
+        mem._resort_touched = []
+        mem._growth_rows = None
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
 
@@ -753,36 +764,52 @@ class SpatialMemory:
             ahead = min(max(self._created, default=0), self._n // 4)
         if self._growth is not None or self._n + ahead < GROW_AHEAD_AT * self._capacity:
             return
-        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
+        # the keys copied here (~1 ms a 10^5 points): a drop may move rows while the copy is made, and the table is
+        # built from the keys (the other arrays are copied again on adoption)
+        arrays = (self._keys[: self._n].copy(), self._offsets, self._colors, self._counts, self._last, self._prov)
         # room for the integrate after the adoption too (else it grows on the spot after all)
         capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
         job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity)
         self._growth = (job, self._n, self._structure)
+        self._growth_rows = None
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
-        no longer applies (points moved meanwhile)."""
+        no longer applies (re-sorted meanwhile, or grown on the spot)."""
         if self._growth is None:
             return False
         job, n0, structure = self._growth
         if not (wait or job.done()):
             return False
         self._growth = None
+        rows, self._growth_rows = self._growth_rows, None
         arrays, table = job.result()
-        if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # moved, or grown meanwhile
+        if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # re-sorted, or grown meanwhile
             return False
         n = self._n
         current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
-        for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
-            dst[:n0] = src[:n0]
-        for dst, src in zip(arrays, current):  # rows added since the copy
-            dst[n0:n] = src[n0:n]
-        K.hash_build_range(table, arrays[0], n0, n)
+        if rows is not None:  # points were dropped (and rows moved) since the copy: its table follows them
+            copy_of_current, current_of_copy = rows
+            # while the table still holds copy rows (its probes read the copy's keys): the dropped keys leave it
+            K.hash_delete_keys(table, arrays[0], arrays[0][np.flatnonzero(current_of_copy < 0)])
+            K.hash_remap(table, current_of_copy.astype(np.int32))  # the kept ones point at their current rows
+            for dst, src in zip(arrays, current):
+                dst[:n] = src[:n]
+            K.hash_insert_rows(table, arrays[0], np.flatnonzero(copy_of_current[:n] < 0))  # rows added since
+        else:
+            for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
+                dst[:n0] = src[:n0]
+            for dst, src in zip(arrays, current):  # rows added since the copy
+                dst[n0:n] = src[n0:n]
+            K.hash_build_range(table, arrays[0], n0, n)
         self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = table
         return True
 
     def _grow(self, capacity: int) -> None:
+        if getattr(self, "_growth_rows", None) is not None:  # the rows it follows are for the old capacity
+            # (getattr: a memory pickled before the field)
+            self._growth = self._growth_rows = None
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         self._alloc(capacity)
@@ -808,9 +835,12 @@ class SpatialMemory:
         tail's order, a re-sort (``reindex``) puts the same points in the same order."""
         if not len(drops):
             return
+        follow = self._growth is not None and self._growth[2] == self._structure
         self._structure += 1
         n_sorted_before = self._n_sorted
         drops = np.ascontiguousarray(drops, np.int64)
+        if follow:
+            self._follow_growth(drops)
         self._n_sorted, self._n = K.drop_points(
             self._table, self._keys, self._offsets, self._colors, self._counts, self._last, self._prov,
             drops, self._n_sorted, self._n)
@@ -821,6 +851,28 @@ class SpatialMemory:
             live = starts[1:] > starts[:-1]
             self._block_ids = self._block_ids[live]
             self._block_starts = np.append(starts[:-1][live], starts[-1])
+
+    def _follow_growth(self, drops: np.ndarray) -> None:
+        """Before ``drop_points`` deletes ``drops``: note where the rows the growth in preparation copied go
+        (``drop_moves``: the same moves, from the indices alone), so that its adoption re-points its hash table
+        (deletes the dropped keys, remaps the rest: one pass over the table) instead of being thrown away. A
+        thrown-away growth came back on the spot (55-148 ms at 0.3-1.2 M points, four worlds on two cores), and
+        free-space removal drops a few invented points in many clips (docs/BENCHMARKS.md, "Stalls off the frame
+        path")."""
+        job, n0, _ = self._growth
+        if self._growth_rows is None:
+            copy_of_current = np.full(self._capacity, -1, np.int64)
+            copy_of_current[:n0] = np.arange(n0)
+            self._growth_rows = (copy_of_current, np.arange(n0, dtype=np.int64))
+        copy_of_current, current_of_copy = self._growth_rows
+        gone = copy_of_current[drops]
+        current_of_copy[gone[gone >= 0]] = -1
+        src, dst, _, new_n = K.drop_moves(drops, self._n_sorted, self._n)
+        moved = copy_of_current[src]  # (all read before any is written: no move reads a row an earlier one wrote)
+        copy_of_current[dst] = moved
+        current_of_copy[moved[moved >= 0]] = dst[moved >= 0]
+        copy_of_current[new_n : self._n] = -1
+        self._growth = (job, n0, self._structure)
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.
@@ -840,27 +892,52 @@ class SpatialMemory:
         if self._reindex_due():
             self._reindex()
 
+    def _wrote_rows(self, rows: np.ndarray) -> None:
+        """Rows about to be (or just) written in place: a re-sort in preparation copies them again when adopted."""
+        if self._ordering is not None and len(rows):
+            rows = np.asarray(rows, np.int64)
+            rows = rows[rows < self._ordering[2]]  # rows from its n on are copied whole
+            if len(rows):
+                self._resort_touched.append(rows)
+
     def _prepare_reindex(self) -> None:
-        """Once the tail is 3/4 of the way to a re-sort, compute the merge order on the maintenance thread (the
-        sort is half of a re-sort's pause; only permuting the rows is left for ``_reindex``)."""
+        """Once the tail is 3/4 of the way to a re-sort, prepare it on the maintenance thread: the merge order, the
+        point arrays in that order, their hash table and block directory (``_resorted_copy``). ``_reindex`` then
+        only brings over what changed meanwhile: the rows written in place since (``_resort_touched``) and the
+        points added since, which stay in the tail at their indices, as before. A re-sort in place (permuting
+        every row, remapping the table, the directory: O(points)) paused the frame being made 104-268 ms at
+        ~1.1 M points with four worlds on two cores (docs/BENCHMARKS.md, "Stalls off the frame path")."""
         tail = self._n - self._n_sorted
         if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self._n // TAIL_FRACTION):
             return
+        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         rows = tuple(numba.typeof(a) for a in (self._keys, self._counts, self._last, self._prov))
         rows3 = tuple(numba.typeof(a) for a in (self._offsets, self._colors))
-        job = background("memory-maintenance").submit(_merge_order_loaded, self._keys, self._n_sorted, self._n,
-                                                      rows, rows3, numba.typeof(self._table))
-        self._ordering = (job, self._n_sorted, self._n, self._structure)
+        order = Future()
+        job = background("memory-maintenance").submit(_resorted_copy, arrays, self._n_sorted, self._n,
+                                                      rows, rows3, numba.typeof(self._table), order)
+        self._ordering = (job, self._n_sorted, self._n, self._structure, order)
+        self._resort_touched = []
 
     def _reindex(self) -> None:
-        """Merge the unsorted tail into the block-sorted part (O(n) merge + an O(tail log tail) sort)."""
+        """Merge the unsorted tail into the block-sorted part: the prepared re-sort when it still applies (no
+        point moved, same capacity), else in place (O(n) merge + an O(tail log tail) sort). Either way the
+        points end in the same order (the prepared one covers the points up to its ``n``; later ones stay in the
+        tail) and every key keeps its point."""
         n, ns = self._n, self._n_sorted
         order = None
         if self._ordering is not None:  # the order of the points up to n0, computed in the background
-            job, ns0, n0, structure = self._ordering
+            job, ns0, n0, structure, prepared_order = self._ordering
             self._ordering = None
+            touched, self._resort_touched = self._resort_touched, []
             if structure == self._structure and ns0 == ns:  # (a growth adopted meanwhile kept every key in place)
-                order, n = job.result(), n0  # points added since stay in the tail
+                # the copy not ready yet (the maintenance thread serves every world): in place with its order,
+                # the same points in the same order, rather than waiting for the rest of the job
+                prepared = job.result() if job.done() else None
+                if prepared is not None and prepared.keys.shape[0] == self._capacity:
+                    self._adopt_resort(prepared, n0, touched)
+                    return
+                order, n = prepared_order.result(), n0  # (grown meanwhile: its order still holds)
         if order is None:
             order = _merge_order(self._keys, ns, n)  # new position -> old index
         self._structure += 1
@@ -874,6 +951,25 @@ class SpatialMemory:
         self._n_sorted = n
         self._block_ids, self._block_starts = K.block_directory(self._keys, n)
 
+    def _adopt_resort(self, prepared: "_Resorted", n0: int, touched: list[np.ndarray]) -> None:
+        """Take a prepared re-sort of the points up to ``n0``: rows written since it copied them are copied again
+        (to their new place), the points added since (``>= n0``) keep their indices and join its hash table."""
+        n = self._n
+        current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
+        arrays = (prepared.keys, *prepared.rows)
+        if touched:  # keys never change in place: only the other arrays
+            rows = np.concatenate(touched)
+            for dst, src in zip(arrays[1:], current[1:]):
+                (K.scatter_rows3 if src.ndim == 2 else K.scatter_rows)(src, rows, prepared.new_of_old, dst)
+        for dst, src in zip(arrays, current):  # the points added since, at their indices
+            dst[n0:n] = src[n0:n]
+        K.hash_build_range(prepared.table, prepared.keys, n0, n)
+        self._structure += 1
+        self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
+        self._table = prepared.table
+        self._n_sorted = n0
+        self._block_ids, self._block_starts = prepared.block_ids, prepared.block_starts
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -886,34 +982,75 @@ def _merge_order(keys: np.ndarray, n_sorted: int, n: int) -> np.ndarray:
     return K.merge_order(keys, n_sorted, tail_order)
 
 
-def _merge_order_loaded(keys: np.ndarray, n_sorted: int, n: int, rows: tuple, rows3: tuple, table) -> np.ndarray:
-    """``_merge_order`` (on the maintenance thread), then every other kernel ``_reindex`` will call is loaded for
-    the memory's array types (numba ``typeof``), so the world thread's re-sort only runs them. A process loads a
-    kernel from numba's disk cache the first time it calls it; inside ``_reindex`` the nine loads stalled the frame
-    being made, once per process, ~100 steps into a 128x96 lock-step session (docs/BENCHMARKS.md, "Lock-step step,
-    fifth pass"). ``compile`` with a signature loads without running the kernel (no parallel launch from this
-    thread); for a kernel already loaded it returns at once."""
-    order = _merge_order(keys, n_sorted, n)
-    order_t = numba.typeof(order)
-    index_t = numba.typeof(np.empty(0, np.int32))  # ``new_of_old``
+class _Resorted(NamedTuple):
+    """A re-sort prepared on the maintenance thread (``_resorted_copy``)."""
+
+    order: np.ndarray  # [n0] new position -> old index
+    new_of_old: np.ndarray  # [n0] old index -> new position
+    keys: np.ndarray  # [capacity] keys in the new order (rows >= n0 not yet written)
+    rows: tuple  # the other point arrays (offsets, colors, counts, last_seen, provenance), the same way
+    table: np.ndarray  # the hash table of keys[:n0]
+    block_ids: np.ndarray
+    block_starts: np.ndarray
+
+
+def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, rows: tuple, rows3: tuple,
+                   table, order_ready: Future) -> _Resorted:
+    """On the maintenance thread: the memory's points ``[0, n)`` merged into block order (``_merge_order``) as new
+    arrays of the same capacity, with their hash table and block directory. Runs while the owner keeps
+    integrating: rows < n may be written meanwhile (the owner records them and ``_adopt_resort`` copies them
+    again); keys below ``n`` stay put until the memory's structure changes (then the result is discarded).
+
+    Every kernel the world thread's part of a re-sort calls is loaded here for the memory's array types (numba
+    ``typeof``), the fallback's in-place ones too: a process loads a kernel from numba's disk cache the first time
+    it calls it, and inside ``_reindex`` the loads stalled the frame being made, once per process, ~100 steps into
+    a 128x96 lock-step session (docs/BENCHMARKS.md, "Lock-step step, fifth pass"). ``compile`` with a signature
+    loads without running the kernel; for a kernel already loaded it returns at once. ``order_ready`` gets the
+    merge order as soon as it is known (a re-sort due before the rest is done uses it in place)."""
+    try:
+        order = _merge_order(arrays[0], n_sorted, n)
+    except BaseException as exc:
+        order_ready.set_exception(exc)
+        raise
+    order_ready.set_result(order)
+    new_of_old = np.empty(n, np.int64)
+    new_of_old[order] = np.arange(n, dtype=np.int64)
+    out = tuple(np.empty_like(a) for a in arrays)
+    for dst, src in zip(out, arrays):
+        (K.gather_rows3 if src.ndim == 2 else K.gather_rows)(src, order, dst)
+    new_table = np.full(_table_size(arrays[0].shape[0]), -1, np.int32)
+    K.hash_build_range(new_table, out[0], 0, n)
+    block_ids, block_starts = K.block_directory(out[0], n)
+    order_t, index_t = numba.typeof(order), numba.typeof(new_of_old)
     for arr_t in rows:
         K.permute_rows.compile((arr_t, order_t))
+        K.scatter_rows.compile((arr_t, index_t, index_t, arr_t))
     for arr_t in rows3:
         K.permute_rows3.compile((arr_t, order_t))
-    K.hash_remap.compile((table, index_t))
+        K.scatter_rows3.compile((arr_t, index_t, index_t, arr_t))
+    K.hash_remap.compile((table, numba.typeof(np.empty(0, np.int32))))
+    K.hash_build_range.compile((table, rows[0], numba.typeof(n), numba.typeof(n)))
     K.block_directory.compile((rows[0], numba.typeof(n)))
-    return order
+    return _Resorted(order, new_of_old, out[0], out[1:], new_table, block_ids, block_starts)
 
 
 def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys. Runs
-    while the owner keeps integrating: rows < n may change meanwhile (``_adopt_growth`` copies their data again,
-    and discards the result if points moved); rows >= n are not read."""
+    while the owner keeps integrating: rows < n of every array but the keys (a copy the owner made) may change
+    meanwhile (``_adopt_growth`` copies them again, and re-points the table when points were dropped); rows >= n
+    are not read."""
     out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         dst[:n] = src[:n]
     table = np.full(_table_size(capacity), -1, np.int32)
     K.hash_build_range(table, out[0], 0, n)
+    # the kernels that follow drops (``_follow_growth``) and adopt after them, loaded here rather than on the world
+    # thread at their first call (see ``_resorted_copy``)
+    table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
+    K.drop_moves.compile((index_t, numba.typeof(n), numba.typeof(n)))
+    K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
+    K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))
+    K.hash_insert_rows.compile((table_t, numba.typeof(out[0]), index_t))
     return out, table
 
 
