@@ -78,6 +78,17 @@ class ServerConfig:
     # Play: the camera collides with the world's surfaces (``world.collision``, ``ControlConfig.collision``);
     # ``spatia serve --play-collision off`` (or ``SPATIA_PLAY_COLLISION=off``) walks through walls
     play_collision: bool = True
+    # Play: interactive clips that run at once in this server (``server.session.PlaySession.drive``): a clip waits
+    # for a slot, then takes the newest poses. None: one per core this process may use; 0: no limit (every
+    # session's clip at once: four sessions on two cores each took ~2x their CPU time; docs/BENCHMARKS.md, "Four
+    # sessions on two cores"). ``spatia serve --play-clip-slots N`` / ``SPATIA_PLAY_CLIP_SLOTS``
+    play_clip_slots: int | None = None
+
+    def clip_slot_count(self) -> int:
+        """``play_clip_slots`` resolved: None -> the cores this process may use."""
+        if self.play_clip_slots is not None:
+            return self.play_clip_slots
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))  # accept a str path too (frozen dataclass)
@@ -87,6 +98,8 @@ class ServerConfig:
             raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
         if self.save_every_clips < 1:
             raise InvalidInputError(f"save_every_clips must be >= 1, got {self.save_every_clips}")
+        if self.play_clip_slots is not None and self.play_clip_slots < 0:
+            raise InvalidInputError(f"play_clip_slots must be >= 0 (0: no limit), got {self.play_clip_slots}")
         if not 0.0 < self.save_max_duty <= 1.0:
             raise InvalidInputError(f"save_max_duty must be in (0, 1], got {self.save_max_duty}")
         if self.play_keyframe_stride < 1:

@@ -215,6 +215,7 @@ class HostView:
 
 
 class WorldHost:
+    shares_server_cores = True  # its clips run in this process (on the cores the server's clip slots count)
     """The in-process host of one loaded world (see the module docstring)."""
 
     def __init__(self, world: World, path: Path, *, wlog: WorldLog | None = None, legacy_path: Path | None = None,

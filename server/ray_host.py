@@ -774,6 +774,7 @@ class GraphLost(RuntimeError):
 
 
 class RayWorldHost:
+    shares_server_cores = False  # its clips run in a Ray actor, on cores the server's clip slots do not count
     """The front door's proxy of one world actor: ``WorldHost``'s methods (server/host.py), each a call to the
     actor. ``view()`` and ``stats()`` answer from a cache refreshed after every call and by the store's poller."""
 

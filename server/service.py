@@ -188,6 +188,8 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         # recordings are finished (end point cloud, summary, footer) here, after their session released the world
         self.closer = RecordingCloser(max_pending=4)
         self.finishing: set[asyncio.Task] = set()  # slots' finish tasks still running (awaited at stop)
+        slots = config.clip_slot_count()  # interactive clips at once (server.session: why)
+        self.clip_slots = asyncio.Semaphore(slots) if slots else None
 
     @property
     def play_sessions(self) -> int:
@@ -323,7 +325,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         session = None
         try:
             session = PlaySession(session_id, host, options, self.generator, self.config, self.recordings_dir,
-                                  first.start, closer=self.closer)
+                                  first.start, closer=self.closer, clip_slots=self.clip_slots)
             slot.session = session
             self._play[session.id] = session
             structlog.contextvars.bind_contextvars(world_id=host.world_id, session_id=session.id)

@@ -37,9 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,25 +61,13 @@ log = structlog.get_logger("spatia.server.play")
 
 _END = object()  # the client half-closed its stream
 
-# Interactive clips that run at once in one server: one per core the process may use. Four sessions on two cores
-# shared them (each clip ~2x its CPU time, all finishing late together); with a slot per core a clip runs at a
-# core's speed and the others wait for a slot, and a clip picks its poses once it has one (the newest then), so an
-# action waits for the next clip to start and that clip alone: on average one clip's CPU time less than with every
-# clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). Lock-step sessions do not wait, nor
-# sessions of worlds kept in other processes.
-# ``SPATIA_CLIP_SLOTS`` sets the number (0: no slots, every clip at once as before), for A/B runs of one tree.
-CLIP_SLOTS = int(os.environ.get("SPATIA_CLIP_SLOTS") or (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
-_slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
-
-
-def clip_slots() -> asyncio.Semaphore:
-    """The running event loop's interactive clip slots (``CLIP_SLOTS``), shared by its sessions, FIFO."""
-    loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
-    if slots is None:
-        slots = _slots[loop] = asyncio.Semaphore(CLIP_SLOTS)
-    return slots
+# Interactive clips that run at once in one server (``ServerConfig.play_clip_slots``, one per core by default).
+# Four sessions on two cores shared them (each clip ~2x its CPU time, all finishing late together); with a slot per
+# core a clip runs at a core's speed and the others wait for a slot, and a clip picks its poses once it has one (the
+# newest then), so an action waits for the next clip to start and that clip alone: on average one clip's CPU time
+# less than with every clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). Lock-step
+# sessions do not wait, nor sessions of worlds kept in other processes (``host.shares_server_cores``). The
+# servicer owns the semaphore (FIFO) and hands it to each session.
 
 
 def check_image_options(jpeg_quality: int, encoding: int, prefix: str) -> int:
@@ -396,8 +382,10 @@ class PlayTrace:
 
 class PlaySession:
     def __init__(self, session_id: str, host: WorldHost, options: PlayOptions, generator, config: ServerConfig,
-                 recordings_dir, start: pb.PlayStart, closer: RecordingCloser | None = None) -> None:
+                 recordings_dir, start: pb.PlayStart, closer: RecordingCloser | None = None,
+                 clip_slots: asyncio.Semaphore | None = None) -> None:
         self.id = session_id
+        self.clip_slots = clip_slots  # the server's interactive clip slots (None: no limit)
         self.closer = closer  # finishes the recording after the world is released (None: inline in ``finish``)
         self.host = host
         self.options = options
@@ -507,7 +495,7 @@ class PlaySession:
         ended = False
         last_out = time.monotonic()
         # (a world kept in another process, a Ray actor, runs on cores these slots do not count)
-        slots = None if self.lockstep or CLIP_SLOTS < 1 or not isinstance(self.host, WorldHost) else clip_slots()
+        slots = None if self.lockstep or not self.host.shares_server_cores else self.clip_slots
         try:
             while True:
                 if not pending and not ended:

@@ -32,6 +32,13 @@ def _float(text: str) -> float:
         raise ValueError(f"must be a number, got {text!r}") from None
 
 
+def _non_negative_int(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise ValueError(f"must be an integer >= 0, got {text}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     v = _int(text)
     if v < 1:
@@ -128,6 +135,8 @@ OPTIONS = (
     Option("save-max-duty", _duty, 0.05, "saves take at most this fraction of a played world's time (1: no limit)"),
     Option("play-collision", _on_off, True, "on (default): the walking camera of Play sessions collides with the "
                                              "world's surfaces; off: it walks through walls"),
+    Option("play-clip-slots", _non_negative_int, None, "interactive Play clips that run at once (default: one per "
+                                                       "core this process may use; 0: no limit)"),
     Option("max-worlds", _positive_int, 64, "worlds in the data dir"),
     Option("max-sessions", _positive_int, 16, "concurrent Play + Generate calls"),
     Option("max-image-pixels", _positive_int, 1920 * 1080, "width x height of any image in or out"),
@@ -279,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=s["data_dir"], host=s["host"], port=s["port"], generator=s["generator"], generator_kwargs=kwargs,
         token=s["token"], tls_cert=s["tls_cert"], tls_key=s["tls_key"], save_every_clips=s["save_every_clips"],
         save_interval_s=s["save_interval_s"], save_max_duty=s["save_max_duty"], metrics_port=s["metrics_port"],
-        warm_kernels=True, play_collision=s["play_collision"],
+        warm_kernels=True, play_collision=s["play_collision"], play_clip_slots=s["play_clip_slots"],
         limits=Limits(max_worlds=s["max_worlds"], max_sessions=s["max_sessions"],
                       max_image_pixels=s["max_image_pixels"], max_trajectory_frames=s["max_trajectory_frames"],
                       max_message_bytes=s["max_message_mb"] * 1024 * 1024),

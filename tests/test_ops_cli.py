@@ -60,6 +60,20 @@ def test_settings_layers_flags_win_over_env_over_file(tmp_path):
     assert cmd_serve.resolve(serve_args(), {"SPATIA_CONFIG": str(config)})["port"] == 6000
 
 
+def test_play_clip_slots_is_a_setting_one_per_core_by_default(tmp_path):
+    from spatia.server.config import ServerConfig
+
+    assert cmd_serve.resolve(serve_args(), {})["play_clip_slots"] is None
+    assert cmd_serve.resolve(serve_args("--play-clip-slots", "0"), {})["play_clip_slots"] == 0
+    assert cmd_serve.resolve(serve_args(), {"SPATIA_PLAY_CLIP_SLOTS": "3"})["play_clip_slots"] == 3
+    with pytest.raises(InvalidInputError, match="--play-clip-slots from SPATIA_PLAY_CLIP_SLOTS: must be an integer >= 0"):
+        cmd_serve.resolve(serve_args(), {"SPATIA_PLAY_CLIP_SLOTS": "-1"})
+    assert ServerConfig(data_dir=tmp_path).clip_slot_count() >= 1  # None: the cores this process may use
+    assert ServerConfig(data_dir=tmp_path, play_clip_slots=0).clip_slot_count() == 0
+    with pytest.raises(InvalidInputError, match="play_clip_slots must be >= 0"):
+        ServerConfig(data_dir=tmp_path, play_clip_slots=-2)
+
+
 def test_play_collision_is_a_setting_on_by_default(tmp_path):
     assert cmd_serve.resolve(serve_args(), {})["play_collision"] is True
     assert cmd_serve.resolve(serve_args("--play-collision", "off"), {})["play_collision"] is False

@@ -227,13 +227,11 @@ def test_the_servers_openmp_threads_sleep_between_parallel_regions(tmp_path):
 
 
 def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_path, monkeypatch):
-    """Interactive clips run at most ``CLIP_SLOTS`` at once in a server (here 1, two sessions): a clip waits for a
-    slot, then takes the poses pending by then (newest last), and every frame still shows the pose after its
-    ``last_action_seq``."""
-    import spatia.server.session as session
+    """Interactive clips run at most ``ServerConfig.play_clip_slots`` at once in a server (here 1, two sessions): a
+    clip waits for a slot, then takes the poses pending by then (newest last), and every frame still shows the pose
+    after its ``last_action_seq``."""
     from spatia.server.host import WorldHost
 
-    monkeypatch.setattr(session, "CLIP_SLOTS", 1)
     lock, running, most = threading.Lock(), [0], [0]
     real = WorldHost.clip_work
 
@@ -254,7 +252,8 @@ def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_p
         return _clip
 
     monkeypatch.setattr(WorldHost, "clip_work", counted)
-    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240))
+    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240),
+                          play_clip_slots=1)
     with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
         for i in range(2):
             client.create_scene("room", seed=i, width=W, height=H, world_id=f"slot{i}")
