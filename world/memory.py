@@ -807,8 +807,7 @@ class SpatialMemory:
         return True
 
     def _grow(self, capacity: int) -> None:
-        if getattr(self, "_growth_rows", None) is not None:  # the rows it follows are for the old capacity
-            # (getattr: a memory pickled before the field)
+        if self._growth_rows is not None:  # the rows it follows are for the old capacity
             self._growth = self._growth_rows = None
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)

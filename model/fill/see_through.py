@@ -32,10 +32,10 @@ def _nearer_along(depth, valid, y, x, dy, dx, radius_px, limit, h, w):  # pragma
     return False
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no cover - compiled
     h, w = depth.shape
-    for y in range(h):
+    for y in nb.prange(h):  # rows are independent (each writes its own row of ``out``)
         for x in range(w):
             if not valid[y, x]:
                 continue
