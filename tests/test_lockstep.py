@@ -32,6 +32,7 @@ class _FakeHost:
     how many frames the outbox gained while the clip ran (all its frames handed to the sink, before it returns)."""
 
     world_id = "w-fake"
+    shares_server_cores = True  # its clips run in this process (the server's clip slots count them)
 
     def __init__(self) -> None:
         self.queued_after_sink: list[int] = []
