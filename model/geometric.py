@@ -41,7 +41,7 @@ from spatia.world.warp import claim_warped, warp_rgbd
 from spatia.model.fill.freespace import seen_through, world_points
 from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
-from spatia.model.fill.see_through import near_depths, see_through_pixels
+from spatia.model.fill.see_through import see_through_pixels
 
 
 log = structlog.get_logger(__name__)
@@ -863,28 +863,6 @@ class GeometricGenerator:
             claim_warped(rgb, claimed, warped.rgb, warped.depth_m, allowed)  # rgb, claimed: in place
         return valid | claimed
 
-    def _see_through_gaps(
-        self,
-        depth: np.ndarray,  # [H, W] float32 memory render depth
-        valid: np.ndarray,  # [H, W] bool, where the memory rendered
-        c2w: np.ndarray,  # [4, 4] target pose
-        request: ClipRequest,
-    ) -> np.ndarray | None:
-        """``[H, W]`` bool: rendered pixels showing farther points through the gaps of a nearer surface's points
-        (``model.fill.see_through``), except where an observed view saw through that surface there (a real gap:
-        the point where the gap would be closed lies in its free space), which keeps the first view's own narrow
-        gaps (between chair legs) and the closed loop exact. None when there is none."""
-        radius_px = max(1, round(self.config.see_through_frac * request.intrinsics.width))
-        gaps = see_through_pixels(depth, valid, radius_px)
-        if not gaps.any():
-            return None
-        if request.observed_views:
-            idx = np.flatnonzero(gaps)
-            near = near_depths(depth, valid, idx, radius_px)
-            closed = world_points(_rays(request.intrinsics).reshape(-1, 3)[idx], near, c2w)
-            gaps.ravel()[idx[_free_space_violation(closed, request.observed_views, self.config.free_space_rel)]] = False
-        return gaps if gaps.any() else None
-
     def generate(self, request: ClipRequest) -> ClipResult:
         return clip_result(list(self.generate_frames(request)))
 
@@ -909,8 +887,9 @@ class GeometricGenerator:
                     valid = valid & ~proj.provisional[t]
                     depth = np.where(valid, depth, 0.0).astype(np.float32)
                 if self.config.see_through_frac > 0:
-                    gaps = self._see_through_gaps(depth, valid, c2w, request)
-                    if gaps is not None:  # holes in a nearer surface: filled from it, not shown through
+                    radius_px = max(1, round(self.config.see_through_frac * request.intrinsics.width))
+                    gaps = see_through_pixels(depth, valid, radius_px)
+                    if gaps.any():  # holes in a nearer surface: filled from it, not shown through
                         valid = valid & ~gaps
                         depth = np.where(valid, depth, 0.0).astype(np.float32)
                 if reach is None:

@@ -76,36 +76,6 @@ def see_through_pixels(
     return out
 
 
-def near_depths(
-    depth_m: np.ndarray,  # [H, W] float32 z-depth of the render
-    valid: np.ndarray,  # [H, W] bool, rendered
-    pixels: np.ndarray,  # [M] int64 flat indices of marked pixels (``see_through_pixels``)
-    radius_px: int,
-    rel: float = 0.05,
-    min_gap_m: float = 0.05,
-) -> np.ndarray:
-    """``[M]`` float32: the nearer surface's depth at each marked pixel, the mean of the first nearer rendered
-    pixel found along each of the eight directions within ``radius_px`` (the same "nearer" as the mark): where the
-    gap would be closed. Vectorised over the pixels (they are few)."""
-    depth = np.asarray(depth_m, np.float32)
-    h, w = depth.shape
-    y, x = np.divmod(np.asarray(pixels, np.int64), w)
-    z = depth[y, x].astype(np.float64)
-    limit = np.minimum(z * (1.0 - rel), z - min_gap_m)
-    total, count = np.zeros(len(z)), np.zeros(len(z))
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1), (0, -1), (-1, 0), (-1, -1), (-1, 1)):
-        found = np.zeros(len(z), bool)
-        for k in range(1, radius_px + 1):
-            yy, xx = y + k * dy, x + k * dx
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w) & ~found
-            yy, xx = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
-            hit = inside & valid[yy, xx] & (depth[yy, xx] < limit)
-            total[hit] += depth[yy[hit], xx[hit]]
-            count[hit] += 1
-            found |= hit
-    return (total / np.maximum(count, 1)).astype(np.float32)
-
-
 def reference_see_through_pixels(depth_m: np.ndarray, valid: np.ndarray, radius_px: int, rel: float = 0.05,
                                  min_gap_m: float = 0.05) -> np.ndarray:
     """The definition, pixel by pixel in plain Python (slow): for tests."""
