@@ -393,6 +393,18 @@ def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray
     return valid, np.where(valid, depth, np.float32(0.0)).astype(np.float32), colored
 
 
+# a camera this close to an observed view's (position and turn) sees the memory sampled as that view saw it: its
+# gaps are real (the first view's own, between a chair's legs), not a far-seen surface's points spread apart; the
+# see-through pass is skipped there, so a loop back to the first camera ends on the first image exactly
+SAME_VIEW_M, SAME_VIEW_DEG = 0.1, 5.0
+
+
+def _at_an_observed_view(c2w: np.ndarray, views: list[ReferenceFrame]) -> bool:
+    """Whether ``c2w`` [4, 4] is within ``SAME_VIEW_M`` and ``SAME_VIEW_DEG`` of an observed view's pose."""
+    return any(translation_distance_m(v.c2w, c2w) <= SAME_VIEW_M and rotation_angle_deg(v.c2w, c2w) <= SAME_VIEW_DEG
+               for v in views)
+
+
 def _free_space_violation(
     points: np.ndarray,  # [M, 3] world frame, candidate invented points
     views: list[ReferenceFrame],  # observed views with depth
@@ -886,7 +898,7 @@ class GeometricGenerator:
                     # a coarse fill shown earlier: painted over here, and replaced in the memory by the engine
                     valid = valid & ~proj.provisional[t]
                     depth = np.where(valid, depth, 0.0).astype(np.float32)
-                if self.config.see_through_frac > 0:
+                if self.config.see_through_frac > 0 and not _at_an_observed_view(c2w, request.observed_views):
                     radius_px = max(1, round(self.config.see_through_frac * request.intrinsics.width))
                     gaps = see_through_pixels(depth, valid, radius_px)
                     if gaps.any():  # holes in a nearer surface: filled from it, not shown through
