@@ -378,19 +378,24 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
                         appearance.sky_min_depth_m if sky is not None else math.inf)
 
 
-def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray, colored: np.ndarray):
+def _without(valid: np.ndarray, depth: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``valid`` [H, W] and ``depth`` [H, W] float32 with the pixels ``drop`` [H, W] bool taken for holes (not
+    rendered, depth 0); the same arrays when there are none."""
+    if not drop.any():
+        return valid, depth
+    valid = valid & ~drop
+    return valid, np.where(valid, depth, np.float32(0.0)).astype(np.float32)
+
+
+def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outdoors, rendered pixels as far as the sky (the first view's sky, kept as memory points) are the sky: not
     a surface the small-hole fill may continue (it bent facades' and trees' depths up into them: a shell of
     invented sky-coloured points 10-50 m away, drawn as blocks when turning in the courtyard). Their colour stays
     (the clouds the first view saw; the sky layer's bands paint only what no sky point covers: courtyard novel
-    pixels +0.1 dB over painting them all). Returns (valid, depth, colored)."""
+    pixels +0.1 dB over painting them all). Returns (valid, depth) without them."""
     if state.sky is None:
-        return valid, depth, colored
-    far = valid & (depth >= state.sky_min_depth_m)
-    if not far.any():
-        return valid, depth, colored
-    valid = valid & ~far
-    return valid, np.where(valid, depth, np.float32(0.0)).astype(np.float32), colored
+        return valid, depth
+    return _without(valid, depth, valid & (depth >= state.sky_min_depth_m))
 
 
 # a camera this close to an observed view's (position and turn) sees the memory sampled as that view saw it: its
@@ -568,9 +573,8 @@ class GeometricGenerator:
         rays_img = _rays(K)  # [H, W, 3] float32 camera frame
         view = view_bounds(layout, c2w[:3, 3], reach)
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
-            valid = valid & ~opening_pixels(layout, view, depth, valid, rays_img, c2w)
-            depth = np.where(valid, depth, np.float32(0.0)).astype(np.float32, copy=False)
-        valid, depth, colored = _sky_is_no_surface(state, valid, depth, colored)
+            valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, rays_img, c2w))
+        valid, depth = _sky_is_no_surface(state, valid, depth)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         if valid.all():
             return filled, colored
@@ -688,9 +692,8 @@ class GeometricGenerator:
         K = request.intrinsics
         view = view_bounds(layout, c2w[:3, 3], reach)
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
-            valid = valid & ~opening_pixels(layout, view, depth, valid, _rays(K), c2w)
-            depth = np.where(valid, depth, 0.0).astype(np.float32)
-        valid, depth, colored = _sky_is_no_surface(state, valid, depth, colored)
+            valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, _rays(K), c2w))
+        valid, depth = _sky_is_no_surface(state, valid, depth)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         holes = ~valid
         hole_idx = np.flatnonzero(holes)  # [M] flat pixel indices (integer gathers beat [H, W] boolean masks)
@@ -896,14 +899,11 @@ class GeometricGenerator:
                 entry.frames_made += 1
                 if proj.provisional is not None and proj.provisional[t].any():
                     # a coarse fill shown earlier: painted over here, and replaced in the memory by the engine
-                    valid = valid & ~proj.provisional[t]
-                    depth = np.where(valid, depth, 0.0).astype(np.float32)
+                    valid, depth = _without(valid, depth, proj.provisional[t])
                 if self.config.see_through_frac > 0 and not _at_an_observed_view(c2w, request.observed_views):
                     radius_px = max(1, round(self.config.see_through_frac * request.intrinsics.width))
-                    gaps = see_through_pixels(depth, valid, radius_px)
-                    if gaps.any():  # holes in a nearer surface: filled from it, not shown through
-                        valid = valid & ~gaps
-                        depth = np.where(valid, depth, 0.0).astype(np.float32)
+                    # holes in a nearer surface: filled from it, not shown through
+                    valid, depth = _without(valid, depth, see_through_pixels(depth, valid, radius_px))
                 if reach is None:
                     reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
                                             request.target_c2w[:, :3, 3]])
