@@ -97,6 +97,7 @@ class DecodedFrame:
     server_time_ns: int
     received_ns: int  # this client's clock (time.time_ns) when decoded
     session_frame: int
+    collided: bool  # Play: the move of action last_action_seq was stopped or slid by a surface
     raw: pb.Frame  # the message itself (intrinsics, encoding, bytes)
 
 
@@ -110,7 +111,7 @@ class Rendered:
 def decode(frame: pb.Frame) -> DecodedFrame:
     return DecodedFrame(int(frame.frame_index), int(frame.clip_id), pose_array(frame.pose), decode_frame(frame),
                         int(frame.last_action_seq), int(frame.server_time_ns), time.time_ns(),
-                        int(frame.session_frame), frame)
+                        int(frame.session_frame), bool(frame.collided), frame)
 
 
 def _rendered(r: pb.RenderResponse) -> Rendered:

@@ -190,6 +190,7 @@ class _RemoteBackend:
         self.created = False
         self.K = None
         self.server_c2w: np.ndarray | None = None  # lock-step: the pose of the latest step's frame, the server's
+        self.server_collided = False  # lock-step: whether the server's session clamped that step's move
 
     def collider(self):
         """None: the server's session collides (lock-step) or nothing does (``Generate`` takes poses as given)."""
@@ -312,6 +313,7 @@ class _LockstepBackend(_RemoteBackend):
                         raise InvalidInputError(f"lock-step broke: frame for action {resp.frame.last_action_seq}"
                                                 f" while waiting for {action.seq}")
                     self.server_c2w = pose_array(resp.frame.pose)  # the session collided it: authoritative
+                    self.server_collided = resp.frame.collided
                     if resp.frame.HasField("stats"):  # PlayStart.stats_in_frame: after the memory update
                         self.last_stats = resp.frame.stats
                         return decode_frame(resp.frame), int(resp.frame.stats.memory_points)
@@ -505,7 +507,7 @@ class SpatiaWorldEnv(gym.Env):
                 warnings.warn("the server's Play session collides (ServerConfig.play_collision) although this env "
                               "has ControlConfig(collision=False): poses follow the server's", stacklevel=2)
                 self._warned_no_collision = True
-            self._integrator.collided = clamped
+            self._integrator.collided = self._backend.server_collided  # the server says (Frame.collided)
             self._integrator.position = server_c2w[:3, 3].copy()
             c2w = server_c2w
         before, self._memory_points = self._memory_points, points

@@ -138,6 +138,7 @@ class HudState:
     prompt: str = ""
     message: str = ""  # transient note ("screenshot saved ...")
     keys_held: tuple[str, ...] = ()
+    collided: bool = False  # the frame shown: its move was stopped by a surface (Frame.collided)
 
     def lines(self) -> list[str]:
         p = self.c2w[:3, 3]
@@ -145,7 +146,8 @@ class HudState:
         out = [
             f"world {self.world_id}",
             f"{self.fps:4.1f} fps   latency {lat}",
-            f"pos {p[0]:+.2f} {p[1]:+.2f} {p[2]:+.2f} m   heading {self.heading_deg:+.0f} deg",
+            f"pos {p[0]:+.2f} {p[1]:+.2f} {p[2]:+.2f} m   heading {self.heading_deg:+.0f} deg"
+            + ("   BLOCKED" if self.collided else ""),
             f"memory {self.memory_points:,} pts   {'REC' if self.recording else 'not recording'}",
         ]
         if self.prompt:

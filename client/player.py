@@ -315,6 +315,7 @@ class Player:
     def _show(self, frame: DecodedFrame) -> None:
         self.current = frame
         self.frames_shown += 1
+        self.hud.collided = frame.collided
         now = time.monotonic()
         self._shown_times = [t for t in self._shown_times if now - t < 2.0] + [now]
         self.hud.fps = (len(self._shown_times) - 1) / max(now - self._shown_times[0], 1e-6) \

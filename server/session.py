@@ -247,7 +247,7 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
                  frame_period_s: float) -> tuple[list, int]:
     """Interactive clip selection: (the poses of the next clip, how many older ones are skipped).
 
-    ``pending`` holds (c2w, seq) oldest first; ``n`` is a clip's worth. A clip of ``m`` frames takes about
+    ``pending`` holds (c2w, seq, collided) oldest first; ``n`` is a clip's worth. A clip of ``m`` frames takes about
     ``W = overhead_s + m * frame_s`` (measured: per-clip work such as retrieval and the memory update, then per-frame
     generation) and shows its newest pose last. An action's latency also holds the clip in flight when it arrived:
     the poses that came during one clip of ``W`` are shown by the next, the oldest of them (skipped, or the first
@@ -491,7 +491,8 @@ class PlaySession:
     # ---- driver ------------------------------------------------------------------------------------------
 
     async def drive(self) -> None:
-        pending: deque[tuple[np.ndarray, int]] = deque()  # (c2w [4, 4] world frame, seq of the action after it)
+        # (c2w [4, 4] world frame, seq of the action after it, whether that action's move collided)
+        pending: deque[tuple[np.ndarray, int, bool]] = deque()
         ended = False
         last_out = time.monotonic()
         # (a world kept in another process, a Ray actor, runs on cores these slots do not count)
@@ -589,15 +590,16 @@ class PlaySession:
         if self.trace is not None:
             self.trace.integrated(item.seq)
         if self.lockstep:  # exactly one frame per action, at the pose after it
-            pending.append((self.integrator.c2w, item.seq))
+            pending.append((self.integrator.c2w, item.seq, self.integrator.collided))
         elif not item.is_idle:  # standing still generates nothing (heartbeats only)
-            pending.extend((T, item.seq) for T in poses)
+            pending.extend((T, item.seq, self.integrator.collided) for T in poses)
         return False
 
     def _heartbeat(self) -> None:
         self.outbox.put(pb.PlayResponse(heartbeat=pb.Heartbeat(
             server_time_ns=time.time_ns(), last_frame_index=max(self.last_frame_index, 0),
             pose=pose_to_proto(self.integrator.c2w), last_action_seq=self.last_seq,
+            collided=self.integrator.collided,
         )))
 
     async def _run_clip(self, chunk, slots: asyncio.Semaphore | None = None):
@@ -608,7 +610,7 @@ class PlaySession:
         import cv2
 
         loop = asyncio.get_running_loop()
-        poses = np.stack([c for c, _ in chunk])
+        poses = np.stack([c for c, *_ in chunk])
         t0 = time.perf_counter()
         times: list[float] = []  # perf_counter of each frame handed out
         # Lock-step: the clip's frames go to the outbox with its stats, after the clip, not one by one from the
@@ -630,7 +632,7 @@ class PlaySession:
                 frame_index=f.frame_index, clip_id=f.clip_id, pose=pose_to_proto(f.c2w),
                 intrinsics=self.out_intrinsics, last_action_seq=chunk[i][1], server_time_ns=time.time_ns(),
                 encoding=self.options.encoding, width=self.out_size[0], height=self.out_size[1],
-                data=data, session_frame=session_frame,
+                data=data, session_frame=session_frame, collided=chunk[i][2],
             )
             if held is not None:
                 held.append(pb.PlayResponse(frame=frame))  # list.append: safe from the worker thread

@@ -161,6 +161,25 @@ def test_lockstep_collides_on_the_server_as_in_process(server):
         e.close()
 
 
+def test_interactive_play_frames_say_when_the_move_collided(server):
+    """Served interactive Play (not lock-step): a frame says whether the move of its action was stopped by a
+    surface (``Frame.collided``, what the player's HUD shows). W held (sprinting) from the room's first camera:
+    free at first, then stopped short of the back wall (z = 6.48 m for seed 0), every frame after says so."""
+    with WorldClient(server.target) as c:
+        c.create_scene("room", seed=0, width=W, height=H, world_id="bump")
+        with c.play("bump", clip=(1, 2, 1), fps=16, record=False, max_pending_frames=64) as s:
+            seqs = [s.send(move_forward=1.0, sprint=True, dt_s=1 / 16) for _ in range(64)]
+            frames = []
+            while not frames or frames[-1].last_action_seq < seqs[-1]:
+                frames.append(s.next_frame(timeout_s=60))
+    flags = [f.collided for f in frames]  # (a slow clip may skip poses in between: the newest are shown)
+    assert flags[0] is False and flags[-1] is True
+    first = flags.index(True)
+    assert all(flags[first:])  # held into the wall: blocked from then on
+    z = [f.c2w[2, 3] for f in frames]
+    assert z[first - 1] < z[first] and z[-1] == pytest.approx(z[first]) and 6.0 < z[-1] < 6.48
+
+
 def test_lockstep_is_one_play_stream_without_saves_per_step(server, tmp_path):
     """The remote default runs one Play session per episode (recorded here, to count what went over it):
     exactly one frame per action, seq by seq, none dropped; the world is saved at the session's end, not per step."""

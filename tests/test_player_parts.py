@@ -148,3 +148,5 @@ def test_minimap_matches_reference_and_orientation():
     hud = HudState(world_id="w1", c2w=c2w, memory_points=1234, recording=True, latency_ms=85.0)
     text = "\n".join(hud.lines())
     assert "w1" in text and "1,234" in text and "REC" in text and "85 ms" in text
+    assert "BLOCKED" not in text
+    assert "BLOCKED" in "\n".join(HudState(world_id="w1", c2w=c2w, collided=True).lines())

@@ -380,6 +380,7 @@ class PlayHub:
             "act_rx_ms": act_rx_ms,  # the action ``seq`` reached this app / its gRPC write returned (wall ms)
             "act_fwd_ms": act_fwd_ms,
             "session_frame": -1 if f is None else int(f.session_frame),
+            "collided": False if f is None else bool(f.collided),  # Frame.collided: the move hit a surface
             "server_time_ns": 0 if f is None else int(f.server_time_ns),
             "pose": [float(v) for v in np.asarray(c2w).reshape(-1)],
             "memory_points": self.memory_points,

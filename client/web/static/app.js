@@ -467,7 +467,8 @@ function drawHud() {
     const c = [p[2], p[6], p[10]];
     const heading = Math.atan2(c[0] * right[0] + c[1] * right[1] + c[2] * right[2],
                                c[0] * lf[0] + c[1] * lf[1] + c[2] * lf[2]) * 180 / Math.PI;
-    lines.push(`pos ${p[3].toFixed(2)} ${p[7].toFixed(2)} ${p[11].toFixed(2)} m  heading ${heading.toFixed(0)} deg`);
+    lines.push(`pos ${p[3].toFixed(2)} ${p[7].toFixed(2)} ${p[11].toFixed(2)} m  heading ${heading.toFixed(0)} deg`
+               + (m.collided ? "  BLOCKED" : ""));
     lines.push(`frame ${m.index}`);
   }
   if (S.mode !== "replay") {

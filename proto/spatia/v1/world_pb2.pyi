@@ -234,7 +234,7 @@ class DeleteWorldResponse(_message.Message):
     def __init__(self, world_id: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("frame_index", "clip_id", "pose", "intrinsics", "last_action_seq", "server_time_ns", "encoding", "width", "height", "data", "session_frame", "stats")
+    __slots__ = ("frame_index", "clip_id", "pose", "intrinsics", "last_action_seq", "server_time_ns", "encoding", "width", "height", "data", "session_frame", "stats", "collided")
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     CLIP_ID_FIELD_NUMBER: _ClassVar[int]
     POSE_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class Frame(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     SESSION_FRAME_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    COLLIDED_FIELD_NUMBER: _ClassVar[int]
     frame_index: int
     clip_id: int
     pose: Pose
@@ -259,7 +260,8 @@ class Frame(_message.Message):
     data: bytes
     session_frame: int
     stats: SessionStats
-    def __init__(self, frame_index: _Optional[int] = ..., clip_id: _Optional[int] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., last_action_seq: _Optional[int] = ..., server_time_ns: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., session_frame: _Optional[int] = ..., stats: _Optional[_Union[SessionStats, _Mapping]] = ...) -> None: ...
+    collided: bool
+    def __init__(self, frame_index: _Optional[int] = ..., clip_id: _Optional[int] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., last_action_seq: _Optional[int] = ..., server_time_ns: _Optional[int] = ..., encoding: _Optional[_Union[FrameEncoding, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., session_frame: _Optional[int] = ..., stats: _Optional[_Union[SessionStats, _Mapping]] = ..., collided: _Optional[bool] = ...) -> None: ...
 
 class ClipLengths(_message.Message):
     __slots__ = ("first_clip_frames", "clip_frames", "preceding_frames")
@@ -382,16 +384,18 @@ class SessionStats(_message.Message):
     def __init__(self, clip_id: _Optional[int] = ..., generate_ms: _Optional[float] = ..., update_ms: _Optional[float] = ..., memory_points: _Optional[int] = ..., pending_frames: _Optional[int] = ..., queue_depth: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., poses_dropped: _Optional[int] = ..., held_fps: _Optional[float] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("server_time_ns", "last_frame_index", "pose", "last_action_seq")
+    __slots__ = ("server_time_ns", "last_frame_index", "pose", "last_action_seq", "collided")
     SERVER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     LAST_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     POSE_FIELD_NUMBER: _ClassVar[int]
     LAST_ACTION_SEQ_FIELD_NUMBER: _ClassVar[int]
+    COLLIDED_FIELD_NUMBER: _ClassVar[int]
     server_time_ns: int
     last_frame_index: int
     pose: Pose
     last_action_seq: int
-    def __init__(self, server_time_ns: _Optional[int] = ..., last_frame_index: _Optional[int] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., last_action_seq: _Optional[int] = ...) -> None: ...
+    collided: bool
+    def __init__(self, server_time_ns: _Optional[int] = ..., last_frame_index: _Optional[int] = ..., pose: _Optional[_Union[Pose, _Mapping]] = ..., last_action_seq: _Optional[int] = ..., collided: _Optional[bool] = ...) -> None: ...
 
 class PlayResponse(_message.Message):
     __slots__ = ("started", "frame", "stats", "heartbeat")
