@@ -54,6 +54,7 @@ from spatia.server.cluster import NAMESPACE, ClusterCheckError, ClusterOptions, 
 from spatia.server.errors import AbortedError, DataLossError, UnavailableError, check_id, limit_exceeded
 from spatia.server.host import HostView, WorldHost
 from spatia.server.store import WorldIds, save_hosts
+from spatia.world.collision import CollisionConfig, NearbyCollider, NearbyPoints
 from spatia.world.errors import NotFoundError, PreconditionError, SnapshotError
 from spatia.world.state import World
 from spatia.world.worldlog import WorldLog
@@ -71,6 +72,11 @@ GRAPH_ATTEMPTS = 4  # graphs a session may reopen in a row after ones that faile
 # one's channels (CI: three reopens 0.15 s apart after an idle close all got "Channel closed", and the session
 # stayed on streaming calls for good). Clips take streaming calls meanwhile.
 GRAPH_RETRY_S = 0.25
+# Collision on a Ray host: the front door's session sweeps its moves against a copy of the memory's points around
+# the camera (``world.collision.NearbyCollider``), taken by the actor after a clip's memory update when asked:
+NEARBY_HALF_M = 2.0  # the copy's box: this far from the camera along each axis
+NEARBY_RECENTRE_M = 0.75  # asked for again once a clip ends this far from the copy's centre (a move reaches ~0.7 m)
+NEARBY_EVERY_CLIPS = 4  # ... or this many clips after the last copy (the memory changed: keyframes, fills)
 GRAPH_END_TIMEOUT_S = 5.0  # the actor ending a graph loop left running waits at most this long for its channels
 
 
@@ -394,8 +400,9 @@ class WorldActor:
         return encode
 
     async def play_clip(self, session_id: str, engine_key: str, engine_config, poses: np.ndarray,
-                        prompt: str | None, seed: int, autosave, frame_format):
-        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``;
+                        prompt: str | None, seed: int, autosave, frame_format, nearby=None):
+        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``
+        (``ClipStats`` here and below: ``(ClipStats, NearbyPoints | None)``, see ``_with_nearby``);
         the last frame comes as ``("last", i, EncodedFrame, ClipStats, view)`` instead when the clip had already
         ended by then (one stream item less per clip; never waited for). ``frame_format = ((width, height),
         encoding, jpeg_quality)``. (The path a session takes until its compiled graph is ready, or when it cannot
@@ -412,7 +419,8 @@ class WorldActor:
 
         # the host's play_clip, with the worker's own future: whether the clip has ended is known at once on the
         # loop (an asyncio wrapper learns it a few loop turns later)
-        work_fn = self.host.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format)
+        work_fn = self._with_nearby(self.host.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format),
+                                    nearby)
         if self.host.deleted or self.host.closed:
             raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
         try:
@@ -440,7 +448,7 @@ class WorldActor:
 
         ``("ping", session_id)`` -> ``"pong"`` (the graph works; the actor notes which session's loop this is, for
         its log when ``claim`` ends it); ``("clip", session_id, engine_key, engine_config, poses,
-        prompt, seed, autosave, frame_format)`` starts a clip (as ``play_clip``) and returns its first
+        prompt, seed, autosave, frame_format, nearby)`` starts a clip (as ``play_clip``) and returns its first
         ``EncodedFrame``; ``("next",)`` the next one; the clip's last frame comes as ``(EncodedFrame, (ClipStats,
         HostView))`` when the clip had already ended by then; otherwise ``("stats",)`` waits for the clip's end
         (memory update, autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
@@ -462,7 +470,7 @@ class WorldActor:
             return "pong"
         self.last_call = time.monotonic()
         if kind == "clip":
-            session_id, engine_key, engine_config, poses, prompt, seed, autosave, frame_format = request[1:]
+            session_id, engine_key, engine_config, poses, prompt, seed, autosave, frame_format, nearby = request[1:]
             if self._step_work is not None and not self._step_work.done():
                 raise PreconditionError(f"world {self.world_id!r}: a clip is still running on this graph")
             self._require_lease(session_id)
@@ -470,8 +478,9 @@ class WorldActor:
             encode = self._encoder(frame_format)
             frames: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
             self._step_frames = frames
-            work = self.host.clip_work(engine, poses, prompt, seed, lambda i, f: frames.put(encode(f)),
-                                       autosave, frame_format)
+            work = self._with_nearby(self.host.clip_work(engine, poses, prompt, seed,
+                                                         lambda i, f: frames.put(encode(f)), autosave, frame_format),
+                                     nearby)
             if self.host.deleted or self.host.closed:
                 raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
             self._step_work = self.host.executor.submit(self.host._call, work, ())
@@ -498,6 +507,23 @@ class WorldActor:
             self._step_work.result()
             return self._step_stats()
         raise ValueError(f"play_step: unknown request {kind!r}")
+
+    def _with_nearby(self, work: Callable[[], Any], nearby: tuple | None) -> Callable[[], Any]:
+        """A clip's work returning ``(ClipStats, NearbyPoints | None)``: with ``nearby = (centre_m [3], half_m)``,
+        the memory's points in that box after the clip's memory update (on the world's worker, so in order with
+        the clip's writes), for the front door's collider."""
+        memory = self.host.world.memory
+
+        def run():
+            stats = work()
+            return stats, None if nearby is None else NearbyPoints.of(memory, *nearby)
+
+        return run
+
+    async def nearby_points(self, centre_m: np.ndarray, half_m: float) -> NearbyPoints:
+        """The memory's points within ``half_m`` of ``centre_m`` [3] (world frame), on the world's worker."""
+        self._touch()
+        return await self.host.call(NearbyPoints.of, self.host.world.memory, centre_m, half_m)
 
     def _step_stats(self):
         """The graph's clip, ended: ``(ClipStats, HostView)``."""
@@ -791,6 +817,11 @@ class RayWorldHost:
         self._idle_timer: asyncio.TimerHandle | None = None  # closes an idle session's graph (``_arm_idle_close``)
         self._graph_attempts = 0  # graphs reopened in a row after retryable start failures (``GRAPH_ATTEMPTS``)
         self._graph_retry_at: float | None = None  # monotonic time the next reopen may start (``GRAPH_RETRY_S``)
+        # the session's collider: a copy of the memory's points around the camera (``NEARBY_HALF_M``), fetched at
+        # the claim and then with clips (``_nearby_request``); None until a claim
+        self._nearby: NearbyCollider | None = None
+        self._nearby_start: NearbyPoints | None = None  # the copy taken at the claim
+        self._nearby_clips = 0  # clips since the copy was taken
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -883,6 +914,8 @@ class RayWorldHost:
             try:
                 claimed = self.actor.claim.remote(session_id, self._released_session)
                 self._view = await asyncio.wait_for(claimed, timeout=CALL_TIMEOUT_S)
+                near = self.actor.nearby_points.remote(self._view.current_c2w[:3, 3], NEARBY_HALF_M)
+                self._nearby_start = await asyncio.wait_for(near, timeout=CALL_TIMEOUT_S)
                 break
             except RayActorError as exc:  # gone since the last call (exited idle, or died): start it again, once
                 err = self._failed(exc)
@@ -913,6 +946,8 @@ class RayWorldHost:
                     raise err from None
                 self._revive()
                 self._view = ray.get(self.actor.claim.remote(session_id, released), timeout=CALL_TIMEOUT_S)
+            self._nearby_start = ray.get(self.actor.nearby_points.remote(self._view.current_c2w[:3, 3],
+                                                                         NEARBY_HALF_M), timeout=CALL_TIMEOUT_S)
         except (RayTaskError, RayActorError) as exc:
             raise self._failed(exc) from None
         except GetTimeoutError:
@@ -976,6 +1011,7 @@ class RayWorldHost:
         self.stop_renewing()
         self._close_graph()
         self.controller = None
+        self._nearby = self._nearby_start = None
         if not self.dead:
             self.actor.release.remote(session_id)  # fire and forget: the lease expires anyway if this is lost
         self._view = replace(self._view, controlled=False)
@@ -1002,14 +1038,16 @@ class RayWorldHost:
             self._play_method = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE)
         # the engine's config travels with its first clip only (the actor keeps the engine by key)
         config, engine.sent = (None if engine.sent else engine.config), True
+        nearby = self._nearby_request(poses[-1][:3, 3])
         graph = self._graph
         if graph is not None and graph.ready:
-            request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format)
+            request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format,
+                       nearby)
             try:
                 graph.last_used = math.inf  # in use: never closed as idle
                 stats, self._view = await asyncio.get_running_loop().run_in_executor(
                     graph.thread, graph.clip, request, len(poses), sink, GRAPH_FRAME_TIMEOUT_S)
-                return stats
+                return self._took_nearby(*stats)
             except (RayTaskError, RayActorError) as exc:
                 raise self._failed(exc) from None
             except GraphLost as exc:  # closed before the clip reached the actor: this session goes on streaming
@@ -1021,7 +1059,7 @@ class RayWorldHost:
                 graph.last_used = time.monotonic()
                 self._arm_idle_close(graph)
         gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
-                                       frame_format)
+                                       frame_format, nearby)
         stats = None
         try:
             async for ref in gen:
@@ -1057,6 +1095,29 @@ class RayWorldHost:
                 self._graph_attempts += 1
                 self._close_graph()
                 self._open_graph()
+        return self._took_nearby(*stats)
+
+    def _nearby_request(self, clip_end_m: np.ndarray) -> tuple | None:
+        """``(centre_m [3], half_m)`` for the actor to copy after this clip, or None: the session collides
+        (``collider`` was asked) and the copy is old (``NEARBY_EVERY_CLIPS``), a move was held at its edge, or the
+        camera is ``NEARBY_RECENTRE_M`` from its centre. The camera: where the integrator's last move ended (it runs
+        ahead of the clips), else the clip's last pose (``clip_end_m`` [3], world frame)."""
+        collider = self._nearby
+        if collider is None:
+            return None
+        self._nearby_clips += 1
+        camera_m = collider.position_m if collider.position_m is not None else clip_end_m
+        centre = (collider.nearby.lo_m + collider.nearby.hi_m) / 2
+        if collider.outside or self._nearby_clips >= NEARBY_EVERY_CLIPS \
+                or float(np.abs(camera_m - centre).max()) > NEARBY_RECENTRE_M:
+            return np.asarray(camera_m, np.float64).copy(), NEARBY_HALF_M
+        return None
+
+    def _took_nearby(self, stats, nearby: NearbyPoints | None):
+        """The clip's ``ClipStats``; a copy it brought replaces the collider's."""
+        if nearby is not None and self._nearby is not None:
+            self._nearby.replace(nearby)
+            self._nearby_clips = 0
         return stats
 
     async def _graph_broke(self, exc: BaseException) -> BaseException:
@@ -1095,10 +1156,17 @@ class RayWorldHost:
                 ray.cancel(gen)
         await self.refresh()
 
-    def collider(self, engine: _RemoteEngine) -> None:
-        """None: the world's memory lives in the actor's process, so a session here cannot sweep moves against it
-        between clips (the camera walks through walls on a Ray host; the session log says so)."""
-        return None
+    def collider(self, engine: _RemoteEngine) -> NearbyCollider:
+        """The session's collider: the memory lives in the actor's process, so moves are swept against a copy of
+        its points around the camera, taken at the claim and renewed after clips (``_nearby_request``). Invented
+        points block at the engine's free radius, as ``Engine.collider``. A move before a renewed copy arrives
+        collides with the copy it has (at most ``NEARBY_EVERY_CLIPS`` clips old)."""
+        if self._nearby_start is None:
+            raise PreconditionError(f"world {self.world_id!r}: a collider needs the lease (claim first)")
+        self._nearby = NearbyCollider(self._nearby_start,
+                                      CollisionConfig(invented_clearance_m=engine.config.free_radius_m))
+        self._nearby_clips = 0
+        return self._nearby
 
     async def render(self, K, c2w: np.ndarray):
         return await self._call("render", K, c2w, retry=True)

@@ -11,7 +11,7 @@ import pytest
 
 from spatia.world.actions import Action, ActionIntegrator, ControlConfig
 from spatia.world.collision import (
-    CollisionConfig, MemoryCollider, ReferenceCollider, first_blocked_fraction, first_blocked_fraction_reference,
+    CollisionConfig, MemoryCollider, NearbyCollider, NearbyPoints, ReferenceCollider, first_blocked_fraction, first_blocked_fraction_reference,
     push_direction, push_direction_reference, resolve_move, resolve_move_reference,
 )
 from spatia.world.errors import InvalidInputError
@@ -159,6 +159,35 @@ def test_memory_collider_matches_the_reference_collider_on_a_random_walk():
         hits += a.collided
         p = a.position
     assert hits >= 5  # the walk met the walls
+
+
+def test_a_nearby_copy_collides_as_the_memory_inside_its_box_and_says_when_a_move_left_it():
+    """``NearbyCollider`` (a Ray front door's session: a copy of the points around the camera) gives the memory
+    collider's result for every move whose reach lies in the copy's box, and flags the first move that does not."""
+    rng = np.random.default_rng(1)
+    mem = memory_of(np.concatenate([wall_points(z_m=0.7, spacing_m=0.05), rng.uniform(-1, 1, (40, 3))]))
+    memory_of(wall_points(z_m=-0.8, spacing_m=0.05)[:, [2, 1, 0]], provenance=INVENTED_FINAL, memory=mem)
+    nearby = NearbyPoints.of(mem, np.zeros(3), 1.2)
+    assert 0 < len(nearby.positions) < mem.num_points  # the wall's far corners lie outside the box
+    fast, copy = MemoryCollider(mem), NearbyCollider(nearby)
+    p = np.zeros(3)
+    hits = 0
+    for _ in range(40):
+        d = rng.normal(size=3) * np.array([0.1, 0.02, 0.1])
+        a, b = fast.resolve(p, d, R), copy.resolve(p, d, R)
+        np.testing.assert_array_equal(a.position, b.position)
+        assert a.collided == b.collided
+        hits += a.collided
+        p = a.position
+    assert hits >= 5 and not copy.outside
+    held = copy.resolve(np.array([0.0, 0.0, 0.3]), np.array([0.0, 0.5, 0.0]), R)  # reaches y = 1.51 > 1.2
+    assert copy.outside and not held.collided  # held where it is: past the copy nothing is known
+    np.testing.assert_array_equal(held.position, [0.0, 0.0, 0.3])
+    np.testing.assert_array_equal(copy.position_m, [0.0, 0.0, 0.3])
+    copy.replace(NearbyPoints.of(mem, np.array([0.0, 0.0, 1.0]), 1.2))
+    assert not copy.outside
+    with pytest.raises(InvalidInputError):
+        NearbyPoints.of(mem, np.array([np.nan, 0.0, 0.0]), 1.0)
 
 
 def test_resolve_move_without_points_or_motion_is_the_plain_move():

@@ -90,6 +90,31 @@ def test_a_world_plays_from_its_actor_in_another_process(doors):
         assert info.stats.clips_generated > before
 
 
+def test_a_play_session_on_a_ray_host_collides_with_the_actors_memory(doors):
+    """The memory lives in the actor; the front door's session sweeps moves against a copy of the points around the
+    camera (taken at the claim, renewed with clips): W held (sprinting) from the room's first camera (z = 1 m) stops
+    short of the back wall (observed, z = 6.48 m for seed 0), and the frames say so (``Frame.collided``)."""
+    one, _ = doors
+    with WorldClient(one.target, timeout_s=120) as c:
+        c.create_scene("room", seed=0, width=W, height=H, world_id="bump")
+        with c.play("bump", record=False, fps=16, clip=(1, 2, 1), max_pending_frames=64) as s:
+            seqs = []
+            for _ in range(64):  # at the frame rate, as a player's keys come (a burst waits at the copy's edge)
+                seqs.append(s.send(move_forward=1.0, sprint=True, dt_s=1 / 16))
+                time.sleep(1 / 16)
+            frames = []
+            while not frames or frames[-1].last_action_seq < seqs[-1]:
+                frames.append(s.next_frame(timeout_s=60))
+        c.delete_world("bump")
+    flags = [f.collided for f in frames]
+    z = [round(float(f.c2w[2, 3]), 3) for f in frames]
+    assert flags[0] is False and flags[-1] is True, (flags, z)
+    assert all(flags[flags.index(True):]), (flags, z)
+    # short of the wall by the body (observed points) or by the clearance of invented points the fill put in front
+    # of it (which clips they come from depends on timing), never through it
+    assert 4.5 < z[-1] < 6.48, z
+
+
 def test_a_second_front_door_serves_the_same_actor(doors):
     one, two = doors
     assert _host(two, "a").actor_pid == _host(one, "a").actor_pid  # found by name, not a second actor

@@ -342,14 +342,80 @@ class MemoryCollider:
         d = np.asarray(move_m, np.float64)
         if not d.any():
             return Resolved(p.copy(), False)
-        # every point a sweep of the move or of its slides can touch: slides stay within |d| of the segment
-        grow = self._reach_m(radius_m) + self.config.skin_m + float(np.linalg.norm(d))
-        pts, prov = self._points_near(np.minimum(p, p + d) - grow, np.maximum(p, p + d) + grow)
+        pts, prov = self._points_near(*self._reach_box(p, d, radius_m))
         keep, radius = self._radii(prov, radius_m)
         pts = np.ascontiguousarray(pts[keep]) if not keep.all() else pts
         return self._resolve_move(pts, radius, p, d, self.config, level_up)
 
+    def _reach_box(self, p: np.ndarray, d: np.ndarray, radius_m: float) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) [3], world frame: every point a sweep of the move ``d`` from ``p`` or of its slides can touch
+        (slides stay within ``|d|`` of the segment)."""
+        grow = self._reach_m(radius_m) + self.config.skin_m + float(np.linalg.norm(d))
+        return np.minimum(p, p + d) - grow, np.maximum(p, p + d) + grow
+
     _resolve_move = staticmethod(resolve_move)
+
+
+@dataclass(frozen=True)
+class NearbyPoints:
+    """A memory's points in an axis-aligned box, copied out for a process that does not hold the memory (a Ray
+    front door's Play session: the world lives in its actor). ``positions`` / ``provenance`` are exactly the
+    memory's points whose voxel lies in the box (``SpatialMemory.points_in_box``)."""
+
+    lo_m: np.ndarray  # [3] world frame, metres: the box's low corner
+    hi_m: np.ndarray  # [3] world frame, metres: its high corner
+    positions: np.ndarray  # [M, 3] float64, world frame
+    provenance: np.ndarray  # [M] uint8 (``world.memory.OBSERVED`` / invented kinds)
+
+    @classmethod
+    def of(cls, memory: SpatialMemory, centre_m: np.ndarray, half_m: float) -> "NearbyPoints":
+        """The points within ``half_m`` (per axis) of ``centre_m`` [3] (world frame)."""
+        c = np.asarray(centre_m, np.float64).reshape(3)
+        if not (np.isfinite(c).all() and math.isfinite(half_m) and half_m > 0):
+            raise InvalidInputError(f"a box needs a finite centre and half_m > 0, got {half_m}")
+        lo, hi = c - half_m, c + half_m
+        pts, prov = memory.points_in_box(lo, hi)
+        return cls(lo, hi, pts, prov)
+
+    def covers(self, lo_m: np.ndarray, hi_m: np.ndarray) -> bool:
+        """Whether the box from ``lo_m`` to ``hi_m`` [3] lies inside this one (what it holds is all there is)."""
+        return bool(np.all(lo_m >= self.lo_m) and np.all(hi_m <= self.hi_m))
+
+
+class NearbyCollider(MemoryCollider):
+    """``MemoryCollider`` over a ``NearbyPoints`` copy instead of the memory: the same result for every move whose
+    reach lies inside the copy's box (tested). Beyond the box nothing is known, and a wall there must not be walked
+    through, so a move that would reach past it is held (the body stays where it is, ``collided`` False) and
+    ``outside`` is set: the holder fetches a copy around ``position_m`` and ``replace``s it (``server.ray_host``,
+    with the next clip). At play rates the copy is renewed long before the camera gets near its edge; a burst of
+    actions faster than clips are generated waits at the edge."""
+
+    def __init__(self, nearby: NearbyPoints, config: CollisionConfig = CollisionConfig()) -> None:
+        super().__init__(None, config)  # type: ignore[arg-type]  # no memory here: ``nearby`` stands for it
+        self.nearby = nearby
+        self.outside = False  # a move since the last copy would have reached past its box (and was held)
+        self.position_m: np.ndarray | None = None  # [3] world frame: where the last move ended
+
+    def resolve(self, position: np.ndarray, move_m: np.ndarray, radius_m: float,
+                level_up: np.ndarray | None = None) -> Resolved:
+        nearby = self.nearby  # one read: the holder may swap in a new copy from another thread
+        p, d = np.asarray(position, np.float64), np.asarray(move_m, np.float64)
+        if d.any() and math.isfinite(radius_m) and radius_m > 0 and not nearby.covers(*self._reach_box(p, d, radius_m)):
+            self.outside = True  # held: what lies past the copy is not known here
+            out = Resolved(p.copy(), False)
+        else:
+            out = super().resolve(position, move_m, radius_m, level_up)
+        self.position_m = out.position
+        return out
+
+    def _points_near(self, lo_m: np.ndarray, hi_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nearby = self.nearby
+        inside = np.all((nearby.positions >= lo_m) & (nearby.positions <= hi_m), axis=1)
+        return np.ascontiguousarray(nearby.positions[inside]), nearby.provenance[inside]
+
+    def replace(self, nearby: NearbyPoints) -> None:
+        self.nearby = nearby
+        self.outside = False
 
 
 class ReferenceCollider(MemoryCollider):
