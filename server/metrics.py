@@ -9,7 +9,7 @@ the front door aggregates what they report):
   per RPC, and the clip generate / update times and dropped-frame counts that Play's ``SessionStats`` carry.
 - ``ServerCollector`` reads the live state of the server object at scrape time (nothing is copied in between):
   live sessions, worlds with their memory points, history frames, snapshot size and last save time, and the
-  per-session queue depths. ``_read_server`` is the one place that knows the server's attribute names.
+  per-session queue depths. ``_read_server`` reads them from ``WorldServer.stats()`` only.
 
 Each ``ServerMetrics`` has its own ``CollectorRegistry``, so several servers in one process (tests) do not mix.
 """
@@ -218,41 +218,22 @@ class ServerState:
 
 
 def _read_server(server) -> ServerState:
-    """The numbers of a ``WorldServer`` right now: its ``stats()`` (counters it keeps for metrics) where it has
-    one, else plain attributes; queue depths from its live Play sessions. Reads ints and lens only: safe from the
-    scrape thread while the event loop and world workers run; a value may be one clip old."""
-    servicer = getattr(server, "servicer", None)
-    live = list(getattr(servicer, "_play", {}).values())
-    sessions = []
-    for s in live:
-        owner = getattr(s, "host", None) or getattr(s, "entry", None)
-        sessions.append(SessionState(session_id=s.id, world_id=getattr(owner, "world_id", ""),
-                                     outbox_frames=int(s.outbox.frames_queued), pending_actions=s.actions.qsize(),
-                                     frames_sent=int(getattr(s, "frames_sent", 0))))
-    draining = bool(getattr(servicer, "draining", False))
-    stats = server.stats() if callable(getattr(server, "stats", None)) else None
-    if stats is not None:
-        worlds = [WorldState(
-            world_id=wid, memory_points=int(w["memory_points"]), history_frames=int(w["history_frames"]),
-            snapshot_bytes=int(w["snapshot_bytes"]), last_save_s=float(w["last_save_cpu_s"]),
-            clips_generated=int(w["clips_generated"]), controlled=bool(w["controlled"]),
-            saves=w.get("saves"), save_failures=w.get("save_failures"), frames_generated=w.get("frames_generated"),
-            node_id=str(w.get("node_id", "")))
-            for wid, w in stats["worlds"].items()]
-        counters = {k: float(stats[k]) for k in ("sessions_started", "sessions_ended", "frames_served",
-                                                 "frames_dropped", "poses_skipped", "worlds_unreadable")
-                    if k in stats}
-        return ServerState(live_calls=int(stats["sessions"]), draining=draining, worlds=worlds, sessions=sessions,
-                           counters=counters, errors={str(k): float(v) for k, v in stats.get("errors", {}).items()})
-    worlds = []
-    for entry in list(server.store.entries()):
-        w = entry.world
-        worlds.append(WorldState(
-            world_id=w.world_id, memory_points=int(w.memory.num_points), history_frames=len(w.history),
-            snapshot_bytes=int(entry.snapshot_bytes), last_save_s=float(entry.last_save_cpu_s),
-            clips_generated=int(entry.clips_generated), controlled=entry.controller is not None))
-    return ServerState(live_calls=int(getattr(servicer, "sessions", 0)), draining=draining, worlds=worlds,
-                       sessions=sessions)
+    """The numbers of a ``WorldServer`` right now, from its ``stats()`` (ints and lens only: safe from the scrape
+    thread while the event loop and world workers run; a value may be one clip old)."""
+    stats = server.stats()
+    sessions = [SessionState(**s) for s in stats["live"]]
+    worlds = [WorldState(
+        world_id=wid, memory_points=int(w["memory_points"]), history_frames=int(w["history_frames"]),
+        snapshot_bytes=int(w["snapshot_bytes"]), last_save_s=float(w["last_save_cpu_s"]),
+        clips_generated=int(w["clips_generated"]), controlled=bool(w["controlled"]),
+        saves=w.get("saves"), save_failures=w.get("save_failures"), frames_generated=w.get("frames_generated"),
+        node_id=str(w.get("node_id", "")))
+        for wid, w in stats["worlds"].items()]
+    counters = {k: float(stats[k]) for k in ("sessions_started", "sessions_ended", "frames_served",
+                                             "frames_dropped", "poses_skipped", "worlds_unreadable")}
+    return ServerState(live_calls=int(stats["sessions"]), draining=stats["draining"], worlds=worlds,
+                       sessions=sessions, counters=counters,
+                       errors={str(k): float(v) for k, v in stats["errors"].items()})
 
 
 # server-kept totals (WorldServer.stats()) -> (metric name, help); counters unless noted

@@ -203,10 +203,9 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
                                  f"limit max_sessions={self.limits.max_sessions} reached (Play + Generate)")
 
     async def _get(self, world_id: str, field: str) -> WorldHost:
-        """The world's host. A store whose lookup may block (Ray: starting a world's actor waits for its
-        placement) offers ``get_async``, so the wait never runs on this event loop."""
-        get_async = getattr(self.store, "get_async", None)
-        return await get_async(world_id, field) if get_async is not None else self.store.get(world_id, field)
+        """The world's host (``WorldIds.get_async``: a lookup that waits, e.g. for a Ray actor's placement, never
+        waits on this event loop)."""
+        return await self.store.get_async(world_id, field)
 
     async def _open_slot(self, host: WorldHost, session_id: str) -> "_Slot":
         """Admission + the world's lease, released together exactly once by ``_Slot.close``. A host whose claim
@@ -633,9 +632,10 @@ class WorldServer:
 
     def stats(self) -> dict:
         """Counters for metrics, read at scrape time (cheap, no worker round trip): live sessions, frames served /
-        dropped, poses skipped, statuses by code (``errors``, ``unexpected`` = INTERNAL), and per world
+        dropped, poses skipped, statuses by code (``errors``, ``unexpected`` = INTERNAL), per world
         ``WorldHost.stats()`` (memory_points, history_frames, clips_generated, frames_generated, snapshot_bytes,
-        saves, save_failures, last_save_cpu_s, controlled)."""
+        saves, save_failures, last_save_cpu_s, controlled), whether it is draining, and per live Play session its
+        queue depths (``live``)."""
         s = self.servicer
         live = list(s._play.values()) if s is not None else []
         return {
@@ -650,6 +650,10 @@ class WorldServer:
             "errors": dict(errors.ERROR_COUNTS),
             "worlds_unreadable": len(self.store.broken),
             "worlds": {h.world_id: h.stats() for h in self.store.hosts()},
+            "draining": bool(s.draining) if s else False,
+            # per live Play session: queue depths (ints and lens, safe from the scrape thread)
+            "live": [{"session_id": p.id, "world_id": p.host.world_id, "outbox_frames": int(p.outbox.frames_queued),
+                      "pending_actions": p.actions.qsize(), "frames_sent": int(p.frames_sent)} for p in live],
         }
 
     def _options(self) -> list[tuple[str, int]]:

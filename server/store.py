@@ -96,6 +96,15 @@ class WorldIds(ABC):
     def release_id(self, world_id: str) -> None:
         self._reserved.discard(world_id)
 
+    @abstractmethod
+    def get(self, world_id: str, field: str = "world_id"):
+        """The world's host; NOT_FOUND, or DATA_LOSS for an id whose snapshot is unreadable."""
+
+    async def get_async(self, world_id: str, field: str = "world_id"):
+        """``get`` for the servicer's event loop. In-process a lookup never blocks; a store whose lookup may (Ray:
+        starting a world's actor waits for its placement) overrides this to wait off the loop."""
+        return self.get(world_id, field)
+
 
 class WorldStore(WorldIds):
     def __init__(self, data_dir: Path, max_worlds: int) -> None:
