@@ -10,7 +10,8 @@ novel pixels, every ``--stride``-th path frame), the truth is compared with imag
   statistics, colours and layout at 16 px, another phase (what a plausible invented texture is at best);
 - ``mean_colour``: one flat colour (the mean over the novel pixels).
 
-Each value is the mean over graded frames of ``model.eval.novel_view.gmsd`` (the protocol's own metric).
+Each value is the mean over graded frames of ``model.eval.novel_view.gmsd`` (the protocol's own metric); the
+masked PSNR (``masked_psnr``, dB) of the same images is reported beside it (``psnr``).
 The baseline in the same run is the generator's figure from `spatia eval novel-view` (not recomputed here).
 
     python benchmarks/gmsd_scale.py [--items room house courtyard] [--width 320 --height 180] [--stride 10]
@@ -49,7 +50,7 @@ def main() -> None:
     import numpy as np
 
     from spatia.model.eval.novel_view import (
-        NOVEL_FRAME_MIN_SHARE, _camera_rotation, gmsd, parse_items, prepare_item, truth_view,
+        NOVEL_FRAME_MIN_SHARE, _camera_rotation, gmsd, masked_psnr, parse_items, prepare_item, truth_view,
     )
 
     def moved_right(T, metres: float):
@@ -62,6 +63,7 @@ def main() -> None:
         log(f"{item.name}: preparing")
         p = prepare_item(item, args.width, args.height)
         values: dict[str, list[float]] = {}
+        psnr: dict[str, list[float]] = {}
         for i in range(args.stride, len(p.path_world), args.stride):
             mask = p.novel[i]
             if mask.mean() < NOVEL_FRAME_MIN_SHARE:
@@ -80,8 +82,10 @@ def main() -> None:
             }
             for name, image in made.items():
                 values.setdefault(name, []).append(gmsd(image, truth, mask))
-        rows[item.name] = {k: round(float(np.mean(v)), 3) for k, v in values.items()} | {"frames": len(values.get(
-            "blur_1px", []))}
+                psnr.setdefault(name, []).append(masked_psnr(image, truth, mask))
+        rows[item.name] = {"gmsd": {k: round(float(np.mean(v)), 3) for k, v in values.items()},
+                           "psnr": {k: round(float(np.mean(v)), 2) for k, v in psnr.items()},
+                           "frames": len(values.get("blur_1px", []))}
     emit({"benchmark": "gmsd_scale", "width": args.width, "height": args.height, "stride": args.stride,
           "load_average": load_average(), "items": rows})
 
