@@ -216,6 +216,7 @@ class HostView:
 
 class WorldHost:
     shares_server_cores = True  # its clips run in this process (on the cores the server's clip slots count)
+    node_id = ""  # the Ray node a world actor runs on (server/ray_host.py); in-process: none
     """The in-process host of one loaded world (see the module docstring)."""
 
     def __init__(self, world: World, path: Path, *, wlog: WorldLog | None = None, legacy_path: Path | None = None,
@@ -264,6 +265,10 @@ class WorldHost:
                 "world"
             )
         self.controller = session_id
+
+    async def claim_async(self, session_id: str) -> None:
+        """``claim`` for the servicer's event loop: in-process it never waits (a Ray host's is a call to its actor)."""
+        self.claim(session_id)
 
     def release(self, session_id: str) -> bool:
         """Give the lease back; idempotent (True only for the call that released it)."""

@@ -97,7 +97,7 @@ def world_info(host: WorldHost, case_c2w: np.ndarray | None = None) -> pb.WorldI
         world_id=v.world_id, source=v.source, prompt=v.prompt, created_unix_ns=v.created_ns,
         intrinsics=builders.intrinsics_to_proto(v.intrinsics), origin=pose_to_proto(v.origin_c2w),
         current=pose_to_proto(v.current_c2w), stats=_stats(v), controlled=v.controlled,
-        node_id=getattr(host, "node_id", ""),  # a world actor's node (server/ray_host.py); in-process: none
+        node_id=host.node_id,  # a world actor's node (server/ray_host.py); in-process: none
     )
     if case_c2w is not None:
         info.case_trajectory.CopyFrom(trajectory_to_proto(case_c2w))
@@ -208,17 +208,13 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         return await self.store.get_async(world_id, field)
 
     async def _open_slot(self, host: WorldHost, session_id: str) -> "_Slot":
-        """Admission + the world's lease, released together exactly once by ``_Slot.close``. A host whose claim
-        is a call to another process (Ray) offers ``claim_async``; the slot is counted while it runs, so
-        concurrent calls cannot pass ``max_sessions`` together."""
+        """Admission + the world's lease, released together exactly once by ``_Slot.close``. The slot is counted
+        while the claim runs (on a Ray host, a call to the world's actor), so concurrent calls cannot pass
+        ``max_sessions`` together."""
         self._admit()
         self.sessions += 1
         try:
-            claim_async = getattr(host, "claim_async", None)
-            if claim_async is not None:
-                await claim_async(session_id)
-            else:
-                host.claim(session_id)
+            await host.claim_async(session_id)
         except BaseException:
             self.sessions -= 1
             raise
