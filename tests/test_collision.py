@@ -169,17 +169,27 @@ def test_a_nearby_copy_collides_as_the_memory_inside_its_box_and_says_when_a_mov
     memory_of(wall_points(z_m=-0.8, spacing_m=0.05)[:, [2, 1, 0]], provenance=INVENTED_FINAL, memory=mem)
     nearby = NearbyPoints.of(mem, np.zeros(3), 1.2)
     assert 0 < len(nearby.positions) < mem.num_points  # the wall's far corners lie outside the box
-    fast, copy = MemoryCollider(mem), NearbyCollider(nearby)
+    for _ in range(20):  # the cell index finds exactly the points a scan of the copy finds
+        lo = rng.uniform(-1.5, 1.0, 3)
+        hi = lo + rng.uniform(0.0, 1.5, 3)
+        got, prov = nearby.in_box(lo, hi)
+        scan = np.all((nearby.positions >= lo) & (nearby.positions <= hi), axis=1)
+        order = np.lexsort(got.T)
+        want = nearby.positions[scan].astype(np.float64)
+        np.testing.assert_array_equal(got[order], want[np.lexsort(want.T)])
+        assert sorted(prov.tolist()) == sorted(nearby.provenance[scan].tolist())
+    fast, copy = MemoryCollider(mem), NearbyCollider(NearbyPoints.of(mem, np.zeros(3), 3.0))  # the walk's reach
     p = np.zeros(3)
     hits = 0
     for _ in range(40):
         d = rng.normal(size=3) * np.array([0.1, 0.02, 0.1])
         a, b = fast.resolve(p, d, R), copy.resolve(p, d, R)
-        np.testing.assert_array_equal(a.position, b.position)
+        np.testing.assert_allclose(a.position, b.position, atol=1e-5)  # (the copy holds float32 positions)
         assert a.collided == b.collided
         hits += a.collided
         p = a.position
     assert hits >= 5 and not copy.outside
+    copy.replace(nearby)
     held = copy.resolve(np.array([0.0, 0.0, 0.3]), np.array([0.0, 0.5, 0.0]), R)  # reaches y = 1.51 > 1.2
     assert copy.outside and not held.collided  # held where it is: past the copy nothing is known
     np.testing.assert_array_equal(held.position, [0.0, 0.0, 0.3])
