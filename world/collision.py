@@ -381,10 +381,15 @@ class NearbyPoints:
         lo, hi = c - half_m, c + half_m
         pts, prov = memory.points_in_box(lo, hi)
         cells = np.clip(np.floor((pts - lo) / cell_m), 0, None).astype(np.int64)  # [M, 3]
-        keys = _cell_keys(cells, _cell_dims(lo, hi, cell_m))
-        order = np.argsort(keys, kind="stable")
-        keys, starts = np.unique(keys[order], return_index=True)
-        return cls(lo, hi, np.ascontiguousarray(pts[order], np.float32), prov[order], float(cell_m), keys,
+        dims = _cell_dims(lo, hi, cell_m)
+        keys = _cell_keys(cells, dims)
+        # numpy sorts 16-bit integers by radix: ~1 ms for 175 k points against ~24 ms for int64 (the default box
+        # has 17^3 cells); a larger box takes the general sort
+        small = keys.astype(np.int16) if int(np.prod(dims)) <= np.iinfo(np.int16).max else keys
+        order = np.argsort(small, kind="stable")
+        keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+        return cls(lo, hi, np.ascontiguousarray(pts[order], np.float32), prov[order], float(cell_m), keys[starts],
                    np.append(starts, len(order)).astype(np.int64))
 
     def covers(self, lo_m: np.ndarray, hi_m: np.ndarray) -> bool:
