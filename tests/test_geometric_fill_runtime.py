@@ -354,6 +354,29 @@ def test_waiting_for_a_world_covers_its_fit_and_plane_textures_not_its_tiles():
         states.close()
 
 
+def test_create_world_answers_once_the_worlds_fit_is_done(tmp_path, monkeypatch):
+    """A layout server's CreateWorld waits (off its event loop) for the world's layout and plane textures, so its
+    first Play frames do not; here the plane textures are slowed so that an answer that did not wait comes first."""
+    import time
+
+    from spatia.client.api import WorldClient
+    from spatia.server.config import ServerConfig
+    from spatia.server.testing import running_server
+
+    fit_textures = geometric._fit_plane_textures
+
+    def slow_textures(state):
+        time.sleep(0.5)
+        fit_textures(state)
+
+    monkeypatch.setattr(geometric, "_fit_plane_textures", slow_textures)
+    with running_server(ServerConfig(data_dir=tmp_path, port=0)) as st, WorldClient(st.target, timeout_s=60) as c:
+        c.create_scene("room", seed=0, width=64, height=48, world_id="room0")
+        (host,) = st.server.store.hosts()
+        entry = st.server.servicer.generator._states._states[host.world.memory]
+        assert entry.ready.is_set() and entry.future.done()
+
+
 def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():
     """A server builds its generator at start: the layout fill's modules are imported then, not in the first
     world's fit that the first session's first final frame waits for (a fresh process, so nothing is cached)."""
