@@ -37,6 +37,7 @@ from spatia.server.store import WorldStore, open_store
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import EngineConfig
 from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.generator import capabilities_of
 
 log = structlog.get_logger("spatia.server")
 
@@ -243,7 +244,7 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         finally:
             self.store.release_id(world_id)
         host.prepare(self.generator)  # e.g. the layout fill's fit starts now, not in the first Play's frames
-        if hasattr(self.generator, "wait_prepared"):  # off the event loop: other sessions' frames go on
+        if capabilities_of(self.generator).prepares_worlds:  # off the event loop: other sessions' frames go on
             await asyncio.to_thread(self.generator.wait_prepared, world.memory, CREATE_WAITS_FOR_PREPARE_S)
         log.info("world created", world_id=world_id, source=world.info.source)
         return world_info(host, case_c2w)
