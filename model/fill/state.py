@@ -10,7 +10,8 @@ time another world's clip ran). Here:
   unloaded) and tagged with ``observed_version``; invented points never change it;
 - ``prepare`` snapshots the observed points on the caller's thread (the memory is not thread-safe) and fits on a
   maintenance thread (two run at once); the engine calls it when it opens a world, so the fit runs while the
-  session starts;
+  session starts; a server calls it when it creates a world and waits (``wait``) for the fit and the plane
+  textures before CreateWorld answers, so a Play right after shares no CPU with them;
 - the generator shows a coarse fill for the first few frames after a world is opened (or its observed points
   change), counted in the entry, and from then on the fitted state, waiting for a fit still in flight. Counting
   frames (not "use whatever is ready") keeps frames a function of the world and the path alone: the same seed
