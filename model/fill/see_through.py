@@ -72,8 +72,8 @@ def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no co
     have a nearer rendered pixel (``depth < limit``) within ``radius_px`` on both sides; ``limit = min(z (1 -
     rel), z - min_gap_m)`` in float64, as the reference. Each line direction is laid out as the columns of an
     array (the image, its transpose, its two shears), so that one pass (``_pairs_along_columns``) finds that
-    direction's pairs for every pixel: about half the walks' time on a mostly rendered 640x360 frame, one thread
-    (docs/BENCHMARKS.md, session 15, lspeed)."""
+    direction's pairs for every pixel, on one thread, however long the radius (walking up to r pixels each way
+    from every pixel cost more on a mostly rendered frame: docs/BENCHMARKS.md, session 15, lspeed)."""
     h, w = depth.shape
     r = radius_px
     inf = np.float32(np.inf)
