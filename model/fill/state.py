@@ -154,7 +154,10 @@ class FillStates:
         if self._warm is not None or self._tiles is not None:
             # after the state is handed over: a frame waiting for it does not also wait for the warm-up (the
             # warm-up runs under each plane's and texture model's own lock, so frames interleave with it)
-            self._pool().submit(self._warm_quietly, state, ready)
+            try:
+                self._pool().submit(self._warm_quietly, state, ready)
+            except RuntimeError:  # closed meanwhile: no warm-up comes (frames fit what they need)
+                ready.set()
         else:
             ready.set()
         return state
