@@ -32,6 +32,8 @@ integrated -> its clip started on the world's thread -> frame generated -> encod
 gRPC) the p50 / p95 ms, the clips' per-part times, and the longest gaps between frames; ``after_3s`` the same for
 the frames and clips of each session's steady play (3 s on), ``first_3s`` of its start-up (the layout fill's fits,
 first-use loads).
+Each run also gives ``create_s``: the CreateWorld wall of each session's world (a layout-fill server answers it
+once the world's layout and plane textures are fitted, server/service.py).
 ``--trace-keep DIR`` keeps the raw traces (one JSON lines file per session, named by fill, round, rate, sessions).
 """
 
@@ -210,14 +212,17 @@ async def _run(target: str, n: int, args) -> list[dict]:
     from spatia.client.api import AsyncWorldClient
 
     async with AsyncWorldClient(target, timeout_s=600) as c:
-        ids = []
+        ids, create_s = [], []
         for i in range(n):
             wid = f"bench{getattr(args, 'world_prefix', '')}{n}-{i}"
+            t0 = time.monotonic()  # CreateWorld's wall (a layout server answers once the world's fits are done)
             await c.create_scene(("room", "house", "courtyard", "room")[i % 4], seed=i, width=args.width,
                                  height=args.height, world_id=wid)
+            create_s.append(time.monotonic() - t0)
             ids.append(wid)
-        return await asyncio.gather(*(
+        out = await asyncio.gather(*(
             _session(c, w, args.seconds, args.tick_hz, args.fps, args.clip, args.max_pending) for w in ids))
+        return [{**r, "create_s": t} for r, t in zip(out, create_s)]
 
 
 def _baseline(args) -> float:
@@ -497,7 +502,8 @@ def _summary_one(one: dict) -> dict:
             "p95_to_server_frame_ms": round(_pct(one["server_ms"], 95), 1),
             "poses_dropped": one["poses_dropped"], "held_fps": one["held_fps"],
             "generate_ms_median": round(statistics.median(one["generate_ms"] or [float("nan")]), 1),
-            "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1)}
+            "update_ms_median": round(statistics.median(one["update_ms"] or [float("nan")]), 1),
+            "create_s": round(one["create_s"], 2)}
 
 
 def _summary_four(four: list[dict]) -> dict:
@@ -506,7 +512,8 @@ def _summary_four(four: list[dict]) -> dict:
     return {"fps_per_session": [round(f, 2) for f in fps4], "fps_mean": round(statistics.mean(fps4), 2),
             "fastest_over_slowest": round(max(fps4) / max(min(fps4), 1e-9), 2),
             "p50_ms": round(_pct(lat4, 50), 1), "p95_ms": round(_pct(lat4, 95), 1),
-            "poses_dropped": [r["poses_dropped"] for r in four], "frames": [r["frames"] for r in four]}
+            "poses_dropped": [r["poses_dropped"] for r in four], "frames": [r["frames"] for r in four],
+            "create_s": [round(r["create_s"], 2) for r in four]}
 
 
 if __name__ == "__main__":

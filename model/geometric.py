@@ -523,6 +523,11 @@ class GeometricGenerator:
         if self.config.fill == "layout" and memory is not None:
             self._states.prepare(memory, *self._fill_inputs(memory, observed_views, world_up, layout_prior))
 
+    def wait_prepared(self, memory, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the fit ``prepare_world`` started (the layout, the sky and the plane
+        textures; not the tiles): True when done or when there is none. Frames never depend on it."""
+        return self.config.fill != "layout" or memory is None or self._states.wait(memory, timeout_s)
+
     def _fill_inputs(self, memory, observed_views, world_up, layout_prior=None):
         def inputs() -> FillInputs:
             pts, cols = memory.observed_points()

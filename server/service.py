@@ -37,6 +37,7 @@ from spatia.server.store import WorldStore, open_store
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import EngineConfig
 from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.generator import capabilities_of
 
 log = structlog.get_logger("spatia.server")
 
@@ -44,6 +45,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WorldService"].full_name  # "spat
 CHUNK_BYTES = 1 << 20  # Export chunk size
 DEFAULT_PAGE_SIZE = 100  # ListWorlds / ListRecordings (AIP-158)
 MAX_PAGE_SIZE = 1000
+# CreateWorld answers once the generator's per-world fit (the layout fill's layout and plane textures,
+# ``wait_prepared``) is done, or after this long: a Play right after then neither waits for it in its first final
+# frame nor shares the CPU with it (frames do not depend on when it finished; docs/BENCHMARKS.md, session 15, lspeed)
+CREATE_WAITS_FOR_PREPARE_S = 5.0
 
 
 class _AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -234,6 +239,8 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         finally:
             self.store.release_id(world_id)
         host.prepare(self.generator)  # e.g. the layout fill's fit starts now, not in the first Play's frames
+        if capabilities_of(self.generator).prepares_worlds:  # off the event loop: other sessions' frames go on
+            await asyncio.to_thread(self.generator.wait_prepared, world.memory, CREATE_WAITS_FOR_PREPARE_S)
         log.info("world created", world_id=world_id, source=world.info.source)
         return world_info(host, case_c2w)
 

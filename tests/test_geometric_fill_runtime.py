@@ -314,6 +314,69 @@ def test_tile_warm_up_runs_at_low_priority_and_the_fits_at_normal_priority():
     assert seen["tiles"] == min(base + WARM_NICE, 19)
 
 
+def test_waiting_for_a_world_covers_its_fit_and_plane_textures_not_its_tiles():
+    """``FillStates.wait`` (what a server's CreateWorld waits for): over once the fit and the plane-texture warm-up
+    are, not before, whatever the tiles do; a world never prepared, or whose fit failed, is not waited for."""
+    from spatia.model.fill.state import FillStates
+
+    go_fit, go_warm, go_tiles = threading.Event(), threading.Event(), threading.Event()
+    warmed = []
+
+    def fit(inputs):
+        assert go_fit.wait(30)
+        if inputs == "bad":
+            raise ValueError("no layout")
+        return inputs
+
+    def warm(state):
+        assert go_warm.wait(30)
+        warmed.append(state)
+
+    class Memory:  # a stand-in key (states are held weakly per memory object)
+        pass
+
+    states = FillStates(fit, warm, lambda state: go_tiles.wait(30))
+    memory, other, bad = Memory(), Memory(), Memory()
+    try:
+        assert states.wait(other, 0.0)  # nothing prepared for it
+        states.prepare(memory, lambda: "inputs", ("v", 0))
+        assert not states.wait(memory, 0.05)  # fitting
+        go_fit.set()
+        assert states.prepare(memory, lambda: "inputs", ("v", 0)).state() == "inputs"
+        assert not states.wait(memory, 0.05)  # fitted, its plane textures not yet
+        go_warm.set()
+        assert states.wait(memory, 30) and warmed == ["inputs"]
+        assert not go_tiles.is_set()  # the tiles are still running: not waited for
+        states.prepare(bad, lambda: "bad", ("v", 0))
+        assert states.wait(bad, 30)
+    finally:
+        go_tiles.set()
+        states.close()
+
+
+def test_create_world_answers_once_the_worlds_fit_is_done(tmp_path, monkeypatch):
+    """A layout server's CreateWorld waits (off its event loop) for the world's layout and plane textures, so its
+    first Play frames do not; here the plane textures are slowed so that an answer that did not wait comes first."""
+    import time
+
+    from spatia.client.api import WorldClient
+    from spatia.server.config import ServerConfig
+    from spatia.server.testing import running_server
+
+    fit_textures = geometric._fit_plane_textures
+
+    def slow_textures(state):
+        time.sleep(0.5)
+        fit_textures(state)
+
+    monkeypatch.setattr(geometric, "_fit_plane_textures", slow_textures)
+    with running_server(ServerConfig(data_dir=tmp_path, port=0)) as st, WorldClient(st.target, timeout_s=60) as c:
+        c.create_scene("room", seed=0, width=64, height=48, world_id="room0")
+        (host,) = st.server.store.hosts()
+        entry = st.server.servicer.generator._states._states[host.world.memory]
+        assert entry.ready.is_set() and entry.future.done()
+
+
 def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():
     """A server builds its generator at start: the layout fill's modules are imported then, not in the first
     world's fit that the first session's first final frame waits for (a fresh process, so nothing is cached)."""

@@ -23,6 +23,19 @@ def test_compiled_matches_the_reference_on_random_renders(seed):
                                       reference_see_through_pixels(depth, valid, radius))
 
 
+def test_compiled_matches_the_reference_at_long_radii_odd_shapes_and_bad_depths():
+    """The compiled pass takes its minima over blocks of ``radius`` rows along each line direction: radii longer
+    than the image, one-pixel images and NaN depths of rendered pixels give the reference's marks too."""
+    rng = np.random.default_rng(7)
+    for h, w, radius in ((23, 31, 13), (9, 40, 25), (1, 12, 3), (17, 1, 4), (30, 30, 29)):
+        depth = rng.uniform(1.0, 3.0, (h, w)).astype(np.float32)
+        depth[rng.random((h, w)) < 0.4] = 8.0
+        valid = rng.random((h, w)) < 0.8
+        depth[valid & (rng.random((h, w)) < 0.05)] = np.nan
+        np.testing.assert_array_equal(see_through_pixels(depth, valid, radius),
+                                      reference_see_through_pixels(depth, valid, radius), err_msg=f"{h}x{w} r{radius}")
+
+
 def test_gaps_in_a_near_surface_are_marked_a_plane_and_a_corner_are_not():
     """At 320x240 with the default radius (2 % of the width: 6 px)."""
     K = Intrinsics.from_fov(75.0, 320, 240)

@@ -140,7 +140,9 @@ class GeneratorCapabilities:
     # creates one), with what later requests carry as ``memory``, ``observed_views`` and ``world_up``: a generator
     # that derives state from the world (the geometric one fits its layout fill) starts that work there, off the
     # first frame's path. It must not block for long, and the frames it later makes must not depend on when that
-    # work finished.
+    # work finished. Such a generator also has ``wait_prepared(memory, timeout_s) -> bool``: block until that work
+    # is done (True) or ``timeout_s`` passed (False); a server calls it, off its event loop, before it answers
+    # CreateWorld, so that a Play right after neither waits for that work nor shares the CPU with it.
     prepares_worlds: bool = False
     # The generator calls ``request.need_targets(t)`` before it reads target ``t``'s part of ``projection``
     # (``need_targets()`` before reading every target's): the engine then renders each target pose only when

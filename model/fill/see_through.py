@@ -20,43 +20,118 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _nearer_along(depth, valid, y, x, dy, dx, radius_px, limit, h, w):  # pragma: no cover - compiled
-    for k in range(1, radius_px + 1):
-        yy = y + k * dy
-        xx = x + k * dx
-        if yy < 0 or yy >= h or xx < 0 or xx >= w:
-            return False
-        if valid[yy, xx] and depth[yy, xx] < limit:
-            return True
-    return False
+@nb.njit(cache=True, nogil=True)
+def _pairs_along_columns(a, lim, r, pair):  # pragma: no cover - compiled
+    """``pair[i, j]`` = a value below ``lim[i, j]`` among ``a[i - r .. i - 1, j]`` and one among ``a[i + 1 .. i + r,
+    j]`` (rows outside ``a`` hold none). a [n, m] float32 (inf: no rendered pixel), lim [n, m] float32, pair [n, m]
+    bool. Each one-sided minimum is a window of r rows: the min of a suffix and a prefix of blocks of r rows
+    (van Herk / Gil-Werman), O(1) a pixel whatever r, every loop along a row."""
+    n, m = a.shape
+    p_rows = n + 2 * r  # padded rows: p = i + r
+    inf = np.float32(np.inf)
+    g = np.empty((p_rows, m), np.float32)  # min from the first row of p's block down to p
+    hh = np.empty((p_rows, m), np.float32)  # min from p down to the last row of p's block
+    for p in range(p_rows):
+        i = p - r
+        if p % r == 0:  # a block starts
+            for j in range(m):
+                g[p, j] = a[i, j] if 0 <= i < n else inf
+        elif 0 <= i < n:
+            for j in range(m):
+                v = a[i, j]
+                q = g[p - 1, j]
+                g[p, j] = v if v < q else q
+        else:  # a padding row: nothing there
+            for j in range(m):
+                g[p, j] = g[p - 1, j]
+    for p in range(p_rows - 1, -1, -1):
+        i = p - r
+        if p % r == r - 1 or p == p_rows - 1:  # a block ends
+            for j in range(m):
+                hh[p, j] = a[i, j] if 0 <= i < n else inf
+        elif 0 <= i < n:
+            for j in range(m):
+                v = a[i, j]
+                q = hh[p + 1, j]
+                hh[p, j] = v if v < q else q
+        else:
+            for j in range(m):
+                hh[p, j] = hh[p + 1, j]
+    for i in range(n):
+        # above: rows i - r .. i - 1 (padded i .. i + r - 1); below: rows i + 1 .. i + r (padded i + r + 1 .. i + 2r)
+        for j in range(m):
+            up = min(hh[i, j], g[i + r - 1, j])
+            down = min(hh[i + r + 1, j], g[i + 2 * r, j])
+            c = lim[i, j]
+            pair[i, j] = up < c and down < c
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
 def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no cover - compiled
+    """``out[y, x]`` = True where at least two of the four lines through (y, x) (across, down, the two diagonals)
+    have a nearer rendered pixel (``depth < limit``) within ``radius_px`` on both sides; ``limit = min(z (1 -
+    rel), z - min_gap_m)`` in float64, as the reference. Each line direction is laid out as the columns of an
+    array (the image, its transpose, its two shears), so that one pass (``_pairs_along_columns``) finds that
+    direction's pairs for every pixel, on one thread, however long the radius (walking up to r pixels each way
+    from every pixel cost more on a mostly rendered frame: docs/BENCHMARKS.md, session 15, lspeed)."""
     h, w = depth.shape
-    for y in nb.prange(h):  # rows are independent (each writes its own row of ``out``)
+    r = radius_px
+    inf = np.float32(np.inf)
+    # per pixel: its depth where rendered (else inf: never nearer), and its limit as the float32 that a float32
+    # depth is below exactly when it is below the float64 limit (rounded up); -inf where nothing is marked
+    v = np.empty((h, w), np.float32)
+    lim = np.empty((h, w), np.float32)
+    any_valid = False
+    for y in range(h):
         for x in range(w):
-            if not valid[y, x]:
-                continue
-            z = np.float64(depth[y, x])
-            limit = min(z * (1.0 - rel), z - min_gap_m)  # float64, as the reference
-            # one side first: on a surface (most pixels) nothing is nearer, and the other side is never walked
-            across = (_nearer_along(depth, valid, y, x, 0, -1, radius_px, limit, h, w)
-                      and _nearer_along(depth, valid, y, x, 0, 1, radius_px, limit, h, w))
-            vertical = (_nearer_along(depth, valid, y, x, -1, 0, radius_px, limit, h, w)
-                        and _nearer_along(depth, valid, y, x, 1, 0, radius_px, limit, h, w))
-            if across and vertical:
+            d = depth[y, x]
+            v[y, x] = inf
+            lim[y, x] = -inf
+            if valid[y, x] and not np.isnan(d):
+                any_valid = True
+                v[y, x] = d
+                z = np.float64(d)
+                limit = min(z * (1.0 - rel), z - min_gap_m)
+                if not np.isnan(limit):
+                    c = np.float32(limit)
+                    if np.float64(c) < limit:
+                        c = np.nextafter(c, inf)
+                    lim[y, x] = c
+    if not any_valid:
+        return
+    count = np.zeros((h, w), np.uint8)
+    pair = np.empty((h, w), np.bool_)
+    _pairs_along_columns(v, lim, r, pair)  # down: the image's columns
+    for y in range(h):
+        for x in range(w):
+            count[y, x] += pair[y, x]
+    pair_t = np.empty((w, h), np.bool_)
+    _pairs_along_columns(np.ascontiguousarray(v.T), np.ascontiguousarray(lim.T), r, pair_t)  # across
+    for y in range(h):
+        for x in range(w):
+            count[y, x] += pair_t[x, y]
+    # the diagonals: (y, x) -> column x - y + h - 1 (down-right) and x + y (down-left) of an [h, w + h - 1] shear
+    m = w + h - 1
+    vs = np.empty((h, m), np.float32)
+    ls = np.empty((h, m), np.float32)
+    pair_s = np.empty((h, m), np.bool_)
+    for anti in range(2):
+        vs[:] = inf
+        ls[:] = -inf
+        for y in range(h):
+            off = y if anti else h - 1 - y
+            for x in range(w):
+                vs[y, x + off] = v[y, x]
+                ls[y, x + off] = lim[y, x]
+        _pairs_along_columns(vs, ls, r, pair_s)
+        for y in range(h):
+            off = y if anti else h - 1 - y
+            for x in range(w):
+                count[y, x] += pair_s[y, x + off]
+    for y in range(h):
+        for x in range(w):
+            if count[y, x] >= 2:
                 out[y, x] = True
-                continue
-            diagonal = (_nearer_along(depth, valid, y, x, -1, -1, radius_px, limit, h, w)
-                        and _nearer_along(depth, valid, y, x, 1, 1, radius_px, limit, h, w))
-            if across or vertical:
-                out[y, x] = diagonal or (_nearer_along(depth, valid, y, x, -1, 1, radius_px, limit, h, w)
-                                         and _nearer_along(depth, valid, y, x, 1, -1, radius_px, limit, h, w))
-            elif diagonal:  # where two lines of gaps cross: only the diagonals meet the surface
-                out[y, x] = (_nearer_along(depth, valid, y, x, -1, 1, radius_px, limit, h, w)
-                             and _nearer_along(depth, valid, y, x, 1, -1, radius_px, limit, h, w))
 
 
 def see_through_pixels(

@@ -10,7 +10,8 @@ time another world's clip ran). Here:
   unloaded) and tagged with ``observed_version``; invented points never change it;
 - ``prepare`` snapshots the observed points on the caller's thread (the memory is not thread-safe) and fits on a
   maintenance thread (two run at once); the engine calls it when it opens a world, so the fit runs while the
-  session starts;
+  session starts; a server calls it when it creates a world and waits (``wait``) for the fit and the plane
+  textures before CreateWorld answers, so a Play right after shares no CPU with them;
 - the generator shows a coarse fill for the first few frames after a world is opened (or its observed points
   change), counted in the entry, and from then on the fitted state, waiting for a fit still in flight. Counting
   frames (not "use whatever is ready") keeps frames a function of the world and the path alone: the same seed
@@ -79,6 +80,9 @@ class FillEntry:
     # per plane texture (``plane_texture_key``): the index (in ``frames_made``) of the first frame that showed it;
     # its per-plane coarse fill is counted from there
     first_shown: dict = field(default_factory=dict)
+    # set once the fit and the warm-up that frames wait for (the plane textures) are over, done or failed; the
+    # tiles after it are not waited for (``FillStates.wait``)
+    ready: threading.Event = field(default_factory=threading.Event)
 
     def state(self):
         """The fitted state, waited for if the fit is still running."""
@@ -127,24 +131,45 @@ class FillStates:
             if held is not None and held.key == key:
                 return held
             snapshot = inputs()
-            entry = FillEntry(key, self._pool().submit(self._run, snapshot))
+            ready = threading.Event()
+            entry = FillEntry(key, self._pool().submit(self._run, snapshot, ready), ready=ready)
             self._states[memory] = entry
             return entry
 
-    def _run(self, inputs: FillInputs):
-        state = self._fit(inputs)
+    def wait(self, memory, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for ``memory``'s fit and the warm-up frames wait for (the plane textures: not
+        the tiles); True when they are over (or nothing was prepared for it). Frames do not depend on it (they
+        count, ``FillEntry``): a server waits before it answers CreateWorld, so that the world's first Play
+        frames neither wait for the fits nor share the CPU with them (docs/BENCHMARKS.md, session 15, lspeed)."""
+        with self._lock:
+            entry = self._states.get(memory)
+        return entry is None or entry.ready.wait(timeout_s)
+
+    def _run(self, inputs: FillInputs, ready: threading.Event):
+        try:
+            state = self._fit(inputs)
+        except BaseException:
+            ready.set()  # a failed fit: nothing more comes (frames see the failure in ``FillEntry.state``)
+            raise
         if self._warm is not None or self._tiles is not None:
             # after the state is handed over: a frame waiting for it does not also wait for the warm-up (the
             # warm-up runs under each plane's and texture model's own lock, so frames interleave with it)
-            self._pool().submit(self._warm_quietly, state)
+            try:
+                self._pool().submit(self._warm_quietly, state, ready)
+            except RuntimeError:  # closed meanwhile: no warm-up comes (frames fit what they need)
+                ready.set()
+        else:
+            ready.set()
         return state
 
-    def _warm_quietly(self, state) -> None:
+    def _warm_quietly(self, state, ready: threading.Event) -> None:
         try:
             if self._warm is not None:
                 self._warm(state)
         except Exception as exc:  # noqa: BLE001 -- a warm-up is an optimisation: frames fit what it missed
             log.warning("fill warm-up failed", error=type(exc).__name__)
+        finally:
+            ready.set()
         if self._tiles is not None:
             self._warm_pool().submit(self._tiles_quietly, state)
 
