@@ -239,7 +239,9 @@ class WorldServicer(pb_grpc.WorldServiceServicer):
         finally:
             self.store.release_id(world_id)
         host.prepare(self.generator)  # e.g. the layout fill's fit starts now, not in the first Play's frames
-        if capabilities_of(self.generator).prepares_worlds:  # off the event loop: other sessions' frames go on
+        # off the event loop: other sessions' frames go on (with --ray the front door has no generator: the world's
+        # actor prepares its own)
+        if self.generator is not None and capabilities_of(self.generator).prepares_worlds:
             await asyncio.to_thread(self.generator.wait_prepared, world.memory, CREATE_WAITS_FOR_PREPARE_S)
         log.info("world created", world_id=world_id, source=world.info.source)
         return world_info(host, case_c2w)
