@@ -106,8 +106,9 @@ class LayoutConfig:
     # at least door_width_m / 2
     heading_door_margin_m: float = 0.15
     # a wall plane seen less than this above the floor is a piece of furniture's front (sofas, shelves: observed
-    # tops 0.5-1.8 m above the floor on the room and house items; a room's walls 2.3-2.9 m), not a room's wall:
-    # rays through a doorway do not stop at it (``Layout.is_room_wall``)
+    # tops 0.5-1.8 m above the floor on the room and house items; a room's walls 2.3-2.9 m), not a room's wall
+    # (``Layout.is_room_wall``): rays through a doorway do not stop at it, and it does not cut the floor into rooms
+    # (``model.fill.appearance``'s unseen cells: cutting there faded the room's own floor)
     room_wall_min_top_m: float = 2.0
 
 
