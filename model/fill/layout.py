@@ -106,8 +106,9 @@ class LayoutConfig:
     # (min_camera_distance_m + this) / cos(approach) either side of the crossing (the approach capped at 60 deg),
     # at least door_width_m / 2
     heading_door_margin_m: float = 0.15
-    # ... but a camera heading at the wall within this of square-on gets a door's width (its lintel still clears
-    # the walking camera): walking straight through the centre of a door_width_m doorway its body clears both
+    # ... but a camera heading at the wall within this of square-on (over its last door_width_m of path: one
+    # sliding along a wall it met at an angle still approaches at that angle) gets a door's width (its lintel still
+    # clears the walking camera): walking straight through the centre of a door_width_m doorway its body clears both
     # jambs, and the walking width made every doorway the house loop heads through 1.3 m wide where the real ones
     # are 1.1 m (play clips, 320x180: novel-pixel depth AbsRel 0.104 -> 0.157, the wall beside the doorway shown
     # as the room beyond; docs/BENCHMARKS.md, session 15, qual)
@@ -592,7 +593,14 @@ def _crossing_parts(layout: Layout, plane: Plane, path_m: np.ndarray, known: int
         return cross, along, None, None, None
     guessed = j >= known - 1
     seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
-    cos = np.abs(step @ a) / np.maximum(np.linalg.norm(step, axis=1), 1e-12)  # [C] of the approach to the wall
+    # [C] cos of the approach to the wall: from the last pose at least door_width_m before the crossing (a camera
+    # sliding along the wall it met at an angle still approaches at that angle; its last step alone is square-on)
+    back = np.empty_like(cross)
+    for c in range(len(j)):
+        far = np.flatnonzero(np.linalg.norm(path_m[: j[c] + 1] - cross[c], axis=1) >= layout.config.door_width_m)
+        back[c] = path_m[far[-1] if len(far) else 0]
+    approach = cross - back
+    cos = np.abs(approach @ a) / np.maximum(np.linalg.norm(approach, axis=1), 1e-12)
     return cross, along, guessed, seen, cos
 
 
