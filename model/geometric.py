@@ -836,9 +836,14 @@ class GeometricGenerator:
             if ok.any() and request.observed_views:
                 sel = np.flatnonzero(ok)
                 ok[sel[_free_space_violation(p2[sel], request.observed_views, self.config.free_space_rel)]] = False
+            # nothing the layout holds lies beyond where the observed view saw through (no hit, or one it saw
+            # through too): the ray hits nothing, which outdoors is the sky. Before, the first hit stayed and the
+            # colour fill smeared facade and grass over the sky between the courtyard's buildings
+            nothing = ~ok
             if ok.any() and len(reach):
                 sel = np.flatnonzero(ok)
                 ok[sel[_near_poses(layout, planes, i2[sel], p2[sel], reach, radius)]] = False
+            ld[rays_i[nothing]], li[rays_i[nothing]] = 0.0, -1
             if not ok.any():
                 continue
             index = np.array(others + ([len(bounds)] if beyond else []), np.int16)[i2[ok]]

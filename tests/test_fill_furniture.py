@@ -34,6 +34,26 @@ def test_a_wall_seen_less_than_two_metres_up_is_furniture():
     assert no_floor.is_room_wall(sofa)  # nothing to measure its height from: every wall counts
 
 
+def test_the_floors_unseen_cells_follow_the_same_room_wall_rule():
+    """One furniture rule (``LayoutConfig.room_wall_min_top_m``): a wall cuts the floor into rooms (the appearance's
+    unseen cells) exactly when ``Layout.is_room_wall`` says it is a room's wall. A 1.5 m high wall is furniture at
+    the default 2 m and a room's wall once the layout's own threshold is lowered to 1 m."""
+    from spatia.model.fill.appearance import AppearanceConfig, _unseen_cells
+    from spatia.model.fill.layout import LayoutConfig
+
+    floor = Plane(0, 0.0, 1, 5000, FLOOR, plane_id=0)
+    shelf = Plane(2, 3.0, -1, 800, WALL, top_m=1.5, span_m=(-1.0, 1.0), plane_id=1)
+    uv = np.column_stack([np.linspace(-2.0, 2.0, 400), np.linspace(0.2, 2.8, 400)])  # samples before the shelf
+    col = np.full((400, 3), 120.0)
+    cut_at = {}
+    for top_m in (2.0, 1.0):
+        layout = Layout(np.eye(3), [floor, shelf], True, config=LayoutConfig(room_wall_min_top_m=top_m))
+        cells = _unseen_cells(layout, floor, uv, col, AppearanceConfig())
+        assert (cells is not None) == layout.is_room_wall(shelf)
+        cut_at[top_m] = None if cells is None else cells.cuts_v.tolist()
+    assert cut_at == {2.0: None, 1.0: [3.0]}
+
+
 def _sofa_red(rgb: np.ndarray) -> np.ndarray:
     r, g, b = (rgb[..., i].astype(int) for i in range(3))
     return (r >= 45) & (r <= 140) & (g <= 45) & (b <= 70) & (r - g >= 30)

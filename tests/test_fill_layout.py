@@ -182,6 +182,31 @@ def test_doorways_where_the_camera_heads_through_an_unseen_wall_and_just_before_
     assert not [p for p in view.bounds if p.kind == WALL and abs(abs(p.offset_m) - 8.0) < 0.05]
 
 
+def test_a_doorway_the_camera_heads_at_square_on_is_door_wide():
+    """A heading doorway is sized for a walking camera met at an angle ((free radius + margin) / cos(approach)
+    either side), but one the camera heads at square-on is a door's width: its body clears a door-wide doorway's
+    jambs walking through the centre, and the wider one showed the wall beside every doorway the house loop heads
+    through as the room beyond (play clips: depth AbsRel 0.104 -> 0.157). The lintel clears the walking camera
+    either way."""
+    rng = np.random.default_rng(4)
+    pts = box_room_points(rng, np.eye(3))  # the wall at z = 0 never seen
+    layout = estimate_layout(pts, np.array([3.0, 1.6, 4.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(max_room_extent_m=20.0))
+    cfg = layout.config
+
+    def door(step):
+        cam = np.array([3.0, 1.6, 1.2])  # 1.2 m from the wall: within the look-ahead at 45 deg too
+        (o,) = view_bounds(layout, cam, np.array([cam + step, cam])).openings  # heading to z = 0
+        return o.half_width_m, o.top_m - o.bottom_m
+
+    lintel = 1.6 + cfg.min_camera_distance_m + cfg.heading_door_margin_m
+    half, height = door(np.array([0.0, 0.0, 0.1]))  # straight at the wall
+    assert half == pytest.approx(cfg.door_width_m / 2) and height == pytest.approx(lintel, abs=0.05)
+    half, height = door(np.array([0.1, 0.0, 0.1]))  # at 45 deg
+    assert half == pytest.approx((cfg.min_camera_distance_m + cfg.heading_door_margin_m) * math.sqrt(2.0), rel=1e-3)
+    assert height == pytest.approx(lintel, abs=0.05)
+
+
 def test_plane_texture_is_anchored_in_the_plane():
     rng = np.random.default_rng(2)
     pts = box_room_points(rng, np.eye(3))

@@ -74,7 +74,6 @@ class AppearanceConfig:
     # texture that a player sees as floor (RMSE 55) and the gradient ratio in 0.7-1.3 (flat put it at ~0.7)
     unseen_kinds: tuple[str, ...] = (FLOOR,)
     unseen_contrast: float = 0.5
-    unseen_wall_min_top_m: float = 2.0  # a wall cuts the floor into cells only when seen this high above it
 
 
 def plane_basis(layout: Layout, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
@@ -189,8 +188,8 @@ class UnseenCells:
 
 def _unseen_cells(layout: Layout, plane: Plane, uv: np.ndarray, col: np.ndarray,
                   config: AppearanceConfig) -> UnseenCells | None:
-    """The plane's cells cut by the layout's observed (not derived) walls seen up to ``unseen_wall_min_top_m``
-    above it (a room's walls, not furniture), with those holding at least
+    """The plane's cells cut by the layout's observed (not derived) room walls (``Layout.is_room_wall``, not
+    furniture), with those holding at least
     ``region_min_points`` of its observed samples (``uv`` [N, 2] plane metres, ``col`` [N, 3]) marked seen;
     None when no wall cuts the plane."""
     u_ax, v_ax = plane_basis(layout, plane)
@@ -198,11 +197,8 @@ def _unseen_cells(layout: Layout, plane: Plane, uv: np.ndarray, col: np.ndarray,
     for ax in (u_ax, v_ax):
         offs = []
         for w in layout.planes:
-            if w.kind != WALL or w.derived or w.axis == plane.axis:
-                continue
-            if w.top_m - plane.offset_m < config.unseen_wall_min_top_m:
-                # furniture fronts (sofas, shelves: observed tops 0.5-1.8 m above the floor on the room items;
-                # a room's walls 2.3-2.9 m) are not a room's walls: cutting there faded the room's own floor
+            if w.kind != WALL or w.derived or w.axis == plane.axis or not layout.is_room_wall(w):
+                # furniture fronts are not a room's walls: cutting there faded the room's own floor
                 continue
             dot = float(layout.axes[w.axis] @ ax)
             if abs(abs(dot) - 1.0) < 1e-6:  # a wall across this plane axis: cuts it at offset * dot
