@@ -65,7 +65,11 @@ _END = object()  # the client half-closed its stream
 # Four sessions on two cores shared them (each clip ~2x its CPU time, all finishing late together); with a slot per
 # core a clip runs at a core's speed and the others wait for a slot, and a clip picks its poses once it has one (the
 # newest then), so an action waits for the next clip to start and that clip alone: on average one clip's CPU time
-# less than with every clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). Lock-step
+# less than with every clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). A slot covers a
+# clip's frame path only: it is given back once the clip's last frame is made, and the clip's memory update (a
+# keyframe's integrate and index, 2.5-3x a plain clip's time in four-session traces) and save policy then run on the
+# world's thread while the next waiting clip makes its frames. The world's own next clip still waits for them (one
+# worker thread per world), so every clip's conditioning sees every update before it. Lock-step
 # sessions do not wait, nor sessions of worlds kept in other processes (``host.shares_server_cores``). The
 # servicer owns the semaphore (FIFO) and hands it to each session.
 
@@ -655,6 +659,9 @@ class PlaySession:
             self.last_frame_index = f.frame_index
             self._sent_times.append(time.monotonic())
             times.append(time.perf_counter())
+            if slots is not None and i == len(chunk) - 1:
+                # the clip's frames are made: its memory update and save run without the slot (see CLIP_SLOTS)
+                loop.call_soon_threadsafe(self._release_slot, slots)
             if held is None and data is None:
                 if self._encoder is None:
                     self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"play-encode-{self.id}")

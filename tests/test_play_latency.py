@@ -227,36 +227,41 @@ def test_the_servers_openmp_threads_sleep_between_parallel_regions(tmp_path):
 
 
 def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_path, monkeypatch):
-    """Interactive clips run at most ``ServerConfig.play_clip_slots`` at once in a server (here 1, two sessions): a
-    clip waits for a slot, then takes the poses pending by then (newest last), and every frame still shows the pose
-    after its ``last_action_seq``."""
-    from spatia.server.host import WorldHost
+    """Interactive clips make their frames at most ``ServerConfig.play_clip_slots`` at once in a server (here 1, two
+    sessions): a clip waits for a slot, then takes the poses pending by then (newest last), and every frame still
+    shows the pose after its ``last_action_seq``. The slot is given back once the clip's frames are made: the
+    clip's memory update runs while the other session's clip makes its frames (with the slot held through the
+    update they never overlapped), and a world's next clip starts only after its own update (one worker each)."""
+    from spatia.world.engine import Engine
 
-    lock, running, most = threading.Lock(), [0], [0]
-    real = WorldHost.clip_work
+    lock, events = threading.Lock(), []  # (time, world, "frames" | "update", start or end)
+    real_prepare, real_commit = Engine._prepare, Engine._commit
 
-    def counted(self, *args, **kwargs):
-        work = real(self, *args, **kwargs)
+    def prepare(self, *args, **kwargs):
+        with lock:
+            events.append((time.monotonic(), self.world.world_id, "frames", "start"))
+        time.sleep(0.02)  # long enough that the other session's clip would overlap without the slot
+        return real_prepare(self, *args, **kwargs)
 
-        def _clip():
+    def commit(self, *args, **kwargs):
+        with lock:  # the clip's last frame is out: its frame path ends, its update starts
+            events.append((time.monotonic(), self.world.world_id, "frames", "end"))
+            events.append((time.monotonic(), self.world.world_id, "update", "start"))
+        time.sleep(0.05)  # an update long enough for the other session to take the slot meanwhile
+        try:
+            return real_commit(self, *args, **kwargs)
+        finally:
             with lock:
-                running[0] += 1
-                most[0] = max(most[0], running[0])
-            try:
-                time.sleep(0.02)  # long enough that the other session's clip would overlap without the slot
-                return work()
-            finally:
-                with lock:
-                    running[0] -= 1
+                events.append((time.monotonic(), self.world.world_id, "update", "end"))
 
-        return _clip
-
-    monkeypatch.setattr(WorldHost, "clip_work", counted)
+    monkeypatch.setattr(Engine, "_prepare", prepare)
+    monkeypatch.setattr(Engine, "_commit", commit)
     config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240),
                           play_clip_slots=1)
     with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
         for i in range(2):
             client.create_scene("room", seed=i, width=W, height=H, world_id=f"slot{i}")
+        events.clear()  # creation renders no clip; count play only
         got: dict = {}
 
         def play(i: int) -> None:
@@ -267,7 +272,21 @@ def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_p
             t.start()
         for t in threads:
             t.join(120)
-    assert most[0] == 1
+    making, most, updating, overlapped = set(), 0, set(), 0
+    for _, world, part, edge in sorted(events):
+        if part == "frames" and edge == "start":
+            assert world not in updating  # a world's next clip after its own update
+            making.add(world)
+            most = max(most, len(making))
+            overlapped += bool(updating - {world})
+        elif part == "frames":
+            making.discard(world)
+        elif edge == "start":
+            updating.add(world)
+        else:
+            updating.discard(world)
+    assert most == 1  # one clip's frame path at a time
+    assert overlapped > 0  # another world's update ran while a clip made its frames
     for frames in got.values():
         assert frames and frames[-1].last_action_seq == 12
         assert [f.last_action_seq for f in frames] == sorted(f.last_action_seq for f in frames)
