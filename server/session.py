@@ -68,8 +68,11 @@ _END = object()  # the client half-closed its stream
 # less than with every clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). A slot covers a
 # clip's frame path only: it is given back once the clip's last frame is made, and the clip's memory update (a
 # keyframe's integrate and index, 2.5-3x a plain clip's time in four-session traces) and save policy then run on the
-# world's thread while the next waiting clip makes its frames. The world's own next clip still waits for them (one
-# worker thread per world), so every clip's conditioning sees every update before it. Lock-step
+# world's thread while the next waiting clip makes its frames. The session asks for its next turn at that moment
+# (``_next_turn``), so the slots still go round one turn per session (a session that waited for its update before
+# queueing again lost turns: fastest / slowest 1.6-1.8 in four-session runs); a turn that comes before the update is
+# done waits for it. The world's own next clip waits for its update (one worker thread per world), so every clip's
+# conditioning sees every update before it. Lock-step
 # sessions do not wait, nor sessions of worlds kept in other processes (``host.shares_server_cores``). The
 # servicer owns the semaphore (FIFO) and hands it to each session.
 
@@ -414,6 +417,8 @@ class PlaySession:
         self._last_clip_frames = 0  # frames of the last clip (``ClipCost.probe`` asks for one fewer)
         self._clips_run = 0
         self._slot_held = False  # interactive: this session holds one of the server's clip slots
+        self._slot_turn: asyncio.Task | None = None  # its next turn at a slot, asked for at a clip's last frame
+        self._drive_ended = False  # no turn is asked for after the driver's end (none would give it back)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -503,6 +508,8 @@ class PlaySession:
         try:
             while True:
                 if not pending and not ended:
+                    if self.actions.empty():  # nothing to draw: a turn granted meanwhile would keep a slot idle
+                        self._drop_turn(slots)
                     wait_s = self.options.heartbeat_interval_s - (time.monotonic() - last_out)
                     try:
                         item = await asyncio.wait_for(self.actions.get(), timeout=max(wait_s, 0.0))
@@ -515,7 +522,10 @@ class PlaySession:
                 while not self.actions.empty() and not (self.lockstep and len(pending) >= self.max_pending):
                     ended |= self._apply(self.actions.get_nowait(), pending)
                 if slots is not None and pending and not self.stopping:
-                    await slots.acquire()  # a core for this clip; what came meanwhile joins the pending poses
+                    turn, self._slot_turn = self._slot_turn, None
+                    # a core for this clip (the turn asked for when the last clip's frames were made, if any);
+                    # what came meanwhile joins the pending poses
+                    await (turn if turn is not None else slots.acquire())
                     self._slot_held = True
                     while not self.actions.empty():
                         ended |= self._apply(self.actions.get_nowait(), pending)
@@ -528,6 +538,7 @@ class PlaySession:
                     self.poses_dropped += drop
                 if not pending:
                     self._release_slot(slots)
+                    self._drop_turn(slots)
                     if ended:
                         break
                     continue
@@ -573,13 +584,34 @@ class PlaySession:
         except Exception as exc:  # noqa: BLE001
             self.error = exc
         finally:
+            self._drive_ended = True
             self._release_slot(slots)
+            self._drop_turn(slots)
             self.outbox.close()
 
     def _release_slot(self, slots: asyncio.Semaphore | None) -> None:
         if slots is not None and self._slot_held:
             self._slot_held = False
             slots.release()
+
+    def _next_turn(self, slots: asyncio.Semaphore) -> None:
+        """At a clip's last frame (on the event loop): its slot goes to the next waiting clip, and this session
+        asks for its next turn at once, while its memory update runs. So the slots still go round (FIFO), one
+        turn per session per round whatever its update costs; a turn that comes before the update is done waits
+        for it, holding the slot (the update then has that core)."""
+        self._release_slot(slots)
+        if not (self.stopping or self._drive_ended) and self._slot_turn is None:
+            self._slot_turn = asyncio.ensure_future(slots.acquire())
+
+    def _drop_turn(self, slots: asyncio.Semaphore | None) -> None:
+        """Give up the turn asked for by ``_next_turn``: the slot back if granted, else leave the queue."""
+        turn, self._slot_turn = self._slot_turn, None
+        if turn is None:
+            return
+        if turn.done() and not turn.cancelled() and turn.exception() is None:
+            slots.release()
+        else:
+            turn.cancel()  # (a waiter woken but not yet resumed hands its slot on: asyncio.Semaphore)
 
     def _apply(self, item, pending: deque) -> bool:
         """Fold one queued item into the session; True when it is the end of the client's stream."""
@@ -661,7 +693,7 @@ class PlaySession:
             times.append(time.perf_counter())
             if slots is not None and i == len(chunk) - 1:
                 # the clip's frames are made: its memory update and save run without the slot (see CLIP_SLOTS)
-                loop.call_soon_threadsafe(self._release_slot, slots)
+                loop.call_soon_threadsafe(self._next_turn, slots)
             if held is None and data is None:
                 if self._encoder is None:
                     self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"play-encode-{self.id}")
