@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -49,6 +50,30 @@ def _paced_walk(client, world_id: str, actions: int, go: threading.Barrier | Non
         while not frames or frames[-1].last_action_seq < seq:
             frames.append(s.next_frame(timeout_s=60))
     return frames
+
+
+@contextlib.contextmanager
+def _one_slot_two_worlds(tmp_path, prefix: str):
+    """A server with one interactive clip slot and two worlds, ``<prefix>0`` and ``<prefix>1``: (server, client)."""
+    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240),
+                          play_clip_slots=1)
+    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
+        for i in range(2):
+            client.create_scene("room", seed=i, width=W, height=H, world_id=f"{prefix}{i}")
+        yield st, client
+
+
+def _play_both(client, prefix: str, actions: int) -> dict:
+    """Both worlds played at once, each by a ``_paced_walk`` of ``actions``: {i: frames}."""
+    got: dict = {}
+    go = threading.Barrier(2)
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, _paced_walk(client, f"{prefix}{i}", actions, go)))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return got
 
 
 def _trace_rows(trace_dir, session_id: str) -> list[dict]:
@@ -278,23 +303,9 @@ def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_p
     monkeypatch.setattr(Engine, "_prepare", prepare)
     monkeypatch.setattr(Engine, "_commit", commit)
     monkeypatch.setattr(Engine, "generate_clip", generate_clip)
-    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240),
-                          play_clip_slots=1)
-    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
-        for i in range(2):
-            client.create_scene("room", seed=i, width=W, height=H, world_id=f"slot{i}")
+    with _one_slot_two_worlds(tmp_path, "slot") as (_, client):
         events.clear()  # creation renders no clip; count play only
-        got: dict = {}
-        go = threading.Barrier(2)
-
-        def play(i: int) -> None:
-            got[i] = _paced_walk(client, f"slot{i}", 30, go)
-
-        threads = [threading.Thread(target=play, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        got = _play_both(client, "slot", 30)
     making, most, updating, overlapped = set(), 0, set(), 0
     for _, world, part, edge in sorted(events):
         if part == "frames" and edge == "start":
@@ -337,22 +348,9 @@ def test_a_session_with_a_long_memory_update_keeps_its_turn_at_the_clip_slot(tmp
 
     monkeypatch.setattr(Engine, "_prepare", prepare)
     monkeypatch.setattr(Engine, "_commit", commit)
-    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240),
-                          play_clip_slots=1)
-    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
-        for i in range(2):
-            client.create_scene("room", seed=i, width=W, height=H, world_id=f"turn{i}")
+    with _one_slot_two_worlds(tmp_path, "turn") as (st, client):
         starts.clear()
-        go = threading.Barrier(2)
-
-        def play(i: int) -> None:  # 30 Hz actions for 1.5 s: both sessions have poses pending throughout
-            _paced_walk(client, f"turn{i}", 45, go)
-
-        threads = [threading.Thread(target=play, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        _play_both(client, "turn", 45)  # 30 Hz actions for 1.5 s: both sessions have poses pending throughout
         servicer = st.server.servicer
         deadline = time.monotonic() + 30
         while servicer.sessions and time.monotonic() < deadline:
