@@ -67,10 +67,10 @@ _END = object()  # the client half-closed its stream
 # newest then), so an action waits for the next clip to start and that clip alone: on average one clip's CPU time
 # less than with every clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). A slot covers a
 # clip's frame path only: it is given back once the clip's last frame is made, and the clip's memory update (a
-# keyframe's integrate and index, 2.5-3x a plain clip's time in four-session traces) and save policy then run on the
+# keyframe's integrate and index: keyframe clips cost several plain ones, docs/BENCHMARKS.md) and save policy run on the
 # world's thread while the next waiting clip makes its frames. The session asks for its next turn at that moment
-# (``_next_turn``), so the slots still go round one turn per session (a session that waited for its update before
-# queueing again lost turns: fastest / slowest 1.6-1.8 in four-session runs); a turn that comes before the update is
+# (``_next_turn``), so the slots still go round one turn per session (one that queued only once its update was done
+# lost turns to sessions with shorter updates: tests/test_play_latency.py); a turn that comes before the update is
 # done waits for it. The world's own next clip waits for its update (one worker thread per world), so every clip's
 # conditioning sees every update before it. Lock-step
 # sessions do not wait, nor sessions of worlds kept in other processes (``host.shares_server_cores``). The

@@ -330,7 +330,7 @@ def test_a_session_with_a_long_memory_update_keeps_its_turn_at_the_clip_slot(tmp
     """One slot, two sessions, one world's memory update far longer than the other's: the slot still goes round.
     A session asks for its next turn at its clip's last frame, not once its update is done, so the frame paths
     alternate between the worlds (queueing after the update, the fast world took several turns during each of
-    the slow world's updates: fastest / slowest 1.6-1.8 in four-session runs)."""
+    the slow world's updates)."""
     from spatia.world.engine import Engine
 
     lock, starts = threading.Lock(), []  # world of each clip's frame path, in order
