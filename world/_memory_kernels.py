@@ -724,7 +724,9 @@ def frame_samples(depth, exclude, use_exclude, rgb, c2w_r, cam_t, fx, fy, cx, cy
 
     Compact: a keyframe's view is mostly pixels the memory already shows (excluded), and an [H * W] sample list
     of them cost more to fill and to skip in ``merge_samples`` than the few samples merged. A first pass counts
-    each row's samples, so every row writes its own part of the output in parallel, in the same order as before.
+    each row's samples (serially: one parallel region a call, as before, since each region's fork and join can wait
+    for a descheduled thread on a busy machine), so every row writes its own part of the output in parallel, in
+    the same order as before.
     Look-ups run per row in passes (home slots, then the first probe of every sample, then the key checks) so
     that the random loads of one pass are independent and the CPU overlaps their cache misses; in one loop each
     probe waited for the previous one's branch.
@@ -732,15 +734,13 @@ def frame_samples(depth, exclude, use_exclude, rgb, c2w_r, cam_t, fx, fy, cx, cy
     h, w = depth.shape
     cap = table.shape[0]
     row_start = np.zeros(h + 1, np.int64)
-    for y in nb.prange(h):
-        c = 0
+    for y in range(h):
+        c = row_start[y]
         for x in range(w):
             z = np.float64(depth[y, x])
             if z > 0.0 and z <= max_depth and not (use_exclude and exclude[y, x]):
                 c += 1
         row_start[y + 1] = c
-    for y in range(h):
-        row_start[y + 1] += row_start[y]
     total = row_start[h]
     out_keys = np.zeros(total, np.int64)
     out_offs = np.zeros((total, 3), np.uint8)
