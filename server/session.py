@@ -65,14 +65,7 @@ _END = object()  # the client half-closed its stream
 # Four sessions on two cores shared them (each clip ~2x its CPU time, all finishing late together); with a slot per
 # core a clip runs at a core's speed and the others wait for a slot, and a clip picks its poses once it has one (the
 # newest then), so an action waits for the next clip to start and that clip alone: on average one clip's CPU time
-# less than with every clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). A slot covers a
-# clip's frame path only: it is given back once the clip's last frame is made, and the clip's memory update (a
-# keyframe's integrate and index: keyframe clips cost several plain ones, docs/BENCHMARKS.md) and save policy run on the
-# world's thread while the next waiting clip makes its frames. The session asks for its next turn at that moment
-# (``_next_turn``), so the slots still go round one turn per session (one that queued only once its update was done
-# lost turns to sessions with shorter updates: tests/test_play_latency.py); a turn that comes before the update is
-# done waits for it. The world's own next clip waits for its update (one worker thread per world), so every clip's
-# conditioning sees every update before it. Lock-step
+# less than with every clip in flight at once (docs/BENCHMARKS.md, "Four sessions on two cores"). Lock-step
 # sessions do not wait, nor sessions of worlds kept in other processes (``host.shares_server_cores``). The
 # servicer owns the semaphore (FIFO) and hands it to each session.
 
@@ -417,8 +410,6 @@ class PlaySession:
         self._last_clip_frames = 0  # frames of the last clip (``ClipCost.probe`` asks for one fewer)
         self._clips_run = 0
         self._slot_held = False  # interactive: this session holds one of the server's clip slots
-        self._slot_turn: asyncio.Task | None = None  # its next turn at a slot, asked for at a clip's last frame
-        self._drive_ended = False  # no turn is asked for after the driver's end (none would give it back)
         self.actions: asyncio.Queue = asyncio.Queue(maxsize=self.limits.action_queue)
         self.prompt = options.prompt
         self.error: BaseException | None = None
@@ -508,8 +499,6 @@ class PlaySession:
         try:
             while True:
                 if not pending and not ended:
-                    if self.actions.empty():  # nothing to draw: a turn granted meanwhile would keep a slot idle
-                        self._drop_turn(slots)
                     wait_s = self.options.heartbeat_interval_s - (time.monotonic() - last_out)
                     try:
                         item = await asyncio.wait_for(self.actions.get(), timeout=max(wait_s, 0.0))
@@ -522,10 +511,7 @@ class PlaySession:
                 while not self.actions.empty() and not (self.lockstep and len(pending) >= self.max_pending):
                     ended |= self._apply(self.actions.get_nowait(), pending)
                 if slots is not None and pending and not self.stopping:
-                    turn, self._slot_turn = self._slot_turn, None
-                    # a core for this clip (the turn asked for when the last clip's frames were made, if any);
-                    # what came meanwhile joins the pending poses
-                    await (turn if turn is not None else slots.acquire())
+                    await slots.acquire()  # a core for this clip; what came meanwhile joins the pending poses
                     self._slot_held = True
                     while not self.actions.empty():
                         ended |= self._apply(self.actions.get_nowait(), pending)
@@ -538,7 +524,6 @@ class PlaySession:
                     self.poses_dropped += drop
                 if not pending:
                     self._release_slot(slots)
-                    self._drop_turn(slots)
                     if ended:
                         break
                     continue
@@ -584,34 +569,13 @@ class PlaySession:
         except Exception as exc:  # noqa: BLE001
             self.error = exc
         finally:
-            self._drive_ended = True
             self._release_slot(slots)
-            self._drop_turn(slots)
             self.outbox.close()
 
     def _release_slot(self, slots: asyncio.Semaphore | None) -> None:
         if slots is not None and self._slot_held:
             self._slot_held = False
             slots.release()
-
-    def _next_turn(self, slots: asyncio.Semaphore) -> None:
-        """At a clip's last frame (on the event loop): its slot goes to the next waiting clip, and this session
-        asks for its next turn at once, while its memory update runs. So the slots still go round (FIFO), one
-        turn per session per round whatever its update costs; a turn that comes before the update is done waits
-        for it, holding the slot (the update then has that core)."""
-        self._release_slot(slots)
-        if not (self.stopping or self._drive_ended) and self._slot_turn is None:
-            self._slot_turn = asyncio.ensure_future(slots.acquire())
-
-    def _drop_turn(self, slots: asyncio.Semaphore | None) -> None:
-        """Give up the turn asked for by ``_next_turn``: the slot back if granted, else leave the queue."""
-        turn, self._slot_turn = self._slot_turn, None
-        if turn is None:
-            return
-        if turn.done() and not turn.cancelled() and turn.exception() is None:
-            slots.release()
-        else:
-            turn.cancel()  # (a waiter woken but not yet resumed hands its slot on: asyncio.Semaphore)
 
     def _apply(self, item, pending: deque) -> bool:
         """Fold one queued item into the session; True when it is the end of the client's stream."""
@@ -691,9 +655,6 @@ class PlaySession:
             self.last_frame_index = f.frame_index
             self._sent_times.append(time.monotonic())
             times.append(time.perf_counter())
-            if slots is not None and i == len(chunk) - 1:
-                # the clip's frames are made: its memory update and save run without the slot (see CLIP_SLOTS)
-                loop.call_soon_threadsafe(self._next_turn, slots)
             if held is None and data is None:
                 if self._encoder is None:
                     self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"play-encode-{self.id}")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -35,45 +34,6 @@ def _walk(client, world_id: str, actions: int) -> list:
         while not frames or frames[-1].last_action_seq < seqs[-1]:
             frames.append(s.next_frame(timeout_s=60))
     return frames
-
-
-def _paced_walk(client, world_id: str, actions: int, go: threading.Barrier | None = None) -> list:
-    """``_walk`` with the actions sent at 30 Hz (after ``go``), so that the session has poses pending throughout."""
-    frames = []
-    with client.play(world_id, clip=(1, 2, 1), fps=30, record=False) as s:
-        if go is not None:
-            go.wait()
-        t0 = time.monotonic()
-        for k in range(actions):
-            seq = s.send(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1 / 30)
-            time.sleep(max(0.0, t0 + (k + 1) / 30 - time.monotonic()))
-        while not frames or frames[-1].last_action_seq < seq:
-            frames.append(s.next_frame(timeout_s=60))
-    return frames
-
-
-@contextlib.contextmanager
-def _one_slot_two_worlds(tmp_path, prefix: str):
-    """A server with one interactive clip slot and two worlds, ``<prefix>0`` and ``<prefix>1``: (server, client)."""
-    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240),
-                          play_clip_slots=1)
-    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
-        for i in range(2):
-            client.create_scene("room", seed=i, width=W, height=H, world_id=f"{prefix}{i}")
-        yield st, client
-
-
-def _play_both(client, prefix: str, actions: int) -> dict:
-    """Both worlds played at once, each by a ``_paced_walk`` of ``actions``: {i: frames}."""
-    got: dict = {}
-    go = threading.Barrier(2)
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, _paced_walk(client, f"{prefix}{i}", actions, go)))
-               for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return got
 
 
 def _trace_rows(trace_dir, session_id: str) -> list[dict]:
@@ -267,96 +227,47 @@ def test_the_servers_openmp_threads_sleep_between_parallel_regions(tmp_path):
 
 
 def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_path, monkeypatch):
-    """Interactive clips make their frames at most ``ServerConfig.play_clip_slots`` at once in a server (here 1, two
-    sessions): a clip waits for a slot, then takes the poses pending by then (newest last), and every frame still
-    shows the pose after its ``last_action_seq``. The slot is given back once the clip's frames are made: the
-    clip's memory update runs while the other session's clip makes its frames (with the slot held through the
-    update they never overlapped), and a world's next clip starts only after its own update (one worker each)."""
-    from spatia.world.engine import Engine
+    """Interactive clips run at most ``ServerConfig.play_clip_slots`` at once in a server (here 1, two sessions): a
+    clip waits for a slot, then takes the poses pending by then (newest last), and every frame still shows the pose
+    after its ``last_action_seq``."""
+    from spatia.server.host import WorldHost
 
-    lock, events = threading.Lock(), []  # (time, world, "frames" | "update", start or end)
-    real_prepare, real_commit, real_clip = Engine._prepare, Engine._commit, Engine.generate_clip
+    lock, running, most = threading.Lock(), [0], [0]
+    real = WorldHost.clip_work
 
-    def prepare(self, *args, **kwargs):
-        with lock:
-            events.append((time.monotonic(), self.world.world_id, "frames", "start"))
-        time.sleep(0.02)  # long enough that the other session's clip would overlap without the slot
-        return real_prepare(self, *args, **kwargs)
+    def counted(self, *args, **kwargs):
+        work = real(self, *args, **kwargs)
 
-    def generate_clip(self, poses, *args, **kwargs):
-        for i, frame in enumerate(real_clip(self, poses, *args, **kwargs)):
-            if i == len(poses) - 1:  # the last frame, before the host hands it on (and the slot with it)
-                with lock:
-                    events.append((time.monotonic(), self.world.world_id, "frames", "end"))
-            yield frame
-
-    def commit(self, *args, **kwargs):
-        with lock:
-            events.append((time.monotonic(), self.world.world_id, "update", "start"))
-        time.sleep(0.05)  # an update long enough for the other session to take the slot meanwhile
-        try:
-            return real_commit(self, *args, **kwargs)
-        finally:
+        def _clip():
             with lock:
-                events.append((time.monotonic(), self.world.world_id, "update", "end"))
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                time.sleep(0.02)  # long enough that the other session's clip would overlap without the slot
+                return work()
+            finally:
+                with lock:
+                    running[0] -= 1
 
-    monkeypatch.setattr(Engine, "_prepare", prepare)
-    monkeypatch.setattr(Engine, "_commit", commit)
-    monkeypatch.setattr(Engine, "generate_clip", generate_clip)
-    with _one_slot_two_worlds(tmp_path, "slot") as (_, client):
-        events.clear()  # creation renders no clip; count play only
-        got = _play_both(client, "slot", 30)
-    making, most, updating, overlapped = set(), 0, set(), 0
-    for _, world, part, edge in sorted(events):
-        if part == "frames" and edge == "start":
-            assert world not in updating  # a world's next clip after its own update
-            making.add(world)
-            most = max(most, len(making))
-            overlapped += bool(updating - {world})
-        elif part == "frames":
-            making.discard(world)
-        elif edge == "start":
-            updating.add(world)
-        else:
-            updating.discard(world)
-    assert most == 1  # one clip's frame path at a time
-    assert overlapped > 0  # another world's update ran while a clip made its frames
+        return _clip
+
+    monkeypatch.setattr(WorldHost, "clip_work", counted)
+    config = ServerConfig(data_dir=tmp_path / "data", port=0, limits=Limits(max_image_pixels=320 * 240),
+                          play_clip_slots=1)
+    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
+        for i in range(2):
+            client.create_scene("room", seed=i, width=W, height=H, world_id=f"slot{i}")
+        got: dict = {}
+
+        def play(i: int) -> None:
+            got[i] = _walk(client, f"slot{i}", 12)
+
+        threads = [threading.Thread(target=play, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert most[0] == 1
     for frames in got.values():
-        assert frames and frames[-1].last_action_seq == 30
+        assert frames and frames[-1].last_action_seq == 12
         assert [f.last_action_seq for f in frames] == sorted(f.last_action_seq for f in frames)
-
-
-def test_a_session_with_a_long_memory_update_keeps_its_turn_at_the_clip_slot(tmp_path, monkeypatch):
-    """One slot, two sessions, one world's memory update far longer than the other's: the slot still goes round.
-    A session asks for its next turn at its clip's last frame, not once its update is done, so the frame paths
-    alternate between the worlds (queueing after the update, the fast world took several turns during each of
-    the slow world's updates)."""
-    from spatia.world.engine import Engine
-
-    lock, starts = threading.Lock(), []  # world of each clip's frame path, in order
-    real_prepare, real_commit = Engine._prepare, Engine._commit
-
-    def prepare(self, *args, **kwargs):
-        with lock:
-            starts.append(self.world.world_id)
-        return real_prepare(self, *args, **kwargs)
-
-    def commit(self, *args, **kwargs):
-        if self.world.world_id == "turn0":
-            time.sleep(0.15)  # several of the other world's clips long
-        return real_commit(self, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "_prepare", prepare)
-    monkeypatch.setattr(Engine, "_commit", commit)
-    with _one_slot_two_worlds(tmp_path, "turn") as (st, client):
-        starts.clear()
-        _play_both(client, "turn", 45)  # 30 Hz actions for 1.5 s: both sessions have poses pending throughout
-        servicer = st.server.servicer
-        deadline = time.monotonic() + 30
-        while servicer.sessions and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert servicer.sessions == 0 and servicer.clip_slots._value == 1  # every turn asked for was given back
-    slow = starts.count("turn0")
-    fast = starts.count("turn1")
-    assert slow >= 4 and fast >= 4, starts
-    assert fast <= slow + 2, starts  # one turn each per round (+ the rounds the slow one sat out idle)
