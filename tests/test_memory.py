@@ -110,6 +110,36 @@ def test_integrate_matches_reference_over_several_frames():
     assert mem.num_points == len(state)
 
 
+def test_frame_samples_are_the_usable_pixels_only_in_row_major_order():
+    """``frame_samples`` hands ``merge_samples`` one sample per pixel with a known depth that is not excluded, no
+    more (an [H * W] list mostly of skipped pixels cost more than a keyframe's few merged samples), each with the
+    reference's key, offsets, colour and hash look-up, in row-major order (the order new points are appended)."""
+    from spatia.world import _memory_kernels as K
+
+    rng = np.random.default_rng(5)
+    cfg = MemoryConfig(voxel_size_m=0.02)
+    cam = Intrinsics.from_fov(70.0, 64, 48)
+    c2w = orbit_poses(1)[0]
+    mem = SpatialMemory(cfg)
+    rgb, depth = plane_frame(cam, c2w, normal=[0.3, 0.1, -1.0], offset_m=-0.4)
+    mem.integrate(rgb, depth, cam, c2w, frame_index=0, exclude_mask=rng.random(depth.shape) < 0.5)  # half known
+    depth[rng.random(depth.shape) < 0.1] = np.nan
+    depth[rng.random(depth.shape) < 0.1] = 0.0
+    exclude = rng.random(depth.shape) < 0.7  # most pixels excluded, as a keyframe's already-shown ones
+    s_keys, s_offs, s_rgb, s_idx = K.frame_samples(
+        depth, exclude, True, rgb, c2w[:3, :3].copy(), c2w[:3, 3].copy(), cam.fx, cam.fy, cam.cx, cam.cy,
+        1.0 / cfg.voxel_size_m, cfg.max_depth_m, mem._table, mem._keys)
+    pts, pix = ref.reference_frame_points(depth, cam, c2w, cfg.max_depth_m, exclude)
+    keys, offs = ref.reference_quantize(pts, cfg.voxel_size_m)
+    assert 0 < len(s_keys) == len(pix) < exclude.size // 3
+    np.testing.assert_array_equal(s_keys, keys)
+    np.testing.assert_array_equal(s_offs, offs)
+    np.testing.assert_array_equal(s_rgb, rgb.reshape(-1, 3)[pix])
+    index = {int(k): i for i, k in enumerate(mem.voxel_keys)}
+    np.testing.assert_array_equal(s_idx, [index.get(int(k), -1) for k in keys])
+    assert (s_idx >= 0).any() and (s_idx == -1).any()
+
+
 def test_integrate_points_matches_reference_with_duplicates():
     rng = np.random.default_rng(2)
     cfg = MemoryConfig(voxel_size_m=0.05)

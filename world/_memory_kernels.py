@@ -718,31 +718,53 @@ def _probe_from(table, keys, key, s):
 
 
 @nb.njit(cache=True, parallel=True, nogil=True)
-def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv_d, max_depth, table, keys):
-    """Per pixel (row-major): voxel key, offsets, and status (-3 out of range, -2 skipped, -1 new, >= 0 found).
+def frame_samples(depth, exclude, use_exclude, rgb, c2w_r, cam_t, fx, fy, cx, cy, inv_d, max_depth, table, keys):
+    """The pixels to integrate, row-major: voxel key, offsets, colour and status (-3 out of range, -1 new, >= 0
+    found) of each pixel with a known depth that is not excluded; skipped pixels get no sample at all.
 
-    Look-ups run per row in passes (home slots, then the first probe of every pixel, then the key checks) so that
-    the random loads of one pass are independent and the CPU overlaps their cache misses; in one loop each probe
-    waited for the previous one's branch.
+    Compact: a keyframe's view is mostly pixels the memory already shows (excluded), and an [H * W] sample list
+    of them cost more to fill and to skip in ``merge_samples`` than the few samples merged. A first pass counts
+    each row's samples (serially: one parallel region a call, as before, since each region's fork and join can wait
+    for a descheduled thread on a busy machine), so every row writes its own part of the output in parallel, in
+    the same order as before.
+    Look-ups run per row in passes (home slots, then the first probe of every sample, then the key checks) so
+    that the random loads of one pass are independent and the CPU overlaps their cache misses; in one loop each
+    probe waited for the previous one's branch.
     """
     h, w = depth.shape
     cap = table.shape[0]
-    out_keys = np.zeros(h * w, np.int64)
-    out_offs = np.zeros((h * w, 3), np.uint8)
-    out_idx = np.full(h * w, -2, np.int64)
+    row_start = np.zeros(h + 1, np.int64)
+    for y in range(h):
+        c = row_start[y]
+        for x in range(w):
+            z = np.float64(depth[y, x])
+            if z > 0.0 and z <= max_depth and not (use_exclude and exclude[y, x]):
+                c += 1
+        row_start[y + 1] = c
+    total = row_start[h]
+    out_keys = np.zeros(total, np.int64)
+    out_offs = np.zeros((total, 3), np.uint8)
+    out_rgb = np.empty((total, 3), np.uint8)
+    out_idx = np.full(total, -2, np.int64)
     for y in nb.prange(h):
         yn = (y + 0.5 - cy) / fy
-        row = y * w
-        slots = np.empty(w, np.int64)
-        first = np.empty(w, np.int64)
+        row = row_start[y]
+        m = row_start[y + 1] - row
+        slots = np.empty(m, np.int64)
+        first = np.empty(m, np.int64)
         prev_key = np.int64(-1)
+        k = 0
         for x in range(w):
-            p = row + x
             z = np.float64(depth[y, x])
             if not (z > 0.0 and z <= max_depth):  # NaN, inf, zero, negative: unknown
                 continue
             if use_exclude and exclude[y, x]:
                 continue
+            p = row + k
+            k += 1
+            out_rgb[p, 0] = rgb[y, x, 0]
+            out_rgb[p, 1] = rgb[y, x, 1]
+            out_rgb[p, 2] = rgb[y, x, 2]
             xn = (x + 0.5 - cx) / fx
             xcam = xn * z
             ycam = yn * z
@@ -763,26 +785,26 @@ def frame_samples(depth, exclude, use_exclude, c2w_r, cam_t, fx, fy, cx, cy, inv
             # close up, neighbouring pixels share a voxel: look it up once
             out_idx[p] = _SAME_AS if key == prev_key else _PENDING
             prev_key = key
-        for x in range(w):
-            if out_idx[row + x] == _PENDING:
-                slots[x] = _slot(out_keys[row + x], cap)
-        for x in range(w):
-            if out_idx[row + x] == _PENDING:
-                first[x] = table[slots[x]]
+        for j in range(m):
+            if out_idx[row + j] == _PENDING:
+                slots[j] = _slot(out_keys[row + j], cap)
+        for j in range(m):
+            if out_idx[row + j] == _PENDING:
+                first[j] = table[slots[j]]
         last = np.int64(-1)
-        for x in range(w):
-            p = row + x
+        for j in range(m):
+            p = row + j
             st = out_idx[p]
             if st == _PENDING:
-                j = first[x]
-                if j >= 0 and keys[j] != out_keys[p]:
-                    s1 = slots[x] + 1
-                    j = _probe_from(table, keys, out_keys[p], 0 if s1 == cap else s1)
-                out_idx[p] = j
-                last = j
+                i = first[j]
+                if i >= 0 and keys[i] != out_keys[p]:
+                    s1 = slots[j] + 1
+                    i = _probe_from(table, keys, out_keys[p], 0 if s1 == cap else s1)
+                out_idx[p] = i
+                last = i
             elif st == _SAME_AS:
                 out_idx[p] = last
-    return out_keys, out_offs, out_idx
+    return out_keys, out_offs, out_rgb, out_idx
 
 
 @nb.njit(cache=True, nogil=True)

@@ -311,14 +311,14 @@ class SpatialMemory:
             exclude = np.ascontiguousarray(exclude)
         else:
             exclude = np.zeros((1, 1), np.bool_)
-        s_keys, s_offs, s_idx = K.frame_samples(
-            depth, exclude, use_exclude, T[:3, :3].copy(), T[:3, 3].copy(), intrinsics.fx, intrinsics.fy,
-            intrinsics.cx, intrinsics.cy, 1.0 / self.config.voxel_size_m, self.config.max_depth_m,
-            self._table, self._keys,
+        s_keys, s_offs, s_rgb, s_idx = K.frame_samples(
+            depth, exclude, use_exclude, rgb, T[:3, :3].copy(), T[:3, 3].copy(),
+            intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy, 1.0 / self.config.voxel_size_m,
+            self.config.max_depth_m, self._table, self._keys,
         )
         if np.any(s_idx == -3):
             raise InvalidInputError("depth puts points out of the voxel key range (+-2**20 voxels): scene too large")
-        return self._merge(s_keys, s_offs, rgb.reshape(-1, 3), s_idx, frame_index, refresh_existing, provenance)
+        return self._merge(s_keys, s_offs, s_rgb, s_idx, frame_index, refresh_existing, provenance)
 
     def integrate_points(self, points: np.ndarray, colors: np.ndarray, frame_index: int,
                          provenance: int = OBSERVED) -> IntegrateStats:
