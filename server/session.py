@@ -216,15 +216,9 @@ def action_from_proto(a: pb.Action) -> Action:
 
 
 def session_collider(host, control: ControlConfig, engine):
-    """The collider for a session's integrator (``Engine.collider`` through the host), None when
-    ``control.collision`` is off or the host keeps its world in another process (a Ray actor: the camera then
-    walks through walls, and the session log says so)."""
-    if not control.collision:
-        return None
-    collider = host.collider(engine)
-    if collider is None:
-        log.warning("play without collision: this host keeps its world in another process", world_id=host.world_id)
-    return collider
+    """The collider for a session's integrator (the host's: ``Engine.collider`` in-process, a copy of the memory
+    around the camera on a Ray host), None when ``control.collision`` is off."""
+    return host.collider(engine) if control.collision else None
 
 
 def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: ControlConfig,
