@@ -198,6 +198,10 @@ def test_a_nearby_copy_collides_as_the_memory_inside_its_box_and_says_when_a_mov
     assert not copy.outside
     with pytest.raises(InvalidInputError):
         NearbyPoints.of(mem, np.array([np.nan, 0.0, 0.0]), 1.0)
+    empty = NearbyCollider(NearbyPoints.of(mem, np.array([50.0, 0.0, 0.0]), 1.0))  # no points in the box
+    assert len(empty.nearby.positions) == 0
+    free = empty.resolve(np.array([50.0, 0.0, 0.0]), np.array([0.1, 0.0, 0.0]), R)
+    np.testing.assert_allclose(free.position, [50.1, 0.0, 0.0]) and not free.collided
 
 
 def test_resolve_move_without_points_or_motion_is_the_plain_move():

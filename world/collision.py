@@ -398,6 +398,8 @@ class NearbyPoints:
 
     def in_box(self, lo_m: np.ndarray, hi_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``([K, 3] float64, [K] uint8)``: the copy's points inside the box from ``lo_m`` to ``hi_m`` [3]."""
+        if not len(self.cell_keys):  # nothing in the copy's box
+            return np.zeros((0, 3)), np.zeros(0, np.uint8)
         dims = _cell_dims(self.lo_m, self.hi_m, self.cell_m)
         c0 = np.clip(np.floor((lo_m - self.lo_m) / self.cell_m), 0, dims - 1).astype(np.int64)
         c1 = np.clip(np.floor((hi_m - self.lo_m) / self.cell_m), 0, dims - 1).astype(np.int64)
