@@ -146,27 +146,36 @@ def test_kernels_match_their_references():
 
 def test_memory_collider_matches_the_reference_collider_on_a_random_walk():
     rng = np.random.default_rng(1)
+    mem = _two_walls(rng)
+    assert _random_walk_agrees(MemoryCollider(mem), ReferenceCollider(mem), rng) >= 5  # the walk met the walls
+
+
+def _two_walls(rng) -> SpatialMemory:
+    """An observed wall at z = 0.7 with 40 stray points, and an invented wall at x = -0.8 (world frame)."""
     mem = memory_of(np.concatenate([wall_points(z_m=0.7, spacing_m=0.05), rng.uniform(-1, 1, (40, 3))]))
-    memory_of(wall_points(z_m=-0.8, spacing_m=0.05)[:, [2, 1, 0]], provenance=INVENTED_FINAL, memory=mem)
-    fast, ref = MemoryCollider(mem), ReferenceCollider(mem)
+    return memory_of(wall_points(z_m=-0.8, spacing_m=0.05)[:, [2, 1, 0]], provenance=INVENTED_FINAL, memory=mem)
+
+
+def _random_walk_agrees(fast, other, rng, steps: int = 40) -> int:
+    """Walk both colliders along the same random moves from the origin; they agree at every step (within 10 um:
+    the reference and a copy read float32 positions). Returns how many moves collided."""
     p = np.zeros(3)
     hits = 0
-    for _ in range(40):
+    for _ in range(steps):
         d = rng.normal(size=3) * np.array([0.1, 0.02, 0.1])
-        a, b = fast.resolve(p, d, R), ref.resolve(p, d, R)
-        np.testing.assert_allclose(a.position, b.position, atol=1e-5)  # (the reference reads float32 positions)
+        a, b = fast.resolve(p, d, R), other.resolve(p, d, R)
+        np.testing.assert_allclose(a.position, b.position, atol=1e-5)
         assert a.collided == b.collided
         hits += a.collided
         p = a.position
-    assert hits >= 5  # the walk met the walls
+    return hits
 
 
 def test_a_nearby_copy_collides_as_the_memory_inside_its_box_and_says_when_a_move_left_it():
     """``NearbyCollider`` (a Ray front door's session: a copy of the points around the camera) gives the memory
     collider's result for every move whose reach lies in the copy's box, and flags the first move that does not."""
     rng = np.random.default_rng(1)
-    mem = memory_of(np.concatenate([wall_points(z_m=0.7, spacing_m=0.05), rng.uniform(-1, 1, (40, 3))]))
-    memory_of(wall_points(z_m=-0.8, spacing_m=0.05)[:, [2, 1, 0]], provenance=INVENTED_FINAL, memory=mem)
+    mem = _two_walls(rng)
     nearby = NearbyPoints.of(mem, np.zeros(3), 1.2)
     assert 0 < len(nearby.positions) < mem.num_points  # the wall's far corners lie outside the box
     for _ in range(20):  # the cell index finds exactly the points a scan of the copy finds
@@ -178,17 +187,8 @@ def test_a_nearby_copy_collides_as_the_memory_inside_its_box_and_says_when_a_mov
         want = nearby.positions[scan].astype(np.float64)
         np.testing.assert_array_equal(got[order], want[np.lexsort(want.T)])
         assert sorted(prov.tolist()) == sorted(nearby.provenance[scan].tolist())
-    fast, copy = MemoryCollider(mem), NearbyCollider(NearbyPoints.of(mem, np.zeros(3), 3.0))  # the walk's reach
-    p = np.zeros(3)
-    hits = 0
-    for _ in range(40):
-        d = rng.normal(size=3) * np.array([0.1, 0.02, 0.1])
-        a, b = fast.resolve(p, d, R), copy.resolve(p, d, R)
-        np.testing.assert_allclose(a.position, b.position, atol=1e-5)  # (the copy holds float32 positions)
-        assert a.collided == b.collided
-        hits += a.collided
-        p = a.position
-    assert hits >= 5 and not copy.outside
+    copy = NearbyCollider(NearbyPoints.of(mem, np.zeros(3), 3.0))  # a box the walk's reach stays in
+    assert _random_walk_agrees(MemoryCollider(mem), copy, rng) >= 5 and not copy.outside
     copy.replace(nearby)
     held = copy.resolve(np.array([0.0, 0.0, 0.3]), np.array([0.0, 0.5, 0.0]), R)  # reaches y = 1.51 > 1.2
     assert copy.outside and not held.collided  # held where it is: past the copy nothing is known
