@@ -400,9 +400,8 @@ class WorldActor:
         return encode
 
     async def play_clip(self, session_id: str, engine_key: str, engine_config, poses: np.ndarray,
-                        prompt: str | None, seed: int, autosave, frame_format, nearby=None):
-        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``
-        (``ClipStats`` here and below: ``(ClipStats, NearbyPoints | None)``, see ``_with_nearby``);
+                        prompt: str | None, seed: int, autosave, frame_format):
+        """Streaming: ``("frame", i, EncodedFrame)`` per frame as generated, then ``("stats", ClipStats, view)``;
         the last frame comes as ``("last", i, EncodedFrame, ClipStats, view)`` instead when the clip had already
         ended by then (one stream item less per clip; never waited for). ``frame_format = ((width, height),
         encoding, jpeg_quality)``. (The path a session takes until its compiled graph is ready, or when it cannot
@@ -419,8 +418,7 @@ class WorldActor:
 
         # the host's play_clip, with the worker's own future: whether the clip has ended is known at once on the
         # loop (an asyncio wrapper learns it a few loop turns later)
-        work_fn = self._with_nearby(self.host.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format),
-                                    nearby)
+        work_fn = self.host.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format)
         if self.host.deleted or self.host.closed:
             raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
         try:
@@ -448,7 +446,7 @@ class WorldActor:
 
         ``("ping", session_id)`` -> ``"pong"`` (the graph works; the actor notes which session's loop this is, for
         its log when ``claim`` ends it); ``("clip", session_id, engine_key, engine_config, poses,
-        prompt, seed, autosave, frame_format, nearby)`` starts a clip (as ``play_clip``) and returns its first
+        prompt, seed, autosave, frame_format)`` starts a clip (as ``play_clip``) and returns its first
         ``EncodedFrame``; ``("next",)`` the next one; the clip's last frame comes as ``(EncodedFrame, (ClipStats,
         HostView))`` when the clip had already ended by then; otherwise ``("stats",)`` waits for the clip's end
         (memory update, autosave) and returns ``(ClipStats, HostView)``. Errors raise here and reach the front door as the
@@ -470,7 +468,7 @@ class WorldActor:
             return "pong"
         self.last_call = time.monotonic()
         if kind == "clip":
-            session_id, engine_key, engine_config, poses, prompt, seed, autosave, frame_format, nearby = request[1:]
+            session_id, engine_key, engine_config, poses, prompt, seed, autosave, frame_format = request[1:]
             if self._step_work is not None and not self._step_work.done():
                 raise PreconditionError(f"world {self.world_id!r}: a clip is still running on this graph")
             self._require_lease(session_id)
@@ -478,9 +476,8 @@ class WorldActor:
             encode = self._encoder(frame_format)
             frames: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
             self._step_frames = frames
-            work = self._with_nearby(self.host.clip_work(engine, poses, prompt, seed,
-                                                         lambda i, f: frames.put(encode(f)), autosave, frame_format),
-                                     nearby)
+            work = self.host.clip_work(engine, poses, prompt, seed, lambda i, f: frames.put(encode(f)),
+                                       autosave, frame_format)
             if self.host.deleted or self.host.closed:
                 raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
             self._step_work = self.host.executor.submit(self.host._call, work, ())
@@ -508,20 +505,9 @@ class WorldActor:
             return self._step_stats()
         raise ValueError(f"play_step: unknown request {kind!r}")
 
-    def _with_nearby(self, work: Callable[[], Any], nearby: tuple | None) -> Callable[[], Any]:
-        """A clip's work returning ``(ClipStats, NearbyPoints | None)``: with ``nearby = (centre_m [3], half_m)``,
-        the memory's points in that box after the clip's memory update (on the world's worker, so in order with
-        the clip's writes), for the front door's collider."""
-        memory = self.host.world.memory
-
-        def run():
-            stats = work()
-            return stats, None if nearby is None else NearbyPoints.of(memory, *nearby)
-
-        return run
-
     async def nearby_points(self, centre_m: np.ndarray, half_m: float) -> NearbyPoints:
-        """The memory's points within ``half_m`` of ``centre_m`` [3] (world frame), on the world's worker."""
+        """The memory's points within ``half_m`` of ``centre_m`` [3] (world frame), on the world's worker (in order
+        with the clips queued there). A plain actor call, never through a Play graph's channels: a copy is MBs."""
         self._touch()
         return await self.host.call(NearbyPoints.of, self.host.world.memory, centre_m, half_m)
 
@@ -822,6 +808,7 @@ class RayWorldHost:
         self._nearby: NearbyCollider | None = None
         self._nearby_start: NearbyPoints | None = None  # the copy taken at the claim
         self._nearby_clips = 0  # clips since the copy was taken
+        self._nearby_fetch: asyncio.Future | None = None  # a new copy on its way (``_renew_nearby``)
 
     def reset(self, actor, where: dict) -> None:
         """Point at a (new) actor of this world."""
@@ -1038,16 +1025,15 @@ class RayWorldHost:
             self._play_method = self.actor.play_clip.options(_generator_backpressure_num_objects=PLAY_BACKPRESSURE)
         # the engine's config travels with its first clip only (the actor keeps the engine by key)
         config, engine.sent = (None if engine.sent else engine.config), True
-        nearby = self._nearby_request(poses[-1][:3, 3])
+        self._renew_nearby(poses[-1][:3, 3])
         graph = self._graph
         if graph is not None and graph.ready:
-            request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format,
-                       nearby)
+            request = ("clip", self.controller, engine.key, config, poses, prompt, seed, autosave, frame_format)
             try:
                 graph.last_used = math.inf  # in use: never closed as idle
                 stats, self._view = await asyncio.get_running_loop().run_in_executor(
                     graph.thread, graph.clip, request, len(poses), sink, GRAPH_FRAME_TIMEOUT_S)
-                return self._took_nearby(*stats)
+                return stats
             except (RayTaskError, RayActorError) as exc:
                 raise self._failed(exc) from None
             except GraphLost as exc:  # closed before the clip reached the actor: this session goes on streaming
@@ -1059,7 +1045,7 @@ class RayWorldHost:
                 graph.last_used = time.monotonic()
                 self._arm_idle_close(graph)
         gen = self._play_method.remote(self.controller, engine.key, config, poses, prompt, seed, autosave,
-                                       frame_format, nearby)
+                                       frame_format)
         stats = None
         try:
             async for ref in gen:
@@ -1095,30 +1081,36 @@ class RayWorldHost:
                 self._graph_attempts += 1
                 self._close_graph()
                 self._open_graph()
-        return self._took_nearby(*stats)
+        return stats
 
-    def _nearby_request(self, clip_end_m: np.ndarray) -> tuple | None:
-        """``(centre_m [3], half_m)`` for the actor to copy after this clip, or None: the session collides
-        (``collider`` was asked) and the copy is old (``NEARBY_EVERY_CLIPS``), a move was held at its edge, or the
-        camera is ``NEARBY_RECENTRE_M`` from its centre. The camera: where the integrator's last move ended (it runs
-        ahead of the clips), else the clip's last pose (``clip_end_m`` [3], world frame)."""
+    def _renew_nearby(self, clip_end_m: np.ndarray) -> None:
+        """With this clip, ask the actor for a new copy of the memory around the camera (a plain actor call, run
+        on the world's worker after the clip) when the session collides (``collider`` was asked), none is on its
+        way, and the copy is old (``NEARBY_EVERY_CLIPS``), a move was held at its edge, or the camera is
+        ``NEARBY_RECENTRE_M`` from its centre. The camera: where the integrator's last move ended (it runs ahead of
+        the clips), else the clip's last pose (``clip_end_m`` [3], world frame)."""
         collider = self._nearby
-        if collider is None:
-            return None
+        if collider is None or self._nearby_fetch is not None:
+            return
         self._nearby_clips += 1
         camera_m = collider.position_m if collider.position_m is not None else clip_end_m
         centre = (collider.nearby.lo_m + collider.nearby.hi_m) / 2
-        if collider.outside or self._nearby_clips >= NEARBY_EVERY_CLIPS \
-                or float(np.abs(camera_m - centre).max()) > NEARBY_RECENTRE_M:
-            return np.asarray(camera_m, np.float64).copy(), NEARBY_HALF_M
-        return None
+        if not (collider.outside or self._nearby_clips >= NEARBY_EVERY_CLIPS
+                or float(np.abs(camera_m - centre).max()) > NEARBY_RECENTRE_M):
+            return
+        self._nearby_fetch = asyncio.ensure_future(self._fetch_nearby(collider, np.asarray(camera_m, np.float64)))
 
-    def _took_nearby(self, stats, nearby: NearbyPoints | None):
-        """The clip's ``ClipStats``; a copy it brought replaces the collider's."""
-        if nearby is not None and self._nearby is not None:
-            self._nearby.replace(nearby)
-            self._nearby_clips = 0
-        return stats
+    async def _fetch_nearby(self, collider: NearbyCollider, camera_m: np.ndarray) -> None:
+        try:
+            nearby = await asyncio.wait_for(self.actor.nearby_points.remote(camera_m, NEARBY_HALF_M),
+                                            timeout=CALL_TIMEOUT_S)
+            if collider is self._nearby:  # still this session's
+                collider.replace(nearby)
+                self._nearby_clips = 0
+        except Exception as exc:  # noqa: BLE001 -- the copy it has stays; the next clip asks again
+            log.debug("memory copy for collision not renewed", world_id=self.world_id, error=type(exc).__name__)
+        finally:
+            self._nearby_fetch = None
 
     async def _graph_broke(self, exc: BaseException) -> BaseException:
         """The error for a clip whose graph broke: UNAVAILABLE either way; the actor is marked dead when a plain
