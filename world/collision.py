@@ -429,11 +429,11 @@ def _cell_keys(cells: np.ndarray, dims: np.ndarray) -> np.ndarray:
 
 class NearbyCollider(MemoryCollider):
     """``MemoryCollider`` over a ``NearbyPoints`` copy instead of the memory: the same result, up to the copy's
-    float32 positions, for every move whose reach lies inside the copy's box (tested). Beyond the box nothing is known, and a wall there must not be walked
-    through, so a move that would reach past it is held (the body stays where it is, ``collided`` False) and
-    ``outside`` is set: the holder fetches a copy around ``position_m`` and ``replace``s it (``server.ray_host``,
-    with the next clip). At play rates the copy is renewed long before the camera gets near its edge; a burst of
-    actions faster than clips are generated waits at the edge."""
+    float32 positions, for every move whose reach lies inside the copy's box (tested). Beyond the box nothing is
+    known, and a wall there must not be walked through, so a move that would reach past it is held (the body stays
+    where it is, ``collided`` False) and ``outside`` is set: the holder fetches a copy around ``position_m`` and
+    ``replace``s it (``server.ray_host``, after the next clip). At play rates the copy is renewed long before the
+    camera gets near its edge; a burst of actions faster than clips are generated waits at the edge."""
 
     def __init__(self, nearby: NearbyPoints, config: CollisionConfig = CollisionConfig()) -> None:
         super().__init__(None, config)  # type: ignore[arg-type]  # no memory here: ``nearby`` stands for it
