@@ -299,8 +299,8 @@ def test_tile_warm_up_runs_at_low_priority_and_the_fits_at_normal_priority():
         seen["tiles"] = nice()
         tiled.set()
 
-    class Memory:  # a stand-in key (states are held weakly per memory object)
-        pass
+    class Memory:
+        """A stand-in key: fill states are held weakly per memory object."""
 
     states = FillStates(fit, warm, tiles)
     memory = Memory()
@@ -332,8 +332,8 @@ def test_waiting_for_a_world_covers_its_fit_and_plane_textures_not_its_tiles():
         assert go_warm.wait(30)
         warmed.append(state)
 
-    class Memory:  # a stand-in key (states are held weakly per memory object)
-        pass
+    class Memory:
+        """A stand-in key: fill states are held weakly per memory object."""
 
     states = FillStates(fit, warm, lambda state: go_tiles.wait(30))
     memory, other, bad = Memory(), Memory(), Memory()
