@@ -569,7 +569,7 @@ class GeometricGenerator:
         same bits (tests/test_layout_fill_fused.py), a fraction of the CPU (docs/BENCHMARKS.md, session 9)."""
         from spatia.model.fill import hole_kernels as hk
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
+        from spatia.model.fill.layout import cast_layout, opening_pixels, stale_closing_pixels, view_bounds
         from spatia.model.fill.texture import read_texels
 
         cfg = self.config
@@ -579,6 +579,8 @@ class GeometricGenerator:
         view = view_bounds(layout, c2w[:3, 3], reach)
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, rays_img, c2w))
+        # what the memory invented on an earlier guess of a closing wall, now in front of the current guess
+        valid, depth = _without(valid, depth, stale_closing_pixels(layout, view, depth, valid, rays_img, c2w))
         valid, depth = _sky_is_no_surface(state, valid, depth)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         if valid.all():
@@ -690,7 +692,7 @@ class GeometricGenerator:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
+        from spatia.model.fill.layout import cast_layout, opening_pixels, stale_closing_pixels, view_bounds
 
         cfg = self.config
         layout = state.layout
@@ -698,6 +700,8 @@ class GeometricGenerator:
         view = view_bounds(layout, c2w[:3, 3], reach)
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, _rays(K), c2w))
+        # what the memory invented on an earlier guess of a closing wall, now in front of the current guess
+        valid, depth = _without(valid, depth, stale_closing_pixels(layout, view, depth, valid, _rays(K), c2w))
         valid, depth = _sky_is_no_surface(state, valid, depth)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         holes = ~valid

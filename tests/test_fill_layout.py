@@ -10,7 +10,7 @@ import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
 from spatia.model.fill.layout import (FLOOR, WALL, LayoutConfig, cast_layout, estimate_layout, opening_pixels,
-                                      view_bounds)
+                                      stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -529,3 +529,51 @@ def test_a_plane_without_a_texture_borrows_the_one_a_max_over_every_plane_picks(
                     want = found[best][1]
                     break
             assert tex is want
+
+
+def test_a_closing_wall_guessed_too_near_is_not_shown_once_the_path_moves_it_out():
+    # room@turned: a room whose axes are turned from the world's, its left wall (x = 0) never seen. The first
+    # clips close it 1 m beyond the poses so far; the memory held what was invented on that guess, in the room's
+    # middle, after the camera had walked past it
+    rng = np.random.default_rng(5)
+    R = _rot([0, 1, 0], 35.0)
+    n = 4000
+    floor = np.c_[rng.uniform(3, 6, n), np.zeros(n), rng.uniform(2, 8, n)]
+    ceil = np.c_[rng.uniform(3, 6, n), np.full(n, 3.0), rng.uniform(2, 8, n)]
+    back = np.c_[rng.uniform(3, 6, n), rng.uniform(0, 3, n), np.full(n, 8.0)]
+    right = np.c_[np.full(n, 6.0), rng.uniform(0, 3, n), rng.uniform(2, 8, n)]
+    pts = np.concatenate([floor, ceil, back, right]) @ R.T
+    start = np.array([3.2, 1.6, 1.0])
+    layout = estimate_layout(pts, R @ start, R @ np.array([0.0, 1.0, 0.0]), R @ np.array([0.0, 0.0, 1.0]))
+    lw = layout.axes[1] if abs(layout.axes[1] @ (R @ [1.0, 0, 0])) > 0.9 else layout.axes[2]  # along the room's x
+
+    def left_wall_x(view) -> float:
+        p = next(p for p in view.bounds if p.derived and abs(layout.axes[p.axis] @ lw) > 0.9
+                 and p.facing * np.sign(layout.axes[p.axis] @ lw) > 0)  # the bound itself: before the doorways'
+        return float(p.offset_m * np.sign(layout.axes[p.axis] @ lw))
+
+    early = view_bounds(layout, R @ start, (R @ start)[None])
+    later_cam = R @ np.array([1.2, 1.6, 4.0])
+    later = view_bounds(layout, later_cam, np.stack([R @ start, later_cam]))
+    assert left_wall_x(early) == pytest.approx(2.2, abs=0.05) and left_wall_x(later) == pytest.approx(0.2, abs=0.05)
+    # the later camera looks along +x at what the memory holds from the early guess: a wall at x = 2.2
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = np.eye(4)
+    c2w[:3, :3] = R @ _rot([0, 1, 0], 90.0) @ np.diag([1.0, -1.0, 1.0])  # camera z along the room's +x, y down
+    c2w[:3, 3] = later_cam
+    rays = pixel_rays(K).astype(np.float32)
+    d_old, _ = cast_layout(layout, early, rays.reshape(-1, 3), c2w)
+    d_old = d_old.reshape(36, 64)
+    valid = d_old > 0
+    stale = stale_closing_pixels(layout, later, d_old, valid, rays, c2w)
+    xs = (later_cam @ lw) + d_old * (rays @ (c2w[:3, :3].T @ lw))  # each pixel's point along the room's x
+    on_old_wall = valid & (np.abs(xs - 2.2) < 0.02)
+    heights = (later_cam @ layout.up) + d_old * (rays @ (c2w[:3, :3].T @ layout.up)) - layout.floor().offset_m
+    mid = on_old_wall & (heights > 0.3) & (heights < 2.7)
+    assert mid.sum() > 200 and stale[mid].all()
+    assert not stale[valid & ~on_old_wall].any()  # floor and ceiling: on a bound of the view
+    # what the current guess shows, or anything within the observed extent, is never stale
+    d_new, _ = cast_layout(layout, later, rays.reshape(-1, 3), c2w)
+    d_new = d_new.reshape(36, 64)
+    assert not stale_closing_pixels(layout, later, d_new, d_new > 0, rays, c2w).any()
+    assert not stale_closing_pixels(layout, early, d_old, valid, rays, c2w).any()

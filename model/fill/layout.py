@@ -118,6 +118,12 @@ class LayoutConfig:
     # (``Layout.is_room_wall``): rays through a doorway do not stop at it, and it does not cut the floor into rooms
     # (``model.fill.appearance``'s unseen cells: cutting there faded the room's own floor)
     room_wall_min_top_m: float = 2.0
+    # a closing wall (rule 3 and the others) is a guess that moves out as the path grows, but what the memory
+    # invented on an earlier guess stayed there: room@turned (its left wall unseen) kept a wall 2 m inside the
+    # room from the first clips on. Memory points beyond every observed point in the direction of a closing wall
+    # and more than this in front of every bound of the view are no longer shown (``stale_closing_pixels``): the
+    # fill shows the current guess there, and the engine's free-space carving takes the stale points away
+    stale_guess_margin_m: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,9 @@ class Layout:
     observed_range_m: np.ndarray | None = None
     observer: np.ndarray | None = None  # [3] world frame, where the observed points were seen from (the first
     # camera): the appearance of a plane region follows what was seen at that distance (model.fill.appearance)
+    # [3, 2] the thinned observed points' full extent (min, max) along each axis: beyond it, in a direction a
+    # closing wall bounds, the memory holds only invented points (``stale_closing_pixels``)
+    observed_extent_m: np.ndarray | None = None
 
     @property
     def up(self) -> np.ndarray:
@@ -434,8 +443,9 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     coords = pts @ axes.T  # [N, 3] along up, a1, a2
     q = config.observed_range_pct
     observed = np.stack([np.percentile(coords, q, axis=0), np.percentile(coords, 100.0 - q, axis=0)], axis=1)
+    extent = np.stack([coords.min(axis=0), coords.max(axis=0)], axis=1)
     return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
-                  observer=np.asarray(observer, np.float64).copy())
+                  observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent)
 
 
 @dataclass(frozen=True)
@@ -791,6 +801,40 @@ def opening_pixels(
         mark_opening(rays, depth, valid, *box, (R.T @ up).astype(f32), f32(cam @ up), (R.T @ h).astype(f32),
                      f32(cam @ h), f32(o.centre_m), f32(o.half_width_m), f32(o.bottom_m), f32(o.top_m),
                      (R.T @ a).astype(f32), f32(cam @ a), f32(o.plane.offset_m), f32(layout.config.door_slab_m), out)
+    return out
+
+
+def stale_closing_pixels(
+    layout: Layout,
+    view: LayoutView,
+    depth_m: np.ndarray,  # [H, W] float32 z-depth the memory rendered
+    valid: np.ndarray,  # [H, W] bool, where it rendered
+    rays_cam: np.ndarray,  # [H, W, 3] float32 pixel rays, camera frame, z = 1
+    c2w: np.ndarray,  # [4, 4]
+) -> np.ndarray:
+    """``[H, W]`` bool: rendered pixels whose point lies in free space by the view's current layout and where
+    only an earlier guess can have put it (``LayoutConfig.stale_guess_margin_m``): beyond the observed extent
+    (``Layout.observed_extent_m``) by the margin in the direction of one of the view's closing (derived) walls,
+    and more than the margin in front of every bound of the view. Indoors only (outdoors nothing is closed)."""
+    out = np.zeros(valid.shape, bool)
+    ext = layout.observed_extent_m
+    margin = layout.config.stale_guess_margin_m
+    closing = [p for p in view.bounds if p.derived and p.axis != 0]
+    if not layout.indoor or ext is None or not closing or not valid.any():
+        return out
+    R, cam = c2w[:3, :3], c2w[:3, 3]
+    ys, xs = np.nonzero(valid)
+    local = rays_cam[ys, xs].astype(np.float64) * depth_m[ys, xs].astype(np.float64)[:, None]  # [M, 3] camera
+    coords = (local @ R.T + cam) @ layout.axes.T  # [M, 3] along up, a1, a2
+    beyond = np.zeros(len(coords), bool)
+    for p in closing:
+        direction = -p.facing  # the wall bounds the room in this direction along its axis
+        seen = ext[p.axis, 1 if direction == 1 else 0]
+        beyond |= direction * (coords[:, p.axis] - seen) > margin
+    inside = beyond
+    for p in view.bounds:
+        inside &= p.facing * (coords[:, p.axis] - p.offset_m) > margin
+    out[ys[inside], xs[inside]] = True
     return out
 
 
