@@ -531,31 +531,66 @@ def test_a_plane_without_a_texture_borrows_the_one_a_max_over_every_plane_picks(
             assert tex is want
 
 
-def test_a_closing_wall_guessed_too_near_is_not_shown_once_the_path_moves_it_out():
-    # room@turned: a room whose axes are turned from the world's, its left wall (x = 0) never seen. The first
-    # clips close it 1 m beyond the poses so far; the memory held what was invented on that guess, in the room's
-    # middle, after the camera had walked past it
+def _half_room_points(R: np.ndarray) -> np.ndarray:
+    """A 6 x 3 x 8 m room (floor y = 0) seen only for x >= 3 and z >= 2 (floor, ceiling, back and right walls;
+    the left wall x = 0 and the front z = 0 unseen), rotated into the world by ``R``: a first camera at x = 3.2
+    turned right, as room@turned's."""
     rng = np.random.default_rng(5)
-    R = _rot([0, 1, 0], 35.0)
     n = 4000
     floor = np.c_[rng.uniform(3, 6, n), np.zeros(n), rng.uniform(2, 8, n)]
     ceil = np.c_[rng.uniform(3, 6, n), np.full(n, 3.0), rng.uniform(2, 8, n)]
     back = np.c_[rng.uniform(3, 6, n), rng.uniform(0, 3, n), np.full(n, 8.0)]
     right = np.c_[np.full(n, 6.0), rng.uniform(0, 3, n), rng.uniform(2, 8, n)]
-    pts = np.concatenate([floor, ceil, back, right]) @ R.T
+    return np.concatenate([floor, ceil, back, right]) @ R.T
+
+
+def _room_axis(layout, room_dir: np.ndarray) -> np.ndarray:
+    """The layout axis along ``room_dir`` [3] (world frame), signed like it."""
+    k = int(np.argmax(np.abs(layout.axes @ room_dir)))
+    return layout.axes[k] * np.sign(layout.axes[k] @ room_dir)
+
+
+def _closing_wall(layout, view, along: np.ndarray, facing: int) -> float:
+    """The coordinate along ``along`` [3] of the view's closing wall whose surface faces ``facing`` * along
+    (the bound itself: it comes before the doorways' rooms beyond)."""
+    p = next(p for p in view.bounds if p.derived and abs(layout.axes[p.axis] @ along) > 0.9
+             and p.facing * np.sign(layout.axes[p.axis] @ along) == facing)
+    return float(p.offset_m * np.sign(layout.axes[p.axis] @ along))
+
+
+def test_an_unseen_side_wall_mirrors_the_seen_one_and_the_wall_behind_stays_near():
+    # room@turned: the first camera stands mid-way between the side walls, turned right; the left one unseen.
+    # Closed 1 m beyond the poses so far, it stood 2.2 m inside the room (of 3.2) until the camera walked there
+    R = _rot([0, 1, 0], 35.0)
     start = np.array([3.2, 1.6, 1.0])
-    layout = estimate_layout(pts, R @ start, R @ np.array([0.0, 1.0, 0.0]), R @ np.array([0.0, 0.0, 1.0]))
-    lw = layout.axes[1] if abs(layout.axes[1] @ (R @ [1.0, 0, 0])) > 0.9 else layout.axes[2]  # along the room's x
+    fwd = R @ np.array([math.sin(math.radians(35.0)), 0.0, math.cos(math.radians(35.0))])
+    layout = estimate_layout(_half_room_points(R), R @ start, R @ np.array([0.0, 1.0, 0.0]), fwd)
+    view = view_bounds(layout, R @ start, (R @ start)[None])
+    assert _closing_wall(layout, view, _room_axis(layout, R @ [1.0, 0.0, 0.0]), 1) == pytest.approx(0.4, abs=0.05)
+    # behind the camera (the front wall, z = 0): 1 m beyond the poses, as before
+    assert _closing_wall(layout, view, _room_axis(layout, R @ [0.0, 0.0, 1.0]), 1) == pytest.approx(0.0, abs=0.05)
+    off = estimate_layout(_half_room_points(R), R @ start, R @ np.array([0.0, 1.0, 0.0]), fwd,
+                          LayoutConfig(mirror_side_walls=False))
+    view = view_bounds(off, R @ start, (R @ start)[None])
+    assert _closing_wall(off, view, _room_axis(off, R @ [1.0, 0.0, 0.0]), 1) == pytest.approx(2.2, abs=0.05)
 
-    def left_wall_x(view) -> float:
-        p = next(p for p in view.bounds if p.derived and abs(layout.axes[p.axis] @ lw) > 0.9
-                 and p.facing * np.sign(layout.axes[p.axis] @ lw) > 0)  # the bound itself: before the doorways'
-        return float(p.offset_m * np.sign(layout.axes[p.axis] @ lw))
 
+def test_a_closing_wall_guessed_too_near_is_not_shown_once_the_path_moves_it_out():
+    # a room whose axes are turned from the world's, its left wall (x = 0) never seen. The first clips close it
+    # 1 m beyond the poses so far; the memory held what was invented on that guess, in the room's middle, after
+    # the camera had walked past it (room@turned before its side wall was mirrored)
+    R = _rot([0, 1, 0], 35.0)
+    pts = _half_room_points(R)
+    start = np.array([3.2, 1.6, 1.0])
+    # (a guess too near: without the mirrored side wall, as behind the first camera)
+    layout = estimate_layout(pts, R @ start, R @ np.array([0.0, 1.0, 0.0]), R @ np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(mirror_side_walls=False))
+    lw = _room_axis(layout, R @ [1.0, 0.0, 0.0])
     early = view_bounds(layout, R @ start, (R @ start)[None])
     later_cam = R @ np.array([1.2, 1.6, 4.0])
     later = view_bounds(layout, later_cam, np.stack([R @ start, later_cam]))
-    assert left_wall_x(early) == pytest.approx(2.2, abs=0.05) and left_wall_x(later) == pytest.approx(0.2, abs=0.05)
+    assert _closing_wall(layout, early, lw, 1) == pytest.approx(2.2, abs=0.05)
+    assert _closing_wall(layout, later, lw, 1) == pytest.approx(0.2, abs=0.05)
     # the later camera looks along +x at what the memory holds from the early guess: a wall at x = 2.2
     K = Intrinsics.from_fov(75.0, 64, 36)
     c2w = np.eye(4)

@@ -124,6 +124,12 @@ class LayoutConfig:
     # and more than this in front of every bound of the view are no longer shown (``stale_closing_pixels``): the
     # fill shows the current guess there, and the engine's free-space carving takes the stale points away
     stale_guess_margin_m: float = 0.25
+    # closing rule 3 beside the first camera (not behind it): a wall nothing observed stands at least as far from
+    # the first camera as the observed wall on the other side (a room is photographed from near the middle of a
+    # wall, looking in: its side walls about as far either side). room@turned, its left wall unseen: placed 1 m
+    # beyond the poses so far, it stood 2 m inside the room for the loop's first half (docs/BENCHMARKS.md, session
+    # 16, acc). Behind the camera rule 3 alone (the wall behind a photographer is near)
+    mirror_side_walls: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,7 @@ class Layout:
     # [3, 2] the thinned observed points' full extent (min, max) along each axis: beyond it, in a direction a
     # closing wall bounds, the memory holds only invented points (``stale_closing_pixels``)
     observed_extent_m: np.ndarray | None = None
+    observer_forward: np.ndarray | None = None  # [3] world frame, the first camera's viewing direction
 
     @property
     def up(self) -> np.ndarray:
@@ -362,7 +369,7 @@ def estimate_layout(
                      if p.kind == WALL and (p.axis, p.facing) not in have]
             for key in {(p.axis, p.facing) for p in found}:
                 planes.append(max((p for p in found if (p.axis, p.facing) == key), key=lambda p: p.support))
-        return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64))
+        return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64), prior_forward)
     if len(pts) < 3 * config.normal_neighbours:
         return Layout(estimate_axes(np.zeros((0, 3)), prior_up, np.asarray(prior_forward, float), 1.0), [], False, config)
     normals = _normals(pts, config.normal_neighbours, np.asarray(observer, np.float64))
@@ -370,7 +377,7 @@ def estimate_layout(
     axes = estimate_axes(normals, prior_up, np.asarray(prior_forward, np.float64), cos_tol)
     min_count = max(config.min_plane_points, int(config.min_plane_fraction * len(pts)))
     planes = _point_planes(pts, normals, axes, np.asarray(observer, np.float64), config, min_count)
-    return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64))
+    return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64), prior_forward)
 
 
 def _point_planes(pts: np.ndarray, normals: np.ndarray, axes: np.ndarray, observer: np.ndarray,
@@ -402,7 +409,7 @@ def _point_planes(pts: np.ndarray, normals: np.ndarray, axes: np.ndarray, observ
 
 
 def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, pts: np.ndarray,
-                   observer: np.ndarray) -> Layout:
+                   observer: np.ndarray, forward: np.ndarray) -> Layout:
     """Keep one floor and one ceiling, number the planes, and extend facades outdoors."""
     # horizontal surfaces: keep the floor (most support below the camera) and the ceiling (most above); table
     # tops and seats are furniture, which the background-preferring fill handles
@@ -445,7 +452,8 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     observed = np.stack([np.percentile(coords, q, axis=0), np.percentile(coords, 100.0 - q, axis=0)], axis=1)
     extent = np.stack([coords.min(axis=0), coords.max(axis=0)], axis=1)
     return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
-                  observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent)
+                  observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent,
+                  observer_forward=np.asarray(forward, np.float64).copy())
 
 
 @dataclass(frozen=True)
@@ -548,6 +556,9 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 # closing rule 3: a wall nothing observed bounds stands beyond the farthest pose that way
                 far = float(np.max(direction * reach)) * direction
                 offset = far + direction * cfg.unseen_wall_margin_m
+                mirror = _mirrored_side_wall(layout, k, direction, top_min_m)
+                if mirror is not None and direction * (mirror - offset) > 0:
+                    offset = mirror
                 src = None  # no wall of its own to continue: its look is borrowed (appearance.PlaneTextures)
                 back_side = False
             if layout.observed_range_m is not None and not back_side:
@@ -563,6 +574,29 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
     if layout.indoor and len(path_m) >= 2:
         path_openings(layout, view, camera_m, path_m, known, memo)
     return view
+
+
+def _mirrored_side_wall(layout: Layout, k: int, direction: int, top_min_m: float) -> float | None:
+    """Where closing rule 3 puts an unseen wall beside the first camera (``LayoutConfig.mirror_side_walls``): the
+    observed room wall on the other side (the best-supported one reaching ``top_min_m``), mirrored about the first
+    camera; None for the direction behind it (the horizontal axis direction most opposite to its view), without
+    an observed wall the other way, or with the option off."""
+    cfg = layout.config
+    if not cfg.mirror_side_walls or layout.observer is None or layout.observer_forward is None:
+        return None
+    fwd = layout.observer_forward - (layout.observer_forward @ layout.up) * layout.up
+    if np.linalg.norm(fwd) < 1e-6:
+        return None  # a camera looking straight up or down has no behind
+    # the four horizontal directions (axis, sign); the one most opposite to the view is behind the camera
+    dots = {(a, s): s * float(layout.axes[a] @ fwd) for a in (1, 2) for s in (1, -1)}
+    if min(dots, key=dots.get) == (k, direction):
+        return None
+    obs = float(layout.observer @ layout.axes[k])
+    other = [p for p in layout.planes if p.axis == k and p.facing == direction and p.kind == WALL
+             and p.top_m >= top_min_m and direction * (obs - p.offset_m) >= cfg.min_camera_distance_m]
+    if not other:
+        return None
+    return 2.0 * obs - max(other, key=lambda p: p.support).offset_m
 
 
 def _heading_path(path_m: np.ndarray, lookahead_m: float) -> np.ndarray:
