@@ -10,7 +10,7 @@ import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
 from spatia.model.fill.layout import (FLOOR, WALL, LayoutConfig, cast_layout, estimate_layout, opening_pixels,
-                                      stale_closing_pixels, view_bounds)
+                                      reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -419,12 +419,14 @@ def test_the_window_bounds_bound_every_window():
 def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     """``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) compiles the very specialisations the
     frame path calls: a layout cast and a texture region afterwards add no new compiled signature."""
-    from spatia.model.fill import appearance, appearance_kernels, layout_kernels, texture, texture_kernels
+    from spatia.model.fill import (appearance, appearance_kernels, layout_kernels, opening_kernels, texture,
+                                   texture_kernels)
     from spatia.model.fill.warmup import compile_fill_kernels
 
     assert compile_fill_kernels() > 0
     kernels = (layout_kernels.cast_planes, texture_kernels.region_detail, texture_kernels.shade_region,
-               texture_kernels.gather_tiles, appearance_kernels.lower_unseen_contrast, layout_kernels.axis_votes)
+               texture_kernels.gather_tiles, appearance_kernels.lower_unseen_contrast, layout_kernels.axis_votes,
+               opening_kernels.mark_stale)
     before = [len(k.signatures) for k in kernels]
     assert all(before)
     rng = np.random.default_rng(1)
@@ -437,12 +439,21 @@ def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     c2w[:3, 3] = cam
     cast_layout(layout, view_bounds(layout, cam, path), pixel_rays(Intrinsics.from_fov(90.0, 16, 12)).reshape(-1, 3),
                 c2w)
+    rays = pixel_rays(Intrinsics.from_fov(90.0, 16, 12)).astype(np.float32)
+    rays.setflags(write=False)  # as the generator's cached camera rays
+    depth = np.full((12, 16), 3.0, np.float32)
+    assert _stale_closing_walls_in(layout, view_bounds(layout, cam, path))
+    stale_closing_pixels(layout, view_bounds(layout, cam, path), depth, depth > 0, rays, c2w)
     rgb = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
     model = texture.TextureModel.fit(rgb, np.ones((48, 48), bool), 0.02)
     colours = texture.sample_uv(model, rng.uniform(-1, 1, (50, 2)), np.full(50, 0.01), seed=3)
     appearance.UnseenCells(np.array([0.5]), np.array([-0.2, 0.3]), np.array([1, 2]), np.full(3, 100.0), 0.5).apply(
         rng.uniform(-1, 1, (50, 2)), colours)  # an unseen floor cell (the rooms beyond doorways)
     assert [len(k.signatures) for k in kernels] == before
+
+
+def _stale_closing_walls_in(layout, view) -> bool:
+    return any(p.derived and p.axis != 0 for p in view.bounds)
 
 
 def test_a_ray_parallel_to_a_plane_misses_it_without_an_error():
@@ -612,3 +623,9 @@ def test_a_closing_wall_guessed_too_near_is_not_shown_once_the_path_moves_it_out
     d_new = d_new.reshape(36, 64)
     assert not stale_closing_pixels(layout, later, d_new, d_new > 0, rays, c2w).any()
     assert not stale_closing_pixels(layout, early, d_old, valid, rays, c2w).any()
+    # the compiled pass flags what its numpy twin does, also over a noisy depth (points off the planes)
+    noisy = (d_old * np.random.default_rng(6).uniform(0.6, 1.4, d_old.shape)).astype(np.float32)
+    for view in (early, later):
+        for depth in (d_old, d_new, noisy):
+            np.testing.assert_array_equal(stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w),
+                                          reference_stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w))

@@ -849,26 +849,54 @@ def stale_closing_pixels(
     """``[H, W]`` bool: rendered pixels whose point lies in free space by the view's current layout and where
     only an earlier guess can have put it (``LayoutConfig.stale_guess_margin_m``): beyond the observed extent
     (``Layout.observed_extent_m``) by the margin in the direction of one of the view's closing (derived) walls,
-    and more than the margin in front of every bound of the view. Indoors only (outdoors nothing is closed)."""
+    and more than the margin in front of every bound of the view. Indoors only (outdoors nothing is closed).
+    One compiled pass (``opening_kernels.mark_stale``); the numpy twin is ``reference_stale_closing_pixels``."""
+    from spatia.model.fill.opening_kernels import mark_stale, stale_kernel_inputs
+
     out = np.zeros(valid.shape, bool)
-    ext = layout.observed_extent_m
-    margin = layout.config.stale_guess_margin_m
-    closing = [p for p in view.bounds if p.derived and p.axis != 0]
-    if not layout.indoor or ext is None or not closing or not valid.any():
+    closing = _stale_closing_walls(layout, view)
+    if not closing or not valid.any():
         return out
+    f32 = np.float32
     R, cam = c2w[:3, :3], c2w[:3, 3]
-    ys, xs = np.nonzero(valid)
-    local = rays_cam[ys, xs].astype(np.float64) * depth_m[ys, xs].astype(np.float64)[:, None]  # [M, 3] camera
-    coords = (local @ R.T + cam) @ layout.axes.T  # [M, 3] along up, a1, a2
-    beyond = np.zeros(len(coords), bool)
+    ext = layout.observed_extent_m
+    mark_stale(*stale_kernel_inputs(
+        np.asarray(rays_cam, f32), np.asarray(depth_m, f32), np.asarray(valid, bool), (layout.axes @ R).astype(f32), (layout.axes @ cam).astype(f32),
+        np.array([p.axis for p in closing], np.int64), np.array([-p.facing for p in closing], f32),
+        np.array([ext[p.axis, 1 if p.facing == -1 else 0] for p in closing], f32),
+        np.array([p.axis for p in view.bounds], np.int64), np.array([p.facing for p in view.bounds], f32),
+        np.array([p.offset_m for p in view.bounds], f32)), f32(layout.config.stale_guess_margin_m), out)
+    return out
+
+
+def _stale_closing_walls(layout: Layout, view: LayoutView) -> list[Plane]:
+    """The view's closing (derived) walls ``stale_closing_pixels`` looks beyond; none outdoors or without an
+    observed extent."""
+    if not layout.indoor or layout.observed_extent_m is None:
+        return []
+    return [p for p in view.bounds if p.derived and p.axis != 0]
+
+
+def reference_stale_closing_pixels(layout: Layout, view: LayoutView, depth_m: np.ndarray, valid: np.ndarray,
+                                   rays_cam: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """The numpy definition of ``stale_closing_pixels`` (the same float32 expressions, whole frame)."""
+    closing = _stale_closing_walls(layout, view)
+    if not closing:
+        return np.zeros(valid.shape, bool)
+    f32 = np.float32
+    R, cam = c2w[:3, :3], c2w[:3, 3]
+    vecs, cams = (layout.axes @ R).astype(f32), (layout.axes @ cam).astype(f32)
+    depth = np.asarray(depth_m, f32)
+    coord = [cams[k] + depth * (rays_cam[..., 0] * vecs[k, 0] + rays_cam[..., 1] * vecs[k, 1]
+                                + rays_cam[..., 2] * vecs[k, 2]) for k in range(3)]
+    margin = f32(layout.config.stale_guess_margin_m)
+    ext = layout.observed_extent_m
+    beyond = np.zeros(valid.shape, bool)
     for p in closing:
-        direction = -p.facing  # the wall bounds the room in this direction along its axis
-        seen = ext[p.axis, 1 if direction == 1 else 0]
-        beyond |= direction * (coords[:, p.axis] - seen) > margin
-    inside = beyond
+        beyond |= f32(-p.facing) * (coord[p.axis] - f32(ext[p.axis, 1 if p.facing == -1 else 0])) > margin
+    out = valid & beyond
     for p in view.bounds:
-        inside &= p.facing * (coords[:, p.axis] - p.offset_m) > margin
-    out[ys[inside], xs[inside]] = True
+        out &= f32(p.facing) * (coord[p.axis] - f32(p.offset_m)) > margin
     return out
 
 
