@@ -629,3 +629,44 @@ def test_a_closing_wall_guessed_too_near_is_not_shown_once_the_path_moves_it_out
         for depth in (d_old, d_new, noisy):
             np.testing.assert_array_equal(stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w),
                                           reference_stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w))
+
+
+def test_a_pinhole_on_a_plane_takes_the_planes_depth_not_the_far_side_of_its_gap():
+    # the courtyard's ground at a grazing angle: the background-preferring fill of a gap between rendered points
+    # took its farther side, 5-50 cm under the ground; a gap in furniture (far in front of the plane) keeps it
+    from spatia.model.geometric import _pinholes_on_planes
+    from spatia.world.update import fill_holes_background
+
+    rng = np.random.default_rng(7)
+    cam = np.array([3.0, 1.6, 1.5])
+    layout = estimate_layout(box_room_points(rng, np.eye(3), n=4000), cam, np.array([0.0, 1.0, 0.0]),
+                             np.array([0.0, 0.0, 1.0]))
+    view = view_bounds(layout, cam, cam[None])
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = np.eye(4)
+    c2w[:3, :3] = _rot([1, 0, 0], -20.0) @ np.diag([1.0, -1.0, 1.0])  # looking ahead, pitched down at the floor
+    c2w[:3, 3] = cam
+    rays = pixel_rays(K).astype(np.float32).reshape(-1, 3)
+    true, _ = cast_layout(layout, view, rays, c2w)
+    true = true.reshape(36, 64)
+    rendered = (true * rng.uniform(0.97, 1.03, true.shape)).astype(np.float32)  # rendered points: a few % of noise
+    rendered[10:14, 40:50] = 0.6 * true[10:14, 40:50]  # a box in front of the room
+    valid = rng.random(true.shape) > 0.25  # a sparse render: single-pixel gaps
+    filled = fill_holes_background(rendered, valid, max_span_px=24)
+    hole_idx = np.flatnonzero(~valid)
+    f = filled.ravel()[hole_idx]
+    pinhole = f > 0
+    out = filled.copy()
+    _pinholes_on_planes(layout, view, rays, hole_idx, f, pinhole, c2w, 0.10, out)
+    holes = ~valid & (filled > 0)
+    box = np.zeros_like(valid)
+    box[11:13, 42:48] = True  # the box's inside (its edges' gaps may take either side)
+    plane = holes & ~np.pad(np.ones((6, 14), bool), ((9, 21), (38, 12)))
+    err_before = np.abs(filled[plane] / true[plane] - 1)
+    err_after = np.abs(out[plane] / true[plane] - 1)
+    assert err_after.max() < 1e-3 < err_before.max()
+    assert np.array_equal(out[holes & box], filled[holes & box])  # the box's gaps keep the fill
+    assert np.array_equal(out[valid], rendered[valid])
+    off = filled.copy()
+    _pinholes_on_planes(layout, view, rays, hole_idx, f, pinhole, c2w, 0.0, off)  # 0: off
+    np.testing.assert_array_equal(off, filled)
