@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -42,6 +43,9 @@ from spatia.model.fill.freespace import seen_through, world_points
 from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
 from spatia.model.fill.see_through import see_through_pixels
+
+if TYPE_CHECKING:
+    from spatia.model.fill.layout import LayoutView
 
 
 log = structlog.get_logger(__name__)
@@ -594,6 +598,7 @@ class GeometricGenerator:
         request: ClipRequest,
         reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
+        view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout.
 
@@ -609,7 +614,7 @@ class GeometricGenerator:
         layout = state.layout
         K = request.intrinsics
         rays_img = _rays(K)  # [H, W, 3] float32 camera frame
-        view = view_bounds(layout, c2w[:3, 3], reach)
+        view = view_bounds(layout, c2w[:3, 3], reach) if view is None else view
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, rays_img, c2w))
         # what the memory invented on an earlier guess of a closing wall, now in front of the current guess
@@ -722,6 +727,7 @@ class GeometricGenerator:
         request: ClipRequest,
         reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
+        view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
@@ -731,7 +737,7 @@ class GeometricGenerator:
         cfg = self.config
         layout = state.layout
         K = request.intrinsics
-        view = view_bounds(layout, c2w[:3, 3], reach)
+        view = view_bounds(layout, c2w[:3, 3], reach) if view is None else view
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, _rays(K), c2w))
         # what the memory invented on an earlier guess of a closing wall, now in front of the current guess
@@ -955,13 +961,19 @@ class GeometricGenerator:
                     # holes in a nearer surface: filled from it, not shown through
                     valid, depth = _without(valid, depth, see_through_pixels(depth, valid, radius_px))
                 if reach is None:
+                    from spatia.model.fill.layout import opening_box, view_bounds
+
                     reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
                                             request.target_c2w[:, :3, 3]])
                 colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
                 planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames)
-                filled, colored = self._layout_fill(entry.state(), rgb, colored, depth, valid, c2w, request, reach,
-                                                    planes)
-                yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.mask)
+                state = entry.state()
+                view = view_bounds(state.layout, c2w[:3, 3], reach)
+                filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
+                                                    planes, view)
+                # the doorways this frame shows are open in the memory too (their invented jambs would block)
+                yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.mask,
+                                    open_space=tuple(opening_box(state.layout, o) for o in view.openings))
                 continue
             if entry is not None:
                 entry.frames_made += 1

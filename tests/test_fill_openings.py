@@ -44,13 +44,30 @@ def test_remove_invented_seen_through_matches_the_reference():
                                   seen_through_reference(pos, view, K, depth, 0.1, margin_m=0.2))
 
 
+def _declaring_generator():
+    from spatia.model.geometric import GeometricGenerator
+
+    class Declaring(GeometricGenerator):
+        """The geometric generator, keeping the open space each clip's frames declare (``declared[-1]``)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.declared: list[list] = []
+
+        def generate_frames(self, request):
+            self.declared.append([])
+            for view in super().generate_frames(request):
+                self.declared[-1].extend(view.open_space)
+                yield view
+
+    return Declaring()
+
+
 def _room_walk(width: int, height: int, turns: int, steps: int, collision: bool):
     """The room turned ``turns`` x 5.625 deg right (16 fps at 90 deg/s: 8 = 45 deg), then W held: one-frame clips
     as the Gymnasium env makes them. Yields (step, pose, collided, frame depth, memory render, engine)."""
-    from spatia.model.geometric import GeometricGenerator
-
     world = World.from_scene("room", ROOM_SEED, width, height)
-    engine = Engine(world, GeometricGenerator(), EngineConfig(clip=ClipConfig(1, 2, 1)))
+    engine = Engine(world, _declaring_generator(), EngineConfig(clip=ClipConfig(1, 2, 1)))
     control = ControlConfig(collision=collision)
     integ = ActionIntegrator(world.origin_c2w, control, collider=engine.collider() if collision else None)
     for k in range(turns + steps):
@@ -70,7 +87,7 @@ def test_the_camera_walks_through_a_doorway_the_frame_shows():
     15 % of the frame showed an opening where the memory held an invented wall), and the doorway is wide and tall
     enough for the walking camera (before: it stopped 0.5 m short of the wall, in the corner by the bookcase). No
     invented point lies in space the first (observed) view saw through."""
-    shown_open, disagree, x = 0, [], []
+    shown_open, declared_open, disagree, x = 0, 0, [], []
     for step, c2w, collided, frame_depth, render, engine in _room_walk(320, 180, 8, 70, collision=True):
         x.append(c2w[0, 3])
         if step < 42:
@@ -80,8 +97,14 @@ def test_the_camera_walks_through_a_doorway_the_frame_shows():
         deep = frame_depth > render.depth_m * 1.3 + 0.3
         disagree.append(float((invented & deep).mean()))
         shown_open += int((frame_depth > 2.5).sum())
+        # the doorway the frame shows is declared open, and no invented point is left in it, in view or not
+        declared = engine.generator.declared[-1]
+        declared_open += bool(declared)
+        pos = engine.world.memory.positions.astype(np.float64)
+        for box in declared:
+            assert not (box.contains(pos) & (prov != OBSERVED)).any()
     world = engine.world
-    assert shown_open > 0
+    assert shown_open > 0 and declared_open > 20
     assert max(disagree) < 0.015, disagree
     mem = world.memory
     pos, prov = mem.positions.astype(np.float64), mem.provenance

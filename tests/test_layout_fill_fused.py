@@ -161,12 +161,12 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     G = geometric.GeometricGenerator
     fused, checked, openings, masks = G._layout_fill, [], [], []
 
-    def both(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None):
+    def both(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None, given=None):
         want_rgb = rgb.copy()
-        want = (*G._layout_fill_reference(self, state, want_rgb, colored, depth, valid, c2w, request, reach, coarse),
-                want_rgb)
+        want = (*G._layout_fill_reference(self, state, want_rgb, colored, depth, valid, c2w, request, reach, coarse,
+                                          given), want_rgb)
         want_mask = None if coarse is None else coarse.mask
-        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse)
+        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, given)
         _same((*got, rgb), want)
         if coarse is not None:  # the per-plane coarse fill's provisional pixels: the same
             assert (want_mask is None) == (coarse.mask is None)
@@ -176,6 +176,7 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
         view = view_bounds(state.layout, c2w[:3, 3], reach)  # the path's crossings from the clip's memo
         layout_module._PATH_MEMOS.clear()
         assert view_bounds(state.layout, c2w[:3, 3], reach) == view  # ... and computed afresh
+        assert given is None or given == view  # the view the generator computed for the frame (and declared open)
         openings.append(bool(view.openings))
         return got
 

@@ -387,7 +387,8 @@ class Engine:
                                None if result.dynamic is None else result.dynamic[i],
                                # what of it is a coarse fill (the whole frame, some pixels) goes on to the update
                                result.provisional is not None and bool(result.provisional[i]),
-                               None if result.provisional_px is None else result.provisional_px[i])
+                               None if result.provisional_px is None else result.provisional_px[i],
+                               result.open_space if i == 0 else ())  # the clip's, once
                  for i in range(n)]
         for i, view in enumerate(views):  # all checked before the first is shown
             self._check_view(view, i)
@@ -414,7 +415,12 @@ class Engine:
             made.append(view)
             yield GeneratedFrame(first_index + len(made) - 1, clip_id, poses[len(made) - 1], view.rgb, view.depth_m)
         t1 = time.perf_counter()
-        self._commit(poses, clip_result(made), views)
+        result = clip_result(made)
+        self._commit(poses, result, views)
+        if result.open_space and self.config.update_memory:
+            # what the frames showed as open (a doorway in an invented wall) is open in the memory too, beside the
+            # camera as well as in view: otherwise the frame shows a doorway whose invented jambs stop the body
+            self.world.memory.remove_invented_in(result.open_space)
         if self.config.free_radius_m > 0 and self.config.update_memory:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from spatia.world.camera import Intrinsics
+from spatia.world.regions import Box
 
 
 @dataclass
@@ -105,6 +106,8 @@ class ClipResult:
     # [N, H, W] bool: pixels of otherwise final frames that show a coarse fill (``GeneratedView.provisional_px``).
     # None: none.
     provisional_px: np.ndarray | None = None
+    # space the frames show as open, distinct boxes over the clip (``GeneratedView.open_space``)
+    open_space: tuple[Box, ...] = ()
 
 
 @dataclass
@@ -121,6 +124,11 @@ class GeneratedView:
     # fitted): shown, never folded into the memory, and not warped into later frames (the history keeps no depth
     # there). None: none.
     provisional_px: np.ndarray | None = None
+    # Boxes (world frame) the frame shows as open space where the memory may hold invented points: a doorway the
+    # generator opened in a wall it invented before. The engine deletes the invented points inside them when it
+    # commits the clip, in view or not, so that what the frame shows as open the camera can walk through (the
+    # memory's points block a walking camera). Observed points are never deleted.
+    open_space: tuple[Box, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,10 @@ def clip_result(views: list[GeneratedView]) -> ClipResult:
         for i, v in enumerate(views):
             if v.provisional_px is not None:
                 prov_px[i] = v.provisional_px
+    open_space: dict[bytes, Box] = {}  # a doorway is shown by most frames of a clip: once each
+    for v in views:
+        for box in v.open_space:
+            open_space.setdefault(box.center.tobytes() + box.half_extents_m.tobytes() + box.rotation.tobytes(), box)
     return ClipResult(np.stack([v.rgb for v in views]), stacked("depth_m"), stacked("dynamic"),
-                      prov if prov.any() else None, prov_px)
+                      prov if prov.any() else None, prov_px, tuple(open_space.values()))
 

@@ -44,7 +44,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -54,6 +54,8 @@ from spatia.world._threads import background
 from spatia.world.camera import Intrinsics, validate_pose, validate_trajectory
 from spatia.world.errors import InvalidInputError, NotFoundError
 from spatia.world.generator import SceneProjection
+# Box and Sphere are re-exported: edits name them as memory regions
+from spatia.world.regions import Box, Region, Sphere, as_points, rotation3, vector3  # noqa: F401
 
 HASH_MAX_LOAD = 0.75  # linear probing stays short below this
 GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 34 right after a growth)
@@ -131,38 +133,6 @@ class RenderResult:
 class IntegrateStats(NamedTuple):
     new_points: int  # voxels that were empty before the call
     updated_points: int  # distinct pre-existing points that received at least one sample
-
-
-class Region(Protocol):
-    def contains(self, points: np.ndarray) -> np.ndarray: ...  # [N, 3] world frame -> [N] bool
-
-
-class Box:
-    """An oriented box: ``center`` [3] world frame, ``half_extents_m`` [3] along the box axes, and the box-to-world
-    rotation ``c2w_rotation`` [3, 3] whose columns are the box axes in the world (identity: axis-aligned)."""
-
-    def __init__(self, center, half_extents_m, c2w_rotation=None) -> None:
-        self.center = _vector3(center, "Box center")
-        self.half_extents_m = _vector3(half_extents_m, "Box half_extents_m")
-        if np.any(self.half_extents_m < 0):
-            raise InvalidInputError(f"Box half_extents_m must be >= 0, got {self.half_extents_m.tolist()}")
-        self.rotation = np.eye(3) if c2w_rotation is None else _rotation(c2w_rotation, "Box c2w_rotation")
-
-    def contains(self, points: np.ndarray) -> np.ndarray:
-        local = (_points(points) - self.center) @ self.rotation  # [N, 3] box frame (R^T p as a row product)
-        return np.all(np.abs(local) <= self.half_extents_m, axis=1)
-
-
-class Sphere:
-    def __init__(self, center, radius_m: float) -> None:
-        self.center = _vector3(center, "Sphere center")
-        self.radius_m = float(radius_m)
-        if not (math.isfinite(self.radius_m) and self.radius_m >= 0):
-            raise InvalidInputError(f"Sphere radius_m must be >= 0, got {radius_m}")
-
-    def contains(self, points: np.ndarray) -> np.ndarray:
-        d = _points(points) - self.center
-        return np.einsum("ij,ij->i", d, d) <= self.radius_m**2
 
 
 class SpatialMemory:
@@ -465,8 +435,8 @@ class SpatialMemory:
         The moved points are re-voxelized; each keeps its colour, count and last_seen (points that land in one
         voxel are merged, count-weighted) and replaces whatever occupied its new voxel (the edit wins).
         """
-        t = _vector3(translation_m, "translation_m")
-        R = np.eye(3) if rotation is None else _rotation(rotation, "rotation")
+        t = vector3(translation_m, "translation_m")
+        R = np.eye(3) if rotation is None else rotation3(rotation, "rotation")
         inside = self._inside(region)
         count = int(inside.sum())
         if not count:
@@ -532,6 +502,30 @@ class SpatialMemory:
         if not near:
             return 0
         drops = np.unique(np.concatenate(near))  # sorted, distinct
+        self._drop(drops)
+        return len(drops)
+
+    def remove_invented_in(self, boxes: Sequence[Box]) -> int:
+        """Delete the invented points (provisional or final) inside any of ``boxes``: space a generator showed as
+        open (a doorway it opened in an invented wall, ``GeneratedView.open_space``), in view or not. Observed
+        points stay. Each box's candidates are the invented points whose voxel meets its world bounding box
+        (``box_candidates``: only the culling blocks that meet it), then tested exactly. Returns how many were
+        deleted."""
+        if not self._n or not len(boxes):
+            return 0
+        d_m = self.config.voxel_size_m
+        inside = []
+        for box in boxes:
+            reach_m = np.abs(box.rotation) @ box.half_extents_m  # [3] half size of the box's world bounding box
+            lo = np.floor((box.center - reach_m) / d_m).astype(np.int64)
+            hi = np.floor((box.center + reach_m) / d_m).astype(np.int64)
+            cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
+                                    self._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED,
+                                    np.iinfo(np.int32).min)
+            if len(cand):
+                pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world
+                inside.append(cand[box.contains(pos)])
+        drops = np.unique(np.concatenate(inside)) if inside else np.zeros(0, np.int64)  # sorted, distinct
         self._drop(drops)
         return len(drops)
 
@@ -1089,31 +1083,8 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _vector3(v, name: str) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.shape != (3,) or not np.all(np.isfinite(a)):
-        raise InvalidInputError(f"{name} must be 3 finite numbers, got {v!r}")
-    return a
-
-
-def _rotation(R, name: str) -> np.ndarray:
-    R = np.asarray(R, dtype=np.float64)
-    if R.shape != (3, 3):
-        raise InvalidInputError(f"{name} must be 3x3, got shape {R.shape}")
-    T = np.eye(4)
-    T[:3, :3] = R
-    return validate_pose(T, name)[:3, :3]
-
-
-def _points(points) -> np.ndarray:
-    p = np.asarray(points, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 3:
-        raise InvalidInputError(f"points must be [N, 3], got shape {p.shape}")
-    return p
-
-
 def _points_colors(points, colors) -> tuple[np.ndarray, np.ndarray]:
-    pts = np.ascontiguousarray(_points(points))
+    pts = np.ascontiguousarray(as_points(points))
     if not np.all(np.isfinite(pts)):
         raise InvalidInputError("points contain NaN or infinite values")
     cols = np.asarray(colors)

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spatia.world.camera import Intrinsics
+from spatia.world.regions import Box
 
 FLOOR, CEILING, WALL = "floor", "ceiling", "wall"
 
@@ -783,6 +784,18 @@ def _rate(rays_cam: np.ndarray, vec_cam: np.ndarray) -> np.ndarray:
     spins threads on a shared machine)."""
     v = np.asarray(vec_cam, np.float32)
     return rays_cam[:, 0] * v[0] + rays_cam[:, 1] * v[1] + rays_cam[:, 2] * v[2]
+
+
+def opening_box(layout: Layout, o: Opening) -> Box:
+    """Doorway ``o`` as the world-frame box the fill shows open: its width and height, within ``door_slab_m`` of its
+    wall (what ``opening_pixels`` hides); a doorway with no floor below it is ``door_height_m`` tall. The memory
+    deletes the invented points inside (``GeneratedView.open_space``), in view or not."""
+    up, a = layout.axes[0], layout.axes[o.plane.axis]
+    h = layout.axes[3 - o.plane.axis]
+    bottom = o.bottom_m if math.isfinite(o.bottom_m) else o.top_m - layout.config.door_height_m
+    centre = a * o.plane.offset_m + h * o.centre_m + up * (bottom + o.top_m) / 2
+    half = [layout.config.door_slab_m, o.half_width_m, (o.top_m - bottom) / 2]
+    return Box(centre, half, np.stack([a, np.cross(up, a), up], axis=1))  # columns: across, along, up
 
 
 def _in_openings(layout: Layout, openings: list[Opening], rays_cam: np.ndarray, depth_m: np.ndarray,
