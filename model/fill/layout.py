@@ -851,19 +851,14 @@ def opening_pixels(
     return out
 
 
-def stale_closing_pixels(
-    layout: Layout,
-    view: LayoutView,
-    depth_m: np.ndarray,  # [H, W] float32 z-depth the memory rendered
-    valid: np.ndarray,  # [H, W] bool, where it rendered
-    rays_cam: np.ndarray,  # [H, W, 3] float32 pixel rays, camera frame, z = 1
-    c2w: np.ndarray,  # [4, 4]
-) -> np.ndarray:
-    """``[H, W]`` bool: rendered pixels whose point lies in free space by the view's current layout and where
-    only an earlier guess can have put it (``LayoutConfig.stale_guess_margin_m``): beyond the observed extent
-    (``Layout.observed_extent_m``) by the margin in the direction of one of the view's closing (derived) walls,
-    and more than the margin in front of every bound of the view. Indoors only (outdoors nothing is closed).
-    One compiled pass (``opening_kernels.mark_stale``); the numpy twin is ``reference_stale_closing_pixels``."""
+def stale_closing_pixels(layout: Layout, view: LayoutView, depth_m: np.ndarray, valid: np.ndarray,
+                         rays_cam: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """(The arguments as ``opening_pixels``'s.) ``[H, W]`` bool: rendered pixels whose point lies in free space by
+    the view's current layout and where only an earlier guess can have put it (``LayoutConfig.stale_guess_margin_m``):
+    beyond the observed extent (``Layout.observed_extent_m``) by the margin in the direction of one of the view's
+    closing (derived) walls, and more than the margin in front of every bound of the view. Indoors only (outdoors
+    nothing is closed). One compiled pass (``opening_kernels.mark_stale``); the numpy twin is
+    ``reference_stale_closing_pixels``."""
     from spatia.model.fill.opening_kernels import mark_stale, stale_kernel_inputs
 
     out = np.zeros(valid.shape, bool)
@@ -874,7 +869,8 @@ def stale_closing_pixels(
     R, cam = c2w[:3, :3], c2w[:3, 3]
     ext = layout.observed_extent_m
     mark_stale(*stale_kernel_inputs(
-        np.asarray(rays_cam, f32), np.asarray(depth_m, f32), np.asarray(valid, bool), (layout.axes @ R).astype(f32), (layout.axes @ cam).astype(f32),
+        np.asarray(rays_cam, f32), np.asarray(depth_m, f32), np.asarray(valid, bool), (layout.axes @ R).astype(f32),
+        (layout.axes @ cam).astype(f32),
         np.array([p.axis for p in closing], np.int64), np.array([-p.facing for p in closing], f32),
         np.array([ext[p.axis, 1 if p.facing == -1 else 0] for p in closing], f32),
         np.array([p.axis for p in view.bounds], np.int64), np.array([p.facing for p in view.bounds], f32),
