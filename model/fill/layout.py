@@ -21,7 +21,10 @@ observed plane bounds a direction it is closed by this rule (documented in the m
   ``wall_thickness_m`` nearer, bounds the way back; 2: the way on, beyond a wall the camera came through, is
   closed where a room as deep as the one it came from would end;
 - indoors, 3: a direction nothing else bounds (behind the first camera) is closed ``unseen_wall_margin_m``
-  beyond the farthest pose the camera has been at or is going to in that direction;
+  beyond the farthest pose the camera has been at or is going to in that direction; beside the first camera at
+  least as far from it as the observed wall on its other side (``mirror_side_walls``). Such a wall is a guess
+  that moves as the path grows: what the memory invented on an earlier guess is not shown once it stands in
+  front of the current one (``stale_closing_pixels``);
 - outdoors (no ceiling) nothing is closed: the ground continues (up to ``max_ground_m``), observed facades
   continue as planes up to their observed height, and everything else is sky.
 
