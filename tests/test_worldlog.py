@@ -156,6 +156,25 @@ def test_split_and_digests_match_the_reference():
     assert empty.keys == [] and empty.digests() == [] and split_memory({k: v[:0] for k, v in base.items()}) == {}
 
 
+def test_packing_with_a_reused_compressor_gives_the_same_bytes():
+    """``_pack_arrays`` with one compressor for every block (and memoryviews into msgpack) writes the bytes a new
+    compressor per block and copied raw bytes wrote."""
+    import msgpack
+    import zstandard
+
+    def reference(arrays):
+        doc = {n: [a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()] for n, a in arrays.items()}
+        return zstandard.ZstdCompressor(level=worldlog._ZSTD_LEVEL).compress(msgpack.packb(doc, use_bin_type=True))
+
+    rng = np.random.default_rng(5)
+    shared = zstandard.ZstdCompressor(level=worldlog._ZSTD_LEVEL)
+    blocks = [{"voxel_keys": np.sort(rng.integers(0, 1 << 40, n)), "colors": rng.integers(0, 255, (n, 3), np.uint8),
+               "flags": rng.integers(0, 2, n).astype(bool), "strided": rng.random((n, 4))[:, ::2]}
+              for n in (0, 1, 700, 5000)]
+    for arrays in blocks:
+        assert worldlog._pack_arrays(arrays, shared) == reference(arrays) == worldlog._pack_arrays(arrays)
+
+
 def _two_saves(tmp_path) -> tuple[World, World, int, int]:
     """A world saved, played on and saved again; returns (state at save 1, state at save 2, log end after save 1,
     log end after save 2)."""

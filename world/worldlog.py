@@ -120,9 +120,15 @@ def scan(data: bytes) -> tuple[list[_Scanned], int, int]:
     return out, end, skipped
 
 
-def _pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    doc = {name: [a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()] for name, a in arrays.items()}
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(msgpack.packb(doc, use_bin_type=True))
+def _pack_arrays(arrays: dict[str, np.ndarray], compressor: zstandard.ZstdCompressor | None = None) -> bytes:
+    """zstd(msgpack({name: [dtype, shape, raw bytes]})). ``compressor``: one at ``_ZSTD_LEVEL`` to reuse (not
+    thread-safe: one caller at a time), the same bytes as a new one: a save packs ~10^3 blocks, and a new
+    compressor's context for each was ~20 % of the packing (docs/BENCHMARKS.md, "session 16, engineer lat5").
+    The raw bytes go to msgpack as memoryviews (packed as bin, as bytes are), not copied first."""
+    doc = {name: [a.dtype.str, list(a.shape), memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))]
+           for name, a in arrays.items()}
+    compressor = compressor or zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return compressor.compress(msgpack.packb(doc, use_bin_type=True))
 
 
 def _unpack_arrays(blob: bytes | memoryview, what: str) -> dict[str, np.ndarray]:
@@ -309,6 +315,7 @@ class WorldLog:
         self.directory = Path(directory)
         self.path = self.directory / LOG_NAME
         self._lock = threading.Lock()  # one write at a time
+        self._zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)  # used under ``_lock`` only
         self._live: dict[str, _Live] = {}  # records the last commit refers to
         self._seq = 0  # last plan handed out
         self._written_seq = 0
@@ -382,7 +389,8 @@ class WorldLog:
             for i, (key, digest) in enumerate(zip(split.keys, split.digests())):
                 live = self._live.get(key)
                 if live is None or live.digest != digest:
-                    records.append((key, digest, _record(BLOCK, key, digest + _pack_arrays(split.block(i)))))
+                    packed = _pack_arrays(split.block(i), self._zstd)
+                    records.append((key, digest, _record(BLOCK, key, digest + packed)))
             blocks = set(split.keys)
             removed = [k for k in self._live if k.startswith("m/") and k not in blocks]
             if plan.chunk is not None and plan.chunk_start + len(plan.chunk["c2w"]) > self._frames_written:
@@ -390,13 +398,14 @@ class WorldLog:
                 first = max(plan.chunk_start, self._frames_written)
                 digest = _digest(chunk)
                 key = f"h/{first}"
-                records.append((key, digest, _record(BLOCK, key, digest + _pack_arrays(chunk))))
+                records.append((key, digest, _record(BLOCK, key, digest + _pack_arrays(chunk, self._zstd))))
             if plan.first_image is not None:
                 digest = _digest({"rgb": plan.first_image})
                 live = self._live.get("first_image")
                 if live is None or live.digest != digest:
                     records.append(("first_image", digest,
-                                    _record(BLOCK, "first_image", digest + _pack_arrays({"rgb": plan.first_image}))))
+                                    _record(BLOCK, "first_image",
+                                            digest + _pack_arrays({"rgb": plan.first_image}, self._zstd))))
             new_live = {k: v for k, v in self._live.items() if k not in removed}
             if self._frames is not None:
                 self._frames.sync()  # the frames a commit counts are on disk before the commit
