@@ -1,7 +1,7 @@
 """Benchmark: a world save's per-block work on the saver thread (world/worldlog.py ``WorldLog.write``), new vs the
 former code on the same memory, alternated in one process.
 
-A world (``room``, ``--width x --height``) is played ``--clips`` four-frame clips along host_save.py's walk; its
+A world (``room``, ``--width x --height``) is played ``--clips`` four-frame clips along play.py's walk; its
 memory arrays (``SpatialMemory.to_arrays``) are then split into log blocks and every block digested (what every
 save does) and packed (what a world's first save does; later saves pack only the blocks that changed):
 
@@ -19,6 +19,7 @@ the p50 / min of the thread's CPU ms and wall ms over ``--repeats`` alternations
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import sys
@@ -34,37 +35,29 @@ from _common import emit, log  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clips", type=int, default=60)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=360)
-    p.add_argument("--repeats", type=int, default=4)
-    args = p.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=4, help="alternations of the two variants")
+    ap.add_argument("--clips", type=int, default=60, help="four-frame clips played before the memory is split")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=360)
+    args = ap.parse_args()
 
     import msgpack
     import zstandard
 
     from spatia.model.geometric import GeometricGenerator
     from spatia.world import worldlog as wl
-    from spatia.world.actions import ClipConfig
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.state import World
 
     world = World.from_scene("room", 0, args.width, args.height)
     engine = Engine(world, GeometricGenerator(), EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=4))
-    c2w = world.origin_c2w.copy()
     log(f"playing {args.clips} clips")
-    for _ in range(args.clips):
-        poses = []
-        for _ in range(4):  # host_save.py's walk: 5 cm forward, 2 deg turn a frame
-            yaw = np.deg2rad(2.0)
-            R = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
-            c2w = c2w.copy()
-            c2w[:3, :3] = c2w[:3, :3] @ R
-            c2w[:3, 3] += c2w[:3, 2] * 0.05
-            poses.append(c2w)
-        for _ in engine.generate_clip(np.stack(poses), None, 0):
-            pass
+    walk = ActionIntegrator(world.current_c2w, ControlConfig(fps=30)).run(  # play.py's walk, four frames a clip
+        [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1 / 30)] * (4 * args.clips))
+    for k in range(args.clips):
+        collections.deque(engine.generate_clip(np.asarray(walk[4 * k : 4 * k + 4])), maxlen=0)
     arrays = world.memory.to_arrays()
 
     def pack_before(block):
