@@ -122,9 +122,9 @@ def scan(data: bytes) -> tuple[list[_Scanned], int, int]:
 
 def _pack_arrays(arrays: dict[str, np.ndarray], compressor: zstandard.ZstdCompressor | None = None) -> bytes:
     """zstd(msgpack({name: [dtype, shape, raw bytes]})). ``compressor``: one at ``_ZSTD_LEVEL`` to reuse (not
-    thread-safe: one caller at a time), the same bytes as a new one: a save packs ~10^3 blocks, and a new
-    compressor's context for each was ~20 % of the packing (docs/BENCHMARKS.md, "session 16, engineer lat5").
-    The raw bytes go to msgpack as memoryviews (packed as bin, as bytes are), not copied first."""
+    thread-safe: one caller at a time), the same bytes as a new one: a save packs ~10^3 blocks, and a compressor
+    made per block set up its context each time. The raw bytes go to msgpack as memoryviews (packed as bin, as
+    bytes are), not copied first."""
     doc = {name: [a.dtype.str, list(a.shape), memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))]
            for name, a in arrays.items()}
     compressor = compressor or zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
