@@ -2,8 +2,9 @@
 
 The engine in-process (no gRPC, no encoding), the server's play settings (``ServerConfig``'s keyframe stride and
 reference reuse, its OpenMP settings), 640x360, ``--fill`` of the geometric generator, one-frame clips along
-play.py's walk (forward while turning, 30 Hz) from the room (seed 0). Each part below is timed around every call
-(inclusive: a part's time holds the parts it calls) and summed per clip; a clip's ``wall`` is its whole
+play.py's walk (forward while turning; a clip per 1/30 s, or per 1/``--fps`` s: at 10 a clip moves as far as one of
+four served sessions' clips) from the room (seed 0). Each part below is timed around every call (inclusive: a
+part's time holds the parts it calls) and summed per clip; a clip's ``wall`` is its whole
 ``generate_clip``, ``update`` the engine's time after the clip's last frame (``ClipStats.update_s``: memory update,
 history, free-space removal).
 
