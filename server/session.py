@@ -390,7 +390,8 @@ class PlaySession:
             # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
-            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within,
+            reuse_references_clips=0 if options.lockstep else config.play_reuse_references_clips))
         # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
         self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,

@@ -271,3 +271,29 @@ def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_p
     for frames in got.values():
         assert frames and frames[-1].last_action_seq == 12
         assert [f.last_action_seq for f in frames] == sorted(f.last_action_seq for f in frames)
+
+
+def test_interactive_sessions_keep_references_for_the_servers_clip_count_lockstep_never(tmp_path):
+    """``ServerConfig.play_reuse_references_clips`` reaches an interactive session's engine as given; a lock-step
+    session retrieves every clip (0), as the in-process engine does; a negative count is refused."""
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.server.session import PlayOptions, PlaySession
+    from spatia.world.errors import InvalidInputError
+
+    class Opened(Exception):
+        pass
+
+    class Host:  # only what PlaySession reads before it opens the engine
+        shares_server_cores = True
+
+        def open_engine(self, generator, config):
+            raise Opened(config)
+
+    config = ServerConfig(data_dir=tmp_path, play_reuse_references_clips=3)
+    for lockstep, expected in ((False, 3), (True, 0)):
+        start = pb.PlayStart(world_id="w", lockstep=lockstep)
+        with pytest.raises(Opened) as opened:
+            PlaySession("s", Host(), PlayOptions.from_proto(start, config), None, config, tmp_path, start)
+        assert opened.value.args[0].reuse_references_clips == expected
+    with pytest.raises(InvalidInputError):
+        ServerConfig(data_dir=tmp_path, play_reuse_references_clips=-1)
