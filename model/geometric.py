@@ -94,6 +94,11 @@ class GeometricConfig:
     # a surface more than this fraction in front of the layout surface; elsewhere the layout surface wins
     layout_front_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
+    # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
+    # depth. On a plane seen at a grazing angle (the courtyard's ground) the fill took the farther side of a gap
+    # between noisy rendered points: 18 % of pinhole pixels lay > 5 % beyond the true surface (courtyard demo
+    # loop, 320x180, frames 1-60), and became invented ground 5-50 cm under the real one. 0: off
+    pinhole_plane_rel: float = 0.10
     # the layout fill takes a rendered pixel for a hole where farther points show through the gaps of a nearer
     # surface's points within this share of the image's width on both sides (``model.fill.see_through``; 0 =
     # off): a surface seen from far and walked up to showed what lies behind it as a grid (the courtyard's column
@@ -408,6 +413,34 @@ def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray
 SAME_VIEW_M, SAME_VIEW_DEG = 0.1, 5.0
 
 
+def _pinholes_on_planes(
+    layout,  # model.fill.layout.Layout
+    view,  # model.fill.layout.LayoutView, the frame's bounds (before any beyond a doorway)
+    rays_flat: np.ndarray,  # [H * W, 3] float32 pixel rays, camera frame
+    hole_idx: np.ndarray,  # [M] flat pixel indices of the holes
+    f: np.ndarray,  # [M] the background-preferring fill's depth at the holes (0: none)
+    pinhole: np.ndarray,  # [M] bool, holes that keep that fill
+    c2w: np.ndarray,  # [4, 4]
+    rel: float,  # GeometricConfig.pinhole_plane_rel
+    out_depth: np.ndarray,  # [H, W] float32, the frame's depth, modified in place
+) -> None:
+    """A pinhole whose fill lies within ``rel`` of the layout surface along its ray is on that surface: its
+    depth becomes the surface's (``GeometricConfig.pinhole_plane_rel``). Pinholes the fill left empty or that free
+    space emptied (depth 0) stay so; elsewhere (furniture, other non-planar gaps) the fill stays."""
+    from spatia.model.fill.layout import cast_layout
+
+    if rel <= 0:
+        return
+    flat = out_depth.reshape(-1)
+    sel = np.flatnonzero(pinhole & (f > 0))
+    sel = sel[flat[hole_idx[sel]] > 0]
+    if not len(sel):
+        return
+    ld, _ = cast_layout(layout, view, rays_flat[hole_idx[sel]], c2w)
+    on = (ld > 0) & (np.abs(f[sel] - ld) <= np.float32(rel) * ld)
+    flat[hole_idx[sel[on]]] = ld[on]
+
+
 def _at_an_observed_view(c2w: np.ndarray, views: list[ReferenceFrame]) -> bool:
     """Whether ``c2w`` [4, 4] is within ``SAME_VIEW_M`` and ``SAME_VIEW_DEG`` of an observed view's pose."""
     return any(translation_distance_m(v.c2w, c2w) <= SAME_VIEW_M and rotation_angle_deg(v.c2w, c2w) <= SAME_VIEW_DEG
@@ -574,7 +607,7 @@ class GeometricGenerator:
         same bits (tests/test_layout_fill_fused.py), a fraction of the CPU (docs/BENCHMARKS.md, session 9)."""
         from spatia.model.fill import hole_kernels as hk
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
+        from spatia.model.fill.layout import cast_layout, opening_pixels, stale_closing_pixels, view_bounds
         from spatia.model.fill.texture import read_texels
 
         cfg = self.config
@@ -584,6 +617,8 @@ class GeometricGenerator:
         view = view_bounds(layout, c2w[:3, 3], reach) if view is None else view
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, rays_img, c2w))
+        # what the memory invented on an earlier guess of a closing wall, now in front of the current guess
+        valid, depth = _without(valid, depth, stale_closing_pixels(layout, view, depth, valid, rays_img, c2w))
         valid, depth = _sky_is_no_surface(state, valid, depth)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         if valid.all():
@@ -654,6 +689,7 @@ class GeometricGenerator:
             hole_idx, ld, li, pts, use, f, rays_flat, R, cam, len(views[0]) > 0, *views,
             float(cfg.free_space_rel), cap, filled.reshape(-1), out_depth.reshape(-1), n_b, kind, basis, normal_cam,
             np.float32(max(K.fx, K.fy)), np.float32(MIN_INCIDENCE_COS), tex_origin, texel_m, origin_px, max_level)
+        _pinholes_on_planes(layout, view, rays_flat, hole_idx, f, pinhole, c2w, cfg.pinhole_plane_rel, out_depth)
         if not rgb.flags.c_contiguous:
             raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")
         rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
@@ -696,7 +732,7 @@ class GeometricGenerator:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, opening_pixels, view_bounds
+        from spatia.model.fill.layout import cast_layout, opening_pixels, stale_closing_pixels, view_bounds
 
         cfg = self.config
         layout = state.layout
@@ -704,6 +740,8 @@ class GeometricGenerator:
         view = view_bounds(layout, c2w[:3, 3], reach) if view is None else view
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, _rays(K), c2w))
+        # what the memory invented on an earlier guess of a closing wall, now in front of the current guess
+        valid, depth = _without(valid, depth, stale_closing_pixels(layout, view, depth, valid, _rays(K), c2w))
         valid, depth = _sky_is_no_surface(state, valid, depth)
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         holes = ~valid
@@ -768,6 +806,8 @@ class GeometricGenerator:
             new_depth = np.where(use & (ld > layout.config.max_ground_m), 0.0, new_depth)
         out_depth = filled.copy()
         out_depth.ravel()[hole_idx] = new_depth
+        _pinholes_on_planes(layout, view, _rays(K).reshape(-1, 3), hole_idx, f, pinhole, c2w, cfg.pinhole_plane_rel,
+                            out_depth)
         # colour: each plane's texture where the layout wins; the sky where nothing is hit outdoors
         if not rgb.flags.c_contiguous:
             raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")

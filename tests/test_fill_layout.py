@@ -10,7 +10,7 @@ import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
 from spatia.model.fill.layout import (FLOOR, WALL, LayoutConfig, cast_layout, estimate_layout, opening_pixels,
-                                      view_bounds)
+                                      reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -419,12 +419,14 @@ def test_the_window_bounds_bound_every_window():
 def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     """``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) compiles the very specialisations the
     frame path calls: a layout cast and a texture region afterwards add no new compiled signature."""
-    from spatia.model.fill import appearance, appearance_kernels, layout_kernels, texture, texture_kernels
+    from spatia.model.fill import (appearance, appearance_kernels, layout_kernels, opening_kernels, texture,
+                                   texture_kernels)
     from spatia.model.fill.warmup import compile_fill_kernels
 
     assert compile_fill_kernels() > 0
     kernels = (layout_kernels.cast_planes, texture_kernels.region_detail, texture_kernels.shade_region,
-               texture_kernels.gather_tiles, appearance_kernels.lower_unseen_contrast, layout_kernels.axis_votes)
+               texture_kernels.gather_tiles, appearance_kernels.lower_unseen_contrast, layout_kernels.axis_votes,
+               opening_kernels.mark_stale)
     before = [len(k.signatures) for k in kernels]
     assert all(before)
     rng = np.random.default_rng(1)
@@ -437,12 +439,21 @@ def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     c2w[:3, 3] = cam
     cast_layout(layout, view_bounds(layout, cam, path), pixel_rays(Intrinsics.from_fov(90.0, 16, 12)).reshape(-1, 3),
                 c2w)
+    rays = pixel_rays(Intrinsics.from_fov(90.0, 16, 12)).astype(np.float32)
+    rays.setflags(write=False)  # as the generator's cached camera rays
+    depth = np.full((12, 16), 3.0, np.float32)
+    assert _stale_closing_walls_in(layout, view_bounds(layout, cam, path))
+    stale_closing_pixels(layout, view_bounds(layout, cam, path), depth, depth > 0, rays, c2w)
     rgb = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
     model = texture.TextureModel.fit(rgb, np.ones((48, 48), bool), 0.02)
     colours = texture.sample_uv(model, rng.uniform(-1, 1, (50, 2)), np.full(50, 0.01), seed=3)
     appearance.UnseenCells(np.array([0.5]), np.array([-0.2, 0.3]), np.array([1, 2]), np.full(3, 100.0), 0.5).apply(
         rng.uniform(-1, 1, (50, 2)), colours)  # an unseen floor cell (the rooms beyond doorways)
     assert [len(k.signatures) for k in kernels] == before
+
+
+def _stale_closing_walls_in(layout, view) -> bool:
+    return any(p.derived and p.axis != 0 for p in view.bounds)
 
 
 def test_a_ray_parallel_to_a_plane_misses_it_without_an_error():
@@ -529,3 +540,133 @@ def test_a_plane_without_a_texture_borrows_the_one_a_max_over_every_plane_picks(
                     want = found[best][1]
                     break
             assert tex is want
+
+
+def _half_room_points(R: np.ndarray) -> np.ndarray:
+    """A 6 x 3 x 8 m room (floor y = 0) seen only for x >= 3 and z >= 2 (floor, ceiling, back and right walls;
+    the left wall x = 0 and the front z = 0 unseen), rotated into the world by ``R``: a first camera at x = 3.2
+    turned right, as room@turned's."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    floor = np.c_[rng.uniform(3, 6, n), np.zeros(n), rng.uniform(2, 8, n)]
+    ceil = np.c_[rng.uniform(3, 6, n), np.full(n, 3.0), rng.uniform(2, 8, n)]
+    back = np.c_[rng.uniform(3, 6, n), rng.uniform(0, 3, n), np.full(n, 8.0)]
+    right = np.c_[np.full(n, 6.0), rng.uniform(0, 3, n), rng.uniform(2, 8, n)]
+    return np.concatenate([floor, ceil, back, right]) @ R.T
+
+
+def _room_axis(layout, room_dir: np.ndarray) -> np.ndarray:
+    """The layout axis along ``room_dir`` [3] (world frame), signed like it."""
+    k = int(np.argmax(np.abs(layout.axes @ room_dir)))
+    return layout.axes[k] * np.sign(layout.axes[k] @ room_dir)
+
+
+def _closing_wall(layout, view, along: np.ndarray, facing: int) -> float:
+    """The coordinate along ``along`` [3] of the view's closing wall whose surface faces ``facing`` * along
+    (the bound itself: it comes before the doorways' rooms beyond)."""
+    p = next(p for p in view.bounds if p.derived and abs(layout.axes[p.axis] @ along) > 0.9
+             and p.facing * np.sign(layout.axes[p.axis] @ along) == facing)
+    return float(p.offset_m * np.sign(layout.axes[p.axis] @ along))
+
+
+def test_an_unseen_side_wall_mirrors_the_seen_one_and_the_wall_behind_stays_near():
+    # room@turned: the first camera stands mid-way between the side walls, turned right; the left one unseen.
+    # Closed 1 m beyond the poses so far, it stood 2.2 m inside the room (of 3.2) until the camera walked there
+    R = _rot([0, 1, 0], 35.0)
+    start = np.array([3.2, 1.6, 1.0])
+    fwd = R @ np.array([math.sin(math.radians(35.0)), 0.0, math.cos(math.radians(35.0))])
+    layout = estimate_layout(_half_room_points(R), R @ start, R @ np.array([0.0, 1.0, 0.0]), fwd)
+    view = view_bounds(layout, R @ start, (R @ start)[None])
+    assert _closing_wall(layout, view, _room_axis(layout, R @ [1.0, 0.0, 0.0]), 1) == pytest.approx(0.4, abs=0.05)
+    # behind the camera (the front wall, z = 0): 1 m beyond the poses, as before
+    assert _closing_wall(layout, view, _room_axis(layout, R @ [0.0, 0.0, 1.0]), 1) == pytest.approx(0.0, abs=0.05)
+    off = estimate_layout(_half_room_points(R), R @ start, R @ np.array([0.0, 1.0, 0.0]), fwd,
+                          LayoutConfig(mirror_side_walls=False))
+    view = view_bounds(off, R @ start, (R @ start)[None])
+    assert _closing_wall(off, view, _room_axis(off, R @ [1.0, 0.0, 0.0]), 1) == pytest.approx(2.2, abs=0.05)
+
+
+def test_a_closing_wall_guessed_too_near_is_not_shown_once_the_path_moves_it_out():
+    # a room whose axes are turned from the world's, its left wall (x = 0) never seen. The first clips close it
+    # 1 m beyond the poses so far; the memory held what was invented on that guess, in the room's middle, after
+    # the camera had walked past it (room@turned before its side wall was mirrored)
+    R = _rot([0, 1, 0], 35.0)
+    pts = _half_room_points(R)
+    start = np.array([3.2, 1.6, 1.0])
+    # (a guess too near: without the mirrored side wall, as behind the first camera)
+    layout = estimate_layout(pts, R @ start, R @ np.array([0.0, 1.0, 0.0]), R @ np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(mirror_side_walls=False))
+    lw = _room_axis(layout, R @ [1.0, 0.0, 0.0])
+    early = view_bounds(layout, R @ start, (R @ start)[None])
+    later_cam = R @ np.array([1.2, 1.6, 4.0])
+    later = view_bounds(layout, later_cam, np.stack([R @ start, later_cam]))
+    assert _closing_wall(layout, early, lw, 1) == pytest.approx(2.2, abs=0.05)
+    assert _closing_wall(layout, later, lw, 1) == pytest.approx(0.2, abs=0.05)
+    # the later camera looks along +x at what the memory holds from the early guess: a wall at x = 2.2
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = np.eye(4)
+    c2w[:3, :3] = R @ _rot([0, 1, 0], 90.0) @ np.diag([1.0, -1.0, 1.0])  # camera z along the room's +x, y down
+    c2w[:3, 3] = later_cam
+    rays = pixel_rays(K).astype(np.float32)
+    d_old, _ = cast_layout(layout, early, rays.reshape(-1, 3), c2w)
+    d_old = d_old.reshape(36, 64)
+    valid = d_old > 0
+    stale = stale_closing_pixels(layout, later, d_old, valid, rays, c2w)
+    xs = (later_cam @ lw) + d_old * (rays @ (c2w[:3, :3].T @ lw))  # each pixel's point along the room's x
+    on_old_wall = valid & (np.abs(xs - 2.2) < 0.02)
+    heights = (later_cam @ layout.up) + d_old * (rays @ (c2w[:3, :3].T @ layout.up)) - layout.floor().offset_m
+    mid = on_old_wall & (heights > 0.3) & (heights < 2.7)
+    assert mid.sum() > 200 and stale[mid].all()
+    assert not stale[valid & ~on_old_wall].any()  # floor and ceiling: on a bound of the view
+    # what the current guess shows, or anything within the observed extent, is never stale
+    d_new, _ = cast_layout(layout, later, rays.reshape(-1, 3), c2w)
+    d_new = d_new.reshape(36, 64)
+    assert not stale_closing_pixels(layout, later, d_new, d_new > 0, rays, c2w).any()
+    assert not stale_closing_pixels(layout, early, d_old, valid, rays, c2w).any()
+    # the compiled pass flags what its numpy twin does, also over a noisy depth (points off the planes)
+    noisy = (d_old * np.random.default_rng(6).uniform(0.6, 1.4, d_old.shape)).astype(np.float32)
+    for view in (early, later):
+        for depth in (d_old, d_new, noisy):
+            np.testing.assert_array_equal(stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w),
+                                          reference_stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w))
+
+
+def test_a_pinhole_on_a_plane_takes_the_planes_depth_not_the_far_side_of_its_gap():
+    # the courtyard's ground at a grazing angle: the background-preferring fill of a gap between rendered points
+    # took its farther side, 5-50 cm under the ground; a gap in furniture (far in front of the plane) keeps it
+    from spatia.model.geometric import _pinholes_on_planes
+    from spatia.world.update import fill_holes_background
+
+    rng = np.random.default_rng(7)
+    cam = np.array([3.0, 1.6, 1.5])
+    layout = estimate_layout(box_room_points(rng, np.eye(3), n=4000), cam, np.array([0.0, 1.0, 0.0]),
+                             np.array([0.0, 0.0, 1.0]))
+    view = view_bounds(layout, cam, cam[None])
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = np.eye(4)
+    c2w[:3, :3] = _rot([1, 0, 0], -20.0) @ np.diag([1.0, -1.0, 1.0])  # looking ahead, pitched down at the floor
+    c2w[:3, 3] = cam
+    rays = pixel_rays(K).astype(np.float32).reshape(-1, 3)
+    true, _ = cast_layout(layout, view, rays, c2w)
+    true = true.reshape(36, 64)
+    rendered = (true * rng.uniform(0.97, 1.03, true.shape)).astype(np.float32)  # rendered points: a few % of noise
+    rendered[10:14, 40:50] = 0.6 * true[10:14, 40:50]  # a box in front of the room
+    valid = rng.random(true.shape) > 0.25  # a sparse render: single-pixel gaps
+    filled = fill_holes_background(rendered, valid, max_span_px=24)
+    hole_idx = np.flatnonzero(~valid)
+    f = filled.ravel()[hole_idx]
+    pinhole = f > 0
+    out = filled.copy()
+    _pinholes_on_planes(layout, view, rays, hole_idx, f, pinhole, c2w, 0.10, out)
+    holes = ~valid & (filled > 0)
+    box = np.zeros_like(valid)
+    box[11:13, 42:48] = True  # the box's inside (its edges' gaps may take either side)
+    plane = holes & ~np.pad(np.ones((6, 14), bool), ((9, 21), (38, 12)))
+    err_before = np.abs(filled[plane] / true[plane] - 1)
+    err_after = np.abs(out[plane] / true[plane] - 1)
+    assert err_after.max() < 1e-3 < err_before.max()
+    assert np.array_equal(out[holes & box], filled[holes & box])  # the box's gaps keep the fill
+    assert np.array_equal(out[valid], rendered[valid])
+    off = filled.copy()
+    _pinholes_on_planes(layout, view, rays, hole_idx, f, pinhole, c2w, 0.0, off)  # 0: off
+    np.testing.assert_array_equal(off, filled)

@@ -119,6 +119,18 @@ class LayoutConfig:
     # (``Layout.is_room_wall``): rays through a doorway do not stop at it, and it does not cut the floor into rooms
     # (``model.fill.appearance``'s unseen cells: cutting there faded the room's own floor)
     room_wall_min_top_m: float = 2.0
+    # a closing wall (rule 3 and the others) is a guess that moves out as the path grows, but what the memory
+    # invented on an earlier guess stayed there: room@turned (its left wall unseen) kept a wall 2 m inside the
+    # room from the first clips on. Memory points beyond every observed point in the direction of a closing wall
+    # and more than this in front of every bound of the view are no longer shown (``stale_closing_pixels``): the
+    # fill shows the current guess there, and the engine's free-space carving takes the stale points away
+    stale_guess_margin_m: float = 0.25
+    # closing rule 3 beside the first camera (not behind it): a wall nothing observed stands at least as far from
+    # the first camera as the observed wall on the other side (a room is photographed from near the middle of a
+    # wall, looking in: its side walls about as far either side). room@turned, its left wall unseen: placed 1 m
+    # beyond the poses so far, it stood 2 m inside the room for the loop's first half (docs/BENCHMARKS.md, session
+    # 16, acc). Behind the camera rule 3 alone (the wall behind a photographer is near)
+    mirror_side_walls: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,10 @@ class Layout:
     observed_range_m: np.ndarray | None = None
     observer: np.ndarray | None = None  # [3] world frame, where the observed points were seen from (the first
     # camera): the appearance of a plane region follows what was seen at that distance (model.fill.appearance)
+    # [3, 2] the thinned observed points' full extent (min, max) along each axis: beyond it, in a direction a
+    # closing wall bounds, the memory holds only invented points (``stale_closing_pixels``)
+    observed_extent_m: np.ndarray | None = None
+    observer_forward: np.ndarray | None = None  # [3] world frame, the first camera's viewing direction
 
     @property
     def up(self) -> np.ndarray:
@@ -354,7 +370,7 @@ def estimate_layout(
                      if p.kind == WALL and (p.axis, p.facing) not in have]
             for key in {(p.axis, p.facing) for p in found}:
                 planes.append(max((p for p in found if (p.axis, p.facing) == key), key=lambda p: p.support))
-        return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64))
+        return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64), prior_forward)
     if len(pts) < 3 * config.normal_neighbours:
         return Layout(estimate_axes(np.zeros((0, 3)), prior_up, np.asarray(prior_forward, float), 1.0), [], False, config)
     normals = _normals(pts, config.normal_neighbours, np.asarray(observer, np.float64))
@@ -362,7 +378,7 @@ def estimate_layout(
     axes = estimate_axes(normals, prior_up, np.asarray(prior_forward, np.float64), cos_tol)
     min_count = max(config.min_plane_points, int(config.min_plane_fraction * len(pts)))
     planes = _point_planes(pts, normals, axes, np.asarray(observer, np.float64), config, min_count)
-    return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64))
+    return _finish_layout(axes, planes, config, pts, np.asarray(observer, np.float64), prior_forward)
 
 
 def _point_planes(pts: np.ndarray, normals: np.ndarray, axes: np.ndarray, observer: np.ndarray,
@@ -394,7 +410,7 @@ def _point_planes(pts: np.ndarray, normals: np.ndarray, axes: np.ndarray, observ
 
 
 def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, pts: np.ndarray,
-                   observer: np.ndarray) -> Layout:
+                   observer: np.ndarray, forward: np.ndarray) -> Layout:
     """Keep one floor and one ceiling, number the planes, and extend facades outdoors."""
     # horizontal surfaces: keep the floor (most support below the camera) and the ceiling (most above); table
     # tops and seats are furniture, which the background-preferring fill handles
@@ -435,8 +451,10 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     coords = pts @ axes.T  # [N, 3] along up, a1, a2
     q = config.observed_range_pct
     observed = np.stack([np.percentile(coords, q, axis=0), np.percentile(coords, 100.0 - q, axis=0)], axis=1)
+    extent = np.stack([coords.min(axis=0), coords.max(axis=0)], axis=1)
     return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
-                  observer=np.asarray(observer, np.float64).copy())
+                  observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent,
+                  observer_forward=np.asarray(forward, np.float64).copy())
 
 
 @dataclass(frozen=True)
@@ -539,6 +557,9 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 # closing rule 3: a wall nothing observed bounds stands beyond the farthest pose that way
                 far = float(np.max(direction * reach)) * direction
                 offset = far + direction * cfg.unseen_wall_margin_m
+                mirror = _mirrored_side_wall(layout, k, direction, top_min_m)
+                if mirror is not None and direction * (mirror - offset) > 0:
+                    offset = mirror
                 src = None  # no wall of its own to continue: its look is borrowed (appearance.PlaneTextures)
                 back_side = False
             if layout.observed_range_m is not None and not back_side:
@@ -554,6 +575,29 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
     if layout.indoor and len(path_m) >= 2:
         path_openings(layout, view, camera_m, path_m, known, memo)
     return view
+
+
+def _mirrored_side_wall(layout: Layout, k: int, direction: int, top_min_m: float) -> float | None:
+    """Where closing rule 3 puts an unseen wall beside the first camera (``LayoutConfig.mirror_side_walls``): the
+    observed room wall on the other side (the best-supported one reaching ``top_min_m``), mirrored about the first
+    camera; None for the direction behind it (the horizontal axis direction most opposite to its view), without
+    an observed wall the other way, or with the option off."""
+    cfg = layout.config
+    if not cfg.mirror_side_walls or layout.observer is None or layout.observer_forward is None:
+        return None
+    fwd = layout.observer_forward - (layout.observer_forward @ layout.up) * layout.up
+    if np.linalg.norm(fwd) < 1e-6:
+        return None  # a camera looking straight up or down has no behind
+    # the four horizontal directions (axis, sign); the one most opposite to the view is behind the camera
+    dots = {(a, s): s * float(layout.axes[a] @ fwd) for a in (1, 2) for s in (1, -1)}
+    if min(dots, key=dots.get) == (k, direction):
+        return None
+    obs = float(layout.observer @ layout.axes[k])
+    other = [p for p in layout.planes if p.axis == k and p.facing == direction and p.kind == WALL
+             and p.top_m >= top_min_m and direction * (obs - p.offset_m) >= cfg.min_camera_distance_m]
+    if not other:
+        return None
+    return 2.0 * obs - max(other, key=lambda p: p.support).offset_m
 
 
 def _heading_path(path_m: np.ndarray, lookahead_m: float) -> np.ndarray:
@@ -804,6 +848,64 @@ def opening_pixels(
         mark_opening(rays, depth, valid, *box, (R.T @ up).astype(f32), f32(cam @ up), (R.T @ h).astype(f32),
                      f32(cam @ h), f32(o.centre_m), f32(o.half_width_m), f32(o.bottom_m), f32(o.top_m),
                      (R.T @ a).astype(f32), f32(cam @ a), f32(o.plane.offset_m), f32(layout.config.door_slab_m), out)
+    return out
+
+
+def stale_closing_pixels(layout: Layout, view: LayoutView, depth_m: np.ndarray, valid: np.ndarray,
+                         rays_cam: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """(The arguments as ``opening_pixels``'s.) ``[H, W]`` bool: rendered pixels whose point lies in free space by
+    the view's current layout and where only an earlier guess can have put it (``LayoutConfig.stale_guess_margin_m``):
+    beyond the observed extent (``Layout.observed_extent_m``) by the margin in the direction of one of the view's
+    closing (derived) walls, and more than the margin in front of every bound of the view. Indoors only (outdoors
+    nothing is closed). One compiled pass (``opening_kernels.mark_stale``); the numpy twin is
+    ``reference_stale_closing_pixels``."""
+    from spatia.model.fill.opening_kernels import mark_stale, stale_kernel_inputs
+
+    out = np.zeros(valid.shape, bool)
+    closing = _stale_closing_walls(layout, view)
+    if not closing or not valid.any():
+        return out
+    f32 = np.float32
+    R, cam = c2w[:3, :3], c2w[:3, 3]
+    ext = layout.observed_extent_m
+    mark_stale(*stale_kernel_inputs(
+        np.asarray(rays_cam, f32), np.asarray(depth_m, f32), np.asarray(valid, bool), (layout.axes @ R).astype(f32),
+        (layout.axes @ cam).astype(f32),
+        np.array([p.axis for p in closing], np.int64), np.array([-p.facing for p in closing], f32),
+        np.array([ext[p.axis, 1 if p.facing == -1 else 0] for p in closing], f32),
+        np.array([p.axis for p in view.bounds], np.int64), np.array([p.facing for p in view.bounds], f32),
+        np.array([p.offset_m for p in view.bounds], f32)), f32(layout.config.stale_guess_margin_m), out)
+    return out
+
+
+def _stale_closing_walls(layout: Layout, view: LayoutView) -> list[Plane]:
+    """The view's closing (derived) walls ``stale_closing_pixels`` looks beyond; none outdoors or without an
+    observed extent."""
+    if not layout.indoor or layout.observed_extent_m is None:
+        return []
+    return [p for p in view.bounds if p.derived and p.axis != 0]
+
+
+def reference_stale_closing_pixels(layout: Layout, view: LayoutView, depth_m: np.ndarray, valid: np.ndarray,
+                                   rays_cam: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """The numpy definition of ``stale_closing_pixels`` (the same float32 expressions, whole frame)."""
+    closing = _stale_closing_walls(layout, view)
+    if not closing:
+        return np.zeros(valid.shape, bool)
+    f32 = np.float32
+    R, cam = c2w[:3, :3], c2w[:3, 3]
+    vecs, cams = (layout.axes @ R).astype(f32), (layout.axes @ cam).astype(f32)
+    depth = np.asarray(depth_m, f32)
+    coord = [cams[k] + depth * (rays_cam[..., 0] * vecs[k, 0] + rays_cam[..., 1] * vecs[k, 1]
+                                + rays_cam[..., 2] * vecs[k, 2]) for k in range(3)]
+    margin = f32(layout.config.stale_guess_margin_m)
+    ext = layout.observed_extent_m
+    beyond = np.zeros(valid.shape, bool)
+    for p in closing:
+        beyond |= f32(-p.facing) * (coord[p.axis] - f32(ext[p.axis, 1 if p.facing == -1 else 0])) > margin
+    out = valid & beyond
+    for p in view.bounds:
+        out &= f32(p.facing) * (coord[p.axis] - f32(p.offset_m)) > margin
     return out
 
 

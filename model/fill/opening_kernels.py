@@ -7,6 +7,7 @@ with its numpy twin ``reference_opening_pixels`` in tests/test_fill_layout.py)."
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
 
 @nb.njit(cache=True, nogil=True)
@@ -32,3 +33,60 @@ def mark_opening(rays, depth, valid, r0, r1, c0, c1, up_vec, cam_up, along_vec, 
             coord = cam_wall + d * (rx * wall_vec[0] + ry * wall_vec[1] + rz * wall_vec[2])
             if abs(coord - offset) <= slab:
                 out[y, x] = True
+
+
+@nb.njit(cache=True, nogil=True)
+def mark_stale(rays, depth, valid, axis_vecs, cam_coords, closing_axis, closing_dir, closing_seen, bound_axis,
+               bound_facing, bound_offset, margin, out):
+    """Sets ``out[y, x]`` (bool [H, W]) for rendered pixels ``layout.stale_closing_pixels`` marks: beyond
+    ``closing_seen[c]`` by ``margin`` in direction ``closing_dir[c]`` along ``closing_axis[c]`` for some closing
+    wall c, and more than ``margin`` in front of every bound b (``bound_facing[b] * (coordinate along
+    bound_axis[b] - bound_offset[b])``). rays [H, W, 3] float32 camera frame (z = 1), depth [H, W] float32 z-depth,
+    valid [H, W] bool; axis_vecs [3, 3] float32: the layout's axes in camera frame; cam_coords [3] float32: the
+    camera's coordinates along them; the rest float32 metres. The same float32 expressions as the numpy twin."""
+    H, W = valid.shape
+    c = np.empty(3, np.float32)
+    for y in range(H):
+        for x in range(W):
+            if not valid[y, x]:
+                continue
+            d = depth[y, x]
+            rx, ry, rz = rays[y, x, 0], rays[y, x, 1], rays[y, x, 2]
+            for k in range(3):
+                c[k] = cam_coords[k] + d * (rx * axis_vecs[k, 0] + ry * axis_vecs[k, 1] + rz * axis_vecs[k, 2])
+            beyond = False
+            for i in range(len(closing_axis)):
+                if closing_dir[i] * (c[closing_axis[i]] - closing_seen[i]) > margin:
+                    beyond = True
+                    break
+            if not beyond:
+                continue
+            inside = True
+            for i in range(len(bound_axis)):
+                if not bound_facing[i] * (c[bound_axis[i]] - bound_offset[i]) > margin:
+                    inside = False
+                    break
+            if inside:
+                out[y, x] = True
+
+
+def stale_kernel_inputs(*arrays: np.ndarray) -> list[np.ndarray]:
+    """``mark_stale``'s array arguments (all but ``margin`` and ``out``) as C-contiguous read-only views: one
+    compiled signature whatever the caller's arrays' flags (numba compiles one per array type, read-only
+    included), the one ``warm_mark_stale`` loads ahead of the first frame."""
+    out = []
+    for a in arrays:
+        v = np.ascontiguousarray(a).view()
+        v.setflags(write=False)
+        out.append(v)
+    return out
+
+
+def warm_mark_stale() -> None:
+    """Compile ``mark_stale`` (or load it from numba's cache) for the types ``layout.stale_closing_pixels`` passes,
+    on a 1-pixel frame."""
+    f32 = np.float32
+    mark_stale(*stale_kernel_inputs(
+        np.ones((1, 1, 3), f32), np.ones((1, 1), f32), np.ones((1, 1), bool), np.eye(3, dtype=f32), np.zeros(3, f32),
+        np.zeros(1, np.int64), np.ones(1, f32), np.zeros(1, f32), np.zeros(1, np.int64), np.ones(1, f32),
+        np.zeros(1, f32)), f32(0.25), np.zeros((1, 1), bool))

@@ -45,6 +45,7 @@ def compile_fill_kernels() -> int:
         np.ones((2, 2, 3), np.float32), np.ones((2, 2), np.float32), np.ones((2, 2), bool), 0, 2, 0, 2, vec, f32(1.6),
         vec, f32(0), f32(0), f32(0.5), f32(0), f32(2), vec, f32(0), f32(1), f32(0.3), np.zeros((2, 2), bool),
     )  # fmt: skip (the doorway test)
+    opening_kernels.warm_mark_stale()  # what an earlier guess of a closing wall left (layout.stale_closing_pixels)
     # the fused hole passes of GeometricGenerator._layout_fill, with the types its frames pass (numba compiles a
     # signature per array type, read-only included: the cached camera rays and a view's depth are read-only)
     def read_only(a: np.ndarray) -> np.ndarray:
@@ -97,3 +98,4 @@ def load_frame_kernels() -> None:
     texels = t(np.zeros(1, np.int64))
     texture_kernels.far_texels.compile((image, texels, texels, i64, i64, i64, image, vec, f64))
     see_through._see_through.compile((depth, mask, i64, f64, f64, mask))
+    opening_kernels.warm_mark_stale()  # layout.stale_closing_pixels: every indoor frame with a closing wall
