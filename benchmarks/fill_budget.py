@@ -26,6 +26,7 @@ import numpy as np
 # numba's parallel kernels run on a pool of their own threads, whose CPU time would escape the frame thread's
 # count; one thread keeps every kernel on the caller (both fills alike)
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # likewise OpenBLAS's threads (and as ``spatia`` runs: spatia/cli.py)
 
 import _common  # noqa: E402,F401  (logs to stderr: stdout carries only the JSON lines)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator

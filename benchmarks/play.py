@@ -240,7 +240,8 @@ def _baseline(args) -> float:
     server = ServerConfig()
     engine = Engine(world, make_generator("geometric"), EngineConfig(
         clip=ClipConfig(*args.clip), keyframe_stride=server.play_keyframe_stride,
-        reuse_references_within=server.play_reuse_references_within))
+        reuse_references_within=server.play_reuse_references_within,
+        reuse_references_clips=server.play_reuse_references_clips))
     poses = ActionIntegrator(world.current_c2w, ControlConfig(fps=args.fps)).run(
         [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1.0)] * 2)
     per_frame = []
@@ -270,7 +271,8 @@ def _engine_clip_ms(args) -> list[float]:
     server = ServerConfig()
     engine = Engine(world, make_generator("geometric", **({"fill": args.fill} if args.fill else {})), EngineConfig(
         clip=ClipConfig(*args.clip), keyframe_stride=server.play_keyframe_stride,
-        reuse_references_within=server.play_reuse_references_within))
+        reuse_references_within=server.play_reuse_references_within,
+        reuse_references_clips=server.play_reuse_references_clips))
     poses = np.asarray(ActionIntegrator(world.current_c2w, ControlConfig(fps=30)).run(
         [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1 / 30)] * (30 + args.clips)))
     out = []

@@ -2,8 +2,9 @@
 
 The engine in-process (no gRPC, no encoding), the server's play settings (``ServerConfig``'s keyframe stride and
 reference reuse, its OpenMP settings), 640x360, ``--fill`` of the geometric generator, one-frame clips along
-play.py's walk (forward while turning, 30 Hz) from the room (seed 0). Each part below is timed around every call
-(inclusive: a part's time holds the parts it calls) and summed per clip; a clip's ``wall`` is its whole
+play.py's walk (forward while turning; a clip per 1/30 s, or per 1/``--fps`` s: at 10 a clip moves as far as one of
+four served sessions' clips) from the room (seed 0). Each part below is timed around every call (inclusive: a
+part's time holds the parts it calls) and summed per clip; a clip's ``wall`` is its whole
 ``generate_clip``, ``update`` the engine's time after the clip's last frame (``ClipStats.update_s``: memory update,
 history, free-space removal).
 
@@ -126,12 +127,16 @@ def _child(args) -> dict:
     wrapped = _instrument(local)
     server = ServerConfig()
     scenes = [(args.scene, args.seed)] if args.worlds == 1 else [(SCENES[i % 4], i) for i in range(args.worlds)]
+    # (a tree from before ``play_reuse_references_clips`` runs as it did: by distance only)
+    reuse_clips = ({"reuse_references_clips": server.play_reuse_references_clips}
+                   if hasattr(server, "play_reuse_references_clips") else {})
     engines = []
     for scene, seed in scenes:
         world = World.from_scene(scene, seed, args.width, args.height)
         engines.append(Engine(world, make_generator("geometric", **({"fill": args.fill} if args.fill else {})),
                               EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=server.play_keyframe_stride,
-                                           reuse_references_within=server.play_reuse_references_within)))
+                                           reuse_references_within=server.play_reuse_references_within,
+                                           **reuse_clips)))
     start = threading.Barrier(len(engines))
     results: list = [None] * len(engines)
 
@@ -141,8 +146,8 @@ def _child(args) -> dict:
             numba.set_num_threads(1)
         engine = engines[w]
         world = engine.world
-        poses = np.asarray(ActionIntegrator(world.current_c2w, ControlConfig(fps=30)).run(
-            [Action(move_forward=1.0, yaw_rate_rad_s=args.yaw_rate, dt_s=1 / 30)] * (args.warmup + args.clips)))
+        poses = np.asarray(ActionIntegrator(world.current_c2w, ControlConfig(fps=args.fps)).run(
+            [Action(move_forward=1.0, yaw_rate_rad_s=args.yaw_rate, dt_s=1 / args.fps)] * (args.warmup + args.clips)))
         rows = []
         start.wait()
         for i in range(len(poses)):
@@ -200,6 +205,8 @@ def main() -> None:
                     "scenes: room, house, courtyard, room, seeds 0..)")
     ap.add_argument("--scene", default="room", help="with one world")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fps", type=float, default=30.0, help="one clip per 1/fps s of the walk (the same walk: "
+                    "at 10, each clip moves 3x as far as at 30, as four served sessions' clips do)")
     ap.add_argument("--yaw-rate", type=float, default=0.4, help="rad/s while walking forward (play.py's walk)")
     ap.add_argument("--fill", default="legacy", help="geometric generator's fill (layout, legacy)")
     ap.add_argument("--roots", default="", help="NAME=DIR,...: trees to compare (SPATIA_AB_ROOT), first = baseline")

@@ -59,6 +59,10 @@ class ServerConfig:
     # retrieved (``EngineConfig.reuse_references_within``); short play clips would otherwise retrieve ~30 times a
     # second for nearly the same view. None: retrieve for every clip.
     play_reuse_references_within: tuple[float, float] | None = (5.0, 0.10)
+    # ... and keeps them for this many clips after a retrieval whatever the distance
+    # (``EngineConfig.reuse_references_clips``): at four sessions' ~10 fps each clip moves past the distance above,
+    # and retrieving every other clip kept every frame a fresh retrieval chose. 0: by distance only.
+    play_reuse_references_clips: int = 1
     metrics_port: int | None = None  # Prometheus /metrics on host:metrics_port (0 = ephemeral); None: off
     shutdown_grace_s: float = 5.0  # running RPCs get this long to end at shutdown
     keepalive_time_s: float = 60.0  # server pings idle connections this often (keepalive guide: >= 1 min)
@@ -102,6 +106,8 @@ class ServerConfig:
             raise InvalidInputError(f"play_clip_slots must be >= 0 (0: no limit), got {self.play_clip_slots}")
         if not 0.0 < self.save_max_duty <= 1.0:
             raise InvalidInputError(f"save_max_duty must be in (0, 1], got {self.save_max_duty}")
+        if self.play_reuse_references_clips < 0:
+            raise InvalidInputError(f"play_reuse_references_clips must be >= 0, got {self.play_reuse_references_clips}")
         if self.play_keyframe_stride < 1:
             raise InvalidInputError(f"play_keyframe_stride must be >= 1, got {self.play_keyframe_stride}")
         if not (self.save_interval_s >= 0 and self.save_interval_s != float("inf")):

@@ -247,15 +247,16 @@ def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: floa
     the poses that came during one clip of ``W`` are shown by the next, the oldest of them (skipped, or the first
     of the clip) after ``W + overhead_s + frame_s``. So the worst action latency of ``m``-frame clips is
     ``2 * overhead_s + (m + 1) * frame_s``, and the clip takes the newest ``m`` poses, ``m`` (1..n) the most that
-    keep it within two frame periods, or, when even one-frame clips cannot (overloaded), within 1.25x what
-    one-frame clips give (``2 * (overhead_s + frame_s)``: a larger clip buys frame rate when per-clip overhead
-    dominates, at most 25 % of latency). The newest pose is never skipped. Nothing measured yet (the session's
-    first two clips): the newest ``n``."""
+    keep it within two frame periods; when even one-frame clips cannot (overloaded), the newest pose alone: a game
+    keeps latency and lowers the frame rate. (Until session 16 an overloaded session could take a longer clip
+    within 1.25x a one-frame clip's latency, to buy frame rate where per-clip overhead dominates; on a loaded
+    machine ``ClipCost``'s fit put keyframe updates into that overhead, chose 3-4-frame clips, and those clips'
+    later frames made the four-session p95: docs/BENCHMARKS.md, session 16.) The newest pose is never skipped.
+    Nothing measured yet (the session's first two clips): the newest ``n``."""
     if frame_s is None or overhead_s is None or frame_s <= 0:
         m = n
     else:
-        budget_s = max(2.0 * frame_period_s, 1.25 * 2.0 * (overhead_s + frame_s))
-        m = max(1, min(n, int((budget_s - 2.0 * overhead_s) / frame_s) - 1))
+        m = max(1, min(n, int((2.0 * frame_period_s - 2.0 * overhead_s) / frame_s) - 1))
     if len(pending) <= m:
         return [pending.popleft() for _ in range(len(pending))], 0
     skipped = len(pending) - m
@@ -390,7 +391,8 @@ class PlaySession:
             # lock-step (agents) integrates and retrieves for every frame, as the in-process engine does, so a
             # remote episode equals a local one; interactive play uses the real-time settings
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
-            reuse_references_within=None if options.lockstep else config.play_reuse_references_within))
+            reuse_references_within=None if options.lockstep else config.play_reuse_references_within,
+            reuse_references_clips=0 if options.lockstep else config.play_reuse_references_clips))
         # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
         self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,

@@ -17,6 +17,11 @@ import structlog
 
 # numba would first try TBB, find this machine's too old and say so on every run; OpenMP is what it then uses.
 os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+# OpenBLAS splits a large product (the layout fill's sky rays times the frame's rotation) over threads of its own
+# that spin while they wait: on shared cores they take CPU from every session (docs/BENCHMARKS.md, session 16,
+# lspeed2). One thread gives the same bits (each output element is one thread's). Read when numpy loads: before any
+# command imports it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # In the order ``spatia --help`` lists them. A module that does not exist yet is simply not offered.
 COMMANDS = ("demo", "serve", "play", "web", "replay", "export_rerun", "eval", "train", "health")

@@ -5,6 +5,7 @@ from spatia.model.geometric import GeometricGenerator, pushpull_fill
 from spatia.world.actions import ClipConfig, out_and_back_path
 from spatia.world.camera import Intrinsics
 from spatia.world.engine import Engine, EngineConfig
+from spatia.world.errors import InvalidInputError
 from spatia.world.generator import ClipRequest, ClipResult, Generator, GeneratorCapabilities
 from spatia.world.metrics import psnr
 from spatia.world.state import World
@@ -155,6 +156,30 @@ def test_references_are_kept_while_the_camera_stays_close(box_room, monkeypatch)
     for T in path[6:9]:
         list(engine.generate_clip(T[None]))
     assert len(calls) == 3
+
+
+def test_references_are_kept_for_reuse_references_clips_whatever_the_distance(box_room, monkeypatch):
+    """``reuse_references_clips = 2``: every third clip retrieves although each moves past the distance bound; the
+    clips in between get the last retrieval's frames (those still candidates)."""
+    import spatia.world.engine as engine_module
+
+    calls = []
+    real = engine_module.retrieve_reference_frames
+    monkeypatch.setattr(engine_module, "retrieve_reference_frames", lambda *a, **k: calls.append(1) or real(*a, **k))
+    world, _ = _world(box_room)
+    path = out_and_back_path(world.origin_c2w, 21)[1:]
+    gen = Recorder()
+    engine = Engine(world, gen, EngineConfig(clip=ClipConfig(1, 2, 1), reuse_references_within=(0.0, 0.0),
+                                             reuse_references_clips=2))
+    retrieved = []
+    for T in path[:10]:
+        list(engine.generate_clip(T[None]))
+        retrieved.append(len(calls))
+    assert retrieved == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]  # clip 0 retrieves, clips 1-2 reuse, 3 retrieves, ...
+    scores = engine._last_retrieval[1]
+    assert {r.frame_index: r.score for r in gen.requests[-1].references if r.score} == scores
+    with pytest.raises(InvalidInputError):
+        EngineConfig(reuse_references_clips=-1)
 
 
 def test_streamed_frames_come_out_before_the_generator_has_made_the_rest(box_room):

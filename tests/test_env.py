@@ -143,20 +143,19 @@ def test_remote_modes_and_in_process_walk_the_same_path(server):
 
 
 def test_lockstep_collides_on_the_server_as_in_process(server):
-    """Turned round and walked into the room's front wall: the server's lock-step session collides as the
-    in-process env does (same poses), and the remote env reports it in ``info["collided"]``."""
-    kw = dict(max_yaw_rate_rad_s=np.radians(180), **SMALL)
-    envs = [SpatiaWorldEnv(**kw), SpatiaWorldEnv(server=server.target, **kw)]
+    """Walked into the room's back wall (the first view saw it: an invented wall the camera heads at opens a doorway
+    the frame shows, ``GeneratedView.open_space``): the server's lock-step session collides as the in-process env
+    does (same poses), and the remote env reports it in ``info["collided"]``."""
+    envs = [SpatiaWorldEnv(**SMALL), SpatiaWorldEnv(server=server.target, **SMALL)]
     for e in envs:
         e.reset(seed=0)
     hits = []
-    for k in range(32):
-        act = np.array([0, 0, 0, 1, 0] if k < 16 else [1, 0, 0, 0, 0], np.float32)  # 180 deg, then W
-        (_, _, _, _, ia), (_, _, _, _, ib) = [e.step(act) for e in envs]
+    for k in range(88):  # 1 m/s at 16 fps: the wall stops the body after ~5 m
+        (_, _, _, _, ia), (_, _, _, _, ib) = [e.step(np.array([1, 0, 0, 0, 0], np.float32)) for e in envs]
         np.testing.assert_allclose(ia["pose"], ib["pose"], atol=1e-9)
         assert ia["collided"] == ib["collided"]
         hits.append(ia["collided"])
-    assert not any(hits[:16]) and hits[-1]
+    assert not any(hits[:60]) and all(hits[-4:])
     for e in envs:
         e.close()
 

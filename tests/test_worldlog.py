@@ -122,6 +122,59 @@ def test_every_memory_array_is_kept_whatever_its_name():
     assert {k: worldlog._digest(v) for k, v in shuffled.items()} == {k: worldlog._digest(v) for k, v in blocks.items()}
 
 
+def test_split_and_digests_match_the_reference():
+    """The save's split (numba canonical keys, a stable sort, digests over row slices) gives the reference's blocks,
+    arrays and digests, for points held in the memory's own block-major order and shuffled, across negative and
+    positive coordinates."""
+    from spatia.world import _memory_kernels as MK
+    from spatia.world.geometry import pack_voxel_coords
+
+    rng = np.random.default_rng(3)
+    ijk = np.unique(rng.integers(-300, 300, (20000, 3)), axis=0)
+    keys = pack_voxel_coords(ijk)
+    held = np.argsort(MK.sort_keys(keys, 0, keys.shape[0]), kind="stable")  # how SpatialMemory holds them
+    n = keys.shape[0]
+    base = {"voxel_keys": keys, "voxel_offsets": rng.integers(0, 256, (n, 3)).astype(np.uint8),
+            "colors": rng.integers(0, 256, (n, 3)).astype(np.uint8),
+            "observation_count": rng.integers(0, 9, n).astype(np.uint16),
+            "last_seen_frame": rng.integers(0, 99, n).astype(np.int32),
+            "provenance": rng.integers(0, 3, n).astype(np.uint8)}
+    np.testing.assert_array_equal(MK.log_block_keys(keys, worldlog.BLOCK_BITS), worldlog._canonical_keys(keys))
+    for order in (held, rng.permutation(n)):
+        arrays = {k: v[order] for k, v in base.items()}
+        ref = worldlog.split_memory_reference(arrays)
+        split = worldlog.MemoryBlocks.of(arrays)
+        assert split.keys == list(ref) and len(ref) > 50
+        for i, (key, digest) in enumerate(zip(split.keys, split.digests())):
+            block = split.block(i)
+            assert block.keys() == ref[key].keys()
+            for name in block:
+                np.testing.assert_array_equal(block[name], ref[key][name], err_msg=name)
+            assert digest == worldlog._digest(ref[key]), key
+        assert split_memory(arrays).keys() == ref.keys()
+    empty = worldlog.MemoryBlocks.of({k: v[:0] for k, v in base.items()})
+    assert empty.keys == [] and empty.digests() == [] and split_memory({k: v[:0] for k, v in base.items()}) == {}
+
+
+def test_packing_with_a_reused_compressor_gives_the_same_bytes():
+    """``_pack_arrays`` with one compressor for every block (and memoryviews into msgpack) writes the bytes a new
+    compressor per block and copied raw bytes wrote."""
+    import msgpack
+    import zstandard
+
+    def reference(arrays):
+        doc = {n: [a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()] for n, a in arrays.items()}
+        return zstandard.ZstdCompressor(level=worldlog._ZSTD_LEVEL).compress(msgpack.packb(doc, use_bin_type=True))
+
+    rng = np.random.default_rng(5)
+    shared = zstandard.ZstdCompressor(level=worldlog._ZSTD_LEVEL)
+    blocks = [{"voxel_keys": np.sort(rng.integers(0, 1 << 40, n)), "colors": rng.integers(0, 255, (n, 3), np.uint8),
+               "flags": rng.integers(0, 2, n).astype(bool), "strided": rng.random((n, 4))[:, ::2]}
+              for n in (0, 1, 700, 5000)]
+    for arrays in blocks:
+        assert worldlog._pack_arrays(arrays, shared) == reference(arrays) == worldlog._pack_arrays(arrays)
+
+
 def _two_saves(tmp_path) -> tuple[World, World, int, int]:
     """A world saved, played on and saved again; returns (state at save 1, state at save 2, log end after save 1,
     log end after save 2)."""

@@ -64,6 +64,12 @@ class EngineConfig:
     # retrieve for every clip, as the paper does. Real-time play with one-frame clips retrieves ~30 times a
     # second for nearly the same view; reuse there trades a few cm of staleness for ~4 ms per frame.
     reuse_references_within: tuple[float, float] | None = None
+    # ... and, whatever the distance, the clips right after a retrieval keep its frames for this many clips (0:
+    # never). Four sessions on two cores draw ~10 fps each, so a clip moves ~0.1 m, past the distance above, and
+    # nearly every clip retrieved; measured on play.py's walk at 10 fps, the previous clip's retrieval held every
+    # frame a fresh one chose (docs/BENCHMARKS.md, session 15 lat4, "Retrieval at 10 fps"). Frames indexed since
+    # that retrieval are not scored until the next one; the pose-nearest fill still runs every clip.
+    reuse_references_clips: int = 0
     # Invented memory points within this of a pose the camera has been at are removed after each clip (0: off).
     free_radius_m: float = 0.5
 
@@ -72,6 +78,8 @@ class EngineConfig:
             raise InvalidInputError(f"num_references must be >= 0, got {self.num_references}")
         if self.keyframe_stride < 1:
             raise InvalidInputError(f"keyframe_stride must be >= 1, got {self.keyframe_stride}")
+        if self.reuse_references_clips < 0:
+            raise InvalidInputError(f"reuse_references_clips must be >= 0, got {self.reuse_references_clips}")
         if self.reuse_references_within is not None and (
             len(self.reuse_references_within) != 2 or min(self.reuse_references_within) < 0
         ):
@@ -193,7 +201,8 @@ class Engine:
         self.config = config
         self.clips_done = 0
         self.last_stats: ClipStats | None = None
-        self._last_retrieval: tuple[np.ndarray, dict[int, float]] | None = None  # (last target c2w, scores)
+        # (last target c2w, scores, clips_done when retrieved)
+        self._last_retrieval: tuple[np.ndarray, dict[int, float], int] | None = None
         self._observed: list[ReferenceFrame] | None = None
         prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
@@ -276,12 +285,13 @@ class Engine:
 
     def _retrieved(self, target_c2w: np.ndarray, views: _TargetViews, exclude_from: int) -> dict[int, float]:
         """Algorithm 1 (or the official variant) for this clip, or the last clip's result when
-        ``reuse_references_within`` allows."""
+        ``reuse_references_within`` or ``reuse_references_clips`` allows."""
         reuse, last = self.config.reuse_references_within, self._last_retrieval
-        if reuse is not None and last is not None:
-            last_c2w, last_scores = last
-            if (rotation_angle_deg(last_c2w, target_c2w[-1]) <= reuse[0]
-                    and translation_distance_m(last_c2w, target_c2w[-1]) <= reuse[1]):
+        if last is not None:
+            last_c2w, last_scores, last_clip = last
+            if (self.clips_done - last_clip <= self.config.reuse_references_clips or (
+                    reuse is not None and rotation_angle_deg(last_c2w, target_c2w[-1]) <= reuse[0]
+                    and translation_distance_m(last_c2w, target_c2w[-1]) <= reuse[1])):
                 return {i: s for i, s in last_scores.items() if i < exclude_from}
         found = retrieve_reference_frames(
             self.world.history,
@@ -294,7 +304,7 @@ class Engine:
             candidates=range(0, exclude_from),
         )
         scores = {r.frame_index: float(r.score) for r in found}
-        self._last_retrieval = (target_c2w[-1].copy(), scores)
+        self._last_retrieval = (target_c2w[-1].copy(), scores, self.clips_done)
         return scores
 
     def _observed_views(self) -> list[ReferenceFrame]:

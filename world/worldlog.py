@@ -30,6 +30,7 @@ and the commit appended and fsynced, so a commit never refers to anything not on
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import threading
@@ -44,6 +45,7 @@ import numpy as np
 import structlog
 import zstandard
 
+from spatia.world import _memory_kernels as MK
 from spatia.world import snapshot
 from spatia.world.camera import Intrinsics
 from spatia.world.errors import NotFoundError, SnapshotError
@@ -118,9 +120,15 @@ def scan(data: bytes) -> tuple[list[_Scanned], int, int]:
     return out, end, skipped
 
 
-def _pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    doc = {name: [a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()] for name, a in arrays.items()}
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(msgpack.packb(doc, use_bin_type=True))
+def _pack_arrays(arrays: dict[str, np.ndarray], compressor: zstandard.ZstdCompressor | None = None) -> bytes:
+    """zstd(msgpack({name: [dtype, shape, raw bytes]})). ``compressor``: one at ``_ZSTD_LEVEL`` to reuse (not
+    thread-safe: one caller at a time), the same bytes as a new one: a save packs ~10^3 blocks, and a compressor
+    made per block set up its context each time. The raw bytes go to msgpack as memoryviews (packed as bin, as
+    bytes are), not copied first."""
+    doc = {name: [a.dtype.str, list(a.shape), memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))]
+           for name, a in arrays.items()}
+    compressor = compressor or zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return compressor.compress(msgpack.packb(doc, use_bin_type=True))
 
 
 def _unpack_arrays(blob: bytes | memoryview, what: str) -> dict[str, np.ndarray]:
@@ -162,7 +170,13 @@ def _canonical_keys(voxel_keys: np.ndarray) -> np.ndarray:
 def split_memory(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """Memory arrays -> {``m/<block>``: the block's arrays} with points in a canonical order (by voxel inside the
     block), which the digests are taken of: the same points give the same block whatever order the memory holds
-    them in."""
+    them in. (``MemoryBlocks.of`` is what a save uses; ``split_memory_reference`` the obviously correct twin.)"""
+    split = MemoryBlocks.of(arrays)
+    return {key: split.block(i) for i, key in enumerate(split.keys)}
+
+
+def split_memory_reference(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """``split_memory`` in plain numpy (the slow twin the tests compare with)."""
     keys = arrays["voxel_keys"]
     if keys.size == 0:
         return {}
@@ -177,6 +191,67 @@ def split_memory(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarra
         f"m/{int(blocks[a])}": {name: arr[a:b] for name, arr in sorted_arrays.items()}
         for a, b in zip(starts.tolist(), stops.tolist())
     }
+
+
+def _take_rows(a: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``a[order]``, by a serial numba gather without the GIL for the memory's vectors and [N, C] arrays (numpy's
+    fancy gather of an [N, 3] uint8 array is several times slower)."""
+    a = np.ascontiguousarray(a)
+    if a.ndim == 1:
+        return MK.take_rows(a, order)
+    if a.ndim == 2:
+        return MK.take_rows2(a, order)
+    return a[order]
+
+
+@dataclass
+class MemoryBlocks:
+    """A memory split into log blocks: block ``keys[i]`` (``m/<block>``) is rows ``starts[i]:stops[i]`` of
+    ``arrays`` (the memory's arrays in canonical order: by block, then by voxel inside the block).
+
+    What a save does per block is the one part left in Python: its digest (``digests``, no numpy view per array
+    and block) and, for the few blocks that changed, its arrays (``block``) to pack."""
+
+    keys: list[str]
+    starts: list[int]
+    stops: list[int]
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray]) -> "MemoryBlocks":
+        keys = arrays["voxel_keys"]
+        if keys.size == 0:
+            return cls([], [], [], {})
+        canon = MK.log_block_keys(np.ascontiguousarray(keys, dtype=np.int64), BLOCK_BITS)
+        # keys are unique, so any sort gives the same order; a stable one (timsort) follows the runs of the
+        # memory's own block-major order (~98 % of neighbouring points already in canonical order), several
+        # times faster than the default quicksort on it (docs/BENCHMARKS.md, "session 16, engineer lat5")
+        order = np.argsort(canon, kind="stable")
+        first, ids = MK.log_block_starts(canon, order, BLOCK_BITS)
+        starts = first.tolist()
+        return cls([f"m/{b}" for b in ids.tolist()], starts, [*starts[1:], int(order.shape[0])],
+                   {name: _take_rows(a, order) for name, a in arrays.items()})
+
+    def block(self, i: int) -> dict[str, np.ndarray]:
+        a, b = self.starts[i], self.stops[i]
+        return {name: arr[a:b] for name, arr in self.arrays.items()}
+
+    def digests(self) -> list[bytes]:
+        """``_digest(self.block(i))`` of every block, the same bytes: each array's raw bytes sliced by rows."""
+        parts = []
+        for name in sorted(self.arrays):
+            a = np.ascontiguousarray(self.arrays[name])
+            rest = tuple(a.shape[1:])
+            row_bytes = a.dtype.itemsize * math.prod(rest)
+            parts.append((f"{name}:{a.dtype.str}:", rest, row_bytes, memoryview(a.reshape(-1).view(np.uint8))))
+        out = []
+        for a, b in zip(self.starts, self.stops):
+            h = hashlib.blake2b(digest_size=_DIGEST)
+            for prefix, rest, row_bytes, raw in parts:
+                h.update(f"{prefix}{(b - a, *rest)}".encode())
+                h.update(raw[a * row_bytes : b * row_bytes])
+            out.append(h.digest())
+        return out
 
 
 def _slice_chunk(chunk: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
@@ -240,6 +315,7 @@ class WorldLog:
         self.directory = Path(directory)
         self.path = self.directory / LOG_NAME
         self._lock = threading.Lock()  # one write at a time
+        self._zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)  # used under ``_lock`` only
         self._live: dict[str, _Live] = {}  # records the last commit refers to
         self._seq = 0  # last plan handed out
         self._written_seq = 0
@@ -309,25 +385,27 @@ class WorldLog:
             if plan.seq <= self._written_seq:
                 return SaveReport(0, 0, 0, self._log_end, self.live_bytes, False, 0.0, skipped=True)
             records: list[tuple[str, bytes, bytes]] = []  # (key, digest, record bytes)
-            blocks = split_memory(plan.memory)
-            for key, arrays in blocks.items():
-                digest = _digest(arrays)
+            split = MemoryBlocks.of(plan.memory)
+            for i, (key, digest) in enumerate(zip(split.keys, split.digests())):
                 live = self._live.get(key)
                 if live is None or live.digest != digest:
-                    records.append((key, digest, _record(BLOCK, key, digest + _pack_arrays(arrays))))
+                    packed = _pack_arrays(split.block(i), self._zstd)
+                    records.append((key, digest, _record(BLOCK, key, digest + packed)))
+            blocks = set(split.keys)
             removed = [k for k in self._live if k.startswith("m/") and k not in blocks]
             if plan.chunk is not None and plan.chunk_start + len(plan.chunk["c2w"]) > self._frames_written:
                 chunk = _slice_chunk(plan.chunk, max(0, self._frames_written - plan.chunk_start))
                 first = max(plan.chunk_start, self._frames_written)
                 digest = _digest(chunk)
                 key = f"h/{first}"
-                records.append((key, digest, _record(BLOCK, key, digest + _pack_arrays(chunk))))
+                records.append((key, digest, _record(BLOCK, key, digest + _pack_arrays(chunk, self._zstd))))
             if plan.first_image is not None:
                 digest = _digest({"rgb": plan.first_image})
                 live = self._live.get("first_image")
                 if live is None or live.digest != digest:
                     records.append(("first_image", digest,
-                                    _record(BLOCK, "first_image", digest + _pack_arrays({"rgb": plan.first_image}))))
+                                    _record(BLOCK, "first_image",
+                                            digest + _pack_arrays({"rgb": plan.first_image}, self._zstd))))
             new_live = {k: v for k, v in self._live.items() if k not in removed}
             if self._frames is not None:
                 self._frames.sync()  # the frames a commit counts are on disk before the commit
@@ -456,8 +534,6 @@ class WorldLog:
             memory_arrays = _concat_memory(mem_parts)
             # the block-sorted order a re-sort gives (``SpatialMemory`` keeps points sorted by it), so the loaded
             # memory starts fully indexed
-            from spatia.world import _memory_kernels as MK
-
             keys = memory_arrays["voxel_keys"]
             order = np.argsort(MK.sort_keys(keys, 0, keys.shape[0]), kind="stable") if keys.size else keys
             memory = SpatialMemory.from_arrays(MemoryConfig(**doc["memory_config"]),

@@ -26,35 +26,63 @@ import numpy as np
 
 @nb.njit(cache=True, nogil=True)
 def _push_first(rgb, valid, out):  # pragma: no cover - compiled
-    """Level 1 ([ceil(H/2), ceil(W/2), 4] float32: premultiplied colour, weight) from the frame and its mask."""
+    """Level 1 ([ceil(H/2), ceil(W/2), 4] float32: premultiplied colour, weight) from the frame and its mask. The
+    sums are of uint8 values and counts, exact as integers (the same values as the definition's float64 sums),
+    without a branch per pixel; whole 2x2 blocks take a straight-line body (the cells an odd edge cuts, the loop)."""
     h, w = valid.shape
     for i in range(out.shape[0]):
+        y = 2 * i
+        whole_rows = y + 1 < h
         for j in range(out.shape[1]):
-            r = g = b = a = 0.0
-            for y in range(2 * i, min(2 * i + 2, h)):
-                for x in range(2 * j, min(2 * j + 2, w)):
-                    if valid[y, x]:
-                        r += rgb[y, x, 0]
-                        g += rgb[y, x, 1]
-                        b += rgb[y, x, 2]
-                        a += 1.0
-            out[i, j, 0] = r * 0.25
-            out[i, j, 1] = g * 0.25
-            out[i, j, 2] = b * 0.25
-            out[i, j, 3] = a * 0.25
+            x = 2 * j
+            if whole_rows and x + 1 < w:
+                k0 = np.int64(valid[y, x])
+                k1 = np.int64(valid[y, x + 1])
+                k2 = np.int64(valid[y + 1, x])
+                k3 = np.int64(valid[y + 1, x + 1])
+                for c in range(3):
+                    t = (k0 * np.int64(rgb[y, x, c]) + k1 * np.int64(rgb[y, x + 1, c])
+                         + k2 * np.int64(rgb[y + 1, x, c]) + k3 * np.int64(rgb[y + 1, x + 1, c]))
+                    out[i, j, c] = np.float64(t) * 0.25
+                out[i, j, 3] = np.float64(k0 + k1 + k2 + k3) * 0.25
+                continue
+            r = g = b = a = 0
+            for yy in range(y, min(y + 2, h)):
+                for xx in range(x, min(x + 2, w)):
+                    k = np.int64(valid[yy, xx])
+                    r += k * np.int64(rgb[yy, xx, 0])
+                    g += k * np.int64(rgb[yy, xx, 1])
+                    b += k * np.int64(rgb[yy, xx, 2])
+                    a += k
+            out[i, j, 0] = np.float64(r) * 0.25
+            out[i, j, 1] = np.float64(g) * 0.25
+            out[i, j, 2] = np.float64(b) * 0.25
+            out[i, j, 3] = np.float64(a) * 0.25
 
 
 @nb.njit(cache=True, nogil=True)
 def _push(level, out):  # pragma: no cover - compiled
+    """Level k+1 from level k: each cell the float64 sum of its 2x2 block (row by row, as the definition's loop
+    adds them) over 4; whole blocks take a straight-line body."""
     h, w = level.shape[:2]
     for i in range(out.shape[0]):
+        y = 2 * i
+        whole_rows = y + 1 < h
         for j in range(out.shape[1]):
+            x = 2 * j
+            if whole_rows and x + 1 < w:
+                for c in range(4):
+                    t = np.float64(level[y, x, c]) + np.float64(level[y, x + 1, c])
+                    t += np.float64(level[y + 1, x, c])
+                    t += np.float64(level[y + 1, x + 1, c])
+                    out[i, j, c] = t * 0.25
+                continue
             for c in range(4):
-                s = 0.0
-                for y in range(2 * i, min(2 * i + 2, h)):
-                    for x in range(2 * j, min(2 * j + 2, w)):
-                        s += level[y, x, c]
-                out[i, j, c] = s * 0.25
+                t = 0.0
+                for yy in range(y, min(y + 2, h)):
+                    for xx in range(x, min(x + 2, w)):
+                        t += level[yy, xx, c]
+                out[i, j, c] = t * 0.25
 
 
 @nb.njit(cache=True, nogil=True)
@@ -71,14 +99,31 @@ def _tap(n_src, n_dst, k):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _pull(coarse, level, out):  # pragma: no cover - compiled
-    """``out`` = upsampled ``coarse`` colour, blended towards ``level``'s own estimate by its confidence."""
+def _taps(n_src, n_dst):  # pragma: no cover - compiled
+    """``_tap`` of every destination index: (i0, i1, f) arrays."""
+    i0 = np.empty(n_dst, np.int64)
+    i1 = np.empty(n_dst, np.int64)
+    f = np.empty(n_dst, np.float64)
+    for k in range(n_dst):
+        i0[k], i1[k], f[k] = _tap(n_src, n_dst, k)
+    return i0, i1, f
+
+
+@nb.njit(cache=True, nogil=True)
+def _pull(coarse, level, out, need):  # pragma: no cover - compiled
+    """``out`` = upsampled ``coarse`` colour, blended towards ``level``'s own estimate by its confidence; only
+    where ``need`` ([h, w] bool; empty: everywhere) is set (elsewhere ``out`` is left as it was: nothing reads
+    it)."""
     hs, ws = coarse.shape[:2]
     hd, wd = level.shape[:2]
+    every = need.shape[0] == 0
+    x0s, x1s, fxs = _taps(ws, wd)
     for i in range(hd):
         y0, y1, fy = _tap(hs, hd, i)
         for j in range(wd):
-            x0, x1, fx = _tap(ws, wd, j)
+            if not every and not need[i, j]:
+                continue
+            x0, x1, fx = x0s[j], x1s[j], fxs[j]
             a = level[i, j, 3]
             conf = min(a, 1.0)
             for c in range(3):
@@ -90,16 +135,35 @@ def _pull(coarse, level, out):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
+def _cells_read(valid, hs, ws):  # pragma: no cover - compiled
+    """[hs, ws] bool: the cells of the level below full resolution that ``_pull_holes`` reads (the bilinear taps
+    of the hole pixels of ``valid``); a frame with a few percent of holes pulls that level for those alone."""
+    hd, wd = valid.shape
+    need = np.zeros((hs, ws), np.bool_)
+    x0s, x1s, _ = _taps(ws, wd)
+    for i in range(hd):
+        y0, y1, _ = _tap(hs, hd, i)
+        for j in range(wd):
+            if not valid[i, j]:
+                need[y0, x0s[j]] = True
+                need[y0, x1s[j]] = True
+                need[y1, x0s[j]] = True
+                need[y1, x1s[j]] = True
+    return need
+
+
+@nb.njit(cache=True, nogil=True)
 def _pull_holes(coarse, valid, out):  # pragma: no cover - compiled
     """Full resolution: the holes of ``out`` (uint8, valid pixels already in place) from ``coarse`` [h, w, 3]."""
     hs, ws = coarse.shape[:2]
     hd, wd = valid.shape
+    x0s, x1s, fxs = _taps(ws, wd)
     for i in range(hd):
         y0, y1, fy = _tap(hs, hd, i)
         for j in range(wd):
             if valid[i, j]:
                 continue
-            x0, x1, fx = _tap(ws, wd, j)
+            x0, x1, fx = x0s[j], x1s[j], fxs[j]
             for c in range(3):
                 top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
                 bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
@@ -131,9 +195,12 @@ def pushpull_fill(
         _push(lv, nxt)
         levels.append(nxt)
     filled = _top_estimate(levels[-1])
-    for lv in reversed(levels[:-1]):
+    everywhere = np.zeros((0, 0), np.bool_)
+    for k in range(len(levels) - 2, -1, -1):
+        lv = levels[k]
         out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
-        _pull(filled, lv, out)
+        # level 1 (a quarter of the pixels, most of the pull's work) only where the last pull reads it
+        _pull(filled, lv, out, _cells_read(valid, lv.shape[0], lv.shape[1]) if k == 0 else everywhere)
         filled = out
     out = rgb.copy()
     _pull_holes(filled, valid, out)

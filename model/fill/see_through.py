@@ -21,11 +21,11 @@ import numpy as np
 
 
 @nb.njit(cache=True, nogil=True)
-def _pairs_along_columns(a, lim, r, pair):  # pragma: no cover - compiled
-    """``pair[i, j]`` = a value below ``lim[i, j]`` among ``a[i - r .. i - 1, j]`` and one among ``a[i + 1 .. i + r,
-    j]`` (rows outside ``a`` hold none). a [n, m] float32 (inf: no rendered pixel), lim [n, m] float32, pair [n, m]
-    bool. Each one-sided minimum is a window of r rows: the min of a suffix and a prefix of blocks of r rows
-    (van Herk / Gil-Werman), O(1) a pixel whatever r, every loop along a row."""
+def _pairs_along_columns(a, lim, r, count):  # pragma: no cover - compiled
+    """``count[i, j] += 1`` where a value below ``lim[i, j]`` lies among ``a[i - r .. i - 1, j]`` and one among
+    ``a[i + 1 .. i + r, j]`` (rows outside ``a`` hold none). a [n, m] float32 (inf: no rendered pixel), lim [n, m]
+    float64, count [n, m] uint8. Each one-sided minimum is a window of r rows: the min of a suffix and a prefix of
+    blocks of r rows (van Herk / Gil-Werman), O(1) a pixel whatever r, every loop along a row."""
     n, m = a.shape
     p_rows = n + 2 * r  # padded rows: p = i + r
     inf = np.float32(np.inf)
@@ -60,77 +60,72 @@ def _pairs_along_columns(a, lim, r, pair):  # pragma: no cover - compiled
     for i in range(n):
         # above: rows i - r .. i - 1 (padded i .. i + r - 1); below: rows i + 1 .. i + r (padded i + r + 1 .. i + 2r)
         for j in range(m):
-            up = min(hh[i, j], g[i + r - 1, j])
-            down = min(hh[i + r + 1, j], g[i + 2 * r, j])
+            x = hh[i, j]
+            y = g[i + r - 1, j]
+            up = x if x < y else y
+            x = hh[i + r + 1, j]
+            y = g[i + 2 * r, j]
+            down = x if x < y else y
             c = lim[i, j]
-            pair[i, j] = up < c and down < c
+            count[i, j] += (up < c) & (down < c)  # branch-free: the loop stays vectorised
 
 
 @nb.njit(cache=True, nogil=True)
 def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no cover - compiled
     """``out[y, x]`` = True where at least two of the four lines through (y, x) (across, down, the two diagonals)
     have a nearer rendered pixel (``depth < limit``) within ``radius_px`` on both sides; ``limit = min(z (1 -
-    rel), z - min_gap_m)`` in float64, as the reference. Each line direction is laid out as the columns of an
-    array (the image, its transpose, its two shears), so that one pass (``_pairs_along_columns``) finds that
-    direction's pairs for every pixel, on one thread, however long the radius (walking up to r pixels each way
-    from every pixel cost more on a mostly rendered frame: docs/BENCHMARKS.md, session 15, lspeed)."""
+    rel), z - min_gap_m)`` in float64, as the reference (a float32 depth compared with it as a float64). Each line
+    direction is laid out as the columns of an array (the image, its transpose, its two shears), so that one pass
+    (``_pairs_along_columns``) counts that direction's pairs for every pixel, on one thread, however long the
+    radius (walking up to r pixels each way from every pixel cost more on a mostly rendered frame:
+    docs/BENCHMARKS.md, session 15, lspeed). Every per-pixel loop is branch-free (selects, not ifs), and the
+    counts add up in place (no per-direction mask, no float32 rounding of the limit): docs/BENCHMARKS.md, session
+    16, lspeed2."""
     h, w = depth.shape
     r = radius_px
     inf = np.float32(np.inf)
-    # per pixel: its depth where rendered (else inf: never nearer), and its limit as the float32 that a float32
-    # depth is below exactly when it is below the float64 limit (rounded up); -inf where nothing is marked
+    # per pixel: its depth where rendered (else inf: never nearer), and its limit (-inf where nothing is marked)
     v = np.empty((h, w), np.float32)
-    lim = np.empty((h, w), np.float32)
+    lim = np.empty((h, w), np.float64)
     any_valid = False
     for y in range(h):
         for x in range(w):
             d = depth[y, x]
-            v[y, x] = inf
-            lim[y, x] = -inf
-            if valid[y, x] and not np.isnan(d):
-                any_valid = True
-                v[y, x] = d
-                z = np.float64(d)
-                limit = min(z * (1.0 - rel), z - min_gap_m)
-                if not np.isnan(limit):
-                    c = np.float32(limit)
-                    if np.float64(c) < limit:
-                        c = np.nextafter(c, inf)
-                    lim[y, x] = c
+            ok = valid[y, x] and not np.isnan(d)
+            z = np.float64(d)
+            a = z * (1.0 - rel)
+            b = z - min_gap_m
+            v[y, x] = d if ok else inf
+            lim[y, x] = (a if a < b else b) if ok else -np.inf  # a NaN limit needs a NaN depth: not ok
+            any_valid |= ok
     if not any_valid:
         return
     count = np.zeros((h, w), np.uint8)
-    pair = np.empty((h, w), np.bool_)
-    _pairs_along_columns(v, lim, r, pair)  # down: the image's columns
-    for y in range(h):
-        for x in range(w):
-            count[y, x] += pair[y, x]
-    pair_t = np.empty((w, h), np.bool_)
-    _pairs_along_columns(np.ascontiguousarray(v.T), np.ascontiguousarray(lim.T), r, pair_t)  # across
-    for y in range(h):
-        for x in range(w):
-            count[y, x] += pair_t[x, y]
+    _pairs_along_columns(v, lim, r, count)  # down: the image's columns
     # the diagonals: (y, x) -> column x - y + h - 1 (down-right) and x + y (down-left) of an [h, w + h - 1] shear
     m = w + h - 1
     vs = np.empty((h, m), np.float32)
-    ls = np.empty((h, m), np.float32)
-    pair_s = np.empty((h, m), np.bool_)
+    ls = np.empty((h, m), np.float64)
+    cs = np.empty((h, m), np.uint8)
     for anti in range(2):
         vs[:] = inf
-        ls[:] = -inf
+        ls[:] = -np.inf
+        cs[:] = 0
         for y in range(h):
             off = y if anti else h - 1 - y
             for x in range(w):
                 vs[y, x + off] = v[y, x]
                 ls[y, x + off] = lim[y, x]
-        _pairs_along_columns(vs, ls, r, pair_s)
+        _pairs_along_columns(vs, ls, r, cs)
         for y in range(h):
             off = y if anti else h - 1 - y
             for x in range(w):
-                count[y, x] += pair_s[y, x + off]
+                count[y, x] += cs[y, x + off]
+    count_t = np.zeros((w, h), np.uint8)
+    _pairs_along_columns(np.ascontiguousarray(v.T), np.ascontiguousarray(lim.T), r, count_t)  # across
     for y in range(h):
         for x in range(w):
-            if count[y, x] >= 2:
+            if count[y, x] + count_t[x, y] >= 2:
                 out[y, x] = True
 
 
