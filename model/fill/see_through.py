@@ -119,8 +119,10 @@ def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no co
             z = np.float64(d)
             a = z * (1.0 - rel)
             b = z - min_gap_m
+            limit = b if b < a else a  # Python's min(a, b), as the reference: a NaN product (rel 1, an infinite
+            # depth) stays NaN, which no depth is below: -inf marks the same
             v[y, x] = d if ok else inf
-            lim[y, x] = (a if a < b else b) if ok else -np.inf  # a NaN limit needs a NaN depth: not ok
+            lim[y, x] = limit if ok and not np.isnan(limit) else -np.inf
             any_valid |= ok
     if not any_valid:
         return
