@@ -20,6 +20,25 @@ import numba as nb
 import numpy as np
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _running_min_row(a, i, first, prev, dst):  # pragma: no cover - compiled
+    """One row of a block's running minimum: ``dst`` = row ``i`` of ``a`` where the block starts (``first``), else
+    its minimum with ``prev`` (the running minimum so far); a row outside ``a`` (padding) holds nothing (inf)."""
+    m = dst.shape[0]
+    if not 0 <= i < a.shape[0]:
+        src = np.float32(np.inf)
+        for j in range(m):
+            dst[j] = src if first else prev[j]
+    elif first:
+        for j in range(m):
+            dst[j] = a[i, j]
+    else:
+        for j in range(m):
+            v = a[i, j]
+            q = prev[j]
+            dst[j] = v if v < q else q
+
+
 @nb.njit(cache=True, nogil=True)
 def _pairs_along_columns(a, lim, r, count):  # pragma: no cover - compiled
     """``count[i, j] += 1`` where a value below ``lim[i, j]`` lies among ``a[i - r .. i - 1, j]`` and one among
@@ -31,52 +50,15 @@ def _pairs_along_columns(a, lim, r, count):  # pragma: no cover - compiled
     n, m = a.shape
     p_rows = n + 2 * r  # padded rows: p = i + r
     ring = 4 * r  # ring row of padded row p: p % ring
-    inf = np.float32(np.inf)
     g = np.empty((ring, m), np.float32)  # min from the first row of p's block down to p
     hh = np.empty((ring, m), np.float32)  # min from p down to the last row of p's block
     nxt = 0  # the next row to test
     for b0 in range(0, p_rows, r):
         b1 = min(b0 + r, p_rows)  # the block's rows: b0 .. b1 - 1
-        for p in range(b0, b1):
-            i = p - r
-            s = p % ring
-            if p == b0:  # a block starts
-                if 0 <= i < n:
-                    for j in range(m):
-                        g[s, j] = a[i, j]
-                else:
-                    for j in range(m):
-                        g[s, j] = inf
-            elif 0 <= i < n:
-                sp = (p - 1) % ring
-                for j in range(m):
-                    v = a[i, j]
-                    q = g[sp, j]
-                    g[s, j] = v if v < q else q
-            else:  # a padding row: nothing there
-                sp = (p - 1) % ring
-                for j in range(m):
-                    g[s, j] = g[sp, j]
-        for p in range(b1 - 1, b0 - 1, -1):
-            i = p - r
-            s = p % ring
-            if p == b1 - 1:  # a block ends
-                if 0 <= i < n:
-                    for j in range(m):
-                        hh[s, j] = a[i, j]
-                else:
-                    for j in range(m):
-                        hh[s, j] = inf
-            elif 0 <= i < n:
-                sn = (p + 1) % ring
-                for j in range(m):
-                    v = a[i, j]
-                    q = hh[sn, j]
-                    hh[s, j] = v if v < q else q
-            else:
-                sn = (p + 1) % ring
-                for j in range(m):
-                    hh[s, j] = hh[sn, j]
+        for p in range(b0, b1):  # down from the block's first row
+            _running_min_row(a, p - r, p == b0, g[(p - 1) % ring], g[p % ring])
+        for p in range(b1 - 1, b0 - 1, -1):  # up from the block's last row
+            _running_min_row(a, p - r, p == b1 - 1, hh[(p + 1) % ring], hh[p % ring])
         while nxt < n and nxt + 2 * r <= b1 - 1:  # every row whose windows lie in the blocks made so far
             i = nxt
             # above: rows i - r .. i - 1 (padded i .. i + r - 1); below: rows i + 1 .. i + r (padded i + r + 1 ..
