@@ -31,3 +31,29 @@ def test_edge_cases_and_a_hole_takes_its_surroundings():
     out = pushpull_fill(np.where(valid[..., None], rgb, 0).astype(np.uint8), valid)
     # the coarse levels also see some of the blue half 15 px away: a few levels of it, no more
     assert np.abs(out[15:25, 5:15].astype(int) - (200, 40, 10)).max() <= 8
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (180, 320), (181, 321)])
+def test_the_level_below_full_resolution_pulled_where_the_holes_read_it_gives_the_whole_pull(shape):
+    """``pushpull_fill`` pulls level 1 only at the cells ``_cells_read`` marks: the same frame, bit for bit, as
+    pulling every cell (odd shapes: the edge taps)."""
+    from spatia.model.fill import pushpull as pp
+
+    rng = np.random.default_rng(shape[0])
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    valid = rng.random(shape) > 0.04  # a served frame's few holes ...
+    valid[2:6, 3:8] = False  # ... and a larger one
+    levels = [np.empty((pp._half(shape[0]), pp._half(shape[1]), 4), np.float32)]
+    pp._push_first(rgb, valid, levels[0])
+    while min(levels[-1].shape[:2]) > 2:
+        nxt = np.empty((pp._half(levels[-1].shape[0]), pp._half(levels[-1].shape[1]), 4), np.float32)
+        pp._push(levels[-1], nxt)
+        levels.append(nxt)
+    filled = pp._top_estimate(levels[-1])
+    for lv in reversed(levels[:-1]):
+        out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
+        pp._pull(filled, lv, out, np.zeros((0, 0), np.bool_))  # every cell
+        filled = out
+    whole = rgb.copy()
+    pp._pull_holes(filled, valid, whole)
+    assert np.array_equal(pp.pushpull_fill(rgb, valid), whole)

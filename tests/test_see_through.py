@@ -36,6 +36,19 @@ def test_compiled_matches_the_reference_at_long_radii_odd_shapes_and_bad_depths(
                                       reference_see_through_pixels(depth, valid, radius), err_msg=f"{h}x{w} r{radius}")
 
 
+def test_compiled_matches_the_reference_with_infinite_depths_and_a_whole_relative_gap():
+    """rel 1 makes an infinite depth's limit NaN (inf x 0): the reference's ``min`` keeps it, no depth is below it."""
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        depth = rng.uniform(1.0, 3.0, (12, 15)).astype(np.float32)
+        depth[rng.random(depth.shape) < 0.2] = np.inf
+        depth[rng.random(depth.shape) < 0.05] = np.nan
+        valid = rng.random(depth.shape) < 0.85
+        for rel in (0.05, 1.0):
+            np.testing.assert_array_equal(see_through_pixels(depth, valid, 3, rel=rel),
+                                          reference_see_through_pixels(depth, valid, 3, rel=rel))
+
+
 def test_gaps_in_a_near_surface_are_marked_a_plane_and_a_corner_are_not():
     """At 320x240 with the default radius (2 % of the width: 6 px)."""
     K = Intrinsics.from_fov(75.0, 320, 240)

@@ -15,7 +15,8 @@ Definition (``pushpull_fill_reference``, plain numpy, is it written out):
 The frame path fills every frame this way (pinholes between rendered points, gaps around furniture). The former
 implementation did the push and the full-resolution pull as seven full-frame OpenCV passes (casts, channel
 merges, multiplies) even when a few percent of the pixels were holes; here one numba pass builds level 1 from the
-uint8 frame and the mask, and the last pull touches the hole pixels only.
+uint8 frame and the mask, the last pull touches the hole pixels only, and the pull before it (level 1) only the
+cells those read.
 """
 
 from __future__ import annotations
