@@ -185,6 +185,7 @@ def test_settings_are_the_demos_and_the_servers():
     assert (play.clip.first_clip_frames, play.clip.clip_frames, play.clip.preceding_frames) == (4, 6, 2)
     assert play.keyframe_stride == server.play_keyframe_stride
     assert play.reuse_references_within == server.play_reuse_references_within
+    assert play.reuse_references_clips == server.play_reuse_references_clips
 
 
 def test_photo_item_uses_the_photo_paths_guessed_camera():

@@ -65,11 +65,13 @@ COMPLETENESS_PIXEL_STEP = 2  # every n-th pixel of every n-th row of a frame sam
 GMSD_T = 170.0  # Xue et al. 2014, for [0, 255] luminance
 
 # Engine settings graded. "demo" = spatia demo's clips (spatia/demo.py DEMO_CLIP); "play" = the server's real-time
-# Play defaults (server/session.py ClipConfig(4, 6, 2), ServerConfig.play_keyframe_stride and
-# play_reuse_references_within). tests/test_eval_novel_view.py checks both stay equal to their sources.
+# Play defaults (server/session.py ClipConfig(4, 6, 2), ServerConfig.play_keyframe_stride,
+# play_reuse_references_within and play_reuse_references_clips). tests/test_eval_novel_view.py checks both stay equal
+# to their sources.
 SETTINGS: dict[str, EngineConfig] = {
     "demo": EngineConfig(clip=ClipConfig(first_clip_frames=33, clip_frames=41, preceding_frames=9)),
-    "play": EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=4, reuse_references_within=(5.0, 0.10)),
+    "play": EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=4, reuse_references_within=(5.0, 0.10),
+                         reuse_references_clips=1),
 }
 VARIANTS = ("default", "turned", "pitched", "photo")
 SCENES = ("room", "house", "courtyard")
@@ -764,7 +766,8 @@ def _setting_doc(cfg: EngineConfig) -> dict[str, Any]:
     c = cfg.clip
     return {"first_clip_frames": c.first_clip_frames, "clip_frames": c.clip_frames,
             "preceding_frames": c.preceding_frames, "keyframe_stride": cfg.keyframe_stride,
-            "reuse_references_within": cfg.reuse_references_within}
+            "reuse_references_within": cfg.reuse_references_within,
+            "reuse_references_clips": cfg.reuse_references_clips}
 
 
 # ---------------------------------------------------------------------------------------------------------------
