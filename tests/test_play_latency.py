@@ -282,7 +282,7 @@ def test_interactive_sessions_keep_references_for_the_servers_clip_count_lockste
     from spatia.world.errors import InvalidInputError
 
     class Opened(Exception):
-        pass
+        """Raised by the stand-in host with the engine config the session asked for (its only argument)."""
 
     class Host:  # only what PlaySession reads before it opens the engine
         shares_server_cores = True
