@@ -45,7 +45,7 @@ from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_ke
 from spatia.model.fill.see_through import see_through_pixels
 
 if TYPE_CHECKING:
-    from spatia.model.fill.layout import LayoutView
+    from spatia.model.fill.layout import Layout, LayoutView
 
 
 log = structlog.get_logger(__name__)
@@ -414,8 +414,8 @@ SAME_VIEW_M, SAME_VIEW_DEG = 0.1, 5.0
 
 
 def _pinholes_on_planes(
-    layout,  # model.fill.layout.Layout
-    view,  # model.fill.layout.LayoutView, the frame's bounds (before any beyond a doorway)
+    layout: Layout,
+    view: LayoutView,  # the frame's bounds (before any beyond a doorway)
     rays_flat: np.ndarray,  # [H * W, 3] float32 pixel rays, camera frame
     hole_idx: np.ndarray,  # [M] flat pixel indices of the holes
     f: np.ndarray,  # [M] the background-preferring fill's depth at the holes (0: none)
