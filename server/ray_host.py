@@ -33,6 +33,7 @@ embedded server; numba's thread count follows the actor's CPUs (``NUMBA_NUM_THRE
 from __future__ import annotations
 
 import asyncio
+import atexit
 import fcntl
 import math
 import os
@@ -40,6 +41,7 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -655,6 +657,22 @@ class _RemoteWorld:
         return _MemorySample(self._host)
 
 
+_OPEN_GRAPHS: "weakref.WeakSet[_PlayGraph]" = weakref.WeakSet()
+
+
+def _close_graphs_at_exit() -> None:
+    """At interpreter exit, before Ray's own exit hook: ``ray.shutdown`` tears every compiled graph still open down
+    with ``kill_actors=True``, which kills the graph's actors. A front door that exits with a session's graph open
+    (a crash, an exit without closing the store) would take its world actors down with it, and with them the other
+    front doors' sessions and whatever the worlds had not saved. Ours end here without killing anything. (The
+    graphs' own threads have been joined by then: ``concurrent.futures`` joins its workers before atexit runs.)"""
+    for graph in list(_OPEN_GRAPHS):
+        graph._teardown()
+
+
+atexit.register(_close_graphs_at_exit)  # after ``import ray`` registered Ray's hook: atexit runs the later first
+
+
 class _PlayGraph:
     """One Play session's compiled graph to its world actor (Ray Compiled Graphs: ``actor.play_step`` bound to an
     ``InputNode``, compiled once per session; docs/SCALE.md). Each execution is a write to and a read from Ray's
@@ -689,6 +707,7 @@ class _PlayGraph:
         self.closed = False
         self.last_used = time.monotonic()  # the end of the graph's last clip (``RayWorldHost`` closes idle graphs)
         self._waits: dict[bool, deque] = {True: deque(maxlen=8), False: deque(maxlen=8)}  # first / next frame, s
+        _OPEN_GRAPHS.add(self)
         self.thread.submit(self._compile)
 
     def _compile(self) -> None:
@@ -1086,8 +1105,10 @@ class RayWorldHost:
     def _renew_nearby(self, clip_end_m: np.ndarray) -> None:
         """With this clip, ask the actor for a new copy of the memory around the camera (a plain actor call, run
         on the world's worker after the clip) when the session collides (``collider`` was asked), none is on its
-        way, and the copy is old (``NEARBY_EVERY_CLIPS``), a move was held at its edge, or the camera is
-        ``NEARBY_RECENTRE_M`` from its centre. The camera: where the integrator's last move ended (it runs ahead of
+        way, and the copy is old (``NEARBY_EVERY_CLIPS``), a move was held at its edge or collided with its points
+        (they may be invented ones the world removed since: a doorway a clip opened, whose jambs would otherwise
+        hold the player for up to ``NEARBY_EVERY_CLIPS`` clips), or the camera is ``NEARBY_RECENTRE_M`` from its
+        centre. The camera: where the integrator's last move ended (it runs ahead of
         the clips), else the clip's last pose (``clip_end_m`` [3], world frame)."""
         collider = self._nearby
         if collider is None or self._nearby_fetch is not None:
@@ -1095,7 +1116,7 @@ class RayWorldHost:
         self._nearby_clips += 1
         camera_m = collider.position_m if collider.position_m is not None else clip_end_m
         centre = (collider.nearby.lo_m + collider.nearby.hi_m) / 2
-        if not (collider.outside or self._nearby_clips >= NEARBY_EVERY_CLIPS
+        if not (collider.outside or collider.collided or self._nearby_clips >= NEARBY_EVERY_CLIPS
                 or float(np.abs(camera_m - centre).max()) > NEARBY_RECENTRE_M):
             return
         self._nearby_fetch = asyncio.ensure_future(self._fetch_nearby(collider, np.asarray(camera_m, np.float64)))

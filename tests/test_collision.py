@@ -189,9 +189,11 @@ def test_a_nearby_copy_collides_as_the_memory_inside_its_box_and_says_when_a_mov
         assert sorted(prov.tolist()) == sorted(nearby.provenance[scan].tolist())
     copy = NearbyCollider(NearbyPoints.of(mem, np.zeros(3), 3.0))  # a box the walk's reach stays in
     assert _random_walk_agrees(MemoryCollider(mem), copy, rng) >= 5 and not copy.outside
+    assert copy.collided  # some of the walk's moves hit a wall: the holder renews the copy after the next clip
     copy.replace(nearby)
+    assert not copy.collided
     held = copy.resolve(np.array([0.0, 0.0, 0.3]), np.array([0.0, 0.5, 0.0]), R)  # reaches y = 1.51 > 1.2
-    assert copy.outside and not held.collided  # held where it is: past the copy nothing is known
+    assert copy.outside and not held.collided and not copy.collided  # held where it is: past the copy nothing is known
     np.testing.assert_array_equal(held.position, [0.0, 0.0, 0.3])
     np.testing.assert_array_equal(copy.position_m, [0.0, 0.0, 0.3])
     copy.replace(NearbyPoints.of(mem, np.array([0.0, 0.0, 1.0]), 1.2))
@@ -201,7 +203,8 @@ def test_a_nearby_copy_collides_as_the_memory_inside_its_box_and_says_when_a_mov
     empty = NearbyCollider(NearbyPoints.of(mem, np.array([50.0, 0.0, 0.0]), 1.0))  # no points in the box
     assert len(empty.nearby.positions) == 0
     free = empty.resolve(np.array([50.0, 0.0, 0.0]), np.array([0.1, 0.0, 0.0]), R)
-    np.testing.assert_allclose(free.position, [50.1, 0.0, 0.0]) and not free.collided
+    np.testing.assert_allclose(free.position, [50.1, 0.0, 0.0])
+    assert not free.collided and not empty.collided
 
 
 def test_resolve_move_without_points_or_motion_is_the_plain_move():

@@ -186,6 +186,45 @@ def test_one_controller_across_front_doors_and_the_lease_expires(doors, monkeypa
     assert not _host(one, "a")._graph_failed  # a later session through the first door may open a graph again
 
 
+def test_a_front_door_that_exits_with_a_graph_open_leaves_the_world_actor_running(doors, tmp_path):
+    """Ray's exit hook (``ray.shutdown``) tears open compiled graphs down by killing their actors: a front door
+    process that exits (here: an exception) while a session's graph is open must not take the world actor, which
+    other front doors share, down with it (``ray_host._close_graphs_at_exit``)."""
+    import subprocess
+    import sys
+
+    _, two = doors
+    actor = ray.get_actor("world:a", namespace="spatia")
+    pid = ray.get(actor.pid.remote(), timeout=60)
+    script = f"""
+import time
+import ray
+ray.init(address={ray.get_runtime_context().gcs_address!r}, log_to_driver=False)
+from spatia.server.ray_host import _PlayGraph
+actor = ray.get_actor("world:a", namespace="spatia")
+ray.get(actor.claim.remote("exit-door"), timeout=60)
+for attempt in range(5):  # a retryable start failure (the actor still closing an earlier graph) is retried
+    graph = _PlayGraph(actor, "a", "exit-door")
+    while not (graph.ready or graph.failed):
+        time.sleep(0.05)
+    if graph.ready or not graph.retryable:
+        break
+    time.sleep(0.25 * 2 ** attempt)
+print("ready" if graph.ready else "failed", flush=True)
+ray.get(actor.release.remote("exit-door"), timeout=60)
+raise RuntimeError("the front door fails with its graph open")
+"""
+    err = tmp_path / "door.err"
+    with open(err, "w") as err_file:
+        door = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=err_file, text=True,
+                              timeout=240)
+    assert door.stdout.strip().splitlines()[-1:] == ["ready"], err.read_text()[-3000:]  # (structlog writes above)
+    assert door.returncode == 1
+    assert ray.get(actor.pid.remote(), timeout=60) == pid  # the same actor, alive
+    with WorldClient(two.target, timeout_s=60) as c, c.play("a", record=False) as s:
+        assert _step(s) is not None
+
+
 def test_a_killed_front_door_leaves_no_graph_running_on_the_actor(doors, tmp_path):
     """A front door in another process claims world 'a', opens a compiled Play graph to its actor and is
     killed (SIGKILL: no teardown, no release). Once its lease expires, a session through another door claims the

@@ -433,12 +433,15 @@ class NearbyCollider(MemoryCollider):
     known, and a wall there must not be walked through, so a move that would reach past it is held (the body stays
     where it is, ``collided`` False) and ``outside`` is set: the holder fetches a copy around ``position_m`` and
     ``replace``s it (``server.ray_host``, after the next clip). At play rates the copy is renewed long before the
-    camera gets near its edge; a burst of actions faster than clips are generated waits at the edge."""
+    camera gets near its edge; a burst of actions faster than clips are generated waits at the edge. A move that
+    collides sets ``collided``: the holder renews the copy after the next clip too, since what stopped it may be
+    invented points the world has removed since the copy was taken (a doorway the last clip opened)."""
 
     def __init__(self, nearby: NearbyPoints, config: CollisionConfig = CollisionConfig()) -> None:
         super().__init__(None, config)  # type: ignore[arg-type]  # no memory here: ``nearby`` stands for it
         self.nearby = nearby
         self.outside = False  # a move since the last copy would have reached past its box (and was held)
+        self.collided = False  # a move since the last copy was stopped or deflected by its points
         self.position_m: np.ndarray | None = None  # [3] world frame: where the last move ended
 
     def resolve(self, position: np.ndarray, move_m: np.ndarray, radius_m: float,
@@ -450,6 +453,7 @@ class NearbyCollider(MemoryCollider):
             out = Resolved(p.copy(), False)
         else:
             out = super().resolve(position, move_m, radius_m, level_up)
+            self.collided |= out.collided
         self.position_m = out.position
         return out
 
@@ -458,7 +462,7 @@ class NearbyCollider(MemoryCollider):
 
     def replace(self, nearby: NearbyPoints) -> None:
         self.nearby = nearby
-        self.outside = False
+        self.outside = self.collided = False
 
 
 class ReferenceCollider(MemoryCollider):
