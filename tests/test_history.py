@@ -497,6 +497,20 @@ def test_sets_are_kept_at_the_coarse_voxel_and_match_the_slow_coarsening(levels)
     assert store.voxel_set_scale == 1 << levels
 
 
+def test_queries_in_a_row_give_first_seen_distinct_keys_and_leave_the_kept_table_empty():
+    """``query_voxel_set`` keeps its hash set between queries (the kernel empties it): large, small and repeated
+    queries on one store each give the coarse keys' distinct values in first-seen order (the reference:
+    ``dict.fromkeys``), and the table holds nothing afterwards."""
+    rng = np.random.default_rng(7)
+    store = FrameStore(HistoryConfig(voxel_set_levels=2))
+    for n in (20_000, 30, 20_000, 0, 5_000):
+        keys = pack_voxel_coords(rng.integers(-300, 300, size=(n, 3)))
+        keys = np.concatenate([keys, keys[: n // 3]])  # repeats
+        want = list(dict.fromkeys(coarsen_voxel_keys(keys, 2).tolist()))
+        assert store.query_voxel_set(keys).tolist() == want
+        assert (store._query_table == -1).all()
+
+
 def test_history_snapshots_from_before_coarse_sets_load_at_the_memory_voxel():
     store = FrameStore(EXACT)
     store.add(_image(0), _pose(0), K, np.array([5, 1], dtype=np.int64))

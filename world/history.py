@@ -442,7 +442,9 @@ def _kernels():
     @numba.njit(cache=True, nogil=True)
     def distinct(keys, table, out):
         """The distinct keys (>= 0) of ``keys`` in first-seen order into ``out``, by an open-addressing set in
-        ``table`` (all -1, a power of two >= 2 x len); returns how many. O(n), where a sort is O(n log n)."""
+        ``table`` (all -1, a power of two >= 2 x len); returns how many. O(n), where a sort is O(n log n).
+        ``table`` is all -1 again on return (its keys taken out newest first: each one's probe then meets only
+        keys inserted before it, still in place), so a caller may keep it for the next call."""
         shift = np.uint64(64 - int(np.log2(table.shape[0])))
         tmask = table.shape[0] - 1
         n = 0
@@ -459,6 +461,12 @@ def _kernels():
                     n += 1
                     break
                 j = (j + 1) & tmask
+        for i in range(n - 1, -1, -1):
+            k = out[i]
+            j = np.int64((np.uint64(k) * mult) >> shift)
+            while table[j] != k:
+                j = (j + 1) & tmask
+            table[j] = -1
         return n
 
     return hash_get_or_insert, add_frames, merge_runs, count_indexed, count_unsealed, coarsen, distinct
@@ -1172,6 +1180,7 @@ class FrameStore:
         self._cells: dict[tuple[int, ...], list[int]] = {}
         self._dropped_voxels = 0  # voxels of dropped frames still in the index (until the next rebuild)
         self._mark = np.zeros(0, dtype=np.bool_)  # scratch: per-column mark of a new keyframe's set
+        self._query_table = np.full(16, -1, dtype=np.int64)  # scratch: ``query_voxel_set``'s hash set, all -1
 
     def __len__(self) -> int:
         return self._c2w.size
@@ -1326,9 +1335,11 @@ class FrameStore:
         this history keeps sets: coarsened to ``config.voxel_set_levels``, distinct, in first-seen order (a
         retrieval query; hashing, not sorting: a view gives ~10^5 memory keys and a sort cost ~5 ms)."""
         keys = self._coarsen(check_voxel_keys(voxel_keys, name))
-        table = np.full(1 << max(4, int(keys.shape[0]).bit_length() + 1), -1, dtype=np.int64)
+        size = 1 << max(4, int(keys.shape[0]).bit_length() + 1)
+        if self._query_table.shape[0] < size:  # kept between queries (the kernel leaves it all -1): a fresh
+            self._query_table = np.full(size, -1, dtype=np.int64)  # [2^18] table cost ~0.5 ms a query to fill
         out = np.empty_like(keys)
-        return out[: _kernels()[6](keys, table, out)]
+        return out[: _kernels()[6](keys, self._query_table, out)]
 
     @property
     def voxel_set_scale(self) -> int:
@@ -1488,7 +1499,7 @@ class FrameStore:
         arrays = sum(g.nbytes for g in (self._c2w, self._intrinsics, self._timestamp_ns, self._locs,
                                          self._has_depth, self._indexed))
         cache = sum(a.nbytes for a in self._cache.values())
-        return int(arrays + self.voxels.nbytes + cache + self._mark.nbytes)
+        return int(arrays + self.voxels.nbytes + cache + self._mark.nbytes + self._query_table.nbytes)
 
     @property
     def disk_bytes(self) -> int:
