@@ -141,6 +141,10 @@ def test_float16_depth_kernels_give_numpys_bits():
     ours, ref = _depth_as_stored(values, config), _depth_as_stored_reference(values, config)
     assert ours.dtype == np.float16 and ours.shape == values.shape
     np.testing.assert_array_equal(ours.view(np.uint16), ref.view(np.uint16))
+    # another dtype goes the reference's way (one rounding, not float64 -> float32 -> float16)
+    wide = np.where(np.isfinite(values), values, np.float32(0)).astype(np.float64) * 1.0000001
+    np.testing.assert_array_equal(_depth_as_stored(wide, config).view(np.uint16),
+                                  _depth_as_stored_reference(wide, config).view(np.uint16))
     every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(256, 256)
     np.testing.assert_array_equal(_half_to_float32(every).view(np.uint32), every.astype(np.float32).view(np.uint32))
     depth = _depth(3)  # and a stored depth map decodes to the float32 numpy would give

@@ -198,7 +198,9 @@ def _depth_as_stored(depth_m: np.ndarray, config: HistoryConfig) -> np.ndarray |
     ``_depth_as_stored_reference`` (numpy's float16 casts and ``isfinite`` run ~4 ns an element here, ~2.5 ms of
     the encoder thread's time a 640x360 frame with the float32 copy back)."""
     if config.depth_codec == "float16_zstd":
-        depth = np.ascontiguousarray(depth_m, dtype=np.float32)
+        if np.asarray(depth_m).dtype != np.float32:  # (float64 -> float32 -> float16 could round twice)
+            return _depth_as_stored_reference(depth_m, config)
+        depth = np.ascontiguousarray(depth_m)
         bits = np.empty(depth.shape, np.uint16)
         _half_kernels()[0](depth.reshape(-1).view(np.uint32), bits.reshape(-1))
         return bits.view(np.float16)
