@@ -80,6 +80,24 @@ def test_jpeg_is_close_and_png_is_exact():
     assert jpeg.get_rgb(0).dtype == np.uint8 and jpeg.get_rgb(0).shape == (48, 64, 3)
 
 
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+def test_image_records_are_the_bytes_of_the_channel_reversed_copy(codec):
+    """``_encode_rgb`` / ``_decode_rgb`` swap channels with OpenCV: the same bytes and pixels as numpy's reversed
+    channel axis (the reference)."""
+    import cv2
+
+    from spatia.world.history import _decode_rgb, _encode_rgb
+
+    img = (np.random.default_rng(4).random((48, 64, 3)) * 255).astype(np.uint8)
+    config = HistoryConfig(image_codec=codec)
+    params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality] if codec == "jpeg" else \
+        [cv2.IMWRITE_PNG_COMPRESSION, config.png_compression]
+    blob = cv2.imencode(f".{codec}", np.ascontiguousarray(img[:, :, ::-1]), params)[1].tobytes()
+    assert _encode_rgb(img, config) == blob
+    bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(_decode_rgb(blob, 64, 48, "frame 0"), bgr[:, :, ::-1])
+
+
 @pytest.mark.parametrize(
     "codec, atol, rtol",
     [("float32_zstd", 0.0, 0.0), ("float16_zstd", 0.0, 1e-3), ("png_mm", 0.0005 + 1e-6, 0.0)],
@@ -103,6 +121,37 @@ def test_depth_a_codec_cannot_hold_becomes_unknown():
     store.add(_image(0), _pose(0), K, np.arange(3), depth_m=depth)
     out = store.get_depth(0)
     assert out[0, 0] == 0.0 and out[1, 1] == pytest.approx(2.0)
+
+
+def test_float16_depth_kernels_give_numpys_bits():
+    """The compiled float16 codec (``_depth_as_stored``, ``_half_to_float32``) against numpy's casts
+    (``_depth_as_stored_reference``): every exponent with its rounding edges (ties to even, carries into the
+    exponent, subnormals, float16's overflow to "unknown"), both signs, inf and NaN, and random bit patterns."""
+    from spatia.world.history import _depth_as_stored, _depth_as_stored_reference, _half_to_float32
+
+    rng = np.random.default_rng(0)
+    exps = np.arange(256, dtype=np.uint32) << 23
+    mants = np.array([0, 1, 0x7FF, 0x800, 0xFFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FFFFF, 0x7FE000,
+                      0x7FEFFF, 0x7FF000, 0x400000, 0x401000, 0x403000], dtype=np.uint32)
+    edges = (exps[:, None] | mants[None, :]).ravel()
+    bits = np.concatenate([edges, edges | np.uint32(0x80000000), rng.integers(0, 1 << 32, 200_000, dtype=np.uint64)
+                           .astype(np.uint32)])
+    values = bits.view(np.float32).reshape(-1, 8)  # any 2-D shape: a depth map
+    config = HistoryConfig(depth_codec="float16_zstd")
+    ours, ref = _depth_as_stored(values, config), _depth_as_stored_reference(values, config)
+    assert ours.dtype == np.float16 and ours.shape == values.shape
+    np.testing.assert_array_equal(ours.view(np.uint16), ref.view(np.uint16))
+    # another dtype goes the reference's way (one rounding, not float64 -> float32 -> float16)
+    wide = np.where(np.isfinite(values), values, np.float32(0)).astype(np.float64) * 1.0000001
+    np.testing.assert_array_equal(_depth_as_stored(wide, config).view(np.uint16),
+                                  _depth_as_stored_reference(wide, config).view(np.uint16))
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(256, 256)
+    np.testing.assert_array_equal(_half_to_float32(every).view(np.uint32), every.astype(np.float32).view(np.uint32))
+    depth = _depth(3)  # and a stored depth map decodes to the float32 numpy would give
+    store = FrameStore(config)
+    store.add(_image(0), _pose(0), K, np.arange(3), depth_m=depth)
+    expected = _depth_as_stored_reference(depth, config).astype(np.float32)
+    np.testing.assert_array_equal(store.get_depth(0).view(np.uint32), expected.view(np.uint32))
 
 
 def test_lru_cache_is_bounded_and_returns_read_only_arrays():
@@ -450,6 +499,20 @@ def test_sets_are_kept_at_the_coarse_voxel_and_match_the_slow_coarsening(levels)
     query = store.query_voxel_set(np.concatenate([keys[::-1], keys[:7]]))  # any order, repeats
     np.testing.assert_array_equal(np.sort(query), np.unique(want))
     assert store.voxel_set_scale == 1 << levels
+
+
+def test_queries_in_a_row_give_first_seen_distinct_keys_and_leave_the_kept_table_empty():
+    """``query_voxel_set`` keeps its hash set between queries (the kernel empties it): large, small and repeated
+    queries on one store each give the coarse keys' distinct values in first-seen order (the reference:
+    ``dict.fromkeys``), and the table holds nothing afterwards."""
+    rng = np.random.default_rng(7)
+    store = FrameStore(HistoryConfig(voxel_set_levels=2))
+    for n in (20_000, 30, 20_000, 0, 5_000):
+        keys = pack_voxel_coords(rng.integers(-300, 300, size=(n, 3)))
+        keys = np.concatenate([keys, keys[: n // 3]])  # repeats
+        want = list(dict.fromkeys(coarsen_voxel_keys(keys, 2).tolist()))
+        assert store.query_voxel_set(keys).tolist() == want
+        assert (store._query_table == -1).all()
 
 
 def test_history_snapshots_from_before_coarse_sets_load_at_the_memory_voxel():

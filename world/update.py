@@ -215,19 +215,22 @@ SLOPE_BASELINE_PX = 3  # pixels between an end and the pixel its inverse-depth s
 
 
 @numba.njit(cache=True, nogil=True)
-def _end(inv, valid, ye, xe, k, dy, dx, H, W, limit):  # pragma: no cover - compiled
+def _end(depth, valid, ye, xe, k, dy, dx, H, W, limit):  # pragma: no cover - compiled
     """(inverse depth, inverse-depth slope into the hole, steps) of the end pixel (ye, xe) found ``k`` steps away
     towards (dy, dx); k = 0 when there is none before the border, -1 when it lies beyond ``limit`` steps (the axis'
-    span then exceeds ``max_span`` whatever the end holds)."""
+    span then exceeds ``max_span`` whatever the end holds). Inverse depths in float64, taken here from ``depth``
+    for the two pixels read: a frame's holes read a few per cent of its pixels, and an [H, W] inverse-depth array
+    made up front cost a division and a store for every pixel."""
     if k == 0:
         return 0.0, 0.0, 0
     if k > limit:
         return 0.0, 0.0, -1
+    inv_e = 1.0 / np.float64(depth[ye, xe])
     yf, xf = ye + SLOPE_BASELINE_PX * dy, xe + SLOPE_BASELINE_PX * dx
     slope = 0.0
     if 0 <= yf < H and 0 <= xf < W and valid[yf, xf]:
-        slope = (inv[ye, xe] - inv[yf, xf]) / SLOPE_BASELINE_PX
-    return inv[ye, xe], slope, k
+        slope = (inv_e - 1.0 / np.float64(depth[yf, xf])) / SLOPE_BASELINE_PX
+    return inv_e, slope, k
 
 
 @numba.njit(cache=True, nogil=True)
@@ -259,7 +262,6 @@ def _axis(inv_a, slope_a, ka, inv_b, slope_b, kb, gap_rel):  # pragma: no cover 
 def _fill_kernel(depth, valid, gap_rel, max_span, out):  # pragma: no cover - compiled
     H, W = depth.shape
     limit = int(min(max_span, H + W))
-    inv = np.zeros((H, W))
     # nearest valid pixel in each direction, by prefix scans (O(1) per hole pixel afterwards); -1 / H / W: none
     left = np.empty((H, W), np.int32)
     right = np.empty((H, W), np.int32)
@@ -270,7 +272,6 @@ def _fill_kernel(depth, valid, gap_rel, max_span, out):  # pragma: no cover - co
         for x in range(W):
             left[y, x] = last
             if valid[y, x]:
-                inv[y, x] = 1.0 / depth[y, x]
                 last = x
         last = W
         for x in range(W - 1, -1, -1):
@@ -297,10 +298,10 @@ def _fill_kernel(depth, valid, gap_rel, max_span, out):  # pragma: no cover - co
             kr = right[y, x] - x if right[y, x] < W else 0
             ku = y - up[y, x] if up[y, x] >= 0 else 0
             kd = down[y, x] - y if down[y, x] < H else 0
-            il, sl, kl = _end(inv, valid, y, left[y, x], kl, 0, -1, H, W, limit)
-            ir, sr, kr = _end(inv, valid, y, right[y, x], kr, 0, 1, H, W, limit)
-            iu, su, ku = _end(inv, valid, up[y, x], x, ku, -1, 0, H, W, limit)
-            idn, sd, kd = _end(inv, valid, down[y, x], x, kd, 1, 0, H, W, limit)
+            il, sl, kl = _end(depth, valid, y, left[y, x], kl, 0, -1, H, W, limit)
+            ir, sr, kr = _end(depth, valid, y, right[y, x], kr, 0, 1, H, W, limit)
+            iu, su, ku = _end(depth, valid, up[y, x], x, ku, -1, 0, H, W, limit)
+            idn, sd, kd = _end(depth, valid, down[y, x], x, kd, 1, 0, H, W, limit)
             est_h, span_h = _axis(il, sl, kl, ir, sr, kr, gap_rel)
             est_v, span_v = _axis(iu, su, ku, idn, sd, kd, gap_rel)
             est, span = (est_h, span_h) if span_h <= span_v else (est_v, span_v)
@@ -331,7 +332,6 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
     ``astype``). Same bits as ``_fill_kernel`` (tested)."""
     H, W = depth.shape
     limit = int(min(max_span, H + W))
-    inv = np.zeros((H, W))
     valid = np.empty((H, W), np.bool_)
     left = np.empty((H, W), np.int32)  # for holes only: nearest valid column to the left, -1: none
     up = np.empty((H, W), np.int32)  # for holes only: nearest valid row above, -1: none
@@ -342,7 +342,6 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
             d = depth[y, x]
             if valid_in[y, x] and np.isfinite(d) and d > 0:
                 valid[y, x] = True
-                inv[y, x] = 1.0 / np.float64(d)
                 last = x
                 col_last[x] = y
             else:
@@ -370,12 +369,12 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
                 out[y, x] = 0.0
                 continue
             if span_h <= span_v:
-                il, sl, kl = _end(inv, valid, y, lf, kl, 0, -1, H, W, limit)
-                ir, sr, kr = _end(inv, valid, y, rt, kr, 0, 1, H, W, limit)
+                il, sl, kl = _end(depth, valid, y, lf, kl, 0, -1, H, W, limit)
+                ir, sr, kr = _end(depth, valid, y, rt, kr, 0, 1, H, W, limit)
                 est, _ = _axis(il, sl, kl, ir, sr, kr, gap_rel)
             else:
-                iu, su, ku = _end(inv, valid, u, x, ku, -1, 0, H, W, limit)
-                idn, sd, kd = _end(inv, valid, dn, x, kd, 1, 0, H, W, limit)
+                iu, su, ku = _end(depth, valid, u, x, ku, -1, 0, H, W, limit)
+                idn, sd, kd = _end(depth, valid, dn, x, kd, 1, 0, H, W, limit)
                 est, _ = _axis(iu, su, ku, idn, sd, kd, gap_rel)
             out[y, x] = est
 
