@@ -418,6 +418,12 @@ def _tiles_ahead(state: _LayoutState, views: list, intrinsics: Intrinsics) -> li
                     tiles[(a, b)] = max(tiles[(a, b)], lv)
                 elif len(tiles) < AHEAD_MAX_TILES:
                     tiles[(a, b)] = lv
+    for m, seed, tiles in models.values():
+        # and the tiles beside them: a plane's edge rows (its corners with the next plane) fall between the rays
+        for (a, b), lv in list(tiles.items()):
+            for ab in ((a - 1, b), (a + 1, b), (a, b - 1), (a, b + 1)):
+                if ab not in tiles and len(tiles) < AHEAD_MAX_TILES:
+                    tiles[ab] = lv
     return [(m, seed, [(a, b, lv) for (a, b), lv in tiles.items()]) for m, seed, tiles in models.values()]
 
 
