@@ -412,12 +412,19 @@ def _tiles_ahead(state: _LayoutState, views: list, intrinsics: Intrinsics) -> li
             vv, uu = (pts[near] @ v_ax - tex.synth_origin_uv[1]), (pts[near] @ u_ax - tex.synth_origin_uv[0])
             ti = (np.floor(vv / m.texel_m).astype(np.int64) + m.origin_px[0]) // t
             tj = (np.floor(uu / m.texel_m).astype(np.int64) + m.origin_px[1]) // t
+            # each tile once, in the order of its first ray (nearest the axis first), with its mips up to the
+            # coarsest level read (numpy, not a loop over the rays: this thread holds the GIL the frame's thread
+            # wants meanwhile)
+            uniq, first, inverse = np.unique(np.stack([ti, tj], 1), axis=0, return_index=True, return_inverse=True)
+            coarsest = np.zeros(len(uniq), np.int64)
+            np.maximum.at(coarsest, inverse.ravel(), level[near])
             tiles = models.setdefault((id(m), tex.seed), (m, tex.seed, {}))[2]
-            for a, b, lv in zip(ti.tolist(), tj.tolist(), level[near].tolist()):  # nearest the axis first
-                if (a, b) in tiles:
-                    tiles[(a, b)] = max(tiles[(a, b)], lv)
+            for q in np.argsort(first, kind="stable").tolist():
+                ab = (int(uniq[q, 0]), int(uniq[q, 1]))
+                if ab in tiles:
+                    tiles[ab] = max(tiles[ab], int(coarsest[q]))
                 elif len(tiles) < AHEAD_MAX_TILES:
-                    tiles[(a, b)] = lv
+                    tiles[ab] = int(coarsest[q])
     for m, seed, tiles in models.values():
         # and the tiles beside them: a plane's edge rows (its corners with the next plane) fall between the rays
         for (a, b), lv in list(tiles.items()):
