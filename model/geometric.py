@@ -346,7 +346,7 @@ def _warm_tiles(state: _LayoutState) -> None:
 AHEAD_WIDEN_DEG = (25.0, 12.0)  # horizontal, vertical
 AHEAD_GRID = (72, 30)  # rays across, down
 AHEAD_FRAMES = (15, 30)
-AHEAD_EVERY = (4.0, 0.15)
+AHEAD_EVERY = (6.0, 0.25)
 AHEAD_MAX_TILES = 96  # per texture model and view: well under texture.TILE_CACHE, so the frames' tiles stay cached
 
 
@@ -415,12 +415,16 @@ def _tiles_ahead(state: _LayoutState, views: list, intrinsics: Intrinsics) -> li
             # each tile once, in the order of its first ray (nearest the axis first), with its mips up to the
             # coarsest level read (numpy, not a loop over the rays: this thread holds the GIL the frame's thread
             # wants meanwhile)
-            uniq, first, inverse = np.unique(np.stack([ti, tj], 1), axis=0, return_index=True, return_inverse=True)
+            if not len(ti):
+                continue
+            i0, j0 = int(ti.min()), int(tj.min())
+            span = int(tj.max()) - j0 + 1
+            uniq, first, inverse = np.unique((ti - i0) * span + (tj - j0), return_index=True, return_inverse=True)
             coarsest = np.zeros(len(uniq), np.int64)
-            np.maximum.at(coarsest, inverse.ravel(), level[near])
+            np.maximum.at(coarsest, inverse, level[near])
             tiles = models.setdefault((id(m), tex.seed), (m, tex.seed, {}))[2]
             for q in np.argsort(first, kind="stable").tolist():
-                ab = (int(uniq[q, 0]), int(uniq[q, 1]))
+                ab = (i0 + int(uniq[q]) // span, j0 + int(uniq[q]) % span)
                 if ab in tiles:
                     tiles[ab] = max(tiles[ab], int(coarsest[q]))
                 elif len(tiles) < AHEAD_MAX_TILES:
