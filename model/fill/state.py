@@ -188,9 +188,9 @@ class FillStates:
             self._warm_pool().submit(self._tiles_quietly, state)
 
     def ahead(self, entry: FillEntry, job: Callable[[], object]) -> None:
-        """Run ``job`` (texture tiles the next frames will read) on a thread of its own, after the job it has
-        in hand; a job of ``entry`` that has not started yet is replaced by this one (the
-        view it was for is gone). Frames never wait for it: they make any tile it has not."""
+        """Run ``job`` (texture tiles the next frames will read) on a thread of its own, after the job it has in
+        hand; a job of ``entry`` that has not started yet is replaced by this one (the view it was for is gone).
+        Frames never wait for it: they make any tile it has not."""
         with self._lock:
             waiting = entry.ahead_job is not None
             entry.ahead_job = job

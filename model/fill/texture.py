@@ -1055,12 +1055,11 @@ class TextureModel:
     def _warm_tile(self, i: int, j: int, seed: int, level: int, table: tuple) -> bool:
         """Put tile (i, j) with its mips up to ``level`` in the cache unless it is there; synthesised with the
         caller's own cell table (``new_cell_table(cell_table_slots_for(T, T, step_px))``, cleared by the kernel
-        as ``_region_locked``'s is) and outside the model's lock, which is held
-        only to look the tile up and to store it: a frame that needs another tile of this model meanwhile does
-        not wait for this one (a maintenance thread at a low priority could hold the lock for as long as the
-        scheduler leaves it off the CPU). A texel is a function of (model, seed, position) alone, whatever the
-        cell table held (``synthesize_region``), so the tile is the one ``_tile_locked`` makes. Returns whether
-        it was synthesised here."""
+        as ``_region_locked``'s is) outside the model's lock, which is held only to look the tile up and to store
+        it: a frame that needs another tile of this model meanwhile does not wait for this one (a maintenance
+        thread at a low priority could hold the lock for as long as the scheduler leaves it off the CPU). A texel
+        is a function of (model, seed, position) alone, whatever the cell table held (``synthesize_region``), so
+        the tile is the one ``_tile_locked`` makes. Returns whether it was synthesised here."""
         key = (seed, i, j)
         with self._lock:
             if key in self._tiles:
