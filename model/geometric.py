@@ -347,7 +347,7 @@ AHEAD_WIDEN_DEG = (25.0, 12.0)  # horizontal, vertical
 AHEAD_GRID = (72, 30)  # rays across, down
 AHEAD_FRAMES = (15, 30)
 AHEAD_EVERY = (6.0, 0.25)
-AHEAD_MAX_TILES = 96  # per texture model and view: well under texture.TILE_CACHE, so the frames' tiles stay cached
+AHEAD_MAX_TILES = 96  # per texture model and request: well under texture.TILE_CACHE (the frames' tiles stay)
 
 
 def _ahead_rays(intrinsics: Intrinsics) -> np.ndarray:
