@@ -24,7 +24,7 @@ import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
 import cv2
@@ -337,6 +337,126 @@ def _warm_tiles(state: _LayoutState) -> None:
         tiles = sorted(tiles_covering(tex.synth, lo_uv, hi_uv), key=dist)
         total += warm_tiles(tex.synth, tiles, tex.seed, pause=lambda: time.sleep(WARM_PAUSE_S))
     log.info("fill tiles warmed", tiles=total)
+
+
+# tiles ahead of the view: the planes a view widened by this much on each side sees (the walk's turn reaches
+# the edge of such a view in ~1 s at 0.4 rad/s), sampled on a grid of rays this fine, from the camera and from
+# where it is heading this many frames on (a doorway the path heads through opens the room beyond it); the view
+# moved this much (degrees, metres) from the last one asked for before the next is asked for
+AHEAD_WIDEN_DEG = (25.0, 12.0)  # horizontal, vertical
+AHEAD_GRID = (72, 30)  # rays across, down
+AHEAD_FRAMES = (15, 30)
+AHEAD_EVERY = (6.0, 0.25)
+AHEAD_MAX_TILES = 96  # per texture model and request: well under texture.TILE_CACHE (the frames' tiles stay)
+
+
+def _ahead_rays(intrinsics: Intrinsics) -> np.ndarray:
+    """``[N, 3]`` float32 camera-frame rays (z = 1) on a grid over the view widened by ``AHEAD_WIDEN_DEG``, the
+    view's axis first (nearest the centre, in angle)."""
+    K = intrinsics
+    wide, tall = (math.radians(a) for a in AHEAD_WIDEN_DEG)
+    x_lo, x_hi = math.atan2(-K.cx, K.fx) - wide, math.atan2(K.width - K.cx, K.fx) + wide
+    y_lo, y_hi = math.atan2(-K.cy, K.fy) - tall, math.atan2(K.height - K.cy, K.fy) + tall
+    ax, ay = np.meshgrid(np.linspace(x_lo, x_hi, AHEAD_GRID[0]), np.linspace(y_lo, y_hi, AHEAD_GRID[1]))
+    rays = np.stack([np.tan(ax), np.tan(ay), np.ones_like(ax)], -1).reshape(-1, 3)
+    order = np.argsort(np.hypot(ax, ay).ravel(), kind="stable")
+    return rays[order].astype(np.float32)
+
+
+def _ahead_views(state: _LayoutState, view: LayoutView, c2w: np.ndarray, reach: np.ndarray) -> list:
+    """``[(view, c2w)]``: the frame's, then the camera moved on ``AHEAD_FRAMES`` of its last step (``reach``
+    [P, 3]: the poses visited and about to be, the last one last) with the path extended as far."""
+    from spatia.model.fill.layout import view_bounds
+
+    out = [(view, c2w)]
+    if len(reach) < 2:
+        return out
+    step = reach[-1] - reach[-2]
+    for k in AHEAD_FRAMES:
+        pose = c2w.copy()
+        pose[:3, 3] = c2w[:3, 3] + k * step
+        path = np.concatenate([reach, reach[-1] + np.arange(1, k + 1)[:, None] * step])
+        out.append((view_bounds(state.layout, pose[:3, 3], path), pose))
+    return out
+
+
+def _tiles_ahead(state: _LayoutState, views: list, intrinsics: Intrinsics) -> list:
+    """The texture tiles the frames about to come are likely to read: those of the bounding planes that views
+    widened beyond ``views``' ([(view, c2w)], ``_ahead_views``) would show, at the mip levels read through tiles,
+    nearest each view's axis first; ``[(synthesis model, seed, [(row, col, level), ...])]``. A hint only (the
+    tiles a frame reads are pure functions of model, tile and seed, made by the frame when missing): the
+    arithmetic of the layout fill's texel plan (``hole_kernels.hole_depth_texels``) on a coarse grid of rays."""
+    from spatia.model.fill.appearance import plane_basis
+    from spatia.model.fill.layout import cast_layout
+    from spatia.model.fill.texture import FAR_LEVEL
+
+    layout = state.layout
+    rays = _ahead_rays(intrinsics)
+    focal = float(max(intrinsics.fx, intrinsics.fy))
+    models = {}
+    for view, c2w in views:
+        depth, index = cast_layout(layout, view, rays, c2w)
+        R, cam = np.asarray(c2w[:3, :3], np.float64), np.asarray(c2w[:3, 3], np.float64)
+        for i, plane in enumerate(view.bounds):
+            hit = np.flatnonzero((index == i) & (depth > 0))
+            tex = state.textures.for_plane(plane) if len(hit) else None
+            if tex is None or tex.synth is None:
+                continue
+            m = tex.synth
+            u_ax, v_ax = plane_basis(layout, plane)
+            pts = cam + (rays[hit].astype(np.float64) * depth[hit, None].astype(np.float64)) @ R.T
+            footprint = plane_footprint_m(rays[hit], depth[hit], focal, R.T @ layout.axes[plane.axis])
+            level = np.floor(np.log2(np.maximum(footprint.astype(np.float64) / m.texel_m, 1.0))).astype(np.int64)
+            near = level < FAR_LEVEL  # what is read through tiles (farther: the far-field texture)
+            t = m.tile_px
+            vv, uu = (pts[near] @ v_ax - tex.synth_origin_uv[1]), (pts[near] @ u_ax - tex.synth_origin_uv[0])
+            ti = (np.floor(vv / m.texel_m).astype(np.int64) + m.origin_px[0]) // t
+            tj = (np.floor(uu / m.texel_m).astype(np.int64) + m.origin_px[1]) // t
+            # each tile once, in the order of its first ray (nearest the axis first), with its mips up to the
+            # coarsest level read (numpy, not a loop over the rays: this thread holds the GIL the frame's thread
+            # wants meanwhile)
+            if not len(ti):
+                continue
+            i0, j0 = int(ti.min()), int(tj.min())
+            span = int(tj.max()) - j0 + 1
+            uniq, first, inverse = np.unique((ti - i0) * span + (tj - j0), return_index=True, return_inverse=True)
+            coarsest = np.zeros(len(uniq), np.int64)
+            np.maximum.at(coarsest, inverse, level[near])
+            tiles = models.setdefault((id(m), tex.seed), (m, tex.seed, {}))[2]
+            for q in np.argsort(first, kind="stable").tolist():
+                ab = (i0 + int(uniq[q]) // span, j0 + int(uniq[q]) % span)
+                if ab in tiles:
+                    tiles[ab] = max(tiles[ab], int(coarsest[q]))
+                elif len(tiles) < AHEAD_MAX_TILES:
+                    tiles[ab] = int(coarsest[q])
+    for m, seed, tiles in models.values():
+        # and the tiles beside them: a plane's edge rows (its corners with the next plane) fall between the rays
+        for (a, b), lv in list(tiles.items()):
+            for ab in ((a - 1, b), (a + 1, b), (a, b - 1), (a, b + 1)):
+                if ab not in tiles and len(tiles) < AHEAD_MAX_TILES:
+                    tiles[ab] = lv
+    return [(m, seed, [(a, b, lv) for (a, b), lv in tiles.items()]) for m, seed, tiles in models.values()]
+
+
+def _reach(request: ClipRequest) -> np.ndarray:
+    """``[P, 3]`` the camera positions visited and about to be (the clip's targets), world frame, in time order."""
+    return np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3], request.target_c2w[:, :3, 3]])
+
+
+def _warm_tiles_ahead(state: _LayoutState, view: LayoutView | None, c2w: np.ndarray, reach: np.ndarray,
+                      intrinsics: Intrinsics) -> int:
+    """On the tile-ahead thread: synthesise ``_tiles_ahead``'s tiles not cached yet; returns how many. ``view``:
+    the frame's ``view_bounds`` (None: made here, for a coarse frame's pose)."""
+    import time
+
+    from spatia.model.fill.layout import view_bounds
+    from spatia.model.fill.texture import warm_tiles
+
+    if view is None:
+        view = view_bounds(state.layout, c2w[:3, 3], reach)
+
+    tiles = _tiles_ahead(state, _ahead_views(state, view, c2w, reach), intrinsics)
+    return sum(warm_tiles(m, ts, seed, pause=lambda: time.sleep(WARM_PAUSE_S)) for m, seed, ts in tiles)
 
 
 def _import_layout_fill() -> None:
@@ -934,6 +1054,23 @@ class GeometricGenerator:
             claim_warped(rgb, claimed, warped.rgb, warped.depth_m, allowed)  # rgb, claimed: in place
         return valid | claimed
 
+    def _tiles_ahead(self, entry: FillEntry, state: _LayoutState | None, view: LayoutView | None,
+                     c2w: np.ndarray, reach: np.ndarray, intrinsics: Intrinsics) -> None:
+        """Ask the tile-ahead thread for the tiles ahead of this view (``_warm_tiles_ahead``; ``state`` None: the
+        entry's, ``view`` None: made there) once the view has moved ``AHEAD_EVERY`` from the last one asked for:
+        frames turning towards an unseen wall or a doorway synthesised 25-46 tiles themselves (18-30 ms of their
+        CPU; docs/BENCHMARKS.md, session 17). Only once the plane textures are fitted (``FillEntry.ready``): a
+        frame would wait for a plane fit that thread started."""
+        if not entry.ready.is_set() or entry.future.exception() is not None:
+            return
+        last = entry.ahead_c2w
+        if last is not None and (rotation_angle_deg(last, c2w) < AHEAD_EVERY[0]
+                                 and translation_distance_m(last, c2w) < AHEAD_EVERY[1]):
+            return
+        entry.ahead_c2w = c2w.copy()
+        state = entry.state() if state is None else state
+        self._states.ahead(entry, partial(_warm_tiles_ahead, state, view, entry.ahead_c2w, reach.copy(), intrinsics))
+
     def generate(self, request: ClipRequest) -> ClipResult:
         return clip_result(list(self.generate_frames(request)))
 
@@ -960,23 +1097,25 @@ class GeometricGenerator:
                     radius_px = max(1, round(self.config.see_through_frac * request.intrinsics.width))
                     # holes in a nearer surface: filled from it, not shown through
                     valid, depth = _without(valid, depth, see_through_pixels(depth, valid, radius_px))
-                if reach is None:
-                    from spatia.model.fill.layout import opening_box, view_bounds
+                from spatia.model.fill.layout import opening_box, view_bounds
 
-                    reach = np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3],
-                                            request.target_c2w[:, :3, 3]])
+                reach = _reach(request) if reach is None else reach
                 colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
                 planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames)
                 state = entry.state()
                 view = view_bounds(state.layout, c2w[:3, 3], reach)
                 filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
                                                     planes, view)
+                self._tiles_ahead(entry, state, view, c2w, reach, request.intrinsics)
                 # the doorways this frame shows are open in the memory too (their invented jambs would block)
                 yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.mask,
                                     open_space=tuple(opening_box(state.layout, o) for o in view.openings))
                 continue
             if entry is not None:
                 entry.frames_made += 1
+                if entry.ready.is_set():  # the fitted state is there: its tiles for the first final frames
+                    reach = _reach(request) if reach is None else reach
+                    self._tiles_ahead(entry, None, None, c2w, reach, request.intrinsics)
             # the legacy fill: push-pull colour over the floor + backdrop depth prior (also the coarse fill the
             # layout fill shows while its state is fitted: provisional, replaced within ``coarse_frames``)
             if legacy is None:

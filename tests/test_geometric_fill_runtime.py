@@ -452,3 +452,95 @@ def test_first_use_kernels_are_loaded_before_the_first_frame_needs_them():
         # loaded before the first frame (the renumbering for a column view and a copy), for the types passed
         assert len(got["loaded"][name]) == (2 if name == "first_use_renumber" else 1), (name, got["loaded"][name])
         assert got["after"][name] == got["loaded"][name], name
+
+
+def test_warmed_tiles_with_their_mips_are_the_frames_whatever_the_models_cell_table_holds():
+    """``warm_tiles`` synthesises outside the model's lock with a cell table of its own; a tile and its mips are
+    those a frame makes (``sample_uv`` at a footprint of mip 1), while the model's own table holds what earlier
+    reads left there."""
+    from spatia.model.fill.texture import TextureModel, sample_uv, tiles_covering, warm_tiles
+
+    rng = np.random.default_rng(1)
+    rgb = (rng.integers(0, 255, (48, 48, 3))).astype(np.uint8)
+    cold, warm = (TextureModel.fit(rgb, np.ones((48, 48), bool), 0.01) for _ in range(2))
+    sample_uv(warm, rng.uniform(3.0, 4.0, (500, 2)), np.full(500, 0.004), 7)  # fills the model's own table
+    uv = rng.uniform(-1.0, 1.5, (4000, 2))
+    footprint = np.full(len(uv), 0.025)  # mip 1
+    tiles = [(i, j, 1) for i, j in tiles_covering(warm, uv.min(0), uv.max(0))]
+    assert warm_tiles(warm, tiles, seed=7) == len(tiles) > 4
+    assert all(len(warm._tiles[(7, i, j)]) == 2 for i, j, _ in tiles)  # level 0 and its mip
+    cached = len(warm._tiles)
+    np.testing.assert_array_equal(sample_uv(warm, uv, footprint, 7), sample_uv(cold, uv, footprint, 7))
+    assert len(warm._tiles) == cached
+    for i, j, _ in tiles:
+        for level in (0, 1):
+            np.testing.assert_array_equal(warm._tiles[(7, i, j)][level], cold._tile(i, j, 7, level))
+
+
+def test_tiles_ahead_of_a_view_hold_the_tiles_its_frame_reads(monkeypatch):
+    """``_tiles_ahead`` (a widened view's planes on a coarse grid of rays, and the tiles beside those) names the
+    tiles the layout fill then reads at that pose: frames find them made (all of them on this path; a grid can
+    miss a sliver of a tile, hence the margin)."""
+    from spatia.model.fill import texture
+
+    reads: list[tuple] = []
+    made: list[set] = []
+    real_tile, real_fill = texture.TextureModel._tile_locked, GeometricGenerator._layout_fill
+    main = threading.get_ident()
+
+    def tile_locked(self, i, j, seed, level=0):
+        if threading.get_ident() == main:
+            made[-1].add((id(self), seed, i, j))
+        return real_tile(self, i, j, seed, level)
+
+    def layout_fill(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None, view=None):
+        made.append(set())
+        out = real_fill(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, view)
+        reads.append((state, view, c2w.copy(), request.intrinsics, made[-1]))
+        return out
+
+    monkeypatch.setattr(texture.TextureModel, "_tile_locked", tile_locked)
+    monkeypatch.setattr(GeometricGenerator, "_layout_fill", layout_fill)
+    monkeypatch.setattr(GeometricGenerator, "_tiles_ahead", lambda *args: None)  # every tile read by the frames
+    world = World.from_scene("room", 0, 320, 180)
+    path = make_scene("room", 0).demo_path(161)[40:100:6]
+    engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")), PLAY)
+    for _ in engine.generate(path):
+        pass
+    read = named = 0
+    for state, view, c2w, K, tiles in reads:
+        ahead = {(id(m), seed, i, j) for m, seed, ts in geometric._tiles_ahead(state, [(view, c2w)], K)
+                 for i, j, _ in ts}
+        read += len(tiles)
+        named += len(tiles & ahead)
+    assert read > 20
+    assert named >= 0.95 * read
+
+
+def test_tiles_ahead_run_off_the_callers_thread_the_latest_waiting_job_replacing_the_others():
+    """``FillStates.ahead``: jobs run on a thread of their own, one at a time; a job asked for while another
+    runs waits, and a newer one replaces it before it starts (its view is gone)."""
+    from spatia.model.fill.state import FillEntry, FillStates
+
+    states = FillStates(lambda inputs: inputs)
+    entry = FillEntry(("v", 0), None)
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+    ran: list[tuple[str, int]] = []
+
+    def first():
+        ran.append(("first", threading.get_ident()))
+        started.set()
+        release.wait(30)
+
+    try:
+        states.ahead(entry, first)
+        assert started.wait(30)
+        states.ahead(entry, lambda: ran.append(("second", threading.get_ident())))
+        states.ahead(entry, lambda: 1 / 0)
+        states.ahead(entry, lambda: (ran.append(("last", threading.get_ident())), done.set()))
+        release.set()
+        assert done.wait(30)
+    finally:
+        states.close()
+    assert [name for name, _ in ran] == ["first", "last"]
+    assert threading.get_ident() not in {tid for _, tid in ran}

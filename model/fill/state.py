@@ -19,10 +19,11 @@ time another world's clip ran). Here:
 - the fit hands over the layout (and the sky) alone; then a maintenance thread fits the planes' texture models,
   nearest first (a frame needing one waits for that plane only), and synthesises the mip-0 tiles around the
   observed points (tiles are pure functions of plane, tile and seed, so when they are made does not change them),
-  so the frame path mostly reads cached tiles.
+  so the frame path mostly reads cached tiles; as the camera moves on, the tiles of the planes a widened view
+  around it shows are made before a frame reads them (``ahead``: a thread of its own, at the frames' priority).
 - the tile synthesis (``tiles``, after the texture fits) runs at a low CPU priority (nice +``WARM_NICE``, its
-  threads only): no frame waits for it as a whole (a frame synthesises a tile it misses; it can wait for at most
-  the one tile in progress, a few ms of CPU, under the texture model's lock), and at normal priority the
+  threads only): no frame waits for it (a frame synthesises a tile it misses; the tile thread holds the texture
+  model's lock only to look a tile up and to store it, ``texture.warm_tiles``), and at normal priority the
   maintenance threads took as much CPU as the world's thread in a served session on two cores
   (docs/BENCHMARKS.md, "Layout fill frame path, fused": py-spy). The layout fit and the plane texture fits stay
   at normal priority: a frame waits for them (a plane's fit holds that plane's lock for 0.1-0.8 s of CPU, and at
@@ -83,6 +84,9 @@ class FillEntry:
     # set once the fit and the warm-up that frames wait for (the plane textures) are over, done or failed; the
     # tiles after it are not waited for (``FillStates.wait``)
     ready: threading.Event = field(default_factory=threading.Event)
+    # tiles ahead of the view (``FillStates.ahead``): the pose last asked for, and the job not started yet
+    ahead_c2w: np.ndarray | None = None
+    ahead_job: Callable[[], object] | None = None
 
     def state(self):
         """The fitted state, waited for if the fit is still running."""
@@ -107,6 +111,7 @@ class FillStates:
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._executor: ThreadPoolExecutor | None = None
         self._warm_executor: ThreadPoolExecutor | None = None
+        self._ahead_executor: ThreadPoolExecutor | None = None
 
     def _warm_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -114,6 +119,15 @@ class FillStates:
                 self._warm_executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill-tiles",
                                                          initializer=_low_priority)
             return self._warm_executor
+
+    def _ahead_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._ahead_executor is None:
+                # not the warm-up's thread (its tiles around the first camera took ~8 s at load ~9), and at the
+                # frames' priority: these are tiles a frame is about to make itself, on its own path, if they are
+                # not there (at nice 10 and load ~11 they came 0.2-1.4 s late, after the frame that needed them)
+                self._ahead_executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill-ahead")
+            return self._ahead_executor
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -173,6 +187,30 @@ class FillStates:
         if self._tiles is not None:
             self._warm_pool().submit(self._tiles_quietly, state)
 
+    def ahead(self, entry: FillEntry, job: Callable[[], object]) -> None:
+        """Run ``job`` (texture tiles the next frames will read) on a thread of its own, after the job it has in
+        hand; a job of ``entry`` that has not started yet is replaced by this one (the view it was for is gone).
+        Frames never wait for it: they make any tile it has not."""
+        with self._lock:
+            waiting = entry.ahead_job is not None
+            entry.ahead_job = job
+        if waiting:
+            return
+        try:
+            self._ahead_pool().submit(self._ahead_quietly, entry)
+        except RuntimeError:  # closed: frames make their tiles
+            entry.ahead_job = None
+
+    def _ahead_quietly(self, entry: FillEntry) -> None:
+        with self._lock:
+            job, entry.ahead_job = entry.ahead_job, None
+        if job is None:
+            return
+        try:
+            job()
+        except Exception as exc:  # noqa: BLE001 -- a hint: frames make the tiles it missed
+            log.warning("fill tiles ahead failed", error=type(exc).__name__)
+
     def _tiles_quietly(self, state) -> None:
         try:
             self._tiles(state)
@@ -180,6 +218,6 @@ class FillStates:
             log.warning("fill tile warm-up failed", error=type(exc).__name__)
 
     def close(self) -> None:
-        for pool in (self._executor, self._warm_executor):
+        for pool in (self._executor, self._warm_executor, self._ahead_executor):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)

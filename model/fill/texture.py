@@ -1042,14 +1042,38 @@ class TextureModel:
         if mips is None:
             t = self.tile_px
             mips = [self._region_locked((i * t, j * t), (t, t), seed)]
-        while len(mips) <= level:  # box-filtered 2x2: level l texel = mean of its 2^l x 2^l level-0 texels
-            prev = mips[-1].astype(np.float32)
-            n = prev.shape[0] // 2
-            mips.append(np.rint(prev[: 2 * n, : 2 * n].reshape(n, 2, n, 2, 3).mean((1, 3))).astype(np.uint8))
+        _add_mips(mips, level)
+        self._cache_tile(key, mips)
+        return mips[level]
+
+    def _cache_tile(self, key: tuple[int, int, int], mips: list[np.ndarray]) -> None:
+        """Keep ``mips`` as the most recently used tile (the caller holds the lock)."""
         self._tiles[key] = mips
         while len(self._tiles) > TILE_CACHE:
             self._tiles.pop(next(iter(self._tiles)))
-        return mips[level]
+
+    def _warm_tile(self, i: int, j: int, seed: int, level: int, table: tuple) -> bool:
+        """Put tile (i, j) with its mips up to ``level`` in the cache unless it is there; synthesised with the
+        caller's own cell table (``new_cell_table(cell_table_slots_for(T, T, step_px))``, cleared by the kernel
+        as ``_region_locked``'s is) outside the model's lock, which is held only to look the tile up and to store
+        it: a frame that needs another tile of this model meanwhile does not wait for this one (a maintenance
+        thread at a low priority could hold the lock for as long as the scheduler leaves it off the CPU). A texel
+        is a function of (model, seed, position) alone, whatever the cell table held (``synthesize_region``), so
+        the tile is the one ``_tile_locked`` makes. Returns whether it was synthesised here."""
+        key = (seed, i, j)
+        with self._lock:
+            if key in self._tiles:
+                return False
+            view = self._kernel_view()
+        t = self.tile_px
+        detail = texture_kernels.region_detail(view, table, seed, i * t, j * t, t, t)
+        mips = [self._shaded(detail, np.arange(i * t, i * t + t), np.arange(j * t, j * t + t))]
+        _add_mips(mips, level)
+        with self._lock:
+            if key in self._tiles:  # a frame made it meanwhile (the same texels)
+                return False
+            self._cache_tile(key, mips)
+        return True
 
     def region(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int) -> np.ndarray:
         """Texels of texture-space rows [r0, r0+H) and cols [c0, c0+W): [H, W, 3] uint8 (see ``synthesize_region``)."""
@@ -1160,6 +1184,15 @@ class TextureModel:
 # ---------------------------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _add_mips(mips: list[np.ndarray], level: int) -> None:
+    """Append box-filtered 2x2 levels to a tile's ``mips`` (level 0 first) up to ``level``: level l texel = mean
+    of its 2^l x 2^l level-0 texels."""
+    while len(mips) <= level:
+        prev = mips[-1].astype(np.float32)
+        n = prev.shape[0] // 2
+        mips.append(np.rint(prev[: 2 * n, : 2 * n].reshape(n, 2, n, 2, 3).mean((1, 3))).astype(np.uint8))
 
 
 def _check_model(model: object) -> TextureModel:
@@ -1354,18 +1387,23 @@ def tiles_covering(model: TextureModel, uv_lo_m: Sequence[float], uv_hi_m: Seque
 
 def warm_tiles(model: TextureModel, tiles: Sequence[tuple[int, int]], seed: int,
                pause: Callable[[], None] | None = None) -> int:
-    """Synthesise the mip-0 tiles ``tiles`` [(row, col)] into the model's tile cache ahead of ``sample_uv``
-    (tiles are pure functions of model, index and seed: when they are made changes nothing). At most
-    ``TILE_CACHE`` of them (the cache would drop the first ones again); ``pause`` runs between tiles (a
-    maintenance thread lets the frame thread in). Returns how many were synthesised."""
+    """Synthesise the tiles ``tiles`` [(row, col) or (row, col, mip level)] into the model's tile cache ahead of
+    ``sample_uv`` (tiles are pure functions of model, index and seed: when they are made changes nothing), each
+    outside the model's lock (``TextureModel._warm_tile``). At most ``TILE_CACHE`` of them (the cache would drop
+    the first ones again); ``pause`` runs between tiles (a maintenance thread lets the frame thread in). Returns
+    how many were synthesised."""
     model = _check_model(model)
     seed = _check_int("seed", seed)
     done = 0
-    for i, j in list(tiles)[:TILE_CACHE]:
-        with model._lock:
-            if (seed, int(i), int(j)) in model._tiles:
-                continue
-            model._tile_locked(int(i), int(j), seed, 0)
+    table = None
+    for tile in list(tiles)[:TILE_CACHE]:
+        i, j = int(tile[0]), int(tile[1])
+        level = int(tile[2]) if len(tile) > 2 else 0
+        if table is None:  # this call's own: the model's tables stay the frames' (no lock held while it runs)
+            table = texture_kernels.new_cell_table(
+                texture_kernels.cell_table_slots_for(model.tile_px, model.tile_px, model.step_px))
+        if not model._warm_tile(i, j, seed, level, table):
+            continue
         done += 1
         if pause is not None:
             pause()
