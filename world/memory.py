@@ -84,8 +84,8 @@ TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sort
 
 # a re-sort leaves max(GAP_MIN_ROWS, points / GAP_FRACTION) dead rows between the sorted prefix and the tail: the
 # places a prefix drop's vacated rows take (``SpatialMemory._drop``)
-GAP_FRACTION = 32
-GAP_MIN_ROWS = 1024
+GAP_FRACTION = 64
+GAP_MIN_ROWS = 512
 
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
@@ -918,10 +918,12 @@ class SpatialMemory:
         # dead[j] - j is non-decreasing and equals n_sorted - k exactly on the run's rows
         return k - int(np.searchsorted(self._dead - np.arange(k), self._n_sorted - k))
 
-    def _gap_target(self) -> int:
-        """Dead rows a re-sort leaves between the prefix and the tail: room for the prefix drops until the next
-        re-sort without a ``_relayout`` (a 640x360 walk drops ~5 % of its points from the prefix between re-sorts)."""
-        return max(GAP_MIN_ROWS, self.num_points // GAP_FRACTION)
+    def _gap_target(self, rows: int) -> int:
+        """Dead rows to leave between the prefix and the tail when ``rows`` other rows are kept: room for the prefix
+        drops until the next re-sort, out of the capacity the next integrate does not need (the dead rows must not
+        make the arrays grow: ``bytes_per_point``'s budget)."""
+        room = self._capacity - rows - max(self._created, default=0)
+        return max(0, min(max(GAP_MIN_ROWS, self.num_points // GAP_FRACTION), room))
 
     def _relayout(self, need: int, follow: bool) -> int:
         """Rewrite the rows as live prefix rows, a run of at least ``need`` dead rows, the tail (O(points), as the
@@ -929,7 +931,7 @@ class SpatialMemory:
         ns, n = self._n_sorted, self._n
         live_prefix = np.delete(np.arange(ns, dtype=np.int64), self._dead)
         m = len(live_prefix)
-        gap = max(need, min(self._gap_target(), self._capacity - m - (n - ns)))  # (need <= dead rows: fits)
+        gap = max(need, self._gap_target(m + n - ns))  # (need <= dead rows: fits)
         order = np.concatenate([live_prefix, np.zeros(gap, np.int64), np.arange(ns, n, dtype=np.int64)])
         self._permute(order)
         self._clear_rows(m, m + gap)
@@ -1071,7 +1073,7 @@ class SpatialMemory:
             order = _merge_order(self._keys, ns, n, self._dead)
         self._structure += 1
         m, rest = len(order), self._n - n  # rows from n on stay in the tail, in their order
-        gap = min(self._gap_target(), self._capacity - m - rest)
+        gap = self._gap_target(m + rest)
         if gap or m < n:
             order = np.concatenate([order, np.zeros(gap, np.int64), np.arange(n, self._n, dtype=np.int64)])
         self._permute(order)
@@ -1090,7 +1092,7 @@ class SpatialMemory:
         rows (``_reindex``), and join its hash table."""
         n = self._n
         m = len(prepared.order)  # its rows: n0 less the rows dead when it began
-        gap = min(self._gap_target(), self._capacity - m - (n - n0))
+        gap = self._gap_target(m + n - n0)
         current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         arrays = (prepared.keys, *prepared.rows)
         if touched:  # keys never change in place: only the other arrays
