@@ -208,7 +208,26 @@ class SpatialMemory:
 
     @property
     def voxel_keys(self) -> np.ndarray:
-        return self._live(self._keys)  # [N] int64, world.geometry packing
+        """[N] int64, world.geometry packing. While rows are dead, a compacted copy kept between calls: keys
+        change only by points added at the end (appended to it) or by rows moving (``_structure``: made again).
+        A frame reads them a few times (``world.update``), each an O(points) copy otherwise."""
+        if not len(self._dead):
+            return _readonly(self._keys[: self._n])
+        cache = self.__dict__.get("_keys_read")
+        if cache is None or cache[0] != self._structure or cache[2] > self._n:
+            live = self._live(self._keys)
+            buf = np.empty(int(len(live) * GROWTH) + 1, np.int64)
+            buf[: len(live)] = live
+            cache = (self._structure, buf, self._n, len(live))
+        structure, buf, rows, count = cache
+        if rows < self._n:  # points appended since (all in the tail: after every dead row)
+            add = self._n - rows
+            if count + add > len(buf):
+                buf = np.concatenate([buf[:count], np.empty(int((count + add) * GROWTH) - count, np.int64)])
+            buf[count : count + add] = self._keys[rows : self._n]
+            count += add
+        self._keys_read = (structure, buf, self._n, count)
+        return _readonly(buf[:count])
 
     @property
     def provenance(self) -> np.ndarray:
@@ -218,7 +237,7 @@ class SpatialMemory:
         """Read-only rows of ``a`` for the live points (a view when none is dead)."""
         if not len(self._dead):
             return _readonly(a[: self._n])
-        return _readonly(np.delete(a[: self._n], self._dead, axis=0))
+        return _readonly(_take_live(a, self._n, self._dead))
 
     def _live_positions64(self) -> np.ndarray:
         if not len(self._dead):
@@ -673,7 +692,7 @@ class SpatialMemory:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (copies) that ``from_arrays`` turns back into an identical memory."""
         def live(a: np.ndarray) -> np.ndarray:  # a copy of the live rows
-            return np.delete(a[: self._n], self._dead, axis=0) if len(self._dead) else a[: self._n].copy()
+            return _take_live(a, self._n, self._dead) if len(self._dead) else a[: self._n].copy()
 
         return {
             "voxel_keys": live(self._keys),  # [N] int64
@@ -778,6 +797,7 @@ class SpatialMemory:
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
         mem._growth_rows = None
+        mem.__dict__.pop("_keys_read", None)  # (its buffer is shared: appends would write into both)
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
 
@@ -1224,6 +1244,20 @@ def splat_k(config: MemoryConfig, intrinsics: Intrinsics) -> float:
 def depth_quant(config: MemoryConfig) -> float:
     """Scale from metres to the 31-bit integer depth used for z-buffer comparisons (ties -> lower point id)."""
     return K.DEPTH_QUANT_MAX / float(config.max_depth_m)
+
+
+def _take_live(a: np.ndarray, n: int, dead: np.ndarray) -> np.ndarray:
+    """Rows ``[0, n)`` of ``a`` but ``dead`` (sorted, non-empty), as a new array: one copy per run of live rows
+    (the dead rows come in few runs: the gap before the tail and the prefix drops since a re-sort)."""
+    brk = np.flatnonzero(np.diff(dead) != 1)
+    run_start = np.concatenate([dead[:1], dead[brk + 1]])  # runs of dead rows
+    run_stop = np.concatenate([dead[brk] + 1, dead[-1:] + 1])
+    out = np.empty((n - len(dead),) + a.shape[1:], a.dtype)
+    m = 0
+    for lo, hi in zip(np.concatenate([[0], run_stop]).tolist(), np.concatenate([run_start, [n]]).tolist()):
+        out[m : m + hi - lo] = a[lo:hi]
+        m += hi - lo
+    return out
 
 
 def _visible_ranges(keep: np.ndarray, block_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
