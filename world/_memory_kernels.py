@@ -1011,9 +1011,9 @@ def merge_samples(
 def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, lo1, lo2, hi0, hi1, hi2, observed,
                    min_last_seen):
     """Indices (ascending) of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units),
-    whose provenance is neither ``observed`` nor ``DEAD`` and whose last-seen frame is at least ``min_last_seen``: integer work on
-    the keys only, no position decoding. With a last-seen floor (the points a clip just touched: ~1 % of them) one
-    pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
+    whose provenance is neither ``observed`` nor ``DEAD`` and whose last-seen frame is at least ``min_last_seen``:
+    integer work on the keys only, no position decoding. With a last-seen floor (the points a clip just touched:
+    ~1 % of them) one pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
     ``[0, n_sorted)`` (``block_ids`` / ``block_starts``, ``block_directory``) is read only in the blocks that meet
     the box (a pose's 1 m box: a few hundred of ~10^4 blocks) and the unsorted tail whole."""
     out = np.empty(max(n, 1), np.int64)

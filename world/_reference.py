@@ -137,7 +137,8 @@ def reference_gap_rows(n_sorted: int, dead: np.ndarray) -> int:
     return g
 
 
-def reference_drop_rows(n_sorted: int, n: int, dead: np.ndarray, drops: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+def reference_drop_rows(n_sorted: int, n: int, dead: np.ndarray,
+                        drops: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """Row layout after ``SpatialMemory._drop(drops)`` (rows, sorted distinct, live) on ``n`` rows of which
     ``[0, n_sorted)`` are block-sorted and ``dead`` (sorted) are dead, when the prefix's dropped rows, made dead,
     leave a run of at least as many dead rows at the prefix's end (``reference_gap_rows``; else the memory

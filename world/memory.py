@@ -23,8 +23,12 @@ last_seen int32, provenance uint8 (observed / invented-provisional / invented-fi
 point per 16^3-voxel block) pays 16 more bytes per point for the block directory. Points are kept sorted
 block-major (16^3-voxel blocks) up to ``_n_sorted``; newer points form an unsorted tail that is merged in lazily
 before a render once it is large. Rendering culls whole blocks against the frustum (the tail by chunks of rows), so
-its cost follows the points in view, not the memory's size. Point indices (``RenderResult.point_ids``) are valid until the next
-mutation (a render may re-sort the tail); voxel keys are the stable identity of a point.
+its cost follows the points in view, not the memory's size. A point dropped from the sorted part leaves a dead row
+(out of the hash table, skipped by every reader) until the next re-sort, which also leaves a run of dead rows before
+the tail for the drops to come (``_drop``): rows are storage, the points are the live rows in row order, and
+everything read (arrays, point indices, renders) is as if every drop had compacted the arrays. Point indices
+(``RenderResult.point_ids``) are valid until the next mutation (a render may re-sort the tail); voxel keys are the
+stable identity of a point.
 
 Rendering (paper Sec. 3.1.3, "missing pixel values are filled with zeros"): every point in
 ``[min_depth_m, max_depth_m]`` covers a square of ``s = clip(ceil(splat_scale * d * f / z), 1, max_splat_px)``
@@ -161,7 +165,7 @@ class SpatialMemory:
         self._structure = 0  # bumped when rows move (re-sort, a tail drop): voids background work on them
         self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it follows)
         # once points were dropped while a growth is in preparation: (copy row of each current row or -1 [capacity],
-        # current row of each row it copied or -1 [its n]), so that it still applies (``_follow_growth``)
+        # current row of each row it copied or -1 [its n]), so that it still applies (``_growth_follows_gone``)
         self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
@@ -288,7 +292,8 @@ class SpatialMemory:
         """Bytes held: point arrays at their capacity, the hash table and the block directory."""
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov, self._table,
                   self._block_ids, self._block_starts, self._dead)
-        return int(sum(a.nbytes for a in arrays))
+        keys_read = self.__dict__.get("_keys_read")  # (``voxel_keys``'s copy while rows are dead)
+        return int(sum(a.nbytes for a in arrays)) + (keys_read[1].nbytes if keys_read is not None else 0)
 
     @property
     def bytes_per_point(self) -> float:
@@ -1215,8 +1220,8 @@ def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
         dst[:n] = src[:n]
     table = np.full(_table_size(capacity), -1, np.int32)
     K.hash_build_live(table, out[0], 0, n, dead)
-    # the kernels that follow drops (``_follow_growth``) and adopt after them, loaded here rather than on the world
-    # thread at their first call (see ``_resorted_copy``)
+    # the kernels that follow drops (``_growth_follows_moves``) and adopt after them, loaded here rather than on the
+    # world thread at their first call (see ``_resorted_copy``)
     table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
     K.drop_moves.compile((index_t, numba.typeof(n), numba.typeof(n)))
     K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
