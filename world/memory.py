@@ -918,7 +918,8 @@ class SpatialMemory:
             self._growth_follows_gone(drops)
         if ds:
             K.tombstone_points(self._table, self._keys, self._prov, prefix)
-            self._dead = np.union1d(self._dead, prefix)  # (disjoint: a dead row is never dropped again)
+            # (disjoint: a dead row is never dropped again; an insert, not union1d's sort of every dead row)
+            self._dead = np.insert(self._dead, np.searchsorted(self._dead, prefix), prefix)
             if self._gap_rows() < ds:
                 tail = tail + self._relayout(ds, follow)
         ns = self._n_sorted
