@@ -88,7 +88,7 @@ TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sort
 
 # a re-sort leaves max(GAP_MIN_ROWS, points / GAP_FRACTION) dead rows between the sorted prefix and the tail: the
 # places a prefix drop's vacated rows take (``SpatialMemory._drop``)
-GAP_FRACTION = 64
+GAP_FRACTION = 32
 GAP_MIN_ROWS = 512
 
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
@@ -948,7 +948,9 @@ class SpatialMemory:
         """Dead rows to leave between the prefix and the tail when ``rows`` other rows are kept: room for the prefix
         drops until the next re-sort, out of the capacity the next integrate does not need (the dead rows must not
         make the arrays grow: ``bytes_per_point``'s budget)."""
-        room = self._capacity - rows - max(self._created, default=0)
+        # (less what the next integrate may add: the most a recent one added, at most 1/16 of the points: the
+        # world's first image adds them all)
+        room = self._capacity - rows - min(max(self._created, default=0), self.num_points // 16)
         return max(0, min(max(GAP_MIN_ROWS, self.num_points // GAP_FRACTION), room))
 
     def _relayout(self, need: int, follow: bool) -> int:
