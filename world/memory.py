@@ -216,6 +216,7 @@ class SpatialMemory:
         change only by points added at the end (appended to it) or by rows moving (``_structure``: made again).
         A frame reads them a few times (``world.update``), each an O(points) copy otherwise."""
         if not len(self._dead):
+            self.__dict__.pop("_keys_read", None)
             return _readonly(self._keys[: self._n])
         cache = self.__dict__.get("_keys_read")
         if cache is None or cache[0] != self._structure or cache[2] > self._n:
@@ -293,7 +294,8 @@ class SpatialMemory:
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov, self._table,
                   self._block_ids, self._block_starts, self._dead)
         keys_read = self.__dict__.get("_keys_read")  # (``voxel_keys``'s copy while rows are dead)
-        return int(sum(a.nbytes for a in arrays)) + (keys_read[1].nbytes if keys_read is not None else 0)
+        held = keys_read is not None and len(self._dead) > 0 and keys_read[0] == self._structure
+        return int(sum(a.nbytes for a in arrays)) + (keys_read[1].nbytes if held else 0)
 
     @property
     def bytes_per_point(self) -> float:
