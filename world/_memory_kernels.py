@@ -290,31 +290,38 @@ def skip_rows(range_start, range_stop, dead):
     return out_start[:m], out_stop[:m]
 
 
+@nb.njit(inline="always")
+def _popcount64(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
 @nb.njit(cache=True, nogil=True)
-def live_ids(ids, dead):
-    """In place: each row index ``i >= 0`` of ``ids`` (a render's id image; live rows) becomes its index among the
-    live rows, ``i - (dead rows below i)`` (``dead`` sorted ascending). Neighbouring pixels mostly share a point
-    (a splat), so the last answer is reused before a binary search."""
+def live_ids(ids, dead, n):
+    """In place: each row index ``i >= 0`` (below ``n``) of ``ids`` (a render's id image; live rows) becomes its
+    index among the live rows, ``i - (dead rows below i)`` (``dead`` sorted ascending). O(1) a pixel: a bitmask of
+    the dead rows per 64 rows and the dead rows below each 64 (a binary search over ~10^4 dead rows a pixel took
+    ~2 ms of a 640x360 render)."""
+    nc = (n >> 6) + 1
+    mask = np.zeros(nc, np.uint64)
+    for t in range(dead.shape[0]):
+        d = dead[t]
+        mask[d >> 6] |= np.uint64(1) << np.uint64(d & 63)
+    before = np.empty(nc, np.int64)
+    acc = 0
+    for c in range(nc):
+        before[c] = acc
+        acc += _popcount64(mask[c])
     flat = ids.ravel()
-    last_i = -1
-    last_out = -1
-    nd = dead.shape[0]
     for p in range(flat.shape[0]):
         i = flat[p]
         if i < 0:
             continue
-        if i != last_i:
-            lo = 0
-            hi = nd
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if dead[mid] < i:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            last_i = i
-            last_out = i - lo
-        flat[p] = last_out
+        c = i >> 6
+        low = mask[c] & ((np.uint64(1) << np.uint64(i & 63)) - np.uint64(1))
+        flat[p] = i - before[c] - _popcount64(low)
 
 
 @nb.njit(cache=True, nogil=True)

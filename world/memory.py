@@ -405,7 +405,7 @@ class SpatialMemory:
         T = validate_pose(c2w, "c2w")
         rgb, depth, valid, ids = self._render(intrinsics, T)
         if return_point_ids and len(self._dead):  # rows -> point indices (the winners are live rows)
-            K.live_ids(ids, self._dead)
+            K.live_ids(ids, self._dead, self._n)
         return RenderResult(rgb, depth, valid, ids if return_point_ids else None)
 
     def render_trajectory(self, intrinsics: Intrinsics, c2w_list: np.ndarray) -> SceneProjection:
@@ -1243,7 +1243,7 @@ def _load_dead_row_kernels(table_t, keys_t, prov_t) -> None:
     K.tombstone_points.compile((table_t, keys_t, prov_t, index_t))
     K.hash_build_live.compile((table_t, keys_t, numba.typeof(0), numba.typeof(0), index_t))
     K.skip_rows.compile((index_t, index_t, index_t))
-    K.live_ids.compile((numba.typeof(np.empty((2, 2), np.int32)), index_t))
+    K.live_ids.compile((numba.typeof(np.empty((2, 2), np.int32)), index_t, numba.typeof(0)))
 
 
 def splat_k(config: MemoryConfig, intrinsics: Intrinsics) -> float:
