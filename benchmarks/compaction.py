@@ -55,7 +55,8 @@ def main() -> None:
     cases = {}
     for where in (0.3, 0.55, 0.9, 0.99):
         lo = int(where * n)
-        drops = np.sort(lo + rng.choice(min(3000, n - lo), args.drops, replace=False))
+        # rows of those points (the memory's dead rows are none of them)
+        drops = base._rows_of_points(np.sort(lo + rng.choice(min(3000, n - lo), args.drops, replace=False)))
         state: dict = {}
 
         def setup() -> None:
@@ -68,12 +69,14 @@ def main() -> None:
             m = state["m"]
             keep = np.ones(m._n, bool)
             keep[drops] = False
+            keep[m._dead] = False  # (rows, not points: SpatialMemory._drop)
             for name in ("_keys", "_offsets", "_colors", "_counts", "_last", "_prov"):
                 a = getattr(m, name)
                 kept = a[: m._n][keep]
                 a[: len(kept)] = kept
             m._n_sorted = int(keep[: m._n_sorted].sum())
             m._n = int(keep.sum())
+            m._dead = np.zeros(0, np.int64)
             m._rehash()
 
         setup()

@@ -1,21 +1,30 @@
-"""Compaction (world/_memory_kernels.drop_points) moves only the rows it must and updates the voxel hash for those
-alone: the rows must come out in ``world._reference.reference_drop_order``'s order and the table must answer exactly
-as one rebuilt from scratch (``SpatialMemory._rehash``, the reference)."""
+"""Drops (``SpatialMemory._drop``): rows of the block-sorted prefix become dead in place (``tombstone_points``),
+the unsorted tail's holes are refilled (``drop_points``). The rows must come out as
+``world._reference.reference_drop_rows`` lays them out, the points as read as ``reference_drop_order`` orders a
+compaction of every drop, and the hash table must answer exactly as one rebuilt from scratch (the live rows once
+each, nothing stale)."""
 
 import numpy as np
 import pytest
 
 from spatia.world import _memory_kernels as K
-from spatia.world._reference import reference_drop_order
+from spatia.world._reference import (reference_drop_order, reference_drop_rows, reference_gap_rows,
+                                     reference_live_arrays)
 from spatia.world.camera import Intrinsics
-from spatia.world.memory import MemoryConfig, SpatialMemory
+from spatia.world.memory import INVENTED_FINAL, Box, MemoryConfig, SpatialMemory, Sphere
+
+CFG = MemoryConfig(voxel_size_m=0.05)
+CAM = Intrinsics.from_fov(75.0, 96, 64)
+C2W = np.eye(4)
+C2W[2, 3] = -4.0
 
 
 def _memory(n: int, seed: int) -> SpatialMemory:
     rng = np.random.default_rng(seed)
-    mem = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
+    mem = SpatialMemory(CFG)
     pts = rng.uniform(-3, 3, (n, 3))
     mem.integrate_points(pts, rng.integers(0, 256, (n, 3), dtype=np.uint8), frame_index=0)
+    mem._grow(2 * mem._capacity)  # room for the dead rows a re-sort leaves before the tail
     mem.reindex()
     # a second batch after the first is sorted: an unsorted tail, as after a clip
     pts2 = rng.uniform(-3, 3, (n // 4, 3))
@@ -23,102 +32,141 @@ def _memory(n: int, seed: int) -> SpatialMemory:
     return mem
 
 
-def _check_table(mem: SpatialMemory, dropped_keys: np.ndarray) -> None:
+def _rows(mem: SpatialMemory) -> dict[str, np.ndarray]:
+    """Every row, live or dead, in row order."""
     n = mem._n
-    keys = mem._keys[:n]
-    assert np.array_equal(K.hash_lookup_many(mem._table, mem._keys, keys), np.arange(n))
-    if len(dropped_keys):
-        assert (K.hash_lookup_many(mem._table, mem._keys, dropped_keys) == -1).all()
+    return {"voxel_keys": mem._keys[:n].copy(), "voxel_offsets": mem._offsets[:n].copy(),
+            "colors": mem._colors[:n].copy(), "observation_count": mem._counts[:n].copy(),
+            "last_seen_frame": mem._last[:n].copy(), "provenance": mem._prov[:n].copy()}
+
+
+def _check_table(mem: SpatialMemory, dropped_keys: np.ndarray) -> None:
+    n, dead = mem._n, mem._dead
+    assert np.all(np.diff(dead) > 0) and (len(dead) == 0 or dead[-1] < mem._n_sorted)
+    assert (mem._prov[dead] == K.DEAD).all() and (mem._prov[np.setdiff1d(np.arange(n), dead)] != K.DEAD).all()
+    live = np.setdiff1d(np.arange(n), dead)
+    assert np.array_equal(K.hash_lookup_many(mem._table, mem._keys, mem._keys[live]), live)
+    gone = np.setdiff1d(dropped_keys, mem._keys[live])  # (a dropped voxel may hold a point again)
+    if len(gone):
+        assert (K.hash_lookup_many(mem._table, mem._keys, gone) == -1).all()
     occupied = np.sort(mem._table[mem._table >= 0])
-    assert np.array_equal(occupied, np.arange(n))  # every point once, nothing stale
+    assert np.array_equal(occupied, live)  # every live row once, nothing stale
+    # the block directory covers the prefix up to its closing run of dead rows (which no block needs)
+    end = mem._block_starts[-1]
+    assert reference_gap_rows(mem._n_sorted, dead) >= mem._n_sorted - end
+    ids, starts = K.block_directory(mem._keys, end)
+    keep = np.diff(starts) > 0
+    assert np.array_equal(ids[keep], mem._block_ids[np.diff(mem._block_starts) > 0])
+
+
+def _drop_and_check(mem: SpatialMemory, drops: np.ndarray, label) -> None:
+    """``mem._drop(drops)`` (rows) against both references."""
+    n, ns, dead = mem._n, mem._n_sorted, mem._dead
+    rows_before, read_before = _rows(mem), mem.to_arrays()
+    in_prefix = drops[drops < ns]
+    in_place = reference_gap_rows(ns, np.union1d(dead, in_prefix)) >= len(in_prefix)  # else re-laid out first
+    live_drops = drops - np.searchsorted(dead, drops)  # the same points as indices among the live rows
+    read_order, _ = reference_drop_order(ns - len(dead), n - len(dead), live_drops)
+    mem._drop(drops)
+    rows_after, read_after = _rows(mem), mem.to_arrays()
+    if in_place:
+        order, want_ns, want_dead = reference_drop_rows(ns, n, dead, drops)
+        assert mem._n == len(order) and mem._n_sorted == want_ns and np.array_equal(mem._dead, want_dead), label
+        for name in rows_before:
+            moved = rows_after[name] == rows_before[name][order]
+            if name == "provenance":  # (a dead row's provenance is DEAD)
+                moved[mem._dead] = True
+            assert moved.all(), (label, name)
+    assert mem._n_sorted - len(mem._dead) == ns - len(dead) - len(in_prefix)
+    for name in rows_before:
+        assert np.array_equal(read_after[name], read_before[name][read_order]), (label, name)
+    for name, arr in reference_live_arrays(rows_after, mem._dead).items():
+        if name != "provenance":
+            assert np.array_equal(read_after[name], arr), (label, name)
+    assert mem.num_points == len(read_order)
+    _check_table(mem, rows_before["voxel_keys"][drops])
 
 
 @pytest.mark.parametrize("where", ["tail", "suffix", "scattered", "prefix"])
-def test_compaction_leaves_the_table_as_a_rebuild_would(where):
+def test_drops_match_the_references_and_render_as_a_rebuild(where):
     mem = _memory(20_000, seed=hash(where) % 1000)
-    n = mem._n
     rng = np.random.default_rng(1)
-    keep = np.ones(n, bool)
-    lo = {"tail": n - 300, "suffix": n * 2 // 3, "scattered": n // 2 + 1, "prefix": 10}[where]
-    keep[lo + rng.choice(n - lo, size=min(250, n - lo), replace=False)] = False
-    before, ns0 = mem.to_arrays(), mem._n_sorted
-    assert 0 < ns0 < n
-    order, n_sorted = reference_drop_order(mem._n_sorted, n, np.flatnonzero(~keep))
-    mem._compact(keep)
-    assert mem._n == keep.sum() and mem._n_sorted == n_sorted
-    after = mem.to_arrays()
-    for name in before:
-        assert np.array_equal(after[name], before[name][order]), name
-    # the sorted prefix keeps its order (culling blocks), and its block directory matches it
-    assert np.array_equal(after["voxel_keys"][:n_sorted], before["voxel_keys"][:ns0][keep[:ns0]])
-    ids, starts = K.block_directory(mem._keys, mem._n_sorted)
-    assert np.array_equal(ids, mem._block_ids) and np.array_equal(starts, mem._block_starts)
-    _check_table(mem, before["voxel_keys"][~keep])
-    # and the memory renders exactly as one rebuilt from scratch
-    ref = _memory(20_000, seed=hash(where) % 1000)
-    ref._compact(keep)
-    ref._rehash()
-    K_ = Intrinsics.from_fov(75.0, 96, 64)
-    c2w = np.eye(4)
-    c2w[2, 3] = -4.0
-    a, b = mem.render(K_, c2w), ref.render(K_, c2w)
-    assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.depth_m, b.depth_m)
-    # whatever the tail's order, a re-sort gives the same memory as dropping the points from a sorted one
+    for step in range(2):  # the second drop meets the first one's dead rows
+        n = mem._n
+        lo = {"tail": n - 300, "suffix": n * 2 // 3, "scattered": n // 2 + 1, "prefix": 10}[where]
+        pool = np.setdiff1d(np.arange(lo, n), mem._dead)
+        _drop_and_check(mem, np.sort(rng.choice(pool, size=min(250, len(pool)), replace=False)), (where, step))
+    assert 0 < mem._n_sorted < mem._n
+    # the memory renders exactly as one rebuilt from its points (same point indices too)
+    ref = SpatialMemory.from_arrays(CFG, mem.to_arrays())
+    a, b = mem.render(CAM, C2W, return_point_ids=True), ref.render(CAM, C2W, return_point_ids=True)
+    assert a.valid.sum() > 1000
+    for name in ("rgb", "depth_m", "valid", "point_ids"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.array_equal(mem.rendered_voxel_keys(a.point_ids), ref.rendered_voxel_keys(b.point_ids))
+    assert np.array_equal(mem.visible_voxel_keys(CAM, C2W), ref.visible_voxel_keys(CAM, C2W))
+    assert np.array_equal(mem.positions, ref.positions) and mem.num_points == ref.num_points
+    # whatever the tail's order and the dead rows, a re-sort gives the memory a sorted one minus the points gives
+    kept = mem.to_arrays()["voxel_keys"]
     mem.reindex()
+    assert mem._n == mem._n_sorted and reference_gap_rows(mem._n_sorted, mem._dead) == len(mem._dead)  # (the gap)
     full = _memory(20_000, seed=hash(where) % 1000)
     full.reindex()
-    full_keep = np.isin(full.voxel_keys, before["voxel_keys"][keep])
-    full._compact(full_keep)
+    full._compact(np.isin(full.voxel_keys, kept))
+    full.reindex()
     for name, arr in full.to_arrays().items():
         assert np.array_equal(mem.to_arrays()[name], arr), name
+    _check_table(mem, np.zeros(0, np.int64))
 
 
-def test_many_small_compactions_stay_consistent():
+def test_many_small_drops_stay_consistent():
     mem = _memory(8_000, seed=3)
     rng = np.random.default_rng(2)
     dropped = []
     for _ in range(40):
         n = mem._n
-        keep = np.ones(n, bool)
         k = int(rng.integers(1, 40))
-        lo = int(rng.integers(n // 2, n - k))
-        sel = lo + rng.choice(n - lo, size=k, replace=False)
-        keep[sel] = False
+        lo = int(rng.integers(0, n - 2 * k))
+        pool = np.setdiff1d(np.arange(lo, n), mem._dead)
+        sel = np.sort(rng.choice(pool, size=k, replace=False))
         dropped.append(mem._keys[sel].copy())
-        mem._compact(keep)
+        mem._drop(sel)
     _check_table(mem, np.concatenate(dropped))
 
 
 @pytest.mark.parametrize("since", [None, 1])
 def test_box_candidates_match_a_plain_box_test(since):
     """``box_candidates`` reads only the culling blocks that meet the box (or only points seen since a frame):
-    it must list exactly the invented points a plain test of every point's voxel finds."""
-    from spatia.world.memory import INVENTED_FINAL, OBSERVED
+    it must list exactly the invented live rows a plain test of every row's voxel finds."""
+    from spatia.world.memory import OBSERVED
 
     rng = np.random.default_rng(5)
-    mem = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
+    mem = SpatialMemory(CFG)
     mem.integrate_points(rng.uniform(-3, 3, (6000, 3)), np.zeros((6000, 3), np.uint8), 0, provenance=INVENTED_FINAL)
     mem.integrate_points(rng.uniform(-3, 3, (2000, 3)), np.zeros((2000, 3), np.uint8), 0)  # observed
     mem.reindex()  # a sorted prefix with its block directory, then an unsorted tail seen at frame 1
     mem.integrate_points(rng.uniform(-3, 3, (1500, 3)), np.zeros((1500, 3), np.uint8), 1, provenance=INVENTED_FINAL)
-    assert 0 < mem._n_sorted < mem._n
+    live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
+    mem._drop(np.sort(rng.choice(live_prefix, 500, replace=False)))  # dead rows: never candidates
+    assert 0 < mem._n_sorted < mem._n and len(mem._dead) >= 500
     lo, hi = np.array([-12, -20, -5]), np.array([15, 9, 30])
     floor = np.iinfo(np.int32).min if since is None else since
     got = K.box_candidates(mem._keys, mem._prov, mem._last, mem._n, mem._n_sorted, mem._block_ids,
                            mem._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED, floor)
     ijk = np.floor(mem._positions64() / 0.05).astype(np.int64)
-    want = np.flatnonzero(np.all((ijk >= lo) & (ijk <= hi), axis=1) & (mem.provenance != OBSERVED)
-                          & (mem.last_seen_frame >= floor))
-    assert len(want) > 10
+    prov, last = mem._prov[: mem._n], mem._last[: mem._n]
+    want = np.flatnonzero(np.all((ijk >= lo) & (ijk <= hi), axis=1) & (prov != OBSERVED) & (prov != K.DEAD)
+                          & (last >= floor))
+    assert len(want) > 10 and len(np.intersect1d(want, mem._dead)) == 0
     assert np.array_equal(got, want)
 
 
 def test_drops_anywhere_match_the_reference_order():
     """Random drop sets on small memories, including the edges: no sorted prefix, all sorted, drops only in the
-    prefix or only in the tail, the last rows, every row."""
+    prefix or only in the tail, the last rows, every row; with and without dead rows before."""
     rng = np.random.default_rng(6)
     for trial in range(40):
-        mem = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
+        mem = SpatialMemory(CFG)
         n0 = int(rng.integers(1, 400))
         mem.integrate_points(rng.uniform(-3, 3, (n0, 3)), rng.integers(0, 256, (n0, 3), dtype=np.uint8), 0)
         if trial % 4:
@@ -126,22 +174,137 @@ def test_drops_anywhere_match_the_reference_order():
         extra = int(rng.integers(0, 300)) if trial % 5 else 0
         if extra:
             mem.integrate_points(rng.uniform(-3, 3, (extra, 3)), np.zeros((extra, 3), np.uint8), 1)
+        live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
+        if trial % 3 == 1 and len(live_prefix) > 1:  # dead rows already
+            mem._drop(np.sort(rng.choice(live_prefix, int(rng.integers(1, len(live_prefix))), replace=False)))
         n, ns = mem._n, mem._n_sorted
         kind = trial % 4
         pool = {0: np.arange(n), 1: np.arange(ns), 2: np.arange(ns, n), 3: np.arange(max(0, n - 5), n)}[kind]
         if trial == 7:
             pool = np.arange(n)
+        pool = np.setdiff1d(pool, mem._dead)
         if not len(pool):
             continue
         k = len(pool) if trial == 7 else int(rng.integers(1, len(pool) + 1))
-        drops = np.sort(rng.choice(pool, k, replace=False))
-        before = mem.to_arrays()
-        order, n_sorted = reference_drop_order(ns, n, drops)
-        mem._drop(drops)
-        assert mem._n == n - k and mem._n_sorted == n_sorted
-        after = mem.to_arrays()
-        for name in before:
-            assert np.array_equal(after[name], before[name][order]), (trial, name)
-        ids, starts = K.block_directory(mem._keys, mem._n_sorted)
-        assert np.array_equal(ids, mem._block_ids) and np.array_equal(starts, mem._block_starts), trial
-        _check_table(mem, before["voxel_keys"][drops])
+        _drop_and_check(mem, np.sort(rng.choice(pool, k, replace=False)), trial)
+
+
+def test_a_prefix_drop_moves_only_as_many_rows_as_it_drops():
+    """A drop in the block-sorted prefix costs O(dropped points): the dropped rows become dead where they are and
+    the tail's last rows take as many of the dead rows a re-sort left before the tail; no other row changes (a
+    compaction shifted every row behind the first dropped one)."""
+    mem = _memory(100_000, seed=4)  # ~125 k points, a ~25 k tail
+    assert reference_gap_rows(mem._n_sorted, mem._dead) >= 3
+    rows, n = _rows(mem), mem._n
+    drops = np.array([5, 6, 70_000])
+    assert drops[-1] < mem._n_sorted
+    read_order, _ = reference_drop_order(mem._n_sorted - len(mem._dead), n - len(mem._dead),
+                                         drops - np.searchsorted(mem._dead, drops))
+    read = mem.to_arrays()
+    mem._drop(drops)
+    after = _rows(mem)
+    assert mem._n == n - 3 and set(drops) <= set(mem._dead.tolist())
+    changed = np.zeros(n - 3, bool)
+    for name in rows:
+        diff = after[name] != rows[name][: n - 3]
+        changed |= diff.reshape(n - 3, -1).any(axis=1)
+    changed[drops] = False  # (provenance DEAD)
+    assert changed.sum() == 3  # the three gap rows the tail's last rows moved into
+    for name, arr in mem.to_arrays().items():
+        assert np.array_equal(arr, read[name][read_order]), name
+    _check_table(mem, rows["voxel_keys"][drops])
+
+
+def test_tombstones_match_a_compacting_twin_through_every_operation():
+    """A random sequence of integrates (new and seen voxels, growth), drops in the prefix and the tail (directly and
+    through ``remove_invented_near`` / ``remove_invented_in`` / ``remove_invented_seen_through``), edits, re-sorts
+    (prepared and in place), copies and snapshots: the memory reads (arrays, positions, counts, renders with point
+    ids, box queries) exactly as a twin whose every drop compacts its points plainly (``reference_drop_order``,
+    the rows rebuilt), and its table and dead rows stay consistent."""
+    rng = np.random.default_rng(21)
+    mem = SpatialMemory(CFG)
+    twin = SpatialMemory(CFG)
+
+    def rebuild(order: np.ndarray | None, ns: int) -> None:  # the twin's points in this order, no dead row
+        arrays = twin.to_arrays()
+        rebuilt = SpatialMemory.from_arrays(CFG, {k: a[order] for k, a in arrays.items()} if order is not None
+                                            else arrays)
+        rebuilt._n_sorted = ns
+        rebuilt._block_ids, rebuilt._block_starts = K.block_directory(rebuilt._keys, ns)
+        twin.__dict__.update(rebuilt.__dict__)
+
+    def normalize() -> None:  # a re-sort leaves the twin dead rows too: plainly compacted away
+        if len(twin._dead):
+            rebuild(None, twin._n_sorted - len(twin._dead))
+
+    def compacting_drop(drops: np.ndarray) -> None:  # the reference: no dead rows, every row shifts
+        normalize()
+        order, ns = reference_drop_order(twin._n_sorted, twin._n, drops)
+        rebuild(order, ns)
+
+    twin._drop = compacting_drop
+    frame = seen_through = 0
+    for step in range(36):
+        op = step % 9
+        frame += 1
+        both = (mem, twin)
+        if op in (0, 4):  # new points and seen ones, invented or observed
+            pts = np.concatenate([rng.uniform(-3, 3, (int(rng.integers(500, 4000)), 3)),
+                                  mem.positions[rng.integers(0, max(mem.num_points, 1), 200)] if mem.num_points
+                                  else np.zeros((0, 3))])
+            cols = rng.integers(0, 256, (len(pts), 3), dtype=np.uint8)
+            prov = INVENTED_FINAL if rng.random() < 0.7 else 0
+            for m in both:
+                m.integrate_points(pts, cols, frame, provenance=prov)
+        elif op in (1, 5, 7):  # drops of live points anywhere (indices as read)
+            k = int(rng.integers(1, max(2, mem.num_points // 20)))
+            ids = np.sort(rng.choice(mem.num_points, k, replace=False))
+            prefix_only = op == 5
+            if prefix_only:
+                ids = ids[ids < mem._n_sorted - len(mem._dead)]
+            mem._drop(mem._rows_of_points(ids))
+            twin._drop(ids)
+        elif op == 2:
+            c = rng.uniform(-2, 2, (2, 3))
+            assert mem.remove_invented_near(c, 0.8) == twin.remove_invented_near(c, 0.8)
+            box = Box(rng.uniform(-2, 2, 3), np.array([0.5, 0.7, 0.4]))
+            assert mem.remove_invented_in([box]) == twin.remove_invented_in([box])
+        elif op == 3:
+            c2w = C2W.copy()
+            c2w[:3, 3] += rng.uniform(-1, 1, 3)
+            r = mem.render(CAM, c2w, return_point_ids=True)
+            depth = np.where(r.valid, r.depth_m * 2 + 0.5, 0).astype(np.float32)  # saw beyond them
+            got = mem.remove_invented_seen_through(r.point_ids[r.valid], CAM, c2w, depth, 0.1)
+            want = twin.remove_invented_seen_through(r.point_ids[r.valid], CAM, c2w, depth, 0.1)
+            assert np.array_equal(got, want)
+            seen_through += len(got)
+        elif op == 6:
+            centre = rng.uniform(-2, 2, 3)
+            for m in both:
+                m.recolor(Sphere(centre, 0.6), (1, 2, 3))
+                m.remove(Sphere(centre + 0.5, 0.4))
+                m.move(Sphere(centre - 0.5, 0.3), np.array([0.05, 0.0, 0.1]))
+        elif op == 8:
+            for m in both:
+                m.reindex()
+            assert reference_gap_rows(mem._n_sorted, mem._dead) == len(mem._dead)  # only the gap is dead
+        normalize()
+        if step % 4 == 3:  # a copy and a snapshot carry on as the original
+            mem = mem.copy() if step % 8 == 3 else mem
+        got, want = mem.to_arrays(), twin.to_arrays()
+        for name in want:
+            assert np.array_equal(got[name], want[name]), (step, name)
+        assert mem.num_points == twin.num_points and np.array_equal(mem.positions, twin.positions), step
+        for name in ("colors", "observation_count", "last_seen_frame", "voxel_keys", "provenance"):
+            assert np.array_equal(getattr(mem, name), getattr(twin, name)), (step, name)
+        a, b = mem.render(CAM, C2W, return_point_ids=True), twin.render(CAM, C2W, return_point_ids=True)
+        for name in ("rgb", "depth_m", "point_ids"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), (step, name)
+        lo, hi = np.array([-1.0, -2.0, -1.5]), np.array([2.0, 1.0, 2.5])
+        for x, y in zip(mem.points_in_box(lo, hi), twin.points_in_box(lo, hi)):
+            assert np.array_equal(x, y), step
+        snap = SpatialMemory.from_arrays(CFG, mem.to_arrays())
+        assert np.array_equal(snap.render(CAM, C2W).rgb, a.rgb)
+        _check_table(mem, np.zeros(0, np.int64))
+        assert mem._n_sorted - len(mem._dead) == twin._n_sorted, step
+    assert seen_through > 0 and mem._structure > 10

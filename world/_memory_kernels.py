@@ -27,6 +27,9 @@ BLOCK_LOCAL_MASK = (1 << (3 * BLOCK_BITS)) - 1
 INT64_MAX = np.iinfo(np.int64).max
 DEPTH_QUANT_MAX = (1 << 31) - 1  # depth is packed above the 32-bit point id; 31 bits keep the packed value positive
 MAX_COUNT = 65535  # observation_count saturates here (uint16)
+# provenance of a dead row: a point dropped from the block-sorted prefix, out of the hash table, skipped by every
+# reader, physically removed by the next re-sort (``SpatialMemory._drop``); no live point has this value
+DEAD = 255
 
 _WINDOW_STRIDE_BITS = 6  # in-block indices are spread 2**6 slots apart: a block's window is 4096 * 64 slots
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -177,7 +180,8 @@ def drop_moves(drops, n_sorted, n):
 
 @nb.njit(cache=True, nogil=True)
 def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_sorted, n):
-    """Delete the points ``drops`` (sorted, distinct, all ``< n``) in place; returns ``(n_sorted, n)`` after.
+    """Delete the rows ``drops`` (sorted, distinct, all ``< n``; live, or dead: ``DEAD`` provenance, out of the
+    table) in place; returns ``(n_sorted, n)`` after.
 
     The block-sorted prefix ``[0, n_sorted)`` keeps its order (its kept rows shift down over its holes, as the
     culling blocks need). The unsorted tail does not need an order: its holes, and the rows the prefix vacated at
@@ -191,7 +195,8 @@ def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_
     if n_drop == 0:
         return n_sorted, n
     for t in range(n_drop):  # keys are still in the old order: every probe reads consistent rows
-        _delete_slot(table, keys, _slot_of(table, keys, keys[drops[t]]))
+        if prov[drops[t]] != DEAD:  # (a dead row is in no slot; a live row may hold its key again)
+            _delete_slot(table, keys, _slot_of(table, keys, keys[drops[t]]))
     src, dst, new_sorted, new_n = drop_moves(drops, n_sorted, n)
     m = src.shape[0]
     if 24 * m > table.shape[0]:  # a probe ~100 ns (random rows), a slot of the pass ~4 ns (measured, 176 k slots)
@@ -230,6 +235,112 @@ def _move_row(keys, offsets, colors, counts, last_seen, prov, i, j):
     counts[j] = counts[i]
     last_seen[j] = last_seen[i]
     prov[j] = prov[i]
+
+
+@nb.njit(cache=True, nogil=True)
+def tombstone_points(table, keys, prov, rows):
+    """Mark the rows ``rows`` (live, in the table) dead: their keys leave the table (backward-shift deletion), their
+    provenance becomes ``DEAD``; no row moves. O(rows)."""
+    for t in range(rows.shape[0]):
+        r = rows[t]
+        _delete_slot(table, keys, _slot_of(table, keys, keys[r]))
+        prov[r] = DEAD
+
+
+@nb.njit(cache=True, nogil=True)
+def hash_build_live(table, keys, start, stop, dead):
+    """``hash_build_range`` skipping the rows ``dead`` (sorted ascending): a table of the live rows only."""
+    t = 0
+    nd = dead.shape[0]
+    while t < nd and dead[t] < start:
+        t += 1
+    for i in range(start, stop):
+        if t < nd and dead[t] == i:
+            t += 1
+            continue
+        hash_insert(table, keys[i], i)
+
+
+@nb.njit(cache=True, nogil=True)
+def skip_rows(range_start, range_stop, dead):
+    """Row ranges (ascending, disjoint) with the rows ``dead`` (sorted ascending) cut out; empty ranges left out.
+    O(ranges + dead rows)."""
+    nr = range_start.shape[0]
+    nd = dead.shape[0]
+    out_start = np.empty(nr + nd, np.int64)
+    out_stop = np.empty(nr + nd, np.int64)
+    m = 0
+    t = 0
+    for r in range(nr):
+        a = range_start[r]
+        b = range_stop[r]
+        while t < nd and dead[t] < a:
+            t += 1
+        while t < nd and dead[t] < b:
+            if dead[t] > a:
+                out_start[m] = a
+                out_stop[m] = dead[t]
+                m += 1
+            a = dead[t] + 1
+            t += 1
+        if a < b:
+            out_start[m] = a
+            out_stop[m] = b
+            m += 1
+    return out_start[:m], out_stop[:m]
+
+
+@nb.njit(inline="always")
+def _popcount64(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@nb.njit(cache=True, nogil=True)
+def live_ids(ids, dead, n):
+    """In place: each row index ``i >= 0`` (below ``n``) of ``ids`` (a render's id image; live rows) becomes its
+    index among the live rows, ``i - (dead rows below i)`` (``dead`` sorted ascending). O(1) a pixel: a bitmask of
+    the dead rows per 64 rows and the dead rows below each 64 (a binary search over ~10^4 dead rows a pixel took
+    ~2 ms of a 640x360 render)."""
+    nc = (n >> 6) + 1
+    mask = np.zeros(nc, np.uint64)
+    for t in range(dead.shape[0]):
+        d = dead[t]
+        mask[d >> 6] |= np.uint64(1) << np.uint64(d & 63)
+    before = np.empty(nc, np.int64)
+    acc = 0
+    for c in range(nc):
+        before[c] = acc
+        acc += _popcount64(mask[c])
+    flat = ids.ravel()
+    for p in range(flat.shape[0]):
+        i = flat[p]
+        if i < 0:
+            continue
+        c = i >> 6
+        low = mask[c] & ((np.uint64(1) << np.uint64(i & 63)) - np.uint64(1))
+        flat[p] = i - before[c] - _popcount64(low)
+
+
+@nb.njit(cache=True, nogil=True)
+def decode_live_positions(keys, offsets, n, dead, voxel_size_m):
+    """``decode_positions`` of the live rows below ``n`` (rows ``dead``, sorted ascending, left out), in order."""
+    out = np.empty((n - dead.shape[0], 3), np.float64)
+    t = 0
+    m = 0
+    nd = dead.shape[0]
+    for p in range(n):
+        if t < nd and dead[t] == p:
+            t += 1
+            continue
+        x, y, z = decode_position(keys[p], offsets[p, 0], offsets[p, 1], offsets[p, 2], voxel_size_m)
+        out[m, 0] = x
+        out[m, 1] = y
+        out[m, 2] = z
+        m += 1
+    return out
 
 
 @nb.njit(cache=True, nogil=True)
@@ -907,9 +1018,9 @@ def merge_samples(
 def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, lo1, lo2, hi0, hi1, hi2, observed,
                    min_last_seen):
     """Indices (ascending) of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units),
-    whose provenance is not ``observed`` and whose last-seen frame is at least ``min_last_seen``: integer work on
-    the keys only, no position decoding. With a last-seen floor (the points a clip just touched: ~1 % of them) one
-    pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
+    whose provenance is neither ``observed`` nor ``DEAD`` and whose last-seen frame is at least ``min_last_seen``:
+    integer work on the keys only, no position decoding. With a last-seen floor (the points a clip just touched:
+    ~1 % of them) one pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
     ``[0, n_sorted)`` (``block_ids`` / ``block_starts``, ``block_directory``) is read only in the blocks that meet
     the box (a pose's 1 m box: a few hundred of ~10^4 blocks) and the unsorted tail whole."""
     out = np.empty(max(n, 1), np.int64)
@@ -943,7 +1054,7 @@ def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, 
 
 @nb.njit(inline="always")
 def _in_box(key, prov, lo0, lo1, lo2, hi0, hi1, hi2, observed):
-    if prov == observed:
+    if prov == observed or prov == DEAD:
         return False
     i = ((key >> (2 * KEY_BITS)) & KEY_MASK) - KEY_OFFSET
     if i < lo0 or i > hi0:

@@ -128,6 +128,44 @@ def reference_drop_order(n_sorted: int, n: int, drops: np.ndarray) -> tuple[np.n
     return order, len(prefix)
 
 
+def reference_gap_rows(n_sorted: int, dead: np.ndarray) -> int:
+    """Length of the run of dead rows that ends the block-sorted prefix ``[0, n_sorted)``."""
+    g = 0
+    dead_set = set(np.asarray(dead).tolist())
+    while n_sorted - 1 - g in dead_set:
+        g += 1
+    return g
+
+
+def reference_drop_rows(n_sorted: int, n: int, dead: np.ndarray,
+                        drops: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Row layout after ``SpatialMemory._drop(drops)`` (rows, sorted distinct, live) on ``n`` rows of which
+    ``[0, n_sorted)`` are block-sorted and ``dead`` (sorted) are dead, when the prefix's dropped rows, made dead,
+    leave a run of at least as many dead rows at the prefix's end (``reference_gap_rows``; else the memory
+    re-lays its rows out first): ``(new row -> old row, new n_sorted, dead rows after)``. A prefix row stays where
+    it is; a dropped one becomes dead. The last ``k`` rows of that run (``k`` prefix rows dropped) leave the
+    prefix and, with the tail's dropped rows, are holes that the tail's last kept rows fill, as
+    ``reference_drop_order`` fills a compaction's."""
+    drops = np.asarray(drops, np.int64)
+    prefix, tail = drops[drops < n_sorted], drops[drops >= n_sorted]
+    k = len(prefix)
+    dead_after = np.union1d(np.asarray(dead, np.int64), prefix)
+    assert reference_gap_rows(n_sorted, dead_after) >= k
+    start = n_sorted - k
+    holes = np.concatenate([np.arange(start, n_sorted), tail]) - start
+    tail_order, _ = reference_drop_order(0, n - start, holes)
+    order = np.concatenate([np.arange(start), tail_order + start]).astype(np.int64)
+    return order, start, dead_after[dead_after < start]
+
+
+def reference_live_arrays(arrays: dict[str, np.ndarray], dead: np.ndarray) -> dict[str, np.ndarray]:
+    """A memory's points as read (``SpatialMemory.to_arrays``) from its rows ``arrays`` (every row, live or dead, in
+    row order) and its dead rows: the live rows, in row order."""
+    live = np.ones(len(arrays["voxel_keys"]), bool)
+    live[np.asarray(dead, np.int64)] = False
+    return {name: a[live] for name, a in arrays.items()}
+
+
 def reference_render(
     keys: np.ndarray,  # [N] int64
     offsets: np.ndarray,  # [N, 3] uint8

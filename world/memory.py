@@ -23,8 +23,12 @@ last_seen int32, provenance uint8 (observed / invented-provisional / invented-fi
 point per 16^3-voxel block) pays 16 more bytes per point for the block directory. Points are kept sorted
 block-major (16^3-voxel blocks) up to ``_n_sorted``; newer points form an unsorted tail that is merged in lazily
 before a render once it is large. Rendering culls whole blocks against the frustum (the tail by chunks of rows), so
-its cost follows the points in view, not the memory's size. Point indices (``RenderResult.point_ids``) are valid until the next
-mutation (a render may re-sort the tail); voxel keys are the stable identity of a point.
+its cost follows the points in view, not the memory's size. A point dropped from the sorted part leaves a dead row
+(out of the hash table, skipped by every reader) until the next re-sort, which also leaves a run of dead rows before
+the tail for the drops to come (``_drop``): rows are storage, the points are the live rows in row order, and
+everything read (arrays, point indices, renders) is as if every drop had compacted the arrays. Point indices
+(``RenderResult.point_ids``) are valid until the next mutation (a render may re-sort the tail); voxel keys are the
+stable identity of a point.
 
 Rendering (paper Sec. 3.1.3, "missing pixel values are filled with zeros"): every point in
 ``[min_depth_m, max_depth_m]`` covers a square of ``s = clip(ceil(splat_scale * d * f / z), 1, max_splat_px)``
@@ -82,6 +86,11 @@ TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sort
 # of < 65 k points then got sorted before its layout fill was fitted, and the fit depends on the order of the
 # observed points: the demo's frames changed from its first fill on. Kept at 2**16.)
 
+# a re-sort leaves max(GAP_MIN_ROWS, points / GAP_FRACTION) dead rows between the sorted prefix and the tail: the
+# places a prefix drop's vacated rows take (``SpatialMemory._drop``)
+GAP_FRACTION = 32
+GAP_MIN_ROWS = 512
+
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
 # Provenance of a point (``SpatialMemory.provenance``): what put it there. Observed points come from real images
@@ -138,18 +147,25 @@ class IntegrateStats(NamedTuple):
 class SpatialMemory:
     """The scene point cloud (module docstring: storage and update policy)."""
 
+    # rows dropped from the block-sorted prefix, sorted ascending (``_drop``): out of the hash table, provenance
+    # ``K.DEAD``, skipped by every reader, physically removed by the next re-sort. (Class default: a memory pickled
+    # before tombstones has none.)
+    _dead = np.zeros(0, np.int64)
+
     def __init__(self, config: MemoryConfig = MemoryConfig()) -> None:
         self.config = config
         self._n = 0
         self._n_sorted = 0  # points [0, _n_sorted) are sorted by block-major sort key
+        # rows in use, live and dead (``_dead``, all below _n_sorted); the points are the live ones, in row order
+        self._dead = np.zeros(0, np.int64)
         self._alloc(MIN_CAPACITY)
         self._table = np.full(_table_size(MIN_CAPACITY), -1, np.int32)
         self._block_ids = np.zeros(0, np.int64)  # [B] block ids of the sorted part
         self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
-        self._structure = 0  # bumped when points move (re-sort, compaction): voids background work on them
+        self._structure = 0  # bumped when rows move (re-sort, a tail drop): voids background work on them
         self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it follows)
         # once points were dropped while a growth is in preparation: (copy row of each current row or -1 [capacity],
-        # current row of each row it copied or -1 [its n]), so that it still applies (``_follow_growth``)
+        # current row of each row it copied or -1 [its n]), so that it still applies (``_growth_follows_gone``)
         self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
@@ -166,37 +182,79 @@ class SpatialMemory:
     # Read-only views
     # ----------------------------------------------------------------------------------------------------------
 
+    # The points are the live rows in row order: a view of the arrays while no row is dead, else a compacted copy
+    # (O(points), as ``positions`` always was). Point indices (``RenderResult.point_ids`` and what takes them)
+    # count live rows only.
+
     @property
     def num_points(self) -> int:
-        return self._n
+        return self._n - len(self._dead)
 
     def __len__(self) -> int:
-        return self._n
+        return self.num_points
 
     @property
     def positions(self) -> np.ndarray:
         """[N, 3] float32 world frame, metres (a new array)."""
-        return self._positions64().astype(np.float32)
+        return self._live_positions64().astype(np.float32)
 
     @property
     def colors(self) -> np.ndarray:
-        return _readonly(self._colors[: self._n])  # [N, 3] uint8 RGB
+        return self._live(self._colors)  # [N, 3] uint8 RGB
 
     @property
     def observation_count(self) -> np.ndarray:
-        return _readonly(self._counts[: self._n])  # [N] uint16, saturating
+        return self._live(self._counts)  # [N] uint16, saturating
 
     @property
     def last_seen_frame(self) -> np.ndarray:
-        return _readonly(self._last[: self._n])  # [N] int32
+        return self._live(self._last)  # [N] int32
 
     @property
     def voxel_keys(self) -> np.ndarray:
-        return _readonly(self._keys[: self._n])  # [N] int64, world.geometry packing
+        """[N] int64, world.geometry packing. While rows are dead, a compacted copy kept between calls: keys
+        change only by points added at the end (appended to it) or by rows moving (``_structure``: made again).
+        A frame reads them a few times (``world.update``), each an O(points) copy otherwise."""
+        if not len(self._dead):
+            self.__dict__.pop("_keys_read", None)
+            return _readonly(self._keys[: self._n])
+        cache = self.__dict__.get("_keys_read")
+        if cache is None or cache[0] != self._structure or cache[2] > self._n:
+            live = self._live(self._keys)
+            buf = np.empty(int(len(live) * GROWTH) + 1, np.int64)
+            buf[: len(live)] = live
+            cache = (self._structure, buf, self._n, len(live))
+        structure, buf, rows, count = cache
+        if rows < self._n:  # points appended since (all in the tail: after every dead row)
+            add = self._n - rows
+            if count + add > len(buf):
+                buf = np.concatenate([buf[:count], np.empty(int((count + add) * GROWTH) - count, np.int64)])
+            buf[count : count + add] = self._keys[rows : self._n]
+            count += add
+        self._keys_read = (structure, buf, self._n, count)
+        return _readonly(buf[:count])
 
     @property
     def provenance(self) -> np.ndarray:
-        return _readonly(self._prov[: self._n])  # [N] uint8: OBSERVED, INVENTED_PROVISIONAL or INVENTED_FINAL
+        return self._live(self._prov)  # [N] uint8: OBSERVED, INVENTED_PROVISIONAL or INVENTED_FINAL
+
+    def _live(self, a: np.ndarray) -> np.ndarray:
+        """Read-only rows of ``a`` for the live points (a view when none is dead)."""
+        if not len(self._dead):
+            return _readonly(a[: self._n])
+        return _readonly(_take_live(a, self._n, self._dead))
+
+    def _live_positions64(self) -> np.ndarray:
+        if not len(self._dead):
+            return self._positions64()
+        return K.decode_live_positions(self._keys, self._offsets, self._n, self._dead, self.config.voxel_size_m)
+
+    def _rows_of_points(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of the points ``ids`` (int64 indices among the live rows): ``id + (dead rows below its row)``."""
+        if not len(self._dead):
+            return ids
+        live_before = self._dead - np.arange(len(self._dead))  # live rows below each dead row (non-decreasing)
+        return ids + np.searchsorted(live_before, ids, side="right")
 
     @property
     def observed_version(self) -> int:
@@ -215,7 +273,7 @@ class SpatialMemory:
 
     def observed_points(self) -> tuple[np.ndarray, np.ndarray]:
         """``([M, 3] float64 world frame, [M, 3] uint8)`` positions and colours of the observed points."""
-        keep = self._prov[: self._n] == OBSERVED
+        keep = self._prov[: self._n] == OBSERVED  # (dead rows are not)
         return self._positions64()[keep], self._colors[: self._n][keep].copy()
 
     def points_in_box(self, lo_m: np.ndarray, hi_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,20 +283,23 @@ class SpatialMemory:
         d_m = self.config.voxel_size_m
         lo = np.floor(np.asarray(lo_m, np.float64) / d_m).astype(np.int64)
         hi = np.floor(np.asarray(hi_m, np.float64) / d_m).astype(np.int64)
-        no_provenance = 255  # box_candidates skips one provenance; none has this value, so every point counts
+        # box_candidates skips one provenance besides the dead rows': naming K.DEAD, every point counts
         cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
-                                self._block_starts, *lo.tolist(), *hi.tolist(), no_provenance, np.iinfo(np.int32).min)
+                                self._block_starts, *lo.tolist(), *hi.tolist(), K.DEAD, np.iinfo(np.int32).min)
         return K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m), self._prov[cand]
 
     @property
     def nbytes(self) -> int:
         """Bytes held: point arrays at their capacity, the hash table and the block directory."""
-        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov, self._table)
-        return int(sum(a.nbytes for a in arrays) + self._block_ids.nbytes + self._block_starts.nbytes)
+        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov, self._table,
+                  self._block_ids, self._block_starts, self._dead)
+        keys_read = self.__dict__.get("_keys_read")  # (``voxel_keys``'s copy while rows are dead)
+        held = keys_read is not None and len(self._dead) > 0 and keys_read[0] == self._structure
+        return int(sum(a.nbytes for a in arrays)) + (keys_read[1].nbytes if held else 0)
 
     @property
     def bytes_per_point(self) -> float:
-        return self.nbytes / self._n if self._n else 0.0
+        return self.nbytes / self.num_points if self.num_points else 0.0
 
     # ----------------------------------------------------------------------------------------------------------
     # Integration
@@ -343,6 +404,8 @@ class SpatialMemory:
         pixels, pixel centres at +0.5); missing pixels are zero, as in the paper's scene projection video."""
         T = validate_pose(c2w, "c2w")
         rgb, depth, valid, ids = self._render(intrinsics, T)
+        if return_point_ids and len(self._dead):  # rows -> point indices (the winners are live rows)
+            K.live_ids(ids, self._dead, self._n)
         return RenderResult(rgb, depth, valid, ids if return_point_ids else None)
 
     def render_trajectory(self, intrinsics: Intrinsics, c2w_list: np.ndarray) -> SceneProjection:
@@ -358,7 +421,7 @@ class SpatialMemory:
         """Sorted unique int64 keys of the points that win at least one pixel of ``render`` from this camera:
         the paper's view-specific scene point cloud S_T (Sec. 3.1.1), as the official code's front-most test."""
         T = validate_pose(c2w, "c2w")
-        return np.sort(self.rendered_voxel_keys(self._render(intrinsics, T)[3]))
+        return np.sort(self._keys[K.mark_ids(self._render(intrinsics, T)[3], self._n)])
 
     def rendered_voxel_keys(self, point_ids: np.ndarray) -> np.ndarray:
         """The same set, unsorted (memory order), from a render's ``point_ids`` ``[H, W]``: for a caller that
@@ -366,9 +429,10 @@ class SpatialMemory:
         ids = np.asarray(point_ids)
         if ids.dtype != np.int32 or ids.ndim != 2:
             raise InvalidInputError(f"point_ids must be a render's int32 [H, W] ids, got {ids.dtype} {ids.shape}")
-        if ids.size and int(ids.max()) >= self._n:
-            raise InvalidInputError(f"point_ids reach {int(ids.max())} but the memory holds {self._n} points")
-        return self._keys[K.mark_ids(ids, self._n)]
+        n = self.num_points
+        if ids.size and int(ids.max()) >= n:
+            raise InvalidInputError(f"point_ids reach {int(ids.max())} but the memory holds {n} points")
+        return self._keys[self._rows_of_points(K.mark_ids(ids, n))]
 
     def _render(self, intrinsics: Intrinsics, T: np.ndarray):
         if not isinstance(intrinsics, Intrinsics):
@@ -397,6 +461,8 @@ class SpatialMemory:
                     np.arange(self._n_sorted, self._n, K.TAIL_CHUNK, dtype=np.int64), np.int64(self._n)))
             starts = np.concatenate([starts, t_starts])
             stops = np.concatenate([stops, t_stops])
+        if len(self._dead):  # (all in the sorted prefix) the dead rows' runs are cut out of the visible ranges
+            starts, stops = K.skip_rows(starts, stops, self._dead)
         return K.render_points(
             self._keys, self._offsets, self._colors, starts, stops, w2c_r, cam_t, fx, fy, cx, cy, width, height,
             cfg.voxel_size_m, cfg.min_depth_m, cfg.max_depth_m, splat_k(cfg, intrinsics), max_splat,
@@ -541,7 +607,7 @@ class SpatialMemory:
         from spatia.world.free_space import seen_through
 
         ids = np.unique(np.asarray(ids, np.int64))
-        ids = ids[(ids >= 0) & (ids < self._n)]
+        ids = self._rows_of_points(ids[(ids >= 0) & (ids < self.num_points)])
         ids = ids[self._prov[ids] == INVENTED_FINAL]
         if not len(ids):
             return np.zeros(0, np.int64)
@@ -566,9 +632,15 @@ class SpatialMemory:
     def _inside(self, region: Region) -> np.ndarray:
         if not hasattr(region, "contains"):
             raise InvalidInputError(f"region must have a contains(points) method, got {type(region).__name__}")
+        """[rows] True for the live rows whose point lies in ``region``."""
+        n = self.num_points
         inside = np.asarray(region.contains(self.positions), dtype=bool)
-        if inside.shape != (self._n,):
-            raise InvalidInputError(f"region.contains returned shape {inside.shape}, expected ({self._n},)")
+        if inside.shape != (n,):
+            raise InvalidInputError(f"region.contains returned shape {inside.shape}, expected ({n},)")
+        if len(self._dead):
+            rows = np.zeros(self._n, bool)
+            rows[self._rows_of_points(np.flatnonzero(inside))] = True
+            inside = rows
         return inside
 
     def _overwrite(self, pts: np.ndarray, cols: np.ndarray, counts: np.ndarray, last: np.ndarray,
@@ -626,14 +698,16 @@ class SpatialMemory:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (copies) that ``from_arrays`` turns back into an identical memory."""
-        n = self._n
+        def live(a: np.ndarray) -> np.ndarray:  # a copy of the live rows
+            return _take_live(a, self._n, self._dead) if len(self._dead) else a[: self._n].copy()
+
         return {
-            "voxel_keys": self._keys[:n].copy(),  # [N] int64
-            "voxel_offsets": self._offsets[:n].copy(),  # [N, 3] uint8, position inside the voxel in 1/256 steps
-            "colors": self._colors[:n].copy(),  # [N, 3] uint8
-            "observation_count": self._counts[:n].copy(),  # [N] uint16
-            "last_seen_frame": self._last[:n].copy(),  # [N] int32
-            "provenance": self._prov[:n].copy(),  # [N] uint8, OBSERVED / INVENTED_PROVISIONAL / INVENTED_FINAL
+            "voxel_keys": live(self._keys),  # [N] int64
+            "voxel_offsets": live(self._offsets),  # [N, 3] uint8, position inside the voxel in 1/256 steps
+            "colors": live(self._colors),  # [N, 3] uint8
+            "observation_count": live(self._counts),  # [N] uint16
+            "last_seen_frame": live(self._last),  # [N] int32
+            "provenance": live(self._prov),  # [N] uint8, OBSERVED / INVENTED_PROVISIONAL / INVENTED_FINAL
         }
 
     @classmethod
@@ -686,10 +760,10 @@ class SpatialMemory:
         import open3d as o3d
 
         pc = o3d.t.geometry.PointCloud()
-        pc.point.positions = o3d.core.Tensor(self._positions64())
-        pc.point.colors = o3d.core.Tensor(np.ascontiguousarray(self._colors[: self._n]))
-        pc.point.observation_count = o3d.core.Tensor(self._counts[: self._n, None].copy())
-        pc.point.last_seen_frame = o3d.core.Tensor(self._last[: self._n, None].copy())
+        pc.point.positions = o3d.core.Tensor(self._live_positions64())
+        pc.point.colors = o3d.core.Tensor(np.ascontiguousarray(self.colors))
+        pc.point.observation_count = o3d.core.Tensor(self.observation_count[:, None].copy())
+        pc.point.last_seen_frame = o3d.core.Tensor(self.last_seen_frame[:, None].copy())
         if not o3d.t.io.write_point_cloud(str(path), pc):
             raise InvalidInputError(f"could not write a PLY file to {path}")
 
@@ -730,6 +804,7 @@ class SpatialMemory:
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
         mem._growth_rows = None
+        mem.__dict__.pop("_keys_read", None)  # (its buffer is shared: appends would write into both)
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
 
@@ -763,7 +838,7 @@ class SpatialMemory:
         arrays = (self._keys[: self._n].copy(), self._offsets, self._colors, self._counts, self._last, self._prov)
         # room for the integrate after the adoption too (else it grows on the spot after all)
         capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
-        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity)
+        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead)
         self._growth = (job, self._n, self._structure)
         self._growth_rows = None
 
@@ -789,7 +864,8 @@ class SpatialMemory:
             K.hash_remap(table, current_of_copy.astype(np.int32))  # the kept ones point at their current rows
             for dst, src in zip(arrays, current):
                 dst[:n] = src[:n]
-            K.hash_insert_rows(table, arrays[0], np.flatnonzero(copy_of_current[:n] < 0))  # rows added since
+            added = np.flatnonzero(copy_of_current[:n] < 0)  # rows added since (or moved by a re-layout: dead ones
+            K.hash_insert_rows(table, arrays[0], added[arrays[5][added] != K.DEAD])  # stay out)
         else:
             for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
                 dst[:n0] = src[:n0]
@@ -812,60 +888,150 @@ class SpatialMemory:
 
     def _rehash(self) -> None:
         self._table = np.full(_table_size(self._capacity), -1, np.int32)
-        K.hash_build_range(self._table, self._keys, 0, self._n)
+        K.hash_build_live(self._table, self._keys, 0, self._n, self._dead)
 
     def _positions64(self) -> np.ndarray:
         return K.decode_positions(self._keys, self._offsets, self._n, self.config.voxel_size_m)
 
     def _compact(self, keep: np.ndarray) -> None:
-        """Drop points where ``keep`` [N] is False (``_drop``)."""
+        """Drop the rows where ``keep`` [rows] is False (``_drop``; dead rows must be kept: they are gone already)."""
         self._drop(np.flatnonzero(~np.asarray(keep[: self._n], bool)))
 
     def _drop(self, drops: np.ndarray) -> None:
-        """Delete the points ``drops`` (sorted distinct indices < N). The sorted prefix keeps its order; the
-        unsorted tail's holes are filled with its last rows (``_memory_kernels.drop_points``): a lock-step step that
-        takes a few invented points away moves about that many rows, not the whole suffix behind them. Whatever the
-        tail's order, a re-sort (``reindex``) puts the same points in the same order."""
+        """Delete the points in rows ``drops`` (sorted distinct live rows < ``_n``) at O(dropped points) cost.
+
+        The points as read (the live rows in row order) come out as a compaction (``reference_drop_order``) leaves
+        them: the block-sorted prefix's kept points keep their order; the vacated places at its end, then the
+        tail's holes, take the tail's last kept points (so a lock-step step that takes a few invented points away
+        moves about that many rows). Shifting the prefix's rows over its holes and re-pointing the whole hash table
+        cost 6-20 ms a call at ~10^6 points even for one point (docs/BENCHMARKS.md, "Prefix drops as tombstones"),
+        so instead a dropped prefix row becomes dead in place (``K.tombstone_points``: out of the hash table, every
+        reader skips it), and the vacated places are the dead rows a re-sort leaves between the prefix and the tail
+        (``_gap_rows``; when too few are left, ``_relayout`` makes room, O(points) as before). The next re-sort
+        removes the dead rows. Whatever the tail's order, a re-sort puts the same points in the same order."""
         if not len(drops):
             return
-        follow = self._growth is not None and self._growth[2] == self._structure
-        self._structure += 1
-        n_sorted_before = self._n_sorted
         drops = np.ascontiguousarray(drops, np.int64)
+        follow = self._growth is not None and self._growth[2] == self._structure
+        self._structure += 1  # rows move (a re-sort prepared before would not merge what a re-sort now merges)
+        ds = int(np.searchsorted(drops, self._n_sorted))
+        prefix, tail = drops[:ds], drops[ds:]
         if follow:
-            self._follow_growth(drops)
+            self._growth_follows_gone(drops)
+        if ds:
+            K.tombstone_points(self._table, self._keys, self._prov, prefix)
+            # (disjoint: a dead row is never dropped again; an insert, not union1d's sort of every dead row)
+            self._dead = np.insert(self._dead, np.searchsorted(self._dead, prefix), prefix)
+            if self._gap_rows() < ds:
+                tail = tail + self._relayout(ds, follow)
+        ns = self._n_sorted
+        holes = np.concatenate([np.arange(ns - ds, ns, dtype=np.int64), tail])  # dead rows first: not in the table
+        if follow:
+            self._growth_follows_moves(holes)
         self._n_sorted, self._n = K.drop_points(
             self._table, self._keys, self._offsets, self._colors, self._counts, self._last, self._prov,
-            drops, self._n_sorted, self._n)
-        in_prefix = n_sorted_before - self._n_sorted
-        if in_prefix:  # the prefix moved: each block starts earlier by the drops before it; emptied blocks go
-            # (O(blocks) instead of block_directory's O(points) pass: ~0.5 ms of a lock-step step at 10^5 points)
-            starts = self._block_starts - np.searchsorted(drops[:in_prefix], self._block_starts)
-            live = starts[1:] > starts[:-1]
+            holes, ns, self._n)
+        if ds:  # the used gap rows hold tail rows now (or are past the end); blocks end where the prefix does
+            self._dead = self._dead[: len(self._dead) - ds]
+            self._block_starts = np.minimum(self._block_starts, self._n_sorted)
+            live = self._block_starts[1:] > self._block_starts[:-1]
             self._block_ids = self._block_ids[live]
-            self._block_starts = np.append(starts[:-1][live], starts[-1])
+            self._block_starts = np.append(self._block_starts[:-1][live], self._block_starts[-1])
 
-    def _follow_growth(self, drops: np.ndarray) -> None:
-        """Before ``drop_points`` deletes ``drops``: note where the rows the growth in preparation copied go
-        (``drop_moves``: the same moves, from the indices alone), so that its adoption re-points its hash table
-        (deletes the dropped keys, remaps the rest: one pass over the table) instead of being thrown away. A
-        thrown-away growth came back on the spot (55-148 ms at 0.3-1.2 M points, four worlds on two cores), and
-        free-space removal drops a few invented points in many clips (docs/BENCHMARKS.md, "Stalls off the frame
-        path")."""
-        job, n0, _ = self._growth
+    def _gap_rows(self) -> int:
+        """Length of the run of dead rows that ends the block-sorted prefix (rows ``[_n_sorted - g, _n_sorted)``)."""
+        k = len(self._dead)
+        if not k or self._dead[-1] != self._n_sorted - 1:
+            return 0
+        # dead[j] - j is non-decreasing and equals n_sorted - k exactly on the run's rows
+        return k - int(np.searchsorted(self._dead - np.arange(k), self._n_sorted - k))
+
+    def _gap_target(self, rows: int) -> int:
+        """Dead rows to leave between the prefix and the tail when ``rows`` other rows are kept: room for the prefix
+        drops until the next re-sort, out of the capacity the next integrate does not need (the dead rows must not
+        make the arrays grow: ``bytes_per_point``'s budget)."""
+        # (less what the next integrate may add: the most a recent one added, at most 1/16 of the points: the
+        # world's first image adds them all)
+        room = self._capacity - rows - min(max(self._created, default=0), self.num_points // 16)
+        return max(0, min(max(GAP_MIN_ROWS, self.num_points // GAP_FRACTION), room))
+
+    def _relayout(self, need: int, follow: bool) -> int:
+        """Rewrite the rows as live prefix rows, a run of at least ``need`` dead rows, the tail (O(points), as the
+        old compaction); returns how far the tail rows moved."""
+        ns, n = self._n_sorted, self._n
+        live_prefix = np.delete(np.arange(ns, dtype=np.int64), self._dead)
+        m = len(live_prefix)
+        gap = max(need, self._gap_target(m + n - ns))  # (need <= dead rows: fits)
+        order = np.concatenate([live_prefix, np.zeros(gap, np.int64), np.arange(ns, n, dtype=np.int64)])
+        self._permute(order)
+        self._clear_rows(m, m + gap)
+        new_of_old = np.full(n, -1, np.int32)
+        new_of_old[live_prefix] = np.arange(m, dtype=np.int32)
+        new_of_old[ns:n] = np.arange(m + gap, m + gap + n - ns, dtype=np.int32)
+        K.hash_remap(self._table, new_of_old)
+        if follow:
+            self._growth_follows_order(order, m, m + gap)
+        self._n_sorted, self._n = m + gap, len(order)
+        self._dead = np.arange(m, m + gap, dtype=np.int64)
+        self._block_ids, self._block_starts = K.block_directory(self._keys, m)
+        return m + gap - ns
+
+    def _permute(self, order: np.ndarray) -> None:
+        """Row ``i`` takes row ``order[i]`` of every point array, in place."""
+        for a in (self._keys, self._counts, self._last, self._prov):
+            K.permute_rows(a, order)
+        for a in (self._offsets, self._colors):
+            K.permute_rows3(a, order)
+
+    def _clear_rows(self, start: int, stop: int, arrays: tuple[np.ndarray, ...] | None = None) -> None:
+        """Make rows ``[start, stop)`` gap rows: dead, zero elsewhere (a memory's rows stay a function of its
+        history)."""
+        keys, offsets, colors, counts, last, prov = arrays or (
+            self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
+        for a in (keys, offsets, colors, counts, last):
+            a[start:stop] = 0
+        prov[start:stop] = K.DEAD
+
+    def _growth_rows_now(self) -> tuple[np.ndarray, np.ndarray]:
+        """(copy row of each current row or -1 [capacity], current row of each row it copied or -1 [its n]) for the
+        growth in preparation, started as the identity."""
         if self._growth_rows is None:
+            n0 = self._growth[1]
             copy_of_current = np.full(self._capacity, -1, np.int64)
             copy_of_current[:n0] = np.arange(n0)
             self._growth_rows = (copy_of_current, np.arange(n0, dtype=np.int64))
-        copy_of_current, current_of_copy = self._growth_rows
+        return self._growth_rows
+
+    # A growth in preparation follows the drops: which rows it copied are gone, where the others go, so that its
+    # adoption re-points its hash table (deletes the dropped keys, remaps the rest: one pass over the table)
+    # instead of being thrown away. A thrown-away growth came back on the spot (55-148 ms at 0.3-1.2 M points, four
+    # worlds on two cores), and free-space removal drops a few invented points in many clips (docs/BENCHMARKS.md,
+    # "Stalls off the frame path"). A dead row keeps its copy row (adoption does not insert it as added since).
+
+    def _growth_follows_gone(self, drops: np.ndarray) -> None:
+        copy_of_current, current_of_copy = self._growth_rows_now()
         gone = copy_of_current[drops]
         current_of_copy[gone[gone >= 0]] = -1
-        src, dst, _, new_n = K.drop_moves(drops, self._n_sorted, self._n)
+        self._growth = (self._growth[0], self._growth[1], self._structure)
+
+    def _growth_follows_moves(self, holes: np.ndarray) -> None:
+        """Before ``drop_points`` fills ``holes``: its moves (``drop_moves``, from the indices alone)."""
+        copy_of_current, current_of_copy = self._growth_rows_now()
+        src, dst, _, new_n = K.drop_moves(holes, self._n_sorted, self._n)
         moved = copy_of_current[src]  # (all read before any is written: no move reads a row an earlier one wrote)
         copy_of_current[dst] = moved
         current_of_copy[moved[moved >= 0]] = dst[moved >= 0]
         copy_of_current[new_n : self._n] = -1
-        self._growth = (job, n0, self._structure)
+
+    def _growth_follows_order(self, order: np.ndarray, gap_start: int, gap_stop: int) -> None:
+        """After ``_relayout``'s permutation ``order``: every row moved (O(points), as the re-layout itself)."""
+        copy_of_current, current_of_copy = self._growth_rows_now()
+        new = np.full(self._capacity, -1, np.int64)
+        new[: len(order)] = copy_of_current[order]
+        new[gap_start:gap_stop] = -1  # dead rows: never inserted (adoption skips them)
+        rows = np.flatnonzero(new >= 0)
+        current_of_copy[new[rows]] = rows
+        self._growth_rows = (new, current_of_copy)
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.
@@ -879,7 +1045,7 @@ class SpatialMemory:
 
     def _reindex_due(self) -> bool:
         tail = self._n - self._n_sorted
-        return tail > TAIL_MIN and tail > self._n // TAIL_FRACTION
+        return tail > TAIL_MIN and tail > self.num_points // TAIL_FRACTION
 
     def _maybe_reindex(self) -> None:
         if self._reindex_due():
@@ -901,25 +1067,26 @@ class SpatialMemory:
         every row, remapping the table, the directory: O(points)) paused the frame being made 104-268 ms at
         ~1.1 M points with four worlds on two cores (docs/BENCHMARKS.md, "Stalls off the frame path")."""
         tail = self._n - self._n_sorted
-        if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self._n // TAIL_FRACTION):
+        if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self.num_points // TAIL_FRACTION):
             return
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         rows = tuple(numba.typeof(a) for a in (self._keys, self._counts, self._last, self._prov))
         rows3 = tuple(numba.typeof(a) for a in (self._offsets, self._colors))
         order = Future()
-        job = background("memory-maintenance").submit(_resorted_copy, arrays, self._n_sorted, self._n,
+        job = background("memory-maintenance").submit(_resorted_copy, arrays, self._n_sorted, self._n, self._dead,
                                                       rows, rows3, numba.typeof(self._table), order)
         self._ordering = (job, self._n_sorted, self._n, self._structure, order)
         self._resort_touched = []
 
     def _reindex(self) -> None:
-        """Merge the unsorted tail into the block-sorted part: the prepared re-sort when it still applies (no
-        point moved, same capacity), else in place (O(n) merge + an O(tail log tail) sort). Either way the
-        points end in the same order (the prepared one covers the points up to its ``n``; later ones stay in the
-        tail) and every key keeps its point."""
+        """Merge the unsorted tail into the block-sorted part, leaving the dead rows out and a run of dead rows
+        (``_gap_target``) between the two for the prefix drops to come: the prepared re-sort when it still applies
+        (no row moved, same capacity), else in place (O(n) merge + an O(tail log tail) sort). Either way the points
+        end in the same order (the prepared one covers the rows up to its ``n``; later ones stay in the tail) and
+        every key keeps its point."""
         n, ns = self._n, self._n_sorted
         order = None
-        if self._ordering is not None:  # the order of the points up to n0, computed in the background
+        if self._ordering is not None:  # the order of the rows up to n0, computed in the background
             job, ns0, n0, structure, prepared_order = self._ordering
             self._ordering = None
             touched, self._resort_touched = self._resort_touched, []
@@ -930,37 +1097,47 @@ class SpatialMemory:
                 if prepared is not None and prepared.keys.shape[0] == self._capacity:
                     self._adopt_resort(prepared, n0, touched)
                     return
-                order, n = prepared_order.result(), n0  # (grown meanwhile: its order still holds)
+                order, n = prepared_order.result(), n0  # (grown meanwhile: its order still holds; no row died
+                # since it began: a drop changes the structure)
         if order is None:
-            order = _merge_order(self._keys, ns, n)  # new position -> old index
+            order = _merge_order(self._keys, ns, n, self._dead)
         self._structure += 1
-        for a in (self._keys, self._counts, self._last, self._prov):
-            K.permute_rows(a, order)
-        for a in (self._offsets, self._colors):
-            K.permute_rows3(a, order)
-        new_of_old = np.arange(self._n, dtype=np.int32)  # points beyond n keep their index
-        new_of_old[order] = np.arange(n, dtype=np.int32)
+        m, rest = len(order), self._n - n  # rows from n on stay in the tail, in their order
+        gap = self._gap_target(m + rest)
+        if gap or m < n:
+            order = np.concatenate([order, np.zeros(gap, np.int64), np.arange(n, self._n, dtype=np.int64)])
+        self._permute(order)
+        self._clear_rows(m, m + gap)
+        new_of_old = np.full(self._n, -1, np.int32)  # (dead rows are in no slot)
+        new_of_old[order[:m]] = np.arange(m, dtype=np.int32)
+        new_of_old[n : self._n] = np.arange(m + gap, m + gap + rest, dtype=np.int32)
         K.hash_remap(self._table, new_of_old)  # same keys in the same slots, only the indices move
-        self._n_sorted = n
-        self._block_ids, self._block_starts = K.block_directory(self._keys, n)
+        self._n_sorted, self._n = m + gap, m + gap + rest
+        self._dead = np.arange(m, m + gap, dtype=np.int64)
+        self._block_ids, self._block_starts = K.block_directory(self._keys, m)
 
     def _adopt_resort(self, prepared: "_Resorted", n0: int, touched: list[np.ndarray]) -> None:
-        """Take a prepared re-sort of the points up to ``n0``: rows written since it copied them are copied again
-        (to their new place), the points added since (``>= n0``) keep their indices and join its hash table."""
+        """Take a prepared re-sort of the live rows up to ``n0``: rows written since it copied them are copied
+        again (to their new place), the rows added since (``>= n0``) follow it in their order, behind a run of dead
+        rows (``_reindex``), and join its hash table."""
         n = self._n
+        m = len(prepared.order)  # its rows: n0 less the rows dead when it began
+        gap = self._gap_target(m + n - n0)
         current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         arrays = (prepared.keys, *prepared.rows)
         if touched:  # keys never change in place: only the other arrays
             rows = np.concatenate(touched)
             for dst, src in zip(arrays[1:], current[1:]):
                 (K.scatter_rows3 if src.ndim == 2 else K.scatter_rows)(src, rows, prepared.new_of_old, dst)
-        for dst, src in zip(arrays, current):  # the points added since, at their indices
-            dst[n0:n] = src[n0:n]
-        K.hash_build_range(prepared.table, prepared.keys, n0, n)
+        for dst, src in zip(arrays, current):  # the rows added since, in their order
+            dst[m + gap : m + gap + n - n0] = src[n0:n]
+        self._clear_rows(m, m + gap, arrays)
+        K.hash_build_range(prepared.table, prepared.keys, m + gap, m + gap + n - n0)
         self._structure += 1
         self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = prepared.table
-        self._n_sorted = n0
+        self._n_sorted, self._n = m + gap, m + gap + n - n0
+        self._dead = np.arange(m, m + gap, dtype=np.int64)
         self._block_ids, self._block_starts = prepared.block_ids, prepared.block_starts
 
 
@@ -968,28 +1145,35 @@ class SpatialMemory:
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-def _merge_order(keys: np.ndarray, n_sorted: int, n: int) -> np.ndarray:
-    """New position -> old index that merges points ``[n_sorted, n)`` into the block-sorted ``[0, n_sorted)``.
-    Reads only keys below ``n``, which stay put until the memory's structure changes (callers check)."""
+def _merge_order(keys: np.ndarray, n_sorted: int, n: int, dead: np.ndarray) -> np.ndarray:
+    """New position -> old row that merges rows ``[n_sorted, n)`` into the block-sorted ``[0, n_sorted)``, the rows
+    ``dead`` (sorted, below ``n_sorted``) left out. Reads only keys below ``n``, which stay put until the memory's
+    structure changes (callers check)."""
     tail_order = np.argsort(K.sort_keys(keys, n_sorted, n)) + n_sorted
-    return K.merge_order(keys, n_sorted, tail_order)
+    order = K.merge_order(keys, n_sorted, tail_order)
+    if len(dead):  # (a dead row's key may be back in the tail: the two tie in the merge, and the dead one goes)
+        live = np.ones(n, bool)
+        live[dead] = False
+        order = order[live[order]]
+    return order
 
 
 class _Resorted(NamedTuple):
     """A re-sort prepared on the maintenance thread (``_resorted_copy``)."""
 
-    order: np.ndarray  # [n0] new position -> old index
-    new_of_old: np.ndarray  # [n0] old index -> new position
-    keys: np.ndarray  # [capacity] keys in the new order (rows >= n0 not yet written)
+    order: np.ndarray  # [m0] new position -> old row (m0: n0 less the rows dead when it began)
+    new_of_old: np.ndarray  # [n0] old row -> new position (-1: a row dead when it began)
+    keys: np.ndarray  # [capacity] keys in the new order (rows >= m0 not yet written)
     rows: tuple  # the other point arrays (offsets, colors, counts, last_seen, provenance), the same way
     table: np.ndarray  # the hash table of keys[:n0]
     block_ids: np.ndarray
     block_starts: np.ndarray
 
 
-def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, rows: tuple, rows3: tuple,
-                   table, order_ready: Future) -> _Resorted:
-    """On the maintenance thread: the memory's points ``[0, n)`` merged into block order (``_merge_order``) as new
+def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: np.ndarray, rows: tuple,
+                   rows3: tuple, table, order_ready: Future) -> _Resorted:
+    """On the maintenance thread: the memory's rows ``[0, n)`` but ``dead`` (its dead rows when it began; the owner
+    never changes that array in place) merged into block order (``_merge_order``) as new
     arrays of the same capacity, with their hash table and block directory. Runs while the owner keeps
     integrating: rows < n may be written meanwhile (the owner records them and ``_adopt_resort`` copies them
     again); keys below ``n`` stay put until the memory's structure changes (then the result is discarded).
@@ -1001,19 +1185,20 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, rows: 
     loads without running the kernel; for a kernel already loaded it returns at once. ``order_ready`` gets the
     merge order as soon as it is known (a re-sort due before the rest is done uses it in place)."""
     try:
-        order = _merge_order(arrays[0], n_sorted, n)
+        order = _merge_order(arrays[0], n_sorted, n, dead)
     except BaseException as exc:
         order_ready.set_exception(exc)
         raise
     order_ready.set_result(order)
-    new_of_old = np.empty(n, np.int64)
-    new_of_old[order] = np.arange(n, dtype=np.int64)
+    m = len(order)
+    new_of_old = np.full(n, -1, np.int64)
+    new_of_old[order] = np.arange(m, dtype=np.int64)
     out = tuple(np.empty_like(a) for a in arrays)
     for dst, src in zip(out, arrays):
         (K.gather_rows3 if src.ndim == 2 else K.gather_rows)(src, order, dst)
     new_table = np.full(_table_size(arrays[0].shape[0]), -1, np.int32)
-    K.hash_build_range(new_table, out[0], 0, n)
-    block_ids, block_starts = K.block_directory(out[0], n)
+    K.hash_build_range(new_table, out[0], 0, m)
+    block_ids, block_starts = K.block_directory(out[0], m)
     order_t, index_t = numba.typeof(order), numba.typeof(new_of_old)
     for arr_t in rows:
         K.permute_rows.compile((arr_t, order_t))
@@ -1024,11 +1209,14 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, rows: 
     K.hash_remap.compile((table, numba.typeof(np.empty(0, np.int32))))
     K.hash_build_range.compile((table, rows[0], numba.typeof(n), numba.typeof(n)))
     K.block_directory.compile((rows[0], numba.typeof(n)))
+    _load_dead_row_kernels(table, rows[0], rows[3])
     return _Resorted(order, new_of_old, out[0], out[1:], new_table, block_ids, block_starts)
 
 
-def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys. Runs
+def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
+                dead: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys but the
+    rows ``dead`` (the memory's dead rows when it began; the owner never changes that array in place). Runs
     while the owner keeps integrating: rows < n of every array but the keys (a copy the owner made) may change
     meanwhile (``_adopt_growth`` copies them again, and re-points the table when points were dropped); rows >= n
     are not read."""
@@ -1036,15 +1224,26 @@ def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int) -> tuple[
     for dst, src in zip(out, arrays):
         dst[:n] = src[:n]
     table = np.full(_table_size(capacity), -1, np.int32)
-    K.hash_build_range(table, out[0], 0, n)
-    # the kernels that follow drops (``_follow_growth``) and adopt after them, loaded here rather than on the world
-    # thread at their first call (see ``_resorted_copy``)
+    K.hash_build_live(table, out[0], 0, n, dead)
+    # the kernels that follow drops (``_growth_follows_moves``) and adopt after them, loaded here rather than on the
+    # world thread at their first call (see ``_resorted_copy``)
     table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
     K.drop_moves.compile((index_t, numba.typeof(n), numba.typeof(n)))
     K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
     K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))
     K.hash_insert_rows.compile((table_t, numba.typeof(out[0]), index_t))
+    _load_dead_row_kernels(table_t, numba.typeof(out[0]), numba.typeof(out[5]))
     return out, table
+
+
+def _load_dead_row_kernels(table_t, keys_t, prov_t) -> None:
+    """Load the kernels the world thread calls on dead rows (a drop in the prefix, renders and a re-sort's adoption
+    while some are dead) on the maintenance thread, as ``_resorted_copy`` does for the re-sort's."""
+    index_t = numba.typeof(np.empty(0, np.int64))
+    K.tombstone_points.compile((table_t, keys_t, prov_t, index_t))
+    K.hash_build_live.compile((table_t, keys_t, numba.typeof(0), numba.typeof(0), index_t))
+    K.skip_rows.compile((index_t, index_t, index_t))
+    K.live_ids.compile((numba.typeof(np.empty((2, 2), np.int32)), index_t, numba.typeof(0)))
 
 
 def splat_k(config: MemoryConfig, intrinsics: Intrinsics) -> float:
@@ -1055,6 +1254,20 @@ def splat_k(config: MemoryConfig, intrinsics: Intrinsics) -> float:
 def depth_quant(config: MemoryConfig) -> float:
     """Scale from metres to the 31-bit integer depth used for z-buffer comparisons (ties -> lower point id)."""
     return K.DEPTH_QUANT_MAX / float(config.max_depth_m)
+
+
+def _take_live(a: np.ndarray, n: int, dead: np.ndarray) -> np.ndarray:
+    """Rows ``[0, n)`` of ``a`` but ``dead`` (sorted, non-empty), as a new array: one copy per run of live rows
+    (the dead rows come in few runs: the gap before the tail and the prefix drops since a re-sort)."""
+    brk = np.flatnonzero(np.diff(dead) != 1)
+    run_start = np.concatenate([dead[:1], dead[brk + 1]])  # runs of dead rows
+    run_stop = np.concatenate([dead[brk] + 1, dead[-1:] + 1])
+    out = np.empty((n - len(dead),) + a.shape[1:], a.dtype)
+    m = 0
+    for lo, hi in zip(np.concatenate([[0], run_stop]).tolist(), np.concatenate([run_start, [n]]).tolist()):
+        out[m : m + hi - lo] = a[lo:hi]
+        m += hi - lo
+    return out
 
 
 def _visible_ranges(keep: np.ndarray, block_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
