@@ -630,9 +630,9 @@ class SpatialMemory:
         return self._overwrite(pts, cols, ones, np.full(len(pts), frame_index, np.int32), np.zeros(len(pts), np.uint8))
 
     def _inside(self, region: Region) -> np.ndarray:
+        """[rows] True for the live rows whose point lies in ``region``."""
         if not hasattr(region, "contains"):
             raise InvalidInputError(f"region must have a contains(points) method, got {type(region).__name__}")
-        """[rows] True for the live rows whose point lies in ``region``."""
         n = self.num_points
         inside = np.asarray(region.contains(self.positions), dtype=bool)
         if inside.shape != (n,):
