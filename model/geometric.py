@@ -122,6 +122,13 @@ class GeometricConfig:
     # would stay coarse through frame 15 (issue 10: replaced within 8 frames), the demo's memory-only PSNR fell
     # 0.04 dB, and no served-play gain was shown yet (docs/BENCHMARKS.md, session 12, lat).
     coarse_plane_frames: int = 0
+    # layout fill: after a frame, a thread of its own synthesises the texture tiles the next frames are likely to
+    # read (``_tiles_ahead``: a widened view's planes from the camera and from where it heads), so frames turning
+    # towards an unseen wall do not make 25-46 tiles themselves (18-30 ms). Off by default: in served play on the
+    # 2-core machine it was speculative work the sessions paid for (four layout sessions 6.95-8.01 fps each with
+    # it, 7.97-9.16 without, same minutes; one session's p95 no better) (docs/BENCHMARKS.md, session 17, lead).
+    # For a machine with cores to spare.
+    tiles_ahead: bool = False
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
@@ -1061,7 +1068,7 @@ class GeometricGenerator:
         frames turning towards an unseen wall or a doorway synthesised 25-46 tiles themselves (18-30 ms of their
         CPU; docs/BENCHMARKS.md, session 17). Only once the plane textures are fitted (``FillEntry.ready``): a
         frame would wait for a plane fit that thread started."""
-        if not entry.ready.is_set() or entry.future.exception() is not None:
+        if not self.config.tiles_ahead or not entry.ready.is_set() or entry.future.exception() is not None:
             return
         last = entry.ahead_c2w
         if last is not None and (rotation_angle_deg(last, c2w) < AHEAD_EVERY[0]
