@@ -582,6 +582,11 @@ def export_video(path: Path, out: Path, fps: float = 0.0, start_frame: int = 0, 
     ``overlay``: draw the keys held (from the action each frame applied) and a map of the camera path on it."""
     import imageio.v2 as imageio
 
+    # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp unless told not to: a fork that runs Python in the
+    # child, unsafe beside other threads (a server's gRPC threads: the child died before its exec, once in a full
+    # test run, and the export failed with a broken pipe and no ffmpeg output). Its own switch turns that off.
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+
     from spatia.proto.spatia.v1.convert import decode_frame, pose_array
     from spatia.world.errors import InvalidInputError
 

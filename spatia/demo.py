@@ -82,7 +82,11 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    import os
+
     import imageio.v2 as imageio
+
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")  # no preexec_fn fork beside threads (recording.py)
 
     # macro_block_size 8: 360-pixel-high frames stay unscaled (libx264 needs even sizes, 8 keeps every common one)
     with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=8,
