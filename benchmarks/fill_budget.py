@@ -21,11 +21,11 @@ shows. Each timed frame is one whole clip (generation and the memory update).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
-import time
-
 import threading
+import time
 
 import numpy as np
 
@@ -67,8 +67,7 @@ def _walk(engine: Engine, world: World, frames: int):
     poses = np.asarray(ActionIntegrator(world.current_c2w, ControlConfig(fps=30)).run(
         [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1 / 30)] * (WALK_WARM_FRAMES + frames)))
     for i in range(WALK_WARM_FRAMES):
-        for _ in engine.generate_clip(poses[i : i + 1]):
-            pass
+        collections.deque(engine.generate_clip(poses[i : i + 1]), maxlen=0)  # pulling runs the memory update
     return (list(engine.generate_clip(poses[i : i + 1])) for i in range(WALK_WARM_FRAMES, len(poses)))
 
 

@@ -4,6 +4,7 @@ that do not depend on when the fit finished (model/fill/state.py, model/geometri
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import numpy as np
 import pytest
@@ -505,8 +506,7 @@ def test_tiles_ahead_of_a_view_hold_the_tiles_its_frame_reads(monkeypatch):
     world = World.from_scene("room", 0, 320, 180)
     path = make_scene("room", 0).demo_path(161)[40:100:6]
     engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout")), PLAY)
-    for _ in engine.generate(path):
-        pass
+    deque(engine.generate(path), maxlen=0)
     read = named = 0
     for state, view, c2w, K, tiles in reads:
         ahead = {(id(m), seed, i, j) for m, seed, ts in geometric._tiles_ahead(state, [(view, c2w)], K)

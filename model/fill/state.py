@@ -19,8 +19,10 @@ time another world's clip ran). Here:
 - the fit hands over the layout (and the sky) alone; then a maintenance thread fits the planes' texture models,
   nearest first (a frame needing one waits for that plane only), and synthesises the mip-0 tiles around the
   observed points (tiles are pure functions of plane, tile and seed, so when they are made does not change them),
-  so the frame path mostly reads cached tiles; as the camera moves on, the tiles of the planes a widened view
-  around it shows are made before a frame reads them (``ahead``: a thread of its own, at the frames' priority).
+  so the frame path mostly reads cached tiles; with ``GeometricConfig.tiles_ahead`` (off by default: four served
+  sessions on two cores paid for it in frame rate), as the camera moves on, the tiles of the planes a widened
+  view around it shows are made before a frame reads them (``ahead``: a thread of its own, at the frames'
+  priority).
 - the tile synthesis (``tiles``, after the texture fits) runs at a low CPU priority (nice +``WARM_NICE``, its
   threads only): no frame waits for it (a frame synthesises a tile it misses; the tile thread holds the texture
   model's lock only to look a tile up and to store it, ``texture.warm_tiles``), and at normal priority the
