@@ -377,6 +377,29 @@ def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
         assert (depth == 0).any() and (depth > 0).any()  # sky above the facade and past its end, and hits
 
 
+def test_an_arcade_under_taller_facades_is_not_a_ceiling():
+    """A horizontal surface above the eye that observed facades rise metres past (an arcade's underside in a
+    square) does not make the space a room: the layout stays outdoors, without that ceiling. The same surface with
+    walls that end at it is a ceiling."""
+    rng = np.random.default_rng(7)
+    n = 6000
+
+    def points(facade_top_m: float) -> np.ndarray:
+        ground = np.c_[rng.uniform(-6, 6, n), np.zeros(n), rng.uniform(0, 14, n)]
+        back = np.c_[rng.uniform(-6, 6, n), rng.uniform(0, facade_top_m, n), np.full(n, 14.0)]
+        left = np.c_[np.full(n, -6.0), rng.uniform(0, facade_top_m, n), rng.uniform(4, 14, n)]
+        arcade = np.c_[rng.uniform(-6, -4, n // 4), np.full(n // 4, 3.4), rng.uniform(4, 14, n // 4)]
+        return np.concatenate([ground, back, left, arcade])
+
+    cam, up, forward = np.array([0.0, 1.6, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    square = estimate_layout(points(7.5), cam, up, forward)
+    assert not square.indoor
+    assert [p.kind for p in square.planes].count(FLOOR) == 1
+    assert all(p.kind in (FLOOR, WALL) for p in square.planes)
+    room = estimate_layout(points(3.4), cam, up, forward)
+    assert room.indoor
+
+
 def test_the_compiled_window_search_matches_numpy():
     """``appearance._largest_window`` (compiled) picks the window ``np.argmax`` over every window's count picks,
     ties included, on sparse, dense, blocky and empty coverage."""

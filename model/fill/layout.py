@@ -16,7 +16,8 @@ Per camera (``LayoutView``): in each of the six axis directions the plane that b
 stands in is the best-supported plane facing the camera at least ``min_camera_distance_m`` away. Where no
 observed plane bounds a direction it is closed by this rule (documented in the module; scene-independent):
 
-- indoors (a ceiling was observed), 1: a wall the camera has walked through (it stands behind a plane that
+- indoors (a ceiling was observed: a horizontal surface above the eye that no observed wall rises past by more
+  than ``ceiling_max_wall_rise_m``; an arcade's or a balcony's underside under taller facades is not one), 1: a wall the camera has walked through (it stands behind a plane that
   faces the other way, e.g. it went through a doorway) is a wall of the next room too: its back side, one
   ``wall_thickness_m`` nearer, bounds the way back; 2: the way on, beyond a wall the camera came through, is
   closed where a room as deep as the one it came from would end;
@@ -122,6 +123,11 @@ class LayoutConfig:
     # (``Layout.is_room_wall``): rays through a doorway do not stop at it, and it does not cut the floor into rooms
     # (``model.fill.appearance``'s unseen cells: cutting there faded the room's own floor)
     room_wall_min_top_m: float = 2.0
+    # a horizontal surface above the eye is a room's ceiling only if no observed wall rises more than this above it:
+    # walls meet a room's ceiling (highest wall top within 0.05 m of it on every room and house item), while the
+    # underside of an arcade, a balcony or a canopy outdoors has facades rising metres past it (courtyard seed 1:
+    # an arcade at 3.4 m under facades seen to 5.8-7.4 m, taken for a ceiling, made the square a closed room)
+    ceiling_max_wall_rise_m: float = 0.5
     # a closing wall (rule 3 and the others) is a guess that moves out as the path grows, but what the memory
     # invented on an earlier guess stayed there: room@turned (its left wall unseen) kept a wall 2 m inside the
     # room from the first clips on. Memory points beyond every observed point in the direction of a closing wall
@@ -418,8 +424,10 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     # horizontal surfaces: keep the floor (most support below the camera) and the ceiling (most above); table
     # tops and seats are furniture, which the background-preferring fill handles
     floors = [p for p in planes if p.kind == FLOOR]
-    ceilings = [p for p in planes if p.kind == CEILING]
-    keep = [p for p in planes if p.kind == WALL]
+    walls = [p for p in planes if p.kind == WALL]
+    ceilings = [p for p in planes if p.kind == CEILING
+                and not any(w.top_m > p.offset_m + config.ceiling_max_wall_rise_m for w in walls)]
+    keep = list(walls)
     if floors:
         keep.append(max(floors, key=lambda p: p.support))
     if ceilings:
