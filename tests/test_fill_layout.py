@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
-from spatia.model.fill.layout import (FLOOR, WALL, LayoutConfig, cast_layout, estimate_layout, opening_pixels,
-                                      reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
+from spatia.model.fill.layout import (FLOOR, WALL, Layout, LayoutConfig, Plane, cast_layout, estimate_layout,
+                                      opening_pixels, raise_open_tops, reference_stale_closing_pixels,
+                                      stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -398,6 +399,26 @@ def test_an_arcade_under_taller_facades_is_not_a_ceiling():
     assert all(p.kind in (FLOOR, WALL) for p in square.planes)
     room = estimate_layout(points(3.4), cam, up, forward)
     assert room.indoor
+
+
+def test_a_facade_that_rose_out_of_the_first_view_is_not_capped_at_its_edge():
+    """Outdoors, a facade whose highest pixel in the first view lies on the view's top rows continues
+    ``open_top_rise_m`` above it (the view ended there, not the building); one whose roofline shows keeps its top."""
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])  # camera y down = world -y; looking +z
+    c2w[:3, 3] = [0.0, 1.6, 0.0]
+    points = (pixel_rays(K) * 10.0) @ c2w[:3, :3].T + c2w[:3, 3]  # [H, W, 3] a facade at z = 10 m
+    axes = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    for roof_m, raised in ((4.0, False), (50.0, True)):  # the view's top row meets the facade ~5.9 m up
+        seen = np.where((points[..., 1] <= roof_m)[..., None], points, np.nan)  # the sky above the roof: no point
+        top_m = float(np.nanpercentile(seen[..., 1], 99.0))
+        wall = Plane(1, 10.0, -1, 1000, WALL, top_m, (-5.0, 5.0), 0)
+        for indoor in (False, True):
+            layout = Layout(axes, [wall], indoor=indoor)
+            raise_open_tops(layout, seen)
+            want = top_m + layout.config.open_top_rise_m if raised and not indoor else top_m
+            assert layout.planes[0].top_m == pytest.approx(want), (roof_m, indoor)
 
 
 def test_the_compiled_window_search_matches_numpy():

@@ -95,6 +95,12 @@ class LayoutConfig:
     # point the photo saw of it. Finite: unbounded facades (courtyard@photo, 320x180, demo settings) moved AbsRel
     # 0.425 -> 0.383 but synthesised 25x the texture tiles (generation 136 -> 601 s)
     open_top_rise_m: float = 6.0
+    # ... and so does an outdoor facade of an RGBD first view (``raise_open_tops``) whose highest pixel lies in the
+    # view's top this many rows: its highest observed point is where the view ended, not its roofline.
+    # courtyard@pitched (first camera 15 deg down) saw its facades only to 2.3-3.6 m above the ground, and capped
+    # there they showed sky where 7 m buildings stand
+    open_top_rows: int = 2
+    open_top_band_m: float = 0.15  # ... judged on its pixels within this of its observed top (most in those rows)
     # doorways where the path crosses a wall (path_openings): as wide as the free space a pose keeps on each side
     # (2 x min_camera_distance_m), as high as a standard interior door (2.0 m; at least the eye + 0.3 m)
     door_width_m: float = 1.0
@@ -466,6 +472,34 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
                   observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent,
                   observer_forward=np.asarray(forward, np.float64).copy())
+
+
+def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
+    """Outdoors, raise the top of each facade whose highest point the first view saw is where the view ended.
+
+    ``points`` [H, W, 3] world frame: the first view's pixels back-projected (NaN where it saw no surface: the sky
+    and what lies as far). A facade whose highest pixel in that view lies in its top ``open_top_rows`` rows rose
+    out of the view there: what was seen of it is not its roofline, so it continues ``open_top_rise_m`` above its
+    highest observed point, as a photo prior's open-topped walls do (``_prior_planes``). A facade whose roofline
+    shows anywhere (its highest pixel lower, with the view going on above it) keeps its observed top, however
+    much of it nearer the camera the view's edge cuts. Indoors nothing changes: walls indoors are not capped."""
+    cfg = layout.config
+    if layout.indoor or points.ndim != 3 or points.shape[0] <= cfg.open_top_rows:
+        return
+    with np.errstate(invalid="ignore"):
+        height = points @ layout.up  # [H, W], NaN where no surface
+    planes = list(layout.planes)
+    for i, p in enumerate(planes):
+        if p.kind != WALL or not math.isfinite(p.top_m):
+            continue
+        with np.errstate(invalid="ignore"):
+            on = np.abs(points @ layout.axes[p.axis] - p.offset_m) <= 2 * cfg.bin_m  # [H, W]; NaN compares False
+            at_top = on & (np.abs(height - p.top_m) <= cfg.open_top_band_m)  # the pixels that set its top
+        rows = np.nonzero(at_top)[0]
+        if len(rows) and np.mean(rows < cfg.open_top_rows) >= 0.5:
+            planes[i] = Plane(p.axis, p.offset_m, p.facing, p.support, p.kind, p.top_m + cfg.open_top_rise_m,
+                              p.span_m, p.plane_id, p.derived)
+    layout.planes = planes
 
 
 @dataclass(frozen=True)
