@@ -95,12 +95,14 @@ class LayoutConfig:
     # point the photo saw of it. Finite: unbounded facades (courtyard@photo, 320x180, demo settings) moved AbsRel
     # 0.425 -> 0.383 but synthesised 25x the texture tiles (generation 136 -> 601 s)
     open_top_rise_m: float = 6.0
-    # ... and so does an outdoor facade of an RGBD first view (``raise_open_tops``) whose highest pixel lies in the
-    # view's top this many rows: its highest observed point is where the view ended, not its roofline.
-    # courtyard@pitched (first camera 15 deg down) saw its facades only to 2.3-3.6 m above the ground, and capped
-    # there they showed sky where 7 m buildings stand
+    # ... and so does an outdoor facade of an RGBD first view that rose out of the view's top (``raise_open_tops``:
+    # its topmost pixel within the top this many rows, in at least this share of the columns where either that or
+    # its roofline against the sky shows): its highest observed point is where the view ended. courtyard@pitched
+    # (first camera 15 deg down) saw its facades only to 2.3-3.6 m above the ground, and capped there they showed
+    # sky where 7 m buildings stand
     open_top_rows: int = 2
-    open_top_band_m: float = 0.15  # ... judged on its pixels within this of its observed top (most in those rows)
+    open_top_min_share: float = 0.5
+    open_top_band_m: float = 0.3  # ... counting its pixels up to this above its observed top (a 99th percentile)
     # doorways where the path crosses a wall (path_openings): as wide as the free space a pose keeps on each side
     # (2 x min_camera_distance_m), as high as a standard interior door (2.0 m; at least the eye + 0.3 m)
     door_width_m: float = 1.0
@@ -475,28 +477,36 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
 
 
 def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
-    """Outdoors, raise the top of each facade whose highest point the first view saw is where the view ended.
+    """Outdoors, raise the top of each facade that rose out of the first view's top edge.
 
     ``points`` [H, W, 3] world frame: the first view's pixels back-projected (NaN where it saw no surface: the sky
-    and what lies as far). A facade whose highest pixel in that view lies in its top ``open_top_rows`` rows rose
-    out of the view there: what was seen of it is not its roofline, so it continues ``open_top_rise_m`` above its
-    highest observed point, as a photo prior's open-topped walls do (``_prior_planes``). A facade whose roofline
-    shows anywhere (its highest pixel lower, with the view going on above it) keeps its observed top, however
-    much of it nearer the camera the view's edge cuts. Indoors nothing changes: walls indoors are not capped."""
+    and what lies as far). In each image column a facade shows in, its topmost pixel either lies in the view's top
+    ``open_top_rows`` rows (it rose out of the view there), or has the sky right above it (its roofline), or a
+    nearer surface (a tree in front: unknown). A facade that rose out in at least ``open_top_min_share`` of the
+    columns that tell continues ``open_top_rise_m`` above its highest observed point, as a photo prior's
+    open-topped walls do (``_prior_planes``): what was seen of it ends where the view did. Indoors nothing
+    changes: walls indoors are not capped."""
     cfg = layout.config
     if layout.indoor or points.ndim != 3 or points.shape[0] <= cfg.open_top_rows:
         return
-    with np.errstate(invalid="ignore"):
-        height = points @ layout.up  # [H, W], NaN where no surface
     planes = list(layout.planes)
     for i, p in enumerate(planes):
         if p.kind != WALL or not math.isfinite(p.top_m):
             continue
-        with np.errstate(invalid="ignore"):
-            on = np.abs(points @ layout.axes[p.axis] - p.offset_m) <= 2 * cfg.bin_m  # [H, W]; NaN compares False
-            at_top = on & (np.abs(height - p.top_m) <= cfg.open_top_band_m)  # the pixels that set its top
-        rows = np.nonzero(at_top)[0]
-        if len(rows) and np.mean(rows < cfg.open_top_rows) >= 0.5:
+        with np.errstate(invalid="ignore"):  # NaN compares False
+            # [H, W] on the plane, and not above the facade's observed top: pixels of other surfaces that cross the
+            # plane (a taller facade behind a low wall) are not its own
+            on = ((np.abs(points @ layout.axes[p.axis] - p.offset_m) <= 2 * cfg.bin_m)
+                  & (points @ layout.up <= p.top_m + cfg.open_top_band_m))
+        cols = np.flatnonzero(on.any(axis=0))
+        if not len(cols):
+            continue
+        top_row = np.argmax(on[:, cols], axis=0)  # [C] the facade's topmost pixel in each column it shows in
+        rose_out = top_row < cfg.open_top_rows
+        above = points[np.maximum(top_row - 1, 0), cols]  # [C, 3]
+        roofline = ~rose_out & np.isnan(above[:, 0])
+        telling = int(rose_out.sum() + roofline.sum())
+        if telling and rose_out.sum() >= cfg.open_top_min_share * telling:
             planes[i] = Plane(p.axis, p.offset_m, p.facing, p.support, p.kind, p.top_m + cfg.open_top_rise_m,
                               p.span_m, p.plane_id, p.derived)
     layout.planes = planes
