@@ -9,8 +9,9 @@ import pytest
 
 from spatia.world import _memory_kernels as K
 from spatia.world._reference import (reference_drop_order, reference_drop_rows, reference_gap_rows,
-                                     reference_live_arrays)
+                                     reference_keys_in, reference_keys_of_points, reference_live_arrays)
 from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError
 from spatia.world.memory import INVENTED_FINAL, Box, MemoryConfig, SpatialMemory, Sphere
 
 CFG = MemoryConfig(voxel_size_m=0.05)
@@ -308,3 +309,30 @@ def test_tombstones_match_a_compacting_twin_through_every_operation():
         _check_table(mem, np.zeros(0, np.int64))
         assert mem._n_sorted - len(mem._dead) == twin._n_sorted, step
     assert seen_through > 0 and mem._structure > 10
+
+
+@pytest.mark.parametrize("n_keys", [0, 1, 7, 300, 5000])
+def test_keys_in_matches_the_reference(n_keys):
+    """The hashed membership the memory update takes removed keys out with, against ``np.isin``: voxel keys,
+    repeats on both sides, negative values, absent values whose hash collides."""
+    rng = np.random.default_rng(n_keys)
+    pool = np.concatenate([rng.integers(0, 1 << 62, 4000), rng.integers(-50, 50, 100)])
+    keys = rng.choice(pool, size=n_keys) if n_keys else np.zeros(0, np.int64)
+    values = np.concatenate([rng.choice(pool, size=20_000), keys, rng.integers(0, 1 << 62, 500)])
+    got = K.keys_in(values, keys)
+    assert got.dtype == np.bool_ and np.array_equal(got, reference_keys_in(values, keys))
+    assert np.array_equal(K.keys_in(values[:0], keys), np.zeros(0, bool))
+
+
+def test_keys_of_points_match_the_keys_as_read_with_dead_rows():
+    mem = _memory(6_000, seed=5)
+    live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
+    mem._drop(np.sort(np.random.default_rng(0).choice(live_prefix, 300, replace=False)))  # prefix: dead rows
+    assert len(mem._dead)
+    ids = np.random.default_rng(1).integers(0, mem.num_points, 2_000)
+    want = reference_keys_of_points(mem.to_arrays()["voxel_keys"], ids)
+    assert np.array_equal(mem.keys_of_points(ids), want)
+    assert np.array_equal(mem.keys_of_points(ids.astype(np.int32)), want)
+    assert np.array_equal(mem.keys_of_points(np.arange(mem.num_points)), mem.voxel_keys)
+    with pytest.raises(InvalidInputError):
+        mem.keys_of_points(np.array([mem.num_points]))

@@ -374,6 +374,37 @@ def hash_lookup_many(table, keys, query):
     return out
 
 
+@nb.njit(cache=True, nogil=True)
+def keys_in(values, keys):
+    """``np.isin(values, keys)`` for int64 arrays: a hash set of ``keys`` (a power-of-two table at most half full,
+    linear probing), one probe sequence per value, O(values + keys). The memory update asks it with a view's voxel
+    set (~10^5 keys) against the few hundred keys one frame removed, where ``np.isin`` sorted both."""
+    bits = 4
+    while (1 << bits) < 2 * keys.shape[0]:
+        bits += 1
+    size = 1 << bits
+    shift = np.uint64(64 - bits)  # multiplicative hashing: the product's top bits
+    table = np.empty(size, np.int64)
+    used = np.zeros(size, np.bool_)
+    for t in range(keys.shape[0]):
+        k = keys[t]
+        s = np.int64((np.uint64(k) * _MIX1) >> shift)
+        while used[s] and table[s] != k:
+            s = (s + 1) & (size - 1)
+        used[s] = True
+        table[s] = k
+    out = np.zeros(values.shape[0], np.bool_)
+    for i in range(values.shape[0]):
+        v = values[i]
+        s = np.int64((np.uint64(v) * _MIX1) >> shift)
+        while used[s]:
+            if table[s] == v:
+                out[i] = True
+                break
+            s = (s + 1) & (size - 1)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Keys, positions, blocks
 # ---------------------------------------------------------------------------------------------------------------

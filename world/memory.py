@@ -238,6 +238,17 @@ class SpatialMemory:
     def provenance(self) -> np.ndarray:
         return self._live(self._prov)  # [N] uint8: OBSERVED, INVENTED_PROVISIONAL or INVENTED_FINAL
 
+    def keys_of_points(self, ids: np.ndarray) -> np.ndarray:
+        """``voxel_keys[ids]`` (a new [M] int64 array) for point indices ``ids`` ``[M]``, without ``voxel_keys``'s
+        O(points) copy, which a drop voids while rows are dead (the memory update reads a few keys after each)."""
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
+            raise InvalidInputError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+        ids = ids.astype(np.int64)
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.num_points):
+            raise InvalidInputError(f"point ids must be in 0..{self.num_points - 1}")
+        return self._keys[self._rows_of_points(ids)]
+
     def _live(self, a: np.ndarray) -> np.ndarray:
         """Read-only rows of ``a`` for the live points (a view when none is dead)."""
         if not len(self._dead):
