@@ -1009,8 +1009,17 @@ def merge_samples(
             continue
         key = s_keys[i]
         if j == -1:
-            j = hash_lookup(table, keys, key)  # an earlier sample of this batch may have created it
-            if j == -1:
+            # an earlier sample of this batch may have created it; else it goes into the empty slot that ended the
+            # probe, where ``hash_insert`` would put it (one probe sequence instead of two, the same table)
+            slot = _slot(key, table.shape[0])
+            while True:
+                j = table[slot]
+                if j < 0 or keys[j] == key:
+                    break
+                slot += 1
+                if slot == table.shape[0]:
+                    slot = 0
+            if j < 0:
                 if n == cap:
                     return i, n, created, updated
                 j = n
@@ -1024,7 +1033,7 @@ def merge_samples(
                 colors[j, 2] = s_rgb[i, 2]
                 counts[j] = 1
                 last_seen[j] = frame_index
-                hash_insert(table, key, j)
+                table[slot] = j
                 created += 1
                 i += 1
                 continue
