@@ -336,3 +336,22 @@ def test_keys_of_points_match_the_keys_as_read_with_dead_rows():
     assert np.array_equal(mem.keys_of_points(np.arange(mem.num_points)), mem.voxel_keys)
     with pytest.raises(InvalidInputError):
         mem.keys_of_points(np.array([mem.num_points]))
+
+
+def test_table_builds_match_one_insert_at_a_time():
+    """``hash_build_range`` / ``hash_build_live`` read each chunk's home slots ahead, then insert: the table must be
+    the one ``hash_insert`` makes row by row (same slots: later probes and deletions see the same chains)."""
+    mem = _memory(20_000, seed=7)
+    n, cap = mem._n, mem._table.shape[0]
+    dead = np.sort(np.random.default_rng(3).choice(n, 700, replace=False))
+    for start in (0, 5, 133):
+        want = np.full(cap, -1, np.int32)
+        K.hash_insert_rows(want, mem._keys, np.arange(start, n, dtype=np.int64))
+        got = np.full(cap, -1, np.int32)
+        K.hash_build_range(got, mem._keys, start, n)
+        assert np.array_equal(got, want)
+        want = np.full(cap, -1, np.int32)
+        K.hash_insert_rows(want, mem._keys, np.setdiff1d(np.arange(start, n), dead))
+        got = np.full(cap, -1, np.int32)
+        K.hash_build_live(got, mem._keys, start, n, dead)
+        assert np.array_equal(got, want)
