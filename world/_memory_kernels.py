@@ -1038,13 +1038,29 @@ def merge_samples(
     With ``refresh_existing`` False, points that existed before this batch keep their colour and position (only
     their count and last-seen frame move): new content may add points, never repaint remembered ones.
 
-    Returns (next sample to process, new point count n, points created, distinct pre-existing points updated).
+    Returns (next sample to process, new point count n, points created, distinct pre-existing points updated, the
+    read-ahead sum: unused, it keeps those loads from being optimised away).
     """
     cap = keys.shape[0]
     created = 0
     updated = 0
     i = start
+    # the home slots of the next chunk's look-ups, computed and read ahead (their cache misses overlap; the value
+    # read is not used), as ``_insert_rows_ahead``
+    ahead = np.empty(_INSERT_CHUNK, np.int64)
+    chunk_start = i
+    chunk_stop = i
+    touch = 0
     while i < s_keys.shape[0]:
+        if i >= chunk_stop:
+            chunk_start = i
+            chunk_stop = min(i + _INSERT_CHUNK, s_keys.shape[0])
+            for t in range(chunk_start, chunk_stop):
+                if s_idx[t] == -1:
+                    ahead[t - chunk_start] = _slot(s_keys[t], table.shape[0])
+            for t in range(chunk_start, chunk_stop):
+                if s_idx[t] == -1:
+                    touch += table[ahead[t - chunk_start]]
         j = s_idx[i]
         if j == -2:
             i += 1
@@ -1053,7 +1069,7 @@ def merge_samples(
         if j == -1:
             # an earlier sample of this batch may have created it; else it goes into the empty slot that ended the
             # probe, where ``hash_insert`` would put it (one probe sequence instead of two, the same table)
-            slot = _slot(key, table.shape[0])
+            slot = ahead[i - chunk_start]
             while True:
                 j = table[slot]
                 if j < 0 or keys[j] == key:
@@ -1063,7 +1079,7 @@ def merge_samples(
                     slot = 0
             if j < 0:
                 if n == cap:
-                    return i, n, created, updated
+                    return i, n, created, updated, touch
                 j = n
                 n += 1
                 keys[j] = key
@@ -1093,7 +1109,7 @@ def merge_samples(
             touched[j] = True
             updated += 1
         i += 1
-    return i, n, created, updated
+    return i, n, created, updated, touch
 
 
 @nb.njit(cache=True, nogil=True)

@@ -381,7 +381,7 @@ class SpatialMemory:
         created = updated = 0
         start = 0
         while True:
-            start, self._n, c, u = K.merge_samples(
+            start, self._n, c, u, _ = K.merge_samples(
                 s_keys, s_offs, s_rgb, s_idx, start, frame_index, int(self.config.max_mean_weight),
                 self._keys, self._offsets, self._colors, self._counts, self._last, self._table,
                 self._n, n_before, touched, refresh_existing,
