@@ -355,3 +355,19 @@ def test_table_builds_match_one_insert_at_a_time():
         got = np.full(cap, -1, np.int32)
         K.hash_build_live(got, mem._keys, start, n, dead)
         assert np.array_equal(got, want)
+
+
+def test_hash_repoint_matches_hash_remap():
+    """A growth adopted after drops re-points only the moved rows' entries (``hash_repoint``): the table must be
+    the one ``hash_remap`` of the whole mapping gives."""
+    mem = _memory(10_000, seed=9)
+    n = mem._n
+    rng = np.random.default_rng(4)
+    rows = np.sort(rng.choice(np.setdiff1d(np.arange(n), mem._dead), 300, replace=False))
+    new_of_old = np.arange(n, dtype=np.int64)
+    new_of_old[rows] = n + 5 + rng.permutation(300)  # moved rows (the keys array is read through the old ones)
+    want = mem._table.copy()
+    K.hash_remap(want, new_of_old.astype(np.int32))
+    got = mem._table.copy()
+    K.hash_repoint(got, mem._keys, rows, new_of_old[rows])
+    assert np.array_equal(got, want)

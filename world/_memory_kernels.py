@@ -395,6 +395,18 @@ def hash_remap(table, new_index_of_old):
 
 
 @nb.njit(cache=True, nogil=True)
+def hash_repoint(table, keys, rows, new_rows):
+    """``hash_remap`` of the points ``rows`` only (indices into ``keys``, each in the table): their entries take
+    ``new_rows``, in place, every other entry stays. All slots are found first, while the table still holds the
+    old indices (a probe reads keys through them), then written. O(rows) probes, not a pass over the table."""
+    slots = np.empty(rows.shape[0], np.int64)
+    for t in range(rows.shape[0]):
+        slots[t] = _slot_of(table, keys, keys[rows[t]])
+    for t in range(rows.shape[0]):
+        table[slots[t]] = new_rows[t]
+
+
+@nb.njit(cache=True, nogil=True)
 def hash_delete_keys(table, keys, query):
     """Take each key of ``query`` (present in the table, whose indices point into ``keys``) out of the table."""
     for t in range(query.shape[0]):

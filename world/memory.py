@@ -872,7 +872,10 @@ class SpatialMemory:
             copy_of_current, current_of_copy = rows
             # while the table still holds copy rows (its probes read the copy's keys): the dropped keys leave it
             K.hash_delete_keys(table, arrays[0], arrays[0][np.flatnonzero(current_of_copy < 0)])
-            K.hash_remap(table, current_of_copy.astype(np.int32))  # the kept ones point at their current rows
+            # the kept ones point at their current rows: only the moved ones change (a drop moves about as many rows
+            # as it drops; a sweep of the whole table re-pointed each adoption after a drop)
+            moved = np.flatnonzero((current_of_copy >= 0) & (current_of_copy != np.arange(len(current_of_copy))))
+            K.hash_repoint(table, arrays[0], moved, current_of_copy[moved])
             for dst, src in zip(arrays, current):
                 dst[:n] = src[:n]
             added = np.flatnonzero(copy_of_current[:n] < 0)  # rows added since (or moved by a re-layout: dead ones
@@ -1241,7 +1244,8 @@ def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
     table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
     K.drop_moves.compile((index_t, numba.typeof(n), numba.typeof(n)))
     K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
-    K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))
+    K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))  # (a re-layout's)
+    K.hash_repoint.compile((table_t, numba.typeof(out[0]), index_t, index_t))
     K.hash_insert_rows.compile((table_t, numba.typeof(out[0]), index_t))
     _load_dead_row_kernels(table_t, numba.typeof(out[0]), numba.typeof(out[5]))
     return out, table
