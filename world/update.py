@@ -829,6 +829,15 @@ class MemoryLike(Protocol):
                                      depth_m: np.ndarray, rel: float) -> np.ndarray: ...  # removed voxel keys
 
 
+def load_update_kernels() -> None:
+    """Load ``keys_in`` for the types ``update_memory`` calls it with, without running it (numba's ``compile`` with
+    a signature loads it from the disk cache, else compiles it): its first call in a process otherwise loaded it on
+    the world's thread, inside the first keyframe that took points away. The engine runs this off the frame path
+    when it opens a world (``world.engine``)."""
+    keys_t = numba.typeof(np.zeros(0, np.int64))
+    keys_in.compile((keys_t, keys_t))
+
+
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
 # rgb [H, W, 3] uint8 -> [H, W] depth-like output (relative or metric; disparity when the config says so).
 DepthModel = Union[DepthEstimator, Callable[[np.ndarray], np.ndarray]]
