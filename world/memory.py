@@ -167,6 +167,7 @@ class SpatialMemory:
         # once points were dropped while a growth is in preparation: (copy row of each current row or -1 [capacity],
         # current row of each row it copied or -1 [its n]), so that it still applies (``_growth_follows_gone``)
         self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
+        self._growth_identity: Future | None = None  # identity rows its job makes ready (``_growth_rows_now``)
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
         self._ordering: tuple[Future, int, int, int, Future] | None = None
@@ -814,7 +815,7 @@ class SpatialMemory:
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
-        mem._growth_rows = None
+        mem._growth_rows = mem._growth_identity = None
         mem.__dict__.pop("_keys_read", None)  # (its buffer is shared: appends would write into both)
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
@@ -849,9 +850,12 @@ class SpatialMemory:
         arrays = (self._keys[: self._n].copy(), self._offsets, self._colors, self._counts, self._last, self._prov)
         # room for the integrate after the adoption too (else it grows on the spot after all)
         capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
-        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead)
+        identity = Future()
+        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead,
+                                                       self._capacity, identity)
         self._growth = (job, self._n, self._structure)
         self._growth_rows = None
+        self._growth_identity = identity
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
@@ -863,6 +867,7 @@ class SpatialMemory:
             return False
         self._growth = None
         rows, self._growth_rows = self._growth_rows, None
+        self._growth_identity = None
         arrays, table = job.result()
         if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # re-sorted, or grown meanwhile
             return False
@@ -893,6 +898,7 @@ class SpatialMemory:
     def _grow(self, capacity: int) -> None:
         if self._growth_rows is not None:  # the rows it follows are for the old capacity
             self._growth = self._growth_rows = None
+            self._growth_identity = None
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         self._alloc(capacity)
@@ -1008,16 +1014,22 @@ class SpatialMemory:
 
     def _growth_rows_now(self) -> tuple[np.ndarray, np.ndarray]:
         """(copy row of each current row or -1 [capacity], current row of each row it copied or -1 [its n]) for the
-        growth in preparation, started as the identity."""
+        growth in preparation, started as the identity: the one its job made ready when it still fits (fresh
+        arrays of ~16 bytes a point: made here, on the frame's thread at the first drop after a growth began, their
+        page faults cost a keyframe tens of ms with four worlds on two cores), else made here."""
         if self._growth_rows is None:
             n0 = self._growth[1]
-            copy_of_current = np.full(self._capacity, -1, np.int64)
-            copy_of_current[:n0] = np.arange(n0)
-            self._growth_rows = (copy_of_current, np.arange(n0, dtype=np.int64))
+            ready = getattr(self, "_growth_identity", None)
+            self._growth_identity = None
+            if ready is not None and ready.done() and ready.exception() is None \
+                    and ready.result()[0].shape[0] == self._capacity:  # (not grown on the spot since)
+                self._growth_rows = ready.result()
+            else:
+                self._growth_rows = _identity_rows(self._capacity, n0)
         return self._growth_rows
 
     # A growth in preparation follows the drops: which rows it copied are gone, where the others go, so that its
-    # adoption re-points its hash table (deletes the dropped keys, remaps the rest: one pass over the table)
+    # adoption re-points its hash table (deletes the dropped keys, re-points the moved ones)
     # instead of being thrown away. A thrown-away growth came back on the spot (55-148 ms at 0.3-1.2 M points, four
     # worlds on two cores), and free-space removal drops a few invented points in many clips (docs/BENCHMARKS.md,
     # "Stalls off the frame path"). A dead row keeps its copy row (adoption does not insert it as added since).
@@ -1227,13 +1239,25 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: 
     return _Resorted(order, new_of_old, out[0], out[1:], new_table, block_ids, block_starts)
 
 
-def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
-                dead: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def _identity_rows(capacity: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``SpatialMemory._growth_rows_now``'s start: (row r -> r for r < n, -1 up to ``capacity``; r -> r for r < n)."""
+    copy_of_current = np.full(capacity, -1, np.int64)
+    copy_of_current[:n] = np.arange(n)
+    return copy_of_current, np.arange(n, dtype=np.int64)
+
+
+def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int, dead: np.ndarray, rows_capacity: int,
+                identity: Future) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys but the
     rows ``dead`` (the memory's dead rows when it began; the owner never changes that array in place). Runs
     while the owner keeps integrating: rows < n of every array but the keys (a copy the owner made) may change
     meanwhile (``_adopt_growth`` copies them again, and re-points the table when points were dropped); rows >= n
-    are not read."""
+    are not read. First, ``identity`` gets ``_identity_rows(rows_capacity, n)``, for the drops to come."""
+    try:
+        identity.set_result(_identity_rows(rows_capacity, n))
+    except BaseException as exc:
+        identity.set_exception(exc)
+        raise
     out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         dst[:n] = src[:n]
