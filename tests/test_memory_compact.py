@@ -7,9 +7,11 @@ each, nothing stale)."""
 import numpy as np
 import pytest
 
+import spatia.world.memory as memory_module
 from spatia.world import _memory_kernels as K
 from spatia.world._reference import (reference_drop_order, reference_drop_rows, reference_gap_rows,
-                                     reference_keys_in, reference_keys_of_points, reference_live_arrays)
+                                     reference_keys_in, reference_keys_of_points, reference_live_arrays,
+                                     reference_merge_order)
 from spatia.world.camera import Intrinsics
 from spatia.world.errors import InvalidInputError
 from spatia.world.memory import INVENTED_FINAL, Box, MemoryConfig, SpatialMemory, Sphere
@@ -371,3 +373,21 @@ def test_hash_repoint_matches_hash_remap():
     got = mem._table.copy()
     K.hash_repoint(got, mem._keys, rows, new_of_old[rows])
     assert np.array_equal(got, want)
+
+
+def test_merge_order_matches_the_reference_with_dead_rows():
+    """A re-sort's order (``_merge_order``): the live rows by sort key, dead prefix rows left out, even where a dead
+    row's key is back in the tail; ``extra`` zeros after it."""
+    mem = _memory(8_000, seed=13)
+    live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
+    gone = np.sort(np.random.default_rng(5).choice(live_prefix, 400, replace=False))
+    back = mem._keys[gone[:50]].copy()
+    mem._drop(gone)
+    rng = np.random.default_rng(6)
+    mem.integrate_points((K.decode_positions(back, np.full((50, 3), 128, np.uint8), 50, CFG.voxel_size_m)),
+                         rng.integers(0, 256, (50, 3), dtype=np.uint8), frame_index=2)  # dead keys back in the tail
+    n, ns, dead = mem._n, mem._n_sorted, mem._dead
+    want = reference_merge_order(K.sort_keys(mem._keys, 0, n), n, dead)
+    assert np.array_equal(memory_module._merge_order(mem._keys, ns, n, dead), want)
+    got = memory_module._merge_order(mem._keys, ns, n, dead, 7)
+    assert np.array_equal(got[: len(want)], want) and np.array_equal(got[len(want):], np.zeros(7, np.int64))

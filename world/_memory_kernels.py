@@ -507,12 +507,12 @@ def longest_sorted_prefix(keys, n):
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def permute_rows(arr, order):
-    """``arr[:len(order)] = arr[order]`` in place (through one scratch copy) for a vector ``arr`` [N], rows in
-    parallel: a numpy fancy gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame being
-    rendered. ``permute_rows3`` is the same for [N, 3] arrays."""
+def permute_rows(arr, order, scratch):
+    """``arr[:len(order)] = arr[order]`` in place (through ``scratch``, >= len(order) rows of ``arr``'s type, which
+    the caller shares between the point arrays: fresh pages cost the frame their faults) for a vector ``arr`` [N],
+    rows in parallel: a numpy fancy gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame
+    being rendered. ``permute_rows3`` is the same for [N, 3] arrays."""
     n = order.shape[0]
-    scratch = np.empty(n, arr.dtype)
     for i in nb.prange(n):
         scratch[i] = arr[order[i]]
     for i in nb.prange(n):
@@ -520,11 +520,10 @@ def permute_rows(arr, order):
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def permute_rows3(arr, order):
+def permute_rows3(arr, order, scratch):
     """``permute_rows`` for an [N, 3] array, element by element: a row assignment (``scratch[i] = arr[j]``) made a
     view per row and took 11x a vector's time (2.2 ms for [132 k, 3] uint8)."""
     n = order.shape[0]
-    scratch = np.empty((n, 3), arr.dtype)
     for i in nb.prange(n):
         src = order[i]
         scratch[i, 0] = arr[src, 0]
@@ -574,23 +573,38 @@ def scatter_rows3(src, rows, new_index, dst):
 
 
 @nb.njit(cache=True, nogil=True)
-def merge_order(keys, n_sorted, tail_order):
-    """Permutation (new position -> old index) merging the sorted prefix with the tail in ``tail_order``."""
+def merge_order(keys, n_sorted, tail_order, tail_offset, dead, extra):
+    """Permutation (new position -> old index) merging the sorted prefix ``[0, n_sorted)`` but its rows ``dead``
+    (sorted) with the tail rows ``tail_order + tail_offset`` (in that order), then ``extra`` zeros (room the caller
+    fills: the dead rows a re-sort leaves). A dead row's key may be back in the tail: there the tail's row goes
+    first on the tie, so leaving the dead ones out here orders the rest as a merge of every row filtered after.
+    (One output array: a filtered copy and a concatenation after it were two more fresh arrays of the points' size,
+    whose page faults a re-sort on the frame's thread paid.)"""
     m = tail_order.shape[0]
-    out = np.empty(n_sorted + m, np.int64)
+    nd = dead.shape[0]
+    total = n_sorted - nd + m
+    out = np.empty(total + extra, np.int64)
+    out[total:] = 0
+    d = 0
     a = 0
+    while d < nd and dead[d] == a:
+        a += 1
+        d += 1
     b = 0
-    sa = sort_key(keys[0]) if n_sorted > 0 else INT64_MAX
-    sb = sort_key(keys[tail_order[0]]) if m > 0 else INT64_MAX
-    for o in range(n_sorted + m):
+    sa = sort_key(keys[a]) if a < n_sorted else INT64_MAX
+    sb = sort_key(keys[tail_order[0] + tail_offset]) if m > 0 else INT64_MAX
+    for o in range(total):
         if sa < sb:
             out[o] = a
             a += 1
+            while d < nd and dead[d] == a:
+                a += 1
+                d += 1
             sa = sort_key(keys[a]) if a < n_sorted else INT64_MAX
         else:
-            out[o] = tail_order[b]
+            out[o] = tail_order[b] + tail_offset
             b += 1
-            sb = sort_key(keys[tail_order[b]]) if b < m else INT64_MAX
+            sb = sort_key(keys[tail_order[b] + tail_offset]) if b < m else INT64_MAX
     return out
 
 

@@ -998,10 +998,12 @@ class SpatialMemory:
 
     def _permute(self, order: np.ndarray) -> None:
         """Row ``i`` takes row ``order[i]`` of every point array, in place."""
+        n = len(order)
+        buffer = np.empty(n * 8, np.uint8)  # one scratch for all six (the keys' 8 bytes a row are the most)
         for a in (self._keys, self._counts, self._last, self._prov):
-            K.permute_rows(a, order)
+            K.permute_rows(a, order, buffer[: n * a.itemsize].view(a.dtype))
         for a in (self._offsets, self._colors):
-            K.permute_rows3(a, order)
+            K.permute_rows3(a, order, buffer[: n * 3 * a.itemsize].view(a.dtype).reshape(n, 3))
 
     def _clear_rows(self, start: int, stop: int, arrays: tuple[np.ndarray, ...] | None = None) -> None:
         """Make rows ``[start, stop)`` gap rows: dead, zero elsewhere (a memory's rows stay a function of its
@@ -1125,13 +1127,15 @@ class SpatialMemory:
                     return
                 order, n = prepared_order.result(), n0  # (grown meanwhile: its order still holds; no row died
                 # since it began: a drop changes the structure)
-        if order is None:
-            order = _merge_order(self._keys, ns, n, self._dead)
+        room = 0
+        if order is None:  # every row (n is the memory's): the gap's room comes with the order
+            room = self._gap_target(n - len(self._dead))
+            order = _merge_order(self._keys, ns, n, self._dead, room)
         self._structure += 1
-        m, rest = len(order), self._n - n  # rows from n on stay in the tail, in their order
+        m, rest = len(order) - room, self._n - n  # rows from n on stay in the tail, in their order
         gap = self._gap_target(m + rest)
-        if gap or m < n:
-            order = np.concatenate([order, np.zeros(gap, np.int64), np.arange(n, self._n, dtype=np.int64)])
+        if len(order) != m + gap + rest:
+            order = np.concatenate([order[:m], np.zeros(gap, np.int64), np.arange(n, self._n, dtype=np.int64)])
         self._permute(order)
         self._clear_rows(m, m + gap)
         new_of_old = np.full(self._n, -1, np.int32)  # (dead rows are in no slot)
@@ -1171,17 +1175,12 @@ class SpatialMemory:
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-def _merge_order(keys: np.ndarray, n_sorted: int, n: int, dead: np.ndarray) -> np.ndarray:
+def _merge_order(keys: np.ndarray, n_sorted: int, n: int, dead: np.ndarray, extra: int = 0) -> np.ndarray:
     """New position -> old row that merges rows ``[n_sorted, n)`` into the block-sorted ``[0, n_sorted)``, the rows
-    ``dead`` (sorted, below ``n_sorted``) left out. Reads only keys below ``n``, which stay put until the memory's
-    structure changes (callers check)."""
-    tail_order = np.argsort(K.sort_keys(keys, n_sorted, n)) + n_sorted
-    order = K.merge_order(keys, n_sorted, tail_order)
-    if len(dead):  # (a dead row's key may be back in the tail: the two tie in the merge, and the dead one goes)
-        live = np.ones(n, bool)
-        live[dead] = False
-        order = order[live[order]]
-    return order
+    ``dead`` (sorted, below ``n_sorted``) left out, then ``extra`` zeros (``K.merge_order``). Reads only keys below
+    ``n``, which stay put until the memory's structure changes (callers check)."""
+    tail_order = np.argsort(K.sort_keys(keys, n_sorted, n))
+    return K.merge_order(keys, n_sorted, tail_order, n_sorted, np.ascontiguousarray(dead, np.int64), extra)
 
 
 class _Resorted(NamedTuple):
@@ -1227,10 +1226,10 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: 
     block_ids, block_starts = K.block_directory(out[0], m)
     order_t, index_t = numba.typeof(order), numba.typeof(new_of_old)
     for arr_t in rows:
-        K.permute_rows.compile((arr_t, order_t))
+        K.permute_rows.compile((arr_t, order_t, arr_t))
         K.scatter_rows.compile((arr_t, index_t, index_t, arr_t))
     for arr_t in rows3:
-        K.permute_rows3.compile((arr_t, order_t))
+        K.permute_rows3.compile((arr_t, order_t, arr_t))
         K.scatter_rows3.compile((arr_t, index_t, index_t, arr_t))
     K.hash_remap.compile((table, numba.typeof(np.empty(0, np.int32))))
     K.hash_build_range.compile((table, rows[0], numba.typeof(n), numba.typeof(n)))
