@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, log  # noqa: E402
+from stalls import present_parts  # noqa: E402
 
 # (module, attribute path, label) of each timed part; a part a tree lacks is left out of its figures
 PARTS = (
@@ -60,14 +61,7 @@ def _instrument(acc: collections.Counter, main_thread: int) -> None:
     import importlib
     import threading
 
-    for module, path, label in PARTS:
-        mod = importlib.import_module(module)
-        owner_name, _, attr = path.rpartition(".")
-        owner = getattr(mod, owner_name) if owner_name else mod
-        fn = getattr(owner, attr, None)
-        if fn is None:
-            continue
-
+    for owner, attr, fn, label in present_parts(PARTS):
         def make(fn, label):
             @functools.wraps(fn)
             def timed(*a, **k):
@@ -83,7 +77,7 @@ def _instrument(acc: collections.Counter, main_thread: int) -> None:
             return timed
 
         setattr(owner, attr, make(fn, label))
-        if module == "spatia.world._memory_kernels":  # memory.py calls them as K.<name>
+        if owner.__name__ == "spatia.world._memory_kernels":  # memory.py calls them as K.<name>
             setattr(importlib.import_module("spatia.world.memory").K, attr, getattr(owner, attr))
 
 
