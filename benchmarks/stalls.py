@@ -71,19 +71,25 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))] if s else float("nan")
 
 
-def _instrument(local) -> list[str]:
-    """Wrap each part present in this tree so that its wall ms add up in ``local.acc`` (a Counter per thread, per
-    clip); the names wrapped."""
+def present_parts(parts):
+    """``(owner, attribute, function, name)`` of each ``(module, attribute path, name)`` of ``parts`` present in this
+    tree (``keyframe_update.py`` times its parts through it too)."""
     import importlib
 
-    wrapped = []
-    for module, path, name in PARTS:
+    for module, path, name in parts:
         mod = importlib.import_module(module)
         owner_name, _, attr = path.rpartition(".")
         owner = getattr(mod, owner_name) if owner_name else mod
         fn = getattr(owner, attr, None)
-        if fn is None:
-            continue
+        if fn is not None:
+            yield owner, attr, fn, name
+
+
+def _instrument(local) -> list[str]:
+    """Wrap each part present in this tree so that its wall ms add up in ``local.acc`` (a Counter per thread, per
+    clip); the names wrapped."""
+    wrapped = []
+    for owner, attr, fn, name in present_parts(PARTS):
 
         def make(fn, name):
             @functools.wraps(fn)

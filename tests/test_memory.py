@@ -107,6 +107,10 @@ def test_integrate_matches_reference_over_several_frames():
         want = ref.reference_merge(state, keys, offs, rgb.reshape(-1, 3)[pix], 10 + f, cfg.max_mean_weight)
         assert stats == IntegrateStats(*want)
         assert_same_state(mem, state)
+        # merge_samples puts each new point where hash_insert would: the table of inserts in row order
+        table = np.full(mem._table.shape, -1, np.int32)
+        memory_module.K.hash_build_range(table, mem._keys, 0, mem._n)
+        assert np.array_equal(mem._table, table)
     assert mem.num_points == len(state)
 
 

@@ -7,10 +7,13 @@ each, nothing stale)."""
 import numpy as np
 import pytest
 
+import spatia.world.memory as memory_module
 from spatia.world import _memory_kernels as K
 from spatia.world._reference import (reference_drop_order, reference_drop_rows, reference_gap_rows,
-                                     reference_live_arrays)
+                                     reference_keys_in, reference_keys_of_points, reference_live_arrays,
+                                     reference_merge_order)
 from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError
 from spatia.world.memory import INVENTED_FINAL, Box, MemoryConfig, SpatialMemory, Sphere
 
 CFG = MemoryConfig(voxel_size_m=0.05)
@@ -308,3 +311,83 @@ def test_tombstones_match_a_compacting_twin_through_every_operation():
         _check_table(mem, np.zeros(0, np.int64))
         assert mem._n_sorted - len(mem._dead) == twin._n_sorted, step
     assert seen_through > 0 and mem._structure > 10
+
+
+@pytest.mark.parametrize("n_keys", [0, 1, 7, 300, 5000])
+def test_keys_in_matches_the_reference(n_keys):
+    """The hashed membership the memory update takes removed keys out with, against ``np.isin``: voxel keys,
+    repeats on both sides, negative values, absent values whose hash collides."""
+    rng = np.random.default_rng(n_keys)
+    pool = np.concatenate([rng.integers(0, 1 << 62, 4000), rng.integers(-50, 50, 100)])
+    keys = rng.choice(pool, size=n_keys) if n_keys else np.zeros(0, np.int64)
+    values = np.concatenate([rng.choice(pool, size=20_000), keys, rng.integers(0, 1 << 62, 500)])
+    got = K.keys_in(values, keys)
+    assert got.dtype == np.bool_ and np.array_equal(got, reference_keys_in(values, keys))
+    assert np.array_equal(K.keys_in(values[:0], keys), np.zeros(0, bool))
+
+
+def test_keys_of_points_match_the_keys_as_read_with_dead_rows():
+    mem = _memory(6_000, seed=5)
+    live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
+    mem._drop(np.sort(np.random.default_rng(0).choice(live_prefix, 300, replace=False)))  # prefix: dead rows
+    assert len(mem._dead)
+    ids = np.random.default_rng(1).integers(0, mem.num_points, 2_000)
+    want = reference_keys_of_points(mem.to_arrays()["voxel_keys"], ids)
+    assert np.array_equal(mem.keys_of_points(ids), want)
+    assert np.array_equal(mem.keys_of_points(ids.astype(np.int32)), want)
+    assert np.array_equal(mem.keys_of_points(np.arange(mem.num_points)), mem.voxel_keys)
+    with pytest.raises(InvalidInputError):
+        mem.keys_of_points(np.array([mem.num_points]))
+
+
+def test_table_builds_match_one_insert_at_a_time():
+    """``hash_build_range`` / ``hash_build_live`` read each chunk's home slots ahead, then insert: the table must be
+    the one ``hash_insert`` makes row by row (same slots: later probes and deletions see the same chains)."""
+    mem = _memory(20_000, seed=7)
+    n, cap = mem._n, mem._table.shape[0]
+    dead = np.sort(np.random.default_rng(3).choice(n, 700, replace=False))
+    for start in (0, 5, 133):
+        want = np.full(cap, -1, np.int32)
+        K.hash_insert_rows(want, mem._keys, np.arange(start, n, dtype=np.int64))
+        got = np.full(cap, -1, np.int32)
+        K.hash_build_range(got, mem._keys, start, n)
+        assert np.array_equal(got, want)
+        want = np.full(cap, -1, np.int32)
+        K.hash_insert_rows(want, mem._keys, np.setdiff1d(np.arange(start, n), dead))
+        got = np.full(cap, -1, np.int32)
+        K.hash_build_live(got, mem._keys, start, n, dead)
+        assert np.array_equal(got, want)
+
+
+def test_hash_repoint_matches_hash_remap():
+    """A growth adopted after drops re-points only the moved rows' entries (``hash_repoint``): the table must be
+    the one ``hash_remap`` of the whole mapping gives."""
+    mem = _memory(10_000, seed=9)
+    n = mem._n
+    rng = np.random.default_rng(4)
+    rows = np.sort(rng.choice(np.setdiff1d(np.arange(n), mem._dead), 300, replace=False))
+    new_of_old = np.arange(n, dtype=np.int64)
+    new_of_old[rows] = n + 5 + rng.permutation(300)  # moved rows (the keys array is read through the old ones)
+    want = mem._table.copy()
+    K.hash_remap(want, new_of_old.astype(np.int32))
+    got = mem._table.copy()
+    K.hash_repoint(got, mem._keys, rows, new_of_old[rows])
+    assert np.array_equal(got, want)
+
+
+def test_merge_order_matches_the_reference_with_dead_rows():
+    """A re-sort's order (``_merge_order``): the live rows by sort key, dead prefix rows left out, even where a dead
+    row's key is back in the tail; ``extra`` zeros after it."""
+    mem = _memory(8_000, seed=13)
+    live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
+    gone = np.sort(np.random.default_rng(5).choice(live_prefix, 400, replace=False))
+    back = mem._keys[gone[:50]].copy()
+    mem._drop(gone)
+    rng = np.random.default_rng(6)
+    mem.integrate_points((K.decode_positions(back, np.full((50, 3), 128, np.uint8), 50, CFG.voxel_size_m)),
+                         rng.integers(0, 256, (50, 3), dtype=np.uint8), frame_index=2)  # dead keys back in the tail
+    n, ns, dead = mem._n, mem._n_sorted, mem._dead
+    want = reference_merge_order(K.sort_keys(mem._keys, 0, n), n, dead)
+    assert np.array_equal(memory_module._merge_order(mem._keys, ns, n, dead), want)
+    got = memory_module._merge_order(mem._keys, ns, n, dead, 7)
+    assert np.array_equal(got[: len(want)], want) and np.array_equal(got[len(want):], np.zeros(7, np.int64))

@@ -205,10 +205,12 @@ def test_a_prepared_resort_is_the_in_place_one_with_rows_written_meanwhile(monke
 
 
 
-def test_a_prepared_growth_survives_drops_in_between(monkeypatch):
+@pytest.mark.parametrize("identity", ["job", "spot"])
+def test_a_prepared_growth_survives_drops_in_between(monkeypatch, identity):
     """Points dropped (and rows moved: the sorted prefix shifts, the tail's holes are refilled) while a growth is in
     preparation: the growth is still adopted, and the memory, in storage order, equals one grown on the spot; every
-    key finds its point through the adopted table."""
+    key finds its point through the adopted table. The rows a growth follows start from the identity its job made
+    ready (``identity="job"``) or one made at the first drop (``"spot"``)."""
     from spatia.world import _memory_kernels as K
 
     def build(background: bool):
@@ -224,6 +226,11 @@ def test_a_prepared_growth_survives_drops_in_between(monkeypatch):
                 mem.integrate_points(pts, cols, frame_index=i)
                 if i == 6:
                     mem.reindex()  # a sorted prefix, so drops shift it too
+                if background and mem._growth_identity is not None:
+                    if identity == "job":
+                        mem._growth_identity.result()
+                    else:
+                        mem._growth_identity = None
                 for _ in range(2):  # two drops, prefix and tail, while a growth may be in preparation
                     mem._drop(mem._rows_of_points(np.unique(rng.integers(0, mem.num_points, 40))))
                 if mem._growth is not None:

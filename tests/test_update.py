@@ -468,3 +468,19 @@ def test_update_along_a_path_keeps_exact_poses_and_corrects_drifted_ones():
     assert report.accepted.all()
     assert max(rotation_angle_deg(a, b) for a, b in zip(report.poses_refined, path[1:])) < 0.75
     assert max(translation_distance_m(a, b) for a, b in zip(report.poses_refined, path[1:])) < 0.03
+
+
+def test_load_update_kernels_loads_what_the_update_calls():
+    """``load_update_kernels`` (run off the frame path by the engine) loads ``keys_in`` for the types the update
+    calls it with: the call compiles or loads nothing more."""
+    from spatia.world.update import keys_in, load_update_kernels
+
+    load_update_kernels()
+    loaded = set(keys_in.overloads)
+    memory = SpatialMemory(MemoryConfig(voxel_size_m=0.05))
+    rng = np.random.default_rng(0)
+    memory.integrate_points(rng.uniform(-1, 1, (500, 3)), rng.integers(0, 256, (500, 3), dtype=np.uint8), 0)
+    view = memory.keys_of_points(np.arange(0, 500, 3))  # as update_memory reads them
+    removed = memory.keys_of_points(np.arange(0, 500, 7)).copy()
+    assert keys_in(view, removed).sum() == len(np.intersect1d(view, removed))
+    assert set(keys_in.overloads) == loaded

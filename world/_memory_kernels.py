@@ -94,11 +94,43 @@ def hash_insert(table, key, index):
     table[s] = index
 
 
+_INSERT_CHUNK = 64  # rows whose home slots are read ahead together (``_insert_rows_ahead``)
+
+
+@nb.njit(inline="always")
+def _insert_rows_ahead(table, keys, rows, m, slots):
+    """``hash_insert`` of the rows ``rows[:m]`` in order, the same table: first every home slot, then one read of
+    each (independent loads, so the CPU overlaps their cache misses; the value is not used), then the inserts, whose
+    probes then mostly hit cache. One insert after another waited for each probe's miss in turn."""
+    cap = table.shape[0]
+    for t in range(m):
+        slots[t] = _slot(keys[rows[t]], cap)
+    touch = 0
+    for t in range(m):
+        touch += table[slots[t]]
+    for t in range(m):
+        s = slots[t]
+        while table[s] >= 0:
+            s += 1
+            if s == cap:
+                s = 0
+        table[s] = rows[t]
+    return touch
+
+
 @nb.njit(cache=True, nogil=True)
 def hash_build_range(table, keys, start, stop):
-    """Insert points ``start..stop-1`` (keys unique and absent from the table)."""
-    for i in range(start, stop):
-        hash_insert(table, keys[i], i)
+    """Insert points ``start..stop-1`` (keys unique and absent from the table), in row order. (Returns the sum of
+    the read-ahead values, unused: a result nobody reads would let the compiler drop those loads.)"""
+    rows = np.empty(_INSERT_CHUNK, np.int64)
+    slots = np.empty(_INSERT_CHUNK, np.int64)
+    touch = 0
+    for c0 in range(start, stop, _INSERT_CHUNK):
+        m = min(_INSERT_CHUNK, stop - c0)
+        for t in range(m):
+            rows[t] = c0 + t
+        touch += _insert_rows_ahead(table, keys, rows, m, slots)
+    return touch
 
 
 @nb.njit(inline="always")
@@ -249,16 +281,26 @@ def tombstone_points(table, keys, prov, rows):
 
 @nb.njit(cache=True, nogil=True)
 def hash_build_live(table, keys, start, stop, dead):
-    """``hash_build_range`` skipping the rows ``dead`` (sorted ascending): a table of the live rows only."""
+    """``hash_build_range`` skipping the rows ``dead`` (sorted ascending): a table of the live rows only. (Returns
+    the read-ahead sum, as ``hash_build_range``.)"""
     t = 0
     nd = dead.shape[0]
     while t < nd and dead[t] < start:
         t += 1
+    rows = np.empty(_INSERT_CHUNK, np.int64)
+    slots = np.empty(_INSERT_CHUNK, np.int64)
+    touch = 0
+    m = 0
     for i in range(start, stop):
         if t < nd and dead[t] == i:
             t += 1
             continue
-        hash_insert(table, keys[i], i)
+        rows[m] = i
+        m += 1
+        if m == _INSERT_CHUNK:
+            touch += _insert_rows_ahead(table, keys, rows, m, slots)
+            m = 0
+    return touch + _insert_rows_ahead(table, keys, rows, m, slots)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -353,6 +395,18 @@ def hash_remap(table, new_index_of_old):
 
 
 @nb.njit(cache=True, nogil=True)
+def hash_repoint(table, keys, rows, new_rows):
+    """``hash_remap`` of the points ``rows`` only (indices into ``keys``, each in the table): their entries take
+    ``new_rows``, in place, every other entry stays. All slots are found first, while the table still holds the
+    old indices (a probe reads keys through them), then written. O(rows) probes, not a pass over the table."""
+    slots = np.empty(rows.shape[0], np.int64)
+    for t in range(rows.shape[0]):
+        slots[t] = _slot_of(table, keys, keys[rows[t]])
+    for t in range(rows.shape[0]):
+        table[slots[t]] = new_rows[t]
+
+
+@nb.njit(cache=True, nogil=True)
 def hash_delete_keys(table, keys, query):
     """Take each key of ``query`` (present in the table, whose indices point into ``keys``) out of the table."""
     for t in range(query.shape[0]):
@@ -371,6 +425,37 @@ def hash_lookup_many(table, keys, query):
     out = np.empty(query.shape[0], np.int64)
     for i in range(query.shape[0]):
         out[i] = hash_lookup(table, keys, query[i])
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def keys_in(values, keys):
+    """``np.isin(values, keys)`` for int64 arrays: a hash set of ``keys`` (a power-of-two table at most half full,
+    linear probing), one probe sequence per value, O(values + keys). The memory update asks it with a view's voxel
+    set (~10^5 keys) against the few hundred keys one frame removed, where ``np.isin`` sorted both."""
+    bits = 4
+    while (1 << bits) < 2 * keys.shape[0]:
+        bits += 1
+    size = 1 << bits
+    shift = np.uint64(64 - bits)  # multiplicative hashing: the product's top bits
+    table = np.empty(size, np.int64)
+    used = np.zeros(size, np.bool_)
+    for t in range(keys.shape[0]):
+        k = keys[t]
+        s = np.int64((np.uint64(k) * _MIX1) >> shift)
+        while used[s] and table[s] != k:
+            s = (s + 1) & (size - 1)
+        used[s] = True
+        table[s] = k
+    out = np.zeros(values.shape[0], np.bool_)
+    for i in range(values.shape[0]):
+        v = values[i]
+        s = np.int64((np.uint64(v) * _MIX1) >> shift)
+        while used[s]:
+            if table[s] == v:
+                out[i] = True
+                break
+            s = (s + 1) & (size - 1)
     return out
 
 
@@ -422,12 +507,12 @@ def longest_sorted_prefix(keys, n):
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def permute_rows(arr, order):
-    """``arr[:len(order)] = arr[order]`` in place (through one scratch copy) for a vector ``arr`` [N], rows in
-    parallel: a numpy fancy gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame being
-    rendered. ``permute_rows3`` is the same for [N, 3] arrays."""
+def permute_rows(arr, order, scratch):
+    """``arr[:len(order)] = arr[order]`` in place (through ``scratch``, >= len(order) rows of ``arr``'s type, which
+    the caller shares between the point arrays: fresh pages cost the frame their faults) for a vector ``arr`` [N],
+    rows in parallel: a numpy fancy gather of the five point arrays took ~85 ms at 1.5 M points, a pause of the frame
+    being rendered. ``permute_rows3`` is the same for [N, 3] arrays."""
     n = order.shape[0]
-    scratch = np.empty(n, arr.dtype)
     for i in nb.prange(n):
         scratch[i] = arr[order[i]]
     for i in nb.prange(n):
@@ -435,11 +520,10 @@ def permute_rows(arr, order):
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def permute_rows3(arr, order):
+def permute_rows3(arr, order, scratch):
     """``permute_rows`` for an [N, 3] array, element by element: a row assignment (``scratch[i] = arr[j]``) made a
     view per row and took 11x a vector's time (2.2 ms for [132 k, 3] uint8)."""
     n = order.shape[0]
-    scratch = np.empty((n, 3), arr.dtype)
     for i in nb.prange(n):
         src = order[i]
         scratch[i, 0] = arr[src, 0]
@@ -489,23 +573,38 @@ def scatter_rows3(src, rows, new_index, dst):
 
 
 @nb.njit(cache=True, nogil=True)
-def merge_order(keys, n_sorted, tail_order):
-    """Permutation (new position -> old index) merging the sorted prefix with the tail in ``tail_order``."""
+def merge_order(keys, n_sorted, tail_order, tail_offset, dead, extra):
+    """Permutation (new position -> old index) merging the sorted prefix ``[0, n_sorted)`` but its rows ``dead``
+    (sorted) with the tail rows ``tail_order + tail_offset`` (in that order), then ``extra`` zeros (room the caller
+    fills: the dead rows a re-sort leaves). A dead row's key may be back in the tail: there the tail's row goes
+    first on the tie, so leaving the dead ones out here orders the rest as a merge of every row filtered after.
+    (One output array: a filtered copy and a concatenation after it were two more fresh arrays of the points' size,
+    whose page faults a re-sort on the frame's thread paid.)"""
     m = tail_order.shape[0]
-    out = np.empty(n_sorted + m, np.int64)
+    nd = dead.shape[0]
+    total = n_sorted - nd + m
+    out = np.empty(total + extra, np.int64)
+    out[total:] = 0
+    d = 0
     a = 0
+    while d < nd and dead[d] == a:
+        a += 1
+        d += 1
     b = 0
-    sa = sort_key(keys[0]) if n_sorted > 0 else INT64_MAX
-    sb = sort_key(keys[tail_order[0]]) if m > 0 else INT64_MAX
-    for o in range(n_sorted + m):
+    sa = sort_key(keys[a]) if a < n_sorted else INT64_MAX
+    sb = sort_key(keys[tail_order[0] + tail_offset]) if m > 0 else INT64_MAX
+    for o in range(total):
         if sa < sb:
             out[o] = a
             a += 1
+            while d < nd and dead[d] == a:
+                a += 1
+                d += 1
             sa = sort_key(keys[a]) if a < n_sorted else INT64_MAX
         else:
-            out[o] = tail_order[b]
+            out[o] = tail_order[b] + tail_offset
             b += 1
-            sb = sort_key(keys[tail_order[b]]) if b < m else INT64_MAX
+            sb = sort_key(keys[tail_order[b] + tail_offset]) if b < m else INT64_MAX
     return out
 
 
@@ -965,23 +1064,48 @@ def merge_samples(
     With ``refresh_existing`` False, points that existed before this batch keep their colour and position (only
     their count and last-seen frame move): new content may add points, never repaint remembered ones.
 
-    Returns (next sample to process, new point count n, points created, distinct pre-existing points updated).
+    Returns (next sample to process, new point count n, points created, distinct pre-existing points updated, the
+    read-ahead sum: unused, it keeps those loads from being optimised away).
     """
     cap = keys.shape[0]
     created = 0
     updated = 0
     i = start
+    # the home slots of the next chunk's look-ups, computed and read ahead (their cache misses overlap; the value
+    # read is not used), as ``_insert_rows_ahead``
+    ahead = np.empty(_INSERT_CHUNK, np.int64)
+    chunk_start = i
+    chunk_stop = i
+    touch = 0
     while i < s_keys.shape[0]:
+        if i >= chunk_stop:
+            chunk_start = i
+            chunk_stop = min(i + _INSERT_CHUNK, s_keys.shape[0])
+            for t in range(chunk_start, chunk_stop):
+                if s_idx[t] == -1:
+                    ahead[t - chunk_start] = _slot(s_keys[t], table.shape[0])
+            for t in range(chunk_start, chunk_stop):
+                if s_idx[t] == -1:
+                    touch += table[ahead[t - chunk_start]]
         j = s_idx[i]
         if j == -2:
             i += 1
             continue
         key = s_keys[i]
         if j == -1:
-            j = hash_lookup(table, keys, key)  # an earlier sample of this batch may have created it
-            if j == -1:
+            # an earlier sample of this batch may have created it; else it goes into the empty slot that ended the
+            # probe, where ``hash_insert`` would put it (one probe sequence instead of two, the same table)
+            slot = ahead[i - chunk_start]
+            while True:
+                j = table[slot]
+                if j < 0 or keys[j] == key:
+                    break
+                slot += 1
+                if slot == table.shape[0]:
+                    slot = 0
+            if j < 0:
                 if n == cap:
-                    return i, n, created, updated
+                    return i, n, created, updated, touch
                 j = n
                 n += 1
                 keys[j] = key
@@ -993,7 +1117,7 @@ def merge_samples(
                 colors[j, 2] = s_rgb[i, 2]
                 counts[j] = 1
                 last_seen[j] = frame_index
-                hash_insert(table, key, j)
+                table[slot] = j
                 created += 1
                 i += 1
                 continue
@@ -1011,7 +1135,7 @@ def merge_samples(
             touched[j] = True
             updated += 1
         i += 1
-    return i, n, created, updated
+    return i, n, created, updated, touch
 
 
 @nb.njit(cache=True, nogil=True)

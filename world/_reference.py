@@ -237,3 +237,22 @@ def reference_tail_chunk_boxes(keys: np.ndarray, start: int, stop: int, chunk: i
                   keys[start:stop] & KEY_MASK], axis=1).astype(np.int64)
     firsts = np.arange(0, stop - start, chunk)
     return np.minimum.reduceat(u, firsts, axis=0), np.maximum.reduceat(u, firsts, axis=0)
+
+
+def reference_keys_in(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``_memory_kernels.keys_in``: ``[V]`` bool, whether each of ``values`` is one of ``keys`` (numpy's
+    sort-based membership)."""
+    return np.isin(np.asarray(values, np.int64), np.asarray(keys, np.int64))
+
+
+def reference_keys_of_points(voxel_keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``SpatialMemory.keys_of_points``: the keys of the points ``ids`` as read (``voxel_keys``, the live rows)."""
+    return np.asarray(voxel_keys)[np.asarray(ids, np.int64)]
+
+
+def reference_merge_order(sort_keys: np.ndarray, n: int, dead: np.ndarray) -> np.ndarray:
+    """``memory._merge_order`` (``_memory_kernels.merge_order``): the live rows below ``n`` (all but ``dead``) by
+    their sort key (``sort_keys`` [n], the block-major keys; unique among live rows, so a merge of the sorted prefix
+    with the sorted tail is this one sort)."""
+    live = np.setdiff1d(np.arange(n), dead)
+    return live[np.argsort(np.asarray(sort_keys)[live], kind="stable")]

@@ -33,7 +33,7 @@ from spatia.world.history import load_save_kernels
 from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
-from spatia.world.update import UpdateConfig, update_memory
+from spatia.world.update import UpdateConfig, load_update_kernels, update_memory
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,7 @@ class Engine:
         self._observed: list[ReferenceFrame] | None = None
         prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
+        _load_update_kernels()
 
     def collider(self):
         """The world's collider (``world.collision``) for a camera walked through this engine. Invented points block
@@ -536,6 +537,12 @@ def _load_save_kernels() -> Future:
     """Load the kernels a world's first save runs (``history.load_save_kernels``) on a background thread, once per
     process, so that save does not load them on the world's thread; returns the job (tests wait for it)."""
     return background("kernel-loads").submit(load_save_kernels)
+
+
+@lru_cache(maxsize=1)
+def _load_update_kernels() -> Future:
+    """``update.load_update_kernels`` on the same background thread, once per process; returns the job."""
+    return background("kernel-loads").submit(load_update_kernels)
 
 
 def _pose_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -167,6 +167,7 @@ class SpatialMemory:
         # once points were dropped while a growth is in preparation: (copy row of each current row or -1 [capacity],
         # current row of each row it copied or -1 [its n]), so that it still applies (``_growth_follows_gone``)
         self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
+        self._growth_identity: Future | None = None  # identity rows its job makes ready (``_growth_rows_now``)
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
         self._ordering: tuple[Future, int, int, int, Future] | None = None
@@ -237,6 +238,17 @@ class SpatialMemory:
     @property
     def provenance(self) -> np.ndarray:
         return self._live(self._prov)  # [N] uint8: OBSERVED, INVENTED_PROVISIONAL or INVENTED_FINAL
+
+    def keys_of_points(self, ids: np.ndarray) -> np.ndarray:
+        """``voxel_keys[ids]`` (a new [M] int64 array) for point indices ``ids`` ``[M]``, without ``voxel_keys``'s
+        O(points) copy, which a drop voids while rows are dead (the memory update reads a few keys after each)."""
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
+            raise InvalidInputError(f"ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+        ids = ids.astype(np.int64)
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.num_points):
+            raise InvalidInputError(f"point ids must be in 0..{self.num_points - 1}")
+        return self._keys[self._rows_of_points(ids)]
 
     def _live(self, a: np.ndarray) -> np.ndarray:
         """Read-only rows of ``a`` for the live points (a view when none is dead)."""
@@ -370,7 +382,7 @@ class SpatialMemory:
         created = updated = 0
         start = 0
         while True:
-            start, self._n, c, u = K.merge_samples(
+            start, self._n, c, u, _ = K.merge_samples(
                 s_keys, s_offs, s_rgb, s_idx, start, frame_index, int(self.config.max_mean_weight),
                 self._keys, self._offsets, self._colors, self._counts, self._last, self._table,
                 self._n, n_before, touched, refresh_existing,
@@ -803,7 +815,7 @@ class SpatialMemory:
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
-        mem._growth_rows = None
+        mem._growth_rows = mem._growth_identity = None
         mem.__dict__.pop("_keys_read", None)  # (its buffer is shared: appends would write into both)
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
@@ -838,9 +850,12 @@ class SpatialMemory:
         arrays = (self._keys[: self._n].copy(), self._offsets, self._colors, self._counts, self._last, self._prov)
         # room for the integrate after the adoption too (else it grows on the spot after all)
         capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
-        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead)
+        identity = Future()
+        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead,
+                                                       self._capacity, identity)
         self._growth = (job, self._n, self._structure)
         self._growth_rows = None
+        self._growth_identity = identity
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
@@ -852,6 +867,7 @@ class SpatialMemory:
             return False
         self._growth = None
         rows, self._growth_rows = self._growth_rows, None
+        self._growth_identity = None
         arrays, table = job.result()
         if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # re-sorted, or grown meanwhile
             return False
@@ -861,7 +877,10 @@ class SpatialMemory:
             copy_of_current, current_of_copy = rows
             # while the table still holds copy rows (its probes read the copy's keys): the dropped keys leave it
             K.hash_delete_keys(table, arrays[0], arrays[0][np.flatnonzero(current_of_copy < 0)])
-            K.hash_remap(table, current_of_copy.astype(np.int32))  # the kept ones point at their current rows
+            # the kept ones point at their current rows: only the moved ones change (a drop moves about as many rows
+            # as it drops; a sweep of the whole table re-pointed each adoption after a drop)
+            moved = np.flatnonzero((current_of_copy >= 0) & (current_of_copy != np.arange(len(current_of_copy))))
+            K.hash_repoint(table, arrays[0], moved, current_of_copy[moved])
             for dst, src in zip(arrays, current):
                 dst[:n] = src[:n]
             added = np.flatnonzero(copy_of_current[:n] < 0)  # rows added since (or moved by a re-layout: dead ones
@@ -879,6 +898,7 @@ class SpatialMemory:
     def _grow(self, capacity: int) -> None:
         if self._growth_rows is not None:  # the rows it follows are for the old capacity
             self._growth = self._growth_rows = None
+            self._growth_identity = None
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         self._alloc(capacity)
@@ -978,10 +998,12 @@ class SpatialMemory:
 
     def _permute(self, order: np.ndarray) -> None:
         """Row ``i`` takes row ``order[i]`` of every point array, in place."""
+        n = len(order)
+        buffer = np.empty(n * 8, np.uint8)  # one scratch for all six (the keys' 8 bytes a row are the most)
         for a in (self._keys, self._counts, self._last, self._prov):
-            K.permute_rows(a, order)
+            K.permute_rows(a, order, buffer[: n * a.itemsize].view(a.dtype))
         for a in (self._offsets, self._colors):
-            K.permute_rows3(a, order)
+            K.permute_rows3(a, order, buffer[: n * 3 * a.itemsize].view(a.dtype).reshape(n, 3))
 
     def _clear_rows(self, start: int, stop: int, arrays: tuple[np.ndarray, ...] | None = None) -> None:
         """Make rows ``[start, stop)`` gap rows: dead, zero elsewhere (a memory's rows stay a function of its
@@ -994,16 +1016,22 @@ class SpatialMemory:
 
     def _growth_rows_now(self) -> tuple[np.ndarray, np.ndarray]:
         """(copy row of each current row or -1 [capacity], current row of each row it copied or -1 [its n]) for the
-        growth in preparation, started as the identity."""
+        growth in preparation, started as the identity: the one its job made ready when it still fits (fresh
+        arrays of ~16 bytes a point: made here, on the frame's thread at the first drop after a growth began, their
+        page faults cost a keyframe tens of ms with four worlds on two cores), else made here."""
         if self._growth_rows is None:
             n0 = self._growth[1]
-            copy_of_current = np.full(self._capacity, -1, np.int64)
-            copy_of_current[:n0] = np.arange(n0)
-            self._growth_rows = (copy_of_current, np.arange(n0, dtype=np.int64))
+            ready = getattr(self, "_growth_identity", None)
+            self._growth_identity = None
+            if ready is not None and ready.done() and ready.exception() is None \
+                    and ready.result()[0].shape[0] == self._capacity:  # (not grown on the spot since)
+                self._growth_rows = ready.result()
+            else:
+                self._growth_rows = _identity_rows(self._capacity, n0)
         return self._growth_rows
 
     # A growth in preparation follows the drops: which rows it copied are gone, where the others go, so that its
-    # adoption re-points its hash table (deletes the dropped keys, remaps the rest: one pass over the table)
+    # adoption re-points its hash table (deletes the dropped keys, re-points the moved ones)
     # instead of being thrown away. A thrown-away growth came back on the spot (55-148 ms at 0.3-1.2 M points, four
     # worlds on two cores), and free-space removal drops a few invented points in many clips (docs/BENCHMARKS.md,
     # "Stalls off the frame path"). A dead row keeps its copy row (adoption does not insert it as added since).
@@ -1099,13 +1127,15 @@ class SpatialMemory:
                     return
                 order, n = prepared_order.result(), n0  # (grown meanwhile: its order still holds; no row died
                 # since it began: a drop changes the structure)
-        if order is None:
-            order = _merge_order(self._keys, ns, n, self._dead)
+        room = 0
+        if order is None:  # every row (n is the memory's): the gap's room comes with the order
+            room = self._gap_target(n - len(self._dead))
+            order = _merge_order(self._keys, ns, n, self._dead, room)
         self._structure += 1
-        m, rest = len(order), self._n - n  # rows from n on stay in the tail, in their order
+        m, rest = len(order) - room, self._n - n  # rows from n on stay in the tail, in their order
         gap = self._gap_target(m + rest)
-        if gap or m < n:
-            order = np.concatenate([order, np.zeros(gap, np.int64), np.arange(n, self._n, dtype=np.int64)])
+        if len(order) != m + gap + rest:
+            order = np.concatenate([order[:m], np.zeros(gap, np.int64), np.arange(n, self._n, dtype=np.int64)])
         self._permute(order)
         self._clear_rows(m, m + gap)
         new_of_old = np.full(self._n, -1, np.int32)  # (dead rows are in no slot)
@@ -1145,17 +1175,12 @@ class SpatialMemory:
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-def _merge_order(keys: np.ndarray, n_sorted: int, n: int, dead: np.ndarray) -> np.ndarray:
+def _merge_order(keys: np.ndarray, n_sorted: int, n: int, dead: np.ndarray, extra: int = 0) -> np.ndarray:
     """New position -> old row that merges rows ``[n_sorted, n)`` into the block-sorted ``[0, n_sorted)``, the rows
-    ``dead`` (sorted, below ``n_sorted``) left out. Reads only keys below ``n``, which stay put until the memory's
-    structure changes (callers check)."""
-    tail_order = np.argsort(K.sort_keys(keys, n_sorted, n)) + n_sorted
-    order = K.merge_order(keys, n_sorted, tail_order)
-    if len(dead):  # (a dead row's key may be back in the tail: the two tie in the merge, and the dead one goes)
-        live = np.ones(n, bool)
-        live[dead] = False
-        order = order[live[order]]
-    return order
+    ``dead`` (sorted, below ``n_sorted``) left out, then ``extra`` zeros (``K.merge_order``). Reads only keys below
+    ``n``, which stay put until the memory's structure changes (callers check)."""
+    tail_order = np.argsort(K.sort_keys(keys, n_sorted, n))
+    return K.merge_order(keys, n_sorted, tail_order, n_sorted, np.ascontiguousarray(dead, np.int64), extra)
 
 
 class _Resorted(NamedTuple):
@@ -1201,10 +1226,10 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: 
     block_ids, block_starts = K.block_directory(out[0], m)
     order_t, index_t = numba.typeof(order), numba.typeof(new_of_old)
     for arr_t in rows:
-        K.permute_rows.compile((arr_t, order_t))
+        K.permute_rows.compile((arr_t, order_t, arr_t))
         K.scatter_rows.compile((arr_t, index_t, index_t, arr_t))
     for arr_t in rows3:
-        K.permute_rows3.compile((arr_t, order_t))
+        K.permute_rows3.compile((arr_t, order_t, arr_t))
         K.scatter_rows3.compile((arr_t, index_t, index_t, arr_t))
     K.hash_remap.compile((table, numba.typeof(np.empty(0, np.int32))))
     K.hash_build_range.compile((table, rows[0], numba.typeof(n), numba.typeof(n)))
@@ -1213,13 +1238,25 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: 
     return _Resorted(order, new_of_old, out[0], out[1:], new_table, block_ids, block_starts)
 
 
-def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
-                dead: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def _identity_rows(capacity: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``SpatialMemory._growth_rows_now``'s start: (row r -> r for r < n, -1 up to ``capacity``; r -> r for r < n)."""
+    copy_of_current = np.full(capacity, -1, np.int64)
+    copy_of_current[:n] = np.arange(n)
+    return copy_of_current, np.arange(n, dtype=np.int64)
+
+
+def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int, dead: np.ndarray, rows_capacity: int,
+                identity: Future) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys but the
     rows ``dead`` (the memory's dead rows when it began; the owner never changes that array in place). Runs
     while the owner keeps integrating: rows < n of every array but the keys (a copy the owner made) may change
     meanwhile (``_adopt_growth`` copies them again, and re-points the table when points were dropped); rows >= n
-    are not read."""
+    are not read. First, ``identity`` gets ``_identity_rows(rows_capacity, n)``, for the drops to come."""
+    try:
+        identity.set_result(_identity_rows(rows_capacity, n))
+    except BaseException as exc:
+        identity.set_exception(exc)
+        raise
     out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         dst[:n] = src[:n]
@@ -1230,7 +1267,8 @@ def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
     table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
     K.drop_moves.compile((index_t, numba.typeof(n), numba.typeof(n)))
     K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
-    K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))
+    K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))  # (a re-layout's)
+    K.hash_repoint.compile((table_t, numba.typeof(out[0]), index_t, index_t))
     K.hash_insert_rows.compile((table_t, numba.typeof(out[0]), index_t))
     _load_dead_row_kernels(table_t, numba.typeof(out[0]), numba.typeof(out[5]))
     return out, table

@@ -39,6 +39,7 @@ from spatia.world.depth import DepthEstimator
 from spatia.world.errors import InvalidInputError
 from spatia.world.free_space import SEEN_THROUGH_MARGIN_M
 from spatia.world.geometry import project_points
+from spatia.world._memory_kernels import keys_in
 from spatia.world.memory import INVENTED_FINAL
 from spatia.world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
 
@@ -816,8 +817,7 @@ class MemoryLike(Protocol):
     @property
     def num_points(self) -> int: ...
 
-    @property
-    def voxel_keys(self) -> np.ndarray: ...  # [N] int64
+    def keys_of_points(self, ids: np.ndarray) -> np.ndarray: ...  # voxel_keys[ids]
 
     def render(self, intrinsics: Intrinsics, c2w: np.ndarray, return_point_ids: bool = False) -> Any: ...
 
@@ -827,6 +827,15 @@ class MemoryLike(Protocol):
 
     def remove_invented_seen_through(self, ids: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
                                      depth_m: np.ndarray, rel: float) -> np.ndarray: ...  # removed voxel keys
+
+
+def load_update_kernels() -> None:
+    """Load ``keys_in`` for the types ``update_memory`` calls it with, without running it (numba's ``compile`` with
+    a signature loads it from the disk cache, else compiles it): its first call in a process otherwise loaded it on
+    the world's thread, inside the first keyframe that took points away. The engine runs this off the frame path
+    when it opens a world (``world.engine``)."""
+    keys_t = numba.typeof(np.zeros(0, np.int64))
+    keys_in.compile((keys_t, keys_t))
 
 
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
@@ -987,7 +996,7 @@ def update_memory(
         else:
             seen = np.zeros(memory.num_points, bool)  # the points this view rendered, by id (ids hold until the
             seen[render.point_ids[valid]] = True  # memory changes)
-            keys_before = memory.voxel_keys[seen]
+            keys_before = memory.keys_of_points(np.flatnonzero(seen))
         if config.carve_seen_through_rel is not None and valid.any():
             rel = config.carve_seen_through_rel
             margin = np.float32(SEEN_THROUGH_MARGIN_M)
@@ -998,15 +1007,15 @@ def update_memory(
                 through &= ~provisional_px[i]
             if through.any():
                 ids = render.point_ids[through]
-                keys_at = memory.voxel_keys[ids]  # [T] before the removal re-numbers the points
+                keys_at = memory.keys_of_points(ids)  # [T] before the removal re-numbers the points
                 removed = memory.remove_invented_seen_through(ids, intrinsics, refined[i], depth, rel)
                 if len(removed):
-                    keys_before = keys_before[~np.isin(keys_before, removed)]
+                    keys_before = keys_before[~keys_in(keys_before, removed)]
                     # the frame is integrated where the point it saw through was shown (not where the rest of a
                     # removed point's splat showed it at the frame's depth: that would put it back)
                     if exclude is not None:
                         gone = np.zeros(valid.shape, bool)
-                        gone[through] = np.isin(keys_at, removed)
+                        gone[through] = keys_in(keys_at, removed)
                         exclude = exclude & ~gone
         n_before = memory.num_points
         stats = memory.integrate(rgb, depth, intrinsics, refined[i], indices[i], exclude_mask=exclude,
@@ -1014,7 +1023,8 @@ def update_memory(
         changed = True
         # new points are appended at the end; their keys join the view's set (exact while observed pixels are not
         # integrated: the new points come from the view's holes, so nothing already seen hides them)
-        view_keys = np.concatenate([keys_before, memory.voxel_keys[n_before:]])  # disjoint, each unique: a set
+        added = memory.keys_of_points(np.arange(n_before, memory.num_points, dtype=np.int64))
+        view_keys = np.concatenate([keys_before, added])  # disjoint, each unique: a set
         new, upd = int(stats.new_points), int(stats.updated_points)
         report.new_points += new
         report.updated_points += upd
