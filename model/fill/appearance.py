@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import structlog
 
-from spatia.model.fill.appearance_kernels import best_window, lower_unseen_contrast
+from spatia.model.fill.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
 from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
 
 log = structlog.get_logger(__name__)
@@ -564,27 +564,14 @@ class SkyModel:
         b = np.clip(((elev + 90.0) / self.band_deg).astype(np.int64), 0, len(self.colours) - 1)
         if self.detail is None:
             return self.colours[b]
-        rows, cols = self.detail_cells(d, elev)
-        out = self.colours[b].astype(np.int16)
-        inside = (rows >= 0) & (rows < self.detail.shape[0])
-        out[inside] += self.detail[rows[inside], cols[inside]]
-        return np.clip(out, 0, 255).astype(np.uint8)
-
-    def detail_cells(self, dirs_world: np.ndarray, elev_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows [M], cols [M])`` int64 of the detail grid for ray directions ``[M, 3]`` at elevations
-        ``elev_deg`` [M]: rows may lie outside the grid (no detail there), columns are mirror-repeated into it."""
-        d = np.asarray(dirs_world, np.float64)
-        f, r = self.forward, self.right
-        az = np.degrees(np.arctan2(d[:, 0] * r[0] + d[:, 1] * r[1] + d[:, 2] * r[2],
-                                   d[:, 0] * f[0] + d[:, 1] * f[1] + d[:, 2] * f[2]))
-        rows = np.floor((self.top_deg - elev_deg) / self.texel_deg).astype(np.int64)
-        c = np.floor(np.mod(az - self.left_deg, 360.0) / self.texel_deg).astype(np.int64)
-        w = self.detail.shape[1]
-        c = np.mod(c, 2 * w)
-        return rows, np.where(c >= w, 2 * w - 1 - c, c)
+        out = self.colours[b]  # a copy (fancy indexing), written in place
+        add_sky_detail(d, elev, out, self.detail, self.forward, self.right, float(self.top_deg),
+                       float(self.left_deg), float(self.texel_deg))
+        return out
 
     def reference_colour(self, dirs_world: np.ndarray) -> np.ndarray:
-        """Slow twin of ``colour``: ray by ray, the band's colour plus the detail cell's."""
+        """Slow twin of ``colour`` (whose detail lookup is compiled: ``add_sky_detail``): ray by ray, the band's
+        colour plus the detail cell's."""
         out = np.empty((len(dirs_world), 3), np.uint8)
         for i, d in enumerate(np.asarray(dirs_world, np.float64)):
             elev = math.degrees(math.asin(max(-1.0, min(1.0, float(d @ self.up) / max(math.sqrt(float(d @ d)),
@@ -662,3 +649,6 @@ def _add_sky_detail(model: SkyModel, rgb: np.ndarray, dirs: np.ndarray, elev: np
     model.detail = detail.reshape(R, C, 3)
     model.texel_deg, model.top_deg, model.left_deg = texel, top, left
     model.forward, model.right = forward, right
+    # the compiled lookup loaded (or compiled) here, on the fill's thread, for the types frames call it with
+    # (float64 directions), not inside the first frame that shows the sky
+    model.colour(np.ascontiguousarray(dirs[:1], np.float64))
