@@ -199,3 +199,18 @@ def test_the_sky_continues_the_observed_clouds_around_the_horizon():
         assert step(bands[5:-5]) < 0.1 * seen
     dirs = np.random.default_rng(3).normal(size=(3000, 3))
     np.testing.assert_array_equal(sky.colour(dirs), sky.reference_colour(dirs))
+
+
+def test_the_sky_detail_grid_is_the_main_observed_patch():
+    """Sky pixels far off the main patch (a gap beside a facade) do not stretch the detail grid over azimuths it
+    holds nothing for: mirror-repeated, such a grid showed a cloudy rectangle in a plain sky."""
+    from spatia.model.fill.appearance import sky_model
+
+    rgb, depth, rays, c2w = _cloudy_view()
+    up = np.array([0.0, -1.0, 0.0])
+    depth[:, : int(0.6 * depth.shape[1])] = 5.0  # a near surface hides the left 60 %
+    alone = sky_model(up, rgb, depth, rays, c2w)
+    depth[:, 2] = 0.0  # ... but for one column of sky at its far left
+    sky = sky_model(up, rgb, depth, rays, c2w)
+    assert sky.detail.shape[1] <= 0.45 * depth.shape[1]
+    assert sky.detail.shape == alone.detail.shape

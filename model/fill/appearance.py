@@ -641,13 +641,28 @@ def _add_sky_detail(model: SkyModel, rgb: np.ndarray, dirs: np.ndarray, elev: np
     if R < 2 or C < 2:
         return
     flat = rows * C + cols
-    cnt = np.bincount(flat, minlength=R * C)
-    acc = np.stack([np.bincount(flat, weights=resid[:, k], minlength=R * C) for k in range(3)], 1)
-    detail = np.zeros((R * C, 3), np.int16)
+    cnt = np.bincount(flat, minlength=R * C).reshape(R, C)
+    acc = np.stack([np.bincount(flat, weights=resid[:, k], minlength=R * C) for k in range(3)], 1).reshape(R, C, 3)
+    # the grid is the main observed patch only: the longest run of columns observed in at least half as many cells
+    # as the best one, and the rows observed there. Sky pixels far off it (through a gap, beside a tree) spread the
+    # grid over azimuths it holds nothing for: mirror-repeated, that showed a cloudy rectangle in a plain sky (the
+    # courtyard at 640x360)
+    per_col = (cnt > 0).sum(0)
+    keep = per_col >= 0.5 * per_col.max()
+    edges = np.flatnonzero(np.diff(np.r_[0, keep.astype(np.int8), 0]))  # run starts and ends, alternating
+    starts, ends = edges[0::2], edges[1::2]
+    k = int(np.argmax(ends - starts))
+    c0, c1 = int(starts[k]), int(ends[k])
+    seen_rows = np.flatnonzero((cnt[:, c0:c1] > 0).any(1))
+    r0, r1 = int(seen_rows[0]), int(seen_rows[-1]) + 1
+    if r1 - r0 < 2 or c1 - c0 < 2:
+        return
+    cnt, acc = cnt[r0:r1, c0:c1], acc[r0:r1, c0:c1]
+    detail = np.zeros(acc.shape, np.int16)
     ok = cnt > 0
     detail[ok] = np.rint(acc[ok] / cnt[ok, None]).astype(np.int16)
-    model.detail = detail.reshape(R, C, 3)
-    model.texel_deg, model.top_deg, model.left_deg = texel, top, left
+    model.detail = detail
+    model.texel_deg, model.top_deg, model.left_deg = texel, top - r0 * texel, left + c0 * texel
     model.forward, model.right = forward, right
     # the compiled lookup loaded (or compiled) here, on the fill's thread, for the types frames call it with
     # (float64 directions), not inside the first frame that shows the sky
