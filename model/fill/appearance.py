@@ -60,8 +60,7 @@ class AppearanceConfig:
     sky_min_depth_m: float = 80.0  # observed pixels this far away (or with no depth) are sky candidates
     sky_band_deg: float = 1.0
     # the observed sky's detail (clouds) over the bands (``SkyModel.detail``), mirror-repeated around the horizon:
-    # the bands alone drew a smooth gradient where the sky showed clouds (the courtyard's novel sky pixels had 0.2
-    # of the truth's gradient; docs/BENCHMARKS.md, session 18)
+    # the bands alone drew a smooth gradient where the sky showed clouds (docs/BENCHMARKS.md, session 18)
     sky_detail: bool = True
     sky_min_texel_deg: float = 0.05  # the detail grid's cell, at least (the view's pixel angle otherwise)
     synthesis: bool = True  # continue textures with model.fill.texture when it is installed (else mirror repeat)

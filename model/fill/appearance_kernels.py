@@ -59,7 +59,7 @@ def lower_unseen_contrast(uv, colours, cuts_u, cuts_v, seen_cell, mean, contrast
 def add_sky_detail(dirs, elev_deg, colours, detail, forward, right, top_deg, left_deg, texel_deg):
     """In place: ``colours`` [M, 3] uint8 (the sky bands' colours of rays ``dirs`` [M, 3], world frame, at
     elevations ``elev_deg`` [M]) plus the detail cell each ray falls in (``SkyModel.reference_colour``), clipped to
-    0..255. One pass over the rays: numpy's azimuth, cell and gather temporaries cost 3x the bands' lookup."""
+    0..255. One pass over the rays, without numpy's azimuth, cell and gather temporaries."""
     h, w = detail.shape[0], detail.shape[1]
     for i in range(dirs.shape[0]):
         row = math.floor((top_deg - elev_deg[i]) / texel_deg)

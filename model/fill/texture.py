@@ -79,10 +79,10 @@ SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (sm
 LATTICE_WINDOW_PX = 320  # periodicity is measured on at most this many texels a side
 # Contrast of the invented texels (``TextureModel._restore_contrast``): the synthesised detail's mean texel-to-texel
 # step, measured on a probe region away from the exemplar's box, is brought up to the observed texels' own, by a
-# gain on the detail's fine band of at most this much (never down). The patches copied carry the pre-filled holes' smooth
-# texels (a wall seen at an angle is observed in every other column; push-pull fills the gaps) and the boundary
-# cuts' cross-fades, and the least-error pick prefers the flattest candidates: on the room's plaster walls the
-# invented texels had 0.58 of the observed step, 0.77 on its wood floor (docs/BENCHMARKS.md, session 18).
+# gain on the detail's fine band of at most this much (never down). The copied patches carry the pre-filled holes'
+# smooth texels (a wall seen at an angle is observed in every other column; push-pull fills the gaps) and the
+# boundary cuts' cross-fades, and the least-error pick prefers the flattest candidates: the invented texels of
+# sparsely observed stochastic planes stepped far less than the observed ones (docs/BENCHMARKS.md, session 18).
 DETAIL_GAIN_MAX = 2.0
 CONTRAST_PROBE_PX = 128  # side of the probe region (texels)
 CONTRAST_BLUR_PX = 1.0  # sigma (texels) of the blur that splits the detail's fine band off
