@@ -537,3 +537,34 @@ def test_compiled_periodic_copy_matches_the_numpy_reference():
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
         assert got[1].sum() > observed.sum()  # some texels were filled
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Invented texels keep the observed texel-scale contrast (``TextureModel._restore_contrast``)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_invented_texels_keep_the_observed_contrast_of_a_sparsely_observed_plane():
+    """A plane seen at an angle is observed in columns with gaps (every third one here) and not at all in a corner:
+    the gaps' smooth pre-fill went into the copied patches, and the invented texels stepped 0.77 as much as the
+    observed ones (planks). With the fine band's gain they step as much, their spread stays the exemplar's, and
+    the observed texels are shown as observed."""
+    big = plane("wood")
+    rgb, valid = exemplar(big, holes=False)
+    valid[:, np.arange(valid.shape[1]) % 3 == 1] = False
+    valid[:40, :50] = False
+    model = TextureModel.fit(rgb, valid, texel_m=0.02)
+    assert 1.0 < model.detail_gain <= tx.DETAIL_GAIN_MAX
+    out = tx.synthesize_region(model, (250, -300), (160, 160), seed=5)
+    observed = tx._mean_step(luma(rgb), valid)
+    assert 0.85 <= tx._mean_step(luma(out), None) / observed <= 1.3
+    assert 0.7 <= luma(out).std() / luma(rgb)[valid].std() <= 1.3
+    box = tx.synthesize_region(model, model.origin_px, model.shape_px, seed=5)
+    np.testing.assert_array_equal(box[valid], rgb[valid])
+    # a pure function of the exemplar: a fresh fit (as after save/load) has the same gain and texels
+    again = TextureModel.fit(rgb, valid, texel_m=0.02)
+    assert again.detail_gain == model.detail_gain
+    np.testing.assert_array_equal(tx.synthesize_region(again, (250, -300), (160, 160), seed=5), out)
+    # a fully observed exemplar's invented texels already step as its own do: no gain to speak of
+    full = TextureModel.fit(*exemplar(big, holes=False), texel_m=0.02)
+    assert full.detail_gain < 1.1

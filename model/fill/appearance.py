@@ -19,7 +19,9 @@ least-squares guess; half keeps a floor's texture and the gradient ratio in rang
 
 Sky. Outdoors, rays that reach no layout surface show the sky: an environment layer keyed by elevation above the
 horizon (the mean colour of the observed sky pixels of the first image per 1 degree band, bands never seen take
-the nearest seen one). It is rendered behind everything and never becomes memory points (no sparse shell).
+the nearest seen one), plus the observed sky's detail (its clouds: the colours less their band's, on a grid of the
+first view's pixel angle in elevation and azimuth), mirror-repeated around the horizon at the elevation it was seen
+at. It is rendered behind everything and never becomes memory points (no sparse shell).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import cv2
 import numpy as np
 import structlog
 
-from spatia.model.fill.appearance_kernels import best_window, lower_unseen_contrast
+from spatia.model.fill.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
 from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
 
 log = structlog.get_logger(__name__)
@@ -57,6 +59,10 @@ class AppearanceConfig:
     max_grid_texels: int = 1200  # rasterised extent per axis around the samples' median (bounds memory and time)
     sky_min_depth_m: float = 80.0  # observed pixels this far away (or with no depth) are sky candidates
     sky_band_deg: float = 1.0
+    # the observed sky's detail (clouds) over the bands (``SkyModel.detail``), mirror-repeated around the horizon:
+    # the bands alone drew a smooth gradient where the sky showed clouds (docs/BENCHMARKS.md, session 18)
+    sky_detail: bool = True
+    sky_min_texel_deg: float = 0.05  # the detail grid's cell, at least (the view's pixel angle otherwise)
     synthesis: bool = True  # continue textures with model.fill.texture when it is installed (else mirror repeat)
     synthesis_window_texels: int = 256
     # distance regions (``_far_region``): where the observed samples of a plane of these kinds change look at some
@@ -529,11 +535,23 @@ class PlaneTextures:
 
 @dataclass
 class SkyModel:
-    """Sky colour by elevation above the horizon (an environment layer; module docstring)."""
+    """Sky colour by elevation above the horizon (an environment layer; module docstring), plus the observed sky's
+    detail (clouds) continued around the horizon when ``detail`` is given."""
 
     up: np.ndarray  # [3] world frame
     band_deg: float
     colours: np.ndarray  # [B, 3] uint8, band b covers elevations [-90 + b * band_deg, ...)
+    # the observed sky's detail: its colours less their band's, in an (elevation, azimuth) grid of ``texel_deg``
+    # cells, row 0 at elevation ``top_deg`` (rows downwards), column 0 at azimuth ``left_deg`` (measured from
+    # ``forward`` towards ``right``, both horizontal unit vectors); unobserved cells hold 0. Read at any azimuth by
+    # mirror-repeating the columns (each elevation keeps its own detail: clouds shrink towards the horizon); at
+    # elevations outside the rows the bands alone
+    detail: np.ndarray | None = None  # [R, C, 3] int16
+    texel_deg: float = 1.0
+    top_deg: float = 0.0
+    left_deg: float = 0.0
+    forward: np.ndarray | None = None  # [3] world frame
+    right: np.ndarray | None = None  # [3] world frame
 
     def colour(self, dirs_world: np.ndarray) -> np.ndarray:
         """``[M, 3]`` uint8 for ray directions ``[M, 3]`` (world frame, any length)."""
@@ -543,7 +561,31 @@ class SkyModel:
         n = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2])
         elev = np.degrees(np.arcsin(np.clip((dirs_world @ self.up) / np.maximum(n, 1e-12), -1, 1)))
         b = np.clip(((elev + 90.0) / self.band_deg).astype(np.int64), 0, len(self.colours) - 1)
-        return self.colours[b]
+        if self.detail is None:
+            return self.colours[b]
+        out = self.colours[b]  # a copy (fancy indexing), written in place
+        add_sky_detail(d, elev, out, self.detail, self.forward, self.right, float(self.top_deg),
+                       float(self.left_deg), float(self.texel_deg))
+        return out
+
+    def reference_colour(self, dirs_world: np.ndarray) -> np.ndarray:
+        """Slow twin of ``colour`` (whose detail lookup is compiled: ``add_sky_detail``): ray by ray, the band's
+        colour plus the detail cell's."""
+        out = np.empty((len(dirs_world), 3), np.uint8)
+        for i, d in enumerate(np.asarray(dirs_world, np.float64)):
+            elev = math.degrees(math.asin(max(-1.0, min(1.0, float(d @ self.up) / max(math.sqrt(float(d @ d)),
+                                                                                          1e-12)))))
+            c = self.colours[min(max(int((elev + 90.0) / self.band_deg), 0), len(self.colours) - 1)].astype(int)
+            if self.detail is not None:
+                row = math.floor((self.top_deg - elev) / self.texel_deg)
+                az = math.degrees(math.atan2(float(d @ self.right), float(d @ self.forward)))
+                col = math.floor(((az - self.left_deg) % 360.0) / self.texel_deg) % (2 * self.detail.shape[1])
+                if col >= self.detail.shape[1]:
+                    col = 2 * self.detail.shape[1] - 1 - col
+                if 0 <= row < self.detail.shape[0]:
+                    c = c + self.detail[row, col]
+            out[i] = np.clip(c, 0, 255)
+        return out
 
 
 def sky_model(up: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray, rays_cam: np.ndarray, c2w: np.ndarray,
@@ -566,4 +608,61 @@ def sky_model(up: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray, rays_cam: np
     pick = np.where(np.abs(prev - np.arange(nb)) < np.abs(nearest - np.arange(nb)), prev, nearest)
     out = np.empty((nb, 3), np.float64)
     out[:] = mean[np.searchsorted(seen, pick)]
-    return SkyModel(np.asarray(up, np.float64), config.sky_band_deg, np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    model = SkyModel(np.asarray(up, np.float64), config.sky_band_deg, np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    if config.sky_detail:
+        _add_sky_detail(model, rgb[sky], dirs, elev, rays_cam, config)
+    return model
+
+
+def _add_sky_detail(model: SkyModel, rgb: np.ndarray, dirs: np.ndarray, elev: np.ndarray, rays_cam: np.ndarray,
+                    config: AppearanceConfig) -> None:
+    """Give ``model`` the observed sky's detail: the sky pixels' colours ``rgb`` [N, 3] less their band's, at
+    directions ``dirs`` [N, 3] (world frame; elevations ``elev`` [N] degrees), averaged per cell of the view's own
+    pixel angle (``rays_cam`` [H, W, 3]: the angle between its two central columns). Azimuth is measured from the
+    horizontal part of the observed sky's mean direction, so the grid sits around what was seen."""
+    up = model.up
+    mean_dir = dirs.mean(0) - (dirs.mean(0) @ up) * up
+    if np.linalg.norm(mean_dir) < 1e-9:  # a sky seen straight up only: nothing to continue around the horizon
+        return
+    forward = mean_dir / np.linalg.norm(mean_dir)
+    right = np.cross(up, forward)
+    h, w = rays_cam.shape[:2]
+    a, c = rays_cam[h // 2, w // 2 - 1].astype(np.float64), rays_cam[h // 2, w // 2].astype(np.float64)
+    texel = max(math.degrees(math.acos(min(1.0, float(a @ c) / (np.linalg.norm(a) * np.linalg.norm(c))))),
+                config.sky_min_texel_deg)
+    base = model.colours[np.clip(((elev + 90.0) / model.band_deg).astype(np.int64), 0, len(model.colours) - 1)]
+    resid = rgb.astype(np.float64) - base
+    az = np.degrees(np.arctan2(dirs @ right, dirs @ forward))
+    top, left = float(elev.max()), float(az.min())
+    rows = np.floor((top - elev) / texel).astype(np.int64)
+    cols = np.floor((az - left) / texel).astype(np.int64)
+    R, C = int(rows.max()) + 1, int(cols.max()) + 1
+    if R < 2 or C < 2:
+        return
+    flat = rows * C + cols
+    cnt = np.bincount(flat, minlength=R * C).reshape(R, C)
+    acc = np.stack([np.bincount(flat, weights=resid[:, k], minlength=R * C) for k in range(3)], 1).reshape(R, C, 3)
+    # the grid is the main observed patch only: the longest run of columns observed in at least half as many cells
+    # as the best one, and the rows observed there. Sky pixels far off it (through a gap, beside a tree) spread the
+    # grid over azimuths it holds nothing for: mirror-repeated, that showed a cloudy rectangle in a plain sky (the
+    # courtyard at 640x360)
+    per_col = (cnt > 0).sum(0)
+    keep = per_col >= 0.5 * per_col.max()
+    edges = np.flatnonzero(np.diff(np.r_[0, keep.astype(np.int8), 0]))  # run starts and ends, alternating
+    starts, ends = edges[0::2], edges[1::2]
+    k = int(np.argmax(ends - starts))
+    c0, c1 = int(starts[k]), int(ends[k])
+    seen_rows = np.flatnonzero((cnt[:, c0:c1] > 0).any(1))
+    r0, r1 = int(seen_rows[0]), int(seen_rows[-1]) + 1
+    if r1 - r0 < 2 or c1 - c0 < 2:
+        return
+    cnt, acc = cnt[r0:r1, c0:c1], acc[r0:r1, c0:c1]
+    detail = np.zeros(acc.shape, np.int16)
+    ok = cnt > 0
+    detail[ok] = np.rint(acc[ok] / cnt[ok, None]).astype(np.int16)
+    model.detail = detail
+    model.texel_deg, model.top_deg, model.left_deg = texel, top - r0 * texel, left + c0 * texel
+    model.forward, model.right = forward, right
+    # the compiled lookup loaded (or compiled) here, on the fill's thread, for the types frames call it with
+    # (float64 directions), not inside the first frame that shows the sky
+    model.colour(np.ascontiguousarray(dirs[:1], np.float64))

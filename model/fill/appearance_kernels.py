@@ -5,6 +5,8 @@ served play session, docs/BENCHMARKS.md session 7)."""
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 import numpy as np
 
@@ -51,3 +53,24 @@ def lower_unseen_contrast(uv, colours, cuts_u, cuts_v, seen_cell, mean, contrast
             x = mean[c] + contrast * (colours[i, c] - mean[c]) + 0.5
             colours[i, c] = np.uint8(min(max(x, 0.0), 255.0))
     return changed
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def add_sky_detail(dirs, elev_deg, colours, detail, forward, right, top_deg, left_deg, texel_deg):
+    """In place: ``colours`` [M, 3] uint8 (the sky bands' colours of rays ``dirs`` [M, 3], world frame, at
+    elevations ``elev_deg`` [M]) plus the detail cell each ray falls in (``SkyModel.reference_colour``), clipped to
+    0..255. One pass over the rays, without numpy's azimuth, cell and gather temporaries."""
+    h, w = detail.shape[0], detail.shape[1]
+    for i in range(dirs.shape[0]):
+        row = math.floor((top_deg - elev_deg[i]) / texel_deg)
+        if row < 0 or row >= h:
+            continue
+        x, y, z = np.float64(dirs[i, 0]), np.float64(dirs[i, 1]), np.float64(dirs[i, 2])
+        az = math.degrees(math.atan2(x * right[0] + y * right[1] + z * right[2],
+                                     x * forward[0] + y * forward[1] + z * forward[2]))
+        col = math.floor(((az - left_deg) % 360.0) / texel_deg) % (2 * w)
+        if col >= w:
+            col = 2 * w - 1 - col
+        for k in range(3):
+            v = np.int32(colours[i, k]) + np.int32(detail[row, col, k])
+            colours[i, k] = np.uint8(min(max(v, 0), 255))

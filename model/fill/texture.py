@@ -77,6 +77,16 @@ PICK_TOLERANCE = 0.1  # any candidate within 10% of the best cost may be picked 
 EDGE_FEATHER_PX = 3  # invented texels fade in over this many texels from the observed ones
 SOURCE_VALID_FRACTION = 0.9  # a source window may have up to 10% unobserved (smoothly pre-filled) texels
 LATTICE_WINDOW_PX = 320  # periodicity is measured on at most this many texels a side
+# Contrast of the invented texels (``TextureModel._restore_contrast``): the synthesised detail's mean texel-to-texel
+# step, measured on a probe region away from the exemplar's box, is brought up to the observed texels' own, by a
+# gain on the detail's fine band of at most this much (never down). The copied patches carry the pre-filled holes'
+# smooth texels (a wall seen at an angle is observed in every other column; push-pull fills the gaps) and the
+# boundary cuts' cross-fades, and the least-error pick prefers the flattest candidates: the invented texels of
+# sparsely observed stochastic planes stepped far less than the observed ones (docs/BENCHMARKS.md, session 18).
+DETAIL_GAIN_MAX = 2.0
+CONTRAST_PROBE_PX = 128  # side of the probe region (texels)
+CONTRAST_BLUR_PX = 1.0  # sigma (texels) of the blur that splits the detail's fine band off
+CONTRAST_PROBE_SEED = 0  # the probe's own key: the gain is a function of the exemplar alone, not of a world seed
 _CACHE_LIMIT = 200_000
 TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
 # From this mip level on (a pixel covering 4 x 4 texels or more: beyond ~8 m at 640x360, 75 deg, 1 cm texels),
@@ -267,6 +277,23 @@ def _best_window(valid: np.ndarray, size: int) -> tuple[int, int, int, int]:
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def _blur(y: np.ndarray) -> np.ndarray:
+    """``y`` [H, W] float32 blurred by a Gaussian of ``CONTRAST_BLUR_PX`` (edges reflected)."""
+    return cv2.GaussianBlur(np.ascontiguousarray(y, np.float32), (0, 0), CONTRAST_BLUR_PX,
+                            borderType=cv2.BORDER_REFLECT)
+
+
+def _mean_step(y: np.ndarray, valid: np.ndarray | None) -> float:
+    """Mean absolute difference between 4-neighbour texels of ``y`` [H, W] (both in ``valid`` [H, W] bool when
+    given): the texel-scale detail that ``TextureModel._restore_contrast`` matches."""
+    dx, dy = np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0))
+    if valid is None:
+        return float((dx.sum() + dy.sum()) / max(dx.size + dy.size, 1))
+    mx, my = valid[:, 1:] & valid[:, :-1], valid[1:] & valid[:-1]
+    n = int(mx.sum() + my.sum())
+    return float((dx[mx].sum() + dy[my].sum()) / n) if n else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -707,6 +734,7 @@ class TextureModel:
         self._kernel_model: tuple | None = None  # the model's arrays as texture_kernels reads them
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
         self._half, self._patch = half, patch
+        self.detail_gain = self._restore_contrast()
         log.debug(
             "texture_fit",
             shape=(h, w),
@@ -715,8 +743,49 @@ class TextureModel:
             periods_px=[round(p, 2) for p in lattice.periods_px],
             strength=round(lattice.strength, 3),
             sources=len(self._sources),
+            detail_gain=round(self.detail_gain, 3),
         )
         return self
+
+    def _probe_origin(self) -> tuple[int, int]:
+        """Texture-space (row, col) of the contrast probe: beyond the exemplar's box by more than the shading's
+        reach (``_shading_at``: the observed mean there) and a patch, so no cell there copies or matches the box."""
+        h, w = self.valid.shape
+        away = int(math.ceil(8.0 * self.shading_decay_px)) + 2 * self._patch
+        return self.origin_px[0] + h + away, self.origin_px[1] + w + away
+
+    def _restore_contrast(self) -> float:
+        """Raise the fine band of the detail (what a ``CONTRAST_BLUR_PX`` blur removes) so that invented texels step
+        from texel to texel as much as the observed ones do, at most by ``DETAIL_GAIN_MAX``; returns the gain (1:
+        unchanged). The coarser band keeps its contrast: the invented texels' spread at the scale of cells was
+        already the exemplar's, only their texel-scale steps were lost. Synthesises one probe region with the
+        unscaled detail, finds the gain on it (bisection: the step grows monotonically with the gain), then drops
+        every cache made from it."""
+        observed = _mean_step(_luma(self.detail), self.valid)
+        probe = self._region_locked(self._probe_origin(), (CONTRAST_PROBE_PX, CONTRAST_PROBE_PX), CONTRAST_PROBE_SEED)
+        self._cells.clear()
+        self._seams.clear()
+        self._tables.clear()
+        y = _luma(probe.astype(np.float32))
+        coarse = _blur(y)
+        fine = y - coarse
+        if not observed > 0 or _mean_step(y, None) >= observed:
+            return 1.0
+        if _mean_step(coarse + DETAIL_GAIN_MAX * fine, None) <= observed:
+            gain = DETAIL_GAIN_MAX
+        else:
+            lo, hi = 1.0, DETAIL_GAIN_MAX
+            for _ in range(24):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if _mean_step(coarse + mid * fine, None) < observed else (lo, mid)
+            gain = 0.5 * (lo + hi)
+        smooth = np.stack([_blur(self.detail[..., c]) for c in range(3)], axis=-1)
+        self.detail = np.ascontiguousarray(smooth + np.float32(gain) * (self.detail - smooth), np.float32)
+        self._kernel_model = None  # holds the unscaled detail
+        f = self._edge_feather
+        ref = np.where(self.valid[..., None], self.rgb.astype(np.float32), self.detail + self.shading)
+        self._edge_value = np.pad(ref, ((f, f), (f, f), (0, 0)), mode="edge").astype(np.float32)
+        return gain
 
     def __getstate__(self) -> dict:
         """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
