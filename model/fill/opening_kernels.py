@@ -46,9 +46,9 @@ def mark_stale(rays, depth, valid, axis_vecs, cam_coords, closing_axis, closing_
     camera's coordinates along them; the rest float32 metres. The same float32 expressions as the numpy twin.
 
     Row by row, branch-free over the row (vectorised): the three coordinates, then each closing wall's test and
-    each bound's, and-ed into the row's flags. Per pixel with early exits it cost ~1.2 ms of an indoor 640x360
-    frame's CPU (docs/BENCHMARKS.md, session 18, lcost): most of a frame lies beyond the closing wall once the
-    camera has walked past the observed extent, and every such pixel took the bounds' loop."""
+    each bound's, and-ed into the row's flags. Pixel by pixel with early exits it cost twice the CPU
+    (docs/BENCHMARKS.md, session 18, lcost): most of a frame lies beyond the closing wall once the camera has
+    walked past the observed extent, and every such pixel took the bounds' loop."""
     H, W = valid.shape
     coord = np.empty((3, W), np.float32)
     flag = np.empty(W, np.bool_)
