@@ -1052,10 +1052,8 @@ class GeometricGenerator:
                 if not fill_warps:
                     continue
                 fill_warps -= 1  # one far reference fills; a second one would mostly find the same holes filled
+            warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
             allowed = ~valid  # holes of the memory
-            # a far reference fills holes alone: its warp is needed only at the holes no nearer one claimed
-            only = None if close else allowed & ~claimed
-            warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w, only)
             if same_view:
                 allowed = np.ones_like(valid)
             elif close:

@@ -36,29 +36,6 @@ def test_fast_warp_matches_reference(pose_seed):
     assert np.array_equal(fast.rgb, ref.rgb)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_a_warp_only_at_some_pixels_is_the_whole_warp_there(threads):
-    """``only``: the pixels asked for get the whole warp's depth and colour (a pixel's z-test reads that pixel
-    alone), the others nothing; the one-thread kernel and the banded one alike."""
-    import numba
-
-    rgb, depth, K = _frame(5)
-    rng = np.random.default_rng(9)
-    dst_pose = look_at(rng.normal(0, 0.2, 3), [rng.normal(0, 0.3), rng.normal(0, 0.3), 2.5])
-    K_dst = Intrinsics.from_fov(60, 40, 30)
-    ref = warp_rgbd_reference(rgb, depth, K, np.eye(4), K_dst, dst_pose)
-    only = rng.random((30, 40)) < 0.3
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        part = warp_rgbd(rgb, depth, K, np.eye(4), K_dst, dst_pose, only)
-    finally:
-        numba.set_num_threads(before)
-    assert ref.valid[only].sum() > 50  # the warp lands on pixels asked for (the test tests something)
-    assert np.array_equal(part.depth_m[only], ref.depth_m[only]) and np.array_equal(part.rgb[only], ref.rgb[only])
-    assert not part.valid[~only].any() and not part.rgb[~only].any()
-
-
 def test_nearer_surface_wins():
     K = Intrinsics.from_fov(60, 20, 20)
     rgb = np.zeros((20, 20, 3), np.uint8)

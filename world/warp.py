@@ -54,13 +54,10 @@ def _project_source(rgb, depth_m, src, c2w_src, dst, c2w_dst):
 
 
 @numba.njit(inline="always")
-def _warp_rows(rgb, depth, y_lo, y_hi, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, o_depth, o_rgb,
-               only):  # pragma: no cover
+def _warp_rows(rgb, depth, y_lo, y_hi, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, o_depth, o_rgb):  # pragma: no cover
     """Warp source rows ``[y_lo, y_hi)`` into the z-buffer ``o_depth`` / ``o_rgb`` (0 = empty): per source pixel,
     unproject (pixel centre + 0.5), move into the target camera (R, t: source camera -> target camera), project,
-    splat a square of the projected size; nearest depth wins, ties to the later pixel. ``only`` [H, W] bool (or
-    None: every pixel): the target pixels written; a pixel's z-test reads that pixel alone, so those get what the
-    whole warp gives them."""
+    splat a square of the projected size; nearest depth wins, ties to the later pixel."""
     w = depth.shape[1]
     H, W = o_depth.shape
     for y in range(y_lo, y_hi):
@@ -86,8 +83,6 @@ def _warp_rows(rgb, depth, y_lo, y_hi, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy,
             zf = np.float32(qz)
             for yy in range(max(y0, 0), min(y0 + s, H)):
                 for xx in range(max(x0, 0), min(x0 + s, W)):
-                    if only is not None and not only[yy, xx]:
-                        continue
                     if o_depth[yy, xx] == 0.0 or zf <= o_depth[yy, xx]:  # ties: the later pixel wins
                         o_depth[yy, xx] = zf
                         o_rgb[yy, xx, 0] = rgb[y, x, 0]
@@ -96,8 +91,7 @@ def _warp_rows(rgb, depth, y_lo, y_hi, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy,
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth, n_chunks,
-                 only=None):  # pragma: no cover
+def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth, n_chunks):  # pragma: no cover
     """``_warp_rows`` over all source rows, split into ``n_chunks`` bands warped in parallel, each into its own
     z-buffer; the merge takes the nearest depth per pixel and, on a tie, the later band, so the result is exactly
     the serial one (``_warp_serial``)."""
@@ -107,7 +101,7 @@ def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_c
     band_rgb = np.zeros((n_chunks, H, W, 3), np.uint8)
     for c in numba.prange(n_chunks):
         _warp_rows(rgb, depth, c * h // n_chunks, (c + 1) * h // n_chunks, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy,
-                   d_cx, d_cy, band_depth[c], band_rgb[c], only)
+                   d_cx, d_cy, band_depth[c], band_rgb[c])
     for yy in numba.prange(H):
         for xx in range(W):
             best = np.float32(0.0)
@@ -125,12 +119,10 @@ def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_c
 
 
 @numba.njit(cache=True, nogil=True)
-def _warp_serial(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth,
-                 only=None):  # pragma: no cover
+def _warp_serial(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth):  # pragma: no cover
     """One thread: straight into the (zeroed) outputs, no band buffers, no merge pass, no parallel launch (the
     lock-step server and the gym env run numba single-threaded; the merge of one band copied every pixel)."""
-    _warp_rows(rgb, depth, 0, depth.shape[0], s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_depth, out_rgb,
-               only)
+    _warp_rows(rgb, depth, 0, depth.shape[0], s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_depth, out_rgb)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -162,14 +154,9 @@ def warp_rgbd(
     c2w_src: np.ndarray,  # [4, 4]
     dst: Intrinsics,
     c2w_dst: np.ndarray,  # [4, 4]
-    only: np.ndarray | None = None,  # [H, W] bool of the target: the pixels wanted (None: all)
 ) -> WarpResult:
-    """Forward-warp a source RGB-D frame into the target camera; nearest surface wins per target pixel. With
-    ``only``, the warp at those pixels (the same as the whole warp's there) and nothing elsewhere: a caller that
-    reads a few pixels (the generator's fill warp, the memory's holes) skips the splats everywhere else."""
+    """Forward-warp a source RGB-D frame into the target camera; nearest surface wins per target pixel."""
     _check(rgb, depth_m, src)
-    if only is not None and only.shape != (dst.height, dst.width):
-        raise InvalidInputError(f"only must be [{dst.height}, {dst.width}], got {only.shape}")
     rel = np.linalg.inv(np.asarray(c2w_dst, np.float64)) @ np.asarray(c2w_src, np.float64)  # source cam -> target cam
     out_rgb = np.zeros((dst.height, dst.width, 3), np.uint8)
     out_depth = np.zeros((dst.height, dst.width), np.float32)
@@ -177,11 +164,10 @@ def warp_rgbd(
             src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx,
             dst.cy, out_rgb, out_depth)
     threads = numba.get_num_threads()
-    mask = () if only is None else (np.ascontiguousarray(only, np.bool_),)
     if threads > 1:
-        _warp_kernel(*args, threads, *mask)
+        _warp_kernel(*args, threads)
     else:
-        _warp_serial(*args, *mask)
+        _warp_serial(*args)
     return WarpResult(out_rgb, out_depth, out_depth > 0)
 
 

@@ -66,28 +66,7 @@ def compile_fill_kernels() -> int:
         np.float32(np.inf), filled.reshape(-1), filled.copy().reshape(-1), 1, np.ones(1, np.int8), np.zeros((1, 2, 3)),
         np.zeros((1, 3), np.float32), np.float32(50.0), np.float32(1 / 64), np.zeros((1, 2)), np.ones(1), i2,
         np.zeros(1, np.int64))
-    _warm_fill_warps()
     return int(colours.shape[0])
-
-
-def _warm_fill_warps() -> None:
-    """The reference warps a frame makes at its holes alone (``warp_rgbd``'s ``only``: the generator's fill warp),
-    both kernels: the warm-up clips of ``server.host.warm_kernels`` need not make one, and four sessions run the
-    one-thread kernel, the warm-up child the banded one."""
-    import numba
-
-    from spatia.world import warp
-
-    depth = np.ones((4, 4), np.float32)
-    depth.setflags(write=False)  # a reference's depth is read-only; its colour is either (the frames' types)
-    only = np.ones((4, 4), bool)
-    for writable in (False, True):
-        rgb = np.zeros((4, 4, 3), np.uint8)
-        rgb.setflags(write=writable)
-        args = (rgb, depth, 4.0, 4.0, 2.0, 2.0, np.eye(3), np.zeros(3), 4.0, 4.0, 2.0, 2.0)
-        warp._warp_serial(*args, np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.float32), only)
-        warp._warp_kernel(*args, np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.float32),
-                          max(numba.get_num_threads(), 1), only)
 
 
 def load_frame_kernels() -> None:
