@@ -789,10 +789,31 @@ def _rate(rays_cam: np.ndarray, vec_cam: np.ndarray) -> np.ndarray:
     return rays_cam[:, 0] * v[0] + rays_cam[:, 1] * v[1] + rays_cam[:, 2] * v[2]
 
 
+_OPENING_BOXES: dict = {}  # (id(layout), Opening) -> (weakref to layout, Box); the last few doorways' boxes
+_OPENING_BOXES_MAX = 64
+_OPENING_BOXES_LOCK = threading.Lock()
+
+
 def opening_box(layout: Layout, o: Opening) -> Box:
     """Doorway ``o`` as the world-frame box the fill shows open: its width and height, within ``door_slab_m`` of its
     wall (what ``opening_pixels`` hides); a doorway with no floor below it is ``door_height_m`` tall. The memory
-    deletes the invented points inside (``GeneratedView.open_space``), in view or not."""
+    deletes the invented points inside (``GeneratedView.open_space``), in view or not. A doorway stays the same
+    over the frames walking through it: its box is made once (``_opening_box``; the memory only reads it)."""
+    key = (id(layout), o)
+    with _OPENING_BOXES_LOCK:
+        got = _OPENING_BOXES.get(key)
+        if got is not None and got[0]() is layout:
+            return got[1]
+    box = _opening_box(layout, o)
+    with _OPENING_BOXES_LOCK:
+        _OPENING_BOXES[key] = (weakref.ref(layout), box)
+        while len(_OPENING_BOXES) > _OPENING_BOXES_MAX:
+            _OPENING_BOXES.pop(next(iter(_OPENING_BOXES)))
+    return box
+
+
+def _opening_box(layout: Layout, o: Opening) -> Box:
+    """``opening_box`` made anew."""
     up, a = layout.axes[0], layout.axes[o.plane.axis]
     h = layout.axes[3 - o.plane.axis]
     bottom = o.bottom_m if math.isfinite(o.bottom_m) else o.top_m - layout.config.door_height_m
