@@ -493,7 +493,7 @@ def _load_frame_kernels() -> threading.Thread:
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
     from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, sky_model
-    from spatia.model.fill.layout import estimate_layout
+    from spatia.model.fill.layout import estimate_layout, raise_open_tops
 
     layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward, prior=inputs.layout_prior)
     sky = None
@@ -505,6 +505,10 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
             # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
             # walls are not capped and unseen ones are closed as indoors
             layout.indoor = True
+        elif inputs.layout_prior is None:  # a photo prior marks its open-topped walls itself
+            depth = np.where((first.depth_m > 0) & (first.depth_m < appearance.sky_min_depth_m), first.depth_m, np.nan)
+            points = (_rays(first.intrinsics) * depth[..., None]) @ first.c2w[:3, :3].T + first.c2w[:3, 3]
+            raise_open_tops(layout, points)
     # each plane's texture model is fitted on first use or by the warm-up (``_warm_layout_state``), not here:
     # the first final frame waits for the layout alone, and for the textures of the planes it shows
     textures = PlaneTextures(layout, inputs.points, inputs.colors)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
-from spatia.model.fill.layout import (FLOOR, WALL, LayoutConfig, _ray_axes, cast_layout, estimate_layout,
-                                      opening_pixels, reference_stale_closing_pixels, stale_closing_pixels,
-                                      view_bounds)
+from spatia.model.fill.layout import (FLOOR, WALL, Layout, LayoutConfig, Plane, _ray_axes, cast_layout,
+                                      estimate_layout, opening_pixels, raise_open_tops,
+                                      reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -376,6 +376,49 @@ def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
         depth, _ = cast_layout(layout, view, grid, pose)
         np.testing.assert_allclose(depth, _reference_cast(layout, view, grid, pose), rtol=1e-4, atol=1e-5)
         assert (depth == 0).any() and (depth > 0).any()  # sky above the facade and past its end, and hits
+
+
+def test_an_arcade_under_taller_facades_is_not_a_ceiling():
+    """A horizontal surface above the eye that observed facades rise metres past (an arcade's underside in a
+    square) does not make the space a room: the layout stays outdoors, without that ceiling. The same surface with
+    walls that end at it is a ceiling."""
+    rng = np.random.default_rng(7)
+    n = 6000
+
+    def points(facade_top_m: float) -> np.ndarray:
+        ground = np.c_[rng.uniform(-6, 6, n), np.zeros(n), rng.uniform(0, 14, n)]
+        back = np.c_[rng.uniform(-6, 6, n), rng.uniform(0, facade_top_m, n), np.full(n, 14.0)]
+        left = np.c_[np.full(n, -6.0), rng.uniform(0, facade_top_m, n), rng.uniform(4, 14, n)]
+        arcade = np.c_[rng.uniform(-6, -4, n // 4), np.full(n // 4, 3.4), rng.uniform(4, 14, n // 4)]
+        return np.concatenate([ground, back, left, arcade])
+
+    cam, up, forward = np.array([0.0, 1.6, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    square = estimate_layout(points(7.5), cam, up, forward)
+    assert not square.indoor
+    assert [p.kind for p in square.planes].count(FLOOR) == 1
+    assert all(p.kind in (FLOOR, WALL) for p in square.planes)
+    room = estimate_layout(points(3.4), cam, up, forward)
+    assert room.indoor
+
+
+def test_a_facade_that_rose_out_of_the_first_view_is_not_capped_at_its_edge():
+    """Outdoors, a facade whose highest pixel in the first view lies on the view's top rows continues
+    ``open_top_rise_m`` above it (the view ended there, not the building); one whose roofline shows keeps its top."""
+    K = Intrinsics.from_fov(75.0, 64, 36)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])  # camera y down = world -y; looking +z
+    c2w[:3, 3] = [0.0, 1.6, 0.0]
+    points = (pixel_rays(K) * 10.0) @ c2w[:3, :3].T + c2w[:3, 3]  # [H, W, 3] a facade at z = 10 m
+    axes = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    for roof_m, raised in ((4.0, False), (50.0, True)):  # the view's top row meets the facade ~5.9 m up
+        seen = np.where((points[..., 1] <= roof_m)[..., None], points, np.nan)  # the sky above the roof: no point
+        top_m = float(np.nanpercentile(seen[..., 1], 99.0))
+        wall = Plane(1, 10.0, -1, 1000, WALL, top_m, (-5.0, 5.0), 0)
+        for indoor in (False, True):
+            layout = Layout(axes, [wall], indoor=indoor)
+            raise_open_tops(layout, seen)
+            want = top_m + layout.config.open_top_rise_m if raised and not indoor else top_m
+            assert layout.planes[0].top_m == pytest.approx(want), (roof_m, indoor)
 
 
 def test_the_compiled_window_search_matches_numpy():

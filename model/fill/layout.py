@@ -16,7 +16,8 @@ Per camera (``LayoutView``): in each of the six axis directions the plane that b
 stands in is the best-supported plane facing the camera at least ``min_camera_distance_m`` away. Where no
 observed plane bounds a direction it is closed by this rule (documented in the module; scene-independent):
 
-- indoors (a ceiling was observed), 1: a wall the camera has walked through (it stands behind a plane that
+- indoors (a ceiling was observed: a horizontal surface above the eye that no observed wall rises past by more
+  than ``ceiling_max_wall_rise_m``; an arcade's or a balcony's underside under taller facades is not one), 1: a wall the camera has walked through (it stands behind a plane that
   faces the other way, e.g. it went through a doorway) is a wall of the next room too: its back side, one
   ``wall_thickness_m`` nearer, bounds the way back; 2: the way on, beyond a wall the camera came through, is
   closed where a room as deep as the one it came from would end;
@@ -94,6 +95,12 @@ class LayoutConfig:
     # point the photo saw of it. Finite: unbounded facades (courtyard@photo, 320x180, demo settings) moved AbsRel
     # 0.425 -> 0.383 but synthesised 25x the texture tiles (generation 136 -> 601 s)
     open_top_rise_m: float = 6.0
+    # ... and so does an outdoor facade of an RGBD first view (``raise_open_tops``) whose highest pixel lies in the
+    # view's top this many rows: its highest observed point is where the view ended, not its roofline.
+    # courtyard@pitched (first camera 15 deg down) saw its facades only to 2.3-3.6 m above the ground, and capped
+    # there they showed sky where 7 m buildings stand
+    open_top_rows: int = 2
+    open_top_band_m: float = 0.15  # ... judged on its pixels within this of its observed top (most in those rows)
     # doorways where the path crosses a wall (path_openings): as wide as the free space a pose keeps on each side
     # (2 x min_camera_distance_m), as high as a standard interior door (2.0 m; at least the eye + 0.3 m)
     door_width_m: float = 1.0
@@ -122,6 +129,11 @@ class LayoutConfig:
     # (``Layout.is_room_wall``): rays through a doorway do not stop at it, and it does not cut the floor into rooms
     # (``model.fill.appearance``'s unseen cells: cutting there faded the room's own floor)
     room_wall_min_top_m: float = 2.0
+    # a horizontal surface above the eye is a room's ceiling only if no observed wall rises more than this above it:
+    # walls meet a room's ceiling (highest wall top within 0.05 m of it on every room and house item), while the
+    # underside of an arcade, a balcony or a canopy outdoors has facades rising metres past it (courtyard seed 1:
+    # an arcade at 3.4 m under facades seen to 5.8-7.4 m, taken for a ceiling, made the square a closed room)
+    ceiling_max_wall_rise_m: float = 0.5
     # a closing wall (rule 3 and the others) is a guess that moves out as the path grows, but what the memory
     # invented on an earlier guess stayed there: room@turned (its left wall unseen) kept a wall 2 m inside the
     # room from the first clips on. Memory points beyond every observed point in the direction of a closing wall
@@ -418,8 +430,10 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     # horizontal surfaces: keep the floor (most support below the camera) and the ceiling (most above); table
     # tops and seats are furniture, which the background-preferring fill handles
     floors = [p for p in planes if p.kind == FLOOR]
-    ceilings = [p for p in planes if p.kind == CEILING]
-    keep = [p for p in planes if p.kind == WALL]
+    walls = [p for p in planes if p.kind == WALL]
+    ceilings = [p for p in planes if p.kind == CEILING
+                and not any(w.top_m > p.offset_m + config.ceiling_max_wall_rise_m for w in walls)]
+    keep = list(walls)
     if floors:
         keep.append(max(floors, key=lambda p: p.support))
     if ceilings:
@@ -458,6 +472,34 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
                   observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent,
                   observer_forward=np.asarray(forward, np.float64).copy())
+
+
+def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
+    """Outdoors, raise the top of each facade whose highest point the first view saw is where the view ended.
+
+    ``points`` [H, W, 3] world frame: the first view's pixels back-projected (NaN where it saw no surface: the sky
+    and what lies as far). A facade whose highest pixel in that view lies in its top ``open_top_rows`` rows rose
+    out of the view there: what was seen of it is not its roofline, so it continues ``open_top_rise_m`` above its
+    highest observed point, as a photo prior's open-topped walls do (``_prior_planes``). A facade whose roofline
+    shows anywhere (its highest pixel lower, with the view going on above it) keeps its observed top, however
+    much of it nearer the camera the view's edge cuts. Indoors nothing changes: walls indoors are not capped."""
+    cfg = layout.config
+    if layout.indoor or points.ndim != 3 or points.shape[0] <= cfg.open_top_rows:
+        return
+    with np.errstate(invalid="ignore"):
+        height = points @ layout.up  # [H, W], NaN where no surface
+    planes = list(layout.planes)
+    for i, p in enumerate(planes):
+        if p.kind != WALL or not math.isfinite(p.top_m):
+            continue
+        with np.errstate(invalid="ignore"):
+            on = np.abs(points @ layout.axes[p.axis] - p.offset_m) <= 2 * cfg.bin_m  # [H, W]; NaN compares False
+            at_top = on & (np.abs(height - p.top_m) <= cfg.open_top_band_m)  # the pixels that set its top
+        rows = np.nonzero(at_top)[0]
+        if len(rows) and np.mean(rows < cfg.open_top_rows) >= 0.5:
+            planes[i] = Plane(p.axis, p.offset_m, p.facing, p.support, p.kind, p.top_m + cfg.open_top_rise_m,
+                              p.span_m, p.plane_id, p.derived)
+    layout.planes = planes
 
 
 @dataclass(frozen=True)
