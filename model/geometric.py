@@ -524,7 +524,7 @@ def _without(valid: np.ndarray, depth: np.ndarray, drop: np.ndarray) -> tuple[np
     if not drop.any():
         return valid, depth
     valid = valid & ~drop
-    return valid, np.where(valid, depth, np.float32(0.0)).astype(np.float32)
+    return valid, np.where(valid, depth, np.float32(0.0)).astype(np.float32, copy=False)  # float32 already: no copy
 
 
 def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

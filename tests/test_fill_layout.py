@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from spatia.model.fill.appearance import PlaneTextures, plane_basis
-from spatia.model.fill.layout import (FLOOR, WALL, Layout, LayoutConfig, Plane, cast_layout, estimate_layout,
-                                      opening_pixels, raise_open_tops, reference_stale_closing_pixels,
-                                      stale_closing_pixels, view_bounds)
+from spatia.model.fill.layout import (FLOOR, WALL, Layout, LayoutConfig, Plane, _ray_axes, cast_layout,
+                                      estimate_layout, opening_pixels, raise_open_tops,
+                                      reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
 from spatia.world.camera import Intrinsics
@@ -673,6 +673,15 @@ def test_a_closing_wall_guessed_too_near_is_not_shown_once_the_path_moves_it_out
         for depth in (d_old, d_new, noisy):
             np.testing.assert_array_equal(stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w),
                                           reference_stale_closing_pixels(layout, view, depth, depth > 0, rays, c2w))
+    # a pinhole camera's rays go through the kernel's per-row / per-column products (cached for read-only rays);
+    # any other rays through the per-pixel ones: the same flags either way
+    cached = rays.copy()
+    cached.setflags(write=False)
+    other = (rays * np.random.default_rng(7).uniform(0.9, 1.1, rays.shape[:2])[..., None]).astype(np.float32)
+    assert _ray_axes(cached) is not None and _ray_axes(cached) is _ray_axes(cached) and _ray_axes(other) is None
+    for r in (cached, other):
+        np.testing.assert_array_equal(stale_closing_pixels(layout, later, noisy, noisy > 0, r, c2w),
+                                      reference_stale_closing_pixels(layout, later, noisy, noisy > 0, r, c2w))
 
 
 def test_a_pinhole_on_a_plane_takes_the_planes_depth_not_the_far_side_of_its_gap():

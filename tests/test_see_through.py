@@ -49,6 +49,28 @@ def test_compiled_matches_the_reference_with_infinite_depths_and_a_whole_relativ
                                           reference_see_through_pixels(depth, valid, 3, rel=rel))
 
 
+def test_nearer_pixels_one_float32_either_side_of_the_limit():
+    """The compiled pass compares float32 depths with each limit rounded up to a float32 (exact: no float32 lies
+    between a limit and its round-up); neighbours at the float32s just below, at and just above each float64 limit
+    (positive, tiny and negative limits) are marked as the reference marks them."""
+    rng = np.random.default_rng(11)
+    for rel, gap in ((0.05, 0.05), (0.0, 0.0), (0.3, 0.07), (0.05, 2.0)):
+        depth = rng.choice(np.array([0.05, 0.0500001, 1.0, 1.3, 2.7, 3.1, 1e-30], np.float32), (15, 17))
+        lim = np.minimum(depth.astype(np.float64) * (1.0 - rel), depth.astype(np.float64) - gap)
+        near = lim.astype(np.float32)  # the nearest float32 to each limit, then one step either way
+        step = rng.integers(-1, 2, depth.shape)
+        near = np.where(step < 0, np.nextafter(near, np.float32(-np.inf)),
+                        np.where(step > 0, np.nextafter(near, np.float32(np.inf)), near))
+        # every other pixel of a checkerboard: the far ones see their neighbours at the limits of other far ones
+        cells = (np.add.outer(np.arange(15), np.arange(17)) % 2).astype(bool)
+        mixed = np.where(cells, np.roll(near, 1, axis=1), depth).astype(np.float32)
+        valid = rng.random(depth.shape) < 0.95
+        for radius in (1, 2):
+            np.testing.assert_array_equal(see_through_pixels(mixed, valid, radius, rel=rel, min_gap_m=gap),
+                                          reference_see_through_pixels(mixed, valid, radius, rel=rel,
+                                                                       min_gap_m=gap), err_msg=f"{rel} {gap}")
+
+
 def test_gaps_in_a_near_surface_are_marked_a_plane_and_a_corner_are_not():
     """At 320x240 with the default radius (2 % of the width: 6 px)."""
     K = Intrinsics.from_fov(75.0, 320, 240)

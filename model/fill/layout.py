@@ -841,10 +841,31 @@ def _rate(rays_cam: np.ndarray, vec_cam: np.ndarray) -> np.ndarray:
     return rays_cam[:, 0] * v[0] + rays_cam[:, 1] * v[1] + rays_cam[:, 2] * v[2]
 
 
+_OPENING_BOXES: dict = {}  # (id(layout), Opening) -> (weakref to layout, Box); the last few doorways' boxes
+_OPENING_BOXES_MAX = 64
+_OPENING_BOXES_LOCK = threading.Lock()
+
+
 def opening_box(layout: Layout, o: Opening) -> Box:
     """Doorway ``o`` as the world-frame box the fill shows open: its width and height, within ``door_slab_m`` of its
     wall (what ``opening_pixels`` hides); a doorway with no floor below it is ``door_height_m`` tall. The memory
-    deletes the invented points inside (``GeneratedView.open_space``), in view or not."""
+    deletes the invented points inside (``GeneratedView.open_space``), in view or not. A doorway stays the same
+    over the frames walking through it: its box is made once (``_opening_box``; the memory only reads it)."""
+    key = (id(layout), o)
+    with _OPENING_BOXES_LOCK:
+        got = _OPENING_BOXES.get(key)
+        if got is not None and got[0]() is layout:
+            return got[1]
+    box = _opening_box(layout, o)
+    with _OPENING_BOXES_LOCK:
+        _OPENING_BOXES[key] = (weakref.ref(layout), box)
+        while len(_OPENING_BOXES) > _OPENING_BOXES_MAX:
+            _OPENING_BOXES.pop(next(iter(_OPENING_BOXES)))
+    return box
+
+
+def _opening_box(layout: Layout, o: Opening) -> Box:
+    """``opening_box`` made anew."""
     up, a = layout.axes[0], layout.axes[o.plane.axis]
     h = layout.axes[3 - o.plane.axis]
     bottom = o.bottom_m if math.isfinite(o.bottom_m) else o.top_m - layout.config.door_height_m
@@ -923,14 +944,43 @@ def stale_closing_pixels(layout: Layout, view: LayoutView, depth_m: np.ndarray, 
     f32 = np.float32
     R, cam = c2w[:3, :3], c2w[:3, 3]
     ext = layout.observed_extent_m
+    rays = np.asarray(rays_cam, f32)
+    axes = _ray_axes(rays)
+    ray_x, ray_y = axes if axes is not None else (np.zeros(0, f32), np.zeros(0, f32))
     mark_stale(*stale_kernel_inputs(
-        np.asarray(rays_cam, f32), np.asarray(depth_m, f32), np.asarray(valid, bool), (layout.axes @ R).astype(f32),
+        rays, ray_x, ray_y, np.asarray(depth_m, f32), np.asarray(valid, bool), (layout.axes @ R).astype(f32),
         (layout.axes @ cam).astype(f32),
         np.array([p.axis for p in closing], np.int64), np.array([-p.facing for p in closing], f32),
         np.array([ext[p.axis, 1 if p.facing == -1 else 0] for p in closing], f32),
         np.array([p.axis for p in view.bounds], np.int64), np.array([p.facing for p in view.bounds], f32),
-        np.array([p.offset_m for p in view.bounds], f32)), f32(layout.config.stale_guess_margin_m), out)
+        np.array([p.offset_m for p in view.bounds], f32)), axes is not None, f32(layout.config.stale_guess_margin_m),
+        out)
     return out
+
+
+_RAY_AXES: dict = {}  # id(rays) -> (weakref to rays, _ray_axes' answer): the cameras' cached read-only rays
+_RAY_AXES_LOCK = threading.Lock()
+
+
+def _ray_axes(rays: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(x [W], y [H])`` float32 when every ray of ``rays`` [H, W, 3] is ``(x[col], y[row], 1)`` (a pinhole
+    camera's, ``world.geometry.pixel_rays``), else None. Checked once per read-only array (the generator's cached
+    camera rays: ``model.geometric._rays``), every call for a writable one."""
+    cached = not rays.flags.writeable
+    if cached:
+        with _RAY_AXES_LOCK:
+            got = _RAY_AXES.get(id(rays))
+            if got is not None and got[0]() is rays:
+                return got[1]
+    x, y = rays[0, :, 0].copy(), rays[:, 0, 1].copy()
+    ok = bool(np.all(rays[..., 2] == 1) and np.all(rays[..., 0] == x) and np.all(rays[..., 1] == y[:, None]))
+    answer = (x, y) if ok else None
+    if cached:
+        with _RAY_AXES_LOCK:
+            for k in [k for k, (ref, _) in _RAY_AXES.items() if ref() is None]:
+                del _RAY_AXES[k]
+            _RAY_AXES[id(rays)] = (weakref.ref(rays), answer)
+    return answer
 
 
 def _stale_closing_walls(layout: Layout, view: LayoutView) -> list[Plane]:

@@ -36,37 +36,57 @@ def mark_opening(rays, depth, valid, r0, r1, c0, c1, up_vec, cam_up, along_vec, 
 
 
 @nb.njit(cache=True, nogil=True)
-def mark_stale(rays, depth, valid, axis_vecs, cam_coords, closing_axis, closing_dir, closing_seen, bound_axis,
-               bound_facing, bound_offset, margin, out):
+def mark_stale(rays, ray_x, ray_y, depth, valid, axis_vecs, cam_coords, closing_axis, closing_dir, closing_seen,
+               bound_axis, bound_facing, bound_offset, separable, margin, out):
     """Sets ``out[y, x]`` (bool [H, W]) for rendered pixels ``layout.stale_closing_pixels`` marks: beyond
     ``closing_seen[c]`` by ``margin`` in direction ``closing_dir[c]`` along ``closing_axis[c]`` for some closing
     wall c, and more than ``margin`` in front of every bound b (``bound_facing[b] * (coordinate along
     bound_axis[b] - bound_offset[b])``). rays [H, W, 3] float32 camera frame (z = 1), depth [H, W] float32 z-depth,
     valid [H, W] bool; axis_vecs [3, 3] float32: the layout's axes in camera frame; cam_coords [3] float32: the
-    camera's coordinates along them; the rest float32 metres. The same float32 expressions as the numpy twin."""
+    camera's coordinates along them; the rest float32 metres. The same float32 expressions as the numpy twin.
+    ``separable``: every ray is (ray_x[x], ray_y[y], 1) (a pinhole camera's, ``layout._ray_axes``), and the ray
+    products are made from those [W] and [H] float32 vectors (the same products: 1 x a is a), not read from the
+    [H, W, 3] rays.
+
+    Row by row, branch-free over the row (vectorised): the three coordinates, then each closing wall's test and
+    each bound's, and-ed into the row's flags. Pixel by pixel with early exits it cost twice the CPU
+    (docs/BENCHMARKS.md, session 18, lcost): most of a frame lies beyond the closing wall once the camera has
+    walked past the observed extent, and every such pixel took the bounds' loop."""
     H, W = valid.shape
-    c = np.empty(3, np.float32)
+    coord = np.empty((3, W), np.float32)
+    flag = np.empty(W, np.bool_)
+    along_x = np.empty((3, W), np.float32)  # ray_x[x] * axis_vecs[k, 0]
+    if separable:
+        for k in range(3):
+            for x in range(W):
+                along_x[k, x] = ray_x[x] * axis_vecs[k, 0]
     for y in range(H):
+        for k in range(3):
+            a0, a1, a2, ck = axis_vecs[k, 0], axis_vecs[k, 1], axis_vecs[k, 2], cam_coords[k]
+            row = coord[k]
+            if separable:
+                by, tx = ray_y[y] * a1, along_x[k]
+                for x in range(W):
+                    row[x] = ck + depth[y, x] * (tx[x] + by + a2)
+            else:
+                for x in range(W):
+                    row[x] = ck + depth[y, x] * (rays[y, x, 0] * a0 + rays[y, x, 1] * a1 + rays[y, x, 2] * a2)
         for x in range(W):
-            if not valid[y, x]:
-                continue
-            d = depth[y, x]
-            rx, ry, rz = rays[y, x, 0], rays[y, x, 1], rays[y, x, 2]
-            for k in range(3):
-                c[k] = cam_coords[k] + d * (rx * axis_vecs[k, 0] + ry * axis_vecs[k, 1] + rz * axis_vecs[k, 2])
-            beyond = False
-            for i in range(len(closing_axis)):
-                if closing_dir[i] * (c[closing_axis[i]] - closing_seen[i]) > margin:
-                    beyond = True
-                    break
-            if not beyond:
-                continue
-            inside = True
-            for i in range(len(bound_axis)):
-                if not bound_facing[i] * (c[bound_axis[i]] - bound_offset[i]) > margin:
-                    inside = False
-                    break
-            if inside:
+            flag[x] = False
+        for i in range(len(closing_axis)):
+            row = coord[closing_axis[i]]
+            direction, seen = closing_dir[i], closing_seen[i]
+            for x in range(W):
+                flag[x] = flag[x] | (direction * (row[x] - seen) > margin)
+        for x in range(W):
+            flag[x] = flag[x] & valid[y, x]
+        for i in range(len(bound_axis)):
+            row = coord[bound_axis[i]]
+            facing, offset = bound_facing[i], bound_offset[i]
+            for x in range(W):
+                flag[x] = flag[x] & (facing * (row[x] - offset) > margin)
+        for x in range(W):
+            if flag[x]:
                 out[y, x] = True
 
 
@@ -87,6 +107,6 @@ def warm_mark_stale() -> None:
     on a 1-pixel frame."""
     f32 = np.float32
     mark_stale(*stale_kernel_inputs(
-        np.ones((1, 1, 3), f32), np.ones((1, 1), f32), np.ones((1, 1), bool), np.eye(3, dtype=f32), np.zeros(3, f32),
-        np.zeros(1, np.int64), np.ones(1, f32), np.zeros(1, f32), np.zeros(1, np.int64), np.ones(1, f32),
-        np.zeros(1, f32)), f32(0.25), np.zeros((1, 1), bool))
+        np.ones((1, 1, 3), f32), np.ones(1, f32), np.ones(1, f32), np.ones((1, 1), f32), np.ones((1, 1), bool),
+        np.eye(3, dtype=f32), np.zeros(3, f32), np.zeros(1, np.int64), np.ones(1, f32), np.zeros(1, f32),
+        np.zeros(1, np.int64), np.ones(1, f32), np.zeros(1, f32)), True, f32(0.25), np.zeros((1, 1), bool))

@@ -21,33 +21,54 @@ import numpy as np
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _running_min_row(a, i, first, prev, dst):  # pragma: no cover - compiled
-    """One row of a block's running minimum: ``dst`` = row ``i`` of ``a`` where the block starts (``first``), else
-    its minimum with ``prev`` (the running minimum so far); a row outside ``a`` (padding) holds nothing (inf)."""
+def _shear(n, i, shear):  # pragma: no cover - compiled
+    """The column of the sheared layout where row ``i`` (of ``n``) starts: the down-right diagonals (``shear`` 1)
+    are the columns of rows shifted right by ``n - 1 - i``, the down-left ones (2) by ``i``; 0: no shear."""
+    return 0 if shear == 0 else (n - 1 - i if shear == 1 else i)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _running_min_row(a, i, off, first, prev, dst):  # pragma: no cover - compiled
+    """One row of a block's running minimum: ``dst`` = row ``i`` of ``a`` (placed from column ``off`` on, nothing
+    (inf) either side) where the block starts (``first``), else its minimum with ``prev`` (the running minimum so
+    far); a row outside ``a`` (padding) holds nothing."""
     m = dst.shape[0]
+    inf = np.float32(np.inf)
     if not 0 <= i < a.shape[0]:
-        src = np.float32(np.inf)
         for j in range(m):
-            dst[j] = src if first else prev[j]
-    elif first:
-        for j in range(m):
-            dst[j] = a[i, j]
+            dst[j] = inf if first else prev[j]
+        return
+    lo, hi = off, off + a.shape[1]
+    if first:
+        for j in range(lo):
+            dst[j] = inf
+        for j in range(lo, hi):
+            dst[j] = a[i, j - lo]
+        for j in range(hi, m):
+            dst[j] = inf
     else:
-        for j in range(m):
-            v = a[i, j]
+        for j in range(lo):
+            dst[j] = prev[j]  # the minimum of nothing (inf) and prev
+        for j in range(lo, hi):
+            v = a[i, j - lo]
             q = prev[j]
             dst[j] = v if v < q else q
+        for j in range(hi, m):
+            dst[j] = prev[j]
 
 
 @nb.njit(cache=True, nogil=True)
-def _pairs_along_columns(a, lim, r, count):  # pragma: no cover - compiled
+def _pairs_along_columns(a, lim, r, count, shear):  # pragma: no cover - compiled
     """``count[i, j] += 1`` where a value below ``lim[i, j]`` lies among ``a[i - r .. i - 1, j]`` and one among
-    ``a[i + 1 .. i + r, j]`` (rows outside ``a`` hold none). a [n, m] float32 (inf: no rendered pixel), lim [n, m]
-    float64, count [n, m] uint8. Each one-sided minimum is a window of r rows: the min of a suffix and a prefix of
-    blocks of r rows (van Herk / Gil-Werman), O(1) a pixel whatever r, every loop along a row. The blocks are made
-    one at a time into rings of four blocks' rows (a row's test reads rows i .. i + 2r: three blocks), so that the
-    minima stay in the core's cache instead of two [n + 2r, m] arrays."""
-    n, m = a.shape
+    ``a[i + 1 .. i + r, j]`` (rows outside ``a`` hold none), along the columns of ``a`` sheared by ``shear``
+    (``_shear``: 0, or one of the diagonals, each row shifted; the shifted layout is never built, its rows are read
+    from ``a`` in place). a [n, m] float32 (inf: no rendered pixel), lim [n, m] float32, count [n, m] uint8. Each
+    one-sided minimum is a window of r rows: the min of a suffix and a prefix of blocks of r rows (van Herk /
+    Gil-Werman), O(1) a pixel whatever r, every loop along a row. The blocks are made one at a time into rings of
+    four blocks' rows (a row's test reads rows i .. i + 2r: three blocks), so that the minima stay in the core's
+    cache."""
+    n, w = a.shape
+    m = w if shear == 0 else w + n - 1  # the sheared layout's columns
     p_rows = n + 2 * r  # padded rows: p = i + r
     ring = 4 * r  # ring row of padded row p: p % ring
     g = np.empty((ring, m), np.float32)  # min from the first row of p's block down to p
@@ -56,20 +77,24 @@ def _pairs_along_columns(a, lim, r, count):  # pragma: no cover - compiled
     for b0 in range(0, p_rows, r):
         b1 = min(b0 + r, p_rows)  # the block's rows: b0 .. b1 - 1
         for p in range(b0, b1):  # down from the block's first row
-            _running_min_row(a, p - r, p == b0, g[(p - 1) % ring], g[p % ring])
+            i = p - r
+            _running_min_row(a, i, _shear(n, i, shear), p == b0, g[(p - 1) % ring], g[p % ring])
         for p in range(b1 - 1, b0 - 1, -1):  # up from the block's last row
-            _running_min_row(a, p - r, p == b1 - 1, hh[(p + 1) % ring], hh[p % ring])
+            i = p - r
+            _running_min_row(a, i, _shear(n, i, shear), p == b1 - 1, hh[(p + 1) % ring], hh[p % ring])
         while nxt < n and nxt + 2 * r <= b1 - 1:  # every row whose windows lie in the blocks made so far
             i = nxt
             # above: rows i - r .. i - 1 (padded i .. i + r - 1); below: rows i + 1 .. i + r (padded i + r + 1 ..
             # i + 2r)
             sa, sb, sc, sd = i % ring, (i + r - 1) % ring, (i + r + 1) % ring, (i + 2 * r) % ring
-            for j in range(m):
-                x = hh[sa, j]
-                y = g[sb, j]
+            off = _shear(n, i, shear)
+            ha, gb, hc, gd = hh[sa, off:off + w], g[sb, off:off + w], hh[sc, off:off + w], g[sd, off:off + w]
+            for j in range(w):
+                x = ha[j]
+                y = gb[j]
                 up = x if x < y else y
-                x = hh[sc, j]
-                y = g[sd, j]
+                x = hc[j]
+                y = gd[j]
                 down = x if x < y else y
                 c = lim[i, j]
                 count[i, j] += (up < c) & (down < c)  # branch-free: the loop stays vectorised
@@ -81,18 +106,19 @@ def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no co
     """``out[y, x]`` = True where at least two of the four lines through (y, x) (across, down, the two diagonals)
     have a nearer rendered pixel (``depth < limit``) within ``radius_px`` on both sides; ``limit = min(z (1 -
     rel), z - min_gap_m)`` in float64, as the reference (a float32 depth compared with it as a float64). Each line
-    direction is laid out as the columns of an array (the image, its transpose, its two shears), so that one pass
-    (``_pairs_along_columns``) counts that direction's pairs for every pixel, on one thread, however long the
-    radius (walking up to r pixels each way from every pixel cost more on a mostly rendered frame:
-    docs/BENCHMARKS.md, session 15, lspeed). Every per-pixel loop is branch-free (selects, not ifs), and the
-    counts add up in place (no per-direction mask, no float32 rounding of the limit): docs/BENCHMARKS.md, session
-    16, lspeed2."""
+    direction is a pass along the columns of an array (the image, its transpose, its two shears, those read in
+    place), so that one pass (``_pairs_along_columns``) counts that direction's pairs for every pixel, on one
+    thread, however long the radius (walking up to r pixels each way from every pixel cost more on a mostly
+    rendered frame: docs/BENCHMARKS.md, session 15, lspeed). Every per-pixel loop is branch-free (selects, not
+    ifs), and the counts add up in place (no per-direction mask): docs/BENCHMARKS.md, sessions 16 (lspeed2) and
+    18 (lcost: the limit rounded up to a float32, the shears not copied)."""
     h, w = depth.shape
     r = radius_px
     inf = np.float32(np.inf)
     # per pixel: its depth where rendered (else inf: never nearer), and its limit (-inf where nothing is marked)
     v = np.empty((h, w), np.float32)
-    lim = np.empty((h, w), np.float64)
+    lim = np.empty((h, w), np.float32)
+    bump = np.empty((h, w), np.int32)  # 1: the limit's float32 is below it, to be moved one float32 up
     any_valid = False
     for y in range(h):
         for x in range(w):
@@ -103,34 +129,27 @@ def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no co
             b = z - min_gap_m
             limit = b if b < a else a  # Python's min(a, b), as the reference: a NaN product (rel 1, an infinite
             # depth) stays NaN, which no depth is below: -inf marks the same
+            # the float64 limit rounded up to a float32: for a float32 depth q, q < limit exactly when q < that
+            # (no float32 lies in [limit, its round-up)), so the passes compare float32s, on half the bytes
+            up = np.float32(limit)  # the nearest float32; one step up below (branch-free: np.nextafter is a call)
+            bump[y, x] = ok & (np.float64(up) < limit)
             v[y, x] = d if ok else inf
-            lim[y, x] = limit if ok and not np.isnan(limit) else -np.inf
+            lim[y, x] = up if ok and not np.isnan(limit) else -inf
             any_valid |= ok
     if not any_valid:
         return
+    # one float32 up: the next integer of its bits for a positive float (+0 included), the previous for a negative
+    # one (towards zero); -0 is never moved up (the float64 limit would have rounded to +0)
+    bits = lim.view(np.int32)
+    for y in range(h):
+        for x in range(w):
+            q = bits[y, x]
+            bits[y, x] = q + bump[y, x] * (np.int32(1) if q >= 0 else np.int32(-1))
     count = np.zeros((h, w), np.uint8)
-    _pairs_along_columns(v, lim, r, count)  # down: the image's columns
-    # the diagonals: (y, x) -> column x - y + h - 1 (down-right) and x + y (down-left) of an [h, w + h - 1] shear
-    m = w + h - 1
-    vs = np.empty((h, m), np.float32)
-    ls = np.empty((h, m), np.float64)
-    cs = np.empty((h, m), np.uint8)
-    for anti in range(2):
-        vs[:] = inf
-        ls[:] = -np.inf
-        cs[:] = 0
-        for y in range(h):
-            off = y if anti else h - 1 - y
-            for x in range(w):
-                vs[y, x + off] = v[y, x]
-                ls[y, x + off] = lim[y, x]
-        _pairs_along_columns(vs, ls, r, cs)
-        for y in range(h):
-            off = y if anti else h - 1 - y
-            for x in range(w):
-                count[y, x] += cs[y, x + off]
+    for shear in range(3):  # down (the image's columns), then the two diagonals
+        _pairs_along_columns(v, lim, r, count, shear)
     count_t = np.zeros((w, h), np.uint8)
-    _pairs_along_columns(np.ascontiguousarray(v.T), np.ascontiguousarray(lim.T), r, count_t)  # across
+    _pairs_along_columns(np.ascontiguousarray(v.T), np.ascontiguousarray(lim.T), r, count_t, 0)  # across
     for y in range(h):
         for x in range(w):
             if count[y, x] + count_t[x, y] >= 2:
@@ -172,7 +191,8 @@ def reference_see_through_pixels(depth_m: np.ndarray, valid: np.ndarray, radius_
                     yy, xx = y + k * dy, x + k * dx
                     if not (0 <= yy < h and 0 <= xx < w):
                         return False
-                    if valid[yy, xx] and depth[yy, xx] < limit:
+                    if valid[yy, xx] and float(depth[yy, xx]) < limit:  # in float64 (NumPy 2 would round the
+                        # limit to the float32 of depth[yy, xx] first: not the compiled pass's test)
                         return True
                 return False
 
