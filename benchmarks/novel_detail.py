@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import numpy as np
 
@@ -169,8 +169,7 @@ def main() -> None:
                 d.mkdir(parents=True, exist_ok=True)
                 vis = np.concatenate([frame.rgb, truth_rgb], 1)
                 cv2.imwrite(str(d / f"{item.name}_{i:03d}.png"), vis[..., ::-1])
-        for _ in stream:
-            pass
+        deque(stream, maxlen=0)  # the last clip's memory update runs on the final next()
         cells = {}
         tot = np.zeros(4)
         by_kind = defaultdict(lambda: np.zeros(4))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -663,8 +664,7 @@ def run_item(prepared: PreparedItem, method: str, setting: str, seed: int = 0, k
         if i in keep:
             kept[i] = frame.rgb
         bar.update(1)
-    for _ in stream:  # drains the generator: the last clip's memory update runs on the final next()
-        pass
+    deque(stream, maxlen=0)  # drains the generator: the last clip's memory update runs on the final next()
     bar.close()
     values = grader.result()
     T = prepared.scene_from_world
