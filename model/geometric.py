@@ -36,7 +36,7 @@ from spatia.world.camera import Intrinsics, rotation_angle_deg, translation_dist
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, GeneratorCapabilities, ReferenceFrame, clip_result,
 )
-from spatia.world.geometry import pixel_rays
+from spatia.world.geometry import depth_to_world_points, pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import claim_warped, warp_rgbd
 from spatia.model.fill.freespace import seen_through, world_points
@@ -492,7 +492,7 @@ def _load_frame_kernels() -> threading.Thread:
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
-    from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, sky_model
+    from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, sky_model, sky_pixels
     from spatia.model.fill.layout import estimate_layout, raise_open_tops
 
     layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward, prior=inputs.layout_prior)
@@ -506,9 +506,11 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
             # walls are not capped and unseen ones are closed as indoors
             layout.indoor = True
         elif inputs.layout_prior is None:  # a photo prior marks its open-topped walls itself
-            depth = np.where((first.depth_m > 0) & (first.depth_m < appearance.sky_min_depth_m), first.depth_m, np.nan)
-            points = (_rays(first.intrinsics) * depth[..., None]) @ first.c2w[:3, :3].T + first.c2w[:3, 3]
-            raise_open_tops(layout, points)
+            seen, pixels = depth_to_world_points(first.depth_m, first.intrinsics, first.c2w,
+                                                 ~sky_pixels(first.depth_m, appearance))
+            points = np.full((first.depth_m.size, 3), np.nan)
+            points[pixels] = seen
+            raise_open_tops(layout, points.reshape(*first.depth_m.shape, 3))
     # each plane's texture model is fitted on first use or by the warm-up (``_warm_layout_state``), not here:
     # the first final frame waits for the layout alone, and for the textures of the planes it shows
     textures = PlaneTextures(layout, inputs.points, inputs.colors)

@@ -1021,7 +1021,7 @@ class SpatialMemory:
         page faults cost a keyframe tens of ms with four worlds on two cores), else made here."""
         if self._growth_rows is None:
             n0 = self._growth[1]
-            ready = getattr(self, "_growth_identity", None)
+            ready = self._growth_identity
             self._growth_identity = None
             if ready is not None and ready.done() and ready.exception() is None \
                     and ready.result()[0].shape[0] == self._capacity:  # (not grown on the spot since)

@@ -553,6 +553,10 @@ class SkyModel:
     forward: np.ndarray | None = None  # [3] world frame
     right: np.ndarray | None = None  # [3] world frame
 
+    def band(self, elev_deg: np.ndarray) -> np.ndarray:
+        """``[M]`` int64: the band of each elevation ``elev_deg`` [M] (degrees above the horizon)."""
+        return np.clip(((elev_deg + 90.0) / self.band_deg).astype(np.int64), 0, len(self.colours) - 1)
+
     def colour(self, dirs_world: np.ndarray) -> np.ndarray:
         """``[M, 3]`` uint8 for ray directions ``[M, 3]`` (world frame, any length)."""
         d = np.asarray(dirs_world)
@@ -560,10 +564,9 @@ class SkyModel:
         # (~4 ms for the sky of a 640x360 courtyard frame)
         n = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2])
         elev = np.degrees(np.arcsin(np.clip((dirs_world @ self.up) / np.maximum(n, 1e-12), -1, 1)))
-        b = np.clip(((elev + 90.0) / self.band_deg).astype(np.int64), 0, len(self.colours) - 1)
         if self.detail is None:
-            return self.colours[b]
-        out = self.colours[b]  # a copy (fancy indexing), written in place
+            return self.colours[self.band(elev)]
+        out = self.colours[self.band(elev)]  # a copy (fancy indexing), written in place
         add_sky_detail(d, elev, out, self.detail, self.forward, self.right, float(self.top_deg),
                        float(self.left_deg), float(self.texel_deg))
         return out
@@ -588,11 +591,17 @@ class SkyModel:
         return out
 
 
+def sky_pixels(depth_m: np.ndarray, config: AppearanceConfig = AppearanceConfig()) -> np.ndarray:
+    """``[H, W]`` bool: the pixels of an observed view (``depth_m`` [H, W] z-depth) that are sky candidates: no
+    depth, or at least ``sky_min_depth_m`` away."""
+    return (depth_m <= 0) | (depth_m >= config.sky_min_depth_m)
+
+
 def sky_model(up: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray, rays_cam: np.ndarray, c2w: np.ndarray,
               config: AppearanceConfig = AppearanceConfig()) -> SkyModel | None:
     """The sky of an observed view (``rgb`` [H, W, 3], ``depth_m`` [H, W], its rays [H, W, 3] camera frame and
     pose), or None when it shows no sky."""
-    sky = (depth_m <= 0) | (depth_m >= config.sky_min_depth_m)
+    sky = sky_pixels(depth_m, config)
     if sky.sum() < 64:
         return None
     dirs = rays_cam[sky] @ c2w[:3, :3].T
@@ -630,7 +639,7 @@ def _add_sky_detail(model: SkyModel, rgb: np.ndarray, dirs: np.ndarray, elev: np
     a, c = rays_cam[h // 2, w // 2 - 1].astype(np.float64), rays_cam[h // 2, w // 2].astype(np.float64)
     texel = max(math.degrees(math.acos(min(1.0, float(a @ c) / (np.linalg.norm(a) * np.linalg.norm(c))))),
                 config.sky_min_texel_deg)
-    base = model.colours[np.clip(((elev + 90.0) / model.band_deg).astype(np.int64), 0, len(model.colours) - 1)]
+    base = model.colours[model.band(elev)]
     resid = rgb.astype(np.float64) - base
     az = np.degrees(np.arctan2(dirs @ right, dirs @ forward))
     top, left = float(elev.max()), float(az.min())

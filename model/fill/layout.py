@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -489,6 +489,7 @@ def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
     cfg = layout.config
     if layout.indoor or points.ndim != 3 or points.shape[0] <= cfg.open_top_rows:
         return
+    height = points @ layout.up  # [H, W] along up, NaN where no surface
     planes = list(layout.planes)
     for i, p in enumerate(planes):
         if p.kind != WALL or not math.isfinite(p.top_m):
@@ -497,7 +498,7 @@ def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
             # [H, W] on the plane, and not above the facade's observed top: pixels of other surfaces that cross the
             # plane (a taller facade behind a low wall) are not its own
             on = ((np.abs(points @ layout.axes[p.axis] - p.offset_m) <= 2 * cfg.bin_m)
-                  & (points @ layout.up <= p.top_m + cfg.open_top_band_m))
+                  & (height <= p.top_m + cfg.open_top_band_m))
         cols = np.flatnonzero(on.any(axis=0))
         if not len(cols):
             continue
@@ -507,8 +508,7 @@ def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
         roofline = ~rose_out & np.isnan(above[:, 0])
         telling = int(rose_out.sum() + roofline.sum())
         if telling and rose_out.sum() >= cfg.open_top_min_share * telling:
-            planes[i] = Plane(p.axis, p.offset_m, p.facing, p.support, p.kind, p.top_m + cfg.open_top_rise_m,
-                              p.span_m, p.plane_id, p.derived)
+            planes[i] = replace(p, top_m=p.top_m + cfg.open_top_rise_m)
     layout.planes = planes
 
 
