@@ -176,9 +176,10 @@ def test_interactive_play_frames_say_when_the_move_collided(server):
     first = flags.index(True)
     assert all(flags[first:])  # held into the wall: blocked from then on
     z = [f.c2w[2, 3] for f in frames]
-    # held where it stopped, to within a millimetre: the points in front of it change between clips (which clips
-    # commit what depends on the machine's timing), and a contact a few microns on slides it that far (seen: 10 um)
-    assert z[first - 1] < z[first] and z[-1] == pytest.approx(z[first], abs=1e-3) and 6.0 < z[-1] < 6.48
+    # held where it stopped, to within a centimetre (a free sprinting step here is 0.16 m): the points in front of
+    # it change between clips (which clips commit what depends on the machine's timing), and the contact moves with
+    # them (seen: 10 um, and 4 mm on a clean clone in session 18)
+    assert z[first - 1] < z[first] and z[-1] == pytest.approx(z[first], abs=1e-2) and 6.0 < z[-1] < 6.48
 
 
 def test_lockstep_is_one_play_stream_without_saves_per_step(server, tmp_path):
