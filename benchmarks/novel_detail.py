@@ -9,6 +9,10 @@ graded frames and gradient measure) and splits the gradient sums of the novel pi
   frames or observed), ``warp`` (a reference frame warped in), ``layout`` (a plane texture painted this frame),
   ``pushpull`` (the colour fill of what is left) and ``coarse`` (the legacy fill shown while the layout is fitted).
 
+- the geometry of the pixel (``geom:``): the generated depth against the truth's, ``front`` (the generated surface
+  more than 20 % nearer: a guessed wall where the truth sees on, into a room beyond a doorway), ``match`` (within
+  20 %), ``behind`` (more than 25 % farther) or ``open`` (either depth missing: the sky, a miss).
+
 Each cell prints ``[pred, truth]`` sums of forward-difference gradient magnitude at full and half resolution
 (half: a half pixel counts where all four of its pixels are in the cell) and their ratios. A ``layout_only``
 column re-renders each graded frame with the plane textures alone on every novel pixel the layout paints (no
@@ -27,6 +31,9 @@ from collections import defaultdict, deque
 import numpy as np
 
 KINDS = ("floor", "wall", "ceiling", "ground", "sky", "object")
+GEOMS = ("front", "match", "behind", "open")
+FRONT_REL = 0.8  # generated depth below this share of the truth's: a surface guessed in front of what is there
+BEHIND_REL = 1.25
 
 
 def object_kinds(scene) -> np.ndarray:
@@ -96,6 +103,19 @@ def sources(rec: dict | None, shape) -> tuple[np.ndarray, list[str]]:
     return src, names
 
 
+def geometry_class(pred_depth_m: np.ndarray | None, truth_depth_m: np.ndarray) -> np.ndarray:
+    """``[H, W]`` index into ``GEOMS`` of each pixel: the generated z-depth against the truth's."""
+    out = np.full(truth_depth_m.shape, GEOMS.index("open"), np.int64)
+    if pred_depth_m is None:
+        return out
+    p, t = np.asarray(pred_depth_m, np.float64), np.asarray(truth_depth_m, np.float64)
+    both = (p > 0) & (t > 0) & np.isfinite(p) & np.isfinite(t)
+    out[both] = GEOMS.index("match")
+    out[both & (p < FRONT_REL * t)] = GEOMS.index("front")
+    out[both & (p > BEHIND_REL * t)] = GEOMS.index("behind")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", nargs="+", default=["room", "house", "courtyard"])
@@ -128,13 +148,15 @@ def main() -> None:
         counts = defaultdict(int)
         only_sums = defaultdict(lambda: np.zeros(4))  # kind -> the same for the texture-only render
         only_counts = defaultdict(int)
+        geom_sums = defaultdict(lambda: np.zeros(4))  # (geometry, kind) -> the same
+        geom_counts = defaultdict(int)
         stream = engine.generate(prep.path_world[1:], seed=0)
         for i in range(1, len(prep.path_world)):
             frame = next(stream)
             novel = prep.novel[i]
             if novel.mean() < nv.NOVEL_FRAME_MIN_SHARE:
                 continue
-            truth_rgb, _, _ = prep.truth(i)
+            truth_rgb, truth_depth, _ = prep.truth(i)
             hits = prep.scene.cast(prep.intrinsics, prep.scene_from_world @ prep.path_world[i])
             kind = kinds_of[np.where(hits.object_id >= 0, hits.object_id, len(kinds_of) - 1)]
             rec = records.get(_key(frame.c2w))
@@ -151,6 +173,14 @@ def main() -> None:
                     acc = sums[(KINDS[k], names[s])]
                     acc += (gp[m].sum(), gt[m].sum(), gp2[m2].sum(), gt2[m2].sum())
                     counts[(KINDS[k], names[s])] += int(m.sum())
+            geom = geometry_class(frame.depth_m, truth_depth)
+            for g in range(len(GEOMS)):
+                for k in range(len(KINDS)):
+                    m = novel & (geom == g) & (kind == k)
+                    if m.any():
+                        m2 = nv._half_mask(m)
+                        geom_sums[(GEOMS[g], KINDS[k])] += (gp[m].sum(), gt[m].sum(), gp2[m2].sum(), gt2[m2].sum())
+                        geom_counts[(GEOMS[g], KINDS[k])] += int(m.sum())
             if rec is not None and "only" in rec:
                 only, painted = rec["only"]
                 yo = nv.luminance(only)
@@ -192,6 +222,13 @@ def main() -> None:
             cells[f"src:{s}"] = cell(v, sum(c for (_, ss), c in counts.items() if ss == s))
         for (k, s), v in sorted(sums.items()):
             cells[f"{k}/{s}"] = cell(v, counts[(k, s)])
+        by_geom = defaultdict(lambda: np.zeros(4))
+        for (g, _), v in geom_sums.items():
+            by_geom[g] += v
+        for g, v in by_geom.items():
+            cells[f"geom:{g}"] = cell(v, sum(c for (gg, _), c in geom_counts.items() if gg == g))
+        for (g, k), v in sorted(geom_sums.items()):
+            cells[f"geom:{g}/{k}"] = cell(v, geom_counts[(g, k)])
         for k, v in only_sums.items():
             cells[f"only:{k}"] = cell(v, only_counts[k])
         cells["wall_s"] = round(time.perf_counter() - t0, 1)
