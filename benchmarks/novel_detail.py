@@ -150,6 +150,7 @@ def main() -> None:
         only_counts = defaultdict(int)
         geom_sums = defaultdict(lambda: np.zeros(4))  # (geometry, kind) -> the same
         geom_counts = defaultdict(int)
+        psnrs = []  # the eval's PSNR: per graded frame on its novel pixels, then the mean
         stream = engine.generate(prep.path_world[1:], seed=0)
         for i in range(1, len(prep.path_world)):
             frame = next(stream)
@@ -173,6 +174,7 @@ def main() -> None:
                     acc = sums[(KINDS[k], names[s])]
                     acc += (gp[m].sum(), gt[m].sum(), gp2[m2].sum(), gt2[m2].sum())
                     counts[(KINDS[k], names[s])] += int(m.sum())
+            psnrs.append(nv.masked_psnr(frame.rgb, truth_rgb, novel))
             geom = geometry_class(frame.depth_m, truth_depth)
             for g in range(len(GEOMS)):
                 for k in range(len(KINDS)):
@@ -231,6 +233,7 @@ def main() -> None:
             cells[f"geom:{g}/{k}"] = cell(v, geom_counts[(g, k)])
         for k, v in only_sums.items():
             cells[f"only:{k}"] = cell(v, only_counts[k])
+        cells["psnr"] = round(float(np.mean(psnrs)), 3) if psnrs else None
         cells["wall_s"] = round(time.perf_counter() - t0, 1)
         result["items"][item.name] = cells
         print(json.dumps({item.name: cells}), flush=True)
