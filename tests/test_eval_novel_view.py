@@ -233,3 +233,21 @@ def test_demo_summary_reports_novel_pixel_numbers(tmp_path):
     assert written["novel_graded_frames"] >= 3
     assert 5 < written["novel_psnr"] < 60 and 0 < written["novel_depth_absrel"] < 5
     assert summary["novel_psnr"] == written["novel_psnr"]
+
+
+def test_novel_detail_geometry_classes():
+    """benchmarks/novel_detail.py's split of novel pixels by the generated depth against the truth's: a surface
+    guessed more than 20 % nearer is "front" (a wall across a doorway), within it "match", 25 % farther "behind",
+    a missing depth on either side "open"."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "novel_detail.py"
+    spec = importlib.util.spec_from_file_location("novel_detail", path)
+    nd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nd)
+    truth = np.array([[2.0, 2.0, 2.0, 2.0, 0.0, 2.0]], np.float32)
+    pred = np.array([[1.0, 1.7, 2.4, 2.6, 2.0, 0.0]], np.float32)
+    got = [nd.GEOMS[g] for g in nd.geometry_class(pred, truth)[0]]
+    assert got == ["front", "match", "match", "behind", "open", "open"]
+    assert (nd.geometry_class(None, truth) == nd.GEOMS.index("open")).all()
