@@ -124,6 +124,9 @@ def main() -> None:
     ap.add_argument("--setting", default="demo")
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--no-layout-only", action="store_true", help="skip the texture-only render")
+    ap.add_argument("--per-frame", action="store_true",
+                    help="per graded frame: [frame, share of novel pixels in front of the truth (geometry 'front'), "
+                         "their share of the truth's gradient, the frame's ratio full, half]")
     ap.add_argument("--save-frames", default=None, help="directory: save every graded frame pred|truth PNG")
     args = ap.parse_args()
 
@@ -150,6 +153,7 @@ def main() -> None:
         only_counts = defaultdict(int)
         geom_sums = defaultdict(lambda: np.zeros(4))  # (geometry, kind) -> the same
         geom_counts = defaultdict(int)
+        per_frame = []
         psnrs = []  # the eval's PSNR: per graded frame on its novel pixels, then the mean
         stream = engine.generate(prep.path_world[1:], seed=0)
         for i in range(1, len(prep.path_world)):
@@ -183,6 +187,13 @@ def main() -> None:
                         m2 = nv._half_mask(m)
                         geom_sums[(GEOMS[g], KINDS[k])] += (gp[m].sum(), gt[m].sum(), gp2[m2].sum(), gt2[m2].sum())
                         geom_counts[(GEOMS[g], KINDS[k])] += int(m.sum())
+            if args.per_frame:
+                front = novel & (geom == GEOMS.index("front"))
+                n2 = nv._half_mask(novel)
+                per_frame.append([i, round(float(front.mean() / novel.mean()), 3),
+                                  round(float(gt[front].sum() / max(gt[novel].sum(), 1e-9)), 3),
+                                  round(float(gp[novel].sum() / max(gt[novel].sum(), 1e-9)), 3),
+                                  round(float(gp2[n2].sum() / max(gt2[n2].sum(), 1e-9)), 3)])
             if rec is not None and "only" in rec:
                 only, painted = rec["only"]
                 yo = nv.luminance(only)
@@ -233,6 +244,8 @@ def main() -> None:
             cells[f"geom:{g}/{k}"] = cell(v, geom_counts[(g, k)])
         for k, v in only_sums.items():
             cells[f"only:{k}"] = cell(v, only_counts[k])
+        if args.per_frame:
+            cells["per_frame"] = per_frame
         cells["psnr"] = round(float(np.mean(psnrs)), 3) if psnrs else None
         cells["wall_s"] = round(time.perf_counter() - t0, 1)
         result["items"][item.name] = cells
