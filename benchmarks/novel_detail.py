@@ -11,7 +11,8 @@ graded frames and gradient measure) and splits the gradient sums of the novel pi
 
 - the geometry of the pixel (``geom:``): the generated depth against the truth's, ``front`` (the generated surface
   more than 20 % nearer: a guessed wall where the truth sees on, into a room beyond a doorway), ``match`` (within
-  20 %), ``behind`` (more than 25 % farther) or ``open`` (either depth missing: the sky, a miss).
+  20 %), ``behind`` (more than 25 % farther) or ``open`` (either depth missing: the sky, a miss). The geometry
+  cells also carry the ratio at 4x and 8x averaging (``ratio_4x``, ``ratio_8x``): at which scale detail is lost.
 
 Each cell prints ``[pred, truth]`` sums of forward-difference gradient magnitude at full and half resolution
 (half: a half pixel counts where all four of its pixels are in the cell) and their ratios. A ``layout_only``
@@ -153,6 +154,7 @@ def main() -> None:
         only_counts = defaultdict(int)
         geom_sums = defaultdict(lambda: np.zeros(4))  # (geometry, kind) -> the same
         geom_counts = defaultdict(int)
+        geom_coarse = defaultdict(lambda: np.zeros(4))  # (geometry, kind) -> [pred, truth] at 4x, then at 8x
         per_frame = []
         psnrs = []  # the eval's PSNR: per graded frame on its novel pixels, then the mean
         stream = engine.generate(prep.path_world[1:], seed=0)
@@ -169,6 +171,10 @@ def main() -> None:
             yp, yt = nv.luminance(frame.rgb), nv.luminance(truth_rgb)
             gp, gt = nv.gradient_magnitude(yp), nv.gradient_magnitude(yt)
             gp2, gt2 = nv.gradient_magnitude(nv._half(yp)), nv.gradient_magnitude(nv._half(yt))
+            # coarser scales for the geometry cells: 4x and 8x averaged (where the detail a wall lacks sits)
+            yp4, yt4 = nv._half(nv._half(yp)), nv._half(nv._half(yt))
+            gp4, gt4 = nv.gradient_magnitude(yp4), nv.gradient_magnitude(yt4)
+            gp8, gt8 = nv.gradient_magnitude(nv._half(yp4)), nv.gradient_magnitude(nv._half(yt4))
             for k in range(len(KINDS)):
                 for s in range(len(names)):
                     m = novel & (kind == k) & (src == s)
@@ -186,6 +192,10 @@ def main() -> None:
                     if m.any():
                         m2 = nv._half_mask(m)
                         geom_sums[(GEOMS[g], KINDS[k])] += (gp[m].sum(), gt[m].sum(), gp2[m2].sum(), gt2[m2].sum())
+                        m4 = nv._half_mask(m2)
+                        m8 = nv._half_mask(m4)
+                        geom_coarse[(GEOMS[g], KINDS[k])] += (gp4[m4].sum(), gt4[m4].sum(), gp8[m8].sum(),
+                                                              gt8[m8].sum())
                         geom_counts[(GEOMS[g], KINDS[k])] += int(m.sum())
             if args.per_frame:
                 front = novel & (geom == GEOMS.index("front"))
@@ -242,6 +252,9 @@ def main() -> None:
             cells[f"geom:{g}"] = cell(v, sum(c for (gg, _), c in geom_counts.items() if gg == g))
         for (g, k), v in sorted(geom_sums.items()):
             cells[f"geom:{g}/{k}"] = cell(v, geom_counts[(g, k)])
+            w = geom_coarse[(g, k)]
+            cells[f"geom:{g}/{k}"]["ratio_4x"] = round(w[0] / w[1], 3) if w[1] else None
+            cells[f"geom:{g}/{k}"]["ratio_8x"] = round(w[2] / w[3], 3) if w[3] else None
         for k, v in only_sums.items():
             cells[f"only:{k}"] = cell(v, only_counts[k])
         if args.per_frame:
