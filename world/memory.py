@@ -162,8 +162,9 @@ class SpatialMemory:
         self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
         # bumped when rows move (only a re-sort moves them): voids background work that follows rows
         self._structure = 0
-        # a growth in preparation: (job, rows it copied, structure it follows, dead rows when it began)
-        self._growth: tuple[Future, int, int, np.ndarray] | None = None
+        # a growth in preparation: (job, rows it copied, structure it follows, dead rows when it began, its capacity,
+        # the job of the re-sort in preparation when it began, whose copy it makes at its capacity too, or None)
+        self._growth: tuple[Future, int, int, np.ndarray, int, Future | None] | None = None
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
         self._ordering: tuple[Future, int, int, int, Future] | None = None
@@ -171,6 +172,7 @@ class SpatialMemory:
         # re-sorts that could not take a prepared copy and permuted every row on the caller's thread (O(points); the
         # frame thread's when a render finds one due): a counter for benchmarks/resort_path.py and the tests
         self.resorts_in_place = 0
+        self.resorts_waited = 0  # re-sorts that waited for their prepared copy (``_reindex``)
         self._observed_version = 0
         # False only while no point can be provisional (``has_provisional`` then answers without its O(points)
         # scan, twice a clip). Set wherever a provenance value is written from outside the memory's own points
@@ -850,8 +852,11 @@ class SpatialMemory:
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         # room for the integrate after the adoption too (else it grows on the spot after all)
         capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
-        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead)
-        self._growth = (job, self._n, self._structure, self._dead)
+        # a re-sort in preparation (its job ahead of this one on the maintenance thread) is copied at this capacity
+        # too, so that it still applies once this growth is adopted (``_adopt_growth``)
+        resort = self._ordering[0] if self._ordering is not None else None
+        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead, resort)
+        self._growth = (job, self._n, self._structure, self._dead, capacity, resort)
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
@@ -860,11 +865,11 @@ class SpatialMemory:
         left out."""
         if self._growth is None:
             return False
-        job, n0, structure, dead0 = self._growth
+        job, n0, structure, dead0, _, resort = self._growth
         if not (wait or job.done()):
             return False
         self._growth = None
-        arrays, table = job.result()
+        arrays, table, resorted = job.result()
         if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # re-sorted, or grown meanwhile
             return False
         n = self._n
@@ -882,6 +887,11 @@ class SpatialMemory:
         K.hash_build_live(table, arrays[0], n0, n, self._dead)
         self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = table
+        if resorted is not None and self._ordering is not None and self._ordering[0] is resort:
+            # the re-sort in preparation, its copy at the new capacity (it keeps its order and rows)
+            ready = Future()
+            ready.set_result(resorted)
+            self._ordering = (ready, *self._ordering[1:])
         return True
 
     def _grow(self, capacity: int) -> None:
@@ -967,9 +977,12 @@ class SpatialMemory:
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         rows = tuple(numba.typeof(a) for a in (self._keys, self._counts, self._last, self._prov))
         rows3 = tuple(numba.typeof(a) for a in (self._offsets, self._colors))
+        # a growth in preparation (its job ahead of this one): the copy at its capacity, for after its adoption
+        growth = self._growth
+        capacity = growth[4] if growth is not None and growth[2] == self._structure else self._capacity
         order = Future()
         job = background("memory-maintenance").submit(_resorted_copy, arrays, self._n_sorted, self._n, self._dead,
-                                                      rows, rows3, numba.typeof(self._table), order)
+                                                      rows, rows3, numba.typeof(self._table), order, capacity)
         self._ordering = (job, self._n_sorted, self._n, self._structure, order)
         self._resort_touched = []
 
@@ -979,25 +992,38 @@ class SpatialMemory:
         tail) sort). A prepared re-sort covers the rows up to its ``n0``: the points live when it began, in block
         order; the rows dropped since stay among them as dead rows (their places in its order), and the rows from
         ``n0`` on follow in their order, the dead ones among them too (``world._reference.reference_resort_rows``).
-        Taken from its copy or, when the copy is not ready, made in place with its order, the rows come out the
-        same, byte for byte: the result does not depend on the maintenance thread's timing."""
+        Taken from its copy (waited for when not ready) or, when the memory grew on the spot since, made in place
+        with its order, the rows come out the same, byte for byte: the result does not depend on the maintenance
+        thread's timing."""
         if self._ordering is not None:  # the order of the rows up to n0, computed in the background
+            job, ns0, n0, structure, _ = self._ordering
+            applies = structure == self._structure and ns0 == self._n_sorted  # (a growth adopted meanwhile kept
+            # every key in place, and drops move no row)
+            if applies and not job.done():
+                # the copy not ready yet: wait for it rather than permute every row here while the maintenance
+                # thread goes on making it (the same O(points) work twice on two cores; this thread's wait leaves
+                # the core to the job, and at most the jobs queued before it, other worlds' too, come first)
+                self.resorts_waited += 1
+                log.debug("memory re-sort waits for its copy", points=self.num_points)
+                job.result()
+            if applies and self._growth is not None and self._growth[0].done():
+                # a growth ready: adopted first (it keeps every row where it is), so that the re-sort's copy, made at
+                # its capacity, applies (``_prepare_reindex``, ``_grown_copy``)
+                self._adopt_growth()
             job, ns0, n0, structure, prepared_order = self._ordering
             self._ordering = None
             touched, self._resort_touched = self._resort_touched, []
-            if structure == self._structure and ns0 == self._n_sorted:  # (a growth adopted meanwhile kept every
-                # key in place, and drops move no row)
-                # the copy not ready yet (the maintenance thread serves every world): in place with its order,
-                # the same rows in the same order, rather than waiting for the rest of the job
-                prepared = job.result() if job.done() else None
-                if prepared is not None and prepared.keys.shape[0] == self._capacity:
+            if applies:
+                prepared = job.result()
+                if prepared.keys.shape[0] == self._capacity:
                     self._adopt_resort(prepared, n0, touched)
                     return
-                log.debug("memory.resort_in_place", points=self.num_points,
-                          reason="grown since" if prepared is not None else "copy not ready")
+                # grown on the spot since (a growth that was not ready in time): in place with its order, the same
+                # rows in the same order
+                log.debug("memory re-sort in place", points=self.num_points, reason="grown since")
                 self._resort_in_place(prepared_order.result(), n0)
                 return
-            log.debug("memory.resort_in_place", points=self.num_points, reason="re-sorted since")
+            log.debug("memory re-sort in place", points=self.num_points, reason="re-sorted since")
         self._resort_in_place(_merge_order(self._keys, self._n_sorted, self._n, self._dead), self._n)
 
     def _resort_in_place(self, order: np.ndarray, n0: int) -> None:
@@ -1091,10 +1117,11 @@ class _Resorted(NamedTuple):
 
 
 def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: np.ndarray, rows: tuple,
-                   rows3: tuple, table, order_ready: Future) -> _Resorted:
+                   rows3: tuple, table, order_ready: Future, capacity: int) -> _Resorted:
     """On the maintenance thread: the memory's rows ``[0, n)`` but ``dead`` (its dead rows when it began; the owner
     never changes that array in place) merged into block order (``_merge_order``) as new
-    arrays of the same capacity, with their hash table and block directory. Runs while the owner keeps
+    arrays of ``capacity`` rows (the memory's, or that of a growth in preparation), with their hash table and block
+    directory. Runs while the owner keeps
     integrating: rows < n may be written meanwhile (the owner records them and ``_adopt_resort`` copies them
     again); keys below ``n`` stay put until the memory's structure changes (then the result is discarded).
 
@@ -1113,10 +1140,10 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: 
     m = len(order)
     new_of_old = np.full(n, -1, np.int64)
     new_of_old[order] = np.arange(m, dtype=np.int64)
-    out = tuple(np.empty_like(a) for a in arrays)
+    out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         (K.gather_rows3 if src.ndim == 2 else K.gather_rows)(src, order, dst)
-    new_table = np.full(_table_size(arrays[0].shape[0]), -1, np.int32)
+    new_table = np.full(_table_size(capacity), -1, np.int32)
     K.hash_build_range(new_table, out[0], 0, m)
     block_ids, block_starts = K.block_directory(out[0], m)
     order_t, index_t = numba.typeof(order), numba.typeof(new_of_old)
@@ -1133,12 +1160,15 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: 
     return _Resorted(order, new_of_old, out[0], out[1:], new_table, block_ids, block_starts)
 
 
-def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
-                dead: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int, dead: np.ndarray,
+                resort: Future | None) -> tuple[tuple[np.ndarray, ...], np.ndarray, "_Resorted | None"]:
     """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys but the
     rows ``dead`` (the memory's dead rows when it began; the owner never changes that array in place). Runs
     while the owner keeps integrating: rows < n of every array but the keys may change meanwhile (``_adopt_growth``
-    copies them again, and takes the keys dropped since out of the table); rows >= n are not read."""
+    copies them again, and takes the keys dropped since out of the table); rows >= n are not read. With
+    ``resort`` (a re-sort's job, submitted before this one to the same thread: done by now), its copy too at
+    ``capacity`` rows (``_enlarged``): without it, a re-sort prepared before a growth that is adopted before the
+    re-sort would no longer fit and be made in place."""
     out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         dst[:n] = src[:n]
@@ -1149,7 +1179,25 @@ def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int,
     table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
     K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
     _load_dead_row_kernels(table_t, numba.typeof(out[0]), numba.typeof(out[5]))
-    return out, table
+    resorted = None
+    if resort is not None and resort.exception() is None:  # (never waits: the job ran before this one)
+        resorted = _enlarged(resort.result(), capacity)
+    return out, table, resorted
+
+
+def _enlarged(prepared: _Resorted, capacity: int) -> _Resorted:
+    """``prepared`` with arrays of ``capacity`` rows (its rows copied, its table rebuilt at that size)."""
+    if prepared.keys.shape[0] >= capacity:
+        return prepared
+    m = len(prepared.order)
+    arrays = []
+    for a in (prepared.keys, *prepared.rows):
+        out = np.empty((capacity,) + a.shape[1:], a.dtype)
+        out[:m] = a[:m]
+        arrays.append(out)
+    table = np.full(_table_size(capacity), -1, np.int32)
+    K.hash_build_range(table, arrays[0], 0, m)
+    return prepared._replace(keys=arrays[0], rows=tuple(arrays[1:]), table=table)
 
 
 def _load_dead_row_kernels(table_t, keys_t, prov_t) -> None:
