@@ -3,7 +3,8 @@
 ``benchmarks/fill_budget.py``'s runs (same options: ``--walk N`` for served play's walk), with
 ``SpatialMemory._reindex`` and ``_adopt_resort`` wrapped: each re-sort on the frame thread is counted as adopted
 (the copy prepared on the maintenance thread taken, O(changes)) or in place (O(points): the permutation, the table
-remap, the block directory), with its frame-thread CPU ms (``time.thread_time``). Works on any tree (the wrapped
+remap, the block directory), with its frame-thread CPU ms (``time.thread_time``) and wall ms (a re-sort that waits
+for its copy costs wall time, not CPU); growths on the spot (``_grow``) likewise. Works on any tree (the wrapped
 names are the same in trees before and after the prepared re-sort survived drops).
 
     .venv/bin/python benchmarks/resort_path.py --walk 450 --scenes room courtyard
@@ -23,23 +24,33 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import fill_budget  # noqa: E402  (the script's folder is on sys.path; it sets up _common's logging)
 from spatia.world.memory import SpatialMemory  # noqa: E402
 
-_counts: dict[str, list[float]] = {"adopted": [], "in_place": []}
+_counts: dict[str, list[tuple[float, float]]] = {"adopted": [], "in_place": [], "grown_on_the_spot": []}
 _state = threading.local()
 
 
 def _instrument() -> None:
-    reindex, adopt = SpatialMemory._reindex, SpatialMemory._adopt_resort
+    reindex, adopt, grow = SpatialMemory._reindex, SpatialMemory._adopt_resort, SpatialMemory._grow
     main = threading.get_ident()
 
     def timed_reindex(self, *a, **k):
         if threading.get_ident() != main:
             return reindex(self, *a, **k)
         _state.adopted = False
-        c = time.thread_time()
+        c, t = time.thread_time(), time.perf_counter()
         try:
             return reindex(self, *a, **k)
         finally:
-            _counts["adopted" if _state.adopted else "in_place"].append((time.thread_time() - c) * 1000)
+            _counts["adopted" if _state.adopted else "in_place"].append(
+                ((time.thread_time() - c) * 1000, (time.perf_counter() - t) * 1000))
+
+    def timed_grow(self, *a, **k):
+        c, t = time.thread_time(), time.perf_counter()
+        try:
+            return grow(self, *a, **k)
+        finally:
+            if threading.get_ident() == main:
+                _counts["grown_on_the_spot"].append(((time.thread_time() - c) * 1000,
+                                                     (time.perf_counter() - t) * 1000))
 
     def marking_adopt(self, *a, **k):
         _state.adopted = True
@@ -47,14 +58,15 @@ def _instrument() -> None:
 
     SpatialMemory._reindex = timed_reindex
     SpatialMemory._adopt_resort = marking_adopt
+    SpatialMemory._grow = timed_grow
 
 
-def _summary(ms: list[float]) -> dict:
+def _summary(ms: list[tuple[float, float]]) -> dict:
     if not ms:
         return {"count": 0}
-    s = sorted(ms)
-    return {"count": len(s), "mean_ms": round(sum(s) / len(s), 2), "max_ms": round(s[-1], 2),
-            "total_ms": round(sum(s), 1)}
+    cpu, wall = sorted(c for c, _ in ms), sorted(w for _, w in ms)
+    return {"count": len(ms), "cpu_mean_ms": round(sum(cpu) / len(cpu), 2), "cpu_max_ms": round(cpu[-1], 2),
+            "cpu_total_ms": round(sum(cpu), 1), "wall_max_ms": round(wall[-1], 2)}
 
 
 def main() -> None:
