@@ -2,7 +2,8 @@
 
 ``benchmarks/fill_budget.py``'s runs (same options: ``--walk N`` for served play's walk), with
 ``SpatialMemory._reindex`` and ``_adopt_resort`` wrapped: each re-sort on the frame thread is counted as adopted
-(the copy prepared on the maintenance thread taken, O(changes)) or in place (O(points): the permutation, the table
+(the copy prepared on the maintenance thread taken, O(changes); "waited" also counts those that waited for it) or
+in place (O(points): the permutation, the table
 remap, the block directory), with its frame-thread CPU ms (``time.thread_time``) and wall ms (a re-sort that waits
 for its copy costs wall time, not CPU); growths on the spot (``_grow``) likewise. Works on any tree (the wrapped
 names are the same in trees before and after the prepared re-sort survived drops).
@@ -24,7 +25,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import fill_budget  # noqa: E402  (the script's folder is on sys.path; it sets up _common's logging)
 from spatia.world.memory import SpatialMemory  # noqa: E402
 
-_counts: dict[str, list[tuple[float, float]]] = {"adopted": [], "in_place": [], "grown_on_the_spot": []}
+_counts: dict[str, list[tuple[float, float]]] = {"adopted": [], "in_place": [], "waited": [], "grown_on_the_spot": []}
 _state = threading.local()
 
 
@@ -36,12 +37,15 @@ def _instrument() -> None:
         if threading.get_ident() != main:
             return reindex(self, *a, **k)
         _state.adopted = False
+        waited = getattr(self, "resorts_waited", 0)  # (trees that wait for a prepared copy count the waits)
         c, t = time.thread_time(), time.perf_counter()
         try:
             return reindex(self, *a, **k)
         finally:
-            _counts["adopted" if _state.adopted else "in_place"].append(
-                ((time.thread_time() - c) * 1000, (time.perf_counter() - t) * 1000))
+            took = ((time.thread_time() - c) * 1000, (time.perf_counter() - t) * 1000)
+            _counts["adopted" if _state.adopted else "in_place"].append(took)
+            if getattr(self, "resorts_waited", 0) > waited:
+                _counts["waited"].append(took)
 
     def timed_grow(self, *a, **k):
         c, t = time.thread_time(), time.perf_counter()
