@@ -270,7 +270,7 @@ class _Inline:
             def done(self):
                 return False
 
-        resort = fn is memory_module._resorted_copy
+        resort = fn in (memory_module._resorted_copy, memory_module._enlarged_job)  # (a re-sort's copy)
         f = Pending() if self.mode == "pending" and resort else Future()
         try:
             out = fn(*args)

@@ -88,6 +88,12 @@ TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sort
 # (TAIL_MIN = 8192 saved ~0.3 ms of a 128x96 lock-step step, within the noise of a shared machine, but a new world
 # of < 65 k points then got sorted before its layout fill was fitted, and the fit depends on the order of the
 # observed points: the demo's frames changed from its first fill on. Kept at 2**16.)
+# A re-sort prepared on the maintenance thread (``_prepare_reindex``) is not due before this many integrates since
+# it began, unless the tail passes twice the above: a keyframe that takes the tail from below 3/4 of the limit to
+# past it prepared the re-sort and made it due at the next render, which then waited for the whole job (or, before,
+# re-sorted in place). Counted in integrates, not time, so that when a re-sort happens does not depend on the
+# maintenance thread's speed (determinism).
+RESORT_LEAD_INTEGRATES = 2
 
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
@@ -169,6 +175,8 @@ class SpatialMemory:
         # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
         self._ordering: tuple[Future, int, int, int, Future] | None = None
         self._resort_touched: list[np.ndarray] = []  # rows < that n written in place since the re-sort job began
+        self._integrates = 0  # integrates so far (``_merge``), and at the re-sort's preparation (``_reindex_due``)
+        self._ordering_integrates = 0
         # re-sorts that could not take a prepared copy and permuted every row on the caller's thread (O(points); the
         # frame thread's when a render finds one due): a counter for benchmarks/resort_path.py and the tests
         self.resorts_in_place = 0
@@ -398,6 +406,7 @@ class SpatialMemory:
                 self._grow(int(math.ceil(self._capacity * GROWTH)))
             # the samples' hash look-ups stay valid: growing keeps every point's index
         self._created.append(int(created))
+        self._integrates += 1
         self._prov[n_before : self._n] = provenance  # new points are appended
         if self._ordering is not None:  # rows a prepared re-sort copied before they changed: copied again
             self._wrote_rows(np.flatnonzero(touched))
@@ -895,6 +904,10 @@ class SpatialMemory:
         return True
 
     def _grow(self, capacity: int) -> None:
+        if self._ordering is not None:  # the re-sort in preparation: its copy at the new capacity too, on the
+            # maintenance thread after its job (else it would no longer fit and be made in place)
+            job = background("memory-maintenance").submit(_enlarged_job, self._ordering[0], capacity)
+            self._ordering = (job, *self._ordering[1:])
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         self._alloc(capacity)
@@ -950,7 +963,12 @@ class SpatialMemory:
 
     def _reindex_due(self) -> bool:
         tail = self._n - self._n_sorted
-        return tail > TAIL_MIN and tail > self.num_points // TAIL_FRACTION
+        limit = max(TAIL_MIN, self.num_points // TAIL_FRACTION)
+        if tail <= limit:
+            return False
+        # a prepared one gets a few integrates' lead (RESORT_LEAD_INTEGRATES)
+        return (self._ordering is None or tail > 2 * limit
+                or self._integrates - self._ordering_integrates >= RESORT_LEAD_INTEGRATES)
 
     def _maybe_reindex(self) -> None:
         if self._reindex_due():
@@ -972,7 +990,10 @@ class SpatialMemory:
         every row, remapping the table, the directory: O(points)) paused the frame being made 104-268 ms at
         ~1.1 M points with four worlds on two cores (docs/BENCHMARKS.md, "Stalls off the frame path")."""
         tail = self._n - self._n_sorted
-        if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self.num_points // TAIL_FRACTION):
+        limit = max(TAIL_MIN, self.num_points // TAIL_FRACTION)
+        # (past twice the limit the next render re-sorts at once, ``_reindex_due``: prepared, it would wait for the
+        # whole job, which is slower than the in-place re-sort; a world's first image, ~2 x 10^5 points at 640x360)
+        if self._ordering is not None or 4 * tail < 3 * limit or tail > 2 * limit:
             return
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         rows = tuple(numba.typeof(a) for a in (self._keys, self._counts, self._last, self._prov))
@@ -984,6 +1005,7 @@ class SpatialMemory:
         job = background("memory-maintenance").submit(_resorted_copy, arrays, self._n_sorted, self._n, self._dead,
                                                       rows, rows3, numba.typeof(self._table), order, capacity)
         self._ordering = (job, self._n_sorted, self._n, self._structure, order)
+        self._ordering_integrates = self._integrates
         self._resort_touched = []
 
     def _reindex(self) -> None:
@@ -1183,6 +1205,11 @@ def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int, dead: np.
     if resort is not None and resort.exception() is None:  # (never waits: the job ran before this one)
         resorted = _enlarged(resort.result(), capacity)
     return out, table, resorted
+
+
+def _enlarged_job(resort: Future, capacity: int) -> _Resorted:
+    """On the maintenance thread, after the re-sort's job ``resort`` (submitted before: done by now)."""
+    return _enlarged(resort.result(), capacity)
 
 
 def _enlarged(prepared: _Resorted, capacity: int) -> _Resorted:
