@@ -409,3 +409,31 @@ def test_a_prepared_resort_after_drops_lays_the_rows_out_as_the_reference(monkey
     live = np.setdiff1d(np.arange(mem._n), mem._dead)
     np.testing.assert_array_equal(K.hash_lookup_many(mem._table, mem._keys, mem._keys[live]), live)
     assert (mem._table >= 0).sum() == len(live)
+
+
+def test_a_prepared_resort_gets_a_lead_of_integrates_before_it_is_due(monkeypatch):
+    """``_reindex_due`` counts integrates, not time: a re-sort prepared by an integrate is due only
+    ``RESORT_LEAD_INTEGRATES`` integrates later (its copy has the time to be made), at once when the tail passes
+    twice the limit; none is prepared past twice the limit (the render re-sorts at once, in place)."""
+    monkeypatch.setattr(memory_module, "TAIL_MIN", 1000)
+    monkeypatch.setattr(memory_module, "background", lambda name: _Inline("done"))
+    rng = np.random.default_rng(29)
+
+    def add(mem: SpatialMemory, k: int, frame: int) -> None:
+        mem.integrate_points(rng.uniform(-3, 3, (k, 3)), np.zeros((k, 3), np.uint8), frame)
+
+    mem = SpatialMemory(memory_module.MemoryConfig(voxel_size_m=0.02))
+    add(mem, 3000, 0)  # past twice the limit at once: nothing prepared, due now
+    assert mem._ordering is None and mem._reindex_due()
+    mem.reindex()
+    add(mem, 800, 1)  # 800 of a 1000 limit: prepared, not due
+    assert mem._ordering is not None and not mem._reindex_due()
+    add(mem, 400, 2)  # past the limit, one integrate after: not due yet
+    assert mem._n - mem._n_sorted > 1000 and not mem._reindex_due()
+    add(mem, 10, 3)
+    assert mem._reindex_due()  # RESORT_LEAD_INTEGRATES = 2
+    mem.reindex()
+    assert mem.resorts_in_place == 1  # (the first one)
+    add(mem, 800, 4)
+    add(mem, 6000, 5)  # past twice the limit (n / 4 by now): due at once
+    assert mem._ordering is not None and mem._reindex_due()
