@@ -261,6 +261,25 @@ def live_ids(ids, dead, n):
 
 
 @nb.njit(cache=True, nogil=True)
+def take_live(src, n, dead, dst):
+    """``dst[:n - len(dead)]`` = rows ``[0, n)`` of ``src`` but ``dead`` (sorted ascending), in order: one copy per
+    run of live rows. (numpy's boolean take of an [N, 3] uint8 array took ~30 ms at 10^6 rows, 20x a copy; the
+    dead rows may be scattered, one per dropped point.)"""
+    t = 0
+    nd = dead.shape[0]
+    m = 0
+    lo = 0
+    while lo < n:
+        hi = dead[t] if t < nd else n
+        if hi > lo:
+            dst[m : m + hi - lo] = src[lo:hi]
+            m += hi - lo
+        lo = hi + 1
+        t += 1
+    return m
+
+
+@nb.njit(cache=True, nogil=True)
 def decode_live_positions(keys, offsets, n, dead, voxel_size_m):
     """``decode_positions`` of the live rows below ``n`` (rows ``dead``, sorted ascending, left out), in order."""
     out = np.empty((n - dead.shape[0], 3), np.float64)
