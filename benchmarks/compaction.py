@@ -1,8 +1,7 @@
 """A lock-step step's compaction: dropping a few invented points from a ~10^5-point memory.
 
-``SpatialMemory._drop`` (world/_memory_kernels.drop_points: the sorted prefix shifts over its holes, the unsorted
-tail's holes take its last rows, the hash table is updated for the moved rows only) against the naive numpy
-reference in the same run: a boolean-mask gather of the six point arrays and a hash table rebuilt from all points
+``SpatialMemory._drop`` (world/_memory_kernels.drop_points: the dropped rows become dead in place, their keys leave
+the hash table; no row moves) against the naive numpy reference in the same run: a boolean-mask gather of the six point arrays and a hash table rebuilt from all points
 (what a compaction did before session 6). Both start from the same memory: ``--points`` points, the first
 ``--sorted`` fraction block-sorted, the rest an unsorted tail, as a 128x96 lock-step world ~300 steps in
 (114 835 points, 65 207 sorted). Each case drops ``--drops`` points from one place (a fraction of the rows), as the

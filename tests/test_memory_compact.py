@@ -1,17 +1,15 @@
-"""Drops (``SpatialMemory._drop``): rows of the block-sorted prefix become dead in place (``tombstone_points``),
-the unsorted tail's holes are refilled (``drop_points``). The rows must come out as
-``world._reference.reference_drop_rows`` lays them out, the points as read as ``reference_drop_order`` orders a
-compaction of every drop, and the hash table must answer exactly as one rebuilt from scratch (the live rows once
-each, nothing stale)."""
+"""Drops (``SpatialMemory._drop``): a dropped row, in the block-sorted prefix or the unsorted tail, becomes dead in
+place (``drop_points``); no row moves. The rows must come out as ``world._reference.reference_drop_rows`` lays them
+out, the points as read as ``reference_drop_order`` filters them (the live rows in row order), and the hash table
+must answer exactly as one rebuilt from scratch (the live rows once each, nothing stale)."""
 
 import numpy as np
 import pytest
 
 import spatia.world.memory as memory_module
 from spatia.world import _memory_kernels as K
-from spatia.world._reference import (reference_drop_order, reference_drop_rows, reference_gap_rows,
-                                     reference_keys_in, reference_keys_of_points, reference_live_arrays,
-                                     reference_merge_order)
+from spatia.world._reference import (reference_drop_order, reference_drop_rows, reference_keys_in,
+                                     reference_keys_of_points, reference_live_arrays, reference_merge_order)
 from spatia.world.camera import Intrinsics
 from spatia.world.errors import InvalidInputError
 from spatia.world.memory import INVENTED_FINAL, Box, MemoryConfig, SpatialMemory, Sphere
@@ -27,7 +25,6 @@ def _memory(n: int, seed: int) -> SpatialMemory:
     mem = SpatialMemory(CFG)
     pts = rng.uniform(-3, 3, (n, 3))
     mem.integrate_points(pts, rng.integers(0, 256, (n, 3), dtype=np.uint8), frame_index=0)
-    mem._grow(2 * mem._capacity)  # room for the dead rows a re-sort leaves before the tail
     mem.reindex()
     # a second batch after the first is sorted: an unsorted tail, as after a clip
     pts2 = rng.uniform(-3, 3, (n // 4, 3))
@@ -45,7 +42,7 @@ def _rows(mem: SpatialMemory) -> dict[str, np.ndarray]:
 
 def _check_table(mem: SpatialMemory, dropped_keys: np.ndarray) -> None:
     n, dead = mem._n, mem._dead
-    assert np.all(np.diff(dead) > 0) and (len(dead) == 0 or dead[-1] < mem._n_sorted)
+    assert np.all(np.diff(dead) > 0) and (len(dead) == 0 or dead[-1] < n)
     assert (mem._prov[dead] == K.DEAD).all() and (mem._prov[np.setdiff1d(np.arange(n), dead)] != K.DEAD).all()
     live = np.setdiff1d(np.arange(n), dead)
     assert np.array_equal(K.hash_lookup_many(mem._table, mem._keys, mem._keys[live]), live)
@@ -54,33 +51,28 @@ def _check_table(mem: SpatialMemory, dropped_keys: np.ndarray) -> None:
         assert (K.hash_lookup_many(mem._table, mem._keys, gone) == -1).all()
     occupied = np.sort(mem._table[mem._table >= 0])
     assert np.array_equal(occupied, live)  # every live row once, nothing stale
-    # the block directory covers the prefix up to its closing run of dead rows (which no block needs)
-    end = mem._block_starts[-1]
-    assert reference_gap_rows(mem._n_sorted, dead) >= mem._n_sorted - end
-    ids, starts = K.block_directory(mem._keys, end)
-    keep = np.diff(starts) > 0
-    assert np.array_equal(ids[keep], mem._block_ids[np.diff(mem._block_starts) > 0])
+    # the block directory covers the prefix, dead rows included (a dead row keeps its key: it stays in its block)
+    ids, starts = K.block_directory(mem._keys, mem._n_sorted)
+    assert np.array_equal(ids, mem._block_ids) and np.array_equal(starts, mem._block_starts)
 
 
 def _drop_and_check(mem: SpatialMemory, drops: np.ndarray, label) -> None:
     """``mem._drop(drops)`` (rows) against both references."""
     n, ns, dead = mem._n, mem._n_sorted, mem._dead
     rows_before, read_before = _rows(mem), mem.to_arrays()
-    in_prefix = drops[drops < ns]
-    in_place = reference_gap_rows(ns, np.union1d(dead, in_prefix)) >= len(in_prefix)  # else re-laid out first
     live_drops = drops - np.searchsorted(dead, drops)  # the same points as indices among the live rows
-    read_order, _ = reference_drop_order(ns - len(dead), n - len(dead), live_drops)
+    live_sorted = ns - int(np.searchsorted(dead, ns))
+    read_order, want_live_sorted = reference_drop_order(live_sorted, n - len(dead), live_drops)
     mem._drop(drops)
     rows_after, read_after = _rows(mem), mem.to_arrays()
-    if in_place:
-        order, want_ns, want_dead = reference_drop_rows(ns, n, dead, drops)
-        assert mem._n == len(order) and mem._n_sorted == want_ns and np.array_equal(mem._dead, want_dead), label
-        for name in rows_before:
-            moved = rows_after[name] == rows_before[name][order]
-            if name == "provenance":  # (a dead row's provenance is DEAD)
-                moved[mem._dead] = True
-            assert moved.all(), (label, name)
-    assert mem._n_sorted - len(mem._dead) == ns - len(dead) - len(in_prefix)
+    order, want_ns, want_dead = reference_drop_rows(ns, n, dead, drops)
+    assert mem._n == len(order) and mem._n_sorted == want_ns and np.array_equal(mem._dead, want_dead), label
+    for name in rows_before:
+        moved = rows_after[name] == rows_before[name][order]
+        if name == "provenance":  # (a dead row's provenance is DEAD)
+            moved[mem._dead] = True
+        assert moved.all(), (label, name)
+    assert mem._n_sorted - int(np.searchsorted(mem._dead, mem._n_sorted)) == want_live_sorted
     for name in rows_before:
         assert np.array_equal(read_after[name], read_before[name][read_order]), (label, name)
     for name, arr in reference_live_arrays(rows_after, mem._dead).items():
@@ -112,7 +104,7 @@ def test_drops_match_the_references_and_render_as_a_rebuild(where):
     # whatever the tail's order and the dead rows, a re-sort gives the memory a sorted one minus the points gives
     kept = mem.to_arrays()["voxel_keys"]
     mem.reindex()
-    assert mem._n == mem._n_sorted and reference_gap_rows(mem._n_sorted, mem._dead) == len(mem._dead)  # (the gap)
+    assert mem._n == mem._n_sorted and not len(mem._dead)  # (no re-sort was prepared: every row merged)
     full = _memory(20_000, seed=hash(where) % 1000)
     full.reindex()
     full._compact(np.isin(full.voxel_keys, kept))
@@ -151,7 +143,8 @@ def test_box_candidates_match_a_plain_box_test(since):
     mem.integrate_points(rng.uniform(-3, 3, (1500, 3)), np.zeros((1500, 3), np.uint8), 1, provenance=INVENTED_FINAL)
     live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
     mem._drop(np.sort(rng.choice(live_prefix, 500, replace=False)))  # dead rows: never candidates
-    assert 0 < mem._n_sorted < mem._n and len(mem._dead) >= 500
+    mem._drop(np.sort(rng.choice(np.arange(mem._n_sorted, mem._n), 300, replace=False)))  # (in the tail too)
+    assert 0 < mem._n_sorted < mem._n and len(mem._dead) >= 800
     lo, hi = np.array([-12, -20, -5]), np.array([15, 9, 30])
     floor = np.iinfo(np.int32).min if since is None else since
     got = K.box_candidates(mem._keys, mem._prov, mem._last, mem._n, mem._n_sorted, mem._block_ids,
@@ -192,27 +185,25 @@ def test_drops_anywhere_match_the_reference_order():
         _drop_and_check(mem, np.sort(rng.choice(pool, k, replace=False)), trial)
 
 
-def test_a_prefix_drop_moves_only_as_many_rows_as_it_drops():
-    """A drop in the block-sorted prefix costs O(dropped points): the dropped rows become dead where they are and
-    the tail's last rows take as many of the dead rows a re-sort left before the tail; no other row changes (a
-    compaction shifted every row behind the first dropped one)."""
+def test_a_drop_changes_no_row_but_the_dropped_ones():
+    """A drop costs O(dropped points), in the prefix or the tail: the dropped rows become dead where they are (their
+    provenance ``DEAD``, their keys out of the table); no other row changes (a compaction shifted every row behind
+    the first dropped one; the drops before these moved the tail's last rows into the holes, which voided a re-sort
+    in preparation)."""
     mem = _memory(100_000, seed=4)  # ~125 k points, a ~25 k tail
-    assert reference_gap_rows(mem._n_sorted, mem._dead) >= 3
     rows, n = _rows(mem), mem._n
-    drops = np.array([5, 6, 70_000])
-    assert drops[-1] < mem._n_sorted
-    read_order, _ = reference_drop_order(mem._n_sorted - len(mem._dead), n - len(mem._dead),
-                                         drops - np.searchsorted(mem._dead, drops))
+    drops = np.array([5, 6, 70_000, n - 20_000, n - 3, n - 1])
+    assert drops[2] < mem._n_sorted <= drops[3]
+    read_order, _ = reference_drop_order(mem._n_sorted, n, drops)
     read = mem.to_arrays()
     mem._drop(drops)
     after = _rows(mem)
-    assert mem._n == n - 3 and set(drops) <= set(mem._dead.tolist())
-    changed = np.zeros(n - 3, bool)
+    assert mem._n == n and np.array_equal(mem._dead, drops)
+    changed = np.zeros(n, bool)
     for name in rows:
-        diff = after[name] != rows[name][: n - 3]
-        changed |= diff.reshape(n - 3, -1).any(axis=1)
-    changed[drops] = False  # (provenance DEAD)
-    assert changed.sum() == 3  # the three gap rows the tail's last rows moved into
+        diff = after[name] != rows[name]
+        changed |= diff.reshape(n, -1).any(axis=1)
+    assert np.array_equal(np.flatnonzero(changed), drops)  # (provenance DEAD)
     for name, arr in mem.to_arrays().items():
         assert np.array_equal(arr, read[name][read_order]), name
     _check_table(mem, rows["voxel_keys"][drops])
@@ -236,9 +227,8 @@ def test_tombstones_match_a_compacting_twin_through_every_operation():
         rebuilt._block_ids, rebuilt._block_starts = K.block_directory(rebuilt._keys, ns)
         twin.__dict__.update(rebuilt.__dict__)
 
-    def normalize() -> None:  # a re-sort leaves the twin dead rows too: plainly compacted away
-        if len(twin._dead):
-            rebuild(None, twin._n_sorted - len(twin._dead))
+    def normalize() -> None:  # (the twin's drops compact: it never keeps a dead row)
+        assert not len(twin._dead)
 
     def compacting_drop(drops: np.ndarray) -> None:  # the reference: no dead rows, every row shifts
         normalize()
@@ -264,7 +254,7 @@ def test_tombstones_match_a_compacting_twin_through_every_operation():
             ids = np.sort(rng.choice(mem.num_points, k, replace=False))
             prefix_only = op == 5
             if prefix_only:
-                ids = ids[ids < mem._n_sorted - len(mem._dead)]
+                ids = ids[mem._rows_of_points(ids) < mem._n_sorted]
             mem._drop(mem._rows_of_points(ids))
             twin._drop(ids)
         elif op == 2:
@@ -290,7 +280,7 @@ def test_tombstones_match_a_compacting_twin_through_every_operation():
         elif op == 8:
             for m in both:
                 m.reindex()
-            assert reference_gap_rows(mem._n_sorted, mem._dead) == len(mem._dead)  # only the gap is dead
+            assert mem._n == mem._n_sorted and not len(mem._dead)  # (no re-sort prepared here: all merged)
         normalize()
         if step % 4 == 3:  # a copy and a snapshot carry on as the original
             mem = mem.copy() if step % 8 == 3 else mem
@@ -309,8 +299,8 @@ def test_tombstones_match_a_compacting_twin_through_every_operation():
         snap = SpatialMemory.from_arrays(CFG, mem.to_arrays())
         assert np.array_equal(snap.render(CAM, C2W).rgb, a.rgb)
         _check_table(mem, np.zeros(0, np.int64))
-        assert mem._n_sorted - len(mem._dead) == twin._n_sorted, step
-    assert seen_through > 0 and mem._structure > 10
+        assert mem._n_sorted - int(np.searchsorted(mem._dead, mem._n_sorted)) == twin._n_sorted, step
+    assert seen_through > 0 and mem._structure >= 4
 
 
 @pytest.mark.parametrize("n_keys", [0, 1, 7, 300, 5000])
@@ -330,7 +320,8 @@ def test_keys_of_points_match_the_keys_as_read_with_dead_rows():
     mem = _memory(6_000, seed=5)
     live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
     mem._drop(np.sort(np.random.default_rng(0).choice(live_prefix, 300, replace=False)))  # prefix: dead rows
-    assert len(mem._dead)
+    mem._drop(np.sort(np.random.default_rng(2).choice(np.arange(mem._n_sorted, mem._n), 100, replace=False)))
+    assert len(mem._dead) == 400
     ids = np.random.default_rng(1).integers(0, mem.num_points, 2_000)
     want = reference_keys_of_points(mem.to_arrays()["voxel_keys"], ids)
     assert np.array_equal(mem.keys_of_points(ids), want)
@@ -359,35 +350,21 @@ def test_table_builds_match_one_insert_at_a_time():
         assert np.array_equal(got, want)
 
 
-def test_hash_repoint_matches_hash_remap():
-    """A growth adopted after drops re-points only the moved rows' entries (``hash_repoint``): the table must be
-    the one ``hash_remap`` of the whole mapping gives."""
-    mem = _memory(10_000, seed=9)
-    n = mem._n
-    rng = np.random.default_rng(4)
-    rows = np.sort(rng.choice(np.setdiff1d(np.arange(n), mem._dead), 300, replace=False))
-    new_of_old = np.arange(n, dtype=np.int64)
-    new_of_old[rows] = n + 5 + rng.permutation(300)  # moved rows (the keys array is read through the old ones)
-    want = mem._table.copy()
-    K.hash_remap(want, new_of_old.astype(np.int32))
-    got = mem._table.copy()
-    K.hash_repoint(got, mem._keys, rows, new_of_old[rows])
-    assert np.array_equal(got, want)
-
-
 def test_merge_order_matches_the_reference_with_dead_rows():
-    """A re-sort's order (``_merge_order``): the live rows by sort key, dead prefix rows left out, even where a dead
-    row's key is back in the tail; ``extra`` zeros after it."""
+    """A re-sort's order (``_merge_order``): the live rows by sort key, dead rows left out (in the prefix and in the
+    tail), even where a dead row's key is back in a later row."""
     mem = _memory(8_000, seed=13)
+    rng = np.random.default_rng(5)
     live_prefix = np.setdiff1d(np.arange(mem._n_sorted), mem._dead)
-    gone = np.sort(np.random.default_rng(5).choice(live_prefix, 400, replace=False))
+    gone = np.sort(rng.choice(live_prefix, 400, replace=False))
     back = mem._keys[gone[:50]].copy()
     mem._drop(gone)
-    rng = np.random.default_rng(6)
-    mem.integrate_points((K.decode_positions(back, np.full((50, 3), 128, np.uint8), 50, CFG.voxel_size_m)),
-                         rng.integers(0, 256, (50, 3), dtype=np.uint8), frame_index=2)  # dead keys back in the tail
+    tail_gone = np.sort(rng.choice(np.arange(mem._n_sorted, mem._n), 200, replace=False))
+    back = np.concatenate([back, mem._keys[tail_gone[:30]]])
+    mem._drop(tail_gone)
+    mem.integrate_points((K.decode_positions(back, np.full((80, 3), 128, np.uint8), 80, CFG.voxel_size_m)),
+                         rng.integers(0, 256, (80, 3), dtype=np.uint8), frame_index=2)  # dead keys back in the tail
     n, ns, dead = mem._n, mem._n_sorted, mem._dead
     want = reference_merge_order(K.sort_keys(mem._keys, 0, n), n, dead)
     assert np.array_equal(memory_module._merge_order(mem._keys, ns, n, dead), want)
-    got = memory_module._merge_order(mem._keys, ns, n, dead, 7)
-    assert np.array_equal(got[: len(want)], want) and np.array_equal(got[len(want):], np.zeros(7, np.int64))
+    assert len(want) == mem.num_points and set(mem._keys[want].tolist()) == set(mem.voxel_keys.tolist())

@@ -163,116 +163,10 @@ def _delete_slot(table, keys, i):
 
 
 @nb.njit(cache=True, nogil=True)
-def drop_moves(drops, n_sorted, n):
-    """The row moves of ``drop_points`` (``(src, dst, n_sorted after, n after)``, in the order it makes them: no
-    move reads a row an earlier one wrote), from the indices alone: a growth in preparation follows the rows
-    with them (``SpatialMemory._drop``)."""
-    n_drop = drops.shape[0]
-    ds = 0  # drops inside the sorted prefix
-    while ds < n_drop and drops[ds] < n_sorted:
-        ds += 1
-    new_sorted = n_sorted - ds
-    new_n = n - n_drop
-    # moves, in an order that never reads a row a previous move wrote: the prefix's shift (ascending, dst < src),
-    # then tail rows from >= max(new_n, n_sorted) into holes below new_n
-    cap_moves = (n_sorted - drops[0] if ds > 0 else 0) + n_drop
-    src = np.empty(cap_moves, np.int64)
-    dst = np.empty(cap_moves, np.int64)
-    m = 0
-    if ds > 0:
-        p = drops[0]
-        t = 0
-        for j in range(drops[0], n_sorted):
-            if t < ds and drops[t] == j:
-                t += 1
-                continue
-            src[m] = j
-            dst[m] = p
-            m += 1
-            p += 1
-    # holes, ascending: h < ds is the prefix's vacated row new_sorted + h, h >= ds the tail's drop drops[h];
-    # those below new_n take the kept rows from max(new_n, n_sorted) on, in order
-    j = max(new_n, n_sorted)
-    t_mov = ds  # drops[t_mov] is the next dropped row at or after j
-    while t_mov < n_drop and drops[t_mov] < j:
-        t_mov += 1
-    for h in range(n_drop):
-        hole = new_sorted + h if h < ds else drops[h]
-        if hole >= new_n:
-            break
-        while t_mov < n_drop and drops[t_mov] == j:  # a dropped row is no mover
-            j += 1
-            t_mov += 1
-        src[m] = j
-        dst[m] = hole
-        m += 1
-        j += 1
-    return src[:m], dst[:m], new_sorted, new_n
-
-
-@nb.njit(cache=True, nogil=True)
-def drop_points(table, keys, offsets, colors, counts, last_seen, prov, drops, n_sorted, n):
-    """Delete the rows ``drops`` (sorted, distinct, all ``< n``; live, or dead: ``DEAD`` provenance, out of the
-    table) in place; returns ``(n_sorted, n)`` after.
-
-    The block-sorted prefix ``[0, n_sorted)`` keeps its order (its kept rows shift down over its holes, as the
-    culling blocks need). The unsorted tail does not need an order: its holes, and the rows the prefix vacated at
-    its end, are filled with the tail's last kept rows (ascending into ascending), so a lock-step step that drops a
-    few invented points moves only that many rows instead of the whole suffix behind the first one (~30-50 k rows
-    and a pass over the hash table at ~100 k points: 0.5-2.5 ms a clip). ``world._reference.reference_drop_order``
-    is the same rule written plainly. The hash table is updated for exactly the rows that moved: dropped keys leave
-    it (backward-shift deletion), every moved row's slot gets its new index (one pass over the table instead when
-    more rows move than 1/24 of its slots)."""
-    n_drop = drops.shape[0]
-    if n_drop == 0:
-        return n_sorted, n
-    for t in range(n_drop):  # keys are still in the old order: every probe reads consistent rows
-        if prov[drops[t]] != DEAD:  # (a dead row is in no slot; a live row may hold its key again)
-            _delete_slot(table, keys, _slot_of(table, keys, keys[drops[t]]))
-    src, dst, new_sorted, new_n = drop_moves(drops, n_sorted, n)
-    m = src.shape[0]
-    if 24 * m > table.shape[0]:  # a probe ~100 ns (random rows), a slot of the pass ~4 ns (measured, 176 k slots)
-        lo = n
-        for k in range(m):
-            lo = min(lo, src[k])
-        new_index = np.arange(lo, n).astype(np.int32)
-        for k in range(m):
-            new_index[src[k] - lo] = dst[k]
-        for k in range(m):
-            _move_row(keys, offsets, colors, counts, last_seen, prov, src[k], dst[k])
-        for s in range(table.shape[0]):
-            v = table[s]
-            if v >= lo:
-                table[s] = new_index[v - lo]
-        return new_sorted, new_n
-    slots = np.empty(m, np.int64)
-    for k in range(m):  # found before any row moves: a probe compares keys[table[s]] in the old order
-        slots[k] = _slot_of(table, keys, keys[src[k]])
-    for k in range(m):
-        _move_row(keys, offsets, colors, counts, last_seen, prov, src[k], dst[k])
-    for k in range(m):
-        table[slots[k]] = dst[k]
-    return new_sorted, new_n
-
-
-@nb.njit(inline="always")
-def _move_row(keys, offsets, colors, counts, last_seen, prov, i, j):
-    keys[j] = keys[i]
-    offsets[j, 0] = offsets[i, 0]
-    offsets[j, 1] = offsets[i, 1]
-    offsets[j, 2] = offsets[i, 2]
-    colors[j, 0] = colors[i, 0]
-    colors[j, 1] = colors[i, 1]
-    colors[j, 2] = colors[i, 2]
-    counts[j] = counts[i]
-    last_seen[j] = last_seen[i]
-    prov[j] = prov[i]
-
-
-@nb.njit(cache=True, nogil=True)
-def tombstone_points(table, keys, prov, rows):
-    """Mark the rows ``rows`` (live, in the table) dead: their keys leave the table (backward-shift deletion), their
-    provenance becomes ``DEAD``; no row moves. O(rows)."""
+def drop_points(table, keys, prov, rows):
+    """Delete the points in rows ``rows`` (live, in the table) in place: their keys leave the table
+    (backward-shift deletion), their provenance becomes ``DEAD``; no row moves, so nothing that follows rows (a
+    re-sort or a growth in preparation) is voided (``SpatialMemory._drop``). O(rows)."""
     for t in range(rows.shape[0]):
         r = rows[t]
         _delete_slot(table, keys, _slot_of(table, keys, keys[r]))
@@ -367,6 +261,25 @@ def live_ids(ids, dead, n):
 
 
 @nb.njit(cache=True, nogil=True)
+def take_live(src, n, dead, dst):
+    """``dst[:n - len(dead)]`` = rows ``[0, n)`` of ``src`` but ``dead`` (sorted ascending), in order: one copy per
+    run of live rows. (numpy's boolean take of an [N, 3] uint8 array took ~30 ms at 10^6 rows, 20x a copy; the
+    dead rows may be scattered, one per dropped point.)"""
+    t = 0
+    nd = dead.shape[0]
+    m = 0
+    lo = 0
+    while lo < n:
+        hi = dead[t] if t < nd else n
+        if hi > lo:
+            dst[m : m + hi - lo] = src[lo:hi]
+            m += hi - lo
+        lo = hi + 1
+        t += 1
+    return m
+
+
+@nb.njit(cache=True, nogil=True)
 def decode_live_positions(keys, offsets, n, dead, voxel_size_m):
     """``decode_positions`` of the live rows below ``n`` (rows ``dead``, sorted ascending, left out), in order."""
     out = np.empty((n - dead.shape[0], 3), np.float64)
@@ -392,18 +305,6 @@ def hash_remap(table, new_index_of_old):
         j = table[s]
         if j >= 0:
             table[s] = new_index_of_old[j]
-
-
-@nb.njit(cache=True, nogil=True)
-def hash_repoint(table, keys, rows, new_rows):
-    """``hash_remap`` of the points ``rows`` only (indices into ``keys``, each in the table): their entries take
-    ``new_rows``, in place, every other entry stays. All slots are found first, while the table still holds the
-    old indices (a probe reads keys through them), then written. O(rows) probes, not a pass over the table."""
-    slots = np.empty(rows.shape[0], np.int64)
-    for t in range(rows.shape[0]):
-        slots[t] = _slot_of(table, keys, keys[rows[t]])
-    for t in range(rows.shape[0]):
-        table[slots[t]] = new_rows[t]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -573,18 +474,16 @@ def scatter_rows3(src, rows, new_index, dst):
 
 
 @nb.njit(cache=True, nogil=True)
-def merge_order(keys, n_sorted, tail_order, tail_offset, dead, extra):
+def merge_order(keys, n_sorted, tail_order, tail_offset, dead):
     """Permutation (new position -> old index) merging the sorted prefix ``[0, n_sorted)`` but its rows ``dead``
-    (sorted) with the tail rows ``tail_order + tail_offset`` (in that order), then ``extra`` zeros (room the caller
-    fills: the dead rows a re-sort leaves). A dead row's key may be back in the tail: there the tail's row goes
-    first on the tie, so leaving the dead ones out here orders the rest as a merge of every row filtered after.
-    (One output array: a filtered copy and a concatenation after it were two more fresh arrays of the points' size,
-    whose page faults a re-sort on the frame's thread paid.)"""
+    (sorted, all below ``n_sorted``) with the tail rows ``tail_order + tail_offset`` (in that order; the caller
+    leaves the tail's dead rows out of it). A dead row's key may be back in a live row: leaving the dead ones out
+    here orders the rest as a merge of every live row. (One output array: a filtered copy and a concatenation after
+    it were two more fresh arrays of the points' size, whose page faults a re-sort on the frame's thread paid.)"""
     m = tail_order.shape[0]
     nd = dead.shape[0]
     total = n_sorted - nd + m
-    out = np.empty(total + extra, np.int64)
-    out[total:] = 0
+    out = np.empty(total, np.int64)
     d = 0
     a = 0
     while d < nd and dead[d] == a:

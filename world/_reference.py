@@ -107,55 +107,33 @@ def reference_state_arrays(state: dict[int, list[int]]) -> dict[str, np.ndarray]
 
 
 def reference_drop_order(n_sorted: int, n: int, drops: np.ndarray) -> tuple[np.ndarray, int]:
-    """Row order after ``SpatialMemory._drop(drops)`` (mirrors ``_memory_kernels.drop_points``): ``(new position ->
-    old row [n - len(drops)], new n_sorted)``. The sorted prefix's kept rows stay in order at the front; a kept tail
-    row below the new count stays where it is; the empty positions below the new count, ascending, take the kept
-    rows at or above it, ascending."""
+    """The points as read after ``SpatialMemory._drop(drops)`` (``drops``: indices among the ``n`` points as read,
+    the first ``n_sorted`` of them block-sorted): ``(new index -> old index [n - len(drops)], block-sorted points
+    after)``. A drop moves no point: the kept points stay in their order (a stable filter)."""
     keep = np.ones(n, bool)
     keep[np.asarray(drops, np.int64)] = False
-    new_n = int(keep.sum())
-    prefix = np.flatnonzero(keep[:n_sorted])
-    order = np.full(new_n, -1, np.int64)
-    order[: len(prefix)] = prefix
-    tail = [j for j in range(n_sorted, n) if keep[j]]
-    for j in tail:
-        if j < new_n:
-            order[j] = j
-    movers = [j for j in tail if j >= new_n]
-    holes = np.flatnonzero(order < 0)
-    assert len(holes) == len(movers)
-    order[holes] = movers
-    return order, len(prefix)
-
-
-def reference_gap_rows(n_sorted: int, dead: np.ndarray) -> int:
-    """Length of the run of dead rows that ends the block-sorted prefix ``[0, n_sorted)``."""
-    g = 0
-    dead_set = set(np.asarray(dead).tolist())
-    while n_sorted - 1 - g in dead_set:
-        g += 1
-    return g
+    return np.flatnonzero(keep), int(keep[:n_sorted].sum())
 
 
 def reference_drop_rows(n_sorted: int, n: int, dead: np.ndarray,
                         drops: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """Row layout after ``SpatialMemory._drop(drops)`` (rows, sorted distinct, live) on ``n`` rows of which
-    ``[0, n_sorted)`` are block-sorted and ``dead`` (sorted) are dead, when the prefix's dropped rows, made dead,
-    leave a run of at least as many dead rows at the prefix's end (``reference_gap_rows``; else the memory
-    re-lays its rows out first): ``(new row -> old row, new n_sorted, dead rows after)``. A prefix row stays where
-    it is; a dropped one becomes dead. The last ``k`` rows of that run (``k`` prefix rows dropped) leave the
-    prefix and, with the tail's dropped rows, are holes that the tail's last kept rows fill, as
-    ``reference_drop_order`` fills a compaction's."""
-    drops = np.asarray(drops, np.int64)
-    prefix, tail = drops[drops < n_sorted], drops[drops >= n_sorted]
-    k = len(prefix)
-    dead_after = np.union1d(np.asarray(dead, np.int64), prefix)
-    assert reference_gap_rows(n_sorted, dead_after) >= k
-    start = n_sorted - k
-    holes = np.concatenate([np.arange(start, n_sorted), tail]) - start
-    tail_order, _ = reference_drop_order(0, n - start, holes)
-    order = np.concatenate([np.arange(start), tail_order + start]).astype(np.int64)
-    return order, start, dead_after[dead_after < start]
+    ``[0, n_sorted)`` are block-sorted and ``dead`` (sorted) are dead: ``(new row -> old row, new n_sorted, dead
+    rows after)``. Every row stays where it is; the dropped ones become dead."""
+    return np.arange(n, dtype=np.int64), n_sorted, np.union1d(np.asarray(dead, np.int64), np.asarray(drops, np.int64))
+
+
+def reference_resort_rows(sort_keys: np.ndarray, n0: int, dead0: np.ndarray, n: int,
+                          dead: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Row layout after ``SpatialMemory._reindex`` with a re-sort prepared when the memory had ``n0`` rows of which
+    ``dead0`` were dead, on ``n`` rows of which ``dead`` (a superset of ``dead0``) are dead now: ``(new row -> old
+    row, new n_sorted, dead rows after)``. The rows below ``n0`` live when it was prepared, by sort key
+    (``sort_keys`` [n], the block-major keys), then the rows from ``n0`` on in their order; a row dead now stays
+    dead at its new place. With ``n0 = n`` and ``dead0 = dead``: a re-sort of every row, no dead row after."""
+    order = np.concatenate([reference_merge_order(sort_keys[:n0], n0, dead0), np.arange(n0, n)]).astype(np.int64)
+    dead_now = np.zeros(n, bool)
+    dead_now[np.asarray(dead, np.int64)] = True
+    return order, n0 - len(dead0), np.flatnonzero(dead_now[order]).astype(np.int64)
 
 
 def reference_live_arrays(arrays: dict[str, np.ndarray], dead: np.ndarray) -> dict[str, np.ndarray]:
@@ -251,8 +229,8 @@ def reference_keys_of_points(voxel_keys: np.ndarray, ids: np.ndarray) -> np.ndar
 
 
 def reference_merge_order(sort_keys: np.ndarray, n: int, dead: np.ndarray) -> np.ndarray:
-    """``memory._merge_order`` (``_memory_kernels.merge_order``): the live rows below ``n`` (all but ``dead``) by
-    their sort key (``sort_keys`` [n], the block-major keys; unique among live rows, so a merge of the sorted prefix
-    with the sorted tail is this one sort)."""
+    """``memory._merge_order`` (``_memory_kernels.merge_order``): the live rows below ``n`` (all but ``dead``, in the
+    prefix or the tail) by their sort key (``sort_keys`` [n], the block-major keys; unique among live rows, so a
+    merge of the sorted prefix with the sorted tail is this one sort)."""
     live = np.setdiff1d(np.arange(n), dead)
     return live[np.argsort(np.asarray(sort_keys)[live], kind="stable")]

@@ -23,10 +23,10 @@ last_seen int32, provenance uint8 (observed / invented-provisional / invented-fi
 point per 16^3-voxel block) pays 16 more bytes per point for the block directory. Points are kept sorted
 block-major (16^3-voxel blocks) up to ``_n_sorted``; newer points form an unsorted tail that is merged in lazily
 before a render once it is large. Rendering culls whole blocks against the frustum (the tail by chunks of rows), so
-its cost follows the points in view, not the memory's size. A point dropped from the sorted part leaves a dead row
-(out of the hash table, skipped by every reader) until the next re-sort, which also leaves a run of dead rows before
-the tail for the drops to come (``_drop``): rows are storage, the points are the live rows in row order, and
-everything read (arrays, point indices, renders) is as if every drop had compacted the arrays. Point indices
+its cost follows the points in view, not the memory's size. A dropped point leaves a dead row where it was (out of
+the hash table, skipped by every reader) until the next re-sort removes it (``_drop``): no row ever moves but in a
+re-sort. Rows are storage; the points are the live rows in row order, and everything read (arrays, point indices,
+renders) is the live rows, in row order, with the dead ones left out. Point indices
 (``RenderResult.point_ids``) are valid until the next mutation (a render may re-sort the tail); voxel keys are the
 stable identity of a point.
 
@@ -37,7 +37,7 @@ point wins each pixel (ties: lower point index). Rendered depth is the z-buffer'
 ``max_depth_m / 2**31`` (0.47 um at the default 1000 m).
 
 Not thread-safe: one writer, no concurrent readers while it writes. (The memory's own maintenance thread only
-copies arrays for a growth in preparation, see ``GROW_AHEAD_AT``.)
+copies arrays for a growth or a re-sort in preparation, see ``GROW_AHEAD_AT`` and ``_prepare_reindex``.)
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+import structlog
 
 from spatia.world import _memory_kernels as K
 from spatia.world._threads import background
@@ -60,6 +61,8 @@ from spatia.world.errors import InvalidInputError, NotFoundError
 from spatia.world.generator import SceneProjection
 # Box and Sphere are re-exported: edits name them as memory regions
 from spatia.world.regions import Box, Region, Sphere, as_points, rotation3, vector3  # noqa: F401
+
+log = structlog.get_logger(__name__)
 
 HASH_MAX_LOAD = 0.75  # linear probing stays short below this
 GROWTH = 1.25  # point arrays grow by this factor (keeps bytes_per_point <= 34 right after a growth)
@@ -85,11 +88,14 @@ TAIL_FRACTION = 4  # ... and above n / 4 points it is merged into the block-sort
 # (TAIL_MIN = 8192 saved ~0.3 ms of a 128x96 lock-step step, within the noise of a shared machine, but a new world
 # of < 65 k points then got sorted before its layout fill was fitted, and the fit depends on the order of the
 # observed points: the demo's frames changed from its first fill on. Kept at 2**16.)
+# A re-sort prepared on the maintenance thread (``_prepare_reindex``) is not due before this many integrates since
+# it began, unless the tail passes twice the above: a keyframe that takes the tail from below 3/4 of the limit to
+# past it prepared the re-sort and made it due at the next render, which then waited for the whole job (or, before,
+# re-sorted in place). Counted in integrates, not time, so that when a re-sort happens does not depend on the
+# maintenance thread's speed (determinism).
+RESORT_LEAD_INTEGRATES = 2
 
-# a re-sort leaves max(GAP_MIN_ROWS, points / GAP_FRACTION) dead rows between the sorted prefix and the tail: the
-# places a prefix drop's vacated rows take (``SpatialMemory._drop``)
-GAP_FRACTION = 32
-GAP_MIN_ROWS = 512
+TAKE_LIVE_RUNS = 256  # ``_take_live``: from this many runs of dead rows on, one compiled pass instead of a copy a run
 
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
@@ -147,31 +153,36 @@ class IntegrateStats(NamedTuple):
 class SpatialMemory:
     """The scene point cloud (module docstring: storage and update policy)."""
 
-    # rows dropped from the block-sorted prefix, sorted ascending (``_drop``): out of the hash table, provenance
-    # ``K.DEAD``, skipped by every reader, physically removed by the next re-sort. (Class default: a memory pickled
-    # before tombstones has none.)
+    # rows dropped since the last re-sort, sorted ascending (``_drop``), anywhere below ``_n``: out of the hash table,
+    # provenance ``K.DEAD``, skipped by every reader, physically removed by the next re-sort. (Class default: a memory
+    # pickled before tombstones has none.)
     _dead = np.zeros(0, np.int64)
 
     def __init__(self, config: MemoryConfig = MemoryConfig()) -> None:
         self.config = config
         self._n = 0
         self._n_sorted = 0  # points [0, _n_sorted) are sorted by block-major sort key
-        # rows in use, live and dead (``_dead``, all below _n_sorted); the points are the live ones, in row order
+        # rows in use, live and dead (``_dead``); the points are the live ones, in row order
         self._dead = np.zeros(0, np.int64)
         self._alloc(MIN_CAPACITY)
         self._table = np.full(_table_size(MIN_CAPACITY), -1, np.int32)
         self._block_ids = np.zeros(0, np.int64)  # [B] block ids of the sorted part
         self._block_starts = np.zeros(1, np.int64)  # [B + 1] point index where each block starts
-        self._structure = 0  # bumped when rows move (re-sort, a tail drop): voids background work on them
-        self._growth: tuple[Future, int, int] | None = None  # (job, points it copied, structure it follows)
-        # once points were dropped while a growth is in preparation: (copy row of each current row or -1 [capacity],
-        # current row of each row it copied or -1 [its n]), so that it still applies (``_growth_follows_gone``)
-        self._growth_rows: tuple[np.ndarray, np.ndarray] | None = None
-        self._growth_identity: Future | None = None  # identity rows its job makes ready (``_growth_rows_now``)
+        # bumped when rows move (only a re-sort moves them): voids background work that follows rows
+        self._structure = 0
+        # a growth in preparation: (job, rows it copied, structure it follows, dead rows when it began, its capacity,
+        # the job of the re-sort in preparation when it began, whose copy it makes at its capacity too, or None)
+        self._growth: tuple[Future, int, int, np.ndarray, int, Future | None] | None = None
         self._created: deque[int] = deque(maxlen=GROWTH_MARGIN_WINDOW)  # points each recent integrate added
         # a re-sort in preparation: (job, n_sorted, n, structure, its merge order as soon as known)
         self._ordering: tuple[Future, int, int, int, Future] | None = None
         self._resort_touched: list[np.ndarray] = []  # rows < that n written in place since the re-sort job began
+        self._integrates = 0  # integrates so far (``_merge``), and at the re-sort's preparation (``_reindex_due``)
+        self._ordering_integrates = 0
+        # re-sorts that could not take a prepared copy and permuted every row on the caller's thread (O(points); the
+        # frame thread's when a render finds one due): a counter for benchmarks/resort_path.py and the tests
+        self.resorts_in_place = 0
+        self.resorts_waited = 0  # re-sorts that waited for their prepared copy (``_reindex``)
         self._observed_version = 0
         # False only while no point can be provisional (``has_provisional`` then answers without its O(points)
         # scan, twice a clip). Set wherever a provenance value is written from outside the memory's own points
@@ -215,16 +226,18 @@ class SpatialMemory:
     def voxel_keys(self) -> np.ndarray:
         """[N] int64, world.geometry packing. While rows are dead, a compacted copy kept between calls: keys
         change only by points added at the end (appended to it) or by rows moving (``_structure``: made again).
-        A frame reads them a few times (``world.update``), each an O(points) copy otherwise."""
+        A frame reads them a few times (``world.update``), each an O(points) copy otherwise. (Between re-sorts the
+        dead rows only grow: the structure and their count name the rows' state.)"""
         if not len(self._dead):
             self.__dict__.pop("_keys_read", None)
             return _readonly(self._keys[: self._n])
         cache = self.__dict__.get("_keys_read")
-        if cache is None or cache[0] != self._structure or cache[2] > self._n:
+        state = (self._structure, len(self._dead))
+        if cache is None or cache[0] != state or cache[2] > self._n:
             live = self._live(self._keys)
             buf = np.empty(int(len(live) * GROWTH) + 1, np.int64)
             buf[: len(live)] = live
-            cache = (self._structure, buf, self._n, len(live))
+            cache = (state, buf, self._n, len(live))
         structure, buf, rows, count = cache
         if rows < self._n:  # points appended since (all in the tail: after every dead row)
             add = self._n - rows
@@ -306,7 +319,7 @@ class SpatialMemory:
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov, self._table,
                   self._block_ids, self._block_starts, self._dead)
         keys_read = self.__dict__.get("_keys_read")  # (``voxel_keys``'s copy while rows are dead)
-        held = keys_read is not None and len(self._dead) > 0 and keys_read[0] == self._structure
+        held = keys_read is not None and len(self._dead) > 0 and keys_read[0] == (self._structure, len(self._dead))
         return int(sum(a.nbytes for a in arrays)) + (keys_read[1].nbytes if held else 0)
 
     @property
@@ -395,6 +408,7 @@ class SpatialMemory:
                 self._grow(int(math.ceil(self._capacity * GROWTH)))
             # the samples' hash look-ups stay valid: growing keeps every point's index
         self._created.append(int(created))
+        self._integrates += 1
         self._prov[n_before : self._n] = provenance  # new points are appended
         if self._ordering is not None:  # rows a prepared re-sort copied before they changed: copied again
             self._wrote_rows(np.flatnonzero(touched))
@@ -473,7 +487,7 @@ class SpatialMemory:
                     np.arange(self._n_sorted, self._n, K.TAIL_CHUNK, dtype=np.int64), np.int64(self._n)))
             starts = np.concatenate([starts, t_starts])
             stops = np.concatenate([stops, t_stops])
-        if len(self._dead):  # (all in the sorted prefix) the dead rows' runs are cut out of the visible ranges
+        if len(self._dead):  # the dead rows are cut out of the visible ranges (prefix and tail: ascending)
             starts, stops = K.skip_rows(starts, stops, self._dead)
         return K.render_points(
             self._keys, self._offsets, self._colors, starts, stops, w2c_r, cam_t, fx, fy, cx, cy, width, height,
@@ -815,7 +829,6 @@ class SpatialMemory:
         mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
-        mem._growth_rows = mem._growth_identity = None
         mem.__dict__.pop("_keys_read", None)  # (its buffer is shared: appends would write into both)
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
@@ -845,60 +858,58 @@ class SpatialMemory:
             ahead = min(max(self._created, default=0), self._n // 4)
         if self._growth is not None or self._n + ahead < GROW_AHEAD_AT * self._capacity:
             return
-        # the keys copied here (~1 ms a 10^5 points): a drop may move rows while the copy is made, and the table is
-        # built from the keys (the other arrays are copied again on adoption)
-        arrays = (self._keys[: self._n].copy(), self._offsets, self._colors, self._counts, self._last, self._prov)
+        # read in place by the job: keys below n stay put until a re-sort (which changes the structure and voids it;
+        # a drop moves no row), the other arrays are copied again on adoption
+        arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         # room for the integrate after the adoption too (else it grows on the spot after all)
         capacity = int(math.ceil(max(self._capacity, self._n + ahead) * GROW_AHEAD))
-        identity = Future()
-        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead,
-                                                       self._capacity, identity)
-        self._growth = (job, self._n, self._structure)
-        self._growth_rows = None
-        self._growth_identity = identity
+        # a re-sort in preparation (its job ahead of this one on the maintenance thread) is copied at this capacity
+        # too, so that it still applies once this growth is adopted (``_adopt_growth``)
+        resort = self._ordering[0] if self._ordering is not None else None
+        job = background("memory-maintenance").submit(_grown_copy, arrays, self._n, capacity, self._dead, resort)
+        self._growth = (job, self._n, self._structure, self._dead, capacity, resort)
 
     def _adopt_growth(self, wait: bool = False) -> bool:
         """Take the prepared larger arrays (if ready, or once ready with ``wait``); False when there is none or it
-        no longer applies (re-sorted meanwhile, or grown on the spot)."""
+        no longer applies (re-sorted meanwhile, or grown on the spot). Points dropped since it began are dead rows
+        where they were (no row moved): their keys leave its table, and the rows added since join it, the dead ones
+        left out."""
         if self._growth is None:
             return False
-        job, n0, structure = self._growth
+        job, n0, structure, dead0, _, resort = self._growth
         if not (wait or job.done()):
             return False
         self._growth = None
-        rows, self._growth_rows = self._growth_rows, None
-        self._growth_identity = None
-        arrays, table = job.result()
+        arrays, table, resorted = job.result()
         if structure != self._structure or arrays[0].shape[0] <= self._capacity:  # re-sorted, or grown meanwhile
             return False
         n = self._n
         current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
-        if rows is not None:  # points were dropped (and rows moved) since the copy: its table follows them
-            copy_of_current, current_of_copy = rows
-            # while the table still holds copy rows (its probes read the copy's keys): the dropped keys leave it
-            K.hash_delete_keys(table, arrays[0], arrays[0][np.flatnonzero(current_of_copy < 0)])
-            # the kept ones point at their current rows: only the moved ones change (a drop moves about as many rows
-            # as it drops; a sweep of the whole table re-pointed each adoption after a drop)
-            moved = np.flatnonzero((current_of_copy >= 0) & (current_of_copy != np.arange(len(current_of_copy))))
-            K.hash_repoint(table, arrays[0], moved, current_of_copy[moved])
-            for dst, src in zip(arrays, current):
-                dst[:n] = src[:n]
-            added = np.flatnonzero(copy_of_current[:n] < 0)  # rows added since (or moved by a re-layout: dead ones
-            K.hash_insert_rows(table, arrays[0], added[arrays[5][added] != K.DEAD])  # stay out)
-        else:
-            for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
-                dst[:n0] = src[:n0]
-            for dst, src in zip(arrays, current):  # rows added since the copy
-                dst[n0:n] = src[n0:n]
-            K.hash_build_range(table, arrays[0], n0, n)
+        # dropped since it began, among the rows it hashed (the dead rows only grew: dead0 is a subset)
+        dropped = self._dead[: int(np.searchsorted(self._dead, n0))]
+        if len(dropped) > len(dead0):
+            dropped = np.setdiff1d(dropped, dead0, assume_unique=True)
+            # while the table holds only rows < n0: a dropped key back in a later row is not in it yet
+            K.hash_delete_keys(table, arrays[0], arrays[0][dropped])
+        for dst, src in zip(arrays[1:], current[1:]):  # rows < n0 kept their keys; their data may have moved on
+            dst[:n0] = src[:n0]
+        for dst, src in zip(arrays, current):  # rows added since the copy
+            dst[n0:n] = src[n0:n]
+        K.hash_build_live(table, arrays[0], n0, n, self._dead)
         self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = table
+        if resorted is not None and self._ordering is not None and self._ordering[0] is resort:
+            # the re-sort in preparation, its copy at the new capacity (it keeps its order and rows)
+            ready = Future()
+            ready.set_result(resorted)
+            self._ordering = (ready, *self._ordering[1:])
         return True
 
     def _grow(self, capacity: int) -> None:
-        if self._growth_rows is not None:  # the rows it follows are for the old capacity
-            self._growth = self._growth_rows = None
-            self._growth_identity = None
+        if self._ordering is not None:  # the re-sort in preparation: its copy at the new capacity too, on the
+            # maintenance thread after its job (else it would no longer fit and be made in place)
+            job = background("memory-maintenance").submit(_enlarged_job, self._ordering[0], capacity)
+            self._ordering = (job, *self._ordering[1:])
         n = self._n
         old = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         self._alloc(capacity)
@@ -918,83 +929,20 @@ class SpatialMemory:
         self._drop(np.flatnonzero(~np.asarray(keep[: self._n], bool)))
 
     def _drop(self, drops: np.ndarray) -> None:
-        """Delete the points in rows ``drops`` (sorted distinct live rows < ``_n``) at O(dropped points) cost.
-
-        The points as read (the live rows in row order) come out as a compaction (``reference_drop_order``) leaves
-        them: the block-sorted prefix's kept points keep their order; the vacated places at its end, then the
-        tail's holes, take the tail's last kept points (so a lock-step step that takes a few invented points away
-        moves about that many rows). Shifting the prefix's rows over its holes and re-pointing the whole hash table
-        cost 6-20 ms a call at ~10^6 points even for one point (docs/BENCHMARKS.md, "Prefix drops as tombstones"),
-        so instead a dropped prefix row becomes dead in place (``K.tombstone_points``: out of the hash table, every
-        reader skips it), and the vacated places are the dead rows a re-sort leaves between the prefix and the tail
-        (``_gap_rows``; when too few are left, ``_relayout`` makes room, O(points) as before). The next re-sort
-        removes the dead rows. Whatever the tail's order, a re-sort puts the same points in the same order."""
+        """Delete the points in rows ``drops`` (sorted distinct live rows < ``_n``) at O(dropped points) cost: each
+        row becomes dead where it is (``K.drop_points``: out of the hash table, provenance ``K.DEAD``; every reader
+        skips it) and the next re-sort removes it. The points as read are the live rows in row order
+        (``world._reference.reference_drop_order``: a stable filter). No row moves, so a re-sort or a growth in
+        preparation still applies: its adoption carries the rows dropped since as dead rows (``_adopt_resort``,
+        ``_adopt_growth``). A drop that moved rows (the tail's last kept points into its holes) voided the prepared
+        re-sort, and the re-sort then permuted every row on the frame thread (docs/BENCHMARKS.md, "The prepared
+        re-sort survives drops")."""
         if not len(drops):
             return
         drops = np.ascontiguousarray(drops, np.int64)
-        follow = self._growth is not None and self._growth[2] == self._structure
-        self._structure += 1  # rows move (a re-sort prepared before would not merge what a re-sort now merges)
-        ds = int(np.searchsorted(drops, self._n_sorted))
-        prefix, tail = drops[:ds], drops[ds:]
-        if follow:
-            self._growth_follows_gone(drops)
-        if ds:
-            K.tombstone_points(self._table, self._keys, self._prov, prefix)
-            # (disjoint: a dead row is never dropped again; an insert, not union1d's sort of every dead row)
-            self._dead = np.insert(self._dead, np.searchsorted(self._dead, prefix), prefix)
-            if self._gap_rows() < ds:
-                tail = tail + self._relayout(ds, follow)
-        ns = self._n_sorted
-        holes = np.concatenate([np.arange(ns - ds, ns, dtype=np.int64), tail])  # dead rows first: not in the table
-        if follow:
-            self._growth_follows_moves(holes)
-        self._n_sorted, self._n = K.drop_points(
-            self._table, self._keys, self._offsets, self._colors, self._counts, self._last, self._prov,
-            holes, ns, self._n)
-        if ds:  # the used gap rows hold tail rows now (or are past the end); blocks end where the prefix does
-            self._dead = self._dead[: len(self._dead) - ds]
-            self._block_starts = np.minimum(self._block_starts, self._n_sorted)
-            live = self._block_starts[1:] > self._block_starts[:-1]
-            self._block_ids = self._block_ids[live]
-            self._block_starts = np.append(self._block_starts[:-1][live], self._block_starts[-1])
-
-    def _gap_rows(self) -> int:
-        """Length of the run of dead rows that ends the block-sorted prefix (rows ``[_n_sorted - g, _n_sorted)``)."""
-        k = len(self._dead)
-        if not k or self._dead[-1] != self._n_sorted - 1:
-            return 0
-        # dead[j] - j is non-decreasing and equals n_sorted - k exactly on the run's rows
-        return k - int(np.searchsorted(self._dead - np.arange(k), self._n_sorted - k))
-
-    def _gap_target(self, rows: int) -> int:
-        """Dead rows to leave between the prefix and the tail when ``rows`` other rows are kept: room for the prefix
-        drops until the next re-sort, out of the capacity the next integrate does not need (the dead rows must not
-        make the arrays grow: ``bytes_per_point``'s budget)."""
-        # (less what the next integrate may add: the most a recent one added, at most 1/16 of the points: the
-        # world's first image adds them all)
-        room = self._capacity - rows - min(max(self._created, default=0), self.num_points // 16)
-        return max(0, min(max(GAP_MIN_ROWS, self.num_points // GAP_FRACTION), room))
-
-    def _relayout(self, need: int, follow: bool) -> int:
-        """Rewrite the rows as live prefix rows, a run of at least ``need`` dead rows, the tail (O(points), as the
-        old compaction); returns how far the tail rows moved."""
-        ns, n = self._n_sorted, self._n
-        live_prefix = np.delete(np.arange(ns, dtype=np.int64), self._dead)
-        m = len(live_prefix)
-        gap = max(need, self._gap_target(m + n - ns))  # (need <= dead rows: fits)
-        order = np.concatenate([live_prefix, np.zeros(gap, np.int64), np.arange(ns, n, dtype=np.int64)])
-        self._permute(order)
-        self._clear_rows(m, m + gap)
-        new_of_old = np.full(n, -1, np.int32)
-        new_of_old[live_prefix] = np.arange(m, dtype=np.int32)
-        new_of_old[ns:n] = np.arange(m + gap, m + gap + n - ns, dtype=np.int32)
-        K.hash_remap(self._table, new_of_old)
-        if follow:
-            self._growth_follows_order(order, m, m + gap)
-        self._n_sorted, self._n = m + gap, len(order)
-        self._dead = np.arange(m, m + gap, dtype=np.int64)
-        self._block_ids, self._block_starts = K.block_directory(self._keys, m)
-        return m + gap - ns
+        K.drop_points(self._table, self._keys, self._prov, drops)
+        # (disjoint: a dead row is never dropped again; an insert, not union1d's sort of every dead row)
+        self._dead = np.insert(self._dead, np.searchsorted(self._dead, drops), drops)
 
     def _permute(self, order: np.ndarray) -> None:
         """Row ``i`` takes row ``order[i]`` of every point array, in place."""
@@ -1004,62 +952,6 @@ class SpatialMemory:
             K.permute_rows(a, order, buffer[: n * a.itemsize].view(a.dtype))
         for a in (self._offsets, self._colors):
             K.permute_rows3(a, order, buffer[: n * 3 * a.itemsize].view(a.dtype).reshape(n, 3))
-
-    def _clear_rows(self, start: int, stop: int, arrays: tuple[np.ndarray, ...] | None = None) -> None:
-        """Make rows ``[start, stop)`` gap rows: dead, zero elsewhere (a memory's rows stay a function of its
-        history)."""
-        keys, offsets, colors, counts, last, prov = arrays or (
-            self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
-        for a in (keys, offsets, colors, counts, last):
-            a[start:stop] = 0
-        prov[start:stop] = K.DEAD
-
-    def _growth_rows_now(self) -> tuple[np.ndarray, np.ndarray]:
-        """(copy row of each current row or -1 [capacity], current row of each row it copied or -1 [its n]) for the
-        growth in preparation, started as the identity: the one its job made ready when it still fits (fresh
-        arrays of ~16 bytes a point: made here, on the frame's thread at the first drop after a growth began, their
-        page faults cost a keyframe tens of ms with four worlds on two cores), else made here."""
-        if self._growth_rows is None:
-            n0 = self._growth[1]
-            ready = self._growth_identity
-            self._growth_identity = None
-            if ready is not None and ready.done() and ready.exception() is None \
-                    and ready.result()[0].shape[0] == self._capacity:  # (not grown on the spot since)
-                self._growth_rows = ready.result()
-            else:
-                self._growth_rows = _identity_rows(self._capacity, n0)
-        return self._growth_rows
-
-    # A growth in preparation follows the drops: which rows it copied are gone, where the others go, so that its
-    # adoption re-points its hash table (deletes the dropped keys, re-points the moved ones)
-    # instead of being thrown away. A thrown-away growth came back on the spot (55-148 ms at 0.3-1.2 M points, four
-    # worlds on two cores), and free-space removal drops a few invented points in many clips (docs/BENCHMARKS.md,
-    # "Stalls off the frame path"). A dead row keeps its copy row (adoption does not insert it as added since).
-
-    def _growth_follows_gone(self, drops: np.ndarray) -> None:
-        copy_of_current, current_of_copy = self._growth_rows_now()
-        gone = copy_of_current[drops]
-        current_of_copy[gone[gone >= 0]] = -1
-        self._growth = (self._growth[0], self._growth[1], self._structure)
-
-    def _growth_follows_moves(self, holes: np.ndarray) -> None:
-        """Before ``drop_points`` fills ``holes``: its moves (``drop_moves``, from the indices alone)."""
-        copy_of_current, current_of_copy = self._growth_rows_now()
-        src, dst, _, new_n = K.drop_moves(holes, self._n_sorted, self._n)
-        moved = copy_of_current[src]  # (all read before any is written: no move reads a row an earlier one wrote)
-        copy_of_current[dst] = moved
-        current_of_copy[moved[moved >= 0]] = dst[moved >= 0]
-        copy_of_current[new_n : self._n] = -1
-
-    def _growth_follows_order(self, order: np.ndarray, gap_start: int, gap_stop: int) -> None:
-        """After ``_relayout``'s permutation ``order``: every row moved (O(points), as the re-layout itself)."""
-        copy_of_current, current_of_copy = self._growth_rows_now()
-        new = np.full(self._capacity, -1, np.int64)
-        new[: len(order)] = copy_of_current[order]
-        new[gap_start:gap_stop] = -1  # dead rows: never inserted (adoption skips them)
-        rows = np.flatnonzero(new >= 0)
-        current_of_copy[new[rows]] = rows
-        self._growth_rows = (new, current_of_copy)
 
     def reindex(self) -> None:
         """Sort the points added since the last sort into the culling blocks now.
@@ -1073,7 +965,12 @@ class SpatialMemory:
 
     def _reindex_due(self) -> bool:
         tail = self._n - self._n_sorted
-        return tail > TAIL_MIN and tail > self.num_points // TAIL_FRACTION
+        limit = max(TAIL_MIN, self.num_points // TAIL_FRACTION)
+        if tail <= limit:
+            return False
+        # a prepared one gets a few integrates' lead (RESORT_LEAD_INTEGRATES)
+        return (self._ordering is None or tail > 2 * limit
+                or self._integrates - self._ordering_integrates >= RESORT_LEAD_INTEGRATES)
 
     def _maybe_reindex(self) -> None:
         if self._reindex_due():
@@ -1095,79 +992,109 @@ class SpatialMemory:
         every row, remapping the table, the directory: O(points)) paused the frame being made 104-268 ms at
         ~1.1 M points with four worlds on two cores (docs/BENCHMARKS.md, "Stalls off the frame path")."""
         tail = self._n - self._n_sorted
-        if self._ordering is not None or 4 * tail < 3 * max(TAIL_MIN, self.num_points // TAIL_FRACTION):
+        limit = max(TAIL_MIN, self.num_points // TAIL_FRACTION)
+        # (past twice the limit the next render re-sorts at once, ``_reindex_due``: prepared, it would wait for the
+        # whole job, which is slower than the in-place re-sort; a world's first image, ~2 x 10^5 points at 640x360)
+        if self._ordering is not None or 4 * tail < 3 * limit or tail > 2 * limit:
             return
         arrays = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         rows = tuple(numba.typeof(a) for a in (self._keys, self._counts, self._last, self._prov))
         rows3 = tuple(numba.typeof(a) for a in (self._offsets, self._colors))
+        # a growth in preparation (its job ahead of this one): the copy at its capacity, for after its adoption
+        growth = self._growth
+        capacity = growth[4] if growth is not None and growth[2] == self._structure else self._capacity
         order = Future()
         job = background("memory-maintenance").submit(_resorted_copy, arrays, self._n_sorted, self._n, self._dead,
-                                                      rows, rows3, numba.typeof(self._table), order)
+                                                      rows, rows3, numba.typeof(self._table), order, capacity)
         self._ordering = (job, self._n_sorted, self._n, self._structure, order)
+        self._ordering_integrates = self._integrates
         self._resort_touched = []
 
     def _reindex(self) -> None:
-        """Merge the unsorted tail into the block-sorted part, leaving the dead rows out and a run of dead rows
-        (``_gap_target``) between the two for the prefix drops to come: the prepared re-sort when it still applies
-        (no row moved, same capacity), else in place (O(n) merge + an O(tail log tail) sort). Either way the points
-        end in the same order (the prepared one covers the rows up to its ``n``; later ones stay in the tail) and
-        every key keeps its point."""
-        n, ns = self._n, self._n_sorted
-        order = None
+        """Merge the unsorted tail into the block-sorted part, leaving the dead rows out: the prepared re-sort when
+        it still applies (no re-sort since it began, same capacity), else in place (O(n) merge + an O(tail log
+        tail) sort). A prepared re-sort covers the rows up to its ``n0``: the points live when it began, in block
+        order; the rows dropped since stay among them as dead rows (their places in its order), and the rows from
+        ``n0`` on follow in their order, the dead ones among them too (``world._reference.reference_resort_rows``).
+        Taken from its copy (waited for when not ready) or, when the memory grew on the spot since, made in place
+        with its order, the rows come out the same, byte for byte: the result does not depend on the maintenance
+        thread's timing."""
         if self._ordering is not None:  # the order of the rows up to n0, computed in the background
+            job, ns0, n0, structure, _ = self._ordering
+            applies = structure == self._structure and ns0 == self._n_sorted  # (a growth adopted meanwhile kept
+            # every key in place, and drops move no row)
+            if applies and not job.done():
+                # the copy not ready yet: wait for it rather than permute every row here while the maintenance
+                # thread goes on making it (the same O(points) work twice on two cores; this thread's wait leaves
+                # the core to the job, and at most the jobs queued before it, other worlds' too, come first)
+                self.resorts_waited += 1
+                log.debug("memory re-sort waits for its copy", points=self.num_points)
+                job.result()
+            if applies and self._growth is not None and self._growth[0].done():
+                # a growth ready: adopted first (it keeps every row where it is), so that the re-sort's copy, made at
+                # its capacity, applies (``_prepare_reindex``, ``_grown_copy``)
+                self._adopt_growth()
             job, ns0, n0, structure, prepared_order = self._ordering
             self._ordering = None
             touched, self._resort_touched = self._resort_touched, []
-            if structure == self._structure and ns0 == ns:  # (a growth adopted meanwhile kept every key in place)
-                # the copy not ready yet (the maintenance thread serves every world): in place with its order,
-                # the same points in the same order, rather than waiting for the rest of the job
-                prepared = job.result() if job.done() else None
-                if prepared is not None and prepared.keys.shape[0] == self._capacity:
+            if applies:
+                prepared = job.result()
+                if prepared.keys.shape[0] == self._capacity:
                     self._adopt_resort(prepared, n0, touched)
                     return
-                order, n = prepared_order.result(), n0  # (grown meanwhile: its order still holds; no row died
-                # since it began: a drop changes the structure)
-        room = 0
-        if order is None:  # every row (n is the memory's): the gap's room comes with the order
-            room = self._gap_target(n - len(self._dead))
-            order = _merge_order(self._keys, ns, n, self._dead, room)
+                # grown on the spot since (a growth that was not ready in time): in place with its order, the same
+                # rows in the same order
+                log.debug("memory re-sort in place", points=self.num_points, reason="grown since")
+                self._resort_in_place(prepared_order.result(), n0)
+                return
+            log.debug("memory re-sort in place", points=self.num_points, reason="re-sorted since")
+        self._resort_in_place(_merge_order(self._keys, self._n_sorted, self._n, self._dead), self._n)
+
+    def _resort_in_place(self, order: np.ndarray, n0: int) -> None:
+        """Re-lay the rows out as ``order`` (new position -> old row, the live rows below ``n0`` when it was made),
+        then the rows from ``n0`` on; the rows of ``order`` dropped since and the dead rows from ``n0`` on stay dead
+        at their new places."""
+        self.resorts_in_place += 1
+        n = self._n
+        m, rest = len(order), n - n0
+        if rest:
+            order = np.concatenate([order, np.arange(n0, n, dtype=np.int64)])
         self._structure += 1
-        m, rest = len(order) - room, self._n - n  # rows from n on stay in the tail, in their order
-        gap = self._gap_target(m + rest)
-        if len(order) != m + gap + rest:
-            order = np.concatenate([order[:m], np.zeros(gap, np.int64), np.arange(n, self._n, dtype=np.int64)])
         self._permute(order)
-        self._clear_rows(m, m + gap)
-        new_of_old = np.full(self._n, -1, np.int32)  # (dead rows are in no slot)
-        new_of_old[order[:m]] = np.arange(m, dtype=np.int32)
-        new_of_old[n : self._n] = np.arange(m + gap, m + gap + rest, dtype=np.int32)
+        new_of_old = np.full(n, -1, np.int32)  # (rows dead when the order was made are in no slot)
+        new_of_old[order] = np.arange(len(order), dtype=np.int32)
         K.hash_remap(self._table, new_of_old)  # same keys in the same slots, only the indices move
-        self._n_sorted, self._n = m + gap, m + gap + rest
-        self._dead = np.arange(m, m + gap, dtype=np.int64)
+        self._dead = _dead_after_resort(self._dead, new_of_old, n0, m)
+        self._n_sorted, self._n = m, m + rest
         self._block_ids, self._block_starts = K.block_directory(self._keys, m)
 
     def _adopt_resort(self, prepared: "_Resorted", n0: int, touched: list[np.ndarray]) -> None:
         """Take a prepared re-sort of the live rows up to ``n0``: rows written since it copied them are copied
-        again (to their new place), the rows added since (``>= n0``) follow it in their order, behind a run of dead
-        rows (``_reindex``), and join its hash table."""
+        again (to their new place), rows dropped since become dead at their new place (their keys leave its table),
+        the rows added since (``>= n0``) follow it in their order and join its table (the dead ones among them
+        left out). O(rows changed since it began + rows added since)."""
         n = self._n
         m = len(prepared.order)  # its rows: n0 less the rows dead when it began
-        gap = self._gap_target(m + n - n0)
         current = (self._keys, self._offsets, self._colors, self._counts, self._last, self._prov)
         arrays = (prepared.keys, *prepared.rows)
         if touched:  # keys never change in place: only the other arrays
             rows = np.concatenate(touched)
             for dst, src in zip(arrays[1:], current[1:]):
                 (K.scatter_rows3 if src.ndim == 2 else K.scatter_rows)(src, rows, prepared.new_of_old, dst)
+        dead = _dead_after_resort(self._dead, prepared.new_of_old, n0, m)
+        since = dead[: int(np.searchsorted(dead, m))]  # dropped since it began: in its prefix and its table
+        if len(since):
+            prepared.rows[4][since] = K.DEAD
+            # before the rows from n0 on join the table: a dropped key back in one of them is not in it yet
+            K.hash_delete_keys(prepared.table, prepared.keys, prepared.keys[since])
         for dst, src in zip(arrays, current):  # the rows added since, in their order
-            dst[m + gap : m + gap + n - n0] = src[n0:n]
-        self._clear_rows(m, m + gap, arrays)
-        K.hash_build_range(prepared.table, prepared.keys, m + gap, m + gap + n - n0)
+            dst[m : m + n - n0] = src[n0:n]
+        K.hash_build_live(prepared.table, prepared.keys, m, m + n - n0, dead)
         self._structure += 1
         self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = prepared.table
-        self._n_sorted, self._n = m + gap, m + gap + n - n0
-        self._dead = np.arange(m, m + gap, dtype=np.int64)
+        self._n_sorted, self._n = m, m + n - n0
+        self._dead = dead
         self._block_ids, self._block_starts = prepared.block_ids, prepared.block_starts
 
 
@@ -1175,12 +1102,30 @@ class SpatialMemory:
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-def _merge_order(keys: np.ndarray, n_sorted: int, n: int, dead: np.ndarray, extra: int = 0) -> np.ndarray:
-    """New position -> old row that merges rows ``[n_sorted, n)`` into the block-sorted ``[0, n_sorted)``, the rows
-    ``dead`` (sorted, below ``n_sorted``) left out, then ``extra`` zeros (``K.merge_order``). Reads only keys below
-    ``n``, which stay put until the memory's structure changes (callers check)."""
-    tail_order = np.argsort(K.sort_keys(keys, n_sorted, n))
-    return K.merge_order(keys, n_sorted, tail_order, n_sorted, np.ascontiguousarray(dead, np.int64), extra)
+def _merge_order(keys: np.ndarray, n_sorted: int, n: int, dead: np.ndarray) -> np.ndarray:
+    """New position -> old row that merges the live rows of ``[n_sorted, n)`` into the block-sorted
+    ``[0, n_sorted)``, the rows ``dead`` (sorted, anywhere below ``n``) left out (``K.merge_order``). Reads only keys
+    below ``n``, which stay put until the memory's structure changes (callers check)."""
+    dead = np.ascontiguousarray(dead, np.int64)
+    k = int(np.searchsorted(dead, n_sorted))
+    sort_keys = K.sort_keys(keys, n_sorted, n)
+    if k < len(dead):  # dead tail rows: left out of the tail's order
+        live = np.ones(n - n_sorted, np.bool_)
+        live[dead[k:] - n_sorted] = False
+        rows = np.flatnonzero(live)
+        tail_order = rows[np.argsort(sort_keys[rows])]
+    else:
+        tail_order = np.argsort(sort_keys)
+    return K.merge_order(keys, n_sorted, tail_order, n_sorted, dead[:k])
+
+
+def _dead_after_resort(dead: np.ndarray, new_of_old: np.ndarray, n0: int, m: int) -> np.ndarray:
+    """The dead rows after a re-sort whose order covered the rows below ``n0`` (``new_of_old`` [>= n0]: old row ->
+    new position, -1 for a row dead when the order was made) into ``m`` rows, the rows from ``n0`` on following
+    them: those dropped since the order was made at their new places, the later dead rows shifted with the tail."""
+    k = int(np.searchsorted(dead, n0))
+    moved = np.asarray(new_of_old[dead[:k]], np.int64)
+    return np.concatenate([np.sort(moved[moved >= 0]), dead[k:] - (n0 - m)])
 
 
 class _Resorted(NamedTuple):
@@ -1196,10 +1141,11 @@ class _Resorted(NamedTuple):
 
 
 def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: np.ndarray, rows: tuple,
-                   rows3: tuple, table, order_ready: Future) -> _Resorted:
+                   rows3: tuple, table, order_ready: Future, capacity: int) -> _Resorted:
     """On the maintenance thread: the memory's rows ``[0, n)`` but ``dead`` (its dead rows when it began; the owner
     never changes that array in place) merged into block order (``_merge_order``) as new
-    arrays of the same capacity, with their hash table and block directory. Runs while the owner keeps
+    arrays of ``capacity`` rows (the memory's, or that of a growth in preparation), with their hash table and block
+    directory. Runs while the owner keeps
     integrating: rows < n may be written meanwhile (the owner records them and ``_adopt_resort`` copies them
     again); keys below ``n`` stay put until the memory's structure changes (then the result is discarded).
 
@@ -1218,67 +1164,78 @@ def _resorted_copy(arrays: tuple[np.ndarray, ...], n_sorted: int, n: int, dead: 
     m = len(order)
     new_of_old = np.full(n, -1, np.int64)
     new_of_old[order] = np.arange(m, dtype=np.int64)
-    out = tuple(np.empty_like(a) for a in arrays)
+    out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         (K.gather_rows3 if src.ndim == 2 else K.gather_rows)(src, order, dst)
-    new_table = np.full(_table_size(arrays[0].shape[0]), -1, np.int32)
+    new_table = np.full(_table_size(capacity), -1, np.int32)
     K.hash_build_range(new_table, out[0], 0, m)
     block_ids, block_starts = K.block_directory(out[0], m)
     order_t, index_t = numba.typeof(order), numba.typeof(new_of_old)
     for arr_t in rows:
         K.permute_rows.compile((arr_t, order_t, arr_t))
         K.scatter_rows.compile((arr_t, index_t, index_t, arr_t))
+        K.take_live.compile((arr_t, numba.typeof(n), index_t, arr_t))  # (the points as read while rows are dead)
     for arr_t in rows3:
         K.permute_rows3.compile((arr_t, order_t, arr_t))
         K.scatter_rows3.compile((arr_t, index_t, index_t, arr_t))
+        K.take_live.compile((arr_t, numba.typeof(n), index_t, arr_t))
     K.hash_remap.compile((table, numba.typeof(np.empty(0, np.int32))))
-    K.hash_build_range.compile((table, rows[0], numba.typeof(n), numba.typeof(n)))
+    K.hash_delete_keys.compile((table, rows[0], index_t))
     K.block_directory.compile((rows[0], numba.typeof(n)))
     _load_dead_row_kernels(table, rows[0], rows[3])
     return _Resorted(order, new_of_old, out[0], out[1:], new_table, block_ids, block_starts)
 
 
-def _identity_rows(capacity: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``SpatialMemory._growth_rows_now``'s start: (row r -> r for r < n, -1 up to ``capacity``; r -> r for r < n)."""
-    copy_of_current = np.full(capacity, -1, np.int64)
-    copy_of_current[:n] = np.arange(n)
-    return copy_of_current, np.arange(n, dtype=np.int64)
-
-
-def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int, dead: np.ndarray, rows_capacity: int,
-                identity: Future) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def _grown_copy(arrays: tuple[np.ndarray, ...], n: int, capacity: int, dead: np.ndarray,
+                resort: Future | None) -> tuple[tuple[np.ndarray, ...], np.ndarray, "_Resorted | None"]:
     """Arrays of ``capacity`` rows holding rows ``[0, n)`` of ``arrays``, and the hash table of their keys but the
     rows ``dead`` (the memory's dead rows when it began; the owner never changes that array in place). Runs
-    while the owner keeps integrating: rows < n of every array but the keys (a copy the owner made) may change
-    meanwhile (``_adopt_growth`` copies them again, and re-points the table when points were dropped); rows >= n
-    are not read. First, ``identity`` gets ``_identity_rows(rows_capacity, n)``, for the drops to come."""
-    try:
-        identity.set_result(_identity_rows(rows_capacity, n))
-    except BaseException as exc:
-        identity.set_exception(exc)
-        raise
+    while the owner keeps integrating: rows < n of every array but the keys may change meanwhile (``_adopt_growth``
+    copies them again, and takes the keys dropped since out of the table); rows >= n are not read. With
+    ``resort`` (a re-sort's job, submitted before this one to the same thread: done by now), its copy too at
+    ``capacity`` rows (``_enlarged``): without it, a re-sort prepared before a growth that is adopted before the
+    re-sort would no longer fit and be made in place."""
     out = tuple(np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays)
     for dst, src in zip(out, arrays):
         dst[:n] = src[:n]
     table = np.full(_table_size(capacity), -1, np.int32)
     K.hash_build_live(table, out[0], 0, n, dead)
-    # the kernels that follow drops (``_growth_follows_moves``) and adopt after them, loaded here rather than on the
-    # world thread at their first call (see ``_resorted_copy``)
+    # the kernels its adoption calls, loaded here rather than on the world thread at their first call (see
+    # ``_resorted_copy``)
     table_t, index_t = numba.typeof(table), numba.typeof(np.empty(0, np.int64))
-    K.drop_moves.compile((index_t, numba.typeof(n), numba.typeof(n)))
     K.hash_delete_keys.compile((table_t, numba.typeof(out[0]), index_t))
-    K.hash_remap.compile((table_t, numba.typeof(np.empty(0, np.int32))))  # (a re-layout's)
-    K.hash_repoint.compile((table_t, numba.typeof(out[0]), index_t, index_t))
-    K.hash_insert_rows.compile((table_t, numba.typeof(out[0]), index_t))
     _load_dead_row_kernels(table_t, numba.typeof(out[0]), numba.typeof(out[5]))
-    return out, table
+    resorted = None
+    if resort is not None and resort.exception() is None:  # (never waits: the job ran before this one)
+        resorted = _enlarged(resort.result(), capacity)
+    return out, table, resorted
+
+
+def _enlarged_job(resort: Future, capacity: int) -> _Resorted:
+    """On the maintenance thread, after the re-sort's job ``resort`` (submitted before: done by now)."""
+    return _enlarged(resort.result(), capacity)
+
+
+def _enlarged(prepared: _Resorted, capacity: int) -> _Resorted:
+    """``prepared`` with arrays of ``capacity`` rows (its rows copied, its table rebuilt at that size)."""
+    if prepared.keys.shape[0] >= capacity:
+        return prepared
+    m = len(prepared.order)
+    arrays = []
+    for a in (prepared.keys, *prepared.rows):
+        out = np.empty((capacity,) + a.shape[1:], a.dtype)
+        out[:m] = a[:m]
+        arrays.append(out)
+    table = np.full(_table_size(capacity), -1, np.int32)
+    K.hash_build_range(table, arrays[0], 0, m)
+    return prepared._replace(keys=arrays[0], rows=tuple(arrays[1:]), table=table)
 
 
 def _load_dead_row_kernels(table_t, keys_t, prov_t) -> None:
-    """Load the kernels the world thread calls on dead rows (a drop in the prefix, renders and a re-sort's adoption
-    while some are dead) on the maintenance thread, as ``_resorted_copy`` does for the re-sort's."""
+    """Load the kernels the world thread calls on dead rows (a drop, renders and adoptions while some are dead) on
+    the maintenance thread, as ``_resorted_copy`` does for the re-sort's."""
     index_t = numba.typeof(np.empty(0, np.int64))
-    K.tombstone_points.compile((table_t, keys_t, prov_t, index_t))
+    K.drop_points.compile((table_t, keys_t, prov_t, index_t))
     K.hash_build_live.compile((table_t, keys_t, numba.typeof(0), numba.typeof(0), index_t))
     K.skip_rows.compile((index_t, index_t, index_t))
     K.live_ids.compile((numba.typeof(np.empty((2, 2), np.int32)), index_t, numba.typeof(0)))
@@ -1295,12 +1252,17 @@ def depth_quant(config: MemoryConfig) -> float:
 
 
 def _take_live(a: np.ndarray, n: int, dead: np.ndarray) -> np.ndarray:
-    """Rows ``[0, n)`` of ``a`` but ``dead`` (sorted, non-empty), as a new array: one copy per run of live rows
-    (the dead rows come in few runs: the gap before the tail and the prefix drops since a re-sort)."""
+    """Rows ``[0, n)`` of ``a`` but ``dead`` (sorted, non-empty), as a new array: one numpy copy per run of live
+    rows while they are few (a copy runs at memory speed), else ``K.take_live`` (the dead rows scattered, one per
+    dropped point of the tail: a Python loop over ~10^4 runs, or numpy's boolean take of an [N, 3] array, cost
+    ~30 ms at 10^6 rows)."""
+    out = np.empty((n - len(dead),) + a.shape[1:], a.dtype)
     brk = np.flatnonzero(np.diff(dead) != 1)
+    if len(brk) >= TAKE_LIVE_RUNS:
+        K.take_live(a, n, dead, out)
+        return out
     run_start = np.concatenate([dead[:1], dead[brk + 1]])  # runs of dead rows
     run_stop = np.concatenate([dead[brk] + 1, dead[-1:] + 1])
-    out = np.empty((n - len(dead),) + a.shape[1:], a.dtype)
     m = 0
     for lo, hi in zip(np.concatenate([[0], run_stop]).tolist(), np.concatenate([run_start, [n]]).tolist()):
         out[m : m + hi - lo] = a[lo:hi]
