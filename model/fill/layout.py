@@ -948,6 +948,9 @@ class PathSummary:
                     start = end  # no sign change: no step crosses it
                 elif start == 0:
                     self.scans += 1
+                if start == end - 1 and not ((float(self._t[start, axis]) - offset)
+                                             * (float(self._t[end, axis]) - offset) < 0):
+                    start = end  # one new step (a one-frame clip's), not crossing: the same test on floats
                 if start < end:
                     s = self._t[start : end + 1, axis] - offset
                     j = np.flatnonzero(s[:-1] * s[1:] < 0)
@@ -957,27 +960,28 @@ class PathSummary:
                         w.j = np.concatenate([w.j, j + start])
                         w.cross, w.back = np.concatenate([w.cross, cross]), np.concatenate([w.back, back])
                 w.upto = end
-            keep = int(np.searchsorted(w.j, n - 1))
+            keep = len(w.j) if n == self.n else int(np.searchsorted(w.j, n - 1))
             return w.j[:keep], w.cross[:keep], w.back[:keep]
 
-    def near(self, axis: int, offset: float, n: int) -> np.ndarray:
-        """``[K]`` the first ``n`` held poses nearer than ``near_width_m`` to the plane (axis, offset) (``|pose .
-        axis - offset| < width`` as numpy rounds it), in time order."""
-        width = self.near_width_m
+    def near(self, axis: int, offset: float, width: float, n: int) -> np.ndarray:
+        """``[K]`` the first ``n`` held poses nearer than ``width`` to the plane (axis, offset) (``|pose . axis -
+        offset| < width`` as numpy rounds it), in time order."""
         with self._lock:
-            q = self._entry(self._near, (axis, offset), _NearPoses)
+            q = self._entry(self._near, (axis, offset, width), _NearPoses)
             if q.upto < self.n:
                 start = q.upto
                 if start == 0 and self._one_side(axis, offset, width):
                     start = self.n
                 elif start == 0:
                     self.scans += 1
+                if start == self.n - 1 and not abs(float(self._t[start, axis]) - offset) < width:
+                    start = self.n  # one new pose, not near: the same test on floats
                 if start < self.n:
                     idx = np.flatnonzero(np.abs(self._t[start : self.n, axis] - offset) < width)
                     if len(idx):
                         q.idx = np.concatenate([q.idx, idx + start])
                 q.upto = self.n
-            return q.idx[: int(np.searchsorted(q.idx, n))]
+            return q.idx if n == self.n else q.idx[: int(np.searchsorted(q.idx, n))]
 
 
 class LayoutPath:
@@ -989,6 +993,7 @@ class LayoutPath:
         self.summary, self.n = summary, n
         self.tail = np.zeros((0, 3)) if tail is None else tail
         self._parts: dict = {}  # plane -> its crossing parts (``parts``): the frames of a clip share a path
+        self._seg = None  # ``_segment``
 
     def __len__(self) -> int:
         return self.n + len(self.tail)
@@ -1027,55 +1032,64 @@ class LayoutPath:
 
     def near(self, axis: int, offset: float, width: float) -> np.ndarray:
         """``[K, 3]`` the poses nearer than ``width`` to the plane (axis, offset): ``reach[np.abs(reach @ a - offset)
-        < width]`` of the whole path."""
-        a = self.layout.axes[axis]
-        if len(self) <= 1 or width > self.summary.near_width_m:
-            reach = self.positions()
-            if width > self.summary.near_width_m:
-                self.summary.scans += 1
-            return reach[np.abs(reach @ a - offset) < width]
+        < width]`` of the whole path. Kept per width: the layout fill's free-space radius; another width up to
+        ``near_width_m`` (``geometric._near_poses``' radius and slack) is taken out of that width's poses."""
         s = self.summary
-        idx = s.near(axis, offset, self.n) if self.n else np.zeros(0, np.int64)
-        idx = idx[np.abs(s._t[idx, axis] - offset) < width]
+        if len(self) <= 1 or width > s.near_width_m:  # one row (numpy's product of a single row), or too wide
+            reach = self.positions()
+            return reach[np.abs(reach @ self.layout.axes[axis] - offset) < width]
+        exact = width == s.layout.config.min_camera_distance_m
+        idx = s.near(axis, offset, width if exact else s.near_width_m, self.n) if self.n else np.zeros(0, np.int64)
+        if not exact:
+            idx = idx[np.abs(s._t[idx, axis] - offset) < width]
         out = s._pos[idx]
         if len(self.tail):
-            out = np.concatenate([out, self.tail[np.abs(self._tail_dots(a) - offset) < width]])
+            out = np.concatenate([out, self.tail[np.abs(self._tail_dots(self.layout.axes[axis]) - offset) < width]])
         return out
+
+    def _segment(self):
+        """``(first, rows, seg_t)``: the steps after the held ones, from the last held pose (index ``first``)
+        through the tail and the point where the path heads (``_heading_path``): ``rows`` (``_Rows`` of the path
+        with that point) and ``seg_t`` [S, 3] the segment's rows along the axes (None: fewer than two rows)."""
+        if self._seg is None:
+            heading = _heading_path(self.last(2), self.layout.config.door_lookahead_m)[2:]
+            first = max(self.n - 1, 0)
+            rows = _Rows(self.summary._pos, self.n, np.concatenate([self.tail, heading]) if len(heading) else self.tail)
+            seg = rows.span(first, len(self) + len(heading))
+            # (two rows or more: each row's products as over the whole path)
+            seg_t = np.stack([seg @ self.layout.axes[k] for k in range(3)], axis=1) if len(seg) >= 2 else None
+            self._seg = (first, rows, seg_t)
+        return self._seg
 
     def parts(self, plane: Plane):
         """``_crossing_parts(layout, plane, path, len(self))`` of this path continued where it heads
         (``_heading_path``): the held steps' crossings from the summary, the rest's computed here."""
-        key = plane
-        got = self._parts.get(key)
-        if got is not None or key in self._parts:
+        got = self._parts.get(plane, self)
+        if got is not self:
             return got
         layout, total = self.layout, len(self)
         got = None
         if total >= 2:
-            a, h = layout.axes[plane.axis], layout.axes[3 - plane.axis]
             s = self.summary
             j, cross, back = s.crossings(plane.axis, plane.offset_m, self.n) if self.n >= 2 else (
                 np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3)))
-            # the steps after the held ones: from the last held pose through the tail and the heading point
-            heading = _heading_path(self.last(2), layout.config.door_lookahead_m)[2:]
-            first = max(self.n - 1, 0)
-            rows = _Rows(s._pos, self.n, np.concatenate([self.tail, heading]))
-            seg = rows.span(first, total + len(heading))
-            if len(seg) >= 2:
-                d = seg @ a - plane.offset_m  # (two rows or more: the same per row as over the whole path)
+            first, rows, seg_t = self._segment()
+            if seg_t is not None:
+                d = seg_t[:, plane.axis] - plane.offset_m
                 jj = np.flatnonzero(d[:-1] * d[1:] < 0)
                 if len(jj):
                     c2, b2 = rows.crossings(d, jj, first, layout.config.door_width_m)
                     j = np.concatenate([j, jj + first])
                     cross, back = np.concatenate([cross, c2]), np.concatenate([back, b2])
             if len(j):
+                a, h = layout.axes[plane.axis], layout.axes[3 - plane.axis]
                 along = cross @ h
                 guessed = j >= total - 1
                 seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
                 approach = cross - back
                 cos = np.abs(approach @ a) / np.maximum(np.linalg.norm(approach, axis=1), 1e-12)
                 got = (cross, along, guessed, seen, cos)
-        self._parts[key] = got
+        self._parts[plane] = got
         return got
 
     def crossings(self, plane: Plane, camera_m: np.ndarray, half_widths: bool = False):
