@@ -5,7 +5,7 @@ along the layout's axes for the closing walls, its crossings of the walls for th
 and the layout fill the poses near each bounding plane (its free space); the tiles-ahead thread asks
 ``view_bounds`` twice more for the path extended where the camera heads (``geometric._ahead_views``). Here the
 house scene's layout (seed 0) and a session of one-frame clips along its demo loop (161 poses, walked there and
-back again: through the doorways each time) as the server's Play makes them: per clip the history's poses (a
+back again: through the doorways each time; ``--path walk``: served play's walk) as the server's Play makes them: per clip the history's poses (a
 read-only view of one growing buffer, as ``FrameStore.poses`` gives) and one target. At each ``--poses`` length,
 ``--calls`` consecutive clips are timed (the frame thread's CPU, ``time.thread_time``, and wall; median): the
 path's array or summary for the clip, ``view_bounds``, the near poses of each bound (``vb_near``), and the two
@@ -37,12 +37,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, log  # noqa: E402
 
 
-def _session_path(n: int):
-    """``[n, 4, 4]`` c2w: the house demo loop there and back again, as often as it takes."""
+def _session_path(n: int, kind: str = "loops", start=None):
+    """``[n, 4, 4]`` c2w: ``loops``, the house demo loop there and back again, as often as it takes (through its
+    doorways every time: the walls' crossings pile up); ``walk``, served play's walk from ``start``
+    (``benchmarks/play.py``'s: forward 1 m/s while turning 0.4 rad/s at 30 fps: a circle of 2.5 m radius)."""
     import numpy as np
 
     from spatia.world.scenes import make_scene
 
+    if kind == "walk":
+        from spatia.world.actions import Action, ActionIntegrator, ControlConfig
+
+        return np.ascontiguousarray(ActionIntegrator(start, ControlConfig(fps=30)).run(
+            [Action(move_forward=1.0, yaw_rate_rad_s=0.4, dt_s=1 / 30)] * n))[:n]
     loop = make_scene("house", 0).demo_path(161)
     out = []
     forward = True
@@ -71,7 +78,7 @@ def _child(args) -> dict:
     kept = hasattr(layout_module, "PathSummary")  # this tree keeps the path's summary per world
 
     sizes = sorted(int(x) for x in args.poses.split(","))
-    poses = _session_path(sizes[-1] + args.calls + 1)
+    poses = _session_path(sizes[-1] + args.calls + 1, args.path, world.current_c2w)
     buf = poses.copy()  # the history's buffer: the visited poses are a read-only view of its first rows
 
     def clip(i: int):
@@ -96,6 +103,8 @@ def _child(args) -> dict:
     results = []
     i = 1
     for size in sizes:
+        if not kept:  # the whole path read each call: nothing kept between clips, so the clips between are skipped
+            i = max(i, size)
         while i < size:
             clip(i)
             i += 1
@@ -126,6 +135,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--poses", default="100,1000,5000,20000", help="session lengths timed")
     p.add_argument("--calls", type=int, default=60, help="clips timed at each length")
+    p.add_argument("--path", default="loops", choices=["loops", "walk"], help="the session's path (_session_path)")
     p.add_argument("--roots", default="", help="NAME=DIR,... trees to alternate (the first is the baseline)")
     p.add_argument("--rounds", type=int, default=1, help="pairs of runs per tree, mirrored (A B B A ...)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -136,7 +146,7 @@ def main() -> None:
         if args.child:
             print(json.dumps(result))
             return
-        emit({"scene": "house", **result})
+        emit({"scene": "house", "path": args.path, **result})
         return
     roots = [r.split("=", 1) for r in args.roots.split(",")]
     order = []
@@ -147,13 +157,13 @@ def main() -> None:
         root = str(Path(root).resolve())
         env = {**os.environ, "SPATIA_AB_ROOT": root, "NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--poses", args.poses,
-               "--calls", str(args.calls)]
+               "--calls", str(args.calls), "--path", args.path]
         start, load = time.strftime("%H:%M:%S", time.gmtime()), os.getloadavg()
         log(f"{name} ({root}) from {start} UTC, load {load[0]:.1f}")
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         runs.append({"tree": name, "start_utc": start, "load_start": round(load[0], 2),
                      **json.loads(out.stdout.strip().splitlines()[-1])})
-    emit({"scene": "house", "order": [n for n, _ in order], "runs": runs})
+    emit({"scene": "house", "path": args.path, "order": [n for n, _ in order], "runs": runs})
 
 
 if __name__ == "__main__":
