@@ -911,12 +911,16 @@ class PathSummary:
                 new[:n] = getattr(self, name)[:n]
                 setattr(self, name, new)
         self._pos[n : n + r] = rows
+        # each row's products as over a path of two rows or more (``_dots``): a lone row beside the one before it
+        rows2 = self._pos[n - 1 : n + r] if n and r == 1 else (rows if r > 1 else np.concatenate([rows, rows]))
+        t = np.empty((len(rows2), 3))
         for k in range(3):
-            t = _dots(rows, self.layout.axes[k], self._pos[n - 1] if n else None)
-            lo, hi = np.minimum.accumulate(t), np.maximum.accumulate(t)
-            if n:
-                lo, hi = np.minimum(lo, self._lo[n - 1, k]), np.maximum(hi, self._hi[n - 1, k])
-            self._t[n : n + r, k], self._lo[n : n + r, k], self._hi[n : n + r, k] = t, lo, hi
+            t[:, k] = rows2 @ self.layout.axes[k]
+        t = t[len(rows2) - r :]
+        lo, hi = (t, t) if r == 1 else (np.minimum.accumulate(t, axis=0), np.maximum.accumulate(t, axis=0))
+        if n:
+            lo, hi = np.minimum(lo, self._lo[n - 1]), np.maximum(hi, self._hi[n - 1])
+        self._t[n : n + r], self._lo[n : n + r], self._hi[n : n + r] = t, lo, hi
         self.n = n + r  # last: a reader that sees the count sees the rows
 
     # ---- what the handles read ------------------------------------------------------------------------------
