@@ -5,12 +5,13 @@ along the layout's axes for the closing walls, its crossings of the walls for th
 and the layout fill the poses near each bounding plane (its free space); the tiles-ahead thread asks
 ``view_bounds`` twice more for the path extended where the camera heads (``geometric._ahead_views``). Here the
 house scene's layout (seed 0) and a session of one-frame clips along its demo loop (161 poses, walked there and
-back again: through the doorways each time; ``--path walk``: served play's walk) as the server's Play makes them: per clip the history's poses (a
-read-only view of one growing buffer, as ``FrameStore.poses`` gives) and one target. At each ``--poses`` length,
-``--calls`` consecutive clips are timed (the frame thread's CPU, ``time.thread_time``, and wall; median): the
-path's array or summary for the clip, ``view_bounds``, the near poses of each bound (``vb_near``), and the two
-extended views of the tiles ahead (``ahead``). Every clip in between runs the same calls untimed, as a session
-would.
+back again: through the doorways each time; ``--path walk``: served play's walk) as the server's Play makes them:
+per clip the history's poses (a read-only view of one growing buffer, as ``FrameStore.poses`` gives) and one
+target. At each ``--poses`` length, ``--calls`` consecutive clips are timed (the frame thread's CPU,
+``time.thread_time``, and wall; median): the path's array or summary for the clip, ``view_bounds``, the near poses
+of each bound (``vb_near``), and the two extended views of the tiles ahead (``ahead``). Every clip in between runs
+the same calls untimed, as a session would (a tree that reads the whole path each call keeps nothing between clips:
+only the timed ones run).
 
 ``--roots NAME=DIR,...``: each tree (``SPATIA_AB_ROOT``: the sitecustomize that re-points the editable install
 must be on ``PYTHONPATH``, e.g. ``base=/tmp/x/base`` from ``git archive main``) in a fresh process, in the order

@@ -385,8 +385,8 @@ def _ahead_views(state: _LayoutState, view: LayoutView, c2w: np.ndarray, reach) 
     for k in AHEAD_FRAMES:
         pose = c2w.copy()
         pose[:3, 3] = c2w[:3, 3] + k * step
-        out.append((view_bounds(state.layout, pose[:3, 3], path.extended(last[1] + np.arange(1, k + 1)[:, None] * step)),
-                    pose))
+        ahead = path.extended(last[1] + np.arange(1, k + 1)[:, None] * step)
+        out.append((view_bounds(state.layout, pose[:3, 3], ahead), pose))
     return out
 
 
