@@ -370,20 +370,23 @@ def _ahead_rays(intrinsics: Intrinsics) -> np.ndarray:
     return rays[order].astype(np.float32)
 
 
-def _ahead_views(state: _LayoutState, view: LayoutView, c2w: np.ndarray, reach: np.ndarray) -> list:
-    """``[(view, c2w)]``: the frame's, then the camera moved on ``AHEAD_FRAMES`` of its last step (``reach``
-    [P, 3]: the poses visited and about to be, the last one last) with the path extended as far."""
-    from spatia.model.fill.layout import view_bounds
+def _ahead_views(state: _LayoutState, view: LayoutView, c2w: np.ndarray, reach) -> list:
+    """``[(view, c2w)]``: the frame's, then the camera moved on ``AHEAD_FRAMES`` of its last step (``reach``:
+    [P, 3] or a ``layout.LayoutPath``, the poses visited and about to be, the last one last) with the path
+    extended as far."""
+    from spatia.model.fill.layout import layout_path, view_bounds
 
     out = [(view, c2w)]
     if len(reach) < 2:
         return out
-    step = reach[-1] - reach[-2]
+    path = layout_path(state.layout, reach)
+    last = path.last(2)
+    step = last[1] - last[0]
     for k in AHEAD_FRAMES:
         pose = c2w.copy()
         pose[:3, 3] = c2w[:3, 3] + k * step
-        path = np.concatenate([reach, reach[-1] + np.arange(1, k + 1)[:, None] * step])
-        out.append((view_bounds(state.layout, pose[:3, 3], path), pose))
+        ahead = path.extended(last[1] + np.arange(1, k + 1)[:, None] * step)
+        out.append((view_bounds(state.layout, pose[:3, 3], ahead), pose))
     return out
 
 
@@ -448,6 +451,18 @@ def _tiles_ahead(state: _LayoutState, views: list, intrinsics: Intrinsics) -> li
 def _reach(request: ClipRequest) -> np.ndarray:
     """``[P, 3]`` the camera positions visited and about to be (the clip's targets), world frame, in time order."""
     return np.concatenate([np.asarray(request.visited_c2w).reshape(-1, 4, 4)[:, :3, 3], request.target_c2w[:, :3, 3]])
+
+
+def _layout_reach(entry: FillEntry, layout, request: ClipRequest):
+    """``_reach(request)`` as a ``layout.LayoutPath`` in the world's path summary (``FillEntry.path``): what the
+    layout fill reads of the path costs the same at any length of the session, and a clip reads only the poses
+    added since the last one (the history's, ``PathSummary.sync``)."""
+    from spatia.model.fill.layout import PathSummary
+
+    summary = entry.path if entry.path is not None and entry.path.layout is layout else PathSummary(layout)
+    path = summary.sync(request.target_c2w[:, :3, 3], request.visited_c2w)
+    entry.path = path.summary  # a new one when the path did not start with the poses held
+    return path
 
 
 def _warm_tiles_ahead(state: _LayoutState, view: LayoutView | None, c2w: np.ndarray, reach: np.ndarray,
@@ -598,7 +613,7 @@ def _near_poses(
     planes: list,  # [B] model.fill.layout.Plane
     plane_idx: np.ndarray,  # [K] int, the plane each point lies on
     points: np.ndarray,  # [K, 3] world frame
-    reach: np.ndarray,  # [P, 3] camera positions, world frame
+    reach,  # [P, 3] camera positions, world frame, or a ``layout.LayoutPath`` of them
     radius_m: float,
 ) -> np.ndarray:
     """``[K]`` bool: a pose lies nearer than ``radius_m`` to the point, as ``cKDTree(reach).query(points,
@@ -613,7 +628,9 @@ def _near_poses(
         sel = np.flatnonzero(plane_idx == q)
         a, off = layout.axes[planes[q].axis], planes[q].offset_m
         slack = float(np.max(np.abs(points[sel] @ a - off))) + 1e-9
-        close = reach[np.abs(reach @ a - off) < radius_m + slack]
+        width = radius_m + slack
+        close = reach[np.abs(reach @ a - off) < width] if isinstance(reach, np.ndarray) else reach.near(
+            planes[q].axis, off, width)
         if not len(close):
             continue
         lo, hi = close.min(0) - radius_m - 1e-9, close.max(0) + radius_m + 1e-9
@@ -729,7 +746,7 @@ class GeometricGenerator:
         valid: np.ndarray,  # [H, W] bool, where the memory rendered
         c2w: np.ndarray,  # [4, 4] target pose
         request: ClipRequest,
-        reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
+        reach,  # [P, 3] camera positions visited or about to be, world frame, or a ``layout.LayoutPath`` of them
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
         view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -740,13 +757,14 @@ class GeometricGenerator:
         same bits (tests/test_layout_fill_fused.py), a fraction of the CPU (docs/BENCHMARKS.md, session 9)."""
         from spatia.model.fill import hole_kernels as hk
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, opening_pixels, stale_closing_pixels, view_bounds
+        from spatia.model.fill.layout import cast_layout, layout_path, opening_pixels, stale_closing_pixels, view_bounds
         from spatia.model.fill.texture import read_texels
 
         cfg = self.config
         layout = state.layout
         K = request.intrinsics
         rays_img = _rays(K)  # [H, W, 3] float32 camera frame
+        reach = layout_path(layout, reach)  # (the path's summary: the poses near each plane, kept as it grows)
         view = view_bounds(layout, c2w[:3, 3], reach) if view is None else view
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, rays_img, c2w))
@@ -766,7 +784,7 @@ class GeometricGenerator:
         close_pts, close_start = [np.zeros((0, 3))], np.zeros(len(view.bounds) + 1, np.int64)
         box = np.zeros((2, len(view.bounds), 3))
         for i, plane in enumerate(view.bounds):
-            close = reach[np.abs(reach @ layout.axes[plane.axis] - plane.offset_m) < radius]
+            close = reach.near(plane.axis, plane.offset_m, radius)  # reach[|reach @ axis - offset| < radius]
             close_start[i + 1] = close_start[i] + len(close)
             if len(close):
                 close_pts.append(close)
@@ -858,18 +876,19 @@ class GeometricGenerator:
         valid: np.ndarray,  # [H, W] bool, where the memory rendered
         c2w: np.ndarray,  # [4, 4] target pose
         request: ClipRequest,
-        reach: np.ndarray,  # [P, 3] camera positions visited or about to be, world frame
+        reach,  # [P, 3] camera positions visited or about to be, world frame, or a ``layout.LayoutPath`` of them
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
         view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
         from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, opening_pixels, stale_closing_pixels, view_bounds
+        from spatia.model.fill.layout import LayoutPath, cast_layout, opening_pixels, stale_closing_pixels, view_bounds
 
         cfg = self.config
         layout = state.layout
         K = request.intrinsics
+        reach = reach.positions() if isinstance(reach, LayoutPath) else reach  # the whole path, every frame
         view = view_bounds(layout, c2w[:3, 3], reach) if view is None else view
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
             valid, depth = _without(valid, depth, opening_pixels(layout, view, depth, valid, _rays(K), c2w))
@@ -988,7 +1007,7 @@ class GeometricGenerator:
         use: np.ndarray,  # [M] bool, updated in place
         c2w: np.ndarray,  # [4, 4] target pose
         request: ClipRequest,
-        reach: np.ndarray,  # [P, 3] camera positions, world frame
+        reach,  # [P, 3] camera positions, world frame, or a ``layout.LayoutPath`` of them
     ) -> None:
         """Cast the rays in ``through`` again without the plane they were seen through, adding the next observed
         plane beyond it along its axis; hits that keep free space (observed views, poses) are used."""
@@ -1068,7 +1087,7 @@ class GeometricGenerator:
         return valid | claimed
 
     def _tiles_ahead(self, entry: FillEntry, state: _LayoutState | None, view: LayoutView | None,
-                     c2w: np.ndarray, reach: np.ndarray, intrinsics: Intrinsics) -> None:
+                     c2w: np.ndarray, reach, intrinsics: Intrinsics) -> None:
         """Ask the tile-ahead thread for the tiles ahead of this view (``_warm_tiles_ahead``; ``state`` None: the
         entry's, ``view`` None: made there) once the view has moved ``AHEAD_EVERY`` from the last one asked for:
         frames turning towards an unseen wall or a doorway synthesised 25-46 tiles themselves (18-30 ms of their
@@ -1082,7 +1101,8 @@ class GeometricGenerator:
             return
         entry.ahead_c2w = c2w.copy()
         state = entry.state() if state is None else state
-        self._states.ahead(entry, partial(_warm_tiles_ahead, state, view, entry.ahead_c2w, reach.copy(), intrinsics))
+        reach = reach.copy() if isinstance(reach, np.ndarray) else reach  # (a ``LayoutPath`` is immutable)
+        self._states.ahead(entry, partial(_warm_tiles_ahead, state, view, entry.ahead_c2w, reach, intrinsics))
 
     def generate(self, request: ClipRequest) -> ClipResult:
         return clip_result(list(self.generate_frames(request)))
@@ -1112,10 +1132,10 @@ class GeometricGenerator:
                     valid, depth = _without(valid, depth, see_through_pixels(depth, valid, radius_px))
                 from spatia.model.fill.layout import opening_box, view_bounds
 
-                reach = _reach(request) if reach is None else reach
+                state = entry.state()
+                reach = _layout_reach(entry, state.layout, request) if reach is None else reach
                 colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
                 planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames)
-                state = entry.state()
                 view = view_bounds(state.layout, c2w[:3, 3], reach)
                 filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
                                                     planes, view)
@@ -1127,7 +1147,7 @@ class GeometricGenerator:
             if entry is not None:
                 entry.frames_made += 1
                 if entry.ready.is_set():  # the fitted state is there: its tiles for the first final frames
-                    reach = _reach(request) if reach is None else reach
+                    reach = _layout_reach(entry, entry.state().layout, request) if reach is None else reach
                     self._tiles_ahead(entry, None, None, c2w, reach, request.intrinsics)
             # the legacy fill: push-pull colour over the floor + backdrop depth prior (also the coarse fill the
             # layout fill shows while its state is fitted: provisional, replaced within ``coarse_frames``)

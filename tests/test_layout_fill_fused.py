@@ -151,8 +151,8 @@ def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indo
 
 def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     """The frames of the house loop in the server's play clips (64x36, the first 60 frames, through doorways):
-    every frame the layout fill makes; the view's bounds with the path's crossings memoised per clip
-    (``layout._PathMemo``) equal those computed afresh."""
+    every frame the layout fill makes; the view's bounds from the world's path summary (``layout.PathSummary``,
+    kept as the path grows) equal those computed afresh from the whole path."""
     from spatia.world.actions import ClipConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.scenes import make_scene
@@ -173,9 +173,11 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
             assert want_mask is None or np.array_equal(want_mask, coarse.mask)
             masks.append(want_mask is not None)
         checked.append(1)
-        view = view_bounds(state.layout, c2w[:3, 3], reach)  # the path's crossings from the clip's memo
-        layout_module._PATH_MEMOS.clear()
-        assert view_bounds(state.layout, c2w[:3, 3], reach) == view  # ... and computed afresh
+        # the path's extremes and crossings from the world's path summary, kept clip after clip ...
+        assert isinstance(reach, layout_module.LayoutPath)
+        view = view_bounds(state.layout, c2w[:3, 3], reach)
+        assert view_bounds(state.layout, c2w[:3, 3], reach.positions()) == view  # ... and computed afresh
+        assert np.array_equal(reach.positions(), geometric._reach(request))
         assert given is None or given == view  # the view the generator computed for the frame (and declared open)
         openings.append(bool(view.openings))
         return got

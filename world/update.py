@@ -761,19 +761,24 @@ def _pinholes_kernel(valid, rd, z, depth_rel, max_gap, out):  # pragma: no cover
             if valid[y, x] or not zc > 0:
                 continue
             for dy, dx in pairs:
-                # the nearest rendered pixel within max_gap steps each way (k = 0: none)
+                # the nearest rendered pixel within max_gap steps each way (k = 0: none). The other side is looked
+                # for only when this one has a pixel, and only as far as a gap of max_gap allows (ka + kb - 1 <=
+                # max_gap): the same pixels found, without the second walk inside a wide hole (a layout frame's
+                # invented walls are holes of the render, most of a keyframe's pixels)
                 ka, da, kb, db = 0, 0.0, 0, 0.0
                 for k in range(1, max_gap + 1):
                     yy, xx = y + k * dy, x + k * dx
                     if 0 <= yy < H and 0 <= xx < W and valid[yy, xx]:
                         ka, da = k, rd[yy, xx]
                         break
-                for k in range(1, max_gap + 1):
+                if ka == 0:
+                    continue
+                for k in range(1, max_gap + 2 - ka):
                     yy, xx = y - k * dy, x - k * dx
                     if 0 <= yy < H and 0 <= xx < W and valid[yy, xx]:
                         kb, db = k, rd[yy, xx]
                         break
-                if ka == 0 or kb == 0 or ka + kb - 1 > max_gap:
+                if kb == 0:
                     continue
                 lo, hi = min(da, db), max(da, db)
                 if lo > 0 and lo * (1.0 - depth_rel) <= zc <= hi * (1.0 + depth_rel):

@@ -532,15 +532,15 @@ class LayoutView:
     openings: list[Opening] = field(default_factory=list)
 
 
-def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> LayoutView:
-    """The bounding planes for a camera at ``camera_m`` [3] (world frame); ``reach_m`` [P, 3]: every pose the
-    camera has been at or is about to be at (for the closing rule and the free-space margin)."""
+def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray | LayoutPath) -> LayoutView:
+    """The bounding planes for a camera at ``camera_m`` [3] (world frame); ``reach_m`` [P, 3] or a
+    ``LayoutPath`` of ``layout`` (the same at a cost that does not grow with the path): every pose the camera has
+    been at or is about to be at (for the closing rule and the free-space margin)."""
     cfg = layout.config
     out: list[Plane] = []
     eye_m = float(camera_m @ layout.axes[0])
-    memo = _path_memo(layout, reach_m)  # the same for every frame of a clip
-    path_m = memo.path_m  # [P or P + 1, 3]: where the camera is heading, too
-    known = len(reach_m)
+    path = layout_path(layout, reach_m)  # the path's extremes and crossings, kept as it grows
+    known = len(path)
     ceilings = [p.offset_m for p in layout.planes if p.kind == CEILING]
     # only a wall reaching the ceiling (or well above the eye without one) can have been walked through: the
     # front of a bookshelf or a sofa's back the camera passed beside is furniture, and closing the way back at
@@ -552,7 +552,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
 
     for k in range(3):
         c = float(camera_m @ layout.axes[k])
-        reach = reach_m @ layout.axes[k] if len(reach_m) else np.array([c])
+        lo, hi = path.extent(k) if known else (c, c)  # of ``reach_m @ layout.axes[k]``
         for direction in (1, -1):  # the bound in the +axis / -axis direction: a plane facing -direction
             ahead = [p for p in layout.planes if p.axis == k and p.facing == -direction
                      and direction * (p.offset_m - c) >= cfg.min_camera_distance_m]
@@ -564,7 +564,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                 continue  # floors and ceilings are not closed by rule
             # (free space around the other poses is kept per point by the caller: planes are infinite, and a
             # pose beyond a wall, in the next room, says nothing about the wall's other parts)
-            doorway = _crossed_near_wall(layout, walls(k, -direction), direction, camera_m, path_m, known, memo)
+            doorway = _crossed_near_wall(layout, walls(k, -direction), direction, camera_m, path)
             if doorway is not None:
                 # the camera is about to walk through a wall nearer than the free-space margin: that wall still
                 # bounds the view (with its doorway, path_openings), else the memory's wall invented there before
@@ -606,11 +606,12 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
                     if opposite:
                         depth_m = min(direction * (src.offset_m - o) for o in opposite)
                     else:
-                        depth_m = direction * src.offset_m - float(np.min(direction * reach)) + cfg.unseen_wall_margin_m
+                        nearest = lo if direction == 1 else -hi  # min(direction * reach)
+                        depth_m = direction * src.offset_m - nearest + cfg.unseen_wall_margin_m
                     offset = src.offset_m + direction * (depth_m + cfg.wall_thickness_m)
             if offset is None or direction * (offset - c) < cfg.min_camera_distance_m:
                 # closing rule 3: a wall nothing observed bounds stands beyond the farthest pose that way
-                far = float(np.max(direction * reach)) * direction
+                far = hi if direction == 1 else lo  # max(direction * reach) * direction
                 offset = far + direction * cfg.unseen_wall_margin_m
                 mirror = _mirrored_side_wall(layout, k, direction, top_min_m)
                 if mirror is not None and direction * (mirror - offset) > 0:
@@ -627,8 +628,8 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray) -> La
             out.append(Plane(k, float(offset), -direction, 0, WALL, math.inf, (-math.inf, math.inf),
                              src.plane_id if src is not None else -1, derived=True))
     view = LayoutView(out)
-    if layout.indoor and len(path_m) >= 2:
-        path_openings(layout, view, camera_m, path_m, known, memo)
+    if layout.indoor and known >= 2:
+        path_openings(layout, view, camera_m, path)
     return view
 
 
@@ -725,52 +726,398 @@ def _select_crossings(layout: Layout, parts, camera_m: np.ndarray | None, half_w
     return along[keep], half[keep], guessed[keep]
 
 
-class _PathMemo:
-    """One path's crossings of the walls, without the camera (``_crossing_parts``), computed once per wall: the
-    frames of a clip share their path (the poses visited and about to be), only the camera moves along it."""
+def _dots(rows: np.ndarray, vec: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+    """``rows [R, 3] @ vec`` with each row's value as a product over a path of two or more rows gives it: numpy's
+    product of a single row is not BLAS's matrix-vector one (it rounds differently in the last bit), so a lone row
+    is computed beside ``before`` (the row before it; else itself) and taken back out."""
+    if len(rows) != 1:
+        return rows @ vec
+    return (np.concatenate([rows if before is None else before[None], rows]) @ vec)[1:]
 
-    def __init__(self, layout: Layout, path_m: np.ndarray, known: int) -> None:
-        self.layout, self.path_m, self.known = layout, path_m, known
-        self._parts: dict[Plane, object] = {}
+
+class _Rows:
+    """Rows of a path held as the first ``n`` rows of ``pos`` followed by ``tail``."""
+
+    __slots__ = ("pos", "n", "tail")
+
+    def __init__(self, pos: np.ndarray, n: int, tail: np.ndarray) -> None:
+        self.pos, self.n, self.tail = pos, n, tail
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), 3))
+        low = idx < self.n
+        out[low] = self.pos[idx[low]]
+        out[~low] = self.tail[idx[~low] - self.n]
+        return out
+
+    def span(self, lo: int, hi: int) -> np.ndarray:
+        n = self.n
+        if lo >= n:
+            return self.tail[lo - n : hi - n]
+        if hi <= n:
+            return self.pos[lo:hi]
+        return np.concatenate([self.pos[lo:n], self.tail[: hi - n]])
+
+    def crossings(self, s: np.ndarray, j: np.ndarray, start: int, width_m: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(cross [C, 3], back [C, 3])`` of the steps ``start + j`` (``s``: the rows' signed distances to the
+        wall from row ``start`` on): ``_crossing_parts``' arithmetic, with each crossing's approach pose (the last
+        row of ``[0, j]`` at least ``width_m`` from it, else the first) read backwards from ``j``."""
+        frac = s[j] / (s[j] - s[j + 1])
+        here = self.take(start + j)
+        cross = here + frac[:, None] * (self.take(start + j + 1) - here)
+        back = np.empty_like(cross)
+        for c in range(len(j)):
+            hi, found = int(start + j[c]) + 1, None
+            while hi > 0 and found is None:
+                lo = max(hi - 64, 0)
+                rows = self.span(lo, hi)
+                far = np.flatnonzero(np.linalg.norm(rows - cross[c], axis=1) >= width_m)
+                if len(far):
+                    found = rows[far[-1]]
+                hi = lo
+            back[c] = found if found is not None else self.span(0, 1)[0]
+        return cross, back
+
+
+class _WallCrossings:
+    """The held steps' crossings of one wall (axis, offset): steps ``[0, upto)`` read; per crossing, in step
+    order, its step, point and approach pose (``_Rows.crossings``)."""
+
+    __slots__ = ("upto", "j", "cross", "back")
+
+    def __init__(self) -> None:
+        self.upto = 0
+        self.j = np.zeros(0, np.int64)
+        self.cross = np.zeros((0, 3))
+        self.back = np.zeros((0, 3))
+
+
+class _NearPoses:
+    """The held poses nearer than ``PathSummary.near_width_m`` to one plane (axis, offset), in time order; poses
+    ``[0, upto)`` read."""
+
+    __slots__ = ("upto", "idx")
+
+    def __init__(self) -> None:
+        self.upto = 0
+        self.idx = np.zeros(0, np.int64)
+
+
+class PathSummary:
+    """The camera's path in one layout (the poses visited and about to be, in time order), summarised so that what
+    ``view_bounds``, ``path_openings`` and the layout fill read of it costs about the same at the 20 000th pose of
+    a session as at the 100th (the whole path was read per call: ~0.16 ms at 100 poses, ~1.05 ms at 20 000): each
+    pose's coordinates along the layout's axes with their running extremes, and per wall (axis, offset) the steps
+    that cross it and per plane the poses near it, each extended by the poses that came since it was last read.
+    A wall or plane read for the first time is read over the whole path once, unless the path lies all on one
+    side of it (a closing wall beyond the farthest pose), which the extremes answer.
+
+    Append-only: the poses held never change. ``sync`` returns a handle (``LayoutPath``) on a prefix of it plus
+    poses of its own, and a new summary when a path does not start with the poses held (a clip given up before
+    the history took it); handles stay valid while the summary grows. Thread-safe: the frame's thread syncs, the
+    tiles-ahead thread reads handles.
+
+    Same values as the whole-path arithmetic (``_crossing_parts``, ``reach @ axis``; tests): a row's product with
+    an axis is the same in any batch of two rows or more (``_dots``), and what the layout computes over all of a
+    wall's crossings at once (their products with its axes) is computed per read, over those crossings."""
+
+    NEAR_SLACK_M = 0.25  # near-pose lists hold the poses within min_camera_distance_m + this of their plane
+    MAX_ENTRIES = 96  # walls and planes kept each (least recently read dropped): closing walls move with the path
+
+    def __init__(self, layout: Layout, capacity: int = 256) -> None:
+        self.layout = layout
+        self.near_width_m = layout.config.min_camera_distance_m + self.NEAR_SLACK_M
+        self.n = 0
+        self._pos = np.empty((capacity, 3))  # [N, 3] float64 world frame
+        self._t = np.empty((capacity, 3))  # [N, 3] pose . axes[k] in column k
+        self._lo = np.empty((capacity, 3))  # [N, 3] minimum of _t over poses [0, i]
+        self._hi = np.empty((capacity, 3))  # ... maximum
+        self._walls: dict = {}  # (axis, offset) -> _WallCrossings, least recently read first
+        self._near: dict = {}  # (axis, offset) -> _NearPoses
+        self._visited: tuple | None = None  # (weakref to the visited array's owner, data pointer, strides, rows)
+        self._lock = threading.Lock()
+        self.scans = 0  # walls and planes read over the whole path (the extremes could not answer)
+
+    # ---- the path ---------------------------------------------------------------------------------------------
+
+    def sync(self, positions_m: np.ndarray, visited_c2w: np.ndarray | None = None) -> LayoutPath:
+        """A handle on the path ``positions_m`` [P, 3] (world frame, time order), preceded by the positions of
+        ``visited_c2w`` [V, 4, 4] when given, in this summary or, when the path does not start with the poses held,
+        in a new one (the handle's ``summary``: the rows in common copied). Rows are compared with those held by
+        their bytes, except: when ``visited_c2w`` is read-only and starts where the array the last call read
+        started, in the same buffer, its rows read then are taken as unchanged (the engine's history is
+        append-only, ``FrameStore.poses``), so a clip reads only the poses added since the last one."""
+        parts, trusted, held_visited = [], 0, None
+        if visited_c2w is not None:
+            V = np.asarray(visited_c2w).reshape(-1, 4, 4)
+            owner = V if V.base is None else V.base
+            ptr, strides = V.__array_interface__["data"][0], V.strides
+            held = self._visited
+            if (held is not None and held[0]() is owner and held[1] == ptr and held[2] == strides
+                    and held[3] <= min(len(V), self.n) and not V.flags.writeable):
+                trusted = held[3]
+            held_visited = (weakref.ref(owner), ptr, strides, len(V))
+            parts.append(V[:, :3, 3])
+        parts.append(np.asarray(positions_m, np.float64).reshape(-1, 3))
+        total = sum(len(p) for p in parts)
+        rows, at = [], 0  # (first row, rows) from ``trusted`` on
+        for p in parts:
+            lo = max(trusted - at, 0)
+            if lo < len(p):
+                rows.append((at + lo, p[lo:]))
+            at += len(p)
+        with self._lock:  # one sync at a time (two would append the same rows)
+            differ = total if total < self.n else None  # a shorter path: a prefix of the one held at most
+            for start, r in rows:
+                stop = min(start + len(r), self.n)
+                if start >= stop:
+                    continue
+                got = np.ascontiguousarray(r[: stop - start], np.float64)
+                bad = np.flatnonzero((got.view(np.int64) != self._pos[start:stop].view(np.int64)).any(axis=1))
+                if len(bad):
+                    differ = min(start + int(bad[0]), total)
+                    break
+            summary = self if differ is None else self._truncated(differ)  # a new one: no other thread has it
+            for start, r in rows:
+                skip = max(summary.n - start, 0)
+                if skip < len(r):
+                    summary._append(np.ascontiguousarray(r[skip:], np.float64))
+            if held_visited is not None:
+                summary._visited = held_visited
+        return LayoutPath(summary, total)
+
+    def _truncated(self, m: int) -> PathSummary:
+        """A new summary holding this one's first ``m`` poses and what is known of them (under the lock)."""
+        new = PathSummary(self.layout, max(2 * m, 256))
+        new.n = m
+        for name in ("_pos", "_t", "_lo", "_hi"):
+            getattr(new, name)[:m] = getattr(self, name)[:m]
+        for key, w in self._walls.items():
+            keep = w.j < m - 1
+            c = new._walls[key] = _WallCrossings()
+            c.upto, c.j, c.cross, c.back = min(w.upto, max(m - 1, 0)), w.j[keep], w.cross[keep], w.back[keep]
+        for key, q in self._near.items():
+            c = new._near[key] = _NearPoses()
+            c.upto, c.idx = min(q.upto, m), q.idx[q.idx < m]
+        return new
+
+    def _append(self, rows: np.ndarray) -> None:
+        """Hold ``rows`` [R, 3] float64 after the poses held (under the lock)."""
+        n, r = self.n, len(rows)
+        if n + r > len(self._pos):
+            cap = max(n + r, len(self._pos) * 3 // 2)
+            for name in ("_pos", "_t", "_lo", "_hi"):
+                new = np.empty((cap, 3))
+                new[:n] = getattr(self, name)[:n]
+                setattr(self, name, new)
+        self._pos[n : n + r] = rows
+        # each row's products as over a path of two rows or more (``_dots``): a lone row beside the one before it
+        rows2 = self._pos[n - 1 : n + r] if n and r == 1 else (rows if r > 1 else np.concatenate([rows, rows]))
+        t = np.empty((len(rows2), 3))
+        for k in range(3):
+            t[:, k] = rows2 @ self.layout.axes[k]
+        t = t[len(rows2) - r :]
+        lo, hi = (t, t) if r == 1 else (np.minimum.accumulate(t, axis=0), np.maximum.accumulate(t, axis=0))
+        if n:
+            lo, hi = np.minimum(lo, self._lo[n - 1]), np.maximum(hi, self._hi[n - 1])
+        self._t[n : n + r], self._lo[n : n + r], self._hi[n : n + r] = t, lo, hi
+        self.n = n + r  # last: a reader that sees the count sees the rows
+
+    # ---- what the handles read ------------------------------------------------------------------------------
+
+    def _entry(self, table: dict, key, make):
+        got = table.pop(key, None)
+        if got is None:
+            got = make()
+            while len(table) >= self.MAX_ENTRIES:
+                table.pop(next(iter(table)))
+        table[key] = got  # most recently read last
+        return got
+
+    def _one_side(self, axis: int, offset: float, width: float) -> bool:
+        """Every held pose lies at least ``width`` from ``offset`` along ``axis``, on one side, as ``t - offset``
+        rounds (monotonic in t: the extremes decide)."""
+        n = self.n
+        return bool((self._lo[n - 1, axis] - offset) >= width or (self._hi[n - 1, axis] - offset) <= -width)
+
+    def crossings(self, axis: int, offset: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(j [C], cross [C, 3], back [C, 3])``: the crossings of the wall (axis, offset) by the steps between
+        the first ``n`` poses held, in step order (``_Rows.crossings``)."""
+        with self._lock:
+            w = self._entry(self._walls, (axis, offset), _WallCrossings)
+            end = self.n - 1  # steps [0, end) are between held poses
+            if w.upto < end:
+                start = w.upto
+                if start == 0 and self._one_side(axis, offset, 0.0):
+                    start = end  # no sign change: no step crosses it
+                elif start == 0:
+                    self.scans += 1
+                if start == end - 1 and not ((float(self._t[start, axis]) - offset)
+                                             * (float(self._t[end, axis]) - offset) < 0):
+                    start = end  # one new step (a one-frame clip's), not crossing: the same test on floats
+                if start < end:
+                    s = self._t[start : end + 1, axis] - offset
+                    j = np.flatnonzero(s[:-1] * s[1:] < 0)
+                    if len(j):
+                        cross, back = _Rows(self._pos, self.n, np.zeros((0, 3))).crossings(
+                            s, j, start, self.layout.config.door_width_m)
+                        w.j = np.concatenate([w.j, j + start])
+                        w.cross, w.back = np.concatenate([w.cross, cross]), np.concatenate([w.back, back])
+                w.upto = end
+            keep = len(w.j) if n == self.n else int(np.searchsorted(w.j, n - 1))
+            return w.j[:keep], w.cross[:keep], w.back[:keep]
+
+    def near(self, axis: int, offset: float, width: float, n: int) -> np.ndarray:
+        """``[K]`` the first ``n`` held poses nearer than ``width`` to the plane (axis, offset) (``|pose . axis -
+        offset| < width`` as numpy rounds it), in time order."""
+        with self._lock:
+            q = self._entry(self._near, (axis, offset, width), _NearPoses)
+            if q.upto < self.n:
+                start = q.upto
+                if start == 0 and self._one_side(axis, offset, width):
+                    start = self.n
+                elif start == 0:
+                    self.scans += 1
+                if start == self.n - 1 and not abs(float(self._t[start, axis]) - offset) < width:
+                    start = self.n  # one new pose, not near: the same test on floats
+                if start < self.n:
+                    idx = np.flatnonzero(np.abs(self._t[start : self.n, axis] - offset) < width)
+                    if len(idx):
+                        q.idx = np.concatenate([q.idx, idx + start])
+                q.upto = self.n
+            return q.idx if n == self.n else q.idx[: int(np.searchsorted(q.idx, n))]
+
+
+class LayoutPath:
+    """A path (camera positions in time order, world frame) read through a ``PathSummary``: its first ``n`` poses
+    and then ``tail`` [T, 3] (poses of its own: where the camera would be heading, ``extended``). Immutable.
+    ``view_bounds``, ``path_openings`` and the layout fill take it wherever they take the poses as an array."""
+
+    def __init__(self, summary: PathSummary, n: int, tail: np.ndarray | None = None) -> None:
+        self.summary, self.n = summary, n
+        self.tail = np.zeros((0, 3)) if tail is None else tail
+        self._parts: dict = {}  # plane -> its crossing parts (``parts``): the frames of a clip share a path
+        self._seg = None  # ``_segment``
+
+    def __len__(self) -> int:
+        return self.n + len(self.tail)
+
+    @property
+    def layout(self) -> Layout:
+        return self.summary.layout
+
+    def positions(self) -> np.ndarray:
+        """``[P, 3]`` the whole path as an array (a copy: O(P))."""
+        return np.concatenate([self.summary._pos[: self.n], self.tail])
+
+    def last(self, k: int) -> np.ndarray:
+        """``[min(k, P), 3]`` its last ``k`` poses."""
+        k = min(k, len(self))
+        return _Rows(self.summary._pos, self.n, self.tail).span(len(self) - k, len(self))
+
+    def extended(self, rows_m: np.ndarray) -> LayoutPath:
+        """This path followed by ``rows_m`` [R, 3]."""
+        return LayoutPath(self.summary, self.n, np.concatenate([self.tail, np.asarray(rows_m, np.float64)]))
+
+    def _tail_dots(self, vec: np.ndarray) -> np.ndarray:
+        return _dots(self.tail, vec, self.summary._pos[self.n - 1] if self.n else None)
+
+    def extent(self, k: int) -> tuple[float, float]:
+        """``(min, max)`` of ``positions() @ axes[k]`` (a path of one pose or more)."""
+        if len(self) == 1:  # one row: numpy's product of a single row (as ``reach @ axis`` is then)
+            v = float((self.positions() @ self.layout.axes[k])[0])
+            return v, v
+        s, n = self.summary, self.n
+        lo, hi = (s._lo[n - 1, k], s._hi[n - 1, k]) if n else (np.inf, -np.inf)
+        if len(self.tail):
+            t = self._tail_dots(self.layout.axes[k])
+            lo, hi = np.minimum(lo, np.min(t)), np.maximum(hi, np.max(t))
+        return float(lo), float(hi)
+
+    def near(self, axis: int, offset: float, width: float) -> np.ndarray:
+        """``[K, 3]`` the poses nearer than ``width`` to the plane (axis, offset): ``reach[np.abs(reach @ a - offset)
+        < width]`` of the whole path. Kept per width: the layout fill's free-space radius; another width up to
+        ``near_width_m`` (``geometric._near_poses``' radius and slack) is taken out of that width's poses."""
+        s = self.summary
+        if len(self) <= 1 or width > s.near_width_m:  # one row (numpy's product of a single row), or too wide
+            reach = self.positions()
+            return reach[np.abs(reach @ self.layout.axes[axis] - offset) < width]
+        exact = width == s.layout.config.min_camera_distance_m
+        idx = s.near(axis, offset, width if exact else s.near_width_m, self.n) if self.n else np.zeros(0, np.int64)
+        if not exact:
+            idx = idx[np.abs(s._t[idx, axis] - offset) < width]
+        out = s._pos[idx]
+        if len(self.tail):
+            out = np.concatenate([out, self.tail[np.abs(self._tail_dots(self.layout.axes[axis]) - offset) < width]])
+        return out
+
+    def _segment(self):
+        """``(first, rows, seg_t)``: the steps after the held ones, from the last held pose (index ``first``)
+        through the tail and the point where the path heads (``_heading_path``): ``rows`` (``_Rows`` of the path
+        with that point) and ``seg_t`` [S, 3] the segment's rows along the axes (None: fewer than two rows)."""
+        if self._seg is None:
+            heading = _heading_path(self.last(2), self.layout.config.door_lookahead_m)[2:]
+            first = max(self.n - 1, 0)
+            rows = _Rows(self.summary._pos, self.n, np.concatenate([self.tail, heading]) if len(heading) else self.tail)
+            seg = rows.span(first, len(self) + len(heading))
+            # (two rows or more: each row's products as over the whole path)
+            seg_t = np.stack([seg @ self.layout.axes[k] for k in range(3)], axis=1) if len(seg) >= 2 else None
+            self._seg = (first, rows, seg_t)
+        return self._seg
+
+    def parts(self, plane: Plane):
+        """``_crossing_parts(layout, plane, path, len(self))`` of this path continued where it heads
+        (``_heading_path``): the held steps' crossings from the summary, the rest's computed here."""
+        got = self._parts.get(plane, self)
+        if got is not self:
+            return got
+        layout, total = self.layout, len(self)
+        got = None
+        if total >= 2:
+            s = self.summary
+            j, cross, back = s.crossings(plane.axis, plane.offset_m, self.n) if self.n >= 2 else (
+                np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3)))
+            first, rows, seg_t = self._segment()
+            if seg_t is not None:
+                d = seg_t[:, plane.axis] - plane.offset_m
+                jj = np.flatnonzero(d[:-1] * d[1:] < 0)
+                if len(jj):
+                    c2, b2 = rows.crossings(d, jj, first, layout.config.door_width_m)
+                    j = np.concatenate([j, jj + first])
+                    cross, back = np.concatenate([cross, c2]), np.concatenate([back, b2])
+            if len(j):
+                a, h = layout.axes[plane.axis], layout.axes[3 - plane.axis]
+                along = cross @ h
+                guessed = j >= total - 1
+                seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
+                approach = cross - back
+                cos = np.abs(approach @ a) / np.maximum(np.linalg.norm(approach, axis=1), 1e-12)
+                got = (cross, along, guessed, seen, cos)
+        self._parts[plane] = got
+        return got
 
     def crossings(self, plane: Plane, camera_m: np.ndarray, half_widths: bool = False):
-        """``path_crossings(layout, plane, path_m, known, camera_m)`` (``_select_crossings``)."""
-        if plane not in self._parts:
-            self._parts[plane] = _crossing_parts(self.layout, plane, self.path_m, self.known)
-        return _select_crossings(self.layout, self._parts[plane], camera_m, half_widths)
+        """``path_crossings(layout, plane, heading path, len(self), camera_m)`` (``_select_crossings``)."""
+        return _select_crossings(self.layout, self.parts(plane), camera_m, half_widths)
 
 
-_PATH_MEMOS: dict = {}  # (id(layout), reach bytes) -> (weakref to layout, _PathMemo); the last few paths
-_PATH_MEMOS_MAX = 16
-_PATH_MEMOS_LOCK = threading.Lock()
-
-
-def _path_memo(layout: Layout, reach_m: np.ndarray) -> _PathMemo:
-    """The memo of the heading path of ``reach_m`` [P, 3] in ``layout``: found by the poses' bytes (the same poses
-    give the same path, whichever array holds them) and the layout object itself."""
-    reach_m = np.ascontiguousarray(reach_m, np.float64)
-    key = (id(layout), reach_m.shape, reach_m.tobytes())
-    with _PATH_MEMOS_LOCK:
-        got = _PATH_MEMOS.pop(key, None)
-        if got is not None and got[0]() is layout:
-            _PATH_MEMOS[key] = got  # most recent last
-            return got[1]
-    memo = _PathMemo(layout, _heading_path(reach_m.copy(), layout.config.door_lookahead_m), len(reach_m))
-    with _PATH_MEMOS_LOCK:
-        _PATH_MEMOS[key] = (weakref.ref(layout), memo)
-        while len(_PATH_MEMOS) > _PATH_MEMOS_MAX:
-            _PATH_MEMOS.pop(next(iter(_PATH_MEMOS)))
-    return memo
+def layout_path(layout: Layout, reach_m) -> LayoutPath:
+    """``reach_m`` as a ``LayoutPath`` of ``layout``: itself when it is one, else [P, 3] poses in a summary of
+    their own (read whole: O(P))."""
+    if isinstance(reach_m, LayoutPath):
+        if reach_m.layout is not layout:
+            raise ValueError("the path's summary is of another layout")
+        return reach_m
+    return PathSummary(layout).sync(np.asarray(reach_m, np.float64).reshape(-1, 3))
 
 
 def _crossed_near_wall(layout: Layout, candidates: list[Plane], direction: int, camera_m: np.ndarray,
-                       path_m: np.ndarray, known: int | None = None, memo: _PathMemo | None = None) -> Plane | None:
+                       path: LayoutPath) -> Plane | None:
     """The nearest of ``candidates`` (walls of one axis facing the camera at ``camera_m`` [3]) that lies less than
-    ``min_camera_distance_m`` ahead of it in ``direction`` and that the path ``path_m`` [P, 3] (time order, world
-    frame; see ``path_crossings`` for ``known``) goes through within a door's width of the camera along the wall;
-    None when there is none."""
+    ``min_camera_distance_m`` ahead of it in ``direction`` and that ``path`` (continued where it heads, see
+    ``path_crossings``) goes through within a door's width of the camera along the wall; None when there is none."""
     cfg = layout.config
-    if len(path_m) < 2 or not candidates:
+    if len(path) < 2 or not candidates:
         return None
     k = candidates[0].axis
     a, h = layout.axes[k], layout.axes[3 - k]
@@ -780,18 +1127,19 @@ def _crossed_near_wall(layout: Layout, candidates: list[Plane], direction: int, 
         gap = direction * (p.offset_m - c)
         if not 0.0 <= gap < cfg.min_camera_distance_m or (best is not None and gap >= direction * (best.offset_m - c)):
             continue
-        along = memo.crossings(p, camera_m) if memo is not None else path_crossings(layout, p, path_m, known, camera_m)
+        along = path.crossings(p, camera_m)
         if np.any(np.abs(along - cam_along) <= cfg.door_width_m):
             best = p
     return best
 
 
-def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m: np.ndarray,
-                  known: int | None = None, memo: _PathMemo | None = None) -> None:
-    """Add to ``view`` a doorway wherever ``path_m`` [P, 3] (camera positions in time order, world frame) crosses
-    one of its walls, and for each wall with a doorway the wall of the room beyond (module docstring); steps from
-    ``known - 1`` on are where the camera heads (``path_crossings``)."""
+def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, reach_m: np.ndarray | LayoutPath) -> None:
+    """Add to ``view`` a doorway wherever the path crosses one of its walls, and for each wall with a doorway the
+    wall of the room beyond (module docstring). ``reach_m`` [P, 3] (camera positions in time order, world frame)
+    or a ``LayoutPath`` of ``layout``: the poses visited and about to be; the path goes on where its last step
+    heads (``_heading_path``, ``path_crossings``)."""
     cfg = layout.config
+    path = layout_path(layout, reach_m)
     up = layout.axes[0]
     floor = next((p for p in view.bounds if p.kind == FLOOR), None)
     bottom = floor.offset_m if floor is not None else -math.inf
@@ -802,8 +1150,7 @@ def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, path_m
         if p.kind != WALL:
             continue
         a = layout.axes[p.axis]
-        along, half, heading = (memo.crossings(p, camera_m, half_widths=True) if memo is not None else
-                                _select_crossings(layout, _crossing_parts(layout, p, path_m, known), camera_m, True))
+        along, half, heading = path.crossings(p, camera_m, half_widths=True)
         if len(along) == 0:
             continue
         order = np.argsort(along, kind="stable")

@@ -89,6 +89,9 @@ class FillEntry:
     # tiles ahead of the view (``FillStates.ahead``): the pose last asked for, and the job not started yet
     ahead_c2w: np.ndarray | None = None
     ahead_job: Callable[[], object] | None = None
+    # the world's camera path in the fitted layout (``model.fill.layout.PathSummary``), kept by the frame's thread
+    # as clips come: what the fill reads of the path then costs the same however long the session
+    path: object | None = None
 
     def state(self):
         """The fitted state, waited for if the fit is still running."""
