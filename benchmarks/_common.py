@@ -9,6 +9,7 @@ Import from a script run as ``python benchmarks/x.py`` (the script's folder is o
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -102,3 +103,46 @@ def emit(result: dict[str, Any]) -> None:
     result = {**result, "machine": machine()}
     print(json.dumps(result, sort_keys=False))
     sys.stdout.flush()
+
+
+def add_ab_arguments(parser) -> None:
+    """``--roots`` / ``--rounds`` and the hidden ``--child`` of a benchmark that alternates trees in fresh processes
+    (``SPATIA_AB_ROOT``; ``mirrored_order``)."""
+    parser.add_argument("--roots", default="", help="NAME=DIR,... trees to alternate (the first is the baseline)")
+    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs per tree, mirrored (A B B A ...)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+
+
+def run_here(args, child: Callable[[Any], dict[str, Any]], labels: dict[str, Any]) -> bool:
+    """For an A/B benchmark (``add_ab_arguments``): as a tree's child process, print ``child(args)`` as JSON for the
+    parent; without ``--roots``, emit it with ``labels``. False when the trees are to be alternated instead."""
+    if not (args.child or not args.roots):
+        return False
+    result = child(args)
+    if args.child:
+        print(json.dumps(result))
+    else:
+        emit({**labels, **result})
+    return True
+
+
+def mirrored_order(roots_arg: str, rounds: int) -> list[list[str]]:
+    """``--roots NAME=DIR,...`` as the [name, dir] runs of an A/B: each round every tree, then the same trees
+    mirrored (A B B A, B A A B, ...), so that each tree sees the same minutes of a shared machine."""
+    roots = [r.split("=", 1) for r in roots_arg.split(",")]
+    order: list[list[str]] = []
+    for r in range(rounds):
+        order += roots + roots[::-1] if r % 2 == 0 else roots[::-1] + roots
+    return order
+
+
+def compact_plainly(memory, keep) -> None:
+    """Keep the rows where ``keep`` [n] bool is True of a ``spatia.world.memory.SpatialMemory``, moving them down in
+    order and rebuilding its hash table: the O(points) compaction its drops are measured against."""
+    for name in ("_keys", "_offsets", "_colors", "_counts", "_last", "_prov"):
+        a = getattr(memory, name)
+        kept = a[: memory._n][keep]
+        a[: len(kept)] = kept
+    memory._n_sorted = int(keep[: memory._n_sorted].sum())
+    memory._n = int(keep.sum())
+    memory._rehash()

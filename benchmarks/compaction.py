@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, load_average, log, time_ms  # noqa: E402
+from _common import compact_plainly, emit, load_average, log, time_ms  # noqa: E402
 
 
 def main() -> None:
@@ -69,14 +69,8 @@ def main() -> None:
             keep = np.ones(m._n, bool)
             keep[drops] = False
             keep[m._dead] = False  # (rows, not points: SpatialMemory._drop)
-            for name in ("_keys", "_offsets", "_colors", "_counts", "_last", "_prov"):
-                a = getattr(m, name)
-                kept = a[: m._n][keep]
-                a[: len(kept)] = kept
-            m._n_sorted = int(keep[: m._n_sorted].sum())
-            m._n = int(keep.sum())
-            m._dead = np.zeros(0, np.int64)
-            m._rehash()
+            m._dead = np.zeros(0, np.int64)  # (before the rehash, which skips dead rows)
+            compact_plainly(m, keep)
 
         setup()
         fast()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, log  # noqa: E402
+from _common import add_ab_arguments, emit, log, mirrored_order, run_here  # noqa: E402
 from stalls import present_parts  # noqa: E402
 
 # (module, attribute path, label) of each timed part; a part a tree lacks is left out of its figures
@@ -190,22 +190,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
-    p.add_argument("--roots", default="", help="NAME=DIR,... trees to alternate (the first is the baseline)")
-    p.add_argument("--rounds", type=int, default=1, help="pairs of runs per tree, mirrored (A B B A ...)")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_ab_arguments(p)
     args = p.parse_args()
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-    if args.child or not args.roots:
-        result = _child(args)
-        if args.child:
-            print(json.dumps(result))
-            return
-        emit({"fill": args.fill, "scene": args.scene, **result})
+    if run_here(args, _child, {"fill": args.fill, "scene": args.scene}):
         return
-    roots = [r.split("=", 1) for r in args.roots.split(",")]
-    order = []
-    for r in range(args.rounds):
-        order += roots + roots[::-1] if r % 2 == 0 else roots[::-1] + roots
+    order = mirrored_order(args.roots, args.rounds)
     runs = []
     for name, root in order:
         root = str(Path(root).resolve())

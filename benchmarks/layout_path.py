@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, log  # noqa: E402
+from _common import add_ab_arguments, emit, log, mirrored_order, run_here  # noqa: E402
 
 
 def _session_path(n: int, kind: str = "loops", start=None):
@@ -137,22 +137,12 @@ def main() -> None:
     p.add_argument("--poses", default="100,1000,5000,20000", help="session lengths timed")
     p.add_argument("--calls", type=int, default=60, help="clips timed at each length")
     p.add_argument("--path", default="loops", choices=["loops", "walk"], help="the session's path (_session_path)")
-    p.add_argument("--roots", default="", help="NAME=DIR,... trees to alternate (the first is the baseline)")
-    p.add_argument("--rounds", type=int, default=1, help="pairs of runs per tree, mirrored (A B B A ...)")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_ab_arguments(p)
     args = p.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if args.child or not args.roots:
-        result = _child(args)
-        if args.child:
-            print(json.dumps(result))
-            return
-        emit({"scene": "house", "path": args.path, **result})
+    if run_here(args, _child, {"scene": "house", "path": args.path}):
         return
-    roots = [r.split("=", 1) for r in args.roots.split(",")]
-    order = []
-    for r in range(args.rounds):
-        order += roots + roots[::-1] if r % 2 == 0 else roots[::-1] + roots
+    order = mirrored_order(args.roots, args.rounds)
     runs = []
     for name, root in order:
         root = str(Path(root).resolve())

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, load_average, log, time_ms  # noqa: E402
+from _common import compact_plainly, emit, load_average, log, time_ms  # noqa: E402
 
 
 def main() -> None:
@@ -73,13 +73,7 @@ def main() -> None:
             m = state["old"]
             keep = np.ones(m._n, bool)
             keep[ids] = False
-            for name in ("_keys", "_offsets", "_colors", "_counts", "_last", "_prov"):
-                a = getattr(m, name)
-                kept = a[: m._n][keep]
-                a[: len(kept)] = kept
-            m._n_sorted = int(keep[: m._n_sorted].sum())
-            m._n = int(keep.sum())
-            m._rehash()
+            compact_plainly(m, keep)
             m._block_ids, m._block_starts = K.block_directory(m._keys, m._n_sorted)
 
         setup()
