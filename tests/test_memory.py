@@ -628,6 +628,44 @@ def test_remove_invented_near_keeps_observed():
     assert int((mem.provenance == 0).sum()) == int((before == 0).sum())
 
 
+def test_visited_positions_answer_as_one_tree_over_the_whole_path():
+    """``VisitedPositions`` (the path in chunk trees, synced as it grows) against ``near_reference`` (one k-d tree
+    over every position), points at exactly the radius included; and the memory's removal with it against the
+    removal with the plain array, byte for byte."""
+    from spatia.world.free_space import VisitedPositions, near_reference
+    from spatia.world.memory import INVENTED_FINAL
+
+    rng = np.random.default_rng(7)
+    visited, path = VisitedPositions(), np.zeros((0, 3))
+    for step in range(60):
+        walk = np.cumsum(rng.normal(0.0, 0.05, (int(rng.integers(1, 400)), 3)), axis=0)
+        path = np.concatenate([path, walk + (path[-1] if len(path) else 0.0)])
+        visited.sync(path)
+        dirs = rng.normal(size=(50, 3))
+        at_radius = path[rng.integers(0, len(path), 50)] + 0.5 * dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+        pts = np.concatenate([path[rng.integers(0, len(path), 300)] + rng.normal(0.0, 0.4, (300, 3)), at_radius])
+        np.testing.assert_array_equal(visited.near(pts, 0.5), near_reference(pts, path, 0.5), err_msg=str(step))
+        np.testing.assert_array_equal(visited.lo_m, path.min(axis=0))
+        np.testing.assert_array_equal(visited.hi_m, path.max(axis=0))
+    assert len(visited) == len(path) and len(visited._chunks) >= 2  # (merged chunks, not one per sync)
+    np.testing.assert_array_equal(visited.positions(), path)
+    changed = path[:100].copy()
+    changed[-1] += 1.0  # a path that is not the one taken: taken anew
+    np.testing.assert_array_equal(visited.sync(changed).positions(), changed)
+
+    mem = random_memory(rng, 2000, MemoryConfig(voxel_size_m=0.02))
+    inv = rng.uniform(-1.0, 1.0, size=(4000, 3))
+    mem.integrate_points(inv, np.zeros((4000, 3), np.uint8), 1, provenance=INVENTED_FINAL)
+    twin = mem.copy()
+    centres = np.cumsum(rng.normal(0.0, 0.05, (700, 3)), axis=0)
+    for few in (centres[:3], centres):  # the direct distances below SMALL_CENTRE_SET, trees above
+        a = mem.remove_invented_near_groups([(VisitedPositions().sync(few), None)], 0.3)
+        b = twin.remove_invented_near_groups([(few, None)], 0.3)
+        assert a == b > 0
+        for name, arr in mem.to_arrays().items():
+            np.testing.assert_array_equal(arr, twin.to_arrays()[name], err_msg=name)
+
+
 def test_update_never_writes_a_coarse_fills_pixels():
     """``update_memory(provisional_px=...)``: the pixels of a frame that show a coarse fill get no memory point (the
     rest of the frame is integrated as usual); without the mask the same frame fills both halves."""

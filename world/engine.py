@@ -26,6 +26,7 @@ from spatia.world._threads import background
 from spatia.world.actions import ClipConfig, chunk_clips
 from spatia.world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
 from spatia.world.errors import InvalidInputError
+from spatia.world.free_space import VisitedPositions
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, capabilities_of, clip_result,
 )
@@ -204,6 +205,8 @@ class Engine:
         # (last target c2w, scores, clips_done when retrieved)
         self._last_retrieval: tuple[np.ndarray, dict[int, float], int] | None = None
         self._observed: list[ReferenceFrame] | None = None
+        # the history's camera positions as k-d trees made once (derived: synced from the history each clip)
+        self._visited = VisitedPositions()
         prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
         _load_update_kernels()
@@ -436,7 +439,7 @@ class Engine:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
             # ... and what this clip invented near any earlier pose (one compaction for both)
-            visited = self.world.history.poses()[:first_index, :3, 3]
+            visited = self._visited.sync(self.world.history.poses()[:first_index, :3, 3])
             self.world.memory.remove_invented_near_groups(
                 [(poses[:, :3, 3], None), (visited, first_index)], self.config.free_radius_m)
         self.clips_done += 1

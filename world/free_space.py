@@ -73,3 +73,78 @@ def seen_through_reference(points: np.ndarray, view_c2w: np.ndarray, intrinsics:
     seen = view_depth_m[v[idx].astype(np.int64), u[idx].astype(np.int64)]
     bad[idx] = np.where(seen > 0, z[idx] < seen * (1.0 - rel) - margin_m, True)
     return bad
+
+
+class VisitedPositions:
+    """The positions a camera has been at, for "which of these points lie within r of any of them", asked every clip
+    (``SpatialMemory.remove_invented_near_groups``: nothing invented stands where the camera has been). A k-d tree
+    of the whole path made for each question cost O(P log P) a clip, growing with the session (docs/BENCHMARKS.md,
+    "Session 19, lead"); here the path is kept in k-d trees over chunks of doubling size, merged as a binary counter
+    carries (the logarithmic method), so each position enters a tree O(log P) times over the session and a question
+    asks O(log P) trees. The answer is one tree's over the whole path (``near_reference``): a point is near when a
+    chunk has a position within the radius, and each chunk compares the same point-position distances."""
+
+    CHUNK_MIN = 2048  # the newest positions, fewer than this, stay in a small tree made again as they come
+
+    def __init__(self) -> None:
+        self._chunks: list[tuple[np.ndarray, object]] = []  # ([S, 3] positions, their cKDTree), S non-increasing
+        self._rest = np.zeros((0, 3), np.float64)  # [R < CHUNK_MIN, 3] the newest positions, not in a chunk yet
+        self._rest_tree: object | None = None
+        self._count = 0
+        self._last = np.zeros(3, np.float64)  # the newest position taken (to tell a path that changed)
+        self.lo_m = np.full(3, np.inf)  # [3] per-axis extremes of every position, world frame
+        self.hi_m = np.full(3, -np.inf)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def sync(self, positions_m: np.ndarray) -> "VisitedPositions":
+        """Take the positions of ``positions_m`` [P, 3] (world frame, the path so far: append-only) not taken yet;
+        a path shorter than the one taken, or whose position at the last one taken differs, is taken anew."""
+        from scipy.spatial import cKDTree
+
+        p = np.asarray(positions_m, np.float64).reshape(-1, 3)
+        if len(p) < self._count or (self._count and not np.array_equal(p[self._count - 1], self._last)):
+            self.__init__()
+        new = p[self._count :]
+        if not len(new):
+            return self
+        self.lo_m = np.minimum(self.lo_m, new.min(axis=0))
+        self.hi_m = np.maximum(self.hi_m, new.max(axis=0))
+        self._count, self._last = len(p), p[-1].copy()
+        rest = np.concatenate([self._rest, new])
+        while len(rest) >= self.CHUNK_MIN:
+            chunk, rest = rest[: self.CHUNK_MIN], rest[self.CHUNK_MIN :]
+            while self._chunks and len(self._chunks[-1][0]) == len(chunk):  # the carry
+                chunk = np.concatenate([self._chunks.pop()[0], chunk])
+            self._chunks.append((chunk, cKDTree(chunk)))
+        self._rest = rest.copy()
+        self._rest_tree = cKDTree(self._rest) if len(self._rest) else None
+        return self
+
+    def positions(self) -> np.ndarray:
+        """``[P, 3]`` every position taken, in order (a copy: O(P))."""
+        return np.concatenate([c for c, _ in self._chunks] + [self._rest])
+
+    def near(self, points_m: np.ndarray, radius_m: float) -> np.ndarray:
+        """``[M]`` bool: True where a point of ``points_m`` [M, 3] (world frame) has a position within ``radius_m``
+        (by the k-d tree's ``distance_upper_bound``, as one tree over the whole path answers)."""
+        pts = np.asarray(points_m, np.float64).reshape(-1, 3)
+        out = np.zeros(len(pts), bool)
+        trees = [t for _, t in self._chunks] + ([self._rest_tree] if self._rest_tree is not None else [])
+        for tree in trees:
+            ask = np.flatnonzero(~out)
+            if not len(ask):
+                break
+            d, _ = tree.query(pts[ask], distance_upper_bound=radius_m)
+            out[ask[np.isfinite(d)]] = True
+        return out
+
+
+def near_reference(points_m: np.ndarray, positions_m: np.ndarray, radius_m: float) -> np.ndarray:
+    """``VisitedPositions.near``'s definition: one k-d tree over every position (what the memory asked before)."""
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points_m, np.float64).reshape(-1, 3)
+    d, _ = cKDTree(np.asarray(positions_m, np.float64).reshape(-1, 3)).query(pts, distance_upper_bound=radius_m)
+    return np.isfinite(d)

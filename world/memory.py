@@ -58,6 +58,7 @@ from spatia.world import _memory_kernels as K
 from spatia.world._threads import background
 from spatia.world.camera import Intrinsics, validate_pose, validate_trajectory
 from spatia.world.errors import InvalidInputError, NotFoundError
+from spatia.world.free_space import VisitedPositions
 from spatia.world.generator import SceneProjection
 # Box and Sphere are re-exported: edits name them as memory regions
 from spatia.world.regions import Box, Region, Sphere, as_points, rotation3, vector3  # noqa: F401
@@ -563,8 +564,10 @@ class SpatialMemory:
         were deleted."""
         return self.remove_invented_near_groups([(centres_m, since_frame)], radius_m)
 
-    def remove_invented_near_groups(self, groups: Sequence[tuple[np.ndarray, int | None]], radius_m: float) -> int:
-        """``remove_invented_near`` for several (centres [P, 3], since_frame) groups at once: one compaction. Each
+    def remove_invented_near_groups(self, groups: Sequence[tuple[np.ndarray | VisitedPositions, int | None]],
+                                    radius_m: float) -> int:
+        """``remove_invented_near`` for several (centres, since_frame) groups at once: one compaction. Centres are
+        [P, 3] (world frame) or a path kept by ``VisitedPositions`` (its trees made once, not per call). Each
         group's candidates are the invented points in its centres' box grown by the radius (``box_candidates``
         reads only the culling blocks that meet it, or only the points seen since ``since_frame``)."""
         if not self._n:
@@ -574,18 +577,24 @@ class SpatialMemory:
         d_m = self.config.voxel_size_m
         near = []
         for centres_m, since_frame in groups:
-            c = np.asarray(centres_m, np.float64).reshape(-1, 3)  # [P, 3] world frame
-            if not len(c):
+            kept = isinstance(centres_m, VisitedPositions) and len(centres_m) > SMALL_CENTRE_SET
+            if isinstance(centres_m, VisitedPositions) and not kept:
+                centres_m = centres_m.positions()
+            c = None if kept else np.asarray(centres_m, np.float64).reshape(-1, 3)  # [P, 3] world frame
+            if not kept and not len(c):
                 continue
-            lo = np.floor((c.min(axis=0) - radius_m) / d_m).astype(np.int64)
-            hi = np.floor((c.max(axis=0) + radius_m) / d_m).astype(np.int64)
+            c_lo, c_hi = (centres_m.lo_m, centres_m.hi_m) if kept else (c.min(axis=0), c.max(axis=0))
+            lo = np.floor((c_lo - radius_m) / d_m).astype(np.int64)
+            hi = np.floor((c_hi + radius_m) / d_m).astype(np.int64)
             floor = np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame)
             cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
                                     self._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED, floor)
             if not len(cand):
                 continue
             pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world frame
-            if len(c) <= SMALL_CENTRE_SET:  # a one-frame clip's pose: a tree costs more than the distances
+            if kept:
+                near.append(cand[centres_m.near(pos, radius_m)])
+            elif len(c) <= SMALL_CENTRE_SET:  # a one-frame clip's pose: a tree costs more than the distances
                 d2 = ((pos[:, None, :] - c[None]) ** 2).sum(axis=2).min(axis=1)
                 near.append(cand[d2 < radius_m**2])  # strictly inside, as the tree's upper bound below
             else:
