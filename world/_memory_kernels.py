@@ -263,8 +263,8 @@ def live_ids(ids, dead, n):
 @nb.njit(cache=True, nogil=True)
 def take_live(src, n, dead, dst):
     """``dst[:n - len(dead)]`` = rows ``[0, n)`` of ``src`` but ``dead`` (sorted ascending), in order: one copy per
-    run of live rows. (numpy's boolean take of an [N, 3] uint8 array took ~30 ms at 10^6 rows, 20x a copy; the
-    dead rows may be scattered, one per dropped point.)"""
+    run of live rows. (numpy's boolean take of an [N, 3] array is many times slower than a copy, docs/BENCHMARKS.md
+    "The prepared re-sort survives drops"; the dead rows may be scattered, one per dropped point.)"""
     t = 0
     nd = dead.shape[0]
     m = 0

@@ -577,13 +577,17 @@ class SpatialMemory:
         d_m = self.config.voxel_size_m
         near = []
         for centres_m, since_frame in groups:
-            kept = isinstance(centres_m, VisitedPositions) and len(centres_m) > SMALL_CENTRE_SET
-            if isinstance(centres_m, VisitedPositions) and not kept:
-                centres_m = centres_m.positions()
-            c = None if kept else np.asarray(centres_m, np.float64).reshape(-1, 3)  # [P, 3] world frame
-            if not kept and not len(c):
-                continue
-            c_lo, c_hi = (centres_m.lo_m, centres_m.hi_m) if kept else (c.min(axis=0), c.max(axis=0))
+            # a kept path answers through its trees; a short one (direct distances below) as its positions
+            kept = centres_m if isinstance(centres_m, VisitedPositions) and len(centres_m) > SMALL_CENTRE_SET else None
+            if kept is not None:
+                c, c_lo, c_hi = None, kept.lo_m, kept.hi_m
+            else:
+                if isinstance(centres_m, VisitedPositions):
+                    centres_m = centres_m.positions()
+                c = np.asarray(centres_m, np.float64).reshape(-1, 3)  # [P, 3] world frame
+                if not len(c):
+                    continue
+                c_lo, c_hi = c.min(axis=0), c.max(axis=0)
             lo = np.floor((c_lo - radius_m) / d_m).astype(np.int64)
             hi = np.floor((c_hi + radius_m) / d_m).astype(np.int64)
             floor = np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame)
@@ -592,8 +596,8 @@ class SpatialMemory:
             if not len(cand):
                 continue
             pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world frame
-            if kept:
-                near.append(cand[centres_m.near(pos, radius_m)])
+            if kept is not None:
+                near.append(cand[kept.near(pos, radius_m)])
             elif len(c) <= SMALL_CENTRE_SET:  # a one-frame clip's pose: a tree costs more than the distances
                 d2 = ((pos[:, None, :] - c[None]) ** 2).sum(axis=2).min(axis=1)
                 near.append(cand[d2 < radius_m**2])  # strictly inside, as the tree's upper bound below
@@ -1263,8 +1267,8 @@ def depth_quant(config: MemoryConfig) -> float:
 def _take_live(a: np.ndarray, n: int, dead: np.ndarray) -> np.ndarray:
     """Rows ``[0, n)`` of ``a`` but ``dead`` (sorted, non-empty), as a new array: one numpy copy per run of live
     rows while they are few (a copy runs at memory speed), else ``K.take_live`` (the dead rows scattered, one per
-    dropped point of the tail: a Python loop over ~10^4 runs, or numpy's boolean take of an [N, 3] array, cost
-    ~30 ms at 10^6 rows)."""
+    dropped point of the tail, where a Python loop over the runs or numpy's boolean take of an [N, 3] array is slow:
+    docs/BENCHMARKS.md, "The prepared re-sort survives drops")."""
     out = np.empty((n - len(dead),) + a.shape[1:], a.dtype)
     brk = np.flatnonzero(np.diff(dead) != 1)
     if len(brk) >= TAKE_LIVE_RUNS:

@@ -806,7 +806,7 @@ class _NearPoses:
 class PathSummary:
     """The camera's path in one layout (the poses visited and about to be, in time order), summarised so that what
     ``view_bounds``, ``path_openings`` and the layout fill read of it costs about the same at the 20 000th pose of
-    a session as at the 100th (the whole path was read per call: ~0.16 ms at 100 poses, ~1.05 ms at 20 000): each
+    a session as at the 100th (the whole path was read per call; docs/BENCHMARKS.md, engineer lspk's section): each
     pose's coordinates along the layout's axes with their running extremes, and per wall (axis, offset) the steps
     that cross it and per plane the poses near it, each extended by the poses that came since it was last read.
     A wall or plane read for the first time is read over the whole path once, unless the path lies all on one
