@@ -323,61 +323,137 @@ def _axis_span(ka, kb, limit):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _end_inverse(depth, valid, ye, xe, dy, dx, H, W):  # pragma: no cover - compiled
+    """``_end``'s (inverse depth, inverse-depth slope into the hole) of a valid end pixel (ye, xe) reached
+    towards (dy, dx) (the same float64 arithmetic)."""
+    inv_e = 1.0 / np.float64(depth[ye, xe])
+    yf, xf = ye + SLOPE_BASELINE_PX * dy, xe + SLOPE_BASELINE_PX * dx
+    slope = 0.0
+    if 0 <= yf < H and 0 <= xf < W and valid[yf, xf]:
+        slope = (inv_e - 1.0 / np.float64(depth[yf, xf])) / SLOPE_BASELINE_PX
+    return inv_e, slope
+
+
+@numba.njit(cache=True, nogil=True)
+def _ends_join(inv_a, slope_a, inv_b, slope_b, span, gap_rel):  # pragma: no cover - compiled
+    """``_axis``'s test of two ends ``span`` steps apart: (one surface, the far side's depth where not)."""
+    if _predicts(inv_a, slope_a, inv_b, span, gap_rel) or _predicts(inv_b, slope_b, inv_a, span, gap_rel):
+        return True, 0.0
+    return False, max(1.0 / inv_a, 1.0 / inv_b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _axis_at(inv_a, slope_a, ka, inv_b, slope_b, kb, span, one, far):  # pragma: no cover - compiled
+    """``_axis``'s estimate for a hole ``ka`` and ``kb`` steps from its ends (0: none; at least one is there),
+    given ``_ends_join``'s answer for two ends ``span`` (= ka + kb) apart."""
+    if ka > 0 and kb > 0:
+        if one:
+            return 1.0 / ((inv_a * kb + inv_b * ka) / span)
+        return far
+    inv_e, slope_e, k = (inv_a, slope_a, ka) if ka > 0 else (inv_b, slope_b, kb)
+    pred = inv_e + slope_e * k
+    if 0.5 * inv_e <= pred <= 2.0 * inv_e:
+        return 1.0 / pred
+    return 1.0 / inv_e
+
+
+@numba.njit(cache=True, nogil=True)
 def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no cover - compiled
-    """``_fill_kernel`` in two row-major passes and one axis per hole: the forward pass takes each hole's left
-    and upper ends from running scans (a row's last valid column, each column's last valid row), the backward
-    pass its right and lower ends the same way and fills it then. A hole's two spans depend on its ends' steps
-    only, so only the winning axis's ends (slopes, divisions) are read, and a hole no axis reaches within
-    ``max_span`` costs nothing more. ``depth`` [H, W] any float dtype (inverse depths in float64 as
-    ``_fill_kernel``), ``out`` [H, W] float32 (each value rounded once, as ``_fill_kernel``'s float64 out then
-    ``astype``). Same bits as ``_fill_kernel`` (tested)."""
+    """``_fill_kernel`` in two row-major passes and one axis per hole. Each pass first runs over a whole row
+    branch-free (vectorised): the forward pass makes the row's validity and keeps each column's last valid row
+    above it, the backward pass each column's next valid row below it and copies the row's depths; only then are
+    the row's holes visited, run by run, and filled. A hole's two spans depend on its ends' steps only, so only
+    the winning axis's ends are read, and a hole no axis reaches within ``max_span`` costs nothing more. An end's
+    inverse depth and slope, and whether an axis's two ends are one surface (its span is the same for every hole
+    between them), belong to the ends, not the hole: they are made once per horizontal run, and once per vertical
+    pair of ends, kept per column while the pass walks up through the holes they bound (the divisions were most
+    of a hole's cost). ``depth`` [H, W] any float dtype (inverse depths in float64 as ``_fill_kernel``), ``out``
+    [H, W] float32 (each value rounded once, as ``_fill_kernel``'s float64 out then ``astype``). Same bits as
+    ``_fill_kernel`` (tested)."""
     H, W = depth.shape
     limit = int(min(max_span, H + W))
+    inf = np.inf
     valid = np.empty((H, W), np.bool_)
-    left = np.empty((H, W), np.int32)  # for holes only: nearest valid column to the left, -1: none
-    up = np.empty((H, W), np.int32)  # for holes only: nearest valid row above, -1: none
-    col_last = np.full(W, -1, np.int32)
+    up = np.empty((H, W), np.int32)  # [y, x]: column x's last valid row above y, -1: none (read at holes only)
+    holes = np.empty(H, np.int64)  # holes in each row
+    col = np.full(W, -1, np.int32)
     for y in range(H):
-        last = -1
+        n_valid = 0
         for x in range(W):
             d = depth[y, x]
-            if valid_in[y, x] and np.isfinite(d) and d > 0:
-                valid[y, x] = True
-                last = x
-                col_last[x] = y
-            else:
-                valid[y, x] = False
-                left[y, x] = last
-                up[y, x] = col_last[x]
-    col_next = np.full(W, H, np.int32)
+            ok = valid_in[y, x] & (d > 0) & (d < inf)  # finite and positive (NaN fails both)
+            valid[y, x] = ok
+            up[y, x] = col[x]
+            col[x] = y if ok else col[x]
+            n_valid += np.int64(ok)
+        holes[y] = W - n_valid
+    for x in range(W):
+        col[x] = H  # now: column x's next valid row below the row, H: none
+    # per column, the vertical ends last read: inverse depths, slopes, one surface or not, the far side's depth;
+    # keyed by the upper end's row vu (-1: none; -2: nothing read yet): the holes of a column with one upper end
+    # have one lower end too (the pass meets no valid pixel between them)
+    vu = np.full(W, -2, np.int32)
+    v_inv_u = np.empty(W, np.float64)
+    v_slope_u = np.empty(W, np.float64)
+    v_inv_d = np.empty(W, np.float64)
+    v_slope_d = np.empty(W, np.float64)
+    v_one = np.empty(W, np.bool_)
+    v_far = np.empty(W, np.float64)
     for y in range(H - 1, -1, -1):
-        nxt = W
-        for x in range(W - 1, -1, -1):
+        for x in range(W):
+            col[x] = y if valid[y, x] else col[x]  # a hole's own column entry is left as it was: the row below's
+            out[y, x] = depth[y, x]  # holes are written below
+        if holes[y] == 0:
+            continue
+        x = W - 1
+        while x >= 0:
             if valid[y, x]:
-                out[y, x] = depth[y, x]
-                nxt = x
-                col_next[x] = y
+                x -= 1
                 continue
-            lf, rt, u, dn = left[y, x], nxt, up[y, x], col_next[x]
-            kl = x - lf if lf >= 0 else 0
-            kr = rt - x if rt < W else 0
-            ku = y - u if u >= 0 else 0
-            kd = dn - y if dn < H else 0
-            span_h = _axis_span(kl, kr, limit)
-            span_v = _axis_span(ku, kd, limit)
-            span = span_h if span_h <= span_v else span_v
-            if not (span < np.inf and span <= max_span):
-                out[y, x] = 0.0
-                continue
-            if span_h <= span_v:
-                il, sl, kl = _end(depth, valid, y, lf, kl, 0, -1, H, W, limit)
-                ir, sr, kr = _end(depth, valid, y, rt, kr, 0, 1, H, W, limit)
-                est, _ = _axis(il, sl, kl, ir, sr, kr, gap_rel)
-            else:
-                iu, su, ku = _end(depth, valid, u, x, ku, -1, 0, H, W, limit)
-                idn, sd, kd = _end(depth, valid, dn, x, kd, 1, 0, H, W, limit)
-                est, _ = _axis(iu, su, ku, idn, sd, kd, gap_rel)
-            out[y, x] = est
+            a = x  # the hole run [a, x]: valid pixels (or the borders) at a - 1 and x + 1
+            while a > 0 and not valid[y, a - 1]:
+                a -= 1
+            lf, rt = a - 1, x + 1
+            h_read = False  # the run's horizontal ends, read at its first hole that takes that axis
+            inv_l = slope_l = inv_r = slope_r = far_h = 0.0
+            one_h = False
+            for hx in range(a, x + 1):
+                u, dn = up[y, hx], col[hx]
+                kl = hx - lf if lf >= 0 else 0
+                kr = rt - hx if rt < W else 0
+                ku = y - u if u >= 0 else 0
+                kd = dn - y if dn < H else 0
+                span_h = _axis_span(kl, kr, limit)
+                span_v = _axis_span(ku, kd, limit)
+                span = span_h if span_h <= span_v else span_v
+                if not (span < np.inf and span <= max_span):
+                    out[y, hx] = 0.0
+                    continue
+                # the chosen axis's ends lie within ``limit`` (else its span is inf): ``_end``'s k is the step
+                if span_h <= span_v:
+                    if not h_read:
+                        h_read = True
+                        if kl > 0:
+                            inv_l, slope_l = _end_inverse(depth, valid, y, lf, 0, -1, H, W)
+                        if kr > 0:
+                            inv_r, slope_r = _end_inverse(depth, valid, y, rt, 0, 1, H, W)
+                        if kl > 0 and kr > 0:
+                            one_h, far_h = _ends_join(inv_l, slope_l, inv_r, slope_r, float(kl + kr), gap_rel)
+                    est = _axis_at(inv_l, slope_l, kl, inv_r, slope_r, kr, span_h, one_h, far_h)
+                else:
+                    if vu[hx] != u:
+                        vu[hx] = u
+                        if ku > 0:
+                            v_inv_u[hx], v_slope_u[hx] = _end_inverse(depth, valid, u, hx, -1, 0, H, W)
+                        if kd > 0:
+                            v_inv_d[hx], v_slope_d[hx] = _end_inverse(depth, valid, dn, hx, 1, 0, H, W)
+                        if ku > 0 and kd > 0:
+                            v_one[hx], v_far[hx] = _ends_join(v_inv_u[hx], v_slope_u[hx], v_inv_d[hx],
+                                                              v_slope_d[hx], float(ku + kd), gap_rel)
+                    est = _axis_at(v_inv_u[hx], v_slope_u[hx], ku, v_inv_d[hx], v_slope_d[hx], kd, span_v,
+                                   v_one[hx], v_far[hx])
+                out[y, hx] = est
+            x = a - 2  # a - 1 is valid (or the border)
 
 
 def fill_holes_background(
