@@ -54,3 +54,33 @@ def test_hole_fill_by_runs_is_the_scan_kernel_bit_for_bit(dtype):
             slow = _fill_holes_background_scans(depth, valid, 0.05, span)
             np.testing.assert_array_equal(fast.view(np.uint32), slow.view(np.uint32),
                                           err_msg=f"{depth.shape} span {span}")
+
+
+def test_see_through_rows_by_doubled_windows_match_the_reference_at_every_radius():
+    """The across line is counted along each row from windows of 2^k cells, two overlapping per side: radii on
+    and either side of powers of two, radii past the row's width, one-column and one-row images, and nearer pixels
+    exactly r and r + 1 cells away (the radius's edge) give the reference's marks; radius 0 marks nothing."""
+    from spatia.model.fill.see_through import reference_see_through_pixels, see_through_pixels
+
+    rng = np.random.default_rng(21)
+    for h, w in ((1, 40), (6, 37), (11, 1), (9, 18)):
+        for radius in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 64):
+            far = rng.uniform(5.0, 6.0, (h, w)).astype(np.float32)
+            near = rng.uniform(1.0, 2.0, (h, w)).astype(np.float32)
+            depth = far.copy()
+            # near pixels: random ones, and ones exactly radius and radius + 1 cells from a far pixel along a row
+            pick = rng.random((h, w)) < 0.15
+            for y in range(h):
+                x0 = int(rng.integers(0, w))
+                for dx in (-radius - 1, -radius, radius, radius + 1):
+                    if 0 <= x0 + dx < w:
+                        pick[y, x0 + dx] = True
+            depth[pick] = near[pick]
+            valid = rng.random((h, w)) < 0.9
+            np.testing.assert_array_equal(see_through_pixels(depth, valid, radius),
+                                          reference_see_through_pixels(depth, valid, radius),
+                                          err_msg=f"{h}x{w} r{radius}")
+    depth = np.where(np.arange(30) % 2 == 0, 1.0, 5.0).astype(np.float32)[None].repeat(4, 0)
+    assert see_through_pixels(depth, np.ones(depth.shape, bool), 3).any()
+    assert not see_through_pixels(depth, np.ones(depth.shape, bool), 0).any()
+    assert not reference_see_through_pixels(depth, np.ones(depth.shape, bool), 0).any()

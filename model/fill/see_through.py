@@ -28,33 +28,48 @@ def _shear(n, i, shear):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
+def _fill(dst, value):  # pragma: no cover - compiled
+    """``dst[:] = value`` as a plain loop (numba's slice assignment is a generic, slower loop)."""
+    for j in range(dst.shape[0]):
+        dst[j] = value
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _copy(src, dst):  # pragma: no cover - compiled
+    """``dst[:] = src`` (same length) as a plain loop."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
 def _running_min_row(a, i, off, first, prev, dst):  # pragma: no cover - compiled
     """One row of a block's running minimum: ``dst`` = row ``i`` of ``a`` (placed from column ``off`` on, nothing
     (inf) either side) where the block starts (``first``), else its minimum with ``prev`` (the running minimum so
-    far); a row outside ``a`` (padding) holds nothing."""
-    m = dst.shape[0]
+    far); a row outside ``a`` (padding) holds nothing. Every loop runs over slices from index 0, so that the
+    compiler sees no index that may be negative (numba's wrap-around of one kept these loops scalar)."""
     inf = np.float32(np.inf)
     if not 0 <= i < a.shape[0]:
-        for j in range(m):
-            dst[j] = inf if first else prev[j]
+        if first:
+            _fill(dst, inf)
+        else:
+            _copy(prev, dst)
         return
-    lo, hi = off, off + a.shape[1]
+    w = a.shape[1]
+    lo, hi = off, off + w
+    src = a[i]
+    mid = dst[lo:hi]
     if first:
-        for j in range(lo):
-            dst[j] = inf
-        for j in range(lo, hi):
-            dst[j] = a[i, j - lo]
-        for j in range(hi, m):
-            dst[j] = inf
+        _fill(dst[:lo], inf)
+        _copy(src, mid)
+        _fill(dst[hi:], inf)
     else:
-        for j in range(lo):
-            dst[j] = prev[j]  # the minimum of nothing (inf) and prev
-        for j in range(lo, hi):
-            v = a[i, j - lo]
-            q = prev[j]
-            dst[j] = v if v < q else q
-        for j in range(hi, m):
-            dst[j] = prev[j]
+        _copy(prev[:lo], dst[:lo])  # the minimum of nothing (inf) and prev
+        before = prev[lo:hi]
+        for j in range(w):
+            v = src[j]
+            q = before[j]
+            mid[j] = v if v < q else q
+        _copy(prev[hi:], dst[hi:])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -102,28 +117,83 @@ def _pairs_along_columns(a, lim, r, count, shear):  # pragma: no cover - compile
 
 
 @nb.njit(cache=True, nogil=True)
+def _min_shifted(src, s, n, dst):  # pragma: no cover - compiled
+    """``dst[j] = min(src[j], src[j + s])`` for j < n (the shifted operand a slice from index 0: see
+    ``_running_min_row``)."""
+    far = src[s:]
+    for j in range(n):
+        a = src[j]
+        b = far[j]
+        dst[j] = a if a < b else b
+
+
+@nb.njit(cache=True, nogil=True)
+def _pairs_across_row(v_row, lim_row, r, pad_a, pad_b, count_row):  # pragma: no cover - compiled
+    """``count_row[x]`` = 1 where a value below ``lim_row[x]`` lies among ``v_row[x - r .. x - 1]`` and one among
+    ``v_row[x + 1 .. x + r]`` (none outside the row), else 0: the across line of ``_see_through``, along the row
+    itself. The row is padded with r infs each side (``pad_a``, ``pad_b``: [w + 2r] float32 scratch) and turned by
+    doubling into the minima of windows of s = 2^k <= r cells (each step one shifted minimum, vectorised); a
+    window of r cells is two such windows overlapping (a minimum minds no overlap). The minima are exact, so the
+    count is the column passes' for the transposed row (the image and its limits were transposed for that)."""
+    w = v_row.shape[0]
+    n = w + 2 * r
+    inf = np.float32(np.inf)
+    _fill(pad_a[:r], inf)
+    _copy(v_row, pad_a[r:r + w])
+    _fill(pad_a[r + w:], inf)
+    s = 1
+    in_b = False  # which scratch holds the windows of s cells: src[j] = min(padded[j .. j + s - 1]), j <= n - s
+    while 2 * s <= r:
+        if in_b:
+            _min_shifted(pad_b, s, n - 2 * s + 1, pad_a)
+        else:
+            _min_shifted(pad_a, s, n - 2 * s + 1, pad_b)
+        in_b = not in_b
+        s *= 2
+    src = pad_b if in_b else pad_a
+    left_a, left_b = src[0:w], src[r - s:r - s + w]  # padded cells x .. x + r - 1: x's r left neighbours
+    right_a, right_b = src[r + 1:r + 1 + w], src[2 * r + 1 - s:2 * r + 1 - s + w]  # x + r + 1 .. x + 2r: right
+    for x in range(w):
+        a = left_a[x]
+        b = left_b[x]
+        left = a if a < b else b
+        a = right_a[x]
+        b = right_b[x]
+        right = a if a < b else b
+        c = lim_row[x]
+        count_row[x] = (left < c) & (right < c)
+
+
+@nb.njit(cache=True, nogil=True)
 def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no cover - compiled
     """``out[y, x]`` = True where at least two of the four lines through (y, x) (across, down, the two diagonals)
     have a nearer rendered pixel (``depth < limit``) within ``radius_px`` on both sides; ``limit = min(z (1 -
-    rel), z - min_gap_m)`` in float64, as the reference (a float32 depth compared with it as a float64). Each line
-    direction is a pass along the columns of an array (the image, its transpose, its two shears, those read in
+    rel), z - min_gap_m)`` in float64, as the reference (a float32 depth compared with it as a float64). The down
+    and diagonal directions are each a pass along the columns of an array (the image and its two shears, read in
     place), so that one pass (``_pairs_along_columns``) counts that direction's pairs for every pixel, on one
     thread, however long the radius (walking up to r pixels each way from every pixel cost more on a mostly
-    rendered frame: docs/BENCHMARKS.md, session 15, lspeed). Every per-pixel loop is branch-free (selects, not
-    ifs), and the counts add up in place (no per-direction mask): docs/BENCHMARKS.md, sessions 16 (lspeed2) and
-    18 (lcost: the limit rounded up to a float32, the shears not copied)."""
+    rendered frame: docs/BENCHMARKS.md, session 15, lspeed); the across direction is counted row by row as each
+    row's limits are made (``_pairs_across_row``: the image and its limits were transposed for a column pass).
+    Every per-pixel loop is branch-free (selects, not ifs), and the counts add up in place (no per-direction
+    mask): docs/BENCHMARKS.md, sessions 16 (lspeed2), 18 (lcost: the limit rounded up to a float32, the shears not
+    copied) and 20 (sthr)."""
     h, w = depth.shape
     r = radius_px
+    if r < 1:
+        return  # no neighbour within the radius: nothing is marked (the reference's answer)
     inf = np.float32(np.inf)
     # per pixel: its depth where rendered (else inf: never nearer), and its limit (-inf where nothing is marked)
     v = np.empty((h, w), np.float32)
     lim = np.empty((h, w), np.float32)
-    bump = np.empty((h, w), np.int32)  # 1: the limit's float32 is below it, to be moved one float32 up
-    any_valid = False
+    count = np.empty((h, w), np.uint8)
+    bump = np.empty(w, np.int32)  # 1: the limit's float32 is below it, to be moved one float32 up (one row's)
+    pad_a = np.empty(w + 2 * r, np.float32)
+    pad_b = np.empty(w + 2 * r, np.float32)
+    n_valid = 0
     for y in range(h):
         for x in range(w):
             d = depth[y, x]
-            ok = valid[y, x] and not np.isnan(d)
+            ok = valid[y, x] & (d == d)  # rendered and not NaN
             z = np.float64(d)
             a = z * (1.0 - rel)
             b = z - min_gap_m
@@ -132,28 +202,24 @@ def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no co
             # the float64 limit rounded up to a float32: for a float32 depth q, q < limit exactly when q < that
             # (no float32 lies in [limit, its round-up)), so the passes compare float32s, on half the bytes
             up = np.float32(limit)  # the nearest float32; one step up below (branch-free: np.nextafter is a call)
-            bump[y, x] = ok & (np.float64(up) < limit)
+            bump[x] = ok & (np.float64(up) < limit)
             v[y, x] = d if ok else inf
-            lim[y, x] = up if ok and not np.isnan(limit) else -inf
-            any_valid |= ok
-    if not any_valid:
-        return
-    # one float32 up: the next integer of its bits for a positive float (+0 included), the previous for a negative
-    # one (towards zero); -0 is never moved up (the float64 limit would have rounded to +0)
-    bits = lim.view(np.int32)
-    for y in range(h):
+            lim[y, x] = up if ok & (limit == limit) else -inf
+            n_valid += np.int64(ok)
+        # one float32 up: the next integer of its bits for a positive float (+0 included), the previous for a
+        # negative one (towards zero); -0 is never moved up (the float64 limit would have rounded to +0)
+        bits = lim[y].view(np.int32)
         for x in range(w):
-            q = bits[y, x]
-            bits[y, x] = q + bump[y, x] * (np.int32(1) if q >= 0 else np.int32(-1))
-    count = np.zeros((h, w), np.uint8)
+            q = bits[x]
+            bits[x] = q + bump[x] * (np.int32(1) if q >= 0 else np.int32(-1))
+        _pairs_across_row(v[y], lim[y], r, pad_a, pad_b, count[y])
+    if n_valid == 0:
+        return
     for shear in range(3):  # down (the image's columns), then the two diagonals
         _pairs_along_columns(v, lim, r, count, shear)
-    count_t = np.zeros((w, h), np.uint8)
-    _pairs_along_columns(np.ascontiguousarray(v.T), np.ascontiguousarray(lim.T), r, count_t, 0)  # across
     for y in range(h):
         for x in range(w):
-            if count[y, x] + count_t[x, y] >= 2:
-                out[y, x] = True
+            out[y, x] = count[y, x] >= 2
 
 
 def see_through_pixels(
