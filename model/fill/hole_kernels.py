@@ -56,16 +56,20 @@ def hole_rays(valid, filled, rays, off_dy, off_dx):  # pragma: no cover - compil
 
     Returns hole_idx [M] int64 (flat pixel index of each hole, row-major), f [M] float32 (the fill's depth there),
     pinhole [M] bool (f > 0 and a rendered pixel within the offsets), cast [C] int64 (indices into M of the
-    others) and their rays [C, 3] float32."""
+    others) and their rays [C, 3] float32. The holes are counted by a branch-free sum (not a pass that tests every
+    pixel), and the cast holes' rays copied as they are met, into arrays of M rows of which the first C are
+    returned (no third pass dividing flat indices back into rows and columns)."""
     h, w = valid.shape
-    n = 0
+    n_valid = 0
     for y in range(h):
         for x in range(w):
-            if not valid[y, x]:
-                n += 1
+            n_valid += np.int64(valid[y, x])
+    n = h * w - n_valid
     hole_idx = np.empty(n, np.int64)
     f = np.empty(n, np.float32)
     pinhole = np.zeros(n, np.bool_)
+    cast = np.empty(n, np.int64)
+    rays_cast = np.empty((n, 3), np.float32)
     m = 0
     c = 0
     for y in range(h):
@@ -82,21 +86,12 @@ def hole_rays(valid, filled, rays, off_dy, off_dx):  # pragma: no cover - compil
                         pinhole[m] = True
                         break
             if not pinhole[m]:
+                cast[c] = m
+                for j in range(3):
+                    rays_cast[c, j] = rays[y, x, j]
                 c += 1
             m += 1
-    cast = np.empty(c, np.int64)
-    rays_cast = np.empty((c, 3), np.float32)
-    k = 0
-    for i in range(n):
-        if pinhole[i]:
-            continue
-        p = hole_idx[i]
-        y, x = p // w, p % w
-        cast[k] = i
-        for j in range(3):
-            rays_cast[k, j] = rays[y, x, j]
-        k += 1
-    return hole_idx, f, pinhole, cast, rays_cast
+    return hole_idx, f, pinhole, cast[:c], rays_cast[:c]
 
 
 @nb.njit(cache=True, nogil=True)
