@@ -537,7 +537,28 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
 
 def _without(valid: np.ndarray, depth: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``valid`` [H, W] and ``depth`` [H, W] float32 with the pixels ``drop`` [H, W] bool taken for holes (not
-    rendered, depth 0); the same arrays when there are none."""
+    rendered, depth 0); the same arrays when there are none. ``_without_reference`` is the plain numpy twin."""
+    if not drop.any():
+        return valid, depth
+    valid = valid & ~drop
+    return valid, _zero_where_not(depth, valid)
+
+
+def _zero_where_not(depth: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``np.where(keep, depth, float32 0)`` as float32. For a float32 depth by its bits: and-ed with all ones where
+    ``keep`` and zeros (+0.0) elsewhere, two vectorised passes (``np.where`` picks element by element, several
+    times the CPU on a frame: docs/BENCHMARKS.md, session 20, sthr); the same bits, NaN, -0.0 and negatives
+    included."""
+    if depth.dtype != np.float32 or depth.shape != keep.shape:
+        return np.where(keep, depth, np.float32(0.0)).astype(np.float32, copy=False)
+    bits = keep.astype(np.uint32)  # 1 where kept
+    np.negative(bits, out=bits)  # all ones where kept (unsigned wrap-around), 0 elsewhere
+    np.bitwise_and(np.ascontiguousarray(depth).view(np.uint32), bits, out=bits)
+    return bits.view(np.float32)
+
+
+def _without_reference(valid: np.ndarray, depth: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_without`` in plain numpy (``np.where``): for tests."""
     if not drop.any():
         return valid, depth
     valid = valid & ~drop

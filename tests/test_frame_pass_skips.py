@@ -84,3 +84,30 @@ def test_see_through_rows_by_doubled_windows_match_the_reference_at_every_radius
     assert see_through_pixels(depth, np.ones(depth.shape, bool), 3).any()
     assert not see_through_pixels(depth, np.ones(depth.shape, bool), 0).any()
     assert not reference_see_through_pixels(depth, np.ones(depth.shape, bool), 0).any()
+
+
+def test_pixels_dropped_by_bits_are_np_where_bit_for_bit():
+    """``_without`` zeroes the dropped (and unrendered) pixels' depth by and-ing its bits with a mask: the same
+    bits as ``np.where`` for NaN, +-inf, -0.0 and negative depths, the same arrays back when nothing is dropped, and
+    float64 depths (the ``np.where`` path) made float32 as before."""
+    from spatia.model.geometric import _without, _without_reference
+
+    rng = np.random.default_rng(22)
+    for dtype in (np.float32, np.float64):
+        depth = rng.uniform(0.1, 9.0, (37, 53)).astype(dtype)
+        depth.flat[:6] = [np.nan, np.inf, -np.inf, -0.0, -2.5, 0.0]
+        valid = rng.random(depth.shape) < 0.8
+        for p_drop in (0.0, 0.01, 0.5, 1.0):
+            drop = rng.random(depth.shape) < p_drop
+            drop[0, :6] |= p_drop > 0
+            v, d = _without(valid, depth, drop)
+            rv, rd = _without_reference(valid, depth, drop)
+            np.testing.assert_array_equal(v, rv)
+            assert d.dtype == rd.dtype and d.shape == rd.shape
+            np.testing.assert_array_equal(np.asarray(d).view(np.uint8), np.asarray(rd).view(np.uint8))
+            if not drop.any():
+                assert v is valid and d is depth
+    sliced = rng.uniform(0.1, 9.0, (20, 30)).astype(np.float32)[:, 5:25]  # not C-contiguous
+    keep = rng.random(sliced.shape) < 0.5
+    v, d = _without(keep, sliced, ~keep)
+    np.testing.assert_array_equal(d.view(np.uint32), np.where(keep, sliced, np.float32(0)).view(np.uint32))
