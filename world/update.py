@@ -403,10 +403,9 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
         for x in range(W):
             col[x] = y if valid[y, x] else col[x]  # a hole's own column entry is left as it was: the row below's
             out[y, x] = depth[y, x]  # holes are written below
-        if holes[y] == 0:
-            continue
+        left = holes[y]  # the row's holes not visited yet: the scan stops at its leftmost run
         x = W - 1
-        while x >= 0:
+        while left > 0:
             if valid[y, x]:
                 x -= 1
                 continue
@@ -453,6 +452,7 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
                     est = _axis_at(v_inv_u[hx], v_slope_u[hx], ku, v_inv_d[hx], v_slope_d[hx], kd, span_v,
                                    v_one[hx], v_far[hx])
                 out[y, hx] = est
+            left -= x + 1 - a
             x = a - 2  # a - 1 is valid (or the border)
 
 
