@@ -111,3 +111,40 @@ def test_pixels_dropped_by_bits_are_np_where_bit_for_bit():
     keep = rng.random(sliced.shape) < 0.5
     v, d = _without(keep, sliced, ~keep)
     np.testing.assert_array_equal(d.view(np.uint32), np.where(keep, sliced, np.float32(0)).view(np.uint32))
+
+
+def test_doorway_rows_branch_free_match_the_reference_with_bad_depths():
+    """``mark_opening`` flags a row's span branch-free from de-interleaved rays: on renders with NaN, +-inf and
+    1 mm depths (rendered or not) and cameras in front of, inside and beyond a doorway's slab, the flags are
+    ``reference_opening_pixels``'s; read-only rays (the generator's cached ones) included. (Depths <= 0 flagged
+    rendered are left out: a point at or behind the camera can lie in the slab from a pixel outside the slab's
+    image box, which only the reference tests; main's kernel differs there too.)"""
+    from spatia.model.fill.layout import (LayoutConfig, estimate_layout, opening_pixels, reference_opening_pixels,
+                                          view_bounds)
+    from spatia.world.camera import Intrinsics
+    from spatia.world.geometry import pixel_rays
+    from tests.conftest import box_room_points
+    from tests.test_opening_kernels import _c2w
+
+    rng = np.random.default_rng(23)
+    cam0 = np.array([3.0, 1.6, 2.0])
+    layout = estimate_layout(box_room_points(rng, np.eye(3), n=4000), cam0, np.array([0.0, 1.0, 0.0]),
+                             np.array([0.0, 0.0, 1.0]), LayoutConfig(max_room_extent_m=20.0))
+    path = np.array([cam0, [3.0, 1.6, 4.0], [3.2, 1.6, 7.0], [3.2, 1.6, 9.5]])
+    view = view_bounds(layout, cam0, path)
+    assert len(view.openings) == 1
+    K = Intrinsics.from_fov(80.0, 61, 37)
+    rays = pixel_rays(K).astype(np.float32)
+    rays.setflags(write=False)
+    flagged = 0
+    for cam in ([3.2, 1.6, 7.5], [3.2, 1.6, 7.95], [3.1, 1.5, 8.2], [3.3, 1.6, 9.0]):
+        for yaw, pitch in ((0, 0), (30, -15), (170, 5)):
+            c2w = _c2w(np.asarray(cam, float), yaw, pitch)
+            depth = rng.uniform(0.2, 9.0, (K.height, K.width)).astype(np.float32)
+            bad = rng.random(depth.shape) < 0.1
+            depth[bad] = rng.choice(np.array([np.nan, np.inf, -np.inf, 1e-3], np.float32), int(bad.sum()))
+            valid = rng.random(depth.shape) > 0.2
+            want = reference_opening_pixels(layout, view, depth, valid, rays, c2w)
+            np.testing.assert_array_equal(opening_pixels(layout, view, depth, valid, rays, c2w), want)
+            flagged += int(want.sum())
+    assert flagged > 20  # the cases reach the doorway

@@ -17,22 +17,36 @@ def mark_opening(rays, depth, valid, r0, r1, c0, c1, up_vec, cam_up, along_vec, 
     the doorway: within ``half`` of ``centre`` along the wall, between ``bottom`` and ``top`` along up, within
     ``slab`` of the wall's ``offset``. rays [H, W, 3] float32 camera frame (z = 1), depth [H, W] float32 z-depth,
     valid [H, W] bool; up_vec / along_vec / wall_vec [3] float32: the layout's up, the wall's horizontal axis and
-    its normal in camera frame; cam_* float32: the camera's coordinates along them; the rest float32 metres."""
+    its normal in camera frame; cam_* float32: the camera's coordinates along them; the rest float32 metres.
+
+    Row by row, branch-free over the row's span (vectorised, as ``mark_stale``): the span's rays are first copied
+    into three contiguous rows (one per component), then every coordinate of every pixel is made and and-ed into
+    its flag. Pixel by pixel with early exits, the box of a doorway being walked through (most of the frame, most
+    of it beyond the wall's slab: all three coordinates made) cost several times the CPU (docs/BENCHMARKS.md,
+    session 20, sthr)."""
+    u0, u1, u2 = up_vec[0], up_vec[1], up_vec[2]
+    a0, a1, a2 = along_vec[0], along_vec[1], along_vec[2]
+    w0, w1, w2 = wall_vec[0], wall_vec[1], wall_vec[2]
+    n = max(c1 - c0, 0)
+    ray_x = np.empty(n, np.float32)
+    ray_y = np.empty(n, np.float32)
+    ray_z = np.empty(n, np.float32)
     for y in range(r0, r1):
-        for x in range(c0, c1):
-            if not valid[y, x]:
-                continue
-            d = depth[y, x]
-            rx, ry, rz = rays[y, x, 0], rays[y, x, 1], rays[y, x, 2]
-            height = cam_up + d * (rx * up_vec[0] + ry * up_vec[1] + rz * up_vec[2])
-            if not (height >= bottom and height <= top):
-                continue
-            along = cam_along + d * (rx * along_vec[0] + ry * along_vec[1] + rz * along_vec[2])
-            if not abs(along - centre) <= half:
-                continue
-            coord = cam_wall + d * (rx * wall_vec[0] + ry * wall_vec[1] + rz * wall_vec[2])
-            if abs(coord - offset) <= slab:
-                out[y, x] = True
+        ray_row = rays[y]
+        for j in range(n):
+            ray_x[j] = ray_row[c0 + j, 0]
+            ray_y[j] = ray_row[c0 + j, 1]
+            ray_z[j] = ray_row[c0 + j, 2]
+        d_row, v_row, o_row = depth[y, c0:c1], valid[y, c0:c1], out[y, c0:c1]
+        for j in range(n):
+            d = d_row[j]
+            rx, ry, rz = ray_x[j], ray_y[j], ray_z[j]
+            height = cam_up + d * (rx * u0 + ry * u1 + rz * u2)
+            along = cam_along + d * (rx * a0 + ry * a1 + rz * a2)
+            coord = cam_wall + d * (rx * w0 + ry * w1 + rz * w2)
+            inside = ((height >= bottom) & (height <= top) & (abs(along - centre) <= half)
+                      & (abs(coord - offset) <= slab))
+            o_row[j] = o_row[j] | (v_row[j] & inside)
 
 
 @nb.njit(cache=True, nogil=True)
