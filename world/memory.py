@@ -457,9 +457,10 @@ class SpatialMemory:
         if ids.dtype != np.int32 or ids.ndim != 2:
             raise InvalidInputError(f"point_ids must be a render's int32 [H, W] ids, got {ids.dtype} {ids.shape}")
         n = self.num_points
-        if ids.size and int(ids.max()) >= n:
+        keys, bad = K.rendered_keys(np.ascontiguousarray(ids), n, self._keys, self._dead)
+        if bad >= 0:
             raise InvalidInputError(f"point_ids reach {int(ids.max())} but the memory holds {n} points")
-        return self._keys[self._rows_of_points(K.mark_ids(ids, n))]
+        return keys
 
     def _render(self, intrinsics: Intrinsics, T: np.ndarray):
         if not isinstance(intrinsics, Intrinsics):

@@ -1,0 +1,66 @@
+"""The keyframe clip's fast paths against their plain references: a render's voxel set (``rendered_keys``: a bitmap
+over the ids and a merge walk over the dead rows, not ``mark_ids``'s byte per point)."""
+
+import numpy as np
+import pytest
+
+from spatia.world import _memory_kernels as K
+from spatia.world.camera import Intrinsics
+from spatia.world.errors import InvalidInputError
+from spatia.world.memory import MemoryConfig, SpatialMemory
+
+CFG = MemoryConfig(voxel_size_m=0.05)
+CAM = Intrinsics.from_fov(75.0, 96, 64)
+C2W = np.eye(4)
+C2W[2, 3] = -4.0
+
+
+def _reference_rendered_keys(keys: np.ndarray, n_rows: int, dead: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The live rows' keys (row order, dead ones cut out) at the distinct non-negative ids, ascending."""
+    live = np.delete(keys[:n_rows], dead)
+    return live[np.unique(ids[ids >= 0])]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rendered_keys_matches_the_reference_on_hostile_ids(seed):
+    rng = np.random.default_rng(seed)
+    n_rows = int(rng.choice([1, 63, 64, 65, 127, 128, 1000, 4097]))
+    keys = rng.integers(0, 1 << 62, n_rows + 7)  # (capacity past the rows: never read)
+    n_dead = int(rng.integers(0, n_rows))
+    dead = np.sort(rng.choice(n_rows, n_dead, replace=False)).astype(np.int64)
+    if seed == 0:  # a run of dead rows at the start and at the end
+        dead = np.unique(np.r_[np.arange(min(70, n_rows // 2)), np.arange(n_rows - min(70, n_rows // 2), n_rows)])
+        dead = dead[dead < n_rows].astype(np.int64)
+    n = n_rows - len(dead)
+    if n == 0:
+        dead = dead[:-1]
+        n = 1
+    # ids: -1 holes, word edges (63, 64), the last id, repeats
+    pool = np.r_[-1, -1, 0, n - 1, np.arange(min(n, 130)), rng.integers(-1, n, 300)]
+    ids = rng.choice(pool, (17, 23)).astype(np.int32)
+    got, bad = K.rendered_keys(ids, n, keys, dead)
+    assert bad == -1
+    assert np.array_equal(got, _reference_rendered_keys(keys, n_rows, dead, ids))
+    empty, bad = K.rendered_keys(np.full((3, 4), -1, np.int32), n, keys, dead)
+    assert bad == -1 and empty.shape == (0,)
+    _, bad = K.rendered_keys(np.array([[0, n]], np.int32), n, keys, dead)
+    assert bad == n
+
+
+def test_rendered_voxel_keys_of_a_memory_with_dead_rows():
+    rng = np.random.default_rng(3)
+    mem = SpatialMemory(CFG)
+    pts = rng.uniform(-3, 3, (20_000, 3))
+    mem.integrate_points(pts, rng.integers(0, 256, (len(pts), 3), dtype=np.uint8), frame_index=0)
+    mem.reindex()
+    mem.integrate_points(rng.uniform(-3, 3, (5000, 3)), rng.integers(0, 256, (5000, 3), dtype=np.uint8), 1)
+    mem._drop(np.sort(rng.choice(mem._n, 2000, replace=False)))
+    r = mem.render(CAM, C2W, return_point_ids=True)
+    assert r.valid.sum() > 1000 and len(mem._dead) == 2000
+    want = mem.voxel_keys[np.unique(r.point_ids[r.point_ids >= 0])]
+    assert np.array_equal(mem.rendered_voxel_keys(r.point_ids), want)
+    assert np.array_equal(np.sort(want), mem.visible_voxel_keys(CAM, C2W))
+    bad = r.point_ids.copy()
+    bad[0, 0] = mem.num_points
+    with pytest.raises(InvalidInputError):
+        mem.rendered_voxel_keys(bad)
