@@ -7,6 +7,7 @@ import pytest
 from spatia.world import _memory_kernels as K
 from spatia.world.camera import Intrinsics
 from spatia.world.errors import InvalidInputError
+from spatia.world.history import FrameStore, HistoryConfig
 from spatia.world.memory import INVENTED_FINAL, OBSERVED, Box, MemoryConfig, SpatialMemory, Sphere
 
 CFG = MemoryConfig(voxel_size_m=0.05)
@@ -114,3 +115,59 @@ def test_remove_invented_in_reads_only_new_rows_of_an_emptied_box_and_drops_as_a
         for box in boxes:  # and nothing invented is left inside
             inside = box.contains(fast.positions) & (fast.provenance != OBSERVED)
             assert not inside.any(), (step, op)
+
+
+def _block_major_keys(rng, n: int) -> np.ndarray:
+    """Keys as a memory's rows give them: runs inside 16^3-voxel blocks, blocks in sequence, some repeats far back."""
+    from spatia.world.geometry import pack_voxel_coords
+
+    blocks = rng.integers(-40, 40, (n // 50 + 1, 3)) * 16
+    ijk = np.repeat(blocks, 50, axis=0)[:n] + rng.integers(0, 16, (n, 3))
+    keys = pack_voxel_coords(ijk)
+    keys[rng.integers(0, n, n // 20)] = keys[rng.integers(0, n, n // 20)]  # repeats anywhere
+    return keys
+
+
+@pytest.mark.parametrize("levels", [1, 3, 5])
+def test_coarsen_firsts_keeps_every_first_occurrence_in_order(levels):
+    from spatia.world.geometry import coarsen_voxel_keys
+    from spatia.world.history import unique_first
+
+    rng = np.random.default_rng(levels)
+    keys = _block_major_keys(rng, 20_000)
+    store = FrameStore(HistoryConfig(voxel_set_levels=levels))
+    got = store._coarsen_firsts(keys)
+    full = coarsen_voxel_keys(keys, levels)
+    if levels >= 3:  # (what it is for: a block holds few coarse cubes)
+        assert len(got) < len(full) // 2
+    # the distinct keys in first-seen order, the same; and got is a subsequence of full
+    first = lambda a: a[np.sort(unique_first(a)[1])]  # noqa: E731
+    assert np.array_equal(first(got), first(full))
+    pos = np.searchsorted(np.arange(len(full)), 0)
+    for k in got[:2000]:  # (a subsequence: each next one found after the previous one)
+        pos = pos + int(np.argmax(full[pos:] == k))
+        assert full[pos] == k
+        pos += 1
+
+
+def test_frame_store_with_coarsen_firsts_equals_one_given_every_coarse_key(monkeypatch):
+    rng = np.random.default_rng(7)
+    frames = [_block_major_keys(rng, int(rng.integers(1, 5000))) for _ in range(40)]
+    frames[5] = np.zeros(0, np.int64)
+    cam = Intrinsics.from_fov(60.0, 8, 6)
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    fast, plain = FrameStore(), FrameStore()
+    monkeypatch.setattr(plain, "_coarsen_firsts", plain._coarsen)
+    for i, keys in enumerate(frames):
+        c2w = np.eye(4)
+        c2w[0, 3] = 0.01 * i
+        for store in (fast, plain):
+            store.add(rgb, c2w, cam, keys, timestamp_ns=i)
+    a, b = fast.voxels.to_arrays(), plain.voxels.to_arrays()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    for keys in frames[:10]:
+        assert np.array_equal(fast.query_voxel_set(keys), plain.query_voxel_set(keys))
+    assert np.array_equal(fast.indexed(), plain.indexed())
+    q = [fast.query_voxel_set(k) for k in frames[-3:]]
+    assert np.array_equal(fast.voxels.intersection_counts(q), plain.voxels.intersection_counts(q))
