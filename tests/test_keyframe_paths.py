@@ -171,3 +171,27 @@ def test_frame_store_with_coarsen_firsts_equals_one_given_every_coarse_key(monke
     assert np.array_equal(fast.indexed(), plain.indexed())
     q = [fast.query_voxel_set(k) for k in frames[-3:]]
     assert np.array_equal(fast.voxels.intersection_counts(q), plain.voxels.intersection_counts(q))
+
+
+@pytest.mark.parametrize("max_gap_px", [1, 2, 3])
+def test_pinholes_in_wide_holes_match_the_pixel_by_pixel_reference(max_gap_px):
+    """``pinholes`` skips pixels with no rendered pixel within ``max_gap_px`` in both axes (the inside of a wide
+    hole): against the reference on frames of blobs and wide holes, edges and corners included."""
+    from test_bounded_memory import _pinholes_reference
+
+    from spatia.world.update import pinholes
+
+    rng = np.random.default_rng(10 + max_gap_px)
+    for trial in range(30):
+        h, w = rng.integers(1, 40, size=2)
+        valid = np.zeros((h, w), bool)
+        for _ in range(int(rng.integers(0, 6))):  # rendered blobs, the rest a hole
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            valid[y0 : y0 + rng.integers(1, 8), x0 : x0 + rng.integers(1, 8)] = True
+        valid &= rng.random((h, w)) < rng.uniform(0.5, 1.0)  # with pinholes in them
+        if trial == 0:
+            valid[:] = False
+        rendered = np.where(valid, rng.uniform(1.0, 3.0, (h, w)), 0.0).astype(np.float32)
+        depth = np.where(rng.random((h, w)) < 0.9, rng.uniform(0.8, 3.5, (h, w)), 0.0).astype(np.float32)
+        got = pinholes(valid, rendered, depth, 0.1, max_gap_px)
+        assert np.array_equal(got, _pinholes_reference(valid, rendered, depth, 0.1, max_gap_px))

@@ -475,8 +475,8 @@ def _kernels():
     def coarsen_firsts(keys, levels, out):
         """``coarsen`` into ``out``, leaving out a coarse key that one of the last few distinct ones written holds
         (a 16-slot direct-mapped memo); returns how many were written. A memory's keys come block-major (16^3
-        voxels a block), so a view's ~1.6 x 10^5 keys fall into runs of the same few coarse cubes: ~4 x 10^4
-        consecutive runs, ~10^4 distinct cubes. Only repeats of a key already written are left out, so the
+        voxels a block), so a view's keys fall into runs of the same few coarse cubes (a block holds 8 cubes at
+        levels = 3), and most repeats are of one of the last few. Only repeats of a key already written are left out, so the
         first-seen order of the distinct keys is unchanged (what the index's columns and a query set follow)."""
         shift = np.int64(levels)
         add = np.int64(KEY_OFFSET - (KEY_OFFSET >> levels))

@@ -754,32 +754,47 @@ def splat_centre_mask(
 @numba.njit(cache=True, nogil=True)
 def _pinholes_kernel(valid, rd, z, depth_rel, max_gap, out):  # pragma: no cover - compiled
     H, W = valid.shape
-    pairs = ((0, 1), (1, 0), (1, 1), (1, -1))  # (dy, dx) of one direction of each opposite pair
+    g = max_gap
+    # ``valid`` copied into a flat frame with a border of g unrendered pixels: a walk of at most g steps from an
+    # image pixel then never leaves it, so each step is one load with no bounds test (the four compares a step
+    # made the walks most of the kernel's time on a keyframe, whose hole pixels are few)
+    Wp = W + 2 * g
+    vp = np.zeros((H + 2 * g) * Wp, np.bool_)
     for y in range(H):
+        row = (y + g) * Wp + g
+        for x in range(W):
+            vp[row + x] = valid[y, x]
+    # one direction of each opposite pair, as a step in the flat frame: (0, 1), (1, 0), (1, 1), (1, -1) in (dy, dx)
+    steps = np.array([1, Wp, Wp + 1, Wp - 1], np.int64)
+    for y in range(H):
+        row = (y + g) * Wp + g
         for x in range(W):
             zc = z[y, x]
             if valid[y, x] or not zc > 0:
                 continue
-            for dy, dx in pairs:
+            c = row + x
+            for d in range(4):
+                s = steps[d]
                 # the nearest rendered pixel within max_gap steps each way (k = 0: none). The other side is looked
                 # for only when this one has a pixel, and only as far as a gap of max_gap allows (ka + kb - 1 <=
-                # max_gap): the same pixels found, without the second walk inside a wide hole (a layout frame's
-                # invented walls are holes of the render, most of a keyframe's pixels)
-                ka, da, kb, db = 0, 0.0, 0, 0.0
-                for k in range(1, max_gap + 1):
-                    yy, xx = y + k * dy, x + k * dx
-                    if 0 <= yy < H and 0 <= xx < W and valid[yy, xx]:
-                        ka, da = k, rd[yy, xx]
+                # max_gap): the same pixels found, without the second walk inside a wide hole
+                ka = 0
+                for k in range(1, g + 1):
+                    if vp[c + k * s]:
+                        ka = k
                         break
                 if ka == 0:
                     continue
-                for k in range(1, max_gap + 2 - ka):
-                    yy, xx = y - k * dy, x - k * dx
-                    if 0 <= yy < H and 0 <= xx < W and valid[yy, xx]:
-                        kb, db = k, rd[yy, xx]
+                kb = 0
+                for k in range(1, g + 2 - ka):
+                    if vp[c - k * s]:
+                        kb = k
                         break
                 if kb == 0:
                     continue
+                pa, pb = c + ka * s, c - kb * s  # back to image pixels
+                da = np.float64(rd[pa // Wp - g, pa % Wp - g])
+                db = np.float64(rd[pb // Wp - g, pb % Wp - g])
                 lo, hi = min(da, db), max(da, db)
                 if lo > 0 and lo * (1.0 - depth_rel) <= zc <= hi * (1.0 + depth_rel):
                     out[y, x] = True
