@@ -1,5 +1,6 @@
 """The keyframe clip's fast paths against their plain references: a render's voxel set (``rendered_keys``: a bitmap
-over the ids and a merge walk over the dead rows, not ``mark_ids``'s byte per point)."""
+over the ids and a merge walk over the dead rows, not ``mark_ids``'s byte per point), a frame's coarse voxel set
+without most repeats (``coarsen_firsts``), ``pinholes`` in wide holes."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from spatia.world import _memory_kernels as K
 from spatia.world.camera import Intrinsics
 from spatia.world.errors import InvalidInputError
 from spatia.world.history import FrameStore, HistoryConfig
-from spatia.world.memory import INVENTED_FINAL, OBSERVED, Box, MemoryConfig, SpatialMemory, Sphere
+from spatia.world.memory import MemoryConfig, SpatialMemory
 
 CFG = MemoryConfig(voxel_size_m=0.05)
 CAM = Intrinsics.from_fov(75.0, 96, 64)
@@ -65,56 +66,6 @@ def test_rendered_voxel_keys_of_a_memory_with_dead_rows():
     bad[0, 0] = mem.num_points
     with pytest.raises(InvalidInputError):
         mem.rendered_voxel_keys(bad)
-
-
-def _invented_memory(seed: int) -> SpatialMemory:
-    rng = np.random.default_rng(seed)
-    mem = SpatialMemory(CFG)
-    pts = rng.uniform(-1, 1, (6000, 3))
-    mem.integrate_points(pts[:3000], rng.integers(0, 256, (3000, 3), dtype=np.uint8), 0, provenance=OBSERVED)
-    mem.integrate_points(pts[3000:], rng.integers(0, 256, (3000, 3), dtype=np.uint8), 0, provenance=INVENTED_FINAL)
-    mem.reindex()
-    return mem
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_remove_invented_in_reads_only_new_rows_of_an_emptied_box_and_drops_as_a_full_query(seed):
-    """The emptied-box shortcut against the full query (the same memory with the boxes forgotten before every call)
-    through appends inside the boxes, refreshing merges that move invented points into them, overwrites (edits),
-    drops and re-sorts: the same rows after every step."""
-    rng = np.random.default_rng(seed)
-    theta = rng.uniform(0, np.pi)
-    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
-    boxes = (Box(rng.uniform(-0.3, 0.3, 3), rng.uniform(0.1, 0.4, 3)),
-             Box(rng.uniform(-0.3, 0.3, 3), rng.uniform(0.1, 0.4, 3), rot))
-    fast, full = _invented_memory(seed), _invented_memory(seed)
-    for step in range(40):
-        op = rng.integers(0, 6)
-        for mem in (fast, full):
-            r = np.random.default_rng(1000 * seed + step)
-            if op == 0:  # invented points appended, some inside the boxes
-                pts = r.uniform(-0.8, 0.8, (200, 3))
-                mem.integrate_points(pts, r.integers(0, 256, (200, 3), dtype=np.uint8), step, provenance=INVENTED_FINAL)
-            elif op == 1:  # samples into existing voxels near the boxes' faces: refreshed means move across them
-                pos = mem.positions[mem.provenance == INVENTED_FINAL]
-                pick = pos[r.integers(0, len(pos), 300)] + r.uniform(-0.03, 0.03, (300, 3))
-                mem.integrate_points(pick, r.integers(0, 256, (300, 3), dtype=np.uint8), step,
-                                     provenance=INVENTED_FINAL)
-            elif op == 2:  # an edit overwrites voxels (moved invented points)
-                mem.move(Sphere(r.uniform(-0.5, 0.5, 3), 0.3), r.uniform(-0.2, 0.2, 3))
-            elif op == 3:
-                mem.remove_invented_near(r.uniform(-0.5, 0.5, (1, 3)), 0.2)
-            elif op == 4:
-                mem.reindex()
-            if mem is full:
-                mem._emptied.clear()
-            mem.remove_invented_in(boxes)
-        a, b = fast.to_arrays(), full.to_arrays()
-        for name in a:
-            assert np.array_equal(a[name], b[name]), (step, op, name)
-        for box in boxes:  # and nothing invented is left inside
-            inside = box.contains(fast.positions) & (fast.provenance != OBSERVED)
-            assert not inside.any(), (step, op)
 
 
 def _block_major_keys(rng, n: int) -> np.ndarray:

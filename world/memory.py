@@ -98,9 +98,6 @@ RESORT_LEAD_INTEGRATES = 2
 
 TAKE_LIVE_RUNS = 256  # ``_take_live``: from this many runs of dead rows on, one compiled pass instead of a copy a run
 
-EMPTIED_BOXES_KEPT = 256  # ``remove_invented_in`` remembers this many emptied boxes (a few doorways in view)
-_NO_BLOCKS = np.zeros(0, np.int64)  # box_candidates reading rows from a start on: no culling blocks
-_NO_BLOCK_STARTS = np.zeros(1, np.int64)
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
 # Provenance of a point (``SpatialMemory.provenance``): what put it there. Observed points come from real images
@@ -161,10 +158,6 @@ class SpatialMemory:
     # provenance ``K.DEAD``, skipped by every reader, physically removed by the next re-sort. (Class default: a memory
     # pickled before tombstones has none.)
     _dead = np.zeros(0, np.int64)
-    # bumped wherever a row that exists is rewritten in place so that an invented point could appear where none
-    # was (its position or provenance rewritten: ``_overwrite``, a refreshing ``_merge``); appends, drops and
-    # provenance lowered to observed do not bump it (``remove_invented_in``'s emptied boxes)
-    _rewrites = 0
 
     def __init__(self, config: MemoryConfig = MemoryConfig()) -> None:
         self.config = config
@@ -197,9 +190,6 @@ class SpatialMemory:
         # (an integrate with the provisional provenance, a load); moves, drops, re-sorts and edits copy or lower
         # the existing values, so they cannot make a provisional point where there was none.
         self._maybe_provisional = False
-        self._rewrites = 0
-        # ``remove_invented_in``: box -> (structure, rewrites, rows) when it was last emptied (box key: its bytes)
-        self._emptied: dict[bytes, tuple[int, int, int]] = {}
 
     # ----------------------------------------------------------------------------------------------------------
     # Read-only views
@@ -425,8 +415,6 @@ class SpatialMemory:
             self._wrote_rows(np.flatnonzero(touched))
         if provenance == INVENTED_PROVISIONAL and self._n > n_before:
             self._maybe_provisional = True
-        if refresh_existing and updated:  # existing points' offsets moved (within their voxels)
-            self._rewrites += 1
         if provenance == OBSERVED and (created or updated):
             self._prov[:n_before][touched] = OBSERVED  # an observation of a voxel makes it observed
             self._observed_version += 1
@@ -633,37 +621,18 @@ class SpatialMemory:
             return 0
         d_m = self.config.voxel_size_m
         inside = []
-        # A box emptied before holds no invented point in the rows it had then unless rows moved (a re-sort) or
-        # were rewritten in place since (``_rewrites``): only the rows added since are read. The same doorways'
-        # boxes come every frame, mostly empty already, and each full query read the blocks they meet.
-        emptied = self.__dict__.setdefault("_emptied", {})
-        now = (self._structure, getattr(self, "_rewrites", 0))
-        names = []
         for box in boxes:
-            name = box.center.tobytes() + box.half_extents_m.tobytes() + box.rotation.tobytes()
-            names.append(name)
             reach_m = np.abs(box.rotation) @ box.half_extents_m  # [3] half size of the box's world bounding box
             lo = np.floor((box.center - reach_m) / d_m).astype(np.int64)
             hi = np.floor((box.center + reach_m) / d_m).astype(np.int64)
-            last = emptied.get(name)
-            if last is not None and last[:2] == now and last[2] <= self._n:
-                # the rows from ``last[2]`` on, as box_candidates reads an unsorted tail (no blocks)
-                cand = K.box_candidates(self._keys, self._prov, self._last, self._n, last[2], _NO_BLOCKS,
-                                        _NO_BLOCK_STARTS, *lo.tolist(), *hi.tolist(), OBSERVED,
-                                        np.iinfo(np.int32).min)
-            else:
-                cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted,
-                                        self._block_ids, self._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED,
-                                        np.iinfo(np.int32).min)
+            cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
+                                    self._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED,
+                                    np.iinfo(np.int32).min)
             if len(cand):
                 pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world
                 inside.append(cand[box.contains(pos)])
         drops = np.unique(np.concatenate(inside)) if inside else np.zeros(0, np.int64)  # sorted, distinct
         self._drop(drops)
-        if len(emptied) + len(names) > EMPTIED_BOXES_KEPT:
-            emptied.clear()
-        for name in names:  # (a drop moves no row: the state after it)
-            emptied[name] = (self._structure, getattr(self, "_rewrites", 0), self._n)
         return len(drops)
 
     def remove_invented_seen_through(self, ids: np.ndarray, intrinsics: Intrinsics, c2w: np.ndarray,
@@ -721,7 +690,6 @@ class SpatialMemory:
         if len(pts) == 0:
             return IntegrateStats(0, 0)
         self._observed_version += 1
-        self._rewrites += 1
         self._adopt_growth()
         d = self.config.voxel_size_m
         coords = np.floor(pts / d)
@@ -876,7 +844,6 @@ class SpatialMemory:
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
         mem.__dict__.pop("_keys_read", None)  # (its buffer is shared: appends would write into both)
-        mem._emptied = dict(self.__dict__.get("_emptied", {}))  # its own (the same rows: still true of them)
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
         return mem
 
