@@ -146,3 +146,38 @@ def test_pinholes_in_wide_holes_match_the_pixel_by_pixel_reference(max_gap_px):
         depth = np.where(rng.random((h, w)) < 0.9, rng.uniform(0.8, 3.5, (h, w)), 0.0).astype(np.float32)
         got = pinholes(valid, rendered, depth, 0.1, max_gap_px)
         assert np.array_equal(got, _pinholes_reference(valid, rendered, depth, 0.1, max_gap_px))
+
+
+def test_kept_tail_boxes_equal_fresh_ones_through_appends_drops_and_resorts():
+    """``SpatialMemory._tail_boxes`` keeps the whole chunks' boxes between calls: after every change they must equal
+    ``tail_chunk_boxes`` of the tail read afresh, and a box query through them list what a plain test finds."""
+    from spatia.world.memory import INVENTED_FINAL, OBSERVED
+
+    rng = np.random.default_rng(11)
+    mem = SpatialMemory(CFG)
+    mem.integrate_points(rng.uniform(-3, 3, (3000, 3)), np.zeros((3000, 3), np.uint8), 0, provenance=INVENTED_FINAL)
+    mem.reindex()
+    for step in range(30):
+        op = step % 5
+        if op in (0, 1):  # appends of a few points or of several chunks (a local patch: a chunk box of its own)
+            m = int(rng.choice([1, 37, 255, 256, 257, 900]))
+            centre = rng.uniform(-3, 3, 3)
+            mem.integrate_points(centre + rng.uniform(-0.3, 0.3, (m, 3)), np.zeros((m, 3), np.uint8), step,
+                                 provenance=INVENTED_FINAL)
+        elif op == 2:  # drops (dead rows keep their keys)
+            live = np.setdiff1d(np.arange(mem._n), mem._dead)
+            mem._drop(np.sort(rng.choice(live, min(100, len(live)), replace=False)))
+        elif op == 3 and step % 10 == 3:
+            mem.reindex()
+        lo, hi = mem._tail_boxes()
+        f_lo, f_hi = K.tail_chunk_boxes(mem._keys, mem._n_sorted, mem._n, K.TAIL_CHUNK)
+        assert np.array_equal(lo, f_lo) and np.array_equal(hi, f_hi), step
+        q_lo, q_hi = rng.integers(-60, 20, 3), None
+        q_hi = q_lo + rng.integers(0, 50, 3)
+        got = K.box_candidates(mem._keys, mem._prov, mem._last, mem._n, mem._n_sorted, mem._block_ids,
+                               mem._block_starts, lo, hi, *q_lo.tolist(), *q_hi.tolist(), OBSERVED,
+                               np.iinfo(np.int32).min)
+        ijk = np.floor(mem._positions64() / CFG.voxel_size_m).astype(np.int64)
+        prov = mem._prov[: mem._n]
+        want = np.flatnonzero(np.all((ijk >= q_lo) & (ijk <= q_hi), axis=1) & (prov != OBSERVED) & (prov != K.DEAD))
+        assert np.array_equal(got, want), step

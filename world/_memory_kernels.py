@@ -1078,14 +1078,16 @@ def merge_samples(
 
 
 @nb.njit(cache=True, nogil=True)
-def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, lo1, lo2, hi0, hi1, hi2, observed,
-                   min_last_seen):
+def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, tail_lo, tail_hi, lo0, lo1, lo2, hi0, hi1,
+                   hi2, observed, min_last_seen):
     """Indices (ascending) of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units),
     whose provenance is neither ``observed`` nor ``DEAD`` and whose last-seen frame is at least ``min_last_seen``:
     integer work on the keys only, no position decoding. With a last-seen floor (the points a clip just touched:
     ~1 % of them) one pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
     ``[0, n_sorted)`` (``block_ids`` / ``block_starts``, ``block_directory``) is read only in the blocks that meet
-    the box (a pose's 1 m box: a few hundred of ~10^4 blocks) and the unsorted tail whole."""
+    the box (a pose's 1 m box: a few hundred of ~10^4 blocks), and the unsorted tail only in the chunks of
+    ``TAIL_CHUNK`` rows whose voxel box (``tail_lo`` / ``tail_hi``, ``tail_chunk_boxes`` of ``[n_sorted, n)``) meets
+    it; given no chunk boxes (or not one per chunk), the tail is read whole."""
     out = np.empty(max(n, 1), np.int64)
     m = 0
     if min_last_seen > np.iinfo(np.int32).min:
@@ -1108,10 +1110,22 @@ def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, 
             if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
                 out[m] = p
                 m += 1
-    for p in range(n_sorted, n):
-        if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
-            out[m] = p
-            m += 1
+    n_chunks = (n - n_sorted + TAIL_CHUNK - 1) // TAIL_CHUNK
+    if tail_lo.shape[0] != n_chunks or tail_hi.shape[0] != n_chunks:
+        for p in range(n_sorted, n):
+            if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
+        return out[:m]
+    for c in range(n_chunks):  # (the chunk boxes hold the keys' fields: coordinate + KEY_OFFSET)
+        if (tail_hi[c, 0] < lo0 + KEY_OFFSET or tail_lo[c, 0] > hi0 + KEY_OFFSET
+                or tail_hi[c, 1] < lo1 + KEY_OFFSET or tail_lo[c, 1] > hi1 + KEY_OFFSET
+                or tail_hi[c, 2] < lo2 + KEY_OFFSET or tail_lo[c, 2] > hi2 + KEY_OFFSET):
+            continue
+        for p in range(n_sorted + c * TAIL_CHUNK, min(n_sorted + (c + 1) * TAIL_CHUNK, n)):
+            if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
     return out[:m]
 
 
