@@ -490,11 +490,10 @@ def _kernels():
             z = (k & mask) >> shift
             c = ((x + add) << np.int64(2 * KEY_BITS)) | ((y + add) << np.int64(KEY_BITS)) | (z + add)
             j = np.int64((np.uint64(c) * mult) >> np.uint64(60))
-            if memo[j] == c:
-                continue
+            fresh = memo[j] != c  # (branch-free: whether a key repeats is hard to predict)
             memo[j] = c
             out[n] = c
-            n += 1
+            n += np.int64(fresh)
         return n
 
     return hash_get_or_insert, add_frames, merge_runs, count_indexed, count_unsealed, coarsen, distinct, coarsen_firsts
