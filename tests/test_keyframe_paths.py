@@ -10,6 +10,7 @@ from spatia.world.camera import Intrinsics
 from spatia.world.errors import InvalidInputError
 from spatia.world.history import FrameStore, HistoryConfig
 from spatia.world.memory import MemoryConfig, SpatialMemory
+from spatia.world.update import UpdateConfig
 
 CFG = MemoryConfig(voxel_size_m=0.05)
 CAM = Intrinsics.from_fov(75.0, 96, 64)
@@ -181,3 +182,28 @@ def test_kept_tail_boxes_equal_fresh_ones_through_appends_drops_and_resorts():
         prov = mem._prov[: mem._n]
         want = np.flatnonzero(np.all((ijk >= q_lo) & (ijk <= q_hi), axis=1) & (prov != OBSERVED) & (prov != K.DEAD))
         assert np.array_equal(got, want), step
+
+
+def test_known_depth_matches_the_numpy_expression_on_hostile_values():
+    from spatia.world.update import _choose_depth, _known_depth, _reference_known_depth
+
+    rng = np.random.default_rng(4)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -2.0, 1.5, np.finfo(np.float32).max],
+                       np.float32)
+    for dtype in (np.float32, np.float64):
+        depth = rng.choice(special, (37, 53)).astype(dtype)
+        depth[::3] = rng.uniform(-1, 5, depth[::3].shape)
+        for d in (depth, depth[:, ::2], depth.T):  # non-contiguous too
+            out = np.empty(d.shape, np.float32)
+            assert not _known_depth(np.ascontiguousarray(d, dtype=np.float32), out)
+            want = _reference_known_depth(d)
+            assert out.tobytes() == want.tobytes()  # bit for bit (zeros' signs too)
+            rgb = np.zeros(d.shape + (3,), np.uint8)
+            got, source = _choose_depth(None, rgb, d, None, None, UpdateConfig())
+            assert source == "generator" and got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    bad = np.ones((4, 5), np.float32)
+    bad[2, 3] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        _choose_depth(None, np.zeros((4, 5, 3), np.uint8), bad, None, None, UpdateConfig())
+    with pytest.raises(InvalidInputError, match="generator_depth must be"):
+        _choose_depth(None, np.zeros((4, 5, 3), np.uint8), np.ones((5, 4)), None, None, UpdateConfig())

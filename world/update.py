@@ -582,6 +582,27 @@ def depth_for_generated_frame(
     return _choose_depth(rendered, generated_rgb, generator_depth, model_depth, dynamic, config)[0]
 
 
+@numba.njit(cache=True, nogil=True)
+def _known_depth(depth, out):  # pragma: no cover - compiled
+    """``out`` = ``depth`` where finite and > 0, else 0 (both float32 [H, W], C order); True if a NaN was met. One
+    pass for what took seven numpy passes over the frame (a copy, the NaN test, the mask, the select, a copy)."""
+    src = depth.ravel()
+    dst = out.ravel()
+    nan = False
+    for i in range(src.shape[0]):
+        z = src[i]
+        if z != z:
+            nan = True
+        dst[i] = z if z > 0 and z < np.inf else np.float32(0.0)
+    return nan
+
+
+def _reference_known_depth(depth: np.ndarray) -> np.ndarray:
+    """``_known_depth`` in numpy, as ``_choose_depth`` computed it before (NaN checked by the caller)."""
+    gen = np.asarray(depth).astype(np.float32)
+    return np.where(np.isfinite(gen) & (gen > 0), gen, 0.0).astype(np.float32)
+
+
 def _choose_depth(
     rendered: RenderArg,
     generated_rgb: np.ndarray,
@@ -594,9 +615,15 @@ def _choose_depth(
     "memory+fill", or "memory (holes unknown)" when the holes could not be filled."""
     rgb = _check_image(generated_rgb, "generated_rgb")
     shape = rgb.shape[:2]
-    gen = _check_map(generator_depth, shape, "generator_depth", float)
-    if gen is not None:
-        return np.where(np.isfinite(gen) & (gen > 0), gen, 0.0).astype(np.float32), "generator"
+    if generator_depth is not None:  # ``_check_map``'s checks, and the known depth, in one compiled pass
+        gen = np.asarray(generator_depth)
+        if gen.shape != shape:
+            raise InvalidInputError(f"generator_depth must be {list(shape)}, got {list(gen.shape)}")
+        gen = np.ascontiguousarray(gen, dtype=np.float32)
+        out = np.empty(shape, np.float32)
+        if _known_depth(gen, out):
+            raise InvalidInputError("generator_depth contains NaN (use 0 for unknown depth)")
+        return out, "generator"
     _, depth, valid = _unpack_render(rendered, shape)
     model = _check_map(model_depth, shape, "model_depth", float)
     dyn = _check_map(dynamic, shape, "dynamic", bool)
@@ -850,12 +877,14 @@ class MemoryLike(Protocol):
 
 
 def load_update_kernels() -> None:
-    """Load ``keys_in`` for the types ``update_memory`` calls it with, without running it (numba's ``compile`` with
+    """Load ``keys_in`` (and ``_known_depth``) for the types ``update_memory`` calls them with, without running them (numba's ``compile`` with
     a signature loads it from the disk cache, else compiles it): its first call in a process otherwise loaded it on
     the world's thread, inside the first keyframe that took points away. The engine runs this off the frame path
     when it opens a world (``world.engine``)."""
     keys_t = numba.typeof(np.zeros(0, np.int64))
     keys_in.compile((keys_t, keys_t))
+    depth_t = numba.typeof(np.zeros((1, 1), np.float32))
+    _known_depth.compile((depth_t, depth_t))  # (every integrated frame with a generator's depth)
 
 
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
