@@ -877,10 +877,10 @@ class MemoryLike(Protocol):
 
 
 def load_update_kernels() -> None:
-    """Load ``keys_in`` (and ``_known_depth``) for the types ``update_memory`` calls them with, without running them (numba's ``compile`` with
-    a signature loads it from the disk cache, else compiles it): its first call in a process otherwise loaded it on
-    the world's thread, inside the first keyframe that took points away. The engine runs this off the frame path
-    when it opens a world (``world.engine``)."""
+    """Load ``keys_in`` and ``_known_depth`` for the types ``update_memory`` calls them with, without running them
+    (numba's ``compile`` with a signature loads a kernel from the disk cache, else compiles it): a first call in a
+    process otherwise loaded it on the world's thread, inside the first keyframe (that took points away). The engine
+    runs this off the frame path when it opens a world (``world.engine``)."""
     keys_t = numba.typeof(np.zeros(0, np.int64))
     keys_in.compile((keys_t, keys_t))
     depth_t = numba.typeof(np.zeros((1, 1), np.float32))
