@@ -476,8 +476,9 @@ def _kernels():
         """``coarsen`` into ``out``, leaving out a coarse key that one of the last few distinct ones written holds
         (a 16-slot direct-mapped memo); returns how many were written. A memory's keys come block-major (16^3
         voxels a block), so a view's keys fall into runs of the same few coarse cubes (a block holds 8 cubes at
-        levels = 3), and most repeats are of one of the last few. Only repeats of a key already written are left out, so the
-        first-seen order of the distinct keys is unchanged (what the index's columns and a query set follow)."""
+        levels = 3), and most repeats are of one of the last few. Only repeats of a key already written are left
+        out, so the first-seen order of the distinct keys is unchanged (what the index's columns and a query set
+        follow)."""
         shift = np.int64(levels)
         add = np.int64(KEY_OFFSET - (KEY_OFFSET >> levels))
         mask = np.int64(KEY_MASK)
