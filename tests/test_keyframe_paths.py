@@ -207,3 +207,33 @@ def test_known_depth_matches_the_numpy_expression_on_hostile_values():
         _choose_depth(None, np.zeros((4, 5, 3), np.uint8), bad, None, None, UpdateConfig())
     with pytest.raises(InvalidInputError, match="generator_depth must be"):
         _choose_depth(None, np.zeros((4, 5, 3), np.uint8), np.ones((5, 4)), None, None, UpdateConfig())
+
+
+def test_integrate_of_a_keyframe_like_frame_matches_the_reference():
+    """``frame_samples`` lists the sample pixels in its first pass and reads only them: a frame excluded but for a
+    few holes (whole rows without a sample, rows with one, a hole at each edge), with unknown depths, integrated
+    into a memory that already holds some of it, against the numpy reference of the whole integrate."""
+    from test_memory import assert_same_state, orbit_poses, plane_frame
+
+    from spatia.world import _reference as ref
+
+    rng = np.random.default_rng(9)
+    cfg = MemoryConfig(voxel_size_m=0.02, max_mean_weight=3)
+    cam = Intrinsics.from_fov(70.0, 160, 120)
+    mem = SpatialMemory(cfg)
+    state: dict = {}
+    for f, c2w in enumerate(orbit_poses(3)):
+        rgb, depth = plane_frame(cam, c2w, normal=[0.3, 0.1, -1.0], offset_m=-0.4)
+        depth[rng.random(depth.shape) < 0.05] = np.nan
+        depth[rng.random(depth.shape) < 0.05] = -1.0
+        exclude = np.ones(depth.shape, bool) if f else np.zeros(depth.shape, bool)  # the first frame whole
+        if f:
+            exclude[30:34, 50:90] = False  # a hole
+            exclude[70, 5] = exclude[0, 0] = exclude[119, 159] = exclude[60, 159] = False  # single pixels, corners
+            exclude[90:100, 0:3] = False
+        stats = mem.integrate(rgb, depth, cam, c2w, frame_index=10 + f, exclude_mask=exclude)
+        pts, pix = ref.reference_frame_points(depth, cam, c2w, cfg.max_depth_m, exclude)
+        keys, offs = ref.reference_quantize(pts, cfg.voxel_size_m)
+        want = ref.reference_merge(state, keys, offs, rgb.reshape(-1, 3)[pix], 10 + f, cfg.max_mean_weight)
+        assert tuple(stats) == tuple(want)
+        assert_same_state(mem, state)

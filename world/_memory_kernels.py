@@ -883,12 +883,16 @@ def frame_samples(depth, exclude, use_exclude, rgb, c2w_r, cam_t, fx, fy, cx, cy
     h, w = depth.shape
     cap = table.shape[0]
     row_start = np.zeros(h + 1, np.int64)
+    # the first pass also lists each sample's column (row-major), so the second reads only the samples: a keyframe's
+    # samples are its few hole pixels, and a second scan of every pixel (and scratch for empty rows) cost as much
+    # as the samples themselves
+    cols = np.empty(h * w, np.int32)
     for y in range(h):
         c = row_start[y]
         for x in range(w):
             z = np.float64(depth[y, x])
-            if z > 0.0 and z <= max_depth and not (use_exclude and exclude[y, x]):
-                c += 1
+            cols[c] = x
+            c += z > 0.0 and z <= max_depth and not (use_exclude and exclude[y, x])
         row_start[y + 1] = c
     total = row_start[h]
     out_keys = np.zeros(total, np.int64)
@@ -899,18 +903,14 @@ def frame_samples(depth, exclude, use_exclude, rgb, c2w_r, cam_t, fx, fy, cx, cy
         yn = (y + 0.5 - cy) / fy
         row = row_start[y]
         m = row_start[y + 1] - row
+        if m == 0:
+            continue
         slots = np.empty(m, np.int64)
         first = np.empty(m, np.int64)
         prev_key = np.int64(-1)
-        k = 0
-        for x in range(w):
+        for p in range(row, row + m):  # a known depth (not NaN, inf, zero, negative), not excluded
+            x = np.int64(cols[p])
             z = np.float64(depth[y, x])
-            if not (z > 0.0 and z <= max_depth):  # NaN, inf, zero, negative: unknown
-                continue
-            if use_exclude and exclude[y, x]:
-                continue
-            p = row + k
-            k += 1
             out_rgb[p, 0] = rgb[y, x, 0]
             out_rgb[p, 1] = rgb[y, x, 1]
             out_rgb[p, 2] = rgb[y, x, 2]
