@@ -237,3 +237,27 @@ def test_integrate_of_a_keyframe_like_frame_matches_the_reference():
         want = ref.reference_merge(state, keys, offs, rgb.reshape(-1, 3)[pix], 10 + f, cfg.max_mean_weight)
         assert tuple(stats) == tuple(want)
         assert_same_state(mem, state)
+
+
+@pytest.mark.parametrize("masks", ["none", "dyn", "prov", "both"])
+def test_seen_through_mask_matches_numpy_bit_for_bit(masks):
+    from spatia.world.update import _NO_MASK, _reference_seen_through_mask, _seen_through_mask
+
+    rng = np.random.default_rng(len(masks))
+    h, w = 41, 67
+    depth = rng.uniform(0, 6, (h, w)).astype(np.float32)
+    depth[rng.random((h, w)) < 0.1] = 0.0
+    # rendered depths right at the threshold (float32 rounding decides), and far in front
+    rel = 0.03
+    edge = depth * np.float32(1.0 - rel) - np.float32(0.05)
+    r_depth = np.where(rng.random((h, w)) < 0.5, edge, edge + rng.choice([-1e-6, 0, 1e-6, -1, 1], (h, w)))
+    r_depth = np.nextafter(r_depth.astype(np.float32), rng.choice([-np.inf, np.inf], (h, w)).astype(np.float32))
+    r_depth[rng.random((h, w)) < 0.3] = np.float32(0.0)
+    valid = rng.random((h, w)) < 0.8
+    dyn = rng.random((h, w)) < 0.2 if masks in ("dyn", "both") else None
+    prov = rng.random((h, w)) < 0.2 if masks in ("prov", "both") else None
+    out = np.empty((h, w), bool)
+    found = _seen_through_mask(valid, depth, r_depth, np.float32(1.0 - rel), np.float32(0.05),
+                               _NO_MASK if dyn is None else dyn, _NO_MASK if prov is None else prov, out)
+    want = _reference_seen_through_mask(valid, depth, r_depth, rel, dyn, prov)
+    assert np.array_equal(out, want) and found == bool(want.any()) and want.any() and not want.all()

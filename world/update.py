@@ -582,6 +582,41 @@ def depth_for_generated_frame(
     return _choose_depth(rendered, generated_rgb, generator_depth, model_depth, dynamic, config)[0]
 
 
+_NO_MASK = np.zeros((0, 0), bool)  # ``_seen_through_mask``: no such mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _seen_through_mask(valid, depth, r_depth, keep_rel, margin, dyn, prov_px, out):  # pragma: no cover - compiled
+    """``out = valid & (depth > 0) & (r_depth < depth * keep_rel - margin) & ~dyn & ~prov_px`` (float32 arithmetic,
+    as numpy does it; an empty ``dyn`` / ``prov_px`` is no mask) in one pass; returns whether any is True."""
+    h, w = valid.shape
+    use_dyn = dyn.shape[0] > 0
+    use_prov = prov_px.shape[0] > 0
+    found = False
+    for y in range(h):
+        for x in range(w):
+            d = depth[y, x]
+            t = valid[y, x] and d > 0 and r_depth[y, x] < d * keep_rel - margin
+            if t and use_dyn and dyn[y, x]:
+                t = False
+            if t and use_prov and prov_px[y, x]:
+                t = False
+            out[y, x] = t
+            found |= t
+    return found
+
+
+def _reference_seen_through_mask(valid, depth, r_depth, rel, dyn, prov_px) -> np.ndarray:
+    """``_seen_through_mask`` as numpy did it in ``update_memory``."""
+    margin = np.float32(SEEN_THROUGH_MARGIN_M)
+    through = valid & (depth > 0) & (r_depth < depth * np.float32(1.0 - rel) - margin)
+    if dyn is not None:
+        through &= ~dyn
+    if prov_px is not None:
+        through &= ~prov_px
+    return through
+
+
 @numba.njit(cache=True, nogil=True)
 def _known_depth(depth, out):  # pragma: no cover - compiled
     """``out`` = ``depth`` where finite and > 0, else 0 (both float32 [H, W], C order); True if a NaN was met. One
@@ -877,14 +912,18 @@ class MemoryLike(Protocol):
 
 
 def load_update_kernels() -> None:
-    """Load ``keys_in`` and ``_known_depth`` for the types ``update_memory`` calls them with, without running them
-    (numba's ``compile`` with a signature loads a kernel from the disk cache, else compiles it): a first call in a
+    """Load ``keys_in``, ``_known_depth`` and ``_seen_through_mask`` for the types ``update_memory`` calls them
+    with, without running them (numba's ``compile`` with a signature loads a kernel from the disk cache, else
+    compiles it): a first call in a
     process otherwise loaded it on the world's thread, inside the first keyframe (that took points away). The engine
     runs this off the frame path when it opens a world (``world.engine``)."""
     keys_t = numba.typeof(np.zeros(0, np.int64))
     keys_in.compile((keys_t, keys_t))
     depth_t = numba.typeof(np.zeros((1, 1), np.float32))
     _known_depth.compile((depth_t, depth_t))  # (every integrated frame with a generator's depth)
+    mask_t = numba.typeof(np.zeros((1, 1), bool))
+    f32_t = numba.typeof(np.float32(0))
+    _seen_through_mask.compile((mask_t, depth_t, depth_t, f32_t, f32_t, mask_t, mask_t, mask_t))
 
 
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
@@ -1048,13 +1087,13 @@ def update_memory(
             keys_before = memory.keys_of_points(np.flatnonzero(seen))
         if config.carve_seen_through_rel is not None and valid.any():
             rel = config.carve_seen_through_rel
-            margin = np.float32(SEEN_THROUGH_MARGIN_M)
-            through = valid & (depth > 0) & (r_depth < depth * np.float32(1.0 - rel) - margin)
-            if dyn is not None:
-                through &= ~dyn
-            if provisional_px is not None:
-                through &= ~provisional_px[i]
-            if through.any():
+            through = np.empty(shape, bool)
+            any_through = _seen_through_mask(
+                valid, np.ascontiguousarray(depth, np.float32), np.ascontiguousarray(r_depth, np.float32),
+                np.float32(1.0 - rel), np.float32(SEEN_THROUGH_MARGIN_M),
+                _NO_MASK if dyn is None else np.ascontiguousarray(dyn),
+                _NO_MASK if provisional_px is None else np.ascontiguousarray(provisional_px[i]), through)
+            if any_through:
                 ids = render.point_ids[through]
                 keys_at = memory.keys_of_points(ids)  # [T] before the removal re-numbers the points
                 removed = memory.remove_invented_seen_through(ids, intrinsics, refined[i], depth, rel)
