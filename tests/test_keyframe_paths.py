@@ -261,3 +261,40 @@ def test_seen_through_mask_matches_numpy_bit_for_bit(masks):
                                _NO_MASK if dyn is None else dyn, _NO_MASK if prov is None else prov, out)
     want = _reference_seen_through_mask(valid, depth, r_depth, rel, dyn, prov)
     assert np.array_equal(out, want) and found == bool(want.any()) and want.any() and not want.all()
+
+
+def test_render_ids_made_when_first_read_are_those_of_the_render_time():
+    """With dead rows, ``render`` hands back its rows and turns them into point indices when ``point_ids`` is first
+    read, against the dead rows of the render's time: the same ids as before, read at once or after later drops."""
+    from spatia.world.memory import RenderResult
+
+    rng = np.random.default_rng(12)
+    mem = SpatialMemory(CFG)
+    mem.integrate_points(rng.uniform(-3, 3, (20_000, 3)), rng.integers(0, 256, (20_000, 3), dtype=np.uint8), 0)
+    mem.reindex()
+    mem.integrate_points(rng.uniform(-3, 3, (5000, 3)), rng.integers(0, 256, (5000, 3), dtype=np.uint8), 1)
+    mem._drop(np.sort(rng.choice(mem._n, 3000, replace=False)))
+    rows = mem._render(CAM, C2W)[3].copy()
+    want = rows.copy()
+    K.live_ids(want, mem._dead, mem._n)
+    early, late = mem.render(CAM, C2W, return_point_ids=True), mem.render(CAM, C2W, return_point_ids=True)
+    assert isinstance(early, RenderResult) and (want >= 0).sum() > 1000
+    assert np.array_equal(early.point_ids, want)
+    live = np.setdiff1d(np.arange(mem._n), mem._dead)
+    mem._drop(np.sort(rng.choice(live, 2000, replace=False)))  # later drops: the render's ids stay its own
+    assert np.array_equal(late.point_ids, want) and np.array_equal(late.point_ids, want)
+    assert late.valid is not None and late.rgb.shape == (64, 96, 3)
+    assert np.array_equal(np.asarray(want >= 0), early.valid)
+
+
+def test_valid_depth_matches_numpy():
+    from spatia.world.update import _unpack_render, _valid_depth
+
+    rng = np.random.default_rng(13)
+    depth = rng.choice(np.array([0.0, -0.0, -1.0, np.inf, -np.inf, np.nan, 1e-45, 2.5], np.float32), (23, 31))
+    valid = rng.random((23, 31)) < 0.7
+    want = valid & np.isfinite(depth) & (depth > 0)
+    assert np.array_equal(_valid_depth(valid, depth), want) and want.any() and not want.all()
+    rgb = np.zeros((23, 31, 3), np.uint8)
+    _, d, v = _unpack_render((rgb, depth[:, ::1], valid), (23, 31))
+    assert np.array_equal(v, want) and d.dtype == np.float32

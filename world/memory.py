@@ -147,6 +147,30 @@ class RenderResult:
     point_ids: np.ndarray | None  # [H, W] int32 index into the memory's point arrays, -1 where invalid
 
 
+class _RowIdsRender(RenderResult):
+    """A ``RenderResult`` whose ``point_ids`` are made from the render's rows when first read (``K.live_ids``, a pass
+    over every pixel, against the dead rows of the render's time: ``_drop`` and the re-sorts replace the ``_dead``
+    array, never edit it, so the ids come out as at the render whenever they are read). A served clip's target
+    render is asked for its ids only on keyframes, retrievals and while a coarse fill shows."""
+
+    def __init__(self, rgb, depth_m, valid, rows, dead, n) -> None:
+        self.rgb, self.depth_m, self.valid = rgb, depth_m, valid
+        self.__dict__["_rows"] = (rows, dead, n)
+
+    @property  # type: ignore[override]
+    def point_ids(self) -> np.ndarray:
+        pending = self.__dict__.get("_rows")
+        if pending is not None:
+            rows, dead, n = pending
+            K.live_ids(rows, dead, n)  # (in place: the rows array is this render's own)
+            self.__dict__["_ids"], self.__dict__["_rows"] = rows, None
+        return self.__dict__["_ids"]
+
+    @point_ids.setter
+    def point_ids(self, value) -> None:
+        self.__dict__["_ids"], self.__dict__["_rows"] = value, None
+
+
 class IntegrateStats(NamedTuple):
     new_points: int  # voxels that were empty before the call
     updated_points: int  # distinct pre-existing points that received at least one sample
@@ -433,8 +457,8 @@ class SpatialMemory:
         pixels, pixel centres at +0.5); missing pixels are zero, as in the paper's scene projection video."""
         T = validate_pose(c2w, "c2w")
         rgb, depth, valid, ids = self._render(intrinsics, T)
-        if return_point_ids and len(self._dead):  # rows -> point indices (the winners are live rows)
-            K.live_ids(ids, self._dead, self._n)
+        if return_point_ids and len(self._dead):  # rows -> point indices (the winners are live rows), when read
+            return _RowIdsRender(rgb, depth, valid, ids, self._dead, self._n)
         return RenderResult(rgb, depth, valid, ids if return_point_ids else None)
 
     def render_trajectory(self, intrinsics: Intrinsics, c2w_list: np.ndarray) -> SceneProjection:

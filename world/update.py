@@ -167,8 +167,19 @@ def _unpack_render(rendered: RenderArg, shape: tuple[int, int]) -> tuple[np.ndar
             f"render arrays must be {list(shape)} (+3 for rgb), got rgb {list(rgb.shape)} depth {list(depth.shape)} "
             f"valid {list(valid.shape)}"
         )
-    valid = valid & np.isfinite(depth) & (depth > 0)
+    valid = _valid_depth(np.ascontiguousarray(valid), np.ascontiguousarray(depth))
     return rgb, depth, valid
+
+
+@numba.njit(cache=True, nogil=True)
+def _valid_depth(valid, depth):  # pragma: no cover - compiled
+    """``valid & np.isfinite(depth) & (depth > 0)`` (a new [H, W] bool array) in one pass, for four numpy passes."""
+    out = np.empty(valid.shape, np.bool_)
+    v, d, o = valid.ravel(), depth.ravel(), out.ravel()
+    for i in range(v.shape[0]):
+        z = d[i]
+        o[i] = v[i] and z > 0 and z < np.inf
+    return out
 
 
 def _check_image(rgb: np.ndarray, name: str) -> np.ndarray:
@@ -912,7 +923,7 @@ class MemoryLike(Protocol):
 
 
 def load_update_kernels() -> None:
-    """Load ``keys_in``, ``_known_depth`` and ``_seen_through_mask`` for the types ``update_memory`` calls them
+    """Load ``keys_in``, ``_known_depth``, ``_seen_through_mask`` and ``_valid_depth`` for the types ``update_memory`` calls them
     with, without running them (numba's ``compile`` with a signature loads a kernel from the disk cache, else
     compiles it): a first call in a
     process otherwise loaded it on the world's thread, inside the first keyframe (that took points away). The engine
@@ -922,6 +933,7 @@ def load_update_kernels() -> None:
     depth_t = numba.typeof(np.zeros((1, 1), np.float32))
     _known_depth.compile((depth_t, depth_t))  # (every integrated frame with a generator's depth)
     mask_t = numba.typeof(np.zeros((1, 1), bool))
+    _valid_depth.compile((mask_t, depth_t))
     f32_t = numba.typeof(np.float32(0))
     _seen_through_mask.compile((mask_t, depth_t, depth_t, f32_t, f32_t, mask_t, mask_t, mask_t))
 
