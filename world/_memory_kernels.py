@@ -781,6 +781,46 @@ def mark_ids(ids, n):
     return out
 
 
+@nb.njit(cache=True, nogil=True)
+def rendered_keys(ids, n, keys, dead):
+    """``keys[rows of the distinct non-negative ids in ids]`` in id order: a render's view-specific voxel set from
+    its live point indices ``ids`` (``dead``: sorted dead rows; row of live id i = i + dead rows below it). Returns
+    an empty array and the offending id if one is ``>= n`` (else -1).
+
+    The ids are marked in a bitmap of ``n`` bits, not bytes: at 10^6 points it is 125 kB, which stays in cache for
+    the pixels' random writes, and the read-out skips 64 ids at a time where none was rendered (``mark_ids``'s
+    byte-per-point pass read every point). The rows come from one merge walk over ``dead`` alongside the sorted
+    ids, and the keys are gathered in the same loop (no index arrays in between)."""
+    nw = (n >> 6) + 1
+    bits = np.zeros(nw, np.uint64)
+    flat = ids.ravel()
+    one = np.uint64(1)
+    for p in range(flat.shape[0]):
+        i = flat[p]
+        if i >= 0:
+            if i >= n:
+                return np.zeros(0, np.int64), np.int64(i)
+            bits[i >> 6] |= one << np.uint64(i & 63)
+    count = 0
+    for c in range(nw):
+        count += _popcount64(bits[c])
+    out = np.empty(count, np.int64)
+    k = 0
+    d = 0
+    nd = dead.shape[0]
+    for c in range(nw):
+        w = bits[c]
+        while w != 0:
+            low = w & (~w + one)
+            i = np.int64(c << 6) + _popcount64(low - one)
+            w ^= low
+            while d < nd and dead[d] <= i + d:
+                d += 1
+            out[k] = keys[i + d]
+            k += 1
+    return out, np.int64(-1)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Integrate
 # ---------------------------------------------------------------------------------------------------------------
@@ -843,12 +883,16 @@ def frame_samples(depth, exclude, use_exclude, rgb, c2w_r, cam_t, fx, fy, cx, cy
     h, w = depth.shape
     cap = table.shape[0]
     row_start = np.zeros(h + 1, np.int64)
+    # the first pass also lists each sample's column (row-major), so the second reads only the samples: a keyframe's
+    # samples are its few hole pixels, and a second scan of every pixel (and scratch for empty rows) cost as much
+    # as the samples themselves
+    cols = np.empty(h * w, np.int32)
     for y in range(h):
         c = row_start[y]
         for x in range(w):
             z = np.float64(depth[y, x])
-            if z > 0.0 and z <= max_depth and not (use_exclude and exclude[y, x]):
-                c += 1
+            cols[c] = x
+            c += z > 0.0 and z <= max_depth and not (use_exclude and exclude[y, x])
         row_start[y + 1] = c
     total = row_start[h]
     out_keys = np.zeros(total, np.int64)
@@ -859,18 +903,14 @@ def frame_samples(depth, exclude, use_exclude, rgb, c2w_r, cam_t, fx, fy, cx, cy
         yn = (y + 0.5 - cy) / fy
         row = row_start[y]
         m = row_start[y + 1] - row
+        if m == 0:
+            continue
         slots = np.empty(m, np.int64)
         first = np.empty(m, np.int64)
         prev_key = np.int64(-1)
-        k = 0
-        for x in range(w):
+        for p in range(row, row + m):  # a known depth (not NaN, inf, zero, negative), not excluded
+            x = np.int64(cols[p])
             z = np.float64(depth[y, x])
-            if not (z > 0.0 and z <= max_depth):  # NaN, inf, zero, negative: unknown
-                continue
-            if use_exclude and exclude[y, x]:
-                continue
-            p = row + k
-            k += 1
             out_rgb[p, 0] = rgb[y, x, 0]
             out_rgb[p, 1] = rgb[y, x, 1]
             out_rgb[p, 2] = rgb[y, x, 2]
@@ -1038,14 +1078,16 @@ def merge_samples(
 
 
 @nb.njit(cache=True, nogil=True)
-def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, lo1, lo2, hi0, hi1, hi2, observed,
-                   min_last_seen):
+def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, tail_lo, tail_hi, lo0, lo1, lo2, hi0, hi1,
+                   hi2, observed, min_last_seen):
     """Indices (ascending) of points ``< n`` whose voxel (i, j, k) lies in ``[lo, hi]`` (inclusive, voxel units),
     whose provenance is neither ``observed`` nor ``DEAD`` and whose last-seen frame is at least ``min_last_seen``:
     integer work on the keys only, no position decoding. With a last-seen floor (the points a clip just touched:
     ~1 % of them) one pass reads ``last`` and looks further only where it passes; without one, the block-sorted prefix
     ``[0, n_sorted)`` (``block_ids`` / ``block_starts``, ``block_directory``) is read only in the blocks that meet
-    the box (a pose's 1 m box: a few hundred of ~10^4 blocks) and the unsorted tail whole."""
+    the box (a pose's 1 m box: a few hundred of ~10^4 blocks), and the unsorted tail only in the chunks of
+    ``TAIL_CHUNK`` rows whose voxel box (``tail_lo`` / ``tail_hi``, ``tail_chunk_boxes`` of ``[n_sorted, n)``) meets
+    it; given no chunk boxes (or not one per chunk), the tail is read whole."""
     out = np.empty(max(n, 1), np.int64)
     m = 0
     if min_last_seen > np.iinfo(np.int32).min:
@@ -1068,10 +1110,22 @@ def box_candidates(keys, prov, last, n, n_sorted, block_ids, block_starts, lo0, 
             if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
                 out[m] = p
                 m += 1
-    for p in range(n_sorted, n):
-        if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
-            out[m] = p
-            m += 1
+    n_chunks = (n - n_sorted + TAIL_CHUNK - 1) // TAIL_CHUNK
+    if tail_lo.shape[0] != n_chunks or tail_hi.shape[0] != n_chunks:
+        for p in range(n_sorted, n):
+            if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
+        return out[:m]
+    for c in range(n_chunks):  # (the chunk boxes hold the keys' fields: coordinate + KEY_OFFSET)
+        if (tail_hi[c, 0] < lo0 + KEY_OFFSET or tail_lo[c, 0] > hi0 + KEY_OFFSET
+                or tail_hi[c, 1] < lo1 + KEY_OFFSET or tail_lo[c, 1] > hi1 + KEY_OFFSET
+                or tail_hi[c, 2] < lo2 + KEY_OFFSET or tail_lo[c, 2] > hi2 + KEY_OFFSET):
+            continue
+        for p in range(n_sorted + c * TAIL_CHUNK, min(n_sorted + (c + 1) * TAIL_CHUNK, n)):
+            if _in_box(keys[p], prov[p], lo0, lo1, lo2, hi0, hi1, hi2, observed):
+                out[m] = p
+                m += 1
     return out[:m]
 
 

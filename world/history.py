@@ -471,7 +471,33 @@ def _kernels():
             table[j] = -1
         return n
 
-    return hash_get_or_insert, add_frames, merge_runs, count_indexed, count_unsealed, coarsen, distinct
+    @numba.njit(cache=True, nogil=True)
+    def coarsen_firsts(keys, levels, out):
+        """``coarsen`` into ``out``, leaving out a coarse key that one of the last few distinct ones written holds
+        (a 16-slot direct-mapped memo); returns how many were written. A memory's keys come block-major (16^3
+        voxels a block), so a view's keys fall into runs of the same few coarse cubes (a block holds 8 cubes at
+        levels = 3), and most repeats are of one of the last few. Only repeats of a key already written are left
+        out, so the first-seen order of the distinct keys is unchanged (what the index's columns and a query set
+        follow)."""
+        shift = np.int64(levels)
+        add = np.int64(KEY_OFFSET - (KEY_OFFSET >> levels))
+        mask = np.int64(KEY_MASK)
+        memo = np.full(16, -1, np.int64)
+        n = 0
+        for i in range(keys.shape[0]):
+            k = keys[i]
+            x = ((k >> np.int64(2 * KEY_BITS)) & mask) >> shift
+            y = ((k >> np.int64(KEY_BITS)) & mask) >> shift
+            z = (k & mask) >> shift
+            c = ((x + add) << np.int64(2 * KEY_BITS)) | ((y + add) << np.int64(KEY_BITS)) | (z + add)
+            j = np.int64((np.uint64(c) * mult) >> np.uint64(60))
+            fresh = memo[j] != c  # (branch-free: whether a key repeats is hard to predict)
+            memo[j] = c
+            out[n] = c
+            n += np.int64(fresh)
+        return n
+
+    return hash_get_or_insert, add_frames, merge_runs, count_indexed, count_unsealed, coarsen, distinct, coarsen_firsts
 
 
 @functools.cache
@@ -875,7 +901,7 @@ class VoxelSetIndex:
 
         Each query set must be free of duplicates (``FrameStore.query_voxel_set``); keys no frame has are ignored.
         """
-        _, _, _, count_indexed, count_unsealed, _, _ = _kernels()
+        _, _, _, count_indexed, count_unsealed, _, _, _ = _kernels()
         n_t, n_f = len(query_keys), len(self)
         if n_t == 0 or n_f == 0:
             return np.zeros((n_t, n_f), dtype=np.int32)
@@ -1212,7 +1238,7 @@ class FrameStore:
                 f"rgb must be uint8 [{h}, {w}, 3] to match the intrinsics, got {rgb.dtype} {rgb.shape}"
             )
         pose = validate_pose(c2w, "c2w")
-        keys = self._coarsen(check_voxel_keys(voxel_keys))
+        keys = self._coarsen_firsts(check_voxel_keys(voxel_keys))
         depth = None
         if depth_m is not None:
             depth = np.asarray(depth_m)
@@ -1332,11 +1358,21 @@ class FrameStore:
         _kernels()[5](keys, levels, out)
         return out
 
+    def _coarsen_firsts(self, keys: np.ndarray) -> np.ndarray:
+        """``_coarsen``, less most repeats of a coarse key already given (``coarsen_firsts``): the same set in the
+        same first-seen order, for ``VoxelSetIndex.add`` and ``distinct``, which drop repeats anyway (each repeat
+        cost them a hash probe; a keyframe's keys are ~4/5 repeats once coarsened)."""
+        levels = self.config.voxel_set_levels
+        if levels == 0 or keys.size == 0:
+            return keys
+        out = np.empty_like(keys)
+        return out[: _kernels()[7](keys, levels, out)].copy()
+
     def query_voxel_set(self, voxel_keys: np.ndarray, name: str = "voxel_keys") -> np.ndarray:
         """A view-specific voxel set given at the memory's voxel size (``SpatialMemory.visible_voxel_keys``), as
         this history keeps sets: coarsened to ``config.voxel_set_levels``, distinct, in first-seen order (a
         retrieval query; hashing, not sorting: a view gives ~10^5 memory keys and a sort cost ~5 ms)."""
-        keys = self._coarsen(check_voxel_keys(voxel_keys, name))
+        keys = self._coarsen_firsts(check_voxel_keys(voxel_keys, name))
         size = 1 << max(4, int(keys.shape[0]).bit_length() + 1)
         if self._query_table.shape[0] < size:  # kept between queries (the kernel leaves it all -1): a fresh
             self._query_table = np.full(size, -1, dtype=np.int64)  # [2^18] table cost ~0.5 ms a query to fill

@@ -98,6 +98,7 @@ RESORT_LEAD_INTEGRATES = 2
 
 TAKE_LIVE_RUNS = 256  # ``_take_live``: from this many runs of dead rows on, one compiled pass instead of a copy a run
 
+_NO_BOXES = np.zeros((0, 3), np.int64)  # ``_tail_boxes`` of an empty tail
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
 # Provenance of a point (``SpatialMemory.provenance``): what put it there. Observed points come from real images
@@ -144,6 +145,30 @@ class RenderResult:
     depth_m: np.ndarray  # [H, W] float32 z-depth, 0 where invalid
     valid: np.ndarray  # [H, W] bool, True where a memory point landed
     point_ids: np.ndarray | None  # [H, W] int32 index into the memory's point arrays, -1 where invalid
+
+
+class _RowIdsRender(RenderResult):
+    """A ``RenderResult`` whose ``point_ids`` are made from the render's rows when first read (``K.live_ids``, a pass
+    over every pixel, against the dead rows of the render's time: ``_drop`` and the re-sorts replace the ``_dead``
+    array, never edit it, so the ids come out as at the render whenever they are read). A served clip's target
+    render is asked for its ids only on keyframes, retrievals and while a coarse fill shows."""
+
+    def __init__(self, rgb, depth_m, valid, rows, dead, n) -> None:
+        self.rgb, self.depth_m, self.valid = rgb, depth_m, valid
+        self.__dict__["_rows"] = (rows, dead, n)
+
+    @property  # type: ignore[override]
+    def point_ids(self) -> np.ndarray:
+        pending = self.__dict__.get("_rows")
+        if pending is not None:
+            rows, dead, n = pending
+            K.live_ids(rows, dead, n)  # (in place: the rows array is this render's own)
+            self.__dict__["_ids"], self.__dict__["_rows"] = rows, None
+        return self.__dict__["_ids"]
+
+    @point_ids.setter
+    def point_ids(self, value) -> None:
+        self.__dict__["_ids"], self.__dict__["_rows"] = value, None
 
 
 class IntegrateStats(NamedTuple):
@@ -311,7 +336,8 @@ class SpatialMemory:
         hi = np.floor(np.asarray(hi_m, np.float64) / d_m).astype(np.int64)
         # box_candidates skips one provenance besides the dead rows': naming K.DEAD, every point counts
         cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
-                                self._block_starts, *lo.tolist(), *hi.tolist(), K.DEAD, np.iinfo(np.int32).min)
+                                self._block_starts, *self._tail_boxes(), *lo.tolist(), *hi.tolist(), K.DEAD,
+                                np.iinfo(np.int32).min)
         return K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m), self._prov[cand]
 
     @property
@@ -431,8 +457,8 @@ class SpatialMemory:
         pixels, pixel centres at +0.5); missing pixels are zero, as in the paper's scene projection video."""
         T = validate_pose(c2w, "c2w")
         rgb, depth, valid, ids = self._render(intrinsics, T)
-        if return_point_ids and len(self._dead):  # rows -> point indices (the winners are live rows)
-            K.live_ids(ids, self._dead, self._n)
+        if return_point_ids and len(self._dead):  # rows -> point indices (the winners are live rows), when read
+            return _RowIdsRender(rgb, depth, valid, ids, self._dead, self._n)
         return RenderResult(rgb, depth, valid, ids if return_point_ids else None)
 
     def render_trajectory(self, intrinsics: Intrinsics, c2w_list: np.ndarray) -> SceneProjection:
@@ -457,9 +483,10 @@ class SpatialMemory:
         if ids.dtype != np.int32 or ids.ndim != 2:
             raise InvalidInputError(f"point_ids must be a render's int32 [H, W] ids, got {ids.dtype} {ids.shape}")
         n = self.num_points
-        if ids.size and int(ids.max()) >= n:
+        keys, bad = K.rendered_keys(np.ascontiguousarray(ids), n, self._keys, self._dead)
+        if bad >= 0:
             raise InvalidInputError(f"point_ids reach {int(ids.max())} but the memory holds {n} points")
-        return self._keys[self._rows_of_points(K.mark_ids(ids, n))]
+        return keys
 
     def _render(self, intrinsics: Intrinsics, T: np.ndarray):
         if not isinstance(intrinsics, Intrinsics):
@@ -481,7 +508,7 @@ class SpatialMemory:
             # rows: its rows were appended frame by frame, so a chunk's box is one region of space (128x96 gym walk,
             # a 50-70 k tail: render 2.2 -> 1.7 ms CPU at load 5). The result does not change: a culled chunk has no
             # point whose splat reaches the image, and the z-buffer's winner does not depend on the scan order.
-            lo, hi = K.tail_chunk_boxes(self._keys, self._n_sorted, self._n, K.TAIL_CHUNK)
+            lo, hi = self._tail_boxes()
             t_starts, t_stops = _visible_ranges(K.cull_voxel_boxes(
                 lo, hi, w2c_r, cam_t, fx, fy, cx, cy, width, height, float(max_splat), cfg.min_depth_m,
                 cfg.max_depth_m, cfg.voxel_size_m), np.append(
@@ -499,6 +526,29 @@ class SpatialMemory:
     # ----------------------------------------------------------------------------------------------------------
     # Edits (paper Sec. 4 / Fig. 8: 3D-aware interactive editing)
     # ----------------------------------------------------------------------------------------------------------
+
+    def _tail_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``K.tail_chunk_boxes`` of the unsorted tail ``[n_sorted, n)`` (``lo``, ``hi`` ``[C, 3]``), for the render's
+        culling and ``box_candidates``. A row's key never changes in place (a re-sort moves rows and bumps
+        ``_structure``; a drop leaves the key in its dead row), so the boxes of whole chunks are kept until the
+        structure changes and only the rows appended since are read: the whole tail was read for every render and
+        every box query."""
+        start, n = self._n_sorted, self._n
+        state = (self._structure, start)
+        cache = self.__dict__.get("_tail_box_cache")
+        if cache is None or cache[0] != state or cache[1] > n:
+            cache = (state, start, _NO_BOXES, _NO_BOXES)
+        _, done, lo, hi = cache
+        whole = start + (n - start) // K.TAIL_CHUNK * K.TAIL_CHUNK
+        if whole > done:
+            more_lo, more_hi = K.tail_chunk_boxes(self._keys, done, whole, K.TAIL_CHUNK)
+            lo, hi = np.concatenate([lo, more_lo]), np.concatenate([hi, more_hi])  # (new arrays: copies share them)
+            done = whole
+            self._tail_box_cache = (state, done, lo, hi)
+        if n > done:  # the last, partial chunk
+            last_lo, last_hi = K.tail_chunk_boxes(self._keys, done, n, K.TAIL_CHUNK)
+            return np.concatenate([lo, last_lo]), np.concatenate([hi, last_hi])
+        return lo, hi
 
     def remove(self, region: Region) -> int:
         """Delete the points inside ``region``; returns how many."""
@@ -576,6 +626,7 @@ class SpatialMemory:
 
         d_m = self.config.voxel_size_m
         near = []
+        tail = self._tail_boxes()
         for centres_m, since_frame in groups:
             # a kept path answers through its trees; a short one (direct distances below) as its positions
             kept = centres_m if isinstance(centres_m, VisitedPositions) and len(centres_m) > SMALL_CENTRE_SET else None
@@ -592,7 +643,7 @@ class SpatialMemory:
             hi = np.floor((c_hi + radius_m) / d_m).astype(np.int64)
             floor = np.iinfo(np.int32).min if since_frame is None else _frame_index(since_frame)
             cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
-                                    self._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED, floor)
+                                    self._block_starts, *tail, *lo.tolist(), *hi.tolist(), OBSERVED, floor)
             if not len(cand):
                 continue
             pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world frame
@@ -620,12 +671,13 @@ class SpatialMemory:
             return 0
         d_m = self.config.voxel_size_m
         inside = []
+        tail = self._tail_boxes()
         for box in boxes:
             reach_m = np.abs(box.rotation) @ box.half_extents_m  # [3] half size of the box's world bounding box
             lo = np.floor((box.center - reach_m) / d_m).astype(np.int64)
             hi = np.floor((box.center + reach_m) / d_m).astype(np.int64)
             cand = K.box_candidates(self._keys, self._prov, self._last, self._n, self._n_sorted, self._block_ids,
-                                    self._block_starts, *lo.tolist(), *hi.tolist(), OBSERVED,
+                                    self._block_starts, *tail, *lo.tolist(), *hi.tolist(), OBSERVED,
                                     np.iinfo(np.int32).min)
             if len(cand):
                 pos = K.decode_positions(self._keys[cand], self._offsets[cand], len(cand), d_m)  # [M, 3] world

@@ -167,8 +167,19 @@ def _unpack_render(rendered: RenderArg, shape: tuple[int, int]) -> tuple[np.ndar
             f"render arrays must be {list(shape)} (+3 for rgb), got rgb {list(rgb.shape)} depth {list(depth.shape)} "
             f"valid {list(valid.shape)}"
         )
-    valid = valid & np.isfinite(depth) & (depth > 0)
+    valid = _valid_depth(np.ascontiguousarray(valid), np.ascontiguousarray(depth))
     return rgb, depth, valid
+
+
+@numba.njit(cache=True, nogil=True)
+def _valid_depth(valid, depth):  # pragma: no cover - compiled
+    """``valid & np.isfinite(depth) & (depth > 0)`` (a new [H, W] bool array) in one pass, for four numpy passes."""
+    out = np.empty(valid.shape, np.bool_)
+    v, d, o = valid.ravel(), depth.ravel(), out.ravel()
+    for i in range(v.shape[0]):
+        z = d[i]
+        o[i] = v[i] and z > 0 and z < np.inf
+    return out
 
 
 def _check_image(rgb: np.ndarray, name: str) -> np.ndarray:
@@ -658,6 +669,62 @@ def depth_for_generated_frame(
     return _choose_depth(rendered, generated_rgb, generator_depth, model_depth, dynamic, config)[0]
 
 
+_NO_MASK = np.zeros((0, 0), bool)  # ``_seen_through_mask``: no such mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _seen_through_mask(valid, depth, r_depth, keep_rel, margin, dyn, prov_px, out):  # pragma: no cover - compiled
+    """``out = valid & (depth > 0) & (r_depth < depth * keep_rel - margin) & ~dyn & ~prov_px`` (float32 arithmetic,
+    as numpy does it; an empty ``dyn`` / ``prov_px`` is no mask) in one pass; returns whether any is True."""
+    h, w = valid.shape
+    use_dyn = dyn.shape[0] > 0
+    use_prov = prov_px.shape[0] > 0
+    found = False
+    for y in range(h):
+        for x in range(w):
+            d = depth[y, x]
+            t = valid[y, x] and d > 0 and r_depth[y, x] < d * keep_rel - margin
+            if t and use_dyn and dyn[y, x]:
+                t = False
+            if t and use_prov and prov_px[y, x]:
+                t = False
+            out[y, x] = t
+            found |= t
+    return found
+
+
+def _reference_seen_through_mask(valid, depth, r_depth, rel, dyn, prov_px) -> np.ndarray:
+    """``_seen_through_mask`` as numpy did it in ``update_memory``."""
+    margin = np.float32(SEEN_THROUGH_MARGIN_M)
+    through = valid & (depth > 0) & (r_depth < depth * np.float32(1.0 - rel) - margin)
+    if dyn is not None:
+        through &= ~dyn
+    if prov_px is not None:
+        through &= ~prov_px
+    return through
+
+
+@numba.njit(cache=True, nogil=True)
+def _known_depth(depth, out):  # pragma: no cover - compiled
+    """``out`` = ``depth`` where finite and > 0, else 0 (both float32 [H, W], C order); True if a NaN was met. One
+    pass for what took seven numpy passes over the frame (a copy, the NaN test, the mask, the select, a copy)."""
+    src = depth.ravel()
+    dst = out.ravel()
+    nan = False
+    for i in range(src.shape[0]):
+        z = src[i]
+        if z != z:
+            nan = True
+        dst[i] = z if z > 0 and z < np.inf else np.float32(0.0)
+    return nan
+
+
+def _reference_known_depth(depth: np.ndarray) -> np.ndarray:
+    """``_known_depth`` in numpy, as ``_choose_depth`` computed it before (NaN checked by the caller)."""
+    gen = np.asarray(depth).astype(np.float32)
+    return np.where(np.isfinite(gen) & (gen > 0), gen, 0.0).astype(np.float32)
+
+
 def _choose_depth(
     rendered: RenderArg,
     generated_rgb: np.ndarray,
@@ -670,9 +737,15 @@ def _choose_depth(
     "memory+fill", or "memory (holes unknown)" when the holes could not be filled."""
     rgb = _check_image(generated_rgb, "generated_rgb")
     shape = rgb.shape[:2]
-    gen = _check_map(generator_depth, shape, "generator_depth", float)
-    if gen is not None:
-        return np.where(np.isfinite(gen) & (gen > 0), gen, 0.0).astype(np.float32), "generator"
+    if generator_depth is not None:  # ``_check_map``'s checks, and the known depth, in one compiled pass
+        gen = np.asarray(generator_depth)
+        if gen.shape != shape:
+            raise InvalidInputError(f"generator_depth must be {list(shape)}, got {list(gen.shape)}")
+        gen = np.ascontiguousarray(gen, dtype=np.float32)
+        out = np.empty(shape, np.float32)
+        if _known_depth(gen, out):
+            raise InvalidInputError("generator_depth contains NaN (use 0 for unknown depth)")
+        return out, "generator"
     _, depth, valid = _unpack_render(rendered, shape)
     model = _check_map(model_depth, shape, "model_depth", float)
     dyn = _check_map(dynamic, shape, "dynamic", bool)
@@ -830,32 +903,47 @@ def splat_centre_mask(
 @numba.njit(cache=True, nogil=True)
 def _pinholes_kernel(valid, rd, z, depth_rel, max_gap, out):  # pragma: no cover - compiled
     H, W = valid.shape
-    pairs = ((0, 1), (1, 0), (1, 1), (1, -1))  # (dy, dx) of one direction of each opposite pair
+    g = max_gap
+    # ``valid`` copied into a flat frame with a border of g unrendered pixels: a walk of at most g steps from an
+    # image pixel then never leaves it, so each step is one load with no bounds test (the four compares a step
+    # made the walks most of the kernel's time on a keyframe, whose hole pixels are few)
+    Wp = W + 2 * g
+    vp = np.zeros((H + 2 * g) * Wp, np.bool_)
     for y in range(H):
+        row = (y + g) * Wp + g
+        for x in range(W):
+            vp[row + x] = valid[y, x]
+    # one direction of each opposite pair, as a step in the flat frame: (0, 1), (1, 0), (1, 1), (1, -1) in (dy, dx)
+    steps = np.array([1, Wp, Wp + 1, Wp - 1], np.int64)
+    for y in range(H):
+        row = (y + g) * Wp + g
         for x in range(W):
             zc = z[y, x]
             if valid[y, x] or not zc > 0:
                 continue
-            for dy, dx in pairs:
+            c = row + x
+            for d in range(4):
+                s = steps[d]
                 # the nearest rendered pixel within max_gap steps each way (k = 0: none). The other side is looked
                 # for only when this one has a pixel, and only as far as a gap of max_gap allows (ka + kb - 1 <=
-                # max_gap): the same pixels found, without the second walk inside a wide hole (a layout frame's
-                # invented walls are holes of the render, most of a keyframe's pixels)
-                ka, da, kb, db = 0, 0.0, 0, 0.0
-                for k in range(1, max_gap + 1):
-                    yy, xx = y + k * dy, x + k * dx
-                    if 0 <= yy < H and 0 <= xx < W and valid[yy, xx]:
-                        ka, da = k, rd[yy, xx]
+                # max_gap): the same pixels found, without the second walk inside a wide hole
+                ka = 0
+                for k in range(1, g + 1):
+                    if vp[c + k * s]:
+                        ka = k
                         break
                 if ka == 0:
                     continue
-                for k in range(1, max_gap + 2 - ka):
-                    yy, xx = y - k * dy, x - k * dx
-                    if 0 <= yy < H and 0 <= xx < W and valid[yy, xx]:
-                        kb, db = k, rd[yy, xx]
+                kb = 0
+                for k in range(1, g + 2 - ka):
+                    if vp[c - k * s]:
+                        kb = k
                         break
                 if kb == 0:
                     continue
+                pa, pb = c + ka * s, c - kb * s  # back to image pixels
+                da = np.float64(rd[pa // Wp - g, pa % Wp - g])
+                db = np.float64(rd[pb // Wp - g, pb % Wp - g])
                 lo, hi = min(da, db), max(da, db)
                 if lo > 0 and lo * (1.0 - depth_rel) <= zc <= hi * (1.0 + depth_rel):
                     out[y, x] = True
@@ -911,12 +999,19 @@ class MemoryLike(Protocol):
 
 
 def load_update_kernels() -> None:
-    """Load ``keys_in`` for the types ``update_memory`` calls it with, without running it (numba's ``compile`` with
-    a signature loads it from the disk cache, else compiles it): its first call in a process otherwise loaded it on
-    the world's thread, inside the first keyframe that took points away. The engine runs this off the frame path
-    when it opens a world (``world.engine``)."""
+    """Load ``keys_in``, ``_known_depth``, ``_seen_through_mask`` and ``_valid_depth`` for the types ``update_memory`` calls them
+    with, without running them (numba's ``compile`` with a signature loads a kernel from the disk cache, else
+    compiles it): a first call in a
+    process otherwise loaded it on the world's thread, inside the first keyframe (that took points away). The engine
+    runs this off the frame path when it opens a world (``world.engine``)."""
     keys_t = numba.typeof(np.zeros(0, np.int64))
     keys_in.compile((keys_t, keys_t))
+    depth_t = numba.typeof(np.zeros((1, 1), np.float32))
+    _known_depth.compile((depth_t, depth_t))  # (every integrated frame with a generator's depth)
+    mask_t = numba.typeof(np.zeros((1, 1), bool))
+    _valid_depth.compile((mask_t, depth_t))
+    f32_t = numba.typeof(np.float32(0))
+    _seen_through_mask.compile((mask_t, depth_t, depth_t, f32_t, f32_t, mask_t, mask_t, mask_t))
 
 
 # A ``world.depth.DepthEstimator`` (``.estimate(rgb, intrinsics).depth_m``) or a plain callable
@@ -1080,13 +1175,13 @@ def update_memory(
             keys_before = memory.keys_of_points(np.flatnonzero(seen))
         if config.carve_seen_through_rel is not None and valid.any():
             rel = config.carve_seen_through_rel
-            margin = np.float32(SEEN_THROUGH_MARGIN_M)
-            through = valid & (depth > 0) & (r_depth < depth * np.float32(1.0 - rel) - margin)
-            if dyn is not None:
-                through &= ~dyn
-            if provisional_px is not None:
-                through &= ~provisional_px[i]
-            if through.any():
+            through = np.empty(shape, bool)
+            any_through = _seen_through_mask(
+                valid, np.ascontiguousarray(depth, np.float32), np.ascontiguousarray(r_depth, np.float32),
+                np.float32(1.0 - rel), np.float32(SEEN_THROUGH_MARGIN_M),
+                _NO_MASK if dyn is None else np.ascontiguousarray(dyn),
+                _NO_MASK if provisional_px is None else np.ascontiguousarray(provisional_px[i]), through)
+            if any_through:
                 ids = render.point_ids[through]
                 keys_at = memory.keys_of_points(ids)  # [T] before the removal re-numbers the points
                 removed = memory.remove_invented_seen_through(ids, intrinsics, refined[i], depth, rel)
