@@ -54,40 +54,72 @@ def _project_source(rgb, depth_m, src, c2w_src, dst, c2w_dst):
 
 
 @numba.njit(inline="always")
+def _warp_span(rgb, depth, y, x_lo, x_hi, col, row, k, R, t, d_fx, d_fy, d_cx, d_cy, r_lo, r_hi, mask, o_depth,
+               o_rgb, U, V, Z, S):  # pragma: no cover
+    """Warp source pixels ``[x_lo, x_hi)`` of row ``y`` into the z-buffer ``o_depth`` / ``o_rgb`` (0 = empty), its
+    rows ``[r_lo, r_hi)`` only, and only where ``mask`` (empty: everywhere). ``col`` [w] / ``row``: the source
+    pixel's ray, ``(x + 0.5 - cx) / fx`` (the same float64 as written per pixel); ``k``: ``d_fx / s_fx``.
+
+    Two passes: the projection of the whole span first, branch-free into the scratch ``U`` / ``V`` (splat corner),
+    ``Z`` (target depth, 0 = skipped), ``S`` (splat side), which the compiler vectorises (its divisions were most
+    of the per-pixel cost); then the splats, nearest depth wins, ties to the later pixel. Every value is the same
+    float64 expression the one-pass loop computed (``warp_rgbd_reference`` defines the result)."""
+    H, W = o_depth.shape
+    every = mask.shape[0] == 0
+    for x in range(x_lo, x_hi):
+        z_s = np.float64(depth[y, x])
+        px = col[x] * z_s
+        py = row * z_s
+        qx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * z_s + t[0]
+        qy = R[1, 0] * px + R[1, 1] * py + R[1, 2] * z_s + t[1]
+        qz = R[2, 0] * px + R[2, 1] * py + R[2, 2] * z_s + t[2]
+        u = d_fx * qx / qz + d_cx
+        v = d_fy * qy / qz + d_cy
+        s = min(max(np.ceil(k * z_s / max(qz, 1e-9) - 1e-6), 1.0), np.float64(MAX_SPLAT_PX))
+        U[x] = np.floor(u - 0.5 * s + 0.5)
+        V[x] = np.floor(v - 0.5 * s + 0.5)
+        S[x] = s
+        # 0 = unknown and non-finite depths skipped (NaN compares false), behind the camera, or off any sane image
+        keep = (z_s > 0.0) & (z_s < np.inf) & (qz > 1e-6) & (abs(u) <= 1e7) & (abs(v) <= 1e7)
+        Z[x] = qz if keep else 0.0
+    for x in range(x_lo, x_hi):
+        if Z[x] == 0.0:
+            continue
+        zf = np.float32(Z[x])
+        s = int(S[x])
+        x0 = int(U[x])
+        y0 = int(V[x])
+        for yy in range(max(y0, r_lo), min(y0 + s, r_hi)):
+            for xx in range(max(x0, 0), min(x0 + s, W)):
+                if (every or mask[yy, xx]) and (o_depth[yy, xx] == 0.0 or zf <= o_depth[yy, xx]):
+                    o_depth[yy, xx] = zf  # ties: the later pixel wins
+                    o_rgb[yy, xx, 0] = rgb[y, x, 0]
+                    o_rgb[yy, xx, 1] = rgb[y, x, 1]
+                    o_rgb[yy, xx, 2] = rgb[y, x, 2]
+
+
+@numba.njit(inline="always")
+def _rays(n, c, f):  # pragma: no cover
+    """``(i + 0.5 - c) / f`` for ``i`` in ``range(n)``: a pixel centre's ray coordinate at depth 1."""
+    out = np.empty(n, np.float64)
+    for i in range(n):
+        out[i] = (i + 0.5 - c) / f
+    return out
+
+
+@numba.njit(inline="always")
 def _warp_rows(rgb, depth, y_lo, y_hi, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, o_depth, o_rgb):  # pragma: no cover
     """Warp source rows ``[y_lo, y_hi)`` into the z-buffer ``o_depth`` / ``o_rgb`` (0 = empty): per source pixel,
     unproject (pixel centre + 0.5), move into the target camera (R, t: source camera -> target camera), project,
-    splat a square of the projected size; nearest depth wins, ties to the later pixel."""
+    splat a square of the projected size; nearest depth wins, ties to the later pixel (``_warp_span``)."""
     w = depth.shape[1]
-    H, W = o_depth.shape
+    col = _rays(w, s_cx, s_fx)
+    rows = _rays(depth.shape[0], s_cy, s_fy)
+    U, V, Z, S = np.empty(w), np.empty(w), np.empty(w), np.empty(w)
+    everywhere = np.zeros((0, 0), np.bool_)
     for y in range(y_lo, y_hi):
-        for x in range(w):
-            z_s = depth[y, x]
-            if not (z_s > 0.0):  # 0 = unknown (NaN compares false too)
-                continue
-            px = (x + 0.5 - s_cx) / s_fx * z_s
-            py = (y + 0.5 - s_cy) / s_fy * z_s
-            qx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * z_s + t[0]
-            qy = R[1, 0] * px + R[1, 1] * py + R[1, 2] * z_s + t[1]
-            qz = R[2, 0] * px + R[2, 1] * py + R[2, 2] * z_s + t[2]
-            if qz <= 1e-6:
-                continue
-            u = d_fx * qx / qz + d_cx
-            v = d_fy * qy / qz + d_cy
-            if abs(u) > 1e7 or abs(v) > 1e7:
-                continue
-            scale = (d_fx / s_fx) * z_s / max(qz, 1e-9)
-            s = min(max(int(np.ceil(scale - 1e-6)), 1), MAX_SPLAT_PX)
-            x0 = int(np.floor(u - 0.5 * s + 0.5))
-            y0 = int(np.floor(v - 0.5 * s + 0.5))
-            zf = np.float32(qz)
-            for yy in range(max(y0, 0), min(y0 + s, H)):
-                for xx in range(max(x0, 0), min(x0 + s, W)):
-                    if o_depth[yy, xx] == 0.0 or zf <= o_depth[yy, xx]:  # ties: the later pixel wins
-                        o_depth[yy, xx] = zf
-                        o_rgb[yy, xx, 0] = rgb[y, x, 0]
-                        o_rgb[yy, xx, 1] = rgb[y, x, 1]
-                        o_rgb[yy, xx, 2] = rgb[y, x, 2]
+        _warp_span(rgb, depth, y, 0, w, col, rows[y], d_fx / s_fx, R, t, d_fx, d_fy, d_cx, d_cy, 0,
+                   o_depth.shape[0], everywhere, o_depth, o_rgb, U, V, Z, S)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
