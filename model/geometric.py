@@ -38,7 +38,7 @@ from spatia.world.generator import (
 )
 from spatia.world.geometry import depth_to_world_points, pixel_rays
 from spatia.world.update import fill_holes_background
-from spatia.world.warp import claim_warped, warp_rgbd
+from spatia.world.warp import claim_warped, warp_claim, warp_rgbd
 from spatia.model.fill.freespace import seen_through, world_points
 from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
@@ -1077,6 +1077,10 @@ class GeometricGenerator:
                 if not fill_warps:
                     continue
                 fill_warps -= 1  # one far reference fills; a second one would mostly find the same holes filled
+            if not close:  # it fills the memory's holes only: the warp of the source blocks that can land in one
+                warp_claim(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w, rgb, claimed,
+                           ~valid)
+                continue
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
             allowed = ~valid  # holes of the memory
             if same_view:

@@ -3,6 +3,7 @@ import pytest
 
 from spatia.world.camera import Intrinsics, look_at
 from spatia.world.errors import InvalidInputError
+from spatia.world.geometry import depth_to_world_points
 from spatia.world.warp import warp_rgbd, warp_rgbd_reference
 
 
@@ -55,3 +56,116 @@ def test_bad_shapes_raise():
         warp_rgbd(rgb[:10], depth, K, np.eye(4), K, np.eye(4))
     with pytest.raises(InvalidInputError):
         warp_rgbd(rgb, depth[:, :5], K, np.eye(4), K, np.eye(4))
+
+
+def _hostile(seed, w=48, h=36):
+    """A source frame with what real frames rarely hold: depth steps (splats of 1 to 3 pixels), unknown, negative,
+    NaN and inf depths, and points that land behind the target camera or far off its image."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    depth = np.where(rng.random((h, w)) < 0.5, 0.4 + rng.random((h, w)), 2.0 + 3.0 * rng.random((h, w)))
+    depth[: h // 3, : w // 3] = 0.05 + 0.01 * rng.random((h // 3, w // 3))  # near blob: big splats, some behind
+    depth = depth.astype(np.float32)
+    bad = rng.random((h, w))
+    depth[bad < 0.08] = 0.0
+    depth[(bad >= 0.08) & (bad < 0.1)] = -1.0
+    depth[(bad >= 0.1) & (bad < 0.11)] = np.nan
+    depth[(bad >= 0.11) & (bad < 0.12)] = np.inf
+    depth[0, 0] = 1e-5  # near the camera plane: huge target coordinates
+    return rgb, depth, Intrinsics.from_fov(70, w, h)
+
+
+def _moved(rng):
+    return look_at(rng.normal(0, 0.3, 3), [rng.normal(0, 0.4), rng.normal(0, 0.4), 2.5])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_warp_matches_reference_on_hostile_input(seed):
+    rgb, depth, K = _hostile(seed)
+    rng = np.random.default_rng(200 + seed)
+    K_dst = Intrinsics.from_fov(60, 40 + seed, 30)
+    pose = _moved(rng)
+    fast = warp_rgbd(rgb, depth, K, np.eye(4), K_dst, pose)
+    ref = warp_rgbd_reference(rgb, depth, K, np.eye(4), K_dst, pose)
+    assert np.array_equal(fast.depth_m, ref.depth_m) and np.array_equal(fast.rgb, ref.rgb)
+    assert ref.valid.any()
+
+
+def _claim_cases(seed):
+    """(source frame, target intrinsics and pose, target colour, claimed, allowed) with holes in blobs and speckle."""
+    rgb, depth, K = _hostile(seed, 64, 48)
+    rng = np.random.default_rng(300 + seed)
+    K_dst = Intrinsics.from_fov(60, 56, 40)
+    pose = _moved(rng) if seed % 3 else np.eye(4)
+    base = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    claimed = rng.random((40, 56)) < 0.2
+    allowed = rng.random((40, 56)) < 0.005  # speckle (pinholes)
+    y, x = rng.integers(0, 30), rng.integers(0, 46)
+    allowed[y:y + 10, x:x + 10] = True  # a hole blob
+    if seed == 5:
+        allowed[:] = True  # nothing to cull
+    return rgb, depth, K, K_dst, pose, base, claimed, allowed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_warp_claim_matches_warp_then_claim(seed):
+    """The culled, fused warp + claim equals the reference warp followed by the reference claim, for 1, 2 and 3
+    target bands and blocks of 1, 3 and 8 pixels (an odd block leaves partial blocks at the edges)."""
+    from spatia.world.warp import _reference_claim_warped, _warp_claim_kernel, warp_claim
+
+    rgb, depth, K, K_dst, pose, base, claimed, allowed = _claim_cases(seed)
+    ref = warp_rgbd_reference(rgb, depth, K, np.eye(4), K_dst, pose)
+    want_rgb, want_claimed = base.copy(), claimed.copy()
+    _reference_claim_warped(want_rgb, want_claimed, ref.rgb, ref.depth_m, allowed)
+    assert (want_claimed & ~claimed).any()  # the warp claims pixels (the test tests something)
+    got_rgb, got_claimed = base.copy(), claimed.copy()
+    warp_claim(rgb, depth, K, np.eye(4), K_dst, pose, got_rgb, got_claimed, allowed)
+    assert np.array_equal(got_rgb, want_rgb) and np.array_equal(got_claimed, want_claimed)
+    rel = np.linalg.inv(pose)
+    for n_chunks in (1, 2, 3):
+        for block in (1, 3, 8):
+            got_rgb, got_claimed = base.copy(), claimed.copy()
+            _warp_claim_kernel(rgb, depth, K.fx, K.fy, K.cx, K.cy, np.ascontiguousarray(rel[:3, :3]),
+                               np.ascontiguousarray(rel[:3, 3]), K_dst.fx, K_dst.fy, K_dst.cx, K_dst.cy,
+                               allowed & ~claimed, got_rgb, got_claimed, n_chunks, block)
+            assert np.array_equal(got_rgb, want_rgb) and np.array_equal(got_claimed, want_claimed)
+
+
+def test_block_reach_holds_every_splat_and_culls():
+    """A block's reach holds every target pixel its pixels' splats cover (the reference's projection), and is
+    small for a block of one surface: the culling skips blocks (without it ``warp_claim`` is the whole warp)."""
+    from spatia.world.warp import MAX_SPLAT_PX, _block_reach, _project_source, _rays
+
+    bounded = 0
+    for seed in range(4):
+        rgb, depth, K = _hostile(seed, 64, 48)
+        rng = np.random.default_rng(400 + seed)
+        K_dst = Intrinsics.from_fov(60, 56, 40)
+        pose = _moved(rng)
+        rel = np.linalg.inv(pose)
+        R, t = np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3])
+        col, rows = _rays(K.width, K.cx, K.fx), _rays(K.height, K.cy, K.fy)
+        u, v, _, _, size = _project_source(rgb, depth, K, np.eye(4), K_dst, pose)
+        pts, idx = depth_to_world_points(depth, K, np.eye(4))  # the points ``_project_source`` keeps, in order
+        idx = idx[((pts - pose[:3, 3]) @ pose[:3, :3])[:, 2] > 1e-6]
+        ys, xs = np.divmod(idx, K.width)
+        for y_lo in range(0, 48, 8):
+            for x_lo in range(0, 64, 8):
+                inside = (ys >= y_lo) & (ys < y_lo + 8) & (xs >= x_lo) & (xs < x_lo + 8)
+                z = depth[y_lo:y_lo + 8, x_lo:x_lo + 8]
+                known = z[np.isfinite(z) & (z > 0)]
+                z_lo, z_hi = (float(known.min()), float(known.max())) if known.size else (np.inf, 0.0)
+                r0, r1, c0, c1 = _block_reach(z_lo, z_hi, y_lo, y_lo + 8, x_lo, x_lo + 8, col, rows, R, t, K_dst.fx,
+                                              K_dst.fy, K_dst.cx, K_dst.cy, 40, 56)
+                if (r1 - r0) * (c1 - c0) < 40 * 56:
+                    bounded += 1
+                for i in np.flatnonzero(inside):
+                    if abs(u[i]) > 1e7 or abs(v[i]) > 1e7:
+                        continue
+                    s = int(size[i])
+                    x0, y0 = int(np.floor(u[i] - 0.5 * s + 0.5)), int(np.floor(v[i] - 0.5 * s + 0.5))
+                    for yy in range(max(y0, 0), min(y0 + s, 40)):
+                        for xx in range(max(x0, 0), min(x0 + s, 56)):
+                            assert r0 <= yy < r1 and c0 <= xx < c1
+        assert s <= MAX_SPLAT_PX
+    assert bounded > 20
