@@ -169,3 +169,70 @@ def test_block_reach_holds_every_splat_and_culls():
                             assert r0 <= yy < r1 and c0 <= xx < c1
         assert s <= MAX_SPLAT_PX
     assert bounded > 20
+
+
+def _reference_apply_references(cfg, rgb, depth, valid, c2w, K, references):
+    """``GeometricGenerator._apply_references`` written with the reference warp and claim (every reference warped
+    whole, in numpy)."""
+    from spatia.world.camera import rotation_angle_deg, translation_distance_m
+    from spatia.world.warp import _reference_claim_warped
+
+    claimed = np.zeros_like(valid)
+    fill_warps = 0 if 1.0 - float(valid.mean()) < cfg.fill_warp_min_hole_fraction else 1
+    order = sorted(references, key=lambda r: rotation_angle_deg(r.c2w, c2w) + 10.0 * translation_distance_m(r.c2w, c2w))
+    for ref in order[: cfg.max_reference_warps]:
+        rot, trans = rotation_angle_deg(ref.c2w, c2w), translation_distance_m(ref.c2w, c2w)
+        close = rot <= cfg.sharpen_max_rotation_deg and trans <= cfg.sharpen_max_translation_m
+        same_view = rot <= cfg.trust_max_rotation_deg and trans <= cfg.trust_max_translation_m
+        if not close:
+            if not fill_warps:
+                continue
+            fill_warps -= 1
+        warped = warp_rgbd_reference(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, K, c2w)
+        allowed = ~valid
+        if same_view:
+            allowed = np.ones_like(valid)
+        elif close:
+            allowed = allowed | (np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6))
+        _reference_claim_warped(rgb, claimed, warped.rgb, warped.depth_m, allowed)
+    return valid | claimed
+
+
+@pytest.mark.parametrize("case", ["far", "far_few_holes", "close_and_far", "same_view"])
+def test_apply_references_matches_the_reference_warps(case):
+    """The generator's reference warps (far ones through ``warp_claim``, close ones whole) give the colour and
+    the colour-valid mask of every reference warped whole and claimed in numpy."""
+    from types import SimpleNamespace
+
+    from spatia.model.geometric import GeometricGenerator
+    from spatia.world.generator import ReferenceFrame
+
+    def turned(deg, step_m):
+        a = np.radians(deg)
+        pose = np.eye(4)
+        pose[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+        pose[0, 3] = step_m
+        return pose
+
+    rng = np.random.default_rng(len(case))
+    w, h = 64, 48
+    K = Intrinsics.from_fov(70, w, h)
+    gen = GeometricGenerator()
+    refs = []
+    poses = {"far": [(3.0, 0.1), (8.0, 0.2)], "far_few_holes": [(3.0, 0.1)],
+             "close_and_far": [(3.0, 0.02), (4.0, 0.3), (9.0, 0.1)], "same_view": [(1.0, 0.01), (6.0, 0.1)]}[case]
+    for i, (deg, step) in enumerate(poses):
+        depth = (2.0 + rng.random((h, w))).astype(np.float32)
+        depth[: h // 2, : w // 3] = 1.0  # a nearer box
+        depth[rng.random((h, w)) < 0.05] = 0.0
+        refs.append(ReferenceFrame(i, rng.integers(0, 256, (h, w, 3), dtype=np.uint8), turned(deg, step), K,
+                                   depth_m=depth))
+    depth = (2.0 + rng.random((h, w))).astype(np.float32)
+    valid = rng.random((h, w)) > (0.02 if case == "far_few_holes" else 0.1)
+    valid[10:20, 30:45] = case == "far_few_holes"  # a hole blob (none when the holes are few)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    got_rgb, want_rgb = rgb.copy(), rgb.copy()
+    got = gen._apply_references(got_rgb, depth, valid, np.eye(4), SimpleNamespace(intrinsics=K), refs)
+    want = _reference_apply_references(gen.config, want_rgb, depth, valid, np.eye(4), K, refs)
+    assert np.array_equal(got, want) and np.array_equal(got_rgb, want_rgb)
+    assert got is not valid and (case == "far_few_holes" or (got & ~valid).any())
