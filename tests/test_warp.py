@@ -127,7 +127,8 @@ def test_warp_claim_matches_warp_then_claim(seed):
             got_rgb, got_claimed = base.copy(), claimed.copy()
             _warp_claim_kernel(rgb, depth, K.fx, K.fy, K.cx, K.cy, np.ascontiguousarray(rel[:3, :3]),
                                np.ascontiguousarray(rel[:3, 3]), K_dst.fx, K_dst.fy, K_dst.cx, K_dst.cy,
-                               allowed & ~claimed, got_rgb, got_claimed, n_chunks, block)
+                               allowed & ~claimed, got_rgb, got_claimed, n_chunks, block,
+                               np.full((41, 57), 7, np.int32), np.full((40, 56), -1.0, np.float32))  # dirty scratch
             assert np.array_equal(got_rgb, want_rgb) and np.array_equal(got_claimed, want_claimed)
 
 

@@ -7,6 +7,7 @@ surface it gives the sharper colour. Pixel centres are at +0.5, as in ``world.ge
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -161,6 +162,7 @@ def _warp_serial(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_c
 
 
 CULL_BLOCK_PX = 8  # source pixels per side of a block that ``warp_claim`` keeps or culls whole
+_scratch = threading.local()  # ``warp_claim``'s summed-area table and z-buffer, per frame thread (one size kept)
 
 
 @numba.njit(inline="always")
@@ -248,7 +250,7 @@ def _block_reach(z_lo, z_hi, y_lo, y_hi, x_lo, x_hi, col, rows, R, t, d_fx, d_fy
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _warp_claim_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, mask, out_rgb, claimed,
-                       n_chunks, block):  # pragma: no cover
+                       n_chunks, block, area, o_depth):  # pragma: no cover
     """``_warp_rows`` restricted to the target pixels of ``mask`` ([H, W] bool, not empty), with the claim fused:
     where a source pixel lands on a ``mask`` pixel the nearest one's colour goes straight into ``out_rgb`` and
     the pixel is ``claimed``. Equal to ``warp_rgbd`` + ``claim_warped`` with ``allowed`` = ``mask`` (the values
@@ -258,17 +260,24 @@ def _warp_claim_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_c
     (``block`` pixels a side) whose reach (``_block_reach``) holds no mask pixel (a summed-area table answers)
     are neither projected nor splatted: a far reference fills the memory's holes, a tenth of the view. In
     parallel each of ``n_chunks`` threads owns a band of target rows (split by mask count) and warps, in source
-    order, the blocks that reach its band: no per-thread buffers, no merge, the serial result."""
+    order, the blocks that reach its band: no per-thread buffers, no merge, the serial result.
+
+    ``area`` [H + 1, W + 1] int32 and ``o_depth`` [H, W] float32: scratch, any content (the summed-area table is
+    written whole, the z-buffer zeroed): a caller keeps them between calls, where fresh ones cost a page fault per
+    4 KiB touched."""
     h, w = depth.shape
     H, W = mask.shape
     col = _rays(w, s_cx, s_fx)
     rows = _rays(h, s_cy, s_fy)
-    area = np.zeros((H + 1, W + 1), np.int32)  # area[r, c]: mask pixels in rows < r, columns < c
+    for xx in range(W + 1):  # area[r, c]: mask pixels in rows < r, columns < c
+        area[0, xx] = 0
     for yy in range(H):
+        area[yy + 1, 0] = 0
         run = 0
         for xx in range(W):
             run += mask[yy, xx]
             area[yy + 1, xx + 1] = area[yy, xx + 1] + run
+    o_depth[:] = 0.0
     n_by = (h + block - 1) // block
     n_bx = (w + block - 1) // block
     reach = np.empty((n_by, n_bx, 4), np.int64)
@@ -294,7 +303,6 @@ def _warp_claim_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_c
         while r < H and area[r, W] * n_chunks < c * total:
             r += 1
         bands[c] = r
-    o_depth = np.zeros((H, W), np.float32)
     k = d_fx / s_fx
     for c in numba.prange(n_chunks):
         b_lo, b_hi = bands[c], bands[c + 1]
@@ -391,10 +399,14 @@ def warp_claim(
     mask = allowed & ~claimed
     if not mask.any():
         return
+    scratch = getattr(_scratch, "arrays", None)
+    if scratch is None or scratch[1].shape != (H, W):
+        scratch = _scratch.arrays = (np.empty((H + 1, W + 1), np.int32), np.empty((H, W), np.float32))
     rel = np.linalg.inv(np.asarray(c2w_dst, np.float64)) @ np.asarray(c2w_src, np.float64)  # source cam -> target cam
     _warp_claim_kernel(np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy,
                        src.cx, src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx,
-                       dst.fy, dst.cx, dst.cy, mask, out_rgb, claimed, numba.get_num_threads(), CULL_BLOCK_PX)
+                       dst.fy, dst.cx, dst.cy, mask, out_rgb, claimed, numba.get_num_threads(), CULL_BLOCK_PX,
+                       *scratch)
 
 
 def warp_rgbd_reference(rgb, depth_m, src, c2w_src, dst, c2w_dst) -> WarpResult:
