@@ -216,9 +216,10 @@ def _block_reach(z_lo, z_hi, y_lo, y_hi, x_lo, x_hi, col, rows, R, t, d_fx, d_fy
     The block's points lie in the frustum slab of its pixel rays between its nearest and farthest depth, a convex
     set whose 8 corners bound it; where all of it is in front of the target camera, the projection maps it onto
     the convex hull of the corners' projections (a projective map keeps lines), so their bounding box holds every
-    pixel's splat centre. A splat reaches 2 pixels from its centre (``MAX_SPLAT_PX`` 3); the margin is 3 and
-    rounding is orders of magnitude below it, guarded by asking the slab's nearest target depth to be far from
-    a cancellation (1e-6 of the terms' magnitude) and the box to be inside a million pixels."""
+    pixel's splat centre. A splat of side 1-3 (``MAX_SPLAT_PX``) centred at ``u`` covers columns ``floor(u) - 1``
+    to ``floor(u) + 1`` at most (rows alike); one more pixel each side covers rounding, which is orders of
+    magnitude below it, guarded by asking the slab's nearest target depth to be far from a cancellation (1e-6 of
+    the terms' magnitude) and the box to be inside a million pixels."""
     if not (z_hi > 0.0):
         return 0, 0, 0, 0
     a_abs = max(abs(col[x_lo]), abs(col[x_hi - 1]))
@@ -241,10 +242,10 @@ def _block_reach(z_lo, z_hi, y_lo, y_hi, x_lo, x_hi, col, rows, R, t, d_fx, d_fy
     sure = sure & (abs(u_lo) < 1e6) & (abs(u_hi) < 1e6) & (abs(v_lo) < 1e6) & (abs(v_hi) < 1e6)
     if not sure:  # (NaN fails every comparison above)
         return 0, H, 0, W
-    r0 = min(max(int(np.floor(v_lo)) - 3, 0), H)
-    r1 = min(max(int(np.floor(v_hi)) + 4, 0), H)
-    c0 = min(max(int(np.floor(u_lo)) - 3, 0), W)
-    c1 = min(max(int(np.floor(u_hi)) + 4, 0), W)
+    r0 = min(max(int(np.floor(v_lo)) - 2, 0), H)
+    r1 = min(max(int(np.floor(v_hi)) + 3, 0), H)
+    c0 = min(max(int(np.floor(u_lo)) - 2, 0), W)
+    c1 = min(max(int(np.floor(u_hi)) + 3, 0), W)
     return r0, r1, c0, c1
 
 
