@@ -47,8 +47,8 @@ def _push_cell(rgb, valid, y, x, h, w, out, i, j):  # pragma: no cover - compile
 def _push_first(rgb, valid, out):  # pragma: no cover - compiled
     """Level 1 ([ceil(H/2), ceil(W/2), 4] float32: premultiplied colour, weight) from the frame and its mask. The
     sums are of uint8 values and counts, exact as integers (the same values as the definition's float64 sums, and
-    a sum times 0.25 is exact in float32 too); the whole 2x2 blocks of a row pair in a branch-free int32 loop that
-    the compiler vectorises (``_push_first_plain``: a branch per cell), the cells an odd edge cuts after it."""
+    a sum times 0.25 is exact in float32 too); the whole 2x2 blocks of a row pair in a branch-free int32 loop
+    (``_push_first_plain`` took a branch per cell, and int64 products), the cells an odd edge cuts after it."""
     h, w = valid.shape
     quarter = np.float32(0.25)
     for i in range(out.shape[0]):
