@@ -1068,8 +1068,10 @@ class GeometricGenerator:
         # of travel weigh like one degree of turn
         poses = [(rotation_angle_deg(ref.c2w, c2w), translation_distance_m(ref.c2w, c2w), ref) for ref in references]
         poses.sort(key=lambda p: p[0] + 10.0 * p[1])
-        # (the hole share as ``1 - valid.mean()``, without the float64 pass: the same float)
-        fill_warps = 0 if 1.0 - np.count_nonzero(valid) / valid.size < cfg.fill_warp_min_hole_fraction else 1
+        # (the hole share as ``1 - valid.mean()``, without the float64 pass: the same float; an empty frame's mean
+        # is NaN, which no threshold passes)
+        holes = 1.0 - np.count_nonzero(valid) / valid.size if valid.size else float("nan")
+        fill_warps = 0 if holes < cfg.fill_warp_min_hole_fraction else 1
         for rot, trans, ref in poses[: cfg.max_reference_warps]:
             close = rot <= cfg.sharpen_max_rotation_deg and trans <= cfg.sharpen_max_translation_m
             same_view = rot <= cfg.trust_max_rotation_deg and trans <= cfg.trust_max_translation_m

@@ -237,3 +237,25 @@ def test_apply_references_matches_the_reference_warps(case):
     want = _reference_apply_references(gen.config, want_rgb, depth, valid, np.eye(4), K, refs)
     assert np.array_equal(got, want) and np.array_equal(got_rgb, want_rgb)
     assert got is not valid and (case == "far_few_holes" or (got & ~valid).any())
+
+
+def test_warps_at_the_source_pose_with_unknown_depth_do_not_raise():
+    """The projection divides before it tests: an unknown pixel with the target at the source's centre (a
+    reference at the target's pose, standing still) divides by a zero target depth, which must skip the pixel, not
+    raise ZeroDivisionError, on one thread and banded, whole warp and ``warp_claim``; the same as the reference."""
+    from spatia.world.warp import _warp_claim_kernel, _warp_kernel, _warp_serial
+
+    rgb, depth, K = _frame(7)
+    assert (depth == 0).any()
+    ref = warp_rgbd_reference(rgb, depth, K, np.eye(4), K, np.eye(4))
+    R, t = np.eye(3), np.zeros(3)
+    args = (rgb, depth, K.fx, K.fy, K.cx, K.cy, R, t, K.fx, K.fy, K.cx, K.cy)
+    for kernel, extra in ((_warp_serial, ()), (_warp_kernel, (1,)), (_warp_kernel, (2,))):
+        o_rgb, o_depth = np.zeros_like(rgb), np.zeros(depth.shape, np.float32)
+        kernel(*args, o_rgb, o_depth, *extra)
+        assert np.array_equal(o_rgb, ref.rgb) and np.array_equal(o_depth, ref.depth_m)
+    for n_chunks in (1, 2):
+        got_rgb, got_claimed = np.zeros_like(rgb), np.zeros(depth.shape, bool)
+        _warp_claim_kernel(*args, np.ones(depth.shape, bool), got_rgb, got_claimed, n_chunks, 8,
+                           np.empty((37, 49), np.int32), np.empty((36, 48), np.float32))
+        assert np.array_equal(got_rgb, ref.rgb) and np.array_equal(got_claimed, ref.valid)

@@ -18,6 +18,10 @@ from spatia.world.errors import InvalidInputError
 from spatia.world.geometry import depth_to_world_points
 
 MAX_SPLAT_PX = 3  # a source pixel covers at most 3x3 target pixels (when the target is closer)
+# The warp kernels divide before they test (the branch-free projection of a whole row, the corners of a block):
+# a zero divisor (an unknown pixel's depth with the target at the source's centre, fx 0) must give inf / NaN and
+# fail the tests after it, not raise ZeroDivisionError (numba's default "python" error model).
+_NO_RAISE = "numpy"
 
 
 @dataclass
@@ -126,7 +130,7 @@ def _warp_rows(rgb, depth, y_lo, y_hi, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy,
                    o_depth.shape[0], everywhere, o_depth, o_rgb, everywhere, U, V, Z, S)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, error_model=_NO_RAISE, parallel=True)
 def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth, n_chunks):  # pragma: no cover
     """``_warp_rows`` over all source rows, split into ``n_chunks`` bands warped in parallel, each into its own
     z-buffer; the merge takes the nearest depth per pixel and, on a tie, the later band, so the result is exactly
@@ -154,7 +158,7 @@ def _warp_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_c
                 out_rgb[yy, xx, 2] = band_rgb[band, yy, xx, 2]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model=_NO_RAISE)
 def _warp_serial(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, out_rgb, out_depth):  # pragma: no cover
     """One thread: straight into the (zeroed) outputs, no band buffers, no merge pass, no parallel launch (the
     lock-step server and the gym env run numba single-threaded; the merge of one band copied every pixel)."""
@@ -249,7 +253,7 @@ def _block_reach(z_lo, z_hi, y_lo, y_hi, x_lo, x_hi, col, rows, R, t, d_fx, d_fy
     return r0, r1, c0, c1
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, error_model=_NO_RAISE, parallel=True)
 def _warp_claim_kernel(rgb, depth, s_fx, s_fy, s_cx, s_cy, R, t, d_fx, d_fy, d_cx, d_cy, mask, out_rgb, claimed,
                        n_chunks, block, area, o_depth):  # pragma: no cover
     """``_warp_rows`` restricted to the target pixels of ``mask`` ([H, W] bool, not empty), with the claim fused:
