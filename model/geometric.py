@@ -38,7 +38,7 @@ from spatia.world.generator import (
 )
 from spatia.world.geometry import depth_to_world_points, pixel_rays
 from spatia.world.update import fill_holes_background
-from spatia.world.warp import claim_warped, warp_rgbd
+from spatia.world.warp import claim_warped, warp_claim, warp_rgbd
 from spatia.model.fill.freespace import seen_through, world_points
 from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
@@ -1084,20 +1084,28 @@ class GeometricGenerator:
         by. Returns the colour-valid mask. Depth stays the memory's: a warp fattens near surfaces by its splat,
         and points placed with that depth would float in front of the background."""
         cfg = self.config
-        claimed = np.zeros_like(valid)  # pixels a nearer reference already set: nearest first, first claim wins
-
-        def distance(ref: ReferenceFrame) -> float:  # 10 cm of travel weigh like one degree of turn
-            return rotation_angle_deg(ref.c2w, c2w) + 10.0 * translation_distance_m(ref.c2w, c2w)
-
-        fill_warps = 0 if 1.0 - float(valid.mean()) < cfg.fill_warp_min_hole_fraction else 1
-        for ref in sorted(references, key=distance)[: cfg.max_reference_warps]:
-            rot, trans = rotation_angle_deg(ref.c2w, c2w), translation_distance_m(ref.c2w, c2w)
+        claimed = None  # pixels a nearer reference already set: nearest first, first claim wins (made at a warp)
+        # each reference's turn and travel from this target, once (the order and the close / same-view tests); 10 cm
+        # of travel weigh like one degree of turn
+        poses = [(rotation_angle_deg(ref.c2w, c2w), translation_distance_m(ref.c2w, c2w), ref) for ref in references]
+        poses.sort(key=lambda p: p[0] + 10.0 * p[1])
+        # (the hole share as ``1 - valid.mean()``, without the float64 pass: the same float; an empty frame's mean
+        # is NaN, which no threshold passes)
+        holes = 1.0 - np.count_nonzero(valid) / valid.size if valid.size else float("nan")
+        fill_warps = 0 if holes < cfg.fill_warp_min_hole_fraction else 1
+        for rot, trans, ref in poses[: cfg.max_reference_warps]:
             close = rot <= cfg.sharpen_max_rotation_deg and trans <= cfg.sharpen_max_translation_m
             same_view = rot <= cfg.trust_max_rotation_deg and trans <= cfg.trust_max_translation_m
             if not close:
                 if not fill_warps:
                     continue
                 fill_warps -= 1  # one far reference fills; a second one would mostly find the same holes filled
+            if claimed is None:
+                claimed = np.zeros_like(valid)
+            if not close:  # it fills the memory's holes only: the warp of the source blocks that can land in one
+                warp_claim(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w, rgb, claimed,
+                           ~valid)
+                continue
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
             allowed = ~valid  # holes of the memory
             if same_view:
@@ -1105,7 +1113,7 @@ class GeometricGenerator:
             elif close:
                 allowed = allowed | (np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6))
             claim_warped(rgb, claimed, warped.rgb, warped.depth_m, allowed)  # rgb, claimed: in place
-        return valid | claimed
+        return valid.copy() if claimed is None else valid | claimed
 
     def _tiles_ahead(self, entry: FillEntry, state: _LayoutState | None, view: LayoutView | None,
                      c2w: np.ndarray, reach, intrinsics: Intrinsics) -> None:

@@ -35,8 +35,8 @@ def test_edge_cases_and_a_hole_takes_its_surroundings():
 
 @pytest.mark.parametrize("shape", [(7, 9), (180, 320), (181, 321)])
 def test_the_level_below_full_resolution_pulled_where_the_holes_read_it_gives_the_whole_pull(shape):
-    """``pushpull_fill`` pulls level 1 only at the cells ``_cells_read`` marks: the same frame, bit for bit, as
-    pulling every cell (odd shapes: the edge taps)."""
+    """``pushpull_fill`` pulls each level only at the cells the next finer pull reads: the same frame, bit for bit,
+    as pulling every cell (odd shapes: the edge taps)."""
     from spatia.model.fill import pushpull as pp
 
     rng = np.random.default_rng(shape[0])
@@ -45,6 +45,53 @@ def test_the_level_below_full_resolution_pulled_where_the_holes_read_it_gives_th
     valid[2:6, 3:8] = False  # ... and a larger one
     levels = [np.empty((pp._half(shape[0]), pp._half(shape[1]), 4), np.float32)]
     pp._push_first(rgb, valid, levels[0])
+    while min(levels[-1].shape[:2]) > 2:
+        nxt = np.empty((pp._half(levels[-1].shape[0]), pp._half(levels[-1].shape[1]), 4), np.float32)
+        pp._push(levels[-1], nxt)
+        levels.append(nxt)
+    filled = pp._top_estimate(levels[-1])
+    for lv in reversed(levels[:-1]):
+        out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
+        pp._pull(filled, lv, out, np.zeros((0, 0), np.bool_))  # every cell
+        filled = out
+    whole = rgb.copy()
+    pp._pull_holes(filled, valid, whole)
+    assert np.array_equal(pp.pushpull_fill(rgb, valid), whole)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 3), (5, 2), (37, 53), (180, 320), (181, 321)])
+def test_branch_free_first_push_equals_the_plain_one(shape):
+    """``_push_first`` (a branch-free int32 loop over whole blocks, odd edges after it) gives level 1 bit for bit
+    as ``_push_first_plain`` (a branch per cell)."""
+    from spatia.model.fill import pushpull as pp
+
+    rng = np.random.default_rng(sum(shape))
+    for hole_share in (0.0, 0.3, 1.0):
+        rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        valid = rng.random(shape) >= hole_share
+        a = np.full((pp._half(shape[0]), pp._half(shape[1]), 4), np.nan, np.float32)
+        b = a.copy()
+        pp._push_first(rgb, valid, a)
+        pp._push_first_plain(rgb, valid, b)
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (7, 9), (64, 64), (180, 320), (181, 321)])
+@pytest.mark.parametrize("holes", ["few", "blob", "most"])
+def test_pulls_at_the_cells_read_equal_the_whole_pull(shape, holes):
+    """``pushpull_fill`` pulls each level only at the cells the next finer pull reads (``_cells_read_by`` down from
+    the holes): the same frame, bit for bit, as pulling every cell of every level (``_pull`` everywhere, then
+    ``_pull_holes``)."""
+    from spatia.model.fill import pushpull as pp
+
+    rng = np.random.default_rng(shape[0] * 7 + len(holes))
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    valid = rng.random(shape) > {"few": 0.02, "blob": 0.0, "most": 0.9}[holes]
+    if holes == "blob":
+        valid[shape[0] // 3: shape[0] // 3 + 5, 1:6] = False
+    valid.flat[-1] = True
+    levels = [np.empty((pp._half(shape[0]), pp._half(shape[1]), 4), np.float32)]
+    pp._push_first_plain(rgb, valid, levels[0])
     while min(levels[-1].shape[:2]) > 2:
         nxt = np.empty((pp._half(levels[-1].shape[0]), pp._half(levels[-1].shape[1]), 4), np.float32)
         pp._push(levels[-1], nxt)

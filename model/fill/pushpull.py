@@ -15,8 +15,9 @@ Definition (``pushpull_fill_reference``, plain numpy, is it written out):
 The frame path fills every frame this way (pinholes between rendered points, gaps around furniture). The former
 implementation did the push and the full-resolution pull as seven full-frame OpenCV passes (casts, channel
 merges, multiplies) even when a few percent of the pixels were holes; here one numba pass builds level 1 from the
-uint8 frame and the mask, the last pull touches the hole pixels only, and the pull before it (level 1) only the
-cells those read.
+uint8 frame and the mask, the last pull touches the hole pixels only, and each pull before it only the cells the
+next finer pull reads (``_cells_read_by``, down from the holes). ``_pull`` / ``_pull_holes`` (every cell) and
+``_push_first_plain`` are the whole-level kernels the tests compare these with bit for bit.
 """
 
 from __future__ import annotations
@@ -25,40 +26,55 @@ import numba as nb
 import numpy as np
 
 
+@nb.njit(inline="always")
+def _push_cell(rgb, valid, y, x, h, w, out, i, j):  # pragma: no cover - compiled
+    """One cell of level 1 that an odd edge cuts (its 2x2 block partly outside the frame)."""
+    r = g = b = a = 0
+    for yy in range(y, min(y + 2, h)):
+        for xx in range(x, min(x + 2, w)):
+            k = np.int64(valid[yy, xx])
+            r += k * np.int64(rgb[yy, xx, 0])
+            g += k * np.int64(rgb[yy, xx, 1])
+            b += k * np.int64(rgb[yy, xx, 2])
+            a += k
+    out[i, j, 0] = np.float64(r) * 0.25
+    out[i, j, 1] = np.float64(g) * 0.25
+    out[i, j, 2] = np.float64(b) * 0.25
+    out[i, j, 3] = np.float64(a) * 0.25
+
+
 @nb.njit(cache=True, nogil=True)
 def _push_first(rgb, valid, out):  # pragma: no cover - compiled
     """Level 1 ([ceil(H/2), ceil(W/2), 4] float32: premultiplied colour, weight) from the frame and its mask. The
-    sums are of uint8 values and counts, exact as integers (the same values as the definition's float64 sums),
-    without a branch per pixel; whole 2x2 blocks take a straight-line body (the cells an odd edge cuts, the loop)."""
+    sums are of uint8 values and counts, exact as integers (the same values as the definition's float64 sums, and
+    a sum times 0.25 is exact in float32 too); the whole 2x2 blocks of a row pair in a branch-free int32 loop
+    (``_push_first_plain`` took a branch per cell, and int64 products), the cells an odd edge cuts after it."""
     h, w = valid.shape
+    quarter = np.float32(0.25)
     for i in range(out.shape[0]):
         y = 2 * i
-        whole_rows = y + 1 < h
-        for j in range(out.shape[1]):
+        if y + 1 >= h:
+            for j in range(out.shape[1]):
+                _push_cell(rgb, valid, y, 2 * j, h, w, out, i, j)
+            continue
+        for j in range(w // 2):
             x = 2 * j
-            if whole_rows and x + 1 < w:
-                k0 = np.int64(valid[y, x])
-                k1 = np.int64(valid[y, x + 1])
-                k2 = np.int64(valid[y + 1, x])
-                k3 = np.int64(valid[y + 1, x + 1])
-                for c in range(3):
-                    t = (k0 * np.int64(rgb[y, x, c]) + k1 * np.int64(rgb[y, x + 1, c])
-                         + k2 * np.int64(rgb[y + 1, x, c]) + k3 * np.int64(rgb[y + 1, x + 1, c]))
-                    out[i, j, c] = np.float64(t) * 0.25
-                out[i, j, 3] = np.float64(k0 + k1 + k2 + k3) * 0.25
-                continue
-            r = g = b = a = 0
-            for yy in range(y, min(y + 2, h)):
-                for xx in range(x, min(x + 2, w)):
-                    k = np.int64(valid[yy, xx])
-                    r += k * np.int64(rgb[yy, xx, 0])
-                    g += k * np.int64(rgb[yy, xx, 1])
-                    b += k * np.int64(rgb[yy, xx, 2])
-                    a += k
-            out[i, j, 0] = np.float64(r) * 0.25
-            out[i, j, 1] = np.float64(g) * 0.25
-            out[i, j, 2] = np.float64(b) * 0.25
-            out[i, j, 3] = np.float64(a) * 0.25
+            k0 = np.int32(valid[y, x])
+            k1 = np.int32(valid[y, x + 1])
+            k2 = np.int32(valid[y + 1, x])
+            k3 = np.int32(valid[y + 1, x + 1])
+            r = (k0 * np.int32(rgb[y, x, 0]) + k1 * np.int32(rgb[y, x + 1, 0]) + k2 * np.int32(rgb[y + 1, x, 0])
+                 + k3 * np.int32(rgb[y + 1, x + 1, 0]))
+            g = (k0 * np.int32(rgb[y, x, 1]) + k1 * np.int32(rgb[y, x + 1, 1]) + k2 * np.int32(rgb[y + 1, x, 1])
+                 + k3 * np.int32(rgb[y + 1, x + 1, 1]))
+            b = (k0 * np.int32(rgb[y, x, 2]) + k1 * np.int32(rgb[y, x + 1, 2]) + k2 * np.int32(rgb[y + 1, x, 2])
+                 + k3 * np.int32(rgb[y + 1, x + 1, 2]))
+            out[i, j, 0] = np.float32(r) * quarter
+            out[i, j, 1] = np.float32(g) * quarter
+            out[i, j, 2] = np.float32(b) * quarter
+            out[i, j, 3] = np.float32(k0 + k1 + k2 + k3) * quarter
+        if w % 2:
+            _push_cell(rgb, valid, y, w - 1, h, w, out, i, w // 2)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -136,24 +152,6 @@ def _pull(coarse, level, out, need):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _cells_read(valid, hs, ws):  # pragma: no cover - compiled
-    """[hs, ws] bool: the cells of the level below full resolution that ``_pull_holes`` reads (the bilinear taps
-    of the hole pixels of ``valid``); a frame with a few percent of holes pulls that level for those alone."""
-    hd, wd = valid.shape
-    need = np.zeros((hs, ws), np.bool_)
-    x0s, x1s, _ = _taps(ws, wd)
-    for i in range(hd):
-        y0, y1, _ = _tap(hs, hd, i)
-        for j in range(wd):
-            if not valid[i, j]:
-                need[y0, x0s[j]] = True
-                need[y0, x1s[j]] = True
-                need[y1, x0s[j]] = True
-                need[y1, x1s[j]] = True
-    return need
-
-
-@nb.njit(cache=True, nogil=True)
 def _pull_holes(coarse, valid, out):  # pragma: no cover - compiled
     """Full resolution: the holes of ``out`` (uint8, valid pixels already in place) from ``coarse`` [h, w, 3]."""
     hs, ws = coarse.shape[:2]
@@ -170,6 +168,66 @@ def _pull_holes(coarse, valid, out):  # pragma: no cover - compiled
                 bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
                 v = np.floor(top + fy * (bot - top) + 0.5)
                 out[i, j, c] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
+
+
+@nb.njit(cache=True, nogil=True)
+def _cells_read_by(cells, hd, wd, hs, ws):  # pragma: no cover - compiled
+    """The cells (flat indices, each once) of a level [hs, ws] whose colour the bilinear taps of ``cells`` (flat
+    indices into the finer [hd, wd]) read: what a pull of the finer level at those cells needs, and no more."""
+    seen = np.zeros(hs * ws, np.bool_)
+    out = np.empty(4 * cells.shape[0], np.int64)
+    n = 0
+    y0s, y1s, _ = _taps(hs, hd)
+    x0s, x1s, _ = _taps(ws, wd)
+    for idx in cells:
+        i, j = idx // wd, idx % wd
+        for y in (y0s[i], y1s[i]):
+            for x in (x0s[j], x1s[j]):
+                f = y * ws + x
+                if not seen[f]:
+                    seen[f] = True
+                    out[n] = f
+                    n += 1
+    return out[:n]
+
+
+@nb.njit(cache=True, nogil=True)
+def _pull_cells(coarse, level, out, cells):  # pragma: no cover - compiled
+    """``_pull`` at the cells ``cells`` (flat indices into ``level``) only: each the same expression."""
+    hs, ws = coarse.shape[:2]
+    hd, wd = level.shape[:2]
+    y0s, y1s, fys = _taps(hs, hd)
+    x0s, x1s, fxs = _taps(ws, wd)
+    for idx in cells:
+        i, j = idx // wd, idx % wd
+        y0, y1, fy = y0s[i], y1s[i], fys[i]
+        x0, x1, fx = x0s[j], x1s[j], fxs[j]
+        a = level[i, j, 3]
+        conf = min(a, 1.0)
+        for c in range(3):
+            top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
+            bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
+            up = top + fy * (bot - top)
+            own = level[i, j, c] / a if a > 0.0 else 0.0
+            out[i, j, c] = up + conf * (own - up)
+
+
+@nb.njit(cache=True, nogil=True)
+def _pull_hole_pixels(coarse, holes, out):  # pragma: no cover - compiled
+    """``_pull_holes`` at the pixels ``holes`` (flat indices, the frame's holes) only: each the same expression."""
+    hs, ws = coarse.shape[:2]
+    hd, wd = out.shape[:2]
+    y0s, y1s, fys = _taps(hs, hd)
+    x0s, x1s, fxs = _taps(ws, wd)
+    for idx in holes:
+        i, j = idx // wd, idx % wd
+        y0, y1, fy = y0s[i], y1s[i], fys[i]
+        x0, x1, fx = x0s[j], x1s[j], fxs[j]
+        for c in range(3):
+            top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
+            bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
+            v = np.floor(top + fy * (bot - top) + 0.5)
+            out[i, j, c] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
 
 
 def _half(n: int) -> int:
@@ -195,16 +253,23 @@ def pushpull_fill(
         nxt = np.empty((_half(lv.shape[0]), _half(lv.shape[1]), 4), np.float32)
         _push(lv, nxt)
         levels.append(nxt)
+    # each level is pulled only at the cells the next finer pull reads, down from the holes (a few percent of a
+    # served frame); the coarsest level's estimate is whole (a handful of cells)
+    holes = np.flatnonzero(~valid)
+    needed = []
+    cells, shape = holes, (H, W)
+    for lv in levels[:-1]:
+        cells = _cells_read_by(cells, shape[0], shape[1], lv.shape[0], lv.shape[1])
+        needed.append(cells)
+        shape = lv.shape[:2]
     filled = _top_estimate(levels[-1])
-    everywhere = np.zeros((0, 0), np.bool_)
     for k in range(len(levels) - 2, -1, -1):
         lv = levels[k]
         out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
-        # level 1 (a quarter of the pixels, most of the pull's work) only where the last pull reads it
-        _pull(filled, lv, out, _cells_read(valid, lv.shape[0], lv.shape[1]) if k == 0 else everywhere)
+        _pull_cells(filled, lv, out, needed[k])
         filled = out
     out = rgb.copy()
-    _pull_holes(filled, valid, out)
+    _pull_hole_pixels(filled, holes, out)
     return out
 
 
@@ -216,6 +281,43 @@ def _top_estimate(top: np.ndarray) -> np.ndarray:
 
 
 # ---- the definition, written out (tests compare ``pushpull_fill`` with it) ------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def _push_first_plain(rgb, valid, out):  # pragma: no cover - compiled
+    """``_push_first`` as it was (tests compare them): level 1 ([ceil(H/2), ceil(W/2), 4] float32: premultiplied colour, weight) from the frame and its mask. The
+    sums are of uint8 values and counts, exact as integers (the same values as the definition's float64 sums),
+    without a branch per pixel; whole 2x2 blocks take a straight-line body (the cells an odd edge cuts, the loop)."""
+    h, w = valid.shape
+    for i in range(out.shape[0]):
+        y = 2 * i
+        whole_rows = y + 1 < h
+        for j in range(out.shape[1]):
+            x = 2 * j
+            if whole_rows and x + 1 < w:
+                k0 = np.int64(valid[y, x])
+                k1 = np.int64(valid[y, x + 1])
+                k2 = np.int64(valid[y + 1, x])
+                k3 = np.int64(valid[y + 1, x + 1])
+                for c in range(3):
+                    t = (k0 * np.int64(rgb[y, x, c]) + k1 * np.int64(rgb[y, x + 1, c])
+                         + k2 * np.int64(rgb[y + 1, x, c]) + k3 * np.int64(rgb[y + 1, x + 1, c]))
+                    out[i, j, c] = np.float64(t) * 0.25
+                out[i, j, 3] = np.float64(k0 + k1 + k2 + k3) * 0.25
+                continue
+            r = g = b = a = 0
+            for yy in range(y, min(y + 2, h)):
+                for xx in range(x, min(x + 2, w)):
+                    k = np.int64(valid[yy, xx])
+                    r += k * np.int64(rgb[yy, xx, 0])
+                    g += k * np.int64(rgb[yy, xx, 1])
+                    b += k * np.int64(rgb[yy, xx, 2])
+                    a += k
+            out[i, j, 0] = np.float64(r) * 0.25
+            out[i, j, 1] = np.float64(g) * 0.25
+            out[i, j, 2] = np.float64(b) * 0.25
+            out[i, j, 3] = np.float64(a) * 0.25
+
 
 
 def _push_reference(level: np.ndarray) -> np.ndarray:
