@@ -66,3 +66,55 @@ def test_pinholes_on_planes_with_no_pinholes_and_read_only_inputs_leaves_the_dep
     with pytest.raises(ValueError):
         _pinholes_on_planes(layout, view, rays, hole_idx, f, np.ones(len(hole_idx), bool), c2w, 0.1,
                             np.zeros((64, 36), np.float32).T)
+
+
+def _mark_stale_numpy(rays, depth, valid, axis_vecs, cam_coords, closing_axis, closing_dir, closing_seen, bound_axis,
+                      bound_facing, bound_offset, margin):
+    """``mark_stale``'s definition in numpy (its docstring; the float32 expressions of the kernel's general path)."""
+    coord = [cam_coords[k] + depth * (rays[..., 0] * axis_vecs[k, 0] + rays[..., 1] * axis_vecs[k, 1]
+                                      + rays[..., 2] * axis_vecs[k, 2]) for k in range(3)]
+    beyond = np.zeros(depth.shape, bool)
+    for a, d, s in zip(closing_axis, closing_dir, closing_seen):
+        beyond |= d * (coord[a] - s) > margin
+    inside = np.ones(depth.shape, bool)
+    for a, f, o in zip(bound_axis, bound_facing, bound_offset):
+        inside &= f * (coord[a] - o) > margin
+    return beyond & valid & inside
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mark_stale_matches_numpy_on_hostile_inputs(seed):
+    from spatia.model.fill.opening_kernels import mark_stale, stale_kernel_inputs
+
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    H, W = 23, 37
+    x, y = rng.uniform(-0.8, 0.8, W).astype(f32), rng.uniform(-0.5, 0.5, H).astype(f32)
+    rays = np.stack(np.broadcast_arrays(x[None], y[:, None], np.ones((H, W), f32)), -1).astype(f32)
+    depth = rng.uniform(0.2, 9.0, (H, W)).astype(f32)
+    special = rng.random((H, W))
+    depth[special < 0.05] = np.nan
+    depth[(special >= 0.05) & (special < 0.08)] = np.inf
+    depth[(special >= 0.08) & (special < 0.1)] = 0.0
+    valid = rng.random((H, W)) < 0.8
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    axis_vecs, cam = q.astype(f32), rng.normal(size=3).astype(f32)
+    bound_axis = np.array([0, 0, 1, 1, 2, 2], np.int64)
+    bound_facing = np.array([1, -1, 1, -1, 1, -1], f32)
+    bound_offset = np.array([-2.0, 2.5, -6.0, 6.0, -7.0, 7.0], f32)
+    margin = f32(0.25)
+    for n_closing in (0, 1, 2, 3):
+        closing_axis = rng.integers(1, 3, n_closing).astype(np.int64)
+        closing_dir = rng.choice([-1.0, 1.0], n_closing).astype(f32)
+        closing_seen = rng.uniform(-1.0, 1.0, n_closing).astype(f32)
+        want = _mark_stale_numpy(rays, depth, valid, axis_vecs, cam, closing_axis, closing_dir, closing_seen,
+                                 bound_axis, bound_facing, bound_offset, margin)
+        if n_closing >= 2:
+            assert 0 < np.count_nonzero(want) < want.size // 2  # the case tests something
+        for separable in (True, False):
+            prior = rng.random((H, W)) < 0.1  # the kernel only adds flags
+            got = prior.copy()
+            mark_stale(*stale_kernel_inputs(rays, x, y, depth, valid, axis_vecs, cam, closing_axis, closing_dir,
+                                            closing_seen, bound_axis, bound_facing, bound_offset), separable, margin,
+                       got)
+            np.testing.assert_array_equal(got, want | prior)
