@@ -595,7 +595,33 @@ def _pinholes_on_planes(
 ) -> None:
     """A pinhole whose fill lies within ``rel`` of the layout surface along its ray is on that surface: its
     depth becomes the surface's (``GeometricConfig.pinhole_plane_rel``). Pinholes the fill left empty or that free
-    space emptied (depth 0) stay so; elsewhere (furniture, other non-planar gaps) the fill stays."""
+    space emptied (depth 0) stay so; elsewhere (furniture, other non-planar gaps) the fill stays.
+
+    ``_pinholes_on_planes_reference`` (numpy) is the definition; the selection and gathers before the cast and the
+    write after it run in two compiled passes (``model.fill.pinhole_kernels``): the same bits
+    (tests/test_pin_paths.py). The inputs go in as read-only C-contiguous views: the one signature the warm-up
+    compiles."""
+    from spatia.model.fill import pinhole_kernels as pk
+    from spatia.model.fill.layout import cast_layout
+
+    if rel <= 0:
+        return
+    if not out_depth.flags.c_contiguous:
+        raise ValueError("out_depth must be C-contiguous: the pinholes are written through a flat view")
+    flat = out_depth.reshape(-1)  # a view: writes land in out_depth
+    hole_idx, f = _read_only(np.asarray(hole_idx, np.int64)), _read_only(np.asarray(f, np.float32))
+    sel, rays = pk.pinhole_rays(hole_idx, f, _read_only(np.asarray(pinhole, bool)), flat,
+                                _read_only(np.asarray(rays_flat, np.float32)))
+    if not len(sel):
+        return
+    ld, _ = cast_layout(layout, view, rays, c2w)
+    pk.pinholes_onto_planes(sel, hole_idx, f, _read_only(ld), np.float32(rel), flat)
+
+
+def _pinholes_on_planes_reference(layout: Layout, view: LayoutView, rays_flat: np.ndarray, hole_idx: np.ndarray,
+                                  f: np.ndarray, pinhole: np.ndarray, c2w: np.ndarray, rel: float,
+                                  out_depth: np.ndarray) -> None:
+    """Slow twin of ``_pinholes_on_planes`` in numpy (the same arguments): the definition its kernels follow."""
     from spatia.model.fill.layout import cast_layout
 
     if rel <= 0:

@@ -67,6 +67,8 @@ def mark_stale(rays, ray_x, ray_y, depth, valid, axis_vecs, cam_coords, closing_
     (docs/BENCHMARKS.md, session 18, lcost): most of a frame lies beyond the closing wall once the camera has
     walked past the observed extent, and every such pixel took the bounds' loop."""
     H, W = valid.shape
+    if closing_axis.shape[0] == 0:  # beyond no closing wall: nothing is stale
+        return
     coord = np.empty((3, W), np.float32)
     flag = np.empty(W, np.bool_)
     along_x = np.empty((3, W), np.float32)  # ray_x[x] * axis_vecs[k, 0]
@@ -85,23 +87,26 @@ def mark_stale(rays, ray_x, ray_y, depth, valid, axis_vecs, cam_coords, closing_
             else:
                 for x in range(W):
                     row[x] = ck + depth[y, x] * (rays[y, x, 0] * a0 + rays[y, x, 1] * a1 + rays[y, x, 2] * a2)
+        # (beyond closing wall 0 or 1 or ...) and valid, as (beyond 0 and valid) or (beyond 1 and valid) ...: the
+        # first wall's pass writes the flags (no clearing pass, no pass of its own for valid)
+        row = coord[closing_axis[0]]
+        direction, seen = closing_dir[0], closing_seen[0]
         for x in range(W):
-            flag[x] = False
-        for i in range(len(closing_axis)):
+            flag[x] = (direction * (row[x] - seen) > margin) & valid[y, x]
+        for i in range(1, len(closing_axis)):
             row = coord[closing_axis[i]]
             direction, seen = closing_dir[i], closing_seen[i]
             for x in range(W):
-                flag[x] = flag[x] | (direction * (row[x] - seen) > margin)
-        for x in range(W):
-            flag[x] = flag[x] & valid[y, x]
+                flag[x] = flag[x] | ((direction * (row[x] - seen) > margin) & valid[y, x])
         for i in range(len(bound_axis)):
             row = coord[bound_axis[i]]
             facing, offset = bound_facing[i], bound_offset[i]
             for x in range(W):
                 flag[x] = flag[x] & (facing * (row[x] - offset) > margin)
+        # or-ed into the row, not stored where set: a branch per pixel mispredicts along every edge of the region
+        o = out[y]
         for x in range(W):
-            if flag[x]:
-                out[y, x] = True
+            o[x] = o[x] | flag[x]
 
 
 def stale_kernel_inputs(*arrays: np.ndarray) -> list[np.ndarray]:

@@ -46,6 +46,7 @@ def compile_fill_kernels() -> int:
         vec, f32(0), f32(0), f32(0.5), f32(0), f32(2), vec, f32(0), f32(1), f32(0.3), np.zeros((2, 2), bool),
     )  # fmt: skip (the doorway test)
     opening_kernels.warm_mark_stale()  # what an earlier guess of a closing wall left (layout.stale_closing_pixels)
+    warm_pinhole_kernels()  # geometric._pinholes_on_planes
     # the fused hole passes of GeometricGenerator._layout_fill, with the types its frames pass (numba compiles a
     # signature per array type, read-only included: the cached camera rays and a view's depth are read-only)
     def read_only(a: np.ndarray) -> np.ndarray:
@@ -99,3 +100,20 @@ def load_frame_kernels() -> None:
     texture_kernels.far_texels.compile((image, texels, texels, i64, i64, i64, image, vec, f64))
     see_through._see_through.compile((depth, mask, i64, f64, f64, mask))
     opening_kernels.warm_mark_stale()  # layout.stale_closing_pixels: every indoor frame with a closing wall
+    warm_pinhole_kernels()  # geometric._pinholes_on_planes: every layout-filled frame with pinholes
+
+
+def warm_pinhole_kernels() -> None:
+    """Run ``model.fill.pinhole_kernels`` once with the types ``geometric._pinholes_on_planes`` passes (its
+    read-only views; the frame's depth writable)."""
+    from spatia.model.fill import pinhole_kernels
+
+    def read_only(a: np.ndarray) -> np.ndarray:
+        a.setflags(write=False)
+        return a
+
+    idx, f = read_only(np.zeros(1, np.int64)), read_only(np.ones(1, np.float32))
+    depth = np.ones(1, np.float32)
+    sel, _ = pinhole_kernels.pinhole_rays(idx, f, read_only(np.ones(1, bool)), depth,
+                                          read_only(np.ones((1, 3), np.float32)))
+    pinhole_kernels.pinholes_onto_planes(sel, idx, f, read_only(np.ones(1, np.float32)), np.float32(0.1), depth)
