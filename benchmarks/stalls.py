@@ -5,8 +5,12 @@ reference reuse, its OpenMP settings), 640x360, ``--fill`` of the geometric gene
 play.py's walk (forward while turning; a clip per 1/30 s, or per 1/``--fps`` s: at 10 a clip moves as far as one of
 four served sessions' clips) from the room (seed 0). Each part below is timed around every call (inclusive: a
 part's time holds the parts it calls) and summed per clip; a clip's ``wall`` is its whole
-``generate_clip``, ``update`` the engine's time after the clip's last frame (``ClipStats.update_s``: memory update,
-history, free-space removal).
+``generate_clip``, ``cpu`` the world thread's CPU for it, ``update`` the engine's time after the clip's last frame
+(``ClipStats.update_s``: memory update, history, free-space removal). ``--clock thread`` times the parts on the world
+thread's CPU clock instead of the wall (with ``NUMBA_NUM_THREADS=1`` a kernel's work is all on that thread): what a
+shared machine's other load moves least. ``phases``: each part's mean per keyframe phase (the clip's frame index mod
+the keyframe stride; 0 = a keyframe, integrated by the memory update; with play.py's walk and the retrieval reuse,
+phase 1 holds the clips that retrieve).
 
 ``--worlds 4``: play.py's four worlds (room, house, courtyard, room; seeds 0-3) at once, each on a thread of its own
 with one numba thread (as a server's four sessions, server/host.py). ``events``: per maintenance part, the clips
@@ -17,6 +21,8 @@ fresh process, alternated ``--rounds`` times (A B, B A, ...): only trees run in 
 shared machine. The first tree is the baseline. Without ``--roots`` the current tree runs once.
 
     python benchmarks/stalls.py [--clips 400] [--worlds 1] [--roots base=/tmp/stall/base,new=.] [--rounds 2]
+    NUMBA_NUM_THREADS=1 python benchmarks/stalls.py --fill layout --clock thread --clips 300 \
+        --roots base=/tmp/x/base,new=. --rounds 2
 
 The parts a tree lacks (a function renamed or added) are left out of its table.
 """
@@ -63,6 +69,21 @@ PARTS = (
     ("spatia.world.history", "VoxelSetIndex.intersection_counts", "intersection_counts"),
     ("spatia.world.history", "FrameStore._loc", "history_wait_encoded"),  # a frame's records, once compressed
     ("spatia.world.history", "FrameStore.get_rgb", "history_get_rgb"),
+    # the frame path's own parts (the geometric generator; a part its fill does not run stays 0)
+    ("spatia.model.geometric", "GeometricGenerator._layout_fill", "layout_fill"),
+    ("spatia.model.geometric", "GeometricGenerator._apply_references", "apply_references"),
+    ("spatia.model.geometric", "see_through_pixels", "see_through"),
+    ("spatia.model.geometric", "pushpull_fill", "pushpull"),
+    ("spatia.model.geometric", "fill_holes_background", "fill_holes_background"),
+    ("spatia.model.geometric", "_pinholes_on_planes", "pinholes_on_planes"),
+    ("spatia.model.fill.layout", "view_bounds", "view_bounds"),
+    ("spatia.model.fill.layout", "stale_closing_pixels", "stale_closing"),
+    ("spatia.model.fill.texture", "read_texels", "read_texels"),
+    # a keyframe's memory update, inside ``update_memory``
+    ("spatia.world.update", "pinholes", "update_pinholes"),
+    ("spatia.world.update", "_choose_depth", "choose_depth"),
+    ("spatia.world.memory", "SpatialMemory.remove_invented_seen_through", "carve_seen_through"),
+    ("spatia.world.memory", "SpatialMemory.rendered_voxel_keys", "rendered_voxel_keys"),
 )
 
 
@@ -85,20 +106,20 @@ def present_parts(parts):
             yield owner, attr, fn, name
 
 
-def _instrument(local) -> list[str]:
-    """Wrap each part present in this tree so that its wall ms add up in ``local.acc`` (a Counter per thread, per
-    clip); the names wrapped."""
+def _instrument(local, clock=time.perf_counter) -> list[str]:
+    """Wrap each part present in this tree so that its ms on ``clock`` (wall, or ``time.thread_time``: the calling
+    thread's CPU) add up in ``local.acc`` (a Counter per thread, per clip); the names wrapped."""
     wrapped = []
     for owner, attr, fn, name in present_parts(PARTS):
 
         def make(fn, name):
             @functools.wraps(fn)
             def timed(*a, **k):
-                t0 = time.perf_counter()
+                t0 = clock()
                 try:
                     return fn(*a, **k)
                 finally:
-                    local.acc[name] += (time.perf_counter() - t0) * 1e3
+                    local.acc[name] += (clock() - t0) * 1e3
             return timed
 
         setattr(owner, attr, make(fn, name))
@@ -130,7 +151,7 @@ def _child(args) -> dict:
             self.acc = collections.Counter()  # a thread that is no world's (setup, maintenance): counted, not read
 
     local = Local()
-    wrapped = _instrument(local)
+    wrapped = _instrument(local, time.thread_time if args.clock == "thread" else time.perf_counter)
     server = ServerConfig()
     scenes = [(args.scene, args.seed)] if args.worlds == 1 else [(SCENES[i % 4], i) for i in range(args.worlds)]
     # (a tree from before ``play_reuse_references_clips`` runs as it did: by distance only)
@@ -158,12 +179,13 @@ def _child(args) -> dict:
         start.wait()
         for i in range(len(poses)):
             acc.clear()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             collections.deque(engine.generate_clip(poses[i : i + 1]), maxlen=0)  # pulling runs the memory update
-            wall = (time.perf_counter() - t0) * 1e3
+            wall, cpu = (time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3
             if i >= args.warmup:
                 st = engine.last_stats
-                rows.append({"world": w, "clip": i, "wall": wall, "generate": st.generate_s * 1e3,
+                rows.append({"world": w, "clip": i, "phase": (len(engine.world.history) - 1) % server.play_keyframe_stride,
+                             "wall": wall, "cpu": cpu, "generate": st.generate_s * 1e3,
                              "update": st.update_s * 1e3, "points": st.memory_points,
                              **{k: acc.get(k, 0.0) for k in wrapped}})
         results[w] = rows
@@ -175,7 +197,7 @@ def _child(args) -> dict:
         t.join()
     if any(r is None for r in results):
         raise SystemExit("a world's thread failed")
-    out = {"parts": ["wall", "generate", "update", *wrapped], "rows": [r for rs in results for r in rs],
+    out = {"parts": ["wall", "cpu", "generate", "update", *wrapped], "rows": [r for rs in results for r in rs],
            "root": os.environ.get("SPATIA_AB_ROOT", ""), "engine_file": engine_mod.__file__}
     if args.digest:  # each world's memory at the end, to compare trees (same walk, same seed)
         import hashlib
@@ -189,6 +211,18 @@ def _child(args) -> dict:
                 h.update(np.ascontiguousarray(arrays[k][order]).tobytes())
             out["memory_sha256_by_key"].append(h.hexdigest()[:16])
         out["memory_points"] = [int(e.world.memory.num_points) for e in engines]
+    return out
+
+
+def _phases(runs: list[dict]) -> dict:
+    """Per keyframe phase (the clip's frame index mod the keyframe stride; 0 = a keyframe, which the memory update
+    integrates): clips and each part's mean ms, over every clip of every run of one tree."""
+    rows = [r for run in runs for r in run["rows"]]
+    out = {}
+    for phase in sorted({r["phase"] for r in rows}):
+        sel = [r for r in rows if r["phase"] == phase]
+        out[str(phase)] = {"clips": len(sel), **{p: round(statistics.mean(r[p] for r in sel), 2)
+                                                 for p in runs[0]["parts"]}}
     return out
 
 
@@ -219,6 +253,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--digest", action="store_true", help="hash the final memory (by key) to compare trees")
     ap.add_argument("--slowest", type=int, default=8, help="list this many slowest clips per tree")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="the parts' clock: wall, or the world thread's CPU (thread: little moved by other load; "
+                    "set NUMBA_NUM_THREADS=1 so that a kernel's work is all on that thread)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -250,7 +287,7 @@ def main() -> None:
     slowest = {}
     for name, rs in runs.items():
         rows = sorted((r for run in rs for r in run["rows"]), key=lambda r: -r["wall"])[: args.slowest]
-        slowest[name] = [{k: round(v, 1) for k, v in r.items() if v >= 1.0 or k in ("clip", "wall", "points")}
+        slowest[name] = [{k: round(v, 1) for k, v in r.items() if v >= 1.0 or k in ("clip", "phase", "wall", "points")}
                          for r in rows]
     events = {}  # per maintenance part: clips where it took >= 10 ms, and the longest (world, clip, points, ms)
     for name, rs in runs.items():
@@ -271,6 +308,7 @@ def main() -> None:
         "trees": {name: root for name, root in roots},
         "loads": loads,
         "parts": tables,
+        "phases": {name: _phases(rs) for name, rs in runs.items()},
         "slowest": slowest,
         "events": events,
         "memory": {name: sorted({json.dumps([r.get("memory_sha256_by_key"), r.get("memory_points")]) for r in rs})
