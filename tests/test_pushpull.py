@@ -33,6 +33,28 @@ def test_edge_cases_and_a_hole_takes_its_surroundings():
     assert np.abs(out[15:25, 5:15].astype(int) - (200, 40, 10)).max() <= 8
 
 
+def _pulled_at_every_cell(rgb, valid, push_first):
+    """The push-pull fill with every cell of every level pulled (``_pull``, then ``_pull_holes``), level 1 made by
+    ``push_first``."""
+    from spatia.model.fill import pushpull as pp
+
+    shape = valid.shape
+    levels = [np.empty((pp._half(shape[0]), pp._half(shape[1]), 4), np.float32)]
+    push_first(rgb, valid, levels[0])
+    while min(levels[-1].shape[:2]) > 2:
+        nxt = np.empty((pp._half(levels[-1].shape[0]), pp._half(levels[-1].shape[1]), 4), np.float32)
+        pp._push(levels[-1], nxt)
+        levels.append(nxt)
+    filled = pp._top_estimate(levels[-1])
+    for lv in reversed(levels[:-1]):
+        out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
+        pp._pull(filled, lv, out)
+        filled = out
+    whole = rgb.copy()
+    pp._pull_holes(filled, valid, whole)
+    return whole
+
+
 @pytest.mark.parametrize("shape", [(7, 9), (180, 320), (181, 321)])
 def test_the_level_below_full_resolution_pulled_where_the_holes_read_it_gives_the_whole_pull(shape):
     """``pushpull_fill`` pulls each level only at the cells the next finer pull reads: the same frame, bit for bit,
@@ -43,19 +65,7 @@ def test_the_level_below_full_resolution_pulled_where_the_holes_read_it_gives_th
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     valid = rng.random(shape) > 0.04  # a served frame's few holes ...
     valid[2:6, 3:8] = False  # ... and a larger one
-    levels = [np.empty((pp._half(shape[0]), pp._half(shape[1]), 4), np.float32)]
-    pp._push_first(rgb, valid, levels[0])
-    while min(levels[-1].shape[:2]) > 2:
-        nxt = np.empty((pp._half(levels[-1].shape[0]), pp._half(levels[-1].shape[1]), 4), np.float32)
-        pp._push(levels[-1], nxt)
-        levels.append(nxt)
-    filled = pp._top_estimate(levels[-1])
-    for lv in reversed(levels[:-1]):
-        out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
-        pp._pull(filled, lv, out, np.zeros((0, 0), np.bool_))  # every cell
-        filled = out
-    whole = rgb.copy()
-    pp._pull_holes(filled, valid, whole)
+    whole = _pulled_at_every_cell(rgb, valid, pp._push_first)
     assert np.array_equal(pp.pushpull_fill(rgb, valid), whole)
 
 
@@ -90,17 +100,5 @@ def test_pulls_at_the_cells_read_equal_the_whole_pull(shape, holes):
     if holes == "blob":
         valid[shape[0] // 3: shape[0] // 3 + 5, 1:6] = False
     valid.flat[-1] = True
-    levels = [np.empty((pp._half(shape[0]), pp._half(shape[1]), 4), np.float32)]
-    pp._push_first_plain(rgb, valid, levels[0])
-    while min(levels[-1].shape[:2]) > 2:
-        nxt = np.empty((pp._half(levels[-1].shape[0]), pp._half(levels[-1].shape[1]), 4), np.float32)
-        pp._push(levels[-1], nxt)
-        levels.append(nxt)
-    filled = pp._top_estimate(levels[-1])
-    for lv in reversed(levels[:-1]):
-        out = np.empty((lv.shape[0], lv.shape[1], 3), np.float32)
-        pp._pull(filled, lv, out, np.zeros((0, 0), np.bool_))  # every cell
-        filled = out
-    whole = rgb.copy()
-    pp._pull_holes(filled, valid, whole)
+    whole = _pulled_at_every_cell(rgb, valid, pp._push_first_plain)
     assert np.array_equal(pp.pushpull_fill(rgb, valid), whole)

@@ -126,29 +126,44 @@ def _taps(n_src, n_dst):  # pragma: no cover - compiled
     return i0, i1, f
 
 
+@nb.njit(inline="always")
+def _upsampled(coarse, y0, y1, fy, x0, x1, fx, c):  # pragma: no cover - compiled
+    """Channel ``c`` of ``coarse`` [h, w, 3] at one finer cell, bilinearly from its taps (``_taps``)."""
+    top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
+    bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
+    return top + fy * (bot - top)
+
+
+@nb.njit(inline="always")
+def _pull_cell(coarse, level, out, i, j, y0, y1, fy, x0, x1, fx):  # pragma: no cover - compiled
+    """One cell of a pull: the upsampled colour blended towards ``level``'s own estimate by its confidence."""
+    a = level[i, j, 3]
+    conf = min(a, 1.0)
+    for c in range(3):
+        up = _upsampled(coarse, y0, y1, fy, x0, x1, fx, c)
+        own = level[i, j, c] / a if a > 0.0 else 0.0
+        out[i, j, c] = up + conf * (own - up)
+
+
+@nb.njit(inline="always")
+def _pull_hole_pixel(coarse, out, i, j, y0, y1, fy, x0, x1, fx):  # pragma: no cover - compiled
+    """One full-resolution hole pixel: the upsampled colour rounded to uint8."""
+    for c in range(3):
+        v = np.floor(_upsampled(coarse, y0, y1, fy, x0, x1, fx, c) + 0.5)
+        out[i, j, c] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
+
+
 @nb.njit(cache=True, nogil=True)
-def _pull(coarse, level, out, need):  # pragma: no cover - compiled
-    """``out`` = upsampled ``coarse`` colour, blended towards ``level``'s own estimate by its confidence; only
-    where ``need`` ([h, w] bool; empty: everywhere) is set (elsewhere ``out`` is left as it was: nothing reads
-    it)."""
+def _pull(coarse, level, out):  # pragma: no cover - compiled
+    """``out`` = upsampled ``coarse`` colour, blended towards ``level``'s own estimate by its confidence, at every
+    cell (the whole-level pull ``_pull_cells`` is compared with)."""
     hs, ws = coarse.shape[:2]
     hd, wd = level.shape[:2]
-    every = need.shape[0] == 0
     x0s, x1s, fxs = _taps(ws, wd)
     for i in range(hd):
         y0, y1, fy = _tap(hs, hd, i)
         for j in range(wd):
-            if not every and not need[i, j]:
-                continue
-            x0, x1, fx = x0s[j], x1s[j], fxs[j]
-            a = level[i, j, 3]
-            conf = min(a, 1.0)
-            for c in range(3):
-                top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
-                bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
-                up = top + fy * (bot - top)
-                own = level[i, j, c] / a if a > 0.0 else 0.0
-                out[i, j, c] = up + conf * (own - up)
+            _pull_cell(coarse, level, out, i, j, y0, y1, fy, x0s[j], x1s[j], fxs[j])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -160,14 +175,8 @@ def _pull_holes(coarse, valid, out):  # pragma: no cover - compiled
     for i in range(hd):
         y0, y1, fy = _tap(hs, hd, i)
         for j in range(wd):
-            if valid[i, j]:
-                continue
-            x0, x1, fx = x0s[j], x1s[j], fxs[j]
-            for c in range(3):
-                top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
-                bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
-                v = np.floor(top + fy * (bot - top) + 0.5)
-                out[i, j, c] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
+            if not valid[i, j]:
+                _pull_hole_pixel(coarse, out, i, j, y0, y1, fy, x0s[j], x1s[j], fxs[j])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -200,16 +209,7 @@ def _pull_cells(coarse, level, out, cells):  # pragma: no cover - compiled
     x0s, x1s, fxs = _taps(ws, wd)
     for idx in cells:
         i, j = idx // wd, idx % wd
-        y0, y1, fy = y0s[i], y1s[i], fys[i]
-        x0, x1, fx = x0s[j], x1s[j], fxs[j]
-        a = level[i, j, 3]
-        conf = min(a, 1.0)
-        for c in range(3):
-            top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
-            bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
-            up = top + fy * (bot - top)
-            own = level[i, j, c] / a if a > 0.0 else 0.0
-            out[i, j, c] = up + conf * (own - up)
+        _pull_cell(coarse, level, out, i, j, y0s[i], y1s[i], fys[i], x0s[j], x1s[j], fxs[j])
 
 
 @nb.njit(cache=True, nogil=True)
@@ -221,13 +221,7 @@ def _pull_hole_pixels(coarse, holes, out):  # pragma: no cover - compiled
     x0s, x1s, fxs = _taps(ws, wd)
     for idx in holes:
         i, j = idx // wd, idx % wd
-        y0, y1, fy = y0s[i], y1s[i], fys[i]
-        x0, x1, fx = x0s[j], x1s[j], fxs[j]
-        for c in range(3):
-            top = coarse[y0, x0, c] + fx * (coarse[y0, x1, c] - coarse[y0, x0, c])
-            bot = coarse[y1, x0, c] + fx * (coarse[y1, x1, c] - coarse[y1, x0, c])
-            v = np.floor(top + fy * (bot - top) + 0.5)
-            out[i, j, c] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
+        _pull_hole_pixel(coarse, out, i, j, y0s[i], y1s[i], fys[i], x0s[j], x1s[j], fxs[j])
 
 
 def _half(n: int) -> int:
@@ -317,7 +311,6 @@ def _push_first_plain(rgb, valid, out):  # pragma: no cover - compiled
             out[i, j, 1] = np.float64(g) * 0.25
             out[i, j, 2] = np.float64(b) * 0.25
             out[i, j, 3] = np.float64(a) * 0.25
-
 
 
 def _push_reference(level: np.ndarray) -> np.ndarray:
