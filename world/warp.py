@@ -356,6 +356,15 @@ def _reference_claim_warped(rgb, claimed, w_rgb, w_depth, allowed) -> None:
     claimed |= take
 
 
+def _kernel_cameras(rgb, depth_m, src: Intrinsics, c2w_src, dst: Intrinsics, c2w_dst) -> tuple:
+    """The warp kernels' leading arguments: the source frame and depth (C-contiguous), the source intrinsics, the
+    source camera -> target camera rotation [3, 3] and translation [3] (float64), the target intrinsics."""
+    rel = np.linalg.inv(np.asarray(c2w_dst, np.float64)) @ np.asarray(c2w_src, np.float64)  # source cam -> target cam
+    return (np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy, src.cx,
+            src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx,
+            dst.cy)
+
+
 def warp_rgbd(
     rgb: np.ndarray,  # [h, w, 3] uint8, source frame
     depth_m: np.ndarray,  # [h, w] float32 z-depth of the source, 0 = unknown
@@ -366,12 +375,9 @@ def warp_rgbd(
 ) -> WarpResult:
     """Forward-warp a source RGB-D frame into the target camera; nearest surface wins per target pixel."""
     _check(rgb, depth_m, src)
-    rel = np.linalg.inv(np.asarray(c2w_dst, np.float64)) @ np.asarray(c2w_src, np.float64)  # source cam -> target cam
     out_rgb = np.zeros((dst.height, dst.width, 3), np.uint8)
     out_depth = np.zeros((dst.height, dst.width), np.float32)
-    args = (np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy, src.cx,
-            src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx, dst.fy, dst.cx,
-            dst.cy, out_rgb, out_depth)
+    args = (*_kernel_cameras(rgb, depth_m, src, c2w_src, dst, c2w_dst), out_rgb, out_depth)
     threads = numba.get_num_threads()
     if threads > 1:
         _warp_kernel(*args, threads)
@@ -407,11 +413,8 @@ def warp_claim(
     scratch = getattr(_scratch, "arrays", None)
     if scratch is None or scratch[1].shape != (H, W):
         scratch = _scratch.arrays = (np.empty((H + 1, W + 1), np.int32), np.empty((H, W), np.float32))
-    rel = np.linalg.inv(np.asarray(c2w_dst, np.float64)) @ np.asarray(c2w_src, np.float64)  # source cam -> target cam
-    _warp_claim_kernel(np.ascontiguousarray(rgb), np.ascontiguousarray(depth_m, dtype=np.float32), src.fx, src.fy,
-                       src.cx, src.cy, np.ascontiguousarray(rel[:3, :3]), np.ascontiguousarray(rel[:3, 3]), dst.fx,
-                       dst.fy, dst.cx, dst.cy, mask, out_rgb, claimed, numba.get_num_threads(), CULL_BLOCK_PX,
-                       *scratch)
+    _warp_claim_kernel(*_kernel_cameras(rgb, depth_m, src, c2w_src, dst, c2w_dst), mask, out_rgb, claimed,
+                       numba.get_num_threads(), CULL_BLOCK_PX, *scratch)
 
 
 def warp_rgbd_reference(rgb, depth_m, src, c2w_src, dst, c2w_dst) -> WarpResult:
