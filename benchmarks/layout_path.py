@@ -64,7 +64,7 @@ def _child(args) -> dict:
     import numpy as np
 
     from spatia.model import geometric
-    from spatia.model.fill import layout as layout_module
+    from spatia.model.fill.geometry import layout as layout_module
     from spatia.world.engine import Engine
     from spatia.world.state import World
 

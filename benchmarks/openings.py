@@ -45,7 +45,7 @@ def _walk(args) -> dict:
     try:
         from spatia.world.free_space import seen_through
     except ImportError:  # a tree from before the move (main before session 14): the layout fill's copy
-        from spatia.model.fill.freespace import seen_through
+        from spatia.model.fill.geometry.freespace import seen_through
     from spatia.world.memory import OBSERVED
     from spatia.world.state import World
 

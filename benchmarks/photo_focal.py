@@ -1,7 +1,7 @@
 """Focal length of a photo without intrinsics: the estimator's error on procedural renders and the official cases.
 
 Tuning set: procedural scenes (room, house, courtyard) rendered at several horizontal FOVs, pitched down and
-yawed at the start pose, at two widths (16:9). The estimator (``model.fill.photo.estimate_focal_px``) gets only
+yawed at the start pose, at two widths (16:9). The estimator (``model.fill.geometry.photo.estimate_focal_px``) gets only
 the RGB. Held out: other seeds of the same scenes (``--holdout-seeds``), and the official cases
 (``assets/cases/case_N``: ``img.jpg`` with ``intrinsics.txt``, normalised fx fy cx cy), never used for tuning.
 Error = estimated fx / true fx - 1; "miss" = no focal measured (the layout then uses the default 60 deg and falls
@@ -71,7 +71,7 @@ def main() -> None:
 
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout carries only the JSON
 
-    from spatia.model.fill.photo import (
+    from spatia.model.fill.geometry.photo import (
         PhotoLayoutConfig,
         analyse_lines,
         estimate_focal_px,

@@ -57,7 +57,7 @@ def main() -> None:
 
     import dataclasses
 
-    from spatia.model.fill.photo import PhotoLayoutConfig, PhotoLayoutDepth
+    from spatia.model.fill.geometry.photo import PhotoLayoutConfig, PhotoLayoutDepth
     from spatia.world.camera import Intrinsics
     from spatia.world.depth import default_intrinsics, planar_prior_depth
     from spatia.world.scenes import make_scene

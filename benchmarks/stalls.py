@@ -76,9 +76,9 @@ PARTS = (
     ("spatia.model.geometric", "pushpull_fill", "pushpull"),
     ("spatia.model.geometric", "fill_holes_background", "fill_holes_background"),
     ("spatia.model.geometric", "_pinholes_on_planes", "pinholes_on_planes"),
-    ("spatia.model.fill.layout", "view_bounds", "view_bounds"),
-    ("spatia.model.fill.layout", "stale_closing_pixels", "stale_closing"),
-    ("spatia.model.fill.texture", "read_texels", "read_texels"),
+    ("spatia.model.fill.geometry.layout", "view_bounds", "view_bounds"),
+    ("spatia.model.fill.geometry.layout", "stale_closing_pixels", "stale_closing"),
+    ("spatia.model.fill.texture.synthesis", "read_texels", "read_texels"),
     # a keyframe's memory update, inside ``update_memory``
     ("spatia.world.update", "pinholes", "update_pinholes"),
     ("spatia.world.update", "_choose_depth", "choose_depth"),

@@ -1,4 +1,4 @@
-"""Texture synthesis for unseen plane regions (model/fill/texture.py): ms per 64x64 tile and per fit.
+"""Texture synthesis for unseen plane regions (model/fill/texture/synthesis.py): ms per 64x64 tile and per fit.
 
 Exemplars: 128x192-texel crops of procedural brick, tiles, wood and plaster (``world.textures``) with a disc-shaped
 hole and a notch, as a plane's observed texels would be. For each:
@@ -35,7 +35,7 @@ import structlog
 import numpy as np
 from _common import emit, log, time_ms
 
-from spatia.model.fill import texture as tx
+from spatia.model.fill.texture import synthesis as tx
 from spatia.world.textures import TextureSpec
 
 TEXTURES = {

@@ -39,13 +39,13 @@ from spatia.world.generator import (
 from spatia.world.geometry import depth_to_world_points, pixel_rays
 from spatia.world.update import fill_holes_background
 from spatia.world.warp import claim_warped, warp_claim, warp_rgbd
-from spatia.model.fill.freespace import seen_through, world_points
-from spatia.model.fill.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
+from spatia.model.fill.geometry.freespace import seen_through, world_points
+from spatia.model.fill.image.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
 from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
-from spatia.model.fill.see_through import see_through_pixels
+from spatia.model.fill.image.see_through import see_through_pixels
 
 if TYPE_CHECKING:
-    from spatia.model.fill.layout import Layout, LayoutView
+    from spatia.model.fill.geometry.layout import Layout, LayoutView
 
 
 log = structlog.get_logger(__name__)
@@ -86,8 +86,8 @@ class GeometricConfig:
     min_floor_drop_m: float = 0.3  # the floor is at least this far below the camera
     # How never-seen space is filled: "legacy" = push-pull colour over a floor + backdrop depth prior (the
     # method of sessions 1-2, kept selectable so every evaluation can run it as the baseline in the same run);
-    # "layout" = the Manhattan layout of the observed points (``model.fill.layout``) with plane textures and the
-    # sky (``model.fill.appearance``), respecting free space. The default: on the room / house / courtyard demo
+    # "layout" = the Manhattan layout of the observed points (``model.fill.geometry.layout``) with plane textures and the
+    # sky (``model.fill.texture.appearance``), respecting free space. The default: on the room / house / courtyard demo
     # loops it measured better on every novel-pixel metric (docs/BENCHMARKS.md, "Layout fill").
     fill: str = "layout"
     # layout fill: a hole keeps the background-preferring fill (furniture, non-planar gaps) where that fill puts
@@ -100,7 +100,7 @@ class GeometricConfig:
     # loop, 320x180, frames 1-60), and became invented ground 5-50 cm under the real one. 0: off
     pinhole_plane_rel: float = 0.10
     # the layout fill takes a rendered pixel for a hole where farther points show through the gaps of a nearer
-    # surface's points within this share of the image's width on both sides (``model.fill.see_through``; 0 =
+    # surface's points within this share of the image's width on both sides (``model.fill.image.see_through``; 0 =
     # off): a surface seen from far and walked up to showed what lies behind it as a grid (the courtyard's column
     # from 1 m). The gaps scale with the resolution (the first view's point spacing does), so the radius does too
     see_through_frac: float = 0.02
@@ -267,9 +267,9 @@ class _PlaneCoarse:
 @dataclass
 class _LayoutState:
     key: tuple
-    layout: object  # model.fill.layout.Layout
-    textures: object  # model.fill.appearance.PlaneTextures
-    sky: object | None  # model.fill.appearance.SkyModel
+    layout: object  # model.fill.geometry.layout.Layout
+    textures: object  # model.fill.texture.appearance.PlaneTextures
+    sky: object | None  # model.fill.texture.appearance.SkyModel
     observer: np.ndarray  # [3] world frame, where the observed points were seen from
     # with a sky: rendered points at least this far are the sky (those the sky model was made of), not a surface
     sky_min_depth_m: float = math.inf
@@ -302,9 +302,9 @@ def _warm_tiles(state: _LayoutState) -> None:
     cached tiles instead of synthesising ~10 ms of them)."""
     import time
 
-    from spatia.model.fill.appearance import plane_basis
-    from spatia.model.fill.layout import view_bounds
-    from spatia.model.fill.texture import tiles_covering, warm_tiles
+    from spatia.model.fill.texture.appearance import plane_basis
+    from spatia.model.fill.geometry.layout import view_bounds
+    from spatia.model.fill.texture.synthesis import tiles_covering, warm_tiles
 
     layout, cam = state.layout, state.observer
     view = view_bounds(layout, cam, cam[None])
@@ -374,7 +374,7 @@ def _ahead_views(state: _LayoutState, view: LayoutView, c2w: np.ndarray, reach) 
     """``[(view, c2w)]``: the frame's, then the camera moved on ``AHEAD_FRAMES`` of its last step (``reach``:
     [P, 3] or a ``layout.LayoutPath``, the poses visited and about to be, the last one last) with the path
     extended as far."""
-    from spatia.model.fill.layout import layout_path, view_bounds
+    from spatia.model.fill.geometry.layout import layout_path, view_bounds
 
     out = [(view, c2w)]
     if len(reach) < 2:
@@ -396,9 +396,9 @@ def _tiles_ahead(state: _LayoutState, views: list, intrinsics: Intrinsics) -> li
     nearest each view's axis first; ``[(synthesis model, seed, [(row, col, level), ...])]``. A hint only (the
     tiles a frame reads are pure functions of model, tile and seed, made by the frame when missing): the
     arithmetic of the layout fill's texel plan (``hole_kernels.hole_depth_texels``) on a coarse grid of rays."""
-    from spatia.model.fill.appearance import plane_basis
-    from spatia.model.fill.layout import cast_layout
-    from spatia.model.fill.texture import FAR_LEVEL
+    from spatia.model.fill.texture.appearance import plane_basis
+    from spatia.model.fill.geometry.layout import cast_layout
+    from spatia.model.fill.texture.synthesis import FAR_LEVEL
 
     layout = state.layout
     rays = _ahead_rays(intrinsics)
@@ -457,7 +457,7 @@ def _layout_reach(entry: FillEntry, layout, request: ClipRequest):
     """``_reach(request)`` as a ``layout.LayoutPath`` in the world's path summary (``FillEntry.path``): what the
     layout fill reads of the path costs the same at any length of the session, and a clip reads only the poses
     added since the last one (the history's, ``PathSummary.sync``)."""
-    from spatia.model.fill.layout import PathSummary
+    from spatia.model.fill.geometry.layout import PathSummary
 
     summary = entry.path if entry.path is not None and entry.path.layout is layout else PathSummary(layout)
     path = summary.sync(request.target_c2w[:, :3, 3], request.visited_c2w)
@@ -471,8 +471,8 @@ def _warm_tiles_ahead(state: _LayoutState, view: LayoutView | None, c2w: np.ndar
     the frame's ``view_bounds`` (None: made here, for a coarse frame's pose)."""
     import time
 
-    from spatia.model.fill.layout import view_bounds
-    from spatia.model.fill.texture import warm_tiles
+    from spatia.model.fill.geometry.layout import view_bounds
+    from spatia.model.fill.texture.synthesis import warm_tiles
 
     if view is None:
         view = view_bounds(state.layout, c2w[:3, 3], reach)
@@ -485,7 +485,9 @@ def _import_layout_fill() -> None:
     """Import the layout fill's modules now, once per process (~0.4-0.6 s with scipy's ``fft`` and ``ndimage``):
     a server builds its generator when it starts, and otherwise its first world's fit paid for them, which the
     first final frame of the server's first Play session waits for (docs/BENCHMARKS.md, "Served play latency")."""
-    from spatia.model.fill import appearance, hole_kernels, layout, texture  # noqa: F401
+    from spatia.model.fill.texture import appearance, synthesis as texture  # noqa: F401
+    from spatia.model.fill.image import hole_kernels
+    from spatia.model.fill.geometry import layout
 
 
 @lru_cache(maxsize=1)
@@ -507,8 +509,8 @@ def _load_frame_kernels() -> threading.Thread:
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
-    from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, sky_model, sky_pixels
-    from spatia.model.fill.layout import estimate_layout, raise_open_tops
+    from spatia.model.fill.texture.appearance import AppearanceConfig, PlaneTextures, sky_model, sky_pixels
+    from spatia.model.fill.geometry.layout import estimate_layout, raise_open_tops
 
     layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward, prior=inputs.layout_prior)
     sky = None
@@ -598,11 +600,11 @@ def _pinholes_on_planes(
     space emptied (depth 0) stay so; elsewhere (furniture, other non-planar gaps) the fill stays.
 
     ``_pinholes_on_planes_reference`` (numpy) is the definition; the selection and gathers before the cast and the
-    write after it run in two compiled passes (``model.fill.pinhole_kernels``): the same bits
+    write after it run in two compiled passes (``model.fill.geometry.pinhole_kernels``): the same bits
     (tests/test_pin_paths.py). The inputs go in as read-only C-contiguous views: the one signature the warm-up
     compiles."""
-    from spatia.model.fill import pinhole_kernels as pk
-    from spatia.model.fill.layout import cast_layout
+    from spatia.model.fill.geometry import pinhole_kernels as pk
+    from spatia.model.fill.geometry.layout import cast_layout
 
     if rel <= 0:
         return
@@ -622,7 +624,7 @@ def _pinholes_on_planes_reference(layout: Layout, view: LayoutView, rays_flat: n
                                   f: np.ndarray, pinhole: np.ndarray, c2w: np.ndarray, rel: float,
                                   out_depth: np.ndarray) -> None:
     """Slow twin of ``_pinholes_on_planes`` in numpy (the same arguments): the definition its kernels follow."""
-    from spatia.model.fill.layout import cast_layout
+    from spatia.model.fill.geometry.layout import cast_layout
 
     if rel <= 0:
         return
@@ -656,8 +658,8 @@ def _free_space_violation(
 
 
 def _near_poses(
-    layout,  # model.fill.layout.Layout
-    planes: list,  # [B] model.fill.layout.Plane
+    layout,  # model.fill.geometry.layout.Layout
+    planes: list,  # [B] model.fill.geometry.layout.Plane
     plane_idx: np.ndarray,  # [K] int, the plane each point lies on
     points: np.ndarray,  # [K, 3] world frame
     reach,  # [P, 3] camera positions, world frame, or a ``layout.LayoutPath`` of them
@@ -690,7 +692,7 @@ def _near_poses(
 
 @lru_cache(maxsize=4)
 def _chamfer_offsets(pinhole_px: float) -> tuple[np.ndarray, np.ndarray]:
-    from spatia.model.fill.hole_kernels import chamfer_offsets
+    from spatia.model.fill.image.hole_kernels import chamfer_offsets
 
     return chamfer_offsets(pinhole_px)
 
@@ -800,12 +802,13 @@ class GeometricGenerator:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout.
 
         ``_layout_fill_reference`` (numpy) is the definition, step by step; here its per-hole-pixel passes run in
-        three compiled kernels (``model.fill.hole_kernels``) and the texel reads write straight into ``rgb``: the
+        three compiled kernels (``model.fill.image.hole_kernels``) and the texel reads write straight into ``rgb``: the
         same bits (tests/test_layout_fill_fused.py), a fraction of the CPU (docs/BENCHMARKS.md, session 9)."""
-        from spatia.model.fill import hole_kernels as hk
-        from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import cast_layout, layout_path, opening_pixels, stale_closing_pixels, view_bounds
-        from spatia.model.fill.texture import read_texels
+        from spatia.model.fill.image import hole_kernels as hk
+        from spatia.model.fill.texture.appearance import plane_basis
+        from spatia.model.fill.geometry.layout import (cast_layout, layout_path, opening_pixels, stale_closing_pixels,
+                                                       view_bounds)
+        from spatia.model.fill.texture.synthesis import read_texels
 
         cfg = self.config
         layout = state.layout
@@ -929,8 +932,9 @@ class GeometricGenerator:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
-        from spatia.model.fill.appearance import plane_basis
-        from spatia.model.fill.layout import LayoutPath, cast_layout, opening_pixels, stale_closing_pixels, view_bounds
+        from spatia.model.fill.texture.appearance import plane_basis
+        from spatia.model.fill.geometry.layout import (LayoutPath, cast_layout, opening_pixels, stale_closing_pixels,
+                                                       view_bounds)
 
         cfg = self.config
         layout = state.layout
@@ -1044,7 +1048,7 @@ class GeometricGenerator:
 
     def _beyond_openings(
         self,
-        layout,  # model.fill.layout.Layout
+        layout,  # model.fill.geometry.layout.Layout
         bounds: list,  # [B] the view's bounding planes; planes beyond openings are appended
         through: np.ndarray,  # [T] int, indices of hole rays whose layout hit an observed view saw through
         rays: np.ndarray,  # [M, 3] hole pixel rays, camera frame
@@ -1058,7 +1062,7 @@ class GeometricGenerator:
     ) -> None:
         """Cast the rays in ``through`` again without the plane they were seen through, adding the next observed
         plane beyond it along its axis; hits that keep free space (observed views, poses) are used."""
-        from spatia.model.fill.layout import LayoutView, cast_layout
+        from spatia.model.fill.geometry.layout import LayoutView, cast_layout
 
         n_view = len(bounds)
         radius = layout.config.min_camera_distance_m
@@ -1185,7 +1189,7 @@ class GeometricGenerator:
                     radius_px = max(1, round(self.config.see_through_frac * request.intrinsics.width))
                     # holes in a nearer surface: filled from it, not shown through
                     valid, depth = _without(valid, depth, see_through_pixels(depth, valid, radius_px))
-                from spatia.model.fill.layout import opening_box, view_bounds
+                from spatia.model.fill.geometry.layout import opening_box, view_bounds
 
                 state = entry.state()
                 reach = _layout_reach(entry, state.layout, request) if reach is None else reach

@@ -81,7 +81,7 @@ def _decoded(load, data, *args, name: str):
 
 def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -> tuple[World, np.ndarray | None]:
     """The world and, for an official case, its trajectory [N, 4, 4] c2w re-based on the world frame."""
-    from spatia.model.fill.photo import PhotoLayoutDepth
+    from spatia.model.fill.geometry.photo import PhotoLayoutDepth
     from spatia.world.images import load_depth, load_mask, load_rgb
 
     kind = request.WhichOneof("source")
@@ -139,7 +139,7 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
         raise InvalidInputError("official_case.intrinsics is required")
     if not case.trajectory.w2c:
         raise InvalidInputError("official_case.trajectory has no w2c poses")
-    from spatia.model.fill.photo import PhotoLayoutDepth
+    from spatia.model.fill.geometry.photo import PhotoLayoutDepth
 
     w2c = trajectory_from_proto(pb.Trajectory(poses=case.trajectory.w2c), "official_case.trajectory.w2c", limits)
     n = case.intrinsics

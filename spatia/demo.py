@@ -50,7 +50,7 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
     if opts.case is not None:
         from spatia.world.depth import TransformersDepth
 
-        from spatia.model.fill.photo import PhotoLayoutDepth
+        from spatia.model.fill.geometry.photo import PhotoLayoutDepth
 
         estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()
         world, c2w = World.from_case(opts.case, depth_estimator=estimator, width=opts.width)
@@ -68,7 +68,7 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
         if depth is not None:
             world = World.from_image(rgb, depth_m=depth, source=f"image:{opts.image.name}")
         else:
-            from spatia.model.fill.photo import PhotoLayoutDepth
+            from spatia.model.fill.geometry.photo import PhotoLayoutDepth
 
             # no depth, no model: the layout measured from the photo's lines (planar prior when unsure)
             estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()

@@ -1,4 +1,4 @@
-"""Regions of a plane's look (model.fill.appearance, session 9): the ground beyond the distance where its
+"""Regions of a plane's look (model.fill.texture.appearance, session 9): the ground beyond the distance where its
 observed samples change colour continues the far look (the courtyard's grass beyond the paving), and a floor cell
 the observed walls cut off with no observed samples (a room beyond a doorway) shows a lower-contrast guess."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spatia.model.fill.appearance import (AppearanceConfig, UnseenCells, _reference_split_by_distance,
+from spatia.model.fill.texture.appearance import (AppearanceConfig, UnseenCells, _reference_split_by_distance,
                                           _split_by_distance, plane_basis, plane_texture)
-from spatia.model.fill.layout import FLOOR, estimate_layout
+from spatia.model.fill.geometry.layout import FLOOR, estimate_layout
 from tests.conftest import box_room_points
 
 UP = np.array([0.0, 1.0, 0.0])
@@ -179,7 +179,7 @@ def test_the_sky_continues_the_observed_clouds_around_the_horizon():
     """The sky layer adds the observed sky's detail to its bands: turned 90 and 180 degrees away from the view,
     at the elevations it saw, the sky steps from pixel to pixel along the horizon about as much as the view did
     (the bands alone: under a tenth of it); the vectorised lookup is its ray-by-ray twin's."""
-    from spatia.model.fill.appearance import SkyModel, sky_model
+    from spatia.model.fill.texture.appearance import SkyModel, sky_model
 
     rgb, depth, rays, c2w = _cloudy_view()
     up = np.array([0.0, -1.0, 0.0])
@@ -204,7 +204,7 @@ def test_the_sky_continues_the_observed_clouds_around_the_horizon():
 def test_the_sky_detail_grid_is_the_main_observed_patch():
     """Sky pixels far off the main patch (a gap beside a facade) do not stretch the detail grid over azimuths it
     holds nothing for: mirror-repeated, such a grid showed a cloudy rectangle in a plain sky."""
-    from spatia.model.fill.appearance import sky_model
+    from spatia.model.fill.texture.appearance import sky_model
 
     rgb, depth, rays, c2w = _cloudy_view()
     up = np.array([0.0, -1.0, 0.0])

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from spatia.model.fill.appearance import PlaneTextures, plane_basis
-from spatia.model.fill.layout import (FLOOR, WALL, Layout, LayoutConfig, Plane, _ray_axes, cast_layout,
+from spatia.model.fill.texture.appearance import PlaneTextures, plane_basis
+from spatia.model.fill.geometry.layout import (FLOOR, WALL, Layout, LayoutConfig, Plane, _ray_axes, cast_layout,
                                       estimate_layout, opening_pixels, raise_open_tops,
                                       reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
@@ -326,7 +326,7 @@ def test_rays_through_a_doorway_reach_the_room_beyond(monkeypatch):
 def test_a_sparsely_seen_plane_keeps_its_own_colour():
     """A facade seen only as a 0.6 m strip in columns 10 cm apart (far, at a grazing angle) has no exemplar
     window at 1-8 cm texels; it keeps its own colour (coarse exemplar) instead of borrowing another wall's."""
-    from spatia.model.fill.appearance import AppearanceConfig, plane_texture
+    from spatia.model.fill.texture.appearance import AppearanceConfig, plane_texture
 
     rng = np.random.default_rng(5)
     pts = box_room_points(rng, np.eye(3))
@@ -424,7 +424,7 @@ def test_a_facade_that_rose_out_of_the_first_view_is_not_capped_at_its_edge():
 def test_the_compiled_window_search_matches_numpy():
     """``appearance._largest_window`` (compiled) picks the window ``np.argmax`` over every window's count picks,
     ties included, on sparse, dense, blocky and empty coverage."""
-    from spatia.model.fill import appearance
+    from spatia.model.fill.texture import appearance
 
     rng = np.random.default_rng(5)
     sizes = [64, 48, 32, 24, 16, 12, 8]
@@ -448,7 +448,7 @@ def test_the_compiled_window_search_matches_numpy():
 def test_the_window_bounds_bound_every_window():
     """``appearance._window_bounds`` is never below the largest count of any window of its size (so no size it
     prunes could have had a window), on grids whose sides are and are not multiples of its block."""
-    from spatia.model.fill import appearance
+    from spatia.model.fill.texture import appearance
 
     rng = np.random.default_rng(11)
     sizes = [64, 48, 33, 24, 16, 9, 8]
@@ -463,8 +463,9 @@ def test_the_window_bounds_bound_every_window():
 def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     """``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) compiles the very specialisations the
     frame path calls: a layout cast and a texture region afterwards add no new compiled signature."""
-    from spatia.model.fill import (appearance, appearance_kernels, layout_kernels, opening_kernels, texture,
-                                   texture_kernels)
+    from spatia.model.fill.texture import appearance, appearance_kernels
+    from spatia.model.fill.texture import synthesis as texture, synthesis_kernels as texture_kernels
+    from spatia.model.fill.geometry import layout_kernels, opening_kernels
     from spatia.model.fill.warmup import compile_fill_kernels
 
     assert compile_fill_kernels() > 0
@@ -503,7 +504,7 @@ def _stale_closing_walls_in(layout, view) -> bool:
 def test_a_ray_parallel_to_a_plane_misses_it_without_an_error():
     """The compiled cast divides as numpy does: a ray exactly parallel to a plane (rate 0; a courtyard frame
     looking along the ground raised ZeroDivisionError) has no hit on it, and hits the plane it does reach."""
-    from spatia.model.fill.layout_kernels import cast_planes
+    from spatia.model.fill.geometry.layout_kernels import cast_planes
 
     rays = np.array([[0.3, 0.0, 1.0], [0.0, 0.5, 1.0]], np.float32)
     planes = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], np.float32)  # a floor 1.6 m down (y), a wall 4 m ahead
@@ -516,7 +517,7 @@ def test_a_ray_parallel_to_a_plane_misses_it_without_an_error():
 
 
 def test_thinning_keeps_the_first_point_of_each_cube_as_unique_rows_does():
-    from spatia.model.fill.layout import _first_of_each_row
+    from spatia.model.fill.geometry.layout import _first_of_each_row
 
     rng = np.random.default_rng(3)
     keys = rng.integers(-40, 40, size=(5000, 3))
@@ -529,7 +530,7 @@ def test_thinning_keeps_the_first_point_of_each_cube_as_unique_rows_does():
 
 
 def test_the_compiled_up_vote_counts_as_the_whole_product_does():
-    from spatia.model.fill import layout as lay
+    from spatia.model.fill.geometry import layout as lay
 
     world = World.from_scene("courtyard", 0, 320, 180)
     pts, _ = world.memory.observed_points()
@@ -541,7 +542,7 @@ def test_the_compiled_up_vote_counts_as_the_whole_product_does():
     cand = normals[np.abs(normals @ prior) >= math.cos(math.radians(45.0))]
     cand = cand[:: max(1, len(cand) // 400)]
     whole = (np.abs(cand @ normals.T) >= cos_tol).sum(axis=1)  # the definition: one [C, N] product
-    from spatia.model.fill.layout_kernels import axis_votes
+    from spatia.model.fill.geometry.layout_kernels import axis_votes
 
     assert np.array_equal(axis_votes(np.ascontiguousarray(cand), np.ascontiguousarray(normals), cos_tol), whole)
     best = cand[int(np.argmax(whole))]
@@ -559,7 +560,7 @@ def test_a_plane_without_a_texture_borrows_the_one_a_max_over_every_plane_picks(
     definition is the best-ranked of all planes with one (every plane fitted)."""
     from dataclasses import replace
 
-    from spatia.model.fill.layout import CEILING
+    from spatia.model.fill.geometry.layout import CEILING
     from spatia.world.engine import observed_views
 
     for scene in ("room", "house"):

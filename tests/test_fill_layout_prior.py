@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from spatia.model.fill.layout import FLOOR, WALL, estimate_layout, view_bounds
-from spatia.model.fill.photo import PhotoLayoutDepth
+from spatia.model.fill.geometry.layout import FLOOR, WALL, estimate_layout, view_bounds
+from spatia.model.fill.geometry.photo import PhotoLayoutDepth
 from spatia.model.geometric import GeometricGenerator
 from spatia.world.camera import Intrinsics
 from spatia.world.depth import LayoutPrior

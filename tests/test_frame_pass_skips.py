@@ -60,7 +60,7 @@ def test_see_through_rows_by_doubled_windows_match_the_reference_at_every_radius
     """The across line is counted along each row from windows of 2^k cells, two overlapping per side: radii on
     and either side of powers of two, radii past the row's width, one-column and one-row images, and nearer pixels
     exactly r and r + 1 cells away (the radius's edge) give the reference's marks; radius 0 marks nothing."""
-    from spatia.model.fill.see_through import reference_see_through_pixels, see_through_pixels
+    from spatia.model.fill.image.see_through import reference_see_through_pixels, see_through_pixels
 
     rng = np.random.default_rng(21)
     for h, w in ((1, 40), (6, 37), (11, 1), (9, 18)):
@@ -119,7 +119,7 @@ def test_doorway_rows_branch_free_match_the_reference_with_bad_depths():
     ``reference_opening_pixels``'s; read-only rays (the generator's cached ones) included. (Depths <= 0 flagged
     rendered are left out: a point at or behind the camera can lie in the slab from a pixel outside the slab's
     image box, which only the reference tests; main's kernel differs there too.)"""
-    from spatia.model.fill.layout import (LayoutConfig, estimate_layout, opening_pixels, reference_opening_pixels,
+    from spatia.model.fill.geometry.layout import (LayoutConfig, estimate_layout, opening_pixels, reference_opening_pixels,
                                           view_bounds)
     from spatia.world.camera import Intrinsics
     from spatia.world.geometry import pixel_rays

@@ -100,7 +100,7 @@ def _memory_bytes(world: World) -> bytes:
 def test_frames_do_not_depend_on_when_the_fit_finished(monkeypatch):
     """Same world + same path give byte-identical memory whether the fit (and each plane's texture fit, which the
     per-plane coarse fill does not wait for) is instant or slow."""
-    from spatia.model.fill import appearance
+    from spatia.model.fill.texture import appearance
 
     real, real_texture = geometric._fit_layout_state, appearance.plane_texture
     results = []
@@ -161,7 +161,7 @@ def test_a_plane_shows_its_coarse_fill_for_its_first_frames_only(monkeypatch):
 
 
 def test_free_space_kernels_match_their_references():
-    from spatia.model.fill.freespace import (
+    from spatia.model.fill.geometry.freespace import (
         seen_through, seen_through_reference, world_points, world_points_reference,
     )
     from spatia.world.camera import Intrinsics, look_at
@@ -183,7 +183,7 @@ def test_free_space_kernels_match_their_references():
 
 
 def test_warmed_tiles_are_the_tiles_a_frame_would_make():
-    from spatia.model.fill.texture import TextureModel, sample_uv, tiles_covering, warm_tiles
+    from spatia.model.fill.texture.synthesis import TextureModel, sample_uv, tiles_covering, warm_tiles
 
     rng = np.random.default_rng(0)
     rgb = (rng.integers(0, 255, (48, 48, 3))).astype(np.uint8)
@@ -202,7 +202,7 @@ def test_warmed_tiles_are_the_tiles_a_frame_would_make():
 def test_plane_textures_are_fitted_once_whoever_asks_first(monkeypatch):
     """The fit hands over the layout alone; the planes' texture models are fitted by whichever thread asks first
     (the warm-up, nearest first, or a frame): every plane exactly once, the same models for all askers."""
-    import spatia.model.fill.appearance as appearance
+    import spatia.model.fill.texture.appearance as appearance
     from spatia.world.engine import observed_views, world_up
 
     world, _ = _world("room")
@@ -386,8 +386,8 @@ def test_a_layout_generator_imports_its_fill_when_built_not_in_its_first_fit():
 
     code = ("import sys; from spatia.model.geometric import GeometricConfig, GeometricGenerator; "
             "GeometricGenerator(GeometricConfig(fill='layout')); "
-            "print(all(m in sys.modules for m in ('spatia.model.fill.texture', 'spatia.model.fill.appearance', "
-            "'spatia.model.fill.layout', 'spatia.model.fill.hole_kernels', 'scipy.ndimage', 'scipy.fft')))")
+            "print(all(m in sys.modules for m in ('spatia.model.fill.texture.synthesis', 'spatia.model.fill.texture.appearance', "
+            "'spatia.model.fill.geometry.layout', 'spatia.model.fill.image.hole_kernels', 'scipy.ndimage', 'scipy.fft')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True"
@@ -397,7 +397,9 @@ _KERNEL_LOADS = """
 import json
 from collections import deque
 from spatia.model import geometric
-from spatia.model.fill import opening_kernels, see_through, texture_kernels
+from spatia.model.fill.geometry import opening_kernels
+from spatia.model.fill.image import see_through
+from spatia.model.fill.texture import synthesis_kernels as texture_kernels
 from spatia.world import engine as engine_module, history
 from spatia.world.actions import ClipConfig
 from spatia.world.engine import Engine, EngineConfig
@@ -459,7 +461,7 @@ def test_warmed_tiles_with_their_mips_are_the_frames_whatever_the_models_cell_ta
     """``warm_tiles`` synthesises outside the model's lock with a cell table of its own; a tile and its mips are
     those a frame makes (``sample_uv`` at a footprint of mip 1), while the model's own table holds what earlier
     reads left there."""
-    from spatia.model.fill.texture import TextureModel, sample_uv, tiles_covering, warm_tiles
+    from spatia.model.fill.texture.synthesis import TextureModel, sample_uv, tiles_covering, warm_tiles
 
     rng = np.random.default_rng(1)
     rgb = (rng.integers(0, 255, (48, 48, 3))).astype(np.uint8)
@@ -482,7 +484,7 @@ def test_tiles_ahead_of_a_view_hold_the_tiles_its_frame_reads(monkeypatch):
     """``_tiles_ahead`` (a widened view's planes on a coarse grid of rays, and the tiles beside those) names the
     tiles the layout fill then reads at that pose: frames find them made (all of them on this path; a grid can
     miss a sliver of a tile, hence the margin)."""
-    from spatia.model.fill import texture
+    from spatia.model.fill.texture import synthesis as texture
 
     reads: list[tuple] = []
     made: list[set] = []

@@ -1,4 +1,4 @@
-"""The layout fill's compiled frame path (``GeometricGenerator._layout_fill``, ``model.fill.hole_kernels``) against
+"""The layout fill's compiled frame path (``GeometricGenerator._layout_fill``, ``model.fill.image.hole_kernels``) against
 its numpy definition (``_layout_fill_reference``): the same bits of depth, colour mask and frame, on random rooms
 and poses and on the frames of a house walk (doorways, the rooms beyond them)."""
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from spatia.model import geometric
-from spatia.model.fill import hole_kernels
-from spatia.model.fill import layout as layout_module
-from spatia.model.fill.appearance import AppearanceConfig, PlaneTextures, SkyModel, plane_basis
-from spatia.model.fill.layout import LayoutConfig, cast_layout, estimate_layout, view_bounds
+from spatia.model.fill.image import hole_kernels
+from spatia.model.fill.geometry import layout as layout_module
+from spatia.model.fill.texture.appearance import AppearanceConfig, PlaneTextures, SkyModel, plane_basis
+from spatia.model.fill.geometry.layout import LayoutConfig, cast_layout, estimate_layout, view_bounds
 from spatia.world.camera import Intrinsics
 from spatia.world.generator import ReferenceFrame
 from spatia.world.geometry import pixel_rays
@@ -98,7 +98,7 @@ def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indo
     rng = np.random.default_rng(1 if indoor else 2)
     R, layout, state = _room(rng, synthesis, indoor)
     if regions:  # every plane with a synthesis model: a far look 3 m on, the rest never seen
-        from spatia.model.fill.appearance import UnseenCells
+        from spatia.model.fill.texture.appearance import UnseenCells
 
         regions_on = False
         for plane in layout.planes:
@@ -196,7 +196,7 @@ def test_texel_reads_match_the_numpy_plan():
     """``texture.read_texels`` (tiles planned in one compiled pass) writes what its numpy twin writes: texels of
     both tile-read levels and the far field, tiles in reach packed densely and scattered (the sort), into the
     rows ``dst`` names."""
-    from spatia.model.fill import texture
+    from spatia.model.fill.texture import synthesis as texture
 
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The camera path kept per world (``model.fill.layout.PathSummary`` and its ``LayoutPath`` handles) against the
+"""The camera path kept per world (``model.fill.geometry.layout.PathSummary`` and its ``LayoutPath`` handles) against the
 whole-path arithmetic it replaces: the path's crossings of a wall (``_crossing_parts`` of the heading path), its
 extremes along the layout's axes (``reach @ axis``) and the poses near a plane, byte for byte, however the path
 came (a pose at a time, clips of several, a path that changes its past, tails of guessed poses), and
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spatia.model.fill import layout as L
+from spatia.model.fill.geometry import layout as L
 
 
 def _layout(rng) -> L.Layout:

@@ -1,7 +1,7 @@
 """Space a frame shows as open is open in the memory (issue 10 section 2, "doorways the camera walks through stay
 open"): a generator declares the doorways it shows (``GeneratedView.open_space``), the engine deletes the invented
 points inside them when it commits the clip, in view or not (``SpatialMemory.remove_invented_in``), and the layout
-fill declares each doorway of its view as the box it hides (``model.fill.layout.opening_box``)."""
+fill declares each doorway of its view as the box it hides (``model.fill.geometry.layout.opening_box``)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_remove_invented_in_matches_the_reference():
 def test_a_doorways_box_is_the_slab_the_fill_hides(turn_deg):
     """``opening_box`` holds exactly the points ``opening_pixels`` calls the doorway's (within ``door_slab_m`` of its
     wall, inside its width and height), for a room whose axes are the world's and one turned from them."""
-    from spatia.model.fill.layout import _in_openings, estimate_layout, opening_box, view_bounds
+    from spatia.model.fill.geometry.layout import _in_openings, estimate_layout, opening_box, view_bounds
 
     rng = np.random.default_rng(5)
     R = _yaw(turn_deg)

@@ -1,6 +1,6 @@
 """``opening_pixels`` (compiled, per doorway's image box) against ``reference_opening_pixels`` (numpy, every
 rendered pixel of the frame): the same flags for cameras in front of, beside, inside and behind a doorway's slab,
-and on a real house loop (model/fill/opening_kernels.py)."""
+and on a real house loop (model/fill/geometry/opening_kernels.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from spatia.model.fill.layout import (LayoutConfig, estimate_layout, opening_pixels, reference_opening_pixels,
+from spatia.model.fill.geometry.layout import (LayoutConfig, estimate_layout, opening_pixels, reference_opening_pixels,
                                       view_bounds)
 from spatia.world.camera import Intrinsics
 from spatia.world.geometry import pixel_rays
@@ -57,7 +57,7 @@ def test_compiled_doorway_flags_match_the_numpy_reference():
 def test_doorway_flags_on_a_house_loop_match_the_reference(monkeypatch):
     """Every frame's doorway flags along the house loop (at 96x54 the memory holds a wall in a doorway in frames
     ~120-135)."""
-    import spatia.model.fill.layout as layout_mod
+    import spatia.model.fill.geometry.layout as layout_mod
     from spatia.model.geometric import GeometricConfig, GeometricGenerator
     from spatia.world.actions import ClipConfig
     from spatia.world.engine import Engine, EngineConfig
@@ -84,7 +84,7 @@ def test_doorway_flags_on_a_house_loop_match_the_reference(monkeypatch):
 
 def test_the_fill_warm_up_compiles_the_doorway_kernel():
     """``compile_fill_kernels`` (``spatia serve``'s warm-up) compiles the signature ``opening_pixels`` calls."""
-    from spatia.model.fill import opening_kernels
+    from spatia.model.fill.geometry import opening_kernels
     from spatia.model.fill.warmup import compile_fill_kernels
 
     compile_fill_kernels()

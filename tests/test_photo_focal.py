@@ -1,4 +1,4 @@
-"""Focal length of a photo without intrinsics (model/fill/photo.py ``estimate_focal_px``), against procedural truth.
+"""Focal length of a photo without intrinsics (model/fill/geometry/photo.py ``estimate_focal_px``), against procedural truth.
 
 The full error table over 50-90 deg FOV, pitch, yaw and width is ``benchmarks/photo_focal.py``; these are a few of
 its renders: measured ones within 5%, and views whose lines do not pin the focal down reported as unmeasured
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from spatia.model.fill.photo import PhotoLayoutConfig, analyse_lines, estimate_focal_px, fit_manhattan_focal
+from spatia.model.fill.geometry.photo import PhotoLayoutConfig, analyse_lines, estimate_focal_px, fit_manhattan_focal
 from spatia.world.camera import Intrinsics
 from spatia.world.scenes import make_scene
 

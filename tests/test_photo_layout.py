@@ -1,4 +1,4 @@
-"""Photo layout (model/fill/photo.py): up, focal and depth measured from one RGB image against procedural truth."""
+"""Photo layout (model/fill/geometry/photo.py): up, focal and depth measured from one RGB image against procedural truth."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import structlog
 
-from spatia.model.fill.photo import (
+from spatia.model.fill.geometry.photo import (
     PhotoLayoutConfig,
     PhotoLayoutDepth,
     boundary_dp,

@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from spatia.model.fill.layout import WALL, LayoutConfig, estimate_layout as fit_layout
-from spatia.model.fill.photo import estimate_layout, layout_prior
+from spatia.model.fill.geometry.layout import WALL, LayoutConfig, estimate_layout as fit_layout
+from spatia.model.fill.geometry.photo import estimate_layout, layout_prior
 from spatia.world.camera import Intrinsics
 from spatia.world.depth import LayoutPrior
 from spatia.world.errors import InvalidInputError
@@ -120,7 +120,7 @@ def test_a_side_facade_seen_only_at_the_photos_edge_becomes_a_wall():
 
 
 def test_edge_facade_rule_needs_a_surface_rising_out_of_the_top():
-    from spatia.model.fill.photo import PhotoLayoutConfig, _edge_facades, _wall_length_m
+    from spatia.model.fill.geometry.photo import PhotoLayoutConfig, _edge_facades, _wall_length_m
 
     C = 60
     # a left facade at x = -6 m: contacts along it at the first 10 columns, then a fountain 4 m ahead

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spatia.model.fill.layout import cast_layout, estimate_layout, view_bounds
+from spatia.model.fill.geometry.layout import cast_layout, estimate_layout, view_bounds
 from spatia.model.geometric import _pinholes_on_planes, _pinholes_on_planes_reference
 from spatia.world.camera import Intrinsics
 from spatia.world.geometry import pixel_rays
@@ -84,7 +84,7 @@ def _mark_stale_numpy(rays, depth, valid, axis_vecs, cam_coords, closing_axis, c
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mark_stale_matches_numpy_on_hostile_inputs(seed):
-    from spatia.model.fill.opening_kernels import mark_stale, stale_kernel_inputs
+    from spatia.model.fill.geometry.opening_kernels import mark_stale, stale_kernel_inputs
 
     rng = np.random.default_rng(seed)
     f32 = np.float32

@@ -1,9 +1,9 @@
-"""The frame path's push-pull colour fill (model/fill/pushpull.py) against its definition written out in numpy."""
+"""The frame path's push-pull colour fill (model/fill/image/pushpull.py) against its definition written out in numpy."""
 
 import numpy as np
 import pytest
 
-from spatia.model.fill.pushpull import pushpull_fill, pushpull_fill_reference
+from spatia.model.fill.image.pushpull import pushpull_fill, pushpull_fill_reference
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 3), (5, 2), (37, 53), (64, 64), (97, 131), (180, 320)])
@@ -36,7 +36,7 @@ def test_edge_cases_and_a_hole_takes_its_surroundings():
 def _pulled_at_every_cell(rgb, valid, push_first):
     """The push-pull fill with every cell of every level pulled (``_pull``, then ``_pull_holes``), level 1 made by
     ``push_first``."""
-    from spatia.model.fill import pushpull as pp
+    from spatia.model.fill.image import pushpull as pp
 
     shape = valid.shape
     levels = [np.empty((pp._half(shape[0]), pp._half(shape[1]), 4), np.float32)]
@@ -59,7 +59,7 @@ def _pulled_at_every_cell(rgb, valid, push_first):
 def test_the_level_below_full_resolution_pulled_where_the_holes_read_it_gives_the_whole_pull(shape):
     """``pushpull_fill`` pulls each level only at the cells the next finer pull reads: the same frame, bit for bit,
     as pulling every cell (odd shapes: the edge taps)."""
-    from spatia.model.fill import pushpull as pp
+    from spatia.model.fill.image import pushpull as pp
 
     rng = np.random.default_rng(shape[0])
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
@@ -73,7 +73,7 @@ def test_the_level_below_full_resolution_pulled_where_the_holes_read_it_gives_th
 def test_branch_free_first_push_equals_the_plain_one(shape):
     """``_push_first`` (a branch-free int32 loop over whole blocks, odd edges after it) gives level 1 bit for bit
     as ``_push_first_plain`` (a branch per cell)."""
-    from spatia.model.fill import pushpull as pp
+    from spatia.model.fill.image import pushpull as pp
 
     rng = np.random.default_rng(sum(shape))
     for hole_share in (0.0, 0.3, 1.0):
@@ -92,7 +92,7 @@ def test_pulls_at_the_cells_read_equal_the_whole_pull(shape, holes):
     """``pushpull_fill`` pulls each level only at the cells the next finer pull reads (``_cells_read_by`` down from
     the holes): the same frame, bit for bit, as pulling every cell of every level (``_pull`` everywhere, then
     ``_pull_holes``)."""
-    from spatia.model.fill import pushpull as pp
+    from spatia.model.fill.image import pushpull as pp
 
     rng = np.random.default_rng(shape[0] * 7 + len(holes))
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)

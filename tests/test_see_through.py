@@ -1,11 +1,11 @@
-"""``model.fill.see_through``: the compiled test against its plain twin, and what it marks and leaves."""
+"""``model.fill.image.see_through``: the compiled test against its plain twin, and what it marks and leaves."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from spatia.model.fill.see_through import reference_see_through_pixels, see_through_pixels
+from spatia.model.fill.image.see_through import reference_see_through_pixels, see_through_pixels
 from spatia.world.camera import Intrinsics
 from spatia.world.geometry import pixel_rays
 

@@ -1,4 +1,4 @@
-"""Texture synthesis for unseen plane regions (model/fill/texture.py), on procedural textures with exact truth.
+"""Texture synthesis for unseen plane regions (model/fill/texture/synthesis.py), on procedural textures with exact truth.
 
 Exemplars are crops of a tiled procedural texture (``world.textures``, used here only: ``model/`` never imports
 it), so the true continuation of every exemplar is known at every texture-space texel.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spatia.model.fill import texture as tx
-from spatia.model.fill.texture import InvalidInputError, Surface, TextureModel
+from spatia.model.fill.texture import synthesis as tx
+from spatia.model.fill.texture.synthesis import InvalidInputError, Surface, TextureModel
 from spatia.world.textures import TextureSpec
 
 TEX_PX = 128  # one procedural tile, in texels

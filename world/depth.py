@@ -39,7 +39,7 @@ class LayoutPrior:
     fill learns that a world came from a photo; ``docs/RESULTS.md``, novel view).
 
     A photo's first memory is its estimated depth: planes drawn per image column, with furniture and occlusions
-    as steps. Fitting a layout to those points finds steps as walls; the photo estimator (``model.fill.photo``)
+    as steps. Fitting a layout to those points finds steps as walls; the photo estimator (``model.fill.geometry.photo``)
     already measured the Manhattan frame and the planes, so the world records them at creation
     (``WorldInfo.layout_prior``, persisted with the world), the engine hands them over in
     ``ClipRequest.layout_prior`` and the layout fill starts from them. Worlds with real depth record none.

@@ -120,7 +120,7 @@ class World:
         K = intrinsics or default_intrinsics(rgb.shape[1], rgb.shape[0])
         if depth_m is None:
             if intrinsics is None and hasattr(depth_estimator, "estimate_uncalibrated"):
-                # the estimator measures the focal itself (model.fill.photo): its depth is for its intrinsics
+                # the estimator measures the focal itself (model.fill.geometry.photo): its depth is for its intrinsics
                 est = depth_estimator.estimate_uncalibrated(rgb)
                 K = est.intrinsics or K
             else:

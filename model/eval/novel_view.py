@@ -604,7 +604,7 @@ def prepare_item(item: NovelItem, width: int, height: int, frames: int = DEMO_FR
         if item.variant == "photo":
             def build():  # a plain image: no depth, no intrinsics (the photo path guesses both, as
                 # `spatia demo --image` and CreateWorld from an image do: the photo layout estimator)
-                from spatia.model.fill.photo import PhotoLayoutDepth
+                from spatia.model.fill.geometry.photo import PhotoLayoutDepth
 
                 return World.from_image(rgb0.copy(), depth_estimator=PhotoLayoutDepth(), source=source)
         else:

@@ -1,7 +1,7 @@
 """Each world's fill state, fitted once per change of its observed points, off the frame path.
 
-The layout fill needs, per world, the Manhattan layout of the observed points (``model.fill.layout``), each
-plane's texture model (``model.fill.appearance``, ``model.fill.texture``) and, outdoors, the sky: 0.5-2 s of CPU
+The layout fill needs, per world, the Manhattan layout of the observed points (``model.fill.geometry.layout``), each
+plane's texture model (``model.fill.texture.appearance``, ``model.fill.texture.synthesis``) and, outdoors, the sky: 0.5-2 s of CPU
 for a 640x360 first image, a function of the observed points alone. Fitting it inside a frame stalled that frame
 by as much (and a server shares one generator between its worlds, so a single cached slot was refitted every
 time another world's clip ran). Here:
@@ -89,7 +89,7 @@ class FillEntry:
     # tiles ahead of the view (``FillStates.ahead``): the pose last asked for, and the job not started yet
     ahead_c2w: np.ndarray | None = None
     ahead_job: Callable[[], object] | None = None
-    # the world's camera path in the fitted layout (``model.fill.layout.PathSummary``), kept by the frame's thread
+    # the world's camera path in the fitted layout (``model.fill.geometry.layout.PathSummary``), kept by the frame's thread
     # as clips come: what the fill reads of the path then costs the same however long the session
     path: object | None = None
 

@@ -13,7 +13,9 @@ import numpy as np
 
 def compile_fill_kernels() -> int:
     """Run every compiled kernel of ``model.fill`` once; returns how many texels were synthesised."""
-    from spatia.model.fill import appearance, hole_kernels, layout_kernels, opening_kernels, see_through, texture
+    from spatia.model.fill.texture import appearance, synthesis as texture
+    from spatia.model.fill.image import hole_kernels, see_through
+    from spatia.model.fill.geometry import layout_kernels, opening_kernels
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -83,7 +85,11 @@ def load_frame_kernels() -> None:
     ``layout.opening_pixels`` (the cached camera rays are read-only) and ``TextureModel._far_texels``."""
     import numba
 
-    from spatia.model.fill import opening_kernels, see_through, texture_kernels
+    from spatia.model.fill.geometry import opening_kernels
+
+    from spatia.model.fill.image import see_through
+
+    from spatia.model.fill.texture import synthesis_kernels as texture_kernels
 
     def t(a: np.ndarray, read_only: bool = False):
         if read_only:
@@ -104,9 +110,9 @@ def load_frame_kernels() -> None:
 
 
 def warm_pinhole_kernels() -> None:
-    """Run ``model.fill.pinhole_kernels`` once with the types ``geometric._pinholes_on_planes`` passes (its
+    """Run ``model.fill.geometry.pinhole_kernels`` once with the types ``geometric._pinholes_on_planes`` passes (its
     read-only views; the frame's depth writable)."""
-    from spatia.model.fill import pinhole_kernels
+    from spatia.model.fill.geometry import pinhole_kernels
 
     def read_only(a: np.ndarray) -> np.ndarray:
         a.setflags(write=False)

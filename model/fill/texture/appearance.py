@@ -8,7 +8,7 @@ coloured by mirror-repeating the exemplar from its anchor, so brick stays brick 
 orientation, and a region looks the same from every frame and after save/load: the texture is a function of the
 observed points alone (which the snapshot keeps), and once shown it is folded into the memory. A plane with no
 exemplar of its own borrows the most similar known surface's (floor from floor, wall from wall). Texture
-synthesis proper (``model/fill/texture.py``, engineer ``texture``) can replace the mirror-repeat per tile.
+synthesis proper (``model/fill/texture/synthesis.py``, engineer ``texture``) can replace the mirror-repeat per tile.
 
 Regions of a floor's look (session 9). Two rules, each from the observed samples alone: (1) where they change
 look at some distance from the observer (``_far_region``: the courtyard's paving near, grass from 24 m), the floor
@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import structlog
 
-from spatia.model.fill.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
-from spatia.model.fill.layout import CEILING, FLOOR, WALL, Layout, Plane
+from spatia.model.fill.texture.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
+from spatia.model.fill.geometry.layout import CEILING, FLOOR, WALL, Layout, Plane
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,7 @@ class AppearanceConfig:
     # the bands alone drew a smooth gradient where the sky showed clouds (docs/BENCHMARKS.md, session 18)
     sky_detail: bool = True
     sky_min_texel_deg: float = 0.05  # the detail grid's cell, at least (the view's pixel angle otherwise)
-    synthesis: bool = True  # continue textures with model.fill.texture when it is installed (else mirror repeat)
+    synthesis: bool = True  # continue textures with model.fill.texture.synthesis when it is installed (else mirror repeat)
     synthesis_window_texels: int = 256
     # distance regions (``_far_region``): where the observed samples of a plane of these kinds change look at some
     # distance from the observer (paving near, grass from ~20 m on the courtyard's first view), the plane beyond
@@ -95,7 +95,7 @@ class PlaneTexture:
     levels: list[np.ndarray]  # mip pyramid of the exemplar, [S, S, 3] uint8 RGB at level 0
     texel_m: float
     origin_uv: tuple[float, float]  # plane coordinates (metres) of the exemplar's texel (0, 0) corner
-    # exemplar-based synthesis (``model.fill.texture.TextureModel``) when available: continues the plane's
+    # exemplar-based synthesis (``model.fill.texture.synthesis.TextureModel``) when available: continues the plane's
     # texture (periodic ones by their period, stochastic ones by quilting) in tiles keyed by (plane, tile, seed)
     synth: object | None = None
     synth_origin_uv: tuple[float, float] = (0.0, 0.0)  # plane metres of the synthesis exemplar's texel [0, 0]
@@ -128,7 +128,7 @@ class PlaneTexture:
 
     def _sample_near(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
         if self.synth is not None:
-            from spatia.model.fill.texture import sample_uv
+            from spatia.model.fill.texture.synthesis import sample_uv
 
             return sample_uv(self.synth, np.asarray(uv_m, np.float64) - np.asarray(self.synth_origin_uv),
                              np.asarray(footprint_m, np.float64), self.seed)
@@ -452,7 +452,7 @@ def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: n
     the plane's rasterised observations; without the library (or when it declines the exemplar) the plane keeps
     the mirror-repeated exemplar."""
     try:
-        from spatia.model.fill.texture import TextureModel
+        from spatia.model.fill.texture.synthesis import TextureModel
     except ImportError:
         return
     from spatia.world.errors import InvalidInputError

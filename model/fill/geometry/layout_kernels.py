@@ -1,4 +1,4 @@
-"""Compiled (numba) ray cast of ``model.fill.layout.cast_layout``: every hole pixel's ray against the view's
+"""Compiled (numba) ray cast of ``model.fill.geometry.layout.cast_layout``: every hole pixel's ray against the view's
 bounding planes in one pass (the numpy version walked the ~150 k rays of a 640x360 frame once per plane with a
 dozen temporaries each: ~20 ms of a house frame). Arithmetic follows the numpy expressions' types: float32 rates
 and ray parameters, the facade tests in float64 (a float64 camera coordinate plus a float32 product), the doorway

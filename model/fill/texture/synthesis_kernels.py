@@ -1,4 +1,4 @@
-"""Compiled (numba) kernels of the texture synthesis in ``model.fill.texture``.
+"""Compiled (numba) kernels of the texture synthesis in ``model.fill.texture.synthesis``.
 
 ``region_detail`` makes a region's shading-free texels in one call: the cell choices it needs (cached per model
 and seed in an open-addressing table of plain arrays, ``new_cell_table``), the boundary cuts between them and the

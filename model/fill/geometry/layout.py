@@ -129,7 +129,7 @@ class LayoutConfig:
     # a wall plane seen less than this above the floor is a piece of furniture's front (sofas, shelves: observed
     # tops 0.5-1.8 m above the floor on the room and house items; a room's walls 2.3-2.9 m), not a room's wall
     # (``Layout.is_room_wall``): rays through a doorway do not stop at it, and it does not cut the floor into rooms
-    # (``model.fill.appearance``'s unseen cells: cutting there faded the room's own floor)
+    # (``model.fill.texture.appearance``'s unseen cells: cutting there faded the room's own floor)
     room_wall_min_top_m: float = 2.0
     # a horizontal surface above the eye is a room's ceiling only if no observed wall rises more than this above it:
     # walls meet a room's ceiling (highest wall top within 0.05 m of it on every room and house item), while the
@@ -173,7 +173,7 @@ class Layout:
     # rule 2 or 3 stands beyond what was seen that way (in front of it, free space would erase it)
     observed_range_m: np.ndarray | None = None
     observer: np.ndarray | None = None  # [3] world frame, where the observed points were seen from (the first
-    # camera): the appearance of a plane region follows what was seen at that distance (model.fill.appearance)
+    # camera): the appearance of a plane region follows what was seen at that distance (model.fill.texture.appearance)
     # [3, 2] the thinned observed points' full extent (min, max) along each axis: beyond it, in a direction a
     # closing wall bounds, the memory holds only invented points (``stale_closing_pixels``)
     observed_extent_m: np.ndarray | None = None
@@ -241,7 +241,7 @@ def _dominant_direction(normals: np.ndarray, prior: np.ndarray, cos_tol: float, 
     if len(cand) == 0:
         return None
     cand = cand[:: max(1, len(cand) // 400)]  # ~400 candidates are plenty
-    from spatia.model.fill.layout_kernels import axis_votes
+    from spatia.model.fill.geometry.layout_kernels import axis_votes
 
     votes = axis_votes(np.ascontiguousarray(cand, np.float64), np.ascontiguousarray(normals, np.float64),
                        float(cos_tol))
@@ -1253,7 +1253,7 @@ def opening_pixels(
     wall: a wall the memory holds there was invented before the path showed the doorway, and is not shown.
     Only the pixels in the image box of each doorway's slab are tested (compiled: ``opening_kernels``); the
     numpy twin over the whole frame is ``reference_opening_pixels``."""
-    from spatia.model.fill.opening_kernels import mark_opening
+    from spatia.model.fill.geometry.opening_kernels import mark_opening
 
     out = np.zeros(valid.shape, bool)
     H, W = valid.shape
@@ -1282,7 +1282,7 @@ def stale_closing_pixels(layout: Layout, view: LayoutView, depth_m: np.ndarray, 
     closing (derived) walls, and more than the margin in front of every bound of the view. Indoors only (outdoors
     nothing is closed). One compiled pass (``opening_kernels.mark_stale``); the numpy twin is
     ``reference_stale_closing_pixels``."""
-    from spatia.model.fill.opening_kernels import mark_stale, stale_kernel_inputs
+    from spatia.model.fill.geometry.opening_kernels import mark_stale, stale_kernel_inputs
 
     out = np.zeros(valid.shape, bool)
     closing = _stale_closing_walls(layout, view)
@@ -1421,7 +1421,7 @@ def cast_layout(
     """``(depth [M] float32 z-depth, 0 = no layout surface (sky), index [M] int16 into view.bounds, -1)``: the
     nearest bounding plane each ray reaches (rays are z = 1, so the ray parameter is the z-depth). The ground is
     not capped here (``max_ground_m`` caps what becomes memory, not what is shown)."""
-    from spatia.model.fill.layout_kernels import cast_planes
+    from spatia.model.fill.geometry.layout_kernels import cast_planes
 
     cfg = layout.config
     rays = np.ascontiguousarray(rays_cam, np.float32).reshape(-1, 3)

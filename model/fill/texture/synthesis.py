@@ -56,7 +56,7 @@ import structlog
 from scipy import fft as sfft
 from scipy import ndimage
 
-from spatia.model.fill import texture_kernels
+from spatia.model.fill.texture import synthesis_kernels as texture_kernels
 from spatia.world.errors import InvalidInputError
 
 log = structlog.get_logger(__name__)
@@ -1367,7 +1367,7 @@ def read_texels(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: 
     ([*, 3] uint8; None: ``out``'s first N rows): ``sample_uv``'s reads, for callers that computed the texel
     indices themselves (the layout fill's compiled pass) and write straight into a frame. Which tiles to read is
     planned in one compiled pass (``texel_kernels.plan_texels``); ``_read_texels_reference`` is the numpy twin."""
-    from spatia.model.fill.texel_kernels import plan_texels
+    from spatia.model.fill.texture.texel_kernels import plan_texels
 
     if len(rows) == 0:
         return

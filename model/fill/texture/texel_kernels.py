@@ -1,4 +1,5 @@
-"""Compiled (numba) bookkeeping of ``model.fill.texture.read_texels``: which tiles a batch of texel reads needs.
+"""Compiled (numba) bookkeeping of ``model.fill.texture.synthesis.read_texels``: which tiles a batch of texel reads
+needs.
 
 The numpy version (``texture._read_texels_reference``) made per call ~20 array passes (tile indices, the far
 levels' masks, a per-level mask, a dense table of the tiles in reach, a cumulative sum for the slots, the gathers

@@ -1,4 +1,4 @@
-"""Compiled (numba) doorway test of ``model.fill.layout.opening_pixels``: every rendered pixel in a doorway's
+"""Compiled (numba) doorway test of ``model.fill.geometry.layout.opening_pixels``: every rendered pixel in a doorway's
 image box in one pass. The numpy version made four float32 products and a dozen [M] temporaries per doorway; with
 the camera walking through a doorway its box is most of the frame (~230 k pixels at 640x360), ~25 ms of a house
 frame. Arithmetic follows that version's float32 expressions exactly (same flags: ``opening_pixels`` is compared

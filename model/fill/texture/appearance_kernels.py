@@ -1,4 +1,4 @@
-"""Compiled (numba) window search of ``model.fill.appearance``: the best-covered exemplar window of a plane's
+"""Compiled (numba) window search of ``model.fill.texture.appearance``: the best-covered exemplar window of a plane's
 rasterised observations. numpy built four full-size temporaries per window size (and tries up to 14 sizes at up
 to 7 texel scales per plane), which made it a quarter of a world's texture fitting at start-up (py-spy of a
 served play session, docs/BENCHMARKS.md session 7)."""
