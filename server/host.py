@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numba
 import numpy as np
@@ -47,8 +47,7 @@ from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.state import SNAPSHOT_VERSION, World
 from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
 
-if TYPE_CHECKING:
-    import subprocess
+import subprocess
 
 log = structlog.get_logger("spatia.server.host")
 
@@ -152,9 +151,90 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         from spatia.model.fill.warmup import compile_fill_kernels
 
         texels = compile_fill_kernels()
+        load_play_kernels()
         return {"clips": clips, "points_resorted": points, "points_removed": int(removed), "fill_texels": texels}
     finally:
         world.close()
+
+
+def load_play_kernels() -> None:
+    """The kernels a served world's first clips call that the throwaway walk of ``warm_kernels`` does not reach (or
+    not with these argument types), loaded without running them where the types are known: the warp of a reference
+    close to the target (a session's first clip warps the world's start frame, whose depth is read-only, into each
+    of its frames; the walk's fast turns never pass that close), and the memory's maintenance jobs and dead-row
+    paths (a 640x360 world grows and re-sorts in the background within its first dozen clips; the walk's tiny
+    world never does). Both warp variants: a world's thread runs numba on one thread or on several."""
+    from spatia.world import warp
+    from spatia.world.memory import load_maintenance_kernels
+
+    t = numba.typeof
+    rgb, depth, f64 = t(np.zeros((1, 1, 3), np.uint8)), t(np.zeros((1, 1), np.float32)), numba.float64
+    depth_ro = depth.copy(readonly=True)
+    R, tr, mask = t(np.zeros((3, 3))), t(np.zeros(3)), t(np.zeros((1, 1), bool))
+    for src_depth in (depth, depth_ro):
+        cams = (rgb, src_depth, f64, f64, f64, f64, R, tr, f64, f64, f64, f64, rgb, depth)
+        warp._warp_kernel.compile((*cams, numba.int64))
+        warp._warp_serial.compile(cams)
+    warp.claim_warped.compile((rgb, mask, rgb, depth, mask))
+    load_maintenance_kernels()
+
+
+# ``spatia serve``: the kernels loaded into the serving process itself (``load_kernels_in_this_process``). A
+# process loads a numba kernel from the disk cache on its first call, 3-15 ms each (up to ~120 ms while another
+# thread holds numba's lock), and ~90 of them are first called by a served world's first clips: the warm-up child
+# fills the cache, but only this process's loads keep them off the frames.
+_kernels_loading = threading.Event()  # set while this process loads them (a world's first clip waits for the end)
+_kernels_loaded = threading.Event()
+KERNEL_LOAD_WAIT_S = 10.0  # a world's first clip waits at most this long for the load (a cold cache compiles)
+
+
+def _cache_is_warm() -> bool:
+    """Whether numba's disk cache holds this tree's kernels: one world-core kernel loaded by signature (a miss
+    compiles it, a few seconds at most). A cold cache (a fresh clone, an edited kernel file) is left to the
+    warm-up child: compiling in this process would hold numba's lock against the sessions' own first calls."""
+    from spatia.world import _memory_kernels as K
+
+    keys = numba.typeof(np.zeros(1, np.int64))
+    K.keys_in.compile((keys, keys))
+    return K.keys_in.stats.cache_misses.get((keys, keys), 0) == 0
+
+
+def _load_here(child: subprocess.Popen | None) -> None:
+    _low_priority()  # below the sessions' threads (the first sessions may already play)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    try:
+        warm = _cache_is_warm()
+        if not warm and child is not None:
+            child.wait()  # it compiles into the cache; this process then only loads
+        _kernels_loading.set()
+        from spatia.model import make_generator
+
+        report = warm_kernels(make_generator("geometric"))
+        log.info("kernels loaded in the serving process", seconds=round(time.perf_counter() - t0, 2),
+                 cpu_s=round(time.thread_time() - c0, 2), cache_was_warm=warm, **report)
+    except Exception:  # a failed warm-up costs only the first frames' time
+        log.exception("kernel load in the serving process failed")
+    finally:
+        _kernels_loaded.set()
+
+
+def load_kernels_in_this_process(child: subprocess.Popen | None = None) -> threading.Thread:
+    """``warm_kernels`` on a low-priority thread of this process (``spatia serve``, at start): with a warm cache it
+    loads every kernel a session's first clips would (~1.5 s of CPU), while the first world is being created (its
+    layout fit takes longer); with a cold one it waits for the warm-up process ``child`` to fill the cache first.
+    A world's first clip waits for it (``WorldHost.open_engine``), at most ``KERNEL_LOAD_WAIT_S``."""
+    thread = threading.Thread(target=_load_here, args=(child,), name="kernel-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for_kernel_load(timeout_s: float = KERNEL_LOAD_WAIT_S) -> bool:
+    """On a world's thread before its first clip: wait while this process loads its kernels (not while the load
+    waits for a cold cache to be filled: a session then compiles what it needs, as it did before). True when none
+    is loading or the load is done."""
+    if not _kernels_loading.is_set():
+        return True
+    return _kernels_loaded.wait(timeout_s)
 
 
 def _warm_main() -> None:
@@ -177,13 +257,14 @@ def warm_kernels_in_another_process() -> subprocess.Popen:
     Not a thread of the server: numba compiles under one process-wide lock, which a warm-up thread compiling a
     cold cache (minutes at load ~10) would hold against the server's own first compiles (a cold CreateWorld
     exceeded the client's 60 s deadline there, warm-up or not). With a warm cache the child only loads (~3 s of CPU
-    at low priority) and changes nothing here."""
-    import subprocess
+    at low priority) and changes nothing here; ``load_kernels_in_this_process`` then loads them here."""
     import sys
 
-    return subprocess.Popen(
+    child = subprocess.Popen(
         [sys.executable, "-c", "from spatia.server.host import _warm_main; _warm_main()"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load_kernels_in_this_process(child)  # then into this process too, off the first frames
+    return child
 
 
 class DiskFullError(OSError):
@@ -248,6 +329,7 @@ class WorldHost:
         self._latest: SavePlan | None = None  # the newest copy waiting for the saver
         self._save_scheduled = False
         self.last_save_bytes = 0  # appended to the log by the latest save (what changed)
+        self._kernels_awaited = False  # whether the worker has waited for the server's kernel load (open_engine)
 
     @property
     def world_id(self) -> str:
@@ -365,6 +447,9 @@ class WorldHost:
         host's clip counter)."""
         engine = Engine(self.world, generator, config)
         engine.clips_done = self.clips_generated
+        if not self._kernels_awaited:  # queued before the first clip: it waits for the server's kernel load
+            self._kernels_awaited = True
+            self.executor.submit(wait_for_kernel_load)
         return engine
 
     async def play_clip(self, engine: Engine, poses: np.ndarray, prompt: str | None, seed: int,
