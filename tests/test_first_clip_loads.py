@@ -1,0 +1,113 @@
+"""A served world's first clips load no numba kernel once the server has loaded them (``server.host``).
+
+A process loads a kernel from numba's disk cache on its first call (3-15 ms each, more under numba's lock), and
+a 640x360 layout world's first dozen clips were the first callers of ~75 kernels: its first frames took 60-170 ms
+where steady play takes ~20. ``spatia serve`` now runs ``warm_kernels`` in its own process at start; these tests
+check that nothing a world's first clips call is left out of it (the close-reference warp of the first clip, the
+memory's background growth and re-sort) and that a world's first clip waits for a load in progress."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import numba.core.dispatcher as nd
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def new_overloads(monkeypatch):
+    """Every kernel signature added to any numba dispatcher while the test runs (a cache load or a compile), on
+    any thread: (thread name, kernel name)."""
+    added: list[tuple[str, str]] = []
+    compile_ = nd.Dispatcher.compile
+
+    def recording(self, sig):
+        before = len(self.overloads)
+        out = compile_(self, sig)
+        if len(self.overloads) != before:
+            added.append((threading.current_thread().name, f"{self.py_func.__module__}.{self.py_func.__name__}"))
+        return out
+
+    monkeypatch.setattr(nd.Dispatcher, "compile", recording)
+    return added
+
+
+def test_a_served_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overloads):
+    """As a server plays a new world: the server's play settings, a first clip of 4 frames then one-frame clips
+    along play.py's walk, 640x360 (the memory grows and re-sorts in the background within these clips). Without
+    ``load_play_kernels`` the first clip loaded the warp of the start frame (read-only depth) and the later clips
+    ``skip_rows``, ``live_ids`` and the maintenance thread's kernels."""
+    from spatia.model import make_generator
+    from spatia.server.config import ServerConfig
+    from spatia.server.host import warm_kernels
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.memory import SpatialMemory
+    from spatia.world.state import World
+
+    warm_kernels(make_generator("geometric"))
+    generator = make_generator("geometric", fill="layout")
+    world = World.from_scene("room", 0, 640, 360)
+    try:
+        server = ServerConfig()
+        engine = Engine(world, generator, EngineConfig(
+            clip=ClipConfig(4, 6, 2), keyframe_stride=server.play_keyframe_stride,
+            reuse_references_within=server.play_reuse_references_within,
+            reuse_references_clips=server.play_reuse_references_clips))
+        generator.wait_prepared(world.memory, 60.0)  # CreateWorld answers after the fit (server/service.py)
+        del new_overloads[:]  # what world creation loads is not a frame's
+        grew = resorted = False
+        walk = ActionIntegrator(world.current_c2w, ControlConfig(fps=30))
+        for clip in range(16):
+            poses = []
+            for _ in range(4 if clip == 0 else 1):
+                walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 30))
+                poses.append(walk.c2w.copy())
+            collections.deque(engine.generate_clip(np.asarray(poses)), maxlen=0)
+            memory: SpatialMemory = world.memory
+            grew |= memory._growth is not None
+            resorted |= memory._ordering is not None
+        memory._adopt_growth(wait=True)  # the maintenance jobs in flight run to the end
+        if memory._ordering is not None:
+            memory._ordering[0].result()
+        assert grew and resorted, "the walk no longer reaches the background growth and re-sort: lengthen it"
+        assert new_overloads == []
+    finally:
+        world.close()
+
+
+def test_a_worlds_first_clip_waits_for_the_servers_kernel_load(tmp_path, monkeypatch):
+    """``WorldHost.open_engine`` queues a wait on the world's thread while the server loads its kernels: the
+    first clip then starts only once they are loaded; no load in progress, no wait."""
+    from spatia.server import host as host_mod
+    from spatia.world.state import World
+
+    loading, loaded = threading.Event(), threading.Event()
+    monkeypatch.setattr(host_mod, "_kernels_loading", loading)
+    monkeypatch.setattr(host_mod, "_kernels_loaded", loaded)
+
+    from spatia.world.generator import GeneratorCapabilities
+
+    class NoGenerator:  # open_engine only builds the engine: nothing is generated here
+        capabilities = GeneratorCapabilities()
+
+    host = host_mod.WorldHost(World.from_scene("room", 0, 32, 24), tmp_path / "w")
+    try:
+        host.open_engine(NoGenerator(), host_mod.EngineConfig())
+        assert host.executor.submit(lambda: 1).result(timeout=10) == 1  # no load in progress: no wait
+        host._kernels_awaited = False
+        loading.set()
+        host.open_engine(NoGenerator(), host_mod.EngineConfig())
+        clip = host.executor.submit(lambda: 2)
+        with pytest.raises(TimeoutError):
+            clip.result(timeout=0.3)  # held behind the wait
+        loaded.set()
+        assert clip.result(timeout=10) == 2
+        host.open_engine(NoGenerator(), host_mod.EngineConfig())  # a later engine of the same world waits no more
+        loaded.clear()
+        assert host.executor.submit(lambda: 3).result(timeout=10) == 3
+    finally:
+        host.executor.shutdown(wait=True)
+        host.world.close()
