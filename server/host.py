@@ -179,19 +179,34 @@ def load_play_kernels() -> None:
     load_maintenance_kernels()
 
 
-# ``spatia serve``: the kernels loaded into the serving process itself (``load_kernels_in_this_process``). A
-# process loads a numba kernel from the disk cache on its first call, 3-15 ms each (up to ~120 ms while another
-# thread holds numba's lock), and ~90 of them are first called by a served world's first clips: the warm-up child
-# fills the cache, but only this process's loads keep them off the frames.
-_kernels_loading = threading.Event()  # set while this process loads them (a world's first clip waits for the end)
-_kernels_loaded = threading.Event()
-KERNEL_LOAD_WAIT_S = 10.0  # a world's first clip waits at most this long for the load (a cold cache compiles)
+# ``spatia serve``: the kernels loaded into the serving process itself (``KernelWarmUp``). A process loads a numba
+# kernel from the disk cache on its first call, 3-15 ms each (up to ~120 ms while another thread holds numba's
+# lock), and ~90 of them were first called by a served world's first clips: a warm-up child fills the cache, but
+# only this process's own loads keep them off the frames.
+KERNEL_LOAD_WAIT_S = 10.0  # CreateWorld / a world's first clip waits at most this long for the load
+_load_state = "idle"  # idle (no load: tests, --ray), loading, compiling (a cold cache, in the child), done
+_load_changed = threading.Condition()
+
+
+def _set_load_state(state: str) -> None:
+    global _load_state
+    with _load_changed:
+        _load_state = state
+        _load_changed.notify_all()
+
+
+def wait_for_kernel_load(timeout_s: float = KERNEL_LOAD_WAIT_S) -> bool:
+    """Block while this process loads its kernels (``KernelWarmUp``), at most ``timeout_s``; never while a cold
+    cache is being compiled in the child (a session then compiles what it needs, as it did before). CreateWorld's
+    build (server/builders.py) and a world's first clip (``WorldHost.open_engine``) call it. True when no load is
+    in progress any more."""
+    with _load_changed:
+        return _load_changed.wait_for(lambda: _load_state != "loading", timeout_s)
 
 
 def _cache_is_warm() -> bool:
     """Whether numba's disk cache holds this tree's kernels: one world-core kernel loaded by signature (a miss
-    compiles it, a few seconds at most). A cold cache (a fresh clone, an edited kernel file) is left to the
-    warm-up child: compiling in this process would hold numba's lock against the sessions' own first calls."""
+    compiles it: well under a second)."""
     from spatia.world import _memory_kernels as K
 
     keys = numba.typeof(np.zeros(1, np.int64))
@@ -199,46 +214,67 @@ def _cache_is_warm() -> bool:
     return K.keys_in.stats.cache_misses.get((keys, keys), 0) == 0
 
 
-def _load_here(child: subprocess.Popen | None) -> None:
-    _low_priority()  # below the sessions' threads (the first sessions may already play)
-    t0, c0 = time.perf_counter(), time.thread_time()
-    try:
-        warm = _cache_is_warm()
-        if not warm and child is not None:
-            child.wait()  # it compiles into the cache; this process then only loads
-        _kernels_loading.set()
-        from spatia.model import make_generator
+class KernelWarmUp:
+    """``spatia serve``'s kernel warm-up, started once it serves. With a warm numba cache: ``warm_kernels`` on a
+    thread of this process (~1.5 s of CPU, loads only), while CreateWorld waits for it (it is the server's first
+    seconds; a world then plays its first clips at the speed of its later ones). With a cold cache (a fresh clone,
+    an edited kernel file): first ``warm_kernels`` in a child process at nice 10, which compiles into the cache
+    (minutes; not a thread here: numba compiles under one process-wide lock, which a warm-up thread compiling for
+    minutes would hold against the server's own first calls, and a cold CreateWorld exceeded the client's 60 s
+    deadline that way), then the load here. ``poll`` / ``terminate`` / ``wait`` as a ``subprocess.Popen``'s (the
+    server stops it at shutdown): None from ``poll`` while it runs."""
 
-        report = warm_kernels(make_generator("geometric"))
-        log.info("kernels loaded in the serving process", seconds=round(time.perf_counter() - t0, 2),
-                 cpu_s=round(time.thread_time() - c0, 2), cache_was_warm=warm, **report)
-    except Exception:  # a failed warm-up costs only the first frames' time
-        log.exception("kernel load in the serving process failed")
-    finally:
-        _kernels_loaded.set()
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+        _set_load_state("loading")  # (set before the thread runs: a CreateWorld right after waits for it)
+        self.thread = threading.Thread(target=self._run, name="kernel-load", daemon=True)
+        self.thread.start()
 
+    def _run(self) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        warm = False
+        try:
+            warm = _cache_is_warm()
+            if not warm:
+                _set_load_state("compiling")
+                with self._lock:
+                    if not self._stopped:
+                        self.child = _start_warm_child()
+                if self.child is not None:
+                    self.child.wait()
+                if self._stopped:
+                    return
+                _set_load_state("loading")
+            from spatia.model import make_generator
 
-def load_kernels_in_this_process(child: subprocess.Popen | None = None) -> threading.Thread:
-    """``warm_kernels`` on a low-priority thread of this process (``spatia serve``, at start): with a warm cache it
-    loads every kernel a session's first clips would (~1.5 s of CPU), while the first world is being created (its
-    layout fit takes longer); with a cold one it waits for the warm-up process ``child`` to fill the cache first.
-    A world's first clip waits for it (``WorldHost.open_engine``), at most ``KERNEL_LOAD_WAIT_S``."""
-    thread = threading.Thread(target=_load_here, args=(child,), name="kernel-load", daemon=True)
-    thread.start()
-    return thread
+            report = warm_kernels(make_generator("geometric"))
+            log.info("kernels loaded in the serving process", seconds=round(time.perf_counter() - t0, 2),
+                     cpu_s=round(time.thread_time() - c0, 2), cache_was_warm=warm, **report)
+        except Exception:  # a failed warm-up costs only the first frames' time
+            log.exception("kernel warm-up failed")
+        finally:
+            _set_load_state("done")
 
+    def poll(self) -> int | None:
+        if self.child is not None and self.child.poll() is None:
+            return None
+        return None if self.thread.is_alive() else 0
 
-def wait_for_kernel_load(timeout_s: float = KERNEL_LOAD_WAIT_S) -> bool:
-    """On a world's thread before its first clip: wait while this process loads its kernels (not while the load
-    waits for a cold cache to be filled: a session then compiles what it needs, as it did before). True when none
-    is loading or the load is done."""
-    if not _kernels_loading.is_set():
-        return True
-    return _kernels_loaded.wait(timeout_s)
+    def terminate(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self.child is not None and self.child.poll() is None:
+                self.child.terminate()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The child's end (a load in this process is not interrupted: its thread is a daemon)."""
+        return self.child.wait(timeout) if self.child is not None else 0
 
 
 def _warm_main() -> None:
-    """Entry of the warm-up process (``warm_kernels_in_another_process``)."""
+    """Entry of the warm-up process (``KernelWarmUp`` with a cold cache)."""
     from spatia.model import make_generator
 
     try:
@@ -250,21 +286,19 @@ def _warm_main() -> None:
     log.info("kernels warmed", seconds=round(time.perf_counter() - t0, 2), **report)
 
 
-def warm_kernels_in_another_process() -> subprocess.Popen:
-    """``warm_kernels`` in a child process at nice 10 (``spatia serve`` starts it once it serves): it compiles
-    what numba's on-disk cache lacks and writes it there, and a session of this server then loads a kernel it
-    first needs (the re-sort, ~100 steps in) from the cache in milliseconds instead of compiling it for seconds.
-    Not a thread of the server: numba compiles under one process-wide lock, which a warm-up thread compiling a
-    cold cache (minutes at load ~10) would hold against the server's own first compiles (a cold CreateWorld
-    exceeded the client's 60 s deadline there, warm-up or not). With a warm cache the child only loads (~3 s of CPU
-    at low priority) and changes nothing here; ``load_kernels_in_this_process`` then loads them here."""
+def _start_warm_child() -> subprocess.Popen:
     import sys
 
-    child = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", "from spatia.server.host import _warm_main; _warm_main()"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    load_kernels_in_this_process(child)  # then into this process too, off the first frames
-    return child
+
+
+def warm_kernels_in_another_process() -> KernelWarmUp:
+    """``spatia serve``'s warm-up (``KernelWarmUp``): the kernels compiled into numba's on-disk cache in a child
+    process when the cache is cold, then loaded into this process, so that no session compiles or loads one
+    mid-play. (The name is the server's; with a warm cache no process is started.)"""
+    return KernelWarmUp()
 
 
 class DiskFullError(OSError):
@@ -447,8 +481,8 @@ class WorldHost:
         host's clip counter)."""
         engine = Engine(self.world, generator, config)
         engine.clips_done = self.clips_generated
-        if not self._kernels_awaited:  # queued before the first clip: it waits for the server's kernel load
-            self._kernels_awaited = True
+        if not self._kernels_awaited:  # queued before the first clip: it waits for the server's kernel load (a
+            self._kernels_awaited = True  # world loaded from disk and played at once; CreateWorld waited already)
             self.executor.submit(wait_for_kernel_load)
         return engine
 

@@ -80,34 +80,74 @@ def test_a_served_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overl
 
 def test_a_worlds_first_clip_waits_for_the_servers_kernel_load(tmp_path, monkeypatch):
     """``WorldHost.open_engine`` queues a wait on the world's thread while the server loads its kernels: the
-    first clip then starts only once they are loaded; no load in progress, no wait."""
+    first clip then starts only once they are loaded; no load in progress (or a cold cache being compiled in the
+    warm-up child), no wait."""
     from spatia.server import host as host_mod
-    from spatia.world.state import World
-
-    loading, loaded = threading.Event(), threading.Event()
-    monkeypatch.setattr(host_mod, "_kernels_loading", loading)
-    monkeypatch.setattr(host_mod, "_kernels_loaded", loaded)
-
     from spatia.world.generator import GeneratorCapabilities
+    from spatia.world.state import World
 
     class NoGenerator:  # open_engine only builds the engine: nothing is generated here
         capabilities = GeneratorCapabilities()
 
+    monkeypatch.setattr(host_mod, "_load_state", "idle")
     host = host_mod.WorldHost(World.from_scene("room", 0, 32, 24), tmp_path / "w")
     try:
         host.open_engine(NoGenerator(), host_mod.EngineConfig())
         assert host.executor.submit(lambda: 1).result(timeout=10) == 1  # no load in progress: no wait
-        host._kernels_awaited = False
-        loading.set()
-        host.open_engine(NoGenerator(), host_mod.EngineConfig())
-        clip = host.executor.submit(lambda: 2)
-        with pytest.raises(TimeoutError):
-            clip.result(timeout=0.3)  # held behind the wait
-        loaded.set()
-        assert clip.result(timeout=10) == 2
+        for state, waits in (("compiling", False), ("loading", True)):
+            host._kernels_awaited = False
+            host_mod._set_load_state(state)
+            host.open_engine(NoGenerator(), host_mod.EngineConfig())
+            clip = host.executor.submit(lambda: 2)
+            if waits:
+                with pytest.raises(TimeoutError):
+                    clip.result(timeout=0.3)  # held behind the wait
+                host_mod._set_load_state("done")
+            assert clip.result(timeout=10) == 2
+        host_mod._set_load_state("loading")
         host.open_engine(NoGenerator(), host_mod.EngineConfig())  # a later engine of the same world waits no more
-        loaded.clear()
         assert host.executor.submit(lambda: 3).result(timeout=10) == 3
     finally:
+        host_mod._set_load_state("idle")
         host.executor.shutdown(wait=True)
         host.world.close()
+
+
+def test_kernel_warm_up_loads_here_with_a_warm_cache_and_create_world_waits_for_it(monkeypatch):
+    """With a warm cache ``spatia serve``'s warm-up starts no child and loads the kernels in this process; a
+    CreateWorld's build waits until it is done (``server.builders.build_world``)."""
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.server import builders, host as host_mod
+    from spatia.server.config import Limits
+
+    monkeypatch.setattr(host_mod, "_load_state", "idle")
+    ran = threading.Event()
+    release = threading.Event()
+
+    def fake_warm(generator, *a, **k):  # the load itself is test_a_served_worlds_first_clips_... 's
+        ran.set()
+        release.wait(10)
+        return {}
+
+    monkeypatch.setattr(host_mod, "warm_kernels", fake_warm)
+    monkeypatch.setattr(host_mod, "_cache_is_warm", lambda: True)
+    warm = host_mod.warm_kernels_in_another_process()
+    try:
+        assert ran.wait(10) and warm.child is None and warm.poll() is None
+        request = pb.CreateWorldRequest(scene=pb.SceneSource(name="room", seed=0,
+                                                             resolution=pb.Resolution(width=32, height=24)))
+        built = []
+        create = threading.Thread(target=lambda: built.append(builders.build_world(request, "w", Limits())))
+        create.start()
+        create.join(0.3)
+        assert create.is_alive() and not built  # waits for the load
+        release.set()
+        create.join(10)
+        assert built and warm.wait() == 0
+        warm.thread.join(10)
+        assert warm.poll() == 0
+    finally:
+        release.set()
+        host_mod._set_load_state("idle")
+        for world, _ in built:
+            world.close()
