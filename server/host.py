@@ -30,6 +30,7 @@ import errno
 import functools
 import os
 import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +47,6 @@ from spatia.world.engine import Engine, EngineConfig, prepare_generator
 from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.state import SNAPSHOT_VERSION, World
 from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
-
-import subprocess
 
 log = structlog.get_logger("spatia.server.host")
 
@@ -180,9 +179,9 @@ def load_play_kernels() -> None:
 
 
 # ``spatia serve``: the kernels loaded into the serving process itself (``KernelWarmUp``). A process loads a numba
-# kernel from the disk cache on its first call, 3-15 ms each (up to ~120 ms while another thread holds numba's
-# lock), and ~90 of them were first called by a served world's first clips: a warm-up child fills the cache, but
-# only this process's own loads keep them off the frames.
+# kernel from the disk cache on its first call (milliseconds each, more while another thread holds numba's lock),
+# and a served world's first clips were the first callers of dozens of them: a warm-up child fills the cache, but
+# only this process's own loads keep them off the frames (docs/BENCHMARKS.md, "A served session's first second").
 KERNEL_LOAD_WAIT_S = 10.0  # CreateWorld / a world's first clip waits at most this long for the load
 _load_state = "idle"  # idle (no load: tests, --ray), loading, compiling (a cold cache, in the child), done
 _load_changed = threading.Condition()
@@ -216,8 +215,8 @@ def _cache_is_warm() -> bool:
 
 class KernelWarmUp:
     """``spatia serve``'s kernel warm-up, started once it serves. With a warm numba cache: ``warm_kernels`` on a
-    thread of this process (~1.5 s of CPU, loads only), while CreateWorld waits for it (it is the server's first
-    seconds; a world then plays its first clips at the speed of its later ones). With a cold cache (a fresh clone,
+    thread of this process (loads only, a second or two of CPU), while CreateWorld waits for it (it is the server's
+    first seconds; a world then plays its first clips at the speed of its later ones). With a cold cache (a fresh clone,
     an edited kernel file): first ``warm_kernels`` in a child process at nice 10, which compiles into the cache
     (minutes; not a thread here: numba compiles under one process-wide lock, which a warm-up thread compiling for
     minutes would hold against the server's own first calls, and a cold CreateWorld exceeded the client's 60 s

@@ -151,3 +151,43 @@ def test_kernel_warm_up_loads_here_with_a_warm_cache_and_create_world_waits_for_
         host_mod._set_load_state("idle")
         for world, _ in built:
             world.close()
+
+
+def test_kernel_warm_up_with_a_cold_cache_compiles_in_a_child_first_and_nobody_waits_for_it(monkeypatch):
+    """A cold cache: the child compiles (here: a process that waits to be told to end) and nothing in this process
+    waits meanwhile; once it has ended the kernels are loaded here; ``terminate`` stops the child and skips the load."""
+    import subprocess
+    import sys
+
+    from spatia.server import host as host_mod
+
+    monkeypatch.setattr(host_mod, "_load_state", "idle")
+    loads = []
+    monkeypatch.setattr(host_mod, "warm_kernels", lambda generator, *a, **k: loads.append(1) or {})
+    monkeypatch.setattr(host_mod, "_cache_is_warm", lambda: False)
+    child_code = "import sys; sys.stdin.read()"  # runs until its stdin closes
+    monkeypatch.setattr(host_mod, "_start_warm_child", lambda: subprocess.Popen(
+        [sys.executable, "-c", child_code], stdin=subprocess.PIPE))
+    try:
+        warm = host_mod.warm_kernels_in_another_process()
+        for _ in range(100):
+            if warm.child is not None:
+                break
+            warm.thread.join(0.05)
+        assert warm.child is not None and warm.poll() is None
+        assert host_mod.wait_for_kernel_load(0.5)  # compiling in the child: no wait
+        warm.child.stdin.close()  # the child is done
+        warm.thread.join(30)
+        assert loads == [1] and warm.poll() == 0 and host_mod._load_state == "done"
+
+        warm = host_mod.warm_kernels_in_another_process()  # stopped while its child compiles
+        for _ in range(100):
+            if warm.child is not None:
+                break
+            warm.thread.join(0.05)
+        warm.terminate()
+        assert warm.wait(30) != 0
+        warm.thread.join(30)
+        assert loads == [1] and warm.poll() == 0
+    finally:
+        host_mod._set_load_state("idle")

@@ -1311,9 +1311,9 @@ def load_maintenance_kernels() -> None:
     ``_grown_copy``) and the dead-row paths call, for a memory's own array types, by running both jobs on a memory
     of a few points with a dead row. A server calls it once at start (``server.host``): else a process loaded them
     from numba's disk cache inside its first world's first seconds of play (the first growth and background re-sort
-    come within a 640x360 session's first dozen clips), 3-30 ms each, under numba's process-wide lock and holding
-    the GIL while the world's thread was making a frame; ``skip_rows`` and ``live_ids`` were loaded on the world's
-    thread itself (its first render with dead rows)."""
+    come within a 640x360 session's first dozen clips), each under numba's process-wide lock and holding the GIL
+    while the world's thread was making a frame (docs/BENCHMARKS.md, "A served session's first second");
+    ``skip_rows`` and ``live_ids`` were loaded on the world's thread itself (its first render with dead rows)."""
     memory = SpatialMemory()
     rng = np.random.default_rng(0)
     memory.insert(rng.uniform(-1.0, 1.0, (64, 3)), rng.integers(0, 256, (64, 3), dtype=np.uint8))
