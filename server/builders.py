@@ -80,8 +80,13 @@ def _decoded(load, data, *args, name: str):
 
 
 def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -> tuple[World, np.ndarray | None]:
-    """The world and, for an official case, its trajectory [N, 4, 4] c2w re-based on the world frame."""
+    """The world and, for an official case, its trajectory [N, 4, 4] c2w re-based on the world frame. Built once
+    the server has loaded its numba kernels (``server.host.wait_for_kernel_load``: only in its first seconds):
+    else the new world's first clips waited for that load, or loaded the kernels themselves."""
     from spatia.model.fill.geometry.photo import PhotoLayoutDepth
+    from spatia.server.host import wait_for_kernel_load
+
+    wait_for_kernel_load()
     from spatia.world.images import load_depth, load_mask, load_rgb
 
     kind = request.WhichOneof("source")

@@ -30,12 +30,13 @@ import errno
 import functools
 import os
 import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numba
 import numpy as np
@@ -46,9 +47,6 @@ from spatia.world.engine import Engine, EngineConfig, prepare_generator
 from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.state import SNAPSHOT_VERSION, World
 from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
-
-if TYPE_CHECKING:
-    import subprocess
 
 log = structlog.get_logger("spatia.server.host")
 
@@ -152,13 +150,130 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         from spatia.model.fill.warmup import compile_fill_kernels
 
         texels = compile_fill_kernels()
+        load_play_kernels()
         return {"clips": clips, "points_resorted": points, "points_removed": int(removed), "fill_texels": texels}
     finally:
         world.close()
 
 
+def load_play_kernels() -> None:
+    """The kernels a served world's first clips call that the throwaway walk of ``warm_kernels`` does not reach (or
+    not with these argument types), loaded without running them where the types are known: the warp of a reference
+    close to the target (a session's first clip warps the world's start frame, whose depth is read-only, into each
+    of its frames; the walk's fast turns never pass that close), and the memory's maintenance jobs and dead-row
+    paths (a 640x360 world grows and re-sorts in the background within its first dozen clips; the walk's tiny
+    world never does). Both warp variants: a world's thread runs numba on one thread or on several."""
+    from spatia.world import warp
+    from spatia.world.memory import load_maintenance_kernels
+
+    t = numba.typeof
+    rgb, depth, f64 = t(np.zeros((1, 1, 3), np.uint8)), t(np.zeros((1, 1), np.float32)), numba.float64
+    depth_ro = depth.copy(readonly=True)
+    R, tr, mask = t(np.zeros((3, 3))), t(np.zeros(3)), t(np.zeros((1, 1), bool))
+    for src_depth in (depth, depth_ro):
+        cams = (rgb, src_depth, f64, f64, f64, f64, R, tr, f64, f64, f64, f64, rgb, depth)
+        warp._warp_kernel.compile((*cams, numba.int64))
+        warp._warp_serial.compile(cams)
+    warp.claim_warped.compile((rgb, mask, rgb, depth, mask))
+    load_maintenance_kernels()
+
+
+# ``spatia serve``: the kernels loaded into the serving process itself (``KernelWarmUp``). A process loads a numba
+# kernel from the disk cache on its first call (milliseconds each, more while another thread holds numba's lock),
+# and a served world's first clips were the first callers of dozens of them: a warm-up child fills the cache, but
+# only this process's own loads keep them off the frames (docs/BENCHMARKS.md, "A served session's first second").
+KERNEL_LOAD_WAIT_S = 10.0  # CreateWorld / a world's first clip waits at most this long for the load
+_load_state = "idle"  # idle (no load: tests, --ray), loading, compiling (a cold cache, in the child), done
+_load_changed = threading.Condition()
+
+
+def _set_load_state(state: str) -> None:
+    global _load_state
+    with _load_changed:
+        _load_state = state
+        _load_changed.notify_all()
+
+
+def wait_for_kernel_load(timeout_s: float = KERNEL_LOAD_WAIT_S) -> bool:
+    """Block while this process loads its kernels (``KernelWarmUp``), at most ``timeout_s``; never while a cold
+    cache is being compiled in the child (a session then compiles what it needs, as it did before). CreateWorld's
+    build (server/builders.py) and a world's first clip (``WorldHost.open_engine``) call it. True when no load is
+    in progress any more."""
+    with _load_changed:
+        return _load_changed.wait_for(lambda: _load_state != "loading", timeout_s)
+
+
+def _cache_is_warm() -> bool:
+    """Whether numba's disk cache holds this tree's kernels: one world-core kernel loaded by signature (a miss
+    compiles it: well under a second)."""
+    from spatia.world import _memory_kernels as K
+
+    keys = numba.typeof(np.zeros(1, np.int64))
+    K.keys_in.compile((keys, keys))
+    return K.keys_in.stats.cache_misses.get((keys, keys), 0) == 0
+
+
+class KernelWarmUp:
+    """``spatia serve``'s kernel warm-up, started once it serves. With a warm numba cache: ``warm_kernels`` on a
+    thread of this process (loads only, a second or two of CPU), while CreateWorld waits for it (it is the server's
+    first seconds; a world then plays its first clips at the speed of its later ones). With a cold cache (a fresh clone,
+    an edited kernel file): first ``warm_kernels`` in a child process at nice 10, which compiles into the cache
+    (minutes; not a thread here: numba compiles under one process-wide lock, which a warm-up thread compiling for
+    minutes would hold against the server's own first calls, and a cold CreateWorld exceeded the client's 60 s
+    deadline that way), then the load here. ``poll`` / ``terminate`` / ``wait`` as a ``subprocess.Popen``'s (the
+    server stops it at shutdown): None from ``poll`` while it runs."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+        _set_load_state("loading")  # (set before the thread runs: a CreateWorld right after waits for it)
+        self.thread = threading.Thread(target=self._run, name="kernel-load", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        warm = False
+        try:
+            warm = _cache_is_warm()
+            if not warm:
+                _set_load_state("compiling")
+                with self._lock:
+                    if not self._stopped:
+                        self.child = _start_warm_child()
+                if self.child is not None:
+                    self.child.wait()
+                if self._stopped:
+                    return
+                _set_load_state("loading")
+            from spatia.model import make_generator
+
+            report = warm_kernels(make_generator("geometric"))
+            log.info("kernels loaded in the serving process", seconds=round(time.perf_counter() - t0, 2),
+                     cpu_s=round(time.thread_time() - c0, 2), cache_was_warm=warm, **report)
+        except Exception:  # a failed warm-up costs only the first frames' time
+            log.exception("kernel warm-up failed")
+        finally:
+            _set_load_state("done")
+
+    def poll(self) -> int | None:
+        if self.child is not None and self.child.poll() is None:
+            return None
+        return None if self.thread.is_alive() else 0
+
+    def terminate(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self.child is not None and self.child.poll() is None:
+                self.child.terminate()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The child's end (a load in this process is not interrupted: its thread is a daemon)."""
+        return self.child.wait(timeout) if self.child is not None else 0
+
+
 def _warm_main() -> None:
-    """Entry of the warm-up process (``warm_kernels_in_another_process``)."""
+    """Entry of the warm-up process (``KernelWarmUp`` with a cold cache)."""
     from spatia.model import make_generator
 
     try:
@@ -170,20 +285,19 @@ def _warm_main() -> None:
     log.info("kernels warmed", seconds=round(time.perf_counter() - t0, 2), **report)
 
 
-def warm_kernels_in_another_process() -> subprocess.Popen:
-    """``warm_kernels`` in a child process at nice 10 (``spatia serve`` starts it once it serves): it compiles
-    what numba's on-disk cache lacks and writes it there, and a session of this server then loads a kernel it
-    first needs (the re-sort, ~100 steps in) from the cache in milliseconds instead of compiling it for seconds.
-    Not a thread of the server: numba compiles under one process-wide lock, which a warm-up thread compiling a
-    cold cache (minutes at load ~10) would hold against the server's own first compiles (a cold CreateWorld
-    exceeded the client's 60 s deadline there, warm-up or not). With a warm cache the child only loads (~3 s of CPU
-    at low priority) and changes nothing here."""
-    import subprocess
+def _start_warm_child() -> subprocess.Popen:
     import sys
 
     return subprocess.Popen(
         [sys.executable, "-c", "from spatia.server.host import _warm_main; _warm_main()"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def warm_kernels_in_another_process() -> KernelWarmUp:
+    """``spatia serve``'s warm-up (``KernelWarmUp``): the kernels compiled into numba's on-disk cache in a child
+    process when the cache is cold, then loaded into this process, so that no session compiles or loads one
+    mid-play. (The name is the server's; with a warm cache no process is started.)"""
+    return KernelWarmUp()
 
 
 class DiskFullError(OSError):
@@ -248,6 +362,7 @@ class WorldHost:
         self._latest: SavePlan | None = None  # the newest copy waiting for the saver
         self._save_scheduled = False
         self.last_save_bytes = 0  # appended to the log by the latest save (what changed)
+        self._kernels_awaited = False  # whether the worker has waited for the server's kernel load (open_engine)
 
     @property
     def world_id(self) -> str:
@@ -365,6 +480,9 @@ class WorldHost:
         host's clip counter)."""
         engine = Engine(self.world, generator, config)
         engine.clips_done = self.clips_generated
+        if not self._kernels_awaited:  # queued before the first clip: it waits for the server's kernel load (a
+            self._kernels_awaited = True  # world loaded from disk and played at once; CreateWorld waited already)
+            self.executor.submit(wait_for_kernel_load)
         return engine
 
     async def play_clip(self, engine: Engine, poses: np.ndarray, prompt: str | None, seed: int,

@@ -1306,6 +1306,27 @@ def _load_dead_row_kernels(table_t, keys_t, prov_t) -> None:
     K.live_ids.compile((numba.typeof(np.empty((2, 2), np.int32)), index_t, numba.typeof(0)))
 
 
+def load_maintenance_kernels() -> None:
+    """Load every kernel the maintenance thread's jobs (a re-sort's copy ``_resorted_copy``, a growth's copy
+    ``_grown_copy``) and the dead-row paths call, for a memory's own array types, by running both jobs on a memory
+    of a few points with a dead row. A server calls it once at start (``server.host``): else a process loaded them
+    from numba's disk cache inside its first world's first seconds of play (the first growth and background re-sort
+    come within a 640x360 session's first dozen clips), each under numba's process-wide lock and holding the GIL
+    while the world's thread was making a frame (docs/BENCHMARKS.md, "A served session's first second");
+    ``skip_rows`` and ``live_ids`` were loaded on the world's thread itself (its first render with dead rows)."""
+    memory = SpatialMemory()
+    rng = np.random.default_rng(0)
+    memory.insert(rng.uniform(-1.0, 1.0, (64, 3)), rng.integers(0, 256, (64, 3), dtype=np.uint8))
+    n = memory._n
+    dead = np.array([1], np.int64)  # a dead row, as a drop leaves one (the jobs skip it)
+    arrays = (memory._keys, memory._offsets, memory._colors, memory._counts, memory._last, memory._prov)
+    rows = tuple(numba.typeof(a) for a in (memory._keys, memory._counts, memory._last, memory._prov))
+    rows3 = tuple(numba.typeof(a) for a in (memory._offsets, memory._colors))
+    resorted = _resorted_copy(arrays, 0, n, dead, rows, rows3, numba.typeof(memory._table), Future(), memory._capacity)
+    _grown_copy(arrays, n, 2 * memory._capacity, dead, None)
+    _enlarged(resorted, 2 * memory._capacity)
+
+
 def splat_k(config: MemoryConfig, intrinsics: Intrinsics) -> float:
     """``splat_scale * d * f`` so that a point at z-depth z covers ``ceil(splat_k / z)`` pixels per side."""
     return float(config.splat_scale) * float(config.voxel_size_m) * max(float(intrinsics.fx), float(intrinsics.fy))

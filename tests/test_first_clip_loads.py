@@ -1,0 +1,193 @@
+"""A served world's first clips load no numba kernel once the server has loaded them (``server.host``).
+
+A process loads a kernel from numba's disk cache on its first call (3-15 ms each, more under numba's lock), and
+a 640x360 layout world's first dozen clips were the first callers of ~75 kernels: its first frames took 60-170 ms
+where steady play takes ~20. ``spatia serve`` now runs ``warm_kernels`` in its own process at start; these tests
+check that nothing a world's first clips call is left out of it (the close-reference warp of the first clip, the
+memory's background growth and re-sort) and that a world's first clip waits for a load in progress."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import numba.core.dispatcher as nd
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def new_overloads(monkeypatch):
+    """Every kernel signature added to any numba dispatcher while the test runs (a cache load or a compile), on
+    any thread: (thread name, kernel name)."""
+    added: list[tuple[str, str]] = []
+    compile_ = nd.Dispatcher.compile
+
+    def recording(self, sig):
+        before = len(self.overloads)
+        out = compile_(self, sig)
+        if len(self.overloads) != before:
+            added.append((threading.current_thread().name, f"{self.py_func.__module__}.{self.py_func.__name__}"))
+        return out
+
+    monkeypatch.setattr(nd.Dispatcher, "compile", recording)
+    return added
+
+
+def test_a_served_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overloads):
+    """As a server plays a new world: the server's play settings, a first clip of 4 frames then one-frame clips
+    along play.py's walk, 640x360 (the memory grows and re-sorts in the background within these clips). Without
+    ``load_play_kernels`` the first clip loaded the warp of the start frame (read-only depth) and the later clips
+    ``skip_rows``, ``live_ids`` and the maintenance thread's kernels."""
+    from spatia.model import make_generator
+    from spatia.server.config import ServerConfig
+    from spatia.server.host import warm_kernels
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.memory import SpatialMemory
+    from spatia.world.state import World
+
+    warm_kernels(make_generator("geometric"))
+    generator = make_generator("geometric", fill="layout")
+    world = World.from_scene("room", 0, 640, 360)
+    try:
+        server = ServerConfig()
+        engine = Engine(world, generator, EngineConfig(
+            clip=ClipConfig(4, 6, 2), keyframe_stride=server.play_keyframe_stride,
+            reuse_references_within=server.play_reuse_references_within,
+            reuse_references_clips=server.play_reuse_references_clips))
+        generator.wait_prepared(world.memory, 60.0)  # CreateWorld answers after the fit (server/service.py)
+        del new_overloads[:]  # what world creation loads is not a frame's
+        grew = resorted = False
+        walk = ActionIntegrator(world.current_c2w, ControlConfig(fps=30))
+        for clip in range(16):
+            poses = []
+            for _ in range(4 if clip == 0 else 1):
+                walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 30))
+                poses.append(walk.c2w.copy())
+            collections.deque(engine.generate_clip(np.asarray(poses)), maxlen=0)
+            memory: SpatialMemory = world.memory
+            grew |= memory._growth is not None
+            resorted |= memory._ordering is not None
+        memory._adopt_growth(wait=True)  # the maintenance jobs in flight run to the end
+        if memory._ordering is not None:
+            memory._ordering[0].result()
+        assert grew and resorted, "the walk no longer reaches the background growth and re-sort: lengthen it"
+        assert new_overloads == []
+    finally:
+        world.close()
+
+
+def test_a_worlds_first_clip_waits_for_the_servers_kernel_load(tmp_path, monkeypatch):
+    """``WorldHost.open_engine`` queues a wait on the world's thread while the server loads its kernels: the
+    first clip then starts only once they are loaded; no load in progress (or a cold cache being compiled in the
+    warm-up child), no wait."""
+    from spatia.server import host as host_mod
+    from spatia.world.generator import GeneratorCapabilities
+    from spatia.world.state import World
+
+    class NoGenerator:  # open_engine only builds the engine: nothing is generated here
+        capabilities = GeneratorCapabilities()
+
+    monkeypatch.setattr(host_mod, "_load_state", "idle")
+    host = host_mod.WorldHost(World.from_scene("room", 0, 32, 24), tmp_path / "w")
+    try:
+        host.open_engine(NoGenerator(), host_mod.EngineConfig())
+        assert host.executor.submit(lambda: 1).result(timeout=10) == 1  # no load in progress: no wait
+        for state, waits in (("compiling", False), ("loading", True)):
+            host._kernels_awaited = False
+            host_mod._set_load_state(state)
+            host.open_engine(NoGenerator(), host_mod.EngineConfig())
+            clip = host.executor.submit(lambda: 2)
+            if waits:
+                with pytest.raises(TimeoutError):
+                    clip.result(timeout=0.3)  # held behind the wait
+                host_mod._set_load_state("done")
+            assert clip.result(timeout=10) == 2
+        host_mod._set_load_state("loading")
+        host.open_engine(NoGenerator(), host_mod.EngineConfig())  # a later engine of the same world waits no more
+        assert host.executor.submit(lambda: 3).result(timeout=10) == 3
+    finally:
+        host_mod._set_load_state("idle")
+        host.executor.shutdown(wait=True)
+        host.world.close()
+
+
+def test_kernel_warm_up_loads_here_with_a_warm_cache_and_create_world_waits_for_it(monkeypatch):
+    """With a warm cache ``spatia serve``'s warm-up starts no child and loads the kernels in this process; a
+    CreateWorld's build waits until it is done (``server.builders.build_world``)."""
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.server import builders, host as host_mod
+    from spatia.server.config import Limits
+
+    monkeypatch.setattr(host_mod, "_load_state", "idle")
+    ran = threading.Event()
+    release = threading.Event()
+
+    def fake_warm(generator, *a, **k):  # the load itself is test_a_served_worlds_first_clips_... 's
+        ran.set()
+        release.wait(10)
+        return {}
+
+    monkeypatch.setattr(host_mod, "warm_kernels", fake_warm)
+    monkeypatch.setattr(host_mod, "_cache_is_warm", lambda: True)
+    warm = host_mod.warm_kernels_in_another_process()
+    try:
+        assert ran.wait(10) and warm.child is None and warm.poll() is None
+        request = pb.CreateWorldRequest(scene=pb.SceneSource(name="room", seed=0,
+                                                             resolution=pb.Resolution(width=32, height=24)))
+        built = []
+        create = threading.Thread(target=lambda: built.append(builders.build_world(request, "w", Limits())))
+        create.start()
+        create.join(0.3)
+        assert create.is_alive() and not built  # waits for the load
+        release.set()
+        create.join(10)
+        assert built and warm.wait() == 0
+        warm.thread.join(10)
+        assert warm.poll() == 0
+    finally:
+        release.set()
+        host_mod._set_load_state("idle")
+        for world, _ in built:
+            world.close()
+
+
+def test_kernel_warm_up_with_a_cold_cache_compiles_in_a_child_first_and_nobody_waits_for_it(monkeypatch):
+    """A cold cache: the child compiles (here: a process that waits to be told to end) and nothing in this process
+    waits meanwhile; once it has ended the kernels are loaded here; ``terminate`` stops the child and skips the load."""
+    import subprocess
+    import sys
+
+    from spatia.server import host as host_mod
+
+    monkeypatch.setattr(host_mod, "_load_state", "idle")
+    loads = []
+    monkeypatch.setattr(host_mod, "warm_kernels", lambda generator, *a, **k: loads.append(1) or {})
+    monkeypatch.setattr(host_mod, "_cache_is_warm", lambda: False)
+    child_code = "import sys; sys.stdin.read()"  # runs until its stdin closes
+    monkeypatch.setattr(host_mod, "_start_warm_child", lambda: subprocess.Popen(
+        [sys.executable, "-c", child_code], stdin=subprocess.PIPE))
+    try:
+        warm = host_mod.warm_kernels_in_another_process()
+        for _ in range(100):
+            if warm.child is not None:
+                break
+            warm.thread.join(0.05)
+        assert warm.child is not None and warm.poll() is None
+        assert host_mod.wait_for_kernel_load(0.5)  # compiling in the child: no wait
+        warm.child.stdin.close()  # the child is done
+        warm.thread.join(30)
+        assert loads == [1] and warm.poll() == 0 and host_mod._load_state == "done"
+
+        warm = host_mod.warm_kernels_in_another_process()  # stopped while its child compiles
+        for _ in range(100):
+            if warm.child is not None:
+                break
+            warm.thread.join(0.05)
+        warm.terminate()
+        assert warm.wait(30) != 0
+        warm.thread.join(30)
+        assert loads == [1] and warm.poll() == 0
+    finally:
+        host_mod._set_load_state("idle")
