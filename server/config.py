@@ -70,9 +70,9 @@ class ServerConfig:
     min_client_ping_interval_s: float = 30.0  # clients may ping this often without GOAWAY too_many_pings
     # ``spatia serve --ray``: each world in a Ray actor (a server.cluster.ClusterOptions); None: in-process hosts
     cluster: object | None = None
-    # compile the world core's numba kernels into numba's on-disk cache in a low-priority child process once
-    # serving (server.host.warm_kernels_in_another_process: ~3 s of CPU with a warm cache), so no session compiles
-    # one mid-play; ``spatia serve`` turns it on
+    # once serving, load the world core's numba kernels into this process (server.host.KernelWarmUp; a cold
+    # cache is first compiled in a low-priority child process), so no session compiles or loads one mid-play;
+    # ``spatia serve`` turns it on
     warm_kernels: bool = False
     # diagnostics: each interactive Play session writes its per-frame timestamps (action received, pose
     # integrated, clip started, frame generated, encoded, handed to gRPC) to ``<dir>/<session id>.jsonl`` when it

@@ -194,6 +194,11 @@ def _set_load_state(state: str) -> None:
         _load_changed.notify_all()
 
 
+def kernel_load_state() -> str:
+    """This process's kernel load: idle (none started), loading, compiling (a cold cache, in the child), done."""
+    return _load_state
+
+
 def wait_for_kernel_load(timeout_s: float = KERNEL_LOAD_WAIT_S) -> bool:
     """Block while this process loads its kernels (``KernelWarmUp``), at most ``timeout_s``; never while a cold
     cache is being compiled in the child (a session then compiles what it needs, as it did before). CreateWorld's
@@ -291,13 +296,6 @@ def _start_warm_child() -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", "from spatia.server.host import _warm_main; _warm_main()"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def warm_kernels_in_another_process() -> KernelWarmUp:
-    """``spatia serve``'s warm-up (``KernelWarmUp``): the kernels compiled into numba's on-disk cache in a child
-    process when the cache is cold, then loaded into this process, so that no session compiles or loads one
-    mid-play. (The name is the server's; with a warm cache no process is started.)"""
-    return KernelWarmUp()
 
 
 class DiskFullError(OSError):

@@ -225,7 +225,8 @@ class WorldActor:
     engine work runs on the host's worker thread."""
 
     def __init__(self, data_dir: str, world_id: str, generator: str, generator_kwargs: dict, version: str,
-                 lease_ttl_s: float, idle_exit_s: float | None, host_kind: str = "world") -> None:
+                 lease_ttl_s: float, idle_exit_s: float | None, host_kind: str = "world",
+                 warm_kernels: bool = False) -> None:
         if version != project_version():
             raise ClusterCheckError(f"this node runs spatia {project_version()}, the front door {version}")
         self.data_dir = Path(data_dir)
@@ -248,6 +249,10 @@ class WorldActor:
         self.generator = make_generator(generator, **generator_kwargs)
         if hasattr(self.host, "prepare"):  # the generator's per-world state (layout fill's fit) starts now
             self.host.prepare(self.generator)
+        if warm_kernels:  # this process's own kernel loads, as the embedded server's (the first clip waits for them)
+            from spatia.server.host import KernelWarmUp
+
+            self._warm = KernelWarmUp()
         channels_without_torch()  # after the generator: a generator that loaded torch keeps it
         self.lease: tuple[str, float] | None = None  # (session id, monotonic expiry)
         self.engines: dict[str, Any] = {}  # engine key -> Engine (one per session)
@@ -317,8 +322,11 @@ class WorldActor:
     async def where(self) -> dict:
         import numba
 
+        from spatia.server import host
+
         return {"node_id": self.node_id, "pid": os.getpid(), "epoch": self.epoch,
                 "numba_threads": numba.config.NUMBA_NUM_THREADS,
+                "kernel_load": host.kernel_load_state(),
                 "holder": self._holder() or "",
                 "stats": {**self.host.stats(), "controlled": int(self._holder() is not None)},
                 "view": replace(self.host.view(), controlled=self._holder() is not None)}
@@ -1227,8 +1235,9 @@ class RayWorldStore(WorldIds):
     ``get`` (and by the poller, for ListWorlds)."""
 
     def __init__(self, data_dir: Path, max_worlds: int, options: ClusterOptions, generator: str,
-                 generator_kwargs: dict | None = None) -> None:
+                 generator_kwargs: dict | None = None, warm_kernels: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        self.warm_kernels = warm_kernels  # ServerConfig.warm_kernels: each world actor loads its kernels at start
         self.worlds_dir = self.data_dir / "worlds"
         self.worlds_dir.mkdir(parents=True, exist_ok=True)
         self.max_worlds = max_worlds
@@ -1263,7 +1272,7 @@ class RayWorldStore(WorldIds):
         o = self.options
         actor = self._actor_class(world_id).remote(
             str(self.data_dir), world_id, self.generator, self.generator_kwargs, project_version(), o.lease_ttl_s,
-            o.idle_exit_s, o.host_kind)
+            o.idle_exit_s, o.host_kind, self.warm_kernels)
         try:
             where = ray.get(actor.where.remote(), timeout=o.placement_timeout_s)
         except GetTimeoutError:

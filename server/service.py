@@ -29,7 +29,7 @@ from spatia.server.config import ServerConfig
 from spatia.server.errors import (
     OutOfRangeError, UnavailableError, check_id, invalid, limit_exceeded, streaming, unary,
 )
-from spatia.server.host import HostView, WorldHost, bound_heap, warm_kernels_in_another_process
+from spatia.server.host import HostView, KernelWarmUp, WorldHost, bound_heap
 from spatia.server.metrics import ServerMetrics
 from spatia.server.recording import RecordingCloser, recorded_frames, summarize
 from spatia.server.session import Outbox, PlayOptions, PlaySession, check_image_options, clip_from_proto
@@ -701,7 +701,7 @@ class WorldServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         if c.warm_kernels and generator is not None:  # with --ray the actors run the kernels
-            self._warm = warm_kernels_in_another_process()
+            self._warm = KernelWarmUp()
         log.info("serving", address=f"{c.host}:{self.port}", tls=c.tls_cert is not None, auth=c.token is not None,
                  generator=c.generator, worlds=len(self.store.entries()), data_dir=str(c.data_dir))
         return self.port

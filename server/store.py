@@ -288,4 +288,4 @@ def open_store(config) -> "WorldStore":
     from spatia.server.ray_host import RayWorldStore
 
     return RayWorldStore(config.data_dir, config.limits.max_worlds, config.cluster, config.generator,
-                         dict(config.generator_kwargs))
+                         dict(config.generator_kwargs), warm_kernels=config.warm_kernels)

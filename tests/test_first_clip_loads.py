@@ -131,7 +131,7 @@ def test_kernel_warm_up_loads_here_with_a_warm_cache_and_create_world_waits_for_
 
     monkeypatch.setattr(host_mod, "warm_kernels", fake_warm)
     monkeypatch.setattr(host_mod, "_cache_is_warm", lambda: True)
-    warm = host_mod.warm_kernels_in_another_process()
+    warm = host_mod.KernelWarmUp()
     try:
         assert ran.wait(10) and warm.child is None and warm.poll() is None
         request = pb.CreateWorldRequest(scene=pb.SceneSource(name="room", seed=0,
@@ -169,7 +169,7 @@ def test_kernel_warm_up_with_a_cold_cache_compiles_in_a_child_first_and_nobody_w
     monkeypatch.setattr(host_mod, "_start_warm_child", lambda: subprocess.Popen(
         [sys.executable, "-c", child_code], stdin=subprocess.PIPE))
     try:
-        warm = host_mod.warm_kernels_in_another_process()
+        warm = host_mod.KernelWarmUp()
         for _ in range(100):
             if warm.child is not None:
                 break
@@ -180,7 +180,7 @@ def test_kernel_warm_up_with_a_cold_cache_compiles_in_a_child_first_and_nobody_w
         warm.thread.join(30)
         assert loads == [1] and warm.poll() == 0 and host_mod._load_state == "done"
 
-        warm = host_mod.warm_kernels_in_another_process()  # stopped while its child compiles
+        warm = host_mod.KernelWarmUp()  # stopped while its child compiles
         for _ in range(100):
             if warm.child is not None:
                 break

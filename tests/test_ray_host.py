@@ -433,6 +433,24 @@ def test_an_idle_actor_saves_and_exits_and_its_next_call_restarts_it(ray_local, 
             assert _host(door, "idle").epoch == 2
 
 
+def test_a_world_actor_loads_its_kernels_at_start_when_the_server_warms_them(ray_local, tmp_path):
+    """``spatia serve --ray`` warms kernels (``ServerConfig.warm_kernels``): each world actor's process loads them
+    itself at start, as the embedded server does, so its first clips do not (``KernelWarmUp``); off: it loads none."""
+    for warm in (False, True):
+        world_id = f"warm{int(warm)}"
+        with running_server(replace(_config(tmp_path / world_id), warm_kernels=warm)) as door:
+            with WorldClient(door.target, timeout_s=120) as c:
+                c.create_scene("room", seed=0, width=W, height=H, world_id=world_id)
+                actor = ray.get_actor(f"world:{world_id}", namespace="spatia")
+                deadline = time.monotonic() + 90
+                while (state := ray.get(actor.where.remote(), timeout=60)["kernel_load"]) in ("loading", "compiling"):
+                    assert time.monotonic() < deadline, "the actor's kernel load did not end"
+                    time.sleep(0.5)
+                assert state == ("done" if warm else "idle")
+                with c.play(world_id, record=False) as s:
+                    assert _step(s) is not None
+
+
 def test_the_ray_flag_and_the_cluster_options_are_checked():
     import argparse
 
