@@ -85,9 +85,9 @@ def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -
     else the new world's first clips waited for that load, or loaded the kernels themselves."""
     from spatia.model.fill.geometry.photo import PhotoLayoutDepth
     from spatia.server.host import wait_for_kernel_load
+    from spatia.world.images import load_depth, load_mask, load_rgb
 
     wait_for_kernel_load()
-    from spatia.world.images import load_depth, load_mask, load_rgb
 
     kind = request.WhichOneof("source")
     common = {"world_id": world_id, "prompt": request.prompt}
