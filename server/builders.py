@@ -88,7 +88,6 @@ def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -
     from spatia.world.images import load_depth, load_mask, load_rgb
 
     wait_for_kernel_load()
-
     kind = request.WhichOneof("source")
     common = {"world_id": world_id, "prompt": request.prompt}
     if kind == "scene":
