@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
@@ -129,13 +129,25 @@ class GeometricConfig:
     # it, 7.97-9.16 without, same minutes; one session's p95 no better) (docs/BENCHMARKS.md, session 17, lead).
     # For a machine with cores to spare.
     tiles_ahead: bool = False
+    # layout fill, per texture tile (``_PlaneCoarse.texels``): a tile is *due* at frame f when a frame <= f - N first
+    # asked for it, or when it is one of the warm-up's tiles (``_warm_plan``: the planes around the first camera).
+    # A frame shows the final texels of due tiles (made there, or joined from the tile thread); on the pixels of a
+    # tile not due yet it shows a stand-in (the colour fill's colour), marked provisional per pixel (never folded
+    # into the memory), and the tile is synthesised on a thread of its own (``model.fill.state.TileJobs``)
+    # meanwhile. Counted, not "whatever is ready": frames stay a function of the world and the path. So a turn
+    # towards a wall no frame showed does not make its tiles (~1 ms of CPU each) inside that frame. 0: every tile
+    # is due (frames make the tiles they miss). At most 8 (issue 10: a coarse fill is replaced within 8 frames).
+    coarse_tile_frames: int = 3
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
             raise InvalidInputError(f"unknown fill method {self.fill!r}; choose one of {', '.join(FILL_METHODS)}")
-        for name in ("coarse_frames", "coarse_plane_frames"):
+        for name in ("coarse_frames", "coarse_plane_frames", "coarse_tile_frames"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.coarse_tile_frames > 8:
+            raise InvalidInputError(f"coarse_tile_frames must be <= 8 (a coarse fill is replaced within 8 frames), "
+                                    f"got {self.coarse_tile_frames}")
 
 
 @dataclass(frozen=True)
@@ -240,9 +252,41 @@ class _PlaneCoarse:
     it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; and, once the
     fill has run, the frame's provisional pixels (``mask``, [H, W] bool, None when none)."""
 
-    def __init__(self, entry: FillEntry, frame: int, frames: int) -> None:
+    def __init__(self, entry: FillEntry, frame: int, frames: int, tile_frames: int = 0) -> None:
         self._entry, self._frame, self._frames = entry, frame, frames
+        self._tile_frames = tile_frames  # ``GeometricConfig.coarse_tile_frames``
         self.mask: np.ndarray | None = None
+
+    def texels(self, state: _LayoutState, tex, rows: np.ndarray, cols: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """``[N]`` bool: the texels (``read_texels``'s ``rows``, ``cols``, ``level`` of ``tex``'s synthesis model,
+        each [N] int64) this frame shows provisional because their tile is not due (``coarse_tile_frames``).
+        The one rule, for the fused fill and its reference alike. Records each tile's first ask; queues a tile not
+        due on the tile thread; joins a due tile's job (so that ``read_texels`` finds it made, or makes it)."""
+        from spatia.model.fill.texture.synthesis import tiles_read, warm_tiles
+
+        out = np.zeros(len(rows), bool)
+        if self._tile_frames <= 0 or not len(rows):
+            return out
+        model, seed = tex.synth, int(tex.seed)
+        tiles, top, tile = tiles_read(model, rows, cols, level)
+        if not len(tiles):
+            return out
+        warm = _warm_plan(state).due.get((id(model), seed), frozenset())
+        first_asked, jobs = self._entry.tile_first_asked, self._entry.tile_jobs
+        late = np.zeros(len(tiles), bool)
+        for q, (i, j) in enumerate(tiles.tolist()):
+            key = (id(model), seed, i, j)
+            first = first_asked.setdefault(key, self._frame)
+            if (i, j) in warm or self._frame - first >= self._tile_frames:
+                if jobs is not None:
+                    jobs.join(key)
+            else:
+                late[q] = True
+                if jobs is not None:
+                    jobs.submit(key, partial(warm_tiles, model, [(i, j, int(top[q]))], seed))
+        near = tile >= 0
+        out[near] = late[tile[near]]
+        return out
 
     def planes(self, bounds: list, shown: np.ndarray) -> np.ndarray:
         """``[B]`` bool: the planes of ``bounds`` this frame shows (``shown`` [B] pixel counts) that show the coarse
@@ -273,6 +317,16 @@ class _LayoutState:
     observer: np.ndarray  # [3] world frame, where the observed points were seen from
     # with a sky: rendered points at least this far are the sky (those the sky model was made of), not a surface
     sky_min_depth_m: float = math.inf
+    warm: "_WarmPlan | None" = None  # ``_warm_plan``, made once
+    warm_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class _WarmPlan:
+    """The warm-up's tiles (``_warm_tiles``): per texture model, the tiles around the first camera, nearest first."""
+
+    tiles: list  # [(PlaneTexture, [(tile row, tile col), ...])] in the order the warm-up makes them
+    due: dict  # (id of the synthesis model, seed) -> frozenset of (tile row, tile col): due from any frame on
 
 
 # warm-up: the planes bounding the first camera's free space, this far around it at most (outdoors: the ground)
@@ -294,17 +348,23 @@ def _fit_plane_textures(state: _LayoutState) -> None:
     layout, cam = state.layout, state.observer
     for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
         state.textures.for_plane(plane)
+    _warm_plan(state)  # here, at the fits' priority: frames read it (the per-tile coarse fill's due tiles)
 
 
-def _warm_tiles(state: _LayoutState) -> None:
-    """After ``_fit_plane_textures`` (a low-priority thread): synthesise the texture tiles of the planes around
-    the first camera, nearest first: the walls, floor and ceiling a player turns to first (a frame then reads
-    cached tiles instead of synthesising ~10 ms of them)."""
-    import time
+def _warm_plan(state: _LayoutState) -> _WarmPlan:
+    """The tiles of the planes around the first camera, nearest first: the walls, floor and ceiling a player turns
+    to first. A function of the fitted state alone, made once (by the warm-up or by the first frame that asks,
+    whichever comes first; the other waits for it): the per-tile coarse fill counts these as due from the start."""
+    with state.warm_lock:
+        if state.warm is None:
+            state.warm = _make_warm_plan(state)
+        return state.warm
 
+
+def _make_warm_plan(state: _LayoutState) -> _WarmPlan:
     from spatia.model.fill.texture.appearance import plane_basis
     from spatia.model.fill.geometry.layout import view_bounds
-    from spatia.model.fill.texture.synthesis import tiles_covering, warm_tiles
+    from spatia.model.fill.texture.synthesis import TILE_CACHE, tiles_covering
 
     layout, cam = state.layout, state.observer
     view = view_bounds(layout, cam, cam[None])
@@ -315,13 +375,11 @@ def _warm_tiles(state: _LayoutState) -> None:
         lo = max([o for o in offs if o < c], default=c - WARM_RADIUS_M)
         hi = min([o for o in offs if o > c], default=c + WARM_RADIUS_M)
         extent[k] = (max(lo, c - WARM_RADIUS_M), min(hi, c + WARM_RADIUS_M))
-    total = 0
-    seen_models = set()
+    plan, due = [], {}
     for plane in sorted(view.bounds, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
         tex = state.textures.for_plane(plane)
-        if tex is None or tex.synth is None or (id(tex.synth), tex.seed) in seen_models:
+        if tex is None or tex.synth is None or (id(tex.synth), int(tex.seed)) in due:
             continue
-        seen_models.add((id(tex.synth), tex.seed))
         u_ax, v_ax = plane_basis(layout, plane)
         ranges = []
         for ax in (u_ax, v_ax):
@@ -341,7 +399,21 @@ def _warm_tiles(state: _LayoutState) -> None:
             centre_u = (j + 0.5) * t_m - tex.synth.origin_px[1] * tex.synth.texel_m
             return (centre_u - foot[0]) ** 2 + (centre_v - foot[1]) ** 2
 
-        tiles = sorted(tiles_covering(tex.synth, lo_uv, hi_uv), key=dist)
+        tiles = sorted(tiles_covering(tex.synth, lo_uv, hi_uv), key=dist)[:TILE_CACHE]  # (warm_tiles' cap)
+        plan.append((tex, tiles))
+        due[(id(tex.synth), int(tex.seed))] = frozenset(tiles)
+    return _WarmPlan(plan, due)
+
+
+def _warm_tiles(state: _LayoutState) -> None:
+    """After ``_fit_plane_textures`` (a low-priority thread): synthesise ``_warm_plan``'s tiles (a frame then
+    reads cached tiles instead of synthesising ~10 ms of them)."""
+    import time
+
+    from spatia.model.fill.texture.synthesis import warm_tiles
+
+    total = 0
+    for tex, tiles in _warm_plan(state).tiles:
         total += warm_tiles(tex.synth, tiles, tex.seed, pause=lambda: time.sleep(WARM_PAUSE_S))
     log.info("fill tiles warmed", tiles=total)
 
@@ -894,17 +966,30 @@ class GeometricGenerator:
         if not rgb.flags.c_contiguous:
             raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")
         rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
+        late_px = []  # [K] flat pixel indices per plane: its tiles not due yet (``_PlaneCoarse.texels``)
         for i in np.flatnonzero(kind):
             s0, s1 = int(starts[i]), int(starts[i + 1])
             dst = hole_idx[order[s0:s1]]
             if kind[i] == 1:
-                read_texels(texs[i].synth, rows[s0:s1], cols[s0:s1], level[s0:s1], texs[i].seed, dst, rgb_flat)
+                r, c, lv = rows[s0:s1], cols[s0:s1], level[s0:s1]
+                late = None if coarse is None else coarse.texels(state, texs[i], r, c, lv)
+                if late is not None and late.any():  # their pixels: left to the colour fill, provisional
+                    late_px.append(dst[late])
+                    keep = ~late
+                    r, c, lv, dst = r[keep], c[keep], lv[keep], dst[keep]
+                read_texels(texs[i].synth, r, c, lv, texs[i].seed, dst, rgb_flat)
             else:
                 rgb_flat[dst] = texs[i].sample(uv[s0:s1], footprint[s0:s1])
         painted = hole_idx[order]
+        late_px = np.concatenate(late_px) if late_px else np.zeros(0, np.int64)
+        if len(late_px):
+            unpainted = np.zeros(valid.size, bool)
+            unpainted[late_px] = True
+            painted = painted[~unpainted[painted]]
         if coarse is not None:
-            coarse.set_mask(valid.shape, hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
-                            else np.zeros(0, np.int64))
+            plane_px = (hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
+                        else np.zeros(0, np.int64))
+            coarse.set_mask(valid.shape, np.concatenate([plane_px, late_px]))
         if state.sky is not None:  # the sky where nothing is hit outdoors
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
@@ -1019,8 +1104,7 @@ class GeometricGenerator:
         painted = np.zeros(len(rays), bool)
         shown = np.array([np.count_nonzero(use & (li == i)) for i in range(len(bounds))], np.int64)
         coarse_b = np.zeros(len(bounds), bool) if coarse is None else coarse.planes(bounds, shown)
-        if coarse is not None:
-            coarse.set_mask(valid.shape, hole_idx[use & coarse_b[np.maximum(li, 0)]])
+        late_px = [np.zeros(0, np.int64)]  # hole indices per plane: its tiles not due yet (``_PlaneCoarse.texels``)
         for i, plane in enumerate(bounds):
             sel = use & (li == i)
             if not sel.any() or coarse_b[i]:  # a coarse plane: the colour fill's (its texture not asked for)
@@ -1032,8 +1116,21 @@ class GeometricGenerator:
             # the mip level follows the footprint's long axis on the plane (as a GPU's does): one texel read per
             # pixel of a grazing ray would alias, and synthesise tiles nobody can resolve
             normal_cam = R.T @ layout.axes[plane.axis]
-            cols[sel] = tex.sample(uv, plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam))
-            painted |= sel
+            fp = plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam)
+            sel = np.flatnonzero(sel)
+            if coarse is not None and tex.synth is not None and tex.far is None and tex.unseen is None:
+                # the texels ``tex.sample`` reads (its synthesis model's alone: no far look, no unseen cells)
+                from spatia.model.fill.texture.synthesis import texel_indices
+
+                late = coarse.texels(state, tex, *texel_indices(
+                    tex.synth, np.asarray(uv, np.float64) - np.asarray(tex.synth_origin_uv), np.asarray(fp, np.float64)))
+                late_px.append(sel[late])
+                sel, uv, fp = sel[~late], uv[~late], fp[~late]
+            cols[sel] = tex.sample(uv, fp)
+            painted[sel] = True
+        if coarse is not None:
+            coarse.set_mask(valid.shape, hole_idx[np.concatenate([np.flatnonzero(use & coarse_b[np.maximum(li, 0)]),
+                                                                  *late_px])])
         if state.sky is not None:
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
@@ -1194,7 +1291,7 @@ class GeometricGenerator:
                 state = entry.state()
                 reach = _layout_reach(entry, state.layout, request) if reach is None else reach
                 colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
-                planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames)
+                planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames, self.config.coarse_tile_frames)
                 view = view_bounds(state.layout, c2w[:3, 3], reach)
                 filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
                                                     planes, view)

@@ -1348,16 +1348,45 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
         raise InvalidInputError(f"uv_m must be [M, 2] and footprint_m [M], got {uv.shape} and {fp.shape}")
     if not (np.isfinite(uv).all() and np.isfinite(fp).all()):
         raise InvalidInputError("uv_m and footprint_m must be finite")
-    t = model.tile_px
-    max_level = int(math.log2(t & -t))  # halve while the tile side stays whole
-    level = np.clip(np.floor(np.log2(np.maximum(fp / model.texel_m, 1.0))), 0, max_level).astype(np.int64)
-    rows = np.floor(uv[:, 1] / model.texel_m).astype(np.int64) + model.origin_px[0]
-    cols = np.floor(uv[:, 0] / model.texel_m).astype(np.int64) + model.origin_px[1]
+    rows, cols, level = texel_indices(model, uv, fp)
     out = np.empty((len(uv), 3), np.uint8)
     if len(uv) == 0:
         return out
     read_texels(model, rows, cols, level, seed, None, out)
     return out
+
+
+def texel_indices(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, level)`` (each [M] int64) that ``sample_uv`` reads for plane coordinates ``uv_m`` [M, 2]
+    float64 seen with footprints ``footprint_m`` [M] float64 (checked by the caller): the texture-space texel and
+    its mip level (``read_texels``'s inputs)."""
+    t = model.tile_px
+    max_level = int(math.log2(t & -t))  # halve while the tile side stays whole
+    level = np.clip(np.floor(np.log2(np.maximum(footprint_m / model.texel_m, 1.0))), 0, max_level).astype(np.int64)
+    rows = np.floor(uv_m[:, 1] / model.texel_m).astype(np.int64) + model.origin_px[0]
+    cols = np.floor(uv_m[:, 0] / model.texel_m).astype(np.int64) + model.origin_px[1]
+    return rows, cols, level
+
+
+def tiles_read(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tiles ``read_texels`` reads for texels ``rows``, ``cols`` at mip ``level`` (each [N] int64):
+    ``(tiles, top, tile)``: ``tiles`` [T, 2] int64 (tile row, tile col), sorted; ``top`` [T] int64 the largest mip
+    level read of each; ``tile`` [N] int64 each texel's index into ``tiles``, -1 for a texel read from the
+    far-field texture (``FAR_LEVEL`` and beyond: no tile)."""
+    tile = np.full(len(rows), -1, np.int64)
+    near = np.flatnonzero(level < FAR_LEVEL)
+    if len(near) == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile
+    t = model.tile_px
+    ij = np.stack([np.floor_divide(rows[near], t), np.floor_divide(cols[near], t)], 1)
+    tiles, inverse = np.unique(ij, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    top = np.zeros(len(tiles), np.int64)
+    np.maximum.at(top, inverse, level[near])
+    tile[near] = inverse
+    return tiles, top, tile
 
 
 def read_texels(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray, seed: int,
