@@ -56,11 +56,11 @@ def _late_log(monkeypatch) -> list[tuple[int, tuple, bool, bool]]:
 
 
 def test_a_tile_first_read_at_frame_f_is_final_from_frame_f_plus_d(monkeypatch):
-    """On the room's demo turn: a tile is provisional in the frames f .. f + D - 1 after the first that asked for
+    """On the house's demo walk (through a doorway): a tile is provisional in the frames f .. f + D - 1 after the first that asked for
     it and final from f + D on; the warm-up's tiles are final from the first ask."""
     d = 3
     log = _late_log(monkeypatch)
-    world, path = _walk()
+    world, path = _walk("house", 30)
     gen = GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=0, coarse_tile_frames=d))
     list(Engine(world, gen, PLAY).generate(path, seed=0))
     first: dict[tuple, int] = {}
