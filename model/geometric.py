@@ -307,6 +307,37 @@ class _PlaneCoarse:
             self.mask = np.zeros(shape, bool)
             self.mask.ravel()[pixels] = True
 
+    def sampled(self, state: _LayoutState, tex, uv: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+        """``[K]`` bool: the points that ``tex.sample(uv [K, 2], footprint [K])`` reads from a tile not due
+        (``texels`` over the synthesis models it reads: ``_texture_reads``)."""
+        late = np.zeros(len(uv), bool)
+        if self._tile_frames <= 0:
+            return late
+        from spatia.model.fill.texture.synthesis import texel_indices
+
+        for t, idx in _texture_reads(tex, np.arange(len(uv)), uv):
+            late[idx] |= self.texels(state, t, *texel_indices(
+                t.synth, np.asarray(uv[idx], np.float64) - np.asarray(t.synth_origin_uv),
+                np.asarray(footprint[idx], np.float64)))
+        return late
+
+
+def _texture_reads(tex, idx: np.ndarray, uv: np.ndarray) -> list:
+    """``[(PlaneTexture, [K] indices into idx's points)]``: which synthesis model (``tex.synth`` of the texture
+    given or of its far look) ``tex.sample`` reads each point ``uv[idx]`` from; points it reads from no synthesis
+    model (an exemplar's mip pyramid alone) are left out. ``PlaneTexture._sample_regions``'s dispatch, point by point
+    (a point's colour depends on that point alone, so sampling a subset gives that subset's colours); the unseen
+    cells' contrast is applied to the colour read, so it reads nothing else."""
+    if tex.far is not None:
+        far = np.hypot(uv[idx, 0] - tex.centre_uv[0], uv[idx, 1] - tex.centre_uv[1]) >= tex.far_from_m
+        if far.any():
+            return [*_texture_reads(tex.far, idx[far], uv), *_texture_reads_near(tex, idx[~far])]
+    return _texture_reads_near(tex, idx)
+
+
+def _texture_reads_near(tex, idx: np.ndarray) -> list:
+    return [(tex, idx)] if tex.synth is not None and len(idx) else []
+
 
 @dataclass
 class _LayoutState:
@@ -979,7 +1010,12 @@ class GeometricGenerator:
                     r, c, lv, dst = r[keep], c[keep], lv[keep], dst[keep]
                 read_texels(texs[i].synth, r, c, lv, texs[i].seed, dst, rgb_flat)
             else:
-                rgb_flat[dst] = texs[i].sample(uv[s0:s1], footprint[s0:s1])
+                uv_i, fp_i = uv[s0:s1], footprint[s0:s1]
+                late = None if coarse is None else coarse.sampled(state, texs[i], uv_i, fp_i)
+                if late is not None and late.any():
+                    late_px.append(dst[late])
+                    uv_i, fp_i, dst = uv_i[~late], fp_i[~late], dst[~late]
+                rgb_flat[dst] = texs[i].sample(uv_i, fp_i)
         painted = hole_idx[order]
         late_px = np.concatenate(late_px) if late_px else np.zeros(0, np.int64)
         if len(late_px):
@@ -1118,12 +1154,8 @@ class GeometricGenerator:
             normal_cam = R.T @ layout.axes[plane.axis]
             fp = plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam)
             sel = np.flatnonzero(sel)
-            if coarse is not None and tex.synth is not None and tex.far is None and tex.unseen is None:
-                # the texels ``tex.sample`` reads (its synthesis model's alone: no far look, no unseen cells)
-                from spatia.model.fill.texture.synthesis import texel_indices
-
-                late = coarse.texels(state, tex, *texel_indices(
-                    tex.synth, np.asarray(uv, np.float64) - np.asarray(tex.synth_origin_uv), np.asarray(fp, np.float64)))
+            if coarse is not None:
+                late = coarse.sampled(state, tex, uv, fp)
                 late_px.append(sel[late])
                 sel, uv, fp = sel[~late], uv[~late], fp[~late]
             cols[sel] = tex.sample(uv, fp)
