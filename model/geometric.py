@@ -262,31 +262,41 @@ class _PlaneCoarse:
         each [N] int64) this frame shows provisional because their tile is not due (``coarse_tile_frames``).
         The one rule, for the fused fill and its reference alike. Records each tile's first ask; queues a tile not
         due on the tile thread; joins a due tile's job (so that ``read_texels`` finds it made, or makes it)."""
-        from spatia.model.fill.texture.synthesis import tiles_read, warm_tiles
+        from spatia.model.fill.texture.synthesis import FAR_LEVEL, tiles_read, warm_tiles
 
         out = np.zeros(len(rows), bool)
         if self._tile_frames <= 0 or not len(rows):
             return out
         model, seed = tex.synth, int(tex.seed)
         tiles, top, tile = tiles_read(model, rows, cols, level)
-        if not len(tiles):
-            return out
-        warm = _warm_plan(state).due.get((id(model), seed), frozenset())
-        first_asked, jobs = self._entry.tile_first_asked, self._entry.tile_jobs
+        plan = _warm_plan(state).due
+        warm = plan.get((id(model), seed), frozenset())
         late = np.zeros(len(tiles), bool)
         for q, (i, j) in enumerate(tiles.tolist()):
-            key = (id(model), seed, i, j)
-            first = first_asked.setdefault(key, self._frame)
-            if (i, j) in warm or self._frame - first >= self._tile_frames:
-                if jobs is not None:
-                    jobs.join(key)
-            else:
-                late[q] = True
-                if jobs is not None:
-                    jobs.submit(key, partial(warm_tiles, model, [(i, j, int(top[q]))], seed))
+            late[q] = self._late((id(model), seed, i, j), (i, j) in warm,
+                                 partial(warm_tiles, model, [(i, j, int(top[q]))], seed))
         near = tile >= 0
         out[near] = late[tile[near]]
+        far = ~near & (level >= FAR_LEVEL)
+        # the far-field texture (mip FAR_LEVEL on) is read from a pyramid of the whole exemplar box, made once per
+        # model and seed (a few ms): counted as one more tile of the model, due from the start for the warm-up's
+        if far.any() and self._late((id(model), seed, "far"), (id(model), seed) in plan,
+                                    partial(model._far_pyramid, seed)):
+            out[far] = True
         return out
+
+    def _late(self, key: tuple, warm: bool, make) -> bool:
+        """Whether the tile ``key`` is not due in this frame (recording its first ask); a tile not due is queued
+        (``make`` synthesises it), a due one's job joined."""
+        first = self._entry.tile_first_asked.setdefault(key, self._frame)
+        jobs = self._entry.tile_jobs
+        if warm or self._frame - first >= self._tile_frames:
+            if jobs is not None:
+                jobs.join(key)
+            return False
+        if jobs is not None:
+            jobs.submit(key, make)
+        return True
 
     def planes(self, bounds: list, shown: np.ndarray) -> np.ndarray:
         """``[B]`` bool: the planes of ``bounds`` this frame shows (``shown`` [B] pixel counts) that show the coarse
@@ -375,11 +385,15 @@ def _warm_layout_state(state: _LayoutState) -> None:
 def _fit_plane_textures(state: _LayoutState) -> None:
     """On the maintenance thread, after the state is handed over: fit every plane's texture model, nearest the
     first camera first (a frame that needs one still being fitted waits for it; one that needs one not begun
-    fits it itself)."""
+    fits it itself); then ``_warm_plan`` and its models' far-field pyramids."""
     layout, cam = state.layout, state.observer
     for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
         state.textures.for_plane(plane)
-    _warm_plan(state)  # here, at the fits' priority: frames read it (the per-tile coarse fill's due tiles)
+    # here, at the fits' priority: frames read the plan (the per-tile coarse fill's due tiles) and count the
+    # planned models' far-field pyramids due at once; each is made under its model's lock (a few ms), which a
+    # frame could wait for behind the low-priority tile thread
+    for tex, _ in _warm_plan(state).tiles:
+        tex.synth._far_pyramid(int(tex.seed))
 
 
 def _warm_plan(state: _LayoutState) -> _WarmPlan:

@@ -118,8 +118,9 @@ def test_no_tile_is_provisional_at_zero():
 
 
 def test_texels_rule_on_a_model(monkeypatch):
-    """``_PlaneCoarse.texels`` on a fitted model: per tile, provisional until D frames after its first ask, the
-    far-field texels (mip >= FAR_LEVEL) never; a tile not due is queued once; the due frame joins it."""
+    """``_PlaneCoarse.texels`` on a fitted model: per tile, provisional until D frames after its first ask (the
+    warm-up's tiles never; the far-field texels, mip >= FAR_LEVEL, as one tile more, due at once for a model the
+    warm-up planned); a tile not due is queued; the due frame joins it."""
     rng = np.random.default_rng(3)
     model = synthesis.TextureModel.fit(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8), np.ones((40, 40), bool),
                                        0.01)
@@ -150,10 +151,17 @@ def test_texels_rule_on_a_model(monkeypatch):
     for frame in range(10, 14):
         late = geometric._PlaneCoarse(Entry(), frame, 0, d).texels(None, Tex, rows, cols, level)
         want = frame - 10 < d
-        # tiles (0, 0), (1, 0): late for D frames; the warm tile (5, 5) and the far texel: never
+        # tiles (0, 0), (1, 0): late for D frames; the warm tile (5, 5) and the planned model's far texel: never
         np.testing.assert_array_equal(late, [want, want, want, want, False, False])
     assert sorted(set(submitted)) == [(id(model), 11, 0, 0), (id(model), 11, 1, 0)]
     assert (id(model), 11, 5, 5) in joined and (id(model), 11, 0, 0) in joined
+    # a model the warm-up did not plan: its far-field texels (the pyramid of its exemplar box) count as a tile
+    Entry.tile_first_asked = {}
+    monkeypatch.setattr(geometric, "_warm_plan", lambda state: geometric._WarmPlan([], {}))
+    for frame in range(20, 24):
+        late = geometric._PlaneCoarse(Entry(), frame, 0, d).texels(None, Tex, rows, cols, level)
+        np.testing.assert_array_equal(late, [frame - 20 < d] * 6)
+    assert (id(model), 11, "far") in submitted and (id(model), 11, "far") in joined
 
 
 def test_tile_jobs_are_joined_taken_over_or_waited_for():
