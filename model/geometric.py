@@ -289,10 +289,13 @@ class _PlaneCoarse:
         """Whether the tile ``key`` is not due in this frame (recording its first ask); a tile not due is queued
         (``make`` synthesises it), a due one's job joined."""
         first = self._entry.tile_first_asked.setdefault(key, self._frame)
+        if first < 0:  # due and joined in an earlier frame (most of a frame's tiles)
+            return False
         jobs = self._entry.tile_jobs
         if warm or self._frame - first >= self._tile_frames:
             if jobs is not None:
                 jobs.join(key)
+            self._entry.tile_first_asked[key] = -1
             return False
         if jobs is not None:
             jobs.submit(key, make)

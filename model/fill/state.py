@@ -97,6 +97,7 @@ class FillEntry:
     ahead_job: Callable[[], object] | None = None
     # per texture tile ((id of the synthesis model, seed, tile row, tile col)): the index (in ``frames_made``) of the
     # first frame that asked for it; the per-tile coarse fill (``GeometricConfig.coarse_tile_frames``) counts from it
+    # (-1 once a frame found it due: it stays due)
     tile_first_asked: dict = field(default_factory=dict)
     # the tiles synthesised off the frame's thread for this world's frames (``TileJobs``; None: made by frames)
     tile_jobs: "TileJobs | None" = None
