@@ -249,8 +249,9 @@ def plane_texture_key(plane) -> tuple:
 
 class _PlaneCoarse:
     """One layout frame's per-plane coarse fill (``GeometricConfig.coarse_plane_frames``): which planes still show
-    it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; and, once the
-    fill has run, the frame's provisional pixels (``mask``, [H, W] bool, None when none)."""
+    it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; its per-tile
+    coarse fill (``coarse_tile_frames``: ``texels``), counted from the first frame that asked for each tile; and,
+    once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none)."""
 
     def __init__(self, entry: FillEntry, frame: int, frames: int, tile_frames: int = 0) -> None:
         self._entry, self._frame, self._frames = entry, frame, frames
