@@ -132,9 +132,9 @@ class GeometricConfig:
     # layout fill, per texture tile (``_PlaneCoarse.texels``): a tile is *due* at frame f when a frame <= f - N first
     # asked for it, or when it is one of the warm-up's tiles (``_warm_plan``: the planes around the first camera).
     # A frame shows the final texels of due tiles (made there, or joined from the tile thread); on the pixels of a
-    # tile not due yet it shows a stand-in (the colour fill's colour), marked provisional per pixel (never folded
-    # into the memory), and the tile is synthesised on a thread of its own (``model.fill.state.TileJobs``)
-    # meanwhile. Counted, not "whatever is ready": frames stay a function of the world and the path. So a turn
+    # tile not due yet it shows a stand-in (the texture's far-field colour, mip ``FAR_LEVEL``, once the model's
+    # far-field pyramid is due; else the colour fill's colour), marked provisional per pixel (never folded into
+    # the memory), and the tile is synthesised on a thread of its own (``model.fill.state.TileJobs``) meanwhile. Counted, not "whatever is ready": frames stay a function of the world and the path. So a turn
     # towards a wall no frame showed does not make its tiles (~1 ms of CPU each) inside that frame. 0: every tile
     # is due (frames make the tiles they miss). At most 8 (issue 10: a coarse fill is replaced within 8 frames).
     coarse_tile_frames: int = 3
@@ -247,6 +247,11 @@ def plane_texture_key(plane) -> tuple:
     return (int(plane.plane_id), bool(plane.derived), plane.kind, int(plane.axis))
 
 
+# ``_PlaneCoarse.texels``: a texel of a due tile; a provisional one showing the far-field colour; a provisional one
+# left to the colour fill
+FINAL, STAND_IN, COLOUR_FILL = 0, 1, 2
+
+
 class _PlaneCoarse:
     """One layout frame's per-plane coarse fill (``GeometricConfig.coarse_plane_frames``): which planes still show
     it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; its per-tile
@@ -259,13 +264,15 @@ class _PlaneCoarse:
         self.mask: np.ndarray | None = None
 
     def texels(self, state: _LayoutState, tex, rows: np.ndarray, cols: np.ndarray, level: np.ndarray) -> np.ndarray:
-        """``[N]`` bool: the texels (``read_texels``'s ``rows``, ``cols``, ``level`` of ``tex``'s synthesis model,
-        each [N] int64) this frame shows provisional because their tile is not due (``coarse_tile_frames``).
+        """``[N]`` int8 per texel (``read_texels``'s ``rows``, ``cols``, ``level`` of ``tex``'s synthesis model, each
+        [N] int64): ``FINAL`` where its tile is due (``coarse_tile_frames``); else provisional: ``STAND_IN`` where
+        the model's far-field pyramid is due (the frame shows the texel's far-field colour, mip ``FAR_LEVEL``: the
+        texture's colours and shading, blurred), ``COLOUR_FILL`` where it is not (the colour fill's colour).
         The one rule, for the fused fill and its reference alike. Records each tile's first ask; queues a tile not
         due on the tile thread; joins a due tile's job (so that ``read_texels`` finds it made, or makes it)."""
         from spatia.model.fill.texture.synthesis import FAR_LEVEL, tiles_read, warm_tiles
 
-        out = np.zeros(len(rows), bool)
+        out = np.zeros(len(rows), np.int8)
         if self._tile_frames <= 0 or not len(rows):
             return out
         model, seed = tex.synth, int(tex.seed)
@@ -277,13 +284,15 @@ class _PlaneCoarse:
             late[q] = self._late((id(model), seed, i, j), (i, j) in warm,
                                  partial(warm_tiles, model, [(i, j, int(top[q]))], seed))
         near = tile >= 0
-        out[near] = late[tile[near]]
         far = ~near & (level >= FAR_LEVEL)
+        if not far.any() and not late.any():
+            return out
         # the far-field texture (mip FAR_LEVEL on) is read from a pyramid of the whole exemplar box, made once per
-        # model and seed (a few ms): counted as one more tile of the model, due from the start for the warm-up's
-        if far.any() and self._late((id(model), seed, "far"), (id(model), seed) in plan,
-                                    partial(model._far_pyramid, seed)):
-            out[far] = True
+        # model and seed (a few ms): counted as one more tile of the model (asked for by the far texels and by the
+        # stand-ins), due from the start for the warm-up's models
+        far_late = self._late((id(model), seed, "far"), (id(model), seed) in plan, partial(model._far_pyramid, seed))
+        out[near] = np.where(late[tile[near]], COLOUR_FILL if far_late else STAND_IN, FINAL)
+        out[far] = COLOUR_FILL if far_late else FINAL
         return out
 
     def _late(self, key: tuple, warm: bool, make) -> bool:
@@ -321,19 +330,24 @@ class _PlaneCoarse:
             self.mask = np.zeros(shape, bool)
             self.mask.ravel()[pixels] = True
 
-    def sampled(self, state: _LayoutState, tex, uv: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-        """``[K]`` bool: the points that ``tex.sample(uv [K, 2], footprint [K])`` reads from a tile not due
-        (``texels`` over the synthesis models it reads: ``_texture_reads``)."""
-        late = np.zeros(len(uv), bool)
-        if self._tile_frames <= 0:
-            return late
-        from spatia.model.fill.texture.synthesis import texel_indices
+    def sampled(self, state: _LayoutState, tex, uv: np.ndarray, footprint: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``texels``'s answer ([K] int8) for each point that ``tex.sample(uv [K, 2], footprint [K])`` reads, over
+        the synthesis models it reads (``_texture_reads``), and the footprints [K] float64 that read the stand-ins
+        there (``footprint`` raised to the model's mip ``FAR_LEVEL`` where ``STAND_IN``)."""
+        from spatia.model.fill.texture.synthesis import FAR_LEVEL, texel_indices
 
+        codes = np.zeros(len(uv), np.int8)
+        stand_fp = np.asarray(footprint, np.float64).copy()
+        if self._tile_frames <= 0:
+            return codes, stand_fp
         for t, idx in _texture_reads(tex, np.arange(len(uv)), uv):
-            late[idx] |= self.texels(state, t, *texel_indices(
-                t.synth, np.asarray(uv[idx], np.float64) - np.asarray(t.synth_origin_uv),
-                np.asarray(footprint[idx], np.float64)))
-        return late
+            codes[idx] = self.texels(state, t, *texel_indices(
+                t.synth, np.asarray(uv[idx], np.float64) - np.asarray(t.synth_origin_uv), stand_fp[idx]))
+            stand = idx[codes[idx] == STAND_IN]
+            # a stand-in's level (0 or 1) read at FAR_LEVEL: (texel * 2^FAR_LEVEL) / texel is exactly 2^FAR_LEVEL
+            stand_fp[stand] = t.synth.texel_m * float(1 << FAR_LEVEL)
+        return codes, stand_fp
 
 
 def _texture_reads(tex, idx: np.ndarray, uv: np.ndarray) -> list:
@@ -929,7 +943,7 @@ class GeometricGenerator:
         from spatia.model.fill.texture.appearance import plane_basis
         from spatia.model.fill.geometry.layout import (cast_layout, layout_path, opening_pixels, stale_closing_pixels,
                                                        view_bounds)
-        from spatia.model.fill.texture.synthesis import read_texels
+        from spatia.model.fill.texture.synthesis import FAR_LEVEL, read_texels
 
         cfg = self.config
         layout = state.layout
@@ -1015,30 +1029,38 @@ class GeometricGenerator:
         if not rgb.flags.c_contiguous:
             raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")
         rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
-        late_px = []  # [K] flat pixel indices per plane: its tiles not due yet (``_PlaneCoarse.texels``)
+        late_px, fill_px = [], []  # flat pixel indices per plane: provisional (tiles not due); of those, unpainted
         for i in np.flatnonzero(kind):
             s0, s1 = int(starts[i]), int(starts[i + 1])
             dst = hole_idx[order[s0:s1]]
             if kind[i] == 1:
                 r, c, lv = rows[s0:s1], cols[s0:s1], level[s0:s1]
-                late = None if coarse is None else coarse.texels(state, texs[i], r, c, lv)
-                if late is not None and late.any():  # their pixels: left to the colour fill, provisional
-                    late_px.append(dst[late])
-                    keep = ~late
+                codes = None if coarse is None else coarse.texels(state, texs[i], r, c, lv)
+                if codes is not None and codes.any():  # provisional: a stand-in, or left to the colour fill
+                    late_px.append(dst[codes != FINAL])
+                    fill_px.append(dst[codes == COLOUR_FILL])
+                    stand = np.flatnonzero(codes == STAND_IN)
+                    read_texels(texs[i].synth, r[stand], c[stand], np.full(len(stand), FAR_LEVEL, np.int64),
+                                texs[i].seed, dst[stand], rgb_flat)
+                    keep = codes == FINAL
                     r, c, lv, dst = r[keep], c[keep], lv[keep], dst[keep]
                 read_texels(texs[i].synth, r, c, lv, texs[i].seed, dst, rgb_flat)
             else:
                 uv_i, fp_i = uv[s0:s1], footprint[s0:s1]
-                late = None if coarse is None else coarse.sampled(state, texs[i], uv_i, fp_i)
-                if late is not None and late.any():
-                    late_px.append(dst[late])
-                    uv_i, fp_i, dst = uv_i[~late], fp_i[~late], dst[~late]
+                codes, stand_fp = (None, None) if coarse is None else coarse.sampled(state, texs[i], uv_i, fp_i)
+                if codes is not None and codes.any():
+                    late_px.append(dst[codes != FINAL])
+                    fill_px.append(dst[codes == COLOUR_FILL])
+                    stand = codes == STAND_IN
+                    rgb_flat[dst[stand]] = texs[i].sample(uv_i[stand], stand_fp[stand])
+                    keep = codes == FINAL
+                    uv_i, fp_i, dst = uv_i[keep], fp_i[keep], dst[keep]
                 rgb_flat[dst] = texs[i].sample(uv_i, fp_i)
         painted = hole_idx[order]
         late_px = np.concatenate(late_px) if late_px else np.zeros(0, np.int64)
-        if len(late_px):
+        if fill_px and sum(map(len, fill_px)):
             unpainted = np.zeros(valid.size, bool)
-            unpainted[late_px] = True
+            unpainted[np.concatenate(fill_px)] = True
             painted = painted[~unpainted[painted]]
         if coarse is not None:
             plane_px = (hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
@@ -1173,9 +1195,13 @@ class GeometricGenerator:
             fp = plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam)
             sel = np.flatnonzero(sel)
             if coarse is not None:
-                late = coarse.sampled(state, tex, uv, fp)
-                late_px.append(sel[late])
-                sel, uv, fp = sel[~late], uv[~late], fp[~late]
+                codes, stand_fp = coarse.sampled(state, tex, uv, fp)
+                late_px.append(sel[codes != FINAL])  # provisional: a stand-in, or left to the colour fill
+                stand = codes == STAND_IN
+                cols[sel[stand]] = tex.sample(uv[stand], stand_fp[stand])
+                painted[sel[stand]] = True
+                keep = codes == FINAL
+                sel, uv, fp = sel[keep], uv[keep], fp[keep]
             cols[sel] = tex.sample(uv, fp)
             painted[sel] = True
         if coarse is not None:

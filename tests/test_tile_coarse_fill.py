@@ -42,14 +42,15 @@ def _late_log(monkeypatch) -> list[tuple[int, tuple, bool, bool]]:
     real = geometric._PlaneCoarse.texels
 
     def texels(self, state, tex, rows, cols, level):
-        late = real(self, state, tex, rows, cols, level)
+        codes = real(self, state, tex, rows, cols, level)
         tiles, _, tile = synthesis.tiles_read(tex.synth, rows, cols, level)
         warm = geometric._warm_plan(state).due.get((id(tex.synth), int(tex.seed)), frozenset())
         for q, (i, j) in enumerate(tiles.tolist()):
-            shown_late = late[tile == q]
-            assert shown_late.all() or not shown_late.any()  # a tile is provisional or final as a whole
-            log.append((self._frame, (id(tex.synth), int(tex.seed), i, j), (i, j) in warm, bool(shown_late.any())))
-        return late
+            shown = codes[tile == q]
+            assert (shown == shown[0]).all()  # a tile is final, or shows one stand-in, as a whole
+            log.append((self._frame, (id(tex.synth), int(tex.seed), i, j), (i, j) in warm,
+                        bool(shown[0] != geometric.FINAL)))
+        return codes
 
     monkeypatch.setattr(geometric._PlaneCoarse, "texels", texels)
     return log
@@ -110,6 +111,7 @@ def test_no_tile_is_provisional_at_zero():
     coarse = geometric._PlaneCoarse(Entry(), 5, 0, 0)
     rows = np.arange(200, dtype=np.int64)
     assert not coarse.texels(None, None, rows, rows, np.zeros(200, np.int64)).any()
+    assert not coarse.sampled(None, None, np.zeros((200, 2)), np.ones(200))[0].any()
     assert Entry.tile_first_asked == {}
     with pytest.raises(InvalidInputError):
         GeometricConfig(coarse_tile_frames=9)
@@ -149,18 +151,20 @@ def test_texels_rule_on_a_model(monkeypatch):
     level = np.array([0, 1, 0, 0, 0, synthesis.FAR_LEVEL], np.int64)
     d = 2
     for frame in range(10, 14):
-        late = geometric._PlaneCoarse(Entry(), frame, 0, d).texels(None, Tex, rows, cols, level)
-        want = frame - 10 < d
-        # tiles (0, 0), (1, 0): late for D frames; the warm tile (5, 5) and the planned model's far texel: never
-        np.testing.assert_array_equal(late, [want, want, want, want, False, False])
+        codes = geometric._PlaneCoarse(Entry(), frame, 0, d).texels(None, Tex, rows, cols, level)
+        want = geometric.STAND_IN if frame - 10 < d else geometric.FINAL
+        # tiles (0, 0), (1, 0): the far-field stand-in for D frames (the planned model's pyramid is due at once);
+        # the warm tile (5, 5) and the far texel: final
+        np.testing.assert_array_equal(codes, [want, want, want, want, 0, 0])
     assert sorted(set(submitted)) == [(id(model), 11, 0, 0), (id(model), 11, 1, 0)]
     assert (id(model), 11, 5, 5) in joined and (id(model), 11, 0, 0) in joined
     # a model the warm-up did not plan: its far-field texels (the pyramid of its exemplar box) count as a tile
     Entry.tile_first_asked = {}
     monkeypatch.setattr(geometric, "_warm_plan", lambda state: geometric._WarmPlan([], {}))
     for frame in range(20, 24):
-        late = geometric._PlaneCoarse(Entry(), frame, 0, d).texels(None, Tex, rows, cols, level)
-        np.testing.assert_array_equal(late, [frame - 20 < d] * 6)
+        codes = geometric._PlaneCoarse(Entry(), frame, 0, d).texels(None, Tex, rows, cols, level)
+        want = geometric.COLOUR_FILL if frame - 20 < d else geometric.FINAL  # no stand-in before the pyramid
+        np.testing.assert_array_equal(codes, [want] * 6)  # (tile (5, 5) is not planned here either)
     assert (id(model), 11, "far") in submitted and (id(model), 11, "far") in joined
 
 
