@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
@@ -129,13 +129,25 @@ class GeometricConfig:
     # it, 7.97-9.16 without, same minutes; one session's p95 no better) (docs/BENCHMARKS.md, session 17, lead).
     # For a machine with cores to spare.
     tiles_ahead: bool = False
+    # layout fill, per texture tile (``_PlaneCoarse.texels``): a tile is *due* at frame f when a frame <= f - N first
+    # asked for it, or when it is one of the warm-up's tiles (``_warm_plan``: the planes around the first camera).
+    # A frame shows the final texels of due tiles (made there, or joined from the tile thread); on the pixels of a
+    # tile not due yet it shows a stand-in (the texture's far-field colour, mip ``FAR_LEVEL``, once the model's
+    # far-field pyramid is due; else the colour fill's colour), marked provisional per pixel (never folded into
+    # the memory), and the tile is synthesised on a thread of its own (``model.fill.state.TileJobs``) meanwhile. Counted, not "whatever is ready": frames stay a function of the world and the path. So a turn
+    # towards a wall no frame showed does not make its tiles (~1 ms of CPU each) inside that frame. 0: every tile
+    # is due (frames make the tiles they miss). At most 8 (issue 10: a coarse fill is replaced within 8 frames).
+    coarse_tile_frames: int = 3
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
             raise InvalidInputError(f"unknown fill method {self.fill!r}; choose one of {', '.join(FILL_METHODS)}")
-        for name in ("coarse_frames", "coarse_plane_frames"):
+        for name in ("coarse_frames", "coarse_plane_frames", "coarse_tile_frames"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.coarse_tile_frames > 8:
+            raise InvalidInputError(f"coarse_tile_frames must be <= 8 (a coarse fill is replaced within 8 frames), "
+                                    f"got {self.coarse_tile_frames}")
 
 
 @dataclass(frozen=True)
@@ -235,14 +247,69 @@ def plane_texture_key(plane) -> tuple:
     return (int(plane.plane_id), bool(plane.derived), plane.kind, int(plane.axis))
 
 
+# ``_PlaneCoarse.texels``: a texel of a due tile; a provisional one showing the far-field colour; a provisional one
+# left to the colour fill
+FINAL, STAND_IN, COLOUR_FILL = 0, 1, 2
+
+
 class _PlaneCoarse:
     """One layout frame's per-plane coarse fill (``GeometricConfig.coarse_plane_frames``): which planes still show
-    it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; and, once the
-    fill has run, the frame's provisional pixels (``mask``, [H, W] bool, None when none)."""
+    it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; its per-tile
+    coarse fill (``coarse_tile_frames``: ``texels``), counted from the first frame that asked for each tile; and,
+    once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none)."""
 
-    def __init__(self, entry: FillEntry, frame: int, frames: int) -> None:
+    def __init__(self, entry: FillEntry, frame: int, frames: int, tile_frames: int = 0) -> None:
         self._entry, self._frame, self._frames = entry, frame, frames
+        self._tile_frames = tile_frames  # ``GeometricConfig.coarse_tile_frames``
         self.mask: np.ndarray | None = None
+
+    def texels(self, state: _LayoutState, tex, rows: np.ndarray, cols: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """``[N]`` int8 per texel (``read_texels``'s ``rows``, ``cols``, ``level`` of ``tex``'s synthesis model, each
+        [N] int64): ``FINAL`` where its tile is due (``coarse_tile_frames``); else provisional: ``STAND_IN`` where
+        the model's far-field pyramid is due (the frame shows the texel's far-field colour, mip ``FAR_LEVEL``: the
+        texture's colours and shading, blurred), ``COLOUR_FILL`` where it is not (the colour fill's colour).
+        The one rule, for the fused fill and its reference alike. Records each tile's first ask; queues a tile not
+        due on the tile thread; joins a due tile's job (so that ``read_texels`` finds it made, or makes it)."""
+        from spatia.model.fill.texture.synthesis import FAR_LEVEL, tiles_read, warm_tiles
+
+        out = np.zeros(len(rows), np.int8)
+        if self._tile_frames <= 0 or not len(rows):
+            return out
+        model, seed = tex.synth, int(tex.seed)
+        tiles, top, tile = tiles_read(model, rows, cols, level)
+        plan = _warm_plan(state).due
+        warm = plan.get((id(model), seed), frozenset())
+        late = np.zeros(len(tiles), bool)
+        for q, (i, j) in enumerate(tiles.tolist()):
+            late[q] = self._late((id(model), seed, i, j), (i, j) in warm,
+                                 partial(warm_tiles, model, [(i, j, int(top[q]))], seed))
+        near = tile >= 0
+        far = ~near & (level >= FAR_LEVEL)
+        if not far.any() and not late.any():
+            return out
+        # the far-field texture (mip FAR_LEVEL on) is read from a pyramid of the whole exemplar box, made once per
+        # model and seed (a few ms): counted as one more tile of the model (asked for by the far texels and by the
+        # stand-ins), due from the start for the warm-up's models
+        far_late = self._late((id(model), seed, "far"), (id(model), seed) in plan, partial(model._far_pyramid, seed))
+        out[near] = np.where(late[tile[near]], COLOUR_FILL if far_late else STAND_IN, FINAL)
+        out[far] = COLOUR_FILL if far_late else FINAL
+        return out
+
+    def _late(self, key: tuple, warm: bool, make) -> bool:
+        """Whether the tile ``key`` is not due in this frame (recording its first ask); a tile not due is queued
+        (``make`` synthesises it), a due one's job joined."""
+        first = self._entry.tile_first_asked.setdefault(key, self._frame)
+        if first < 0:  # due and joined in an earlier frame (most of a frame's tiles)
+            return False
+        jobs = self._entry.tile_jobs
+        if warm or self._frame - first >= self._tile_frames:
+            if jobs is not None:
+                jobs.join(key)
+            self._entry.tile_first_asked[key] = -1
+            return False
+        if jobs is not None:
+            jobs.submit(key, make)
+        return True
 
     def planes(self, bounds: list, shown: np.ndarray) -> np.ndarray:
         """``[B]`` bool: the planes of ``bounds`` this frame shows (``shown`` [B] pixel counts) that show the coarse
@@ -263,6 +330,42 @@ class _PlaneCoarse:
             self.mask = np.zeros(shape, bool)
             self.mask.ravel()[pixels] = True
 
+    def sampled(self, state: _LayoutState, tex, uv: np.ndarray, footprint: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``texels``'s answer ([K] int8) for each point that ``tex.sample(uv [K, 2], footprint [K])`` reads, over
+        the synthesis models it reads (``_texture_reads``), and the footprints [K] float64 that read the stand-ins
+        there (``footprint`` raised to the model's mip ``FAR_LEVEL`` where ``STAND_IN``)."""
+        from spatia.model.fill.texture.synthesis import FAR_LEVEL, texel_indices
+
+        codes = np.zeros(len(uv), np.int8)
+        stand_fp = np.asarray(footprint, np.float64).copy()
+        if self._tile_frames <= 0:
+            return codes, stand_fp
+        for t, idx in _texture_reads(tex, np.arange(len(uv)), uv):
+            codes[idx] = self.texels(state, t, *texel_indices(
+                t.synth, np.asarray(uv[idx], np.float64) - np.asarray(t.synth_origin_uv), stand_fp[idx]))
+            stand = idx[codes[idx] == STAND_IN]
+            # a stand-in's level (0 or 1) read at FAR_LEVEL: (texel * 2^FAR_LEVEL) / texel is exactly 2^FAR_LEVEL
+            stand_fp[stand] = t.synth.texel_m * float(1 << FAR_LEVEL)
+        return codes, stand_fp
+
+
+def _texture_reads(tex, idx: np.ndarray, uv: np.ndarray) -> list:
+    """``[(PlaneTexture, [K] indices into idx's points)]``: which synthesis model (``tex.synth`` of the texture
+    given or of its far look) ``tex.sample`` reads each point ``uv[idx]`` from; points it reads from no synthesis
+    model (an exemplar's mip pyramid alone) are left out. ``PlaneTexture._sample_regions``'s dispatch, point by point
+    (a point's colour depends on that point alone, so sampling a subset gives that subset's colours); the unseen
+    cells' contrast is applied to the colour read, so it reads nothing else."""
+    if tex.far is not None:
+        far = np.hypot(uv[idx, 0] - tex.centre_uv[0], uv[idx, 1] - tex.centre_uv[1]) >= tex.far_from_m
+        if far.any():
+            return [*_texture_reads(tex.far, idx[far], uv), *_texture_reads_near(tex, idx[~far])]
+    return _texture_reads_near(tex, idx)
+
+
+def _texture_reads_near(tex, idx: np.ndarray) -> list:
+    return [(tex, idx)] if tex.synth is not None and len(idx) else []
+
 
 @dataclass
 class _LayoutState:
@@ -273,6 +376,16 @@ class _LayoutState:
     observer: np.ndarray  # [3] world frame, where the observed points were seen from
     # with a sky: rendered points at least this far are the sky (those the sky model was made of), not a surface
     sky_min_depth_m: float = math.inf
+    warm: "_WarmPlan | None" = None  # ``_warm_plan``, made once
+    warm_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class _WarmPlan:
+    """The warm-up's tiles (``_warm_tiles``): per texture model, the tiles around the first camera, nearest first."""
+
+    tiles: list  # [(PlaneTexture, [(tile row, tile col), ...])] in the order the warm-up makes them
+    due: dict  # (id of the synthesis model, seed) -> frozenset of (tile row, tile col): due from any frame on
 
 
 # warm-up: the planes bounding the first camera's free space, this far around it at most (outdoors: the ground)
@@ -290,21 +403,31 @@ def _warm_layout_state(state: _LayoutState) -> None:
 def _fit_plane_textures(state: _LayoutState) -> None:
     """On the maintenance thread, after the state is handed over: fit every plane's texture model, nearest the
     first camera first (a frame that needs one still being fitted waits for it; one that needs one not begun
-    fits it itself)."""
+    fits it itself); then ``_warm_plan`` and its models' far-field pyramids."""
     layout, cam = state.layout, state.observer
     for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
         state.textures.for_plane(plane)
+    # here, at the fits' priority: frames read the plan (the per-tile coarse fill's due tiles) and count the
+    # planned models' far-field pyramids due at once; each is made under its model's lock (a few ms), which a
+    # frame could wait for behind the low-priority tile thread
+    for tex, _ in _warm_plan(state).tiles:
+        tex.synth._far_pyramid(int(tex.seed))
 
 
-def _warm_tiles(state: _LayoutState) -> None:
-    """After ``_fit_plane_textures`` (a low-priority thread): synthesise the texture tiles of the planes around
-    the first camera, nearest first: the walls, floor and ceiling a player turns to first (a frame then reads
-    cached tiles instead of synthesising ~10 ms of them)."""
-    import time
+def _warm_plan(state: _LayoutState) -> _WarmPlan:
+    """The tiles of the planes around the first camera, nearest first: the walls, floor and ceiling a player turns
+    to first. A function of the fitted state alone, made once (by the warm-up or by the first frame that asks,
+    whichever comes first; the other waits for it): the per-tile coarse fill counts these as due from the start."""
+    with state.warm_lock:
+        if state.warm is None:
+            state.warm = _make_warm_plan(state)
+        return state.warm
 
+
+def _make_warm_plan(state: _LayoutState) -> _WarmPlan:
     from spatia.model.fill.texture.appearance import plane_basis
     from spatia.model.fill.geometry.layout import view_bounds
-    from spatia.model.fill.texture.synthesis import tiles_covering, warm_tiles
+    from spatia.model.fill.texture.synthesis import TILE_CACHE, tiles_covering
 
     layout, cam = state.layout, state.observer
     view = view_bounds(layout, cam, cam[None])
@@ -315,13 +438,11 @@ def _warm_tiles(state: _LayoutState) -> None:
         lo = max([o for o in offs if o < c], default=c - WARM_RADIUS_M)
         hi = min([o for o in offs if o > c], default=c + WARM_RADIUS_M)
         extent[k] = (max(lo, c - WARM_RADIUS_M), min(hi, c + WARM_RADIUS_M))
-    total = 0
-    seen_models = set()
+    plan, due = [], {}
     for plane in sorted(view.bounds, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
         tex = state.textures.for_plane(plane)
-        if tex is None or tex.synth is None or (id(tex.synth), tex.seed) in seen_models:
+        if tex is None or tex.synth is None or (id(tex.synth), int(tex.seed)) in due:
             continue
-        seen_models.add((id(tex.synth), tex.seed))
         u_ax, v_ax = plane_basis(layout, plane)
         ranges = []
         for ax in (u_ax, v_ax):
@@ -341,7 +462,21 @@ def _warm_tiles(state: _LayoutState) -> None:
             centre_u = (j + 0.5) * t_m - tex.synth.origin_px[1] * tex.synth.texel_m
             return (centre_u - foot[0]) ** 2 + (centre_v - foot[1]) ** 2
 
-        tiles = sorted(tiles_covering(tex.synth, lo_uv, hi_uv), key=dist)
+        tiles = sorted(tiles_covering(tex.synth, lo_uv, hi_uv), key=dist)[:TILE_CACHE]  # (warm_tiles' cap)
+        plan.append((tex, tiles))
+        due[(id(tex.synth), int(tex.seed))] = frozenset(tiles)
+    return _WarmPlan(plan, due)
+
+
+def _warm_tiles(state: _LayoutState) -> None:
+    """After ``_fit_plane_textures`` (a low-priority thread): synthesise ``_warm_plan``'s tiles (a frame then
+    reads cached tiles instead of synthesising ~10 ms of them)."""
+    import time
+
+    from spatia.model.fill.texture.synthesis import warm_tiles
+
+    total = 0
+    for tex, tiles in _warm_plan(state).tiles:
         total += warm_tiles(tex.synth, tiles, tex.seed, pause=lambda: time.sleep(WARM_PAUSE_S))
     log.info("fill tiles warmed", tiles=total)
 
@@ -808,7 +943,7 @@ class GeometricGenerator:
         from spatia.model.fill.texture.appearance import plane_basis
         from spatia.model.fill.geometry.layout import (cast_layout, layout_path, opening_pixels, stale_closing_pixels,
                                                        view_bounds)
-        from spatia.model.fill.texture.synthesis import read_texels
+        from spatia.model.fill.texture.synthesis import FAR_LEVEL, read_texels
 
         cfg = self.config
         layout = state.layout
@@ -894,17 +1029,43 @@ class GeometricGenerator:
         if not rgb.flags.c_contiguous:
             raise ValueError("rgb must be C-contiguous: the fill writes into it through a flat view")
         rgb_flat = rgb.reshape(-1, 3)  # a view: writes below land in ``rgb``
+        late_px, fill_px = [], []  # flat pixel indices per plane: provisional (tiles not due); of those, unpainted
         for i in np.flatnonzero(kind):
             s0, s1 = int(starts[i]), int(starts[i + 1])
             dst = hole_idx[order[s0:s1]]
             if kind[i] == 1:
-                read_texels(texs[i].synth, rows[s0:s1], cols[s0:s1], level[s0:s1], texs[i].seed, dst, rgb_flat)
+                r, c, lv = rows[s0:s1], cols[s0:s1], level[s0:s1]
+                codes = None if coarse is None else coarse.texels(state, texs[i], r, c, lv)
+                if codes is not None and codes.any():  # provisional: a stand-in, or left to the colour fill
+                    late_px.append(dst[codes != FINAL])
+                    fill_px.append(dst[codes == COLOUR_FILL])
+                    stand = np.flatnonzero(codes == STAND_IN)
+                    read_texels(texs[i].synth, r[stand], c[stand], np.full(len(stand), FAR_LEVEL, np.int64),
+                                texs[i].seed, dst[stand], rgb_flat)
+                    keep = codes == FINAL
+                    r, c, lv, dst = r[keep], c[keep], lv[keep], dst[keep]
+                read_texels(texs[i].synth, r, c, lv, texs[i].seed, dst, rgb_flat)
             else:
-                rgb_flat[dst] = texs[i].sample(uv[s0:s1], footprint[s0:s1])
+                uv_i, fp_i = uv[s0:s1], footprint[s0:s1]
+                codes, stand_fp = (None, None) if coarse is None else coarse.sampled(state, texs[i], uv_i, fp_i)
+                if codes is not None and codes.any():
+                    late_px.append(dst[codes != FINAL])
+                    fill_px.append(dst[codes == COLOUR_FILL])
+                    stand = codes == STAND_IN
+                    rgb_flat[dst[stand]] = texs[i].sample(uv_i[stand], stand_fp[stand])
+                    keep = codes == FINAL
+                    uv_i, fp_i, dst = uv_i[keep], fp_i[keep], dst[keep]
+                rgb_flat[dst] = texs[i].sample(uv_i, fp_i)
         painted = hole_idx[order]
+        late_px = np.concatenate(late_px) if late_px else np.zeros(0, np.int64)
+        if fill_px and sum(map(len, fill_px)):
+            unpainted = np.zeros(valid.size, bool)
+            unpainted[np.concatenate(fill_px)] = True
+            painted = painted[~unpainted[painted]]
         if coarse is not None:
-            coarse.set_mask(valid.shape, hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
-                            else np.zeros(0, np.int64))
+            plane_px = (hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
+                        else np.zeros(0, np.int64))
+            coarse.set_mask(valid.shape, np.concatenate([plane_px, late_px]))
         if state.sky is not None:  # the sky where nothing is hit outdoors
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
@@ -1019,8 +1180,7 @@ class GeometricGenerator:
         painted = np.zeros(len(rays), bool)
         shown = np.array([np.count_nonzero(use & (li == i)) for i in range(len(bounds))], np.int64)
         coarse_b = np.zeros(len(bounds), bool) if coarse is None else coarse.planes(bounds, shown)
-        if coarse is not None:
-            coarse.set_mask(valid.shape, hole_idx[use & coarse_b[np.maximum(li, 0)]])
+        late_px = [np.zeros(0, np.int64)]  # hole indices per plane: its tiles not due yet (``_PlaneCoarse.texels``)
         for i, plane in enumerate(bounds):
             sel = use & (li == i)
             if not sel.any() or coarse_b[i]:  # a coarse plane: the colour fill's (its texture not asked for)
@@ -1032,8 +1192,21 @@ class GeometricGenerator:
             # the mip level follows the footprint's long axis on the plane (as a GPU's does): one texel read per
             # pixel of a grazing ray would alias, and synthesise tiles nobody can resolve
             normal_cam = R.T @ layout.axes[plane.axis]
-            cols[sel] = tex.sample(uv, plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam))
-            painted |= sel
+            fp = plane_footprint_m(rays[sel], ld[sel], max(K.fx, K.fy), normal_cam)
+            sel = np.flatnonzero(sel)
+            if coarse is not None:
+                codes, stand_fp = coarse.sampled(state, tex, uv, fp)
+                late_px.append(sel[codes != FINAL])  # provisional: a stand-in, or left to the colour fill
+                stand = codes == STAND_IN
+                cols[sel[stand]] = tex.sample(uv[stand], stand_fp[stand])
+                painted[sel[stand]] = True
+                keep = codes == FINAL
+                sel, uv, fp = sel[keep], uv[keep], fp[keep]
+            cols[sel] = tex.sample(uv, fp)
+            painted[sel] = True
+        if coarse is not None:
+            coarse.set_mask(valid.shape, hole_idx[np.concatenate([np.flatnonzero(use & coarse_b[np.maximum(li, 0)]),
+                                                                  *late_px])])
         if state.sky is not None:
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
@@ -1194,7 +1367,7 @@ class GeometricGenerator:
                 state = entry.state()
                 reach = _layout_reach(entry, state.layout, request) if reach is None else reach
                 colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
-                planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames)
+                planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames, self.config.coarse_tile_frames)
                 view = view_bounds(state.layout, c2w[:3, 3], reach)
                 filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
                                                     planes, view)

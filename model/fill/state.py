@@ -23,6 +23,12 @@ time another world's clip ran). Here:
   sessions on two cores paid for it in frame rate), as the camera moves on, the tiles of the planes a widened
   view around it shows are made before a frame reads them (``ahead``: a thread of its own, at the frames'
   priority).
+- with ``GeometricConfig.coarse_tile_frames`` (the per-tile coarse fill), a tile a frame asks for that is not due
+  yet (first asked fewer than that many frames before, and not one of the warm-up's tiles) is synthesised on a
+  thread of its own (``TileJobs``, at the frames' priority: these are tiles frames read, not speculative ones) while
+  frames show a provisional stand-in on its pixels; the frame at which it becomes due joins the job (waits for it
+  when it is running, takes it over when it has not started). Which pixels are provisional is counted in frames
+  (``FillEntry.tile_first_asked``), never "is the tile ready yet".
 - the tile synthesis (``tiles``, after the texture fits) runs at a low CPU priority (nice +``WARM_NICE``, its
   threads only): no frame waits for it (a frame synthesises a tile it misses; the tile thread holds the texture
   model's lock only to look a tile up and to store it, ``texture.warm_tiles``), and at normal priority the
@@ -89,6 +95,12 @@ class FillEntry:
     # tiles ahead of the view (``FillStates.ahead``): the pose last asked for, and the job not started yet
     ahead_c2w: np.ndarray | None = None
     ahead_job: Callable[[], object] | None = None
+    # per texture tile ((id of the synthesis model, seed, tile row, tile col)): the index (in ``frames_made``) of the
+    # first frame that asked for it; the per-tile coarse fill (``GeometricConfig.coarse_tile_frames``) counts from it
+    # (-1 once a frame found it due: it stays due)
+    tile_first_asked: dict = field(default_factory=dict)
+    # the tiles synthesised off the frame's thread for this world's frames (``TileJobs``; None: made by frames)
+    tile_jobs: "TileJobs | None" = None
     # the world's camera path in the fitted layout (``model.fill.geometry.layout.PathSummary``), kept by the frame's thread
     # as clips come: what the fill reads of the path then costs the same however long the session
     path: object | None = None
@@ -96,6 +108,71 @@ class FillEntry:
     def state(self):
         """The fitted state, waited for if the fit is still running."""
         return self.future.result()
+
+
+class _TileJob:
+    """One tile's synthesis: queued, running, done, or taken over by the frame that needed it first."""
+
+    __slots__ = ("fn", "state", "done")
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+        self.state = "queued"
+        self.done = threading.Event()
+
+
+class TileJobs:
+    """One world's texture tiles synthesised off the frame's thread, in the order frames asked for them
+    (``submit``), and joined by the frame that needs one (``join``). A job's result is the model's tile cache
+    (tiles are pure functions of model, index and seed): what a job does never changes a frame, only how long
+    the frame that joins it waits."""
+
+    def __init__(self, pool: Callable[[], ThreadPoolExecutor]) -> None:
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._jobs: dict = {}  # key -> _TileJob, until joined
+
+    def submit(self, key, fn: Callable[[], object]) -> None:
+        """Queue ``fn`` (synthesise the tile ``key`` into its model's cache) unless a job for ``key`` is held."""
+        with self._lock:
+            if key in self._jobs:
+                return
+            job = self._jobs[key] = _TileJob(fn)
+        try:
+            self._pool().submit(self._run, job)
+        except RuntimeError:  # closed: the frame that needs the tile makes it
+            with self._lock:
+                self._jobs.pop(key, None)
+
+    def _run(self, job: _TileJob) -> None:
+        with self._lock:
+            if job.state != "queued":  # taken over by a frame
+                return
+            job.state = "running"
+        try:
+            job.fn()
+        except Exception as exc:  # noqa: BLE001 -- the frame that joins it makes the tile itself
+            log.warning("fill tile job failed", error=type(exc).__name__)
+        finally:
+            with self._lock:
+                job.state = "done"
+            job.done.set()
+
+    def join(self, key) -> None:
+        """The frame thread needs tile ``key`` now: wait for its job if it is running; take it over if it has
+        not started (the caller then synthesises the tile itself, as without a job); forget it."""
+        with self._lock:
+            job = self._jobs.pop(key, None)
+            if job is None:
+                return
+            if job.state == "queued":
+                job.state = "taken"
+                return
+        job.done.wait()
+
+    def held(self) -> int:
+        with self._lock:
+            return len(self._jobs)
 
 
 def inputs_key(memory, observed_views) -> tuple:
@@ -117,6 +194,7 @@ class FillStates:
         self._executor: ThreadPoolExecutor | None = None
         self._warm_executor: ThreadPoolExecutor | None = None
         self._ahead_executor: ThreadPoolExecutor | None = None
+        self._tile_executor: ThreadPoolExecutor | None = None
 
     def _warm_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -133,6 +211,14 @@ class FillStates:
                 # not there (at nice 10 and load ~11 they came 0.2-1.4 s late, after the frame that needed them)
                 self._ahead_executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill-ahead")
             return self._ahead_executor
+
+    def _tile_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._tile_executor is None:
+                # one thread for every world's tile jobs, at the frames' priority: a frame joins these jobs a few
+                # frames on (at nice 10 under load it would wait behind the scheduler, as the fits did)
+                self._tile_executor = ThreadPoolExecutor(1, thread_name_prefix="spatia-fill-tile")
+            return self._tile_executor
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -151,7 +237,8 @@ class FillStates:
                 return held
             snapshot = inputs()
             ready = threading.Event()
-            entry = FillEntry(key, self._pool().submit(self._run, snapshot, ready), ready=ready)
+            entry = FillEntry(key, self._pool().submit(self._run, snapshot, ready), ready=ready,
+                              tile_jobs=TileJobs(self._tile_pool))
             self._states[memory] = entry
             return entry
 
@@ -223,6 +310,6 @@ class FillStates:
             log.warning("fill tile warm-up failed", error=type(exc).__name__)
 
     def close(self) -> None:
-        for pool in (self._executor, self._warm_executor, self._ahead_executor):
+        for pool in (self._executor, self._warm_executor, self._ahead_executor, self._tile_executor):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)

@@ -24,6 +24,8 @@ def compile_fill_kernels() -> int:
     model = texture.TextureModel.fit(rgb, valid, 0.01)  # the region path: cells, cuts, composition, shading
     uv = np.stack(np.meshgrid(np.linspace(-0.3, 0.6, 24), np.linspace(-0.3, 0.6, 16)), -1).reshape(-1, 2)
     colours = texture.sample_uv(model, uv, np.full(len(uv), 0.004), seed=0)  # the tile gather
+    # the per-tile coarse fill's tiles of a frame's texels (geometric._PlaneCoarse.texels)
+    texture.tiles_read(model, *texture.texel_indices(model, uv, np.full(len(uv), 0.004)))
     # a periodic exemplar's hole fill (the random exemplar above has no lattice), with ``_periodic_fill``'s types
     texture.texture_kernels.periodic_copy(
         np.zeros((4, 4, 3), np.float32), valid[:4, :4].copy(), np.ones((1, 2), np.int64), np.zeros((4, 4, 3), np.float32),

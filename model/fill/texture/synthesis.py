@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
+import numba as nb
 import numpy as np
 import structlog
 from scipy import fft as sfft
@@ -1348,16 +1349,117 @@ def sample_uv(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray, se
         raise InvalidInputError(f"uv_m must be [M, 2] and footprint_m [M], got {uv.shape} and {fp.shape}")
     if not (np.isfinite(uv).all() and np.isfinite(fp).all()):
         raise InvalidInputError("uv_m and footprint_m must be finite")
-    t = model.tile_px
-    max_level = int(math.log2(t & -t))  # halve while the tile side stays whole
-    level = np.clip(np.floor(np.log2(np.maximum(fp / model.texel_m, 1.0))), 0, max_level).astype(np.int64)
-    rows = np.floor(uv[:, 1] / model.texel_m).astype(np.int64) + model.origin_px[0]
-    cols = np.floor(uv[:, 0] / model.texel_m).astype(np.int64) + model.origin_px[1]
+    rows, cols, level = texel_indices(model, uv, fp)
     out = np.empty((len(uv), 3), np.uint8)
     if len(uv) == 0:
         return out
     read_texels(model, rows, cols, level, seed, None, out)
     return out
+
+
+def texel_indices(model: TextureModel, uv_m: np.ndarray, footprint_m: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, level)`` (each [M] int64) that ``sample_uv`` reads for plane coordinates ``uv_m`` [M, 2]
+    float64 seen with footprints ``footprint_m`` [M] float64 (checked by the caller): the texture-space texel and
+    its mip level (``read_texels``'s inputs)."""
+    t = model.tile_px
+    max_level = int(math.log2(t & -t))  # halve while the tile side stays whole
+    level = np.clip(np.floor(np.log2(np.maximum(footprint_m / model.texel_m, 1.0))), 0, max_level).astype(np.int64)
+    rows = np.floor(uv_m[:, 1] / model.texel_m).astype(np.int64) + model.origin_px[0]
+    cols = np.floor(uv_m[:, 0] / model.texel_m).astype(np.int64) + model.origin_px[1]
+    return rows, cols, level
+
+
+def tiles_read(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tiles ``read_texels`` reads for texels ``rows``, ``cols`` at mip ``level`` (each [N] int64):
+    ``(tiles, top, tile)``: ``tiles`` [T, 2] int64 (tile row, tile col), sorted; ``top`` [T] int64 the largest mip
+    level read of each; ``tile`` [N] int64 each texel's index into ``tiles``, -1 for a texel read from the
+    far-field texture (``FAR_LEVEL`` and beyond: no tile)."""
+    tiles, top, tile, dense = _texel_tiles(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64),
+                                           np.ascontiguousarray(level, np.int64), model.tile_px, FAR_LEVEL)
+    if dense:
+        return tiles, top, tile
+    return _tiles_read_sorted(model, rows, cols, level)
+
+
+def _tiles_read_sorted(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``tiles_read`` by a sort (``np.unique``): its definition, and its way where the texels' tiles are
+    scattered over a box too large for ``_texel_tiles``'s table."""
+    tile = np.full(len(rows), -1, np.int64)
+    near = np.flatnonzero(level < FAR_LEVEL)
+    if len(near) == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile
+    t = model.tile_px
+    ij = np.stack([np.floor_divide(rows[near], t), np.floor_divide(cols[near], t)], 1)
+    tiles, inverse = np.unique(ij, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    top = np.zeros(len(tiles), np.int64)
+    np.maximum.at(top, inverse, level[near])
+    tile[near] = inverse
+    return tiles.astype(np.int64), top, tile
+
+
+@nb.njit(cache=True, nogil=True)
+def _texel_tiles(rows, cols, level, tile_px, far_level):  # pragma: no cover - compiled
+    """``tiles_read`` in two passes over the texels with a dense table of the box of tiles they reach (a frame's
+    plane spans tens of tiles each way); ``dense`` False (nothing else meaningful) when that box is larger than
+    4 N + 4096 tiles: the caller sorts instead."""
+    n = rows.shape[0]
+    shift = -1  # a power-of-two tile: an arithmetic shift (a floor for negative indices too), not a division
+    if tile_px & (tile_px - 1) == 0:
+        shift = 0
+        while (1 << shift) < tile_px:
+            shift += 1
+    ti = np.empty(n, np.int64)
+    tj = np.empty(n, np.int64)
+    tile = np.full(n, -1, np.int64)
+    i0, j0, i1, j1, m = 0, 0, -1, -1, 0
+    for k in range(n):
+        if level[k] >= far_level:
+            continue
+        if shift >= 0:
+            i, j = rows[k] >> shift, cols[k] >> shift
+        else:
+            i, j = rows[k] // tile_px, cols[k] // tile_px  # floor division, as np.floor_divide
+        ti[k], tj[k] = i, j
+        if m == 0:
+            i0, i1, j0, j1 = i, i, j, j
+        else:
+            i0, i1, j0, j1 = min(i0, i), max(i1, i), min(j0, j), max(j1, j)
+        m += 1
+    if m == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile, True
+    span_j = j1 - j0 + 1
+    span = (i1 - i0 + 1) * span_j
+    if span > 4 * m + 4096:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile, False
+    top_box = np.full(span, -1, np.int64)
+    for k in range(n):
+        if level[k] >= far_level:
+            continue
+        q = (ti[k] - i0) * span_j + (tj[k] - j0)
+        tile[k] = q
+        if level[k] > top_box[q]:
+            top_box[q] = level[k]
+    index = np.full(span, -1, np.int64)
+    count = 0
+    for q in range(span):  # ascending key: row-major tile order, as np.unique's
+        if top_box[q] >= 0:
+            index[q] = count
+            count += 1
+    tiles = np.empty((count, 2), np.int64)
+    top = np.empty(count, np.int64)
+    for q in range(span):
+        if index[q] >= 0:
+            tiles[index[q], 0] = q // span_j + i0
+            tiles[index[q], 1] = q % span_j + j0
+            top[index[q]] = top_box[q]
+    for k in range(n):
+        if tile[k] >= 0:
+            tile[k] = index[tile[k]]
+    return tiles, top, tile, True
 
 
 def read_texels(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray, seed: int,
