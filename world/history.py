@@ -186,10 +186,26 @@ def _encode_depth(depth_m: np.ndarray, config: HistoryConfig, stored: np.ndarray
         if not ok:
             raise InvalidInputError("could not encode depth as 16-bit PNG")
         return buf.tobytes()
+    stored = _depth_as_stored(depth_m, config) if stored is None else stored
+    return _zstd_compressor(config.zstd_level).compress(np.ascontiguousarray(stored))
+
+
+_zstd_local = threading.local()
+
+
+def _zstd_compressor(level: int):
+    """This thread's compressor at ``level``, made once: a new one allocates and sets up its context (window,
+    match tables) on every frame. A context is reset at each ``compress``, so the bytes are those of a fresh
+    one (test: ``test_depth_records_are_a_fresh_compressors_bytes``); one per thread because a compressor must
+    not be used by two threads at once (the encoder thread and a reader's ``_encode_here``)."""
     import zstandard
 
-    stored = _depth_as_stored(depth_m, config) if stored is None else stored
-    return zstandard.ZstdCompressor(level=config.zstd_level).compress(stored.tobytes())
+    made = getattr(_zstd_local, "by_level", None)
+    if made is None:
+        made = _zstd_local.by_level = {}
+    if level not in made:
+        made[level] = zstandard.ZstdCompressor(level=level)
+    return made[level]
 
 
 def _depth_as_stored(depth_m: np.ndarray, config: HistoryConfig) -> np.ndarray | None:
@@ -233,8 +249,9 @@ def _half_to_float32(half: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _half_kernels():
-    """(to_half_bits, from_half_bits, table): float32 bits -> float16 bits, rounded to nearest even (numpy's
-    ``npy_floatbits_to_halfbits``, step for step), where the result is not finite (beyond float16's 65504, inf,
+    """(to_half_bits_select, from_half_bits, table, to_half_bits): float32 bits -> float16 bits, rounded to
+    nearest even (numpy's ``npy_floatbits_to_halfbits``, step for step in ``to_half_bits``, the reference that
+    ``to_half_bits_select`` computes branch-free), where the result is not finite (beyond float16's 65504, inf,
     NaN) +0, the depth codec's "unknown"; float16 bits -> float32 through ``table`` (``[65536]`` float32: numpy's
     cast of every bit pattern, so exact by construction)."""
     import numba
@@ -268,12 +285,37 @@ def _half_kernels():
             out[i] = 0 if h >= np.uint32(0x7C00) else h_sgn + h
 
     @numba.njit(cache=True, nogil=True)
+    def to_half_bits_select(f32_bits, out):
+        # ``to_half_bits`` with every case computed and the answer picked by selects, no branch and no early
+        # exit, so that LLVM vectorises the loop (the branchy one runs one element at a time). In int64 with plain
+        # int constants: numba types uint32 with an int literal as int64 and uint64 with int64 as float64, which
+        # in the reference's style put float conversions in the vector loop. The shift is kept in [0, 31]: the
+        # lanes of the cases not taken compute values no select picks. The same bits as ``to_half_bits`` for all
+        # 2^32 inputs (checked once; the tests compare both on every exponent's rounding edges).
+        for i in range(f32_bits.shape[0]):
+            f = np.int64(f32_bits[i])
+            h_sgn = (f & 0x80000000) >> 16
+            f_exp = f & 0x7F800000
+            f_man = f & 0x007FFFFF
+            # a normal float16: the exponent rebiased, the mantissa rounded to 10 bits (ties to even); a carry
+            # into the exponent is the right result, up to float16's inf (then "unknown")
+            h = ((f_exp - 0x38000000) >> 13) + ((f_man + (0 if (f_man & 0x3FFF) == 0x1000 else 0x1000)) >> 13)
+            normal = 0 if h >= 0x7C00 else h_sgn + h
+            # a subnormal float16: the implicit bit shifted in by 113 - exponent (1..11 where this case is taken)
+            f_sig = (0x00800000 + f_man) >> min(max(113 - (f_exp >> 23), 0), 31)
+            keep = ((f_sig & 0x3FFF) == 0x1000) & ((f & 0x7FF) == 0)
+            sub = h_sgn + ((f_sig + (0 if keep else 0x1000)) >> 13)
+            small = h_sgn if f_exp < 0x33000000 else sub  # below float16's subnormals: a signed zero
+            r = small if f_exp <= 0x38000000 else normal
+            out[i] = np.uint16(0 if f_exp >= 0x47800000 else r)  # overflow, inf, NaN: "unknown"
+
+    @numba.njit(cache=True, nogil=True)
     def from_half_bits(bits, table, out):
         for i in range(bits.shape[0]):
             out[i] = table[bits[i]]
 
     table = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-    return to_half_bits, from_half_bits, table
+    return to_half_bits_select, from_half_bits, table, to_half_bits
 
 
 def _decode_depth(blob: bytes, codec: str, width: int, height: int, what: str) -> np.ndarray:
