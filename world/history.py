@@ -1179,19 +1179,20 @@ class FrameFile:
 
 
 def _encode_frame(file: FrameFile, rgb: np.ndarray, depth: np.ndarray | None, config: HistoryConfig,
-                  decoded: tuple[deque, deque] | None = None, f: int = -1) -> tuple:
+                  decoded: tuple[deque | None, deque | None] | None = None, f: int = -1) -> tuple:
     """On the encoder thread: compress and append; returns (rgb offset, rgb length, depth offset, depth length).
-    ``decoded`` (images, depths): also append ``(f, rgb)`` and ``(f, depth)`` as ``get_rgb(f)`` / ``get_depth(f)``
-    will return them (the image decoded from its record, the depth as its zstd codec stores it)."""
+    ``decoded`` (images, depths; either None: not that kind): also append ``(f, rgb)`` and ``(f, depth)`` as
+    ``get_rgb(f)`` / ``get_depth(f)`` will return them (the image decoded from its record, the depth as its zstd
+    codec stores it)."""
     blob = _encode_rgb(rgb, config)
     r_off, r_len = file.append(blob)
-    if decoded is not None:
+    if decoded is not None and decoded[0] is not None:
         decoded[0].append((f, _decode_rgb(blob, rgb.shape[1], rgb.shape[0], f"frame {f}")))
     if depth is None:
         return r_off, r_len, 0, -1
     stored = _depth_as_stored(depth, config)
     d_off, d_len = file.append(_encode_depth(depth, config, stored))
-    if decoded is not None and stored is not None:
+    if decoded is not None and decoded[1] is not None and stored is not None:
         decoded[1].append((f, _half_to_float32(stored) if stored.dtype == np.float16 else stored.astype(np.float32)))
     return r_off, r_len, d_off, d_len
 
@@ -1243,8 +1244,12 @@ class FrameStore:
         self._stored_depth: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
         # Decoding ahead pays only while the reader asks for the newest frames (lock-step's one-frame clips); for a
         # reader that does not, each decode costs the shared encoder thread ~2.7 ms of a 640x360 frame for nothing.
-        # So it runs while a newest frame was read within the last few adds (the frame count at that read).
-        self._newest_read_at = -(1 << 30)
+        # So it runs while a newest frame was read within the last few adds (the frame count at that read), one
+        # mark per kind: served play reads every newest frame's depth (the next clip's references) but a newest
+        # image only now and then, and a mark that either read set kept every image decoded ahead, nearly all of
+        # them never read (docs/BENCHMARKS.md, "Four sessions' server CPU outside the frame thread").
+        self._newest_rgb_read_at = -(1 << 30)
+        self._newest_depth_read_at = -(1 << 30)
         # retrieval-index compaction: which frames are candidates, and the indexed keyframes of each pose cell
         self._indexed = _Growing((), np.bool_)
         self._cells: dict[tuple[int, ...], list[int]] = {}
@@ -1293,9 +1298,12 @@ class FrameStore:
         # compressed and appended to the frame file on the encoder thread (~3 ms for both at 640x360, off the
         # frame's path); the copies keep the caller free to reuse its buffers
         f = len(self)
-        reading_newest = f - self._newest_read_at <= 2 * DECODE_AHEAD_FRAMES
-        ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 and reading_newest \
-            else None
+        ahead = None
+        if self.config.decoded_cache_frames > 0:
+            rgb_ahead = f - self._newest_rgb_read_at <= 2 * DECODE_AHEAD_FRAMES
+            depth_ahead = f - self._newest_depth_read_at <= 2 * DECODE_AHEAD_FRAMES
+            if rgb_ahead or depth_ahead:
+                ahead = (self._decoded_ahead if rgb_ahead else None, self._stored_depth if depth_ahead else None)
         args = (self.frame_file, rgb.copy(), depth, self.config, ahead, f)
         self._encode_args[f] = args  # until started: ``_encode_here`` may take the job over
         global _encoder_queued
@@ -1516,7 +1524,10 @@ class FrameStore:
         """Frame ``i``'s image if the encoder thread has decoded it ahead (or its depth from ``_stored_depth``);
         list(): one C call, so the encoder's concurrent append cannot break the iteration."""
         if i >= len(self) - DECODE_AHEAD_FRAMES:
-            self._newest_read_at = len(self)
+            if newest is None:
+                self._newest_rgb_read_at = len(self)
+            else:
+                self._newest_depth_read_at = len(self)
         for f, arr in list(self._decoded_ahead if newest is None else newest):
             if f == i:
                 return arr
