@@ -154,6 +154,48 @@ def test_float16_depth_kernels_give_numpys_bits():
     np.testing.assert_array_equal(store.get_depth(0).view(np.uint32), expected.view(np.uint32))
 
 
+def test_branch_free_float16_kernel_matches_the_branchy_reference():
+    """``_depth_as_stored``'s vectorisable kernel against the step-by-step one it replaced (``to_half_bits``, which
+    was checked against numpy over all 2^32 float32 patterns): every exponent with a dense run of low mantissa
+    patterns and the rounding edges (ties, carries, the subnormal shifts), both signs, and 2^20 random patterns."""
+    from spatia.world.history import _half_kernels
+
+    fast, _, _, reference = _half_kernels()
+    rng = np.random.default_rng(1)
+    exps = np.arange(256, dtype=np.uint32) << 23
+    mants = np.concatenate([np.arange(0x4000, dtype=np.uint32), np.arange(0x7FC000, 0x800000, dtype=np.uint32),
+                            rng.integers(0, 1 << 23, 2048, dtype=np.uint32)])
+    bits = (exps[:, None] | mants[None, :]).ravel()
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000),
+                           rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32)])
+    ours, ref = np.empty(bits.shape, np.uint16), np.empty(bits.shape, np.uint16)
+    fast(bits, ours)
+    reference(bits, ref)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_depth_records_are_a_fresh_compressors_bytes():
+    """The encoder thread's reused zstd compressor (``_zstd_compressor``) writes the bytes a new compressor
+    would, frame after frame and from another thread too (each thread has its own)."""
+    import threading
+
+    import zstandard
+
+    from spatia.world.history import _depth_as_stored, _encode_depth
+
+    config = HistoryConfig(depth_codec="float16_zstd")
+    depths = [_depth(i) for i in range(4)] + [np.zeros((48, 64), np.float32)]
+    fresh = [zstandard.ZstdCompressor(level=config.zstd_level).compress(_depth_as_stored(d, config).tobytes())
+             for d in depths]
+    assert [_encode_depth(d, config) for d in depths] == fresh
+    assert [_encode_depth(d, config) for d in reversed(depths)] == fresh[::-1]
+    other: list[bytes] = []
+    t = threading.Thread(target=lambda: other.extend(_encode_depth(d, config) for d in depths))
+    t.start()
+    t.join()
+    assert other == fresh
+
+
 def test_lru_cache_is_bounded_and_returns_read_only_arrays():
     store = FrameStore(HistoryConfig(image_codec="png", decoded_cache_frames=2))
     for i in range(4):

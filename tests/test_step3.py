@@ -43,6 +43,40 @@ def test_fused_hole_fill_is_the_scan_kernel_bit_for_bit(seed):
 
 
 
+def test_a_reader_of_newest_depths_only_gets_no_image_decoded_ahead():
+    """Each kind is decoded ahead only while its own newest frames are read: served play reads every newest
+    depth but seldom a newest image, and decoding every image ahead for it cost the shared encoder thread a JPEG
+    decode a frame, nearly all unread. An image read then starts its decode-ahead; reads give the same bits as
+    a store that decodes every read from the frame file."""
+    from spatia.world.camera import Intrinsics
+    from spatia.world.history import FrameStore, HistoryConfig
+
+    rng = np.random.default_rng(4)
+    K_ = Intrinsics.from_fov(60.0, 40, 30)
+    fast = FrameStore(HistoryConfig(voxel_set_levels=0))
+    slow = FrameStore(HistoryConfig(voxel_set_levels=0, decoded_cache_frames=0))
+    for f in range(12):
+        rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        depth = rng.uniform(0.1, 30.0, (30, 40)).astype(np.float32)
+        for store in (fast, slow):
+            store.add(rgb, np.eye(4), K_, np.arange(f, f + 20, dtype=np.int64), depth_m=depth)
+        fast.flush()
+        if 3 <= f < 8:  # depths only: the depths are kept ahead, no image is decoded
+            assert fast._take_decoded(f, fast._stored_depth) is not None
+            assert not fast._decoded_ahead
+        if f == 7:  # a newest image read (from the frame file: nothing ahead yet) ...
+            np.testing.assert_array_equal(fast.get_rgb(f), slow.get_rgb(f))
+        if f >= 8:  # ... and the images added after it are decoded ahead
+            assert fast._take_decoded(f) is not None
+        if f >= 2:
+            np.testing.assert_array_equal(fast.get_depth(f - 2), slow.get_depth(f - 2))
+    for i in range(12):
+        np.testing.assert_array_equal(fast.get_rgb(i), slow.get_rgb(i))
+        np.testing.assert_array_equal(fast.get_depth(i), slow.get_depth(i))
+    fast.close()
+    slow.close()
+
+
 @pytest.mark.parametrize("image_codec", ["jpeg", "png"])
 @pytest.mark.parametrize("depth_codec", ["float16_zstd", "float32_zstd", "png_mm"])
 def test_frames_read_back_as_decoded_without_the_round_trip(image_codec, depth_codec):

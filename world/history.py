@@ -186,10 +186,26 @@ def _encode_depth(depth_m: np.ndarray, config: HistoryConfig, stored: np.ndarray
         if not ok:
             raise InvalidInputError("could not encode depth as 16-bit PNG")
         return buf.tobytes()
+    stored = _depth_as_stored(depth_m, config) if stored is None else stored
+    return _zstd_compressor(config.zstd_level).compress(np.ascontiguousarray(stored))
+
+
+_zstd_local = threading.local()
+
+
+def _zstd_compressor(level: int):
+    """This thread's compressor at ``level``, made once: a new one allocates and sets up its context (window,
+    match tables) on every frame. A context is reset at each ``compress``, so the bytes are those of a fresh
+    one (test: ``test_depth_records_are_a_fresh_compressors_bytes``); one per thread because a compressor must
+    not be used by two threads at once (the encoder thread and a reader's ``_encode_here``)."""
     import zstandard
 
-    stored = _depth_as_stored(depth_m, config) if stored is None else stored
-    return zstandard.ZstdCompressor(level=config.zstd_level).compress(stored.tobytes())
+    made = getattr(_zstd_local, "by_level", None)
+    if made is None:
+        made = _zstd_local.by_level = {}
+    if level not in made:
+        made[level] = zstandard.ZstdCompressor(level=level)
+    return made[level]
 
 
 def _depth_as_stored(depth_m: np.ndarray, config: HistoryConfig) -> np.ndarray | None:
@@ -233,8 +249,9 @@ def _half_to_float32(half: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _half_kernels():
-    """(to_half_bits, from_half_bits, table): float32 bits -> float16 bits, rounded to nearest even (numpy's
-    ``npy_floatbits_to_halfbits``, step for step), where the result is not finite (beyond float16's 65504, inf,
+    """(to_half_bits_select, from_half_bits, table, to_half_bits): float32 bits -> float16 bits, rounded to
+    nearest even (numpy's ``npy_floatbits_to_halfbits``, step for step in ``to_half_bits``, the reference that
+    ``to_half_bits_select`` computes branch-free), where the result is not finite (beyond float16's 65504, inf,
     NaN) +0, the depth codec's "unknown"; float16 bits -> float32 through ``table`` (``[65536]`` float32: numpy's
     cast of every bit pattern, so exact by construction)."""
     import numba
@@ -268,12 +285,37 @@ def _half_kernels():
             out[i] = 0 if h >= np.uint32(0x7C00) else h_sgn + h
 
     @numba.njit(cache=True, nogil=True)
+    def to_half_bits_select(f32_bits, out):
+        # ``to_half_bits`` with every case computed and the answer picked by selects, no branch and no early
+        # exit, so that LLVM vectorises the loop (the branchy one runs one element at a time). In int64 with plain
+        # int constants: numba types uint32 with an int literal as int64 and uint64 with int64 as float64, which
+        # in the reference's style put float conversions in the vector loop. The shift is kept in [0, 31]: the
+        # lanes of the cases not taken compute values no select picks. The same bits as ``to_half_bits`` for all
+        # 2^32 inputs (checked once; the tests compare both on every exponent's rounding edges).
+        for i in range(f32_bits.shape[0]):
+            f = np.int64(f32_bits[i])
+            h_sgn = (f & 0x80000000) >> 16
+            f_exp = f & 0x7F800000
+            f_man = f & 0x007FFFFF
+            # a normal float16: the exponent rebiased, the mantissa rounded to 10 bits (ties to even); a carry
+            # into the exponent is the right result, up to float16's inf (then "unknown")
+            h = ((f_exp - 0x38000000) >> 13) + ((f_man + (0 if (f_man & 0x3FFF) == 0x1000 else 0x1000)) >> 13)
+            normal = 0 if h >= 0x7C00 else h_sgn + h
+            # a subnormal float16: the implicit bit shifted in by 113 - exponent (1..11 where this case is taken)
+            f_sig = (0x00800000 + f_man) >> min(max(113 - (f_exp >> 23), 0), 31)
+            keep = ((f_sig & 0x3FFF) == 0x1000) & ((f & 0x7FF) == 0)
+            sub = h_sgn + ((f_sig + (0 if keep else 0x1000)) >> 13)
+            small = h_sgn if f_exp < 0x33000000 else sub  # below float16's subnormals: a signed zero
+            r = small if f_exp <= 0x38000000 else normal
+            out[i] = np.uint16(0 if f_exp >= 0x47800000 else r)  # overflow, inf, NaN: "unknown"
+
+    @numba.njit(cache=True, nogil=True)
     def from_half_bits(bits, table, out):
         for i in range(bits.shape[0]):
             out[i] = table[bits[i]]
 
     table = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-    return to_half_bits, from_half_bits, table
+    return to_half_bits_select, from_half_bits, table, to_half_bits
 
 
 def _decode_depth(blob: bytes, codec: str, width: int, height: int, what: str) -> np.ndarray:
@@ -1137,19 +1179,20 @@ class FrameFile:
 
 
 def _encode_frame(file: FrameFile, rgb: np.ndarray, depth: np.ndarray | None, config: HistoryConfig,
-                  decoded: tuple[deque, deque] | None = None, f: int = -1) -> tuple:
+                  decoded: tuple[deque | None, deque | None] | None = None, f: int = -1) -> tuple:
     """On the encoder thread: compress and append; returns (rgb offset, rgb length, depth offset, depth length).
-    ``decoded`` (images, depths): also append ``(f, rgb)`` and ``(f, depth)`` as ``get_rgb(f)`` / ``get_depth(f)``
-    will return them (the image decoded from its record, the depth as its zstd codec stores it)."""
+    ``decoded`` (images, depths; either None: not that kind): also append ``(f, rgb)`` and ``(f, depth)`` as
+    ``get_rgb(f)`` / ``get_depth(f)`` will return them (the image decoded from its record, the depth as its zstd
+    codec stores it)."""
     blob = _encode_rgb(rgb, config)
     r_off, r_len = file.append(blob)
-    if decoded is not None:
+    if decoded is not None and decoded[0] is not None:
         decoded[0].append((f, _decode_rgb(blob, rgb.shape[1], rgb.shape[0], f"frame {f}")))
     if depth is None:
         return r_off, r_len, 0, -1
     stored = _depth_as_stored(depth, config)
     d_off, d_len = file.append(_encode_depth(depth, config, stored))
-    if decoded is not None and stored is not None:
+    if decoded is not None and decoded[1] is not None and stored is not None:
         decoded[1].append((f, _half_to_float32(stored) if stored.dtype == np.float16 else stored.astype(np.float32)))
     return r_off, r_len, d_off, d_len
 
@@ -1201,8 +1244,12 @@ class FrameStore:
         self._stored_depth: deque = deque(maxlen=DECODE_AHEAD_FRAMES)
         # Decoding ahead pays only while the reader asks for the newest frames (lock-step's one-frame clips); for a
         # reader that does not, each decode costs the shared encoder thread ~2.7 ms of a 640x360 frame for nothing.
-        # So it runs while a newest frame was read within the last few adds (the frame count at that read).
-        self._newest_read_at = -(1 << 30)
+        # So it runs while a newest frame was read within the last few adds (the frame count at that read), one
+        # mark per kind: served play reads every newest frame's depth (the next clip's references) but a newest
+        # image only now and then, and a mark that either read set kept every image decoded ahead, nearly all of
+        # them never read (docs/BENCHMARKS.md, "Four sessions' server CPU outside the frame thread").
+        self._newest_rgb_read_at = -(1 << 30)
+        self._newest_depth_read_at = -(1 << 30)
         # retrieval-index compaction: which frames are candidates, and the indexed keyframes of each pose cell
         self._indexed = _Growing((), np.bool_)
         self._cells: dict[tuple[int, ...], list[int]] = {}
@@ -1251,9 +1298,12 @@ class FrameStore:
         # compressed and appended to the frame file on the encoder thread (~3 ms for both at 640x360, off the
         # frame's path); the copies keep the caller free to reuse its buffers
         f = len(self)
-        reading_newest = f - self._newest_read_at <= 2 * DECODE_AHEAD_FRAMES
-        ahead = (self._decoded_ahead, self._stored_depth) if self.config.decoded_cache_frames > 0 and reading_newest \
-            else None
+        ahead = None
+        if self.config.decoded_cache_frames > 0:
+            rgb_ahead = f - self._newest_rgb_read_at <= 2 * DECODE_AHEAD_FRAMES
+            depth_ahead = f - self._newest_depth_read_at <= 2 * DECODE_AHEAD_FRAMES
+            if rgb_ahead or depth_ahead:
+                ahead = (self._decoded_ahead if rgb_ahead else None, self._stored_depth if depth_ahead else None)
         args = (self.frame_file, rgb.copy(), depth, self.config, ahead, f)
         self._encode_args[f] = args  # until started: ``_encode_here`` may take the job over
         global _encoder_queued
@@ -1474,7 +1524,10 @@ class FrameStore:
         """Frame ``i``'s image if the encoder thread has decoded it ahead (or its depth from ``_stored_depth``);
         list(): one C call, so the encoder's concurrent append cannot break the iteration."""
         if i >= len(self) - DECODE_AHEAD_FRAMES:
-            self._newest_read_at = len(self)
+            if newest is None:
+                self._newest_rgb_read_at = len(self)
+            else:
+                self._newest_depth_read_at = len(self)
         for f, arr in list(self._decoded_ahead if newest is None else newest):
             if f == i:
                 return arr
