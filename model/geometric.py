@@ -134,10 +134,14 @@ class GeometricConfig:
     # A frame shows the final texels of due tiles (made there, or joined from the tile thread); on the pixels of a
     # tile not due yet it shows a stand-in (the texture's far-field colour, mip ``FAR_LEVEL``, once the model's
     # far-field pyramid is due; else the colour fill's colour), marked provisional per pixel (never folded into
-    # the memory), and the tile is synthesised on a thread of its own (``model.fill.state.TileJobs``) meanwhile. Counted, not "whatever is ready": frames stay a function of the world and the path. So a turn
-    # towards a wall no frame showed does not make its tiles (~1 ms of CPU each) inside that frame. 0: every tile
-    # is due (frames make the tiles they miss). At most 8 (issue 10: a coarse fill is replaced within 8 frames).
-    coarse_tile_frames: int = 3
+    # the memory), and the tile is synthesised on a thread of its own (``model.fill.state.TileJobs``) meanwhile.
+    # Counted, not "whatever is ready": frames stay a function of the world and the path. So a turn towards a wall
+    # no frame showed does not make its tiles (~1 ms of CPU each) inside that frame. At most 8 (issue 10: a coarse
+    # fill is replaced within 8 frames). 0 (default): every tile is due (frames make the tiles they miss). Off by
+    # default: at 3, four served layout sessions on the 2-core machine lost ~12 % of their frame rate and their p95
+    # rose ~25 %, and one session showed no gain (docs/BENCHMARKS.md, session 21, lead). Why four sessions pay
+    # (the per-frame tile bookkeeping, the tile thread, stand-ins integrated later) is not measured yet.
+    coarse_tile_frames: int = 0
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_METHODS:
