@@ -138,9 +138,9 @@ class GeometricConfig:
     # Counted, not "whatever is ready": frames stay a function of the world and the path. So a turn towards a wall
     # no frame showed does not make its tiles (~1 ms of CPU each) inside that frame. At most 8 (issue 10: a coarse
     # fill is replaced within 8 frames). 0 (default): every tile is due (frames make the tiles they miss). Off by
-    # default: at 3, four served layout sessions on the 2-core machine lost ~14 % of their frame rate and their p95
-    # rose ~25 %, and one session showed no gain (docs/BENCHMARKS.md, session 21, lead). Why four sessions pay
-    # (the per-frame tile bookkeeping, the tile thread, stand-ins integrated later) is not measured yet.
+    # default: on the 2-core machine, four served layout sessions lost frame rate and p95 latency with it, and one
+    # session gained nothing measurable (docs/BENCHMARKS.md, session 21, lead). Why four sessions pay (the
+    # per-frame tile bookkeeping, the tile thread, stand-ins integrated later) is not measured yet.
     coarse_tile_frames: int = 0
 
     def __post_init__(self) -> None:
