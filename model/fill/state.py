@@ -1,8 +1,8 @@
 """Each world's fill state, fitted once per change of its observed points, off the frame path.
 
-The layout fill needs, per world, the Manhattan layout of the observed points (``model.fill.geometry.layout``), each
-plane's texture model (``model.fill.texture.appearance``, ``model.fill.texture.synthesis``) and, outdoors, the sky: 0.5-2 s of CPU
-for a 640x360 first image, a function of the observed points alone. Fitting it inside a frame stalled that frame
+The layout fill needs, per world, the Manhattan layout of the observed points (``model.fill.geometry.layout``),
+each plane's texture model (``model.fill.texture.appearance``, ``model.fill.texture.synthesis``) and, outdoors, the
+sky: 0.5-2 s of CPU for a 640x360 first image, a function of the observed points alone. Fitting it inside a frame stalled that frame
 by as much (and a server shares one generator between its worlds, so a single cached slot was refitted every
 time another world's clip ran). Here:
 
@@ -101,8 +101,8 @@ class FillEntry:
     tile_first_asked: dict = field(default_factory=dict)
     # the tiles synthesised off the frame's thread for this world's frames (``TileJobs``; None: made by frames)
     tile_jobs: "TileJobs | None" = None
-    # the world's camera path in the fitted layout (``model.fill.geometry.layout.PathSummary``), kept by the frame's thread
-    # as clips come: what the fill reads of the path then costs the same however long the session
+    # the world's camera path in the fitted layout (``model.fill.geometry.layout.PathSummary``), kept by the frame's
+    # thread as clips come: what the fill reads of the path then costs the same however long the session
     path: object | None = None
 
     def state(self):
