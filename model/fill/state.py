@@ -2,9 +2,9 @@
 
 The layout fill needs, per world, the Manhattan layout of the observed points (``model.fill.geometry.layout``),
 each plane's texture model (``model.fill.texture.appearance``, ``model.fill.texture.synthesis``) and, outdoors, the
-sky: 0.5-2 s of CPU for a 640x360 first image, a function of the observed points alone. Fitting it inside a frame stalled that frame
-by as much (and a server shares one generator between its worlds, so a single cached slot was refitted every
-time another world's clip ran). Here:
+sky: 0.5-2 s of CPU for a 640x360 first image, a function of the observed points alone. Fitting it inside a frame
+stalled that frame by as much (and a server shares one generator between its worlds, so a single cached slot was
+refitted every time another world's clip ran). Here:
 
 - one state per world, keyed weakly by the world's ``SpatialMemory`` object (the state goes when the world is
   unloaded) and tagged with ``observed_version``; invented points never change it;
