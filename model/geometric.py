@@ -41,8 +41,8 @@ from spatia.world.update import fill_holes_background
 from spatia.world.warp import claim_warped, warp_claim, warp_rgbd
 from spatia.model.fill.geometry.freespace import seen_through, world_points
 from spatia.model.fill.image.pushpull import pushpull_fill  # noqa: F401 -- also this module's public name (tests, eval)
-from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
 from spatia.model.fill.image.see_through import see_through_pixels
+from spatia.model.fill.state import FillEntry, FillInputs, FillStates, inputs_key
 
 if TYPE_CHECKING:
     from spatia.model.fill.geometry.layout import Layout, LayoutView
@@ -429,8 +429,8 @@ def _warm_plan(state: _LayoutState) -> _WarmPlan:
 
 
 def _make_warm_plan(state: _LayoutState) -> _WarmPlan:
-    from spatia.model.fill.texture.appearance import plane_basis
     from spatia.model.fill.geometry.layout import view_bounds
+    from spatia.model.fill.texture.appearance import plane_basis
     from spatia.model.fill.texture.synthesis import TILE_CACHE, tiles_covering
 
     layout, cam = state.layout, state.observer
@@ -535,8 +535,8 @@ def _tiles_ahead(state: _LayoutState, views: list, intrinsics: Intrinsics) -> li
     nearest each view's axis first; ``[(synthesis model, seed, [(row, col, level), ...])]``. A hint only (the
     tiles a frame reads are pure functions of model, tile and seed, made by the frame when missing): the
     arithmetic of the layout fill's texel plan (``hole_kernels.hole_depth_texels``) on a coarse grid of rays."""
-    from spatia.model.fill.texture.appearance import plane_basis
     from spatia.model.fill.geometry.layout import cast_layout
+    from spatia.model.fill.texture.appearance import plane_basis
     from spatia.model.fill.texture.synthesis import FAR_LEVEL
 
     layout = state.layout
@@ -624,9 +624,9 @@ def _import_layout_fill() -> None:
     """Import the layout fill's modules now, once per process (~0.4-0.6 s with scipy's ``fft`` and ``ndimage``):
     a server builds its generator when it starts, and otherwise its first world's fit paid for them, which the
     first final frame of the server's first Play session waits for (docs/BENCHMARKS.md, "Served play latency")."""
-    from spatia.model.fill.texture import appearance, synthesis as texture  # noqa: F401
-    from spatia.model.fill.image import hole_kernels
     from spatia.model.fill.geometry import layout
+    from spatia.model.fill.image import hole_kernels
+    from spatia.model.fill.texture import appearance, synthesis as texture  # noqa: F401
 
 
 @lru_cache(maxsize=1)
@@ -648,8 +648,8 @@ def _load_frame_kernels() -> threading.Thread:
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
-    from spatia.model.fill.texture.appearance import AppearanceConfig, PlaneTextures, sky_model, sky_pixels
     from spatia.model.fill.geometry.layout import estimate_layout, raise_open_tops
+    from spatia.model.fill.texture.appearance import AppearanceConfig, PlaneTextures, sky_model, sky_pixels
 
     layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward, prior=inputs.layout_prior)
     sky = None

@@ -38,8 +38,8 @@ def test_the_floors_unseen_cells_follow_the_same_room_wall_rule():
     """One furniture rule (``LayoutConfig.room_wall_min_top_m``): a wall cuts the floor into rooms (the appearance's
     unseen cells) exactly when ``Layout.is_room_wall`` says it is a room's wall. A 1.5 m high wall is furniture at
     the default 2 m and a room's wall once the layout's own threshold is lowered to 1 m."""
-    from spatia.model.fill.texture.appearance import AppearanceConfig, _unseen_cells
     from spatia.model.fill.geometry.layout import LayoutConfig
+    from spatia.model.fill.texture.appearance import AppearanceConfig, _unseen_cells
 
     floor = Plane(0, 0.0, 1, 5000, FLOOR, plane_id=0)
     shelf = Plane(2, 3.0, -1, 800, WALL, top_m=1.5, span_m=(-1.0, 1.0), plane_id=1)

@@ -463,9 +463,9 @@ def test_the_window_bounds_bound_every_window():
 def test_the_fill_warm_up_compiles_the_kernels_frames_use():
     """``compile_fill_kernels`` (run by ``spatia serve``'s warm-up child) compiles the very specialisations the
     frame path calls: a layout cast and a texture region afterwards add no new compiled signature."""
+    from spatia.model.fill.geometry import layout_kernels, opening_kernels
     from spatia.model.fill.texture import appearance, appearance_kernels
     from spatia.model.fill.texture import synthesis as texture, synthesis_kernels as texture_kernels
-    from spatia.model.fill.geometry import layout_kernels, opening_kernels
     from spatia.model.fill.warmup import compile_fill_kernels
 
     assert compile_fill_kernels() > 0

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from spatia.model import geometric
-from spatia.model.fill.image import hole_kernels
 from spatia.model.fill.geometry import layout as layout_module
-from spatia.model.fill.texture.appearance import AppearanceConfig, PlaneTextures, SkyModel, plane_basis
 from spatia.model.fill.geometry.layout import LayoutConfig, cast_layout, estimate_layout, view_bounds
+from spatia.model.fill.image import hole_kernels
+from spatia.model.fill.texture.appearance import AppearanceConfig, PlaneTextures, SkyModel, plane_basis
 from spatia.world.camera import Intrinsics
 from spatia.world.generator import ReferenceFrame
 from spatia.world.geometry import pixel_rays

@@ -13,9 +13,9 @@ import numpy as np
 
 def compile_fill_kernels() -> int:
     """Run every compiled kernel of ``model.fill`` once; returns how many texels were synthesised."""
-    from spatia.model.fill.texture import appearance, synthesis as texture
-    from spatia.model.fill.image import hole_kernels, see_through
     from spatia.model.fill.geometry import layout_kernels, opening_kernels
+    from spatia.model.fill.image import hole_kernels, see_through
+    from spatia.model.fill.texture import appearance, synthesis as texture
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -88,9 +88,7 @@ def load_frame_kernels() -> None:
     import numba
 
     from spatia.model.fill.geometry import opening_kernels
-
     from spatia.model.fill.image import see_through
-
     from spatia.model.fill.texture import synthesis_kernels as texture_kernels
 
     def t(a: np.ndarray, read_only: bool = False):

@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import structlog
 
-from spatia.model.fill.texture.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
 from spatia.model.fill.geometry.layout import CEILING, FLOOR, WALL, Layout, Plane
+from spatia.model.fill.texture.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
 
 log = structlog.get_logger(__name__)
 

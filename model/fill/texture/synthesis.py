@@ -51,7 +51,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
-import numba as nb
 import numpy as np
 import structlog
 from scipy import fft as sfft
@@ -1376,8 +1375,10 @@ def tiles_read(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: n
     ``(tiles, top, tile)``: ``tiles`` [T, 2] int64 (tile row, tile col), sorted; ``top`` [T] int64 the largest mip
     level read of each; ``tile`` [N] int64 each texel's index into ``tiles``, -1 for a texel read from the
     far-field texture (``FAR_LEVEL`` and beyond: no tile)."""
-    tiles, top, tile, dense = _texel_tiles(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64),
-                                           np.ascontiguousarray(level, np.int64), model.tile_px, FAR_LEVEL)
+    from spatia.model.fill.texture.texel_kernels import texel_tiles
+
+    tiles, top, tile, dense = texel_tiles(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cols, np.int64),
+                                          np.ascontiguousarray(level, np.int64), model.tile_px, FAR_LEVEL)
     if dense:
         return tiles, top, tile
     return _tiles_read_sorted(model, rows, cols, level)
@@ -1386,7 +1387,7 @@ def tiles_read(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: n
 def _tiles_read_sorted(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``tiles_read`` by a sort (``np.unique``): its definition, and its way where the texels' tiles are
-    scattered over a box too large for ``_texel_tiles``'s table."""
+    scattered over a box too large for ``texel_kernels.texel_tiles``' table."""
     tile = np.full(len(rows), -1, np.int64)
     near = np.flatnonzero(level < FAR_LEVEL)
     if len(near) == 0:
@@ -1399,67 +1400,6 @@ def _tiles_read_sorted(model: TextureModel, rows: np.ndarray, cols: np.ndarray, 
     np.maximum.at(top, inverse, level[near])
     tile[near] = inverse
     return tiles.astype(np.int64), top, tile
-
-
-@nb.njit(cache=True, nogil=True)
-def _texel_tiles(rows, cols, level, tile_px, far_level):  # pragma: no cover - compiled
-    """``tiles_read`` in two passes over the texels with a dense table of the box of tiles they reach (a frame's
-    plane spans tens of tiles each way); ``dense`` False (nothing else meaningful) when that box is larger than
-    4 N + 4096 tiles: the caller sorts instead."""
-    n = rows.shape[0]
-    shift = -1  # a power-of-two tile: an arithmetic shift (a floor for negative indices too), not a division
-    if tile_px & (tile_px - 1) == 0:
-        shift = 0
-        while (1 << shift) < tile_px:
-            shift += 1
-    ti = np.empty(n, np.int64)
-    tj = np.empty(n, np.int64)
-    tile = np.full(n, -1, np.int64)
-    i0, j0, i1, j1, m = 0, 0, -1, -1, 0
-    for k in range(n):
-        if level[k] >= far_level:
-            continue
-        if shift >= 0:
-            i, j = rows[k] >> shift, cols[k] >> shift
-        else:
-            i, j = rows[k] // tile_px, cols[k] // tile_px  # floor division, as np.floor_divide
-        ti[k], tj[k] = i, j
-        if m == 0:
-            i0, i1, j0, j1 = i, i, j, j
-        else:
-            i0, i1, j0, j1 = min(i0, i), max(i1, i), min(j0, j), max(j1, j)
-        m += 1
-    if m == 0:
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile, True
-    span_j = j1 - j0 + 1
-    span = (i1 - i0 + 1) * span_j
-    if span > 4 * m + 4096:
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile, False
-    top_box = np.full(span, -1, np.int64)
-    for k in range(n):
-        if level[k] >= far_level:
-            continue
-        q = (ti[k] - i0) * span_j + (tj[k] - j0)
-        tile[k] = q
-        if level[k] > top_box[q]:
-            top_box[q] = level[k]
-    index = np.full(span, -1, np.int64)
-    count = 0
-    for q in range(span):  # ascending key: row-major tile order, as np.unique's
-        if top_box[q] >= 0:
-            index[q] = count
-            count += 1
-    tiles = np.empty((count, 2), np.int64)
-    top = np.empty(count, np.int64)
-    for q in range(span):
-        if index[q] >= 0:
-            tiles[index[q], 0] = q // span_j + i0
-            tiles[index[q], 1] = q % span_j + j0
-            top[index[q]] = top_box[q]
-    for k in range(n):
-        if tile[k] >= 0:
-            tile[k] = index[tile[k]]
-    return tiles, top, tile, True
 
 
 def read_texels(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray, seed: int,

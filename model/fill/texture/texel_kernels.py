@@ -1,7 +1,7 @@
 """Compiled (numba) bookkeeping of ``model.fill.texture.synthesis.read_texels``: which tiles a batch of texel reads
 needs.
 
-The numpy version (``texture._read_texels_reference``) made per call ~20 array passes (tile indices, the far
+The numpy version (``synthesis._read_texels_reference``) made per call ~20 array passes (tile indices, the far
 levels' masks, a per-level mask, a dense table of the tiles in reach, a cumulative sum for the slots, the gathers
 of each column): a frame's texel reads came to a few ms at 640x360 in calls of a few thousand texels. Here one
 counting sort by level and, per tile-read level, one dense table (a sort where the tiles in reach are too
@@ -83,3 +83,64 @@ def plan_texels(rows, cols, level, dst, tile_px, far_level, n_levels):  # pragma
                 slot[a + order[q]] = n_tiles - 1 - tile_start[lv]
     tile_start[n_levels] = n_tiles
     return s_rows, s_cols, s_ti, s_tj, s_dst, level_start, slot, tile_i[:n_tiles], tile_j[:n_tiles], tile_start
+
+
+@nb.njit(cache=True, nogil=True)
+def texel_tiles(rows, cols, level, tile_px, far_level):  # pragma: no cover - compiled
+    """``synthesis.tiles_read`` (which tiles the per-tile coarse fill's texels read) in two passes over the texels
+    with a dense table of the box of tiles they reach (a frame's plane spans tens of tiles each way); ``dense`` False (nothing else meaningful) when that box is larger than
+    4 N + 4096 tiles: the caller sorts instead."""
+    n = rows.shape[0]
+    shift = -1  # a power-of-two tile: an arithmetic shift (a floor for negative indices too), not a division
+    if tile_px & (tile_px - 1) == 0:
+        shift = 0
+        while (1 << shift) < tile_px:
+            shift += 1
+    ti = np.empty(n, np.int64)
+    tj = np.empty(n, np.int64)
+    tile = np.full(n, -1, np.int64)
+    i0, j0, i1, j1, m = 0, 0, -1, -1, 0
+    for k in range(n):
+        if level[k] >= far_level:
+            continue
+        if shift >= 0:
+            i, j = rows[k] >> shift, cols[k] >> shift
+        else:
+            i, j = rows[k] // tile_px, cols[k] // tile_px  # floor division, as np.floor_divide
+        ti[k], tj[k] = i, j
+        if m == 0:
+            i0, i1, j0, j1 = i, i, j, j
+        else:
+            i0, i1, j0, j1 = min(i0, i), max(i1, i), min(j0, j), max(j1, j)
+        m += 1
+    if m == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile, True
+    span_j = j1 - j0 + 1
+    span = (i1 - i0 + 1) * span_j
+    if span > 4 * m + 4096:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64), tile, False
+    top_box = np.full(span, -1, np.int64)
+    for k in range(n):
+        if level[k] >= far_level:
+            continue
+        q = (ti[k] - i0) * span_j + (tj[k] - j0)
+        tile[k] = q
+        if level[k] > top_box[q]:
+            top_box[q] = level[k]
+    index = np.full(span, -1, np.int64)
+    count = 0
+    for q in range(span):  # ascending key: row-major tile order, as np.unique's
+        if top_box[q] >= 0:
+            index[q] = count
+            count += 1
+    tiles = np.empty((count, 2), np.int64)
+    top = np.empty(count, np.int64)
+    for q in range(span):
+        if index[q] >= 0:
+            tiles[index[q], 0] = q // span_j + i0
+            tiles[index[q], 1] = q % span_j + j0
+            top[index[q]] = top_box[q]
+    for k in range(n):
+        if tile[k] >= 0:
+            tile[k] = index[tile[k]]
+    return tiles, top, tile, True
