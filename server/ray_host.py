@@ -57,7 +57,7 @@ from spatia.server.errors import AbortedError, DataLossError, UnavailableError, 
 from spatia.server.host import HostView, WorldHost
 from spatia.server.store import WorldIds, save_hosts
 from spatia.world.collision import CollisionConfig, NearbyCollider, NearbyPoints
-from spatia.world.errors import NotFoundError, PreconditionError, SnapshotError
+from spatia.world.errors import NotFoundError, PreconditionError, SnapshotError, SpatiaError
 from spatia.world.state import World
 from spatia.world.worldlog import WorldLog
 
@@ -612,6 +612,9 @@ def _unwrap(exc: BaseException, world_id: str) -> BaseException:
     if isinstance(exc, RayTaskError):
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
+            remote = getattr(exc, "traceback_str", "")
+            if remote and not isinstance(cause, SpatiaError):  # an unexpected error: the front door's log (never
+                cause.add_note(f"in the world actor:\n{remote}")  # the status message) shows where it was raised
             return cause
     if isinstance(exc, RayActorError):
         return UnavailableError(f"world {world_id!r}: its actor died ({type(exc).__name__}: killed, its node lost "

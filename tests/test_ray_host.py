@@ -709,3 +709,35 @@ from test_server_lifecycle import (  # noqa: E402,F401 -- collected here (last),
     test_broken_connection, test_deadline, test_leaving_the_with_block_through_an_exception,
     test_the_session_limit_names_itself_in_error_info,
 )
+
+
+def test_an_unexpected_actor_error_keeps_its_actor_traceback_for_the_log_only():
+    """An actor's unexpected exception reaches the front door as itself, with the actor's traceback as a note: the
+    front door's "rpc failed unexpectedly" log shows where in the actor it was raised (a CI failure once showed only
+    the front door's frames), while the client's status stays the bare INTERNAL message with an error id. A domain
+    error (NOT_FOUND ...) gets no note."""
+    import traceback
+
+    from ray.exceptions import RayTaskError
+
+    from spatia.server.errors import status_for
+    from spatia.server.ray_host import _unwrap
+    from spatia.world.errors import NotFoundError
+
+    def actor_side():
+        raise RuntimeError("dictionary changed size during iteration")
+
+    try:
+        actor_side()
+    except RuntimeError as exc:
+        err = _unwrap(RayTaskError("play_clip", traceback.format_exc(), exc), "w")
+    assert isinstance(err, RuntimeError)
+    logged = "".join(traceback.format_exception(err))
+    assert "in the world actor:" in logged and "in actor_side" in logged
+    code, message = status_for(err)
+    assert code == grpc.StatusCode.INTERNAL and "actor_side" not in message and "Traceback" not in message
+    try:
+        raise NotFoundError("world 'w' not found")
+    except NotFoundError as exc:
+        err = _unwrap(RayTaskError("view", traceback.format_exc(), exc), "w")
+    assert not getattr(err, "__notes__", None) and status_for(err) == (grpc.StatusCode.NOT_FOUND, "world 'w' not found")
