@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numba
 import numpy as np
 import structlog
 
 from spatia.world import snapshot
 from spatia.world.engine import Engine, EngineConfig, prepare_generator
 from spatia.world.errors import NotFoundError, PreconditionError
+from spatia.world.numba_start import numba
 from spatia.world.state import SNAPSHOT_VERSION, World
 from spatia.world.worldlog import FRAMES_NAME, SavePlan, WorldLog
 

@@ -320,7 +320,7 @@ class WorldActor:
         return replace(self.host.view(), controlled=self._holder() is not None)
 
     async def where(self) -> dict:
-        import numba
+        from spatia.world.numba_start import numba
 
         from spatia.server import host
 

@@ -14,10 +14,10 @@ matmul) so that the fast and the slow versions agree bit for bit.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
 from spatia.world.geometry import KEY_BITS, KEY_MASK, KEY_OFFSET
+from spatia.world.numba_start import nb
 
 OFFSET_LEVELS = 256  # sub-voxel position quantisation: d / 256 per axis (0.04 mm at d = 1 cm)
 BLOCK_BITS = 4  # culling blocks are 16 voxels per side (16 cm at d = 1 cm: about 256 points of a surface)
@@ -50,8 +50,6 @@ def sort_key(key):
     blk = (((ux >> BLOCK_BITS) << BLOCK_COORD_BITS | (uy >> BLOCK_BITS)) << BLOCK_COORD_BITS) | (uz >> BLOCK_BITS)
     local = ((ux & BLOCK_MASK) << (2 * BLOCK_BITS)) | ((uy & BLOCK_MASK) << BLOCK_BITS) | (uz & BLOCK_MASK)
     return (blk << (3 * BLOCK_BITS)) | local
-
-
 
 
 @nb.njit(inline="always")

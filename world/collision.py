@@ -41,11 +41,11 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-import numba as nb
 import numpy as np
 
 from spatia.world.errors import InvalidInputError
 from spatia.world.memory import OBSERVED, SpatialMemory
+from spatia.world.numba_start import nb
 
 MAX_SLIDES = 4  # sweeps per move: the move, then up to three slides (a corner of two walls needs two)
 NORMAL_EPS = 1e-12  # a normal sum shorter than this has no direction (points all round the centre)

@@ -8,10 +8,10 @@ the frame shows where the memory held an invented wall), so that what a frame sh
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
 from spatia.world.camera import Intrinsics
+from spatia.world.numba_start import nb
 
 SEEN_THROUGH_MARGIN_M = 0.05  # beyond the relative tolerance: a point this much nearer than the surface seen
 

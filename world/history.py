@@ -254,7 +254,7 @@ def _half_kernels():
     ``to_half_bits_select`` computes branch-free), where the result is not finite (beyond float16's 65504, inf,
     NaN) +0, the depth codec's "unknown"; float16 bits -> float32 through ``table`` (``[65536]`` float32: numpy's
     cast of every bit pattern, so exact by construction)."""
-    import numba
+    from spatia.world.numba_start import numba
 
     @numba.njit(cache=True, nogil=True)
     def to_half_bits(f32_bits, out):
@@ -346,7 +346,7 @@ def _decode_depth(blob: bytes, codec: str, width: int, height: int, what: str) -
 
 @functools.cache
 def _kernels():
-    import numba
+    from spatia.world.numba_start import numba
 
     mult = np.uint64(_HASH_MULT)
 
@@ -544,7 +544,7 @@ def _kernels():
 
 @functools.cache
 def _renumber_kernel():
-    import numba
+    from spatia.world.numba_start import numba
 
     @numba.njit(cache=True, nogil=True)
     def first_use_renumber(cols, n_cols):
@@ -570,7 +570,7 @@ def _renumber_kernel():
 
 @functools.cache
 def _overlap_kernel():
-    import numba
+    from spatia.world.numba_start import numba
 
     @numba.njit(cache=True, nogil=True)
     def overlaps(cols, offsets, f, frames, mark):
@@ -597,7 +597,7 @@ def load_save_kernels() -> None:
     it: numba's ``compile`` with a signature loads it from the disk cache (else compiles it). Its first call in a
     process otherwise loaded it inside a world's first save, on the world's thread (4-8 ms); the engine runs this
     off the frame path when it opens a world (``world.engine``)."""
-    import numba
+    from spatia.world.numba_start import numba
 
     cols = np.zeros(1, np.int32)
     kernel = _renumber_kernel()

@@ -50,7 +50,6 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import structlog
 
@@ -60,6 +59,7 @@ from spatia.world.camera import Intrinsics, validate_pose, validate_trajectory
 from spatia.world.errors import InvalidInputError, NotFoundError
 from spatia.world.free_space import VisitedPositions
 from spatia.world.generator import SceneProjection
+from spatia.world.numba_start import numba
 # Box and Sphere are re-exported: edits name them as memory regions
 from spatia.world.regions import Box, Region, Sphere, as_points, rotation3, vector3  # noqa: F401
 

@@ -457,7 +457,7 @@ SKY_ZENITH = (0.30, 0.50, 0.85)
 @functools.cache
 def _shade_kernel():
     """Compile (once; cached on disk by numba) the per-pixel texture + shading pass used by ``render``."""
-    import numba
+    from spatia.world.numba_start import numba
 
     hr, hg, hb = SKY_HORIZON
     zr, zg, zb = SKY_ZENITH

@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, Union
 
-import numba
 import numpy as np
 
 from spatia.world.camera import (
@@ -41,6 +40,7 @@ from spatia.world.free_space import SEEN_THROUGH_MARGIN_M
 from spatia.world.geometry import project_points
 from spatia.world._memory_kernels import keys_in
 from spatia.world.memory import INVENTED_FINAL
+from spatia.world.numba_start import numba
 from spatia.world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from spatia.world.camera import Intrinsics
 from spatia.world.errors import InvalidInputError
 from spatia.world.geometry import depth_to_world_points
+from spatia.world.numba_start import numba
 
 MAX_SPLAT_PX = 3  # a source pixel covers at most 3x3 target pixels (when the target is closer)
 # The warp kernels divide before they test (the branch-free projection of a whole row, the corners of a block):

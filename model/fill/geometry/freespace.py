@@ -9,10 +9,10 @@ definitions: tests compare the kernels with them.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
 from spatia.world.free_space import seen_through, seen_through_reference  # noqa: F401 -- this module's names too
+from spatia.world.numba_start import nb
 
 
 @nb.njit(cache=True, nogil=True)

@@ -11,8 +11,9 @@ frame looking exactly along the ground).
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")

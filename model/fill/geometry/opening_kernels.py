@@ -6,8 +6,9 @@ with its numpy twin ``reference_opening_pixels`` in tests/test_fill_layout.py)."
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 
 @nb.njit(cache=True, nogil=True)

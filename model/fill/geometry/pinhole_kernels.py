@@ -5,8 +5,9 @@ recompile on every edit of that module."""
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 
 @nb.njit(cache=True, nogil=True)

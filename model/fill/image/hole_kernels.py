@@ -23,8 +23,9 @@ one in another file: numba's on-disk cache does not notice when a callee in anot
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 CHAMFER_ACROSS_PX = 0.955  # cv2.distanceTransform(DIST_L2, maskSize 3): a step across ...
 CHAMFER_DIAGONAL_PX = 1.3693  # ... and a diagonal step (OpenCV's constants, float32)

@@ -22,8 +22,9 @@ next finer pull reads (``_cells_read_by``, down from the holes). ``_pull`` / ``_
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 
 @nb.njit(inline="always")

@@ -16,8 +16,9 @@ it with.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 
 @nb.njit(cache=True, nogil=True, inline="always")

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")

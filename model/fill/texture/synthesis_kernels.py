@@ -14,8 +14,9 @@ float32 cut errors summed in channel order, splitmix64 hashes in wrapping uint64
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 NUM_CANDIDATES = 64
 DC_WEIGHT = 0.25

@@ -11,8 +11,9 @@ scattered for one) give every texel its tile's slot. Which tile a texel is read 
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from spatia.world.numba_start import nb
 
 
 @nb.njit(cache=True, nogil=True)

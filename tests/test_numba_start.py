@@ -1,0 +1,84 @@
+"""numba's process-wide start is over once the kernel modules are imported (``world/numba_start.py``): a world's
+first clips, with their fit, kernel-load and maintenance threads, no longer grow the ``typeof`` registry that a
+``numba.typeof`` on another thread walks (the race failed a world actor's layout fit in CI, session 21). Each
+check runs in a fresh interpreter: numba's start happens once per process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+FIRST_CLIPS = textwrap.dedent("""
+    import json
+    from numba.core.typing.typeof import typeof_impl
+
+    from spatia.model import make_generator
+    from spatia.world.actions import Action, ActionIntegrator, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig, prepare_generator
+    from spatia.world.state import World
+
+    started = sorted(map(repr, typeof_impl.registry))  # the kernel modules imported, no kernel called yet
+    world = World.from_scene("room", 0, 64, 48)
+    generator = make_generator("geometric")  # starts its kernel-load thread
+    prepare_generator(world, generator)  # the layout fit, on its own thread
+    engine = Engine(world, generator, EngineConfig())
+    walk = ActionIntegrator(world.origin_c2w, ControlConfig(fps=16))
+    for _ in range(3):
+        for _ in engine.generate_clip(walk.run([Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 16)] * 4)):
+            pass
+    generator.wait_prepared(world.memory, 60.0)
+    print(json.dumps({"started": started, "after": sorted(map(repr, typeof_impl.registry))}))
+""")
+
+TYPEOF_RACE = textwrap.dedent("""
+    import sys
+    import threading
+
+    import numpy as np
+
+    sys.setswitchinterval(1e-6)  # a thread switch every few bytecodes: the window is wide open
+    from spatia.world import _memory_kernels as K  # numba started here
+
+    errors, stop = [], threading.Event()
+
+    def typeof_new_types():
+        import numba
+
+        i = 0
+        while not stop.is_set():
+            try:
+                numba.typeof(type(f"T{i}", (), {})())  # a type singledispatch has not cached: it walks the registry
+            except RuntimeError as exc:
+                errors.append(str(exc))
+                return
+            except Exception:  # noqa: BLE001 -- not a numba type: what is checked is the walk
+                pass
+            i += 1
+
+    thread = threading.Thread(target=typeof_new_types)
+    thread.start()
+    keys = np.zeros(4, np.int64)
+    K.keys_in(keys, keys)  # this process's first call of a world kernel
+    stop.set()
+    thread.join()
+    print(errors)
+""")
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_worlds_first_clips_leave_the_typeof_registry_as_the_import_left_it():
+    got = json.loads(_run(FIRST_CLIPS))
+    assert got["after"] == got["started"]
+
+
+def test_a_first_kernel_call_beside_a_typeof_on_another_thread_does_not_break_it():
+    """Without the start at import this failed in 4 of 5 fresh processes ("dictionary changed size during
+    iteration" in ``functools.singledispatch``'s walk)."""
+    assert _run(TYPEOF_RACE) == "[]"

@@ -1,0 +1,33 @@
+"""numba, started: the world core's and the fill's kernel modules import numba from here, so that numba's
+process-wide start is over before any thread can call a kernel.
+
+A process's first kernel call (compiled, or loaded from numba's disk cache) starts numba's CPU target: it imports
+some two hundred numba modules, and these register more ``typeof`` implementations. ``numba.typeof`` is a
+``functools.singledispatch`` function, and for a type it has not cached it walks that registry; a ``typeof`` on
+another thread while the registry grows (numba's dispatcher falls back to it for argument types its C fast path
+does not know) fails with "RuntimeError: dictionary changed size during iteration". A world actor of
+``spatia serve --ray`` makes its first kernel calls on several threads at once (the layout fit, the first clip,
+the kernel loads), and one such failure inside the layout fit left the world unplayable until its actor restarted
+(CI, session 21). Started here, on the importing thread, the registry no longer changes once threads run kernels:
+``tests/test_numba_start.py`` checks that a world's whole first clips leave it as the import left it.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+nb = numba  # (the kernel modules' usual name for it)
+
+
+@numba.njit(cache=True)
+def _first_kernel(x):
+    return x + 1
+
+
+def _start() -> None:
+    """The first kernel call of this process (a tiny one, from numba's disk cache after the first run)."""
+    _first_kernel(np.int64(0))
+
+
+_start()
