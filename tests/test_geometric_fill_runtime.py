@@ -355,6 +355,35 @@ def test_waiting_for_a_world_covers_its_fit_and_plane_textures_not_its_tiles():
         states.close()
 
 
+def test_a_failed_fit_is_fitted_again_by_the_next_prepare():
+    """A fit that raised is not kept for its world: the frame that finds it gets its error, the next ``prepare``
+    (the next clip's frames) fits again instead of raising the same error for as long as the process lives."""
+    from spatia.model.fill.state import FillStates
+
+    calls = []
+
+    def fit(inputs):
+        calls.append(inputs)
+        if len(calls) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return inputs
+
+    class Memory:
+        """A stand-in key: fill states are held weakly per memory object."""
+
+    states = FillStates(fit)
+    memory = Memory()
+    try:
+        first = states.prepare(memory, lambda: "inputs", ("v", 0))
+        with pytest.raises(RuntimeError, match="changed size"):
+            first.state()
+        again = states.prepare(memory, lambda: "inputs", ("v", 0))
+        assert again is not first and again.state() == "inputs"
+        assert states.prepare(memory, lambda: "inputs", ("v", 0)) is again and calls == ["inputs", "inputs"]
+    finally:
+        states.close()
+
+
 def test_create_world_answers_once_the_worlds_fit_is_done(tmp_path, monkeypatch):
     """A layout server's CreateWorld waits (off its event loop) for the world's layout and plane textures, so its
     first Play frames do not; here the plane textures are slowed so that an answer that did not wait comes first."""

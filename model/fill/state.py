@@ -180,6 +180,10 @@ def inputs_key(memory, observed_views) -> tuple:
     return (memory.observed_version, None if first is None else first.frame_index)
 
 
+def _failed(job: Future) -> bool:
+    return job.done() and not job.cancelled() and job.exception() is not None
+
+
 class FillStates:
     """Fill states of many worlds; thread-safe (a server's sessions share one generator)."""
 
@@ -229,11 +233,13 @@ class FillStates:
 
     def prepare(self, memory, inputs: Callable[[], FillInputs], key: tuple) -> "FillEntry":
         """Start fitting ``memory``'s state for ``key`` unless it is fitted or being fitted; returns its entry.
+        A fit that failed is not kept: the frame that finds it raises its error, and the next ``prepare`` fits
+        again (one failure once left a world unplayable until its process restarted).
 
         ``inputs`` builds the copy of what the fit reads; it runs here, on the caller's thread."""
         with self._lock:
             held = self._states.get(memory)
-            if held is not None and held.key == key:
+            if held is not None and held.key == key and not _failed(held.future):
                 return held
             snapshot = inputs()
             ready = threading.Event()
