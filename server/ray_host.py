@@ -320,9 +320,8 @@ class WorldActor:
         return replace(self.host.view(), controlled=self._holder() is not None)
 
     async def where(self) -> dict:
-        from spatia.world.numba_start import numba
-
         from spatia.server import host
+        from spatia.world.numba_start import numba
 
         return {"node_id": self.node_id, "pid": os.getpid(), "epoch": self.epoch,
                 "numba_threads": numba.config.NUMBA_NUM_THREADS,

@@ -85,11 +85,10 @@ def load_frame_kernels() -> None:
     a signature of its own, so with a fresh cache a frame compiled the one it needs. ``GeometricGenerator`` runs
     this on a thread of its own when it is built (``model.geometric._load_frame_kernels``). The types follow the calls:
     ``layout.opening_pixels`` (the cached camera rays are read-only) and ``TextureModel._far_texels``."""
-    from spatia.world.numba_start import numba
-
     from spatia.model.fill.geometry import opening_kernels
     from spatia.model.fill.image import see_through
     from spatia.model.fill.texture import synthesis_kernels as texture_kernels
+    from spatia.world.numba_start import numba
 
     def t(a: np.ndarray, read_only: bool = False):
         if read_only:
