@@ -357,13 +357,12 @@ class _PlaneCoarse:
 def _texture_reads(tex, idx: np.ndarray, uv: np.ndarray) -> list:
     """``[(PlaneTexture, [K] indices into idx's points)]``: which synthesis model (``tex.synth`` of the texture
     given or of its far look) ``tex.sample`` reads each point ``uv[idx]`` from; points it reads from no synthesis
-    model (an exemplar's mip pyramid alone) are left out. ``PlaneTexture._sample_regions``'s dispatch, point by point
-    (a point's colour depends on that point alone, so sampling a subset gives that subset's colours); the unseen
-    cells' contrast is applied to the colour read, so it reads nothing else."""
-    if tex.far is not None:
-        far = np.hypot(uv[idx, 0] - tex.centre_uv[0], uv[idx, 1] - tex.centre_uv[1]) >= tex.far_from_m
-        if far.any():
-            return [*_texture_reads(tex.far, idx[far], uv), *_texture_reads_near(tex, idx[~far])]
+    model (an exemplar's mip pyramid alone) are left out. ``PlaneTexture.sample``'s dispatch (``far_points``), point
+    by point (a point's colour depends on that point alone, so sampling a subset gives that subset's colours); the
+    unseen cells' contrast is applied to the colour read, so it reads nothing else."""
+    far = tex.far_points(uv[idx])
+    if far is not None:
+        return [*_texture_reads(tex.far, idx[far], uv), *_texture_reads_near(tex, idx[~far])]
     return _texture_reads_near(tex, idx)
 
 

@@ -115,15 +115,23 @@ class PlaneTexture:
             self.unseen.apply(uv_m, out)
         return out
 
+    def far_points(self, uv_m: np.ndarray) -> np.ndarray | None:
+        """``[M]`` bool: the points of ``uv_m`` [M, 2] (plane metres) read from the far look (``far``); None when
+        none is (no far look, or every point nearer). The one rule of ``sample``'s dispatch; the fill's tile
+        bookkeeping follows it too (``model.geometric._texture_reads``)."""
+        if self.far is None:
+            return None
+        far = np.hypot(uv_m[:, 0] - self.centre_uv[0], uv_m[:, 1] - self.centre_uv[1]) >= self.far_from_m
+        return far if far.any() else None
+
     def _sample_regions(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
-        if self.far is not None:
-            far = np.hypot(uv_m[:, 0] - self.centre_uv[0], uv_m[:, 1] - self.centre_uv[1]) >= self.far_from_m
-            if far.any():
-                out = np.empty((len(uv_m), 3), np.uint8)
-                out[far] = self.far.sample(uv_m[far], np.asarray(footprint_m)[far])
-                if not far.all():
-                    out[~far] = self._sample_near(uv_m[~far], np.asarray(footprint_m)[~far])
-                return out
+        far = self.far_points(uv_m)
+        if far is not None:
+            out = np.empty((len(uv_m), 3), np.uint8)
+            out[far] = self.far.sample(uv_m[far], np.asarray(footprint_m)[far])
+            if not far.all():
+                out[~far] = self._sample_near(uv_m[~far], np.asarray(footprint_m)[~far])
+            return out
         return self._sample_near(uv_m, footprint_m)
 
     def _sample_near(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
