@@ -487,7 +487,8 @@ def test_first_use_kernels_are_loaded_before_the_first_frame_needs_them():
 
 
 def test_warmed_tiles_with_their_mips_are_the_frames_whatever_the_models_cell_table_holds():
-    """``warm_tiles`` synthesises outside the model's lock with a cell table of its own; a tile and its mips are
+    """``warm_tiles`` synthesises outside the model's lock with the off-frame cell table (kept across calls: one
+    tile per call, as a tile job makes them, after other tiles left their cells there); a tile and its mips are
     those a frame makes (``sample_uv`` at a footprint of mip 1), while the model's own table holds what earlier
     reads left there."""
     from spatia.model.fill.texture.synthesis import TextureModel, sample_uv, tiles_covering, warm_tiles
@@ -499,7 +500,8 @@ def test_warmed_tiles_with_their_mips_are_the_frames_whatever_the_models_cell_ta
     uv = rng.uniform(-1.0, 1.5, (4000, 2))
     footprint = np.full(len(uv), 0.025)  # mip 1
     tiles = [(i, j, 1) for i, j in tiles_covering(warm, uv.min(0), uv.max(0))]
-    assert warm_tiles(warm, tiles, seed=7) == len(tiles) > 4
+    assert warm_tiles(warm, [(40, 40), (40, 41)], seed=7) == 2  # elsewhere: the off-frame table holds their cells
+    assert sum(warm_tiles(warm, [tile], seed=7) for tile in tiles) == len(tiles) > 4
     assert all(len(warm._tiles[(7, i, j)]) == 2 for i, j, _ in tiles)  # level 0 and its mip
     cached = len(warm._tiles)
     np.testing.assert_array_equal(sample_uv(warm, uv, footprint, 7), sample_uv(cold, uv, footprint, 7))

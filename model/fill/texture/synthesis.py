@@ -733,6 +733,9 @@ class TextureModel:
         self._tables: dict[int, object] = {}  # seed -> texture_kernels cell table (the compiled path's cache)
         self._kernel_model: tuple | None = None  # the model's arrays as texture_kernels reads them
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
+        # seed -> the cell table of the tiles made off the frame's thread (``_warm_tile``), under ``_off_lock``
+        self._off_tables: dict[int, object] = {}
+        self._off_lock = threading.Lock()
         self._half, self._patch = half, patch
         self.detail_gain = self._restore_contrast()
         log.debug(
@@ -790,7 +793,8 @@ class TextureModel:
     def __getstate__(self) -> dict:
         """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
         state = self.__dict__.copy()
-        for k in ("_cells", "_seams", "_tiles", "_pools", "_far", "_lock", "_tables", "_kernel_model"):
+        for k in ("_cells", "_seams", "_tiles", "_pools", "_far", "_lock", "_tables", "_kernel_model", "_off_tables",
+                  "_off_lock"):
             state.pop(k, None)
         return state
 
@@ -799,6 +803,7 @@ class TextureModel:
         self._cells, self._seams, self._tiles, self._pools, self._far = {}, {}, {}, {}, {}
         self._tables, self._kernel_model = {}, None
         self._lock = threading.RLock()
+        self._off_tables, self._off_lock = {}, threading.Lock()
 
     # -- geometry of the exemplar ---------------------------------------------------------------------------
 
@@ -1121,21 +1126,28 @@ class TextureModel:
         while len(self._tiles) > TILE_CACHE:
             self._tiles.pop(next(iter(self._tiles)))
 
-    def _warm_tile(self, i: int, j: int, seed: int, level: int, table: tuple) -> bool:
-        """Put tile (i, j) with its mips up to ``level`` in the cache unless it is there; synthesised with the
-        caller's own cell table (``new_cell_table(cell_table_slots_for(T, T, step_px))``, cleared by the kernel
-        as ``_region_locked``'s is) outside the model's lock, which is held only to look the tile up and to store
-        it: a frame that needs another tile of this model meanwhile does not wait for this one (a maintenance
-        thread at a low priority could hold the lock for as long as the scheduler leaves it off the CPU). A texel
-        is a function of (model, seed, position) alone, whatever the cell table held (``synthesize_region``), so
-        the tile is the one ``_tile_locked`` makes. Returns whether it was synthesised here."""
+    def _warm_tile(self, i: int, j: int, seed: int, level: int) -> bool:
+        """Put tile (i, j) with its mips up to ``level`` in the cache unless it is there; synthesised outside the
+        model's lock, which is held only to look the tile up and to store it: a frame that needs another tile of
+        this model meanwhile does not wait for this one (a maintenance thread at a low priority could hold the lock
+        for as long as the scheduler leaves it off the CPU). With the off-frame cell table (``_off_tables``, under
+        ``_off_lock``: only threads other than the frames' wait for it), kept across tiles as the frames' own is:
+        a tile's cells at its borders are its neighbours' too, and a table of its own per tile chose them again
+        (a stochastic tile cost ~1.8x the frames' path so: docs/BENCHMARKS.md, session 22). A texel is a function
+        of (model, seed, position) alone, whatever the cell table held (``synthesize_region``), so the tile is the
+        one ``_tile_locked`` makes. Returns whether it was synthesised here."""
         key = (seed, i, j)
         with self._lock:
             if key in self._tiles:
                 return False
             view = self._kernel_view()
         t = self.tile_px
-        detail = texture_kernels.region_detail(view, table, seed, i * t, j * t, t, t)
+        with self._off_lock:
+            table = self._off_tables.get(seed)
+            if table is None:  # cleared by the kernel when half full, as the frames' tables are
+                table = self._off_tables[seed] = texture_kernels.new_cell_table(
+                    texture_kernels.cell_table_slots_for(t, t, self.step_px))
+            detail = texture_kernels.region_detail(view, table, seed, i * t, j * t, t, t)
         mips = [self._shaded(detail, np.arange(i * t, i * t + t), np.arange(j * t, j * t + t))]
         _add_mips(mips, level)
         with self._lock:
@@ -1506,14 +1518,10 @@ def warm_tiles(model: TextureModel, tiles: Sequence[tuple[int, int]], seed: int,
     model = _check_model(model)
     seed = _check_int("seed", seed)
     done = 0
-    table = None
     for tile in list(tiles)[:TILE_CACHE]:
         i, j = int(tile[0]), int(tile[1])
         level = int(tile[2]) if len(tile) > 2 else 0
-        if table is None:  # this call's own: the model's tables stay the frames' (no lock held while it runs)
-            table = texture_kernels.new_cell_table(
-                texture_kernels.cell_table_slots_for(model.tile_px, model.tile_px, model.step_px))
-        if not model._warm_tile(i, j, seed, level, table):
+        if not model._warm_tile(i, j, seed, level):
             continue
         done += 1
         if pause is not None:
