@@ -733,9 +733,8 @@ class TextureModel:
         self._tables: dict[int, object] = {}  # seed -> texture_kernels cell table (the compiled path's cache)
         self._kernel_model: tuple | None = None  # the model's arrays as texture_kernels reads them
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
-        # seed -> the cell table of the tiles made off the frame's thread (``_warm_tile``), under ``_off_lock``
-        self._off_tables: dict[int, object] = {}
-        self._off_lock = threading.Lock()
+        # (seed, thread id) -> the cell table of the tiles that thread makes off the frame's thread (``_warm_tile``)
+        self._off_tables: dict[tuple[int, int], object] = {}
         self._half, self._patch = half, patch
         self.detail_gain = self._restore_contrast()
         log.debug(
@@ -793,8 +792,7 @@ class TextureModel:
     def __getstate__(self) -> dict:
         """Pickle without the caches and the lock (they are rebuilt on demand; the texels are the same)."""
         state = self.__dict__.copy()
-        for k in ("_cells", "_seams", "_tiles", "_pools", "_far", "_lock", "_tables", "_kernel_model", "_off_tables",
-                  "_off_lock"):
+        for k in ("_cells", "_seams", "_tiles", "_pools", "_far", "_lock", "_tables", "_kernel_model", "_off_tables"):
             state.pop(k, None)
         return state
 
@@ -803,7 +801,7 @@ class TextureModel:
         self._cells, self._seams, self._tiles, self._pools, self._far = {}, {}, {}, {}, {}
         self._tables, self._kernel_model = {}, None
         self._lock = threading.RLock()
-        self._off_tables, self._off_lock = {}, threading.Lock()
+        self._off_tables = {}
 
     # -- geometry of the exemplar ---------------------------------------------------------------------------
 
@@ -1130,24 +1128,24 @@ class TextureModel:
         """Put tile (i, j) with its mips up to ``level`` in the cache unless it is there; synthesised outside the
         model's lock, which is held only to look the tile up and to store it: a frame that needs another tile of
         this model meanwhile does not wait for this one (a maintenance thread at a low priority could hold the lock
-        for as long as the scheduler leaves it off the CPU). With the off-frame cell table (``_off_tables``, under
-        ``_off_lock``: only threads other than the frames' wait for it), kept across tiles as the frames' own is:
-        a tile's cells at its borders are its neighbours' too, and a table of its own per tile chose them again
-        (a stochastic tile cost ~1.8x the frames' path so: docs/BENCHMARKS.md, session 22). A texel is a function
-        of (model, seed, position) alone, whatever the cell table held (``synthesize_region``), so the tile is the
-        one ``_tile_locked`` makes. Returns whether it was synthesised here."""
+        for as long as the scheduler leaves it off the CPU). With the calling thread's own cell table for this
+        model and seed (``_off_tables``: no lock, so a low-priority warm-up never holds up a tile job a frame is
+        waiting for), kept across its tiles as the frames' own is: a tile's cells at its borders are its
+        neighbours' too, and a table of its own per tile chose them again (a stochastic tile cost ~1.8x the
+        frames' path so: docs/BENCHMARKS.md, session 22). A texel is a function of (model, seed, position) alone,
+        whatever the cell table held (``synthesize_region``), so the tile is the one ``_tile_locked`` makes.
+        Returns whether it was synthesised here."""
         key = (seed, i, j)
+        t = self.tile_px
         with self._lock:
             if key in self._tiles:
                 return False
             view = self._kernel_view()
-        t = self.tile_px
-        with self._off_lock:
-            table = self._off_tables.get(seed)
+            table = self._off_tables.get((seed, threading.get_ident()))
             if table is None:  # cleared by the kernel when half full, as the frames' tables are
-                table = self._off_tables[seed] = texture_kernels.new_cell_table(
+                table = self._off_tables[(seed, threading.get_ident())] = texture_kernels.new_cell_table(
                     texture_kernels.cell_table_slots_for(t, t, self.step_px))
-            detail = texture_kernels.region_detail(view, table, seed, i * t, j * t, t, t)
+        detail = texture_kernels.region_detail(view, table, seed, i * t, j * t, t, t)
         mips = [self._shaded(detail, np.arange(i * t, i * t + t), np.arange(j * t, j * t + t))]
         _add_mips(mips, level)
         with self._lock:
