@@ -705,12 +705,6 @@ def test_retryable_graph_failures_count_in_a_row(server, monkeypatch):
             retried_with_back_off(compiles[first_open:], 1, len(real_failures) - real_before)
 
 
-from test_server_lifecycle import (  # noqa: E402,F401 -- collected here (last), run with the fixtures above
-    test_broken_connection, test_deadline, test_leaving_the_with_block_through_an_exception,
-    test_the_session_limit_names_itself_in_error_info,
-)
-
-
 def test_an_unexpected_actor_error_keeps_its_actor_traceback_for_the_log_only():
     """An actor's unexpected exception reaches the front door as itself, with the actor's traceback as a note: the
     front door's "rpc failed unexpectedly" log shows where in the actor it was raised (a CI failure once showed only
@@ -741,3 +735,9 @@ def test_an_unexpected_actor_error_keeps_its_actor_traceback_for_the_log_only():
     except NotFoundError as exc:
         err = _unwrap(RayTaskError("view", traceback.format_exc(), exc), "w")
     assert not getattr(err, "__notes__", None) and status_for(err) == (grpc.StatusCode.NOT_FOUND, "world 'w' not found")
+
+
+from test_server_lifecycle import (  # noqa: E402,F401 -- collected here (last), run with the fixtures above
+    test_broken_connection, test_deadline, test_leaving_the_with_block_through_an_exception,
+    test_the_session_limit_names_itself_in_error_info,
+)
