@@ -222,6 +222,55 @@ def test_texel_reads_match_the_numpy_plan():
     assert not one.any()  # nothing to read: nothing written
 
 
+def test_missing_tiles_shared_with_the_helper_give_the_same_texels(monkeypatch):
+    """A read that misses several tiles shares them with the helper thread (``_make_missing_tiles``): the texels
+    are those of the numpy twin reading a model of its own (same fit, tiles made one by one on the caller's
+    thread); the helper made some of them, and a helper job that had not started is taken back."""
+    import threading
+
+    from spatia.model.fill.texture import synthesis as texture
+
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    valid = np.ones((40, 40), bool)
+    valid[10:20, 12:30] = False
+    ours, twin = (texture.TextureModel.fit(rgb, valid, 0.01, tile_px=16) for _ in range(2))
+    made_by = []
+    warm = texture.TextureModel._warm_tile
+
+    def spy(self, *args):
+        made = warm(self, *args)
+        if made:
+            made_by.append(threading.current_thread().name)
+        return made
+
+    monkeypatch.setattr(texture.TextureModel, "_warm_tile", spy)
+    n = 2000
+    rows, cols = rng.integers(-80, 80, n), rng.integers(-80, 80, n)  # ~100 tiles of 16 x 16, none made yet
+    level = rng.choice([0, 1], n)
+    want = np.zeros((n, 3), np.uint8)
+    got = np.zeros((n, 3), np.uint8)
+    texture._read_texels_reference(twin, rows, cols, level, 7, None, want)
+    texture.read_texels(ours, rows, cols, level, 7, None, got)
+    np.testing.assert_array_equal(got, want)
+    helper = [name for name in made_by if name.startswith("spatia-tile-helper")]
+    assert helper and len(helper) < len(made_by)  # shared: some tiles on each thread
+
+    # a helper busy elsewhere: its share is taken back, not waited for
+    gate = threading.Event()
+    blocker = texture._helper_pool().submit(gate.wait, 10)
+    try:
+        again = texture.TextureModel.fit(rgb, valid, 0.01, tile_px=16)
+        made_by.clear()
+        got[:] = 0
+        texture.read_texels(again, rows, cols, level, 7, None, got)
+        np.testing.assert_array_equal(got, want)
+        assert made_by and not any(name.startswith("spatia-tile-helper") for name in made_by)
+    finally:
+        gate.set()
+        blocker.result()
+
+
 def test_poses_near_points_per_plane_match_one_tree_over_all_poses():
     """``geometric._near_poses`` (per plane, only the poses that can be near it) finds what one KD-tree over every
     pose finds: the points with a pose strictly nearer than the radius (points on planes up to float32 casts)."""

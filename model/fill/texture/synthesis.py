@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -1437,9 +1438,57 @@ def read_texels(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: 
             out[s_dst[a:b]] = model._far_texels(s_rows[a:b], s_cols[a:b], lv, seed)
             continue
         t0, t1 = int(tile_start[lv]), int(tile_start[lv + 1])
+        _make_missing_tiles(model, tile_i[t0:t1], tile_j[t0:t1], seed, lv)
         stack = np.stack([model._tile(int(i), int(j), seed, lv) for i, j in zip(tile_i[t0:t1], tile_j[t0:t1])])
         texture_kernels.gather_tiles(stack, slot[a:b], s_rows[a:b], s_cols[a:b], s_ti[a:b], s_tj[a:b], t, lv,
                                      s_dst[a:b], out)
+
+
+# A read that misses at least this many tiles shares them with a helper thread (a turn towards a wall no frame
+# showed misses 25-46 tiles in one frame, ~1 ms each): the frame's own thread is alone on its core there (the
+# layout fill's serial part), so on a machine with a core to spare the frame makes about half of them; where no
+# core is free the helper's share is taken back unless it has started. Texels are a function of (model, seed,
+# position) alone, so who makes a tile does not change it. Measured in docs/BENCHMARKS.md, session 23
+# (benchmarks/tile_spikes.py).
+SHARED_TILES_FROM = 2
+_tile_helper: ThreadPoolExecutor | None = None
+_tile_helper_lock = threading.Lock()
+
+
+def _helper_pool() -> ThreadPoolExecutor:
+    global _tile_helper
+    with _tile_helper_lock:
+        if _tile_helper is None:
+            _tile_helper = ThreadPoolExecutor(1, thread_name_prefix="spatia-tile-helper")
+        return _tile_helper
+
+
+def _warm_list(model: TextureModel, tiles: list, seed: int, level: int) -> None:
+    for i, j in tiles:
+        model._warm_tile(i, j, seed, level)
+
+
+def _make_missing_tiles(model: TextureModel, tile_i: np.ndarray, tile_j: np.ndarray, seed: int, level: int) -> None:
+    """Synthesise the tiles (``tile_i``, ``tile_j``: [T] int64) of ``model`` not cached yet before a read gathers
+    them, the second half on the helper thread when there are ``SHARED_TILES_FROM`` or more. The helper's half is taken back when it has not started by the time the caller's is
+    done (a helper behind another world's tiles would only make this frame wait)."""
+    if len(tile_i) < SHARED_TILES_FROM:
+        return
+    with model._lock:
+        missing = [(i, j) for i, j in zip(tile_i.tolist(), tile_j.tolist()) if (seed, i, j) not in model._tiles]
+    if len(missing) < SHARED_TILES_FROM:
+        return
+    mine, theirs = missing[: len(missing) // 2], missing[len(missing) // 2 :]
+    try:
+        job = _helper_pool().submit(_warm_list, model, theirs, seed, level)
+    except RuntimeError:  # shut down (interpreter exit): the read makes them
+        return
+    # through ``_warm_tile`` here too: ``_tile`` holds the model's lock while it synthesises, and the helper waits
+    # for that lock to look each of its tiles up and to store it
+    _warm_list(model, mine, seed, level)
+    if job.cancel():
+        return  # not started: the read's own loop makes them
+    job.result()
 
 
 def _read_texels_reference(model: TextureModel, rows: np.ndarray, cols: np.ndarray, level: np.ndarray, seed: int,
