@@ -29,6 +29,9 @@ refitted every time another world's clip ran). Here:
   frames show a provisional stand-in on its pixels; the frame at which it becomes due joins the job (waits for it
   when it is running, takes it over when it has not started). Which pixels are provisional is counted in frames
   (``FillEntry.tile_first_asked``), never "is the tile ready yet".
+- a frame that still misses two or more tiles of one read makes half of them and hands the other half to a helper
+  thread (``texture.synthesis._make_missing_tiles``, taken back if it has not started when the frame's half is
+  done), so a turn towards a wall no frame showed costs that frame about half the tiles where a core is free.
 - the tile synthesis (``tiles``, after the texture fits) runs at a low CPU priority (nice +``WARM_NICE``, its
   threads only): no frame waits for it (a frame synthesises a tile it misses; the tile thread holds the texture
   model's lock only to look a tile up and to store it, ``texture.warm_tiles``), and at normal priority the
