@@ -1470,8 +1470,9 @@ def _warm_list(model: TextureModel, tiles: list, seed: int, level: int) -> None:
 
 def _make_missing_tiles(model: TextureModel, tile_i: np.ndarray, tile_j: np.ndarray, seed: int, level: int) -> None:
     """Synthesise the tiles (``tile_i``, ``tile_j``: [T] int64) of ``model`` not cached yet before a read gathers
-    them, the second half on the helper thread when there are ``SHARED_TILES_FROM`` or more. The helper's half is taken back when it has not started by the time the caller's is
-    done (a helper behind another world's tiles would only make this frame wait)."""
+    them, the second half on the helper thread when there are ``SHARED_TILES_FROM`` or more. The helper's half is
+    taken back when it has not started by the time the caller's is done (a helper behind another world's tiles
+    would only make this frame wait)."""
     if len(tile_i) < SHARED_TILES_FROM:
         return
     with model._lock:
