@@ -156,6 +156,74 @@ def test_split_and_digests_match_the_reference():
     assert empty.keys == [] and empty.digests() == [] and split_memory({k: v[:0] for k, v in base.items()}) == {}
 
 
+def test_block_fingerprints_match_the_reference():
+    """``MemoryBlocks.fingerprints`` (the compiled pass, words packed per row) equals its plain-Python twin, for the
+    memory's arrays and for item sizes it does not use; another seed, a changed value, a value moved between two
+    rows of a block or an array renamed changes a block's fingerprint and no other's."""
+    rng = np.random.default_rng(5)
+    n = 400
+    arrays = {"voxel_keys": np.sort(rng.choice(2**40, n, replace=False)).astype(np.int64),
+              "voxel_offsets": rng.integers(0, 256, (n, 3)).astype(np.uint8),
+              "colors": rng.integers(0, 256, (n, 3)).astype(np.uint8),
+              "observation_count": rng.integers(0, 9, n).astype(np.uint16),
+              "last_seen_frame": rng.integers(-1, 99, n).astype(np.int32),
+              "provenance": rng.integers(0, 3, n).astype(np.uint8),
+              "odd": rng.integers(0, 256, (n, 5)).astype(np.uint8).view("V5").reshape(n)}  # item size 5: raw bytes
+    starts = [0, 7, 150, 151, 390]
+    split = worldlog.MemoryBlocks([f"m/{i}" for i in range(5)], starts, [*starts[1:], n], arrays)
+    want = worldlog.reference_fingerprints(split, 123)
+    got = split.fingerprints(123)
+    np.testing.assert_array_equal(got, want)
+    assert len({tuple(r) for r in got.tolist()}) == 5
+    assert not (split.fingerprints(124) == got).all(axis=1).any()  # another seed: every block differs
+
+    def changed(mutate) -> list[int]:
+        copy = {k: v.copy() for k, v in arrays.items()}
+        mutate(copy)
+        other = worldlog.MemoryBlocks(split.keys, split.starts, split.stops, copy).fingerprints(123)
+        return [i for i in range(5) if not (other[i] == got[i]).all()]
+
+    assert changed(lambda a: a["colors"].__setitem__((100, 1), a["colors"][100, 1] ^ 1)) == [1]
+    last = arrays["last_seen_frame"]
+    assert changed(lambda a: a["last_seen_frame"].__setitem__([200, 201], last[[201, 200]] + [0, 1])) == [3]
+    odd = arrays["odd"].view(np.uint8).reshape(n, 5)
+    assert changed(lambda a: a["odd"].view(np.uint8).reshape(n, 5).__setitem__((150, 4), odd[150, 4] ^ 7)) == [2]
+    swapped = {**arrays, "colors": arrays["colors"].copy()}
+    swapped["colors"][[8, 9]] = arrays["colors"][[9, 8]]
+    if not (arrays["colors"][8] == arrays["colors"][9]).all():
+        assert changed(lambda a: a.__setitem__("colors", swapped["colors"])) == [1]
+    renamed = {("hue" if k == "colors" else k): v for k, v in arrays.items()}
+    other = worldlog.MemoryBlocks(split.keys, split.starts, split.stops, renamed).fingerprints(123)
+    assert not (other == got).all(axis=1).any()
+
+
+def test_a_save_digests_only_the_blocks_that_changed(tmp_path, monkeypatch):
+    """A save whose blocks match the fingerprints of what the log holds digests none of them; a changed point gets
+    its block digested and written, and the log loads the change; a log opened from disk digests every block once
+    (its first save)."""
+    world = _played()
+    wlog = WorldLog(tmp_path / "w")
+    wlog.write(wlog.prepare_save(world))
+    digested = []
+    digest = worldlog.MemoryBlocks.digest
+    monkeypatch.setattr(worldlog.MemoryBlocks, "digest",
+                        lambda self, i: digested.append(self.keys[i]) or digest(self, i))
+    report = wlog.write(wlog.prepare_save(world))
+    assert digested == [] and report.blocks_written == 0
+    mem = world.memory
+    point = np.flatnonzero(mem.provenance == 0)[:1]
+    mem._colors[mem._rows_of_points(point)] ^= np.uint8(1)  # one observed point's colour, in place
+    report = wlog.write(wlog.prepare_save(world))
+    assert len(digested) == 1 and report.blocks_written == 1
+    wlog.close()
+    loaded, log2 = WorldLog.load(tmp_path / "w")
+    _assert_same_world(world, loaded)
+    digested.clear()
+    log2.write(log2.prepare_save(loaded))
+    assert len(digested) == len(worldlog.MemoryBlocks.of(loaded.memory.to_arrays()).keys) > 1
+    log2.close()
+
+
 def test_packing_with_a_reused_compressor_gives_the_same_bytes():
     """``_pack_arrays`` with one compressor for every block (and memoryviews into msgpack) writes the bytes a new
     compressor per block and copied raw bytes wrote."""

@@ -1199,3 +1199,45 @@ def take_rows2(arr, order):
         for j in range(c):
             out[i, j] = arr[src, j]
     return out
+
+
+# ``worldlog.MemoryBlocks.fingerprints``: two 64-bit multiply-xorshift lanes per block (128 bits), a save's test
+# for "this block is what the log holds" before it spends a BLAKE2 digest on it
+_FP_MUL_A = np.uint64(0x9E3779B97F4A7C15)
+_FP_MUL_B = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fp_mix(h, v, mul):
+    h = (h ^ v) * mul
+    return h ^ (h >> np.uint64(29))
+
+
+@nb.njit(cache=True, nogil=True)
+def block_fingerprints(values, starts, stops, salt, out):
+    """Fold rows ``starts[b]:stops[b]`` of ``values`` ([N, C] unsigned integers: one memory array, rows in block
+    order) into ``out[b]`` ([B, 2] uint64, in place): each lane takes the array's ``salt``, the block's row count,
+    then the elements in row-major order packed into 64-bit words (``64 // bits`` of them a word, a row's last word
+    padded with zeros: rows of 3 uint8 are one word each) and mixed word by word. ``worldlog.reference_fingerprints``
+    is the plain-Python twin."""
+    c = values.shape[1]
+    bits = values.itemsize * 8
+    per_word = 64 // bits
+    for b in range(starts.shape[0]):
+        ha = _fp_mix(out[b, 0], salt, _FP_MUL_A)
+        hb = _fp_mix(out[b, 1], salt ^ np.uint64(0x5555555555555555), _FP_MUL_B)
+        n = np.uint64(stops[b] - starts[b])
+        ha = _fp_mix(ha, n, _FP_MUL_A)
+        hb = _fp_mix(hb, n, _FP_MUL_B)
+        for i in range(starts[b], stops[b]):
+            j = 0
+            while j < c:
+                m = min(per_word, c - j)
+                word = np.uint64(0)
+                for q in range(m):
+                    word = word | (np.uint64(values[i, j + q]) << np.uint64(q * bits))
+                j += m
+                ha = _fp_mix(ha, word, _FP_MUL_A)
+                hb = _fp_mix(hb, word, _FP_MUL_B)
+        out[b, 0] = ha
+        out[b, 1] = hb
