@@ -186,7 +186,7 @@ def _fingerprint_values(name: str, a: np.ndarray) -> tuple[np.ndarray, np.uint64
     """An array as ``block_fingerprints`` reads it: ``[N, C]`` unsigned integers of its item size (its raw bytes
     ``[N, row bytes]`` where the item size is not 1, 2, 4 or 8), and its salt (name, dtype and row shape)."""
     a = np.ascontiguousarray(a)
-    rows = a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1)
+    rows = a.reshape(a.shape[0], math.prod(a.shape[1:]))  # [N, C] (C = 1 for a vector; N may be 0)
     unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
     values = rows.view(unsigned) if unsigned is not None else rows.view(np.uint8).reshape(a.shape[0], -1)
     return values, np.uint64(zlib.crc32(f"{name}:{a.dtype.str}:{a.shape[1:]}".encode()))
@@ -305,8 +305,8 @@ class MemoryBlocks:
 
     def fingerprints(self, seed: int) -> np.ndarray:
         """``[B, 2]`` uint64: a 128-bit fingerprint of each block's arrays (``_memory_kernels.block_fingerprints``
-        over each array in name order, salted by ``seed`` and the array's name, dtype and row shape), ~4x cheaper
-        than its digest. A save compares it with the one of the block the log holds and digests only the blocks
+        over each array in name order, salted by ``seed`` and the array's name, dtype and row shape), a few times
+        cheaper than its digest (docs/BENCHMARKS.md, session 23). A save compares it with the one of the block the log holds and digests only the blocks
         that differ (``WorldLog.write``); ``reference_fingerprints`` is the plain-Python twin."""
         out = np.zeros((len(self.keys), 2), np.uint64)
         if not self.keys:
