@@ -107,7 +107,8 @@ def summarise(rows: list[dict], slowest: int) -> dict:
         "cpu_ms": {q: _pct([r["cpu"] for r in clips], int(q[1:])) for q in ("p50", "p95", "p99")},
         "mean_wall_ms": round(statistics.mean(r["wall"] for r in clips), 2) if clips else float("nan"),
         "parts": parts,
-        "slowest": [{"world": r["thread"], "clip": r["clip"], "at_s": round(r["t"] - t0, 2), "wall": round(r["wall"], 1),
+        "slowest": [{"world": r["thread"], "clip": r["clip"], "at_s": round(r["t"] - t0, 2),
+                     "wall": round(r["wall"], 1),
                      "cpu": round(r["cpu"], 1), "generate": round(r["generate"], 1), "update": round(r["update"], 1),
                      **{n: round(v, 1) for n, v in r["parts"].items() if v >= 3}} for r in worst],
     }

@@ -8,8 +8,9 @@ another thread while the registry grows (numba's dispatcher falls back to it for
 does not know) fails with "RuntimeError: dictionary changed size during iteration". A world actor of
 ``spatia serve --ray`` makes its first kernel calls on several threads at once (the layout fit, the first clip,
 the kernel loads); in CI (session 21) one world's every clip failed so until its actor restarted, as a failed
-layout fit, which was then kept for the world, would make them. Started here, on the importing thread, the registry no longer changes once threads run kernels:
-``tests/test_numba_start.py`` checks that a world's whole first clips leave it as the import left it.
+layout fit, which was then kept for the world, would make them. Started here, on the importing thread, the
+registry no longer changes once threads run kernels: ``tests/test_numba_start.py`` checks that a world's whole
+first clips leave it as the import left it.
 """
 
 from __future__ import annotations

@@ -294,7 +294,8 @@ class MemoryBlocks:
                 a = np.ascontiguousarray(self.arrays[name])
                 rest = tuple(a.shape[1:])
                 row_bytes = a.dtype.itemsize * math.prod(rest)
-                parts.append((f"{name}:{a.dtype.str}:", rest, row_bytes, memoryview(a.reshape(-1).view(np.uint8))))
+                raw = memoryview(a.reshape(-1).view(np.uint8))
+                parts.append((f"{name}:{a.dtype.str}:", rest, row_bytes, raw))
             self._parts = parts
         a, b = self.starts[i], self.stops[i]
         h = hashlib.blake2b(digest_size=_DIGEST)
@@ -306,8 +307,9 @@ class MemoryBlocks:
     def fingerprints(self, seed: int) -> np.ndarray:
         """``[B, 2]`` uint64: a 128-bit fingerprint of each block's arrays (``_memory_kernels.block_fingerprints``
         over each array in name order, salted by ``seed`` and the array's name, dtype and row shape), a few times
-        cheaper than its digest (docs/BENCHMARKS.md, session 23). A save compares it with the one of the block the log holds and digests only the blocks
-        that differ (``WorldLog.write``); ``reference_fingerprints`` is the plain-Python twin."""
+        cheaper than its digest (docs/BENCHMARKS.md, session 23). A save compares it with the one of the block the
+        log holds and digests only the blocks that differ (``WorldLog.write``); ``reference_fingerprints`` is the
+        plain-Python twin."""
         out = np.zeros((len(self.keys), 2), np.uint64)
         if not self.keys:
             return out

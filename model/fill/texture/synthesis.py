@@ -1463,11 +1463,6 @@ def _helper_pool() -> ThreadPoolExecutor:
         return _tile_helper
 
 
-def _warm_list(model: TextureModel, tiles: list, seed: int, level: int) -> None:
-    for i, j in tiles:
-        model._warm_tile(i, j, seed, level)
-
-
 def _make_missing_tiles(model: TextureModel, tile_i: np.ndarray, tile_j: np.ndarray, seed: int, level: int) -> None:
     """Synthesise the tiles (``tile_i``, ``tile_j``: [T] int64) of ``model`` not cached yet before a read gathers
     them, the second half on the helper thread when there are ``SHARED_TILES_FROM`` or more. The helper's half is
@@ -1481,12 +1476,12 @@ def _make_missing_tiles(model: TextureModel, tile_i: np.ndarray, tile_j: np.ndar
         return
     mine, theirs = missing[: len(missing) // 2], missing[len(missing) // 2 :]
     try:
-        job = _helper_pool().submit(_warm_list, model, theirs, seed, level)
+        job = _helper_pool().submit(warm_tiles, model, [(i, j, level) for i, j in theirs], seed)
     except RuntimeError:  # shut down (interpreter exit): the read makes them
         return
     # through ``_warm_tile`` here too: ``_tile`` holds the model's lock while it synthesises, and the helper waits
     # for that lock to look each of its tiles up and to store it
-    _warm_list(model, mine, seed, level)
+    warm_tiles(model, [(i, j, level) for i, j in mine], seed)
     if job.cancel():
         return  # not started: the read's own loop makes them
     job.result()
