@@ -28,9 +28,11 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import gc
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -121,8 +123,8 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
     """Compile (or load from numba's on-disk cache) the world core's kernels before a session needs them: a
     throwaway scene world of ``width`` x ``height`` walks ``clips`` one-frame clips through ``generator`` (render,
     retrieval, warps, the fill, the memory update, the history index), then its memory is re-sorted and its
-    invented points removed (a compaction). A played world's first re-sort comes ~100 lock-step steps into a
-    session at 128x96, and compiling its kernels there (sort_keys, merge_order, permute_rows(3) for five dtypes,
+    invented points removed (a compaction), and it is saved once into a temporary log. A played world's first
+    re-sort comes ~100 lock-step steps into a session at 128x96, and compiling its kernels there (sort_keys, merge_order, permute_rows(3) for five dtypes,
     hash_remap) stalled that step 19.8 s with a cold cache (after an edit of a kernel file, a fresh clone) and
     ~75 ms with a warm one: the remote Gymnasium env's 300-step benchmark fell to 11-18 steps/s
     (docs/BENCHMARKS.md, lock-step section). Returns what ran: clips, points re-sorted and points removed."""
@@ -146,6 +148,15 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),
                                 frame_index=clips, provenance=INVENTED_FINAL)
         removed = memory.remove_invented_near(ahead[None], radius_m=0.3)
+        # a first save, as a served world's autosave makes it (the copy here, the write on its saver): the log's
+        # block kernels for each memory array's type; else they loaded inside a session's first autosave, ~45 ms
+        # on the world's thread (docs/BENCHMARKS.md, session 24)
+        with tempfile.TemporaryDirectory(prefix="spatia-warm-") as tmp:
+            log = WorldLog(tmp)
+            try:
+                log.write(log.prepare_save(world))
+            finally:
+                log.close()
         # the layout fill's own kernels: this world's few frames show the coarse fill and never reach them
         from spatia.model.fill.warmup import compile_fill_kernels
 
@@ -162,19 +173,28 @@ def load_play_kernels() -> None:
     close to the target (a session's first clip warps the world's start frame, whose depth is read-only, into each
     of its frames; the walk's fast turns never pass that close), and the memory's maintenance jobs and dead-row
     paths (a 640x360 world grows and re-sorts in the background within its first dozen clips; the walk's tiny
-    world never does). Both warp variants: a world's thread runs numba on one thread or on several."""
+    world never does), a keyframe's seen-through carve, the history's depth codec and its index's merge and table
+    rebuild (reached some hundreds of frames in). Both warp variants: a world's thread runs numba on one thread or on several."""
     from spatia.world import warp
+    from spatia.world.camera import Intrinsics
+    from spatia.world.free_space import seen_through
+    from spatia.world.history import load_history_kernels
     from spatia.world.memory import load_maintenance_kernels
 
     t = numba.typeof
     rgb, depth, f64 = t(np.zeros((1, 1, 3), np.uint8)), t(np.zeros((1, 1), np.float32)), numba.float64
-    depth_ro = depth.copy(readonly=True)
+    rgb_ro, depth_ro = rgb.copy(readonly=True), depth.copy(readonly=True)
     R, tr, mask = t(np.zeros((3, 3))), t(np.zeros(3)), t(np.zeros((1, 1), bool))
-    for src_depth in (depth, depth_ro):
-        cams = (rgb, src_depth, f64, f64, f64, f64, R, tr, f64, f64, f64, f64, rgb, depth)
-        warp._warp_kernel.compile((*cams, numba.int64))
-        warp._warp_serial.compile(cams)
+    for src_rgb in (rgb, rgb_ro):  # a history frame read back is read-only, the start frame's depth too
+        for src_depth in (depth, depth_ro):
+            cams = (src_rgb, src_depth, f64, f64, f64, f64, R, tr, f64, f64, f64, f64, rgb, depth)
+            warp._warp_kernel.compile((*cams, numba.int64))
+            warp._warp_serial.compile(cams)
     warp.claim_warped.compile((rgb, mask, rgb, depth, mask))
+    # a keyframe's seen-through carve (``SpatialMemory.remove_invented_seen_through``): first reached ~7 s into a
+    # 640x360 session, where its load took 4-88 ms on the world's thread
+    seen_through(np.zeros((1, 3)), np.eye(4), Intrinsics(1.0, 1.0, 0.5, 0.5, 1, 1), np.ones((1, 1), np.float32), 0.1)
+    load_history_kernels()
     load_maintenance_kernels()
 
 
@@ -218,6 +238,18 @@ def _cache_is_warm() -> bool:
     return K.keys_in.stats.cache_misses.get((keys, keys), 0) == 0
 
 
+def freeze_startup_objects() -> int:
+    """Collect, then move every object the garbage collector tracks now (modules, numba's dispatchers and types,
+    protobuf descriptors: ~210 k after the kernel load) into its permanent generation (``gc.freeze``), so that a
+    full collection no longer traverses them. A full collection in a serving process paused every thread for
+    75-130 ms (the world's thread included, about once a minute of play; measured with ``gc.callbacks``,
+    docs/BENCHMARKS.md, session 24); with these frozen one takes ~5 ms. Objects made later (worlds, sessions) are
+    collected as before. Returns how many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 class KernelWarmUp:
     """``spatia serve``'s kernel warm-up, started once it serves. With a warm numba cache: ``warm_kernels`` on a
     thread of this process (loads only, a second or two of CPU), while CreateWorld waits for it (it is the server's
@@ -254,8 +286,9 @@ class KernelWarmUp:
             from spatia.model import make_generator
 
             report = warm_kernels(make_generator("geometric"))
+            frozen = freeze_startup_objects()
             log.info("kernels loaded in the serving process", seconds=round(time.perf_counter() - t0, 2),
-                     cpu_s=round(time.thread_time() - c0, 2), cache_was_warm=warm, **report)
+                     cpu_s=round(time.thread_time() - c0, 2), cache_was_warm=warm, objects_frozen=frozen, **report)
         except Exception:  # a failed warm-up costs only the first frames' time
             log.exception("kernel warm-up failed")
         finally:
@@ -458,8 +491,6 @@ class WorldHost:
 
         def _bytes() -> bytes:
             if fmt == "ply":
-                import tempfile
-
                 with tempfile.TemporaryDirectory() as tmp:
                     p = Path(tmp) / "memory.ply"
                     self.world.memory.save_ply(p)

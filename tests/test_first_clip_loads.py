@@ -131,6 +131,8 @@ def test_kernel_warm_up_loads_here_with_a_warm_cache_and_create_world_waits_for_
 
     monkeypatch.setattr(host_mod, "warm_kernels", fake_warm)
     monkeypatch.setattr(host_mod, "_cache_is_warm", lambda: True)
+    frozen = []  # the objects are frozen once the kernels are loaded (not in this test process: recorded only)
+    monkeypatch.setattr(host_mod, "freeze_startup_objects", lambda: frozen.append(release.is_set()) or 0)
     warm = host_mod.KernelWarmUp()
     try:
         assert ran.wait(10) and warm.child is None and warm.poll() is None
@@ -145,7 +147,7 @@ def test_kernel_warm_up_loads_here_with_a_warm_cache_and_create_world_waits_for_
         create.join(10)
         assert built and warm.wait() == 0
         warm.thread.join(10)
-        assert warm.poll() == 0
+        assert warm.poll() == 0 and frozen == [True]
     finally:
         release.set()
         host_mod._set_load_state("idle")
@@ -165,6 +167,7 @@ def test_kernel_warm_up_with_a_cold_cache_compiles_in_a_child_first_and_nobody_w
     loads = []
     monkeypatch.setattr(host_mod, "warm_kernels", lambda generator, *a, **k: loads.append(1) or {})
     monkeypatch.setattr(host_mod, "_cache_is_warm", lambda: False)
+    monkeypatch.setattr(host_mod, "freeze_startup_objects", lambda: 0)  # (not this test process's objects)
     child_code = "import sys; sys.stdin.read()"  # runs until its stdin closes
     monkeypatch.setattr(host_mod, "_start_warm_child", lambda: subprocess.Popen(
         [sys.executable, "-c", child_code], stdin=subprocess.PIPE))
@@ -191,3 +194,63 @@ def test_kernel_warm_up_with_a_cold_cache_compiles_in_a_child_first_and_nobody_w
         assert loads == [1] and warm.poll() == 0
     finally:
         host_mod._set_load_state("idle")
+
+
+def test_what_play_reaches_later_loads_no_kernel_after_warm_kernels(new_overloads, tmp_path, monkeypatch):
+    """What a 640x360 session reached 3-9 s into play, each the first caller of a kernel that then loaded on the
+    world's thread (or under numba's lock on another): the first autosave (the log's block kernels, ~45 ms), a
+    keyframe's seen-through carve (4-88 ms), the history's depth codec, its index's merge of closed runs and a
+    larger column table built on the maintenance thread. Reached here on a small world, through the same calls;
+    the index's thresholds are lowered so that a few frames reach them."""
+    from spatia.model import make_generator
+    from spatia.server.host import warm_kernels
+    from spatia.world import history
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.state import World
+    from spatia.world.worldlog import WorldLog
+
+    warm_kernels(make_generator("geometric"))
+    world = World.from_scene("room", 0, 160, 90)
+    try:
+        engine = Engine(world, make_generator("geometric"), EngineConfig(clip=ClipConfig(1, 2, 1)))
+        walk = ActionIntegrator(world.current_c2w, ControlConfig(fps=30))
+        for _ in range(4):
+            walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 30))
+            collections.deque(engine.generate_clip(walk.c2w[None]), maxlen=0)
+        world.history.flush()  # the frames encoded (the encoder thread's first frames are a world's first)
+        del new_overloads[:]
+
+        log = WorldLog(tmp_path / "log")  # the first autosave: the copy, then the write
+        try:
+            log.write(log.prepare_save(world))
+        finally:
+            log.close()
+
+        memory, K, pose = world.memory, world.intrinsics, walk.c2w
+        render = memory.render(K, pose, return_point_ids=True)
+        ids = render.point_ids[render.valid]
+        nearer = np.where(render.valid, render.depth_m * 0.5, 0.0).astype(np.float32)
+        memory.remove_invented_seen_through(ids, K, pose, nearer, 0.05)
+
+        depth = np.full((90, 160), 2.5, np.float32)
+        config = history.HistoryConfig()
+        stored = history._encode_depth(depth, config)
+        history._decode_depth(stored, config.depth_codec, 160, 90, "frame")
+
+        monkeypatch.setattr(history, "TABLE_AHEAD_MIN_SLOTS", 1 << 10)
+        built = []  # whether each column table was built from read-only keys (the maintenance thread's)
+        column_table = history._column_table
+        monkeypatch.setattr(history, "_column_table",
+                            lambda keys, bits: (built.append(not keys.flags.writeable), column_table(keys, bits))[1])
+        index = history.VoxelSetIndex(tail_runs=4)
+        for f in range(40):  # voxels seen every other frame (runs close, then merge) and new ones (the table fills)
+            seen = np.arange(64) if f % 2 == 0 else np.arange(64, 128)
+            index.add(np.concatenate([seen, np.arange(1000 + 16 * f, 1016 + 16 * f)]).astype(np.int64))
+        if index._table_job is not None:
+            index._table_job[0].result()
+        assert True in built, "no column table was prepared on the maintenance thread"
+        assert len(index._sealed_starts), "no closed runs were merged"
+        assert new_overloads == []
+    finally:
+        world.close()

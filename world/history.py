@@ -606,6 +606,23 @@ def load_save_kernels() -> None:
     kernel.compile((numba.typeof(cols), numba.int64))  # else a view of the column buffer (read-only)
 
 
+def load_history_kernels() -> None:
+    """Load the history's kernels that a played world reaches only after its start, by running them on a few
+    values: the depth codec's float16 round trip (the history encoder's thread, on a served world's first frames),
+    ``seal``'s merge of closed runs into the by-column index (``merge_runs``) and a column table rebuilt from
+    read-only keys (``_column_table``, as the maintenance thread builds a larger table). A server calls it once at
+    start (``server.host.load_play_kernels``): else a 640x360 session loaded the codec in its first frames and the
+    index kernels ~8 s into play, one on the world's thread (6 ms) and one on the maintenance thread, each under
+    numba's process-wide lock (docs/BENCHMARKS.md, session 24)."""
+    config = HistoryConfig()
+    _half_to_float32(_depth_as_stored(np.ones((2, 2), np.float32), config))
+    index = VoxelSetIndex()
+    for f in range(3):  # each key seen by two consecutive frames: runs that close, then merge
+        index.add(np.arange(f, f + 8, dtype=np.int64))
+    index.seal()
+    _column_table(index._col_keys.view, _table_bits(index._col_keys.size))  # as ``_prepare_table`` submits it
+
+
 def reference_first_use_renumber(cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     """``first_use_renumber`` by a stable sort (``to_arrays``' former code), for tests."""
     used, first, _ = unique_first(cols)
