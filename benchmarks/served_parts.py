@@ -8,8 +8,10 @@ this sees what the served process adds (encoding, the event loop, other worlds, 
 what a player's p95 is made of (docs/BENCHMARKS.md, session 23, lead).
 
 Output: play.py's figures for the run, and per session count: the clips' wall / CPU p50 / p95 / p99, each part's
-p50 / p99 / max and the clips over 10 ms, and the slowest clips with their parts of 3 ms or more. The timers cost
-~1 % of a clip (a few dozen wrapped calls). Not combinable with ``SPATIA_AB_ROOT`` (one ``sitecustomize`` is
+p50 / p99 / max and the clips over 10 ms, the slowest clips with their parts of 3 ms or more, and ``during_play``:
+from the first clip on, the server's full garbage collections (every thread waits for one: count, longest, total
+ms) and the numba kernels loaded on a first call (those on a world's thread by name, the others' total ms). The
+timers cost ~1 % of a clip (a few dozen wrapped calls). Not combinable with ``SPATIA_AB_ROOT`` (one ``sitecustomize`` is
 imported): it times the installed tree.
 
     python benchmarks/served_parts.py [--sessions 1] [--seconds 20] [--slowest 12]
@@ -66,6 +68,37 @@ if "serve" in sys.argv and os.environ.get("SPATIA_PARTS_OUT"):
 
         engine.Engine.generate_clip = timed_clip
 
+        # what pauses a clip from outside its own work: full garbage collections (every thread waits) and numba
+        # kernels loaded (or compiled) on a first call with a new signature, on any thread
+        import gc
+        from numba.core import dispatcher
+
+        started = {}
+
+        def on_gc(phase, info):
+            if info["generation"] != 2:
+                return
+            if phase == "start":
+                started[threading.get_ident()] = time.perf_counter()
+            elif threading.get_ident() in started:
+                t = started.pop(threading.get_ident())
+                out.write(json.dumps({"kind": "gc", "t": t, "ms": (time.perf_counter() - t) * 1e3,
+                                      "thread": threading.current_thread().name}) + "\\n")
+
+        gc.callbacks.append(on_gc)
+        compile_for_args = dispatcher._DispatcherBase._compile_for_args
+
+        def loading(self, *a, **k):
+            t = time.perf_counter()
+            try:
+                return compile_for_args(self, *a, **k)
+            finally:
+                out.write(json.dumps({"kind": "load", "t": t, "ms": (time.perf_counter() - t) * 1e3,
+                                      "thread": threading.current_thread().name,
+                                      "kernel": f"{self.py_func.__module__}.{self.py_func.__qualname__}"}) + "\\n")
+
+        dispatcher._DispatcherBase._compile_for_args = loading
+
     class _Hook(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
             if name != "spatia.server.host":
@@ -91,8 +124,9 @@ def _pct(values, q):
 
 
 def summarise(rows: list[dict], slowest: int) -> dict:
-    """The world threads' clips (a warm-up walk on the server's kernel-load thread is left out)."""
-    clips = [r for r in rows if r["thread"].startswith("world-")]
+    """The world threads' clips (a warm-up walk on the server's kernel-load thread is left out), and what paused
+    the process from the first such clip on: full collections and kernel loads (``during_play``)."""
+    clips = [r for r in rows if r.get("kind", "clip") == "clip" and r["thread"].startswith("world-")]
     names = sorted({n for r in clips for n in r["parts"]})
     parts = {}
     for n in names:
@@ -101,12 +135,25 @@ def summarise(rows: list[dict], slowest: int) -> dict:
                     "clips_over_10ms": sum(x >= 10 for x in v)}
     worst = sorted(clips, key=lambda r: -r["wall"])[:slowest]
     t0 = min((r["t"] for r in clips), default=0.0)
+    collections_ = [r for r in rows if r.get("kind") == "gc" and r["t"] >= t0]
+    loads = [r for r in rows if r.get("kind") == "load" and r["t"] >= t0]
+    during_play = {
+        "full_collections": len(collections_),
+        "full_collection_max_ms": round(max((r["ms"] for r in collections_), default=0.0), 1),
+        "full_collection_ms": round(sum(r["ms"] for r in collections_), 1),
+        "kernel_loads": len(loads),
+        "kernel_loads_on_world_threads": [{"kernel": r["kernel"], "at_s": round(r["t"] - t0, 2),
+                                           "ms": round(r["ms"], 1)} for r in loads
+                                          if r["thread"].startswith("world-")],
+        "kernel_load_ms_elsewhere": round(sum(r["ms"] for r in loads if not r["thread"].startswith("world-")), 1),
+    }
     return {
         "clips": len(clips),
         "wall_ms": {q: _pct([r["wall"] for r in clips], int(q[1:])) for q in ("p50", "p95", "p99")},
         "cpu_ms": {q: _pct([r["cpu"] for r in clips], int(q[1:])) for q in ("p50", "p95", "p99")},
         "mean_wall_ms": round(statistics.mean(r["wall"] for r in clips), 2) if clips else float("nan"),
         "parts": parts,
+        "during_play": during_play,
         "slowest": [{"world": r["thread"], "clip": r["clip"], "at_s": round(r["t"] - t0, 2),
                      "wall": round(r["wall"], 1),
                      "cpu": round(r["cpu"], 1), "generate": round(r["generate"], 1), "update": round(r["update"], 1),

@@ -148,20 +148,23 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),
                                 frame_index=clips, provenance=INVENTED_FINAL)
         removed = memory.remove_invented_near(ahead[None], radius_m=0.3)
-        # a first save, as a served world's autosave makes it (the copy here, the write on its saver): the log's
-        # block kernels for each memory array's type; else they loaded inside a session's first autosave, ~45 ms
-        # on the world's thread (docs/BENCHMARKS.md, session 24)
-        with tempfile.TemporaryDirectory(prefix="spatia-warm-") as tmp:
-            log = WorldLog(tmp)
-            try:
-                log.write(log.prepare_save(world))
-            finally:
-                log.close()
         # the layout fill's own kernels: this world's few frames show the coarse fill and never reach them
         from spatia.model.fill.warmup import compile_fill_kernels
 
         texels = compile_fill_kernels()
         load_play_kernels()
+        # a first save, as a served world's autosave makes it (the copy here, the write on its saver): the log's
+        # block kernels for each memory array's type; else they loaded inside a session's first autosave, ~45 ms
+        # on the world's thread (docs/BENCHMARKS.md, session 24)
+        try:
+            with tempfile.TemporaryDirectory(prefix="spatia-warm-") as tmp:
+                wlog = WorldLog(tmp)
+                try:
+                    wlog.write(wlog.prepare_save(world))
+                finally:
+                    wlog.close()
+        except OSError as exc:  # no room in the temporary directory: the first autosave loads them instead
+            log.warning("kernel warm-up could not save its world", error=type(exc).__name__)
         return {"clips": clips, "points_resorted": points, "points_removed": int(removed), "fill_texels": texels}
     finally:
         world.close()
@@ -192,8 +195,12 @@ def load_play_kernels() -> None:
             warp._warp_serial.compile(cams)
     warp.claim_warped.compile((rgb, mask, rgb, depth, mask))
     # a keyframe's seen-through carve (``SpatialMemory.remove_invented_seen_through``): first reached ~7 s into a
-    # 640x360 session, where its load took 4-88 ms on the world's thread
-    seen_through(np.zeros((1, 3)), np.eye(4), Intrinsics(1.0, 1.0, 0.5, 0.5, 1, 1), np.ones((1, 1), np.float32), 0.1)
+    # 640x360 session, where its load took 4-88 ms on the world's thread; an outdoor world's first clip passes a
+    # read-only view depth
+    read_only = np.ones((1, 1), np.float32)
+    read_only.setflags(write=False)
+    for view_depth in (np.ones((1, 1), np.float32), read_only):
+        seen_through(np.zeros((1, 3)), np.eye(4), Intrinsics(1.0, 1.0, 0.5, 0.5, 1, 1), view_depth, 0.1)
     load_history_kernels()
     load_maintenance_kernels()
 

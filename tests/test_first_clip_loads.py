@@ -254,3 +254,32 @@ def test_what_play_reaches_later_loads_no_kernel_after_warm_kernels(new_overload
         assert new_overloads == []
     finally:
         world.close()
+
+
+def test_an_outdoor_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overloads):
+    """The courtyard's first clips reach what the room's do not: the layout fill's world points of its free-space
+    test and the seen-through carve with a read-only view depth (each loaded on the world's thread, 4-8 ms, in
+    four-session served play before warm_kernels covered them)."""
+    from spatia.model import make_generator
+    from spatia.server.host import warm_kernels
+    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.state import World
+
+    warm_kernels(make_generator("geometric"))
+    generator = make_generator("geometric", fill="layout")
+    world = World.from_scene("courtyard", 2, 160, 90)
+    try:
+        engine = Engine(world, generator, EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=4))
+        generator.wait_prepared(world.memory, 60.0)
+        del new_overloads[:]
+        walk = ActionIntegrator(world.current_c2w, ControlConfig(fps=10))
+        for clip in range(6):
+            poses = []
+            for _ in range(4 if clip == 0 else 1):
+                walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 10))
+                poses.append(walk.c2w.copy())
+            collections.deque(engine.generate_clip(np.asarray(poses)), maxlen=0)
+        assert new_overloads == []
+    finally:
+        world.close()
