@@ -662,6 +662,69 @@ def test_a_revisiting_path_keeps_the_index_bounded_and_counts_exact(monkeypatch)
     np.testing.assert_array_equal(back.indexed(), store.indexed())
 
 
+def test_a_rebuild_on_the_maintenance_thread_reads_as_the_rebuild_in_place(monkeypatch):
+    """The index rebuilt without dropped frames on the maintenance thread (``FrameStore._start_rebuild``), adopted
+    some keyframes later, against the rebuild in place (the former way): after every frame the same candidates, the
+    same intersection counts and set sizes on them, the same cells and the same saved arrays. The job is held back
+    until released, so frames are added and dropped while it runs."""
+    import threading
+
+    from spatia.world import history
+
+    monkeypatch.setattr(history, "REBUILD_MIN_VOXELS", 0)
+    gate = threading.Event()
+    real = history.VoxelSetIndex.rebuilt_from
+    monkeypatch.setattr(history.VoxelSetIndex, "rebuilt_from",
+                        classmethod(lambda cls, *a: (gate.wait(30), real(*a))[1]))
+    config = HistoryConfig(image_codec="png", voxel_set_levels=0, compact_angle_deg=20, compact_rebuild_dead_ratio=0.1)
+    behind, in_place = FrameStore(config), FrameStore(config)
+
+    def rebuild_in_place() -> None:
+        in_place.voxels = in_place.voxels.rebuilt(in_place._indexed.view)
+        in_place._dropped_voxels = 0
+
+    in_place._start_rebuild = rebuild_in_place
+    late = []  # per adoption: frames added while the job ran
+    adopt = behind._adopt_rebuild
+
+    def adopting(wait: bool) -> None:
+        job, n, _ = behind._rebuild_job
+        adopt(wait)
+        if behind._rebuild_job is None:
+            late.append(len(behind.voxels) - n)
+
+    behind._adopt_rebuild = adopting
+    dropped_meanwhile = 0
+    query = [np.unique(_loop_keys(0.3)), np.unique(_loop_keys(0.71))]
+    for i in range(200):
+        t = (i % 40) / 40  # five laps of one loop: each lap's views drop the last lap's
+        pending = behind._rebuild_job
+        indexed_before = behind.indexed().sum()
+        for store in (behind, in_place):
+            store.add(_image(0), _loop_pose(t), K, _loop_keys(t))
+        dropped_meanwhile += pending is not None and behind._rebuild_job is pending and (
+            behind.indexed().sum() <= indexed_before)
+        if i % 7 == 6 and behind._rebuild_job is not None:  # let the job run; the next keyframe adopts it
+            gate.set()
+            behind._rebuild_job[0].result()
+            gate.clear()
+        indexed = np.flatnonzero(behind.indexed())
+        np.testing.assert_array_equal(behind.indexed(), in_place.indexed())
+        np.testing.assert_array_equal(behind.voxels.sizes()[indexed], in_place.voxels.sizes()[indexed])
+        np.testing.assert_array_equal(behind.voxels.intersection_counts(query)[:, indexed],
+                                      in_place.voxels.intersection_counts(query)[:, indexed])
+        assert behind._cells == in_place._cells
+        live = behind.voxels.nnz - behind._dropped_voxels
+        assert live == in_place.voxels.nnz - in_place._dropped_voxels
+        a, b = (s.voxels.to_arrays(s.indexed()) for s in (behind, in_place))
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    gate.set()
+    assert sum(n > 1 for n in late) >= 3 and dropped_meanwhile >= 1, (late, dropped_meanwhile)
+    behind.close()
+    in_place.close()
+
+
 def test_compaction_keeps_views_that_differ():
     """Views of one pose cell that see different things (IoU below the threshold) all stay, up to the cap; then
     the cap drops the view most like another one of the cell (the oldest of equals), or the oldest by the old rule."""

@@ -1009,27 +1009,20 @@ class VoxelSetIndex:
         """Frames ``[start, stop)`` as plain arrays (copies); frames with ``keep[f]`` False (``[F]`` bool, global
         frame ids) get empty sets. The column table holds only the columns these sets use, in first-use order, so
         ``from_arrays`` (and concatenating ranges with ``concat_arrays``) rebuilds the same index."""
-        stop = len(self) if stop is None else stop
-        off = self._offsets.view
-        cols = self._cols.view[off[start] : off[stop]]
-        sizes = np.diff(off[start : stop + 1])
-        if keep is not None and not np.all(keep[start:stop]):
-            mask = np.repeat(np.asarray(keep[start:stop], dtype=bool), sizes)
-            cols = cols[mask]
-            sizes = np.where(keep[start:stop], sizes, 0)
-        offsets = np.zeros(stop - start + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        if start == 0 and stop == len(self) and cols.shape[0] == self._cols.size:
-            # every column was created by some frame's set, in first-use order: the table as it is
-            return {"voxel_col_keys": self._col_keys.view.copy(), "voxel_cols": cols.copy(), "voxel_offsets": offsets}
-        # renumber the columns these frames use in first-use order: one pass (a save's range of ~10^6 columns
-        # took ~100 ms through a stable argsort, on the world's thread between two clips)
-        used, renumbered = _renumber_kernel()(np.ascontiguousarray(cols, dtype=np.int32), self._col_keys.size)
-        return {
-            "voxel_col_keys": self._col_keys.view[used],  # [U] int64: column -> voxel key (a gather: a copy)
-            "voxel_cols": renumbered,  # [nnz] int32: every frame's columns
-            "voxel_offsets": offsets,  # [F + 1] int64: frame f is cols[off[f]:off[f+1]]
-        }
+        return _frames_as_arrays(self.frames_view(), keep, start, len(self) if stop is None else stop)
+
+    def frames_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(cols, offsets, col_keys)``: read-only views of the forward lists and the column keys as they are now.
+        All three are append-only, so the frames there now read the same from any thread while ``add`` goes on (a
+        growth copies into a new buffer and leaves these as they are)."""
+        return self._cols.view, self._offsets.view, self._col_keys.view
+
+    @classmethod
+    def rebuilt_from(cls, view: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray, n_frames: int,
+                     tail_runs: int) -> "VoxelSetIndex":
+        """``rebuilt(keep)`` of the first ``n_frames`` frames of ``frames_view()``'s index: for a thread other than
+        the index's owner (``FrameStore``'s background rebuild)."""
+        return cls.from_arrays(_frames_as_arrays(view, keep, 0, n_frames), tail_runs)
 
     @staticmethod
     def concat_arrays(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -1069,6 +1062,31 @@ class VoxelSetIndex:
         index._append_all(cols, offsets)
         index.seal()
         return index
+
+
+def _frames_as_arrays(view: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray | None, start: int,
+                      stop: int) -> dict[str, np.ndarray]:
+    """``VoxelSetIndex.to_arrays`` over ``view`` = ``(cols, offsets, col_keys)`` (``frames_view``)."""
+    all_cols, off, col_keys = view
+    cols = all_cols[off[start] : off[stop]]
+    sizes = np.diff(off[start : stop + 1])
+    if keep is not None and not np.all(keep[start:stop]):
+        mask = np.repeat(np.asarray(keep[start:stop], dtype=bool), sizes)
+        cols = cols[mask]
+        sizes = np.where(keep[start:stop], sizes, 0)
+    offsets = np.zeros(stop - start + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    if start == 0 and stop == off.shape[0] - 1 and cols.shape[0] == all_cols.shape[0]:
+        # every column was created by some frame's set, in first-use order: the table as it is
+        return {"voxel_col_keys": col_keys.copy(), "voxel_cols": cols.copy(), "voxel_offsets": offsets}
+    # renumber the columns these frames use in first-use order: one pass (a save's range of ~10^6 columns
+    # took ~100 ms through a stable argsort, on the world's thread between two clips)
+    used, renumbered = _renumber_kernel()(np.ascontiguousarray(cols, dtype=np.int32), col_keys.shape[0])
+    return {
+        "voxel_col_keys": col_keys[used],  # [U] int64: column -> voxel key (a gather: a copy)
+        "voxel_cols": renumbered,  # [nnz] int32: every frame's columns
+        "voxel_offsets": offsets,  # [F + 1] int64: frame f is cols[off[f]:off[f+1]]
+    }
 
 
 def _table_bits(n: int) -> int:
@@ -1271,6 +1289,9 @@ class FrameStore:
         self._indexed = _Growing((), np.bool_)
         self._cells: dict[tuple[int, ...], list[int]] = {}
         self._dropped_voxels = 0  # voxels of dropped frames still in the index (until the next rebuild)
+        # the index rebuilt without the dropped frames on the maintenance thread: (job, frames it holds, the dropped
+        # voxels it leaves out), adopted by a later keyframe once done
+        self._rebuild_job: tuple[Future, int, int] | None = None
         self._mark = np.zeros(0, dtype=np.bool_)  # scratch: per-column mark of a new keyframe's set
         self._query_table = np.full(16, -1, dtype=np.int64)  # scratch: ``query_voxel_set``'s hash set, all -1
 
@@ -1379,10 +1400,37 @@ class FrameStore:
         views.append(f)
         while len(views) > self.config.compact_max_views:
             self._drop(views.pop(self._evicted(views) if self.config.compact_evict == "redundant" else 0))
+        if self._rebuild_job is not None:
+            self._adopt_rebuild(wait=False)
         live = self.voxels.nnz - self._dropped_voxels
-        if self._dropped_voxels > max(self.config.compact_rebuild_dead_ratio * live, REBUILD_MIN_VOXELS):
-            self.voxels = self.voxels.rebuilt(self._indexed.view)
-            self._dropped_voxels = 0
+        if self._rebuild_job is None and self._dropped_voxels > max(
+                self.config.compact_rebuild_dead_ratio * live, REBUILD_MIN_VOXELS):
+            self._start_rebuild()
+
+    def _start_rebuild(self) -> None:
+        """Rebuild the index without the frames dropped so far, on the maintenance thread: it reads the frames there
+        now (append-only lists: ``VoxelSetIndex.frames_view``) while ``add`` goes on. On the world's thread the
+        rebuild paused a keyframe's update ~25 ms 20 s into a 640x360 session, and longer as the index grows
+        (docs/BENCHMARKS.md, session 24). Nothing reads a dropped frame's set meanwhile: retrieval takes only
+        indexed frames, and a cell holds only those."""
+        n = len(self.voxels)
+        keep = self._indexed.view[:n].copy()
+        job = background("history-maintenance").submit(
+            VoxelSetIndex.rebuilt_from, self.voxels.frames_view(), keep, n, self.voxels.tail_runs)
+        self._rebuild_job = (job, n, self._dropped_voxels)
+
+    def _adopt_rebuild(self, wait: bool) -> None:
+        """Take the rebuilt index if it is done (or once done with ``wait``): the frames added since it started are
+        added to it in order, and the frames dropped since stay counted as dropped (their sets are still in it)."""
+        job, n, left_out = self._rebuild_job
+        if not (wait or job.done()):
+            return
+        self._rebuild_job = None
+        voxels = job.result()
+        for f in range(n, len(self.voxels)):
+            voxels.add(self.voxels.keys(f))
+        self.voxels = voxels
+        self._dropped_voxels -= left_out
 
     def _evicted(self, views: list[int]) -> int:
         """Position in ``views`` (a full cell, oldest first, the new keyframe last) of the view to drop: the one
@@ -1625,6 +1673,9 @@ class FrameStore:
                 pass
         self._pending.clear()
         self._encode_args.clear()
+        if self._rebuild_job is not None:  # (it reads only this store's arrays: let it end, then drop it)
+            self._rebuild_job[0].exception()
+            self._rebuild_job = None
         if self._file is not None:
             self._file.close()
         self._cache.clear()
