@@ -34,6 +34,21 @@ def new_overloads(monkeypatch):
     return added
 
 
+def played_clips(engine, fps: float, clips: int):
+    """A served session's clips: a first clip of 4 frames, then one-frame clips, walking forward while turning
+    (play.py's walk) at ``fps``; yields after each clip."""
+    from spatia.world.actions import Action, ActionIntegrator, ControlConfig
+
+    walk = ActionIntegrator(engine.world.current_c2w, ControlConfig(fps=fps))
+    for clip in range(clips):
+        poses = []
+        for _ in range(4 if clip == 0 else 1):
+            walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / fps))
+            poses.append(walk.c2w.copy())
+        collections.deque(engine.generate_clip(np.asarray(poses)), maxlen=0)
+        yield clip
+
+
 def test_a_served_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overloads):
     """As a server plays a new world: the server's play settings, a first clip of 4 frames then one-frame clips
     along play.py's walk, 640x360 (the memory grows and re-sorts in the background within these clips). Without
@@ -42,7 +57,7 @@ def test_a_served_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overl
     from spatia.model import make_generator
     from spatia.server.config import ServerConfig
     from spatia.server.host import warm_kernels
-    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.actions import ClipConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.memory import SpatialMemory
     from spatia.world.state import World
@@ -59,13 +74,7 @@ def test_a_served_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overl
         generator.wait_prepared(world.memory, 60.0)  # CreateWorld answers after the fit (server/service.py)
         del new_overloads[:]  # what world creation loads is not a frame's
         grew = resorted = False
-        walk = ActionIntegrator(world.current_c2w, ControlConfig(fps=30))
-        for clip in range(16):
-            poses = []
-            for _ in range(4 if clip == 0 else 1):
-                walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 30))
-                poses.append(walk.c2w.copy())
-            collections.deque(engine.generate_clip(np.asarray(poses)), maxlen=0)
+        for _ in played_clips(engine, 30.0, 16):
             memory: SpatialMemory = world.memory
             grew |= memory._growth is not None
             resorted |= memory._ordering is not None
@@ -262,7 +271,7 @@ def test_an_outdoor_worlds_first_clips_load_no_kernel_after_warm_kernels(new_ove
     four-session served play before warm_kernels covered them)."""
     from spatia.model import make_generator
     from spatia.server.host import warm_kernels
-    from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
+    from spatia.world.actions import ClipConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.state import World
 
@@ -273,13 +282,7 @@ def test_an_outdoor_worlds_first_clips_load_no_kernel_after_warm_kernels(new_ove
         engine = Engine(world, generator, EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=4))
         generator.wait_prepared(world.memory, 60.0)
         del new_overloads[:]
-        walk = ActionIntegrator(world.current_c2w, ControlConfig(fps=10))
-        for clip in range(6):
-            poses = []
-            for _ in range(4 if clip == 0 else 1):
-                walk.step(Action(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 10))
-                poses.append(walk.c2w.copy())
-            collections.deque(engine.generate_clip(np.asarray(poses)), maxlen=0)
+        collections.deque(played_clips(engine, 10.0, 6), maxlen=0)
         assert new_overloads == []
     finally:
         world.close()
