@@ -124,10 +124,11 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
     throwaway scene world of ``width`` x ``height`` walks ``clips`` one-frame clips through ``generator`` (render,
     retrieval, warps, the fill, the memory update, the history index), then its memory is re-sorted and its
     invented points removed (a compaction), and it is saved once into a temporary log. A played world's first
-    re-sort comes ~100 lock-step steps into a session at 128x96, and compiling its kernels there (sort_keys, merge_order, permute_rows(3) for five dtypes,
-    hash_remap) stalled that step 19.8 s with a cold cache (after an edit of a kernel file, a fresh clone) and
-    ~75 ms with a warm one: the remote Gymnasium env's 300-step benchmark fell to 11-18 steps/s
-    (docs/BENCHMARKS.md, lock-step section). Returns what ran: clips, points re-sorted and points removed."""
+    re-sort comes ~100 lock-step steps into a session at 128x96, and compiling its kernels there (sort_keys,
+    merge_order, permute_rows(3) for five dtypes, hash_remap) stalled that step 19.8 s with a cold cache (after an
+    edit of a kernel file, a fresh clone) and ~75 ms with a warm one: the remote Gymnasium env's 300-step
+    benchmark fell to 11-18 steps/s (docs/BENCHMARKS.md, lock-step section). Returns what ran: clips, points
+    re-sorted and points removed."""
     from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
 
     world = World.from_scene("room", 0, width, height)
@@ -177,7 +178,8 @@ def load_play_kernels() -> None:
     of its frames; the walk's fast turns never pass that close), and the memory's maintenance jobs and dead-row
     paths (a 640x360 world grows and re-sorts in the background within its first dozen clips; the walk's tiny
     world never does), a keyframe's seen-through carve, the history's depth codec and its index's merge and table
-    rebuild (reached some hundreds of frames in). Both warp variants: a world's thread runs numba on one thread or on several."""
+    rebuild (reached some hundreds of frames in). Both warp variants: a world's thread runs numba on one thread or
+    on several."""
     from spatia.world import warp
     from spatia.world.camera import Intrinsics
     from spatia.world.free_space import seen_through

@@ -687,11 +687,9 @@ def test_a_rebuild_on_the_maintenance_thread_reads_as_the_rebuild_in_place(monke
     late = []  # per adoption: frames added while the job ran
     adopt = behind._adopt_rebuild
 
-    def adopting(wait: bool) -> None:
-        job, n, _ = behind._rebuild_job
-        adopt(wait)
-        if behind._rebuild_job is None:
-            late.append(len(behind.voxels) - n)
+    def adopting() -> None:
+        late.append(len(behind.voxels) - behind._rebuild_job[1])
+        adopt()
 
     behind._adopt_rebuild = adopting
     dropped_meanwhile = 0

@@ -1400,8 +1400,8 @@ class FrameStore:
         views.append(f)
         while len(views) > self.config.compact_max_views:
             self._drop(views.pop(self._evicted(views) if self.config.compact_evict == "redundant" else 0))
-        if self._rebuild_job is not None:
-            self._adopt_rebuild(wait=False)
+        if self._rebuild_job is not None and self._rebuild_job[0].done():
+            self._adopt_rebuild()
         live = self.voxels.nnz - self._dropped_voxels
         if self._rebuild_job is None and self._dropped_voxels > max(
                 self.config.compact_rebuild_dead_ratio * live, REBUILD_MIN_VOXELS):
@@ -1419,12 +1419,10 @@ class FrameStore:
             VoxelSetIndex.rebuilt_from, self.voxels.frames_view(), keep, n, self.voxels.tail_runs)
         self._rebuild_job = (job, n, self._dropped_voxels)
 
-    def _adopt_rebuild(self, wait: bool) -> None:
-        """Take the rebuilt index if it is done (or once done with ``wait``): the frames added since it started are
-        added to it in order, and the frames dropped since stay counted as dropped (their sets are still in it)."""
+    def _adopt_rebuild(self) -> None:
+        """Take the rebuilt index (once its job is done): the frames added since it started are added to it in
+        order, and the frames dropped since stay counted as dropped (their sets are still in it)."""
         job, n, left_out = self._rebuild_job
-        if not (wait or job.done()):
-            return
         self._rebuild_job = None
         voxels = job.result()
         for f in range(n, len(self.voxels)):

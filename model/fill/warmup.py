@@ -43,7 +43,7 @@ def compile_fill_kernels() -> int:
         np.float32(1.6),
     )  # fmt: skip
     layout_kernels.axis_votes(np.eye(3), np.eye(3), 0.9)  # the layout fit's up vote
-    freespace.world_points(np.ones((2, 3), np.float32), np.ones(2, np.float32), np.eye(4))  # an outdoor world's 1st clip
+    freespace.world_points(np.ones((2, 3), np.float32), np.ones(2, np.float32), np.eye(4))  # an outdoor 1st clip
     see_through.see_through_pixels(np.ones((4, 4), np.float32), np.ones((4, 4), bool), 1)  # gaps in near surfaces
     f32, vec = np.float32, np.array([0.0, 1.0, 0.0], np.float32)
     opening_kernels.mark_opening(
