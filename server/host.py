@@ -180,7 +180,7 @@ def load_play_kernels() -> None:
     world never does), a keyframe's seen-through carve, the history's depth codec and its index's merge and table
     rebuild (reached some hundreds of frames in). Both warp variants: a world's thread runs numba on one thread or
     on several."""
-    from spatia.world import warp
+    from spatia.world import _memory_kernels as K, warp
     from spatia.world.camera import Intrinsics
     from spatia.world.free_space import seen_through
     from spatia.world.history import load_history_kernels
@@ -203,6 +203,7 @@ def load_play_kernels() -> None:
     read_only.setflags(write=False)
     for view_depth in (np.ones((1, 1), np.float32), read_only):
         seen_through(np.zeros((1, 3)), np.eye(4), Intrinsics(1.0, 1.0, 0.5, 0.5, 1, 1), view_depth, 0.1)
+    K.mark_ids.compile((t(np.zeros(1, np.int64)), numba.int64))  # the carve's distinct point ids
     load_history_kernels()
     load_maintenance_kernels()
 

@@ -18,9 +18,15 @@ from spatia.world.state import World
 ROOM_SEED = 1826701614  # the room SpatiaWorldEnv.reset(seed=0) makes (docs/RESULTS.md, "Walking through a wall")
 
 
-def test_remove_invented_seen_through_matches_the_reference():
+@pytest.mark.parametrize("distinct_by", ["bitmap", "sort"])
+def test_remove_invented_seen_through_matches_the_reference(distinct_by, monkeypatch):
     """Only invented-final points in front of the view's depth (rel + 5 cm) at their own pixel go; observed and
-    provisional ones stay, points behind or where the depth is unknown stay."""
+    provisional ones stay, points behind or where the depth is unknown stay. The ids come as a render's pixels
+    give them (each repeated, unordered, -1 where nothing was drawn), made distinct either way
+    (``UNIQUE_BY_BITMAP_FROM``: a bitmap of the points for many ids, a sort for a few)."""
+    from spatia.world import memory as memory_module
+
+    monkeypatch.setattr(memory_module, "UNIQUE_BY_BITMAP_FROM", 0.0 if distinct_by == "bitmap" else math.inf)
     rng = np.random.default_rng(0)
     K = Intrinsics.from_fov(75.0, 48, 32)
     view = look_at(np.zeros(3), np.array([0.0, 0.0, 1.0]))
@@ -32,7 +38,8 @@ def test_remove_invented_seen_through_matches_the_reference():
     depth[:, :10] = 0.0  # unknown: nothing is taken away there
     pos, prov = mem.positions.astype(np.float64), mem.provenance.copy()
     keys = mem.voxel_keys.copy()
-    ids = np.arange(mem.num_points)
+    ids = np.concatenate([np.repeat(np.arange(mem.num_points), 3), [-1, -1]]).astype(np.int32)
+    rng.shuffle(ids)
     front = seen_through_reference(pos, view, K, np.where(depth > 0, depth, 1e-30).astype(np.float32), 0.03)
     want = front & (prov == INVENTED_FINAL)
     assert 10 < want.sum() < (prov == INVENTED_FINAL).sum()
