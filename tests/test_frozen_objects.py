@@ -16,8 +16,8 @@ from spatia.server.host import freeze_startup_objects
 from spatia.world.resources import release_freed_memory
 
 
-class Node:  # a world's objects that hold each other (threads, callbacks) and a large buffer
-    pass
+class Node:
+    """A world's objects that hold each other (threads, callbacks) and a large buffer."""
 
 
 def world_in_a_cycle():
