@@ -349,8 +349,12 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=240, help="--omp-compare: one-frame clips per process")
     p.add_argument("--engine-clips", action="store_true", help=argparse.SUPPRESS)  # --omp-compare's child
     p.add_argument("--collision", action="store_true", help="the served camera collides with walls (world/collision.py); off by default: this walk meets walls, where a camera held against one reveals nothing new and flatters the figures, and earlier runs walked without it")
+    p.add_argument("--commit-beside", choices=("on", "off"), default="on",
+                   help="the server's play-commit-beside: each clip's memory update beside the next clip (on, the "
+                        "default) or before it (off)")
     args = p.parse_args()
     os.environ["SPATIA_PLAY_COLLISION"] = "1" if args.collision else "0"  # spatia serve --play-collision
+    os.environ["SPATIA_PLAY_COMMIT_BESIDE"] = args.commit_beside  # spatia serve --play-commit-beside
     if args.engine_clips:
         print(__import__("json").dumps(_engine_clip_ms(args)))
         return
@@ -398,6 +402,7 @@ def main() -> None:
     emit({
         "name": "play",
         "save_interval_s": args.save_interval_s if args.save_interval_s is not None else "server default",
+        "commit_beside": args.commit_beside,
         "sizes": {"width": args.width, "height": args.height, "encoding": "jpeg q85", "clip": list(args.clip),
                   "max_pending": args.max_pending, "seconds": args.seconds, "tick_hz": rates,
                   "fps": "= tick_hz" if args.fps is None else args.fps, "generator": "geometric", **fill_out},

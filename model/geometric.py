@@ -921,8 +921,10 @@ class GeometricGenerator:
         mem = request.memory
         if mem is None or not hasattr(mem, "observed_points"):
             return None
-        return self._states.prepare(mem, *self._fill_inputs(mem, request.observed_views, request.world_up,
-                                                           request.layout_prior))
+        # keyed by the world's memory (a frozen view of it while its update runs beside the clips: ``origin``),
+        # read from what the frames read
+        return self._states.prepare(mem.origin, *self._fill_inputs(mem, request.observed_views, request.world_up,
+                                                                  request.layout_prior))
 
     def _layout_fill(
         self,

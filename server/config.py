@@ -63,6 +63,11 @@ class ServerConfig:
     # (``EngineConfig.reuse_references_clips``): at four sessions' ~10 fps each clip moves past the distance above,
     # and retrieving every other clip kept every frame a fresh retrieval chose. 0: by distance only.
     play_reuse_references_clips: int = 1
+    # Play (interactive, not lock-step): a clip's memory update runs beside the next clip, which reads the memory
+    # as it was before that update (``EngineConfig.commit_beside_next_clip``), where the generator allows it (reads
+    # no preceding frames, gives exact poses: the geometric one); False: each update before the next clip begins.
+    # ``spatia serve --play-commit-beside off`` (or ``SPATIA_PLAY_COMMIT_BESIDE=off``)
+    play_commit_beside_next_clip: bool = True
     metrics_port: int | None = None  # Prometheus /metrics on host:metrics_port (0 = ephemeral); None: off
     shutdown_grace_s: float = 5.0  # running RPCs get this long to end at shutdown
     keepalive_time_s: float = 60.0  # server pings idle connections this often (keepalive guide: >= 1 min)

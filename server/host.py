@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,6 +405,9 @@ class WorldHost:
         self._save_scheduled = False
         self.last_save_bytes = 0  # appended to the log by the latest save (what changed)
         self._kernels_awaited = False  # whether the worker has waited for the server's kernel load (open_engine)
+        # the engines opened over this world: one may have a clip's memory update in flight
+        # (``EngineConfig.commit_beside_next_clip``), which whatever reads or changes the world settles first
+        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
     @property
     def world_id(self) -> str:
@@ -436,18 +440,27 @@ class WorldHost:
     # ---- work on the world's thread -----------------------------------------------------------------------
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on this world's worker thread and await it. NOT_FOUND once the world was deleted
-        (a call racing a DeleteWorld never reaches a shut-down executor's RuntimeError)."""
+        """Run ``fn(*args)`` on this world's worker thread and await it, after any memory update in flight
+        (``settle``). NOT_FOUND once the world was deleted (a call racing a DeleteWorld never reaches a shut-down
+        executor's RuntimeError)."""
+        return await self._on_worker(fn, args, settle=True)
+
+    async def _on_worker(self, fn: Callable[..., Any], args: tuple, settle: bool) -> Any:
         if self.deleted or self.closed:
             raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, fn, args, settle)
         except RuntimeError as exc:
             if self.deleted or self.closed:  # "cannot schedule new futures after shutdown"
                 raise NotFoundError(f"world {self.world_id!r} was deleted while the request waited") from None
             raise exc
 
-    def _call(self, fn: Callable[..., Any], args: tuple) -> Any:
+    def settle(self) -> None:
+        """Finish a memory update running beside a session's clips (``Engine.settle``), on the worker thread."""
+        for engine in list(self._engines):
+            engine.settle()
+
+    def _call(self, fn: Callable[..., Any], args: tuple, settle: bool = True) -> Any:
         # The world core's parallel kernels (render, warp, depth fill) split each call over numba's threads. With
         # one world in play that uses the idle core; with several, each world's worker is already one thread of
         # work, and splitting every kernel again only adds OpenMP hand-offs between oversubscribed threads.
@@ -456,6 +469,8 @@ class WorldHost:
         numba.set_num_threads(1 if self.busy_worlds() > 1 else numba.config.NUMBA_NUM_THREADS)
         if self.deleted:
             raise NotFoundError(f"world {self.world_id!r} was deleted while the request waited")
+        if settle:  # (a clip's own work does not: its engine settles the previous clip's update at its end)
+            self.settle()
         return fn(*args)
 
     # ---- what the service asks ----------------------------------------------------------------------------
@@ -518,6 +533,7 @@ class WorldHost:
         """A fresh engine over this world (engines hold no state the world does not; clip ids continue the
         host's clip counter)."""
         engine = Engine(self.world, generator, config)
+        self._engines.add(engine)
         engine.clips_done = self.clips_generated
         if not self._kernels_awaited:  # queued before the first clip: it waits for the server's kernel load (a
             self._kernels_awaited = True  # world loaded from disk and played at once; CreateWorld waited already)
@@ -532,7 +548,8 @@ class WorldHost:
         update runs and, with ``autosave = (every_clips, interval_s, max_duty)``, the save policy applies.
         ``frame_format`` ((width, height), encoding, quality) is for hosts that encode the frames themselves
         (server/ray_host.py); here the sink encodes them on the worker thread. Returns the engine's ``ClipStats``."""
-        return await self.call(self.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format))
+        return await self._on_worker(self.clip_work(engine, poses, prompt, seed, sink, autosave, frame_format), (),
+                                     settle=False)
 
     def clip_work(self, engine: Engine, poses: np.ndarray, prompt: str | None, seed: int,
                   sink: Callable[[int, Any], None], autosave=None, frame_format=None) -> Callable[[], Any]:
@@ -582,6 +599,7 @@ class WorldHost:
         """On the worker: the log's copy of what changed (its plans carry increasing sequence numbers, so an
         older copy written late is skipped). The world's first save here moves its frames into ``frames.bin``:
         disk work, so a full disk can already fail here (RESOURCE_EXHAUSTED, nothing committed)."""
+        self.settle()  # (an autosave after a clip: the clip's update too)
         try:
             return self.log.prepare_save(self.world)
         except OSError as exc:
@@ -691,6 +709,7 @@ class WorldHost:
         self.deleted = True  # from now on calls answer NOT_FOUND and no save writes
 
         def _remove() -> None:
+            self._settle_before_close()
             self.world.close()  # its frame file; on the worker thread, after every call queued before the delete
             with self.save_lock:
                 self.log.close()
@@ -715,10 +734,18 @@ class WorldHost:
         self.world.close()
         return size
 
+    def _settle_before_close(self) -> None:
+        try:
+            self.settle()
+        except Exception as exc:  # noqa: BLE001 -- the world goes anyway; its update's failure is only logged
+            log.error("memory update failed before the world was closed", world_id=self.world_id,
+                      error=type(exc).__name__)
+
     def close(self) -> None:
         """Stop the threads (after queued work and background saves finish)."""
         self.closed = True
         self.executor.shutdown(wait=True)
+        self._settle_before_close()  # (no clip runs any more)
         self.saver.shutdown(wait=True)
         self.log.close()
 

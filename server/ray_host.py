@@ -431,7 +431,7 @@ class WorldActor:
         if self.host.deleted or self.host.closed:
             raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
         try:
-            work = self.host.executor.submit(self.host._call, work_fn, ())
+            work = self.host.executor.submit(self.host._call, work_fn, (), False)
         except RuntimeError:  # "cannot schedule new futures after shutdown": deleted or unloaded meanwhile
             raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)") from None
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
@@ -489,7 +489,7 @@ class WorldActor:
                                        autosave, frame_format)
             if self.host.deleted or self.host.closed:
                 raise NotFoundError(f"world {self.world_id!r} not found (deleted or unloaded)")
-            self._step_work = self.host.executor.submit(self.host._call, work, ())
+            self._step_work = self.host.executor.submit(self.host._call, work, (), False)
             self._step_work.add_done_callback(lambda _: frames.put(None))  # wakes a reader if the clip fails
             self._step_left = len(poses)
             kind = "next"

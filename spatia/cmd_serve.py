@@ -135,6 +135,9 @@ OPTIONS = (
     Option("save-max-duty", _duty, 0.05, "saves take at most this fraction of a played world's time (1: no limit)"),
     Option("play-collision", _on_off, True, "on (default): the walking camera of Play sessions collides with the "
                                              "world's surfaces; off: it walks through walls"),
+    Option("play-commit-beside", _on_off, True, "on (default): an interactive Play clip's memory update runs beside "
+                                                 "the next clip, which shows the memory one update late; off: each "
+                                                 "update before the next clip"),
     Option("play-clip-slots", _non_negative_int, None, "interactive Play clips that run at once (default: one per "
                                                        "core this process may use; 0: no limit)"),
     Option("max-worlds", _positive_int, 64, "worlds in the data dir"),
@@ -289,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         token=s["token"], tls_cert=s["tls_cert"], tls_key=s["tls_key"], save_every_clips=s["save_every_clips"],
         save_interval_s=s["save_interval_s"], save_max_duty=s["save_max_duty"], metrics_port=s["metrics_port"],
         warm_kernels=True, play_collision=s["play_collision"], play_clip_slots=s["play_clip_slots"],
+        play_commit_beside_next_clip=s["play_commit_beside"],
         limits=Limits(max_worlds=s["max_worlds"], max_sessions=s["max_sessions"],
                       max_image_pixels=s["max_image_pixels"], max_trajectory_frames=s["max_trajectory_frames"],
                       max_message_bytes=s["max_message_mb"] * 1024 * 1024),

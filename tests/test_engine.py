@@ -230,11 +230,11 @@ def test_targets_render_just_before_their_frames_and_nothing_changes(box_room, f
         path = out_and_back_path(world.origin_c2w, 17)[1:]
         engine = Engine(world, cls(GeometricConfig(fill=fill, coarse_frames=coarse)), EngineConfig(clip=CLIPS))
         rendered = []
-        real = engine._target_views
-        engine._target_views = lambda poses, offset=0: (rendered.append(offset), real(poses, offset))[1]
+        real = engine._target_view
+        engine._target_view = lambda memory, c2w, i: (rendered.append(i), real(memory, c2w, i))[1]
         stream = engine.generate(path)
         frames = [next(stream)]
-        at_first = sorted(rendered)
+        at_first = sorted(i - frames[0].frame_index for i in rendered)  # (as offsets in the first clip)
         frames += list(stream)
         m = world.memory
         out.append((at_first, np.stack([f.rgb for f in frames]), np.stack([f.depth_m for f in frames]),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -25,13 +25,15 @@ import numpy as np
 from spatia.world._threads import background
 from spatia.world.actions import ClipConfig, chunk_clips
 from spatia.world.camera import rotation_angle_deg, translation_distance_m, validate_trajectory
+from spatia.world.collision import CollisionConfig, MemoryCollider
 from spatia.world.errors import InvalidInputError
 from spatia.world.free_space import VisitedPositions
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, capabilities_of, clip_result,
 )
 from spatia.world.history import load_save_kernels
-from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult
+from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult, SpatialMemory
+from spatia.world.numba_start import numba
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
 from spatia.world.update import UpdateConfig, load_update_kernels, update_memory
@@ -73,6 +75,13 @@ class EngineConfig:
     reuse_references_clips: int = 0
     # Invented memory points within this of a pose the camera has been at are removed after each clip (0: off).
     free_radius_m: float = 0.5
+    # Real-time play: a clip's memory update runs on a thread of the engine's own while the next clip is made, and
+    # that clip reads the memory and history as they were before the update began (a ``frozen_view``; the clip's
+    # frames join the history when the update is done, at the next clip's end or at ``settle``). So each clip sees
+    # the memory one clip late: a function of the path alone, whatever the threads' timing. A keyframe's update then
+    # no longer delays the next frame (docs/DESIGN.md, "What a Play step does not wait for"). Needs a generator that
+    # reads no preceding frames and gives exact poses, and an update that never repaints a remembered point.
+    commit_beside_next_clip: bool = False
 
     def __post_init__(self) -> None:
         if self.num_references < 0:
@@ -81,6 +90,9 @@ class EngineConfig:
             raise InvalidInputError(f"keyframe_stride must be >= 1, got {self.keyframe_stride}")
         if self.reuse_references_clips < 0:
             raise InvalidInputError(f"reuse_references_clips must be >= 0, got {self.reuse_references_clips}")
+        if self.commit_beside_next_clip and self.update.integrate_observed:
+            raise InvalidInputError("commit_beside_next_clip needs update.integrate_observed off: the next clip reads "
+                                    "the remembered points while the update runs")
         if self.reuse_references_within is not None and (
             len(self.reuse_references_within) != 2 or min(self.reuse_references_within) < 0
         ):
@@ -103,8 +115,10 @@ class ClipStats:
     frames: int
     references: list[int]  # history frame indices retrieved
     generate_s: float
+    # seconds the caller waited for the memory update after the last frame (``commit_beside_next_clip``: finishing
+    # the previous clip's update, which ran beside this clip, and starting this one's)
     update_s: float
-    memory_points: int
+    memory_points: int  # points in the memory the next clip reads
 
 
 @dataclass
@@ -127,8 +141,10 @@ class _TargetViews(Sequence):
     the memory update reads them all, before it changes the memory. Nothing changes the memory between a clip's
     start and its update, so a render made later equals the one made before the first frame."""
 
-    def __init__(self, engine: "Engine", poses: np.ndarray) -> None:
+    def __init__(self, engine: "Engine", poses: np.ndarray, memory, first_index: int) -> None:
         self._engine, self._poses = engine, poses
+        self.memory = memory  # what they are rendered from (the engine's ``frame_memory`` when the clip began)
+        self.first_index = first_index  # the global frame index of the first target
         self._views: list[TargetView | None] = [None] * len(poses)
         self.fill = None  # (i, TargetView) -> None: set by ``Engine._project``
 
@@ -141,7 +157,7 @@ class _TargetViews(Sequence):
         i = range(len(self._views))[i]
         view = self._views[i]
         if view is None:
-            view = self._views[i] = self._engine._target_views(self._poses[i : i + 1], offset=i)[0]
+            view = self._views[i] = self._engine._target_view(self.memory, self._poses[i], self.first_index + i)
             if self.fill is not None:
                 self.fill(i, view)
         return view
@@ -192,8 +208,33 @@ class _HistoryReference(ReferenceFrame):
         return ReferenceFrame, (self.frame_index, self.rgb, self.c2w, self.intrinsics, self.score, self.depth_m)
 
 
+@dataclass
+class _PendingCommit:
+    """A clip whose memory update runs on the engine's commit thread (``EngineConfig.commit_beside_next_clip``)."""
+
+    job: Future  # -> (refined poses [N, 4, 4] world frame, [N] ``FrameUpdate`` or None per frame)
+    poses: np.ndarray  # [N, 4, 4] commanded, world frame
+    result: ClipResult
+    views: _TargetViews  # rendered from the frozen view the clip read
+
+
+class _FrameMemoryCollider(MemoryCollider):
+    """``MemoryCollider`` over what the engine's frames read (``Engine.frame_memory``), at each call: while an
+    update runs beside the clips, a session's moves collide with the frozen view its next frames show."""
+
+    def __init__(self, engine: "Engine", config: CollisionConfig) -> None:
+        self._engine = engine
+        self.config = config
+
+    @property
+    def memory(self):  # type: ignore[override]
+        return self._engine.frame_memory
+
+
 class Engine:
-    """Drives one world with one generator. Not thread-safe: one caller at a time (the server serialises)."""
+    """Drives one world with one generator. Not thread-safe: one caller at a time (the server serialises); with
+    ``commit_beside_next_clip`` the engine runs a clip's memory update on a thread of its own, and ``settle``
+    finishes it."""
 
     def __init__(self, world: World, generator: Generator, config: EngineConfig = EngineConfig()) -> None:
         self.world = world
@@ -207,6 +248,16 @@ class Engine:
         self._observed: list[ReferenceFrame] | None = None
         # the history's camera positions as k-d trees made once (derived: synced from the history each clip)
         self._visited = VisitedPositions()
+        # commit_beside_next_clip: the update in flight, the view of the memory the frames read meanwhile (else the
+        # memory itself), and the thread the updates run on
+        self._pending: _PendingCommit | None = None
+        self._frame_memory = world.memory
+        self._committer: ThreadPoolExecutor | None = None
+        # (camera positions [P, 3] world frame, open boxes) of the clips whose free-space removals are still to make
+        self._removals: list[tuple[np.ndarray, tuple]] = []
+        if config.commit_beside_next_clip and not commits_beside_next_clip(generator):
+            raise InvalidInputError(f"commit_beside_next_clip needs a generator that reads no preceding frames and "
+                                    f"gives exact poses; {generator.name} does not")
         prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
         _load_update_kernels()
@@ -215,22 +266,32 @@ class Engine:
         """The world's collider (``world.collision``) for a camera walked through this engine. Invented points block
         at the engine's free radius: it removes invented points nearer than that to every pose after a clip, so a
         body touching an invented wall closer would see the wall cut away around it and walk through the hole."""
-        from spatia.world.collision import CollisionConfig
+        return _FrameMemoryCollider(self, CollisionConfig(invented_clearance_m=self.config.free_radius_m))
 
-        return self.world.collider(CollisionConfig(invented_clearance_m=self.config.free_radius_m))
+    @property
+    def frame_memory(self) -> SpatialMemory:
+        """The memory as the next frames read it: while a clip's update runs beside them, a frozen view of the memory
+        as it was before that update began; otherwise the memory itself."""
+        return self._frame_memory
+
+    @property
+    def next_frame_index(self) -> int:
+        """The global index of the next frame made: the history's length plus the frames of an update in flight."""
+        pending = self._pending
+        return len(self.world.history) + (0 if pending is None else len(pending.poses))
+
+    def _poses(self) -> np.ndarray:
+        """``[F, 4, 4]`` world frame: every frame's pose so far, those of an update in flight included."""
+        poses = self.world.history.poses()
+        return poses if self._pending is None else np.concatenate([poses, self._pending.poses])
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
-    def _target_views(self, poses: np.ndarray, offset: int = 0) -> list[TargetView]:
-        """The memory rendered at ``poses``, the clip's targets from its ``offset``-th on."""
-        memory, K = self.world.memory, self.world.intrinsics
-        first_index = len(self.world.history) + offset
-        views = []
-        for i, T in enumerate(poses):
-            render = memory.render(K, T, return_point_ids=True)
-            keyframe = (first_index + i) % self.config.keyframe_stride == 0
-            views.append(TargetView(render, memory.rendered_voxel_keys(render.point_ids) if keyframe else None))
-        return views
+    def _target_view(self, memory: SpatialMemory, c2w: np.ndarray, frame_index: int) -> TargetView:
+        """``memory`` rendered at ``c2w`` [4, 4] (world frame), for the frame ``frame_index``."""
+        render = memory.render(self.world.intrinsics, c2w, return_point_ids=True)
+        keyframe = frame_index % self.config.keyframe_stride == 0
+        return TargetView(render, memory.rendered_voxel_keys(render.point_ids) if keyframe else None)
 
     def _project(self, preceding_c2w: np.ndarray, views: _TargetViews) -> SceneProjection:
         """The scene projection video of preceding + target poses; empty (all invalid) where it is switched off
@@ -243,10 +304,10 @@ class Engine:
                                np.zeros((m + n, K.height, K.width), np.float32), np.zeros((m + n, K.height, K.width), bool))
         if not self.config.use_scene_projection:
             return proj
+        memory = views.memory
         if m and self.capabilities.uses_preceding_clip:
-            preceding = self.world.memory.render_trajectory(K, preceding_c2w)
+            preceding = memory.render_trajectory(K, preceding_c2w)
             proj.rgb[:m], proj.depth_m[:m], proj.valid[:m] = preceding.rgb, preceding.depth_m, preceding.valid
-        memory = self.world.memory
         if memory.has_provisional:  # where the memory shows a coarse fill the generator may replace
             proj.provisional = np.zeros((m + n, K.height, K.width), bool)
 
@@ -301,7 +362,7 @@ class Engine:
             self.world.history,
             target_c2w,
             self.world.intrinsics,
-            _ViewKeys(self.world.memory, views),
+            _ViewKeys(views.memory, views),
             k=self.config.num_references,
             eps=self.config.retrieval_eps,
             method=self.config.retrieval_method,
@@ -330,17 +391,18 @@ class Engine:
 
     def _prepare(self, target_c2w: np.ndarray, prompt: str, seed: int) -> tuple[ClipRequest, _TargetViews]:
         history = self.world.history
-        n_hist = len(history)
-        first_clip = n_hist <= 1  # only the initial image so far: the TI2V image-conditioned first clip
-        m = 0 if first_clip else min(self.config.clip.preceding_frames, n_hist)
-        prec_idx = list(range(n_hist - m, n_hist))
+        n_frames = self.next_frame_index  # (frames of an update in flight are not in the history yet)
+        first_clip = n_frames <= 1  # only the initial image so far: the TI2V image-conditioned first clip
+        m = 0 if first_clip else min(self.config.clip.preceding_frames, n_frames)
+        prec_idx = list(range(n_frames - m, n_frames))
         K = self.world.intrinsics
-        if m and self.capabilities.uses_preceding_clip:
+        if m and self.capabilities.uses_preceding_clip:  # (never with an update in flight: all in the history)
             preceding = np.stack([history.get_rgb(i) for i in prec_idx])
         else:  # blank (calloc'd, never touched): nothing reads it
             preceding = np.zeros((m, K.height, K.width, 3), np.uint8)
-        preceding_c2w = history.poses()[prec_idx] if m else np.zeros((0, 4, 4))
-        views = _TargetViews(self, target_c2w)
+        poses = self._poses()
+        preceding_c2w = poses[prec_idx] if m else np.zeros((0, 4, 4))
+        views = _TargetViews(self, target_c2w, self.frame_memory, n_frames)
         projection = self._project(preceding_c2w, views)
         on_demand = self.capabilities.projection_on_demand
         if not on_demand:
@@ -352,14 +414,14 @@ class Engine:
             projection=projection,
             preceding_frames=preceding,
             preceding_c2w=preceding_c2w,
-            references=self._references(target_c2w, views, exclude_from=n_hist - m),
+            references=self._references(target_c2w, views, exclude_from=min(len(history), n_frames - m)),
             prompt=prompt,
             seed=seed,
-            first_frame=self._first_frame() if first_clip and n_hist else None,
+            first_frame=self._first_frame() if first_clip and n_frames else None,
             world_up=self._world_up(),
-            memory=self.world.memory,
+            memory=views.memory,
             observed_views=self._observed_views(),
-            visited_c2w=history.poses(),
+            visited_c2w=poses,
             layout_prior=self.world.layout_prior,
             render_targets=views.render if on_demand else None,
         )
@@ -410,14 +472,15 @@ class Engine:
 
     def generate_clip(self, target_c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
         """Generate one clip for ``target_c2w`` ``[N, 4, 4]``; each frame is yielded as soon as the generator has
-        made it (all before the memory update runs, which the caller's last ``next`` pulls)."""
+        made it (all before the memory update runs, which the caller's last ``next`` pulls; with
+        ``commit_beside_next_clip`` that pull finishes the previous clip's update and starts this one's)."""
         poses = validate_trajectory(target_c2w, "target_c2w")
         prompt = self.world.info.prompt if prompt is None else prompt
         clip_id = self.clips_done
         t0 = time.perf_counter()
         request, views = self._prepare(poses, prompt, seed=_clip_seed(seed, clip_id))
         gen_s = time.perf_counter() - t0  # generation time excludes the time the caller holds each frame
-        first_index = len(self.world.history)
+        first_index = views.first_index
         made: list[GeneratedView] = []
         stream = self._views(request)
         while True:
@@ -430,31 +493,67 @@ class Engine:
             yield GeneratedFrame(first_index + len(made) - 1, clip_id, poses[len(made) - 1], view.rgb, view.depth_m)
         t1 = time.perf_counter()
         result = clip_result(made)
-        self._commit(poses, result, views)
-        if result.open_space and self.config.update_memory:
-            # what the frames showed as open (a doorway in an invented wall) is open in the memory too, beside the
-            # camera as well as in view: otherwise the frame shows a doorway whose invented jambs stop the body
-            self.world.memory.remove_invented_in(result.open_space)
-        if self.config.free_radius_m > 0 and self.config.update_memory:
-            # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
-            # the camera then walks through is taken away); observed points are never removed
-            # ... and what this clip invented near any earlier pose (one compaction for both)
-            visited = self._visited.sync(self.world.history.poses()[:first_index, :3, 3])
-            self.world.memory.remove_invented_near_groups(
-                [(poses[:, :3, 3], None), (visited, first_index)], self.config.free_radius_m)
+        views.render()  # any target the generator did not ask for, from what the clip read
+        if self.config.commit_beside_next_clip:
+            self._join()
+            self.world.memory.reindex_if_due()  # (a re-sort in place, held back while a view was read, runs here)
+            self._launch_commit(poses, result, views)
+        else:
+            self._add_history(poses, result, views, *self._commit_memory(poses, result, first_index, views))
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
             clip_id, len(poses), [r.frame_index for r in request.references], gen_s,
-            time.perf_counter() - t1, self.world.memory.num_points,
+            time.perf_counter() - t1, self.frame_memory.num_points,
         )
 
-    def _commit(self, poses: np.ndarray, result: ClipResult, views: _TargetViews) -> None:
-        """Memory update (paper Sec. 3.2), then the history with each frame's view-specific voxel set."""
-        views.render()  # any target the generator did not ask for, before the update changes the memory
+    def settle(self) -> None:
+        """Finish the memory update running beside the clips, if any, add its clip's frames to the history and make
+        the removals it left for the next keyframe: afterwards the memory and the history hold every clip made.
+        Whatever reads or changes the world outside the clips (a save, an edit, a render, the end of a session)
+        settles first (``server.host``)."""
+        if self._join() and self._removals:
+            self._remove_from_free_space(len(self.world.history) - len(self._removals[-1][0]))
+
+    def _join(self) -> bool:
+        """Finish the update in flight and add its clip's frames to the history; False when there was none."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return False
+        memory = self.world.memory
+        try:
+            refined, updates = pending.job.result()
+        finally:
+            self._frame_memory = memory
+            memory.hold_in_place_resorts = False
+        self._add_history(pending.poses, pending.result, pending.views, refined, updates)
+        return True
+
+    def _launch_commit(self, poses: np.ndarray, result: ClipResult, views: _TargetViews) -> None:
+        """Start the clip's memory update on the commit thread; the next clip reads a frozen view of the memory as
+        it is now (before the update's first write)."""
+        memory = self.world.memory
+        view = memory.frozen_view()
+        # the clip's renders show the memory as it is now unless the previous update changed it since they were made
+        current = views.memory.version == memory.version
+        memory.hold_in_place_resorts = True
+        self._frame_memory = view
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="world-commit")
+        def commit():
+            numba.set_num_threads(1)  # (the frames' kernels beside it have the cores: ``server.host``)
+            return self._commit_memory(poses, result, views.first_index, views if current else None)
+
+        self._pending = _PendingCommit(self._committer.submit(commit), poses, result, views)
+
+    def _commit_memory(self, poses: np.ndarray, result: ClipResult, first_index: int, views: _TargetViews | None
+                       ) -> tuple[np.ndarray, list]:
+        """The memory update of a clip whose first frame is ``first_index`` (paper Sec. 3.2) and the removals of
+        invented points from free space: (refined poses [N, 4, 4], each frame's ``FrameUpdate`` or None). ``views``:
+        the clip's renders when they show the memory as it is now (the update reuses them), else None (it renders).
+        The history holds the frames before the clip's (no more)."""
         world = self.world
-        K = world.intrinsics
-        first_index = len(world.history)
+        memory = world.memory
         refined = poses
         updates = [None] * len(poses)
         if self.config.update_memory:
@@ -465,18 +564,55 @@ class Engine:
                 update_cfg = replace(update_cfg, refine_pose=False)
             provisional = np.zeros(len(poses), bool) if result.provisional is None else result.provisional
             report = update_memory(
-                world.memory, result.frames, poses, K, range(first_index, first_index + len(poses)),
+                memory, result.frames, poses, world.intrinsics, range(first_index, first_index + len(poses)),
                 generator_depth=result.depth_m, dynamic=result.dynamic, config=update_cfg,
-                memory_renders=[v.render for v in views], memory_render_keys=[v.voxel_keys for v in views],
+                memory_renders=None if views is None else [v.render for v in views],
+                memory_render_keys=None if views is None else [v.voxel_keys for v in views],
                 provenance=np.where(provisional, INVENTED_PROVISIONAL, INVENTED_FINAL),
                 provisional_px=result.provisional_px,
             )
             refined = report.poses_refined
             updates = report.frames
-            if not provisional.all() and world.memory.has_provisional:
+            if not provisional.all() and memory.has_provisional:
                 # the generator is final again: the coarse fill goes, and the next clip shows (and keeps) the
                 # final content there (this clip's final frames already painted over it)
-                world.memory.drop_provisional()
+                memory.drop_provisional()
+            self._removals.append((poses[:, :3, 3], result.open_space))
+            keyframes = any((first_index + i) % self.config.keyframe_stride == 0 for i in range(len(poses)))
+            if keyframes or not self.config.commit_beside_next_clip:
+                self._remove_from_free_space(first_index)
+            # else (an update beside the next clip, no keyframe) they wait for the next keyframe's update: the next
+            # clip's renders were made from the memory before this update, and an update that changed nothing may
+            # use them (a keyframe's update rendering again cost 25-35 ms beside the frames, docs/BENCHMARKS.md)
+        return refined, updates
+
+    def _remove_from_free_space(self, first_index: int) -> None:
+        """The removals of invented points the clips since the last ones call for (``_removals``: each clip's
+        camera positions [P, 3] and open boxes), the last clip's frames starting at ``first_index``."""
+        memory, removals = self.world.memory, self._removals
+        if not removals:
+            return
+        self._removals = []
+        opened = [box for _, boxes in removals for box in boxes]
+        if opened:
+            # what the frames showed as open (a doorway in an invented wall) is open in the memory too, beside
+            # the camera as well as in view: otherwise the frame shows a doorway whose invented jambs stop the body
+            memory.remove_invented_in(opened)
+        if self.config.free_radius_m > 0:
+            # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
+            # the camera then walks through is taken away); observed points are never removed
+            # ... and what these clips invented near any earlier pose (one compaction for both)
+            positions = np.concatenate([p for p, _ in removals])
+            since = first_index + len(removals[-1][0]) - len(positions)  # the first of these clips' frames
+            visited = self._visited.sync(self.world.history.poses()[:since, :3, 3])
+            memory.remove_invented_near_groups([(positions, None), (visited, since)], self.config.free_radius_m)
+
+    def _add_history(self, poses: np.ndarray, result: ClipResult, views: _TargetViews, refined: np.ndarray,
+                     updates: list) -> None:
+        """The clip's frames into the history, each with its view-specific voxel set (the update's, or the one the
+        clip rendered) and depth."""
+        world = self.world
+        first_index = views.first_index
         for i in range(len(poses)):
             done = updates[i]
             if done is not None and done.voxel_keys is not None:  # the update already knows what this view sees
@@ -492,7 +628,7 @@ class Engine:
             if result.provisional_px is not None and result.provisional_px[i].any():
                 # a coarse fill's pixels: no depth, so no later frame warps them in as a reference
                 depth = np.where(result.provisional_px[i], 0.0, depth).astype(np.float32)
-            world.history.add(result.frames[i], refined[i], K, keys, depth_m=depth)
+            world.history.add(result.frames[i], refined[i], world.intrinsics, keys, depth_m=depth)
 
     def generate(self, c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
         """Generate frames for a whole trajectory ``[N, 4, 4]``, chunked into clips by ``config.clip``.
@@ -533,6 +669,14 @@ def prepare_generator(world: World, generator: Generator, views: list[ReferenceF
     if capabilities_of(generator).prepares_worlds:
         generator.prepare_world(world.memory, observed_views(world) if views is None else views, world_up(world),
                                 layout_prior=world.layout_prior)
+
+
+def commits_beside_next_clip(generator: Generator) -> bool:
+    """Whether ``generator`` allows ``EngineConfig.commit_beside_next_clip``: the next clip is made before the
+    history holds this one's frames and from the memory before this one's update, so the generator must read no
+    preceding frames, and its frames' poses must be the commanded ones (no refinement to wait for)."""
+    caps = capabilities_of(generator)
+    return not caps.uses_preceding_clip and caps.exact_poses
 
 
 @lru_cache(maxsize=1)

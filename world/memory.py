@@ -184,6 +184,12 @@ class SpatialMemory:
     # provenance ``K.DEAD``, skipped by every reader, physically removed by the next re-sort. (Class default: a memory
     # pickled before tombstones has none.)
     _dead = np.zeros(0, np.int64)
+    # the memory a ``frozen_view`` shows (None: this is a memory, not a view)
+    _frozen_of: "SpatialMemory | None" = None
+    # True while a frozen view of this memory is being read: a re-sort that would permute rows in place waits
+    # (``_reindex``), since the views share the rows; the owner of the views lifts it (``world.engine``)
+    hold_in_place_resorts = False
+    _version = 0  # bumped by every change of the points (``version``)
 
     def __init__(self, config: MemoryConfig = MemoryConfig()) -> None:
         self.config = config
@@ -309,6 +315,53 @@ class SpatialMemory:
         return ids + np.searchsorted(live_before, ids, side="right")
 
     @property
+    def origin(self) -> "SpatialMemory":
+        """The memory itself, or for a ``frozen_view`` the memory it was taken from (what per-world caches key by)."""
+        return self if self._frozen_of is None else self._frozen_of
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the points may have changed (added, dropped, moved, repainted, re-sorted): a render
+        taken at one version holds, point ids included, while the version stays."""
+        return self._version
+
+    def frozen_view(self) -> "SpatialMemory":
+        """A read-only view of the memory as it is now, for frames made on one thread while another thread updates
+        this memory (``EngineConfig.commit_beside_next_clip``). O(points) in bytes for the provenance alone (~1 MB
+        at 10^6 points); the other arrays are shared, and the view stays exact because an update leaves the rows it
+        shares as they are:
+
+        - new points are appended past the view's rows, and a memory update never repaints a remembered point
+          (``integrate(refresh_existing=False)``, the play setting; the engine refuses the other);
+        - a growth and a prepared re-sort swap in new arrays, a drop swaps in a new dead-row list, so the view
+          keeps the old ones;
+        - a drop marks its rows' provenance ``K.DEAD`` in place: the view has its own copy of the provenance;
+        - a re-sort that would permute rows in place waits while ``hold_in_place_resorts`` is set (the view's owner
+          sets it while the view is read and lifts it after).
+
+        Edits must not run while a view is read (the engine settles its update first). Writing to the view raises.
+        """
+        view = SpatialMemory.__new__(SpatialMemory)
+        view.__dict__.update(self.__dict__)
+        view.__dict__.pop("_keys_read", None)  # (its buffer is appended to in place)
+        view._prov = self._prov[: self._n].copy()
+        view._growth = view._ordering = None
+        view._resort_touched = []
+        view._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)
+        view._frozen_of = self
+        view.hold_in_place_resorts = False
+        return view
+
+    def reindex_if_due(self) -> None:
+        """The re-sort a render would make now, if one is due (``hold_in_place_resorts`` held one back)."""
+        self._maybe_reindex()
+
+    def _writable(self) -> None:
+        if self._frozen_of is not None:
+            raise RuntimeError("a frozen view of the memory is read-only")
+        self._version += 1
+
+    @property
     def observed_version(self) -> int:
         """Changes whenever the observed points may have changed (not when invented ones are added): a cache key
         for what is derived from observations only (the layout)."""
@@ -417,6 +470,7 @@ class SpatialMemory:
 
     def _merge(self, s_keys, s_offs, s_rgb, s_idx, frame_index: int, refresh_existing: bool = True,
                provenance: int = OBSERVED) -> IntegrateStats:
+        self._writable()
         self._adopt_growth()
         n_before = self._n
         touched = np.zeros(n_before, np.bool_)
@@ -566,6 +620,7 @@ class SpatialMemory:
         if color.shape != (3,) or not np.issubdtype(color.dtype, np.integer) or color.min() < 0 or color.max() > 255:
             raise InvalidInputError(f"rgb must be three integers in 0..255, got {rgb!r}")
         inside = self._inside(region)
+        self._writable()
         self._wrote_rows(np.flatnonzero(inside))
         self._colors[: self._n][inside] = color.astype(np.uint8)
         self._prov[: self._n][inside] = OBSERVED  # an edit is the user's own content
@@ -746,6 +801,7 @@ class SpatialMemory:
         voxel that receives any observed point is observed (else the most certain: final over provisional)."""
         if len(pts) == 0:
             return IntegrateStats(0, 0)
+        self._writable()
         self._observed_version += 1
         self._adopt_growth()
         d = self.config.voxel_size_m
@@ -1010,6 +1066,7 @@ class SpatialMemory:
         re-sort survives drops")."""
         if not len(drops):
             return
+        self._writable()
         drops = np.ascontiguousarray(drops, np.int64)
         K.drop_points(self._table, self._keys, self._prov, drops)
         # (disjoint: a dead row is never dropped again; an insert, not union1d's sort of every dead row)
@@ -1044,7 +1101,7 @@ class SpatialMemory:
                 or self._integrates - self._ordering_integrates >= RESORT_LEAD_INTEGRATES)
 
     def _maybe_reindex(self) -> None:
-        if self._reindex_due():
+        if self._frozen_of is None and self._reindex_due():  # (a frozen view's rows are its memory's)
             self._reindex()
 
     def _wrote_rows(self, rows: np.ndarray) -> None:
@@ -1113,18 +1170,23 @@ class SpatialMemory:
                 if prepared.keys.shape[0] == self._capacity:
                     self._adopt_resort(prepared, n0, touched)
                     return
+                if self.hold_in_place_resorts:  # (the next one, after the hold, merges the whole tail)
+                    return
                 # grown on the spot since (a growth that was not ready in time): in place with its order, the same
                 # rows in the same order
                 log.debug("memory re-sort in place", points=self.num_points, reason="grown since")
                 self._resort_in_place(prepared_order.result(), n0)
                 return
             log.debug("memory re-sort in place", points=self.num_points, reason="re-sorted since")
+        if self.hold_in_place_resorts:  # a frozen view shares the rows: the tail stays unsorted until the hold ends
+            return
         self._resort_in_place(_merge_order(self._keys, self._n_sorted, self._n, self._dead), self._n)
 
     def _resort_in_place(self, order: np.ndarray, n0: int) -> None:
         """Re-lay the rows out as ``order`` (new position -> old row, the live rows below ``n0`` when it was made),
         then the rows from ``n0`` on; the rows of ``order`` dropped since and the dead rows from ``n0`` on stay dead
         at their new places."""
+        self._writable()
         self.resorts_in_place += 1
         n = self._n
         m, rest = len(order), n - n0
@@ -1161,6 +1223,7 @@ class SpatialMemory:
         for dst, src in zip(arrays, current):  # the rows added since, in their order
             dst[m : m + n - n0] = src[n0:n]
         K.hash_build_live(prepared.table, prepared.keys, m, m + n - n0, dead)
+        self._writable()
         self._structure += 1
         self._keys, self._offsets, self._colors, self._counts, self._last, self._prov = arrays
         self._table = prepared.table
