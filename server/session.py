@@ -54,7 +54,7 @@ from spatia.server.config import ServerConfig
 from spatia.server.recording import Recorder, RecordingCloser, downsample_memory
 from spatia.server.host import WorldHost
 from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
-from spatia.world.engine import EngineConfig, commits_beside_next_clip
+from spatia.world.engine import EngineConfig
 from spatia.world.errors import InvalidInputError
 
 log = structlog.get_logger("spatia.server.play")
@@ -393,8 +393,7 @@ class PlaySession:
             clip=options.clip, keyframe_stride=1 if options.lockstep else config.play_keyframe_stride,
             reuse_references_within=None if options.lockstep else config.play_reuse_references_within,
             reuse_references_clips=0 if options.lockstep else config.play_reuse_references_clips,
-            commit_beside_next_clip=(not options.lockstep and config.play_commit_beside_next_clip
-                                     and commits_beside_next_clip(generator))))
+            commit_beside_next_clip=not options.lockstep and config.play_commit_beside_next_clip))
         # interactive only: a clip's per-frame timestamps (diagnostics, ``ServerConfig.play_trace_dir``)
         self.trace = PlayTrace() if config.play_trace_dir is not None and not options.lockstep else None
         self.outbox = Outbox(self.limits.frame_queue, lossless=options.lockstep,

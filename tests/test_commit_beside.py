@@ -193,7 +193,10 @@ def test_the_next_clip_reads_the_memory_before_the_update_and_a_failed_update_su
     assert engine.frame_memory is world.memory and not world.memory.hold_in_place_resorts
 
 
-def test_the_engine_refuses_what_an_update_beside_the_next_clip_cannot_keep(box_room):
+def test_only_a_generator_that_allows_it_gets_its_updates_beside_the_next_clip(box_room):
+    """A generator that reads the preceding frames (or whose poses the update refines) needs each update done
+    before the next clip: the engine runs them so, as ``EngineConfig.commit_beside_next_clip`` says; an update that
+    repaints remembered points is refused."""
     from spatia.world.generator import GeneratorCapabilities
 
     class ReadsPreceding(GeometricGenerator):
@@ -202,7 +205,9 @@ def test_the_engine_refuses_what_an_update_beside_the_next_clip_cannot_keep(box_
     rgb, depth = box_room(CAM, np.eye(4))
     world = World.from_rgbd(rgb, depth, CAM)
     assert commits_beside_next_clip(GeometricGenerator()) and not commits_beside_next_clip(ReadsPreceding())
-    with pytest.raises(InvalidInputError, match="preceding frames"):
-        Engine(world, ReadsPreceding(), EngineConfig(commit_beside_next_clip=True))
+    engine = Engine(world, ReadsPreceding(), EngineConfig(clip=PLAY_CLIPS, commit_beside_next_clip=True))
+    assert not engine.commits_beside
+    list(engine.generate_clip(_walk_poses(world, 1)))
+    assert engine.frame_memory is world.memory and len(world.history) == 2  # committed before the call returned
     with pytest.raises(InvalidInputError, match="integrate_observed"):
         EngineConfig(commit_beside_next_clip=True, update=UpdateConfig(integrate_observed=True))

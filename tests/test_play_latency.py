@@ -277,10 +277,8 @@ def test_interactive_clips_of_several_sessions_take_the_servers_clip_slots(tmp_p
 def test_interactive_sessions_keep_references_for_the_servers_clip_count_lockstep_never(tmp_path):
     """``ServerConfig.play_reuse_references_clips`` reaches an interactive session's engine as given; a lock-step
     session retrieves every clip (0), as the in-process engine does; a negative count is refused. The same for
-    ``play_commit_beside_next_clip``: interactive sessions only (a lock-step step's update is done when it answers),
-    and only with a generator that allows it."""
+    ``play_commit_beside_next_clip``: interactive sessions only (a lock-step step's update is done when it answers)."""
     from spatia.model.geometric import GeometricGenerator
-    from spatia.world.generator import GeneratorCapabilities
     from spatia.proto.spatia.v1 import world_pb2 as pb
     from spatia.server.session import PlayOptions, PlaySession
     from spatia.world.errors import InvalidInputError
@@ -294,9 +292,6 @@ def test_interactive_sessions_keep_references_for_the_servers_clip_count_lockste
         def open_engine(self, generator, config):
             raise Opened(config)
 
-    class ReadsPreceding(GeometricGenerator):
-        capabilities = GeneratorCapabilities(uses_preceding_clip=True, exact_poses=True)
-
     def opened(config, lockstep, generator=GeometricGenerator()):
         start = pb.PlayStart(world_id="w", lockstep=lockstep)
         with pytest.raises(Opened) as raised:
@@ -308,7 +303,6 @@ def test_interactive_sessions_keep_references_for_the_servers_clip_count_lockste
         engine_config = opened(config, lockstep)
         assert engine_config.reuse_references_clips == expected
         assert engine_config.commit_beside_next_clip is not lockstep
-    assert not opened(config, False, ReadsPreceding()).commit_beside_next_clip
     assert not opened(ServerConfig(data_dir=tmp_path, play_commit_beside_next_clip=False), False).commit_beside_next_clip
     with pytest.raises(InvalidInputError):
         ServerConfig(data_dir=tmp_path, play_reuse_references_clips=-1)

@@ -79,8 +79,9 @@ class EngineConfig:
     # that clip reads the memory and history as they were before the update began (a ``frozen_view``; the clip's
     # frames join the history when the update is done, at the next clip's end or at ``settle``). So each clip sees
     # the memory one clip late: a function of the path alone, whatever the threads' timing. A keyframe's update then
-    # no longer delays the next frame (docs/DESIGN.md, "What a Play step does not wait for"). Needs a generator that
-    # reads no preceding frames and gives exact poses, and an update that never repaints a remembered point.
+    # no longer delays the next frame (docs/DESIGN.md, "One Play step"). Where the generator allows it
+    # (``commits_beside_next_clip``: it reads no preceding frames and gives exact poses); with any other generator
+    # each update runs before the next clip, as with False. Needs an update that never repaints a remembered point.
     commit_beside_next_clip: bool = False
 
     def __post_init__(self) -> None:
@@ -255,9 +256,8 @@ class Engine:
         self._committer: ThreadPoolExecutor | None = None
         # (camera positions [P, 3] world frame, open boxes) of the clips whose free-space removals are still to make
         self._removals: list[tuple[np.ndarray, tuple]] = []
-        if config.commit_beside_next_clip and not commits_beside_next_clip(generator):
-            raise InvalidInputError(f"commit_beside_next_clip needs a generator that reads no preceding frames and "
-                                    f"gives exact poses; {generator.name} does not")
+        # (the generator's rule: ``EngineConfig.commit_beside_next_clip``)
+        self.commits_beside = config.commit_beside_next_clip and commits_beside_next_clip(generator)
         prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
         _load_update_kernels()
@@ -494,7 +494,7 @@ class Engine:
         t1 = time.perf_counter()
         result = clip_result(made)
         views.render()  # any target the generator did not ask for, from what the clip read
-        if self.config.commit_beside_next_clip:
+        if self.commits_beside:
             self._join()
             self.world.memory.reindex_if_due()  # (a re-sort in place, held back while a view was read, runs here)
             self._launch_commit(poses, result, views)
@@ -579,7 +579,7 @@ class Engine:
                 memory.drop_provisional()
             self._removals.append((poses[:, :3, 3], result.open_space))
             keyframes = any((first_index + i) % self.config.keyframe_stride == 0 for i in range(len(poses)))
-            if keyframes or not self.config.commit_beside_next_clip:
+            if keyframes or not self.commits_beside:
                 self._remove_from_free_space(first_index)
             # else (an update beside the next clip, no keyframe) they wait for the next keyframe's update: the next
             # clip's renders were made from the memory before this update, and an update that changed nothing may
