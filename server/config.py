@@ -65,7 +65,8 @@ class ServerConfig:
     play_reuse_references_clips: int = 1
     # Play (interactive, not lock-step): a clip's memory update runs beside the next clip, which reads the memory
     # as it was before that update (``EngineConfig.commit_beside_next_clip``), where the generator allows it (reads
-    # no preceding frames, gives exact poses: the geometric one); False: each update before the next clip begins.
+    # no preceding frames, gives exact poses: the geometric one) and while the world is the only one in play in
+    # this process (``WorldHost.clip_work``); False: each update before the next clip begins.
     # ``spatia serve --play-commit-beside off`` (or ``SPATIA_PLAY_COMMIT_BESIDE=off``)
     play_commit_beside_next_clip: bool = True
     metrics_port: int | None = None  # Prometheus /metrics on host:metrics_port (0 = ephemeral); None: off

@@ -557,7 +557,10 @@ class WorldHost:
         ``executor`` itself, from a thread without an event loop: server/ray_host.py)."""
 
         def _clip():
-            for i, f in enumerate(engine.generate_clip(poses, prompt, seed)):
+            # an update beside the next clip while this world has the process's cores to itself: with others in
+            # play its thread has no idle core (four sessions: 0.3 fps less each, p95 ~10 ms more; BENCHMARKS)
+            beside = self.busy_worlds() <= 1
+            for i, f in enumerate(engine.generate_clip(poses, prompt, seed, beside=beside)):
                 self.frames_generated += 1
                 sink(i, f)
             self.clips_generated = engine.clips_done

@@ -111,8 +111,9 @@ def _walk_poses(world: World, n: int) -> np.ndarray:
         [Action(move_forward=1.0, yaw_rate_rad_s=0.9, dt_s=1 / 30)] * n))
 
 
-def _play(box_room, beside: bool, slow_update: bool = False, monkeypatch=None, clips: int = 30):
-    """One-pose clips along a turning walk (served play's clips), in play settings; (frames, world)."""
+def _play(box_room, beside: bool, slow_update: bool = False, monkeypatch=None, clips: int = 30, solo=None):
+    """One-pose clips along a turning walk (served play's clips), in play settings; (frames, world). ``solo``:
+    [clips] bool, each clip's ``generate_clip(beside=...)`` (a server's other worlds starting and ending play)."""
     rgb, depth = box_room(CAM, np.eye(4))
     world = World.from_rgbd(rgb, depth, CAM)
     generator = GeometricGenerator(GeometricConfig(fill="layout"))
@@ -123,16 +124,16 @@ def _play(box_room, beside: bool, slow_update: bool = False, monkeypatch=None, c
         rng = np.random.default_rng(11)
         original = Engine._commit_memory
 
-        def late(self, *args):
+        def late(self, *args, **kwargs):
             time.sleep(float(rng.uniform(0, 0.025)))
-            out = original(self, *args)
+            out = original(self, *args, **kwargs)
             time.sleep(float(rng.uniform(0, 0.010)))
             return out
 
         monkeypatch.setattr(Engine, "_commit_memory", late)
     frames = []
-    for c2w in _walk_poses(world, clips):
-        frames += list(engine.generate_clip(c2w[None]))
+    for i, c2w in enumerate(_walk_poses(world, clips)):
+        frames += list(engine.generate_clip(c2w[None], beside=True if solo is None else bool(solo[i])))
     engine.settle()
     return frames, world
 
@@ -160,6 +161,26 @@ def test_updates_beside_the_next_clip_give_the_same_world_however_late_they_run(
     assert max(diff) < 8.0, diff
 
 
+def test_clips_may_switch_between_updates_beside_and_in_turn(box_room, monkeypatch):
+    """A server asks for each clip's update in turn while other worlds play (``generate_clip(beside=False)``):
+    switching either way mid-walk loses no frame and no removal, and the same switches give the same world."""
+    solo = np.random.default_rng(2).random(30) < 0.5
+    a, a_world = _play(box_room, beside=True, solo=solo)
+    b, b_world = _play(box_room, beside=True, solo=solo, slow_update=True, monkeypatch=monkeypatch)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.rgb, y.rgb)
+    for x, y in zip(_world_arrays(a_world), _world_arrays(b_world), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert len(a_world.history) == 31
+    # every clip in turn is the engine without updates beside the clips
+    in_turn, in_turn_world = _play(box_room, beside=True, solo=np.zeros(30, bool))
+    plain, plain_world = _play(box_room, beside=False)
+    for x, y in zip(in_turn, plain, strict=True):
+        np.testing.assert_array_equal(x.rgb, y.rgb)
+    for x, y in zip(_world_arrays(in_turn_world), _world_arrays(plain_world), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_the_next_clip_reads_the_memory_before_the_update_and_a_failed_update_surfaces(box_room, monkeypatch):
     rgb, depth = box_room(CAM, np.eye(4))
     world = World.from_rgbd(rgb, depth, CAM)
@@ -183,7 +204,7 @@ def test_the_next_clip_reads_the_memory_before_the_update_and_a_failed_update_su
     engine.settle()
     assert engine.frame_memory is world.memory and len(world.history) == 9
 
-    def failing(self, *args):
+    def failing(self, *args, **kwargs):
         raise RuntimeError("update failed")
 
     monkeypatch.setattr(Engine, "_commit_memory", failing)

@@ -470,10 +470,13 @@ class Engine:
             self._check_view(view, i)
         yield from views
 
-    def generate_clip(self, target_c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
+    def generate_clip(self, target_c2w: np.ndarray, prompt: str | None = None, seed: int = 0,
+                      beside: bool = True) -> Iterator[GeneratedFrame]:
         """Generate one clip for ``target_c2w`` ``[N, 4, 4]``; each frame is yielded as soon as the generator has
-        made it (all before the memory update runs, which the caller's last ``next`` pulls; with
-        ``commit_beside_next_clip`` that pull finishes the previous clip's update and starts this one's)."""
+        made it (all before the memory update runs, which the caller's last ``next`` pulls; where the engine
+        ``commits_beside``, that pull finishes the previous clip's update and starts this one's). ``beside=False``:
+        this clip's update is done when the pull returns all the same (a server whose other worlds are in play
+        too: no idle core for the update's thread, ``server.host``)."""
         poses = validate_trajectory(target_c2w, "target_c2w")
         prompt = self.world.info.prompt if prompt is None else prompt
         clip_id = self.clips_done
@@ -494,12 +497,15 @@ class Engine:
         t1 = time.perf_counter()
         result = clip_result(made)
         views.render()  # any target the generator did not ask for, from what the clip read
-        if self.commits_beside:
-            self._join()
+        self._join()  # (the previous clip's update, when it ran beside this clip)
+        # the clip's renders show the memory as it is now unless that update changed it since they were made
+        current = views.memory.version == self.world.memory.version
+        if beside and self.commits_beside:
             self.world.memory.reindex_if_due()  # (a re-sort in place, held back while a view was read, runs here)
-            self._launch_commit(poses, result, views)
+            self._launch_commit(poses, result, views, current)
         else:
-            self._add_history(poses, result, views, *self._commit_memory(poses, result, first_index, views))
+            self._add_history(poses, result, views, *self._commit_memory(
+                poses, result, first_index, views if current else None, defer_removals=False))
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
@@ -529,29 +535,30 @@ class Engine:
         self._add_history(pending.poses, pending.result, pending.views, refined, updates)
         return True
 
-    def _launch_commit(self, poses: np.ndarray, result: ClipResult, views: _TargetViews) -> None:
-        """Start the clip's memory update on the commit thread; the next clip reads a frozen view of the memory as
-        it is now (before the update's first write)."""
+    def _launch_commit(self, poses: np.ndarray, result: ClipResult, views: _TargetViews, current: bool) -> None:
+        """Start the clip's memory update on the commit thread (``current``: its renders show the memory as it is
+        now); the next clip reads a frozen view of the memory as it is now (before the update's first write)."""
         memory = self.world.memory
         view = memory.frozen_view()
-        # the clip's renders show the memory as it is now unless the previous update changed it since they were made
-        current = views.memory.version == memory.version
         memory.hold_in_place_resorts = True
         self._frame_memory = view
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="world-commit")
+
         def commit():
             numba.set_num_threads(1)  # (the frames' kernels beside it have the cores: ``server.host``)
-            return self._commit_memory(poses, result, views.first_index, views if current else None)
+            return self._commit_memory(poses, result, views.first_index, views if current else None,
+                                       defer_removals=True)
 
         self._pending = _PendingCommit(self._committer.submit(commit), poses, result, views)
 
-    def _commit_memory(self, poses: np.ndarray, result: ClipResult, first_index: int, views: _TargetViews | None
-                       ) -> tuple[np.ndarray, list]:
+    def _commit_memory(self, poses: np.ndarray, result: ClipResult, first_index: int, views: _TargetViews | None,
+                       defer_removals: bool) -> tuple[np.ndarray, list]:
         """The memory update of a clip whose first frame is ``first_index`` (paper Sec. 3.2) and the removals of
         invented points from free space: (refined poses [N, 4, 4], each frame's ``FrameUpdate`` or None). ``views``:
         the clip's renders when they show the memory as it is now (the update reuses them), else None (it renders).
-        The history holds the frames before the clip's (no more)."""
+        ``defer_removals``: a clip without a keyframe leaves its removals to the next keyframe's update. The history
+        holds the frames before the clip's (no more)."""
         world = self.world
         memory = world.memory
         refined = poses
@@ -579,7 +586,7 @@ class Engine:
                 memory.drop_provisional()
             self._removals.append((poses[:, :3, 3], result.open_space))
             keyframes = any((first_index + i) % self.config.keyframe_stride == 0 for i in range(len(poses)))
-            if keyframes or not self.commits_beside:
+            if keyframes or not defer_removals:
                 self._remove_from_free_space(first_index)
             # else (an update beside the next clip, no keyframe) they wait for the next keyframe's update: the next
             # clip's renders were made from the memory before this update, and an update that changed nothing may
