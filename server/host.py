@@ -558,7 +558,8 @@ class WorldHost:
 
         def _clip():
             # an update beside the next clip while this world has the process's cores to itself: with others in
-            # play its thread has no idle core (four sessions: 0.3 fps less each, p95 ~10 ms more; BENCHMARKS)
+            # play its thread has no idle core, and four sessions lost frame rate and latency (docs/BENCHMARKS.md,
+            # session 25)
             beside = self.busy_worlds() <= 1
             for i, f in enumerate(engine.generate_clip(poses, prompt, seed, beside=beside)):
                 self.frames_generated += 1

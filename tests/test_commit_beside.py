@@ -232,3 +232,32 @@ def test_only_a_generator_that_allows_it_gets_its_updates_beside_the_next_clip(b
     assert engine.frame_memory is world.memory and len(world.history) == 2  # committed before the call returned
     with pytest.raises(InvalidInputError, match="integrate_observed"):
         EngineConfig(commit_beside_next_clip=True, update=UpdateConfig(integrate_observed=True))
+
+
+def test_a_served_session_leaves_every_frame_in_the_world_and_edits_wait_for_the_update(tmp_path):
+    """Served interactive play runs its updates beside the clips: an Edit in the middle of play sees the memory with
+    every update done, and once the session ends the history holds every frame made, also after a restart."""
+    from spatia.client.api import WorldClient
+    from spatia.proto.spatia.v1 import world_pb2 as pb
+    from spatia.server.config import ServerConfig
+    from spatia.server.testing import running_server
+
+    config = ServerConfig(data_dir=tmp_path, port=0)
+    everywhere = pb.Region(sphere=pb.SphereRegion(center=pb.Vec3(x=0.0, y=0.0, z=0.0), radius_m=100))
+    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
+        client.create_scene("room", seed=0, width=64, height=48, world_id="w")
+        with client.play("w", fps=30, encoding=pb.FRAME_ENCODING_RAW) as s:
+            for _ in range(6):
+                s.send(move_forward=1.0, yaw_rate_rad_s=0.5, dt_s=1 / 30)
+                last = s.next_frame(timeout_s=60)
+            edited = client.edit(pb.EditRequest(world_id="w", recolor=pb.RecolorEdit(region=everywhere,
+                                                                                     color=pb.Color(g=255))))
+            # the update in flight was done first: the edit saw every point the memory holds after it
+            assert edited.points_affected == client.get_world("w").stats.memory_points > 0
+            for _ in range(6):
+                s.send(move_forward=1.0, dt_s=1 / 30)
+                last = s.next_frame(timeout_s=60)
+            last = (s.close(drain=True) or [last])[-1]
+        assert client.get_world("w").stats.history_frames == last.frame_index + 1
+    with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
+        assert client.get_world("w").stats.history_frames == last.frame_index + 1

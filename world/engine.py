@@ -550,7 +550,7 @@ class Engine:
             out = self._commit_memory(poses, result, views.first_index, views if current else None,
                                       defer_removals=True)
             # a re-sort due now is adopted here if prepared (new arrays: the view keeps its own), not at the join on
-            # the frames' thread (8-14 ms at ~10^6 points); one in place waits for the join
+            # the frames' thread (O(rows changed since it began)); one in place waits for the join
             memory.reindex_if_due()
             return out
 
@@ -594,7 +594,7 @@ class Engine:
                 self._remove_from_free_space(first_index)
             # else (an update beside the next clip, no keyframe) they wait for the next keyframe's update: the next
             # clip's renders were made from the memory before this update, and an update that changed nothing may
-            # use them (a keyframe's update rendering again cost 25-35 ms beside the frames, docs/BENCHMARKS.md)
+            # use them instead of rendering again (docs/BENCHMARKS.md, session 25)
         return refined, updates
 
     def _remove_from_free_space(self, first_index: int) -> None:
