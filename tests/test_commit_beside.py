@@ -18,18 +18,10 @@ from spatia.world.memory import SpatialMemory
 from spatia.world.regions import Box
 from spatia.world.state import World
 from spatia.world.update import UpdateConfig
+from test_memory_maintenance import _batches  # slabs further and further away: mostly new voxels each
 
 CAM = Intrinsics.from_fov(70.0, 96, 64)
 PLAY_CLIPS = ClipConfig(first_clip_frames=4, clip_frames=6, preceding_frames=2)
-
-
-def _batches(n_batches: int, per_batch: int = 800) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(5)
-    out = []
-    for b in range(n_batches):  # slabs further and further away: each batch is mostly new voxels
-        pts = rng.uniform([-2, -1, 2 + 0.1 * b], [2, 1, 2.1 + 0.1 * b], size=(per_batch, 3))
-        out.append((pts, rng.integers(0, 256, size=(per_batch, 3)).astype(np.uint8)))
-    return out
 
 
 def _reads(mem: SpatialMemory, poses: list[np.ndarray]) -> list[np.ndarray]:
