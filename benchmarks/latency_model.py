@@ -21,7 +21,10 @@ times there). Rows (p50 / p95 / p99 ms, frames per second):
 - ``both``; and each scaled by ``--served-factor`` (served clips run longer than in-process ones).
 
 The update beside the next frame is modelled as free: the second core it would run on is shared with the
-server's other threads, which the model does not see, so that row is a lower bound.
+server's other threads, which the model does not see, so that row is a lower bound. Built since (session 25,
+``EngineConfig.commit_beside_next_clip``, served one-session play's default), it moved the served p95 by ~4 ms where
+this row said ~10: the clip made beside the update ran slower, its frame's parallel kernels sharing the two cores with
+the update (docs/BENCHMARKS.md, session 25). The model replays clip times measured with each update in turn.
 
     python benchmarks/latency_model.py [--clips 400] [--tick-hz 30] [--from-trace DIR]
 """
