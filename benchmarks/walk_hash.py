@@ -61,7 +61,8 @@ def main() -> None:
     for name, a in sorted(world.memory.to_arrays().items()):
         memory_hash.update(name.encode())
         memory_hash.update(np.ascontiguousarray(a).tobytes())
-    print(scene, fill, frames, "beside" if beside else "in turn", "frames", frame_hash.hexdigest()[:16], "memory", memory_hash.hexdigest()[:16],
+    print(scene, fill, frames, "beside" if beside else "in turn", "frames", frame_hash.hexdigest()[:16],
+          "memory", memory_hash.hexdigest()[:16],
           world.memory.num_points, "in_place", getattr(world.memory, "resorts_in_place", None), flush=True)
 
 

@@ -303,6 +303,7 @@ def test_interactive_sessions_keep_references_for_the_servers_clip_count_lockste
         engine_config = opened(config, lockstep)
         assert engine_config.reuse_references_clips == expected
         assert engine_config.commit_beside_next_clip is not lockstep
-    assert not opened(ServerConfig(data_dir=tmp_path, play_commit_beside_next_clip=False), False).commit_beside_next_clip
+    off = ServerConfig(data_dir=tmp_path, play_commit_beside_next_clip=False)
+    assert not opened(off, False).commit_beside_next_clip
     with pytest.raises(InvalidInputError):
         ServerConfig(data_dir=tmp_path, play_reuse_references_clips=-1)
