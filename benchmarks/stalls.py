@@ -65,7 +65,7 @@ PARTS = (
     ("spatia.world.history", "VoxelSetIndex._ensure_table", "voxelset_table"),
     ("spatia.world.history", "VoxelSetIndex.rebuilt", "voxelset_rebuild"),
     ("spatia.world.history", "FrameStore._compact_cell", "compact_cell"),
-    ("spatia.world.history", "_Growing.reserve", "growing_reserve"),
+    ("spatia.world.history", "GrowingRows.reserve", "growing_reserve"),
     ("spatia.world.history", "VoxelSetIndex.intersection_counts", "intersection_counts"),
     ("spatia.world.history", "FrameStore._loc", "history_wait_encoded"),  # a frame's records, once compressed
     ("spatia.world.history", "FrameStore.get_rgb", "history_get_rgb"),

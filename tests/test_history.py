@@ -363,7 +363,7 @@ def test_column_table_prepared_in_the_background_gives_the_same_index(monkeypatc
 
 
 def test_growing_buffers_prepared_in_the_background_keep_every_row(monkeypatch):
-    """An append-only ``_Growing`` whose next buffer is filled on the maintenance thread (rows appended meanwhile
+    """An append-only ``GrowingRows`` whose next buffer is filled on the maintenance thread (rows appended meanwhile
     copied at the adoption) holds the same rows as one grown on the spot; so does a whole index built so."""
     from concurrent.futures import Future
 
@@ -372,7 +372,7 @@ def test_growing_buffers_prepared_in_the_background_keep_every_row(monkeypatch):
     monkeypatch.setattr(history_module, "GROWING_AHEAD_MIN_BYTES", 1 << 10)
     rng = np.random.default_rng(5)
     chunks = [rng.integers(0, 1 << 30, rng.integers(50, 400)).astype(np.int32) for _ in range(60)]
-    grown = history_module._Growing((), np.int32, 16, append_only=True)
+    grown = history_module.GrowingRows((), np.int32, 16, append_only=True)
     held = adopted = 0
     for c in chunks:
         buf = grown.buffer

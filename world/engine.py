@@ -31,7 +31,7 @@ from spatia.world.free_space import VisitedPositions
 from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, capabilities_of, clip_result,
 )
-from spatia.world.history import load_save_kernels
+from spatia.world.history import GrowingRows, load_save_kernels
 from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult, SpatialMemory
 from spatia.world.numba_start import numba
 from spatia.world.retrieval import retrieve_reference_frames
@@ -254,10 +254,18 @@ class Engine:
         self._pending: _PendingCommit | None = None
         self._frame_memory = world.memory
         self._committer: ThreadPoolExecutor | None = None
-        # (camera positions [P, 3] world frame, open boxes) of the clips whose free-space removals are still to make
-        self._removals: list[tuple[np.ndarray, tuple]] = []
+        # (first frame index, camera positions [P, 3] world frame, open boxes) of the clips whose free-space removals
+        # are still to make
+        self._removals: list[tuple[int, np.ndarray, tuple]] = []
         # (the generator's rule: ``EngineConfig.commit_beside_next_clip``)
         self.commits_beside = config.commit_beside_next_clip and commits_beside_next_clip(generator)
+        # ... then every frame's pose, those of an update in flight included, append-only: the history's poses are
+        # the commanded ones (exact poses), and a read-only view of one growing buffer lets the fill's path summary
+        # read only the poses added since the last clip (``PathSummary.sync``), as it does the history's
+        self._path: GrowingRows | None = None
+        if self.commits_beside:
+            self._path = GrowingRows((4, 4), np.float64)
+            self._path.extend(world.history.poses())
         prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
         _load_update_kernels()
@@ -281,17 +289,21 @@ class Engine:
         return len(self.world.history) + (0 if pending is None else len(pending.poses))
 
     def _poses(self) -> np.ndarray:
-        """``[F, 4, 4]`` world frame: every frame's pose so far, those of an update in flight included."""
-        poses = self.world.history.poses()
-        return poses if self._pending is None else np.concatenate([poses, self._pending.poses])
+        """``[F, 4, 4]`` world frame, read-only: every frame's pose so far, those of an update in flight included."""
+        return self.world.history.poses() if self._path is None else self._path.view
 
     # ---- conditioning ------------------------------------------------------------------------------------
 
     def _target_view(self, memory: SpatialMemory, c2w: np.ndarray, frame_index: int) -> TargetView:
         """``memory`` rendered at ``c2w`` [4, 4] (world frame), for the frame ``frame_index``."""
         render = memory.render(self.world.intrinsics, c2w, return_point_ids=True)
-        keyframe = frame_index % self.config.keyframe_stride == 0
-        return TargetView(render, memory.rendered_voxel_keys(render.point_ids) if keyframe else None)
+        keys = memory.rendered_voxel_keys(render.point_ids) if self._is_keyframe(frame_index) else None
+        return TargetView(render, keys)
+
+    def _is_keyframe(self, frame_index: int) -> bool:
+        """Whether the memory update integrates frame ``frame_index`` and retrieval indexes its voxel set
+        (``EngineConfig.keyframe_stride``; the update applies the same rule as its ``integrate_stride``)."""
+        return frame_index % self.config.keyframe_stride == 0
 
     def _project(self, preceding_c2w: np.ndarray, views: _TargetViews) -> SceneProjection:
         """The scene projection video of preceding + target poses; empty (all invalid) where it is switched off
@@ -506,6 +518,8 @@ class Engine:
         else:
             self._add_history(poses, result, views, *self._commit_memory(
                 poses, result, first_index, views if current else None, defer_removals=False))
+        if self._path is not None:
+            self._path.extend(poses)
         self.clips_done += 1
         self.world.current_c2w = poses[-1].copy()
         self.last_stats = ClipStats(
@@ -518,8 +532,8 @@ class Engine:
         the removals it left for the next keyframe: afterwards the memory and the history hold every clip made.
         Whatever reads or changes the world outside the clips (a save, an edit, a render, the end of a session)
         settles first (``server.host``)."""
-        if self._join() and self._removals:
-            self._remove_from_free_space(len(self.world.history) - len(self._removals[-1][0]))
+        if self._join():
+            self._remove_from_free_space()
 
     def _join(self) -> bool:
         """Finish the update in flight and add its clip's frames to the history; False when there was none."""
@@ -588,23 +602,21 @@ class Engine:
                 # the generator is final again: the coarse fill goes, and the next clip shows (and keeps) the
                 # final content there (this clip's final frames already painted over it)
                 memory.drop_provisional()
-            self._removals.append((poses[:, :3, 3], result.open_space))
-            keyframes = any((first_index + i) % self.config.keyframe_stride == 0 for i in range(len(poses)))
-            if keyframes or not defer_removals:
-                self._remove_from_free_space(first_index)
+            self._removals.append((first_index, poses[:, :3, 3], result.open_space))
+            if not defer_removals or any(self._is_keyframe(first_index + i) for i in range(len(poses))):
+                self._remove_from_free_space()
             # else (an update beside the next clip, no keyframe) they wait for the next keyframe's update: the next
             # clip's renders were made from the memory before this update, and an update that changed nothing may
             # use them instead of rendering again (docs/BENCHMARKS.md, session 25)
         return refined, updates
 
-    def _remove_from_free_space(self, first_index: int) -> None:
-        """The removals of invented points the clips since the last ones call for (``_removals``: each clip's
-        camera positions [P, 3] and open boxes), the last clip's frames starting at ``first_index``."""
+    def _remove_from_free_space(self) -> None:
+        """The removals of invented points the clips since the last ones call for (``_removals``)."""
         memory, removals = self.world.memory, self._removals
         if not removals:
             return
         self._removals = []
-        opened = [box for _, boxes in removals for box in boxes]
+        opened = [box for _, _, boxes in removals for box in boxes]
         if opened:
             # what the frames showed as open (a doorway in an invented wall) is open in the memory too, beside
             # the camera as well as in view: otherwise the frame shows a doorway whose invented jambs stop the body
@@ -613,8 +625,8 @@ class Engine:
             # free space: where the camera has been, nothing invented stands (a wall invented across a doorway
             # the camera then walks through is taken away); observed points are never removed
             # ... and what these clips invented near any earlier pose (one compaction for both)
-            positions = np.concatenate([p for p, _ in removals])
-            since = first_index + len(removals[-1][0]) - len(positions)  # the first of these clips' frames
+            positions = np.concatenate([p for _, p, _ in removals])
+            since = removals[0][0]  # the first of these clips' frames
             visited = self._visited.sync(self.world.history.poses()[:since, :3, 3])
             memory.remove_invented_near_groups([(positions, None), (visited, since)], self.config.free_radius_m)
 
@@ -630,7 +642,7 @@ class Engine:
                 keys, depth = done.voxel_keys, done.depth_m
             else:  # not integrated (its pose was not refined either): the memory as the clip saw it at this pose
                 keys, depth = views[i].voxel_keys, views[i].render.depth_m
-                if (first_index + i) % self.config.keyframe_stride:
+                if not self._is_keyframe(first_index + i):
                     keys = np.zeros(0, np.int64)  # not a keyframe: not indexed for retrieval
             if result.depth_m is not None:
                 depth = result.depth_m[i]

@@ -60,7 +60,7 @@ _HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2**64 / golden ratio, spre
 TABLE_AHEAD_MIN_SLOTS = 1 << 18
 TABLE_AHEAD_FRAMES = 3
 TABLE_AHEAD_DECAY = 0.75  # per frame: the columns a frame adds, as ``_prepare_table`` expects them
-GROWING_AHEAD_MIN_BYTES = 1 << 22  # ``_Growing``: smaller buffers grow on the spot (a copy of < 4 MB, ~1 ms)
+GROWING_AHEAD_MIN_BYTES = 1 << 22  # ``GrowingRows``: smaller buffers grow on the spot (a copy of < 4 MB, ~1 ms)
 # From this many runs (sealed + unsealed) on, ``VoxelSetIndex.add`` merges the closed runs into the by-column index
 # on the "history-maintenance" thread (``seal`` is O(runs): 11-15 ms at ~3 M runs on a quiet machine, 77-138 ms
 # with four worlds on two cores: docs/BENCHMARKS.md); queries scan the runs not merged yet meanwhile.
@@ -632,7 +632,7 @@ def reference_first_use_renumber(cols: np.ndarray, n_cols: int) -> tuple[np.ndar
     return used[order].astype(np.int32), (remap[cols] if cols.size else cols.copy()).astype(np.int32)
 
 
-class _Growing:
+class GrowingRows:
     """A numpy array that grows along axis 0 with amortised O(1) appends (capacity x1.5: the voxel lists get
     to hundreds of MB, so less slack than doubling).
 
@@ -730,15 +730,15 @@ class VoxelSetIndex:
         self._shift = 64 - 10
         # [slots, 2] int64: (voxel key or -1 = empty, column); key and column share a cache line.
         self._table = np.full((1 << 10, 2), _EMPTY_KEY, dtype=np.int64)
-        self._col_keys = _Growing((), np.int64, 1024, append_only=True)  # column -> voxel key
-        self._open_start = _Growing((), np.int32, 1024)  # column -> first frame of its latest run
-        self._last_seen = _Growing((), np.int32, 1024)  # column -> last frame of its latest run (-1: never)
-        self._cols = _Growing((), np.int32, 1 << 16, append_only=True)  # forward lists, concatenated
-        self._offsets = _Growing((), np.int64, append_only=True)
+        self._col_keys = GrowingRows((), np.int64, 1024, append_only=True)  # column -> voxel key
+        self._open_start = GrowingRows((), np.int32, 1024)  # column -> first frame of its latest run
+        self._last_seen = GrowingRows((), np.int32, 1024)  # column -> last frame of its latest run (-1: never)
+        self._cols = GrowingRows((), np.int32, 1 << 16, append_only=True)  # forward lists, concatenated
+        self._offsets = GrowingRows((), np.int64, append_only=True)
         self._offsets.extend(np.zeros(1, dtype=np.int64))
-        self._run_col = _Growing((), np.int32, 1 << 12)  # runs closed since the last seal, in closing order
-        self._run_start = _Growing((), np.int32, 1 << 12)
-        self._run_end = _Growing((), np.int32, 1 << 12)
+        self._run_col = GrowingRows((), np.int32, 1 << 12)  # runs closed since the last seal, in closing order
+        self._run_start = GrowingRows((), np.int32, 1 << 12)
+        self._run_end = GrowingRows((), np.int32, 1 << 12)
         self._indptr = np.zeros(1, dtype=np.int64)  # [columns + 1]: sealed closed runs grouped by column
         self._sealed_starts = np.zeros(0, dtype=np.int32)
         self._sealed_ends = np.zeros(0, dtype=np.int32)
@@ -1257,13 +1257,13 @@ class FrameStore:
 
     def __init__(self, config: HistoryConfig = HistoryConfig()):
         self.config = config
-        self._c2w = _Growing((4, 4), np.float64)  # [N, 4, 4] camera-to-world, OpenCV camera
-        self._intrinsics = _Growing((6,), np.float64)  # [N, 6]: fx, fy, cx, cy, width, height (pixels)
-        self._timestamp_ns = _Growing((), np.int64)
+        self._c2w = GrowingRows((4, 4), np.float64)  # [N, 4, 4] camera-to-world, OpenCV camera
+        self._intrinsics = GrowingRows((6,), np.float64)  # [N, 6]: fx, fy, cx, cy, width, height (pixels)
+        self._timestamp_ns = GrowingRows((), np.int64)
         # [N, 4] int64 where frame i's records are in the frame file: rgb offset, rgb length, depth offset, depth
         # length (-1: no depth); rows of frames still being compressed are filled in from ``_pending``
-        self._locs = _Growing((4,), np.int64)
-        self._has_depth = _Growing((), np.bool_)
+        self._locs = GrowingRows((4,), np.int64)
+        self._has_depth = GrowingRows((), np.bool_)
         self._pending: dict[int, Future] = {}
         self._encode_args: dict[int, tuple] = {}  # frame -> ``_encode_frame``'s arguments, while pending
         self._file: FrameFile | None = None  # created on the first add
@@ -1286,7 +1286,7 @@ class FrameStore:
         self._newest_rgb_read_at = -(1 << 30)
         self._newest_depth_read_at = -(1 << 30)
         # retrieval-index compaction: which frames are candidates, and the indexed keyframes of each pose cell
-        self._indexed = _Growing((), np.bool_)
+        self._indexed = GrowingRows((), np.bool_)
         self._cells: dict[tuple[int, ...], list[int]] = {}
         self._dropped_voxels = 0  # voxels of dropped frames still in the index (until the next rebuild)
         # the index rebuilt without the dropped frames on the maintenance thread: (job, frames it holds, the dropped

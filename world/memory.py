@@ -341,15 +341,9 @@ class SpatialMemory:
 
         Edits must not run while a view is read (the engine settles its update first). Writing to the view raises.
         """
-        view = SpatialMemory.__new__(SpatialMemory)
-        view.__dict__.update(self.__dict__)
-        view.__dict__.pop("_keys_read", None)  # (its buffer is appended to in place)
+        view = self._sibling(copy_arrays=False)
         view._prov = self._prov[: self._n].copy()
-        view._growth = view._ordering = None
-        view._resort_touched = []
-        view._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)
         view._frozen_of = self
-        view.hold_in_place_resorts = False
         return view
 
     def reindex_if_due(self) -> None:
@@ -952,12 +946,19 @@ class SpatialMemory:
         return mem
 
     def copy(self) -> "SpatialMemory":
+        return self._sibling(copy_arrays=True)
+
+    def _sibling(self, copy_arrays: bool) -> "SpatialMemory":
+        """A memory object with this one's state: its arrays copied (``copy``) or shared (``frozen_view``), none of
+        its background work or holds."""
         mem = SpatialMemory.__new__(SpatialMemory)
-        mem.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
+        mem.__dict__.update({k: (v.copy() if copy_arrays and isinstance(v, np.ndarray) else v)
+                             for k, v in self.__dict__.items()})
         mem._growth = mem._ordering = None  # background work in preparation belongs to this memory's arrays
         mem._resort_touched = []
         mem.__dict__.pop("_keys_read", None)  # (its buffer is shared: appends would write into both)
         mem._created = deque(self._created, maxlen=GROWTH_MARGIN_WINDOW)  # its own
+        mem.hold_in_place_resorts = False  # (a copy of a frozen view stays one: ``_frozen_of`` is kept)
         return mem
 
     # ----------------------------------------------------------------------------------------------------------
