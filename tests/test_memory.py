@@ -253,6 +253,48 @@ def test_render_culling_keeps_partial_splats_at_the_image_border():
         assert_render_matches(mem, CAM, side)
 
 
+def test_render_side_two_splats_and_scratch_zbuffers_match_reference():
+    # a wall at the distances where a 1 cm point's splat is 2 pixels (the kernel writes those out), seen straight and
+    # from the side (partial splats at the border); every render reuses its thread's z-buffer, and two threads render
+    # at once: each frame must still equal the reference, whatever an earlier or concurrent render left
+    import threading
+
+    cam = Intrinsics.from_fov(70.0, 160, 120)
+    cfg = MemoryConfig(voxel_size_m=0.01, max_splat_px=6)
+    sk = splat_k(cfg, cam)
+    mem = SpatialMemory(cfg)
+    c2w = look_at([0.0, 0.0, -0.75 * sk], [0.0, 0.0, 0.0])  # the wall at z = 0.75 splat_k: side ceil(4 / 3) = 2
+    rgb, depth = plane_frame(cam, c2w, normal=[0, 0, 1], offset_m=0.0, cell_m=0.03)
+    mem.integrate(rgb, depth, cam, c2w, frame_index=0)
+    mem._reindex()
+    views = [c2w]
+    for dx, dz in ((0.4, 0.0), (-0.3, 0.2), (0.0, -0.8)):  # beside (the wall's edge in view), nearer, farther
+        v = c2w.copy()
+        v[0, 3] += dx
+        v[2, 3] += dz
+        views.append(v)
+    want = [render_reference(mem, cam, v) for v in views]
+    side = np.ceil(sk / want[0][1][want[0][2]])
+    assert (side == 2).mean() > 0.9  # the straight view is mostly side-2 splats
+    errors = []
+
+    def render_all(order):
+        try:
+            for k in order:
+                got = mem.render(cam, views[k], return_point_ids=True)
+                for a, b in zip((got.rgb, got.depth_m, got.valid, got.point_ids), want[k]):
+                    np.testing.assert_array_equal(a, b)
+        except AssertionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=render_all, args=(order,)) for order in ([0, 1, 2, 3] * 3, [3, 2, 1, 0] * 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 def test_culling_drops_blocks_out_of_view():
     # what makes render cost follow the points in view: whole blocks behind / beside the camera are never touched
     rng = np.random.default_rng(13)

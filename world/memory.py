@@ -43,6 +43,7 @@ copies arrays for a growth or a re-sort in preparation, see ``GROW_AHEAD_AT`` an
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -569,7 +570,7 @@ class SpatialMemory:
         return K.render_points(
             self._keys, self._offsets, self._colors, starts, stops, w2c_r, cam_t, fx, fy, cx, cy, width, height,
             cfg.voxel_size_m, cfg.min_depth_m, cfg.max_depth_m, splat_k(cfg, intrinsics), max_splat,
-            depth_quant(cfg), max(1, numba.get_num_threads()),
+            depth_quant(cfg), _render_scratch(max(1, numba.get_num_threads()), width * height),
         )
 
     # ----------------------------------------------------------------------------------------------------------
@@ -1424,6 +1425,18 @@ def _take_live(a: np.ndarray, n: int, dead: np.ndarray) -> np.ndarray:
         out[m : m + hi - lo] = a[lo:hi]
         m += hi - lo
     return out
+
+
+_scratch = threading.local()  # ``K.render_points``' z-buffer, per rendering thread (one shape kept)
+
+
+def _render_scratch(n_chunks: int, pixels: int) -> np.ndarray:
+    """A ``[n_chunks, pixels]`` int64 z-buffer of this thread's own (the kernel overwrites it: renders run on several
+    threads at once, the worlds' and the memory update's, so one shared buffer would not do)."""
+    buf = getattr(_scratch, "zbuf", None)
+    if buf is None or buf.shape != (n_chunks, pixels):
+        buf = _scratch.zbuf = np.empty((n_chunks, pixels), np.int64)
+    return buf
 
 
 def _visible_ranges(keep: np.ndarray, block_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
