@@ -53,3 +53,27 @@ def test_service_has_every_rpc_of_the_issue():
         "ListRecordings": (False, False), "Replay": (False, True),
     }
 
+
+
+def test_frames_decode_as_encoded_and_bad_bytes_name_the_problem():
+    """``decode_frame`` (the clients' frame path, OpenCV) reads what ``encode_image`` (the server, PIL) wrote: PNG and
+    raw exactly, JPEG as PIL reads it; bytes that are no image raise a ValueError that says so."""
+    import io
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from spatia.proto.spatia.v1.convert import decode_frame, encode_image
+
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(np.repeat(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8), 4, 0), 4, 1)  # [48, 80, 3]
+    for encoding in (world_pb2.FRAME_ENCODING_PNG, world_pb2.FRAME_ENCODING_RAW, world_pb2.FRAME_ENCODING_JPEG):
+        data = encode_image(rgb, encoding, 85)
+        frame = world_pb2.Frame(encoding=encoding, width=80, height=48, data=data)
+        got = decode_frame(frame)
+        want = rgb if encoding != world_pb2.FRAME_ENCODING_JPEG else np.asarray(Image.open(io.BytesIO(data)))
+        assert got.dtype == np.uint8 and got.shape == (48, 80, 3)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="not a JPEG or PNG image"):
+        decode_frame(world_pb2.Frame(encoding=world_pb2.FRAME_ENCODING_JPEG, width=80, height=48, data=b"\xff\xd8junk"))
