@@ -10,7 +10,8 @@ in ms:
 - ``server_jpeg_encode``: what a JPEG session costs the server (``encode_image``, PIL, quality 90); a RAW
   session skips it;
 - ``pil_jpeg_decode``: the decode the web app's gRPC session did on every frame before (``client.api.decode``),
-  whose result it never used;
+  whose result it never used; ``client_jpeg_decode``: what every other client's frame costs now
+  (``convert.decode_frame``: OpenCV since session 26, PIL before, which is ``pil_jpeg_decode``);
 - ``jpeg_to_i420`` (PyAV's MJPEG decoder straight to yuv420p, the web app's JPEG path) vs ``rgb_to_i420`` (OpenCV,
   the RAW path);
 - encoders, each from the same yuv420p planes, with its output size (kbit/s at ``--fps``) and quality (PSNR of
@@ -159,6 +160,11 @@ def main() -> None:
     from PIL import Image
 
     pil_t, _ = cpu_ms(lambda j: np.asarray(Image.open(io.BytesIO(j)).convert("RGB")), jpegs)
+    from spatia.proto.spatia.v1.convert import decode_frame
+
+    h, w = rgbs[0].shape[:2]
+    frames = [pb.Frame(encoding=pb.FRAME_ENCODING_JPEG, width=w, height=h, data=j) for j in jpegs]
+    client_t, _ = cpu_ms(decode_frame, frames)
     j2y_t, _ = cpu_ms(_jpeg_to_i420, jpegs)
     r2y_t, planes = cpu_ms(rgb_to_i420, rgbs)
     result = {
@@ -168,6 +174,7 @@ def main() -> None:
                   "raw_kbytes": args.width * args.height * 3 / 1e3},
         "server_jpeg_encode": stats(enc_t),
         "pil_jpeg_decode": stats(pil_t),
+        "client_jpeg_decode": stats(client_t),
         "jpeg_to_i420": stats(j2y_t),
         "rgb_to_i420": stats(r2y_t),
     }
