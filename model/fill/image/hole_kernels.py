@@ -19,12 +19,6 @@ Arithmetic follows the reference's types expression by expression (float32 where
 is float64, no fused multiply-add: numba contracts nothing without fastmath), so the outputs are the same bits;
 ``tests/test_layout_fill_fused.py`` compares the two on random and captured frames. No njit function here calls
 one in another file: numba's on-disk cache does not notice when a callee in another file changes.
-
-With more than one numba thread (one served session: 2), ``hole_rays`` and ``hole_depth_texels`` split a large
-frame into bands / chunks run in parallel (counts first, then prefix sums: every hole and texel row lands where the
-serial pass puts it), so their outputs do not depend on the thread count (tests/test_hole_kernels_threads.py).
-Helpers are called once per range, never per pixel: a call passing arrays costs their refcounts, and the parallel
-kernels' atomic refcounts on shared arrays made a per-pixel call 30x slower.
 """
 
 from __future__ import annotations
@@ -56,100 +50,49 @@ def chamfer_offsets(max_px: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array([o[1] for o in offs], np.int64), np.array([o[2] for o in offs], np.int64)
 
 
-PARALLEL_MIN_PX = 32768  # pixels per band of ``hole_rays`` at least (fewer: one band, no second thread)
+@nb.njit(cache=True, nogil=True)
+def hole_rays(valid, filled, rays, off_dy, off_dx):  # pragma: no cover - compiled
+    """One pass over the frame. valid [H, W] bool (rendered), filled [H, W] float32 (the background fill's depth),
+    rays [H, W, 3] float32 camera frame (z = 1), off_dy / off_dx [K] int64 (``chamfer_offsets``).
 
-
-@nb.njit(nogil=True)
-def _band_holes(valid, filled, off_dy, off_dx, y_lo, y_hi, m, hole_idx, f, pinhole):  # pragma: no cover - compiled
-    """Rows [y_lo, y_hi) of ``hole_rays``: their holes, pixel index, fill depth and pinhole test, from ``m`` on.
-    Returns the number of holes the rows cast (``_hole_rays_serial``'s loop, less the cast writes)."""
+    Returns hole_idx [M] int64 (flat pixel index of each hole, row-major), f [M] float32 (the fill's depth there),
+    pinhole [M] bool (f > 0 and a rendered pixel within the offsets), cast [C] int64 (indices into M of the
+    others) and their rays [C, 3] float32. The holes are counted by a branch-free sum (not a pass that tests every
+    pixel), and the cast holes' rays copied as they are met, into arrays of M rows of which the first C are
+    returned (no third pass dividing flat indices back into rows and columns)."""
     h, w = valid.shape
-    n_cast = 0
-    for y in range(y_lo, y_hi):
+    n_valid = 0
+    for y in range(h):
+        for x in range(w):
+            n_valid += np.int64(valid[y, x])
+    n = h * w - n_valid
+    hole_idx = np.empty(n, np.int64)
+    f = np.empty(n, np.float32)
+    pinhole = np.zeros(n, np.bool_)
+    cast = np.empty(n, np.int64)
+    rays_cast = np.empty((n, 3), np.float32)
+    m = 0
+    c = 0
+    for y in range(h):
         for x in range(w):
             if valid[y, x]:
                 continue
             fv = filled[y, x]
             hole_idx[m] = y * w + x
             f[m] = fv
-            pin = False
             if fv > 0:
                 for k in range(off_dy.shape[0]):
                     yy, xx = y + off_dy[k], x + off_dx[k]
                     if 0 <= yy < h and 0 <= xx < w and valid[yy, xx]:
-                        pin = True
+                        pinhole[m] = True
                         break
-            pinhole[m] = pin
-            n_cast += not pin
-            m += 1
-    return n_cast
-
-
-@nb.njit(nogil=True)
-def _band_valid(valid, y_lo, y_hi):  # pragma: no cover - compiled
-    """Rendered pixels of rows [y_lo, y_hi): a branch-free sum (not a pass that tests every pixel)."""
-    n_valid = 0
-    for y in range(y_lo, y_hi):
-        for x in range(valid.shape[1]):
-            n_valid += np.int64(valid[y, x])
-    return n_valid
-
-
-def hole_rays(valid, filled, rays, off_dy, off_dx):
-    """The holes of a frame and the rays to cast. valid [H, W] bool (rendered), filled [H, W] float32 (the
-    background fill's depth), rays [H, W, 3] float32 camera frame (z = 1), off_dy / off_dx [K] int64
-    (``chamfer_offsets``).
-
-    Returns hole_idx [M] int64 (flat pixel index of each hole, row-major), f [M] float32 (the fill's depth there),
-    pinhole [M] bool (f > 0 and a rendered pixel within the offsets), cast [C] int64 (indices into M of the
-    others) and their rays [C, 3] float32.
-
-    With more than one numba thread a frame of at least two ``PARALLEL_MIN_PX`` runs in bands of rows in parallel
-    (``_hole_rays_parallel``), else in one pass (``_hole_rays_serial``): the same outputs (the tests compare them).
-    """
-    bands = min(nb.get_num_threads(), valid.size // PARALLEL_MIN_PX)
-    if bands > 1:
-        return _hole_rays_parallel(valid, filled, rays, off_dy, off_dx, bands)
-    return _hole_rays_serial(valid, filled, rays, off_dy, off_dx)
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _hole_rays_parallel(valid, filled, rays, off_dy, off_dx, n_bands):  # pragma: no cover - compiled
-    """``hole_rays`` in ``n_bands`` bands of rows, each pass over the bands in parallel: each band's holes counted
-    (so each band knows where its holes go); each band's holes written and its cast holes counted; each band's cast
-    holes written. The bands only split the work: the same outputs as one pass."""
-    h, w = valid.shape
-    first = np.zeros(n_bands + 1, np.int64)  # band b's holes: [first[b], first[b + 1])
-    for b in nb.prange(n_bands):
-        y_lo, y_hi = h * b // n_bands, h * (b + 1) // n_bands
-        first[b + 1] = (y_hi - y_lo) * w - _band_valid(valid, y_lo, y_hi)
-    for b in range(n_bands):
-        first[b + 1] += first[b]
-    n = first[n_bands]
-    hole_idx = np.empty(n, np.int64)
-    f = np.empty(n, np.float32)
-    pinhole = np.empty(n, np.bool_)
-    cast_first = np.zeros(n_bands + 1, np.int64)  # band b's cast holes: [cast_first[b], cast_first[b + 1])
-    for b in nb.prange(n_bands):
-        cast_first[b + 1] = _band_holes(valid, filled, off_dy, off_dx, h * b // n_bands, h * (b + 1) // n_bands,
-                                        first[b], hole_idx, f, pinhole)
-    for b in range(n_bands):
-        cast_first[b + 1] += cast_first[b]
-    cast = np.empty(cast_first[n_bands], np.int64)
-    rays_cast = np.empty((cast_first[n_bands], 3), np.float32)
-    for b in nb.prange(n_bands):
-        c = cast_first[b]
-        for m in range(first[b], first[b + 1]):
             if not pinhole[m]:
-                p = hole_idx[m]
-                y = p // w
-                x = p - y * w
                 cast[c] = m
-                rays_cast[c, 0] = rays[y, x, 0]
-                rays_cast[c, 1] = rays[y, x, 1]
-                rays_cast[c, 2] = rays[y, x, 2]
+                for j in range(3):
+                    rays_cast[c, j] = rays[y, x, j]
                 c += 1
-    return hole_idx, f, pinhole, cast, rays_cast
+            m += 1
+    return hole_idx, f, pinhole, cast[:c], rays_cast[:c]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -229,197 +172,11 @@ def hole_surfaces(n_holes, cast, ld_cast, li_cast, rays_cast, f, front_rel, R, c
     return ld, li, pts, use, through[:n_through]
 
 
-@nb.njit(nogil=True)
-def _hole_depths(m_lo, m_hi, hole_idx, ld, li, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k, view_hw,
-                 view_off, depth_flat, rel, cap_m, out_depth_flat, plane_tex, counts):  # pragma: no cover - compiled
-    """Holes [m_lo, m_hi) of ``hole_depth_texels``' first pass: their output depth, and ``counts[b]`` += the
-    pixels plane b paints. (A function per range, not per hole: a call passing arrays costs their refcounts.)"""
-    for m in range(m_lo, m_hi):
-        nd = ld[m] if use[m] else max(f[m], np.float32(0.0))
-        if not use[m] and nd > 0 and has_views:
-            p = hole_idx[m]
-            x, y, w = rays_flat[p, 0] * nd, rays_flat[p, 1] * nd, rays_flat[p, 2] * nd
-            p0 = cam[0] + R[0, 0] * x + R[0, 1] * y + R[0, 2] * w
-            p1 = cam[1] + R[1, 0] * x + R[1, 1] * y + R[1, 2] * w
-            p2 = cam[2] + R[2, 0] * x + R[2, 1] * y + R[2, 2] * w
-            if _seen_through(p0, p1, p2, view_R, view_t, view_k, view_hw, view_off, depth_flat, rel):
-                nd = np.float32(0.0)
-        if use[m] and ld[m] > cap_m:
-            nd = np.float32(0.0)
-        out_depth_flat[hole_idx[m]] = nd
-        if use[m] and plane_tex[li[m]] != 0:
-            counts[li[m]] += 1
-
-
-@nb.njit(nogil=True)
-def _order_by_plane(m_lo, m_hi, li, use, plane_tex, pos, order):  # pragma: no cover - compiled
-    """The painted holes of [m_lo, m_hi) into ``order``, plane b's from ``pos[b]`` on (a counting sort's fill)."""
-    for m in range(m_lo, m_hi):
-        if use[m] and plane_tex[li[m]] != 0:
-            b = li[m]
-            order[pos[b]] = m
-            pos[b] += 1
-
-
-@nb.njit(inline="always")
-def _mip_level(q, max_level):  # pragma: no cover - compiled
-    """``min(max(floor(log2(max(q, 1))), 0), max_level)`` (texture.sample_uv's mip level, as float64) without a
-    log2 (a libm call, ~10% of the texel pass): doublings compared exactly. Only where ``q`` lies within 1e-12
-    below the next power of two (where a rounded log2 can reach it) or is NaN, the expression itself."""
-    lv = 0
-    p = 2.0
-    while lv < max_level and q >= p:
-        lv += 1
-        p *= 2.0
-    if q != q or (lv < max_level and not (q * (1.0 + 1e-12) < p)):
-        return min(max(np.floor(np.log2(max(q, 1.0))), 0.0), np.float64(max_level))
-    return np.float64(lv)
-
-
-@nb.njit(nogil=True)
-def _texel_plan(s_lo, s_hi, starts, order, hole_idx, ld, pts, rays_flat, plane_tex, basis, normal_cam, focal_px,
-                min_cos, tex_origin_uv, texel_m, origin_px, max_level, rows, cols, level, uv,
-                footprint):  # pragma: no cover - compiled
-    """Rows [s_lo, s_hi) of ``hole_depth_texels``' texel plan (row s: hole ``order[s]``, of the plane b with
-    ``starts[b] <= s < starts[b + 1]``)."""
-    for b in range(starts.shape[0] - 1):
-        # the plane's constants read once (the outputs' stores might alias them for all the compiler knows)
-        u0, u1, u2 = basis[b, 0, 0], basis[b, 0, 1], basis[b, 0, 2]
-        v0, v1, v2 = basis[b, 1, 0], basis[b, 1, 1], basis[b, 1, 2]
-        n0, n1, n2 = normal_cam[b, 0], normal_cam[b, 1], normal_cam[b, 2]
-        kind = plane_tex[b]
-        t = texel_m[b]
-        o_u, o_v, top = tex_origin_uv[b, 0], tex_origin_uv[b, 1], max_level[b]
-        o_row, o_col = origin_px[b, 0], origin_px[b, 1]
-        for s in range(max(s_lo, starts[b]), min(s_hi, starts[b + 1])):
-            m = order[s]
-            p = hole_idx[m]
-            # plane coordinates (the reference's columns: float64, no fused multiply-add)
-            uu = pts[m, 0] * u0 + pts[m, 1] * u1 + pts[m, 2] * u2
-            vv = pts[m, 0] * v0 + pts[m, 1] * v1 + pts[m, 2] * v2
-            uv[s, 0], uv[s, 1] = uu, vv
-            # geometric.plane_footprint_m, float32
-            rx, ry, rz = rays_flat[p, 0], rays_flat[p, 1], rays_flat[p, 2]
-            cos_inc = abs(rx * n0 + ry * n1 + rz * n2) / np.sqrt(rx * rx + ry * ry + rz * rz)
-            fp = ld[m] / focal_px / max(cos_inc, min_cos)
-            footprint[s] = fp
-            if kind != 1:
-                continue
-            # texture.sample_uv: the plane coordinates from the synthesis exemplar's corner, float64
-            level[s] = np.int64(_mip_level(np.float64(fp) / t, top))
-            rows[s] = np.int64(np.floor((vv - o_v) / t)) + o_row
-            cols[s] = np.int64(np.floor((uu - o_u) / t)) + o_col
-
-
-PARALLEL_MIN_HOLES = 4096  # holes per chunk of ``hole_depth_texels`` at least (fewer: one thread)
-
-
+@nb.njit(cache=True, nogil=True)
 def hole_depth_texels(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k, view_hw,
                       view_off, depth_flat, rel, cap_m, filled_flat, out_depth_flat, n_planes, plane_tex, basis,
-                      normal_cam, focal_px, min_cos, tex_origin_uv, texel_m, origin_px, max_level):
+                      normal_cam, focal_px, min_cos, tex_origin_uv, texel_m, origin_px, max_level):  # pragma: no cover
     """The output depth of every hole, and the texels of the pixels each plane's texture paints.
-
-    hole_idx [M] int64; ld [M] float32, li [M] int16, pts [M, 3] float64, use [M] bool (after the openings); f [M]
-    float32; rays_flat [H * W, 3] float32 camera frame; R, cam the pose; views as in ``hole_surfaces`` (used when
-    has_views); cap_m float64: outdoors a used layout depth beyond it is dropped (inf indoors). out_depth_flat
-    [H * W] float32 (a copy of filled_flat) gets the holes' depth.
-
-    Per plane b < n_planes with plane_tex[b] (0: no texture, 1: a synthesis model, 2: another texture): basis [B, 2,
-    3] float64 (u, v axes), normal_cam [B, 3] float32, focal_px float32, min_cos float32; for kind 1,
-    tex_origin_uv [B, 2], texel_m [B] float64, origin_px [B, 2] int64, max_level [B] int64.
-
-    Returns order [U] int64 (indices into M of the painted pixels, grouped by plane in plane order, ascending within
-    one), starts [B + 1], and per row of ``order``: rows, cols, level [U] int64 (kind 1) and uv [U, 2] float64,
-    footprint [U] float32 (every kind: what ``texture.sample_uv`` and ``PlaneTexture.sample`` read).
-
-    With more than one numba thread and at least two ``PARALLEL_MIN_HOLES`` holes, in chunks in parallel
-    (``_hole_depth_texels_parallel``), else in one thread (``_hole_depth_texels_serial``): the same outputs (the
-    tests compare both with ``_hole_depth_texels_plain``, the kernel as it was)."""
-    args = (hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k, view_hw, view_off,
-            depth_flat, rel, cap_m, filled_flat, out_depth_flat, n_planes, plane_tex, basis, normal_cam, focal_px,
-            min_cos, tex_origin_uv, texel_m, origin_px, max_level)
-    chunks = min(nb.get_num_threads(), len(hole_idx) // PARALLEL_MIN_HOLES)
-    if chunks > 1:
-        return _hole_depth_texels_parallel(*args, chunks)
-    return _hole_depth_texels_serial(*args)
-
-
-@nb.njit(cache=True, nogil=True)
-def _hole_depth_texels_serial(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k,
-                              view_hw, view_off, depth_flat, rel, cap_m, filled_flat, out_depth_flat, n_planes,
-                              plane_tex, basis, normal_cam, focal_px, min_cos, tex_origin_uv, texel_m, origin_px,
-                              max_level):  # pragma: no cover - compiled
-    """``hole_depth_texels`` in one thread: the depths and the painted pixels per plane, ``order`` by a counting
-    sort, the texel plan plane by plane."""
-    n = hole_idx.shape[0]
-    counts = np.zeros(n_planes + 1, np.int64)
-    _hole_depths(0, n, hole_idx, ld, li, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k, view_hw,
-                 view_off, depth_flat, rel, cap_m, out_depth_flat, plane_tex, counts[1:])
-    starts = np.cumsum(counts)
-    total = starts[n_planes]
-    order = np.empty(total, np.int64)
-    _order_by_plane(0, n, li, use, plane_tex, starts[:n_planes].copy(), order)
-    rows = np.empty(total, np.int64)
-    cols = np.empty(total, np.int64)
-    level = np.empty(total, np.int64)
-    uv = np.empty((total, 2), np.float64)
-    footprint = np.empty(total, np.float32)
-    _texel_plan(0, total, starts, order, hole_idx, ld, pts, rays_flat, plane_tex, basis, normal_cam, focal_px,
-                min_cos, tex_origin_uv, texel_m, origin_px, max_level, rows, cols, level, uv, footprint)
-    return order, starts, rows, cols, level, uv, footprint
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _hole_depth_texels_parallel(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k,
-                                view_hw, view_off, depth_flat, rel, cap_m, filled_flat, out_depth_flat, n_planes,
-                                plane_tex, basis, normal_cam, focal_px, min_cos, tex_origin_uv, texel_m, origin_px,
-                                max_level, n_chunks):  # pragma: no cover - compiled
-    """``hole_depth_texels`` in ``n_chunks`` chunks, three passes over them in parallel: the depths and per chunk
-    the painted pixels of each plane; ``order`` (each chunk's pixels of a plane after the earlier chunks': the
-    counting sort's order); the texel plan, split evenly over ``order``. The chunks only split the work: the same
-    outputs as one thread."""
-    n = hole_idx.shape[0]
-    counts = np.zeros((n_chunks, n_planes), np.int64)
-    for c in nb.prange(n_chunks):
-        local = np.zeros(n_planes, np.int64)  # (not counts[c]: the chunks' rows share cache lines)
-        _hole_depths(n * c // n_chunks, n * (c + 1) // n_chunks, hole_idx, ld, li, use, f, rays_flat, R, cam,
-                     has_views, view_R, view_t, view_k, view_hw, view_off, depth_flat, rel, cap_m, out_depth_flat,
-                     plane_tex, local)
-        counts[c] = local
-    starts = np.zeros(n_planes + 1, np.int64)
-    first = np.empty((n_chunks, n_planes), np.int64)  # where chunk c's pixels of plane b go in ``order``
-    for b in range(n_planes):
-        s = starts[b]
-        for c in range(n_chunks):
-            first[c, b] = s
-            s += counts[c, b]
-        starts[b + 1] = s
-    total = starts[n_planes]
-    order = np.empty(total, np.int64)
-    for c in nb.prange(n_chunks):
-        _order_by_plane(n * c // n_chunks, n * (c + 1) // n_chunks, li, use, plane_tex, first[c].copy(), order)
-    rows = np.empty(total, np.int64)
-    cols = np.empty(total, np.int64)
-    level = np.empty(total, np.int64)
-    uv = np.empty((total, 2), np.float64)
-    footprint = np.empty(total, np.float32)
-    for c in nb.prange(n_chunks):
-        _texel_plan(total * c // n_chunks, total * (c + 1) // n_chunks, starts, order, hole_idx, ld, pts, rays_flat,
-                    plane_tex, basis, normal_cam, focal_px, min_cos, tex_origin_uv, texel_m, origin_px, max_level,
-                    rows, cols, level, uv, footprint)
-    return order, starts, rows, cols, level, uv, footprint
-
-
-# ---- the serial kernels as they were: the reference the tests and benchmarks/fill_kernels.py compare with ---------
-
-
-@nb.njit(cache=True, nogil=True)
-def _hole_depth_texels_plain(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_views, view_R, view_t, view_k,
-                             view_hw, view_off, depth_flat, rel, cap_m, filled_flat, out_depth_flat, n_planes,
-                             plane_tex, basis, normal_cam, focal_px, min_cos, tex_origin_uv, texel_m, origin_px,
-                             max_level):  # pragma: no cover
-    """``hole_depth_texels`` in one thread, one pass each, with a log2 per texel. The output depth of every
-    hole, and the texels of the pixels each plane's texture paints.
 
     hole_idx [M] int64; ld [M] float32, li [M] int16, pts [M, 3] float64, use [M] bool (after the openings); f [M]
     float32; rays_flat [H * W, 3] float32 camera frame; R, cam the pose; views as in ``hole_surfaces`` (used when
@@ -491,48 +248,3 @@ def _hole_depth_texels_plain(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, h
             rows[s] = np.int64(np.floor((vv - tex_origin_uv[b, 1]) / t)) + origin_px[b, 0]
             cols[s] = np.int64(np.floor((uu - tex_origin_uv[b, 0]) / t)) + origin_px[b, 1]
     return order, starts, rows, cols, level, uv, footprint
-
-
-@nb.njit(cache=True, nogil=True)
-def _hole_rays_serial(valid, filled, rays, off_dy, off_dx):  # pragma: no cover - compiled
-    """``hole_rays`` in one thread, one pass. valid [H, W] bool (rendered), filled [H, W] float32 (the background fill's
-    depth), rays [H, W, 3] float32 camera frame (z = 1), off_dy / off_dx [K] int64 (``chamfer_offsets``).
-
-    Returns hole_idx [M] int64 (flat pixel index of each hole, row-major), f [M] float32 (the fill's depth there),
-    pinhole [M] bool (f > 0 and a rendered pixel within the offsets), cast [C] int64 (indices into M of the
-    others) and their rays [C, 3] float32. The holes are counted by a branch-free sum (not a pass that tests every
-    pixel), and the cast holes' rays copied as they are met, into arrays of M rows of which the first C are
-    returned (no third pass dividing flat indices back into rows and columns)."""
-    h, w = valid.shape
-    n_valid = 0
-    for y in range(h):
-        for x in range(w):
-            n_valid += np.int64(valid[y, x])
-    n = h * w - n_valid
-    hole_idx = np.empty(n, np.int64)
-    f = np.empty(n, np.float32)
-    pinhole = np.zeros(n, np.bool_)
-    cast = np.empty(n, np.int64)
-    rays_cast = np.empty((n, 3), np.float32)
-    m = 0
-    c = 0
-    for y in range(h):
-        for x in range(w):
-            if valid[y, x]:
-                continue
-            fv = filled[y, x]
-            hole_idx[m] = y * w + x
-            f[m] = fv
-            if fv > 0:
-                for k in range(off_dy.shape[0]):
-                    yy, xx = y + off_dy[k], x + off_dx[k]
-                    if 0 <= yy < h and 0 <= xx < w and valid[yy, xx]:
-                        pinhole[m] = True
-                        break
-            if not pinhole[m]:
-                cast[c] = m
-                for j in range(3):
-                    rays_cast[c, j] = rays[y, x, j]
-                c += 1
-            m += 1
-    return hole_idx, f, pinhole, cast[:c], rays_cast[:c]
