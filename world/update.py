@@ -43,6 +43,10 @@ from spatia.world.memory import INVENTED_FINAL
 from spatia.world.numba_start import numba
 from spatia.world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
 
+# the calling thread's numba thread count, inside a kernel: numba's own parfor lowering reads it so
+# (``numba.get_num_threads()`` compiles to a ctypes call, and a kernel holding one cannot be cached on disk)
+_num_threads = numba.np.ufunc.parallel._iget_num_threads
+
 
 @dataclass(frozen=True)
 class UpdateConfig:
@@ -369,37 +373,37 @@ def _axis_at(inv_a, slope_a, ka, inv_b, slope_b, kb, span, one, far):  # pragma:
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no cover - compiled
-    """``_fill_kernel`` in two row-major passes and one axis per hole. Each pass first runs over a whole row
-    branch-free (vectorised): the forward pass makes the row's validity and keeps each column's last valid row
-    above it, the backward pass each column's next valid row below it and copies the row's depths; only then are
-    the row's holes visited, run by run, and filled. A hole's two spans depend on its ends' steps only, so only
-    the winning axis's ends are read, and a hole no axis reaches within ``max_span`` costs nothing more. An end's
-    inverse depth and slope, and whether an axis's two ends are one surface (its span is the same for every hole
-    between them), belong to the ends, not the hole: they are made once per horizontal run, and once per vertical
-    pair of ends, kept per column while the pass walks up through the holes they bound (the divisions were most
-    of a hole's cost). ``depth`` [H, W] any float dtype (inverse depths in float64 as ``_fill_kernel``), ``out``
-    [H, W] float32 (each value rounded once, as ``_fill_kernel``'s float64 out then ``astype``). Same bits as
-    ``_fill_kernel`` (tested)."""
-    H, W = depth.shape
-    limit = int(min(max_span, H + W))
+def _fill_rows_down(depth, valid_in, y0, y1, valid, up, holes, first, last):  # pragma: no cover - compiled
+    """``_fill_kernel_fused``'s forward pass over rows ``y0 .. y1 - 1`` (a band), branch-free along each row
+    (vectorised): the rows' validity, each hole's column's last valid row above it within the band (``up``, -1:
+    none there), each row's holes; per column the band's first and last valid rows (``first``, ``last`` [W]:
+    ``y1`` and -1 where none), from which the bands' passes learn what lies beyond their rows."""
+    W = depth.shape[1]
     inf = np.inf
-    valid = np.empty((H, W), np.bool_)
-    up = np.empty((H, W), np.int32)  # [y, x]: column x's last valid row above y, -1: none (read at holes only)
-    holes = np.empty(H, np.int64)  # holes in each row
-    col = np.full(W, -1, np.int32)
-    for y in range(H):
+    for x in range(W):
+        first[x] = y1
+        last[x] = -1
+    for y in range(y0, y1):
         n_valid = 0
         for x in range(W):
             d = depth[y, x]
             ok = valid_in[y, x] & (d > 0) & (d < inf)  # finite and positive (NaN fails both)
             valid[y, x] = ok
-            up[y, x] = col[x]
-            col[x] = y if ok else col[x]
+            up[y, x] = last[x]
+            last[x] = y if ok else last[x]
+            first[x] = y if ok & (first[x] == y1) else first[x]
             n_valid += np.int64(ok)
         holes[y] = W - n_valid
-    for x in range(W):
-        col[x] = H  # now: column x's next valid row below the row, H: none
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_rows_up(depth, valid, gap_rel, max_span, y0, y1, up, holes, above, below, out):  # pragma: no cover
+    """``_fill_kernel_fused``'s backward pass over rows ``y0 .. y1 - 1`` (a band): copies the rows' depths and
+    fills their holes. ``above`` / ``below`` [W]: each column's last valid row above the band (-1: none) and first
+    below it (H: none), for the holes whose vertical ends lie beyond the band."""
+    H, W = depth.shape
+    limit = int(min(max_span, H + W))
+    col = below.copy()  # column x's next valid row below the row, H: none
     # per column, the vertical ends last read: inverse depths, slopes, one surface or not, the far side's depth;
     # keyed by the upper end's row vu (-1: none; -2: nothing read yet): the holes of a column with one upper end
     # have one lower end too (the pass meets no valid pixel between them)
@@ -410,7 +414,7 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
     v_slope_d = np.empty(W, np.float64)
     v_one = np.empty(W, np.bool_)
     v_far = np.empty(W, np.float64)
-    for y in range(H - 1, -1, -1):
+    for y in range(y1 - 1, y0 - 1, -1):
         for x in range(W):
             col[x] = y if valid[y, x] else col[x]  # a hole's own column entry is left as it was: the row below's
             out[y, x] = depth[y, x]  # holes are written below
@@ -429,6 +433,7 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
             one_h = False
             for hx in range(a, x + 1):
                 u, dn = up[y, hx], col[hx]
+                u = u if u >= 0 else above[hx]  # none in the band: the last one above it
                 kl = hx - lf if lf >= 0 else 0
                 kr = rt - hx if rt < W else 0
                 ku = y - u if u >= 0 else 0
@@ -465,6 +470,67 @@ def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no c
                 out[y, hx] = est
             left -= x + 1 - a
             x = a - 2  # a - 1 is valid (or the border)
+
+
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no cover - compiled
+    """``_fill_in_bands`` in as many bands as the calling thread has numba threads (``_fill_bands``)."""
+    _fill_in_bands(depth, valid_in, gap_rel, max_span, _fill_bands(depth.shape[0], _num_threads()), out)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _fill_in_bands(depth, valid_in, gap_rel, max_span, n_bands, out):  # pragma: no cover - compiled
+    """``_fill_kernel`` in two row-major passes and one axis per hole. Each pass first runs over a whole row
+    branch-free (vectorised): the forward pass makes the row's validity and keeps each column's last valid row
+    above it, the backward pass each column's next valid row below it and copies the row's depths; only then are
+    the row's holes visited, run by run, and filled. A hole's two spans depend on its ends' steps only, so only
+    the winning axis's ends are read, and a hole no axis reaches within ``max_span`` costs nothing more. An end's
+    inverse depth and slope, and whether an axis's two ends are one surface (its span is the same for every hole
+    between them), belong to the ends, not the hole: they are made once per horizontal run, and once per vertical
+    pair of ends, kept per column while the pass walks up through the holes they bound (the divisions were most
+    of a hole's cost). ``depth`` [H, W] any float dtype (inverse depths in float64 as ``_fill_kernel``), ``out``
+    [H, W] float32 (each value rounded once, as ``_fill_kernel``'s float64 out then ``astype``). Same bits as
+    ``_fill_kernel`` (tested).
+
+    Each pass runs on ``n_bands`` bands of rows at once (the backward one once the forward one has made every
+    band's validity: ends lie in other bands). A band's passes know the columns beyond its rows only from the
+    other bands' first and last valid rows, made in between, so a hole's ends are the same rows whatever the
+    bands; each hole's estimate is made from its ends alone (the per-column reads are a cache of the same
+    arithmetic), so the fill is the same bits however many bands: frames do not depend on the number of threads
+    (tests/test_frame_kernel_bands.py)."""
+    H, W = depth.shape
+    valid = np.empty((H, W), np.bool_)
+    up = np.empty((H, W), np.int32)  # [y, x]: column x's last valid row above y in y's band, -1: none (holes only)
+    holes = np.empty(H, np.int64)  # holes in each row
+    first = np.empty((n_bands, W), np.int32)  # per band and column: its first valid row (the band's end: none)
+    last = np.empty((n_bands, W), np.int32)  # and its last (-1: none)
+    for b in numba.prange(n_bands):
+        _fill_rows_down(depth, valid_in, b * H // n_bands, (b + 1) * H // n_bands, valid, up, holes, first[b],
+                        last[b])
+    above = np.empty((n_bands, W), np.int32)  # per band and column: the last valid row above the band, -1: none
+    below = np.empty((n_bands, W), np.int32)  # the first one below it, H: none
+    for x in range(W):
+        above[0, x] = -1
+        below[n_bands - 1, x] = H
+    for b in range(1, n_bands):
+        for x in range(W):
+            above[b, x] = last[b - 1, x] if last[b - 1, x] >= 0 else above[b - 1, x]
+    for b in range(n_bands - 2, -1, -1):
+        y_end = (b + 2) * H // n_bands  # band b + 1's end: its ``first`` where it has none
+        for x in range(W):
+            below[b, x] = first[b + 1, x] if first[b + 1, x] < y_end else below[b + 1, x]
+    for b in numba.prange(n_bands):
+        _fill_rows_up(depth, valid, gap_rel, max_span, b * H // n_bands, (b + 1) * H // n_bands, up, holes,
+                      above[b], below[b], out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_bands(h, n_threads):  # pragma: no cover - compiled
+    """The bands of rows ``_fill_kernel_fused`` splits ``h`` rows into for ``n_threads`` threads: one per thread,
+    each at least 16 rows (a band costs a few passes over a row on top of its rows)."""
+    return max(1, min(n_threads, h // 16))
 
 
 def fill_holes_background(

@@ -20,6 +20,10 @@ import numpy as np
 
 from spatia.world.numba_start import nb
 
+# the calling thread's numba thread count, inside a kernel: numba's own parfor lowering reads it so
+# (``numba.get_num_threads()`` compiles to a ctypes call, and a kernel holding one cannot be cached on disk)
+_num_threads = nb.np.ufunc.parallel._iget_num_threads
+
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def _shear(n, i, shear):  # pragma: no cover - compiled
@@ -74,46 +78,60 @@ def _running_min_row(a, i, off, first, prev, dst):  # pragma: no cover - compile
 
 
 @nb.njit(cache=True, nogil=True)
-def _pairs_along_columns(a, lim, r, count, shear):  # pragma: no cover - compiled
-    """``count[i, j] += 1`` where a value below ``lim[i, j]`` lies among ``a[i - r .. i - 1, j]`` and one among
-    ``a[i + 1 .. i + r, j]`` (rows outside ``a`` hold none), along the columns of ``a`` sheared by ``shear``
-    (``_shear``: 0, or one of the diagonals, each row shifted; the shifted layout is never built, its rows are read
-    from ``a`` in place). a [n, m] float32 (inf: no rendered pixel), lim [n, m] float32, count [n, m] uint8. Each
-    one-sided minimum is a window of r rows: the min of a suffix and a prefix of blocks of r rows (van Herk /
-    Gil-Werman), O(1) a pixel whatever r, every loop along a row. The blocks are made one at a time into rings of
-    four blocks' rows (a row's test reads rows i .. i + 2r: three blocks), so that the minima stay in the core's
-    cache."""
+def _pairs_along_columns(a, lim, r, count, shear, y0, y1, g, hh, last):  # pragma: no cover - compiled
+    """``count[i, j] += 1`` for the rows i of ``y0 .. y1 - 1`` where a value below ``lim[i, j]`` lies among
+    ``a[i - r .. i - 1, j]`` and one among ``a[i + 1 .. i + r, j]`` (rows outside ``a`` hold none), along the columns
+    of ``a`` sheared by ``shear`` (``_shear``: 0, or one of the diagonals, each row shifted; the shifted layout is
+    never built, its rows are read from ``a`` in place); ``last``: the count's last pass, which leaves 1 where the
+    count reaches 2, else 0 (the caller's bool answer, without a pass of its own). a [n, w] float32 (inf: no
+    rendered pixel), lim [n, w] float32, count [n, w] uint8 (only rows y0 .. y1 - 1 written: bands of rows run on
+    threads of their own). Each one-sided minimum is a window of r rows: the min of a suffix and a prefix of blocks
+    of r rows (van Herk / Gil-Werman), O(1) a pixel whatever r, every loop along a row. The blocks are made one at
+    a time, from row y0 - r on, into the rings ``g`` and ``hh`` ([4r, m] float32 scratch, m the sheared layout's
+    columns: w, or w + n - 1) of four blocks' rows (a row's test reads rows i .. i + 2r: three blocks), so that the
+    minima stay in the core's cache. Where the blocks start does not change a minimum (exact), so neither do the
+    bands."""
     n, w = a.shape
-    m = w if shear == 0 else w + n - 1  # the sheared layout's columns
-    p_rows = n + 2 * r  # padded rows: p = i + r
+    p_end = y1 + 2 * r  # padded rows: p = i + r, those of y0 .. y1 - 1's windows are y0 .. p_end - 1
     ring = 4 * r  # ring row of padded row p: p % ring
-    g = np.empty((ring, m), np.float32)  # min from the first row of p's block down to p
-    hh = np.empty((ring, m), np.float32)  # min from p down to the last row of p's block
-    nxt = 0  # the next row to test
-    for b0 in range(0, p_rows, r):
-        b1 = min(b0 + r, p_rows)  # the block's rows: b0 .. b1 - 1
+    nxt = y0  # the next row to test
+    for b0 in range(y0, p_end, r):
+        b1 = min(b0 + r, p_end)  # the block's rows: b0 .. b1 - 1
         for p in range(b0, b1):  # down from the block's first row
             i = p - r
             _running_min_row(a, i, _shear(n, i, shear), p == b0, g[(p - 1) % ring], g[p % ring])
         for p in range(b1 - 1, b0 - 1, -1):  # up from the block's last row
             i = p - r
             _running_min_row(a, i, _shear(n, i, shear), p == b1 - 1, hh[(p + 1) % ring], hh[p % ring])
-        while nxt < n and nxt + 2 * r <= b1 - 1:  # every row whose windows lie in the blocks made so far
+        while nxt < y1 and nxt + 2 * r <= b1 - 1:  # every row whose windows lie in the blocks made so far
             i = nxt
             # above: rows i - r .. i - 1 (padded i .. i + r - 1); below: rows i + 1 .. i + r (padded i + r + 1 ..
             # i + 2r)
             sa, sb, sc, sd = i % ring, (i + r - 1) % ring, (i + r + 1) % ring, (i + 2 * r) % ring
             off = _shear(n, i, shear)
             ha, gb, hc, gd = hh[sa, off:off + w], g[sb, off:off + w], hh[sc, off:off + w], g[sd, off:off + w]
-            for j in range(w):
-                x = ha[j]
-                y = gb[j]
-                up = x if x < y else y
-                x = hc[j]
-                y = gd[j]
-                down = x if x < y else y
-                c = lim[i, j]
-                count[i, j] += (up < c) & (down < c)  # branch-free: the loop stays vectorised
+            lim_row, count_row = lim[i], count[i]
+            if last:
+                for j in range(w):
+                    x = ha[j]
+                    y = gb[j]
+                    up = x if x < y else y
+                    x = hc[j]
+                    y = gd[j]
+                    down = x if x < y else y
+                    c = lim_row[j]
+                    # 1 where the count reaches 2 (of 4 at most), in integers (a bool result compiled scalar)
+                    count_row[j] = np.uint8((np.int32(count_row[j]) + np.int32((up < c) & (down < c)) + 2) >> 2)
+            else:
+                for j in range(w):
+                    x = ha[j]
+                    y = gb[j]
+                    up = x if x < y else y
+                    x = hc[j]
+                    y = gd[j]
+                    down = x if x < y else y
+                    c = lim_row[j]
+                    count_row[j] += (up < c) & (down < c)  # branch-free: the loop stays vectorised
             nxt += 1
 
 
@@ -166,32 +184,17 @@ def _pairs_across_row(v_row, lim_row, r, pad_a, pad_b, count_row):  # pragma: no
 
 
 @nb.njit(cache=True, nogil=True)
-def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no cover - compiled
-    """``out[y, x]`` = True where at least two of the four lines through (y, x) (across, down, the two diagonals)
-    have a nearer rendered pixel (``depth < limit``) within ``radius_px`` on both sides; ``limit = min(z (1 -
-    rel), z - min_gap_m)`` in float64, as the reference (a float32 depth compared with it as a float64). The down
-    and diagonal directions are each a pass along the columns of an array (the image and its two shears, read in
-    place), so that one pass (``_pairs_along_columns``) counts that direction's pairs for every pixel, on one
-    thread, however long the radius (walking up to r pixels each way from every pixel cost more on a mostly
-    rendered frame: docs/BENCHMARKS.md, session 15, lspeed); the across direction is counted row by row as each
-    row's limits are made (``_pairs_across_row``: the image and its limits were transposed for a column pass).
-    Every per-pixel loop is branch-free (selects, not ifs), and the counts add up in place (no per-direction
-    mask): docs/BENCHMARKS.md, sessions 16 (lspeed2), 18 (lcost: the limit rounded up to a float32, the shears not
-    copied) and 20 (sthr)."""
-    h, w = depth.shape
-    r = radius_px
-    if r < 1:
-        return  # no neighbour within the radius: nothing is marked (the reference's answer)
+def _limits_across(depth, valid, r, rel, min_gap_m, y0, y1, v, lim, count):  # pragma: no cover - compiled
+    """Rows ``y0 .. y1 - 1`` of ``_see_through``'s first pass: each pixel's depth where rendered (``v``, else inf:
+    never nearer) and its limit (``lim``, -inf where nothing is marked), then the row's across line counted
+    (``_pairs_across_row``, into ``count``). Returns the rendered pixels among those rows."""
+    w = depth.shape[1]
     inf = np.float32(np.inf)
-    # per pixel: its depth where rendered (else inf: never nearer), and its limit (-inf where nothing is marked)
-    v = np.empty((h, w), np.float32)
-    lim = np.empty((h, w), np.float32)
-    count = np.empty((h, w), np.uint8)
     bump = np.empty(w, np.int32)  # 1: the limit's float32 is below it, to be moved one float32 up (one row's)
     pad_a = np.empty(w + 2 * r, np.float32)
     pad_b = np.empty(w + 2 * r, np.float32)
     n_valid = 0
-    for y in range(h):
+    for y in range(y0, y1):
         for x in range(w):
             d = depth[y, x]
             ok = valid[y, x] & (d == d)  # rendered and not NaN
@@ -214,13 +217,72 @@ def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no co
             q = bits[x]
             bits[x] = q + bump[x] * (np.int32(1) if q >= 0 else np.int32(-1))
         _pairs_across_row(v[y], lim[y], r, pad_a, pad_b, count[y])
+    return n_valid
+
+
+@nb.njit(cache=True, nogil=True)
+def _band_rows(h, n_bands, b):  # pragma: no cover - compiled
+    """Rows ``y0, y1`` of band ``b`` of ``n_bands`` (as even as whole rows go)."""
+    return b * h // n_bands, (b + 1) * h // n_bands
+
+
+@nb.njit(cache=True, nogil=True)
+def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no cover - compiled
+    """``_see_through_in_bands`` in as many bands as the calling thread has numba threads (``_see_through_bands``)."""
+    _see_through_in_bands(depth, valid, radius_px, rel, min_gap_m,
+                          _see_through_bands(depth.shape[0], radius_px, _num_threads()), out)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _see_through_in_bands(depth, valid, radius_px, rel, min_gap_m, n_bands, out):  # pragma: no cover - compiled
+    """``out[y, x]`` = True where at least two of the four lines through (y, x) (across, down, the two diagonals)
+    have a nearer rendered pixel (``depth < limit``) within ``radius_px`` on both sides; ``limit = min(z (1 -
+    rel), z - min_gap_m)`` in float64, as the reference (a float32 depth compared with it as a float64). The down
+    and diagonal directions are each a pass along the columns of an array (the image and its two shears, read in
+    place), so that one pass (``_pairs_along_columns``) counts that direction's pairs for every pixel however
+    long the radius (walking up to r pixels each way from every pixel cost more on a mostly rendered frame:
+    docs/BENCHMARKS.md, session 15, lspeed); the across direction is counted row by row as each row's limits are
+    made (``_limits_across``: the image and its limits were transposed for a column pass). Every per-pixel loop is
+    branch-free (selects, not ifs), and the counts add up in place, in ``out`` itself (no per-direction mask):
+    docs/BENCHMARKS.md, sessions 16 (lspeed2), 18 (lcost: the limit rounded up to a float32, the shears not
+    copied) and 20 (sthr).
+
+    Both passes run on ``n_bands`` bands of rows at once (the second once every band's limits are made: its
+    windows read r rows past the band); a band's column passes start r rows above it, so each band beyond one
+    makes 2r rows of minima twice (no more than a quarter of a band: ``_see_through_bands``). Each count is exact
+    (integer counts of exact float32 comparisons), so the marks are the same bits however many bands: frames do
+    not depend on the number of threads (tests/test_frame_kernel_bands.py)."""
+    h, w = depth.shape
+    r = radius_px
+    if r < 1:
+        return  # no neighbour within the radius: nothing is marked (the reference's answer)
+    # per pixel: its depth where rendered (else inf: never nearer), and its limit (-inf where nothing is marked)
+    v = np.empty((h, w), np.float32)
+    lim = np.empty((h, w), np.float32)
+    count = out.view(np.uint8)  # the pairs found so far, 0 .. 4, until the last pass leaves 0 or 1 (a bool)
+    n_valid = 0
+    for b in nb.prange(n_bands):
+        y0, y1 = _band_rows(h, n_bands, b)
+        n_valid += _limits_across(depth, valid, r, rel, min_gap_m, y0, y1, v, lim, count)
     if n_valid == 0:
-        return
-    for shear in range(3):  # down (the image's columns), then the two diagonals
-        _pairs_along_columns(v, lim, r, count, shear)
-    for y in range(h):
-        for x in range(w):
-            out[y, x] = count[y, x] >= 2
+        return  # (every count is 0: no limit above -inf)
+    ring = 4 * r
+    for b in nb.prange(n_bands):
+        y0, y1 = _band_rows(h, n_bands, b)
+        # the rings of running minima: the columns', then the diagonals' (the sheared layout's w + h - 1 columns)
+        g, hh = np.empty((ring, w), np.float32), np.empty((ring, w), np.float32)
+        _pairs_along_columns(v, lim, r, count, 0, y0, y1, g, hh, False)
+        g, hh = np.empty((ring, w + h - 1), np.float32), np.empty((ring, w + h - 1), np.float32)
+        _pairs_along_columns(v, lim, r, count, 1, y0, y1, g, hh, False)
+        _pairs_along_columns(v, lim, r, count, 2, y0, y1, g, hh, True)
+
+
+@nb.njit(cache=True, nogil=True)
+def _see_through_bands(h, r, n_threads):  # pragma: no cover - compiled
+    """The bands of rows ``_see_through`` splits an ``h``-row image into for ``n_threads`` threads: one per thread,
+    each at least 8r rows (the 2r rows of minima a band beyond one makes again cost no more than a quarter of its
+    own)."""
+    return max(1, min(n_threads, h // (8 * max(r, 1))))  # (radius 0 marks nothing, in any bands)
 
 
 def see_through_pixels(
