@@ -43,10 +43,6 @@ from spatia.world.memory import INVENTED_FINAL
 from spatia.world.numba_start import numba
 from spatia.world.odometry import depth_edge_free, photometric_residual, rgbd_odometry
 
-# the calling thread's numba thread count, inside a kernel: numba's own parfor lowering reads it so
-# (``numba.get_num_threads()`` compiles to a ctypes call, and a kernel holding one cannot be cached on disk)
-_num_threads = numba.np.ufunc.parallel._iget_num_threads
-
 
 @dataclass(frozen=True)
 class UpdateConfig:
@@ -472,12 +468,11 @@ def _fill_rows_up(depth, valid, gap_rel, max_span, y0, y1, up, holes, above, bel
             x = a - 2  # a - 1 is valid (or the border)
 
 
-
-
 @numba.njit(cache=True, nogil=True)
-def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, out):  # pragma: no cover - compiled
-    """``_fill_in_bands`` in as many bands as the calling thread has numba threads (``_fill_bands``)."""
-    _fill_in_bands(depth, valid_in, gap_rel, max_span, _fill_bands(depth.shape[0], _num_threads()), out)
+def _fill_kernel_fused(depth, valid_in, gap_rel, max_span, n_threads, out):  # pragma: no cover - compiled
+    """``_fill_in_bands`` in as many bands as ``n_threads`` (the caller's numba threads, passed in: a kernel that
+    asks numba for them is not cached on disk) make worth it (``_fill_bands``)."""
+    _fill_in_bands(depth, valid_in, gap_rel, max_span, _fill_bands(depth.shape[0], n_threads), out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -554,7 +549,7 @@ def fill_holes_background(
                                 f"{depth.shape} and {np.shape(valid)}")
     out = np.empty(depth.shape, np.float32)
     _fill_kernel_fused(depth, np.ascontiguousarray(valid, dtype=bool), float(gap_rel),
-                       np.inf if max_span_px is None else float(max_span_px), out)
+                       np.inf if max_span_px is None else float(max_span_px), numba.get_num_threads(), out)
     return out
 
 

@@ -104,7 +104,7 @@ def load_frame_kernels() -> None:
     image = t(np.zeros((1, 1, 3), np.float32))
     texels = t(np.zeros(1, np.int64))
     texture_kernels.far_texels.compile((image, texels, texels, i64, i64, i64, image, vec, f64))
-    see_through._see_through.compile((depth, mask, i64, f64, f64, mask))
+    see_through._see_through.compile((depth, mask, i64, f64, f64, i64, mask))
     opening_kernels.warm_mark_stale()  # layout.stale_closing_pixels: every indoor frame with a closing wall
     warm_pinhole_kernels()  # geometric._pinholes_on_planes: every layout-filled frame with pinholes
 

@@ -20,10 +20,6 @@ import numpy as np
 
 from spatia.world.numba_start import nb
 
-# the calling thread's numba thread count, inside a kernel: numba's own parfor lowering reads it so
-# (``numba.get_num_threads()`` compiles to a ctypes call, and a kernel holding one cannot be cached on disk)
-_num_threads = nb.np.ufunc.parallel._iget_num_threads
-
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def _shear(n, i, shear):  # pragma: no cover - compiled
@@ -227,10 +223,11 @@ def _band_rows(h, n_bands, b):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _see_through(depth, valid, radius_px, rel, min_gap_m, out):  # pragma: no cover - compiled
-    """``_see_through_in_bands`` in as many bands as the calling thread has numba threads (``_see_through_bands``)."""
+def _see_through(depth, valid, radius_px, rel, min_gap_m, n_threads, out):  # pragma: no cover - compiled
+    """``_see_through_in_bands`` in as many bands as ``n_threads`` (the caller's numba threads, passed in: a kernel
+    that asks numba for them is not cached on disk) make worth it (``_see_through_bands``)."""
     _see_through_in_bands(depth, valid, radius_px, rel, min_gap_m,
-                          _see_through_bands(depth.shape[0], radius_px, _num_threads()), out)
+                          _see_through_bands(depth.shape[0], radius_px, n_threads), out)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
@@ -298,7 +295,7 @@ def see_through_pixels(
     if depth.shape != ok.shape or depth.ndim != 2:
         raise ValueError(f"depth {depth.shape} and valid {ok.shape} must be the same [H, W]")
     out = np.zeros(depth.shape, np.bool_)
-    _see_through(depth, ok, int(radius_px), float(rel), float(min_gap_m), out)
+    _see_through(depth, ok, int(radius_px), float(rel), float(min_gap_m), nb.get_num_threads(), out)
     return out
 
 
