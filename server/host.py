@@ -44,7 +44,7 @@ from typing import Any, Callable
 import numpy as np
 import structlog
 
-from spatia.world import snapshot
+from spatia.world import numba_start, snapshot
 from spatia.world.engine import Engine, EngineConfig, prepare_generator
 from spatia.world.errors import NotFoundError, PreconditionError
 from spatia.world.numba_start import numba
@@ -60,6 +60,7 @@ log = structlog.get_logger("spatia.server.host")
 # comes from"). libgomp reads it when numba first starts its threads (on the first parallel kernel run, not at
 # import), so setting it when the server imports this module is in time; an explicit OMP_WAIT_POLICY wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+numba_start.start_threads()  # (after the policy: the threads start now, before any world's)
 
 
 def _low_priority() -> None:

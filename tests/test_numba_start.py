@@ -81,3 +81,32 @@ def test_a_first_kernel_call_beside_a_typeof_on_another_thread_does_not_break_it
     iteration" in ``functools.singledispatch``'s walk)."""
     got = json.loads(_run(TYPEOF_RACE))
     assert got["errors"] == [] and got["walks"] > 0
+
+
+THREADS_AT_IMPORT = textwrap.dedent("""
+    import json
+    import os
+
+    import numba
+
+    import spatia.world.engine  # the core: numba started, its threads not (an embedder may still set OpenMP's env)
+
+    try:
+        numba.threading_layer()
+        core = "started"
+    except ValueError:  # "Threading layer is not initialized."
+        core = "not started"
+    os.environ.pop("OMP_WAIT_POLICY", None)
+    import spatia.server.host  # noqa: F401
+
+    print(json.dumps({"core": core, "server": numba.threading_layer(), "policy": os.environ["OMP_WAIT_POLICY"]}))
+""")
+
+
+def test_a_server_process_starts_numbas_threads_at_import_after_setting_openmps_policy():
+    """``server.host`` launches the threading layer on the importing thread (``numba_start.start_threads``), after
+    its ``OMP_WAIT_POLICY``: not a world's first clip beside its layout fit (a world actor's first clip failed with
+    "dictionary changed size during iteration" once in a full run, session 26). The core alone leaves it unstarted."""
+    got = json.loads(_run(THREADS_AT_IMPORT))
+    assert got == {"core": "not started", "server": got["server"], "policy": "PASSIVE"}
+    assert got["server"] in ("omp", "tbb", "workqueue")

@@ -32,3 +32,21 @@ def _start() -> None:
 
 
 _start()
+
+
+@numba.njit(cache=True, parallel=True)
+def _first_parallel_kernel(x):
+    total = 0
+    for i in numba.prange(x.shape[0]):
+        total += x[i]
+    return total
+
+
+def start_threads() -> None:
+    """Launch numba's threading layer now, on the calling thread: a process's first parallel kernel run does it
+    otherwise, on whichever thread gets there first, and the launch imports modules (its thread pool, the
+    multiprocessing lock it takes) and warns, beside threads that may be running kernels already (a world's first
+    clip and its layout fit; CI's "dictionary changed size during iteration" in a world actor, session 26). Not at
+    this module's import: libgomp reads ``OMP_WAIT_POLICY`` when it starts its threads, which a server sets first
+    (``server.host``)."""
+    _first_parallel_kernel(np.zeros(2, np.int64))
