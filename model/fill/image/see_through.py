@@ -107,27 +107,19 @@ def _pairs_along_columns(a, lim, r, count, shear, y0, y1, g, hh, last):  # pragm
             off = _shear(n, i, shear)
             ha, gb, hc, gd = hh[sa, off:off + w], g[sb, off:off + w], hh[sc, off:off + w], g[sd, off:off + w]
             lim_row, count_row = lim[i], count[i]
-            if last:
-                for j in range(w):
-                    x = ha[j]
-                    y = gb[j]
-                    up = x if x < y else y
-                    x = hc[j]
-                    y = gd[j]
-                    down = x if x < y else y
-                    c = lim_row[j]
-                    # 1 where the count reaches 2 (of 4 at most), in integers (a bool result compiled scalar)
-                    count_row[j] = np.uint8((np.int32(count_row[j]) + np.int32((up < c) & (down < c)) + 2) >> 2)
-            else:
-                for j in range(w):
-                    x = ha[j]
-                    y = gb[j]
-                    up = x if x < y else y
-                    x = hc[j]
-                    y = gd[j]
-                    down = x if x < y else y
-                    c = lim_row[j]
-                    count_row[j] += (up < c) & (down < c)  # branch-free: the loop stays vectorised
+            # the last pass leaves 1 where the count reaches 2 (of 4 at most), in integers (a bool result compiled
+            # scalar): (count + 2) >> 2; the others add (>> 0). ``last`` is the same for the whole loop (unswitched)
+            round_up, shift = (np.int32(2), np.int32(2)) if last else (np.int32(0), np.int32(0))
+            for j in range(w):
+                x = ha[j]
+                y = gb[j]
+                up = x if x < y else y
+                x = hc[j]
+                y = gd[j]
+                down = x if x < y else y
+                c = lim_row[j]
+                total = np.int32(count_row[j]) + np.int32((up < c) & (down < c))  # branch-free: vectorised
+                count_row[j] = np.uint8((total + round_up) >> shift)
             nxt += 1
 
 
