@@ -73,11 +73,6 @@ class EngineConfig:
     # frame a fresh one chose (docs/BENCHMARKS.md, session 15 lat4, "Retrieval at 10 fps"). Frames indexed since
     # that retrieval are not scored until the next one; the pose-nearest fill still runs every clip.
     reuse_references_clips: int = 0
-    # ... and a clip without a keyframe (``keyframe_stride`` > 1) keeps it within this many times those bounds. With
-    # play's walk (1 m/s at 30 Hz, 3.3 cm a clip) the 10 cm bound alone retrieved every 4th clip, the keyframe stride,
-    # locked in phase on the clip made beside a keyframe's memory update: the two heaviest costs on one clip
-    # (docs/BENCHMARKS.md, session 26). Retrieval now falls on keyframe clips. 1: no difference.
-    reuse_references_off_keyframes: float = 2.0
     # Invented memory points within this of a pose the camera has been at are removed after each clip (0: off).
     free_radius_m: float = 0.5
     # Real-time play: a clip's memory update runs on a thread of the engine's own while the next clip is made, and
@@ -96,9 +91,6 @@ class EngineConfig:
             raise InvalidInputError(f"keyframe_stride must be >= 1, got {self.keyframe_stride}")
         if self.reuse_references_clips < 0:
             raise InvalidInputError(f"reuse_references_clips must be >= 0, got {self.reuse_references_clips}")
-        if not self.reuse_references_off_keyframes >= 1.0:  # (NaN fails too)
-            raise InvalidInputError(f"reuse_references_off_keyframes must be >= 1, got "
-                                    f"{self.reuse_references_off_keyframes}")
         if self.commit_beside_next_clip and self.update.integrate_observed:
             raise InvalidInputError("commit_beside_next_clip needs update.integrate_observed off: the next clip reads "
                                     "the remembered points while the update runs")
@@ -374,11 +366,9 @@ class Engine:
         reuse, last = self.config.reuse_references_within, self._last_retrieval
         if last is not None:
             last_c2w, last_scores, last_clip = last
-            keyframe = any(self._is_keyframe(views.first_index + i) for i in range(len(target_c2w)))
-            scale = 1.0 if keyframe else self.config.reuse_references_off_keyframes
             if (self.clips_done - last_clip <= self.config.reuse_references_clips or (
-                    reuse is not None and rotation_angle_deg(last_c2w, target_c2w[-1]) <= scale * reuse[0]
-                    and translation_distance_m(last_c2w, target_c2w[-1]) <= scale * reuse[1])):
+                    reuse is not None and rotation_angle_deg(last_c2w, target_c2w[-1]) <= reuse[0]
+                    and translation_distance_m(last_c2w, target_c2w[-1]) <= reuse[1])):
                 return {i: s for i, s in last_scores.items() if i < exclude_from}
         found = retrieve_reference_frames(
             self.world.history,
