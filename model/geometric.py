@@ -122,13 +122,14 @@ class GeometricConfig:
     # would stay coarse through frame 15 (issue 10: replaced within 8 frames), the demo's memory-only PSNR fell
     # 0.04 dB, and no served-play gain was shown yet (docs/BENCHMARKS.md, session 12, lat).
     coarse_plane_frames: int = 0
-    # layout fill: after a frame, a thread of its own synthesises the texture tiles the next frames are likely to
-    # read (``_tiles_ahead``: a widened view's planes from the camera and from where it heads), so frames turning
-    # towards an unseen wall do not make 25-46 tiles themselves (18-30 ms). Off by default: in served play on the
-    # 2-core machine it was speculative work the sessions paid for (four layout sessions 6.95-8.01 fps each with
-    # it, 7.97-9.16 without, same minutes; one session's p95 no better) (docs/BENCHMARKS.md, session 17, lead).
-    # For a machine with cores to spare.
-    tiles_ahead: bool = False
+    # layout fill: after a frame whose request has a core to spare (``ClipRequest.spare_core``: a server says so
+    # while the world is the only one in play in its process), a thread of its own synthesises the texture tiles
+    # the next frames are likely to read (``_tiles_ahead``: a widened view's planes from the camera and from where
+    # it heads), so frames turning towards an unseen wall do not make 25-46 tiles themselves. The frames are the
+    # same either way (a texel is a function of the model, the seed and its position). Never with every core busy:
+    # there it was speculative work the sessions paid for (four served sessions lost frame rate); with a spare
+    # core it lowered one session's p95 latency (docs/BENCHMARKS.md, sessions 17 and 27).
+    tiles_ahead: bool = True
     # layout fill, per texture tile (``_PlaneCoarse.texels``): a tile is *due* at frame f when a frame <= f - N first
     # asked for it, or when it is one of the warm-up's tiles (``_warm_plan``: the planes around the first camera).
     # A frame shows the final texels of due tiles (made there, or joined from the tile thread); on the pixels of a
@@ -1324,13 +1325,14 @@ class GeometricGenerator:
         return valid.copy() if claimed is None else valid | claimed
 
     def _tiles_ahead(self, entry: FillEntry, state: _LayoutState | None, view: LayoutView | None,
-                     c2w: np.ndarray, reach, intrinsics: Intrinsics) -> None:
+                     c2w: np.ndarray, reach, request: ClipRequest) -> None:
         """Ask the tile-ahead thread for the tiles ahead of this view (``_warm_tiles_ahead``; ``state`` None: the
         entry's, ``view`` None: made there) once the view has moved ``AHEAD_EVERY`` from the last one asked for:
         frames turning towards an unseen wall or a doorway synthesised 25-46 tiles themselves (18-30 ms of their
-        CPU; docs/BENCHMARKS.md, session 17). Only once the plane textures are fitted (``FillEntry.ready``): a
-        frame would wait for a plane fit that thread started."""
-        if not self.config.tiles_ahead or not entry.ready.is_set() or entry.future.exception() is not None:
+        CPU; docs/BENCHMARKS.md, session 17). Only with a core to spare (``request.spare_core``), and once the plane
+        textures are fitted (``FillEntry.ready``): a frame would wait for a plane fit that thread started."""
+        if not (self.config.tiles_ahead and request.spare_core) or not entry.ready.is_set() \
+                or entry.future.exception() is not None:
             return
         last = entry.ahead_c2w
         if last is not None and (rotation_angle_deg(last, c2w) < AHEAD_EVERY[0]
@@ -1339,7 +1341,8 @@ class GeometricGenerator:
         entry.ahead_c2w = c2w.copy()
         state = entry.state() if state is None else state
         reach = reach.copy() if isinstance(reach, np.ndarray) else reach  # (a ``LayoutPath`` is immutable)
-        self._states.ahead(entry, partial(_warm_tiles_ahead, state, view, entry.ahead_c2w, reach, intrinsics))
+        self._states.ahead(entry, partial(_warm_tiles_ahead, state, view, entry.ahead_c2w, reach,
+                                          request.intrinsics))
 
     def generate(self, request: ClipRequest) -> ClipResult:
         return clip_result(list(self.generate_frames(request)))
@@ -1376,7 +1379,7 @@ class GeometricGenerator:
                 view = view_bounds(state.layout, c2w[:3, 3], reach)
                 filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
                                                     planes, view)
-                self._tiles_ahead(entry, state, view, c2w, reach, request.intrinsics)
+                self._tiles_ahead(entry, state, view, c2w, reach, request)
                 # the doorways this frame shows are open in the memory too (their invented jambs would block)
                 yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.mask,
                                     open_space=tuple(opening_box(state.layout, o) for o in view.openings))
@@ -1385,7 +1388,7 @@ class GeometricGenerator:
                 entry.frames_made += 1
                 if entry.ready.is_set():  # the fitted state is there: its tiles for the first final frames
                     reach = _layout_reach(entry, entry.state().layout, request) if reach is None else reach
-                    self._tiles_ahead(entry, None, None, c2w, reach, request.intrinsics)
+                    self._tiles_ahead(entry, None, None, c2w, reach, request)
             # the legacy fill: push-pull colour over the floor + backdrop depth prior (also the coarse fill the
             # layout fill shows while its state is fitted: provisional, replaced within ``coarse_frames``)
             if legacy is None:

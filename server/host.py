@@ -558,11 +558,11 @@ class WorldHost:
         ``executor`` itself, from a thread without an event loop: server/ray_host.py)."""
 
         def _clip():
-            # an update beside the next clip while this world has the process's cores to itself: with others in
-            # play its thread has no idle core, and four sessions lost frame rate and latency (docs/BENCHMARKS.md,
-            # session 25)
-            beside = self.busy_worlds() <= 1
-            for i, f in enumerate(engine.generate_clip(poses, prompt, seed, beside=beside)):
+            # a core to spare while this world has the process's cores to itself: the update beside the next clip
+            # and the generator's speculative work (tiles ahead) use it. With others in play no core is idle, and
+            # four sessions lost frame rate and latency to either (docs/BENCHMARKS.md, sessions 21, 25 and 27)
+            spare_core = self.busy_worlds() <= 1
+            for i, f in enumerate(engine.generate_clip(poses, prompt, seed, spare_core=spare_core)):
                 self.frames_generated += 1
                 sink(i, f)
             self.clips_generated = engine.clips_done
@@ -580,7 +580,7 @@ class WorldHost:
 
         def _work() -> None:
             try:
-                for n, f in enumerate(engine.generate(c2w, prompt, seed)):
+                for n, f in enumerate(engine.generate(c2w, prompt, seed, spare_core=self.busy_worlds() <= 1)):
                     self.frames_generated += 1
                     if not sink(n, f):
                         break

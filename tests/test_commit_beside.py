@@ -105,7 +105,7 @@ def _walk_poses(world: World, n: int) -> np.ndarray:
 
 def _play(box_room, beside: bool, slow_update: bool = False, monkeypatch=None, clips: int = 30, solo=None):
     """One-pose clips along a turning walk (served play's clips), in play settings; (frames, world). ``solo``:
-    [clips] bool, each clip's ``generate_clip(beside=...)`` (a server's other worlds starting and ending play)."""
+    [clips] bool, each clip's ``generate_clip(spare_core=...)`` (a server's other worlds starting and ending play)."""
     rgb, depth = box_room(CAM, np.eye(4))
     world = World.from_rgbd(rgb, depth, CAM)
     generator = GeometricGenerator(GeometricConfig(fill="layout"))
@@ -125,7 +125,7 @@ def _play(box_room, beside: bool, slow_update: bool = False, monkeypatch=None, c
         monkeypatch.setattr(Engine, "_commit_memory", late)
     frames = []
     for i, c2w in enumerate(_walk_poses(world, clips)):
-        frames += list(engine.generate_clip(c2w[None], beside=True if solo is None else bool(solo[i])))
+        frames += list(engine.generate_clip(c2w[None], spare_core=True if solo is None else bool(solo[i])))
     engine.settle()
     return frames, world
 
@@ -154,7 +154,7 @@ def test_updates_beside_the_next_clip_give_the_same_world_however_late_they_run(
 
 
 def test_clips_may_switch_between_updates_beside_and_in_turn(box_room, monkeypatch):
-    """A server asks for each clip's update in turn while other worlds play (``generate_clip(beside=False)``):
+    """A server asks for each clip's update in turn while other worlds play (``generate_clip(spare_core=False)``):
     switching either way mid-walk loses no frame and no removal, and the same switches give the same world."""
     solo = np.random.default_rng(2).random(30) < 0.5
     a, a_world = _play(box_room, beside=True, solo=solo)
@@ -253,3 +253,35 @@ def test_a_served_session_leaves_every_frame_in_the_world_and_edits_wait_for_the
         assert client.get_world("w").stats.history_frames == last.frame_index + 1
     with running_server(config) as st, WorldClient(st.target, timeout_s=60) as client:
         assert client.get_world("w").stats.history_frames == last.frame_index + 1
+
+
+def test_a_served_world_has_a_core_to_spare_only_while_no_other_world_plays(box_room, tmp_path, monkeypatch):
+    """``WorldHost.clip_work`` tells each clip whether the process has a core to spare (``spare_core``: no other
+    world in play, ``busy_worlds() <= 1``): the engine's request carries it to the generator (tiles ahead) and it
+    decides whether the update runs beside the next clip."""
+    from spatia.server.host import WorldHost
+
+    rgb, depth = box_room(CAM, np.eye(4))
+    world = World.from_rgbd(rgb, depth, CAM)
+    busy = [1]
+    host = WorldHost(world, tmp_path / "w", busy_worlds=lambda: busy[0])
+    try:
+        engine = host.open_engine(GeometricGenerator(GeometricConfig(fill="layout")),
+                                  EngineConfig(clip=PLAY_CLIPS, keyframe_stride=4, commit_beside_next_clip=True))
+        requests = []
+        real = Engine._prepare
+
+        def prepare(self, *args, **kwargs):
+            request, views = real(self, *args, **kwargs)
+            requests.append(request)
+            return request, views
+
+        monkeypatch.setattr(Engine, "_prepare", prepare)
+        pattern = [1, 1, 2, 3, 1, 2]
+        for count, c2w in zip(pattern, _walk_poses(world, len(pattern)), strict=True):
+            busy[0] = count
+            host.clip_work(engine, c2w[None], None, 0, lambda i, f: None)()
+            assert (engine._pending is not None) == (count <= 1)  # an update beside the next clip, or in turn
+        assert [r.spare_core for r in requests] == [c <= 1 for c in pattern]
+    finally:
+        host.close()

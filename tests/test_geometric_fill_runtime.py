@@ -579,9 +579,9 @@ def test_tiles_ahead_run_off_the_callers_thread_the_latest_waiting_job_replacing
     assert threading.get_ident() not in {tid for _, tid in ran}
 
 
-def test_tiles_ahead_are_asked_for_only_when_configured(monkeypatch):
-    """``GeometricConfig.tiles_ahead`` (off by default: speculative work that four served sessions paid for) decides
-    whether layout frames ask the tile-ahead thread for jobs; the frames are the same either way."""
+def test_tiles_ahead_are_asked_for_only_when_configured_and_a_core_is_spare(monkeypatch):
+    """``GeometricConfig.tiles_ahead`` (on by default) and the request's ``spare_core`` (a server's: no other world
+    in play) decide whether layout frames ask the tile-ahead thread for jobs; the frames are the same either way."""
     from spatia.model.fill.state import FillStates
 
     asked = []
@@ -589,11 +589,13 @@ def test_tiles_ahead_are_asked_for_only_when_configured(monkeypatch):
     monkeypatch.setattr(FillStates, "ahead", lambda self, entry, job: (asked.append(1), real(self, entry, job)))
     path = make_scene("room", 0).demo_path(161)[20:100:5]  # past the coarse frames shown while the fit runs
     frames = {}
-    for on in (False, True):
+    for on, spare in ((False, True), (True, False), (True, True)):
+        asked.clear()
         world = World.from_scene("room", 0, 160, 90)
         engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", tiles_ahead=on)), PLAY)
-        frames[on] = [f.rgb for f in engine.generate(path)]
-        assert (len(asked) > 0) == on, (on, len(asked))
-    assert GeometricConfig().tiles_ahead is False
-    for a, b in zip(frames[False], frames[True]):
+        frames[on, spare] = [f.rgb for f in engine.generate(path, spare_core=spare)]
+        assert (len(asked) > 0) == (on and spare), (on, spare, len(asked))
+    assert GeometricConfig().tiles_ahead is True
+    for a, b, c in zip(frames[False, True], frames[True, False], frames[True, True], strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)

@@ -401,7 +401,8 @@ class Engine:
         request.need_targets()  # complete, whoever reads it
         return request
 
-    def _prepare(self, target_c2w: np.ndarray, prompt: str, seed: int) -> tuple[ClipRequest, _TargetViews]:
+    def _prepare(self, target_c2w: np.ndarray, prompt: str, seed: int,
+                 spare_core: bool = False) -> tuple[ClipRequest, _TargetViews]:
         history = self.world.history
         n_frames = self.next_frame_index  # (frames of an update in flight are not in the history yet)
         first_clip = n_frames <= 1  # only the initial image so far: the TI2V image-conditioned first clip
@@ -436,6 +437,7 @@ class Engine:
             visited_c2w=poses,
             layout_prior=self.world.layout_prior,
             render_targets=views.render if on_demand else None,
+            spare_core=spare_core,
         )
         return request, views
 
@@ -483,17 +485,18 @@ class Engine:
         yield from views
 
     def generate_clip(self, target_c2w: np.ndarray, prompt: str | None = None, seed: int = 0,
-                      beside: bool = True) -> Iterator[GeneratedFrame]:
+                      spare_core: bool = True) -> Iterator[GeneratedFrame]:
         """Generate one clip for ``target_c2w`` ``[N, 4, 4]``; each frame is yielded as soon as the generator has
         made it (all before the memory update runs, which the caller's last ``next`` pulls; where the engine
-        ``commits_beside``, that pull finishes the previous clip's update and starts this one's). ``beside=False``:
-        this clip's update is done when the pull returns all the same (a server whose other worlds are in play
-        too: no idle core for the update's thread, ``server.host``)."""
+        ``commits_beside``, that pull finishes the previous clip's update and starts this one's). ``spare_core``:
+        whether the caller's process has a core to spare beside this clip; False (a server whose other worlds are
+        in play too, ``server.host``): this clip's update is done when the pull returns, and the generator's
+        request says no core is spare (``ClipRequest.spare_core``: no speculative work beside the clip)."""
         poses = validate_trajectory(target_c2w, "target_c2w")
         prompt = self.world.info.prompt if prompt is None else prompt
         clip_id = self.clips_done
         t0 = time.perf_counter()
-        request, views = self._prepare(poses, prompt, seed=_clip_seed(seed, clip_id))
+        request, views = self._prepare(poses, prompt, seed=_clip_seed(seed, clip_id), spare_core=spare_core)
         gen_s = time.perf_counter() - t0  # generation time excludes the time the caller holds each frame
         first_index = views.first_index
         made: list[GeneratedView] = []
@@ -512,7 +515,7 @@ class Engine:
         self._join()  # (the previous clip's update, when it ran beside this clip)
         # the clip's renders show the memory as it is now unless that update changed it since they were made
         current = views.memory.version == self.world.memory.version
-        if beside and self.commits_beside:
+        if spare_core and self.commits_beside:
             self.world.memory.reindex_if_due()  # (a re-sort in place, held back while a view was read, runs here)
             self._launch_commit(poses, result, views, current)
         else:
@@ -653,8 +656,10 @@ class Engine:
                 depth = np.where(result.provisional_px[i], 0.0, depth).astype(np.float32)
             world.history.add(result.frames[i], refined[i], world.intrinsics, keys, depth_m=depth)
 
-    def generate(self, c2w: np.ndarray, prompt: str | None = None, seed: int = 0) -> Iterator[GeneratedFrame]:
-        """Generate frames for a whole trajectory ``[N, 4, 4]``, chunked into clips by ``config.clip``.
+    def generate(self, c2w: np.ndarray, prompt: str | None = None, seed: int = 0,
+                 spare_core: bool = True) -> Iterator[GeneratedFrame]:
+        """Generate frames for a whole trajectory ``[N, 4, 4]``, chunked into clips by ``config.clip``
+        (``spare_core``: as ``generate_clip``'s, for every clip).
 
         A fresh world (history = the initial image only) starts with the first-clip length; a world with
         generated frames continues with later-clip rules (preceding frames from its history).
@@ -664,7 +669,7 @@ class Engine:
         if len(self.world.history) > 1:  # continuing: every clip is a "later" clip
             clip = ClipConfig(clip.new_frames_per_clip, clip.clip_frames, clip.preceding_frames)
         for span in chunk_clips(len(poses), clip):
-            yield from self.generate_clip(poses[span.start : span.stop], prompt, seed)
+            yield from self.generate_clip(poses[span.start : span.stop], prompt, seed, spare_core)
 
 
 def first_frame(world: World) -> np.ndarray:

@@ -74,6 +74,10 @@ class ClipRequest:
     # the engine's, for generators with ``projection_on_demand``: renders target ``t`` (None: every target) into
     # ``projection``; None: the projection is complete
     render_targets: Any = None
+    # True: the caller has a core to spare beside this clip (no other world of its process is being played): a
+    # generator may use it for speculative work that leaves its frames as they would be without it (the geometric
+    # generator's texture tiles ahead of the view). False: every core is busy; the generator does only the clip.
+    spare_core: bool = False
 
     def need_targets(self, t: int | None = None) -> None:
         """After this call target ``t``'s part of ``projection`` (``None``: every target's) holds its render."""
