@@ -12,6 +12,9 @@ shared machine's other load moves least. ``phases``: each part's mean per keyfra
 the keyframe stride; 0 = a keyframe, integrated by the memory update; with play.py's walk and the retrieval reuse,
 phase 1 holds the clips that retrieve).
 
+``--mode served``: a clip per 1/``--fps`` s of real time instead of back to back, so the idle time between clips
+goes to the background threads as in a served session, and (one world) the memory update beside the next clip.
+
 ``--worlds 4``: play.py's four worlds (room, house, courtyard, room; seeds 0-3) at once, each on a thread of its own
 with one numba thread (as a server's four sessions, server/host.py). ``events``: per maintenance part, the clips
 where it took 10 ms or more. ``--digest``: each world's final memory hashed by voxel key, to compare trees.
@@ -164,6 +167,7 @@ def _child(args) -> dict:
         engines.append(Engine(world, make_generator("geometric", **({"fill": args.fill} if args.fill else {})),
                               EngineConfig(clip=ClipConfig(4, 6, 2), keyframe_stride=server.play_keyframe_stride,
                                            reuse_references_within=server.play_reuse_references_within,
+                                           commit_beside_next_clip=args.mode == "served" and len(scenes) == 1,
                                            **reuse_clips)))
     # a server's world has a core to spare only while it is the only one in play (server.host); a tree from before
     # ``spare_core`` runs as it did
@@ -182,7 +186,10 @@ def _child(args) -> dict:
             [Action(move_forward=1.0, yaw_rate_rad_s=args.yaw_rate, dt_s=1 / args.fps)] * (args.warmup + args.clips)))
         rows = []
         start.wait()
+        t_first = time.perf_counter()
         for i in range(len(poses)):
+            if args.mode == "served":  # a clip per 1/fps s, as a session's actions come: the time between is idle
+                time.sleep(max(0.0, t_first + i / args.fps - time.perf_counter()))
             acc.clear()
             t0, c0 = time.perf_counter(), time.thread_time()
             collections.deque(engine.generate_clip(poses[i : i + 1], **spare), maxlen=0)  # pulling: the update too
@@ -261,6 +268,10 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="the parts' clock: wall, or the world thread's CPU (thread: little moved by other load; "
                     "set NUMBA_NUM_THREADS=1 so that a kernel's work is all on that thread)")
+    ap.add_argument("--mode", choices=("back-to-back", "served"), default="back-to-back",
+                    help="back-to-back: each clip as soon as the last is done; served: a clip per 1/fps s of real "
+                    "time (the idle time between them is the background threads') and, with one world, its memory "
+                    "update beside the next clip, as a server's one session")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
