@@ -126,10 +126,12 @@ class GeometricConfig:
     # while the world is the only one in play in its process), a thread of its own synthesises the texture tiles
     # the next frames are likely to read (``_tiles_ahead``: a widened view's planes from the camera and from where
     # it heads), so frames turning towards an unseen wall do not make 25-46 tiles themselves. The frames are the
-    # same either way (a texel is a function of the model, the seed and its position). Never with every core busy:
-    # there it was speculative work the sessions paid for (four served sessions lost frame rate); with a spare
-    # core it lowered one session's p95 latency (docs/BENCHMARKS.md, sessions 17 and 27).
-    tiles_ahead: bool = True
+    # same either way (a texel is a function of the model, the seed and its position). Off by default, for a
+    # machine with cores beyond the frame's: on two cores it was work four served sessions paid for, and one
+    # served session's frames came late more often with it (its thread beside the frame's two kernel threads, the
+    # update's and the encoder's), although in-process it cut the tile reads' spikes (docs/BENCHMARKS.md, sessions
+    # 17 and 27).
+    tiles_ahead: bool = False
     # layout fill, per texture tile (``_PlaneCoarse.texels``): a tile is *due* at frame f when a frame <= f - N first
     # asked for it, or when it is one of the warm-up's tiles (``_warm_plan``: the planes around the first camera).
     # A frame shows the final texels of due tiles (made there, or joined from the tile thread); on the pixels of a

@@ -580,8 +580,9 @@ def test_tiles_ahead_run_off_the_callers_thread_the_latest_waiting_job_replacing
 
 
 def test_tiles_ahead_are_asked_for_only_when_configured_and_a_core_is_spare(monkeypatch):
-    """``GeometricConfig.tiles_ahead`` (on by default) and the request's ``spare_core`` (a server's: no other world
-    in play) decide whether layout frames ask the tile-ahead thread for jobs; the frames are the same either way."""
+    """``GeometricConfig.tiles_ahead`` (off by default: on two cores served sessions paid for it) and the request's
+    ``spare_core`` (a server's: no other world in play) decide whether layout frames ask the tile-ahead thread for
+    jobs; the frames are the same either way."""
     from spatia.model.fill.state import FillStates
 
     asked = []
@@ -595,7 +596,7 @@ def test_tiles_ahead_are_asked_for_only_when_configured_and_a_core_is_spare(monk
         engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", tiles_ahead=on)), PLAY)
         frames[on, spare] = [f.rgb for f in engine.generate(path, spare_core=spare)]
         assert (len(asked) > 0) == (on and spare), (on, spare, len(asked))
-    assert GeometricConfig().tiles_ahead is True
+    assert GeometricConfig().tiles_ahead is False
     for a, b, c in zip(frames[False, True], frames[True, False], frames[True, True], strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
