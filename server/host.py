@@ -559,8 +559,9 @@ class WorldHost:
 
         def _clip():
             # a core to spare while this world has the process's cores to itself: the update beside the next clip
-            # and the generator's speculative work (tiles ahead) use it. With others in play no core is idle, and
-            # four sessions lost frame rate and latency to either (docs/BENCHMARKS.md, sessions 21, 25 and 27)
+            # uses it, and so may the generator's speculative work (tiles ahead, when configured). With others in
+            # play no core is idle, and four sessions lost frame rate and latency to either (docs/BENCHMARKS.md,
+            # sessions 17 and 25)
             spare_core = self.busy_worlds() <= 1
             for i, f in enumerate(engine.generate_clip(poses, prompt, seed, spare_core=spare_core)):
                 self.frames_generated += 1
