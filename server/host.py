@@ -63,6 +63,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 numba_start.start_threads()  # (after the policy: the threads start now, before any world's)
 
 
+def _blas_threads_as_configured() -> None:
+    """OpenBLAS's own threads spin between products and take the cores from every session (four sessions p95
+    252-264 ms against 186-191, docs/BENCHMARKS.md session 27). spatia/cli.py sets ``OPENBLAS_NUM_THREADS=1`` for
+    the libraries that load after it; one loaded earlier (a program that imported numpy before the CLI or the
+    server) read no such variable, so the variable's count (an explicit one wins) is applied to the loaded ones in
+    place here (threadpoolctl: it finds each loaded BLAS and calls its own setter)."""
+    threads = os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if threads.isdigit() and int(threads) > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=int(threads), user_api="blas")
+
+
+_blas_threads_as_configured()
+
+
 def _low_priority() -> None:
     """Run the calling thread at a low CPU priority (Linux: nice 10, this thread only). A snapshot write takes
     ~0.3 s of CPU per 10^6 points; at normal priority it took a core from the session being played, whose frames

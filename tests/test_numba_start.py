@@ -6,6 +6,7 @@ check runs in a fresh interpreter: numba's start happens once per process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -65,8 +66,8 @@ TYPEOF_RACE = textwrap.dedent("""
 """)
 
 
-def _run(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+def _run(code: str, env: dict | None = None) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
@@ -110,3 +111,32 @@ def test_a_server_process_starts_numbas_threads_at_import_after_setting_openmps_
     got = json.loads(_run(THREADS_AT_IMPORT))
     assert got == {"core": "not started", "server": got["server"], "policy": "PASSIVE"}
     assert got["server"] in ("omp", "tbb", "workqueue")
+
+
+BLAS_AT_IMPORT = textwrap.dedent("""
+    import json
+    import os
+
+    import numpy  # noqa: F401  (loaded before the server's module, as a program embedding the server may)
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+
+    before = blas()
+    import spatia.server.host  # noqa: F401
+
+    print(json.dumps({"before": before, "after": blas(), "env": os.environ["OPENBLAS_NUM_THREADS"]}))
+""")
+
+
+def test_a_server_module_keeps_a_blas_loaded_before_it_to_one_thread_unless_told_otherwise():
+    """OpenBLAS's threads spin between products (four sessions' p95 ~35 % worse, docs/BENCHMARKS.md session 27):
+    ``server.host`` limits a BLAS that numpy loaded before it to one thread, and sets the environment for the
+    ones loaded later; an explicit ``OPENBLAS_NUM_THREADS`` wins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    two = min(2, os.cpu_count() or 1)
+    got = json.loads(_run(BLAS_AT_IMPORT, {**env, "GOTO_NUM_THREADS": str(two)}))  # OpenBLAS's other variable
+    assert got["before"] == [two] and got["after"] == [1] and got["env"] == "1"
+    got = json.loads(_run(BLAS_AT_IMPORT, {**env, "OPENBLAS_NUM_THREADS": str(two)}))
+    assert got["before"] == got["after"] == [two] and got["env"] == str(two)
