@@ -64,8 +64,8 @@ numba_start.start_threads()  # (after the policy: the threads start now, before 
 
 
 def _blas_threads_as_configured() -> None:
-    """OpenBLAS's own threads spin between products and take the cores from every session (four sessions p95
-    252-264 ms against 186-191, docs/BENCHMARKS.md session 27). spatia/cli.py sets ``OPENBLAS_NUM_THREADS=1`` for
+    """OpenBLAS's own threads spin between products and take the cores from every session (four sessions' p95 a
+    third higher: docs/BENCHMARKS.md, session 27). spatia/cli.py sets ``OPENBLAS_NUM_THREADS=1`` for
     the libraries that load after it; one loaded earlier (a program that imported numpy before the CLI or the
     server) read no such variable, so the variable's count (an explicit one wins) is applied to the loaded ones in
     place here (threadpoolctl: it finds each loaded BLAS and calls its own setter)."""
