@@ -1333,8 +1333,8 @@ class GeometricGenerator:
         frames turning towards an unseen wall or a doorway synthesised 25-46 tiles themselves (18-30 ms of their
         CPU; docs/BENCHMARKS.md, session 17). Only with a core to spare (``request.spare_core``), and once the plane
         textures are fitted (``FillEntry.ready``): a frame would wait for a plane fit that thread started."""
-        if not (self.config.tiles_ahead and request.spare_core) or not entry.ready.is_set() \
-                or entry.future.exception() is not None:
+        wanted = self.config.tiles_ahead and request.spare_core
+        if not wanted or not entry.ready.is_set() or entry.future.exception() is not None:
             return
         last = entry.ahead_c2w
         if last is not None and (rotation_angle_deg(last, c2w) < AHEAD_EVERY[0]
