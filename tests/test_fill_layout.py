@@ -378,6 +378,66 @@ def test_an_outdoor_facade_ends_a_little_behind_the_first_camera():
         assert (depth == 0).any() and (depth > 0).any()  # sky above the facade and past its end, and hits
 
 
+def _square_seen_from_a_corner() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(points, camera, forward)``: a square's ground, its far facade (z = 14 m) and its right facade (x = 6 m,
+    seen from z = 4 m on), 8 m high, as a first camera at x = 2 turned 35 deg towards the right facade sees them
+    (courtyard@turned): its left side (x < 0.5) never seen."""
+    rng = np.random.default_rng(8)
+    n = 8000
+    ground = np.c_[rng.uniform(1, 6, n), np.zeros(n), rng.uniform(2, 14, n)]
+    far = np.c_[rng.uniform(0.5, 6, n), rng.uniform(0, 8, n), np.full(n, 14.0)]
+    right = np.c_[np.full(n, 6.0), rng.uniform(0, 8, n), rng.uniform(4, 14, n)]
+    forward = np.array([math.sin(math.radians(35.0)), 0.0, math.cos(math.radians(35.0))])
+    return np.concatenate([ground, far, right]), np.array([2.0, 1.6, 1.0]), forward
+
+
+def test_an_unseen_side_of_a_square_mirrors_the_facade_seen_opposite():
+    """Outdoors, the unseen side beside the first camera is the facade seen on its other side mirrored about the
+    camera (x = 2 * 2 - 6 = -2 m), as high and as long as that one and textured like it; the far facade runs on to
+    meet it; behind the camera the square stays open; as the path goes that way the guess moves out with it."""
+    pts, cam, forward = _square_seen_from_a_corner()
+    up = np.array([0.0, 1.0, 0.0])
+    layout = estimate_layout(pts, cam, up, forward)
+    assert not layout.indoor
+    x_axis = _room_axis(layout, np.array([1.0, 0.0, 0.0]))
+    right = next(p for p in layout.planes if p.kind == WALL and abs(layout.axes[p.axis] @ x_axis) > 0.9)
+    far = next(p for p in layout.planes if p.kind == WALL and p is not right)
+    view = view_bounds(layout, cam, cam[None])
+    derived = [p for p in view.bounds if p.derived]
+    assert len(derived) == 1  # the left side; nothing behind the camera (z < 1)
+    left = derived[0]
+    assert left.axis == right.axis and left.facing == -right.facing
+    assert _closing_wall(layout, view, x_axis, 1) == pytest.approx(-2.0, abs=0.05)
+    assert (left.top_m, left.span_m, left.plane_id) == (right.top_m, right.span_m, right.plane_id)
+    # the far facade, seen from x = 0.5 on, reaches the mirrored corner
+    sign = float(np.sign(layout.axes[3 - far.axis] @ x_axis))
+    assert min(sign * far.span_m[0], sign * far.span_m[1]) == pytest.approx(-2.0, abs=0.05)
+    # a ray to the left side 3 m up at z = 8 hits the mirrored facade there; the whole view as the reference says
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.diag([-1.0, -1.0, 1.0])
+    c2w[:3, 3] = cam
+    target = np.array([-2.0, 3.0, 8.0])
+    ray = ((target - cam) @ c2w[:3, :3]).astype(np.float32)
+    depth, _ = cast_layout(layout, view, (ray / ray[2])[None], c2w)
+    assert depth[0] == pytest.approx(target[2] - cam[2], abs=0.05)
+    grid = pixel_rays(Intrinsics.from_fov(100.0, 40, 24)).astype(np.float32).reshape(-1, 3)
+    for yaw in (0.0, 90.0, 180.0):
+        pose = c2w.copy()
+        pose[:3, :3] = _rot([0, 1, 0], yaw) @ c2w[:3, :3]
+        d, _ = cast_layout(layout, view, grid, pose)
+        np.testing.assert_allclose(d, _reference_cast(layout, view, grid, pose), rtol=1e-4, atol=1e-5)
+    # a path that has gone to x = -1.5 moves the guess 1 m beyond it (``unseen_wall_margin_m``)
+    there = np.array([-1.5, 1.6, 6.0])
+    later = view_bounds(layout, there, np.stack([cam, there]))
+    assert _closing_wall(layout, later, x_axis, 1) == pytest.approx(-2.5, abs=0.05)
+    # off: the left side is open sky, and the far facade ends 2 m past the camera (facade_past_camera_m)
+    off = estimate_layout(pts, cam, up, forward, LayoutConfig(mirror_side_facades=False))
+    view_off = view_bounds(off, cam, cam[None])
+    assert not any(p.derived for p in view_off.bounds)
+    depth, _ = cast_layout(off, view_off, (ray / ray[2])[None], c2w)
+    assert depth[0] == 0.0
+
+
 def test_an_arcade_under_taller_facades_is_not_a_ceiling():
     """A horizontal surface above the eye that observed facades rise metres past (an arcade's underside in a
     square) does not make the space a room: the layout stays outdoors, without that ceiling. The same surface with
@@ -419,6 +479,42 @@ def test_a_facade_that_rose_out_of_the_first_view_is_not_capped_at_its_edge():
             raise_open_tops(layout, seen)
             want = top_m + layout.config.open_top_rise_m if raised and not indoor else top_m
             assert layout.planes[0].top_m == pytest.approx(want), (roof_m, indoor)
+
+
+def test_a_facade_bounded_above_only_by_its_end_is_raised_and_ends_there():
+    """A facade seen in a sliver at the edge of a pitched first view (courtyard@pitched's right facade): above it
+    the view shows only its end, a vertical edge slanted by the pitch with the sky beyond, never its roofline. Its
+    top was not seen, so it is raised like one that rose out of the view; and it ends where the sky showed past its
+    end, not at the corner ``_finish_layout`` ran it on to."""
+    K = Intrinsics.from_fov(75.0, 160, 90)
+    pitch = math.radians(15.0)
+    c2w = np.eye(4)
+    c2w[:3, 0] = [-1.0, 0.0, 0.0]  # camera x (image right) = world -x
+    c2w[:3, 1] = [0.0, -math.cos(pitch), -math.sin(pitch)]  # y down
+    c2w[:3, 2] = [0.0, -math.sin(pitch), math.cos(pitch)]  # looking +z, 15 deg down
+    c2w[:3, 3] = [0.0, 1.6, 0.0]
+    d = pixel_rays(K).reshape(-1, 3) @ c2w[:3, :3].T  # [N, 3] world directions
+    x_m = 7.0  # the facade x = -7 (on the right), 7 m high, ending 36 deg right of the axis: 1.5 deg inside the edge
+    end_z = x_m / math.tan(math.radians(36.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_wall = np.where(d[:, 0] < 0, -x_m / d[:, 0], np.inf)
+        hit = c2w[:3, 3] + t_wall[:, None] * d
+        t_wall = np.where((hit[:, 2] <= end_z) & (hit[:, 1] >= 0) & (hit[:, 1] <= 7.0), t_wall, np.inf)
+        t_ground = np.where(d[:, 1] < 0, -1.6 / d[:, 1], np.inf)
+    t = np.minimum(t_wall, t_ground)
+    points = np.where(np.isfinite(t)[:, None], c2w[:3, 3] + np.where(np.isfinite(t), t, 0)[:, None] * d, np.nan)
+    wall = np.isfinite(t_wall) & (t_wall <= t_ground)
+    assert 0 < wall.sum() < 0.1 * len(d)  # a sliver at the view's right edge
+    top_m = float(np.percentile(points[wall, 1], 99.0))
+    assert top_m < 4.0  # seen far below its 7 m
+    axes = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    facade = Plane(1, -x_m, 1, 1000, WALL, top_m, (float(points[wall, 2].min()), 20.0), 0)  # run on to z = 20
+    layout = Layout(axes, [facade], indoor=False, observer=c2w[:3, 3].copy())
+    raise_open_tops(layout, points.reshape(90, 160, 3))
+    got = layout.planes[0]
+    assert got.top_m == pytest.approx(top_m + layout.config.open_top_rise_m)
+    assert got.span_m[0] == facade.span_m[0]
+    assert got.span_m[1] == pytest.approx(end_z, abs=0.15)
 
 
 def test_the_compiled_window_search_matches_numpy():

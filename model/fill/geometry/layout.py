@@ -26,8 +26,12 @@ observed plane bounds a direction it is closed by this rule (documented in the m
   least as far from it as the observed wall on its other side (``mirror_side_walls``). Such a wall is a guess
   that moves as the path grows: what the memory invented on an earlier guess is not shown once it stands in
   front of the current one (``stale_closing_pixels``);
-- outdoors (no ceiling) nothing is closed: the ground continues (up to ``max_ground_m``), observed facades
-  continue as planes up to their observed height, and everything else is sky.
+- outdoors (no ceiling) the ground continues (up to ``max_ground_m``), observed facades continue as planes up to
+  their observed height, and everything else is sky, with one closing rule: beside the first camera, a side of
+  the square nothing observed has a facade as far from the camera as the one seen on its other side, as high
+  and as long as that one and in its texture (``mirror_side_facades``: a square is built round, so a view that
+  saw a facade on one side and nothing on the other has seen only half of it); the observed facades run on to
+  meet it as at a corner. Behind the first camera and where nothing was seen opposite, the square stays open.
 
 Doorways on the path (``path_openings``): indoors, where the camera's path (the poses it has been at and is about
 to be at, in time order) crosses a bounding wall, that wall has an opening: the camera cannot walk through a wall.
@@ -148,6 +152,11 @@ class LayoutConfig:
     # beyond the poses so far, it stood 2 m inside the room for the loop's first half (docs/BENCHMARKS.md, session
     # 16, acc). Behind the camera rule 3 alone (the wall behind a photographer is near)
     mirror_side_walls: bool = True
+    # outdoors, the same mirror beside the first camera: an unseen side of a square the first view saw a facade
+    # on is a facade too (a square is built round), as high, as long and textured as the one seen; behind the
+    # first camera, and where no facade was seen opposite, the square stays open. courtyard@turned (its left
+    # side never seen): see docs/RESULTS.md, "Session 28"
+    mirror_side_facades: bool = True
 
 
 @dataclass(frozen=True)
@@ -446,6 +455,16 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
         # as long again as what was seen of it), or to a perpendicular facade (a corner) within
         # ``facade_corner_m`` of its end; past that the square is open
         walls = [p for p in planes if p.kind == WALL]
+        # ... the facades mirrored onto the square's unseen sides (``_mirrored_facade``) make corners too: a facade
+        # that ran out of the first view towards one meets it
+        corners = [(q.axis, q.offset_m) for q in walls]
+        if config.mirror_side_facades:
+            top_min_m = float(observer @ axes[0]) + config.full_height_margin_m  # as view_bounds' outdoors
+            for k in (1, 2):
+                for direction in (1, -1):
+                    m = _mirror_source(axes, walls, observer, forward, k, direction, top_min_m, config)
+                    if m is not None:
+                        corners.append((k, m[0]))
         ext = []
         for p in planes:
             if p.kind != WALL:
@@ -459,12 +478,12 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
                 cam = float(observer @ axes[3 - p.axis])
                 lo = min(p.span_m[0], cam - config.facade_past_camera_m)
                 hi = max(p.span_m[1], cam + config.facade_past_camera_m)
-            for q in walls:
-                if q.axis == 3 - p.axis:
-                    if p.span_m[1] < q.offset_m <= p.span_m[1] + config.facade_corner_m:
-                        hi = max(hi, q.offset_m)
-                    if p.span_m[0] - config.facade_corner_m <= q.offset_m < p.span_m[0]:
-                        lo = min(lo, q.offset_m)
+            for axis, offset in corners:
+                if axis == 3 - p.axis:
+                    if p.span_m[1] < offset <= p.span_m[1] + config.facade_corner_m:
+                        hi = max(hi, offset)
+                    if p.span_m[0] - config.facade_corner_m <= offset < p.span_m[0]:
+                        lo = min(lo, offset)
             ext.append(Plane(p.axis, p.offset_m, p.facing, p.support, p.kind, p.top_m, (lo, hi), p.plane_id))
         planes = ext
     coords = pts @ axes.T  # [N, 3] along up, a1, a2
@@ -505,10 +524,40 @@ def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
         top_row = np.argmax(on[:, cols], axis=0)  # [C] the facade's topmost pixel in each column it shows in
         rose_out = top_row < cfg.open_top_rows
         above = points[np.maximum(top_row - 1, 0), cols]  # [C, 3]
-        roofline = ~rose_out & np.isnan(above[:, 0])
+        # the sky right above a facade's topmost pixel is its roofline only where that outline is level: where it
+        # climbs steeper than 45 deg between neighbouring columns it is the facade's end, a vertical edge (slanted
+        # in a pitched view) with the sky beyond it, which says nothing of its height
+        tops = points[top_row, cols]  # [C, 3]
+        pair = np.diff(cols) == 1
+        steep_pair = pair & (np.abs(np.diff(tops @ layout.up)) > np.abs(np.diff(tops @ layout.axes[3 - p.axis])))
+        steep = np.zeros(len(cols), bool)
+        steep[:-1] |= steep_pair
+        steep[1:] |= steep_pair
+        sky_above = ~rose_out & np.isnan(above[:, 0])
+        roofline = sky_above & ~steep
         telling = int(rose_out.sum() + roofline.sum())
-        if telling and rose_out.sum() >= cfg.open_top_min_share * telling:
-            planes[i] = replace(p, top_m=p.top_m + cfg.open_top_rise_m)
+        if telling:
+            raise_it = rose_out.sum() >= cfg.open_top_min_share * telling
+        else:
+            # its outline against the sky was its end alone: its top was never seen. A wall that rises past the eye
+            # is a building's, which the view ended below (courtyard@pitched saw its right facade in a sliver at
+            # the view's edge, bounded above by its end only, and capped there a 7 m building stood 2.3 m high)
+            eye_m = float(layout.observer @ layout.up) if layout.observer is not None else -math.inf
+            raise_it = bool(sky_above.any()) and p.top_m >= eye_m + cfg.full_height_margin_m
+        if raise_it:
+            p = planes[i] = replace(p, top_m=p.top_m + cfg.open_top_rise_m)
+        end = sky_above & steep
+        if end.any():
+            # the view saw the sky past the facade's end: it ends there, whatever corner ``_finish_layout`` ran it
+            # on to (raised, it showed through the gap as a wall with a hole cut where the sky was seen)
+            h = layout.axes[3 - p.axis]
+            end_m = float(np.median(tops[end] @ h))
+            own_m = float(np.median(points[on] @ h))  # the facade lies on this side of its end
+            lo, hi = p.span_m
+            if own_m < end_m < hi:
+                planes[i] = replace(p, span_m=(lo, end_m))
+            elif lo < end_m < own_m:
+                planes[i] = replace(p, span_m=(end_m, hi))
     layout.planes = planes
 
 
@@ -585,6 +634,9 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray | Layo
                 out.append(best)
                 continue
             if not layout.indoor:
+                facade = _mirrored_facade(layout, k, direction, lo, hi, top_min_m)
+                if facade is not None:
+                    out.append(facade)
                 continue
             # closing rule 1: the back side of a wall the camera walked through (it lies ahead, facing away)
             offset, src = None, None
@@ -614,15 +666,12 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray | Layo
                 far = hi if direction == 1 else lo  # max(direction * reach) * direction
                 offset = far + direction * cfg.unseen_wall_margin_m
                 mirror = _mirrored_side_wall(layout, k, direction, top_min_m)
-                if mirror is not None and direction * (mirror - offset) > 0:
-                    offset = mirror
+                if mirror is not None and cfg.mirror_side_walls and direction * (mirror[0] - offset) > 0:
+                    offset = mirror[0]
                 src = None  # no wall of its own to continue: its look is borrowed (appearance.PlaneTextures)
                 back_side = False
-            if layout.observed_range_m is not None and not back_side:
-                # what was observed that way lies inside the room: a closed wall stands beyond it
-                seen = float(layout.observed_range_m[k, 1 if direction == 1 else 0]) + direction * cfg.observed_range_margin_m
-                if direction * (seen - offset) > 0:
-                    offset = seen
+            if not back_side:
+                offset = _beyond_observed(layout, k, direction, offset)
             if direction * (offset - c) > cfg.max_room_extent_m:
                 continue
             out.append(Plane(k, float(offset), -direction, 0, WALL, math.inf, (-math.inf, math.inf),
@@ -633,27 +682,66 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray | Layo
     return view
 
 
-def _mirrored_side_wall(layout: Layout, k: int, direction: int, top_min_m: float) -> float | None:
-    """Where closing rule 3 puts an unseen wall beside the first camera (``LayoutConfig.mirror_side_walls``): the
-    observed room wall on the other side (the best-supported one reaching ``top_min_m``), mirrored about the first
-    camera; None for the direction behind it (the horizontal axis direction most opposite to its view), without
-    an observed wall the other way, or with the option off."""
-    cfg = layout.config
-    if not cfg.mirror_side_walls or layout.observer is None or layout.observer_forward is None:
+def _mirrored_side_wall(layout: Layout, k: int, direction: int, top_min_m: float) -> tuple[float, Plane] | None:
+    """``(offset_m, source)``: the observed wall on the other side of the first camera from direction ``k``,
+    ``direction`` (the best-supported one reaching ``top_min_m``) and its mirror image's offset about the first
+    camera, where closing rule 3 puts an unseen wall beside it (``LayoutConfig.mirror_side_walls``) and where an
+    unseen facade stands outdoors (``mirror_side_facades``); None for the direction behind the first camera (the
+    horizontal axis direction most opposite to its view) or without an observed wall the other way."""
+    if layout.observer is None or layout.observer_forward is None:
         return None
-    fwd = layout.observer_forward - (layout.observer_forward @ layout.up) * layout.up
+    return _mirror_source(layout.axes, layout.planes, layout.observer, layout.observer_forward, k, direction,
+                          top_min_m, layout.config)
+
+
+def _mirror_source(axes: np.ndarray, planes: list[Plane], observer: np.ndarray, forward: np.ndarray, k: int,
+                   direction: int, top_min_m: float, cfg: LayoutConfig) -> tuple[float, Plane] | None:
+    """``_mirrored_side_wall`` on the parts of a layout (``axes`` [3, 3], ``observer`` and ``forward`` [3], world
+    frame), for ``_finish_layout`` before the layout exists."""
+    up = axes[0]
+    fwd = forward - (forward @ up) * up
     if np.linalg.norm(fwd) < 1e-6:
         return None  # a camera looking straight up or down has no behind
     # the four horizontal directions (axis, sign); the one most opposite to the view is behind the camera
-    dots = {(a, s): s * float(layout.axes[a] @ fwd) for a in (1, 2) for s in (1, -1)}
+    dots = {(a, s): s * float(axes[a] @ fwd) for a in (1, 2) for s in (1, -1)}
     if min(dots, key=dots.get) == (k, direction):
         return None
-    obs = float(layout.observer @ layout.axes[k])
-    other = [p for p in layout.planes if p.axis == k and p.facing == direction and p.kind == WALL
+    obs = float(observer @ axes[k])
+    other = [p for p in planes if p.axis == k and p.facing == direction and p.kind == WALL and not p.derived
              and p.top_m >= top_min_m and direction * (obs - p.offset_m) >= cfg.min_camera_distance_m]
     if not other:
         return None
-    return 2.0 * obs - max(other, key=lambda p: p.support).offset_m
+    src = max(other, key=lambda p: p.support)
+    return 2.0 * obs - src.offset_m, src
+
+
+def _mirrored_facade(layout: Layout, k: int, direction: int, lo: float, hi: float, top_min_m: float) -> Plane | None:
+    """Outdoors, the unseen facade beside the first camera (``LayoutConfig.mirror_side_facades``): the observed
+    facade on its other side mirrored about it, as high and as long as that one (its ``top_m`` and ``span_m``: it
+    ends where the source ends, a little past the first camera, so the side behind stays open) and textured like
+    it (its ``plane_id``). Like an indoor closing wall it is a guess that moves out as the path grows: at least
+    ``unseen_wall_margin_m`` beyond the farthest pose that way (``lo``, ``hi``: the path's extent along axis ``k``)
+    and beyond what was observed that way. None where the rule places nothing (behind the first camera, no facade
+    on the other side, or the option off)."""
+    cfg = layout.config
+    if not cfg.mirror_side_facades:
+        return None
+    mirror = _mirrored_side_wall(layout, k, direction, top_min_m)
+    if mirror is None:
+        return None
+    offset, src = mirror
+    far = (hi if direction == 1 else lo) + direction * cfg.unseen_wall_margin_m  # as closing rule 3's
+    offset = _beyond_observed(layout, k, direction, offset if direction * (offset - far) > 0 else far)
+    return Plane(k, float(offset), -direction, 0, WALL, src.top_m, src.span_m, src.plane_id, derived=True)
+
+
+def _beyond_observed(layout: Layout, k: int, direction: int, offset_m: float) -> float:
+    """A closing wall's offset along axis ``k`` in ``direction``, moved out past what was observed that way (the
+    observed range plus ``observed_range_margin_m``): what was observed lies inside the space it closes."""
+    if layout.observed_range_m is None:
+        return offset_m
+    seen = float(layout.observed_range_m[k, 1 if direction == 1 else 0]) + direction * layout.config.observed_range_margin_m
+    return seen if direction * (seen - offset_m) > 0 else offset_m
 
 
 def _heading_path(path_m: np.ndarray, lookahead_m: float) -> np.ndarray:
