@@ -214,3 +214,49 @@ def test_the_sky_detail_grid_is_the_main_observed_patch():
     sky = sky_model(up, rgb, depth, rays, c2w)
     assert sky.detail.shape[1] <= 0.45 * depth.shape[1]
     assert sky.detail.shape == alone.detail.shape
+
+
+def _facade_points(window_x_m: np.ndarray, floors_y_m: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(points [N, 3], colours [N, 3] uint8)``: a plastered facade z = 10 m (x 0-12 m, 7 m high) seen every
+    5 cm, with 1.1 x 1.5 m windows centred at ``window_x_m`` on floors whose sills are at ``floors_y_m``, 6 cm
+    proud of it (as the procedural courtyard's)."""
+    x, y = np.meshgrid(np.arange(0.0, 12.0, 0.05), np.arange(0.0, 7.0, 0.05))
+    x, y = x.ravel(), y.ravel()
+    window = np.zeros(len(x), bool)
+    for cx in window_x_m:
+        for y0 in floors_y_m:
+            window |= (np.abs(x - cx) <= 0.55) & (y >= y0) & (y <= y0 + 1.5)
+    pts = np.c_[x, y, np.where(window, 9.94, 10.0)]
+    cols = np.where(window[:, None], np.array([[40, 60, 110]], np.uint8), np.array([[200, 170, 160]], np.uint8))
+    return pts, cols.astype(np.uint8)
+
+
+def test_a_facades_windows_are_its_texture_where_they_repeat():
+    """Outdoors a facade's samples reach ``facade_tol_m`` from its plane: its windows, 6 cm proud, continue past
+    what was seen on their lattice. Indoors (a picture proud of a room's wall is not the wall's texture), and
+    outdoors where the window does not repeat (one alone), the wall's own surface alone is continued: no window."""
+    from spatia.model.fill.geometry.layout import WALL, Layout, Plane
+
+    axes = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    wall = Plane(2, 10.0, -1, 1000, WALL, 7.0, (0.0, 12.0), 0)
+    observer = np.array([6.0, 1.6, 0.0])
+    # beyond the seen 12 m: the lattice's next window centres (x = 13.2, 15.6) and the wall between (14.4)
+    probe = np.array([[13.2, 1.75], [15.6, 4.75], [14.4, 1.75], [14.4, 3.3]])
+
+    # ... and a grid over the 12 m beyond: no window where none repeats
+    gx, gy = np.meshgrid(np.arange(12.0, 24.0, 0.1), np.arange(0.0, 7.0, 0.1))
+    grid = np.c_[gx.ravel(), gy.ravel()]
+
+    def colours(window_x_m, floors_y_m, indoor: bool, at: np.ndarray = probe) -> np.ndarray:
+        pts, cols = _facade_points(window_x_m, floors_y_m)
+        tex = plane_texture(Layout(axes, [wall], indoor=indoor, observer=observer), wall, pts, cols,
+                            AppearanceConfig())
+        return tex.sample(at, np.full(len(at), 0.05)).astype(float)
+
+    blue, plaster = np.array([40, 60, 110]), np.array([200, 170, 160])
+    lattice = 1.2 + 2.4 * np.arange(5)
+    got = colours(lattice, (1.0, 4.0), indoor=False)
+    assert np.abs(got[:2] - blue).max() < 40 and np.abs(got[2:] - plaster).max() < 40
+    for window_x_m, floors_y_m, indoor in ((lattice, (1.0, 4.0), True), (np.array([3.7]), (1.0,), False)):
+        got = colours(window_x_m, floors_y_m, indoor, grid)
+        assert (np.abs(got - plaster).max(axis=1) < 40).mean() > 0.99, indoor

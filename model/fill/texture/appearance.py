@@ -45,6 +45,13 @@ class AppearanceConfig:
     texel_m: float = 0.01  # one texel per point spacing (the memory's voxel size)
     plane_tol_m: float = 0.015  # observed points within this of a plane are its samples (a picture frame 3 cm
     # proud of its wall is not)
+    # ... outdoors a facade's within this: its windows, doors and sills, set a few cm in or out of its plane, are
+    # its texture where they repeat in rows and columns (the exemplar's synthesis found a two-dimensional
+    # lattice). At plane_tol_m every courtyard facade was continued without a window (their windows stand 6 cm
+    # proud), as plain plaster or brick; without a lattice, quilting scattered pieces of the door and the windows
+    # over the wall, and along a one-dimensional one it broke the windows into a jumble of blue blocks, so such a
+    # facade keeps plane_tol_m (docs/RESULTS.md, session 28)
+    facade_tol_m: float = 0.1
     max_exemplar_texels: int = 256
     min_exemplar_texels: int = 24
     min_coverage: float = 0.85  # share of a window's texels that must be observed to serve as exemplar
@@ -291,14 +298,23 @@ def plane_texture(
     observed point spacing on that plane (far surfaces are seen with fewer points than the voxel grid holds)."""
     a = layout.axes[plane.axis]
     h = points @ a if heights is None else heights
+    u_ax, v_ax = plane_basis(layout, plane)
+    seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
+    tex = None
+    if plane.kind == WALL and not layout.indoor:
+        on = np.abs(h - plane.offset_m) <= config.facade_tol_m
+        if on.sum() >= config.coarse_min_points:
+            tex = _own_exemplar(np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1),
+                                colors[on].astype(np.float32), config, seed)
+            if tex is not None and (tex.synth is None or len(tex.synth.periods_m) < 2):
+                tex = None  # no lattice of rows and columns of windows: the wall's own surface alone, below
     on = np.abs(h - plane.offset_m) <= config.plane_tol_m
     if on.sum() < config.coarse_min_points:
-        return None
-    u_ax, v_ax = plane_basis(layout, plane)
+        return tex
     uv = np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1)
     col = colors[on].astype(np.float32)
-    seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
-    tex = _own_exemplar(uv, col, config, seed)
+    if tex is None:
+        tex = _own_exemplar(uv, col, config, seed)
     if tex is not None and plane.kind in config.region_kinds and layout.observer is not None:
         region = _far_region(layout, plane, points, colors, on, config, h)
         if region is not None:
