@@ -93,6 +93,9 @@ class GeometricConfig:
     # layout fill: a hole keeps the background-preferring fill (furniture, non-planar gaps) where that fill puts
     # a surface more than this fraction in front of the layout surface; elsewhere the layout surface wins
     layout_front_rel: float = 0.10
+    # ... and those hole pixels are shown but not folded into the memory (``_fill_in_front``): the memory's object is
+    # what was observed of it. True folds them as before (kept for measurements: docs/RESULTS.md, session 28)
+    fold_fill_in_front: bool = False
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
     # depth. On a plane seen at a grazing angle (the courtyard's ground) the fill took the farther side of a gap
@@ -725,6 +728,19 @@ def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray
 SAME_VIEW_M, SAME_VIEW_DEG = 0.1, 5.0
 
 
+def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.ndarray,
+                   cfg: GeometricConfig) -> np.ndarray:
+    """``[M] bool`` over a frame's hole pixels: those that keep the small-hole fill's depth because it lies more than
+    ``layout_front_rel`` in front of the layout surface (an object's gap, not a plane's): shown, but not folded
+    into the memory (the frame's ``provisional_px``). Folded, their points grew a ghost: where the memory held an
+    object seen sparse (courtyard@turned's fountain water, seen at a grazing angle), the fill spread its depth over
+    the gaps, the next frames rendered those points as memory, and the fill spread them further, keyframe after
+    keyframe, into a wall of smeared ground and sky across the square (docs/RESULTS.md, session 28)."""
+    if cfg.fold_fill_in_front:
+        return np.zeros(len(use), bool)
+    return ~use & ~pinhole & (ld > 0) & (f > 0) & (f < np.float32(1.0 - cfg.layout_front_rel) * ld)
+
+
 def _pinholes_on_planes(
     layout: Layout,
     view: LayoutView,  # the frame's bounds (before any beyond a doorway)
@@ -1073,7 +1089,8 @@ class GeometricGenerator:
         if coarse is not None:
             plane_px = (hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
                         else np.zeros(0, np.int64))
-            coarse.set_mask(valid.shape, np.concatenate([plane_px, late_px]))
+            coarse.set_mask(valid.shape, np.concatenate([plane_px, late_px, hole_idx[_fill_in_front(use, pinhole,
+                                                                                                   ld, f, cfg)]]))
         if state.sky is not None:  # the sky where nothing is hit outdoors
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
@@ -1214,7 +1231,9 @@ class GeometricGenerator:
             painted[sel] = True
         if coarse is not None:
             coarse.set_mask(valid.shape, hole_idx[np.concatenate([np.flatnonzero(use & coarse_b[np.maximum(li, 0)]),
-                                                                  *late_px])])
+                                                                  *late_px,
+                                                                  np.flatnonzero(_fill_in_front(use, pinhole, ld, f,
+                                                                                                cfg))])])
         if state.sky is not None:
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
