@@ -266,12 +266,29 @@ class _PlaneCoarse:
     """One layout frame's per-plane coarse fill (``GeometricConfig.coarse_plane_frames``): which planes still show
     it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; its per-tile
     coarse fill (``coarse_tile_frames``: ``texels``), counted from the first frame that asked for each tile; and,
-    once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none)."""
+    once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none) and the
+    pixels whose fill lies in front of the layout (``in_front``, ``_fill_in_front``): the frame's ``provisional_px``
+    is both (shown, never folded into the memory)."""
 
     def __init__(self, entry: FillEntry, frame: int, frames: int, tile_frames: int = 0) -> None:
         self._entry, self._frame, self._frames = entry, frame, frames
         self._tile_frames = tile_frames  # ``GeometricConfig.coarse_tile_frames``
         self.mask: np.ndarray | None = None
+        self.in_front: np.ndarray | None = None
+
+    @property
+    def provisional_px(self) -> np.ndarray | None:
+        """``[H, W]`` bool: the frame's pixels that are shown but not folded into the memory; None when none."""
+        if self.in_front is None:
+            return self.mask
+        return self.in_front if self.mask is None else self.mask | self.in_front
+
+    def set_in_front(self, shape: tuple[int, int], pixels: np.ndarray) -> None:
+        """The frame's pixels whose fill lies in front of the layout: flat indices ``pixels`` [K] into ``shape``."""
+        self.in_front = None
+        if len(pixels):
+            self.in_front = np.zeros(shape, bool)
+            self.in_front.ravel()[pixels] = True
 
     def texels(self, state: _LayoutState, tex, rows: np.ndarray, cols: np.ndarray, level: np.ndarray) -> np.ndarray:
         """``[N]`` int8 per texel (``read_texels``'s ``rows``, ``cols``, ``level`` of ``tex``'s synthesis model, each
@@ -1089,8 +1106,8 @@ class GeometricGenerator:
         if coarse is not None:
             plane_px = (hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
                         else np.zeros(0, np.int64))
-            coarse.set_mask(valid.shape, np.concatenate([plane_px, late_px, hole_idx[_fill_in_front(use, pinhole,
-                                                                                                   ld, f, cfg)]]))
+            coarse.set_mask(valid.shape, np.concatenate([plane_px, late_px]))
+            coarse.set_in_front(valid.shape, hole_idx[_fill_in_front(use, pinhole, ld, f, cfg)])
         if state.sky is not None:  # the sky where nothing is hit outdoors
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
@@ -1231,9 +1248,8 @@ class GeometricGenerator:
             painted[sel] = True
         if coarse is not None:
             coarse.set_mask(valid.shape, hole_idx[np.concatenate([np.flatnonzero(use & coarse_b[np.maximum(li, 0)]),
-                                                                  *late_px,
-                                                                  np.flatnonzero(_fill_in_front(use, pinhole, ld, f,
-                                                                                                cfg))])])
+                                                                  *late_px])])
+            coarse.set_in_front(valid.shape, hole_idx[_fill_in_front(use, pinhole, ld, f, cfg)])
         if state.sky is not None:
             open_sky = (ld <= 0) & ~pinhole  # a cast ray that hits nothing: sky, not a small-hole fill's surface
             out_depth.ravel()[hole_idx[open_sky]] = 0.0
@@ -1402,7 +1418,7 @@ class GeometricGenerator:
                                                     planes, view)
                 self._tiles_ahead(entry, state, view, c2w, reach, request)
                 # the doorways this frame shows are open in the memory too (their invented jambs would block)
-                yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.mask,
+                yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.provisional_px,
                                     open_space=tuple(opening_box(state.layout, o) for o in view.openings))
                 continue
             if entry is not None:

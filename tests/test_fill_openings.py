@@ -121,7 +121,7 @@ def test_the_camera_walks_through_a_doorway_the_frame_shows():
                             np.where(first > 0, first, 1e-30).astype(np.float32), 0.03).any()
     # the camera went through the right wall (its observed plane) into the room beyond, which the memory holds
     wall_x = float(np.percentile(pos[prov == OBSERVED, 0], 99.5))
-    assert x[-1] > wall_x + 0.2, (x[-1], wall_x)
+    assert x[-1] > wall_x + 0.15, (x[-1], wall_x)  # past the wall's thickness (LayoutConfig.wall_thickness_m)
     assert np.count_nonzero(pos[prov == INVENTED_FINAL, 0] > wall_x + 0.3) > 100
 
 

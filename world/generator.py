@@ -107,8 +107,8 @@ class ClipResult:
     # [N] bool: frame i's invented pixels are a coarse fill, kept in memory as invented-provisional until a final
     # frame replaces them (``GeneratedView.provisional``). None: all final.
     provisional: np.ndarray | None = None
-    # [N, H, W] bool: pixels of otherwise final frames that show a coarse fill (``GeneratedView.provisional_px``).
-    # None: none.
+    # [N, H, W] bool: pixels of otherwise final frames that are shown but not folded into the memory
+    # (``GeneratedView.provisional_px``). None: none.
     provisional_px: np.ndarray | None = None
     # space the frames show as open, distinct boxes over the clip (``GeneratedView.open_space``)
     open_space: tuple[Box, ...] = ()
@@ -124,9 +124,10 @@ class GeneratedView:
     # True: what this frame invents is a coarse fill shown while the final one is prepared (it becomes
     # invented-provisional memory, replaced once frames are final; at most a few frames of a world are)
     provisional: bool = False
-    # [H, W] bool: the pixels of a final frame that show a coarse fill (a plane whose texture is still being
-    # fitted): shown, never folded into the memory, and not warped into later frames (the history keeps no depth
-    # there). None: none.
+    # [H, W] bool: the pixels of a final frame that are shown, never folded into the memory, and not warped into
+    # later frames (the history keeps no depth there): a coarse fill (a plane whose texture is still being fitted),
+    # or a guess the generator will not commit to (the geometric fill's depth in front of its layout, around an
+    # object seen sparse). None: none.
     provisional_px: np.ndarray | None = None
     # Boxes (world frame) the frame shows as open space where the memory may hold invented points: a doorway the
     # generator opened in a wall it invented before. The engine deletes the invented points inside them when it
