@@ -665,8 +665,8 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray | Layo
                 # closing rule 3: a wall nothing observed bounds stands beyond the farthest pose that way
                 far = hi if direction == 1 else lo  # max(direction * reach) * direction
                 offset = far + direction * cfg.unseen_wall_margin_m
-                mirror = _mirrored_side_wall(layout, k, direction, top_min_m)
-                if mirror is not None and cfg.mirror_side_walls and direction * (mirror[0] - offset) > 0:
+                mirror = _mirrored_side_wall(layout, k, direction, top_min_m) if cfg.mirror_side_walls else None
+                if mirror is not None and direction * (mirror[0] - offset) > 0:
                     offset = mirror[0]
                 src = None  # no wall of its own to continue: its look is borrowed (appearance.PlaneTextures)
                 back_side = False

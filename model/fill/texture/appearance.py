@@ -301,7 +301,7 @@ def plane_texture(
     u_ax, v_ax = plane_basis(layout, plane)
     seed = 1000003 * (plane.axis + 1) + int(round(plane.offset_m / 0.01))  # keyed by the plane (stable on reload)
     tex = None
-    if plane.kind == WALL and not layout.indoor:
+    if plane.kind == WALL and not layout.indoor and config.facade_tol_m > config.plane_tol_m:
         on = np.abs(h - plane.offset_m) <= config.facade_tol_m
         if on.sum() >= config.coarse_min_points:
             tex = _own_exemplar(np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1),
