@@ -96,6 +96,11 @@ class GeometricConfig:
     # ... and those hole pixels are shown but not folded into the memory (``_fill_in_front``): the memory's object is
     # what was observed of it. True folds them as before (kept for measurements: docs/RESULTS.md, session 28)
     fold_fill_in_front: bool = False
+    # a hole pixel whose colour a reference gave (``_apply_references``) from a surface more than this fraction
+    # nearer or farther than the depth the fill gives the pixel is shown, not folded into the memory
+    # (``_claims_off_surface``): folded, the colour of one surface lands on another (the courtyard's fountain water
+    # as blue streaks on the paving, grown keyframe after keyframe; docs/RESULTS.md, session 29). inf: fold them
+    claim_surface_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
     # depth. On a plane seen at a grazing angle (the courtyard's ground) the fill took the farther side of a gap
@@ -266,29 +271,41 @@ class _PlaneCoarse:
     """One layout frame's per-plane coarse fill (``GeometricConfig.coarse_plane_frames``): which planes still show
     it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; its per-tile
     coarse fill (``coarse_tile_frames``: ``texels``), counted from the first frame that asked for each tile; and,
-    once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none) and the
-    pixels whose fill lies in front of the layout (``in_front``, ``_fill_in_front``): the frame's ``provisional_px``
-    is both (shown, never folded into the memory)."""
+    once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none), the
+    pixels whose fill lies in front of the layout (``in_front``, ``_fill_in_front``) and those whose colour a
+    reference gave from another surface (``off_surface``, ``_claims_off_surface``): the frame's ``provisional_px``
+    is all three (shown, never folded into the memory)."""
 
     def __init__(self, entry: FillEntry, frame: int, frames: int, tile_frames: int = 0) -> None:
         self._entry, self._frame, self._frames = entry, frame, frames
         self._tile_frames = tile_frames  # ``GeometricConfig.coarse_tile_frames``
         self.mask: np.ndarray | None = None
         self.in_front: np.ndarray | None = None
+        self.off_surface: np.ndarray | None = None
 
     @property
     def provisional_px(self) -> np.ndarray | None:
         """``[H, W]`` bool: the frame's pixels that are shown but not folded into the memory; None when none."""
-        if self.in_front is None:
-            return self.mask
-        return self.in_front if self.mask is None else self.mask | self.in_front
+        parts = [m for m in (self.mask, self.in_front, self.off_surface) if m is not None]
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        return np.logical_or.reduce(parts)
+
+    @staticmethod
+    def _pixels(shape: tuple[int, int], pixels: np.ndarray) -> np.ndarray | None:
+        if not len(pixels):
+            return None
+        out = np.zeros(shape, bool)
+        out.ravel()[pixels] = True
+        return out
 
     def set_in_front(self, shape: tuple[int, int], pixels: np.ndarray) -> None:
         """The frame's pixels whose fill lies in front of the layout: flat indices ``pixels`` [K] into ``shape``."""
-        self.in_front = None
-        if len(pixels):
-            self.in_front = np.zeros(shape, bool)
-            self.in_front.ravel()[pixels] = True
+        self.in_front = self._pixels(shape, pixels)
+
+    def set_off_surface(self, shape: tuple[int, int], pixels: np.ndarray) -> None:
+        """The frame's pixels whose colour a reference gave from another surface: flat indices [K] into ``shape``."""
+        self.off_surface = self._pixels(shape, pixels)
 
     def texels(self, state: _LayoutState, tex, rows: np.ndarray, cols: np.ndarray, level: np.ndarray) -> np.ndarray:
         """``[N]`` int8 per texel (``read_texels``'s ``rows``, ``cols``, ``level`` of ``tex``'s synthesis model, each
@@ -758,6 +775,28 @@ def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.n
     return ~use & ~pinhole & (ld > 0) & (f > 0) & (f < np.float32(1.0 - cfg.layout_front_rel) * ld)
 
 
+def _claims_off_surface(
+    claims_depth_m: np.ndarray | None,  # [H, W] float32: the warped depth of each pixel's claimed colour, 0: none
+    valid: np.ndarray,  # [H, W] bool, where the memory rendered (the fill's input)
+    painted: np.ndarray,  # [K] int64 flat pixel indices the fill painted (plane textures, sky) over any claim
+    out_depth: np.ndarray,  # [H, W] float32, the frame's depth after the fill
+    rel: float,  # ``GeometricConfig.claim_surface_rel``
+) -> np.ndarray:
+    """``[J] int64`` flat pixel indices: holes of the memory that show a reference's colour (claimed in
+    ``_apply_references`` and not painted over) whose warped depth differs from the frame's depth there by more than
+    ``rel`` of it. The fill gives a hole its depth (the background-preferring fill, a layout plane) independently of
+    the colour a reference lands there: where the two come from different surfaces (a raised basin's water warped
+    onto the paving behind it), folding the pair would put one surface's colour on the other."""
+    if claims_depth_m is None or not math.isfinite(rel):
+        return np.zeros(0, np.int64)
+    shown = (claims_depth_m > 0) & ~valid
+    shown.ravel()[painted] = False
+    px = np.flatnonzero(shown)
+    d = out_depth.ravel()[px]
+    c = claims_depth_m.ravel()[px]
+    return px[(d > 0) & (np.abs(c - d) > np.float32(rel) * d)]
+
+
 def _pinholes_on_planes(
     layout: Layout,
     view: LayoutView,  # the frame's bounds (before any beyond a doorway)
@@ -974,6 +1013,7 @@ class GeometricGenerator:
         reach,  # [P, 3] camera positions visited or about to be, world frame, or a ``layout.LayoutPath`` of them
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
         view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
+        claims_depth_m: np.ndarray | None = None,  # [H, W] float32, ``_apply_references``'s (None: no reference)
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout.
 
@@ -1116,6 +1156,9 @@ class GeometricGenerator:
             if len(sky):
                 rgb_flat[sky] = state.sky.colour(rays_flat[sky] @ R.T)
                 painted = np.concatenate([painted, sky])
+        if coarse is not None:
+            coarse.set_off_surface(valid.shape, _claims_off_surface(claims_depth_m, valid, painted, out_depth,
+                                                                    cfg.claim_surface_rel))
         colored = colored.copy()
         colored.ravel()[painted] = True
         return out_depth, colored
@@ -1132,6 +1175,7 @@ class GeometricGenerator:
         reach,  # [P, 3] camera positions visited or about to be, world frame, or a ``layout.LayoutPath`` of them
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
         view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
+        claims_depth_m: np.ndarray | None = None,  # [H, W] float32, ``_apply_references``'s (None: no reference)
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
@@ -1258,9 +1302,13 @@ class GeometricGenerator:
                 cols[sky] = state.sky.colour(rays[sky] @ R.T)
                 painted |= sky
         rgb_flat[hole_idx] = cols
+        out_depth = out_depth.astype(np.float32)
+        if coarse is not None:
+            coarse.set_off_surface(valid.shape, _claims_off_surface(claims_depth_m, valid, hole_idx[painted],
+                                                                    out_depth, cfg.claim_surface_rel))
         colored = colored.copy()
         colored.ravel()[hole_idx[painted]] = True
-        return out_depth.astype(np.float32), colored
+        return out_depth, colored
 
     def _beyond_openings(
         self,
@@ -1325,10 +1373,12 @@ class GeometricGenerator:
         c2w: np.ndarray,  # [4, 4] the target pose
         request: ClipRequest,
         references: list[ReferenceFrame],
+        claims_depth_m: np.ndarray | None = None,  # [H, W] float32, zero; in place: a claimed colour's warped depth
     ) -> np.ndarray:
         """Warp the nearest references (by pose) into this target: they fill colour holes, and sharpen from close
         by. Returns the colour-valid mask. Depth stays the memory's: a warp fattens near surfaces by its splat,
-        and points placed with that depth would float in front of the background."""
+        and points placed with that depth would float in front of the background. ``claims_depth_m`` (given
+        zero): where a reference's colour is taken, the depth it was warped to (``_claims_off_surface``)."""
         cfg = self.config
         claimed = None  # pixels a nearer reference already set: nearest first, first claim wins (made at a warp)
         # each reference's turn and travel from this target, once (the order and the close / same-view tests); 10 cm
@@ -1350,7 +1400,7 @@ class GeometricGenerator:
                 claimed = np.zeros_like(valid)
             if not close:  # it fills the memory's holes only: the warp of the source blocks that can land in one
                 warp_claim(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w, rgb, claimed,
-                           ~valid)
+                           ~valid, claims_depth_m)
                 continue
             warped = warp_rgbd(ref.rgb, ref.depth_m, ref.intrinsics, ref.c2w, request.intrinsics, c2w)
             allowed = ~valid  # holes of the memory
@@ -1359,6 +1409,8 @@ class GeometricGenerator:
             elif close:
                 allowed = allowed | (np.abs(warped.depth_m - depth) <= cfg.same_surface_rel_tol * np.maximum(depth, 1e-6))
             claim_warped(rgb, claimed, warped.rgb, warped.depth_m, allowed)  # rgb, claimed: in place
+            if claims_depth_m is not None:  # this reference's claims: the claimed pixels with no depth yet
+                np.copyto(claims_depth_m, warped.depth_m, where=claimed & (claims_depth_m == 0))
         return valid.copy() if claimed is None else valid | claimed
 
     def _tiles_ahead(self, entry: FillEntry, state: _LayoutState | None, view: LayoutView | None,
@@ -1411,11 +1463,12 @@ class GeometricGenerator:
 
                 state = entry.state()
                 reach = _layout_reach(entry, state.layout, request) if reach is None else reach
-                colored = self._apply_references(rgb, depth, valid, c2w, request, refs) if refs else valid
+                claims = np.zeros(valid.shape, np.float32) if refs else None
+                colored = self._apply_references(rgb, depth, valid, c2w, request, refs, claims) if refs else valid
                 planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames, self.config.coarse_tile_frames)
                 view = view_bounds(state.layout, c2w[:3, 3], reach)
                 filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
-                                                    planes, view)
+                                                    planes, view, claims)
                 self._tiles_ahead(entry, state, view, c2w, reach, request)
                 # the doorways this frame shows are open in the memory too (their invented jambs would block)
                 yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.provisional_px,

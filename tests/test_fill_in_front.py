@@ -1,10 +1,13 @@
-"""The small-hole fill's depth where it lies in front of the layout is shown, not folded into the memory
-(``model.geometric._fill_in_front``, ``GeometricConfig.fold_fill_in_front``).
+"""Hole pixels the frame shows but does not fold into the memory.
 
-courtyard@turned in the play setting: the first view sees the fountain's water at a grazing angle, so up close
-the memory renders it as sparse streaks; the fill spread their depth over the gaps, the keyframes folded those
-points into the memory, and the next frames spread them further, into a ghost wall across the square
-(docs/RESULTS.md, session 28)."""
+The small-hole fill's depth where it lies in front of the layout (``model.geometric._fill_in_front``,
+``GeometricConfig.fold_fill_in_front``): courtyard@turned in the play setting: the first view sees the fountain's
+water at a grazing angle, so up close the memory renders it as sparse streaks; the fill spread their depth over the
+gaps, the keyframes folded those points into the memory, and the next frames spread them further, into a ghost wall
+across the square (docs/RESULTS.md, session 28).
+
+A reference's colour from another surface than the fill's depth there (``model.geometric._claims_off_surface``,
+``GeometricConfig.claim_surface_rel``; session 29)"""
 
 from __future__ import annotations
 
@@ -32,3 +35,24 @@ def test_the_fill_in_front_of_the_layout_grows_no_ghost_in_the_memory():
         accurate[fold] = float(truth.accurate(pts[invented]).mean())  # share of invented points within 5 cm
     # 160x90, 80 frames: 0.65 folded, 0.77 not
     assert accurate[False] >= accurate[True] + 0.08 and accurate[False] >= 0.72, accurate
+
+
+def test_a_references_colour_from_another_surface_is_not_folded_onto_the_paving():
+    """``GeometricConfig.claim_surface_rel``: a hole pixel whose colour a reference warped in from a surface whose
+    depth differs from the depth the fill gives the pixel is shown, not folded. The courtyard's fountain water
+    (raised 0.56 m in its basin) warped onto the paving behind the basin, with the paving's filled depth, was folded
+    as blue points on the ground, keyframe after keyframe (docs/RESULTS.md, session 29)."""
+    prepared = prepare_item(NovelItem.parse("courtyard"), 320, 180)
+    T = prepared.scene_from_world
+    blue_on_ground = {}
+    for rel in (float("inf"), 0.10):
+        world = prepared.build_world()
+        engine = Engine(world, make_generator("geometric", fill="layout", claim_surface_rel=rel), SETTINGS["play"])
+        deque(engine.generate(prepared.path_world[1:61], seed=0), maxlen=0)
+        pts = world.memory.positions.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+        rgb = world.memory.colors.astype(np.int64)
+        water = (rgb[:, 2] > rgb[:, 0] + 40) & (rgb[:, 2] > rgb[:, 1] + 10)
+        invented = np.asarray(world.memory.provenance) != OBSERVED
+        blue_on_ground[rel] = int((invented & water & (np.abs(pts[:, 1]) < 0.15)).sum())  # the paving: y = 0
+    # 320x180, 60 frames: 546 folded, 221 not
+    assert blue_on_ground[0.10] <= 0.5 * blue_on_ground[float("inf")], blue_on_ground

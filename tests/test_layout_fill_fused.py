@@ -159,15 +159,16 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     from spatia.world.state import World
 
     G = geometric.GeometricGenerator
-    fused, checked, openings, masks, fronts = G._layout_fill, [], [], [], []
+    fused, checked, openings, masks, fronts, offs = G._layout_fill, [], [], [], [], []
 
-    def both(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None, given=None):
+    def both(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None, given=None, claims=None):
         want_rgb = rgb.copy()
         want = (*G._layout_fill_reference(self, state, want_rgb, colored, depth, valid, c2w, request, reach, coarse,
-                                          given), want_rgb)
+                                          given, claims), want_rgb)
         want_mask = None if coarse is None else coarse.mask
         want_front = None if coarse is None else coarse.in_front
-        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, given)
+        want_off = None if coarse is None else coarse.off_surface
+        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, given, claims)
         _same((*got, rgb), want)
         if coarse is not None:  # the per-plane coarse fill's provisional pixels: the same
             assert (want_mask is None) == (coarse.mask is None)
@@ -175,8 +176,12 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
             # ... and the pixels whose fill lies in front of the layout (shown, not folded): the same
             assert (want_front is None) == (coarse.in_front is None)
             assert want_front is None or np.array_equal(want_front, coarse.in_front)
+            # ... and those showing a reference's colour from another surface (shown, not folded): the same
+            assert (want_off is None) == (coarse.off_surface is None)
+            assert want_off is None or np.array_equal(want_off, coarse.off_surface)
             fronts.append(want_front is not None)
             masks.append(want_mask is not None)
+            offs.append(want_off is not None)
         checked.append(1)
         # the path's extremes and crossings from the world's path summary, kept clip after clip ...
         assert isinstance(reach, layout_module.LayoutPath)
@@ -196,6 +201,7 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     assert any(openings)  # the walk went through doorways
     assert any(masks) and not all(masks)  # frames with planes' coarse fill and frames without
     assert any(fronts)  # frames with pixels whose fill lies in front of the layout
+    assert any(offs)  # frames with pixels showing a reference's colour from another surface
 
 
 def test_texel_reads_match_the_numpy_plan():

@@ -119,8 +119,12 @@ def test_warp_claim_matches_warp_then_claim(seed):
     _reference_claim_warped(want_rgb, want_claimed, ref.rgb, ref.depth_m, allowed)
     assert (want_claimed & ~claimed).any()  # the warp claims pixels (the test tests something)
     got_rgb, got_claimed = base.copy(), claimed.copy()
-    warp_claim(rgb, depth, K, np.eye(4), K_dst, pose, got_rgb, got_claimed, allowed)
+    got_depth = np.full(claimed.shape, 0.25, np.float32)  # left alone where nothing is claimed
+    warp_claim(rgb, depth, K, np.eye(4), K_dst, pose, got_rgb, got_claimed, allowed, got_depth)
     assert np.array_equal(got_rgb, want_rgb) and np.array_equal(got_claimed, want_claimed)
+    # the depth of each colour claimed here is the reference warp's, the rest untouched
+    new = want_claimed & ~claimed
+    assert np.array_equal(got_depth, np.where(new, ref.depth_m, np.float32(0.25)))
     rel = np.linalg.inv(pose)
     for n_chunks in (1, 2, 3):
         for block in (1, 3, 8):

@@ -396,10 +396,12 @@ def warp_claim(
     out_rgb: np.ndarray,  # [H, W, 3] uint8, the target's colour, in place
     claimed: np.ndarray,  # [H, W] bool, pixels already claimed, in place
     allowed: np.ndarray,  # [H, W] bool
+    claimed_depth_m: np.ndarray | None = None,  # [H, W] float32 target z-depth, in place; None: not wanted
 ) -> None:
     """``claim_warped(out_rgb, claimed, w.rgb, w.depth_m, allowed)`` of ``w = warp_rgbd(...)``, warping only the
     source blocks that can land on an allowed, unclaimed pixel (``_warp_claim_kernel``): where those are few (a
-    far reference fills the memory's holes) most of the warp is skipped."""
+    far reference fills the memory's holes) most of the warp is skipped. ``claimed_depth_m``: where this call
+    claims a pixel, the warped depth of the colour it took (``w.depth_m`` there); elsewhere left as it was."""
     _check(rgb, depth_m, src)
     H, W = dst.height, dst.width
     for name, a, shape, dtype in (("out_rgb", out_rgb, (H, W, 3), np.uint8), ("claimed", claimed, (H, W), np.bool_),
@@ -415,6 +417,12 @@ def warp_claim(
         scratch = _scratch.arrays = (np.empty((H + 1, W + 1), np.int32), np.empty((H, W), np.float32))
     _warp_claim_kernel(*_kernel_cameras(rgb, depth_m, src, c2w_src, dst, c2w_dst), mask, out_rgb, claimed,
                        numba.get_num_threads(), CULL_BLOCK_PX, *scratch)
+    if claimed_depth_m is not None:
+        if claimed_depth_m.shape != (H, W) or claimed_depth_m.dtype != np.float32:
+            raise InvalidInputError(f"claimed_depth_m must be float32 {(H, W)}, got {claimed_depth_m.dtype} "
+                                    f"{claimed_depth_m.shape}")
+        o_depth = scratch[1]  # the kernel's z-buffer: > 0 exactly on the pixels this call claimed
+        np.copyto(claimed_depth_m, o_depth, where=o_depth > 0)
 
 
 def warp_rgbd_reference(rgb, depth_m, src, c2w_src, dst, c2w_dst) -> WarpResult:
