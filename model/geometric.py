@@ -96,11 +96,13 @@ class GeometricConfig:
     # ... and those hole pixels are shown but not folded into the memory (``_fill_in_front``): the memory's object is
     # what was observed of it. True folds them as before (kept for measurements: docs/RESULTS.md, session 28)
     fold_fill_in_front: bool = False
-    # a hole pixel whose colour a reference gave (``_apply_references``) from a surface more than this fraction
-    # nearer or farther than the depth the fill gives the pixel is shown, not folded into the memory
-    # (``_claims_off_surface``): folded, the colour of one surface lands on another (the courtyard's fountain water
-    # as blue streaks on the paving, grown keyframe after keyframe; docs/RESULTS.md, session 29). inf: fold them
-    claim_surface_rel: float = 0.10
+    # a hole pixel whose colour may come from another surface than the depth the fill gives it is shown, not
+    # folded into the memory (``_colour_off_surface``): a reference's colour (``_apply_references``) warped from a
+    # depth more than this fraction nearer or farther, or the colour fill's where a rendered pixel within
+    # ``pinhole_px`` lies more than this fraction nearer. Folded, one surface's colour landed on another: the
+    # courtyard's fountain water as blue streaks on the paving, grown keyframe after keyframe (docs/RESULTS.md,
+    # session 29). inf: fold them
+    colour_surface_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
     # depth. On a plane seen at a grazing angle (the courtyard's ground) the fill took the farther side of a gap
@@ -273,7 +275,7 @@ class _PlaneCoarse:
     coarse fill (``coarse_tile_frames``: ``texels``), counted from the first frame that asked for each tile; and,
     once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none), the
     pixels whose fill lies in front of the layout (``in_front``, ``_fill_in_front``) and those whose colour a
-    reference gave from another surface (``off_surface``, ``_claims_off_surface``): the frame's ``provisional_px``
+    reference gave from another surface (``off_surface``, ``_colour_off_surface``): the frame's ``provisional_px``
     is all three (shown, never folded into the memory)."""
 
     def __init__(self, entry: FillEntry, frame: int, frames: int, tile_frames: int = 0) -> None:
@@ -775,26 +777,56 @@ def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.n
     return ~use & ~pinhole & (ld > 0) & (f > 0) & (f < np.float32(1.0 - cfg.layout_front_rel) * ld)
 
 
-def _claims_off_surface(
+def _colour_off_surface(
     claims_depth_m: np.ndarray | None,  # [H, W] float32: the warped depth of each pixel's claimed colour, 0: none
+    depth: np.ndarray,  # [H, W] float32, the memory's render depth (the fill's input)
     valid: np.ndarray,  # [H, W] bool, where the memory rendered (the fill's input)
     painted: np.ndarray,  # [K] int64 flat pixel indices the fill painted (plane textures, sky) over any claim
+    colored: np.ndarray,  # [H, W] bool, where the frame has colour after the fill (the rest: the colour fill's)
     out_depth: np.ndarray,  # [H, W] float32, the frame's depth after the fill
-    rel: float,  # ``GeometricConfig.claim_surface_rel``
+    cfg: GeometricConfig,
+    reference: bool = False,  # the numpy definition of the colour fill's test (``_pushed_from_nearer_reference``)
 ) -> np.ndarray:
-    """``[J] int64`` flat pixel indices: holes of the memory that show a reference's colour (claimed in
-    ``_apply_references`` and not painted over) whose warped depth differs from the frame's depth there by more than
-    ``rel`` of it. The fill gives a hole its depth (the background-preferring fill, a layout plane) independently of
-    the colour a reference lands there: where the two come from different surfaces (a raised basin's water warped
-    onto the paving behind it), folding the pair would put one surface's colour on the other."""
-    if claims_depth_m is None or not math.isfinite(rel):
+    """``[J] int64`` flat pixel indices: holes of the memory whose colour may come from another surface than the
+    depth the fill gave them (shown, not folded: the frame's ``provisional_px``). The fill gives a hole its depth
+    (the background-preferring fill, a layout plane) independently of its colour, which is
+
+    - a reference's (claimed in ``_apply_references``, not painted over): the warped depth of that colour differs
+      from the pixel's by more than ``colour_surface_rel`` of it (a raised basin's water warped onto the paving
+      behind it);
+    - or the colour fill's, an average of the pixels around: a rendered pixel within ``pinhole_px`` lies more than
+      ``colour_surface_rel`` nearer (a pinhole between the water's sparse rows, given the paving's depth behind).
+
+    Folded, the pair would put one surface's colour on the other."""
+    rel = cfg.colour_surface_rel
+    if not math.isfinite(rel):
         return np.zeros(0, np.int64)
-    shown = (claims_depth_m > 0) & ~valid
-    shown.ravel()[painted] = False
-    px = np.flatnonzero(shown)
-    d = out_depth.ravel()[px]
-    c = claims_depth_m.ravel()[px]
-    return px[(d > 0) & (np.abs(c - d) > np.float32(rel) * d)]
+    parts = []
+    if claims_depth_m is not None:
+        shown = (claims_depth_m > 0) & ~valid
+        shown.ravel()[painted] = False
+        px = np.flatnonzero(shown)
+        d = out_depth.ravel()[px]
+        c = claims_depth_m.ravel()[px]
+        parts.append(px[(d > 0) & (np.abs(c - d) > np.float32(rel) * d)])
+    px = np.flatnonzero(~colored)
+    if len(px):
+        from spatia.model.fill.image.hole_kernels import pushed_from_nearer
+
+        test = _pushed_from_nearer_reference if reference else pushed_from_nearer
+        parts.append(px[test(px, out_depth, depth, valid, int(cfg.pinhole_px), np.float32(1.0 + rel))])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _pushed_from_nearer_reference(px: np.ndarray, out_depth: np.ndarray, depth: np.ndarray, rendered: np.ndarray,
+                                  radius: int, scale: np.float32) -> np.ndarray:
+    """``hole_kernels.pushed_from_nearer``'s definition: the nearest rendered depth in the square of ``radius``
+    around each pixel (a minimum filter, nothing rendered = inf) times ``scale`` lies in front of its depth."""
+    d = np.where(rendered, depth, np.float32(np.inf)).astype(np.float32)
+    nearest = cv2.erode(d, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                        borderValue=float(np.inf)).ravel()[px]
+    o = out_depth.ravel()[px]
+    return (o > 0) & (scale * nearest < o)
 
 
 def _pinholes_on_planes(
@@ -1156,11 +1188,11 @@ class GeometricGenerator:
             if len(sky):
                 rgb_flat[sky] = state.sky.colour(rays_flat[sky] @ R.T)
                 painted = np.concatenate([painted, sky])
-        if coarse is not None:
-            coarse.set_off_surface(valid.shape, _claims_off_surface(claims_depth_m, valid, painted, out_depth,
-                                                                    cfg.claim_surface_rel))
         colored = colored.copy()
         colored.ravel()[painted] = True
+        if coarse is not None:
+            coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, painted, colored,
+                                                                    out_depth, cfg))
         return out_depth, colored
 
     def _layout_fill_reference(
@@ -1303,11 +1335,11 @@ class GeometricGenerator:
                 painted |= sky
         rgb_flat[hole_idx] = cols
         out_depth = out_depth.astype(np.float32)
-        if coarse is not None:
-            coarse.set_off_surface(valid.shape, _claims_off_surface(claims_depth_m, valid, hole_idx[painted],
-                                                                    out_depth, cfg.claim_surface_rel))
         colored = colored.copy()
         colored.ravel()[hole_idx[painted]] = True
+        if coarse is not None:
+            coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, hole_idx[painted],
+                                                                    colored, out_depth, cfg, reference=True))
         return out_depth, colored
 
     def _beyond_openings(
@@ -1378,7 +1410,7 @@ class GeometricGenerator:
         """Warp the nearest references (by pose) into this target: they fill colour holes, and sharpen from close
         by. Returns the colour-valid mask. Depth stays the memory's: a warp fattens near surfaces by its splat,
         and points placed with that depth would float in front of the background. ``claims_depth_m`` (given
-        zero): where a reference's colour is taken, the depth it was warped to (``_claims_off_surface``)."""
+        zero): where a reference's colour is taken, the depth it was warped to (``_colour_off_surface``)."""
         cfg = self.config
         claimed = None  # pixels a nearer reference already set: nearest first, first claim wins (made at a warp)
         # each reference's turn and travel from this target, once (the order and the close / same-view tests); 10 cm

@@ -15,6 +15,9 @@ same per-pixel arithmetic runs in three passes with no temporaries:
    row, column and mip level of every pixel the layout wins (``texture.sample_uv``'s arithmetic), grouped by plane
    (a counting sort), so the texel reads write straight into the frame.
 
+And after the fill, ``pushed_from_nearer``: of the pixels the colour fill (push-pull) colours, those with a
+rendered pixel nearby that lies nearer than their depth (their colour may be that surface's: not folded).
+
 Arithmetic follows the reference's types expression by expression (float32 where it is float32, float64 where it
 is float64, no fused multiply-add: numba contracts nothing without fastmath), so the outputs are the same bits;
 ``tests/test_layout_fill_fused.py`` compares the two on random and captured frames. No njit function here calls
@@ -248,3 +251,31 @@ def hole_depth_texels(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_view
             rows[s] = np.int64(np.floor((vv - tex_origin_uv[b, 1]) / t)) + origin_px[b, 0]
             cols[s] = np.int64(np.floor((uu - tex_origin_uv[b, 0]) / t)) + origin_px[b, 1]
     return order, starts, rows, cols, level, uv, footprint
+
+
+@nb.njit(cache=True, nogil=True)
+def pushed_from_nearer(px, out_depth, depth, rendered, radius, scale):  # pragma: no cover - compiled
+    """``[K]`` bool over the flat pixel indices ``px`` [K] int64: the pixel has a depth (``out_depth`` [H, W]
+    float32 > 0) and a ``rendered`` pixel ([H, W] bool) within the square of ``radius`` around it has a depth
+    (``depth`` [H, W] float32) with ``scale * depth < out_depth`` (``scale`` float32, 1 + the relative margin):
+    the colour fill, which averages the pixels around, may give it that nearer surface's colour.
+    ``model.geometric._pushed_from_nearer_reference`` is the definition (a minimum filter)."""
+    H, W = depth.shape
+    out = np.zeros(len(px), np.bool_)
+    for k in range(len(px)):
+        p = px[k]
+        y = p // W
+        x = p - y * W
+        d = out_depth[y, x]
+        if not d > 0:
+            continue
+        hit = False
+        for yy in range(max(0, y - radius), min(H, y + radius + 1)):
+            for xx in range(max(0, x - radius), min(W, x + radius + 1)):
+                if rendered[yy, xx] and scale * depth[yy, xx] < d:
+                    hit = True
+                    break
+            if hit:
+                break
+        out[k] = hit
+    return out
