@@ -274,9 +274,9 @@ class _PlaneCoarse:
     it, counted in the world's ``FillEntry`` from the first frame that showed each plane's texture; its per-tile
     coarse fill (``coarse_tile_frames``: ``texels``), counted from the first frame that asked for each tile; and,
     once the fill has run, the frame's provisional pixels of both (``mask``, [H, W] bool, None when none), the
-    pixels whose fill lies in front of the layout (``in_front``, ``_fill_in_front``) and those whose colour a
-    reference gave from another surface (``off_surface``, ``_colour_off_surface``): the frame's ``provisional_px``
-    is all three (shown, never folded into the memory)."""
+    pixels whose fill lies in front of the layout (``in_front``, ``_fill_in_front``) and those whose colour may
+    come from another surface than their depth (``off_surface``, ``_colour_off_surface``): the frame's
+    ``provisional_px`` is all three (shown, never folded into the memory)."""
 
     def __init__(self, entry: FillEntry, frame: int, frames: int, tile_frames: int = 0) -> None:
         self._entry, self._frame, self._frames = entry, frame, frames
@@ -306,7 +306,7 @@ class _PlaneCoarse:
         self.in_front = self._pixels(shape, pixels)
 
     def set_off_surface(self, shape: tuple[int, int], pixels: np.ndarray) -> None:
-        """The frame's pixels whose colour a reference gave from another surface: flat indices [K] into ``shape``."""
+        """The frame's pixels whose colour may come from another surface: flat indices [K] into ``shape``."""
         self.off_surface = self._pixels(shape, pixels)
 
     def texels(self, state: _LayoutState, tex, rows: np.ndarray, cols: np.ndarray, level: np.ndarray) -> np.ndarray:

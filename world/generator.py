@@ -127,7 +127,7 @@ class GeneratedView:
     # [H, W] bool: the pixels of a final frame that are shown, never folded into the memory, and not warped into
     # later frames (the history keeps no depth there): a coarse fill (a plane whose texture is still being fitted),
     # or a guess the generator will not commit to (the geometric fill's depth in front of its layout, around an
-    # object seen sparse). None: none.
+    # object seen sparse; a colour that may come from another surface than the pixel's depth). None: none.
     provisional_px: np.ndarray | None = None
     # Boxes (world frame) the frame shows as open space where the memory may hold invented points: a doorway the
     # generator opened in a wall it invented before. The engine deletes the invented points inside them when it
