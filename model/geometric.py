@@ -785,7 +785,7 @@ def _colour_off_surface(
     colored: np.ndarray,  # [H, W] bool, where the frame has colour after the fill (the rest: the colour fill's)
     out_depth: np.ndarray,  # [H, W] float32, the frame's depth after the fill
     cfg: GeometricConfig,
-    reference: bool = False,  # the numpy definition of the colour fill's test (``_pushed_from_nearer_reference``)
+    hole_idx: np.ndarray | None = None,  # [M] int64 flat indices of ``~valid``: the compiled pass (None: numpy)
 ) -> np.ndarray:
     """``[J] int64`` flat pixel indices: holes of the memory whose colour may come from another surface than the
     depth the fill gave them (shown, not folded: the frame's ``provisional_px``). The fill gives a hole its depth
@@ -794,13 +794,24 @@ def _colour_off_surface(
     - a reference's (claimed in ``_apply_references``, not painted over): the warped depth of that colour differs
       from the pixel's by more than ``colour_surface_rel`` of it (a raised basin's water warped onto the paving
       behind it);
-    - or the colour fill's, an average of the pixels around: a rendered pixel within ``pinhole_px`` lies more than
-      ``colour_surface_rel`` nearer (a pinhole between the water's sparse rows, given the paving's depth behind).
+    - or the colour fill's, an average of the pixels around: a rendered pixel within ``pinhole_px`` (the square)
+      lies more than ``colour_surface_rel`` nearer (a pinhole between the water's sparse rows, given the paving's
+      depth behind).
 
-    Folded, the pair would put one surface's colour on the other."""
+    Folded, the pair would put one surface's colour on the other. This numpy body is the definition; given
+    ``hole_idx``, one compiled pass over the holes (``hole_kernels.colour_off_surface``) gives the same pixels."""
     rel = cfg.colour_surface_rel
     if not math.isfinite(rel):
         return np.zeros(0, np.int64)
+    radius, scale = int(cfg.pinhole_px), np.float32(1.0 + rel)
+    if hole_idx is not None:
+        from spatia.model.fill.image.hole_kernels import colour_off_surface
+
+        mask = np.zeros(valid.shape, bool)
+        mask.ravel()[painted] = True
+        claims = np.zeros((0, 0), np.float32) if claims_depth_m is None else claims_depth_m
+        return hole_idx[colour_off_surface(hole_idx, claims, mask, colored, out_depth, depth, valid, radius, scale,
+                                           np.float32(rel))]
     parts = []
     if claims_depth_m is not None:
         shown = (claims_depth_m > 0) & ~valid
@@ -809,24 +820,13 @@ def _colour_off_surface(
         d = out_depth.ravel()[px]
         c = claims_depth_m.ravel()[px]
         parts.append(px[(d > 0) & (np.abs(c - d) > np.float32(rel) * d)])
-    px = np.flatnonzero(~colored)
-    if len(px):
-        from spatia.model.fill.image.hole_kernels import pushed_from_nearer
-
-        test = _pushed_from_nearer_reference if reference else pushed_from_nearer
-        parts.append(px[test(px, out_depth, depth, valid, int(cfg.pinhole_px), np.float32(1.0 + rel))])
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-def _pushed_from_nearer_reference(px: np.ndarray, out_depth: np.ndarray, depth: np.ndarray, rendered: np.ndarray,
-                                  radius: int, scale: np.float32) -> np.ndarray:
-    """``hole_kernels.pushed_from_nearer``'s definition: the nearest rendered depth in the square of ``radius``
-    around each pixel (a minimum filter, nothing rendered = inf) times ``scale`` lies in front of its depth."""
-    d = np.where(rendered, depth, np.float32(np.inf)).astype(np.float32)
+    px = np.flatnonzero(~colored)  # (holes all: the memory's pixels are coloured)
+    d = np.where(valid, depth, np.float32(np.inf)).astype(np.float32)
     nearest = cv2.erode(d, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                        borderValue=float(np.inf)).ravel()[px]
+                        borderValue=float(np.inf)).ravel()[px]  # the nearest rendered depth in the square
     o = out_depth.ravel()[px]
-    return (o > 0) & (scale * nearest < o)
+    parts.append(px[(o > 0) & (scale * nearest < o)])
+    return np.sort(np.concatenate(parts))
 
 
 def _pinholes_on_planes(
@@ -1192,7 +1192,7 @@ class GeometricGenerator:
         colored.ravel()[painted] = True
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, painted, colored,
-                                                                    out_depth, cfg))
+                                                                    out_depth, cfg, hole_idx))
         return out_depth, colored
 
     def _layout_fill_reference(
@@ -1339,7 +1339,7 @@ class GeometricGenerator:
         colored.ravel()[hole_idx[painted]] = True
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, hole_idx[painted],
-                                                                    colored, out_depth, cfg, reference=True))
+                                                                    colored, out_depth, cfg))
         return out_depth, colored
 
     def _beyond_openings(

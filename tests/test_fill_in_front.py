@@ -61,21 +61,28 @@ def test_a_colour_from_another_surface_is_not_folded_onto_the_paving():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_pushed_from_nearer_matches_its_definition(seed):
-    """The colour fill's test of ``_colour_off_surface``: the kernel equals the minimum filter it is defined by, on
-    random depths with nothing rendered in places, at the frame's edges included."""
-    from spatia.model.fill.image.hole_kernels import pushed_from_nearer
-    from spatia.model.geometric import _pushed_from_nearer_reference
+def test_colour_off_surface_compiled_matches_its_definition(seed):
+    """``_colour_off_surface``'s compiled pass over the holes equals its numpy definition, on random frames: the
+    colour fill's pixels next to nearer rendered ones (the frame's edges included), references' colours from other
+    depths, painted over or not, and a frame without references."""
+    from spatia.model.geometric import GeometricConfig, _colour_off_surface
 
     rng = np.random.default_rng(seed)
     H, W = 23, 31
-    depth = rng.uniform(0.5, 8.0, (H, W)).astype(np.float32)
-    rendered = rng.random((H, W)) < 0.3
-    out_depth = rng.uniform(0.5, 8.0, (H, W)).astype(np.float32)
-    out_depth[rng.random((H, W)) < 0.1] = 0.0  # no depth: never
-    px = np.flatnonzero(rng.random((H, W)) < 0.5)
-    for radius in (0, 1, 2, 3):
-        want = _pushed_from_nearer_reference(px, out_depth, depth, rendered, radius, np.float32(1.1))
-        got = pushed_from_nearer(px, out_depth, depth, rendered, radius, np.float32(1.1))
-        assert np.array_equal(got, want)
-        assert want.any() and not want.all()
+    valid = rng.random((H, W)) < 0.4
+    depth = np.where(valid, rng.uniform(0.5, 8.0, (H, W)), 0).astype(np.float32)
+    holes = np.flatnonzero(~valid)
+    claims = np.where(~valid & (rng.random((H, W)) < 0.4), rng.uniform(0.5, 8.0, (H, W)), 0).astype(np.float32)
+    painted = holes[rng.random(len(holes)) < 0.3]
+    out_depth = np.where(valid, depth, rng.uniform(0.5, 8.0, (H, W))).astype(np.float32)
+    out_depth.ravel()[holes[rng.random(len(holes)) < 0.1]] = 0.0  # no depth: never
+    for pinhole_px in (0.5, 1.0, 2.5, 3.0):
+        cfg = GeometricConfig(pinhole_px=pinhole_px)
+        for c in (claims, None):
+            colored = valid | (claims > 0) if c is not None else valid.copy()
+            colored.ravel()[painted] = True
+            want = _colour_off_surface(c, depth, valid, painted, colored, out_depth, cfg)
+            got = _colour_off_surface(c, depth, valid, painted, colored, out_depth, cfg, holes)
+            assert np.array_equal(np.sort(got), want)
+            assert len(want) < len(holes)
+            assert len(want) > 0 or (c is None and pinhole_px < 1)  # (radius 0: a hole has no rendered square)

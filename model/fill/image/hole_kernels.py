@@ -15,8 +15,8 @@ same per-pixel arithmetic runs in three passes with no temporaries:
    row, column and mip level of every pixel the layout wins (``texture.sample_uv``'s arithmetic), grouped by plane
    (a counting sort), so the texel reads write straight into the frame.
 
-And after the fill, ``pushed_from_nearer``: of the pixels the colour fill (push-pull) colours, those with a
-rendered pixel nearby that lies nearer than their depth (their colour may be that surface's: not folded).
+And after the fill, ``colour_off_surface``: the hole pixels whose colour may come from another surface than their
+depth (a reference's warped from another depth; the colour fill's next to a nearer rendered pixel): not folded.
 
 Arithmetic follows the reference's types expression by expression (float32 where it is float32, float64 where it
 is float64, no fused multiply-add: numba contracts nothing without fastmath), so the outputs are the same bits;
@@ -253,29 +253,54 @@ def hole_depth_texels(hole_idx, ld, li, pts, use, f, rays_flat, R, cam, has_view
     return order, starts, rows, cols, level, uv, footprint
 
 
+
 @nb.njit(cache=True, nogil=True)
-def pushed_from_nearer(px, out_depth, depth, rendered, radius, scale):  # pragma: no cover - compiled
-    """``[K]`` bool over the flat pixel indices ``px`` [K] int64: the pixel has a depth (``out_depth`` [H, W]
-    float32 > 0) and a ``rendered`` pixel ([H, W] bool) within the square of ``radius`` around it has a depth
-    (``depth`` [H, W] float32) with ``scale * depth < out_depth`` (``scale`` float32, 1 + the relative margin):
-    the colour fill, which averages the pixels around, may give it that nearer surface's colour.
-    ``model.geometric._pushed_from_nearer_reference`` is the definition (a minimum filter)."""
+def colour_off_surface(hole_idx, claims, painted, colored, out_depth, depth, rendered, radius, scale, rel):  # pragma: no cover - compiled
+    """``[M]`` bool over the frame's hole pixels (``hole_idx`` [M] int64, flat): the colour may come from another
+    surface than the pixel's depth (``out_depth`` [H, W] float32, > 0). Where the colour fill colours the pixel
+    (``colored`` [H, W] bool False): a ``rendered`` pixel ([H, W] bool, its ``depth`` [H, W] float32) within the
+    square of ``radius`` with ``scale * depth < out_depth`` (``scale`` float32: 1 + ``rel``). Where a reference's
+    colour stays (``claims`` [H, W] float32 > 0, its warped depth; ``painted`` [H, W] bool False; ``claims`` of
+    shape (0, 0): no reference): ``|claims - out_depth| > rel * out_depth`` (``rel`` float32).
+    ``model.geometric._colour_off_surface`` with ``reference=True`` is the definition."""
     H, W = depth.shape
-    out = np.zeros(len(px), np.bool_)
-    for k in range(len(px)):
-        p = px[k]
-        y = p // W
-        x = p - y * W
+    has_claims = claims.shape[0] > 0
+    out = np.zeros(len(hole_idx), np.bool_)
+    inf = np.float32(np.inf)
+    n = 2 * radius + 1
+    cols = np.empty(n, np.float32)  # per column of the square: the nearest rendered depth in it (inf: none)
+    last_y, last_x = -1, -2  # the colour fill's last pixel: the next one along its row shifts ``cols`` by one
+    y, row = 0, 0  # the row of the pixel and its first flat index: no division per pixel (the holes ascend)
+    for k in range(len(hole_idx)):
+        p = hole_idx[k]
+        if p - row >= W or p < row:
+            y = p // W
+            row = y * W
+        x = p - row
         d = out_depth[y, x]
         if not d > 0:
             continue
-        hit = False
-        for yy in range(max(0, y - radius), min(H, y + radius + 1)):
-            for xx in range(max(0, x - radius), min(W, x + radius + 1)):
-                if rendered[yy, xx] and scale * depth[yy, xx] < d:
-                    hit = True
-                    break
-            if hit:
-                break
-        out[k] = hit
+        if not colored[y, x]:
+            # the nearest rendered depth in the square (its columns' minima, shifted by one column along a run of
+            # the colour fill's pixels); scale * min < d exactly when some rendered pixel has scale * depth < d
+            first = 0 if (y != last_y or x != last_x + 1) else n - 1
+            if first:
+                for c in range(n - 1):
+                    cols[c] = cols[c + 1]
+            for c in range(first, n):
+                xx = x - radius + c
+                m = inf
+                if 0 <= xx < W:
+                    for yy in range(max(0, y - radius), min(H, y + radius + 1)):
+                        if rendered[yy, xx] and depth[yy, xx] < m:
+                            m = depth[yy, xx]
+                cols[c] = m
+            m = cols[0]
+            for c in range(1, n):
+                m = min(m, cols[c])
+            out[k] = scale * m < d
+            last_y, last_x = y, x
+        elif has_claims and not painted[y, x]:
+            c = claims[y, x]
+            out[k] = c > 0 and abs(c - d) > rel * d
     return out
