@@ -1,5 +1,6 @@
-"""Shared fixtures: small real things (a textured box room rendered by ray casting in numpy), and the lock that
-keeps the Ray test files from starting two Rays on one machine at once."""
+"""Shared fixtures: small real things (a textured box room rendered by ray casting in numpy), the lock that keeps
+the Ray test files from starting two Rays on one machine at once, and pytest-xdist's ``loadfile`` scheduling made
+safe for a lost worker (tests/xdist_crash.py)."""
 
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from spatia.cli import configure_logging
 from spatia.world.camera import Intrinsics
+from xdist_crash import pytest_xdist_make_scheduler  # noqa: F401 -- a hook: a lost xdist worker never hangs the run
 
 # Logs go to stderr, as the CLI configures them: commands called in-process print JSON on stdout, and a fill
 # thread of an earlier test logging at that moment would otherwise land in the middle of it (CI saw this).
@@ -93,7 +95,9 @@ def box_room():
 
 @pytest.fixture(scope="module")
 def ray_tests_lock():
-    """One Ray test file at a time on this machine (tests/test_ray_*.py) (an flock, released when the file's tests end)."""
+    """One Ray test file at a time on this machine (tests/test_ray_*.py): an flock, released when the file's tests
+    end, or by the OS when the process holding it dies (Ray's processes do not inherit the descriptor: Python opens
+    it non-inheritable), so a lost xdist worker never leaves it held."""
     import fcntl
     import tempfile
 
