@@ -667,7 +667,77 @@ class _RemoteWorld:
         return _MemorySample(self._host)
 
 
-_OPEN_GRAPHS: "weakref.WeakSet[_PlayGraph]" = weakref.WeakSet()
+_OPEN_GRAPHS: "weakref.WeakSet[_PlayGraph]" = weakref.WeakSet()  # graphs not torn down yet (``_PlayGraph._close``)
+GRAPH_SETTLE_S = 30.0  # ``close_play_graphs``: how long a caller waits for graphs' teardown on their own threads
+
+
+def close_play_graphs(world_ids: list[str] | None = None, owner: Any = None,
+                      wait_s: float = GRAPH_SETTLE_S) -> int:
+    """Close this process's Play graphs (all; or those to the named worlds' actors; or those a store opened:
+    ``owner``) and wait up to ``wait_s`` for each to be torn down on its own thread, after whatever runs there (a
+    compile, a ping, a clip). Returns how many were still not torn down at the end.
+
+    Whoever kills a world actor or shuts Ray down calls this first: a graph thread still compiling or pinging then
+    (a session's graph is compiled in the background after its first clip, and a session may end before that is
+    done) would meet the killed actor in Ray's half-made graph (Ray's own monitor thread then fails on it and a
+    garbage collector tears it down later, from whatever thread), or call into Ray after ``ray.shutdown()``, which
+    ends the whole process by design (Ray 2.60: "The core worker has already been shutdown ... The process will
+    exit"; it took a pytest-xdist worker down, docs/BENCHMARKS.md session 29)."""
+    graphs = [g for g in list(_OPEN_GRAPHS)
+              if (world_ids is None or g.world_id in world_ids) and (owner is None or g.owner is owner)]
+    for graph in graphs:
+        graph.close()
+    deadline = time.monotonic() + wait_s
+    left = 0
+    for graph in graphs:
+        if not graph.close(wait_s=max(0.0, deadline - time.monotonic())):
+            left += 1
+            log.warning("play graph not torn down in time", world_id=graph.world_id, session_id=graph.session_id,
+                        wait_s=wait_s)
+    return left
+
+
+def _retire(dag) -> None:
+    """Tear a compiled graph down, on the calling thread (a ``_PlayGraph``'s own), and make sure nothing tries again
+    later: Ray's ``CompiledDAG.__del__`` would otherwise tear down a graph left half-done whenever a garbage
+    collector reaches it, on whatever thread runs then, or (a graph in a reference cycle) only log "CompiledDAG has
+    been destructed before teardown", with its actor's loop still running.
+
+    Ray 2.60's teardown itself fails on a graph whose compile stopped before its driver-side channels existed (an
+    actor that died during the compile: ``AttributeError`` on ``_dag_submitter``): that graph's actor loops are
+    cancelled here, as Ray's teardown would have next (a dead actor answers at once), and the graph is marked torn
+    down."""
+    try:
+        dag.teardown()
+        return
+    except Exception as exc:  # noqa: BLE001 -- finished below as far as it can be
+        log.debug("play graph teardown", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    from ray.dag.compiled_dag_node import do_cancel_executable_tasks
+
+    monitor = getattr(dag, "_monitor", None)
+    if monitor is not None:  # its thread, woken by the loops' end below, finds the teardown done (not failing again)
+        monitor._teardown_done = True
+    for actor, tasks in dict(getattr(dag, "actor_to_executable_tasks", None) or {}).items():
+        try:
+            ray.get(actor.__ray_call__.remote(do_cancel_executable_tasks, tasks), timeout=CALL_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 -- a dead actor, or a loop that ended already: nothing left to end
+            pass
+    dag._is_teardown = True
+
+
+def _compiled_dag_of(exc: BaseException):
+    """The ``CompiledDAG`` that an ``experimental_compile`` which raised ``exc`` had made (Ray keeps no handle to
+    it), from the frames of the traceback; None when the compile failed before making one."""
+    from ray.dag.compiled_dag_node import CompiledDAG
+
+    tb = exc.__traceback__
+    while tb is not None:
+        for name in ("self", "compiled_dag"):
+            obj = tb.tb_frame.f_locals.get(name)
+            if isinstance(obj, CompiledDAG):
+                return obj
+        tb = tb.tb_next
+    return None
 
 
 def _close_graphs_at_exit() -> None:
@@ -677,7 +747,7 @@ def _close_graphs_at_exit() -> None:
     front doors' sessions and whatever the worlds had not saved. Ours end here without killing anything. (The
     graphs' own threads have been joined by then: ``concurrent.futures`` joins its workers before atexit runs.)"""
     for graph in list(_OPEN_GRAPHS):
-        graph._teardown()
+        graph._close()
 
 
 atexit.register(_close_graphs_at_exit)  # after ``import ray`` registered Ray's hook: atexit runs the later first
@@ -697,17 +767,23 @@ class _PlayGraph:
     ping within ``PING_TIMEOUT_S`` (or cannot be compiled: Ray Client) is torn down and the session plays through
     streaming calls (``start_failed``: this front door then uses streaming calls for the actor until it is
     replaced). (A graph's first execution waits for the actor to start the graph's loop: measured 4-9 s on the
-    loaded 2-core machine, ~1 ms per round trip after that.)"""
+    loaded 2-core machine, ~1 ms per round trip after that.)
+
+    Teardown is this object's too, always on its thread: ``close`` queues it after whatever runs there (and may
+    wait for it: ``close_play_graphs``, before an actor is killed or Ray is shut down); a graph that broke, or whose
+    compile failed half-way (its actor died meanwhile), is torn down there at once (``_retire``), never left to
+    Ray's monitor thread or a garbage collector."""
 
     PING_TIMEOUT_S = 60.0
     SPIN_MARGIN_S = 0.010  # ``_get``: how long before a frame's predicted time the read starts
 
-    def __init__(self, actor, world_id: str, session_id: str) -> None:
+    def __init__(self, actor, world_id: str, session_id: str, owner: Any = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.actor = actor
         self.world_id = world_id
         self.session_id = session_id
+        self.owner = owner  # the store whose session opened it (``close_play_graphs``)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"play-graph-{world_id[:16]}")
         self.dag = None
         self.ready = False  # compiled and answered its ping: clips may use it
@@ -715,6 +791,7 @@ class _PlayGraph:
         self.start_failed = False  # never answered its ping (or did not compile)
         self.retryable = False  # failed to start in a way another graph may not (``_compile``)
         self.closed = False
+        self._closing = None  # the queued teardown (a concurrent.futures.Future), once ``close`` was called
         self.last_used = time.monotonic()  # the end of the graph's last clip (``RayWorldHost`` closes idle graphs)
         self._waits: dict[bool, deque] = {True: deque(maxlen=8), False: deque(maxlen=8)}  # first / next frame, s
         _OPEN_GRAPHS.add(self)
@@ -724,11 +801,21 @@ class _PlayGraph:
         from ray.dag import InputNode
 
         t0 = time.perf_counter()
+        if self.closed:  # closed before its compile began (a session that ended at once): nothing to do
+            self.failed = True
+            return
         try:
             channels_without_torch()
             with InputNode() as inp:
                 node = self.actor.play_step.bind(inp)
-            self.dag = node.experimental_compile()
+            try:
+                self.dag = node.experimental_compile()
+            except Exception as exc:  # a graph made in part (its actor died during the compile): torn down here
+                self.dag = _compiled_dag_of(exc)
+                raise
+            if self.closed:  # closed during the compile: torn down next, on this thread, without a ping
+                self.failed = True
+                return
             if ray.get(self.dag.execute(("ping", self.session_id)), timeout=self.PING_TIMEOUT_S) != "pong":
                 raise RuntimeError("the graph's ping came back wrong")
         except Exception as exc:  # noqa: BLE001 -- the streaming path serves the session instead
@@ -753,10 +840,11 @@ class _PlayGraph:
         dag, self.dag = self.dag, None
         self.ready = False
         if dag is not None:
-            try:
-                dag.teardown()
-            except Exception as exc:  # noqa: BLE001 -- the actor died or ended the graph: nothing left to free
-                log.debug("play graph teardown", world_id=self.world_id, error=type(exc).__name__)
+            _retire(dag)
+
+    def _close(self) -> None:
+        self._teardown()
+        _OPEN_GRAPHS.discard(self)
 
     def clip(self, request: tuple, frames: int, sink: Callable[[int, Any], None], timeout_s: float):
         """On ``thread``: one clip (``WorldActor.play_step``): each frame to ``sink`` as it comes, then
@@ -802,12 +890,24 @@ class _PlayGraph:
         waits.append(time.perf_counter() - t0)
         return item
 
-    def close(self) -> None:
-        """Tear the graph down after whatever runs on its thread (non-blocking)."""
+    def close(self, wait_s: float | None = None) -> bool:
+        """Tear the graph down after whatever runs on its thread; with ``wait_s``, wait that long for it. Returns
+        whether it is torn down."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
         self.closed = True
         self.ready = False
-        self.thread.submit(self._teardown)
-        self.thread.shutdown(wait=False)
+        if self._closing is None:
+            self._closing = self.thread.submit(self._close)
+            self.thread.shutdown(wait=False)
+        if wait_s is not None:
+            try:
+                self._closing.result(timeout=wait_s)
+            except FutureTimeout:
+                pass
+            except Exception as exc:  # noqa: BLE001 -- ``_retire`` catches what Ray raises; done either way
+                log.warning("play graph close failed", world_id=self.world_id, error=type(exc).__name__)
+        return self._closing.done()
 
 
 class GraphLost(RuntimeError):
@@ -886,6 +986,7 @@ class RayWorldHost:
                 self.store._hosts.pop(self.world_id, None)
                 return NotFoundError(f"world {self.world_id!r} not found (deleted)")
             log.warning("world actor died", world_id=self.world_id, node=self.node_id[:12], error=type(exc).__name__)
+            self._close_graph()  # torn down now, on its own thread (Ray's monitor thread may be at it too)
         return err
 
     async def _call(self, method: str, *args, retry: bool = False):
@@ -979,7 +1080,7 @@ class RayWorldHost:
         backpressure) never holds the actor's one graph."""
         if self.store.options.compiled_play and not self._graph_failed and self._graph is None \
                 and self.controller is not None:
-            self._graph = _PlayGraph(self.actor, self.world_id, self.controller)
+            self._graph = _PlayGraph(self.actor, self.world_id, self.controller, owner=self.store)
 
     def _close_graph(self) -> None:
         if self._graph is not None:
@@ -1069,7 +1170,7 @@ class RayWorldHost:
                 log.warning("play graph lost; the session's clips take streaming calls", world_id=self.world_id,
                             session_id=self.controller, error=str(exc)[:200])
             except Exception as exc:  # noqa: BLE001 -- the graph broke mid-clip (channel closed, timed out)
-                raise await self._graph_broke(exc) from None
+                raise await self._clip_broke(exc, "the clip's compiled graph failed") from None
             finally:
                 graph.last_used = time.monotonic()
                 self._arm_idle_close(graph)
@@ -1091,8 +1192,10 @@ class RayWorldHost:
                 break
         except (RayTaskError, RayActorError) as exc:
             raise self._failed(exc) from None
-        if stats is None:
-            raise UnavailableError(f"world {self.world_id!r}: its actor ended a clip without its stats")
+        except ray.exceptions.RayError as exc:  # an item lost with its node, its owner gone: did the actor die?
+            raise await self._clip_broke(exc, "the clip's stream failed") from None
+        if stats is None:  # a stream that ended early: its actor died under it, or a bug of ours
+            raise await self._clip_broke(None, "its actor ended a clip without its stats")
         self._tails.add(task := asyncio.ensure_future(_drain(gen)))
         task.add_done_callback(self._tails.discard)
         graph = self._graph  # after a clip the actor took: a session that lost the lease opens no graph
@@ -1143,19 +1246,24 @@ class RayWorldHost:
         finally:
             self._nearby_fetch = None
 
-    async def _graph_broke(self, exc: BaseException) -> BaseException:
-        """The error for a clip whose graph broke: UNAVAILABLE either way; the actor is marked dead when a plain
-        call finds it dead too (a killed actor's graph usually reports a closed channel, not the death)."""
+    async def _clip_broke(self, exc: BaseException | None, what: str) -> BaseException:
+        """The error for a clip that failed other than with the actor's own error or its reported death (a graph
+        that broke, a stream that failed or ended early): UNAVAILABLE either way, and "its actor died" (the
+        actor marked dead, its graph torn down) when a plain call finds it dead: a killed actor's graph usually
+        reports a closed channel, and an actor lost with its node a lost stream item, not the death."""
         try:
             await asyncio.wait_for(self.actor.pid.remote(), timeout=CALL_TIMEOUT_S)
         except RayActorError as dead:
             return self._failed(dead)
         except Exception:  # noqa: BLE001 -- no answer: the actor is treated as gone
             self.dead = True
-            return UnavailableError(f"world {self.world_id!r}: its actor does not answer; the next call restarts it")
-        log.warning("play graph broke", world_id=self.world_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
-        return UnavailableError(f"world {self.world_id!r}: the clip's compiled graph failed ({type(exc).__name__}); "
-                                "start the session again")
+            self._close_graph()
+            return UnavailableError(f"world {self.world_id!r}: its actor does not answer (it may have been lost with "
+                                    "its node); the next call restarts it")
+        error = "" if exc is None else f" ({type(exc).__name__})"
+        log.warning("play clip broke", world_id=self.world_id, what=what,
+                    error="" if exc is None else f"{type(exc).__name__}: {str(exc)[:200]}")
+        return UnavailableError(f"world {self.world_id!r}: {what}{error}; start the session again")
 
     async def generate(self, engine: _RemoteEngine, c2w: np.ndarray, prompt: str | None, seed: int,
                        sink: Callable[[int, Any], bool]) -> None:
@@ -1214,6 +1322,7 @@ class RayWorldHost:
 
     async def unload(self) -> int:
         size = await self._call("unload")
+        await asyncio.to_thread(close_play_graphs, [self.world_id])  # (the actor has no holder: none runs now)
         ray.kill(self.actor)
         self.dead = True
         return size
@@ -1221,9 +1330,12 @@ class RayWorldHost:
     async def delete(self) -> None:
         await self._call("delete")
         self.deleted = self.dead = True
+        await asyncio.to_thread(close_play_graphs, [self.world_id])
         ray.kill(self.actor)
 
     def close(self) -> None:
+        """The front door stops: no more renewals; the session's graph, if any, closed (``RayWorldStore.close``
+        waits for the teardown)."""
         self.stop_renewing()
         self._close_graph()
 
@@ -1445,15 +1557,21 @@ class RayWorldStore(WorldIds):
         return await save_hosts([h for h in self._hosts.values() if not h.dead])
 
     def close(self) -> None:
+        """Blocking (the server calls it on a worker thread): stop the poller, close every session's graph and wait
+        for their teardown (``close_play_graphs``; graphs closed earlier whose teardown has not run yet included),
+        so that nothing of this front door is still talking to Ray when its caller kills actors or shuts Ray
+        down."""
         if self._poller is not None:
             self._poller.get_loop().call_soon_threadsafe(self._poller.cancel)
-        for host in self._hosts.values():
+        for host in list(self._hosts.values()):
             host.close()
+        close_play_graphs(owner=self)
 
 
 def kill_world_actors(world_ids: list[str] | None = None) -> int:
     """Kill the named world actors (all, or ``world_ids``) in the namespace (``spatia cluster`` cleanup and
     tests: detached actors outlive their front doors). Returns how many were killed."""
+    close_play_graphs(world_ids)  # this process's graphs to them torn down first, on their threads
     names = ray.util.list_named_actors(all_namespaces=True)
     killed = 0
     for entry in names:
