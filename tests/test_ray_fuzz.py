@@ -31,8 +31,10 @@ def fuzz_server(tmp_path_factory, ray_tests_lock):
     try:
         with serving_for_fuzz(config, " (ray)") as s:
             yield s
-    finally:
+    finally:  # the server closed first (its Play graphs torn down), then the world actors, then Ray
         from spatia.server.ray_host import kill_world_actors
 
-        kill_world_actors()
-        ray.shutdown()
+        try:
+            kill_world_actors()
+        finally:  # nothing of this process may call into Ray after this: Ray ends a process that does
+            ray.shutdown()

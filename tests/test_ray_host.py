@@ -2,8 +2,9 @@
 streamed per clip, the controller lease across front doors, epochs, a killed actor, placement, backpressure.
 
 One Ray for the whole file (``ray.init(num_cpus=2, include_dashboard=False)``, never local mode), shut down at
-the end; the detached world actors are killed first. Two front doors (two ``WorldServer``s in this process) share
-the Ray and one data dir, as two front doors on two machines share a cluster and its shared data dir.
+the end: the front doors first (their Play graphs torn down), then the detached world actors, then Ray. Two front
+doors (two ``WorldServer``s in this process) share the Ray and one data dir, as two front doors on two machines
+share a cluster and its shared data dir.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def ray_local(ray_tests_lock):
     finally:
         from spatia.server.ray_host import kill_world_actors
 
-        kill_world_actors()
-        ray.shutdown()
+        try:
+            kill_world_actors()
+        finally:  # nothing of this process may call into Ray after this: Ray ends a process that does
+            ray.shutdown()
 
 
 def _config(data_dir, **cluster) -> ServerConfig:
@@ -284,10 +287,19 @@ time.sleep(300)
 
 
 def test_a_killed_actor_ends_play_with_unavailable_and_the_next_call_restarts_it(doors):
+    """Killed under a session playing through its compiled graph (the default path), then under a session before its
+    first clip (a streaming call: the graph opens after the first clip). Never during a graph's compile (the earlier
+    sessions' graphs are torn down first, and the first kill waits for the session's graph to answer): killed then,
+    Ray 2.60's own monitor thread fails on the half-made graph (an ``AttributeError`` in its thread), which the front
+    door then tears down itself (``ray_host._retire``)."""
+    from spatia.server.ray_host import close_play_graphs, kill_world_actors
+
     one, _ = doors
+    assert close_play_graphs() == 0  # the earlier tests' sessions' graphs, torn down
     with WorldClient(one.target, timeout_s=60) as c:
-        s = c.play("a", record=False)
-        assert _step(s) is not None
+        s = c.play("a", record=False, lockstep=True)
+        graph = _until_graph(one, "a", s)
+        assert graph.ready, "the session's Play graph did not start"
         saved_points = c.get_world("a").stats.memory_points
         old_pid = _host(one, "a").actor_pid
         ray.kill(ray.get_actor("world:a", namespace="spatia"))
@@ -304,6 +316,65 @@ def test_a_killed_actor_ends_play_with_unavailable_and_the_next_call_restarts_it
         assert info.stats.memory_points >= saved_points * 0.9  # save_interval_s=0: saved after every clip
         with c.play("a", record=False) as s:
             assert _step(s) is not None
+        s = c.play("a", record=False)
+        assert kill_world_actors(["a"]) == 1  # (the last session's graph, maybe still compiling, torn down first)
+        with pytest.raises(WorldServiceError) as died:
+            _step(s)
+        assert died.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "actor died" in died.value.message
+        s.close(drain=False)
+        assert c.get_world("a").stats.memory_points >= saved_points * 0.9  # restarted again
+
+
+def test_a_graph_compiled_in_part_is_torn_down_by_its_session(doors, monkeypatch):
+    """A Play graph whose compile fails after Ray made it in part (the actor's loop started, its driver-side
+    channels not yet: what an actor dying during the compile leaves) is torn down at once by the session's graph
+    thread (``ray_host._compiled_dag_of``, ``_retire``): the actor's loop ends while the session still runs, and
+    nothing is left for a garbage collector's ``__del__``. Ray keeps no handle to such a graph, and its own teardown
+    fails on it (an ``AttributeError`` on the missing channels)."""
+    import gc
+    import logging
+
+    from ray.dag.compiled_dag_node import CompiledDAG
+
+    from spatia.server import ray_host
+
+    real = CompiledDAG._get_or_compile
+    made = []
+
+    def in_part(self):
+        real(self)  # the loop runs on the actor; Ray's monitor thread watches it
+        made.append(self)
+        self._dag_submitter = self._dag_output_fetcher = None  # as before Ray makes them
+        raise RuntimeError("injected: the compile stops half-way")
+
+    def loops() -> int:
+        return ray.get(actor.__ray_call__.remote(lambda _: len(ray_host.running_graph_loops())), timeout=30)
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    ray_log = logging.getLogger("ray.dag.compiled_dag_node")
+    ray_log.addHandler(handler)
+    monkeypatch.setattr(CompiledDAG, "_get_or_compile", in_part)
+    one, _ = doors
+    actor = ray.get_actor("world:a", namespace="spatia")
+    try:
+        with WorldClient(one.target, timeout_s=60) as c, c.play("a", record=False, lockstep=True) as s:
+            graph = _until_graph(one, "a", s)
+            assert made and graph.failed and graph.dag is None
+            deadline = time.monotonic() + 30
+            while loops() and time.monotonic() < deadline:  # cancelled by the session's graph thread
+                time.sleep(0.2)
+            assert loops() == 0, "the graph's loop still runs on the actor"
+            assert made[0]._is_teardown
+            assert _step(s) is not None  # the session goes on, through streaming calls
+        del made[:]
+        gc.collect()
+        assert not [r for r in records if "destructed before teardown" in r.getMessage()]
+    finally:
+        ray_log.removeHandler(handler)
+        _host(one, "a")._graph_failed = False  # (this door's later sessions on 'a' may open graphs again)
 
 
 def test_a_replaced_actors_snapshot_write_is_refused(doors, tmp_path):
