@@ -70,8 +70,8 @@ def instrument(records: dict) -> None:
     cls = g.GeometricGenerator
     orig_refs, orig_layout = cls._apply_references, cls._layout_fill
 
-    def apply_refs(self, rgb, depth, valid, c2w, request, references):
-        out = orig_refs(self, rgb, depth, valid, c2w, request, references)
+    def apply_refs(self, rgb, depth, valid, c2w, request, references, *a):
+        out = orig_refs(self, rgb, depth, valid, c2w, request, references, *a)
         records.setdefault(_key(c2w), {})["refs"] = (valid.copy(), out.copy())
         return out
 
