@@ -813,9 +813,7 @@ class _PlayGraph:
             except Exception as exc:  # a graph made in part (its actor died during the compile): torn down here
                 self.dag = _compiled_dag_of(exc)
                 raise
-            if self.closed:  # closed during the compile: torn down next, on this thread, without a ping
-                self.failed = True
-                return
+            # (pinged even when closed meanwhile, as before: the actor's loop is then running when the teardown comes)
             if ray.get(self.dag.execute(("ping", self.session_id)), timeout=self.PING_TIMEOUT_S) != "pong":
                 raise RuntimeError("the graph's ping came back wrong")
         except Exception as exc:  # noqa: BLE001 -- the streaming path serves the session instead
