@@ -31,10 +31,12 @@ def capture(item: str, width: int, height: int, frames: int) -> list[tuple]:
     calls = []
     fill = G._layout_fill
 
-    def capturing(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None):
+    def capturing(self, state, rgb, colored, depth, valid, c2w, request, reach, *rest):
+        # (rest: the per-plane coarse fill, which answers alike when asked again, the view, the references' claims
+        # and the observed pixels)
         calls.append((self, state, rgb.copy(), colored.copy(), depth.copy(), valid.copy(), c2w.copy(), request,
-                      reach.copy(), coarse))  # a frame's per-plane coarse fill answers alike when asked again
-        return fill(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse)
+                      reach, tuple(x.copy() if isinstance(x, np.ndarray) else x for x in rest)))
+        return fill(self, state, rgb, colored, depth, valid, c2w, request, reach, *rest)
 
     G._layout_fill = capturing
     try:
@@ -67,10 +69,10 @@ def capture(item: str, width: int, height: int, frames: int) -> list[tuple]:
 
 def replay(calls: list[tuple], fn) -> tuple[np.ndarray, list]:
     ms, outs = [], []
-    for self, state, rgb, colored, depth, valid, c2w, request, reach, coarse in calls:
+    for self, state, rgb, colored, depth, valid, c2w, request, reach, rest in calls:
         out_rgb = rgb.copy()
         t = time.thread_time()
-        depth_out, colored_out = fn(self, state, out_rgb, colored, depth, valid, c2w, request, reach, coarse)
+        depth_out, colored_out = fn(self, state, out_rgb, colored, depth, valid, c2w, request, reach, *rest)
         ms.append((time.thread_time() - t) * 1000)
         outs.append((depth_out, colored_out, out_rgb))
     return np.array(ms), outs

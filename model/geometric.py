@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
@@ -104,6 +104,13 @@ class GeometricConfig:
     # session 29). inf: fold them
     colour_surface_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
+    # ... except where no rendered pixel within ``pinhole_px`` shows an observed point and a layout plane lies within
+    # ``pinhole_plane_rel`` of that fill (``_invented_pinholes_on_planes``): the gaps between invented points on a
+    # plane, seen closer than when they were invented, take the plane's texture at this frame's footprint, as any
+    # other hole on it. Coloured from the memory's sparse points around (the colour fill) or warped from earlier
+    # frames (references), the courtyard's invented paving walked up to was a blotchy smear, not tiles
+    # (docs/RESULTS.md, session 30). False: every such gap keeps the fill and its colour
+    texture_invented_pinholes: bool = True
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
     # depth. On a plane seen at a grazing angle (the courtyard's ground) the fill took the farther side of a gap
     # between noisy rendered points: 18 % of pinhole pixels lay > 5 % beyond the true surface (courtyard demo
@@ -883,6 +890,38 @@ def _pinholes_on_planes_reference(layout: Layout, view: LayoutView, rays_flat: n
     flat[hole_idx[sel[on]]] = ld[on]
 
 
+def _invented_pinholes_on_planes(
+    layout: Layout,
+    view: LayoutView,  # the frame's bounds (before any beyond a doorway)
+    rays_flat: np.ndarray,  # [H * W, 3] float32 pixel rays, camera frame
+    hole_idx: np.ndarray,  # [M] flat pixel indices of the holes
+    f: np.ndarray,  # [M] the background-preferring fill's depth at the holes (0: none)
+    pinhole: np.ndarray,  # [M] bool, holes within ``pinhole_px`` of a rendered pixel (that keep the fill)
+    observed_px: np.ndarray | None,  # [H, W] bool, rendered pixels showing an observed point; None: unknown
+    c2w: np.ndarray,  # [4, 4]
+    cfg: GeometricConfig,
+) -> np.ndarray:
+    """``[M]`` bool: the pinholes that are gaps between invented points on a layout plane
+    (``GeometricConfig.texture_invented_pinholes``): no rendered pixel within ``pinhole_px`` shows an observed
+    point, and the plane the ray meets lies within ``pinhole_plane_rel`` of the fill (as ``_pinholes_on_planes``
+    tells a pinhole on a plane). The layout fill casts and textures them as the other holes. Both fills call this
+    one numpy function (the rule in one place); its cost is one distance transform and a cast of those pinholes."""
+    from spatia.model.fill.geometry.layout import cast_layout
+
+    out = np.zeros(len(hole_idx), bool)
+    if observed_px is None or not cfg.texture_invented_pinholes or cfg.pinhole_plane_rel <= 0 or not pinhole.any():
+        return out
+    # distance to the nearest observed pixel (zero pixels of the transform's input)
+    obs_dist_px = cv2.distanceTransform((~observed_px).view(np.uint8), cv2.DIST_L2, 3).ravel()
+    cand = np.flatnonzero(pinhole & (obs_dist_px[hole_idx] > cfg.pinhole_px))
+    if not len(cand):
+        return out
+    ld, _ = cast_layout(layout, view, np.ascontiguousarray(rays_flat[hole_idx[cand]]), c2w)
+    on = (ld > 0) & (np.abs(f[cand] - ld) <= np.float32(cfg.pinhole_plane_rel) * ld)
+    out[cand[on]] = True
+    return out
+
+
 def _at_an_observed_view(c2w: np.ndarray, views: list[ReferenceFrame]) -> bool:
     """Whether ``c2w`` [4, 4] is within ``SAME_VIEW_M`` and ``SAME_VIEW_DEG`` of an observed view's pose."""
     return any(translation_distance_m(v.c2w, c2w) <= SAME_VIEW_M and rotation_angle_deg(v.c2w, c2w) <= SAME_VIEW_DEG
@@ -991,6 +1030,9 @@ class GeometricGenerator:
 
     def __init__(self, config: GeometricConfig = GeometricConfig()) -> None:
         self.config = config
+        if config.fill == "layout" and config.texture_invented_pinholes:
+            # the layout fill tells the gaps between invented points from those between observed ones
+            self.capabilities = replace(type(self).capabilities, reads_observed=True)
         # per world (model.fill.state): the fit, then the plane textures, then (low priority) the tiles
         self._states = FillStates(_fit_layout_state, _fit_plane_textures, _warm_tiles)
         if config.fill == "layout":
@@ -1046,6 +1088,7 @@ class GeometricGenerator:
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
         view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
         claims_depth_m: np.ndarray | None = None,  # [H, W] float32, ``_apply_references``'s (None: no reference)
+        observed_px: np.ndarray | None = None,  # [H, W] bool, ``SceneProjection.observed`` (None: unknown)
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout.
 
@@ -1074,6 +1117,12 @@ class GeometricGenerator:
             return filled, colored
         hole_idx, f, pinhole, cast, rays_cast = hk.hole_rays(_read_only(valid), filled, rays_img,
                                                        *_chamfer_offsets(cfg.pinhole_px))
+        released = _invented_pinholes_on_planes(layout, view, rays_img.reshape(-1, 3), hole_idx, f, pinhole,
+                                                observed_px, c2w, cfg)
+        if released.any():  # gaps between invented points on a plane: cast and textured as the other holes
+            pinhole = pinhole & ~released
+            cast = np.flatnonzero(~pinhole)
+            rays_cast = np.ascontiguousarray(rays_img.reshape(-1, 3)[hole_idx[cast]])
         ld_cast, li_cast = cast_layout(layout, view, rays_cast, c2w)
         R, cam = np.ascontiguousarray(c2w[:3, :3], np.float64), np.ascontiguousarray(c2w[:3, 3], np.float64)
         # free space around every pose the camera has been at or is about to be at (only the poses near a plane
@@ -1208,6 +1257,7 @@ class GeometricGenerator:
         coarse: _PlaneCoarse | None = None,  # the per-plane coarse fill (None: none); gets the provisional pixels
         view: LayoutView | None = None,  # ``view_bounds`` at c2w for ``reach``, when the caller has it
         claims_depth_m: np.ndarray | None = None,  # [H, W] float32, ``_apply_references``'s (None: no reference)
+        observed_px: np.ndarray | None = None,  # [H, W] bool, ``SceneProjection.observed`` (None: unknown)
     ) -> tuple[np.ndarray, np.ndarray]:
         """Depth ([H, W] float32) and the colour-valid mask after filling the holes with the layout: the numpy
         definition of ``_layout_fill`` (which fuses its per-pixel passes into compiled kernels)."""
@@ -1236,6 +1286,9 @@ class GeometricGenerator:
         # the surface around them, not a glimpse of the layout behind it
         dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3).ravel()[hole_idx]
         pinhole = (dist_px <= cfg.pinhole_px) & (f > 0)
+        # ... unless they are gaps between invented points on a plane (``texture_invented_pinholes``)
+        pinhole &= ~_invented_pinholes_on_planes(layout, view, _rays(K).reshape(-1, 3), hole_idx, f, pinhole,
+                                                 observed_px, c2w, cfg)
         # ... so only the other holes are cast: a pinhole's layout hit is never read (every use of ld / li / pts
         # below is under ``use``, which excludes pinholes, or needs f <= 0, which they do not have). On the 128x96
         # gym walk 88-100 % of a frame's ~4 k holes are pinholes. (Both per-ray kernels: the same bits either way.)
@@ -1499,8 +1552,9 @@ class GeometricGenerator:
                 colored = self._apply_references(rgb, depth, valid, c2w, request, refs, claims) if refs else valid
                 planes = _PlaneCoarse(entry, frame, self.config.coarse_plane_frames, self.config.coarse_tile_frames)
                 view = view_bounds(state.layout, c2w[:3, 3], reach)
+                observed = None if proj.observed is None else proj.observed[t]
                 filled, colored = self._layout_fill(state, rgb, colored, depth, valid, c2w, request, reach,
-                                                    planes, view, claims)
+                                                    planes, view, claims, observed)
                 self._tiles_ahead(entry, state, view, c2w, reach, request)
                 # the doorways this frame shows are open in the memory too (their invented jambs would block)
                 yield GeneratedView(pushpull_fill(rgb, colored), filled, provisional_px=planes.provisional_px,

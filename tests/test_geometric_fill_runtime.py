@@ -528,9 +528,9 @@ def test_tiles_ahead_of_a_view_hold_the_tiles_its_frame_reads(monkeypatch):
         return real_tile(self, i, j, seed, level)
 
     def layout_fill(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None, view=None,
-                    claims=None):
+                    claims=None, observed=None):
         made.append(set())
-        out = real_fill(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, view, claims)
+        out = real_fill(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, view, claims, observed)
         reads.append((state, view, c2w.copy(), request.intrinsics, made[-1]))
         return out
 

@@ -120,6 +120,16 @@ def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indo
     obs_depth[10:20, 15:30] *= 3.0  # it saw through here (a window): layout hits there are re-cast beyond
     obs_depth[:4] = 0.0  # nothing came back
     view = ReferenceFrame(0, np.zeros((K.height, K.width, 3), np.uint8), first, K, depth_m=obs_depth)
+    released: list[int] = []
+    rule = geometric._invented_pinholes_on_planes
+    geometric._invented_pinholes_on_planes = lambda *a: _counted(rule(*a), released)
+    try:
+        _random_room_trials(rng, R, layout, state, K, rays, gen, view, released)
+    finally:
+        geometric._invented_pinholes_on_planes = rule
+
+
+def _random_room_trials(rng, R, layout, state, K, rays, gen, view, released):
     through_frames = 0
     for trial in range(10):
         start = np.array([rng.uniform(1, 5), 1.6, rng.uniform(2, 6.5)])
@@ -139,14 +149,24 @@ def test_fused_layout_fill_matches_the_reference_in_random_rooms(synthesis, indo
         calls = []
         beyond = gen._beyond_openings
         gen._beyond_openings = lambda *a: (calls.append(1), beyond(*a))[1]
+        # the memory's observed points: a block of the rendered pixels (the pinholes elsewhere lie between invented
+        # points, and those on a plane are cast and textured: ``texture_invented_pinholes``)
+        observed = valid.copy()
+        observed[:, : K.width // 2] = False
         want_rgb = rgb.copy()
-        want = (*gen._layout_fill_reference(state, want_rgb, *args), want_rgb)
+        want = (*gen._layout_fill_reference(state, want_rgb, *args, observed_px=observed), want_rgb)
         got_rgb = rgb.copy()
-        got = (*gen._layout_fill(state, got_rgb, *args), got_rgb)
+        got = (*gen._layout_fill(state, got_rgb, *args, observed_px=observed), got_rgb)
         del gen._beyond_openings
         _same(got, want)
         through_frames += bool(calls)
     assert through_frames > 0  # the window made some rays go beyond the wall
+    assert sum(released) > 0  # pinholes between invented points on a plane were cast and textured
+
+
+def _counted(out: np.ndarray, counts: list) -> np.ndarray:
+    counts.append(int(np.count_nonzero(out)))
+    return out
 
 
 def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
@@ -159,16 +179,18 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     from spatia.world.state import World
 
     G = geometric.GeometricGenerator
-    fused, checked, openings, masks, fronts, offs = G._layout_fill, [], [], [], [], []
+    fused, checked, openings, masks, fronts, offs, released = G._layout_fill, [], [], [], [], [], []
 
-    def both(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None, given=None, claims=None):
+    def both(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse=None, given=None, claims=None,
+             observed=None):
         want_rgb = rgb.copy()
         want = (*G._layout_fill_reference(self, state, want_rgb, colored, depth, valid, c2w, request, reach, coarse,
-                                          given, claims), want_rgb)
+                                          given, claims, observed), want_rgb)
         want_mask = None if coarse is None else coarse.mask
         want_front = None if coarse is None else coarse.in_front
         want_off = None if coarse is None else coarse.off_surface
-        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, given, claims)
+        got = fused(self, state, rgb, colored, depth, valid, c2w, request, reach, coarse, given, claims, observed)
+        assert observed is not None  # the generator declares ``reads_observed``: the engine gives the mask
         _same((*got, rgb), want)
         if coarse is not None:  # the per-plane coarse fill's provisional pixels: the same
             assert (want_mask is None) == (coarse.mask is None)
@@ -192,6 +214,8 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
         openings.append(bool(view.openings))
         return got
 
+    rule = geometric._invented_pinholes_on_planes
+    monkeypatch.setattr(geometric, "_invented_pinholes_on_planes", lambda *a: _counted(rule(*a), released))
     monkeypatch.setattr(G, "_layout_fill", both)
     world = World.from_scene("house", 0, 64, 36)
     path = make_scene("house", 0).demo_path(161)[1:61]
@@ -202,6 +226,7 @@ def test_fused_layout_fill_matches_the_reference_on_a_house_walk(monkeypatch):
     assert any(masks) and not all(masks)  # frames with planes' coarse fill and frames without
     assert any(fronts)  # frames with pixels whose fill lies in front of the layout
     assert any(offs)  # frames with pixels showing a reference's colour from another surface
+    assert sum(released) > 0  # gaps between invented points on a plane, textured (both fills)
 
 
 def test_texel_reads_match_the_numpy_plan():

@@ -32,7 +32,7 @@ from spatia.world.generator import (
     ClipRequest, ClipResult, GeneratedView, Generator, ReferenceFrame, SceneProjection, capabilities_of, clip_result,
 )
 from spatia.world.history import GrowingRows, load_save_kernels
-from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, RenderResult, SpatialMemory
+from spatia.world.memory import INVENTED_FINAL, INVENTED_PROVISIONAL, OBSERVED, RenderResult, SpatialMemory
 from spatia.world.numba_start import numba
 from spatia.world.retrieval import retrieve_reference_frames
 from spatia.world.state import World
@@ -322,12 +322,16 @@ class Engine:
             proj.rgb[:m], proj.depth_m[:m], proj.valid[:m] = preceding.rgb, preceding.depth_m, preceding.valid
         if memory.has_provisional:  # where the memory shows a coarse fill the generator may replace
             proj.provisional = np.zeros((m + n, K.height, K.width), bool)
+        if self.capabilities.reads_observed:  # the target renders' observed pixels (the preceding part: none)
+            proj.observed = np.zeros((m + n, K.height, K.width), bool)
 
         def fill(i: int, view: TargetView) -> None:
             r = view.render
             proj.rgb[m + i], proj.depth_m[m + i], proj.valid[m + i] = r.rgb, r.depth_m, r.valid
             if proj.provisional is not None:
                 proj.provisional[m + i] = r.valid & (memory.provenance[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL)
+            if proj.observed is not None:
+                proj.observed[m + i] = r.valid & (memory.provenance[np.maximum(r.point_ids, 0)] == OBSERVED)
 
         views.fill = fill
         return proj

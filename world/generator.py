@@ -26,13 +26,17 @@ class SceneProjection:
     # [T, H, W] bool, True where the point that landed is invented-provisional (a coarse fill shown while the
     # final one was being prepared): a generator may paint over it, the memory then replaces it. None: nowhere.
     provisional: np.ndarray | None = None
+    # [T, H, W] bool, True where the point that landed was observed (from a real image, not invented): given to a
+    # generator that declares ``GeneratorCapabilities.reads_observed``. None: not given.
+    observed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rgb.shape[0])
 
     def slice(self, start: int, stop: int) -> "SceneProjection":
         prov = None if self.provisional is None else self.provisional[start:stop]
-        return SceneProjection(self.rgb[start:stop], self.depth_m[start:stop], self.valid[start:stop], prov)
+        obs = None if self.observed is None else self.observed[start:stop]
+        return SceneProjection(self.rgb[start:stop], self.depth_m[start:stop], self.valid[start:stop], prov, obs)
 
 
 @dataclass
@@ -161,6 +165,9 @@ class GeneratorCapabilities:
     # (``need_targets()`` before reading every target's): the engine then renders each target pose only when
     # asked, so a streamed clip's first frame does not wait for the renders of the poses after it.
     projection_on_demand: bool = False
+    # The generator reads ``projection.observed`` (which rendered pixels show observed points): the engine fills
+    # it, a gather per pixel of each target render, only for a generator that declares it.
+    reads_observed: bool = False
 
 
 @runtime_checkable
