@@ -164,6 +164,52 @@ def channels_without_torch() -> bool:
     return ctx._torch_available is False
 
 
+_CHANNEL_PUTS = None  # ``channel_puts_off_fibers``: the thread that puts this process's channel buffers
+_CREATE_CHANNEL_REF = None  # ... and Ray's own function, which it calls there
+
+
+def channel_puts_off_fibers(on: bool = True) -> bool:
+    """Puts the buffers of this process's compiled-graph channels (Ray 2.60's ``_create_channel_ref``, a
+    ``put_object``) on a thread of their own, where Ray gives them object ids that never repeat; ``on=False``
+    puts Ray's function back (``benchmarks/ray_channel_puts.py`` measures both). Returns whether it is on.
+
+    Why: a world actor is an async actor. Ray runs its calls that are not coroutines (``__ray_call__``, which is
+    how a graph's compile has the actor make its channels: ``do_allocate_channel``) on one fiber thread, and a
+    put's object id is that thread's current task id plus a per-task counter, kept per *thread*. A fiber that
+    ends resets both (nil task id, counter 0) under whichever fiber runs next, so a ``__ray_call__`` that started
+    while other calls were in flight often runs with the nil task id, and its first put is always
+    ``ffff...ff`` + index 100000002 (measured: 1152 of 1374 such puts, 223 distinct ids, with one sync call in
+    flight; Ray issue 10324). While one graph's buffer holds that id, the next graph's compile that gets it too
+    aborts the actor: ``reference_counter.cc ... Check failed: AddOwnedObjectInternal ... Tried to create an owned
+    object that already exists: ffff...ff02e1f505`` (the Ray tests' intermittent world actor crash, sessions
+    28-30). A thread that runs no Ray task keeps a random task id and a counter that never resets. The
+    replacement keeps Ray's name, so a remote reader's buffer (made there through ``__ray_call__``) still runs
+    Ray's function in the reader's process."""
+    global _CHANNEL_PUTS, _CREATE_CHANNEL_REF
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.experimental.channel import shared_memory_channel as smc
+
+    if _CREATE_CHANNEL_REF is None:
+        _CREATE_CHANNEL_REF = smc._create_channel_ref
+    if not on:
+        smc._create_channel_ref = _CREATE_CHANNEL_REF
+        return False
+    if _CHANNEL_PUTS is None:
+        _CHANNEL_PUTS = ThreadPoolExecutor(1, thread_name_prefix="channel-puts")
+    original = _CREATE_CHANNEL_REF
+
+    @functools.wraps(original)  # Ray's module and name: pickled by reference (to a remote reader: its own)
+    def _create_channel_ref(self, buffer_size_bytes: int):
+        if threading.current_thread().name.startswith("channel-puts"):
+            return original(self, buffer_size_bytes)
+        return _CHANNEL_PUTS.submit(original, self, buffer_size_bytes).result()
+
+    smc._create_channel_ref = _create_channel_ref
+    return True
+
+
 def _graph_loop_codes() -> tuple:
     from ray.dag import compiled_dag_node as cdn
 
@@ -254,6 +300,7 @@ class WorldActor:
 
             self._warm = KernelWarmUp()
         channels_without_torch()  # after the generator: a generator that loaded torch keeps it
+        channel_puts_off_fibers()  # a graph's channels never get an object id the actor already holds
         self.lease: tuple[str, float] | None = None  # (session id, monotonic expiry)
         self.engines: dict[str, Any] = {}  # engine key -> Engine (one per session)
         self.last_call = time.monotonic()

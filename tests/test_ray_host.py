@@ -382,6 +382,32 @@ def test_a_graph_compiled_in_part_is_torn_down_by_its_session(doors, monkeypatch
         _host(one, "a")._graph_failed = False  # (this door's later sessions on 'a' may open graphs again)
 
 
+def test_a_world_actors_channel_buffers_never_share_an_object_id(doors):
+    """A graph's compile has the world actor make its channels' buffers through ``__ray_call__`` (a put). On an
+    async actor with other calls in flight, Ray 2.60 ran such calls with the nil task id, so buffers got one object
+    id, and a second graph's buffer made while the first's was held aborted the actor (``Check failed:
+    AddOwnedObjectInternal``, the Ray tests' intermittent crash: docs/BENCHMARKS.md session 30). The actor puts them
+    on a thread of its own (``ray_host.channel_puts_off_fibers``): every id is its own. Without it: 67 of 160
+    such puts had the nil task id (``benchmarks/ray_channel_puts.py``). The buffers are dropped at once here, so
+    the old behaviour fails this test without crashing the actor."""
+
+    def buffer_id(self) -> str:
+        from ray.experimental.channel import shared_memory_channel as smc
+
+        return smc._create_channel_ref(self, 1000).hex()
+
+    one, _ = doors
+    actor = ray.get_actor("world:a", namespace="spatia")
+    ids = []
+    for _ in range(10):  # four at once, with async calls beside, as a compile's overlapping other calls
+        beside = [actor.where.remote() for _ in range(4)]
+        ids += ray.get([actor.__ray_call__.remote(buffer_id) for _ in range(4)], timeout=60)
+        ray.get(beside, timeout=60)
+    assert len(ids) == 40
+    assert not [i for i in ids if i.startswith("f" * 48)], "a buffer put with the nil task id"
+    assert len(set(ids)) == len(ids)
+
+
 def test_a_replaced_actors_snapshot_write_is_refused(doors, tmp_path):
     from spatia.server.ray_host import next_epoch
 
