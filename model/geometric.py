@@ -886,8 +886,15 @@ def _pinholes_on_planes_reference(layout: Layout, view: LayoutView, rays_flat: n
     if not len(sel):
         return
     ld, _ = cast_layout(layout, view, rays_flat[hole_idx[sel]], c2w)
-    on = (ld > 0) & (np.abs(f[sel] - ld) <= np.float32(rel) * ld)
+    on = _fill_on_plane(f[sel], ld, rel)
     flat[hole_idx[sel[on]]] = ld[on]
+
+
+def _fill_on_plane(f: np.ndarray, ld: np.ndarray, rel: float) -> np.ndarray:
+    """``[K]`` bool: the fill's depth ``f`` [K] lies within ``rel`` of the layout's ``ld`` [K] (float32 z-depths, 0:
+    none) along the same rays: a pinhole on that plane (``GeometricConfig.pinhole_plane_rel``; the compiled
+    ``pinhole_kernels.pinholes_onto_planes`` tests the same)."""
+    return (ld > 0) & (np.abs(f - ld) <= np.float32(rel) * ld)
 
 
 def _invented_pinholes_on_planes(
@@ -921,7 +928,7 @@ def _invented_pinholes_on_planes(
         return none
     rays = np.ascontiguousarray(rays_flat[hole_idx[cand]])
     ld, li = cast_layout(layout, view, rays, c2w)
-    on = (ld > 0) & (np.abs(f[cand] - ld) <= np.float32(cfg.pinhole_plane_rel) * ld)
+    on = _fill_on_plane(f[cand], ld, cfg.pinhole_plane_rel)
     return cand[on], ld[on], li[on], rays[on]
 
 
