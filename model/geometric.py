@@ -104,18 +104,18 @@ class GeometricConfig:
     # session 29). inf: fold them
     colour_surface_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
-    # ... except where no rendered pixel within ``pinhole_px`` shows an observed point and a layout plane lies within
-    # ``pinhole_plane_rel`` of that fill (``_invented_pinholes_on_planes``): the gaps between invented points on a
-    # plane, seen closer than when they were invented, take the plane's texture at this frame's footprint, as any
-    # other hole on it. Coloured from the memory's sparse points around (the colour fill) or warped from earlier
-    # frames (references), the courtyard's invented paving walked up to was a blotchy smear, not tiles
-    # (docs/RESULTS.md, session 30). False: every such gap keeps the fill and its colour
-    texture_invented_pinholes: bool = True
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
     # depth. On a plane seen at a grazing angle (the courtyard's ground) the fill took the farther side of a gap
     # between noisy rendered points: 18 % of pinhole pixels lay > 5 % beyond the true surface (courtyard demo
     # loop, 320x180, frames 1-60), and became invented ground 5-50 cm under the real one. 0: off
     pinhole_plane_rel: float = 0.10
+    # a pinhole with no rendered pixel within ``pinhole_px`` showing an observed point, on a plane (as above), is no
+    # pinhole (``_invented_pinholes_on_planes``): the gaps between invented points on a plane, seen closer than when
+    # they were invented, take the plane's texture at this frame's footprint, as any other hole on it. Coloured from
+    # the memory's sparse points around (the colour fill) or warped from earlier frames (references), the courtyard's
+    # invented paving walked up to was a blotchy smear, not tiles (docs/RESULTS.md, session 30). False: every such
+    # gap keeps the fill and its colour
+    texture_invented_pinholes: bool = True
     # the layout fill takes a rendered pixel for a hole where farther points show through the gaps of a nearer
     # surface's points within this share of the image's width on both sides (``model.fill.image.see_through``; 0 =
     # off): a surface seen from far and walked up to showed what lies behind it as a grid (the courtyard's column
