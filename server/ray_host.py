@@ -866,7 +866,8 @@ class _PlayGraph:
         except Exception as exc:  # noqa: BLE001 -- the streaming path serves the session instead
             refused = isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), PreconditionError)
             # a channel closed under a new graph (seen once in ~10 test runs on the loaded machine: Ray logged an
-            # object put twice in the actor) is worth another graph; a timeout or a compile error is not
+            # object put twice in the actor; likely two graphs' buffers given one object id, which
+            # ``channel_puts_off_fibers`` now prevents) is worth another graph; a timeout or a compile error is not
             self.retryable = isinstance(exc, ray.exceptions.RayChannelError) \
                 and not isinstance(exc, ray.exceptions.RayChannelTimeoutError)
             self.failed = True
