@@ -1127,6 +1127,7 @@ class GeometricGenerator:
         layout = state.layout
         K = request.intrinsics
         rays_img = _rays(K)  # [H, W, 3] float32 camera frame
+        rays_flat = rays_img.reshape(-1, 3)  # [H * W, 3] a view
         reach = layout_path(layout, reach)  # (the path's summary: the poses near each plane, kept as it grows)
         view = view_bounds(layout, c2w[:3, 3], reach) if view is None else view
         if view.openings:  # a wall the memory holds where the path goes through it (a doorway) is not shown
@@ -1141,7 +1142,7 @@ class GeometricGenerator:
                                                        *_chamfer_offsets(cfg.pinhole_px))
         ld_cast, li_cast = cast_layout(layout, view, rays_cast, c2w)
         rel_idx, rel_ld, rel_li, rel_rays = _invented_pinholes_on_planes(
-            layout, view, rays_img.reshape(-1, 3), hole_idx, f, pinhole, observed_px, c2w, cfg)
+            layout, view, rays_flat, hole_idx, f, pinhole, observed_px, c2w, cfg)
         if len(rel_idx):  # gaps between invented points on a plane: cast (their cast reused) and textured
             pinhole = pinhole.copy()
             pinhole[rel_idx] = False
@@ -1164,7 +1165,6 @@ class GeometricGenerator:
             len(hole_idx), cast, ld_cast, li_cast, rays_cast, f, float(cfg.layout_front_rel), R, cam,
             np.ascontiguousarray(np.concatenate(close_pts), np.float64), close_start, box[0], box[1], float(radius),
             *views, float(cfg.free_space_rel))
-        rays_flat = rays_img.reshape(-1, 3)
         bounds = list(view.bounds)
         if len(rel_idx) and len(through):  # (cast in two runs: the released pinholes after the others)
             through = np.sort(through)

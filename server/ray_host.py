@@ -767,8 +767,8 @@ def _retire(dag) -> None:
     for actor, tasks in dict(getattr(dag, "actor_to_executable_tasks", None) or {}).items():
         try:
             ray.get(actor.__ray_call__.remote(do_cancel_executable_tasks, tasks), timeout=CALL_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 -- a dead actor, or a loop that ended already: nothing left to end
-            pass
+        except Exception as exc:  # noqa: BLE001 -- a dead actor, or a loop that ended already: nothing left to end
+            log.debug("play graph loops not cancelled", error=type(exc).__name__)
     dag._is_teardown = True
 
 
@@ -949,8 +949,8 @@ class _PlayGraph:
         if wait_s is not None:
             try:
                 self._closing.result(timeout=wait_s)
-            except FutureTimeout:
-                pass
+            except FutureTimeout:  # still tearing down: the caller reads that from the result (False) and logs it
+                return False
             except Exception as exc:  # noqa: BLE001 -- ``_retire`` catches what Ray raises; done either way
                 log.warning("play graph close failed", world_id=self.world_id, error=type(exc).__name__)
         return self._closing.done()
