@@ -262,6 +262,27 @@ def test_far_field_reads_no_tiles_and_keeps_the_colours(noise):
     assert far.astype(np.float64).std(0).mean() > 0.2 * near.std(0).mean()  # not a flat fill either
 
 
+def test_stochastic_far_field_is_the_tiles_seen_from_afar(noise):
+    """A stochastic texture is one texture at every distance: its far field at mip ``FAR_LEVEL`` and above is the
+    tiles' own mips there (the coarse band both share, ``COARSE_SPLIT_PX``), away from the exemplar and beside it.
+    With the far field a mirror-repeated exemplar, the two were unrelated (4-5 grey levels apart, as far apart as
+    two draws), and points invented far off showed stripes between the gaps textured near (docs/RESULTS.md,
+    session 31)."""
+    big, rgb, valid, model = noise
+    assert model.kind == "stochastic" and model._coarse_box is not None  # its coarse band is the noise
+    for top_left in ((640, -448), (-32, 96)):  # far from the box (rows 0-95, cols 0-127), and across its edge
+        n = 256
+        tiles = luma(tx.synthesize_region(model, top_left, (n, n), seed=5))
+        for level in (tx.FAR_LEVEL, tx.FAR_LEVEL + 1):
+            k = 1 << level
+            mip = tiles.reshape(n // k, k, n // k, k).mean((1, 3))
+            rows = np.repeat(np.arange(top_left[0], top_left[0] + n, k), n // k)
+            cols = np.tile(np.arange(top_left[1], top_left[1] + n, k), n // k)
+            far = luma(model._far_texels(rows, cols, level, seed=5)).reshape(n // k, n // k)
+            rms = float(np.sqrt(np.mean(np.square(mip - far))))
+            assert rms < 0.35 * mip.std(), (top_left, level, rms, mip.std())  # the same picture, not two draws
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The exemplar's own holes
 # ---------------------------------------------------------------------------------------------------------------

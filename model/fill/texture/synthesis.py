@@ -36,7 +36,10 @@ function of (exemplar, seed, position): tiles are identical in any order, adjace
 Periodic textures (brick, tiles, planks) keep their period: the autocorrelation of the observed detail is searched
 for a 1-D or 2-D lattice of peaks; when its peaks are strong, every patch is taken only from exemplar positions
 congruent to its target modulo that lattice, so mortar and grout lines continue in place across the whole plane.
-Stochastic textures use unrestricted candidates (quilting). Patches are never rotated, so grain keeps its direction.
+Stochastic textures use unrestricted candidates (quilting), for their fine band only: their coarse band (a
+Gaussian of ``COARSE_SPLIT_PX`` texels) is random-phase noise with the radial mean of the exemplar's coarse-band
+spectrum, periodic over ``COARSE_NOISE_PX`` texels and blended into the exemplar's own coarse band where it was
+observed (``TextureModel._coarse_at``). Patches are never rotated, so grain keeps its direction.
 
 Shading (the low frequencies: a light gradient, a shadow) is split off before synthesis by a normalised Gaussian
 blur of the observed texels and added back at the target position: inside the exemplar's box as observed and
@@ -91,12 +94,32 @@ CONTRAST_PROBE_SEED = 0  # the probe's own key: the gain is a function of the ex
 _CACHE_LIMIT = 200_000
 TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
 # From this mip level on (a pixel covering 4 x 4 texels or more: beyond ~8 m at 640x360, 75 deg, 1 cm texels),
-# ``sample_uv`` reads the far-field texture instead of tiles: the exemplar's box with its holes continued, its detail
-# mirror-repeated, plus the shading continued there. Reading tiles there meant synthesising a whole 64 x 64 tile for
+# ``sample_uv`` reads the far-field texture instead of tiles: a periodic texture's is the exemplar's box with its
+# holes continued, its detail mirror-repeated, plus the shading continued there; a stochastic texture's is its coarse
+# band's mips (below), plus the shading: the tiles' own mips there, without their fine band. Reading tiles there meant synthesising a whole 64 x 64 tile for
 # one or a few pixels: far ground outdoors crosses thousands of tiles (a courtyard frame spent ~170 ms on them).
 # At that distance a pixel averages 16+ texels, so quilted and mirror-repeated detail look alike (courtyard frames
 # compared side by side at levels 2, 3 and without: no visible difference; docs/BENCHMARKS.md has the cost).
 FAR_LEVEL = 2
+# A stochastic texture's coarse band (what a Gaussian of COARSE_SPLIT_PX texels keeps of its detail) is not quilted:
+# it is random-phase noise with the radial mean of the exemplar's own coarse-band spectrum (as spot noise: white
+# noise keyed by the seed, filtered; Galerne, Gousseau and Morel 2011), periodic
+# over COARSE_NOISE_PX texels (a multiple of every tile mip), blended into the exemplar's own coarse band over
+# COARSE_BLEND_PX texels off its box. Quilted whole, a low-contrast mottle showed its cells as blocks with brightness
+# steps; and the far field (mirror-repeated, above) and the tiles held unrelated coarse content, so points invented
+# far off and the gaps between them seen near differed by 4-5 grey levels: stripes (docs/RESULTS.md, session 31).
+# Now the far field of a stochastic texture is this coarse band's mips: one texture at every distance. The spectrum's
+# radial mean, since an exemplar seen at a grazing angle is blurred along the view: a ceiling's, taken as it was, made
+# streaks converging on the horizon; the fine band, quilted, keeps a texture's direction (grain).
+# Only an exemplar with a spectrum to measure: at least COARSE_MIN_SIDE_PX texels a side, COARSE_MIN_OBSERVED of it
+# observed (a small or sparse one, a far facade's columns of points, is quilted whole as before: its tapered spot
+# spread its spectrum, a 37 x 79 texel one's noise stepped 3x as much as the exemplar)
+COARSE_SPLIT_PX = 2.0
+COARSE_NOISE_PX = 256
+COARSE_BLEND_PX = 8.0
+COARSE_MIN_SIDE_PX = 48
+COARSE_MIN_OBSERVED = 0.5
+_COARSE_NOISE_TAG = 0x636F61727365  # the noise's own stream of a seed ("coarse")
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -689,6 +712,17 @@ class TextureModel:
             detail, usable = _periodic_fill(detail, valid, lattice, self._copy_basis)
         if not usable.all():
             detail = np.where(usable[..., None], detail, push_pull_fill(detail, usable.astype(np.float32)))
+        # [H, W, 3] float32, a stochastic exemplar's coarse band (COARSE_SPLIT_PX), None for a periodic one (or
+        # one too small or sparse, COARSE_MIN_SIDE_PX): what the quilting does not copy (``_coarse_at``)
+        self._coarse_box = None
+        if self.kind == "stochastic" and min(h, w) >= COARSE_MIN_SIDE_PX and valid.mean() >= COARSE_MIN_OBSERVED:
+            self._coarse_box = np.ascontiguousarray(np.stack(
+                [cv2.GaussianBlur(np.ascontiguousarray(detail[..., c], np.float32), (0, 0), COARSE_SPLIT_PX,
+                                  borderType=cv2.BORDER_REFLECT) for c in range(3)], axis=-1), np.float32)
+            detail = detail - self._coarse_box
+            # [H, W] float32 texels from each box texel to the nearest observed one: the exemplar's own coarse band
+            # holds where it was observed (in its holes it is the smooth pre-fill)
+            self._coarse_obs_dist = ndimage.distance_transform_edt(~valid).astype(np.float32)
         self.detail = np.ascontiguousarray(detail, np.float32)  # [H, W, 3] shading-free, holes pre-filled
 
         # windows (patch origins) a patch may be copied from, and those that are observed in full
@@ -723,7 +757,7 @@ class TextureModel:
         dist = ndimage.distance_transform_edt(~obs_pad)
         self._edge_feather = f
         self._edge_weight = np.clip(1.0 - dist / (f + 1.0), 0.0, 1.0).astype(np.float32)  # [H + 2f, W + 2f]
-        ref = np.where(valid[..., None], rgbf, self.detail + shading)
+        ref = np.where(valid[..., None], rgbf, self._whole_detail() + shading)
         self._edge_value = np.pad(ref, ((f, f), (f, f), (0, 0)), mode="edge").astype(np.float32)
         self._feather = half // 2  # cut cross-fade half-width
         self._cells: dict[tuple[int, int, int], tuple[int, int, tuple[float, float, float]]] = {}
@@ -731,6 +765,7 @@ class TextureModel:
         self._tiles: dict[tuple[int, int, int], list[np.ndarray]] = {}
         self._pools: dict[tuple[int, int], np.ndarray] = {}  # congruent source windows per lattice coset
         self._far: dict[int, list[np.ndarray]] = {}  # seed -> far-field detail pyramid (``_far_pyramid``)
+        self._noise: dict[int, list[np.ndarray]] = {}  # seed -> coarse-band noise mips (``_coarse_noise``)
         self._tables: dict[int, object] = {}  # seed -> texture_kernels cell table (the compiled path's cache)
         self._kernel_model: tuple | None = None  # the model's arrays as texture_kernels reads them
         self._lock = threading.RLock()  # the caches are shared: one synthesis per model at a time (planes in parallel)
@@ -764,7 +799,7 @@ class TextureModel:
         already the exemplar's, only their texel-scale steps were lost. Synthesises one probe region with the
         unscaled detail, finds the gain on it (bisection: the step grows monotonically with the gain), then drops
         every cache made from it."""
-        observed = _mean_step(_luma(self.detail), self.valid)
+        observed = _mean_step(_luma(self._whole_detail()), self.valid)
         probe = self._region_locked(self._probe_origin(), (CONTRAST_PROBE_PX, CONTRAST_PROBE_PX), CONTRAST_PROBE_SEED)
         self._cells.clear()
         self._seams.clear()
@@ -786,7 +821,7 @@ class TextureModel:
         self.detail = np.ascontiguousarray(smooth + np.float32(gain) * (self.detail - smooth), np.float32)
         self._kernel_model = None  # holds the unscaled detail
         f = self._edge_feather
-        ref = np.where(self.valid[..., None], self.rgb.astype(np.float32), self.detail + self.shading)
+        ref = np.where(self.valid[..., None], self.rgb.astype(np.float32), self._whole_detail() + self.shading)
         self._edge_value = np.pad(ref, ((f, f), (f, f), (0, 0)), mode="edge").astype(np.float32)
         return gain
 
@@ -1066,14 +1101,89 @@ class TextureModel:
         keep = np.exp(-np.hypot(py - cy, px - cx).astype(np.float32) / self.shading_decay_px)[:, None]
         return self.shading_mean + (self.shading[cy, cx] - self.shading_mean) * keep
 
+    def _whole_detail(self) -> np.ndarray:
+        """The exemplar's shading-free detail [H, W, 3] float32, both bands (the quilted one and the coarse one)."""
+        return self.detail if self._coarse_box is None else self.detail + self._coarse_box
+
+    def _coarse_noise(self, seed: int) -> list[np.ndarray]:
+        """A stochastic model's coarse-band noise for ``seed``: mips [COARSE_NOISE_PX >> l, ..., 3] float32, level 0
+        first, each the 2x2 box mean of the one before (the tiles' mips), down to one texel per tile. Periodic:
+        texel (r, c) of level l is ``[(r >> l) % n, (c >> l) % n]``. Made once per seed."""
+        with self._lock:
+            got = self._noise.get(seed)
+            if got is not None:
+                return got
+            n = COARSE_NOISE_PX
+            spot = self._coarse_box - self._coarse_box[self.valid].mean(0)
+            h, w = min(spot.shape[0], n), min(spot.shape[1], n)
+            y0, x0 = (spot.shape[0] - h) // 2, (spot.shape[1] - w) // 2
+            # a taper, so that the spot's box edges add no cross to the spectrum; variance kept
+            taper = np.outer(np.hanning(h + 2)[1:-1], np.hanning(w + 2)[1:-1]).astype(np.float32)
+            spot = spot[y0 : y0 + h, x0 : x0 + w] * (taper / np.sqrt(np.square(taper).sum()))[..., None]
+            canvas = np.zeros((n, n, 3), np.float32)
+            canvas[:h, :w] = spot
+            # the spectrum's radial mean (COARSE_SPLIT_PX's comment: why)
+            power = np.square(np.abs(sfft.rfft2(canvas, axes=(0, 1))))  # [n, n // 2 + 1, 3]
+            radius = np.rint(np.hypot(np.fft.fftfreq(n)[:, None] * n, np.arange(n // 2 + 1)[None, :])).astype(np.int64)
+            count = np.maximum(np.bincount(radius.ravel()), 1)
+            amplitude = np.stack([np.sqrt(np.bincount(radius.ravel(), power[..., c].ravel()) / count)[radius]
+                                  for c in range(3)], axis=-1)
+            rng = np.random.default_rng([seed & _M64, _COARSE_NOISE_TAG])
+            white = sfft.rfft2(rng.standard_normal((n, n)).astype(np.float32))
+            noise = sfft.irfft2(amplitude * white[..., None], s=(n, n), axes=(0, 1))
+            # one period's spread is the exemplar's (the taper and one draw of the noise leave it ~10 % low)
+            noise = noise - noise.mean((0, 1))
+            noise *= self._coarse_box[self.valid].std(0) / np.maximum(noise.std((0, 1)), 1e-6)
+            got = [np.ascontiguousarray(noise, np.float32)]
+            _add_mips(got, int(math.log2(self.tile_px & -self.tile_px)), keep_float=True)
+            self._noise[seed] = got
+            return got
+
+    def _coarse_at(self, ys: np.ndarray, xs: np.ndarray, level: int, seed: int) -> np.ndarray:
+        """The coarse band [N, 3] float32 of a stochastic model at texture-space texels (rows ``ys`` [N], cols ``xs``
+        [N]) at mip ``level`` (ys, xs: the level's texel centres in level-0 texels): the exemplar's own on its
+        observed texels, noise away from them, blended with the distance to the nearest (``COARSE_BLEND_PX``)."""
+        noise = self._coarse_noise(seed)[level]
+        n = noise.shape[0]
+        out = noise[(ys >> level) % n, (xs >> level) % n]
+        box = self._coarse_box
+        h, w = box.shape[:2]
+        py, px = ys - self.origin_px[0], xs - self.origin_px[1]
+        cy, cx = np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)
+        # (off the box: its distance plus the edge texel's own from an observed one; an upper bound)
+        dist = np.hypot(py - cy, px - cx).astype(np.float32) + self._coarse_obs_dist[cy, cx]
+        keep = np.exp(-dist / np.float32(COARSE_BLEND_PX))
+        near = np.flatnonzero(keep > 1e-3)
+        if len(near):
+            k = keep[near, None]
+            out[near] = k * box[cy[near], cx[near]] + (1.0 - k) * out[near]
+        return out
+
+    def _with_coarse(self, detail: np.ndarray, r0: int, c0: int, seed: int) -> np.ndarray:
+        """A region's quilted detail [H, W, 3] float32 at texture-space rows r0.., cols c0.. with a stochastic
+        model's coarse band added (a new array; a periodic model's detail as it is)."""
+        if self._coarse_box is None:
+            return detail
+        hh, ww = detail.shape[:2]
+        ys = np.repeat(np.arange(r0, r0 + hh, dtype=np.int64), ww)
+        xs = np.tile(np.arange(c0, c0 + ww, dtype=np.int64), hh)
+        out = np.array(detail, np.float32, copy=True)
+        out += self._coarse_at(ys, xs, 0, seed).reshape(hh, ww, 3)
+        return out
+
     def _far_pyramid(self, seed: int) -> list[np.ndarray]:
         """Per mip level, the shading-free detail of the exemplar's box with its holes continued (the synthesised
-        texels there), box-filtered: [h >> level, w >> level, 3] float32 (at least 1 x 1). Made once per seed."""
+        texels there), box-filtered: [h >> level, w >> level, 3] float32 (at least 1 x 1); a stochastic model's, of
+        the fine band alone (its coarse band is ``_coarse_at``'s). Made once per seed."""
         with self._lock:
             got = self._far.get(seed)
             if got is None:
                 box = self._region_locked(self.origin_px, self.shape_px, seed).astype(np.float32) - self.shading
                 h, w = self.shape_px
+                if self._coarse_box is not None:
+                    ys = np.repeat(np.arange(self.origin_px[0], self.origin_px[0] + h, dtype=np.int64), w)
+                    xs = np.tile(np.arange(self.origin_px[1], self.origin_px[1] + w, dtype=np.int64), h)
+                    box -= self._coarse_at(ys, xs, 0, seed).reshape(h, w, 3)
                 got = [box]
                 for level in range(1, int(math.log2(self.tile_px & -self.tile_px)) + 1):
                     size = (max(1, w >> level), max(1, h >> level))
@@ -1083,24 +1193,45 @@ class TextureModel:
 
     def _far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
         """Colours [N, 3] uint8 of the far-field texture (``FAR_LEVEL``) at mip ``level`` for the level-0 texels
-        (rows [N], cols [N]): the box's detail mirror-repeated from the box, plus the shading continued there."""
+        (rows [N], cols [N]): the box's detail mirror-repeated from the box, plus the shading continued there; a
+        stochastic model's: its coarse band at that mip (``_coarse_at``), plus the shading."""
+        if self._coarse_box is not None:
+            return np.clip(np.rint(self._coarse_far_texels(rows, cols, level, seed)), 0, 255).astype(np.uint8)
         out = texture_kernels.far_texels(self._far_pyramid(seed)[level], np.ascontiguousarray(rows, np.int64),
                                          np.ascontiguousarray(cols, np.int64), int(level), int(self.origin_px[0]),
                                          int(self.origin_px[1]), self.shading, self.shading_mean,
                                          float(self.shading_decay_px))
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
-    def reference_far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
-        """Slow twin of ``_far_texels`` in numpy (before rounding: [N, 3] float32)."""
-        detail = self._far_pyramid(seed)[level]
-        out = np.empty((len(rows), 3), np.float32)
+    def _coarse_far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
+        """A stochastic model's far field [N, 3] float32 (before rounding) at mip ``level`` for level-0 texels rows,
+        cols [N] int64: the coarse band (the tiles' own, ``_coarse_at``), the fine band's mip mirror-repeated from
+        the exemplar's box (what the tiles' fine band leaves at that mip: texture, though not the tiles' own) and
+        the shading, at the level's texel centres. Numpy gathers: the same function for ``_far_texels`` and its
+        twin."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        half = (1 << level) // 2  # the level's texel centre, in level-0 texels
+        ys, xs = (rows >> level << level) + half, (cols >> level << level) + half
+        out = self._coarse_at(ys, xs, level, seed) + self._shading_points(ys, xs)
+        return out + self._mirrored(self._far_pyramid(seed)[level], rows, cols, level)
+
+    def _mirrored(self, detail: np.ndarray, rows: np.ndarray, cols: np.ndarray, level: int) -> np.ndarray:
+        """``detail`` [h, w, 3] (a far pyramid's mip ``level``) mirror-repeated from the exemplar's box, at
+        level-0 texels rows, cols [N] int64: [N, 3] float32."""
         idx = []
         for coord, origin, size in ((rows, self.origin_px[0], detail.shape[0]), (cols, self.origin_px[1],
                                                                                   detail.shape[1])):
             i = np.mod((coord - origin) >> level, 2 * size)
             idx.append(np.where(i >= size, 2 * size - 1 - i, i))  # mirror repeat: no seams
-        out[:] = detail[idx[0], idx[1]]
+        return detail[idx[0], idx[1]].astype(np.float32)
+
+    def reference_far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
+        """Slow twin of ``_far_texels`` in numpy (before rounding: [N, 3] float32)."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        if self._coarse_box is not None:
+            return self._coarse_far_texels(rows, cols, level, seed)
         half = (1 << level) // 2  # the level's texel centre, in level-0 texels
+        out = self._mirrored(self._far_pyramid(seed)[level], rows, cols, level)
         out += self._shading_points((rows >> level << level) + half, (cols >> level << level) + half)
         return out
 
@@ -1146,7 +1277,8 @@ class TextureModel:
             if table is None:  # cleared by the kernel when half full, as the frames' tables are
                 table = self._off_tables[(seed, threading.get_ident())] = texture_kernels.new_cell_table(
                     texture_kernels.cell_table_slots_for(t, t, self.step_px))
-        detail = texture_kernels.region_detail(view, table, seed, i * t, j * t, t, t)
+        detail = self._with_coarse(texture_kernels.region_detail(view, table, seed, i * t, j * t, t, t), i * t, j * t,
+                                   seed)
         mips = [self._shaded(detail, np.arange(i * t, i * t + t), np.arange(j * t, j * t + t))]
         _add_mips(mips, level)
         with self._lock:
@@ -1194,7 +1326,8 @@ class TextureModel:
         slots = texture_kernels.cell_table_slots_for(hh, ww, self.step_px)
         if table is None or len(table[0]) < slots:  # (a region larger than the table holds: a larger one)
             table = self._tables[seed] = texture_kernels.new_cell_table(slots)
-        out = texture_kernels.region_detail(self._kernel_view(), table, seed, r0, c0, hh, ww)
+        out = self._with_coarse(texture_kernels.region_detail(self._kernel_view(), table, seed, r0, c0, hh, ww), r0, c0,
+                                seed)
         return self._shaded(out, np.arange(r0, r0 + hh), np.arange(c0, c0 + ww))
 
     def _reference_region_locked(self, top_left_px: tuple[int, int], shape_px: tuple[int, int], seed: int):
@@ -1249,7 +1382,7 @@ class TextureModel:
             np.ascontiguousarray(r_lo), np.ascontiguousarray(r_hi), np.ascontiguousarray(r_w, dtype=np.float32),
             c_lo, c_hi, c_w.astype(np.float32), r0, c0, s, h,
         )  # fmt: skip
-        return self._shaded(out, ys, xs)
+        return self._shaded(self._with_coarse(out, r0, c0, seed), ys, xs)
 
     def _shaded(self, out: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Shading-free texels ``out`` [H, W, 3] float32 at texture-space rows ``ys`` [H], cols ``xs`` [W] with
@@ -1266,13 +1399,14 @@ class TextureModel:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _add_mips(mips: list[np.ndarray], level: int) -> None:
+def _add_mips(mips: list[np.ndarray], level: int, keep_float: bool = False) -> None:
     """Append box-filtered 2x2 levels to a tile's ``mips`` (level 0 first) up to ``level``: level l texel = mean
-    of its 2^l x 2^l level-0 texels."""
+    of its 2^l x 2^l level-0 texels (uint8, rounded per level; ``keep_float``: float32, unrounded)."""
     while len(mips) <= level:
         prev = mips[-1].astype(np.float32)
         n = prev.shape[0] // 2
-        mips.append(np.rint(prev[: 2 * n, : 2 * n].reshape(n, 2, n, 2, 3).mean((1, 3))).astype(np.uint8))
+        mean = prev[: 2 * n, : 2 * n].reshape(n, 2, n, 2, 3).mean((1, 3))
+        mips.append(np.ascontiguousarray(mean, np.float32) if keep_float else np.rint(mean).astype(np.uint8))
 
 
 def _check_model(model: object) -> TextureModel:
