@@ -119,6 +119,8 @@ COARSE_NOISE_PX = 256
 COARSE_BLEND_PX = 8.0
 COARSE_MIN_SIDE_PX = 48
 COARSE_MIN_OBSERVED = 0.5
+COARSE_OUTLIER_SIGMA = 3.0  # coarse colours this many robust sigmas off the median are not the material's
+COARSE_TILT_MAX = 1.5  # the most the coarse noise's spectrum is tilted towards its upper end (``_coarse_noise``)
 _COARSE_NOISE_TAG = 0x636F61727365  # the noise's own stream of a seed ("coarse")
 
 _M64 = (1 << 64) - 1
@@ -318,6 +320,32 @@ def _mean_step(y: np.ndarray, valid: np.ndarray | None) -> float:
     mx, my = valid[:, 1:] & valid[:, :-1], valid[1:] & valid[:-1]
     n = int(mx.sum() + my.sum())
     return float((dx[mx].sum() + dy[my].sum()) / n) if n else 0.0
+
+
+def _tilted_noise(amplitude: np.ndarray, radius: np.ndarray, white: np.ndarray,
+                  step_per_spread: float) -> tuple[np.ndarray, float]:
+    """``(noise [n, n] float32, t)``: white noise (``white``, its rfft2 [n, n // 2 + 1]) filtered by ``amplitude``
+    [R] per integer frequency radius (``radius`` [n, n // 2 + 1]) times (1 + radius)^t, the least t in [0,
+    COARSE_TILT_MAX] (bisection: the step grows with t) at which its mean texel step over its spread reaches
+    ``step_per_spread`` (0: t = 0)."""
+    n = radius.shape[0]
+
+    def tilted(t: float) -> np.ndarray:
+        return sfft.irfft2((amplitude * np.power(1.0 + np.arange(len(amplitude)), t))[radius] * white, s=(n, n))
+
+    def step(t: float) -> float:
+        x = tilted(t)
+        return _mean_step(x, None) / max(float(x.std()), 1e-6)
+
+    if step(0.0) >= step_per_spread:
+        return tilted(0.0), 0.0
+    lo, hi = 0.0, COARSE_TILT_MAX
+    if step(hi) <= step_per_spread:
+        return tilted(hi), hi
+    for _ in range(12):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if step(mid) < step_per_spread else (lo, mid)
+    return tilted(0.5 * (lo + hi)), 0.5 * (lo + hi)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1114,26 +1142,46 @@ class TextureModel:
             if got is not None:
                 return got
             n = COARSE_NOISE_PX
-            spot = self._coarse_box - self._coarse_box[self.valid].mean(0)
-            h, w = min(spot.shape[0], n), min(spot.shape[1], n)
-            y0, x0 = (spot.shape[0] - h) // 2, (spot.shape[1] - w) // 2
-            # a taper, so that the spot's box edges add no cross to the spectrum; variance kept
+            # along the coarse band's principal colour axis only: a filter per channel decorrelated the channels
+            # (pink and green blotches on a wood floor, room:1), and what varies across it is mostly something
+            # else lying on the plane (a rug's colour), which the quilted fine band and the observed texels keep
+            # ... and of the material alone: texels whose coarse colour lies off the plane's usual one (a rug, a
+            # chair's foot, a shadow) would spread as blotches over the whole plane; they are left out of the mean,
+            # the axis and the spread, and clipped to the usual range in the spectrum (quilting copies them only
+            # where their patch lands)
+            observed = self._coarse_box[self.valid]
+            median = np.median(observed, axis=0)
+            spread = 1.4826 * np.median(np.abs(observed - median), axis=0) + 1.0  # robust sigma, + 1 grey level
+            usual = np.all(np.abs(self._coarse_box - median) <= COARSE_OUTLIER_SIGMA * spread, axis=-1) & self.valid
+            if usual.sum() < 0.5 * self.valid.sum():
+                usual = self.valid
+            mean = self._coarse_box[usual].mean(0)
+            axis = np.linalg.eigh(np.cov((self._coarse_box[usual] - mean).T))[1][:, -1].astype(np.float32)  # [3] unit
+            along = (self._coarse_box - mean) @ axis  # [H, W]
+            # clipped to the usual range there, not cut out: holes in the spot would add their edges' spectrum
+            along = np.clip(along, along[usual].min(), along[usual].max()).astype(np.float32)
+            h, w = min(along.shape[0], n), min(along.shape[1], n)
+            y0, x0 = (along.shape[0] - h) // 2, (along.shape[1] - w) // 2
+            # a taper, so that the spot's box edges add no cross to the spectrum
             taper = np.outer(np.hanning(h + 2)[1:-1], np.hanning(w + 2)[1:-1]).astype(np.float32)
-            spot = spot[y0 : y0 + h, x0 : x0 + w] * (taper / np.sqrt(np.square(taper).sum()))[..., None]
-            canvas = np.zeros((n, n, 3), np.float32)
-            canvas[:h, :w] = spot
+            canvas = np.zeros((n, n), np.float32)
+            canvas[:h, :w] = along[y0 : y0 + h, x0 : x0 + w] * taper
             # the spectrum's radial mean (COARSE_SPLIT_PX's comment: why)
-            power = np.square(np.abs(sfft.rfft2(canvas, axes=(0, 1))))  # [n, n // 2 + 1, 3]
+            power = np.square(np.abs(sfft.rfft2(canvas)))  # [n, n // 2 + 1]
             radius = np.rint(np.hypot(np.fft.fftfreq(n)[:, None] * n, np.arange(n // 2 + 1)[None, :])).astype(np.int64)
-            count = np.maximum(np.bincount(radius.ravel()), 1)
-            amplitude = np.stack([np.sqrt(np.bincount(radius.ravel(), power[..., c].ravel()) / count)[radius]
-                                  for c in range(3)], axis=-1)
+            amplitude = np.sqrt(np.bincount(radius.ravel(), power.ravel()) / np.maximum(np.bincount(radius.ravel()), 1))
             rng = np.random.default_rng([seed & _M64, _COARSE_NOISE_TAG])
             white = sfft.rfft2(rng.standard_normal((n, n)).astype(np.float32))
-            noise = sfft.irfft2(amplitude * white[..., None], s=(n, n), axes=(0, 1))
-            # one period's spread is the exemplar's (the taper and one draw of the noise leave it ~10 % low)
-            noise = noise - noise.mean((0, 1))
-            noise *= self._coarse_box[self.valid].std(0) / np.maximum(noise.std((0, 1)), 1e-6)
+            # the spot's spectrum under-counts the band's upper end (its holes are smooth pre-fills, the taper
+            # widens its peaks): tilted until the noise steps from texel to texel as much, for its spread, as the
+            # observed texels do
+            inner = usual & ndimage.binary_erosion(self.valid, iterations=2)
+            observed_step = _mean_step(along, inner) / max(float(along[inner].std()), 1e-6) if inner.sum() > 64 else 0.0
+            noise, tilt = _tilted_noise(amplitude, radius, white, observed_step)
+            log.debug("texture_coarse_noise", shape=self.valid.shape, tilt=round(tilt, 3), usual=round(float(usual.mean()), 3))
+            # one period's spread is the exemplar's along that axis (the taper and one draw leave it ~10 % low)
+            noise = (noise - noise.mean()) * (float(along[usual].std()) / max(float(noise.std()), 1e-6))
+            noise = noise[..., None] * axis  # [n, n, 3]
             got = [np.ascontiguousarray(noise, np.float32)]
             _add_mips(got, int(math.log2(self.tile_px & -self.tile_px)), keep_float=True)
             self._noise[seed] = got
