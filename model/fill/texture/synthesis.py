@@ -112,13 +112,14 @@ FAR_LEVEL = 2
 # radial mean, since an exemplar seen at a grazing angle is blurred along the view: a ceiling's, taken as it was, made
 # streaks converging on the horizon; the fine band, quilted, keeps a texture's direction (grain).
 # Only an exemplar with a spectrum to measure: at least COARSE_MIN_SIDE_PX texels a side, COARSE_MIN_OBSERVED of it
-# observed (a small or sparse one, a far facade's columns of points, is quilted whole as before: its tapered spot
-# spread its spectrum, a 37 x 79 texel one's noise stepped 3x as much as the exemplar)
+# observed (a small one is quilted whole as before: its tapered spot spread its spectrum, a 37 x 79 texel one's
+# noise stepped 3x as much as the exemplar; at 0.5 observed the house's ceiling, seen at a grazing angle, was left
+# quilted and striped)
 COARSE_SPLIT_PX = 2.0
 COARSE_NOISE_PX = 256
 COARSE_BLEND_PX = 8.0
 COARSE_MIN_SIDE_PX = 48
-COARSE_MIN_OBSERVED = 0.5
+COARSE_MIN_OBSERVED = 0.1
 COARSE_OUTLIER_SIGMA = 3.0  # coarse colours this many robust sigmas off the median are not the material's
 COARSE_TILT_MAX = 1.5  # the most the coarse noise's spectrum is tilted towards its upper end (``_coarse_noise``)
 _COARSE_NOISE_TAG = 0x636F61727365  # the noise's own stream of a seed ("coarse")
