@@ -96,18 +96,20 @@ TILE_CACHE = 256  # tiles kept per model for texels_at (256 x 12 kB at 64 x 64)
 # From this mip level on (a pixel covering 4 x 4 texels or more: beyond ~8 m at 640x360, 75 deg, 1 cm texels),
 # ``sample_uv`` reads the far-field texture instead of tiles: a periodic texture's is the exemplar's box with its
 # holes continued, its detail mirror-repeated, plus the shading continued there; a stochastic texture's is its coarse
-# band's mips (below), plus the shading: the tiles' own mips there, without their fine band. Reading tiles there meant synthesising a whole 64 x 64 tile for
-# one or a few pixels: far ground outdoors crosses thousands of tiles (a courtyard frame spent ~170 ms on them).
+# band's mips (below), the fine band's mirror-repeated and the shading: the tiles' own mips there, up to what the fine
+# band leaves at that mip. Reading tiles there meant synthesising a whole 64 x 64 tile for one or a few pixels: far
+# ground outdoors crosses thousands of tiles (a courtyard frame spent ~170 ms on them).
 # At that distance a pixel averages 16+ texels, so quilted and mirror-repeated detail look alike (courtyard frames
 # compared side by side at levels 2, 3 and without: no visible difference; docs/BENCHMARKS.md has the cost).
 FAR_LEVEL = 2
 # A stochastic texture's coarse band (what a Gaussian of COARSE_SPLIT_PX texels keeps of its detail) is not quilted:
 # it is random-phase noise with the radial mean of the exemplar's own coarse-band spectrum (as spot noise: white
-# noise keyed by the seed, filtered; Galerne, Gousseau and Morel 2011), periodic
-# over COARSE_NOISE_PX texels (a multiple of every tile mip), blended into the exemplar's own coarse band over
-# COARSE_BLEND_PX texels off its box. Quilted whole, a low-contrast mottle showed its cells as blocks with brightness
-# steps; and the far field (mirror-repeated, above) and the tiles held unrelated coarse content, so points invented
-# far off and the gaps between them seen near differed by 4-5 grey levels: stripes (docs/RESULTS.md, session 31).
+# noise keyed by the seed, filtered; Galerne, Gousseau and Morel 2011) along the material's principal colour axis
+# (``TextureModel._coarse_noise``), periodic over COARSE_NOISE_PX texels (a multiple of every tile mip), blended into
+# the exemplar's own coarse band within ~COARSE_BLEND_PX texels of its observed texels. Quilted whole, a low-contrast
+# mottle showed its cells as blocks with brightness steps; and the far field (mirror-repeated, above) and the tiles
+# held unrelated coarse content, so points invented far off and the gaps between them seen near differed by 4-5 grey
+# levels: stripes (docs/RESULTS.md, session 31).
 # Now the far field of a stochastic texture is this coarse band's mips: one texture at every distance. The spectrum's
 # radial mean, since an exemplar seen at a grazing angle is blurred along the view: a ceiling's, taken as it was, made
 # streaks converging on the horizon; the fine band, quilted, keeps a texture's direction (grain).
@@ -1179,7 +1181,8 @@ class TextureModel:
             inner = usual & ndimage.binary_erosion(self.valid, iterations=2)
             observed_step = _mean_step(along, inner) / max(float(along[inner].std()), 1e-6) if inner.sum() > 64 else 0.0
             noise, tilt = _tilted_noise(amplitude, radius, white, observed_step)
-            log.debug("texture_coarse_noise", shape=self.valid.shape, tilt=round(tilt, 3), usual=round(float(usual.mean()), 3))
+            log.debug("texture_coarse_noise", shape=self.valid.shape, tilt=round(tilt, 3),
+                      usual=round(float(usual.mean()), 3))
             # one period's spread is the exemplar's along that axis (the taper and one draw leave it ~10 % low)
             noise = (noise - noise.mean()) * (float(along[usual].std()) / max(float(noise.std()), 1e-6))
             noise = noise[..., None] * axis  # [n, n, 3]
