@@ -345,7 +345,7 @@ def _tilted_noise(amplitude: np.ndarray, radius: np.ndarray, white: np.ndarray,
     lo, hi = 0.0, COARSE_TILT_MAX
     if step(hi) <= step_per_spread:
         return tilted(hi), hi
-    for _ in range(12):
+    for _ in range(6):  # to 0.02 of t: ~10 ms less of a model's first use than 12 steps
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if step(mid) < step_per_spread else (lo, mid)
     return tilted(0.5 * (lo + hi)), 0.5 * (lo + hi)
