@@ -457,13 +457,17 @@ def _fit_plane_textures(state: _LayoutState) -> None:
     first camera first (a frame that needs one still being fitted waits for it; one that needs one not begun
     fits it itself); then ``_warm_plan`` and its models' far-field pyramids."""
     layout, cam = state.layout, state.observer
-    for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis]))):
-        state.textures.for_plane(plane)
+    fitted = [state.textures.for_plane(plane)
+              for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis])))]
     # here, at the fits' priority: frames read the plan (the per-tile coarse fill's due tiles) and count the
-    # planned models' far-field pyramids due at once; each is made under its model's lock (a few ms), which a
-    # frame could wait for behind the low-priority tile thread
-    for tex, _ in _warm_plan(state).tiles:
-        tex.synth._far_pyramid(int(tex.seed))
+    # planned models' far-field pyramids due at once; each is made under its model's lock (a few ms; a stochastic
+    # model's with its coarse-band noise, ~13 ms), which a frame could wait for behind the low-priority tile thread.
+    # Then every other fitted plane's: the house's first frames waited ~20 ms for one no plan held
+    done = set()
+    for tex in [t for t, _ in _warm_plan(state).tiles] + [t for t in fitted if t is not None and t.synth is not None]:
+        if (id(tex.synth), int(tex.seed)) not in done:
+            done.add((id(tex.synth), int(tex.seed)))
+            tex.synth._far_pyramid(int(tex.seed))
 
 
 def _warm_plan(state: _LayoutState) -> _WarmPlan:
