@@ -455,7 +455,7 @@ def _warm_layout_state(state: _LayoutState) -> None:
 def _fit_plane_textures(state: _LayoutState) -> None:
     """On the maintenance thread, after the state is handed over: fit every plane's texture model, nearest the
     first camera first (a frame that needs one still being fitted waits for it; one that needs one not begun
-    fits it itself); then ``_warm_plan`` and its models' far-field pyramids."""
+    fits it itself); then ``_warm_plan`` and the far-field pyramids of its models and of every fitted plane."""
     layout, cam = state.layout, state.observer
     fitted = [state.textures.for_plane(plane)
               for plane in sorted(layout.planes, key=lambda p: abs(p.offset_m - float(cam @ layout.axes[p.axis])))]
