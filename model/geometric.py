@@ -463,11 +463,11 @@ def _fit_plane_textures(state: _LayoutState) -> None:
     # planned models' far-field pyramids due at once; each is made under its model's lock (a few ms; a stochastic
     # model's with its coarse-band noise, ~13 ms), which a frame could wait for behind the low-priority tile thread.
     # Then every other fitted plane's: the house's first frames waited ~20 ms for one no plan held
-    done = set()
+    models = {}  # (model, seed) -> texture, the plan's first: each far field once
     for tex in [t for t, _ in _warm_plan(state).tiles] + [t for t in fitted if t is not None and t.synth is not None]:
-        if (id(tex.synth), int(tex.seed)) not in done:
-            done.add((id(tex.synth), int(tex.seed)))
-            tex.synth._far_pyramid(int(tex.seed))
+        models.setdefault((id(tex.synth), int(tex.seed)), tex)
+    for tex in models.values():
+        tex.synth._far_pyramid(int(tex.seed))
 
 
 def _warm_plan(state: _LayoutState) -> _WarmPlan:

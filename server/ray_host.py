@@ -179,12 +179,12 @@ def channel_puts_off_fibers(on: bool = True) -> bool:
     ends resets both (nil task id, counter 0) under whichever fiber runs next, so a ``__ray_call__`` that started
     while other calls were in flight often runs with the nil task id, and its first put is always
     ``ffff...ff`` + index 100000002 (measured on a bare async actor: 1152 of 1374 such puts, 223 distinct ids,
-    three at a time with sync calls in flight; Ray issue 10324). While one graph's buffer holds that id, the next graph's compile that gets it too
-    aborts the actor: ``reference_counter.cc ... Check failed: AddOwnedObjectInternal ... Tried to create an owned
-    object that already exists: ffff...ff02e1f505`` (the Ray tests' intermittent world actor crash, sessions
-    28-30). A thread that runs no Ray task keeps a random task id and a counter that never resets. The
-    replacement keeps Ray's name, so a remote reader's buffer (made there through ``__ray_call__``) still runs
-    Ray's function in the reader's process."""
+    three at a time with sync calls in flight; Ray issue 10324). While one graph's buffer holds that id, the next
+    graph's compile that gets it too aborts the actor: ``reference_counter.cc ... Check failed:
+    AddOwnedObjectInternal ... Tried to create an owned object that already exists: ffff...ff02e1f505`` (the Ray
+    tests' intermittent world actor crash, sessions 28-30). A thread that runs no Ray task keeps a random task id
+    and a counter that never resets. The replacement keeps Ray's name, so a remote reader's buffer (made there
+    through ``__ray_call__``) still runs Ray's function in the reader's process."""
     global _CHANNEL_PUTS, _CREATE_CHANNEL_REF
     import functools
     from concurrent.futures import ThreadPoolExecutor

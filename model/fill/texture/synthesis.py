@@ -332,9 +332,12 @@ def _tilted_noise(amplitude: np.ndarray, radius: np.ndarray, white: np.ndarray,
     COARSE_TILT_MAX] (bisection: the step grows with t) at which its mean texel step over its spread reaches
     ``step_per_spread`` (0: t = 0)."""
     n = radius.shape[0]
+    made: dict[float, np.ndarray] = {}  # t -> its noise: the bisection's ends are returned, not made again
 
     def tilted(t: float) -> np.ndarray:
-        return sfft.irfft2((amplitude * np.power(1.0 + np.arange(len(amplitude)), t))[radius] * white, s=(n, n))
+        if t not in made:
+            made[t] = sfft.irfft2((amplitude * np.power(1.0 + np.arange(len(amplitude)), t))[radius] * white, s=(n, n))
+        return made[t]
 
     def step(t: float) -> float:
         x = tilted(t)
