@@ -796,6 +796,18 @@ def mark_ids(ids, n):
 
 
 @nb.njit(cache=True, nogil=True)
+def mark_provenance(index, table, value, out):
+    """``out[p] = index[p] >= 0 and table[index[p]] == value`` over a render's pixels (``index`` [H, W] int32 point
+    ids or rows, -1 where nothing rendered; ``table`` uint8 provenance by the same index): numpy's
+    ``maximum``, gather, compare and ``&`` made four passes and two temporaries of it."""
+    flat = index.ravel()
+    dst = out.ravel()
+    for p in range(flat.shape[0]):
+        i = flat[p]
+        dst[p] = i >= 0 and table[i] == value
+
+
+@nb.njit(cache=True, nogil=True)
 def rendered_keys(ids, n, keys, dead):
     """``keys[rows of the distinct non-negative ids in ids]`` in id order: a render's view-specific voxel set from
     its live point indices ``ids`` (``dead``: sorted dead rows; row of live id i = i + dead rows below it). Returns

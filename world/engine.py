@@ -181,7 +181,7 @@ class _ViewKeys(Sequence):
     def __getitem__(self, i):  # type: ignore[override]
         view = self._views[i]
         if view.voxel_keys is None:
-            view.voxel_keys = self._memory.rendered_voxel_keys(view.render.point_ids)
+            view.voxel_keys = self._memory.render_voxel_keys(view.render)
         return view.voxel_keys
 
 
@@ -297,7 +297,7 @@ class Engine:
     def _target_view(self, memory: SpatialMemory, c2w: np.ndarray, frame_index: int) -> TargetView:
         """``memory`` rendered at ``c2w`` [4, 4] (world frame), for the frame ``frame_index``."""
         render = memory.render(self.world.intrinsics, c2w, return_point_ids=True)
-        keys = memory.rendered_voxel_keys(render.point_ids) if self._is_keyframe(frame_index) else None
+        keys = memory.render_voxel_keys(render) if self._is_keyframe(frame_index) else None
         return TargetView(render, keys)
 
     def _is_keyframe(self, frame_index: int) -> bool:
@@ -329,9 +329,9 @@ class Engine:
             r = view.render
             proj.rgb[m + i], proj.depth_m[m + i], proj.valid[m + i] = r.rgb, r.depth_m, r.valid
             if proj.provisional is not None:
-                proj.provisional[m + i] = r.valid & (memory.provenance[np.maximum(r.point_ids, 0)] == INVENTED_PROVISIONAL)
+                memory.render_shows(r, INVENTED_PROVISIONAL, out=proj.provisional[m + i])
             if proj.observed is not None:
-                proj.observed[m + i] = r.valid & (memory.provenance[np.maximum(r.point_ids, 0)] == OBSERVED)
+                memory.render_shows(r, OBSERVED, out=proj.observed[m + i])
 
         views.fill = fill
         return proj

@@ -101,6 +101,7 @@ RESORT_LEAD_INTEGRATES = 2
 TAKE_LIVE_RUNS = 256  # ``_take_live``: from this many runs of dead rows on, one compiled pass instead of a copy a run
 
 _NO_BOXES = np.zeros((0, 3), np.int64)  # ``_tail_boxes`` of an empty tail
+_NO_ROWS = np.zeros(0, np.int64)  # no dead rows (``K.rendered_keys`` over a render's rows)
 SMALL_CENTRE_SET = 4  # remove_invented_near*: up to this many centres are checked directly, more through a k-d tree
 ARRAY_NAMES = ("voxel_keys", "voxel_offsets", "colors", "observation_count", "last_seen_frame")
 # Provenance of a point (``SpatialMemory.provenance``): what put it there. Observed points come from real images
@@ -158,6 +159,12 @@ class _RowIdsRender(RenderResult):
     def __init__(self, rgb, depth_m, valid, rows, dead, n) -> None:
         self.rgb, self.depth_m, self.valid = rgb, depth_m, valid
         self.__dict__["_rows"] = (rows, dead, n)
+
+    def rendered_rows(self) -> tuple[np.ndarray, int] | None:
+        """(the render's row image ``[H, W]`` int32, -1 where nothing rendered; the rows in use then) while its
+        point ids are not made yet, else None: a reader that needs rows, not point indices, skips the pass."""
+        pending = self.__dict__.get("_rows")
+        return None if pending is None else (pending[0], pending[2])
 
     @property  # type: ignore[override]
     def point_ids(self) -> np.ndarray:
@@ -537,6 +544,37 @@ class SpatialMemory:
         if bad >= 0:
             raise InvalidInputError(f"point_ids reach {int(ids.max())} but the memory holds {n} points")
         return keys
+
+    def render_voxel_keys(self, render: RenderResult) -> np.ndarray:
+        """``rendered_voxel_keys(render.point_ids)`` for a ``render(..., return_point_ids=True)`` of this memory taken
+        since it last changed: the same keys in the same order. While the render's point ids are not made yet its
+        rows index the keys directly (rows and point indices run in the same order), so neither the rows -> ids
+        pass nor the ids -> rows walk is made."""
+        pending = render.rendered_rows() if isinstance(render, _RowIdsRender) else None
+        if pending is None:
+            return self.rendered_voxel_keys(render.point_ids)
+        rows, n_rows = pending
+        return K.rendered_keys(rows, n_rows, self._keys, _NO_ROWS)[0]
+
+    def render_shows(self, render: RenderResult, provenance: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``[H, W]`` bool: where ``render`` (a ``render(..., return_point_ids=True)`` of this memory taken since it
+        last changed) shows a point of ``provenance`` (into ``out`` when given). One compiled pass over the pixels;
+        ``render_shows_reference`` is the definition (valid pixels whose point's provenance is that)."""
+        pending = render.rendered_rows() if isinstance(render, _RowIdsRender) else None
+        if pending is not None:  # rows index the provenance of every row
+            index, table = pending[0], self._prov
+        else:
+            index, table = render.point_ids, self._live(self._prov)
+        if out is None:
+            out = np.empty(index.shape, np.bool_)
+        elif out.shape != index.shape or out.dtype != np.bool_ or not out.flags.c_contiguous:
+            raise InvalidInputError(f"out must be a C-contiguous bool {index.shape}, got {out.dtype} {out.shape}")
+        K.mark_provenance(index, table, np.uint8(provenance), out)
+        return out
+
+    def render_shows_reference(self, render: RenderResult, provenance: int) -> np.ndarray:
+        """The definition of ``render_shows``, in numpy over the point ids."""
+        return render.valid & (self.provenance[np.maximum(render.point_ids, 0)] == provenance)
 
     def _render(self, intrinsics: Intrinsics, T: np.ndarray):
         if not isinstance(intrinsics, Intrinsics):
