@@ -91,7 +91,12 @@ def _low_priority() -> None:
 
 
 # glibc mallopt parameters (malloc.h)
-_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+_M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -2, -3, -8
+# Free space a thread arena's heap keeps at its top (``bound_heap``). Below it a heap is neither shrunk nor deleted
+# when a clip frees its buffers, so the next clip's buffers reuse mapped pages instead of faulting fresh zeroed ones
+# in: four served sessions' world threads faulted pages in every frame, a measurable share of the server's CPU a
+# frame (docs/BENCHMARKS.md, session 32). It costs up to this much resident memory per arena heap in use.
+HEAP_TOP_PAD_BYTES = 64 << 20
 _TRIM_EVERY_S = 10.0
 _trim_lock = threading.Lock()
 _last_trim = 0.0
@@ -107,18 +112,23 @@ def _libc():
         return None
 
 
-def bound_heap(mmap_threshold_bytes: int = 1 << 20, arenas: int = 4) -> bool:
+def bound_heap(mmap_threshold_bytes: int = 1 << 20, arenas: int = 4,
+               top_pad_bytes: int = HEAP_TOP_PAD_BYTES) -> bool:
     """Keep glibc's heap from holding on to freed memory in a long-running server (call once at start-up, before
     the worlds' threads exist). Every world has a worker and a saver thread, each allocating in its own malloc
     arena (up to 8 per core), and glibc raises its mmap threshold after each large free (up to 32 MB), so the
     many MB-sized numpy buffers of play and saves (memory copies, history chunks) came from those arenas and
     their freed space stayed resident: the 8-session soak's RSS minus what the worlds hold grew ~250 MiB a minute
     in ~15 arenas of 30-60 MB each (docs/BENCHMARKS.md). A fixed threshold sends buffers >= 1 MiB to mmap (back
-    to the OS on free) and at most ``arenas`` arenas bound the fragmentation. Returns whether it applied."""
+    to the OS on free) and at most ``arenas`` arenas bound the fragmentation. ``top_pad_bytes`` of free space stay
+    at each arena heap's top (``HEAP_TOP_PAD_BYTES``): with glibc's default (128 KiB) a heap that a clip's freed
+    buffers left empty at the top was shrunk (``MADV_DONTNEED``) or deleted, and the next clip faulted its pages in
+    again, zeroed (a whole new heap, again and again). Returns whether it applied."""
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)) and bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    return (bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)) and bool(libc.mallopt(_M_ARENA_MAX, arenas))
+            and bool(libc.mallopt(_M_TOP_PAD, top_pad_bytes)))
 
 
 def trim_heap_now_and_then() -> bool:

@@ -201,3 +201,43 @@ def test_scaled_soak_keeps_rss_and_frame_rate(tmp_path):
     assert r["errors"] == 0, r["error_samples"]
     assert r["rss_end_over_first"] <= 1.5, r
     assert r["fps_last_over_first_min"] >= 0.5, r
+
+
+_ARENA_CHURN = """
+import resource, sys, threading
+import numpy as np
+from spatia.server.host import bound_heap
+applied = bound_heap(top_pad_bytes=int(sys.argv[1]))
+out = {}
+def work():  # a thread's arena: 20 MiB of buffers below the mmap threshold, made and freed again and again (a clip)
+    faults = []
+    for _ in range(8):
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        buffers = [np.ones(512 * 1024 // 8) for _ in range(40)]
+        del buffers
+        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+    out["faults"] = faults
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(applied, sum(out["faults"][2:]))
+"""
+
+
+def test_bound_heap_keeps_a_thread_arena_s_freed_top_mapped():
+    """``bound_heap``'s top pad: a thread that frees its buffers and makes them again reuses the arena's mapped pages
+    (glibc's default pad shrank the heap on every free, and every page faulted in again, zeroed)."""
+    if sys.platform != "linux" or not hasattr(__import__("resource"), "RUSAGE_THREAD"):
+        pytest.skip("glibc's mallopt and per-thread fault counts: Linux only")
+
+    def faults(pad_bytes: int) -> tuple[bool, int]:
+        run = subprocess.run([sys.executable, "-c", _ARENA_CHURN, str(pad_bytes)], capture_output=True, text=True,
+                             timeout=120, check=True)
+        applied, count = run.stdout.split()
+        return applied == "True", int(count)
+
+    applied, padded = faults(64 << 20)
+    if not applied:
+        pytest.skip("not glibc: nothing to tune")
+    _, unpadded = faults(128 << 10)  # glibc's default top pad
+    assert padded <= 64 and unpadded >= 10 * max(padded, 64), (padded, unpadded)
