@@ -101,7 +101,8 @@ class GeometricConfig:
     # depth more than this fraction nearer or farther, or the colour fill's where a rendered pixel within
     # ``pinhole_px`` lies more than this fraction nearer. Folded, one surface's colour landed on another: the
     # courtyard's fountain water as blue streaks on the paving, grown keyframe after keyframe (docs/RESULTS.md,
-    # session 29). inf: fold them
+    # session 29). A pinhole's reference colour warped from more than this fraction farther is a glimpse through the
+    # gap and is left to the colour fill (``_glimpses_through_pinholes``). inf: fold them, keep every glimpse
     colour_surface_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
@@ -833,6 +834,27 @@ def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.n
     return ~use & ~pinhole & (ld > 0) & (f > 0) & (f < np.float32(1.0 - cfg.layout_front_rel) * ld)
 
 
+def _glimpses_through_pinholes(
+    hole_idx: np.ndarray,  # [M] int64 flat pixel indices of the holes
+    pinhole: np.ndarray,  # [M] bool, those that keep the fill (a gap between a surface's rendered points)
+    out_depth: np.ndarray,  # [H, W] float32, the frame's depth after the fill
+    claims_depth_m: np.ndarray | None,  # [H, W] float32, a claimed reference colour's warped depth (0: none)
+    cfg: GeometricConfig,
+) -> np.ndarray:
+    """``[J] int64`` flat pixel indices: pinholes whose reference colour was warped from more than
+    ``colour_surface_rel`` farther than the surface around them. A reference frame saw what lies behind through the
+    surface's gaps, or past its edge; that colour is a glimpse through the gap, not the surface: the caller lets the
+    colour fill (the rendered pixels around: the surface) colour them instead. Shown as claimed, a courtyard tree's
+    trunk walked up to was speckled with the paving's light grey (play frame 83, docs/RESULTS.md, session 32)."""
+    rel = cfg.colour_surface_rel
+    if claims_depth_m is None or not math.isfinite(rel) or not len(hole_idx):
+        return np.zeros(0, np.int64)
+    px = hole_idx[pinhole]
+    d = out_depth.ravel()[px]
+    c = claims_depth_m.ravel()[px]
+    return px[(d > 0) & (c > np.float32(1.0 + rel) * d)]
+
+
 def _colour_off_surface(
     claims_depth_m: np.ndarray | None,  # [H, W] float32: the warped depth of each pixel's claimed colour, 0: none
     depth: np.ndarray,  # [H, W] float32, the memory's render depth (the fill's input)
@@ -870,7 +892,7 @@ def _colour_off_surface(
                                            np.float32(rel))]
     parts = []
     if claims_depth_m is not None:
-        shown = (claims_depth_m > 0) & ~valid
+        shown = (claims_depth_m > 0) & ~valid & colored  # (a claim the colour fill replaced is no colour)
         shown.ravel()[painted] = False
         px = np.flatnonzero(shown)
         d = out_depth.ravel()[px]
@@ -1314,6 +1336,7 @@ class GeometricGenerator:
                 painted = np.concatenate([painted, sky])
         colored = colored.copy()
         colored.ravel()[painted] = True
+        colored.ravel()[_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims_depth_m, cfg)] = False
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, painted, colored,
                                                                     out_depth, cfg, hole_idx))
@@ -1466,6 +1489,7 @@ class GeometricGenerator:
         out_depth = out_depth.astype(np.float32)
         colored = colored.copy()
         colored.ravel()[hole_idx[painted]] = True
+        colored.ravel()[_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims_depth_m, cfg)] = False
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, hole_idx[painted],
                                                                     colored, out_depth, cfg))

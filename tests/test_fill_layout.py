@@ -867,3 +867,24 @@ def test_a_lattice_of_points_seen_closer_keeps_its_gap_crossings_as_pinholes():
         got = f.copy()
         hk.enclosed_pinhole_depths(got, d, v, 2)
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_reference_colour_from_behind_a_pinhole_is_left_to_the_colour_fill():
+    # a courtyard tree's trunk walked up to: the gaps between its points (pinholes, given the trunk's depth) took
+    # colours a reference frame warped from the paving behind: light speckles on the trunk (session 32)
+    from spatia.model.geometric import _glimpses_through_pinholes
+
+    h, w = 4, 6
+    out_depth = np.full((h, w), 2.0, np.float32)
+    claims = np.zeros((h, w), np.float32)
+    claims.ravel()[[1, 2, 3, 4, 5, 7]] = [9.0, 2.1, 1.0, 9.0, 9.0, 9.0]  # behind, the same surface, nearer, ...
+    hole_idx = np.array([1, 2, 3, 4, 5, 6], np.int64)
+    pinhole = np.array([True, True, True, False, True, True])
+    out_depth.ravel()[5] = 0.0  # a pinhole free space emptied
+    got = _glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims, GeometricConfig())
+    # only the pinhole whose claim lies behind it: not the same surface's (within 10 %), not a nearer one's, not a
+    # hole that is no pinhole (cast at the layout), not an emptied one, not one without a claim
+    np.testing.assert_array_equal(got, [1])
+    assert len(_glimpses_through_pinholes(hole_idx, pinhole, out_depth, None, GeometricConfig())) == 0
+    off = GeometricConfig(colour_surface_rel=math.inf)
+    assert len(_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims, off)) == 0
