@@ -78,7 +78,8 @@ def enclosed_pinhole_depths(filled, depth, valid, r):  # pragma: no cover - comp
             if valid[y, x] or filled[y, x] > 0:
                 continue
             best = np.float32(0.0)
-            for line in range(4):  # a row, a column, the two diagonals (branches: ~4x faster than a global table)
+            for line in range(4):  # a row, a column, the two diagonals (as branches: a table of offsets read in
+                # the loop made the pass several times slower, docs/BENCHMARKS.md, session 32)
                 if line == 0:
                     dy, dx = 0, 1
                 elif line == 1:
