@@ -101,7 +101,8 @@ class GeometricConfig:
     # depth more than this fraction nearer or farther, or the colour fill's where a rendered pixel within
     # ``pinhole_px`` lies more than this fraction nearer. Folded, one surface's colour landed on another: the
     # courtyard's fountain water as blue streaks on the paving, grown keyframe after keyframe (docs/RESULTS.md,
-    # session 29). inf: fold them
+    # session 29). A pinhole's reference colour warped from more than this fraction farther is a glimpse through the
+    # gap and is left to the colour fill (``_glimpses_through_pinholes``). inf: fold them, keep every glimpse
     colour_surface_rel: float = 0.10
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
@@ -758,6 +759,51 @@ def _without_reference(valid: np.ndarray, depth: np.ndarray, drop: np.ndarray) -
     return valid, np.where(valid, depth, np.float32(0.0)).astype(np.float32, copy=False)  # float32 already: no copy
 
 
+def _enclosed_pinhole_depths(
+    filled: np.ndarray,  # [H, W] float32, ``fill_holes_background``'s depth (0: none), changed in place
+    depth: np.ndarray,  # [H, W] float32, the render's depth (0 where not rendered)
+    valid: np.ndarray,  # [H, W] bool, rendered
+    pinhole_px: float,
+) -> np.ndarray:
+    """``filled`` with a depth for the hole pixels the span fill left empty between rendered pixels: a hole with a
+    rendered pixel within ``int(pinhole_px)`` steps on *both* sides along a row, a column or a diagonal takes the
+    farthest depth of those ends (background-preferring, as the span fill). Why: a surface observed from far and
+    walked up to renders as a lattice of points with one-pixel gaps; where a row of gaps crosses a column of them
+    both spans run the lattice's length, the span fill gives up, and the crossing was cast at the layout behind the
+    surface: a grid of wall-coloured dots on a sofa (house:1, docs/RESULTS.md, session 32). A big hole's rim has
+    rendered pixels on one side only and stays a hole. Returns ``filled`` (the same array). The numpy definition
+    of ``hole_kernels.enclosed_pinhole_depths`` (the fused fill's), which tests compare with it."""
+    r = int(pinhole_px)
+    if r < 1:
+        return filled
+    h, w = valid.shape
+    # candidates: empty holes with a rendered pixel within r steps (a dilation covers every line's ends)
+    near = cv2.dilate(valid.view(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).view(bool)
+    idx = np.flatnonzero((filled <= 0) & near)
+    idx = idx[~valid.ravel()[idx]]
+    if not len(idx):
+        return filled
+    ys, xs = np.divmod(idx, w)
+    depth_flat, valid_flat = depth.ravel(), valid.ravel()
+    best = np.zeros(len(idx), np.float32)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        ends = []
+        for sign in (1, -1):
+            end = np.zeros(len(idx), np.float32)  # the nearest rendered depth that way, 0: none within r steps
+            for k in range(r, 0, -1):  # nearest last: it wins
+                yy, xx = ys + sign * k * dy, xs + sign * k * dx
+                ok = np.flatnonzero((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w))
+                at = yy[ok] * w + xx[ok]
+                seen = valid_flat[at]
+                end[ok[seen]] = depth_flat[at[seen]]
+            ends.append(end)
+        both = (ends[0] > 0) & (ends[1] > 0)
+        best = np.where(both, np.maximum(best, np.maximum(ends[0], ends[1])), best)
+    hit = best > 0
+    filled.ravel()[idx[hit]] = best[hit]
+    return filled
+
+
 def _sky_is_no_surface(state: _LayoutState, valid: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outdoors, rendered pixels as far as the sky (the first view's sky, kept as memory points) are the sky: not
     a surface the small-hole fill may continue (it bent facades' and trees' depths up into them: a shell of
@@ -786,6 +832,27 @@ def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.n
     if cfg.fold_fill_in_front:
         return np.zeros(len(use), bool)
     return ~use & ~pinhole & (ld > 0) & (f > 0) & (f < np.float32(1.0 - cfg.layout_front_rel) * ld)
+
+
+def _glimpses_through_pinholes(
+    hole_idx: np.ndarray,  # [M] int64 flat pixel indices of the holes
+    pinhole: np.ndarray,  # [M] bool, those that keep the fill (a gap between a surface's rendered points)
+    out_depth: np.ndarray,  # [H, W] float32, the frame's depth after the fill
+    claims_depth_m: np.ndarray | None,  # [H, W] float32, a claimed reference colour's warped depth (0: none)
+    cfg: GeometricConfig,
+) -> np.ndarray:
+    """``[J] int64`` flat pixel indices: pinholes whose reference colour was warped from more than
+    ``colour_surface_rel`` farther than the surface around them. A reference frame saw what lies behind through the
+    surface's gaps, or past its edge; that colour is a glimpse through the gap, not the surface: the caller lets the
+    colour fill (the rendered pixels around: the surface) colour them instead. Shown as claimed, a courtyard tree's
+    trunk walked up to was speckled with the paving's light grey (play frame 83, docs/RESULTS.md, session 32)."""
+    rel = cfg.colour_surface_rel
+    if claims_depth_m is None or not math.isfinite(rel) or not len(hole_idx):
+        return np.zeros(0, np.int64)
+    px = hole_idx[pinhole]
+    d = out_depth.ravel()[px]
+    c = claims_depth_m.ravel()[px]
+    return px[(d > 0) & (c > np.float32(1.0 + rel) * d)]
 
 
 def _colour_off_surface(
@@ -825,7 +892,7 @@ def _colour_off_surface(
                                            np.float32(rel))]
     parts = []
     if claims_depth_m is not None:
-        shown = (claims_depth_m > 0) & ~valid
+        shown = (claims_depth_m > 0) & ~valid & colored  # (a claim the colour fill replaced is no colour)
         shown.ravel()[painted] = False
         px = np.flatnonzero(shown)
         d = out_depth.ravel()[px]
@@ -1142,6 +1209,7 @@ class GeometricGenerator:
         filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
         if valid.all():
             return filled, colored
+        hk.enclosed_pinhole_depths(filled, _read_only(depth), _read_only(valid), int(cfg.pinhole_px))
         hole_idx, f, pinhole, cast, rays_cast = hk.hole_rays(_read_only(valid), filled, rays_img,
                                                        *_chamfer_offsets(cfg.pinhole_px))
         ld_cast, li_cast = cast_layout(layout, view, rays_cast, c2w)
@@ -1268,6 +1336,7 @@ class GeometricGenerator:
                 painted = np.concatenate([painted, sky])
         colored = colored.copy()
         colored.ravel()[painted] = True
+        colored.ravel()[_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims_depth_m, cfg)] = False
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, painted, colored,
                                                                     out_depth, cfg, hole_idx))
@@ -1304,7 +1373,8 @@ class GeometricGenerator:
         # what the memory invented on an earlier guess of a closing wall, now in front of the current guess
         valid, depth = _without(valid, depth, stale_closing_pixels(layout, view, depth, valid, _rays(K), c2w))
         valid, depth = _sky_is_no_surface(state, valid, depth)
-        filled = fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px)
+        filled = _enclosed_pinhole_depths(fill_holes_background(depth, valid, max_span_px=cfg.small_hole_px), depth,
+                                          valid, cfg.pinhole_px)
         holes = ~valid
         hole_idx = np.flatnonzero(holes)  # [M] flat pixel indices (integer gathers beat [H, W] boolean masks)
         if not len(hole_idx):
@@ -1419,6 +1489,7 @@ class GeometricGenerator:
         out_depth = out_depth.astype(np.float32)
         colored = colored.copy()
         colored.ravel()[hole_idx[painted]] = True
+        colored.ravel()[_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims_depth_m, cfg)] = False
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, hole_idx[painted],
                                                                     colored, out_depth, cfg))

@@ -820,3 +820,71 @@ def test_a_pinhole_on_a_plane_takes_the_planes_depth_not_the_far_side_of_its_gap
     off = filled.copy()
     _pinholes_on_planes(layout, view, rays, hole_idx, f, pinhole, c2w, 0.0, off)  # 0: off
     np.testing.assert_array_equal(off, filled)
+
+
+def test_a_lattice_of_points_seen_closer_keeps_its_gap_crossings_as_pinholes():
+    # a sofa observed from far, walked up to: its points render as cells with one-pixel gaps; where a row of gaps
+    # crosses a column of them both spans run the lattice's length and the span fill leaves a hole, which the
+    # layout fill cast at the wall behind: wall-coloured dots on the sofa (house:1, session 32)
+    from spatia.model.fill.image import hole_kernels as hk
+    from spatia.model.geometric import _enclosed_pinhole_depths
+    from spatia.world.update import fill_holes_background
+
+    h, w = 60, 80
+    depth = np.zeros((h, w), np.float32)
+    depth[10:50, 10:40] = 4.0  # the sofa's left half ...
+    depth[10:50, 40:70] = 6.0  # ... and a farther surface beside it
+    yy, xx = np.mgrid[0:h, 0:w]
+    valid = (depth > 0) & (yy % 4 != 3) & (xx % 4 != 3)  # cells of 3 x 3 pixels, one-pixel gaps
+    depth = np.where(valid, depth, 0).astype(np.float32)
+    filled = fill_holes_background(depth, valid, max_span_px=24)
+    crossing = ~valid & (yy % 4 == 3) & (xx % 4 == 3) & (yy > 10) & (yy < 49) & (xx > 10) & (xx < 69)
+    assert (filled[crossing] <= 0).all()  # what the span fill leaves: every crossing
+    out = _enclosed_pinhole_depths(filled.copy(), depth, valid, 2.5)
+    inside = ~valid & (yy >= 10) & (yy < 50) & (xx >= 10) & (xx < 70)
+    assert (out[inside] > 0).all()
+    assert np.array_equal(out[valid], depth[valid]) and np.array_equal(out[~crossing], filled[~crossing])
+    assert (out[crossing & (xx < 38)] == 4.0).all() and (out[crossing & (xx > 40)] == 6.0).all()
+    assert out[crossing & (xx == 39)].min() == 6.0  # ends on both surfaces: the farther one, as the span fill
+    # the big hole around the lattice has rendered pixels on one side only: what the span fill made of it stands
+    outside = (yy < 10) | (yy >= 50) | (xx < 10) | (xx >= 70)
+    assert np.array_equal(out[outside], filled[outside]) and (out[outside] <= 0).any()
+    # the layout fill's first pass now takes every gap inside the lattice for a pinhole (none is cast)
+    rays = pixel_rays(Intrinsics.from_fov(75.0, w, h)).astype(np.float32)
+    from spatia.model.geometric import _chamfer_offsets
+
+    hole_idx, _, pinhole, _, _ = hk.hole_rays(valid, out, rays, *_chamfer_offsets(2.5))
+    assert pinhole[inside.ravel()[hole_idx]].all()
+    # the fused fill's kernel is the same rule, bit for bit: the lattice, and random sparse renders
+    rng = np.random.default_rng(3)
+    cases = [(depth, valid)]
+    for keep in (0.3, 0.6, 0.9):
+        v = rng.random((h, w)) < keep
+        cases.append((np.where(v, rng.uniform(1.0, 8.0, (h, w)), 0).astype(np.float32), v))
+    for d, v in cases:
+        f = fill_holes_background(d, v, max_span_px=6)
+        want = _enclosed_pinhole_depths(f.copy(), d, v, 2.5)
+        got = f.copy()
+        hk.enclosed_pinhole_depths(got, d, v, 2)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_reference_colour_from_behind_a_pinhole_is_left_to_the_colour_fill():
+    # a courtyard tree's trunk walked up to: the gaps between its points (pinholes, given the trunk's depth) took
+    # colours a reference frame warped from the paving behind: light speckles on the trunk (session 32)
+    from spatia.model.geometric import _glimpses_through_pinholes
+
+    h, w = 4, 6
+    out_depth = np.full((h, w), 2.0, np.float32)
+    claims = np.zeros((h, w), np.float32)
+    claims.ravel()[[1, 2, 3, 4, 5, 7]] = [9.0, 2.1, 1.0, 9.0, 9.0, 9.0]  # behind, the same surface, nearer, ...
+    hole_idx = np.array([1, 2, 3, 4, 5, 6], np.int64)
+    pinhole = np.array([True, True, True, False, True, True])
+    out_depth.ravel()[5] = 0.0  # a pinhole free space emptied
+    got = _glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims, GeometricConfig())
+    # only the pinhole whose claim lies behind it: not the same surface's (within 10 %), not a nearer one's, not a
+    # hole that is no pinhole (cast at the layout), not an emptied one, not one without a claim
+    np.testing.assert_array_equal(got, [1])
+    assert len(_glimpses_through_pinholes(hole_idx, pinhole, out_depth, None, GeometricConfig())) == 0
+    off = GeometricConfig(colour_surface_rel=math.inf)
+    assert len(_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims, off)) == 0

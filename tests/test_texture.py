@@ -589,3 +589,24 @@ def test_invented_texels_keep_the_observed_contrast_of_a_sparsely_observed_plane
     # a fully observed exemplar's invented texels already step as its own do: no gain to speak of
     full = TextureModel.fit(*exemplar(big, holes=False), texel_m=0.02)
     assert full.detail_gain < 1.1
+
+
+def test_an_exemplar_seen_as_a_sparse_strip_continues_without_its_lines():
+    # the house's ceiling, seen at a grazing angle above the far wall: a strip of it observed, holding lines along
+    # its length (the wall's top row within the plane's tolerance, a bright row of the grazing view); no patch
+    # window of the quilt was 3/4 observed, and every patch it copied carried those lines: streaks across the
+    # whole ceiling (session 32). Such an exemplar is continued as noise in both bands: as much detail across the
+    # strip as along it
+    big = plane("noise", cells=8)
+    rgb, _ = exemplar(big, shape=(120, 128), holes=False)
+    rgb[:, 40:42] = (90, 80, 75)
+    rgb[:, 48] = np.clip(rgb[:, 48].astype(int) + 30, 0, 255)
+    xx = np.mgrid[:120, :128][1]
+    for cols, sparse in (((40, 56), True), ((40, 100), False)):
+        valid = (xx >= cols[0]) & (xx < cols[1])
+        model = TextureModel.fit(rgb, valid, texel_m=0.04)
+        region = luma(model.region((600, 600), (192, 192), seed=0))
+        step_down = np.abs(np.diff(region, axis=0)).mean()  # along the lines
+        step_across = np.abs(np.diff(region, axis=1)).mean()
+        assert 0.75 < step_across / step_down < 1.33 if sparse else step_across / step_down < 1.33
+        np.testing.assert_array_equal(tx.continue_exemplar(model, 0)[valid], rgb[valid])

@@ -72,6 +72,7 @@ def compile_fill_kernels() -> int:
         np.float32(np.inf), filled.reshape(-1), filled.copy().reshape(-1), 1, np.ones(1, np.int8), np.zeros((1, 2, 3)),
         np.zeros((1, 3), np.float32), np.float32(50.0), np.float32(1 / 64), np.zeros((1, 2)), np.ones(1), i2,
         np.zeros(1, np.int64))
+    hole_kernels.enclosed_pinhole_depths(filled.copy(), read_only(filled.copy()), read_only(valid.copy()), 2)
     # geometric._colour_off_surface: the holes whose colour may come from another surface
     mask = np.ones((6, 8), bool)
     hole_kernels.colour_off_surface(idx, filled, mask, mask, filled, filled, mask, 2, np.float32(1.1), np.float32(0.1))
@@ -108,7 +109,9 @@ def load_frame_kernels() -> None:
     texels = t(np.zeros(1, np.int64))
     texture_kernels.far_texels.compile((image, texels, texels, i64, i64, i64, image, vec, f64))
     see_through._see_through.compile((depth, mask, i64, f64, f64, i64, mask))
-    # geometric._colour_off_surface: every layout-filled frame with holes
+    # geometric._colour_off_surface and the gap crossings before it: every layout-filled frame with holes
+    hole_kernels.enclosed_pinhole_depths.compile((depth, t(np.zeros((1, 1), np.float32), True),
+                                                  t(np.zeros((1, 1), bool), True), i64))
     hole_kernels.colour_off_surface.compile((texels, depth, mask, mask, depth, depth, mask, i64, f32, f32))
     opening_kernels.warm_mark_stale()  # layout.stale_closing_pixels: every indoor frame with a closing wall
     warm_pinhole_kernels()  # geometric._pinholes_on_planes: every layout-filled frame with pinholes

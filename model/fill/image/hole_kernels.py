@@ -53,6 +53,54 @@ def chamfer_offsets(max_px: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array([o[1] for o in offs], np.int64), np.array([o[2] for o in offs], np.int64)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _nearest_rendered(depth, valid, y, x, dy, dx, r, h, w):  # pragma: no cover - compiled
+    """The depth of the first rendered pixel within ``r`` steps of (y, x) along (dy, dx) in an [h, w] image, 0:
+    none."""
+    for k in range(1, r + 1):
+        yy, xx = y + k * dy, x + k * dx
+        if yy < 0 or yy >= h or xx < 0 or xx >= w:
+            return np.float32(0.0)
+        if valid[yy, xx]:
+            return depth[yy, xx]
+    return np.float32(0.0)
+
+
+@nb.njit(cache=True, nogil=True)
+def enclosed_pinhole_depths(filled, depth, valid, r):  # pragma: no cover - compiled
+    """``geometric._enclosed_pinhole_depths`` (its numpy definition, which tests compare) in one pass: filled [H, W]
+    float32 written in place where a hole the span fill left empty (<= 0) has a rendered pixel (valid [H, W] bool,
+    depth [H, W] float32) within ``r`` steps on both sides along a row, a column or a diagonal: the farthest of
+    those ends."""
+    h, w = valid.shape
+    for y in range(h):
+        for x in range(w):
+            if valid[y, x] or filled[y, x] > 0:
+                continue
+            best = np.float32(0.0)
+            for line in range(4):  # a row, a column, the two diagonals (as branches: a table of offsets read in
+                # the loop made the pass several times slower, docs/BENCHMARKS.md, session 32)
+                if line == 0:
+                    dy, dx = 0, 1
+                elif line == 1:
+                    dy, dx = 1, 0
+                elif line == 2:
+                    dy, dx = 1, 1
+                else:
+                    dy, dx = 1, -1
+                a = _nearest_rendered(depth, valid, y, x, dy, dx, r, h, w)
+                if a <= 0:
+                    continue
+                b = _nearest_rendered(depth, valid, y, x, -dy, -dx, r, h, w)
+                if b <= 0:
+                    continue
+                far = a if a > b else b
+                if far > best:
+                    best = far
+            if best > 0:
+                filled[y, x] = best
+
+
 @nb.njit(cache=True, nogil=True)
 def hole_rays(valid, filled, rays, off_dy, off_dx):  # pragma: no cover - compiled
     """One pass over the frame. valid [H, W] bool (rendered), filled [H, W] float32 (the background fill's depth),

@@ -124,6 +124,13 @@ COARSE_MIN_SIDE_PX = 48
 COARSE_MIN_OBSERVED = 0.1
 COARSE_OUTLIER_SIGMA = 3.0  # coarse colours this many robust sigmas off the median are not the material's
 COARSE_TILT_MAX = 1.5  # the most the coarse noise's spectrum is tilted towards its upper end (``_coarse_noise``)
+# ... and such an exemplar with no patch window this much observed is not quilted at all: its whole detail is that
+# noise. The house's ceiling, seen at a grazing angle above the far wall, was a strip (best window 0.66 observed)
+# holding lines along its length (the wall's top row within the plane's tolerance, bright rows of the grazing
+# view), and every patch the quilt copied carried them: streaks across the whole ceiling (texel steps 3.8 across
+# them, 0.95 along; as noise 0.98 and 0.98, its outliers clipped; docs/RESULTS.md, session 32). Well-observed
+# exemplars (the default items' other stochastic ones: 0.81-1.0) keep their quilted fine band and its direction
+QUILT_MIN_WINDOW_OBSERVED = 0.75
 _COARSE_NOISE_TAG = 0x636F61727365  # the noise's own stream of a seed ("coarse")
 
 _M64 = (1 << 64) - 1
@@ -746,19 +753,6 @@ class TextureModel:
             detail, usable = _periodic_fill(detail, valid, lattice, self._copy_basis)
         if not usable.all():
             detail = np.where(usable[..., None], detail, push_pull_fill(detail, usable.astype(np.float32)))
-        # [H, W, 3] float32, a stochastic exemplar's coarse band (COARSE_SPLIT_PX), None for a periodic one (or
-        # one too small or sparse, COARSE_MIN_SIDE_PX): what the quilting does not copy (``_coarse_at``)
-        self._coarse_box = None
-        if self.kind == "stochastic" and min(h, w) >= COARSE_MIN_SIDE_PX and valid.mean() >= COARSE_MIN_OBSERVED:
-            self._coarse_box = np.ascontiguousarray(np.stack(
-                [cv2.GaussianBlur(np.ascontiguousarray(detail[..., c], np.float32), (0, 0), COARSE_SPLIT_PX,
-                                  borderType=cv2.BORDER_REFLECT) for c in range(3)], axis=-1), np.float32)
-            detail = detail - self._coarse_box
-            # [H, W] float32 texels from each box texel to the nearest observed one: the exemplar's own coarse band
-            # holds where it was observed (in its holes it is the smooth pre-fill)
-            self._coarse_obs_dist = ndimage.distance_transform_edt(~valid).astype(np.float32)
-        self.detail = np.ascontiguousarray(detail, np.float32)  # [H, W, 3] shading-free, holes pre-filled
-
         # windows (patch origins) a patch may be copied from, and those that are observed in full
         self._valid_integral = np.pad(valid.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
         integral = np.pad(usable.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
@@ -772,6 +766,23 @@ class TextureModel:
         self._full_window = (vi[patch:, patch:] - vi[:-patch, patch:] - vi[patch:, :-patch] + vi[:-patch, :-patch]) == (
             patch * patch
         )
+        # [H, W, 3] float32, a stochastic exemplar's coarse band (COARSE_SPLIT_PX), None for a periodic one (or
+        # one too small or sparse, COARSE_MIN_SIDE_PX): what the quilting does not copy (``_coarse_at``); all of
+        # its detail when no patch window is QUILT_MIN_WINDOW_OBSERVED observed (then nothing is quilted)
+        self._coarse_box = None
+        if self.kind == "stochastic" and min(h, w) >= COARSE_MIN_SIDE_PX and valid.mean() >= COARSE_MIN_OBSERVED:
+            if float(frac.max()) < QUILT_MIN_WINDOW_OBSERVED:
+                self._coarse_box = np.ascontiguousarray(detail, np.float32)
+            else:
+                self._coarse_box = np.ascontiguousarray(np.stack(
+                    [cv2.GaussianBlur(np.ascontiguousarray(detail[..., c], np.float32), (0, 0), COARSE_SPLIT_PX,
+                                      borderType=cv2.BORDER_REFLECT) for c in range(3)], axis=-1), np.float32)
+            detail = detail - self._coarse_box
+            # [H, W] float32 texels from each box texel to the nearest observed one: the exemplar's own coarse band
+            # holds where it was observed (in its holes it is the smooth pre-fill)
+            self._coarse_obs_dist = ndimage.distance_transform_edt(~valid).astype(np.float32)
+        self.detail = np.ascontiguousarray(detail, np.float32)  # [H, W, 3] shading-free, holes pre-filled
+
         source_ok = frac >= SOURCE_VALID_FRACTION
         if not source_ok.any():
             source_ok = frac >= min(0.5, float(frac.max()))
