@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from spatia.model.fill.texture.appearance import PlaneTextures, plane_basis
-from spatia.model.fill.geometry.layout import (FLOOR, WALL, Layout, LayoutConfig, Plane, _ray_axes, cast_layout,
-                                      estimate_layout, opening_pixels, raise_open_tops,
+from spatia.model.fill.geometry.layout import (CEILING, FLOOR, WALL, Layout, LayoutConfig, Plane, _ray_axes,
+                                      cast_layout, close_unseen_ceiling, estimate_layout, opening_pixels, raise_open_tops,
                                       reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
@@ -459,6 +459,106 @@ def test_an_arcade_under_taller_facades_is_not_a_ceiling():
     assert all(p.kind in (FLOOR, WALL) for p in square.planes)
     room = estimate_layout(points(3.4), cam, up, forward)
     assert room.indoor
+
+
+def test_an_enclosed_space_whose_ceiling_was_not_seen_gets_one():
+    """A room seen by a camera pitched down (floor and walls, no ceiling, no sky: ``_fit_layout_state`` makes it
+    indoors) gets a ceiling ``unseen_ceiling_height_m`` above its floor, or just above the highest observed point
+    where walls were seen higher; it bounds the view above and does not change which walls count as walked
+    through. A seen ceiling, or an outdoor layout, gets none."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    cam, up, forward = np.array([3.0, 1.6, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+
+    def room(wall_top_m: float) -> np.ndarray:  # floor and three walls, seen up to wall_top_m
+        floor = np.c_[rng.uniform(0, 6, n), np.zeros(n), rng.uniform(0, 8, n)]
+        back = np.c_[rng.uniform(0, 6, n), rng.uniform(0, wall_top_m, n), np.full(n, 8.0)]
+        left = np.c_[np.zeros(n), rng.uniform(0, wall_top_m, n), rng.uniform(3, 8, n)]
+        right = np.c_[np.full(n, 6.0), rng.uniform(0, wall_top_m, n), rng.uniform(3, 8, n)]
+        return np.concatenate([floor, back, left, right])
+
+    layout = estimate_layout(room(2.2), cam, up, forward)
+    assert not layout.indoor and close_unseen_ceiling(layout) is None  # outdoors until the sky says otherwise
+    layout.indoor = True
+    before = view_bounds(layout, cam, cam[None])  # walls rising without end
+    ceiling = close_unseen_ceiling(layout)
+    assert ceiling is not None and ceiling.kind == CEILING and ceiling.derived and ceiling.facing == -1
+    assert layout.planes[ceiling.plane_id] is ceiling
+    assert ceiling.offset_m == pytest.approx(layout.floor().offset_m + layout.config.unseen_ceiling_height_m)
+    assert close_unseen_ceiling(layout) is None  # one ceiling
+    view = view_bounds(layout, cam, cam[None])
+    assert [p for p in view.bounds if p.axis == 0 and p.kind == CEILING] == [ceiling]
+    walls = [(p.axis, p.offset_m, p.derived) for p in view.bounds if p.kind == WALL]
+    assert walls == [(p.axis, p.offset_m, p.derived) for p in before.bounds if p.kind == WALL]
+    K = Intrinsics.from_fov(75.0, 32, 18)
+    c2w = np.eye(4)
+    a = math.radians(50.0)  # pitched up at the ceiling
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2] = [-1.0, 0.0, 0.0], [0.0, -math.cos(a), math.sin(a)], [0.0, math.sin(a), math.cos(a)]
+    c2w[:3, 3] = cam
+    rays_cam = pixel_rays(K).reshape(-1, 3)  # [M, 3] camera frame, z = 1
+    depth, index = cast_layout(layout, view, rays_cam, c2w)
+    up_m = rays_cam @ c2w[:3, :3].T @ layout.up  # height gained per metre of z-depth, along the layout's up
+    hits = np.array([view.bounds[i] is ceiling if i >= 0 else False for i in index])
+    assert hits.mean() > 0.5  # most of a view pitched up at it sees the ceiling, at its height
+    np.testing.assert_allclose(depth[hits] * up_m[hits], ceiling.offset_m - cam @ layout.up, rtol=1e-4)
+
+    high = estimate_layout(room(3.4), cam, up, forward)  # walls seen above the usual height: the ceiling is higher
+    high.indoor = True
+    got = close_unseen_ceiling(high)
+    assert got.offset_m == pytest.approx(high.observed_extent_m[0, 1] + high.config.unseen_ceiling_margin_m)
+    assert got.offset_m > 3.3
+
+    seen = estimate_layout(box_room_points(rng, np.eye(3)), cam, up, forward)  # floor, ceiling and walls
+    assert seen.indoor and close_unseen_ceiling(seen) is None
+    assert [p.derived for p in seen.planes if p.kind == CEILING] == [False]
+
+
+def test_a_ceiling_nothing_observed_looks_like_the_plainest_wall():
+    """The unseen ceiling borrows the observed wall texture with the least contrast, not the best-supported wall's
+    (a room's accent wall, brick or stone, is often the one a view is centred on)."""
+    rng = np.random.default_rng(5)
+    n = 20000
+    floor = np.c_[rng.uniform(0, 6, n), np.zeros(n), rng.uniform(0, 8, n)]
+    back = np.c_[rng.uniform(0, 6, 2 * n), rng.uniform(0, 2.4, 2 * n), np.full(2 * n, 8.0)]  # best supported
+    left = np.c_[np.zeros(n), rng.uniform(0, 2.4, n), rng.uniform(3, 8, n)]
+    right = np.c_[np.full(n, 6.0), rng.uniform(0, 2.4, n), rng.uniform(3, 8, n)]
+    pts = np.concatenate([floor, back, left, right])
+
+    def colours(m: int, base: float, spread: float) -> np.ndarray:
+        return np.clip(base + rng.uniform(-spread, spread, (m, 1)) * np.ones((1, 3)), 0, 255).astype(np.float32)
+
+    cols = np.concatenate([colours(n, 90, 10), colours(2 * n, 120, 70), colours(n, 200, 3), colours(n, 150, 30)])
+    cam, up, forward = np.array([3.0, 1.6, 1.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    layout = estimate_layout(pts, cam, up, forward)
+    layout.indoor = True
+    ceiling = close_unseen_ceiling(layout)
+    textures = PlaneTextures(layout, pts, cols)
+    walls = {round(p.offset_m): p for p in layout.planes if p.kind == WALL and p.axis != 0}
+    own = {k: textures._get_own(p.plane_id) for k, p in walls.items()}
+    assert own[8] is not None and own[0] is not None and own[6] is not None
+    assert own[0].contrast < own[6].contrast < own[8].contrast
+    assert textures.for_plane(ceiling) is own[0]  # the plain left wall, not the best-supported back wall
+    assert max(walls.values(), key=lambda p: p.support) is walls[8]
+
+
+def test_a_house_seen_pitched_down_is_fitted_with_a_ceiling():
+    """The generator's fit (``_fit_layout_state``): the house's first view pitched 15 deg down sees no ceiling and
+    no sky, so the space is enclosed and gets the unseen ceiling, above every observed point."""
+    from spatia.model import geometric
+    from spatia.model.eval import novel_view as nv
+    from spatia.world.engine import observed_views, world_up
+
+    prep = nv.prepare_item(nv.parse_items(["house@pitched"])[0], 96, 54)
+    world = prep.build_world()
+    gen = GeometricGenerator(GeometricConfig(fill="layout"))
+    inputs, _key = gen._fill_inputs(world.memory, observed_views(world), world_up(world), world.layout_prior)
+    state = geometric._fit_layout_state(inputs())
+    assert state.layout.indoor and state.sky is None
+    ceilings = [p for p in state.layout.planes if p.kind == CEILING]
+    assert len(ceilings) == 1 and ceilings[0].derived
+    heights = np.asarray(inputs().points, np.float64) @ state.layout.up
+    assert ceilings[0].offset_m > heights.max()
+    assert ceilings[0].offset_m - state.layout.floor().offset_m >= state.layout.config.unseen_ceiling_height_m - 1e-9
 
 
 def test_a_facade_that_rose_out_of_the_first_view_is_not_capped_at_its_edge():

@@ -26,6 +26,8 @@ observed plane bounds a direction it is closed by this rule (documented in the m
   least as far from it as the observed wall on its other side (``mirror_side_walls``). Such a wall is a guess
   that moves as the path grows: what the memory invented on an earlier guess is not shown once it stands in
   front of the current one (``stale_closing_pixels``);
+- indoors, 4: a space with no ceiling and no sky in its first view (a camera pitched down in a room: the
+  generator makes it indoors) has a ceiling ``unseen_ceiling_height_m`` above its floor (``close_unseen_ceiling``);
 - outdoors (no ceiling) the ground continues (up to ``max_ground_m``), observed facades continue as planes up to
   their observed height, and everything else is sky, with one closing rule: beside the first camera, a side of
   the square nothing observed has a facade as far from the camera as the one seen on its other side, as high
@@ -140,6 +142,13 @@ class LayoutConfig:
     # underside of an arcade, a balcony or a canopy outdoors has facades rising metres past it (courtyard seed 1:
     # an arcade at 3.4 m under facades seen to 5.8-7.4 m, taken for a ceiling, made the square a closed room)
     ceiling_max_wall_rise_m: float = 0.5
+    # an enclosed space whose ceiling the first view did not see (a camera pitched down in a room: no ceiling, no
+    # sky) has one this far above its floor (``close_unseen_ceiling``): a generic room height, the middle of the
+    # usual 2.4-3.0 m, nothing of the scene. Without it the walls rose without end and every
+    # pixel above them showed the wall behind (house@pitched, play clips, 320x180: the truth's ceiling pixels, 10 %
+    # of the novel ones, at depth AbsRel 0.38, a quarter of the item's)
+    unseen_ceiling_height_m: float = 2.7
+    unseen_ceiling_margin_m: float = 0.05  # ... and at least this above every observed point
     # a closing wall (rule 3 and the others) is a guess that moves out as the path grows, but what the memory
     # invented on an earlier guess stayed there: room@turned (its left wall unseen) kept a wall 2 m inside the
     # room from the first clips on. Memory points beyond every observed point in the direction of a closing wall
@@ -176,7 +185,7 @@ class Plane:
 class Layout:
     axes: np.ndarray  # [3, 3] rows: up, a1, a2 (world frame, orthonormal, right-handed)
     planes: list[Plane]
-    indoor: bool  # a ceiling was observed
+    indoor: bool  # a ceiling was observed (or neither a ceiling nor the sky: ``model.geometric._fit_layout_state``)
     config: LayoutConfig = field(default_factory=LayoutConfig)
     # [3, 2] the observed points' extent along each axis (``observed_range_pct`` percentiles): a wall closed by
     # rule 2 or 3 stands beyond what was seen that way (in front of it, free space would erase it)
@@ -495,6 +504,26 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
                   observer_forward=np.asarray(forward, np.float64).copy())
 
 
+def close_unseen_ceiling(layout: Layout) -> Plane | None:
+    """An enclosed space (``layout.indoor``) with a floor and no observed ceiling gets one (appended to
+    ``layout.planes``, ``derived``: nothing observed it, so it never decides which walls reach the ceiling):
+    ``unseen_ceiling_height_m`` above the floor, and at least ``unseen_ceiling_margin_m`` above the highest observed
+    point (walls the view cut off rise at least that far). Returns it, or None where the rule does not apply (a
+    ceiling was seen, outdoors, no floor). Its look is borrowed like any plane without an exemplar
+    (``appearance.PlaneTextures.for_plane``)."""
+    cfg = layout.config
+    floor = layout.floor()
+    if not layout.indoor or floor is None or any(p.kind == CEILING for p in layout.planes):
+        return None
+    offset_m = floor.offset_m + cfg.unseen_ceiling_height_m
+    if layout.observed_extent_m is not None:
+        offset_m = max(offset_m, float(layout.observed_extent_m[0, 1]) + cfg.unseen_ceiling_margin_m)
+    plane = Plane(0, float(offset_m), -1, 0, CEILING, math.inf, (-math.inf, math.inf), len(layout.planes),
+                  derived=True)
+    layout.planes.append(plane)
+    return plane
+
+
 def raise_open_tops(layout: Layout, points: np.ndarray) -> None:
     """Outdoors, raise the top of each facade that rose out of the first view's top edge.
 
@@ -590,7 +619,7 @@ def view_bounds(layout: Layout, camera_m: np.ndarray, reach_m: np.ndarray | Layo
     eye_m = float(camera_m @ layout.axes[0])
     path = layout_path(layout, reach_m)  # the path's extremes and crossings, kept as it grows
     known = len(path)
-    ceilings = [p.offset_m for p in layout.planes if p.kind == CEILING]
+    ceilings = [p.offset_m for p in layout.planes if p.kind == CEILING and not p.derived]
     # only a wall reaching the ceiling (or well above the eye without one) can have been walked through: the
     # front of a bookshelf or a sofa's back the camera passed beside is furniture, and closing the way back at
     # it walled the turned room in 1.5 m behind the camera (room@turned AbsRel 0.38 -> see docs/RESULTS.md)

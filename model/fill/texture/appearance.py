@@ -26,6 +26,7 @@ at. It is rendered behind everything and never becomes memory points (no sparse 
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -113,6 +114,14 @@ class PlaneTexture:
     far_from_m: float = math.inf
     centre_uv: tuple[float, float] = (0.0, 0.0)
     unseen: "UnseenCells | None" = None  # cells of the plane nothing observed (``_unseen_cells``)
+
+    @functools.cached_property
+    def contrast(self) -> float:
+        """The spread of the exemplar's luminance (levels, 0-255): its 90th less its 10th percentile. Brick, stone
+        and tiles score tens of levels; plaster and paint a few."""
+        lum = self.levels[0].reshape(-1, 3).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        lo, hi = np.percentile(lum, (10.0, 90.0))
+        return float(hi - lo)
 
     def sample(self, uv_m: np.ndarray, footprint_m: np.ndarray) -> np.ndarray:
         """``[M, 3]`` uint8 colours at plane coordinates ``uv_m`` [M, 2] (metres), seen with a pixel footprint of
@@ -530,9 +539,24 @@ class PlaneTextures:
                                                     self._axis_heights(plane.axis))
             return self._own[plane_id]
 
+    def _plainest_wall(self) -> PlaneTexture | None:
+        """The look of a ceiling nothing observed (``layout.close_unseen_ceiling``): the observed wall texture
+        with the least contrast (``PlaneTexture.contrast``; the rooms' walls before furniture fronts; a wall seen
+        too little for an exemplar is its colour alone, contrast 0). Ceilings are plainer than walls (plaster,
+        paint): the best-supported wall, the rule for a seen ceiling without an exemplar, put room@pitched's stone
+        accent wall over its whole ceiling (320x180, play: -0.8 dB against this rule; docs/RESULTS.md, session
+        33). Every candidate wall is fitted (a ceiling shows after the first frames anyway); first in layout order
+        among equals."""
+        walls = [p for p in self.layout.planes if p.kind == WALL and not p.derived and p.plane_id >= 0]
+        for group in ([p for p in walls if self.layout.is_room_wall(p)], walls):
+            found = [t for t in (self._get_own(p.plane_id) for p in group) if t is not None]
+            if found:
+                return min(found, key=lambda t: t.contrast)
+        return None
+
     def for_plane(self, plane: Plane) -> PlaneTexture | None:
         """The plane's own exemplar, else the best-supported plane of the same kind with one (walls for a
-        ceiling that has none), else None."""
+        ceiling that has none; the plainest wall for one nothing observed), else None."""
         if plane.plane_id >= 0 and not plane.derived:
             own = self._get_own(plane.plane_id)
             if own is not None:
@@ -541,6 +565,8 @@ class PlaneTextures:
             own = self._get_own(plane.plane_id)
             if own is not None:
                 return own
+        if plane.kind == CEILING and not any(p.kind == CEILING and not p.derived for p in self.layout.planes):
+            return self._plainest_wall()
         kinds = {FLOOR: (FLOOR,), CEILING: (CEILING, WALL), WALL: (WALL,)}[plane.kind]
         for kind in kinds:
             # an unseen wall continues the walls it meets at its corners (those perpendicular to it; the opposite
