@@ -260,3 +260,75 @@ def test_a_facades_windows_are_its_texture_where_they_repeat():
     for window_x_m, floors_y_m, indoor in ((lattice, (1.0, 4.0), True), (np.array([3.7]), (1.0,), False)):
         got = colours(window_x_m, floors_y_m, indoor, grid)
         assert (np.abs(got - plaster).max(axis=1) < 40).mean() > 0.99, indoor
+
+
+def _wall_with_doorway(rng, texel_m: float = 0.02):
+    """An exemplar of a plaster wall (mottled grey, 4 m x 2.4 m at ``texel_m``) with a doorway 1 m wide showing
+    the next room (red brick above black and white tiles): rgb [H, W, 3] uint8, valid [H, W], the doorway."""
+    H, W = int(2.4 / texel_m), int(4.0 / texel_m)
+    rgb = np.clip(rng.normal(120, 5, (H, W, 1)) + np.zeros((1, 1, 3)), 0, 255)
+    door = np.zeros((H, W), bool)
+    door[int(0.4 / texel_m):, int(1.5 / texel_m):int(2.5 / texel_m)] = True
+    rows, cols = np.nonzero(door)
+    brick = rows < int(1.4 / texel_m)
+    rgb[rows[brick], cols[brick]] = (170, 60, 45)
+    squares = rng.uniform(size=(H // 8 + 1, W // 8 + 1)) < 0.5  # floor tiles seen at a slant: no lattice
+    check = squares[rows[~brick] // 8, cols[~brick] // 8][:, None]
+    rgb[rows[~brick], cols[~brick]] = np.where(check, 235.0, 40.0)
+    valid = rng.uniform(size=(H, W)) < 0.97
+    return rgb.astype(np.uint8), valid, door
+
+
+def test_objects_on_a_plane_are_the_compact_regions_of_another_colour():
+    """``_foreign_regions`` marks a doorway in a plaster wall (grown over its mixed edges), the same as its slow
+    twin; nothing on plaster alone, on a checker of large tiles (its blocks differ by its own spread) or where the
+    other colour covers most of the exemplar."""
+    from spatia.model.fill.texture.appearance import _foreign_regions, _foreign_regions_reference
+
+    rng = np.random.default_rng(4)
+    config = AppearanceConfig()
+    rgb, valid, door = _wall_with_doorway(rng)
+    got = _foreign_regions(rgb, valid, 0.02, config)
+    np.testing.assert_array_equal(got, _foreign_regions_reference(rgb, valid, 0.02, config))
+    assert got[door & valid].all()  # every doorway texel
+    assert got[valid].mean() < 0.4  # the doorway and one block around it, not the wall
+    away = np.zeros_like(door)
+    away[:, : int(1.2 / 0.02)] = True
+    assert not got[away].any()
+    plaster = np.clip(rng.normal(120, 5, rgb.shape), 0, 255).astype(np.uint8)
+    assert _foreign_regions(plaster, valid, 0.02, config) is None
+    yy, xx = np.mgrid[: rgb.shape[0], : rgb.shape[1]]
+    tiles = np.where((((yy // 15) + (xx // 15)) % 2 == 0)[..., None], 230, 50).astype(np.uint8) * np.ones((1, 1, 3),
+                                                                                                      np.uint8)
+    assert _foreign_regions(tiles, valid, 0.02, config) is None
+    half = plaster.copy()
+    half[:, : int(1.9 / 0.02)] = (170, 60, 45)  # nearly half of it: with its edges, more than foreign_max_share
+    assert _foreign_regions(half, valid, 0.02, config) is None
+    half[:, int(1.0 / 0.02) : int(1.9 / 0.02)] = plaster[:, int(1.0 / 0.02) : int(1.9 / 0.02)]
+    assert _foreign_regions(half, valid, 0.02, config)[:, : int(1.0 / 0.02)].all()  # a quarter: an object
+
+
+def test_a_wall_continues_as_its_plaster_not_as_the_doorway_seen_in_it():
+    """Indoors an exemplar's objects are left out of its synthesis: the wall continued far from what was seen is
+    plaster, where with the doorway in the quilt's sources it showed pieces of the next room's brick and tiles."""
+    from spatia.model.fill.texture.appearance import _exemplar
+
+    rng = np.random.default_rng(5)
+    config = AppearanceConfig()
+    texel_m = 0.02
+    rgb, valid, _ = _wall_with_doorway(rng, texel_m)
+    rows, cols = np.nonzero(valid)
+    uv = np.c_[(cols + 0.5) * texel_m, (rows + 0.5) * texel_m]  # one sample per observed texel
+    col = rgb[rows, cols].astype(np.float32)
+    grid = np.mgrid[0:200, 0:200].reshape(2, -1).T * texel_m  # a 4 m square of the wall 6 m beside what was seen
+    far_uv = np.c_[grid[:, 1] + 10.0, grid[:, 0]]
+    footprint = np.full(len(far_uv), texel_m)
+    shown = {}
+    for without in (False, True):
+        tex = _exemplar(uv, col, texel_m, config, 7, config.min_coverage, config.min_exemplar_texels,
+                        without_objects=without)
+        assert tex is not None and tex.synth is not None and tex.synth.kind == "stochastic"
+        shown[without] = tex.sample(far_uv, footprint).astype(np.float32)
+    off = {k: float((np.abs(v - 120.0).max(axis=1) > 40).mean()) for k, v in shown.items()}  # not plaster
+    assert off[False] > 0.02, off  # the doorway's pieces, copied by the quilt
+    assert off[True] < 0.002, off

@@ -10,7 +10,8 @@ import pytest
 
 from spatia.model.fill.texture.appearance import PlaneTextures, plane_basis
 from spatia.model.fill.geometry.layout import (CEILING, FLOOR, WALL, Layout, LayoutConfig, Plane, _ray_axes,
-                                      cast_layout, close_unseen_ceiling, estimate_layout, opening_pixels, raise_open_tops,
+                                      cast_layout, close_unseen_ceiling, estimate_layout, opening_pixels,
+                                      raise_open_tops,
                                       reference_stale_closing_pixels, stale_closing_pixels, view_bounds)
 from spatia.model.geometric import GeometricConfig, GeometricGenerator
 from spatia.world.actions import ClipConfig
@@ -493,7 +494,9 @@ def test_an_enclosed_space_whose_ceiling_was_not_seen_gets_one():
     K = Intrinsics.from_fov(75.0, 32, 18)
     c2w = np.eye(4)
     a = math.radians(50.0)  # pitched up at the ceiling
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2] = [-1.0, 0.0, 0.0], [0.0, -math.cos(a), math.sin(a)], [0.0, math.sin(a), math.cos(a)]
+    c2w[:3, 0] = [-1.0, 0.0, 0.0]
+    c2w[:3, 1] = [0.0, -math.cos(a), math.sin(a)]  # y down
+    c2w[:3, 2] = [0.0, math.sin(a), math.cos(a)]
     c2w[:3, 3] = cam
     rays_cam = pixel_rays(K).reshape(-1, 3)  # [M, 3] camera frame, z = 1
     depth, index = cast_layout(layout, view, rays_cam, c2w)

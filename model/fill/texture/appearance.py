@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import structlog
+from scipy import ndimage
 
 from spatia.model.fill.geometry.layout import CEILING, FLOOR, WALL, Layout, Plane
 from spatia.model.fill.texture.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
@@ -88,6 +89,19 @@ class AppearanceConfig:
     # texture that a player sees as floor (RMSE 55) and the gradient ratio in 0.7-1.3 (flat put it at ~0.7)
     unseen_kinds: tuple[str, ...] = (FLOOR,)
     unseen_contrast: float = 0.5
+    # objects on a plane (``_foreign_regions``): in a stochastic exemplar, blocks of ``foreign_block_m`` whose mean
+    # colour lies more than max(``foreign_min_levels``, ``foreign_spread`` x the blocks' median distance) from the
+    # blocks' median colour, in connected regions of at least ``foreign_min_blocks``, covering with their edges
+    # less than ``foreign_max_share`` of the observed blocks (at least 4 x foreign_min_blocks), are something
+    # standing on the material (a doorway's view of the next room on a photo's wall, a rug on a floor), not the
+    # material: the quilt does not copy them. At block scale a material's own contrast (plaster's mottle, wood
+    # grain) averages out, and one whose blocks differ (a checker of large tiles) raises the threshold with its
+    # own spread
+    foreign_block_m: float = 0.16
+    foreign_min_levels: float = 24.0
+    foreign_spread: float = 4.0
+    foreign_min_blocks: int = 4
+    foreign_max_share: float = 0.5
 
 
 def plane_basis(layout: Layout, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
@@ -323,7 +337,9 @@ def plane_texture(
     uv = np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1)
     col = colors[on].astype(np.float32)
     if tex is None:
-        tex = _own_exemplar(uv, col, config, seed)
+        # indoors an exemplar's objects are left out of its synthesis (``_foreign_regions``); a facade's windows
+        # are its texture, however they are laid out
+        tex = _own_exemplar(uv, col, config, seed, without_objects=layout.indoor)
     if tex is not None and plane.kind in config.region_kinds and layout.observer is not None:
         region = _far_region(layout, plane, points, colors, on, config, h)
         if region is not None:
@@ -333,18 +349,20 @@ def plane_texture(
     return tex
 
 
-def _own_exemplar(uv: np.ndarray, col: np.ndarray, config: AppearanceConfig, seed: int) -> PlaneTexture | None:
+def _own_exemplar(uv: np.ndarray, col: np.ndarray, config: AppearanceConfig, seed: int,
+                  without_objects: bool = False) -> PlaneTexture | None:
     """The exemplar of plane samples at ``uv`` [N, 2] (plane metres) with colours ``col`` [N, 3] float32: the
     finest texel scale whose window is covered, else a coarse one, else their median colour (``plane_texture``)."""
     if len(uv) >= config.min_exemplar_texels**2:
         for scale in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
             tex = _exemplar(uv, col, config.texel_m * scale, config, seed, config.min_coverage,
-                            config.min_exemplar_texels)
+                            config.min_exemplar_texels, without_objects=without_objects)
             if tex is not None:
                 return tex
     for scale in (8.0,) + tuple(config.coarse_scales):
         texel_m = config.texel_m * scale
-        tex = _exemplar(uv, col, texel_m, config, seed, config.coarse_min_coverage, config.coarse_min_texels)
+        tex = _exemplar(uv, col, texel_m, config, seed, config.coarse_min_coverage, config.coarse_min_texels,
+                        without_objects=without_objects)
         if tex is not None and tex.levels[0].shape[0] >= config.min_exemplar_texels:
             return tex
         if tex is not None:
@@ -444,7 +462,8 @@ def _far_region(layout: Layout, plane: Plane, points: np.ndarray, colors: np.nda
 
 
 def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: AppearanceConfig, seed: int,
-              min_coverage: float, min_texels: int, synthesis: bool = True) -> PlaneTexture | None:
+              min_coverage: float, min_texels: int, synthesis: bool = True,
+              without_objects: bool = False) -> PlaneTexture | None:
     half = config.max_grid_texels * texel_m / 2
     centre = np.median(uv, axis=0)
     keep = (np.abs(uv[:, 0] - centre[0]) <= half) & (np.abs(uv[:, 1] - centre[1]) <= half)  # np.all(axis=1)'s
@@ -475,15 +494,16 @@ def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: Appearanc
     origin = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
     tex = PlaneTexture(levels, texel_m, origin)
     if config.synthesis and synthesis:
-        _attach_synthesis(tex, acc, cnt, lo, texel_m, seed, config)
+        _attach_synthesis(tex, acc, cnt, lo, texel_m, seed, config, without_objects)
     return tex
 
 
 def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: np.ndarray, texel_m: float,
-                      seed: int, config: AppearanceConfig) -> None:
+                      seed: int, config: AppearanceConfig, without_objects: bool = False) -> None:
     """Fit the texture library's model on the best-covered window (up to ``synthesis_window_texels`` a side) of
-    the plane's rasterised observations; without the library (or when it declines the exemplar) the plane keeps
-    the mirror-repeated exemplar."""
+    the plane's rasterised observations (``without_objects``: a stochastic one on its material alone,
+    ``_foreign_regions``); without the library (or when it declines the exemplar) the plane keeps the
+    mirror-repeated exemplar."""
     try:
         from spatia.model.fill.texture.synthesis import TextureModel
     except ImportError:
@@ -497,14 +517,79 @@ def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: n
     r, c, _ = best_window(ii, s_r, s_c)
     win = (slice(r, r + s_r), slice(c, c + s_c))
     rgb = np.clip(acc[win] / np.maximum(cnt[win], 1)[..., None], 0, 255).astype(np.uint8)
+    valid = cnt[win] > 0
     try:
-        model = TextureModel.fit(rgb, cnt[win] > 0, texel_m)
+        model = TextureModel.fit(rgb, valid, texel_m)
     except InvalidInputError as exc:
         log.info("texture synthesis declined the exemplar; mirror repeat", reason=str(exc))
         return
+    foreign = _foreign_regions(rgb, valid, texel_m, config) if without_objects and model.kind == "stochastic" else None
+    if foreign is not None:
+        # refitted on the material alone (the objects' texels count as unobserved: the memory shows them where
+        # they were seen); a periodic exemplar's lattice already keeps its pattern, objects included
+        try:
+            model = TextureModel.fit(rgb, valid & ~foreign, texel_m)
+            log.debug("texture objects left out", share=round(float((foreign & valid).sum() / valid.sum()), 3))
+        except InvalidInputError:
+            pass  # too little material left for a model of its own: the whole exemplar's stands
     tex.synth = model
     tex.synth_origin_uv = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
     tex.seed = int(seed)
+
+
+def _foreign_regions(rgb: np.ndarray, valid: np.ndarray, texel_m: float, config: AppearanceConfig) -> np.ndarray | None:
+    """``[H, W]`` bool: the texels of an exemplar (``rgb`` [H, W, 3] uint8, ``valid`` [H, W] bool observed, one
+    texel per ``texel_m`` metres) that belong to objects standing on the plane's material rather than to it
+    (``AppearanceConfig.foreign_block_m``'s rule, the regions grown by one block over their mixed edges); None when
+    there are none. ``_foreign_regions_reference`` is the block-by-block definition."""
+    H, W = valid.shape
+    b = max(2, int(round(config.foreign_block_m / texel_m)))
+    hb, wb = -(-H // b), -(-W // b)
+    pad = ((0, hb * b - H), (0, wb * b - W))
+    v = np.pad(valid, pad).astype(np.float64)
+    cnt = v.reshape(hb, b, wb, b).sum(axis=(1, 3))  # [hb, wb] observed texels per block
+    sums = np.stack([(np.pad(rgb[..., c].astype(np.float64), pad) * v).reshape(hb, b, wb, b).sum(axis=(1, 3))
+                     for c in range(3)], axis=-1)  # [hb, wb, 3]
+    return _foreign_from_blocks(sums, cnt, b, (H, W), config)
+
+
+def _foreign_from_blocks(sums: np.ndarray, cnt: np.ndarray, b: int, shape: tuple[int, int],
+                         config: AppearanceConfig) -> np.ndarray | None:
+    """The rule of ``_foreign_regions`` on block sums ``sums`` [hb, wb, 3] of observed colours and counts ``cnt``
+    [hb, wb] of ``b`` x ``b`` texel blocks; the texel mask cut to ``shape``."""
+    obs = cnt >= 0.5 * b * b
+    if obs.sum() < 4 * config.foreign_min_blocks:  # too few blocks to tell a material from what stands on it
+        return None
+    means = sums / np.maximum(cnt, 1)[..., None]
+    ref = np.median(means[obs], axis=0)
+    dist = np.linalg.norm(means - ref, axis=-1)
+    threshold = max(config.foreign_min_levels, config.foreign_spread * float(np.median(dist[obs])))
+    foreign = obs & (dist > threshold)
+    labels, n = ndimage.label(foreign, structure=np.ones((3, 3), bool))
+    if n:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        foreign = (sizes >= config.foreign_min_blocks)[labels] & (labels > 0)
+    if not foreign.any():
+        return None
+    grown = ndimage.binary_dilation(foreign, structure=np.ones((3, 3), bool))
+    if (obs & grown).sum() >= config.foreign_max_share * obs.sum():
+        return None
+    return np.repeat(np.repeat(grown, b, axis=0), b, axis=1)[: shape[0], : shape[1]]
+
+
+def _foreign_regions_reference(rgb: np.ndarray, valid: np.ndarray, texel_m: float,
+                               config: AppearanceConfig) -> np.ndarray | None:
+    """Slow twin of ``_foreign_regions``: each block's sums by a loop over its texels."""
+    H, W = valid.shape
+    b = max(2, int(round(config.foreign_block_m / texel_m)))
+    hb, wb = -(-H // b), -(-W // b)
+    sums, cnt = np.zeros((hb, wb, 3)), np.zeros((hb, wb))
+    for y in range(H):
+        for x in range(W):
+            if valid[y, x]:
+                sums[y // b, x // b] += rgb[y, x]
+                cnt[y // b, x // b] += 1
+    return _foreign_from_blocks(sums, cnt, b, (H, W), config)
 
 
 class PlaneTextures:
