@@ -89,7 +89,7 @@ class AppearanceConfig:
     # texture that a player sees as floor (RMSE 55) and the gradient ratio in 0.7-1.3 (flat put it at ~0.7)
     unseen_kinds: tuple[str, ...] = (FLOOR,)
     unseen_contrast: float = 0.5
-    # objects on a plane (``_foreign_regions``): in a stochastic exemplar, blocks of ``foreign_block_m`` whose mean
+    # objects on a plane (``_foreign_regions``): in an exemplar indoors, blocks of ``foreign_block_m`` whose mean
     # colour lies more than max(``foreign_min_levels``, ``foreign_spread`` x the blocks' median distance) from the
     # blocks' median colour, in connected regions of at least ``foreign_min_blocks``, covering with their edges
     # less than ``foreign_max_share`` of the observed blocks (at least 4 x foreign_min_blocks), are something
@@ -501,9 +501,8 @@ def _exemplar(uv: np.ndarray, col: np.ndarray, texel_m: float, config: Appearanc
 def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: np.ndarray, texel_m: float,
                       seed: int, config: AppearanceConfig, without_objects: bool = False) -> None:
     """Fit the texture library's model on the best-covered window (up to ``synthesis_window_texels`` a side) of
-    the plane's rasterised observations (``without_objects``: a stochastic one on its material alone,
-    ``_foreign_regions``); without the library (or when it declines the exemplar) the plane keeps the
-    mirror-repeated exemplar."""
+    the plane's rasterised observations (``without_objects``: on its material alone, ``_foreign_regions``);
+    without the library (or when it declines the exemplar) the plane keeps the mirror-repeated exemplar."""
     try:
         from spatia.model.fill.texture.synthesis import TextureModel
     except ImportError:
@@ -518,26 +517,29 @@ def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: n
     win = (slice(r, r + s_r), slice(c, c + s_c))
     rgb = np.clip(acc[win] / np.maximum(cnt[win], 1)[..., None], 0, 255).astype(np.uint8)
     valid = cnt[win] > 0
-    try:
-        model = TextureModel.fit(rgb, valid, texel_m)
-    except InvalidInputError as exc:
-        log.info("texture synthesis declined the exemplar; mirror repeat", reason=str(exc))
-        return
-    foreign = _foreign_regions(rgb, valid, texel_m, config) if without_objects and model.kind == "stochastic" else None
+    model = None
+    foreign = _foreign_regions(rgb, valid, texel_m, config) if without_objects else None
     if foreign is not None:
-        # refitted on the material alone (the objects' texels count as unobserved: the memory shows them where
-        # they were seen); a periodic exemplar's lattice already keeps its pattern, objects included
+        # the material alone: the objects' texels count as unobserved (the memory shows them where they were seen;
+        # a periodic exemplar's holes are copies of its pattern one period away)
         try:
             model = TextureModel.fit(rgb, valid & ~foreign, texel_m)
             log.debug("texture objects left out", share=round(float((foreign & valid).sum() / valid.sum()), 3))
         except InvalidInputError:
-            pass  # too little material left for a model of its own: the whole exemplar's stands
+            pass  # too little material left for a model of its own: the whole exemplar's
+    if model is None:
+        try:
+            model = TextureModel.fit(rgb, valid, texel_m)
+        except InvalidInputError as exc:
+            log.info("texture synthesis declined the exemplar; mirror repeat", reason=str(exc))
+            return
     tex.synth = model
     tex.synth_origin_uv = (float(lo[0] + c * texel_m), float(lo[1] + r * texel_m))
     tex.seed = int(seed)
 
 
-def _foreign_regions(rgb: np.ndarray, valid: np.ndarray, texel_m: float, config: AppearanceConfig) -> np.ndarray | None:
+def _foreign_regions(rgb: np.ndarray, valid: np.ndarray, texel_m: float,
+                     config: AppearanceConfig) -> np.ndarray | None:
     """``[H, W]`` bool: the texels of an exemplar (``rgb`` [H, W, 3] uint8, ``valid`` [H, W] bool observed, one
     texel per ``texel_m`` metres) that belong to objects standing on the plane's material rather than to it
     (``AppearanceConfig.foreign_block_m``'s rule, the regions grown by one block over their mixed edges); None when
