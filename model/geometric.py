@@ -117,6 +117,9 @@ class GeometricConfig:
     # invented paving walked up to was a blotchy smear, not tiles (docs/RESULTS.md, session 30). False: every such
     # gap keeps the fill and its colour
     texture_invented_pinholes: bool = True
+    # ... in the tone of the points around them: their colour shifted by the local mean difference over a window of
+    # this half side, pixels (``_match_pinhole_tone``; 0: off)
+    pinhole_tone_px: int = 4
     # the layout fill takes a rendered pixel for a hole where farther points show through the gaps of a nearer
     # surface's points within this share of the image's width on both sides (``model.fill.image.see_through``; 0 =
     # off): a surface seen from far and walked up to showed what lies behind it as a grid (the courtyard's column
@@ -835,6 +838,47 @@ def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.n
     return ~use & ~pinhole & (ld > 0) & (f > 0) & (f < np.float32(1.0 - cfg.layout_front_rel) * ld)
 
 
+def _match_pinhole_tone(
+    rgb: np.ndarray,  # [H, W, 3] uint8, the frame, modified in place
+    valid: np.ndarray,  # [H, W] bool, the pixels the memory rendered
+    pinholes: np.ndarray,  # [N] int64 flat pixel indices: gaps between invented points the layout textured
+    radius_px: int,  # the window's half side (0: off)
+) -> None:
+    """Shift each textured gap between invented points by the local mean colour of the rendered points around
+    the gaps less the gaps' own, over a (2 radius_px + 1)^2 window (each mean over the gaps' 8-neighbours that
+    rendered, and over the gaps): the texture keeps its detail and takes the points' tone. The points were
+    coloured where the surface was first seen, from farther away, by a texture read at another mip or warped in
+    from a reference; a level or two apart, the gaps of a surface walked up to stood as a grid of dark lines
+    around light squares (house@pitched, play: 2.2 levels; docs/RESULTS.md, session 33). Both fills call this
+    one function."""
+    if radius_px <= 0 or not len(pinholes):
+        return
+    H, W = valid.shape
+    r, c = np.divmod(pinholes, W)
+    y0, y1 = max(int(r.min()) - radius_px - 1, 0), min(int(r.max()) + radius_px + 2, H)
+    x0, x1 = max(int(c.min()) - radius_px - 1, 0), min(int(c.max()) + radius_px + 2, W)
+    at = (r - y0) * (x1 - x0) + (c - x0)  # [N] flat indices into the window's box
+    gaps = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    gaps.ravel()[at] = 1
+    around = cv2.dilate(gaps, np.ones((3, 3), np.uint8))
+    around &= valid[y0:y1, x0:x1].view(np.uint8)
+    box = rgb[y0:y1, x0:x1]
+    k = (2 * radius_px + 1, 2 * radius_px + 1)
+
+    def window_sums(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (colour sums [N, 3], counts [N])
+        n = cv2.boxFilter(mask, cv2.CV_32F, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        total = cv2.boxFilter(cv2.bitwise_and(box, box, mask=mask), cv2.CV_32F, k, normalize=False,
+                              borderType=cv2.BORDER_CONSTANT)
+        return total.reshape(-1, 3)[at], n.ravel()[at]
+
+    (pts_sum, pts_n), (gap_sum, gap_n) = window_sums(around), window_sums(gaps)
+    ok = (pts_n >= 3) & (gap_n >= 3)
+    shift = pts_sum[ok] / pts_n[ok, None] - gap_sum[ok] / gap_n[ok, None]
+    rgb_flat = rgb.reshape(-1, 3)  # a view (the fills' frames are C-contiguous)
+    dst = pinholes[ok]
+    rgb_flat[dst] = np.clip(np.rint(rgb_flat[dst] + shift), 0, 255).astype(np.uint8)
+
+
 def _glimpses_through_pinholes(
     hole_idx: np.ndarray,  # [M] int64 flat pixel indices of the holes
     pinhole: np.ndarray,  # [M] bool, those that keep the fill (a gap between a surface's rendered points)
@@ -1322,6 +1366,11 @@ class GeometricGenerator:
             unpainted = np.zeros(valid.size, bool)
             unpainted[np.concatenate(fill_px)] = True
             painted = painted[~unpainted[painted]]
+        if len(rel_idx):  # the released pinholes a texture painted
+            painted_px = np.zeros(valid.size, bool)
+            painted_px[painted] = True
+            released = hole_idx[rel_idx]
+            _match_pinhole_tone(rgb, valid, released[painted_px[released]], cfg.pinhole_tone_px)
         if coarse is not None:
             plane_px = (hole_idx[np.flatnonzero(use & coarse_b[np.maximum(li, 0)])] if coarse_b.any()
                         else np.zeros(0, np.int64))
@@ -1387,8 +1436,9 @@ class GeometricGenerator:
         dist_px = cv2.distanceTransform(holes.view(np.uint8), cv2.DIST_L2, 3).ravel()[hole_idx]
         pinhole = (dist_px <= cfg.pinhole_px) & (f > 0)
         # ... unless they are gaps between invented points on a plane (``texture_invented_pinholes``)
-        pinhole[_invented_pinholes_on_planes(layout, view, _rays(K).reshape(-1, 3), hole_idx, f, pinhole,
-                                             observed_px, c2w, cfg)[0]] = False
+        released = _invented_pinholes_on_planes(layout, view, _rays(K).reshape(-1, 3), hole_idx, f, pinhole,
+                                                observed_px, c2w, cfg)[0]
+        pinhole[released] = False
         # ... so only the other holes are cast: a pinhole's layout hit is never read (every use of ld / li / pts
         # below is under ``use``, which excludes pinholes, or needs f <= 0, which they do not have). On the 128x96
         # gym walk 88-100 % of a frame's ~4 k holes are pinholes. (Both per-ray kernels: the same bits either way.)
@@ -1487,6 +1537,7 @@ class GeometricGenerator:
                 cols[sky] = state.sky.colour(rays[sky] @ R.T)
                 painted |= sky
         rgb_flat[hole_idx] = cols
+        _match_pinhole_tone(rgb, valid, hole_idx[released[painted[released]]], cfg.pinhole_tone_px)
         out_depth = out_depth.astype(np.float32)
         colored = colored.copy()
         colored.ravel()[hole_idx[painted]] = True

@@ -991,3 +991,30 @@ def test_a_reference_colour_from_behind_a_pinhole_is_left_to_the_colour_fill():
     assert len(_glimpses_through_pinholes(hole_idx, pinhole, out_depth, None, GeometricConfig())) == 0
     off = GeometricConfig(colour_surface_rel=math.inf)
     assert len(_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims, off)) == 0
+
+
+def test_textured_gaps_between_invented_points_take_the_points_tone():
+    """``_match_pinhole_tone``: the gaps between rendered invented points that the layout textured are shifted by
+    the local mean colour of the points around them less their own, so the texture keeps its detail and a wall
+    walked up to shows no grid of darker gaps; points, and gaps with no points around, stay as they are."""
+    from spatia.model.geometric import _match_pinhole_tone
+
+    H, W = 60, 100
+    yy, xx = np.mgrid[:H, :W]
+    rng = np.random.default_rng(2)
+    valid = (yy % 4 != 3) & (xx % 4 != 3) & (xx < 70)  # 3 x 3 px points, one-pixel gaps; no points beyond x = 70
+    detail = 4.0 * np.sin(xx / 2.3) * np.cos(yy / 3.1)  # the texture's own detail
+    rgb = np.where(valid[..., None], 110.0 + rng.normal(0, 1, (H, W, 1)), 100.0 + detail[..., None])
+    rgb = np.clip(np.rint(rgb * np.ones((1, 1, 3))), 0, 255).astype(np.uint8)
+    gaps = np.flatnonzero(~valid)
+    before = rgb.copy()
+    _match_pinhole_tone(rgb, valid, gaps, 0)
+    np.testing.assert_array_equal(rgb, before)  # off
+    _match_pinhole_tone(rgb, valid, gaps, 4)
+    np.testing.assert_array_equal(rgb[valid], before[valid])
+    inner = ~valid & (xx >= 6) & (xx < 62) & (yy >= 6) & (yy < 54)
+    assert abs(rgb[inner].astype(float).mean() - before[valid].astype(float).mean()) < 0.6
+    change = rgb[inner].astype(float) - before[inner].astype(float)
+    assert change.std() < 0.8  # a shift, not a blur: the texture's detail stays
+    assert np.abs(change.mean() - 10.0) < 1.0
+    np.testing.assert_array_equal(rgb[xx >= 76], before[xx >= 76])  # no points within the window

@@ -610,3 +610,33 @@ def test_an_exemplar_seen_as_a_sparse_strip_continues_without_its_lines():
         step_across = np.abs(np.diff(region, axis=1)).mean()
         assert 0.75 < step_across / step_down < 1.33 if sparse else step_across / step_down < 1.33
         np.testing.assert_array_equal(tx.continue_exemplar(model, 0)[valid], rgb[valid])
+
+
+def test_a_texture_reads_the_same_mean_colour_near_and_far():
+    """The tiles (mip 0-1) quilt patches from the exemplar's fully observed windows, the far field (mip 2 on)
+    mirrors the whole box: where the observed windows are darker than the sparsely seen rest, they differed in mean
+    colour, and points invented far off stood as a lighter grid among the gaps seen near. The far field carries
+    the tiles' offset (``_far_offset_on``)."""
+    rng = np.random.default_rng(3)
+    h, w = 96, 128
+    rgb = np.clip(rng.normal(100, 6, (h, w, 1)) * np.ones((1, 1, 3)), 0, 255)
+    valid = np.ones((h, w), bool)
+    xx = np.mgrid[:h, :w][1]
+    sparse = xx >= 64  # the right half seen sparsely (no patch window there), and lighter
+    rgb[sparse] += 40
+    valid &= ~(sparse & (rng.uniform(size=(h, w)) < 0.6))
+    model = TextureModel.fit(rgb.astype(np.uint8), valid, texel_m=0.02)
+    assert model.kind == "stochastic"
+    rows = np.repeat(np.arange(400, 528, dtype=np.int64), 128)  # far from the box, both fields synthesised
+    cols = np.tile(np.arange(600, 728, dtype=np.int64), 128)
+    means = {}
+    for lv in (0, 2):
+        out = np.empty((len(rows), 3), np.uint8)
+        tx.read_texels(model, rows, cols, np.full(len(rows), lv, np.int64), 5, None, out)
+        means[lv] = out.astype(np.float64).mean(0)
+    near_far = np.abs(means[0] - means[2]).max()
+    model._far_offset = np.zeros(3, np.float32)
+    plain = np.empty((len(rows), 3), np.uint8)
+    tx.read_texels(model, rows, cols, np.full(len(rows), 2, np.int64), 5, None, plain)
+    without = np.abs(plain.astype(np.float64).mean(0) - means[0]).max()  # what the far field alone is off by
+    assert without > 0.5 and near_far < 0.25 * without, (near_far, without)

@@ -817,6 +817,7 @@ class TextureModel:
         # (seed, thread id) -> the cell table of the tiles that thread makes off the frame's thread (``_warm_tile``)
         self._off_tables: dict[tuple[int, int], object] = {}
         self._half, self._patch = half, patch
+        self._far_offset = np.zeros(3, np.float32)  # [3] the far field's colour offset (``_far_offset_on``)
         self.detail_gain = self._restore_contrast()
         log.debug(
             "texture_fit",
@@ -837,6 +838,22 @@ class TextureModel:
         away = int(math.ceil(8.0 * self.shading_decay_px)) + 2 * self._patch
         return self.origin_px[0] + h + away, self.origin_px[1] + w + away
 
+    def _far_offset_on(self, probe: np.ndarray) -> np.ndarray:
+        """``[3]`` float32: the tiles' mean colour less the far field's (``_far_float`` without an offset) over
+        the probe region ``probe`` [P, P, 3] (synthesised at ``_probe_origin``, CONTRAST_PROBE_SEED). The tiles copy
+        patches from the source windows, whose mean need not be the exemplar box's that the far field mirrors:
+        house@pitched's walls came out up to 4.7 levels darker near than far, and their invented points (coloured
+        from the far field where first seen) stood as a grid of light squares among the near texture's gaps when
+        walked up to (docs/RESULTS.md, session 33). The far field adds this offset, so that a surface reads the
+        same at every distance."""
+        h, w = probe.shape[:2]
+        r0, c0 = self._probe_origin()
+        rows = np.repeat(np.arange(r0, r0 + h, dtype=np.int64), w)
+        cols = np.tile(np.arange(c0, c0 + w, dtype=np.int64), h)
+        self._far_offset = np.zeros(3, np.float32)
+        far = self._far_float(rows, cols, FAR_LEVEL, CONTRAST_PROBE_SEED)
+        return (probe.reshape(-1, 3).astype(np.float64).mean(0) - far.astype(np.float64).mean(0)).astype(np.float32)
+
     def _restore_contrast(self) -> float:
         """Raise the fine band of the detail (what a ``CONTRAST_BLUR_PX`` blur removes) so that invented texels step
         from texel to texel as much as the observed ones do, at most by ``DETAIL_GAIN_MAX``; returns the gain (1:
@@ -846,9 +863,11 @@ class TextureModel:
         every cache made from it."""
         observed = _mean_step(_luma(self._whole_detail()), self.valid)
         probe = self._region_locked(self._probe_origin(), (CONTRAST_PROBE_PX, CONTRAST_PROBE_PX), CONTRAST_PROBE_SEED)
+        self._far_offset = self._far_offset_on(probe)
         self._cells.clear()
         self._seams.clear()
         self._tables.clear()
+        self._far.clear()
         y = _luma(probe.astype(np.float32))
         coarse = _blur(y)
         fine = y - coarse
@@ -879,6 +898,7 @@ class TextureModel:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_far_offset", np.zeros(3, np.float32))  # pickled before session 33
         self._cells, self._seams, self._tiles, self._pools, self._far = {}, {}, {}, {}, {}
         self._tables, self._kernel_model = {}, None
         self._lock = threading.RLock()
@@ -1261,13 +1281,17 @@ class TextureModel:
         """Colours [N, 3] uint8 of the far-field texture (``FAR_LEVEL``) at mip ``level`` for the level-0 texels
         (rows [N], cols [N]): the box's detail mirror-repeated from the box, plus the shading continued there; a
         stochastic model's: its coarse band at that mip (``_coarse_at``), plus the shading."""
+        return np.clip(np.rint(self._far_float(rows, cols, level, seed)), 0, 255).astype(np.uint8)
+
+    def _far_float(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
+        """``_far_texels`` before rounding: [N, 3] float32, the far field's offset (``_far_offset_on``) added."""
         if self._coarse_box is not None:
-            return np.clip(np.rint(self._coarse_far_texels(rows, cols, level, seed)), 0, 255).astype(np.uint8)
+            return self._coarse_far_texels(rows, cols, level, seed) + self._far_offset
         out = texture_kernels.far_texels(self._far_pyramid(seed)[level], np.ascontiguousarray(rows, np.int64),
                                          np.ascontiguousarray(cols, np.int64), int(level), int(self.origin_px[0]),
                                          int(self.origin_px[1]), self.shading, self.shading_mean,
                                          float(self.shading_decay_px))
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out + self._far_offset
 
     def _coarse_far_texels(self, rows: np.ndarray, cols: np.ndarray, level: int, seed: int) -> np.ndarray:
         """A stochastic model's far field [N, 3] float32 (before rounding) at mip ``level`` for level-0 texels rows,
@@ -1295,11 +1319,11 @@ class TextureModel:
         """Slow twin of ``_far_texels`` in numpy (before rounding: [N, 3] float32)."""
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         if self._coarse_box is not None:
-            return self._coarse_far_texels(rows, cols, level, seed)
+            return self._coarse_far_texels(rows, cols, level, seed) + self._far_offset
         half = (1 << level) // 2  # the level's texel centre, in level-0 texels
         out = self._mirrored(self._far_pyramid(seed)[level], rows, cols, level)
         out += self._shading_points((rows >> level << level) + half, (cols >> level << level) + half)
-        return out
+        return out + self._far_offset
 
     def _tile(self, i: int, j: int, seed: int, level: int = 0) -> np.ndarray:
         """Tile (i, j) at mip ``level``, from a small LRU cache (dict order is insertion order: re-insert on use)."""
