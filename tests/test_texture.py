@@ -525,8 +525,9 @@ def test_compiled_shading_matches_the_numpy_reference():
 
 
 def test_compiled_far_field_matches_the_numpy_reference():
-    """``texture_kernels.far_texels`` (mirror-repeated far-field detail plus the continued shading) against
-    ``TextureModel.reference_far_texels`` at mip levels 2-4, inside, beside and far from the exemplar's box."""
+    """``texture_kernels.far_texels`` (mirror-repeated far-field detail plus the continued shading; the model adds
+    its far offset) against ``TextureModel.reference_far_texels`` at mip levels 2-4, inside, beside and far from
+    the exemplar's box."""
     rgb, valid = exemplar(plane("wood"))
     model = TextureModel.fit(rgb, valid, 0.01, origin_px=(7, -13))
     rng = np.random.default_rng(8)
@@ -536,7 +537,9 @@ def test_compiled_far_field_matches_the_numpy_reference():
         want = model.reference_far_texels(rows, cols, level, seed=1)
         got = tx.texture_kernels.far_texels(model._far_pyramid(1)[level], rows, cols, level, *model.origin_px,
                                             model.shading, model.shading_mean, model.shading_decay_px)
-        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+        np.testing.assert_allclose(got + model._far_offset, want, rtol=0, atol=2e-3)  # the model adds its offset
+        np.testing.assert_array_equal(model._far_texels(rows, cols, level, 1),
+                                      np.clip(np.rint(got + model._far_offset), 0, 255).astype(np.uint8))
 
 
 def test_compiled_periodic_copy_matches_the_numpy_reference():
