@@ -839,44 +839,69 @@ def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.n
 
 
 def _match_pinhole_tone(
-    rgb: np.ndarray,  # [H, W, 3] uint8, the frame, modified in place
+    rgb: np.ndarray,  # [H, W, 3] uint8, the frame (C-contiguous), modified in place
     valid: np.ndarray,  # [H, W] bool, the pixels the memory rendered
     pinholes: np.ndarray,  # [N] int64 flat pixel indices: gaps between invented points the layout textured
-    radius_px: int,  # the window's half side (0: off)
+    radius_px: int,  # the window's half side, pixels (0: off)
 ) -> None:
     """Shift each textured gap between invented points by the local mean colour of the rendered points around
-    the gaps less the gaps' own, over a (2 radius_px + 1)^2 window (each mean over the gaps' 8-neighbours that
-    rendered, and over the gaps): the texture keeps its detail and takes the points' tone. The points were
+    the gaps less the gaps' own: the texture keeps its detail and takes the points' tone. The points were
     coloured where the surface was first seen, from farther away, by a texture read at another mip or warped in
     from a reference; a level or two apart, the gaps of a surface walked up to stood as a grid of dark lines
     around light squares (house@pitched, play: 2.2 levels; docs/RESULTS.md, session 33). Both fills call this
-    one function."""
+    one function.
+
+    The means are over blocks of ``TONE_BLOCK_PX`` pixels, summed over the (2k + 1)^2 blocks around a gap's own
+    (k = ceil(radius_px / TONE_BLOCK_PX)); the points counted are the rendered 8-neighbours of gaps, a mean of
+    either kind needs 3 pixels. ``_match_pinhole_tone_reference`` is the numpy definition,
+    ``hole_kernels.match_pinhole_tone`` the compiled pass (~0.5 ms for 20 k gaps at 640x360, where numpy's
+    gathers took ~5 ms: docs/BENCHMARKS.md, session 33)."""
+    if radius_px <= 0 or not len(pinholes):
+        return
+    from spatia.model.fill.image import hole_kernels
+
+    if not rgb.flags.c_contiguous:
+        raise ValueError("rgb must be C-contiguous: the tone match writes into it")
+    hole_kernels.match_pinhole_tone(rgb, _read_only(valid), _read_only(np.asarray(pinholes, np.int64)), TONE_BLOCK_PX,
+                                    -(-radius_px // TONE_BLOCK_PX))
+
+
+TONE_BLOCK_PX = 4  # _match_pinhole_tone's block side
+
+
+def _match_pinhole_tone_reference(rgb: np.ndarray, valid: np.ndarray, pinholes: np.ndarray, radius_px: int) -> None:
+    """``_match_pinhole_tone`` by loops: each gap's shift from the pixels of the blocks around its own, counted
+    one by one (tests compare the two)."""
     if radius_px <= 0 or not len(pinholes):
         return
     H, W = valid.shape
+    b = TONE_BLOCK_PX
+    k = -(-radius_px // b)
     r, c = np.divmod(pinholes, W)
-    y0, y1 = max(int(r.min()) - radius_px - 1, 0), min(int(r.max()) + radius_px + 2, H)
-    x0, x1 = max(int(c.min()) - radius_px - 1, 0), min(int(c.max()) + radius_px + 2, W)
-    at = (r - y0) * (x1 - x0) + (c - x0)  # [N] flat indices into the window's box
-    gaps = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    gaps.ravel()[at] = 1
-    around = cv2.dilate(gaps, np.ones((3, 3), np.uint8))
-    around &= valid[y0:y1, x0:x1].view(np.uint8)
-    box = rgb[y0:y1, x0:x1]
-    k = (2 * radius_px + 1, 2 * radius_px + 1)
-
-    def window_sums(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (colour sums [N, 3], counts [N])
-        n = cv2.boxFilter(mask, cv2.CV_32F, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
-        total = cv2.boxFilter(cv2.bitwise_and(box, box, mask=mask), cv2.CV_32F, k, normalize=False,
-                              borderType=cv2.BORDER_CONSTANT)
-        return total.reshape(-1, 3)[at], n.ravel()[at]
-
-    (pts_sum, pts_n), (gap_sum, gap_n) = window_sums(around), window_sums(gaps)
-    ok = (pts_n >= 3) & (gap_n >= 3)
-    shift = pts_sum[ok] / pts_n[ok, None] - gap_sum[ok] / gap_n[ok, None]
-    rgb_flat = rgb.reshape(-1, 3)  # a view (the fills' frames are C-contiguous)
-    dst = pinholes[ok]
-    rgb_flat[dst] = np.clip(np.rint(rgb_flat[dst] + shift), 0, 255).astype(np.uint8)
+    y0, x0 = max(int(r.min()) // b - 1, 0) * b, max(int(c.min()) // b - 1, 0) * b
+    y1, x1 = min(int(r.max()) + 2 * b, H), min(int(c.max()) + 2 * b, W)
+    gap = np.zeros((H, W), bool)
+    gap[r, c] = True
+    near = np.zeros((H, W), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near[max(dy, 0) : H + min(dy, 0), max(dx, 0) : W + min(dx, 0)] |= gap[max(-dy, 0) : H + min(-dy, 0),
+                                                                              max(-dx, 0) : W + min(-dx, 0)]
+    pts = near & valid
+    src = rgb.astype(np.float64)
+    shifts = []
+    for y, x in zip(r, c):
+        by, bx = (y - y0) // b, (x - x0) // b
+        ya, yb = max(y0 + (by - k) * b, y0), min(y0 + (by + k + 1) * b, y1)
+        xa, xb = max(x0 + (bx - k) * b, x0), min(x0 + (bx + k + 1) * b, x1)
+        p, g = pts[ya:yb, xa:xb], gap[ya:yb, xa:xb]
+        if p.sum() >= 3 and g.sum() >= 3:
+            shifts.append(src[ya:yb, xa:xb][p].mean(0) - src[ya:yb, xa:xb][g].mean(0))
+        else:
+            shifts.append(None)
+    for (y, x), sh in zip(zip(r, c), shifts):
+        if sh is not None:
+            rgb[y, x] = np.clip(np.rint(src[y, x] + sh), 0, 255).astype(np.uint8)
 
 
 def _glimpses_through_pinholes(

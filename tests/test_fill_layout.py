@@ -1018,3 +1018,25 @@ def test_textured_gaps_between_invented_points_take_the_points_tone():
     assert change.std() < 0.8  # a shift, not a blur: the texture's detail stays
     assert np.abs(change.mean() - 10.0) < 1.0
     np.testing.assert_array_equal(rgb[xx >= 76], before[xx >= 76])  # no points within the window
+
+
+def test_the_compiled_pinhole_tone_matches_its_numpy_definition():
+    """``hole_kernels.match_pinhole_tone`` (through ``_match_pinhole_tone``) against the per-gap loop
+    ``_match_pinhole_tone_reference``: random frames, lattices with missing points, gaps at the frame's edges and in
+    clusters, radii 1-9 px: the same bits."""
+    from spatia.model.geometric import _match_pinhole_tone, _match_pinhole_tone_reference
+
+    rng = np.random.default_rng(11)
+    for trial in range(12):
+        H, W = int(rng.integers(9, 70)), int(rng.integers(9, 90))
+        yy, xx = np.mgrid[:H, :W]
+        step = int(rng.integers(2, 6))
+        valid = ((yy % step != 0) | (xx % step != 0)) & (rng.uniform(size=(H, W)) < rng.uniform(0.6, 1.0))
+        rgb = rng.integers(0, 256, (H, W, 3)).astype(np.uint8)
+        gaps = np.flatnonzero(~valid & (rng.uniform(size=(H, W)) < rng.uniform(0.3, 1.0)))
+        radius = int(rng.integers(1, 10))
+        got, want = rgb.copy(), rgb.copy()
+        _match_pinhole_tone(got, valid, gaps, radius)
+        _match_pinhole_tone_reference(want, valid, gaps, radius)
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+        assert trial or (got != rgb).any()

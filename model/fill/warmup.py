@@ -76,6 +76,9 @@ def compile_fill_kernels() -> int:
     # geometric._colour_off_surface: the holes whose colour may come from another surface
     mask = np.ones((6, 8), bool)
     hole_kernels.colour_off_surface(idx, filled, mask, mask, filled, filled, mask, 2, np.float32(1.1), np.float32(0.1))
+    # geometric._match_pinhole_tone
+    hole_kernels.match_pinhole_tone(np.zeros((6, 8, 3), np.uint8), read_only(valid.copy()),
+                                    read_only(np.flatnonzero(~valid)), 4, 1)
     return int(colours.shape[0])
 
 
@@ -113,6 +116,9 @@ def load_frame_kernels() -> None:
     hole_kernels.enclosed_pinhole_depths.compile((depth, t(np.zeros((1, 1), np.float32), True),
                                                   t(np.zeros((1, 1), bool), True), i64))
     hole_kernels.colour_off_surface.compile((texels, depth, mask, mask, depth, depth, mask, i64, f32, f32))
+    # geometric._match_pinhole_tone: every frame with gaps between invented points on a plane
+    hole_kernels.match_pinhole_tone.compile((t(np.zeros((1, 1, 3), np.uint8)), t(np.zeros((1, 1), bool), True),
+                                             t(np.zeros(1, np.int64), True), i64, i64))
     opening_kernels.warm_mark_stale()  # layout.stale_closing_pixels: every indoor frame with a closing wall
     warm_pinhole_kernels()  # geometric._pinholes_on_planes: every layout-filled frame with pinholes
 

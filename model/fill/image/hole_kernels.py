@@ -352,3 +352,64 @@ def colour_off_surface(hole_idx, claims, painted, colored, out_depth, depth, ren
             c = claims[y, x]
             out[k] = c > 0 and abs(c - d) > rel * d
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def match_pinhole_tone(rgb, valid, pinholes, block, k):  # pragma: no cover - compiled
+    """``geometric._match_pinhole_tone``: rgb [H, W, 3] uint8 (written), valid [H, W] bool, pinholes [N] int64
+    flat indices, blocks of ``block`` pixels, windows of (2k + 1)^2 blocks. One pass over the gaps' bounding box
+    sums per block the colours of the gaps and of the rendered pixels with a gap among their 8-neighbours (integer
+    sums in float64: exact); prefix sums give each gap's window; the shift is the points' mean less the gaps'
+    (each from its own sum and count, as the reference's means), added and rounded half to even."""
+    H, W = valid.shape
+    n = pinholes.shape[0]
+    if n == 0:
+        return
+    r0, r1, c0, c1 = H, -1, W, -1
+    for i in range(n):
+        y, x = pinholes[i] // W, pinholes[i] % W
+        r0, r1, c0, c1 = min(r0, y), max(r1, y), min(c0, x), max(c1, x)
+    y0, x0 = max(r0 // block - 1, 0) * block, max(c0 // block - 1, 0) * block
+    y1, x1 = min(r1 + 2 * block, H), min(c1 + 2 * block, W)
+    hb, wb = (y1 - y0 + block - 1) // block, (x1 - x0 + block - 1) // block
+    # 2: a gap, 1: a pixel with a gap among its 8-neighbours (a point where it rendered)
+    mark = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    for i in range(n):
+        y, x = pinholes[i] // W - y0, pinholes[i] % W - x0
+        for yy in range(max(y - 1, 0), min(y + 2, y1 - y0)):
+            for xx in range(max(x - 1, 0), min(x + 2, x1 - x0)):
+                mark[yy, xx] = max(mark[yy, xx], np.uint8(1))
+    for i in range(n):
+        mark[pinholes[i] // W - y0, pinholes[i] % W - x0] = 2
+    # [hb + 1, wb + 1] prefix sums of the per-block sums: colour (3) and count, points then gaps
+    acc = np.zeros((2, hb + 1, wb + 1, 4), np.float64)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            m = mark[y - y0, x - x0]
+            if m == 0 or (m == 1 and not valid[y, x]):
+                continue
+            kind = 1 if m == 2 else 0
+            by, bx = (y - y0) // block + 1, (x - x0) // block + 1
+            for ch in range(3):
+                acc[kind, by, bx, ch] += rgb[y, x, ch]
+            acc[kind, by, bx, 3] += 1.0
+    for kind in range(2):
+        for by in range(1, hb + 1):
+            for bx in range(1, wb + 1):
+                for ch in range(4):
+                    acc[kind, by, bx, ch] += acc[kind, by - 1, bx, ch] + acc[kind, by, bx - 1, ch] \
+                        - acc[kind, by - 1, bx - 1, ch]
+    for i in range(n):
+        y, x = pinholes[i] // W, pinholes[i] % W
+        by, bx = (y - y0) // block, (x - x0) // block
+        ya, yb = max(by - k, 0), min(by + k + 1, hb)
+        xa, xb = max(bx - k, 0), min(bx + k + 1, wb)
+        pn = acc[0, yb, xb, 3] - acc[0, ya, xb, 3] - acc[0, yb, xa, 3] + acc[0, ya, xa, 3]
+        gn = acc[1, yb, xb, 3] - acc[1, ya, xb, 3] - acc[1, yb, xa, 3] + acc[1, ya, xa, 3]
+        if pn < 3.0 or gn < 3.0:
+            continue
+        for ch in range(3):
+            ps = acc[0, yb, xb, ch] - acc[0, ya, xb, ch] - acc[0, yb, xa, ch] + acc[0, ya, xa, ch]
+            gs = acc[1, yb, xb, ch] - acc[1, ya, xb, ch] - acc[1, yb, xa, ch] + acc[1, ya, xa, ch]
+            v = np.rint(rgb[y, x, ch] + (ps / pn - gs / gn))
+            rgb[y, x, ch] = np.uint8(min(max(v, 0.0), 255.0))
