@@ -671,7 +671,7 @@ def render_points(
     A splat of side 2 (most points of a room at 1-4 m) inside the image is written out, its minima without branches:
     the same winners as the loop, which took ~a third of the render in loop bounds and mispredicted compares. It is
     told by two compares before any other case (no ``ceil``, no clip), and a one-pixel splat takes its minimum
-    without a branch too: the splat loop ~12 % less CPU (docs/BENCHMARKS.md, session 33).
+    without a branch too (docs/BENCHMARKS.md, session 33).
     Returns rgb [H, W, 3] uint8, depth [H, W] float32, valid [H, W] bool, ids [H, W] int32.
     """
     n_chunks = zbuf.shape[0]
@@ -683,7 +683,8 @@ def render_points(
     total = cum[n_ranges]
     for c in nb.prange(n_chunks):
         zb = zbuf[c]
-        zb[:] = INT64_MAX
+        for j in range(zb.shape[0]):  # a plain loop: numba lowers a slice assignment of a non-zero value to a
+            zb[j] = INT64_MAX  # generic, slower loop (docs/BENCHMARKS.md, session 33)
         lo = total * c // n_chunks
         hi = total * (c + 1) // n_chunks
         if lo >= hi:

@@ -152,7 +152,7 @@ def hole_rays_near(valid, filled, rays, near):  # pragma: no cover - compiled
     """``hole_rays`` with the pinhole test read from ``near`` [H, W] uint8, nonzero within the offsets of a rendered
     pixel (``valid`` dilated by the offsets' disc, ``near_rendered``): the same outputs. A hole inside a large one
     looked at every offset (~20 at ``pinhole_px`` 2.5) before it was cast; the dilation (OpenCV's, vectorised) and
-    one read a pixel cost ~0.1 ms less a 640x360 frame (docs/BENCHMARKS.md, session 33)."""
+    one read a pixel cost less (docs/BENCHMARKS.md, session 33)."""
     h, w = valid.shape
     n_valid = 0
     for y in range(h):
