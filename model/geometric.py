@@ -1280,8 +1280,8 @@ class GeometricGenerator:
         if valid.all():
             return filled, colored
         hk.enclosed_pinhole_depths(filled, _read_only(depth), _read_only(valid), int(cfg.pinhole_px))
-        hole_idx, f, pinhole, cast, rays_cast = hk.hole_rays(_read_only(valid), filled, rays_img,
-                                                       *_chamfer_offsets(cfg.pinhole_px))
+        hole_idx, f, pinhole, cast, rays_cast = hk.hole_rays_near(
+            _read_only(valid), filled, rays_img, _read_only(hk.near_rendered(valid, *_chamfer_offsets(cfg.pinhole_px))))
         ld_cast, li_cast = cast_layout(layout, view, rays_cast, c2w)
         rel_idx, rel_ld, rel_li, rel_rays = _invented_pinholes_on_planes(
             layout, view, rays_flat, hole_idx, f, pinhole, observed_px, c2w, cfg)

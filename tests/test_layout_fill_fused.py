@@ -32,7 +32,8 @@ def _same(a, b) -> None:
 
 def test_pinholes_are_cv2s_chamfer_distance():
     """``hole_rays`` flags a hole as a pinhole where ``cv2.distanceTransform(DIST_L2, 3)`` puts a rendered pixel
-    within ``pinhole_px`` (and the background fill has a depth there), without the whole-frame transform."""
+    within ``pinhole_px`` (and the background fill has a depth there), without the whole-frame transform; and
+    ``hole_rays_near`` (the frame path's, from a dilation) gives the same outputs."""
     rng = np.random.default_rng(0)
     for trial in range(12):
         h, w = rng.integers(5, 40, 2)
@@ -50,6 +51,12 @@ def test_pinholes_are_cv2s_chamfer_distance():
             np.testing.assert_array_equal(pin, (dist.ravel()[idx] <= px) & (f > 0))
             np.testing.assert_array_equal(cast, np.flatnonzero(~pin))
             np.testing.assert_array_equal(rays_cast, rays.reshape(-1, 3)[idx[cast]])
+            # the frame path's pass: the pinhole test from the dilation of the rendered pixels, the same outputs
+            near = hole_kernels.near_rendered(valid, *hole_kernels.chamfer_offsets(px))
+            got = hole_kernels.hole_rays_near(valid, filled, rays, near)
+            for a, b in zip(got, (idx, f, pin, cast, rays_cast)):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
 
 
 def _room(rng, synthesis: bool, indoor: bool):

@@ -295,6 +295,30 @@ def test_render_side_two_splats_and_scratch_zbuffers_match_reference():
     assert not errors, errors[0]
 
 
+def test_render_splat_sides_across_a_slanted_wall_match_reference():
+    # the side-2 splat is told by compares (1 < splat_k / z <= 2) before the other sides: a wall seen at a slant runs
+    # from sides 3-4 near the camera through 2 to 1 far away, and its edges cross the image border; with
+    # ``max_splat_px`` 1 every splat is clipped to one pixel (the side-2 path must not be taken) and with 2 the
+    # nearer ones are clipped to two
+    cam = Intrinsics.from_fov(70.0, 120, 90)
+    for max_splat in (1, 2, 4):
+        cfg = MemoryConfig(voxel_size_m=0.01, max_splat_px=max_splat)
+        sk = splat_k(cfg, cam)
+        mem = SpatialMemory(cfg)
+        c2w = look_at([0.0, 0.0, -1.5 * sk], [0.0, 0.0, 0.0])  # a wall wide enough to reach past z = splat_k
+        rgb, depth = plane_frame(cam, c2w, normal=[0, 0, 1], offset_m=0.0, cell_m=0.03)
+        mem.integrate(rgb, depth, cam, c2w, frame_index=0)
+        mem._reindex()
+        slant = look_at([0.8 * sk, 0.05, -0.3 * sk], [-0.6 * sk, 0.0, 0.0])
+        want = render_reference(mem, cam, slant)
+        sides = np.minimum(np.ceil(sk / want[1][want[2]]), max_splat)
+        assert {1, min(2, max_splat)} <= set(np.unique(sides).tolist())
+        if max_splat == 4:
+            assert (sides == 3).any()
+        for view in (c2w, slant):
+            assert_render_matches(mem, cam, view)
+
+
 def test_culling_drops_blocks_out_of_view():
     # what makes render cost follow the points in view: whole blocks behind / beside the camera are never touched
     rng = np.random.default_rng(13)

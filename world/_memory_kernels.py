@@ -669,7 +669,9 @@ def render_points(
     ``zbuf`` ``[n_chunks, H * W]`` int64 is scratch (its contents are ignored and overwritten): the caller keeps one
     per thread, since a fresh 1.8 MB buffer a frame (640x360) cost more page faults and zeroing than the splats.
     A splat of side 2 (most points of a room at 1-4 m) inside the image is written out, its minima without branches:
-    the same winners as the loop, which took ~a third of the render in loop bounds and mispredicted compares.
+    the same winners as the loop, which took ~a third of the render in loop bounds and mispredicted compares. It is
+    told by two compares before any other case (no ``ceil``, no clip), and a one-pixel splat takes its minimum
+    without a branch too (docs/BENCHMARKS.md, session 33).
     Returns rgb [H, W, 3] uint8, depth [H, W] float32, valid [H, W] bool, ids [H, W] int32.
     """
     n_chunks = zbuf.shape[0]
@@ -681,7 +683,8 @@ def render_points(
     total = cum[n_ranges]
     for c in nb.prange(n_chunks):
         zb = zbuf[c]
-        zb[:] = INT64_MAX
+        for j in range(zb.shape[0]):  # a plain loop: numba lowers a slice assignment of a non-zero value to a
+            zb[j] = INT64_MAX  # generic, slower loop (docs/BENCHMARKS.md, session 33)
         lo = total * c // n_chunks
         hi = total * (c + 1) // n_chunks
         if lo >= hi:
@@ -715,11 +718,22 @@ def render_points(
                 v = fy * yc * inv_z + cy
                 packed = (np.int64(zc * depth_quant) << 32) | i
                 sf = splat_k * inv_z
+                if sf > 1.0 and sf <= 2.0 and max_splat >= 2:
+                    # side 2 (ceil(sf) == 2, most points of a room at 1-4 m): tested first, by compares, its
+                    # half side 0.5 as a constant (the same floats as the general case below)
+                    x0 = np.int64(np.floor(u - 0.5))
+                    y0 = np.int64(np.floor(v - 0.5))
+                    if x0 >= 0 and y0 >= 0 and x0 + 2 <= width and y0 + 2 <= height:
+                        p = y0 * width + x0
+                        zb[p] = min(zb[p], packed)
+                        zb[p + 1] = min(zb[p + 1], packed)
+                        zb[p + width] = min(zb[p + width], packed)
+                        zb[p + width + 1] = min(zb[p + width + 1], packed)
+                        continue
                 if sf <= 1.0:  # the common far case: one pixel, no loops
                     if u >= 0.0 and v >= 0.0 and u < width and v < height:
                         p = np.int64(v) * width + np.int64(u)
-                        if packed < zb[p]:
-                            zb[p] = packed
+                        zb[p] = min(zb[p], packed)
                     continue
                 s = np.int64(np.ceil(sf))
                 if s > max_splat:
@@ -731,13 +745,6 @@ def render_points(
                     continue
                 x0 = np.int64(fu)
                 y0 = np.int64(fv)
-                if s == 2 and x0 >= 0 and y0 >= 0 and x0 + 2 <= width and y0 + 2 <= height:
-                    p = y0 * width + x0
-                    zb[p] = min(zb[p], packed)
-                    zb[p + 1] = min(zb[p + 1], packed)
-                    zb[p + width] = min(zb[p + width], packed)
-                    zb[p + width + 1] = min(zb[p + width + 1], packed)
-                    continue
                 for yy in range(max(y0, 0), min(y0 + s, height)):
                     row = yy * width
                     for xx in range(max(x0, 0), min(x0 + s, width)):

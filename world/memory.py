@@ -569,6 +569,11 @@ class SpatialMemory:
             out = np.empty(index.shape, np.bool_)
         elif out.shape != index.shape or out.dtype != np.bool_ or not out.flags.c_contiguous:
             raise InvalidInputError(f"out must be a C-contiguous bool {index.shape}, got {out.dtype} {out.shape}")
+        # read-only whatever the memory's array is (a frozen view's, a copy's): numba compiles a signature per
+        # flag, and the server's kernel warm-up loads this one; a writable table loaded the kernel on a world's
+        # first clips (tests/test_first_clip_loads.py)
+        table = table.view()
+        table.flags.writeable = False
         K.mark_provenance(index, table, np.uint8(provenance), out)
         return out
 

@@ -59,8 +59,9 @@ def compile_fill_kernels() -> int:
         return a
 
     valid, filled = rng.random((6, 8)) < 0.5, np.ones((6, 8), np.float32)
-    idx, f, _, cast, rays_cast = hole_kernels.hole_rays(
-        read_only(valid), filled, read_only(np.ones((6, 8, 3), np.float32)), *hole_kernels.chamfer_offsets(2.5))
+    idx, f, _, cast, rays_cast = hole_kernels.hole_rays_near(
+        read_only(valid), filled, read_only(np.ones((6, 8, 3), np.float32)),
+        read_only(hole_kernels.near_rendered(valid, *hole_kernels.chamfer_offsets(2.5))))
     eye, t3, i2 = np.eye(3), np.zeros(3), np.zeros((1, 2), np.int64)
     views = (eye[None], t3[None], np.ones((1, 4)), np.ones((1, 2), np.int64), np.array([0, 1], np.int64),
              read_only(np.ones(1, np.float32)))

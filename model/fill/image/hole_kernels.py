@@ -6,9 +6,10 @@ the pinhole distance transform of the whole frame, world points, the near-pose a
 gather and scatter, per plane a boolean mask over all holes, the plane coordinates and the texel indices. Here the
 same per-pixel arithmetic runs in three passes with no temporaries:
 
-1. ``hole_rays``: the hole pixels, their background-fill depth, the pinhole test (a rendered pixel within
-   ``pinhole_px`` in the chamfer metric of ``cv2.distanceTransform(DIST_L2, 3)``: steps 0.955 across, 1.3693
-   diagonally, the numbers OpenCV's 3x3 mask uses) and the rays of the others, which are cast;
+1. ``hole_rays_near`` (``hole_rays`` its plainer twin): the hole pixels, their background-fill depth, the pinhole
+   test (a rendered pixel within ``pinhole_px`` in the chamfer metric of ``cv2.distanceTransform(DIST_L2, 3)``:
+   steps 0.955 across, 1.3693 diagonally, the numbers OpenCV's 3x3 mask uses) and the rays of the others, which
+   are cast;
 2. ``hole_surfaces``: from the cast (``layout_kernels.cast_planes``) to world points, the free space around the
    poses (brute force over the few poses near each plane instead of a KD-tree) and against the observed views;
 3. ``hole_depth_texels``: the output depth (the fill's own points obey free space too) and, per plane, the texel
@@ -144,6 +145,56 @@ def hole_rays(valid, filled, rays, off_dy, off_dx):  # pragma: no cover - compil
                 c += 1
             m += 1
     return hole_idx, f, pinhole, cast[:c], rays_cast[:c]
+
+
+@nb.njit(cache=True, nogil=True)
+def hole_rays_near(valid, filled, rays, near):  # pragma: no cover - compiled
+    """``hole_rays`` with the pinhole test read from ``near`` [H, W] uint8, nonzero within the offsets of a rendered
+    pixel (``valid`` dilated by the offsets' disc, ``near_rendered``): the same outputs. A hole inside a large one
+    looked at every offset (~20 at ``pinhole_px`` 2.5) before it was cast; the dilation (OpenCV's, vectorised) and
+    one read a pixel cost less (docs/BENCHMARKS.md, session 33)."""
+    h, w = valid.shape
+    n_valid = 0
+    for y in range(h):
+        for x in range(w):
+            n_valid += np.int64(valid[y, x])
+    n = h * w - n_valid
+    hole_idx = np.empty(n, np.int64)
+    f = np.empty(n, np.float32)
+    pinhole = np.zeros(n, np.bool_)
+    cast = np.empty(n, np.int64)
+    rays_cast = np.empty((n, 3), np.float32)
+    m = 0
+    c = 0
+    for y in range(h):
+        for x in range(w):
+            if valid[y, x]:
+                continue
+            fv = filled[y, x]
+            hole_idx[m] = y * w + x
+            f[m] = fv
+            p = fv > 0 and near[y, x] != 0
+            pinhole[m] = p
+            if not p:
+                cast[c] = m
+                for j in range(3):
+                    rays_cast[c, j] = rays[y, x, j]
+                c += 1
+            m += 1
+    return hole_idx, f, pinhole, cast[:c], rays_cast[:c]
+
+
+def near_rendered(valid: np.ndarray, off_dy: np.ndarray, off_dx: np.ndarray) -> np.ndarray:
+    """``[H, W]`` uint8, nonzero where a rendered pixel (``valid`` [H, W] bool) lies at one of the offsets (or is the
+    pixel itself): ``hole_rays_near``'s ``near``. A dilation by the offsets' disc; outside the image counts as not
+    rendered (OpenCV's default border for a dilation), as ``hole_rays``' bounds test."""
+    import cv2
+
+    r = int(max(np.abs(off_dy).max(initial=0), np.abs(off_dx).max(initial=0)))
+    disc = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
+    disc[r, r] = 1
+    disc[off_dy + r, off_dx + r] = 1
+    return cv2.dilate(np.ascontiguousarray(valid).view(np.uint8), disc)
 
 
 @nb.njit(cache=True, nogil=True)
