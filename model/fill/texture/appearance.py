@@ -525,8 +525,8 @@ def _attach_synthesis(tex: PlaneTexture, acc: np.ndarray, cnt: np.ndarray, lo: n
         try:
             model = TextureModel.fit(rgb, valid & ~foreign, texel_m)
             log.debug("texture objects left out", share=round(float((foreign & valid).sum() / valid.sum()), 3))
-        except InvalidInputError:
-            pass  # too little material left for a model of its own: the whole exemplar's
+        except InvalidInputError:  # too little material left for a model of its own: the whole exemplar's
+            log.debug("texture objects kept: too little material without them")
     if model is None:
         try:
             model = TextureModel.fit(rgb, valid, texel_m)
