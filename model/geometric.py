@@ -838,6 +838,9 @@ def _fill_in_front(use: np.ndarray, pinhole: np.ndarray, ld: np.ndarray, f: np.n
     return ~use & ~pinhole & (ld > 0) & (f > 0) & (f < np.float32(1.0 - cfg.layout_front_rel) * ld)
 
 
+TONE_BLOCK_PX = 4  # _match_pinhole_tone's block side
+
+
 def _match_pinhole_tone(
     rgb: np.ndarray,  # [H, W, 3] uint8, the frame (C-contiguous), modified in place
     valid: np.ndarray,  # [H, W] bool, the pixels the memory rendered
@@ -864,9 +867,6 @@ def _match_pinhole_tone(
         raise ValueError("rgb must be C-contiguous: the tone match writes into it")
     hole_kernels.match_pinhole_tone(rgb, _read_only(valid), _read_only(np.asarray(pinholes, np.int64)), TONE_BLOCK_PX,
                                     -(-radius_px // TONE_BLOCK_PX))
-
-
-TONE_BLOCK_PX = 4  # _match_pinhole_tone's block side
 
 
 def _match_pinhole_tone_reference(rgb: np.ndarray, valid: np.ndarray, pinholes: np.ndarray, radius_px: int) -> None:

@@ -850,7 +850,7 @@ class TextureModel:
         r0, c0 = self._probe_origin()
         rows = np.repeat(np.arange(r0, r0 + h, dtype=np.int64), w)
         cols = np.tile(np.arange(c0, c0 + w, dtype=np.int64), h)
-        self._far_offset = np.zeros(3, np.float32)
+        self._far_offset = np.zeros(3, np.float32)  # the far field as it stands without one (the caller sets it)
         far = self._far_float(rows, cols, FAR_LEVEL, CONTRAST_PROBE_SEED)
         return (probe.reshape(-1, 3).astype(np.float64).mean(0) - far.astype(np.float64).mean(0)).astype(np.float32)
 
