@@ -110,13 +110,16 @@ class _LocalBackend:
         if "world" in options:
             world = options["world"]
         elif "image" in options:
+            from spatia.model.fill.geometry.photo import photo_depth_estimator
             from spatia.world.images import load_depth, load_rgb
 
             rgb = options["image"] if isinstance(options["image"], np.ndarray) else load_rgb(options["image"])
             depth = options.get("depth")
             if depth is not None and not isinstance(depth, np.ndarray):
                 depth = load_depth(depth)
-            world = World.from_image(rgb, depth_m=depth, prompt=prompt)
+            # no depth: the photo path every other way in takes (a server's CreateWorld, ``spatia demo --image``)
+            estimator = photo_depth_estimator() if depth is None else None
+            world = World.from_image(rgb, depth_m=depth, depth_estimator=estimator, prompt=prompt)
         else:
             world = World.from_scene(options.get("scene", "room"), seed, width, height, fov_deg=fov_deg, prompt=prompt)
         # One frame per step: a clip of one new frame continuing from one preceding frame (the Play loop's rule).

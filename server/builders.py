@@ -83,7 +83,7 @@ def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -
     """The world and, for an official case, its trajectory [N, 4, 4] c2w re-based on the world frame. Built once
     the server has loaded its numba kernels (``server.host.wait_for_kernel_load``: only in its first seconds):
     else the new world's first clips waited for that load, or loaded the kernels themselves."""
-    from spatia.model.fill.geometry.photo import PhotoLayoutDepth
+    from spatia.model.fill.geometry.photo import photo_depth_estimator
     from spatia.server.host import wait_for_kernel_load
     from spatia.world.images import load_depth, load_mask, load_rgb
 
@@ -105,7 +105,7 @@ def build_world(request: pb.CreateWorldRequest, world_id: str, limits: Limits) -
             raise InvalidInputError(f"image.intrinsics are for {K.width}x{K.height} but the image is {w}x{h}")
         depth = _decoded(load_depth, s.depth, (w, h), name="image.depth") if s.depth else None
         dynamic = _decoded(load_mask, s.dynamic_mask, (w, h), name="image.dynamic_mask") if s.dynamic_mask else None
-        estimator = PhotoLayoutDepth() if depth is None else None  # layout from the photo's own lines (issue 10)
+        estimator = photo_depth_estimator() if depth is None else None
         return World.from_image(rgb, K, depth_m=depth, depth_estimator=estimator, dynamic=dynamic, source="image",
                                 **common), None
     if kind == "point_cloud":
@@ -143,7 +143,7 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
         raise InvalidInputError("official_case.intrinsics is required")
     if not case.trajectory.w2c:
         raise InvalidInputError("official_case.trajectory has no w2c poses")
-    from spatia.model.fill.geometry.photo import PhotoLayoutDepth
+    from spatia.model.fill.geometry.photo import photo_depth_estimator
 
     w2c = trajectory_from_proto(pb.Trajectory(poses=case.trajectory.w2c), "official_case.trajectory.w2c", limits)
     n = case.intrinsics
@@ -165,7 +165,7 @@ def world_from_case(case: pb.CaseSource, limits: Limits, world_id: str, prompt: 
         height = int(round(probe.shape[0] * width / probe.shape[1]))
         check_pixels(width, height, limits, "official_case image")
         try:
-            world, c2w = World.from_case(d, depth_estimator=PhotoLayoutDepth(), width=case.width or None,
+            world, c2w = World.from_case(d, depth_estimator=photo_depth_estimator(), width=case.width or None,
                                          world_id=world_id)
         except (InvalidInputError, NotFoundError) as exc:  # the message must not show the temp dir
             raise invalid("official_case", "official_case: " + _REPR.sub("the bytes", str(exc)).replace(

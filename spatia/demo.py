@@ -48,15 +48,12 @@ DEMO_CLIP = ClipConfig(first_clip_frames=33, clip_frames=41, preceding_frames=9)
 def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
     """The world, the camera path to fly and whether that path is a closed loop."""
     if opts.case is not None:
-        from spatia.world.depth import TransformersDepth
+        from spatia.model.fill.geometry.photo import photo_depth_estimator
 
-        from spatia.model.fill.geometry.photo import PhotoLayoutDepth
-
-        estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()
-        world, c2w = World.from_case(opts.case, depth_estimator=estimator, width=opts.width)
+        world, c2w = World.from_case(opts.case, depth_estimator=photo_depth_estimator(opts.depth_model),
+                                     width=opts.width)
         return world, c2w, False
     if opts.image is not None:
-        from spatia.world.depth import TransformersDepth, UserDepth
         from spatia.world.images import load_depth, load_rgb, resize_depth, resize_rgb
 
         rgb = load_rgb(opts.image)
@@ -68,11 +65,10 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
         if depth is not None:
             world = World.from_image(rgb, depth_m=depth, source=f"image:{opts.image.name}")
         else:
-            from spatia.model.fill.geometry.photo import PhotoLayoutDepth
+            from spatia.model.fill.geometry.photo import photo_depth_estimator
 
-            # no depth, no model: the layout measured from the photo's lines (planar prior when unsure)
-            estimator = TransformersDepth(opts.depth_model) if opts.depth_model else PhotoLayoutDepth()
-            world = World.from_image(rgb, depth_estimator=estimator, source=f"image:{opts.image.name}")
+            world = World.from_image(rgb, depth_estimator=photo_depth_estimator(opts.depth_model),
+                                     source=f"image:{opts.image.name}")
         return world, out_and_back_path(world.origin_c2w, opts.frames), True
     from spatia.world.scenes import make_scene
 

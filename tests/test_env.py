@@ -217,6 +217,27 @@ def test_reset_from_image_in_process_and_remote(server):
         env.close()
 
 
+def test_a_photo_without_depth_makes_the_same_world_in_process_and_on_a_server(server):
+    """A plain photo (no depth, no intrinsics) takes the photo layout path (model.fill.geometry.photo) in both
+    backends, as ``spatia demo --image`` and CreateWorld do: the same memory and the same first frame."""
+    from spatia.world.camera import Intrinsics
+    from spatia.world.scenes import make_scene
+
+    scene = make_scene("house", 0)
+    pitch = np.eye(4)
+    pitch[1:3, 1:3] = [[np.cos(0.26), np.sin(0.26)], [-np.sin(0.26), np.cos(0.26)]]  # 15 deg down: lines to measure
+    rgb, _ = scene.render(Intrinsics.from_fov(75.0, 320, 180), scene.start_pose() @ pitch)
+    seen = []
+    for kw in ({}, {"server": server.target}):
+        env = SpatiaWorldEnv(width=320, height=180, observation="dict", **kw)
+        obs, info = env.reset(seed=0, options={"image": rgb})
+        seen.append((info["memory_points"], obs["depth_m"]))
+        env.close()
+    (n_local, depth_local), (n_remote, depth_remote) = seen
+    assert n_local == n_remote
+    np.testing.assert_allclose(depth_local, depth_remote, rtol=1e-3, atol=1e-3)
+
+
 def test_vector_env_three_worlds_one_channel(server):
     with WorldClient(server.target) as shared:
         venv = make_vector_env(3, client=shared, max_episode_steps=2, **SMALL)

@@ -604,9 +604,9 @@ def prepare_item(item: NovelItem, width: int, height: int, frames: int = DEMO_FR
         if item.variant == "photo":
             def build():  # a plain image: no depth, no intrinsics (the photo path guesses both, as
                 # `spatia demo --image` and CreateWorld from an image do: the photo layout estimator)
-                from spatia.model.fill.geometry.photo import PhotoLayoutDepth
+                from spatia.model.fill.geometry.photo import photo_depth_estimator
 
-                return World.from_image(rgb0.copy(), depth_estimator=PhotoLayoutDepth(), source=source)
+                return World.from_image(rgb0.copy(), depth_estimator=photo_depth_estimator(), source=source)
         else:
             def build():
                 return World.from_rgbd(rgb0.copy(), depth0.copy(), K, None, source=source)

@@ -1252,6 +1252,18 @@ class PhotoLayoutDepth:
                              intrinsics=layout.intrinsics, layout=layout_prior(layout))
 
 
+def photo_depth_estimator(depth_model_dir: str | None = None):
+    """The depth estimator of every way to make a world from a plain photo (``spatia demo --image`` / ``--case``,
+    CreateWorld from an image or an official case, the in-process Gymnasium env), so that one photo makes one
+    world whichever way it came in: a local depth model's directory when given, else the layout measured from the
+    photo's own lines (``PhotoLayoutDepth``: the planar prior when unsure)."""
+    if depth_model_dir:
+        from spatia.world.depth import TransformersDepth
+
+        return TransformersDepth(depth_model_dir)
+    return PhotoLayoutDepth()
+
+
 def layout_prior(layout: PhotoLayout) -> LayoutPrior:
     """The photo layout as the world records it (``world.depth.LayoutPrior``, camera frame of the photo)."""
     up = layout.up_cam / np.linalg.norm(layout.up_cam)
