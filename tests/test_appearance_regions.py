@@ -172,7 +172,32 @@ def _cloudy_view(w: int = 160, h: int = 90, fov_deg: float = 75.0):
     rgb += elev[..., None] * np.array([1.0, 1.0, 0.5])
     clouds = (np.mod(az, 3.0) < 1.2) & (np.mod(elev, 2.0) < 0.8)
     rgb[clouds] += 60.0
-    return np.clip(rgb, 0, 255).astype(np.uint8), np.zeros((h, w), np.float32), rays, np.eye(4)
+    far = np.full((h, w), 1000.0, np.float32)  # the sky's depth as a world holds it: far (a dome, a photo's 100 m)
+    return np.clip(rgb, 0, 255).astype(np.uint8), far, rays, np.eye(4)
+
+
+def test_pixels_without_depth_below_the_horizon_are_no_sky():
+    """A dynamic entity is kept out of the memory, and the first view's depth is 0 there: that is no sky (official
+    case 3's grazing cow gave its sky the cow's colours), unless it is above the horizon and open to the sky (the
+    top row, or far pixels)."""
+    from spatia.model.fill.texture.appearance import sky_model
+
+    rgb, depth, rays, c2w = _cloudy_view()
+    up = np.array([0.0, -1.0, 0.0])
+    h, w = depth.shape
+    depth[h // 2 + 2:] = 8.0  # ground below the horizon
+    brown = np.array([120, 60, 20], np.uint8)
+    rgb[h // 2 + 10: h - 5, 20: 80] = brown  # a cow below the horizon, masked out: no depth
+    depth[h // 2 + 10: h - 5, 20: 80] = 0.0
+    sky = sky_model(up, rgb, depth, rays, c2w)
+    assert sky is not None
+    assert np.abs(sky.colours.astype(int) - brown).sum(axis=1).min() > 100  # no band took the cow's colour
+    depth[: h // 2 + 2] = 8.0  # no sky in view at all: the cow alone makes none
+    assert sky_model(up, rgb, depth, rays, c2w) is None
+    rgb[10:30, 20:80], depth[10:30, 20:80] = brown, 0.0  # ... nor does one against a hillside above the horizon
+    assert sky_model(up, rgb, depth, rays, c2w) is None
+    depth[:30, 20:80] = 0.0  # a region without depth that reaches the top row is sky (a depth sensor's)
+    assert sky_model(up, rgb, depth, rays, c2w) is not None
 
 
 def test_the_sky_continues_the_observed_clouds_around_the_horizon():

@@ -737,8 +737,26 @@ def sky_pixels(depth_m: np.ndarray, config: AppearanceConfig = AppearanceConfig(
 def sky_model(up: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray, rays_cam: np.ndarray, c2w: np.ndarray,
               config: AppearanceConfig = AppearanceConfig()) -> SkyModel | None:
     """The sky of an observed view (``rgb`` [H, W, 3], ``depth_m`` [H, W], its rays [H, W, 3] camera frame and
-    pose), or None when it shows no sky."""
+    pose), or None when it shows no sky. Pixels without depth are sky only above the horizon and in a region that
+    reaches the image's top row or meets far pixels (``sky_min_depth_m``): else they are a dynamic entity kept out
+    of the memory (its history depth is 0: official case 3's grazing cow, standing against a hillside above the
+    horizon, gave its sky the cow's colours) or a sensor's hole. Far pixels below the horizon are the far ground the
+    sky's lowest bands continue."""
     sky = sky_pixels(depth_m, config)
+    no_depth = sky & (depth_m <= 0)
+    if no_depth.any():
+        rise = np.zeros(depth_m.shape)  # [H, W] the ray's component along up (world frame), where no depth
+        rise[no_depth] = (rays_cam[no_depth] @ c2w[:3, :3].T) @ np.asarray(up, np.float64)
+        candidate = no_depth & (rise >= 0.0)
+        labels, count = ndimage.label(candidate)
+        if count:
+            far = ndimage.binary_dilation(sky & ~no_depth)  # far pixels and their neighbours
+            open_to_sky = np.zeros(count + 1, bool)
+            open_to_sky[np.unique(labels[0])] = True
+            open_to_sky[np.unique(labels[far])] = True
+            open_to_sky[0] = False
+            candidate = open_to_sky[labels]
+        sky &= ~no_depth | candidate
     if sky.sum() < 64:
         return None
     dirs = rays_cam[sky] @ c2w[:3, :3].T
