@@ -704,8 +704,19 @@ def _load_frame_kernels() -> threading.Thread:
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
-    from spatia.model.fill.geometry.layout import close_unseen_ceiling, estimate_layout, raise_open_tops
-    from spatia.model.fill.texture.appearance import AppearanceConfig, PlaneTextures, sky_model, sky_pixels
+    from spatia.model.fill.geometry.layout import (
+        close_unseen_ceiling,
+        estimate_layout,
+        raise_open_tops,
+        rises_above_a_room,
+    )
+    from spatia.model.fill.texture.appearance import (
+        AppearanceConfig,
+        PlaneTextures,
+        sky_model,
+        sky_pixels,
+        unseen_sky,
+    )
 
     layout = estimate_layout(inputs.points, inputs.observer, inputs.up, inputs.forward, prior=inputs.layout_prior)
     sky = None
@@ -713,7 +724,11 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     appearance = AppearanceConfig()
     if first is not None and not layout.indoor:
         sky = sky_model(layout.up, first.rgb, first.depth_m, _rays(first.intrinsics), first.c2w, appearance)
-        if sky is None:
+        if sky is None and rises_above_a_room(layout):
+            # no sky seen, but what was seen rises higher than a room: outdoors, the sky out of view
+            sky = unseen_sky(layout.up, appearance)
+            log.info("sky out of view", note="outdoors (the view rises above a room): an overcast sky is assumed")
+        elif sky is None:
             # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
             # walls are not capped and unseen ones are closed as indoors
             layout.indoor = True
@@ -1088,7 +1103,7 @@ def _free_space_violation(
     bad = np.zeros(len(points), bool)
     for v in views:
         if v.depth_m is not None:
-            seen_through(points, v.c2w, v.intrinsics, v.depth_m, rel, out=bad)
+            seen_through(points, v.c2w, v.intrinsics, _known_depth(v.depth_m), rel, out=bad)
     return bad
 
 
@@ -1155,11 +1170,20 @@ class _HoleRays:
         return self.rays_flat[self.hole_idx[sel]]
 
 
+def _known_depth(depth_m: np.ndarray) -> np.ndarray:
+    """``[H, W]`` float32: an observed view's history depth (0 = unknown: a dynamic entity kept out of the memory,
+    a sensor's hole) with NaN where unknown, which the free-space tests (``seen_through``, ``hole_kernels``) read
+    as no evidence either way. Read as 0, "nothing came back", an unknown pixel freed its whole ray: official case
+    3's masked cow kept the layout's backdrop out of its silhouette, which then showed the sky."""
+    depth = np.ascontiguousarray(depth_m, np.float32)
+    return np.where(depth > 0, depth, np.float32(np.nan)) if (depth <= 0).any() else depth
+
+
 def _packed_views(views: list[ReferenceFrame]) -> tuple:
     """The observed views with depth as ``hole_kernels``' arrays: R [V, 3, 3], t [V, 3], (fx, fy, cx, cy) [V, 4],
     (H, W) [V, 2], offsets [V + 1] and the depths one after another (float32; no copy for a single view)."""
     views = [v for v in views if v.depth_m is not None]
-    depths = [np.ascontiguousarray(v.depth_m, np.float32).reshape(-1) for v in views]
+    depths = [_known_depth(v.depth_m).reshape(-1) for v in views]
     flat = depths[0] if len(depths) == 1 else (np.concatenate(depths) if depths else np.zeros(1, np.float32))
     return (np.array([v.c2w[:3, :3] for v in views], np.float64).reshape(-1, 3, 3),
             np.array([v.c2w[:3, 3] for v in views], np.float64).reshape(-1, 3),

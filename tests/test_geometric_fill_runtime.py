@@ -176,10 +176,16 @@ def test_free_space_kernels_match_their_references():
     view = look_at(np.zeros(3), np.array([0.0, 0.0, 1.0]))
     depth = rng.uniform(0.5, 6.0, (36, 64)).astype(np.float32)
     depth[:5] = 0.0  # sky rows: everything in front is free
+    depth[20:30, 10:40] = np.nan  # unknown (a dynamic entity's pixels): no evidence either way
     got = seen_through(pts, view, K, depth, 0.03)
     want = seen_through_reference(pts, view, K, depth, 0.03)
     assert got.any() and not got.all()
     np.testing.assert_array_equal(got, want)
+    pc = (pts - view[:3, 3]) @ view[:3, :3]  # which points fall on the unknown pixels: none is in free space
+    u = np.floor(K.fx * pc[:, 0] / pc[:, 2] + K.cx)
+    v = np.floor(K.fy * pc[:, 1] / pc[:, 2] + K.cy)
+    unknown = (pc[:, 2] > 0) & (u >= 10) & (u < 40) & (v >= 20) & (v < 30)
+    assert unknown.sum() > 5 and not got[unknown].any()
 
 
 def test_warmed_tiles_are_the_tiles_a_frame_would_make():

@@ -32,7 +32,7 @@ def _seen_through_kernel(points, R, t, fx, fy, cx, cy, depth, rel, margin, out):
         if u < 0 or u >= w or v < 0 or v >= h:
             continue
         seen = depth[int(v), int(u)]
-        # depth 0 = nothing came back (sky): all of that ray is free space
+        # depth 0 = nothing came back (sky): all of that ray is free space; NaN = unknown: no evidence
         if seen <= 0.0 or z < seen * (1.0 - rel) - margin:
             out[i] = True
 
@@ -41,14 +41,15 @@ def seen_through(
     points: np.ndarray,  # [M, 3] world frame
     view_c2w: np.ndarray,  # [4, 4] the view's pose
     intrinsics: Intrinsics,
-    view_depth_m: np.ndarray,  # [H, W] float32 the view's z-depth, 0 = nothing came back
+    view_depth_m: np.ndarray,  # [H, W] float32 the view's z-depth, 0 = nothing came back, NaN = unknown
     rel: float,
     out: np.ndarray | None = None,  # [M] bool to OR into
     margin_m: float = SEEN_THROUGH_MARGIN_M,
 ) -> np.ndarray:
     """``[M]`` bool: True where a point lies in front of what the view saw along its line of sight (more than
     ``rel`` of that depth + ``margin_m`` nearer), i.e. in space the view saw through. A depth of 0 counts as
-    nothing seen (all of that ray is free): callers whose 0 means "unknown" pass only points where it is not."""
+    nothing seen (all of that ray is free); a NaN depth as unknown (no point on that ray is in free space):
+    callers whose 0 means "unknown" pass NaN there."""
     if out is None:
         out = np.zeros(len(points), bool)
     K = intrinsics
@@ -71,7 +72,8 @@ def seen_through_reference(points: np.ndarray, view_c2w: np.ndarray, intrinsics:
     bad = np.zeros(len(points), bool)
     idx = np.flatnonzero(inside)
     seen = view_depth_m[v[idx].astype(np.int64), u[idx].astype(np.int64)]
-    bad[idx] = np.where(seen > 0, z[idx] < seen * (1.0 - rel) - margin_m, True)
+    with np.errstate(invalid="ignore"):
+        bad[idx] = (seen <= 0) | (z[idx] < seen * (1.0 - rel) - margin_m)  # NaN (unknown) is neither
     return bad
 
 

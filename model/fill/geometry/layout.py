@@ -27,7 +27,9 @@ observed plane bounds a direction it is closed by this rule (documented in the m
   that moves as the path grows: what the memory invented on an earlier guess is not shown once it stands in
   front of the current one (``stale_closing_pixels``);
 - indoors, 4: a space with no ceiling and no sky in its first view (a camera pitched down in a room: the
-  generator makes it indoors) has a ceiling ``unseen_ceiling_height_m`` above its floor (``close_unseen_ceiling``);
+  generator makes it indoors) has a ceiling ``unseen_ceiling_height_m`` above its floor (``close_unseen_ceiling``),
+  unless what the view saw rises higher than a room (``rises_above_a_room``): then it is outdoors, under a sky
+  nothing observed (``appearance.unseen_sky``);
 - outdoors (no ceiling) the ground continues (up to ``max_ground_m``), observed facades continue as planes up to
   their observed height, and everything else is sky, with one closing rule: beside the first camera, a side of
   the square nothing observed has a facade as far from the camera as the one seen on its other side, as high
@@ -149,6 +151,10 @@ class LayoutConfig:
     # of the novel ones, at depth AbsRel 0.38, a quarter of the item's)
     unseen_ceiling_height_m: float = 2.7
     unseen_ceiling_margin_m: float = 0.05  # ... and at least this above every observed point
+    # ... unless what it saw rises more than this above the floor: no room is that high without walls or a ceiling
+    # in view, so the space is outdoors with its sky out of view (official case 3: a meadow under a wooded
+    # hillside seen 9-11 m above the floor was a closed room with a meadow-green ceiling at 9.5 m)
+    max_room_height_m: float = 6.0
     # a closing wall (rule 3 and the others) is a guess that moves out as the path grows, but what the memory
     # invented on an earlier guess stayed there: room@turned (its left wall unseen) kept a wall 2 m inside the
     # room from the first clips on. Memory points beyond every observed point in the direction of a closing wall
@@ -502,6 +508,14 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
     return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
                   observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent,
                   observer_forward=np.asarray(forward, np.float64).copy())
+
+
+def rises_above_a_room(layout: Layout) -> bool:
+    """Whether the observed points rise more than ``max_room_height_m`` above the floor (none: False)."""
+    floor = layout.floor()
+    if floor is None or layout.observed_extent_m is None:
+        return False
+    return float(layout.observed_extent_m[0, 1]) - floor.offset_m > layout.config.max_room_height_m
 
 
 def close_unseen_ceiling(layout: Layout) -> Plane | None:

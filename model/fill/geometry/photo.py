@@ -64,6 +64,7 @@ class PhotoLayoutConfig:
     max_fov_deg: float = 110.0
     max_depth_m: float = 80.0  # ground seen close to the horizon is capped here
     max_depth_no_sky_m: float = 25.0  # the cap when no sky is seen (interiors; ground seen from above)
+    min_backdrop_share: float = 0.05  # of the photo's pixels, on columns at that cap: they become a wall there
     min_depth_m: float = 0.3
     sky_depth_m: float = 100.0  # depth given to sky pixels (the memory needs something; the fill owns the sky)
     work_width_px: int = 640  # analysis resolution (the depth is computed at full resolution)
@@ -810,6 +811,28 @@ def _fit_walls(
     return walls
 
 
+def _seen_past_columns(
+    foot_xz: np.ndarray,  # [C, 2] level-frame floor contact (x, z) per column, metres
+    contact: np.ndarray,  # [C] bool columns with a wall-foot contact
+    wall: tuple[np.ndarray, float, np.ndarray],
+) -> int:
+    """How many columns saw the floor beyond where the wall would stand, nearer than any contact of the wall's own:
+    a wall plane there would have hidden what they saw. A real wall is seen from its near end on (or ends
+    there, and then no column sees past it nearer than its seen part); official case 3's meadow boundary 18-23 m
+    away lined up into a "side wall" 1.9 m beside the camera that 72 columns saw past, against its 15. Columns
+    past its far end are no evidence against it (walls end; doorways open)."""
+    n, o, cols = wall
+    n = n if o > 0 else -n
+    z = foot_xz[:, 1]
+    x_over_z = foot_xz[:, 0] / z
+    denom = n[0] * x_over_z + n[1]  # n . (x/z, 1): the column's ray meets the wall's foot at z = |o| / denom
+    z_cross = np.full(len(z), np.inf)
+    np.divide(abs(o), denom, out=z_cross, where=denom > 1e-3)
+    nearest = float(z[cols].min())
+    past = contact & ~cols & (z > 1.04 * z_cross + 0.05) & (z_cross < 0.96 * nearest - 0.05)
+    return int(past.sum())
+
+
 def _wall_length_m(foot_xz: np.ndarray, wall: tuple[np.ndarray, float, np.ndarray]) -> float:
     """Extent (metres) of a wall's contact columns along the wall (perpendicular to its normal)."""
     n, _, cols = wall
@@ -1056,7 +1079,8 @@ def estimate_layout(
         debug.update(sky_rect=sky_d, rise_m=rise_m, horizon_contact=horizon_contact, foot=foot, contact=contact)
     walls = _fit_walls(foot, contact & ~horizon_contact & (z_c < 0.5 * config.max_depth_m), axes_xz,
                        min_run=max(4, Cd // 25))
-    walls = [wl for wl in walls if _wall_length_m(foot, wl) >= config.min_wall_length_m]
+    walls = [wl for wl in walls if _wall_length_m(foot, wl) >= config.min_wall_length_m
+             and _seen_past_columns(foot, contact & ~horizon_contact, wl) <= wl[2].sum()]
     if sky.any():
         walls = _edge_facades(foot, contact & ~horizon_contact, sky_above, walls, axes_xz, config)
     if debug is not None:
@@ -1091,6 +1115,20 @@ def estimate_layout(
         # an opening (the next room through a doorway), and capping it would paint the doorway shut.
         cap = np.isfinite(exit_z) & contact & (wall_of_col < 0)
         z_wall = np.where(cap, np.minimum(z_wall, exit_z), z_wall)
+
+    # No sky in view: nothing stands farther than ``max_depth_no_sky_m``. Columns whose surface lies beyond it show
+    # a backdrop (a wooded hillside, the far end of a hall) on one level plane at that distance facing the camera:
+    # a wall of the layout that the fill continues and rays through the photo's holes meet (official case 3: the
+    # meadow's treeline), where a cap on the camera's z-depth put them on a tilted plane no Manhattan wall holds.
+    backdrop_cols = np.zeros(Cd, bool)
+    backdrop_n = None
+    if not sky.any() and axes_xz:
+        backdrop_n = max(axes_xz, key=lambda n: n[1])  # the Manhattan direction nearest the camera's forward
+        denom = backdrop_n[0] * xc + backdrop_n[1]
+        z_back = np.full(Cd, np.inf)
+        np.divide(config.max_depth_no_sky_m, denom, out=z_back, where=denom > 1e-3)
+        backdrop_cols = (z_wall >= z_back) & (wall_of_col < 0)
+        z_wall = np.where(backdrop_cols, z_back, z_wall)
 
     # --- ceiling (interiors): the same boundary search from the top, above the horizon
     ceiling_h_m, t_row = None, None
@@ -1143,7 +1181,8 @@ def estimate_layout(
     depth = t  # camera-frame rays have z = 1, so the ray parameter is the z-depth
     # no sky in view: an interior, or the ground seen from above; nothing there is 80 m away
     far_m = config.max_depth_m if sky.any() else config.max_depth_no_sky_m
-    depth = np.clip(depth, config.min_depth_m, far_m)
+    on_backdrop = backdrop_cols[col] & ~floor & ~ceiling
+    depth = np.where(on_backdrop, depth, np.clip(depth, config.min_depth_m, far_m))
     depth = np.where(sky_full, config.sky_depth_m, depth).astype(np.float32)
     vertical = ~floor & ~sky_full & ~ceiling
 
@@ -1159,6 +1198,10 @@ def estimate_layout(
             # bottom): it explains nothing the photo shows (courtyard@photo: a "wall" 36 m ahead)
             continue
         planes.append(LayoutPlane("wall", n_cam, abs(float(o)), pixels, open_top))
+    backdrop_px = int((vertical & backdrop_cols[col]).sum())
+    if backdrop_n is not None and backdrop_px >= config.min_backdrop_share * H * W:
+        n_cam = R.T @ np.array([backdrop_n[0], 0.0, backdrop_n[1]])
+        planes.append(LayoutPlane("wall", n_cam, config.max_depth_no_sky_m, backdrop_px, open_top=True))
     if ceiling_h_m is not None:
         planes.append(LayoutPlane("ceiling", up.copy(), ceiling_h_m, int(ceiling.sum())))
 

@@ -72,6 +72,11 @@ class AppearanceConfig:
     # the bands alone drew a smooth gradient where the sky showed clouds (docs/BENCHMARKS.md, session 18)
     sky_detail: bool = True
     sky_min_texel_deg: float = 0.05  # the detail grid's cell, at least (the view's pixel angle otherwise)
+    # the sky of an outdoor view that showed none (``unseen_sky``): a plain overcast gradient, light at the
+    # horizon and a little bluer overhead. Nothing of the scene: a guess that reads as sky, where the colour fill
+    # smeared whatever stood at the view's edge across it
+    unseen_sky_horizon_rgb: tuple[int, int, int] = (206, 212, 218)
+    unseen_sky_zenith_rgb: tuple[int, int, int] = (150, 172, 202)
     synthesis: bool = True  # continue textures with model.fill.texture.synthesis when it is installed (else mirror repeat)
     synthesis_window_texels: int = 256
     # distance regions (``_far_region``): where the observed samples of a plane of these kinds change look at some
@@ -667,7 +672,37 @@ class PlaneTextures:
                 own = self._get_own(p.plane_id)
                 if own is not None:
                     return own
-        return None
+        return self._backdrop() if plane.kind == WALL else None
+
+    def _backdrop(self) -> PlaneTexture | None:
+        """The look of a wall when no observed wall has one: the observed points off every floor and ceiling
+        (what stands round the observer: a treeline, a hillside, rocks, clutter no plane explains), unrolled on a
+        cylinder round the observer (u: azimuth times their median horizontal distance, v: height) and fitted as
+        one exemplar. Official case 3's meadow has no wall plane, and its closing walls were one flat colour."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(-1, threading.Lock())
+        with lock:
+            if -1 not in self._own:
+                self._own[-1] = self._fit_backdrop()
+            return self._own[-1]
+
+    def _fit_backdrop(self) -> PlaneTexture | None:
+        layout = self.layout
+        if layout.observer is None or not len(self._points):
+            return None
+        off = np.ones(len(self._points), bool)
+        for p in layout.planes:
+            if p.kind in (FLOOR, CEILING) and not p.derived and p.plane_id >= 0:
+                off &= np.abs(self._axis_heights(p.axis) - p.offset_m) > self.config.plane_tol_m
+        if off.sum() < self.config.coarse_min_points:
+            return None
+        up, a, b = layout.axes[0], layout.axes[1], layout.axes[2]
+        rel = self._points[off] - np.asarray(layout.observer, np.float64)  # [M, 3] world frame
+        height_m = rel @ up
+        x_m, y_m = rel @ a, rel @ b
+        radius_m = float(np.median(np.hypot(x_m, y_m)))
+        uv = np.stack([np.arctan2(y_m, x_m) * radius_m, height_m], axis=1)
+        return _own_exemplar(uv, self._colors[off].astype(np.float32), self.config, seed=999983)
 
 
 @dataclass
@@ -776,6 +811,18 @@ def sky_model(up: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray, rays_cam: np
     if config.sky_detail:
         _add_sky_detail(model, rgb[sky], dirs, elev, rays_cam, config)
     return model
+
+
+def unseen_sky(up: np.ndarray, config: AppearanceConfig = AppearanceConfig()) -> SkyModel:
+    """The sky of an outdoor space whose views showed none: bands from ``unseen_sky_horizon_rgb`` at and below the
+    horizon to ``unseen_sky_zenith_rgb`` straight up (linear in the sine of the elevation), no detail."""
+    nb = int(round(180.0 / config.sky_band_deg))
+    elev = -90.0 + (np.arange(nb) + 0.5) * config.sky_band_deg  # [B] band centres, degrees
+    t = np.clip(np.sin(np.radians(elev)), 0.0, 1.0)[:, None]
+    horizon = np.asarray(config.unseen_sky_horizon_rgb, np.float64)
+    zenith = np.asarray(config.unseen_sky_zenith_rgb, np.float64)
+    colours = np.clip(np.rint(horizon + t * (zenith - horizon)), 0, 255).astype(np.uint8)
+    return SkyModel(np.asarray(up, np.float64), config.sky_band_deg, colours)
 
 
 def _add_sky_detail(model: SkyModel, rgb: np.ndarray, dirs: np.ndarray, elev: np.ndarray, rays_cam: np.ndarray,

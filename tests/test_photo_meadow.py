@@ -1,0 +1,100 @@
+"""Official case 3 (a cow grazing a meadow under a wooded hillside, no sky in view; the cow masked as dynamic), as
+``spatia demo --case`` builds it (640 px wide): what the camera sees when it pans off the photo.
+
+Before (session 34): a "side wall" 1.9 m beside the camera lined up from the meadow's far boundary, a closed room
+with a meadow-green ceiling 9.5 m up, the cow's colours as the sky, and the cow's silhouette carved out of what
+the fill may place behind it. The case ships in ``assets/cases`` (Apache-2.0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spatia.model.fill.geometry.photo import PhotoLayoutDepth, _seen_past_columns
+from spatia.world.state import World
+
+CASE = Path(__file__).resolve().parents[1] / "assets" / "cases" / "case_3"
+
+
+@pytest.fixture(scope="module")
+def meadow():
+    estimator = PhotoLayoutDepth()
+    world, c2w = World.from_case(CASE, depth_estimator=estimator, width=640)
+    return world, c2w, estimator.last_layout
+
+
+def test_a_wall_the_photo_saw_past_nearer_than_its_own_contacts_is_no_wall():
+    """Contacts 18-23 m away lining up into a wall 1.9 m beside the camera, with nearer columns seeing the floor
+    beyond where it would stand: rejected; a side wall seen from its near end, with columns past its far end:
+    kept."""
+    x_over_z = np.linspace(-0.5, 0.5, 101)
+    n = np.array([-1.0, 0.0])  # a wall on the left, x = -1.9 m
+    wall_z = 1.9 / -x_over_z.clip(max=-1e-3)
+    far = np.zeros(101, bool)
+    far[40:45] = True  # its "contacts": 19-38 m out, just left of the centre
+    z = np.where(far, wall_z, 30.0)  # every other column saw the floor 30 m away
+    foot = np.column_stack([x_over_z * z, z])
+    contact = np.ones(101, bool)
+    assert _seen_past_columns(foot, contact, (n, 1.9, far)) > far.sum()
+    near = np.zeros(101, bool)
+    near[:30] = True  # ... the same wall seen from the photo's edge on, and a far end (a doorway) past it
+    z = np.where(near, wall_z, 30.0)
+    foot = np.column_stack([x_over_z * z, z])
+    assert _seen_past_columns(foot, contact, (n, 1.9, near)) == 0
+
+
+def test_the_meadow_has_a_backdrop_and_no_side_wall(meadow):
+    world, _, layout = meadow
+    walls = [p for p in layout.planes if p.kind == "wall"]
+    assert walls, "the hillside above the meadow is a backdrop wall"
+    assert min(p.offset_m for p in walls) >= 20.0  # nothing stands beside the camera
+    backdrop = max(walls, key=lambda p: p.pixels)
+    assert backdrop.offset_m == pytest.approx(PhotoLayoutDepth().config.max_depth_no_sky_m)
+    assert abs(backdrop.normal_cam @ layout.up_cam) < 1e-6  # a standing plane
+    # the photo's pixels on it lie on that plane (not on a cap of the camera's z-depth)
+    on = layout.vertical_mask & (layout.depth_m >= 0.99 * backdrop.offset_m)
+    rays = world.intrinsics
+    v, u = np.nonzero(on)
+    pts = np.stack([(u + 0.5 - rays.cx) / rays.fx, (v + 0.5 - rays.cy) / rays.fy, np.ones(len(u))], 1)
+    pts *= layout.depth_m[v, u, None]
+    off_m = np.abs(pts @ backdrop.normal_cam - backdrop.offset_m)
+    assert np.median(off_m) < 0.02 and np.percentile(off_m, 90) < 0.1  # (columns are the layout's, 2 px wide)
+
+
+def test_the_meadow_is_outdoors_under_an_unseen_sky_and_the_cow_is_no_sky(meadow):
+    from spatia.model import make_generator
+    from spatia.model.fill.texture.appearance import unseen_sky
+    from spatia.model.geometric import _fit_layout_state
+    from spatia.world.engine import observed_views, world_up
+
+    world, _, _ = meadow
+    generator = make_generator("geometric")
+    inputs, _ = generator._fill_inputs(world.memory, observed_views(world), world_up(world), world.layout_prior)
+    state = _fit_layout_state(inputs())
+    assert not state.layout.indoor
+    assert not any(p.kind == "ceiling" for p in state.layout.planes)
+    assert state.sky is not None
+    np.testing.assert_array_equal(state.sky.colours, unseen_sky(state.layout.up).colours)  # not the cow's
+
+
+def test_the_cows_silhouette_shows_what_lies_behind_it(meadow):
+    """The cow is kept out of the memory (history depth 0 = unknown), so from a step aside its silhouette is a
+    hole: the layout's backdrop behind it fills it, not the sky (an unknown depth frees no ray)."""
+    from spatia.model import make_generator
+    from spatia.world.engine import Engine, EngineConfig
+    from spatia.world.actions import ClipConfig
+
+    world, c2w, _ = meadow
+    mask = world.history.get_depth(0) <= 0  # the cow
+    assert 0.02 < mask.mean() < 0.2
+    engine = Engine(world, make_generator("geometric"), EngineConfig(clip=ClipConfig(1, 2, 1)))
+    pose = c2w[0].copy()
+    pose[:3, 3] += 0.3 * pose[:3, 0]  # 30 cm to the right
+    frame = next(engine.generate(pose[None], seed=0))
+    inside = np.zeros_like(mask)
+    inside[4:-4, 4:-4] = mask[4:-4, 4:-4] & mask[:-8, 4:-4] & mask[8:, 4:-4]  # well inside the silhouette
+    assert inside.sum() > 100
+    assert (frame.depth_m[inside] > 0).mean() > 0.95  # a surface, not the sky layer (depth 0)
