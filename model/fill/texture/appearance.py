@@ -672,37 +672,7 @@ class PlaneTextures:
                 own = self._get_own(p.plane_id)
                 if own is not None:
                     return own
-        return self._backdrop() if plane.kind == WALL else None
-
-    def _backdrop(self) -> PlaneTexture | None:
-        """The look of a wall when no observed wall has one: the observed points off every floor and ceiling
-        (what stands round the observer: a treeline, a hillside, rocks, clutter no plane explains), unrolled on a
-        cylinder round the observer (u: azimuth times their median horizontal distance, v: height) and fitted as
-        one exemplar. Official case 3's meadow has no wall plane, and its closing walls were one flat colour."""
-        with self._locks_guard:
-            lock = self._locks.setdefault(-1, threading.Lock())
-        with lock:
-            if -1 not in self._own:
-                self._own[-1] = self._fit_backdrop()
-            return self._own[-1]
-
-    def _fit_backdrop(self) -> PlaneTexture | None:
-        layout = self.layout
-        if layout.observer is None or not len(self._points):
-            return None
-        off = np.ones(len(self._points), bool)
-        for p in layout.planes:
-            if p.kind in (FLOOR, CEILING) and not p.derived and p.plane_id >= 0:
-                off &= np.abs(self._axis_heights(p.axis) - p.offset_m) > self.config.plane_tol_m
-        if off.sum() < self.config.coarse_min_points:
-            return None
-        up, a, b = layout.axes[0], layout.axes[1], layout.axes[2]
-        rel = self._points[off] - np.asarray(layout.observer, np.float64)  # [M, 3] world frame
-        height_m = rel @ up
-        x_m, y_m = rel @ a, rel @ b
-        radius_m = float(np.median(np.hypot(x_m, y_m)))
-        uv = np.stack([np.arctan2(y_m, x_m) * radius_m, height_m], axis=1)
-        return _own_exemplar(uv, self._colors[off].astype(np.float32), self.config, seed=999983)
+        return None
 
 
 @dataclass
