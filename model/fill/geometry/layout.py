@@ -27,7 +27,8 @@ observed plane bounds a direction it is closed by this rule (documented in the m
   that moves as the path grows: what the memory invented on an earlier guess is not shown once it stands in
   front of the current one (``stale_closing_pixels``);
 - indoors, 4: a space with no ceiling and no sky in its first view (a camera pitched down in a room: the
-  generator makes it indoors) has a ceiling ``unseen_ceiling_height_m`` above its floor (``close_unseen_ceiling``);
+  generator makes it indoors, ``enclose``) has a ceiling ``unseen_ceiling_height_m`` above its floor
+  (``close_unseen_ceiling``), and its walls keep the extent observed of them (not run on as facades);
 - outdoors (no ceiling) the ground continues (up to ``max_ground_m``), observed facades continue as planes up to
   their observed height, and everything else is sky, with one closing rule: beside the first camera, a side of
   the square nothing observed has a facade as far from the camera as the one seen on its other side, as high
@@ -516,8 +517,8 @@ def enclose(layout: Layout) -> Plane | None:
     extent is what says where the path's heading may open a doorway in it (``path_crossings``). Extended to the
     corners, the pitched house's side walls counted as seen along the whole next room, and every doorway the
     play clips headed into stayed a flat wall until the camera was 0.5 m from it (house@pitched, play, 320x180:
-    novel-pixel depth AbsRel 0.277 on the right wall, 0.886 on the frame before a doorway). Returns the unseen
-    ceiling it adds (``close_unseen_ceiling``), or None."""
+    novel-pixel depth AbsRel 0.277 on the right wall, 0.886 on the frame before a doorway; the item's 0.121 ->
+    0.097, demo unchanged). Returns the unseen ceiling it adds (``close_unseen_ceiling``), or None."""
     layout.indoor = True
     layout.planes = [replace(p, span_m=layout.observed_spans_m[p.plane_id]) if p.plane_id in layout.observed_spans_m
                      else p for p in layout.planes]
