@@ -704,12 +704,7 @@ def _load_frame_kernels() -> threading.Thread:
 
 def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     """The layout of the observed points and the sky (runs on the fill thread)."""
-    from spatia.model.fill.geometry.layout import (
-        close_unseen_ceiling,
-        estimate_layout,
-        raise_open_tops,
-        rises_above_a_room,
-    )
+    from spatia.model.fill.geometry.layout import enclose, estimate_layout, raise_open_tops, rises_above_a_room
     from spatia.model.fill.texture.appearance import (
         AppearanceConfig,
         PlaneTextures,
@@ -730,9 +725,8 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
             log.info("sky out of view", note="outdoors (the view rises above a room): an overcast sky is assumed")
         elif sky is None:
             # no ceiling seen, but no sky either (a camera pitched down in a room): an enclosed space, so
-            # walls are not capped and unseen ones are closed as indoors
-            layout.indoor = True
-            close_unseen_ceiling(layout)
+            # walls are not capped, keep their observed extent and unseen ones are closed as indoors
+            enclose(layout)
         elif inputs.layout_prior is None:  # a photo prior marks its open-topped walls itself
             seen, pixels = depth_to_world_points(first.depth_m, first.intrinsics, first.c2w,
                                                  ~sky_pixels(first.depth_m, appearance))

@@ -564,6 +564,39 @@ def test_a_house_seen_pitched_down_is_fitted_with_a_ceiling():
     assert ceilings[0].offset_m - state.layout.floor().offset_m >= state.layout.config.unseen_ceiling_height_m - 1e-9
 
 
+def test_a_house_seen_pitched_down_keeps_what_was_observed_of_its_walls():
+    """The pitched house is fitted as outdoors first (no ceiling seen), which runs its walls on as facades (to
+    corners, past the first camera); enclosed (no sky either), each wall keeps the extent that was observed of it.
+    That extent decides where the path's heading may open a doorway: a camera heading into a side wall where
+    nothing of it was seen gets one (play clips know ~1 m of the path; with the facades' extent the wall stood
+    closed until the camera was 0.5 m from it)."""
+    from spatia.model import geometric
+    from spatia.model.eval import novel_view as nv
+    from spatia.world.engine import observed_views, world_up
+
+    prep = nv.prepare_item(nv.parse_items(["house@pitched"])[0], 96, 54)
+    world = prep.build_world()
+    gen = GeometricGenerator(GeometricConfig(fill="layout"))
+    inputs, _key = gen._fill_inputs(world.memory, observed_views(world), world_up(world), world.layout_prior)
+    layout = geometric._fit_layout_state(inputs()).layout
+    assert layout.indoor
+    pts = np.asarray(inputs().points, np.float64)
+    walls = [p for p in layout.planes if p.kind == WALL and not p.derived]
+    assert walls
+    for p in walls:
+        on = np.abs(pts @ layout.axes[p.axis] - p.offset_m) <= 3 * layout.config.bin_m
+        along = pts[on] @ layout.axes[3 - p.axis]
+        assert along.min() - 0.05 <= p.span_m[0] <= p.span_m[1] <= along.max() + 0.05, (p, along.min(), along.max())
+    side = min(walls, key=lambda p: p.span_m[1] - p.span_m[0])  # the side wall seen in a sliver
+    a, h = layout.axes[side.axis], layout.axes[3 - side.axis]
+    # 1.5 m in front of it, 1.5 m past its observed end, at the first camera's height, walking towards it
+    eye = float(layout.observer @ layout.up)
+    cam = eye * layout.up + (side.offset_m + side.facing * 1.5) * a + (side.span_m[1] + 1.5) * h
+    view = view_bounds(layout, cam, np.array([cam + side.facing * 0.3 * a, cam]))
+    assert [(o.plane.axis, o.plane.offset_m) for o in view.openings] == [(side.axis, side.offset_m)]
+    assert view.openings[0].centre_m == pytest.approx(side.span_m[1] + 1.5, abs=1e-6)
+
+
 def test_a_facade_that_rose_out_of_the_first_view_is_not_capped_at_its_edge():
     """Outdoors, a facade whose highest pixel in the first view lies on the view's top rows continues
     ``open_top_rise_m`` above it (the view ended there, not the building); one whose roofline shows keeps its top."""
