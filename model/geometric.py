@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
@@ -1164,13 +1165,26 @@ class _HoleRays:
         return self.rays_flat[self.hole_idx[sel]]
 
 
+# ``_known_depth``'s results by the id of the array they were made from (with a weak reference to check it is still
+# that array): an observed view's depth is the same array every frame (the engine keeps its observed views)
+_KNOWN_DEPTH: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
 def _known_depth(depth_m: np.ndarray) -> np.ndarray:
     """``[H, W]`` float32: an observed view's history depth (0 = unknown: a dynamic entity kept out of the memory,
     a sensor's hole) with NaN where unknown, which the free-space tests (``seen_through``, ``hole_kernels``) read
     as no evidence either way. Read as 0, "nothing came back", an unknown pixel freed its whole ray: official case
-    3's masked cow kept the layout's backdrop out of its silhouette, which then showed the sky."""
+    3's masked cow kept the layout's backdrop out of its silhouette, which then showed the sky. Made once per
+    array (0.9 ms at 640x360 with unknown pixels, each frame before)."""
+    hit = _KNOWN_DEPTH.get(id(depth_m))
+    if hit is not None and hit[0]() is depth_m:
+        return hit[1]
     depth = np.ascontiguousarray(depth_m, np.float32)
-    return np.where(depth > 0, depth, np.float32(np.nan)) if (depth <= 0).any() else depth
+    known = np.where(depth > 0, depth, np.float32(np.nan)) if (depth <= 0).any() else depth
+    if len(_KNOWN_DEPTH) >= 64:  # worlds come and go: forget them all now and then
+        _KNOWN_DEPTH.clear()
+    _KNOWN_DEPTH[id(depth_m)] = (weakref.ref(depth_m), known)
+    return known
 
 
 def _packed_views(views: list[ReferenceFrame]) -> tuple:
