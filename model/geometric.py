@@ -1175,7 +1175,7 @@ def _known_depth(depth_m: np.ndarray) -> np.ndarray:
     a sensor's hole) with NaN where unknown, which the free-space tests (``seen_through``, ``hole_kernels``) read
     as no evidence either way. Read as 0, "nothing came back", an unknown pixel freed its whole ray: official case
     3's masked cow kept the layout's backdrop out of its silhouette, which then showed the sky. Made once per
-    array (0.9 ms at 640x360 with unknown pixels, each frame before)."""
+    array, not each frame (docs/BENCHMARKS.md, "Session 34, lead")."""
     hit = _KNOWN_DEPTH.get(id(depth_m))
     if hit is not None and hit[0]() is depth_m:
         return hit[1]
