@@ -522,9 +522,8 @@ def enclose(layout: Layout) -> Plane | None:
     observed of them (``Layout.observed_spans_m``): the facade extension is outdoors' alone, and a wall's
     extent is what says where the path's heading may open a doorway in it (``path_crossings``). Extended to the
     corners, the pitched house's side walls counted as seen along the whole next room, and every doorway the
-    play clips headed into stayed a flat wall until the camera was 0.5 m from it (house@pitched, play, 320x180:
-    novel-pixel depth AbsRel 0.277 on the right wall, 0.886 on the frame before a doorway; the item's 0.121 ->
-    0.097, demo unchanged). Returns the unseen ceiling it adds (``close_unseen_ceiling``), or None."""
+    play clips headed into stayed a flat wall until the camera was 0.5 m from it (house@pitched, play: docs/
+    RESULTS.md, session 34). Returns the unseen ceiling it adds (``close_unseen_ceiling``), or None."""
     layout.indoor = True
     layout.planes = [replace(p, span_m=layout.observed_spans_m[p.plane_id]) if p.plane_id in layout.observed_spans_m
                      else p for p in layout.planes]
