@@ -48,6 +48,9 @@ def main() -> None:
                     help="PhotoLayoutConfig.default_fov_deg (the focal assumed when the lines do not give one)")
     ap.add_argument("--unmeasured-conf", type=float, default=None,
                     help="PhotoLayoutConfig.unmeasured_focal_confidence (below min_confidence: planar prior)")
+    ap.add_argument("--unmeasured-conf-open", type=float, default=None,
+                    help="PhotoLayoutConfig.unmeasured_focal_confidence_open (the same for open ground: sky or a "
+                         "backdrop seen)")
     args = ap.parse_args()
 
     import structlog
@@ -63,7 +66,8 @@ def main() -> None:
     from spatia.world.scenes import make_scene
 
     over = {k: v for k, v in (("default_fov_deg", args.default_fov),
-                              ("unmeasured_focal_confidence", args.unmeasured_conf)) if v is not None}
+                              ("unmeasured_focal_confidence", args.unmeasured_conf),
+                              ("unmeasured_focal_confidence_open", args.unmeasured_conf_open)) if v is not None}
     config = dataclasses.replace(PhotoLayoutConfig(), **over)
     items = [(s, seed, p, y, fov) for s in args.scenes for seed in args.seeds for p in args.pitches for y in args.yaws
              for fov in args.fovs]

@@ -98,3 +98,30 @@ def test_the_cows_silhouette_shows_what_lies_behind_it(meadow):
     inside[4:-4, 4:-4] = mask[4:-4, 4:-4] & mask[:-8, 4:-4] & mask[8:, 4:-4]  # well inside the silhouette
     assert inside.sum() > 100
     assert (frame.depth_m[inside] > 0).mean() > 0.95  # a surface, not the sky layer (depth 0)
+
+
+def test_the_meadow_as_a_plain_image_is_open_ground_not_a_room():
+    """Handed over without intrinsics (``spatia demo --image``, CreateWorld from an image), the meadow's lines do
+    not give the focal length. Before, that alone sent it to the planar prior (a floor and a wall 6 m ahead),
+    which the fill closed into a 7 m room walled with the meadow's grass; open ground (a backdrop, no ceiling)
+    now keeps its layout at the assumed focal: outdoors, the backdrop 25 m out."""
+    from PIL import Image
+
+    from spatia.model import make_generator
+    from spatia.model.geometric import _fit_layout_state
+    from spatia.world.engine import observed_views, world_up
+
+    rgb = np.asarray(Image.open(CASE / "img.jpg").convert("RGB"))
+    rgb = np.ascontiguousarray(rgb[::2, ::2])  # 624 px wide, as fast as the module's
+    estimator = PhotoLayoutDepth()
+    world = World.from_image(rgb, depth_estimator=estimator)
+    layout = estimator.last_layout
+    assert layout.focal_source == "default"  # unmeasured: the case's point
+    assert world.layout_prior is not None and world.layout_prior.source == "photo_layout"  # not the planar prior
+    generator = make_generator("geometric")
+    inputs, _ = generator._fill_inputs(world.memory, observed_views(world), world_up(world), world.layout_prior)
+    state = _fit_layout_state(inputs())
+    assert not state.layout.indoor
+    walls = [p for p in state.layout.planes if p.kind == "wall"]
+    assert walls and all(abs(p.offset_m - float(state.layout.observer @ state.layout.axes[p.axis])) >= 20.0
+                         for p in walls)  # no wall beside the camera: nothing closes the meadow in

@@ -29,7 +29,8 @@ pitched or the room is seen at an angle. This module measures the layout from th
 7. **Confidence** from the line structure, the floor/not-floor separation, whether up was measured and whether
    the focal length is known (handed in or measured); below ``min_confidence`` the estimator falls back to the
    planar prior and says so in the log. A photo without intrinsics whose focal cannot be measured falls back by
-   default: the layout's depths scale with the guessed focal, and the planar prior measured better there.
+   default: the layout's depths scale with the guessed focal, and the planar prior measured better there; open
+   ground (sky or a backdrop seen, no ceiling) keeps a confident layout, since the prior would make it a room.
 
 ``PhotoLayoutDepth`` implements ``world.depth.DepthEstimator``; ``estimate_layout`` returns the full
 ``PhotoLayout`` (up, Manhattan frame, planes, masks) for the fill to extend into unseen space.
@@ -80,6 +81,13 @@ class PhotoLayoutConfig:
     # procedural scenes the planar prior measured better in that case (benchmarks/photo_layout.py, level rows),
     # so the default makes it fall back.
     unmeasured_focal_confidence: float = 0.3
+    # The same factor for open ground: a photo that sees sky, or a backdrop beyond ``max_depth_no_sky_m``, and no
+    # ceiling. The planar prior is a room (a wall 6 m ahead), which the fill then closes into a room of the
+    # photo's own ground texture (official case 3 through ``--image``: a meadow walled in by grass), while the
+    # layout at the assumed focal keeps the ground open. Halved rather than dropped: an unsure layout still
+    # falls back (a level house view whose wall met no floor read as a backdrop 25 m away; docs/RESULTS.md,
+    # "Session 35").
+    unmeasured_focal_confidence_open: float = 0.5
     seed: int = 0  # RANSAC sampling seed: same image, same layout
     # measure_focal: when the lines pin the focal down (tuned on procedural renders at 50-90 deg, never the cases)
     focal_inlier_deg: float = 2.0  # a segment belongs to a vanishing point within this image angle
@@ -1199,7 +1207,8 @@ def estimate_layout(
             continue
         planes.append(LayoutPlane("wall", n_cam, abs(float(o)), pixels, open_top))
     backdrop_px = int((vertical & backdrop_cols[col]).sum())
-    if backdrop_n is not None and backdrop_px >= config.min_backdrop_share * H * W:
+    has_backdrop = backdrop_n is not None and backdrop_px >= config.min_backdrop_share * H * W
+    if has_backdrop:
         n_cam = R.T @ np.array([backdrop_n[0], 0.0, backdrop_n[1]])
         planes.append(LayoutPlane("wall", n_cam, config.max_depth_no_sky_m, backdrop_px, open_top=True))
     if ceiling_h_m is not None:
@@ -1212,7 +1221,9 @@ def estimate_layout(
     c_floor = float(np.clip((separation - 0.15) / 0.25, 0.0, 1.0))
     c_up = {"vertical_vp": 1.0, "horizontal_vps": 0.9, "horizontal_vp_zero_roll": 0.7, "assumed_level": 0.4}[up_source]
     c_contact = float(contact.mean())
-    c_focal = 1.0 if focal_source != "default" else config.unmeasured_focal_confidence
+    open_ground = ceiling_h_m is None and (bool(sky.any()) or has_backdrop)
+    c_focal = (1.0 if focal_source != "default" else
+               config.unmeasured_focal_confidence_open if open_ground else config.unmeasured_focal_confidence)
     confidence = float(c_lines ** 0.5 * c_floor ** 0.5 * c_up * (0.5 + 0.5 * c_contact) * c_focal)
     if sky.any() and not floor.any():
         confidence *= 0.5
