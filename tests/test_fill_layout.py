@@ -184,6 +184,30 @@ def test_doorways_where_the_camera_heads_through_an_unseen_wall_and_just_before_
     assert not [p for p in view.bounds if p.kind == WALL and abs(abs(p.offset_m) - 8.0) < 0.05]
 
 
+def test_a_heading_doorway_opens_where_an_observed_wall_was_not_seen_at_door_height():
+    """An inner wall seen left and right of a stretch the first view never saw into at door height (an armchair
+    in front, a doorway out of view): the camera heading into that stretch gets a doorway, though the stretch lies
+    inside the wall's observed extent; heading into a part seen from the floor up it does not. Before, the
+    observed extent alone counted, and the house's inner doorways stayed shut in play clips until the known poses
+    reached them (house:1 play, depth AbsRel 0.104; docs/RESULTS.md, "Session 35")."""
+    rng = np.random.default_rng(4)
+    pts = box_room_points(rng, np.eye(3))  # back wall z = 8 seen over x 0-6
+    back = (np.abs(pts[:, 2] - 8.0) < 1e-9) & (np.abs(pts[:, 0] - 4.5) < 0.7) & (pts[:, 1] < 2.4)
+    pts = pts[~back]  # ... but x 3.8-5.2 only above 2.4 m
+    layout = estimate_layout(pts, np.array([3.0, 1.6, 4.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]),
+                             LayoutConfig(max_room_extent_m=20.0))
+    wall = next(p for p in layout.planes if p.kind == WALL and abs(abs(p.offset_m) - 8.0) < 0.05)
+    assert wall.span_m[0] < 3.8 and wall.span_m[1] > 5.2  # inside the observed extent
+
+    def doors(cam, path):
+        return [(round(abs(o.plane.offset_m), 1), round(abs(o.centre_m), 1)) for o in view_bounds(layout, cam, path).openings]
+
+    cam = np.array([4.5, 1.6, 6.8])
+    assert doors(cam, np.array([[4.5, 1.6, 5.0], cam])) == [(8.0, 4.5)]
+    cam = np.array([2.0, 1.6, 6.8])  # a stretch seen from the floor up
+    assert doors(cam, np.array([[2.0, 1.6, 5.0], cam])) == []
+
+
 def test_a_doorway_the_camera_heads_at_square_on_is_door_wide():
     """A heading doorway is sized for a walking camera met at an angle ((free radius + margin) / cos(approach)
     either side), but one the camera heads at square-on is a door's width: its body clears a door-wide doorway's

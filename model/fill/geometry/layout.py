@@ -47,8 +47,8 @@ wall that way, else one closed where a room as deep as the camera's own would en
 ``min_camera_distance_m`` (a porthole), and the frames walking up to a doorway showed a flat wall where the next
 room is (house loop, 320x180, demo clips: novel-pixel depth AbsRel 0.6 on frames 46-54, 66-88, 106-120).
 The path also continues ``door_lookahead_m`` along its last step (where the camera is heading); crossings on that
-stretch open only parts of a wall nothing observed (outside its observed extent, or a closing wall): play clips
-know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. Such a heading doorway is
+stretch open only parts of a wall nothing observed (a closing wall; a doorway's width the wall's observed points
+leave uncovered at door height, ``_door_cover``): play clips know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. Such a heading doorway is
 sized for a walking camera (``heading_door_margin_m``): invented points block it at the engine's free radius, and
 a 1 m doorway let only a camera crossing its centre at right angles through (so one the camera heads at square-on,
 ``heading_door_square_deg``, keeps a door's width). A wall the path goes through stays a bound (with its doorway)
@@ -118,10 +118,19 @@ class LayoutConfig:
     door_height_m: float = 2.0
     door_slab_m: float = 0.3  # memory points within this of a wall, inside its doorway, are the wall's (opening_pixels)
     # the path's last step continued this far (the way the camera is heading) also makes doorways, but only in
-    # parts of a wall nothing observed (outside its observed extent; closing walls): the camera cannot walk through
-    # a wall, and in play clips (6 poses ahead, ~1 m) the path showed a doorway only in the last metre before it.
+    # parts of a wall nothing observed (closing walls; where the wall's observed points leave the doorway's width
+    # uncovered from the floor to a door's height, ``door_cover_*``): the camera cannot walk through a wall, and in
+    # play clips (6 poses ahead, ~1 m) the path showed a doorway only in the last metre before it.
     # House loop, play clips, 320x180: novel-pixel depth AbsRel 0.206 -> see docs/RESULTS.md (session 8)
     door_lookahead_m: float = 2.0
+    # A wall counts as observed at a heading crossing where at least ``door_cover_min_share`` of the
+    # ``door_cover_bin_m`` bins across the doorway's width hold observed points between ``door_cover_floor_m``
+    # above the floor and a door's height. Before, its observed extent (``Plane.span_m``) counted: an inner wall
+    # seen left and right of a doorway the first view never saw into stayed shut until the path's known poses
+    # reached it (house:1, play clips: docs/RESULTS.md, "Session 35")
+    door_cover_bin_m: float = 0.1
+    door_cover_min_share: float = 0.5
+    door_cover_floor_m: float = 0.1
     # ... and such a doorway is wide enough for the camera to walk through at the angle it approaches: invented
     # points block a walking camera at ``min_camera_distance_m`` (the engine's free radius), so a 1 m doorway let
     # only a camera crossing its centre at right angles through; along the wall it reaches
@@ -206,6 +215,10 @@ class Layout:
     # plane_id -> the wall's observed ``span_m`` where ``_finish_layout`` ran it on as an outdoor facade (to a
     # corner, past the first camera): ``enclose`` puts it back when the space turns out to be enclosed
     observed_spans_m: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # plane_id -> (first bin's start along the wall's horizontal axis in metres, [B] bool): which
+    # ``door_cover_bin_m`` bins along each wall hold observed points at door height (``_door_cover``); a wall
+    # without an entry counts as observed over its ``span_m``
+    door_cover: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
 
     @property
     def up(self) -> np.ndarray:
@@ -508,12 +521,62 @@ def _finish_layout(axes: np.ndarray, planes: list[Plane], config: LayoutConfig, 
             observed_spans[p.plane_id] = p.span_m
         planes = ext
     coords = pts @ axes.T  # [N, 3] along up, a1, a2
+    floor = max((p for p in planes if p.kind == FLOOR), key=lambda p: p.support, default=None)
+    cover = _door_cover(planes, coords, floor, config)
     q = config.observed_range_pct
     observed = np.stack([np.percentile(coords, q, axis=0), np.percentile(coords, 100.0 - q, axis=0)], axis=1)
     extent = np.stack([coords.min(axis=0), coords.max(axis=0)], axis=1)
     return Layout(axes, planes, indoor=bool(ceilings), config=config, observed_range_m=observed,
                   observer=np.asarray(observer, np.float64).copy(), observed_extent_m=extent,
-                  observer_forward=np.asarray(forward, np.float64).copy(), observed_spans_m=observed_spans)
+                  observer_forward=np.asarray(forward, np.float64).copy(), observed_spans_m=observed_spans,
+                  door_cover=cover)
+
+
+def _door_cover(planes: list[Plane], coords: np.ndarray, floor: Plane | None,
+                config: LayoutConfig) -> dict[int, tuple[float, np.ndarray]]:
+    """``Layout.door_cover`` of each wall: the observed points ``coords`` [N, 3] (along up, a1, a2) within two
+    histogram bins of the wall, from ``door_cover_floor_m`` above the floor to ``door_height_m`` (without a floor:
+    none, and the wall keeps its extent), binned along the wall's horizontal axis."""
+    if floor is None or not len(coords):
+        return {}
+    band = ((coords[:, 0] >= floor.offset_m + config.door_cover_floor_m)
+            & (coords[:, 0] <= floor.offset_m + config.door_height_m))
+    out: dict[int, tuple[float, np.ndarray]] = {}
+    for p in planes:
+        if p.kind != WALL:
+            continue
+        along = coords[band & (np.abs(coords[:, p.axis] - p.offset_m) <= 2 * config.bin_m), 3 - p.axis]
+        if not len(along):
+            out[p.plane_id] = (0.0, np.zeros(0, bool))
+            continue
+        lo = math.floor(float(along.min()) / config.door_cover_bin_m) * config.door_cover_bin_m
+        idx = np.floor((along - lo) / config.door_cover_bin_m).astype(np.int64)
+        covered = np.zeros(int(idx.max()) + 1, bool)
+        covered[idx] = True
+        out[p.plane_id] = (lo, covered)
+    return out
+
+
+def _observed_at(layout: Layout, plane: Plane, along: np.ndarray) -> np.ndarray:
+    """``[C]`` bool: whether the wall was observed where a doorway centred at ``along`` [C] (metres along its
+    horizontal axis) would stand (``LayoutConfig.door_cover_*``; a wall without a cover: within ``span_m``)."""
+    if plane.derived:
+        return np.zeros(len(along), bool)
+    got = layout.door_cover.get(plane.plane_id)
+    if got is None:
+        return (along >= plane.span_m[0]) & (along <= plane.span_m[1])
+    cfg = layout.config
+    lo, covered = got
+    half = cfg.door_width_m / 2
+    seen = np.zeros(len(along), bool)
+    for i, c in enumerate(along):
+        b0 = int(math.floor((c - half - lo) / cfg.door_cover_bin_m))
+        b1 = int(math.ceil((c + half - lo) / cfg.door_cover_bin_m))
+        if b1 <= b0:
+            continue
+        inside = covered[max(b0, 0):max(min(b1, len(covered)), 0)]
+        seen[i] = inside.sum() >= cfg.door_cover_min_share * (b1 - b0)
+    return seen
 
 
 def enclose(layout: Layout) -> Plane | None:
@@ -824,7 +887,7 @@ def path_crossings(layout: Layout, plane: Plane, path_m: np.ndarray, known: int 
                    camera_m: np.ndarray | None = None) -> np.ndarray:
     """``[C]`` coordinates along the wall's horizontal axis where ``path_m`` [P, 3] (world frame, time order)
     goes through ``plane``. Steps from index ``known - 1`` on are a heading, not poses: their crossings count only
-    outside the wall's observed extent (``Plane.span_m``; a closing wall was never observed) and within
+    where the wall was not observed (``_observed_at``; a closing wall was never observed) and within
     ``door_lookahead_m`` of the camera at ``camera_m`` [3] (demo clips know 41 poses ahead: a heading from the
     last of them opened the unseen wall the loop stops short of, house:1 frames 130-146)."""
     return _select_crossings(layout, _crossing_parts(layout, plane, path_m, known), camera_m)
@@ -845,7 +908,7 @@ def _crossing_parts(layout: Layout, plane: Plane, path_m: np.ndarray, known: int
     if known is None:
         return cross, along, None, None, None
     guessed = j >= known - 1
-    seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
+    seen = _observed_at(layout, plane, along)
     # [C] cos of the approach to the wall: from the last pose at least door_width_m before the crossing (a camera
     # sliding along the wall it met at an angle still approaches at that angle; its last step alone is square-on)
     back = np.empty_like(cross)
@@ -1241,7 +1304,7 @@ class LayoutPath:
                 a, h = layout.axes[plane.axis], layout.axes[3 - plane.axis]
                 along = cross @ h
                 guessed = j >= total - 1
-                seen = (along >= plane.span_m[0]) & (along <= plane.span_m[1]) & (not plane.derived)
+                seen = _observed_at(layout, plane, along)
                 approach = cross - back
                 cos = np.abs(approach @ a) / np.maximum(np.linalg.norm(approach, axis=1), 1e-12)
                 got = (cross, along, guessed, seen, cos)
