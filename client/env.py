@@ -134,6 +134,10 @@ class _LocalBackend:
         """The world's collider for this engine's walking camera (``Engine.collider``)."""
         return self.engine.collider()
 
+    def level_up(self) -> np.ndarray:
+        """``[3]`` world frame: what the walking camera's turns keep level (``World.level_up``)."""
+        return self.engine.world.level_up
+
     def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:
         """The frame at ``c2w`` (the pose after ``action``) and the memory's points after its update."""
         frames = list(self.engine.generate_clip(c2w[None], prompt, seed))  # pulling all runs the memory update
@@ -197,6 +201,11 @@ class _RemoteBackend:
 
     def collider(self):
         """None: the server's session collides (lock-step) or nothing does (``Generate`` takes poses as given)."""
+        return None
+
+    def level_up(self) -> None:
+        """None: the protocol does not carry a world's measured up, so turns here keep the first camera's level (a
+        lock-step server's session integrates with the world's own, ``World.level_up``)."""
         return None
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
@@ -484,7 +493,8 @@ class SpatiaWorldEnv(gym.Env):
             warnings.warn("SpatiaWorldEnv(remote_mode='generate'): the camera does not collide (Generate takes the "
                           "poses as given); remote_mode='lockstep' collides on the server", stacklevel=2)
             self._warned_no_collision = True
-        self._integrator = ActionIntegrator(c2w, self.control, collider=collider)
+        self._integrator = ActionIntegrator.resumed(c2w, c2w, self.control, up=self._backend.level_up(),
+                                                    collider=collider)
         self._steps = 0
         self._memory_points = self._backend.memory_points()
         rgb, depth = self._backend.render(c2w)

@@ -395,6 +395,7 @@ class HostView:
     controlled: bool
     memory_bytes: int = 0  # RAM of the spatial memory (``SpatialMemory.nbytes``)
     index_bytes: int = 0  # RAM of the history: retrieval index, poses, decoded-frame cache (``FrameStore.nbytes``)
+    level_up: np.ndarray | None = None  # [3] world frame: what a player's turns keep level (``World.level_up``)
 
 
 class WorldHost:
@@ -508,6 +509,7 @@ class WorldHost:
             w.world_id, w.info.source, w.info.prompt, w.info.created_ns, w.intrinsics, w.origin_c2w,
             w.current_c2w if w.current_c2w is not None else w.origin_c2w, w.memory.num_points, len(w.history),
             self.clips_generated, self.snapshot_bytes, self.controller is not None, *_world_bytes(w),
+            level_up=w.level_up,
         )
 
     def stats(self) -> dict[str, float]:

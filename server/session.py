@@ -222,19 +222,10 @@ def session_collider(host, control: ControlConfig, engine):
 
 
 def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: ControlConfig,
-                  collider=None) -> ActionIntegrator:
-    """An integrator at ``current_c2w`` whose "level" is the world's first camera (walking stays horizontal),
-    with yaw / pitch recovered from the relative rotation; falls back to levelling on ``current_c2w`` when that
-    rotation has roll (not reachable by yaw then pitch). ``collider``: what its moves collide with."""
-    R = origin_c2w[:3, :3].T @ current_c2w[:3, :3]  # = R_y(yaw) @ R_x(pitch) for a pose reached by play
-    yaw = math.atan2(R[0, 2], R[2, 2])
-    pitch = math.asin(float(np.clip(-R[1, 2], -1.0, 1.0)))
-    limit = math.radians(config.max_pitch_deg)
-    integ = ActionIntegrator(origin_c2w, config, yaw_rad=yaw, pitch_rad=min(max(pitch, -limit), limit),
-                             position=current_c2w[:3, 3].copy(), collider=collider)
-    if not np.allclose(integ.c2w, current_c2w, atol=1e-6):
-        integ = ActionIntegrator(current_c2w, config, collider=collider)
-    return integ
+                  collider=None, up: np.ndarray | None = None) -> ActionIntegrator:
+    """An integrator at ``current_c2w`` whose "level" is the world's (``up``: ``World.level_up``; None: the first
+    camera's own axes): ``ActionIntegrator.resumed``. ``collider``: what its moves collide with."""
+    return ActionIntegrator.resumed(origin_c2w, current_c2w, config, up=up, collider=collider)
 
 
 def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: float | None,
@@ -428,7 +419,7 @@ class PlaySession:
         self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if resized else K)
         control = ControlConfig(fps=options.fps, collision=config.play_collision)
         self.integrator = integrator_at(view.origin_c2w, view.current_c2w, control,
-                                        collider=session_collider(host, control, self.engine))
+                                        collider=session_collider(host, control, self.engine), up=view.level_up)
         self.recorder = None
         if options.record:
             rid = f"{host.world_id}.{self.id}"

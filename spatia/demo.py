@@ -69,7 +69,7 @@ def build_world(opts: DemoOptions) -> tuple[World, np.ndarray, bool]:
 
             world = World.from_image(rgb, depth_estimator=photo_depth_estimator(opts.depth_model),
                                      source=f"image:{opts.image.name}")
-        return world, out_and_back_path(world.origin_c2w, opts.frames), True
+        return world, out_and_back_path(world.origin_c2w, opts.frames, up=world.level_up), True
     from spatia.world.scenes import make_scene
 
     world = World.from_scene(opts.scene or "room", opts.seed, opts.width, opts.height)

@@ -88,3 +88,45 @@ def test_out_and_back_path_is_closed_and_travels():
     assert np.allclose(p[0], np.eye(4)) and np.allclose(p[-1], np.eye(4))
     assert np.linalg.norm(np.diff(p[:, :3, 3], axis=0), axis=1).sum() >= 1.5
     assert max(rotation_angle_deg(p[0], q) for q in p) >= 90.0
+
+
+def test_a_turn_about_a_measured_up_keeps_the_horizon_of_a_pitched_and_rolled_camera():
+    """``level_pose`` splits a camera into a level base, pitch and roll; an integrator resumed on it reproduces the
+    pose exactly and turns about ``up``: the camera's pitch and roll against ``up`` stay as they were. On the
+    camera's own axes the same turn rolls the horizon (a photo taken 12 degrees down, turned 90 degrees: rolled by
+    about 12 degrees)."""
+    from spatia.world.actions import level_pose
+
+    rng = np.random.default_rng(3)
+    up = np.array([0.1, -1.0, 0.2]) / np.linalg.norm([0.1, -1.0, 0.2])
+    for _ in range(5):
+        a, b = rng.uniform(-0.3, 0.3, 2)  # pitch and roll up to ~17 degrees
+        yaw = rng.uniform(-math.pi, math.pi)
+        base, _, _ = level_pose(np.eye(4), up)
+        R = base[:3, :3] @ _rot(1, yaw) @ _rot(0, a) @ _rot(2, b)
+        c2w = np.eye(4)
+        c2w[:3, :3], c2w[:3, 3] = R, rng.normal(size=3)
+        integ = ActionIntegrator.resumed(c2w, c2w, ControlConfig(fps=10), up=up)
+        assert np.allclose(integ.c2w, c2w, atol=1e-9)
+        x_up, z_up = c2w[:3, 0] @ up, c2w[:3, 2] @ up
+        for pose in integ.run([Action(yaw_rate_rad_s=math.pi / 2, move_forward=1.0, dt_s=1.0)]):
+            assert pose[:3, 0] @ up == pytest.approx(x_up, abs=1e-9)
+            assert pose[:3, 2] @ up == pytest.approx(z_up, abs=1e-9)
+        assert abs(float((integ.c2w[:3, 3] - c2w[:3, 3]) @ up)) < 1e-9  # walking stays level too
+    # the first camera's own axes: a 12 degree pitch becomes a roll at 90 degrees
+    c2w = np.eye(4)
+    c2w[:3, :3] = _rot(0, math.radians(-12.0))
+    up = np.array([0.0, -1.0, 0.0])
+    own = ActionIntegrator(c2w, ControlConfig(fps=10)).run([Action(yaw_rate_rad_s=math.pi / 2, dt_s=1.0)])[-1]
+    level = ActionIntegrator.resumed(c2w, c2w, ControlConfig(fps=10), up=up).run(
+        [Action(yaw_rate_rad_s=math.pi / 2, dt_s=1.0)])[-1]
+    assert abs(own[:3, 0] @ up) > math.sin(math.radians(11.0))
+    assert abs(level[:3, 0] @ up) < 1e-9
+
+
+def _rot(axis: int, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R = np.eye(3)
+    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
+    return R

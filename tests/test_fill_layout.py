@@ -200,7 +200,8 @@ def test_a_heading_doorway_opens_where_an_observed_wall_was_not_seen_at_door_hei
     assert wall.span_m[0] < 3.8 and wall.span_m[1] > 5.2  # inside the observed extent
 
     def doors(cam, path):
-        return [(round(abs(o.plane.offset_m), 1), round(abs(o.centre_m), 1)) for o in view_bounds(layout, cam, path).openings]
+        return [(round(abs(o.plane.offset_m), 1), round(abs(o.centre_m), 1))
+                for o in view_bounds(layout, cam, path).openings]
 
     cam = np.array([4.5, 1.6, 6.8])
     assert doors(cam, np.array([[4.5, 1.6, 5.0], cam])) == [(8.0, 4.5)]

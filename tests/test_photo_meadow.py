@@ -8,6 +8,7 @@ the fill may place behind it. The case ships in ``assets/cases`` (Apache-2.0).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,22 @@ def test_the_meadow_as_a_plain_image_is_open_ground_not_a_room():
     walls = [p for p in state.layout.planes if p.kind == "wall"]
     assert walls and all(abs(p.offset_m - float(state.layout.observer @ state.layout.axes[p.axis])) >= 20.0
                          for p in walls)  # no wall beside the camera: nothing closes the meadow in
+
+
+def test_turning_in_the_meadow_keeps_its_measured_horizon(meadow):
+    """The case's camera is pitched and rolled against the gravity its photo layout measured (up from the
+    vertical vanishing point). A player's turns keep that up level (``World.level_up``), so the horizon stays
+    where the photo has it; about the camera's own y axis a quarter turn rolled it by the pitch."""
+    from spatia.world.actions import out_and_back_path
+
+    world, _, _ = meadow
+    up = world.level_up
+    assert world.layout_prior is not None and np.allclose(up, world.layout_prior.up)
+    tilt_deg = math.degrees(math.acos(float(np.clip(up @ -world.origin_c2w[:3, 1], -1.0, 1.0))))
+    assert tilt_deg > 2.0  # the photo is not level
+    path = out_and_back_path(world.origin_c2w, 41, up=up)
+    assert np.allclose(path[0], world.origin_c2w) and np.allclose(path[-1], world.origin_c2w)
+    x_up = world.origin_c2w[:3, 0] @ up
+    assert np.allclose(path[:, :3, 0] @ up, x_up, atol=1e-9)
+    own = out_and_back_path(world.origin_c2w, 41)
+    assert np.abs(own[:, :3, 0] @ up - x_up).max() > 0.5 * math.sin(math.radians(tilt_deg))

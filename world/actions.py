@@ -100,11 +100,43 @@ def _rot_x(a: float) -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
+def _rot_z(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def level_pose(c2w: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``(base_c2w [4, 4], pitch_rad, roll_rad)`` with ``c2w``'s rotation ``= base @ R_x(pitch) @ R_z(roll)``:
+    ``base`` at ``c2w``'s position, its -y along ``up`` [3] (world frame, gravity's up) and its z the camera's
+    forward made horizontal. An ``ActionIntegrator`` on that base turns about ``up``: a photo taken pitched or
+    rolled keeps its horizon as the player turns, where a base at the camera itself turns about the camera's own
+    y axis and rolls the horizon by the pitch at 90 degrees (``World.level_up``). A camera looking straight up or
+    down has no horizontal forward: its own pose is the base then."""
+    c2w = validate_pose(c2w)
+    u = np.asarray(up, np.float64).reshape(3)
+    n = float(np.linalg.norm(u))
+    if not (math.isfinite(n) and n > 0):
+        raise InvalidInputError(f"up must be a finite non-zero [3] vector, got {u.tolist()}")
+    u = u / n
+    fwd = c2w[:3, 2] - (c2w[:3, 2] @ u) * u
+    if float(np.linalg.norm(fwd)) < 1e-6:
+        return c2w.copy(), 0.0, 0.0
+    z = fwd / np.linalg.norm(fwd)
+    y = -u
+    base = np.eye(4)
+    base[:3, :3] = np.stack([np.cross(y, z), y, z], axis=1)
+    base[:3, 3] = c2w[:3, 3]
+    R = base[:3, :3].T @ c2w[:3, :3]  # = R_x(pitch) @ R_z(roll): [[cr, -sr, 0], [c sr, c cr, -s], [s sr, s cr, c]]
+    return base, math.atan2(-R[1, 2], R[2, 2]), math.atan2(-R[0, 1], R[0, 0])
+
+
 @dataclass
 class ActionIntegrator:
     """Integrates ``Action``s into ``c2w`` poses sampled at ``config.fps``; deterministic (no clocks read).
 
-    The state is (position, yaw, pitch) relative to ``base_c2w``'s orientation; ``base_c2w`` fixes what is level.
+    The state is (position, yaw, pitch) relative to ``base_c2w``'s orientation; ``base_c2w`` fixes what is level,
+    and ``roll_rad`` is a fixed roll of the camera about its own view axis (a photo's, ``level_pose``): turning
+    and looking never change it.
     With a ``collider`` and ``config.collision``, every move is clamped against the world (``world.collision``);
     ``collided`` tells whether the latest ``step`` was clamped. Turning and looking are never clamped.
     """
@@ -114,10 +146,32 @@ class ActionIntegrator:
     yaw_rad: float = 0.0
     pitch_rad: float = 0.0
     position: np.ndarray = field(default=None)  # type: ignore[assignment]  # [3], world frame
+    roll_rad: float = 0.0
     _time_to_next_frame_s: float = 0.0  # 0: the next advance emits a frame at once after its first step
     last_seq: int = 0
     collider: Collider | None = None
     collided: bool = False
+
+    @classmethod
+    def resumed(cls, origin_c2w: np.ndarray, current_c2w: np.ndarray, config: ControlConfig,
+                up: np.ndarray | None = None, collider: Collider | None = None) -> ActionIntegrator:
+        """An integrator at ``current_c2w`` [4, 4] whose level is the world's: ``up`` [3] (world frame,
+        ``World.level_up``) by ``level_pose`` of the first camera ``origin_c2w``, or without ``up`` the first camera
+        itself; yaw and pitch recovered from the rotation between them, the first camera's roll kept. Falls back to
+        levelling on ``current_c2w`` when that rotation is not reachable by yaw then pitch (a pose with roll of its
+        own) or the first camera is pitched past ``max_pitch_deg`` from ``up``."""
+        limit = math.radians(config.max_pitch_deg)
+        base, pitch0, roll = (validate_pose(origin_c2w), 0.0, 0.0) if up is None else level_pose(origin_c2w, up)
+        if abs(pitch0) > limit:
+            base, roll = validate_pose(origin_c2w), 0.0
+        R = base[:3, :3].T @ np.asarray(current_c2w, np.float64)[:3, :3] @ _rot_z(roll).T  # R_y(yaw) @ R_x(pitch)
+        yaw = math.atan2(R[0, 2], R[2, 2])
+        pitch = math.asin(float(np.clip(-R[1, 2], -1.0, 1.0)))
+        integ = cls(base, config, yaw_rad=yaw, pitch_rad=min(max(pitch, -limit), limit),
+                    position=np.asarray(current_c2w, np.float64)[:3, 3].copy(), roll_rad=roll, collider=collider)
+        if not np.allclose(integ.c2w, current_c2w, atol=1e-6):
+            integ = cls(current_c2w, config, collider=collider)
+        return integ
 
     def __post_init__(self) -> None:
         self.base_c2w = validate_pose(self.base_c2w, "base_c2w").copy()
@@ -130,6 +184,8 @@ class ActionIntegrator:
         """The current pose, 4x4 float64."""
         T = np.eye(4)
         T[:3, :3] = self.base_c2w[:3, :3] @ _rot_y(self.yaw_rad) @ _rot_x(self.pitch_rad)
+        if self.roll_rad:
+            T[:3, :3] = T[:3, :3] @ _rot_z(self.roll_rad)
         T[:3, 3] = self.position
         return T
 
@@ -259,19 +315,21 @@ def out_and_back_path(
     distance_m: float = 1.0,
     turn_deg: float = 100.0,
     strafe_m: float = 0.3,
+    up: np.ndarray | None = None,  # [3] world frame, what stays level (``World.level_up``); None: start's -y
 ) -> np.ndarray:
     """A closed loop for worlds we know nothing about (a photograph): walk ``distance_m`` forward while turning
     ``turn_deg`` right and drifting ``strafe_m`` sideways, then retrace the way back to the exact start pose.
 
     Returns ``[num_frames, 4, 4]`` c2w; frame 0 and the last frame are ``start_c2w``. The path is made with the
-    ``ActionIntegrator``, so it is a path a player could walk (level, pitch untouched).
+    ``ActionIntegrator``, so it is a path a player could walk (level about ``up``, pitch and roll untouched).
     """
     if num_frames < 3:
         raise InvalidInputError(f"num_frames must be >= 3 for an out-and-back path, got {num_frames}")
     n_out = num_frames // 2  # frames after the start on the way out
     fps = 16.0
     duration = n_out / fps
-    integ = ActionIntegrator(start_c2w, ControlConfig(fps=fps, walk_speed_m_s=1.0))
+    config = ControlConfig(fps=fps, walk_speed_m_s=1.0)
+    integ = ActionIntegrator.resumed(start_c2w, start_c2w, config, up=up)
     forward = min(1.0, distance_m / duration)
     right = min(1.0, strafe_m / duration)
     yaw_rate = math.radians(turn_deg) / duration

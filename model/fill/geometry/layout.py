@@ -48,9 +48,10 @@ wall that way, else one closed where a room as deep as the camera's own would en
 room is (house loop, 320x180, demo clips: novel-pixel depth AbsRel 0.6 on frames 46-54, 66-88, 106-120).
 The path also continues ``door_lookahead_m`` along its last step (where the camera is heading); crossings on that
 stretch open only parts of a wall nothing observed (a closing wall; a doorway's width the wall's observed points
-leave uncovered at door height, ``_door_cover``): play clips know ~1 m of the path ahead, and a wall the camera heads into stood closed until then. Such a heading doorway is
-sized for a walking camera (``heading_door_margin_m``): invented points block it at the engine's free radius, and
-a 1 m doorway let only a camera crossing its centre at right angles through (so one the camera heads at square-on,
+leave uncovered at door height, ``_door_cover``): play clips know ~1 m of the path ahead, and a wall the camera
+heads into stood closed until then. Such a heading doorway is sized for a walking camera
+(``heading_door_margin_m``): invented points block it at the engine's free radius, and a 1 m doorway let only a
+camera crossing its centre at right angles through (so one the camera heads at square-on,
 ``heading_door_square_deg``, keeps a door's width). A wall the path goes through stays a bound (with its doorway)
 when the camera is nearer to it than ``min_camera_distance_m``.
 """
