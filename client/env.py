@@ -197,16 +197,17 @@ class _RemoteBackend:
         self.created = False
         self.K = None
         self.server_c2w: np.ndarray | None = None  # lock-step: the pose of the latest step's frame, the server's
+        self.up: np.ndarray | None = None  # [3] world frame, the episode's world's ``WorldInfo.level_up``
         self.server_collided = False  # lock-step: whether the server's session clamped that step's move
 
     def collider(self):
         """None: the server's session collides (lock-step) or nothing does (``Generate`` takes poses as given)."""
         return None
 
-    def level_up(self) -> None:
-        """None: the protocol does not carry a world's measured up, so turns here keep the first camera's level (a
-        lock-step server's session integrates with the world's own, ``World.level_up``)."""
-        return None
+    def level_up(self) -> np.ndarray | None:
+        """``WorldInfo.level_up`` of the episode's world ([3] world frame), None from a server without the field
+        (turns then keep the first camera's level)."""
+        return self.up
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
         from spatia.proto.spatia.v1.convert import pose_array
@@ -224,6 +225,8 @@ class _RemoteBackend:
             self.created = True
         self.world_id = info.world_id
         self.K = (info.intrinsics.width, info.intrinsics.height)
+        self.up = (np.array([info.level_up.x, info.level_up.y, info.level_up.z])
+                   if info.HasField("level_up") else None)
         return pose_array(info.current if info.HasField("current") else info.origin)
 
     def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:

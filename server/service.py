@@ -104,6 +104,8 @@ def world_info(host: WorldHost, case_c2w: np.ndarray | None = None) -> pb.WorldI
         current=pose_to_proto(v.current_c2w), stats=_stats(v), controlled=v.controlled,
         node_id=host.node_id,  # a world actor's node (server/ray_host.py); in-process: none
     )
+    if v.level_up is not None:
+        info.level_up.CopyFrom(pb.Vec3(x=float(v.level_up[0]), y=float(v.level_up[1]), z=float(v.level_up[2])))
     if case_c2w is not None:
         info.case_trajectory.CopyFrom(trajectory_to_proto(case_c2w))
     return info

@@ -228,14 +228,25 @@ def test_a_photo_without_depth_makes_the_same_world_in_process_and_on_a_server(s
     pitch[1:3, 1:3] = [[np.cos(0.26), np.sin(0.26)], [-np.sin(0.26), np.cos(0.26)]]  # 15 deg down: lines to measure
     rgb, _ = scene.render(Intrinsics.from_fov(75.0, 320, 180), scene.start_pose() @ pitch)
     seen = []
-    for kw in ({}, {"server": server.target}):
-        env = SpatiaWorldEnv(width=320, height=180, observation="dict", **kw)
+    for kw in ({}, {"server": server.target}, {"server": server.target, "remote_mode": "generate"}):
+        env = SpatiaWorldEnv(width=320, height=180, observation="dict", action_type="continuous", **kw)
         obs, info = env.reset(seed=0, options={"image": rgb})
-        seen.append((info["memory_points"], obs["depth_m"]))
+        start, points, up = info["pose"], info["memory_points"], env.unwrapped._backend.level_up()
+        for _ in range(3):  # turning right: about the photo's measured up (``WorldInfo.level_up``) everywhere
+            _, _, _, _, info = env.step(np.array([0.0, 0.0, 0.0, 1.0, 0.0], np.float32))
+        seen.append((points, obs["depth_m"], start, info["pose"], up))
         env.close()
-    (n_local, depth_local), (n_remote, depth_remote) = seen
-    assert n_local == n_remote
-    np.testing.assert_allclose(depth_local, depth_remote, rtol=1e-3, atol=1e-3)
+    (n_local, depth_local, start_local, turned_local, up), *remote = seen
+    for n_remote, depth_remote, start_remote, turned_remote, up_remote in remote:
+        assert n_local == n_remote
+        np.testing.assert_allclose(depth_local, depth_remote, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(start_local, start_remote, atol=1e-9)
+        np.testing.assert_allclose(up_remote, up, atol=1e-9)
+        np.testing.assert_allclose(turned_local, turned_remote, atol=1e-6)
+    # the turn kept the horizon: the camera's x axis makes the same angle with the measured up as before, which a
+    # turn about the first camera's own y axis (15 degrees off that up) would not
+    assert np.degrees(np.arccos(up @ -start_local[:3, 1])) > 10.0
+    assert turned_local[:3, 0] @ up == pytest.approx(start_local[:3, 0] @ up, abs=1e-6)
 
 
 def test_vector_env_three_worlds_one_channel(server):

@@ -174,7 +174,7 @@ class WorldStats(_message.Message):
     def __init__(self, memory_points: _Optional[int] = ..., history_frames: _Optional[int] = ..., clips_generated: _Optional[int] = ..., snapshot_bytes: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ...) -> None: ...
 
 class WorldInfo(_message.Message):
-    __slots__ = ("world_id", "source", "prompt", "created_unix_ns", "intrinsics", "origin", "current", "stats", "controlled", "case_trajectory", "node_id")
+    __slots__ = ("world_id", "source", "prompt", "created_unix_ns", "intrinsics", "origin", "current", "stats", "controlled", "case_trajectory", "node_id", "level_up")
     WORLD_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class WorldInfo(_message.Message):
     CONTROLLED_FIELD_NUMBER: _ClassVar[int]
     CASE_TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_UP_FIELD_NUMBER: _ClassVar[int]
     world_id: str
     source: str
     prompt: str
@@ -197,7 +198,8 @@ class WorldInfo(_message.Message):
     controlled: bool
     case_trajectory: Trajectory
     node_id: str
-    def __init__(self, world_id: _Optional[str] = ..., source: _Optional[str] = ..., prompt: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., origin: _Optional[_Union[Pose, _Mapping]] = ..., current: _Optional[_Union[Pose, _Mapping]] = ..., stats: _Optional[_Union[WorldStats, _Mapping]] = ..., controlled: _Optional[bool] = ..., case_trajectory: _Optional[_Union[Trajectory, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+    level_up: Vec3
+    def __init__(self, world_id: _Optional[str] = ..., source: _Optional[str] = ..., prompt: _Optional[str] = ..., created_unix_ns: _Optional[int] = ..., intrinsics: _Optional[_Union[CameraIntrinsics, _Mapping]] = ..., origin: _Optional[_Union[Pose, _Mapping]] = ..., current: _Optional[_Union[Pose, _Mapping]] = ..., stats: _Optional[_Union[WorldStats, _Mapping]] = ..., controlled: _Optional[bool] = ..., case_trajectory: _Optional[_Union[Trajectory, _Mapping]] = ..., node_id: _Optional[str] = ..., level_up: _Optional[_Union[Vec3, _Mapping]] = ...) -> None: ...
 
 class GetWorldRequest(_message.Message):
     __slots__ = ("world_id",)
