@@ -281,3 +281,23 @@ def test_a_frames_coarse_pixels_reach_neither_the_memory_nor_the_history_depth(b
         uv, z = project_points(new, K, f.c2w)
         right |= (z > 0) & (uv[:, 0] >= half - 1) & (uv[:, 0] < K.width) & (uv[:, 1] >= 0) & (uv[:, 1] < K.height)
     assert right.all()
+
+
+def test_the_coarse_frames_shown_while_the_fill_is_prepared_are_no_references():
+    """The layout fill's first frames of a world are the legacy fill, provisional (``coarse_frames``). In the
+    history they are images only, no retrieval candidate and no depth to warp: retrieved 140 frames later, such a
+    frame's stand-in was warped in as a flat panel beside a photo's edge (official case 3). Frames made once the
+    fill is final are indexed, with depth, as before."""
+    from spatia.model.geometric import GeometricConfig
+
+    world = World.from_scene("courtyard", 0, 96, 64)
+    gen = GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4))
+    engine = Engine(world, gen, EngineConfig(clip=ClipConfig(1, 2, 1), keyframe_stride=1))
+    path = out_and_back_path(world.origin_c2w, 9)[1:]
+    list(engine.generate(path))
+    history = world.history
+    for i in range(1, 5):  # the coarse frames
+        assert history.voxels.size_of(i) == 0
+        assert not (history.get_depth(i) > 0).any()
+    for i in range(5, len(history)):
+        assert history.voxels.size_of(i) > 0 and (history.get_depth(i) > 0).any()

@@ -658,6 +658,14 @@ class Engine:
             if result.provisional_px is not None and result.provisional_px[i].any():
                 # a coarse fill's pixels: no depth, so no later frame warps them in as a reference
                 depth = np.where(result.provisional_px[i], 0.0, depth).astype(np.float32)
+            if result.provisional is not None and result.provisional[i]:
+                # a whole frame of coarse fill (shown while the generator's state is prepared) is kept as an image
+                # only: no retrieval candidate and no depth, so no later frame warps it in (what the memory showed
+                # in it may itself be an earlier coarse frame's). Retrieved 140 frames later, the first frames'
+                # stand-in (a flat colour over a guessed depth) was warped in as a panel beside a photo's edge
+                # (official case 3, docs/RESULTS.md, "Session 35")
+                keys = np.zeros(0, np.int64)
+                depth = np.zeros_like(depth, dtype=np.float32)
             world.history.add(result.frames[i], refined[i], world.intrinsics, keys, depth_m=depth)
 
     def generate(self, c2w: np.ndarray, prompt: str | None = None, seed: int = 0,
