@@ -47,7 +47,7 @@ class _FakeHost:
 
     def view(self):
         return SimpleNamespace(history_frames=1, intrinsics=Intrinsics.from_fov(75.0, W, H),
-                               origin_c2w=np.eye(4), current_c2w=np.eye(4))
+                               origin_c2w=np.eye(4), current_c2w=np.eye(4), level_up=None)
 
     async def play_clip(self, engine, poses, prompt, seed, sink, autosave=None, frame_format=None):
         self.clips += 1
