@@ -221,13 +221,6 @@ def session_collider(host, control: ControlConfig, engine):
     return host.collider(engine) if control.collision else None
 
 
-def integrator_at(origin_c2w: np.ndarray, current_c2w: np.ndarray, config: ControlConfig,
-                  collider=None, up: np.ndarray | None = None) -> ActionIntegrator:
-    """An integrator at ``current_c2w`` whose "level" is the world's (``up``: ``World.level_up``; None: the first
-    camera's own axes): ``ActionIntegrator.resumed``. ``collider``: what its moves collide with."""
-    return ActionIntegrator.resumed(origin_c2w, current_c2w, config, up=up, collider=collider)
-
-
 def select_poses(pending: deque, n: int, overhead_s: float | None, frame_s: float | None,
                  frame_period_s: float) -> tuple[list, int]:
     """Interactive clip selection: (the poses of the next clip, how many older ones are skipped).
@@ -418,8 +411,8 @@ class PlaySession:
         resized = self.out_size != (K.width, K.height)
         self.out_intrinsics = intrinsics_to_proto(K.scaled(*self.out_size) if resized else K)
         control = ControlConfig(fps=options.fps, collision=config.play_collision)
-        self.integrator = integrator_at(view.origin_c2w, view.current_c2w, control,
-                                        collider=session_collider(host, control, self.engine), up=view.level_up)
+        self.integrator = ActionIntegrator.resumed(view.origin_c2w, view.current_c2w, control, up=view.level_up,
+                                                   collider=session_collider(host, control, self.engine))
         self.recorder = None
         if options.record:
             rid = f"{host.world_id}.{self.id}"

@@ -21,10 +21,9 @@ from spatia.proto.spatia.v1 import world_pb2 as pb
 from spatia.server import errors
 from spatia.server.config import Limits, ServerConfig
 from spatia.server.host import WorldHost
-from spatia.server.session import integrator_at
 from spatia.server.store import stale_temp_files
 from spatia.server.testing import running_server
-from spatia.world.actions import Action, ControlConfig
+from spatia.world.actions import Action, ActionIntegrator, ControlConfig
 from spatia.world.errors import NotFoundError
 from spatia.world.state import World
 
@@ -199,7 +198,7 @@ def _reference_poses(info: pb.WorldInfo, actions: list[Action], fps: float) -> d
     """seq -> the integrator's pose after that action (one pose per action of dt = 1 / fps)."""
     origin = np.asarray(info.origin.c2w).reshape(4, 4)
     current = np.asarray(info.current.c2w).reshape(4, 4)
-    integ = integrator_at(origin, current, ControlConfig(fps=fps))
+    integ = ActionIntegrator.resumed(origin, current, ControlConfig(fps=fps))
     out = {}
     for a in actions:
         integ.step(a)

@@ -7,7 +7,7 @@ import pytest
 
 from spatia.proto.spatia.v1 import world_pb2 as pb
 from spatia.server.config import ServerConfig
-from spatia.server.session import PlayOptions, action_from_proto, integrator_at
+from spatia.server.session import PlayOptions, action_from_proto
 from spatia.world.actions import Action, ActionIntegrator, ControlConfig
 from spatia.world.camera import look_at
 from spatia.world.errors import InvalidInputError
@@ -66,7 +66,7 @@ def test_integrator_resumes_exactly_where_play_stopped():
     expected = reference.run(second)
     stopped = ActionIntegrator(origin, config)
     stopped.run(first)
-    resumed = integrator_at(origin, stopped.c2w, config)
+    resumed = ActionIntegrator.resumed(origin, stopped.c2w, config)
     assert math.isclose(resumed.pitch_rad, stopped.pitch_rad, abs_tol=1e-9)
     np.testing.assert_allclose(resumed.run(second), expected, atol=1e-9)
 
@@ -76,7 +76,7 @@ def test_integrator_falls_back_when_the_pose_has_roll():
     rolled = np.eye(4)
     c, s = math.cos(0.3), math.sin(0.3)
     rolled[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]  # roll about the optical axis
-    integ = integrator_at(origin, rolled, ControlConfig())
+    integ = ActionIntegrator.resumed(origin, rolled, ControlConfig())
     np.testing.assert_allclose(integ.c2w, rolled, atol=1e-12)
 
 

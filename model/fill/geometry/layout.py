@@ -569,15 +569,11 @@ def _observed_at(layout: Layout, plane: Plane, along: np.ndarray) -> np.ndarray:
     cfg = layout.config
     lo, covered = got
     half = cfg.door_width_m / 2
-    seen = np.zeros(len(along), bool)
-    for i, c in enumerate(along):
-        b0 = int(math.floor((c - half - lo) / cfg.door_cover_bin_m))
-        b1 = int(math.ceil((c + half - lo) / cfg.door_cover_bin_m))
-        if b1 <= b0:
-            continue
-        inside = covered[max(b0, 0):max(min(b1, len(covered)), 0)]
-        seen[i] = inside.sum() >= cfg.door_cover_min_share * (b1 - b0)
-    return seen
+    b0 = np.floor((along - half - lo) / cfg.door_cover_bin_m).astype(np.int64)  # [C] the doorway's bins [b0, b1)
+    b1 = np.ceil((along + half - lo) / cfg.door_cover_bin_m).astype(np.int64)
+    counted = np.concatenate([[0], np.cumsum(covered)])  # covered bins before each bin index
+    inside = counted[np.clip(b1, 0, len(covered))] - counted[np.clip(b0, 0, len(covered))]
+    return inside >= cfg.door_cover_min_share * (b1 - b0)
 
 
 def enclose(layout: Layout) -> Plane | None:
