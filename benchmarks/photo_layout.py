@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--unmeasured-conf-open", type=float, default=None,
                     help="PhotoLayoutConfig.unmeasured_focal_confidence_open (the same for open ground: sky or a "
                          "backdrop seen)")
+    ap.add_argument("--floor-patch-min-share", type=float, default=None,
+                    help="PhotoLayoutConfig.floor_patch_min_share (> 1: not-floor patches under floor stay objects)")
     args = ap.parse_args()
 
     import structlog
@@ -67,7 +69,8 @@ def main() -> None:
 
     over = {k: v for k, v in (("default_fov_deg", args.default_fov),
                               ("unmeasured_focal_confidence", args.unmeasured_conf),
-                              ("unmeasured_focal_confidence_open", args.unmeasured_conf_open)) if v is not None}
+                              ("unmeasured_focal_confidence_open", args.unmeasured_conf_open),
+                              ("floor_patch_min_share", args.floor_patch_min_share)) if v is not None}
     config = dataclasses.replace(PhotoLayoutConfig(), **over)
     items = [(s, seed, p, y, fov) for s in args.scenes for seed in args.seeds for p in args.pitches for y in args.yaws
              for fov in args.fovs]

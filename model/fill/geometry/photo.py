@@ -88,6 +88,13 @@ class PhotoLayoutConfig:
     # falls back (a level house view whose wall met no floor read as a backdrop 25 m away; docs/RESULTS.md,
     # "Session 35").
     unmeasured_focal_confidence_open: float = 0.5
+    # A not-floor patch below the horizon with floor right above it, brighter than that floor and without a
+    # vertical edge, is floor in another light (sunlight through a window, washed out to a wall's colour):
+    # ``floor_patches_as_floor``. Counted as floor when at least this share of its upper edge meets floor (> 1:
+    # never). As an object, its contact row made the whole column a card from the floor to the ceiling
+    # (official case 1: a 0.6 m-wide slab 4.5 m out, across the doorway; docs/RESULTS.md, "Session 36")
+    floor_patch_min_share: float = 0.9
+    floor_patch_min_lift: float = 10.0  # grey levels the patch is brighter than the floor's median (lit)
     seed: int = 0  # RANSAC sampling seed: same image, same layout
     # measure_focal: when the lines pin the focal down (tuned on procedural renders at 50-90 deg, never the cases)
     focal_inlier_deg: float = 2.0  # a segment belongs to a vanishing point within this image angle
@@ -684,6 +691,42 @@ def floor_probability(rgb: np.ndarray, above: np.ndarray, sky: np.ndarray) -> tu
     return colour_probability(rgb, (rows >= int(0.88 * rgb.shape[0])) & ~above & ~sky, above | sky)
 
 
+def floor_patches_as_floor(p_floor: np.ndarray, not_ground: np.ndarray, vertical: np.ndarray, luma: np.ndarray,
+                           min_share: float, min_lift: float) -> np.ndarray:
+    """``p_floor`` [H, W] float32 with the lit patches of the floor counted as floor (p mirrored to 1 - p).
+
+    A patch is a connected not-floor region on the ground side (p < 0.5, ``not_ground`` [H, W] bool False; holes
+    filled). It is a lit part of the floor when (1) at least ``min_share`` of its upper edge pixels (whose upper
+    neighbour is outside it) have above them the floor the photo stands on (floor connected to its bottom rows,
+    where the floor's colours were sampled; a facade whose plaster reads as paving is not), (2) it holds no
+    vertical 3-D edge (``vertical`` [H, W] bool: a low object's side, a bench's leg, a basin's rim stand up) and
+    (3) its mean ``luma`` ([H, W] float32) is at least ``min_lift`` levels above that floor's median (a window, a
+    plinth or a shadow is darker or alike; sunlight washes a floor out to a wall's colour)."""
+    patch = ndimage.binary_fill_holes((p_floor < 0.5) & ~not_ground)
+    labels, n = ndimage.label(patch)
+    if n == 0:
+        return p_floor
+    floor_labels, _ = ndimage.label((p_floor >= 0.5) & ~not_ground)
+    ground = np.isin(floor_labels, np.unique(floor_labels[int(0.88 * len(p_floor)):])) & (floor_labels > 0)
+    edge = patch.copy()
+    edge[1:] &= ~patch[:-1]  # the pixel above is outside the patch (row 0: nothing above, never floor)
+    floor_above = np.zeros_like(patch)
+    floor_above[1:] = edge[1:] & ground[:-1]
+    edges = np.bincount(labels[edge], minlength=n + 1)
+    met = np.bincount(labels[floor_above], minlength=n + 1)
+    if not ground.any():
+        return p_floor
+    inside = np.bincount(labels.ravel(), weights=luma.ravel(), minlength=n + 1)
+    lift = inside / np.maximum(np.bincount(labels.ravel(), minlength=n + 1), 1) - float(np.median(luma[ground]))
+    floor_like = ((met >= min_share * np.maximum(edges, 1)) & (lift >= min_lift)
+                  & (np.bincount(labels[vertical], minlength=n + 1) == 0))
+    floor_like[0] = False
+    flip = floor_like[labels] & (p_floor < 0.5)
+    if not flip.any():
+        return p_floor
+    return np.where(flip, 1.0 - p_floor, p_floor).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Level rectification and the floor boundary
 # ---------------------------------------------------------------------------------------------------------------
@@ -992,7 +1035,6 @@ def estimate_layout(
     T_in = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
     T_out = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
     Hcv = T_out @ Hom @ T_in
-    p_r = cv2.warpPerspective(p_floor, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR, borderValue=-1.0)
     valid_r = cv2.warpPerspective(np.ones((h, w), np.uint8), Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST) > 0
     gray_r = cv2.warpPerspective(gray, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR).astype(np.float32)
     # Vertical 3-D edges (segments of the vertical vanishing point) stand on vertical surfaces: never floor.
@@ -1020,6 +1062,9 @@ def estimate_layout(
     else:
         vert_segs = np.zeros((0, 4))
     vert_r = cv2.warpPerspective(vert_mask, Hcv, (Wr, Hr), flags=cv2.INTER_NEAREST).astype(np.float32)
+    p_floor = floor_patches_as_floor(p_floor, above | sky, vert_mask > 0, gray.astype(np.float32),
+                                     config.floor_patch_min_share, config.floor_patch_min_lift)
+    p_r = cv2.warpPerspective(p_floor, Hcv, (Wr, Hr), flags=cv2.INTER_LINEAR, borderValue=-1.0)
     span_r = _vertical_spans(vert_segs, Hom, Wr, Hr)
     cy_r = float(K_r[1, 2])
     cx_r = float(K_r[0, 2])
