@@ -841,7 +841,9 @@ def test_a_plane_without_a_texture_borrows_the_one_a_max_over_every_plane_picks(
                                                                 found[i][0].support))
                     want = found[best][1]
                     break
-            assert tex is want
+            # a wall gets that texture, or it in the tone of the walls across it (tests/test_borrowed_tone.py)
+            assert tex is want or (p.kind == WALL and tex.gain != 1.0 and tex.levels is want.levels
+                                   and tex.synth is want.synth)
 
 
 def _half_room_points(R: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ at. It is rendered behind everything and never becomes memory points (no sparse 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
@@ -40,6 +41,8 @@ from spatia.model.fill.geometry.layout import CEILING, FLOOR, WALL, Layout, Plan
 from spatia.model.fill.texture.appearance_kernels import add_sky_detail, best_window, lower_unseen_contrast
 
 log = structlog.get_logger(__name__)
+
+_LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luminance weights (RGB)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,14 @@ class AppearanceConfig:
     foreign_spread: float = 4.0
     foreign_min_blocks: int = 4
     foreign_max_share: float = 0.5
+    # A wall nothing observed borrows a texture lit as its source wall was. Where walls of that material were seen
+    # facing both ways across it (the walls at its two corners), it takes the mean of their tones instead: under
+    # a light from an unknown side that is the least-squares guess, and a room's walls differ by their lighting
+    # alone (the procedural room's by 25 %: room demo +0.7 dB on novel pixels; docs/RESULTS.md, "Session 36").
+    # Same material: mean chromaticities (r, g, b over their sum) within this; a wall counts with this many samples
+    tone_chroma_tol: float = 0.03
+    tone_min_samples: int = 500
+    tone_min_span_m: float = 1.0  # the two walls stand at least this far apart (one on each side)
 
 
 def plane_basis(layout: Layout, plane: Plane) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +144,7 @@ class PlaneTexture:
     far_from_m: float = math.inf
     centre_uv: tuple[float, float] = (0.0, 0.0)
     unseen: "UnseenCells | None" = None  # cells of the plane nothing observed (``_unseen_cells``)
+    gain: float = 1.0  # every sample's brightness times this: a borrowed texture on a wall lit otherwise
 
     @functools.cached_property
     def contrast(self) -> float:
@@ -148,6 +160,8 @@ class PlaneTexture:
         out = self._sample_regions(uv_m, footprint_m)
         if self.unseen is not None:
             self.unseen.apply(uv_m, out)
+        if self.gain != 1.0:
+            out = np.clip(np.rint(out * self.gain), 0, 255).astype(np.uint8)
         return out
 
     def far_points(self, uv_m: np.ndarray) -> np.ndarray | None:
@@ -611,6 +625,8 @@ class PlaneTextures:
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._heights: dict[int, np.ndarray] = {}  # layout axis -> every point's coordinate along it [N]
+        self._means: dict[int, np.ndarray | None] = {}  # plane id -> its samples' mean colour [3] (None: too few)
+        self._toned: dict[tuple, PlaneTexture] = {}  # (source plane id, wall axis) -> the borrowed texture toned
 
     def _axis_heights(self, axis: int) -> np.ndarray:
         """``points @ layout.axes[axis]``, computed once per axis (``plane_texture``'s ``heights``)."""
@@ -671,8 +687,48 @@ class PlaneTextures:
             for p in ranked:
                 own = self._get_own(p.plane_id)
                 if own is not None:
-                    return own
+                    return self._toned_for(plane.axis, p, own) if plane.kind == WALL else own
         return None
+
+    def _mean_colour(self, plane: Plane) -> np.ndarray | None:
+        """``[3]`` float64 mean colour of the observed points within ``plane_tol_m`` of ``plane`` (None: fewer than
+        ``tone_min_samples``). From the points, not a fitted texture: what a frame shows must not depend on which
+        fits the maintenance thread has finished."""
+        with self._locks_guard:
+            if plane.plane_id in self._means:
+                return self._means[plane.plane_id]
+        on = np.abs(self._axis_heights(plane.axis) - plane.offset_m) <= self.config.plane_tol_m
+        mean = self._colors[on].astype(np.float64).mean(axis=0) if on.sum() >= self.config.tone_min_samples else None
+        with self._locks_guard:
+            self._means[plane.plane_id] = mean
+        return mean
+
+    def _toned_for(self, axis: int, source: Plane, tex: PlaneTexture) -> PlaneTexture:
+        """``tex`` (``source``'s texture, borrowed by a wall along layout ``axis`` nothing observed) with the mean tone
+        of the walls of its material seen facing both ways across that wall (``AppearanceConfig.tone_chroma_tol``):
+        the nearest and the farthest of them along the other horizontal axis. ``tex`` itself without two such."""
+        key = (source.plane_id, axis)
+        with self._locks_guard:
+            if key in self._toned:
+                return self._toned[key]
+        cfg = self.config
+        src = self._mean_colour(source)
+        toned = tex
+        if src is not None and src.sum() > 0:
+            chroma = src / src.sum()
+            same = []  # (offset m, luminance) of the walls across it of the source's material
+            for p in self.layout.planes:
+                if p.kind != WALL or p.axis == axis or p.derived or p.plane_id < 0:
+                    continue
+                m = self._mean_colour(p)
+                if m is not None and m.sum() > 0 and np.abs(m / m.sum() - chroma).max() <= cfg.tone_chroma_tol:
+                    same.append((p.offset_m, float(m @ _LUMA)))
+            same.sort()
+            if len(same) >= 2 and same[-1][0] - same[0][0] >= cfg.tone_min_span_m:
+                gain = 0.5 * (same[0][1] + same[-1][1]) / float(src @ _LUMA)
+                toned = dataclasses.replace(tex, gain=gain)
+        with self._locks_guard:
+            return self._toned.setdefault(key, toned)
 
 
 @dataclass
