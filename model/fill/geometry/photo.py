@@ -92,7 +92,7 @@ class PhotoLayoutConfig:
     # vertical edge, is floor in another light (sunlight through a window, washed out to a wall's colour):
     # ``floor_patches_as_floor``. Counted as floor when at least this share of its upper edge meets floor (> 1:
     # never). As an object, its contact row made the whole column a card from the floor to the ceiling
-    # (official case 1: a 0.6 m-wide slab 4.5 m out, across the doorway; docs/RESULTS.md, "Session 36")
+    # (official case 1: a slab across the doorway; docs/RESULTS.md, "Session 36")
     floor_patch_min_share: float = 0.9
     floor_patch_min_lift: float = 10.0  # grey levels the patch is brighter than the floor's median (lit)
     seed: int = 0  # RANSAC sampling seed: same image, same layout
@@ -708,14 +708,14 @@ def floor_patches_as_floor(p_floor: np.ndarray, not_ground: np.ndarray, vertical
         return p_floor
     floor_labels, _ = ndimage.label((p_floor >= 0.5) & ~not_ground)
     ground = np.isin(floor_labels, np.unique(floor_labels[int(0.88 * len(p_floor)):])) & (floor_labels > 0)
+    if not ground.any():
+        return p_floor
     edge = patch.copy()
     edge[1:] &= ~patch[:-1]  # the pixel above is outside the patch (row 0: nothing above, never floor)
     floor_above = np.zeros_like(patch)
     floor_above[1:] = edge[1:] & ground[:-1]
     edges = np.bincount(labels[edge], minlength=n + 1)
     met = np.bincount(labels[floor_above], minlength=n + 1)
-    if not ground.any():
-        return p_floor
     inside = np.bincount(labels.ravel(), weights=luma.ravel(), minlength=n + 1)
     lift = inside / np.maximum(np.bincount(labels.ravel(), minlength=n + 1), 1) - float(np.median(luma[ground]))
     floor_like = ((met >= min_share * np.maximum(edges, 1)) & (lift >= min_lift)

@@ -112,8 +112,8 @@ class AppearanceConfig:
     foreign_max_share: float = 0.5
     # A wall nothing observed borrows a texture lit as its source wall was. Where walls of that material were seen
     # facing both ways across it (the walls at its two corners), it takes the mean of their tones instead: under
-    # a light from an unknown side that is the least-squares guess, and a room's walls differ by their lighting
-    # alone (the procedural room's by 25 %: room demo +0.7 dB on novel pixels; docs/RESULTS.md, "Session 36").
+    # a light from an unknown side that is the least-squares guess, and a room's walls of one material differ by
+    # their lighting alone (docs/RESULTS.md, "Session 36").
     # Same material: mean chromaticities (r, g, b over their sum) within this; a wall counts with this many samples
     tone_chroma_tol: float = 0.03
     tone_min_samples: int = 500
