@@ -53,6 +53,8 @@ def main() -> None:
                          "backdrop seen)")
     ap.add_argument("--floor-patch-min-share", type=float, default=None,
                     help="PhotoLayoutConfig.floor_patch_min_share (> 1: not-floor patches under floor stay objects)")
+    ap.add_argument("--max-leg-width", type=float, default=None,
+                    help="PhotoLayoutConfig.max_leg_width_m (0: furniture's legs stand to the ceiling)")
     args = ap.parse_args()
 
     import structlog
@@ -70,7 +72,8 @@ def main() -> None:
     over = {k: v for k, v in (("default_fov_deg", args.default_fov),
                               ("unmeasured_focal_confidence", args.unmeasured_conf),
                               ("unmeasured_focal_confidence_open", args.unmeasured_conf_open),
-                              ("floor_patch_min_share", args.floor_patch_min_share)) if v is not None}
+                              ("floor_patch_min_share", args.floor_patch_min_share),
+                              ("max_leg_width_m", args.max_leg_width)) if v is not None}
     config = dataclasses.replace(PhotoLayoutConfig(), **over)
     items = [(s, seed, p, y, fov) for s in args.scenes for seed in args.seeds for p in args.pitches for y in args.yaws
              for fov in args.fovs]

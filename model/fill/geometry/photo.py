@@ -74,6 +74,14 @@ class PhotoLayoutConfig:
     vp_hypotheses: int = 1500  # RANSAC pair samples per vanishing point
     min_wall_height_m: float = 2.0  # a floor contact with sky less than this above it is no wall's foot
     min_wall_length_m: float = 0.3  # a wall's contacts span at least this along it (a tree trunk is no wall)
+    # In an interior (a ceiling found), a run of columns at most ``max_leg_width_m`` wide whose floor contact stands
+    # ``leg_front_rel`` in front of what is seen on both sides of it is a leg (a chair's, a table's): it stands up to
+    # ``max_leg_height_m`` and what is behind continues above it (``_legs_below_walls``). One card per column stood
+    # the legs to the ceiling: strips of the wall above them that slid across the room as the camera moved
+    # (official case 1; docs/RESULTS.md, "Session 36"). 0: never.
+    max_leg_width_m: float = 0.5
+    max_leg_height_m: float = 1.2
+    leg_front_rel: float = 0.15
     edge_facade_cols_frac: float = 0.03  # outdoors: the image-edge block tested for a facade rising out of the top
     min_confidence: float = 0.35  # below: fall back to the planar prior (logged)
     # Confidence factor when the photo came without intrinsics and its vanishing points do not give the focal
@@ -884,6 +892,43 @@ def _seen_past_columns(
     return int(past.sum())
 
 
+def _legs_below_walls(
+    t_vert: np.ndarray,  # [H, W] ray parameter of each pixel's column surface (z-depth: camera rays have z = 1)
+    z_col: np.ndarray,  # [C] level-frame z of each rectified column's surface
+    free: np.ndarray,  # [C] bool: columns with a floor contact that no wall plane explains
+    col_rad: float,  # one column's width over its depth (level frame)
+    col: np.ndarray,  # [H, W] int64 rectified column of each pixel
+    rays_l: np.ndarray,  # [H, W, 3] pixel rays, level frame (y down)
+    zl: np.ndarray,  # [H, W] their level-frame z
+    config: PhotoLayoutConfig,
+) -> np.ndarray:
+    """``t_vert`` with furniture's legs cut at ``max_leg_height_m`` (``PhotoLayoutConfig.max_leg_width_m``): a run of
+    ``free`` columns standing more than ``leg_front_rel`` in front of the farthest surface on each side of it
+    (within an eighth of the canvas; a wall seen at an angle recedes to one side only), at most
+    ``max_leg_width_m`` wide at its depth. Above that height its pixels show what stands behind: the surface of
+    the columns on either side of the run, interpolated in inverse depth (exact for one vertical plane)."""
+    C = len(z_col)
+    reach = max(4, C // 8)
+    padded = np.concatenate([np.full(reach, -np.inf), z_col, np.full(reach, -np.inf)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, reach)  # [C + reach + 1, reach]
+    far = np.minimum(windows[:C].max(axis=1), windows[reach + 1:reach + 1 + C].max(axis=1))
+    front = free & (far > z_col * (1.0 + config.leg_front_rel))
+    behind = np.full(C, np.inf)
+    edges = np.flatnonzero(np.diff(np.r_[0, front.astype(np.int8), 0]))
+    for c0, c1 in zip(edges[0::2], edges[1::2]):  # runs [c0, c1)
+        if (c1 - c0) * col_rad * float(np.max(z_col[c0:c1])) > config.max_leg_width_m:
+            continue
+        left, right = z_col[max(c0 - 1, 0)], z_col[min(c1, C - 1)]
+        t = (np.arange(c0, c1) - (c0 - 1)) / float(c1 - c0 + 1)
+        behind[c0:c1] = 1.0 / ((1.0 - t) / left + t / right)
+    leg = np.isfinite(behind)
+    if not leg.any():
+        return t_vert
+    height_m = config.camera_height_m - rays_l[..., 1] / zl * z_col[col]  # above the floor, on the leg's card
+    above = leg[col] & (height_m > config.max_leg_height_m)
+    return np.where(above, np.where(leg, behind, 0.0)[col] / zl, t_vert)
+
+
 def _wall_length_m(foot_xz: np.ndarray, wall: tuple[np.ndarray, float, np.ndarray]) -> float:
     """Extent (metres) of a wall's contact columns along the wall (perpendicular to its normal)."""
     n, _, cols = wall
@@ -1223,6 +1268,8 @@ def estimate_layout(
     floor &= ~sky_full
     t_floor = config.camera_height_m / np.maximum(rays_l[..., 1], 1e-9)  # ray parameter (level frame)
     t_vert = z_wall[col] / zl  # the column's vertical surface at level-frame z = z_wall
+    if ceiling_h_m is not None and config.max_leg_width_m > 0:  # an interior
+        t_vert = _legs_below_walls(t_vert, z_wall, contact & (wall_of_col < 0), ds / f_r, col, rays_l, zl, config)
     t = np.where(floor, t_floor, t_vert)
     ceiling = np.zeros((H, W), bool)
     if ceiling_h_m is not None:
