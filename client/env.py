@@ -210,7 +210,7 @@ class _RemoteBackend:
         return self.up
 
     def new_world(self, options: dict[str, Any], seed: int, width: int, height: int, fov_deg: float, prompt: str):
-        from spatia.proto.spatia.v1.convert import pose_array
+        from spatia.proto.spatia.v1.convert import pose_array, vec3_array
 
         self._drop_created()
         if "world_id" in options:
@@ -225,8 +225,7 @@ class _RemoteBackend:
             self.created = True
         self.world_id = info.world_id
         self.K = (info.intrinsics.width, info.intrinsics.height)
-        self.up = (np.array([info.level_up.x, info.level_up.y, info.level_up.z])
-                   if info.HasField("level_up") else None)
+        self.up = vec3_array(info.level_up) if info.HasField("level_up") else None
         return pose_array(info.current if info.HasField("current") else info.origin)
 
     def step(self, action: Action, c2w: np.ndarray, prompt: str | None, seed: int) -> tuple[np.ndarray, int]:

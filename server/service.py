@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from spatia.proto.spatia.v1 import world_pb2 as pb
 from spatia.proto.spatia.v1 import world_pb2_grpc as pb_grpc
-from spatia.proto.spatia.v1.convert import encode_image, pose_to_proto, trajectory_to_proto
+from spatia.proto.spatia.v1.convert import encode_image, pose_to_proto, trajectory_to_proto, vec3_to_proto
 from spatia.server import builders, errors
 from spatia.server.config import ServerConfig
 from spatia.server.errors import (
@@ -105,7 +105,7 @@ def world_info(host: WorldHost, case_c2w: np.ndarray | None = None) -> pb.WorldI
         node_id=host.node_id,  # a world actor's node (server/ray_host.py); in-process: none
     )
     if v.level_up is not None:
-        info.level_up.CopyFrom(pb.Vec3(x=float(v.level_up[0]), y=float(v.level_up[1]), z=float(v.level_up[2])))
+        info.level_up.CopyFrom(vec3_to_proto(v.level_up))
     if case_c2w is not None:
         info.case_trajectory.CopyFrom(trajectory_to_proto(case_c2w))
     return info

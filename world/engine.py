@@ -690,7 +690,7 @@ def first_frame(world: World) -> np.ndarray:
 
 
 def world_up(world: World) -> np.ndarray:
-    return -world.origin_c2w[:3, 1]  # docs/DESIGN.md: up = -y of the first camera
+    return world.camera_up  # docs/DESIGN.md: up = -y of the first camera
 
 
 def observed_views(world: World) -> list[ReferenceFrame]:

@@ -219,14 +219,18 @@ class World:
         return LayoutPrior.from_doc(self.info.layout_prior)
 
     @property
+    def camera_up(self) -> np.ndarray:
+        """``[3]`` world frame: the first camera's -y (docs/DESIGN.md's world up)."""
+        return -np.asarray(self.origin_c2w, np.float64)[:3, 1]
+
+    @property
     def level_up(self) -> np.ndarray:
         """``[3]`` world frame: the up a player's turns keep level (``world.actions.level_pose``): the gravity the
-        photo layout measured when the world recorded one (a photo taken pitched or rolled), else the first
-        camera's -y (docs/DESIGN.md's world up)."""
+        photo layout measured when the world recorded one (a photo taken pitched or rolled), else ``camera_up``."""
         prior = self.layout_prior
         if prior is not None:
             return np.asarray(prior.up, np.float64).copy()
-        return -np.asarray(self.origin_c2w, np.float64)[:3, 1]
+        return self.camera_up
 
     def collider(self, config=None):
         """A ``world.collision.MemoryCollider`` over this world's memory (``ActionIntegrator(collider=...)``): the

@@ -150,7 +150,7 @@ class PlaneTexture:
     def contrast(self) -> float:
         """The spread of the exemplar's luminance (levels, 0-255): its 90th less its 10th percentile. Brick, stone
         and tiles score tens of levels; plaster and paint a few."""
-        lum = self.levels[0].reshape(-1, 3).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        lum = self.levels[0].reshape(-1, 3).astype(np.float32) @ _LUMA.astype(np.float32)
         lo, hi = np.percentile(lum, (10.0, 90.0))
         return float(hi - lo)
 

@@ -17,6 +17,17 @@ def pose_to_proto(c2w: np.ndarray) -> pb.Pose:
     return pb.Pose(c2w=np.asarray(c2w, dtype=np.float64).reshape(16).tolist())
 
 
+def vec3_to_proto(v: np.ndarray) -> pb.Vec3:
+    """``[3]`` -> ``Vec3``."""
+    x, y, z = (float(c) for c in np.asarray(v, np.float64).reshape(3))
+    return pb.Vec3(x=x, y=y, z=z)
+
+
+def vec3_array(v: pb.Vec3) -> np.ndarray:
+    """``Vec3`` -> ``[3]`` float64."""
+    return np.array([v.x, v.y, v.z], np.float64)
+
+
 def pose_array(pose: pb.Pose, what: str = "pose") -> np.ndarray:
     """Pose -> [4, 4] float64; ValueError when it does not hold 16 numbers (rigidity is the server's check)."""
     if len(pose.c2w) != 16:
