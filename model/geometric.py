@@ -435,6 +435,8 @@ class _LayoutState:
     sky_min_depth_m: float = math.inf
     warm: "_WarmPlan | None" = None  # ``_warm_plan``, made once
     warm_lock: threading.Lock = field(default_factory=threading.Lock)
+    # model.fill.geometry.supports.Support: observed objects continued down to the floor under their occlusion edges
+    supports: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -737,10 +739,16 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     # each plane's texture model is fitted on first use or by the warm-up (``_warm_layout_state``), not here:
     # the first final frame waits for the layout alone, and for the textures of the planes it shows
     textures = PlaneTextures(layout, inputs.points, inputs.colors)
+    supports = []
+    if first is not None and first.depth_m is not None and inputs.layout_prior is None:
+        # (a photo's depth is the prior's planes and cards: its objects already stand on the floor)
+        from spatia.model.fill.geometry.supports import supports_of_view
+
+        supports = supports_of_view(layout, first.rgb, first.depth_m, first.intrinsics, first.c2w)
     log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
-             sky=sky is not None)
+             sky=sky is not None, supports=len(supports))
     return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64),
-                        appearance.sky_min_depth_m if sky is not None else math.inf)
+                        appearance.sky_min_depth_m if sky is not None else math.inf, supports=supports)
 
 
 def _without(valid: np.ndarray, depth: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1087,6 +1095,73 @@ def _at_an_observed_view(c2w: np.ndarray, views: list[ReferenceFrame]) -> bool:
     """Whether ``c2w`` [4, 4] is within ``SAME_VIEW_M`` and ``SAME_VIEW_DEG`` of an observed view's pose."""
     return any(translation_distance_m(v.c2w, c2w) <= SAME_VIEW_M and rotation_angle_deg(v.c2w, c2w) <= SAME_VIEW_DEG
                for v in views)
+
+
+def _paint_supports(
+    state: _LayoutState,
+    hole_idx: np.ndarray,  # [M] flat pixel indices of the frame's holes
+    rays_flat: np.ndarray,  # [H * W, 3] float32 camera frame pixel rays (z = 1)
+    out_depth: np.ndarray,  # [H, W] float32, the fill's depth, updated in place
+    rgb_flat: np.ndarray,  # [H * W, 3] uint8, the frame's colour, updated in place
+    colored: np.ndarray,  # [H, W] bool, where the frame holds colour, updated in place
+    c2w: np.ndarray,  # [4, 4] target pose
+    reach,  # [P, 3] camera positions, world frame, or a ``layout.LayoutPath`` of them
+    request: ClipRequest,
+    cfg: GeometricConfig,
+) -> None:
+    """The holes whose ray meets a support (``model.fill.geometry.supports``: an observed object continued down to
+    the floor) nearer than the fill's depth show it, except within the free-space radius of a pose or in front of
+    what an observed view saw: the same rules as the layout's points. One function for the fused fill and its
+    reference."""
+    if not state.supports or not len(hole_idx):
+        return
+    from spatia.model.fill.geometry.layout import LayoutPath
+    from spatia.model.fill.geometry.supports import SupportConfig, cast_supports, screen_box
+
+    layout = state.layout
+    width = out_depth.shape[1]
+    candidates = []  # per support, the holes (indices into hole_idx, which is sorted) inside its screen box
+    for s in state.supports:
+        box = screen_box(s, layout, c2w, request.intrinsics)
+        if box is None:
+            candidates.append(np.zeros(0, np.int64))
+            continue
+        r0, r1, c0, c1 = box
+        lo, hi = np.searchsorted(hole_idx, [r0 * width, (r1 + 1) * width])
+        col = hole_idx[lo:hi] % width
+        candidates.append(lo + np.flatnonzero((col >= c0) & (col <= c1)))
+    some = [c for c in candidates if len(c)]
+    if not some:
+        return
+    if len(some) == 1:  # (each is sorted)
+        sub = some[0]
+    else:
+        mask = np.zeros(len(hole_idx), bool)
+        for c in some:
+            mask[c] = True
+        sub = np.flatnonzero(mask)  # [K] the holes any support may cover
+    candidates = [np.searchsorted(sub, c) for c in candidates]
+    t, colour, pts = cast_supports(state.supports, layout, rays_flat[hole_idx[sub]], c2w, candidates)
+    current = out_depth.ravel()[hole_idx[sub]]
+    win = np.flatnonzero((t > 0) & ((current <= 0) | (t < (1.0 - SupportConfig.front_rel) * current)))
+    if not len(win):
+        return
+    radius = layout.config.min_camera_distance_m
+    near = np.zeros(len(win), bool)
+    for s in state.supports:
+        close = (reach.near(s.axis, s.offset_m, radius) if isinstance(reach, LayoutPath)
+                 else reach[np.abs(reach @ layout.axes[s.axis] - s.offset_m) < radius])
+        if len(close):
+            from scipy.spatial import cKDTree
+
+            near |= np.isfinite(cKDTree(close).query(pts[win], distance_upper_bound=radius)[0])
+    win = win[~near]
+    if request.observed_views and len(win):
+        win = win[~_free_space_violation(pts[win], request.observed_views, cfg.free_space_rel)]
+    px = hole_idx[sub[win]]
+    out_depth.ravel()[px] = t[win]
+    rgb_flat[px] = colour[win]
+    colored.ravel()[px] = True
 
 
 def _free_space_violation(
@@ -1444,6 +1519,7 @@ class GeometricGenerator:
                 painted = np.concatenate([painted, sky])
         colored = colored.copy()
         colored.ravel()[painted] = True
+        _paint_supports(state, hole_idx, rays_flat, out_depth, rgb_flat, colored, c2w, reach, request, cfg)
         colored.ravel()[_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims_depth_m, cfg)] = False
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, painted, colored,
@@ -1599,6 +1675,8 @@ class GeometricGenerator:
         out_depth = out_depth.astype(np.float32)
         colored = colored.copy()
         colored.ravel()[hole_idx[painted]] = True
+        _paint_supports(state, hole_idx, _rays(K).reshape(-1, 3), out_depth, rgb_flat, colored, c2w, reach, request,
+                        cfg)
         colored.ravel()[_glimpses_through_pinholes(hole_idx, pinhole, out_depth, claims_depth_m, cfg)] = False
         if coarse is not None:
             coarse.set_off_surface(valid.shape, _colour_off_surface(claims_depth_m, depth, valid, hole_idx[painted],
