@@ -1370,8 +1370,10 @@ def path_openings(layout: Layout, view: LayoutView, camera_m: np.ndarray, reach_
         # one doorway per place the path goes through
         keep = np.concatenate([[True], np.diff(along) > cfg.door_width_m / 2])
         for c, w, guess in zip(along[keep], half[keep], heading[keep]):
-            # a heading doorway's lintel clears a walking camera too (invented points block at the free radius)
-            t = max(top, eye + cfg.min_camera_distance_m + cfg.heading_door_margin_m) if guess else top
+            # a doorway's lintel is no lower than the free radius above the walking camera: invented points within
+            # it are not shown, so a lower lintel had a dome cut into it where the camera passed, the ceiling of the
+            # room beyond showing through (house loop, frames 145-160); a heading doorway's clears it by a margin
+            t = max(top, eye + cfg.min_camera_distance_m + (cfg.heading_door_margin_m if guess else 0.0))
             view.openings.append(Opening(p, float(c), float(w), bottom, t))
         # the room beyond: the farthest observed wall that way facing back, else as deep as the camera's room
         direction = -p.facing  # from the camera towards the wall
