@@ -1143,17 +1143,17 @@ def _paint_supports(
     candidates = [np.searchsorted(sub, c) for c in candidates]
     t, colour, pts = cast_supports(state.supports, layout, rays_flat[hole_idx[sub]], c2w, candidates)
     current = out_depth.ravel()[hole_idx[sub]]
-    win = np.flatnonzero((t > 0) & ((current <= 0) | (t < (1.0 - SupportConfig.front_rel) * current)))
+    win = np.flatnonzero((t > 0) & ((current <= 0) | (t < (1.0 - SupportConfig().front_rel) * current)))
     if not len(win):
         return
+    from scipy.spatial import cKDTree
+
     radius = layout.config.min_camera_distance_m
     near = np.zeros(len(win), bool)
     for s in state.supports:
         close = (reach.near(s.axis, s.offset_m, radius) if isinstance(reach, LayoutPath)
                  else reach[np.abs(reach @ layout.axes[s.axis] - s.offset_m) < radius])
         if len(close):
-            from scipy.spatial import cKDTree
-
             near |= np.isfinite(cKDTree(close).query(pts[win], distance_upper_bound=radius)[0])
     win = win[~near]
     if request.observed_views and len(win):
