@@ -115,19 +115,20 @@ def _runs(cols: np.ndarray, pts: np.ndarray, config: SupportConfig) -> list[np.n
     ``join_m`` and at most two columns back, else opens one. [E] indices per run."""
     order = np.lexsort((np.arange(len(cols)), cols))
     runs: list[list[int]] = []
-    last: list[tuple[int, np.ndarray]] = []
+    last: dict[int, tuple[int, np.ndarray]] = {}  # open runs (their last column within two): run -> (column, point)
     for i in order:
+        col_i = int(cols[i])
+        last = {r: cp for r, cp in last.items() if col_i - cp[0] <= 2}
         best, best_d = -1, config.join_m
-        for r, (col, p) in enumerate(last):
+        for r, (col, p) in last.items():
             d = float(np.linalg.norm(pts[i] - p))
-            if cols[i] - col <= 2 and d <= best_d and col != cols[i]:
+            if d <= best_d and col != col_i:
                 best, best_d = r, d
         if best < 0:
-            runs.append([i])
-            last.append((int(cols[i]), pts[i]))
-        else:
-            runs[best].append(i)
-            last[best] = (int(cols[i]), pts[i])
+            best = len(runs)
+            runs.append([])
+        runs[best].append(i)
+        last[best] = (col_i, pts[i])
     return [np.asarray(r, np.int64) for r in runs]
 
 
