@@ -1,6 +1,6 @@
 """What holds up an object whose lower part the first view could not see: its surface continued down to the floor.
 
-The first view sees a sofa's backrest above a table that hides the seat, or a table's top above a chair: the
+The first view sees a sofa's backrest above a chair that hides the seat, or a cabinet's front above a table: the
 memory holds the upper part only, and from beside it the part floats, a plank with the wall showing beneath it
 (the room demo, frames 20-60). Objects rest on the floor (a support prior), so where an observed surface ends at
 an occlusion edge (the pixel below it in the first view is much nearer: the occluder) and it is neither a room's
@@ -41,8 +41,9 @@ class SupportConfig:
     step_rel: float = 0.01  # ... a row continues the surface while its z-depth is within this (plus step_m) of the
     step_m: float = 0.01  # row below's (a sofa's back 0.2 m in front of the wall ends where the wall begins)
     min_strip_px: int = 3  # a surface seen over fewer rows above its edge says too little of its shape
-    max_slope: float = 0.5  # horizontal over vertical metres along the strip: steeper is a facing surface (a
-    # table's top seen from above ends at an occluder's silhouette wherever it falls: nothing stands under it there)
+    max_slope: float = 0.5  # at most this many horizontal metres per vertical metre along the strip: a facing
+    # surface rises straight (a table's top seen from above ends at an occluder's silhouette wherever that falls,
+    # and nothing is known to stand under it there)
     seen_rel: float = 0.03  # a cell the first view saw this much beyond is free space
     front_rel: float = 0.02  # a support hit wins over the frame's depth when nearer by this much
 
@@ -75,7 +76,6 @@ def supports_of_view(
     from spatia.model.fill.geometry.layout import CEILING, FLOOR
 
     depth = np.asarray(depth_m, np.float32)
-    h, w = depth.shape
     up, axes = layout.axes[0], layout.axes
     floor_m = float(floor.offset_m)
     above, below = depth[:-1], depth[1:]
@@ -148,6 +148,9 @@ def _strips(depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, config: Suppo
 
 
 def _support(run, rows, cols, pts, height, strip, rgb, depth, intrinsics, c2w, layout, floor_m, config):
+    """The billboard of one run (``run`` [K] indices into the edge arrays: ``rows`` / ``cols`` [E] first-view
+    pixels, ``pts`` [E, 3] world frame, ``height`` [E] metres above the floor, ``strip`` [E] rows of colour), or
+    None when it is narrower than ``min_width_m`` or the first view saw past all of it."""
     p = pts[run]
     view_dir = p.mean(0) - c2w[:3, 3]
     axis = 1 if abs(view_dir @ layout.axes[1]) >= abs(view_dir @ layout.axes[2]) else 2
@@ -195,9 +198,10 @@ def _support(run, rows, cols, pts, height, strip, rgb, depth, intrinsics, c2w, l
     m = np.clip(below_px, 0, None) % period
     m = np.where(m < strip[None, :], m, period - 1 - m)  # mirrored: 0 1 .. s-1 s-1 .. 1 0 0 1 ..
     colour = rgb[np.clip(er[None, :] - m, 0, None), ec[None, :]]
-    a = np.array([lo, lo + n_cols * cell])
-    z = np.array([floor_m, floor_m + n_rows * cell])
-    corners = (axes[0] * z[:, None, None] + axes[axis] * offset + axes[along_axis] * a[None, :, None]).reshape(-1, 3)
+    along_m = np.array([lo, lo + n_cols * cell])
+    up_m = np.array([floor_m, floor_m + n_rows * cell])
+    corners = (axes[0] * up_m[:, None, None] + axes[axis] * offset
+               + axes[along_axis] * along_m[None, :, None]).reshape(-1, 3)
     return Support(axis, offset, along_axis, lo, floor_m, cell, solid, colour.astype(np.uint8), corners)
 
 
