@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spatia.world.camera import Intrinsics
+from spatia.world.free_space import seen_through
 from spatia.world.geometry import pixel_rays
 
 
@@ -83,9 +84,8 @@ def supports_of_view(
     rows, cols = np.nonzero(edge)  # the surface's pixel (row, col); the occluder is at row + 1
     if not len(rows):
         return []
-    rays = pixel_rays(intrinsics)  # [H, W, 3] camera frame, z = 1
-    cam = c2w[:3, 3]
-    pts = cam + (rays[rows, cols] * depth[rows, cols, None]) @ c2w[:3, :3].T  # [E, 3] world frame
+    rays = pixel_rays(intrinsics)  # [H, W, 3] float64 camera frame, z = 1
+    pts = _unproject(rays[rows, cols], depth[rows, cols], c2w)  # [E, 3] world frame
     height = pts @ up - floor_m
     keep = (height >= config.min_height_m) & (height <= config.max_height_m)
     for plane in layout.planes:  # a room's own surfaces continue by the layout, not here
@@ -94,7 +94,7 @@ def supports_of_view(
     rows, cols, pts, height = rows[keep], cols[keep], pts[keep], height[keep]
     strip = _strips(depth, rows, cols, config)
     top_row = rows - strip + 1  # the strip's highest row: a facing (vertical) surface rises straight above the edge
-    top_pts = cam + (rays[top_row, cols] * depth[top_row, cols, None]) @ c2w[:3, :3].T
+    top_pts = _unproject(rays[top_row, cols], depth[top_row, cols], c2w)
     rise = (top_pts - pts) @ up
     run_m = np.linalg.norm((top_pts - pts) - rise[:, None] * up, axis=1)
     keep = (strip >= config.min_strip_px) & (run_m <= config.max_slope * np.abs(rise))
@@ -108,6 +108,12 @@ def supports_of_view(
         if support is not None:
             out.append(support)
     return out
+
+
+def _unproject(rays: np.ndarray, depth_m: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """``[E, 3]`` world points at z-depth ``depth_m`` [E] along camera-frame ``rays`` [E, 3] (float64 throughout:
+    ``freespace.world_points``' float32 rays move a billboard's edges by a cell now and then)."""
+    return c2w[:3, 3] + (rays * depth_m[:, None]) @ c2w[:3, :3].T
 
 
 def _runs(cols: np.ndarray, pts: np.ndarray, config: SupportConfig) -> list[np.ndarray]:
@@ -180,15 +186,9 @@ def _support(run, rows, cols, pts, height, strip, rgb, depth, intrinsics, c2w, l
     # free space: cells the first view saw beyond (projected into it, nearer than what it saw there)
     axes = layout.axes
     centres = (axes[0] * (floor_m + zc[:, None, None]) + axes[axis] * offset + axes[along_axis] * ac[None, :, None])
-    cam_pts = (centres - c2w[:3, 3]) @ c2w[:3, :3]  # [R, C, 3] camera frame
-    z = cam_pts[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.floor(intrinsics.fx * cam_pts[..., 0] / z + intrinsics.cx)
-        v = np.floor(intrinsics.fy * cam_pts[..., 1] / z + intrinsics.cy)
-    inside = (z > 0) & (u >= 0) & (u < depth.shape[1]) & (v >= 0) & (v < depth.shape[0])
-    seen = np.zeros_like(z)
-    seen[inside] = depth[v[inside].astype(np.int64), u[inside].astype(np.int64)]
-    solid &= ~(inside & (seen > 0) & (z < (1.0 - config.seen_rel) * seen))
+    known = np.where(depth > 0, depth, np.float32(np.nan))  # (0: nothing known there, not "saw nothing")
+    solid &= ~seen_through(centres.reshape(-1, 3), c2w, intrinsics, known, config.seen_rel,
+                           margin_m=0.0).reshape(solid.shape)
     if not solid.any():
         return None
     # colour: the rows just above each column's edge (while the surface goes on), mirrored downward
