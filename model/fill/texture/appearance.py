@@ -106,6 +106,10 @@ class AppearanceConfig:
     # grain) averages out, and one whose blocks differ (a checker of large tiles) raises the threshold with its
     # own spread
     foreign_block_m: float = 0.16
+    # a block with this share of its texels observed has a mean colour. Counted only when half observed, a floor
+    # seen at a slant (its far part in columns, a quarter of the texels) had its densely seen rug near the camera
+    # for its material, and room@pitched's unseen floor showed blue blotches (docs/RESULTS.md, session 38)
+    foreign_block_share: float = 0.1
     foreign_min_levels: float = 24.0
     foreign_spread: float = 4.0
     foreign_min_blocks: int = 4
@@ -353,6 +357,7 @@ def plane_texture(
     on = np.abs(h - plane.offset_m) <= config.plane_tol_m
     if on.sum() < config.coarse_min_points:
         return tex
+    on[on] = ~_on_junction(layout, plane, points[on], config.plane_tol_m)
     uv = np.stack([points[on] @ u_ax, points[on] @ v_ax], axis=1)
     col = colors[on].astype(np.float32)
     if tex is None:
@@ -366,6 +371,18 @@ def plane_texture(
     if tex is not None and plane.kind in config.unseen_kinds and config.unseen_contrast != 1.0:
         tex.unseen = _unseen_cells(layout, plane, uv, col, config)
     return tex
+
+
+def _on_junction(layout: Layout, plane: Plane, points: np.ndarray, tol_m: float) -> np.ndarray:
+    """``[N]`` bool: which of ``plane``'s samples ``points`` [N, 3] (world frame) lie within ``tol_m`` of another
+    observed layout plane across it (a ceiling's samples along the top of a brick wall). They are the edge of two
+    surfaces: the synthesis spread a junction's few brick-red texels over house@turned's ceiling, and quilted a
+    bookcase standing in a corner of room@photo over its unseen walls (docs/RESULTS.md, session 38)."""
+    out = np.zeros(len(points), bool)
+    for other in layout.planes:
+        if other.axis != plane.axis and not other.derived and other.plane_id >= 0:
+            out |= np.abs(points @ layout.axes[other.axis] - other.offset_m) <= tol_m
+    return out
 
 
 def _own_exemplar(uv: np.ndarray, col: np.ndarray, config: AppearanceConfig, seed: int,
@@ -578,7 +595,7 @@ def _foreign_from_blocks(sums: np.ndarray, cnt: np.ndarray, b: int, shape: tuple
                          config: AppearanceConfig) -> np.ndarray | None:
     """The rule of ``_foreign_regions`` on block sums ``sums`` [hb, wb, 3] of observed colours and counts ``cnt``
     [hb, wb] of ``b`` x ``b`` texel blocks; the texel mask cut to ``shape``."""
-    obs = cnt >= 0.5 * b * b
+    obs = cnt >= config.foreign_block_share * b * b
     if obs.sum() < 4 * config.foreign_min_blocks:  # too few blocks to tell a material from what stands on it
         return None
     means = sums / np.maximum(cnt, 1)[..., None]
