@@ -407,3 +407,35 @@ def test_a_planes_exemplar_leaves_out_its_junctions_with_the_planes_across_it(mo
     assert tex is not None and tex.synth is not None and fitted
     for rgb, valid in fitted:
         assert np.abs(rgb[valid].astype(np.float32) - 140).max() < 30  # no brick-red texel among its sources
+
+
+def test_a_facade_seen_too_little_takes_a_seen_facades_lattice_in_its_own_colour():
+    """Outdoors a facade seen too little for an exemplar (a strip at a grazing angle: its colour only) shows the
+    window lattice of the facade seen best, as luminance detail over its own colour: rows of dark windows on its
+    grey, not a flat slab of grey. Indoors such a wall keeps its colour."""
+    from spatia.model.fill.geometry.layout import FLOOR, WALL, Layout, Plane
+    from spatia.model.fill.texture.appearance import PlaneTextures
+
+    axes = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # up = y; x; z
+    floor = Plane(0, 0.0, 1, 1000, FLOOR, plane_id=0)
+    front = Plane(2, 10.0, -1, 1000, WALL, 7.0, (0.0, 12.0), 1)
+    side = Plane(1, 0.0, 1, 100, WALL, 7.0, (9.3, 10.0), 2)
+    pts, cols = _facade_points(1.2 + 2.4 * np.arange(5), (1.0, 4.0))
+    z, y = np.meshgrid(np.arange(9.3, 10.0, 0.05), np.arange(0.0, 7.0, 0.05))  # the side facade: a 0.7 m strip
+    grey = np.array([120, 130, 140], np.uint8)
+    pts = np.concatenate([pts, np.c_[np.zeros(z.size), y.ravel(), z.ravel()]])
+    cols = np.concatenate([cols, np.repeat(grey[None], z.size, axis=0)])
+    gz, gy = np.meshgrid(np.arange(-10.0, 9.0, 0.1), np.arange(0.0, 7.0, 0.1))
+    grid = np.c_[gz.ravel(), gy.ravel()]  # the side facade's (u = z, v = up) beyond the strip
+    for indoor in (False, True):
+        layout = Layout(axes, [floor, front, side], indoor=indoor, observer=np.array([6.0, 1.6, 0.0]))
+        tex = PlaneTextures(layout, pts, cols).for_plane(side)
+        got = tex.sample(grid, np.full(len(grid), 0.05)).astype(float)
+        lum = got @ np.array([0.299, 0.587, 0.114])
+        if indoor:
+            assert tex.detail_over is None and np.abs(got - grey).max() < 2
+            continue
+        assert tex.detail_over is not None
+        assert np.abs(got.mean(axis=0) - grey).max() < 10  # its own colour on average ...
+        dark = lum < float(grey @ np.array([0.299, 0.587, 0.114])) - 40
+        assert 0.05 < dark.mean() < 0.4, dark.mean()  # ... with the windows' rows

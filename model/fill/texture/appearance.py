@@ -149,6 +149,11 @@ class PlaneTexture:
     centre_uv: tuple[float, float] = (0.0, 0.0)
     unseen: "UnseenCells | None" = None  # cells of the plane nothing observed (``_unseen_cells``)
     gain: float = 1.0  # every sample's brightness times this: a borrowed texture on a wall lit otherwise
+    colour_only: bool = False  # its samples were too sparse for an exemplar: their median colour alone
+    # a facade's lattice borrowed by one seen too little (``PlaneTextures._lattice_for``): each sample is this
+    # colour [3] plus its luminance's departure from the source exemplar's mean luminance (``detail_mean``)
+    detail_over: np.ndarray | None = None
+    detail_mean: float = 0.0
 
     @functools.cached_property
     def contrast(self) -> float:
@@ -166,6 +171,9 @@ class PlaneTexture:
             self.unseen.apply(uv_m, out)
         if self.gain != 1.0:
             out = np.clip(np.rint(out * self.gain), 0, 255).astype(np.uint8)
+        if self.detail_over is not None:
+            detail = out.astype(np.float32) @ _LUMA.astype(np.float32) - np.float32(self.detail_mean)
+            out = np.clip(np.rint(self.detail_over.astype(np.float32) + detail[:, None]), 0, 255).astype(np.uint8)
         return out
 
     def far_points(self, uv_m: np.ndarray) -> np.ndarray | None:
@@ -406,7 +414,7 @@ def _own_exemplar(uv: np.ndarray, col: np.ndarray, config: AppearanceConfig, see
             # small and coarse repeats its shading in bands a metre wide: seen on the courtyard's side facade)
             flat = np.empty((config.coarse_min_texels, config.coarse_min_texels, 3), np.uint8)
             flat[:] = np.clip(np.rint(np.median(col, axis=0)), 0, 255).astype(np.uint8)
-            return PlaneTexture([flat], texel_m, (0.0, 0.0))
+            return PlaneTexture([flat], texel_m, (0.0, 0.0), colour_only=True)
     return None
 
 
@@ -644,6 +652,7 @@ class PlaneTextures:
         self._heights: dict[int, np.ndarray] = {}  # layout axis -> every point's coordinate along it [N]
         self._means: dict[int, np.ndarray | None] = {}  # plane id -> its samples' mean colour [3] (None: too few)
         self._toned: dict[tuple, PlaneTexture] = {}  # (source plane id, wall axis) -> the borrowed texture toned
+        self._lattices: dict[int, PlaneTexture] = {}  # plane id -> a lattice borrowed in its own colour
 
     def _axis_heights(self, axis: int) -> np.ndarray:
         """``points @ layout.axes[axis]``, computed once per axis (``plane_texture``'s ``heights``)."""
@@ -685,7 +694,7 @@ class PlaneTextures:
         if plane.plane_id >= 0 and not plane.derived:
             own = self._get_own(plane.plane_id)
             if own is not None:
-                return own
+                return self._lattice_for(plane, own) if own.colour_only else own
         if plane.derived and plane.plane_id >= 0:  # a closing wall continues the wall it derives from
             own = self._get_own(plane.plane_id)
             if own is not None:
@@ -706,6 +715,37 @@ class PlaneTextures:
                 if own is not None:
                     return self._toned_for(plane.axis, p, own) if plane.kind == WALL else own
         return None
+
+    def _lattice_for(self, plane: Plane, own: PlaneTexture) -> PlaneTexture:
+        """Outdoors, a facade (a wall rising more than a room above the floor) seen too little for an exemplar of
+        its own (``own.colour_only``): the window lattice of the observed facade nearest its colour (a synthesis
+        model with a two-dimensional lattice, ``AppearanceConfig.facade_tol_m``), its luminance detail over the
+        facade's own colour. Buildings have windows in rows: the courtyard's side facades, seen at a grazing angle,
+        were flat slabs of colour where every facade has them. ``own`` where there is no such facade or indoors."""
+        floor = self.layout.floor()
+        if (self.layout.indoor or plane.kind != WALL or floor is None
+                or plane.top_m - floor.offset_m <= self.layout.config.max_room_height_m):
+            return own
+        with self._locks_guard:
+            if plane.plane_id in self._lattices:
+                return self._lattices[plane.plane_id]
+        colour = own.levels[0][0, 0].astype(np.float32)
+        best, best_d = None, math.inf
+        for p in self.layout.planes:
+            if p.kind != WALL or p.derived or p.plane_id < 0 or p.plane_id == plane.plane_id:
+                continue
+            tex = self._get_own(p.plane_id)
+            if tex is None or tex.synth is None or len(tex.synth.periods_m) < 2 or tex.detail_over is not None:
+                continue
+            d = float(np.linalg.norm(tex.levels[-1].reshape(-1, 3).mean(axis=0) - colour))
+            if d < best_d:
+                best, best_d = tex, d
+        found = own
+        if best is not None:
+            mean = float(best.levels[-1].reshape(-1, 3).astype(np.float64).mean(axis=0) @ _LUMA)
+            found = dataclasses.replace(best, detail_over=colour, detail_mean=mean, far=None, unseen=None)
+        with self._locks_guard:
+            return self._lattices.setdefault(plane.plane_id, found)
 
     def _mean_colour(self, plane: Plane) -> np.ndarray | None:
         """``[3]`` float64 mean colour of the observed points within ``plane_tol_m`` of ``plane`` (None: fewer than
