@@ -742,9 +742,10 @@ def _fit_layout_state(inputs: FillInputs) -> _LayoutState:
     supports = []
     if first is not None and first.depth_m is not None and inputs.layout_prior is None:
         # (a photo's depth is the prior's planes and cards: its objects already stand on the floor)
-        from spatia.model.fill.geometry.supports import supports_of_view
+        from spatia.model.fill.geometry.supports import edge_supports_of_view, supports_of_view
 
-        supports = supports_of_view(layout, first.rgb, first.depth_m, first.intrinsics, first.c2w)
+        supports = (supports_of_view(layout, first.rgb, first.depth_m, first.intrinsics, first.c2w)
+                    + edge_supports_of_view(layout, first.rgb, first.depth_m, first.intrinsics, first.c2w))
     log.info("layout estimated", planes=len(layout.planes), indoor=layout.indoor, observed_points=len(inputs.points),
              sky=sky is not None, supports=len(supports))
     return _LayoutState(inputs.version, layout, textures, sky, np.asarray(inputs.observer, np.float64),

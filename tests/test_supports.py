@@ -107,3 +107,31 @@ def test_the_room_sofa_hidden_behind_the_chair_stands_on_the_floor():
             close = (frame.depth_m > 0) & (np.abs(frame.depth_m - truth) <= 0.1 * truth)
             shares.append(float(close[sofa].mean()))
     assert np.mean(shares) > 0.68, shares
+
+
+def test_an_object_cut_by_the_views_edge_is_continued_beyond_it():
+    """A box whose face the first view's right edge cuts (its left end 0.5 m right of the view's axis, the edge at
+    1.58 m) goes on beyond the edge on its own plane, by as much as was seen of it (1.08 m here, capped at 1 m),
+    from the floor (the box reaches below the view) to its top; a camera moved to the right sees it there, in the
+    box's colours. An object inside the view, the floor and the room's wall give none."""
+    from spatia.model.fill.geometry.supports import edge_supports_of_view
+
+    assert edge_supports_of_view(LAYOUT, *_view([SOFA])[::-1], K, C2W) == []
+    cut = (4.0, 3.0, 1.0, (40, 140, 40))  # x from -3 to 3: clipped below to start at 0.5 m
+    depth, rgb = _view([cut])
+    rays = pixel_rays(K)
+    x = (rays[..., 0] * depth)
+    depth = np.where((depth == 4.0) & (x < 0.5), np.float32(6.0), depth)  # the box starts at x = 0.5 m
+    rgb = np.where(((depth == 6.0) & (x < 0.5) & (rays[..., 1] * depth > -1.0))[..., None], np.uint8(150), rgb)
+    (support,) = edge_supports_of_view(LAYOUT, rgb, depth, K, C2W)
+    assert support.axis == 2 and abs(support.offset_m - 4.0) < 0.02
+    lo, hi = support.along0_m, support.along0_m + support.solid.shape[1] * support.cell_m
+    assert abs(lo - 1.58) < 0.03 and abs(hi - 2.58) < 0.05, (lo, hi)
+    rows = np.flatnonzero(support.solid[:, 0])
+    assert rows[0] == 0 and abs((rows[-1] + 1) * support.cell_m - 1.0) < 0.03
+    moved = C2W.copy()
+    moved[0, 3] = 1.5  # 1.5 m to the right: the region beyond the first view's edge is straight ahead
+    ray = np.array([[0.5 / 4.0, (-0.5 + 1.5) / 4.0, 1.0]], np.float32)  # to (2.0, -0.5, 4.0), 0.5 m above the floor
+    t, colour, _ = cast_supports([support], LAYOUT, ray, moved)
+    assert abs(t[0] - 4.0) < 1e-3
+    assert np.abs(colour[0].astype(int) - (40, 140, 40)).max() <= 25  # the box's green (its noise is +-20)
