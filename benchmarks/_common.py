@@ -16,6 +16,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -78,8 +79,6 @@ def load_average() -> float:
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads) process ``pid`` on this machine has used so far (Linux ``/proc``)."""
-    from pathlib import Path
-
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -124,6 +123,51 @@ def run_here(args, child: Callable[[Any], dict[str, Any]], labels: dict[str, Any
     else:
         emit({**labels, **result})
     return True
+
+
+# A child process's ``sitecustomize``: the ``spatia`` packages imported from ``SPATIA_AB_ROOT`` instead of the editable
+# install's tree (the install maps ``spatia.model`` to ``<repo>/model`` etc.; a tree exported or checked out elsewhere
+# has the same layout). Without it every "tree" of an A/B ran the editable install's code (sessions 37-38 found
+# stalls.py's base and new memories equal for that reason).
+_AB_SITE = """import importlib.util, os, sys
+_root = os.environ.get("SPATIA_AB_ROOT")
+if _root:
+    _map = {"spatia": "spatia", "spatia.client": "client", "spatia.model": "model", "spatia.proto": "proto",
+            "spatia.server": "server", "spatia.world": "world"}
+
+    class _Tree:
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            if name not in _map:
+                return None
+            where = os.path.join(_root, _map[name])
+            return importlib.util.spec_from_file_location(name, os.path.join(where, "__init__.py"),
+                                                          submodule_search_locations=[where])
+
+    sys.meta_path.insert(0, _Tree)
+"""
+
+
+def ab_env(root: str, **extra: str) -> dict[str, str]:
+    """The environment of an A/B child that imports ``spatia`` from the tree at ``root`` (``SPATIA_AB_ROOT`` and a
+    ``sitecustomize`` on ``PYTHONPATH`` that honours it), plus ``extra``."""
+    import tempfile
+
+    site = Path(tempfile.gettempdir()) / f"spatia_ab_site_{os.getuid()}"
+    site.mkdir(exist_ok=True)
+    if not (site / "sitecustomize.py").exists() or (site / "sitecustomize.py").read_text() != _AB_SITE:
+        tmp = site / f"sitecustomize.py.{os.getpid()}"
+        tmp.write_text(_AB_SITE)
+        os.replace(tmp, site / "sitecustomize.py")
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "SPATIA_AB_ROOT": str(Path(root).resolve()), "PYTHONPATH": path, **extra}
+
+
+def check_tree(module) -> None:
+    """In an A/B child: fail unless ``module`` (a ``spatia`` module) was imported from ``SPATIA_AB_ROOT``."""
+    root = os.environ.get("SPATIA_AB_ROOT")
+    if root and not str(Path(module.__file__).resolve()).startswith(str(Path(root).resolve()) + os.sep):
+        raise SystemExit(f"imported {module.__name__} from {module.__file__}, not from the tree {root}")
 
 
 def mirrored_order(roots_arg: str, rounds: int) -> list[list[str]]:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_ab_arguments, emit, log, mirrored_order, run_here  # noqa: E402
+from _common import ab_env, add_ab_arguments, emit, log, mirrored_order, run_here  # noqa: E402
 from stalls import present_parts  # noqa: E402
 
 # (module, attribute path, label) of each timed part; a part a tree lacks is left out of its figures
@@ -199,7 +199,7 @@ def main() -> None:
     runs = []
     for name, root in order:
         root = str(Path(root).resolve())
-        env = {**os.environ, "SPATIA_AB_ROOT": root, "NUMBA_NUM_THREADS": "1"}
+        env = ab_env(root, NUMBA_NUM_THREADS="1")
         cmd = [sys.executable, str(Path(root) / "benchmarks" / "keyframe_update.py"), "--child",
                "--fill", args.fill, "--scene", args.scene, "--clips", str(args.clips), "--warmup", str(args.warmup),
                "--width", str(args.width), "--height", str(args.height)]

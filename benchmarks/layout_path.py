@@ -13,8 +13,8 @@ of each bound (``vb_near``), and the two extended views of the tiles ahead (``ah
 the same calls untimed, as a session would (a tree that reads the whole path each call keeps nothing between clips:
 only the timed ones run).
 
-``--roots NAME=DIR,...``: each tree (``SPATIA_AB_ROOT``: the sitecustomize that re-points the editable install
-must be on ``PYTHONPATH``, e.g. ``base=/tmp/x/base`` from ``git archive main``) in a fresh process, in the order
+``--roots NAME=DIR,...``: each tree (``SPATIA_AB_ROOT``, imported through ``_common.ab_env``'s sitecustomize, e.g.
+``base=/tmp/x/base`` from ``git archive main``) in a fresh process, in the order
 base new new base (``--rounds`` pairs, mirrored); the first is the baseline. A tree without ``PathSummary``
 (before it) reads the whole path each call, as main did. Without ``--roots`` the current tree runs once.
 
@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_ab_arguments, emit, log, mirrored_order, run_here  # noqa: E402
+from _common import ab_env, add_ab_arguments, emit, log, mirrored_order, run_here  # noqa: E402
 
 
 def _session_path(n: int, kind: str = "loops", start=None):
@@ -146,7 +146,7 @@ def main() -> None:
     runs = []
     for name, root in order:
         root = str(Path(root).resolve())
-        env = {**os.environ, "SPATIA_AB_ROOT": root, "NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        env = ab_env(root, NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--poses", args.poses,
                "--calls", str(args.calls), "--path", args.path]
         start, load = time.strftime("%H:%M:%S", time.gmtime()), os.getloadavg()

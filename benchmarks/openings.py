@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import emit, load_average, log  # noqa: E402
+from _common import ab_env, emit, load_average, log  # noqa: E402
 
 ROOM_SEED = 1826701614  # SpatiaWorldEnv.reset(seed=0)'s room
 
@@ -104,7 +104,7 @@ def main() -> None:
     runs: dict[str, list] = {name: [] for name, _ in roots}
     for name, path in order:
         log(f"{name}: {path} (load {load_average():.1f})")
-        env = dict(os.environ, SPATIA_AB_ROOT=path)
+        env = ab_env(path)
         out = subprocess.run([sys.executable, __file__, "--child", "--width", str(args.width), "--height",
                               str(args.height), "--turns", str(args.turns), "--steps", str(args.steps)]
                              + (["--collision"] if args.collision else []),

@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, log  # noqa: E402
+from _common import ab_env, check_tree, emit, log  # noqa: E402
 
 # (module, attribute path) of each timed part; the clip's own figures come from Engine.last_stats
 PARTS = (
@@ -144,6 +144,8 @@ def _child(args) -> dict:
 
     import spatia.server.host  # noqa: F401  -- the server's OpenMP settings: the engine as served
     import spatia.world.engine as engine_mod
+
+    check_tree(engine_mod)
     from spatia.model import make_generator
     from spatia.server.config import ServerConfig
     from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
@@ -283,9 +285,7 @@ def main() -> None:
     loads: dict[str, list] = {name: [] for name, _ in roots}
     for r in range(args.rounds if args.roots else 1):
         for name, root in (roots if r % 2 == 0 else roots[::-1]):
-            env = dict(os.environ)
-            if root:
-                env["SPATIA_AB_ROOT"] = str(Path(root).resolve())
+            env = ab_env(root) if root else dict(os.environ)
             before = os.getloadavg()
             log(f"round {r + 1}: {name} ({root or 'current tree'}), load {before[0]:.1f}")
             child = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
