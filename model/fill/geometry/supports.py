@@ -12,7 +12,10 @@ camera through the run (its depth the run's median), a grid of cells about one f
 solid from the floor up to the edge above each cell's column, except where the first view saw past it. Its colour
 continues the object's own look: the rows of the first view just above the edge, mirrored downward.
 
-``supports_of_view`` makes them once per layout (``model.geometric._fit_layout_state``); ``cast_supports`` gives a
+An object the first view's left or right edge cuts goes on past the edge the same way, on its own front
+(``edge_supports_of_view``).
+
+``supports_of_view`` and ``edge_supports_of_view`` make them once per layout (``model.geometric._fit_layout_state``); ``cast_supports`` gives a
 frame's hole rays their nearest support hit, which ``model.geometric`` takes where it is nearer than the layout's
 or the fill's depth. The fill's output folds into the memory as invented points, so a support is shown once and
 lives on like any invented surface.
@@ -131,7 +134,7 @@ def edge_supports_of_view(
 ) -> list[Support]:
     """Objects the first view's left or right edge cuts (a bookcase at the edge of a room photographed from its
     middle), continued beyond the edge on their own vertical Manhattan plane: walking along the room, the part the
-    view did not hold showed the wall behind it (the room demo, frames 3-15). How far an object goes on is
+    view did not hold showed the wall behind it (the room demo, frames 10-20 and 35-70). How far it goes on is
     unknown; the prior is ``extend_ratio`` times as far as the view saw of it, at most ``max_extend_m``, coloured by
     its visible part mirrored about the edge (and repeated). Rows: the surface's at the edge, down to the floor
     where the object reaches the view's bottom. Each becomes a ``Support`` (module docstring), shown under the
@@ -253,12 +256,7 @@ def _edge_support(rows, edge_col, inward, rgb, depth, rays, intrinsics, c2w, lay
     lo = edge_along if sign > 0 else edge_along - n_cols * cell
     if sign < 0:  # columns run towards +along
         solid, colour = solid[:, ::-1], colour[:, ::-1]
-    along_m = np.array([lo, lo + n_cols * cell])
-    up_m = np.array([floor_m, floor_m + n_rows * cell])
-    corners = (axes[0] * up_m[:, None, None] + axes[axis] * offset
-               + axes[along_axis] * along_m[None, :, None]).reshape(-1, 3)
-    return Support(axis, offset, along_axis, lo, floor_m, cell, np.ascontiguousarray(solid),
-                   np.ascontiguousarray(colour.astype(np.uint8)), corners)
+    return _billboard(layout, axis, offset, along_axis, lo, floor_m, cell, solid, colour)
 
 
 def _unproject(rays: np.ndarray, depth_m: np.ndarray, c2w: np.ndarray) -> np.ndarray:
@@ -349,11 +347,20 @@ def _support(run, rows, cols, pts, height, strip, rgb, depth, intrinsics, c2w, l
     m = np.clip(below_px, 0, None) % period
     m = np.where(m < strip[None, :], m, period - 1 - m)  # mirrored: 0 1 .. s-1 s-1 .. 1 0 0 1 ..
     colour = rgb[np.clip(er[None, :] - m, 0, None), ec[None, :]]
-    along_m = np.array([lo, lo + n_cols * cell])
-    up_m = np.array([floor_m, floor_m + n_rows * cell])
-    corners = (axes[0] * up_m[:, None, None] + axes[axis] * offset
+    return _billboard(layout, axis, offset, along_axis, lo, floor_m, cell, solid, colour)
+
+
+def _billboard(layout, axis: int, offset_m: float, along_axis: int, along0_m: float, floor_m: float, cell_m: float,
+               solid: np.ndarray, colour: np.ndarray) -> Support:
+    """A ``Support`` of ``solid`` [rows, cols] cells coloured ``colour`` [rows, cols, 3], its corners computed."""
+    rows, cols = solid.shape
+    along_m = np.array([along0_m, along0_m + cols * cell_m])
+    up_m = np.array([floor_m, floor_m + rows * cell_m])
+    axes = layout.axes
+    corners = (axes[0] * up_m[:, None, None] + axes[axis] * offset_m
                + axes[along_axis] * along_m[None, :, None]).reshape(-1, 3)
-    return Support(axis, offset, along_axis, lo, floor_m, cell, solid, colour.astype(np.uint8), corners)
+    return Support(axis, offset_m, along_axis, along0_m, floor_m, cell_m, np.ascontiguousarray(solid),
+                   np.ascontiguousarray(colour.astype(np.uint8)), corners)
 
 
 def screen_box(support: Support, layout, c2w: np.ndarray, intrinsics: Intrinsics) -> tuple[int, int, int, int] | None:
