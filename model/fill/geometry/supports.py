@@ -15,10 +15,10 @@ continues the object's own look: the rows of the first view just above the edge,
 An object the first view's left or right edge cuts goes on past the edge the same way, on its own front
 (``edge_supports_of_view``).
 
-``supports_of_view`` and ``edge_supports_of_view`` make them once per layout (``model.geometric._fit_layout_state``); ``cast_supports`` gives a
-frame's hole rays their nearest support hit, which ``model.geometric`` takes where it is nearer than the layout's
-or the fill's depth. The fill's output folds into the memory as invented points, so a support is shown once and
-lives on like any invented surface.
+``supports_of_view`` and ``edge_supports_of_view`` make them once per layout
+(``model.geometric._fit_layout_state``); ``cast_supports`` gives a frame's hole rays their nearest support hit,
+which ``model.geometric`` takes where it is nearer than the layout's or the fill's depth. The fill's output folds
+into the memory as invented points, so a support is shown once and lives on like any invented surface.
 """
 
 from __future__ import annotations
