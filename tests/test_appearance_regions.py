@@ -412,7 +412,8 @@ def test_a_planes_exemplar_leaves_out_its_junctions_with_the_planes_across_it(mo
 def test_a_facade_seen_too_little_takes_a_seen_facades_lattice_in_its_own_colour():
     """Outdoors a facade seen too little for an exemplar (a strip at a grazing angle: its colour only) shows the
     window lattice of the facade seen best, as luminance detail over its own colour: rows of dark windows on its
-    grey, not a flat slab of grey. Indoors such a wall keeps its colour."""
+    grey, not a flat slab of grey. Indoors a wall borrows only from a wall of its own material: the grey strip keeps
+    its colour beside the pink plaster, and a strip of that plaster in a darker tone takes the plaster's detail."""
     from spatia.model.fill.geometry.layout import FLOOR, WALL, Layout, Plane
     from spatia.model.fill.texture.appearance import PlaneTextures
 
@@ -434,6 +435,11 @@ def test_a_facade_seen_too_little_takes_a_seen_facades_lattice_in_its_own_colour
         lum = got @ np.array([0.299, 0.587, 0.114])
         if indoor:
             assert tex.detail_over is None and np.abs(got - grey).max() < 2
+            dim = np.array([180, 153, 144], np.uint8)  # the plaster (200, 170, 160) a tenth darker
+            same = np.concatenate([cols[: len(cols) - z.size], np.repeat(dim[None], z.size, axis=0)])
+            tex = PlaneTextures(layout, pts, same).for_plane(side)
+            assert tex.detail_over is not None
+            assert np.abs(tex.sample(grid, np.full(len(grid), 0.05)).astype(float).mean(axis=0) - dim).max() < 10
             continue
         assert tex.detail_over is not None
         assert np.abs(got.mean(axis=0) - grey).max() < 10  # its own colour on average ...

@@ -150,7 +150,7 @@ class PlaneTexture:
     unseen: "UnseenCells | None" = None  # cells of the plane nothing observed (``_unseen_cells``)
     gain: float = 1.0  # every sample's brightness times this: a borrowed texture on a wall lit otherwise
     colour_only: bool = False  # its samples were too sparse for an exemplar: their median colour alone
-    # a facade's lattice borrowed by one seen too little (``PlaneTextures._lattice_for``): each sample is this
+    # another wall's texture borrowed by one seen too little (``PlaneTextures._detail_for``): each sample is this
     # colour [3] plus its luminance's departure from the source exemplar's mean luminance (``detail_mean``)
     detail_over: np.ndarray | None = None
     detail_mean: float = 0.0
@@ -652,7 +652,7 @@ class PlaneTextures:
         self._heights: dict[int, np.ndarray] = {}  # layout axis -> every point's coordinate along it [N]
         self._means: dict[int, np.ndarray | None] = {}  # plane id -> its samples' mean colour [3] (None: too few)
         self._toned: dict[tuple, PlaneTexture] = {}  # (source plane id, wall axis) -> the borrowed texture toned
-        self._lattices: dict[int, PlaneTexture] = {}  # plane id -> a lattice borrowed in its own colour
+        self._detailed: dict[int, PlaneTexture] = {}  # plane id -> a wall's texture borrowed in its own colour
 
     def _axis_heights(self, axis: int) -> np.ndarray:
         """``points @ layout.axes[axis]``, computed once per axis (``plane_texture``'s ``heights``)."""
@@ -691,14 +691,10 @@ class PlaneTextures:
     def for_plane(self, plane: Plane) -> PlaneTexture | None:
         """The plane's own exemplar, else the best-supported plane of the same kind with one (walls for a
         ceiling that has none; the plainest wall for one nothing observed), else None."""
-        if plane.plane_id >= 0 and not plane.derived:
+        if plane.plane_id >= 0:  # (a closing wall, ``derived``, continues the wall it derives from)
             own = self._get_own(plane.plane_id)
             if own is not None:
-                return self._lattice_for(plane, own) if own.colour_only else own
-        if plane.derived and plane.plane_id >= 0:  # a closing wall continues the wall it derives from
-            own = self._get_own(plane.plane_id)
-            if own is not None:
-                return own
+                return self._detail_for(self.layout.planes[plane.plane_id], own) if own.colour_only else own
         if plane.kind == CEILING and not any(p.kind == CEILING and not p.derived for p in self.layout.planes):
             return self._plainest_wall()
         kinds = {FLOOR: (FLOOR,), CEILING: (CEILING, WALL), WALL: (WALL,)}[plane.kind]
@@ -713,39 +709,54 @@ class PlaneTextures:
             for p in ranked:
                 own = self._get_own(p.plane_id)
                 if own is not None:
+                    own = self._detail_for(p, own) if own.colour_only else own
                     return self._toned_for(plane.axis, p, own) if plane.kind == WALL else own
         return None
 
-    def _lattice_for(self, plane: Plane, own: PlaneTexture) -> PlaneTexture:
-        """Outdoors, a facade (a wall rising more than a room above the floor) seen too little for an exemplar of
-        its own (``own.colour_only``): the window lattice of the observed facade nearest its colour (a synthesis
-        model with a two-dimensional lattice, ``AppearanceConfig.facade_tol_m``), its luminance detail over the
-        facade's own colour. Buildings have windows in rows: the courtyard's side facades, seen at a grazing angle,
-        were flat slabs of colour where every facade has them. ``own`` where there is no such facade or indoors."""
+    def _detail_for(self, plane: Plane, own: PlaneTexture) -> PlaneTexture:
+        """A wall seen too little for an exemplar of its own (``own.colour_only``) with another wall's texture as
+        luminance detail over its own colour: outdoors, a facade (a wall rising more than a room above the floor)
+        takes the window lattice of the observed facade nearest its colour (a synthesis model with a
+        two-dimensional lattice, ``AppearanceConfig.facade_tol_m``): buildings have windows in rows, and the
+        courtyard's side facades, seen at a grazing angle, were flat slabs of colour. Indoors a room's wall takes
+        the texture of the observed wall of its material (chromaticity within ``tone_chroma_tol``) nearest its
+        colour: house@photo's side walls, seen as strips at the photo's edges, were flat plaster. ``own`` where
+        there is no such wall."""
         floor = self.layout.floor()
-        if (self.layout.indoor or plane.kind != WALL or floor is None
-                or plane.top_m - floor.offset_m <= self.layout.config.max_room_height_m):
+        if plane.kind != WALL or floor is None:
+            return own
+        if self.layout.indoor:
+            if not self.layout.is_room_wall(plane):
+                return own
+        elif plane.top_m - floor.offset_m <= self.layout.config.max_room_height_m:
             return own
         with self._locks_guard:
-            if plane.plane_id in self._lattices:
-                return self._lattices[plane.plane_id]
+            if plane.plane_id in self._detailed:
+                return self._detailed[plane.plane_id]
         colour = own.levels[0][0, 0].astype(np.float32)
+        chroma = colour / max(float(colour.sum()), 1.0)
         best, best_d = None, math.inf
         for p in self.layout.planes:
             if p.kind != WALL or p.derived or p.plane_id < 0 or p.plane_id == plane.plane_id:
                 continue
             tex = self._get_own(p.plane_id)
-            if tex is None or tex.synth is None or len(tex.synth.periods_m) < 2 or tex.detail_over is not None:
+            if tex is None or tex.colour_only:
                 continue
-            d = float(np.linalg.norm(tex.levels[-1].reshape(-1, 3).mean(axis=0) - colour))
+            mean = tex.levels[-1].reshape(-1, 3).astype(np.float32).mean(axis=0)
+            if self.layout.indoor:
+                if np.abs(mean / max(float(mean.sum()), 1.0) - chroma).max() > self.config.tone_chroma_tol:
+                    continue
+            elif tex.synth is None or len(tex.synth.periods_m) < 2:
+                continue
+            d = float(np.linalg.norm(mean - colour))
             if d < best_d:
                 best, best_d = tex, d
         found = own
         if best is not None:
             mean = float(best.levels[-1].reshape(-1, 3).astype(np.float64).mean(axis=0) @ _LUMA)
-            found = dataclasses.replace(best, detail_over=colour, detail_mean=mean, far=None, unseen=None)
+            found = dataclasses.replace(best, detail_over=colour, detail_mean=mean, far=None, unseen=None, gain=1.0)
         with self._locks_guard:
-            return self._lattices.setdefault(plane.plane_id, found)
+            return self._detailed.setdefault(plane.plane_id, found)
 
     def _mean_colour(self, plane: Plane) -> np.ndarray | None:
         """``[3]`` float64 mean colour of the observed points within ``plane_tol_m`` of ``plane`` (None: fewer than
