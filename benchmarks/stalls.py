@@ -144,13 +144,13 @@ def _child(args) -> dict:
 
     import spatia.server.host  # noqa: F401  -- the server's OpenMP settings: the engine as served
     import spatia.world.engine as engine_mod
-
-    check_tree(engine_mod)
     from spatia.model import make_generator
     from spatia.server.config import ServerConfig
     from spatia.world.actions import Action, ActionIntegrator, ClipConfig, ControlConfig
     from spatia.world.engine import Engine, EngineConfig
     from spatia.world.state import World
+
+    check_tree(engine_mod)  # an A/B's tree is the one it names (``_common.ab_env``)
 
     class Local(threading.local):
         def __init__(self) -> None:

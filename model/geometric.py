@@ -1448,7 +1448,7 @@ class GeometricGenerator:
             if (tex.synth is None or tex.far is not None or tex.unseen is not None or tex.gain != 1.0
                     or tex.detail_over is not None):
                 # its own sampling (mirror repeat; a far look beyond a distance, unseen cells' lowered contrast, a
-                # borrowed texture's tone or a lattice over a facade's own colour):
+                # borrowed texture's tone, another wall's detail over a plane's own colour):
                 # the kernel's plane coordinates and footprints, the same inputs the reference hands it
                 kind[i] = 2
                 continue
