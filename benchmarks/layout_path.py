@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ab_env, add_ab_arguments, emit, log, mirrored_order, run_here  # noqa: E402
+from _common import ab_env, add_ab_arguments, check_tree, emit, log, mirrored_order, run_here  # noqa: E402
 
 
 def _session_path(n: int, kind: str = "loops", start=None):
@@ -68,6 +68,7 @@ def _child(args) -> dict:
     from spatia.world.engine import Engine
     from spatia.world.state import World
 
+    check_tree(geometric)  # an A/B's tree is the one it names (``_common.ab_env``)
     world = World.from_scene("house", 0, 160, 90)
     gen = geometric.GeometricGenerator(geometric.GeometricConfig())
     engine = Engine(world, gen)

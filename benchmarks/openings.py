@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import ab_env, emit, load_average, log  # noqa: E402
+from _common import ab_env, check_tree, emit, load_average, log  # noqa: E402
 
 ROOM_SEED = 1826701614  # SpatiaWorldEnv.reset(seed=0)'s room
 
@@ -49,6 +49,7 @@ def _walk(args) -> dict:
     from spatia.world.memory import OBSERVED
     from spatia.world.state import World
 
+    check_tree(sys.modules[GeometricGenerator.__module__])  # an A/B's tree is the one it names (``_common.ab_env``)
     world = World.from_scene("room", ROOM_SEED, args.width, args.height)
     engine = Engine(world, GeometricGenerator(), EngineConfig(clip=ClipConfig(1, 2, 1)))
     control = ControlConfig(collision=args.collision)
