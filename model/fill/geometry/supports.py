@@ -29,7 +29,7 @@ import numpy as np
 
 from spatia.world.camera import Intrinsics
 from spatia.world.free_space import seen_through
-from spatia.world.geometry import pixel_rays
+from spatia.world.geometry import pixel_rays, project_points
 
 
 @dataclass(frozen=True)
@@ -236,8 +236,7 @@ def _edge_support(rows, edge_col, inward, rgb, depth, rays, intrinsics, c2w, lay
     zc = (np.arange(n_rows) + 0.5) * cell  # [R] above the floor
     beyond = (np.arange(n_cols) + 0.5) * cell  # [C] past the edge along the plane
     solid = np.repeat(((zc >= bottom) & (zc <= top))[:, None], n_cols, axis=1)
-    centres = (axes[0] * (floor_m + zc[:, None, None]) + axes[axis] * offset
-               + axes[along_axis] * (edge_along + sign * beyond)[None, :, None])  # [R, C, 3]
+    centres = _on_plane(layout, axis, offset, along_axis, floor_m + zc, edge_along + sign * beyond)  # [R, C, 3]
     known = np.where(depth > 0, depth, np.float32(np.nan))
     solid &= ~seen_through(centres.reshape(-1, 3), c2w, intrinsics, known, config.seen_rel,
                            margin_m=0.0).reshape(solid.shape)  # free space: what the first view saw past
@@ -247,12 +246,11 @@ def _edge_support(rows, edge_col, inward, rgb, depth, rays, intrinsics, c2w, lay
     period = 2.0 * seen
     back = np.mod(beyond, period)
     back = np.where(back < seen, back, period - back)  # mirrored about the edge, then repeated
-    mirror = (axes[0] * (floor_m + zc[:, None, None]) + axes[axis] * offset
-              + axes[along_axis] * (edge_along - sign * back)[None, :, None])  # [R, C, 3]
-    cam = (mirror.reshape(-1, 3) - c2w[:3, 3]) @ c2w[:3, :3]
-    u = np.clip(np.rint(intrinsics.fx * cam[:, 0] / cam[:, 2] + intrinsics.cx), 0, depth.shape[1] - 1)
-    v = np.clip(np.rint(intrinsics.fy * cam[:, 1] / cam[:, 2] + intrinsics.cy), 0, depth.shape[0] - 1)
-    colour = rgb[v.astype(np.int64), u.astype(np.int64)].reshape(n_rows, n_cols, 3)
+    mirror = _on_plane(layout, axis, offset, along_axis, floor_m + zc, edge_along - sign * back)  # [R, C, 3]
+    uv, _ = project_points(mirror.reshape(-1, 3), intrinsics, c2w)
+    u = np.clip(np.rint(uv[:, 0]), 0, depth.shape[1] - 1).astype(np.int64)
+    v = np.clip(np.rint(uv[:, 1]), 0, depth.shape[0] - 1).astype(np.int64)
+    colour = rgb[v, u].reshape(n_rows, n_cols, 3)
     lo = edge_along if sign > 0 else edge_along - n_cols * cell
     if sign < 0:  # columns run towards +along
         solid, colour = solid[:, ::-1], colour[:, ::-1]
@@ -333,8 +331,7 @@ def _support(run, rows, cols, pts, height, strip, rgb, depth, intrinsics, c2w, l
     ac = lo + (np.arange(n_cols) + 0.5) * cell  # [C] along the wall
     solid = zc[:, None] <= top[None, :]
     # free space: cells the first view saw beyond (projected into it, nearer than what it saw there)
-    axes = layout.axes
-    centres = (axes[0] * (floor_m + zc[:, None, None]) + axes[axis] * offset + axes[along_axis] * ac[None, :, None])
+    centres = _on_plane(layout, axis, offset, along_axis, floor_m + zc, ac)  # [R, C, 3]
     known = np.where(depth > 0, depth, np.float32(np.nan))  # (0: nothing known there, not "saw nothing")
     solid &= ~seen_through(centres.reshape(-1, 3), c2w, intrinsics, known, config.seen_rel,
                            margin_m=0.0).reshape(solid.shape)
@@ -354,26 +351,31 @@ def _billboard(layout, axis: int, offset_m: float, along_axis: int, along0_m: fl
                solid: np.ndarray, colour: np.ndarray) -> Support:
     """A ``Support`` of ``solid`` [rows, cols] cells coloured ``colour`` [rows, cols, 3], its corners computed."""
     rows, cols = solid.shape
-    along_m = np.array([along0_m, along0_m + cols * cell_m])
-    up_m = np.array([floor_m, floor_m + rows * cell_m])
-    axes = layout.axes
-    corners = (axes[0] * up_m[:, None, None] + axes[axis] * offset_m
-               + axes[along_axis] * along_m[None, :, None]).reshape(-1, 3)
+    corners = _on_plane(layout, axis, offset_m, along_axis, np.array([floor_m, floor_m + rows * cell_m]),
+                        np.array([along0_m, along0_m + cols * cell_m])).reshape(-1, 3)
     return Support(axis, offset_m, along_axis, along0_m, floor_m, cell_m, np.ascontiguousarray(solid),
                    np.ascontiguousarray(colour.astype(np.uint8)), corners)
+
+
+def _on_plane(layout, axis: int, offset_m: float, along_axis: int, up_m: np.ndarray, along_m: np.ndarray
+              ) -> np.ndarray:
+    """``[R, C, 3]`` world points of the vertical plane ``p . axes[axis] = offset_m`` at heights ``up_m`` [R] (along
+    the layout's up) and ``along_m`` [C] (along ``axes[along_axis]``)."""
+    axes = layout.axes
+    return (axes[0] * np.asarray(up_m)[:, None, None] + axes[axis] * offset_m
+            + axes[along_axis] * np.asarray(along_m)[None, :, None])
 
 
 def screen_box(support: Support, layout, c2w: np.ndarray, intrinsics: Intrinsics) -> tuple[int, int, int, int] | None:
     """``(row0, row1, col0, col1)``, inclusive pixel bounds of ``support``'s rectangle in a camera at ``c2w`` (the
     whole frame when it reaches behind the camera); None when it lies wholly behind or out of view."""
-    cam = (support.corners_m - c2w[:3, 3]) @ c2w[:3, :3]  # [4, 3] camera frame
-    if (cam[:, 2] <= 0.0).all():
+    uv, z = project_points(support.corners_m, intrinsics, c2w)  # [4, 2] pixels, [4] z-depth
+    if (z <= 0.0).all():
         return None
     w, h = intrinsics.width, intrinsics.height
-    if (cam[:, 2] <= 1e-3).any():
+    if (z <= 1e-3).any():
         return 0, h - 1, 0, w - 1
-    u = intrinsics.fx * cam[:, 0] / cam[:, 2] + intrinsics.cx
-    v = intrinsics.fy * cam[:, 1] / cam[:, 2] + intrinsics.cy
+    u, v = uv[:, 0], uv[:, 1]
     c0, c1 = max(int(np.floor(u.min())), 0), min(int(np.floor(u.max())), w - 1)
     r0, r1 = max(int(np.floor(v.min())), 0), min(int(np.floor(v.max())), h - 1)
     return None if c0 > c1 or r0 > r1 else (r0, r1, c0, c1)

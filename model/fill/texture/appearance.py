@@ -721,7 +721,8 @@ class PlaneTextures:
         courtyard's side facades, seen at a grazing angle, were flat slabs of colour. Indoors a room's wall takes
         the texture of the observed wall of its material (chromaticity within ``tone_chroma_tol``) nearest its
         colour: house@photo's side walls, seen as strips at the photo's edges, were flat plaster. ``own`` where
-        there is no such wall."""
+        there is no such wall. Choosing fits every observed wall's texture once (the first frame showing such a
+        wall waits for them; the maintenance thread fits them nearest first anyway)."""
         floor = self.layout.floor()
         if plane.kind != WALL or floor is None:
             return own
@@ -734,7 +735,6 @@ class PlaneTextures:
             if plane.plane_id in self._detailed:
                 return self._detailed[plane.plane_id]
         colour = own.levels[0][0, 0].astype(np.float32)
-        chroma = colour / max(float(colour.sum()), 1.0)
         best, best_d = None, math.inf
         for p in self.layout.planes:
             if p.kind != WALL or p.derived or p.plane_id < 0 or p.plane_id == plane.plane_id:
@@ -744,7 +744,7 @@ class PlaneTextures:
                 continue
             mean = tex.levels[-1].reshape(-1, 3).astype(np.float32).mean(axis=0)
             if self.layout.indoor:
-                if np.abs(mean / max(float(mean.sum()), 1.0) - chroma).max() > self.config.tone_chroma_tol:
+                if not self._same_material(mean, colour):
                     continue
             elif tex.synth is None or len(tex.synth.periods_m) < 2:
                 continue
@@ -771,6 +771,14 @@ class PlaneTextures:
             self._means[plane.plane_id] = mean
         return mean
 
+    def _same_material(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether mean colours ``a`` and ``b`` [3] are of one material: chromaticities (r, g, b over their sum)
+        within ``AppearanceConfig.tone_chroma_tol`` (a material's walls differ by their lighting alone)."""
+        sa, sb = float(np.sum(a)), float(np.sum(b))
+        if sa <= 0 or sb <= 0:
+            return False
+        return float(np.abs(np.asarray(a) / sa - np.asarray(b) / sb).max()) <= self.config.tone_chroma_tol
+
     def _toned_for(self, axis: int, source: Plane, tex: PlaneTexture) -> PlaneTexture:
         """``tex`` (``source``'s texture, borrowed by a wall along layout ``axis`` nothing observed) with the mean tone
         of the walls of its material seen facing both ways across that wall (``AppearanceConfig.tone_chroma_tol``):
@@ -783,13 +791,12 @@ class PlaneTextures:
         src = self._mean_colour(source)
         toned = tex
         if src is not None and src.sum() > 0:
-            chroma = src / src.sum()
             same = []  # (offset m, luminance) of the walls across it of the source's material
             for p in self.layout.planes:
                 if p.kind != WALL or p.axis == axis or p.derived or p.plane_id < 0:
                     continue
                 m = self._mean_colour(p)
-                if m is not None and m.sum() > 0 and np.abs(m / m.sum() - chroma).max() <= cfg.tone_chroma_tol:
+                if m is not None and self._same_material(m, src):
                     same.append((p.offset_m, float(m @ _LUMA)))
             same.sort()
             if len(same) >= 2 and same[-1][0] - same[0][0] >= cfg.tone_min_span_m:
