@@ -131,9 +131,13 @@ class GeometricConfig:
     free_space_rel: float = 0.03
     # layout fill: the first frames after a world is opened (or its observed points change) show the legacy fill
     # as a coarse, provisional fill while the layout is fitted off the frame path (0.6-1.7 s of CPU at 640x360);
-    # the engine replaces it in the memory once frames are final. 0: wait for the fit instead. 8 (the issue's
-    # bound): at 4 the first final frame of a play session waited ~1 s for the fit (640x360, docs/BENCHMARKS.md).
-    coarse_frames: int = 8
+    # the engine replaces it in the memory once frames are final; at most 8 (the bound). 0 (default): the
+    # first frame waits for the fit instead, which an engine starts when it opens the world and a server's
+    # CreateWorld waits for. The count runs whether or not the fit is done, so frames stay a function of the world
+    # and the path: at 8 every demo and every new world's first Play began with 8 frames of the legacy fill's
+    # smear beside the furniture (the fit long done), for a wait that only a world opened right before its first
+    # frame would have had (docs/RESULTS.md, session 39).
+    coarse_frames: int = 0
     # layout fill, per plane: the frames that show a plane's texture within this many frames of the first one
     # that showed it (``_PlaneCoarse``) show a coarse fill on its pixels instead (the plane's layout depth, the
     # colour fill's colour), marked provisional per pixel: never folded into the memory, while the plane's
@@ -174,9 +178,10 @@ class GeometricConfig:
         for name in ("coarse_frames", "coarse_plane_frames", "coarse_tile_frames"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.coarse_tile_frames > 8:
-            raise InvalidInputError(f"coarse_tile_frames must be <= 8 (a coarse fill is replaced within 8 frames), "
-                                    f"got {self.coarse_tile_frames}")
+        for name in ("coarse_frames", "coarse_tile_frames"):
+            if getattr(self, name) > 8:
+                raise InvalidInputError(f"{name} must be <= 8 (a coarse fill is replaced within 8 frames), "
+                                        f"got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

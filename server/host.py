@@ -177,7 +177,7 @@ def warm_kernels(generator, width: int = 64, height: int = 48, clips: int = 6) -
         memory.integrate_points(ahead + rng.uniform(-0.1, 0.1, (32, 3)), np.full((32, 3), 128, np.uint8),
                                 frame_index=clips, provenance=INVENTED_FINAL)
         removed = memory.remove_invented_near(ahead[None], radius_m=0.3)
-        # the layout fill's own kernels: this world's few frames show the coarse fill and never reach them
+        # the layout fill's own kernels: this world's few 64x48 frames reach only some of them
         from spatia.model.fill.warmup import compile_fill_kernels
 
         texels = compile_fill_kernels()

@@ -49,7 +49,11 @@ def test_a_colour_from_another_surface_is_not_folded_onto_the_paving():
     blue_on_ground = {}
     for rel in (float("inf"), 0.10):
         world = prepared.build_world()
-        engine = Engine(world, make_generator("geometric", fill="layout", colour_surface_rel=rel), SETTINGS["play"])
+        # coarse_frames=8: the setting this was measured in (session 29). With the first frames final (the default
+        # since session 39) the memory differs from frame 1 on and 181 -> 94 blue points are folded, nearly all of
+        # them at two keyframes (40 and 48), a path-specific event rather than the rule's effect
+        engine = Engine(world, make_generator("geometric", fill="layout", colour_surface_rel=rel, coarse_frames=8),
+                        SETTINGS["play"])
         deque(engine.generate(prepared.path_world[1:61], seed=0), maxlen=0)
         pts = world.memory.positions.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
         rgb = world.memory.colors.astype(np.int64)

@@ -74,7 +74,7 @@ def test_a_served_worlds_first_clips_load_no_kernel_after_warm_kernels(new_overl
         generator.wait_prepared(world.memory, 60.0)  # CreateWorld answers after the fit (server/service.py)
         del new_overloads[:]  # what world creation loads is not a frame's
         grew = resorted = False
-        for _ in played_clips(engine, 30.0, 16):
+        for _ in played_clips(engine, 30.0, 32):
             memory: SpatialMemory = world.memory
             grew |= memory._growth is not None
             resorted |= memory._ordering is not None

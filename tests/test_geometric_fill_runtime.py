@@ -77,6 +77,36 @@ def test_coarse_frames_do_not_wait_for_the_fit(counted_fits):
     assert not world.memory.has_provisional
 
 
+def test_a_fresh_worlds_first_frames_are_final_by_default(counted_fits):
+    """The default (``coarse_frames=0``): the first frame after a world is opened waits for the fit and is final,
+    as every later one. With 8 coarse frames counted whether or not the fit was done, ``make demo`` and every new
+    world's first Play began with 8 frames of the legacy fill's smear beside the furniture (docs/RESULTS.md,
+    session 39)."""
+    calls, go = counted_fits
+    go.clear()
+    world, path = _world()
+    gen = GeometricGenerator()
+    provisional = []
+    real = gen.generate_frames
+
+    def spy(request):
+        for view in real(request):
+            provisional.append(view.provisional)
+            yield view
+
+    gen.generate_frames = spy
+    frames = Engine(world, gen, PLAY).generate(path[:6])
+    first = threading.Thread(target=lambda: next(frames))
+    first.start()
+    first.join(timeout=2.0)
+    assert first.is_alive(), "the first frame must wait for the fit"
+    go.set()
+    first.join(timeout=60)
+    deque(frames, maxlen=0)
+    assert len(calls) == 1 and provisional == [False] * 6
+    assert not world.memory.has_provisional
+
+
 def test_first_clip_is_provisional_then_replaced():
     world, path = _world()
     engine = Engine(world, GeometricGenerator(GeometricConfig(fill="layout", coarse_frames=4)), PLAY)

@@ -46,6 +46,7 @@ class EngineConfig:
     retrieval_method: str = "paper"  # "paper" (Algorithm 1: IoU of voxel sets) or "official" (shared points + Hungarian)
     retrieval_eps: float = 0.0  # Algorithm 1's threshold on the IoU
     use_scene_projection: bool = True  # Table 4 ablation: False hands the generator an all-invalid projection
+    # and neither the memory nor the observed views it is rendered from (``ClipRequest.memory``, ``observed_views``)
     use_references: bool = True  # Table 4 ablation
     update_memory: bool = True  # False: the memory stays as created (a "no memory update" baseline)
     update: UpdateConfig = field(default_factory=UpdateConfig)
@@ -266,7 +267,8 @@ class Engine:
         if self.commits_beside:
             self._path = GrowingRows((4, 4), np.float64)
             self._path.extend(world.history.poses())
-        prepare_generator(world, generator, self._observed_views())
+        if self.config.use_scene_projection:  # (without it the generator is handed no memory: nothing to derive)
+            prepare_generator(world, generator, self._observed_views())
         _load_save_kernels()
         _load_update_kernels()
 
@@ -436,8 +438,10 @@ class Engine:
             seed=seed,
             first_frame=self._first_frame() if first_clip and n_frames else None,
             world_up=self._world_up(),
-            memory=views.memory,
-            observed_views=self._observed_views(),
+            # the memory and the views it began from are what the scene projection is made of: the Table 4 ablation
+            # withholds them too (a fill that read them would draw the remembered scene without its projection)
+            memory=views.memory if self.config.use_scene_projection else None,
+            observed_views=self._observed_views() if self.config.use_scene_projection else [],
             visited_c2w=poses,
             layout_prior=self.world.layout_prior,
             render_targets=views.render if on_demand else None,
