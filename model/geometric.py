@@ -103,8 +103,11 @@ class GeometricConfig:
     # ``pinhole_px`` lies more than this fraction nearer. Folded, one surface's colour landed on another: the
     # courtyard's fountain water as blue streaks on the paving, grown keyframe after keyframe (docs/RESULTS.md,
     # session 29). A pinhole's reference colour warped from more than this fraction farther is a glimpse through the
-    # gap and is left to the colour fill (``_glimpses_through_pinholes``). inf: fold them, keep every glimpse
-    colour_surface_rel: float = 0.10
+    # gap and is left to the colour fill (``_glimpses_through_pinholes``). inf: fold them, keep every glimpse.
+    # 0.10 let a bookcase 0.3 m in front of its wall (7 % at 4.5 m) tint the colour fill of the wall's gaps beside
+    # it: folded as dark wall points, one strip a keyframe, they stood as a column of bars beside the room demo's
+    # left bookcase seen from the other side (frames 62-74; docs/RESULTS.md, session 39)
+    colour_surface_rel: float = 0.05
     pinhole_px: float = 2.5  # hole pixels at most this far from a rendered pixel keep the background fill
     # ... unless a layout plane lies within this fraction of that fill (``_pinholes_on_planes``): then the plane's
     # depth. On a plane seen at a grazing angle (the courtyard's ground) the fill took the farther side of a gap
